@@ -1,0 +1,15 @@
+"""User-facing errors.
+
+Anything a user can get wrong (a file, a TOML key, an ONNX node, a multiplier name) raises :class:`DseError` with one
+line that names the culprit and the fix. The CLI prints it and exits with status 2; it is never shown as a traceback.
+"""
+
+
+class DseError(Exception):
+    """A one-line, user-facing error (bad input). The CLI prints ``error: <message>`` and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        message = " ".join(str(message).split())  # always one line
+        super().__init__(message)
