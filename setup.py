@@ -1,14 +1,25 @@
-"""Build the Cython kernels in cy/ as the extension module dse._kernels."""
+"""Build configuration that pyproject.toml cannot express: the Cython extension and the search_spaces/ mapping.
+
+* cy/kernels.pyx -> extension module dse._kernels (SIMD kernels with runtime ISA dispatch; no -march=native).
+* top-level search_spaces/ -> package dse.search_spaces (bundled budget TOML files, read with importlib.resources).
+"""
 import numpy as np
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 ext = Extension(
     "dse._kernels",
     sources=["cy/kernels.pyx"],
+    depends=["cy/lut_kernel.h"],
     include_dirs=[np.get_include(), "cy"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    extra_compile_args=["-O3", "-fno-strict-aliasing"],
+    extra_compile_args=["-O3", "-fno-strict-aliasing", "-ffp-contract=off"],  # no -march: ISA picked at run time
 )
 
-setup(ext_modules=cythonize([ext], language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))
+setup(
+    packages=find_packages(include=["dse", "dse.*"]) + ["dse.search_spaces"],
+    package_dir={"dse.search_spaces": "search_spaces"},
+    package_data={"dse": ["data/*.npz", "data/*.onnx", "data/*.json"], "dse.search_spaces": ["*.toml"]},
+    ext_modules=cythonize([ext], language_level=3,
+                          compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True}),
+)

@@ -32,6 +32,8 @@ class MacLayer:
     a_scale: float = 1.0
     a_signed: bool = False
     act_hist: np.ndarray | None = None  # int64[256]: calibration histogram of activation patterns (incl. padding zeros)
+    acc_std: float = 1.0      # std of the exact integer accumulators (pre-bias) over calibration, all channels
+    acc_std_ch: np.ndarray | None = None  # float64[N]: the same per output channel
 
     @property
     def macs(self) -> int:
