@@ -1,0 +1,132 @@
+"""Kernel throughput (GMAC/s, one thread) on ResNet-like shapes: fp32 BLAS baseline vs our exact / lowrank / LUT paths
+(every ISA level) vs the numpy take-gather reference.
+
+Run:  python benchmarks/bench_kernels.py [--repeats 5]
+Single thread: OMP/OPENBLAS/MKL thread counts are set to 1 below, before numpy is imported. Each figure is the median
+of --repeats timed runs after one warm-up run. The numpy gather reference runs on a batch-2 slice of each conv (same
+per-MAC work, it is ~100x slower); GMAC/s always counts the MACs actually computed.
+"""
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from dse import _kernels  # noqa: E402
+from dse import kernels as K  # noqa: E402
+from dse.arith.multipliers import EXACT, Multiplier, pattern_values  # noqa: E402
+
+
+def mitchell_table(a_signed, w_signed):
+    """Mitchell log multiplier (design.md), sign-magnitude for signed operands: high exact rank -> LUT path."""
+    a = pattern_values(a_signed)[:, None]
+    w = pattern_values(w_signed)[None, :]
+    x, y = np.abs(a), np.abs(w)
+    k1 = np.floor(np.log2(np.maximum(x, 1))).astype(np.int64)
+    k2 = np.floor(np.log2(np.maximum(y, 1))).astype(np.int64)
+    r1, r2 = x - (1 << k1), y - (1 << k2)
+    s = (r1 << k2) + (r2 << k1)
+    p = np.where(s < (1 << (k1 + k2)), (1 << (k1 + k2)) + s, 2 * s)
+    return (np.sign(a) * np.sign(w) * np.where((x == 0) | (y == 0), 0, p)).astype(np.int32)
+
+
+MITCHELL = Multiplier("mitchell_bench", "mitchell", _builder=mitchell_table)
+# partial-product perforation j=0, k=2 on the weight: a * (w & ~3) -> error -a * (w & 3), exact rank 1
+PERF = Multiplier("perf_j0k2_bench", "perforation", _builder=lambda a_s, w_s: np.multiply.outer(
+    pattern_values(a_s), pattern_values(w_s) & ~np.int64(3)).astype(np.int32))
+
+SHAPES = [  # name, kind, (B, C, H, W, Cout, k, pad, groups) or (M, K, N)
+    ("conv3x3 64->64 32x32 b32", "conv", (32, 64, 32, 32, 64, 3, 1, 1)),
+    ("conv3x3 16->16 28x28 b32", "conv", (32, 16, 28, 28, 16, 3, 1, 1)),
+    ("conv1x1 64->128 32x32 b32", "conv", (32, 64, 32, 32, 128, 1, 0, 1)),
+    ("dwconv3x3 64 32x32 b32", "conv", (32, 64, 32, 32, 64, 3, 1, 64)),
+    ("gemm 1024x1024x256", "gemm", (1024, 1024, 256)),
+]
+
+
+def timeit(fn, repeats):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    levels = _kernels.isa_levels()
+    print(f"hardware ISA: {_kernels.hardware_isa()}; levels run: {', '.join(levels)}; repeats: {args.repeats} (median)")
+    rows = []
+    for name, kind, p in SHAPES:
+        if kind == "conv":
+            B, C, H, W, Co, k, pad, g = p
+            x = rng.integers(0, 256, (B, C, H, W))
+            w = rng.integers(-127, 128, (Co, C // g, k, k))
+            macs = B * H * W * Co * (C // g) * k * k
+            pads = (pad,) * 4
+            xf, wf = x.astype(np.float32), w.astype(np.float32)
+
+            def fp32(xf=xf, wf=wf, k=k, pads=pads, g=g, Co=Co):
+                cols, _, _ = K.im2col_T(xf, k, k, (1, 1), pads, (1, 1))
+                kg, og = cols.shape[0] // g, Co // g
+                w2 = wf.reshape(Co, kg)
+                return [w2[i * og:(i + 1) * og] @ cols[i * kg:(i + 1) * kg] for i in range(g)]
+
+            def run(mult, path, isa=None, x=x, w=w, pads=pads, g=g):
+                return K.conv2d_int(x, w, mult, False, pads=pads, groups=g, path=path, isa=isa)
+
+            xs = x[:2]
+            ref_macs = macs * 2 // B
+
+            def ref(xs=xs, w=w, pads=pads, g=g):
+                return K.reference_conv2d_int(xs, w, MITCHELL, False, pads=pads, groups=g)
+        else:
+            M, Kd, N = p
+            a = rng.integers(0, 256, (M, Kd))
+            w = rng.integers(-127, 128, (N, Kd))
+            macs = M * Kd * N
+            af, wf = a.astype(np.float32), w.astype(np.float32)
+
+            def fp32(af=af, wf=wf):
+                return af @ wf.T
+
+            def run(mult, path, isa=None, a=a, w=w):
+                return K.gemm_int(a, w, mult, False, path=path, isa=isa)
+
+            ref_macs = macs // 8
+
+            def ref(a=a[: M // 8], w=w):
+                return K.reference_gemm_int(a, w, MITCHELL, False)
+
+        res = {"fp32 BLAS": macs / timeit(fp32, args.repeats) / 1e9,
+               "exact": macs / timeit(lambda: run(EXACT, "exact"), args.repeats) / 1e9,
+               "lowrank(perf r=1)": macs / timeit(lambda: run(PERF, "lowrank"), args.repeats) / 1e9}
+        for isa in reversed(levels):
+            res[f"lut {isa}"] = macs / timeit(lambda: run(MITCHELL, "lut", isa), args.repeats) / 1e9
+        res["numpy gather"] = ref_macs / timeit(ref, max(1, args.repeats)) / 1e9
+        rows.append((name, res))
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
+
+    cols = list(rows[0][1])
+    print("\nGMAC/s, one thread (median); ratios vs numpy gather / vs fp32 BLAS")
+    print(f"| shape | {' | '.join(cols)} |")
+    print("|" + "---|" * (len(cols) + 1))
+    for name, res in rows:
+        g, b = res["numpy gather"], res["fp32 BLAS"]
+        cells = [f"{v:.2f}" if k in ("fp32 BLAS", "numpy gather") else f"{v:.2f} ({v / g:.0f}x, {v / b:.2f})"
+                 for k, v in res.items()]
+        print(f"| {name} | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()

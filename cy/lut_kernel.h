@@ -1,0 +1,260 @@
+/* Table-lookup integer GEMM for emulated 8-bit multipliers, with runtime ISA dispatch.
+ *
+ * out[n, m] = sum_k T[w[n, k]][a[k, m]]   (int64 result, exact)
+ *
+ * Layouts: AT uint8 [K, M] (activation patterns, row stride lda), Wp uint8 [N, K] (weight patterns),
+ * out int64 [N, M] (row stride M).
+ *   scalar / avx2 read lutT int32 [256 w][256 a] (the transposed table, one 1 KiB column per weight pattern).
+ *   avx512 reads planes uint8 [256 w][NP][256 a]: byte plane p of D[a, w] = LUT[a, w] - off[w] >= 0; the caller adds
+ *   sum_k off[w[n, k]] afterwards (D < 2^(8*NP), NP = 1..4).
+ *
+ * ISA levels: 0 scalar (baseline x86-64 code), 1 AVX2 (8-lane int32 gathers), 2 AVX-512 F+BW+VBMI (vpermi2b byte
+ * lookups, 64 output positions per vector, 16-bit per-plane accumulators flushed to int64 every <= 256 k-steps).
+ * Functions for higher ISAs are compiled with __attribute__((target)) so the module needs no -march flag; the caller
+ * picks the level with dse_cpu_level() (never above what the CPU supports).
+ *
+ * Overflow: scalar accumulates in int64 directly. AVX2 accumulates int32 over chunks of
+ * kc = floor((2^31 - 1) / max|LUT|) k-steps (so an int32 lane can never overflow) and flushes to int64. AVX-512 byte
+ * plane sums over <= 256 k-steps are <= 255 * 256 < 2^16 and are flushed to int64. Results are exact for any K with
+ * K * max|LUT| < 2^63.
+ */
+#ifndef DSE_LUT_KERNEL_H
+#define DSE_LUT_KERNEL_H
+
+#include <stdint.h>
+#include <string.h>
+#include <immintrin.h>
+
+#define DSE_ISA_SCALAR 0
+#define DSE_ISA_AVX2 1
+#define DSE_ISA_AVX512 2
+
+static int dse_cpu_level(void)
+{
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vbmi"))
+        return DSE_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2"))
+        return DSE_ISA_AVX2;
+#endif
+    return DSE_ISA_SCALAR;
+}
+
+/* ------------------------------------------------------------------ scalar */
+#define DSE_SC_MB 256
+static void dse_lut_scalar(const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
+                           int64_t M, int64_t K, int64_t N, int64_t *out)
+{
+    int64_t acc[DSE_SC_MB];
+    for (int64_t m0 = 0; m0 < M; m0 += DSE_SC_MB) {
+        const int64_t mb = (M - m0 < DSE_SC_MB) ? (M - m0) : DSE_SC_MB;
+        for (int64_t n = 0; n < N; n++) {
+            memset(acc, 0, sizeof(acc));
+            const uint8_t *wr = Wp + n * K;
+            for (int64_t k = 0; k < K; k++) {
+                const int32_t *col = lutT + 256 * (int64_t)wr[k];
+                const uint8_t *ar = AT + k * lda + m0;
+                for (int64_t i = 0; i < mb; i++)
+                    acc[i] += col[ar[i]];
+            }
+            memcpy(out + n * M + m0, acc, (size_t)mb * sizeof(int64_t));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ AVX2 */
+#define DSE_T_AVX2 __attribute__((target("avx2")))
+#define DSE_A2_MB 32 /* 4 ymm accumulators of 8 int32 */
+
+DSE_T_AVX2 static void dse_lut_avx2(const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
+                                    int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out)
+{
+    const int64_t kc = maxabs > 0 ? (int64_t)(2147483647 / maxabs) : K + 1; /* int32 lanes never overflow */
+    const int64_t Mv = M - M % DSE_A2_MB;
+    int64_t acc64[DSE_A2_MB];
+    int32_t tmp[DSE_A2_MB];
+    for (int64_t m0 = 0; m0 < Mv; m0 += DSE_A2_MB) {
+        for (int64_t n = 0; n < N; n++) {
+            const uint8_t *wr = Wp + n * K;
+            memset(acc64, 0, sizeof(acc64));
+            for (int64_t k0 = 0; k0 < K; k0 += kc) {
+                const int64_t k1 = (K - k0 < kc) ? K : k0 + kc;
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+                for (int64_t k = k0; k < k1; k++) {
+                    const int *col = (const int *)(lutT + 256 * (int64_t)wr[k]);
+                    const uint8_t *ar = AT + k * lda + m0;
+                    __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ar + 0)));
+                    __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ar + 8)));
+                    __m256i i2 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ar + 16)));
+                    __m256i i3 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ar + 24)));
+                    a0 = _mm256_add_epi32(a0, _mm256_i32gather_epi32(col, i0, 4));
+                    a1 = _mm256_add_epi32(a1, _mm256_i32gather_epi32(col, i1, 4));
+                    a2 = _mm256_add_epi32(a2, _mm256_i32gather_epi32(col, i2, 4));
+                    a3 = _mm256_add_epi32(a3, _mm256_i32gather_epi32(col, i3, 4));
+                }
+                _mm256_storeu_si256((__m256i *)(tmp + 0), a0);
+                _mm256_storeu_si256((__m256i *)(tmp + 8), a1);
+                _mm256_storeu_si256((__m256i *)(tmp + 16), a2);
+                _mm256_storeu_si256((__m256i *)(tmp + 24), a3);
+                for (int i = 0; i < DSE_A2_MB; i++)
+                    acc64[i] += tmp[i];
+            }
+            memcpy(out + n * M + m0, acc64, sizeof(acc64));
+        }
+    }
+    if (Mv < M) { /* tail columns: scalar */
+        for (int64_t n = 0; n < N; n++) {
+            const uint8_t *wr = Wp + n * K;
+            for (int64_t m = Mv; m < M; m++) {
+                int64_t s = 0;
+                for (int64_t k = 0; k < K; k++)
+                    s += lutT[256 * (int64_t)wr[k] + AT[k * lda + m]];
+                out[n * M + m] = s;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ AVX-512 VBMI */
+#define DSE_T_512 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+
+/* One weight row n, up to NB blocks of 64 output positions starting at m0 (mlen valid positions). NP byte planes.
+ * res[] holds int64 sums in block-permuted order: block b, lane i<32 -> m0 + 64b + 2i, lane 32+i -> m0 + 64b + 2i + 1. */
+static inline __attribute__((always_inline)) DSE_T_512 void
+dse_lut512_row(const uint8_t *AT, int64_t lda, const uint8_t *wr, const uint8_t *planes, int64_t K,
+               int64_t m0, int64_t mlen, int64_t *orow, const int NP, const int NB)
+{
+    int64_t res[4 * 64];
+    uint16_t ta[32], to[32];
+    __mmask64 lm[4];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++) {
+        int64_t rem = mlen - 64 * b;
+        lm[b] = rem >= 64 ? ~(__mmask64)0 : (rem <= 0 ? (__mmask64)0 : (((__mmask64)1 << rem) - 1));
+    }
+    memset(res, 0, sizeof(int64_t) * 64 * NB);
+    for (int64_t k0 = 0; k0 < K; k0 += 256) {
+        const int64_t k1 = (K - k0 < 256) ? K : k0 + 256;
+        __m512i accA[4][4], accO[4][4];
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++)
+#pragma GCC unroll 4
+            for (int p = 0; p < NP; p++) {
+                accA[b][p] = _mm512_setzero_si512();
+                accO[b][p] = _mm512_setzero_si512();
+            }
+        for (int64_t k = k0; k < k1; k++) {
+            const uint8_t *pl = planes + (int64_t)wr[k] * (NP * 256);
+            const uint8_t *ar = AT + k * lda + m0;
+            __m512i T[4][4];
+#pragma GCC unroll 4
+            for (int p = 0; p < NP; p++) {
+                T[p][0] = _mm512_loadu_si512((const void *)(pl + 256 * p + 0));
+                T[p][1] = _mm512_loadu_si512((const void *)(pl + 256 * p + 64));
+                T[p][2] = _mm512_loadu_si512((const void *)(pl + 256 * p + 128));
+                T[p][3] = _mm512_loadu_si512((const void *)(pl + 256 * p + 192));
+            }
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) {
+                const __m512i idx = _mm512_maskz_loadu_epi8(lm[b], (const void *)(ar + 64 * b));
+                const __mmask64 hi = _mm512_movepi8_mask(idx); /* bit 7 selects the upper 128 entries */
+#pragma GCC unroll 4
+                for (int p = 0; p < NP; p++) {
+                    const __m512i lo = _mm512_permutex2var_epi8(T[p][0], idx, T[p][1]);
+                    const __m512i hv = _mm512_permutex2var_epi8(T[p][2], idx, T[p][3]);
+                    const __m512i v = _mm512_mask_blend_epi8(hi, lo, hv);
+                    /* 16-bit lane j holds bytes m=2j (low) and m=2j+1 (high): accA sums the whole 16-bit word
+                     * (mod 2^16), accO the high bytes; even-byte sum = accA - (accO << 8) mod 2^16 (< 2^16). */
+                    accA[b][p] = _mm512_add_epi16(accA[b][p], v);
+                    accO[b][p] = _mm512_add_epi16(accO[b][p], _mm512_srli_epi16(v, 8));
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++)
+#pragma GCC unroll 4
+            for (int p = 0; p < NP; p++) {
+                _mm512_storeu_si512((void *)ta, accA[b][p]);
+                _mm512_storeu_si512((void *)to, accO[b][p]);
+                int64_t *r = res + 64 * b;
+                for (int i = 0; i < 32; i++) {
+                    const uint16_t ev = (uint16_t)(ta[i] - (uint16_t)(to[i] << 8));
+                    r[i] += (int64_t)ev << (8 * p);
+                    r[32 + i] += (int64_t)to[i] << (8 * p);
+                }
+            }
+    }
+    for (int b = 0; b < NB; b++) {
+        const int64_t *r = res + 64 * b;
+        int64_t *o = orow + m0 + 64 * b;
+        int64_t rem = mlen - 64 * b;
+        if (rem >= 64) {
+            for (int i = 0; i < 32; i++) {
+                o[2 * i] = r[i];
+                o[2 * i + 1] = r[32 + i];
+            }
+        } else {
+            for (int64_t j = 0; j < rem; j++)
+                o[j] = (j & 1) ? r[32 + (j >> 1)] : r[j >> 1];
+        }
+    }
+}
+
+#define DSE_DEF512(NP_, NB_)                                                                                        \
+    DSE_T_512 static void dse_lut512_np##NP_(const uint8_t *AT, int64_t lda, const uint8_t *Wp,                      \
+                                             const uint8_t *planes, int64_t M, int64_t K, int64_t N, int64_t *out)   \
+    {                                                                                                               \
+        for (int64_t m0 = 0; m0 < M; m0 += 64 * NB_) {                                                              \
+            const int64_t mlen = (M - m0 < 64 * NB_) ? (M - m0) : 64 * NB_;                                         \
+            for (int64_t n = 0; n < N; n++)                                                                         \
+                dse_lut512_row(AT, lda, Wp + n * K, planes, K, m0, mlen, out + n * M, NP_, NB_);                    \
+        }                                                                                                           \
+    }
+
+/* blocks per group chosen so that 4*NP table registers + 2*NP*NB accumulators fit in 32 zmm */
+DSE_DEF512(1, 4)
+DSE_DEF512(2, 4)
+DSE_DEF512(3, 2)
+DSE_DEF512(4, 1)
+
+/* ------------------------------------------------------------------ dispatch */
+/* Returns 0 on success, -1 on a bad level / plane count. */
+static int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
+                        const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out)
+{
+    if (level == DSE_ISA_AVX512) {
+        switch (NP) {
+        case 1: dse_lut512_np1(AT, lda, Wp, planes, M, K, N, out); return 0;
+        case 2: dse_lut512_np2(AT, lda, Wp, planes, M, K, N, out); return 0;
+        case 3: dse_lut512_np3(AT, lda, Wp, planes, M, K, N, out); return 0;
+        case 4: dse_lut512_np4(AT, lda, Wp, planes, M, K, N, out); return 0;
+        default: return -1;
+        }
+    }
+    if (level == DSE_ISA_AVX2) {
+        dse_lut_avx2(AT, lda, Wp, lutT, maxabs, M, K, N, out);
+        return 0;
+    }
+    if (level == DSE_ISA_SCALAR) {
+        dse_lut_scalar(AT, lda, Wp, lutT, M, K, N, out);
+        return 0;
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ float: sequential FP32 accumulation */
+/* out[r] = (((0 + P[r,0]) + P[r,1]) + ...) in float32, ascending k (no reassociation, no FMA). */
+static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
+{
+    for (int64_t r = 0; r < R; r++) {
+        const float *p = P + r * K;
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; k++)
+            s = s + p[k];
+        out[r] = s;
+    }
+}
+
+#endif

@@ -1,0 +1,215 @@
+"""Fast kernel paths (exact / lowrank / LUT at every ISA level, float) against the slow numpy references, bit-exact."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dse import kernels as K
+from dse._kernels import isa_levels
+from dse.arith.multipliers import EXACT, Multiplier, pattern_values
+from dse.errors import DseError
+
+ISAS = isa_levels()
+SETTINGS = settings(deadline=None, max_examples=60)
+
+
+def table_mult(name, fn):
+    """A Multiplier whose table is fn(a_values int64[256,1], w_values int64[1,256]) -> int[256,256]."""
+    return Multiplier(name=name, family="test", _builder=lambda a_s, w_s: np.asarray(
+        fn(pattern_values(a_s)[:, None], pattern_values(w_s)[None, :]), dtype=np.int32))
+
+
+def random_mult(seed, lo, hi):
+    return Multiplier(name=f"rand{seed}", family="test",
+                      _builder=lambda a_s, w_s: np.random.default_rng(seed + 7 * a_s).integers(lo, hi, (256, 256)))
+
+
+# Structured separable tables (low rank) and full-range random tables (high rank).
+PERF = table_mult("perf_j1k2", lambda a, w: a * (w & ~np.int64(0b110)))  # perforation-like a * (w & mask)
+RANK1 = table_mult("rank1", lambda a, w: a * w + (a % 7 - 3) * (w // 3 + 1))  # exact + rank-1 f(a) g(w)
+TRUNC = table_mult("trunc", lambda a, w: (a * w) // 16 * 16)  # floor-truncated product (full rank in general)
+MULTS = {
+    "exact": EXACT, "perf": PERF, "rank1": RANK1, "trunc": TRUNC,
+    "rand17": random_mult(1, -2 ** 16, 2 ** 16),  # 3 byte planes
+    "rand_i16": random_mult(2, -32768, 32768),  # near-int16 extremes, 2 planes
+    "rand_u8": random_mult(3, 0, 256),  # 1 plane
+    "rand_i32": random_mult(4, -2 ** 31, 2 ** 31),  # 4 planes, int32 extremes
+}
+PATHS = ["auto", "lowrank", "lut"]
+
+
+def acts(rng, shape, signed):
+    return rng.integers(-128, 128, shape) if signed else rng.integers(0, 256, shape)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_isa(monkeypatch):
+    monkeypatch.delenv("DSE_KERNEL_ISA", raising=False)
+
+
+@SETTINGS
+@given(M=st.integers(1, 300), Kd=st.integers(1, 600), N=st.integers(1, 9), signed=st.booleans(),
+       mname=st.sampled_from(sorted(MULTS)), seed=st.integers(0, 2 ** 32 - 1))
+def test_gemm_all_paths_and_isas_match_reference(M, Kd, N, signed, mname, seed):
+    rng = np.random.default_rng(seed)
+    mult = MULTS[mname]
+    a = acts(rng, (M, Kd), signed)
+    w = rng.integers(-128, 128, (N, Kd))
+    ref = K.reference_gemm_int(a, w, mult, signed)
+    for path in PATHS + (["exact"] if mname == "exact" else []):
+        for isa in ISAS:
+            got = K.gemm_int(a, w, mult, signed, path=path, isa=isa)
+            assert got.dtype == np.int64 and got.shape == (M, N)
+            assert np.array_equal(got, ref), (path, isa)
+
+
+conv_shapes = st.fixed_dictionaries({
+    "B": st.integers(1, 3), "G": st.integers(1, 3), "cg": st.integers(1, 4), "og": st.integers(1, 3),
+    "H": st.integers(1, 11), "W": st.integers(1, 11), "kh": st.integers(1, 3), "kw": st.integers(1, 3),
+    "stride": st.tuples(st.integers(1, 2), st.integers(1, 2)), "dil": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    "pads": st.tuples(*[st.integers(0, 2)] * 4), "depthwise": st.booleans()})
+
+
+@SETTINGS
+@given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_all_paths_and_isas_match_reference(s, signed, mname, seed):
+    rng = np.random.default_rng(seed)
+    G, cg, og = s["G"], s["cg"], s["og"]
+    if s["depthwise"]:
+        cg, og = 1, 1
+    kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
+    H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
+    W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
+    x = acts(rng, (s["B"], G * cg, H, W), signed)
+    w = rng.integers(-128, 128, (G * og, cg, kh, kw))
+    mult = MULTS[mname]
+    args = (s["stride"], s["pads"], s["dil"], G)
+    ref = K.reference_conv2d_int(x, w, mult, signed, *args)
+    for path in PATHS:
+        for isa in ISAS:
+            got = K.conv2d_int(x, w, mult, signed, *args, path=path, isa=isa)
+            assert np.array_equal(got, ref), (path, isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_env_var_forces_isa_and_edge_tiles(monkeypatch, isa):
+    """DSE_KERNEL_ISA caps the dispatch; M straddling the 64/256-wide tiles, K > 256 (16-bit flush) and K odd."""
+    from dse import _kernels
+    monkeypatch.setenv("DSE_KERNEL_ISA", isa)
+    assert _kernels.isa() == isa
+    rng = np.random.default_rng(0)
+    for M, Kd in [(255, 513), (257, 257), (64, 1), (320, 700)]:
+        a = rng.integers(0, 256, (M, Kd))
+        w = rng.integers(-128, 128, (3, Kd))
+        for mult in (MULTS["rand_i16"], MULTS["rand_i32"]):
+            assert np.array_equal(K.gemm_int(a, w, mult, False, path="lut"), K.reference_gemm_int(a, w, mult, False))
+
+
+def test_extreme_patterns_worst_case_accumulation():
+    """All operands at the table's extreme entry: the largest possible |sum| per plane and per 16-bit chunk."""
+    mult = MULTS["rand_i32"]
+    lut = mult.table(False, True).astype(np.int64)
+    for target in (lut.argmax(), lut.argmin()):
+        ia, iw = np.unravel_index(target, lut.shape)
+        a = np.full((130, 600), ia)
+        w = np.full((2, 600), iw if iw < 128 else iw - 256)
+        for isa in ISAS:
+            got = K.gemm_int(a, w, mult, False, path="lut", isa=isa)
+            assert (got == 600 * lut[ia, iw]).all()
+
+
+def test_auto_path_selection():
+    assert K.select_path(EXACT, False, 576) == "exact"
+    assert K.select_path(PERF, False, 576, "lowrank") == "lowrank"
+    assert K.select_path(MULTS["rand17"], False, 576, "lowrank") == "lut"  # full rank -> fallback
+    assert K.select_path(PERF, True, 576, "auto", isa="avx2") == "lowrank"
+    assert K.select_path(MULTS["rand17"], True, 576, "auto", isa="avx2") == "lut"
+    with pytest.raises(DseError, match="exact"):
+        K.select_path(PERF, False, 10, "exact")
+    with pytest.raises(DseError, match="unknown kernel path 'fast'"):
+        K.gemm_int(np.zeros((2, 3), int), np.zeros((2, 3), int), EXACT, False, path="fast")
+
+
+def test_lowrank_bound_falls_back_to_lut(monkeypatch):
+    monkeypatch.setattr(K, "_BOUND_LIMIT", 0.0)  # no bound can pass -> the LUT path must be used
+    assert K.select_path(PERF, False, 9, "lowrank") == "lut"
+    rng = np.random.default_rng(3)
+    a, w = rng.integers(0, 256, (10, 9)), rng.integers(-128, 128, (4, 9))
+    assert np.array_equal(K.gemm_int(a, w, PERF, False, path="lowrank"), K.reference_gemm_int(a, w, PERF, False))
+
+
+def test_bad_input_raises_one_line_dse_error():
+    x = np.zeros((1, 4, 5, 5), int)
+    w = np.zeros((2, 4, 3, 3), int)
+    with pytest.raises(DseError, match="groups=3"):
+        K.conv2d_int(x, w, EXACT, False, groups=3)
+    with pytest.raises(DseError, match="uint8"):
+        K.conv2d_int(x - 1, w, EXACT, False)
+    with pytest.raises(DseError, match="int8"):
+        K.gemm_int(np.zeros((2, 3), int), np.full((2, 3), 200), EXACT, False)
+    with pytest.raises(DseError, match="equal K"):
+        K.gemm_int(np.zeros((2, 3), int), np.zeros((2, 4), int), EXACT, False)
+    with pytest.raises(DseError, match="larger than the padded input"):
+        K.conv2d_int(np.zeros((1, 4, 2, 2), int), w, EXACT, False)
+
+
+# ----------------------------------------------------------------------------------------------------- float path
+def _bf16_round(x):
+    try:
+        from dse.arith.floatmul import bf16_round
+        return bf16_round(x)
+    except ImportError:  # local fallback: round to nearest even on the upper 16 bits of the float32 pattern
+        b = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+        return b.astype(np.uint32).view(np.float32)
+
+
+BF16 = SimpleNamespace(name="bf16", domain="float",
+                       float_product=lambda x, y: (_bf16_round(x) * _bf16_round(y)).astype(np.float32))
+# a deliberately inexact product so that the order of accumulation matters
+SLOPPY = SimpleNamespace(name="sloppy", domain="float",
+                         float_product=lambda x, y: (np.float32(1.0009765) * x * y).astype(np.float32))
+
+
+@SETTINGS
+@given(M=st.integers(1, 40), Kd=st.integers(1, 200), N=st.integers(1, 7), seed=st.integers(0, 2 ** 32 - 1),
+       mname=st.sampled_from(["bf16", "sloppy"]))
+def test_gemm_float_bit_exact(M, Kd, N, seed, mname):
+    mult = BF16 if mname == "bf16" else SLOPPY
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((M, Kd)) * 10.0 ** rng.integers(-3, 4, (M, Kd))).astype(np.float32)
+    w = rng.standard_normal((N, Kd)).astype(np.float32)
+    got = K.gemm_float(a, w, mult)
+    ref = K.reference_gemm_float(a, w, mult)
+    assert got.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+def test_float_accumulation_is_sequential():
+    """1e8 + 1 + ... (ascending k) in FP32 loses every 1; a pairwise sum would not."""
+    mult = SimpleNamespace(name="id", domain="float", float_product=lambda x, y: (x * y).astype(np.float32))
+    a = np.array([[1e8] + [1.0] * 15], dtype=np.float32)
+    w = np.ones((1, 16), dtype=np.float32)
+    assert K.gemm_float(a, w, mult)[0, 0] == np.float32(1e8)
+
+
+@settings(deadline=None, max_examples=10)
+@given(s=conv_shapes, seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_float_matches_reference(s, seed):
+    rng = np.random.default_rng(seed)
+    G, cg, og = s["G"], (1 if s["depthwise"] else s["cg"]), (1 if s["depthwise"] else s["og"])
+    kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
+    H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
+    W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
+    x = rng.standard_normal((s["B"], G * cg, H, W)).astype(np.float32)
+    w = rng.standard_normal((G * og, cg, kh, kw)).astype(np.float32)
+    args = (s["stride"], s["pads"], s["dil"], G)
+    got = K.conv2d_float(x, w, SLOPPY, *args)
+    assert np.array_equal(got.view(np.uint32), K.reference_conv2d_float(x, w, SLOPPY, *args).view(np.uint32))
+
+
+def test_float_path_rejects_int_multiplier():
+    with pytest.raises(DseError, match="floating-point product"):
+        K.gemm_float(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), EXACT)
