@@ -1,0 +1,472 @@
+"""AME-style analytic accuracy predictor (design.md "AME-style predictor").
+
+Per MAC layer l with reduction length K and multiplier error ``e(a, w) = LUT[a, w] - a*w``:
+
+* ``ME_l, VE_l`` = mean and variance of ``e`` under the independent joint distribution ``p_a(a) p_w(w)`` of the
+  layer's calibration activation histogram (``act_hist``, incl. padding zeros) and its weight-value histogram (from
+  ``w_q``): exact weighted sums over the 256x256 pattern grid. With CV (see :mod:`dse.correction`) the statistics are
+  those of the corrected residual ``e(a, w_fi) - alpha_f a - beta(w_fi)``: ``ME = 0`` (exact in mean) and
+  ``VE = sum_w p_w(w) Var_a(e(a, w)) - mean_f(alpha_f^2) Var(a)``, i.e. ``K VE`` = mean over filters of the variance
+  of the corrected output error for i.i.d. activations.
+* ``bias_l = K ME_l``, ``noise_l = sqrt(K VE_l)``, normalised error magnitude
+  ``d_l = sqrt(bias_l^2 + noise_l^2) / acc_std_l`` (RMS accumulator error in units of the exact accumulator std).
+* ``AME(config) = sum_l d_l`` (exact layers contribute 0).
+
+``acc_std_l`` is ``MacLayer.acc_std`` (std of the exact integer accumulators on calibration). Fallback when it is
+missing, non-finite, <= 0 or exactly the dataclass default 1.0: the same std under the i.i.d. activation model with the
+layer's real filters, ``sqrt(mean_f Var(a) S2_f + Var_f(E[a] S1_f))`` with ``S1_f = sum_i w_fi``, ``S2_f = sum_i
+w_fi^2`` (reported as ``acc_std_source = "model"``).
+
+:class:`AccuracyModel` maps AME to accuracy with ``acc = b0 + b1 AME + b2 AME^2`` fitted by least squares, constrained
+to be non-increasing on ``[0, max fitted AME]``; beyond that range it extrapolates linearly with the end slope.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dse.arith.multipliers import Multiplier, get_multiplier, pattern_values
+from dse.correction import _act_pmf, _layer_key, _weight_patterns, cv_correction
+from dse.errors import DseError
+
+_STATS: dict = {}
+
+
+def _cfg_get(lc):
+    """(multiplier name, cv) of a LayerConfig-like object or a {'multiplier', 'cv'} dict."""
+    if isinstance(lc, dict):
+        return str(lc.get("multiplier", "exact")), bool(lc.get("cv", False))
+    return str(getattr(lc, "multiplier", "exact")), bool(getattr(lc, "cv", False))
+
+
+def _resolve(mult) -> Multiplier:
+    return mult if isinstance(mult, Multiplier) else get_multiplier(str(mult))
+
+
+def _weight_pmf(wp: np.ndarray) -> np.ndarray:
+    return np.bincount(wp.ravel(), minlength=256).astype(np.float64) / wp.size
+
+
+def layer_error_stats(layer, mult, cv: bool = False) -> tuple[float, float]:
+    """``(ME, VE)`` of the per-product error (or of the CV residual) of ``mult`` on ``layer``; cached."""
+    mult = _resolve(mult)
+    key = _layer_key(layer, mult, f"stats:{bool(cv)}")
+    hit = _STATS.get(key)
+    if hit is not None:
+        return hit
+    where = f"layer '{layer.name}'"
+    if mult.domain != "int":
+        raise DseError(f"{where}: multiplier '{mult.name}' has no 8-bit table; the AME predictor covers 8-bit "
+                       "integer multipliers only")
+    wp = _weight_patterns(layer)
+    pa = _act_pmf(layer.act_hist, where)
+    pw = _weight_pmf(wp)
+    err = mult.error_table(layer.a_signed, True).astype(np.float64)   # [a, w]
+    if not cv:
+        me = float(pa @ err @ pw)
+        ve = float(pa @ ((err - me) ** 2) @ pw)
+    else:
+        a = pattern_values(layer.a_signed).astype(np.float64)
+        var_a = float(pa @ (a - pa @ a) ** 2)
+        m1 = pa @ err                                                 # E_a e(a, w) per w
+        var_e = pa @ ((err - m1[None, :]) ** 2)                       # Var_a e(a, w) per w
+        alpha_f, _ = cv_correction(layer, mult)
+        me = 0.0
+        ve = float(pw @ var_e - np.mean(alpha_f ** 2) * var_a)
+    res = (me, max(ve, 0.0))
+    _STATS[key] = res
+    return res
+
+
+def model_acc_std(layer) -> float:
+    """Exact-accumulator std under the i.i.d. activation model with the layer's filters (fallback for acc_std)."""
+    pa = _act_pmf(layer.act_hist, f"layer '{layer.name}'")
+    a = pattern_values(layer.a_signed).astype(np.float64)
+    ma = float(pa @ a)
+    var_a = float(pa @ (a - ma) ** 2)
+    w = np.asarray(layer.w_q, dtype=np.float64).reshape(np.asarray(layer.w_q).shape[0], -1)
+    s1, s2 = w.sum(axis=1), (w * w).sum(axis=1)
+    return float(math.sqrt(np.mean(var_a * s2) + np.var(ma * s1)))
+
+
+def layer_acc_std(layer) -> tuple[float, str]:
+    """(acc_std, source): ``("calibration")`` if ``layer.acc_std`` is usable, else the model fallback."""
+    s = getattr(layer, "acc_std", None)
+    if s is not None and np.isfinite(s) and s > 0 and s != 1.0:
+        return float(s), "calibration"
+    m = model_acc_std(layer)
+    return (m if m > 0 else 1.0), "model"
+
+
+@dataclass
+class LayerTerm:
+    """One layer's contribution to AME under one (multiplier, cv) choice."""
+
+    layer: str
+    multiplier: str
+    cv: bool
+    K: int
+    ME: float
+    VE: float
+    bias: float
+    noise: float
+    acc_std: float
+    acc_std_source: str
+    contrib: float  # sqrt(bias^2 + noise^2) / acc_std
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_term(layer, mult, cv: bool = False) -> LayerTerm:
+    """Full per-layer AME term (ME, VE, bias, noise, normalisation, contribution)."""
+    mult = _resolve(mult)
+    if mult.is_exact:
+        me, ve = 0.0, 0.0
+    else:
+        me, ve = layer_error_stats(layer, mult, cv)
+    std, src = layer_acc_std(layer)
+    bias, noise = layer.K * me, math.sqrt(layer.K * ve)
+    return LayerTerm(layer.name, mult.name, bool(cv), int(layer.K), me, ve, bias, noise, std, src,
+                     math.hypot(bias, noise) / std)
+
+
+class AmePredictor:
+    """AME of network configurations; per (layer, multiplier, cv) terms are computed once and cached, so a warm
+    evaluation is a few dictionary look-ups (microseconds)."""
+
+    def __init__(self, layers, multipliers=None):
+        self.layers = list(layers)
+        self._by_name = {l.name: l for l in self.layers}
+        self._terms: dict = {}
+        if multipliers:
+            self.precompute(multipliers)
+
+    def precompute(self, multipliers, cv=(False, True)) -> None:
+        for l in self.layers:
+            for m in multipliers:
+                for c in cv:
+                    self.term(l.name, m, c)
+
+    def term(self, layer: str, multiplier: str, cv: bool) -> LayerTerm:
+        key = (layer, multiplier, bool(cv))
+        t = self._terms.get(key)
+        if t is None:
+            t = self._terms[key] = layer_term(self._by_name[layer], multiplier, cv)
+        return t
+
+    def _check(self, config: dict) -> None:
+        for name in config:
+            if name not in self._by_name:
+                raise DseError(f"config: layer '{name}' is not a MAC layer of the model; use one of "
+                               f"{', '.join(self._by_name)}")
+
+    def breakdown(self, config: dict) -> list[LayerTerm]:
+        """Per-layer terms of ``config`` (missing layers exact), in execution order."""
+        self._check(config)
+        out = []
+        for l in self.layers:
+            m, c = _cfg_get(config[l.name]) if l.name in config else ("exact", False)
+            out.append(self.term(l.name, m, c))
+        return out
+
+    def ame(self, config: dict) -> float:
+        """AME = sum over layers of the normalised error magnitude."""
+        s = 0.0
+        terms = self._terms
+        for name, lc in config.items():
+            m, c = _cfg_get(lc)
+            t = terms.get((name, m, c))
+            if t is None:
+                if name not in self._by_name:
+                    self._check({name: lc})
+                t = self.term(name, m, c)
+            s += t.contrib
+        return s
+
+
+def ame(layers, config: dict) -> float:
+    """AME of ``config`` over ``layers`` (uses the module-level statistics cache)."""
+    return AmePredictor(layers).ame(config)
+
+
+class AccuracyModel:
+    """``accuracy ~ b0 + b1 AME + b2 AME^2``, non-increasing on ``[0, ame_max]``, linear beyond, clipped to [0, 1]."""
+
+    def __init__(self, b0: float, b1: float, b2: float, ame_max: float, n_points: int = 0):
+        self.b0, self.b1, self.b2 = float(b0), float(b1), float(b2)
+        self.ame_max, self.n_points = float(ame_max), int(n_points)
+
+    @classmethod
+    def fit(cls, ames, accuracies) -> "AccuracyModel":
+        """Least squares under ``d acc / d AME <= 0`` on ``[0, max AME]`` (active-set enumeration of the two
+        endpoint constraints, which is exact for this convex problem). Needs >= 3 points with >= 2 distinct AMEs."""
+        x = np.asarray(ames, dtype=np.float64).ravel()
+        y = np.asarray(accuracies, dtype=np.float64).ravel()
+        if x.shape != y.shape or x.size < 3:
+            raise DseError(f"AccuracyModel.fit: need at least 3 (AME, accuracy) points, got {x.size}; emulate more "
+                           "configurations")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x < 0):
+            raise DseError("AccuracyModel.fit: AME values must be finite and >= 0 and accuracies finite")
+        if np.unique(x).size < 2:
+            raise DseError("AccuracyModel.fit: all configurations have the same AME; emulate configurations with "
+                           "different multipliers")
+        xm = float(x.max())
+        cands = []
+        # free quadratic; b1 = 0 (slope 0 at AME=0); b1 = -2 b2 xm (slope 0 at xm); constant
+        designs = [
+            (np.stack([np.ones_like(x), x, x * x], 1), lambda c: (c[0], c[1], c[2])),
+            (np.stack([np.ones_like(x), x * x], 1), lambda c: (c[0], 0.0, c[1])),
+            (np.stack([np.ones_like(x), x * x - 2 * xm * x], 1), lambda c: (c[0], -2 * xm * c[1], c[1])),
+            (np.ones((x.size, 1)), lambda c: (c[0], 0.0, 0.0)),
+        ]
+        for A, unpack in designs:
+            c, *_ = np.linalg.lstsq(A, y, rcond=None)
+            b = unpack(c)
+            if b[1] <= 1e-12 and b[1] + 2 * b[2] * xm <= 1e-12:
+                sse = float(np.sum((b[0] + b[1] * x + b[2] * x * x - y) ** 2))
+                cands.append((sse, b))
+        sse, b = min(cands, key=lambda t: t[0])  # the constant model is always feasible
+        return cls(*b, ame_max=xm, n_points=x.size)
+
+    def predict(self, ame) -> np.ndarray | float:
+        """Predicted accuracy in [0, 1]."""
+        a = np.asarray(ame, dtype=np.float64)
+        xm = self.ame_max
+        inside = self.b0 + self.b1 * a + self.b2 * a * a
+        y_end = self.b0 + self.b1 * xm + self.b2 * xm * xm
+        outside = y_end + (self.b1 + 2 * self.b2 * xm) * (a - xm)
+        r = np.clip(np.where(a <= xm, inside, outside), 0.0, 1.0)
+        return float(r) if r.ndim == 0 else r
+
+    def loss(self, ame) -> np.ndarray | float:
+        """Predicted accuracy loss vs the all-exact network (``predict(0) - predict(ame)``, >= 0)."""
+        r = np.maximum(self.predict(0.0) - np.asarray(self.predict(ame)), 0.0)
+        return float(r) if r.ndim == 0 else r
+
+    def to_dict(self) -> dict:
+        return {"b0": self.b0, "b1": self.b1, "b2": self.b2, "ame_max": self.ame_max, "n_points": self.n_points}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AccuracyModel":
+        try:
+            return cls(d["b0"], d["b1"], d["b2"], d["ame_max"], d.get("n_points", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DseError(f"accuracy model: missing or bad key {exc}; expected b0, b1, b2, ame_max") from None
+
+
+def loss_predictor(predictor: AmePredictor, model: AccuracyModel):
+    """``config -> predicted accuracy loss (fraction)`` for the search's predictor hook."""
+    return lambda config: float(model.loss(predictor.ame(config)))
+
+
+def rankdata(x) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], x.size]
+    avg = (starts + ends + 1) / 2.0            # mean of ranks starts+1 .. ends
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks); nan if either side is constant."""
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.size != ry.size or rx.size < 2:
+        raise ValueError("spearman: need two sequences of equal length >= 2")
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy / den) if den > 0 else float("nan")
+
+
+@dataclass
+class Validation:
+    spearman: float
+    mae: float
+    predicted: list
+    emulated: list
+    emulate_seconds: float   # mean wall time of one emulate_fn call
+    predict_seconds: float   # mean wall time of one pred call (warm)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate(pred, emulate_fn, configs, repeats: int = 200) -> Validation:
+    """Compare ``pred(config) -> accuracy`` with ``emulate_fn(config) -> accuracy`` on held-out ``configs``:
+    Spearman rho and mean absolute error, plus measured mean time per configuration of both."""
+    configs = list(configs)
+    if len(configs) < 2:
+        raise DseError("validate: need at least 2 held-out configurations")
+    p = [float(pred(c)) for c in configs]  # also warms caches
+    t0 = time.perf_counter()
+    reps = 0
+    while reps < repeats:
+        for c in configs:
+            pred(c)
+        reps += 1
+    t_pred = (time.perf_counter() - t0) / (reps * len(configs))
+    emu = []
+    t0 = time.perf_counter()
+    for c in configs:
+        emu.append(float(emulate_fn(c)))
+    t_emu = (time.perf_counter() - t0) / len(configs)
+    pa, ea = np.asarray(p), np.asarray(emu)
+    return Validation(spearman(pa, ea), float(np.mean(np.abs(pa - ea))), p, emu, t_emu, t_pred)
+
+
+def random_configs(layer_names, multipliers, n: int, seed: int = 0, p_cv: float = 0.5) -> list[dict]:
+    """``n`` random network configurations: per configuration each layer is approximate with probability q ~ U(0, 1)
+    (at least one layer), with a uniformly chosen multiplier and CV with probability ``p_cv``; values LayerConfig."""
+    from dse.emulate import LayerConfig
+
+    rng = np.random.default_rng(seed)
+    names, mults = list(layer_names), [m for m in multipliers if m != "exact"]
+    if not mults:
+        raise DseError("random_configs: no approximate 8-bit multiplier available; see 'dse multipliers'")
+    out = []
+    for _ in range(int(n)):
+        q = rng.uniform(0.0, 1.0)
+        cfg = {}
+        for name in names:
+            if rng.uniform() < q:
+                cfg[name] = LayerConfig(str(mults[rng.integers(len(mults))]), bool(rng.uniform() < p_cv))
+        if not cfg and names:  # at least one approximate layer
+            cfg[names[rng.integers(len(names))]] = LayerConfig(str(mults[rng.integers(len(mults))]),
+                                                               bool(rng.uniform() < p_cv))
+        out.append(cfg)
+    return out
+
+
+def int_multipliers() -> list[str]:
+    """Names of the 8-bit table multipliers of the library (the predictor's domain)."""
+    from dse.arith.multipliers import list_multipliers
+
+    return [n for n in list_multipliers() if get_multiplier(n).domain == "int"]
+
+
+def fit_and_validate(layers, accuracy_fn, n: int, seed: int = 0, multipliers=None) -> dict:
+    """Emulate ``n`` random configurations (plus the all-exact one): fit :class:`AccuracyModel` on the first
+    ``max(3, n // 2)`` + exact, validate on the rest. Returns model, validation and timing figures."""
+    if n < 5:
+        raise DseError(f"--validate {n}: need at least 5 configurations (3 to fit, 2 held out)")
+    pred = AmePredictor(layers)
+    mults = list(multipliers) if multipliers else int_multipliers()
+    t0 = time.perf_counter()
+    pred.precompute(mults)
+    t_pre = time.perf_counter() - t0
+    configs = random_configs([l.name for l in layers], mults, n, seed)
+    n_fit = max(3, n // 2)
+    fit_cfgs, hold = [{}] + configs[:n_fit], configs[n_fit:]
+    t0 = time.perf_counter()
+    fit_acc = [float(accuracy_fn(c)) for c in fit_cfgs]
+    t_fit = (time.perf_counter() - t0) / len(fit_cfgs)
+    model = AccuracyModel.fit([pred.ame(c) for c in fit_cfgs], fit_acc)
+    v = validate(lambda c: model.predict(pred.ame(c)), accuracy_fn, hold)
+    t_emu = (t_fit * len(fit_cfgs) + v.emulate_seconds * len(hold)) / (len(fit_cfgs) + len(hold))
+    return {"model": model, "validation": v, "n_fit": len(fit_cfgs), "n_holdout": len(hold),
+            "exact_accuracy": fit_acc[0], "precompute_seconds": t_pre, "emulate_seconds": t_emu,
+            "predict_seconds": v.predict_seconds, "speedup": t_emu / max(v.predict_seconds, 1e-12),
+            "holdout_configs": hold, "holdout_ame": [pred.ame(c) for c in hold],
+            "predictor": pred}
+
+
+# ---------------------------------------------------------------------------------------------- CLI support
+def _read_config(path: str) -> dict:
+    """Network configuration file (TOML/JSON, ``[layers.<name>]`` with ``multiplier``, ``cv``) -> {name: LayerConfig}.
+    Uses ``dse.config.load_config`` when that module provides it."""
+    try:
+        from dse.config import load_config  # type: ignore[attr-defined]
+    except ImportError:
+        load_config = None
+    if load_config is not None:
+        return load_config(path)
+    import json
+    import tomllib
+    from pathlib import Path
+
+    from dse.emulate import LayerConfig
+
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DseError(f"{path}: cannot read config ({exc.strerror}); check the --config path") from None
+    try:
+        doc = json.loads(raw) if p.suffix.lower() == ".json" else tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DseError(f"{path}: not valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'} "
+                       f"({str(exc).splitlines()[0]}); fix the syntax") from None
+    layers = doc.get("layers")
+    if not isinstance(layers, dict):
+        raise DseError(f"{path}: missing [layers.<name>] tables; add one per approximate layer")
+    out = {}
+    for name, t in layers.items():
+        if not isinstance(t, dict):
+            raise DseError(f"{path}: layers.{name} must be a table with keys multiplier, cv")
+        extra = set(t) - {"multiplier", "cv"}
+        if extra:
+            raise DseError(f"{path}: layers.{name}: unknown key '{sorted(extra)[0]}'; allowed: multiplier, cv")
+        m, cv = t.get("multiplier", "exact"), t.get("cv", False)
+        if not isinstance(m, str) or not isinstance(cv, bool):
+            raise DseError(f"{path}: layers.{name}: multiplier must be a string and cv a boolean")
+        get_multiplier(m)
+        out[str(name)] = LayerConfig(m, cv)
+    return out
+
+
+def _resolve_model_path(model: str) -> str:
+    from pathlib import Path
+
+    p = Path(model)
+    if p.is_file():
+        return str(p)
+    here = Path(__file__).resolve().parent
+    for cand in (here / "data" / f"{model}.onnx", here.parent / "data" / f"{model}.onnx"):
+        if cand.is_file():
+            return str(cand)
+    raise DseError(f"model '{model}': no such file and not a bundled model (e.g. lenet5); pass an ONNX path")
+
+
+def predict_report(model: str, config_path: str | None = None, data: str = "fashion-mnist:search",
+                   calib: str = "fashion-mnist:calib", validate_n: int = 0, seed: int = 0, images: int = 2000) -> dict:
+    """What ``dse predict`` prints: per-layer terms and AME of a configuration and, with ``validate_n``, the fitted
+    AccuracyModel, Spearman, held-out MAE and the measured predictor-vs-emulation speedup."""
+    if validate_n and validate_n < 5:
+        raise DseError(f"--validate {validate_n}: need at least 5 configurations (3 to fit, 2 held out)")
+    config = _read_config(config_path) if config_path else {}
+    from dse.data import load_dataset
+    from dse.emulate import Emulator
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    graph = load_onnx(_resolve_model_path(model))
+    qmodel = calibrate(graph, load_dataset(calib).x)
+    pred = AmePredictor(qmodel.layers)
+    terms = pred.breakdown(config)
+    out = {"model": model, "config": {k: {"multiplier": _cfg_get(v)[0], "cv": _cfg_get(v)[1]} for k, v in config.items()},
+           "layers": [t.to_dict() for t in terms], "ame": float(sum(t.contrib for t in terms))}
+    if validate_n:
+        ds = load_dataset(data)
+        order = np.random.default_rng(seed).permutation(len(ds.y))[: int(images) if images else None]
+        x, y = ds.x[order], np.asarray(ds.y)[order]
+        emu = Emulator(qmodel)
+        r = fit_and_validate(qmodel.layers, lambda c: emu.accuracy(x, y, c), int(validate_n), seed)
+        m, v = r["model"], r["validation"]
+        out["accuracy_model"] = m.to_dict()
+        out["predicted_accuracy"] = m.predict(out["ame"])
+        out["predicted_loss"] = m.loss(out["ame"])
+        out["validation"] = {"images": int(len(y)), "n_fit": r["n_fit"], "n_holdout": r["n_holdout"],
+                             "exact_accuracy": r["exact_accuracy"], "spearman": v.spearman, "mae": v.mae,
+                             "holdout": [{"ame": a, "predicted": p, "emulated": e} for a, p, e in
+                                         zip(r["holdout_ame"], v.predicted, v.emulated)],
+                             "emulate_seconds": r["emulate_seconds"], "predict_seconds": r["predict_seconds"],
+                             "precompute_seconds": r["precompute_seconds"], "speedup": r["speedup"]}
+    return out

@@ -1,0 +1,361 @@
+"""Control-variate correction: per-weight-value fit, per-filter coefficients, activation sums, Monte-Carlo checks.
+
+The approximate multipliers are local, built from the design.md definitions (sign-magnitude signed handling), so the
+tests do not depend on which families dse.arith.multipliers offers yet.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dse.arith.multipliers import EXACT, Multiplier, pattern_values
+from dse.correction import activation_sums, apply_cv, clear_cache, cv_correction, fit_cv
+from dse.errors import DseError
+from dse.quant import MacLayer
+
+SETTINGS = settings(deadline=None, max_examples=40)
+
+
+# ---------------------------------------------------------------- local multipliers (design.md definitions)
+def _ilog2(x):
+    return np.where(x > 0, np.floor(np.log2(np.maximum(x, 1))).astype(np.int64), 0)
+
+
+def mitchell_core(x, y):
+    x, y = x.astype(np.int64), y.astype(np.int64)
+    k1, k2 = _ilog2(x), _ilog2(y)
+    f1 = (x - (1 << k1)) / (1 << k1)
+    f2 = (y - (1 << k2)) / (1 << k2)
+    s = f1 + f2
+    p = np.where(s < 1, np.ldexp(1 + s, k1 + k2), np.ldexp(s, k1 + k2 + 1))
+    return np.where((x == 0) | (y == 0), 0, np.floor(p)).astype(np.int64)
+
+
+def drum_core(k):
+    def core(x, y):
+        def trunc(v):
+            t = _ilog2(v)
+            sh = np.maximum(t - k + 1, 0)
+            return np.where(t > k - 1, (v >> sh) | 1, v), sh
+        (xa, sa), (ya, sb) = trunc(x.astype(np.int64)), trunc(y.astype(np.int64))
+        return (xa * ya) << (sa + sb)
+    return core
+
+
+def signmag(core):
+    def build(a_signed, w_signed):
+        A, W = np.meshgrid(pattern_values(a_signed), pattern_values(w_signed), indexing="ij")
+        return np.sign(A) * np.sign(W) * core(np.abs(A), np.abs(W))
+    return build
+
+
+def perforation(j, k):
+    mask = ((1 << k) - 1) << j
+
+    def build(a_signed, w_signed):
+        A, W = np.meshgrid(pattern_values(a_signed), pattern_values(w_signed), indexing="ij")
+        return A * (W & ~mask)
+    return build
+
+
+MITCHELL = Multiplier(name="t_mitchell", family="lut", _builder=signmag(mitchell_core))
+DRUM4 = Multiplier(name="t_drum4", family="lut", _builder=signmag(drum_core(4)))
+PERF = Multiplier(name="t_perf_j0_k2", family="lut", _builder=perforation(0, 2))
+PERF13 = Multiplier(name="t_perf_j1_k3", family="lut", _builder=perforation(1, 3))
+
+
+def test_local_multipliers_match_design_vectors():
+    t = MITCHELL.table(False, False)
+    assert t[3, 3] == 8 and t[0, 77] == 0 and np.all(t <= np.multiply.outer(np.arange(256), np.arange(256)))
+    nz = np.multiply.outer(np.arange(1, 256), np.arange(1, 256))
+    rel = (t[1:, 1:] - nz) / nz
+    assert rel.mean() == pytest.approx(-0.03788, abs=5e-5) and rel.min() == pytest.approx(-1 / 9)
+    assert PERF.table(False)[5, 7] == 5 * 4 and PERF.table(True)[0xFF, 0xFF] == -1 * (-1 & ~3)
+
+
+# ---------------------------------------------------------------- histograms and layers
+def relu_hist(rng, zero_frac=0.4, scale=30.0):
+    h = np.zeros(256, np.int64)
+    v = np.minimum(np.round(rng.exponential(scale, 100000)), 255).astype(int)
+    h += np.bincount(v, minlength=256)
+    h[0] += int(zero_frac * h.sum())
+    return h
+
+
+def signed_hist(rng, loc=5.0, scale=25.0):
+    v = np.clip(np.round(rng.laplace(loc, scale, 100000)), -128, 127).astype(int)
+    return np.bincount(v & 0xFF, minlength=256).astype(np.int64)
+
+
+def gemm_layer(name, w, hist, a_signed):
+    n, k = w.shape
+    return MacLayer(name=name, op="gemm", in_shape=(k,), out_shape=(n,), K=k, N=n, w_q=w.astype(np.int8),
+                    a_signed=a_signed, act_hist=hist)
+
+
+def draw_acts(rng, hist, a_signed, shape):
+    pats = rng.choice(256, size=shape, p=hist / hist.sum())
+    return pattern_values(a_signed)[pats]
+
+
+def err_acc(mult, a_vals, w, a_signed):
+    """sum_k e(a[m,k], w[n,k]) -> int64[M, N] by direct table gather (obviously right)."""
+    E = mult.error_table(a_signed, True)
+    ap, wp = a_vals & 0xFF, w.astype(np.int64) & 0xFF
+    return np.stack([E[ap, wp[n][None, :]].sum(axis=1) for n in range(w.shape[0])], axis=1)
+
+
+# ---------------------------------------------------------------- per weight value fit
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), support=st.integers(2, 256), a_signed=st.booleans(),
+       mult=st.sampled_from([MITCHELL, DRUM4, PERF13]))
+def test_fit_cv_matches_weighted_polyfit(seed, support, a_signed, mult):
+    rng = np.random.default_rng(seed)
+    hist = np.zeros(256, np.int64)
+    hist[rng.choice(256, support, replace=False)] = rng.integers(1, 1000, support)
+    alpha, beta = fit_cv(mult, hist, a_signed)
+    a = pattern_values(a_signed).astype(float)
+    E = mult.error_table(a_signed, True)
+    sel = hist > 0
+    for wp in rng.choice(256, 6, replace=False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s, c = np.polyfit(a[sel], E[sel, wp].astype(float), 1, w=np.sqrt(hist[sel] / hist.sum()))
+        scale = 1 + np.abs(E[:, wp]).max()
+        assert alpha[wp] == pytest.approx(s, abs=1e-9 * scale)
+        assert beta[wp] == pytest.approx(c, abs=1e-7 * scale)
+
+
+@pytest.mark.parametrize("a_signed", [False, True])
+def test_fit_cv_exact_for_perforation(a_signed):
+    rng = np.random.default_rng(1)
+    hist = signed_hist(rng) if a_signed else relu_hist(rng)
+    alpha, beta = fit_cv(PERF13, hist, a_signed)
+    wv = pattern_values(True)
+    np.testing.assert_allclose(alpha, -(wv & (0b111 << 1)), atol=1e-9)
+    np.testing.assert_allclose(beta, 0, atol=1e-7)
+
+
+@pytest.mark.parametrize("a_signed", [False, True])
+@pytest.mark.parametrize("value", [0, 1, 77, -3])
+def test_fit_cv_degenerate_single_value(a_signed, value):
+    if value < 0 and not a_signed:
+        value = 200
+    hist = np.zeros(256, np.int64)
+    hist[value & 0xFF] = 123
+    alpha, beta = fit_cv(MITCHELL, hist, a_signed)
+    assert np.all(alpha == 0)
+    np.testing.assert_array_equal(beta, MITCHELL.error_table(a_signed)[value & 0xFF].astype(float))
+
+
+def test_fit_cv_bad_histograms():
+    with pytest.raises(DseError, match="no activation histogram"):
+        fit_cv(MITCHELL, None, False)
+    with pytest.raises(DseError, match="empty"):
+        fit_cv(MITCHELL, np.zeros(256, np.int64), False)
+    with pytest.raises(DseError, match="shape"):
+        fit_cv(MITCHELL, np.ones(255, np.int64), False)
+
+
+def test_exact_multiplier_has_zero_correction():
+    rng = np.random.default_rng(2)
+    layer = gemm_layer("ex", rng.integers(-127, 128, (4, 9)), relu_hist(rng), False)
+    al, be = cv_correction(layer, EXACT)
+    assert np.all(al == 0) and np.all(be == 0)
+
+
+# ---------------------------------------------------------------- per filter coefficients
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 8), k=st.integers(1, 40), a_signed=st.booleans())
+def test_cv_correction_per_filter_matches_loops(seed, n, k, a_signed):
+    rng = np.random.default_rng(seed)
+    hist = signed_hist(rng) if a_signed else relu_hist(rng)
+    w = rng.integers(-128, 128, (n, k))
+    layer = gemm_layer(f"L{seed}", w, hist, a_signed)
+    alpha_w, beta_w = fit_cv(DRUM4, hist, a_signed)
+    al, be = cv_correction(layer, DRUM4)
+    for f in range(n):
+        assert al[f] == pytest.approx(sum(alpha_w[int(x) & 0xFF] for x in w[f]) / k, rel=1e-12, abs=1e-12)
+        assert be[f] == pytest.approx(sum(beta_w[int(x) & 0xFF] for x in w[f]), rel=1e-12, abs=1e-9)
+
+
+def test_cv_correction_cache_tracks_content():
+    clear_cache()
+    rng = np.random.default_rng(3)
+    hist = relu_hist(rng)
+    w = rng.integers(-127, 128, (5, 12))
+    l1 = gemm_layer("same", w, hist, False)
+    r1 = cv_correction(l1, MITCHELL)
+    assert cv_correction(l1, MITCHELL) is r1
+    assert not r1[0].flags.writeable
+    l2 = gemm_layer("same", w[::-1].copy(), hist, False)   # same name, other weights
+    np.testing.assert_allclose(cv_correction(l2, MITCHELL)[0], r1[0][::-1])
+    l3 = gemm_layer("same", w, hist, True)                  # other signedness
+    assert not np.allclose(cv_correction(l3, MITCHELL)[1], r1[1])
+
+
+def test_cv_correction_missing_weights():
+    layer = MacLayer(name="nw", op="gemm", in_shape=(3,), out_shape=(2,), K=3, N=2, act_hist=np.ones(256, np.int64))
+    with pytest.raises(DseError, match="layer 'nw'.*w_q"):
+        cv_correction(layer, MITCHELL)
+
+
+# ---------------------------------------------------------------- Monte-Carlo: exact in mean, variance reduction
+@pytest.mark.parametrize("mult", [PERF, PERF13, MITCHELL, DRUM4])
+@pytest.mark.parametrize("a_signed", [False, True])
+def test_corrected_error_is_exact_in_mean(mult, a_signed):
+    """Activations i.i.d. from the histogram, random filters: the mean of the corrected output error is 0.
+
+    Tolerance: 5 standard errors of the per-filter sample mean (rows are i.i.d.), i.e. a false-failure chance
+    below 1e-5 per filter; the uncorrected mean must be clearly non-zero (> 8 SE) for the same samples, so the check
+    has power."""
+    rng = np.random.default_rng(11 + a_signed)
+    hist = signed_hist(rng) if a_signed else relu_hist(rng)
+    n, k, m = 12, 27, 12000
+    w = np.clip(np.round(rng.normal(15, 40, (n, k))), -127, 127).astype(np.int64)
+    layer = gemm_layer(f"mc_{mult.name}", w, hist, a_signed)
+    alpha, beta = cv_correction(layer, mult)
+    a = draw_acts(rng, hist, a_signed, (m, k))
+    e = err_acc(mult, a, w, a_signed)
+    r = apply_cv(e, a.sum(axis=1), alpha, beta)       # acc - exact = e, so apply_cv(e) is the corrected error
+    se_r = r.std(axis=0, ddof=1) / np.sqrt(m)
+    assert np.all(np.abs(r.mean(axis=0)) <= 5 * se_r + 1e-9)
+    se_e = e.std(axis=0, ddof=1) / np.sqrt(m)
+    assert np.mean(np.abs(e.mean(axis=0)) > 8 * se_e) > 0.5
+
+
+@pytest.mark.parametrize("mult", [MITCHELL, DRUM4])
+@pytest.mark.parametrize("a_signed", [False, True])
+def test_corrected_variance_below_uncorrected(mult, a_signed):
+    """Per filter, sample variance of the corrected error is below the uncorrected one and matches the closed form
+    sum_i Var(e(a, w_i)) - K alpha_f^2 Var(a) (relative tolerance 10 %: ~4 standard errors of a variance estimate at
+    m = 12000 for these moderately heavy-tailed errors)."""
+    rng = np.random.default_rng(21 + a_signed)
+    hist = signed_hist(rng) if a_signed else relu_hist(rng)
+    n, k, m = 10, 25, 12000
+    w = np.clip(np.round(rng.normal(20, 40, (n, k))), -127, 127).astype(np.int64)
+    layer = gemm_layer(f"var_{mult.name}", w, hist, a_signed)
+    alpha, beta = cv_correction(layer, mult)
+    a = draw_acts(rng, hist, a_signed, (m, k))
+    e = err_acc(mult, a, w, a_signed)
+    r = apply_cv(e, a.sum(axis=1), alpha, beta)
+    v_e, v_r = e.var(axis=0), r.var(axis=0)
+    assert np.all(v_r < v_e)
+    p = hist / hist.sum()
+    av = pattern_values(a_signed).astype(float)
+    var_a = p @ (av - p @ av) ** 2
+    E = mult.error_table(a_signed).astype(float)
+    var_e_w = p @ (E - p @ E) ** 2
+    closed = np.array([var_e_w[w[f] & 0xFF].sum() - k * alpha[f] ** 2 * var_a for f in range(n)])
+    np.testing.assert_allclose(v_r, closed, rtol=0.1)
+
+
+# ---------------------------------------------------------------- activation sums and apply_cv
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 3), g=st.sampled_from([1, 2, 3]), cpg=st.integers(1, 3),
+       h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       s=st.integers(1, 2), d=st.integers(1, 2), pads=st.tuples(*[st.integers(0, 2)] * 4))
+def test_activation_sums_conv_matches_loops(seed, b, g, cpg, h, w, kh, kw, s, d, pads):
+    pt, pl, pb, pr = pads
+    if h + pt + pb < d * (kh - 1) + 1 or w + pl + pr < d * (kw - 1) + 1:
+        return
+    rng = np.random.default_rng(seed)
+    c = g * cpg
+    x = rng.integers(-128, 128, (b, c, h, w))
+    layer = MacLayer(name="c", op="conv", in_shape=(c, h, w), out_shape=(2 * g, 1, 1), kernel=(kh, kw),
+                     stride=(s, s), pads=pads, dilation=(d, d), groups=g)
+    X = activation_sums(layer, x)
+    ho = (h + pt + pb - d * (kh - 1) - 1) // s + 1
+    wo = (w + pl + pr - d * (kw - 1) - 1) // s + 1
+    ref = np.zeros((b, g, ho, wo))
+    for bi in range(b):
+        for gi in range(g):
+            for oy in range(ho):
+                for ox in range(wo):
+                    tot = 0
+                    for ci in range(gi * cpg, (gi + 1) * cpg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                yy, xx = oy * s + i * d - pt, ox * s + j * d - pl
+                                if 0 <= yy < h and 0 <= xx < w:
+                                    tot += x[bi, ci, yy, xx]
+                    ref[bi, gi, oy, ox] = tot
+    np.testing.assert_array_equal(X, ref)
+
+
+def test_activation_sums_gemm_and_apply_cv_layouts():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (7, 10))
+    layer = MacLayer(name="g", op="gemm", in_shape=(10,), out_shape=(4,), K=10, N=4)
+    X = activation_sums(layer, x)
+    np.testing.assert_array_equal(X, x.sum(axis=1))
+    acc = rng.integers(-10**6, 10**6, (7, 4))
+    al, be = rng.normal(size=4), rng.normal(size=4)
+    out = apply_cv(acc, X, al, be)
+    for m in range(7):
+        for n in range(4):
+            assert out[m, n] == acc[m, n] - al[n] * X[m] - be[n]
+    # conv layout with 2 groups of 3 channels
+    acc4 = rng.integers(-1000, 1000, (2, 6, 3, 3))
+    X4 = rng.integers(0, 500, (2, 2, 3, 3)).astype(float)
+    al6, be6 = rng.normal(size=6), rng.normal(size=6)
+    out4 = apply_cv(acc4, X4, al6, be6)
+    for n in range(6):
+        np.testing.assert_allclose(out4[:, n], acc4[:, n] - al6[n] * X4[:, n // 3] - be6[n])
+    with pytest.raises(ValueError):
+        apply_cv(acc, X[:-1], al, be)
+    with pytest.raises(ValueError):
+        apply_cv(acc, X, al[:-1], be)
+
+
+def test_apply_cv_end_to_end_with_reference_gemm():
+    """acc from the kernel reference (approximate GEMM) corrected by CV is closer to the exact GEMM on average."""
+    from dse.kernels import reference_gemm_int
+
+    rng = np.random.default_rng(9)
+    hist = relu_hist(rng)
+    w = rng.integers(-127, 128, (6, 30))
+    layer = gemm_layer("e2e", w, hist, False)
+    a = draw_acts(rng, hist, False, (4000, 30))
+    acc = reference_gemm_int(a, w, MITCHELL, False)
+    exact = a @ w.T
+    al, be = cv_correction(layer, MITCHELL)
+    corr = apply_cv(acc, activation_sums(layer, a), al, be)
+    assert np.mean((corr - exact) ** 2) < 0.75 * np.mean((acc - exact) ** 2)
+
+
+@pytest.mark.parametrize("name", ["perf_j0_k2", "perf_j1_k3", "perf_j2_k2"])
+@pytest.mark.parametrize("a_signed", [False, True])
+def test_library_perforation_fit_is_exact(name, a_signed):
+    """The library's perforation multipliers have e(a, w) linear in a: the per-value fit leaves no residual."""
+    from dse.arith.multipliers import get_multiplier, list_multipliers
+
+    if name not in list_multipliers():
+        pytest.skip(f"{name} not in the multiplier library yet")
+    mult = get_multiplier(name)
+    rng = np.random.default_rng(3)
+    hist = signed_hist(rng) if a_signed else relu_hist(rng)
+    alpha, beta = fit_cv(mult, hist, a_signed)
+    a = pattern_values(a_signed).astype(float)
+    res = mult.error_table(a_signed).astype(float) - np.outer(a, alpha) - beta[None, :]
+    assert np.abs(res).max() < 1e-6
+    assert np.abs(alpha).max() > 0
+
+
+@settings(deadline=None, max_examples=15)
+@given(seed=st.integers(0, 2**32 - 1), g=st.sampled_from([1, 2]), k=st.integers(1, 3), s=st.integers(1, 2),
+       pads=st.tuples(*[st.integers(0, 1)] * 4))
+def test_activation_sums_agree_with_emulator(seed, g, k, s, pads):
+    """dse.emulate has its own X computation; both must agree (the emulator's feeds cv_correction's alpha)."""
+    emulate = pytest.importorskip("dse.emulate")
+    if not hasattr(emulate, "activation_sums"):
+        pytest.skip("dse.emulate.activation_sums not present")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (2, 2 * g, 6, 5))
+    layer = MacLayer(name="c", op="conv", in_shape=(2 * g, 6, 5), out_shape=(2 * g, 1, 1), kernel=(k, k),
+                     stride=(s, s), pads=pads, groups=g)
+    np.testing.assert_array_equal(activation_sums(layer, x), emulate.activation_sums(x, layer))

@@ -1,0 +1,312 @@
+"""AME predictor: per-layer error statistics vs slow references, AME, AccuracyModel fit, Spearman, validate, CLI."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dse.arith.multipliers import EXACT, pattern_values
+from dse.correction import activation_sums, apply_cv, cv_correction
+from dse.emulate import LayerConfig
+from dse.errors import DseError
+from dse.predict import (AccuracyModel, AmePredictor, layer_acc_std, layer_error_stats, layer_term, model_acc_std,
+                         rankdata, spearman, validate)
+from tests.test_correction import DRUM4, MITCHELL, PERF13, draw_acts, err_acc, gemm_layer, relu_hist, signed_hist
+
+SETTINGS = settings(deadline=None, max_examples=25)
+
+
+def _layer(seed, a_signed, n=6, k=20, name=None):
+    rng = np.random.default_rng(seed)
+    hist = signed_hist(rng) if a_signed else relu_hist(rng)
+    w = np.clip(np.round(rng.normal(10, 45, (n, k))), -127, 127).astype(np.int64)
+    return gemm_layer(name or f"p{seed}_{a_signed}", w, hist, a_signed)
+
+
+# ---------------------------------------------------------------- error statistics
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), a_signed=st.booleans(), mult=st.sampled_from([MITCHELL, DRUM4, PERF13]),
+       n=st.integers(1, 5), k=st.integers(1, 30))
+def test_error_stats_match_per_weight_loop(seed, a_signed, mult, n, k):
+    """ME/VE over the joint grid == average over the layer's actual weights of activation-weighted moments."""
+    layer = _layer(seed, a_signed, n, k)
+    me, ve = layer_error_stats(layer, mult)
+    p = layer.act_hist / layer.act_hist.sum()
+    E = mult.error_table(a_signed).astype(float)
+    ws = [int(x) & 0xFF for x in layer.w_q.ravel()]
+    m1 = np.mean([p @ E[:, w] for w in ws])
+    m2 = np.mean([p @ E[:, w] ** 2 for w in ws])
+    assert me == pytest.approx(m1, rel=1e-10, abs=1e-10)
+    assert ve == pytest.approx(m2 - m1 ** 2, rel=1e-8, abs=1e-8)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), a_signed=st.booleans(), mult=st.sampled_from([MITCHELL, DRUM4, PERF13]))
+def test_cv_error_stats_match_per_filter_variance(seed, a_signed, mult):
+    """CV: ME = 0 and K VE = mean over filters of Var(sum_i e(a_i, w_fi) - alpha_f a_i), computed term by term."""
+    layer = _layer(seed, a_signed)
+    me, ve = layer_error_stats(layer, mult, cv=True)
+    alpha, _ = cv_correction(layer, mult)
+    p = layer.act_hist / layer.act_hist.sum()
+    a = pattern_values(a_signed).astype(float)
+    E = mult.error_table(a_signed).astype(float)
+    var_f = []
+    for f in range(layer.N):
+        tot = 0.0
+        for w in layer.w_q[f]:
+            r = E[:, int(w) & 0xFF] - alpha[f] * a
+            tot += p @ (r - p @ r) ** 2
+        var_f.append(tot)
+    assert me == 0.0
+    assert layer.K * ve == pytest.approx(np.mean(var_f), rel=1e-9, abs=1e-6)
+    assert ve <= layer_error_stats(layer, mult)[1] + 1e-9
+
+
+@pytest.mark.parametrize("mult", [MITCHELL, DRUM4])
+def test_cv_noise_matches_monte_carlo_of_corrected_outputs(mult):
+    """noise^2 = K VE_cv equals the mean per-filter variance of the emulated, corrected output error (10 %)."""
+    layer = _layer(4, False, n=8, k=25)
+    t = layer_term(layer, mult, cv=True)
+    rng = np.random.default_rng(7)
+    a = draw_acts(rng, layer.act_hist, False, (12000, layer.K))
+    e = err_acc(mult, a, layer.w_q.astype(np.int64), False)
+    r = apply_cv(e, activation_sums(layer, a), *cv_correction(layer, mult))
+    assert t.noise ** 2 == pytest.approx(r.var(axis=0).mean(), rel=0.1)
+    assert abs(r.mean()) < 5 * r.mean(axis=1).std() / np.sqrt(len(r))
+
+
+def test_exact_and_library_multipliers():
+    layer = _layer(5, True)
+    assert layer_term(layer, EXACT).contrib == 0.0
+    assert layer_error_stats(layer, EXACT) == (0.0, 0.0)
+    from dse.arith.multipliers import get_multiplier, list_multipliers
+    if "perf_j0_k2" not in list_multipliers():
+        pytest.skip("library perforation multipliers not available")
+    t = layer_term(layer, "perf_j0_k2", cv=False)
+    tc = layer_term(layer, "perf_j0_k2", cv=True)
+    assert t.contrib > tc.contrib > 0 and tc.ME == 0.0
+    fp = [n for n in list_multipliers() if get_multiplier(n).domain != "int"]
+    if fp:
+        with pytest.raises(DseError, match="8-bit"):
+            layer_error_stats(layer, fp[0])
+
+
+def test_acc_std_fallback_matches_monte_carlo():
+    layer = _layer(6, False, n=10, k=30)
+    std, src = layer_acc_std(layer)
+    assert src == "model" and std == model_acc_std(layer)
+    rng = np.random.default_rng(1)
+    a = draw_acts(rng, layer.act_hist, False, (20000, layer.K))
+    acc = a @ layer.w_q.astype(np.int64).T
+    assert std == pytest.approx(acc.std(), rel=0.03)
+    layer.acc_std = 1234.5
+    assert layer_acc_std(layer) == (1234.5, "calibration")
+    t = layer_term(layer, MITCHELL)
+    assert t.contrib == pytest.approx(np.hypot(t.K * t.ME, np.sqrt(t.K * t.VE)) / 1234.5)
+
+
+# ---------------------------------------------------------------- AME
+def test_ame_sums_layer_contributions_and_is_fast(monkeypatch):
+    from dse import predict as P
+
+    l1, l2 = _layer(8, False, name="conv1"), _layer(9, True, name="fc")
+    pred = AmePredictor([l1, l2])
+    # local multipliers are resolved by name through get_multiplier; route them via a tiny registry
+    reg = {m.name: m for m in (MITCHELL, DRUM4, PERF13)}
+    orig = P.get_multiplier
+    monkeypatch.setattr(P, "get_multiplier", lambda n: reg[n] if n in reg else orig(n))
+    cfg = {"conv1": LayerConfig("t_mitchell", False), "fc": LayerConfig("t_drum4", True)}
+    want = layer_term(l1, MITCHELL).contrib + layer_term(l2, DRUM4, True).contrib
+    assert pred.ame(cfg) == pytest.approx(want, rel=1e-12)
+    assert pred.ame({}) == 0.0 and pred.ame({"fc": LayerConfig()}) == 0.0
+    assert [t.layer for t in pred.breakdown(cfg)] == ["conv1", "fc"]
+    assert pred.ame({"conv1": {"multiplier": "t_mitchell", "cv": True}}) < pred.ame({"conv1": cfg["conv1"]})
+    with pytest.raises(DseError, match="layer 'nope'"):
+        pred.ame({"nope": LayerConfig("t_mitchell")})
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        pred.ame(cfg)
+    assert (time.perf_counter() - t0) / 2000 < 1e-3
+
+
+# ---------------------------------------------------------------- AccuracyModel
+def test_accuracy_model_recovers_monotone_quadratic():
+    x = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    y = 0.9 - 0.01 * x - 0.02 * x ** 2
+    m = AccuracyModel.fit(x, y)
+    assert (m.b0, m.b1, m.b2) == pytest.approx((0.9, -0.01, -0.02), abs=1e-12)
+    assert m.predict(1.5) == pytest.approx(0.9 - 0.015 - 0.045)
+    assert m.loss(0.0) == 0.0 and m.loss(2.0) == pytest.approx(0.02 + 0.08)
+    m2 = AccuracyModel.from_dict(json.loads(json.dumps(m.to_dict())))
+    np.testing.assert_allclose(m2.predict(x), m.predict(x))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 12))
+def test_accuracy_model_is_best_monotone_fit(seed, n):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 5, n)
+    x[0] = 0.0
+    x[1] = 5.0
+    y = rng.uniform(0.1, 0.9, n)          # arbitrary, often non-monotone data
+    m = AccuracyModel.fit(x, y)
+    xm = x.max()
+    assert m.b1 <= 1e-9 and m.b1 + 2 * m.b2 * xm <= 1e-9
+    grid = np.linspace(0, 2 * xm, 200)
+    assert np.all(np.diff(m.predict(grid)) <= 1e-12)
+    sse = np.sum((m.b0 + m.b1 * x + m.b2 * x * x - y) ** 2)
+    for _ in range(300):                  # no random feasible quadratic does better
+        b1 = -abs(rng.normal(0, 0.2))
+        b2 = rng.uniform(-0.2, -b1 / (2 * xm))
+        A = np.stack([np.ones(n)], 1)
+        b0 = np.linalg.lstsq(A, y - b1 * x - b2 * x * x, rcond=None)[0][0]
+        assert np.sum((b0 + b1 * x + b2 * x * x - y) ** 2) >= sse - 1e-9
+
+
+def test_accuracy_model_errors():
+    with pytest.raises(DseError, match="at least 3"):
+        AccuracyModel.fit([0, 1], [0.9, 0.8])
+    with pytest.raises(DseError, match="same AME"):
+        AccuracyModel.fit([1, 1, 1], [0.9, 0.8, 0.7])
+    with pytest.raises(DseError, match="b0"):
+        AccuracyModel.from_dict({"b1": 0})
+
+
+# ---------------------------------------------------------------- Spearman and validate
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=2, max_size=30))
+def test_spearman_matches_definition_with_ties(pairs):
+    x, y = np.array(pairs, dtype=float).T
+    rx, ry = rankdata(x), rankdata(y)
+    for v, r in ((x, rx), (y, ry)):       # average rank = #smaller + (#equal + 1) / 2
+        for i in range(len(v)):
+            assert r[i] == (v < v[i]).sum() + ((v == v[i]).sum() + 1) / 2
+    rho = spearman(x, y)
+    if rx.std() == 0 or ry.std() == 0:
+        assert np.isnan(rho)
+    else:
+        assert rho == pytest.approx(np.corrcoef(rx, ry)[0, 1], abs=1e-12)
+        try:
+            from scipy.stats import spearmanr
+        except ImportError:
+            return
+        assert rho == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_spearman_known_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+
+
+def test_validate_reports_rank_correlation_and_mae():
+    configs = [{"x": i} for i in range(6)]
+    v = validate(lambda c: 0.9 - 0.01 * c["x"], lambda c: 0.88 - 0.02 * c["x"], configs, repeats=3)
+    assert v.spearman == pytest.approx(1.0)
+    assert v.mae == pytest.approx(np.mean([abs(0.02 + 0.01 * i) for i in range(6)]))
+    assert v.predict_seconds > 0 and v.emulate_seconds > 0
+
+
+# ---------------------------------------------------------------- CLI (model/data/emulator replaced by fakes)
+class _FakeEmulator:
+    """Accuracy falls with the AME of the configuration (deterministic), so the fit is meaningful."""
+
+    def __init__(self, qmodel):
+        self.pred = AmePredictor(qmodel.layers)
+
+    def accuracy(self, x, y, config=None):
+        return float(max(0.0, 0.9 - 0.05 * self.pred.ame(config or {})))
+
+
+@pytest.fixture
+def fake_stack(monkeypatch, tmp_path):
+    import dse.emulate
+    import dse.quant
+    from dse.quant import QuantModel
+
+    layers = [_layer(30, False, name="conv1"), _layer(31, False, name="fc1")]
+    onnx_mod = types.ModuleType("dse.model.onnx_import")
+    onnx_mod.load_onnx = lambda path: "graph"
+    data_mod = types.ModuleType("dse.data")
+    data_mod.load_dataset = lambda spec, **kw: types.SimpleNamespace(x=np.zeros((50, 1, 28, 28), np.float32),
+                                                                     y=np.zeros(50, np.int64))
+    monkeypatch.setitem(sys.modules, "dse.model.onnx_import", onnx_mod)
+    monkeypatch.setitem(sys.modules, "dse.data", data_mod)
+    monkeypatch.setattr(dse.quant, "calibrate", lambda g, x: QuantModel(graph=g, layers=layers), raising=False)
+    monkeypatch.setattr(dse.emulate, "Emulator", _FakeEmulator, raising=False)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    return model, tmp_path
+
+
+def _run(args, capsys):
+    from dse.cli import main
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_predict_config_and_validate(fake_stack, capsys):
+    model, tmp = fake_stack
+    cfg = tmp / "c.toml"
+    cfg.write_text('[layers.conv1]\nmultiplier = "mitchell"\ncv = true\n[layers.fc1]\nmultiplier = "drum4"\n')
+    rc, out, err = _run(["predict", str(model), "--config", str(cfg), "--validate", "8", "--seed", "1", "--json"],
+                        capsys)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert [t["layer"] for t in d["layers"]] == ["conv1", "fc1"]
+    assert d["ame"] == pytest.approx(sum(t["contrib"] for t in d["layers"]))
+    v = d["validation"]
+    assert v["n_holdout"] == 4 and v["spearman"] == pytest.approx(1.0) and v["mae"] < 0.02
+    assert v["speedup"] > 1
+    rc, out, err = _run(["predict", str(model), "--config", str(cfg)], capsys)
+    assert rc == 0 and "AME" in out and "conv1" in out
+
+
+def test_cli_predict_bad_inputs(fake_stack, capsys):
+    model, tmp = fake_stack
+    bad = tmp / "bad.toml"
+    bad.write_text('[layers.nope]\nmultiplier = "mitchell"\n')
+    rc, out, err = _run(["predict", str(model), "--config", str(bad)], capsys)
+    assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+    bad.write_text('[layers.conv1]\nmultiplier = "nosuch"\n')
+    rc, out, err = _run(["predict", str(model), "--config", str(bad)], capsys)
+    assert rc == 2 and "nosuch" in err
+    rc, out, err = _run(["predict", str(model), "--validate", "3"], capsys)
+    assert rc == 2 and "--validate" in err
+    rc, out, err = _run(["predict", str(tmp / "missing.onnx")], capsys)
+    assert rc == 2 and "missing.onnx" in err
+
+
+def test_cli_predict_real_lenet5(tmp_path, capsys):
+    """Integration with the real importer, calibration, data and emulator (skipped while a piece is missing)."""
+    for mod in ("dse.model.onnx_import", "dse.data"):
+        pytest.importorskip(mod)
+    import dse.emulate
+    import dse.quant
+    if not hasattr(dse.quant, "calibrate") or not hasattr(dse.emulate, "Emulator"):
+        pytest.skip("calibrate/Emulator not available")
+    from dse.predict import _resolve_model_path
+    try:
+        _resolve_model_path("lenet5")
+    except DseError:
+        pytest.skip("bundled lenet5 missing")
+    cfg = tmp_path / "c.json"
+    rc, out, err = _run(["predict", "lenet5", "--json"], capsys)
+    assert rc == 0, err
+    names = [t["layer"] for t in json.loads(out)["layers"]]
+    cfg.write_text(json.dumps({"layers": {names[1]: {"multiplier": "mitchell", "cv": True}}}))
+    rc, out, err = _run(["predict", "lenet5", "--config", str(cfg), "--validate", "5", "--images", "200", "--json"],
+                        capsys)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["layers"][1]["contrib"] > 0 and d["ame"] == pytest.approx(d["layers"][1]["contrib"])
+    assert all(t["acc_std_source"] == "calibration" for t in d["layers"])
+    v = d["validation"]
+    assert v["n_holdout"] == 2 and v["speedup"] > 10 and 0 <= v["mae"] <= 1
