@@ -85,6 +85,39 @@ def multipliers_export_cmd(name, output, signed) -> None:
 # END multipliers
 
 # BEGIN evaluate
+@cli.command("evaluate")
+@click.argument("model")
+@click.option("--data", default="fashion-mnist:holdout", show_default=True,
+              help="data spec: fashion-mnist:calib|search|holdout|all, a .npz (x, y) or IDX images file")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="per-layer configuration (.toml/.json, [layers.<name>] multiplier, cv)")
+@click.option("--calib", default=None, help="calibration data spec (default fashion-mnist:calib; disjoint from --data)")
+@click.option("--images", type=int, default=None, help="evaluate only the first N images")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def evaluate_cmd(model, data, config_path, calib, images, batch_size, as_json) -> None:
+    """Float, FxP8 exact and configured top-1 accuracy of MODEL (a path or lenet5, resnet8) on DATA."""
+    import json as _json
+
+    from dse.emulate import evaluate
+
+    res = evaluate(model, data, config_path, calib, images, batch_size)
+    if as_json:
+        click.echo(_json.dumps(res, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{res['model']} on {res['data']} ({res['images']} images, calibrated on {res['calib']})")
+    t.add_column("arithmetic")
+    t.add_column("top-1 accuracy", justify="right")
+    t.add_column("vs float", justify="right")
+    rows = [("float32", res["float"]), ("FxP8 exact", res["fxp8"])]
+    if "configured" in res:
+        rows.append((f"configured ({res['config']})", res["configured"]))
+    for name, acc in rows:
+        t.add_row(name, f"{100 * acc:.2f} %", f"{100 * (acc - res['float']):+.2f} pp")
+    Console().print(t)
 # END evaluate
 
 # BEGIN search

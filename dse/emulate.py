@@ -5,13 +5,222 @@ Contract:
   layer name; missing layers are exact.
 * ``Emulator(qmodel).run(x, config=None, batch_size=256) -> float32 logits``; ``x`` preprocessed float32 NCHW.
 * ``Emulator(qmodel).predict(x, config)`` -> int labels; ``accuracy(x, y, config)`` -> float in [0, 1].
+* ``Emulator(qmodel).accumulators(x, config)`` -> {layer: int64 accumulators} (before correction/scaling; tests).
+
+MAC layers with an integer-domain multiplier: inputs quantized per dse.quant (each tensor once per batch, shared by
+its consumers), ``acc = dse.kernels.conv2d_int/gemm_int`` with the multiplier's table; with ``cv`` the control-variate
+correction ``acc - alpha[n] * X - beta[n]`` (float64; ``X`` = exact sum of the K activation values feeding the output,
+``(alpha, beta) = dse.correction.cv_correction(layer, mult)``), then ``dse.quant.dequantize``. Float-domain
+multipliers (e.g. bf16) run ``dse.kernels.conv2d_float/gemm_float`` on the unquantized float32 input and weights, plus
+bias. Every other op runs in float32 exactly as ``dse.model.float_exec``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
+
+from dse.errors import DseError
 
 
 @dataclass(frozen=True)
 class LayerConfig:
     multiplier: str = "exact"
     cv: bool = False
+
+
+def activation_sums(q: np.ndarray, layer) -> np.ndarray:
+    """X = exact sum of the K activation values feeding each output (padding = 0), float64: gemm [B] from q [B, K];
+    conv [B, groups, Ho, Wo] (an all-ones convolution per group)."""
+    from dse.model.float_exec import windows
+
+    if layer.op == "gemm":
+        return q.astype(np.float64).sum(axis=1)
+    B, C, H, W = q.shape
+    g = layer.groups
+    s = q.astype(np.float64).reshape(B, g, C // g, H, W).sum(axis=2)
+    cols, Ho, Wo = windows(s, layer.kernel, layer.stride, layer.pads, layer.dilation)
+    return cols.sum(axis=(2, 3))
+
+
+def apply_cv(acc: np.ndarray, X: np.ndarray, alpha: np.ndarray, beta: np.ndarray, groups: int = 1) -> np.ndarray:
+    """``acc - alpha[n] * X - beta[n]`` in float64 (X from :func:`activation_sums`; conv channel n uses group
+    ``n // (N / groups)``)."""
+    acc = np.asarray(acc, dtype=np.float64)
+    N = acc.shape[1]
+    alpha = np.asarray(alpha, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    if alpha.shape != (N,) or beta.shape != (N,):
+        raise DseError(f"control variate: alpha/beta shapes {alpha.shape}/{beta.shape} do not match {N} channels")
+    if acc.ndim == 2:
+        return acc - X[:, None] * alpha[None, :] - beta[None, :]
+    Xn = np.repeat(X, N // groups, axis=1)  # [B, N, Ho, Wo]
+    return acc - Xn * alpha.reshape(1, N, 1, 1) - beta.reshape(1, N, 1, 1)
+
+
+class Emulator:
+    """Bit-exact FxP8 emulation of a QuantModel under a per-layer multiplier configuration."""
+
+    def __init__(self, qmodel):
+        self.qmodel = qmodel
+        self.graph = qmodel.graph
+        self.layers = {l.name: l for l in qmodel.layers}
+
+    # ------------------------------------------------------------------ configuration
+    def resolve(self, config: dict | None) -> dict:
+        """{layer name: (LayerConfig, Multiplier)} for every MAC layer; unknown layers/multipliers -> DseError."""
+        from dse.arith.multipliers import get_multiplier
+
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(self.layers))
+        if unknown:
+            raise DseError(f"configuration names unknown layer '{unknown[0]}'; valid layers: "
+                           + ", ".join(self.layers))
+        out = {}
+        for name in self.layers:
+            lc = config.get(name) or LayerConfig()
+            if isinstance(lc, dict):
+                lc = LayerConfig(**lc)
+            mult = get_multiplier(lc.multiplier)
+            if lc.cv and mult.domain != "int":
+                raise DseError(f"layer '{name}': cv=true needs an 8-bit integer multiplier, '{mult.name}' is "
+                               "floating-point; set cv = false")
+            out[name] = (lc, mult)
+        return out
+
+    # ------------------------------------------------------------------ execution
+    def _mac(self, node, x, qcache, lc, mult, accs):
+        from dse import kernels
+        from dse.quant import dequantize, quantize_act
+
+        layer = self.layers[node.name]
+        if mult.domain != "int":
+            if layer.op == "conv":
+                y = kernels.conv2d_float(x, node.params["W"], mult, layer.stride, layer.pads, layer.dilation,
+                                         layer.groups)
+                return (y + layer.bias.reshape(1, -1, 1, 1)).astype(np.float32)
+            return (kernels.gemm_float(x, node.params["W"], mult) + layer.bias).astype(np.float32)
+        q = qcache.get(layer.input)
+        if q is None:
+            q = qcache[layer.input] = quantize_act(x, layer.a_scale, layer.a_signed)
+        if layer.op == "conv":
+            acc = kernels.conv2d_int(q, layer.w_q, mult, layer.a_signed, layer.stride, layer.pads, layer.dilation,
+                                     layer.groups)
+        else:
+            acc = kernels.gemm_int(q, layer.w_q, mult, layer.a_signed)
+        if accs is not None:
+            accs[layer.name] = acc
+        if lc.cv:
+            try:
+                from dse.correction import cv_correction
+            except ImportError as exc:  # pragma: no cover - only while dse.correction is missing
+                raise DseError(f"layer '{layer.name}': cv=true but control-variate correction is unavailable "
+                               f"({exc}); set cv = false") from None
+            alpha, beta = cv_correction(layer, mult)
+            acc = apply_cv(acc, activation_sums(q, layer), alpha, beta, layer.groups)
+        return dequantize(acc, layer)
+
+    def _run_batch(self, x, resolved, accs=None):
+        from dse.model.float_exec import exec_node
+
+        g = self.graph
+        env = {g.input_name: x}
+        qcache: dict = {}
+        last = {}
+        for i, n in enumerate(g.nodes):
+            for t in n.inputs:
+                last[t] = i
+        for i, n in enumerate(g.nodes):
+            args = [env[t] for t in n.inputs]
+            if n.is_mac:
+                lc, mult = resolved[n.name]
+                env[n.output] = self._mac(n, args[0], qcache, lc, mult, accs)
+            else:
+                env[n.output] = exec_node(n, args)
+            for t in n.inputs:
+                if last[t] == i and t != g.output_name:
+                    env.pop(t, None)
+                    qcache.pop(t, None)
+        return env[g.output_name]
+
+    def run(self, x, config: dict | None = None, batch_size: int = 256) -> np.ndarray:
+        """float32 logits of preprocessed images ``x`` under ``config`` (None/{} = all exact FxP8)."""
+        from dse.model.float_exec import check_input
+
+        if batch_size < 1:
+            raise DseError(f"batch size {batch_size} must be >= 1")
+        x = check_input(self.graph, x)
+        resolved = self.resolve(config)
+        outs = [self._run_batch(x[i:i + batch_size], resolved) for i in range(0, len(x), batch_size)]
+        if not outs:
+            return np.zeros((0,) + tuple(self.graph.shapes[self.graph.output_name]), np.float32)
+        return np.concatenate(outs)
+
+    def accumulators(self, x, config: dict | None = None) -> dict:
+        """{layer: int64 accumulators [B, N] or [B, N, Ho, Wo]} of integer-domain layers (before CV and scaling),
+        one batch."""
+        from dse.model.float_exec import check_input
+
+        accs: dict = {}
+        self._run_batch(check_input(self.graph, x), self.resolve(config), accs)
+        return accs
+
+    def predict(self, x, config: dict | None = None, batch_size: int = 256) -> np.ndarray:
+        return self.run(x, config, batch_size).argmax(axis=1)
+
+    def accuracy(self, x, y, config: dict | None = None, batch_size: int = 256) -> float:
+        """Top-1 accuracy in [0, 1]."""
+        y = np.asarray(y)
+        if len(y) != len(x):
+            raise DseError(f"{len(x)} images but {len(y)} labels; the counts must match")
+        if len(y) == 0:
+            raise DseError("no images to evaluate; give at least one")
+        return float((self.predict(x, config, batch_size) == y).mean())
+
+
+def _overlap(a: str, b: str) -> bool:
+    from dse.data import BUNDLED_NAME
+
+    if a == b:
+        return True
+    pre = BUNDLED_NAME + ":"
+    return a.startswith(pre) and b.startswith(pre) and "all" in (a[len(pre):], b[len(pre):])
+
+
+def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str | None = None,
+             calib: str | None = None, images: int | None = None, batch_size: int = 256) -> dict:
+    """What ``dse evaluate`` reports: float, FxP8 exact and (with a config) configured top-1 accuracy."""
+    from dse.config import load_config_meta
+    from dse.data import load_dataset
+    from dse.model.float_exec import run_float
+    from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
+    from dse.quant import DEFAULT_METHOD, calibrate
+
+    calib = calib or "fashion-mnist:calib"
+    if _overlap(str(calib), str(data)):
+        raise DseError(f"--calib {calib} and --data {data} overlap; calibrate and evaluate on disjoint sets "
+                       "(e.g. --calib fashion-mnist:calib --data fashion-mnist:holdout)")
+    if batch_size < 1:
+        raise DseError(f"--batch-size {batch_size}: must be >= 1")
+    path = resolve_model(model)
+    graph = load_onnx(path)
+    pre = preprocess_from_metadata(graph)
+    ds = load_dataset(data, preprocess=pre).head(images)
+    cal = load_dataset(calib, preprocess=pre)
+    qmodel = calibrate(graph, cal.x)
+    config, meta = ({}, {})
+    if config_path:
+        config, meta = load_config_meta(config_path, qmodel)
+    emu = Emulator(qmodel)
+    float_pred = run_float(graph, ds.x, batch_size).argmax(axis=1)
+    res = {"model": str(model), "path": str(path), "data": ds.name, "calib": cal.name, "images": int(len(ds)),
+           "calibration": DEFAULT_METHOD, "float": float((float_pred == ds.y).mean()),
+           "fxp8": emu.accuracy(ds.x, ds.y, None, batch_size)}
+    if config_path:
+        res["config"] = str(config_path)
+        res["layers"] = {l.name: {"multiplier": config.get(l.name, LayerConfig()).multiplier,
+                                  "cv": config.get(l.name, LayerConfig()).cv} for l in qmodel.layers}
+        res["configured"] = emu.accuracy(ds.x, ds.y, config, batch_size)
+        if meta:
+            res["meta"] = meta
+    return res

@@ -1,0 +1,259 @@
+"""dse.emulate: bit-exact against a slow numpy reference emulator, control variate, float domain, CLI evaluate."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from dse import kernels
+from dse.arith.multipliers import get_multiplier
+from dse.emulate import Emulator, LayerConfig, activation_sums
+from dse.errors import DseError
+from dse.model.float_exec import exec_node
+from dse.model.onnx_import import load_onnx
+from dse.quant import calibrate, quantize_act
+
+RNG = np.random.default_rng(11)
+
+
+def _model(tmp_path):
+    """Signed-input conv (asym pads, stride 2) -> relu -> depthwise conv + 1x1 projection, residual Add -> relu
+    -> GAP -> flatten -> gemm. Two MAC layers share the relu output (one quantization)."""
+    def w(*s):
+        return numpy_helper.from_array((RNG.standard_normal(s) * 0.4).astype(np.float32))
+
+    inits = {"W1": w(4, 2, 3, 3), "b1": w(4), "Wd": w(4, 1, 3, 3), "Wp": w(4, 4, 1, 1), "Wf": w(3, 4), "bf": w(3)}
+    for k, v in inits.items():
+        v.name = k
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], strides=[2, 2], pads=[1, 0, 2, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "Wd"], ["cd"], pads=[1, 1, 1, 1], group=4, name="dw"),
+             helper.make_node("Conv", ["r1", "Wp"], ["cp"], name="proj"),
+             helper.make_node("Add", ["cd", "cp"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["gp"]),
+             helper.make_node("Flatten", ["gp"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, name="fc")]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], list(inits.values()))
+    p = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    graph = load_onnx(p)
+    return calibrate(graph, RNG.standard_normal((16, 2, 7, 6)).astype(np.float32))
+
+
+def _naive_X(q, l):
+    """sum of the activation values feeding each output: an exact all-ones conv per group (reference kernel)."""
+    if l.op == "gemm":
+        return q.astype(np.int64).sum(axis=1).astype(np.float64)
+    C = q.shape[1]
+    ones = np.ones((l.groups, C // l.groups) + tuple(l.kernel), np.int8)
+    return kernels.reference_conv2d_int(q, ones, get_multiplier("exact"), l.a_signed, l.stride, l.pads, l.dilation,
+                                        l.groups).astype(np.float64)
+
+
+def reference_run(qm, x, config, cv_fn=None):
+    """Slow obviously-right emulator: reference kernels, explicit CV and dequantization."""
+    env = {qm.graph.input_name: x}
+    for n in qm.graph.nodes:
+        args = [env[t] for t in n.inputs]
+        if not n.is_mac:
+            env[n.output] = exec_node(n, args)
+            continue
+        l = qm.layer(n.name)
+        lc = config.get(n.name, LayerConfig())
+        mult = get_multiplier(lc.multiplier)
+        if mult.domain == "float":
+            if l.op == "conv":
+                y = kernels.reference_conv2d_float(args[0], n.params["W"], mult, l.stride, l.pads, l.dilation,
+                                                   l.groups) + l.bias.reshape(1, -1, 1, 1)
+            else:
+                y = kernels.reference_gemm_float(args[0], n.params["W"], mult) + l.bias
+            env[n.output] = y.astype(np.float32)
+            continue
+        q = quantize_act(args[0], l.a_scale, l.a_signed)
+        if l.op == "conv":
+            acc = kernels.reference_conv2d_int(q, l.w_q, mult, l.a_signed, l.stride, l.pads, l.dilation, l.groups)
+        else:
+            acc = kernels.reference_gemm_int(q, l.w_q, mult, l.a_signed)
+        acc = acc.astype(np.float64)
+        if lc.cv:
+            alpha, beta = cv_fn(l, mult)
+            X = _naive_X(q, l)
+            if l.op == "conv":
+                og = l.N // l.groups
+                for c in range(l.N):
+                    acc[:, c] -= alpha[c] * X[:, c // og] + beta[c]
+            else:
+                acc -= X[:, None] * alpha[None, :] + beta[None, :]
+        sh = (1, -1) + (1,) * (acc.ndim - 2)
+        y = (acc * l.a_scale) * l.w_scale.astype(np.float64).reshape(sh)
+        env[n.output] = y.astype(np.float32) + l.bias.reshape(sh)
+    return env[qm.graph.output_name]
+
+
+@pytest.fixture(scope="module")
+def qm(tmp_path_factory):
+    return _model(tmp_path_factory.mktemp("emu"))
+
+
+def _fake_cv(layer, mult):
+    r = np.random.default_rng(len(layer.name))
+    return r.standard_normal(layer.N) * 0.1, r.standard_normal(layer.N) * 5.0
+
+
+@pytest.fixture
+def fake_correction(monkeypatch):
+    mod = types.ModuleType("dse.correction")
+    mod.cv_correction = _fake_cv
+    monkeypatch.setitem(sys.modules, "dse.correction", mod)
+    return mod
+
+
+X_IN = RNG.standard_normal((5, 2, 7, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("mults", [("exact",) * 4, ("drum4", "mitch_w6", "perf_j1_k2", "mitchell"),
+                                   ("mitchell", "trunc_op2", "drum3", "axbxp_k2_w2_a2_dynamic")])
+def test_bit_exact_vs_reference(qm, mults):
+    cfg = {n: LayerConfig(m) for n, m in zip(["conv1", "dw", "proj", "fc"], mults)}
+    y = Emulator(qm).run(X_IN, cfg, batch_size=2)
+    assert y.dtype == np.float32 and np.array_equal(y, reference_run(qm, X_IN, cfg))
+    if mults[0] != "exact":
+        assert not np.array_equal(y, Emulator(qm).run(X_IN))
+
+
+def test_control_variate_bit_exact(qm, fake_correction):
+    cfg = {"conv1": LayerConfig("perf_j1_k2", True), "dw": LayerConfig("drum4", True),
+           "proj": LayerConfig("mitch_w6", False), "fc": LayerConfig("perf_j0_k2", True)}
+    y = Emulator(qm).run(X_IN, cfg)
+    assert np.array_equal(y, reference_run(qm, X_IN, cfg, _fake_cv))
+    assert not np.array_equal(y, Emulator(qm).run(X_IN, {k: LayerConfig(v.multiplier) for k, v in cfg.items()}))
+
+
+def test_real_control_variate_reduces_bias(qm):
+    pytest.importorskip("dse.correction")
+    x = RNG.standard_normal((64, 2, 7, 6)).astype(np.float32)
+    emu = Emulator(qm)
+    ex = emu.run(x)
+    plain = emu.run(x, {"conv1": LayerConfig("perf_j0_k2")})
+    cv = emu.run(x, {"conv1": LayerConfig("perf_j0_k2", True)})
+    assert abs((cv - ex).mean()) < abs((plain - ex).mean())
+
+
+def test_float_domain_layers(qm):
+    if not hasattr(kernels, "conv2d_float"):
+        pytest.skip("dse.kernels.conv2d_float missing")
+    cfg = {"dw": LayerConfig("bf16"), "fc": LayerConfig("fp32_mitch_w6")}
+    y = Emulator(qm).run(X_IN[:2], cfg)
+    assert np.array_equal(y, reference_run(qm, X_IN[:2], cfg))
+
+
+def test_accumulators_are_integer_sums(qm):
+    from dse.quant import exact_acc
+
+    emu = Emulator(qm)
+    accs = emu.accumulators(X_IN)
+    assert set(accs) == {"conv1", "dw", "proj", "fc"} and all(a.dtype == np.int64 for a in accs.values())
+    l = qm.layer("conv1")
+    q = quantize_act(X_IN, l.a_scale, l.a_signed)
+    assert np.array_equal(accs["conv1"], exact_acc(q, l))
+    approx = emu.accumulators(X_IN, {"conv1": LayerConfig("drum4")})["conv1"]
+    assert np.array_equal(approx, kernels.reference_conv2d_int(q, l.w_q, get_multiplier("drum4"), True, l.stride,
+                                                                l.pads, l.dilation, l.groups))
+    assert not np.array_equal(approx, accs["conv1"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 2), g=st.integers(1, 3), cg=st.integers(1, 3), k=st.integers(1, 3), s=st.integers(1, 2),
+       d=st.integers(1, 2), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4), H=st.integers(4, 7),
+       signed=st.booleans())
+def test_activation_sums_vs_all_ones_conv(B, g, cg, k, s, d, pads, H, signed):
+    from dse.quant import MacLayer
+
+    assume(H + min(pads[0] + pads[2], pads[1] + pads[3]) >= d * (k - 1) + 1)
+    l = MacLayer(name="l", op="conv", in_shape=(g * cg, H, H), out_shape=(), kernel=(k, k), stride=(s, s),
+                 pads=tuple(pads), dilation=(d, d), groups=g, a_signed=signed)
+    lo, hi = (-128, 128) if signed else (0, 256)
+    q = np.random.default_rng(B * 7 + H).integers(lo, hi, (B, g * cg, H, H)).astype(np.int8 if signed else np.uint8)
+    assert np.array_equal(activation_sums(q, l), _naive_X(q, l))
+
+
+def test_config_errors(qm):
+    emu = Emulator(qm)
+    with pytest.raises(DseError, match="unknown layer 'conv9'; valid layers: conv1, dw, proj, fc"):
+        emu.run(X_IN, {"conv9": LayerConfig("drum4")})
+    with pytest.raises(DseError, match="nosuchmult"):
+        emu.run(X_IN, {"conv1": LayerConfig("nosuchmult")})
+    with pytest.raises(DseError, match="cv=true needs an 8-bit integer multiplier"):
+        emu.run(X_IN, {"fc": LayerConfig("bf16", True)})
+    with pytest.raises(DseError, match="3 images but 2 labels"):
+        emu.accuracy(X_IN[:3], np.zeros(2))
+
+
+def test_accuracy_bundled_lenet5():
+    from dse.data import load_dataset
+    from dse.model.onnx_import import resolve_model
+
+    qm = calibrate(load_onnx(resolve_model("lenet5")), load_dataset("fashion-mnist:calib").x)
+    d = load_dataset("fashion-mnist:holdout").head(300)
+    emu = Emulator(qm)
+    exact = emu.accuracy(d.x, d.y)
+    approx = emu.accuracy(d.x, d.y, {l.name: LayerConfig("mitchell") for l in qm.layers})
+    assert 0.85 < exact <= 1.0 and 0.5 < approx < exact + 0.02
+
+
+# ------------------------------------------------------------------------------------------------ CLI evaluate
+def test_cli_evaluate_json_with_config(tmp_path, capsys):
+    from dse.cli import main
+    from dse.config import save_config
+
+    cfg = tmp_path / "c.toml"
+    save_config({"/conv2/Conv": LayerConfig("drum4", False), "/fc1/Gemm": LayerConfig("mitchell")}, cfg,
+                meta={"note": "test"})
+    assert main(["evaluate", "lenet5", "--images", "200", "--config", str(cfg), "--json", "--batch-size", "64"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["images"] == 200 and res["data"] == "fashion-mnist:holdout[:200]" and res["calib"] == "fashion-mnist:calib"
+    assert 0.8 < res["float"] <= 1 and abs(res["fxp8"] - res["float"]) <= 0.03 and 0.5 < res["configured"] <= 1
+    assert res["layers"]["/conv2/Conv"] == {"multiplier": "drum4", "cv": False}
+    assert res["layers"]["/conv1/Conv"] == {"multiplier": "exact", "cv": False} and res["meta"] == {"note": "test"}
+
+
+def test_cli_evaluate_table(capsys):
+    from dse.cli import main
+
+    assert main(["evaluate", "lenet5", "--images", "50", "--data", "fashion-mnist:search"]) == 0
+    out = capsys.readouterr().out
+    assert "FxP8 exact" in out and "float32" in out and "configured" not in out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--data", "fashion-mnist:calib"], "overlap"),
+    (["--calib", "fashion-mnist:all"], "overlap"),
+    (["--data", "nowhere.npz"], "nowhere.npz: data file not found"),
+    (["--config", "nowhere.toml"], "nowhere.toml: configuration file not found"),
+    (["--images", "0"], "--images 0"),
+])
+def test_cli_evaluate_errors(args, msg, capsys):
+    from dse.cli import main
+
+    assert main(["evaluate", "lenet5", *args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_evaluate_unknown_layer_in_config(tmp_path, capsys):
+    from dse.cli import main
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"layers": {"conv7": {"multiplier": "drum4", "cv": False}}}))
+    assert main(["evaluate", "lenet5", "--images", "10", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "key 'layers.conv7' is not a layer of the model; valid layers: /conv1/Conv" in err

@@ -1,0 +1,244 @@
+"""ONNX import + float executor vs onnxruntime: bundled models and small graphs covering every op/attribute."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from dse.errors import DseError
+from dse.model.float_exec import run_float
+from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
+
+ort = pytest.importorskip("onnxruntime")
+TOL = 1e-4
+RNG = np.random.default_rng(0)
+
+
+def _ort(path, x):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def _save(tmp_path, nodes, inits, in_shape, out_name="y", opset=17, name="g.onnx"):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
+                          [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v, dtype=np.float32 if np.asarray(v).dtype.kind == "f"
+                                                              else np.int64), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    m = onnx.shape_inference.infer_shapes(m)  # fills the output shape the checker requires
+    onnx.checker.check_model(m)
+    p = tmp_path / name
+    onnx.save(m, str(p))
+    return p
+
+
+def _check(path, in_shape, n=3):
+    x = RNG.standard_normal((n, *in_shape)).astype(np.float32)
+    g = load_onnx(path)
+    y, r = run_float(g, x), _ort(path, x)
+    assert y.shape == r.shape
+    assert np.abs(y - r).max() <= TOL * max(1.0, np.abs(r).max())
+    return g
+
+
+def _w(*shape):
+    return RNG.standard_normal(shape).astype(np.float32) * 0.3
+
+
+# ------------------------------------------------------------------------------------------------ bundled models
+@pytest.mark.parametrize("name", ["lenet5", "resnet8"])
+def test_bundled_models_match_onnxruntime(name):
+    from dse.data import load_dataset
+
+    path = resolve_model(name)
+    g = load_onnx(path)
+    x = load_dataset("fashion-mnist:holdout", preprocess_from_metadata(g)).x[:64]
+    diff = np.abs(run_float(g, x) - _ort(path, x)).max()
+    assert diff <= TOL
+    assert g.shapes[g.output_name] == (10,)
+    assert preprocess_from_metadata(g)["std"] == [0.353]
+    assert [n.op for n in g.nodes if n.op in ("affine",)] == []  # BN folded by export or importer
+
+
+# ------------------------------------------------------------------------------------------------ conv variants
+CONV_CASES = [
+    dict(strides=[2, 2], pads=[1, 0, 2, 1], dilations=[1, 1], group=1, bias=True, k=3),    # stride + asym pads
+    dict(strides=[1, 2], pads=[2, 2, 2, 2], dilations=[2, 2], group=1, bias=False, k=3),   # dilation, no bias
+    dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=2, bias=True, k=3),    # groups
+    dict(strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1], group=4, bias=True, k=3),    # depthwise (C=4)
+    dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, bias=True, k=1),    # 1x1
+    dict(strides=[2, 2], auto_pad="SAME_UPPER", dilations=[1, 1], group=1, bias=True, k=4),
+    dict(strides=[2, 2], auto_pad="SAME_LOWER", dilations=[1, 1], group=1, bias=True, k=4),
+    dict(strides=[2, 1], auto_pad="VALID", dilations=[1, 1], group=1, bias=False, k=3),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_variants(tmp_path, case):
+    C, cout, k, grp = 4, 8, case["k"], case["group"]
+    attrs = {kk: v for kk, v in case.items() if kk not in ("bias", "k")}
+    inits = {"W": _w(cout, C // grp, k, k)}
+    ins = ["x", "W"]
+    if case["bias"]:
+        inits["B"] = _w(cout)
+        ins.append("B")
+    p = _save(tmp_path, [helper.make_node("Conv", ins, ["y"], **attrs)], inits, [C, 9, 11])
+    g = _check(p, [C, 9, 11])
+    n = g.nodes[0]
+    assert n.op == "conv" and n.attrs["groups"] == grp
+    if "pads" in case:
+        assert n.attrs["pads"] == (case["pads"][0], case["pads"][1], case["pads"][2], case["pads"][3])
+
+
+@settings(max_examples=25, deadline=None)
+@given(C=st.integers(1, 4), cpg=st.integers(1, 3), g=st.integers(1, 3), k=st.integers(1, 4), s=st.integers(1, 3),
+       d=st.integers(1, 2), pads=st.lists(st.integers(0, 3), min_size=4, max_size=4), H=st.integers(5, 10),
+       W=st.integers(5, 10))
+def test_conv_random_shapes_vs_onnxruntime(tmp_path_factory, C, cpg, g, k, s, d, pads, H, W):
+    cin = C * g
+    tmp = tmp_path_factory.mktemp("h")
+    p = _save(tmp, [helper.make_node("Conv", ["x", "W", "B"], ["y"], strides=[s, s], pads=pads, dilations=[d, d],
+                                     group=g)], {"W": _w(cpg * g, C, k, k), "B": _w(cpg * g)}, [cin, H, W])
+    _check(p, [cin, H, W], n=2)
+
+
+# ------------------------------------------------------------------------------------------------ BN folding
+def test_batchnorm_folded_into_conv_and_gemm(tmp_path):
+    inits = {"W": _w(6, 3, 3, 3), "Wg": _w(6 * 25, 5)}
+    for p, n in (("c", 6), ("g", 5)):
+        inits.update({f"{p}s": _w(n) + 1, f"{p}b": _w(n), f"{p}m": _w(n), f"{p}v": np.abs(_w(n)) + 0.5})
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["c", "cs", "cb", "cm", "cv"], ["bn"], epsilon=1e-3),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wg"], ["gm"]),
+             helper.make_node("BatchNormalization", ["gm", "gs", "gb", "gm_", "gv"], ["y"])]
+    inits["gm_"] = inits.pop("gm")
+    g = _check(_save(tmp_path, nodes, inits, [3, 10, 10]), [3, 10, 10])
+    assert [n.op for n in g.nodes] == ["conv", "relu", "flatten", "gemm"]
+
+
+def test_batchnorm_kept_as_affine_when_not_foldable(tmp_path):
+    """BN on the input and BN after a conv output that is also used elsewhere stay float affine ops."""
+    inits = {"W": _w(3, 3, 3, 3)}
+    for p in ("a", "b"):
+        inits.update({f"{p}s": _w(3) + 1, f"{p}b": _w(3), f"{p}m": _w(3), f"{p}v": np.abs(_w(3)) + 0.5})
+    nodes = [helper.make_node("BatchNormalization", ["x", "as", "ab", "am", "av"], ["n0"]),
+             helper.make_node("Conv", ["n0", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "bs", "bb", "bm", "bv"], ["n1"]),
+             helper.make_node("Add", ["n1", "c"], ["y"])]
+    g = _check(_save(tmp_path, nodes, inits, [3, 6, 6]), [3, 6, 6])
+    assert [n.op for n in g.nodes] == ["affine", "conv", "affine", "add"]
+
+
+# ------------------------------------------------------------------------------------------------ other ops
+def test_gemm_variants_and_matmul_add(tmp_path):
+    inits = {"B0": _w(12, 7), "C0": _w(7), "B1": _w(5, 7), "C1": _w(1, 5), "M": _w(5, 4), "A": _w(4)}
+    nodes = [helper.make_node("Gemm", ["x", "B0", "C0"], ["g0"], alpha=0.7, beta=1.3),            # transB=0
+             helper.make_node("Relu", ["g0"], ["r0"]),
+             helper.make_node("Gemm", ["r0", "B1", "C1"], ["g1"], transB=1, alpha=1.5, beta=0.5),
+             helper.make_node("MatMul", ["g1", "M"], ["mm"]),
+             helper.make_node("Add", ["mm", "A"], ["y"])]
+    g = _check(_save(tmp_path, nodes, inits, [12]), [12])
+    assert [n.op for n in g.nodes] == ["gemm", "relu", "gemm", "gemm"]  # MatMul + Add(bias) folded
+
+
+@pytest.mark.parametrize("opset", [10, 17])
+def test_clip_attrs_and_inputs(tmp_path, opset):
+    if opset == 10:
+        nodes = [helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.75)]
+        inits = {}
+    else:
+        nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]), helper.make_node("Clip", ["c", "", "hi2"], ["y"])]
+        inits = {"lo": np.array(-0.5, np.float32), "hi": np.array(0.75, np.float32), "hi2": np.array(0.5, np.float32)}
+    g = _check(_save(tmp_path, nodes, inits, [2, 4, 4], opset=opset), [2, 4, 4])
+    assert g.nodes[-1].op == "clip"
+
+
+POOL_CASES = [
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2])),
+    ("MaxPool", dict(kernel_shape=[2, 3], strides=[2, 2], ceil_mode=1)),
+    ("MaxPool", dict(kernel_shape=[2, 2], strides=[1, 1], dilations=[2, 2], pads=[1, 1, 0, 0])),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 2, 1], count_include_pad=1)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 2, 1], count_include_pad=0)),
+    ("AveragePool", dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)),
+    ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+]
+
+
+@pytest.mark.parametrize("op,attrs", POOL_CASES)
+def test_pooling(tmp_path, op, attrs):
+    g = _check(_save(tmp_path, [helper.make_node(op, ["x"], ["y"], **attrs)], {}, [3, 9, 10]), [3, 9, 10])
+    assert g.nodes[0].op == ("maxpool" if op == "MaxPool" else "avgpool")
+
+
+def test_residual_concat_reshape_and_harmless_ops(tmp_path):
+    """Residual Add, Concat, Reshape (0 / -1), GAP, Identity, Dropout, Constant, constant-shape paths."""
+    inits = {"W1": _w(4, 4, 3, 3), "W2": _w(4, 4, 1, 1), "Wf": _w(8, 5), "shp": np.array([0, -1], np.int64)}
+    shape2 = helper.make_tensor("s2", TensorProto.INT64, [4], [-1, 8, 1, 1])
+    nodes = [helper.make_node("Identity", ["x"], ["xi"]),
+             helper.make_node("Conv", ["xi", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Add", ["r1", "xi"], ["res"]),                       # residual
+             helper.make_node("Conv", ["res", "W2"], ["c2"]),
+             helper.make_node("Concat", ["res", "c2"], ["cat"], axis=1),
+             helper.make_node("Dropout", ["cat"], ["dr"]),
+             helper.make_node("GlobalAveragePool", ["dr"], ["gap"]),
+             helper.make_node("Constant", [], ["s2c"], value=shape2),
+             helper.make_node("Reshape", ["gap", "s2c"], ["gap2"]),
+             helper.make_node("Reshape", ["gap2", "shp"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "Wf"], ["y"])]
+    g = _check(_save(tmp_path, nodes, inits, [4, 6, 6]), [4, 6, 6], n=4)
+    assert [n.op for n in g.nodes] == ["conv", "relu", "add", "conv", "concat", "gap", "reshape", "reshape", "gemm"]
+    assert g.shapes["cat"] == (8, 6, 6) and g.shapes["flat"] == (8,)
+
+
+def test_names_made_unique(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"], name="r"),
+             helper.make_node("Relu", ["b"], ["y"], name="r")]
+    g = load_onnx(_save(tmp_path, nodes, {}, [3]))
+    assert [n.name for n in g.nodes] == ["Relu_0", "r", "r_1"]
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_unsupported_op(tmp_path):
+    p = _save(tmp_path, [helper.make_node("Sigmoid", ["x"], ["y"], name="sig")], {}, [3])
+    with pytest.raises(DseError, match=r"g\.onnx: node 'sig' has unsupported op type 'Sigmoid'; supported: Conv"):
+        load_onnx(p)
+
+
+def test_invalid_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage\xff" * 10)
+    with pytest.raises(DseError, match="bad.onnx: not a valid ONNX model") as e:
+        load_onnx(bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DseError, match="model file not found"):
+        load_onnx(tmp_path / "missing.onnx")
+    with pytest.raises(DseError, match="not a bundled model"):
+        resolve_model("lenet9")
+
+
+def test_reshape_dropping_batch_rejected(tmp_path):
+    p = _save(tmp_path, [helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")], {"s": np.array([12], np.int64)},
+              [3, 4])
+    with pytest.raises(DseError, match="node 'rs': Reshape shape \\[12\\] does not keep the batch"):
+        load_onnx(p)
+
+
+def test_dynamic_weight_rejected(tmp_path):
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+                           helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    p = tmp_path / "two.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])),
+              str(p))
+    with pytest.raises(DseError, match="2 input"):
+        load_onnx(p)

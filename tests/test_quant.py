@@ -1,0 +1,128 @@
+"""dse.quant: FxP8 rounding/clipping, per-channel weights, calibration statistics, accuracy vs float."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dse import kernels
+from dse.arith.multipliers import get_multiplier
+from dse.errors import DseError
+from dse.model.onnx_import import load_onnx
+from dse.quant import calibrate, dequantize, exact_acc, quantize_act, quantize_weights
+
+RNG = np.random.default_rng(5)
+
+
+def small_model(tmp_path, groups=2):
+    """conv(3x3, stride 2, asym pads, signed input) -> relu -> grouped conv -> relu -> flatten -> gemm."""
+    W1 = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32) * 0.4
+    W2 = RNG.standard_normal((4, 4 // groups, 2, 2)).astype(np.float32) * 0.4
+    Wf = RNG.standard_normal((5, 4 * 4 * 3)).astype(np.float32) * 0.3
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (W2, "W2"), (Wf, "Wf"),
+                                                         (RNG.standard_normal(4).astype(np.float32), "b1"),
+                                                         (RNG.standard_normal(5).astype(np.float32), "bf"))]
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], strides=[2, 2], pads=[1, 0, 2, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 0, 0], group=groups, name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Flatten", ["r2"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, name="fc")]
+    g = helper.make_graph(nodes, "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    p = tmp_path / "small.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    return load_onnx(p)
+
+
+def test_quantize_act_round_half_even_and_clip():
+    s = 0.25
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 100.0, -100.0, 0.37], np.float32) * s
+    assert quantize_act(x, s, True).tolist() == [0, 2, 2, 0, -2, -2, 100, -100, 0]
+    assert quantize_act(np.array([1e9, -1e9, 254.5, 253.5], np.float32), 1.0, False).tolist() == [255, 0, 254, 254]
+    assert quantize_act(np.array([1e9, -1e9], np.float32), 1.0, True).tolist() == [127, -128]
+    assert quantize_act(x, s, True).dtype == np.int8 and quantize_act(x, s, False).dtype == np.uint8
+
+
+def test_quantize_weights_per_channel():
+    W = RNG.standard_normal((6, 3, 2, 2)).astype(np.float32)
+    W[2] = 0.0
+    q, s = quantize_weights(W)
+    assert q.dtype == np.int8 and s.dtype == np.float32 and s.shape == (6,)
+    amax = np.abs(W.reshape(6, -1)).max(1)
+    nz = amax > 0
+    assert np.array_equal(s[nz], (amax[nz] / np.float32(127)).astype(np.float32))
+    assert np.all(np.abs(q.reshape(6, -1)).max(1)[nz] == 127) and np.all(q[2] == 0)
+    err = np.abs(q * s[:, None, None, None] - W).reshape(6, -1).max(1)
+    assert np.all(err <= s / 2 * (1 + 1e-5))
+
+
+def test_calibrate_geometry_scales_hist_and_acc_std(tmp_path):
+    g = small_model(tmp_path)
+    x = RNG.standard_normal((9, 2, 6, 7)).astype(np.float32)
+    qm = calibrate(g, x, batch_size=4)
+    conv1, conv2, fc = qm.layers
+    assert [l.name for l in qm.layers] == ["conv1", "conv2", "fc"]
+    # geometry
+    assert conv1.in_shape == (2, 6, 7) and conv1.out_shape == (4, 4, 3) and conv1.pads == (1, 0, 2, 1)
+    assert (conv1.M, conv1.K, conv1.N, conv1.stride, conv1.kernel) == (12, 18, 4, (2, 2), (3, 3))
+    assert (conv2.groups, conv2.K, conv2.M, conv2.out_shape) == (2, 8, 12, (4, 4, 3))
+    assert (fc.op, fc.M, fc.K, fc.N, fc.in_shape, fc.out_shape) == ("gemm", 1, 48, 5, (48,), (5,))
+    # activation scales: signed input (max|x| / 127), unsigned after ReLU (max / 255)
+    assert conv1.a_signed and conv1.a_scale == float(np.float32(np.abs(x).max() / 127))
+    from dse.model.float_exec import run_float_all
+    env = run_float_all(g, x)
+    assert not conv2.a_signed and conv2.a_scale == float(np.float32(env["r1"].max() / 255))
+    assert qm.act_quant["r1"] == (conv2.a_scale, False)
+    # act_hist: operand patterns incl. padding zeros, vs the kernels' im2col reference
+    for l, t in ((conv1, "x"), (conv2, "r1")):
+        q = quantize_act(env[t], l.a_scale, l.a_signed)
+        cols, _, _ = kernels.im2col_T(q, *l.kernel, l.stride, l.pads, l.dilation)
+        exp = np.bincount((cols.astype(np.int64) & 0xFF).ravel(), minlength=256)
+        assert np.array_equal(l.act_hist, exp)
+        assert l.act_hist.sum() == len(x) * l.M * l.K * l.groups
+    # acc_std from exact accumulators (reference kernel, exact multiplier)
+    q = quantize_act(env["r1"], conv2.a_scale, False)
+    acc = kernels.reference_conv2d_int(q, conv2.w_q, get_multiplier("exact"), False, conv2.stride, conv2.pads,
+                                       conv2.dilation, conv2.groups)
+    assert np.array_equal(exact_acc(q, conv2), acc)
+    assert np.allclose(conv2.acc_std_ch, acc.transpose(1, 0, 2, 3).reshape(4, -1).std(axis=1), rtol=1e-9)
+    assert np.isclose(conv2.acc_std, acc.std(), rtol=1e-9)
+
+
+def test_dequantize_formula(tmp_path):
+    qm = calibrate(small_model(tmp_path), RNG.standard_normal((3, 2, 6, 7)).astype(np.float32))
+    l = qm.layers[2]
+    acc = RNG.integers(-10 ** 6, 10 ** 6, (3, 5))
+    exp = ((acc.astype(np.float64) * l.a_scale) * l.w_scale.astype(np.float64)).astype(np.float32) + l.bias
+    assert np.array_equal(dequantize(acc, l), exp)
+
+
+def test_percentile_clips_outliers(tmp_path):
+    g = small_model(tmp_path)
+    x = RNG.standard_normal((20, 2, 6, 7)).astype(np.float32)
+    x[0, 0, 0, 0] = 50.0
+    a = calibrate(g, x, method="max").layers[0].a_scale
+    b = calibrate(g, x, method="percentile", percentile=99.0).layers[0].a_scale
+    assert a == pytest.approx(50 / 127, rel=1e-6) and b < a / 5
+    with pytest.raises(DseError, match="calibration method 'mse' is unknown"):
+        calibrate(g, x, method="mse")
+    with pytest.raises(DseError, match="input images have shape"):
+        calibrate(g, x[:, :1])
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet8"])
+def test_fxp8_within_half_point_of_float(name):
+    """The default calibration keeps FxP8 exact top-1 within 0.5 pp of float on the search split."""
+    from dse.data import load_dataset
+    from dse.emulate import Emulator
+    from dse.model.float_exec import run_float
+    from dse.model.onnx_import import resolve_model
+
+    g = load_onnx(resolve_model(name))
+    qm = calibrate(g, load_dataset("fashion-mnist:calib").x)
+    s = load_dataset("fashion-mnist:search")
+    f = float((run_float(g, s.x).argmax(1) == s.y).mean())
+    q = Emulator(qm).accuracy(s.x, s.y)
+    assert f > 0.88 and abs(q - f) <= 0.005
