@@ -29,35 +29,6 @@ class LayerConfig:
     cv: bool = False
 
 
-def activation_sums(q: np.ndarray, layer) -> np.ndarray:
-    """X = exact sum of the K activation values feeding each output (padding = 0), float64: gemm [B] from q [B, K];
-    conv [B, groups, Ho, Wo] (an all-ones convolution per group)."""
-    from dse.model.float_exec import windows
-
-    if layer.op == "gemm":
-        return q.astype(np.float64).sum(axis=1)
-    B, C, H, W = q.shape
-    g = layer.groups
-    s = q.astype(np.float64).reshape(B, g, C // g, H, W).sum(axis=2)
-    cols, Ho, Wo = windows(s, layer.kernel, layer.stride, layer.pads, layer.dilation)
-    return cols.sum(axis=(2, 3))
-
-
-def apply_cv(acc: np.ndarray, X: np.ndarray, alpha: np.ndarray, beta: np.ndarray, groups: int = 1) -> np.ndarray:
-    """``acc - alpha[n] * X - beta[n]`` in float64 (X from :func:`activation_sums`; conv channel n uses group
-    ``n // (N / groups)``)."""
-    acc = np.asarray(acc, dtype=np.float64)
-    N = acc.shape[1]
-    alpha = np.asarray(alpha, dtype=np.float64)
-    beta = np.asarray(beta, dtype=np.float64)
-    if alpha.shape != (N,) or beta.shape != (N,):
-        raise DseError(f"control variate: alpha/beta shapes {alpha.shape}/{beta.shape} do not match {N} channels")
-    if acc.ndim == 2:
-        return acc - X[:, None] * alpha[None, :] - beta[None, :]
-    Xn = np.repeat(X, N // groups, axis=1)  # [B, N, Ho, Wo]
-    return acc - Xn * alpha.reshape(1, N, 1, 1) - beta.reshape(1, N, 1, 1)
-
-
 class Emulator:
     """Bit-exact FxP8 emulation of a QuantModel under a per-layer multiplier configuration."""
 
@@ -111,13 +82,10 @@ class Emulator:
         if accs is not None:
             accs[layer.name] = acc
         if lc.cv:
-            try:
-                from dse.correction import cv_correction
-            except ImportError as exc:  # pragma: no cover - only while dse.correction is missing
-                raise DseError(f"layer '{layer.name}': cv=true but control-variate correction is unavailable "
-                               f"({exc}); set cv = false") from None
-            alpha, beta = cv_correction(layer, mult)
-            acc = apply_cv(acc, activation_sums(q, layer), alpha, beta, layer.groups)
+            from dse import correction
+
+            alpha, beta = correction.cv_correction(layer, mult)
+            acc = correction.apply_cv(acc, correction.activation_sums(layer, q), alpha, beta)
         return dequantize(acc, layer)
 
     def _run_batch(self, x, resolved, accs=None):

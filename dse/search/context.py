@@ -1,0 +1,232 @@
+"""The real search context: budget -> model, data splits, FxP8 calibration, emulator, energy model, space.
+
+``search_from_budget(path_or_None, ...)`` is what ``dse search`` calls; ``build_context(budget_path)`` is the picklable
+factory each worker process calls. The search split is shuffled once (seeded) so racing prefixes are random samples.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from dse.emulate import LayerConfig
+from dse.errors import DseError
+from dse.search.space import SearchSpace, axbxp_name
+from dse.search.study import SearchContext, SearchSettings, run_search
+
+SENSITIVITY_IMAGES = 300
+PREDICTOR_CONFIGS = 10
+
+
+def _get(obj, name, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def default_budget_path() -> Path:
+    """The bundled ``default.toml`` (package dse.search_spaces; the repo's top-level search_spaces/ from a checkout)."""
+    try:
+        p = resources.files("dse.search_spaces") / "default.toml"
+        if p.is_file():
+            return Path(str(p))
+    except ModuleNotFoundError:
+        pass
+    p = Path(__file__).resolve().parents[2] / "search_spaces" / "default.toml"
+    if p.is_file():
+        return p
+    raise DseError("bundled search_spaces/default.toml not found; reinstall dse or pass a BUDGET.toml")
+
+
+def settings_from_budget(b) -> SearchSettings:
+    """SearchSettings from a loaded Budget ([budget] max_accuracy_loss is in percentage points)."""
+    s = b.search
+    return SearchSettings(budget_loss=float(b.budget.max_accuracy_loss) / 100.0, mode=s.mode, sampler=s.sampler,
+                          n_trials=int(s.n_trials), seed=int(s.seed), storage=s.storage or None,
+                          workers=int(s.workers), timeout_s=s.timeout_s or None, fidelities=list(s.racing),
+                          confidence=float(s.confidence), predictor_skip=float(s.predictor_skip),
+                          n_holdout=int(s.n_holdout))
+
+
+def space_multipliers(space_cfg) -> list[str]:
+    """Multiplier names of the [space] section: listed names plus the composed Ax-BxP names."""
+    names = [str(m) for m in (_get(space_cfg, "multipliers", None) or [])]
+    ax = _get(space_cfg, "axbxp", None)
+    if ax:
+        for K in _as_list(_get(ax, "K", [])):
+            for Lw in _as_list(_get(ax, "Lw", [])):
+                for La in _as_list(_get(ax, "La", [])):
+                    for mode in _as_list(_get(ax, "modes", ["static"])):
+                        names.append(axbxp_name(K, Lw, La, mode))
+    return sorted(set(names))
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def build_space(layer_names: list[str], space_cfg) -> SearchSpace:
+    from dse.arith.multipliers import get_multiplier
+
+    mults = space_multipliers(space_cfg)
+    for m in mults:
+        get_multiplier(m)  # unknown name -> DseError naming it
+    overrides = {}
+    for name, ov in (_get(space_cfg, "layers", None) or {}).items():
+        d = {}
+        for k in ("multipliers", "cv", "pin"):
+            v = _get(ov, k, None)
+            if v is not None:
+                d[k] = v
+        overrides[name] = d
+    return SearchSpace.build(layer_names, mults, cv=list(_get(space_cfg, "cv", [False]) or [False]),
+                             pin_first_last=bool(_get(space_cfg, "pin_first_last", True)), overrides=overrides)
+
+
+class EmulatorEvaluator:
+    """Per-image correctness of a configuration on a fixed image set (Emulator.run + argmax)."""
+
+    def __init__(self, emulator, x: np.ndarray, y: np.ndarray):
+        self.emulator, self.x, self.y = emulator, x, np.asarray(y)
+        self.n_images = int(len(self.y))
+
+    def correct(self, config: dict, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.zeros(0, dtype=bool)
+        logits = self.emulator.run(self.x[start:stop], config)
+        return np.asarray(logits).argmax(axis=1) == self.y[start:stop]
+
+
+def _energy_fn(model, layers):
+    """config -> relative energy dict with a per-component breakdown (best vs all-exact, relative to exact total)."""
+    exact = model.network(layers, {})
+    exact_comp = _components(exact)
+    total = sum(exact_comp.values()) or 1.0
+
+    def energy(config: dict) -> dict:
+        rel = dict(model.relative(layers, config))
+        comp = _components(model.network(layers, config))
+        rel["components"] = {k: {"exact": exact_comp.get(k, 0.0) / total, "config": comp.get(k, 0.0) / total}
+                             for k in sorted(set(exact_comp) | set(comp))}
+        return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in rel.items()}
+    return energy
+
+
+def _components(net) -> dict:
+    """Per-component energy totals (pJ) of a network breakdown (from to_dict())."""
+    d = net.to_dict() if hasattr(net, "to_dict") else dict(net)
+    for key in ("components", "component_totals", "per_component", "totals"):
+        v = d.get(key)
+        if isinstance(v, dict) and v and all(isinstance(x, (int, float)) for x in v.values()):
+            return {k: float(x) for k, x in v.items()}
+    return {}
+
+
+def build_context(budget_path: str) -> SearchContext:
+    """Load the budget's model and data, calibrate FxP8, and wire emulator, energy model and sensitivity."""
+    from dse.budget import load_budget
+    from dse.data import load_dataset
+    from dse.emulate import Emulator
+    from dse.model.float_exec import run_float
+    from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
+    from dse.quant import calibrate
+
+    b = load_budget(budget_path)
+    s = settings_from_budget(b)
+    model_path = resolve_model(b.model.path)
+    graph = load_onnx(model_path)
+    pre = b.model.preprocess or preprocess_from_metadata(graph)
+    calib = load_dataset(b.data.calib, preprocess=pre)
+    search = load_dataset(b.data.search, preprocess=pre)
+    hold = load_dataset(b.data.holdout, preprocess=pre)
+    if len({b.data.calib, b.data.search, b.data.holdout}) < 3:
+        raise DseError(f"{budget_path}: data.calib, data.search and data.holdout must be three different sets")
+    order = np.random.default_rng(s.seed).permutation(len(search.y))
+    cap = b.data.images
+    if cap:
+        order = order[: int(cap)]
+    xs, ys = search.x[order], np.asarray(search.y)[order]
+    qmodel = calibrate(graph, calib.x)
+    emu = Emulator(qmodel)
+    ev, hv = EmulatorEvaluator(emu, xs, ys), EmulatorEvaluator(emu, hold.x, hold.y)
+    layers = qmodel.layers
+    space = build_space([l.name for l in layers], b.space)
+    energy = _energy_fn(b.energy_model(), layers)
+    n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
+    sens_exact = ev.correct({}, 0, n_sens)
+
+    def sensitivity(layer: str, lc: LayerConfig) -> float:
+        return float(sens_exact.mean() - ev.correct({layer: lc}, 0, n_sens).mean())
+
+    def float_acc(x, y):
+        return float((run_float(graph, x).argmax(axis=1) == np.asarray(y)).mean())
+
+    predictor, pinfo = None, {}
+    if s.predictor_skip:
+        predictor, pinfo = _fit_predictor(layers, space, ev, n_sens, s.seed)
+
+    baseline = {"float": {"search": float_acc(xs, ys), "holdout": float_acc(hold.x, hold.y)}}
+    info = {"model": str(model_path), "layers": [l.name for l in layers], "searchable": space.searchable,
+            "multipliers": space.multipliers, "data": {"search": ev.n_images, "holdout": hv.n_images},
+            "predictor": pinfo}
+    return SearchContext(space=space, evaluator=ev, holdout=hv, energy=energy, predictor=predictor,
+                         sensitivity=sensitivity,
+                         baseline=baseline, info=info)
+
+
+def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: int, seed: int,
+                   n_configs: int = PREDICTOR_CONFIGS):
+    """AME predictor (dse.predict) with an AccuracyModel fitted on the all-exact and ``n_configs`` random
+    configurations of the space, emulated on the first ``n_images`` search images. Only table multipliers."""
+    from dse.arith.multipliers import get_multiplier
+    from dse.predict import AccuracyModel, AmePredictor, loss_predictor
+
+    int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
+    rng = np.random.default_rng(seed + 7919)
+    cfgs = [{}]
+    for _ in range(n_configs):
+        q = rng.uniform(0.2, 1.0)
+        cfg = {}
+        for n in space.searchable:
+            c = space.choices[n]
+            opts = [m for m in c.multipliers if m in int_mults]
+            if opts and rng.uniform() < q:
+                cfg[n] = LayerConfig(str(opts[rng.integers(len(opts))]), bool(c.cv[rng.integers(len(c.cv))]))
+        cfgs.append(space.config_from_params(space.params_from_config(cfg)))
+    pred = AmePredictor(layers)
+    ames = [pred.ame(c) for c in cfgs]
+    accs = [float(ev.correct(c, 0, n_images).mean()) for c in cfgs]
+    try:
+        model = AccuracyModel.fit(ames, accs)
+    except DseError:
+        return None, {"error": "predictor fit failed (configurations with equal AME)"}
+    base = loss_predictor(pred, model)
+
+    def predict(config: dict):
+        if any(lc.multiplier not in int_mults and lc.multiplier != "exact" for lc in config.values()):
+            return 0.0  # no AME for float-domain multipliers: never skip
+        return base(config)
+    return predict, {"model": model.to_dict(), "configs": len(cfgs), "images": n_images}
+
+
+def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_trials=None, workers=None,
+                       resume: bool = True, progress: bool = True) -> dict:
+    """``dse search``: load the budget (default: bundled), apply CLI overrides, run the search."""
+    path = Path(budget) if budget else default_budget_path()
+    if not path.is_file():
+        raise DseError(f"budget file {path}: not found; pass an existing BUDGET.toml (or none for the bundled default)")
+    from dse.budget import load_budget
+
+    s = settings_from_budget(load_budget(path))
+    if n_trials is not None:
+        s.n_trials = int(n_trials)
+    if workers is not None:
+        s.workers = int(workers)
+    if storage:
+        s.storage = storage
+    return run_search(path, s, functools.partial(build_context, str(path)), run_dir=run_dir, resume=resume,
+                      progress=progress)

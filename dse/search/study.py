@@ -1,0 +1,302 @@
+"""The search driver: study creation/resume, seeding, optimisation (one or several processes), hold-out check.
+
+``run_search(budget, run_dir)`` is the entry point. The model-dependent pieces (evaluators, energy model, predictor,
+sensitivity) come from a ``SearchContext`` built by a picklable ``context_factory`` (the real one loads the budget's
+model and data; tests inject fakes), so the driver itself knows nothing about ONNX or emulation.
+
+Resume: the study lives in the run directory's storage under a fixed name; re-running the same command loads it and
+runs only ``n_trials - completed`` more trials, so no completed trial is lost after an interrupt. Several processes
+(``workers > 1``) each call ``study.optimize`` on the same storage with a global ``MaxTrialsCallback``.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from dse.emulate import LayerConfig
+from dse.errors import DseError
+from dse.search import rundir, seeds
+from dse.search.objective import Objective
+from dse.search.racing import paired_stats
+from dse.search.space import SearchSpace
+
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "qmc")
+MODES = ("constrained", "pareto")
+
+
+@dataclass
+class SearchSettings:
+    """Search options (from the budget's [search] section, CLI flags override). ``budget_loss`` is a fraction."""
+
+    budget_loss: float
+    mode: str = "constrained"
+    sampler: str = "auto"
+    n_trials: int = 100
+    seed: int = 0
+    storage: str | None = None
+    workers: int = 1
+    timeout_s: float | None = None
+    fidelities: list = field(default_factory=lambda: [500, 2000, 0])
+    confidence: float = 0.95
+    predictor_skip: float = 2.0      # skip a trial when predicted loss > predictor_skip * budget (0 = never)
+    n_holdout: int = 3               # best feasible configurations re-checked on the hold-out split
+    seed_uniform: bool = True
+    seed_knapsack: bool = True
+
+    def validate(self) -> "SearchSettings":
+        if self.mode not in MODES:
+            raise DseError(f"search.mode: '{self.mode}' is not one of {', '.join(MODES)}")
+        if self.sampler not in SAMPLERS:
+            raise DseError(f"search.sampler: '{self.sampler}' is not one of {', '.join(SAMPLERS)}")
+        if int(self.n_trials) < 1:
+            raise DseError(f"search.n_trials: {self.n_trials} must be >= 1")
+        if int(self.workers) < 1:
+            raise DseError(f"search.workers: {self.workers} must be >= 1")
+        if not 0 <= self.budget_loss < 1:
+            raise DseError(f"budget: accuracy-loss budget {self.budget_loss} must be a fraction in [0, 1)")
+        return self
+
+
+@dataclass
+class SearchContext:
+    """Model-dependent pieces the driver needs (see dse.search.objective for the evaluator/energy interfaces).
+
+    ``holdout``: evaluator on the held-out split; ``baseline``: ``{"float": {"search", "holdout"}}`` (accuracies);
+    ``sensitivity(layer, LayerConfig) -> loss`` for the knapsack seed (None: no knapsack seed);
+    ``info``: JSON-friendly description (model, data, layers) stored in the study and results.
+    """
+
+    space: SearchSpace
+    evaluator: object
+    holdout: object
+    energy: Callable[[dict], dict]
+    predictor: Callable[[dict], float] | None = None
+    sensitivity: Callable[[str, LayerConfig], float] | None = None
+    baseline: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def make_sampler(name: str, mode: str, seed: int, workers: int = 1) -> optuna.samplers.BaseSampler:
+    """Sampler by name; "auto" = TPE (constrained) or NSGA-II (pareto). All read constraints set via set_constraint."""
+    if name == "auto":
+        name = "tpe" if mode == "constrained" else "nsga2"
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=workers > 1)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        # categorical parameters are sampled by QMC's independent (random) sampler
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    raise DseError(f"search.sampler: '{name}' is not one of {', '.join(SAMPLERS)}")
+
+
+def _open_study(settings: SearchSettings, storage, seed: int, workers: int, load_only: bool = False) -> optuna.Study:
+    directions = ["minimize"] if settings.mode == "constrained" else ["minimize", "minimize"]
+    sampler = make_sampler(settings.sampler, settings.mode, seed, workers)
+    if load_only:
+        return optuna.load_study(study_name=rundir.STUDY_NAME, storage=storage, sampler=sampler)
+    return optuna.create_study(study_name=rundir.STUDY_NAME, storage=storage, directions=directions, sampler=sampler,
+                               load_if_exists=True)
+
+
+def n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def is_feasible(t) -> bool:
+    c = t.constraints
+    return t.state == TrialState.COMPLETE and bool(c) and all(v <= 0 for v in c.values())
+
+
+def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
+    return Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, s.mode, s.fidelities, s.confidence,
+                     ctx.predictor, s.predictor_skip)
+
+
+def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings) -> int:
+    """Enqueue all-exact, uniform and knapsack seeds once per study (study user attr ``seeded``)."""
+    if study.user_attrs.get("seeded"):
+        return 0
+    cfgs = [seeds.all_exact(ctx.space)]
+    if s.seed_uniform:
+        cfgs += seeds.uniform(ctx.space)
+    if s.seed_knapsack and ctx.sensitivity is not None:
+        items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
+        cfgs += seeds.knapsack_seeds(ctx.space, items, s.budget_loss)
+    done = []
+    for cfg in cfgs:
+        p = ctx.space.params_from_config(cfg)
+        if p not in done:
+            study.enqueue_trial(p, user_attrs={"seed": True})
+            done.append(p)
+    study.set_user_attr("seeded", True)
+    return len(done)
+
+
+def _worker(factory, run_dir, settings: SearchSettings, seed: int) -> None:  # pragma: no cover - subprocess
+    try:
+        ctx = factory()
+        study = _open_study(settings, rundir.storage_for(run_dir, settings.storage), seed, settings.workers,
+                            load_only=True)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
+        study.optimize(_objective(ctx, settings), n_trials=settings.n_trials, timeout=settings.timeout_s,
+                       callbacks=[MaxTrialsCallback(settings.n_trials, states=(TrialState.COMPLETE,))])
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent reports it
+        pass
+
+
+class _Progress:
+    """Rich progress bar: trials done, best feasible energy, feasible count."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self.p = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                              TimeElapsedColumn(), transient=False)
+            self.task = self.p.add_task("search", total=total, completed=done, info="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)
+
+    def __call__(self, study, trial) -> None:
+        if not self.enabled:
+            return
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        feas = [t for t in trials if is_feasible(t)]
+        best = min((t.values[0] for t in feas), default=None)
+        info = f"best energy {best:.4f}" if best is not None else "best energy -"
+        self.p.update(self.task, completed=len(trials), info=f"{info}  feasible {len(feas)}")
+
+
+def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress: bool = True,
+             factory=None, run_dir=None) -> None:
+    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones)."""
+    done = n_complete(study)
+    remaining = s.n_trials - done
+    if remaining <= 0:
+        return
+    procs = []
+    if s.workers > 1:
+        if factory is None or run_dir is None:
+            raise DseError("search.workers > 1 needs a context factory and a run directory shared by the processes")
+        ctxm = mp.get_context("spawn")
+        for i in range(1, s.workers):
+            p = ctxm.Process(target=_worker, args=(factory, str(run_dir), s, s.seed + i), daemon=False)
+            p.start()
+            procs.append(p)
+    try:
+        with _Progress(s.n_trials, done, progress) as bar:
+            study.optimize(objective, n_trials=remaining, timeout=s.timeout_s,
+                           callbacks=[MaxTrialsCallback(s.n_trials, states=(TrialState.COMPLETE,)), bar])
+    finally:
+        for p in procs:
+            p.join()
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """Non-dominated points minimising (energy, loss), sorted by energy."""
+    pts = sorted(points, key=lambda d: (d["energy"]["system"], d["loss"]))
+    front, best_loss = [], np.inf
+    for d in pts:
+        if d["loss"] < best_loss:
+            front.append(d)
+            best_loss = d["loss"]
+    return front
+
+
+def trial_summary(t) -> dict:
+    ua = t.user_attrs
+    return {"trial": t.number, "config": ua.get("config", {}), "energy": ua.get("energy", {}),
+            "accuracy": ua.get("accuracy"), "loss": ua.get("loss"), "images": ua.get("images"),
+            "feasible": is_feasible(t)}
+
+
+def final_check(study: optuna.Study, ctx: SearchContext, s: SearchSettings, exact_search: np.ndarray) -> dict:
+    """Re-evaluate the best feasible configurations (and the front in pareto mode) on the hold-out split."""
+    full = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if is_feasible(t) and t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
+    full.sort(key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
+    front = pareto_front([trial_summary(t) for t in
+                          study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                          if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs])
+    picks = [t.number for t in full[: s.n_holdout]]
+    if s.mode == "pareto":
+        picks += [d["trial"] for d in front if d["feasible"] and d["trial"] not in picks]
+    n_hold = ctx.holdout.n_images
+    exact_hold = np.asarray(ctx.holdout.correct({}, 0, n_hold), dtype=bool)
+    checked = []
+    for num in picks:
+        t = study.trials[num]
+        cfg = {n: LayerConfig(v["multiplier"], bool(v["cv"])) for n, v in t.user_attrs["config"].items()}
+        st = paired_stats(exact_hold, np.asarray(ctx.holdout.correct(cfg, 0, n_hold), dtype=bool))
+        d = trial_summary(t)
+        d["holdout"] = {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n,
+                        "feasible": st.loss <= s.budget_loss}
+        checked.append(d)
+    best = next((d for d in checked if d["holdout"]["feasible"]), checked[0] if checked else None)
+    by_num = {d["trial"]: d for d in checked}
+    front = [by_num.get(d["trial"], d) for d in front]
+    base = dict(ctx.baseline)
+    base["fxp8"] = {"search": float(exact_search.mean()), "holdout": float(exact_hold.mean())}
+    return {"baseline": base, "best": best, "checked": checked, "pareto_front": front}
+
+
+def _count(study) -> dict:
+    ts = study.get_trials(deepcopy=False)
+    comp = [t for t in ts if t.state == TrialState.COMPLETE]
+    return {"complete": len(comp), "feasible": sum(is_feasible(t) for t in comp),
+            "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in comp),
+            "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in comp),
+            "duplicates": sum("duplicate_of" in t.user_attrs for t in comp),
+            "failed": sum(t.state == TrialState.FAIL for t in ts)}
+
+
+def run_search(budget_path: str | Path, settings: SearchSettings, context_factory, run_dir: str | Path | None = None,
+               resume: bool = True, progress: bool = True) -> dict:
+    """Create or resume the study in ``run_dir``, seed it, optimise, hold-out check; write and return results.json."""
+    s = settings.validate()
+    run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(budget_path, s.seed)
+    if run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise DseError(f"--no-resume: run directory {run_dir} already holds a study; pass another --run-dir or "
+                       "delete it (or drop --no-resume to continue it)")
+    rundir.prepare(run_dir, budget_path, s.storage, s.workers)
+    storage = rundir.storage_for(run_dir, s.storage)
+    t0 = time.time()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
+    ctx = context_factory()
+    study = _open_study(s, storage, s.seed, s.workers)
+    params = study.user_attrs.get("params")
+    if params is not None and params != ctx.space.param_names:
+        raise DseError(f"{run_dir}: the stored study has a different search space; use another --run-dir")
+    study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
+    study.set_user_attr("info", ctx.info)
+    study.set_user_attr("params", ctx.space.param_names)
+    enqueue_seeds(study, ctx, s)
+    objective = _objective(ctx, s)
+    optimize(study, objective, s, progress, factory=context_factory, run_dir=run_dir)
+    res = final_check(study, ctx, s, objective.correct_exact)
+    res.update(mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
+               elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials,
+               images={"search": int(ctx.evaluator.n_images), "holdout": int(ctx.holdout.n_images)})
+    rundir.write_results(run_dir, res)
+    return res

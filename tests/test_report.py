@@ -1,0 +1,120 @@
+"""dse report / dse export on run directories made with fake evaluators."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+from optuna.trial import TrialState
+
+from dse.cli import main
+from dse.emulate import LayerConfig
+from dse.errors import DseError
+from dse.report import export_config, load_run, render, summarize
+from dse.search.study import run_search
+from test_search import _CTX, ctx_factory, make_ctx, settings_
+
+
+@pytest.fixture
+def config_io(monkeypatch):
+    """dse.config (save_config/load_config); a minimal JSON fake while the real module is missing."""
+    try:
+        import dse.config as cfgmod
+        return cfgmod
+    except ImportError:
+        mod = types.ModuleType("dse.config")
+
+        def save_config(config, path, meta=None):
+            path.write_text(json.dumps({"meta": meta or {}, "layers": {n: {"multiplier": c.multiplier, "cv": c.cv}
+                                                                        for n, c in config.items()}}))
+
+        def load_config(path):
+            d = json.loads(open(path).read())
+            return {n: LayerConfig(v["multiplier"], v["cv"]) for n, v in d["layers"].items()}
+        mod.save_config, mod.load_config = save_config, load_config
+        monkeypatch.setitem(sys.modules, "dse.config", mod)
+        return mod
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rep")
+    b = d / "fake.toml"
+    b.write_text("[budget]\nmax_loss_pp = 1.0\n")
+    _CTX["ctx"] = make_ctx()
+    res = run_search(b, settings_(n_trials=30), ctx_factory, run_dir=d / "run", progress=False)
+    return d / "run", res
+
+
+def test_summary_matches_results(run_path):
+    path, res = run_path
+    s = summarize(load_run(path))
+    assert s["finished"] and s["trials"]["complete"] == 30
+    assert s["best"]["trial"] == res["best"]["trial"]
+    assert s["best"]["holdout"] == res["best"]["holdout"]
+    assert s["best"]["loss"] <= 0.01
+    assert s["baseline"]["fxp8"] == res["baseline"]["fxp8"]
+    assert [d["trial"] for d in s["pareto_front"]] == [d["trial"] for d in res["pareto_front"]]
+    json.dumps(s)  # JSON-friendly
+
+
+def test_render_and_cli_json(run_path, capsys):
+    path, _ = run_path
+    from rich.console import Console
+    con = Console(record=True, width=200)
+    render(summarize(load_run(path)), con)
+    text = con.export_text()
+    for word in ("baseline vs best", "Pareto front", "per-layer configuration", "energy breakdown", "FxP8 exact"):
+        assert word in text
+    capsys.readouterr()
+    assert main(["report", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best"]["trial"] == summarize(load_run(path))["best"]["trial"]
+
+
+def test_report_on_interrupted_run(tmp_path):
+    b = tmp_path / "fake.toml"
+    b.write_text("x = 1\n")
+    _CTX["ctx"] = make_ctx(interrupt_after=30)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(b, settings_(n_trials=40), ctx_factory, run_dir=tmp_path / "run", progress=False)
+    s = summarize(load_run(tmp_path / "run"))
+    assert not s["finished"] and 0 < s["trials"]["complete"] < 40
+    assert s["best"] is None or s["best"]["holdout"] is None
+    assert s["baseline"]["fxp8"]["search"] is not None
+
+
+def test_export_round_trip(run_path, tmp_path, config_io):
+    path, res = run_path
+    run = load_run(path)
+    out = export_config(run, tmp_path / "best.json")
+    cfg = config_io.load_config(out)
+    want = {n: LayerConfig(v["multiplier"], v["cv"]) for n, v in res["best"]["config"].items()}
+    assert {n: c for n, c in cfg.items() if c != LayerConfig()} == {n: c for n, c in want.items() if c != LayerConfig()}
+    t = next(t.number for t in run.study.trials if t.state == TrialState.COMPLETE and t.number != res["best"]["trial"])
+    assert main(["export", str(path), "--trial", str(t), "-o", str(tmp_path / "t.toml")]) == 0
+    cfg = config_io.load_config(tmp_path / "t.toml")
+    want = run.study.trials[t].user_attrs["config"]
+    assert all(cfg.get(n, LayerConfig()) == LayerConfig(v["multiplier"], v["cv"]) for n, v in want.items())
+
+
+def test_bad_input(run_path, tmp_path, capsys, config_io):
+    path, _ = run_path
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["export", str(path), "--trial", "999", "-o", str(tmp_path / "x.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "--trial 999" in err and "\n" == err[-1] and err.count("\n") == 1
+    with pytest.raises(DseError, match="extension"):
+        export_config(load_run(path), tmp_path / "x.yaml")
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "journal.log" in capsys.readouterr().err
+    bad = tmp_path / "badres"
+    bad.mkdir()
+    for f in ("journal.log", "budget.toml"):
+        (bad / f).write_bytes((path / f).read_bytes())
+    (bad / "results.json").write_text("{")
+    with pytest.raises(DseError, match="results.json"):
+        load_run(bad)
