@@ -89,7 +89,7 @@ def render(summary: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 140))
     s = summary
     t = s["trials"]
     console.print(f"[bold]run[/bold] {s['run']}  mode {s['mode']}  budget {_pp(s['budget_loss'])}  "
@@ -123,12 +123,17 @@ def render(summary: dict, console=None) -> None:
                         _pp(d["loss"]), "yes" if d["feasible"] else "no", approx or "(all exact)")
         console.print(tab)
     if b:
-        tab = Table(title=f"per-layer configuration (trial {b['trial']})")
-        tab.add_column("layer")
-        tab.add_column("multiplier")
-        tab.add_column("cv")
+        per_layer = b["energy"].get("layers") or {}
+        tab = Table(title=f"per-layer configuration and energy (trial {b['trial']}; energy as a fraction of the "
+                          "all-exact network)")
+        for c in ("layer", "multiplier", "cv"):
+            tab.add_column(c)
+        for c in ("energy exact", "energy config", "multiplier vs exact", "cycles"):
+            tab.add_column(c, justify="right")
         for n, v in b["config"].items():
-            tab.add_row(n, v["multiplier"], "yes" if v["cv"] else "no")
+            e = per_layer.get(n, {})
+            tab.add_row(n, v["multiplier"], "yes" if v["cv"] else "no", _num(e.get("exact")), _num(e.get("config")),
+                        _num(e.get("multiplier")), str(e.get("cycles", "-")))
         console.print(tab)
         comps = b["energy"].get("components")
         if comps:

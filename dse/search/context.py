@@ -107,11 +107,20 @@ def _energy_fn(model, layers):
     exact_comp = _components(exact)
     total = sum(exact_comp.values()) or 1.0
 
+    exact_layers = {l.name: l for l in exact.layers}
+
     def energy(config: dict) -> dict:
         rel = dict(model.relative(layers, config))
-        comp = _components(model.network(layers, config))
+        net = model.network(layers, config)
+        comp = _components(net)
         rel["components"] = {k: {"exact": exact_comp.get(k, 0.0) / total, "config": comp.get(k, 0.0) / total}
                              for k in sorted(set(exact_comp) | set(comp))}
+        # per layer, as fractions of the all-exact network energy (system) and of the layer's exact multiplier energy
+        rel["layers"] = {l.name: {"exact": exact_layers[l.name].total / total, "config": l.total / total,
+                                  "multiplier": (l.multiplier_energy / exact_layers[l.name].multiplier_energy
+                                                 if exact_layers[l.name].multiplier_energy else 1.0),
+                                  "cycles": int(l.cycles)}
+                         for l in net.layers}
         return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in rel.items()}
     return energy
 
