@@ -22,6 +22,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from dse.budget import SearchSection
 from dse.emulate import LayerConfig
 from dse.errors import DseError
 from dse.search import rundir, seeds
@@ -33,22 +34,26 @@ SAMPLERS = ("auto", "tpe", "nsga2", "random", "qmc")
 MODES = ("constrained", "pareto")
 
 
+_D = SearchSection()
+
+
 @dataclass
 class SearchSettings:
     """Search options (from the budget's [search] section, CLI flags override). ``budget_loss`` is a fraction."""
 
     budget_loss: float
-    mode: str = "constrained"
-    sampler: str = "auto"
-    n_trials: int = 100
-    seed: int = 0
-    storage: str | None = None
-    workers: int = 1
-    timeout_s: float | None = None
-    fidelities: list = field(default_factory=lambda: [500, 2000, 0])
-    confidence: float = 0.95
-    predictor_skip: float = 2.0      # skip a trial when predicted loss > predictor_skip * budget (0 = never)
-    n_holdout: int = 3               # best feasible configurations re-checked on the hold-out split
+    # Defaults are those of the budget file's [search] section (one home: dse.budget.SearchSection).
+    mode: str = _D.mode
+    sampler: str = _D.sampler
+    n_trials: int = _D.n_trials
+    seed: int = _D.seed
+    storage: str | None = _D.storage
+    workers: int = _D.workers
+    timeout_s: float | None = _D.timeout_s
+    fidelities: list = field(default_factory=lambda: list(_D.racing))
+    confidence: float = _D.confidence
+    predictor_skip: float = _D.predictor_skip  # skip a trial when predicted loss > predictor_skip * budget (0 = never)
+    n_holdout: int = _D.n_holdout              # best feasible configurations re-checked on the hold-out split
     seed_uniform: bool = True
     seed_knapsack: bool = True
 
