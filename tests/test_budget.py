@@ -218,3 +218,9 @@ def test_missing_and_unreadable_files(tmp_path):
     p.write_bytes(b"\xff\xfe[search]")
     with pytest.raises(DseError, match="UTF-8"):
         load_budget(p)
+
+
+@pytest.mark.parametrize("path", sorted((DEFAULT_TOML.parent).glob("*.toml")), ids=lambda p: p.name)
+def test_every_bundled_budget_loads(path):
+    b = load_budget(path)
+    assert b.budget.max_accuracy_loss > 0 and b.search.n_trials > 0

@@ -254,6 +254,30 @@ def test_predictor_skip_sets_constraint(tmp_path):
     assert ctx.evaluator.calls == 0
 
 
+def test_predictor_never_skips_enqueued_seeds():
+    ctx = make_ctx()
+    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=lambda cfg: 0.5, predictor_skip=2.0)
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={"seed": True})
+    study.optimize(obj, n_trials=2)
+    assert study.trials[0].user_attrs.get("skipped") != "predictor" and study.trials[0].user_attrs["images"] > 0
+    assert study.trials[1].user_attrs["skipped"] == "predictor"
+
+
+def test_loo_margin_is_worst_leave_one_out_error():
+    from dse.predict import AccuracyModel
+    from dse.search.context import _loo_margin
+
+    ames = np.array([0.0, 0.1, 0.2, 0.3, 0.5])
+    accs = np.array([0.90, 0.89, 0.86, 0.80, 0.70])
+    want = 0.0
+    for i in range(len(ames)):
+        k = np.arange(len(ames)) != i
+        want = max(want, abs(AccuracyModel.fit(ames[k], accs[k]).predict(ames[i]) - accs[i]))
+    assert _loo_margin(ames, accs) == pytest.approx(want) and want > 0
+    assert _loo_margin([0.0, 0.0, 0.0, 0.1], [0.9, 0.9, 0.9, 0.8]) == float("inf")  # cannot refit without 0.1
+
+
 def test_failed_trial_has_constraint():
     ctx = make_ctx()
 

@@ -213,13 +213,33 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
         model = AccuracyModel.fit(ames, accs)
     except DseError:
         return None, {"error": "predictor fit failed (configurations with equal AME)"}
+    margin = _loo_margin(ames, accs)
     base = loss_predictor(pred, model)
 
     def predict(config: dict):
+        """Conservative predicted loss: the model's loss minus its worst leave-one-out error on the fit set, so a
+        trial is skipped only when even an error as large as the worst seen would leave it over the budget."""
         if any(lc.multiplier not in int_mults and lc.multiplier != "exact" for lc in config.values()):
             return 0.0  # no AME for float-domain multipliers: never skip
-        return base(config)
-    return predict, {"model": model.to_dict(), "configs": len(cfgs), "images": n_images}
+        return max(base(config) - margin, 0.0)
+    return predict, {"model": model.to_dict(), "configs": len(cfgs), "images": n_images, "loo_margin": margin}
+
+
+def _loo_margin(ames, accs) -> float:
+    """Worst absolute leave-one-out error (accuracy, fraction) of the AccuracyModel on its fit set; inf if the model
+    cannot be refitted without a point (then the predictor never skips)."""
+    from dse.predict import AccuracyModel
+
+    ames, accs = np.asarray(ames, float), np.asarray(accs, float)
+    worst = 0.0
+    for i in range(len(ames)):
+        keep = np.arange(len(ames)) != i
+        try:
+            m = AccuracyModel.fit(ames[keep], accs[keep])
+        except DseError:
+            return float("inf")
+        worst = max(worst, abs(float(m.predict(ames[i])) - accs[i]))
+    return worst
 
 
 def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_trials=None, workers=None,

@@ -86,7 +86,8 @@ class Objective:
                 return self._finish(trial, prev)
             energy = dict(self.energy(config))
             attrs = {"config": config_to_dict(config), "energy": energy}
-            if self.predictor is not None and self.predictor_skip:
+            # enqueued seeds (all exact, uniform, knapsack) are always emulated: they anchor the search
+            if self.predictor is not None and self.predictor_skip and not trial.user_attrs.get("seed"):
                 pred = float(self.predictor(config))
                 attrs["predicted_loss"] = pred
                 if pred > self.predictor_skip * self.budget_loss:
