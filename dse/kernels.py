@@ -16,10 +16,12 @@ Public API (stable; other modules call only these):
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
 
 ``path``: "auto" picks per multiplier: "exact" (BLAS; only for multipliers whose error table is zero), "lowrank"
-(exact GEMM + r GEMMs on per-operand gathers, float64, rounded; used when the error table has small exact rank and the
-a-priori rounding bound is < 0.25, else it falls back to "lut"), "lut" (Cython SIMD table kernel, ISA dispatched at
+(t GEMMs on per-operand gathers with exact integer factors LUT = F @ G.T -- t = 1 for perforation, truncation, DRUM,
+Ax-BxP -- in float32 on K-chunks whose partial sums are provably <= 2^24, else float64 with K * S < 2^53; if no such
+integer plan is proven, exact GEMM + r GEMMs with float64 error-table factors, rounded, when the a-priori rounding
+bound is < 0.25; else it falls back to "lut"), "lut" (Cython SIMD table kernel, ISA dispatched at
 run time: ``isa=`` or env ``DSE_KERNEL_ISA`` = scalar/avx2/avx512 caps it). All paths are bit-exact against the
-reference. Auto prefers "lowrank" over "lut" only while it is expected to be faster (rank <= ``AUTO_MAX_RANK[isa]``).
+reference. Auto prefers "lowrank" over "lut" only while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dse.arith.lowrank import LowRank, decompose_verified, gemm_error_bound
+from dse.arith.lowrank import IntFactors, LowRank, decompose_integer, decompose_verified, gemm_error_bound
 from dse.arith.multipliers import Multiplier
 from dse.errors import DseError
 
@@ -39,12 +41,14 @@ except ImportError:  # pragma: no cover - only when the extension was not built
 
 PATHS = ("auto", "exact", "lowrank", "lut")
 LOWRANK_MAX_RANK = 16
-# Largest rank for which "auto" prefers lowrank over the LUT kernel at that ISA level. Measured on one Zen 4 core
-# (benchmarks/RESULTS.md): lowrank ~8 GMAC/s at r = 1 and its cost grows ~(1 + r) (float64 GEMM of depth K(1+r) plus
-# the gathers); LUT ~16-20 GMAC/s with AVX-512 VBMI but ~2.5 GMAC/s with AVX2 gathers or scalar code.
-AUTO_MAX_RANK = {"avx512": 0, "avx2": 4, "scalar": 4}
+# Largest number of GEMM terms t (integer factors of the whole table, so t = 1 for perforation, truncation, DRUM,
+# Ax-BxP) for which "auto" prefers lowrank over the LUT kernel at that ISA level. Measured on one Zen 4 core
+# (benchmarks/RESULTS.md): lowrank t = 1 runs at ~the exact path's speed (float32 BLAS) and its cost grows ~t;
+# LUT ~16-21 GMAC/s with AVX-512 VBMI on 3x3 convs, but ~2.5 GMAC/s with AVX2 gathers or scalar code.
+AUTO_MAX_RANK = {"avx512": 0, "avx2": 6, "scalar": 6}
 _BOUND_LIMIT = 0.25
-_F32_EXACT = 2 ** 24  # float32 holds every integer partial sum below this exactly
+_F32_EXACT = 2 ** 24  # float32 holds every integer partial sum of magnitude <= this exactly
+_F64_EXACT = 2 ** 53
 _BLOCK_ELEMS = 1 << 22  # working-set size (elements) of blocked float temporaries
 
 
@@ -156,13 +160,22 @@ class _Prepared:
     is_exact: bool
     a_vals: np.ndarray  # int64[256]: value of each activation pattern
     _lowrank: object = field(default=False)  # False = not computed yet
+    _intf: object = field(default=False)
 
     @property
     def lowrank(self) -> LowRank | None:
+        """Float factors of the error table E = LUT - a*w (the float64 fallback of the lowrank path)."""
         if self._lowrank is False:
             err = self.lut - np.multiply.outer(self.a_vals, _W_VALS)
             self._lowrank = decompose_verified(err, LOWRANK_MAX_RANK)
         return self._lowrank
+
+    @property
+    def intf(self) -> IntFactors | None:
+        """Exact integer factors of the whole table LUT = F @ G.T (rank <= rank(E) + 1; 1 for separable tables)."""
+        if self._intf is False:
+            self._intf = decompose_integer(self.lut, LOWRANK_MAX_RANK + 1)
+        return self._intf
 
 
 _W_VALS = np.where(np.arange(256) >= 128, np.arange(256) - 256, np.arange(256)).astype(np.int64)
@@ -220,36 +233,122 @@ def select_path(mult: Multiplier, a_signed: bool, K: int, path: str = "auto", is
     if path == "auto" and prep.is_exact:
         return "exact"
     if path in ("auto", "lowrank"):
-        lr = prep.lowrank
-        if lr is not None:
-            amax = (128 if a_signed else 255) if max_abs_a is None else max_abs_a
-            ok = gemm_error_bound(lr, K, amax, 128) < _BOUND_LIMIT
-            if ok and (path == "lowrank" or lr.rank <= AUTO_MAX_RANK[_isa_name(isa)]):
-                return "lowrank"
+        terms = _lowrank_terms(prep, a_signed, K, max_abs_a)
+        if terms and (path == "lowrank" or terms <= AUTO_MAX_RANK[_isa_name(isa)]):
+            return "lowrank"
     return "lut"
 
 
+def _a_patterns(a_signed: bool, max_abs_a: int | None) -> np.ndarray:
+    """Activation patterns whose value lies in [-max_abs_a, max_abs_a] (all patterns if None)."""
+    if max_abs_a is None:
+        return np.arange(256)
+    vals = _W_VALS if a_signed else np.arange(256)
+    return np.flatnonzero(np.abs(vals) <= max_abs_a)
+
+
+def _term_bound(F: np.ndarray, G: np.ndarray, a_pat: np.ndarray, w_pat: np.ndarray) -> int:
+    """S = max over the given patterns of sum_t |F[a, t]| |G[w, t]|: bound on |one k-step's contribution| and on every
+    term of it (exact: integers < 2^53 in float64)."""
+    if F.shape[1] == 0 or a_pat.size == 0 or w_pat.size == 0:
+        return 0
+    return int((np.abs(F[a_pat]).astype(np.float64) @ np.abs(G[w_pat]).astype(np.float64).T).max())
+
+
+def _int_plan_ok(fac: IntFactors, K: int, S: int) -> bool:
+    """A-priori exactness of the integer-factor GEMM: every partial sum is an integer of magnitude <= K * S < 2^53
+    (float64 exact, any order) and every factor entry is exact in float64."""
+    return K * S < _F64_EXACT and (fac.rank == 0 or max(np.abs(fac.F).max(), np.abs(fac.G).max()) < _F64_EXACT)
+
+
+def _lowrank_terms(prep: _Prepared, a_signed: bool, K: int, max_abs_a: int | None) -> int:
+    """Number of GEMM terms of the lowrank path for this call (0 = cannot be proven exact -> LUT)."""
+    fac = prep.intf
+    if fac is not None and _int_plan_ok(fac, K, _term_bound(fac.F, fac.G, _a_patterns(a_signed, max_abs_a),
+                                                             np.arange(256))):
+        return max(1, fac.rank)
+    lr = prep.lowrank
+    if lr is not None:
+        amax = (128 if a_signed else 255) if max_abs_a is None else max_abs_a
+        if gemm_error_bound(lr, K, amax, 128) < _BOUND_LIMIT:
+            return 1 + lr.rank
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- GEMM cores
-def _exact_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared) -> np.ndarray:
-    """int64[N, M] = W @ A with the exact product: float32 BLAS on K-chunks whose integer sums stay < 2^24
-    (exact in any summation order), float64 if the chunks would be too short."""
+def _gather(f: np.ndarray, AT: np.ndarray, a_vals: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = f[AT] (f int64[256] per pattern, AT uint8): a plain conversion when f is the value of the pattern,
+    a byte translation when f fits 8 bits, else a float table gather."""
+    if np.array_equal(f, a_vals):
+        np.copyto(out, AT.view(np.int8) if a_vals[255] < 0 else AT, casting="unsafe")
+    elif (0 <= f.min() and f.max() <= 255) or (-128 <= f.min() and f.max() <= 127):
+        signed = f.min() < 0
+        tbl = (f & 0xFF).astype(np.uint8).tobytes()
+        b = np.frombuffer(np.ascontiguousarray(AT).tobytes().translate(tbl), dtype=np.int8 if signed else np.uint8)
+        np.copyto(out, b.reshape(AT.shape), casting="unsafe")
+    else:
+        np.copyto(out, np.take(f.astype(out.dtype), AT), casting="unsafe")
+
+
+def _factor_gemm(AT: np.ndarray, Wp: np.ndarray, F: np.ndarray, G: np.ndarray, S: int, a_vals: np.ndarray) -> np.ndarray:
+    """int64[N, M] = sum_k sum_t G[Wp[n, k], t] F[AT[k, m], t] for integer factors F, G, with S >= every k-step's
+    sum_t |F||G| on the data. The one home of exact integer GEMM on BLAS:
+    float32 BLAS on K-chunks of kc = 2^24 // S steps (every partial sum, in any order, is an integer of magnitude
+    <= kc * S <= 2^24, hence exact in float32), accumulated in int64 across chunks; float64 in one pass if the chunks
+    would be short (kc < K/4) -- the caller has checked K * S < 2^53. Blocked over M; depth layout (k, t)."""
     K, M = AT.shape
     N = Wp.shape[0]
-    av = AT.view(np.int8) if prep.a_vals[255] < 0 else AT
-    wv = Wp.view(np.int8)
-    amax = int(np.abs(av.astype(np.int16)).max()) if AT.size else 0
-    wmax = int(np.abs(wv.astype(np.int16)).max()) if Wp.size else 0
-    kc = K if amax * wmax == 0 else _F32_EXACT // (amax * wmax)
-    if kc >= max(1, K // 4):
-        out = np.zeros((N, M), dtype=np.int64)
-        for k0 in range(0, K, max(kc, 1)):
+    t = F.shape[1]
+    if t == 0 or S == 0 or K == 0:
+        return np.zeros((N, M), dtype=np.int64)
+    kc = _F32_EXACT // S
+    f32 = kc >= max(1, K // 4) and max(np.abs(F).max(), np.abs(G).max()) <= _F32_EXACT
+    dt = np.float32 if f32 else np.float64
+    if not f32:
+        kc = K
+    What = np.ascontiguousarray(G[Wp].astype(dt).reshape(N, K * t))  # [N, (k, t)]
+    out = np.zeros((N, M), dtype=np.int64)
+    mb = max(256, _BLOCK_ELEMS // max(1, t * K))
+    for m0 in range(0, M, mb):
+        m1 = min(M, m0 + mb)
+        Ahat = np.empty((K, t, m1 - m0), dtype=dt)
+        blk = AT[:, m0:m1]
+        for j in range(t):
+            _gather(F[:, j], blk, a_vals, Ahat[:, j, :])
+        for k0 in range(0, K, kc):
             k1 = min(K, k0 + kc)
-            out += (wv[:, k0:k1].astype(np.float32) @ av[k0:k1].astype(np.float32)).astype(np.int64)
-        return out
-    return (wv.astype(np.float64) @ av.astype(np.float64)).astype(np.int64)  # |sums| < 2^53: exact
+            part = What[:, k0 * t:k1 * t] @ Ahat[k0:k1].reshape((k1 - k0) * t, m1 - m0)
+            if k0 == 0:
+                out[:, m0:m1] = part
+            else:
+                out[:, m0:m1] += part.astype(np.int64)
+    return out
 
 
-def _lowrank_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared) -> np.ndarray:
+def _used_patterns(Wp: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.bincount(Wp.ravel(), minlength=256)) if Wp.size else np.zeros(0, np.intp)
+
+
+def _exact_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, max_abs_a: int) -> np.ndarray:
+    """int64[N, M] = W @ A with the exact product (_factor_gemm with the one-term factors a, w)."""
+    wmax = int(np.abs(_W_VALS[_used_patterns(Wp)]).max(initial=0))
+    F = prep.a_vals[:, None]
+    return _factor_gemm(AT, Wp, F, _W_VALS[:, None], max_abs_a * wmax, prep.a_vals)
+
+
+def _lowrank_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, a_signed: bool, max_abs_a: int) -> np.ndarray:
+    """Integer factors of the table when their a-priori bound holds (float32/float64 BLAS, exact), else the float64
+    error-table factors with rounding (a-priori bound < 0.25, checked by select_path)."""
+    fac = prep.intf
+    K = AT.shape[0]
+    if fac is not None:
+        S = _term_bound(fac.F, fac.G, _a_patterns(a_signed, max_abs_a), _used_patterns(Wp))
+        if _int_plan_ok(fac, K, S):
+            return _factor_gemm(AT, Wp, fac.F, fac.G, S, prep.a_vals)
+    return _lowrank_float_gemm(AT, Wp, prep)
+
+
+def _lowrank_float_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared) -> np.ndarray:
     """int64[N, M] = rint([W, V(W)] @ [A; U(A)]) in float64 (one GEMM of depth K(1+r)), blocked over M."""
     lr = prep.lowrank
     K, M = AT.shape
@@ -279,13 +378,13 @@ def _gemm_T(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, pa
     prep = _prepare(mult, a_signed)
     K = AT.shape[0]
     amax = None
-    if path in ("auto", "lowrank") and AT.size:
-        amax = int(np.abs(AT.view(np.int8).astype(np.int16)).max()) if a_signed else int(AT.max())
+    if path != "lut" and AT.size:
+        amax = max(-int(AT.view(np.int8).min()), int(AT.view(np.int8).max())) if a_signed else int(AT.max())
     chosen = select_path(mult, a_signed, K, path, isa, max_abs_a=amax)
     if chosen == "exact":
-        return _exact_gemm(AT, Wp, prep)
+        return _exact_gemm(AT, Wp, prep, amax or 0)
     if chosen == "lowrank":
-        return _lowrank_gemm(AT, Wp, prep)
+        return _lowrank_gemm(AT, Wp, prep, a_signed, amax)
     return _lut_gemm(AT, Wp, prep, isa)
 
 

@@ -133,11 +133,67 @@ def test_auto_path_selection():
 
 
 def test_lowrank_bound_falls_back_to_lut(monkeypatch):
-    monkeypatch.setattr(K, "_BOUND_LIMIT", 0.0)  # no bound can pass -> the LUT path must be used
+    monkeypatch.setattr(K, "_BOUND_LIMIT", 0.0)  # no float bound can pass
+    monkeypatch.setattr(K, "_F64_EXACT", 0)  # and no integer-factor plan -> the LUT path must be used
     assert K.select_path(PERF, False, 9, "lowrank") == "lut"
     rng = np.random.default_rng(3)
     a, w = rng.integers(0, 256, (10, 9)), rng.integers(-128, 128, (4, 9))
     assert np.array_equal(K.gemm_int(a, w, PERF, False, path="lowrank"), K.reference_gemm_int(a, w, PERF, False))
+
+
+def test_integer_plan_falls_back_to_float_factors(monkeypatch):
+    """When K * S < 2^53 cannot be shown, lowrank uses the float64 error-table factors (rounding bound < 0.25)."""
+    prep = K._prepare(RANK1, True)
+    assert prep.intf is not None and not K._int_plan_ok(prep.intf, 10 ** 12, 10 ** 5)  # 10^17 >= 2^53
+    monkeypatch.setattr(K, "_F64_EXACT", 1)
+    called = []
+    monkeypatch.setattr(K, "_lowrank_float_gemm", lambda *a, f=K._lowrank_float_gemm: called.append(1) or f(*a))
+    rng = np.random.default_rng(4)
+    a, w = rng.integers(-128, 128, (50, 70)), rng.integers(-128, 128, (3, 70))
+    assert K.select_path(RANK1, True, 70, "lowrank") == "lowrank"
+    assert np.array_equal(K.gemm_int(a, w, RANK1, True, path="lowrank"), K.reference_gemm_int(a, w, RANK1, True))
+    assert called
+
+
+def test_separable_tables_use_one_integer_term():
+    """Perforation, truncation, DRUM, Ax-BxP: the whole table is F(a) G(w) -> one float32 GEMM, auto picks it
+    where the LUT kernel is slow."""
+    from dse.arith.multipliers import get_multiplier
+    for name in ("perf_j1_k2", "trunc_op2", "drum4", "axbxp_k2_w2_a2_dynamic", "exact"):
+        for signed in (False, True):
+            fac = K._prepare(get_multiplier(name), signed).intf
+            assert fac.rank == 1 and np.array_equal(fac.F @ fac.G.T, K._prepare(get_multiplier(name), signed).lut)
+    assert K.select_path(get_multiplier("drum4"), False, 576, "auto", isa="avx2") == "lowrank"
+
+
+@pytest.mark.parametrize("Kd", [514, 515, 2000, 2100, 3000])
+def test_float32_chunk_boundaries_worst_case(Kd):
+    """Every operand at the pattern maximising |F||G|: partial sums reach kc * S (just below 2^24 per float32 chunk;
+    K = 3000 has kc < K/4 and goes to float64). Perforation unsigned: S = 255 * 128 = 32640, kc = 514."""
+    for a_val, w_val in ((255, -128), (255, 127), (254, -127)):
+        a = np.full((7, Kd), a_val)
+        w = np.full((2, Kd), w_val)
+        w[1, ::3] = -w_val if w_val != -128 else 127
+        for mult in (PERF, EXACT):
+            assert np.array_equal(K.gemm_int(a, w, mult, False, path="lowrank" if mult is PERF else "exact"),
+                                  K.reference_gemm_int(a, w, mult, False))
+
+
+@SETTINGS
+@given(M=st.integers(1, 80), Kd=st.integers(1, 300), N=st.integers(1, 6), t=st.integers(1, 4),
+       mag=st.integers(0, 22), seed=st.integers(0, 2 ** 32 - 1))
+def test_factor_gemm_chunking_is_exact(M, Kd, N, t, mag, seed):
+    """_factor_gemm (the one home of exact BLAS GEMMs) against int64 numpy, with factor magnitudes up to 2^22 so the
+    float32 chunks get short (many chunks) or the float64 pass is taken."""
+    rng = np.random.default_rng(seed)
+    F = rng.integers(-2 ** mag, 2 ** mag + 1, (256, t))
+    G = rng.integers(-8, 9, (256, t))
+    AT = rng.integers(0, 256, (Kd, M)).astype(np.uint8)
+    Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
+    S = K._term_bound(F, G, np.arange(256), K._used_patterns(Wp))
+    got = K._factor_gemm(AT, Wp, F, G, S, np.arange(256))
+    ref = np.einsum("nkt,kmt->nm", G[Wp], F[AT])
+    assert np.array_equal(got, ref)
 
 
 def test_bad_input_raises_one_line_dse_error():

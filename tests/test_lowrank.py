@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dse.arith.lowrank import decompose, decompose_verified, gamma, gemm_error_bound
+from dse.arith.lowrank import _row_hnf, decompose, decompose_integer, decompose_verified, gamma, gemm_error_bound
 from dse.arith.multipliers import pattern_values
 
 A_U = pattern_values(False)[:, None]
@@ -82,3 +82,51 @@ def test_gemm_bound_grows_with_k_and_is_conservative():
 def test_rejects_non_integer_tables():
     with pytest.raises(ValueError):
         decompose(np.zeros((256, 256)))
+
+
+# ------------------------------------------------------------------------------------------- exact integer factors
+def test_integer_factors_of_separable_tables_are_rank_one():
+    T = A_U * (W_S & ~np.int64(0b110))  # perforation table itself: a * (w & ~mask)
+    f = decompose_integer(T)
+    assert f.rank == 1 and f.F.dtype == np.int64 and np.array_equal(f.F @ f.G.T, T)
+    assert np.array_equal(f.F[:, 0], A_U[:, 0])  # primitive: the factor is a itself, not a / pivot
+    T = drum_like(A_U) * drum_like(W_S)
+    f = decompose_integer(T)
+    assert f.rank == 1 and np.array_equal(f.F @ f.G.T, T)
+
+
+@settings(deadline=None, max_examples=30)
+@given(r=st.integers(0, 8), mag=st.integers(1, 50), scale=st.integers(1, 12), seed=st.integers(0, 2 ** 32 - 1))
+def test_integer_factors_random_lattices(r, mag, scale, seed):
+    """Rows built so the pivot rows alone need not generate the row lattice (scaled rows + a few unscaled ones).
+    The echelon basis can blow up on dense random lattices (then None = the caller falls back); rank <= 1 always
+    succeeds, and any answer is exact."""
+    rng = np.random.default_rng(seed)
+    U = rng.integers(-mag, mag + 1, (256, r)) * np.where(rng.random((256, 1)) < 0.9, scale, 1)
+    T = U @ rng.integers(-mag, mag + 1, (r, 256))
+    f = decompose_integer(T)
+    if r <= 1:
+        assert f is not None
+    if f is not None:
+        assert f.rank == np.linalg.matrix_rank(T.astype(float)) and np.array_equal(f.F @ f.G.T, T)
+
+
+def test_integer_factors_reject_high_rank_and_non_integer():
+    rng = np.random.default_rng(5)
+    assert decompose_integer(rng.integers(-100, 100, (256, 256))) is None
+    E = rng.integers(-3, 4, (256, 5)) @ rng.integers(-3, 4, (5, 256))
+    assert decompose_integer(E, max_rank=4) is None and decompose_integer(E, max_rank=5).rank == 5
+    assert decompose_integer(np.zeros((256, 256), np.int64)).rank == 0
+    with pytest.raises(ValueError):
+        decompose_integer(np.zeros((256, 256)))
+
+
+def test_row_hnf_spans_same_lattice():
+    rows = [[6, 4, 2], [9, 6, 3], [0, 5, 10]]
+    B = _row_hnf(rows)
+    assert len(B) == 2
+    Bm = np.array(B)
+    for r in rows:  # each original row has integer coordinates in B
+        c, *_ = np.linalg.lstsq(Bm.T.astype(float), np.array(r, float), rcond=None)
+        assert np.allclose(c, np.rint(c)) and np.array_equal(np.rint(c).astype(int) @ Bm, r)
+    assert B[0][0] == 3  # gcd(6, 9): the lattice is not just the span of the first row

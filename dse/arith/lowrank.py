@@ -108,3 +108,98 @@ def gemm_error_bound(lr: LowRank, K: int, max_abs_a: float, max_abs_w: float) ->
     n = K * (1 + lr.rank)
     magnitude = K * (max_abs_a * max_abs_w + lr.uv_abs)
     return K * lr.delta + gamma(n) * magnitude * (1 + 2 * UNIT_ROUNDOFF)
+
+
+# ------------------------------------------------------------------------------------------- exact integer factors
+@dataclass(frozen=True)
+class IntFactors:
+    """T == F @ G.T exactly, with integer F (activation side) and G (weight side); verified in exact integer
+    arithmetic. Column t of F/G is one "term": a GEMM over gathered operands F[a, t], G[w, t]."""
+
+    F: np.ndarray  # int64[256, t], indexed by activation pattern
+    G: np.ndarray  # int64[256, t], indexed by weight pattern
+
+    @property
+    def rank(self) -> int:
+        return self.F.shape[1]
+
+
+def _row_hnf(rows: list[list[int]]) -> list[list[int]]:
+    """Row echelon (Hermite-like) basis over the integers of the lattice spanned by ``rows`` (Python ints, exact):
+    Euclidean row operations only, so the result spans exactly the same Z-lattice."""
+    A = [list(r) for r in rows]
+    out: list[list[int]] = []
+    ncol = len(A[0]) if A else 0
+    for c in range(ncol):
+        while True:
+            nz = [i for i in range(len(A)) if A[i][c] != 0]
+            if len(nz) <= 1:
+                break
+            p = min(nz, key=lambda i: abs(A[i][c]))
+            for i in nz:
+                if i != p:
+                    q = A[i][c] // A[p][c]
+                    A[i] = [x - q * y for x, y in zip(A[i], A[p])]
+        nz = [i for i in range(len(A)) if A[i][c] != 0]
+        if nz:
+            row = A.pop(nz[0])
+            if row[c] < 0:
+                row = [-x for x in row]
+            for j, prev in enumerate(out):  # size-reduce earlier rows against the new pivot
+                q = prev[c] // row[c]
+                if q:
+                    out[j] = [x - q * y for x, y in zip(prev, row)]
+            out.append(row)
+        A = [r for r in A if any(r)]
+        if not A:
+            break
+    return out
+
+
+def decompose_integer(T: np.ndarray, max_rank: int = 17, max_iter: int = 64) -> IntFactors | None:
+    """Integer factors T == F @ G.T (F int64[256, t], G int64[256, t], t = rank of T), or None if the rank exceeds
+    max_rank or the factors get too large to verify in int64.
+
+    G.T is an integer basis (echelon form) of the Z-lattice spanned by the rows of T, grown from the pivot rows until
+    every row of T has integer coordinates F; the identity F @ G.T == T is then checked exactly in int64 (overflow
+    excluded by a magnitude test first)."""
+    T = np.asarray(T)
+    if T.ndim != 2 or not np.issubdtype(T.dtype, np.integer):
+        raise ValueError(f"decompose_integer: expected an integer 2-D table, got {T.dtype} {T.shape}")
+    T = T.astype(np.int64)
+    n_a, n_w = T.shape
+    if not T.any():
+        return IntFactors(np.zeros((n_a, 0), np.int64), np.zeros((n_w, 0), np.int64))
+    if int(np.abs(T).max()) >= 2 ** 40:
+        return None
+    Tf = T.astype(np.float64)
+    piv = _pivots(Tf, max_rank, tol=max(1e-9 * float(np.abs(Tf).max()), 1e-6))
+    if piv is None:
+        return None
+    rows = [[int(x) for x in T[i]] for i in piv[0]]
+    for _ in range(max_iter):
+        B = _row_hnf(rows)
+        if len(B) != len(piv[0]):
+            return None
+        Bm = np.array(B, dtype=object)
+        if max(abs(int(x)) for x in Bm.ravel()) >= 2 ** 40:
+            return None
+        Bi = Bm.astype(np.int64)
+        pc = [int(np.flatnonzero(b)[0]) for b in Bi]
+        C = np.linalg.solve(Bi[:, pc].T.astype(np.float64), Tf[:, pc].T).T  # T[:, pc] = C @ B[:, pc]
+        if not np.isfinite(C).all() or np.abs(C).max() >= 2 ** 40:
+            return None
+        Ci = np.rint(C).astype(np.int64)
+        r = len(B)
+        if float(np.abs(Ci).max()) * float(np.abs(Bi).max()) * r >= 2.0 ** 62:
+            return None
+        bad = np.flatnonzero((Ci @ Bi != T).any(axis=1))
+        if bad.size == 0:
+            # canonical signs: first non-zero activation factor of each term positive
+            for t in range(r):
+                nz = np.flatnonzero(Ci[:, t])
+                if nz.size and Ci[nz[0], t] < 0:
+                    Ci[:, t], Bi[t] = -Ci[:, t], -Bi[t]
+            return IntFactors(np.ascontiguousarray(Ci), np.ascontiguousarray(Bi.T))
+        rows = B + [[int(x) for x in T[bad[0]]]]
+    return None
