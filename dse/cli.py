@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as exc:
-        exc.show()
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        click.echo(f"error: {DseError(exc.format_message().rstrip('.'))}{hint}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -178,5 +178,5 @@ def save_config(cfg: dict, path, meta: dict | None = None) -> Path:
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise DseError(f"{path}: cannot write configuration ({exc.strerror})") from None
+        raise DseError(f"{path}: cannot write configuration ({exc.strerror}); choose a writable path") from None
     return path

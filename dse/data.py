@@ -56,7 +56,7 @@ def read_idx(path) -> np.ndarray:
     """Read an IDX file (gzipped when the name ends in .gz or the content is gzip)."""
     path = Path(path)
     if not path.is_file():
-        raise DseError(f"{path}: IDX file not found")
+        raise DseError(f"{path}: IDX file not found; give an existing IDX file (or 'images,labels' paths)")
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
@@ -113,6 +113,8 @@ def preprocess_images(raw: np.ndarray, preprocess: dict | None, where: str) -> n
             raise DseError(f"{where}: preprocessing '{k}' has {v.size} values for {C} channel(s); give 1 or {C}")
     if np.any(std == 0):
         raise DseError(f"{where}: preprocessing 'std' contains 0")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DseError(f"{where}: images contain NaN or infinite values; give finite pixel values")
     sh = (1, -1, 1, 1)
     out = x.astype(np.float32) * np.float32(scale)
     return np.ascontiguousarray((out - mean.reshape(sh)) / std.reshape(sh), dtype=np.float32)
@@ -124,6 +126,10 @@ def _labels(y, n_images: int, where: str) -> np.ndarray:
         raise DseError(f"{where}: labels have shape {list(y.shape)} dtype {y.dtype}; expected integer [N]")
     if len(y) != n_images:
         raise DseError(f"{where}: {len(y)} labels for {n_images} images; the counts must match")
+    if len(y) == 0:
+        raise DseError(f"{where}: the data set holds no images; give at least one image")
+    if y.min() < 0:
+        raise DseError(f"{where}: label {int(y.min())} is negative; labels must be class indices 0..C-1")
     return y.astype(np.int64)
 
 
@@ -173,6 +179,10 @@ def load_raw(spec: str) -> tuple[np.ndarray, np.ndarray, str]:
         raise DseError(f"{spec}: data file not found; give {BUNDLED_NAME}:calib|search|holdout|all, a .npz file "
                        "(keys x, y) or an IDX images file")
     if p.suffix == ".npz":
+        with open(p, "rb") as f:
+            if f.read(2) != b"PK":
+                raise DseError(f"{p}: cannot read .npz (not a zip archive); save it with "
+                               "numpy.savez(path, x=images, y=labels)")
         try:
             z = np.load(p, allow_pickle=False)
         except Exception as exc:  # noqa: BLE001 - corrupt archive or pickled content

@@ -175,12 +175,20 @@ def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str |
     pre = preprocess_from_metadata(graph)
     ds = load_dataset(data, preprocess=pre).head(images)
     cal = load_dataset(calib, preprocess=pre)
+    for opt, d in (("--data", ds), ("--calib", cal)):
+        if d.x.shape[1:] != tuple(graph.input_shape):
+            raise DseError(f"{opt} {d.name}: images have shape {list(d.x.shape[1:])} but model {model} expects "
+                           f"{list(graph.input_shape)}; give a data set that matches the model")
     qmodel = calibrate(graph, cal.x)
     config, meta = ({}, {})
     if config_path:
         config, meta = load_config_meta(config_path, qmodel)
     emu = Emulator(qmodel)
-    float_pred = run_float(graph, ds.x, batch_size).argmax(axis=1)
+    logits = run_float(graph, ds.x, batch_size)
+    if len(ds.y) and int(ds.y.max()) >= logits.shape[1]:
+        raise DseError(f"{ds.name}: label {int(ds.y.max())} but model {model} has {logits.shape[1]} classes; "
+                       f"labels must be 0..{logits.shape[1] - 1}")
+    float_pred = logits.argmax(axis=1)
     res = {"model": str(model), "path": str(path), "data": ds.name, "calib": cal.name, "images": int(len(ds)),
            "calibration": DEFAULT_METHOD, "float": float((float_pred == ds.y).mean()),
            "fxp8": emu.accuracy(ds.x, ds.y, None, batch_size)}

@@ -379,7 +379,7 @@ def fit_and_validate(layers, accuracy_fn, n: int, seed: int = 0, multipliers=Non
 
 
 # ---------------------------------------------------------------------------------------------- CLI support
-def _read_config(path: str) -> dict:
+def _read_config(path: str, layers=None) -> dict:
     """Network configuration file (TOML/JSON, ``[layers.<name>]`` with ``multiplier``, ``cv``) -> {name: LayerConfig}.
     Uses ``dse.config.load_config`` when that module provides it."""
     try:
@@ -387,7 +387,7 @@ def _read_config(path: str) -> dict:
     except ImportError:
         load_config = None
     if load_config is not None:
-        return load_config(path)
+        return load_config(path, layers)
     import json
     import tomllib
     from pathlib import Path
@@ -441,7 +441,15 @@ def predict_report(model: str, config_path: str | None = None, data: str = "fash
     AccuracyModel, Spearman, held-out MAE and the measured predictor-vs-emulation speedup."""
     if validate_n and validate_n < 5:
         raise DseError(f"--validate {validate_n}: need at least 5 configurations (3 to fit, 2 held out)")
-    config = _read_config(config_path) if config_path else {}
+    if validate_n and (images is None or int(images) < 1):
+        raise DseError(f"--images {images}: must be a positive number of images")
+    if seed < 0:
+        raise DseError(f"--seed {seed}: must be a non-negative integer")
+    c_spec, d_spec = str(calib).partition(":"), str(data).partition(":")
+    if validate_n and (str(calib) == str(data) or (c_spec[1] and d_spec[1] and c_spec[0] == d_spec[0]
+                                                   and "all" in (c_spec[2], d_spec[2]))):
+        raise DseError(f"--calib {calib} and --data {data} overlap; calibrate and validate on disjoint sets "
+                       "(e.g. --calib fashion-mnist:calib --data fashion-mnist:search)")
     from dse.data import load_dataset
     from dse.emulate import Emulator
     from dse.model.onnx_import import load_onnx
@@ -449,6 +457,7 @@ def predict_report(model: str, config_path: str | None = None, data: str = "fash
 
     graph = load_onnx(_resolve_model_path(model))
     qmodel = calibrate(graph, load_dataset(calib).x)
+    config = _read_config(config_path, qmodel) if config_path else {}
     pred = AmePredictor(qmodel.layers)
     terms = pred.breakdown(config)
     out = {"model": model, "config": {k: {"multiplier": _cfg_get(v)[0], "cv": _cfg_get(v)[1]} for k, v in config.items()},

@@ -92,7 +92,11 @@ def cmodel_table(path, fn: str = "mul8", a_signed: bool = False, w_signed: bool 
         except subprocess.TimeoutExpired:
             raise DseError(f"C model {path}: compilation timed out after 120 s") from None
         if r.returncode != 0:
-            raise DseError(f"C model {path} does not compile: {_first_error(r.stderr, tmp, path)}")
+            first = _first_error(r.stderr, tmp, path)
+            if re.search(rf"implicit declaration of function .{fn}\W", first):
+                raise DseError(f"C model {path}: defines no function '{fn}'; define it or name yours with "
+                               f"cmodel:{path}?fn=NAME")
+            raise DseError(f"C model {path} does not compile: {first}; fix the C source")
         tbl = os.path.join(tmp, "table.bin")
         try:
             r = subprocess.run([exe, tbl], capture_output=True, timeout=60, cwd=tmp)

@@ -344,6 +344,13 @@ def preprocess_from_metadata(graph: Graph) -> dict | None:
     except ValueError as exc:
         raise DseError(f"{graph.source}: metadata 'dse.preprocess' is not a JSON object ({exc}); fix the export") \
             from None
+    num = (int, float)
+    for k, val in v.items():
+        vals = val if isinstance(val, list) and k != "scale" else [val]
+        if k not in ("scale", "mean", "std") or not vals or not all(
+                isinstance(e, num) and not isinstance(e, bool) for e in vals) or (k == "std" and 0 in vals):
+            raise DseError(f"{graph.source}: metadata 'dse.preprocess' key {k!r} = {val!r} is invalid; use a number "
+                           "'scale' and numbers or lists 'mean', 'std' (std non-zero), or fix the export")
     return v
 
 

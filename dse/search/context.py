@@ -154,6 +154,15 @@ def build_context(budget_path: str) -> SearchContext:
     hold = load_dataset(b.data.holdout, preprocess=pre)
     if len({b.data.calib, b.data.search, b.data.holdout}) < 3:
         raise DseError(f"{budget_path}: data.calib, data.search and data.holdout must be three different sets")
+    n_classes = int(np.prod(graph.shapes[graph.output_name]))
+    for key, ds in (("calib", calib), ("search", search), ("holdout", hold)):
+        spec = getattr(b.data, key)
+        if ds.x.shape[1:] != tuple(graph.input_shape):
+            raise DseError(f"{budget_path}: key 'data.{key}' ({spec}) has images of shape {list(ds.x.shape[1:])} but "
+                           f"model {b.model.path} expects {list(graph.input_shape)}; give matching data")
+        if len(ds.y) and int(ds.y.max()) >= n_classes:
+            raise DseError(f"{budget_path}: key 'data.{key}' ({spec}) has label {int(ds.y.max())} but model "
+                           f"{b.model.path} has {n_classes} classes; labels must be 0..{n_classes - 1}")
     order = np.random.default_rng(s.seed).permutation(len(search.y))
     cap = b.data.images
     if cap:
@@ -163,6 +172,10 @@ def build_context(budget_path: str) -> SearchContext:
     emu = Emulator(qmodel)
     ev, hv = EmulatorEvaluator(emu, xs, ys), EmulatorEvaluator(emu, hold.x, hold.y)
     layers = qmodel.layers
+    for name in (_get(b.space, "layers", None) or {}):
+        if name not in [l.name for l in layers]:
+            raise DseError(f"{budget_path}: key 'space.layers.{name}' is not a MAC layer of model {b.model.path}; "
+                           f"use one of {', '.join(l.name for l in layers)}")
     space = build_space([l.name for l in layers], b.space)
     energy = _energy_fn(b.energy_model(), layers)
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)

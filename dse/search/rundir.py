@@ -29,7 +29,11 @@ def prepare(run_dir: str | Path, budget_path: str | Path, storage: str | None, w
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise DseError(f"--run-dir {run_dir}: exists and is not a directory; pass a directory path")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DseError(f"--run-dir {run_dir}: cannot create it ({exc.strerror}); pass a writable directory path") \
+            from None
     src = Path(budget_path).read_bytes()
     dst = run_dir / BUDGET_FILE
     if dst.exists() and dst.read_bytes() != src:
@@ -42,11 +46,25 @@ def prepare(run_dir: str | Path, budget_path: str | Path, storage: str | None, w
                        "journal file or a PostgreSQL URL")
     sfile = run_dir / STORAGE_FILE
     if storage:
+        _open_storage(storage)  # a bad URL fails here, before it is recorded in storage.txt
         if sfile.exists() and sfile.read_text().strip() != storage:
             raise DseError(f"{run_dir}: was run with storage {sfile.read_text().strip()}; pass the same --storage "
                            "or use another --run-dir")
         sfile.write_text(storage + "\n")
     return run_dir
+
+
+def _open_storage(url: str):
+    """An Optuna storage for a URL (``journal://PATH`` or an SQLAlchemy URL); DseError naming the URL if it fails."""
+    try:
+        if url.startswith("journal://"):
+            return JournalStorage(JournalFileBackend(url[len("journal://"):]))
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver/OS errors of a user-given URL
+        first = (str(exc).splitlines() or [""])[0]
+        raise DseError(f"storage '{url}' (--storage or [search] storage): cannot open it ({type(exc).__name__}: "
+                       f"{first}); give e.g. postgresql://user@host/db, sqlite:////abs/path.db or "
+                       "journal:///abs/path.log") from None
 
 
 def storage_for(run_dir: str | Path, storage: str | None = None):
@@ -55,10 +73,8 @@ def storage_for(run_dir: str | Path, storage: str | None = None):
     sfile = run_dir / STORAGE_FILE
     if storage is None and sfile.exists():
         storage = sfile.read_text().strip()
-    if storage and storage.startswith("journal://"):
-        return JournalStorage(JournalFileBackend(storage[len("journal://"):]))
     if storage:
-        return storage
+        return _open_storage(storage)
     return JournalStorage(JournalFileBackend(str(run_dir / JOURNAL_FILE)))
 
 
@@ -88,6 +104,10 @@ def read_results(run_dir: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        res = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DseError(f"{path}: not valid JSON ({exc}); delete it and re-run 'dse search' to recreate it") from None
+    if not isinstance(res, dict):
+        raise DseError(f"{path}: expected a JSON object, got {type(res).__name__}; delete it and re-run 'dse search' "
+                       "to recreate it")
+    return res
