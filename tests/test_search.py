@@ -471,3 +471,10 @@ def test_storage_url_recorded_and_default_budget(tmp_path, budget_file):
     with pytest.raises(DseError, match="same --storage"):
         run_search(budget_file, settings_(n_trials=3, storage=f"journal://{tmp_path / 'x.log'}"), ctx_factory,
                    run_dir=tmp_path / "run", progress=False)
+
+
+def test_worker_seeds_never_coincide_across_study_seeds():
+    from dse.search.study import worker_seed
+    seeds = [worker_seed(s, i) for s in range(20) for i in range(4)]
+    assert len(set(seeds)) == len(seeds)  # with seed + i, (0, 1) and (1, 0) collided
+    assert worker_seed(7, 0) == 7 and worker_seed(7, 1) == worker_seed(7, 1)

@@ -151,6 +151,15 @@ def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings) ->
     return len(done)
 
 
+def worker_seed(seed: int, i: int) -> int:
+    """Sampler seed of worker process i (i = 0 is the main process, which uses ``seed`` itself). Derived by
+    SeedSequence so that the streams of different study seeds never coincide (with ``seed + i``, seed 0's worker 1 and
+    seed 1's main process sampled the same configurations)."""
+    if i == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
+
+
 def _worker(factory, run_dir, settings: SearchSettings, seed: int) -> None:  # pragma: no cover - subprocess
     try:
         ctx = factory()
@@ -206,7 +215,7 @@ def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progr
             raise DseError("search.workers > 1 needs a context factory and a run directory shared by the processes")
         ctxm = mp.get_context("spawn")
         for i in range(1, s.workers):
-            p = ctxm.Process(target=_worker, args=(factory, str(run_dir), s, s.seed + i), daemon=False)
+            p = ctxm.Process(target=_worker, args=(factory, str(run_dir), s, worker_seed(s.seed, i)), daemon=False)
             p.start()
             procs.append(p)
     try:
