@@ -1,50 +1,141 @@
-"""Benchmark: the bundled default search (search_spaces/default.toml, LeNet-5 on Fashion-MNIST) end to end.
+"""Benchmark: the bundled default search (search_spaces/default.toml, LeNet-5 on Fashion-MNIST) end to end, side by side
+with the search a home-made script would run on the same emulator, energy model, budget, trial count and workers.
 
-Prints one table: trials, wall time, trials/min, feasible trials, best relative system/multiplier energy (saving vs
-all-exact FxP8), best loss on the search and hold-out splits. Usage: ``python benchmarks/bench_search.py [--n-trials N]
-[--workers W] [--budget FILE] [--run-dir DIR]`` (a fresh run directory each time).
+Variants, each run once per seed in one process (fresh run directory each time):
+
+* ``dse``: the full search (sampler from the budget, all-exact/uniform/knapsack seeds, racing on growing image
+  counts, AME predictor skip), as ``dse search`` runs it;
+* ``optuna-tpe``: plain Optuna TPE (multivariate, constant liar) with only the all-exact seed, every trial on all
+  search images, no predictor;
+* ``optuna-random``: the same with Optuna's RandomSampler.
+
+Printed per run and as medians over seeds: trials, wall time, trials/min, search-feasible trials, best energy that
+passed the hold-out check (relative system energy; saving vs all-exact FxP8), its hold-out loss, and
+``trials to match`` = the trial number at which that variant first held a full-fidelity feasible configuration with
+energy <= the median best of the baseline. Ratios are dse / baseline of the medians.
+
+Usage: ``python benchmarks/bench_search.py [--seeds 0 1 2] [--variants dse optuna-tpe optuna-random] [--budget FILE]
+[--n-trials N] [--workers W]``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from dse.search.context import search_from_budget
+from dse.budget import load_budget
+from dse.search import rundir
+from dse.search.context import build_context, default_budget_path, settings_from_budget
+from dse.search.study import is_feasible, run_search
+
+VARIANTS = ("dse", "optuna-tpe", "optuna-random")
+
+
+def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
+    s = settings_from_budget(load_budget(budget))
+    s.seed = seed
+    if n_trials is not None:
+        s.n_trials = int(n_trials)
+    if workers is not None:
+        s.workers = int(workers)
+    full = variant == "dse"
+    if not full:
+        s.sampler = "tpe" if variant == "optuna-tpe" else "random"
+        s.fidelities = [0]          # every trial on all search images
+        s.predictor_skip = 0.0
+        s.seed_uniform = s.seed_knapsack = False  # the all-exact seed stays: it is the reference point
+    factory = functools.partial(build_context, str(budget), fit_predictor=full)
+    t0 = time.perf_counter()
+    res = run_search(budget, s, factory, run_dir=run_dir, resume=False, progress=False)
+    wall = time.perf_counter() - t0
+    study = optuna.load_study(study_name=rundir.STUDY_NAME, storage=rundir.storage_for(run_dir))
+    trace = sorted((t.number, t.user_attrs["energy"]["system"]) for t in
+                   study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if is_feasible(t) and t.user_attrs.get("full"))
+    b = res["best"] or {}
+    h = b.get("holdout") or {}
+    return {"variant": variant, "seed": seed, "trials": res["trials"]["complete"], "wall": wall,
+            "feasible": res["trials"]["feasible"], "energy": (b.get("energy") or {}).get("system"),
+            "holdout_ok": bool(h.get("feasible")), "loss_holdout": h.get("loss"), "trace": trace,
+            "budget": res["budget_loss"], "model": res["info"].get("model", "?")}
+
+
+def trials_to_reach(trace: list, target: float) -> int | None:
+    """1-based trial count at which a full-fidelity feasible energy <= target was first held."""
+    return next((n + 1 for n, e in trace if e <= target + 1e-12), None)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--n-trials", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--run-dir", default=None, help="keep the run here (default: a temporary directory)")
     a = ap.parse_args()
+    budget = Path(a.budget) if a.budget else default_budget_path()
+    runs = []
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        res = search_from_budget(a.budget, run_dir=a.run_dir or f"{d}/run", n_trials=a.n_trials, workers=a.workers,
-                                 resume=False, progress=False)
-        wall = time.perf_counter() - t0
-    tr, b = res["trials"], res["best"] or {}
-    e, h = b.get("energy", {}), b.get("holdout") or {}
-    tab = Table(title=f"dse search: {res['info'].get('model', '?')}, budget {100 * res['budget_loss']:.2f} pp, "
-                      f"mode {res['mode']}")
-    for c in ("trials", "wall s", "trials/min", "feasible", "stopped by racing", "energy system", "saving system",
-              "energy mult", "loss search pp", "loss holdout pp"):
-        tab.add_column(c, justify="right")
+        for seed in a.seeds:
+            for v in a.variants:
+                r = run_variant(v, budget, seed, a.n_trials, a.workers, Path(d) / f"{v}-{seed}")
+                runs.append(r)
+                print(f"  {v} seed {seed}: {r['trials']} trials, {r['wall']:.1f} s, best {r['energy']}", flush=True)
+
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-    tab.add_row(str(tr["complete"]), f"{wall:.1f}", f"{60 * tr['complete'] / wall:.1f}", str(tr["feasible"]),
-                str(tr["stopped_racing"]), fmt(e.get("system"), ".4f"),
-                fmt(None if e.get("system") is None else 100 * (1 - e["system"]), ".1f") + " %",
-                fmt(e.get("multiplier"), ".4f"), fmt(None if b.get("loss") is None else 100 * b["loss"], ".2f"),
-                fmt(None if h.get("loss") is None else 100 * h["loss"], ".2f"))
-    Console(width=200).print(tab)
-    bl = res["baseline"]
-    print(f"baseline float {bl['float']}, FxP8 {bl['fxp8']}; images {res['images']}; "
-          f"search elapsed {res['elapsed_s']:.1f} s (incl. calibration, seeds, hold-out check)")
+    by_v = {v: [r for r in runs if r["variant"] == v] for v in a.variants}
+    energies = {v: [r["energy"] for r in rs if r["energy"] is not None and r["holdout_ok"]] for v, rs in by_v.items()}
+    # target for "trials to match": the best (lowest) median energy among the baselines
+    base_meds = [med(energies[v]) for v in a.variants if v != "dse" and energies[v]]
+    target = min(base_meds) if base_meds else None
+
+    tab = Table(title=f"search benchmark: {runs[0]['model']}, budget {100 * runs[0]['budget']:.2f} pp, "
+                      f"seeds {a.seeds}")
+    for c in ("variant", "seed", "trials", "wall s", "trials/min", "feasible", "best energy", "saving",
+              "hold-out loss pp", "trials to match"):
+        tab.add_column(c, justify="right")
+    rows = {}
+    for v, rs in by_v.items():
+        for r in rs:
+            ok = r["energy"] if r["holdout_ok"] else None
+            ttm = trials_to_reach(r["trace"], target) if target is not None else None
+            r["ttm"] = ttm
+            tab.add_row(v, str(r["seed"]), str(r["trials"]), f"{r['wall']:.1f}", f"{60 * r['trials'] / r['wall']:.1f}",
+                        str(r["feasible"]), fmt(ok, ".4f"), fmt(None if ok is None else 100 * (1 - ok), ".1f") + " %",
+                        fmt(None if r["loss_holdout"] is None else 100 * r["loss_holdout"], ".2f"), fmt(ttm, "d"))
+        m = {"tpm": med([60 * r["trials"] / r["wall"] for r in rs]), "wall": med([r["wall"] for r in rs]),
+             "energy": med(energies[v]), "ttm": med([r["ttm"] for r in rs if r["ttm"] is not None]),
+             "matched": sum(r["ttm"] is not None for r in rs), "n": len(rs)}
+        rows[v] = m
+        tab.add_row(f"[bold]{v} median[/]", "", "", fmt(m["wall"], ".1f"), fmt(m["tpm"], ".1f"), "",
+                    fmt(m["energy"], ".4f"), fmt(None if m["energy"] is None else 100 * (1 - m["energy"]), ".1f") + " %",
+                    "", f"{fmt(m['ttm'], '.0f')} ({m['matched']}/{m['n']})", end_section=True)
+    Console(width=220).print(tab)
+    if "dse" in rows:
+        for v in a.variants:
+            if v == "dse":
+                continue
+            o, b = rows["dse"], rows[v]
+            parts = []
+            if o["energy"] and b["energy"]:
+                parts.append(f"median best energy {o['energy']:.4f} vs {b['energy']:.4f} "
+                             f"(saving {100 * (1 - o['energy']):.1f} % vs {100 * (1 - b['energy']):.1f} %)")
+            if o["wall"] and b["wall"]:
+                parts.append(f"wall ratio {o['wall'] / b['wall']:.2f}x, trials/min ratio {o['tpm'] / b['tpm']:.2f}x")
+            if o["ttm"] and b["ttm"]:
+                parts.append(f"trials to match {o['ttm']:.0f} vs {b['ttm']:.0f} ({b['ttm'] / o['ttm']:.1f}x fewer)")
+            print(f"dse vs {v}: " + "; ".join(parts))
+    print(f"'trials to match' target: energy <= {fmt(target, '.4f')} (best baseline median); "
+          "a dash = never reached.")
 
 
 if __name__ == "__main__":

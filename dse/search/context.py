@@ -135,8 +135,9 @@ def _components(net) -> dict:
     return {}
 
 
-def build_context(budget_path: str) -> SearchContext:
-    """Load the budget's model and data, calibrate FxP8, and wire emulator, energy model and sensitivity."""
+def build_context(budget_path: str, fit_predictor: bool = True) -> SearchContext:
+    """Load the budget's model and data, calibrate FxP8, and wire emulator, energy model and sensitivity.
+    ``fit_predictor=False`` leaves out the AME predictor even if the budget asks for it (search baselines)."""
     from dse.budget import load_budget
     from dse.data import load_dataset
     from dse.emulate import Emulator
@@ -188,7 +189,7 @@ def build_context(budget_path: str) -> SearchContext:
         return float((run_float(graph, x).argmax(axis=1) == np.asarray(y)).mean())
 
     predictor, pinfo = None, {}
-    if s.predictor_skip:
+    if s.predictor_skip and fit_predictor:
         predictor, pinfo = _fit_predictor(layers, space, ev, n_sens, s.seed)
 
     baseline = {"float": {"search": float_acc(xs, ys), "holdout": float_acc(hold.x, hold.y)}}
