@@ -47,6 +47,25 @@ class Dataset:
             raise DseError(f"--images {n}: must be a positive number of images")
         return Dataset(self.x[:n], self.y[:n], f"{self.name}[:{n}]" if n < len(self.y) else self.name)
 
+    def check_fits(self, input_shape, n_classes: int | None, where: str, model) -> None:
+        """DseError (prefixed ``where``) unless the images have the model's input shape and, when ``n_classes`` is
+        given, every label is a class index of the model."""
+        if self.x.shape[1:] != tuple(input_shape):
+            raise DseError(f"{where}: images have shape {list(self.x.shape[1:])} but model {model} expects "
+                           f"{list(input_shape)}; give a data set that matches the model")
+        if n_classes is not None and len(self.y) and int(self.y.max()) >= n_classes:
+            raise DseError(f"{where}: label {int(self.y.max())} but model {model} has {n_classes} classes; "
+                           f"labels must be 0..{n_classes - 1}")
+
+
+def specs_overlap(a: str, b: str) -> bool:
+    """Whether two data set specs may share images: the same spec, or a bundled split and the bundled ':all'."""
+    a, b = str(a), str(b)
+    if a == b:
+        return True
+    pre = BUNDLED_NAME + ":"
+    return a.startswith(pre) and b.startswith(pre) and "all" in (a[len(pre):], b[len(pre):])
+
 
 # ----------------------------------------------------------------------------------------------------- IDX
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

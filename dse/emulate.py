@@ -146,26 +146,17 @@ class Emulator:
         return float((self.predict(x, config, batch_size) == y).mean())
 
 
-def _overlap(a: str, b: str) -> bool:
-    from dse.data import BUNDLED_NAME
-
-    if a == b:
-        return True
-    pre = BUNDLED_NAME + ":"
-    return a.startswith(pre) and b.startswith(pre) and "all" in (a[len(pre):], b[len(pre):])
-
-
 def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str | None = None,
              calib: str | None = None, images: int | None = None, batch_size: int = 256) -> dict:
     """What ``dse evaluate`` reports: float, FxP8 exact and (with a config) configured top-1 accuracy."""
     from dse.config import load_config_meta
-    from dse.data import load_dataset
+    from dse.data import load_dataset, specs_overlap
     from dse.model.float_exec import run_float
     from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
     from dse.quant import DEFAULT_METHOD, calibrate
 
     calib = calib or "fashion-mnist:calib"
-    if _overlap(str(calib), str(data)):
+    if specs_overlap(calib, data):
         raise DseError(f"--calib {calib} and --data {data} overlap; calibrate and evaluate on disjoint sets "
                        "(e.g. --calib fashion-mnist:calib --data fashion-mnist:holdout)")
     if batch_size < 1:
@@ -175,20 +166,14 @@ def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str |
     pre = preprocess_from_metadata(graph)
     ds = load_dataset(data, preprocess=pre).head(images)
     cal = load_dataset(calib, preprocess=pre)
-    for opt, d in (("--data", ds), ("--calib", cal)):
-        if d.x.shape[1:] != tuple(graph.input_shape):
-            raise DseError(f"{opt} {d.name}: images have shape {list(d.x.shape[1:])} but model {model} expects "
-                           f"{list(graph.input_shape)}; give a data set that matches the model")
+    ds.check_fits(graph.input_shape, graph.n_classes, f"--data {ds.name}", model)
+    cal.check_fits(graph.input_shape, None, f"--calib {cal.name}", model)
     qmodel = calibrate(graph, cal.x)
     config, meta = ({}, {})
     if config_path:
         config, meta = load_config_meta(config_path, qmodel)
     emu = Emulator(qmodel)
-    logits = run_float(graph, ds.x, batch_size)
-    if len(ds.y) and int(ds.y.max()) >= logits.shape[1]:
-        raise DseError(f"{ds.name}: label {int(ds.y.max())} but model {model} has {logits.shape[1]} classes; "
-                       f"labels must be 0..{logits.shape[1] - 1}")
-    float_pred = logits.argmax(axis=1)
+    float_pred = run_float(graph, ds.x, batch_size).argmax(axis=1)
     res = {"model": str(model), "path": str(path), "data": ds.name, "calib": cal.name, "images": int(len(ds)),
            "calibration": DEFAULT_METHOD, "float": float((float_pred == ds.y).mean()),
            "fxp8": emu.accuracy(ds.x, ds.y, None, batch_size)}

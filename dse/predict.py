@@ -445,12 +445,11 @@ def predict_report(model: str, config_path: str | None = None, data: str = "fash
         raise DseError(f"--images {images}: must be a positive number of images")
     if seed < 0:
         raise DseError(f"--seed {seed}: must be a non-negative integer")
-    c_spec, d_spec = str(calib).partition(":"), str(data).partition(":")
-    if validate_n and (str(calib) == str(data) or (c_spec[1] and d_spec[1] and c_spec[0] == d_spec[0]
-                                                   and "all" in (c_spec[2], d_spec[2]))):
+    from dse.data import load_dataset, specs_overlap
+
+    if validate_n and specs_overlap(calib, data):
         raise DseError(f"--calib {calib} and --data {data} overlap; calibrate and validate on disjoint sets "
                        "(e.g. --calib fashion-mnist:calib --data fashion-mnist:search)")
-    from dse.data import load_dataset
     from dse.emulate import Emulator
     from dse.model.onnx_import import load_onnx
     from dse.quant import calibrate

@@ -226,6 +226,7 @@ class _FakeEmulator:
 
 @pytest.fixture
 def fake_stack(monkeypatch, tmp_path):
+    import dse.data
     import dse.emulate
     import dse.quant
     from dse.quant import QuantModel
@@ -233,11 +234,9 @@ def fake_stack(monkeypatch, tmp_path):
     layers = [_layer(30, False, name="conv1"), _layer(31, False, name="fc1")]
     onnx_mod = types.ModuleType("dse.model.onnx_import")
     onnx_mod.load_onnx = lambda path: "graph"
-    data_mod = types.ModuleType("dse.data")
-    data_mod.load_dataset = lambda spec, **kw: types.SimpleNamespace(x=np.zeros((50, 1, 28, 28), np.float32),
-                                                                     y=np.zeros(50, np.int64))
     monkeypatch.setitem(sys.modules, "dse.model.onnx_import", onnx_mod)
-    monkeypatch.setitem(sys.modules, "dse.data", data_mod)
+    monkeypatch.setattr(dse.data, "load_dataset", lambda spec, **kw: types.SimpleNamespace(
+        x=np.zeros((50, 1, 28, 28), np.float32), y=np.zeros(50, np.int64)))
     monkeypatch.setattr(dse.quant, "calibrate", lambda g, x: QuantModel(graph=g, layers=layers), raising=False)
     monkeypatch.setattr(dse.emulate, "Emulator", _FakeEmulator, raising=False)
     model = tmp_path / "m.onnx"

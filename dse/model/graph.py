@@ -59,6 +59,11 @@ class Graph:
         raise KeyError(name)
 
     @property
+    def n_classes(self) -> int:
+        """Number of output values per image (the classes of a classifier)."""
+        return int(np.prod(self.shapes[self.output_name]))
+
+    @property
     def mac_nodes(self) -> list:
         return [n for n in self.nodes if n.is_mac]
 

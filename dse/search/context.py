@@ -69,7 +69,7 @@ def _as_list(v):
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def build_space(layer_names: list[str], space_cfg) -> SearchSpace:
+def build_space(layer_names: list[str], space_cfg, where: str = "search space") -> SearchSpace:
     from dse.arith.multipliers import get_multiplier
 
     mults = space_multipliers(space_cfg)
@@ -84,7 +84,8 @@ def build_space(layer_names: list[str], space_cfg) -> SearchSpace:
                 d[k] = v
         overrides[name] = d
     return SearchSpace.build(layer_names, mults, cv=list(_get(space_cfg, "cv", [False]) or [False]),
-                             pin_first_last=bool(_get(space_cfg, "pin_first_last", True)), overrides=overrides)
+                             pin_first_last=bool(_get(space_cfg, "pin_first_last", True)), overrides=overrides,
+                             where=where)
 
 
 class EmulatorEvaluator:
@@ -155,15 +156,9 @@ def build_context(budget_path: str, fit_predictor: bool = True) -> SearchContext
     hold = load_dataset(b.data.holdout, preprocess=pre)
     if len({b.data.calib, b.data.search, b.data.holdout}) < 3:
         raise DseError(f"{budget_path}: data.calib, data.search and data.holdout must be three different sets")
-    n_classes = int(np.prod(graph.shapes[graph.output_name]))
     for key, ds in (("calib", calib), ("search", search), ("holdout", hold)):
-        spec = getattr(b.data, key)
-        if ds.x.shape[1:] != tuple(graph.input_shape):
-            raise DseError(f"{budget_path}: key 'data.{key}' ({spec}) has images of shape {list(ds.x.shape[1:])} but "
-                           f"model {b.model.path} expects {list(graph.input_shape)}; give matching data")
-        if len(ds.y) and int(ds.y.max()) >= n_classes:
-            raise DseError(f"{budget_path}: key 'data.{key}' ({spec}) has label {int(ds.y.max())} but model "
-                           f"{b.model.path} has {n_classes} classes; labels must be 0..{n_classes - 1}")
+        ds.check_fits(graph.input_shape, graph.n_classes, f"{budget_path}: key 'data.{key}' ({getattr(b.data, key)})",
+                      b.model.path)
     order = np.random.default_rng(s.seed).permutation(len(search.y))
     cap = b.data.images
     if cap:
@@ -173,11 +168,7 @@ def build_context(budget_path: str, fit_predictor: bool = True) -> SearchContext
     emu = Emulator(qmodel)
     ev, hv = EmulatorEvaluator(emu, xs, ys), EmulatorEvaluator(emu, hold.x, hold.y)
     layers = qmodel.layers
-    for name in (_get(b.space, "layers", None) or {}):
-        if name not in [l.name for l in layers]:
-            raise DseError(f"{budget_path}: key 'space.layers.{name}' is not a MAC layer of model {b.model.path}; "
-                           f"use one of {', '.join(l.name for l in layers)}")
-    space = build_space([l.name for l in layers], b.space)
+    space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
     sens_exact = ev.correct({}, 0, n_sens)

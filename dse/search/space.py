@@ -34,10 +34,11 @@ class SearchSpace:
 
     @classmethod
     def build(cls, layers: list[str], multipliers: list[str], cv: list[bool] = (False,), pin_first_last: bool = True,
-              overrides: dict | None = None) -> "SearchSpace":
-        """Build the space. ``overrides``: ``{layer: {"multipliers": [...], "cv": [...], "pin": bool}}``.
+              overrides: dict | None = None, where: str = "search space") -> "SearchSpace":
+        """Build the space. ``overrides``: ``{layer: {"multipliers": [...], "cv": [...], "pin": bool}}`` (the budget's
+        ``[space.layers.<layer>]`` tables).
 
-        Unknown override layer names raise DseError naming the layer and the known names.
+        Unknown override layer names raise DseError prefixed ``where``, naming the budget key and the known names.
         """
         layers = list(layers)
         if not layers:
@@ -45,7 +46,8 @@ class SearchSpace:
         overrides = dict(overrides or {})
         for name in overrides:
             if name not in layers:
-                raise DseError(f"search space: override for unknown layer '{name}'; known MAC layers: {', '.join(layers)}")
+                raise DseError(f"{where}: key 'space.layers.{name}' overrides unknown layer '{name}'; known MAC "
+                               f"layers: {', '.join(layers)}")
         pinned = {layers[0], layers[-1]} if pin_first_last else set()
         choices: dict[str, LayerChoices] = {}
         for name in layers:
