@@ -24,8 +24,9 @@ def default_run_dir(budget_path: str | Path, seed: int) -> Path:
     return Path("runs") / f"{Path(budget_path).stem}-{seed}"
 
 
-def prepare(run_dir: str | Path, budget_path: str | Path, storage: str | None, workers: int = 1) -> Path:
-    """Create the run directory, copy the budget (refusing a different budget when resuming) and record the storage."""
+def prepare(run_dir: str | Path, budget_path: str | Path, storage: str | None, workers: int = 1):
+    """Create the run directory, copy the budget (refusing a different budget when resuming), record the storage and
+    return it opened (see storage_for)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise DseError(f"--run-dir {run_dir}: exists and is not a directory; pass a directory path")
@@ -45,13 +46,14 @@ def prepare(run_dir: str | Path, budget_path: str | Path, storage: str | None, w
         raise DseError(f"--storage {storage}: SQLite does not support {workers} parallel workers; use the default "
                        "journal file or a PostgreSQL URL")
     sfile = run_dir / STORAGE_FILE
-    if storage:
-        _open_storage(storage)  # a bad URL fails here, before it is recorded in storage.txt
-        if sfile.exists() and sfile.read_text().strip() != storage:
-            raise DseError(f"{run_dir}: was run with storage {sfile.read_text().strip()}; pass the same --storage "
-                           "or use another --run-dir")
-        sfile.write_text(storage + "\n")
-    return run_dir
+    if not storage:
+        return storage_for(run_dir)
+    opened = _open_storage(storage)  # a bad URL fails here, before it is recorded in storage.txt
+    if sfile.exists() and sfile.read_text().strip() != storage:
+        raise DseError(f"{run_dir}: was run with storage {sfile.read_text().strip()}; pass the same --storage "
+                       "or use another --run-dir")
+    sfile.write_text(storage + "\n")
+    return opened
 
 
 def _open_storage(url: str):

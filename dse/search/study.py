@@ -293,8 +293,7 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise DseError(f"--no-resume: run directory {run_dir} already holds a study; pass another --run-dir or "
                        "delete it (or drop --no-resume to continue it)")
-    rundir.prepare(run_dir, budget_path, s.storage, s.workers)
-    storage = rundir.storage_for(run_dir, s.storage)
+    storage = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
     ctx = context_factory()
