@@ -116,24 +116,17 @@ def test_bad_preprocess_metadata_names_model(capsys, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------- C models
-def test_cmodel_without_the_function(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fname, source, needles", [
+    ("model.c", "int mul(int a, int b) { return a * b; }\n", ["'mul8'", "?fn=NAME"]),       # no such function
+    ("bad.c", "int mul8(int a, int b) { return a * ; }\n", ["does not compile", "fix the C source"]),  # syntax
+])
+def test_cmodel_compile_errors_name_file_and_fix(capsys, tmp_path, monkeypatch, fname, source, needles):
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path / "cache"))
-    c = tmp_path / "model.c"
-    c.write_text("int mul(int a, int b) { return a * b; }\n")
-    assert_one_line(*run(capsys, "multipliers", "export", f"cmodel:{c}", "-o", tmp_path / "t.npy"),
-                    "model.c", "'mul8'", "?fn=NAME")
-
-
-def test_cmodel_syntax_error_names_fix(capsys, tmp_path, monkeypatch):
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler")
-    monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path / "cache"))
-    c = tmp_path / "bad.c"
-    c.write_text("int mul8(int a, int b) { return a * ; }\n")
-    assert_one_line(*run(capsys, "multipliers", "export", f"cmodel:{c}", "-o", tmp_path / "t.npy"),
-                    "bad.c", "does not compile", "fix the C source")
+    c = tmp_path / fname
+    c.write_text(source)
+    assert_one_line(*run(capsys, "multipliers", "export", f"cmodel:{c}", "-o", tmp_path / "t.npy"), fname, *needles)
 
 
 # ----------------------------------------------------------------------------------------------------- predict
