@@ -1,6 +1,6 @@
 """Build configuration that pyproject.toml cannot express: the Cython extension and the search_spaces/ mapping.
 
-* cy/kernels.pyx -> extension module dse._kernels (SIMD kernels with runtime ISA dispatch; no -march=native).
+* cy/kernels.pyx -> extension module dse._kernels (SIMD kernels with runtime ISA dispatch, no -march=native; OpenMP).
 * top-level search_spaces/ -> package dse.search_spaces (bundled budget TOML files, read with importlib.resources).
 """
 import numpy as np
@@ -13,7 +13,9 @@ ext = Extension(
     depends=["cy/lut_kernel.h"],
     include_dirs=[np.get_include(), "cy"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    extra_compile_args=["-O3", "-fno-strict-aliasing", "-ffp-contract=off"],  # no -march: ISA picked at run time
+    # no -march: ISA picked at run time. OpenMP (libgomp ships with gcc) splits kernel loops over threads.
+    extra_compile_args=["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-fopenmp"],
+    extra_link_args=["-fopenmp"],
 )
 
 setup(

@@ -1,9 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Hot loops of dse.kernels (imported only by dse/kernels.py as dse._kernels).
 
-* ``lut_gemm(AT, Wp, lutT, planes, maxabs, isa=None) -> int64[N, M]``: ``out[n, m] = sum_k LUT[AT[k, m], Wp[n, k]]``
-  (the AVX-512 path returns the sum of the offset table ``D`` -- see ``cy/lut_kernel.h`` -- the caller adds the
-  per-row offsets). The GIL is released during the loop.
+* ``lut_gemm(AT, Wp, lutT, planes, maxabs, isa=None, threads=1) -> int64[N, M]``: ``out[n, m] = sum_k
+  LUT[AT[k, m], Wp[n, k]]`` (the AVX-512 path returns the sum of the offset table ``D`` -- see ``cy/lut_kernel.h`` --
+  the caller adds the per-row offsets).
+* ``dw_conv(x, wp, lutT, stride, pads, dilation, out_hw, exact, a_signed, threads=1) -> int64[B, Cout, Ho, Wo]``:
+  direct depthwise convolution (table lookups, or exact products when ``exact``), no im2col.
+* ``quantize(x, scale, signed, threads=1)`` / ``dequantize(acc, a_scale, w_scale, bias, threads=1)``: the FxP8
+  activation quantizer and the layer output scaling of dse.quant, fused into one pass each.
+* Every loop releases the GIL and runs on ``threads`` OpenMP threads (work split over output rows/planes; each output
+  is computed by one thread in a fixed order, so results do not depend on the thread count).
 * ``fsum_seq(P) -> float32[R]``: sequential FP32 row sums in ascending k.
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
   ``DSE_KERNEL_ISA`` (``scalar``, ``avx2``, ``avx512``) caps the level, e.g. to test the fallbacks.
@@ -17,7 +23,15 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 cdef extern from "lut_kernel.h" nogil:
     int dse_cpu_level()
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
-                     const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out)
+                     const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
+                     int nt)
+    int dse_dw_conv(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
+                    int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                    int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int mode, int a_signed,
+                    int64_t *out, int nt)
+    void dse_quantize(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
+    void dse_dequantize(const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
+                        const float *bias, float *y, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
@@ -48,7 +62,7 @@ def isa_levels():
 
 
 def lut_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int32_t[:, ::1] lutT,
-             const uint8_t[:, :, ::1] planes, int32_t maxabs, isa=None):
+             const uint8_t[:, :, ::1] planes, int32_t maxabs, isa=None, int threads=1):
     """out[n, m] = sum_k T[Wp[n, k], AT[k, m]] as int64[N, M].
 
     T is ``lutT`` (int32[256 w, 256 a]) on the scalar/AVX2 paths and the byte-plane offset table ``planes``
@@ -74,10 +88,66 @@ def lut_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int32_t[:
         return out, ISA_NAMES[level]
     with nogil:
         rc = dse_lut_gemm(level, &AT[0, 0], M, &Wp[0, 0], &lutT[0, 0], &planes[0, 0, 0], NP, maxabs, M, K, N,
-                          &o[0, 0])
+                          &o[0, 0], max(1, threads))
     if rc != 0:
         raise RuntimeError("lut_gemm: dispatch failed")
     return out, ISA_NAMES[level]
+
+
+def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, const int32_t[:, ::1] lutT, stride, pads,
+            dilation, out_hw, bint exact, bint a_signed, int threads=1):
+    """Depthwise conv: out[b, o] = sum_ij T(xpad[b, o // (Cout // C)], wp[o]) as int64[B, Cout, Ho, Wo].
+
+    ``x`` uint8[B, C, H, W] activation patterns, ``wp`` uint8[Cout, kh, kw] weight patterns (Cout a multiple of C),
+    ``pads`` = (top, left) (the end padding follows from ``out_hw``), T = ``lutT[w, a]`` or, with ``exact``, the
+    exact product of the pattern values (activation signed or not per ``a_signed``; int32 sums, so
+    kh * kw * 128 * 255 must be < 2^31).
+    """
+    cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t Cout = wp.shape[0], kh = wp.shape[1], kw = wp.shape[2]
+    cdef int64_t sh = stride[0], sw = stride[1], pt = pads[0], pl = pads[1], dh = dilation[0], dw = dilation[1]
+    cdef int64_t Ho = out_hw[0], Wo = out_hw[1]
+    if C == 0 or Cout % C or lutT.shape[0] != 256 or lutT.shape[1] != 256:
+        raise ValueError("dw_conv: Cout must be a multiple of C and lutT [256, 256]")
+    if exact and kh * kw * 128 * 255 >= 2 ** 31:
+        raise ValueError("dw_conv: kernel too large for int32 exact sums")
+    out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
+    cdef int64_t[:, :, :, ::1] o = out
+    cdef int rc = 0
+    if B == 0 or Cout == 0 or Ho <= 0 or Wo <= 0:
+        return out
+    with nogil:
+        rc = dse_dw_conv(&x[0, 0, 0, 0], B, C, H, W, &wp[0, 0, 0], Cout, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo,
+                         &lutT[0, 0], 1 if exact else 0, 1 if a_signed else 0, &o[0, 0, 0, 0], max(1, threads))
+    if rc != 0:
+        raise MemoryError("dw_conv: scratch buffers could not be allocated")
+    return out
+
+
+def quantize(const float[::1] x, float scale, bint signed, int threads=1):
+    """uint8 patterns of clip(rint(x / scale), qmin, qmax) (float32 division; [-128, 127] or [0, 255])."""
+    cdef int64_t n = x.shape[0]
+    out = np.empty(n, dtype=np.uint8)
+    cdef uint8_t[::1] q = out
+    cdef int lo = -128 if signed else 0, hi = 127 if signed else 255
+    if n:
+        with nogil:
+            dse_quantize(&x[0], n, scale, lo, hi, &q[0], max(1, threads))
+    return out
+
+
+def dequantize(const int64_t[:, :, ::1] acc, double a_scale, const float[::1] w_scale, const float[::1] bias,
+               int threads=1):
+    """float32[R, N, S]: float32((acc * a_scale) * w_scale[c]) + bias[c], products in float64."""
+    cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
+    if w_scale.shape[0] != N or bias.shape[0] != N:
+        raise ValueError("dequantize: w_scale and bias need one entry per channel")
+    out = np.empty((R, N, S), dtype=np.float32)
+    cdef float[:, :, ::1] y = out
+    if R and N and S:
+        with nogil:
+            dse_dequantize(&acc[0, 0, 0], R, N, S, a_scale, &w_scale[0], &bias[0], &y[0, 0, 0], max(1, threads))
+    return out
 
 
 def fsum_seq(const float[:, ::1] P):

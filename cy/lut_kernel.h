@@ -21,7 +21,9 @@
 #ifndef DSE_LUT_KERNEL_H
 #define DSE_LUT_KERNEL_H
 
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <immintrin.h>
 
@@ -45,22 +47,23 @@ static int dse_cpu_level(void)
 /* ------------------------------------------------------------------ scalar */
 #define DSE_SC_MB 256
 static void dse_lut_scalar(const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
-                           int64_t M, int64_t K, int64_t N, int64_t *out)
+                           int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
 {
-    int64_t acc[DSE_SC_MB];
-    for (int64_t m0 = 0; m0 < M; m0 += DSE_SC_MB) {
+    const int64_t nmb = (M + DSE_SC_MB - 1) / DSE_SC_MB;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t t = 0; t < nmb * N; t++) {
+        int64_t acc[DSE_SC_MB];
+        const int64_t m0 = (t / N) * DSE_SC_MB, n = t % N;
         const int64_t mb = (M - m0 < DSE_SC_MB) ? (M - m0) : DSE_SC_MB;
-        for (int64_t n = 0; n < N; n++) {
-            memset(acc, 0, sizeof(acc));
-            const uint8_t *wr = Wp + n * K;
-            for (int64_t k = 0; k < K; k++) {
-                const int32_t *col = lutT + 256 * (int64_t)wr[k];
-                const uint8_t *ar = AT + k * lda + m0;
-                for (int64_t i = 0; i < mb; i++)
-                    acc[i] += col[ar[i]];
-            }
-            memcpy(out + n * M + m0, acc, (size_t)mb * sizeof(int64_t));
+        memset(acc, 0, sizeof(acc));
+        const uint8_t *wr = Wp + n * K;
+        for (int64_t k = 0; k < K; k++) {
+            const int32_t *col = lutT + 256 * (int64_t)wr[k];
+            const uint8_t *ar = AT + k * lda + m0;
+            for (int64_t i = 0; i < mb; i++)
+                acc[i] += col[ar[i]];
         }
+        memcpy(out + n * M + m0, acc, (size_t)mb * sizeof(int64_t));
     }
 }
 
@@ -69,14 +72,17 @@ static void dse_lut_scalar(const uint8_t *AT, int64_t lda, const uint8_t *Wp, co
 #define DSE_A2_MB 32 /* 4 ymm accumulators of 8 int32 */
 
 DSE_T_AVX2 static void dse_lut_avx2(const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
-                                    int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out)
+                                    int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
 {
     const int64_t kc = maxabs > 0 ? (int64_t)(2147483647 / maxabs) : K + 1; /* int32 lanes never overflow */
     const int64_t Mv = M - M % DSE_A2_MB;
-    int64_t acc64[DSE_A2_MB];
-    int32_t tmp[DSE_A2_MB];
-    for (int64_t m0 = 0; m0 < Mv; m0 += DSE_A2_MB) {
-        for (int64_t n = 0; n < N; n++) {
+    const int64_t nmb = Mv / DSE_A2_MB;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t t = 0; t < nmb * N; t++) {
+        int64_t acc64[DSE_A2_MB];
+        int32_t tmp[DSE_A2_MB];
+        const int64_t m0 = (t / N) * DSE_A2_MB, n = t % N;
+        {
             const uint8_t *wr = Wp + n * K;
             memset(acc64, 0, sizeof(acc64));
             for (int64_t k0 = 0; k0 < K; k0 += kc) {
@@ -105,6 +111,7 @@ DSE_T_AVX2 static void dse_lut_avx2(const uint8_t *AT, int64_t lda, const uint8_
         }
     }
     if (Mv < M) { /* tail columns: scalar */
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t n = 0; n < N; n++) {
             const uint8_t *wr = Wp + n * K;
             for (int64_t m = Mv; m < M; m++) {
@@ -204,12 +211,15 @@ dse_lut512_row(const uint8_t *AT, int64_t lda, const uint8_t *wr, const uint8_t 
 
 #define DSE_DEF512(NP_, NB_)                                                                                        \
     DSE_T_512 static void dse_lut512_np##NP_(const uint8_t *AT, int64_t lda, const uint8_t *Wp,                      \
-                                             const uint8_t *planes, int64_t M, int64_t K, int64_t N, int64_t *out)   \
+                                             const uint8_t *planes, int64_t M, int64_t K, int64_t N, int64_t *out,   \
+                                             int nt)                                                                 \
     {                                                                                                               \
-        for (int64_t m0 = 0; m0 < M; m0 += 64 * NB_) {                                                              \
+        const int64_t nmb = (M + 64 * NB_ - 1) / (64 * NB_);                                                        \
+        _Pragma("omp parallel for num_threads(nt) schedule(static)")                                                \
+        for (int64_t t = 0; t < nmb * N; t++) {                                                                     \
+            const int64_t m0 = (t / N) * 64 * NB_, n = t % N;                                                       \
             const int64_t mlen = (M - m0 < 64 * NB_) ? (M - m0) : 64 * NB_;                                         \
-            for (int64_t n = 0; n < N; n++)                                                                         \
-                dse_lut512_row(AT, lda, Wp + n * K, planes, K, m0, mlen, out + n * M, NP_, NB_);                    \
+            dse_lut512_row(AT, lda, Wp + n * K, planes, K, m0, mlen, out + n * M, NP_, NB_);                        \
         }                                                                                                           \
     }
 
@@ -222,23 +232,24 @@ DSE_DEF512(4, 1)
 /* ------------------------------------------------------------------ dispatch */
 /* Returns 0 on success, -1 on a bad level / plane count. */
 static int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
-                        const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out)
+                        const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
+                        int nt)
 {
     if (level == DSE_ISA_AVX512) {
         switch (NP) {
-        case 1: dse_lut512_np1(AT, lda, Wp, planes, M, K, N, out); return 0;
-        case 2: dse_lut512_np2(AT, lda, Wp, planes, M, K, N, out); return 0;
-        case 3: dse_lut512_np3(AT, lda, Wp, planes, M, K, N, out); return 0;
-        case 4: dse_lut512_np4(AT, lda, Wp, planes, M, K, N, out); return 0;
+        case 1: dse_lut512_np1(AT, lda, Wp, planes, M, K, N, out, nt); return 0;
+        case 2: dse_lut512_np2(AT, lda, Wp, planes, M, K, N, out, nt); return 0;
+        case 3: dse_lut512_np3(AT, lda, Wp, planes, M, K, N, out, nt); return 0;
+        case 4: dse_lut512_np4(AT, lda, Wp, planes, M, K, N, out, nt); return 0;
         default: return -1;
         }
     }
     if (level == DSE_ISA_AVX2) {
-        dse_lut_avx2(AT, lda, Wp, lutT, maxabs, M, K, N, out);
+        dse_lut_avx2(AT, lda, Wp, lutT, maxabs, M, K, N, out, nt);
         return 0;
     }
     if (level == DSE_ISA_SCALAR) {
-        dse_lut_scalar(AT, lda, Wp, lutT, M, K, N, out);
+        dse_lut_scalar(AT, lda, Wp, lutT, M, K, N, out, nt);
         return 0;
     }
     return -1;
@@ -254,6 +265,126 @@ static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
         for (int64_t k = 0; k < K; k++)
             s = s + p[k];
         out[r] = s;
+    }
+}
+
+
+/* ------------------------------------------------------------------ direct depthwise convolution */
+/* Depthwise conv (one input channel per group, og = Cout / C output channels per input channel), no im2col:
+ *   out[b, o, y, x] = sum_{i<kh, j<kw} T(xpad[b, o / og, y*sh + i*dh, x*sw + j*dw], w[o, i, j])
+ * x uint8 [B, C, H, W] activation patterns, wp uint8 [Cout, kh, kw] weight patterns, out int64 [B, Cout, Ho, Wo].
+ * xpad = x zero-padded by (pt, pl) at the start (and as far as needed at the end): padding is pattern 0, which goes
+ * through T like any operand. T = lutT[w][a] (int32 table, int64 sums: exact for any table), or with mode 1 the exact
+ * product value(a) * value(w) (a_signed picks the activation's value of a pattern) summed in int32 -- exact while
+ * kh * kw * 128 * 255 < 2^31, which the caller checks. Work is split over (b, o) planes with OpenMP (nt threads);
+ * each plane is computed by one thread in a fixed order, so results do not depend on the thread count.
+ * Returns 0, or -1 when a scratch buffer cannot be allocated. */
+static int dse_dw_conv(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
+                       int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                       int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int mode, int a_signed,
+                       int64_t *out, int nt)
+{
+    const int64_t og = Cout / C;
+    const int64_t Hp = (Ho - 1) * sh + (kh - 1) * dh + 1, Wpd = (Wo - 1) * sw + (kw - 1) * dw + 1;
+    const int64_t HP = Hp > H + pt ? Hp : H + pt, WP = Wpd > W + pl ? Wpd : W + pl;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        uint8_t *pad = (uint8_t *)malloc((size_t)(HP * WP));
+        int64_t *acc = (int64_t *)malloc((size_t)(Ho * Wo) * sizeof(int64_t));
+        int32_t *acc32 = (int32_t *)malloc((size_t)(Ho * Wo) * sizeof(int32_t));
+        if (!pad || !acc || !acc32) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp barrier
+        int failed;
+#pragma omp atomic read
+        failed = fail;
+        if (!failed) { /* every thread takes the same branch, so all of them reach the worksharing loop */
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < B * Cout; t++) {
+                const int64_t b = t / Cout, o = t % Cout, c = o / og;
+                const uint8_t *xs = x + (b * C + c) * H * W;
+                memset(pad, 0, (size_t)(HP * WP));
+                for (int64_t r = 0; r < H; r++)
+                    memcpy(pad + (r + pt) * WP + pl, xs + r * W, (size_t)W);
+                const uint8_t *wo = wp + o * kh * kw;
+                if (mode == 0) {
+                    memset(acc, 0, (size_t)(Ho * Wo) * sizeof(int64_t));
+                    for (int64_t i = 0; i < kh; i++)
+                        for (int64_t j = 0; j < kw; j++) {
+                            const int32_t *col = lutT + 256 * (int64_t)wo[i * kw + j];
+                            for (int64_t y = 0; y < Ho; y++) {
+                                const uint8_t *row = pad + (y * sh + i * dh) * WP + j * dw;
+                                int64_t *ar = acc + y * Wo;
+                                for (int64_t q = 0; q < Wo; q++)
+                                    ar[q] += col[row[q * sw]];
+                            }
+                        }
+                    memcpy(out + t * Ho * Wo, acc, (size_t)(Ho * Wo) * sizeof(int64_t));
+                } else {
+                    memset(acc32, 0, (size_t)(Ho * Wo) * sizeof(int32_t));
+                    for (int64_t i = 0; i < kh; i++)
+                        for (int64_t j = 0; j < kw; j++) {
+                            const int32_t wv = (int32_t)(int8_t)wo[i * kw + j];
+                            for (int64_t y = 0; y < Ho; y++) {
+                                const uint8_t *row = pad + (y * sh + i * dh) * WP + j * dw;
+                                int32_t *ar = acc32 + y * Wo;
+                                if (a_signed) {
+                                    const int8_t *rs = (const int8_t *)row;
+                                    if (sw == 1)
+                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)rs[q];
+                                    else
+                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)rs[q * sw];
+                                } else {
+                                    if (sw == 1)
+                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)row[q];
+                                    else
+                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)row[q * sw];
+                                }
+                            }
+                        }
+                    int64_t *ot = out + t * Ho * Wo;
+                    for (int64_t q = 0; q < Ho * Wo; q++)
+                        ot[q] = acc32[q];
+                }
+            }
+        }
+        free(pad);
+        free(acc);
+        free(acc32);
+    }
+    return fail ? -1 : 0;
+}
+
+
+/* ------------------------------------------------------------------ fused FxP8 quantize / dequantize */
+/* q[i] = clip(rint(x[i] / s), lo, hi) as the pattern byte (float32 division, round half to even as rintf in the
+ * default rounding mode; NaN -> 0). Same bits as numpy's clip(rint(float32(x) / float32(s))). */
+static void dse_quantize(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
+{
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float v = rintf(x[i] / s);
+        int iv = v != v ? 0 : (v < (float)lo ? lo : (v > (float)hi ? hi : (int)v));
+        q[i] = (uint8_t)(iv & 0xFF);
+    }
+}
+
+/* y[r, c, j] = float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c] (float32 add), acc int64 [R, N, S]. */
+static void dse_dequantize(const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
+                           const float *bias, float *y, int nt)
+{
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t t = 0; t < R * N; t++) {
+        const int64_t c = t % N;
+        const double f = (double)sw[c];
+        const float b = bias[c];
+        const int64_t *a = acc + t * S;
+        float *o = y + t * S;
+        for (int64_t j = 0; j < S; j++)
+            o[j] = (float)(((double)a[j] * sa) * f) + b;
     }
 }
 

@@ -25,6 +25,7 @@ reference. Auto prefers "lowrank" over "lut" only while it is expected to be fas
 """
 from __future__ import annotations
 
+import os
 import weakref
 from dataclasses import dataclass, field
 
@@ -50,6 +51,8 @@ _BOUND_LIMIT = 0.25
 _F32_EXACT = 2 ** 24  # float32 holds every integer partial sum of magnitude <= this exactly
 _F64_EXACT = 2 ** 53
 _BLOCK_ELEMS = 1 << 22  # working-set size (elements) of blocked float temporaries
+# Shortest K-chunk for which float32 BLAS on chunks (+ one float64 add per chunk) beats one float64 GEMM.
+_MIN_F32_CHUNK = 128
 
 
 def _patterns(v: np.ndarray) -> np.ndarray:
@@ -275,6 +278,33 @@ def _lowrank_terms(prep: _Prepared, a_signed: bool, K: int, max_abs_a: int | Non
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------- threads
+_threads: int | None = None  # None = every core this process may run on
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), the default thread count."""
+    return len(os.sched_getaffinity(0))
+
+
+def get_threads() -> int:
+    """Threads the kernels use (OpenMP loops of dse._kernels and the BLAS GEMMs)."""
+    return _threads or available_cores()
+
+
+def set_threads(n: int | None) -> int:
+    """Use ``n`` threads in every kernel (None = all cores); BLAS is limited to the same number so the two never
+    oversubscribe the machine (they never run at the same time). Results do not depend on ``n``. Returns the count."""
+    global _threads
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
+        raise DseError(f"threads = {n!r}: must be a whole number >= 1")
+    _threads = None if n is None else int(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(get_threads(), user_api="blas")
+    return get_threads()
+
+
 # ------------------------------------------------------------------------------------------------------- GEMM cores
 def _gather(f: np.ndarray, AT: np.ndarray, a_vals: np.ndarray, out: np.ndarray) -> None:
     """out[...] = f[AT] (f int64[256] per pattern, AT uint8): a plain conversion when f is the value of the pattern,
@@ -294,15 +324,16 @@ def _factor_gemm(AT: np.ndarray, Wp: np.ndarray, F: np.ndarray, G: np.ndarray, S
     """int64[N, M] = sum_k sum_t G[Wp[n, k], t] F[AT[k, m], t] for integer factors F, G, with S >= every k-step's
     sum_t |F||G| on the data. The one home of exact integer GEMM on BLAS:
     float32 BLAS on K-chunks of kc = 2^24 // S steps (every partial sum, in any order, is an integer of magnitude
-    <= kc * S <= 2^24, hence exact in float32), accumulated in int64 across chunks; float64 in one pass if the chunks
-    would be short (kc < K/4) -- the caller has checked K * S < 2^53. Blocked over M; depth layout (k, t)."""
+    <= kc * S <= 2^24, hence exact in float32), accumulated in float64 across chunks (integers < 2^53, exact); float64
+    in one pass if the chunks would be short (kc < _MIN_F32_CHUNK) -- the caller has checked K * S < 2^53. Blocked over
+    M; depth layout (k, t)."""
     K, M = AT.shape
     N = Wp.shape[0]
     t = F.shape[1]
     if t == 0 or S == 0 or K == 0:
         return np.zeros((N, M), dtype=np.int64)
     kc = _F32_EXACT // S
-    f32 = kc >= max(1, K // 4) and max(np.abs(F).max(), np.abs(G).max()) <= _F32_EXACT
+    f32 = kc >= min(K, _MIN_F32_CHUNK) and max(np.abs(F).max(), np.abs(G).max()) <= _F32_EXACT
     dt = np.float32 if f32 else np.float64
     if not f32:
         kc = K
@@ -315,13 +346,14 @@ def _factor_gemm(AT: np.ndarray, Wp: np.ndarray, F: np.ndarray, G: np.ndarray, S
         blk = AT[:, m0:m1]
         for j in range(t):
             _gather(F[:, j], blk, a_vals, Ahat[:, j, :])
+        if kc >= K:
+            out[:, m0:m1] = What @ Ahat.reshape(K * t, m1 - m0)
+            continue
+        total = np.zeros((N, m1 - m0), dtype=np.float64)
         for k0 in range(0, K, kc):
             k1 = min(K, k0 + kc)
-            part = What[:, k0 * t:k1 * t] @ Ahat[k0:k1].reshape((k1 - k0) * t, m1 - m0)
-            if k0 == 0:
-                out[:, m0:m1] = part
-            else:
-                out[:, m0:m1] += part.astype(np.int64)
+            total += What[:, k0 * t:k1 * t] @ Ahat[k0:k1].reshape((k1 - k0) * t, m1 - m0)
+        out[:, m0:m1] = total
     return out
 
 
@@ -367,7 +399,7 @@ def _lowrank_float_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared) -> np.n
 
 
 def _lut_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa) -> np.ndarray:
-    out, used = _kernels.lut_gemm(AT, Wp, prep.lutT, prep.planes, prep.maxabs, _isa_name(isa))
+    out, used = _kernels.lut_gemm(AT, Wp, prep.lutT, prep.planes, prep.maxabs, _isa_name(isa), get_threads())
     if used == "avx512":  # that kernel sums the offset table lut - off[w]
         out += prep.off[Wp].sum(axis=1)[:, None]
     return out
@@ -460,6 +492,18 @@ def im2col_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[n
     return cols.reshape(C * kh * kw, B * Ho * Wo), Ho, Wo
 
 
+def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str) -> str | None:
+    """"exact"/"lut" when a depthwise conv (one input channel per group) runs on the direct kernel dse._kernels.dw_conv
+    (exact products or table lookups, no im2col), None for the GEMM paths. path="lowrank" keeps the per-group GEMMs."""
+    Cout, Cg, kh, kw = w_shape
+    if Cg != 1 or groups == 1 or path == "lowrank" or _kernels is None:
+        return None
+    chosen = select_path(mult, a_signed, kh * kw, "exact" if path == "exact" else "lut" if path == "lut" else "auto")
+    if chosen == "exact" and kh * kw * 128 * 255 >= 2 ** 31:  # int32 sums of the direct kernel
+        return None
+    return "exact" if chosen == "exact" else "lut"
+
+
 def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, path="auto",
                isa=None):
     """Integer conv with the emulated multiplier -> int64[B, Cout, Ho, Wo] (bit-exact; see module docstring)."""
@@ -470,6 +514,13 @@ def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=
     _check_range(w, True, "conv2d_int weights")
     B = x.shape[0]
     Cout, Cg, kh, kw = w.shape
+    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
+    if direct is not None:
+        Ho = (x.shape[2] + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        Wo = (x.shape[3] + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)),
+                                _prepare(mult, a_signed).lutT, stride, pads[:2], dilation, (Ho, Wo),
+                                direct == "exact", a_signed, get_threads())
     AT, Ho, Wo = im2col_T(_u8(x), kh, kw, stride, pads, dilation)
     Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     og, kg = Cout // groups, Cg * kh * kw
@@ -478,6 +529,25 @@ def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=
         res = _gemm_T(AT[g * kg:(g + 1) * kg], np.ascontiguousarray(Wp[g * og:(g + 1) * og]), mult, a_signed, path, isa)
         out[:, g * og:(g + 1) * og] = res.reshape(og, B, Ho, Wo).transpose(1, 0, 2, 3)
     return out
+
+
+# ------------------------------------------------------------------------------------ fused FxP8 passes (dse.quant)
+def quantize_patterns(x: np.ndarray, scale, signed: bool) -> np.ndarray:
+    """uint8 patterns of clip(rint(float32(x) / float32(scale)), qmin, qmax), one threaded pass; same shape."""
+    _isa_name(None)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return _kernels.quantize(x.reshape(-1), np.float32(scale), bool(signed), get_threads()).reshape(x.shape)
+
+
+def scale_accumulators(acc: np.ndarray, a_scale: float, w_scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """float32((acc * a_scale) * w_scale[c]) + bias[c] (float64 products) for int64 acc [B, N, ...], one threaded
+    pass; same shape."""
+    _isa_name(None)
+    a = np.ascontiguousarray(acc, dtype=np.int64)
+    y = _kernels.dequantize(a.reshape(a.shape[0], a.shape[1], -1), float(a_scale),
+                            np.ascontiguousarray(w_scale, np.float32), np.ascontiguousarray(bias, np.float32),
+                            get_threads())
+    return y.reshape(a.shape)
 
 
 # --------------------------------------------------------------------------------------------------- public: float

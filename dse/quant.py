@@ -74,7 +74,15 @@ DEFAULT_PERCENTILE = 99.99
 
 
 def quantize_act(x: np.ndarray, scale: float, signed: bool) -> np.ndarray:
-    """FxP8 activation values: int8 (signed) or uint8 array, ``clip(rint(x / scale), qmin, qmax)``."""
+    """FxP8 activation values: int8 (signed) or uint8 array, ``clip(rint(x / scale), qmin, qmax)`` (one fused pass
+    of dse._kernels.quantize; :func:`reference_quantize_act` is the numpy twin it is tested against)."""
+    from dse.kernels import quantize_patterns
+
+    return quantize_patterns(x, scale, signed).view(np.int8 if signed else np.uint8)
+
+
+def reference_quantize_act(x: np.ndarray, scale: float, signed: bool) -> np.ndarray:
+    """numpy twin of :func:`quantize_act`."""
     lo, hi = (-128, 127) if signed else (0, 255)
     q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale))
     return np.clip(q, lo, hi).astype(np.int8 if signed else np.uint8)
@@ -90,7 +98,17 @@ def quantize_weights(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize(acc: np.ndarray, layer: MacLayer) -> np.ndarray:
-    """``float32((acc * s_a) * s_w[c]) + bias[c]`` (float64 products); ``acc`` [B, N] or [B, N, Ho, Wo]."""
+    """``float32((acc * s_a) * s_w[c]) + bias[c]`` (float64 products); ``acc`` [B, N] or [B, N, Ho, Wo]. int64
+    accumulators take the fused pass dse._kernels.dequantize, float ones (after CV correction) the numpy twin."""
+    from dse.kernels import scale_accumulators
+
+    if acc.dtype == np.int64:
+        return scale_accumulators(acc, layer.a_scale, layer.w_scale, layer.bias)
+    return reference_dequantize(acc, layer)
+
+
+def reference_dequantize(acc: np.ndarray, layer: MacLayer) -> np.ndarray:
+    """numpy twin of :func:`dequantize` (any numeric acc)."""
     sh = (1, -1) + (1,) * (acc.ndim - 2)
     y = (np.asarray(acc, dtype=np.float64) * float(layer.a_scale)) * layer.w_scale.astype(np.float64).reshape(sh)
     return y.astype(np.float32) + layer.bias.reshape(sh)

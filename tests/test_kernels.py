@@ -69,7 +69,7 @@ conv_shapes = st.fixed_dictionaries({
     "B": st.integers(1, 3), "G": st.integers(1, 3), "cg": st.integers(1, 4), "og": st.integers(1, 3),
     "H": st.integers(1, 11), "W": st.integers(1, 11), "kh": st.integers(1, 3), "kw": st.integers(1, 3),
     "stride": st.tuples(st.integers(1, 2), st.integers(1, 2)), "dil": st.tuples(st.integers(1, 2), st.integers(1, 2)),
-    "pads": st.tuples(*[st.integers(0, 2)] * 4), "depthwise": st.booleans()})
+    "pads": st.tuples(*[st.integers(0, 2)] * 4), "depthwise": st.booleans(), "extreme": st.booleans()})
 
 
 @SETTINGS
@@ -77,17 +77,20 @@ conv_shapes = st.fixed_dictionaries({
 def test_conv2d_all_paths_and_isas_match_reference(s, signed, mname, seed):
     rng = np.random.default_rng(seed)
     G, cg, og = s["G"], s["cg"], s["og"]
-    if s["depthwise"]:
-        cg, og = 1, 1
+    if s["depthwise"]:  # one input channel per group (direct kernel), og = channel multiplier
+        cg, G = 1, G + 1
     kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
     H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
     W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
     x = acts(rng, (s["B"], G * cg, H, W), signed)
     w = rng.integers(-128, 128, (G * og, cg, kh, kw))
+    if s["extreme"]:  # operands at the range ends: -128/127 (signed), 0/255 (unsigned), weights -128/127
+        x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
+        w = np.where(w % 2 == 0, -128, 127)
     mult = MULTS[mname]
     args = (s["stride"], s["pads"], s["dil"], G)
     ref = K.reference_conv2d_int(x, w, mult, signed, *args)
-    for path in PATHS:
+    for path in PATHS + (["exact"] if mname == "exact" else []):
         for isa in ISAS:
             got = K.conv2d_int(x, w, mult, signed, *args, path=path, isa=isa)
             assert np.array_equal(got, ref), (path, isa)
@@ -169,7 +172,7 @@ def test_separable_tables_use_one_integer_term():
 @pytest.mark.parametrize("Kd", [514, 515, 2000, 2100, 3000])
 def test_float32_chunk_boundaries_worst_case(Kd):
     """Every operand at the pattern maximising |F||G|: partial sums reach kc * S (just below 2^24 per float32 chunk;
-    K = 3000 has kc < K/4 and goes to float64). Perforation unsigned: S = 255 * 128 = 32640, kc = 514."""
+    K = 3000 needs six chunks). Perforation unsigned: S = 255 * 128 = 32640, kc = 514."""
     for a_val, w_val in ((255, -128), (255, 127), (254, -127)):
         a = np.full((7, Kd), a_val)
         w = np.full((2, Kd), w_val)
@@ -194,6 +197,37 @@ def test_factor_gemm_chunking_is_exact(M, Kd, N, t, mag, seed):
     got = K._factor_gemm(AT, Wp, F, G, S, np.arange(256))
     ref = np.einsum("nkt,kmt->nm", G[Wp], F[AT])
     assert np.array_equal(got, ref)
+
+
+@pytest.fixture
+def threads():
+    yield K.set_threads
+    K.set_threads(None)
+
+
+@pytest.mark.parametrize("mname", ["exact", "perf", "rand_i32", "rand_u8"])
+def test_threads_give_identical_results(threads, mname):
+    """Every path and ISA level gives the same bits on 1 and on 2 threads, on a regular and a depthwise conv."""
+    rng = np.random.default_rng(5)
+    mult = MULTS[mname]
+    x = rng.integers(-128, 128, (3, 12, 9, 13))
+    convs = [(rng.integers(-128, 128, (7, 12, 3, 3)), 1), (rng.integers(-128, 128, (24, 1, 3, 3)), 12)]
+    for w, groups in convs:
+        ref = K.reference_conv2d_int(x, w, mult, True, (2, 1), (1, 1, 0, 2), (1, 1), groups)
+        for path in PATHS + (["exact"] if mname == "exact" else []):
+            for isa in ISAS:
+                got = [K.conv2d_int(x, w, mult, True, (2, 1), (1, 1, 0, 2), (1, 1), groups, path=path, isa=isa)
+                       for _ in (threads(1), threads(2))]
+                assert np.array_equal(got[0], ref) and np.array_equal(got[1], ref), (path, isa, groups)
+
+
+def test_set_threads_validates_and_defaults_to_all_cores(threads):
+    import os
+    assert threads(None) == len(os.sched_getaffinity(0)) == K.get_threads()
+    assert threads(1) == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(DseError, match="threads"):
+            threads(bad)
 
 
 def test_bad_input_raises_one_line_dse_error():

@@ -126,3 +126,49 @@ def test_fxp8_within_half_point_of_float(name):
     f = float((run_float(g, s.x).argmax(1) == s.y).mean())
     q = Emulator(qm).accuracy(s.x, s.y)
     assert f > 0.88 and abs(q - f) <= 0.005
+
+
+# ------------------------------------------------------------------------------- fused passes vs their numpy twins
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from dse import kernels as _K  # noqa: E402
+from dse.quant import MacLayer, dequantize, quantize_act, reference_dequantize, reference_quantize_act  # noqa: E402
+
+
+@settings(deadline=None, max_examples=60)
+@given(n=st.integers(0, 300), signed=st.booleans(), seed=st.integers(0, 2 ** 32 - 1), mag=st.integers(-3, 3),
+       threads=st.sampled_from([1, 2]))
+def test_fused_quantize_matches_numpy(n, signed, seed, mag, threads):
+    """Half-way ties (round half to even), values far outside the range, -0.0, inf; 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    scale = np.float32(10.0 ** mag * rng.uniform(0.5, 2))
+    x = (rng.standard_normal(n) * 200 * scale).astype(np.float32)
+    x[::5] = (rng.integers(-300, 300, x[::5].shape) + 0.5) * scale  # ties after division (where exact)
+    if n > 3:
+        x[:4] = [np.inf, -np.inf, -0.0, 1e30]
+    _K.set_threads(threads)
+    try:
+        got = quantize_act(x.reshape(1, -1), float(scale), signed)
+    finally:
+        _K.set_threads(None)
+    ref = reference_quantize_act(x.reshape(1, -1), float(scale), signed)
+    assert got.dtype == ref.dtype and np.array_equal(got, ref)
+
+
+@settings(deadline=None, max_examples=40)
+@given(B=st.integers(1, 3), N=st.integers(1, 7), S=st.integers(0, 40), seed=st.integers(0, 2 ** 32 - 1),
+       big=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
+    rng = np.random.default_rng(seed)
+    hi = 2 ** 40 if big else 2 ** 20
+    acc = rng.integers(-hi, hi, (B, N, S, 1))
+    layer = MacLayer(name="l", op="conv", in_shape=(1,), out_shape=(N, S, 1), N=N,
+                     w_scale=rng.uniform(1e-4, 1e-1, N).astype(np.float32),
+                     bias=rng.standard_normal(N).astype(np.float32), a_scale=float(np.float32(rng.uniform(1e-3, 1))))
+    _K.set_threads(threads)
+    try:
+        got = dequantize(acc, layer)
+    finally:
+        _K.set_threads(None)
+    ref = reference_dequantize(acc, layer)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
