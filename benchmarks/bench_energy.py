@@ -1,0 +1,54 @@
+"""Built-in energy model on three networks: per-component shares of the all-exact FxP8 system energy and the relative
+system / multiplier-unit energy of network-uniform configurations.
+
+Run:  python benchmarks/bench_energy.py [--rows 16] [--cols 16] [--glb-kib 64] [--batch 1]
+Networks: the bundled LeNet-5 and ResNet-8 and a VGG-style CIFAR-size net (6 3x3 convs 32-128 channels + Gemm,
+built with onnx.helper, random weights: only the layer shapes matter here).
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nets import mac_layers, vgg_onnx  # noqa: E402
+
+CONFIGS = ("drum4", "mitch_w6", "perf_j0_k2", "axbxp_k2_w2_a2_static", "axbxp_k2_w3_a3_static")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--cols", type=int, default=16)
+    ap.add_argument("--glb-kib", type=float, default=64.0)
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    from dse.emulate import LayerConfig
+    from dse.energy import COMPONENTS, ArrayConfig, EnergyModel
+
+    array = ArrayConfig(rows=args.rows, cols=args.cols, glb_kib=args.glb_kib, batch=args.batch)
+    model = EnergyModel(array=array)
+    tmp = Path(tempfile.mkdtemp())
+    nets = {"LeNet-5": "lenet5", "ResNet-8": "resnet8", "VGG-style": str(vgg_onnx(tmp / "vgg.onnx"))}
+    print(f"array {array.rows}x{array.cols}, GLB {array.glb_kib:g} KiB, batch {array.batch}")
+    print(f"{'network':10s} {'layers':>6s} {'exact uJ':>9s} " + " ".join(f"{c[:8]:>8s}" for c in COMPONENTS))
+    layers = {}
+    for label, path in nets.items():
+        layers[label] = mac_layers(path)
+        net = model.network(layers[label])
+        shares = " ".join(f"{100 * net.components[c] / net.total:7.1f}%" for c in COMPONENTS)
+        print(f"{label:10s} {len(layers[label]):6d} {net.total / 1e6:9.2f} {shares}")
+    print("\nrelative to all-exact FxP8 (system / multiplier unit), every layer the same multiplier:")
+    print(f"{'multiplier':24s} " + " ".join(f"{n:>17s}" for n in nets))
+    for name in CONFIGS:
+        cells = []
+        for label in nets:
+            r = model.relative(layers[label], {l.name: LayerConfig(name) for l in layers[label]})
+            cells.append(f"{r['system']:.3f} / {r['multiplier']:.3f}")
+        print(f"{name:24s} " + " ".join(f"{c:>17s}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
