@@ -152,17 +152,25 @@ def search_cmd(budget, run_dir, storage, n_trials, workers, resume, quiet) -> No
 @cli.command("report")
 @click.argument("run", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def report_cmd(run, as_json) -> None:
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="also write pareto.png/.html and layers.png/.html into this directory (pip install 'dse[plots]')")
+def report_cmd(run, as_json, plot_dir) -> None:
     """Baseline vs best, Pareto front, per-layer configuration and energy breakdown of a search run."""
     import json as _json
 
-    from dse.report import load_run, render, summarize
+    from dse.report import load_run, plot_points, render, summarize
 
-    summary = summarize(load_run(run))
+    loaded = load_run(run)
+    summary = summarize(loaded)
     if as_json:
         click.echo(_json.dumps(summary, indent=2))
     else:
         render(summary)
+    if plot_dir is not None:
+        from dse.plots import write_plots
+
+        for p in write_plots(summary, plot_points(loaded), plot_dir):
+            click.echo(f"wrote {p}", err=as_json)
 
 
 @cli.command("export")

@@ -42,6 +42,11 @@ def best_trial(run: Run):
     return min(feas, key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]), default=None)
 
 
+def plot_points(run: Run) -> list[dict]:
+    """Trial summaries of every complete trial that saw the whole search split (what the Pareto plot shows)."""
+    return [trial_summary(t) for t in _complete(run) if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
+
+
 def summarize(run: Run) -> dict:
     """Baseline vs best, Pareto front, per-layer configuration and energy breakdown of the best trial."""
     ua = run.study.user_attrs
