@@ -66,22 +66,21 @@ def multipliers_cmd(ctx, signed, as_json) -> None:
 
 @multipliers_cmd.command("export")
 @click.argument("name")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="output FILE.npy")
-@click.option("--signed", is_flag=True, help="signed x signed table (default unsigned x unsigned)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="FILE.npz (every operand pair + metadata; 'lut:FILE.npz' reproduces NAME) or FILE.npy (one pair)")
+@click.option("--signed", is_flag=True, help=".npy only: signed x signed table (default unsigned x unsigned)")
 def multipliers_export_cmd(name, output, signed) -> None:
-    """Write LUT[a, b] (int32, indexed by the 8-bit patterns value & 0xFF) of multiplier NAME to a .npy file."""
-    import numpy as np
+    """Write the tables LUT[a, b] (int32, indexed by the 8-bit patterns value & 0xFF) of multiplier NAME."""
+    from dse.arith.multipliers import export_table, export_tables, get_multiplier
 
-    from dse.arith.multipliers import get_multiplier
-
-    if not output.endswith(".npy"):
-        raise DseError(f"output '{output}' must end in .npy (numpy table LUT[a, b])")
-    t = get_multiplier(name).table(signed, signed)
-    try:
-        np.save(output, np.asarray(t, dtype=np.int32))
-    except OSError as exc:
-        raise DseError(f"cannot write '{output}': {exc.strerror}; choose a writable path") from None
-    click.echo(f"wrote {output} ({'signed' if signed else 'unsigned'} x {'signed' if signed else 'unsigned'} {name})")
+    mult = get_multiplier(name)
+    if output.lower().endswith(".npz"):
+        export_tables(mult, output)
+        click.echo(f"wrote {output} ({name}, every operand pair; use it as lut:{output})")
+        return
+    export_table(mult, output, signed, signed)
+    kind = "signed" if signed else "unsigned"
+    click.echo(f"wrote {output} and {output}.json ({kind} x {kind} {name})")
 # END multipliers
 
 # BEGIN evaluate

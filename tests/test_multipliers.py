@@ -463,3 +463,104 @@ def test_cli_export(tmp_path, capsys):
     assert "nope" in err and "dse multipliers" in err and "Traceback" not in err
     assert main(["multipliers", "export", "bf16", "-o", str(out)]) == 2
     assert main(["multipliers", "export", "drum4", "-o", str(tmp_path / "t.txt")]) == 2
+
+
+# ---------------------------------------------------------------- export -> lut: round trip (issue 10 item 5)
+
+ROUND_TRIP = ["exact", "mitchell", "mitch_w6", "mitch_w3", "drum4", "perf_j1_k2", "trunc_op2", "trunc_col6",
+              "axbxp_k2_w2_a3_static", "axbxp_k2_w2_a2_dynamic", "axbxp_k4_w1_a1_dynamic"]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_export_npz_round_trip_every_pair(tmp_path, capsys, name):
+    out = tmp_path / f"{name}.npz"
+    assert main(["multipliers", "export", name, "-o", str(out)]) == 0
+    m, imp = get_multiplier(name), get_multiplier(f"lut:{out}")
+    for a_s in (False, True):
+        for w_s in (False, True):
+            np.testing.assert_array_equal(imp.table(a_s, w_s), m.table(a_s, w_s))
+    assert imp.rel_power == m.rel_power and imp.family == "lut" and name in imp.description
+
+
+def test_export_npz_mitch_w_ones_complement_vectors(tmp_path):
+    out = tmp_path / "mw6.npz"
+    export_tables = M.export_tables
+    export_tables(get_multiplier("mitch_w6"), out)
+    t = get_multiplier(f"lut:{out}").table(True, True).astype(np.int64)
+    v = lambda x: x & 0xFF  # noqa: E731
+    assert [t[v(-3), 3], t[v(-7), 9], t[v(-1), 1], t[v(-128), 127], t[v(-3), v(-3)], t[127, 127]] == \
+        [-7, -55, -2, -15873, 4, 15872]
+
+
+def test_export_npy_writes_sidecar_with_pair(tmp_path):
+    out = tmp_path / "d.npy"
+    assert main(["multipliers", "export", "mitch_w5", "-o", str(out), "--signed"]) == 0
+    side = json.loads((tmp_path / "d.npy.json").read_text())
+    assert side["a_signed"] is True and side["w_signed"] is True and side["source"] == "mitch_w5"
+    m = get_multiplier(f"lut:{out}")
+    np.testing.assert_array_equal(m.table(True, True), get_multiplier("mitch_w5").table(True, True))
+    assert m.rel_power == get_multiplier("mitch_w5").rel_power
+    with pytest.raises(DseError, match="signed x signed table"):
+        m.table(False, True)
+
+
+def test_npz_bad_input(tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    M.export_tables(get_multiplier("drum4"), out)
+    with pytest.raises(DseError, match="declares its own operand pairs"):
+        get_multiplier(f"lut:{out}?signed=1")
+    assert get_multiplier(f"lut:{out}?power=0.25").rel_power == 0.25
+    part = tmp_path / "part.npz"
+    z = dict(np.load(out))
+    del z["a1_w1"]
+    np.savez(part, **z)
+    with pytest.raises(DseError, match="holds no signed x signed table"):
+        get_multiplier(f"lut:{part}").table(True, True)
+    junk = tmp_path / "junk.npz"
+    np.savez(junk, x=np.zeros(3))
+    with pytest.raises(DseError, match="not a dse table set"):
+        get_multiplier(f"lut:{junk}")
+    assert main(["multipliers", "export", "bf16", "-o", str(tmp_path / "f.npz")]) == 2
+    assert "floating-point" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def lenet_setup():
+    from dse.data import load_dataset
+    from dse.model.onnx_import import load_onnx, resolve_model
+    from dse.quant import calibrate
+
+    qm = calibrate(load_onnx(resolve_model("lenet5")), load_dataset("fashion-mnist:calib").head(200).x)
+    return qm, load_dataset("fashion-mnist:holdout").head(48)
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_export_round_trip_on_bundled_model(tmp_path, lenet_setup, name):
+    from dse.emulate import Emulator, LayerConfig
+
+    qm, d = lenet_setup
+    out = tmp_path / "t.npz"
+    M.export_tables(get_multiplier(name), out)
+    emu = Emulator(qm)
+    for cv in (False, True):
+        cfg = {l.name: LayerConfig(name, cv) for l in qm.layers}
+        cfg_lut = {l.name: LayerConfig(f"lut:{out}", cv) for l in qm.layers}
+        np.testing.assert_array_equal(emu.run(d.x, cfg_lut), emu.run(d.x, cfg))
+
+
+@pytest.mark.slow
+def test_export_round_trip_cli_evaluate(tmp_path, capsys):
+    from dse.config import save_config
+    from dse.emulate import LayerConfig
+
+    out = tmp_path / "mw.npz"
+    assert main(["multipliers", "export", "mitch_w6", "-o", str(out)]) == 0
+    res = {}
+    for label, mult in (("builtin", "mitch_w6"), ("lut", f"lut:{out}")):
+        cfg = tmp_path / f"{label}.toml"
+        save_config({"/conv1/Conv": LayerConfig(mult), "/conv2/Conv": LayerConfig(mult, True),
+                     "/fc1/Gemm": LayerConfig(mult)}, cfg)
+        capsys.readouterr()
+        assert main(["evaluate", "lenet5", "--images", "300", "--config", str(cfg), "--json"]) == 0
+        res[label] = json.loads(capsys.readouterr().out)
+    assert res["lut"]["configured"] == res["builtin"]["configured"] != res["builtin"]["fxp8"]
