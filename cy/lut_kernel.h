@@ -57,7 +57,20 @@ static void dse_lut_scalar(const uint8_t *AT, int64_t lda, const uint8_t *Wp, co
         const int64_t mb = (M - m0 < DSE_SC_MB) ? (M - m0) : DSE_SC_MB;
         memset(acc, 0, sizeof(acc));
         const uint8_t *wr = Wp + n * K;
-        for (int64_t k = 0; k < K; k++) {
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) { /* 8 k-steps summed in a register: 2 loads per MAC, one acc update per 8 */
+            const int32_t *c0 = lutT + 256 * (int64_t)wr[k], *c1 = lutT + 256 * (int64_t)wr[k + 1];
+            const int32_t *c2 = lutT + 256 * (int64_t)wr[k + 2], *c3 = lutT + 256 * (int64_t)wr[k + 3];
+            const int32_t *c4 = lutT + 256 * (int64_t)wr[k + 4], *c5 = lutT + 256 * (int64_t)wr[k + 5];
+            const int32_t *c6 = lutT + 256 * (int64_t)wr[k + 6], *c7 = lutT + 256 * (int64_t)wr[k + 7];
+            const uint8_t *r0 = AT + k * lda + m0;
+            for (int64_t i = 0; i < mb; i++) {
+                const uint8_t *r = r0 + i;
+                acc[i] += ((int64_t)c0[r[0]] + c1[r[lda]] + c2[r[2 * lda]] + c3[r[3 * lda]]) +
+                          ((int64_t)c4[r[4 * lda]] + c5[r[5 * lda]] + c6[r[6 * lda]] + c7[r[7 * lda]]);
+            }
+        }
+        for (; k < K; k++) {
             const int32_t *col = lutT + 256 * (int64_t)wr[k];
             const uint8_t *ar = AT + k * lda + m0;
             for (int64_t i = 0; i < mb; i++)

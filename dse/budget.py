@@ -13,7 +13,8 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
 * ``[search]`` ``mode`` (constrained|pareto), ``sampler`` (auto|tpe|nsga2|random|qmc; auto = TPE for constrained,
   NSGA-II for pareto), ``n_trials``, ``seed``, ``storage`` (Optuna URL; absent = journal file in the run directory),
   ``workers``, ``timeout_s`` (absent = none), ``racing`` (increasing image counts, ``0`` = the whole split, last),
-  ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout``.
+  ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout``, ``threads`` (kernel threads per
+  process; absent = the available cores divided among the workers).
 * ``[space]`` ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
   ``{K = [..], Lw = [..], La = [..], modes = [..]}``: all combinations), ``cv`` (allowed bools), ``pin_first_last``,
   and per-layer overrides ``[space.layers.<name>]`` with ``multipliers``, ``cv``, ``pin``.
@@ -73,6 +74,7 @@ class SearchSection:
     confidence: float = 0.95
     predictor_skip: float = 2.0
     n_holdout: int = 3
+    threads: int | None = None  # kernel threads per search process; None = the cores divided among the workers
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,8 @@ def _search(ctx, tab) -> SearchSection:
         kw["storage"] = s
     if "workers" in tab:
         kw["workers"] = _int(ctx, "search.workers", g("workers"), 1, 256)
+    if "threads" in tab:
+        kw["threads"] = _int(ctx, "search.threads", g("threads"), 1, 1024)
     if "timeout_s" in tab:
         kw["timeout_s"] = _float(ctx, "search.timeout_s", g("timeout_s"), 0, lo_open=True,
                                  what="a positive number of seconds")

@@ -93,14 +93,15 @@ def multipliers_export_cmd(name, output, signed) -> None:
 @click.option("--calib", default=None, help="calibration data spec (default fashion-mnist:calib; disjoint from --data)")
 @click.option("--images", type=int, default=None, help="evaluate only the first N images")
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="kernel threads (default: every available core)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def evaluate_cmd(model, data, config_path, calib, images, batch_size, as_json) -> None:
+def evaluate_cmd(model, data, config_path, calib, images, batch_size, threads, as_json) -> None:
     """Float, FxP8 exact and configured top-1 accuracy of MODEL (a path or lenet5, resnet8) on DATA."""
     import json as _json
 
     from dse.emulate import evaluate
 
-    res = evaluate(model, data, config_path, calib, images, batch_size)
+    res = evaluate(model, data, config_path, calib, images, batch_size, threads)
     if as_json:
         click.echo(_json.dumps(res, indent=2, default=str))
         return
@@ -130,12 +131,14 @@ def evaluate_cmd(model, data, config_path, calib, images, batch_size, as_json) -
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="continue the study in the run directory (--no-resume refuses a non-empty run directory)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def search_cmd(budget, run_dir, storage, n_trials, workers, resume, quiet) -> None:
+@click.option("--threads", type=click.IntRange(min=1), help="kernel threads per worker process (overrides [search] "
+              "threads; default: the cores divided among the workers)")
+def search_cmd(budget, run_dir, storage, n_trials, workers, resume, quiet, threads) -> None:
     """Optuna search under the accuracy-loss budget in BUDGET (default: the bundled default.toml)."""
     from dse.search.context import search_from_budget
 
     res = search_from_budget(budget, run_dir=run_dir, storage=storage, n_trials=n_trials, workers=workers,
-                             resume=resume, progress=not quiet)
+                             resume=resume, progress=not quiet, threads=threads)
     b = res.get("best")
     if b:
         h = b.get("holdout") or {}

@@ -117,8 +117,11 @@ class Emulator:
 
         if batch_size < 1:
             raise DseError(f"batch size {batch_size} must be >= 1")
+        from dse.quant import stream_batch_size
+
         x = check_input(self.graph, x)
         resolved = self.resolve(config)
+        batch_size = stream_batch_size(self.graph, batch_size)  # large inputs: a memory-bounded batch
         outs = [self._run_batch(x[i:i + batch_size], resolved) for i in range(0, len(x), batch_size)]
         if not outs:
             return np.zeros((0,) + tuple(self.graph.shapes[self.graph.output_name]), np.float32)
@@ -147,14 +150,19 @@ class Emulator:
 
 
 def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str | None = None,
-             calib: str | None = None, images: int | None = None, batch_size: int = 256) -> dict:
-    """What ``dse evaluate`` reports: float, FxP8 exact and (with a config) configured top-1 accuracy."""
+             calib: str | None = None, images: int | None = None, batch_size: int = 256,
+             threads: int | None = None) -> dict:
+    """What ``dse evaluate`` reports: float, FxP8 exact and (with a config) configured top-1 accuracy.
+    ``threads``: kernel threads (None = every available core)."""
     from dse.config import load_config_meta
     from dse.data import load_dataset, specs_overlap
     from dse.model.float_exec import run_float
     from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
     from dse.quant import DEFAULT_METHOD, calibrate
 
+    from dse.kernels import set_threads
+
+    set_threads(threads)
     calib = calib or "fashion-mnist:calib"
     if specs_overlap(calib, data):
         raise DseError(f"--calib {calib} and --data {data} overlap; calibrate and evaluate on disjoint sets "

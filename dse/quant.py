@@ -8,7 +8,8 @@ unsigned [0, 255] when the tensor is >= 0 on all calibration images, else signed
 ``q = clip(rint(float32(x) / float32(s_a)), qmin, qmax)`` (rint = round half to even). Weights: per output channel
 ``s_w[c] = float32(max|W_c| / 127)``, ``q = clip(rint(W / s_w), -127, 127)`` (int8). Layer output:
 ``float32((acc * s_a) * s_w[c]) + bias[c]`` with the products in float64 (:func:`dequantize`).
-Calibration ``amax``: "max" = max |x|; "percentile" = the ``percentile``-th percentile of |x|.
+Calibration ``amax``: "max" = max |x|; "percentile" = the ``percentile``-th percentile of |x| (numpy's linear
+interpolation). Calibration streams batches (see :func:`calibrate`).
 """
 from dataclasses import dataclass, field
 
@@ -114,113 +115,197 @@ def reference_dequantize(acc: np.ndarray, layer: MacLayer) -> np.ndarray:
     return y.astype(np.float32) + layer.bias.reshape(sh)
 
 
-def _act_scale(stats: dict, method: str, percentile: float) -> tuple[float, bool]:
-    signed = stats["min"] < 0
-    if method == "max":
-        amax = max(abs(stats["min"]), abs(stats["max"]))
-    else:
-        a = np.abs(np.concatenate(stats["values"]))
-        amax = float(np.percentile(a, percentile)) if a.size else 0.0
+def _act_scale(vmin: float, vmax: float, amax: float) -> tuple[float, bool]:
+    signed = vmin < 0
     qmax = 127 if signed else 255
     scale = float(np.float32(amax / qmax)) if amax > 0 else 1.0
     return scale, bool(signed)
 
 
-def _int_patterns(q: np.ndarray, layer: MacLayer) -> np.ndarray:
-    """Operand matrix seen by the multipliers for one batch: conv -> [B, g, Cg*kh*kw, Ho*Wo] (padding zeros
-    included), gemm -> [B, K]."""
-    from dse.model.float_exec import windows
-
+def operand_histogram(q: np.ndarray, layer: MacLayer) -> np.ndarray:
+    """int64[256] counts of the activation patterns in the layer's operand matrix for one batch (every window
+    position of every kernel tap, padding zeros included; all groups), without building the im2col matrix."""
     if layer.op == "gemm":
-        return q
-    cols, Ho, Wo = windows(q, layer.kernel, layer.stride, layer.pads, layer.dilation)
-    B, C = q.shape[:2]
-    return cols.reshape(B, layer.groups, (C // layer.groups) * layer.kernel[0] * layer.kernel[1], Ho * Wo)
+        return np.bincount(q.view(np.uint8).ravel(), minlength=256).astype(np.int64)
+    B, C, H, W = q.shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = layer.kernel, layer.stride, layer.dilation, layer.pads
+    Ho, Wo = layer.out_shape[1], layer.out_shape[2]
+    xp = np.zeros((B, C, H + pt + pb, W + pl + pr), dtype=np.uint8)
+    xp[:, :, pt:pt + H, pl:pl + W] = q.view(np.uint8)
+    hist = np.zeros(256, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+            hist += np.bincount(np.ascontiguousarray(tap).ravel(), minlength=256)
+    return hist
 
 
 def exact_acc(q: np.ndarray, layer: MacLayer) -> np.ndarray:
-    """Exact integer accumulators sum_k a_k * w_k (int64, [B, N] or [B, N, Ho, Wo]) via float64 GEMM (exact:
-    |acc| < 2^53)."""
-    A = _int_patterns(q, layer).astype(np.float64)
+    """Exact integer accumulators sum_k a_k * w_k (int64, [B, N] or [B, N, Ho, Wo]) via dse.kernels (exact path)."""
+    from dse import kernels
+    from dse.arith.multipliers import EXACT
+
     if layer.op == "gemm":
-        return np.rint(A @ layer.w_q.astype(np.float64).T).astype(np.int64)
-    g, N = layer.groups, layer.N
-    Wm = layer.w_q.astype(np.float64).reshape(g, N // g, -1)
-    out = np.matmul(Wm, A)  # [B, g, N/g, HoWo]
-    return np.rint(out).astype(np.int64).reshape((q.shape[0],) + tuple(layer.out_shape))
+        return kernels.gemm_int(q, layer.w_q, EXACT, layer.a_signed)
+    return kernels.conv2d_int(q, layer.w_q, EXACT, layer.a_signed, layer.stride, layer.pads, layer.dilation,
+                              layer.groups)
 
 
-def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
-              batch_size: int = 250) -> QuantModel:
-    """Post-training FxP8 quantization of ``graph`` from preprocessed calibration images ``x_calib``.
+# Working memory one calibration/evaluation batch may take (bytes): bounds the batch size of large inputs.
+STREAM_BUDGET = 384 << 20
 
-    Fills every MacLayer (geometry, int8 weights and scales, activation scale/signedness, ``act_hist`` = counts of
-    the activation patterns in the multiplier operand matrix incl. padding zeros, ``acc_std``/``acc_std_ch`` of the
-    exact accumulators on calibration with float-path inputs).
-    """
-    from dse.model.float_exec import check_input, run_float_all
 
-    if method not in CALIB_METHODS:
-        raise DseError(f"calibration method '{method}' is unknown; use one of {', '.join(CALIB_METHODS)}")
-    if not 0 < percentile <= 100:
-        raise DseError(f"calibration percentile {percentile} must be in (0, 100]")
-    x = check_input(graph, x_calib)
-    if len(x) == 0:
-        raise DseError("calibration set is empty; give at least one image (e.g. fashion-mnist:calib)")
-    macs = graph.mac_nodes
-    if not macs:
-        raise DseError(f"{graph.source}: the model has no Conv/Gemm/MatMul layer to quantize")
-    tensors = {n.inputs[0] for n in macs}
-    stats = {t: {"min": np.inf, "max": -np.inf, "values": []} for t in tensors}
-    for i in range(0, len(x), batch_size):
-        env = run_float_all(graph, x[i:i + batch_size], keep=tensors)
-        for t in tensors:
-            v = env[t]
-            st = stats[t]
-            st["min"] = min(st["min"], float(v.min()))
-            st["max"] = max(st["max"], float(v.max()))
-            if method == "percentile":
-                st["values"].append(v.ravel().copy())
-    act_quant = {t: _act_scale(stats[t], method, percentile) for t in tensors}
-    stats.clear()
+def stream_batch_size(graph, requested: int | None = None) -> int:
+    """Images per batch so that one batch's live tensors stay within STREAM_BUDGET: per image, the largest MAC layer
+    working set (float input, uint8 operand matrix, int64 accumulators and float32 output) and the graph input.
+    ``requested`` (if given) caps it."""
+    per = 4 * int(np.prod(graph.input_shape))
+    for n in graph.mac_nodes:
+        cin = int(np.prod(graph.shapes[n.inputs[0]]))
+        out = int(np.prod(graph.shapes[n.output]))
+        W = n.params["W"]
+        k = int(np.prod(W.shape[1:]))
+        per = max(per, 5 * cin + k * out // max(1, W.shape[0]) + 16 * out)
+    b = max(1, STREAM_BUDGET // max(1, per))
+    return b if requested is None else max(1, min(b, int(requested)))
 
-    layers = []
-    for n in macs:
-        t = n.inputs[0]
-        s_a, signed = act_quant[t]
-        w_q, s_w = quantize_weights(n.params["W"])
-        in_shape, out_shape = tuple(graph.shapes[t]), tuple(graph.shapes[n.output])
-        if n.op == "conv":
-            Cout, Cg, kh, kw = w_q.shape
-            layer = MacLayer(name=n.name, op="conv", in_shape=in_shape, out_shape=out_shape, kernel=(kh, kw),
-                             stride=tuple(n.attrs["stride"]), pads=tuple(n.attrs["pads"]),
-                             dilation=tuple(n.attrs["dilation"]), groups=int(n.attrs["groups"]),
-                             M=int(out_shape[1] * out_shape[2]), K=int(Cg * kh * kw), N=int(Cout))
-        else:
-            layer = MacLayer(name=n.name, op="gemm", in_shape=in_shape, out_shape=out_shape, M=1,
-                             K=int(w_q.shape[1]), N=int(w_q.shape[0]))
-        layer.w_q, layer.w_scale = w_q, s_w
-        layer.bias = np.asarray(n.params["b"], dtype=np.float32)
-        layer.a_scale, layer.a_signed, layer.input = s_a, signed, t
-        layers.append(layer)
 
-    # second pass: operand histograms and exact accumulator statistics
+def _batches(x_calib, graph, batch_size: int):
+    """Re-iterable over float32 batches: slices of an array, or the batches of a re-iterable (list, Dataset, ...)."""
+    from dse.model.float_exec import check_input
+
+    if isinstance(x_calib, np.ndarray):
+        x = check_input(graph, x_calib)
+        return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    if iter(x_calib) is x_calib:
+        raise DseError("[data] calib: calibration reads the images twice; give an array or a re-iterable of batches "
+                       "(a list or a data set), not a one-shot iterator")
+    return _Rebatch(x_calib, graph)
+
+
+class _Rebatch:
+    def __init__(self, source, graph):
+        self.source, self.graph = source, graph
+
+    def __iter__(self):
+        from dse.model.float_exec import check_input
+
+        for b in self.source:
+            yield check_input(self.graph, b)
+
+
+def _walk(graph, x: np.ndarray, watch: set, visit) -> None:
+    """Run the float graph on one batch; ``visit(tensor, array)`` for each watched tensor as soon as it exists. Tensors
+    are freed after their last use, so a batch holds only its live tensors."""
+    from dse.model.float_exec import exec_node
+
+    last = {}
+    for i, n in enumerate(graph.nodes):
+        for t in n.inputs:
+            last[t] = i
+    env = {graph.input_name: np.asarray(x, dtype=np.float32)}
+    if graph.input_name in watch:
+        visit(graph.input_name, env[graph.input_name])
+    for i, n in enumerate(graph.nodes):
+        env[n.output] = exec_node(n, [env[t] for t in n.inputs])
+        for t in n.inputs:
+            if last[t] == i:
+                env.pop(t, None)
+        if n.output in watch:
+            visit(n.output, env[n.output])
+
+
+class _Tail:
+    """The largest ``size`` values of |x| seen so far (for an exact percentile without keeping every value)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.vals = np.zeros(0, np.float32)
+
+    def add(self, v: np.ndarray) -> None:
+        a = np.abs(v.ravel())
+        if a.size > self.size:
+            a = np.partition(a, a.size - self.size)[a.size - self.size:]
+        a = np.concatenate([self.vals, a])
+        if a.size > self.size:
+            a = np.partition(a, a.size - self.size)[a.size - self.size:]
+        self.vals = a
+
+    def percentile(self, n: int, p: float) -> float:
+        """numpy's default (linear) percentile of all n values of |x|, from the retained tail."""
+        h = (n - 1) * p / 100.0
+        lo = int(np.floor(h))
+        tail = np.sort(self.vals)  # tail[j] = sorted(|x|)[n - size + j]
+        base = n - tail.size
+        a = float(tail[lo - base])
+        b = float(tail[min(lo + 1, n - 1) - base])
+        return a + (h - lo) * (b - a)
+
+
+def _range_pass(graph, batches, tensors: set) -> dict:
+    """{tensor: [min, max, count]} over every calibration image."""
+    st = {t: [np.inf, -np.inf, 0] for t in tensors}
+
+    def visit(t, v):
+        s = st[t]
+        s[0], s[1], s[2] = min(s[0], float(v.min())), max(s[1], float(v.max())), s[2] + v.size
+    for xb in batches:
+        _walk(graph, xb, tensors, visit)
+    return st
+
+
+def _percentile_amax(graph, batches, rng: dict, percentile: float) -> dict:
+    """{tensor: percentile of |x|}: one more pass keeping only the tail above the wanted order statistic."""
+    tails = {}
+    for t, (_, _, n) in rng.items():
+        lo = int(np.floor((n - 1) * percentile / 100.0))
+        tails[t] = _Tail(max(1, n - lo))
+    for xb in batches:
+        _walk(graph, xb, set(tails), lambda t, v: tails[t].add(v))
+    return {t: tails[t].percentile(rng[t][2], percentile) for t in tails}
+
+
+def _make_layer(graph, n, act_quant: dict) -> MacLayer:
+    t = n.inputs[0]
+    s_a, signed = act_quant[t]
+    w_q, s_w = quantize_weights(n.params["W"])
+    in_shape, out_shape = tuple(graph.shapes[t]), tuple(graph.shapes[n.output])
+    if n.op == "conv":
+        Cout, Cg, kh, kw = w_q.shape
+        layer = MacLayer(name=n.name, op="conv", in_shape=in_shape, out_shape=out_shape, kernel=(kh, kw),
+                         stride=tuple(n.attrs["stride"]), pads=tuple(n.attrs["pads"]),
+                         dilation=tuple(n.attrs["dilation"]), groups=int(n.attrs["groups"]),
+                         M=int(out_shape[1] * out_shape[2]), K=int(Cg * kh * kw), N=int(Cout))
+    else:
+        layer = MacLayer(name=n.name, op="gemm", in_shape=in_shape, out_shape=out_shape, M=1,
+                         K=int(w_q.shape[1]), N=int(w_q.shape[0]))
+    layer.w_q, layer.w_scale = w_q, s_w
+    layer.bias = np.asarray(n.params["b"], dtype=np.float32)
+    layer.a_scale, layer.a_signed, layer.input = s_a, signed, t
+    return layer
+
+
+def _operand_pass(graph, batches, layers: list, act_quant: dict) -> None:
+    """Fill act_hist, acc_std_ch and acc_std of every layer (running sums over the batches)."""
+    by_tensor: dict = {}
+    for l in layers:
+        by_tensor.setdefault(l.input, []).append(l)
     hist = {l.name: np.zeros(256, np.int64) for l in layers}
     s1 = {l.name: np.zeros(l.N) for l in layers}
     s2 = {l.name: np.zeros(l.N) for l in layers}
     cnt = {l.name: 0 for l in layers}
-    for i in range(0, len(x), batch_size):
-        env = run_float_all(graph, x[i:i + batch_size], keep=tensors)
-        qcache = {t: quantize_act(env[t], *act_quant[t]) for t in tensors}
-        for l in layers:
-            q = qcache[l.input]
-            pat = _int_patterns(q, l)
-            hist[l.name] += np.bincount((pat.astype(np.int64) & 0xFF).ravel(), minlength=256)
+
+    def visit(t, v):
+        q = quantize_act(v, *act_quant[t])
+        for l in by_tensor[t]:
+            hist[l.name] += operand_histogram(q, l)
             acc = exact_acc(q, l).astype(np.float64)
-            red = (0,) if acc.ndim == 2 else (0, 2, 3)
-            s1[l.name] += acc.sum(axis=red)
-            s2[l.name] += (acc * acc).sum(axis=red)
+            acc = acc.reshape(acc.shape[0], l.N, -1)
+            s1[l.name] += acc.sum(axis=(0, 2))
+            s2[l.name] += np.einsum("bns,bns->n", acc, acc)
             cnt[l.name] += acc.size // l.N
+    for xb in batches:
+        _walk(graph, xb, set(by_tensor), visit)
     for l in layers:
         c = cnt[l.name]
         m1, m2 = s1[l.name] / c, s2[l.name] / c
@@ -228,4 +313,36 @@ def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = 
         l.acc_std_ch = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
         mu = m1.mean()
         l.acc_std = float(np.sqrt(max(m2.mean() - mu * mu, 0.0)))
+
+
+def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
+              batch_size: int | None = None) -> QuantModel:
+    """Post-training FxP8 quantization of ``graph`` from preprocessed calibration images ``x_calib``: an array
+    [N, *input_shape], or a re-iterable of such batches (read two or three times).
+
+    Streams: batches of at most ``batch_size`` images (default and cap: :func:`stream_batch_size`), running
+    min/max (and, for "percentile", the tail of |x| above the wanted order statistic), running histograms and
+    accumulator moments; no activation outlives its batch. Fills every MacLayer (geometry, int8 weights and scales,
+    activation scale/signedness, ``act_hist`` = counts of the activation patterns in the multiplier operand matrix
+    incl. padding zeros, ``acc_std``/``acc_std_ch`` of the exact accumulators on calibration with float-path inputs).
+    """
+    if method not in CALIB_METHODS:
+        raise DseError(f"calibration method '{method}' is unknown; use one of {', '.join(CALIB_METHODS)}")
+    if not 0 < percentile <= 100:
+        raise DseError(f"calibration percentile {percentile} must be in (0, 100]")
+    macs = graph.mac_nodes
+    if not macs:
+        raise DseError(f"{graph.source}: the model has no Conv/Gemm/MatMul layer to quantize")
+    batches = _batches(x_calib, graph, stream_batch_size(graph, batch_size))
+    tensors = {n.inputs[0] for n in macs}
+    rng = _range_pass(graph, batches, tensors)
+    if any(c == 0 for _, _, c in rng.values()):
+        raise DseError("calibration set is empty; give at least one image (e.g. fashion-mnist:calib)")
+    if method == "max":
+        amax = {t: max(abs(lo), abs(hi)) for t, (lo, hi, _) in rng.items()}
+    else:
+        amax = _percentile_amax(graph, batches, rng, percentile)
+    act_quant = {t: _act_scale(rng[t][0], rng[t][1], amax[t]) for t in tensors}
+    layers = [_make_layer(graph, n, act_quant) for n in macs]
+    _operand_pass(graph, batches, layers, act_quant)
     return QuantModel(graph=graph, layers=layers, input_name=graph.input_name, act_quant=act_quant)

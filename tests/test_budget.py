@@ -58,6 +58,7 @@ n_trials = 77
 seed = 3
 storage = "postgresql://u@h/db"
 workers = 3
+threads = 2
 timeout_s = 60
 racing = [100, 400, 0]
 confidence = 0.9
@@ -101,6 +102,7 @@ def test_full_file_round_trip(tmp_path):
     s = b.search
     assert (s.mode, s.sampler, s.n_trials, s.seed, s.storage, s.workers, s.timeout_s) == \
         ("pareto", "nsga2", 77, 3, "postgresql://u@h/db", 3, 60.0)
+    assert s.threads == 2
     assert (s.racing, s.confidence, s.predictor_skip, s.n_holdout) == ((100, 400, 0), 0.9, 0.0, 2)
     sp = b.space
     assert sp.multipliers == ("drum3", "drum4", "drum5", "drum6", "drum7", "drum8", "mitch_w6")  # family expanded
@@ -158,6 +160,7 @@ def err(tmp_path, text) -> str:
     ("[search]\nn_trials = 0\n", "'search.n_trials'", "got 0"),
     ("[search]\nn_trials = 2.5\n", "'search.n_trials'", "got 2.5"),
     ("[search]\nworkers = true\n", "'search.workers'", "got true"),
+    ("[search]\nthreads = 0\n", "'search.threads'", "got 0"),
     ('[search]\nmode = "fast"\n', "'search.mode'", "'constrained', 'pareto'"),
     ('[search]\nsampler = "cmaes"\n', "'search.sampler'", "'tpe'"),
     ('[search]\nstorage = "journal.log"\n', "'search.storage'", "URL"),
@@ -224,3 +227,15 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_every_bundled_budget_loads(path):
     b = load_budget(path)
     assert b.budget.max_accuracy_loss > 0 and b.search.n_trials > 0
+
+
+def test_search_threads_default_divides_cores_among_workers():
+    from dse import kernels
+    from dse.search.context import set_search_threads
+
+    try:
+        assert set_search_threads(None, 2) == max(1, kernels.available_cores() // 2) == kernels.get_threads()
+        assert set_search_threads(None, 1000) == 1
+        assert set_search_threads(3, 2) == 3
+    finally:
+        kernels.set_threads(None)

@@ -128,6 +128,55 @@ def test_fxp8_within_half_point_of_float(name):
     assert f > 0.88 and abs(q - f) <= 0.005
 
 
+def _same_qmodel(a, b):
+    assert a.act_quant == b.act_quant
+    for la, lb in zip(a.layers, b.layers):
+        assert np.array_equal(la.act_hist, lb.act_hist) and la.a_scale == lb.a_scale
+        assert np.allclose(la.acc_std_ch, lb.acc_std_ch, rtol=1e-12) and la.acc_std == pytest.approx(lb.acc_std)
+
+
+@pytest.mark.parametrize("method", ["max", "percentile"])
+def test_calibrate_streams_batches_of_any_size(tmp_path, method):
+    """An array, a list of uneven batches and batch_size=1 all give the same QuantModel; a one-shot iterator is
+    refused (calibration reads the data more than once)."""
+    g = small_model(tmp_path)
+    x = RNG.standard_normal((11, 2, 6, 7)).astype(np.float32)
+    ref = calibrate(g, x, method=method, percentile=97.0)
+    _same_qmodel(calibrate(g, [x[:3], x[3:4], x[4:]], method=method, percentile=97.0), ref)
+    _same_qmodel(calibrate(g, x, method=method, percentile=97.0, batch_size=1), ref)
+    with pytest.raises(DseError, match="re-iterable"):
+        calibrate(g, iter([x]))
+    with pytest.raises(DseError, match="empty"):
+        calibrate(g, [])
+
+
+@pytest.mark.parametrize("p", [50.0, 97.0, 99.99, 100.0])
+def test_percentile_from_tail_equals_numpy(tmp_path, p):
+    from dse.model.float_exec import run_float_all
+
+    g = small_model(tmp_path)
+    x = (RNG.standard_normal((13, 2, 6, 7)) * RNG.uniform(0.1, 10, (13, 1, 1, 1))).astype(np.float32)
+    qm = calibrate(g, [x[:5], x[5:]], method="percentile", percentile=p)
+    env = run_float_all(g, x)
+    for l in qm.layers:
+        v = np.abs(env[l.input]).astype(np.float64)
+        amax = np.percentile(v, p)
+        assert l.a_scale == (pytest.approx(amax / (127 if l.a_signed else 255), rel=1e-6) if amax > 0 else 1.0)
+
+
+def test_calibration_batch_is_memory_bounded():
+    """A 224x224 ResNet-style stem gets a batch far below the requested 250 images."""
+    from dse.quant import STREAM_BUDGET, stream_batch_size
+    from types import SimpleNamespace
+
+    node = SimpleNamespace(inputs=["x"], output="c", params={"W": np.zeros((64, 3, 7, 7), np.float32)})
+    g = SimpleNamespace(input_shape=(3, 224, 224), shapes={"x": (3, 224, 224), "c": (64, 112, 112)},
+                        mac_nodes=[node])
+    b = stream_batch_size(g, 250)
+    assert 1 <= b < 250 and b * 16 * 64 * 112 * 112 <= STREAM_BUDGET
+    assert stream_batch_size(g, 2) == 2
+
+
 # ------------------------------------------------------------------------------- fused passes vs their numpy twins
 from hypothesis import given, settings, strategies as st  # noqa: E402
 

@@ -389,11 +389,11 @@ def test_cli_search_and_errors(tmp_path, monkeypatch, capsys):
                          "holdout": {"loss": 0.006}}, "run_dir": "runs/x-0"}
     monkeypatch.setattr(context, "search_from_budget", fake_search)
     assert main(["search", "b.toml", "--n-trials", "7", "--workers", "2", "--no-resume", "--quiet",
-                 "--storage", "postgresql://h/db"]) == 0
+                 "--storage", "postgresql://h/db", "--threads", "3"]) == 0
     out = capsys.readouterr().out
     assert "best trial 3" in out and "0.8000" in out and "0.40 pp" in out and "runs/x-0" in out
     assert seen == {"budget": "b.toml", "run_dir": None, "storage": "postgresql://h/db", "n_trials": 7, "workers": 2,
-                    "resume": False, "progress": False}
+                    "resume": False, "progress": False, "threads": 3}
 
 
 def test_settings_from_budget(tmp_path):

@@ -136,9 +136,17 @@ def _components(net) -> dict:
     return {}
 
 
-def build_context(budget_path: str, fit_predictor: bool = True) -> SearchContext:
+def set_search_threads(threads: int | None, workers: int) -> int:
+    """Kernel threads of one search process: ``threads``, else the available cores divided among the workers."""
+    from dse import kernels
+
+    return kernels.set_threads(threads or max(1, kernels.available_cores() // max(1, workers)))
+
+
+def build_context(budget_path: str, fit_predictor: bool = True, threads: int | None = None) -> SearchContext:
     """Load the budget's model and data, calibrate FxP8, and wire emulator, energy model and sensitivity.
-    ``fit_predictor=False`` leaves out the AME predictor even if the budget asks for it (search baselines)."""
+    ``fit_predictor=False`` leaves out the AME predictor even if the budget asks for it (search baselines).
+    ``threads`` (else ``[search] threads``) sets the kernel threads of this process."""
     from dse.budget import load_budget
     from dse.data import load_dataset
     from dse.emulate import Emulator
@@ -148,6 +156,7 @@ def build_context(budget_path: str, fit_predictor: bool = True) -> SearchContext
 
     b = load_budget(budget_path)
     s = settings_from_budget(b)
+    set_search_threads(threads or b.search.threads, s.workers)
     model_path = resolve_model(b.model.path)
     graph = load_onnx(model_path)
     pre = b.model.preprocess or preprocess_from_metadata(graph)
@@ -248,7 +257,7 @@ def _loo_margin(ames, accs) -> float:
 
 
 def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_trials=None, workers=None,
-                       resume: bool = True, progress: bool = True) -> dict:
+                       resume: bool = True, progress: bool = True, threads: int | None = None) -> dict:
     """``dse search``: load the budget (default: bundled), apply CLI overrides, run the search."""
     path = Path(budget) if budget else default_budget_path()
     if not path.is_file():
@@ -262,5 +271,5 @@ def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_
         s.workers = int(workers)
     if storage:
         s.storage = storage
-    return run_search(path, s, functools.partial(build_context, str(path)), run_dir=run_dir, resume=resume,
-                      progress=progress)
+    return run_search(path, s, functools.partial(build_context, str(path), threads=threads), run_dir=run_dir,
+                      resume=resume, progress=progress)

@@ -1,0 +1,328 @@
+"""Whole-network speed and memory of the dse emulator next to onnxruntime, measured side by side in one run.
+
+    python benchmarks/bench_e2e.py [--quick] [--skip-rss]
+
+Models are built here with onnx.helper (no downloads), see below. Per model: onnxruntime fp32 and onnxruntime int8
+(static QDQ quantization of the same model, per-channel int8 weights, uint8 activations, calibrated on the same
+images) against dse FxP8-exact and dse with one multiplier of every table family on all layers; images/s are medians
+over repeats on one thread (dse.kernels.set_threads(1), onnxruntime intra/inter-op 1). Then 1 vs 2 threads, then the
+peak RSS of calibrating ResNet-18 at 224 on 256 images and evaluating 1,000 images (a fresh subprocess; images are
+generated batch by batch, as a lazy data set delivers them).
+
+Random He-scaled weights with BatchNormalization folded into conv weights/biases (as an exporter would fold it), so
+activations keep a sensible scale through the depth. Architectures follow torchvision: ResNet-18 (BasicBlock x
+[2, 2, 2, 2], 7x7/2 stem + 3x3/2 max pool at 224x224; a 3x3/1 stem without pool at 32x32, as CIFAR ResNets do) and
+MobileNetV2 (inverted residuals with 1x1 expand, 3x3 depthwise, 1x1 project, ReLU6; width 1.0; CIFAR strides at
+32x32).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class _Builder:
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.n = 0
+
+    def _name(self, kind):
+        self.n += 1
+        return f"{kind}{self.n}"
+
+    def _const(self, name, arr):
+        self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
+        return name
+
+    def conv(self, x, cin, cout, k, stride=1, groups=1, act="relu", gain=1.0):
+        name = self._name("conv")
+        fan_in = cin // groups * k * k
+        w = self.rng.standard_normal((cout, cin // groups, k, k)) * gain * np.sqrt(2.0 / fan_in)
+        b = self.rng.standard_normal(cout) * 0.05
+        self._const(name + ".w", w)
+        self._const(name + ".b", b)
+        p = k // 2
+        self.nodes.append(helper.make_node("Conv", [x, name + ".w", name + ".b"], [name], name=name,
+                                           kernel_shape=[k, k], strides=[stride, stride], pads=[p, p, p, p],
+                                           group=groups))
+        return self.act(name, act)
+
+    def act(self, x, act):
+        if act is None:
+            return x
+        y = self._name(act)
+        if act == "relu":
+            self.nodes.append(helper.make_node("Relu", [x], [y], name=y))
+        else:  # relu6
+            lo, hi = self._const(y + ".lo", 0.0), self._const(y + ".hi", 6.0)
+            self.nodes.append(helper.make_node("Clip", [x, lo, hi], [y], name=y))
+        return y
+
+    def add(self, a, b, act=None):
+        y = self._name("add")
+        self.nodes.append(helper.make_node("Add", [a, b], [y], name=y))
+        return self.act(y, act)
+
+    def head(self, x, c, classes):
+        gap, flat, fc = self._name("gap"), self._name("flatten"), self._name("fc")
+        self.nodes.append(helper.make_node("GlobalAveragePool", [x], [gap], name=gap))
+        self.nodes.append(helper.make_node("Flatten", [gap], [flat], name=flat, axis=1))
+        self._const(fc + ".w", self.rng.standard_normal((classes, c)) * np.sqrt(1.0 / c))
+        self._const(fc + ".b", np.zeros(classes))
+        self.nodes.append(helper.make_node("Gemm", [flat, fc + ".w", fc + ".b"], ["logits"], name=fc, transB=1))
+
+    def model(self, name, shape, classes):
+        g = helper.make_graph(self.nodes, name,
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+                              self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        return m
+
+
+def resnet18(size: int, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
+    """ResNet-18 (torchvision layout) for size x size RGB input; size 224 uses the ImageNet stem, else CIFAR's."""
+    b = _Builder(seed)
+    if size >= 64:
+        x = b.conv("input", 3, 64, 7, stride=2)
+        pool = b._name("maxpool")
+        b.nodes.append(helper.make_node("MaxPool", [x], [pool], name=pool, kernel_shape=[3, 3], strides=[2, 2],
+                                        pads=[1, 1, 1, 1]))
+        x = pool
+    else:
+        x = b.conv("input", 3, 64, 3)
+    cin = 64
+    for stage, cout in enumerate((64, 128, 256, 512)):
+        for blk in range(2):
+            stride = 2 if stage > 0 and blk == 0 else 1
+            y = b.conv(x, cin, cout, 3, stride)
+            y = b.conv(y, cout, cout, 3, 1, act=None, gain=0.5)
+            short = b.conv(x, cin, cout, 1, stride, act=None) if (stride != 1 or cin != cout) else x
+            x = b.add(y, short, act="relu")
+            cin = cout
+    b.head(x, cin, classes)
+    return b.model(f"resnet18_{size}", (3, size, size), classes)
+
+
+# (expansion t, channels c, repeats n, stride s) of torchvision's MobileNetV2; CIFAR variant: strides of the first
+# two stages set to 1 and a stride-1 stem.
+_MBV2 = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def mobilenetv2(size: int = 32, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+    b = _Builder(seed)
+    x = b.conv("input", 3, 32, 3, stride=1 if size <= 64 else 2, act="relu6")
+    cin = 32
+    for t, c, n, s in _MBV2:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hid = cin * t
+            y = b.conv(x, cin, hid, 1, act="relu6") if t != 1 else x
+            y = b.conv(y, hid, hid, 3, stride, groups=hid, act="relu6")
+            y = b.conv(y, hid, c, 1, act=None, gain=0.5)
+            x = b.add(y, x) if stride == 1 and cin == c else y
+            cin = c
+    x = b.conv(x, cin, 1280, 1, act="relu6")
+    b.head(x, 1280, classes)
+    return b.model(f"mobilenetv2_{size}", (3, size, size), classes)
+
+
+def images(n: int, size: int, seed: int = 1) -> np.ndarray:
+    """Smooth random images (low-pass noise, per-channel standardised) so activations are not white noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.standard_normal((n, 3, max(2, size // 8), max(2, size // 8))).astype(np.float32)
+    x = small.repeat(8, axis=2).repeat(8, axis=3)[:, :, :size, :size]
+    return (x + 0.3 * rng.standard_normal(x.shape).astype(np.float32)).astype(np.float32)
+
+
+def image_batches(n: int, size: int, batch: int, seed: int):
+    """A re-iterable of generated image batches (what a lazy data set yields); never all n images at once."""
+    class _Batches:
+        def __iter__(self):
+            for i in range(0, n, batch):
+                yield images(min(batch, n - i), size, seed + i)
+    return _Batches()
+
+
+# ------------------------------------------------------------------------------------------------------ measuring
+def _median_rate(fn, n_images: int, repeats: int) -> float:
+    fn()  # warm-up (table preparation, first-touch allocations)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return n_images / statistics.median(times)
+
+
+def _ort_session(path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_int8(path: Path, calib: np.ndarray) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = path.with_name(path.stem + "_int8.onnx")
+    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def imported_lut(tmpdir: Path) -> str:
+    """An imported 256x256 table (lut:PATH.npy): the signed product with its 3 low bits cleared (full rank)."""
+    v = np.arange(256)
+    v = np.where(v >= 128, v - 256, v).astype(np.int64)
+    t = np.multiply.outer(v, v)
+    t = t - (t & 7)
+    p = tmpdir / "imported_lut.npy"
+    np.save(p, t)
+    return f"lut:{p}?signed=any"
+
+
+FAMILIES = [("mitch_w6", "mitch_w6"), ("drum6", "drum6"), ("perforation", "perf_j1_k2"),
+            ("Ax-BxP", "axbxp_k2_w2_a2_dynamic")]
+
+
+def bench_model(name, model, size, n_img, repeats, tmpdir, lut_name, threads_list=(1,)):
+    from dse import kernels
+    from dse.emulate import Emulator, LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    path = tmpdir / f"{name}.onnx"
+    onnx.save(model, str(path))
+    x = images(n_img, size, seed=11)
+    calib = images(16, size, seed=3)
+    graph = load_onnx(path)
+    kernels.set_threads(1)
+    qm = calibrate(graph, calib)
+    emu = Emulator(qm)
+    gmac = sum(l.macs for l in qm.layers) / 1e9
+    rows = {}
+    for t in threads_list:
+        kernels.set_threads(t)
+        s_fp = _ort_session(path, t)
+        rows[("ort fp32", t)] = _median_rate(lambda: s_fp.run(None, {"input": x}), n_img, repeats)
+        if t == 1:
+            s_i8 = _ort_session(_ort_int8(path, calib), t)
+            rows[("ort int8 (QDQ)", t)] = _median_rate(lambda: s_i8.run(None, {"input": x}), n_img, repeats)
+        configs = [("dse FxP8 exact", "exact")] + ([(f"dse {fam} ({m})", m) for fam, m in FAMILIES]
+                                                   + [("dse imported LUT", lut_name)] if t == 1 else
+                                                   [("dse mitch_w6 (mitch_w6)", "mitch_w6")])
+        for label, mult in configs:
+            cfg = {l.name: LayerConfig(mult) for l in qm.layers}
+            rows[(label, t)] = _median_rate(lambda: emu.run(x, cfg, batch_size=n_img), n_img, repeats)
+    kernels.set_threads(None)
+    return gmac, rows
+
+
+def rss_child(size: int, n_calib: int, n_eval: int) -> None:
+    """Calibrate ResNet-18 (size) on n_calib generated images, evaluate n_eval, print peak RSS (MiB) and timings."""
+    from dse.emulate import Emulator
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate, stream_batch_size
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "r18.onnx"
+        onnx.save(resnet18(size), str(p))
+        graph = load_onnx(p)
+    b = stream_batch_size(graph)
+    t0 = time.perf_counter()
+    qm = calibrate(graph, image_batches(n_calib, size, b, seed=100))
+    t1 = time.perf_counter()
+    emu = Emulator(qm)
+    n = 0
+    for xb in image_batches(n_eval, size, b, seed=10_000):
+        n += len(emu.predict(xb))
+    t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{peak:.0f} {t1 - t0:.1f} {t2 - t1:.1f} {b} {n}")
+
+
+def machine() -> str:
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True)
+                     .stdout.splitlines() if l.startswith("Model name"))
+    except StopIteration:
+        model = platform.processor()
+    from dse import _kernels
+
+    flags = open("/proc/cpuinfo").read()
+    isa = sorted({w for w in flags.split() if w.startswith("avx512") or w in ("avx2", "avx_vnni")})
+    return (f"{model}, {os.cpu_count()} cpus, dse kernel ISA {_kernels.hardware_isa()}, flags {' '.join(isa)}, "
+            f"load average {os.getloadavg()[0]:.2f} at start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer images and repeats (a smoke run)")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-child", nargs=3, type=int, metavar=("SIZE", "CALIB", "EVAL"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.rss_child:
+        rss_child(*a.rss_child)
+        return
+    print(machine())
+    reps = 2 if a.quick else 3
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        lut = imported_lut(tmp)
+        nets = [("ResNet-18 224x224", resnet18(224), 224, 2 if a.quick else 8, (1,)),
+                ("ResNet-18 32x32", resnet18(32, classes=10), 32, 16 if a.quick else 64, (1, 2)),
+                ("MobileNetV2 32x32", mobilenetv2(32), 32, 32 if a.quick else 128, (1, 2))]
+        for title, model, size, n, tl in nets:
+            gmac, rows = bench_model(title.split()[0].lower(), model, size, n, reps, tmp, lut, tl)
+            fp, i8 = rows[("ort fp32", 1)], rows[("ort int8 (QDQ)", 1)]
+            print(f"\n### {title} ({gmac:.3f} GMAC/image, {n} images per run, median of {reps}, 1 thread)\n")
+            print("| engine | img/s | vs ort fp32 | vs ort int8 |")
+            print("|---|---|---|---|")
+            for (label, t), r in rows.items():
+                if t == 1:
+                    print(f"| {label} | {r:.2f} | {r / fp:.2f}x | {r / i8:.2f}x |")
+            if 2 in tl:
+                print("\n| engine | 1 thread img/s | 2 threads img/s | speedup |")
+                print("|---|---|---|---|")
+                for (label, t), r in rows.items():
+                    if t == 2:
+                        print(f"| {label} | {rows[(label, 1)]:.2f} | {r:.2f} | {r / rows[(label, 1)]:.2f}x |")
+    if not a.skip_rss:
+        n_cal, n_ev = (16, 32) if a.quick else (256, 1000)
+        out = subprocess.run([sys.executable, __file__, "--rss-child", "224", str(n_cal), str(n_ev)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        print(f"\n### Memory: ResNet-18 224x224, calibrate {n_cal} images + evaluate {n_ev} images "
+              f"(all threads, batch {out[3]})\n")
+        print(f"peak RSS {out[0]} MiB (goal < 1536 MiB); calibration {out[1]} s, evaluation {out[2]} s")
+
+
+if __name__ == "__main__":
+    main()
