@@ -117,12 +117,16 @@ class Emulator:
 
         if batch_size < 1:
             raise DseError(f"batch size {batch_size} must be >= 1")
+        from dse.kernels import get_threads, map_split
         from dse.quant import stream_batch_size
 
         x = check_input(self.graph, x)
         resolved = self.resolve(config)
         batch_size = stream_batch_size(self.graph, batch_size)  # large inputs: a memory-bounded batch
-        outs = [self._run_batch(x[i:i + batch_size], resolved) for i in range(0, len(x), batch_size)]
+        outs = []
+        for i in range(0, len(x), batch_size):  # images are independent: one slice of the batch per thread
+            parts = np.array_split(x[i:i + batch_size], min(get_threads(), len(x[i:i + batch_size])))
+            outs += map_split(lambda p: self._run_batch(p, resolved), parts)
         if not outs:
             return np.zeros((0,) + tuple(self.graph.shapes[self.graph.output_name]), np.float32)
         return np.concatenate(outs)

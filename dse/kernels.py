@@ -26,7 +26,10 @@ reference. Auto prefers "lowrank" over "lut" only while it is expected to be fas
 from __future__ import annotations
 
 import os
+import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -280,6 +283,7 @@ def _lowrank_terms(prep: _Prepared, a_signed: bool, K: int, max_abs_a: int | Non
 
 # ----------------------------------------------------------------------------------------------------------- threads
 _threads: int | None = None  # None = every core this process may run on
+_local = threading.local()  # per-thread override (image-parallel workers run their kernels on one thread)
 
 
 def available_cores() -> int:
@@ -289,7 +293,7 @@ def available_cores() -> int:
 
 def get_threads() -> int:
     """Threads the kernels use (OpenMP loops of dse._kernels and the BLAS GEMMs)."""
-    return _threads or available_cores()
+    return getattr(_local, "threads", None) or _threads or available_cores()
 
 
 def set_threads(n: int | None) -> int:
@@ -303,6 +307,25 @@ def set_threads(n: int | None) -> int:
 
     threadpool_limits(get_threads(), user_api="blas")
     return get_threads()
+
+
+def map_split(fn, items: list) -> list:
+    """[fn(item) for item in items] on min(len(items), get_threads()) threads, each running its kernels on one thread
+    with BLAS limited to one thread meanwhile (work split over independent items, e.g. images, instead of inside each
+    kernel: the numpy glue between kernels runs in parallel too). Order and results are those of the plain loop."""
+    n = min(len(items), get_threads())
+    if n <= 1:
+        return [fn(it) for it in items]
+    from threadpoolctl import threadpool_limits
+
+    def one(it):
+        _local.threads = 1
+        try:
+            return fn(it)
+        finally:
+            del _local.threads
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, items))
 
 
 # ------------------------------------------------------------------------------------------------------- GEMM cores

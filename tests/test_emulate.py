@@ -130,6 +130,23 @@ def test_bit_exact_vs_reference(qm, mults):
         assert not np.array_equal(y, Emulator(qm).run(X_IN))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_split_images_bit_identically(qm, threads):
+    """Image-parallel emulation (slices of each batch on separate threads) gives the single-thread bits."""
+    from dse import kernels
+
+    cfg = {n: LayerConfig(m, cv) for n, m, cv in zip(["conv1", "dw", "proj", "fc"],
+                                                     ("drum4", "mitch_w6", "exact", "perf_j1_k2"), (True, 0, 0, 1))}
+    try:
+        kernels.set_threads(threads)
+        y = Emulator(qm).run(X_IN, cfg, batch_size=4)
+    finally:
+        kernels.set_threads(None)
+    from dse.correction import cv_correction
+
+    assert np.array_equal(y, reference_run(qm, X_IN, cfg, cv_correction))
+
+
 def test_control_variate_bit_exact(qm, fake_correction):
     cfg = {"conv1": LayerConfig("perf_j1_k2", True), "dw": LayerConfig("drum4", True),
            "proj": LayerConfig("mitch_w6", False), "fc": LayerConfig("perf_j0_k2", True)}

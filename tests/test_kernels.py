@@ -221,6 +221,14 @@ def test_threads_give_identical_results(threads, mname):
                 assert np.array_equal(got[0], ref) and np.array_equal(got[1], ref), (path, isa, groups)
 
 
+def test_map_split_keeps_order_and_runs_kernels_on_one_thread(threads):
+    threads(2)
+    seen = K.map_split(lambda i: (i, K.get_threads()), list(range(5)))
+    assert seen == [(i, 1) for i in range(5)] and K.get_threads() == 2
+    threads(1)
+    assert K.map_split(lambda i: (i, K.get_threads()), [7, 8]) == [(7, 1), (8, 1)]
+
+
 def test_set_threads_validates_and_defaults_to_all_cores(threads):
     import os
     assert threads(None) == len(os.sched_getaffinity(0)) == K.get_threads()
