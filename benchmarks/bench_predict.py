@@ -26,17 +26,14 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def run(n_configs: int, images: int, seed: int, model: str, data: str, calib: str) -> dict:
-    from dse.data import load_dataset
     from dse.emulate import Emulator
-    from dse.model.onnx_import import load_onnx
-    from dse.predict import _resolve_model_path, fit_and_validate
-    from dse.quant import calibrate
+    from dse.predict import fit_and_validate
+    from dse.session import DataRef, RunInputs, open_session
 
-    graph = load_onnx(_resolve_model_path(model))
-    qmodel = calibrate(graph, load_dataset(calib).x)
-    ds = load_dataset(data)
-    order = np.random.default_rng(seed).permutation(len(ds.y))[:images]
-    x, y = ds.x[order], np.asarray(ds.y)[order]
+    s = open_session(RunInputs(model, DataRef(calib, f"calibration data {calib}"), (DataRef(data, f"data {data}"),)))
+    qmodel, ds = s.qmodel, s.data[0]
+    sub = ds.subset(np.random.default_rng(seed).permutation(len(ds))[:images])
+    x, y = sub.images(), sub.y
     emu = Emulator(qmodel)
     r = fit_and_validate(qmodel.layers, lambda c: emu.accuracy(x, y, c), n_configs, seed)
     r["images"] = int(len(y))

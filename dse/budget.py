@@ -3,9 +3,10 @@
 Sections and keys (every key has a default, so an empty file is a valid budget; see search_spaces/default.toml):
 
 * ``[model]`` ``path`` (ONNX file, or a bundled name ``lenet5`` / ``resnet8``), ``preprocess`` (optional table
-  ``{scale, mean, std}``; numbers, ``mean``/``std`` may be per-channel lists; default: the model's own metadata).
-* ``[data]`` ``calib``, ``search``, ``holdout`` (dataset specs: ``fashion-mnist:<split>``, a ``.npz`` file, an IDX
-  images file or ``"images.gz,labels.gz"``), ``images`` (cap on the search images; absent = all).
+  ``{scale, mean, std, size}`` -> ``dse.data.Preprocess``; ``mean``/``std`` may be per-channel lists, ``size`` is the
+  shorter image side before the center crop of image folders; default: the model's own metadata).
+* ``[data]`` ``calib``, ``search``, ``holdout`` (dataset specs, see dse.data: ``fashion-mnist:<split>``, a ``.npz``
+  file, an IDX images file or ``"images.gz,labels.gz"``, a CIFAR .bin file or directory, an image folder), ``images`` (cap on the search images; absent = all).
 * ``[budget]`` ``max_accuracy_loss`` (percentage points vs FxP8 exact, ``[0, 100)``), ``metric`` (``"top1"``).
 * ``[accelerator]`` the fields of ``dse.energy.ArrayConfig`` (rows, cols, frequency_mhz, glb_kib, weight_bits,
   act_bits, out_bits, psum_bits, batch, cv_coef_bits).
@@ -30,6 +31,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from dse.data import SOURCE_BUDGET, Preprocess
 from dse.energy import ARRAY_LIMITS, DEFAULT_CONSTANTS, ArrayConfig, EnergyModel, resolve_constants
 from dse.errors import DseError
 
@@ -44,7 +46,7 @@ AXBXP_MODES = ("static", "dynamic")
 @dataclass(frozen=True)
 class ModelSection:
     path: str = "lenet5"
-    preprocess: dict | None = None
+    preprocess: Preprocess | None = None  # source SOURCE_BUDGET
 
 
 @dataclass(frozen=True)
@@ -214,10 +216,10 @@ def _check_keys(ctx, key, tab: dict, allowed):
                            f"{', '.join(allowed)}")
 
 
-def _path_or_none(ctx, s: str) -> Path | None:
+def _path_or_none(ctx, s: str, folders: bool = False) -> Path | None:
     p = Path(s).expanduser()
     for cand in ([p] if p.is_absolute() else [ctx.base / p, Path.cwd() / p]):
-        if cand.is_file():
+        if cand.is_file() or (folders and cand.is_dir()):
             return cand.resolve()
     return None
 
@@ -239,16 +241,19 @@ def _model(ctx, tab) -> ModelSection:
     pre = None
     if "preprocess" in tab:
         t = _table(ctx, "model.preprocess", tab["preprocess"])
-        _check_keys(ctx, "model.preprocess", t, ("scale", "mean", "std"))
-        pre = {}
+        _check_keys(ctx, "model.preprocess", t, Preprocess.KEYS)
+        vals = {}
         for k, v in t.items():
             key = f"model.preprocess.{k}"
-            if isinstance(v, list) and k != "scale":
-                pre[k] = list(_list(ctx, key, v, lambda kk, x: _float(ctx, kk, x, what="a number"), "numbers"))
+            if k == "size":
+                vals[k] = _int(ctx, key, v, lo=1)
+            elif isinstance(v, list) and k != "scale":
+                vals[k] = list(_list(ctx, key, v, lambda kk, x: _float(ctx, kk, x, what="a number"), "numbers"))
             else:
-                pre[k] = _float(ctx, key, v, what="a number" + ("" if k == "scale" else " or a list of numbers"))
-            if k == "std" and any(x == 0 for x in (pre[k] if isinstance(pre[k], list) else [pre[k]])):
+                vals[k] = _float(ctx, key, v, what="a number" + ("" if k == "scale" else " or a list of numbers"))
+            if k == "std" and any(x == 0 for x in (vals[k] if isinstance(vals[k], list) else [vals[k]])):
                 raise ctx.err(key, "must be non-zero", v)
+        pre = Preprocess.from_mapping(vals, SOURCE_BUDGET, f"{ctx.path}: key 'model.preprocess'")
     return ModelSection(path=path, preprocess=pre)
 
 
@@ -260,13 +265,14 @@ def _data_spec(ctx, key, v) -> str:
         raise ctx.err(key, "names an unknown bundled split; use fashion-mnist:calib|search|holdout|all", s)
     parts = s.split(",")
     if len(parts) > 2:
-        raise ctx.err(key, "must be a bundled split, one file, or 'images,labels'", s)
+        raise ctx.err(key, "must be a bundled split, one file or folder, 'images,labels' or 'folder,labels.txt'", s)
     out = []
     for p in parts:
-        found = _path_or_none(ctx, p.strip())
+        found = _path_or_none(ctx, p.strip(), folders=True)
         if found is None:
-            raise ctx.err(key, f"names a missing file '{p.strip()}'; give an existing .npz/IDX file or a bundled split "
-                               f"(fashion-mnist:calib|search|holdout|all)", s, show=False)
+            raise ctx.err(key, f"names a missing file '{p.strip()}'; give an existing .npz/IDX/CIFAR .bin file, an "
+                               f"image folder or a bundled split (fashion-mnist:calib|search|holdout|all)", s,
+                          show=False)
         out.append(str(found))
     return ",".join(out)
 

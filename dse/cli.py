@@ -84,6 +84,43 @@ def multipliers_export_cmd(name, output, signed) -> None:
 # END multipliers
 
 # BEGIN evaluate
+def _number_list(flag: str, text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise DseError(f"{flag} {text}: give a number or comma-separated numbers per channel (e.g. 0.485,0.456,0.406)") \
+            from None
+
+
+def _preprocess_flags(mean, std, scale, size):
+    """The run's preprocessing from --mean/--std/--scale/--size (None when none is given)."""
+    from dse.data import SOURCE_FLAGS, Preprocess
+
+    if mean is None and std is None and scale is None and size is None:
+        return None
+    if mean is None or std is None:
+        raise DseError("--mean and --std go together (with optional --scale, --size): give both, e.g. "
+                       "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225")
+    d = {"mean": _number_list("--mean", mean), "std": _number_list("--std", std), "size": size}
+    if scale is not None:
+        d["scale"] = scale
+    return Preprocess.from_mapping(d, SOURCE_FLAGS, "--mean/--std/--scale/--size")
+
+
+def preprocess_options(f):
+    """--mean/--std/--scale/--size: the run's preprocessing (wins over a budget, a configuration and the model)."""
+    for opt in reversed([
+            click.option("--mean", help="per-channel mean after scaling, e.g. 0.485,0.456,0.406 (with --std); "
+                         "default: the model's dse.preprocess metadata"),
+            click.option("--std", help="per-channel standard deviation, e.g. 0.229,0.224,0.225 (with --mean)"),
+            click.option("--scale", type=float, help="pixel scale before mean/std (default 1/255)"),
+            click.option("--size", type=click.IntRange(min=1),
+                         help="image folders: shorter side in pixels before the center crop to the model input "
+                              "(default: the model input size)")]):
+        f = opt(f)
+    return f
+
+
 @cli.command("evaluate")
 @click.argument("model")
 @click.option("--data", default="fashion-mnist:holdout", show_default=True,
@@ -94,14 +131,17 @@ def multipliers_export_cmd(name, output, signed) -> None:
 @click.option("--images", type=int, default=None, help="evaluate only the first N images")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="kernel threads (default: every available core)")
+@preprocess_options
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def evaluate_cmd(model, data, config_path, calib, images, batch_size, threads, as_json) -> None:
+def evaluate_cmd(model, data, config_path, calib, images, batch_size, threads, mean, std, scale, size, as_json) -> None:
     """Float, FxP8 exact and configured top-1 accuracy of MODEL (a path or lenet5, resnet8) on DATA."""
     import json as _json
 
+    from dse.data import Preprocess
     from dse.emulate import evaluate
 
-    res = evaluate(model, data, config_path, calib, images, batch_size, threads)
+    res = evaluate(model, data, config_path, calib, images, batch_size, threads,
+                   _preprocess_flags(mean, std, scale, size))
     if as_json:
         click.echo(_json.dumps(res, indent=2, default=str))
         return
@@ -118,6 +158,7 @@ def evaluate_cmd(model, data, config_path, calib, images, batch_size, threads, a
     for name, acc in rows:
         t.add_row(name, f"{100 * acc:.2f} %", f"{100 * (acc - res['float']):+.2f} pp")
     Console().print(t)
+    click.echo("preprocessing: " + Preprocess.from_dict(res["preprocess"]).describe())
 # END evaluate
 
 # BEGIN search
@@ -198,17 +239,22 @@ def export_cmd(run, trial, output) -> None:
               help="fit accuracy ~ AME on N random emulated configurations (half fit, half held out) and report")
 @click.option("--images", type=int, default=2000, show_default=True, help="images of --data used by --validate")
 @click.option("--seed", type=int, default=0, show_default=True)
+@preprocess_options
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def predict_cmd(model, config_path, data, calib, validate_n, images, seed, as_json) -> None:
+def predict_cmd(model, config_path, data, calib, validate_n, images, seed, mean, std, scale, size, as_json) -> None:
     """AME accuracy predictor: per-layer error statistics of a configuration and (--validate) its accuracy check."""
     import json as _json
 
+    from dse.data import Preprocess
     from dse.predict import predict_report
 
-    r = predict_report(model, config_path, data=data, calib=calib, validate_n=validate_n, seed=seed, images=images)
+    r = predict_report(model, config_path, data=data, calib=calib, validate_n=validate_n, seed=seed, images=images,
+                       preprocess=_preprocess_flags(mean, std, scale, size))
     if as_json:
         click.echo(_json.dumps(r, indent=2))
         return
+    click.echo(f"{r['model']} calibrated on {r['calib']}; preprocessing: "
+               + Preprocess.from_dict(r["preprocess"]).describe())
     click.echo(f"{'layer':<16} {'multiplier':<24} {'cv':<3} {'K':>5} {'ME':>10} {'VE':>11} {'bias':>10} "
                f"{'noise':>10} {'acc_std':>10} {'contrib':>9}")
     for t in r["layers"]:

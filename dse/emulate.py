@@ -140,6 +140,13 @@ class Emulator:
         self._run_batch(check_input(self.graph, x), self.resolve(config), accs)
         return accs
 
+    def dataset_accuracy(self, data, config: dict | None = None, batch_size: int = 256) -> float:
+        """Top-1 accuracy in [0, 1] on a :class:`dse.data.Dataset`, read and run batch by batch."""
+        if len(data) == 0:
+            raise DseError("no images to evaluate; give at least one")
+        hits = sum(int((self.predict(x, config, batch_size) == y).sum()) for x, y in data.batches(batch_size))
+        return hits / len(data)
+
     def predict(self, x, config: dict | None = None, batch_size: int = 256) -> np.ndarray:
         return self.run(x, config, batch_size).argmax(axis=1)
 
@@ -153,47 +160,56 @@ class Emulator:
         return float((self.predict(x, config, batch_size) == y).mean())
 
 
+def float_accuracy(graph, data, batch_size: int = 256) -> float:
+    """Top-1 accuracy of the float32 reference executor on a :class:`dse.data.Dataset`, streamed."""
+    from dse.model.float_exec import run_float
+
+    hits = sum(int((run_float(graph, x, batch_size).argmax(axis=1) == y).sum()) for x, y in data.batches(batch_size))
+    return hits / len(data)
+
+
 def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str | None = None,
              calib: str | None = None, images: int | None = None, batch_size: int = 256,
-             threads: int | None = None) -> dict:
-    """What ``dse evaluate`` reports: float, FxP8 exact and (with a config) configured top-1 accuracy.
-    ``threads``: kernel threads (None = every available core)."""
-    from dse.config import load_config_meta
-    from dse.data import load_dataset, specs_overlap
+             threads: int | None = None, preprocess=None) -> dict:
+    """What ``dse evaluate`` reports: float, FxP8 exact and (with a config) configured top-1 accuracy, and the run's
+    preprocessing (``preprocess``: a dse.data.Preprocess from the caller; else the configuration's recorded one; else
+    dse.session's defaults). One pass over the data computes all three accuracies. ``threads``: kernel threads (None =
+    every available core)."""
+    from dse.config import load_config_meta, validate_config
+    from dse.data import Preprocess
     from dse.model.float_exec import run_float
-    from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
-    from dse.quant import DEFAULT_METHOD, calibrate
+    from dse.session import COMMAND_LINE_HINT, DataRef, RunInputs, open_session
 
     from dse.kernels import set_threads
 
     set_threads(threads)
     calib = calib or "fashion-mnist:calib"
-    if specs_overlap(calib, data):
-        raise DseError(f"--calib {calib} and --data {data} overlap; calibrate and evaluate on disjoint sets "
-                       "(e.g. --calib fashion-mnist:calib --data fashion-mnist:holdout)")
     if batch_size < 1:
         raise DseError(f"--batch-size {batch_size}: must be >= 1")
-    path = resolve_model(model)
-    graph = load_onnx(path)
-    pre = preprocess_from_metadata(graph)
-    ds = load_dataset(data, preprocess=pre).head(images)
-    cal = load_dataset(calib, preprocess=pre)
-    ds.check_fits(graph.input_shape, graph.n_classes, f"--data {ds.name}", model)
-    cal.check_fits(graph.input_shape, None, f"--calib {cal.name}", model)
-    qmodel = calibrate(graph, cal.x)
-    config, meta = ({}, {})
+    if images is not None and images < 1:
+        raise DseError(f"--images {images}: must be a positive number of images")
+    config, meta = load_config_meta(config_path) if config_path else ({}, {})
+    if preprocess is None and config_path:
+        preprocess = Preprocess.from_meta(meta, str(config_path))
+    s = open_session(RunInputs(model, DataRef(calib, f"--calib {calib}"), (DataRef(data, f"--data {data}"),),
+                               preprocess, COMMAND_LINE_HINT))
     if config_path:
-        config, meta = load_config_meta(config_path, qmodel)
-    emu = Emulator(qmodel)
-    float_pred = run_float(graph, ds.x, batch_size).argmax(axis=1)
-    res = {"model": str(model), "path": str(path), "data": ds.name, "calib": cal.name, "images": int(len(ds)),
-           "calibration": DEFAULT_METHOD, "float": float((float_pred == ds.y).mean()),
-           "fxp8": emu.accuracy(ds.x, ds.y, None, batch_size)}
+        validate_config(config, s.qmodel, str(config_path))
+    ds = s.data[0].head(images)
+    emu = Emulator(s.qmodel)
+    hits = {"float": 0, "fxp8": 0, "configured": 0}
+    for x, y in ds.batches(batch_size):
+        hits["float"] += int((run_float(s.graph, x, batch_size).argmax(axis=1) == y).sum())
+        hits["fxp8"] += int((emu.predict(x, None, batch_size) == y).sum())
+        if config_path:
+            hits["configured"] += int((emu.predict(x, config, batch_size) == y).sum())
+    res = {**s.info(), "data": ds.name, "images": int(len(ds)), "float": hits["float"] / len(ds),
+           "fxp8": hits["fxp8"] / len(ds)}
     if config_path:
         res["config"] = str(config_path)
         res["layers"] = {l.name: {"multiplier": config.get(l.name, LayerConfig()).multiplier,
-                                  "cv": config.get(l.name, LayerConfig()).cv} for l in qmodel.layers}
-        res["configured"] = emu.accuracy(ds.x, ds.y, config, batch_size)
+                                  "cv": config.get(l.name, LayerConfig()).cv} for l in s.qmodel.layers}
+        res["configured"] = hits["configured"] / len(ds)
         if meta:
             res["meta"] = meta
     return res

@@ -379,94 +379,42 @@ def fit_and_validate(layers, accuracy_fn, n: int, seed: int = 0, multipliers=Non
 
 
 # ---------------------------------------------------------------------------------------------- CLI support
-def _read_config(path: str, layers=None) -> dict:
-    """Network configuration file (TOML/JSON, ``[layers.<name>]`` with ``multiplier``, ``cv``) -> {name: LayerConfig}.
-    Uses ``dse.config.load_config`` when that module provides it."""
-    try:
-        from dse.config import load_config  # type: ignore[attr-defined]
-    except ImportError:
-        load_config = None
-    if load_config is not None:
-        return load_config(path, layers)
-    import json
-    import tomllib
-    from pathlib import Path
-
-    from dse.emulate import LayerConfig
-
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise DseError(f"{path}: cannot read config ({exc.strerror}); check the --config path") from None
-    try:
-        doc = json.loads(raw) if p.suffix.lower() == ".json" else tomllib.loads(raw.decode())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DseError(f"{path}: not valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'} "
-                       f"({str(exc).splitlines()[0]}); fix the syntax") from None
-    layers = doc.get("layers")
-    if not isinstance(layers, dict):
-        raise DseError(f"{path}: missing [layers.<name>] tables; add one per approximate layer")
-    out = {}
-    for name, t in layers.items():
-        if not isinstance(t, dict):
-            raise DseError(f"{path}: layers.{name} must be a table with keys multiplier, cv")
-        extra = set(t) - {"multiplier", "cv"}
-        if extra:
-            raise DseError(f"{path}: layers.{name}: unknown key '{sorted(extra)[0]}'; allowed: multiplier, cv")
-        m, cv = t.get("multiplier", "exact"), t.get("cv", False)
-        if not isinstance(m, str) or not isinstance(cv, bool):
-            raise DseError(f"{path}: layers.{name}: multiplier must be a string and cv a boolean")
-        get_multiplier(m)
-        out[str(name)] = LayerConfig(m, cv)
-    return out
-
-
-def _resolve_model_path(model: str) -> str:
-    from pathlib import Path
-
-    p = Path(model)
-    if p.is_file():
-        return str(p)
-    here = Path(__file__).resolve().parent
-    for cand in (here / "data" / f"{model}.onnx", here.parent / "data" / f"{model}.onnx"):
-        if cand.is_file():
-            return str(cand)
-    raise DseError(f"model '{model}': no such file and not a bundled model (e.g. lenet5); pass an ONNX path")
-
 
 def predict_report(model: str, config_path: str | None = None, data: str = "fashion-mnist:search",
-                   calib: str = "fashion-mnist:calib", validate_n: int = 0, seed: int = 0, images: int = 2000) -> dict:
+                   calib: str = "fashion-mnist:calib", validate_n: int = 0, seed: int = 0, images: int = 2000,
+                   preprocess=None) -> dict:
     """What ``dse predict`` prints: per-layer terms and AME of a configuration and, with ``validate_n``, the fitted
-    AccuracyModel, Spearman, held-out MAE and the measured predictor-vs-emulation speedup."""
+    AccuracyModel, Spearman, held-out MAE and the measured predictor-vs-emulation speedup. Model, data, preprocessing
+    (``preprocess``, else the configuration's recorded one) and calibration come from :func:`dse.session.open_session`."""
     if validate_n and validate_n < 5:
         raise DseError(f"--validate {validate_n}: need at least 5 configurations (3 to fit, 2 held out)")
     if validate_n and (images is None or int(images) < 1):
         raise DseError(f"--images {images}: must be a positive number of images")
     if seed < 0:
         raise DseError(f"--seed {seed}: must be a non-negative integer")
-    from dse.data import load_dataset, specs_overlap
-
-    if validate_n and specs_overlap(calib, data):
-        raise DseError(f"--calib {calib} and --data {data} overlap; calibrate and validate on disjoint sets "
-                       "(e.g. --calib fashion-mnist:calib --data fashion-mnist:search)")
+    from dse.config import load_config_meta, validate_config
+    from dse.data import Preprocess
     from dse.emulate import Emulator
-    from dse.model.onnx_import import load_onnx
-    from dse.quant import calibrate
+    from dse.session import COMMAND_LINE_HINT, DataRef, RunInputs, open_session
 
-    graph = load_onnx(_resolve_model_path(model))
-    qmodel = calibrate(graph, load_dataset(calib).x)
-    config = _read_config(config_path, qmodel) if config_path else {}
+    config, meta = load_config_meta(config_path) if config_path else ({}, {})
+    if preprocess is None and config_path:
+        preprocess = Preprocess.from_meta(meta, str(config_path))
+    refs = (DataRef(data, f"--data {data}"),) if validate_n else ()
+    s = open_session(RunInputs(model, DataRef(calib, f"--calib {calib}"), refs, preprocess,
+                               COMMAND_LINE_HINT))
+    qmodel = s.qmodel
+    validate_config(config, qmodel, str(config_path))
     pred = AmePredictor(qmodel.layers)
     terms = pred.breakdown(config)
-    out = {"model": model, "config": {k: {"multiplier": _cfg_get(v)[0], "cv": _cfg_get(v)[1]} for k, v in config.items()},
+    out = {**s.info(), "config": {k: {"multiplier": v.multiplier, "cv": v.cv} for k, v in config.items()},
            "layers": [t.to_dict() for t in terms], "ame": float(sum(t.contrib for t in terms))}
     if validate_n:
-        ds = load_dataset(data)
-        order = np.random.default_rng(seed).permutation(len(ds.y))[: int(images) if images else None]
-        x, y = ds.x[order], np.asarray(ds.y)[order]
+        ds = s.data[0]
+        sub = ds.subset(np.random.default_rng(seed).permutation(len(ds))[: int(images)])
         emu = Emulator(qmodel)
-        r = fit_and_validate(qmodel.layers, lambda c: emu.accuracy(x, y, c), int(validate_n), seed)
+        y = sub.y
+        r = fit_and_validate(qmodel.layers, lambda c: emu.dataset_accuracy(sub, c), int(validate_n), seed)
         m, v = r["model"], r["validation"]
         out["accuracy_model"] = m.to_dict()
         out["predicted_accuracy"] = m.predict(out["ame"])

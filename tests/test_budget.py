@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from dse.budget import AxbxpSpace, Budget, LayerSpace, load_budget
+from dse.data import Preprocess
 from dse.energy import ArrayConfig
 from dse.errors import DseError
 
@@ -90,7 +91,8 @@ def test_full_file_round_trip(tmp_path):
         (tmp_path / f).write_bytes(b"x")
     b = load_budget(write(tmp_path, FULL))
     assert b.model.path == str((tmp_path / "net.onnx").resolve())
-    assert b.model.preprocess == {"scale": 0.5, "mean": [0.1, 0.2, 0.3], "std": 0.25}
+    assert b.model.preprocess == Preprocess(mean=(0.1, 0.2, 0.3), std=(0.25,), scale=0.5,
+                                            source="budget [model] preprocess")
     assert b.data.calib == "fashion-mnist:all" and b.data.images == 1234
     assert b.data.search == f"{(tmp_path / 'imgs.gz').resolve()},{(tmp_path / 'labels.gz').resolve()}"
     assert b.budget.max_accuracy_loss == 0.5

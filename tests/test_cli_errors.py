@@ -217,7 +217,7 @@ def test_export_unwritable_path_names_fix(capsys, tmp_path, tiny_run):
 # ----------------------------------------------------------------------------------------------------- data vs model
 def test_evaluate_image_shape_mismatch_names_data(capsys, npz):
     p = npz("size32.npz", np.zeros((5, 32, 32), np.uint8), np.zeros(5, np.int64))
-    assert_one_line(*run(capsys, "evaluate", "lenet5", "--data", p, "--images", 5), "--data size32.npz",
+    assert_one_line(*run(capsys, "evaluate", "lenet5", "--data", p, "--images", 5), "--data", "size32.npz",
                     "[1, 28, 28]")
 
 

@@ -218,11 +218,12 @@ def test_accuracy_bundled_lenet5():
     from dse.data import load_dataset
     from dse.model.onnx_import import resolve_model
 
-    qm = calibrate(load_onnx(resolve_model("lenet5")), load_dataset("fashion-mnist:calib").x)
+    qm = calibrate(load_onnx(resolve_model("lenet5")), load_dataset("fashion-mnist:calib").images())
     d = load_dataset("fashion-mnist:holdout").head(300)
     emu = Emulator(qm)
-    exact = emu.accuracy(d.x, d.y)
-    approx = emu.accuracy(d.x, d.y, {l.name: LayerConfig("mitchell") for l in qm.layers})
+    exact = emu.accuracy(d.images(), d.y)
+    assert emu.dataset_accuracy(d, None, batch_size=64) == exact  # streamed in batches: the same figure
+    approx = emu.accuracy(d.images(), d.y, {l.name: LayerConfig("mitchell") for l in qm.layers})
     assert 0.85 < exact <= 1.0 and 0.5 < approx < exact + 0.02
 
 

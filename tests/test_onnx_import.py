@@ -56,7 +56,7 @@ def test_bundled_models_match_onnxruntime(name):
 
     path = resolve_model(name)
     g = load_onnx(path)
-    x = load_dataset("fashion-mnist:holdout", preprocess_from_metadata(g)).x[:64]
+    x = load_dataset("fashion-mnist:holdout").images(0, 64)
     diff = np.abs(run_float(g, x) - _ort(path, x)).max()
     assert diff <= TOL
     assert g.shapes[g.output_name] == (10,)

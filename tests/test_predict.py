@@ -6,6 +6,8 @@ import sys
 import time
 import types
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -220,25 +222,30 @@ class _FakeEmulator:
     def __init__(self, qmodel):
         self.pred = AmePredictor(qmodel.layers)
 
-    def accuracy(self, x, y, config=None):
+    def dataset_accuracy(self, data, config=None):
         return float(max(0.0, 0.9 - 0.05 * self.pred.ame(config or {})))
 
 
 @pytest.fixture
 def fake_stack(monkeypatch, tmp_path):
-    import dse.data
+    """dse.session.open_session replaced: two fake layers, 50 bundled images, no ONNX model."""
     import dse.emulate
-    import dse.quant
+    import dse.session
+    from dse.data import BUNDLED_PREPROCESS, load_dataset
     from dse.quant import QuantModel
 
     layers = [_layer(30, False, name="conv1"), _layer(31, False, name="fc1")]
-    onnx_mod = types.ModuleType("dse.model.onnx_import")
-    onnx_mod.load_onnx = lambda path: "graph"
-    monkeypatch.setitem(sys.modules, "dse.model.onnx_import", onnx_mod)
-    monkeypatch.setattr(dse.data, "load_dataset", lambda spec, **kw: types.SimpleNamespace(
-        x=np.zeros((50, 1, 28, 28), np.float32), y=np.zeros(50, np.int64)))
-    monkeypatch.setattr(dse.quant, "calibrate", lambda g, x: QuantModel(graph=g, layers=layers), raising=False)
-    monkeypatch.setattr(dse.emulate, "Emulator", _FakeEmulator, raising=False)
+
+    def fake_open(inputs, calibration=None):
+        if not Path(inputs.model).is_file():
+            raise DseError(f"model '{inputs.model}': no such file")
+        ds = load_dataset("fashion-mnist:search").head(50)
+        return dse.session.Session(model=inputs.model, model_path=Path(inputs.model), graph="graph",
+                                   preprocess=BUNDLED_PREPROCESS, calib=ds, data=tuple(ds for _ in inputs.data),
+                                   qmodel=QuantModel(graph="graph", layers=layers), calibration="max")
+
+    monkeypatch.setattr(dse.session, "open_session", fake_open)
+    monkeypatch.setattr(dse.emulate, "Emulator", _FakeEmulator)
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
     return model, tmp_path
@@ -284,18 +291,7 @@ def test_cli_predict_bad_inputs(fake_stack, capsys):
 
 
 def test_cli_predict_real_lenet5(tmp_path, capsys):
-    """Integration with the real importer, calibration, data and emulator (skipped while a piece is missing)."""
-    for mod in ("dse.model.onnx_import", "dse.data"):
-        pytest.importorskip(mod)
-    import dse.emulate
-    import dse.quant
-    if not hasattr(dse.quant, "calibrate") or not hasattr(dse.emulate, "Emulator"):
-        pytest.skip("calibrate/Emulator not available")
-    from dse.predict import _resolve_model_path
-    try:
-        _resolve_model_path("lenet5")
-    except DseError:
-        pytest.skip("bundled lenet5 missing")
+    """Integration with the real importer, calibration, data and emulator."""
     cfg = tmp_path / "c.json"
     rc, out, err = _run(["predict", "lenet5", "--json"], capsys)
     assert rc == 0, err

@@ -121,10 +121,10 @@ def test_fxp8_within_half_point_of_float(name):
     from dse.model.onnx_import import resolve_model
 
     g = load_onnx(resolve_model(name))
-    qm = calibrate(g, load_dataset("fashion-mnist:calib").x)
+    qm = calibrate(g, load_dataset("fashion-mnist:calib").images())
     s = load_dataset("fashion-mnist:search")
-    f = float((run_float(g, s.x).argmax(1) == s.y).mean())
-    q = Emulator(qm).accuracy(s.x, s.y)
+    f = float((run_float(g, s.images()).argmax(1) == s.y).mean())
+    q = Emulator(qm).accuracy(s.images(), s.y)
     assert f > 0.88 and abs(q - f) <= 0.005
 
 

@@ -89,17 +89,16 @@ def build_space(layer_names: list[str], space_cfg, where: str = "search space") 
 
 
 class EmulatorEvaluator:
-    """Per-image correctness of a configuration on a fixed image set (Emulator.run + argmax)."""
+    """Per-image correctness of a configuration on a fixed data set (Emulator.predict), read batch by batch."""
 
-    def __init__(self, emulator, x: np.ndarray, y: np.ndarray):
-        self.emulator, self.x, self.y = emulator, x, np.asarray(y)
-        self.n_images = int(len(self.y))
+    def __init__(self, emulator, data, batch_size: int = 256):
+        self.emulator, self.data, self.batch_size = emulator, data, batch_size
+        self.n_images = len(data)
 
     def correct(self, config: dict, start: int, stop: int) -> np.ndarray:
-        if stop <= start:
-            return np.zeros(0, dtype=bool)
-        logits = self.emulator.run(self.x[start:stop], config)
-        return np.asarray(logits).argmax(axis=1) == self.y[start:stop]
+        hits = [self.emulator.predict(x, config, self.batch_size) == y
+                for x, y in self.data.batches(self.batch_size, start, stop)]
+        return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
 
 
 def _energy_fn(model, layers):
@@ -144,38 +143,30 @@ def set_search_threads(threads: int | None, workers: int) -> int:
 
 
 def build_context(budget_path: str, fit_predictor: bool = True, threads: int | None = None) -> SearchContext:
-    """Load the budget's model and data, calibrate FxP8, and wire emulator, energy model and sensitivity.
+    """The budget's model and data (dse.session), emulator, energy model, sensitivity and (optionally) predictor.
     ``fit_predictor=False`` leaves out the AME predictor even if the budget asks for it (search baselines).
     ``threads`` (else ``[search] threads``) sets the kernel threads of this process."""
     from dse.budget import load_budget
-    from dse.data import load_dataset
-    from dse.emulate import Emulator
-    from dse.model.float_exec import run_float
-    from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
-    from dse.quant import calibrate
+    from dse.emulate import Emulator, float_accuracy
+    from dse.session import DataRef, RunInputs, open_session
 
     b = load_budget(budget_path)
     s = settings_from_budget(b)
     set_search_threads(threads or b.search.threads, s.workers)
-    model_path = resolve_model(b.model.path)
-    graph = load_onnx(model_path)
-    pre = b.model.preprocess or preprocess_from_metadata(graph)
-    calib = load_dataset(b.data.calib, preprocess=pre)
-    search = load_dataset(b.data.search, preprocess=pre)
-    hold = load_dataset(b.data.holdout, preprocess=pre)
-    if len({b.data.calib, b.data.search, b.data.holdout}) < 3:
-        raise DseError(f"{budget_path}: data.calib, data.search and data.holdout must be three different sets")
-    for key, ds in (("calib", calib), ("search", search), ("holdout", hold)):
-        ds.check_fits(graph.input_shape, graph.n_classes, f"{budget_path}: key 'data.{key}' ({getattr(b.data, key)})",
-                      b.model.path)
-    order = np.random.default_rng(s.seed).permutation(len(search.y))
-    cap = b.data.images
-    if cap:
-        order = order[: int(cap)]
-    xs, ys = search.x[order], np.asarray(search.y)[order]
-    qmodel = calibrate(graph, calib.x)
+
+    def ref(key: str) -> DataRef:
+        return DataRef(getattr(b.data, key), f"{budget_path}: key 'data.{key}' ({getattr(b.data, key)})")
+
+    sess = open_session(RunInputs(b.model.path, ref("calib"), (ref("search"), ref("holdout")), b.model.preprocess,
+                                  f"[model] preprocess = {{mean = .., std = ..}} in {budget_path}"))
+    search, hold = sess.data
+    order = np.random.default_rng(s.seed).permutation(len(search))
+    if b.data.images:
+        order = order[: int(b.data.images)]
+    search = search.subset(order)
+    qmodel, graph = sess.qmodel, sess.graph
     emu = Emulator(qmodel)
-    ev, hv = EmulatorEvaluator(emu, xs, ys), EmulatorEvaluator(emu, hold.x, hold.y)
+    ev, hv = EmulatorEvaluator(emu, search), EmulatorEvaluator(emu, hold)
     layers = qmodel.layers
     space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)
@@ -185,15 +176,13 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     def sensitivity(layer: str, lc: LayerConfig) -> float:
         return float(sens_exact.mean() - ev.correct({layer: lc}, 0, n_sens).mean())
 
-    def float_acc(x, y):
-        return float((run_float(graph, x).argmax(axis=1) == np.asarray(y)).mean())
-
     predictor, pinfo = None, {}
     if s.predictor_skip and fit_predictor:
         predictor, pinfo = _fit_predictor(layers, space, ev, n_sens, s.seed)
 
-    baseline = {"float": {"search": float_acc(xs, ys), "holdout": float_acc(hold.x, hold.y)}}
-    info = {"model": str(model_path), "layers": [l.name for l in layers], "searchable": space.searchable,
+    baseline = {"float": {"search": float_accuracy(graph, search), "holdout": float_accuracy(graph, hold)}}
+    info = {"model": str(sess.model_path), "calib": sess.calib.name, "preprocess": sess.preprocess.to_dict(),
+            "layers": [l.name for l in layers], "searchable": space.searchable,
             "multipliers": space.multipliers, "data": {"search": ev.n_images, "holdout": hv.n_images},
             "predictor": pinfo}
     return SearchContext(space=space, evaluator=ev, holdout=hv, energy=energy, predictor=predictor,
