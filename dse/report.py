@@ -101,6 +101,12 @@ def render(summary: dict, console=None) -> None:
                   f"trials {t['complete']}/{s['n_trials']} (feasible {t['feasible']}, stopped by racing "
                   f"{t['stopped_racing']}, skipped {t['skipped_predictor']}, failed {t['failed']})"
                   + ("" if s["finished"] else "  [yellow]search not finished: no hold-out check yet[/yellow]"))
+    pre = s["info"].get("preprocess")
+    if pre:
+        from rich.markup import escape
+
+        from dse.data import Preprocess
+        console.print(f"[bold]preprocessing[/bold] {escape(Preprocess.from_dict(pre).describe())}", highlight=False)
     b, base = s["best"], s["baseline"]
     tab = Table(title="baseline vs best")
     for c in ("", "accuracy (search)", "loss (search)", "accuracy (holdout)", "loss (holdout)",
@@ -180,6 +186,9 @@ def export_config(run: Run, out: str | Path, trial: int | None = None) -> Path:
             "energy_system": ua.get("energy", {}).get("system"),
             "energy_multiplier": ua.get("energy", {}).get("multiplier")}
     meta = {k: v for k, v in meta.items() if v is not None}
+    if info.get("preprocess"):  # the run's preprocessing travels with the configuration ([model] preprocess)
+        from dse.data import Preprocess
+        meta.update(Preprocess.from_dict(info["preprocess"]).to_meta())
     from dse.config import save_config
     save_config(config, out, meta=meta)
     return out
