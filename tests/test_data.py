@@ -160,3 +160,149 @@ def test_idx_errors(tmp_path):
     (tmp_path / "c-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(4)))
     with pytest.raises(DseError, match="4 labels for 3 images"):
         load_dataset(str(tmp_path / "c-images-idx3-ubyte"), Preprocess())
+
+
+# ----------------------------------------------------------------------------------------------------- image folders
+def _png(path, arr):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _folder(root, n_per_class=3, classes=("cat", "ant", "bee"), hw=(8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    arrs = {}
+    for c in classes:
+        for i in range(n_per_class):
+            a = rng.integers(0, 256, hw + (3,), dtype=np.uint8)
+            _png(root / c / f"{i:03d}.png", a)
+            arrs[(c, i)] = a
+    return arrs
+
+
+PRE = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), source="test")
+
+
+def _ref(a: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Plain numpy: HWC uint8 -> CHW float32 (a * scale - mean) / std."""
+    x = a.transpose(2, 0, 1).astype(np.float32) * np.float32(pre.scale)
+    return (x - np.float32(pre.mean).reshape(-1, 1, 1)) / np.float32(pre.std).reshape(-1, 1, 1)
+
+
+def test_image_folder_matches_numpy_reference(tmp_path):
+    arrs = _folder(tmp_path / "imgs")
+    d = open_dataset(str(tmp_path / "imgs"), PRE, (3, 8, 8))
+    classes = sorted({c for c, _ in arrs})  # ant, bee, cat
+    assert len(d) == 9 and d.n_classes == 3 and d.image_shape == (3, 8, 8)
+    assert d.y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    exp = np.stack([_ref(arrs[(c, i)], PRE) for c in classes for i in range(3)])
+    assert np.allclose(d.images(), exp, rtol=0, atol=1e-6)
+    got = np.concatenate([x for x, _ in d.batches(4)])
+    assert np.array_equal(got, d.images())
+    # a labels file sets the class order
+    (tmp_path / "labels.txt").write_text("cat\nbee\nant\n")
+    d2 = open_dataset(f"{tmp_path / 'imgs'},{tmp_path / 'labels.txt'}", PRE, (3, 8, 8))
+    assert {(f.parent.name, int(k)) for f, k in zip(d2.source.files, d2.y)} == {("cat", 0), ("bee", 1), ("ant", 2)}
+
+
+def test_image_folder_gray_resize_and_center_crop(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # H 12, W 20
+    _png(tmp_path / "f" / "a" / "x.png", a)
+    Image.fromarray(a).save(tmp_path / "f" / "a" / "y.jpg", quality=95)
+    pre = Preprocess(mean=(0.1,), std=(0.9,), size=9, source="test")
+    d = open_dataset(str(tmp_path / "f"), pre, (1, 8, 6))
+    # reference: grayscale, shorter side 12 -> 9 (width 20 -> 15), center crop 8 x 6
+    for k, name in enumerate(("x.png", "y.jpg")):
+        with Image.open(tmp_path / "f" / "a" / name) as im:
+            g = np.asarray(im.convert("L").resize((15, 9), Image.BILINEAR))
+        top, left = int(round((9 - 8) / 2)), int(round((15 - 6) / 2))
+        exp = (g[top:top + 8, left:left + 6].astype(np.float32) * np.float32(1 / 255) - np.float32(0.1)) \
+            / np.float32(0.9)
+        assert np.allclose(d.images(k, k + 1)[0, 0], exp, rtol=0, atol=1e-6)
+    # default size: the larger model input side (8): 12x20 -> 8x13, crop 8x6
+    d = open_dataset(str(tmp_path / "f"), Preprocess(), (1, 8, 6))
+    assert d.images().shape == (2, 1, 8, 6)
+
+
+def test_image_folder_is_read_lazily(tmp_path, monkeypatch):
+    from PIL import Image
+    for i in range(120):
+        _png(tmp_path / "f" / f"c{i % 2}" / f"{i:04d}.png", np.full((4, 4, 3), i, np.uint8))
+    opened = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: (opened.append(p), real(p, *a, **k))[1])
+    d = open_dataset(str(tmp_path / "f"), Preprocess(), (3, 4, 4))
+    assert len(d) == 120 and opened == []          # listing and labels: nothing decoded
+    it = d.batches(16)
+    x, y = next(it)
+    assert x.shape == (16, 3, 4, 4) and len(opened) == 16  # one batch decoded, not the folder
+    sub = d.subset([100, 3]).head(1)
+    assert len(opened) == 16
+    assert sub.images().shape == (1, 3, 4, 4) and len(opened) == 17
+    assert opened[-1] == d.source.files[100]
+
+
+def test_image_folder_errors(tmp_path):
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DseError, match=r"empty: no images found .*<class>/\*\.png"):
+        open_dataset(str(tmp_path / "empty"), Preprocess(), (3, 4, 4))
+    _folder(tmp_path / "f", n_per_class=1, classes=("a", "b"))
+    (tmp_path / "f" / "b" / "bad.png").write_bytes(b"not a png")
+    d = open_dataset(str(tmp_path / "f"), Preprocess(), (3, 8, 8))
+    with pytest.raises(DseError, match=r"bad.png: cannot read image .*replace or remove"):
+        d.images()
+    (tmp_path / "l.txt").write_text("a\n")
+    with pytest.raises(DseError, match="class folder 'b' is not listed in"):
+        open_dataset(f"{tmp_path / 'f'},{tmp_path / 'l.txt'}", Preprocess(), (3, 8, 8))
+    d = open_dataset(str(tmp_path / "f"), Preprocess(), (3, 8, 8))
+    with pytest.raises(DseError, match="w: the data set has 2 classes but model m has 10"):
+        d.check_fits((3, 8, 8), 10, "w", "m")
+    with pytest.raises(DseError, match="4-channel images"):
+        open_dataset(str(tmp_path / "f"), Preprocess(), (4, 8, 8))
+
+
+# ----------------------------------------------------------------------------------------------------- CIFAR
+def _cifar(path, n, label_bytes, seed=0):
+    rng = np.random.default_rng(seed)
+    px = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10 if label_bytes == 1 else 100, (n, label_bytes), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(np.concatenate([labels, px], axis=1).tobytes())
+    return px.reshape(n, 3, 32, 32), labels[:, -1].astype(np.int64)
+
+
+@pytest.mark.parametrize("label_bytes, files", [(1, ("data_batch_1.bin", "test_batch.bin")),
+                                                 (2, ("train.bin", "test.bin"))])
+def test_cifar_binary_matches_numpy_reference(tmp_path, label_bytes, files):
+    root = tmp_path / ("cifar-10-batches-bin" if label_bytes == 1 else "cifar-100-binary")
+    _cifar(root / files[0], 5, label_bytes, seed=1)
+    x, y = _cifar(root / files[1], 7, label_bytes, seed=2)
+    pre = Preprocess(mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), source="t")
+    for spec in (root, root / files[1]):  # the directory means its test file
+        d = open_dataset(str(spec), pre, (3, 32, 32))
+        assert d.y.tolist() == y.tolist() and d.n_classes == (10 if label_bytes == 1 else 100)
+        exp = (x.astype(np.float32) * np.float32(1 / 255) - np.float32(pre.mean).reshape(1, 3, 1, 1)) \
+            / np.float32(pre.std).reshape(1, 3, 1, 1)
+        assert np.array_equal(d.images(), exp)
+    assert len(open_dataset(str(root / files[0]), pre)) == 5
+    from dse.data import specs_overlap
+    assert specs_overlap(str(root), str(root / files[1])) and not specs_overlap(str(root), str(root / files[0]))
+
+
+def test_cifar_errors(tmp_path):
+    p = tmp_path / "test_batch.bin"
+    p.write_bytes(bytes(3073 * 2 + 5))
+    with pytest.raises(DseError, match=r"test_batch.bin: 6151 bytes is not a whole number of CIFAR-10 records"):
+        open_dataset(str(p), Preprocess())
+    q = tmp_path / "odd.bin"
+    q.write_bytes(bytes(100))
+    with pytest.raises(DseError, match="odd.bin: 100 bytes is not a whole number of CIFAR-10 .* or CIFAR-100"):
+        open_dataset(str(q), Preprocess())
+    _cifar(tmp_path / "c100.bin", 3, 2)  # not a standard name: told apart by its size
+    assert open_dataset(str(tmp_path / "c100.bin"), Preprocess()).n_classes == 100
+    r = tmp_path / "data_batch_1.bin"
+    r.write_bytes(bytes([12]) + bytes(3072))
+    with pytest.raises(DseError, match="label 12 in a CIFAR-10 file"):
+        open_dataset(str(r), Preprocess())

@@ -144,3 +144,37 @@ def test_overlapping_sets_rejected_everywhere(capsys, tmp_path):
     b.write_text(TINY_BUDGET.replace("[data]\n", '[data]\nholdout = "fashion-mnist:search"\n'))
     err = run_err(capsys, "search", b, "--run-dir", tmp_path / "run", "--quiet")
     assert "overlap" in err and "data.search" in err and "data.holdout" in err
+
+
+def _png_folder(root, x, y):
+    from PIL import Image
+    for i, (a, k) in enumerate(zip(x, y)):
+        (root / f"class{k}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(root / f"class{k}" / f"{i:05d}.png")
+
+
+def test_image_folder_of_bundled_images_gives_bundled_figures(capsys, tmp_path):
+    """PNG files of the hold-out images in class folders: the same accuracy as the bundled split (lossless, no
+    resize), preprocessing from the model's metadata."""
+    x, y = bundled_split("holdout")
+    _png_folder(tmp_path / "imgs", x[:300], y[:300])
+    ref = run_json(capsys, "evaluate", "lenet5", "--images", 300)
+    got = run_json(capsys, "evaluate", "lenet5", "--data", tmp_path / "imgs", "--batch-size", 64)
+    assert got["images"] == 300 and (got["float"], got["fxp8"]) == (ref["float"], ref["fxp8"])
+    assert got["preprocess"]["source"] == SOURCE_METADATA
+
+
+def test_bad_image_data_one_line(capsys, tmp_path):
+    x, y = bundled_split("holdout")
+    _png_folder(tmp_path / "three", x[:6], np.arange(6) % 3)
+    err = run_err(capsys, "evaluate", "lenet5", "--data", tmp_path / "three")
+    assert "3 classes but model lenet5 has 10" in err and "three" in err
+    _png_folder(tmp_path / "ten", x[:20], np.arange(20) % 10)
+    (tmp_path / "ten" / "class3" / "broken.jpg").write_bytes(b"\xff\xd8junk")
+    err = run_err(capsys, "evaluate", "lenet5", "--data", tmp_path / "ten")
+    assert "broken.jpg: cannot read image" in err
+    (tmp_path / "none" / "a").mkdir(parents=True)
+    assert "no images found" in run_err(capsys, "evaluate", "lenet5", "--data", tmp_path / "none")
+    (tmp_path / "test_batch.bin").write_bytes(bytes(3000))
+    err = run_err(capsys, "evaluate", "lenet5", "--data", tmp_path / "test_batch.bin")
+    assert "test_batch.bin: 3000 bytes is not a whole number of CIFAR-10 records" in err
