@@ -241,3 +241,16 @@ def test_search_threads_default_divides_cores_among_workers():
         assert set_search_threads(3, 2) == 3
     finally:
         kernels.set_threads(None)
+
+
+def test_data_folders_and_preprocess_size(tmp_path):
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "labels.txt").write_text("a\n")
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    b = load_budget(write(tmp_path, '[model]\npreprocess = { mean = [0.4, 0.5, 0.6], std = 0.2, size = 36 }\n'
+                                    '[data]\nsearch = "imgs,labels.txt"\nholdout = "cifar-10-batches-bin"\n'))
+    assert b.data.search == f"{(tmp_path / 'imgs').resolve()},{(tmp_path / 'labels.txt').resolve()}"
+    assert b.data.holdout == str((tmp_path / "cifar-10-batches-bin").resolve())
+    assert b.model.preprocess.size == 36 and b.model.preprocess.source == "budget [model] preprocess"
+    with pytest.raises(DseError, match=r"key 'model.preprocess.size' must be a positive integer, got 0"):
+        load_budget(write(tmp_path, '[model]\npreprocess = { size = 0 }\n'))

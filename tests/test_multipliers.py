@@ -530,7 +530,7 @@ def lenet_setup():
     from dse.model.onnx_import import load_onnx, resolve_model
     from dse.quant import calibrate
 
-    qm = calibrate(load_onnx(resolve_model("lenet5")), load_dataset("fashion-mnist:calib").head(200).x)
+    qm = calibrate(load_onnx(resolve_model("lenet5")), load_dataset("fashion-mnist:calib").head(200).images())
     return qm, load_dataset("fashion-mnist:holdout").head(48)
 
 
@@ -545,7 +545,7 @@ def test_export_round_trip_on_bundled_model(tmp_path, lenet_setup, name):
     for cv in (False, True):
         cfg = {l.name: LayerConfig(name, cv) for l in qm.layers}
         cfg_lut = {l.name: LayerConfig(f"lut:{out}", cv) for l in qm.layers}
-        np.testing.assert_array_equal(emu.run(d.x, cfg_lut), emu.run(d.x, cfg))
+        np.testing.assert_array_equal(emu.run(d.images(), cfg_lut), emu.run(d.images(), cfg))
 
 
 @pytest.mark.slow
