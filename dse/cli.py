@@ -124,7 +124,8 @@ def preprocess_options(f):
 @cli.command("evaluate")
 @click.argument("model")
 @click.option("--data", default="fashion-mnist:holdout", show_default=True,
-              help="data spec: fashion-mnist:calib|search|holdout|all, a .npz (x, y) or IDX images file")
+              help="data spec: fashion-mnist:calib|search|holdout|all, a .npz (x, y), IDX images file, CIFAR .bin "
+              "file/directory or image folder DIR/<class>/*.png|jpg")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="per-layer configuration (.toml/.json, [layers.<name>] multiplier, cv)")
 @click.option("--calib", default=None, help="calibration data spec (default fashion-mnist:calib; disjoint from --data)")

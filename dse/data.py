@@ -258,6 +258,10 @@ class Dataset:
             j = min(i + batch_size, stop)
             yield self.images(i, j), self.y[i:j]
 
+    def image_batches(self, batch_size: int = 256) -> "ImageBatches":
+        """A re-iterable of preprocessed image batches (no labels), e.g. for dse.quant.calibrate."""
+        return ImageBatches(self, batch_size)
+
     def check_fits(self, input_shape, n_classes: int | None, where: str, model) -> None:
         """DseError (prefixed ``where``) unless the images have the model's input shape and, when ``n_classes`` is
         given, the labels are class indices of the model (and a folder/CIFAR source has as many classes)."""
@@ -272,6 +276,17 @@ class Dataset:
         if len(self.y) and int(self.y.max()) >= n_classes:
             raise DseError(f"{where}: label {int(self.y.max())} but model {model} has {n_classes} classes; "
                            f"labels must be 0..{n_classes - 1}")
+
+
+@dataclass(frozen=True)
+class ImageBatches:
+    """Each iteration reads the data set again, one preprocessed batch at a time."""
+
+    data: Dataset
+    batch_size: int
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (x for x, _ in self.data.batches(self.batch_size))
 
 
 # ----------------------------------------------------------------------------------------------------- IDX

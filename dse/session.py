@@ -90,7 +90,7 @@ def resolve_preprocess(inputs: RunInputs, graph) -> Preprocess:
 def open_session(inputs: RunInputs, calibration: str | None = None) -> Session:
     """Load the model, resolve the preprocessing, open (lazily) and check the data sets, calibrate FxP8."""
     from dse.model.onnx_import import load_onnx, resolve_model
-    from dse.quant import DEFAULT_METHOD, calibrate
+    from dse.quant import DEFAULT_METHOD, calibrate, stream_batch_size
 
     check_disjoint(inputs)
     path = resolve_model(inputs.model)
@@ -105,6 +105,6 @@ def open_session(inputs: RunInputs, calibration: str | None = None) -> Session:
     data = tuple(load(r, graph.n_classes) for r in inputs.data)
     calib = load(inputs.calib, None)
     method = calibration or DEFAULT_METHOD
-    qmodel = calibrate(graph, calib.images(), method=method)
+    qmodel = calibrate(graph, calib.image_batches(stream_batch_size(graph)), method=method)
     return Session(model=inputs.model, model_path=Path(path), graph=graph, preprocess=pre, calib=calib, data=data,
                    qmodel=qmodel, calibration=method)

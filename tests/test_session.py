@@ -178,3 +178,19 @@ def test_bad_image_data_one_line(capsys, tmp_path):
     (tmp_path / "test_batch.bin").write_bytes(bytes(3000))
     err = run_err(capsys, "evaluate", "lenet5", "--data", tmp_path / "test_batch.bin")
     assert "test_batch.bin: 3000 bytes is not a whole number of CIFAR-10 records" in err
+
+
+def test_calibration_streams_the_calib_set_with_the_same_result():
+    """open_session hands dse.quant.calibrate a re-iterable of batches (never the whole set): the FxP8 model equals
+    the one calibrated from the materialised array."""
+    from dse.data import ImageBatches
+    from dse.quant import calibrate
+    from dse.session import DataRef, RunInputs, open_session
+
+    s = open_session(RunInputs("lenet5", DataRef("fashion-mnist:calib", "calib")))
+    batches = s.calib.image_batches(300)
+    assert isinstance(batches, ImageBatches) and [len(b) for b in batches] == [300, 300, 300, 100]
+    ref = calibrate(s.graph, s.calib.images())
+    for a, b in zip(s.qmodel.layers, ref.layers):
+        assert (a.a_scale, a.a_signed) == (b.a_scale, b.a_signed) and np.array_equal(a.act_hist, b.act_hist)
+        assert a.acc_std == pytest.approx(b.acc_std, rel=1e-12)
