@@ -210,9 +210,11 @@ def test_names_made_unique(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ errors
 def test_unsupported_op(tmp_path):
-    p = _save(tmp_path, [helper.make_node("Sigmoid", ["x"], ["y"], name="sig")], {}, [3])
-    with pytest.raises(DseError, match=r"g\.onnx: node 'sig' has unsupported op type 'Sigmoid'; supported: Conv"):
+    p = _save(tmp_path, [helper.make_node("LRN", ["x"], ["y"], name="lrn", size=3)], {}, [3, 4, 4])
+    with pytest.raises(DseError, match=r"g\.onnx: node 'lrn' has unsupported op type 'LRN' \(opset 17\); replace it "
+                                       r"before export or re-export with supported ops: .*Conv") as e:
         load_onnx(p)
+    assert "\n" not in str(e.value)
 
 
 def test_invalid_and_missing_files(tmp_path):

@@ -97,4 +97,5 @@ def toposort(nodes: list, available: set) -> list:
 def params_f32(node: Node) -> None:
     """Make every param of ``node`` a contiguous float32 array (in place)."""
     for k, v in node.params.items():
-        node.params[k] = np.ascontiguousarray(v, dtype=np.float32)
+        a = np.asarray(v, dtype=np.float32)
+        node.params[k] = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (ascontiguousarray makes 0-d 1-d)

@@ -1,0 +1,80 @@
+"""Numeric primitives of the float executor: sliding windows (im2col), convolution, pooling."""
+from __future__ import annotations
+
+import numpy as np
+
+from dse.errors import DseError
+
+
+def out_size(n: int, k: int, s: int, p0: int, p1: int, d: int = 1, ceil: bool = False) -> int:
+    """Output length of a sliding window (ONNX/PyTorch rule; in ceil mode the last window starts inside the input
+    or the leading padding)."""
+    ek = d * (k - 1) + 1
+    span = n + p0 + p1 - ek
+    o = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (o - 1) * s >= n + p0:
+        o -= 1
+    return o
+
+
+def windows(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.0, ceil: bool = False):
+    """x [B, C, H, W] -> cols [B, C, kh, kw, Ho, Wo] (padded with ``fill``), Ho, Wo."""
+    B, C, H, W = x.shape
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pl, pb, pr = pads
+    Ho = out_size(H, kh, sh, pt, pb, dh, ceil)
+    Wo = out_size(W, kw, sw, pl, pr, dw, ceil)
+    if Ho < 1 or Wo < 1:
+        raise DseError(f"window {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input {H}x{W} "
+                       f"(pads {list(pads)}); fix the model's kernel/pads")
+    eb = max(pb, (Ho - 1) * sh + dh * (kh - 1) + 1 - H - pt)  # extra end padding in ceil mode
+    er = max(pr, (Wo - 1) * sw + dw * (kw - 1) + 1 - W - pl)
+    if pt or pl or eb or er:
+        xp = np.full((B, C, H + pt + eb, W + pl + er), fill, dtype=x.dtype)
+        xp[:, :, pt:pt + H, pl:pl + W] = x
+    else:
+        xp = x
+    cols = np.empty((B, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+    return cols, Ho, Wo
+
+
+def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dilation, groups: int) -> np.ndarray:
+    """Float32 convolution (ONNX Conv semantics) via im2col + batched matmul."""
+    B, C = x.shape[:2]
+    Cout, Cg, kh, kw = W.shape
+    cols, Ho, Wo = windows(x, (kh, kw), stride, pads, dilation)
+    g, og = groups, Cout // groups
+    cols = cols.reshape(B, g, Cg * kh * kw, Ho * Wo)
+    out = np.matmul(W.reshape(g, og, Cg * kh * kw), cols)  # [B, g, og, HoWo]
+    out = out.reshape(B, Cout, Ho, Wo)
+    if b is not None:
+        out += b.reshape(1, Cout, 1, 1)
+    return out
+
+
+def pool(x: np.ndarray, a: dict, kind: str) -> np.ndarray:
+    H, W = x.shape[2:]
+    pt, pl, pb, pr = a["pads"]
+    ceil = bool(a.get("ceil_mode", 0))
+    if kind == "max":
+        cols, Ho, Wo = windows(x, a["kernel"], a["stride"], a["pads"], a.get("dilation", (1, 1)), -np.inf, ceil)
+        return cols.max(axis=(2, 3))
+    cols, Ho, Wo = windows(x, a["kernel"], a["stride"], a["pads"], (1, 1), 0.0, ceil)
+    s = cols.sum(axis=(2, 3), dtype=np.float32)
+    cnt = []
+    for n, k, st, p0, p1, o in ((H, a["kernel"][0], a["stride"][0], pt, pb, Ho),
+                                (W, a["kernel"][1], a["stride"][1], pl, pr, Wo)):
+        start = np.arange(o) * st - p0
+        end = start + k
+        if a.get("count_include_pad", 0):
+            c = np.minimum(end, n + p1) - np.maximum(start, -p0)
+        else:
+            c = np.minimum(end, n) - np.maximum(start, 0)
+        cnt.append(c)
+    div = (cnt[0][:, None] * cnt[1][None, :]).astype(np.float32)
+    return s / div
