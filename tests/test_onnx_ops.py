@@ -351,3 +351,26 @@ def test_resize_of_batch_refused(tmp_path):
     g = G(17)
     y = g.op("Resize", ["x", "", "", g.c([1, 2, 6, 6])], mode="nearest")
     _err(g.save(tmp_path, g.op("Flatten", [y]), [2, 3, 3]), r"\(Resize\) resizes the batch or channel axis")
+
+
+# ------------------------------------------------------------------------------------------------ real exports
+@pytest.mark.slow
+@pytest.mark.parametrize("opset", [13, 17, 21])
+def test_exported_architectures_import_and_match(tmp_path, opset):
+    """scripts/export_models.py (needs torch): every architecture imports, matches onnxruntime, and runs FxP8."""
+    pytest.importorskip("torch")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("export_models",
+                                                  Path(__file__).resolve().parent.parent / "scripts/export_models.py")
+    em = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(em)
+    for name in em.MODELS:
+        path = em.export(name, tmp_path, opset, 32)
+        res = em.check(path, 32, n=3)
+        assert res["rel_diff"] <= 1e-4, (name, res)
+        g = load_onnx(path)
+        qm = calibrate(g, RNG.standard_normal((4, 3, 32, 32)).astype(np.float32))
+        x = RNG.standard_normal((2, 3, 32, 32)).astype(np.float32)
+        assert Emulator(qm).run(x).shape == (2, 10) and len(qm.layers) == res["mac_layers"]
