@@ -74,7 +74,7 @@ def check_float(path, in_shape, n=3):
     g = load_onnx(path)
     x = RNG.standard_normal((n, *in_shape)).astype(np.float32)
     y, r = run_float(g, x), _ort(path, x)
-    assert y.shape == r.shape
+    assert y.shape == r.shape and len({nd.name for nd in g.nodes}) == len(g.nodes)
     rng = max(float(r.max() - r.min()), 1e-6)
     assert np.abs(y - r).max() <= 1e-4 * rng, np.abs(y - r).max() / rng
     return g

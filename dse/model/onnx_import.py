@@ -126,9 +126,9 @@ class Importer:
         self.nodes.append(node)
 
     def emit(self, n: OnnxNode, op: str, inputs: list | None = None, attrs: dict | None = None,
-             out: str | None = None) -> None:
+             out: str | None = None, name: str | None = None) -> None:
         """IR op ``op`` over ONNX inputs (names, "" = absent): folded when no input is a runtime tensor, else a
-        runtime node with its constant inputs as params."""
+        runtime node (named ``name``, default the ONNX node's) with its constant inputs as params."""
         inputs = list(n.inputs if inputs is None else inputs)
         out = n.outputs[0] if out is None else out
         attrs = dict(attrs or {})
@@ -149,7 +149,7 @@ class Importer:
             else:
                 self.need_const(n, inputs[k], f"input {k}")
         attrs["args"] = tuple(slots)
-        self.add_node(Node(n.name, op, runtime, [out], attrs, params, n.op_type))
+        self.add_node(Node(name or n.name, op, runtime, [out], attrs, params, n.op_type))
 
     def _fold(self, n: OnnxNode, op: str, names: list, attrs: dict, out: str) -> None:
         node = Node(n.name, op, [], [out], attrs, {}, n.op_type)

@@ -200,8 +200,7 @@ def _split(imp, n: OnnxNode) -> None:
     for out, size in zip(n.outputs, sizes):
         if out:
             imp.emit(n, "slice", n.inputs[:1], dict(starts=(start,), ends=(start + size,), axes=(axis,), steps=(1,)),
-                     out=out)
-            imp.nodes[-1].name = f"{n.name}/{out}" if x in imp.sample else n.name
+                     out=out, name=f"{n.name}/{out}")
         start += size
 
 
