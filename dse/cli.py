@@ -15,8 +15,15 @@ from dse.errors import DseError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dse")
-def cli() -> None:
+@click.option("--allow-cmodel", is_flag=True,
+              help="allow cmodel:FILE.c multipliers (the C file is compiled and run: use only trusted files)")
+def cli(allow_cmodel) -> None:
     """Design-space exploration of approximate-arithmetic DNN accelerators."""
+    if allow_cmodel:
+        import os
+
+        from dse.arith.cmodel import ALLOW_ENV
+        os.environ[ALLOW_ENV] = "1"  # inherited by spawned search workers
 
 
 # BEGIN multipliers
@@ -194,17 +201,28 @@ def search_cmd(budget, run_dir, storage, n_trials, workers, resume, quiet, threa
 
 # BEGIN report
 @cli.command("report")
-@click.argument("run", type=click.Path())
+@click.argument("run", required=False, type=click.Path())
+@click.option("--storage", help="read a study from this storage URL instead of a run directory")
+@click.option("--study", "study_name", help="study name in --storage (see --list; optional if it holds one)")
+@click.option("--list", "list_only", is_flag=True, help="list the studies in the storage of RUN or --storage")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="also write pareto.png/.html and layers.png/.html into this directory (pip install 'dse[plots]')")
-def report_cmd(run, as_json, plot_dir) -> None:
+def report_cmd(run, storage, study_name, list_only, as_json, plot_dir) -> None:
     """Baseline vs best, Pareto front, per-layer configuration and energy breakdown of a search run."""
     import json as _json
 
-    from dse.report import load_run, plot_points, render, summarize
+    from dse.report import list_studies, load_run, plot_points, render, summarize
 
-    loaded = load_run(run)
+    if list_only:
+        rows = list_studies(run, storage)
+        if as_json:
+            click.echo(_json.dumps(rows, indent=2))
+        for r in [] if as_json else rows:
+            click.echo(f"{r['study']}  mode {r['mode']}  complete {r['complete']}/{r['n_trials']}  running "
+                       f"{r['running']}  processes {r['processes']}  budget {r['budget']}")
+        return
+    loaded = load_run(run, storage, study_name)
     summary = summarize(loaded)
     if as_json:
         click.echo(_json.dumps(summary, indent=2))

@@ -18,15 +18,56 @@ from dse.search.study import is_feasible, pareto_front, trial_summary
 
 @dataclass
 class Run:
-    path: Path
+    path: Path | str         # the run directory, or "<storage URL> <study>" for a study read from a storage
     study: object            # optuna.Study
-    results: dict | None     # results.json (None while the search has not finished)
+    results: dict | None     # results.json (None while the search has not finished, or without a run directory)
 
 
-def load_run(path: str | Path) -> Run:
-    path = Path(path)
-    study = rundir.load_study(path)
-    return Run(path, study, rundir.read_results(path))
+def load_run(path: str | Path | None = None, storage: str | None = None, study: str | None = None) -> Run:
+    """The run in directory ``path``, or study ``study`` of the storage URL ``storage`` (no results.json then; the
+    name may be left out when the storage holds one study)."""
+    if storage is None:
+        if path is None:
+            raise DseError("report: give a run directory or a storage URL ([search] storage / --storage)")
+        path = Path(path)
+        return Run(path, rundir.load_study(path), rundir.read_results(path))
+    import optuna
+
+    opened = rundir.open_storage(storage)
+    names = rundir.study_names(opened)
+    if study is None:
+        if len(names) != 1:
+            raise DseError(f"storage '{storage}' holds {len(names)} studies; name one with --study (see --list)")
+        study = names[0]
+    if study not in names:
+        raise DseError(f"storage '{storage}': no study '{study}'; see the studies with --list")
+    return Run(f"{storage} {study}", optuna.load_study(study_name=study, storage=opened), None)
+
+
+def list_studies(path: str | Path | None = None, storage: str | None = None) -> list[dict]:
+    """The dse studies in a storage (given by URL, or the storage of run directory ``path``): name, budget file,
+    mode, n_trials and trial counts."""
+    if storage is None:
+        if path is None:
+            raise DseError("report --list: give a run directory or a storage URL")
+        run_dir = Path(path).absolute()
+        rundir.load_study(run_dir)  # the run directory's own checks (not found / not a journal)
+        storage = rundir.recorded_url(run_dir)
+    import optuna
+
+    opened = rundir.open_storage(storage)
+    out = []
+    for summary in opened.get_all_studies():
+        if summary.study_name not in rundir.study_names(opened):
+            continue
+        st = optuna.load_study(study_name=summary.study_name, storage=opened)
+        states = [t.state for t in st.get_trials(deepcopy=False)]
+        settings = st.user_attrs.get("settings", {})
+        out.append({"study": summary.study_name, "budget": st.user_attrs.get("budget"),
+                    "mode": settings.get("mode"), "n_trials": settings.get("n_trials"),
+                    "complete": states.count(TrialState.COMPLETE), "running": states.count(TrialState.RUNNING),
+                    "processes": sum(k.startswith("dse:process:") for k in st.user_attrs)})
+    return out
 
 
 def _complete(run: Run):
@@ -66,11 +107,15 @@ def summarize(run: Run) -> dict:
     front = pareto_front([trial_summary(t) for t in trials
                           if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs])
     states = [t.state for t in run.study.get_trials(deepcopy=False)]
+    processes = sum(k.startswith("dse:process:") for k in ua)
     return {
-        "run": str(run.path), "finished": run.results is not None, "mode": settings.get("mode"),
+        "run": str(run.path), "study": run.study.study_name, "finished": run.results is not None,
+        "mode": settings.get("mode"), "processes": processes, "reproducible": processes <= 1,
         "budget_loss": settings.get("budget_loss"), "n_trials": settings.get("n_trials"), "info": ua.get("info", {}),
         "trials": {"complete": states.count(TrialState.COMPLETE), "feasible": sum(is_feasible(t) for t in trials),
-                   "running": states.count(TrialState.RUNNING), "failed": states.count(TrialState.FAIL),
+                   "running": states.count(TrialState.RUNNING),
+                   "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus")
+                                 for t in run.study.get_trials(deepcopy=False)),
                    "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in trials),
                    "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in trials)},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
@@ -107,6 +152,9 @@ def render(summary: dict, console=None) -> None:
 
         from dse.data import Preprocess
         console.print(f"[bold]preprocessing[/bold] {escape(Preprocess.from_dict(pre).describe())}", highlight=False)
+    if not s["reproducible"]:
+        console.print(f"{s['processes']} processes ran this study (workers, other machines or resumes): its trial "
+                      "order depends on their timing and is not reproducible from the seed")
     b, base = s["best"], s["baseline"]
     tab = Table(title="baseline vs best")
     for c in ("", "accuracy (search)", "loss (search)", "accuracy (holdout)", "loss (holdout)",

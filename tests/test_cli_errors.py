@@ -124,9 +124,11 @@ def test_cmodel_compile_errors_name_file_and_fix(capsys, tmp_path, monkeypatch, 
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DSE_ALLOW_CMODEL", "0")  # restored after the test; --allow-cmodel sets it to 1
     c = tmp_path / fname
     c.write_text(source)
-    assert_one_line(*run(capsys, "multipliers", "export", f"cmodel:{c}", "-o", tmp_path / "t.npy"), fname, *needles)
+    assert_one_line(*run(capsys, "--allow-cmodel", "multipliers", "export", f"cmodel:{c}", "-o", tmp_path / "t.npy"),
+                    fname, *needles)
 
 
 # ----------------------------------------------------------------------------------------------------- predict

@@ -379,6 +379,7 @@ def test_lut_bad_npy(tmp_path):
 def cache(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("DSE_CACHE_DIR", str(d))
+    monkeypatch.setenv("DSE_ALLOW_CMODEL", "1")  # C models are used only with the opt-in
     return d
 
 

@@ -4,14 +4,25 @@
 sensitivity) come from a ``SearchContext`` built by a picklable ``context_factory`` (the real one loads the budget's
 model and data; tests inject fakes), so the driver itself knows nothing about ONNX or emulation.
 
-Resume: the study lives in the run directory's storage under a fixed name; re-running the same command loads it and
-runs only ``n_trials - completed`` more trials, so no completed trial is lost after an interrupt. Several processes
-(``workers > 1``) each call ``study.optimize`` on the same storage with a global ``MaxTrialsCallback``.
+Studies are named from the budget's content (``study_name``), so one storage holds the studies of many budgets.
+Resume: re-running the same command joins the study and runs only ``n_trials - completed`` more trials, so no
+completed trial is lost after an interrupt. Several processes (``workers > 1`` spawned ones, or ``dse search`` on
+several machines with one PostgreSQL URL) share the study: each claims a process number through the storage
+(distinct sampler streams), the first enqueues the seeds, and ``run_loop`` runs trials until exactly n_trials are
+complete. Trials of a dead process are failed by heartbeats and re-run (see dse.search.rundir).
 """
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import json
 import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
 import time
+import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,14 +30,13 @@ from typing import Callable
 
 import numpy as np
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from dse.budget import SearchSection
 from dse.emulate import LayerConfig
 from dse.errors import DseError
 from dse.search import rundir, seeds
-from dse.search.objective import Objective
+from dse.search.objective import CONSTRAINT, Objective
 from dse.search.racing import paired_stats
 from dse.search.space import SearchSpace
 
@@ -108,13 +118,39 @@ def make_sampler(name: str, mode: str, seed: int, workers: int = 1) -> optuna.sa
     raise DseError(f"search.sampler: '{name}' is not one of {', '.join(SAMPLERS)}")
 
 
-def _open_study(settings: SearchSettings, storage, seed: int, workers: int, load_only: bool = False) -> optuna.Study:
+def _open_study(settings: SearchSettings, storage, name: str, seed: int, workers: int,
+                load_only: bool = False) -> optuna.Study:
     directions = ["minimize"] if settings.mode == "constrained" else ["minimize", "minimize"]
     sampler = make_sampler(settings.sampler, settings.mode, seed, workers)
     if load_only:
-        return optuna.load_study(study_name=rundir.STUDY_NAME, storage=storage, sampler=sampler)
-    return optuna.create_study(study_name=rundir.STUDY_NAME, storage=storage, directions=directions, sampler=sampler,
-                               load_if_exists=True)
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    try:
+        return optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
+                                   load_if_exists=True)
+    except optuna.exceptions.DuplicatedStudyError:  # another process created it between the check and the insert
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+
+
+# Settings that say how long, where and how parallel a search runs, not what it searches: changing them continues
+# the same study (e.g. a larger n_trials extends it).
+_NOT_IN_NAME = ("n_trials", "workers", "storage", "timeout_s")
+
+
+def study_name(budget_path: str | Path, s: SearchSettings, ctx: "SearchContext") -> str:
+    """``<budget stem>-<hash>``: the hash covers everything the search results depend on (the budget file without
+    the keys in _NOT_IN_NAME, the effective settings, the search space, the model file's content), so a different
+    budget on the same storage gets its own study instead of another's results."""
+    budget = tomllib.loads(Path(budget_path).read_text())
+    search = {k: v for k, v in budget.get("search", {}).items() if k not in _NOT_IN_NAME}
+    budget = dict(budget, search=search)
+    model = ctx.info.get("model")
+    model_hash = (hashlib.sha256(Path(model).read_bytes()).hexdigest()
+                  if isinstance(model, str) and Path(model).is_file() else model)
+    key = {"budget": budget, "settings": {k: v for k, v in asdict(s).items() if k not in _NOT_IN_NAME},
+           "space": {n: repr(ctx.space.choices[n]) for n in ctx.space.searchable},
+           "params": ctx.space.param_names, "model": model_hash}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{Path(budget_path).stem}-{digest}"
 
 
 def n_complete(study: optuna.Study) -> int:
@@ -131,45 +167,176 @@ def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
                      ctx.predictor, s.predictor_skip)
 
 
-def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings) -> int:
-    """Enqueue all-exact, uniform and knapsack seeds once per study (study user attr ``seeded``)."""
-    if study.user_attrs.get("seeded"):
-        return 0
+def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
+    """Parameters of the seed trials (all exact, uniform, knapsack), without repeats, in enqueue order."""
     cfgs = [seeds.all_exact(ctx.space)]
     if s.seed_uniform:
         cfgs += seeds.uniform(ctx.space)
     if s.seed_knapsack and ctx.sensitivity is not None:
         items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
         cfgs += seeds.knapsack_seeds(ctx.space, items, s.budget_loss)
-    done = []
+    out = []
     for cfg in cfgs:
         p = ctx.space.params_from_config(cfg)
-        if p not in done:
-            study.enqueue_trial(p, user_attrs={"seed": True})
-            done.append(p)
-    study.set_user_attr("seeded", True)
-    return len(done)
+        if p not in out:
+            out.append(p)
+    return out
+
+
+SEEDED, SEEDING = "dse:seeded", "dse:seeding"
+SEED_WAIT_S = 120.0  # a process seeding on another machine gets this long before a later one completes its work
+
+
+def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings, process: int) -> int:
+    """Enqueue the seed configurations exactly once per study. The study's first process (``process`` 0, claimed
+    atomically) enqueues them; a later process finding the study unseeded (the first one died while seeding) waits
+    for it while it may still be at work, then enqueues the seeds no trial has yet. Returns the number enqueued."""
+    if study.user_attrs.get(SEEDED):
+        return 0
+    if process == 0:
+        study.set_user_attr(SEEDING, {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
+        todo = seed_configs(ctx, s)
+    else:
+        _wait_for_seeder(study)
+        if study.user_attrs.get(SEEDED):
+            return 0
+        have = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)]
+        todo = [p for p in seed_configs(ctx, s) if p not in have]
+    for p in todo:
+        study.enqueue_trial(p, user_attrs={"seed": True})
+    study.set_user_attr(SEEDED, True)
+    return len(todo)
+
+
+def _wait_for_seeder(study: optuna.Study) -> None:
+    while not study.user_attrs.get(SEEDED):
+        who = study.user_attrs.get(SEEDING)
+        if not who or time.time() - who["time"] > SEED_WAIT_S:
+            return
+        if who["host"] == socket.gethostname() and not _alive(who["pid"]):
+            return
+        time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def worker_seed(seed: int, i: int) -> int:
-    """Sampler seed of worker process i (i = 0 is the main process, which uses ``seed`` itself). Derived by
-    SeedSequence so that the streams of different study seeds never coincide (with ``seed + i``, seed 0's worker 1 and
-    seed 1's main process sampled the same configurations)."""
+    """Sampler seed of the study's process number i (claimed through the storage, see rundir.claim_process; 0 is
+    the first process ever, which uses ``seed`` itself so a one-process search is reproducible). Derived by
+    SeedSequence so that the streams of different study seeds never coincide (with ``seed + i``, seed 0's process 1
+    and seed 1's process 0 sampled the same configurations)."""
     if i == 0:
         return int(seed)
     return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
 
 
-def _worker(factory, run_dir, settings: SearchSettings, seed: int) -> None:  # pragma: no cover - subprocess
+def join_study(storage, name: str, s: SearchSettings, load_only: bool) -> tuple[optuna.Study, int]:
+    """Open the study as a new process of it: claim a process number, seed the sampler from it, record both."""
+    if not load_only:  # create the study first, so the marker studies come after it in the storage
+        _open_study(s, storage, name, s.seed, s.workers)
+    k = rundir.claim_process(storage, name)
+    study = _open_study(s, storage, name, worker_seed(s.seed, k), s.workers, load_only=True)
+    study.set_user_attr(f"dse:process:{k}", {"host": socket.gethostname(), "pid": os.getpid(),
+                                               "sampler_seed": worker_seed(s.seed, k)})
+    return study, k
+
+
+def die_with_parent(parent: int) -> None:
+    """A spawned worker must not outlive the ``dse search`` (pid ``parent``) that started it: on Linux the kernel
+    sends it SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent."""
     try:
-        ctx = factory()
-        study = _open_study(settings, rundir.storage_for(run_dir, settings.storage), seed, settings.workers,
-                            load_only=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG = 1
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker(factory, url: str, name: str, settings: SearchSettings, parent: int) -> None:  # pragma: no cover
+    die_with_parent(parent)
+    try:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
-        study.optimize(_objective(ctx, settings), n_trials=settings.n_trials, timeout=settings.timeout_s,
-                       callbacks=[MaxTrialsCallback(settings.n_trials, states=(TrialState.COMPLETE,))])
+        ctx = factory()
+        study, _ = join_study(rundir.open_storage(url), name, settings, load_only=True)
+        run_loop(study, _objective(ctx, settings), settings)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent reports it
         pass
+
+
+class _Surplus(Exception):
+    """The trial started after enough others had: it is failed (user attr ``surplus``) and not run."""
+
+
+POLL_S = 0.5
+
+
+class _Guarded:
+    """Runs the objective only for trials within the study's n_trials: trial k runs if fewer than n_trials trials
+    are complete or running with a smaller number (trial numbers are handed out atomically by the storage, so
+    exactly n_trials trials complete however many processes share the study). An enqueued trial that does not run
+    (surplus, or interrupted by Ctrl-C) is enqueued again, so no seed configuration is lost."""
+
+    def __init__(self, objective: Objective, n_trials: int):
+        self.objective, self.n_trials = objective, int(n_trials)
+
+    def __call__(self, trial: optuna.Trial):
+        ahead = sum(1 for t in trial.study.get_trials(deepcopy=False)
+                    if t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number))
+        if ahead >= self.n_trials:
+            _requeue(trial)
+            trial.set_user_attr("surplus", True)
+            trial.set_constraint(CONSTRAINT, 1.0)
+            raise _Surplus
+        try:
+            return self.objective(trial)
+        except KeyboardInterrupt:
+            _requeue(trial)
+            raise
+
+
+def _requeue(trial: optuna.Trial) -> None:
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    fixed = frozen.system_attrs.get("fixed_params")
+    if fixed is not None:
+        trial.study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items() if k == "seed"})
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def run_loop(study: optuna.Study, objective: Objective, s: SearchSettings, callbacks=()) -> None:
+    """One process's share of the study: run trials until n_trials are complete (or ``timeout_s``). While the
+    remaining trials are all running elsewhere it waits; a trial whose process died is failed by the heartbeat
+    check after rundir.STALE_S and re-run, so the wait ends."""
+    deadline = time.monotonic() + s.timeout_s if s.timeout_s else None
+    guarded = _Guarded(objective, s.n_trials)
+    while deadline is None or time.monotonic() < deadline:
+        _fail_stale(study)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done = states.count(TrialState.COMPLETE)
+        if done >= s.n_trials:
+            return
+        if done + states.count(TrialState.RUNNING) >= s.n_trials:
+            time.sleep(POLL_S)
+            continue
+        study.optimize(guarded, n_trials=1, catch=(_Surplus,), callbacks=list(callbacks))
 
 
 class _Progress:
@@ -203,25 +370,23 @@ class _Progress:
 
 
 def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress: bool = True,
-             factory=None, run_dir=None) -> None:
+             factory=None, url: str | None = None) -> None:
     """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones)."""
     done = n_complete(study)
-    remaining = s.n_trials - done
-    if remaining <= 0:
+    if s.n_trials - done <= 0:
         return
     procs = []
     if s.workers > 1:
-        if factory is None or run_dir is None:
-            raise DseError("search.workers > 1 needs a context factory and a run directory shared by the processes")
+        if factory is None or url is None:
+            raise DseError("search.workers > 1 needs a context factory and a storage shared by the processes")
         ctxm = mp.get_context("spawn")
-        for i in range(1, s.workers):
-            p = ctxm.Process(target=_worker, args=(factory, str(run_dir), s, worker_seed(s.seed, i)), daemon=False)
+        for _ in range(1, s.workers):
+            p = ctxm.Process(target=_worker, args=(factory, url, study.study_name, s, os.getpid()), daemon=False)
             p.start()
             procs.append(p)
     try:
         with _Progress(s.n_trials, done, progress) as bar:
-            study.optimize(objective, n_trials=remaining, timeout=s.timeout_s,
-                           callbacks=[MaxTrialsCallback(s.n_trials, states=(TrialState.COMPLETE,)), bar])
+            run_loop(study, objective, s, callbacks=[bar])
     finally:
         for p in procs:
             p.join()
@@ -282,34 +447,42 @@ def _count(study) -> dict:
             "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in comp),
             "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in comp),
             "duplicates": sum("duplicate_of" in t.user_attrs for t in comp),
-            "failed": sum(t.state == TrialState.FAIL for t in ts)}
+            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in ts),
+            "surplus": sum(bool(t.user_attrs.get("surplus")) for t in ts)}
 
 
 def run_search(budget_path: str | Path, settings: SearchSettings, context_factory, run_dir: str | Path | None = None,
                resume: bool = True, progress: bool = True) -> dict:
-    """Create or resume the study in ``run_dir``, seed it, optimise, hold-out check; write and return results.json."""
+    """Create or join the budget's study in ``run_dir``'s storage, seed it, optimise, hold-out check; write and
+    return results.json."""
     s = settings.validate()
-    run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(budget_path, s.seed)
+    run_dir = Path(run_dir).absolute() if run_dir else rundir.default_run_dir(budget_path, s.seed)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise DseError(f"--no-resume: run directory {run_dir} already holds a study; pass another --run-dir or "
                        "delete it (or drop --no-resume to continue it)")
-    storage = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
+    prep = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
     ctx = context_factory()
-    study = _open_study(s, storage, s.seed, s.workers)
-    params = study.user_attrs.get("params")
-    if params is not None and params != ctx.space.param_names:
-        raise DseError(f"{run_dir}: the stored study has a different search space; use another --run-dir")
+    name = study_name(budget_path, s, ctx)
+    sfile = run_dir / rundir.STUDY_FILE
+    if sfile.exists() and sfile.read_text().strip() != name:
+        raise DseError(f"{run_dir}: holds study {sfile.read_text().strip()}, but the budget now describes {name} "
+                       "(the model file or the search space changed); use another --run-dir")
+    rundir.write_atomic(sfile, (name + "\n").encode())
+    study, process = join_study(prep.storage, name, s, load_only=False)
     study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
     study.set_user_attr("info", ctx.info)
     study.set_user_attr("params", ctx.space.param_names)
-    enqueue_seeds(study, ctx, s)
+    study.set_user_attr("budget", str(Path(budget_path).absolute()))
+    enqueue_seeds(study, ctx, s, process)
     objective = _objective(ctx, s)
-    optimize(study, objective, s, progress, factory=context_factory, run_dir=run_dir)
+    optimize(study, objective, s, progress, factory=context_factory, url=prep.url)
     res = final_check(study, ctx, s, objective.correct_exact)
+    processes = len([n for n in study.user_attrs if n.startswith("dse:process:")])
     res.update(mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
-               elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials,
+               elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials, study=name,
+               processes=processes, reproducible=processes == 1,
                images={"search": int(ctx.evaluator.n_images), "holdout": int(ctx.holdout.n_images)})
     rundir.write_results(run_dir, res)
     return res
