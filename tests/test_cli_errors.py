@@ -233,3 +233,9 @@ def test_search_data_not_matching_model_names_budget_key(capsys, tmp_path, budge
     b.write_text(budget().read_text().replace("[data]\n", f'[data]\nsearch = "{p}"\n'))
     assert_one_line(*run(capsys, "search", b, "--run-dir", tmp_path / "run", "--quiet"), "m.toml", "data.search",
                     "s.npz", *needles)
+
+
+def test_data_path_that_is_a_directory(capsys, tmp_path):
+    d = tmp_path / "images.npz"
+    d.mkdir()
+    assert_one_line(*run(capsys, "evaluate", "lenet5", "--data", d, "--images", 5), "images.npz", "no images found")

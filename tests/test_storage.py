@@ -283,7 +283,16 @@ def test_two_processes_on_postgresql_with_a_kill(tmp_path):
     finishes, the dead trial is failed by its heartbeat and re-run, seeds once, exactly n_trials."""
     b = _fresh_pg_budget(tmp_path, "pg2")
     ps = [spawn(b, tmp_path / f"run{i}", storage=PG_URL, n_trials=40) for i in range(2)]
-    time.sleep(6.0)
+    deadline = time.monotonic() + 120  # both processes joined and trials are under way (startup is slow under load)
+    while time.monotonic() < deadline:
+        try:
+            st = rundir.load_study(tmp_path / "run1")
+        except DseError:
+            st = None
+        if st is not None and sum(k.startswith("dse:process:") for k in st.user_attrs) == 2 and \
+                len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 8:
+            break
+        time.sleep(0.2)
     ps[0].kill()
     ps[0].communicate(timeout=30)
     finish(ps[1], timeout=180)
@@ -307,7 +316,7 @@ def test_empty_database_schema_race(tmp_path):
     code = ("import sys; from dse.search import rundir; s = rundir.open_storage(sys.argv[1]);"
             "print(len(s.get_all_studies()))")
     ps = [subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for _ in range(4)]
+                           stderr=subprocess.PIPE, text=True) for _ in range(3)]
     try:
         for p in ps:
             out, err = p.communicate(timeout=120)
