@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from dse.emulate import LayerConfig
 from dse.errors import DseError
 from dse.search import rundir
-from dse.search.study import is_feasible, pareto_front, trial_summary
+from dse.search.study import is_feasible, n_processes, pareto_front, trial_summary
 
 
 @dataclass
@@ -58,15 +58,13 @@ def list_studies(path: str | Path | None = None, storage: str | None = None) -> 
     opened = rundir.open_storage(storage)
     out = []
     for summary in opened.get_all_studies():
-        if summary.study_name not in rundir.study_names(opened):
-            continue
         st = optuna.load_study(study_name=summary.study_name, storage=opened)
         states = [t.state for t in st.get_trials(deepcopy=False)]
         settings = st.user_attrs.get("settings", {})
         out.append({"study": summary.study_name, "budget": st.user_attrs.get("budget"),
                     "mode": settings.get("mode"), "n_trials": settings.get("n_trials"),
                     "complete": states.count(TrialState.COMPLETE), "running": states.count(TrialState.RUNNING),
-                    "processes": sum(k.startswith("dse:process:") for k in st.user_attrs)})
+                    "processes": n_processes(st)})
     return out
 
 
@@ -107,7 +105,7 @@ def summarize(run: Run) -> dict:
     front = pareto_front([trial_summary(t) for t in trials
                           if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs])
     states = [t.state for t in run.study.get_trials(deepcopy=False)]
-    processes = sum(k.startswith("dse:process:") for k in ua)
+    processes = n_processes(run.study)
     return {
         "run": str(run.path), "study": run.study.study_name, "finished": run.results is not None,
         "mode": settings.get("mode"), "processes": processes, "reproducible": processes <= 1,

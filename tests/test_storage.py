@@ -18,7 +18,7 @@ from dse.cli import main
 from dse.errors import DseError
 from dse.report import list_studies, load_run, summarize
 from dse.search import rundir
-from dse.search.study import run_search, seed_configs
+from dse.search.study import PROCESS_ATTR, n_processes, run_search, seed_configs
 from tests.test_search import _CTX, ctx_factory, make_ctx, settings_
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,8 +158,8 @@ def test_different_budget_on_same_storage_gets_its_own_study(tmp_path, capsys):
     assert {r["study"]: r["complete"] for r in rows} == {r1["study"]: 4, r2["study"]: 3}
     assert main(["report", "--storage", url, "--list"]) == 0
     out = capsys.readouterr().out
-    assert r1["study"] in out and r2["study"] in out and "#process" not in out
-    assert main(["report", str(tmp_path / "r1"), "--list"]) == 0
+    assert r1["study"] in out and r2["study"] in out and out.count("\n") == 2
+    assert main(["report", str(tmp_path / "r1"), "--list"]) == 0  # the run directory's storage
     assert r2["study"] in capsys.readouterr().out
     assert main(["report", "--storage", url, "--study", r2["study"], "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["study"] == r2["study"]
@@ -196,8 +196,8 @@ def _check_shared_study(run_dir, n_trials, n_processes):
              if "fixed_params" in t.system_attrs and "failed_trial" not in t.system_attrs
              and not t.user_attrs.get("surplus") and t.state != TrialState.FAIL]
     assert len(seeds) == len(set(seeds))  # every seed configuration enqueued once (re-runs aside)
-    procs = {k: v for k, v in study.user_attrs.items() if k.startswith("dse:process:")}
-    assert len(procs) == n_processes
+    procs = {k: v for k, v in study.user_attrs.items() if k.startswith(PROCESS_ATTR)}
+    assert len(procs) == n_processes and sorted(v["number"] for v in procs.values())[0] == 0
     assert len({v["sampler_seed"] for v in procs.values()}) == n_processes  # distinct sampler streams
     sampled = [json.dumps(t.params, sort_keys=True) for t in complete if "fixed_params" not in t.system_attrs]
     assert len(set(sampled)) >= 0.5 * len(sampled)  # (same-seed processes gave 36 distinct in 61)
@@ -289,7 +289,7 @@ def test_two_processes_on_postgresql_with_a_kill(tmp_path):
             st = rundir.load_study(tmp_path / "run1")
         except DseError:
             st = None
-        if st is not None and sum(k.startswith("dse:process:") for k in st.user_attrs) == 2 and \
+        if st is not None and n_processes(st) == 2 and \
                 len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 8:
             break
         time.sleep(0.2)

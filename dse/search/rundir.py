@@ -311,24 +311,7 @@ def open_journal(path: Path) -> HeartbeatJournalStorage:
 
 
 def study_names(storage) -> list[str]:
-    """Names of the dse studies in a storage (without the per-process marker studies, see claim_process)."""
-    return [s.study_name for s in storage.get_all_studies() if PROCESS_MARK not in s.study_name]
-
-
-PROCESS_MARK = "#process-"
-
-
-def claim_process(storage, study_name: str) -> int:
-    """A number unique to this process among all processes that ever joined the study, claimed atomically through
-    the storage (creating a marker study of that name succeeds for exactly one process). 0 for the first."""
-    taken = sum(1 for s in storage.get_all_studies() if s.study_name.startswith(study_name + PROCESS_MARK))
-    k = taken
-    while True:
-        try:
-            storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], f"{study_name}{PROCESS_MARK}{k}")
-            return k
-        except optuna.exceptions.DuplicatedStudyError:
-            k += 1
+    return [s.study_name for s in storage.get_all_studies()]
 
 
 def load_study(run_dir: str | Path) -> optuna.Study:

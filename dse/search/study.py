@@ -119,16 +119,14 @@ def make_sampler(name: str, mode: str, seed: int, workers: int = 1) -> optuna.sa
 
 
 def _open_study(settings: SearchSettings, storage, name: str, seed: int, workers: int,
-                load_only: bool = False) -> optuna.Study:
+                create: bool = False) -> optuna.Study:
+    """Load the study, or with ``create`` create it (DuplicatedStudyError when another process did: creating is
+    atomic in every storage, which makes the creator the study's first process)."""
     directions = ["minimize"] if settings.mode == "constrained" else ["minimize", "minimize"]
     sampler = make_sampler(settings.sampler, settings.mode, seed, workers)
-    if load_only:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-    try:
-        return optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
-                                   load_if_exists=True)
-    except optuna.exceptions.DuplicatedStudyError:  # another process created it between the check and the insert
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    if create:
+        return optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
 # Settings that say how long, where and how parallel a search runs, not what it searches: changing them continues
@@ -185,12 +183,13 @@ def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
 
 SEEDED, SEEDING = "dse:seeded", "dse:seeding"
 SEED_WAIT_S = 120.0  # a process seeding on another machine gets this long before a later one completes its work
+SEED_MARK_WAIT_S = 5.0  # the study's creator marks that it is seeding within this time (or it died)
 
 
 def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings, process: int) -> int:
-    """Enqueue the seed configurations exactly once per study. The study's first process (``process`` 0, claimed
-    atomically) enqueues them; a later process finding the study unseeded (the first one died while seeding) waits
-    for it while it may still be at work, then enqueues the seeds no trial has yet. Returns the number enqueued."""
+    """Enqueue the seed configurations exactly once per study. The process that created the study (``process`` 0,
+    atomic) enqueues them; a later process finding the study unseeded waits while the creator may still be at it,
+    and if it died, enqueues the seeds no trial has yet. Returns the number enqueued."""
     if study.user_attrs.get(SEEDED):
         return 0
     if process == 0:
@@ -209,13 +208,17 @@ def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings, pr
 
 
 def _wait_for_seeder(study: optuna.Study) -> None:
+    t0 = time.time()
     while not study.user_attrs.get(SEEDED):
         who = study.user_attrs.get(SEEDING)
-        if not who or time.time() - who["time"] > SEED_WAIT_S:
+        if not who:
+            if time.time() - t0 > SEED_MARK_WAIT_S:  # the creator died before it began seeding
+                return
+        elif time.time() - who["time"] > SEED_WAIT_S:
             return
-        if who["host"] == socket.gethostname() and not _alive(who["pid"]):
+        elif who["host"] == socket.gethostname() and not _alive(who["pid"]):
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def _alive(pid: int) -> bool:
@@ -229,8 +232,8 @@ def _alive(pid: int) -> bool:
 
 
 def worker_seed(seed: int, i: int) -> int:
-    """Sampler seed of the study's process number i (claimed through the storage, see rundir.claim_process; 0 is
-    the first process ever, which uses ``seed`` itself so a one-process search is reproducible). Derived by
+    """Sampler seed of a process with number ``i`` (0: the process that created the study, which uses ``seed`` itself
+    so a one-process search is reproducible; others draw a random 64-bit number, see join_study). Derived by
     SeedSequence so that the streams of different study seeds never coincide (with ``seed + i``, seed 0's process 1
     and seed 1's process 0 sampled the same configurations)."""
     if i == 0:
@@ -238,15 +241,29 @@ def worker_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
 
 
-def join_study(storage, name: str, s: SearchSettings, load_only: bool) -> tuple[optuna.Study, int]:
-    """Open the study as a new process of it: claim a process number, seed the sampler from it, record both."""
-    if not load_only:  # create the study first, so the marker studies come after it in the storage
-        _open_study(s, storage, name, s.seed, s.workers)
-    k = rundir.claim_process(storage, name)
-    study = _open_study(s, storage, name, worker_seed(s.seed, k), s.workers, load_only=True)
-    study.set_user_attr(f"dse:process:{k}", {"host": socket.gethostname(), "pid": os.getpid(),
-                                               "sampler_seed": worker_seed(s.seed, k)})
+def join_study(storage, name: str, s: SearchSettings, create: bool) -> tuple[optuna.Study, int]:
+    """Open the study as one more process of it. The process that creates the study is number 0 (it seeds the study
+    and samples with ``seed``); every other one gets a random 64-bit number, so no two share a sampler stream. The
+    number and sampler seed are recorded in the study (user attr ``dse:process:<host>:<pid>:<number>``)."""
+    k = 0
+    try:
+        if not create:
+            raise optuna.exceptions.DuplicatedStudyError
+        _open_study(s, storage, name, s.seed, s.workers, create=True)
+    except optuna.exceptions.DuplicatedStudyError:
+        k = int.from_bytes(os.urandom(8), "little") or 1
+    study = _open_study(s, storage, name, worker_seed(s.seed, k), s.workers)
+    study.set_user_attr(f"{PROCESS_ATTR}{socket.gethostname()}:{os.getpid()}:{k}",
+                        {"number": k, "sampler_seed": worker_seed(s.seed, k), "time": time.time()})
     return study, k
+
+
+PROCESS_ATTR = "dse:process:"
+
+
+def n_processes(study: optuna.Study) -> int:
+    """Processes that have run this study (spawned workers, other machines, resumes)."""
+    return sum(k.startswith(PROCESS_ATTR) for k in study.user_attrs)
 
 
 def die_with_parent(parent: int) -> None:
@@ -271,7 +288,7 @@ def _worker(factory, url: str, name: str, settings: SearchSettings, parent: int)
     try:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
         ctx = factory()
-        study, _ = join_study(rundir.open_storage(url), name, settings, load_only=True)
+        study, _ = join_study(rundir.open_storage(url), name, settings, create=False)
         run_loop(study, _objective(ctx, settings), settings)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent reports it
         pass
@@ -470,7 +487,7 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
         raise DseError(f"{run_dir}: holds study {sfile.read_text().strip()}, but the budget now describes {name} "
                        "(the model file or the search space changed); use another --run-dir")
     rundir.write_atomic(sfile, (name + "\n").encode())
-    study, process = join_study(prep.storage, name, s, load_only=False)
+    study, process = join_study(prep.storage, name, s, create=True)
     study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
     study.set_user_attr("info", ctx.info)
     study.set_user_attr("params", ctx.space.param_names)
@@ -479,7 +496,7 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     objective = _objective(ctx, s)
     optimize(study, objective, s, progress, factory=context_factory, url=prep.url)
     res = final_check(study, ctx, s, objective.correct_exact)
-    processes = len([n for n in study.user_attrs if n.startswith("dse:process:")])
+    processes = n_processes(study)
     res.update(mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
                elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials, study=name,
                processes=processes, reproducible=processes == 1,
