@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -46,7 +47,12 @@ def spawn(budget, run_dir, storage="", n_trials=20, workers=1, heartbeat=1) -> s
 
 
 def finish(p: subprocess.Popen, timeout=120) -> str:
-    out, err = p.communicate(timeout=timeout)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the process and its workers (own session)
+        p.communicate(timeout=30)
+        raise
     assert p.returncode == 0, err[-3000:]
     return err
 

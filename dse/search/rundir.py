@@ -148,7 +148,7 @@ def _rdb_storage(url: str) -> RDBStorage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 warnings.simplefilter("ignore", FutureWarning)
-                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S,
+                return HeartbeatRDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S,
                                   grace_period=STALE_S,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
@@ -156,6 +156,28 @@ def _rdb_storage(url: str) -> RDBStorage:
                 raise
             time.sleep(0.05 + random.random() * 0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+class HeartbeatRDBStorage(RDBStorage):
+    """RDBStorage whose stale-trial check also fails a running trial that never recorded a heartbeat (its process
+    died between starting the trial and the first beat): Optuna skips those, so they stayed RUNNING for ever."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+
+        stale = super()._get_stale_trial_ids(study_id)
+        now = datetime.datetime.now()  # datetime_start is the starting process's local time
+        session = self.scoped_session()
+        try:
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                if t._trial_id in stale or t.datetime_start is None:
+                    continue
+                if (now - t.datetime_start).total_seconds() > STALE_S and \
+                        models.TrialHeartbeatModel.where_trial_id(t._trial_id, session) is None:
+                    stale.append(t._trial_id)
+        finally:
+            self.scoped_session.remove()
+        return stale
 
 
 class FlockLock:
