@@ -38,7 +38,7 @@ def multipliers_cmd(ctx, signed, as_json) -> None:
     for name in list_multipliers():
         m = get_multiplier(name)
         row = {"name": name, "family": m.family, "domain": m.domain, "rel_power": m.rel_power,
-               "description": m.description}
+               "power_source": m.params["power_source"], "description": m.description}
         if m.domain == "int":
             row.update(error_metrics(m, a_signed=signed, w_signed=True))
         rows.append(row)

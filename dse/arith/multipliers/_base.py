@@ -80,4 +80,5 @@ class Multiplier:
 
 
 EXACT = Multiplier(name="exact", family="exact", rel_power=1.0, description="exact 8x8 multiplier",
-                   params={"signed_scheme": "exact"}, _builder=exact_table)
+                   params={"signed_scheme": "exact", "power_source": "the reference (1 by definition)"},
+                   _builder=exact_table)
