@@ -87,6 +87,7 @@ class EnergyModel:
             raise DseError(f"EnergyModel: array must be an ArrayConfig, got {type(self.array).__name__}")
         self.table = EnergyTable(self.constants, self.array)
         self._cache: dict = {}
+        self._plans: dict = {}
         self._exact_cache: dict = {}
 
     def layer(self, layer, cfg=None, residency: Residency | None = None) -> LayerEnergy:
@@ -120,8 +121,11 @@ class EnergyModel:
                 raise DseError(f"configuration names layer '{name}', which is not a MAC layer of the model; "
                                f"known: {', '.join(l.name for l in layers)}")
         cfgs = [config.get(l.name) for l in layers]
-        fmts = [operand_format(_cfg(c)[0], self.array) for c in cfgs]
-        plan = plan_residency(layers, fmts, self.array)
+        fmts = tuple(operand_format(_cfg(c)[0], self.array) for c in cfgs)
+        key = (tuple(_layer_key(l) for l in layers), fmts)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plan_residency(layers, list(fmts), self.array)
         per = [self.layer(l, c, r) for l, c, r in zip(layers, cfgs, plan)]
         comp = {k: float(sum(le.components[k] for le in per)) for k in COMPONENTS}
         cycles = int(sum(le.cycles for le in per))
