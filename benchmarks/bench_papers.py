@@ -38,31 +38,32 @@ AXBXP = tuple(f"axbxp_k2_w{w}_a{a}_{m}" for m in ("static", "dynamic") for w, a 
 
 
 class Setup:
-    """A bundled model, calibrated, with its emulator, evaluation splits and energy model (public APIs only)."""
+    """A bundled model, calibrated, with its emulator, evaluation splits (the bundled splits' own preprocessing, the
+    one the bundled models were trained with) and energy model (public APIs only)."""
 
     def __init__(self, model: str, images: int):
         from dse.data import load_dataset
         from dse.emulate import Emulator
         from dse.energy import EnergyModel
         from dse.model.float_exec import run_float
-        from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
+        from dse.model.onnx_import import load_onnx, resolve_model
         from dse.quant import calibrate
 
         self.name = model
         self.graph = load_onnx(resolve_model(model))
-        pre = preprocess_from_metadata(self.graph)
-        self.hold = load_dataset("fashion-mnist:holdout", preprocess=pre).head(images)
-        self.search = load_dataset("fashion-mnist:search", preprocess=pre).head(images)
-        self.qmodel = calibrate(self.graph, load_dataset("fashion-mnist:calib", preprocess=pre).x)
+        self.hold = load_dataset("fashion-mnist:holdout").head(images)
+        self.search = load_dataset("fashion-mnist:search").head(images)
+        self.x = {"hold": self.hold.images(), "search": self.search.images()}
+        self.qmodel = calibrate(self.graph, load_dataset("fashion-mnist:calib").image_batches())
         self.layers = self.qmodel.layers
         self.emu = Emulator(self.qmodel)
         self.energy = EnergyModel()
-        self.float_acc = float((run_float(self.graph, self.hold.x).argmax(axis=1) == self.hold.y).mean())
+        self.float_acc = float((run_float(self.graph, self.x["hold"]).argmax(axis=1) == self.hold.y).mean())
         self.exact = {"hold": self.acc({}, "hold"), "search": self.acc({}, "search")}
 
     def acc(self, config: dict, split: str = "hold") -> float:
         ds = self.hold if split == "hold" else self.search
-        return self.emu.accuracy(ds.x, ds.y, config)
+        return self.emu.accuracy(self.x[split], ds.y, config)
 
     def loss(self, config: dict, split: str = "hold") -> float:
         return self.exact[split] - self.acc(config, split)
