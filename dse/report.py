@@ -10,8 +10,8 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from dse.emulate import LayerConfig
 from dse.errors import DseError
+from dse.layer_config import config_from_dict
 from dse.search import rundir
 from dse.search.study import is_feasible, pareto_front, trial_summary
 
@@ -179,7 +179,7 @@ def export_config(run: Run, out: str | Path, trial: int | None = None) -> Path:
     if out.suffix.lower() not in (".toml", ".json"):
         raise DseError(f"-o {out}: unsupported extension; use .toml or .json")
     ua = t.user_attrs
-    config = {n: LayerConfig(v["multiplier"], bool(v["cv"])) for n, v in ua["config"].items()}
+    config = config_from_dict(ua["config"])
     info = run.study.user_attrs.get("info", {})
     meta = {"model": str(info.get("model", "")), "run": str(run.path), "trial": t.number,
             "accuracy": ua.get("accuracy"), "loss": ua.get("loss"),

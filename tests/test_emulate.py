@@ -13,8 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 from dse import kernels
 from dse.arith.multipliers import get_multiplier
 from dse.correction import activation_sums
-from dse.emulate import Emulator, LayerConfig
+from dse.emulate import Emulator
 from dse.errors import DseError
+from dse.layer_config import LayerConfig
 from dse.model.float_exec import exec_node
 from dse.model.onnx_import import load_onnx
 from dse.quant import calibrate, quantize_act
@@ -204,7 +205,7 @@ def test_activation_sums_vs_all_ones_conv(B, g, cg, k, s, d, pads, H, signed):
 
 def test_config_errors(qm):
     emu = Emulator(qm)
-    with pytest.raises(DseError, match="unknown layer 'conv9'; valid layers: conv1, dw, proj, fc"):
+    with pytest.raises(DseError, match="'conv9' is not a layer of the model; valid layers: conv1, dw, proj, fc"):
         emu.run(X_IN, {"conv9": LayerConfig("drum4")})
     with pytest.raises(DseError, match="nosuchmult"):
         emu.run(X_IN, {"conv1": LayerConfig("nosuchmult")})

@@ -9,8 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 from dse.cli import main
-from dse.emulate import LayerConfig
 from dse.errors import DseError
+from dse.layer_config import LayerConfig
 from dse.report import export_config, load_run, render, summarize
 from dse.search.study import run_search
 from test_search import _CTX, ctx_factory, make_ctx, settings_

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from optuna.trial import TrialState
 
-from dse.emulate import LayerConfig
 from dse.errors import DseError
+from dse.layer_config import LayerConfig
 from dse.search import rundir, seeds
 from dse.search.objective import CONSTRAINT, Objective
 from dse.search.racing import paired_stats, race, resolve_fidelities
@@ -115,7 +115,7 @@ def test_space_overrides_and_errors():
                                                          "fc1": {"pin": True}})
     assert sp.searchable == ["conv2", "fc2", "fc3"]
     assert sp.choices["fc3"].multipliers == ("exact", "mitchell")
-    with pytest.raises(DseError, match="unknown layer 'nope'"):
+    with pytest.raises(DseError, match="key 'space.layers.nope' is not a layer of the model; valid layers: conv1, conv2, fc1, fc2, fc3"):
         SearchSpace.build(LAYERS, ["drum6"], overrides={"nope": {}})
     with pytest.raises(DseError, match="no searchable layer"):
         SearchSpace.build(["a", "b"], ["drum6"])

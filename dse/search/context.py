@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dse.emulate import LayerConfig
+from dse.layer_config import LayerConfig
 from dse.errors import DseError
 from dse.search.space import SearchSpace, axbxp_name
 from dse.search.study import SearchContext, SearchSettings, run_search

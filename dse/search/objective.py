@@ -20,15 +20,11 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from dse.layer_config import config_to_dict
 from dse.search.racing import race
 from dse.search.space import SearchSpace
 
 CONSTRAINT = "accuracy_loss"
-
-
-def config_to_dict(config: dict) -> dict:
-    """``{layer: {"multiplier", "cv"}}`` (JSON-friendly)."""
-    return {n: {"multiplier": lc.multiplier, "cv": bool(lc.cv)} for n, lc in config.items()}
 
 
 def _config_key(config: dict) -> str:

@@ -23,8 +23,8 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from dse.budget import SearchSection
-from dse.emulate import LayerConfig
 from dse.errors import DseError
+from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import rundir, seeds
 from dse.search.objective import Objective
 from dse.search.racing import paired_stats
@@ -261,7 +261,7 @@ def final_check(study: optuna.Study, ctx: SearchContext, s: SearchSettings, exac
     checked = []
     for num in picks:
         t = study.trials[num]
-        cfg = {n: LayerConfig(v["multiplier"], bool(v["cv"])) for n, v in t.user_attrs["config"].items()}
+        cfg = config_from_dict(t.user_attrs["config"])
         st = paired_stats(exact_hold, np.asarray(ctx.holdout.correct(cfg, 0, n_hold), dtype=bool))
         d = trial_summary(t)
         d["holdout"] = {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n,
