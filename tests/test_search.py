@@ -397,18 +397,17 @@ def test_cli_search_and_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_settings_from_budget(tmp_path):
-    from types import SimpleNamespace as NS
-
-    from dse.budget import load_budget
-    from dse.search.context import settings_from_budget, space_multipliers
+    from dse.budget import AxbxpSpace, SpaceSection, load_budget
+    from dse.search.context import settings_from_budget
     p = tmp_path / "b.toml"
     p.write_text("[budget]\nmax_accuracy_loss = 1.5\n[search]\nmode = 'pareto'\nn_trials = 40\nseed = 3\n"
                  "racing = [200, 1000]\npredictor_skip = 0\n")
     s = settings_from_budget(load_budget(p))
     assert (s.budget_loss, s.mode, s.n_trials, s.seed, s.fidelities, s.predictor_skip) == (0.015, "pareto", 40, 3,
                                                                                           [200, 1000], 0.0)
-    sp = NS(multipliers=["drum6", "mitchell"], axbxp=NS(K=2, Lw=[2, 3], La=[3], modes=["static", "dynamic"]))
-    assert space_multipliers(sp) == sorted(["drum6", "mitchell", "axbxp_k2_w2_a3_static", "axbxp_k2_w3_a3_static",
+    sp = SpaceSection(multipliers=("drum6", "mitchell"), axbxp=AxbxpSpace(K=(2,), Lw=(2, 3), La=(3,),
+                                                                          modes=("static", "dynamic")))
+    assert sp.all_multipliers == sorted(["drum6", "mitchell", "axbxp_k2_w2_a3_static", "axbxp_k2_w3_a3_static",
                                             "axbxp_k2_w2_a3_dynamic", "axbxp_k2_w3_a3_dynamic"])
 
 

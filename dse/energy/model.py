@@ -17,6 +17,7 @@ from dse.energy.formats import operand_format
 from dse.energy.mapping import Residency, map_layer, plan_residency
 from dse.energy.table import COMPONENTS, MULTIPLIER_COMPONENTS, EnergyTable, components
 from dse.errors import DseError
+from dse.layer_config import check_layers
 
 
 @dataclass
@@ -115,11 +116,7 @@ class EnergyModel:
         """Per-image energy of all MAC ``layers`` (topological order) under ``config`` (``{name: LayerConfig}``,
         missing = exact)."""
         config = config or {}
-        names = {l.name for l in layers}
-        for name in config:
-            if name not in names:
-                raise DseError(f"configuration names layer '{name}', which is not a MAC layer of the model; "
-                               f"known: {', '.join(l.name for l in layers)}")
+        check_layers(config, layers, "configuration")
         cfgs = [config.get(l.name) for l in layers]
         fmts = tuple(operand_format(_cfg(c)[0], self.array) for c in cfgs)
         key = (tuple(_layer_key(l) for l in layers), fmts)
