@@ -1,6 +1,6 @@
 """``dse report`` and ``dse export``: read a run directory (the study itself, so interrupted runs work too).
 
-``load_run(dir) -> Run``; ``summarize(run) -> dict`` (JSON-friendly); ``render(summary, console)`` (rich tables);
+``load_run(dir) -> Run``; ``summarize(run) -> dict`` (JSON-friendly; ``dse.present.report`` prints it);
 ``export_config(run, out, trial=None) -> Path`` writes the per-layer configuration via ``dse.config.save_config``.
 """
 from __future__ import annotations
@@ -75,90 +75,6 @@ def summarize(run: Run) -> dict:
                    "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in trials)},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
     }
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f} %"
-
-
-def _pp(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f} pp"
-
-
-def _num(x, fmt=".4f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def render(summary: dict, console=None) -> None:
-    """Print the summary as rich tables."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console(width=max(Console().width, 140))
-    s = summary
-    t = s["trials"]
-    console.print(f"[bold]run[/bold] {s['run']}  mode {s['mode']}  budget {_pp(s['budget_loss'])}  "
-                  f"trials {t['complete']}/{s['n_trials']} (feasible {t['feasible']}, stopped by racing "
-                  f"{t['stopped_racing']}, skipped {t['skipped_predictor']}, failed {t['failed']})"
-                  + ("" if s["finished"] else "  [yellow]search not finished: no hold-out check yet[/yellow]"))
-    pre = s["info"].get("preprocess")
-    if pre:
-        from rich.markup import escape
-
-        from dse.data import Preprocess
-        console.print(f"[bold]preprocessing[/bold] {escape(Preprocess.from_dict(pre).describe())}", highlight=False)
-    b, base = s["best"], s["baseline"]
-    tab = Table(title="baseline vs best")
-    for c in ("", "accuracy (search)", "loss (search)", "accuracy (holdout)", "loss (holdout)",
-              "energy system", "energy multiplier", "latency"):
-        tab.add_column(c, justify="right" if c else "left")
-    fl = base.get("float", {})
-    tab.add_row("float", _pct(fl.get("search")), "", _pct(fl.get("holdout")), "", "", "", "")
-    fx = base.get("fxp8", {})
-    tab.add_row("FxP8 exact", _pct(fx.get("search")), _pp(0.0), _pct(fx.get("holdout")),
-                _pp(0.0 if fx.get("holdout") is not None else None), "1.0000", "1.0000", "1.0000")
-    if b:
-        h = b.get("holdout") or {}
-        e = b["energy"]
-        tab.add_row(f"best (trial {b['trial']})", _pct(b["accuracy"]), _pp(b["loss"]), _pct(h.get("accuracy")),
-                    _pp(h.get("loss")), _num(e.get("system")), _num(e.get("multiplier")), _num(e.get("latency")))
-    console.print(tab)
-    if s["pareto_front"]:
-        tab = Table(title="Pareto front (search split, full fidelity)")
-        for c in ("trial", "energy system", "energy multiplier", "loss", "feasible", "approximate layers"):
-            tab.add_column(c)
-        for d in s["pareto_front"]:
-            approx = ", ".join(f"{n}={v['multiplier']}{'+cv' if v['cv'] else ''}" for n, v in d["config"].items()
-                               if v["multiplier"] != "exact")
-            tab.add_row(str(d["trial"]), _num(d["energy"].get("system")), _num(d["energy"].get("multiplier")),
-                        _pp(d["loss"]), "yes" if d["feasible"] else "no", approx or "(all exact)")
-        console.print(tab)
-    if b:
-        per_layer = b["energy"].get("layers") or {}
-        tab = Table(title=f"per-layer configuration and energy (trial {b['trial']}; energy as a fraction of the "
-                          "all-exact network)")
-        for c in ("layer", "multiplier", "cv"):
-            tab.add_column(c)
-        for c in ("energy exact", "energy config", "multiplier vs exact", "cycles"):
-            tab.add_column(c, justify="right")
-        for n, v in b["config"].items():
-            e = per_layer.get(n, {})
-            tab.add_row(n, v["multiplier"], "yes" if v["cv"] else "no", _num(e.get("exact")), _num(e.get("config")),
-                        _num(e.get("multiplier")), str(e.get("cycles", "-")))
-        console.print(tab)
-        comps = b["energy"].get("components")
-        if comps:
-            tab = Table(title="energy breakdown per component (best vs all-exact FxP8)")
-            tab.add_column("component")
-            cols = sorted({k for v in comps.values() if isinstance(v, dict) for k in v}) or ["value"]
-            for c in cols:
-                tab.add_column(c, justify="right")
-            for name, v in comps.items():
-                vals = [v.get(c) for c in cols] if isinstance(v, dict) else [v]
-                tab.add_row(name, *[_num(x) if isinstance(x, (int, float)) else str(x) for x in vals])
-            console.print(tab)
-    else:
-        console.print("no feasible configuration yet")
 
 
 def export_config(run: Run, out: str | Path, trial: int | None = None) -> Path:

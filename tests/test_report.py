@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from dse.cli import main
 from dse.errors import DseError
 from dse.layer_config import LayerConfig
-from dse.report import export_config, load_run, render, summarize
+from dse.report import export_config, load_run, summarize
 from dse.search.study import run_search
 from test_search import _CTX, ctx_factory, make_ctx, settings_
 
@@ -59,12 +59,11 @@ def test_summary_matches_results(run_path):
     json.dumps(s)  # JSON-friendly
 
 
-def test_render_and_cli_json(run_path, capsys):
+def test_report_tables_and_cli_json(run_path, capsys):
     path, _ = run_path
-    from rich.console import Console
-    con = Console(record=True, width=200)
-    render(summarize(load_run(path)), con)
-    text = con.export_text()
+    capsys.readouterr()
+    assert main(["report", str(path)]) == 0
+    text = capsys.readouterr().out
     for word in ("baseline vs best", "Pareto front", "per-layer configuration", "energy breakdown", "FxP8 exact"):
         assert word in text
     capsys.readouterr()

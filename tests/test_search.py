@@ -55,7 +55,8 @@ class FakeEvaluator:
 def fake_energy(config):
     save = sum(MULTS[lc.multiplier][1] - (0.01 if lc.cv else 0.0) for lc in config.values())
     e = 1.0 - save / len(LAYERS)
-    return {"system": e, "multiplier": e ** 2, "latency": 1.0, "components": {"multiplier": e ** 2, "sram": 0.3}}
+    return {"system": e, "multiplier": e ** 2, "latency": 1.0,
+            "components": {"multiplier": {"exact": 0.5, "config": 0.5 * e ** 2}, "sram": {"exact": 0.5, "config": 0.5}}}
 
 
 def fake_space(cv=(False, True)):

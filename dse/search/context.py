@@ -207,8 +207,9 @@ def _loo_margin(ames, accs) -> float:
 
 
 def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_trials=None, workers=None,
-                       resume: bool = True, progress: bool = True, threads: int | None = None) -> dict:
-    """``dse search``: load the budget (default: bundled), apply CLI overrides, run the search."""
+                       resume: bool = True, progress=None, threads: int | None = None) -> dict:
+    """``dse search``: load the budget (default: bundled), apply the overrides, run the search. ``progress``: see
+    ``dse.search.study.optimize``."""
     path = Path(budget) if budget else default_budget_path()
     if not path.is_file():
         raise DseError(f"budget file {path}: not found; pass an existing BUDGET.toml (or none for the bundled default)")

@@ -4,8 +4,8 @@ Narrow injected interfaces (so tests use fakes):
 
 * ``evaluator.correct(config, start, stop) -> bool[stop - start]``: per-image correctness of ``config`` on images
   ``start:stop`` of the (shuffled) search split; ``evaluator.n_images``: size of the split.
-* ``energy(config) -> {"system", "multiplier", "latency", optional "components": {name: value}}``: relative to
-  all-exact FxP8.
+* ``energy(config) -> {"system", "multiplier", "latency", optional "components": {name: {"exact", "config"}},
+  optional "layers"}``: relative to all-exact FxP8 (components and layers as fractions of the all-exact network).
 * ``predictor(config) -> predicted loss (fraction)`` or None.
 
 Every return path sets the constraint ``accuracy_loss = loss - budget`` (feasible when <= 0) before returning, including

@@ -10,6 +10,7 @@ runs only ``n_trials - completed`` more trials, so no completed trial is lost af
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import time
 import warnings
@@ -172,39 +173,11 @@ def _worker(factory, run_dir, settings: SearchSettings, seed: int) -> None:  # p
         pass
 
 
-class _Progress:
-    """Rich progress bar: trials done, best feasible energy, feasible count."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            self.p = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                              TimeElapsedColumn(), transient=False)
-            self.task = self.p.add_task("search", total=total, completed=done, info="")
-
-    def __enter__(self):
-        if self.enabled:
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.p.__exit__(*exc)
-
-    def __call__(self, study, trial) -> None:
-        if not self.enabled:
-            return
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        feas = [t for t in trials if is_feasible(t)]
-        best = min((t.values[0] for t in feas), default=None)
-        info = f"best energy {best:.4f}" if best is not None else "best energy -"
-        self.p.update(self.task, completed=len(trials), info=f"{info}  feasible {len(feas)}")
-
-
-def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress: bool = True,
+def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress=None,
              factory=None, run_dir=None) -> None:
-    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones)."""
+    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones).
+    ``progress(total, done)``: a context manager that is also an Optuna callback (e.g. ``dse.present.SearchProgress``);
+    None: no progress display."""
     done = n_complete(study)
     remaining = s.n_trials - done
     if remaining <= 0:
@@ -219,9 +192,9 @@ def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progr
             p.start()
             procs.append(p)
     try:
-        with _Progress(s.n_trials, done, progress) as bar:
-            study.optimize(objective, n_trials=remaining, timeout=s.timeout_s,
-                           callbacks=[MaxTrialsCallback(s.n_trials, states=(TrialState.COMPLETE,)), bar])
+        with progress(s.n_trials, done) if progress else contextlib.nullcontext() as bar:
+            callbacks = [MaxTrialsCallback(s.n_trials, states=(TrialState.COMPLETE,))] + ([bar] if bar else [])
+            study.optimize(objective, n_trials=remaining, timeout=s.timeout_s, callbacks=callbacks)
     finally:
         for p in procs:
             p.join()
@@ -286,7 +259,7 @@ def _count(study) -> dict:
 
 
 def run_search(budget_path: str | Path, settings: SearchSettings, context_factory, run_dir: str | Path | None = None,
-               resume: bool = True, progress: bool = True) -> dict:
+               resume: bool = True, progress=None) -> dict:
     """Create or resume the study in ``run_dir``, seed it, optimise, hold-out check; write and return results.json."""
     s = settings.validate()
     run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(budget_path, s.seed)
