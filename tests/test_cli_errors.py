@@ -101,7 +101,8 @@ def test_idx_pair_missing_names_fix(capsys, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- ONNX metadata
 def test_bad_preprocess_metadata_names_model(capsys, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     from dse.model.onnx_import import resolve_model
     m = onnx.load(str(resolve_model("lenet5")))
     for p in list(m.metadata_props):
