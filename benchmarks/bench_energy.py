@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--zigzag", action="store_true", help="cross-check against the ZigZag backend")
     args = ap.parse_args(argv)
 
-    from dse.emulate import LayerConfig
+    from dse.layer_config import LayerConfig
     from dse.energy import COMPONENTS, ArrayConfig, EnergyModel
 
     array = ArrayConfig(rows=args.rows, cols=args.cols, glb_kib=args.glb_kib, batch=args.batch)

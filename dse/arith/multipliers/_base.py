@@ -72,10 +72,6 @@ class Multiplier:
     def is_exact(self) -> bool:
         return self.family == "exact"
 
-    def __reduce__(self):  # pickle by name (worker processes rebuild from the name; tables are cheap and cached)
-        from dse.arith.multipliers import get_multiplier
-
-        return (get_multiplier, (self.name,))
 
 
 
