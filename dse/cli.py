@@ -10,7 +10,24 @@ import sys
 import click
 
 from dse import __version__, present
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
+
+
+# Library settings named by SettingError -> the flag that sets them ("FLAG VALUE: problem"); switches print without
+# the value ("--no-resume: problem").
+FLAGS = {"trial": "--trial", "output": "-o", "run_dir": "--run-dir", "images": "--images", "seed": "--seed",
+         "validate_n": "--validate", "batch_size": "--batch-size", "calib": "--calib", "data": "--data"}
+SWITCHES = {"resume": "--no-resume"}
+
+
+def _message(exc: DseError) -> str:
+    """The one-line message of ``exc`` in command-line terms (a setting named by the flag that sets it)."""
+    if isinstance(exc, SettingError):
+        if exc.setting in SWITCHES:
+            return f"{SWITCHES[exc.setting]}: {exc.problem}"
+        if exc.setting in FLAGS:
+            return f"{FLAGS[exc.setting]} {exc.value}: {exc.problem}"
+    return str(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -206,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="dse", standalone_mode=False)
     except DseError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_message(exc)}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

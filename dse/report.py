@@ -10,7 +10,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
 from dse.layer_config import config_from_dict
 from dse.search import rundir
 from dse.search.study import is_feasible, pareto_front, trial_summary
@@ -82,18 +82,18 @@ def export_config(run: Run, out: str | Path, trial: int | None = None) -> Path:
     if trial is None:
         t = best_trial(run)
         if t is None:
-            raise DseError(f"{run.path}: no feasible trial yet; pass --trial N to export a specific trial")
+            raise DseError(f"{run.path}: no feasible trial yet; export a specific trial by its number")
     else:
         if not 0 <= trial < len(run.study.trials):
-            raise DseError(f"--trial {trial}: {run.path} has trials 0..{len(run.study.trials) - 1}; "
-                           "run 'dse report' to see them")
+            raise SettingError("trial", trial, f"{run.path} has trials 0..{len(run.study.trials) - 1}; "
+                               "run 'dse report' to see them")
         t = run.study.trials[trial]
         if t.state != TrialState.COMPLETE or "config" not in t.user_attrs:
-            raise DseError(f"--trial {trial}: trial is {t.state.name.lower()}, not complete; pick a complete trial "
+            raise SettingError("trial", trial, f"trial is {t.state.name.lower()}, not complete; pick a complete trial "
                            "from 'dse report'")
     out = Path(out)
     if out.suffix.lower() not in (".toml", ".json"):
-        raise DseError(f"-o {out}: unsupported extension; use .toml or .json")
+        raise SettingError("output", out, "unsupported extension; use .toml or .json")
     ua = t.user_attrs
     config = config_from_dict(ua["config"])
     info = run.study.user_attrs.get("info", {})

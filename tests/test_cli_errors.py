@@ -46,6 +46,16 @@ def test_click_usage_errors_are_one_line(capsys, argv, needles):
     assert_one_line(*run(capsys, *argv), *needles)
 
 
+def test_setting_errors_name_the_flag():
+    from dse.cli import _message
+    from dse.errors import SettingError
+
+    assert _message(SettingError("run_dir", "x", "bad")) == "--run-dir x: bad"
+    assert _message(SettingError("resume", False, "holds a study")) == "--no-resume: holds a study"
+    assert str(SettingError("resume", False, "holds a study")) == "resume False: holds a study"
+    assert _message(SettingError("search.workers", 0, "must be >= 1")) == "search.workers 0: must be >= 1"
+
+
 def test_output_is_a_directory_one_line(capsys, tmp_path):
     assert_one_line(*run(capsys, "multipliers", "export", "exact", "-o", tmp_path), str(tmp_path), "--output")
 

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from dse.cli import main
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig
 from dse.report import export_config, load_run, summarize
 from dse.search.study import run_search
@@ -105,6 +105,8 @@ def test_bad_input(run_path, tmp_path, capsys, config_io):
     assert main(["export", str(path), "--trial", "999", "-o", str(tmp_path / "x.toml")]) == 2
     err = capsys.readouterr().err
     assert "--trial 999" in err and "\n" == err[-1] and err.count("\n") == 1
+    with pytest.raises(SettingError, match="^trial 999: "):  # the library names the setting, the CLI the flag
+        export_config(load_run(path), tmp_path / "x.toml", 999)
     with pytest.raises(DseError, match="extension"):
         export_config(load_run(path), tmp_path / "x.yaml")
     (tmp_path / "empty").mkdir()

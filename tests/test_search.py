@@ -332,7 +332,7 @@ def test_resume_after_interrupt_loses_nothing(tmp_path, budget_file):
 def test_run_dir_errors(tmp_path, budget_file):
     _CTX["ctx"] = make_ctx()
     run_search(budget_file, settings_(n_trials=2), ctx_factory, run_dir=tmp_path / "run", progress=False)
-    with pytest.raises(DseError, match="--no-resume"):
+    with pytest.raises(DseError, match="resume False: run directory .* already holds a study"):
         run_search(budget_file, settings_(n_trials=2), ctx_factory, run_dir=tmp_path / "run", resume=False,
                    progress=False)
     other = tmp_path / "other.toml"
@@ -460,7 +460,7 @@ def test_storage_url_recorded_and_default_budget(tmp_path, budget_file):
     run_search(budget_file, settings_(n_trials=3, storage=url), ctx_factory, run_dir=tmp_path / "run", progress=False)
     assert (tmp_path / "elsewhere.log").exists() and not (tmp_path / "run" / "journal.log").exists()
     assert len(rundir.load_study(tmp_path / "run").trials) >= 3  # found through storage.txt
-    with pytest.raises(DseError, match="same --storage"):
+    with pytest.raises(DseError, match="use the same storage"):
         run_search(budget_file, settings_(n_trials=3, storage=f"journal://{tmp_path / 'x.log'}"), ctx_factory,
                    run_dir=tmp_path / "run", progress=False)
 

@@ -24,7 +24,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from dse.budget import SearchSection
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import rundir, seeds
 from dse.search.objective import Objective
@@ -264,8 +264,8 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     s = settings.validate()
     run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(budget_path, s.seed)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
-        raise DseError(f"--no-resume: run directory {run_dir} already holds a study; pass another --run-dir or "
-                       "delete it (or drop --no-resume to continue it)")
+        raise SettingError("resume", False, f"run directory {run_dir} already holds a study; use another run directory "
+                           "or delete it (or resume to continue it)")
     storage = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
@@ -273,7 +273,7 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     study = _open_study(s, storage, s.seed, s.workers)
     params = study.user_attrs.get("params")
     if params is not None and params != ctx.space.param_names:
-        raise DseError(f"{run_dir}: the stored study has a different search space; use another --run-dir")
+        raise DseError(f"{run_dir}: the stored study has a different search space; use another run directory")
     study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
     study.set_user_attr("info", ctx.info)
     study.set_user_attr("params", ctx.space.param_names)
