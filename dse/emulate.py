@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, check_layers, config_to_dict
 
 
@@ -173,9 +173,9 @@ def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str |
     set_threads(threads)
     calib = calib or "fashion-mnist:calib"
     if batch_size < 1:
-        raise DseError(f"--batch-size {batch_size}: must be >= 1")
+        raise SettingError("batch_size", batch_size, "must be >= 1")
     if images is not None and images < 1:
-        raise DseError(f"--images {images}: must be a positive number of images")
+        raise SettingError("images", images, "must be a positive number of images")
     config, meta = load_config_meta(config_path) if config_path else ({}, {})
     if preprocess is None and config_path:
         preprocess = Preprocess.from_meta(meta, str(config_path))

@@ -30,7 +30,7 @@ import numpy as np
 
 from dse.arith.multipliers import Multiplier, get_multiplier, pattern_values
 from dse.correction import _act_pmf, _layer_key, _weight_patterns, cv_correction
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, check_layers, config_to_dict
 
 _STATS: dict = {}
@@ -345,7 +345,7 @@ def fit_and_validate(layers, accuracy_fn, n: int, seed: int = 0, multipliers=Non
     """Emulate ``n`` random configurations (plus the all-exact one): fit :class:`AccuracyModel` on the first
     ``max(3, n // 2)`` + exact, validate on the rest. Returns model, validation and timing figures."""
     if n < 5:
-        raise DseError(f"--validate {n}: need at least 5 configurations (3 to fit, 2 held out)")
+        raise SettingError("validate_n", n, "need at least 5 configurations (3 to fit, 2 held out)")
     pred = AmePredictor(layers)
     mults = list(multipliers) if multipliers else int_multipliers()
     t0 = time.perf_counter()
@@ -376,11 +376,11 @@ def predict_report(model: str, config_path: str | None = None, data: str = "fash
     AccuracyModel, Spearman, held-out MAE and the measured predictor-vs-emulation speedup. Model, data, preprocessing
     (``preprocess``, else the configuration's recorded one) and calibration come from :func:`dse.session.open_session`."""
     if validate_n and validate_n < 5:
-        raise DseError(f"--validate {validate_n}: need at least 5 configurations (3 to fit, 2 held out)")
+        raise SettingError("validate_n", validate_n, "need at least 5 configurations (3 to fit, 2 held out)")
     if validate_n and (images is None or int(images) < 1):
-        raise DseError(f"--images {images}: must be a positive number of images")
+        raise SettingError("images", images, "must be a positive number of images")
     if seed < 0:
-        raise DseError(f"--seed {seed}: must be a non-negative integer")
+        raise SettingError("seed", seed, "must be a non-negative integer")
     from dse.config import load_config_meta, validate_config
     from dse.data import Preprocess
     from dse.emulate import Emulator

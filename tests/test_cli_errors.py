@@ -54,6 +54,9 @@ def test_setting_errors_name_the_flag():
     assert _message(SettingError("resume", False, "holds a study")) == "--no-resume: holds a study"
     assert str(SettingError("resume", False, "holds a study")) == "resume False: holds a study"
     assert _message(SettingError("search.workers", 0, "must be >= 1")) == "search.workers 0: must be >= 1"
+    from dse.predict import predict_report
+    with pytest.raises(SettingError, match="^seed -1: must be a non-negative integer$"):  # the library's own words
+        predict_report("lenet5", seed=-1)
 
 
 def test_output_is_a_directory_one_line(capsys, tmp_path):
