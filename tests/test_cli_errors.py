@@ -46,6 +46,19 @@ def test_click_usage_errors_are_one_line(capsys, argv, needles):
     assert_one_line(*run(capsys, *argv), *needles)
 
 
+def test_setting_errors_name_the_flag():
+    from dse.cli import _message
+    from dse.errors import SettingError
+
+    assert _message(SettingError("run_dir", "x", "bad")) == "--run-dir x: bad"
+    assert _message(SettingError("resume", False, "holds a study")) == "--no-resume: holds a study"
+    assert str(SettingError("resume", False, "holds a study")) == "resume False: holds a study"
+    assert _message(SettingError("search.workers", 0, "must be >= 1")) == "search.workers 0: must be >= 1"
+    from dse.predict import predict_report
+    with pytest.raises(SettingError, match="^seed -1: must be a non-negative integer$"):  # the library's own words
+        predict_report("lenet5", seed=-1)
+
+
 def test_output_is_a_directory_one_line(capsys, tmp_path):
     assert_one_line(*run(capsys, "multipliers", "export", "exact", "-o", tmp_path), str(tmp_path), "--output")
 
@@ -101,7 +114,8 @@ def test_idx_pair_missing_names_fix(capsys, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- ONNX metadata
 def test_bad_preprocess_metadata_names_model(capsys, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     from dse.model.onnx_import import resolve_model
     m = onnx.load(str(resolve_model("lenet5")))
     for p in list(m.metadata_props):

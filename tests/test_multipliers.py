@@ -552,7 +552,7 @@ def test_export_round_trip_on_bundled_model(tmp_path, lenet_setup, name):
 @pytest.mark.slow
 def test_export_round_trip_cli_evaluate(tmp_path, capsys):
     from dse.config import save_config
-    from dse.emulate import LayerConfig
+    from dse.layer_config import LayerConfig
 
     out = tmp_path / "mw.npz"
     assert main(["multipliers", "export", "mitch_w6", "-o", str(out)]) == 0

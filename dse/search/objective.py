@@ -4,8 +4,8 @@ Narrow injected interfaces (so tests use fakes):
 
 * ``evaluator.correct(config, start, stop) -> bool[stop - start]``: per-image correctness of ``config`` on images
   ``start:stop`` of the (shuffled) search split; ``evaluator.n_images``: size of the split.
-* ``energy(config) -> {"system", "multiplier", "latency", optional "components": {name: value}}``: relative to
-  all-exact FxP8.
+* ``energy(config) -> {"system", "multiplier", "latency", optional "components": {name: {"exact", "config"}},
+  optional "layers"}``: relative to all-exact FxP8 (components and layers as fractions of the all-exact network).
 * ``predictor(config) -> predicted loss (fraction)`` or None.
 
 Every return path sets the constraint ``accuracy_loss = loss - budget`` (feasible when <= 0) before returning, including
@@ -20,15 +20,11 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from dse.layer_config import config_to_dict
 from dse.search.racing import race
 from dse.search.space import SearchSpace
 
 CONSTRAINT = "accuracy_loss"
-
-
-def config_to_dict(config: dict) -> dict:
-    """``{layer: {"multiplier", "cv"}}`` (JSON-friendly)."""
-    return {n: {"multiplier": lc.multiplier, "cv": bool(lc.cv)} for n, lc in config.items()}
 
 
 def _config_key(config: dict) -> str:

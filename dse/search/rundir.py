@@ -38,7 +38,7 @@ from optuna.storages._heartbeat import BaseHeartbeat  # the base Optuna's heartb
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
 
 BUDGET_FILE, JOURNAL_FILE, RESULTS_FILE = "budget.toml", "journal.log", "results.json"
 STORAGE_FILE, STUDY_FILE = "storage.txt", "study.txt"
@@ -73,30 +73,30 @@ def prepare(run_dir: str | Path, budget_path: str | Path, storage: str | None, w
     return it opened."""
     run_dir = Path(run_dir).absolute()
     if run_dir.exists() and not run_dir.is_dir():
-        raise DseError(f"--run-dir {run_dir}: exists and is not a directory; pass a directory path")
+        raise SettingError("run_dir", run_dir, "exists and is not a directory; pass a directory path")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DseError(f"--run-dir {run_dir}: cannot create it ({exc.strerror}); pass a writable directory path") \
+        raise SettingError("run_dir", run_dir, f"cannot create it ({exc.strerror}); pass a writable directory path") \
             from None
     src = Path(budget_path).read_bytes()
     dst = run_dir / BUDGET_FILE
     if dst.exists() and dst.read_bytes() != src:
-        raise DseError(f"{run_dir}: holds a study of a different budget ({dst}); use another --run-dir "
+        raise DseError(f"{run_dir}: holds a study of a different budget ({dst}); use another run directory "
                        f"or delete {run_dir}")
     if not dst.exists():
         write_atomic(dst, src)
     if storage and storage.startswith("sqlite") and workers > 1:
-        raise DseError(f"--storage {storage}: SQLite does not support {workers} parallel workers; use the default "
-                       "journal file or a PostgreSQL URL")
+        raise SettingError("search.storage", storage, f"SQLite does not support {workers} parallel workers; use the "
+                           "default journal file or a PostgreSQL URL")
     sfile = run_dir / STORAGE_FILE
     if not storage:
         url = recorded_url(run_dir)
         return Prepared(run_dir, url, open_storage(url))
     opened = open_storage(storage)  # a bad URL fails here, before it is recorded in storage.txt
     if sfile.exists() and sfile.read_text().strip() != storage:
-        raise DseError(f"{run_dir}: was run with storage {sfile.read_text().strip()}; pass the same --storage "
-                       "or use another --run-dir")
+        raise DseError(f"{run_dir}: was run with storage {sfile.read_text().strip()}; use the same storage "
+                       "or another run directory")
     write_atomic(sfile, (storage + "\n").encode())
     return Prepared(run_dir, storage, opened)
 
@@ -133,7 +133,7 @@ def open_storage(url: str):
         return _rdb_storage(sqlalchemy_url(url))
     except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver/OS errors of a user-given URL
         first = (str(exc).splitlines() or [""])[0]
-        raise DseError(f"storage '{url}' (--storage or [search] storage): cannot open it ({type(exc).__name__}: "
+        raise DseError(f"storage '{url}' (search.storage): cannot open it ({type(exc).__name__}: "
                        f"{first}); give e.g. postgresql://user@host/db, sqlite:////abs/path.db or "
                        "journal:///abs/path.log") from None
 

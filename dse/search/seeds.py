@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from dse.emulate import LayerConfig
+from dse.layer_config import LayerConfig
 from dse.search.space import SearchSpace
 
 

@@ -13,6 +13,7 @@ complete. Trials of a dead process are failed by heartbeats and re-run (see dse.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -33,8 +34,8 @@ import optuna
 from optuna.trial import TrialState
 
 from dse.budget import SearchSection
-from dse.emulate import LayerConfig
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
+from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import rundir, seeds
 from dse.search.objective import CONSTRAINT, Objective
 from dse.search.racing import paired_stats
@@ -356,39 +357,11 @@ def run_loop(study: optuna.Study, objective: Objective, s: SearchSettings, callb
         study.optimize(guarded, n_trials=1, catch=(_Surplus,), callbacks=list(callbacks))
 
 
-class _Progress:
-    """Rich progress bar: trials done, best feasible energy, feasible count."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            self.p = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                              TimeElapsedColumn(), transient=False)
-            self.task = self.p.add_task("search", total=total, completed=done, info="")
-
-    def __enter__(self):
-        if self.enabled:
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.p.__exit__(*exc)
-
-    def __call__(self, study, trial) -> None:
-        if not self.enabled:
-            return
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        feas = [t for t in trials if is_feasible(t)]
-        best = min((t.values[0] for t in feas), default=None)
-        info = f"best energy {best:.4f}" if best is not None else "best energy -"
-        self.p.update(self.task, completed=len(trials), info=f"{info}  feasible {len(feas)}")
-
-
-def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress: bool = True,
+def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress=None,
              factory=None, url: str | None = None) -> None:
-    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones)."""
+    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones).
+    ``progress(total, done)``: a context manager that is also an Optuna callback (e.g. ``dse.present.SearchProgress``);
+    None: no progress display."""
     done = n_complete(study)
     if s.n_trials - done <= 0:
         return
@@ -402,8 +375,8 @@ def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progr
             p.start()
             procs.append(p)
     try:
-        with _Progress(s.n_trials, done, progress) as bar:
-            run_loop(study, objective, s, callbacks=[bar])
+        with progress(s.n_trials, done) if progress else contextlib.nullcontext() as bar:
+            run_loop(study, objective, s, callbacks=[bar] if bar else [])
     finally:
         for p in procs:
             p.join()
@@ -443,7 +416,7 @@ def final_check(study: optuna.Study, ctx: SearchContext, s: SearchSettings, exac
     checked = []
     for num in picks:
         t = study.trials[num]
-        cfg = {n: LayerConfig(v["multiplier"], bool(v["cv"])) for n, v in t.user_attrs["config"].items()}
+        cfg = config_from_dict(t.user_attrs["config"])
         st = paired_stats(exact_hold, np.asarray(ctx.holdout.correct(cfg, 0, n_hold), dtype=bool))
         d = trial_summary(t)
         d["holdout"] = {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n,
@@ -469,14 +442,14 @@ def _count(study) -> dict:
 
 
 def run_search(budget_path: str | Path, settings: SearchSettings, context_factory, run_dir: str | Path | None = None,
-               resume: bool = True, progress: bool = True) -> dict:
+               resume: bool = True, progress=None) -> dict:
     """Create or join the budget's study in ``run_dir``'s storage, seed it, optimise, hold-out check; write and
     return results.json."""
     s = settings.validate()
     run_dir = Path(run_dir).absolute() if run_dir else rundir.default_run_dir(budget_path, s.seed)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
-        raise DseError(f"--no-resume: run directory {run_dir} already holds a study; pass another --run-dir or "
-                       "delete it (or drop --no-resume to continue it)")
+        raise SettingError("resume", False, f"run directory {run_dir} already holds a study; use another run directory "
+                           "or delete it (or resume to continue it)")
     prep = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
@@ -485,7 +458,7 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     sfile = run_dir / rundir.STUDY_FILE
     if sfile.exists() and sfile.read_text().strip() != name:
         raise DseError(f"{run_dir}: holds study {sfile.read_text().strip()}, but the budget now describes {name} "
-                       "(the model file or the search space changed); use another --run-dir")
+                       "(the model file or the search space changed); use another run directory")
     rundir.write_atomic(sfile, (name + "\n").encode())
     study, process = join_study(prep.storage, name, s, create=True)
     study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
