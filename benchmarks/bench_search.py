@@ -64,7 +64,7 @@ def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_di
     h = b.get("holdout") or {}
     return {"variant": variant, "seed": seed, "trials": res["trials"]["complete"], "wall": wall,
             "feasible": res["trials"]["feasible"], "energy": (b.get("energy") or {}).get("system"),
-            "holdout_ok": bool(h.get("feasible")), "loss_holdout": h.get("loss"), "trace": trace,
+            "holdout_ok": bool(b.get("verified")), "loss_holdout": h.get("loss"), "trace": trace,
             "budget": res["budget_loss"], "model": res["info"].get("model", "?")}
 
 

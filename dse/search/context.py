@@ -43,7 +43,7 @@ def settings_from_budget(b) -> SearchSettings:
                           n_trials=int(s.n_trials), seed=int(s.seed), storage=s.storage or None,
                           workers=int(s.workers), timeout_s=s.timeout_s or None, fidelities=list(s.racing),
                           confidence=float(s.confidence), predictor_skip=float(s.predictor_skip),
-                          n_holdout=int(s.n_holdout))
+                          n_holdout=int(s.n_holdout), feasibility_confidence=float(b.budget.confidence))
 
 
 def build_space(layer_names: list[str], space_cfg: SpaceSection, where: str = "search space") -> SearchSpace:
