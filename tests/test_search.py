@@ -390,18 +390,25 @@ def test_predictor_never_skips_enqueued_seeds():
     assert study.trials[1].user_attrs["skipped"] == "predictor"
 
 
-def test_loo_margin_is_worst_leave_one_out_error():
-    from dse.predict import AccuracyModel
-    from dse.search.context import _loo_margin
+def test_loo_quality_is_leave_one_out_error_and_rank():
+    from scipy.stats import spearmanr
 
-    ames = np.array([0.0, 0.1, 0.2, 0.3, 0.5])
-    accs = np.array([0.90, 0.89, 0.86, 0.80, 0.70])
-    want = 0.0
+    from dse.predict import AccuracyModel, loo_quality
+
+    ames = np.array([0.0, 0.1, 0.2, 0.3, 0.5, 0.7])
+    accs = np.array([0.90, 0.89, 0.86, 0.80, 0.70, 0.55])
+    pred = []
     for i in range(len(ames)):
         k = np.arange(len(ames)) != i
-        want = max(want, abs(AccuracyModel.fit(ames[k], accs[k]).predict(ames[i]) - accs[i]))
-    assert _loo_margin(ames, accs) == pytest.approx(want) and want > 0
-    assert _loo_margin([0.0, 0.0, 0.0, 0.1], [0.9, 0.9, 0.9, 0.8]) == float("inf")  # cannot refit without 0.1
+        pred.append(AccuracyModel.fit(ames[k], accs[k]).predict(ames[i]))
+    err = np.abs(np.array(pred) - accs)
+    q = loo_quality(ames, accs)
+    assert q.worst_error == pytest.approx(err.max()) and q.mean_error == pytest.approx(err.mean()) and err.max() > 0
+    assert q.spearman == pytest.approx(spearmanr(pred, accs).statistic)
+    assert loo_quality([0.0, 0.0, 0.0, 0.1], [0.9, 0.9, 0.9, 0.8]).worst_error == float("inf")  # no refit without 0.1
+    # a model that cannot rank the configurations is not good enough for the search
+    noisy = loo_quality(ames, np.array([0.90, 0.80, 0.89, 0.70, 0.88, 0.60]))
+    assert not noisy.good_enough and "Spearman" in noisy.verdict()
 
 
 def test_failed_trial_has_constraint():
