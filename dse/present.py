@@ -180,6 +180,9 @@ def report(summary: dict) -> None:
         from rich.markup import escape
 
         con.print(f"[bold]preprocessing[/bold] {escape(_preprocessing(pre))}", highlight=False)
+    disabled = (s["info"].get("predictor") or {}).get("disabled")
+    if disabled:
+        con.print(disabled)
     con.print(_baseline_table(s["baseline"], s["best"]))
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))
