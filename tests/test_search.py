@@ -306,10 +306,11 @@ def test_no_verified_best_is_said_plainly(tmp_path, budget_file, capsys):
         res["no_best"]
     checks = [t for t in study.trials if ATTR_VERIFIED in t.user_attrs] + [d for d in res["checked"]]
     assert sum(1 for t in study.trials if t.user_attrs.get(ATTR_VERIFIED) is False) <= 2  # bounded by n_holdout
-    from dse.report import best_trial, load_run, render, summarize
+    from dse import present
+    from dse.report import best_trial, load_run, summarize
     run = load_run(tmp_path / "run")
     assert best_trial(run) is None
-    render(summarize(run))
+    present.report(summarize(run))
     assert "none of the" in capsys.readouterr().out
     with pytest.raises(DseError, match="no configuration passed the hold-out check"):
         from dse.report import export_config
@@ -359,9 +360,9 @@ def test_pareto_race_keeps_non_dominated_and_skips_costlier_than_exact():
 
 
 def test_progress_shows_only_verified_best(tmp_path, budget_file):
-    from dse.search.study import _Progress
+    from dse.present import SearchProgress
     _, study = _checked_run(tmp_path, budget_file, ShiftedHoldout(factor=6.0))
-    bar = _Progress(40, 0, True)
+    bar = SearchProgress(40, 0)
     with bar:
         bar(study, None)
     info = bar.p.tasks[0].fields["info"]
