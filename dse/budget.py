@@ -7,7 +7,8 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   shorter image side before the center crop of image folders; default: the model's own metadata).
 * ``[data]`` ``calib``, ``search``, ``holdout`` (dataset specs, see dse.data: ``fashion-mnist:<split>``, a ``.npz``
   file, an IDX images file or ``"images.gz,labels.gz"``, a CIFAR .bin file or directory, an image folder), ``images`` (cap on the search images; absent = all).
-* ``[budget]`` ``max_accuracy_loss`` (percentage points vs FxP8 exact, ``[0, 100)``), ``metric`` (``"top1"``).
+* ``[budget]`` ``max_accuracy_loss`` (percentage points vs FxP8 exact, ``[0, 100)``), ``metric`` (``"top1"``),
+  ``confidence`` (one-sided level at which a configuration must be within budget on the search images).
 * ``[accelerator]`` the fields of ``dse.energy.ArrayConfig`` (rows, cols, frequency_mhz, glb_kib, weight_bits,
   act_bits, out_bits, psum_bits, batch, cv_coef_bits); ``backend`` (``"builtin"`` or ``"zigzag"``, see
   ``dse.energy.backends``) and for ZigZag optional ``zigzag_architecture`` / ``zigzag_mapping`` (ZigZag YAML files).
@@ -15,8 +16,9 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
 * ``[search]`` ``mode`` (constrained|pareto), ``sampler`` (auto|tpe|nsga2|random|qmc; auto = TPE for constrained,
   NSGA-II for pareto), ``n_trials``, ``seed``, ``storage`` (Optuna URL; absent = journal file in the run directory),
   ``workers``, ``timeout_s`` (absent = none), ``racing`` (increasing image counts, ``0`` = the whole split, last),
-  ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout``, ``threads`` (kernel threads per
-  process; absent = the available cores divided among the workers).
+  ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout`` (hold-out checks that may fail before
+  the walk down the feasible list stops), ``threads`` (kernel threads per process; absent = the available cores
+  divided among the workers).
 * ``[space]`` ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
   ``{K = [..], Lw = [..], La = [..], modes = [..]}``: all combinations), ``cv`` (allowed bools), ``pin_first_last``,
   and per-layer overrides ``[space.layers.<name>]`` with ``multipliers``, ``cv``, ``pin``.
@@ -63,6 +65,7 @@ class DataSection:
 class BudgetSection:
     max_accuracy_loss: float = 1.0   # percentage points vs FxP8 exact
     metric: str = "top1"
+    confidence: float = 0.95         # upper confidence bound of the search-split loss must be within the budget
 
 
 @dataclass(frozen=True)
@@ -289,13 +292,16 @@ def _data(ctx, tab) -> DataSection:
 
 
 def _budget(ctx, tab) -> BudgetSection:
-    _check_keys(ctx, "budget", tab, ("max_accuracy_loss", "metric"))
+    _check_keys(ctx, "budget", tab, ("max_accuracy_loss", "metric", "confidence"))
     kw = {}
     if "max_accuracy_loss" in tab:
         kw["max_accuracy_loss"] = _float(ctx, "budget.max_accuracy_loss", tab["max_accuracy_loss"], 0, 100,
                                          hi_open=True, what="a number of percentage points in [0, 100)")
     if "metric" in tab:
         kw["metric"] = _str(ctx, "budget.metric", tab["metric"], METRICS)
+    if "confidence" in tab:
+        kw["confidence"] = _float(ctx, "budget.confidence", tab["confidence"], 0.5, 1, hi_open=True,
+                                  what="a one-sided confidence level in [0.5, 1) (0.5 = no margin)")
     return BudgetSection(**kw)
 
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from dse.arith.multipliers import Multiplier, get_multiplier, pattern_values
 from dse.correction import _act_pmf, _layer_key, _weight_patterns, cv_correction
@@ -254,27 +255,50 @@ def loss_predictor(predictor: AmePredictor, model: AccuracyModel):
     return lambda config: float(model.loss(predictor.ame(config)))
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], x.size]
-    avg = (starts + ends + 1) / 2.0            # mean of ranks starts+1 .. ends
-    ranks = np.empty(x.size)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
 def spearman(x, y) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks); nan if either side is constant."""
-    rx, ry = rankdata(x), rankdata(y)
-    if rx.size != ry.size or rx.size < 2:
+    """Spearman rank correlation (scipy.stats.spearmanr, average ranks for ties); nan if either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.size != y.size or x.size < 2:
         raise ValueError("spearman: need two sequences of equal length >= 2")
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    return float(dx @ dy / den) if den > 0 else float("nan")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+# a predictor the search may use to skip trials must rank and size losses this well (held-out / leave-one-out)
+MIN_SPEARMAN = 0.9
+MAX_MEAN_ERROR = 0.005   # fraction (0.5 pp)
+
+
+@dataclass(frozen=True)
+class LooQuality:
+    """Leave-one-out quality of an AccuracyModel on its fit set (accuracies as fractions)."""
+
+    spearman: float
+    mean_error: float
+    worst_error: float   # inf when the model cannot be refitted without some point
+
+    @property
+    def good_enough(self) -> bool:
+        return bool(self.spearman >= MIN_SPEARMAN and self.mean_error <= MAX_MEAN_ERROR)
+
+    def verdict(self) -> str:
+        return (f"leave-one-out Spearman {self.spearman:.2f} (needs >= {MIN_SPEARMAN}), mean error "
+                f"{100 * self.mean_error:.2f} pp (needs <= {100 * MAX_MEAN_ERROR:.1f} pp)")
+
+
+def loo_quality(ames, accuracies) -> LooQuality:
+    """Refit the AccuracyModel without each point in turn and predict it: rank correlation, mean and worst error."""
+    ames, accs = np.asarray(ames, float), np.asarray(accuracies, float)
+    pred = np.empty_like(accs)
+    for i in range(len(ames)):
+        keep = np.arange(len(ames)) != i
+        try:
+            pred[i] = AccuracyModel.fit(ames[keep], accs[keep]).predict(ames[i])
+        except DseError:
+            return LooQuality(float("nan"), float("inf"), float("inf"))
+    err = np.abs(pred - accs)
+    return LooQuality(spearman(pred, accs), float(err.mean()), float(err.max()))
 
 
 @dataclass

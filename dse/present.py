@@ -131,7 +131,7 @@ def search_result(res: dict) -> None:
         con.print(f"best trial {b['trial']}: energy system {num(b['energy'].get('system'))} multiplier "
                   f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {pp(h.get('loss'))} (holdout)")
     else:
-        con.print("no feasible configuration found")
+        con.print(res.get("no_best") or "no configuration passed the hold-out check")
     con.print(f"run directory: {res['run_dir']} (dse report {res['run_dir']})")
 
 
@@ -156,12 +156,14 @@ class SearchProgress:
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
+        from dse.search.objective import ATTR_VERIFIED
         from dse.search.study import is_feasible
 
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         feas = [t for t in trials if is_feasible(t)]
-        best = min((t.values[0] for t in feas), default=None)
-        self.p.update(self.task, completed=len(trials), info=f"best energy {num(best)}  feasible {len(feas)}")
+        best = min((t.user_attrs["energy"]["system"] for t in feas if t.user_attrs.get(ATTR_VERIFIED)), default=None)
+        self.p.update(self.task, completed=len(trials),
+                      info=f"best energy {num(best)} (hold-out verified)  feasible {len(feas)}")
 
 
 # ----------------------------------------------------------------------------------------------- dse report
@@ -192,12 +194,15 @@ def report(summary: dict) -> None:
     if not s["reproducible"]:
         con.print(f"{s['processes']} processes ran this study (workers, other machines or resumes): its trial "
                   "order depends on their timing and is not reproducible from the seed")
+    disabled = (s["info"].get("predictor") or {}).get("disabled")
+    if disabled:
+        con.print(disabled)
     con.print(_baseline_table(s["baseline"], s["best"]))
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))
     b = s["best"]
     if not b:
-        con.print("no feasible configuration yet")
+        con.print(s["no_best"] or "no hold-out verified configuration yet")
         return
     con.print(_layers_table(b))
     comps = b["energy"].get("components")
@@ -226,9 +231,16 @@ def _approx_layers(config: dict) -> str:
 
 def _pareto_table(front: list[dict]) -> Table:
     rows = [[str(d["trial"]), num(d["energy"].get("system")), num(d["energy"].get("multiplier")), pp(d["loss"]),
-             yes_no(d["feasible"]), _approx_layers(d["config"])] for d in front]
+             yes_no(d["feasible"]), _holdout_cell(d), _approx_layers(d["config"])] for d in front]
     return table("Pareto front (search split, full fidelity)",
-                 ["trial", "energy system", "energy multiplier", "loss", "feasible", "approximate layers"], rows)
+                 ["trial", "energy system", "energy multiplier", "loss", "feasible", "hold-out", "approximate layers"],
+                 rows)
+
+
+def _holdout_cell(d: dict) -> str:
+    if d["verified"] is None:
+        return "not checked"
+    return f"{'passed' if d['verified'] else 'failed'} {pp(d['holdout']['loss'])}"
 
 
 def _layers_table(b: dict) -> Table:

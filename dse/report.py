@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from dse.errors import DseError, SettingError
 from dse.layer_config import config_from_dict
 from dse.search import rundir
+from dse.search.objective import ATTR_VERIFIED
 from dse.search.study import is_feasible, n_processes, pareto_front, trial_summary
 
 
@@ -73,11 +74,12 @@ def _complete(run: Run):
 
 
 def best_trial(run: Run):
-    """The reported best trial: results.json's (hold-out checked) best, else the lowest-energy feasible trial that
-    saw the whole search split (None if there is none yet)."""
-    if run.results and run.results.get("best"):
-        return run.study.trials[run.results["best"]["trial"]]
-    feas = [t for t in _complete(run) if is_feasible(t) and t.user_attrs.get("full")]
+    """The reported best trial: results.json's hold-out verified best once the search has finished, before that the
+    lowest-energy feasible trial verified on hold-out during the search (None if there is none)."""
+    if run.results is not None:
+        b = run.results.get("best")
+        return run.study.trials[b["trial"]] if b else None
+    feas = [t for t in _complete(run) if is_feasible(t) and t.user_attrs.get(ATTR_VERIFIED)]
     return min(feas, key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]), default=None)
 
 
@@ -98,12 +100,12 @@ def summarize(run: Run) -> dict:
         base["fxp8"] = {"search": exact, "holdout": None}
     bt = best_trial(run)
     best = None
+    checked = {d["trial"]: d for d in res.get("checked", [])}
     if bt is not None:
-        best = trial_summary(bt)
-        checked = {d["trial"]: d for d in res.get("checked", [])}
-        best["holdout"] = checked.get(bt.number, {}).get("holdout")
+        best = checked.get(bt.number) or trial_summary(bt)
     front = pareto_front([trial_summary(t) for t in trials
                           if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs])
+    front = [checked.get(d["trial"], d) for d in front]
     states = [t.state for t in run.study.get_trials(deepcopy=False)]
     processes = n_processes(run.study)
     return {
@@ -117,6 +119,7 @@ def summarize(run: Run) -> dict:
                    "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in trials),
                    "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in trials)},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
+        "no_best": res.get("no_best"),
     }
 
 
@@ -125,7 +128,8 @@ def export_config(run: Run, out: str | Path, trial: int | None = None) -> Path:
     if trial is None:
         t = best_trial(run)
         if t is None:
-            raise DseError(f"{run.path}: no feasible trial yet; export a specific trial by its number")
+            raise DseError(f"{run.path}: no configuration passed the hold-out check; export a specific trial by "
+                           "its number (see 'dse report')")
     else:
         if not 0 <= trial < len(run.study.trials):
             raise SettingError("trial", trial, f"{run.path} has trials 0..{len(run.study.trials) - 1}; "

@@ -227,7 +227,7 @@ def test_report_results_json_not_an_object(capsys, tmp_path, tiny_run, content):
 
 def test_export_unwritable_path_names_fix(capsys, tmp_path, tiny_run):
     out = tmp_path / "missing-dir" / "c.toml"
-    assert_one_line(*run(capsys, "export", tiny_run, "-o", out), str(out), "writable")
+    assert_one_line(*run(capsys, "export", tiny_run, "--trial", 0, "-o", out), str(out), "writable")
 
 
 # ----------------------------------------------------------------------------------------------------- data vs model

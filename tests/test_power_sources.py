@@ -31,7 +31,8 @@ def test_published_power_parses_the_evoapprox_header():
     assert EVOAPPROX_EXACT_MW[False][0] == 0.391
 
 
-def test_cmodel_with_evoapprox_header_gets_its_power(tmp_path, capsys):
+def test_cmodel_with_evoapprox_header_gets_its_power(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DSE_ALLOW_CMODEL", "1")  # C models are code: compiled only with the opt-in
     c = tmp_path / "mul8u_test.c"
     c.write_text(EVO_HEADER + "#include <stdint.h>\nint32_t mul8(int32_t a, int32_t b) { return (a * b) & ~1; }\n")
     m = get_multiplier(f"cmodel:{c}")

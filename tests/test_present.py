@@ -43,11 +43,13 @@ def test_search_progress_counts_complete_and_feasible(capsys):
     with present.SearchProgress(total=3, done=0) as bar:
         def objective(trial):
             trial.set_constraint("accuracy_loss", -0.01 if trial.number == 0 else 0.02)
+            trial.set_user_attr("energy", {"system": 0.5 + trial.number})
+            trial.set_user_attr("holdout_verified", trial.number == 0)
             return 0.5 + trial.number
         study.optimize(objective, n_trials=2, callbacks=[bar])
     task = bar.p.tasks[0]
     assert task.completed == 2 and task.total == 3
-    assert task.fields["info"] == "best energy 0.5000  feasible 1"
+    assert task.fields["info"] == "best energy 0.5000 (hold-out verified)  feasible 1"
 
 
 @pytest.mark.parametrize("allow_nan", [True, False])

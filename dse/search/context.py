@@ -43,7 +43,7 @@ def settings_from_budget(b) -> SearchSettings:
                           n_trials=int(s.n_trials), seed=int(s.seed), storage=s.storage or None,
                           workers=int(s.workers), timeout_s=s.timeout_s or None, fidelities=list(s.racing),
                           confidence=float(s.confidence), predictor_skip=float(s.predictor_skip),
-                          n_holdout=int(s.n_holdout))
+                          n_holdout=int(s.n_holdout), feasibility_confidence=float(b.budget.confidence))
 
 
 def build_space(layer_names: list[str], space_cfg: SpaceSection, where: str = "search space") -> SearchSpace:
@@ -156,7 +156,7 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
     """AME predictor (dse.predict) with an AccuracyModel fitted on the all-exact and ``n_configs`` random
     configurations of the space, emulated on the first ``n_images`` search images. Only table multipliers."""
     from dse.arith.multipliers import get_multiplier
-    from dse.predict import AccuracyModel, AmePredictor, loss_predictor
+    from dse.predict import AccuracyModel, AmePredictor, loo_quality, loss_predictor
 
     int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
     rng = np.random.default_rng(seed + 7919)
@@ -177,7 +177,13 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
         model = AccuracyModel.fit(ames, accs)
     except DseError:
         return None, {"error": "predictor fit failed (configurations with equal AME)"}
-    margin = _loo_margin(ames, accs)
+    q = loo_quality(ames, accs)
+    info = {"model": model.to_dict(), "configs": len(cfgs), "images": n_images, "loo_spearman": q.spearman,
+            "loo_mean_error": q.mean_error, "loo_margin": q.worst_error}
+    if not q.good_enough:
+        # a predictor that ranks configurations poorly would skip good ones: measure it and do without
+        return None, dict(info, disabled=f"AME predictor not used on this model: {q.verdict()}")
+    margin = q.worst_error
     base = loss_predictor(pred, model)
 
     def predict(config: dict):
@@ -186,24 +192,7 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
         if any(lc.multiplier not in int_mults and lc.multiplier != "exact" for lc in config.values()):
             return 0.0  # no AME for float-domain multipliers: never skip
         return max(base(config) - margin, 0.0)
-    return predict, {"model": model.to_dict(), "configs": len(cfgs), "images": n_images, "loo_margin": margin}
-
-
-def _loo_margin(ames, accs) -> float:
-    """Worst absolute leave-one-out error (accuracy, fraction) of the AccuracyModel on its fit set; inf if the model
-    cannot be refitted without a point (then the predictor never skips)."""
-    from dse.predict import AccuracyModel
-
-    ames, accs = np.asarray(ames, float), np.asarray(accs, float)
-    worst = 0.0
-    for i in range(len(ames)):
-        keep = np.arange(len(ames)) != i
-        try:
-            m = AccuracyModel.fit(ames[keep], accs[keep])
-        except DseError:
-            return float("inf")
-        worst = max(worst, abs(float(m.predict(ames[i])) - accs[i]))
-    return worst
+    return predict, info
 
 
 def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_trials=None, workers=None,

@@ -33,12 +33,11 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from dse.budget import SearchSection
+from dse.budget import BudgetSection, SearchSection
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import rundir, seeds
-from dse.search.objective import CONSTRAINT, Objective
-from dse.search.racing import paired_stats
+from dse.search.objective import ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective
 from dse.search.space import SearchSpace
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "qmc")
@@ -64,7 +63,8 @@ class SearchSettings:
     fidelities: list = field(default_factory=lambda: list(_D.racing))
     confidence: float = _D.confidence
     predictor_skip: float = _D.predictor_skip  # skip a trial when predicted loss > predictor_skip * budget (0 = never)
-    n_holdout: int = _D.n_holdout              # best feasible configurations re-checked on the hold-out split
+    n_holdout: int = _D.n_holdout              # hold-out checks that may fail before the walk down the list stops
+    feasibility_confidence: float = BudgetSection().confidence  # [budget] confidence of the search-split feasibility
     seed_uniform: bool = True
     seed_knapsack: bool = True
 
@@ -163,7 +163,8 @@ def is_feasible(t) -> bool:
 
 def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
     return Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, s.mode, s.fidelities, s.confidence,
-                     ctx.predictor, s.predictor_skip)
+                     ctx.predictor, s.predictor_skip, feasibility_confidence=s.feasibility_confidence,
+                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout)
 
 
 def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
@@ -394,40 +395,60 @@ def pareto_front(points: list[dict]) -> list[dict]:
 
 
 def trial_summary(t) -> dict:
+    """JSON-friendly summary of a trial. ``holdout``/``verified`` are None when it was never checked on hold-out."""
     ua = t.user_attrs
     return {"trial": t.number, "config": ua.get("config", {}), "energy": ua.get("energy", {}),
             "accuracy": ua.get("accuracy"), "loss": ua.get("loss"), "images": ua.get("images"),
-            "feasible": is_feasible(t)}
+            "feasible": is_feasible(t), "holdout": ua.get(ATTR_HOLDOUT), "verified": ua.get(ATTR_VERIFIED)}
 
 
-def final_check(study: optuna.Study, ctx: SearchContext, s: SearchSettings, exact_search: np.ndarray) -> dict:
-    """Re-evaluate the best feasible configurations (and the front in pareto mode) on the hold-out split."""
-    full = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if is_feasible(t) and t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
-    full.sort(key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
-    front = pareto_front([trial_summary(t) for t in
-                          study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                          if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs])
-    picks = [t.number for t in full[: s.n_holdout]]
-    if s.mode == "pareto":
-        picks += [d["trial"] for d in front if d["feasible"] and d["trial"] not in picks]
-    n_hold = ctx.holdout.n_images
-    exact_hold = np.asarray(ctx.holdout.correct({}, 0, n_hold), dtype=bool)
-    checked = []
-    for num in picks:
-        t = study.trials[num]
-        cfg = config_from_dict(t.user_attrs["config"])
-        st = paired_stats(exact_hold, np.asarray(ctx.holdout.correct(cfg, 0, n_hold), dtype=bool))
+def _full_trials(study: optuna.Study) -> list:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
+
+
+def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) -> dict:
+    """Pick the reported best: walk down the search-feasible full-fidelity configurations by energy (all-exact and
+    anything costing more excluded) until one passes the hold-out check. Trials checked during the search keep their
+    result; unchecked ones are checked now, at most ``n_holdout`` of them that fail. No pass: ``best`` is None and
+    ``no_best`` says why and what to do. In Pareto mode the feasible front points are checked the same way."""
+    full = _full_trials(study)
+    cands = sorted((t for t in full if is_feasible(t) and t.user_attrs["energy"]["system"] < EXACT_ENERGY),
+                   key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
+    front = pareto_front([trial_summary(t) for t in full])
+    on_front = {d["trial"] for d in front}
+    checked, unchecked, best, failures = [], [], None, 0
+    for t in cands:
+        if best is not None and (s.mode == "constrained" or t.number not in on_front):
+            continue
         d = trial_summary(t)
-        d["holdout"] = {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n,
-                        "feasible": st.loss <= s.budget_loss}
+        if d["verified"] is None:
+            if failures >= s.n_holdout:
+                unchecked.append(t.number)
+                continue
+            cfg = config_from_dict(d["config"])
+            d["holdout"] = objective.holdout_check(cfg)
+            d["verified"] = d["holdout"]["loss"] <= s.budget_loss
+            failures += not d["verified"]
         checked.append(d)
-    best = next((d for d in checked if d["holdout"]["feasible"]), checked[0] if checked else None)
+        if d["verified"] and best is None:
+            best = d
     by_num = {d["trial"]: d for d in checked}
     front = [by_num.get(d["trial"], d) for d in front]
-    base = dict(ctx.baseline)
-    base["fxp8"] = {"search": float(exact_search.mean()), "holdout": float(exact_hold.mean())}
-    return {"baseline": base, "best": best, "checked": checked, "pareto_front": front}
+    # unchecked: search-feasible configurations cheaper than the best (or front points) left out by the n_holdout bound
+    res = {"best": best, "checked": checked, "pareto_front": front, "unchecked": unchecked}
+    if best is None:
+        res["no_best"] = _no_best_reason(len(cands), sum(d["verified"] is False for d in checked), s)
+    return res
+
+
+def _no_best_reason(n_cands: int, n_failed: int, s: SearchSettings) -> str:
+    if n_cands == 0:
+        return ("no configuration cheaper than all-exact was feasible on the search split; raise [budget] "
+                "max_accuracy_loss, lower [budget] confidence, or add [search] n_trials")
+    return (f"none of the {n_cands} configurations feasible on the search split passed the hold-out check "
+            f"({n_failed} checked, all over budget); raise [budget] confidence for a wider margin, give the search more "
+            "images ([data] images), or raise [search] n_holdout to check more of them")
 
 
 def _count(study) -> dict:
@@ -468,9 +489,12 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     enqueue_seeds(study, ctx, s, process)
     objective = _objective(ctx, s)
     optimize(study, objective, s, progress, factory=context_factory, url=prep.url)
-    res = final_check(study, ctx, s, objective.correct_exact)
+    res = final_check(study, objective, s)
+    base = dict(ctx.baseline)
+    base["fxp8"] = {"search": float(objective.correct_exact.mean()),
+                    "holdout": float(objective.correct_exact_holdout.mean())}
     processes = n_processes(study)
-    res.update(mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
+    res.update(baseline=base, mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
                elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials, study=name,
                processes=processes, reproducible=processes == 1,
                images={"search": int(ctx.evaluator.n_images), "holdout": int(ctx.holdout.n_images)})
