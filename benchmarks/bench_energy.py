@@ -1,7 +1,10 @@
 """Built-in energy model on three networks: per-component shares of the all-exact FxP8 system energy and the relative
 system / multiplier-unit energy of network-uniform configurations.
 
-Run:  python benchmarks/bench_energy.py [--rows 16] [--cols 16] [--glb-kib 64] [--batch 1]
+Run:  python benchmarks/bench_energy.py [--rows 16] [--cols 16] [--glb-kib 64] [--batch 1] [--zigzag]
+``--zigzag`` adds the cross-check: the ZigZag backend (``pip install 'dse[zigzag]'``) on the same networks, array and
+constants, per component and per layer beside the built-in model (all-exact FxP8 and network-uniform
+axbxp_k2_w2_a2_static), with ZigZag's mapping time (cold cache: ``DSE_CACHE_DIR`` is a fresh temporary directory).
 Networks: the bundled LeNet-5 and ResNet-8 and a VGG-style CIFAR-size net (6 3x3 convs 32-128 channels + Gemm,
 built with onnx.helper, random weights: only the layer shapes matter here).
 """
@@ -23,9 +26,10 @@ def main(argv=None):
     ap.add_argument("--cols", type=int, default=16)
     ap.add_argument("--glb-kib", type=float, default=64.0)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--zigzag", action="store_true", help="cross-check against the ZigZag backend")
     args = ap.parse_args(argv)
 
-    from dse.emulate import LayerConfig
+    from dse.layer_config import LayerConfig
     from dse.energy import COMPONENTS, ArrayConfig, EnergyModel
 
     array = ArrayConfig(rows=args.rows, cols=args.cols, glb_kib=args.glb_kib, batch=args.batch)
@@ -48,6 +52,44 @@ def main(argv=None):
             r = model.relative(layers[label], {l.name: LayerConfig(name) for l in layers[label]})
             cells.append(f"{r['system']:.3f} / {r['multiplier']:.3f}")
         print(f"{name:24s} " + " ".join(f"{c:>17s}" for c in cells))
+    if args.zigzag:
+        cross_check(array, layers, tmp)
+
+
+def cross_check(array, layers: dict, tmp: Path) -> None:
+    """Both backends side by side per component (uJ per image) and per layer (uJ, cycles)."""
+    import os
+    import time
+
+    os.environ["DSE_CACHE_DIR"] = str(tmp / "cache")
+    from dse.emulate import LayerConfig
+    from dse.energy import COMPONENTS, EnergyModel
+    from dse.energy.zigzag_backend import ZigZagEnergyModel
+
+    b, z = EnergyModel(array=array), ZigZagEnergyModel(array=array)
+    for label, ls in layers.items():
+        for cname, cfg in (("all exact", {}), ("axbxp_k2_w2_a2_static", {l.name: LayerConfig("axbxp_k2_w2_a2_static")
+                                                                         for l in ls})):
+            t0 = time.perf_counter()
+            nz = z.network(ls, cfg)
+            dt = time.perf_counter() - t0
+            nb = b.network(ls, cfg)
+            print(f"\n{label}, {cname}: built-in {nb.total / 1e6:.2f} uJ, ZigZag {nz.total / 1e6:.2f} uJ "
+                  f"(ratio {nz.total / nb.total:.2f}); cycles {nb.cycles} vs {nz.cycles}; ZigZag mapping {dt:.1f} s")
+            print(f"  {'component':12s} {'built-in uJ':>12s} {'ZigZag uJ':>10s} {'ratio':>6s}")
+            for c in COMPONENTS:
+                vb, vz = nb.components[c] / 1e6, nz.components[c] / 1e6
+                ratio = f"{vz / vb:6.2f}" if vb else "     -"
+                print(f"  {c:12s} {vb:12.3f} {vz:10.3f} {ratio}")
+            if cfg:
+                continue
+            print(f"  {'layer':28s} {'built-in uJ':>12s} {'ZigZag uJ':>10s} {'reg b/z':>13s} {'glb b/z':>13s} "
+                  f"{'cycles b/z':>13s}")
+            for lb, lz in zip(nb.layers, nz.layers):
+                cb, cz = lb.components, lz.components
+                print(f"  {lb.name[:28]:28s} {lb.total / 1e6:12.3f} {lz.total / 1e6:10.3f} "
+                      f"{cb['registers'] / 1e6:6.3f}/{cz['registers'] / 1e6:6.3f} "
+                      f"{cb['glb'] / 1e6:6.3f}/{cz['glb'] / 1e6:6.3f} {lb.cycles:6d}/{lz.cycles:6d}")
 
 
 if __name__ == "__main__":

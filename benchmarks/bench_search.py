@@ -7,14 +7,20 @@ Variants, each run once per seed in one process (fresh run directory each time):
   counts, AME predictor skip), as ``dse search`` runs it;
 * ``optuna-tpe``: plain Optuna TPE (multivariate, constant liar) with only the all-exact seed, every trial on all
   search images, no predictor;
-* ``optuna-random``: the same with Optuna's RandomSampler.
+* ``optuna-random``: the same with Optuna's RandomSampler;
+* ``optuna-nsga2``: the same with Optuna's NSGAIISampler (constraints via set_constraint);
+* ``hawq-milp``: no search: a HAWQ-V3-style integer program. Per-layer loss of each (multiplier, cv) choice measured
+  alone on the sensitivity images, then minimise energy subject to the summed per-layer loss <= budget
+  (scipy.optimize.milp, ``dse.search.seeds.knapsack``); the one configuration is evaluated on the whole search split
+  (feasible with the same confidence bound) and on hold-out. Its "trials" is 1; its wall time includes the
+  layers x choices sensitivity evaluations.
 
 Printed per run and as medians over seeds: trials, wall time, trials/min, search-feasible trials, best energy that
 passed the hold-out check (relative system energy; saving vs all-exact FxP8), its hold-out loss, and
-``trials to match`` = the trial number at which that variant first held a full-fidelity feasible configuration with
-energy <= the median best of the baseline. Ratios are dse / baseline of the medians.
+``trials to match`` = the trial number at which that variant first held a hold-out verified configuration with
+energy <= the median best of the baselines. Ratios are dse / baseline of the medians.
 
-Usage: ``python benchmarks/bench_search.py [--seeds 0 1 2] [--variants dse optuna-tpe optuna-random] [--budget FILE]
+Usage: ``python benchmarks/bench_search.py [--seeds 0 1 2] [--variants dse optuna-tpe ... hawq-milp] [--budget FILE]
 [--n-trials N] [--workers W]``.
 """
 from __future__ import annotations
@@ -32,14 +38,40 @@ from rich.console import Console
 from rich.table import Table
 
 from dse.budget import load_budget
-from dse.search import rundir
+from dse.search import rundir, seeds
 from dse.search.context import build_context, default_budget_path, settings_from_budget
+from dse.search.objective import ATTR_VERIFIED, Objective
+from dse.search.racing import paired_stats
 from dse.search.study import is_feasible, run_search
 
-VARIANTS = ("dse", "optuna-tpe", "optuna-random")
+VARIANTS = ("dse", "optuna-tpe", "optuna-random", "optuna-nsga2", "hawq-milp")
+SAMPLER_OF = {"optuna-tpe": "tpe", "optuna-random": "random", "optuna-nsga2": "nsga2"}
+
+
+def run_milp(budget: Path, seed: int) -> dict:
+    """HAWQ-V3-style baseline: per-layer sensitivities, one integer program, one evaluated configuration."""
+    s = settings_from_budget(load_budget(budget))
+    s.seed = seed
+    t0 = time.perf_counter()
+    ctx = build_context(str(budget), fit_predictor=False)
+    items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
+    cfg = seeds.all_exact(ctx.space)
+    cfg.update(seeds.knapsack(items, s.budget_loss))
+    obj = Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, holdout=ctx.holdout)
+    st = paired_stats(obj.correct_exact, ctx.evaluator.correct(cfg, 0, ctx.evaluator.n_images))
+    feasible = st.upper(s.feasibility_confidence) <= s.budget_loss
+    h = obj.holdout_check(cfg) if feasible else None
+    wall = time.perf_counter() - t0
+    energy = float(ctx.energy(cfg)["system"])
+    ok = bool(h and h["loss"] <= s.budget_loss)
+    return {"variant": "hawq-milp", "seed": seed, "trials": 1, "wall": wall, "feasible": int(feasible),
+            "energy": energy if feasible else None, "holdout_ok": ok, "loss_holdout": h["loss"] if h else None,
+            "trace": [(0, energy)] if ok else [], "budget": s.budget_loss, "model": ctx.info.get("model", "?")}
 
 
 def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
+    if variant == "hawq-milp":
+        return run_milp(budget, seed)
     s = settings_from_budget(load_budget(budget))
     s.seed = seed
     if n_trials is not None:
@@ -48,7 +80,7 @@ def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_di
         s.workers = int(workers)
     full = variant == "dse"
     if not full:
-        s.sampler = "tpe" if variant == "optuna-tpe" else "random"
+        s.sampler = SAMPLER_OF[variant]
         s.fidelities = [0]          # every trial on all search images
         s.predictor_skip = 0.0
         s.seed_uniform = s.seed_knapsack = False  # the all-exact seed stays: it is the reference point
@@ -59,17 +91,17 @@ def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_di
     study = optuna.load_study(study_name=rundir.STUDY_NAME, storage=rundir.storage_for(run_dir))
     trace = sorted((t.number, t.user_attrs["energy"]["system"]) for t in
                    study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if is_feasible(t) and t.user_attrs.get("full"))
+                   if is_feasible(t) and t.user_attrs.get(ATTR_VERIFIED))
     b = res["best"] or {}
     h = b.get("holdout") or {}
     return {"variant": variant, "seed": seed, "trials": res["trials"]["complete"], "wall": wall,
             "feasible": res["trials"]["feasible"], "energy": (b.get("energy") or {}).get("system"),
-            "holdout_ok": bool(h.get("feasible")), "loss_holdout": h.get("loss"), "trace": trace,
+            "holdout_ok": bool(b.get("verified")), "loss_holdout": h.get("loss"), "trace": trace,
             "budget": res["budget_loss"], "model": res["info"].get("model", "?")}
 
 
 def trials_to_reach(trace: list, target: float) -> int | None:
-    """1-based trial count at which a full-fidelity feasible energy <= target was first held."""
+    """1-based trial count at which a hold-out verified energy <= target was first held."""
     return next((n + 1 for n, e in trace if e <= target + 1e-12), None)
 
 

@@ -7,15 +7,18 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   shorter image side before the center crop of image folders; default: the model's own metadata).
 * ``[data]`` ``calib``, ``search``, ``holdout`` (dataset specs, see dse.data: ``fashion-mnist:<split>``, a ``.npz``
   file, an IDX images file or ``"images.gz,labels.gz"``, a CIFAR .bin file or directory, an image folder), ``images`` (cap on the search images; absent = all).
-* ``[budget]`` ``max_accuracy_loss`` (percentage points vs FxP8 exact, ``[0, 100)``), ``metric`` (``"top1"``).
+* ``[budget]`` ``max_accuracy_loss`` (percentage points vs FxP8 exact, ``[0, 100)``), ``metric`` (``"top1"``),
+  ``confidence`` (one-sided level at which a configuration must be within budget on the search images).
 * ``[accelerator]`` the fields of ``dse.energy.ArrayConfig`` (rows, cols, frequency_mhz, glb_kib, weight_bits,
-  act_bits, out_bits, psum_bits, batch, cv_coef_bits).
+  act_bits, out_bits, psum_bits, batch, cv_coef_bits); ``backend`` (``"builtin"`` or ``"zigzag"``, see
+  ``dse.energy.backends``) and for ZigZag optional ``zigzag_architecture`` / ``zigzag_mapping`` (ZigZag YAML files).
 * ``[energy]`` overrides of ``dse.energy.DEFAULT_CONSTANTS``: ``key = number`` or ``key = {value, unit, source}``.
 * ``[search]`` ``mode`` (constrained|pareto), ``sampler`` (auto|tpe|nsga2|random|qmc; auto = TPE for constrained,
   NSGA-II for pareto), ``n_trials``, ``seed``, ``storage`` (Optuna URL; absent = journal file in the run directory),
   ``workers``, ``timeout_s`` (absent = none), ``racing`` (increasing image counts, ``0`` = the whole split, last),
-  ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout``, ``threads`` (kernel threads per
-  process; absent = the available cores divided among the workers).
+  ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout`` (hold-out checks that may fail before
+  the walk down the feasible list stops), ``threads`` (kernel threads per process; absent = the available cores
+  divided among the workers).
 * ``[space]`` ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
   ``{K = [..], Lw = [..], La = [..], modes = [..]}``: all combinations), ``cv`` (allowed bools), ``pin_first_last``,
   and per-layer overrides ``[space.layers.<name>]`` with ``multipliers``, ``cv``, ``pin``.
@@ -33,6 +36,7 @@ from pathlib import Path
 
 from dse.data import SOURCE_BUDGET, Preprocess
 from dse.energy import ARRAY_LIMITS, DEFAULT_CONSTANTS, ArrayConfig, EnergyModel, resolve_constants
+from dse.energy.backends import BACKENDS, BackendConfig, make_energy_model
 from dse.errors import DseError
 
 BUNDLED_MODELS = ("lenet5", "resnet8")
@@ -61,6 +65,7 @@ class DataSection:
 class BudgetSection:
     max_accuracy_loss: float = 1.0   # percentage points vs FxP8 exact
     metric: str = "top1"
+    confidence: float = 0.95         # upper confidence bound of the search-split loss must be within the budget
 
 
 @dataclass(frozen=True)
@@ -123,13 +128,14 @@ class Budget:
     data: DataSection = DataSection()
     budget: BudgetSection = BudgetSection()
     accelerator: ArrayConfig = ArrayConfig()
+    energy_backend: BackendConfig = BackendConfig()  # [accelerator] backend, zigzag_architecture, zigzag_mapping
     energy: dict = field(default_factory=dict)   # constant overrides as given (validated)
     search: SearchSection = SearchSection()
     space: SpaceSection = SpaceSection()
 
     def energy_model(self) -> EnergyModel:
         """The energy model of this budget's [accelerator] and [energy] sections."""
-        return EnergyModel(constants=self.energy, array=self.accelerator)
+        return make_energy_model(self.energy, self.accelerator, self.energy_backend)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -286,19 +292,25 @@ def _data(ctx, tab) -> DataSection:
 
 
 def _budget(ctx, tab) -> BudgetSection:
-    _check_keys(ctx, "budget", tab, ("max_accuracy_loss", "metric"))
+    _check_keys(ctx, "budget", tab, ("max_accuracy_loss", "metric", "confidence"))
     kw = {}
     if "max_accuracy_loss" in tab:
         kw["max_accuracy_loss"] = _float(ctx, "budget.max_accuracy_loss", tab["max_accuracy_loss"], 0, 100,
                                          hi_open=True, what="a number of percentage points in [0, 100)")
     if "metric" in tab:
         kw["metric"] = _str(ctx, "budget.metric", tab["metric"], METRICS)
+    if "confidence" in tab:
+        kw["confidence"] = _float(ctx, "budget.confidence", tab["confidence"], 0.5, 1, hi_open=True,
+                                  what="a one-sided confidence level in [0.5, 1) (0.5 = no margin)")
     return BudgetSection(**kw)
+
+
+BACKEND_KEYS = ("backend", "zigzag_architecture", "zigzag_mapping")
 
 
 def _accelerator(ctx, tab) -> ArrayConfig:
     names = [f.name for f in fields(ArrayConfig)]
-    _check_keys(ctx, "accelerator", tab, names)
+    _check_keys(ctx, "accelerator", tab, names + list(BACKEND_KEYS))
     kw = {}
     for f in fields(ArrayConfig):
         if f.name not in tab:
@@ -310,6 +322,21 @@ def _accelerator(ctx, tab) -> ArrayConfig:
         else:
             kw[f.name] = _float(ctx, key, tab[f.name], 0, hi, lo_open=True, what="a positive number")
     return ArrayConfig(**kw)
+
+
+def _energy_backend(ctx, tab) -> BackendConfig:
+    name = _str(ctx, "accelerator.backend", tab["backend"], BACKENDS) if "backend" in tab else "builtin"
+    files = {}
+    for key, field_name in (("zigzag_architecture", "architecture"), ("zigzag_mapping", "mapping")):
+        if key in tab:
+            if name != "zigzag":
+                raise ctx.err(f"accelerator.{key}", 'needs accelerator.backend = "zigzag"', tab[key])
+            found = _path_or_none(ctx, _str(ctx, f"accelerator.{key}", tab[key]))
+            if found is None:
+                raise ctx.err(f"accelerator.{key}", "names no file (relative paths: the budget's directory, then "
+                              "the working directory)", tab[key])
+            files[field_name] = str(found)
+    return BackendConfig(name, **files)
 
 
 def _energy(ctx, tab) -> dict:
@@ -500,4 +527,6 @@ def load_budget(path) -> Budget:
             if not isinstance(doc[name], dict):
                 raise DseError(f"{p}: '{name}' must be a section [{name}], got {_fmt(doc[name])}")
             kw[name] = parse(ctx, doc[name])
+    if "accelerator" in doc:
+        kw["energy_backend"] = _energy_backend(ctx, doc["accelerator"])
     return Budget(path=str(p), **kw)

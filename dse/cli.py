@@ -1,7 +1,7 @@
 """Command-line interface. Thin: parse arguments, call the modules, print.
 
-Every command catches :class:`dse.errors.DseError` through :func:`main` and exits 2 with a one-line message.
-Each command group lives between its own BEGIN/END markers; edit only your own block.
+Every command hands its result to :mod:`dse.present` (or prints it as JSON). :func:`main` catches
+:class:`dse.errors.DseError` and click's usage errors and exits 2 with a one-line message.
 """
 from __future__ import annotations
 
@@ -9,17 +9,40 @@ import sys
 
 import click
 
-from dse import __version__
-from dse.errors import DseError
+from dse import __version__, present
+from dse.errors import DseError, SettingError
+
+
+# Library settings named by SettingError -> the flag that sets them ("FLAG VALUE: problem"); switches print without
+# the value ("--no-resume: problem").
+FLAGS = {"trial": "--trial", "output": "-o", "run_dir": "--run-dir", "images": "--images", "seed": "--seed",
+         "validate_n": "--validate", "batch_size": "--batch-size", "calib": "--calib", "data": "--data"}
+SWITCHES = {"resume": "--no-resume"}
+
+
+def _message(exc: DseError) -> str:
+    """The one-line message of ``exc`` in command-line terms (a setting named by the flag that sets it)."""
+    if isinstance(exc, SettingError):
+        if exc.setting in SWITCHES:
+            return f"{SWITCHES[exc.setting]}: {exc.problem}"
+        if exc.setting in FLAGS:
+            return f"{FLAGS[exc.setting]} {exc.value}: {exc.problem}"
+    return str(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dse")
-def cli() -> None:
+@click.option("--allow-cmodel", is_flag=True,
+              help="allow cmodel:FILE.c multipliers (the C file is compiled and run: use only trusted files)")
+def cli(allow_cmodel) -> None:
     """Design-space exploration of approximate-arithmetic DNN accelerators."""
+    if allow_cmodel:
+        import os
+
+        from dse.arith.cmodel import ALLOW_ENV
+        os.environ[ALLOW_ENV] = "1"  # inherited by spawned search workers
 
 
-# BEGIN multipliers
 @cli.group("multipliers", invoke_without_command=True)
 @click.option("--signed", is_flag=True, help="metrics for int8 x int8 operands (default uint8 activations x int8 weights)")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
@@ -28,9 +51,6 @@ def multipliers_cmd(ctx, signed, as_json) -> None:
     """List the built-in multipliers with relative power and error metrics (names: see 'dse multipliers --help')."""
     if ctx.invoked_subcommand is not None:
         return
-    import json as _json
-    import math
-
     from dse.arith.metrics import error_metrics
     from dse.arith.multipliers import get_multiplier, list_multipliers
 
@@ -38,30 +58,15 @@ def multipliers_cmd(ctx, signed, as_json) -> None:
     for name in list_multipliers():
         m = get_multiplier(name)
         row = {"name": name, "family": m.family, "domain": m.domain, "rel_power": m.rel_power,
-               "description": m.description}
+               "power_source": m.params["power_source"], "description": m.description}
         if m.domain == "int":
             row.update(error_metrics(m, a_signed=signed, w_signed=True))
         rows.append(row)
+    operands = "int8 x int8" if signed else "uint8 x int8"
     if as_json:
-        click.echo(_json.dumps({"operands": "int8 x int8" if signed else "uint8 x int8", "multipliers": rows},
-                               indent=2, allow_nan=False, default=str))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    tab = Table(title=f"multipliers ({'int8 x int8' if signed else 'uint8 x int8'}; "
-                      "rel. power: int vs exact 8x8, float vs exact FP32)")
-    for col in ("name", "family", "rel. power", "ME", "MED", "NMED %", "MRED %", "WCE", "EP %"):
-        tab.add_column(col, justify="left" if col in ("name", "family") else "right", no_wrap=True)
-    for r in rows:
-        rp = "-" if math.isnan(r["rel_power"]) else f"{r['rel_power']:.3f}"
-        if r["domain"] == "int":
-            vals = [f"{r['ME']:.1f}", f"{r['MED']:.1f}", f"{100 * r['NMED']:.3f}", f"{100 * r['MRED']:.2f}",
-                    f"{r['WCE']:.0f}", f"{100 * r['EP']:.1f}"]
-        else:
-            vals = ["-"] * 6
-        tab.add_row(r["name"], r["family"], rp, *vals)
-    Console(width=max(Console().width, 120)).print(tab)
+        present.as_json({"operands": operands, "multipliers": rows}, allow_nan=False)
+    else:
+        present.multipliers(rows, operands)
 
 
 @multipliers_cmd.command("export")
@@ -76,14 +81,12 @@ def multipliers_export_cmd(name, output, signed) -> None:
     mult = get_multiplier(name)
     if output.lower().endswith(".npz"):
         export_tables(mult, output)
-        click.echo(f"wrote {output} ({name}, every operand pair; use it as lut:{output})")
+        present.wrote(output, f"{name}, every operand pair; use it as lut:{output}")
         return
     export_table(mult, output, signed, signed)
     kind = "signed" if signed else "unsigned"
-    click.echo(f"wrote {output} and {output}.json ({kind} x {kind} {name})")
-# END multipliers
+    present.wrote(f"{output} and {output}.json", f"{kind} x {kind} {name}")
 
-# BEGIN evaluate
 def _number_list(flag: str, text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
@@ -136,33 +139,16 @@ def preprocess_options(f):
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def evaluate_cmd(model, data, config_path, calib, images, batch_size, threads, mean, std, scale, size, as_json) -> None:
     """Float, FxP8 exact and configured top-1 accuracy of MODEL (a path or lenet5, resnet8) on DATA."""
-    import json as _json
-
-    from dse.data import Preprocess
     from dse.emulate import evaluate
 
     res = evaluate(model, data, config_path, calib, images, batch_size, threads,
                    _preprocess_flags(mean, std, scale, size))
     if as_json:
-        click.echo(_json.dumps(res, indent=2, default=str))
-        return
-    from rich.console import Console
-    from rich.table import Table
+        present.as_json(res)
+    else:
+        present.evaluation(res)
 
-    t = Table(title=f"{res['model']} on {res['data']} ({res['images']} images, calibrated on {res['calib']})")
-    t.add_column("arithmetic")
-    t.add_column("top-1 accuracy", justify="right")
-    t.add_column("vs float", justify="right")
-    rows = [("float32", res["float"]), ("FxP8 exact", res["fxp8"])]
-    if "configured" in res:
-        rows.append((f"configured ({res['config']})", res["configured"]))
-    for name, acc in rows:
-        t.add_row(name, f"{100 * acc:.2f} %", f"{100 * (acc - res['float']):+.2f} pp")
-    Console().print(t)
-    click.echo("preprocessing: " + Preprocess.from_dict(res["preprocess"]).describe())
-# END evaluate
 
-# BEGIN search
 @cli.command("search")
 @click.argument("budget", required=False, type=click.Path(dir_okay=False))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="run directory (default runs/<budget-stem>-<seed>)")
@@ -180,41 +166,40 @@ def search_cmd(budget, run_dir, storage, n_trials, workers, resume, quiet, threa
     from dse.search.context import search_from_budget
 
     res = search_from_budget(budget, run_dir=run_dir, storage=storage, n_trials=n_trials, workers=workers,
-                             resume=resume, progress=not quiet, threads=threads)
-    b = res.get("best")
-    if b:
-        h = b.get("holdout") or {}
-        click.echo(f"best trial {b['trial']}: energy system {b['energy']['system']:.4f} multiplier "
-                   f"{b['energy'].get('multiplier', float('nan')):.4f}, loss {100 * b['loss']:.2f} pp (search), "
-                   f"{100 * h.get('loss', float('nan')):.2f} pp (holdout)")
-    else:
-        click.echo("no feasible configuration found")
-    click.echo(f"run directory: {res['run_dir']} (dse report {res['run_dir']})")
-# END search
+                             resume=resume, progress=None if quiet else present.SearchProgress, threads=threads)
+    present.search_result(res)
 
-# BEGIN report
+
 @cli.command("report")
-@click.argument("run", type=click.Path())
+@click.argument("run", required=False, type=click.Path())
+@click.option("--storage", help="read a study from this storage URL instead of a run directory")
+@click.option("--study", "study_name", help="study name in --storage (see --list; optional if it holds one)")
+@click.option("--list", "list_only", is_flag=True, help="list the studies in the storage of RUN or --storage")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="also write pareto.png/.html and layers.png/.html into this directory (pip install 'dse[plots]')")
-def report_cmd(run, as_json, plot_dir) -> None:
+def report_cmd(run, storage, study_name, list_only, as_json, plot_dir) -> None:
     """Baseline vs best, Pareto front, per-layer configuration and energy breakdown of a search run."""
-    import json as _json
+    from dse.report import list_studies, load_run, plot_points, summarize
 
-    from dse.report import load_run, plot_points, render, summarize
-
-    loaded = load_run(run)
+    if list_only:
+        rows = list_studies(run, storage)
+        if as_json:
+            present.as_json(rows)
+        else:
+            present.studies(rows)
+        return
+    loaded = load_run(run, storage, study_name)
     summary = summarize(loaded)
     if as_json:
-        click.echo(_json.dumps(summary, indent=2))
+        present.as_json(summary)
     else:
-        render(summary)
+        present.report(summary)
     if plot_dir is not None:
         from dse.plots import write_plots
 
         for p in write_plots(summary, plot_points(loaded), plot_dir):
-            click.echo(f"wrote {p}", err=as_json)
+            present.wrote(p, err=as_json)
 
 
 @cli.command("export")
@@ -225,11 +210,8 @@ def export_cmd(run, trial, output) -> None:
     """Write the per-layer configuration of a trial for 'dse evaluate --config'."""
     from dse.report import export_config, load_run
 
-    path = export_config(load_run(run), output, trial)
-    click.echo(f"wrote {path}")
-# END report
+    present.wrote(export_config(load_run(run), output, trial))
 
-# BEGIN predict
 @cli.command("predict")
 @click.argument("model")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -244,46 +226,21 @@ def export_cmd(run, trial, output) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def predict_cmd(model, config_path, data, calib, validate_n, images, seed, mean, std, scale, size, as_json) -> None:
     """AME accuracy predictor: per-layer error statistics of a configuration and (--validate) its accuracy check."""
-    import json as _json
-
-    from dse.data import Preprocess
     from dse.predict import predict_report
 
     r = predict_report(model, config_path, data=data, calib=calib, validate_n=validate_n, seed=seed, images=images,
                        preprocess=_preprocess_flags(mean, std, scale, size))
     if as_json:
-        click.echo(_json.dumps(r, indent=2))
-        return
-    click.echo(f"{r['model']} calibrated on {r['calib']}; preprocessing: "
-               + Preprocess.from_dict(r["preprocess"]).describe())
-    click.echo(f"{'layer':<16} {'multiplier':<24} {'cv':<3} {'K':>5} {'ME':>10} {'VE':>11} {'bias':>10} "
-               f"{'noise':>10} {'acc_std':>10} {'contrib':>9}")
-    for t in r["layers"]:
-        click.echo(f"{t['layer']:<16} {t['multiplier']:<24} {'y' if t['cv'] else 'n':<3} {t['K']:>5} {t['ME']:>10.3g} "
-                   f"{t['VE']:>11.4g} {t['bias']:>10.4g} {t['noise']:>10.4g} {t['acc_std']:>10.4g} "
-                   f"{t['contrib']:>9.4g}" + ("" if t["acc_std_source"] == "calibration" else " *"))
-    click.echo(f"AME = {r['ame']:.6g}" + ("  (* acc_std from the i.i.d. model)" if any(
-        t["acc_std_source"] != "calibration" for t in r["layers"]) else ""))
-    v = r.get("validation")
-    if v:
-        m = r["accuracy_model"]
-        click.echo(f"accuracy ~ {m['b0']:.4f} + {m['b1']:.4g} AME + {m['b2']:.4g} AME^2 (fit on {v['n_fit']} "
-                   f"emulated configurations incl. all-exact, {v['images']} images)")
-        click.echo(f"predicted accuracy {100 * r['predicted_accuracy']:.2f} %, loss {100 * r['predicted_loss']:.2f} pp")
-        click.echo(f"{'held-out':>8} {'AME':>9} {'predicted':>10} {'emulated':>9}")
-        for i, h in enumerate(v["holdout"]):
-            click.echo(f"{i:>8} {h['ame']:>9.4g} {100 * h['predicted']:>9.2f}% {100 * h['emulated']:>8.2f}%")
-        click.echo(f"Spearman {v['spearman']:.3f}, held-out MAE {100 * v['mae']:.2f} pp ({v['n_holdout']} configs)")
-        click.echo(f"time per configuration: predictor {1e6 * v['predict_seconds']:.1f} us, emulation "
-                   f"{1e3 * v['emulate_seconds']:.1f} ms, speedup {v['speedup']:.3g}x")
-# END predict
+        present.as_json(r)
+    else:
+        present.prediction(r)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="dse", standalone_mode=False)
     except DseError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_message(exc)}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -14,26 +14,13 @@ import math
 import tomllib
 from pathlib import Path
 
-from dse.emulate import LayerConfig
 from dse.errors import DseError
-
-LAYER_KEYS = ("multiplier", "cv")
-
-
-def _layer_names(layers) -> list:
-    """Names from a QuantModel, a list of MacLayers or a list of names."""
-    if hasattr(layers, "layers"):
-        layers = layers.layers
-    return [l if isinstance(l, str) else l.name for l in layers]
+from dse.layer_config import LAYER_KEYS, LayerConfig, check_layers, config_to_dict
 
 
 def validate_config(cfg: dict, layers, where: str = "configuration") -> dict:
     """Check layer names against ``layers`` (QuantModel / MacLayers / names); returns ``cfg``."""
-    valid = _layer_names(layers)
-    for name in cfg:
-        if name not in valid:
-            raise DseError(f"{where}: key 'layers.{name}' is not a layer of the model; valid layers: "
-                           + ", ".join(valid))
+    check_layers(cfg, layers, where, key="layers")
     return cfg
 
 
@@ -143,24 +130,14 @@ def _toml_value(v, key: str) -> str:
                    "number, bool or list")
 
 
-def _as_lc(v) -> LayerConfig:
-    if isinstance(v, LayerConfig):
-        return v
-    if isinstance(v, dict):
-        return LayerConfig(str(v.get("multiplier", "exact")), bool(v.get("cv", False)))
-    if isinstance(v, str):
-        return LayerConfig(v)
-    raise DseError(f"configuration value {v!r} is not a LayerConfig")
-
-
 def save_config(cfg: dict, path, meta: dict | None = None) -> Path:
     """Write ``cfg`` ({name: LayerConfig}) as TOML or JSON (by extension); ``meta`` -> the [meta] table."""
     path = Path(path)
     suffix = path.suffix.lower()
     meta = {k: v for k, v in (meta or {}).items() if v is not None}
-    layers = {str(n): _as_lc(v) for n, v in cfg.items()}
+    layers = {str(n): lc for n, lc in cfg.items()}
     if suffix == ".json":
-        doc = {"meta": meta, "layers": {n: {"multiplier": lc.multiplier, "cv": lc.cv} for n, lc in layers.items()}}
+        doc = {"meta": meta, "layers": config_to_dict(layers)}
         text = json.dumps(doc, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n"
     elif suffix == ".toml":
         lines = ["# dse per-layer configuration (dse evaluate MODEL --config THIS_FILE)"]

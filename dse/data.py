@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED_FILE = DATA_DIR / "fashion_mnist_test.npz"
@@ -241,7 +241,7 @@ class Dataset:
         if n is None:
             return self
         if n < 1:
-            raise DseError(f"--images {n}: must be a positive number of images")
+            raise SettingError("images", n, "must be a positive number of images")
         return self.subset(np.arange(min(n, len(self))), f"{self.name}[:{n}]" if n < len(self) else self.name)
 
     def images(self, start: int = 0, stop: int | None = None) -> np.ndarray:

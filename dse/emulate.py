@@ -1,7 +1,7 @@
 """Run a QuantModel with a per-layer multiplier configuration (the FxP8 emulator).
 
 Contract:
-* ``LayerConfig(multiplier="exact", cv=False)``; a network configuration is ``dict[str, LayerConfig]`` keyed by MAC
+* ``LayerConfig(multiplier="exact", cv=False)`` (``dse.layer_config``); a network configuration is ``dict[str, LayerConfig]`` keyed by MAC
   layer name; missing layers are exact.
 * ``Emulator(qmodel).run(x, config=None, batch_size=256) -> float32 logits``; ``x`` preprocessed float32 NCHW.
 * ``Emulator(qmodel).predict(x, config)`` -> int labels; ``accuracy(x, y, config)`` -> float in [0, 1].
@@ -16,17 +16,10 @@ bias. Every other op runs in float32 exactly as ``dse.model.float_exec``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from dse.errors import DseError
-
-
-@dataclass(frozen=True)
-class LayerConfig:
-    multiplier: str = "exact"
-    cv: bool = False
+from dse.errors import DseError, SettingError
+from dse.layer_config import LayerConfig, check_layers, config_to_dict
 
 
 class Emulator:
@@ -43,15 +36,10 @@ class Emulator:
         from dse.arith.multipliers import get_multiplier
 
         config = dict(config or {})
-        unknown = sorted(set(config) - set(self.layers))
-        if unknown:
-            raise DseError(f"configuration names unknown layer '{unknown[0]}'; valid layers: "
-                           + ", ".join(self.layers))
+        check_layers(sorted(config), list(self.layers), "configuration")
         out = {}
         for name in self.layers:
             lc = config.get(name) or LayerConfig()
-            if isinstance(lc, dict):
-                lc = LayerConfig(**lc)
             mult = get_multiplier(lc.multiplier)
             if lc.cv and mult.domain != "int":
                 raise DseError(f"layer '{name}': cv=true needs an 8-bit integer multiplier, '{mult.name}' is "
@@ -185,9 +173,9 @@ def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str |
     set_threads(threads)
     calib = calib or "fashion-mnist:calib"
     if batch_size < 1:
-        raise DseError(f"--batch-size {batch_size}: must be >= 1")
+        raise SettingError("batch_size", batch_size, "must be >= 1")
     if images is not None and images < 1:
-        raise DseError(f"--images {images}: must be a positive number of images")
+        raise SettingError("images", images, "must be a positive number of images")
     config, meta = load_config_meta(config_path) if config_path else ({}, {})
     if preprocess is None and config_path:
         preprocess = Preprocess.from_meta(meta, str(config_path))
@@ -207,8 +195,7 @@ def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str |
            "fxp8": hits["fxp8"] / len(ds)}
     if config_path:
         res["config"] = str(config_path)
-        res["layers"] = {l.name: {"multiplier": config.get(l.name, LayerConfig()).multiplier,
-                                  "cv": config.get(l.name, LayerConfig()).cv} for l in s.qmodel.layers}
+        res["layers"] = config_to_dict({l.name: config.get(l.name, LayerConfig()) for l in s.qmodel.layers})
         res["configured"] = hits["configured"] / len(ds)
         if meta:
             res["meta"] = meta

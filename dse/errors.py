@@ -13,3 +13,12 @@ class DseError(Exception):
     def __init__(self, message: str):
         message = " ".join(str(message).split())  # always one line
         super().__init__(message)
+
+
+class SettingError(DseError):
+    """A bad value of a named setting (a function parameter such as ``trial`` or a budget key such as
+    ``search.workers``). The message names the setting; the CLI names the flag the value came from instead."""
+
+    def __init__(self, setting: str, value, problem: str):
+        self.setting, self.value, self.problem = setting, value, problem
+        super().__init__(f"{setting}{'' if value is None else f' {value}'}: {problem}")

@@ -27,19 +27,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from dse.arith.multipliers import Multiplier, get_multiplier, pattern_values
 from dse.correction import _act_pmf, _layer_key, _weight_patterns, cv_correction
-from dse.errors import DseError
+from dse.errors import DseError, SettingError
+from dse.layer_config import LayerConfig, check_layers, config_to_dict
 
 _STATS: dict = {}
-
-
-def _cfg_get(lc):
-    """(multiplier name, cv) of a LayerConfig-like object or a {'multiplier', 'cv'} dict."""
-    if isinstance(lc, dict):
-        return str(lc.get("multiplier", "exact")), bool(lc.get("cv", False))
-    return str(getattr(lc, "multiplier", "exact")), bool(getattr(lc, "cv", False))
 
 
 def _resolve(mult) -> Multiplier:
@@ -159,18 +154,15 @@ class AmePredictor:
         return t
 
     def _check(self, config: dict) -> None:
-        for name in config:
-            if name not in self._by_name:
-                raise DseError(f"config: layer '{name}' is not a MAC layer of the model; use one of "
-                               f"{', '.join(self._by_name)}")
+        check_layers(config, list(self._by_name), "configuration")
 
     def breakdown(self, config: dict) -> list[LayerTerm]:
         """Per-layer terms of ``config`` (missing layers exact), in execution order."""
         self._check(config)
         out = []
         for l in self.layers:
-            m, c = _cfg_get(config[l.name]) if l.name in config else ("exact", False)
-            out.append(self.term(l.name, m, c))
+            lc = config.get(l.name, LayerConfig())
+            out.append(self.term(l.name, lc.multiplier, lc.cv))
         return out
 
     def ame(self, config: dict) -> float:
@@ -178,7 +170,7 @@ class AmePredictor:
         s = 0.0
         terms = self._terms
         for name, lc in config.items():
-            m, c = _cfg_get(lc)
+            m, c = lc.multiplier, bool(lc.cv)
             t = terms.get((name, m, c))
             if t is None:
                 if name not in self._by_name:
@@ -263,27 +255,50 @@ def loss_predictor(predictor: AmePredictor, model: AccuracyModel):
     return lambda config: float(model.loss(predictor.ame(config)))
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], x.size]
-    avg = (starts + ends + 1) / 2.0            # mean of ranks starts+1 .. ends
-    ranks = np.empty(x.size)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
 def spearman(x, y) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks); nan if either side is constant."""
-    rx, ry = rankdata(x), rankdata(y)
-    if rx.size != ry.size or rx.size < 2:
+    """Spearman rank correlation (scipy.stats.spearmanr, average ranks for ties); nan if either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.size != y.size or x.size < 2:
         raise ValueError("spearman: need two sequences of equal length >= 2")
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    return float(dx @ dy / den) if den > 0 else float("nan")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+# a predictor the search may use to skip trials must rank and size losses this well (held-out / leave-one-out)
+MIN_SPEARMAN = 0.9
+MAX_MEAN_ERROR = 0.005   # fraction (0.5 pp)
+
+
+@dataclass(frozen=True)
+class LooQuality:
+    """Leave-one-out quality of an AccuracyModel on its fit set (accuracies as fractions)."""
+
+    spearman: float
+    mean_error: float
+    worst_error: float   # inf when the model cannot be refitted without some point
+
+    @property
+    def good_enough(self) -> bool:
+        return bool(self.spearman >= MIN_SPEARMAN and self.mean_error <= MAX_MEAN_ERROR)
+
+    def verdict(self) -> str:
+        return (f"leave-one-out Spearman {self.spearman:.2f} (needs >= {MIN_SPEARMAN}), mean error "
+                f"{100 * self.mean_error:.2f} pp (needs <= {100 * MAX_MEAN_ERROR:.1f} pp)")
+
+
+def loo_quality(ames, accuracies) -> LooQuality:
+    """Refit the AccuracyModel without each point in turn and predict it: rank correlation, mean and worst error."""
+    ames, accs = np.asarray(ames, float), np.asarray(accuracies, float)
+    pred = np.empty_like(accs)
+    for i in range(len(ames)):
+        keep = np.arange(len(ames)) != i
+        try:
+            pred[i] = AccuracyModel.fit(ames[keep], accs[keep]).predict(ames[i])
+        except DseError:
+            return LooQuality(float("nan"), float("inf"), float("inf"))
+    err = np.abs(pred - accs)
+    return LooQuality(spearman(pred, accs), float(err.mean()), float(err.max()))
 
 
 @dataclass
@@ -325,8 +340,6 @@ def validate(pred, emulate_fn, configs, repeats: int = 200) -> Validation:
 def random_configs(layer_names, multipliers, n: int, seed: int = 0, p_cv: float = 0.5) -> list[dict]:
     """``n`` random network configurations: per configuration each layer is approximate with probability q ~ U(0, 1)
     (at least one layer), with a uniformly chosen multiplier and CV with probability ``p_cv``; values LayerConfig."""
-    from dse.emulate import LayerConfig
-
     rng = np.random.default_rng(seed)
     names, mults = list(layer_names), [m for m in multipliers if m != "exact"]
     if not mults:
@@ -356,7 +369,7 @@ def fit_and_validate(layers, accuracy_fn, n: int, seed: int = 0, multipliers=Non
     """Emulate ``n`` random configurations (plus the all-exact one): fit :class:`AccuracyModel` on the first
     ``max(3, n // 2)`` + exact, validate on the rest. Returns model, validation and timing figures."""
     if n < 5:
-        raise DseError(f"--validate {n}: need at least 5 configurations (3 to fit, 2 held out)")
+        raise SettingError("validate_n", n, "need at least 5 configurations (3 to fit, 2 held out)")
     pred = AmePredictor(layers)
     mults = list(multipliers) if multipliers else int_multipliers()
     t0 = time.perf_counter()
@@ -387,11 +400,11 @@ def predict_report(model: str, config_path: str | None = None, data: str = "fash
     AccuracyModel, Spearman, held-out MAE and the measured predictor-vs-emulation speedup. Model, data, preprocessing
     (``preprocess``, else the configuration's recorded one) and calibration come from :func:`dse.session.open_session`."""
     if validate_n and validate_n < 5:
-        raise DseError(f"--validate {validate_n}: need at least 5 configurations (3 to fit, 2 held out)")
+        raise SettingError("validate_n", validate_n, "need at least 5 configurations (3 to fit, 2 held out)")
     if validate_n and (images is None or int(images) < 1):
-        raise DseError(f"--images {images}: must be a positive number of images")
+        raise SettingError("images", images, "must be a positive number of images")
     if seed < 0:
-        raise DseError(f"--seed {seed}: must be a non-negative integer")
+        raise SettingError("seed", seed, "must be a non-negative integer")
     from dse.config import load_config_meta, validate_config
     from dse.data import Preprocess
     from dse.emulate import Emulator
@@ -407,7 +420,7 @@ def predict_report(model: str, config_path: str | None = None, data: str = "fash
     validate_config(config, qmodel, str(config_path))
     pred = AmePredictor(qmodel.layers)
     terms = pred.breakdown(config)
-    out = {**s.info(), "config": {k: {"multiplier": v.multiplier, "cv": v.cv} for k, v in config.items()},
+    out = {**s.info(), "config": config_to_dict(config),
            "layers": [t.to_dict() for t in terms], "ame": float(sum(t.contrib for t in terms))}
     if validate_n:
         ds = s.data[0]

@@ -23,7 +23,7 @@ def test_default_search_meets_budget_in_three_minutes(tmp_path, capsys):
     assert wall <= 180.0, f"default search took {wall:.0f} s"
     res = json.loads((run / "results.json").read_text())
     best = res["best"]
-    assert best["feasible"] and best["holdout"]["feasible"]
+    assert best["feasible"] and best["verified"]
     assert best["loss"] <= res["budget_loss"] + 1e-12
     assert best["holdout"]["loss"] <= res["budget_loss"] + 1e-12
     assert best["energy"]["system"] < 1.0 and best["energy"]["multiplier"] < 1.0

@@ -46,6 +46,19 @@ def test_click_usage_errors_are_one_line(capsys, argv, needles):
     assert_one_line(*run(capsys, *argv), *needles)
 
 
+def test_setting_errors_name_the_flag():
+    from dse.cli import _message
+    from dse.errors import SettingError
+
+    assert _message(SettingError("run_dir", "x", "bad")) == "--run-dir x: bad"
+    assert _message(SettingError("resume", False, "holds a study")) == "--no-resume: holds a study"
+    assert str(SettingError("resume", False, "holds a study")) == "resume False: holds a study"
+    assert _message(SettingError("search.workers", 0, "must be >= 1")) == "search.workers 0: must be >= 1"
+    from dse.predict import predict_report
+    with pytest.raises(SettingError, match="^seed -1: must be a non-negative integer$"):  # the library's own words
+        predict_report("lenet5", seed=-1)
+
+
 def test_output_is_a_directory_one_line(capsys, tmp_path):
     assert_one_line(*run(capsys, "multipliers", "export", "exact", "-o", tmp_path), str(tmp_path), "--output")
 
@@ -101,7 +114,8 @@ def test_idx_pair_missing_names_fix(capsys, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- ONNX metadata
 def test_bad_preprocess_metadata_names_model(capsys, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     from dse.model.onnx_import import resolve_model
     m = onnx.load(str(resolve_model("lenet5")))
     for p in list(m.metadata_props):
@@ -124,9 +138,11 @@ def test_cmodel_compile_errors_name_file_and_fix(capsys, tmp_path, monkeypatch, 
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
     monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DSE_ALLOW_CMODEL", "0")  # restored after the test; --allow-cmodel sets it to 1
     c = tmp_path / fname
     c.write_text(source)
-    assert_one_line(*run(capsys, "multipliers", "export", f"cmodel:{c}", "-o", tmp_path / "t.npy"), fname, *needles)
+    assert_one_line(*run(capsys, "--allow-cmodel", "multipliers", "export", f"cmodel:{c}", "-o", tmp_path / "t.npy"),
+                    fname, *needles)
 
 
 # ----------------------------------------------------------------------------------------------------- predict
@@ -211,7 +227,7 @@ def test_report_results_json_not_an_object(capsys, tmp_path, tiny_run, content):
 
 def test_export_unwritable_path_names_fix(capsys, tmp_path, tiny_run):
     out = tmp_path / "missing-dir" / "c.toml"
-    assert_one_line(*run(capsys, "export", tiny_run, "-o", out), str(out), "writable")
+    assert_one_line(*run(capsys, "export", tiny_run, "--trial", 0, "-o", out), str(out), "writable")
 
 
 # ----------------------------------------------------------------------------------------------------- data vs model
@@ -231,3 +247,9 @@ def test_search_data_not_matching_model_names_budget_key(capsys, tmp_path, budge
     b.write_text(budget().read_text().replace("[data]\n", f'[data]\nsearch = "{p}"\n'))
     assert_one_line(*run(capsys, "search", b, "--run-dir", tmp_path / "run", "--quiet"), "m.toml", "data.search",
                     "s.npz", *needles)
+
+
+def test_data_path_that_is_a_directory(capsys, tmp_path):
+    d = tmp_path / "images.npz"
+    d.mkdir()
+    assert_one_line(*run(capsys, "evaluate", "lenet5", "--data", d, "--images", 5), "images.npz", "no images found")

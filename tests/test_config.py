@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dse.config import load_config, load_config_meta, save_config, toml_str, validate_config
-from dse.emulate import LayerConfig
 from dse.errors import DseError
+from dse.layer_config import LayerConfig
 
 NAMES = ["/conv1/Conv", 'we"ird\\name', "tab\tand\nnewline", "ünïcode ✓", "a.b.c", "\x01\x7f"]
 

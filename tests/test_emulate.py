@@ -4,17 +4,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from dse import kernels
 from dse.arith.multipliers import get_multiplier
 from dse.correction import activation_sums
-from dse.emulate import Emulator, LayerConfig
+from dse.emulate import Emulator
 from dse.errors import DseError
+from dse.layer_config import LayerConfig
 from dse.model.float_exec import exec_node
 from dse.model.onnx_import import load_onnx
 from dse.quant import calibrate, quantize_act
@@ -22,15 +22,13 @@ from dse.quant import calibrate, quantize_act
 RNG = np.random.default_rng(11)
 
 
-def _model(tmp_path):
+def _model(tmp_path, build):
     """Signed-input conv (asym pads, stride 2) -> relu -> depthwise conv + 1x1 projection, residual Add -> relu
     -> GAP -> flatten -> gemm. Two MAC layers share the relu output (one quantization)."""
     def w(*s):
-        return numpy_helper.from_array((RNG.standard_normal(s) * 0.4).astype(np.float32))
+        return (RNG.standard_normal(s) * 0.4).astype(np.float32)
 
     inits = {"W1": w(4, 2, 3, 3), "b1": w(4), "Wd": w(4, 1, 3, 3), "Wp": w(4, 4, 1, 1), "Wf": w(3, 4), "bf": w(3)}
-    for k, v in inits.items():
-        v.name = k
     nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], strides=[2, 2], pads=[1, 0, 2, 1], name="conv1"),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "Wd"], ["cd"], pads=[1, 1, 1, 1], group=4, name="dw"),
@@ -40,11 +38,7 @@ def _model(tmp_path):
              helper.make_node("GlobalAveragePool", ["r2"], ["gp"]),
              helper.make_node("Flatten", ["gp"], ["f"]),
              helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, name="fc")]
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], list(inits.values()))
-    p = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
-    graph = load_onnx(p)
+    graph = load_onnx(build(tmp_path, nodes, inits, [2, 7, 6], name="m.onnx"))
     return calibrate(graph, RNG.standard_normal((16, 2, 7, 6)).astype(np.float32))
 
 
@@ -99,8 +93,8 @@ def reference_run(qm, x, config, cv_fn=None):
 
 
 @pytest.fixture(scope="module")
-def qm(tmp_path_factory):
-    return _model(tmp_path_factory.mktemp("emu"))
+def qm(tmp_path_factory, onnx_builder):
+    return _model(tmp_path_factory.mktemp("emu"), onnx_builder)
 
 
 def _fake_cv(layer, mult):
@@ -165,8 +159,6 @@ def test_real_control_variate_reduces_bias(qm):
 
 
 def test_float_domain_layers(qm):
-    if not hasattr(kernels, "conv2d_float"):
-        pytest.skip("dse.kernels.conv2d_float missing")
     cfg = {"dw": LayerConfig("bf16"), "fc": LayerConfig("fp32_mitch_w6")}
     y = Emulator(qm).run(X_IN[:2], cfg)
     assert np.array_equal(y, reference_run(qm, X_IN[:2], cfg))
@@ -204,7 +196,7 @@ def test_activation_sums_vs_all_ones_conv(B, g, cg, k, s, d, pads, H, signed):
 
 def test_config_errors(qm):
     emu = Emulator(qm)
-    with pytest.raises(DseError, match="unknown layer 'conv9'; valid layers: conv1, dw, proj, fc"):
+    with pytest.raises(DseError, match="'conv9' is not a layer of the model; valid layers: conv1, dw, proj, fc"):
         emu.run(X_IN, {"conv9": LayerConfig("drum4")})
     with pytest.raises(DseError, match="nosuchmult"):
         emu.run(X_IN, {"conv1": LayerConfig("nosuchmult")})
@@ -214,11 +206,10 @@ def test_config_errors(qm):
         emu.accuracy(X_IN[:3], np.zeros(2))
 
 
-def test_accuracy_bundled_lenet5():
+def test_accuracy_bundled_lenet5(bundled_qmodel):
     from dse.data import load_dataset
-    from dse.model.onnx_import import resolve_model
 
-    qm = calibrate(load_onnx(resolve_model("lenet5")), load_dataset("fashion-mnist:calib").images())
+    _, qm = bundled_qmodel("lenet5")
     d = load_dataset("fashion-mnist:holdout").head(300)
     emu = Emulator(qm)
     exact = emu.accuracy(d.images(), d.y)

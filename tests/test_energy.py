@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import dse.arith.multipliers as mm
 from dse import energy as E
-from dse.emulate import LayerConfig
+from dse.layer_config import LayerConfig
 from dse.energy import ArrayConfig, EnergyModel
 from dse.errors import DseError
 from dse.quant import MacLayer

@@ -2,6 +2,7 @@
 import math
 from fractions import Fraction
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -23,7 +24,6 @@ def f32(bits):
 @given(bits=st.lists(BITS, min_size=1, max_size=64))
 def test_bf16_round_matches_ml_dtypes(bits):
     """Independent reference: ml_dtypes' bfloat16 cast (round to nearest even), a test dependency."""
-    ml_dtypes = pytest.importorskip("ml_dtypes")
     x = np.array(bits, dtype=np.uint32).view(np.float32)
     got = bf16_round(x)
     ref = x.astype(ml_dtypes.bfloat16).astype(np.float32)

@@ -379,6 +379,7 @@ def test_lut_bad_npy(tmp_path):
 def cache(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("DSE_CACHE_DIR", str(d))
+    monkeypatch.setenv("DSE_ALLOW_CMODEL", "1")  # C models are used only with the opt-in
     return d
 
 
@@ -551,7 +552,7 @@ def test_export_round_trip_on_bundled_model(tmp_path, lenet_setup, name):
 @pytest.mark.slow
 def test_export_round_trip_cli_evaluate(tmp_path, capsys):
     from dse.config import save_config
-    from dse.emulate import LayerConfig
+    from dse.layer_config import LayerConfig
 
     out = tmp_path / "mw.npz"
     assert main(["multipliers", "export", "mitch_w6", "-o", str(out)]) == 0

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from dse.errors import DseError
 from dse.model.float_exec import run_float
 from dse.model.onnx_import import load_onnx, preprocess_from_metadata, resolve_model
 
-ort = pytest.importorskip("onnxruntime")
 TOL = 1e-4
 RNG = np.random.default_rng(0)
 
@@ -20,20 +20,6 @@ RNG = np.random.default_rng(0)
 def _ort(path, x):
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: x})[0]
-
-
-def _save(tmp_path, nodes, inits, in_shape, out_name="y", opset=17, name="g.onnx"):
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
-                          [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(np.asarray(v, dtype=np.float32 if np.asarray(v).dtype.kind == "f"
-                                                              else np.int64), k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    m = onnx.shape_inference.infer_shapes(m)  # fills the output shape the checker requires
-    onnx.checker.check_model(m)
-    p = tmp_path / name
-    onnx.save(m, str(p))
-    return p
 
 
 def _check(path, in_shape, n=3):
@@ -78,7 +64,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_variants(tmp_path, case):
+def test_conv_variants(tmp_path, case, onnx_builder):
     C, cout, k, grp = 4, 8, case["k"], case["group"]
     attrs = {kk: v for kk, v in case.items() if kk not in ("bias", "k")}
     inits = {"W": _w(cout, C // grp, k, k)}
@@ -86,7 +72,7 @@ def test_conv_variants(tmp_path, case):
     if case["bias"]:
         inits["B"] = _w(cout)
         ins.append("B")
-    p = _save(tmp_path, [helper.make_node("Conv", ins, ["y"], **attrs)], inits, [C, 9, 11])
+    p = onnx_builder(tmp_path, [helper.make_node("Conv", ins, ["y"], **attrs)], inits, [C, 9, 11])
     g = _check(p, [C, 9, 11])
     n = g.nodes[0]
     assert n.op == "conv" and n.attrs["groups"] == grp
@@ -98,18 +84,18 @@ def test_conv_variants(tmp_path, case):
 @given(C=st.integers(1, 4), cpg=st.integers(1, 3), g=st.integers(1, 3), k=st.integers(1, 4), s=st.integers(1, 3),
        d=st.integers(1, 2), pads=st.lists(st.integers(0, 3), min_size=4, max_size=4), H=st.integers(5, 10),
        W=st.integers(5, 10))
-def test_conv_random_shapes_vs_onnxruntime(tmp_path_factory, C, cpg, g, k, s, d, pads, H, W):
+def test_conv_random_shapes_vs_onnxruntime(tmp_path_factory, C, cpg, g, k, s, d, pads, H, W, onnx_builder):
     span = d * (k - 1) + 1  # the dilated window must fit in the padded input (else the model itself is invalid)
     assume(span <= H + pads[0] + pads[2] and span <= W + pads[1] + pads[3])
     cin = C * g
     tmp = tmp_path_factory.mktemp("h")
-    p = _save(tmp, [helper.make_node("Conv", ["x", "W", "B"], ["y"], strides=[s, s], pads=pads, dilations=[d, d],
+    p = onnx_builder(tmp, [helper.make_node("Conv", ["x", "W", "B"], ["y"], strides=[s, s], pads=pads, dilations=[d, d],
                                      group=g)], {"W": _w(cpg * g, C, k, k), "B": _w(cpg * g)}, [cin, H, W])
     _check(p, [cin, H, W], n=2)
 
 
 # ------------------------------------------------------------------------------------------------ BN folding
-def test_batchnorm_folded_into_conv_and_gemm(tmp_path):
+def test_batchnorm_folded_into_conv_and_gemm(tmp_path, onnx_builder):
     inits = {"W": _w(6, 3, 3, 3), "Wg": _w(6 * 25, 5)}
     for p, n in (("c", 6), ("g", 5)):
         inits.update({f"{p}s": _w(n) + 1, f"{p}b": _w(n), f"{p}m": _w(n), f"{p}v": np.abs(_w(n)) + 0.5})
@@ -120,11 +106,11 @@ def test_batchnorm_folded_into_conv_and_gemm(tmp_path):
              helper.make_node("Gemm", ["f", "Wg"], ["gm"]),
              helper.make_node("BatchNormalization", ["gm", "gs", "gb", "gm_", "gv"], ["y"])]
     inits["gm_"] = inits.pop("gm")
-    g = _check(_save(tmp_path, nodes, inits, [3, 10, 10]), [3, 10, 10])
+    g = _check(onnx_builder(tmp_path, nodes, inits, [3, 10, 10]), [3, 10, 10])
     assert [n.op for n in g.nodes] == ["conv", "relu", "flatten", "gemm"]
 
 
-def test_batchnorm_kept_as_affine_when_not_foldable(tmp_path):
+def test_batchnorm_kept_as_affine_when_not_foldable(tmp_path, onnx_builder):
     """BN on the input and BN after a conv output that is also used elsewhere stay float affine ops."""
     inits = {"W": _w(3, 3, 3, 3)}
     for p in ("a", "b"):
@@ -133,31 +119,31 @@ def test_batchnorm_kept_as_affine_when_not_foldable(tmp_path):
              helper.make_node("Conv", ["n0", "W"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("BatchNormalization", ["c", "bs", "bb", "bm", "bv"], ["n1"]),
              helper.make_node("Add", ["n1", "c"], ["y"])]
-    g = _check(_save(tmp_path, nodes, inits, [3, 6, 6]), [3, 6, 6])
+    g = _check(onnx_builder(tmp_path, nodes, inits, [3, 6, 6]), [3, 6, 6])
     assert [n.op for n in g.nodes] == ["affine", "conv", "affine", "add"]
 
 
 # ------------------------------------------------------------------------------------------------ other ops
-def test_gemm_variants_and_matmul_add(tmp_path):
+def test_gemm_variants_and_matmul_add(tmp_path, onnx_builder):
     inits = {"B0": _w(12, 7), "C0": _w(7), "B1": _w(5, 7), "C1": _w(1, 5), "M": _w(5, 4), "A": _w(4)}
     nodes = [helper.make_node("Gemm", ["x", "B0", "C0"], ["g0"], alpha=0.7, beta=1.3),            # transB=0
              helper.make_node("Relu", ["g0"], ["r0"]),
              helper.make_node("Gemm", ["r0", "B1", "C1"], ["g1"], transB=1, alpha=1.5, beta=0.5),
              helper.make_node("MatMul", ["g1", "M"], ["mm"]),
              helper.make_node("Add", ["mm", "A"], ["y"])]
-    g = _check(_save(tmp_path, nodes, inits, [12]), [12])
+    g = _check(onnx_builder(tmp_path, nodes, inits, [12]), [12])
     assert [n.op for n in g.nodes] == ["gemm", "relu", "gemm", "gemm"]  # MatMul + Add(bias) folded
 
 
 @pytest.mark.parametrize("opset", [10, 17])
-def test_clip_attrs_and_inputs(tmp_path, opset):
+def test_clip_attrs_and_inputs(tmp_path, opset, onnx_builder):
     if opset == 10:
         nodes = [helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.75)]
         inits = {}
     else:
         nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]), helper.make_node("Clip", ["c", "", "hi2"], ["y"])]
         inits = {"lo": np.array(-0.5, np.float32), "hi": np.array(0.75, np.float32), "hi2": np.array(0.5, np.float32)}
-    g = _check(_save(tmp_path, nodes, inits, [2, 4, 4], opset=opset), [2, 4, 4])
+    g = _check(onnx_builder(tmp_path, nodes, inits, [2, 4, 4], opset=opset), [2, 4, 4])
     assert g.nodes[-1].op == "clip"
 
 
@@ -175,12 +161,12 @@ POOL_CASES = [
 
 
 @pytest.mark.parametrize("op,attrs", POOL_CASES)
-def test_pooling(tmp_path, op, attrs):
-    g = _check(_save(tmp_path, [helper.make_node(op, ["x"], ["y"], **attrs)], {}, [3, 9, 10]), [3, 9, 10])
+def test_pooling(tmp_path, op, attrs, onnx_builder):
+    g = _check(onnx_builder(tmp_path, [helper.make_node(op, ["x"], ["y"], **attrs)], {}, [3, 9, 10]), [3, 9, 10])
     assert g.nodes[0].op == ("maxpool" if op == "MaxPool" else "avgpool")
 
 
-def test_residual_concat_reshape_and_harmless_ops(tmp_path):
+def test_residual_concat_reshape_and_harmless_ops(tmp_path, onnx_builder):
     """Residual Add, Concat, Reshape (0 / -1), GAP, Identity, Dropout, Constant, constant-shape paths."""
     inits = {"W1": _w(4, 4, 3, 3), "W2": _w(4, 4, 1, 1), "Wf": _w(8, 5), "shp": np.array([0, -1], np.int64)}
     shape2 = helper.make_tensor("s2", TensorProto.INT64, [4], [-1, 8, 1, 1])
@@ -196,21 +182,21 @@ def test_residual_concat_reshape_and_harmless_ops(tmp_path):
              helper.make_node("Reshape", ["gap", "s2c"], ["gap2"]),
              helper.make_node("Reshape", ["gap2", "shp"], ["flat"]),
              helper.make_node("Gemm", ["flat", "Wf"], ["y"])]
-    g = _check(_save(tmp_path, nodes, inits, [4, 6, 6]), [4, 6, 6], n=4)
+    g = _check(onnx_builder(tmp_path, nodes, inits, [4, 6, 6]), [4, 6, 6], n=4)
     assert [n.op for n in g.nodes] == ["conv", "relu", "add", "conv", "concat", "gap", "reshape", "reshape", "gemm"]
     assert g.shapes["cat"] == (8, 6, 6) and g.shapes["flat"] == (8,)
 
 
-def test_names_made_unique(tmp_path):
+def test_names_made_unique(tmp_path, onnx_builder):
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"], name="r"),
              helper.make_node("Relu", ["b"], ["y"], name="r")]
-    g = load_onnx(_save(tmp_path, nodes, {}, [3]))
+    g = load_onnx(onnx_builder(tmp_path, nodes, {}, [3]))
     assert [n.name for n in g.nodes] == ["Relu_0", "r", "r_1"]
 
 
 # ------------------------------------------------------------------------------------------------ errors
-def test_unsupported_op(tmp_path):
-    p = _save(tmp_path, [helper.make_node("LRN", ["x"], ["y"], name="lrn", size=3)], {}, [3, 4, 4])
+def test_unsupported_op(tmp_path, onnx_builder):
+    p = onnx_builder(tmp_path, [helper.make_node("LRN", ["x"], ["y"], name="lrn", size=3)], {}, [3, 4, 4])
     with pytest.raises(DseError, match=r"g\.onnx: node 'lrn' has unsupported op type 'LRN' \(opset 17\); replace it "
                                        r"before export or re-export with supported ops: .*Conv") as e:
         load_onnx(p)
@@ -229,8 +215,8 @@ def test_invalid_and_missing_files(tmp_path):
         resolve_model("lenet9")
 
 
-def test_reshape_dropping_batch_rejected(tmp_path):
-    p = _save(tmp_path, [helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")], {"s": np.array([12], np.int64)},
+def test_reshape_dropping_batch_rejected(tmp_path, onnx_builder):
+    p = onnx_builder(tmp_path, [helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")], {"s": np.array([12], np.int64)},
               [3, 4])
     with pytest.raises(DseError, match="node 'rs': Reshape shape \\[12\\] does not keep the batch"):
         load_onnx(p)

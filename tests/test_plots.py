@@ -7,15 +7,17 @@ import threading
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import matplotlib  # noqa: F401  (test dependency; dse.plots imports it lazily)
+import plotly  # noqa: F401
 import pytest
+from optuna_dashboard import wsgi
+from optuna_dashboard._storage_url import guess_storage_from_url
 
 from dse.cli import main
 from dse.report import load_run, plot_points, summarize
 from dse.search.study import run_search
 from test_search import _CTX, LAYERS, ctx_factory, fake_energy, make_ctx, settings_
 
-pytest.importorskip("matplotlib")
-pytest.importorskip("plotly")
 
 
 def energy_with_layers(config):
@@ -71,9 +73,6 @@ class _Quiet(WSGIRequestHandler):
 
 def test_run_storage_opens_in_optuna_dashboard(run_dir):
     # what `optuna-dashboard RUN/journal.log` does: guess the storage from the path, serve the wsgi app
-    pytest.importorskip("optuna_dashboard")
-    from optuna_dashboard import wsgi
-    from optuna_dashboard._storage_url import guess_storage_from_url
 
     storage = guess_storage_from_url(str(run_dir / "journal.log"))
     server = make_server("127.0.0.1", 0, wsgi(storage), handler_class=_Quiet)

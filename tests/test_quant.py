@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from dse import kernels
 from dse.arith.multipliers import get_multiplier
@@ -15,25 +14,22 @@ from dse.quant import calibrate, dequantize, exact_acc, quantize_act, quantize_w
 RNG = np.random.default_rng(5)
 
 
-def small_model(tmp_path, groups=2):
+@pytest.fixture
+def small_model(tmp_path, onnx_builder):
     """conv(3x3, stride 2, asym pads, signed input) -> relu -> grouped conv -> relu -> flatten -> gemm."""
+    groups = 2
     W1 = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32) * 0.4
     W2 = RNG.standard_normal((4, 4 // groups, 2, 2)).astype(np.float32) * 0.4
     Wf = RNG.standard_normal((5, 4 * 4 * 3)).astype(np.float32) * 0.3
-    inits = [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (W2, "W2"), (Wf, "Wf"),
-                                                         (RNG.standard_normal(4).astype(np.float32), "b1"),
-                                                         (RNG.standard_normal(5).astype(np.float32), "bf"))]
+    inits = {"W1": W1, "W2": W2, "Wf": Wf, "b1": RNG.standard_normal(4).astype(np.float32),
+             "bf": RNG.standard_normal(5).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], strides=[2, 2], pads=[1, 0, 2, 1], name="conv1"),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 0, 0], group=groups, name="conv2"),
              helper.make_node("Relu", ["c2"], ["r2"]),
              helper.make_node("Flatten", ["r2"], ["f"]),
              helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, name="fc")]
-    g = helper.make_graph(nodes, "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 7])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
-    p = tmp_path / "small.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
-    return load_onnx(p)
+    return load_onnx(onnx_builder(tmp_path, nodes, inits, [2, 6, 7], name="small.onnx"))
 
 
 def test_quantize_act_round_half_even_and_clip():
@@ -58,8 +54,8 @@ def test_quantize_weights_per_channel():
     assert np.all(err <= s / 2 * (1 + 1e-5))
 
 
-def test_calibrate_geometry_scales_hist_and_acc_std(tmp_path):
-    g = small_model(tmp_path)
+def test_calibrate_geometry_scales_hist_and_acc_std(small_model):
+    g = small_model
     x = RNG.standard_normal((9, 2, 6, 7)).astype(np.float32)
     qm = calibrate(g, x, batch_size=4)
     conv1, conv2, fc = qm.layers
@@ -91,16 +87,16 @@ def test_calibrate_geometry_scales_hist_and_acc_std(tmp_path):
     assert np.isclose(conv2.acc_std, acc.std(), rtol=1e-9)
 
 
-def test_dequantize_formula(tmp_path):
-    qm = calibrate(small_model(tmp_path), RNG.standard_normal((3, 2, 6, 7)).astype(np.float32))
+def test_dequantize_formula(small_model):
+    qm = calibrate(small_model, RNG.standard_normal((3, 2, 6, 7)).astype(np.float32))
     l = qm.layers[2]
     acc = RNG.integers(-10 ** 6, 10 ** 6, (3, 5))
     exp = ((acc.astype(np.float64) * l.a_scale) * l.w_scale.astype(np.float64)).astype(np.float32) + l.bias
     assert np.array_equal(dequantize(acc, l), exp)
 
 
-def test_percentile_clips_outliers(tmp_path):
-    g = small_model(tmp_path)
+def test_percentile_clips_outliers(small_model):
+    g = small_model
     x = RNG.standard_normal((20, 2, 6, 7)).astype(np.float32)
     x[0, 0, 0, 0] = 50.0
     a = calibrate(g, x, method="max").layers[0].a_scale
@@ -113,15 +109,13 @@ def test_percentile_clips_outliers(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet8"])
-def test_fxp8_within_half_point_of_float(name):
+def test_fxp8_within_half_point_of_float(name, bundled_qmodel):
     """The default calibration keeps FxP8 exact top-1 within 0.5 pp of float on the search split."""
     from dse.data import load_dataset
     from dse.emulate import Emulator
     from dse.model.float_exec import run_float
-    from dse.model.onnx_import import resolve_model
 
-    g = load_onnx(resolve_model(name))
-    qm = calibrate(g, load_dataset("fashion-mnist:calib").images())
+    g, qm = bundled_qmodel(name)
     s = load_dataset("fashion-mnist:search")
     f = float((run_float(g, s.images()).argmax(1) == s.y).mean())
     q = Emulator(qm).accuracy(s.images(), s.y)
@@ -136,10 +130,10 @@ def _same_qmodel(a, b):
 
 
 @pytest.mark.parametrize("method", ["max", "percentile"])
-def test_calibrate_streams_batches_of_any_size(tmp_path, method):
+def test_calibrate_streams_batches_of_any_size(small_model, method):
     """An array, a list of uneven batches and batch_size=1 all give the same QuantModel; a one-shot iterator is
     refused (calibration reads the data more than once)."""
-    g = small_model(tmp_path)
+    g = small_model
     x = RNG.standard_normal((11, 2, 6, 7)).astype(np.float32)
     ref = calibrate(g, x, method=method, percentile=97.0)
     _same_qmodel(calibrate(g, [x[:3], x[3:4], x[4:]], method=method, percentile=97.0), ref)
@@ -151,10 +145,10 @@ def test_calibrate_streams_batches_of_any_size(tmp_path, method):
 
 
 @pytest.mark.parametrize("p", [50.0, 97.0, 99.99, 100.0])
-def test_percentile_from_tail_equals_numpy(tmp_path, p):
+def test_percentile_from_tail_equals_numpy(small_model, p):
     from dse.model.float_exec import run_float_all
 
-    g = small_model(tmp_path)
+    g = small_model
     x = (RNG.standard_normal((13, 2, 6, 7)) * RNG.uniform(0.1, 10, (13, 1, 1, 1))).astype(np.float32)
     qm = calibrate(g, [x[:5], x[5:]], method="percentile", percentile=p)
     env = run_float_all(g, x)

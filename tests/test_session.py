@@ -113,7 +113,8 @@ def test_same_preprocessing_in_evaluate_predict_search_and_export(capsys, tmp_pa
     assert "preprocessing scale 1/255, mean [0.28], std [0.35] (budget [model] preprocess)" in \
         " ".join(capsys.readouterr().out.split())
     cfg = tmp_path / "c.toml"
-    assert main(["export", str(tmp_path / "run"), "-o", str(cfg)]) == 0
+    # the tiny budget leaves no hold-out verified best: export the all-exact seed (trial 0)
+    assert main(["export", str(tmp_path / "run"), "--trial", "0", "-o", str(cfg)]) == 0
     capsys.readouterr()
     e = run_json(capsys, "evaluate", "lenet5", "--config", cfg, "--images", 50)
     p = run_json(capsys, "predict", "lenet5", "--config", cfg)

@@ -5,14 +5,20 @@ parameter/return types work, e.g. EvoApprox ``uint16_t mul8u_1JFF(uint8_t A, uin
 includes the file and calls the function with its own prototype in scope). The driver calls it for every pattern
 pair with the operand VALUES (``a`` = pattern, or pattern - 256 for patterns >= 128 when that operand is declared
 signed) and writes the results as int64; values must fit int32. A ``main`` in the model file is renamed away.
-Compiled with the system ``cc`` (env ``CC`` overrides) via subprocess; tables are cached as .npy under
-``$DSE_CACHE_DIR`` or ``~/.cache/dse/cmodel``, keyed by the SHA-256 of the file, function, signedness and driver.
+Compiled with the system ``cc`` (env ``CC`` overrides); tables are cached as .npy under ``$DSE_CACHE_DIR`` or
+``~/.cache/dse/cmodel``, keyed by the SHA-256 of the file, function, signedness and driver.
+
+A C model is code run as the calling user, so it must be trusted, and it is used only with an explicit opt-in:
+``DSE_ALLOW_CMODEL=1`` in the environment (``dse --allow-cmodel`` sets it; spawned search workers inherit it).
+Compiler and table driver run in child processes with CPU, address-space, file-size and core-dump limits
+(``LIMITS``), in a temporary directory, with an environment of PATH and LC_ALL only (no inherited secrets).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +29,9 @@ import numpy as np
 from dse.errors import DseError
 
 DRIVER_VERSION = "1"
+ALLOW_ENV = "DSE_ALLOW_CMODEL"
+# child-process limits: CPU seconds (compile, run), address space and file size in bytes
+LIMITS = {"cpu_compile": 120, "cpu_run": 60, "memory": 2 << 30, "file_size": 64 << 20}
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DRIVER = r"""
 #include <stdint.h>
@@ -46,6 +55,21 @@ int main(int argc, char **argv) {
 """
 
 
+def allowed() -> bool:
+    return os.environ.get(ALLOW_ENV) == "1"
+
+
+def _sandboxed(cmd: list[str], cwd: str, cpu_s: int, text: bool) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in a child with resource limits and a minimal environment (wall-clock timeout 2x the CPU limit)."""
+    def limit():  # runs in the child between fork and exec
+        for res, v in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, LIMITS["memory"]),
+                       (resource.RLIMIT_FSIZE, LIMITS["file_size"]), (resource.RLIMIT_CORE, 0)):
+            resource.setrlimit(res, (v, v))
+    env = {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C", "TMPDIR": cwd}
+    return subprocess.run(cmd, capture_output=True, text=text, timeout=2 * cpu_s, cwd=cwd, env=env,
+                          preexec_fn=limit)
+
+
 def cache_dir() -> Path:
     d = os.environ.get("DSE_CACHE_DIR")
     return Path(d) if d else Path.home() / ".cache" / "dse" / "cmodel"
@@ -66,6 +90,9 @@ def cmodel_table(path, fn: str = "mul8", a_signed: bool = False, w_signed: bool 
         raise DseError(f"C model {path}: not an existing .c file; give cmodel:PATH.c")
     if not _IDENT.fullmatch(fn):
         raise DseError(f"C model {path}: fn={fn!r} is not a C identifier; give ?fn=NAME of the multiply function")
+    if not allowed():
+        raise DseError(f"C model {path}: cmodel: multipliers compile and run the C file as code; if you trust it, "
+                       f"opt in with 'dse --allow-cmodel ...' (environment {ALLOW_ENV}=1)")
     src = path.read_bytes()
     cc = os.environ.get("CC", "cc")
     key = hashlib.sha256(b"\0".join([src, fn.encode(), str((bool(a_signed), bool(w_signed))).encode(),
@@ -88,9 +115,9 @@ def cmodel_table(path, fn: str = "mul8", a_signed: bool = False, w_signed: bool 
                f"-DDSE_FN={fn}", f"-DDSE_A_SIGNED={int(bool(a_signed))}", f"-DDSE_W_SIGNED={int(bool(w_signed))}",
                "-o", exe, os.path.join(tmp, "driver.c")]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
+            r = _sandboxed(cmd, tmp, LIMITS["cpu_compile"], text=True)
         except subprocess.TimeoutExpired:
-            raise DseError(f"C model {path}: compilation timed out after 120 s") from None
+            raise DseError(f"C model {path}: compilation timed out after {2 * LIMITS['cpu_compile']} s") from None
         if r.returncode != 0:
             first = _first_error(r.stderr, tmp, path)
             if re.search(rf"implicit declaration of function .{fn}\W", first):
@@ -99,11 +126,14 @@ def cmodel_table(path, fn: str = "mul8", a_signed: bool = False, w_signed: bool 
             raise DseError(f"C model {path} does not compile: {first}; fix the C source")
         tbl = os.path.join(tmp, "table.bin")
         try:
-            r = subprocess.run([exe, tbl], capture_output=True, timeout=60, cwd=tmp)
+            r = _sandboxed([exe, tbl], tmp, LIMITS["cpu_run"], text=False)
         except subprocess.TimeoutExpired:
-            raise DseError(f"C model {path}: {fn} did not finish 65536 calls within 60 s") from None
+            raise DseError(f"C model {path}: {fn} did not finish 65536 calls within {2 * LIMITS['cpu_run']} s") \
+                from None
         if r.returncode != 0 or not os.path.isfile(tbl):
-            raise DseError(f"C model {path}: the table driver failed (exit {r.returncode}); check {fn} for crashes")
+            why = (f"killed by signal {-r.returncode}, e.g. a crash or a CPU/memory/file-size limit"
+                   if r.returncode < 0 else f"exit {r.returncode}")
+            raise DseError(f"C model {path}: the table driver failed ({why}); check {fn}")
         t = np.fromfile(tbl, dtype="<i8").reshape(256, 256)
     if t.min() < -2 ** 31 or t.max() >= 2 ** 31:
         raise DseError(f"C model {path}: {fn} returns values outside int32")

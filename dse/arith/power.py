@@ -7,6 +7,7 @@ are model figures, not silicon data.
 from __future__ import annotations
 
 import math
+import re
 
 POWER_COMPONENTS = {
     # Cell areas in full-adder equivalents (area used as the power proxy at equal activity).
@@ -84,3 +85,25 @@ def power_model(family: str, p: dict) -> float:
     if family == "fp32_mitch_w":  # fraction adder (w-1 bits) + exponent adder + normalize mux
         return _rel((p["w"] - 1) * _c("FA") + 8 * _c("FA") + _shifter(24, 2), FP32_COST)
     return float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Published figures: EvoApproxLib circuits carry their PDK45 synthesis results in the file header.
+
+GATE_MODEL_SOURCE = "estimate: gate-area model (dse.arith.power), not silicon data"
+EVOAPPROX_EXACT_MW = {
+    False: (0.391, "EvoApproxLib mul8u_1JFF (exact 8x8 unsigned), PDK45_PWR = 0.391 mW"),
+    True: (0.425, "EvoApproxLib mul8s_1KV6 (exact 8x8 signed), PDK45_PWR = 0.425 mW"),
+}
+_PDK45_PWR = re.compile(r"PDK45_PWR\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*mW")
+
+
+def published_power(header: str, signed: bool, where: str) -> tuple[float, str] | None:
+    """Relative power from an EvoApproxLib header line ``PDK45_PWR = X mW`` in ``header`` (a circuit's C or Verilog
+    text): X over the exact EvoApprox multiplier of the same signedness, with its source; None without such a line."""
+    m = _PDK45_PWR.search(header)
+    if m is None:
+        return None
+    ref, ref_source = EVOAPPROX_EXACT_MW[signed]
+    mw = float(m.group(1))
+    return round(mw / ref, 4), f"{where}: PDK45_PWR = {mw:g} mW / {ref_source}"

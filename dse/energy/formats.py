@@ -78,6 +78,7 @@ class OperandFormat:
     psum_bits: int
 
 
+@lru_cache(maxsize=4096)
 def operand_format(name: str, array: ArrayConfig) -> OperandFormat:
     """The operand format of multiplier ``name`` on ``array`` (see the module docstring)."""
     m = multiplier_cost(name)

@@ -17,6 +17,7 @@ from dse.energy.formats import operand_format
 from dse.energy.mapping import Residency, map_layer, plan_residency
 from dse.energy.table import COMPONENTS, MULTIPLIER_COMPONENTS, EnergyTable, components
 from dse.errors import DseError
+from dse.layer_config import check_layers
 
 
 @dataclass
@@ -87,6 +88,7 @@ class EnergyModel:
             raise DseError(f"EnergyModel: array must be an ArrayConfig, got {type(self.array).__name__}")
         self.table = EnergyTable(self.constants, self.array)
         self._cache: dict = {}
+        self._plans: dict = {}
         self._exact_cache: dict = {}
 
     def layer(self, layer, cfg=None, residency: Residency | None = None) -> LayerEnergy:
@@ -114,14 +116,13 @@ class EnergyModel:
         """Per-image energy of all MAC ``layers`` (topological order) under ``config`` (``{name: LayerConfig}``,
         missing = exact)."""
         config = config or {}
-        names = {l.name for l in layers}
-        for name in config:
-            if name not in names:
-                raise DseError(f"configuration names layer '{name}', which is not a MAC layer of the model; "
-                               f"known: {', '.join(l.name for l in layers)}")
+        check_layers(config, layers, "configuration")
         cfgs = [config.get(l.name) for l in layers]
-        fmts = [operand_format(_cfg(c)[0], self.array) for c in cfgs]
-        plan = plan_residency(layers, fmts, self.array)
+        fmts = tuple(operand_format(_cfg(c)[0], self.array) for c in cfgs)
+        key = (tuple(_layer_key(l) for l in layers), fmts)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plan_residency(layers, list(fmts), self.array)
         per = [self.layer(l, c, r) for l, c, r in zip(layers, cfgs, plan)]
         comp = {k: float(sum(le.components[k] for le in per)) for k in COMPONENTS}
         cycles = int(sum(le.cycles for le in per))

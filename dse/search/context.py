@@ -6,26 +6,20 @@ factory each worker process calls. The search split is shuffled once (seeded) so
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from dse.emulate import LayerConfig
+from dse.budget import SpaceSection
 from dse.errors import DseError
-from dse.search.space import SearchSpace, axbxp_name
+from dse.layer_config import LayerConfig
+from dse.search.space import SearchSpace
 from dse.search.study import SearchContext, SearchSettings, run_search
 
 SENSITIVITY_IMAGES = 300
 PREDICTOR_CONFIGS = 10
-
-
-def _get(obj, name, default=None):
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
 
 
 def default_budget_path() -> Path:
@@ -49,43 +43,19 @@ def settings_from_budget(b) -> SearchSettings:
                           n_trials=int(s.n_trials), seed=int(s.seed), storage=s.storage or None,
                           workers=int(s.workers), timeout_s=s.timeout_s or None, fidelities=list(s.racing),
                           confidence=float(s.confidence), predictor_skip=float(s.predictor_skip),
-                          n_holdout=int(s.n_holdout))
+                          n_holdout=int(s.n_holdout), feasibility_confidence=float(b.budget.confidence))
 
 
-def space_multipliers(space_cfg) -> list[str]:
-    """Multiplier names of the [space] section: listed names plus the composed Ax-BxP names."""
-    names = [str(m) for m in (_get(space_cfg, "multipliers", None) or [])]
-    ax = _get(space_cfg, "axbxp", None)
-    if ax:
-        for K in _as_list(_get(ax, "K", [])):
-            for Lw in _as_list(_get(ax, "Lw", [])):
-                for La in _as_list(_get(ax, "La", [])):
-                    for mode in _as_list(_get(ax, "modes", ["static"])):
-                        names.append(axbxp_name(K, Lw, La, mode))
-    return sorted(set(names))
-
-
-def _as_list(v):
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def build_space(layer_names: list[str], space_cfg, where: str = "search space") -> SearchSpace:
+def build_space(layer_names: list[str], space_cfg: SpaceSection, where: str = "search space") -> SearchSpace:
+    """The SearchSpace of the budget's [space] section over the model's MAC layers (unknown multipliers: DseError)."""
     from dse.arith.multipliers import get_multiplier
 
-    mults = space_multipliers(space_cfg)
+    mults = space_cfg.all_multipliers
     for m in mults:
         get_multiplier(m)  # unknown name -> DseError naming it
-    overrides = {}
-    for name, ov in (_get(space_cfg, "layers", None) or {}).items():
-        d = {}
-        for k in ("multipliers", "cv", "pin"):
-            v = _get(ov, k, None)
-            if v is not None:
-                d[k] = v
-        overrides[name] = d
-    return SearchSpace.build(layer_names, mults, cv=list(_get(space_cfg, "cv", [False]) or [False]),
-                             pin_first_last=bool(_get(space_cfg, "pin_first_last", True)), overrides=overrides,
-                             where=where)
+    overrides = {name: {k: v for k, v in asdict(ov).items() if v is not None} for name, ov in space_cfg.layers.items()}
+    return SearchSpace.build(layer_names, mults, cv=list(space_cfg.cv or [False]),
+                             pin_first_last=space_cfg.pin_first_last, overrides=overrides, where=where)
 
 
 class EmulatorEvaluator:
@@ -104,35 +74,26 @@ class EmulatorEvaluator:
 def _energy_fn(model, layers):
     """config -> relative energy dict with a per-component breakdown (best vs all-exact, relative to exact total)."""
     exact = model.network(layers, {})
-    exact_comp = _components(exact)
-    total = sum(exact_comp.values()) or 1.0
-
+    total = exact.total or 1.0
     exact_layers = {l.name: l for l in exact.layers}
 
     def energy(config: dict) -> dict:
-        rel = dict(model.relative(layers, config))
+        rel = {k: float(v) for k, v in model.relative(layers, config).items()}
         net = model.network(layers, config)
-        comp = _components(net)
-        rel["components"] = {k: {"exact": exact_comp.get(k, 0.0) / total, "config": comp.get(k, 0.0) / total}
-                             for k in sorted(set(exact_comp) | set(comp))}
+        rel["components"] = {k: {"exact": exact.components.get(k, 0.0) / total, "config": net.components.get(k, 0.0) / total}
+                             for k in sorted(set(exact.components) | set(net.components))}
         # per layer, as fractions of the all-exact network energy (system) and of the layer's exact multiplier energy
-        rel["layers"] = {l.name: {"exact": exact_layers[l.name].total / total, "config": l.total / total,
-                                  "multiplier": (l.multiplier_energy / exact_layers[l.name].multiplier_energy
-                                                 if exact_layers[l.name].multiplier_energy else 1.0),
-                                  "cycles": int(l.cycles)}
-                         for l in net.layers}
-        return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in rel.items()}
+        rel["layers"] = {l.name: _layer_fractions(l, exact_layers[l.name], total) for l in net.layers}
+        return rel
     return energy
 
 
-def _components(net) -> dict:
-    """Per-component energy totals (pJ) of a network breakdown (from to_dict())."""
-    d = net.to_dict() if hasattr(net, "to_dict") else dict(net)
-    for key in ("components", "component_totals", "per_component", "totals"):
-        v = d.get(key)
-        if isinstance(v, dict) and v and all(isinstance(x, (int, float)) for x in v.values()):
-            return {k: float(x) for k, x in v.items()}
-    return {}
+def _layer_fractions(le, exact, total: float) -> dict:
+    """One layer's energy (exact and configured) as fractions of the all-exact network, its multiplier energy vs the
+    layer's exact multiplier energy, and its cycles."""
+    return {"exact": exact.total / total, "config": le.total / total,
+            "multiplier": le.multiplier_energy / exact.multiplier_energy if exact.multiplier_energy else 1.0,
+            "cycles": int(le.cycles)}
 
 
 def set_search_threads(threads: int | None, workers: int) -> int:
@@ -195,7 +156,7 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
     """AME predictor (dse.predict) with an AccuracyModel fitted on the all-exact and ``n_configs`` random
     configurations of the space, emulated on the first ``n_images`` search images. Only table multipliers."""
     from dse.arith.multipliers import get_multiplier
-    from dse.predict import AccuracyModel, AmePredictor, loss_predictor
+    from dse.predict import AccuracyModel, AmePredictor, loo_quality, loss_predictor
 
     int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
     rng = np.random.default_rng(seed + 7919)
@@ -216,7 +177,13 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
         model = AccuracyModel.fit(ames, accs)
     except DseError:
         return None, {"error": "predictor fit failed (configurations with equal AME)"}
-    margin = _loo_margin(ames, accs)
+    q = loo_quality(ames, accs)
+    info = {"model": model.to_dict(), "configs": len(cfgs), "images": n_images, "loo_spearman": q.spearman,
+            "loo_mean_error": q.mean_error, "loo_margin": q.worst_error}
+    if not q.good_enough:
+        # a predictor that ranks configurations poorly would skip good ones: measure it and do without
+        return None, dict(info, disabled=f"AME predictor not used on this model: {q.verdict()}")
+    margin = q.worst_error
     base = loss_predictor(pred, model)
 
     def predict(config: dict):
@@ -225,29 +192,13 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
         if any(lc.multiplier not in int_mults and lc.multiplier != "exact" for lc in config.values()):
             return 0.0  # no AME for float-domain multipliers: never skip
         return max(base(config) - margin, 0.0)
-    return predict, {"model": model.to_dict(), "configs": len(cfgs), "images": n_images, "loo_margin": margin}
-
-
-def _loo_margin(ames, accs) -> float:
-    """Worst absolute leave-one-out error (accuracy, fraction) of the AccuracyModel on its fit set; inf if the model
-    cannot be refitted without a point (then the predictor never skips)."""
-    from dse.predict import AccuracyModel
-
-    ames, accs = np.asarray(ames, float), np.asarray(accs, float)
-    worst = 0.0
-    for i in range(len(ames)):
-        keep = np.arange(len(ames)) != i
-        try:
-            m = AccuracyModel.fit(ames[keep], accs[keep])
-        except DseError:
-            return float("inf")
-        worst = max(worst, abs(float(m.predict(ames[i])) - accs[i]))
-    return worst
+    return predict, info
 
 
 def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_trials=None, workers=None,
-                       resume: bool = True, progress: bool = True, threads: int | None = None) -> dict:
-    """``dse search``: load the budget (default: bundled), apply CLI overrides, run the search."""
+                       resume: bool = True, progress=None, threads: int | None = None) -> dict:
+    """``dse search``: load the budget (default: bundled), apply the overrides, run the search. ``progress``: see
+    ``dse.search.study.optimize``."""
     path = Path(budget) if budget else default_budget_path()
     if not path.is_file():
         raise DseError(f"budget file {path}: not found; pass an existing BUDGET.toml (or none for the bundled default)")

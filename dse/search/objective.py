@@ -4,12 +4,20 @@ Narrow injected interfaces (so tests use fakes):
 
 * ``evaluator.correct(config, start, stop) -> bool[stop - start]``: per-image correctness of ``config`` on images
   ``start:stop`` of the (shuffled) search split; ``evaluator.n_images``: size of the split.
-* ``energy(config) -> {"system", "multiplier", "latency", optional "components": {name: value}}``: relative to
-  all-exact FxP8.
+* ``energy(config) -> {"system", "multiplier", "latency", optional "components": {name: {"exact", "config"}},
+  optional "layers"}``: relative to all-exact FxP8 (components and layers as fractions of the all-exact network).
 * ``predictor(config) -> predicted loss (fraction)`` or None.
 
-Every return path sets the constraint ``accuracy_loss = loss - budget`` (feasible when <= 0) before returning, including
-trials stopped early by the race, trials skipped by the predictor, duplicates and trials that raise.
+Every return path sets the constraint ``accuracy_loss = loss_ucb - budget`` (feasible when <= 0) before returning,
+including trials stopped early by the race, trials skipped by the predictor, duplicates and trials that raise.
+``loss_ucb`` is the one-sided upper confidence bound of the paired loss at ``[budget] confidence`` (the predicted loss
+for predictor-skipped trials), so "feasible" means "within budget with that confidence on the search images".
+
+Hold-out verification happens inside the trial (trial attributes cannot change once a trial has finished): a trial
+that is feasible at full fidelity and could become the reported result (cheaper than every verified trial in
+constrained mode; not dominated by a full-fidelity trial in Pareto mode) is re-evaluated on the hold-out split and gets
+``holdout`` (accuracy, loss, se, images) and ``holdout_verified`` (hold-out loss within budget). At most
+``max_holdout_failures`` trials of a study fail that check; later candidates are left unchecked.
 """
 from __future__ import annotations
 
@@ -20,15 +28,16 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from dse.search.racing import race
+from dse.layer_config import config_to_dict
+from dse.search.racing import paired_stats, race
 from dse.search.space import SearchSpace
 
 CONSTRAINT = "accuracy_loss"
-
-
-def config_to_dict(config: dict) -> dict:
-    """``{layer: {"multiplier", "cv"}}`` (JSON-friendly)."""
-    return {n: {"multiplier": lc.multiplier, "cv": bool(lc.cv)} for n, lc in config.items()}
+# trial user attributes written here and read by the study driver, the progress line and the report
+ATTR_LOSS_UCB = "loss_ucb"            # upper confidence bound of the search-split loss (the constrained value)
+ATTR_HOLDOUT = "holdout"              # {"accuracy", "loss", "se", "images"} on the hold-out split
+ATTR_VERIFIED = "holdout_verified"    # True: hold-out loss within budget; absent: never checked
+EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
 
 
 def _config_key(config: dict) -> str:
@@ -39,12 +48,16 @@ class Objective:
     """Callable objective. ``mode``: "constrained" (minimise relative system energy) or "pareto" (energy, loss)."""
 
     def __init__(self, space: SearchSpace, evaluator, energy, budget_loss: float, mode: str = "constrained",
-                 fidelities=(500, 2000, 0), confidence: float = 0.95, predictor=None, predictor_skip: float = 2.0):
+                 fidelities=(500, 2000, 0), confidence: float = 0.95, predictor=None, predictor_skip: float = 2.0,
+                 feasibility_confidence: float = 0.95, holdout=None, max_holdout_failures: int = 3):
         self.space, self.evaluator, self.energy = space, evaluator, energy
         self.budget_loss, self.mode = float(budget_loss), mode
         self.fidelities, self.confidence = list(fidelities), confidence
         self.predictor, self.predictor_skip = predictor, predictor_skip
+        self.feasibility_confidence = float(feasibility_confidence)
+        self.holdout, self.max_holdout_failures = holdout, int(max_holdout_failures)
         self._exact = None
+        self._exact_holdout = None
         self._cache: dict[str, dict] = {}
         self._constrained: set[int] = set()
 
@@ -55,6 +68,19 @@ class Objective:
             self._exact = np.asarray(self.evaluator.correct({}, 0, self.evaluator.n_images), dtype=bool)
         return self._exact
 
+    @property
+    def correct_exact_holdout(self) -> np.ndarray:
+        """FxP8-exact per-image correctness on the whole hold-out split (computed once)."""
+        if self._exact_holdout is None:
+            self._exact_holdout = np.asarray(self.holdout.correct({}, 0, self.holdout.n_images), dtype=bool)
+        return self._exact_holdout
+
+    def holdout_check(self, config: dict) -> dict:
+        """Paired loss of ``config`` vs FxP8 exact on the whole hold-out split: ``{accuracy, loss, se, images}``."""
+        exact = self.correct_exact_holdout
+        st = paired_stats(exact, np.asarray(self.holdout.correct(config, 0, exact.size), dtype=bool))
+        return {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n}
+
     def _values(self, energy: dict, loss: float):
         return float(energy["system"]) if self.mode == "constrained" else (float(energy["system"]), float(loss))
 
@@ -62,7 +88,7 @@ class Objective:
         attrs = dict(attrs, pid=os.getpid())
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        trial.set_constraint(CONSTRAINT, float(attrs["loss"]) - self.budget_loss)
+        trial.set_constraint(CONSTRAINT, float(attrs[ATTR_LOSS_UCB]) - self.budget_loss)
         self._constrained.add(trial.number)
         return self._values(attrs["energy"], attrs["loss"])
 
@@ -73,9 +99,43 @@ class Objective:
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             ua = t.user_attrs
             if "loss" in ua and "duplicate_of" not in ua and json.dumps(ua.get("config"), sort_keys=True) == key:
-                prev = {k: v for k, v in ua.items() if k not in ("seed", "pid")}
+                prev = {k: v for k, v in ua.items() if k not in ("seed", "pid", ATTR_HOLDOUT, ATTR_VERIFIED)}
                 return dict(prev, duplicate_of=t.number)
         return None
+
+    @staticmethod
+    def _full_points(study) -> list[tuple[float, float, dict]]:
+        """(energy, loss, user attrs) of the study's full-fidelity, non-duplicate trials."""
+        out = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            ua = t.user_attrs
+            if ua.get("full") and "duplicate_of" not in ua:
+                out.append((float(ua["energy"]["system"]), float(ua["loss"]), ua))
+        return out
+
+    def _stop_above(self, energy: float, full: list) -> float:
+        """Loss above which the race may stop this configuration. Constrained: the budget. Pareto: the loss of the best
+        known full-fidelity point that costs no more energy (all-exact: loss 0 at energy 1), so every configuration
+        that could still be on the front is raced to full fidelity."""
+        if self.mode == "constrained":
+            return self.budget_loss
+        known = [loss for e, loss, _ in full if e <= energy]
+        if energy >= EXACT_ENERGY:
+            known.append(0.0)
+        return min(known, default=np.inf)
+
+    def _worth_verifying(self, study, attrs: dict, full: list) -> bool:
+        """Whether a finished trial is a candidate for the reported result and the hold-out check budget allows it."""
+        if self.holdout is None or not attrs["full"] or attrs[ATTR_LOSS_UCB] > self.budget_loss:
+            return False
+        energy = float(attrs["energy"]["system"])
+        if energy >= EXACT_ENERGY:
+            return False  # never better than all-exact, which needs no check
+        if sum(ua.get(ATTR_VERIFIED) is False for _, _, ua in full) >= self.max_holdout_failures:
+            return False
+        if self.mode == "constrained":
+            return all(e > energy for e, _, ua in full if ua.get(ATTR_VERIFIED))
+        return not any(e <= energy and loss <= attrs["loss"] for e, loss, _ in full)
 
     def __call__(self, trial: optuna.Trial):
         try:
@@ -92,16 +152,23 @@ class Objective:
                 attrs["predicted_loss"] = pred
                 if pred > self.predictor_skip * self.budget_loss:
                     attrs.update(loss=pred, skipped="predictor", images=0)
+                    attrs[ATTR_LOSS_UCB] = pred
                     return self._finish(trial, attrs)
+            full = self._full_points(trial.study)
             exact = self.correct_exact
-            res = race(lambda a, b: self.evaluator.correct(config, a, b), exact, self.budget_loss,
-                       self.fidelities, self.confidence)
+            res = race(lambda a, b: self.evaluator.correct(config, a, b), exact,
+                       self._stop_above(float(energy["system"]), full), self.fidelities, self.confidence)
             attrs.update(accuracy=res.stats.acc, accuracy_exact=res.stats.acc_exact, loss=res.loss,
                          loss_se=res.stats.se, images=res.images, full=not res.stopped,
                          stages=[list(s) for s in res.stages])
+            attrs[ATTR_LOSS_UCB] = res.stats.upper(self.feasibility_confidence)
             if res.stopped:
                 attrs["skipped"] = "racing"
             self._cache[key] = dict(attrs, duplicate_of=trial.number)
+            if self._worth_verifying(trial.study, attrs, full):
+                h = self.holdout_check(config)
+                attrs[ATTR_HOLDOUT] = h
+                attrs[ATTR_VERIFIED] = h["loss"] <= self.budget_loss
             return self._finish(trial, attrs)
         except BaseException as exc:
             # failed trial: still record an (infeasible) constraint, then let Optuna mark it FAIL / stop

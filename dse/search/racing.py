@@ -5,15 +5,20 @@ vs FxP8 exact on the *same* images is the paired difference of proportions ``(b 
 gets right and the configuration gets wrong, ``c`` = the reverse (McNemar's discordant counts). Its standard error is
 the Agresti-Min adjusted paired SE (0.5 added to each cell of the 2x2 table), which stays positive when ``b = c = 0``.
 The race stops early, infeasible, when the one-sided lower confidence bound ``loss - z * se`` exceeds the budget.
+
+Feasibility is decided with the same statistics the other way round: a configuration is feasible on the search split
+only when the one-sided *upper* confidence bound ``loss + z * se`` is within the budget (``[budget] confidence``), so a
+configuration that merely looks feasible by chance on these images is not reported (the Agresti-Min interval for paired
+proportions, Agresti & Min 2005, keeps its coverage for small discordant counts).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
+from scipy.stats import norm
 
 from dse.errors import DseError
 
@@ -37,6 +42,19 @@ class PairedStats:
         n2 = self.n + 2.0
         p12, p21 = (self.b + 0.5) / n2, (self.c + 0.5) / n2
         return math.sqrt(max(p12 + p21 - (p12 - p21) ** 2, 0.0) / n2)
+
+    def upper(self, confidence: float) -> float:
+        """One-sided upper confidence bound of the loss at level ``confidence``."""
+        return self.loss + z_score(confidence) * self.se
+
+    def lower(self, confidence: float) -> float:
+        """One-sided lower confidence bound of the loss at level ``confidence``."""
+        return self.loss - z_score(confidence) * self.se
+
+
+def z_score(confidence: float) -> float:
+    """Standard normal quantile of a one-sided confidence level in (0.5, 1)."""
+    return float(norm.ppf(confidence))
 
 
 def paired_stats(correct_exact: np.ndarray, correct: np.ndarray) -> PairedStats:
@@ -80,11 +98,12 @@ def race(evaluate: Callable[[int, int], np.ndarray], correct_exact: np.ndarray, 
 
     ``evaluate(start, stop)`` returns the per-image correctness of the configuration on images ``start:stop`` of the
     search split (called on consecutive chunks, so each image is evaluated once); ``correct_exact`` is FxP8 exact's
-    correctness on the whole split; ``budget`` is the allowed loss as a fraction.
+    correctness on the whole split; the race stops early when the loss's lower confidence bound exceeds ``budget``
+    (the allowed loss as a fraction; in Pareto mode the loss of a known point that costs no more energy, so only
+    configurations that are confidently dominated are stopped).
     """
     if not 0.5 < confidence < 1.0:
         raise DseError(f"search.racing.confidence: {confidence} must be in (0.5, 1)")
-    z = NormalDist().inv_cdf(confidence)
     correct_exact = np.asarray(correct_exact, dtype=bool)
     steps = resolve_fidelities(fidelities, correct_exact.size)
     got = np.empty(0, dtype=bool)
@@ -96,6 +115,6 @@ def race(evaluate: Callable[[int, int], np.ndarray], correct_exact: np.ndarray, 
         got = np.concatenate([got, chunk])
         st = paired_stats(correct_exact[:n], got)
         stages.append((n, st.loss, st.se))
-        if k < len(steps) - 1 and st.loss - z * st.se > budget:
+        if k < len(steps) - 1 and st.lower(confidence) > budget:
             return RaceResult(st, n, True, stages)
     return RaceResult(st, n, False, stages)

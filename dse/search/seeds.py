@@ -1,16 +1,18 @@
 """Seed configurations enqueued before the sampler takes over: all exact, uniform, sensitivity knapsack.
 
 The knapsack treats per-layer accuracy losses as additive (first-order) and picks at most one (multiplier, cv) choice
-per layer maximising the energy saving with total loss <= capacity: a multiple-choice 0/1 knapsack solved exactly by
-dynamic programming over losses discretised to ``capacity / resolution`` (rounded up, so the discretised solution never
-exceeds the capacity). Several capacities (fractions of the budget) hedge against non-additive interactions.
+per layer maximising the energy saving with total loss <= capacity: a multiple-choice 0/1 knapsack solved exactly as a
+mixed-integer linear program (scipy.optimize.milp; the same program as a HAWQ-V3-style sensitivity integer program).
+Several capacities (fractions of the budget) hedge against non-additive interactions.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
-from dse.emulate import LayerConfig
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from dse.layer_config import LayerConfig
 from dse.search.space import SearchSpace
 
 
@@ -60,36 +62,21 @@ def layer_items(space: SearchSpace, sensitivity: Callable[[str, LayerConfig], fl
     return items
 
 
-def knapsack(items: dict[str, list[tuple[LayerConfig, float, float]]], capacity: float,
-             resolution: int = 200) -> dict[str, LayerConfig]:
-    """Multiple-choice knapsack: at most one item per layer, sum of losses <= capacity, maximise summed saving."""
-    if capacity <= 0:
-        cap_units, unit = 0, 1.0
-    else:
-        cap_units, unit = resolution, capacity / resolution
-    best = [0.0] * (cap_units + 1)          # best[w]: max saving with discretised loss <= w
-    choice_hist = []
-    for n, lst in items.items():
-        new = list(best)
-        pick = [None] * (cap_units + 1)
-        for i, (lc, loss, saving) in enumerate(lst):
-            w = max(0, math.ceil(loss / unit - 1e-9)) if capacity > 0 else (0 if loss <= 0 else cap_units + 1)
-            if w > cap_units:
-                continue
-            for cap in range(w, cap_units + 1):
-                v = best[cap - w] + saving
-                if v > new[cap] + 1e-15:
-                    new[cap], pick[cap] = v, (i, w)
-        choice_hist.append((n, lst, pick))
-        best = new
-    out, cap = {}, cap_units
-    for n, lst, pick in reversed(choice_hist):
-        p = pick[cap]
-        if p is not None:
-            i, w = p
-            out[n] = lst[i][0]
-            cap -= w
-    return out
+def knapsack(items: dict[str, list[tuple[LayerConfig, float, float]]], capacity: float) -> dict[str, LayerConfig]:
+    """Multiple-choice knapsack: at most one item per layer, sum of losses <= capacity, maximise summed saving
+    (binary variables per (layer, item), solved by scipy.optimize.milp)."""
+    flat = [(n, i, loss, saving) for n, lst in items.items() for i, (_, loss, saving) in enumerate(lst)]
+    if not flat:
+        return {}
+    names = list(items)
+    loss = np.array([f[2] for f in flat])
+    one_per_layer = np.array([[1.0 if f[0] == n else 0.0 for f in flat] for n in names])
+    cons = [LinearConstraint(loss[None, :], -np.inf, capacity), LinearConstraint(one_per_layer, 0, 1)]
+    res = milp(c=-np.array([f[3] for f in flat]), constraints=cons, integrality=np.ones(len(flat)),
+               bounds=Bounds(0, 1))
+    if res.x is None:  # infeasible only when even the empty choice breaks the capacity (negative capacity)
+        return {}
+    return {n: items[n][i][0] for (n, i, _, _), x in zip(flat, res.x) if x > 0.5}
 
 
 def knapsack_seeds(space: SearchSpace, items, budget_loss: float, fractions=(0.5, 1.0, 1.5)) -> list[dict]:

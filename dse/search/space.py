@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dse.emulate import LayerConfig
 from dse.errors import DseError
+from dse.layer_config import LayerConfig, check_layers
 
 
 def axbxp_name(K: int, Lw: int, La: int, mode: str) -> str:
@@ -44,10 +44,7 @@ class SearchSpace:
         if not layers:
             raise DseError("search space: the model has no MAC layers (Conv/Gemm/MatMul) to search")
         overrides = dict(overrides or {})
-        for name in overrides:
-            if name not in layers:
-                raise DseError(f"{where}: key 'space.layers.{name}' overrides unknown layer '{name}'; known MAC "
-                               f"layers: {', '.join(layers)}")
+        check_layers(overrides, layers, where, key="space.layers")
         pinned = {layers[0], layers[-1]} if pin_first_last else set()
         choices: dict[str, LayerChoices] = {}
         for name in layers:

@@ -4,14 +4,26 @@
 sensitivity) come from a ``SearchContext`` built by a picklable ``context_factory`` (the real one loads the budget's
 model and data; tests inject fakes), so the driver itself knows nothing about ONNX or emulation.
 
-Resume: the study lives in the run directory's storage under a fixed name; re-running the same command loads it and
-runs only ``n_trials - completed`` more trials, so no completed trial is lost after an interrupt. Several processes
-(``workers > 1``) each call ``study.optimize`` on the same storage with a global ``MaxTrialsCallback``.
+Studies are named from the budget's content (``study_name``), so one storage holds the studies of many budgets.
+Resume: re-running the same command joins the study and runs only ``n_trials - completed`` more trials, so no
+completed trial is lost after an interrupt. Several processes (``workers > 1`` spawned ones, or ``dse search`` on
+several machines with one PostgreSQL URL) share the study: each claims a process number through the storage
+(distinct sampler streams), the first enqueues the seeds, and ``run_loop`` runs trials until exactly n_trials are
+complete. Trials of a dead process are failed by heartbeats and re-run (see dse.search.rundir).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
+import json
 import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
 import time
+import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,15 +31,13 @@ from typing import Callable
 
 import numpy as np
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from dse.budget import SearchSection
-from dse.emulate import LayerConfig
-from dse.errors import DseError
+from dse.budget import BudgetSection, SearchSection
+from dse.errors import DseError, SettingError
+from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import rundir, seeds
-from dse.search.objective import Objective
-from dse.search.racing import paired_stats
+from dse.search.objective import ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective
 from dse.search.space import SearchSpace
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "qmc")
@@ -53,7 +63,8 @@ class SearchSettings:
     fidelities: list = field(default_factory=lambda: list(_D.racing))
     confidence: float = _D.confidence
     predictor_skip: float = _D.predictor_skip  # skip a trial when predicted loss > predictor_skip * budget (0 = never)
-    n_holdout: int = _D.n_holdout              # best feasible configurations re-checked on the hold-out split
+    n_holdout: int = _D.n_holdout              # hold-out checks that may fail before the walk down the list stops
+    feasibility_confidence: float = BudgetSection().confidence  # [budget] confidence of the search-split feasibility
     seed_uniform: bool = True
     seed_knapsack: bool = True
 
@@ -108,13 +119,37 @@ def make_sampler(name: str, mode: str, seed: int, workers: int = 1) -> optuna.sa
     raise DseError(f"search.sampler: '{name}' is not one of {', '.join(SAMPLERS)}")
 
 
-def _open_study(settings: SearchSettings, storage, seed: int, workers: int, load_only: bool = False) -> optuna.Study:
+def _open_study(settings: SearchSettings, storage, name: str, seed: int, workers: int,
+                create: bool = False) -> optuna.Study:
+    """Load the study, or with ``create`` create it (DuplicatedStudyError when another process did: creating is
+    atomic in every storage, which makes the creator the study's first process)."""
     directions = ["minimize"] if settings.mode == "constrained" else ["minimize", "minimize"]
     sampler = make_sampler(settings.sampler, settings.mode, seed, workers)
-    if load_only:
-        return optuna.load_study(study_name=rundir.STUDY_NAME, storage=storage, sampler=sampler)
-    return optuna.create_study(study_name=rundir.STUDY_NAME, storage=storage, directions=directions, sampler=sampler,
-                               load_if_exists=True)
+    if create:
+        return optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+
+
+# Settings that say how long, where and how parallel a search runs, not what it searches: changing them continues
+# the same study (e.g. a larger n_trials extends it).
+_NOT_IN_NAME = ("n_trials", "workers", "storage", "timeout_s")
+
+
+def study_name(budget_path: str | Path, s: SearchSettings, ctx: "SearchContext") -> str:
+    """``<budget stem>-<hash>``: the hash covers everything the search results depend on (the budget file without
+    the keys in _NOT_IN_NAME, the effective settings, the search space, the model file's content), so a different
+    budget on the same storage gets its own study instead of another's results."""
+    budget = tomllib.loads(Path(budget_path).read_text())
+    search = {k: v for k, v in budget.get("search", {}).items() if k not in _NOT_IN_NAME}
+    budget = dict(budget, search=search)
+    model = ctx.info.get("model")
+    model_hash = (hashlib.sha256(Path(model).read_bytes()).hexdigest()
+                  if isinstance(model, str) and Path(model).is_file() else model)
+    key = {"budget": budget, "settings": {k: v for k, v in asdict(s).items() if k not in _NOT_IN_NAME},
+           "space": {n: repr(ctx.space.choices[n]) for n in ctx.space.searchable},
+           "params": ctx.space.param_names, "model": model_hash}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{Path(budget_path).stem}-{digest}"
 
 
 def n_complete(study: optuna.Study) -> int:
@@ -128,100 +163,221 @@ def is_feasible(t) -> bool:
 
 def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
     return Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, s.mode, s.fidelities, s.confidence,
-                     ctx.predictor, s.predictor_skip)
+                     ctx.predictor, s.predictor_skip, feasibility_confidence=s.feasibility_confidence,
+                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout)
 
 
-def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings) -> int:
-    """Enqueue all-exact, uniform and knapsack seeds once per study (study user attr ``seeded``)."""
-    if study.user_attrs.get("seeded"):
-        return 0
+def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
+    """Parameters of the seed trials (all exact, uniform, knapsack), without repeats, in enqueue order."""
     cfgs = [seeds.all_exact(ctx.space)]
     if s.seed_uniform:
         cfgs += seeds.uniform(ctx.space)
     if s.seed_knapsack and ctx.sensitivity is not None:
         items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
         cfgs += seeds.knapsack_seeds(ctx.space, items, s.budget_loss)
-    done = []
+    out = []
     for cfg in cfgs:
         p = ctx.space.params_from_config(cfg)
-        if p not in done:
-            study.enqueue_trial(p, user_attrs={"seed": True})
-            done.append(p)
-    study.set_user_attr("seeded", True)
-    return len(done)
+        if p not in out:
+            out.append(p)
+    return out
+
+
+SEEDED, SEEDING = "dse:seeded", "dse:seeding"
+SEED_WAIT_S = 120.0  # a process seeding on another machine gets this long before a later one completes its work
+SEED_MARK_WAIT_S = 5.0  # the study's creator marks that it is seeding within this time (or it died)
+
+
+def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings, process: int) -> int:
+    """Enqueue the seed configurations exactly once per study. The process that created the study (``process`` 0,
+    atomic) enqueues them; a later process finding the study unseeded waits while the creator may still be at it,
+    and if it died, enqueues the seeds no trial has yet. Returns the number enqueued."""
+    if study.user_attrs.get(SEEDED):
+        return 0
+    if process == 0:
+        study.set_user_attr(SEEDING, {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
+        todo = seed_configs(ctx, s)
+    else:
+        _wait_for_seeder(study)
+        if study.user_attrs.get(SEEDED):
+            return 0
+        have = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)]
+        todo = [p for p in seed_configs(ctx, s) if p not in have]
+    for p in todo:
+        study.enqueue_trial(p, user_attrs={"seed": True})
+    study.set_user_attr(SEEDED, True)
+    return len(todo)
+
+
+def _wait_for_seeder(study: optuna.Study) -> None:
+    t0 = time.time()
+    while not study.user_attrs.get(SEEDED):
+        who = study.user_attrs.get(SEEDING)
+        if not who:
+            if time.time() - t0 > SEED_MARK_WAIT_S:  # the creator died before it began seeding
+                return
+        elif time.time() - who["time"] > SEED_WAIT_S:
+            return
+        elif who["host"] == socket.gethostname() and not _alive(who["pid"]):
+            return
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def worker_seed(seed: int, i: int) -> int:
-    """Sampler seed of worker process i (i = 0 is the main process, which uses ``seed`` itself). Derived by
-    SeedSequence so that the streams of different study seeds never coincide (with ``seed + i``, seed 0's worker 1 and
-    seed 1's main process sampled the same configurations)."""
+    """Sampler seed of a process with number ``i`` (0: the process that created the study, which uses ``seed`` itself
+    so a one-process search is reproducible; others draw a random 64-bit number, see join_study). Derived by
+    SeedSequence so that the streams of different study seeds never coincide (with ``seed + i``, seed 0's process 1
+    and seed 1's process 0 sampled the same configurations)."""
     if i == 0:
         return int(seed)
     return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
 
 
-def _worker(factory, run_dir, settings: SearchSettings, seed: int) -> None:  # pragma: no cover - subprocess
+def join_study(storage, name: str, s: SearchSettings, create: bool) -> tuple[optuna.Study, int]:
+    """Open the study as one more process of it. The process that creates the study is number 0 (it seeds the study
+    and samples with ``seed``); every other one gets a random 64-bit number, so no two share a sampler stream. The
+    number and sampler seed are recorded in the study (user attr ``dse:process:<host>:<pid>:<number>``)."""
+    k = 0
     try:
-        ctx = factory()
-        study = _open_study(settings, rundir.storage_for(run_dir, settings.storage), seed, settings.workers,
-                            load_only=True)
+        if not create:
+            raise optuna.exceptions.DuplicatedStudyError
+        _open_study(s, storage, name, s.seed, s.workers, create=True)
+    except optuna.exceptions.DuplicatedStudyError:
+        k = int.from_bytes(os.urandom(8), "little") or 1
+    study = _open_study(s, storage, name, worker_seed(s.seed, k), s.workers)
+    study.set_user_attr(f"{PROCESS_ATTR}{socket.gethostname()}:{os.getpid()}:{k}",
+                        {"number": k, "sampler_seed": worker_seed(s.seed, k), "time": time.time()})
+    return study, k
+
+
+PROCESS_ATTR = "dse:process:"
+
+
+def n_processes(study: optuna.Study) -> int:
+    """Processes that have run this study (spawned workers, other machines, resumes)."""
+    return sum(k.startswith(PROCESS_ATTR) for k in study.user_attrs)
+
+
+def die_with_parent(parent: int) -> None:
+    """A spawned worker must not outlive the ``dse search`` (pid ``parent``) that started it: on Linux the kernel
+    sends it SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG = 1
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker(factory, url: str, name: str, settings: SearchSettings, parent: int) -> None:  # pragma: no cover
+    die_with_parent(parent)
+    try:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
-        study.optimize(_objective(ctx, settings), n_trials=settings.n_trials, timeout=settings.timeout_s,
-                       callbacks=[MaxTrialsCallback(settings.n_trials, states=(TrialState.COMPLETE,))])
+        ctx = factory()
+        study, _ = join_study(rundir.open_storage(url), name, settings, create=False)
+        run_loop(study, _objective(ctx, settings), settings)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent reports it
         pass
 
 
-class _Progress:
-    """Rich progress bar: trials done, best feasible energy, feasible count."""
+class _Surplus(Exception):
+    """The trial started after enough others had: it is failed (user attr ``surplus``) and not run."""
 
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            self.p = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                              TimeElapsedColumn(), transient=False)
-            self.task = self.p.add_task("search", total=total, completed=done, info="")
 
-    def __enter__(self):
-        if self.enabled:
-            self.p.__enter__()
-        return self
+POLL_S = 0.5
 
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.p.__exit__(*exc)
 
-    def __call__(self, study, trial) -> None:
-        if not self.enabled:
+class _Guarded:
+    """Runs the objective only for trials within the study's n_trials: trial k runs if fewer than n_trials trials
+    are complete or running with a smaller number (trial numbers are handed out atomically by the storage, so
+    exactly n_trials trials complete however many processes share the study). An enqueued trial that does not run
+    (surplus, or interrupted by Ctrl-C) is enqueued again, so no seed configuration is lost."""
+
+    def __init__(self, objective: Objective, n_trials: int):
+        self.objective, self.n_trials = objective, int(n_trials)
+
+    def __call__(self, trial: optuna.Trial):
+        ahead = sum(1 for t in trial.study.get_trials(deepcopy=False)
+                    if t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number))
+        if ahead >= self.n_trials:
+            _requeue(trial)
+            trial.set_user_attr("surplus", True)
+            trial.set_constraint(CONSTRAINT, 1.0)
+            raise _Surplus
+        try:
+            return self.objective(trial)
+        except KeyboardInterrupt:
+            _requeue(trial)
+            raise
+
+
+def _requeue(trial: optuna.Trial) -> None:
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    fixed = frozen.system_attrs.get("fixed_params")
+    if fixed is not None:
+        trial.study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items() if k == "seed"})
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def run_loop(study: optuna.Study, objective: Objective, s: SearchSettings, callbacks=()) -> None:
+    """One process's share of the study: run trials until n_trials are complete (or ``timeout_s``). While the
+    remaining trials are all running elsewhere it waits; a trial whose process died is failed by the heartbeat
+    check after rundir.STALE_S and re-run, so the wait ends."""
+    deadline = time.monotonic() + s.timeout_s if s.timeout_s else None
+    guarded = _Guarded(objective, s.n_trials)
+    while deadline is None or time.monotonic() < deadline:
+        _fail_stale(study)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done = states.count(TrialState.COMPLETE)
+        if done >= s.n_trials:
             return
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        feas = [t for t in trials if is_feasible(t)]
-        best = min((t.values[0] for t in feas), default=None)
-        info = f"best energy {best:.4f}" if best is not None else "best energy -"
-        self.p.update(self.task, completed=len(trials), info=f"{info}  feasible {len(feas)}")
+        if done + states.count(TrialState.RUNNING) >= s.n_trials:
+            time.sleep(POLL_S)
+            continue
+        study.optimize(guarded, n_trials=1, catch=(_Surplus,), callbacks=list(callbacks))
 
 
-def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress: bool = True,
-             factory=None, run_dir=None) -> None:
-    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones)."""
+def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress=None,
+             factory=None, url: str | None = None) -> None:
+    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones).
+    ``progress(total, done)``: a context manager that is also an Optuna callback (e.g. ``dse.present.SearchProgress``);
+    None: no progress display."""
     done = n_complete(study)
-    remaining = s.n_trials - done
-    if remaining <= 0:
+    if s.n_trials - done <= 0:
         return
     procs = []
     if s.workers > 1:
-        if factory is None or run_dir is None:
-            raise DseError("search.workers > 1 needs a context factory and a run directory shared by the processes")
+        if factory is None or url is None:
+            raise DseError("search.workers > 1 needs a context factory and a storage shared by the processes")
         ctxm = mp.get_context("spawn")
-        for i in range(1, s.workers):
-            p = ctxm.Process(target=_worker, args=(factory, str(run_dir), s, worker_seed(s.seed, i)), daemon=False)
+        for _ in range(1, s.workers):
+            p = ctxm.Process(target=_worker, args=(factory, url, study.study_name, s, os.getpid()), daemon=False)
             p.start()
             procs.append(p)
     try:
-        with _Progress(s.n_trials, done, progress) as bar:
-            study.optimize(objective, n_trials=remaining, timeout=s.timeout_s,
-                           callbacks=[MaxTrialsCallback(s.n_trials, states=(TrialState.COMPLETE,)), bar])
+        with progress(s.n_trials, done) if progress else contextlib.nullcontext() as bar:
+            run_loop(study, objective, s, callbacks=[bar] if bar else [])
     finally:
         for p in procs:
             p.join()
@@ -239,40 +395,60 @@ def pareto_front(points: list[dict]) -> list[dict]:
 
 
 def trial_summary(t) -> dict:
+    """JSON-friendly summary of a trial. ``holdout``/``verified`` are None when it was never checked on hold-out."""
     ua = t.user_attrs
     return {"trial": t.number, "config": ua.get("config", {}), "energy": ua.get("energy", {}),
             "accuracy": ua.get("accuracy"), "loss": ua.get("loss"), "images": ua.get("images"),
-            "feasible": is_feasible(t)}
+            "feasible": is_feasible(t), "holdout": ua.get(ATTR_HOLDOUT), "verified": ua.get(ATTR_VERIFIED)}
 
 
-def final_check(study: optuna.Study, ctx: SearchContext, s: SearchSettings, exact_search: np.ndarray) -> dict:
-    """Re-evaluate the best feasible configurations (and the front in pareto mode) on the hold-out split."""
-    full = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if is_feasible(t) and t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
-    full.sort(key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
-    front = pareto_front([trial_summary(t) for t in
-                          study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                          if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs])
-    picks = [t.number for t in full[: s.n_holdout]]
-    if s.mode == "pareto":
-        picks += [d["trial"] for d in front if d["feasible"] and d["trial"] not in picks]
-    n_hold = ctx.holdout.n_images
-    exact_hold = np.asarray(ctx.holdout.correct({}, 0, n_hold), dtype=bool)
-    checked = []
-    for num in picks:
-        t = study.trials[num]
-        cfg = {n: LayerConfig(v["multiplier"], bool(v["cv"])) for n, v in t.user_attrs["config"].items()}
-        st = paired_stats(exact_hold, np.asarray(ctx.holdout.correct(cfg, 0, n_hold), dtype=bool))
+def _full_trials(study: optuna.Study) -> list:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
+
+
+def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) -> dict:
+    """Pick the reported best: walk down the search-feasible full-fidelity configurations by energy (all-exact and
+    anything costing more excluded) until one passes the hold-out check. Trials checked during the search keep their
+    result; unchecked ones are checked now, at most ``n_holdout`` of them that fail. No pass: ``best`` is None and
+    ``no_best`` says why and what to do. In Pareto mode the feasible front points are checked the same way."""
+    full = _full_trials(study)
+    cands = sorted((t for t in full if is_feasible(t) and t.user_attrs["energy"]["system"] < EXACT_ENERGY),
+                   key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
+    front = pareto_front([trial_summary(t) for t in full])
+    on_front = {d["trial"] for d in front}
+    checked, unchecked, best, failures = [], [], None, 0
+    for t in cands:
+        if best is not None and (s.mode == "constrained" or t.number not in on_front):
+            continue
         d = trial_summary(t)
-        d["holdout"] = {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n,
-                        "feasible": st.loss <= s.budget_loss}
+        if d["verified"] is None:
+            if failures >= s.n_holdout:
+                unchecked.append(t.number)
+                continue
+            cfg = config_from_dict(d["config"])
+            d["holdout"] = objective.holdout_check(cfg)
+            d["verified"] = d["holdout"]["loss"] <= s.budget_loss
+            failures += not d["verified"]
         checked.append(d)
-    best = next((d for d in checked if d["holdout"]["feasible"]), checked[0] if checked else None)
+        if d["verified"] and best is None:
+            best = d
     by_num = {d["trial"]: d for d in checked}
     front = [by_num.get(d["trial"], d) for d in front]
-    base = dict(ctx.baseline)
-    base["fxp8"] = {"search": float(exact_search.mean()), "holdout": float(exact_hold.mean())}
-    return {"baseline": base, "best": best, "checked": checked, "pareto_front": front}
+    # unchecked: search-feasible configurations cheaper than the best (or front points) left out by the n_holdout bound
+    res = {"best": best, "checked": checked, "pareto_front": front, "unchecked": unchecked}
+    if best is None:
+        res["no_best"] = _no_best_reason(len(cands), sum(d["verified"] is False for d in checked), s)
+    return res
+
+
+def _no_best_reason(n_cands: int, n_failed: int, s: SearchSettings) -> str:
+    if n_cands == 0:
+        return ("no configuration cheaper than all-exact was feasible on the search split; raise [budget] "
+                "max_accuracy_loss, lower [budget] confidence, or add [search] n_trials")
+    return (f"none of the {n_cands} configurations feasible on the search split passed the hold-out check "
+            f"({n_failed} checked, all over budget); raise [budget] confidence for a wider margin, give the search more "
+            "images ([data] images), or raise [search] n_holdout to check more of them")
 
 
 def _count(study) -> dict:
@@ -282,34 +458,45 @@ def _count(study) -> dict:
             "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in comp),
             "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in comp),
             "duplicates": sum("duplicate_of" in t.user_attrs for t in comp),
-            "failed": sum(t.state == TrialState.FAIL for t in ts)}
+            "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in ts),
+            "surplus": sum(bool(t.user_attrs.get("surplus")) for t in ts)}
 
 
 def run_search(budget_path: str | Path, settings: SearchSettings, context_factory, run_dir: str | Path | None = None,
-               resume: bool = True, progress: bool = True) -> dict:
-    """Create or resume the study in ``run_dir``, seed it, optimise, hold-out check; write and return results.json."""
+               resume: bool = True, progress=None) -> dict:
+    """Create or join the budget's study in ``run_dir``'s storage, seed it, optimise, hold-out check; write and
+    return results.json."""
     s = settings.validate()
-    run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(budget_path, s.seed)
+    run_dir = Path(run_dir).absolute() if run_dir else rundir.default_run_dir(budget_path, s.seed)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
-        raise DseError(f"--no-resume: run directory {run_dir} already holds a study; pass another --run-dir or "
-                       "delete it (or drop --no-resume to continue it)")
-    storage = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
+        raise SettingError("resume", False, f"run directory {run_dir} already holds a study; use another run directory "
+                           "or delete it (or resume to continue it)")
+    prep = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
     ctx = context_factory()
-    study = _open_study(s, storage, s.seed, s.workers)
-    params = study.user_attrs.get("params")
-    if params is not None and params != ctx.space.param_names:
-        raise DseError(f"{run_dir}: the stored study has a different search space; use another --run-dir")
+    name = study_name(budget_path, s, ctx)
+    sfile = run_dir / rundir.STUDY_FILE
+    if sfile.exists() and sfile.read_text().strip() != name:
+        raise DseError(f"{run_dir}: holds study {sfile.read_text().strip()}, but the budget now describes {name} "
+                       "(the model file or the search space changed); use another run directory")
+    rundir.write_atomic(sfile, (name + "\n").encode())
+    study, process = join_study(prep.storage, name, s, create=True)
     study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
     study.set_user_attr("info", ctx.info)
     study.set_user_attr("params", ctx.space.param_names)
-    enqueue_seeds(study, ctx, s)
+    study.set_user_attr("budget", str(Path(budget_path).absolute()))
+    enqueue_seeds(study, ctx, s, process)
     objective = _objective(ctx, s)
-    optimize(study, objective, s, progress, factory=context_factory, run_dir=run_dir)
-    res = final_check(study, ctx, s, objective.correct_exact)
-    res.update(mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
-               elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials,
+    optimize(study, objective, s, progress, factory=context_factory, url=prep.url)
+    res = final_check(study, objective, s)
+    base = dict(ctx.baseline)
+    base["fxp8"] = {"search": float(objective.correct_exact.mean()),
+                    "holdout": float(objective.correct_exact_holdout.mean())}
+    processes = n_processes(study)
+    res.update(baseline=base, mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
+               elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials, study=name,
+               processes=processes, reproducible=processes == 1,
                images={"search": int(ctx.evaluator.n_images), "holdout": int(ctx.holdout.n_images)})
     rundir.write_results(run_dir, res)
     return res

@@ -52,6 +52,8 @@ export format written by ``dse multipliers export NAME -o FILE.npz``).
 """
 from __future__ import annotations
 
+import copyreg
+
 from dse.arith.multipliers._base import EXACT, PATTERNS, Multiplier, exact_table, pattern_values
 from dse.arith.multipliers._cores import (axbxp_core, drum_core, drum_round, leading_one, mitch_w_core,
                                           mitch_w_log, mitchell_core, perf_core, trunc_col_core, trunc_op_core)
@@ -76,3 +78,12 @@ def get_multiplier(name: str) -> Multiplier:
     if name.startswith(("lut:", "cmodel:")):
         return _imported(name)
     return _builtin(name)
+
+
+def _reduce(mult: Multiplier):
+    """Pickle a multiplier by name (worker processes rebuild it from the name; tables are cheap and cached). Registered
+    here, beside the resolver, so the value type in _base need not import its own package."""
+    return (get_multiplier, (mult.name,))
+
+
+copyreg.pickle(Multiplier, _reduce)

@@ -72,12 +72,9 @@ class Multiplier:
     def is_exact(self) -> bool:
         return self.family == "exact"
 
-    def __reduce__(self):  # pickle by name (worker processes rebuild from the name; tables are cheap and cached)
-        from dse.arith.multipliers import get_multiplier
-
-        return (get_multiplier, (self.name,))
 
 
 
 EXACT = Multiplier(name="exact", family="exact", rel_power=1.0, description="exact 8x8 multiplier",
-                   params={"signed_scheme": "exact"}, _builder=exact_table)
+                   params={"signed_scheme": "exact", "power_source": "the reference (1 by definition)"},
+                   _builder=exact_table)

@@ -186,7 +186,9 @@ def _npz_multiplier(name: str, path: Path, opts: dict) -> Multiplier:
 
     power = opts.get("power", meta.get("rel_power"))
     params = {"path": str(path), "declared": [list(p) for p in tables], "signed_scheme": "table",
-              "source": meta.get("name", "")}
+              "source": meta.get("name", ""),
+              "power_source": (f"option power={power}" if "power" in opts else
+                               "unknown" if power is None else f"exported rel_power of {meta.get('name', '?')}")}
     desc = f"imported table set {path} (from {meta.get('name', '?')}: {meta.get('description', '')})"
     return Multiplier(name=name, family="lut", rel_power=float("nan") if power is None else float(power),
                       params=params, description=desc, _builder=build)
@@ -207,13 +209,20 @@ def _imported_cached(name: str, stamp: tuple) -> Multiplier:
         power = opts.get("power", _sidecar(path).get("rel_power", float("nan")))
         if isinstance(power, bool) or not isinstance(power, (int, float)):
             raise DseError(f"{path}.json: 'rel_power' = {power!r} must be a number; fix or remove it")
+        power_source = f"option power={power}" if "power" in opts else f"sidecar {path}.json rel_power"
     else:
         from dse.arith.cmodel import cmodel_table
+        from dse.arith.power import published_power
         pair = (False, False) if declared == "any" else declared
         table = cmodel_table(path, opts.get("fn", "mul8"), *pair)
         src = f"C model {path} ({opts.get('fn', 'mul8')})"
+        power_source = f"option power={power}"
+        if "power" not in opts:
+            found = published_power(path.read_text(errors="replace")[:4000], any(pair), path.name)
+            power, power_source = found if found is not None else (float("nan"), "unknown")
     scheme = "sign_magnitude" if signmag else "table"
-    params = {"path": str(path), "declared": "any" if declared == "any" else list(declared), "signed_scheme": scheme}
+    params = {"path": str(path), "declared": "any" if declared == "any" else list(declared), "signed_scheme": scheme,
+              "power_source": "unknown" if math.isnan(float(power)) else power_source}
     desc = f"{src}, {_signedness_str(declared)}" + (" core, sign-magnitude signed operands" if signmag else "")
     return Multiplier(name=name, family=kind, rel_power=float(power), params=params, description=desc,
                       _builder=_imported_builder(name, table, declared, signmag))

@@ -1,0 +1,141 @@
+"""Benchmark: how often the search's best passes the hold-out check, and what the statistical margin costs in energy.
+
+For each budget x seed the real search runs (model, data, racing, predictor and seeds as the budget says; ``--n-trials``
+and ``--workers`` override it). From the finished study two candidates are taken and re-evaluated on the hold-out
+split, side by side:
+
+* ``margin``: the lowest-energy full-fidelity configuration whose loss *upper confidence bound* at ``[budget]
+  confidence`` is within budget (what the search now calls feasible, the first configuration the final check tries);
+* ``point``: the lowest-energy full-fidelity configuration whose *measured* search-split loss is within budget (the
+  rule without a margin, confidence 0.5). Both come from the same study, so the sampler was guided by the margin
+  rule; the point-rule pick is what that study would have reported without it.
+
+Printed per run and summed: each pick's energy and hold-out loss and whether it passed (hold-out loss <= budget),
+the pass rates over runs; ``verified`` is the search's reported best (always hold-out verified, or none) and
+``point verified`` the best the same walk down the list would give under the point rule (up to 20 checks). The energy
+cost of the margin is ``verified - point verified`` (relative system energy vs all-exact FxP8).
+
+Usage: ``python benchmarks/bench_holdout.py [--budgets FILE ...] [--seeds 0 1 2 3 4] [--n-trials N] [--workers W]``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+from dse.budget import load_budget
+from dse.emulate import LayerConfig
+from dse.search import rundir
+from dse.search.context import build_context, settings_from_budget
+from dse.search.objective import ATTR_LOSS_UCB, EXACT_ENERGY
+from dse.search.racing import paired_stats
+from dse.search.study import run_search
+
+BUNDLED = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def _holdout_loss(ctx, exact_hold, ua) -> float:
+    cfg = {n: LayerConfig(v["multiplier"], bool(v["cv"])) for n, v in ua["config"].items()}
+    return paired_stats(exact_hold, ctx.holdout.correct(cfg, 0, ctx.holdout.n_images)).loss
+
+
+def run_one(budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
+    s = settings_from_budget(load_budget(budget))
+    s.seed = seed
+    if n_trials is not None:
+        s.n_trials = int(n_trials)
+    if workers is not None:
+        s.workers = int(workers)
+    ctx = build_context(str(budget))
+    # one process reuses the context built here; worker processes build their own from the budget
+    factory = (lambda: ctx) if s.workers == 1 else functools.partial(build_context, str(budget))
+    t0 = time.perf_counter()
+    res = run_search(budget, s, factory, run_dir=run_dir, resume=False, progress=False)
+    wall = time.perf_counter() - t0
+    study = rundir.load_study(run_dir)
+    full = [t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs
+            and t.user_attrs["energy"]["system"] < EXACT_ENERGY]
+    full.sort(key=lambda ua: ua["energy"]["system"])
+    exact_hold = np.asarray(ctx.holdout.correct({}, 0, ctx.holdout.n_images), dtype=bool)
+    out = {"budget": budget.name, "seed": seed, "wall": wall, "trials": res["trials"]["complete"],
+           "budget_loss": s.budget_loss}
+    for rule, ok in (("margin", lambda ua: ua[ATTR_LOSS_UCB] <= s.budget_loss),
+                     ("point", lambda ua: ua["loss"] <= s.budget_loss)):
+        pick = next((ua for ua in full if ok(ua)), None)
+        if pick is None:
+            out[rule] = None
+            continue
+        hl = _holdout_loss(ctx, exact_hold, pick)
+        out[rule] = {"energy": pick["energy"]["system"], "loss": pick["loss"], "holdout": hl,
+                     "passed": hl <= s.budget_loss}
+    out["point_verified"] = None
+    for ua in [ua for ua in full if ua["loss"] <= s.budget_loss][:20]:
+        hl = _holdout_loss(ctx, exact_hold, ua)
+        if hl <= s.budget_loss:
+            out["point_verified"] = {"energy": ua["energy"]["system"], "holdout": hl}
+            break
+    b = res["best"]
+    out["verified"] = None if b is None else {"energy": b["energy"]["system"], "holdout": b["holdout"]["loss"]}
+    return out
+
+
+def _fmt(d, key, pct=False):
+    if d is None:
+        return "-"
+    v = d[key]
+    return f"{100 * v:.2f}" if pct else f"{v:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", nargs="+", default=[str(BUNDLED / "default.toml"),
+                                                     str(BUNDLED / "resnet8_pareto.toml")])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--n-trials", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1)
+    a = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in a.budgets:
+            for seed in a.seeds:
+                r = run_one(Path(b), seed, a.n_trials, a.workers, Path(tmp) / f"{Path(b).stem}-{seed}")
+                rows.append(r)
+                print(f"{r['budget']} seed {seed}: margin {r['margin']} point {r['point']} verified {r['verified']} "
+                      f"point verified {r['point_verified']} ({r['wall']:.0f} s)", flush=True)
+    tab = Table(title="search-split pick vs hold-out (energy: relative system energy; loss in pp)")
+    for c in ("budget", "seed", "trials", "wall s", "margin energy", "margin hold-out loss", "margin passed",
+              "point energy", "point hold-out loss", "point passed", "verified best energy", "point verified energy"):
+        tab.add_column(c)
+    for r in rows:
+        m, p = r["margin"], r["point"]
+        tab.add_row(r["budget"], str(r["seed"]), str(r["trials"]), f"{r['wall']:.0f}", _fmt(m, "energy"),
+                    _fmt(m, "holdout", True), "-" if m is None else ("yes" if m["passed"] else "no"),
+                    _fmt(p, "energy"), _fmt(p, "holdout", True), "-" if p is None else ("yes" if p["passed"] else "no"),
+                    _fmt(r["verified"], "energy"), _fmt(r["point_verified"], "energy"))
+    con = Console(width=200)
+    con.print(tab)
+    for rule in ("margin", "point"):
+        picks = [r[rule] for r in rows if r[rule] is not None]
+        rate = sum(p["passed"] for p in picks) / len(picks) if picks else float("nan")
+        con.print(f"{rule}: {sum(p['passed'] for p in picks)}/{len(picks)} picks pass hold-out ({100 * rate:.0f} %)")
+    for what, a_key, b_key in (("first picks", "margin", "point"), ("verified bests", "verified", "point_verified")):
+        both = [(r[a_key]["energy"], r[b_key]["energy"]) for r in rows if r[a_key] and r[b_key]]
+        if both:
+            cost = [m - p for m, p in both]
+            con.print(f"energy cost of the margin, {what} ({a_key} - {b_key}): median {statistics.median(cost):+.4f}, "
+                      f"max {max(cost):+.4f} over {len(both)} runs")
+    ver = [r for r in rows if r["verified"] is not None]
+    con.print(f"reported (hold-out verified) best: {len(ver)}/{len(rows)} runs have one")
+
+
+if __name__ == "__main__":
+    main()

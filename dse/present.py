@@ -1,0 +1,255 @@
+"""Terminal presentation: every table, line and progress bar dse prints goes through here, in one style (rich).
+
+The library returns plain results (dicts of numbers and names); ``dse.cli`` hands them to one function here per
+command: ``multipliers``, ``evaluation``, ``prediction``, ``search_result``, ``report``, ``wrote``, ``as_json``; the
+search driver takes a ``SearchProgress`` callback. Formats: accuracies in %, losses in pp (percentage points), relative
+energies with 4 decimals, "-" for a missing value.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+MIN_WIDTH = 140
+
+
+def console() -> Console:
+    """The console every table is printed on (at least MIN_WIDTH columns so wide tables are not wrapped)."""
+    return Console(width=max(Console().width, MIN_WIDTH))
+
+
+def table(title: str | None, columns: list[str], rows: list[list[str]], left: int = 1) -> Table:
+    """A rich table: the first ``left`` columns left-aligned (names), the others right-aligned (numbers)."""
+    tab = Table(title=title)
+    for i, c in enumerate(columns):
+        tab.add_column(c, justify="left" if i < left else "right", no_wrap=i < left)
+    for r in rows:
+        tab.add_row(*r)
+    return tab
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def pp(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f} pp"
+
+
+def num(x, fmt: str = ".4f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def yes_no(b: bool) -> str:
+    return "yes" if b else "no"
+
+
+def as_json(obj, allow_nan: bool = True) -> None:
+    """Print ``obj`` as indented JSON (non-JSON values as strings; ``allow_nan=False``: NaN/inf raise)."""
+    click.echo(json.dumps(obj, indent=2, allow_nan=allow_nan, default=str))
+
+
+def wrote(path, what: str = "", err: bool = False) -> None:
+    """The "wrote FILE" line of commands that write files (on stderr with ``err``, e.g. beside JSON on stdout)."""
+    click.echo(f"wrote {path}" + (f" ({what})" if what else ""), err=err)
+
+
+# ----------------------------------------------------------------------------------------------- dse multipliers
+def multipliers(rows: list[dict], operands: str) -> None:
+    """``dse multipliers``: one row per multiplier with relative power and (integer multipliers) error metrics."""
+    out = []
+    for r in rows:
+        if r["domain"] == "int":
+            vals = [num(r["ME"], ".1f"), num(r["MED"], ".1f"), num(100 * r["NMED"], ".3f"), num(100 * r["MRED"], ".2f"),
+                    num(r["WCE"], ".0f"), num(100 * r["EP"], ".1f")]
+        else:
+            vals = ["-"] * 6
+        out.append([r["name"], r["family"], num(r["rel_power"], ".3f"), *vals])
+    console().print(table(f"multipliers ({operands}; rel. power: int vs exact 8x8, float vs exact FP32)",
+                          ["name", "family", "rel. power", "ME", "MED", "NMED %", "MRED %", "WCE", "EP %"], out,
+                          left=2))
+
+
+# ----------------------------------------------------------------------------------------------- dse evaluate
+def evaluation(res: dict) -> None:
+    """``dse evaluate``: float, FxP8 exact and configured top-1 accuracy, each vs float."""
+    rows = [("float32", res["float"]), ("FxP8 exact", res["fxp8"])]
+    if "configured" in res:
+        rows.append((f"configured ({res['config']})", res["configured"]))
+    console().print(table(f"{res['model']} on {res['data']} ({res['images']} images, calibrated on {res['calib']})",
+                          ["arithmetic", "top-1 accuracy", "vs float"],
+                          [[name, pct(acc), f"{100 * (acc - res['float']):+.2f} pp"] for name, acc in rows]))
+    console().print("preprocessing: " + _preprocessing(res["preprocess"]), markup=False, highlight=False)
+
+
+def _preprocessing(d: dict) -> str:
+    from dse.data import Preprocess
+
+    return Preprocess.from_dict(d).describe()
+
+
+# ----------------------------------------------------------------------------------------------- dse predict
+def prediction(r: dict) -> None:
+    """``dse predict``: per-layer AME terms and, after a validation, the accuracy model and its held-out check."""
+    con = console()
+    con.print(f"{r['model']} calibrated on {r['calib']}; preprocessing: " + _preprocessing(r["preprocess"]),
+              markup=False, highlight=False)
+    model_std = any(t["acc_std_source"] != "calibration" for t in r["layers"])
+    rows = [[t["layer"], t["multiplier"], yes_no(t["cv"]), str(t["K"]), num(t["ME"], ".3g"), num(t["VE"], ".4g"),
+             num(t["bias"], ".4g"), num(t["noise"], ".4g"),
+             num(t["acc_std"], ".4g") + ("" if t["acc_std_source"] == "calibration" else " *"), num(t["contrib"], ".4g")]
+            for t in r["layers"]]
+    con.print(table(f"AME = {r['ame']:.6g}" + ("  (* acc_std from the i.i.d. model)" if model_std else ""),
+                    ["layer", "multiplier", "cv", "K", "ME", "VE", "bias", "noise", "acc_std", "contrib"], rows,
+                    left=3))
+    v = r.get("validation")
+    if not v:
+        return
+    m = r["accuracy_model"]
+    con.print(f"accuracy ~ {m['b0']:.4f} + {m['b1']:.4g} AME + {m['b2']:.4g} AME^2 (fit on {v['n_fit']} emulated "
+              f"configurations incl. all-exact, {v['images']} images)")
+    con.print(f"predicted accuracy {pct(r['predicted_accuracy'])}, loss {pp(r['predicted_loss'])}")
+    con.print(table(f"held-out configurations: Spearman {v['spearman']:.3f}, MAE {pp(v['mae'])} "
+                    f"({v['n_holdout']} configurations)", ["held-out", "AME", "predicted", "emulated"],
+                    [[str(i), num(h["ame"], ".4g"), pct(h["predicted"]), pct(h["emulated"])]
+                     for i, h in enumerate(v["holdout"])]))
+    con.print(f"time per configuration: predictor {1e6 * v['predict_seconds']:.1f} us, emulation "
+              f"{1e3 * v['emulate_seconds']:.1f} ms, speedup {v['speedup']:.3g}x")
+
+
+# ----------------------------------------------------------------------------------------------- dse search
+def search_result(res: dict) -> None:
+    """``dse search``: the best trial (search and hold-out loss) and where the run lives."""
+    con = console()
+    b = res.get("best")
+    if b:
+        h = b.get("holdout") or {}
+        con.print(f"best trial {b['trial']}: energy system {num(b['energy'].get('system'))} multiplier "
+                  f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {pp(h.get('loss'))} (holdout)")
+    else:
+        con.print(res.get("no_best") or "no configuration passed the hold-out check")
+    con.print(f"run directory: {res['run_dir']} (dse report {res['run_dir']})")
+
+
+class SearchProgress:
+    """Progress bar of a running search (trials done, best feasible energy, feasible count): a context manager and an
+    Optuna callback, built by the search driver as ``SearchProgress(total, done)``."""
+
+    def __init__(self, total: int, done: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.p = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                          TimeElapsedColumn(), transient=False)
+        self.task = self.p.add_task("search", total=total, completed=done, info="")
+
+    def __enter__(self):
+        self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.p.__exit__(*exc)
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        from dse.search.objective import ATTR_VERIFIED
+        from dse.search.study import is_feasible
+
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        feas = [t for t in trials if is_feasible(t)]
+        best = min((t.user_attrs["energy"]["system"] for t in feas if t.user_attrs.get(ATTR_VERIFIED)), default=None)
+        self.p.update(self.task, completed=len(trials),
+                      info=f"best energy {num(best)} (hold-out verified)  feasible {len(feas)}")
+
+
+# ----------------------------------------------------------------------------------------------- dse report
+def studies(rows: list[dict]) -> None:
+    """``dse report --list``: one row per study in a storage."""
+    tab = Table(title="studies")
+    for c in ("study", "mode", "complete", "running", "processes", "budget"):
+        tab.add_column(c, justify="right" if c in ("complete", "running", "processes") else "left")
+    for r in rows:
+        tab.add_row(r["study"], str(r["mode"]), f"{r['complete']}/{r['n_trials']}", str(r["running"]),
+                    str(r["processes"]), str(r["budget"]))
+    console().print(tab)
+
+
+def report(summary: dict) -> None:
+    """``dse report``: run line, baseline vs best, Pareto front, per-layer configuration and energy breakdown."""
+    con = console()
+    s, t = summary, summary["trials"]
+    con.print(f"[bold]run[/bold] {s['run']}  mode {s['mode']}  budget {pp(s['budget_loss'])}  "
+              f"trials {t['complete']}/{s['n_trials']} (feasible {t['feasible']}, stopped by racing "
+              f"{t['stopped_racing']}, skipped {t['skipped_predictor']}, failed {t['failed']})"
+              + ("" if s["finished"] else "  [yellow]search not finished: no hold-out check yet[/yellow]"))
+    pre = s["info"].get("preprocess")
+    if pre:
+        from rich.markup import escape
+
+        con.print(f"[bold]preprocessing[/bold] {escape(_preprocessing(pre))}", highlight=False)
+    if not s["reproducible"]:
+        con.print(f"{s['processes']} processes ran this study (workers, other machines or resumes): its trial "
+                  "order depends on their timing and is not reproducible from the seed")
+    disabled = (s["info"].get("predictor") or {}).get("disabled")
+    if disabled:
+        con.print(disabled)
+    con.print(_baseline_table(s["baseline"], s["best"]))
+    if s["pareto_front"]:
+        con.print(_pareto_table(s["pareto_front"]))
+    b = s["best"]
+    if not b:
+        con.print(s["no_best"] or "no hold-out verified configuration yet")
+        return
+    con.print(_layers_table(b))
+    comps = b["energy"].get("components")
+    if comps:
+        con.print(table("energy breakdown per component (best vs all-exact FxP8)", ["component", "config", "exact"],
+                        [[name, num(v["config"]), num(v["exact"])] for name, v in comps.items()]))
+
+
+def _baseline_table(base: dict, b: dict | None) -> Table:
+    fl, fx = base.get("float", {}), base.get("fxp8", {})
+    rows = [["float", pct(fl.get("search")), "", pct(fl.get("holdout")), "", "", "", ""],
+            ["FxP8 exact", pct(fx.get("search")), pp(0.0), pct(fx.get("holdout")),
+             pp(0.0 if fx.get("holdout") is not None else None), "1.0000", "1.0000", "1.0000"]]
+    if b:
+        h, e = b.get("holdout") or {}, b["energy"]
+        rows.append([f"best (trial {b['trial']})", pct(b["accuracy"]), pp(b["loss"]), pct(h.get("accuracy")),
+                     pp(h.get("loss")), num(e.get("system")), num(e.get("multiplier")), num(e.get("latency"))])
+    return table("baseline vs best", ["", "accuracy (search)", "loss (search)", "accuracy (holdout)", "loss (holdout)",
+                                      "energy system", "energy multiplier", "latency"], rows)
+
+
+def _approx_layers(config: dict) -> str:
+    return ", ".join(f"{n}={v['multiplier']}{'+cv' if v['cv'] else ''}" for n, v in config.items()
+                     if v["multiplier"] != "exact") or "(all exact)"
+
+
+def _pareto_table(front: list[dict]) -> Table:
+    rows = [[str(d["trial"]), num(d["energy"].get("system")), num(d["energy"].get("multiplier")), pp(d["loss"]),
+             yes_no(d["feasible"]), _holdout_cell(d), _approx_layers(d["config"])] for d in front]
+    return table("Pareto front (search split, full fidelity)",
+                 ["trial", "energy system", "energy multiplier", "loss", "feasible", "hold-out", "approximate layers"],
+                 rows)
+
+
+def _holdout_cell(d: dict) -> str:
+    if d["verified"] is None:
+        return "not checked"
+    return f"{'passed' if d['verified'] else 'failed'} {pp(d['holdout']['loss'])}"
+
+
+def _layers_table(b: dict) -> Table:
+    per_layer = b["energy"].get("layers") or {}
+    rows = []
+    for n, v in b["config"].items():
+        e = per_layer.get(n, {})
+        rows.append([n, v["multiplier"], yes_no(v["cv"]), num(e.get("exact")), num(e.get("config")),
+                     num(e.get("multiplier")), str(e.get("cycles", "-"))])
+    return table(f"per-layer configuration and energy (trial {b['trial']}; energy as a fraction of the all-exact "
+                 "network)", ["layer", "multiplier", "cv", "energy exact", "energy config", "multiplier vs exact",
+                              "cycles"], rows, left=3)
