@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dse.model.converters import OnnxNode, converter
+from dse.model.converters.registry import OnnxNode, converter
 
 UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
          "Tanh": "tanh", "Erf": "erf", "Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Neg": "neg", "Abs": "abs",

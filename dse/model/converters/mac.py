@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dse.model.converters import OnnxNode, converter
+from dse.model.converters.registry import OnnxNode, converter
 from dse.model.converters.pool import pads2d
 from dse.model.graph import Node
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dse.model.converters import OnnxNode, converter
+from dse.model.converters.registry import OnnxNode, converter
 
 
 def pads2d(imp, n: OnnxNode, kernel, stride, dilation) -> tuple:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dse.errors import DseError
-from dse.model.converters import OnnxNode, converter
+from dse.model.converters.registry import OnnxNode, converter
 from dse.model.graph import Node
 from dse.model.ops import BATCH
 
