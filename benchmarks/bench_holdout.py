@@ -31,29 +31,25 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from dse.budget import load_budget
-from dse.emulate import LayerConfig
+from dse.layer_config import config_from_dict
 from dse.search import rundir
-from dse.search.context import build_context, settings_from_budget
+from dse.search.context import build_context
 from dse.search.objective import ATTR_LOSS_UCB, EXACT_ENERGY
 from dse.search.racing import paired_stats
 from dse.search.study import run_search
+
+from bench_search import settings_for  # beside this script
 
 BUNDLED = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 def _holdout_loss(ctx, exact_hold, ua) -> float:
-    cfg = {n: LayerConfig(v["multiplier"], bool(v["cv"])) for n, v in ua["config"].items()}
+    cfg = config_from_dict(ua["config"])
     return paired_stats(exact_hold, ctx.holdout.correct(cfg, 0, ctx.holdout.n_images)).loss
 
 
 def run_one(budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
-    s = settings_from_budget(load_budget(budget))
-    s.seed = seed
-    if n_trials is not None:
-        s.n_trials = int(n_trials)
-    if workers is not None:
-        s.workers = int(workers)
+    s = settings_for(budget, seed, n_trials, workers)
     ctx = build_context(str(budget))
     # one process reuses the context built here; worker processes build their own from the budget
     factory = (lambda: ctx) if s.workers == 1 else functools.partial(build_context, str(budget))

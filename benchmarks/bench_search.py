@@ -69,15 +69,21 @@ def run_milp(budget: Path, seed: int) -> dict:
             "trace": [(0, energy)] if ok else [], "budget": s.budget_loss, "model": ctx.info.get("model", "?")}
 
 
-def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
-    if variant == "hawq-milp":
-        return run_milp(budget, seed)
+def settings_for(budget: Path, seed: int, n_trials, workers):
+    """The budget's search settings with the benchmark's seed and optional n_trials / workers overrides."""
     s = settings_from_budget(load_budget(budget))
     s.seed = seed
     if n_trials is not None:
         s.n_trials = int(n_trials)
     if workers is not None:
         s.workers = int(workers)
+    return s
+
+
+def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
+    if variant == "hawq-milp":
+        return run_milp(budget, seed)
+    s = settings_for(budget, seed, n_trials, workers)
     full = variant == "dse"
     if not full:
         s.sampler = SAMPLER_OF[variant]

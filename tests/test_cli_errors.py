@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 
 from dse.cli import main
-
-TINY_BUDGET = """
-[data]
-images = 40
-[search]
-n_trials = 3
-workers = 1
-racing = [0]
-n_holdout = 1
-"""
+from tests.budgets import TINY_BUDGET
 
 
 def run(capsys, *argv):

@@ -7,16 +7,7 @@ import pytest
 
 from dse.cli import main
 from dse.data import SOURCE_BUDGET, SOURCE_BUNDLED, SOURCE_FLAGS, SOURCE_METADATA, bundled_split
-
-TINY_BUDGET = """
-[data]
-images = 40
-[search]
-n_trials = 3
-workers = 1
-racing = [0]
-n_holdout = 1
-"""
+from tests.budgets import TINY_BUDGET
 
 
 def run_json(capsys, *argv):
