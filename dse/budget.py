@@ -18,7 +18,8 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   ``workers``, ``timeout_s`` (absent = none), ``racing`` (increasing image counts, ``0`` = the whole split, last),
   ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout`` (hold-out checks that may fail before
   the walk down the feasible list stops), ``threads`` (kernel threads per process; absent = the available cores
-  divided among the workers).
+  divided among the workers), ``prefix_cache_mib`` (memory per search process for the activations of configuration
+  prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off).
 * ``[space]`` ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
   ``{K = [..], Lw = [..], La = [..], modes = [..]}``: all combinations), ``cv`` (allowed bools), ``pin_first_last``,
   and per-layer overrides ``[space.layers.<name>]`` with ``multipliers``, ``cv``, ``pin``.
@@ -82,6 +83,7 @@ class SearchSection:
     predictor_skip: float = 2.0
     n_holdout: int = 3
     threads: int | None = None  # kernel threads per search process; None = the cores divided among the workers
+    prefix_cache_mib: float = 512.0  # per search process: activations of shared configuration prefixes (0 = off)
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,9 @@ def _search(ctx, tab) -> SearchSection:
         kw["workers"] = _int(ctx, "search.workers", g("workers"), 1, 256)
     if "threads" in tab:
         kw["threads"] = _int(ctx, "search.threads", g("threads"), 1, 1024)
+    if "prefix_cache_mib" in tab:
+        kw["prefix_cache_mib"] = _float(ctx, "search.prefix_cache_mib", g("prefix_cache_mib"), 0,
+                                        what="a non-negative number of MiB (0 = no prefix cache)")
     if "timeout_s" in tab:
         kw["timeout_s"] = _float(ctx, "search.timeout_s", g("timeout_s"), 0, lo_open=True,
                                  what="a positive number of seconds")

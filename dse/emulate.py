@@ -29,6 +29,18 @@ class Emulator:
         self.qmodel = qmodel
         self.graph = qmodel.graph
         self.layers = {l.name: l for l in qmodel.layers}
+        nodes = self.graph.nodes
+        self._last = {}
+        for i, n in enumerate(nodes):
+            for t in n.inputs:
+                self._last[t] = i
+        mac_pos = [i for i, n in enumerate(nodes) if n.is_mac]
+        self._macs = [nodes[i].name for i in mac_pos]
+        # cut j (1 .. number of MAC layers): the node index a run continues at once MAC layers 0 .. j-1 are done
+        self._cut_pos = [0] + mac_pos[1:] + [len(nodes)]
+        per_image = [self.layers[n].macs for n in self._macs]
+        self._cum_macs = [int(sum(per_image[:j])) for j in range(len(per_image) + 1)]
+        self._live = None  # dse.prefix_cache.live_tensors, built on the first cached run
 
     # ------------------------------------------------------------------ configuration
     def resolve(self, config: dict | None) -> dict:
@@ -76,17 +88,32 @@ class Emulator:
             acc = correction.apply_cv(acc, correction.activation_sums(layer, q), alpha, beta)
         return dequantize(acc, layer)
 
-    def _run_batch(self, x, resolved, accs=None):
+    def _run_batch(self, x, resolved, accs=None, cache=None, batch=None):
+        """Logits of one batch. With ``cache`` (a dse.prefix_cache.PrefixCache) and ``batch`` (a key naming these
+        images), continue from the deepest cut whose configuration prefix is stored and store the cut the cache
+        asks for."""
         from dse.model.float_exec import exec_node
 
         g = self.graph
         env = {g.input_name: x}
         qcache: dict = {}
-        last = {}
-        for i, n in enumerate(g.nodes):
-            for t in n.inputs:
-                last[t] = i
-        for i, n in enumerate(g.nodes):
+        start, store_at, keys = 0, None, None
+        if cache is not None:
+            from dse.prefix_cache import live_tensors
+
+            if self._live is None:
+                self._live = live_tensors(g.nodes, g.input_name, g.output_name)
+            keys = self._prefix_keys(resolved)
+            plan = cache.plan(batch, keys)
+            if plan.state is not None:
+                env, qcache = dict(plan.state.tensors), dict(plan.state.quantized)
+                start = self._cut_pos[plan.hit]
+            store_at = None if plan.store is None else self._cut_pos[plan.store]
+            cache.count_macs(self._cum_macs[-1] * len(x), self._cum_macs[plan.hit] * len(x))
+        for i in range(start, len(g.nodes)):
+            if i == store_at:
+                self._store(cache, batch, keys, plan.store, env, qcache)
+            n = g.nodes[i]
             args = [env[t] for t in n.inputs]
             if n.is_mac:
                 lc, mult = resolved[n.name]
@@ -94,13 +121,27 @@ class Emulator:
             else:
                 env[n.output] = exec_node(n, args)
             for t in n.inputs:
-                if last[t] == i and t != g.output_name:
+                if self._last[t] == i and t != g.output_name:
                     env.pop(t, None)
                     qcache.pop(t, None)
+        if store_at == len(g.nodes):
+            self._store(cache, batch, keys, plan.store, env, qcache)
         return env[g.output_name]
 
-    def run(self, x, config: dict | None = None, batch_size: int = 256) -> np.ndarray:
-        """float32 logits of preprocessed images ``x`` under ``config`` (None/{} = all exact FxP8)."""
+    def _prefix_keys(self, resolved) -> list[tuple]:
+        """``keys[j - 1]``: the configuration ``(multiplier, cv)`` of MAC layers 0 .. j-1 in execution order."""
+        cfg = tuple((resolved[n][0].multiplier, bool(resolved[n][0].cv)) for n in self._macs)
+        return [cfg[:j] for j in range(1, len(cfg) + 1)]
+
+    def _store(self, cache, batch, keys, cut: int, env, qcache) -> None:
+        from dse.prefix_cache import snapshot
+
+        cache.store(batch, keys[cut - 1], snapshot(env, qcache, self._live[self._cut_pos[cut]]))
+
+    def run(self, x, config: dict | None = None, batch_size: int = 256, cache=None, tag=None) -> np.ndarray:
+        """float32 logits of preprocessed images ``x`` under ``config`` (None/{} = all exact FxP8). ``cache``: a
+        dse.prefix_cache.PrefixCache shared by runs on the same images, ``tag`` (hashable) names the images of ``x``
+        (e.g. ``("search", start, stop)``); the logits are bit-identical to a run without the cache."""
         from dse.model.float_exec import check_input
 
         if batch_size < 1:
@@ -111,10 +152,15 @@ class Emulator:
         x = check_input(self.graph, x)
         resolved = self.resolve(config)
         batch_size = stream_batch_size(self.graph, batch_size)  # large inputs: a memory-bounded batch
+        if cache is not None and tag is None:
+            raise ValueError("a prefix cache needs a tag naming the images")
         outs = []
         for i in range(0, len(x), batch_size):  # images are independent: one slice of the batch per thread
             parts = np.array_split(x[i:i + batch_size], min(get_threads(), len(x[i:i + batch_size])))
-            outs += map_split(lambda p: self._run_batch(p, resolved), parts)
+            starts = np.cumsum([i] + [len(p) for p in parts])
+            outs += map_split(lambda k: self._run_batch(parts[k], resolved, None, cache,
+                                                        (tag, int(starts[k]), int(starts[k + 1]))),
+                              list(range(len(parts))))
         if not outs:
             return np.zeros((0,) + tuple(self.graph.shapes[self.graph.output_name]), np.float32)
         return np.concatenate(outs)
@@ -135,8 +181,8 @@ class Emulator:
         hits = sum(int((self.predict(x, config, batch_size) == y).sum()) for x, y in data.batches(batch_size))
         return hits / len(data)
 
-    def predict(self, x, config: dict | None = None, batch_size: int = 256) -> np.ndarray:
-        return self.run(x, config, batch_size).argmax(axis=1)
+    def predict(self, x, config: dict | None = None, batch_size: int = 256, cache=None, tag=None) -> np.ndarray:
+        return self.run(x, config, batch_size, cache, tag).argmax(axis=1)
 
     def accuracy(self, x, y, config: dict | None = None, batch_size: int = 256) -> float:
         """Top-1 accuracy in [0, 1]."""

@@ -25,6 +25,7 @@ LAYERS = [
     "dse.data",
     "dse.config",
     "dse.session",
+    "dse.prefix_cache",
     "dse.emulate",
     "dse.predict",
     "dse.budget",

@@ -59,15 +59,19 @@ def build_space(layer_names: list[str], space_cfg: SpaceSection, where: str = "s
 
 
 class EmulatorEvaluator:
-    """Per-image correctness of a configuration on a fixed data set (Emulator.predict), read batch by batch."""
+    """Per-image correctness of a configuration on a fixed data set (Emulator.predict), read batch by batch.
+    ``cache``: a dse.prefix_cache.PrefixCache shared with other evaluators (``tag`` names this data set in it), so
+    configurations sharing a prefix with earlier ones continue from the stored activations (bit-identical)."""
 
-    def __init__(self, emulator, data, batch_size: int = 256):
+    def __init__(self, emulator, data, batch_size: int = 256, cache=None, tag: str = ""):
         self.emulator, self.data, self.batch_size = emulator, data, batch_size
+        self.cache, self.tag = cache, tag
         self.n_images = len(data)
 
     def correct(self, config: dict, start: int, stop: int) -> np.ndarray:
-        hits = [self.emulator.predict(x, config, self.batch_size) == y
-                for x, y in self.data.batches(self.batch_size, start, stop)]
+        hits = [self.emulator.predict(x, config, self.batch_size, self.cache, (self.tag, a, a + len(y))) == y
+                for a, (x, y) in zip(range(start, stop, self.batch_size),
+                                     self.data.batches(self.batch_size, start, stop))]
         return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
 
 
@@ -103,12 +107,15 @@ def set_search_threads(threads: int | None, workers: int) -> int:
     return kernels.set_threads(threads or max(1, kernels.available_cores() // max(1, workers)))
 
 
-def build_context(budget_path: str, fit_predictor: bool = True, threads: int | None = None) -> SearchContext:
+def build_context(budget_path: str, fit_predictor: bool = True, threads: int | None = None,
+                  prefix_cache_mib: float | None = None) -> SearchContext:
     """The budget's model and data (dse.session), emulator, energy model, sensitivity and (optionally) predictor.
     ``fit_predictor=False`` leaves out the AME predictor even if the budget asks for it (search baselines).
-    ``threads`` (else ``[search] threads``) sets the kernel threads of this process."""
+    ``threads`` (else ``[search] threads``) sets the kernel threads of this process; ``prefix_cache_mib`` (else
+    ``[search] prefix_cache_mib``) the size of its prefix-activation cache (0 = none)."""
     from dse.budget import load_budget
     from dse.emulate import Emulator, float_accuracy
+    from dse.prefix_cache import PrefixCache
     from dse.session import DataRef, RunInputs, open_session
 
     b = load_budget(budget_path)
@@ -127,7 +134,9 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     search = search.subset(order)
     qmodel, graph = sess.qmodel, sess.graph
     emu = Emulator(qmodel)
-    ev, hv = EmulatorEvaluator(emu, search), EmulatorEvaluator(emu, hold)
+    cache = PrefixCache.from_mib(b.search.prefix_cache_mib if prefix_cache_mib is None else prefix_cache_mib)
+    ev, hv = EmulatorEvaluator(emu, search, cache=cache, tag="search"), EmulatorEvaluator(emu, hold, cache=cache,
+                                                                                          tag="holdout")
     layers = qmodel.layers
     space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)

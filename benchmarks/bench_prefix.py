@@ -1,0 +1,173 @@
+"""Benchmark: the prefix-activation cache (dse.prefix_cache) in a real search, cache on vs off side by side.
+
+Budgets: the bundled ResNet-8 Pareto budget (search_spaces/resnet8_pareto.toml) and a ResNet-18-class budget built
+here (CIFAR-size 3x32x32 ResNet-18 from benchmarks/bench_e2e.py with random He-scaled weights; random images labelled
+by the float model's own prediction, so the FxP8 network is accurate and approximations cost accuracy).
+
+Per budget, in one process:
+
+* set-up: ``build_context`` + the seed configurations (predictor fit, knapsack sensitivities), once with the cache
+  off and once on (the seeds must come out identical);
+* search: ``run_search`` with one worker, the same seed and the same (memoised) knapsack sensitivities, alternating
+  cache off / on ``--repeats`` times with a fresh cache each run; trials/min = n_trials / wall time of the run.
+  Every run must produce the same trials (configuration, loss, images): the cache is bit-exact.
+
+Prints a table (medians over repeats; ratio = on / off) and the cache statistics of the last cached run.
+Usage: ``python benchmarks/bench_prefix.py [--budgets resnet8 resnet18] [--n-trials N] [--repeats R]``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_search import settings_for  # noqa: E402
+
+from dse.search import rundir  # noqa: E402
+from dse.search.context import build_context  # noqa: E402
+from dse.search.study import run_search, seed_configs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESNET18_BUDGET = """
+[model]
+path = "{model}"
+preprocess = {{ scale = 0.00392156862745098, mean = 0.5, std = 0.25 }}
+
+[data]
+calib = "{calib}"
+search = "{search}"
+holdout = "{holdout}"
+
+[budget]
+max_accuracy_loss = 2.0
+
+[search]
+mode = "constrained"
+sampler = "tpe"
+seed = 0
+workers = 1
+racing = [64, 0]
+predictor_skip = 0.0
+n_trials = 16
+
+[space]
+multipliers = ["drum5", "perf_j0_k2", "trunc_op2"]
+cv = [false]
+pin_first_last = true
+"""
+
+
+def resnet18_budget(tmp: Path, n_search: int = 128, n_holdout: int = 128, n_calib: int = 64) -> Path:
+    """The ResNet-18-class budget and its model/data files in ``tmp``."""
+    import onnx
+    from bench_e2e import resnet18
+
+    from dse.data import Preprocess
+    from dse.model.float_exec import run_float
+    from dse.model.onnx_import import load_onnx
+
+    model = tmp / "resnet18_32.onnx"
+    onnx.save(resnet18(32, classes=10), str(model))
+    graph = load_onnx(model)
+    pre = Preprocess(mean=(0.5,), std=(0.25,))
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, n in (("calib", n_calib), ("search", n_search), ("holdout", n_holdout)):
+        # smooth random images (upsampled 8x8 noise): less degenerate activations than white noise
+        small = rng.integers(0, 256, (n, 3, 8, 8)).astype(np.float32)
+        x = np.clip(small.repeat(4, axis=2).repeat(4, axis=3) + rng.normal(0, 16, (n, 3, 32, 32)), 0, 255)
+        x = x.astype(np.uint8)
+        y = run_float(graph, pre.normalize(x)).argmax(axis=1)
+        paths[name] = tmp / f"{name}.npz"
+        np.savez(paths[name], x=x, y=y)
+    budget = tmp / "resnet18_32.toml"
+    budget.write_text(RESNET18_BUDGET.format(model=model, **paths))
+    return budget
+
+
+def setup(budget: Path, mib: float, s) -> tuple[object, list, float]:
+    """(context, seed parameters, seconds) of the search set-up with a prefix cache of ``mib`` MiB (0 = off)."""
+    t0 = time.perf_counter()
+    ctx = build_context(str(budget), prefix_cache_mib=mib)
+    seeds = seed_configs(ctx, s)
+    return ctx, seeds, time.perf_counter() - t0
+
+
+def trials_of(run_dir: Path) -> list:
+    study = optuna.load_study(study_name=rundir.STUDY_NAME, storage=rundir.storage_for(run_dir))
+    return [(t.number, t.params, t.user_attrs.get("loss"), t.user_attrs.get("images"))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def bench(budget: Path, n_trials: int | None, repeats: int, mib: float, tmp: Path) -> dict:
+    from dse.prefix_cache import PrefixCache
+
+    s = settings_for(budget, 0, n_trials, 1)
+    ctx_off, seeds_off, setup_off = setup(budget, 0.0, s)
+    ctx, seeds_on, setup_on = setup(budget, mib, s)
+    assert seeds_on == seeds_off, "set-up with the cache chose other seeds"
+    stats_setup = ctx.evaluator.cache.stats.to_dict()
+    ctx.sensitivity = functools.cache(ctx.sensitivity)  # both modes enqueue the same knapsack seeds, measured once
+    seed_configs(ctx, s)
+    rates: dict[str, list] = {"off": [], "on": []}
+    ref, stats = None, None
+    for r in range(repeats):
+        for mode in ("off", "on"):
+            cache = PrefixCache.from_mib(mib) if mode == "on" else None
+            ctx.evaluator.cache = ctx.holdout.cache = cache
+            run_dir = tmp / f"{budget.stem}-{mode}-{r}"
+            t0 = time.perf_counter()
+            run_search(budget, s, lambda: ctx, run_dir=run_dir, resume=False, progress=None)
+            rates[mode].append(s.n_trials / ((time.perf_counter() - t0) / 60))
+            got = trials_of(run_dir)
+            assert ref is None or got == ref, "cached search produced other trials"
+            ref = got
+            if cache is not None:
+                stats = cache.stats.to_dict()
+    return {"budget": budget.name, "model": ctx.info["model"], "n_trials": s.n_trials, "setup_off": setup_off,
+            "setup_on": setup_on, "off": statistics.median(rates["off"]), "on": statistics.median(rates["on"]),
+            "stats": stats, "stats_setup": stats_setup, "layers": len(ctx.info["layers"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budgets", nargs="+", default=["resnet8", "resnet18"], choices=["resnet8", "resnet18"])
+    ap.add_argument("--n-trials", type=int, default=None, help="override the budgets' n_trials")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--mib", type=float, default=512.0, help="prefix cache size of the cached runs")
+    a = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for name in a.budgets:
+            budget = ROOT / "search_spaces" / "resnet8_pareto.toml" if name == "resnet8" else resnet18_budget(tmp)
+            res = bench(budget, a.n_trials, a.repeats, a.mib, tmp)
+            rows.append(res)
+            print(res, flush=True)
+    tab = Table(title=f"prefix cache in the search ({a.mib:g} MiB, 1 worker, medians of {a.repeats} runs per mode)")
+    for c in ("budget", "MAC layers", "trials", "trials/min off", "trials/min on", "ratio", "MACs skipped (search)",
+              "set-up s off", "set-up s on", "ratio", "MACs skipped (set-up)"):
+        tab.add_column(c, justify="left" if c == "budget" else "right")
+    for r in rows:
+        tab.add_row(r["budget"], str(r["layers"]), str(r["n_trials"]), f"{r['off']:.2f}", f"{r['on']:.2f}",
+                    f"{r['on'] / r['off']:.2f}x", f"{100 * r['stats']['mac_fraction_skipped']:.0f} %",
+                    f"{r['setup_off']:.1f}", f"{r['setup_on']:.1f}", f"{r['setup_off'] / r['setup_on']:.2f}x",
+                    f"{100 * r['stats_setup']['mac_fraction_skipped']:.0f} %")
+    Console(width=160).print(tab)
+
+
+if __name__ == "__main__":
+    main()
