@@ -35,6 +35,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from dse.arith.multipliers import axbxp_name
 from dse.data import SOURCE_BUDGET, Preprocess
 from dse.energy import ARRAY_LIMITS, DEFAULT_CONSTANTS, ArrayConfig, EnergyModel, resolve_constants
 from dse.energy.backends import BACKENDS, BackendConfig, make_energy_model
@@ -94,7 +95,7 @@ class AxbxpSpace:
     modes: tuple = ("static",)
 
     def names(self) -> list[str]:
-        return [f"axbxp_k{k}_w{w}_a{a}_{m}" for k in self.K for w in self.Lw for a in self.La for m in self.modes]
+        return [axbxp_name(k, w, a, m) for k in self.K for w in self.Lw for a in self.La for m in self.modes]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ from dse.errors import DseError, SettingError
 FLAGS = {"trial": "--trial", "output": "-o", "run_dir": "--run-dir", "images": "--images", "seed": "--seed",
          "validate_n": "--validate", "batch_size": "--batch-size", "calib": "--calib", "data": "--data"}
 SWITCHES = {"resume": "--no-resume"}
+# Where a run's preprocessing came from when the --mean/--std/--scale/--size flags gave it (Preprocess.source), and
+# how the 'nothing says how to normalise' error names them.
+SOURCE_FLAGS = "--mean/--std/--size flags"
+PREPROCESS_FLAGS_HINT = "--mean and --std (and --scale, --size) on the command line"
 
 
 def _message(exc: DseError) -> str:
@@ -97,7 +101,7 @@ def _number_list(flag: str, text: str) -> list[float]:
 
 def _preprocess_flags(mean, std, scale, size):
     """The run's preprocessing from --mean/--std/--scale/--size (None when none is given)."""
-    from dse.data import SOURCE_FLAGS, Preprocess
+    from dse.data import Preprocess
 
     if mean is None and std is None and scale is None and size is None:
         return None
@@ -141,8 +145,11 @@ def evaluate_cmd(model, data, config_path, calib, images, batch_size, threads, m
     """Float, FxP8 exact and configured top-1 accuracy of MODEL (a path or lenet5, resnet8) on DATA."""
     from dse.emulate import evaluate
 
-    res = evaluate(model, data, config_path, calib, images, batch_size, threads,
-                   _preprocess_flags(mean, std, scale, size))
+    from dse.session import DataRef
+
+    res = evaluate(model, DataRef(data, f"--data {data}"), config_path,
+                   DataRef(calib, f"--calib {calib}") if calib else None, images, batch_size, threads,
+                   _preprocess_flags(mean, std, scale, size), PREPROCESS_FLAGS_HINT)
     if as_json:
         present.as_json(res)
     else:
@@ -228,8 +235,11 @@ def predict_cmd(model, config_path, data, calib, validate_n, images, seed, mean,
     """AME accuracy predictor: per-layer error statistics of a configuration and (--validate) its accuracy check."""
     from dse.predict import predict_report
 
-    r = predict_report(model, config_path, data=data, calib=calib, validate_n=validate_n, seed=seed, images=images,
-                       preprocess=_preprocess_flags(mean, std, scale, size))
+    from dse.session import DataRef
+
+    r = predict_report(model, config_path, data=DataRef(data, f"--data {data}"),
+                       calib=DataRef(calib, f"--calib {calib}"), validate_n=validate_n, seed=seed, images=images,
+                       preprocess=_preprocess_flags(mean, std, scale, size), preprocess_hint=PREPROCESS_FLAGS_HINT)
     if as_json:
         present.as_json(r)
     else:

@@ -38,8 +38,8 @@ SPLIT_SEED = 20240229
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_SCALE = 1.0 / 255.0
 
-# Where a run's preprocessing came from (highest precedence first; see dse.session.resolve_preprocess).
-SOURCE_FLAGS = "--mean/--std/--size flags"
+# Where a run's preprocessing came from (highest precedence first; see dse.session.resolve_preprocess; the CLI's
+# flags, the highest, are named by dse.cli.SOURCE_FLAGS).
 SOURCE_BUDGET = "budget [model] preprocess"
 SOURCE_METADATA = "model metadata dse.preprocess"
 SOURCE_BUNDLED = "bundled data set default"

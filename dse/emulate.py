@@ -16,10 +16,15 @@ bias. Every other op runs in float32 exactly as ``dse.model.float_exec``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, check_layers, config_to_dict
+
+if TYPE_CHECKING:
+    from dse.session import DataRef
 
 
 class Emulator:
@@ -202,22 +207,24 @@ def float_accuracy(graph, data, batch_size: int = 256) -> float:
     return hits / len(data)
 
 
-def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str | None = None,
-             calib: str | None = None, images: int | None = None, batch_size: int = 256,
-             threads: int | None = None, preprocess=None) -> dict:
+def evaluate(model: str, data: DataRef | None = None, config_path: str | None = None,
+             calib: DataRef | None = None, images: int | None = None, batch_size: int = 256,
+             threads: int | None = None, preprocess=None, preprocess_hint: str | None = None) -> dict:
     """What ``dse evaluate`` reports: float, FxP8 exact and (with a config) configured top-1 accuracy, and the run's
     preprocessing (``preprocess``: a dse.data.Preprocess from the caller; else the configuration's recorded one; else
-    dse.session's defaults). One pass over the data computes all three accuracies. ``threads``: kernel threads (None =
-    every available core)."""
+    dse.session's defaults). ``data``/``calib`` name the data sets as the caller's user gave them (default: the bundled
+    hold-out and calibration splits); ``preprocess_hint`` says how that user states the preprocessing. One pass over
+    the data computes all three accuracies. ``threads``: kernel threads (None = every available core)."""
     from dse.config import load_config_meta, validate_config
     from dse.data import Preprocess
     from dse.model.float_exec import run_float
-    from dse.session import COMMAND_LINE_HINT, DataRef, RunInputs, open_session
+    from dse.session import PREPROCESS_SETTINGS, DataRef, RunInputs, open_session
 
     from dse.kernels import set_threads
 
     set_threads(threads)
-    calib = calib or "fashion-mnist:calib"
+    data = data or DataRef.setting("data", "fashion-mnist:holdout")
+    calib = calib or DataRef.setting("calib", "fashion-mnist:calib")
     if batch_size < 1:
         raise SettingError("batch_size", batch_size, "must be >= 1")
     if images is not None and images < 1:
@@ -225,8 +232,7 @@ def evaluate(model: str, data: str = "fashion-mnist:holdout", config_path: str |
     config, meta = load_config_meta(config_path) if config_path else ({}, {})
     if preprocess is None and config_path:
         preprocess = Preprocess.from_meta(meta, str(config_path))
-    s = open_session(RunInputs(model, DataRef(calib, f"--calib {calib}"), (DataRef(data, f"--data {data}"),),
-                               preprocess, COMMAND_LINE_HINT))
+    s = open_session(RunInputs(model, calib, (data,), preprocess, preprocess_hint or PREPROCESS_SETTINGS))
     if config_path:
         validate_config(config, s.qmodel, str(config_path))
     ds = s.data[0].head(images)

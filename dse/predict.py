@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -33,6 +34,9 @@ from dse.arith.multipliers import Multiplier, get_multiplier, pattern_values
 from dse.correction import _act_pmf, _layer_key, _weight_patterns, cv_correction
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, check_layers, config_to_dict
+
+if TYPE_CHECKING:
+    from dse.session import DataRef
 
 _STATS: dict = {}
 
@@ -393,9 +397,9 @@ def fit_and_validate(layers, accuracy_fn, n: int, seed: int = 0, multipliers=Non
 
 # ---------------------------------------------------------------------------------------------- CLI support
 
-def predict_report(model: str, config_path: str | None = None, data: str = "fashion-mnist:search",
-                   calib: str = "fashion-mnist:calib", validate_n: int = 0, seed: int = 0, images: int = 2000,
-                   preprocess=None) -> dict:
+def predict_report(model: str, config_path: str | None = None, data: DataRef | None = None,
+                   calib: DataRef | None = None, validate_n: int = 0, seed: int = 0, images: int = 2000,
+                   preprocess=None, preprocess_hint: str | None = None) -> dict:
     """What ``dse predict`` prints: per-layer terms and AME of a configuration and, with ``validate_n``, the fitted
     AccuracyModel, Spearman, held-out MAE and the measured predictor-vs-emulation speedup. Model, data, preprocessing
     (``preprocess``, else the configuration's recorded one) and calibration come from :func:`dse.session.open_session`."""
@@ -408,14 +412,15 @@ def predict_report(model: str, config_path: str | None = None, data: str = "fash
     from dse.config import load_config_meta, validate_config
     from dse.data import Preprocess
     from dse.emulate import Emulator
-    from dse.session import COMMAND_LINE_HINT, DataRef, RunInputs, open_session
+    from dse.session import PREPROCESS_SETTINGS, DataRef, RunInputs, open_session
 
     config, meta = load_config_meta(config_path) if config_path else ({}, {})
     if preprocess is None and config_path:
         preprocess = Preprocess.from_meta(meta, str(config_path))
-    refs = (DataRef(data, f"--data {data}"),) if validate_n else ()
-    s = open_session(RunInputs(model, DataRef(calib, f"--calib {calib}"), refs, preprocess,
-                               COMMAND_LINE_HINT))
+    data = data or DataRef.setting("data", "fashion-mnist:search")
+    calib = calib or DataRef.setting("calib", "fashion-mnist:calib")
+    s = open_session(RunInputs(model, calib, (data,) if validate_n else (), preprocess,
+                               preprocess_hint or PREPROCESS_SETTINGS))
     qmodel = s.qmodel
     validate_config(config, qmodel, str(config_path))
     pred = AmePredictor(qmodel.layers)

@@ -23,15 +23,22 @@ from dse.data import (BUNDLED_PREPROCESS, SOURCE_METADATA, Dataset, Preprocess, 
 from dse.errors import DseError
 
 
-COMMAND_LINE_HINT = "--mean and --std (and --scale, --size) on the command line"
+# How the 'nothing says how to normalise' error names the missing settings when the caller does not say otherwise
+# (the CLI names its flags, a budget its key).
+PREPROCESS_SETTINGS = "the preprocessing settings (mean and std, optionally scale and size)"
 
 
 @dataclass(frozen=True)
 class DataRef:
-    """A data set spec and how messages name it (the setting it came from, e.g. ``b.toml: key 'data.search'``)."""
+    """A data set spec and how messages name it: the setting it came from (``b.toml: key 'data.search'``, the CLI's
+    ``--data SPEC``); :meth:`setting` names a library parameter."""
 
     spec: str
     label: str
+
+    @classmethod
+    def setting(cls, name: str, spec: str) -> "DataRef":
+        return cls(spec, f"{name} {spec}")
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class RunInputs:
     calib: DataRef
     data: tuple[DataRef, ...] = ()          # the other data sets, in the order Session.data returns them
     preprocess: Preprocess | None = None    # explicit preprocessing (flags, budget, exported configuration)
-    preprocess_hint: str = "the preprocessing"  # how the caller's user states it, for the 'nothing says' error
+    preprocess_hint: str = PREPROCESS_SETTINGS  # how the caller's user states it, for the 'nothing says' error
 
 
 @dataclass

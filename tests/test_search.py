@@ -15,7 +15,8 @@ from dse.layer_config import LayerConfig
 from dse.search import rundir, seeds
 from dse.search.objective import ATTR_HOLDOUT, ATTR_LOSS_UCB, ATTR_VERIFIED, CONSTRAINT, Objective
 from dse.search.racing import paired_stats, race, resolve_fidelities
-from dse.search.space import SearchSpace, axbxp_name
+from dse.arith.multipliers import axbxp_name
+from dse.search.space import SearchSpace
 from dse.search.study import SearchContext, SearchSettings, run_search
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]

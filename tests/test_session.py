@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dse.cli import main
-from dse.data import SOURCE_BUDGET, SOURCE_BUNDLED, SOURCE_FLAGS, SOURCE_METADATA, bundled_split
+from dse.cli import SOURCE_FLAGS
+from dse.data import SOURCE_BUDGET, SOURCE_BUNDLED, SOURCE_METADATA, bundled_split
 from tests.budgets import TINY_BUDGET
 
 

@@ -12,11 +12,6 @@ from dse.errors import DseError
 from dse.layer_config import LayerConfig, check_layers
 
 
-def axbxp_name(K: int, Lw: int, La: int, mode: str) -> str:
-    """Composed Ax-BxP multiplier name ``axbxp_k{K}_w{Lw}_a{La}_{mode}``."""
-    return f"axbxp_k{int(K)}_w{int(Lw)}_a{int(La)}_{mode}"
-
-
 @dataclass(frozen=True)
 class LayerChoices:
     """Static choice lists of one searchable layer."""

@@ -57,7 +57,7 @@ import copyreg
 from dse.arith.multipliers._base import EXACT, PATTERNS, Multiplier, exact_table, pattern_values
 from dse.arith.multipliers._cores import (axbxp_core, drum_core, drum_round, leading_one, mitch_w_core,
                                           mitch_w_log, mitchell_core, perf_core, trunc_col_core, trunc_op_core)
-from dse.arith.multipliers._families import FAMILIES, Family, list_multipliers
+from dse.arith.multipliers._families import FAMILIES, Family, axbxp_name, list_multipliers
 from dse.arith.multipliers._families import builtin as _builtin
 from dse.arith.multipliers._importers import _imported, _imported_cached, export_table, export_tables
 from dse.arith.multipliers._signed import ones_complement, sign_magnitude
@@ -67,7 +67,7 @@ from dse.errors import DseError
 __all__ = ["Multiplier", "get_multiplier", "list_multipliers", "EXACT", "PATTERNS", "exact_table", "pattern_values",
            "FAMILIES", "Family", "export_table", "export_tables", "sign_magnitude", "ones_complement",
            "POWER_COMPONENTS", "power_model", "leading_one", "mitchell_core", "mitch_w_log", "mitch_w_core",
-           "drum_round", "drum_core", "perf_core", "trunc_op_core", "trunc_col_core", "axbxp_core",
+           "drum_round", "drum_core", "perf_core", "trunc_op_core", "trunc_col_core", "axbxp_core", "axbxp_name",
            "_builtin", "_imported_cached"]
 
 

@@ -124,12 +124,17 @@ def builtin(name: str) -> Multiplier:
     raise DseError(f"unknown multiplier '{name}'; run 'dse multipliers' for the list of names")
 
 
+def axbxp_name(K: int, Lw: int, La: int, mode: str) -> str:
+    """The Ax-BxP multiplier name ``axbxp_k{K}_w{Lw}_a{La}_{mode}`` (the grammar's one composer)."""
+    return f"axbxp_k{int(K)}_w{int(Lw)}_a{int(La)}_{mode}"
+
+
 def list_multipliers() -> list[str]:
     """Canonical built-in names (the rows of ``dse multipliers``)."""
     names = ["exact", "mitchell"] + [f"mitch_w{w}" for w in range(3, 9)] + [f"drum{k}" for k in range(3, 9)]
     names += [f"perf_j{j}_k{k}" for j in range(3) for k in range(1, 4)]
     names += [f"trunc_op{t}" for t in range(1, 4)] + [f"trunc_col{c}" for c in (4, 6, 8)]
-    names += [f"axbxp_k2_w{lw}_a{la}_{m}" for m in ("static", "dynamic") for lw, la in ((2, 2), (2, 3), (3, 3))]
-    names += [f"axbxp_k4_w1_a1_{m}" for m in ("static", "dynamic")]
+    names += [axbxp_name(2, lw, la, m) for m in ("static", "dynamic") for lw, la in ((2, 2), (2, 3), (3, 3))]
+    names += [axbxp_name(4, 1, 1, m) for m in ("static", "dynamic")]
     names += ["bf16"] + [f"fp32_mitch_w{w}" for w in (4, 6, 8)]
     return names
