@@ -55,17 +55,9 @@ def multipliers_cmd(ctx, signed, as_json) -> None:
     """List the built-in multipliers with relative power and error metrics (names: see 'dse multipliers --help')."""
     if ctx.invoked_subcommand is not None:
         return
-    from dse.arith.metrics import error_metrics
-    from dse.arith.multipliers import get_multiplier, list_multipliers
+    from dse.arith.metrics import catalogue
 
-    rows = []
-    for name in list_multipliers():
-        m = get_multiplier(name)
-        row = {"name": name, "family": m.family, "domain": m.domain, "rel_power": m.rel_power,
-               "power_source": m.params["power_source"], "description": m.description}
-        if m.domain == "int":
-            row.update(error_metrics(m, a_signed=signed, w_signed=True))
-        rows.append(row)
+    rows = catalogue(a_signed=signed)
     operands = "int8 x int8" if signed else "uint8 x int8"
     if as_json:
         present.as_json({"operands": operands, "multipliers": rows}, allow_nan=False)

@@ -4,7 +4,7 @@ Format: one ``[layers.<name>]`` table per MAC layer with ``multiplier`` (a dse m
 ``cv`` (bool, default false); an optional ``[meta]`` table of scalars (or lists of scalars). Layers not listed are
 exact. JSON uses the same structure: ``{"meta": {...}, "layers": {"<name>": {"multiplier": ..., "cv": ...}}}``.
 
-``load_config(path, layers=None) -> dict[str, LayerConfig]``; ``load_config_meta(path)`` also returns the meta table;
+``load_config(path, layers=None) -> dict[str, LayerConfig]`` (``layers``: the model's MAC layer names); ``load_config_meta(path)`` also returns the meta table;
 ``save_config(cfg, path, meta=None)``; ``validate_config(cfg, layers, where)``.
 """
 from __future__ import annotations
@@ -13,13 +13,14 @@ import json
 import math
 import tomllib
 from pathlib import Path
+from typing import Sequence
 
 from dse.errors import DseError
 from dse.layer_config import LAYER_KEYS, LayerConfig, check_layers, config_to_dict
 
 
-def validate_config(cfg: dict, layers, where: str = "configuration") -> dict:
-    """Check layer names against ``layers`` (QuantModel / MacLayers / names); returns ``cfg``."""
+def validate_config(cfg: dict, layers: Sequence[str], where: str = "configuration") -> dict:
+    """Check the configuration's layer names against the model's MAC layer names ``layers``; returns ``cfg``."""
     check_layers(cfg, layers, where, key="layers")
     return cfg
 
@@ -43,7 +44,7 @@ def _parse(path: Path) -> dict:
     return doc
 
 
-def load_config_meta(path, layers=None) -> tuple[dict, dict]:
+def load_config_meta(path, layers: Sequence[str] | None = None) -> tuple[dict, dict]:
     """(``{name: LayerConfig}``, meta dict) from a TOML/JSON file; multipliers and (with ``layers``) names checked."""
     from dse.arith.multipliers import get_multiplier
 
@@ -87,7 +88,7 @@ def load_config_meta(path, layers=None) -> tuple[dict, dict]:
     return cfg, meta
 
 
-def load_config(path, layers=None) -> dict:
+def load_config(path, layers: Sequence[str] | None = None) -> dict:
     """``{name: LayerConfig}`` from a TOML/JSON configuration file (see module docstring)."""
     return load_config_meta(path, layers)[0]
 

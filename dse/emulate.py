@@ -234,7 +234,7 @@ def evaluate(model: str, data: DataRef | None = None, config_path: str | None = 
         preprocess = Preprocess.from_meta(meta, str(config_path))
     s = open_session(RunInputs(model, calib, (data,), preprocess, preprocess_hint or PREPROCESS_SETTINGS))
     if config_path:
-        validate_config(config, s.qmodel, str(config_path))
+        validate_config(config, s.qmodel.layer_names, str(config_path))
     ds = s.data[0].head(images)
     emu = Emulator(s.qmodel)
     hits = {"float": 0, "fxp8": 0, "configured": 0}

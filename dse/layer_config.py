@@ -8,7 +8,7 @@ downward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from dse.errors import DseError
 
@@ -39,21 +39,14 @@ def config_from_dict(d: Mapping[str, Mapping]) -> dict[str, LayerConfig]:
     return {str(n): LayerConfig.from_dict(v) for n, v in d.items()}
 
 
-def layer_names(layers) -> list[str]:
-    """MAC layer names, in order, of a QuantModel, a list of MacLayers or a list of names."""
-    if hasattr(layers, "layers"):
-        layers = layers.layers
-    return [l if isinstance(l, str) else l.name for l in layers]
-
-
-def check_layers(names: Iterable[str], layers, where: str, key: str = "") -> None:
-    """Raise DseError if a name in ``names`` is not a MAC layer of ``layers`` (see ``layer_names``).
+def check_layers(names: Iterable[str], valid: Sequence[str], where: str, key: str = "") -> None:
+    """Raise DseError if a name in ``names`` is not one of the model's MAC layer names ``valid`` (in order).
 
     ``where`` names the source (a file, "configuration"); ``key`` the key prefix the name came from (e.g.
     ``layers`` -> "key 'layers.conv9'"). One wording everywhere: "WHERE: key 'layers.conv9' is not a layer of the
     model; valid layers: a, b" (without ``key``: "WHERE: 'conv9' is not a layer ...").
     """
-    valid = layer_names(layers)
+    valid = list(valid)
     known = set(valid)
     for name in names:
         if name not in known:

@@ -422,7 +422,7 @@ def predict_report(model: str, config_path: str | None = None, data: DataRef | N
     s = open_session(RunInputs(model, calib, (data,) if validate_n else (), preprocess,
                                preprocess_hint or PREPROCESS_SETTINGS))
     qmodel = s.qmodel
-    validate_config(config, qmodel, str(config_path))
+    validate_config(config, qmodel.layer_names, str(config_path))
     pred = AmePredictor(qmodel.layers)
     terms = pred.breakdown(config)
     out = {**s.info(), "config": config_to_dict(config),

@@ -62,6 +62,11 @@ class QuantModel:
     # tensor name -> (scale, signed) for every quantized tensor (inputs of MAC layers)
     act_quant: dict = field(default_factory=dict)
 
+    @property
+    def layer_names(self) -> list[str]:
+        """MAC layer names in execution order."""
+        return [l.name for l in self.layers]
+
     def layer(self, name: str) -> MacLayer:
         for l in self.layers:
             if l.name == name:

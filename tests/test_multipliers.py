@@ -537,7 +537,8 @@ def lenet_setup():
 
 @pytest.mark.parametrize("name", ROUND_TRIP)
 def test_export_round_trip_on_bundled_model(tmp_path, lenet_setup, name):
-    from dse.emulate import Emulator, LayerConfig
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
 
     qm, d = lenet_setup
     out = tmp_path / "t.npz"

@@ -2,39 +2,17 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 from optuna.trial import TrialState
 
 from dse.cli import main
+from dse.config import load_config
 from dse.errors import DseError, SettingError
-from dse.layer_config import LayerConfig
+from dse.layer_config import LayerConfig, config_from_dict
 from dse.report import export_config, load_run, summarize
 from dse.search.study import run_search
 from test_search import _CTX, ctx_factory, make_ctx, settings_
-
-
-@pytest.fixture
-def config_io(monkeypatch):
-    """dse.config (save_config/load_config); a minimal JSON fake while the real module is missing."""
-    try:
-        import dse.config as cfgmod
-        return cfgmod
-    except ImportError:
-        mod = types.ModuleType("dse.config")
-
-        def save_config(config, path, meta=None):
-            path.write_text(json.dumps({"meta": meta or {}, "layers": {n: {"multiplier": c.multiplier, "cv": c.cv}
-                                                                        for n, c in config.items()}}))
-
-        def load_config(path):
-            d = json.loads(open(path).read())
-            return {n: LayerConfig(v["multiplier"], v["cv"]) for n, v in d["layers"].items()}
-        mod.save_config, mod.load_config = save_config, load_config
-        monkeypatch.setitem(sys.modules, "dse.config", mod)
-        return mod
 
 
 @pytest.fixture(scope="module")
@@ -85,21 +63,21 @@ def test_report_on_interrupted_run(tmp_path):
     assert s["baseline"]["fxp8"]["search"] is not None
 
 
-def test_export_round_trip(run_path, tmp_path, config_io):
+def test_export_round_trip(run_path, tmp_path):
     path, res = run_path
     run = load_run(path)
     out = export_config(run, tmp_path / "best.json")
-    cfg = config_io.load_config(out)
-    want = {n: LayerConfig(v["multiplier"], v["cv"]) for n, v in res["best"]["config"].items()}
+    cfg = load_config(out)
+    want = config_from_dict(res["best"]["config"])
     assert {n: c for n, c in cfg.items() if c != LayerConfig()} == {n: c for n, c in want.items() if c != LayerConfig()}
     t = next(t.number for t in run.study.trials if t.state == TrialState.COMPLETE and t.number != res["best"]["trial"])
     assert main(["export", str(path), "--trial", str(t), "-o", str(tmp_path / "t.toml")]) == 0
-    cfg = config_io.load_config(tmp_path / "t.toml")
+    cfg = load_config(tmp_path / "t.toml")
     want = run.study.trials[t].user_attrs["config"]
-    assert all(cfg.get(n, LayerConfig()) == LayerConfig(v["multiplier"], v["cv"]) for n, v in want.items())
+    assert all(cfg.get(n, LayerConfig()) == c for n, c in config_from_dict(want).items())
 
 
-def test_bad_input(run_path, tmp_path, capsys, config_io):
+def test_bad_input(run_path, tmp_path, capsys):
     path, _ = run_path
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from optuna.trial import TrialState
 
 from dse.errors import DseError
-from dse.layer_config import LayerConfig
+from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import rundir, seeds
 from dse.search.objective import ATTR_HOLDOUT, ATTR_LOSS_UCB, ATTR_VERIFIED, CONSTRAINT, Objective
 from dse.search.racing import paired_stats, race, resolve_fidelities
@@ -572,7 +572,7 @@ def test_real_end_to_end_small(tmp_path):
     assert main(["export", str(run), "-o", str(out)]) == 0
     cfg = load_config(out)
     assert {n: c for n, c in cfg.items() if c.multiplier != "exact"} == {
-        n: LayerConfig(v["multiplier"], v["cv"]) for n, v in s["best"]["config"].items() if v["multiplier"] != "exact"}
+        n: c for n, c in config_from_dict(s["best"]["config"]).items() if c.multiplier != "exact"}
     # dse evaluate re-checks the exported configuration: same hold-out accuracy as the search's final check
     import contextlib
     import io

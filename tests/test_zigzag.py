@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dse.budget import load_budget
-from dse.emulate import LayerConfig
+from dse.layer_config import LayerConfig
 from dse.energy import EnergyModel
 from dse.energy.backends import BackendConfig, make_energy_model
 from dse.errors import DseError

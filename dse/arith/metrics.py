@@ -37,7 +37,7 @@ def _hist(h, which: str, name: str) -> np.ndarray:
 
 def error_metrics(mult, a_signed: bool = False, w_signed: bool = True, hist_a=None, hist_w=None) -> dict:
     """Metrics dict (keys METRIC_KEYS, floats) of an int-domain multiplier for the signedness pair (module docstring)."""
-    if getattr(mult, "domain", "int") != "int":
+    if mult.domain != "int":
         raise DseError(f"multiplier '{mult.name}' is a floating-point model; error metrics are defined on 8-bit tables")
     ha, hw = _hist(hist_a, "hist_a", mult.name), _hist(hist_w, "hist_w", mult.name)
     p = np.outer(ha / ha.sum(), hw / hw.sum())
@@ -57,3 +57,19 @@ def error_metrics(mult, a_signed: bool = False, w_signed: bool = True, hist_a=No
         "MRED": mred, "MRE": mre, "WCE": float(absE[support].max()), "EP": float(p[E != 0].sum()),
         "MSE": mse, "VAR": max(mse - me * me, 0.0),
     }
+
+
+def catalogue(a_signed: bool = False) -> list[dict]:
+    """The rows of ``dse multipliers``: every built-in multiplier with family, domain, relative power (and its
+    source), description and, for int-domain ones, the error metrics for ``a_signed`` activations x int8 weights."""
+    from dse.arith.multipliers import get_multiplier, list_multipliers
+
+    rows = []
+    for name in list_multipliers():
+        m = get_multiplier(name)
+        row = {"name": name, "family": m.family, "domain": m.domain, "rel_power": m.rel_power,
+               "power_source": m.params["power_source"], "description": m.description}
+        if m.domain == "int":
+            row.update(error_metrics(m, a_signed=a_signed, w_signed=True))
+        rows.append(row)
+    return rows

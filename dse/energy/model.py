@@ -116,7 +116,7 @@ class EnergyModel:
         """Per-image energy of all MAC ``layers`` (topological order) under ``config`` (``{name: LayerConfig}``,
         missing = exact)."""
         config = config or {}
-        check_layers(config, layers, "configuration")
+        check_layers(config, [l.name for l in layers], "configuration")
         cfgs = [config.get(l.name) for l in layers]
         fmts = tuple(operand_format(_cfg(c)[0], self.array) for c in cfgs)
         key = (tuple(_layer_key(l) for l in layers), fmts)
