@@ -1,4 +1,4 @@
-"""A `dse search` process on the fake (deterministic, slow) context of test_search, for the multi-process and
+"""A `dse search` process on the fake (deterministic, slow) context of tests/fakes.py, for the multi-process and
 fault-injection tests: ``python -m tests.search_process BUDGET RUN_DIR STORAGE N_TRIALS WORKERS``.
 
 The fake objective goes through the real run loop, storage, seeding and worker processes; only the model is fake.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tests.test_search import FakeEvaluator, make_ctx, settings_
+from tests.fakes import FakeEvaluator, make_ctx, settings_
 
 from dse.search.study import run_search
 

@@ -16,7 +16,7 @@ from optuna_dashboard._storage_url import guess_storage_from_url
 from dse.cli import main
 from dse.report import load_run, plot_points, summarize
 from dse.search.study import run_search
-from test_search import _CTX, LAYERS, ctx_factory, fake_energy, make_ctx, settings_
+from tests.fakes import _CTX, LAYERS, ctx_factory, fake_energy, make_ctx, settings_
 
 
 

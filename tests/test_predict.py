@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-import types
 
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from dse.errors import DseError
 from dse.layer_config import LayerConfig
 from dse.predict import (AccuracyModel, AmePredictor, layer_acc_std, layer_error_stats, layer_term, model_acc_std,
                          spearman, validate)
-from tests.test_correction import DRUM4, MITCHELL, PERF13, draw_acts, err_acc, gemm_layer, relu_hist, signed_hist
+from tests.mac_helpers import DRUM4, MITCHELL, PERF13, draw_acts, err_acc, gemm_layer, relu_hist, signed_hist
 
 SETTINGS = settings(deadline=None, max_examples=25)
 

@@ -12,7 +12,7 @@ from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
 from dse.report import export_config, load_run, summarize
 from dse.search.study import run_search
-from test_search import _CTX, ctx_factory, make_ctx, settings_
+from tests.fakes import _CTX, ctx_factory, make_ctx, settings_
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -16,84 +17,15 @@ from dse.search import rundir, seeds
 from dse.search.objective import ATTR_HOLDOUT, ATTR_LOSS_UCB, ATTR_VERIFIED, CONSTRAINT, Objective
 from dse.search.racing import paired_stats, race, resolve_fidelities
 from dse.arith.multipliers import axbxp_name
+from tests.fakes import _CTX, LAYERS, MULTS, FakeEvaluator, ctx_factory, fake_energy, fake_space, make_ctx, settings_
 from dse.search.space import SearchSpace
-from dse.search.study import SearchContext, SearchSettings, run_search
-
-LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
-# fake multipliers: (flip probability per layer, energy saving per layer)
-MULTS = {"exact": (0.0, 0.0), "drum6": (0.001, 0.04), "mitchell": (0.004, 0.08), "perf_2_2": (0.02, 0.12),
-         axbxp_name(2, 2, 2, "static"): (0.3, 0.16)}
-
-
-class FakeEvaluator:
-    """Per-image correctness: exact is right on ~90 % of images; each approximate layer flips right->wrong with its
-    probability (cv halves it) using a fixed per-image uniform, so results are deterministic and paired."""
-
-    def __init__(self, n=3000, seed=0, interrupt_after=None):
-        r = np.random.default_rng(seed)
-        self.exact = r.random(n) < 0.9
-        self.u = r.random(n)
-        self.n_images = n
-        self.calls = 0
-        self.images = 0
-        self.interrupt_after = interrupt_after
-
-    def p_flip(self, config):
-        p = 0.0
-        for lc in config.values():
-            q = MULTS[lc.multiplier][0] * (0.5 if lc.cv else 1.0)
-            p = 1 - (1 - p) * (1 - q)
-        return p
-
-    def correct(self, config, start, stop):
-        self.calls += 1
-        if self.interrupt_after is not None and self.calls > self.interrupt_after:
-            raise KeyboardInterrupt
-        self.images += stop - start
-        return self.exact[start:stop] & (self.u[start:stop] >= self.p_flip(config))
-
-
-def fake_energy(config):
-    save = sum(MULTS[lc.multiplier][1] - (0.01 if lc.cv else 0.0) for lc in config.values())
-    e = 1.0 - save / len(LAYERS)
-    return {"system": e, "multiplier": e ** 2, "latency": 1.0,
-            "components": {"multiplier": {"exact": 0.5, "config": 0.5 * e ** 2}, "sram": {"exact": 0.5, "config": 0.5}}}
-
-
-def fake_space(cv=(False, True)):
-    return SearchSpace.build(LAYERS, sorted(MULTS), cv=list(cv), pin_first_last=True)
-
-
-def make_ctx(n=3000, interrupt_after=None, sensitivity=True):
-    space = fake_space()
-    ev = FakeEvaluator(n, 0, interrupt_after)
-    hold = FakeEvaluator(1000, 1)
-    sens = None
-    if sensitivity:
-        def sens(layer, lc):
-            return FakeEvaluator(n, 0).p_flip({layer: lc}) * 0.9
-    return SearchContext(space=space, evaluator=ev, holdout=hold, energy=fake_energy, sensitivity=sens,
-                         baseline={"float": {"search": 0.91, "holdout": 0.905}}, info={"model": "fake"})
-
-
-_CTX = {}
-
-
-def ctx_factory():
-    return _CTX["ctx"]
-
+from dse.search.study import run_search
 
 @pytest.fixture
 def budget_file(tmp_path):
     p = tmp_path / "fake.toml"
     p.write_text("[budget]\nmax_loss_pp = 1.0\n")
     return p
-
-
-def settings_(**kw):
-    base = dict(budget_loss=0.01, n_trials=25, seed=1, fidelities=[300, 1000, 0])
-    base.update(kw)
-    return SearchSettings(**base)
 
 
 # ---------------------------------------------------------------- space
@@ -484,8 +416,19 @@ def test_run_dir_errors(tmp_path, budget_file):
 
 
 class SlowEvaluator(FakeEvaluator):
+    """50 ms per evaluation; with DSE_TEST_RENDEZVOUS set, each process's first evaluation also waits (at most 120 s)
+    until two processes have arrived there, so a slow worker start on a loaded machine cannot leave one idle."""
+
     def correct(self, config, start, stop):
+        import os
         import time
+        meet = os.environ.get("DSE_TEST_RENDEZVOUS")
+        if meet and not getattr(self, "_met", False):
+            self._met = True
+            (Path(meet) / str(os.getpid())).touch()
+            deadline = time.monotonic() + 120
+            while len(list(Path(meet).iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
         time.sleep(0.05)
         return super().correct(config, start, stop)
 
@@ -497,7 +440,9 @@ def slow_factory():
     return ctx
 
 
-def test_workers_share_one_study(tmp_path, budget_file):
+def test_workers_share_one_study(tmp_path, budget_file, monkeypatch):
+    (tmp_path / "meet").mkdir()
+    monkeypatch.setenv("DSE_TEST_RENDEZVOUS", str(tmp_path / "meet"))
     res = run_search(budget_file, settings_(n_trials=24, workers=2), slow_factory, run_dir=tmp_path / "run",
                      progress=False)
     study = rundir.load_study(tmp_path / "run")

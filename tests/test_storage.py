@@ -20,7 +20,7 @@ from dse.errors import DseError
 from dse.report import list_studies, load_run, summarize
 from dse.search import rundir
 from dse.search.study import PROCESS_ATTR, n_processes, run_search, seed_configs
-from tests.test_search import _CTX, ctx_factory, make_ctx, settings_
+from tests.fakes import _CTX, ctx_factory, make_ctx, settings_
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("DSE_TEST_POSTGRES_URL")
