@@ -18,13 +18,15 @@ import os
 
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 
 cdef extern from "lut_kernel.h" nogil:
     int dse_cpu_level()
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
+    int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
+                      const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
     int dse_dw_conv(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int mode, int a_signed,
@@ -91,6 +93,31 @@ def lut_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int32_t[:
                           &o[0, 0], max(1, threads))
     if rc != 0:
         raise RuntimeError("lut_gemm: dispatch failed")
+    return out, ISA_NAMES[level]
+
+
+def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:, ::1] D, const int32_t[::1] off,
+              isa=None, int threads=1):
+    """out[n, m] = sum_k D[S[n, k], I[k, m]] + off[S[n, k]] as int64[N, M] by per-k row tables (see
+    ``cy/lut_kernel.h``); AVX2 adds at level avx2 and above, portable code at scalar. Returns (out, level_name)."""
+    cdef int level = _level(isa)
+    cdef int64_t K = I.shape[0], M = I.shape[1], N = S.shape[0]
+    if S.shape[1] != K:
+        raise ValueError(f"rows_gemm: I has K={K} rows but S has {S.shape[1]} columns")
+    if D.shape[0] != 256 or D.shape[1] != 256 or off.shape[0] != 256:
+        raise ValueError("rows_gemm: D must be [256, 256] and off [256]")
+    out = np.empty((N, M), dtype=np.int64)
+    cdef int64_t[:, ::1] o = out
+    cdef int rc = 0
+    if M == 0 or N == 0:
+        return out, ISA_NAMES[level]
+    if K == 0:
+        out[:] = 0
+        return out, ISA_NAMES[level]
+    with nogil:
+        rc = dse_rows_gemm(level, &I[0, 0], M, &S[0, 0], &D[0, 0], &off[0], M, K, N, &o[0, 0], max(1, threads))
+    if rc != 0:
+        raise MemoryError("rows_gemm: scratch buffers could not be allocated")
     return out, ISA_NAMES[level]
 
 

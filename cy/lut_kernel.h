@@ -242,6 +242,178 @@ DSE_DEF512(2, 4)
 DSE_DEF512(3, 2)
 DSE_DEF512(4, 1)
 
+/* ------------------------------------------------------------------ row tables ("rows" path) */
+/* out[n, m] = sum_k (D[S[n, k]][I[k, m]] + off[S[n, k]])   (int64, exact)
+ *
+ * I uint8 [K, M] (index patterns, row stride ldi), S uint8 [N, K] (selector patterns), D uint16 [256 sel][256 idx]
+ * (the table minus its per-selector offset off, so 0 <= D < 2^16), off int32 [256]. With S = weight patterns and
+ * I = activation patterns this is the LUT GEMM; the caller may swap the roles (S = activations, I = weights, D the
+ * transposed table) when that makes the index dimension longer.
+ *
+ * For a tile of 32 selector rows n and a chunk of up to KC k-steps, the kernel builds one row table per k-step,
+ * tab_k[u][j] = D[S[n0 + j, k]][u] (256 rows of 32 uint16, 16 KiB; 8x8 SSE2 transposes of the 32 selected columns),
+ * and then, for every position m, adds the row tab_k[I[k, m]] to 32 int32 accumulators: one 16-byte load and one add
+ * per 8 products instead of one lookup per product. Building costs 256 x 32 entries per (tile, k-step, m-block), so
+ * the caller picks the orientation and the block length to keep M (index positions) >> 256 / (cost ratio).
+ * Overflow: int32 windows of kf = (32768 / KC) * KC k-steps (sums < 2^15 * 2^16 = 2^31), flushed into int64. */
+#define DSE_RT_NT 32
+#define DSE_RT_KC 4
+#define DSE_RT_MB 2048
+
+static inline void dse_rows_build(const uint16_t *D, const uint8_t *sel, uint16_t *tab)
+{
+    for (int jb = 0; jb < DSE_RT_NT; jb += 8) {
+        const uint16_t *s0 = D + 256 * (int64_t)sel[jb + 0], *s1 = D + 256 * (int64_t)sel[jb + 1];
+        const uint16_t *s2 = D + 256 * (int64_t)sel[jb + 2], *s3 = D + 256 * (int64_t)sel[jb + 3];
+        const uint16_t *s4 = D + 256 * (int64_t)sel[jb + 4], *s5 = D + 256 * (int64_t)sel[jb + 5];
+        const uint16_t *s6 = D + 256 * (int64_t)sel[jb + 6], *s7 = D + 256 * (int64_t)sel[jb + 7];
+        for (int ub = 0; ub < 256; ub += 8) {
+            const __m128i r0 = _mm_loadu_si128((const __m128i *)(s0 + ub)), r1 = _mm_loadu_si128((const __m128i *)(s1 + ub));
+            const __m128i r2 = _mm_loadu_si128((const __m128i *)(s2 + ub)), r3 = _mm_loadu_si128((const __m128i *)(s3 + ub));
+            const __m128i r4 = _mm_loadu_si128((const __m128i *)(s4 + ub)), r5 = _mm_loadu_si128((const __m128i *)(s5 + ub));
+            const __m128i r6 = _mm_loadu_si128((const __m128i *)(s6 + ub)), r7 = _mm_loadu_si128((const __m128i *)(s7 + ub));
+            const __m128i t0 = _mm_unpacklo_epi16(r0, r1), t1 = _mm_unpackhi_epi16(r0, r1);
+            const __m128i t2 = _mm_unpacklo_epi16(r2, r3), t3 = _mm_unpackhi_epi16(r2, r3);
+            const __m128i t4 = _mm_unpacklo_epi16(r4, r5), t5 = _mm_unpackhi_epi16(r4, r5);
+            const __m128i t6 = _mm_unpacklo_epi16(r6, r7), t7 = _mm_unpackhi_epi16(r6, r7);
+            const __m128i q0 = _mm_unpacklo_epi32(t0, t2), q1 = _mm_unpackhi_epi32(t0, t2);
+            const __m128i q2 = _mm_unpacklo_epi32(t1, t3), q3 = _mm_unpackhi_epi32(t1, t3);
+            const __m128i q4 = _mm_unpacklo_epi32(t4, t6), q5 = _mm_unpackhi_epi32(t4, t6);
+            const __m128i q6 = _mm_unpacklo_epi32(t5, t7), q7 = _mm_unpackhi_epi32(t5, t7);
+            uint16_t *d = tab + ub * DSE_RT_NT + jb;
+            _mm_storeu_si128((__m128i *)(d + 0 * DSE_RT_NT), _mm_unpacklo_epi64(q0, q4));
+            _mm_storeu_si128((__m128i *)(d + 1 * DSE_RT_NT), _mm_unpackhi_epi64(q0, q4));
+            _mm_storeu_si128((__m128i *)(d + 2 * DSE_RT_NT), _mm_unpacklo_epi64(q1, q5));
+            _mm_storeu_si128((__m128i *)(d + 3 * DSE_RT_NT), _mm_unpackhi_epi64(q1, q5));
+            _mm_storeu_si128((__m128i *)(d + 4 * DSE_RT_NT), _mm_unpacklo_epi64(q2, q6));
+            _mm_storeu_si128((__m128i *)(d + 5 * DSE_RT_NT), _mm_unpackhi_epi64(q2, q6));
+            _mm_storeu_si128((__m128i *)(d + 6 * DSE_RT_NT), _mm_unpacklo_epi64(q3, q7));
+            _mm_storeu_si128((__m128i *)(d + 7 * DSE_RT_NT), _mm_unpackhi_epi64(q3, q7));
+        }
+    }
+}
+
+/* acc[m][0..31] (+)= sum_{kk < kc} tab_kk[ip[kk][m]] for m < mb; first: start from 0. */
+typedef void (*dse_rows_accum_fn)(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first,
+                                  int32_t *acc);
+
+static void dse_rows_accum_scalar(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first,
+                                  int32_t *acc)
+{
+    for (int64_t m = 0; m < mb; m++) {
+        int32_t c[DSE_RT_NT];
+        int32_t *a = acc + m * DSE_RT_NT;
+        for (int j = 0; j < DSE_RT_NT; j++)
+            c[j] = first ? 0 : a[j];
+        for (int kk = 0; kk < kc; kk++) {
+            const uint16_t *r = tab + (int64_t)kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)ip[kk][m];
+            for (int j = 0; j < DSE_RT_NT; j++)
+                c[j] += r[j];
+        }
+        for (int j = 0; j < DSE_RT_NT; j++)
+            a[j] = c[j];
+    }
+}
+
+DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb,
+                                           int first, int32_t *acc)
+{
+    for (int64_t m = 0; m < mb; m++) {
+        int32_t *a = acc + m * DSE_RT_NT;
+        __m256i c0, c1, c2, c3;
+        if (first) {
+            c0 = c1 = c2 = c3 = _mm256_setzero_si256();
+        } else {
+            c0 = _mm256_loadu_si256((const __m256i *)(a + 0));
+            c1 = _mm256_loadu_si256((const __m256i *)(a + 8));
+            c2 = _mm256_loadu_si256((const __m256i *)(a + 16));
+            c3 = _mm256_loadu_si256((const __m256i *)(a + 24));
+        }
+        for (int kk = 0; kk < kc; kk++) {
+            const uint16_t *r = tab + (int64_t)kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)ip[kk][m];
+            c0 = _mm256_add_epi32(c0, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 0))));
+            c1 = _mm256_add_epi32(c1, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 8))));
+            c2 = _mm256_add_epi32(c2, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 16))));
+            c3 = _mm256_add_epi32(c3, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 24))));
+        }
+        _mm256_storeu_si256((__m256i *)(a + 0), c0);
+        _mm256_storeu_si256((__m256i *)(a + 8), c1);
+        _mm256_storeu_si256((__m256i *)(a + 16), c2);
+        _mm256_storeu_si256((__m256i *)(a + 24), c3);
+    }
+}
+
+/* One (selector tile, index block) task: out rows n0..n0+nv-1, columns m0..m0+mb-1. */
+static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, const int32_t *off,
+                          int64_t M, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb, int64_t *out,
+                          uint16_t *tab, int32_t *acc, dse_rows_accum_fn accum)
+{
+    const int64_t kf = (32768 / DSE_RT_KC) * DSE_RT_KC;
+    for (int64_t j = 0; j < nv; j++) { /* start from sum_k off[S[n, k]] */
+        const uint8_t *sr = S + (n0 + j) * K;
+        int64_t s = 0;
+        for (int64_t k = 0; k < K; k++)
+            s += off[sr[k]];
+        int64_t *o = out + (n0 + j) * M + m0;
+        for (int64_t m = 0; m < mb; m++)
+            o[m] = s;
+    }
+    for (int64_t w0 = 0; w0 < K; w0 += kf) {
+        const int64_t w1 = (K - w0 < kf) ? K : w0 + kf;
+        for (int64_t k0 = w0; k0 < w1; k0 += DSE_RT_KC) {
+            const int kc = (int)((w1 - k0 < DSE_RT_KC) ? (w1 - k0) : DSE_RT_KC);
+            const uint8_t *ip[DSE_RT_KC];
+            for (int kk = 0; kk < kc; kk++) {
+                uint8_t sel[DSE_RT_NT];
+                for (int j = 0; j < DSE_RT_NT; j++) /* padding rows repeat the last valid row (discarded) */
+                    sel[j] = S[(n0 + (j < nv ? j : nv - 1)) * K + k0 + kk];
+                dse_rows_build(D, sel, tab + (int64_t)kk * 256 * DSE_RT_NT);
+                ip[kk] = I + (k0 + kk) * ldi + m0;
+            }
+            accum(tab, ip, kc, mb, k0 == w0, acc);
+        }
+        for (int64_t j = 0; j < nv; j++) {
+            int64_t *o = out + (n0 + j) * M + m0;
+            for (int64_t m = 0; m < mb; m++)
+                o[m] += acc[m * DSE_RT_NT + j];
+        }
+    }
+}
+
+/* Returns 0, or -1 when a scratch buffer cannot be allocated. */
+static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
+                         const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
+{
+    const dse_rows_accum_fn accum = level >= DSE_ISA_AVX2 ? dse_rows_accum_avx2 : dse_rows_accum_scalar;
+    const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * 256 * DSE_RT_NT * sizeof(uint16_t));
+        int32_t *acc = (int32_t *)malloc((size_t)DSE_RT_MB * DSE_RT_NT * sizeof(int32_t));
+        if (!tab || !acc) {
+#pragma omp atomic write
+            fail = 1;
+        }
+#pragma omp barrier
+        int failed;
+#pragma omp atomic read
+        failed = fail;
+        if (!failed) { /* every thread takes the same branch, so all of them reach the worksharing loop */
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < nnt * nmb; t++) {
+                const int64_t n0 = (t / nmb) * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
+                const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
+                const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
+                dse_rows_task(I, ldi, S, D, off, M, K, n0, nv, m0, mb, out, tab, acc, accum);
+            }
+        }
+        free(tab);
+        free(acc);
+    }
+    return fail ? -1 : 0;
+}
+
 /* ------------------------------------------------------------------ dispatch */
 /* Returns 0 on success, -1 on a bad level / plane count. */
 static int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,

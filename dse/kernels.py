@@ -19,9 +19,13 @@ Public API (stable; other modules call only these):
 (t GEMMs on per-operand gathers with exact integer factors LUT = F @ G.T -- t = 1 for perforation, truncation, DRUM,
 Ax-BxP -- in float32 on K-chunks whose partial sums are provably <= 2^24, else float64 with K * S < 2^53; if no such
 integer plan is proven, exact GEMM + r GEMMs with float64 error-table factors, rounded, when the a-priori rounding
-bound is < 0.25; else it falls back to "lut"), "lut" (Cython SIMD table kernel, ISA dispatched at
-run time: ``isa=`` or env ``DSE_KERNEL_ISA`` = scalar/avx2/avx512 caps it). All paths are bit-exact against the
-reference. Auto prefers "lowrank" over "lut" only while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``).
+bound is < 0.25; else it falls back to "lut"), "rows" (any table whose entries span < 2^16 per weight pattern or
+per activation pattern: for every k-step and tile of 32 output rows a 256-row table of the 32 selected table columns
+is built, then each position adds one table row -- 8 products per SIMD add instead of one gather per product; AVX2 or
+portable code; it falls back to "lut" for wider tables), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
+permutes, AVX2 gathers or scalar code). ``isa=`` or env ``DSE_KERNEL_ISA`` = scalar/avx2/avx512 caps the ISA level
+picked at run time. All paths are bit-exact against the reference. Auto prefers "lowrank" over the table kernels only
+while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``), and "rows" over "lut" below AVX-512.
 """
 from __future__ import annotations
 
@@ -43,13 +47,14 @@ try:
 except ImportError:  # pragma: no cover - only when the extension was not built
     _kernels = None
 
-PATHS = ("auto", "exact", "lowrank", "lut")
+PATHS = ("auto", "exact", "lowrank", "rows", "lut")
 LOWRANK_MAX_RANK = 16
 # Largest number of GEMM terms t (integer factors of the whole table, so t = 1 for perforation, truncation, DRUM,
-# Ax-BxP) for which "auto" prefers lowrank over the LUT kernel at that ISA level. Measured on one Zen 4 core
-# (benchmarks/RESULTS.md): lowrank t = 1 runs at ~the exact path's speed (float32 BLAS) and its cost grows ~t;
-# LUT ~16-21 GMAC/s with AVX-512 VBMI on 3x3 convs, but ~2.5 GMAC/s with AVX2 gathers or scalar code.
-AUTO_MAX_RANK = {"avx512": 0, "avx2": 6, "scalar": 6}
+# Ax-BxP) for which "auto" prefers lowrank over the table kernels at that ISA level. Measured (benchmarks/RESULTS.md):
+# lowrank t = 1 runs at ~the exact path's speed (float32 BLAS) and its cost grows ~t; the LUT kernel ~16-21 GMAC/s
+# with AVX-512 VBMI on 3x3 convs (one Zen 4 core); on Zen 3 the AVX2 row-table kernel reaches ~0.3-0.5x of float32
+# BLAS (AVX2 gathers: ~0.05x), its portable version ~0.05x.
+AUTO_MAX_RANK = {"avx512": 0, "avx2": 2, "scalar": 6}
 _BOUND_LIMIT = 0.25
 _F32_EXACT = 2 ** 24  # float32 holds every integer partial sum of magnitude <= this exactly
 _F64_EXACT = 2 ** 53
@@ -167,6 +172,14 @@ class _Prepared:
     a_vals: np.ndarray  # int64[256]: value of each activation pattern
     _lowrank: object = field(default=False)  # False = not computed yet
     _intf: object = field(default=False)
+    _rows: object = field(default=False)
+
+    @property
+    def rows(self) -> "_RowTables":
+        """uint16 offset tables of the "rows" kernel in both orientations (None where a span reaches 2^16)."""
+        if self._rows is False:
+            self._rows = _RowTables(_offset_table(self.lut.T), _offset_table(self.lut))
+        return self._rows
 
     @property
     def lowrank(self) -> LowRank | None:
@@ -182,6 +195,28 @@ class _Prepared:
         if self._intf is False:
             self._intf = decompose_integer(self.lut, LOWRANK_MAX_RANK + 1)
         return self._intf
+
+
+@dataclass(frozen=True)
+class _OffsetTable:
+    """T[s, i] = D[s, i] + off[s] with 0 <= D < 2^16: the table as the rows kernel reads it (s selects, i indexes)."""
+
+    D: np.ndarray  # uint16[256 s, 256 i], contiguous
+    off: np.ndarray  # int32[256 s]
+
+
+@dataclass(frozen=True)
+class _RowTables:
+    by_weight: "_OffsetTable | None"  # s = weight pattern, i = activation pattern (M positions index the rows)
+    by_act: "_OffsetTable | None"  # s = activation pattern, i = weight pattern (N output channels index them)
+
+
+def _offset_table(T: np.ndarray) -> _OffsetTable | None:
+    off = T.min(axis=1)
+    D = T - off[:, None]
+    if D.max() >= 2 ** 16:
+        return None
+    return _OffsetTable(np.ascontiguousarray(D.astype(np.uint16)), off.astype(np.int32))
 
 
 _W_VALS = np.where(np.arange(256) >= 128, np.arange(256) - 256, np.arange(256)).astype(np.int64)
@@ -242,6 +277,9 @@ def select_path(mult: Multiplier, a_signed: bool, K: int, path: str = "auto", is
         terms = _lowrank_terms(prep, a_signed, K, max_abs_a)
         if terms and (path == "lowrank" or terms <= AUTO_MAX_RANK[_isa_name(isa)]):
             return "lowrank"
+    rows_ok = prep.rows.by_weight is not None or prep.rows.by_act is not None
+    if rows_ok and (path == "rows" or path == "auto" and _isa_name(isa) != "avx512"):
+        return "rows"
     return "lut"
 
 
@@ -428,18 +466,49 @@ def _lut_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa) -> np.ndarra
     return out
 
 
+# Cost of building one table entry of the rows kernel relative to one product (measured on Zen 3, AVX2), and the
+# kernel's tile sizes (cy/lut_kernel.h: DSE_RT_NT selector rows per tile, DSE_RT_MB index positions per block).
+_ROWS_BUILD_COST = 1.0
+_ROWS_NT, _ROWS_MB = 32, 2048
+
+
+def _rows_cost(n_sel: int, n_idx: int) -> float:
+    """Relative time of the rows kernel with n_sel selector rows (padded to tiles) and n_idx index positions."""
+    pad = -(-n_sel // _ROWS_NT) * _ROWS_NT
+    return pad * (n_idx + _ROWS_BUILD_COST * 256 * -(-n_idx // _ROWS_MB))
+
+
+def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None) -> np.ndarray:
+    """int64[N, M] by the row-table kernel. Orientation: weights select the tables and the M positions index them, or
+    (by_act) activations select and the N output channels index: the cheaper one by _rows_cost unless forced."""
+    tabs = prep.rows
+    K, M = AT.shape
+    N = Wp.shape[0]
+    if by_act is None:
+        by_act = tabs.by_weight is None or (tabs.by_act is not None and _rows_cost(M, N) < _rows_cost(N, M))
+    t = tabs.by_act if by_act else tabs.by_weight
+    if by_act:
+        out, _ = _kernels.rows_gemm(np.ascontiguousarray(Wp.T), np.ascontiguousarray(AT.T), t.D, t.off,
+                                    _isa_name(isa), get_threads())
+        return out.T
+    out, _ = _kernels.rows_gemm(AT, Wp, t.D, t.off, _isa_name(isa), get_threads())
+    return out
+
+
 def _gemm_T(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa) -> np.ndarray:
     """int64[N, M] from activation patterns AT uint8[K, M] and weight patterns Wp uint8[N, K] (both C-contiguous)."""
     prep = _prepare(mult, a_signed)
     K = AT.shape[0]
     amax = None
-    if path != "lut" and AT.size:
+    if path not in ("lut", "rows") and AT.size:
         amax = max(-int(AT.view(np.int8).min()), int(AT.view(np.int8).max())) if a_signed else int(AT.max())
     chosen = select_path(mult, a_signed, K, path, isa, max_abs_a=amax)
     if chosen == "exact":
         return _exact_gemm(AT, Wp, prep, amax or 0)
     if chosen == "lowrank":
         return _lowrank_gemm(AT, Wp, prep, a_signed, amax)
+    if chosen == "rows":
+        return _rows_gemm(AT, Wp, prep, isa)
     return _lut_gemm(AT, Wp, prep, isa)
 
 
@@ -517,9 +586,10 @@ def im2col_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[n
 
 def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str) -> str | None:
     """"exact"/"lut" when a depthwise conv (one input channel per group) runs on the direct kernel dse._kernels.dw_conv
-    (exact products or table lookups, no im2col), None for the GEMM paths. path="lowrank" keeps the per-group GEMMs."""
+    (exact products or table lookups, no im2col), None for the GEMM paths. path="lowrank"/"rows" keep the per-group
+    GEMMs."""
     Cout, Cg, kh, kw = w_shape
-    if Cg != 1 or groups == 1 or path == "lowrank" or _kernels is None:
+    if Cg != 1 or groups == 1 or path in ("lowrank", "rows") or _kernels is None:
         return None
     chosen = select_path(mult, a_signed, kh * kw, "exact" if path == "exact" else "lut" if path == "lut" else "auto")
     if chosen == "exact" and kh * kw * 128 * 255 >= 2 ** 31:  # int32 sums of the direct kernel

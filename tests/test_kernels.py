@@ -36,8 +36,9 @@ MULTS = {
     "rand_i16": random_mult(2, -32768, 32768),  # near-int16 extremes, 2 planes
     "rand_u8": random_mult(3, 0, 256),  # 1 plane
     "rand_i32": random_mult(4, -2 ** 31, 2 ** 31),  # 4 planes, int32 extremes
+    "rand_u16": random_mult(5, 0, 2 ** 16),  # spans just below 2^16: the widest table of the rows kernel
 }
-PATHS = ["auto", "lowrank", "lut"]
+PATHS = ["auto", "lowrank", "rows", "lut"]
 
 
 def acts(rng, shape, signed):
@@ -123,12 +124,55 @@ def test_extreme_patterns_worst_case_accumulation():
             assert (got == 600 * lut[ia, iw]).all()
 
 
+@SETTINGS
+@given(M=st.integers(1, 2200), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
+       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16"]), seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
+    """The row-table kernel with weights selecting the tables and with activations selecting them, on tiles that
+    straddle the 32-row tiles and the 2048-position blocks, at every ISA level and on 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    mult = MULTS[mname]
+    a = acts(rng, (M, Kd), signed)
+    w = rng.integers(-128, 128, (N, Kd))
+    ref = K.reference_gemm_int(a, w, mult, signed).T
+    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+    prep = K._prepare(mult, signed)
+    for by_act in (False, True):
+        for isa in ISAS:
+            for threads in (1, 2):
+                K.set_threads(threads)
+                try:
+                    got = K._rows_gemm(AT, Wp, prep, isa, by_act=by_act)
+                finally:
+                    K.set_threads(None)
+                assert np.array_equal(got, ref), (by_act, isa, threads)
+
+
+def test_rows_kernel_int32_window_worst_case():
+    """K > 32768 k-steps at the table's widest entry (span 2^16 - 1): the int32 windows are flushed into int64."""
+    mult = MULTS["rand_u16"]
+    lut = mult.table(False, True).astype(np.int64)
+    ia, iw = np.unravel_index(lut.argmax(), lut.shape)
+    Kd = 33000
+    a = np.full((3, Kd), ia)
+    w = np.full((2, Kd), iw if iw < 128 else iw - 256)
+    w[1, ::5] = 0
+    ref = K.reference_gemm_int(a, w, mult, False)
+    for isa in ISAS:
+        assert np.array_equal(K.gemm_int(a, w, mult, False, path="rows", isa=isa), ref)
+
+
 def test_auto_path_selection():
     assert K.select_path(EXACT, False, 576) == "exact"
     assert K.select_path(PERF, False, 576, "lowrank") == "lowrank"
     assert K.select_path(MULTS["rand17"], False, 576, "lowrank") == "lut"  # full rank -> fallback
     assert K.select_path(PERF, True, 576, "auto", isa="avx2") == "lowrank"
-    assert K.select_path(MULTS["rand17"], True, 576, "auto", isa="avx2") == "lut"
+    assert K.select_path(MULTS["rand17"], True, 576, "auto", isa="avx2") == "lut"  # spans 2^17: no row tables
+    assert K.select_path(MULTS["rand17"], True, 576, "rows") == "lut"
+    assert K.select_path(MULTS["rand_i16"], True, 576, "auto", isa="avx2") == "rows"
+    assert K.select_path(MULTS["rand_i16"], True, 576, "auto", isa="scalar") == "rows"
+    if "avx512" in ISAS:  # the VBMI lookup kernel stays the table kernel of AVX-512 machines
+        assert K.select_path(MULTS["rand_i16"], True, 576, "auto", isa="avx512") == "lut"
     with pytest.raises(DseError, match="exact"):
         K.select_path(PERF, False, 10, "exact")
     with pytest.raises(DseError, match="unknown kernel path 'fast'"):
