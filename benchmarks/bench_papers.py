@@ -1,6 +1,7 @@
 """The four papers' headline results reproduced with dse on the bundled models, beside the papers' figures.
 
-Run:  python benchmarks/bench_papers.py [--images 1000] [--models lenet5 resnet8] [--ame-configs 20]
+Run:  python benchmarks/bench_papers.py [--images 1000] [--resnet-images 300] [--models lenet5 resnet8]
+      [--sections cv axbxp mitch ame] [--ame-configs 20]
 
 Sections (accuracy on the bundled Fashion-MNIST hold-out split, calibration on the calibration split, per-layer
 choices tuned on the search split; energy from the built-in model, default 16x16 array, 64 KiB buffer, batch 1):
@@ -152,37 +153,62 @@ def ame(s: Setup, n: int) -> dict:
     return {"spearman": v.spearman, "mae": v.mae}
 
 
+SECTIONS = ("cv", "axbxp", "mitch", "ame")
+
+
+def run_model(s: "Setup", sections, ame_configs: int) -> dict:
+    r = {}
+    if "cv" in sections:
+        r["cv"] = control_variate(s, CV_MULTS if s.name == "lenet5" else CV_MULTS[::3])
+    if "axbxp" in sections:
+        r["uniform"], r["layer"] = axbxp(s)
+    if "mitch" in sections:
+        r["mitch"] = mitch_w6(s)
+    if "ame" in sections:
+        r["ame"] = ame(s, ame_configs)
+    return r
+
+
+def print_summary(summary: dict) -> None:
+    print("\nSummary beside the papers' figures")
+    print(f"  {'result':34s} {'paper':48s} dse")
+    for model, r in summary.items():
+        if "cv" in r:
+            cv = r["cv"]
+            med = f"median {statistics.median(cv):.2f}x over {len(cv)} cases (min {min(cv):.2f}x)" if cv else "no case"
+            print(f"  {model + ': CV loss reduction':34s} {PAPER['cv']:48s} {med}")
+        if "uniform" in r:
+            ok = [(m, g) for m, lo, g in r["uniform"] if lo <= 0.01]
+            uni = (f"{min(g for _, g in ok):.2f}-{max(g for _, g in ok):.2f}x over {len(ok)} configs within 1 pp"
+                   if ok else "no configuration within 1 pp")
+            print(f"  {model + ': Ax-BxP uniform':34s} {PAPER['axbxp_uniform']:48s} {uni}")
+            print(f"  {model + ': Ax-BxP per layer':34s} {PAPER['axbxp_layer']:48s} "
+                  f"{r['layer']['gain']:.2f}x at {100 * r['layer']['loss']:.2f} pp")
+        if "mitch" in r:
+            m = r["mitch"]
+            print(f"  {model + ': Mitch-w6 all layers':34s} {PAPER['mitch_w6']:48s} float {100 * m['float']:.2f} / "
+                  f"FxP8 {100 * m['fxp8']:.2f} / Mitch-w6 {100 * m['mitch_w6']:.2f} %")
+        if "ame" in r:
+            print(f"  {model + ': AME prediction':34s} {PAPER['ame']:48s} Spearman {r['ame']['spearman']:.3f}, "
+                  f"MAE {100 * r['ame']['mae']:.2f} pp")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--images", type=int, default=1000, help="hold-out and search images per model (LeNet-5)")
+    ap.add_argument("--resnet-images", type=int, default=300,
+                    help="images for ResNet-8 (its LUT-kernel layers make 1000 images per evaluation too slow here)")
     ap.add_argument("--models", nargs="+", default=["lenet5", "resnet8"])
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--ame-configs", type=int, default=20)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     summary = {}
     for model in args.models:
-        s = Setup(model, args.images)
-        ratios = control_variate(s, CV_MULTS if model == "lenet5" else CV_MULTS[::3])
-        rows, layer = axbxp(s)
-        summary[model] = {"cv": ratios, "uniform": rows, "layer": layer, "mitch": mitch_w6(s),
-                          "ame": ame(s, args.ame_configs)}
-    print("\nSummary beside the papers' figures")
-    print(f"  {'result':34s} {'paper':48s} dse")
-    for model, r in summary.items():
-        cv = r["cv"]
-        med = f"median {statistics.median(cv):.2f}x over {len(cv)} cases (min {min(cv):.2f}x)" if cv else "no case"
-        ok = [(m, g) for m, lo, g in r["uniform"] if lo <= 0.01]
-        uni = (f"{min(g for _, g in ok):.2f}-{max(g for _, g in ok):.2f}x over {len(ok)} configs within 1 pp"
-               if ok else "no configuration within 1 pp")
-        print(f"  {model + ': CV loss reduction':34s} {PAPER['cv']:48s} {med}")
-        print(f"  {model + ': Ax-BxP uniform':34s} {PAPER['axbxp_uniform']:48s} {uni}")
-        print(f"  {model + ': Ax-BxP per layer':34s} {PAPER['axbxp_layer']:48s} "
-              f"{r['layer']['gain']:.2f}x at {100 * r['layer']['loss']:.2f} pp")
-        m = r["mitch"]
-        print(f"  {model + ': Mitch-w6 all layers':34s} {PAPER['mitch_w6']:48s} float {100 * m['float']:.2f} / "
-              f"FxP8 {100 * m['fxp8']:.2f} / Mitch-w6 {100 * m['mitch_w6']:.2f} %")
-        print(f"  {model + ': AME prediction':34s} {PAPER['ame']:48s} Spearman {r['ame']['spearman']:.3f}, "
-              f"MAE {100 * r['ame']['mae']:.2f} pp")
+        s = Setup(model, args.resnet_images if model == "resnet8" else args.images)
+        summary[model] = run_model(s, args.sections, args.ame_configs)
+        print(f"  ({model}: {time.perf_counter() - t0:.0f} s so far)", flush=True)
+    print_summary(summary)
     print(f"\n{time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -3,14 +3,24 @@
 For an output with K terms, ``acc_approx = acc_exact + sum_i e(a_i, w_i)`` with ``e = LUT - exact``. Offline, per
 weight value ``w``, a weighted least-squares line ``e(a, w) ~ alpha(w) a + beta(w)`` is fitted over the layer's
 calibration activation histogram (weights = histogram probabilities, ``a`` = activation VALUES). Per filter f with
-weights ``w_f1..w_fK``: ``alpha_f = mean_i alpha(w_fi)`` and ``B_f = sum_i beta(w_fi)``. The emulator applies
+weights ``w_f1..w_fK``: ``alpha_f = mean_i alpha(w_fi)`` and the constant
+
+    B_f = sum_i beta(w_fi) + sum_i (alpha(w_fi) - alpha_f) m_i
+
+with ``m_i`` the calibration mean activation at reduction position i (``MacLayer.act_mean``). The emulator applies
 ``acc_cv = acc - alpha_f * X - B_f`` with ``X = sum_i a_i`` over the K activation values feeding the output (padding
 contributes value 0), one extra accumulation shared by all filters.
 
-Properties (activations i.i.d. from the histogram, weights fixed): the corrected error has mean exactly 0 for EVERY
-multiplier (the LS residual has zero weighted mean per weight value and ``sum_i (alpha(w_fi) - alpha_f) = 0``), and
-its variance is ``sum_i Var(e(a, w_fi)) - K alpha_f^2 Var(a)``, never above the uncorrected variance. For
-perforation-type multipliers ``e(a, w) = -a * g(w)`` is linear in ``a`` and the per-value fit is exact.
+Why the second term of B_f: design.md's ``B_f = sum_i beta(w_fi)`` is exact in mean only when every position has
+the same activation mean. Real layers do not (fc1 of LeNet-5 reads 400 features of very different means, and trained
+weights correlate with them), and then ``alpha_f X`` leaves the mean error ``sum_i (alpha(w_fi) - alpha_f) m_i``;
+on LeNet-5 with perf_j3_k3 that made fc1 lose 35.8 pp instead of 8.7. With it, for multipliers whose error is linear in
+``a`` (partial-product perforation of the weight: ``e(a, w) = -a g(w)``, the fit is exact) the corrected error has mean
+exactly 0 per filter over the calibration data; for other multipliers the nonlinear residual of the per-value line
+is left (its mean over the pooled histogram is 0). Without ``act_mean`` (hand-built layers) positions are assumed
+alike and the second term is 0. The hardware is unchanged: one shared accumulation X, two constants per filter.
+Under i.i.d. activations the corrected variance is ``sum_i Var(e(a, w_fi)) - K alpha_f^2 Var(a)``, never above the
+uncorrected one; on real layers it can be above it (X correlates with e less than assumed), which tests bound.
 """
 from __future__ import annotations
 
@@ -72,7 +82,7 @@ def _weight_patterns(layer) -> np.ndarray:
 def _layer_key(layer, mult: Multiplier, tag: str) -> tuple:
     """Cache key (layer name, multiplier name, signedness, content digest of weights and histogram)."""
     h = hashlib.blake2b(digest_size=16)
-    for arr in (layer.w_q, layer.act_hist):
+    for arr in (layer.w_q, layer.act_hist, np.zeros(0) if layer.act_mean is None else layer.act_mean):
         arr = np.ascontiguousarray(arr)
         h.update(str(arr.dtype).encode() + str(arr.shape).encode())
         h.update(arr.tobytes())
@@ -89,8 +99,9 @@ def _cache_put(key, value):
 def cv_correction(layer, mult: Multiplier) -> tuple[np.ndarray, np.ndarray]:
     """Per-filter CV coefficients ``(alpha float64[N], beta float64[N])`` of a MacLayer for a multiplier.
 
-    ``alpha[f] = mean_i alpha(w_fi)``, ``beta[f] = B_f = sum_i beta(w_fi)``. Cached per (layer name, multiplier name,
-    activation signedness) and the content of ``w_q``/``act_hist``. Returned arrays are read-only.
+    ``alpha[f] = mean_i alpha(w_fi)``, ``beta[f] = B_f = sum_i beta(w_fi) + sum_i (alpha(w_fi) - alpha_f) m_i`` (module
+    docstring). Cached per (layer name, multiplier name, activation signedness) and the content of
+    ``w_q``/``act_hist``/``act_mean``. Returned arrays are read-only.
     """
     wp = _weight_patterns(layer)
     key = _layer_key(layer, mult, "cv")
@@ -98,11 +109,24 @@ def cv_correction(layer, mult: Multiplier) -> tuple[np.ndarray, np.ndarray]:
     if hit is not None:
         return hit
     alpha_w, beta_w = fit_cv(mult, layer.act_hist, layer.a_signed, where=f"layer '{layer.name}'")
-    alpha = alpha_w[wp].mean(axis=1)
-    beta = beta_w[wp].sum(axis=1)
+    A = alpha_w[wp]                                        # [N, K] per-term slopes
+    alpha = A.mean(axis=1)
+    beta = beta_w[wp].sum(axis=1) + _position_term(layer, A - alpha[:, None])
     alpha.setflags(write=False)
     beta.setflags(write=False)
     return _cache_put(key, (alpha, beta))
+
+
+def _position_term(layer, dA: np.ndarray) -> np.ndarray:
+    """``sum_i (alpha(w_fi) - alpha_f) m_i`` per filter (0 without per-position means: the deviations sum to 0)."""
+    if layer.act_mean is None:
+        return np.zeros(dA.shape[0])
+    m = np.asarray(layer.act_mean, dtype=np.float64)
+    n, k = dA.shape
+    if m.ndim != 2 or m.shape[1] != k or n % m.shape[0]:
+        raise DseError(f"layer '{layer.name}': act_mean has shape {m.shape}, expected (groups, {k}); recalibrate "
+                       "the model")
+    return np.einsum("nk,nk->n", dA, np.repeat(m, n // m.shape[0], axis=0))
 
 
 def clear_cache() -> None:

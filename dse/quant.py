@@ -40,6 +40,8 @@ class MacLayer:
     a_scale: float = 1.0
     a_signed: bool = False
     act_hist: np.ndarray | None = None  # int64[256]: calibration histogram of activation patterns (incl. padding zeros)
+    act_mean: np.ndarray | None = None  # float64[G, K]: calibration mean activation VALUE at each reduction position
+    #                                     (per group, padding zeros included); None = positions assumed alike
     acc_std: float = 1.0      # std of the exact integer accumulators (pre-bias) over calibration, all channels
     acc_std_ch: np.ndarray | None = None  # float64[N]: the same per output channel
     input: str = ""           # graph tensor feeding the layer (shared tensors share one quantization)
@@ -143,6 +145,25 @@ def operand_histogram(q: np.ndarray, layer: MacLayer) -> np.ndarray:
             tap = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
             hist += np.bincount(np.ascontiguousarray(tap).ravel(), minlength=256)
     return hist
+
+
+def operand_sums(q: np.ndarray, layer: MacLayer) -> np.ndarray:
+    """float64[G, K] sums of the activation VALUES at each reduction position of the layer's operand matrix for one
+    batch (K in the weights' order: input channel of the group, kernel row, kernel column; padding zeros included),
+    summed over images and output positions, without building the im2col matrix."""
+    v = np.asarray(q, dtype=np.float64)
+    if layer.op == "gemm":
+        return v.reshape(v.shape[0], -1).sum(axis=0)[None, :]
+    B, C, H, W = v.shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = layer.kernel, layer.stride, layer.dilation, layer.pads
+    Ho, Wo = layer.out_shape[1], layer.out_shape[2]
+    xp = np.pad(v, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    out = np.zeros((C, kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i, j] = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh,
+                              j * dw: j * dw + sw * (Wo - 1) + 1: sw].sum(axis=(0, 2, 3))
+    return out.reshape(layer.groups, -1)
 
 
 def exact_acc(q: np.ndarray, layer: MacLayer) -> np.ndarray:
@@ -291,11 +312,12 @@ def _make_layer(graph, n, act_quant: dict) -> MacLayer:
 
 
 def _operand_pass(graph, batches, layers: list, act_quant: dict) -> None:
-    """Fill act_hist, acc_std_ch and acc_std of every layer (running sums over the batches)."""
+    """Fill act_hist, act_mean, acc_std_ch and acc_std of every layer (running sums over the batches)."""
     by_tensor: dict = {}
     for l in layers:
         by_tensor.setdefault(l.input, []).append(l)
     hist = {l.name: np.zeros(256, np.int64) for l in layers}
+    vsum = {l.name: np.zeros((l.groups, l.K)) for l in layers}
     s1 = {l.name: np.zeros(l.N) for l in layers}
     s2 = {l.name: np.zeros(l.N) for l in layers}
     cnt = {l.name: 0 for l in layers}
@@ -304,6 +326,7 @@ def _operand_pass(graph, batches, layers: list, act_quant: dict) -> None:
         q = quantize_act(v, *act_quant[t])
         for l in by_tensor[t]:
             hist[l.name] += operand_histogram(q, l)
+            vsum[l.name] += operand_sums(q, l)
             acc = exact_acc(q, l).astype(np.float64)
             acc = acc.reshape(acc.shape[0], l.N, -1)
             s1[l.name] += acc.sum(axis=(0, 2))
@@ -315,6 +338,7 @@ def _operand_pass(graph, batches, layers: list, act_quant: dict) -> None:
         c = cnt[l.name]
         m1, m2 = s1[l.name] / c, s2[l.name] / c
         l.act_hist = hist[l.name]
+        l.act_mean = vsum[l.name] / c
         l.acc_std_ch = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
         mu = m1.mean()
         l.acc_std = float(np.sqrt(max(m2.mean() - mu * mu, 0.0)))
@@ -329,7 +353,8 @@ def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = 
     min/max (and, for "percentile", the tail of |x| above the wanted order statistic), running histograms and
     accumulator moments; no activation outlives its batch. Fills every MacLayer (geometry, int8 weights and scales,
     activation scale/signedness, ``act_hist`` = counts of the activation patterns in the multiplier operand matrix
-    incl. padding zeros, ``acc_std``/``acc_std_ch`` of the exact accumulators on calibration with float-path inputs).
+    incl. padding zeros, ``act_mean`` = mean activation value per reduction position, ``acc_std``/``acc_std_ch`` of
+    the exact accumulators on calibration with float-path inputs).
     """
     if method not in CALIB_METHODS:
         raise DseError(f"calibration method '{method}' is unknown; use one of {', '.join(CALIB_METHODS)}")
