@@ -10,7 +10,7 @@ from typing import Callable
 from dse.arith.multipliers import _cores as C
 from dse.arith.multipliers._base import EXACT, Multiplier
 from dse.arith.multipliers._signed import ones_complement, sign_magnitude
-from dse.arith.power import GATE_MODEL_SOURCE, power_model
+from dse.arith.power import GATE_MODEL_SOURCE, power_model, power_source
 from dse.errors import DseError
 
 _SM = "sign-magnitude signed operands"
@@ -49,7 +49,7 @@ class Family:
             p = {**p, "power_reference": "fp32", "signed_scheme": "ieee", "power_source": GATE_MODEL_SOURCE}
             return Multiplier(name=name, family=self.name, domain="float", rel_power=power_model(self.name, p),
                               params=p, description=self.describe(p), _float_fn=self.float_fn(p))
-        p = {**p, "signed_scheme": self.scheme, "power_source": GATE_MODEL_SOURCE}
+        p = {**p, "signed_scheme": self.scheme, "power_source": power_source(self.name)}
         wrap = ones_complement if self.scheme == "ones_complement" else sign_magnitude
         return Multiplier(name=name, family=self.name, rel_power=power_model(self.name, p), params=p,
                           description=self.describe(p), _builder=wrap(self.core(p)))
