@@ -2,6 +2,7 @@
 system / multiplier-unit energy of network-uniform configurations.
 
 Run:  python benchmarks/bench_energy.py [--rows 16] [--cols 16] [--glb-kib 64] [--batch 1] [--zigzag]
+      [--nets lenet5 resnet8 vgg]
 ``--zigzag`` adds the cross-check: the ZigZag backend (``pip install 'dse[zigzag]'``) on the same networks, array and
 constants, per component and per layer beside the built-in model (all-exact FxP8 and network-uniform
 axbxp_k2_w2_a2_static), with ZigZag's mapping time (cold cache: ``DSE_CACHE_DIR`` is a fresh temporary directory).
@@ -27,6 +28,7 @@ def main(argv=None):
     ap.add_argument("--glb-kib", type=float, default=64.0)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--zigzag", action="store_true", help="cross-check against the ZigZag backend")
+    ap.add_argument("--nets", nargs="+", choices=("lenet5", "resnet8", "vgg"), default=["lenet5", "resnet8", "vgg"])
     args = ap.parse_args(argv)
 
     from dse.layer_config import LayerConfig
@@ -35,7 +37,9 @@ def main(argv=None):
     array = ArrayConfig(rows=args.rows, cols=args.cols, glb_kib=args.glb_kib, batch=args.batch)
     model = EnergyModel(array=array)
     tmp = Path(tempfile.mkdtemp())
-    nets = {"LeNet-5": "lenet5", "ResNet-8": "resnet8", "VGG-style": str(vgg_onnx(tmp / "vgg.onnx"))}
+    paths = {"lenet5": ("LeNet-5", lambda: "lenet5"), "resnet8": ("ResNet-8", lambda: "resnet8"),
+             "vgg": ("VGG-style", lambda: str(vgg_onnx(tmp / "vgg.onnx")))}
+    nets = {paths[n][0]: paths[n][1]() for n in args.nets}
     print(f"array {array.rows}x{array.cols}, GLB {array.glb_kib:g} KiB, batch {array.batch}")
     print(f"{'network':10s} {'layers':>6s} {'exact uJ':>9s} " + " ".join(f"{c[:8]:>8s}" for c in COMPONENTS))
     layers = {}

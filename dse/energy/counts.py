@@ -9,9 +9,9 @@ partial-sum bits of the layer's ``OperandFormat``.
 * ``glb_read_bits``: weights once per tile (``K*N*w``), inputs re-read per column tile (``g*ceil(N_g/cols)*M*K*s``),
   psums read per row tile after the first (``(ceil(K/rows)-1) * M*N * p``), outputs drained to DRAM (``M*N*o``) when
   the output goes to DRAM.
-* ``glb_write_bits``: weights filled from DRAM (``K*N*w / batch`` unless resident), the input filled from DRAM
+* ``glb_write_bits``: weights filled from DRAM (``K*N*w * weights_streamed / batch``), the input filled from DRAM
   (``prod(in_shape) * s``) when it comes from DRAM, psums per row tile but the last, outputs (``M*N*o``).
-* ``dram_bits``: weights per batch unless resident, the input and the output when they go through DRAM.
+* ``dram_bits``: the streamed weights per batch, the input and the output when they go through DRAM.
 * ``pe_cycles`` = cycles * rows * cols and ``cycles`` (leakage of the array and of the global buffer).
 * control-variate column (``cv``): ``g*M*K`` adds of ``X = sum_i a_i`` in a dedicated extra column, each with an input
   and a psum register, its psums through the GLB like the others, ``X`` written once per (group, position) and read
@@ -32,7 +32,7 @@ def count_actions(layer, mp: Mapping, fmt: OperandFormat, res: Residency, array:
     w, a, s, o, p = fmt.weight_bits, fmt.act_bits, fmt.act_store_bits, fmt.out_bits, fmt.psum_bits
     macs, outs, w_elems, n_in = M * K * N, M * N, K * N, in_elems(layer)
     rt, ct = mp.row_tiles, mp.col_tiles
-    w_fill = w_elems * w / A.batch if res.weights_dram else 0.0
+    w_fill = w_elems * w * res.weights_streamed / A.batch
     in_fill = n_in * s if res.input_dram else 0
     drain = outs * o if res.output_dram else 0
     psum = (rt - 1) * outs * p

@@ -7,13 +7,22 @@ through in ``M + rows + cols`` cycles (pipeline fill/drain; ``+1`` with the cont
 double-buffered (hidden behind the previous tile).
 
 Memory residency (``plan_residency``). The MAC layers are taken as a chain in topological order (a residual branch or
-concat is treated as the chain: an approximation). A layer *fits* when its activation working set (stored input +
-output + one column tile of partial sums when ``K > rows``) fits in the global buffer beside its weights: all the
-network's weights when they are resident, else a double-buffered weight tile (``2 * rows * cols`` weights). The
-tensor between two consecutive layers stays on chip when both fit, else it is written to and read back from DRAM
-(both sides agree by construction). The network input is read from and the last output written to DRAM. The weights
-are resident (loaded once, no DRAM traffic per image) when all of them plus the largest activation working set fit;
-else every layer fetches its weights from DRAM once per ``batch`` images.
+concat is treated as the chain: an approximation). The global buffer (``C`` bits) is shared greedily by DRAM bits
+saved per buffer bit: an activation tensor kept on chip saves a DRAM write and a read per image, a resident weight
+saves one read per ``batch`` images, so activations come first. A layer's activation working set is its stored input
++ output + one column tile of partial sums when ``K > rows``; every layer also keeps a double-buffered weight tile
+(``2 * rows * cols`` weights) for the weights it streams.
+
+* Weights: ``R = C - max_l(working set_l + tile_l)`` bits are left for resident weights. The first ``R`` weight bits
+  in execution order stay resident (loaded once, no DRAM traffic per image); the rest of each layer streams from
+  DRAM once per ``batch`` images (``Residency.weights_streamed``, the streamed fraction of the layer's weights). A
+  layer may be partly resident. The DRAM weight traffic is ``max(0, sum(weights) - R) / batch``: continuous in every
+  layer's weight width, so one layer's format changes the traffic by at most its own weight bits and weight tile
+  (no all-or-nothing flip of the whole network).
+* Activations: a layer *fits* when its working set, its weight tile and the resident weights fit in ``C`` (always
+  when ``R >= 0``; when ``R < 0`` nothing is resident and the test is ``working set + tile <= C``). The tensor between
+  two consecutive layers stays on chip when both fit, else it is written to and read back from DRAM (both sides
+  agree by construction). The network input is read from and the last output written to DRAM.
 """
 from __future__ import annotations
 
@@ -39,11 +48,12 @@ class Mapping:
 
 @dataclass(frozen=True)
 class Residency:
-    """Which of a layer's tensors go through DRAM (per image)."""
+    """Which of a layer's tensors go through DRAM (per image); ``weights_streamed`` is the fraction of the layer's
+    weights fetched from DRAM per ``batch`` images (0 = all resident, 1 = none)."""
 
     input_dram: bool = True
     output_dram: bool = True
-    weights_dram: bool = True
+    weights_streamed: float = 1.0
 
 
 def check_layer(layer) -> None:
@@ -88,12 +98,17 @@ def plan_residency(layers, fmts: list[OperandFormat], array: ArrayConfig) -> lis
     """Per layer, which tensors go through DRAM (see the module docstring); ``layers`` in topological order."""
     if not layers:
         return []
-    work = [_working_set(l, f, array) for l, f in zip(layers, fmts)]
+    C = array.glb_bits
+    need = [_working_set(l, f, array) + 2 * array.rows * array.cols * f.weight_bits for l, f in zip(layers, fmts)]
     weights = [int(l.K) * int(l.N) * f.weight_bits for l, f in zip(layers, fmts)]
-    resident = sum(weights) + max(work) <= array.glb_bits
-    fits = [w <= array.glb_bits - (sum(weights) if resident else 2 * array.rows * array.cols * f.weight_bits)
-            for w, f in zip(work, fmts)]
+    resident = min(max(C - max(need), 0.0), float(sum(weights)))  # resident weight bits
+    streamed, free = [], resident
+    for wb in weights:
+        keep = min(wb, free)
+        free -= keep
+        streamed.append(1.0 - keep / wb if wb else 0.0)
+    fits = [n + resident <= C for n in need]
     n = len(layers)
     on_chip = [fits[i] and fits[i + 1] for i in range(n - 1)]  # tensor between layer i and i+1
     return [Residency(input_dram=i == 0 or not on_chip[i - 1], output_dram=i == n - 1 or not on_chip[i],
-                      weights_dram=not resident) for i in range(n)]
+                      weights_streamed=streamed[i]) for i in range(n)]

@@ -243,7 +243,7 @@ class ZigZagEnergyModel(EnergyModel):
         comp = components(counts, energy)
         dram_bit = energy["dram_bit"]
         w_once = int(layer.K) * int(layer.N) * fmt.weight_bits * dram_bit
-        w_keep = (1.0 / A.batch) if residency.weights_dram else 0.0
+        w_keep = residency.weights_streamed / A.batch
         dram = (max(zz.dram_w - (1.0 - w_keep) * w_once, 0.0)
                 + max(zz.dram_i - (0.0 if residency.input_dram else in_elems(layer) * fmt.act_store_bits * dram_bit),
                       0.0)
