@@ -8,6 +8,8 @@ CV), priced with ``EnergyModel.relative``: cold (a fresh model per pass: mapping
 and warm (the same configurations again on the same model: cache hits); per network, median over ``--repeats``.
 Tables: every built-in integer multiplier, the table for unsigned activations x signed weights built from scratch
 (family cache cleared); median over repeats, then median and max over the multipliers, beside numpy's exact table.
+CLI: ``python -m dse.cli multipliers`` in a fresh process (start-up, import, tables and error metrics of every
+built-in), median over repeats.
 """
 import argparse
 import statistics
@@ -75,6 +77,19 @@ def table_rows(repeats: int) -> tuple:
     return per, statistics.median(base)
 
 
+def cli_table_seconds(repeats: int) -> float:
+    """Median wall time of ``python -m dse.cli multipliers`` in a fresh process (start-up, import, every table and
+    its error metrics), output discarded."""
+    import subprocess
+
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dse.cli", "multipliers"], check=True, stdout=subprocess.DEVNULL)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", type=int, default=200)
@@ -89,6 +104,8 @@ def main(argv=None) -> int:
     print(f"\nmultiplier tables (unsigned x signed, from scratch), median of {args.repeats}, {len(per)} multipliers")
     print(f"  median {1e3 * statistics.median(per.values()):.2f} ms, max {1e3 * per[worst]:.2f} ms ({worst}); "
           f"numpy exact outer product {1e3 * base:.3f} ms")
+    print(f"\n`dse multipliers` in a fresh process (tables and error metrics), median of {args.repeats}: "
+          f"{cli_table_seconds(args.repeats):.2f} s")
     return 0
 
 

@@ -2,7 +2,6 @@
 C models, CLI."""
 import json
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -453,10 +452,9 @@ def test_cli_list_json(capsys):
     assert {r["name"]: r for r in out2["multipliers"]}["mitch_w6"]["ME"] != rows["mitch_w6"]["ME"]
 
 
-def test_cli_table_fast(capsys):
-    t0 = time.perf_counter()
+def test_cli_table(capsys):
+    # how long the table takes is benchmarks/bench_overheads.py's figure, not a test (a timed test fails under load)
     assert main(["multipliers"]) == 0
-    assert time.perf_counter() - t0 < 3.0
     out = capsys.readouterr().out
     assert "axbxp_k2_w2_a3_dynamic" in out and "fp32_mitch_w6" in out
 
