@@ -273,8 +273,9 @@ def test_operand_sums_matches_im2col():
     from dse.quant import operand_sums
 
     rng = np.random.default_rng(4)
-    for (c, g, kh, s, d, pads) in [(4, 1, 3, 1, 1, (1, 1, 1, 1)), (6, 3, 2, 2, 1, (0, 1, 2, 0)), (4, 4, 3, 1, 2, (2, 2, 2, 2)),
-                                   (3, 1, 1, 1, 1, (0, 0, 0, 0))]:
+    cases = [(4, 1, 3, 1, 1, (1, 1, 1, 1)), (6, 3, 2, 2, 1, (0, 1, 2, 0)), (4, 4, 3, 1, 2, (2, 2, 2, 2)),
+             (3, 1, 1, 1, 1, (0, 0, 0, 0))]
+    for (c, g, kh, s, d, pads) in cases:
         h = w = 7
         x = rng.integers(0, 256, (2, c, h, w)).astype(np.uint8)
         pt, pl, pb, pr = pads
@@ -287,7 +288,8 @@ def test_operand_sums_matches_im2col():
             for i in range(kh):
                 for j in range(kh):
                     ref[ci // (c // g), ci % (c // g), i, j] = sum(
-                        xp[b, ci, oy * s + i * d, ox * s + j * d] for b in range(2) for oy in range(ho) for ox in range(wo))
+                        xp[b, ci, oy * s + i * d, ox * s + j * d]
+                        for b in range(2) for oy in range(ho) for ox in range(wo))
         np.testing.assert_array_equal(operand_sums(x, layer), ref.reshape(g, -1))
     xg = rng.integers(-128, 128, (5, 9)).astype(np.int8)
     lg = MacLayer(name="g", op="gemm", in_shape=(9,), out_shape=(3,), K=9, N=3)
