@@ -166,3 +166,21 @@ def power_source(family: str) -> str:
             note = _NO_8BIT[family].format(model=_pct(lo, hi), pub=_pct(*c.saving), src=c.source)
             return f"{GATE_MODEL_SOURCE}; {note}"
     return f"{GATE_MODEL_SOURCE}; {_OTHER[family]}" if family in _OTHER else GATE_MODEL_SOURCE
+
+
+EVOAPPROX_EXACT_MW = {
+    False: (0.391, "EvoApproxLib mul8u_1JFF (exact 8x8 unsigned), PDK45_PWR = 0.391 mW"),
+    True: (0.425, "EvoApproxLib mul8s_1KV6 (exact 8x8 signed), PDK45_PWR = 0.425 mW"),
+}
+_PDK45_PWR = re.compile(r"PDK45_PWR\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*mW")
+
+
+def published_power(header: str, signed: bool, where: str) -> tuple[float, str] | None:
+    """Relative power from an EvoApproxLib header line ``PDK45_PWR = X mW`` in ``header`` (a circuit's C or Verilog
+    text): X over the exact EvoApprox multiplier of the same signedness, with its source; None without such a line."""
+    m = _PDK45_PWR.search(header)
+    if m is None:
+        return None
+    ref, ref_source = EVOAPPROX_EXACT_MW[signed]
+    mw = float(m.group(1))
+    return round(mw / ref, 4), f"{where}: PDK45_PWR = {mw:g} mW / {ref_source}"
