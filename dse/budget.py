@@ -19,7 +19,9 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout`` (hold-out checks that may fail before
   the walk down the feasible list stops), ``threads`` (kernel threads per process; absent = the available cores
   divided among the workers), ``prefix_cache_mib`` (memory per search process for the activations of configuration
-  prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off).
+  prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``setup_budget_s`` (seconds of set-up
+  after which the predictor fit and the knapsack sensitivities stop measuring: the rest is estimated by the predictor
+  or left out, and the output says so).
 * ``[space]`` ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
   ``{K = [..], Lw = [..], La = [..], modes = [..]}``: all combinations), ``cv`` (allowed bools), ``pin_first_last``,
   and per-layer overrides ``[space.layers.<name>]`` with ``multipliers``, ``cv``, ``pin``.
@@ -85,6 +87,7 @@ class SearchSection:
     n_holdout: int = 3
     threads: int | None = None  # kernel threads per search process; None = the cores divided among the workers
     prefix_cache_mib: float = 512.0  # per search process: activations of shared configuration prefixes (0 = off)
+    setup_budget_s: float = 300.0   # predictor fit and knapsack sensitivities stop measuring after this (seconds)
 
 
 @dataclass(frozen=True)
@@ -389,6 +392,9 @@ def _search(ctx, tab) -> SearchSection:
     if "prefix_cache_mib" in tab:
         kw["prefix_cache_mib"] = _float(ctx, "search.prefix_cache_mib", g("prefix_cache_mib"), 0,
                                         what="a non-negative number of MiB (0 = no prefix cache)")
+    if "setup_budget_s" in tab:
+        kw["setup_budget_s"] = _float(ctx, "search.setup_budget_s", g("setup_budget_s"), 0, lo_open=True,
+                                      what="a positive number of seconds")
     if "timeout_s" in tab:
         kw["timeout_s"] = _float(ctx, "search.timeout_s", g("timeout_s"), 0, lo_open=True,
                                  what="a positive number of seconds")

@@ -165,7 +165,8 @@ def search_cmd(budget, run_dir, storage, n_trials, workers, resume, quiet, threa
     from dse.search.context import search_from_budget
 
     res = search_from_budget(budget, run_dir=run_dir, storage=storage, n_trials=n_trials, workers=workers,
-                             resume=resume, progress=None if quiet else present.SearchProgress, threads=threads)
+                             resume=resume, progress=None if quiet else present.SearchProgress, threads=threads,
+                             setup_progress=None if quiet else present.SetupProgress())
     present.search_result(res)
 
 

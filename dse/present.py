@@ -2,8 +2,8 @@
 
 The library returns plain results (dicts of numbers and names); ``dse.cli`` hands them to one function here per
 command: ``multipliers``, ``evaluation``, ``prediction``, ``search_result``, ``report``, ``wrote``, ``as_json``; the
-search driver takes a ``SearchProgress`` callback. Formats: accuracies in %, losses in pp (percentage points), relative
-energies with 4 decimals, "-" for a missing value.
+search driver takes a ``SearchProgress`` callback, its set-up a ``SetupProgress`` one. Formats: accuracies in %,
+losses in pp (percentage points), relative energies with 4 decimals, "-" for a missing value.
 """
 from __future__ import annotations
 
@@ -133,6 +133,40 @@ def search_result(res: dict) -> None:
     else:
         con.print(res.get("no_best") or "no configuration passed the hold-out check")
     con.print(f"run directory: {res['run_dir']} (dse report {res['run_dir']})")
+
+
+class SetupProgress:
+    """Set-up display of a search (``progress(stage, done, total, note)``, see dse.search.context.build_context): a
+    transient bar while a stage of several steps runs, then one line per finished stage with its time and note."""
+
+    def __init__(self):
+        self.stage, self.bar, self.task, self.t0 = None, None, None, 0.0
+
+    def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if stage != self.stage:
+            self._stop()
+            self.stage, self.t0 = stage, time.monotonic()
+            if total > 1:
+                self.bar = Progress(TextColumn(f"set-up: {stage}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), transient=True, console=console())
+                self.bar.start()
+                self.task = self.bar.add_task(stage, total=total)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+        if done >= total:
+            self._stop()
+            line = f"set-up: {stage} ({time.monotonic() - self.t0:.1f} s)" + (f"; {note}" if note else "")
+            console().print(line, markup=False, highlight=False)
+            self.stage = None
+
+    def _stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 class SearchProgress:

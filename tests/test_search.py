@@ -472,10 +472,11 @@ def test_cli_search_and_errors(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "best trial 3" in out and "0.8000" in out and "0.40 pp" in out and "runs/x-0" in out
     assert seen == {"budget": "b.toml", "run_dir": None, "storage": "postgresql://h/db", "n_trials": 7, "workers": 2,
-                    "resume": False, "progress": None, "threads": 3}
-    from dse.present import SearchProgress
+                    "resume": False, "progress": None, "threads": 3, "setup_progress": None}
+    from dse.present import SearchProgress, SetupProgress
     assert main(["search", "b.toml"]) == 0
     assert seen["progress"] is SearchProgress and seen["resume"] is True
+    assert isinstance(seen["setup_progress"], SetupProgress)
 
 
 def test_settings_from_budget(tmp_path):

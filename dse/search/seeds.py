@@ -39,15 +39,13 @@ def uniform(space: SearchSpace, max_seeds: int = 12) -> list[dict[str, LayerConf
     return seeds[:max_seeds]
 
 
-def layer_items(space: SearchSpace, sensitivity: Callable[[str, LayerConfig], float],
-                energy: Callable[[dict], dict]) -> dict[str, list[tuple[LayerConfig, float, float]]]:
-    """Per searchable layer: ``[(choice, loss, saving)]`` with loss = single-layer accuracy drop (fraction) and
-    saving = relative system energy of all exact minus that of the single-layer configuration."""
+def candidates(space: SearchSpace, energy: Callable[[dict], dict]) -> list[tuple[str, LayerConfig, float]]:
+    """Single-layer choices worth a sensitivity, layer by layer: ``(layer, choice, saving)`` with saving = relative
+    system energy of all exact minus that of the configuration changing only that layer (> 0)."""
     base = float(energy(all_exact(space))["system"])
-    items = {}
+    out = []
     for n in space.searchable:
         c = space.choices[n]
-        lst = []
         for m in c.multipliers:
             for cv in c.cv:
                 if m == "exact":
@@ -57,8 +55,20 @@ def layer_items(space: SearchSpace, sensitivity: Callable[[str, LayerConfig], fl
                 cfg[n] = lc
                 saving = base - float(energy(cfg)["system"])
                 if saving > 0:
-                    lst.append((lc, float(sensitivity(n, lc)), saving))
-        items[n] = lst
+                    out.append((n, lc, saving))
+    return out
+
+
+def layer_items(space: SearchSpace, sensitivity: Callable[[str, LayerConfig], float | None],
+                energy: Callable[[dict], dict]) -> dict[str, list[tuple[LayerConfig, float, float]]]:
+    """Per searchable layer: ``[(choice, loss, saving)]`` with loss = single-layer accuracy drop (fraction) from
+    ``sensitivity`` (None: not known, the choice is left out) and saving as in :func:`candidates`. Asked layer by
+    layer, so consecutive perturbations share the exact prefix (dse.prefix_cache)."""
+    items: dict[str, list] = {n: [] for n in space.searchable}
+    for n, lc, saving in candidates(space, energy):
+        loss = sensitivity(n, lc)
+        if loss is not None:
+            items[n].append((lc, float(loss), saving))
     return items
 
 

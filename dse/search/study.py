@@ -87,7 +87,7 @@ class SearchContext:
     """Model-dependent pieces the driver needs (see dse.search.objective for the evaluator/energy interfaces).
 
     ``holdout``: evaluator on the held-out split; ``baseline``: ``{"float": {"search", "holdout"}}`` (accuracies);
-    ``sensitivity(layer, LayerConfig) -> loss`` for the knapsack seed (None: no knapsack seed);
+    ``sensitivity(layer, LayerConfig) -> loss`` (None: not known) for the knapsack seed (None: no knapsack seed);
     ``info``: JSON-friendly description (model, data, layers) stored in the study and results.
     """
 
@@ -96,7 +96,7 @@ class SearchContext:
     holdout: object
     energy: Callable[[dict], dict]
     predictor: Callable[[dict], float] | None = None
-    sensitivity: Callable[[str, LayerConfig], float] | None = None
+    sensitivity: Callable[[str, LayerConfig], float | None] | None = None
     baseline: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
@@ -132,7 +132,7 @@ def _open_study(settings: SearchSettings, storage, name: str, seed: int, workers
 
 # Settings that say how long, where and how parallel a search runs, not what it searches: changing them continues
 # the same study (e.g. a larger n_trials extends it).
-_NOT_IN_NAME = ("n_trials", "workers", "storage", "timeout_s", "prefix_cache_mib")
+_NOT_IN_NAME = ("n_trials", "workers", "storage", "timeout_s", "prefix_cache_mib", "setup_budget_s")
 
 
 def study_name(budget_path: str | Path, s: SearchSettings, ctx: "SearchContext") -> str:
