@@ -94,8 +94,10 @@ def resolve_preprocess(inputs: RunInputs, graph) -> Preprocess:
                    f"data set: nothing says how to normalise its pixels; give {inputs.preprocess_hint}")
 
 
-def open_session(inputs: RunInputs, calibration: str | None = None) -> Session:
-    """Load the model, resolve the preprocessing, open (lazily) and check the data sets, calibrate FxP8."""
+def open_session(inputs: RunInputs, calibration: str | None = None, calibrated=None) -> Session:
+    """Load the model, resolve the preprocessing, open (lazily) and check the data sets, calibrate FxP8 (unless
+    ``calibrated``: a QuantModel of this model and calibration set computed earlier, e.g. the search's run-directory
+    cache)."""
     from dse.model.onnx_import import load_onnx, resolve_model
     from dse.quant import DEFAULT_METHOD, calibrate, stream_batch_size
 
@@ -112,6 +114,6 @@ def open_session(inputs: RunInputs, calibration: str | None = None) -> Session:
     data = tuple(load(r, graph.n_classes) for r in inputs.data)
     calib = load(inputs.calib, None)
     method = calibration or DEFAULT_METHOD
-    qmodel = calibrate(graph, calib.image_batches(stream_batch_size(graph)), method=method)
+    qmodel = calibrated or calibrate(graph, calib.image_batches(stream_batch_size(graph)), method=method)
     return Session(model=inputs.model, model_path=Path(path), graph=graph, preprocess=pre, calib=calib, data=data,
                    qmodel=qmodel, calibration=method)

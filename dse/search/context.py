@@ -16,7 +16,8 @@ import numpy as np
 from dse.budget import SpaceSection
 from dse.errors import DseError
 from dse.layer_config import LayerConfig
-from dse.search import seeds
+from dse.search import rundir, seeds
+from dse.search.deadline import Deadline
 from dse.search.space import SearchSpace
 from dse.search.study import SearchContext, SearchSettings, run_search
 
@@ -66,15 +67,19 @@ class EmulatorEvaluator:
     ``cache``: a dse.prefix_cache.PrefixCache shared with other evaluators (``tag`` names this data set in it), so
     configurations sharing a prefix with earlier ones continue from the stored activations (bit-identical)."""
 
-    def __init__(self, emulator, data, batch_size: int = 256, cache=None, tag: str = ""):
+    def __init__(self, emulator, data, batch_size: int = 256, cache=None, tag: str = "", deadline=None):
         self.emulator, self.data, self.batch_size = emulator, data, batch_size
-        self.cache, self.tag = cache, tag
+        self.cache, self.tag, self.deadline = cache, tag, deadline
         self.n_images = len(data)
 
     def correct(self, config: dict, start: int, stop: int) -> np.ndarray:
-        hits = [self.emulator.predict(x, config, self.batch_size, self.cache, (self.tag, a, a + len(y))) == y
-                for a, (x, y) in zip(range(start, stop, self.batch_size),
-                                     self.data.batches(self.batch_size, start, stop))]
+        """Correctness on images ``start:stop``; with a ``deadline`` (dse.search.deadline) it is checked before every
+        batch, so a trial in progress stops within one batch of the run's timeout (RunTimeout)."""
+        hits = []
+        for a, (x, y) in zip(range(start, stop, self.batch_size), self.data.batches(self.batch_size, start, stop)):
+            if self.deadline is not None:
+                self.deadline.check()
+            hits.append(self.emulator.predict(x, config, self.batch_size, self.cache, (self.tag, a, a + len(y))) == y)
         return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
 
 
@@ -114,12 +119,18 @@ class SetupClock:
     """The set-up's time budget (``[search] setup_budget_s``), counted from the start of build_context; work that does
     not fit is estimated or left out, and ``notes`` says what."""
 
-    def __init__(self, budget_s: float | None):
-        self.budget_s, self.t0 = budget_s, time.monotonic()
-        self.notes: list[str] = []
+    def __init__(self, budget_s: float | None, deadline: Deadline | None = None):
+        self.budget_s, self.t0, self.deadline = budget_s, time.monotonic(), deadline
 
     def over(self) -> bool:
-        return self.budget_s is not None and time.monotonic() - self.t0 > self.budget_s
+        """The set-up budget is spent, or the run's deadline ([search] timeout_s) has passed."""
+        spent = self.budget_s is not None and time.monotonic() - self.t0 > self.budget_s
+        return spent or (self.deadline is not None and self.deadline.passed())
+
+    def reason(self) -> str:
+        if self.deadline is not None and self.deadline.passed():
+            return "[search] timeout_s reached"
+        return f"[search] setup_budget_s = {self.budget_s:g} reached"
 
 
 def _silent(stage: str, done: int, total: int, note: str = "") -> None:
@@ -164,8 +175,7 @@ class Sensitivities:
         rest = ", ".join(([f"{c['estimated']} estimated by the AME predictor"] if c["estimated"] else [])
                          + ([f"{c['skipped']} left out of the knapsack seeds (no predictor estimate)"]
                             if c["skipped"] else []))
-        return (f"{c['measured']} measured on {self.n_images} images, {rest}: [search] setup_budget_s = "
-                f"{self.clock.budget_s:g} reached")
+        return f"{c['measured']} measured on {self.n_images} images, {rest}: {self.clock.reason()}"
 
 
 @dataclass
@@ -176,85 +186,108 @@ class ContextFactory:
     budget_path: str
     threads: int | None = None
     progress: Callable | None = None
+    deadline: Deadline | None = None  # the run's [search] timeout_s, shared by every process
+    run_dir: str | None = None        # holds the context cache the first process writes and the others read
 
     def __call__(self) -> SearchContext:
-        return build_context(self.budget_path, threads=self.threads, progress=self.progress)
+        return build_context(self.budget_path, threads=self.threads, progress=self.progress, deadline=self.deadline,
+                             run_dir=self.run_dir)
 
     def __getstate__(self):
         return dict(self.__dict__, progress=None)
 
 
 def build_context(budget_path: str, fit_predictor: bool = True, threads: int | None = None,
-                  prefix_cache_mib: float | None = None, progress=None) -> SearchContext:
+                  prefix_cache_mib: float | None = None, progress=None, deadline: Deadline | None = None,
+                  setup_budget_s: float | None = None, run_dir: str | Path | None = None) -> SearchContext:
     """The budget's model and data (dse.session), emulator, energy model, sensitivity and (optionally) predictor.
     ``fit_predictor=False`` leaves out the AME predictor even if the budget asks for it (search baselines).
     ``threads`` (else ``[search] threads``) sets the kernel threads of this process; ``prefix_cache_mib`` (else
     ``[search] prefix_cache_mib``) the size of its prefix-activation cache (0 = none). ``progress(stage, done, total,
     note)`` is told about every set-up stage; predictor fitting and sensitivities stop measuring once
-    ``[search] setup_budget_s`` has passed (info["setup"] and the progress notes say what was left out)."""
+    ``setup_budget_s`` (else ``[search] setup_budget_s``) or the run's ``deadline`` has passed (info["setup"] and the
+    progress notes say what was left out); the search evaluator stops a trial at the batch where ``deadline`` passes.
+    ``run_dir``: calibration, baselines and predictor fit are read from / written to its context cache
+    (dse.search.context_cache)."""
     from dse.budget import load_budget
-    from dse.emulate import Emulator, float_accuracy
+    from dse.emulate import Emulator
+    from dse.model.onnx_import import resolve_model
     from dse.prefix_cache import PrefixCache
+    from dse.search import context_cache
     from dse.session import DataRef, RunInputs, open_session
 
     progress = progress or _silent
     b = load_budget(budget_path)
     s = settings_from_budget(b)
-    clock = SetupClock(b.search.setup_budget_s)
+    clock = SetupClock(setup_budget_s or b.search.setup_budget_s, deadline)
     set_search_threads(threads or b.search.threads, s.workers)
+    want_predictor = bool(s.predictor_skip and fit_predictor)
+    key = context_cache.cache_key(b, Path(resolve_model(b.model.path)), {
+        "sensitivity_images": SENSITIVITY_IMAGES, "predictor_configs": PREDICTOR_CONFIGS, "predictor": want_predictor})
+    cached, why = context_cache.load(Path(run_dir), key) if run_dir else (None, "")
+    if why:
+        progress("context cache", 1, 1, why)
 
-    def ref(key: str) -> DataRef:
-        return DataRef(getattr(b.data, key), f"{budget_path}: key 'data.{key}' ({getattr(b.data, key)})")
+    def ref(k: str) -> DataRef:
+        return DataRef(getattr(b.data, k), f"{budget_path}: key 'data.{k}' ({getattr(b.data, k)})")
 
-    stage = "model, data and FxP8 calibration"
+    stage = "model and data" + ("" if cached else ", FxP8 calibration")
     progress(stage, 0, 1)
     sess = open_session(RunInputs(b.model.path, ref("calib"), (ref("search"), ref("holdout")), b.model.preprocess,
-                                  f"[model] preprocess = {{mean = .., std = ..}} in {budget_path}"))
-    progress(stage, 1, 1, f"{b.model.path}, calibrated on {sess.calib.name}")
+                                  f"[model] preprocess = {{mean = .., std = ..}} in {budget_path}"),
+                        calibrated=cached.qmodel if cached else None)
+    progress(stage, 1, 1, f"{b.model.path}, " + (f"calibration from {run_dir}'s context cache" if cached
+                                                 else f"calibrated on {sess.calib.name}"))
     search, hold = sess.data
     order = np.random.default_rng(s.seed).permutation(len(search))
     if b.data.images:
         order = order[: int(b.data.images)]
     search = search.subset(order)
-    qmodel, graph = sess.qmodel, sess.graph
+    qmodel = sess.qmodel
     emu = Emulator(qmodel)
     cache = PrefixCache.from_mib(b.search.prefix_cache_mib if prefix_cache_mib is None else prefix_cache_mib)
-    ev, hv = EmulatorEvaluator(emu, search, cache=cache, tag="search"), EmulatorEvaluator(emu, hold, cache=cache,
-                                                                                          tag="holdout")
+    ev = EmulatorEvaluator(emu, search, cache=cache, tag="search", deadline=deadline)
+    setup_ev = EmulatorEvaluator(emu, search, cache=cache, tag="search")  # set-up work is bounded by its clock
+    hv = EmulatorEvaluator(emu, hold, cache=cache, tag="holdout")  # hold-out checks run to their end
     layers = qmodel.layers
     space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
-
-    stage = "float32 baselines"
-    progress(stage, 0, 2)
-    baseline = {"float": {"search": float_accuracy(graph, search)}}
-    progress(stage, 1, 2)
-    baseline["float"]["holdout"] = float_accuracy(graph, hold)
-    progress(stage, 2, 2)
-
-    predictor, estimate, pinfo = None, None, {}
-    if s.predictor_skip and fit_predictor:
-        predictor, estimate, pinfo = _fit_predictor(layers, space, ev, n_sens, s.seed, clock, progress)
-    sensitivity = Sensitivities(ev, n_sens, clock, lambda: len(seeds.candidates(space, energy)), estimate, progress)
+    baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress)
+    predictor, estimate, pinfo, accs = None, None, {}, None
+    if want_predictor:
+        cfgs = _predictor_configs(space, s.seed)
+        accs = cached.predictor_accs if cached else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress)
+        predictor, estimate, pinfo = _fit_predictor(layers, space, cfgs, accs, n_sens)
+    if run_dir and not cached:
+        context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel, baseline, accs))
+    sensitivity = Sensitivities(setup_ev, n_sens, clock, lambda: len(seeds.candidates(space, energy)), estimate,
+                                progress)
     info = {"model": str(sess.model_path), "calib": sess.calib.name, "preprocess": sess.preprocess.to_dict(),
             "layers": [l.name for l in layers], "searchable": space.searchable,
             "multipliers": space.multipliers, "data": {"search": ev.n_images, "holdout": hv.n_images},
-            "predictor": pinfo, "setup": {"budget_s": clock.budget_s, "sensitivities": sensitivity.counts}}
+            "predictor": pinfo, "setup": {"budget_s": clock.budget_s, "sensitivities": sensitivity.counts,
+                                          "context_cache": "loaded" if cached else (why or "computed")}}
     return SearchContext(space=space, evaluator=ev, holdout=hv, energy=energy, predictor=predictor,
-                         sensitivity=sensitivity,
-                         baseline=baseline, info=info)
+                         sensitivity=sensitivity, baseline=baseline, info=info)
 
 
-def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: int, seed: int,
-                   clock: SetupClock | None = None, progress=_silent, n_configs: int = PREDICTOR_CONFIGS):
-    """AME predictor (dse.predict) with an AccuracyModel fitted on the all-exact and ``n_configs`` random
-    configurations of the space, emulated on the first ``n_images`` search images (fewer, at least
-    MIN_PREDICTOR_CONFIGS, once ``clock`` is over its budget). Only table multipliers. Returns ``(predict, estimate,
-    info)``: the conservative loss predictor the objective skips with, the plain one (None for float-domain
-    multipliers) that estimates sensitivities the set-up budget left unmeasured; both None when it is not used."""
+def _float_baselines(graph, search, hold, progress) -> dict:
+    from dse.emulate import float_accuracy
+
+    stage = "float32 baselines"
+    progress(stage, 0, 2)
+    out = {"search": float_accuracy(graph, search)}
+    progress(stage, 1, 2)
+    out["holdout"] = float_accuracy(graph, hold)
+    progress(stage, 2, 2)
+    return {"float": out}
+
+
+def _predictor_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_CONFIGS) -> list[dict]:
+    """The all-exact and ``n_configs`` random configurations of the space (table multipliers only) the AME
+    predictor's accuracy model is fitted on (deterministic in ``seed``)."""
     from dse.arith.multipliers import get_multiplier
-    from dse.predict import AccuracyModel, AmePredictor, loo_quality, loss_predictor
 
     int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
     rng = np.random.default_rng(seed + 7919)
@@ -268,7 +301,13 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
             if opts and rng.uniform() < q:
                 cfg[n] = LayerConfig(str(opts[rng.integers(len(opts))]), bool(c.cv[rng.integers(len(c.cv))]))
         cfgs.append(space.config_from_params(space.params_from_config(cfg)))
-    pred = AmePredictor(layers)
+    return cfgs
+
+
+def _predictor_accuracies(cfgs: list[dict], ev: EmulatorEvaluator, n_images: int, clock: SetupClock | None = None,
+                          progress=_silent) -> list[float]:
+    """Emulated accuracy of each configuration on the first ``n_images`` search images, in order, stopping (after at
+    least MIN_PREDICTOR_CONFIGS) once ``clock`` is over its budget."""
     stage = "AME predictor fit"
     accs: list[float] = []
     for c in cfgs:
@@ -276,9 +315,22 @@ def _fit_predictor(layers, space: SearchSpace, ev: EmulatorEvaluator, n_images: 
             break
         accs.append(float(ev.correct(c, 0, n_images).mean()))
         progress(stage, len(accs), len(cfgs))
-    note = "" if len(accs) == len(cfgs) else (f"fitted on {len(accs)} of {len(cfgs)} configurations: [search] "
-                                              f"setup_budget_s = {clock.budget_s:g} reached")
+    note = "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations: {clock.reason()}"
     progress(stage, len(cfgs), len(cfgs), note)
+    return accs
+
+
+def _fit_predictor(layers, space: SearchSpace, cfgs: list[dict], accs: list[float], n_images: int):
+    """AME predictor (dse.predict) with an AccuracyModel fitted on the first ``len(accs)`` configurations ``cfgs``
+    and their emulated accuracies on ``n_images`` search images. Only table multipliers. Returns ``(predict, estimate,
+    info)``: the conservative loss predictor the objective skips with, the plain one (None for float-domain
+    multipliers) that estimates sensitivities the set-up budget left unmeasured; both None when it is not used."""
+    from dse.arith.multipliers import get_multiplier
+    from dse.predict import AccuracyModel, AmePredictor, loo_quality, loss_predictor
+
+    int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
+    pred = AmePredictor(layers)
+    note = "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)"
     cfgs = cfgs[:len(accs)]
     ames = [pred.ame(c) for c in cfgs]
     try:
@@ -327,5 +379,7 @@ def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_
         s.workers = int(workers)
     if storage:
         s.storage = storage
-    return run_search(path, s, ContextFactory(str(path), threads, setup_progress), run_dir=run_dir,
-                      resume=resume, progress=progress)
+    deadline = Deadline.after(s.timeout_s)  # counted from now: set-up included
+    run_dir = Path(run_dir).absolute() if run_dir else rundir.default_run_dir(path, s.seed)
+    factory = ContextFactory(str(path), threads, setup_progress, deadline, str(run_dir))
+    return run_search(path, s, factory, run_dir=run_dir, resume=resume, progress=progress)

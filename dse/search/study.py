@@ -37,6 +37,7 @@ from dse.budget import BudgetSection, SearchSection
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import rundir, seeds
+from dse.search.deadline import RunTimeout
 from dse.search.objective import ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective
 from dse.search.space import SearchSpace
 
@@ -322,7 +323,7 @@ class _Guarded:
             raise _Surplus
         try:
             return self.objective(trial)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunTimeout):
             _requeue(trial)
             raise
 
@@ -355,7 +356,10 @@ def run_loop(study: optuna.Study, objective: Objective, s: SearchSettings, callb
         if done + states.count(TrialState.RUNNING) >= s.n_trials:
             time.sleep(POLL_S)
             continue
-        study.optimize(guarded, n_trials=1, catch=(_Surplus,), callbacks=list(callbacks))
+        try:
+            study.optimize(guarded, n_trials=1, catch=(_Surplus,), callbacks=list(callbacks))
+        except RunTimeout:  # the run's deadline interrupted the trial in progress (dse.search.deadline)
+            return
 
 
 def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress=None,

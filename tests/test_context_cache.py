@@ -1,0 +1,108 @@
+"""The search context cached in the run directory (dse.search.context_cache): computed once, loaded by later
+processes and resumed runs; a changed model/data/preprocessing or a corrupt file is never used."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dse.budget import load_budget
+from dse.layer_config import LayerConfig
+from dse.search import context_cache
+from dse.search.context import build_context
+
+BUDGET = ("[data]\nimages = 40\n[search]\nworkers = 1\nprefix_cache_mib = 8\n"
+          "[space]\nmultipliers = ['drum4', 'perf_j0_k2']\ncv = [false]\n")
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ctx")
+    (d / "b.toml").write_text(BUDGET)
+    seen = []
+    ctx = build_context(str(d / "b.toml"), run_dir=d / "run", progress=lambda *a: seen.append(a))
+    return d, ctx, seen
+
+
+def _stages(seen):
+    return [a[0] for a in seen]
+
+
+def test_second_process_loads_the_cache(first):
+    d, ctx, seen = first
+    assert (d / "run" / context_cache.FILE).is_file() and ctx.info["setup"]["context_cache"] == "computed"
+    assert "AME predictor fit" in _stages(seen) and "float32 baselines" in _stages(seen)
+    again = []
+    ctx2 = build_context(str(d / "b.toml"), run_dir=d / "run", progress=lambda *a: again.append(a))
+    assert ctx2.info["setup"]["context_cache"] == "loaded"
+    assert "AME predictor fit" not in _stages(again) and "float32 baselines" not in _stages(again)
+    assert any("context cache" in a[-1] for a in again if len(a) > 3)
+    assert ctx2.baseline == ctx.baseline
+    assert json.dumps(ctx2.info["predictor"], sort_keys=True) == json.dumps(ctx.info["predictor"], sort_keys=True)
+    for a, b in zip(ctx.evaluator.emulator.qmodel.layers, ctx2.evaluator.emulator.qmodel.layers):
+        assert a.a_scale == b.a_scale and np.array_equal(a.w_q, b.w_q) and np.array_equal(a.act_hist, b.act_hist)
+    cfg = {n: LayerConfig("drum4") for n in ctx.space.searchable}
+    assert np.array_equal(ctx.evaluator.correct(cfg, 0, 40), ctx2.evaluator.correct(cfg, 0, 40))
+
+
+@pytest.mark.parametrize("damage", ["flip", "garbage"])
+def test_corrupt_cache_is_ignored_with_one_line_and_rewritten(first, tmp_path, damage):
+    d, ctx, _ = first
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = (d / "run" / context_cache.FILE).read_bytes()
+    bad = {"flip": raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:], "garbage": b"not a cache"}[damage]
+    (run / context_cache.FILE).write_bytes(bad)
+    seen = []
+    ctx2 = build_context(str(d / "b.toml"), run_dir=run, progress=lambda *a: seen.append(a))
+    notes = [a[3] for a in seen if a[0] == "context cache"]
+    assert len(notes) == 1 and "\n" not in notes[0] and "recomputed" in notes[0] and str(run) in notes[0]
+    assert ctx2.baseline == ctx.baseline
+    assert isinstance(context_cache.load(run, _key(d))[0], context_cache.ContextCache)  # rewritten whole
+
+
+def _key(d):
+    from dse.model.onnx_import import resolve_model
+    from dse.search.context import PREDICTOR_CONFIGS, SENSITIVITY_IMAGES
+
+    b = load_budget(d / "b.toml")
+    return context_cache.cache_key(b, resolve_model(b.model.path), {
+        "sensitivity_images": SENSITIVITY_IMAGES, "predictor_configs": PREDICTOR_CONFIGS, "predictor": True})
+
+
+def test_key_follows_model_data_and_preprocessing(tmp_path):
+    import shutil
+
+    from dse.model.onnx_import import resolve_model
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(resolve_model("lenet5"), model)
+    data = tmp_path / "s.npz"
+    np.savez(data, x=np.zeros((4, 28, 28), np.uint8), y=np.zeros(4, np.int64))
+
+    def key(extra_budget=""):
+        p = tmp_path / "b.toml"
+        p.write_text(f"[model]\npath = '{model}'\n{extra_budget}[data]\nsearch = '{data}'\n")
+        return context_cache.cache_key(load_budget(p), model, {})
+
+    k0 = key()
+    assert key() == k0
+    assert key("preprocess = { mean = 0.5, std = 0.25 }\n") != k0
+    np.savez(data, x=np.ones((4, 28, 28), np.uint8), y=np.zeros(4, np.int64))
+    os.utime(data, ns=(1, 1))
+    k1 = key()
+    assert k1 != k0
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert key() != k1
+
+
+def test_stale_cache_is_recomputed(first, tmp_path):
+    d, ctx, _ = first
+    run = tmp_path / "run"
+    context_cache.save(run, context_cache.ContextCache("another key", None, {}, None))
+    seen = []
+    ctx2 = build_context(str(d / "b.toml"), run_dir=run, progress=lambda *a: seen.append(a))
+    assert "another model, data or space" in ctx2.info["setup"]["context_cache"]
+    assert ctx2.baseline == ctx.baseline
