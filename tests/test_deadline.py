@@ -12,7 +12,7 @@ from dse.search.context import EmulatorEvaluator
 from dse.search.deadline import Deadline, RunTimeout
 from dse.search.study import SearchContext, SearchSettings, run_search
 
-from test_search import FakeEvaluator, fake_energy, fake_space
+from tests.fakes import FakeEvaluator, fake_energy, fake_space
 
 BATCH_S = 0.02
 
