@@ -60,7 +60,7 @@ seed = 0
 workers = 1
 racing = [32, 0]
 predictor_skip = 0.0
-n_trials = 12
+n_trials = 8
 
 [space]
 multipliers = ["drum5", "perf_j0_k2"]
