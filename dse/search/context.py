@@ -211,7 +211,6 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     (dse.search.context_cache)."""
     from dse.budget import load_budget
     from dse.emulate import Emulator
-    from dse.model.onnx_import import resolve_model
     from dse.prefix_cache import PrefixCache
     from dse.search import context_cache
     from dse.session import DataRef, RunInputs, open_session
@@ -222,11 +221,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     clock = SetupClock(setup_budget_s or b.search.setup_budget_s, deadline)
     set_search_threads(threads or b.search.threads, s.workers)
     want_predictor = bool(s.predictor_skip and fit_predictor)
-    key = context_cache.cache_key(b, Path(resolve_model(b.model.path)), {
-        "sensitivity_images": SENSITIVITY_IMAGES, "predictor_configs": PREDICTOR_CONFIGS, "predictor": want_predictor})
-    cached, why = context_cache.load(Path(run_dir), key) if run_dir else (None, "")
-    if why:
-        progress("context cache", 1, 1, why)
+    key, cached, why = _cached(b, run_dir, want_predictor, progress)
 
     def ref(k: str) -> DataRef:
         return DataRef(getattr(b.data, k), f"{budget_path}: key 'data.{k}' ({getattr(b.data, k)})")
@@ -270,6 +265,19 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                                           "context_cache": "loaded" if cached else (why or "computed")}}
     return SearchContext(space=space, evaluator=ev, holdout=hv, energy=energy, predictor=predictor,
                          sensitivity=sensitivity, baseline=baseline, info=info)
+
+
+def _cached(b, run_dir, want_predictor: bool, progress):
+    """(key, the run directory's context cache for it or None, why it was not usable: "" when absent or loaded)."""
+    from dse.model.onnx_import import resolve_model
+    from dse.search import context_cache
+
+    key = context_cache.cache_key(b, Path(resolve_model(b.model.path)), {
+        "sensitivity_images": SENSITIVITY_IMAGES, "predictor_configs": PREDICTOR_CONFIGS, "predictor": want_predictor})
+    cached, why = context_cache.load(Path(run_dir), key) if run_dir else (None, "")
+    if why:
+        progress("context cache", 1, 1, why)
+    return key, cached, why
 
 
 def _float_baselines(graph, search, hold, progress) -> dict:
