@@ -106,7 +106,7 @@ def setup(budget: Path, mib: float, s) -> tuple[object, list, float]:
 
 
 def trials_of(run_dir: Path) -> list:
-    study = optuna.load_study(study_name=rundir.STUDY_NAME, storage=rundir.storage_for(run_dir))
+    study = rundir.load_study(run_dir)
     return [(t.number, t.params, t.user_attrs.get("loss"), t.user_attrs.get("images"))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
@@ -116,7 +116,9 @@ def bench(budget: Path, n_trials: int | None, repeats: int, mib: float, tmp: Pat
 
     s = settings_for(budget, 0, n_trials, 1)
     ctx_off, seeds_off, setup_off = setup(budget, 0.0, s)
+    print(f"{budget.name}: set-up without the prefix cache {setup_off:.1f} s", flush=True)
     ctx, seeds_on, setup_on = setup(budget, mib, s)
+    print(f"{budget.name}: set-up with the prefix cache {setup_on:.1f} s", flush=True)
     assert seeds_on == seeds_off, "set-up with the cache chose other seeds"
     stats_setup = ctx.evaluator.cache.stats.to_dict()
     ctx.sensitivity = functools.cache(ctx.sensitivity)  # both modes enqueue the same knapsack seeds, measured once
@@ -131,6 +133,7 @@ def bench(budget: Path, n_trials: int | None, repeats: int, mib: float, tmp: Pat
             t0 = time.perf_counter()
             run_search(budget, s, lambda: ctx, run_dir=run_dir, resume=False, progress=None)
             rates[mode].append(s.n_trials / ((time.perf_counter() - t0) / 60))
+            print(f"{budget.name}: search, cache {mode}: {rates[mode][-1]:.2f} trials/min", flush=True)
             got = trials_of(run_dir)
             assert ref is None or got == ref, "cached search produced other trials"
             ref = got

@@ -97,7 +97,7 @@ def test_real_context_with_a_spent_setup_budget(tmp_path):
     seen = []
     ctx = build_context(str(b), progress=lambda *a: seen.append(a))
     stages = [a[0] for a in seen]
-    assert stages[0] == "model, data and FxP8 calibration" and "float32 baselines" in stages
+    assert stages[0] == "model and data, FxP8 calibration" and "float32 baselines" in stages
     assert "AME predictor fit" in stages
     pinfo = ctx.info["predictor"]
     assert pinfo.get("configs") == 4 or "error" in pinfo
