@@ -119,6 +119,17 @@ def prediction(r: dict) -> None:
                      for i, h in enumerate(v["holdout"])]))
     con.print(f"time per configuration: predictor {1e6 * v['predict_seconds']:.1f} us, emulation "
               f"{1e3 * v['emulate_seconds']:.1f} ms, speedup {v['speedup']:.3g}x")
+    g = r.get("surrogate")
+    if g:
+        con.print(table(f"logit surrogate on the same held-out configurations: Spearman "
+                        f"{g['spearman']:.3f}, MAE {pp(g['mae'])}; up to {pp(g['near_budget'])} emulated loss ({g['n_near']}): "
+                        f"MAE {pp(g['mae_near'])}", ["held-out", "raw loss", "predicted loss", "emulated loss"],
+                        [[str(i), pp(h["raw"]), pp(h["predicted"]), pp(h["emulated"])]
+                         for i, h in enumerate(g["holdout"])]))
+        con.print(f"surrogate: {g['measured']} single-layer runs on {g['images']} images ({g['setup_seconds']:.1f} s "
+                  f"once), then {1e6 * g['predict_seconds']:.1f} us per configuration; calibration c = "
+                  f"{g['calibration_c']:.3g}; leave-one-out on the fit set: Spearman {g['loo_spearman']:.3f}, mean "
+                  f"error {pp(g['loo_mean_error'])}")
 
 
 # ----------------------------------------------------------------------------------------------- dse search

@@ -16,8 +16,9 @@ from dse.arith.multipliers import EXACT, pattern_values
 from dse.correction import activation_sums, apply_cv, cv_correction
 from dse.errors import DseError
 from dse.layer_config import LayerConfig
-from dse.predict import (AccuracyModel, AmePredictor, layer_acc_std, layer_error_stats, layer_term, model_acc_std,
-                         spearman, validate)
+from dse.predict import (AccuracyModel, AmePredictor, LogitSurrogate, LossCalibration, layer_acc_std,
+                         layer_error_stats, layer_term, leave_one_out, model_acc_std, spearman, surrogate_quality,
+                         validate)
 from tests.mac_helpers import DRUM4, MITCHELL, PERF13, draw_acts, err_acc, gemm_layer, relu_hist, signed_hist
 
 SETTINGS = settings(deadline=None, max_examples=25)
@@ -204,6 +205,85 @@ def test_validate_reports_rank_correlation_and_mae():
     assert v.predict_seconds > 0 and v.emulate_seconds > 0
 
 
+# ---------------------------------------------------------------- logit surrogate and its calibration
+def _additive_net(seed=0, n=400, classes=5):
+    """A fake network whose logits are exact + sum of per-layer changes (the surrogate's model holds exactly), plus
+    an interaction term when two given layers are both approximate (where it does not)."""
+    rng = np.random.default_rng(seed)
+    exact = rng.normal(0, 1, (n, classes))
+    labels = exact.argmax(1)
+    labels[: n // 10] = rng.integers(0, classes, n // 10)   # some images wrong even when exact
+    change = {(l, m): rng.normal(0, s, (n, classes)) for l in ("a", "b", "c")
+              for m, s in (("m1", 0.2), ("m2", 0.6))}
+    calls = []
+
+    def run(config, interact=0.0):
+        calls.append(dict(config))
+        out = exact.copy()
+        for l, lc in config.items():
+            if lc.multiplier != "exact":
+                out = out + change[(l, lc.multiplier)] * (1.3 if lc.cv else 1.0)
+        if interact and {"a", "b"} <= {l for l, lc in config.items() if lc.multiplier != "exact"}:
+            out = out + interact * rng.normal(0, 1, out.shape)
+        return out
+    return run, labels, calls
+
+
+def _acc(logits, labels):
+    return float(np.mean(logits.argmax(1) == labels))
+
+
+def test_surrogate_equals_emulation_when_changes_add_and_measures_each_choice_once():
+    run, labels, calls = _additive_net()
+    sur = LogitSurrogate(run, labels)
+    cfgs = [{"a": LayerConfig("m1"), "b": LayerConfig("m2", True)}, {"a": LayerConfig("m2"), "c": LayerConfig("m2")},
+            {"b": LayerConfig("m2", True), "c": LayerConfig("exact")}, {}]
+    for c in cfgs:
+        assert sur.raw_loss(c) == pytest.approx(_acc(run({}), labels) - _acc(run(c), labels), abs=1e-12)
+    n_calls = len(calls)
+    assert sur.measured == 4                                      # a/m1, b/m2+cv, a/m2, c/m2; exact never run
+    sur.raw_loss(cfgs[0])
+    assert len(calls) == n_calls                                  # warm: no network run
+    assert sur.single_loss("a", LayerConfig("m2")) == pytest.approx(
+        _acc(run({}), labels) - _acc(run({"a": LayerConfig("m2")}), labels))
+
+
+def test_surrogate_rejects_bad_logits():
+    with pytest.raises(DseError, match="logits of shape"):
+        LogitSurrogate(lambda c: np.zeros((3, 2)), np.zeros(4, dtype=int))
+
+
+def test_calibration_is_monotone_and_recovers_saturation():
+    raw = np.linspace(0.0, 0.3, 12)
+    c_true = 12.0
+    measured = raw / (1 + c_true * raw)
+    cal = LossCalibration.fit(raw, measured)
+    assert cal.c == pytest.approx(c_true, rel=1e-3)
+    grid = np.linspace(-0.01, 0.5, 50)
+    assert np.all(np.diff([cal(g) for g in grid]) > 0)            # ranks kept: Spearman of predictions = of raw
+    assert LossCalibration.fit(raw, raw * 1.1).c == 0.0           # never an increasing correction (c >= 0)
+    with pytest.raises(DseError):
+        LossCalibration.fit([0.1], [0.1])
+
+
+def test_surrogate_quality_is_leave_one_out_and_catches_interactions():
+    run, labels, _ = _additive_net(seed=3)
+    sur = LogitSurrogate(run, labels)
+    rng = np.random.default_rng(0)
+    cfgs = [{l: LayerConfig(str(rng.choice(["m1", "m2"])), bool(rng.integers(2))) for l in "abc" if rng.uniform() < 0.7}
+            for _ in range(12)]
+    acc0 = _acc(run({}), labels)
+    raw = [sur.raw_loss(c) for c in cfgs]
+    good = surrogate_quality(raw, [acc0 - _acc(run(c), labels) for c in cfgs])
+    assert good.mean_error < 1e-9 and good.good_enough
+    bad_loss = [acc0 - _acc(run(c, interact=3.0), labels) for c in cfgs]
+    bad = surrogate_quality(raw, bad_loss)
+    assert not bad.good_enough
+    # leave_one_out really leaves each point out: a fit that memorises its points still errs on the left-out one
+    memo = leave_one_out(lambda x, y: (lambda v: float(y[np.argmin(np.abs(x - v))])), [0.0, 1.0, 2.0], [0.0, 1.0, 5.0])
+    assert memo.worst_error == pytest.approx(4.0)
+
+
 # ---------------------------------------------------------------- CLI (model/data/emulator replaced by fakes)
 class _FakeEmulator:
     """Accuracy falls with the AME of the configuration (deterministic), so the fit is meaningful."""
@@ -213,6 +293,12 @@ class _FakeEmulator:
 
     def dataset_accuracy(self, data, config=None):
         return float(max(0.0, 0.9 - 0.05 * self.pred.ame(config or {})))
+
+    def run(self, x, config=None):
+        """Logits whose top-1 margin shrinks with the AME (for the surrogate's single-layer runs)."""
+        logits = np.zeros((len(x), 3))
+        logits[:, 0] = np.linspace(0.01, 1.0, len(x)) - 0.5 * self.pred.ame(config or {})
+        return logits
 
 
 @pytest.fixture
@@ -260,6 +346,11 @@ def test_cli_predict_config_and_validate(fake_stack, capsys):
     v = d["validation"]
     assert v["n_holdout"] == 4 and v["spearman"] == pytest.approx(1.0) and v["mae"] < 0.02
     assert v["speedup"] > 1
+    g = d["surrogate"]   # checked on the same configurations and images as the AME model
+    assert len(g["holdout"]) == 4 and g["measured"] >= 2 and g["calibration_c"] >= 0
+    assert g["mae"] == pytest.approx(np.mean([abs(h["predicted"] - h["emulated"]) for h in g["holdout"]]))
+    rc, out, err = _run(["predict", str(model), "--config", str(cfg), "--validate", "8"], capsys)
+    assert rc == 0 and "logit surrogate" in out, err
     rc, out, err = _run(["predict", str(model), "--config", str(cfg)], capsys)
     assert rc == 0 and "AME" in out and "conv1" in out
 
