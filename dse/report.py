@@ -73,12 +73,22 @@ def _complete(run: Run):
     return [t for t in run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "loss" in t.user_attrs]
 
 
+def _with_verified(d: dict | None) -> dict | None:
+    """A trial summary of results.json with ``verified``: results written before the hold-out verified best carry
+    only ``holdout.feasible`` (hold-out loss within budget), which is the same verdict."""
+    if d is None or "verified" in d:
+        return d
+    h = d.get("holdout")
+    return dict(d, verified=None if h is None else bool(h.get("feasible")))
+
+
 def best_trial(run: Run):
     """The reported best trial: results.json's hold-out verified best once the search has finished, before that the
-    lowest-energy feasible trial verified on hold-out during the search (None if there is none)."""
+    lowest-energy feasible trial verified on hold-out during the search (None if there is none; older results whose
+    best failed the hold-out check have none either)."""
     if run.results is not None:
-        b = run.results.get("best")
-        return run.study.trials[b["trial"]] if b else None
+        b = _with_verified(run.results.get("best"))
+        return run.study.trials[b["trial"]] if b and b["verified"] else None
     feas = [t for t in _complete(run) if is_feasible(t) and t.user_attrs.get(ATTR_VERIFIED)]
     return min(feas, key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]), default=None)
 
@@ -100,7 +110,7 @@ def summarize(run: Run) -> dict:
         base["fxp8"] = {"search": exact, "holdout": None}
     bt = best_trial(run)
     best = None
-    checked = {d["trial"]: d for d in res.get("checked", [])}
+    checked = {d["trial"]: _with_verified(d) for d in res.get("checked", [])}
     if bt is not None:
         best = checked.get(bt.number) or trial_summary(bt)
     front = pareto_front([trial_summary(t) for t in trials

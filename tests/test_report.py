@@ -98,3 +98,42 @@ def test_bad_input(run_path, tmp_path, capsys):
     (bad / "results.json").write_text("{")
     with pytest.raises(DseError, match="results.json"):
         load_run(bad)
+
+
+def _old_format(d: dict, passed: bool | None = None) -> dict:
+    """A trial summary as results.json stored it before the hold-out verified best: no ``verified``, the verdict in
+    ``holdout.feasible``."""
+    d = {k: v for k, v in d.items() if k != "verified"}
+    if d.get("holdout") is not None:
+        ok = d["holdout"]["loss"] <= 0.01 if passed is None else passed
+        d["holdout"] = dict(d["holdout"], feasible=ok)
+    return d
+
+
+@pytest.mark.parametrize("best_passed", [True, False])
+def test_report_renders_old_results_without_verified(run_path, tmp_path, capsys, best_passed):
+    import shutil
+
+    path, res = run_path
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    r = json.loads((old / "results.json").read_text())
+    best = r["best"]["trial"]
+    r["checked"] = [_old_format(d, best_passed if d["trial"] == best else None) for d in r["checked"]]
+    r["pareto_front"] = [_old_format(d) for d in r["pareto_front"]]
+    r["best"] = _old_format(r["best"], best_passed)
+    # the front shows a hold-out checked point in the old format too
+    front_trial = r["pareto_front"][0]["trial"]
+    if front_trial not in {d["trial"] for d in r["checked"]}:
+        r["checked"].append(_old_format(dict(r["pareto_front"][0], holdout={"accuracy": 0.9, "loss": 0.002,
+                                                                              "se": 0.001, "images": 100})))
+    (old / "results.json").write_text(json.dumps(r))
+    s = summarize(load_run(old))
+    assert all(d["verified"] in (True, False, None) for d in s["pareto_front"])
+    assert any(d["verified"] is not None for d in s["pareto_front"])
+    # an old best that failed hold-out is not named as best
+    assert (s["best"] is not None and s["best"]["trial"] == best) if best_passed else s["best"] is None
+    capsys.readouterr()
+    assert main(["report", str(old)]) == 0
+    text = capsys.readouterr().out
+    assert "Pareto front" in text and ("passed" in text or "failed" in text)
