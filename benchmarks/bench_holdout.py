@@ -2,7 +2,7 @@
 
 For each budget x seed the real search runs (model, data, racing, predictor and seeds as the budget says; ``--n-trials``
 and ``--workers`` override it). From the finished study two candidates are taken and re-evaluated on the hold-out
-split, side by side:
+split, side by side (the seed is written into a copy of the budget, so it also draws the search images):
 
 * ``margin``: the lowest-energy full-fidelity configuration whose loss *upper confidence bound* at ``[budget]
   confidence`` is within budget (what the search now calls feasible, the first configuration the final check tries);
@@ -15,12 +15,19 @@ the pass rates over runs; ``verified`` is the search's reported best (always hol
 ``point verified`` the best the same walk down the list would give under the point rule (up to 20 checks). The energy
 cost of the margin is ``verified - point verified`` (relative system energy vs all-exact FxP8).
 
-Usage: ``python benchmarks/bench_holdout.py [--budgets FILE ...] [--seeds 0 1 2 3 4] [--n-trials N] [--workers W]``.
+Runs are sized by trials, not wall time: ``--timeout 0`` (the default) drops the budget's ``timeout_s`` so a loaded
+machine runs the same trials, only slower. ``--out FILE`` appends one JSON line per finished run (a long benchmark
+keeps what it measured if stopped).
+
+Usage: ``python benchmarks/bench_holdout.py [--budgets FILE ...] [--seeds 0 1 2 3 4] [--n-trials N] [--workers W]
+[--timeout S] [--threads T] [--out runs.jsonl]``.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import re
 import statistics
 import tempfile
 import time
@@ -48,11 +55,26 @@ def _holdout_loss(ctx, exact_hold, ua) -> float:
     return paired_stats(exact_hold, ctx.holdout.correct(cfg, 0, ctx.holdout.n_images)).loss
 
 
-def run_one(budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
-    s = settings_for(budget, seed, n_trials, workers)
-    ctx = build_context(str(budget))
+def reseeded(budget: Path, seed: int, out_dir: Path) -> Path:
+    """A copy of ``budget`` with ``[search] seed = seed``: the seed also draws the random subset of search images, so
+    runs differ in the images the feasibility decision sees, not only in the sampler (bundled budgets name bundled
+    models and data, so the copy needs no relative paths)."""
+    text = budget.read_text()
+    new, n = re.subn(r"(?m)^seed\s*=\s*\d+", f"seed = {seed}", text)
+    if n != 1:
+        raise SystemExit(f"{budget}: expected one 'seed = N' line in [search]")
+    out = out_dir / f"{budget.stem}-seed{seed}.toml"
+    out.write_text(new)
+    return out
+
+
+def run_one(budget: Path, seed: int, n_trials, workers, timeout_s, threads, run_dir: Path) -> dict:
+    name = budget.name
+    budget = reseeded(budget, seed, run_dir.parent)
+    s = settings_for(budget, seed, n_trials, workers, timeout_s)
+    ctx = build_context(str(budget), threads=threads)
     # one process reuses the context built here; worker processes build their own from the budget
-    factory = (lambda: ctx) if s.workers == 1 else functools.partial(build_context, str(budget))
+    factory = (lambda: ctx) if s.workers == 1 else functools.partial(build_context, str(budget), threads=threads)
     t0 = time.perf_counter()
     res = run_search(budget, s, factory, run_dir=run_dir, resume=False, progress=False)
     wall = time.perf_counter() - t0
@@ -62,7 +84,7 @@ def run_one(budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
             and t.user_attrs["energy"]["system"] < EXACT_ENERGY]
     full.sort(key=lambda ua: ua["energy"]["system"])
     exact_hold = np.asarray(ctx.holdout.correct({}, 0, ctx.holdout.n_images), dtype=bool)
-    out = {"budget": budget.name, "seed": seed, "wall": wall, "trials": res["trials"]["complete"],
+    out = {"budget": name, "seed": seed, "wall": wall, "trials": res["trials"]["complete"],
            "budget_loss": s.budget_loss}
     for rule, ok in (("margin", lambda ua: ua[ATTR_LOSS_UCB] <= s.budget_loss),
                      ("point", lambda ua: ua["loss"] <= s.budget_loss)):
@@ -98,13 +120,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--n-trials", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=0.0, help="per-worker timeout_s; 0 = none (default)")
+    ap.add_argument("--threads", type=int, default=None, help="kernel threads per process (default: cores / workers)")
+    ap.add_argument("--out", default=None, help="append one JSON line per finished run to this file")
     a = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for b in a.budgets:
             for seed in a.seeds:
-                r = run_one(Path(b), seed, a.n_trials, a.workers, Path(tmp) / f"{Path(b).stem}-{seed}")
+                r = run_one(Path(b), seed, a.n_trials, a.workers, a.timeout, a.threads, Path(tmp) / f"{Path(b).stem}-{seed}")
                 rows.append(r)
+                if a.out:
+                    with open(a.out, "a") as f:
+                        f.write(json.dumps(r) + "\n")
                 print(f"{r['budget']} seed {seed}: margin {r['margin']} point {r['point']} verified {r['verified']} "
                       f"point verified {r['point_verified']} ({r['wall']:.0f} s)", flush=True)
     tab = Table(title="search-split pick vs hold-out (energy: relative system energy; loss in pp)")
@@ -120,9 +148,11 @@ def main() -> None:
     con = Console(width=200)
     con.print(tab)
     for rule in ("margin", "point"):
-        picks = [r[rule] for r in rows if r[rule] is not None]
-        rate = sum(p["passed"] for p in picks) / len(picks) if picks else float("nan")
-        con.print(f"{rule}: {sum(p['passed'] for p in picks)}/{len(picks)} picks pass hold-out ({100 * rate:.0f} %)")
+        for name in sorted({r["budget"] for r in rows}) + [None]:
+            picks = [r[rule] for r in rows if r[rule] is not None and name in (None, r["budget"])]
+            rate = sum(p["passed"] for p in picks) / len(picks) if picks else float("nan")
+            con.print(f"{rule}, {name or 'all budgets'}: {sum(p['passed'] for p in picks)}/{len(picks)} picks pass "
+                      f"hold-out ({100 * rate:.0f} %)")
     for what, a_key, b_key in (("first picks", "margin", "point"), ("verified bests", "verified", "point_verified")):
         both = [(r[a_key]["energy"], r[b_key]["energy"]) for r in rows if r[a_key] and r[b_key]]
         if both:

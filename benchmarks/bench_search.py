@@ -69,14 +69,17 @@ def run_milp(budget: Path, seed: int) -> dict:
             "trace": [(0, energy)] if ok else [], "budget": s.budget_loss, "model": ctx.info.get("model", "?")}
 
 
-def settings_for(budget: Path, seed: int, n_trials, workers):
-    """The budget's search settings with the benchmark's seed and optional n_trials / workers overrides."""
+def settings_for(budget: Path, seed: int, n_trials, workers, timeout_s=None):
+    """The budget's search settings with the benchmark's seed and optional n_trials / workers / timeout_s overrides
+    (``timeout_s=0``: no wall-clock stop, the trial count alone ends the run)."""
     s = settings_from_budget(load_budget(budget))
     s.seed = seed
     if n_trials is not None:
         s.n_trials = int(n_trials)
     if workers is not None:
         s.workers = int(workers)
+    if timeout_s is not None:
+        s.timeout_s = float(timeout_s) or None
     return s
 
 
