@@ -8,8 +8,13 @@ only; the TEST set (bundled as calib/search/holdout splits) is used for the prin
 
 Also (re)builds dse/data/fashion_mnist_test.npz (dse.data.build_bundled: TEST set, seeded calib/search/holdout split).
 
-Usage: python scripts/train_models.py [--out dse/data] [--epochs-lenet 6] [--epochs-resnet 6] [--only lenet5|resnet8]
-       [--data-only]
+Models the search was not tuned on (not bundled): ``--only vgg`` trains a VGG-style network, and ``--seed N`` shifts
+every model's training seed (bundled models: seed 0), e.g. a second LeNet-5 and a VGG into /tmp:
+    python scripts/train_models.py --out /tmp/dse-models --only lenet5 --seed 10 --epochs-lenet 3 --no-data
+    python scripts/train_models.py --out /tmp/dse-models --only vgg --seed 10 --epochs-vgg 2 --no-data
+
+Usage: python scripts/train_models.py [--out dse/data] [--epochs-lenet 6] [--epochs-resnet 6] [--epochs-vgg 3]
+       [--only lenet5|resnet8|vgg] [--seed 0] [--threads 2] [--data-only | --no-data]
 """
 from __future__ import annotations
 
@@ -101,6 +106,21 @@ class ResNet8(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class VGGSmall(nn.Module):
+    """VGG-style: two blocks of two conv3x3+ReLU (16, 32 channels) each followed by 2x2 max pooling (28->14->7),
+    FC-128, FC-10; no batch norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = lambda a, b: [nn.Conv2d(a, b, 3, 1, 1), nn.ReLU()]  # noqa: E731
+        self.features = nn.Sequential(*conv(1, 16), *conv(16, 16), nn.MaxPool2d(2),
+                                      *conv(16, 32), *conv(32, 32), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     correct = 0
@@ -158,18 +178,23 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "dse" / "data"))
     ap.add_argument("--epochs-lenet", type=int, default=6)
     ap.add_argument("--epochs-resnet", type=int, default=6)
-    ap.add_argument("--only", choices=["lenet5", "resnet8"])
+    ap.add_argument("--epochs-vgg", type=int, default=3)
+    ap.add_argument("--only", choices=["lenet5", "resnet8", "vgg"])
+    ap.add_argument("--seed", type=int, default=0, help="added to every model's training seed (bundled: 0)")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-only", action="store_true", help="only (re)build the bundled test-set .npz")
+    ap.add_argument("--no-data", action="store_true", help="do not (re)build the bundled test-set .npz")
     args = ap.parse_args()
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from dse.data import build_bundled
 
-    print(f"bundled data: {build_bundled(out=Path(args.out) / 'fashion_mnist_test.npz')}", flush=True)
+    if not args.no_data:
+        print(f"bundled data: {build_bundled(out=Path(args.out) / 'fashion_mnist_test.npz')}", flush=True)
     if args.data_only:
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     xtr, ytr = load_split("train")
@@ -178,10 +203,13 @@ def main() -> None:
               "LeNet-5 (conv5x5-6 pad 2, maxpool, conv5x5-16, maxpool, fc120, fc84, fc10, ReLU) on Fashion-MNIST"),
              ("resnet8", ResNet8, args.epochs_resnet, 4e-3,
               "ResNet-8 (stem conv3x3-16+BN, 3 stride-2 basic blocks 16/32/64 with 1x1 projections, GAP, FC) "
-              "on Fashion-MNIST")]
-    for seed, (name, cls, epochs, lr, desc) in enumerate(specs):
+              "on Fashion-MNIST"),
+             ("vgg", VGGSmall, args.epochs_vgg, 2e-3,
+              "VGG-style (2x conv3x3-16, maxpool, 2x conv3x3-32, maxpool, fc128, fc10, ReLU) on Fashion-MNIST")]
+    for k, (name, cls, epochs, lr, desc) in enumerate(specs):
         if args.only and args.only != name:
             continue
+        seed = args.seed + k
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)
@@ -190,7 +218,7 @@ def main() -> None:
         model = cls()
         acc = train(model, xtr, ytr, xte, yte, epochs, lr, seed)
         path = out / f"{name}.onnx"
-        export(model, path, f"{desc}; float test accuracy {100 * acc:.2f} %")
+        export(model, path, f"{desc}; training seed {seed}; float test accuracy {100 * acc:.2f} %")
         print(f"{name}: float test accuracy {100 * acc:.2f} % -> {path} ({time.time() - t0:.0f} s)", flush=True)
 
 
