@@ -584,6 +584,17 @@ def im2col_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[n
     return cols.reshape(C * kh * kw, B * Ho * Wo), Ho, Wo
 
 
+def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.ndarray, int, int]:
+    """The activation operand [C*kh*kw, B*Ho*Wo] of a conv GEMM (contiguous). For a 1x1 kernel without padding it
+    is the (strided) input itself: no copy for one image at stride 1, one transposing copy otherwise; else im2col_T."""
+    if kh == 1 and kw == 1 and not any(pads):
+        xs = x[:, :, ::stride[0], ::stride[1]]
+        B, C, Ho, Wo = xs.shape
+        at = xs[0].reshape(C, Ho * Wo) if B == 1 else xs.transpose(1, 0, 2, 3).reshape(C, B * Ho * Wo)
+        return np.ascontiguousarray(at), Ho, Wo
+    return im2col_T(x, kh, kw, stride, pads, dilation)
+
+
 def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str) -> str | None:
     """"exact"/"lut" when a depthwise conv (one input channel per group) runs on the direct kernel dse._kernels.dw_conv
     (exact products or table lookups, no im2col), None for the GEMM paths. path="lowrank"/"rows" keep the per-group
@@ -614,7 +625,7 @@ def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=
         return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)),
                                 _prepare(mult, a_signed).lutT, stride, pads[:2], dilation, (Ho, Wo),
                                 direct == "exact", a_signed, get_threads())
-    AT, Ho, Wo = im2col_T(_u8(x), kh, kw, stride, pads, dilation)
+    AT, Ho, Wo = gemm_operand_T(_u8(x), kh, kw, stride, pads, dilation)
     Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     og, kg = Cout // groups, Cg * kh * kw
     out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
@@ -672,7 +683,7 @@ def conv2d_float(x, w, mult, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), 
     stride, pads, dilation = _conv_geometry(x.shape, w.shape, stride, pads, dilation, groups)
     B = x.shape[0]
     Cout, Cg, kh, kw = w.shape
-    AT, Ho, Wo = im2col_T(x, kh, kw, stride, pads, dilation)
+    AT, Ho, Wo = gemm_operand_T(x, kh, kw, stride, pads, dilation)
     og, kg = Cout // groups, Cg * kh * kw
     wf = w.reshape(Cout, kg)
     out = np.empty((B, Cout, Ho, Wo), dtype=np.float32)

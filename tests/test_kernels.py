@@ -148,6 +148,25 @@ def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
                 assert np.array_equal(got, ref), (by_act, isa, threads)
 
 
+@settings(deadline=None, max_examples=30)
+@given(B=st.integers(1, 3), G=st.integers(1, 3), cg=st.integers(1, 5), og=st.integers(1, 4), H=st.integers(1, 9),
+       W=st.integers(1, 9), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), signed=st.booleans(),
+       mname=st.sampled_from(["exact", "perf", "rand_i16", "rand17"]), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv1x1_without_im2col(B, G, cg, og, H, W, stride, signed, mname, seed):
+    """1x1 convs without padding read the (strided) input as the GEMM operand: same bits as the reference."""
+    rng = np.random.default_rng(seed)
+    mult = MULTS[mname]
+    x = acts(rng, (B, G * cg, H, W), signed)
+    w = rng.integers(-128, 128, (G * og, cg, 1, 1))
+    AT, Ho, Wo = K.gemm_operand_T(x, 1, 1, stride, (0, 0, 0, 0), (1, 1))
+    assert np.array_equal(AT, K.im2col_T(x, 1, 1, stride, (0, 0, 0, 0), (1, 1))[0])
+    ref = K.reference_conv2d_int(x, w, mult, signed, stride, (0, 0, 0, 0), (1, 1), G)
+    for path in PATHS + (["exact"] if mname == "exact" else []):
+        for isa in ISAS:
+            assert np.array_equal(K.conv2d_int(x, w, mult, signed, stride, (0, 0, 0, 0), (1, 1), G, path=path,
+                                               isa=isa), ref), (path, isa)
+
+
 def test_rows_kernel_int32_window_worst_case():
     """K > 32768 k-steps at the table's widest entry (span 2^16 - 1): the int32 windows are flushed into int64."""
     mult = MULTS["rand_u16"]
