@@ -43,8 +43,25 @@ def windows(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.0, ce
     return cols, Ho, Wo
 
 
+COLS_BYTES = 64 << 20  # im2col matrix of one chunk of images in conv2d
+
+
 def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dilation, groups: int) -> np.ndarray:
-    """Float32 convolution (ONNX Conv semantics) via im2col + batched matmul."""
+    """Float32 convolution (ONNX Conv semantics) via im2col + batched matmul, over chunks of images whose im2col
+    matrix stays within COLS_BYTES (memory bounded at any batch size; every image is its own matmul, so the result
+    does not depend on the chunking)."""
+    B, C, H, Wd = x.shape
+    kh, kw = W.shape[2:]
+    Ho = out_size(H, kh, stride[0], pads[0], pads[2], dilation[0])
+    Wo = out_size(Wd, kw, stride[1], pads[1], pads[3], dilation[1])
+    step = max(1, COLS_BYTES // max(1, C * kh * kw * max(Ho, 1) * max(Wo, 1) * x.itemsize))
+    if step >= B:
+        return _conv2d_chunk(x, W, b, stride, pads, dilation, groups)
+    return np.concatenate([_conv2d_chunk(x[i:i + step], W, b, stride, pads, dilation, groups)
+                           for i in range(0, B, step)])
+
+
+def _conv2d_chunk(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dilation, groups: int):
     B, C = x.shape[:2]
     Cout, Cg, kh, kw = W.shape
     cols, Ho, Wo = windows(x, (kh, kw), stride, pads, dilation)
