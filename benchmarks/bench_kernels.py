@@ -1,5 +1,5 @@
 """Kernel throughput (GMAC/s, one thread) on ResNet-like shapes: fp32 BLAS baseline vs our exact / lowrank / LUT paths
-(every ISA level) vs the numpy take-gather reference.
+(every ISA level) / row-table paths (AVX2 and portable) vs the numpy take-gather reference.
 
 Run:  python benchmarks/bench_kernels.py [--repeats 5]
 Single thread: OMP/OPENBLAS/MKL thread counts are set to 1 below, before numpy is imported. Each figure is the median
@@ -113,6 +113,8 @@ def main():
                "lowrank(perf r=1)": macs / timeit(lambda: run(PERF, "lowrank"), args.repeats) / 1e9}
         for isa in reversed(levels):
             res[f"lut {isa}"] = macs / timeit(lambda: run(MITCHELL, "lut", isa), args.repeats) / 1e9
+        for isa in ("avx2", "scalar") if "avx2" in levels else ("scalar",):
+            res[f"rows {isa}"] = macs / timeit(lambda: run(MITCHELL, "rows", isa), args.repeats) / 1e9
         res["numpy gather"] = ref_macs / timeit(ref, max(1, args.repeats)) / 1e9
         rows.append((name, res))
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
