@@ -21,6 +21,10 @@ is left (its mean over the pooled histogram is 0). Without ``act_mean`` (hand-bu
 alike and the second term is 0. The hardware is unchanged: one shared accumulation X, two constants per filter.
 Under i.i.d. activations the corrected variance is ``sum_i Var(e(a, w_fi)) - K alpha_f^2 Var(a)``, never above the
 uncorrected one; on real layers it can be above it (X correlates with e less than assumed), which tests bound.
+
+A ``matmul`` layer (activation x activation) has no weights known offline: the per-pattern fit is the same (over its
+left operand's histogram), ``alpha``/``B`` are formed per output column from the live right operand
+(:func:`matmul_cv_terms`, the sums a weight-loading adder tree would form) and applied by :func:`apply_cv_matmul`.
 """
 from __future__ import annotations
 
@@ -127,6 +131,39 @@ def _position_term(layer, dA: np.ndarray) -> np.ndarray:
         raise DseError(f"layer '{layer.name}': act_mean has shape {m.shape}, expected (groups, {k}); recalibrate "
                        "the model")
     return np.einsum("nk,nk->n", dA, np.repeat(m, n // m.shape[0], axis=0))
+
+
+def cv_pattern_fit(layer, mult: Multiplier) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's per weight-pattern fit ``(alpha float64[256], beta float64[256])`` (:func:`fit_cv`), cached."""
+    key = _layer_key(layer, mult, "cv-fit")
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    fit = fit_cv(mult, layer.act_hist, layer.a_signed, where=f"layer '{layer.name}'")
+    for v in fit:
+        v.setflags(write=False)
+    return _cache_put(key, fit)
+
+
+def matmul_cv_terms(layer, mult: Multiplier, qb) -> tuple[np.ndarray, np.ndarray]:
+    """Per output column of a matmul layer, from its right operand ``qb`` int8 [..., K, N]: ``alpha`` [..., N] = mean
+    over k of alpha(b_kn) and ``B`` [..., N] = sum over k of beta(b_kn) + sum_k (alpha(b_kn) - alpha_n) m_k (the
+    position term of :func:`cv_correction`, ``m`` = the left operand's calibration mean per k, ``act_mean`` [1, K])."""
+    alpha_w, beta_w = cv_pattern_fit(layer, mult)
+    bp = np.asarray(qb).view(np.uint8).astype(np.intp)
+    A = alpha_w[bp]
+    alpha = A.mean(axis=-2)
+    beta = beta_w[bp].sum(axis=-2)
+    if layer.act_mean is not None:
+        beta = beta + np.einsum("...kn,k->...n", A - alpha[..., None, :], np.asarray(layer.act_mean, np.float64)[0])
+    return alpha, beta
+
+
+def apply_cv_matmul(acc, qa, alpha, beta) -> np.ndarray:
+    """Corrected matmul accumulators ``acc - alpha[..., n] * X[..., m] - B[..., n]`` in float64, ``X`` = sum over k of
+    the left operand's values ``qa`` [..., M, K] (leading axes broadcast as in the matmul)."""
+    X = np.asarray(qa).astype(np.float64).sum(axis=-1)
+    return np.asarray(acc, np.float64) - X[..., :, None] * alpha[..., None, :] - beta[..., None, :]
 
 
 def clear_cache() -> None:

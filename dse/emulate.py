@@ -12,7 +12,10 @@ its consumers), ``acc = dse.kernels.conv2d_int/gemm_int`` with the multiplier's 
 correction ``acc - alpha[n] * X - beta[n]`` (float64; ``X`` = exact sum of the K activation values feeding the output,
 ``(alpha, beta) = dse.correction.cv_correction(layer, mult)``), then ``dse.quant.dequantize``. Float-domain
 multipliers (e.g. bf16) run ``dse.kernels.conv2d_float/gemm_float`` on the unquantized float32 input and weights, plus
-bias. Every other op runs in float32 exactly as ``dse.model.float_exec``.
+bias. A ``matmul`` layer (two activations) quantizes both operands (the right one signed, scale ``w_scale[0]``),
+``acc = dse.kernels.matmul_int``, CV with per-column terms from the live right operand
+(``dse.correction.matmul_cv_terms``), ``y = float32((acc * s_a) * s_b)``. Every other op runs in float32 exactly as
+``dse.model.float_exec``.
 """
 from __future__ import annotations
 
@@ -65,20 +68,30 @@ class Emulator:
         return out
 
     # ------------------------------------------------------------------ execution
-    def _mac(self, node, x, qcache, lc, mult, accs):
+    @staticmethod
+    def _quantized(t, x, scale, signed, qcache):
+        from dse.quant import quantize_act
+
+        q = qcache.get(t)
+        if q is None:
+            q = qcache[t] = quantize_act(x, scale, signed)
+        return q
+
+    def _mac(self, node, args, qcache, lc, mult, accs):
         from dse import kernels
-        from dse.quant import dequantize, quantize_act
+        from dse.quant import dequantize
 
         layer = self.layers[node.name]
+        if layer.op == "matmul":
+            return self._matmul(layer, args, qcache, lc, mult, accs)
+        x = args[0]
         if mult.domain != "int":
             if layer.op == "conv":
                 y = kernels.conv2d_float(x, node.params["W"], mult, layer.stride, layer.pads, layer.dilation,
                                          layer.groups)
                 return (y + layer.bias.reshape(1, -1, 1, 1)).astype(np.float32)
             return (kernels.gemm_float(x, node.params["W"], mult) + layer.bias).astype(np.float32)
-        q = qcache.get(layer.input)
-        if q is None:
-            q = qcache[layer.input] = quantize_act(x, layer.a_scale, layer.a_signed)
+        q = self._quantized(layer.input, x, layer.a_scale, layer.a_signed, qcache)
         if layer.op == "conv":
             acc = kernels.conv2d_int(q, layer.w_q, mult, layer.a_signed, layer.stride, layer.pads, layer.dilation,
                                      layer.groups)
@@ -92,6 +105,24 @@ class Emulator:
             alpha, beta = correction.cv_correction(layer, mult)
             acc = correction.apply_cv(acc, correction.activation_sums(layer, q), alpha, beta)
         return dequantize(acc, layer)
+
+    def _matmul(self, layer, args, qcache, lc, mult, accs):
+        from dse import kernels
+        from dse.quant import dequantize
+
+        if mult.domain != "int":
+            return kernels.matmul_float(args[0], args[1], mult)
+        qa = self._quantized(layer.input, args[0], layer.a_scale, layer.a_signed, qcache)
+        qb = self._quantized(layer.b_input, args[1], float(layer.w_scale[0]), True, qcache)
+        acc = kernels.matmul_int(qa, qb, mult, layer.a_signed)
+        if accs is not None:
+            accs[layer.name] = acc
+        if lc.cv:
+            from dse import correction
+
+            alpha, beta = correction.matmul_cv_terms(layer, mult, qb)
+            acc = correction.apply_cv_matmul(acc, qa, alpha, beta)
+        return dequantize(acc.reshape(1, 1, -1), layer).reshape(acc.shape)  # one per-tensor scale s_b
 
     def _run_batch(self, x, resolved, accs=None, cache=None, batch=None):
         """Logits of one batch. With ``cache`` (a dse.prefix_cache.PrefixCache) and ``batch`` (a key naming these
@@ -122,7 +153,7 @@ class Emulator:
             args = [env[t] for t in n.inputs]
             if n.is_mac:
                 lc, mult = resolved[n.name]
-                env[n.output] = self._mac(n, args[0], qcache, lc, mult, accs)
+                env[n.output] = self._mac(n, args, qcache, lc, mult, accs)
             else:
                 env[n.output] = exec_node(n, args)
             for t in n.inputs:

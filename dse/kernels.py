@@ -13,6 +13,9 @@ Public API (stable; other modules call only these):
   in ascending k order (k = (c, i, j) row-major for convolutions).
 * ``reference_gemm_int`` / ``reference_conv2d_int`` / ``reference_gemm_float`` / ``reference_conv2d_float``: slow,
   obviously-right numpy versions (direct table gather; sequential float32 loop).
+* ``matmul_int(a, b, mult, a_signed) -> int64[..., M, N]`` / ``matmul_float(a, b, mult)``: activation x activation
+  (attention): ``a`` [..., M, K] on the multiplier's activation port, ``b`` [..., K, N] (int8 values) on its weight
+  port, numpy broadcasting over the leading axes; one ``gemm_int`` / ``gemm_float`` per leading index.
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
 
 ``path``: "auto" picks per multiplier: "exact" (BLAS; only for multipliers whose error table is zero), "lowrank"
@@ -541,6 +544,40 @@ def gemm_int(a, w, mult, a_signed, path="auto", isa=None):
     return np.ascontiguousarray(_gemm_T(AT, Wp, mult, a_signed, path, isa).T)
 
 
+def _slices(a_shape: tuple, b_shape: tuple, what: str) -> tuple:
+    """Broadcast leading shape of ``a`` [..., M, K] @ ``b`` [..., K, N]."""
+    if len(a_shape) < 2 or len(b_shape) < 2 or a_shape[-1] != b_shape[-2]:
+        raise DseError(f"{what}: operands {a_shape} and {b_shape} must be [..., M, K] and [..., K, N] with equal K")
+    try:
+        return np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    except ValueError:
+        raise DseError(f"{what}: leading axes of {a_shape} and {b_shape} do not broadcast") from None
+
+
+def _sliced(fn, a, b, out_dtype, what):
+    """out[i] = fn(a[i], b[i].T) over the broadcast leading index i of a [..., M, K] and b [..., K, N]."""
+    lead = _slices(a.shape, b.shape, what)
+    a = np.broadcast_to(a, lead + a.shape[-2:])
+    b = np.broadcast_to(b, lead + b.shape[-2:])
+    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=out_dtype)
+    for i in np.ndindex(*lead):
+        out[i] = fn(a[i], np.ascontiguousarray(b[i].T))
+    return out
+
+
+def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
+    """int64[..., M, N]: ``out[..., m, n] = sum_k LUT[a[..., m, k] & 0xFF, b[..., k, n] & 0xFF]`` (``b`` int8 values on
+    the weight port; leading axes broadcast as in np.matmul)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return _sliced(lambda x, w: gemm_int(x, w, mult, a_signed, path, isa), a, b, np.int64, "matmul_int")
+
+
+def reference_matmul_int(a, b, mult, a_signed):
+    """numpy twin of :func:`matmul_int` (reference_gemm_int per leading index)."""
+    return _sliced(lambda x, w: reference_gemm_int(x, w, mult, a_signed), np.asarray(a), np.asarray(b), np.int64,
+                   "reference_matmul_int")
+
+
 def _pair(v, name):
     t = tuple(int(x) for x in (v if np.iterable(v) else (v, v)))
     if len(t) != 2 or min(t) < 1:
@@ -691,6 +728,18 @@ def conv2d_float(x, w, mult, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), 
         res = gemm_float(AT[g * kg:(g + 1) * kg].T, wf[g * og:(g + 1) * og], mult)  # [M, og]
         out[:, g * og:(g + 1) * og] = res.reshape(B, Ho, Wo, og).transpose(0, 3, 1, 2)
     return out
+
+
+def matmul_float(a, b, mult) -> np.ndarray:
+    """float32[..., M, N] of a float-domain multiplier: :func:`gemm_float` per broadcast leading index."""
+    return _sliced(lambda x, w: gemm_float(x, w, mult), np.asarray(a, np.float32), np.asarray(b, np.float32),
+                   np.float32, "matmul_float")
+
+
+def reference_matmul_float(a, b, mult) -> np.ndarray:
+    """numpy twin of :func:`matmul_float`."""
+    return _sliced(lambda x, w: reference_gemm_float(x, w, mult), np.asarray(a, np.float32),
+                   np.asarray(b, np.float32), np.float32, "reference_matmul_float")
 
 
 gemm_float_approx = gemm_float

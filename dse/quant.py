@@ -8,6 +8,10 @@ unsigned [0, 255] when the tensor is >= 0 on all calibration images, else signed
 ``q = clip(rint(float32(x) / float32(s_a)), qmin, qmax)`` (rint = round half to even). Weights: per output channel
 ``s_w[c] = float32(max|W_c| / 127)``, ``q = clip(rint(W / s_w), -127, 127)`` (int8). Layer output:
 ``float32((acc * s_a) * s_w[c]) + bias[c]`` with the products in float64 (:func:`dequantize`).
+A ``matmul`` layer (activation x activation, attention's QK^T and AV) quantizes both operands per tensor: the left
+one as any activation (on the multiplier's activation port), the right one always signed int8 (``s_b = amax / 127``,
+the multiplier's signed weight port; a tensor read there is quantized signed for all its consumers); its output is
+``float32((acc * s_a) * s_b)``, no bias.
 Calibration ``amax``: "max" = max |x|; "percentile" = the ``percentile``-th percentile of |x| (numpy's linear
 interpolation). Calibration streams batches (see :func:`calibrate`).
 """
@@ -20,11 +24,18 @@ from dse.errors import DseError
 
 @dataclass
 class MacLayer:
-    """One MAC layer (Conv or Gemm/MatMul) as the accelerator sees it; per-image GEMM view M x K x N."""
+    """One MAC layer (Conv or Gemm/MatMul) as the accelerator sees it; per-image GEMM view M x K x N.
+
+    A ``matmul`` layer (two activations, ``A`` [..., M, K] @ ``B`` [..., K, N']) is ``S`` independent GEMMs per image
+    (S = heads, the broadcast leading axes): ``M`` rows, ``K``, ``N = S * N'`` and ``groups = S``, so ``macs`` and the
+    PE-array mapping count them like grouped convolutions. Its "weights" are the operand ``B`` (``b_input``), loaded
+    per image: ``w_q`` holds ``B``'s int8 values on the first calibration images as rows [n, K] (a sample for the
+    error statistics of the predictor), ``w_scale`` = [s_b], ``bias`` = [0].
+    """
 
     name: str                 # unique ONNX node name
-    op: str                   # "conv" or "gemm"
-    in_shape: tuple           # per image: (C, H, W) for conv, (K,) for gemm
+    op: str                   # "conv", "gemm" or "matmul"
+    in_shape: tuple           # per image: (C, H, W) for conv, (K,) for gemm, the left operand's for matmul
     out_shape: tuple          # per image: (Cout, Ho, Wo) for conv, (N,) for gemm
     kernel: tuple = (1, 1)
     stride: tuple = (1, 1)
@@ -45,6 +56,12 @@ class MacLayer:
     acc_std: float = 1.0      # std of the exact integer accumulators (pre-bias) over calibration, all channels
     acc_std_ch: np.ndarray | None = None  # float64[N]: the same per output channel
     input: str = ""           # graph tensor feeding the layer (shared tensors share one quantization)
+    b_input: str = ""         # matmul: the right operand's tensor (quantized signed, scale w_scale[0])
+
+    @property
+    def dynamic_weights(self) -> bool:
+        """True for a matmul layer: its weight-port operand is an activation, loaded per image."""
+        return self.op == "matmul"
 
     @property
     def macs(self) -> int:
@@ -122,8 +139,8 @@ def reference_dequantize(acc: np.ndarray, layer: MacLayer) -> np.ndarray:
     return y.astype(np.float32) + layer.bias.reshape(sh)
 
 
-def _act_scale(vmin: float, vmax: float, amax: float) -> tuple[float, bool]:
-    signed = vmin < 0
+def _act_scale(vmin: float, vmax: float, amax: float, force_signed: bool = False) -> tuple[float, bool]:
+    signed = vmin < 0 or force_signed
     qmax = 127 if signed else 255
     scale = float(np.float32(amax / qmax)) if amax > 0 else 1.0
     return scale, bool(signed)
@@ -132,7 +149,7 @@ def _act_scale(vmin: float, vmax: float, amax: float) -> tuple[float, bool]:
 def operand_histogram(q: np.ndarray, layer: MacLayer) -> np.ndarray:
     """int64[256] counts of the activation patterns in the layer's operand matrix for one batch (every window
     position of every kernel tap, padding zeros included; all groups), without building the im2col matrix."""
-    if layer.op == "gemm":
+    if layer.op in ("gemm", "matmul"):
         return np.bincount(q.view(np.uint8).ravel(), minlength=256).astype(np.int64)
     B, C, H, W = q.shape
     (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = layer.kernel, layer.stride, layer.dilation, layer.pads
@@ -152,6 +169,8 @@ def operand_sums(q: np.ndarray, layer: MacLayer) -> np.ndarray:
     batch (K in the weights' order: input channel of the group, kernel row, kernel column; padding zeros included),
     summed over images and output positions, without building the im2col matrix."""
     v = np.asarray(q, dtype=np.float64)
+    if layer.op == "matmul":  # the left operand [..., M, K]: one group
+        return v.reshape(-1, layer.K).sum(axis=0)[None, :]
     if layer.op == "gemm":
         return v.reshape(v.shape[0], -1).sum(axis=0)[None, :]
     B, C, H, W = v.shape
@@ -166,11 +185,14 @@ def operand_sums(q: np.ndarray, layer: MacLayer) -> np.ndarray:
     return out.reshape(layer.groups, -1)
 
 
-def exact_acc(q: np.ndarray, layer: MacLayer) -> np.ndarray:
-    """Exact integer accumulators sum_k a_k * w_k (int64, [B, N] or [B, N, Ho, Wo]) via dse.kernels (exact path)."""
+def exact_acc(q: np.ndarray, layer: MacLayer, qb: np.ndarray | None = None) -> np.ndarray:
+    """Exact integer accumulators sum_k a_k * w_k (int64, [B, N] or [B, N, Ho, Wo]; matmul: [..., M, N'] of the
+    operands ``q`` and ``qb``) via dse.kernels (exact path)."""
     from dse import kernels
     from dse.arith.multipliers import EXACT
 
+    if layer.op == "matmul":
+        return kernels.matmul_int(q, qb, EXACT, layer.a_signed)
     if layer.op == "gemm":
         return kernels.gemm_int(q, layer.w_q, EXACT, layer.a_signed)
     return kernels.conv2d_int(q, layer.w_q, EXACT, layer.a_signed, layer.stride, layer.pads, layer.dilation,
@@ -187,8 +209,11 @@ def stream_batch_size(graph, requested: int | None = None) -> int:
     ``requested`` (if given) caps it."""
     per = 4 * int(np.prod(graph.input_shape))
     for n in graph.mac_nodes:
-        cin = int(np.prod(graph.shapes[n.inputs[0]]))
+        cin = sum(int(np.prod(graph.shapes[t])) for t in n.inputs)
         out = int(np.prod(graph.shapes[n.output]))
+        if n.op == "matmul":
+            per = max(per, 5 * cin + 16 * out)
+            continue
         W = n.params["W"]
         k = int(np.prod(W.shape[1:]))
         per = max(per, 5 * cin + k * out // max(1, W.shape[0]) + 16 * out)
@@ -291,7 +316,20 @@ def _percentile_amax(graph, batches, rng: dict, percentile: float) -> dict:
     return {t: tails[t].percentile(rng[t][2], percentile) for t in tails}
 
 
+def _make_matmul(graph, n, act_quant: dict) -> MacLayer:
+    a, b = n.inputs
+    in_shape, out_shape = tuple(graph.shapes[a]), tuple(graph.shapes[n.output])
+    M, K, Nb = int(in_shape[-2]), int(in_shape[-1]), int(graph.shapes[b][-1])
+    S = int(np.prod(out_shape)) // (M * Nb)
+    s_a, signed = act_quant[a]
+    return MacLayer(name=n.name, op="matmul", in_shape=in_shape, out_shape=out_shape, M=M, K=K, N=S * Nb, groups=S,
+                    w_scale=np.array([act_quant[b][0]], np.float32), bias=np.zeros(1, np.float32), a_scale=s_a,
+                    a_signed=signed, input=a, b_input=b)
+
+
 def _make_layer(graph, n, act_quant: dict) -> MacLayer:
+    if n.op == "matmul":
+        return _make_matmul(graph, n, act_quant)
     t = n.inputs[0]
     s_a, signed = act_quant[t]
     w_q, s_w = quantize_weights(n.params["W"])
@@ -311,35 +349,59 @@ def _make_layer(graph, n, act_quant: dict) -> MacLayer:
     return layer
 
 
+W_SAMPLE_ROWS = 4096  # rows of a matmul layer's right operand kept as its weight sample (w_q)
+
+
 def _operand_pass(graph, batches, layers: list, act_quant: dict) -> None:
-    """Fill act_hist, act_mean, acc_std_ch and acc_std of every layer (running sums over the batches)."""
+    """Fill act_hist, act_mean, acc_std_ch and acc_std of every layer (running sums over the batches); matmul layers
+    also get their weight sample ``w_q`` (the right operand on the first batch)."""
     by_tensor: dict = {}
     for l in layers:
         by_tensor.setdefault(l.input, []).append(l)
+        if l.b_input:
+            by_tensor.setdefault(l.b_input, [])
+    stat_n = {l.name: l.N // l.groups if l.op == "matmul" else l.N for l in layers}
     hist = {l.name: np.zeros(256, np.int64) for l in layers}
-    vsum = {l.name: np.zeros((l.groups, l.K)) for l in layers}
-    s1 = {l.name: np.zeros(l.N) for l in layers}
-    s2 = {l.name: np.zeros(l.N) for l in layers}
+    vsum = {l.name: np.zeros((1 if l.op == "matmul" else l.groups, l.K)) for l in layers}
+    s1 = {l.name: np.zeros(stat_n[l.name]) for l in layers}
+    s2 = {l.name: np.zeros(stat_n[l.name]) for l in layers}
     cnt = {l.name: 0 for l in layers}
+    held: dict = {}  # quantized operands of matmul layers in the current batch
+    operands = {t for l in layers if l.op == "matmul" for t in (l.input, l.b_input)}
+
+    def moments(l, acc):
+        acc = acc.astype(np.float64)
+        acc = acc.reshape(-1, l.N // l.groups)[:, :, None] if l.op == "matmul" else acc.reshape(acc.shape[0], l.N, -1)
+        s1[l.name] += acc.sum(axis=(0, 2))
+        s2[l.name] += np.einsum("bns,bns->n", acc, acc)
+        cnt[l.name] += acc.size // acc.shape[1]
 
     def visit(t, v):
         q = quantize_act(v, *act_quant[t])
         for l in by_tensor[t]:
             hist[l.name] += operand_histogram(q, l)
             vsum[l.name] += operand_sums(q, l)
-            acc = exact_acc(q, l).astype(np.float64)
-            acc = acc.reshape(acc.shape[0], l.N, -1)
-            s1[l.name] += acc.sum(axis=(0, 2))
-            s2[l.name] += np.einsum("bns,bns->n", acc, acc)
-            cnt[l.name] += acc.size // l.N
+            if l.op != "matmul":
+                moments(l, exact_acc(q, l))
+        if t not in operands:
+            return
+        held[t] = q
+        for l in layers:
+            if l.op == "matmul" and t in (l.input, l.b_input) and l.input in held and l.b_input in held:
+                qa, qb = held[l.input], held[l.b_input].view(np.int8)
+                moments(l, exact_acc(qa, l, qb))
+                if l.w_q is None:
+                    l.w_q = np.ascontiguousarray(np.swapaxes(qb, -1, -2).reshape(-1, l.K)[:W_SAMPLE_ROWS])
     for xb in batches:
+        held.clear()
         _walk(graph, xb, set(by_tensor), visit)
+    held.clear()
     for l in layers:
         c = cnt[l.name]
         m1, m2 = s1[l.name] / c, s2[l.name] / c
         l.act_hist = hist[l.name]
         l.act_mean = vsum[l.name] / c
-        l.acc_std_ch = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
+        l.acc_std_ch = np.tile(np.sqrt(np.maximum(m2 - m1 * m1, 0.0)), l.N // len(m1))
         mu = m1.mean()
         l.acc_std = float(np.sqrt(max(m2.mean() - mu * mu, 0.0)))
 
@@ -364,7 +426,8 @@ def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = 
     if not macs:
         raise DseError(f"{graph.source}: the model has no Conv/Gemm/MatMul layer to quantize")
     batches = _batches(x_calib, graph, stream_batch_size(graph, batch_size))
-    tensors = {n.inputs[0] for n in macs}
+    right = {n.inputs[1] for n in macs if n.op == "matmul"}
+    tensors = {n.inputs[0] for n in macs} | right
     rng = _range_pass(graph, batches, tensors)
     if any(c == 0 for _, _, c in rng.values()):
         raise DseError("calibration set is empty; give at least one image (e.g. fashion-mnist:calib)")
@@ -372,7 +435,7 @@ def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = 
         amax = {t: max(abs(lo), abs(hi)) for t, (lo, hi, _) in rng.items()}
     else:
         amax = _percentile_amax(graph, batches, rng, percentile)
-    act_quant = {t: _act_scale(rng[t][0], rng[t][1], amax[t]) for t in tensors}
+    act_quant = {t: _act_scale(rng[t][0], rng[t][1], amax[t], t in right) for t in tensors}
     layers = [_make_layer(graph, n, act_quant) for n in macs]
     _operand_pass(graph, batches, layers, act_quant)
     return QuantModel(graph=graph, layers=layers, input_name=graph.input_name, act_quant=act_quant)

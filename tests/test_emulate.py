@@ -52,7 +52,25 @@ def _naive_X(q, l):
                                         l.groups).astype(np.float64)
 
 
-def reference_run(qm, x, config, cv_fn=None):
+def reference_matmul_layer(l, args, mult, cv, cv_terms=None):
+    """A matmul (activation x activation) layer: both operands quantized (right one signed), a direct table gather
+    over every (m, n, k), the CV correction written out per output, ``float32((acc * s_a) * s_b)``."""
+    if mult.domain == "float":
+        return kernels.reference_matmul_float(args[0], args[1], mult)
+    qa = quantize_act(args[0], l.a_scale, l.a_signed)
+    qb = quantize_act(args[1], float(l.w_scale[0]), True)
+    lut = mult.table(l.a_signed, True).astype(np.int64)
+    pa = qa.view(np.uint8).astype(np.intp)[..., :, None, :]                     # [..., M, 1, K]
+    pb = np.swapaxes(qb.view(np.uint8).astype(np.intp), -1, -2)[..., None, :, :]  # [..., 1, N, K]
+    acc = lut[pa, pb].sum(axis=-1).astype(np.float64)
+    if cv:
+        alpha, beta = cv_terms(l, mult, qb)
+        X = qa.astype(np.int64).sum(axis=-1).astype(np.float64)
+        acc = acc - X[..., :, None] * alpha[..., None, :] - beta[..., None, :]
+    return ((acc * l.a_scale) * float(l.w_scale[0])).astype(np.float32) + np.float32(0)
+
+
+def reference_run(qm, x, config, cv_fn=None, cv_terms=None):
     """Slow obviously-right emulator: reference kernels, explicit CV and dequantization."""
     env = {qm.graph.input_name: x}
     for n in qm.graph.nodes:
@@ -63,6 +81,9 @@ def reference_run(qm, x, config, cv_fn=None):
         l = qm.layer(n.name)
         lc = config.get(n.name, LayerConfig())
         mult = get_multiplier(lc.multiplier)
+        if l.op == "matmul":
+            env[n.output] = reference_matmul_layer(l, args, mult, lc.cv, cv_terms)
+            continue
         if mult.domain == "float":
             if l.op == "conv":
                 y = kernels.reference_conv2d_float(args[0], n.params["W"], mult, l.stride, l.pads, l.dilation,

@@ -253,7 +253,9 @@ def test_vit_block_mlp_and_attention(tmp_path, opset):
     assert {"softmax", "matmul", "transpose"} <= ops and ("layernorm" in ops) == (opset >= 17)
     assert ("gelu" in ops) == (opset >= 20) and ("erf" in ops) == (opset < 20)
     qm = check_emulated(graph, [T, D], "perf_j1_k2")
-    assert len(qm.layers) == 5  # qkv, proj, fc1, fc2 (1x1 convs over the tokens) + classifier
+    assert len(qm.layers) == 7  # qkv, proj, fc1, fc2 (1x1 convs over the tokens), QK^T, AV + classifier
+    mm = [l for l in qm.layers if l.op == "matmul"]
+    assert [(l.M, l.K, l.N, l.groups, l.a_signed) for l in mm] == [(T, D // H, T * H, H, True), (T, T, D, H, False)]
 
 
 def test_convnext_style_block(tmp_path):

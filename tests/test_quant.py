@@ -163,7 +163,7 @@ def test_calibration_batch_is_memory_bounded():
     from dse.quant import STREAM_BUDGET, stream_batch_size
     from types import SimpleNamespace
 
-    node = SimpleNamespace(inputs=["x"], output="c", params={"W": np.zeros((64, 3, 7, 7), np.float32)})
+    node = SimpleNamespace(op="conv", inputs=["x"], output="c", params={"W": np.zeros((64, 3, 7, 7), np.float32)})
     g = SimpleNamespace(input_shape=(3, 224, 224), shapes={"x": (3, 224, 224), "c": (64, 112, 112)},
                         mac_nodes=[node])
     b = stream_batch_size(g, 250)

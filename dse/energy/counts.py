@@ -12,6 +12,9 @@ partial-sum bits of the layer's ``OperandFormat``.
 * ``glb_write_bits``: weights filled from DRAM (``K*N*w * weights_streamed / batch``), the input filled from DRAM
   (``prod(in_shape) * s``) when it comes from DRAM, psums per row tile but the last, outputs (``M*N*o``).
 * ``dram_bits``: the streamed weights per batch, the input and the output when they go through DRAM.
+* dynamic weights (``MacLayer.dynamic_weights``, attention's matmul): the right operand is read from the global
+  buffer per tile at the stored activation width (``K*N*s``), never filled per batch; it comes from DRAM
+  (``K*N*s`` written to the buffer and read from DRAM) exactly when the layer's input does.
 * ``pe_cycles`` = cycles * rows * cols and ``cycles`` (leakage of the array and of the global buffer).
 * control-variate column (``cv``): ``g*M*K`` adds of ``X = sum_i a_i`` in a dedicated extra column, each with an input
   and a psum register, its psums through the GLB like the others, ``X`` written once per (group, position) and read
@@ -32,13 +35,14 @@ def count_actions(layer, mp: Mapping, fmt: OperandFormat, res: Residency, array:
     w, a, s, o, p = fmt.weight_bits, fmt.act_bits, fmt.act_store_bits, fmt.out_bits, fmt.psum_bits
     macs, outs, w_elems, n_in = M * K * N, M * N, K * N, in_elems(layer)
     rt, ct = mp.row_tiles, mp.col_tiles
-    w_fill = w_elems * w * res.weights_streamed / A.batch
-    in_fill = n_in * s if res.input_dram else 0
+    dyn = layer.dynamic_weights
+    w_fill = 0.0 if dyn else w_elems * w * res.weights_streamed / A.batch
+    in_fill = (n_in + (w_elems if dyn else 0)) * s if res.input_dram else 0
     drain = outs * o if res.output_dram else 0
     psum = (rt - 1) * outs * p
     n = {"macs": macs, "mults": macs, "adds": macs,
          "reg_bits": macs * (w + a + p) + w_elems * w,
-         "glb_read_bits": w_elems * w + g * ct * M * K * s + psum + drain,
+         "glb_read_bits": w_elems * (s if dyn else w) + g * ct * M * K * s + psum + drain,
          "glb_write_bits": w_fill + in_fill + psum + outs * o,
          "dram_bits": w_fill + in_fill + drain,
          "pe_cycles": mp.cycles * A.rows * A.cols, "cycles": mp.cycles,

@@ -23,6 +23,11 @@ saves one read per ``batch`` images, so activations come first. A layer's activa
   when ``R >= 0``; when ``R < 0`` nothing is resident and the test is ``working set + tile <= C``). The tensor between
   two consecutive layers stays on chip when both fit, else it is written to and read back from DRAM (both sides
   agree by construction). The network input is read from and the last output written to DRAM.
+
+A layer with dynamic weights (``MacLayer.dynamic_weights``: attention's activation x activation matmul, ``groups`` =
+heads) loads its right operand into the array like weights, but that operand is an activation of the image: it is no
+part of the resident weights, it belongs to the layer's working set (stored at the activation width), and it goes
+through DRAM, like an input, when the layer does not fit.
 """
 from __future__ import annotations
 
@@ -88,10 +93,17 @@ def in_elems(layer) -> int:
 
 
 def _working_set(layer, fmt: OperandFormat, array: ArrayConfig) -> float:
-    """Activation bits the layer keeps in the global buffer: input, output, one column tile of psums."""
+    """Activation bits the layer keeps in the global buffer: input (both operands of a dynamic-weight layer), output,
+    one column tile of psums."""
     M, N, g = int(layer.M), int(layer.N), int(layer.groups)
     psums = M * min(N // g, array.cols) * fmt.psum_bits if int(layer.K) > array.rows else 0
-    return in_elems(layer) * fmt.act_store_bits + M * N * fmt.out_bits + psums
+    dyn = int(layer.K) * N * fmt.act_store_bits if layer.dynamic_weights else 0
+    return in_elems(layer) * fmt.act_store_bits + dyn + M * N * fmt.out_bits + psums
+
+
+def static_weight_bits(layer, fmt: OperandFormat) -> int:
+    """Bits of the layer's weights known offline (0 for dynamic weights)."""
+    return 0 if layer.dynamic_weights else int(layer.K) * int(layer.N) * fmt.weight_bits
 
 
 def plan_residency(layers, fmts: list[OperandFormat], array: ArrayConfig) -> list[Residency]:
@@ -100,7 +112,7 @@ def plan_residency(layers, fmts: list[OperandFormat], array: ArrayConfig) -> lis
         return []
     C = array.glb_bits
     need = [_working_set(l, f, array) + 2 * array.rows * array.cols * f.weight_bits for l, f in zip(layers, fmts)]
-    weights = [int(l.K) * int(l.N) * f.weight_bits for l, f in zip(layers, fmts)]
+    weights = [static_weight_bits(l, f) for l, f in zip(layers, fmts)]
     resident = min(max(C - max(need), 0.0), float(sum(weights)))  # resident weight bits
     streamed, free = [], resident
     for wb in weights:

@@ -119,12 +119,17 @@ def workload(layer, fmt: OperandFormat) -> tuple[dict, dict]:
              "loop_dims": ["C", "D", "K"], "loop_sizes": [int(layer.K), int(layer.M), N], "dimension_relations": [],
              "operand_precision": prec}
         return d, {"D1": [("C", int(layer.K))], "D2": [("K", N)]}
-    c_in, h, w = (int(v) for v in layer.in_shape)
-    _, ho, wo = (int(v) for v in layer.out_shape)
-    kh, kw = (int(v) for v in layer.kernel)
-    sh, sw = (int(v) for v in layer.stride)
-    dh, dw = (int(v) for v in layer.dilation)
-    top, left, bottom, right = (int(v) for v in layer.pads)
+    if layer.dynamic_weights:  # g GEMMs M x K x N/g (attention heads): a grouped 1x1 convolution over M positions
+        c_in, h, w, ho, wo = g * int(layer.K), 1, int(layer.M), 1, int(layer.M)
+        kh = kw = sh = sw = dh = dw = 1
+        top = left = bottom = right = 0
+    else:
+        c_in, h, w = (int(v) for v in layer.in_shape)
+        _, ho, wo = (int(v) for v in layer.out_shape)
+        kh, kw = (int(v) for v in layer.kernel)
+        sh, sw = (int(v) for v in layer.stride)
+        dh, dw = (int(v) for v in layer.dilation)
+        top, left, bottom, right = (int(v) for v in layer.pads)
     d = {"id": 0, "name": layer.name, "operator_type": "Conv",
          "equation": "O[b][g][k][oy][ox]+=W[g][k][c][fy][fx]*I[b][g][c][iy][ix]",
          "loop_dims": ["B", "K", "G", "OX", "OY", "C", "FX", "FY"],
@@ -243,7 +248,10 @@ class ZigZagEnergyModel(EnergyModel):
         comp = components(counts, energy)
         dram_bit = energy["dram_bit"]
         w_once = int(layer.K) * int(layer.N) * fmt.weight_bits * dram_bit
-        w_keep = residency.weights_streamed / A.batch
+        if layer.dynamic_weights:  # an activation of this image: through DRAM with the layer's input
+            w_keep = 1.0 if residency.input_dram else 0.0
+        else:
+            w_keep = residency.weights_streamed / A.batch
         dram = (max(zz.dram_w - (1.0 - w_keep) * w_once, 0.0)
                 + max(zz.dram_i - (0.0 if residency.input_dram else in_elems(layer) * fmt.act_store_bits * dram_bit),
                       0.0)

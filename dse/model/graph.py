@@ -5,6 +5,9 @@ Ops and their ``attrs`` / ``params`` (all parameters float32 numpy arrays; tenso
 * ``conv``: params ``W`` [Cout, Cin/groups, kh, kw], ``b`` [Cout]; attrs ``stride`` (sh, sw), ``pads``
   (top, left, bottom, right), ``dilation`` (dh, dw), ``groups``.
 * ``gemm``: params ``W`` [N, K] (alpha and transB folded in), ``b`` [N]; input [B, K] -> [B, N].
+* ``matmul``: two activation inputs ``A`` [..., M, K] and ``B`` [..., K, N] of equal rank (numpy broadcasting over
+  the leading axes, ``np.matmul``): the MAC layer of attention's QK^T and AV. ``matmul_float``: a constant left
+  operand (param) times an activation, kept in float.
 * ``affine``: params ``scale``, ``shift`` [C]: ``y = x * scale[c] + shift[c]`` on axis 1 (a BatchNormalization
   that could not be folded into a preceding conv/gemm).
 * ``relu``; ``clip``: attrs ``min``, ``max`` (floats, +-inf when absent).
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAC_OPS = ("conv", "gemm")
+MAC_OPS = ("conv", "gemm", "matmul")
 
 
 @dataclass

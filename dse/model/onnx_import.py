@@ -198,7 +198,7 @@ def _fold_into_mac(nodes: list, output: str) -> list:
             if n.op not in ("affine", "add") or len(n.inputs) != 1 or len(n.params) != (2 if n.op == "affine" else 1):
                 continue
             prod = next((p for p in nodes if p.output == n.inputs[0]), None)
-            if prod is None or not prod.is_mac or prod.output == output:
+            if prod is None or prod.op not in ("conv", "gemm") or prod.output == output:
                 continue
             if sum(n.inputs[0] in c.inputs for c in nodes) != 1:
                 continue

@@ -295,7 +295,7 @@ def _tile(node, xs):
     return np.tile(xs[0], np.asarray(xs[1]).astype(np.int64))
 
 
-@ir_op("matmul")
+@ir_op("matmul", "matmul_float")
 def _matmul(node, xs):
     return np.matmul(xs[0], xs[1])
 

@@ -1,5 +1,5 @@
-"""MAC layers and BatchNormalization: Conv, Gemm, MatMul (constant weight -> MAC layer; two activations -> float
-matmul), BatchNormalization (folded into a preceding MAC layer later, else a float affine op)."""
+"""MAC layers and BatchNormalization: Conv, Gemm, MatMul (constant weight -> conv/gemm MAC layer; two activations ->
+matmul MAC layer), BatchNormalization (folded into a preceding MAC layer later, else a float affine op)."""
 from __future__ import annotations
 
 import numpy as np
@@ -58,11 +58,14 @@ def _gemm(imp, n: OnnxNode) -> None:
 @converter("MatMul")
 def _matmul(imp, n: OnnxNode) -> None:
     """x @ W with a constant 2-D W is a MAC layer: a gemm on [N, K] inputs; on [N, ..., K] inputs (tokens, channels-
-    last) a 1x1 conv over the positions, between two transposes. Two activations: a float matmul."""
+    last) a 1x1 conv over the positions, between two transposes. Two activations (attention): a matmul MAC layer."""
     A, B = imp.t(n.inputs[0]), imp.t(n.inputs[1])
     W = imp.const(B)
+    if A in imp.sample and B in imp.sample:
+        _act_matmul(imp, n, A, B)
+        return
     if W is None or A not in imp.sample:
-        imp.emit(n, "matmul")
+        imp.emit(n, "matmul_float" if B in imp.sample else "matmul")
         return
     if W.ndim != 2:
         raise imp.err(n.name, f"has a constant right operand of rank {W.ndim}; only x @ W with a 2-D W is supported")
@@ -85,6 +88,16 @@ def _matmul(imp, n: OnnxNode) -> None:
     back = (0,) + tuple(range(2, len(shape) + 1)) + (1,)
     imp.add_node(Node(f"{n.name}/to_channels_last", "transpose", [r_out], [n.outputs[0]], dict(perm=back), {},
                       n.op_type))
+
+
+def _act_matmul(imp, n: OnnxNode, A: str, B: str) -> None:
+    """Activation x activation: both operands [N, ..., M, K] and [N, ..., K, N'] of the same rank (>= 3 with the
+    batch), so that numpy's broadcasting over the leading axes never pairs rows of different images."""
+    ra, rb = len(imp.shape(A)) + 1, len(imp.shape(B)) + 1
+    if ra != rb or ra < 3:
+        raise imp.err(n.name, f"(MatMul) multiplies two activations of ranks {ra} and {rb}; dse needs both of the "
+                              "same rank >= 3 ([batch, ..., rows, cols]): reshape them before the MatMul")
+    imp.add_node(Node(n.name, "matmul", [A, B], [n.outputs[0]], {}, {}, n.op_type))
 
 
 @converter("BatchNormalization")

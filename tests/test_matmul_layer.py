@@ -1,0 +1,146 @@
+"""The activation x activation MatMul layer (attention QK^T and AV): kernels against a direct table gather, the
+emulated layer (exact, approximate, CV, float domain) against a plain numpy reference, its calibration, energy and
+predictor terms, and the one-line refusal of operands that would mix images."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dse import correction, kernels
+from dse.arith.multipliers import get_multiplier
+from dse.emulate import Emulator
+from dse.energy import EnergyModel
+from dse.errors import DseError
+from dse.layer_config import LayerConfig
+from dse.model.onnx_import import load_onnx
+from dse.predict import layer_term
+from dse.quant import calibrate
+from tests.test_emulate import reference_run
+from tests.test_onnx_ops import G, attention, token_head
+
+RNG = np.random.default_rng(23)
+
+
+def _gather(a, b, mult, a_signed):
+    """out[..., m, n] = sum_k LUT[a[..., m, k], b[..., k, n]] by one broadcast table gather."""
+    lut = mult.table(a_signed, True).astype(np.int64)
+    pa = (a.astype(np.int64) & 0xFF)[..., :, None, :]
+    pb = np.swapaxes(b.astype(np.int64) & 0xFF, -1, -2)[..., None, :, :]
+    return lut[pa, pb].sum(axis=-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(lead=st.sampled_from([((2, 3), (2, 3)), ((2, 3), (2, 1)), ((1, 3), (2, 3)), ((4,), (4,)), ((1,), (1,))]),
+       M=st.integers(1, 6), K=st.integers(1, 9), N=st.integers(1, 6), a_signed=st.booleans(),
+       mult=st.sampled_from(["exact", "mitch_w6", "drum4", "perf_j1_k2"]))
+def test_matmul_int_matches_table_gather(lead, M, K, N, a_signed, mult):
+    m = get_multiplier(mult)
+    lo, hi = (-128, 128) if a_signed else (0, 256)
+    a = RNG.integers(lo, hi, lead[0] + (M, K)).astype(np.int8 if a_signed else np.uint8)
+    b = RNG.integers(-128, 128, lead[1] + (K, N)).astype(np.int8)
+    want = _gather(a, b, m, a_signed)
+    np.testing.assert_array_equal(kernels.matmul_int(a, b, m, a_signed), want)
+    np.testing.assert_array_equal(kernels.reference_matmul_int(a, b, m, a_signed), want)
+
+
+def test_matmul_int_refuses_mismatched_operands():
+    m = get_multiplier("exact")
+    with pytest.raises(DseError, match="equal K"):
+        kernels.matmul_int(np.zeros((2, 3, 4), np.int8), np.zeros((2, 5, 3), np.int8), m, True)
+    with pytest.raises(DseError, match="do not broadcast"):
+        kernels.matmul_int(np.zeros((2, 3, 4), np.int8), np.zeros((3, 4, 3), np.int8), m, True)
+
+
+@pytest.fixture(scope="module")
+def att_model(tmp_path_factory):
+    T, D, H = 5, 8, 2
+    g = G(17)
+    p = g.save(tmp_path_factory.mktemp("att"), token_head(g, attention(g, "x", T, D, H), D), [T, D])
+    graph = load_onnx(p)
+    qm = calibrate(graph, RNG.standard_normal((16, T, D)).astype(np.float32))
+    return qm, (T, D, H)
+
+
+def test_attention_matmuls_are_quantized_searchable_layers(att_model):
+    qm, (T, D, H) = att_model
+    qk, av = [l for l in qm.layers if l.op == "matmul"]
+    assert qk.a_signed and not av.a_signed                       # Q signed, softmax output unsigned
+    assert qm.act_quant[qk.b_input][1] and qm.act_quant[av.b_input][1]  # K^T and V on the signed weight port
+    assert qk.macs == H * T * (D // H) * T and av.macs == H * T * T * (D // H)
+    assert qk.w_q.dtype == np.int8 and qk.w_q.shape[1] == qk.K and qk.act_hist.sum() > 0 and qk.acc_std > 0
+    x = RNG.standard_normal((4, T, D)).astype(np.float32)
+    emu = Emulator(qm)
+    exact = emu.run(x)
+    approx = emu.run(x, {qk.name: LayerConfig("mitch_w6"), av.name: LayerConfig("drum4", cv=True)})
+    assert not np.array_equal(exact, approx)                     # the choice reaches the layer
+    accs = emu.accumulators(x, {qk.name: LayerConfig("mitch_w6")})
+    assert accs[qk.name].shape == (4, H, T, T) and accs[qk.name].dtype == np.int64
+
+
+@pytest.mark.parametrize("cfg", [("exact", False), ("mitch_w6", False), ("perf_j1_k2", True), ("drum4", True),
+                                 ("bf16", False)])
+def test_attention_emulation_bit_exact_vs_reference(att_model, cfg):
+    qm, (T, D, _) = att_model
+    mult, cv = cfg
+    config = {l.name: LayerConfig(mult, cv) for l in qm.layers if l.op == "matmul"}
+    x = RNG.standard_normal((3, T, D)).astype(np.float32)
+    want = reference_run(qm, x, config, cv_terms=correction.matmul_cv_terms)
+    np.testing.assert_array_equal(Emulator(qm).run(x, config), want)
+
+
+def test_matmul_cv_removes_the_mean_error_of_perforation(att_model):
+    """Perforation's error is linear in the activation: the per-column CV makes the mean error ~0 (as for conv)."""
+    qm, (T, D, _) = att_model
+    av = [l for l in qm.layers if l.op == "matmul"][1]
+    x = RNG.standard_normal((32, T, D)).astype(np.float32)
+    emu = Emulator(qm)
+    ex = emu.accumulators(x)[av.name].astype(np.float64)
+    mult = get_multiplier("perf_j1_k2")
+    from dse.quant import quantize_act
+    from dse.model.float_exec import run_float_all
+
+    env = run_float_all(qm.graph, x)
+    qa = quantize_act(env[av.input], av.a_scale, av.a_signed)
+    qb = quantize_act(env[av.b_input], float(av.w_scale[0]), True)
+    raw = kernels.matmul_int(qa, qb, mult, av.a_signed).astype(np.float64)
+    fixed = correction.apply_cv_matmul(raw, qa, *correction.matmul_cv_terms(av, mult, qb))
+    assert abs((fixed - ex).mean()) < 0.2 * abs((raw - ex).mean())
+
+
+def test_energy_and_predictor_count_the_matmul_layers(att_model):
+    qm, _ = att_model
+    em = EnergyModel()
+    net = em.network(qm.layers)
+    mm = {l.name: l for l in qm.layers if l.op == "matmul"}
+    per = {le.name: le for le in net.layers}
+    for name, l in mm.items():
+        assert per[name].counts["macs"] == l.macs and per[name].tiles >= l.groups
+        assert per[name].counts["glb_read_bits"] >= l.K * l.N * 8      # the right operand is read per tile
+    rel = em.relative(qm.layers, {n: LayerConfig("perf_j1_k2") for n in mm})
+    assert rel["multiplier"] < 1.0
+    t = layer_term(next(iter(mm.values())), "mitch_w6")
+    assert t.K > 0 and t.contrib > 0 and np.isfinite(t.contrib)
+
+
+def test_matmul_of_rank2_activations_refused(tmp_path):
+    """[N, K] @ [N, K]^T would mix images: one line naming the node."""
+    g = G(17)
+    y = g.op("MatMul", ["x", g.op("Transpose", ["x"], perm=[1, 0])])
+    p = g.save(tmp_path, y, [4])
+    with pytest.raises(DseError) as e:
+        load_onnx(p)
+    assert "\n" not in str(e.value) and re.search(r"node '(transpose|matmul)\d+'", str(e.value))
+
+
+def test_zigzag_backend_maps_the_matmul_layers(att_model, tmp_path, monkeypatch):
+    zz = pytest.importorskip("dse.energy.zigzag_backend")
+    pytest.importorskip("zigzag")
+    monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path))
+    qm, _ = att_model
+    mm = [l for l in qm.layers if l.op == "matmul"]
+    net = zz.ZigZagEnergyModel().network(mm)
+    assert all(le.cycles > 0 and le.counts["macs"] == l.macs for le, l in zip(net.layers, mm))
