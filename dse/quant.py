@@ -341,8 +341,9 @@ def _make_layer(graph, n, act_quant: dict) -> MacLayer:
                          dilation=tuple(n.attrs["dilation"]), groups=int(n.attrs["groups"]),
                          M=int(out_shape[1] * out_shape[2]), K=int(Cg * kh * kw), N=int(Cout))
     else:
-        layer = MacLayer(name=n.name, op="gemm", in_shape=in_shape, out_shape=out_shape, M=1,
-                         K=int(w_q.shape[1]), N=int(w_q.shape[0]))
+        K = int(w_q.shape[1])  # rows per image: 1, or the tokens of a batch-merged [N * tokens, K] input
+        layer = MacLayer(name=n.name, op="gemm", in_shape=in_shape, out_shape=out_shape,
+                         M=int(np.prod(in_shape)) // K, K=K, N=int(w_q.shape[0]))
     layer.w_q, layer.w_scale = w_q, s_w
     layer.bias = np.asarray(n.params["b"], dtype=np.float32)
     layer.a_scale, layer.a_signed, layer.input = s_a, signed, t

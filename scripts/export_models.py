@@ -2,7 +2,8 @@
 
 torchvision does not load against the CPU torch wheel used here, so the networks are written from torch.nn layers:
 MobileNetV3-small, an EfficientNet-B0-style MBConv+SE net, a ShuffleNetV2 block net, a small ViT (cls token, learned
-position embedding, pre-norm multi-head attention, GELU MLP) and ResNet-18. Weights are random (BatchNorm statistics
+position embedding, pre-norm multi-head attention, GELU MLP) in three attention styles (batch-first reshapes, timm's
+permute(2, 0, 3, 1, 4), torch.nn.MultiheadAttention) and ResNet-18. Weights are random (BatchNorm statistics
 too), which is enough to check the import: each model is exported with ``torch.onnx.export`` (opset 17, dynamic batch),
 loaded with ``dse.model.onnx_import.load_onnx`` and run by the float executor against onnxruntime.
 
@@ -158,10 +159,39 @@ class Attention(nn.Module):
         return self.proj((a @ v).transpose(1, 2).reshape(b, t, d))
 
 
-class Block(nn.Module):
-    def __init__(self, d, heads, mlp):
+class TimmAttention(nn.Module):
+    """timm's Attention: one qkv Linear, reshape (B, N, 3, H, D) and permute(2, 0, 3, 1, 4) (the batch on axis 1)."""
+
+    def __init__(self, d, heads):
         super().__init__()
-        self.n1, self.att, self.n2 = nn.LayerNorm(d), Attention(d, heads), nn.LayerNorm(d)
+        self.h, self.qkv, self.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = (q * (d // self.h) ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class MhaAttention(nn.Module):
+    """torch.nn.MultiheadAttention (batch_first): exported with [T, B, D], [B * heads, T, d] and [T * B, D] layouts."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(d, heads, batch_first=True)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+ATTENTION = {"plain": Attention, "timm": TimmAttention, "mha": MhaAttention}
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads, mlp, attention="plain"):
+        super().__init__()
+        self.n1, self.att, self.n2 = nn.LayerNorm(d), ATTENTION[attention](d, heads), nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, mlp), nn.GELU(), nn.Linear(mlp, d))
 
     def forward(self, x):
@@ -170,13 +200,13 @@ class Block(nn.Module):
 
 
 class SmallViT(nn.Module):
-    def __init__(self, size=64, patch=8, d=64, depth=4, heads=4, classes=10):
+    def __init__(self, size=64, patch=8, d=64, depth=4, heads=4, classes=10, attention="plain", channels=3):
         super().__init__()
-        self.embed = nn.Conv2d(3, d, patch, patch)
+        self.embed = nn.Conv2d(channels, d, patch, patch)
         n = (size // patch) ** 2
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
-        self.blocks = nn.Sequential(*[Block(d, heads, 2 * d) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(d, heads, 2 * d, attention) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, classes)
 
     def forward(self, x):
@@ -211,12 +241,14 @@ class ResNet18(nn.Module):
 
 
 MODELS = {"mobilenetv3_small": MobileNetV3Small, "efficientnet_b0_style": EfficientNetB0Style,
-          "shufflenetv2_small": ShuffleNetV2Small, "vit_small": SmallViT, "resnet18": ResNet18}
+          "shufflenetv2_small": ShuffleNetV2Small, "vit_small": SmallViT, "vit_timm": SmallViT, "vit_mha": SmallViT,
+          "resnet18": ResNet18}
+VIT_ATTENTION = {"vit_small": "plain", "vit_timm": "timm", "vit_mha": "mha"}
 
 
 def export(name: str, out_dir: Path, opset: int = 17, size: int = 64) -> Path:
     torch.manual_seed(0)
-    model = MODELS[name]() if name != "vit_small" else SmallViT(size=size)
+    model = MODELS[name]() if name not in VIT_ATTENTION else SmallViT(size=size, attention=VIT_ATTENTION[name])
     model = _bn_random(model)
     path = out_dir / f"{name}.onnx"
     x = torch.randn(2, 3, size, size)

@@ -218,7 +218,7 @@ def test_invalid_and_missing_files(tmp_path):
 def test_reshape_dropping_batch_rejected(tmp_path, onnx_builder):
     p = onnx_builder(tmp_path, [helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")], {"s": np.array([12], np.int64)},
               [3, 4])
-    with pytest.raises(DseError, match="node 'rs': Reshape shape \\[12\\] does not keep the batch"):
+    with pytest.raises(DseError, match=r"node 'rs' \(Reshape\) target \[12\] does not fit its input \[1, 3, 4\] \(batch size 1\) at batch size 2"):
         load_onnx(p)
 
 

@@ -188,6 +188,47 @@ def attention(g: G, x, T, D, H):
     return g.op("Add", [x, linear(g, g.op("Reshape", [a, back]), D, D)])
 
 
+def timm_attention(g: G, x, T, D, H):
+    """timm's Attention: qkv Linear, Reshape [N, T, 3, H, d], Transpose perm (2, 0, 3, 1, 4) to [3, N, H, T, d] (the
+    batch on axis 1), q/k/v = Gather(axis 0), QK^T, Softmax, AV, Transpose back, Reshape [N, T, D], proj."""
+    d = D // H
+    qkv = linear(g, layernorm(g, x, D), D, 3 * D)
+    n = _shape_dims(g, x, 0)
+    qkv = g.op("Reshape", [qkv, g.op("Concat", [n, g.c([T, 3, H, d])], axis=0)])
+    qkv = g.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])
+    q, k, v = (g.op("Gather", [qkv, g.c(np.array(i))], axis=0) for i in range(3))
+    s = g.op("MatMul", [g.op("Mul", [q, g.c(np.float32(d ** -0.5))]), g.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    a = g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])
+    a = g.op("Reshape", [g.op("Transpose", [a], perm=[0, 2, 1, 3]), g.op("Concat", [n, g.c([T, D])], axis=0)])
+    return g.op("Add", [x, linear(g, a, D, D)])
+
+
+def mha_attention(g: G, x, T, D, H):
+    """torch.nn.MultiheadAttention (batch_first) as torch exports it: Transpose to [T, N, D], in-projection on that
+    layout, [3, T, N, D] by Unsqueeze/Transpose/Squeeze, Gather q/k/v, Reshape [T, N * H, d] and Transpose to
+    [N * H, T, d] (the batch merged with the heads), QK^T, Softmax, AV, back to [T * N, D] for the out-projection Gemm,
+    Reshape [T, N, D], Transpose to [N, T, D]."""
+    d = D // H
+    t = g.op("Transpose", [layernorm(g, x, D)], perm=[1, 0, 2])
+    qkv = linear(g, t, D, 3 * D)                                                  # [T, N, 3D]
+    n = _shape_dims(g, t, 1)
+    qkv = g.op("Reshape", [qkv, g.op("Concat", [g.c([T]), n, g.c([3, D])], axis=0)])
+    qkv = g.op("Transpose", [g.axes_op("Unsqueeze", qkv, [0])], perm=[3, 1, 2, 0, 4])
+    qkv = g.axes_op("Squeeze", qkv, [-2])                                         # [3, T, N, D]
+    nh = g.op("Mul", [n, g.c([H])])
+    heads = g.op("Concat", [g.c([T]), nh, g.c([d])], axis=0)
+    q, k, v = (g.op("Transpose", [g.op("Reshape", [g.op("Gather", [qkv, g.c(np.array(i))], axis=0), heads])],
+                    perm=[1, 0, 2]) for i in range(3))                            # [N * H, T, d]
+    s = g.op("MatMul", [g.op("Mul", [q, g.c(np.float32(d ** -0.5))]), g.op("Transpose", [k], perm=[0, 2, 1])])
+    a = g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])
+    a = g.op("Transpose", [a], perm=[1, 0, 2])                                    # [T, N * H, d]
+    tn = g.op("Mul", [n, g.c([T])])
+    a = g.op("Reshape", [a, g.op("Concat", [tn, g.c([D])], axis=0)])              # [T * N, D]
+    o = g.op("Gemm", [a, g.c(_w(D, D)), g.c(_w(D))], transB=1)
+    o = g.op("Reshape", [o, g.op("Concat", [g.c([T]), n, g.c([D])], axis=0)])
+    return g.op("Add", [x, g.op("Transpose", [o], perm=[1, 0, 2])])
+
+
 def head(g: G, x, C, classes=5):
     f = g.op("Flatten", [g.op("GlobalAveragePool", [x])])
     return g.op("Gemm", [f, g.c(_w(classes, C)), g.c(_w(classes))], transB=1)
@@ -258,6 +299,35 @@ def test_vit_block_mlp_and_attention(tmp_path, opset):
     assert [(l.M, l.K, l.N, l.groups, l.a_signed) for l in mm] == [(T, D // H, T * H, H, True), (T, T, D, H, False)]
 
 
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("style", ["timm", "mha"])
+def test_attention_with_the_batch_off_axis_0(tmp_path, opset, style):
+    """timm's permute (batch on axis 1) and nn.MultiheadAttention's layouts ([T, N, D], [N * heads, T, d], [T * N, D])
+    import, match onnxruntime, and emulate bit-exactly with quantized attention matmuls."""
+    T, D, H = 5, 8, 2
+    g = G(opset)
+    x = (timm_attention if style == "timm" else mha_attention)(g, "x", T, D, H)
+    p = g.save(tmp_path, token_head(g, mlp_block(g, x, D), D), [T, D])
+    graph = check_float(p, [T, D])
+    qm = check_emulated(graph, [T, D], "mitch_w6")
+    mm = [l for l in qm.layers if l.op == "matmul"]
+    assert [(l.M, l.K, l.N, l.groups) for l in mm] == [(T, D // H, T * H, H), (T, T, D, H)]
+    assert [l.a_signed for l in mm] == [True, False]
+    if style == "mha":
+        rows = [l for l in qm.layers if l.op == "gemm" and l.M == T]
+        assert [(l.K, l.N) for l in rows] == [(D, 3 * D), (D, D)]              # in-proj on [T, N, D], out-proj
+
+
+@settings(max_examples=8, deadline=None)
+@given(T=st.integers(1, 5), H=st.sampled_from([1, 2, 3]), d=st.integers(1, 3), n=st.integers(1, 4),
+       style=st.sampled_from(["timm", "mha"]))
+def test_moved_batch_attention_random_shapes(tmp_path_factory, T, H, d, n, style):
+    D = H * d
+    g = G(17)
+    x = (timm_attention if style == "timm" else mha_attention)(g, "x", T, D, H)
+    check_float(g.save(tmp_path_factory.mktemp("att"), token_head(g, x, D), [T, D]), [T, D], n=n)
+
+
 def test_convnext_style_block(tmp_path):
     """Depthwise 7x7, permute to channels-last, LayerNorm, MLP on channels-last, permute back, Pad, Resize."""
     g = G(17)
@@ -323,18 +393,53 @@ def _err(path, match):
     assert "\n" not in str(e.value)
 
 
-def test_batch_merging_reshape_is_one_line_error(tmp_path):
+def test_unfoldable_batch_expression_is_one_line_error(tmp_path):
     g = G(17)
     n = _shape_dims(g, "x", 0)
-    merged = g.op("Mul", [n, g.c([4])])                              # N * 4: not foldable into [N, ...]
+    grown = g.op("Add", [n, g.c([1])])                               # N + 1: not a multiple of the batch size
+    y = g.op("Reshape", ["x", g.op("Concat", [grown, g.c([-1])], axis=0)])
+    _err(g.save(tmp_path, y, [4, 3]), r"node 'reshape\d+' has a shape whose entry 0 depends on the batch size in a "
+                                      r"way that cannot be folded \(values \[3, 4\]")
+
+
+def test_batch_merged_output_refused(tmp_path):
+    g = G(17)
+    merged = g.op("Mul", [_shape_dims(g, "x", 0), g.c([4])])        # [N * 4, 3]: fine inside, not as logits
     y = g.op("Reshape", ["x", g.op("Concat", [merged, g.c([3])], axis=0)])
-    _err(g.save(tmp_path, y, [4, 3]), r"node 'reshape\d+' has a shape whose entry 0 depends on the batch size")
+    _err(g.save(tmp_path, y, [4, 3]), r"output '\w+' has its batch on axis 0, merged with another axis \(4 x batch\)")
 
 
-def test_transpose_of_batch_axis_refused(tmp_path):
+def test_batch_moved_output_refused(tmp_path):
     g = G(17)
     y = g.op("Transpose", ["x"], perm=[1, 0, 2])
-    _err(g.save(tmp_path, y, [4, 3]), r"node 'transpose\d+' \(Transpose\) moves the batch axis \(perm \[1, 0, 2\]\)")
+    _err(g.save(tmp_path, y, [4, 3]), r"output '\w+' has its batch on axis 1 \(shape \[4, 1, 3\] at batch size 1\)")
+
+
+@pytest.mark.parametrize("case", ["softmax", "reduce", "concat", "gather"])
+def test_ops_mixing_a_moved_batch_axis_refused(tmp_path, case):
+    """After a Transpose moves the batch to axis 1, an op along that axis would mix images: refused, node named."""
+    g = G(17)
+    t = g.op("Transpose", ["x"], perm=[1, 0, 2])                      # [4, N, 3]
+    if case == "softmax":
+        y = g.op("Softmax", [t], axis=1)
+    elif case == "reduce":
+        y = g.axes_op("ReduceMean", t, [1])
+    elif case == "concat":
+        y = g.op("Concat", [t, t], axis=1)
+    else:
+        y = g.op("Gather", [t, g.c(np.array(0))], axis=1)
+    _err(g.save(tmp_path, g.op("Transpose", [y], perm=[1, 0, 2]) if case != "gather" else y, [4, 3]),
+         r"node '\w+' \(\w+\) works on the batch axis 1")
+
+
+def test_image_mixing_graph_refused(tmp_path):
+    """A reshape that interleaves images ([N, 4, 3] -> [4, N, 3] without a transpose) is caught by the final check
+    that each image is computed alone."""
+    g = G(17)
+    n = _shape_dims(g, "x", 0)
+    y = g.op("Reshape", ["x", g.op("Concat", [g.c([4]), n, g.c([3])], axis=0)])     # [4, N, 3]: mixes images
+    y = g.op("Transpose", [y], perm=[1, 0, 2])
+    _err(g.save(tmp_path, g.op("Flatten", [y]), [4, 3]), r"depends on the other images of the batch")
 
 
 def test_resize_linear_refused(tmp_path):

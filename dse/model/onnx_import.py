@@ -1,12 +1,16 @@
 """ONNX -> :class:`dse.model.graph.Graph` (BatchNormalization folded, per-tensor shapes known).
 
 ``load_onnx(path) -> Graph``. The model must have one float input [N, ...] (N = batch, symbolic or any size; the other
-dims fixed) and one output. Each ONNX node goes to the handler registered for its op type in
+dims fixed) and one output [N, ...]. Each ONNX node goes to the handler registered for its op type in
 :mod:`dse.model.converters` (``supported_ops()`` lists them). Constant subgraphs are folded at import, including the
 Shape/Gather/Concat/... chains that compute reshape targets: a value that depends on the batch size is evaluated at
-two probe batch sizes (:data:`LANES`) and a target entry equal to the batch size becomes the batch dimension
-(:data:`dse.model.ops.BATCH`). Every runtime tensor keeps the batch as its first axis (checked by running the graph at
-two batch sizes). Anything else raises :class:`DseError` with one line naming the file, the node and the fix.
+two probe batch sizes (:data:`LANES`) and a target entry equal to k times the batch size becomes
+:class:`dse.model.ops.BatchDim` (k). Every runtime tensor is executed at batch sizes 1 and 2 as it is added, which
+locates its batch axis (``Importer.batch``: the one axis of size k at batch 1 and 2k at batch 2): the batch may move
+(attention's permute to [3, N, heads, tokens, d]) or merge with another axis ([N * heads, tokens, d] of
+nn.MultiheadAttention); ops that would mix images (reducing, concatenating, padding along the batch axis) are refused,
+and the finished graph is checked to compute every image independently. Anything else raises :class:`DseError` with
+one line naming the file, the node and the fix.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 from dse.errors import DseError
 from dse.model.converters import OnnxNode, lookup, supported
 from dse.model.graph import Graph, Node, params_f32, toposort
-from dse.model.ops import BATCH, IR_OPS
+from dse.model.ops import IR_OPS, BatchDim
 
 LANES = (2, 3)  # probe batch sizes for values computed from tensor shapes
 
@@ -40,7 +44,8 @@ def _s(v):
 
 class Importer:
     """Conversion state: constants, batch-dependent shape values (``probes``: one value per lane), runtime tensors
-    (IR nodes, each executed on a one-image sample as it is added so later nodes know its shape)."""
+    (IR nodes, each executed as it is added on a one-image sample (``sample``) and a two-image one (``sample2``) so
+    later nodes know its shape and its batch axis (``batch``: tensor -> (axis, k)))."""
 
     def __init__(self, path: str, input_name: str, input_shape: tuple):
         self.path = path
@@ -51,7 +56,10 @@ class Importer:
         self.nodes: list[Node] = []
         self.lanes = LANES
         rng = np.random.default_rng(0)
-        self.sample = {input_name: rng.standard_normal((1,) + tuple(input_shape)).astype(np.float32)}
+        x2 = rng.standard_normal((2,) + tuple(input_shape)).astype(np.float32)
+        self.sample = {input_name: x2[:1]}
+        self.sample2 = {input_name: x2}
+        self.batch: dict[str, tuple] = {input_name: (0, 1)}
 
     # ------------------------------------------------------------------ lookups
     def err(self, node_name: str, msg: str) -> DseError:
@@ -68,9 +76,48 @@ class Importer:
     def is_runtime(self, name: str) -> bool:
         return bool(name) and self.t(name) in self.sample
 
+    def full(self, name: str) -> tuple:
+        """Whole shape of a runtime tensor at batch size 1."""
+        return tuple(self.sample[self.t(name)].shape)
+
+    def rank(self, name: str) -> int:
+        return self.sample[self.t(name)].ndim
+
     def shape(self, name: str) -> tuple:
-        """Per-image shape of a runtime tensor."""
-        return tuple(self.sample[self.t(name)].shape[1:])
+        """Per-image shape of a runtime tensor: its batch-1 shape without the batch axis (kept, of size k, when the
+        batch is merged with another axis)."""
+        axis, k = self.batch[self.t(name)]
+        full = self.full(name)
+        return full[:axis] + full[axis + 1:] if k == 1 else full
+
+    def batch_first(self, name: str) -> bool:
+        return self.batch[self.t(name)] == (0, 1)
+
+    def need_batch_first(self, n: OnnxNode, name: str) -> str:
+        """The runtime tensor ``name`` if its batch is its first axis, else a one-line error."""
+        x = self.t(name)
+        if x not in self.sample:
+            raise self.err(n.name, f"({n.op_type}) has a constant input '{name}'; it must read an activation")
+        if not self.batch_first(x):
+            where = self.where_batch(x)
+            raise self.err(n.name, f"({n.op_type}) reads tensor '{name}' whose batch is not its first axis ({where}); "
+                                   "dse runs this op on [N, ...] tensors only: transpose/reshape the batch back to "
+                                   "axis 0 before it")
+        return x
+
+    def where_batch(self, name: str) -> str:
+        axis, k = self.batch[self.t(name)]
+        return f"axis {axis}" if k == 1 else f"axis {axis}, merged with another axis ({k} x batch)"
+
+    def refuse_batch_axes(self, n: OnnxNode, axes, what: str = "axis") -> None:
+        """One-line error if ``axes`` of the runtime input 0 include its batch axis (the op would mix images)."""
+        x = self.t(n.inputs[0]) if n.inputs else ""
+        if x not in self.sample:
+            return
+        nd, (b, _) = self.rank(x), self.batch[x]
+        if any(int(a) % nd == b for a in axes):
+            raise self.err(n.name, f"({n.op_type}) works on the batch axis {b} ({what} {list(map(int, axes))}); it "
+                                   "would mix images: export the model so this op uses the other axes")
 
     def need_const(self, n: OnnxNode, name: str, what: str) -> np.ndarray:
         v = self.const(name)
@@ -86,7 +133,8 @@ class Importer:
         return self.need_const(n, name, what) if name else default
 
     def dims(self, n: OnnxNode, name: str, what: str) -> tuple:
-        """A shape-like integer vector that is constant or has entries equal to the batch size (-> BATCH)."""
+        """A shape-like integer vector that is constant or has entries equal to k times the batch size
+        (-> :class:`BatchDim` (k))."""
         c = self.const(name)
         if c is not None:
             return tuple(int(v) for v in np.asarray(c).reshape(-1))
@@ -95,34 +143,52 @@ class Importer:
             self.need_const(n, name, what)  # raises: neither constant nor a shape value
         out = []
         for i, vals in enumerate(zip(*(np.asarray(v).reshape(-1) for v in lanes))):
+            vals = [int(v) for v in vals]
+            k = vals[0] // LANES[0]
             if all(v == vals[0] for v in vals):
-                out.append(int(vals[0]))
-            elif all(v == b for v, b in zip(vals, LANES)):
-                out.append(BATCH)
+                out.append(vals[0])
+            elif k > 0 and all(v == k * b for v, b in zip(vals, LANES)):
+                out.append(BatchDim(k))
             else:
                 raise self.err(n.name, f"has a {what} whose entry {i} depends on the batch size in a way that cannot "
-                                       f"be folded (values {list(map(int, vals))} at batch sizes {list(LANES)}); keep "
-                                       "the batch dimension separate in the model")
+                                       f"be folded (values {vals} at batch sizes {list(LANES)}); keep the batch "
+                                       "dimension separate in the model")
         return tuple(out)
+
+    def lane_shape(self, name: str, b: int) -> tuple:
+        """Whole shape of a runtime tensor at batch size ``b``."""
+        axis, k = self.batch[self.t(name)]
+        full = list(self.full(name))
+        full[axis] = k * b
+        return tuple(full)
 
     # ------------------------------------------------------------------ emission
     def set_const(self, out: str, value) -> None:
         self.consts[out] = np.asarray(value)
 
     def add_node(self, node: Node) -> None:
-        """Append a runtime IR node and run it on the one-image sample."""
+        """Append a runtime IR node, run it at batch sizes 1 and 2 and locate its output's batch axis."""
         from dse.model.float_exec import exec_node
 
         params_f32(node)
-        try:
-            y = exec_node(node, [self.sample[t] for t in node.inputs])
-        except DseError as exc:
-            raise DseError(f"{self.path}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - shape errors of a malformed but checker-valid model
-            raise self.err(node.name, f"({node.onnx_op}) cannot run on its input shapes "
-                                      f"{[list(self.sample[t].shape[1:]) for t in node.inputs]} ({exc}); fix the "
-                                      "model") from None
-        self.sample[node.output] = y
+        ys = []
+        for b, sample in ((1, self.sample), (2, self.sample2)):
+            try:
+                ys.append(exec_node(node, [sample[t] for t in node.inputs]))
+            except DseError as exc:
+                raise DseError(f"{self.path}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - shape errors of a malformed but checker-valid model
+                raise self.err(node.name, f"({node.onnx_op}) cannot run on its input shapes "
+                                          f"{[list(sample[t].shape) for t in node.inputs]} at batch size {b} ({exc}); "
+                                          "fix the model") from None
+        y1, y2 = ys
+        moved = [i for i, (a, b) in enumerate(zip(y1.shape, y2.shape)) if a != b] if y1.ndim == y2.ndim else None
+        if moved is None or len(moved) != 1 or y2.shape[moved[0]] != 2 * y1.shape[moved[0]]:
+            raise self.err(node.name, f"({node.onnx_op}) gives an output of shape {list(y1.shape)} at batch size 1 "
+                                      f"and {list(y2.shape)} at batch size 2, so it has no batch axis; export the "
+                                      "model so that every activation keeps a batch dimension")
+        self.sample[node.output], self.sample2[node.output] = y1, y2
+        self.batch[node.output] = (moved[0], int(y1.shape[moved[0]]))
         self.nodes.append(node)
 
     def emit(self, n: OnnxNode, op: str, inputs: list | None = None, attrs: dict | None = None,
@@ -299,28 +365,28 @@ def load_onnx(path) -> Graph:
     nodes = _prune(_fold_into_mac(nodes, out_name), out_name)
     graph = Graph(nodes=nodes, input_name=in_name, input_shape=in_shape, output_name=out_name,
                   metadata={p.key: p.value for p in model.metadata_props}, source=path)
-    _resolve_shapes(graph)
+    graph.shapes = {t: imp.shape(t) for t in imp.sample}
+    _check_batch(graph, imp)
     return graph
 
 
-def _resolve_shapes(graph: Graph) -> None:
-    """``graph.shapes`` by dry runs at batch sizes 1 and 2; every tensor must keep the batch as its first axis."""
+def _check_batch(graph: Graph, imp: Importer) -> None:
+    """The output must be [N, ...], and every image must be computed independently of the others: the graph on two
+    images gives each image's result alone (a one-line error naming the output otherwise)."""
     from dse.model.float_exec import run_float_all
 
-    rng = np.random.default_rng(1)
-    shapes: dict = {graph.input_name: graph.input_shape}
-    full = {}
-    for b in (1, 2):
-        env = run_float_all(graph, rng.standard_normal((b,) + graph.input_shape).astype(np.float32),
-                            shapes=shapes if b == 1 else None)
-        full[b] = {k: v.shape for k, v in env.items()}
-    for n in graph.nodes:
-        s1, s2 = full[1][n.output], full[2][n.output]
-        if s1[:1] != (1,) or s2[:1] != (2,) or s1[1:] != s2[1:]:
-            raise DseError(f"{graph.source}: node '{n.name}' ({n.onnx_op}) does not keep the batch as the first axis "
-                           f"(output {list(s1)} at batch 1, {list(s2)} at batch 2); export the model so that every "
-                           "tensor is [N, ...]")
-    graph.shapes = shapes
+    out = graph.output_name
+    if not imp.batch_first(out):
+        raise DseError(f"{graph.source}: output '{out}' has its batch on {imp.where_batch(out)} (shape "
+                       f"{list(imp.full(out))} at batch size 1); dse needs logits [N, ...]: transpose/reshape the "
+                       "batch back to axis 0 in the model")
+    x = np.random.default_rng(1).standard_normal((2,) + graph.input_shape).astype(np.float32)
+    both = run_float_all(graph, x, keep=set())[out]
+    alone = np.concatenate([run_float_all(graph, x[i:i + 1], keep=set())[out] for i in range(2)])
+    scale = max(float(np.abs(alone).max()), 1e-6)
+    if both.shape != alone.shape or not np.allclose(both, alone, rtol=1e-4, atol=1e-5 * scale, equal_nan=True):
+        raise DseError(f"{graph.source}: output '{out}' of an image depends on the other images of the batch (an op "
+                       "mixes the batch axis with another one); export the model so that images stay independent")
 
 
 def preprocess_from_metadata(graph: Graph) -> dict | None:

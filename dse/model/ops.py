@@ -6,6 +6,8 @@ subgraphs at import (on integer shape tensors too), so they keep the input dtype
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from dse.errors import DseError
@@ -82,18 +84,36 @@ def _flatten(node, xs):
     return xs[0].reshape(xs[0].shape[0], -1)
 
 
-BATCH = "N"  # a reshape/expand target entry that is the batch size (folded from a Shape subgraph)
+@dataclass(frozen=True)
+class BatchDim:
+    """A reshape/expand target entry that is ``k`` times the batch size (folded from a Shape subgraph; ``k`` > 1 when
+    the batch is merged with another axis, as in attention's [batch * heads, tokens, d])."""
+
+    k: int = 1
+
+    def __str__(self) -> str:
+        return "N" if self.k == 1 else f"{self.k}N"
 
 
-def static_dims(dims, x_shape: tuple) -> tuple:
-    """Target dims with the batch entries (:data:`BATCH`) replaced by the batch size ``x_shape[0]``."""
-    return tuple(int(x_shape[0]) if d == BATCH else int(d) for d in dims)
+BATCH = BatchDim(1)
+
+
+def static_dims(dims, batch: int) -> tuple:
+    """Target dims with the batch entries (:class:`BatchDim`) replaced by multiples of the batch size ``batch``."""
+    return tuple(int(d.k * batch) if isinstance(d, BatchDim) else int(d) for d in dims)
+
+
+def batch_size(node, x) -> int:
+    """The batch size of a run, from ``x``'s batch axis: ``node.attrs["batch"]`` = (axis, k), the axis of size
+    k * batch (default (0, 1))."""
+    axis, k = node.attrs.get("batch", (0, 1))
+    return int(np.shape(x)[axis]) // int(k)
 
 
 @ir_op("reshape")
 def _reshape(node, xs):
     x = xs[0]
-    shape = list(static_dims(node.attrs["shape"], x.shape))
+    shape = list(static_dims(node.attrs["shape"], batch_size(node, x)))
     if not node.attrs.get("allowzero", 0):
         shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
     return x.reshape(shape)
@@ -102,7 +122,8 @@ def _reshape(node, xs):
 @ir_op("expand")
 def _expand(node, xs):
     x = xs[0]
-    shape = static_dims(node.attrs["shape"], (xs[1].shape[0],) if len(xs) > 1 and xs[1] is not None else x.shape)
+    shape = static_dims(node.attrs["shape"], xs[1].shape[0] if len(xs) > 1 and xs[1] is not None else
+                        batch_size(node, x))
     return x * np.ones(shape, dtype=x.dtype)
 
 

@@ -64,8 +64,7 @@ def _cast(imp, n: OnnxNode) -> None:
 @converter("Softmax", "LogSoftmax", since=13)
 def _softmax(imp, n: OnnxNode) -> None:
     axis = int(n.attrs.get("axis", -1))
-    if imp.is_runtime(n.inputs[0]) and axis % (len(imp.shape(n.inputs[0])) + 1) == 0:
-        raise imp.err(n.name, f"({n.op_type}) normalises over the batch axis 0; use an axis >= 1")
+    imp.refuse_batch_axes(n, [axis])
     imp.emit(n, n.op_type.lower(), n.inputs[:1], {"axis": axis})
 
 
@@ -74,6 +73,7 @@ def _layernorm(imp, n: OnnxNode) -> None:
     if len(n.outputs) > 1 and any(n.outputs[1:]):
         raise imp.err(n.name, "uses the LayerNormalization Mean/InvStdDev outputs; they are not supported")
     axis = int(n.attrs.get("axis", -1))
-    if imp.is_runtime(n.inputs[0]) and axis % (len(imp.shape(n.inputs[0])) + 1) == 0:
-        raise imp.err(n.name, "normalises over the batch axis 0; use an axis >= 1")
+    if imp.is_runtime(n.inputs[0]):
+        nd = imp.rank(n.inputs[0])
+        imp.refuse_batch_axes(n, range(axis % nd, nd), "normalised axes")
     imp.emit(n, "layernorm", n.inputs[:3], {"axis": axis, "epsilon": float(n.attrs.get("epsilon", 1e-5))})

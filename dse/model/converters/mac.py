@@ -7,12 +7,20 @@ import numpy as np
 from dse.model.converters.registry import OnnxNode, converter
 from dse.model.converters.pool import pads2d
 from dse.model.graph import Node
+from dse.model.ops import BatchDim
 
 
 def _runtime_input(imp, n: OnnxNode) -> str:
+    return imp.need_batch_first(n, n.inputs[0])
+
+
+def _rows_input(imp, n: OnnxNode) -> str:
+    """A [rows, K] activation whose rows are images or tokens of images (batch on axis 0, possibly merged)."""
     x = imp.t(n.inputs[0])
     if x not in imp.sample:
         raise imp.err(n.name, f"({n.op_type}) has a constant input '{n.inputs[0]}'; it must read an activation")
+    if imp.batch[x][0] != 0:
+        imp.need_batch_first(n, x)  # raises
     return x
 
 
@@ -40,7 +48,7 @@ def _gemm(imp, n: OnnxNode) -> None:
     a = n.attrs
     if int(a.get("transA", 0)):
         raise imp.err(n.name, "has transA=1; only activations as rows [batch, K] are supported (transA=0)")
-    x = _runtime_input(imp, n)
+    x = _rows_input(imp, n)
     B = imp.need_const(n, n.inputs[1], "weight (input B)")
     if B.ndim != 2:
         raise imp.err(n.name, f"has a weight of rank {B.ndim}; Gemm needs a 2-D B")
@@ -69,6 +77,9 @@ def _matmul(imp, n: OnnxNode) -> None:
         return
     if W.ndim != 2:
         raise imp.err(n.name, f"has a constant right operand of rank {W.ndim}; only x @ W with a 2-D W is supported")
+    if not imp.batch_first(A):
+        _rows_matmul(imp, n, A, W)
+        return
     shape = imp.shape(A)
     K, N = W.shape
     if len(shape) == 1:
@@ -90,13 +101,32 @@ def _matmul(imp, n: OnnxNode) -> None:
                       n.op_type))
 
 
+def _rows_matmul(imp, n: OnnxNode, A: str, W: np.ndarray) -> None:
+    """x @ W on an input whose batch is not its first axis ([tokens, N, d] of nn.MultiheadAttention): a gemm over
+    the rows [-1, K], reshaped back (the batch entry of the leading axes kept symbolic)."""
+    K, N = W.shape
+    axis, k = imp.batch[A]
+    if axis == imp.rank(A) - 1:
+        imp.need_batch_first(n, A)  # the batch is the contracted axis: raises
+    lead = tuple(BatchDim(k) if i == axis else d for i, d in enumerate(imp.full(A)[:-1]))
+    rows, flat = (f"{n.outputs[0]}/{s}" for s in ("rows", "gemm"))
+    imp.add_node(Node(f"{n.name}/as_rows", "reshape", [A], [rows], dict(shape=(-1, K), batch=imp.batch[A]), {},
+                      n.op_type))
+    imp.add_node(Node(n.name, "gemm", [rows], [flat], {}, dict(W=W.T, b=np.zeros(N)), n.op_type))
+    imp.add_node(Node(f"{n.name}/from_rows", "reshape", [flat], [n.outputs[0]],
+                      dict(shape=lead + (N,), batch=imp.batch[flat]), {}, n.op_type))
+
+
 def _act_matmul(imp, n: OnnxNode, A: str, B: str) -> None:
-    """Activation x activation: both operands [N, ..., M, K] and [N, ..., K, N'] of the same rank (>= 3 with the
-    batch), so that numpy's broadcasting over the leading axes never pairs rows of different images."""
-    ra, rb = len(imp.shape(A)) + 1, len(imp.shape(B)) + 1
-    if ra != rb or ra < 3:
-        raise imp.err(n.name, f"(MatMul) multiplies two activations of ranks {ra} and {rb}; dse needs both of the "
-                              "same rank >= 3 ([batch, ..., rows, cols]): reshape them before the MatMul")
+    """Activation x activation: both operands [..., M, K] and [..., K, N'] of the same rank (>= 3) with the batch on
+    the same leading axis, so that numpy's broadcasting over the leading axes never pairs rows of different
+    images."""
+    ra, rb = imp.rank(A), imp.rank(B)
+    if ra != rb or ra < 3 or imp.batch[A] != imp.batch[B] or imp.batch[A][0] >= ra - 2:
+        raise imp.err(n.name, f"(MatMul) multiplies two activations of shapes {list(imp.full(A))} and "
+                              f"{list(imp.full(B))} (batch axes {imp.batch[A][0]} and {imp.batch[B][0]}); dse needs "
+                              "both [..., rows, cols] of the same rank >= 3 with the batch on the same leading axis: "
+                              "reshape them before the MatMul")
     imp.add_node(Node(n.name, "matmul", [A, B], [n.outputs[0]], {}, {}, n.op_type))
 
 

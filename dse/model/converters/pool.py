@@ -32,8 +32,9 @@ def pads2d(imp, n: OnnxNode, kernel, stride, dilation) -> tuple:
 
 
 def need_4d(imp, n: OnnxNode) -> None:
-    if not imp.is_runtime(n.inputs[0]) or len(imp.shape(n.inputs[0])) != 3:
+    if not imp.is_runtime(n.inputs[0]) or imp.rank(n.inputs[0]) != 4:
         raise imp.err(n.name, f"({n.op_type}) needs an [N, C, H, W] activation input; only 2-D pooling is supported")
+    imp.need_batch_first(n, n.inputs[0])
 
 
 @converter("MaxPool", "AveragePool")
@@ -60,6 +61,8 @@ def _pool(imp, n: OnnxNode) -> None:
 def _global_pool(imp, n: OnnxNode) -> None:
     if n.op_type == "GlobalAveragePool":
         need_4d(imp, n)
+    elif imp.is_runtime(n.inputs[0]):
+        imp.need_batch_first(n, n.inputs[0])
     imp.emit(n, "gap" if n.op_type == "GlobalAveragePool" else "gmp", n.inputs[:1])
 
 
@@ -73,9 +76,7 @@ def _reduce(imp, n: OnnxNode, axes) -> None:
         imp.alias_of(n.outputs[0], n.inputs[0])
         return
     if imp.is_runtime(n.inputs[0]):
-        nd = len(imp.shape(n.inputs[0])) + 1
-        if axes is None or any(int(v) % nd == 0 for v in axes):
-            raise imp.err(n.name, f"({n.op_type}) reduces over the batch axis 0 (axes {axes}); reduce over axes >= 1")
+        imp.refuse_batch_axes(n, range(imp.rank(n.inputs[0])) if axes is None else axes, "reduced axes")
     attrs = {"axes": None if axes is None else tuple(int(v) for v in axes), "keepdims": int(n.attrs.get("keepdims", 1))}
     imp.emit(n, n.op_type.lower(), n.inputs[:1], attrs)
 

@@ -2,28 +2,26 @@
 Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, ConstantOfShape, Range, Tile,
 Pad, Resize (nearest).
 
-On activations every op must keep the batch as axis 0 (the executor runs on batches of any size, the per-image
-shapes of the IR exclude it): an op that moves, slices, reshapes or pads the batch axis is refused at import.
+On activations the batch axis may move (Transpose) or merge with another axis (Reshape to [N * heads, ...]); the
+importer tracks it (``Importer.batch``). An op that would mix images (concatenating, slicing, gathering, padding or
+tiling along the batch axis) is refused at import; ops that need [N, ...] (Flatten, Resize) say so.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from dse.errors import DseError
 from dse.model.converters.registry import OnnxNode, converter
 from dse.model.graph import Node
-from dse.model.ops import BATCH
+from dse.model.ops import BATCH, BatchDim, static_dims
 
 
 def _rank(imp, name: str) -> int:
-    return len(imp.shape(name)) + 1
+    return imp.rank(name)
 
 
 def _not_batch_axis(imp, n: OnnxNode, axes, what: str = "axis") -> None:
-    """Refuse ``axes`` that touch the batch axis 0 of an activation input."""
-    if imp.is_runtime(n.inputs[0]) and any(int(a) % _rank(imp, n.inputs[0]) == 0 for a in axes):
-        raise imp.err(n.name, f"({n.op_type}) works on the batch axis 0 ({what} {list(map(int, axes))}); dse needs the "
-                              "batch kept as axis 0: export the model so this op uses axes >= 1")
+    """Refuse ``axes`` that touch the batch axis of an activation input."""
+    imp.refuse_batch_axes(n, axes, what)
 
 
 @converter("Constant")
@@ -63,7 +61,7 @@ def _shape(imp, n: OnnxNode) -> None:
     sl = slice(int(start), None if end is None else int(end))
     x = imp.t(n.inputs[0])
     if x in imp.sample:
-        imp.probes[n.outputs[0]] = tuple(np.array((b,) + imp.shape(x), np.int64)[sl] for b in imp.lanes)
+        imp.probes[n.outputs[0]] = tuple(np.array(imp.lane_shape(x, b), np.int64)[sl] for b in imp.lanes)
     elif x in imp.probes:
         imp.set_const(n.outputs[0], np.array(imp.probes[x][0].shape, np.int64)[sl])
     else:
@@ -74,44 +72,39 @@ def _shape(imp, n: OnnxNode) -> None:
 def _size(imp, n: OnnxNode) -> None:
     x = imp.t(n.inputs[0])
     if x in imp.sample:
-        imp.probes[n.outputs[0]] = tuple(np.array(b * int(np.prod(imp.shape(x))), np.int64) for b in imp.lanes)
+        imp.probes[n.outputs[0]] = tuple(np.array(int(np.prod(imp.lane_shape(x, b))), np.int64) for b in imp.lanes)
     else:
         imp.set_const(n.outputs[0], np.array(imp.need_const(n, n.inputs[0], "input").size, np.int64))
 
 
-def _resolve_target(dims: tuple, full: tuple, allowzero: bool) -> tuple | None:
-    """numpy shape of an ONNX Reshape of a tensor of shape ``full`` to ``dims`` (BATCH -> full[0]), None if invalid."""
-    shape = [full[0] if d == BATCH else d for d in dims]
-    if not allowzero:
-        if any(d == 0 and i >= len(full) for i, d in enumerate(shape)):
-            return None
-        shape = [full[i] if d == 0 else d for i, d in enumerate(shape)]
-    total = int(np.prod(full))
-    if shape.count(-1) > 1 or any(d < -1 for d in shape):
-        return None
-    if -1 in shape:
-        rest = int(np.prod([d for d in shape if d != -1]))
-        if rest == 0 or total % rest:
-            return None
-        shape[shape.index(-1)] = total // rest
-    return tuple(shape) if int(np.prod(shape)) == total else None
+def _fits(target: tuple, shape: tuple, allowzero: int) -> bool:
+    """Whether ONNX Reshape of a tensor of ``shape`` to ``target`` (0 = copy unless allowzero, one -1) is valid."""
+    t = [shape[i] if d == 0 and not allowzero and i < len(shape) else d for i, d in enumerate(target)]
+    if t.count(-1) > 1 or any(d < -1 for d in t) or (not allowzero and any(d == 0 and i >= len(shape)
+                                                                          for i, d in enumerate(target))):
+        return False
+    total, rest = int(np.prod(shape)), int(np.prod([d for d in t if d != -1]))
+    return rest == total if -1 not in t else rest > 0 and total % rest == 0
 
 
 @converter("Reshape")
 def _reshape(imp, n: OnnxNode) -> None:
-    allowzero = bool(int(n.attrs.get("allowzero", 0)))
+    """The target keeps its batch entries symbolic (:class:`BatchDim`); the node runs at batch sizes 1 and 2 as it is
+    added, so a target that does not fit the input fails there with the node named."""
+    allowzero = int(bool(int(n.attrs.get("allowzero", 0))))
     x = imp.t(n.inputs[0])
-    if x not in imp.sample:
-        imp.emit(n, "reshape", n.inputs[:1], dict(shape=imp.dims(n, n.inputs[1], "shape"), allowzero=int(allowzero)))
-        return
     dims = imp.dims(n, n.inputs[1], "shape")
-    per = imp.shape(x)
-    outs = [_resolve_target(dims, (b,) + per, allowzero) for b in imp.lanes]
-    if any(o is None or o[0] != b for o, b in zip(outs, imp.lanes)) or outs[0][1:] != outs[1][1:]:
-        shown = ["N" if d == BATCH else d for d in dims]
-        raise DseError(f"{imp.path}: node '{n.name}': Reshape shape [{', '.join(map(str, shown))}] does not keep the "
-                       f"batch dimension of input [N, {', '.join(map(str, per))}]; use [-1, ...] or [0, ...]")
-    imp.add_node(Node(n.name, "reshape", [x], [n.outputs[0]], dict(shape=(BATCH,) + outs[0][1:]), {}, n.op_type))
+    if x not in imp.sample:
+        imp.emit(n, "reshape", n.inputs[:1], dict(shape=dims, allowzero=allowzero))
+        return
+    for b in (1, 2):
+        if not _fits(static_dims(dims, b), imp.lane_shape(x, b), allowzero):
+            shown = ", ".join(map(str, dims))
+            full = ", ".join(map(str, imp.lane_shape(x, 1)))
+            raise imp.err(n.name, f"(Reshape) target [{shown}] does not fit its input [{full}] (batch size 1) at batch "
+                                  f"size {b}; compute the batch entry from the input's shape, or use -1 or 0 for it")
+    imp.add_node(Node(n.name, "reshape", [x], [n.outputs[0]], dict(shape=dims, allowzero=allowzero,
+                                                                    batch=imp.batch[x]), {}, n.op_type))
 
 
 @converter("Flatten")
@@ -121,6 +114,7 @@ def _flatten(imp, n: OnnxNode) -> None:
     if x in imp.sample:
         if axis != 1:
             raise imp.err(n.name, f"has axis={axis}; only Flatten(axis=1) keeps the batch dimension")
+        imp.need_batch_first(n, x)
         imp.emit(n, "flatten", n.inputs[:1])
         return
     v = imp.need_const(n, n.inputs[0], "input")
@@ -133,9 +127,6 @@ def _transpose(imp, n: OnnxNode) -> None:
     x = imp.t(n.inputs[0])
     nd = _rank(imp, x) if x in imp.sample else np.asarray(imp.consts.get(x, np.zeros(()))).ndim
     perm = tuple(int(p) for p in n.attrs.get("perm", range(nd - 1, -1, -1)))
-    if x in imp.sample and perm[0] != 0:
-        raise imp.err(n.name, f"(Transpose) moves the batch axis (perm {list(perm)}); dse needs the batch kept as "
-                              "axis 0 (perm[0] = 0)")
     imp.emit(n, "transpose", n.inputs[:1], {"perm": perm})
 
 
@@ -152,7 +143,8 @@ def _squeeze(imp, n: OnnxNode) -> None:
     axes = _axes(imp, n, "axes")
     if imp.is_runtime(n.inputs[0]):
         if axes is None:  # resolved now: at run time a batch of one must not lose its batch axis
-            axes = [i + 1 for i, d in enumerate(imp.shape(n.inputs[0])) if d == 1]
+            b = imp.batch[imp.t(n.inputs[0])][0]
+            axes = [i for i, d in enumerate(imp.full(n.inputs[0])) if d == 1 and i != b]
         _not_batch_axis(imp, n, axes, "axes")
     imp.emit(n, "squeeze", n.inputs[:1], {"axes": None if axes is None else tuple(axes)})
 
@@ -162,18 +154,17 @@ def _unsqueeze(imp, n: OnnxNode) -> None:
     axes = _axes(imp, n, "axes")
     if axes is None:
         raise imp.err(n.name, "(Unsqueeze) has no axes; give the axes")
-    if imp.is_runtime(n.inputs[0]):
-        out_rank = _rank(imp, n.inputs[0]) + len(axes)
-        if any(a % out_rank == 0 for a in axes):
-            raise imp.err(n.name, f"(Unsqueeze) inserts an axis before the batch axis (axes {axes}); use axes >= 1")
     imp.emit(n, "unsqueeze", n.inputs[:1], {"axes": tuple(axes)})
 
 
 @converter("Concat")
 def _concat(imp, n: OnnxNode) -> None:
     axis = int(n.attrs["axis"])
-    if imp.is_runtime(n.inputs[0]) and axis % _rank(imp, n.inputs[0]) == 0:
-        raise imp.err(n.name, "concatenates along the batch axis 0; use axis >= 1")
+    runtime = [i for i in n.inputs if imp.is_runtime(i)]
+    if runtime:
+        imp.refuse_batch_axes(OnnxNode(n.name, n.op_type, runtime[:1], n.outputs), [axis])
+        if len({imp.batch[imp.t(i)] for i in runtime}) > 1:
+            raise imp.err(n.name, "(Concat) joins activations whose batch axes differ; transpose them alike first")
     imp.emit(n, "concat", n.inputs, {"axis": axis})
 
 
@@ -184,7 +175,7 @@ def _split(imp, n: OnnxNode) -> None:
     x = imp.t(n.inputs[0])
     if x in imp.sample:
         _not_batch_axis(imp, n, [axis])
-        length = imp.shape(x)[axis % _rank(imp, x) - 1]
+        length = imp.full(x)[axis % _rank(imp, x)]
     else:
         length = np.asarray(imp.consts[x] if x in imp.consts else imp.probes[x][0]).shape[axis]
     split = imp.opt_const(n, 1, "split") if n.opset >= 13 else n.attrs.get("split")
@@ -211,9 +202,9 @@ def _slice(imp, n: OnnxNode) -> None:
     axes = imp.opt_const(n, 3, "axes", np.arange(len(starts))).reshape(-1)
     steps = imp.opt_const(n, 4, "steps", np.ones(len(starts), np.int64)).reshape(-1)
     if imp.is_runtime(n.inputs[0]):
-        nd = _rank(imp, n.inputs[0])
+        nd, b = _rank(imp, n.inputs[0]), imp.batch[imp.t(n.inputs[0])][0]
         for a, s, e, st in zip(axes, starts, ends, steps):
-            if int(a) % nd == 0 and not (s == 0 and st == 1 and e >= 2 ** 31 - 1):
+            if int(a) % nd == b and not (s == 0 and st == 1 and e >= 2 ** 31 - 1):
                 _not_batch_axis(imp, n, [a])
     attrs = dict(starts=tuple(map(int, starts)), ends=tuple(int(min(e, 2 ** 62)) for e in ends),
                  axes=tuple(map(int, axes)), steps=tuple(map(int, steps)))
@@ -232,8 +223,8 @@ def _gather(imp, n: OnnxNode) -> None:
 def _batch_sized(imp, n: OnnxNode, value_input: str, dims: tuple, out: str) -> None:
     """A constant broadcast to ``dims`` that contain the batch size: a runtime expand reading the graph input for the
     batch size."""
-    if dims[0] != BATCH or BATCH in dims[1:]:
-        raise imp.err(n.name, f"({n.op_type}) builds a tensor of shape {['N' if d == BATCH else d for d in dims]}; "
+    if dims[0] != BATCH or any(isinstance(d, BatchDim) for d in dims[1:]):
+        raise imp.err(n.name, f"({n.op_type}) builds a tensor of shape {[str(d) for d in dims]}; "
                               "only the first axis may be the batch size")
     c = imp.consts[imp.t(value_input)]
     imp.add_node(Node(n.name, "expand", [imp.input_name], [out], dict(shape=dims, args=("c0", 0)), dict(c0=c),
@@ -245,8 +236,8 @@ def _expand(imp, n: OnnxNode) -> None:
     dims = imp.dims(n, n.inputs[1], "shape")
     x = imp.t(n.inputs[0])
     if x in imp.sample:
-        imp.add_node(Node(n.name, "expand", [x], [n.outputs[0]], dict(shape=dims), {}, n.op_type))
-    elif BATCH in dims:
+        imp.add_node(Node(n.name, "expand", [x], [n.outputs[0]], dict(shape=dims, batch=imp.batch[x]), {}, n.op_type))
+    elif any(isinstance(d, BatchDim) for d in dims):
         imp.need_const(n, n.inputs[0], "input")
         _batch_sized(imp, n, n.inputs[0], dims, n.outputs[0])
     else:
@@ -259,7 +250,7 @@ def _constant_of_shape(imp, n: OnnxNode) -> None:
 
     value = numpy_helper.to_array(n.attrs["value"]).reshape(-1)[0] if "value" in n.attrs else np.float32(0)
     dims = imp.dims(n, n.inputs[0], "shape")
-    if BATCH in dims:
+    if any(isinstance(d, BatchDim) for d in dims):
         key = f"{n.outputs[0]}/value"
         imp.set_const(key, np.full((1,) * len(dims), value))
         _batch_sized(imp, n, key, dims, n.outputs[0])
@@ -276,8 +267,9 @@ def _range(imp, n: OnnxNode) -> None:
 def _tile(imp, n: OnnxNode) -> None:
     if imp.is_runtime(n.inputs[0]):
         reps = imp.need_const(n, n.inputs[1], "repeats").reshape(-1)
-        if int(reps[0]) != 1:
-            raise imp.err(n.name, f"(Tile) repeats the batch axis ({reps.tolist()}); use repeats[0] = 1")
+        b = imp.batch[imp.t(n.inputs[0])][0]
+        if int(reps[b]) != 1:
+            raise imp.err(n.name, f"(Tile) repeats the batch axis {b} ({reps.tolist()}); use repeats[{b}] = 1")
     imp.emit(n, "tile", n.inputs[:2])
 
 
@@ -295,8 +287,8 @@ def _pad(imp, n: OnnxNode) -> None:
         for i, a in enumerate(axes):
             full[a], full[a + nd] = pads[i], pads[i + len(axes)]
         pads = full
-    if x in imp.sample and (pads[0] or pads[nd]):
-        raise imp.err(n.name, f"(Pad) pads the batch axis (pads {pads}); pad only axes >= 1")
+    if x in imp.sample and (pads[imp.batch[x][0]] or pads[imp.batch[x][0] + nd]):
+        raise imp.err(n.name, f"(Pad) pads the batch axis {imp.batch[x][0]} (pads {pads}); pad only the other axes")
     mode = n.attrs.get("mode", "constant")
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise imp.err(n.name, f"(Pad) has unknown mode '{mode}'; use constant, reflect, edge or wrap")
@@ -309,7 +301,7 @@ def _resize(imp, n: OnnxNode) -> None:
     if a.get("mode", "nearest") != "nearest":
         raise imp.err(n.name, f"(Resize) has mode '{a.get('mode')}'; only mode 'nearest' is supported: export with "
                               "nearest-neighbour upsampling")
-    x = imp.t(n.inputs[0])
+    x = imp.need_batch_first(n, n.inputs[0])
     nd = _rank(imp, x)
     scales = imp.opt_const(n, 2, "scales")
     sizes = list(imp.dims(n, n.input(3), "sizes")) if n.input(3) else None
