@@ -144,3 +144,17 @@ def test_zigzag_backend_maps_the_matmul_layers(att_model, tmp_path, monkeypatch)
     mm = [l for l in qm.layers if l.op == "matmul"]
     net = zz.ZigZagEnergyModel().network(mm)
     assert all(le.cycles > 0 and le.counts["macs"] == l.macs for le, l in zip(net.layers, mm))
+
+
+def test_prefix_cache_bit_identical_with_matmul_layers(att_model):
+    """Trials sharing the first layers continue from the stored cut (incl. a quantized right operand): same logits."""
+    from dse.prefix_cache import PrefixCache
+
+    qm, (T, D, _) = att_model
+    names = [l.name for l in qm.layers]
+    x = RNG.standard_normal((6, T, D)).astype(np.float32)
+    emu, cache = Emulator(qm), PrefixCache(1 << 24)
+    for tail in ("exact", "drum4", "mitch_w6", "perf_j1_k2"):
+        cfg = {names[0]: LayerConfig("drum4"), names[1]: LayerConfig("mitch_w6"), names[-1]: LayerConfig(tail)}
+        np.testing.assert_array_equal(emu.run(x, cfg, 6, cache=cache, tag="a"), emu.run(x, cfg, 6))
+    assert cache.stats.hits > 0
