@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Train the bundled Fashion-MNIST models and export them to ONNX (dev-only; needs ``pip install torch==2.13.0``).
 
-Produces ``dse/data/lenet5.onnx`` and ``dse/data/resnet8.onnx`` (opset 17) with metadata_props ``dse.preprocess``
+Produces ``dse/data/lenet5.onnx``, ``dse/data/resnet8.onnx`` and ``dse/data/vit.onnx`` (a small ViT: 7x7 patches,
+cls token, position embedding, 2 pre-norm blocks with timm-style attention (permute(2, 0, 3, 1, 4)) and GELU MLPs,
+the ``SmallViT`` of scripts/export_models.py) (opset 17) with metadata_props ``dse.preprocess``
 (JSON: scale, mean, std; x = (raw * scale - mean) / std) and ``dse.description``. Trains on the 60000-image TRAIN set
 only; the TEST set (bundled as calib/search/holdout splits) is used for the printed accuracy. Seeds are fixed and
 ``torch.set_num_threads(2)``; each model takes a few minutes on 2 cores.
@@ -14,7 +16,7 @@ every model's training seed (bundled models: seed 0), e.g. a second LeNet-5 and 
     python scripts/train_models.py --out /tmp/dse-models --only vgg --seed 10 --epochs-vgg 2 --no-data
 
 Usage: python scripts/train_models.py [--out dse/data] [--epochs-lenet 6] [--epochs-resnet 6] [--epochs-vgg 3]
-       [--only lenet5|resnet8|vgg] [--seed 0] [--threads 2] [--data-only | --no-data]
+       [--epochs-vit 3] [--only lenet5|resnet8|vgg|vit] [--seed 0] [--threads 2] [--data-only | --no-data]
 """
 from __future__ import annotations
 
@@ -179,7 +181,8 @@ def main() -> None:
     ap.add_argument("--epochs-lenet", type=int, default=6)
     ap.add_argument("--epochs-resnet", type=int, default=6)
     ap.add_argument("--epochs-vgg", type=int, default=3)
-    ap.add_argument("--only", choices=["lenet5", "resnet8", "vgg"])
+    ap.add_argument("--epochs-vit", type=int, default=3)
+    ap.add_argument("--only", choices=["lenet5", "resnet8", "vgg", "vit"])
     ap.add_argument("--seed", type=int, default=0, help="added to every model's training seed (bundled: 0)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-only", action="store_true", help="only (re)build the bundled test-set .npz")
@@ -188,7 +191,9 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from dse.data import build_bundled
+    from export_models import SmallViT
 
     if not args.no_data:
         print(f"bundled data: {build_bundled(out=Path(args.out) / 'fashion_mnist_test.npz')}", flush=True)
@@ -205,7 +210,11 @@ def main() -> None:
               "ResNet-8 (stem conv3x3-16+BN, 3 stride-2 basic blocks 16/32/64 with 1x1 projections, GAP, FC) "
               "on Fashion-MNIST"),
              ("vgg", VGGSmall, args.epochs_vgg, 2e-3,
-              "VGG-style (2x conv3x3-16, maxpool, 2x conv3x3-32, maxpool, fc128, fc10, ReLU) on Fashion-MNIST")]
+              "VGG-style (2x conv3x3-16, maxpool, 2x conv3x3-32, maxpool, fc128, fc10, ReLU) on Fashion-MNIST"),
+             ("vit", lambda: SmallViT(size=28, patch=7, d=32, depth=2, heads=4, attention="timm", channels=1),
+              args.epochs_vit, 2e-3,
+              "ViT (7x7 patches -> 16 tokens + cls, d=32, 2 pre-norm blocks of 4-head timm-style attention and "
+              "GELU MLP 64, LayerNorm, linear head on the cls token) on Fashion-MNIST")]
     for k, (name, cls, epochs, lr, desc) in enumerate(specs):
         if args.only and args.only != name:
             continue
