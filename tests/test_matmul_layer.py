@@ -99,8 +99,8 @@ def test_matmul_cv_is_exact_for_perforation_on_constant_columns(att_model):
     qm, _ = att_model
     av = [l for l in qm.layers if l.op == "matmul"][1]
     mult = get_multiplier("perf_j1_k2")
-    qa = RNG.integers(0, 256, (3, 2, 5, 7)).astype(np.uint8)
-    qb = np.broadcast_to(RNG.integers(-128, 128, (3, 1, 1, 4)), (3, 1, 7, 4)).astype(np.int8)
+    qa = RNG.integers(0, 256, (3, 2, 5, av.K)).astype(np.uint8)
+    qb = np.broadcast_to(RNG.integers(-128, 128, (3, 1, 1, 4)), (3, 1, av.K, 4)).astype(np.int8)
     exact = kernels.matmul_int(qa, qb, get_multiplier("exact"), False).astype(np.float64)
     raw = kernels.matmul_int(qa, qb, mult, False).astype(np.float64)
     fixed = correction.apply_cv_matmul(raw, qa, *correction.matmul_cv_terms(av, mult, qb))
