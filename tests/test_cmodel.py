@@ -80,3 +80,13 @@ def test_memory_and_file_size_limits(env, monkeypatch):
                  '    for (int i = 0; i < 64; ++i) fwrite(buf, 1, sizeof buf, f); fclose(f); }\n  return a * b; }\n')
     with pytest.raises(DseError, match="signal"):
         get_multiplier(f"cmodel:{c}")  # SIGXFSZ at 1 MiB
+
+
+def test_values_that_overflow_the_accumulator_are_refused(env, capsys):
+    c = env / "scaled.c"
+    c.write_text("int mul8(int a, int b) { return a * b * 2; }\n")  # 255 * 255 * 2 = 130050: not an 8x8 product
+    with pytest.raises(DseError, match=r"scaled.c \(mul8\): LUT\[\d+, \d+\] = \d+ is not an 8x8 product"):
+        get_multiplier(f"cmodel:{c}")
+    assert main(["multipliers", "export", f"cmodel:{c}", "-o", str(env / "t.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scaled.c" in err and "fix the table" in err

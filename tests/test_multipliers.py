@@ -382,6 +382,44 @@ def test_lut_bad_npy(tmp_path):
         get_multiplier(f"lut:{p}")
 
 
+def _table(dtype, at=(3, 5), value=None, scale=1):
+    t = (exact_table(False, False).astype(np.int64) * scale).astype(dtype)
+    if value is not None:
+        t[at] = value
+    return t
+
+
+@pytest.mark.parametrize("table, shown", [
+    (_table(np.int32, value=-2 ** 31), "LUT[3, 5] = -2147483648"),   # crashed the kernel once (|-2^31| is no int32)
+    (_table(np.int64, scale=30000), "LUT[1, 3] = 90000"),             # a scaled table: K products overflow int32
+    (_table(np.uint64, value=2 ** 64 - 1), "LUT[3, 5] = 18446744073709551615"),
+    (_table(np.int64, at=(255, 255), value=65537), "LUT[255, 255] = 65537"),
+])
+def test_lut_values_that_overflow_the_accumulator_are_refused_at_load(tmp_path, capsys, table, shown):
+    p = tmp_path / "big.npy"
+    np.save(p, table)
+    with pytest.raises(DseError, match=r"not an 8x8 product"):
+        get_multiplier(f"lut:{p}?signed=any")
+    assert main(["multipliers", "export", f"lut:{p}?signed=any", "-o", str(tmp_path / "t.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(p) in err and shown in err and "fix the table" in err
+    assert "Traceback" not in err and not (tmp_path / "t.npy").exists()
+    z = tmp_path / "set.npz"  # the same table inside an exported table set
+    assert main(["multipliers", "export", "drum4", "-o", str(z)]) == 0
+    with np.load(z) as f:
+        arrays = dict(f)
+    arrays["a0_w0"] = table
+    np.savez(z, **arrays)
+    with pytest.raises(DseError, match=r"set.npz: table 'a0_w0': LUT\["):
+        get_multiplier(f"lut:{z}")
+
+
+def test_lut_largest_products_are_accepted(tmp_path):
+    p = tmp_path / "edge.npy"
+    np.save(p, _table(np.int64, at=(255, 255), value=-65536))
+    assert get_multiplier(f"lut:{p}?signed=any").table(False, False)[255, 255] == -65536
+
+
 # ---------------------------------------------------------------- cmodel:
 
 @pytest.fixture()

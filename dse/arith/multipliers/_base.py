@@ -8,6 +8,20 @@ import numpy as np
 from dse.errors import DseError
 
 PATTERNS = np.arange(256, dtype=np.int64)
+# An 8x8 multiplier's products need 17 bits with the sign (|255 * 255| = 65025 < 2^16). The accumulator is int32, so
+# |LUT| <= 2^16 keeps any 2^15 products within it; a larger entry is not a product (a scaled, offset or corrupt table)
+# and could overflow the accumulator (-2^31 alone does).
+PRODUCT_BOUND = 2 ** 16
+
+
+def check_products(t: np.ndarray, where: str) -> None:
+    """DseError naming ``where`` (file, table) unless every entry of the integer table ``t`` is within PRODUCT_BOUND."""
+    bad = (t < -PRODUCT_BOUND) | (t > PRODUCT_BOUND)
+    if bad.any():
+        a, b = (int(i) for i in np.argwhere(bad)[0])
+        raise DseError(f"{where}: LUT[{a}, {b}] = {t[a, b]} is not an 8x8 product (|value| <= {PRODUCT_BOUND}; larger "
+                       f"values can overflow the int32 accumulator); fix the table to hold the products themselves, "
+                       "not scaled or offset values")
 
 
 def pattern_values(signed: bool) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dse.arith.multipliers._base import Multiplier
+from dse.arith.multipliers._base import Multiplier, check_products
 from dse.arith.multipliers._families import bad_name as _bad
 from dse.arith.multipliers._signed import sign_magnitude
 from dse.errors import DseError
@@ -93,10 +93,8 @@ def _load_lut(name: str, path: Path, signed_any: bool) -> np.ndarray:
             raise DseError(f"{path}: not a readable .npy array ({exc}); save it with numpy.save")
         if t.shape != (256, 256) or t.dtype.kind not in "iu":
             raise DseError(f"{path}: expected an integer array of shape (256, 256) LUT[a, b], got {t.dtype} {t.shape}")
-        t = t.astype(np.int64)
-        if t.min() < -2 ** 31 or t.max() >= 2 ** 31:
-            raise DseError(f"{path}: table values exceed int32")
-        return t
+        check_products(t, str(path))
+        return t.astype(np.int64)
     if suffix == ".bin":
         raw = path.read_bytes()
         if len(raw) != 131072:
@@ -164,6 +162,7 @@ def _load_npz(name: str, path: Path) -> tuple[dict, dict]:
         if t.shape != (256, 256) or t.dtype.kind not in "iu":
             raise DseError(f"{path}: table '{pair_key(*pair)}' must be an integer array of shape (256, 256), got "
                            f"{t.dtype} {t.shape}; re-export it")
+        check_products(t, f"{path}: table '{pair_key(*pair)}'")
         tables[pair] = t.astype(np.int64)
     if arrays or not tables:
         raise DseError(f"{path}: unexpected keys {sorted(arrays)} or no table; keys are meta and "
@@ -216,6 +215,7 @@ def _imported_cached(name: str, stamp: tuple) -> Multiplier:
         pair = (False, False) if declared == "any" else declared
         table = cmodel_table(path, opts.get("fn", "mul8"), *pair)
         src = f"C model {path} ({opts.get('fn', 'mul8')})"
+        check_products(table, src)
         power_source = f"option power={power}"
         if "power" not in opts:
             found = published_power(path.read_text(errors="replace")[:4000], any(pair), path.name)
