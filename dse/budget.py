@@ -22,7 +22,8 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``setup_budget_s`` (seconds of set-up
   after which the predictor fit and the knapsack sensitivities stop measuring: the rest is estimated by the predictor
   or left out, and the output says so).
-* ``[space]`` ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
+* ``[space]`` ``allow_cmodel`` (true: ``cmodel:`` names may compile and run their C files, see dse.arith.cmodel),
+  ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
   ``{K = [..], Lw = [..], La = [..], modes = [..]}``: all combinations), ``cv`` (allowed bools), ``pin_first_last``,
   and per-layer overrides ``[space.layers.<name>]`` with ``multipliers``, ``cv``, ``pin``.
 
@@ -469,7 +470,10 @@ def _bools(ctx, key, v) -> tuple:
 
 
 def _space(ctx, tab) -> SpaceSection:
-    _check_keys(ctx, "space", tab, ("multipliers", "axbxp", "cv", "pin_first_last", "layers"))
+    _check_keys(ctx, "space", tab, ("allow_cmodel", "multipliers", "axbxp", "cv", "pin_first_last", "layers"))
+    if "allow_cmodel" in tab and _bool(ctx, "space.allow_cmodel", tab["allow_cmodel"]):
+        from dse.arith.cmodel import opt_in
+        opt_in()  # before the multiplier names below are resolved (a cmodel: name compiles its C file)
     kw = {}
     if "multipliers" in tab:
         kw["multipliers"] = _multiplier_names(ctx, "space.multipliers", tab["multipliers"])

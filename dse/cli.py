@@ -41,10 +41,8 @@ def _message(exc: DseError) -> str:
 def cli(allow_cmodel) -> None:
     """Design-space exploration of approximate-arithmetic DNN accelerators."""
     if allow_cmodel:
-        import os
-
-        from dse.arith.cmodel import ALLOW_ENV
-        os.environ[ALLOW_ENV] = "1"  # inherited by spawned search workers
+        from dse.arith.cmodel import opt_in
+        opt_in()
 
 
 @cli.group("multipliers", invoke_without_command=True)

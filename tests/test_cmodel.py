@@ -32,14 +32,36 @@ def test_no_opt_in_compiles_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(C.ALLOW_ENV, raising=False)
     c = tmp_path / "m.c"
     c.write_text("int mul8(int a, int b) { return a * b; }\n")
-    with pytest.raises(DseError, match="--allow-cmodel"):
+    with pytest.raises(DseError, match=r"\[space\] allow_cmodel = true in the budget, or 'dse --allow-cmodel"):
         get_multiplier(f"cmodel:{c}")
     b = tmp_path / "b.toml"
     b.write_text(f'[space]\nmultipliers = ["cmodel:{c}"]\n')
     assert main(["search", str(b), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--allow-cmodel" in err and "m.c" in err
+    assert err.count("\n") == 1 and "--allow-cmodel" in err and "allow_cmodel = true" in err and "m.c" in err
+    b.write_text(f'[space]\nallow_cmodel = false\nmultipliers = ["cmodel:{c}"]\n')
+    assert main(["search", str(b), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "allow_cmodel = true" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "cache").exists()
+
+
+def test_opt_in_budget_key(tmp_path, monkeypatch, capsys):
+    """`[space] allow_cmodel = true` is the budget's opt-in: the budget's C model compiles when it is loaded."""
+    monkeypatch.setenv("DSE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(C.ALLOW_ENV, raising=False)  # restored (removed) after the test
+    c = tmp_path / "m.c"
+    c.write_text("int mul8(int a, int b) { return a * b + 2; }\n")
+    b = tmp_path / "b.toml"
+    b.write_text(f'[space]\nallow_cmodel = true\nmultipliers = ["cmodel:{c}"]\n')
+    from dse.budget import load_budget
+
+    assert load_budget(b).space.multipliers == (f"cmodel:{c}",)
+    assert C.allowed() and get_multiplier(f"cmodel:{c}").table(False, False)[3, 5] == 17
+    monkeypatch.delenv(C.ALLOW_ENV)
+    b.write_text(f'[space]\nallow_cmodel = "yes"\nmultipliers = ["cmodel:{c}"]\n')
+    assert main(["search", str(b), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "space.allow_cmodel" in err and not C.allowed()
 
 
 def test_opt_in_flag(tmp_path, monkeypatch):

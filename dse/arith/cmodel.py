@@ -8,8 +8,9 @@ signed) and writes the results as int64; values must fit int32. A ``main`` in th
 Compiled with the system ``cc`` (env ``CC`` overrides); tables are cached as .npy under ``$DSE_CACHE_DIR`` or
 ``~/.cache/dse/cmodel``, keyed by the SHA-256 of the file, function, signedness and driver.
 
-A C model is code run as the calling user, so it must be trusted, and it is used only with an explicit opt-in:
-``DSE_ALLOW_CMODEL=1`` in the environment (``dse --allow-cmodel`` sets it; spawned search workers inherit it).
+A C model is code run as the calling user, so it must be trusted, and it is used only with an explicit opt-in: the
+budget key ``[space] allow_cmodel = true`` or the flag ``dse --allow-cmodel``; both call :func:`opt_in`, which sets
+``DSE_ALLOW_CMODEL=1`` in the environment (spawned search workers inherit it), and :func:`allowed` is the one check.
 Compiler and table driver run in child processes with CPU, address-space, file-size and core-dump limits
 (``LIMITS``), in a temporary directory, with an environment of PATH and LC_ALL only (no inherited secrets).
 """
@@ -55,6 +56,14 @@ int main(int argc, char **argv) {
 """
 
 
+OPT_IN = "[space] allow_cmodel = true in the budget, or 'dse --allow-cmodel ...'"
+
+
+def opt_in() -> None:
+    """Allow ``cmodel:`` multipliers in this process and the processes it starts."""
+    os.environ[ALLOW_ENV] = "1"
+
+
 def allowed() -> bool:
     return os.environ.get(ALLOW_ENV) == "1"
 
@@ -92,7 +101,7 @@ def cmodel_table(path, fn: str = "mul8", a_signed: bool = False, w_signed: bool 
         raise DseError(f"C model {path}: fn={fn!r} is not a C identifier; give ?fn=NAME of the multiply function")
     if not allowed():
         raise DseError(f"C model {path}: cmodel: multipliers compile and run the C file as code; if you trust it, "
-                       f"opt in with 'dse --allow-cmodel ...' (environment {ALLOW_ENV}=1)")
+                       f"opt in with {OPT_IN} (environment {ALLOW_ENV}=1)")
     src = path.read_bytes()
     cc = os.environ.get("CC", "cc")
     key = hashlib.sha256(b"\0".join([src, fn.encode(), str((bool(a_signed), bool(w_signed))).encode(),
