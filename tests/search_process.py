@@ -5,6 +5,7 @@ The fake objective goes through the real run loop, storage, seeding and worker p
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -12,7 +13,7 @@ from tests.fakes import FakeEvaluator, make_ctx, settings_
 
 from dse.search.study import run_search
 
-TRIAL_SLEEP_S = 0.04
+TRIAL_SLEEP_S = float(os.environ.get("DSE_TEST_TRIAL_SLEEP_S", "0.04"))  # per evaluation
 
 
 class SleepyEvaluator(FakeEvaluator):

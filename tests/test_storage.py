@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from dse.cli import main
 from dse.errors import DseError
 from dse.report import list_studies, load_run, summarize
-from dse.search import rundir
+from dse.search import liveness, rundir
 from dse.search.study import PROCESS_ATTR, n_processes, run_search, seed_configs
 from tests.fakes import _CTX, ctx_factory, make_ctx, settings_
 
@@ -39,8 +39,9 @@ def _run(budget, run_dir, **kw):
     return run_search(budget, settings_(**kw), ctx_factory, run_dir=run_dir, progress=False)
 
 
-def spawn(budget, run_dir, storage="", n_trials=20, workers=1, heartbeat=1) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), DSE_HEARTBEAT_S=str(heartbeat))
+def spawn(budget, run_dir, storage="", n_trials=20, workers=1, heartbeat=1, trial_sleep=0.04) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DSE_HEARTBEAT_S=str(heartbeat),
+               DSE_TEST_TRIAL_SLEEP_S=str(trial_sleep))
     return subprocess.Popen([sys.executable, "-m", "tests.search_process", str(budget), str(run_dir), storage,
                              str(n_trials), str(workers)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -285,28 +286,37 @@ def _fresh_pg_budget(tmp_path, tag: str) -> Path:
 
 @needs_pg
 def test_two_processes_on_postgresql_with_a_kill(tmp_path):
-    """Two `dse search` processes on one PostgreSQL study (as on two machines); one is killed -9 mid-trial: the other
-    finishes, the dead trial is failed by its heartbeat and re-run, seeds once, exactly n_trials."""
+    """Two `dse search` processes on one PostgreSQL study (as on two machines); one is killed -9 in the middle of a
+    trial: the other finishes, the dead trial is failed by its missing heartbeats and re-run, seeds once, exactly
+    n_trials."""
     b = _fresh_pg_budget(tmp_path, "pg2")
     ps = [spawn(b, tmp_path / f"run{i}", storage=PG_URL, n_trials=40) for i in range(2)]
+    victim, st = None, None
     deadline = time.monotonic() + 120  # both processes joined and trials are under way (startup is slow under load)
-    while time.monotonic() < deadline:
+    while victim is None and time.monotonic() < deadline:
         try:
-            st = rundir.load_study(tmp_path / "run1")
+            st = st or rundir.load_study(tmp_path / "run1")
         except DseError:
-            st = None
-        if st is not None and n_processes(st) == 2 and \
-                len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 8:
-            break
-        time.sleep(0.2)
-    ps[0].kill()
+            time.sleep(0.2)
+            continue
+        trials = st.get_trials(deepcopy=False)
+        mine = [t.number for t in trials if t.state == TrialState.RUNNING
+                and t.user_attrs.get(liveness.BEAT_ATTR, {}).get("pid") == ps[0].pid]
+        if n_processes(st) == 2 and sum(t.state == TrialState.COMPLETE for t in trials) >= 8 and mine:
+            ps[0].kill()  # mid-trial: it holds a running trial with its heartbeat
+            victim = mine[0]
+        time.sleep(0.05)
+    assert victim is not None, "the first process never ran a trial"
     ps[0].communicate(timeout=30)
     finish(ps[1], timeout=180)
     study = _check_shared_study(tmp_path / "run1", 40, 2)
-    failed = [t for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]
-    retried = {t.system_attrs.get("failed_trial") for t in study.trials}
-    assert all(t.number in retried or any(t.number in u.system_attrs.get("retry_history", []) for u in study.trials)
-               for t in failed)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[victim].state == TrialState.FAIL
+    assert any(victim in liveness.history(t) for t in trials), "the killed trial was not re-run"
+    failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(liveness.SURPLUS_ATTR)]
+    assert all(any(t.number in liveness.history(u) for u in trials) for t in failed)
+    complete = [liveness.lineage(t) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == len(set(complete))  # no trial ran to completion twice
 
 
 @needs_pg

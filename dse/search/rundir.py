@@ -11,14 +11,16 @@ Storages (``--storage`` / ``[search] storage``):
   is an ``flock`` on ``PATH.lock``, which the kernel drops when its holder dies, so a killed run never blocks its
   resume (Optuna's open/symlink locks wait out a grace period instead). A torn last record (disk full, power loss)
   is cut off with a one-line warning before the next append; anything else that is not a journal record is a
-  one-line error. Trials left RUNNING by a dead process are found by heartbeats (``HEARTBEAT_S``) like on an RDB.
+  one-line error.
 * ``postgresql://user@host/db`` (needs ``pip install 'dse[postgres]'``, psycopg 3; mapped to SQLAlchemy's
-  ``postgresql+psycopg://``): several machines. Optuna's RDB heartbeats fail dead trials; they are re-run.
+  ``postgresql+psycopg://``): several machines.
 * SQLite is refused with several workers (it does not support concurrent writers reliably).
+
+Trials left RUNNING by a dead process are found, failed and re-run the same way on every storage
+(dse.search.liveness).
 """
 from __future__ import annotations
 
-import datetime
 import errno
 import fcntl
 import json
@@ -27,33 +29,18 @@ import random
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat  # the base Optuna's heartbeat loop checks for
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
 
 from dse.errors import DseError, SettingError
 
 BUDGET_FILE, JOURNAL_FILE, RESULTS_FILE = "budget.toml", "journal.log", "results.json"
 STORAGE_FILE, STUDY_FILE = "storage.txt", "study.txt"
 
-def _heartbeat_s() -> int:
-    v = os.environ.get("DSE_HEARTBEAT_S", "5")
-    if not v.isdigit() or int(v) < 1:
-        raise DseError(f"environment DSE_HEARTBEAT_S={v!r}: give whole seconds >= 1 (default 5)")
-    return int(v)
-
-
-HEARTBEAT_S = _heartbeat_s()  # a running trial records a heartbeat this often (env DSE_HEARTBEAT_S) ...
-STALE_S = 4 * HEARTBEAT_S     # ... and is failed (and re-run) when none came for this long
-MAX_RETRY = 5              # re-runs of a trial whose process died (then it stays failed)
-HEARTBEAT_ATTR = "dse:heartbeat"
 SCHEMA_ATTEMPTS = 8
 
 
@@ -139,45 +126,18 @@ def open_storage(url: str):
 
 
 def _rdb_storage(url: str) -> RDBStorage:
-    """RDBStorage with heartbeats; processes starting together on an empty database race on creating the schema
+    """RDBStorage; processes starting together on an empty database race on creating the schema
     (IntegrityError / duplicate table), so a failed attempt is retried: the next one finds the tables."""
     import sqlalchemy.exc
 
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                warnings.simplefilter("ignore", FutureWarning)
-                return HeartbeatRDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S,
-                                  grace_period=STALE_S,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY))
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == SCHEMA_ATTEMPTS - 1:
                 raise
             time.sleep(0.05 + random.random() * 0.2 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-class HeartbeatRDBStorage(RDBStorage):
-    """RDBStorage whose stale-trial check also fails a running trial that never recorded a heartbeat (its process
-    died between starting the trial and the first beat): Optuna skips those, so they stayed RUNNING for ever."""
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        from optuna.storages._rdb import models
-
-        stale = super()._get_stale_trial_ids(study_id)
-        now = datetime.datetime.now()  # datetime_start is the starting process's local time
-        session = self.scoped_session()
-        try:
-            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-                if t._trial_id in stale or t.datetime_start is None:
-                    continue
-                if (now - t.datetime_start).total_seconds() > STALE_S and \
-                        models.TrialHeartbeatModel.where_trial_id(t._trial_id, session) is None:
-                    stale.append(t._trial_id)
-        finally:
-            self.scoped_session.remove()
-        return stale
 
 
 class FlockLock:
@@ -278,43 +238,7 @@ def check_journal(path: Path) -> None:
                                "(or it was overwritten); restore it or use another run directory")
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """Journal storage with Optuna's heartbeat protocol: a running trial stores the time in a system attribute
-    every HEARTBEAT_S seconds; trials without one for STALE_S are failed and re-run (as on an RDB)."""
-
-    def __init__(self, backend: RepairingJournalBackend):
-        super().__init__(backend)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            self._retry = RetryHeartbeatStaleTrialCallback(MAX_RETRY)
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # the trial finished (or was failed as stale) meanwhile
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            start = t.datetime_start or datetime.datetime.now()
-            last = t.system_attrs.get(HEARTBEAT_ATTR, start.timestamp())
-            if now - last > STALE_S:
-                stale.append(t._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return HEARTBEAT_S
-
-    def get_heartbeat_stale_trial_callback(self):
-        return self._retry
-
-    def get_failed_trial_callback(self):  # the pre-4.9 name of the same hook
-        return self._retry
-
-
-def open_journal(path: Path) -> HeartbeatJournalStorage:
+def open_journal(path: Path) -> JournalStorage:
     path = path.absolute()
     hint = "give a journal file in an existing directory (journal:///abs/path.log) or e.g. postgresql://user@host/db"
     if path.is_dir():
@@ -324,7 +248,7 @@ def open_journal(path: Path) -> HeartbeatJournalStorage:
     if path.exists():
         check_journal(path)
     try:
-        return HeartbeatJournalStorage(RepairingJournalBackend(path))
+        return JournalStorage(RepairingJournalBackend(path))
     except OSError as exc:
         raise DseError(f"storage 'journal://{path}': cannot open it ({exc.strerror}); {hint}") from None
 

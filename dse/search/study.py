@@ -9,7 +9,7 @@ Resume: re-running the same command joins the study and runs only ``n_trials - c
 completed trial is lost after an interrupt. Several processes (``workers > 1`` spawned ones, or ``dse search`` on
 several machines with one PostgreSQL URL) share the study: each claims a process number through the storage
 (distinct sampler streams), the first enqueues the seeds, and ``run_loop`` runs trials until exactly n_trials are
-complete. Trials of a dead process are failed by heartbeats and re-run (see dse.search.rundir).
+complete. Trials of a dead process are failed by heartbeats and re-run (see dse.search.liveness).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from dse.budget import BudgetSection, SearchSection
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
-from dse.search import rundir, seeds
+from dse.search import liveness, rundir, seeds
 from dse.search.deadline import RunTimeout
 from dse.search.objective import ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective
 from dse.search.space import SearchSpace
@@ -298,7 +298,7 @@ def _worker(factory, url: str, name: str, settings: SearchSettings, parent: int)
 
 
 class _Surplus(Exception):
-    """The trial started after enough others had: it is failed (user attr ``surplus``) and not run."""
+    """The trial is not to run: enough others ran, or another attempt of it runs instead (user attr ``surplus``)."""
 
 
 POLL_S = 0.5
@@ -307,57 +307,86 @@ POLL_S = 0.5
 class _Guarded:
     """Runs the objective only for trials within the study's n_trials: trial k runs if fewer than n_trials trials
     are complete or running with a smaller number (trial numbers are handed out atomically by the storage, so
-    exactly n_trials trials complete however many processes share the study). An enqueued trial that does not run
-    (surplus, or interrupted by Ctrl-C) is enqueued again, so no seed configuration is lost."""
+    exactly n_trials trials complete however many processes share the study), and only one attempt of a re-run trial
+    runs (liveness.superseded). An enqueued trial that does not run (surplus, or interrupted by Ctrl-C) is enqueued
+    again, so no seed configuration is lost."""
 
     def __init__(self, objective: Objective, n_trials: int):
         self.objective, self.n_trials = objective, int(n_trials)
 
     def __call__(self, trial: optuna.Trial):
-        ahead = sum(1 for t in trial.study.get_trials(deepcopy=False)
+        trials = trial.study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == trial.number)
+        ahead = sum(1 for t in trials
                     if t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number))
+        if liveness.superseded(me, trials):
+            self._skip(trial)
         if ahead >= self.n_trials:
-            _requeue(trial)
-            trial.set_user_attr("surplus", True)
-            trial.set_constraint(CONSTRAINT, 1.0)
-            raise _Surplus
+            if liveness.FIXED in me.system_attrs:
+                liveness.requeue(trial.study, me)
+            self._skip(trial)
         try:
             return self.objective(trial)
         except (KeyboardInterrupt, RunTimeout):
-            _requeue(trial)
+            if liveness.FIXED in me.system_attrs:
+                liveness.requeue(trial.study, me)
             raise
 
+    @staticmethod
+    def _skip(trial: optuna.Trial):
+        trial.set_user_attr(liveness.SURPLUS_ATTR, True)
+        trial.set_constraint(CONSTRAINT, 1.0)
+        raise _Surplus
 
-def _requeue(trial: optuna.Trial) -> None:
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    fixed = frozen.system_attrs.get("fixed_params")
-    if fixed is not None:
-        trial.study.enqueue_trial(fixed, user_attrs={k: v for k, v in trial.user_attrs.items() if k == "seed"})
+
+def _run_trial(study: optuna.Study, guarded: _Guarded, callbacks) -> None:
+    """Ask, run with a heartbeat, tell. A trial failed meanwhile by another process's watch (this one stalled past
+    liveness.STALE_S) has its re-run queued: this attempt just ends."""
+    trial = study.ask()
+    value, state = None, None
+    with liveness.heartbeat(trial):
+        try:
+            value = guarded(trial)
+        except (_Surplus, optuna.exceptions.UpdateFinishedTrialError):
+            state = TrialState.FAIL
+        except BaseException:
+            _tell(study, trial, None, TrialState.FAIL)
+            raise
+    _tell(study, trial, value, state)
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    for cb in callbacks:
+        cb(study, frozen)
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def _tell(study: optuna.Study, trial: optuna.Trial, value, state) -> None:
+    """Finish the trial unless a watcher failed it first (before or during this call: both are refused quietly)."""
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
 
 
 def run_loop(study: optuna.Study, objective: Objective, s: SearchSettings, callbacks=()) -> None:
-    """One process's share of the study: run trials until n_trials are complete (or ``timeout_s``). While the
-    remaining trials are all running elsewhere it waits; a trial whose process died is failed by the heartbeat
-    check after rundir.STALE_S and re-run, so the wait ends."""
+    """One process's share of the study: run trials until n_trials are complete (or ``timeout_s``). Between trials it
+    fails (and re-queues) the trials of dead processes (liveness.Watch); while the remaining trials are all running
+    elsewhere it waits, and the wait ends when they complete or are found dead. Once n_trials are complete, a trial
+    still running can only be one about to be refused as surplus or one whose process died before that: it waits
+    for those too (at most liveness.STALE_S), so no dead trial is left running when the last process leaves."""
     deadline = time.monotonic() + s.timeout_s if s.timeout_s else None
-    guarded = _Guarded(objective, s.n_trials)
+    guarded, watch = _Guarded(objective, s.n_trials), liveness.Watch()
     while deadline is None or time.monotonic() < deadline:
-        _fail_stale(study)
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        done = states.count(TrialState.COMPLETE)
-        if done >= s.n_trials:
+        trials = study.get_trials(deepcopy=False)
+        if watch.fail_dead(study, trials):
+            trials = study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        done, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        if done >= s.n_trials and not running:
             return
-        if done + states.count(TrialState.RUNNING) >= s.n_trials:
+        if done + running >= s.n_trials:  # (when done: trials of dead processes, failed before this one leaves)
             time.sleep(POLL_S)
             continue
         try:
-            study.optimize(guarded, n_trials=1, catch=(_Surplus,), callbacks=list(callbacks))
+            _run_trial(study, guarded, callbacks)
         except RunTimeout:  # the run's deadline interrupted the trial in progress (dse.search.deadline)
             return
 
