@@ -177,6 +177,81 @@ def test_different_budget_on_same_storage_gets_its_own_study(tmp_path, capsys):
     assert r1b["study"] == r1["study"] and r1b["trials"]["complete"] == 6
 
 
+def _ctx_on_files(model: Path, data: Path):
+    ctx = make_ctx()
+    ctx.model_path, ctx.data_specs = str(model), {"search": str(data)}
+    return ctx
+
+
+def test_study_name_follows_model_and_data_content(tmp_path, budget_file):
+    """Changing the model or a data file in place gives a new study; re-running unchanged resumes the same one."""
+    import numpy as np
+
+    model, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    model.write_bytes(b"onnx" * 100)
+    np.savez(data, x=np.zeros((4, 8, 8), np.uint8), y=np.arange(4))
+    url = f"journal://{tmp_path / 'shared.log'}"
+
+    def run(run_dir, n):
+        _CTX["ctx"] = _ctx_on_files(model, data)
+        return run_search(budget_file, settings_(n_trials=n, storage=url), ctx_factory, run_dir=run_dir,
+                          progress=False)
+    first = run(tmp_path / "r1", 3)
+    again = run(tmp_path / "r1", 5)  # unchanged: the same study, resumed
+    assert again["study"] == first["study"] and again["trials"]["complete"] == 5
+    raw = bytearray(data.read_bytes())
+    raw[-30] ^= 0xFF  # one byte of the data file changed in place (same size, same times as far as we care)
+    data.write_bytes(bytes(raw))
+    with pytest.raises(DseError, match="a data file"):
+        run(tmp_path / "r1", 5)
+    new_data = run(tmp_path / "r2", 2)
+    assert new_data["study"] != first["study"] and new_data["trials"]["complete"] == 2  # not the old 5
+    model.write_bytes(b"onnx" * 99 + b"ONNX")
+    new_model = run(tmp_path / "r3", 2)
+    assert new_model["study"] not in (first["study"], new_data["study"])
+    assert len(list_studies(storage=url)) == 3
+
+
+def test_data_fingerprint(tmp_path, monkeypatch):
+    from dse.data import FINGERPRINT_BLOCK, fingerprint
+
+    big = tmp_path / "big.bin"
+    raw = bytearray(os.urandom(5 * FINGERPRINT_BLOCK + 123))
+    big.write_bytes(bytes(raw))
+    base = fingerprint(str(big))
+    assert fingerprint(str(big)) == base
+    for at in (10, len(raw) // 2, len(raw) - 10):  # start, middle and end blocks
+        raw[at] ^= 1
+        big.write_bytes(bytes(raw))
+        assert fingerprint(str(big)) != base
+        raw[at] ^= 1
+    big.write_bytes(bytes(raw))
+    os.utime(big, (1, 1))
+    assert fingerprint(str(big)) == base  # times do not count
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "big.bin").write_bytes(bytes(raw))
+    assert fingerprint(str(tmp_path / "elsewhere" / "big.bin")) == base  # nor where the copy lives
+    # image folders: paths and sizes, never the images themselves
+    folder = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        (folder / c).mkdir(parents=True)
+        for i in range(3):
+            (folder / c / f"{i}.png").write_bytes(b"x" * (10 + i))
+    base = fingerprint(str(folder))
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    assert fingerprint(str(folder)) == base and not [f for f in opened if str(folder) in f]
+    monkeypatch.undo()
+    (folder / "dog" / "3.png").write_bytes(b"x")
+    assert fingerprint(str(folder)) != base
+    (folder / "dog" / "3.png").unlink()
+    assert fingerprint(str(folder)) == base
+    (folder / "cat" / "0.png").write_bytes(b"y" * 11)  # re-encoded: another size
+    assert fingerprint(str(folder)) != base
+    assert fingerprint("fashion-mnist:search") != fingerprint("fashion-mnist:holdout")
+
+
 # ---------------------------------------------------------------- determinism
 
 

@@ -264,7 +264,8 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
             "predictor": pinfo, "setup": {"budget_s": clock.budget_s, "sensitivities": sensitivity.counts,
                                           "context_cache": "loaded" if cached else (why or "computed")}}
     return SearchContext(space=space, evaluator=ev, holdout=hv, energy=energy, predictor=predictor,
-                         sensitivity=sensitivity, baseline=baseline, info=info)
+                         sensitivity=sensitivity, baseline=baseline, info=info, model_path=str(sess.model_path),
+                         data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")})
 
 
 def _cached(b, run_dir, want_predictor: bool, progress):

@@ -89,7 +89,9 @@ class SearchContext:
 
     ``holdout``: evaluator on the held-out split; ``baseline``: ``{"float": {"search", "holdout"}}`` (accuracies);
     ``sensitivity(layer, LayerConfig) -> loss`` (None: not known) for the knapsack seed (None: no knapsack seed);
-    ``info``: JSON-friendly description (model, data, layers) stored in the study and results.
+    ``info``: JSON-friendly description (model, data, layers) stored in the study and results;
+    ``model_path``, ``data_specs`` (``[data]`` key -> spec): the files the results depend on, whose content fingerprints
+    name the study (None / empty for injected fakes).
     """
 
     space: SearchSpace
@@ -100,6 +102,8 @@ class SearchContext:
     sensitivity: Callable[[str, LayerConfig], float | None] | None = None
     baseline: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    model_path: str | None = None
+    data_specs: dict = field(default_factory=dict)
 
 
 def make_sampler(name: str, mode: str, seed: int, workers: int = 1) -> optuna.samplers.BaseSampler:
@@ -138,17 +142,19 @@ _NOT_IN_NAME = ("n_trials", "workers", "storage", "timeout_s", "prefix_cache_mib
 
 def study_name(budget_path: str | Path, s: SearchSettings, ctx: "SearchContext") -> str:
     """``<budget stem>-<hash>``: the hash covers everything the search results depend on (the budget file without
-    the keys in _NOT_IN_NAME, the effective settings, the search space, the model file's content), so a different
-    budget on the same storage gets its own study instead of another's results."""
+    the keys in _NOT_IN_NAME, the effective settings, the search space, the SHA-256 of the model file and the
+    content fingerprints of the data, dse.data.fingerprint), so a different budget, model or data set on the same
+    storage gets its own study instead of another's results, and the same ones resume it."""
+    from dse.data import fingerprint
+
     budget = tomllib.loads(Path(budget_path).read_text())
     search = {k: v for k, v in budget.get("search", {}).items() if k not in _NOT_IN_NAME}
     budget = dict(budget, search=search)
-    model = ctx.info.get("model")
-    model_hash = (hashlib.sha256(Path(model).read_bytes()).hexdigest()
-                  if isinstance(model, str) and Path(model).is_file() else model)
+    model = hashlib.sha256(Path(ctx.model_path).read_bytes()).hexdigest() if ctx.model_path else None
     key = {"budget": budget, "settings": {k: v for k, v in asdict(s).items() if k not in _NOT_IN_NAME},
            "space": {n: repr(ctx.space.choices[n]) for n in ctx.space.searchable},
-           "params": ctx.space.param_names, "model": model_hash}
+           "params": ctx.space.param_names, "model": model,
+           "data": {k: fingerprint(v) for k, v in sorted(ctx.data_specs.items())}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{Path(budget_path).stem}-{digest}"
 
@@ -512,7 +518,7 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     sfile = run_dir / rundir.STUDY_FILE
     if sfile.exists() and sfile.read_text().strip() != name:
         raise DseError(f"{run_dir}: holds study {sfile.read_text().strip()}, but the budget now describes {name} "
-                       "(the model file or the search space changed); use another run directory")
+                       "(the model file, a data file or the search space changed); use another run directory")
     rundir.write_atomic(sfile, (name + "\n").encode())
     study, process = join_study(prep.storage, name, s, create=True)
     study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
