@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from dse.errors import DseError
 from dse.search import liveness, rundir
-from tests.test_storage import PG_URL, _alive, _children, _cmdline, _fresh_pg_budget, finish, spawn
+from tests.search_process import PG_URL, alive, children, cmdline, finish, fresh_pg_budget, spawn
 
 OPEN_ENDED = 10 ** 6  # n_trials of the killed runs: they can never finish before the test kills them
 MORE_TRIALS = 12      # the last run finishes the study at n_trials = (complete so far) + MORE_TRIALS
@@ -77,7 +77,7 @@ def _stale_failed(trials) -> int:
 
 
 def _workers(pid) -> list[int]:
-    return [k for k in _children(pid, timeout=0.5) if "spawn_main" in _cmdline(k)]
+    return [k for k in children(pid, timeout=0.5) if "spawn_main" in cmdline(k)]
 
 
 def _kill_worker_mid_trial(obs: Observer, p, rng) -> bool:
@@ -118,9 +118,9 @@ def _kill(p) -> None:
     p.kill()
     p.communicate(timeout=WAIT_S)  # the pipes close only when the workers died with their parent
     deadline = time.monotonic() + 10
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    assert not any(_alive(w) for w in workers), "a worker outlived its killed parent"
+    assert not any(alive(w) for w in workers), "a worker outlived its killed parent"
 
 
 def _kill_repeatedly(tmp_path, budget, storage: str, seed: int) -> dict:
@@ -138,8 +138,10 @@ def _kill_repeatedly(tmp_path, budget, storage: str, seed: int) -> dict:
         if mode in plan:
             plan.remove(mode)
         p = spawn(budget, run, storage, OPEN_ENDED, workers=2, trial_sleep=TRIAL_SLEEP_S)
-        _one_cycle(obs, p, mode, rng, log)
-        _kill(p)
+        try:
+            _one_cycle(obs, p, mode, rng, log)
+        finally:  # also when an assertion fails: an open-ended search must not outlive the test
+            _kill(p)
         log["kills"] += 1
         log[f"cycle:{mode}"] += 1
         if not storage and log["kills"] % 4 == 1 and (run / "journal.log").exists():
@@ -185,7 +187,7 @@ def test_kill_search_repeatedly_journal(tmp_path):
 
 @pytest.mark.skipif(not PG_URL, reason="DSE_TEST_POSTGRES_URL is not set (.ci/run sets it)")
 def test_kill_search_repeatedly_postgresql(tmp_path):
-    log = _kill_repeatedly(tmp_path, _fresh_pg_budget(tmp_path, "fault"), PG_URL, seed=2)
+    log = _kill_repeatedly(tmp_path, fresh_pg_budget(tmp_path, "fault"), PG_URL, seed=2)
     print(dict(log))
     _assert_faults(log)
 

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from dse.search import liveness, rundir, seeds
 from dse.search.study import _objective, run_loop
-from tests.test_search import make_ctx, settings_
+from tests.fakes import make_ctx, settings_
 
 
 @pytest.fixture

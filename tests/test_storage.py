@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -21,9 +19,8 @@ from dse.report import list_studies, load_run, summarize
 from dse.search import liveness, rundir
 from dse.search.study import PROCESS_ATTR, n_processes, run_search, seed_configs
 from tests.fakes import _CTX, ctx_factory, make_ctx, settings_
+from tests.search_process import PG_URL, ROOT, alive, children, finish, fresh_pg_budget, spawn
 
-ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("DSE_TEST_POSTGRES_URL")
 needs_pg = pytest.mark.skipif(not PG_URL, reason="DSE_TEST_POSTGRES_URL is not set (.ci/run sets it)")
 
 
@@ -37,25 +34,6 @@ def budget_file(tmp_path):
 def _run(budget, run_dir, **kw):
     _CTX["ctx"] = make_ctx()
     return run_search(budget, settings_(**kw), ctx_factory, run_dir=run_dir, progress=False)
-
-
-def spawn(budget, run_dir, storage="", n_trials=20, workers=1, heartbeat=1, trial_sleep=0.04) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), DSE_HEARTBEAT_S=str(heartbeat),
-               DSE_TEST_TRIAL_SLEEP_S=str(trial_sleep))
-    return subprocess.Popen([sys.executable, "-m", "tests.search_process", str(budget), str(run_dir), storage,
-                             str(n_trials), str(workers)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def finish(p: subprocess.Popen, timeout=120) -> str:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)  # the process and its workers (own session)
-        p.communicate(timeout=30)
-        raise
-    assert p.returncode == 0, err[-3000:]
-    return err
 
 
 # ---------------------------------------------------------------- run directory and journal
@@ -303,44 +281,15 @@ def test_two_search_processes_share_one_journal_study(tmp_path, budget_file):
 def test_workers_process_dies_with_its_parent(tmp_path, budget_file):
     p = spawn(budget_file, tmp_path / "run", n_trials=500, workers=2)
     try:
-        kids = _children(p.pid, timeout=30)
+        kids = children(p.pid, timeout=30)
         assert kids
     finally:
         p.kill()
         p.communicate(timeout=30)
     deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(k) for k in kids)
-
-
-def _children(pid, timeout) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            kids = []
-        kids = [k for k in kids if "search_process" not in _cmdline(k) or True]
-        if kids:
-            return kids
-        time.sleep(0.2)
-    return []
-
-
-def _cmdline(pid) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text()
-    except OSError:
-        return ""
-
-
-def _alive(pid) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"
+    assert not any(alive(k) for k in kids)
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -352,19 +301,12 @@ def test_plain_postgresql_url_maps_to_psycopg():
     assert rundir.sqlalchemy_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
 
 
-def _fresh_pg_budget(tmp_path, tag: str) -> Path:
-    """A budget whose study name is new on the shared test database (the seed is part of the name)."""
-    b = tmp_path / f"{tag}.toml"
-    b.write_text(f"[budget]\nmax_loss_pp = 1.0\n[search]\nseed = {time.time_ns() % 10 ** 9}\n")
-    return b
-
-
 @needs_pg
 def test_two_processes_on_postgresql_with_a_kill(tmp_path):
     """Two `dse search` processes on one PostgreSQL study (as on two machines); one is killed -9 in the middle of a
     trial: the other finishes, the dead trial is failed by its missing heartbeats and re-run, seeds once, exactly
     n_trials."""
-    b = _fresh_pg_budget(tmp_path, "pg2")
+    b = fresh_pg_budget(tmp_path, "pg2")
     ps = [spawn(b, tmp_path / f"run{i}", storage=PG_URL, n_trials=40) for i in range(2)]
     victim, st = None, None
     deadline = time.monotonic() + 120  # both processes joined and trials are under way (startup is slow under load)
