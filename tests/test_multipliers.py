@@ -612,3 +612,12 @@ def test_export_round_trip_cli_evaluate(tmp_path, capsys):
         assert main(["evaluate", "lenet5", "--images", "300", "--config", str(cfg), "--json"]) == 0
         res[label] = json.loads(capsys.readouterr().out)
     assert res["lut"]["configured"] == res["builtin"]["configured"] != res["builtin"]["fxp8"]
+
+
+@pytest.mark.parametrize("name", ["lut:{d}/t.npy", "lut:{d}/t.npz", "lut:{d}/t.bin", "cmodel:{d}/t.c"])
+def test_table_path_that_is_a_directory_is_one_line(tmp_path, capsys, name):
+    name = name.format(d=tmp_path)
+    (tmp_path / name.split("/")[-1]).mkdir()
+    assert main(["multipliers", "export", name, "-o", str(tmp_path / "o.npy")]) == 2  # before any opt-in check
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory" in err and "not found" not in err

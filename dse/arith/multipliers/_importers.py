@@ -235,6 +235,9 @@ def _imported(name: str) -> Multiplier:
         stamp = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     except OSError:
         raise DseError(f"multiplier '{name}': file {path} not found; give an existing file") from None
+    if path.is_dir():
+        raise DseError(f"multiplier '{name}': {path} is a directory, not a table file; give the .npy/.npz/.bin "
+                       "(lut:) or .c (cmodel:) file itself")
     return _imported_cached(name, stamp)
 
 
