@@ -15,7 +15,7 @@ the multiplier's signed weight port; a tensor read there is quantized signed for
 Calibration ``amax``: "max" = max |x|; "percentile" = the ``percentile``-th percentile of |x| (numpy's linear
 interpolation). Calibration streams batches (see :func:`calibrate`).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -91,6 +91,46 @@ class QuantModel:
             if l.name == name:
                 return l
         raise KeyError(name)
+
+    def state(self) -> "CalibrationState":
+        """Everything calibration computed (not the graph), as JSON values and numpy arrays."""
+        layers, arrays = [], {}
+        for i, l in enumerate(self.layers):
+            d = {}
+            for f in fields(MacLayer):
+                v = getattr(l, f.name)
+                if isinstance(v, np.ndarray):
+                    arrays[f"{i}.{f.name}"] = v
+                elif isinstance(v, tuple):
+                    d[f.name] = [int(x) for x in v]
+                elif isinstance(v, np.generic):
+                    d[f.name] = v.item()
+                else:
+                    d[f.name] = v
+            layers.append(d)
+        act = {t: [float(s), bool(signed)] for t, (s, signed) in self.act_quant.items()}
+        return CalibrationState({"input_name": self.input_name, "layers": layers, "act_quant": act}, arrays)
+
+    @classmethod
+    def from_state(cls, graph, state: "CalibrationState") -> "QuantModel":
+        """The QuantModel of ``graph`` whose calibration is ``state`` (from :meth:`state`)."""
+        layers = []
+        for i, d in enumerate(state.meta["layers"]):
+            kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+            kw.update({f.name: state.arrays[f"{i}.{f.name}"] for f in fields(MacLayer)
+                       if f"{i}.{f.name}" in state.arrays})
+            layers.append(MacLayer(**kw))
+        act = {t: (float(s), bool(signed)) for t, (s, signed) in state.meta["act_quant"].items()}
+        return cls(graph=graph, layers=layers, input_name=state.meta["input_name"], act_quant=act)
+
+
+@dataclass(frozen=True)
+class CalibrationState:
+    """A QuantModel's calibration without its graph: ``meta`` holds JSON values only, ``arrays`` numpy arrays (so a
+    cache stores it as .npz + JSON, never a pickle)."""
+
+    meta: dict
+    arrays: dict
 
 
 CALIB_METHODS = ("max", "percentile")

@@ -21,6 +21,7 @@ from pathlib import Path
 from dse.data import (BUNDLED_PREPROCESS, SOURCE_METADATA, Dataset, Preprocess, is_bundled, open_dataset,
                       specs_overlap)
 from dse.errors import DseError
+from dse.quant import CalibrationState
 
 
 # How the 'nothing says how to normalise' error names the missing settings when the caller does not say otherwise
@@ -94,12 +95,13 @@ def resolve_preprocess(inputs: RunInputs, graph) -> Preprocess:
                    f"data set: nothing says how to normalise its pixels; give {inputs.preprocess_hint}")
 
 
-def open_session(inputs: RunInputs, calibration: str | None = None, calibrated=None) -> Session:
+def open_session(inputs: RunInputs, calibration: str | None = None,
+                 calibrated: CalibrationState | None = None) -> Session:
     """Load the model, resolve the preprocessing, open (lazily) and check the data sets, calibrate FxP8 (unless
-    ``calibrated``: a QuantModel of this model and calibration set computed earlier, e.g. the search's run-directory
-    cache)."""
+    ``calibrated``: the :meth:`dse.quant.QuantModel.state` of this model and calibration set computed earlier, e.g.
+    the search's run-directory cache)."""
     from dse.model.onnx_import import load_onnx, resolve_model
-    from dse.quant import DEFAULT_METHOD, calibrate, stream_batch_size
+    from dse.quant import DEFAULT_METHOD, QuantModel, calibrate, stream_batch_size
 
     check_disjoint(inputs)
     path = resolve_model(inputs.model)
@@ -114,6 +116,7 @@ def open_session(inputs: RunInputs, calibration: str | None = None, calibrated=N
     data = tuple(load(r, graph.n_classes) for r in inputs.data)
     calib = load(inputs.calib, None)
     method = calibration or DEFAULT_METHOD
-    qmodel = calibrated or calibrate(graph, calib.image_batches(stream_batch_size(graph)), method=method)
+    qmodel = (QuantModel.from_state(graph, calibrated) if calibrated is not None
+              else calibrate(graph, calib.image_batches(stream_batch_size(graph)), method=method))
     return Session(model=inputs.model, model_path=Path(path), graph=graph, preprocess=pre, calib=calib, data=data,
                    qmodel=qmodel, calibration=method)

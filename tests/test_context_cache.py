@@ -101,8 +101,35 @@ def test_key_follows_model_data_and_preprocessing(tmp_path):
 def test_stale_cache_is_recomputed(first, tmp_path):
     d, ctx, _ = first
     run = tmp_path / "run"
-    context_cache.save(run, context_cache.ContextCache("another key", None, {}, None))
+    context_cache.save(run, context_cache.ContextCache("another key", ctx.evaluator.emulator.qmodel.state(), {}, None))
     seen = []
     ctx2 = build_context(str(d / "b.toml"), run_dir=run, progress=lambda *a: seen.append(a))
     assert "another model, data or space" in ctx2.info["setup"]["context_cache"]
     assert ctx2.baseline == ctx.baseline
+
+
+class _Payload:
+    """Unpickling this would create the file named by ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_cache_with_a_valid_checksum_is_never_unpickled(first, tmp_path):
+    """A run directory may come from elsewhere: a cache file whose payload is a pickle (checksum correct) is refused
+    as unreadable and recomputed; nothing in it runs."""
+    import hashlib
+    import pickle
+
+    d, ctx, _ = first
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    run.mkdir()
+    payload = pickle.dumps(_Payload(marker))
+    (run / context_cache.FILE).write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    cache, why = context_cache.load(run, _key(d))
+    assert cache is None and "unreadable" in why and not marker.exists()
+    ctx2 = build_context(str(d / "b.toml"), run_dir=run, progress=lambda *a: None)
+    assert ctx2.baseline == ctx.baseline and not marker.exists()

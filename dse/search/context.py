@@ -230,7 +230,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     progress(stage, 0, 1)
     sess = open_session(RunInputs(b.model.path, ref("calib"), (ref("search"), ref("holdout")), b.model.preprocess,
                                   f"[model] preprocess = {{mean = .., std = ..}} in {budget_path}"),
-                        calibrated=cached.qmodel if cached else None)
+                        calibrated=cached.calibration if cached else None)
     progress(stage, 1, 1, f"{b.model.path}, " + (f"calibration from {run_dir}'s context cache" if cached
                                                  else f"calibrated on {sess.calib.name}"))
     search, hold = sess.data
@@ -255,7 +255,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
         accs = cached.predictor_accs if cached else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress)
         predictor, estimate, pinfo = _fit_predictor(layers, space, cfgs, accs, n_sens)
     if run_dir and not cached:
-        context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel, baseline, accs))
+        context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel.state(), baseline, accs))
     sensitivity = Sensitivities(setup_ev, n_sens, clock, lambda: len(seeds.candidates(space, energy)), estimate,
                                 progress)
     info = {"model": str(sess.model_path), "calib": sess.calib.name, "preprocess": sess.preprocess.to_dict(),

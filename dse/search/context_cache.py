@@ -4,25 +4,32 @@ resumed run of the same model, data and preprocessing loads it instead.
 
 The key covers the model file's content, the data specs with the size and modification time of the files they read,
 the explicit preprocessing, the search image cap and seed, the search space, the set-up constants and the dse
-version: any change recomputes. The file carries a SHA-256 of its payload; an unreadable, corrupt or stale file is
-ignored (the caller says so in one line) and rewritten.
+version: any change recomputes. The file is a SHA-256 line followed by an .npz payload: the calibration's arrays and
+one JSON document for everything else, read with ``allow_pickle=False`` (a run directory may come from elsewhere;
+nothing in it is ever unpickled). An unreadable, corrupt or stale file is ignored (the caller says so in one line)
+and rewritten.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-FILE = "context-cache.pkl"
-FORMAT = 1
+import numpy as np
+
+from dse.quant import CalibrationState
+
+FILE = "context-cache.npz"
+FORMAT = 2
+_META = "__meta__"  # the .npz member holding the JSON document
 
 
 @dataclass
 class ContextCache:
     key: str
-    qmodel: object            # dse.quant.QuantModel (its graph included)
+    calibration: CalibrationState  # dse.quant.QuantModel.state() of the run's calibration
     baseline: dict            # {"float": {"search", "holdout"}}
     predictor_accs: list | None  # accuracies of the predictor's fit configurations (None: no predictor fitted)
 
@@ -52,6 +59,27 @@ def cache_key(budget, model_path: Path, extra: dict) -> str:
     return h.hexdigest()
 
 
+def _encode(cache: ContextCache) -> bytes:
+    meta = {"format": FORMAT, "key": cache.key, "calibration": cache.calibration.meta, "baseline": cache.baseline,
+            "predictor_accs": cache.predictor_accs}
+    for name in cache.calibration.arrays:
+        if name == _META:
+            raise ValueError(f"calibration array name {_META!r} is reserved")
+    buf = io.BytesIO()
+    np.savez(buf, **{_META: np.array(json.dumps(meta))}, **cache.calibration.arrays)
+    return buf.getvalue()
+
+
+def _decode(payload: bytes) -> ContextCache:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        meta = json.loads(str(z[_META]))
+        arrays = {k: z[k] for k in z.files if k != _META}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"format {meta.get('format')}")
+    return ContextCache(meta["key"], CalibrationState(meta["calibration"], arrays), meta["baseline"],
+                        meta["predictor_accs"])
+
+
 def load(run_dir: Path, key: str) -> tuple[ContextCache | None, str]:
     """(the cached context, "") when the run directory holds one for ``key``; else (None, why not: "" when there is no
     file, else a one-line reason)."""
@@ -63,21 +91,19 @@ def load(run_dir: Path, key: str) -> tuple[ContextCache | None, str]:
         digest, payload = raw[:64].decode("ascii"), raw[65:]
         if hashlib.sha256(payload).hexdigest() != digest:
             return None, f"{path}: corrupt (checksum mismatch), ignored and recomputed"
-        cache = pickle.loads(payload)
+        cache = _decode(payload)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
         return None, f"{path}: unreadable ({type(exc).__name__}), ignored and recomputed"
-    if not isinstance(cache, ContextCache):
-        return None, f"{path}: not a context cache, ignored and recomputed"
     if cache.key != key:
         return None, f"{path}: for another model, data or space, recomputed"
     return cache, ""
 
 
 def save(run_dir: Path, cache: ContextCache) -> Path:
-    """Write the cache atomically (checksum line, then the pickled payload)."""
+    """Write the cache atomically (checksum line, then the .npz payload)."""
     from dse.search.rundir import write_atomic
 
-    payload = pickle.dumps(cache, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = _encode(cache)
     path = Path(run_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload)
