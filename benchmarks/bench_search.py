@@ -32,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
@@ -97,7 +96,7 @@ def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_di
     t0 = time.perf_counter()
     res = run_search(budget, s, factory, run_dir=run_dir, resume=False, progress=False)
     wall = time.perf_counter() - t0
-    study = optuna.load_study(study_name=rundir.STUDY_NAME, storage=rundir.storage_for(run_dir))
+    study = rundir.load_study(run_dir)
     trace = sorted((t.number, t.user_attrs["energy"]["system"]) for t in
                    study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if is_feasible(t) and t.user_attrs.get(ATTR_VERIFIED))

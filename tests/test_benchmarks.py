@@ -1,0 +1,24 @@
+"""The benchmark scripts run (a benchmark measures; these tests only check that its code path works end to end on the
+smallest input, so an API change cannot silently break a script that CI never runs)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.budgets import TINY_BUDGET
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.mark.parametrize("variant", ["dse", "optuna-tpe", "optuna-nsga2", "hawq-milp"])
+def test_bench_search_variant_runs(tmp_path, variant):
+    import bench_search
+
+    budget = tmp_path / "tiny.toml"
+    budget.write_text(TINY_BUDGET)
+    row = bench_search.run_variant(variant, budget, 0, 3, 1, tmp_path / "run")
+    assert row["variant"] == variant and row["seed"] == 0
+    if variant != "hawq-milp":
+        assert row["trials"] == 3 and row["wall"] > 0
