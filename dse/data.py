@@ -527,9 +527,10 @@ def load_dataset(spec: str, preprocess: Preprocess | None = None) -> Dataset:
 FINGERPRINT_BLOCK = 1 << 20  # bytes hashed at the start, middle and end of a data file
 
 
-def _file_fingerprint(p: Path, h) -> None:
-    size = p.stat().st_size
-    h.update(f"{p.name}\0{size}\0".encode())
+def _file_fingerprint(p: Path, h, local: bool) -> None:
+    st = p.stat()
+    size = st.st_size
+    h.update(f"{p.name}\0{size}\0{st.st_mtime_ns if local else ''}\0".encode())
     with open(p, "rb") as f:
         if size <= 3 * FINGERPRINT_BLOCK:
             h.update(f.read())
@@ -539,11 +540,12 @@ def _file_fingerprint(p: Path, h) -> None:
             h.update(f.read(FINGERPRINT_BLOCK))
 
 
-def fingerprint(spec: str) -> str:
+def fingerprint(spec: str, local: bool = False) -> str:
     """A cheap fingerprint of the content ``spec`` reads (studies are named with it): a file by its size and the
     SHA-256 of its first, middle and last MiB (all of it when small); an image folder by the sorted relative paths
     and sizes of its files, no image read. Neither times nor where the files are enter it, so copies of the data on
-    several machines agree."""
+    several machines agree. ``local=True`` (caches kept beside one copy of the data) adds every file's modification
+    time, so an in-place edit the sampled bytes miss (an image of the same size) still changes it."""
     h = hashlib.sha256()
     opener, paths = _kind(spec)
     if opener is _open_bundled:
@@ -553,10 +555,11 @@ def fingerprint(spec: str) -> str:
         paths = (paths[0], _labels_beside(paths[0]))
     for p in paths:
         if not p.is_dir():
-            _file_fingerprint(p, h)
+            _file_fingerprint(p, h, local)
             continue
         for f in sorted(f for f in p.rglob("*") if f.is_file()):
-            h.update(f"{f.relative_to(p)}\0{f.stat().st_size}\0".encode())
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns if local else ''}\0".encode())
     return h.hexdigest()
 
 

@@ -2,7 +2,7 @@
 the accuracies the AME predictor is fitted on. Computed once per run by the first process; every worker and every
 resumed run of the same model, data and preprocessing loads it instead.
 
-The key covers the model file's content, the data specs with the size and modification time of the files they read,
+The key covers the model file's content, the data specs with their local content fingerprint (dse.data.fingerprint),
 the explicit preprocessing, the search image cap and seed, the search space, the set-up constants and the dse
 version: any change recomputes. The file is a SHA-256 line followed by an .npz payload: the calibration's arrays and
 one JSON document for everything else, read with ``allow_pickle=False`` (a run directory may come from elsewhere;
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dse.data import fingerprint
 from dse.quant import CalibrationState
 
 FILE = "context-cache.npz"
@@ -34,16 +35,6 @@ class ContextCache:
     predictor_accs: list | None  # accuracies of the predictor's fit configurations (None: no predictor fitted)
 
 
-def _stamp(spec: str) -> list:
-    """Size and modification time of every file a data spec reads (bundled splits: the spec itself)."""
-    out = []
-    for part in str(spec).split(","):
-        p = Path(part)
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-        out += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    return out or [str(spec)]
-
-
 def cache_key(budget, model_path: Path, extra: dict) -> str:
     """Hex digest of everything the cached context depends on (module docstring); ``extra``: set-up constants."""
     import dse
@@ -51,7 +42,7 @@ def cache_key(budget, model_path: Path, extra: dict) -> str:
     d = budget.data
     parts = {"format": FORMAT, "dse": dse.__version__, "extra": extra,
              "preprocess": budget.model.preprocess.to_dict() if budget.model.preprocess else None,
-             "data": {k: [getattr(d, k), _stamp(getattr(d, k))] for k in ("calib", "search", "holdout")},
+             "data": {k: [getattr(d, k), fingerprint(getattr(d, k), local=True)] for k in ("calib", "search", "holdout")},
              "images": d.images, "seed": budget.search.seed, "space": repr(budget.space),
              "predictor": bool(budget.search.predictor_skip)}
     h = hashlib.sha256(Path(model_path).read_bytes())
