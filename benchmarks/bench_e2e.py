@@ -216,7 +216,8 @@ FAMILIES = [("mitch_w6", "mitch_w6"), ("drum6", "drum6"), ("perforation", "perf_
 
 def bench_model(name, model, size, n_img, repeats, tmpdir, lut_name, threads_list=(1,)):
     from dse import kernels
-    from dse.emulate import Emulator, LayerConfig
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
     from dse.model.onnx_import import load_onnx
     from dse.quant import calibrate
 

@@ -66,7 +66,7 @@ def cross_check(array, layers: dict, tmp: Path) -> None:
     import time
 
     os.environ["DSE_CACHE_DIR"] = str(tmp / "cache")
-    from dse.emulate import LayerConfig
+    from dse.layer_config import LayerConfig
     from dse.energy import COMPONENTS, EnergyModel
     from dse.energy.zigzag_backend import ZigZagEnergyModel
 

@@ -70,13 +70,13 @@ class Setup:
         return self.exact[split] - self.acc(config, split)
 
     def uniform(self, mult: str, cv: bool = False) -> dict:
-        from dse.emulate import LayerConfig
+        from dse.layer_config import LayerConfig
         return {l.name: LayerConfig(mult, cv) for l in self.layers}
 
 
 def control_variate(s: Setup, mults) -> list[float]:
     """One approximate layer at a time (the rest exact), with and without CV; cases losing >= 1 pp without CV."""
-    from dse.emulate import LayerConfig
+    from dse.layer_config import LayerConfig
     print(f"\n[{s.name}] 1. control variate, one approximate layer at a time (hold-out, {len(s.hold.y)} images; "
           f"cases losing >= {100 * AGGRESSIVE:.0f} pp without CV)")
     print(f"  {'layer':24s} {'multiplier':12s} {'loss':>8s} {'loss+CV':>8s} {'ratio':>6s} {'mult. unit':>10s} "
@@ -100,7 +100,7 @@ def control_variate(s: Setup, mults) -> list[float]:
 
 def axbxp(s: Setup) -> tuple[list, dict]:
     import dse.energy as E
-    from dse.emulate import LayerConfig
+    from dse.layer_config import LayerConfig
     print(f"\n[{s.name}] 2. Ax-BxP network-uniform (hold-out)")
     print(f"  {'configuration':26s} {'loss':>8s} {'system x':>9s} {'mult. x':>8s}")
     rows = []

@@ -43,8 +43,8 @@ from dse.data import SOURCE_BUDGET, Preprocess
 from dse.energy import ARRAY_LIMITS, DEFAULT_CONSTANTS, ArrayConfig, EnergyModel, resolve_constants
 from dse.energy.backends import BACKENDS, BackendConfig, make_energy_model
 from dse.errors import DseError
+from dse.model.onnx_import import BUNDLED_MODELS
 
-BUNDLED_MODELS = ("lenet5", "resnet8")
 BUNDLED_DATA = re.compile(r"fashion-mnist:(calib|search|holdout|all)")
 MODES = ("constrained", "pareto")
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "qmc")

@@ -15,9 +15,9 @@ from dse.correction import activation_sums
 from dse.emulate import Emulator
 from dse.errors import DseError
 from dse.layer_config import LayerConfig
-from dse.model.float_exec import exec_node
 from dse.model.onnx_import import load_onnx
 from dse.quant import calibrate, quantize_act
+from tests.reference import naive_X, reference_run
 
 RNG = np.random.default_rng(11)
 
@@ -40,77 +40,6 @@ def _model(tmp_path, build):
              helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, name="fc")]
     graph = load_onnx(build(tmp_path, nodes, inits, [2, 7, 6], name="m.onnx"))
     return calibrate(graph, RNG.standard_normal((16, 2, 7, 6)).astype(np.float32))
-
-
-def _naive_X(q, l):
-    """sum of the activation values feeding each output: an exact all-ones conv per group (reference kernel)."""
-    if l.op == "gemm":
-        return q.astype(np.int64).sum(axis=1).astype(np.float64)
-    C = q.shape[1]
-    ones = np.ones((l.groups, C // l.groups) + tuple(l.kernel), np.int8)
-    return kernels.reference_conv2d_int(q, ones, get_multiplier("exact"), l.a_signed, l.stride, l.pads, l.dilation,
-                                        l.groups).astype(np.float64)
-
-
-def reference_matmul_layer(l, args, mult, cv, cv_terms=None):
-    """A matmul (activation x activation) layer: both operands quantized (right one signed), a direct table gather
-    over every (m, n, k), the CV correction written out per output, ``float32((acc * s_a) * s_b)``."""
-    if mult.domain == "float":
-        return kernels.reference_matmul_float(args[0], args[1], mult)
-    qa = quantize_act(args[0], l.a_scale, l.a_signed)
-    qb = quantize_act(args[1], float(l.w_scale[0]), True)
-    lut = mult.table(l.a_signed, True).astype(np.int64)
-    pa = qa.view(np.uint8).astype(np.intp)[..., :, None, :]                     # [..., M, 1, K]
-    pb = np.swapaxes(qb.view(np.uint8).astype(np.intp), -1, -2)[..., None, :, :]  # [..., 1, N, K]
-    acc = lut[pa, pb].sum(axis=-1).astype(np.float64)
-    if cv:
-        alpha, beta = cv_terms(l, mult, qb)
-        X = qa.astype(np.int64).sum(axis=-1).astype(np.float64)
-        acc = acc - X[..., :, None] * alpha[..., None, :] - beta[..., None, :]
-    return ((acc * l.a_scale) * float(l.w_scale[0])).astype(np.float32) + np.float32(0)
-
-
-def reference_run(qm, x, config, cv_fn=None, cv_terms=None):
-    """Slow obviously-right emulator: reference kernels, explicit CV and dequantization."""
-    env = {qm.graph.input_name: x}
-    for n in qm.graph.nodes:
-        args = [env[t] for t in n.inputs]
-        if not n.is_mac:
-            env[n.output] = exec_node(n, args)
-            continue
-        l = qm.layer(n.name)
-        lc = config.get(n.name, LayerConfig())
-        mult = get_multiplier(lc.multiplier)
-        if l.op == "matmul":
-            env[n.output] = reference_matmul_layer(l, args, mult, lc.cv, cv_terms)
-            continue
-        if mult.domain == "float":
-            if l.op == "conv":
-                y = kernels.reference_conv2d_float(args[0], n.params["W"], mult, l.stride, l.pads, l.dilation,
-                                                   l.groups) + l.bias.reshape(1, -1, 1, 1)
-            else:
-                y = kernels.reference_gemm_float(args[0], n.params["W"], mult) + l.bias
-            env[n.output] = y.astype(np.float32)
-            continue
-        q = quantize_act(args[0], l.a_scale, l.a_signed)
-        if l.op == "conv":
-            acc = kernels.reference_conv2d_int(q, l.w_q, mult, l.a_signed, l.stride, l.pads, l.dilation, l.groups)
-        else:
-            acc = kernels.reference_gemm_int(q, l.w_q, mult, l.a_signed)
-        acc = acc.astype(np.float64)
-        if lc.cv:
-            alpha, beta = cv_fn(l, mult)
-            X = _naive_X(q, l)
-            if l.op == "conv":
-                og = l.N // l.groups
-                for c in range(l.N):
-                    acc[:, c] -= alpha[c] * X[:, c // og] + beta[c]
-            else:
-                acc -= X[:, None] * alpha[None, :] + beta[None, :]
-        sh = (1, -1) + (1,) * (acc.ndim - 2)
-        y = (acc * l.a_scale) * l.w_scale.astype(np.float64).reshape(sh)
-        env[n.output] = y.astype(np.float32) + l.bias.reshape(sh)
-    return env[qm.graph.output_name]
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +141,7 @@ def test_activation_sums_vs_all_ones_conv(B, g, cg, k, s, d, pads, H, signed):
                  pads=tuple(pads), dilation=(d, d), groups=g, a_signed=signed)
     lo, hi = (-128, 128) if signed else (0, 256)
     q = np.random.default_rng(B * 7 + H).integers(lo, hi, (B, g * cg, H, H)).astype(np.int8 if signed else np.uint8)
-    assert np.array_equal(activation_sums(l, q), _naive_X(q, l))
+    assert np.array_equal(activation_sums(l, q), naive_X(q, l))
 
 
 def test_config_errors(qm):

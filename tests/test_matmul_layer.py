@@ -19,8 +19,8 @@ from dse.layer_config import LayerConfig
 from dse.model.onnx_import import load_onnx
 from dse.predict import layer_term
 from dse.quant import calibrate
-from tests.test_emulate import reference_run
-from tests.test_onnx_ops import G, attention, token_head
+from tests.reference import reference_run
+from tests.onnx_graphs import G, attention, token_head
 
 RNG = np.random.default_rng(23)
 

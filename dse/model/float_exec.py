@@ -13,18 +13,15 @@ from dse.model.nn import conv2d, out_size, windows  # noqa: F401 (re-export: qua
 from dse.model.ops import IR_OPS, arguments
 
 
-def exec_node(node: Node, args: list, shapes: dict | None = None) -> np.ndarray:
-    """Run one IR node on float32 inputs (full batch shapes). ``shapes`` (dry run only) records per-image shapes."""
+def exec_node(node: Node, args: list) -> np.ndarray:
+    """Run one IR node on float32 inputs (full batch shapes)."""
     fn = IR_OPS.get(node.op)
     if fn is None:  # pragma: no cover - the importer produces only registered ops
         raise DseError(f"node '{node.name}': unknown IR op '{node.op}'")
-    y = np.asarray(fn(node, arguments(node, args)), dtype=np.float32)
-    if shapes is not None:
-        shapes[node.output] = tuple(y.shape[1:])
-    return y
+    return np.asarray(fn(node, arguments(node, args)), dtype=np.float32)
 
 
-def run_float_all(graph: Graph, x: np.ndarray, shapes: dict | None = None, keep: set | None = None) -> dict:
+def run_float_all(graph: Graph, x: np.ndarray, keep: set | None = None) -> dict:
     """Execute the graph on one batch; return {tensor: float32 array} for the tensors in ``keep`` (all if None)
     plus the output."""
     env = {graph.input_name: np.asarray(x, dtype=np.float32)}
@@ -33,7 +30,7 @@ def run_float_all(graph: Graph, x: np.ndarray, shapes: dict | None = None, keep:
         for t in n.inputs:
             last_use[t] = i
     for i, n in enumerate(graph.nodes):
-        env[n.output] = exec_node(n, [env[t] for t in n.inputs], shapes)
+        env[n.output] = exec_node(n, [env[t] for t in n.inputs])
         if keep is not None:
             for t in n.inputs:
                 if last_use[t] == i and t not in keep and t != graph.output_name:
