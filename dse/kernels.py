@@ -36,7 +36,6 @@ import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,31 +110,29 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.
     return cols, Ho, Wo
 
 
-def reference_conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """Direct conv by im2col + reference_gemm_int per group (slow, obviously right)."""
-    B, C, H, W = x.shape
+def _reference_conv(x, w, gemm, dtype, stride, pads, dilation, groups):
+    """Direct conv by im2col + ``gemm(a, w)`` per group, accumulated in ``dtype`` (slow, obviously right)."""
+    B = x.shape[0]
     Cout, Cg, kh, kw = w.shape
     cols, Ho, Wo = im2col(x, kh, kw, stride, pads, dilation)
-    out = np.zeros((B, Cout, Ho, Wo), dtype=np.int64)
+    out = np.zeros((B, Cout, Ho, Wo), dtype=dtype)
     og = Cout // groups
     for g in range(groups):
         a = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B * Ho * Wo, Cg * kh * kw)
         wg = w[g * og:(g + 1) * og].reshape(og, Cg * kh * kw)
-        out[:, g * og:(g + 1) * og] = reference_gemm_int(a, wg, mult, a_signed).reshape(B, Ho, Wo, og).transpose(0, 3, 1, 2)
+        out[:, g * og:(g + 1) * og] = gemm(a, wg).reshape(B, Ho, Wo, og).transpose(0, 3, 1, 2)
     return out
 
 
-def _float_product_fn(mult):
-    fn = getattr(mult, "float_product", None)
-    if getattr(mult, "domain", "float") != "float" or fn is None:
-        raise DseError(f"multiplier '{getattr(mult, 'name', mult)}' has no floating-point product model; "
-                       "use gemm_int/conv2d_int for 8-bit multipliers")
-    return fn
+def reference_conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """Direct conv by im2col + reference_gemm_int per group (slow, obviously right)."""
+    return _reference_conv(x, w, lambda a, wg: reference_gemm_int(a, wg, mult, a_signed), np.int64, stride, pads,
+                           dilation, groups)
 
 
 def reference_gemm_float(a: np.ndarray, w: np.ndarray, mult) -> np.ndarray:
     """out[m, n] = (((p_0 + p_1) + p_2) + ...) in float32, p_k = mult.float_product(a[m,k], w[n,k]) (slow)."""
-    prod = _float_product_fn(mult)
+    prod = mult.float_product
     a = np.asarray(a, dtype=np.float32)
     w = np.asarray(w, dtype=np.float32)
     p = np.asarray(prod(a[:, None, :], w[None, :, :]), dtype=np.float32)  # [M, N, K]
@@ -147,18 +144,8 @@ def reference_gemm_float(a: np.ndarray, w: np.ndarray, mult) -> np.ndarray:
 
 def reference_conv2d_float(x, w, mult, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
     """Float conv by im2col + reference_gemm_float per group (slow, obviously right)."""
-    x = np.asarray(x, dtype=np.float32)
-    w = np.asarray(w, dtype=np.float32)
-    B, C, H, W = x.shape
-    Cout, Cg, kh, kw = w.shape
-    cols, Ho, Wo = im2col(x, kh, kw, stride, pads, dilation)
-    out = np.zeros((B, Cout, Ho, Wo), dtype=np.float32)
-    og = Cout // groups
-    for g in range(groups):
-        a = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B * Ho * Wo, Cg * kh * kw)
-        wg = w[g * og:(g + 1) * og].reshape(og, Cg * kh * kw)
-        out[:, g * og:(g + 1) * og] = reference_gemm_float(a, wg, mult).reshape(B, Ho, Wo, og).transpose(0, 3, 1, 2)
-    return out
+    return _reference_conv(np.asarray(x, dtype=np.float32), np.asarray(w, dtype=np.float32),
+                           lambda a, wg: reference_gemm_float(a, wg, mult), np.float32, stride, pads, dilation, groups)
 
 
 # ------------------------------------------------------------------------------------------ per-multiplier preparation
@@ -694,7 +681,7 @@ def scale_accumulators(acc: np.ndarray, a_scale: float, w_scale: np.ndarray, bia
 # --------------------------------------------------------------------------------------------------- public: float
 def gemm_float(a, w, mult) -> np.ndarray:
     """out[m, n] = sequential FP32 sum over ascending k of mult.float_product(a[m, k], w[n, k]); float32[M, N]."""
-    prod = _float_product_fn(mult)
+    prod = mult.float_product
     a = np.ascontiguousarray(a, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     if a.ndim != 2 or w.ndim != 2 or a.shape[1] != w.shape[1]:

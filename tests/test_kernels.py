@@ -372,5 +372,5 @@ def test_conv2d_float_matches_reference(s, seed):
 
 
 def test_float_path_rejects_int_multiplier():
-    with pytest.raises(DseError, match="floating-point product"):
+    with pytest.raises(DseError, match="8-bit integer multiplier"):
         K.gemm_float(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), EXACT)
