@@ -327,15 +327,27 @@ class LogitSurrogate:
     ``labels`` are their classes. The exact logits are computed at construction, each (layer, multiplier, cv)
     change on first use and cached, so a warm prediction is a sum of a few arrays and one argmax."""
 
-    def __init__(self, run: Callable[[dict], np.ndarray], labels):
+    def __init__(self, run: Callable[[dict], np.ndarray], labels, state: "SurrogateState | None" = None):
         self._run = run
         self.labels = np.asarray(labels)
-        self.exact = np.asarray(run({}), dtype=np.float64)
+        self.exact = np.asarray(run({}) if state is None else state.exact, dtype=np.float64)
         if self.exact.ndim != 2 or self.exact.shape[0] != self.labels.size or self.labels.size == 0:
             raise DseError(f"surrogate: logits of shape {self.exact.shape} for {self.labels.size} labels; need "
                            "[images, classes] with at least one image")
         self.acc_exact = float(np.mean(self.exact.argmax(1) == self.labels))
         self._deltas: dict[tuple, np.ndarray] = {}
+        if state is not None:
+            if state.deltas.shape[1:] != self.exact.shape or len(state.choices) != len(state.deltas):
+                raise DseError(f"surrogate state: {len(state.choices)} choices, changes of shape "
+                               f"{state.deltas.shape} for exact logits {self.exact.shape}; recompute it")
+            self._deltas = {(str(l), str(m), bool(cv)): np.asarray(d, dtype=np.float64)
+                            for (l, m, cv), d in zip(state.choices, state.deltas)}
+
+    def state(self) -> "SurrogateState":
+        """The measured logits (exact and every single-layer change so far) as arrays, to rebuild it elsewhere."""
+        keys = sorted(self._deltas)
+        deltas = np.stack([self._deltas[k] for k in keys]) if keys else np.zeros((0,) + self.exact.shape)
+        return SurrogateState(self.exact, [list(k) for k in keys], deltas)
 
     @property
     def n_images(self) -> int:
@@ -354,6 +366,10 @@ class LogitSurrogate:
             d = self._deltas[key] = np.asarray(self._run({layer: lc}), dtype=np.float64) - self.exact
         return d
 
+    def has(self, layer: str, lc: LayerConfig) -> bool:
+        """The change of this single-layer choice is measured already (no network run needed)."""
+        return lc.multiplier == "exact" or (layer, lc.multiplier, bool(lc.cv)) in self._deltas
+
     def accuracy(self, logits: np.ndarray) -> float:
         return float(np.mean(logits.argmax(1) == self.labels))
 
@@ -368,6 +384,16 @@ class LogitSurrogate:
             if lc.multiplier != "exact":
                 logits += self.delta(name, lc)
         return self.acc_exact - self.accuracy(logits)
+
+
+@dataclass
+class SurrogateState:
+    """A :class:`LogitSurrogate`'s measurements: exact logits [n, classes], the (layer, multiplier, cv) choices and
+    their logit changes [choices, n, classes] (plain arrays and a JSON-able list: no pickling needed)."""
+
+    exact: np.ndarray
+    choices: list
+    deltas: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,20 @@ def prediction(r: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- dse search
+def predictor_line(p: dict, trials: dict) -> str:
+    """Which predictor the search skipped trials with (info["predictor"] of dse.search.context), its leave-one-out
+    quality on the fit configurations and the trials it skipped; or why none was used."""
+    if not p:
+        return ""
+    if "error" in p:
+        return f"predictor: none ({p['error']})"
+    if p.get("disabled"):
+        return p["disabled"]
+    return (f"predictor: {p['kind']} (leave-one-out Spearman {p['loo_spearman']:.2f}, mean error "
+            f"{pp(p['loo_mean_error'])} on {p['configs']} configurations), skipped {trials['skipped_predictor']} "
+            "trials")
+
+
 def search_result(res: dict) -> None:
     """``dse search``: the best trial (search and hold-out loss) and where the run lives."""
     con = console()
@@ -143,6 +157,9 @@ def search_result(res: dict) -> None:
                   f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {pp(h.get('loss'))} (holdout)")
     else:
         con.print(res.get("no_best") or "no configuration passed the hold-out check")
+    line = predictor_line(res.get("info", {}).get("predictor") or {}, res.get("trials", {}))
+    if line:
+        con.print(line)
     con.print(f"run directory: {res['run_dir']} (dse report {res['run_dir']})")
 
 
@@ -239,9 +256,9 @@ def report(summary: dict) -> None:
     if not s["reproducible"]:
         con.print(f"{s['processes']} processes ran this study (workers, other machines or resumes): its trial "
                   "order depends on their timing and is not reproducible from the seed")
-    disabled = (s["info"].get("predictor") or {}).get("disabled")
-    if disabled:
-        con.print(disabled)
+    line = predictor_line(s["info"].get("predictor") or {}, t)
+    if line:
+        con.print(line)
     con.print(_baseline_table(s["baseline"], s["best"]))
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))

@@ -11,7 +11,7 @@ import pytest
 from dse.budget import load_budget
 from dse.layer_config import LayerConfig
 from dse.search import context_cache
-from dse.search.context import build_context
+from dse.search.context import PREDICTOR_STAGE, build_context
 
 BUDGET = ("[data]\nimages = 40\n[search]\nworkers = 1\nprefix_cache_mib = 8\n"
           "[space]\nmultipliers = ['drum4', 'perf_j0_k2']\ncv = [false]\n")
@@ -33,14 +33,17 @@ def _stages(seen):
 def test_second_process_loads_the_cache(first):
     d, ctx, seen = first
     assert (d / "run" / context_cache.FILE).is_file() and ctx.info["setup"]["context_cache"] == "computed"
-    assert "AME predictor fit" in _stages(seen) and "float32 baselines" in _stages(seen)
+    assert PREDICTOR_STAGE in _stages(seen) and "float32 baselines" in _stages(seen)
     again = []
     ctx2 = build_context(str(d / "b.toml"), run_dir=d / "run", progress=lambda *a: again.append(a))
     assert ctx2.info["setup"]["context_cache"] == "loaded"
-    assert "AME predictor fit" not in _stages(again) and "float32 baselines" not in _stages(again)
+    assert PREDICTOR_STAGE not in _stages(again) and "float32 baselines" not in _stages(again)
     assert any("context cache" in a[-1] for a in again if len(a) > 3)
     assert ctx2.baseline == ctx.baseline
     assert json.dumps(ctx2.info["predictor"], sort_keys=True) == json.dumps(ctx.info["predictor"], sort_keys=True)
+    s1, s2 = ctx.sensitivity.surrogate.state(), ctx2.sensitivity.surrogate.state()  # rebuilt without a network run
+    assert s2.choices == s1.choices and np.array_equal(s2.exact, s1.exact) and np.array_equal(s2.deltas, s1.deltas)
+    assert len(s1.choices) == ctx.info["predictor"]["single_layer_changes"] > 0
     for a, b in zip(ctx.evaluator.emulator.qmodel.layers, ctx2.evaluator.emulator.qmodel.layers):
         assert a.a_scale == b.a_scale and np.array_equal(a.w_q, b.w_q) and np.array_equal(a.act_hist, b.act_hist)
     cfg = {n: LayerConfig("drum4") for n in ctx.space.searchable}

@@ -24,6 +24,7 @@ from dse.search.study import SearchContext, SearchSettings, run_search
 SENSITIVITY_IMAGES = 300
 PREDICTOR_CONFIGS = 10
 MIN_PREDICTOR_CONFIGS = 4  # all-exact + 3: the fewest the quadratic accuracy model is fitted on
+PREDICTOR_STAGE = "predictor fit (AME and logit surrogate)"
 
 
 def default_budget_path() -> Path:
@@ -71,6 +72,13 @@ class EmulatorEvaluator:
         self.emulator, self.data, self.batch_size = emulator, data, batch_size
         self.cache, self.tag, self.deadline = cache, tag, deadline
         self.n_images = len(data)
+
+    def logits(self, config: dict, start: int, stop: int) -> np.ndarray:
+        """float32 logits of ``config`` on images ``start:stop``, through the prefix cache like :meth:`correct` (set-up
+        work: no deadline check)."""
+        batches = zip(range(start, stop, self.batch_size), self.data.batches(self.batch_size, start, stop))
+        return np.concatenate([self.emulator.run(x, config, self.batch_size, self.cache, (self.tag, a, a + len(x)))
+                               for a, (x, _) in batches])
 
     def correct(self, config: dict, start: int, stop: int) -> np.ndarray:
         """Correctness on images ``start:stop``; with a ``deadline`` (dse.search.deadline) it is checked before every
@@ -141,25 +149,32 @@ class Sensitivities:
     """``sensitivity(layer, choice) -> loss | None`` for the knapsack seeds: the single-layer accuracy drop on the
     first ``n_images`` search images, measured (the exact prefix continues from the prefix cache) while the set-up
     budget lasts; afterwards estimated by ``estimate(config)`` (the AME predictor, when there is one) or None (left
-    out of the knapsack). The counts and a note for the output are kept."""
+    out of the knapsack). With a ``surrogate`` (dse.predict.LogitSurrogate on the same images) the single-layer runs
+    are its logit changes: measured once for both, and those it measured already count as measured past the budget.
+    The counts and a note for the output are kept."""
 
     STAGE = "sensitivities (single-layer perturbations)"
 
     def __init__(self, ev: "EmulatorEvaluator", n_images: int, clock: SetupClock, total: Callable[[], int],
-                 estimate: Callable[[dict], float] | None, progress=_silent):
+                 estimate: Callable[[dict], float] | None, progress=_silent, surrogate=None):
         self.ev, self.n_images, self.clock, self.total_fn = ev, n_images, clock, total
-        self.estimate, self.progress = estimate, progress
+        self.estimate, self.progress, self.surrogate = estimate, progress, surrogate
         self.exact, self.total = None, None
         self.counts = {"measured": 0, "estimated": 0, "skipped": 0}
+
+    def _measure(self, layer: str, lc: LayerConfig) -> float:
+        if self.surrogate is not None:
+            return self.surrogate.single_loss(layer, lc)
+        if self.exact is None:
+            self.exact = self.ev.correct({}, 0, self.n_images)
+        return float(self.exact.mean() - self.ev.correct({layer: lc}, 0, self.n_images).mean())
 
     def __call__(self, layer: str, lc: LayerConfig) -> float | None:
         if self.total is None:
             self.total = self.total_fn()
             self.progress(self.STAGE, 0, self.total)
-        if not self.clock.over():
-            if self.exact is None:
-                self.exact = self.ev.correct({}, 0, self.n_images)
-            loss, kind = float(self.exact.mean() - self.ev.correct({layer: lc}, 0, self.n_images).mean()), "measured"
+        if not self.clock.over() or (self.surrogate is not None and self.surrogate.has(layer, lc)):
+            loss, kind = self._measure(layer, lc), "measured"
         else:
             loss = None if self.estimate is None else self.estimate({layer: lc})
             kind = "skipped" if loss is None else "estimated"
@@ -211,6 +226,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     (dse.search.context_cache)."""
     from dse.budget import load_budget
     from dse.emulate import Emulator
+    from dse.predict import LogitSurrogate
     from dse.prefix_cache import PrefixCache
     from dse.search import context_cache
     from dse.session import DataRef, RunInputs, open_session
@@ -249,15 +265,22 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     energy = _energy_fn(b.energy_model(), layers)
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
     baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress)
-    predictor, estimate, pinfo, accs = None, None, {}, None
+    predictor, estimate, pinfo, accs, sur = None, None, {}, None, None
     if want_predictor:
         cfgs = _predictor_configs(space, s.seed)
-        accs = cached.predictor_accs if cached else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress)
-        predictor, estimate, pinfo = _fit_predictor(layers, space, cfgs, accs, n_sens)
+        sur = LogitSurrogate(lambda c: setup_ev.logits(c, 0, n_sens), search.y[:n_sens],
+                             cached.surrogate if cached else None)
+        accs = (cached.predictor_accs if cached
+                else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress, sur))
+        fit = cfgs[:len(accs)]
+        predictor, estimate, pinfo = choose_predictor(
+            [fit_ame(layers, space, fit, accs), fit_surrogate(sur, fit, accs)], n_sens,
+            "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)")
     if run_dir and not cached:
-        context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel.state(), baseline, accs))
+        context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel.state(), baseline, accs,
+                                                                     sur.state() if sur else None))
     sensitivity = Sensitivities(setup_ev, n_sens, clock, lambda: len(seeds.candidates(space, energy)), estimate,
-                                progress)
+                                progress, sur)
     info = {"model": str(sess.model_path), "calib": sess.calib.name, "preprocess": sess.preprocess.to_dict(),
             "layers": [l.name for l in layers], "searchable": space.searchable,
             "multipliers": space.multipliers, "data": {"search": ev.n_images, "holdout": hv.n_images},
@@ -314,61 +337,109 @@ def _predictor_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR
 
 
 def _predictor_accuracies(cfgs: list[dict], ev: EmulatorEvaluator, n_images: int, clock: SetupClock | None = None,
-                          progress=_silent) -> list[float]:
+                          progress=_silent, surrogate=None) -> list[float]:
     """Emulated accuracy of each configuration on the first ``n_images`` search images, in order, stopping (after at
-    least MIN_PREDICTOR_CONFIGS) once ``clock`` is over its budget."""
-    stage = "AME predictor fit"
+    least MIN_PREDICTOR_CONFIGS) once ``clock`` is over its budget. ``surrogate`` (a dse.predict.LogitSurrogate on the
+    same images) measures each configuration's single-layer logit changes within the same budget."""
+    stage = PREDICTOR_STAGE
     accs: list[float] = []
     for c in cfgs:
         if len(accs) >= MIN_PREDICTOR_CONFIGS and clock is not None and clock.over():
             break
         accs.append(float(ev.correct(c, 0, n_images).mean()))
+        if surrogate is not None:
+            surrogate.raw_loss(c)
         progress(stage, len(accs), len(cfgs))
     note = "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations: {clock.reason()}"
     progress(stage, len(cfgs), len(cfgs), note)
     return accs
 
 
-def _fit_predictor(layers, space: SearchSpace, cfgs: list[dict], accs: list[float], n_images: int):
-    """AME predictor (dse.predict) with an AccuracyModel fitted on the first ``len(accs)`` configurations ``cfgs``
-    and their emulated accuracies on ``n_images`` search images. Only table multipliers. Returns ``(predict, estimate,
-    info)``: the conservative loss predictor the objective skips with, the plain one (None for float-domain
-    multipliers) that estimates sensitivities the set-up budget left unmeasured; both None when it is not used."""
+@dataclass
+class FittedPredictor:
+    """One predictor fitted on the fit configurations: its plain loss ``base(config)`` and leave-one-out quality."""
+
+    kind: str
+    n_configs: int                            # fit configurations
+    quality: object                           # dse.predict.LooQuality
+    base: Callable[[dict], float | None]      # predicted loss (fraction); None: no prediction for this config
+    extra: dict
+
+    def rank(self) -> tuple:
+        """Better leave-one-out quality ranks higher: good enough first, then Spearman, then mean error."""
+        q = self.quality
+        return (q.good_enough, -np.inf if np.isnan(q.spearman) else q.spearman, -q.mean_error)
+
+
+def fit_ame(layers, space: SearchSpace, cfgs: list[dict], accs: list[float]) -> FittedPredictor | None:
+    """AME predictor (dse.predict) with an AccuracyModel on the configurations' accuracies; None when the fit fails
+    (equal AME). No prediction for float-domain multipliers (they have no AME)."""
     from dse.arith.multipliers import get_multiplier
     from dse.predict import AccuracyModel, AmePredictor, loo_quality, loss_predictor
 
     int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
     pred = AmePredictor(layers)
-    note = "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)"
-    cfgs = cfgs[:len(accs)]
     ames = [pred.ame(c) for c in cfgs]
     try:
         model = AccuracyModel.fit(ames, accs)
     except DseError:
-        return None, None, {"error": "predictor fit failed (configurations with equal AME)"}
-    q = loo_quality(ames, accs)
-    info = {"model": model.to_dict(), "configs": len(cfgs), "images": n_images, "loo_spearman": q.spearman,
-            "loo_mean_error": q.mean_error, "loo_margin": q.worst_error}
-    if note:
-        info["setup_budget"] = note
-    if not q.good_enough:
-        # a predictor that ranks configurations poorly would skip good ones: measure it and do without
-        return None, None, dict(info, disabled=f"AME predictor not used on this model: {q.verdict()}")
-    margin = q.worst_error
-    base = loss_predictor(pred, model)
+        return None
+    loss = loss_predictor(pred, model)
 
-    def predict(config: dict):
-        """Conservative predicted loss: the model's loss minus its worst leave-one-out error on the fit set, so a
-        trial is skipped only when even an error as large as the worst seen would leave it over the budget."""
-        if any(lc.multiplier not in int_mults and lc.multiplier != "exact" for lc in config.values()):
-            return 0.0  # no AME for float-domain multipliers: never skip
-        return max(base(config) - margin, 0.0)
-
-    def estimate(config: dict) -> float | None:
-        """The model's loss (None for float-domain multipliers, which have no AME)."""
+    def base(config: dict) -> float | None:
         if any(lc.multiplier not in int_mults and lc.multiplier != "exact" for lc in config.values()):
             return None
-        return float(base(config))
+        return float(loss(config))
+    return FittedPredictor("AME", len(cfgs), loo_quality(ames, accs), base, {"model": model.to_dict()})
+
+
+def fit_surrogate(sur, cfgs: list[dict], accs: list[float]) -> FittedPredictor | None:
+    """The logit surrogate calibrated on the configurations' measured losses (its single-layer changes for them were
+    measured with the accuracies); None with fewer than 2 configurations."""
+    from dse.predict import LossCalibration, surrogate_quality
+
+    raw = [sur.raw_loss(c) for c in cfgs]
+    loss = [sur.acc_exact - a for a in accs]
+    try:
+        cal = LossCalibration.fit(raw, loss)
+    except DseError:
+        return None
+    return FittedPredictor("logit surrogate", len(cfgs), surrogate_quality(raw, loss), lambda c: cal(sur.raw_loss(c)),
+                   {"calibration_c": cal.c, "single_layer_changes": sur.measured})
+
+
+def choose_predictor(fits: list[FittedPredictor | None], n_images: int, note: str = ""):
+    """Of the predictors ``fits`` (the AME predictor and the logit surrogate fitted on the same configurations, None:
+    the fit failed) keep the one with the better leave-one-out quality (:meth:`FittedPredictor.rank`). Returns
+    ``(predict, estimate, info)``: the conservative loss predictor the objective skips with (None when even the better
+    one ranks poorly), and the AME loss that estimates sensitivities the set-up budget left unmeasured (None unless
+    AME is good enough). info names the chosen predictor, its leave-one-out quality and every candidate's; ``note``
+    (fewer configurations than planned) goes into info["setup_budget"]."""
+    fitted = [f for f in fits if f is not None]
+    if not fitted:
+        return None, None, {"error": "predictor fit failed (too few configurations or equal AME)"}
+    best = max(fitted, key=FittedPredictor.rank)
+    q = best.quality
+    info = {"kind": best.kind, "configs": best.n_configs, "images": n_images, "loo_spearman": q.spearman,
+            "loo_mean_error": q.mean_error, "loo_margin": q.worst_error, **best.extra,
+            "candidates": {f.kind: {"loo_spearman": f.quality.spearman, "loo_mean_error": f.quality.mean_error}
+                           for f in fitted}}
+    if note:
+        info["setup_budget"] = note
+    ame = next((f for f in fitted if f.kind == "AME" and f.quality.good_enough), None)
+    estimate = ame.base if ame else None
+    if not q.good_enough:
+        # a predictor that ranks configurations poorly would skip good ones: measure it and do without
+        return None, estimate, dict(info, disabled=f"predictor not used on this model ({best.kind} was the better "
+                                                   f"one): {q.verdict()}")
+    margin, base = q.worst_error, best.base
+
+    def predict(config: dict) -> float:
+        """Conservative predicted loss: the chosen predictor's loss minus its worst leave-one-out error on the fit
+        set, so a trial is skipped only when even an error as large as the worst seen would leave it over the budget
+        (0: no prediction, never skip)."""
+        p = base(config)
+        return 0.0 if p is None else max(p - margin, 0.0)
     return predict, estimate, info
 
 

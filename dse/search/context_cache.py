@@ -1,12 +1,14 @@
-"""The search context's expensive, reusable part, cached in the run directory: FxP8 calibration, float32 baselines and
-the accuracies the AME predictor is fitted on. Computed once per run by the first process; every worker and every
+"""The search context's expensive, reusable part, cached in the run directory: FxP8 calibration, float32 baselines,
+the accuracies the predictors are fitted on and the logit surrogate's measured logits (exact and the single-layer
+changes of the fit configurations; changes measured later, by the sensitivities or a trial, are measured again in
+each process that needs them). Computed once per run by the first process; every worker and every
 resumed run of the same model, data and preprocessing loads it instead.
 
 The key covers the model file's content, the data specs with their local content fingerprint (dse.data.fingerprint),
 the explicit preprocessing, the search image cap and seed, the search space, the set-up constants and the dse
-version: any change recomputes. The file is a SHA-256 line followed by an .npz payload: the calibration's arrays and
-one JSON document for everything else, read with ``allow_pickle=False`` (a run directory may come from elsewhere;
-nothing in it is ever unpickled). An unreadable, corrupt or stale file is ignored (the caller says so in one line)
+version: any change recomputes. The file is a SHA-256 line followed by an .npz payload: the calibration's and the
+surrogate's arrays and one JSON document for everything else, read with ``allow_pickle=False`` (a run directory may
+come from elsewhere; nothing in it is ever unpickled). An unreadable, corrupt or stale file is ignored (the caller says so in one line)
 and rewritten.
 """
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from dse.data import fingerprint
+from dse.predict import SurrogateState
 from dse.quant import CalibrationState
 
 FILE = "context-cache.npz"
-FORMAT = 2
+FORMAT = 3  # 3: with the logit surrogate's arrays
 _META = "__meta__"  # the .npz member holding the JSON document
+_SUR_EXACT, _SUR_DELTAS = "__surrogate_exact__", "__surrogate_deltas__"  # dse.predict.SurrogateState's arrays
 
 
 @dataclass
@@ -33,6 +37,7 @@ class ContextCache:
     calibration: CalibrationState  # dse.quant.QuantModel.state() of the run's calibration
     baseline: dict            # {"float": {"search", "holdout"}}
     predictor_accs: list | None  # accuracies of the predictor's fit configurations (None: no predictor fitted)
+    surrogate: SurrogateState | None = None  # the logit surrogate's exact logits and single-layer changes
 
 
 def cache_key(budget, model_path: Path, extra: dict) -> str:
@@ -52,23 +57,27 @@ def cache_key(budget, model_path: Path, extra: dict) -> str:
 
 def _encode(cache: ContextCache) -> bytes:
     meta = {"format": FORMAT, "key": cache.key, "calibration": cache.calibration.meta, "baseline": cache.baseline,
-            "predictor_accs": cache.predictor_accs}
+            "predictor_accs": cache.predictor_accs,
+            "surrogate_choices": None if cache.surrogate is None else cache.surrogate.choices}
     for name in cache.calibration.arrays:
-        if name == _META:
-            raise ValueError(f"calibration array name {_META!r} is reserved")
+        if name in (_META, _SUR_EXACT, _SUR_DELTAS):
+            raise ValueError(f"calibration array name {name!r} is reserved")
+    sur = {} if cache.surrogate is None else {_SUR_EXACT: cache.surrogate.exact, _SUR_DELTAS: cache.surrogate.deltas}
     buf = io.BytesIO()
-    np.savez(buf, **{_META: np.array(json.dumps(meta))}, **cache.calibration.arrays)
+    np.savez(buf, **{_META: np.array(json.dumps(meta))}, **cache.calibration.arrays, **sur)
     return buf.getvalue()
 
 
 def _decode(payload: bytes) -> ContextCache:
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         meta = json.loads(str(z[_META]))
-        arrays = {k: z[k] for k in z.files if k != _META}
+        arrays = {k: z[k] for k in z.files if k not in (_META, _SUR_EXACT, _SUR_DELTAS)}
+        sur = (None if meta.get("surrogate_choices") is None
+               else SurrogateState(z[_SUR_EXACT], meta["surrogate_choices"], z[_SUR_DELTAS]))
     if meta.get("format") != FORMAT:
         raise ValueError(f"format {meta.get('format')}")
     return ContextCache(meta["key"], CalibrationState(meta["calibration"], arrays), meta["baseline"],
-                        meta["predictor_accs"])
+                        meta["predictor_accs"], sur)
 
 
 def load(run_dir: Path, key: str) -> tuple[ContextCache | None, str]:
