@@ -8,8 +8,8 @@ The key covers the model file's content, the data specs with their local content
 the explicit preprocessing, the search image cap and seed, the search space, the set-up constants and the dse
 version: any change recomputes. The file is a SHA-256 line followed by an .npz payload: the calibration's and the
 surrogate's arrays and one JSON document for everything else, read with ``allow_pickle=False`` (a run directory may
-come from elsewhere; nothing in it is ever unpickled). An unreadable, corrupt or stale file is ignored (the caller says so in one line)
-and rewritten.
+come from elsewhere; nothing in it is ever unpickled). An unreadable, corrupt or stale file is ignored (the caller
+says so in one line) and rewritten.
 """
 from __future__ import annotations
 
