@@ -30,6 +30,12 @@ def _stages(seen):
     return [a[0] for a in seen]
 
 
+def test_every_set_up_stage_reports_its_end_once(first):
+    _, _, seen = first
+    ends = [a[0] for a in seen if a[1] >= a[2]]
+    assert ends and len(ends) == len(set(ends)), ends
+
+
 def test_second_process_loads_the_cache(first):
     d, ctx, seen = first
     assert (d / "run" / context_cache.FILE).is_file() and ctx.info["setup"]["context_cache"] == "computed"

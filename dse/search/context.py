@@ -349,7 +349,8 @@ def _predictor_accuracies(cfgs: list[dict], ev: EmulatorEvaluator, n_images: int
         accs.append(float(ev.correct(c, 0, n_images).mean()))
         if surrogate is not None:
             surrogate.raw_loss(c)
-        progress(stage, len(accs), len(cfgs))
+        if len(accs) < len(cfgs):  # the stage's one finishing report follows the loop
+            progress(stage, len(accs), len(cfgs))
     note = "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations: {clock.reason()}"
     progress(stage, len(cfgs), len(cfgs), note)
     return accs
