@@ -22,7 +22,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 
 PAPER = {
     "cv": "about 1.9x lower loss; ~45 % multiplier power saving at < 1 % loss",

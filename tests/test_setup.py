@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dse.layer_config import LayerConfig
 from dse.search import seeds
 from dse.search.context import SetupClock, Sensitivities
 from dse.search.space import SearchSpace

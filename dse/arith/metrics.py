@@ -11,15 +11,14 @@ patterns when a histogram is None; histograms are 256 non-negative counts indexe
   (signed mean relative error, e.g. Mitchell's -3.788 %);
 * WCE = max |E| over pairs with p > 0; EP = sum p [E != 0].
 
-Relative power constants live in ``dse.arith.power.POWER_COMPONENTS`` (re-exported here) next to the
-``power_model`` that assigns ``Multiplier.rel_power``.
+Relative power constants live in ``dse.arith.power.POWER_COMPONENTS`` next to the ``power_model`` that assigns
+``Multiplier.rel_power``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from dse.arith.multipliers import exact_table
-from dse.arith.power import POWER_COMPONENTS, power_model  # noqa: F401 (re-export)
 from dse.errors import DseError
 
 METRIC_KEYS = ("ME", "MED", "MAE", "NMED", "MRED", "MRE", "WCE", "EP", "MSE", "VAR")

@@ -9,7 +9,6 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Graph, Node
-from dse.model.nn import conv2d, out_size, windows  # noqa: F401 (re-export: quant uses windows)
 from dse.model.ops import IR_OPS, arguments
 
 
