@@ -14,6 +14,7 @@ one line naming the file, the node and the fix.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -412,6 +413,12 @@ def preprocess_from_metadata(graph: Graph) -> dict | None:
 
 
 BUNDLED_MODELS = ("lenet5", "resnet8")
+
+
+def model_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a model file's bytes (read in chunks): the identity of a model in study names and caches."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def resolve_model(model: str) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dse.data import fingerprint
+from dse.model.onnx_import import model_sha256
 from dse.predict import SurrogateState
 from dse.quant import CalibrationState
 
@@ -47,12 +48,11 @@ def cache_key(budget, model_path: Path, extra: dict) -> str:
     d = budget.data
     parts = {"format": FORMAT, "dse": dse.__version__, "extra": extra,
              "preprocess": budget.model.preprocess.to_dict() if budget.model.preprocess else None,
-             "data": {k: [getattr(d, k), fingerprint(getattr(d, k), local=True)] for k in ("calib", "search", "holdout")},
+             "data": {k: [getattr(d, k), fingerprint(getattr(d, k), local=True)]
+                      for k in ("calib", "search", "holdout")},
              "images": d.images, "seed": budget.search.seed, "space": repr(budget.space),
-             "predictor": bool(budget.search.predictor_skip)}
-    h = hashlib.sha256(Path(model_path).read_bytes())
-    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+             "predictor": bool(budget.search.predictor_skip), "model": model_sha256(model_path)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _encode(cache: ContextCache) -> bytes:

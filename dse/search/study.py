@@ -146,11 +146,12 @@ def study_name(budget_path: str | Path, s: SearchSettings, ctx: "SearchContext")
     content fingerprints of the data, dse.data.fingerprint), so a different budget, model or data set on the same
     storage gets its own study instead of another's results, and the same ones resume it."""
     from dse.data import fingerprint
+    from dse.model.onnx_import import model_sha256
 
     budget = tomllib.loads(Path(budget_path).read_text())
     search = {k: v for k, v in budget.get("search", {}).items() if k not in _NOT_IN_NAME}
     budget = dict(budget, search=search)
-    model = hashlib.sha256(Path(ctx.model_path).read_bytes()).hexdigest() if ctx.model_path else None
+    model = model_sha256(ctx.model_path) if ctx.model_path else None
     key = {"budget": budget, "settings": {k: v for k, v in asdict(s).items() if k not in _NOT_IN_NAME},
            "space": {n: repr(ctx.space.choices[n]) for n in ctx.space.searchable},
            "params": ctx.space.param_names, "model": model,
