@@ -380,6 +380,22 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const
     }
 }
 
+/* Called by every thread of a parallel region after allocating its scratch buffers (``ok``: they all succeeded;
+ * ``fail``: a flag shared by the team, 0 on entry). Returns 1 only when every thread's allocations succeeded; all
+ * threads get the same answer, so all of them reach (or all skip) the worksharing loop that follows. */
+static int dse_team_allocated(int *fail, int ok)
+{
+    if (!ok) {
+#pragma omp atomic write
+        *fail = 1;
+    }
+#pragma omp barrier
+    int failed;
+#pragma omp atomic read
+    failed = *fail;
+    return !failed;
+}
+
 /* Returns 0, or -1 when a scratch buffer cannot be allocated. */
 static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
                          const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
@@ -391,15 +407,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     {
         uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * 256 * DSE_RT_NT * sizeof(uint16_t));
         int32_t *acc = (int32_t *)malloc((size_t)DSE_RT_MB * DSE_RT_NT * sizeof(int32_t));
-        if (!tab || !acc) {
-#pragma omp atomic write
-            fail = 1;
-        }
-#pragma omp barrier
-        int failed;
-#pragma omp atomic read
-        failed = fail;
-        if (!failed) { /* every thread takes the same branch, so all of them reach the worksharing loop */
+        if (dse_team_allocated(&fail, tab && acc)) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < nnt * nmb; t++) {
                 const int64_t n0 = (t / nmb) * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
@@ -478,15 +486,7 @@ static int dse_dw_conv(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_
         uint8_t *pad = (uint8_t *)malloc((size_t)(HP * WP));
         int64_t *acc = (int64_t *)malloc((size_t)(Ho * Wo) * sizeof(int64_t));
         int32_t *acc32 = (int32_t *)malloc((size_t)(Ho * Wo) * sizeof(int32_t));
-        if (!pad || !acc || !acc32) {
-#pragma omp atomic write
-            fail = 1;
-        }
-#pragma omp barrier
-        int failed;
-#pragma omp atomic read
-        failed = fail;
-        if (!failed) { /* every thread takes the same branch, so all of them reach the worksharing loop */
+        if (dse_team_allocated(&fail, pad && acc && acc32)) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < B * Cout; t++) {
                 const int64_t b = t / Cout, o = t % Cout, c = o / og;
