@@ -1,99 +1,223 @@
-"""AME predictor vs bit-exact emulation on the bundled LeNet-5: time per configuration, speedup, and accuracy of the
-prediction (Spearman rank correlation and mean absolute error on held-out configurations).
+"""The search's loss predictors (AME and the logit surrogate, dse.predict) on held-out configurations of a budget's
+model, measured the way the search uses them.
 
-Run:  python benchmarks/bench_predict.py [--configs 30] [--images 2000] [--seed 0] [--write-results]
-One thread (BLAS thread counts set to 1 before numpy is imported). Calibration on the bundled calibration split, then
-``--configs`` random per-layer configurations (library 8-bit multipliers, CV on/off at random, a random fraction of
-layers approximate) are emulated on ``--images`` images of the search split: the all-exact network plus the first
-``max(3, n // 2)`` fit ``accuracy ~ b0 + b1 AME + b2 AME^2``; the rest are held out. Predictor time is the warm
-per-configuration time (per-layer statistics precomputed once; that one-off cost is reported separately).
-``--write-results`` replaces the "## Predictor" section of benchmarks/RESULTS.md (other sections are left alone).
+Run:  python benchmarks/bench_predict.py search_spaces/default.toml [--images 5000] [--near 40] [--uniform 20]
+      [--seed 0] [--write-results]
+
+Protocol (one budget file; its model, data, space, energy model and set-up as `dse search` builds them, but on
+``--images`` images of the search split instead of the budget's cap, so each measured loss has a small sampling
+error, reported as the paired standard error of every loss):
+
+* the search's context (dse.search.context.build_context): FxP8 calibration, the logit surrogate on the first 300
+  search images and the predictor gate fitted on the set-up's configurations (all-exact + 10 with few approximate
+  layers), the knapsack sensitivities (the surrogate's single-layer runs);
+* ``--near`` configurations from the distribution the search visits near the budget: the knapsack's choice at a
+  random capacity (0.25-3x the budget) over a random 70 % of the single-layer items; and ``--uniform`` uniform random
+  configurations of the space (each searchable layer approximate with probability q ~ U(0, 1));
+* every configuration measured on all images (paired loss vs FxP8 exact, standard error);
+* near-budget, as trials arrive: each configuration is predicted by each candidate fitted on every point before it
+  (the set-up's and the earlier near-budget ones: the search's refit), then added (prequential: every prediction is
+  held out); reported over the second half of the stream, when the refit has points near the budget;
+* uniform: predicted by each candidate fitted on the set-up's points and all near-budget ones;
+* before: the previous protocol (all-exact + 10 random configurations with 20-100 % of the layers approximate, the
+  raw surrogate loss alone) on the same held-out sets.
+``--write-results`` replaces this budget's row block in the "## Predictor" section of benchmarks/RESULTS.md.
 """
-import os
+from __future__ import annotations
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
-    os.environ[_v] = "1"
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def run(n_configs: int, images: int, seed: int, model: str, data: str, calib: str) -> dict:
-    from dse.emulate import Emulator
-    from dse.predict import fit_and_validate
-    from dse.session import DataRef, RunInputs, open_session
+def _budget_copy(path: Path, images: int, out: Path) -> Path:
+    """The budget with ``[data] images = images`` (other keys unchanged, relative paths resolved as before)."""
+    text = path.read_text()
+    new, n = re.subn(r"(?m)^images\s*=.*$", f"images = {images}", text)
+    if n == 0:
+        new = re.sub(r"(?m)^\[data\]\s*$", f"[data]\nimages = {images}", text, count=1)
+    out.write_text(new)
+    return out
 
-    s = open_session(RunInputs(model, DataRef(calib, f"calibration data {calib}"), (DataRef(data, f"data {data}"),)))
-    qmodel, ds = s.qmodel, s.data[0]
-    sub = ds.subset(np.random.default_rng(seed).permutation(len(ds))[:images])
-    x, y = sub.images(), sub.y
-    emu = Emulator(qmodel)
-    r = fit_and_validate(qmodel.layers, lambda c: emu.accuracy(x, y, c), n_configs, seed)
-    r["images"] = int(len(y))
-    r["layers"] = [(l.name, l.M, l.K, l.N) for l in qmodel.layers]
-    return r
+
+def near_budget_configs(space, items, budget: float, n: int, rng) -> list[dict]:
+    """Knapsack choices at random capacities over random 70 % subsets of the single-layer items."""
+    from dse.search import seeds
+
+    out = []
+    while len(out) < n:
+        sub = {k: [it for it in v if rng.uniform() < 0.7] for k, v in items.items()}
+        cfg = seeds.knapsack(sub, budget * rng.uniform(0.25, 3.0))
+        cfg = space.config_from_params(space.params_from_config(cfg))
+        if any(lc.multiplier != "exact" for lc in cfg.values()) and cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def uniform_configs(space, n: int, rng, q_range=(0.0, 1.0)) -> list[dict]:
+    """Each searchable layer approximate with probability q ~ U(q_range), a uniformly chosen (multiplier, cv)."""
+    from dse.layer_config import LayerConfig
+
+    out = []
+    while len(out) < n:
+        q = rng.uniform(*q_range)
+        cfg = {}
+        for name in space.searchable:
+            c = space.choices[name]
+            mults = [m for m in c.multipliers if m != "exact"]
+            if mults and rng.uniform() < q:
+                cfg[name] = LayerConfig(str(mults[rng.integers(len(mults))]), bool(c.cv[rng.integers(len(c.cv))]))
+        if cfg:
+            out.append(space.config_from_params(space.params_from_config(cfg)))
+    return out
+
+
+def measure(ctx, cfgs: list[dict], exact: np.ndarray):
+    from dse.search.racing import paired_stats
+
+    losses, ses = [], []
+    for c in cfgs:
+        st = paired_stats(exact, ctx.evaluator.correct(c, 0, exact.size))
+        losses.append(st.loss)
+        ses.append(st.se)
+    return np.array(losses), np.array(ses)
+
+
+def _scores(pred, y) -> dict:
+    from dse.predict import spearman
+
+    pred, y = np.asarray(pred, float), np.asarray(y, float)
+    ok = np.isfinite(pred)
+    if ok.sum() < 2:
+        return {"spearman": float("nan"), "mae": float("nan"), "n": int(ok.sum())}
+    return {"spearman": spearman(pred[ok], y[ok]), "mae": float(np.mean(np.abs(pred[ok] - y[ok]))),
+            "worst": float(np.max(np.abs(pred[ok] - y[ok]))), "n": int(ok.sum())}
+
+
+def _rows(cand, cfgs):
+    return [cand.features(c) for c in cfgs]
+
+
+def _fit_predict(cand, rows_fit, y_fit, rows_new) -> list[float]:
+    keep = [i for i, r in enumerate(rows_fit) if r is not None]
+    f = cand.fit(np.stack([rows_fit[i] for i in keep]), np.asarray(y_fit)[keep])
+    return [float("nan") if r is None else float(f(r)) for r in rows_new]
+
+
+def prequential(cand, rows0, y0, rows, y, start: int) -> list[float]:
+    """Point i (i >= start) predicted by the candidate fitted on the set-up's points and points < i."""
+    return [_fit_predict(cand, list(rows0) + list(rows[:i]), list(y0) + list(y[:i]), [rows[i]])[0]
+            for i in range(start, len(rows))]
+
+
+def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> dict:
+    from dse.predict import LossModel, surrogate_candidate
+    from dse.search import seeds
+    from dse.search.context import build_context, gate_candidates, setup_fit_configs, settings_from_budget
+    from dse.budget import load_budget
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = build_context(str(_budget_copy(budget, images, Path(tmp) / budget.name)))
+    s = settings_from_budget(load_budget(budget))
+    sur = ctx.sensitivity.surrogate
+    items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
+    t_setup = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    near = near_budget_configs(ctx.space, items, s.budget_loss, n_near, rng)
+    uni = uniform_configs(ctx.space, n_uniform, rng)
+    old = [{}] + uniform_configs(ctx.space, 10, np.random.default_rng(seed + 7919), (0.2, 1.0))
+    fit0 = setup_fit_configs(ctx.space, s.seed)
+    n = ctx.evaluator.n_images
+    t0 = time.perf_counter()
+    exact = ctx.evaluator.correct({}, 0, n)
+    (y_near, se_near), (y_uni, se_uni) = measure(ctx, near, exact), measure(ctx, uni, exact)
+    # the set-up's fit points as the search has them: accuracies on the surrogate's images
+    y_fit0 = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in fit0])
+    y_old = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in old])
+    t_measure = time.perf_counter() - t0
+    out = {"budget": str(budget), "model": ctx.info["model"], "images": n, "surrogate_images": sur.n_images,
+           "budget_loss": s.budget_loss, "layers": len(ctx.space.searchable), "setup_s": t_setup,
+           "measure_s": t_measure, "near_loss": y_near.tolist(), "near_se": se_near.tolist(),
+           "uniform_loss": y_uni.tolist(), "uniform_se": se_uni.tolist(), "setup_info": ctx.info["predictor"]}
+    half = n_near // 2
+    cands = gate_candidates(ctx.evaluator.emulator.qmodel.layers, ctx.space, sur)
+    for cand in cands:
+        r0, rn, ru = _rows(cand, fit0), _rows(cand, near), _rows(cand, uni)
+        pre = prequential(cand, r0, y_fit0, rn, y_near, half)
+        out[cand.kind] = {"near": _scores(pre, y_near[half:]),
+                          "uniform": _scores(_fit_predict(cand, r0 + rn, list(y_fit0) + list(y_near), ru), y_uni),
+                          "setup_only_near": _scores(_fit_predict(cand, r0, y_fit0, rn[half:]), y_near[half:])}
+    # before: old fit set, the raw surrogate loss alone (the soft feature zeroed)
+    raw = lambda cfgs: [np.array([sur.raw_loss(c), 0.0]) for c in cfgs]  # noqa: E731
+    before = surrogate_candidate(sur)
+    out["before"] = {"near": _scores(_fit_predict(before, raw(old), y_old, raw(near[half:])), y_near[half:]),
+                     "uniform": _scores(_fit_predict(before, raw(old), y_old, raw(uni)), y_uni)}
+    m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
+    out["surrogate_model"] = {"c": m.c, "a": m.a, "b": m.b}
+    return out
+
+
+def _fmt(d: dict) -> str:
+    return f"{d['spearman']:.3f} / {100 * d['mae']:.2f} pp (n {d['n']})"
 
 
 def table(r: dict) -> str:
-    v, m = r["validation"], r["model"]
-    lines = [
-        "| metric | value |",
-        "|---|---|",
-        f"| emulation time / configuration ({r['images']} images) | {1e3 * r['emulate_seconds']:.1f} ms |",
-        f"| predictor time / configuration (warm) | {1e6 * r['predict_seconds']:.2f} us |",
-        f"| speedup predictor vs emulation | {r['speedup']:.3g}x |",
-        f"| one-off precompute (all layers x multipliers x cv) | {r['precompute_seconds']:.2f} s |",
-        f"| configurations fit / held out | {r['n_fit']} (incl. all-exact) / {r['n_holdout']} |",
-        f"| exact accuracy (search split) | {100 * r['exact_accuracy']:.2f} % |",
-        f"| Spearman rho (held out) | {v.spearman:.3f} |",
-        f"| mean abs error (held out) | {100 * v.mae:.2f} pp |",
-        f"| fitted model | acc = {m.b0:.4f} + {m.b1:.4g} AME + {m.b2:.4g} AME^2 (AME <= {m.ame_max:.3g}) |",
-    ]
+    se_n, se_u = np.asarray(r["near_se"]), np.asarray(r["uniform_se"])
+    yn, yu = np.asarray(r["near_loss"]), np.asarray(r["uniform_loss"])
+    head = (f"`{Path(r['budget']).name}` ({Path(r['model']).name}, {r['layers']} searchable layers, budget "
+            f"{100 * r['budget_loss']:.1f} pp): {r['images']} search images (losses), surrogate on "
+            f"{r['surrogate_images']}; near-budget losses {100 * yn.min():.2f}..{100 * yn.max():.2f} pp (paired SE "
+            f"median {100 * np.median(se_n):.2f} pp), uniform {100 * yu.min():.1f}..{100 * yu.max():.1f} pp (SE median "
+            f"{100 * np.median(se_u):.2f} pp); set-up {r['setup_s']:.0f} s, measuring {r['measure_s']:.0f} s")
+    lines = [head, "", "| predictor | near budget, as trials arrive: Spearman / MAE | uniform random: Spearman / MAE |",
+             "|---|---|---|",
+             f"| before: surrogate, raw loss, old fit set | {_fmt(r['before']['near'])} | {_fmt(r['before']['uniform'])} |"]
+    for kind in ("AME", "logit surrogate"):
+        lines.append(f"| {kind}, refitted (set-up + earlier near-budget points) | {_fmt(r[kind]['near'])} | "
+                     f"{_fmt(r[kind]['uniform'])} |")
+        lines.append(f"| {kind}, set-up fit only | {_fmt(r[kind]['setup_only_near'])} | - |")
+    m = r["surrogate_model"]
+    lines.append("")
+    lines.append(f"Surrogate loss model on all points: {m['a']:.3g} r / (1 + {m['c']:.3g} r) + {m['b']:.3g} soft.")
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = "## Predictor\n\n" + text.rstrip() + "\n"
-    pat = re.compile(r"^## Predictor\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pat.sub(lambda _: section + "\n", old, count=1) if pat.search(old) else old.rstrip() + "\n\n" + section
-    RESULTS.write_text(new)
+def write_results(budget: str, cmd: str, text: str) -> None:
+    old = RESULTS.read_text()
+    sec = re.search(r"^## Predictor\n.*?(?=^## )", old, re.S | re.M)
+    if not sec:
+        raise SystemExit("RESULTS.md has no '## Predictor' section")
+    marker = f"<!-- bench_predict {Path(budget).name} -->"
+    block = f"{marker}\n{cmd}\n\n{text.rstrip()}\n{marker} end\n"
+    body = sec.group(0)
+    pat = re.compile(re.escape(marker) + r"\n.*?" + re.escape(marker) + r" end\n", re.S)
+    body = pat.sub(lambda _: block, body) if pat.search(body) else body.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(old[:sec.start()] + body + old[sec.end():])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", type=int, default=30)
-    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("budget", type=Path)
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--near", type=int, default=40)
+    ap.add_argument("--uniform", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default="lenet5")
-    ap.add_argument("--data", default="fashion-mnist:search")
-    ap.add_argument("--calib", default="fashion-mnist:calib")
     ap.add_argument("--write-results", action="store_true")
     a = ap.parse_args()
-    try:
-        r = run(a.configs, a.images, a.seed, a.model, a.data, a.calib)
-    except ImportError as exc:
-        print(f"bench_predict: pipeline piece missing ({exc}); needs dse.model.onnx_import, dse.quant.calibrate, "
-              "dse.emulate.Emulator, dse.data", file=sys.stderr)
-        return 1
-    v = r["validation"]
-    print(f"model {a.model}: layers (name, M, K, N) {r['layers']}")
-    print(f"{'held-out':>8} {'AME':>9} {'predicted':>10} {'emulated':>9}")
-    for i, (am, p, e) in enumerate(zip(r["holdout_ame"], v.predicted, v.emulated)):
-        print(f"{i:>8} {am:>9.4g} {100 * p:>9.2f}% {100 * e:>8.2f}%")
+    r = run(a.budget, a.images, a.near, a.uniform, a.seed)
     t = table(r)
     print(t)
     if a.write_results:
-        cpu = platform.processor() or platform.machine()
-        write_results(f"`python benchmarks/bench_predict.py --configs {a.configs} --images {a.images} --seed {a.seed}`"
-                      f" ({cpu}, one thread, bundled LeNet-5, Fashion-MNIST search split)\n\n" + t)
+        write_results(str(a.budget), f"`python benchmarks/bench_predict.py {a.budget} --images {a.images} --near "
+                      f"{a.near} --uniform {a.uniform} --seed {a.seed}`", t)
         print(f"updated {RESULTS}")
     return 0
 

@@ -25,8 +25,12 @@ measures, once per (layer, multiplier, cv) choice, the change of the logits on
 a fixed set of images when only that layer is approximate (the same single-layer runs the knapsack seeds need); a
 configuration's logits are predicted as the exact logits plus the sum of its layers' changes (first-order
 perturbation), image by image, and its loss is the accuracy of those logits below the exact network's on the same
-images. Summed changes overshoot large losses, so :class:`LossCalibration` maps the raw surrogate loss ``r`` through
-the monotone ``r / (1 + c r)`` (``c >= 0`` fitted on emulated configurations), which keeps the ranking.
+images. Summed changes overshoot large losses and a raw loss moves in whole images, so :class:`LossModel` maps two
+features, the raw surrogate loss ``r`` and a smooth margin-based soft loss, through the monotone
+``a r / (1 + c r) + b soft`` (``a, b, c >= 0`` fitted on emulated configurations).
+
+:class:`PredictorGate` refits the candidates (AME, surrogate) on every measured point as the search's trials arrive,
+keeps the one of better leave-one-out quality, and lets the search skip with it only while it passes the gate.
 """
 from __future__ import annotations
 
@@ -36,8 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.stats import spearmanr
+from scipy.stats import norm, spearmanr
 
 from dse.arith.multipliers import Multiplier, get_multiplier, pattern_values
 from dse.correction import _act_pmf, _layer_key, _weight_patterns, cv_correction
@@ -334,8 +337,12 @@ class LogitSurrogate:
         if self.exact.ndim != 2 or self.exact.shape[0] != self.labels.size or self.labels.size == 0:
             raise DseError(f"surrogate: logits of shape {self.exact.shape} for {self.labels.size} labels; need "
                            "[images, classes] with at least one image")
+        if self.labels.min() < 0 or self.labels.max() >= self.exact.shape[1]:
+            raise DseError(f"surrogate: labels outside the network's {self.exact.shape[1]} classes (0.."
+                           f"{self.exact.shape[1] - 1}); check that the data set belongs to this model")
         self.acc_exact = float(np.mean(self.exact.argmax(1) == self.labels))
         self._deltas: dict[tuple, np.ndarray] = {}
+        self._m0: np.ndarray | None = None
         if state is not None:
             if state.deltas.shape[1:] != self.exact.shape or len(state.choices) != len(state.deltas):
                 raise DseError(f"surrogate state: {len(state.choices)} choices, changes of shape "
@@ -377,13 +384,37 @@ class LogitSurrogate:
         """Measured accuracy loss (fraction) when only ``layer`` runs ``lc``: the knapsack's layer sensitivity."""
         return self.acc_exact - self.accuracy(self.exact + self.delta(layer, lc))
 
-    def raw_loss(self, config: dict) -> float:
-        """Surrogate loss of ``config``: accuracy of exact logits plus the summed single-layer changes, below exact."""
+    def logits(self, config: dict) -> np.ndarray:
+        """Predicted logits of ``config``: the exact logits plus the summed single-layer changes."""
         logits = self.exact.copy()
         for name, lc in config.items():
             if lc.multiplier != "exact":
                 logits += self.delta(name, lc)
-        return self.acc_exact - self.accuracy(logits)
+        return logits
+
+    def raw_loss(self, config: dict) -> float:
+        """Surrogate loss of ``config``: accuracy of exact logits plus the summed single-layer changes, below exact."""
+        return self.acc_exact - self.accuracy(self.logits(config))
+
+    def margins(self, logits: np.ndarray) -> np.ndarray:
+        """Per image: the true class's logit minus the largest other one (> 0: right)."""
+        rows = np.arange(self.labels.size)
+        other = logits.copy()
+        other[rows, self.labels] = -np.inf
+        return logits[rows, self.labels] - other.max(axis=1)
+
+    def features(self, config: dict) -> np.ndarray:
+        """``[raw loss, soft loss]`` of ``config`` (the inputs of :class:`LossModel`). The soft loss is the expected
+        loss when every image's predicted margin is uncertain by the configuration's own RMS margin change ``s``
+        (first-order error grows with the perturbation): ``mean Phi(-m / s) - mean Phi(-m0 / s)``. It is smooth in
+        the configuration where the raw loss moves in steps of one image."""
+        logits = self.logits(config)
+        if self._m0 is None:
+            self._m0 = self.margins(self.exact)
+        m, m0 = self.margins(logits), self._m0
+        s = float(np.sqrt(np.mean((m - m0) ** 2)))
+        soft = 0.0 if s == 0 else float(np.mean(norm.cdf(-m / s)) - np.mean(norm.cdf(-m0 / s)))
+        return np.array([self.acc_exact - self.accuracy(logits), soft])
 
 
 @dataclass
@@ -396,31 +427,210 @@ class SurrogateState:
     deltas: np.ndarray
 
 
+def _nnls2(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative least squares with two unknowns from the normal equations, vectorised over leading axes:
+    ``ata [..., 2, 2]``, ``aty [..., 2]``, ``yty [...]`` -> (coefficients [..., 2], SSE [...]). The KKT points are
+    enumerated (both free, one free, none), which is exact for two unknowns."""
+    det = ata[..., 0, 0] * ata[..., 1, 1] - ata[..., 0, 1] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        both = np.stack([(ata[..., 1, 1] * aty[..., 0] - ata[..., 0, 1] * aty[..., 1]) / det,
+                         (ata[..., 0, 0] * aty[..., 1] - ata[..., 0, 1] * aty[..., 0]) / det], -1)
+        only = [np.stack([aty[..., 0] / ata[..., 0, 0], np.zeros_like(det)], -1),
+                np.stack([np.zeros_like(det), aty[..., 1] / ata[..., 1, 1]], -1)]
+    best_c, best_sse = np.zeros_like(aty), yty.copy()
+    for c in [both, *only]:
+        c = np.where(np.isfinite(c), c, -1.0)
+        ok = np.all(c >= 0, axis=-1)
+        sse = yty - 2 * np.sum(c * aty, -1) + np.einsum("...i,...ij,...j->...", c, ata, c)
+        better = ok & (sse < best_sse - 1e-18)
+        best_c = np.where(better[..., None], c, best_c)
+        best_sse = np.where(better, sse, best_sse)
+    return best_c, best_sse
+
+
 @dataclass(frozen=True)
-class LossCalibration:
-    """Monotone map of the raw surrogate loss ``r`` (fraction) to a predicted loss ``r / (1 + c max(r, 0))``."""
+class LossModel:
+    """Predicted loss from the surrogate's features ``[raw, soft]`` (:meth:`LogitSurrogate.features`):
+    ``a r / (1 + c r) + b soft`` with ``a, b, c >= 0``, so it is non-decreasing in both features. Summed single-layer
+    changes overshoot large losses; ``c`` bends them back, ``b`` lets the smooth soft loss carry what the raw loss
+    (whole images) cannot resolve."""
 
     c: float = 0.0
-    C_MAX = 1000.0   # 1 / fraction: beyond this the map is flat at 0.1 pp
+    a: float = 1.0
+    b: float = 0.0
+    C_GRID = (0.0, *np.geomspace(0.5, 1000.0, 24).tolist())   # 1 / fraction; 1000: flat beyond about 0.1 pp
 
-    def __call__(self, raw) -> float:
-        r = float(raw)
-        return r / (1.0 + self.c * max(r, 0.0))
+    def __call__(self, features) -> float:
+        r, soft = float(features[0]), float(features[1])
+        return self.a * r / (1.0 + self.c * max(r, 0.0)) + self.b * soft
+
+    @staticmethod
+    def _design(X: np.ndarray) -> np.ndarray:
+        """[c, points, 2]: the two columns for every c of the grid."""
+        r = X[:, 0]
+        c = np.asarray(LossModel.C_GRID)[:, None]
+        return np.stack([r[None, :] / (1.0 + c * np.maximum(r[None, :], 0.0)),
+                         np.broadcast_to(X[:, 1], (c.size, r.size))], -1)
 
     @classmethod
-    def fit(cls, raw, measured) -> "LossCalibration":
-        """Least-squares ``c`` in ``[0, C_MAX]`` (bounded scalar minimisation) on (raw, measured loss) pairs."""
-        r, y = np.asarray(raw, float), np.asarray(measured, float)
-        if r.size < 2 or r.shape != y.shape:
-            raise DseError(f"LossCalibration.fit: need at least 2 (raw, measured) pairs, got {r.size}")
-        sse = lambda c: float(np.sum((r / (1.0 + c * np.maximum(r, 0.0)) - y) ** 2))  # noqa: E731
-        c = minimize_scalar(sse, bounds=(0.0, cls.C_MAX), method="bounded").x
-        return cls(float(c) if sse(c) < sse(0.0) else 0.0)
+    def fit(cls, X, y) -> "LossModel":
+        """Least squares over ``a, b >= 0`` for every ``c`` of a log grid, the best ``c`` kept."""
+        X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
+        if X.shape[0] < 2 or X.shape != (y.size, 2):
+            raise DseError(f"LossModel.fit: need at least 2 points of 2 features and their losses, got {X.shape}")
+        A = cls._design(X)
+        coef, sse = _nnls2(np.einsum("cni,cnj->cij", A, A), np.einsum("cni,n->ci", A, y),
+                           np.full(len(cls.C_GRID), float(y @ y)))
+        k = int(np.argmin(sse))
+        return cls(float(cls.C_GRID[k]), float(coef[k, 0]), float(coef[k, 1]))
+
+    @classmethod
+    def loo_predictions(cls, X, y) -> np.ndarray:
+        """Leave-one-out predictions of :meth:`fit` (each point predicted by the model fitted without it), computed
+        by downdating the normal equations: the same numbers as refitting n times, in one vectorised pass."""
+        X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
+        A = cls._design(X)                                               # [c, n, 2]
+        outer = np.einsum("cni,cnj->cnij", A, A)
+        ata = outer.sum(1, keepdims=True) - outer                        # [c, n, 2, 2] without point n
+        aty = (A * y[None, :, None]).sum(1, keepdims=True) - A * y[None, :, None]
+        coef, sse = _nnls2(ata, aty, float(y @ y) - y[None, :] ** 2)
+        k = np.argmin(sse, axis=0)                                       # best c per left-out point
+        n = np.arange(y.size)
+        return np.einsum("ni,ni->n", A[k, n], coef[k, n])
 
 
-def surrogate_quality(raw, measured) -> LooQuality:
-    """Leave-one-out quality of the calibrated surrogate on (raw surrogate loss, measured loss) pairs."""
-    return leave_one_out(lambda x, y: LossCalibration.fit(x, y), raw, measured)
+def surrogate_quality(features, measured) -> LooQuality:
+    """Leave-one-out quality of the surrogate's :class:`LossModel` on (features, measured loss) pairs."""
+    X, y = np.atleast_2d(np.asarray(features, float)), np.asarray(measured, float)
+    if y.size < 3:
+        return LooQuality(float("nan"), float("inf"), float("inf"))
+    pred = LossModel.loo_predictions(X, y)
+    err = np.abs(pred - y)
+    return LooQuality(spearman(pred, y), float(err.mean()), float(err.max()))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One loss predictor the gate can refit: ``features(config)`` (None: it cannot predict this configuration) and
+    ``quality(X, y)``/``fit(X, y)`` on the feature rows and measured losses (fractions) of the points so far."""
+
+    kind: str
+    features: Callable[[dict], np.ndarray | None]
+    fit: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], float]]
+    quality: Callable[[np.ndarray, np.ndarray], LooQuality]
+
+
+def surrogate_candidate(sur: LogitSurrogate) -> Candidate:
+    return Candidate("logit surrogate", sur.features, LossModel.fit, surrogate_quality)
+
+
+def ame_candidate(pred: AmePredictor, domain: Callable[[dict], bool]) -> Candidate:
+    """The AME predictor as a loss predictor: ``loss ~ -(b1 AME + b2 AME^2)`` (:class:`AccuracyModel` on ``1 - loss``);
+    ``domain(config)`` says whether every multiplier of ``config`` has an AME (8-bit tables)."""
+    def fit(X, y):
+        m = AccuracyModel.fit(X[:, 0], 1.0 - y)
+        return lambda f: 1.0 - float(m.predict(f[0]))
+    return Candidate("AME", lambda c: np.array([pred.ame(c)]) if domain(c) else None, fit,
+                     lambda X, y: leave_one_out(fit, X, y))
+
+
+MIN_GATE_POINTS = 8   # fewer measured points than this: no leave-one-out verdict, the predictor is not used
+
+
+@dataclass
+class GateState:
+    """What the gate decided after its latest refit (JSON-friendly through :meth:`to_dict`)."""
+
+    kind: str | None
+    points: int
+    quality: LooQuality | None
+    active: bool
+    candidates: dict
+
+    def line(self) -> str:
+        """One line for the progress display and the report."""
+        if self.quality is None:
+            return f"predictor off: {self.points} measured points, needs {MIN_GATE_POINTS} with a usable fit"
+        state = "on" if self.active else "off"
+        return f"predictor {state}: {self.kind} on {self.points} points, {self.quality.verdict()}"
+
+    def to_dict(self) -> dict:
+        q = self.quality
+        return {"kind": self.kind, "points": self.points, "active": self.active,
+                "loo_spearman": None if q is None else q.spearman, "loo_mean_error": None if q is None else q.mean_error,
+                "loo_margin": None if q is None else q.worst_error, "candidates": self.candidates}
+
+
+class PredictorGate:
+    """Loss predictors refitted on every measured ``(config, loss)`` point (the set-up's fit configurations, then
+    each full-fidelity trial as it completes). After each refit the candidate with the better leave-one-out quality
+    (good enough first, then Spearman, then mean error) is kept, and it predicts only while that quality passes the
+    gate (:data:`MIN_SPEARMAN`, :data:`MAX_MEAN_ERROR`, at least :data:`MIN_GATE_POINTS` points): a predictor that
+    stops ranking well is switched off at the next point, one that starts to is switched on.
+
+    ``gate(config)`` is the conservative loss the search skips with (the prediction minus the worst leave-one-out
+    error; None while off or when the kept predictor cannot predict ``config``); ``predicted(config)`` the plain
+    prediction of the kept candidate whether on or off (recorded beside the measured loss)."""
+
+    def __init__(self, candidates: list[Candidate], min_points: int = MIN_GATE_POINTS):
+        self.candidates, self.min_points = list(candidates), int(min_points)
+        self._keys: set = set()
+        self._losses: list[float] = []
+        self._rows: dict[str, list] = {c.kind: [] for c in self.candidates}
+        self._model: Callable | None = None
+        self._best: Candidate | None = None
+        self.state = GateState(None, 0, None, False, {})
+
+    def observe(self, points) -> str | None:
+        """Add ``(key, config, loss)`` points not seen before (``key``: hashable identity, e.g. a trial number) and
+        refit; returns the gate's new line when it switched on or off (or changed predictor), else None."""
+        new = [(k, c, float(loss)) for k, c, loss in points if k not in self._keys]
+        if not new:
+            return None
+        for k, c, loss in new:
+            self._keys.add(k)
+            self._losses.append(loss)
+            for cand in self.candidates:
+                self._rows[cand.kind].append(cand.features(c))
+        before = (self.state.active, self.state.kind)
+        self._refit()
+        return self.state.line() if (self.state.active, self.state.kind) != before else None
+
+    def _refit(self) -> None:
+        y = np.asarray(self._losses)
+        best = None
+        cands = {}
+        for cand in self.candidates:
+            use = [i for i, r in enumerate(self._rows[cand.kind]) if r is not None]
+            if len(use) < max(3, self.min_points):
+                continue
+            X, yy = np.stack([self._rows[cand.kind][i] for i in use]), y[use]
+            try:
+                q, model = cand.quality(X, yy), cand.fit(X, yy)
+            except DseError:
+                continue
+            cands[cand.kind] = {"loo_spearman": q.spearman, "loo_mean_error": q.mean_error, "points": len(use)}
+            rank = (q.good_enough, -np.inf if np.isnan(q.spearman) else q.spearman, -q.mean_error)
+            if best is None or rank > best[0]:
+                best = (rank, cand, q, model, len(use))
+        if best is None:
+            self._best, self._model = None, None
+            self.state = GateState(None, len(y), None, False, cands)
+            return
+        _, self._best, q, self._model, n = best
+        self.state = GateState(self._best.kind, n, q, q.good_enough, cands)
+
+    def predicted(self, config: dict) -> float | None:
+        if self._best is None:
+            return None
+        f = self._best.features(config)
+        return None if f is None else float(self._model(f))
+
+    def gate(self, config: dict) -> float | None:
+        if not self.state.active:
+            return None
+        p = self.predicted(config)
+        return None if p is None else max(p - self.state.quality.worst_error, 0.0)
 
 
 @dataclass
@@ -522,24 +732,24 @@ def validate_surrogate(sur: LogitSurrogate, fitted: dict) -> dict:
     ones (also over those with an emulated loss <= NEAR_BUDGET), leave-one-out quality on the fit set, and timings."""
     acc0 = fitted["exact_accuracy"]
     t0 = time.perf_counter()
-    raw_fit = [sur.raw_loss(c) for c in fitted["fit_configs"]]
-    raw_hold = [sur.raw_loss(c) for c in fitted["holdout_configs"]]
+    f_fit = np.stack([sur.features(c) for c in fitted["fit_configs"]])
+    f_hold = np.stack([sur.features(c) for c in fitted["holdout_configs"]])
     setup = time.perf_counter() - t0
-    loss_fit = [acc0 - a for a in fitted["fit_accuracy"]]
-    cal = LossCalibration.fit(raw_fit, loss_fit)
+    loss_fit = np.asarray([acc0 - a for a in fitted["fit_accuracy"]])
+    model = LossModel.fit(f_fit, loss_fit)
     t0 = time.perf_counter()
-    pred = np.array([cal(sur.raw_loss(c)) for c in fitted["holdout_configs"]])
+    pred = np.array([model(sur.features(c)) for c in fitted["holdout_configs"]])
     t_pred = (time.perf_counter() - t0) / len(pred)
     emu = acc0 - np.asarray(fitted["validation"].emulated)
     err = np.abs(pred - emu)
     near = emu <= NEAR_BUDGET
-    q = surrogate_quality(raw_fit, loss_fit)
-    return {"images": sur.n_images, "calibration_c": cal.c, "spearman": spearman(pred, emu), "mae": float(err.mean()),
-            "worst_error": float(err.max()), "near_budget": NEAR_BUDGET, "n_near": int(near.sum()),
-            "mae_near": float(err[near].mean()) if near.any() else float("nan"),
+    q = surrogate_quality(f_fit, loss_fit)
+    return {"images": sur.n_images, "calibration_c": model.c, "model": asdict(model), "spearman": spearman(pred, emu),
+            "mae": float(err.mean()), "worst_error": float(err.max()), "near_budget": NEAR_BUDGET,
+            "n_near": int(near.sum()), "mae_near": float(err[near].mean()) if near.any() else float("nan"),
             "spearman_near": spearman(pred[near], emu[near]) if near.sum() >= 2 else float("nan"),
             "loo_spearman": q.spearman, "loo_mean_error": q.mean_error,
-            "holdout": [{"raw": r, "predicted": p, "emulated": e} for r, p, e in zip(raw_hold, pred, emu)],
+            "holdout": [{"raw": float(f[0]), "predicted": p, "emulated": e} for f, p, e in zip(f_hold, pred, emu)],
             "measured": sur.measured, "setup_seconds": setup, "predict_seconds": t_pred}
 
 

@@ -134,17 +134,18 @@ def prediction(r: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- dse search
 def predictor_line(p: dict, trials: dict) -> str:
-    """Which predictor the search skipped trials with (info["predictor"] of dse.search.context), its leave-one-out
-    quality on the fit configurations and the trials it skipped; or why none was used."""
+    """Which predictor the search started with (info["predictor"] of dse.search.context: the gate's state after the
+    set-up's fit configurations) or why it was off, every switch of the gate as trials refitted it, and the trials
+    it skipped."""
     if not p:
         return ""
-    if "error" in p:
-        return f"predictor: none ({p['error']})"
     if p.get("disabled"):
-        return p["disabled"]
-    return (f"predictor: {p['kind']} (leave-one-out Spearman {p['loo_spearman']:.2f}, mean error "
-            f"{pp(p['loo_mean_error'])} on {p['configs']} configurations), skipped {trials['skipped_predictor']} "
-            "trials")
+        start = p["disabled"]
+    else:
+        start = (f"predictor: {p['kind']} (leave-one-out Spearman {p['loo_spearman']:.2f}, mean error "
+                 f"{pp(p['loo_mean_error'])} on {p['points']} points)")
+    switches = "".join(f"; before trial {n}: {line}" for n, line in trials.get("predictor_switches", []))
+    return f"{start}{switches}; skipped {trials['skipped_predictor']} trials"
 
 
 def search_result(res: dict) -> None:
@@ -218,9 +219,11 @@ class SearchProgress:
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
-        from dse.search.objective import ATTR_VERIFIED
+        from dse.search.objective import ATTR_GATE, ATTR_VERIFIED
         from dse.search.study import is_feasible
 
+        if trial is not None and ATTR_GATE in trial.user_attrs:  # the predictor gate switched before this trial
+            self.p.console.print(f"trial {trial.number}: {trial.user_attrs[ATTR_GATE]}")
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         feas = [t for t in trials if is_feasible(t)]
         best = min((t.user_attrs["energy"]["system"] for t in feas if t.user_attrs.get(ATTR_VERIFIED)), default=None)

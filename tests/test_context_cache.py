@@ -74,11 +74,10 @@ def test_corrupt_cache_is_ignored_with_one_line_and_rewritten(first, tmp_path, d
 
 def _key(d):
     from dse.model.onnx_import import resolve_model
-    from dse.search.context import PREDICTOR_CONFIGS, SENSITIVITY_IMAGES
+    from dse.search.context import cache_extra
 
     b = load_budget(d / "b.toml")
-    return context_cache.cache_key(b, resolve_model(b.model.path), {
-        "sensitivity_images": SENSITIVITY_IMAGES, "predictor_configs": PREDICTOR_CONFIGS, "predictor": True})
+    return context_cache.cache_key(b, resolve_model(b.model.path), cache_extra(True))
 
 
 def test_key_follows_model_data_and_preprocessing(tmp_path):

@@ -16,7 +16,7 @@ from dse.arith.multipliers import EXACT, pattern_values
 from dse.correction import activation_sums, apply_cv, cv_correction
 from dse.errors import DseError
 from dse.layer_config import LayerConfig
-from dse.predict import (AccuracyModel, AmePredictor, LogitSurrogate, LossCalibration, layer_acc_std,
+from dse.predict import (AccuracyModel, AmePredictor, LogitSurrogate, LossModel, layer_acc_std,
                          layer_error_stats, layer_term, leave_one_out, model_acc_std, spearman, surrogate_quality,
                          validate)
 from tests.mac_helpers import DRUM4, MITCHELL, PERF13, draw_acts, err_acc, gemm_layer, relu_hist, signed_hist
@@ -251,19 +251,36 @@ def test_surrogate_equals_emulation_when_changes_add_and_measures_each_choice_on
 def test_surrogate_rejects_bad_logits():
     with pytest.raises(DseError, match="logits of shape"):
         LogitSurrogate(lambda c: np.zeros((3, 2)), np.zeros(4, dtype=int))
+    with pytest.raises(DseError, match="labels outside"):
+        LogitSurrogate(lambda c: np.zeros((3, 2)), np.array([0, 1, 2]))
 
 
-def test_calibration_is_monotone_and_recovers_saturation():
-    raw = np.linspace(0.0, 0.3, 12)
-    c_true = 12.0
-    measured = raw / (1 + c_true * raw)
-    cal = LossCalibration.fit(raw, measured)
-    assert cal.c == pytest.approx(c_true, rel=1e-3)
+def test_loss_model_recovers_saturation_and_a_second_feature():
+    rng = np.random.default_rng(0)
+    raw = np.linspace(0.0, 0.3, 14)
+    soft = rng.uniform(0.0, 0.05, raw.size)
+    X = np.stack([raw, soft], 1)
+    c_true = LossModel.C_GRID[10]
+    y = 0.8 * raw / (1 + c_true * raw) + 2.0 * soft
+    m = LossModel.fit(X, y)
+    assert (m.c, m.a, m.b) == pytest.approx((c_true, 0.8, 2.0), rel=1e-6)
     grid = np.linspace(-0.01, 0.5, 50)
-    assert np.all(np.diff([cal(g) for g in grid]) > 0)            # ranks kept: Spearman of predictions = of raw
-    assert LossCalibration.fit(raw, raw * 1.1).c == 0.0           # never an increasing correction (c >= 0)
+    assert np.all(np.diff([m([g, 0.01]) for g in grid]) > 0)            # monotone in the raw loss: ranks kept
+    up = LossModel.fit(np.stack([raw, 0 * raw], 1), raw * 1.1)
+    assert up.c == 0.0 and up.a == pytest.approx(1.1)                   # never an increasing bend (c >= 0)
+    neg = LossModel.fit(X, 0.5 * raw - 3.0 * soft)
+    assert neg.b == 0.0 and neg.a > 0                                   # coefficients stay >= 0
     with pytest.raises(DseError):
-        LossCalibration.fit([0.1], [0.1])
+        LossModel.fit([[0.1, 0.0]], [0.1])
+
+
+def test_loss_model_leave_one_out_equals_refitting():
+    rng = np.random.default_rng(1)
+    X = np.stack([rng.uniform(0, 0.2, 15), rng.uniform(0, 0.03, 15)], 1)
+    y = X[:, 0] / (1 + 20 * X[:, 0]) + X[:, 1] + rng.normal(0, 0.002, 15)
+    fast = LossModel.loo_predictions(X, y)
+    slow = [LossModel.fit(np.delete(X, i, 0), np.delete(y, i))(X[i]) for i in range(15)]
+    assert fast == pytest.approx(slow, abs=1e-12)
 
 
 def test_surrogate_quality_is_leave_one_out_and_catches_interactions():
@@ -273,7 +290,7 @@ def test_surrogate_quality_is_leave_one_out_and_catches_interactions():
     cfgs = [{l: LayerConfig(str(rng.choice(["m1", "m2"])), bool(rng.integers(2))) for l in "abc" if rng.uniform() < 0.7}
             for _ in range(12)]
     acc0 = _acc(run({}), labels)
-    raw = [sur.raw_loss(c) for c in cfgs]
+    raw = [sur.features(c) for c in cfgs]
     good = surrogate_quality(raw, [acc0 - _acc(run(c), labels) for c in cfgs])
     assert good.mean_error < 1e-9 and good.good_enough
     bad_loss = [acc0 - _acc(run(c, interact=3.0), labels) for c in cfgs]
@@ -296,7 +313,7 @@ class _FakeEmulator:
 
     def run(self, x, config=None):
         """Logits whose top-1 margin shrinks with the AME (for the surrogate's single-layer runs)."""
-        logits = np.zeros((len(x), 3))
+        logits = np.zeros((len(x), 10))
         logits[:, 0] = np.linspace(0.01, 1.0, len(x)) - 0.5 * self.pred.ame(config or {})
         return logits
 

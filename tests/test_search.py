@@ -17,7 +17,7 @@ from dse.search import rundir, seeds
 from dse.search.objective import ATTR_HOLDOUT, ATTR_LOSS_UCB, ATTR_VERIFIED, CONSTRAINT, Objective
 from dse.search.racing import paired_stats, race, resolve_fidelities
 from dse.arith.multipliers import axbxp_name
-from tests.fakes import _CTX, LAYERS, MULTS, FakeEvaluator, ctx_factory, fake_energy, fake_space, make_ctx, settings_
+from tests.fakes import _CTX, LAYERS, MULTS, FakeEvaluator, FixedPredictor, ctx_factory, fake_energy, fake_space, make_ctx, settings_
 from dse.search.space import SearchSpace
 from dse.search.study import run_search
 
@@ -305,7 +305,7 @@ def test_progress_shows_only_verified_best(tmp_path, budget_file):
 
 def test_predictor_skip_sets_constraint(tmp_path):
     ctx = make_ctx()
-    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=lambda cfg: 0.5, predictor_skip=2.0)
+    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5), predictor_skip=2.0)
     study = optuna.create_study()
     study.optimize(obj, n_trials=3)
     for t in study.trials:
@@ -315,7 +315,7 @@ def test_predictor_skip_sets_constraint(tmp_path):
 
 def test_predictor_never_skips_enqueued_seeds():
     ctx = make_ctx()
-    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=lambda cfg: 0.5, predictor_skip=2.0)
+    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5), predictor_skip=2.0)
     study = optuna.create_study()
     study.enqueue_trial({}, user_attrs={"seed": True})
     study.optimize(obj, n_trials=2)

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 
 from dse.layer_config import LayerConfig
-from dse.predict import LogitSurrogate, LooQuality, random_configs
+import optuna
+
+from dse.predict import (MIN_GATE_POINTS, Candidate, LogitSurrogate, PredictorGate, leave_one_out, random_configs,
+                         surrogate_candidate)
 from dse.search import rundir, seeds
-from dse.search.context import FittedPredictor, Sensitivities, SetupClock, choose_predictor, fit_surrogate
+from dse.search.context import Sensitivities, SetupClock, predictor_gate
+from dse.search.objective import ATTR_GATE, Objective, _config_key
 from dse.search.study import SearchContext, run_search
-from tests.fakes import _CTX, MULTS, ctx_factory, fake_energy, fake_space, settings_
+from tests.fakes import _CTX, MULTS, ctx_factory, fake_energy, fake_space, make_ctx, settings_
 
 
 class AdditiveLogitNet:
@@ -76,35 +80,94 @@ def test_measured_choices_stay_free_past_the_setup_budget():
     assert [x[0] for x in items["fc1"]] == [LayerConfig(lc)] and items["conv2"] == []
 
 
-def _fit(kind, spearman, mean_error, loss=0.0):
-    return FittedPredictor(kind, 11, LooQuality(spearman, mean_error, 2 * mean_error), lambda c: loss, {})
+def _cfgs(space, n, seed):
+    return [space.config_from_params(space.params_from_config(c))
+            for c in random_configs(space.searchable, list(MULTS), n, seed=seed)]
 
 
-def test_choose_predictor_keeps_the_better_and_gates_it():
-    predict, estimate, info = choose_predictor([_fit("AME", 0.78, 0.043, 0.1), _fit("logit surrogate", 0.99, 0.002,
-                                                                                   0.2)], 300)
-    assert info["kind"] == "logit surrogate" and info["loo_spearman"] == 0.99 and "disabled" not in info
-    assert predict({}) == pytest.approx(0.2 - 0.004) and estimate is None  # AME not good enough: no estimate
-    assert set(info["candidates"]) == {"AME", "logit surrogate"}
-    predict, estimate, info = choose_predictor([_fit("AME", 0.95, 0.003, 0.1), _fit("logit surrogate", 0.5, 0.001)],
-                                               300)
-    assert info["kind"] == "AME" and predict({}) == pytest.approx(0.1 - 0.006) and estimate({}) == 0.1
-    predict, estimate, info = choose_predictor([_fit("AME", 0.6, 0.05), _fit("logit surrogate", 0.8, 0.01)], 300)
-    assert predict is None and info["kind"] == "logit surrogate"
-    assert "logit surrogate was the better" in info["disabled"]
-    assert choose_predictor([None, None], 300)[0] is None
+def _gate_on_fit_set(net, space, n_fit=600, n=10):
+    sur = _surrogate(net, n_fit)
+    cfgs = [{}] + _cfgs(space, n, 3)
+    accs = [float(net.correct(c, 0, n_fit).mean()) for c in cfgs]
+    return sur, predictor_gate([surrogate_candidate(sur)], sur, cfgs, accs, n_fit)
+
+
+def test_gate_keeps_the_surrogate_where_it_is_exact():
+    net, space = AdditiveLogitNet(), fake_space()
+    _, (gate, estimate, info) = _gate_on_fit_set(net, space)
+    # additive logits: the first-order surrogate is exact, the AME (fake multipliers have no table) cannot predict
+    assert info["kind"] == "logit surrogate" and info["active"] and "disabled" not in info, info
+    assert info["loo_mean_error"] < 1e-9 and estimate is None
+    cfg = _cfgs(space, 1, 9)[0]
+    true = net.correct({}, 0, 600).mean() - net.correct(cfg, 0, 600).mean()
+    assert gate.predicted(cfg) == pytest.approx(true, abs=1e-9)
+
+
+class Candidates:
+    """Fault injection: a candidate that predicts the true loss of the configurations it was fitted on and noise for
+    every other one (it memorised its fit set); the gate must switch it off once trials show that."""
+
+    def __init__(self, truth, fit_keys):
+        self.truth, self.fit_keys, self.rng = truth, fit_keys, np.random.default_rng(0)
+
+    def candidate(self):
+        def features(c):
+            key = _config_key(c)
+            return np.array([self.truth(c) if key in self.fit_keys else self.rng.uniform(0.0, 0.3)])
+
+        def fit(X, y):
+            return lambda f: float(f[0])
+        return Candidate("memoriser", features, fit, lambda X, y: leave_one_out(fit, X, y))
+
+
+def test_gate_switches_off_a_predictor_that_fails_on_trials_and_the_search_stops_skipping():
+    ctx = make_ctx()
+    space, ev = ctx.space, ctx.evaluator
+    exact = ev.correct({}, 0, ev.n_images)
+    truth = lambda c: float(exact.mean() - ev.correct(c, 0, ev.n_images).mean())  # noqa: E731
+    fit_cfgs = [{}] + _cfgs(space, 12, 5)
+    fault = Candidates(truth, {_config_key(c) for c in fit_cfgs})
+    gate = PredictorGate([fault.candidate()])
+    assert gate.observe([(("fit", i), c, truth(c)) for i, c in enumerate(fit_cfgs)]) is not None
+    assert gate.state.active and gate.state.quality.mean_error == 0.0   # perfect on what it memorised
+    obj = Objective(space, ev, fake_energy, 0.01, predictor=gate, predictor_skip=2.0, fidelities=[0])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(obj, n_trials=60)
+    trials = study.trials
+    off = [t.number for t in trials if "predictor off" in t.user_attrs.get(ATTR_GATE, "")]
+    assert off, "the gate never switched the noisy predictor off"
+    skipped = [t.number for t in trials if t.user_attrs.get("skipped") == "predictor"]
+    assert skipped and max(skipped) < off[0] <= len(trials) - 10   # it skipped while on, never after
+    assert not gate.state.active and "predictor off" in gate.state.line()
+    # every full-fidelity trial became a refit point
+    assert gate.state.points == len(fit_cfgs) + sum(1 for t in trials if t.user_attrs.get("full")
+                                                  and "duplicate_of" not in t.user_attrs
+                                                  and t.number < trials[-1].number)
+
+
+def test_gate_switches_on_once_enough_good_points_arrive():
+    net, space = AdditiveLogitNet(), fake_space()
+    sur = _surrogate(net, 600)
+    truth = lambda c: float(net.correct({}, 0, 600).mean() - net.correct(c, 0, 600).mean())  # noqa: E731
+    gate = PredictorGate([surrogate_candidate(sur)])
+    cfgs = _cfgs(space, 20, 4)
+    lines = [gate.observe([(i, c, truth(c))]) for i, c in enumerate(cfgs)]
+    first_on = next(i for i, s in enumerate(lines) if s)
+    assert first_on + 1 == MIN_GATE_POINTS and "predictor on" in lines[first_on]   # on at the first verdict
+    assert gate.gate(cfgs[0]) == pytest.approx(truth(cfgs[0]), abs=1e-9)
+    noisy = np.random.default_rng(1)
+    for j, c in enumerate(_cfgs(space, 30, 8)):   # measured losses that have nothing to do with the surrogate
+        line = gate.observe([(100 + j, c, noisy.uniform(0, 0.3))])
+        if line:
+            break
+    assert line and "predictor off" in line and gate.gate(cfgs[0]) is None
 
 
 def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_path):
     net, space = AdditiveLogitNet(), fake_space()
     n_fit = 600
-    sur = _surrogate(net, n_fit)
-    cfgs = [{}] + [space.config_from_params(space.params_from_config(c))
-                   for c in random_configs(space.searchable, list(MULTS), 10, seed=3)]
-    accs = [float(net.correct(c, 0, n_fit).mean()) for c in cfgs]
-    ame = _fit("AME", 0.6, 0.04)  # stands in for a poorly ranking AME: the surrogate must win
-    predict, _, info = choose_predictor([ame, fit_surrogate(sur, cfgs, accs)], n_fit)
-    assert info["kind"] == "logit surrogate" and predict is not None, info
+    sur, (predict, _, info) = _gate_on_fit_set(net, space, n_fit)
+    assert info["kind"] == "logit surrogate" and info["active"], info
     hold = AdditiveLogitNet(1000, seed=1)
     _CTX["ctx"] = SearchContext(space=space, evaluator=net, holdout=hold, energy=fake_energy, predictor=predict,
                                 sensitivity=Sensitivities(net, n_fit, SetupClock(None), lambda: 0, None,
@@ -120,7 +183,7 @@ def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_pa
     seed_predicted_over = 0
     for t in study.trials:
         cfg = space.config_from_params(t.params)
-        over = predict(cfg) > s.predictor_skip * s.budget_loss
+        over = predict.predicted(cfg) > s.predictor_skip * s.budget_loss
         if t.user_attrs.get("seed"):
             assert t.user_attrs.get("skipped") != "predictor" and t.user_attrs["images"] > 0
             seed_predicted_over += over

@@ -23,6 +23,7 @@ from dse.search.study import SearchContext, SearchSettings, run_search
 
 SENSITIVITY_IMAGES = 300
 PREDICTOR_CONFIGS = 10
+FIT_CONFIGS = "few-layers"  # how the predictor's set-up configurations are drawn (part of the context-cache key)
 MIN_PREDICTOR_CONFIGS = 4  # all-exact + 3: the fewest the quadratic accuracy model is fitted on
 PREDICTOR_STAGE = "predictor fit (AME and logit surrogate)"
 
@@ -267,14 +268,13 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress)
     predictor, estimate, pinfo, accs, sur = None, None, {}, None, None
     if want_predictor:
-        cfgs = _predictor_configs(space, s.seed)
+        cfgs = setup_fit_configs(space, s.seed)
         sur = LogitSurrogate(lambda c: setup_ev.logits(c, 0, n_sens), search.y[:n_sens],
                              cached.surrogate if cached else None)
         accs = (cached.predictor_accs if cached
                 else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress, sur))
-        fit = cfgs[:len(accs)]
-        predictor, estimate, pinfo = choose_predictor(
-            [fit_ame(layers, space, fit, accs), fit_surrogate(sur, fit, accs)], n_sens,
+        predictor, estimate, pinfo = predictor_gate(
+            gate_candidates(layers, space, sur), sur, cfgs[:len(accs)], accs, n_sens,
             "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)")
     if run_dir and not cached:
         context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel.state(), baseline, accs,
@@ -291,13 +291,18 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                          data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")})
 
 
+def cache_extra(want_predictor: bool) -> dict:
+    """The set-up constants the context cache's key covers besides the budget (dse.search.context_cache)."""
+    return {"sensitivity_images": SENSITIVITY_IMAGES, "predictor_configs": PREDICTOR_CONFIGS,
+            "predictor": want_predictor, "fit_configs": FIT_CONFIGS}
+
+
 def _cached(b, run_dir, want_predictor: bool, progress):
     """(key, the run directory's context cache for it or None, why it was not usable: "" when absent or loaded)."""
     from dse.model.onnx_import import resolve_model
     from dse.search import context_cache
 
-    key = context_cache.cache_key(b, Path(resolve_model(b.model.path)), {
-        "sensitivity_images": SENSITIVITY_IMAGES, "predictor_configs": PREDICTOR_CONFIGS, "predictor": want_predictor})
+    key = context_cache.cache_key(b, Path(resolve_model(b.model.path)), cache_extra(want_predictor))
     cached, why = context_cache.load(Path(run_dir), key) if run_dir else (None, "")
     if why:
         progress("context cache", 1, 1, why)
@@ -316,22 +321,23 @@ def _float_baselines(graph, search, hold, progress) -> dict:
     return {"float": out}
 
 
-def _predictor_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_CONFIGS) -> list[dict]:
-    """The all-exact and ``n_configs`` random configurations of the space (table multipliers only) the AME
-    predictor's accuracy model is fitted on (deterministic in ``seed``)."""
+def setup_fit_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_CONFIGS) -> list[dict]:
+    """The all-exact and ``n_configs`` random configurations of the space (table multipliers only, on 1 to half of
+    the searchable layers) the predictors are first fitted on (deterministic in ``seed``)."""
     from dse.arith.multipliers import get_multiplier
 
     int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
     rng = np.random.default_rng(seed + 7919)
+    layers = [n for n in space.searchable if any(m in int_mults for m in space.choices[n].multipliers)]
     cfgs = [{}]
-    for _ in range(n_configs):
-        q = rng.uniform(0.2, 1.0)
+    for _ in range(n_configs if layers else 0):
+        # few approximate layers: the search's feasible region lies near the budget, not tens of pp beyond it
+        k = int(rng.integers(1, max(1, len(layers) // 2) + 1))
         cfg = {}
-        for n in space.searchable:
-            c = space.choices[n]
+        for n in rng.choice(layers, size=k, replace=False):
+            c = space.choices[str(n)]
             opts = [m for m in c.multipliers if m in int_mults]
-            if opts and rng.uniform() < q:
-                cfg[n] = LayerConfig(str(opts[rng.integers(len(opts))]), bool(c.cv[rng.integers(len(c.cv))]))
+            cfg[str(n)] = LayerConfig(str(opts[rng.integers(len(opts))]), bool(c.cv[rng.integers(len(c.cv))]))
         cfgs.append(space.config_from_params(space.params_from_config(cfg)))
     return cfgs
 
@@ -356,92 +362,38 @@ def _predictor_accuracies(cfgs: list[dict], ev: EmulatorEvaluator, n_images: int
     return accs
 
 
-@dataclass
-class FittedPredictor:
-    """One predictor fitted on the fit configurations: its plain loss ``base(config)`` and leave-one-out quality."""
-
-    kind: str
-    n_configs: int                            # fit configurations
-    quality: object                           # dse.predict.LooQuality
-    base: Callable[[dict], float | None]      # predicted loss (fraction); None: no prediction for this config
-    extra: dict
-
-    def rank(self) -> tuple:
-        """Better leave-one-out quality ranks higher: good enough first, then Spearman, then mean error."""
-        q = self.quality
-        return (q.good_enough, -np.inf if np.isnan(q.spearman) else q.spearman, -q.mean_error)
-
-
-def fit_ame(layers, space: SearchSpace, cfgs: list[dict], accs: list[float]) -> FittedPredictor | None:
-    """AME predictor (dse.predict) with an AccuracyModel on the configurations' accuracies; None when the fit fails
-    (equal AME). No prediction for float-domain multipliers (they have no AME)."""
+def gate_candidates(layers, space: SearchSpace, sur) -> list:
+    """The loss predictors the search's gate chooses between: the AME predictor (configurations of 8-bit table
+    multipliers only) and the logit surrogate ``sur``."""
     from dse.arith.multipliers import get_multiplier
-    from dse.predict import AccuracyModel, AmePredictor, loo_quality, loss_predictor
+    from dse.predict import AmePredictor, ame_candidate, surrogate_candidate
 
-    int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"}
-    pred = AmePredictor(layers)
-    ames = [pred.ame(c) for c in cfgs]
-    try:
-        model = AccuracyModel.fit(ames, accs)
-    except DseError:
-        return None
-    loss = loss_predictor(pred, model)
-
-    def base(config: dict) -> float | None:
-        if any(lc.multiplier not in int_mults and lc.multiplier != "exact" for lc in config.values()):
-            return None
-        return float(loss(config))
-    return FittedPredictor("AME", len(cfgs), loo_quality(ames, accs), base, {"model": model.to_dict()})
+    int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"} | {"exact"}
+    in_domain = lambda c: all(lc.multiplier in int_mults for lc in c.values())  # noqa: E731
+    return [ame_candidate(AmePredictor(layers), in_domain), surrogate_candidate(sur)]
 
 
-def fit_surrogate(sur, cfgs: list[dict], accs: list[float]) -> FittedPredictor | None:
-    """The logit surrogate calibrated on the configurations' measured losses (its single-layer changes for them were
-    measured with the accuracies); None with fewer than 2 configurations."""
-    from dse.predict import LossCalibration, surrogate_quality
+def predictor_gate(candidates: list, sur, cfgs: list[dict], accs: list[float], n_images: int, note: str = ""):
+    """The search's :class:`dse.predict.PredictorGate` over ``candidates`` (:func:`gate_candidates`), first fitted
+    on the set-up's configurations ``cfgs`` (their accuracies ``accs`` on the logit surrogate ``sur``'s
+    ``n_images`` images); the objective refits it on every full-fidelity trial. Returns ``(gate, estimate, info)``:
+    ``estimate`` is the AME loss that estimates sensitivities the set-up budget left unmeasured (None unless AME is
+    the kept predictor and passes the gate); info names the kept predictor, its leave-one-out quality, every
+    candidate's and, while the gate is off, why (``disabled``); ``note`` (fewer configurations than planned) goes into
+    info["setup_budget"]."""
+    from dse.predict import PredictorGate
 
-    raw = [sur.raw_loss(c) for c in cfgs]
-    loss = [sur.acc_exact - a for a in accs]
-    try:
-        cal = LossCalibration.fit(raw, loss)
-    except DseError:
-        return None
-    return FittedPredictor("logit surrogate", len(cfgs), surrogate_quality(raw, loss), lambda c: cal(sur.raw_loss(c)),
-                   {"calibration_c": cal.c, "single_layer_changes": sur.measured})
-
-
-def choose_predictor(fits: list[FittedPredictor | None], n_images: int, note: str = ""):
-    """Of the predictors ``fits`` (the AME predictor and the logit surrogate fitted on the same configurations, None:
-    the fit failed) keep the one with the better leave-one-out quality (:meth:`FittedPredictor.rank`). Returns
-    ``(predict, estimate, info)``: the conservative loss predictor the objective skips with (None when even the better
-    one ranks poorly), and the AME loss that estimates sensitivities the set-up budget left unmeasured (None unless
-    AME is good enough). info names the chosen predictor, its leave-one-out quality and every candidate's; ``note``
-    (fewer configurations than planned) goes into info["setup_budget"]."""
-    fitted = [f for f in fits if f is not None]
-    if not fitted:
-        return None, None, {"error": "predictor fit failed (too few configurations or equal AME)"}
-    best = max(fitted, key=FittedPredictor.rank)
-    q = best.quality
-    info = {"kind": best.kind, "configs": best.n_configs, "images": n_images, "loo_spearman": q.spearman,
-            "loo_mean_error": q.mean_error, "loo_margin": q.worst_error, **best.extra,
-            "candidates": {f.kind: {"loo_spearman": f.quality.spearman, "loo_mean_error": f.quality.mean_error}
-                           for f in fitted}}
+    gate = PredictorGate(candidates)
+    gate.observe([(("fit", i), c, sur.acc_exact - a) for i, (c, a) in enumerate(zip(cfgs, accs))])
+    st = gate.state
+    info = {**st.to_dict(), "configs": len(cfgs), "images": n_images, "single_layer_changes": sur.measured}
     if note:
         info["setup_budget"] = note
-    ame = next((f for f in fitted if f.kind == "AME" and f.quality.good_enough), None)
-    estimate = ame.base if ame else None
-    if not q.good_enough:
-        # a predictor that ranks configurations poorly would skip good ones: measure it and do without
-        return None, estimate, dict(info, disabled=f"predictor not used on this model ({best.kind} was the better "
-                                                   f"one): {q.verdict()}")
-    margin, base = q.worst_error, best.base
-
-    def predict(config: dict) -> float:
-        """Conservative predicted loss: the chosen predictor's loss minus its worst leave-one-out error on the fit
-        set, so a trial is skipped only when even an error as large as the worst seen would leave it over the budget
-        (0: no prediction, never skip)."""
-        p = base(config)
-        return 0.0 if p is None else max(p - margin, 0.0)
-    return predict, estimate, info
+    if not st.active:
+        info["disabled"] = (f"{st.line()}; refitted on every full-fidelity trial, switched on when it passes "
+                            "(each switch is recorded on the trial)")
+    estimate = gate.predicted if st.active and st.kind == "AME" else None
+    return gate, estimate, info
 
 
 def search_from_budget(budget: str | None = None, run_dir=None, storage=None, n_trials=None, workers=None,

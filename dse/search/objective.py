@@ -6,7 +6,11 @@ Narrow injected interfaces (so tests use fakes):
   ``start:stop`` of the (shuffled) search split; ``evaluator.n_images``: size of the split.
 * ``energy(config) -> {"system", "multiplier", "latency", optional "components": {name: {"exact", "config"}},
   optional "layers"}``: relative to all-exact FxP8 (components and layers as fractions of the all-exact network).
-* ``predictor(config) -> predicted loss (fraction)`` or None.
+* ``predictor``: a gated, refitting loss predictor (dse.predict.PredictorGate) or None: before each trial it is told
+  the study's full-fidelity points so far (``observe([(trial number, config, loss)])``, which refits it and returns a
+  line when its gate switches on or off, recorded as the trial's ``predictor_gate``); ``predicted(config)`` (plain,
+  recorded as ``predicted_loss``) and ``gate(config)`` (conservative loss the trial is skipped with; None while the
+  gate is off).
 
 Every return path sets the constraint ``accuracy_loss = loss_ucb - budget`` (feasible when <= 0) before returning,
 including trials stopped early by the race, trials skipped by the predictor, duplicates and trials that raise.
@@ -28,7 +32,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from dse.layer_config import config_to_dict
+from dse.layer_config import config_from_dict, config_to_dict
 from dse.search.racing import paired_stats, race
 from dse.search.space import SearchSpace
 
@@ -37,7 +41,13 @@ CONSTRAINT = "accuracy_loss"
 ATTR_LOSS_UCB = "loss_ucb"            # upper confidence bound of the search-split loss (the constrained value)
 ATTR_HOLDOUT = "holdout"              # {"accuracy", "loss", "se", "images"} on the hold-out split
 ATTR_VERIFIED = "holdout_verified"    # True: hold-out loss within budget; absent: never checked
+ATTR_GATE = "predictor_gate"         # the predictor gate's line when it switched on or off before this trial
 EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
+
+
+def predictor_switches(trials) -> list[list]:
+    """``[trial number, gate line]`` of every trial before which the predictor gate switched on or off."""
+    return [[t.number, t.user_attrs[ATTR_GATE]] for t in trials if ATTR_GATE in t.user_attrs]
 
 
 def _config_key(config: dict) -> str:
@@ -104,14 +114,16 @@ class Objective:
         return None
 
     @staticmethod
-    def _full_points(study) -> list[tuple[float, float, dict]]:
+    def _full_trials(study) -> list:
+        """The study's complete full-fidelity, non-duplicate trials."""
+        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
+
+    @classmethod
+    def _full_points(cls, study) -> list[tuple[float, float, dict]]:
         """(energy, loss, user attrs) of the study's full-fidelity, non-duplicate trials."""
-        out = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            ua = t.user_attrs
-            if ua.get("full") and "duplicate_of" not in ua:
-                out.append((float(ua["energy"]["system"]), float(ua["loss"]), ua))
-        return out
+        return [(float(t.user_attrs["energy"]["system"]), float(t.user_attrs["loss"]), t.user_attrs)
+                for t in cls._full_trials(study)]
 
     def _stop_above(self, energy: float, full: list) -> float:
         """Loss above which the race may stop this configuration. Constrained: the budget. Pareto: the loss of the best
@@ -137,6 +149,22 @@ class Objective:
             return all(e > energy for e, _, ua in full if ua.get(ATTR_VERIFIED))
         return not any(e <= energy and loss <= attrs["loss"] for e, loss, _ in full)
 
+    def _predict(self, trial, config: dict, attrs: dict) -> float | None:
+        """Refit the predictor on the full-fidelity points so far, record its prediction (and a gate switch) in
+        ``attrs``; the conservative loss to skip this trial with, or None (gate off, not over the skip line, or an
+        enqueued seed: seeds are always emulated, they anchor the search)."""
+        switched = self.predictor.observe([(t.number, config_from_dict(t.user_attrs["config"]),
+                                            float(t.user_attrs["loss"])) for t in self._full_trials(trial.study)])
+        if switched:
+            attrs[ATTR_GATE] = switched
+        pred = self.predictor.predicted(config)
+        if pred is not None:
+            attrs["predicted_loss"] = pred
+        conservative = self.predictor.gate(config)
+        if trial.user_attrs.get("seed") or conservative is None:
+            return None
+        return conservative if conservative > self.predictor_skip * self.budget_loss else None
+
     def __call__(self, trial: optuna.Trial):
         try:
             config = self.space.suggest(trial)
@@ -146,15 +174,13 @@ class Objective:
                 return self._finish(trial, prev)
             energy = dict(self.energy(config))
             attrs = {"config": config_to_dict(config), "energy": energy}
-            # enqueued seeds (all exact, uniform, knapsack) are always emulated: they anchor the search
-            if self.predictor is not None and self.predictor_skip and not trial.user_attrs.get("seed"):
-                pred = float(self.predictor(config))
-                attrs["predicted_loss"] = pred
-                if pred > self.predictor_skip * self.budget_loss:
-                    attrs.update(loss=pred, skipped="predictor", images=0)
-                    attrs[ATTR_LOSS_UCB] = pred
-                    return self._finish(trial, attrs)
             full = self._full_points(trial.study)
+            if self.predictor is not None and self.predictor_skip:
+                skip = self._predict(trial, config, attrs)
+                if skip is not None:
+                    attrs.update(loss=skip, skipped="predictor", images=0)
+                    attrs[ATTR_LOSS_UCB] = skip
+                    return self._finish(trial, attrs)
             exact = self.correct_exact
             res = race(lambda a, b: self.evaluator.correct(config, a, b), exact,
                        self._stop_above(float(energy["system"]), full), self.fidelities, self.confidence)
