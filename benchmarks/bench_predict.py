@@ -101,6 +101,10 @@ def _scores(pred, y) -> dict:
             "worst": float(np.max(np.abs(pred[ok] - y[ok]))), "n": int(ok.sum())}
 
 
+def _feature_lists(cands, cfgs) -> dict:
+    return {c.kind: [None if r is None else r.tolist() for r in _rows(c, cfgs)] for c in cands}
+
+
 def _rows(cand, cfgs):
     return [cand.features(c) for c in cfgs]
 
@@ -160,6 +164,9 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
     before = surrogate_candidate(sur)
     out["before"] = {"near": _scores(_fit_predict(before, raw(old), y_old, raw(near[half:])), y_near[half:]),
                      "uniform": _scores(_fit_predict(before, raw(old), y_old, raw(uni)), y_uni)}
+    out["points"] = {"setup": {"loss": y_fit0.tolist(), **_feature_lists(cands, fit0)},
+                     "near": {"loss": y_near.tolist(), **_feature_lists(cands, near)},
+                     "uniform": {"loss": y_uni.tolist(), **_feature_lists(cands, uni)}}
     m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
     out["surrogate_model"] = {"c": m.c, "a": m.a, "b": m.b}
     return out
@@ -211,10 +218,15 @@ def main() -> int:
     ap.add_argument("--uniform", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write every point (features, measured losses) to this file")
     a = ap.parse_args()
     r = run(a.budget, a.images, a.near, a.uniform, a.seed)
     t = table(r)
     print(t)
+    if a.json:
+        import json
+
+        a.json.write_text(json.dumps(r, indent=1, default=float))
     if a.write_results:
         write_results(str(a.budget), f"`python benchmarks/bench_predict.py {a.budget} --images {a.images} --near "
                       f"{a.near} --uniform {a.uniform} --seed {a.seed}`", t)
