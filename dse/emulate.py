@@ -133,7 +133,7 @@ class Emulator:
         g = self.graph
         env = {g.input_name: x}
         qcache: dict = {}
-        start, store_at, keys = 0, None, None
+        start, store_at, keys = 0, {}, None
         if cache is not None:
             from dse.prefix_cache import live_tensors
 
@@ -144,11 +144,12 @@ class Emulator:
             if plan.state is not None:
                 env, qcache = dict(plan.state.tensors), dict(plan.state.quantized)
                 start = self._cut_pos[plan.hit]
-            store_at = None if plan.store is None else self._cut_pos[plan.store]
+            store_at = {self._cut_pos[j]: (j, False) for j in plan.speculate}
+            store_at.update({self._cut_pos[j]: (j, True) for j in plan.store})
             cache.count_macs(self._cum_macs[-1] * len(x), self._cum_macs[plan.hit] * len(x))
         for i in range(start, len(g.nodes)):
-            if i == store_at:
-                self._store(cache, batch, keys, plan.store, env, qcache)
+            if i in store_at:
+                self._store(cache, batch, keys, *store_at[i], env, qcache)
             n = g.nodes[i]
             args = [env[t] for t in n.inputs]
             if n.is_mac:
@@ -160,8 +161,8 @@ class Emulator:
                 if self._last[t] == i and t != g.output_name:
                     env.pop(t, None)
                     qcache.pop(t, None)
-        if store_at == len(g.nodes):
-            self._store(cache, batch, keys, plan.store, env, qcache)
+        if len(g.nodes) in store_at:
+            self._store(cache, batch, keys, *store_at[len(g.nodes)], env, qcache)
         return env[g.output_name]
 
     def _prefix_keys(self, resolved) -> list[tuple]:
@@ -169,10 +170,12 @@ class Emulator:
         cfg = tuple((resolved[n][0].multiplier, bool(resolved[n][0].cv)) for n in self._macs)
         return [cfg[:j] for j in range(1, len(cfg) + 1)]
 
-    def _store(self, cache, batch, keys, cut: int, env, qcache) -> None:
+    def _store(self, cache, batch, keys, cut: int, shared: bool, env, qcache) -> None:
+        """Offer the state at ``cut`` to the cache: ``shared`` (its prefix was requested before) or speculatively."""
         from dse.prefix_cache import snapshot
 
-        cache.store(batch, keys[cut - 1], snapshot(env, qcache, self._live[self._cut_pos[cut]]))
+        state = snapshot(env, qcache, self._live[self._cut_pos[cut]])
+        cache.store(batch, keys[cut - 1], state, speculative=not shared)
 
     def run(self, x, config: dict | None = None, batch_size: int = 256, cache=None, tag=None) -> np.ndarray:
         """float32 logits of preprocessed images ``x`` under ``config`` (None/{} = all exact FxP8). ``cache``: a

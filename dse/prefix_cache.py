@@ -10,9 +10,14 @@ such states under ``(batch, prefix key)`` and knows nothing of graphs: the emula
 Policy, bounded by ``max_bytes`` of stored arrays:
 
 * lookup: the deepest cut whose prefix key is stored for the batch (a hit refreshes it);
-* admission: a run stores at most one state per batch, at the deepest cut past the hit whose prefix was requested
-  before for this batch (the second request of a prefix shows it is shared; a prefix seen once is not worth memory);
+* admission: a run stores, past its hit, every cut whose prefix was requested before for this batch (the second
+  request of a prefix shows it is shared), evicting as needed; and, speculatively, the other cuts before the last
+  one, but only into free memory below half the budget (never evicting for them): a prefix seen once may still be
+  shared by the next trial, and while the cache is not full keeping it costs nothing;
 * eviction: least recently used first.
+
+A run's states share their arrays (a tensor live across several cuts is stored once in memory) but each state counts
+all of its arrays, so the bound is conservative.
 
 Thread-safe (the emulator runs slices of a batch on several threads).
 """
@@ -25,6 +30,7 @@ from typing import Hashable, Sequence
 
 MIB = 1 << 20
 MAX_COUNTS = 1 << 21  # admission counters kept before they are reset (a heuristic: forgetting costs only reuse)
+SPECULATIVE_FILL = 0.5  # speculative states only while the stored bytes stay below this fraction of the budget
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,13 @@ class CutState:
 @dataclass(frozen=True)
 class Plan:
     """How one run of a batch uses the cache: continue from cut ``hit`` (0 = from the input) with ``state``; store
-    the state reached at cut ``store`` (None = store nothing)."""
+    the states reached at the cuts ``store`` (prefixes requested before) and ``speculate`` (first requests; stored
+    only into free memory), both ascending."""
 
     hit: int
     state: CutState | None
-    store: int | None
+    store: tuple[int, ...] = ()
+    speculate: tuple[int, ...] = ()
 
 
 @dataclass
@@ -96,23 +104,29 @@ class PrefixCache:
                     break
             if len(self._counts) > MAX_COUNTS:
                 self._counts.clear()
-            store = None
+            store, speculate = [], []
             for j in range(1, len(keys) + 1):
                 h = hash((batch, keys[j - 1]))
                 seen = self._counts.get(h, 0)
                 self._counts[h] = seen + 1
-                if seen and j > hit:
-                    store = j
+                if j > hit and seen:
+                    store.append(j)
+                elif j > hit and j < len(keys):
+                    speculate.append(j)
             self.stats.runs += 1
             self.stats.hits += hit > 0
-            return Plan(hit, state, store)
+            return Plan(hit, state, tuple(store), tuple(speculate))
 
-    def store(self, batch: Hashable, key: Hashable, state: CutState) -> None:
-        """Keep ``state`` for ``(batch, key)``, evicting least recently used states to stay within max_bytes."""
+    def store(self, batch: Hashable, key: Hashable, state: CutState, speculative: bool = False) -> None:
+        """Keep ``state`` for ``(batch, key)``, evicting least recently used states to stay within max_bytes; a
+        ``speculative`` state is kept only if it fits below SPECULATIVE_FILL of the budget without evicting."""
         size = state.nbytes
         if size > self.max_bytes:
             return
         with self._lock:
+            if speculative and (self.stats.bytes + size > SPECULATIVE_FILL * self.max_bytes
+                                or (batch, key) in self._entries):
+                return
             k = (batch, key)
             old = self._entries.pop(k, None)
             if old is not None:

@@ -102,9 +102,10 @@ def test_lru_bound_and_admission():
     c = PrefixCache(1000)
     st_ = CutState({"t": np.zeros(100, np.float32)}, {})  # 400 bytes
     keys = [("a",), ("a", "b")]
-    assert c.plan(0, keys).store is None          # first request: nothing worth storing yet
     p = c.plan(0, keys)
-    assert p.hit == 0 and p.store == 2            # requested before: store the deepest shared cut
+    assert p.store == () and p.speculate == (1,)  # first request: only speculatively, never the last cut
+    p = c.plan(0, keys)
+    assert p.hit == 0 and p.store == (1, 2)       # requested before: store every shared cut
     c.store(0, keys[1], st_)
     assert c.plan(0, keys).hit == 2
     for b in (1, 2, 3):
@@ -112,6 +113,24 @@ def test_lru_bound_and_admission():
     assert len(c) == 2 and c.stats.evictions == 2 and c.stats.bytes == 800
     c.store(9, keys[0], CutState({"t": np.zeros(1000, np.float32)}, {}))  # larger than the whole budget: skipped
     assert len(c) == 2
+
+
+def test_speculative_states_only_fill_free_memory():
+    """A speculative state is kept only below half the budget and never evicts a state whose prefix was shared."""
+    c = PrefixCache(1000)
+    st_ = CutState({"t": np.zeros(50, np.float32)}, {})  # 200 bytes
+    c.store(0, ("a",), st_, speculative=True)
+    c.store(1, ("a",), st_, speculative=True)
+    assert len(c) == 2 and c.stats.bytes == 400
+    c.store(2, ("a",), st_, speculative=True)           # would pass 500 bytes: refused
+    assert len(c) == 2 and c.stats.evictions == 0
+    for b in (3, 4, 5):                                  # shared states fill the rest and evict as needed
+        c.store(b, ("a",), st_)
+    assert c.stats.bytes == 1000 and c.stats.evictions == 0
+    c.store(6, ("a",), st_, speculative=True)           # full: refused, nothing evicted
+    assert c.stats.evictions == 0 and c.plan(6, [("a",)]).hit == 0
+    c.store(7, ("a",), st_)
+    assert c.stats.evictions == 1 and c.plan(0, [("a",)]).hit == 0  # the least recently used went
 
 
 def test_live_tensors_residual():
