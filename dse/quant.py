@@ -208,20 +208,20 @@ def operand_sums(q: np.ndarray, layer: MacLayer) -> np.ndarray:
     """float64[G, K] sums of the activation VALUES at each reduction position of the layer's operand matrix for one
     batch (K in the weights' order: input channel of the group, kernel row, kernel column; padding zeros included),
     summed over images and output positions, without building the im2col matrix."""
-    v = np.asarray(q, dtype=np.float64)
+    q = np.asarray(q)
     if layer.op == "matmul":  # the left operand [..., M, K]: one group
-        return v.reshape(-1, layer.K).sum(axis=0)[None, :]
+        return q.reshape(-1, layer.K).sum(axis=0, dtype=np.int64).astype(np.float64)[None, :]
     if layer.op == "gemm":
-        return v.reshape(v.shape[0], -1).sum(axis=0)[None, :]
-    B, C, H, W = v.shape
+        return q.reshape(q.shape[0], -1).sum(axis=0, dtype=np.int64).astype(np.float64)[None, :]
     (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = layer.kernel, layer.stride, layer.dilation, layer.pads
     Ho, Wo = layer.out_shape[1], layer.out_shape[2]
-    xp = np.pad(v, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    out = np.zeros((C, kh, kw))
+    # the window sums commute with the sum over images: sum the batch first (exact integers), then slide on [C, H, W]
+    xp = np.pad(q.sum(axis=0, dtype=np.int64), ((0, 0), (pt, pb), (pl, pr)))
+    out = np.zeros((q.shape[1], kh, kw))
     for i in range(kh):
         for j in range(kw):
-            out[:, i, j] = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh,
-                              j * dw: j * dw + sw * (Wo - 1) + 1: sw].sum(axis=(0, 2, 3))
+            out[:, i, j] = xp[:, i * dh: i * dh + sh * (Ho - 1) + 1: sh,
+                              j * dw: j * dw + sw * (Wo - 1) + 1: sw].sum(axis=(1, 2))
     return out.reshape(layer.groups, -1)
 
 
