@@ -4,8 +4,9 @@
 * ``lut_gemm(AT, Wp, lutT, planes, maxabs, isa=None, threads=1) -> int64[N, M]``: ``out[n, m] = sum_k
   LUT[AT[k, m], Wp[n, k]]`` (the AVX-512 path returns the sum of the offset table ``D`` -- see ``cy/lut_kernel.h`` --
   the caller adds the per-row offsets).
-* ``dw_conv(x, wp, lutT, stride, pads, dilation, out_hw, exact, a_signed, threads=1) -> int64[B, Cout, Ho, Wo]``:
-  direct depthwise convolution (table lookups, or exact products when ``exact``), no im2col.
+* ``dw_conv(x, wp, lutT, maxabs, stride, pads, dilation, out_hw, exact, a_signed, isa=None, threads=1)
+  -> int64[B, Cout, Ho, Wo]``: direct depthwise convolution (table lookups, or exact products when ``exact``), no
+  im2col; AVX2 gathers over 8 output positions.
 * ``quantize(x, scale, signed, threads=1)`` / ``dequantize(acc, a_scale, w_scale, bias, threads=1)``: the FxP8
   activation quantizer and the layer output scaling of dse.quant, fused into one pass each.
 * Every loop releases the GIL and runs on ``threads`` OpenMP threads (work split over output rows/planes; each output
@@ -27,10 +28,10 @@ cdef extern from "lut_kernel.h" nogil:
                      int nt)
     int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
                       const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
-    int dse_dw_conv(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
+    int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                    int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int mode, int a_signed,
-                    int64_t *out, int nt)
+                    int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int32_t maxabs, int mode,
+                    int a_signed, int64_t *out, int nt)
     void dse_quantize(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
     void dse_dequantize(const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
                         const float *bias, float *y, int nt)
@@ -121,15 +122,17 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     return out, ISA_NAMES[level]
 
 
-def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, const int32_t[:, ::1] lutT, stride, pads,
-            dilation, out_hw, bint exact, bint a_signed, int threads=1):
+def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, const int32_t[:, ::1] lutT,
+            int32_t maxabs, stride, pads, dilation, out_hw, bint exact, bint a_signed, isa=None, int threads=1):
     """Depthwise conv: out[b, o] = sum_ij T(xpad[b, o // (Cout // C)], wp[o]) as int64[B, Cout, Ho, Wo].
 
     ``x`` uint8[B, C, H, W] activation patterns, ``wp`` uint8[Cout, kh, kw] weight patterns (Cout a multiple of C),
-    ``pads`` = (top, left) (the end padding follows from ``out_hw``), T = ``lutT[w, a]`` or, with ``exact``, the
-    exact product of the pattern values (activation signed or not per ``a_signed``; int32 sums, so
-    kh * kw * 128 * 255 must be < 2^31).
+    ``pads`` = (top, left) (the end padding follows from ``out_hw``), T = ``lutT[w, a]`` (``maxabs`` = max |lutT|
+    decides whether the AVX2 int32 sums are exact) or, with ``exact``, the exact product of the pattern values
+    (activation signed or not per ``a_signed``; int32 sums, so kh * kw * 128 * 255 must be < 2^31). AVX2 gathers /
+    products at level avx2 and above, portable code at scalar.
     """
+    cdef int level = _level(isa)
     cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t Cout = wp.shape[0], kh = wp.shape[1], kw = wp.shape[2]
     cdef int64_t sh = stride[0], sw = stride[1], pt = pads[0], pl = pads[1], dh = dilation[0], dw = dilation[1]
@@ -144,8 +147,9 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, const in
     if B == 0 or Cout == 0 or Ho <= 0 or Wo <= 0:
         return out
     with nogil:
-        rc = dse_dw_conv(&x[0, 0, 0, 0], B, C, H, W, &wp[0, 0, 0], Cout, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo,
-                         &lutT[0, 0], 1 if exact else 0, 1 if a_signed else 0, &o[0, 0, 0, 0], max(1, threads))
+        rc = dse_dw_conv(level, &x[0, 0, 0, 0], B, C, H, W, &wp[0, 0, 0], Cout, kh, kw, sh, sw, pt, pl, dh, dw, Ho,
+                         Wo, &lutT[0, 0], maxabs, 1 if exact else 0, 1 if a_signed else 0, &o[0, 0, 0, 0],
+                         max(1, threads))
     if rc != 0:
         raise MemoryError("dw_conv: scratch buffers could not be allocated")
     return out

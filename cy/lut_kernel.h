@@ -467,78 +467,163 @@ static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
  *   out[b, o, y, x] = sum_{i<kh, j<kw} T(xpad[b, o / og, y*sh + i*dh, x*sw + j*dw], w[o, i, j])
  * x uint8 [B, C, H, W] activation patterns, wp uint8 [Cout, kh, kw] weight patterns, out int64 [B, Cout, Ho, Wo].
  * xpad = x zero-padded by (pt, pl) at the start (and as far as needed at the end): padding is pattern 0, which goes
- * through T like any operand. T = lutT[w][a] (int32 table, int64 sums: exact for any table), or with mode 1 the exact
- * product value(a) * value(w) (a_signed picks the activation's value of a pattern) summed in int32 -- exact while
- * kh * kw * 128 * 255 < 2^31, which the caller checks. Work is split over (b, o) planes with OpenMP (nt threads);
- * each plane is computed by one thread in a fixed order, so results do not depend on the thread count.
- * Returns 0, or -1 when a scratch buffer cannot be allocated. */
-static int dse_dw_conv(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
-                       int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                       int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int mode, int a_signed,
-                       int64_t *out, int nt)
+ * through T like any operand. T = lutT[w][a] (mode 0), or (mode 1) the exact product value(a) * value(w), a_signed
+ * picking the activation's value of a pattern.
+ *
+ * Per input plane (b, c) the padded plane is split into sh * sw phase planes of HQ x WQ bytes,
+ * P[(i*dh % sh) * sw + j*dw % sw][r][q] = xpad[r*sh + i*dh % sh, q*sw + j*dw % sw], so that tap (i, j) of output
+ * (y, x) reads P[...][y + i*dh / sh][x + j*dw / sw]: with t = y * WQ + x every tap reads one contiguous run
+ * P + (i*dh / sh) * WQ + j*dw / sw + t, t < (Ho - 1) * WQ + Wo (the columns x >= Wo of that run are computed and
+ * dropped). AVX2: 8 outputs per vector, all taps summed in int32 registers (gathers from the tap's 1 KiB column
+ * lutT[w], or sign/zero-extended products), exact while kh * kw * max|T| < 2^31 (``fits32``, checked by the caller
+ * for the exact products and here for tables); otherwise, and at the scalar level, int64 sums. Work is split over
+ * (b, c) planes with OpenMP (nt threads); each output is computed by one thread in a fixed order, so results do not
+ * depend on the thread count. Returns 0, or -1 when a scratch buffer cannot be allocated. */
+typedef struct {
+    const uint8_t *p;   /* start of the tap's run in its phase plane */
+    const int32_t *col; /* lutT[w] (mode 0) */
+    int32_t wv;         /* value of w (mode 1) */
+} dse_dw_tap;
+
+static inline int64_t dse_dw_term(const dse_dw_tap *tp, int64_t t, int mode, int a_signed)
 {
-    const int64_t og = Cout / C;
-    const int64_t Hp = (Ho - 1) * sh + (kh - 1) * dh + 1, Wpd = (Wo - 1) * sw + (kw - 1) * dw + 1;
-    const int64_t HP = Hp > H + pt ? Hp : H + pt, WP = Wpd > W + pl ? Wpd : W + pl;
+    if (mode == 0)
+        return tp->col[tp->p[t]];
+    return (int64_t)tp->wv * (a_signed ? (int64_t)(int8_t)tp->p[t] : (int64_t)tp->p[t]);
+}
+
+/* full[t] = sum over taps of T for t in [t0, L) (int64). */
+static void dse_dw_run_scalar(const dse_dw_tap *tp, int64_t ntap, int64_t t0, int64_t L, int mode, int a_signed,
+                              int64_t *full)
+{
+    for (int64_t t = t0; t < L; t++) {
+        int64_t s = 0;
+        for (int64_t k = 0; k < ntap; k++)
+            s += dse_dw_term(tp + k, t, mode, a_signed);
+        full[t] = s;
+    }
+}
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_vec(const dse_dw_tap *tp, int64_t t, int mode,
+                                                                          int a_signed)
+{
+    const __m128i raw = _mm_loadl_epi64((const __m128i *)(tp->p + t));
+    if (mode == 0)
+        return _mm256_i32gather_epi32((const int *)tp->col, _mm256_cvtepu8_epi32(raw), 4);
+    const __m256i v = a_signed ? _mm256_cvtepi8_epi32(raw) : _mm256_cvtepu8_epi32(raw);
+    return _mm256_mullo_epi32(v, _mm256_set1_epi32(tp->wv));
+}
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_dw_store64(int64_t *dst, __m256i acc)
+{
+    _mm256_storeu_si256((__m256i *)dst, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc)));
+    _mm256_storeu_si256((__m256i *)(dst + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1)));
+}
+
+/* int32 sums of 16 then 8 outputs per step (two independent gather chains), scalar tail. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_dw_run_avx2_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int64_t *full, const int mode, const int a_signed)
+{
+    int64_t t = 0;
+    for (; t + 16 <= L; t += 16) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+        for (int64_t k = 0; k < ntap; k++) {
+            a0 = _mm256_add_epi32(a0, dse_dw_vec(tp + k, t, mode, a_signed));
+            a1 = _mm256_add_epi32(a1, dse_dw_vec(tp + k, t + 8, mode, a_signed));
+        }
+        dse_dw_store64(full + t, a0);
+        dse_dw_store64(full + t + 8, a1);
+    }
+    for (; t + 8 <= L; t += 8) {
+        __m256i a0 = _mm256_setzero_si256();
+        for (int64_t k = 0; k < ntap; k++)
+            a0 = _mm256_add_epi32(a0, dse_dw_vec(tp + k, t, mode, a_signed));
+        dse_dw_store64(full + t, a0);
+    }
+    dse_dw_run_scalar(tp, ntap, t, L, mode, a_signed, full);
+}
+
+DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64_t L, int mode, int a_signed,
+                                       int64_t *full)
+{
+    if (mode == 0)
+        dse_dw_run_avx2_mode(tp, ntap, L, full, 0, 0);
+    else if (a_signed)
+        dse_dw_run_avx2_mode(tp, ntap, L, full, 1, 1);
+    else
+        dse_dw_run_avx2_mode(tp, ntap, L, full, 1, 0);
+}
+
+/* The sh * sw phase planes (HQ x WQ each) of the zero-padded input plane xs [H, W]. */
+static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh, int64_t sw,
+                          int64_t HQ, int64_t WQ, uint8_t *P)
+{
+    memset(P, 0, (size_t)(sh * sw * HQ * WQ));
+    for (int64_t r = 0; r < H; r++) {
+        const int64_t rr = r + pt;
+        if (rr >= HQ * sh)
+            break;
+        uint8_t *prow = P + (rr % sh) * sw * HQ * WQ + (rr / sh) * WQ;
+        const uint8_t *src = xs + r * W;
+        if (sw == 1) {
+            const int64_t n = W < WQ - pl ? W : WQ - pl;
+            if (n > 0)
+                memcpy(prow + pl, src, (size_t)n);
+            continue;
+        }
+        for (int64_t pc = 0; pc < sw; pc++) { /* phase pc holds padded columns q * sw + pc = c + pl */
+            uint8_t *dst = prow + pc * HQ * WQ;
+            int64_t q = pl > pc ? (pl - pc + sw - 1) / sw : 0; /* first q with c = q * sw + pc - pl >= 0 */
+            for (int64_t c = q * sw + pc - pl; q < WQ && c < W; q++, c += sw)
+                dst[q] = src[c];
+        }
+    }
+}
+
+static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
+                       int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                       int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int32_t maxabs, int mode,
+                       int a_signed, int64_t *out, int nt)
+{
+    const int64_t og = Cout / C, ntap = kh * kw;
+    const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
+    const int64_t L = (Ho - 1) * WQ + Wo;
+    const int64_t bound = mode == 0 ? (int64_t)maxabs : 128 * 255;
+    const int fits32 = level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL;
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
-        uint8_t *pad = (uint8_t *)malloc((size_t)(HP * WP));
-        int64_t *acc = (int64_t *)malloc((size_t)(Ho * Wo) * sizeof(int64_t));
-        int32_t *acc32 = (int32_t *)malloc((size_t)(Ho * Wo) * sizeof(int32_t));
-        if (dse_team_allocated(&fail, pad && acc && acc32)) {
+        uint8_t *P = (uint8_t *)malloc((size_t)(sh * sw * HQ * WQ));
+        int64_t *full = (int64_t *)malloc((size_t)L * sizeof(int64_t));
+        dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
+        if (dse_team_allocated(&fail, P && full && tp)) {
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < B * Cout; t++) {
-                const int64_t b = t / Cout, o = t % Cout, c = o / og;
-                const uint8_t *xs = x + (b * C + c) * H * W;
-                memset(pad, 0, (size_t)(HP * WP));
-                for (int64_t r = 0; r < H; r++)
-                    memcpy(pad + (r + pt) * WP + pl, xs + r * W, (size_t)W);
-                const uint8_t *wo = wp + o * kh * kw;
-                if (mode == 0) {
-                    memset(acc, 0, (size_t)(Ho * Wo) * sizeof(int64_t));
+            for (int64_t t = 0; t < B * C; t++) {
+                const int64_t b = t / C, c = t % C;
+                dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, P);
+                for (int64_t o = c * og; o < (c + 1) * og; o++) {
+                    const uint8_t *wo = wp + o * ntap;
                     for (int64_t i = 0; i < kh; i++)
                         for (int64_t j = 0; j < kw; j++) {
-                            const int32_t *col = lutT + 256 * (int64_t)wo[i * kw + j];
-                            for (int64_t y = 0; y < Ho; y++) {
-                                const uint8_t *row = pad + (y * sh + i * dh) * WP + j * dw;
-                                int64_t *ar = acc + y * Wo;
-                                for (int64_t q = 0; q < Wo; q++)
-                                    ar[q] += col[row[q * sw]];
-                            }
+                            dse_dw_tap *k = tp + i * kw + j;
+                            k->p = P + (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ + ((i * dh) / sh) * WQ +
+                                   (j * dw) / sw;
+                            k->col = lutT + 256 * (int64_t)wo[i * kw + j];
+                            k->wv = (int32_t)(int8_t)wo[i * kw + j];
                         }
-                    memcpy(out + t * Ho * Wo, acc, (size_t)(Ho * Wo) * sizeof(int64_t));
-                } else {
-                    memset(acc32, 0, (size_t)(Ho * Wo) * sizeof(int32_t));
-                    for (int64_t i = 0; i < kh; i++)
-                        for (int64_t j = 0; j < kw; j++) {
-                            const int32_t wv = (int32_t)(int8_t)wo[i * kw + j];
-                            for (int64_t y = 0; y < Ho; y++) {
-                                const uint8_t *row = pad + (y * sh + i * dh) * WP + j * dw;
-                                int32_t *ar = acc32 + y * Wo;
-                                if (a_signed) {
-                                    const int8_t *rs = (const int8_t *)row;
-                                    if (sw == 1)
-                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)rs[q];
-                                    else
-                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)rs[q * sw];
-                                } else {
-                                    if (sw == 1)
-                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)row[q];
-                                    else
-                                        for (int64_t q = 0; q < Wo; q++) ar[q] += wv * (int32_t)row[q * sw];
-                                }
-                            }
-                        }
-                    int64_t *ot = out + t * Ho * Wo;
-                    for (int64_t q = 0; q < Ho * Wo; q++)
-                        ot[q] = acc32[q];
+                    if (fits32)
+                        dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full);
+                    else
+                        dse_dw_run_scalar(tp, ntap, 0, L, mode, a_signed, full);
+                    int64_t *ot = out + (b * Cout + o) * Ho * Wo;
+                    for (int64_t y = 0; y < Ho; y++)
+                        memcpy(ot + y * Wo, full + y * WQ, (size_t)Wo * sizeof(int64_t));
                 }
             }
         }
-        free(pad);
-        free(acc);
-        free(acc32);
+        free(P);
+        free(full);
+        free(tp);
     }
     return fail ? -1 : 0;
 }

@@ -646,9 +646,10 @@ def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=
     if direct is not None:
         Ho = (x.shape[2] + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         Wo = (x.shape[3] + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        prep = _prepare(mult, a_signed)
         return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)),
-                                _prepare(mult, a_signed).lutT, stride, pads[:2], dilation, (Ho, Wo),
-                                direct == "exact", a_signed, get_threads())
+                                prep.lutT, prep.maxabs, stride, pads[:2], dilation, (Ho, Wo), direct == "exact",
+                                a_signed, _isa_name(isa), get_threads())
     AT, Ho, Wo = gemm_operand_T(_u8(x), kh, kw, stride, pads, dilation)
     Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     og, kg = Cout // groups, Cg * kh * kw

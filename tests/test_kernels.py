@@ -148,6 +148,34 @@ def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
                 assert np.array_equal(got, ref), (by_act, isa, threads)
 
 
+@settings(deadline=None, max_examples=40)
+@given(B=st.integers(1, 2), C=st.integers(1, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
+       k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dil=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(sorted(MULTS)),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, seed):
+    """The direct depthwise kernel (phase planes, 16/8-wide AVX2 blocks and scalar tails, int32 sums or int64 when a
+    table is too wide for them) on planes up to 40x40, strides and dilations up to 3, channel multiplier og."""
+    rng = np.random.default_rng(seed)
+    (kh, kw), (dh, dw) = k, dil
+    H = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2])
+    W = max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
+    x = acts(rng, (B, C, H, W), signed)
+    w = rng.integers(-128, 128, (C * og, 1, kh, kw))
+    if extreme:
+        x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
+        w = np.where(w % 2 == 0, -128, 127)
+    mult = MULTS[mname]
+    args = (stride, pads, dil, C)
+    ref = K.reference_conv2d_int(x, w, mult, signed, *args)
+    for path in ["auto", "lut"] + (["exact"] if mname == "exact" else []):
+        assert K._depthwise_mode(mult, signed, w.shape, C, path) is not None or C == 1
+        for isa in ISAS:
+            got = K.conv2d_int(x, w, mult, signed, *args, path=path, isa=isa)
+            assert np.array_equal(got, ref), (path, isa)
+
+
 @settings(deadline=None, max_examples=30)
 @given(B=st.integers(1, 3), G=st.integers(1, 3), cg=st.integers(1, 5), og=st.integers(1, 4), H=st.integers(1, 9),
        W=st.integers(1, 9), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), signed=st.booleans(),
