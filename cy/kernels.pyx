@@ -27,7 +27,8 @@ cdef extern from "lut_kernel.h" nogil:
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
     int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
-                      const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
+                      const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
+                      int sel_is_m, int nt)
     int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int32_t maxabs, int mode,
@@ -98,28 +99,44 @@ def lut_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int32_t[:
 
 
 def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:, ::1] D, const int32_t[::1] off,
-              isa=None, int threads=1):
-    """out[n, m] = sum_k D[S[n, k], I[k, m]] + off[S[n, k]] as int64[N, M] by per-k row tables (see
-    ``cy/lut_kernel.h``); AVX2 adds at level avx2 and above, portable code at scalar. Returns (out, level_name)."""
+              isa=None, int threads=1, int64_t[::1] out=None, int64_t offset=0, int64_t P=0, int64_t ldb=0,
+              bint sel_is_m=False):
+    """out[n, m] = sum_k D[S[n, k], I[k, m]] + off[S[n, k]] by per-k row tables (see ``cy/lut_kernel.h``); AVX2 adds
+    at level avx2 and above, portable code at scalar. Returns (int64[N, M] or None, level_name).
+
+    Without ``out`` the result is a new int64[N, M]. With ``out`` (a flat int64 buffer) element (n, m) of the GEMM is
+    written to ``out[offset + (m // P) * ldb + n * P + m % P]`` and None is returned; ``sel_is_m``: the selector rows
+    ``S`` are the GEMM's m positions and the index columns of ``I`` its n channels (the roles swapped)."""
     cdef int level = _level(isa)
-    cdef int64_t K = I.shape[0], M = I.shape[1], N = S.shape[0]
+    cdef int64_t K = I.shape[0], nI = I.shape[1], nS = S.shape[0]
+    cdef int64_t Mg = nS if sel_is_m else nI, Ng = nI if sel_is_m else nS
     if S.shape[1] != K:
         raise ValueError(f"rows_gemm: I has K={K} rows but S has {S.shape[1]} columns")
     if D.shape[0] != 256 or D.shape[1] != 256 or off.shape[0] != 256:
         raise ValueError("rows_gemm: D must be [256, 256] and off [256]")
-    out = np.empty((N, M), dtype=np.int64)
-    cdef int64_t[:, ::1] o = out
+    res = None
+    if out is None:
+        res = np.empty((Ng, Mg), dtype=np.int64)
+        out, offset, P, ldb = res.reshape(-1), 0, max(Mg, 1), 0
+    elif Mg and Ng and (P < 1 or offset < 0 or ldb < 0 or
+                        offset + ((Mg - 1) // P) * ldb + (Ng - 1) * P + P - 1 >= out.shape[0]):
+        raise ValueError("rows_gemm: the output layout does not fit the output buffer")
+    if nI == 0 or nS == 0:
+        return res, ISA_NAMES[level]
+    cdef int64_t[::1] o = out
+    cdef int64_t m, n
     cdef int rc = 0
-    if M == 0 or N == 0:
-        return out, ISA_NAMES[level]
     if K == 0:
-        out[:] = 0
-        return out, ISA_NAMES[level]
+        for m in range(Mg):
+            for n in range(Ng):
+                o[offset + (m // P) * ldb + n * P + m % P] = 0
+        return res, ISA_NAMES[level]
     with nogil:
-        rc = dse_rows_gemm(level, &I[0, 0], M, &S[0, 0], &D[0, 0], &off[0], M, K, N, &o[0, 0], max(1, threads))
+        rc = dse_rows_gemm(level, &I[0, 0], nI, &S[0, 0], &D[0, 0], &off[0], nI, K, nS, &o[offset], P, ldb,
+                           1 if sel_is_m else 0, max(1, threads))
     if rc != 0:
         raise MemoryError("rows_gemm: scratch buffers could not be allocated")
-    return out, ISA_NAMES[level]
+    return res, ISA_NAMES[level]
 
 
 def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, const int32_t[:, ::1] lutT,

@@ -255,6 +255,9 @@ DSE_DEF512(4, 1)
  * and then, for every position m, adds the row tab_k[I[k, m]] to 32 int32 accumulators: one 16-byte load and one add
  * per 8 products instead of one lookup per product. Building costs 256 x 32 entries per (tile, k-step, m-block), so
  * the caller picks the orientation and the block length to keep M (index positions) >> 256 / (cost ratio).
+ * The AVX2 adds run KC k-steps per position with the 32 sums in registers (k-loop unrolled, index pointers hoisted).
+ * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
+ * no transposing copy follows.
  * Overflow: int32 windows of kf = (32768 / KC) * KC k-steps (sums < 2^15 * 2^16 = 2^31), flushed into int64. */
 #define DSE_RT_NT 32
 #define DSE_RT_KC 4
@@ -315,9 +318,14 @@ static void dse_rows_accum_scalar(const uint16_t *tab, const uint8_t *const *ip,
     }
 }
 
-DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb,
-                                           int first, int32_t *acc)
+/* kc = KC (a compile-time constant: the index pointers stay in registers and the k-loop is unrolled). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, int first, int32_t *acc, const int KC)
 {
+    const uint8_t *p[DSE_RT_KC];
+#pragma GCC unroll 16
+    for (int kk = 0; kk < KC; kk++)
+        p[kk] = ip[kk];
     for (int64_t m = 0; m < mb; m++) {
         int32_t *a = acc + m * DSE_RT_NT;
         __m256i c0, c1, c2, c3;
@@ -329,8 +337,9 @@ DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, const uint8_t *c
             c2 = _mm256_loadu_si256((const __m256i *)(a + 16));
             c3 = _mm256_loadu_si256((const __m256i *)(a + 24));
         }
-        for (int kk = 0; kk < kc; kk++) {
-            const uint16_t *r = tab + (int64_t)kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)ip[kk][m];
+#pragma GCC unroll 16
+        for (int kk = 0; kk < KC; kk++) {
+            const uint16_t *r = tab + kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)p[kk][m];
             c0 = _mm256_add_epi32(c0, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 0))));
             c1 = _mm256_add_epi32(c1, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 8))));
             c2 = _mm256_add_epi32(c2, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 16))));
@@ -343,20 +352,61 @@ DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, const uint8_t *c
     }
 }
 
-/* One (selector tile, index block) task: out rows n0..n0+nv-1, columns m0..m0+mb-1. */
+DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb,
+                                           int first, int32_t *acc)
+{
+    if (kc == DSE_RT_KC) {
+        dse_rows_accum_avx2_kc(tab, ip, mb, first, acc, DSE_RT_KC);
+        return;
+    }
+    for (int kk = 0; kk < kc; kk++) /* the chunk at the end of K */
+        dse_rows_accum_avx2_kc(tab + (int64_t)kk * 256 * DSE_RT_NT, ip + kk, mb, first && kk == 0, acc, 1);
+}
+
+/* Where the kernel writes: GEMM element (n, m) (n < N output channels, m < M positions, M = images x P) goes to
+ * base[(m / P) * ldb + n * P + m % P]: row-major [N, M] with P = M, [M, N] with P = 1 and ldb = N, or a conv output
+ * [B, channels, P] (base at the group's first channel, ldb = channels * P). sel_is_m: the selector rows S are the m
+ * positions (and the index positions the n channels), i.e. the caller swapped the roles. */
+typedef struct {
+    int64_t *base;
+    int64_t P, ldb;
+    int sel_is_m;
+} dse_rows_out;
+
+/* Stores (first) or adds v[i] = init + acc[i * DSE_RT_NT] for index positions i0 .. i0 + len - 1 of selector row js. */
+static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_t len, const int32_t *acc,
+                           int64_t init, int first)
+{
+    if (o->sel_is_m) { /* m = js fixed, n = i0 + i: stride P */
+        int64_t *d = o->base + (js / o->P) * o->ldb + js % o->P + i0 * o->P;
+        for (int64_t i = 0; i < len; i++, d += o->P)
+            *d = (first ? init : *d) + acc[i * DSE_RT_NT];
+        return;
+    }
+    int64_t p = i0 % o->P; /* n = js fixed, m = i0 + i: runs of P positions per image */
+    int64_t *d = o->base + (i0 / o->P) * o->ldb + js * o->P;
+    for (int64_t i = 0; i < len; i++) {
+        d[p] = (first ? init : d[p]) + acc[i * DSE_RT_NT];
+        if (++p == o->P) {
+            p = 0;
+            d += o->ldb;
+        }
+    }
+}
+
+/* One (selector tile, index block) task: selector rows n0..n0+nv-1, index positions m0..m0+mb-1. */
 static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, const int32_t *off,
-                          int64_t M, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb, int64_t *out,
+                          int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb, const dse_rows_out *out,
                           uint16_t *tab, int32_t *acc, dse_rows_accum_fn accum)
 {
     const int64_t kf = (32768 / DSE_RT_KC) * DSE_RT_KC;
-    for (int64_t j = 0; j < nv; j++) { /* start from sum_k off[S[n, k]] */
+    int64_t init[DSE_RT_NT];
+    for (int64_t j = 0; j < nv; j++) { /* sum_k off[S[n, k]] */
         const uint8_t *sr = S + (n0 + j) * K;
         int64_t s = 0;
         for (int64_t k = 0; k < K; k++)
             s += off[sr[k]];
-        int64_t *o = out + (n0 + j) * M + m0;
-        for (int64_t m = 0; m < mb; m++)
-            o[m] = s;
+        init[j] = s;
     }
     for (int64_t w0 = 0; w0 < K; w0 += kf) {
         const int64_t w1 = (K - w0 < kf) ? K : w0 + kf;
@@ -372,11 +422,8 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const
             }
             accum(tab, ip, kc, mb, k0 == w0, acc);
         }
-        for (int64_t j = 0; j < nv; j++) {
-            int64_t *o = out + (n0 + j) * M + m0;
-            for (int64_t m = 0; m < mb; m++)
-                o[m] += acc[m * DSE_RT_NT + j];
-        }
+        for (int64_t j = 0; j < nv; j++)
+            dse_rows_store(out, n0 + j, m0, mb, acc + j, init[j], w0 == 0);
     }
 }
 
@@ -396,12 +443,15 @@ static int dse_team_allocated(int *fail, int ok)
     return !failed;
 }
 
-/* Returns 0, or -1 when a scratch buffer cannot be allocated. */
+/* Returns 0, or -1 when a scratch buffer cannot be allocated. out: see dse_rows_out (N = selector rows when
+ * !sel_is_m, else index positions). */
 static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
-                         const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int nt)
+                         const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
+                         int sel_is_m, int nt)
 {
     const dse_rows_accum_fn accum = level >= DSE_ISA_AVX2 ? dse_rows_accum_avx2 : dse_rows_accum_scalar;
     const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
+    const dse_rows_out o = {out, P, ldb, sel_is_m};
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -413,7 +463,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                 const int64_t n0 = (t / nmb) * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
                 const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
                 const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                dse_rows_task(I, ldi, S, D, off, M, K, n0, nv, m0, mb, out, tab, acc, accum);
+                dse_rows_task(I, ldi, S, D, off, K, n0, nv, m0, mb, &o, tab, acc, accum);
             }
         }
         free(tab);

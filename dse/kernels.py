@@ -468,25 +468,54 @@ def _rows_cost(n_sel: int, n_idx: int) -> float:
     return pad * (n_idx + _ROWS_BUILD_COST * 256 * -(-n_idx // _ROWS_MB))
 
 
-def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None) -> np.ndarray:
-    """int64[N, M] by the row-table kernel. Orientation: weights select the tables and the M positions index them, or
-    (by_act) activations select and the N output channels index: the cheaper one by _rows_cost unless forced."""
+@dataclass(frozen=True)
+class _Dest:
+    """Where a GEMM writes its int64 result: element (n, m) of [N, M] goes to buf[offset + (m // P) * ldb + n * P + m % P]
+    (P = 1, ldb = N: [M, N]; a conv's [B, C, Ho*Wo] output with offset = first channel * P, ldb = C * P)."""
+
+    buf: np.ndarray  # flat int64
+    offset: int
+    P: int
+    ldb: int
+
+    def put(self, res: np.ndarray) -> None:
+        """Copy a finished [N, M] result into place (paths that do not write into the layout themselves)."""
+        N, M = res.shape
+        view = np.lib.stride_tricks.as_strided(self.buf[self.offset:], (M // self.P, N, self.P),
+                                               (self.ldb * 8, self.P * 8, 8), writeable=True)
+        view[...] = res.reshape(N, M // self.P, self.P).transpose(1, 0, 2)
+
+
+def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None,
+               into: _Dest | None = None) -> np.ndarray | None:
+    """int64[N, M] by the row-table kernel (or None after writing it into ``into``). Orientation: weights select the
+    tables and the M positions index them, or (by_act) activations select and the N output channels index: the
+    cheaper one by _rows_cost unless forced."""
     tabs = prep.rows
     K, M = AT.shape
     N = Wp.shape[0]
     if by_act is None:
         by_act = tabs.by_weight is None or (tabs.by_act is not None and _rows_cost(M, N) < _rows_cost(N, M))
     t = tabs.by_act if by_act else tabs.by_weight
-    if by_act:
-        out, _ = _kernels.rows_gemm(np.ascontiguousarray(Wp.T), np.ascontiguousarray(AT.T), t.D, t.off,
-                                    _isa_name(isa), get_threads())
-        return out.T
-    out, _ = _kernels.rows_gemm(AT, Wp, t.D, t.off, _isa_name(isa), get_threads())
+    I, S = (np.ascontiguousarray(Wp.T), np.ascontiguousarray(AT.T)) if by_act else (AT, Wp)
+    dest = () if into is None else (into.buf, into.offset, into.P, into.ldb)
+    out, _ = _kernels.rows_gemm(I, S, t.D, t.off, _isa_name(isa), get_threads(), *dest, sel_is_m=by_act)
     return out
 
 
-def _gemm_T(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa) -> np.ndarray:
-    """int64[N, M] from activation patterns AT uint8[K, M] and weight patterns Wp uint8[N, K] (both C-contiguous)."""
+def _gemm_T(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa,
+            into: _Dest | None = None) -> np.ndarray | None:
+    """int64[N, M] from activation patterns AT uint8[K, M] and weight patterns Wp uint8[N, K] (both C-contiguous);
+    with ``into`` the result is written there and None returned."""
+    res = _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into)
+    if into is None or res is None:
+        return res
+    into.put(res)
+    return None
+
+
+def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
+    """The chosen path's int64[N, M], or None when it wrote into ``into`` itself (the rows kernel)."""
     prep = _prepare(mult, a_signed)
     K = AT.shape[0]
     amax = None
@@ -498,7 +527,7 @@ def _gemm_T(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, pa
     if chosen == "lowrank":
         return _lowrank_gemm(AT, Wp, prep, a_signed, amax)
     if chosen == "rows":
-        return _rows_gemm(AT, Wp, prep, isa)
+        return _rows_gemm(AT, Wp, prep, isa, into=into)
     return _lut_gemm(AT, Wp, prep, isa)
 
 
@@ -528,7 +557,9 @@ def gemm_int(a, w, mult, a_signed, path="auto", isa=None):
     _check_range(w, True, "gemm_int weights")
     AT = np.ascontiguousarray(_u8(a).T)
     Wp = np.ascontiguousarray(_u8(w))
-    return np.ascontiguousarray(_gemm_T(AT, Wp, mult, a_signed, path, isa).T)
+    out = np.empty((a.shape[0], w.shape[0]), dtype=np.int64)
+    _gemm_T(AT, Wp, mult, a_signed, path, isa, into=_Dest(out.reshape(-1), 0, 1, w.shape[0]))
+    return out
 
 
 def _slices(a_shape: tuple, b_shape: tuple, what: str) -> tuple:
@@ -654,9 +685,10 @@ def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=
     Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     og, kg = Cout // groups, Cg * kh * kw
     out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
+    P = Ho * Wo
     for g in range(groups):
-        res = _gemm_T(AT[g * kg:(g + 1) * kg], np.ascontiguousarray(Wp[g * og:(g + 1) * og]), mult, a_signed, path, isa)
-        out[:, g * og:(g + 1) * og] = res.reshape(og, B, Ho, Wo).transpose(1, 0, 2, 3)
+        _gemm_T(AT[g * kg:(g + 1) * kg], np.ascontiguousarray(Wp[g * og:(g + 1) * og]), mult, a_signed, path, isa,
+                into=_Dest(out.reshape(-1), g * og * P, P, Cout * P))
     return out
 
 
