@@ -296,6 +296,51 @@ static inline void dse_rows_build(const uint16_t *D, const uint8_t *sel, uint16_
     }
 }
 
+/* The same table with 256-bit vectors: two 8x8 transposes side by side (lane 0: columns u..u+7, lane 1: u+8..u+15)
+ * for each half of 16 selectors, lanes recombined so that every store writes 16 entries of one row. */
+DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, const uint8_t *sel, uint16_t *tab)
+{
+    const uint16_t *rp[16];
+    for (int i = 0; i < 16; i++)
+        rp[i] = D + 256 * (int64_t)sel[i];
+    for (int ub = 0; ub < 256; ub += 16) {
+        __m256i h[2][8];
+        for (int half = 0; half < 2; half++) {
+            __m256i r[8], t[8], q[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm256_loadu_si256((const __m256i *)(rp[8 * half + i] + ub));
+            for (int i = 0; i < 4; i++) {
+                t[2 * i] = _mm256_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+            }
+            q[0] = _mm256_unpacklo_epi32(t[0], t[2]), q[1] = _mm256_unpackhi_epi32(t[0], t[2]);
+            q[2] = _mm256_unpacklo_epi32(t[1], t[3]), q[3] = _mm256_unpackhi_epi32(t[1], t[3]);
+            q[4] = _mm256_unpacklo_epi32(t[4], t[6]), q[5] = _mm256_unpackhi_epi32(t[4], t[6]);
+            q[6] = _mm256_unpacklo_epi32(t[5], t[7]), q[7] = _mm256_unpackhi_epi32(t[5], t[7]);
+            /* h[half][i]: lane 0 = column ub + i, lane 1 = column ub + 8 + i, 8 selectors each */
+            h[half][0] = _mm256_unpacklo_epi64(q[0], q[4]), h[half][1] = _mm256_unpackhi_epi64(q[0], q[4]);
+            h[half][2] = _mm256_unpacklo_epi64(q[1], q[5]), h[half][3] = _mm256_unpackhi_epi64(q[1], q[5]);
+            h[half][4] = _mm256_unpacklo_epi64(q[2], q[6]), h[half][5] = _mm256_unpackhi_epi64(q[2], q[6]);
+            h[half][6] = _mm256_unpacklo_epi64(q[3], q[7]), h[half][7] = _mm256_unpackhi_epi64(q[3], q[7]);
+        }
+        for (int i = 0; i < 8; i++) {
+            _mm256_storeu_si256((__m256i *)(tab + (ub + i) * DSE_RT_NT),
+                                _mm256_permute2x128_si256(h[0][i], h[1][i], 0x20));
+            _mm256_storeu_si256((__m256i *)(tab + (ub + 8 + i) * DSE_RT_NT),
+                                _mm256_permute2x128_si256(h[0][i], h[1][i], 0x31));
+        }
+    }
+}
+
+/* Both halves of a 32-selector tile. */
+DSE_T_AVX2 static void dse_rows_build32_avx2(const uint16_t *D, const uint8_t *sel, uint16_t *tab)
+{
+    dse_rows_build_avx2(D, sel, tab);
+    dse_rows_build_avx2(D, sel + 16, tab + 16);
+}
+
+typedef void (*dse_rows_build_fn)(const uint16_t *D, const uint8_t *sel, uint16_t *tab);
+
 /* acc[m][0..31] (+)= sum_{kk < kc} tab_kk[ip[kk][m]] for m < mb; first: start from 0. */
 typedef void (*dse_rows_accum_fn)(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first,
                                   int32_t *acc);
@@ -397,7 +442,7 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
 /* One (selector tile, index block) task: selector rows n0..n0+nv-1, index positions m0..m0+mb-1. */
 static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, const int32_t *off,
                           int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb, const dse_rows_out *out,
-                          uint16_t *tab, int32_t *acc, dse_rows_accum_fn accum)
+                          uint16_t *tab, int32_t *acc, dse_rows_build_fn build, dse_rows_accum_fn accum)
 {
     const int64_t kf = (32768 / DSE_RT_KC) * DSE_RT_KC;
     int64_t init[DSE_RT_NT];
@@ -417,7 +462,7 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const
                 uint8_t sel[DSE_RT_NT];
                 for (int j = 0; j < DSE_RT_NT; j++) /* padding rows repeat the last valid row (discarded) */
                     sel[j] = S[(n0 + (j < nv ? j : nv - 1)) * K + k0 + kk];
-                dse_rows_build(D, sel, tab + (int64_t)kk * 256 * DSE_RT_NT);
+                build(D, sel, tab + (int64_t)kk * 256 * DSE_RT_NT);
                 ip[kk] = I + (k0 + kk) * ldi + m0;
             }
             accum(tab, ip, kc, mb, k0 == w0, acc);
@@ -450,6 +495,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                          int sel_is_m, int nt)
 {
     const dse_rows_accum_fn accum = level >= DSE_ISA_AVX2 ? dse_rows_accum_avx2 : dse_rows_accum_scalar;
+    const dse_rows_build_fn build = level >= DSE_ISA_AVX2 ? dse_rows_build32_avx2 : dse_rows_build;
     const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
     const dse_rows_out o = {out, P, ldb, sel_is_m};
     int fail = 0;
@@ -463,7 +509,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                 const int64_t n0 = (t / nmb) * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
                 const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
                 const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                dse_rows_task(I, ldi, S, D, off, K, n0, nv, m0, mb, &o, tab, acc, accum);
+                dse_rows_task(I, ldi, S, D, off, K, n0, nv, m0, mb, &o, tab, acc, build, accum);
             }
         }
         free(tab);
