@@ -616,12 +616,13 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_dw_store64(int6
     _mm256_storeu_si256((__m256i *)(dst + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1)));
 }
 
-/* int32 sums of 16 then 8 outputs per step (two independent gather chains), scalar tail. */
+/* int32 sums of 16 outputs per step (two independent gather chains), then 8; the last step may run up to 15
+ * positions past L (the caller's buffers have that slack; those outputs are dropped). */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_dw_run_avx2_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int64_t *full, const int mode, const int a_signed)
 {
     int64_t t = 0;
-    for (; t + 16 <= L; t += 16) {
+    for (; t + 8 < L; t += 16) {
         __m256i a0 = _mm256_setzero_si256(), a1 = a0;
         for (int64_t k = 0; k < ntap; k++) {
             a0 = _mm256_add_epi32(a0, dse_dw_vec(tp + k, t, mode, a_signed));
@@ -630,13 +631,12 @@ dse_dw_run_avx2_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int64_t *ful
         dse_dw_store64(full + t, a0);
         dse_dw_store64(full + t + 8, a1);
     }
-    for (; t + 8 <= L; t += 8) {
+    if (t < L) {
         __m256i a0 = _mm256_setzero_si256();
         for (int64_t k = 0; k < ntap; k++)
             a0 = _mm256_add_epi32(a0, dse_dw_vec(tp + k, t, mode, a_signed));
         dse_dw_store64(full + t, a0);
     }
-    dse_dw_run_scalar(tp, ntap, t, L, mode, a_signed, full);
 }
 
 DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64_t L, int mode, int a_signed,
@@ -683,14 +683,14 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
 {
     const int64_t og = Cout / C, ntap = kh * kw;
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
-    const int64_t L = (Ho - 1) * WQ + Wo;
+    const int64_t L = (Ho - 1) * WQ + Wo, slack = 16; /* the AVX2 blocks may run 15 positions past L */
     const int64_t bound = mode == 0 ? (int64_t)maxabs : 128 * 255;
     const int fits32 = level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL;
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
-        uint8_t *P = (uint8_t *)malloc((size_t)(sh * sw * HQ * WQ));
-        int64_t *full = (int64_t *)malloc((size_t)L * sizeof(int64_t));
+        uint8_t *P = (uint8_t *)calloc((size_t)(sh * sw * HQ * WQ + slack), 1);
+        int64_t *full = (int64_t *)malloc((size_t)(L + slack) * sizeof(int64_t));
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
         if (dse_team_allocated(&fail, P && full && tp)) {
 #pragma omp for schedule(static)
