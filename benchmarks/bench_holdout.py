@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -45,7 +44,7 @@ from dse.search.objective import ATTR_LOSS_UCB, EXACT_ENERGY
 from dse.search.racing import paired_stats
 from dse.search.study import run_search
 
-from bench_search import settings_for  # beside this script
+from bench_search import reseeded, settings_for  # beside this script
 
 BUNDLED = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -53,19 +52,6 @@ BUNDLED = Path(__file__).resolve().parents[1] / "search_spaces"
 def _holdout_loss(ctx, exact_hold, ua) -> float:
     cfg = config_from_dict(ua["config"])
     return paired_stats(exact_hold, ctx.holdout.correct(cfg, 0, ctx.holdout.n_images)).loss
-
-
-def reseeded(budget: Path, seed: int, out_dir: Path) -> Path:
-    """A copy of ``budget`` with ``[search] seed = seed``: the seed also draws the random subset of search images, so
-    runs differ in the images the feasibility decision sees, not only in the sampler (bundled budgets name bundled
-    models and data, so the copy needs no relative paths)."""
-    text = budget.read_text()
-    new, n = re.subn(r"(?m)^seed\s*=\s*\d+", f"seed = {seed}", text)
-    if n != 1:
-        raise SystemExit(f"{budget}: expected one 'seed = N' line in [search]")
-    out = out_dir / f"{budget.stem}-seed{seed}.toml"
-    out.write_text(new)
-    return out
 
 
 def run_one(budget: Path, seed: int, n_trials, workers, timeout_s, threads, run_dir: Path) -> dict:

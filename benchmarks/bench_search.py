@@ -20,13 +20,23 @@ passed the hold-out check (relative system energy; saving vs all-exact FxP8), it
 ``trials to match`` = the trial number at which that variant first held a hold-out verified configuration with
 energy <= the median best of the baselines. Ratios are dse / baseline of the medians.
 
+Every variant is judged the same way: a configuration is feasible when the upper confidence bound of its paired loss on
+the search images is within budget (``[budget] confidence``), and its best is the cheapest feasible one that passed
+the hold-out check (the search's final check walks down the feasible list, ``[search] n_holdout``; the integer
+program's one configuration is checked once). Runs are sized by trials, not wall time (``--timeout 0``, the default,
+drops the budget's ``timeout_s`` so a loaded machine runs the same trials, only slower); the seed is written into a
+copy of the budget, so it also draws the search images (the same images for every variant of a seed). The integer
+program's sensitivities are all measured (no set-up budget), so none is silently left out.
+
 Usage: ``python benchmarks/bench_search.py [--seeds 0 1 2] [--variants dse optuna-tpe ... hawq-milp] [--budget FILE]
-[--n-trials N] [--workers W]``.
+[--n-trials N] [--workers W] [--timeout S]``.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import re
 import statistics
 import tempfile
 import time
@@ -48,12 +58,15 @@ SAMPLER_OF = {"optuna-tpe": "tpe", "optuna-random": "random", "optuna-nsga2": "n
 
 
 def run_milp(budget: Path, seed: int) -> dict:
-    """HAWQ-V3-style baseline: per-layer sensitivities, one integer program, one evaluated configuration."""
+    """HAWQ-V3-style baseline: per-layer sensitivities (every one measured), one integer program, one evaluated
+    configuration."""
     s = settings_from_budget(load_budget(budget))
-    s.seed = seed
     t0 = time.perf_counter()
-    ctx = build_context(str(budget), fit_predictor=False)
+    ctx = build_context(str(budget), fit_predictor=False, setup_budget_s=float("inf"))
     items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
+    counts = ctx.info["setup"]["sensitivities"]
+    if counts["estimated"] or counts["skipped"]:
+        raise SystemExit(f"hawq-milp: sensitivities {counts}: every one must be measured")
     cfg = seeds.all_exact(ctx.space)
     cfg.update(seeds.knapsack(items, s.budget_loss))
     obj = Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, holdout=ctx.holdout)
@@ -64,8 +77,22 @@ def run_milp(budget: Path, seed: int) -> dict:
     energy = float(ctx.energy(cfg)["system"])
     ok = bool(h and h["loss"] <= s.budget_loss)
     return {"variant": "hawq-milp", "seed": seed, "trials": 1, "wall": wall, "feasible": int(feasible),
-            "energy": energy if feasible else None, "holdout_ok": ok, "loss_holdout": h["loss"] if h else None,
-            "trace": [(0, energy)] if ok else [], "budget": s.budget_loss, "model": ctx.info.get("model", "?")}
+            "energy": energy if ok else None, "holdout_ok": ok, "loss_holdout": h["loss"] if h else None,
+            "trace": [(0, energy)] if ok else [], "budget": s.budget_loss, "model": ctx.info.get("model", "?"),
+            "search_loss": st.loss, "search_ucb": st.upper(s.feasibility_confidence), "milp_energy": energy}
+
+
+def reseeded(budget: Path, seed: int, out_dir: Path) -> Path:
+    """A copy of ``budget`` with ``[search] seed = seed``: the seed also draws the random subset of search images, so
+    runs differ in the images the feasibility decision sees, not only in the sampler (bundled budgets name bundled
+    models and data, and other paths must be absolute: the copy lives elsewhere)."""
+    text = budget.read_text()
+    new, n = re.subn(r"(?m)^seed\s*=\s*\d+", f"seed = {seed}", text)
+    if n != 1:
+        raise SystemExit(f"{budget}: expected one 'seed = N' line in [search]")
+    out = out_dir / f"{budget.stem}-seed{seed}.toml"
+    out.write_text(new)
+    return out
 
 
 def settings_for(budget: Path, seed: int, n_trials, workers, timeout_s=None):
@@ -82,10 +109,11 @@ def settings_for(budget: Path, seed: int, n_trials, workers, timeout_s=None):
     return s
 
 
-def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_dir: Path) -> dict:
+def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, timeout_s, run_dir: Path) -> dict:
+    """One variant on the (reseeded) ``budget``; every variant's best is the hold-out verified one."""
     if variant == "hawq-milp":
         return run_milp(budget, seed)
-    s = settings_for(budget, seed, n_trials, workers)
+    s = settings_for(budget, seed, n_trials, workers, timeout_s)
     full = variant == "dse"
     if not full:
         s.sampler = SAMPLER_OF[variant]
@@ -97,9 +125,12 @@ def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, run_di
     res = run_search(budget, s, factory, run_dir=run_dir, resume=False, progress=False)
     wall = time.perf_counter() - t0
     study = rundir.load_study(run_dir)
-    trace = sorted((t.number, t.user_attrs["energy"]["system"]) for t in
-                   study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if is_feasible(t) and t.user_attrs.get(ATTR_VERIFIED))
+    # verified during the search or by the final check (the same rule for every variant)
+    verified = {t.number: t.user_attrs["energy"]["system"] for t in
+                study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if is_feasible(t) and t.user_attrs.get(ATTR_VERIFIED)}
+    verified.update({d["trial"]: d["energy"]["system"] for d in res["checked"] if d["verified"]})
+    trace = sorted(verified.items())
     b = res["best"] or {}
     h = b.get("holdout") or {}
     return {"variant": variant, "seed": seed, "trials": res["trials"]["complete"], "wall": wall,
@@ -120,14 +151,20 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--n-trials", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--timeout", type=float, default=0.0, help="per-run timeout_s; 0 = none (default)")
+    ap.add_argument("--out", default=None, help="append one JSON line per finished run to this file")
     a = ap.parse_args()
     budget = Path(a.budget) if a.budget else default_budget_path()
     runs = []
     with tempfile.TemporaryDirectory() as d:
         for seed in a.seeds:
+            b = reseeded(budget, seed, Path(d))
             for v in a.variants:
-                r = run_variant(v, budget, seed, a.n_trials, a.workers, Path(d) / f"{v}-{seed}")
+                r = run_variant(v, b, seed, a.n_trials, a.workers, a.timeout, Path(d) / f"{v}-{seed}")
                 runs.append(r)
+                if a.out:
+                    with open(a.out, "a") as f:
+                        f.write(json.dumps(r) + "\n")
                 print(f"  {v} seed {seed}: {r['trials']} trials, {r['wall']:.1f} s, best {r['energy']}", flush=True)
 
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731

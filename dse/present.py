@@ -158,6 +158,8 @@ def search_result(res: dict) -> None:
                   f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {pp(h.get('loss'))} (holdout)")
     else:
         con.print(res.get("no_best") or "no configuration passed the hold-out check")
+    if res.get("check_note"):
+        con.print(res["check_note"])
     line = predictor_line(res.get("info", {}).get("predictor") or {}, res.get("trials", {}))
     if line:
         con.print(line)
@@ -266,6 +268,8 @@ def report(summary: dict) -> None:
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))
     b = s["best"]
+    if s["check_note"]:
+        con.print(s["check_note"])
     if not b:
         con.print(s["no_best"] or "no hold-out verified configuration yet")
         return

@@ -18,7 +18,7 @@ def test_bench_search_variant_runs(tmp_path, variant):
 
     budget = tmp_path / "tiny.toml"
     budget.write_text(TINY_BUDGET)
-    row = bench_search.run_variant(variant, budget, 0, 3, 1, tmp_path / "run")
+    row = bench_search.run_variant(variant, budget, 0, 3, 1, 0, tmp_path / "run")
     assert row["variant"] == variant and row["seed"] == 0
     if variant != "hawq-milp":
         assert row["trials"] == 3 and row["wall"] > 0

@@ -1,5 +1,7 @@
 """[search] timeout_s within one trial: the run's deadline (dse.search.deadline) stops the trial in progress at the next
-batch boundary and the run loop starts no new trial; the final check still runs."""
+batch boundary (also a single-layer change the logit surrogate measures inside a trial), the run loop starts no new
+trial, and hold-out checks (in a trial or in the final check) stop at it; the results then say which best is verified,
+or that none is, and what to do."""
 from __future__ import annotations
 
 import time
@@ -8,6 +10,9 @@ import numpy as np
 from optuna.trial import TrialState
 
 from dse.search import rundir
+from dse.layer_config import LayerConfig
+from dse.predict import LogitSurrogate
+from dse.report import load_run, summarize
 from dse.search.context import EmulatorEvaluator
 from dse.search.deadline import Deadline, RunTimeout
 from dse.search.study import SearchContext, SearchSettings, run_search
@@ -18,15 +23,20 @@ BATCH_S = 0.02
 
 
 class SlowEmulator:
-    """Emulator.predict stand-in: BATCH_S per batch, every prediction right; records when each batch started."""
+    """Emulator stand-in: BATCH_S per batch of an approximate configuration (the exact one is instant, as the exact
+    baselines are cheap next to a trial), every prediction right; records when each slow batch started."""
 
-    def __init__(self):
-        self.starts = []
+    def __init__(self, batch_s=BATCH_S):
+        self.starts, self.batch_s = [], batch_s
+
+    def run(self, x, config, batch_size, cache=None, tag=None):
+        if config:
+            self.starts.append(time.time())
+            time.sleep(self.batch_s)
+        return np.zeros((len(x), 3), dtype=np.float32)
 
     def predict(self, x, config, batch_size, cache=None, tag=None):
-        self.starts.append(time.time())
-        time.sleep(BATCH_S)
-        return np.zeros(len(x), dtype=np.int64)
+        return self.run(x, config, batch_size).argmax(1)
 
 
 class Labels:
@@ -45,14 +55,17 @@ class Labels:
             yield np.zeros((j - i, 1)), np.zeros(j - i, dtype=np.int64)
 
 
-def test_deadline_one_shot():
+def test_deadline_raises_only_inside_a_trial():
     d = Deadline(time.time() - 1)
-    try:
-        d.check()
-        raise AssertionError("no RunTimeout")
-    except RunTimeout:
-        pass
-    d.check()  # after the trial it interrupted, the final checks run to their end
+    d.check()  # set-up, exact baselines, final check: never interrupted
+    with d.trial():
+        try:
+            d.check()
+            raise AssertionError("no RunTimeout")
+        except RunTimeout:
+            pass
+    d.check()
+    assert d.passed() and not d.armed
     assert Deadline.after(None) is None and not Deadline.after(60).passed()
 
 
@@ -61,10 +74,11 @@ def test_timeout_stops_the_trial_in_progress(tmp_path):
     budget.write_text("[budget]\nmax_accuracy_loss = 1.0\n")
     emu = SlowEmulator()
     trial_s = 30 * BATCH_S  # 3000 images in batches of 100
-    deadline = Deadline.after(8 * trial_s)  # the exact baseline and a few trials
+    deadline = Deadline.after(8 * trial_s)  # a few trials
     ev = EmulatorEvaluator(emu, Labels(3000), batch_size=100, deadline=deadline)
     ctx = SearchContext(space=fake_space(), evaluator=ev, holdout=FakeEvaluator(1000, 1), energy=fake_energy,
-                        baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"})
+                        baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
+                        deadline=deadline)
     t0 = time.time()
     res = run_search(budget, SearchSettings(budget_loss=0.01, n_trials=40, workers=1, fidelities=[0]), lambda: ctx,
                      run_dir=tmp_path / "run", progress=False)
@@ -90,3 +104,63 @@ def test_real_search_whose_setup_outlasts_the_timeout(tmp_path):
     # past the deadline no single-layer run: only changes the logit surrogate measured in its fit count as measured
     sens = res["info"]["setup"]["sensitivities"]
     assert sens["measured"] <= len(res["info"]["searchable"]) and sens["measured"] + sens["skipped"] + sens["estimated"]
+
+
+def _run_until(tmp_path, ctx, n_trials=400, **settings):
+    """run_search on ``ctx``; returns (results, start time)."""
+    budget = tmp_path / "b.toml"
+    budget.write_text("[budget]\nmax_accuracy_loss = 1.0\n")
+    t0 = time.time()
+    res = run_search(budget, SearchSettings(budget_loss=0.01, n_trials=n_trials, workers=1, fidelities=[0], **settings),
+                     lambda: ctx, run_dir=tmp_path / "run", progress=False)
+    return res, t0
+
+
+def test_holdout_checks_stop_at_the_deadline(tmp_path):
+    """A hold-out check takes 4 s (16 chunks of 0.25 s) and the timeout is 2 s: the first in-trial check is cut at
+    the deadline (the trial keeps its search result, unchecked), no hold-out chunk starts after it, the final check
+    checks nothing more, and the run ends within one chunk; the results and `dse report` say that no best is
+    verified, why, and what to do."""
+    emu = SlowEmulator(batch_s=0.25)
+    deadline = Deadline.after(2.0)
+    hold = EmulatorEvaluator(emu, Labels(4000), batch_size=256)
+    ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=hold, energy=fake_energy,
+                        baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
+                        deadline=deadline)
+    res, t0 = _run_until(tmp_path, ctx)
+    wall = time.time() - t0
+    assert not [s for s in emu.starts if s >= deadline.at + 0.02]
+    assert wall < deadline.at - t0 + emu.batch_s + 1.5  # generous: a shared machine
+    assert 0 < res["trials"]["complete"] < 400 and res["best"] is None and not res["checked"]
+    assert res["unchecked"] and "[search] timeout_s reached" in res["check_note"]
+    assert "timeout_s passed before the hold-out check" in res["no_best"]
+    assert "re-run the same command" in res["no_best"]
+    s = summarize(load_run(tmp_path / "run"))
+    assert s["best"] is None and s["check_note"] == res["check_note"] and s["no_best"] == res["no_best"]
+    # resumed with time to spare, the final check verifies a best (the same trials, no new ones)
+    ctx.deadline, n = Deadline.after(600), res["trials"]["complete"]
+    res = run_search(tmp_path / "b.toml", SearchSettings(budget_loss=0.01, n_trials=n, workers=1, fidelities=[0]),
+                     lambda: ctx, run_dir=tmp_path / "run", progress=False)
+    assert res["best"]["verified"] and res["best"]["holdout"]["images"] == 4000 and "check_note" not in res
+
+
+def test_surrogate_single_layer_runs_in_a_trial_stop_at_the_deadline(tmp_path):
+    """The logit surrogate measures a single-layer change it lacks with a network run inside the trial that first
+    needs it; that run goes through the search evaluator and stops within one batch of the deadline (build_context
+    wires it the same way)."""
+    emu = SlowEmulator(batch_s=0.05)
+    deadline = Deadline.after(2.0)
+    ev = EmulatorEvaluator(emu, Labels(300), batch_size=30, deadline=deadline)  # one change: 10 batches, 0.5 s
+    sur = LogitSurrogate(lambda c: ev.logits(c, 0, 300), np.zeros(300, dtype=np.int64))
+    ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=FakeEvaluator(1000, 1),
+                        energy=fake_energy, predictor=sur.raw_loss, baseline={"float": {"search": 1.0, "holdout": 1.0}},
+                        info={"model": "fake"}, deadline=deadline)
+    res, t0 = _run_until(tmp_path, ctx, seed_uniform=False)  # from trial 1 on every trial asks the predictor
+    assert emu.starts and not [s for s in emu.starts if s >= deadline.at + 0.02]
+    assert time.time() - t0 < deadline.at - t0 + emu.batch_s + 1.5  # generous: a shared machine
+    assert 0 < res["trials"]["complete"] < 400
+    study = rundir.load_study(tmp_path / "run")
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+    assert failed and "RunTimeout" in failed[-1].user_attrs["error"]
+    # outside a trial (set-up) the same run is never interrupted
+    assert deadline.passed() and sur.single_loss("conv2", LayerConfig("perf_2_2", True)) == 0.0

@@ -74,20 +74,24 @@ class EmulatorEvaluator:
         self.cache, self.tag, self.deadline = cache, tag, deadline
         self.n_images = len(data)
 
-    def logits(self, config: dict, start: int, stop: int) -> np.ndarray:
-        """float32 logits of ``config`` on images ``start:stop``, through the prefix cache like :meth:`correct` (set-up
-        work: no deadline check)."""
-        batches = zip(range(start, stop, self.batch_size), self.data.batches(self.batch_size, start, stop))
-        return np.concatenate([self.emulator.run(x, config, self.batch_size, self.cache, (self.tag, a, a + len(x)))
-                               for a, (x, _) in batches])
-
-    def correct(self, config: dict, start: int, stop: int) -> np.ndarray:
-        """Correctness on images ``start:stop``; with a ``deadline`` (dse.search.deadline) it is checked before every
-        batch, so a trial in progress stops within one batch of the run's timeout (RunTimeout)."""
-        hits = []
+    def _batches(self, start: int, stop: int):
+        """(first image, images, labels) per batch; with a ``deadline`` (dse.search.deadline) it is checked before
+        every batch, so a trial in progress stops within one batch of the run's timeout (RunTimeout; never outside
+        a trial)."""
         for a, (x, y) in zip(range(start, stop, self.batch_size), self.data.batches(self.batch_size, start, stop)):
             if self.deadline is not None:
                 self.deadline.check()
+            yield a, x, y
+
+    def logits(self, config: dict, start: int, stop: int) -> np.ndarray:
+        """float32 logits of ``config`` on images ``start:stop``, through the prefix cache like :meth:`correct`."""
+        return np.concatenate([self.emulator.run(x, config, self.batch_size, self.cache, (self.tag, a, a + len(x)))
+                               for a, x, _ in self._batches(start, stop)])
+
+    def correct(self, config: dict, start: int, stop: int) -> np.ndarray:
+        """Correctness on images ``start:stop`` (see :meth:`_batches` for the deadline)."""
+        hits = []
+        for a, x, y in self._batches(start, stop):
             hits.append(self.emulator.predict(x, config, self.batch_size, self.cache, (self.tag, a, a + len(y))) == y)
         return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
 
@@ -260,7 +264,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     cache = PrefixCache.from_mib(b.search.prefix_cache_mib if prefix_cache_mib is None else prefix_cache_mib)
     ev = EmulatorEvaluator(emu, search, cache=cache, tag="search", deadline=deadline)
     setup_ev = EmulatorEvaluator(emu, search, cache=cache, tag="search")  # set-up work is bounded by its clock
-    hv = EmulatorEvaluator(emu, hold, cache=cache, tag="holdout")  # hold-out checks run to their end
+    hv = EmulatorEvaluator(emu, hold, cache=cache, tag="holdout")  # checks stop at the deadline between chunks
     layers = qmodel.layers
     space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)
@@ -269,7 +273,8 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     predictor, estimate, pinfo, accs, sur = None, None, {}, None, None
     if want_predictor:
         cfgs = setup_fit_configs(space, s.seed)
-        sur = LogitSurrogate(lambda c: setup_ev.logits(c, 0, n_sens), search.y[:n_sens],
+        # ev: a single-layer change the surrogate first needs inside a trial stops at the run's deadline
+        sur = LogitSurrogate(lambda c: ev.logits(c, 0, n_sens), search.y[:n_sens],
                              cached.surrogate if cached else None)
         accs = (cached.predictor_accs if cached
                 else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress, sur))
@@ -288,7 +293,8 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                                           "context_cache": "loaded" if cached else (why or "computed")}}
     return SearchContext(space=space, evaluator=ev, holdout=hv, energy=energy, predictor=predictor,
                          sensitivity=sensitivity, baseline=baseline, info=info, model_path=str(sess.model_path),
-                         data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")})
+                         data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")},
+                         deadline=deadline)
 
 
 def cache_extra(want_predictor: bool) -> dict:

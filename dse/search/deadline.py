@@ -1,27 +1,29 @@
 """The run's wall-clock deadline (``[search] timeout_s``), one absolute time shared by every process of a run.
 
-Set once when ``dse search`` starts (set-up included) and handed to every worker; the emulating evaluators check it at
-each batch boundary and raise :class:`RunTimeout`, which ends the trial in progress (failed, an enqueued seed is
-enqueued again) and makes the process's run loop stop starting new trials. So a run ends within about one batch of
-the deadline, plus the final hold-out checks.
+Set once when ``dse search`` starts (set-up included) and handed to every worker. Each process's run loop starts no
+trial once it has passed, and while a trial runs the deadline is *armed* (:meth:`Deadline.trial`): the emulating
+evaluators check it at each batch boundary and raise :class:`RunTimeout`, which ends that trial (failed, an enqueued
+seed is enqueued again) and the process's run loop. Hold-out checks, in a trial or in the final check, stop at it
+too (they report "not checked" instead of raising). Work outside trials (set-up, bounded by its own clock; the exact
+baselines of the results) never raises. So a run ends within about one batch of the deadline.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
 
 class RunTimeout(Exception):
-    """The run's deadline passed (not an error: the run stops starting new work)."""
+    """The run's deadline passed during a trial (not an error: the run stops starting new work)."""
 
 
 @dataclass
 class Deadline:
-    """``at``: time.time() seconds. One-shot: :meth:`check` raises once (interrupting the trial in progress); the
-    work a process does after its run loop stopped (final hold-out checks, baselines) then runs to its end."""
+    """``at``: time.time() seconds. :meth:`check` raises only while a trial runs (:meth:`trial`)."""
 
     at: float
-    fired: bool = False
+    armed: bool = False
 
     @classmethod
     def after(cls, seconds: float | None) -> "Deadline | None":
@@ -30,8 +32,16 @@ class Deadline:
     def passed(self) -> bool:
         return time.time() >= self.at
 
+    @contextlib.contextmanager
+    def trial(self):
+        """Arm :meth:`check` while the block (one trial) runs."""
+        self.armed = True
+        try:
+            yield self
+        finally:
+            self.armed = False
+
     def check(self) -> None:
-        """Raise RunTimeout the first time this is called after the deadline."""
-        if not self.fired and self.passed():
-            self.fired = True
+        """Raise RunTimeout when a trial is running and the deadline has passed."""
+        if self.armed and self.passed():
             raise RunTimeout("[search] timeout_s reached")

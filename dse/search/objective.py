@@ -21,7 +21,8 @@ Hold-out verification happens inside the trial (trial attributes cannot change o
 that is feasible at full fidelity and could become the reported result (cheaper than every verified trial in
 constrained mode; not dominated by a full-fidelity trial in Pareto mode) is re-evaluated on the hold-out split and gets
 ``holdout`` (accuracy, loss, se, images) and ``holdout_verified`` (hold-out loss within budget). At most
-``max_holdout_failures`` trials of a study fail that check; later candidates are left unchecked.
+``max_holdout_failures`` trials of a study fail that check; later candidates are left unchecked. A hold-out check
+stops at the run's ``deadline`` (dse.search.deadline) and leaves the trial unchecked.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dse.layer_config import config_from_dict, config_to_dict
+from dse.search.deadline import Deadline
 from dse.search.racing import paired_stats, race
 from dse.search.space import SearchSpace
 
@@ -43,6 +45,7 @@ ATTR_HOLDOUT = "holdout"              # {"accuracy", "loss", "se", "images"} on 
 ATTR_VERIFIED = "holdout_verified"    # True: hold-out loss within budget; absent: never checked
 ATTR_GATE = "predictor_gate"         # the predictor gate's line when it switched on or off before this trial
 EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
+HOLDOUT_CHUNK = 256                   # hold-out images per step of a check (the deadline is looked at between steps)
 
 
 def predictor_switches(trials) -> list[list]:
@@ -59,13 +62,15 @@ class Objective:
 
     def __init__(self, space: SearchSpace, evaluator, energy, budget_loss: float, mode: str = "constrained",
                  fidelities=(500, 2000, 0), confidence: float = 0.95, predictor=None, predictor_skip: float = 2.0,
-                 feasibility_confidence: float = 0.95, holdout=None, max_holdout_failures: int = 3):
+                 feasibility_confidence: float = 0.95, holdout=None, max_holdout_failures: int = 3,
+                 deadline: Deadline | None = None):
         self.space, self.evaluator, self.energy = space, evaluator, energy
         self.budget_loss, self.mode = float(budget_loss), mode
         self.fidelities, self.confidence = list(fidelities), confidence
         self.predictor, self.predictor_skip = predictor, predictor_skip
         self.feasibility_confidence = float(feasibility_confidence)
         self.holdout, self.max_holdout_failures = holdout, int(max_holdout_failures)
+        self.deadline = deadline
         self._exact = None
         self._exact_holdout = None
         self._cache: dict[str, dict] = {}
@@ -85,10 +90,16 @@ class Objective:
             self._exact_holdout = np.asarray(self.holdout.correct({}, 0, self.holdout.n_images), dtype=bool)
         return self._exact_holdout
 
-    def holdout_check(self, config: dict) -> dict:
-        """Paired loss of ``config`` vs FxP8 exact on the whole hold-out split: ``{accuracy, loss, se, images}``."""
+    def holdout_check(self, config: dict) -> dict | None:
+        """Paired loss of ``config`` vs FxP8 exact on the whole hold-out split: ``{accuracy, loss, se, images}``;
+        None when the run's deadline passed before the check was through (HOLDOUT_CHUNK images at a time)."""
         exact = self.correct_exact_holdout
-        st = paired_stats(exact, np.asarray(self.holdout.correct(config, 0, exact.size), dtype=bool))
+        hits = []
+        for a in range(0, exact.size, HOLDOUT_CHUNK):
+            if self.deadline is not None and self.deadline.passed():
+                return None
+            hits.append(np.asarray(self.holdout.correct(config, a, min(a + HOLDOUT_CHUNK, exact.size)), dtype=bool))
+        st = paired_stats(exact, np.concatenate(hits) if hits else np.zeros(0, dtype=bool))
         return {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n}
 
     def _values(self, energy: dict, loss: float):
@@ -193,8 +204,9 @@ class Objective:
             self._cache[key] = dict(attrs, duplicate_of=trial.number)
             if self._worth_verifying(trial.study, attrs, full):
                 h = self.holdout_check(config)
-                attrs[ATTR_HOLDOUT] = h
-                attrs[ATTR_VERIFIED] = h["loss"] <= self.budget_loss
+                if h is not None:
+                    attrs[ATTR_HOLDOUT] = h
+                    attrs[ATTR_VERIFIED] = h["loss"] <= self.budget_loss
             return self._finish(trial, attrs)
         except BaseException as exc:
             # failed trial: still record an (infeasible) constraint, then let Optuna mark it FAIL / stop

@@ -37,7 +37,7 @@ from dse.budget import BudgetSection, SearchSection
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import liveness, rundir, seeds
-from dse.search.deadline import RunTimeout
+from dse.search.deadline import Deadline, RunTimeout
 from dse.search.objective import (ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective,
                                   predictor_switches)
 from dse.search.space import SearchSpace
@@ -92,7 +92,8 @@ class SearchContext:
     ``sensitivity(layer, LayerConfig) -> loss`` (None: not known) for the knapsack seed (None: no knapsack seed);
     ``info``: JSON-friendly description (model, data, layers) stored in the study and results;
     ``model_path``, ``data_specs`` (``[data]`` key -> spec): the files the results depend on, whose content fingerprints
-    name the study (None / empty for injected fakes).
+    name the study (None / empty for injected fakes); ``deadline``: the run's ``timeout_s`` shared by every process
+    (dse.search.deadline; None: each process counts ``timeout_s`` from its start of the search).
     """
 
     space: SearchSpace
@@ -105,6 +106,7 @@ class SearchContext:
     info: dict = field(default_factory=dict)
     model_path: str | None = None
     data_specs: dict = field(default_factory=dict)
+    deadline: Deadline | None = None
 
 
 def make_sampler(name: str, mode: str, seed: int, workers: int = 1) -> optuna.samplers.BaseSampler:
@@ -171,9 +173,10 @@ def is_feasible(t) -> bool:
 
 
 def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
+    deadline = ctx.deadline if ctx.deadline is not None else Deadline.after(s.timeout_s)
     return Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, s.mode, s.fidelities, s.confidence,
                      ctx.predictor, s.predictor_skip, feasibility_confidence=s.feasibility_confidence,
-                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout)
+                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout, deadline=deadline)
 
 
 def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
@@ -317,7 +320,7 @@ class _Guarded:
     are complete or running with a smaller number (trial numbers are handed out atomically by the storage, so
     exactly n_trials trials complete however many processes share the study), and only one attempt of a re-run trial
     runs (liveness.superseded). An enqueued trial that does not run (surplus, or interrupted by Ctrl-C) is enqueued
-    again, so no seed configuration is lost."""
+    again, so no seed configuration is lost. The run's deadline is armed while the objective runs (RunTimeout)."""
 
     def __init__(self, objective: Objective, n_trials: int):
         self.objective, self.n_trials = objective, int(n_trials)
@@ -333,8 +336,10 @@ class _Guarded:
             if liveness.FIXED in me.system_attrs:
                 liveness.requeue(trial.study, me)
             self._skip(trial)
+        deadline = self.objective.deadline
         try:
-            return self.objective(trial)
+            with deadline.trial() if deadline is not None else contextlib.nullcontext():
+                return self.objective(trial)
         except (KeyboardInterrupt, RunTimeout):
             if liveness.FIXED in me.system_attrs:
                 liveness.requeue(trial.study, me)
@@ -375,14 +380,15 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value, state) -> None:
 
 
 def run_loop(study: optuna.Study, objective: Objective, s: SearchSettings, callbacks=()) -> None:
-    """One process's share of the study: run trials until n_trials are complete (or ``timeout_s``). Between trials it
+    """One process's share of the study: run trials until n_trials are complete or the run's deadline (the
+    objective's, see dse.search.deadline) has passed. Between trials it
     fails (and re-queues) the trials of dead processes (liveness.Watch); while the remaining trials are all running
     elsewhere it waits, and the wait ends when they complete or are found dead. Once n_trials are complete, a trial
     still running can only be one about to be refused as surplus or one whose process died before that: it waits
     for those too (at most liveness.STALE_S), so no dead trial is left running when the last process leaves."""
-    deadline = time.monotonic() + s.timeout_s if s.timeout_s else None
+    deadline = objective.deadline
     guarded, watch = _Guarded(objective, s.n_trials), liveness.Watch()
-    while deadline is None or time.monotonic() < deadline:
+    while deadline is None or not deadline.passed():
         trials = study.get_trials(deepcopy=False)
         if watch.fail_dead(study, trials):
             trials = study.get_trials(deepcopy=False)
@@ -451,42 +457,69 @@ def _full_trials(study: optuna.Study) -> list:
 def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) -> dict:
     """Pick the reported best: walk down the search-feasible full-fidelity configurations by energy (all-exact and
     anything costing more excluded) until one passes the hold-out check. Trials checked during the search keep their
-    result; unchecked ones are checked now, at most ``n_holdout`` of them that fail. No pass: ``best`` is None and
-    ``no_best`` says why and what to do. In Pareto mode the feasible front points are checked the same way."""
+    result; unchecked ones are checked now, until ``n_holdout`` of them failed or the run's deadline passed (the
+    rest stay unchecked). No pass: ``best`` is None and ``no_best`` says why and what to do; candidates left
+    unchecked are listed in ``unchecked`` and ``check_note`` says why. In Pareto mode the feasible front points are
+    checked the same way; the front marks which points were verified."""
     full = _full_trials(study)
     cands = sorted((t for t in full if is_feasible(t) and t.user_attrs["energy"]["system"] < EXACT_ENERGY),
                    key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
     front = pareto_front([trial_summary(t) for t in full])
     on_front = {d["trial"] for d in front}
-    checked, unchecked, best, failures = [], [], None, 0
+    checked, unchecked, best, failures, timed_out = [], [], None, 0, False
     for t in cands:
         if best is not None and (s.mode == "constrained" or t.number not in on_front):
             continue
         d = trial_summary(t)
         if d["verified"] is None:
-            if failures >= s.n_holdout:
+            h = None
+            if failures < s.n_holdout and not timed_out:
+                h = objective.holdout_check(config_from_dict(d["config"]))
+                timed_out = h is None
+            if h is None:
                 unchecked.append(t.number)
                 continue
-            cfg = config_from_dict(d["config"])
-            d["holdout"] = objective.holdout_check(cfg)
-            d["verified"] = d["holdout"]["loss"] <= s.budget_loss
+            d["holdout"], d["verified"] = h, h["loss"] <= s.budget_loss
             failures += not d["verified"]
         checked.append(d)
         if d["verified"] and best is None:
             best = d
     by_num = {d["trial"]: d for d in checked}
     front = [by_num.get(d["trial"], d) for d in front]
-    # unchecked: search-feasible configurations cheaper than the best (or front points) left out by the n_holdout bound
     res = {"best": best, "checked": checked, "pareto_front": front, "unchecked": unchecked}
+    late = objective.deadline is not None and objective.deadline.passed()
+    if unchecked:
+        res["check_note"] = _unchecked_note(len(unchecked), timed_out)
     if best is None:
-        res["no_best"] = _no_best_reason(len(cands), sum(d["verified"] is False for d in checked), s)
+        n_failed = sum(d["verified"] is False for d in checked)
+        res["no_best"] = _no_best_reason(len(cands), n_failed, len(unchecked) if timed_out else 0,
+                                         late and n_complete(study) < s.n_trials)
     return res
 
 
-def _no_best_reason(n_cands: int, n_failed: int, s: SearchSettings) -> str:
+RESUME = "re-run the same command to resume the run (finished trials are kept) or raise [search] timeout_s"
+
+
+def _unchecked_note(n: int, timed_out: bool) -> str:
+    what = f"{n} search-feasible configuration{'s' if n > 1 else ''} "
+    if timed_out:
+        return f"{what}not checked on hold-out: [search] timeout_s reached; {RESUME} to check them"
+    return f"{what}not checked on hold-out: [search] n_holdout checks failed first; raise it to check them"
+
+
+def _no_best_reason(n_cands: int, n_failed: int, n_timed_out: int, cut_short: bool) -> str:
+    """Why no best was verified and what to do: ``n_timed_out`` candidates the deadline left unchecked;
+    ``cut_short``: the deadline ended the search before n_trials."""
     if n_cands == 0:
+        if cut_short:
+            return ("no hold-out verified best: [search] timeout_s passed before any configuration cheaper than "
+                    f"all-exact was feasible on the search split; {RESUME}")
         return ("no configuration cheaper than all-exact was feasible on the search split; raise [budget] "
                 "max_accuracy_loss, lower [budget] confidence, or add [search] n_trials")
+    if n_timed_out:
+        return (f"no hold-out verified best: [search] timeout_s passed before the hold-out check of {n_timed_out} of "
+                f"the {n_cands} configurations feasible on the search split ({n_failed} checked, over budget); "
+                f"{RESUME} to check them")
     return (f"none of the {n_cands} configurations feasible on the search split passed the hold-out check "
             f"({n_failed} checked, all over budget); raise [budget] confidence for a wider margin, give the search more "
             "images ([data] images), or raise [search] n_holdout to check more of them")
