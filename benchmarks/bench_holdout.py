@@ -15,12 +15,16 @@ the pass rates over runs; ``verified`` is the search's reported best (always hol
 ``point verified`` the best the same walk down the list would give under the point rule (up to 20 checks). The energy
 cost of the margin is ``verified - point verified`` (relative system energy vs all-exact FxP8).
 
+Each pass rate comes with its one-sided 95 % Clopper-Pearson lower bound (scipy.stats.binomtest). For Pareto budgets
+each run also records the front as the report shows it (energy, search loss, feasible, hold-out verdict).
+
 Runs are sized by trials, not wall time: ``--timeout 0`` (the default) drops the budget's ``timeout_s`` so a loaded
 machine runs the same trials, only slower. ``--out FILE`` appends one JSON line per finished run (a long benchmark
-keeps what it measured if stopped).
+keeps what it measured if stopped); ``--summarize FILE ...`` prints the tables and rates of such files without
+running anything.
 
 Usage: ``python benchmarks/bench_holdout.py [--budgets FILE ...] [--seeds 0 1 2 3 4] [--n-trials N] [--workers W]
-[--timeout S] [--threads T] [--out runs.jsonl]``.
+[--timeout S] [--threads T] [--out runs.jsonl] [--summarize runs.jsonl ...]``.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from optuna.trial import TrialState
+from scipy.stats import binomtest
 from rich.console import Console
 from rich.table import Table
 
@@ -71,7 +76,7 @@ def run_one(budget: Path, seed: int, n_trials, workers, timeout_s, threads, run_
     full.sort(key=lambda ua: ua["energy"]["system"])
     exact_hold = np.asarray(ctx.holdout.correct({}, 0, ctx.holdout.n_images), dtype=bool)
     out = {"budget": name, "seed": seed, "wall": wall, "trials": res["trials"]["complete"],
-           "budget_loss": s.budget_loss}
+           "budget_loss": s.budget_loss, "mode": res["mode"]}
     for rule, ok in (("margin", lambda ua: ua[ATTR_LOSS_UCB] <= s.budget_loss),
                      ("point", lambda ua: ua["loss"] <= s.budget_loss)):
         pick = next((ua for ua in full if ok(ua)), None)
@@ -89,6 +94,9 @@ def run_one(budget: Path, seed: int, n_trials, workers, timeout_s, threads, run_
             break
     b = res["best"]
     out["verified"] = None if b is None else {"energy": b["energy"]["system"], "holdout": b["holdout"]["loss"]}
+    # the Pareto front as the report shows it (Pareto budgets): energy, search loss, feasible, hold-out verdict
+    out["front"] = [{"trial": d["trial"], "energy": d["energy"]["system"], "loss": d["loss"],
+                     "feasible": d["feasible"], "verified": d["verified"]} for d in res["pareto_front"]]
     return out
 
 
@@ -109,7 +117,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=0.0, help="per-worker timeout_s; 0 = none (default)")
     ap.add_argument("--threads", type=int, default=None, help="kernel threads per process (default: cores / workers)")
     ap.add_argument("--out", default=None, help="append one JSON line per finished run to this file")
+    ap.add_argument("--summarize", nargs="+", default=None, help="only print the summary of these --out files")
     a = ap.parse_args()
+    if a.summarize:
+        summarize([json.loads(line) for f in a.summarize for line in Path(f).read_text().splitlines() if line])
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for b in a.budgets:
@@ -121,6 +133,16 @@ def main() -> None:
                         f.write(json.dumps(r) + "\n")
                 print(f"{r['budget']} seed {seed}: margin {r['margin']} point {r['point']} verified {r['verified']} "
                       f"point verified {r['point_verified']} ({r['wall']:.0f} s)", flush=True)
+    summarize(rows)
+
+
+def lower_bound(k: int, n: int) -> float:
+    """One-sided 95 % Clopper-Pearson lower bound of a pass rate with k of n passing."""
+    return float(binomtest(k, n).proportion_ci(confidence_level=0.90, method="exact").low)
+
+
+def summarize(rows: list[dict]) -> None:
+    """Per-run table, pass rates with their lower bounds, the margin's energy cost."""
     tab = Table(title="search-split pick vs hold-out (energy: relative system energy; loss in pp)")
     for c in ("budget", "seed", "trials", "wall s", "margin energy", "margin hold-out loss", "margin passed",
               "point energy", "point hold-out loss", "point passed", "verified best energy", "point verified energy"):
@@ -137,8 +159,10 @@ def main() -> None:
         for name in sorted({r["budget"] for r in rows}) + [None]:
             picks = [r[rule] for r in rows if r[rule] is not None and name in (None, r["budget"])]
             rate = sum(p["passed"] for p in picks) / len(picks) if picks else float("nan")
-            con.print(f"{rule}, {name or 'all budgets'}: {sum(p['passed'] for p in picks)}/{len(picks)} picks pass "
-                      f"hold-out ({100 * rate:.0f} %)")
+            k = sum(p["passed"] for p in picks)
+            bound = f", one-sided 95 % lower bound {100 * lower_bound(k, len(picks)):.0f} %" if picks else ""
+            con.print(f"{rule}, {name or 'all budgets'}: {k}/{len(picks)} picks pass hold-out ({100 * rate:.0f} %"
+                      f"{bound})")
     for what, a_key, b_key in (("first picks", "margin", "point"), ("verified bests", "verified", "point_verified")):
         both = [(r[a_key]["energy"], r[b_key]["energy"]) for r in rows if r[a_key] and r[b_key]]
         if both:
@@ -147,6 +171,16 @@ def main() -> None:
                       f"max {max(cost):+.4f} over {len(both)} runs")
     ver = [r for r in rows if r["verified"] is not None]
     con.print(f"reported (hold-out verified) best: {len(ver)}/{len(rows)} runs have one")
+    for r in rows:
+        if r.get("mode") == "pareto":
+            f = [d for d in r["front"] if d["energy"] < 1.0]
+            con.print(f"Pareto front, {r['budget']} seed {r['seed']}: {len(f)} points cheaper than all-exact, energy "
+                      f"{min((d['energy'] for d in f), default=float('nan')):.4f} .. "
+                      f"{max((d['energy'] for d in f), default=float('nan')):.4f}, feasible "
+                      f"{sum(d['feasible'] for d in f)}, hold-out passed {sum(d['verified'] is True for d in f)} / "
+                      f"failed {sum(d['verified'] is False for d in f)} / feasible not checked "
+                      f"{sum(d['feasible'] and d['verified'] is None for d in f)}; checked at or above all-exact: "
+                      f"{sum(d['verified'] is not None for d in r['front'] if d['energy'] >= 1.0)}")
 
 
 if __name__ == "__main__":
