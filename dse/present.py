@@ -12,6 +12,7 @@ import math
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 MIN_WIDTH = 140
@@ -157,9 +158,9 @@ def search_result(res: dict) -> None:
         con.print(f"best trial {b['trial']}: energy system {num(b['energy'].get('system'))} multiplier "
                   f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {pp(h.get('loss'))} (holdout)")
     else:
-        con.print(res.get("no_best") or "no configuration passed the hold-out check")
+        con.print(escape(res.get("no_best") or "no configuration passed the hold-out check"))
     if res.get("check_note"):
-        con.print(res["check_note"])
+        con.print(escape(res["check_note"]))
     line = predictor_line(res.get("info", {}).get("predictor") or {}, res.get("trials", {}))
     if line:
         con.print(line)
@@ -255,8 +256,6 @@ def report(summary: dict) -> None:
               + ("" if s["finished"] else "  [yellow]search not finished: no hold-out check yet[/yellow]"))
     pre = s["info"].get("preprocess")
     if pre:
-        from rich.markup import escape
-
         con.print(f"[bold]preprocessing[/bold] {escape(_preprocessing(pre))}", highlight=False)
     if not s["reproducible"]:
         con.print(f"{s['processes']} processes ran this study (workers, other machines or resumes): its trial "
@@ -269,9 +268,9 @@ def report(summary: dict) -> None:
         con.print(_pareto_table(s["pareto_front"]))
     b = s["best"]
     if s["check_note"]:
-        con.print(s["check_note"])
+        con.print(escape(s["check_note"]))
     if not b:
-        con.print(s["no_best"] or "no hold-out verified configuration yet")
+        con.print(escape(s["no_best"] or "no hold-out verified configuration yet"))
         return
     con.print(_layers_table(b))
     comps = b["energy"].get("components")

@@ -10,6 +10,7 @@ import numpy as np
 from optuna.trial import TrialState
 
 from dse.search import rundir
+from dse import present
 from dse.layer_config import LayerConfig
 from dse.predict import LogitSurrogate
 from dse.report import load_run, summarize
@@ -116,20 +117,27 @@ def _run_until(tmp_path, ctx, n_trials=400, **settings):
     return res, t0
 
 
-def test_holdout_checks_stop_at_the_deadline(tmp_path):
-    """A hold-out check takes 4 s (16 chunks of 0.25 s) and the timeout is 2 s: the first in-trial check is cut at
-    the deadline (the trial keeps its search result, unchecked), no hold-out chunk starts after it, the final check
+def test_holdout_checks_stop_at_the_deadline(tmp_path, capsys):
+    """A hold-out check takes 4 s (16 chunks of 0.25 s) and the deadline passes during the first one (in a trial): it is
+    cut at the deadline (the trial keeps its search result, unchecked), no hold-out chunk starts after it, the final check
     checks nothing more, and the run ends within one chunk; the results and `dse report` say that no best is
     verified, why, and what to do."""
-    emu = SlowEmulator(batch_s=0.25)
-    deadline = Deadline.after(2.0)
+    deadline = Deadline.after(600)
+
+    class FirstCheckSetsTheDeadline(SlowEmulator):
+        def run(self, x, config, batch_size, cache=None, tag=None):
+            if config and not self.starts:  # the first hold-out check is cut after two chunks
+                deadline.at = time.time() + 1.5 * self.batch_s
+            return super().run(x, config, batch_size)
+
+    emu = FirstCheckSetsTheDeadline(batch_s=0.25)
     hold = EmulatorEvaluator(emu, Labels(4000), batch_size=256)
     ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=hold, energy=fake_energy,
                         baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
                         deadline=deadline)
     res, t0 = _run_until(tmp_path, ctx)
     wall = time.time() - t0
-    assert not [s for s in emu.starts if s >= deadline.at + 0.02]
+    assert emu.starts and not [s for s in emu.starts if s >= deadline.at]
     assert wall < deadline.at - t0 + emu.batch_s + 1.5  # generous: a shared machine
     assert 0 < res["trials"]["complete"] < 400 and res["best"] is None and not res["checked"]
     assert res["unchecked"] and "[search] timeout_s reached" in res["check_note"]
@@ -137,6 +145,10 @@ def test_holdout_checks_stop_at_the_deadline(tmp_path):
     assert "re-run the same command" in res["no_best"]
     s = summarize(load_run(tmp_path / "run"))
     assert s["best"] is None and s["check_note"] == res["check_note"] and s["no_best"] == res["no_best"]
+    present.report(s)
+    present.search_result(res)
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("[search] timeout_s reached") == 2 and out.count("timeout_s passed before the hold-out") == 2
     # resumed with time to spare, the final check verifies a best (the same trials, no new ones)
     ctx.deadline, n = Deadline.after(600), res["trials"]["complete"]
     res = run_search(tmp_path / "b.toml", SearchSettings(budget_loss=0.01, n_trials=n, workers=1, fidelities=[0]),
@@ -148,15 +160,22 @@ def test_surrogate_single_layer_runs_in_a_trial_stop_at_the_deadline(tmp_path):
     """The logit surrogate measures a single-layer change it lacks with a network run inside the trial that first
     needs it; that run goes through the search evaluator and stops within one batch of the deadline (build_context
     wires it the same way)."""
-    emu = SlowEmulator(batch_s=0.05)
-    deadline = Deadline.after(2.0)
+    deadline = Deadline.after(600)
+
+    class FirstRunSetsTheDeadline(SlowEmulator):
+        def run(self, x, config, batch_size, cache=None, tag=None):
+            if config and not self.starts:  # the first single-layer run is cut after two batches
+                deadline.at = time.time() + 1.5 * self.batch_s
+            return super().run(x, config, batch_size)
+
+    emu = FirstRunSetsTheDeadline(batch_s=0.05)
     ev = EmulatorEvaluator(emu, Labels(300), batch_size=30, deadline=deadline)  # one change: 10 batches, 0.5 s
     sur = LogitSurrogate(lambda c: ev.logits(c, 0, 300), np.zeros(300, dtype=np.int64))
     ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=FakeEvaluator(1000, 1),
                         energy=fake_energy, predictor=sur.raw_loss, baseline={"float": {"search": 1.0, "holdout": 1.0}},
                         info={"model": "fake"}, deadline=deadline)
     res, t0 = _run_until(tmp_path, ctx, seed_uniform=False)  # from trial 1 on every trial asks the predictor
-    assert emu.starts and not [s for s in emu.starts if s >= deadline.at + 0.02]
+    assert emu.starts and not [s for s in emu.starts if s >= deadline.at] and sur.measured == 0
     assert time.time() - t0 < deadline.at - t0 + emu.batch_s + 1.5  # generous: a shared machine
     assert 0 < res["trials"]["complete"] < 400
     study = rundir.load_study(tmp_path / "run")

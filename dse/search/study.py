@@ -407,14 +407,15 @@ def run_loop(study: optuna.Study, objective: Objective, s: SearchSettings, callb
 
 def optimize(study: optuna.Study, objective: Objective, s: SearchSettings, progress=None,
              factory=None, url: str | None = None) -> None:
-    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones).
+    """Run the remaining ``n_trials - completed`` trials (in this process and ``workers - 1`` spawned ones; none is
+    spawned once the run's deadline has passed, e.g. during a long set-up).
     ``progress(total, done)``: a context manager that is also an Optuna callback (e.g. ``dse.present.SearchProgress``);
     None: no progress display."""
     done = n_complete(study)
     if s.n_trials - done <= 0:
         return
     procs = []
-    if s.workers > 1:
+    if s.workers > 1 and not (objective.deadline is not None and objective.deadline.passed()):
         if factory is None or url is None:
             raise DseError("search.workers > 1 needs a context factory and a storage shared by the processes")
         ctxm = mp.get_context("spawn")
