@@ -18,7 +18,7 @@ from dse.search.context import EmulatorEvaluator
 from dse.search.deadline import Deadline, RunTimeout
 from dse.search.study import SearchContext, SearchSettings, run_search
 
-from tests.fakes import FakeEvaluator, fake_energy, fake_space
+from tests.fakes import FakeEvaluator, FixedPredictor, fake_energy, fake_space
 
 BATCH_S = 0.02
 
@@ -172,8 +172,8 @@ def test_surrogate_single_layer_runs_in_a_trial_stop_at_the_deadline(tmp_path):
     ev = EmulatorEvaluator(emu, Labels(300), batch_size=30, deadline=deadline)  # one change: 10 batches, 0.5 s
     sur = LogitSurrogate(lambda c: ev.logits(c, 0, 300), np.zeros(300, dtype=np.int64))
     ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=FakeEvaluator(1000, 1),
-                        energy=fake_energy, predictor=sur.raw_loss, baseline={"float": {"search": 1.0, "holdout": 1.0}},
-                        info={"model": "fake"}, deadline=deadline)
+                        energy=fake_energy, predictor=FixedPredictor(sur.raw_loss),
+                        baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"}, deadline=deadline)
     res, t0 = _run_until(tmp_path, ctx, seed_uniform=False)  # from trial 1 on every trial asks the predictor
     assert emu.starts and not [s for s in emu.starts if s >= deadline.at] and sur.measured == 0
     assert time.time() - t0 < deadline.at - t0 + emu.batch_s + 1.5  # generous: a shared machine
