@@ -118,9 +118,9 @@ def _run_until(tmp_path, ctx, n_trials=400, **settings):
 
 
 def test_holdout_checks_stop_at_the_deadline(tmp_path, capsys):
-    """A hold-out check takes 4 s (16 chunks of 0.25 s) and the deadline passes during the first one (in a trial): it is
-    cut at the deadline (the trial keeps its search result, unchecked), no hold-out chunk starts after it, the final check
-    checks nothing more, and the run ends within one chunk; the results and `dse report` say that no best is
+    """A hold-out check takes 4 s (16 chunks of 0.25 s) and the deadline passes during the first one (in a trial): it
+    is cut at the deadline (the trial keeps its search result, unchecked), no hold-out chunk starts after it, the final
+    check checks nothing more, and the run ends within one chunk; the results and `dse report` say that no best is
     verified, why, and what to do."""
     deadline = Deadline.after(600)
 
