@@ -11,6 +11,8 @@
   activation quantizer and the layer output scaling of dse.quant, fused into one pass each.
 * Every loop releases the GIL and runs on ``threads`` OpenMP threads (work split over output rows/planes; each output
   is computed by one thread in a fixed order, so results do not depend on the thread count).
+* ``int_gemm(AT, Wp, fa, a_mode, gw, S, out, isa=None, threads=1)``: exact integer GEMM on int16 operand values
+  (``cy/int_gemm.h``): ``out[b, n, s] = sum_kk A'[kk, b * img + s] W'[n, kk]`` with per-pattern factor tables.
 * ``fsum_seq(P) -> float32[R]``: sequential FP32 row sums in ascending k.
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
   ``DSE_KERNEL_ISA`` (``scalar``, ``avx2``, ``avx512``) caps the level, e.g. to test the fallbacks.
@@ -19,7 +21,7 @@ import os
 
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
 
 cdef extern from "lut_kernel.h" nogil:
     int dse_cpu_level()
@@ -38,7 +40,13 @@ cdef extern from "lut_kernel.h" nogil:
                         const float *bias, float *y, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 
+cdef extern from "int_gemm.h" nogil:
+    int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, int64_t K, int64_t M, int64_t N,
+                     int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
+                     int64_t ld_img, int64_t ld_n, int nt)
+
 ISA_NAMES = ("scalar", "avx2", "avx512")
+INT_GEMM_MODES = ("table", "u8", "s8")
 _HW_LEVEL = dse_cpu_level()
 
 
@@ -196,6 +204,42 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, const float[::1] w_
         with nogil:
             dse_dequantize(&acc[0, 0, 0], R, N, S, a_scale, &w_scale[0], &bias[0], &y[0, 0, 0], max(1, threads))
     return out
+
+
+def int_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
+             const int16_t[:, ::1] gw, int64_t S, int64_t[:, :, :] out, isa=None, int threads=1):
+    """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
+    ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
+    uint8[K, M] (M = B * img) and the t columns of the int16 tables ``fa``, ``gw`` [256, t]. ``a_mode``: "table"
+    (fa' = fa), "u8"/"s8" (t = 1 and fa'[p] = the unsigned/signed value of pattern p; ``fa`` unused). ``S`` >= every
+    |term| of the call, 2 S < 2^31 (the int32 accumulation segment is floor((2^31 - 1) / S) terms). Returns the ISA
+    level name used."""
+    cdef int level = _level(isa)
+    cdef int64_t K = AT.shape[0], M = AT.shape[1], N = Wp.shape[0], t = gw.shape[1]
+    cdef int mode = INT_GEMM_MODES.index(a_mode)
+    if Wp.shape[1] != K:
+        raise ValueError(f"int_gemm: AT has K={K} rows but Wp has {Wp.shape[1]} columns")
+    if gw.shape[0] != 256 or fa.shape[0] != 256 or (mode == 0 and fa.shape[1] != t) or (mode != 0 and t != 1):
+        raise ValueError("int_gemm: tables must be [256, t] (t = 1 for the u8/s8 modes)")
+    if out.shape[1] != N or out.shape[0] * out.shape[2] != M:
+        raise ValueError(f"int_gemm: out {tuple(out.shape)[:3]} does not hold [M / img, N, img] with M={M}, N={N}")
+    if not 1 <= S <= 2 ** 30 - 1:
+        raise ValueError(f"int_gemm: term bound S={S} out of range (1 .. 2^30 - 1)")
+    if out.shape[2] > 1 and out.strides[2] != 8 or out.strides[0] % 8 or out.strides[1] % 8:
+        raise ValueError("int_gemm: out must have unit stride along its last axis")
+    cdef int rc = 0
+    if M == 0 or N == 0:
+        return ISA_NAMES[level]
+    if K == 0:
+        for b in range(out.shape[0]):
+            out[b, :, :] = 0
+        return ISA_NAMES[level]
+    with nogil:
+        rc = dse_int_gemm(level, &AT[0, 0], M, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0], S, &out[0, 0, 0],
+                          out.shape[2], out.strides[0] // 8, out.strides[1] // 8, max(1, threads))
+    if rc != 0:
+        raise MemoryError("int_gemm: scratch buffers could not be allocated")
+    return ISA_NAMES[level]
 
 
 def fsum_seq(const float[:, ::1] P):

@@ -18,11 +18,14 @@ Public API (stable; other modules call only these):
   port, numpy broadcasting over the leading axes; one ``gemm_int`` / ``gemm_float`` per leading index.
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
 
-``path``: "auto" picks per multiplier: "exact" (BLAS; only for multipliers whose error table is zero), "lowrank"
+``path``: "auto" picks per multiplier: "exact" (only for multipliers whose error table is zero), "lowrank"
 (t GEMMs on per-operand gathers with exact integer factors LUT = F @ G.T -- t = 1 for perforation, truncation, DRUM,
-Ax-BxP -- in float32 on K-chunks whose partial sums are provably <= 2^24, else float64 with K * S < 2^53; if no such
-integer plan is proven, exact GEMM + r GEMMs with float64 error-table factors, rounded, when the a-priori rounding
-bound is < 0.25; else it falls back to "lut"), "rows" (any table whose entries span < 2^16 per weight pattern or
+Ax-BxP; if no such integer plan is proven, exact GEMM + r GEMMs with float64 error-table factors, rounded, when the
+a-priori rounding bound is < 0.25; else it falls back to "lut"). Both run on the integer GEMM kernel
+(``cy/int_gemm.h``: int16 operands, vpmaddwd pair sums, int32 accumulation segments bounded by the largest term,
+int64 results) whenever the factors fit int16 and one pair of terms fits int32 (the exact product and every separable
+family); other integer factors take float32 BLAS on K-chunks whose partial sums are provably <= 2^24, else float64
+with K * S < 2^53 (``_factor_gemm``), "rows" (any table whose entries span < 2^16 per weight pattern or
 per activation pattern: for every k-step and tile of 32 output rows a 256-row table of the 32 selected table columns
 is built, then each position adds one table row -- 8 products per SIMD add instead of one gather per product; AVX2 or
 portable code; it falls back to "lut" for wider tables), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
@@ -163,6 +166,7 @@ class _Prepared:
     _lowrank: object = field(default=False)  # False = not computed yet
     _intf: object = field(default=False)
     _rows: object = field(default=False)
+    _int16: object = field(default=False)
 
     @property
     def rows(self) -> "_RowTables":
@@ -178,6 +182,14 @@ class _Prepared:
             err = self.lut - np.multiply.outer(self.a_vals, _W_VALS)
             self._lowrank = decompose_verified(err, LOWRANK_MAX_RANK)
         return self._lowrank
+
+    @property
+    def int16(self) -> "_Int16Plan | None":
+        """The integer GEMM kernel's operands: the exact product, or the integer factors F, G when they fit int16
+        and one pair of terms fits int32 over every pattern (None otherwise)."""
+        if self._int16 is False:
+            self._int16 = _int16_plan(self)
+        return self._int16
 
     @property
     def intf(self) -> IntFactors | None:
@@ -210,6 +222,36 @@ def _offset_table(T: np.ndarray) -> _OffsetTable | None:
 
 
 _W_VALS = np.where(np.arange(256) >= 128, np.arange(256) - 256, np.arange(256)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Int16Plan:
+    """Operands of dse._kernels.int_gemm (cy/int_gemm.h): out = sum_{k, j} fa[a_k, j] gw[w_k, j] on int16 values."""
+
+    fa: np.ndarray  # int16[256, t] (unused for the "u8"/"s8" modes: the pattern's own value)
+    gw: np.ndarray  # int16[256, t]
+    a_mode: str  # "table", "u8" or "s8"
+    S: int  # max over all patterns of sum_j |fa[a, j]| |gw[w, j]|: bound on every term (2 S < 2^31)
+    fac: IntFactors  # the factors as int64 (fa, gw), for the exactness plan of the call
+
+
+def _int16_plan(prep: "_Prepared") -> _Int16Plan | None:
+    signed = bool(prep.a_vals[255] < 0)
+    if prep.is_exact:
+        fac = IntFactors(prep.a_vals[:, None], _W_VALS[:, None])
+        mode = "s8" if signed else "u8"
+    else:
+        fac = prep.intf
+        mode = "table"
+        if fac is None or fac.rank == 0:
+            return None
+    if max(np.abs(fac.F).max(), np.abs(fac.G).max()) >= 2 ** 15:
+        return None
+    S = _term_bound(fac.F, fac.G, np.arange(256), np.arange(256))
+    if not 1 <= S or 2 * S >= 2 ** 31:
+        return None
+    return _Int16Plan(np.ascontiguousarray(fac.F.astype(np.int16)), np.ascontiguousarray(fac.G.astype(np.int16)),
+                      mode, S, fac)
 _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -357,6 +399,14 @@ def map_split(fn, items: list) -> list:
 
 
 # ------------------------------------------------------------------------------------------------------- GEMM cores
+def _int_gemm(AT: np.ndarray, Wp: np.ndarray, plan: _Int16Plan, isa) -> np.ndarray:
+    """int64[N, M] = sum_{k, j} fa[AT[k, m], j] gw[Wp[n, k], j] by the integer GEMM kernel (int16 operands, int32
+    pair sums and accumulation segments, int64 result; exact: the plan's S bounds every term)."""
+    out = np.empty((1, Wp.shape[0], AT.shape[1]), dtype=np.int64)
+    _kernels.int_gemm(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
+    return out[0]
+
+
 def _gather(f: np.ndarray, AT: np.ndarray, a_vals: np.ndarray, out: np.ndarray) -> None:
     """out[...] = f[AT] (f int64[256] per pattern, AT uint8): a plain conversion when f is the value of the pattern,
     a byte translation when f fits 8 bits, else a float table gather."""
@@ -518,6 +568,10 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     """The chosen path's int64[N, M], or None when it wrote into ``into`` itself (the rows kernel)."""
     prep = _prepare(mult, a_signed)
     K = AT.shape[0]
+    plan = prep.int16 if path in ("auto", "exact", "lowrank") else None
+    if plan is not None and _int_plan_ok(plan.fac, K, plan.S) and select_path(mult, a_signed, K, path, isa) in (
+            "exact", "lowrank"):
+        return _int_gemm(AT, Wp, plan, isa)
     amax = None
     if path not in ("lut", "rows") and AT.size:
         amax = max(-int(AT.view(np.int8).min()), int(AT.view(np.int8).max())) if a_signed else int(AT.max())

@@ -1,0 +1,375 @@
+/* Exact integer GEMM on 16-bit operand values, with runtime ISA dispatch.
+ *
+ * out[n, m] = sum_kk A'[kk, m] * W'[n, kk]    (int64 result, exact)
+ *
+ * over the depth kk = k * t + j (k < K, j < t), with A'[kk, m] = fa[AT[k, m]][j] and W'[n, kk] = gw[Wp[n, k]][j]:
+ * per-operand int16 tables of the 8-bit patterns (t terms each; t = 1 and the pattern's value for the exact product,
+ * the integer factors F(a), G(w) of a separable multiplier table otherwise). The activation tables may be replaced
+ * by the pattern's own value (unsigned or signed 8-bit), which packs with SIMD widening instead of lookups.
+ *
+ * Layouts: AT uint8 [K, M] (activation patterns, row stride lda), Wp uint8 [N, K] (weight patterns, row stride K).
+ * out: element (n, m) at out[(m / img) * ld_img + n * ld_n + m % img], so the caller gets [B, N, S] conv outputs
+ * (img = S, ld_img = N S, ld_n = S) or [M, N] GEMM outputs (img = 1, ld_img = N, ld_n = 1) without a transposing
+ * copy.
+ *
+ * Method (GotoBLAS-style): weights are packed once into int16 pairs (kk, kk+1) of DSE_IG_NR output rows; for every
+ * block of DSE_IG_MC positions and DSE_IG_KCP depth pairs the activations are packed into int16 pair panels of MR
+ * positions; a register-blocked micro-kernel multiplies an NR x MR tile with vpmaddwd (int16 x int16 -> the int32
+ * sum of a pair of products; no saturation, unlike vpmaddubsw) into int32 accumulators.
+ * ISA levels (cy/lut_kernel.h: dse_cpu_level): 0 portable C (MR 16), 1 AVX2 (MR 16: 12 ymm accumulators), 2 AVX-512
+ * (BW used; MR 32: 12 zmm accumulators).
+ *
+ * Exactness: the caller passes S >= |A'[kk, m] W'[n, kk]| for every term of the call (e.g. max|a| * max|w|). The
+ * int32 accumulators take at most seg = floor((2^31 - 1) / S) terms (a multiple of two, and the pair sum of one
+ * vpmaddwd is <= 2 S <= 2^31 - 1, which the caller guarantees) before they are added into the int64 output, so no
+ * int32 lane can overflow; results are exact for any K with K t S < 2^63. Every output is computed by one thread in a
+ * fixed order over the depth: results do not depend on the thread count.
+ */
+#ifndef DSE_INT_GEMM_H
+#define DSE_INT_GEMM_H
+
+#include "lut_kernel.h"
+
+#define DSE_IG_NR 6     /* output rows (channels) per micro tile */
+#define DSE_IG_KCP 128  /* depth pairs per block: A block MC x 256 int16 (128 KiB) stays in L2, a W slice in L1 */
+#define DSE_IG_MC 256   /* output positions per block (a multiple of every MR) */
+#define DSE_IG_MRMAX 32
+
+/* activation operand modes */
+#define DSE_IG_TABLE 0 /* fa[pattern * t + j] */
+#define DSE_IG_U8 1    /* value = pattern (t = 1) */
+#define DSE_IG_S8 2    /* value = (int8_t)pattern (t = 1) */
+
+typedef void (*dse_ig_micro_fn)(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc, int acc);
+typedef void (*dse_ig_pack_fn)(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa, int mode,
+                               int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr, int16_t *dst);
+
+/* ------------------------------------------------------------------ packing */
+static inline int16_t dse_ig_aval(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa, int mode,
+                                  int64_t kk, int64_t m)
+{
+    if (kk >= K * (int64_t)t)
+        return 0;
+    if (mode == DSE_IG_U8)
+        return (int16_t)AT[kk * lda + m];
+    if (mode == DSE_IG_S8)
+        return (int16_t)(int8_t)AT[kk * lda + m];
+    const int64_t k = kk / t;
+    return fa[(int64_t)AT[k * lda + m] * t + (kk - k * t)];
+}
+
+/* dst[(q * kcp + p) * 2 mr + 2 c + h] = A'[2 (p0 + p) + h, m0 + q mr + c] for the mv valid positions (0 beyond). */
+static void dse_ig_pack_a_scalar(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa, int mode,
+                                 int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr, int16_t *dst)
+{
+    const int64_t np = (mv + mr - 1) / mr;
+    for (int64_t q = 0; q < np; q++) {
+        const int64_t cv = (mv - q * mr < mr) ? mv - q * mr : mr;
+        for (int64_t p = 0; p < kcp; p++) {
+            int16_t *d = dst + (q * kcp + p) * 2 * mr;
+            for (int h = 0; h < 2; h++) {
+                const int64_t kk = 2 * (p0 + p) + h;
+                for (int64_t c = 0; c < cv; c++)
+                    d[2 * c + h] = dse_ig_aval(AT, lda, K, t, fa, mode, kk, m0 + q * mr + c);
+                for (int64_t c = cv; c < mr; c++)
+                    d[2 * c + h] = 0;
+            }
+        }
+    }
+}
+
+/* The same with 16-position SIMD chunks where both depth rows exist and the operand is the pattern's value. */
+DSE_T_AVX2 static void dse_ig_pack_a_avx2(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa,
+                                          int mode, int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr,
+                                          int16_t *dst)
+{
+    if (mode == DSE_IG_TABLE) {
+        dse_ig_pack_a_scalar(AT, lda, K, t, fa, mode, p0, kcp, m0, mv, mr, dst);
+        return;
+    }
+    const int64_t full = mv - mv % mr; /* positions in full panels */
+    const int64_t pfull = (K / 2 - p0 < kcp) ? (K / 2 - p0 > 0 ? K / 2 - p0 : 0) : kcp; /* pairs with both rows */
+    for (int64_t q = 0; q < full / mr; q++) {
+        for (int64_t p = 0; p < pfull; p++) {
+            const uint8_t *r0 = AT + 2 * (p0 + p) * lda + m0 + q * mr;
+            int16_t *d = dst + (q * kcp + p) * 2 * mr;
+            for (int c = 0; c < mr; c += 16) {
+                const __m128i x0 = _mm_loadu_si128((const __m128i *)(r0 + c));
+                const __m128i x1 = _mm_loadu_si128((const __m128i *)(r0 + lda + c));
+                const __m128i lo = _mm_unpacklo_epi8(x0, x1), hi = _mm_unpackhi_epi8(x0, x1);
+                __m256i wl, wh;
+                if (mode == DSE_IG_S8) {
+                    wl = _mm256_cvtepi8_epi16(lo);
+                    wh = _mm256_cvtepi8_epi16(hi);
+                } else {
+                    wl = _mm256_cvtepu8_epi16(lo);
+                    wh = _mm256_cvtepu8_epi16(hi);
+                }
+                _mm256_storeu_si256((__m256i *)(d + 2 * c), wl);
+                _mm256_storeu_si256((__m256i *)(d + 2 * c + 16), wh);
+            }
+        }
+        for (int64_t p = pfull; p < kcp; p++) { /* odd K: the last pair has one row */
+            int16_t *d = dst + (q * kcp + p) * 2 * mr;
+            for (int h = 0; h < 2; h++)
+                for (int64_t c = 0; c < mr; c++)
+                    d[2 * c + h] = dse_ig_aval(AT, lda, K, t, fa, mode, 2 * (p0 + p) + h, m0 + q * mr + c);
+        }
+    }
+    if (full < mv)
+        dse_ig_pack_a_scalar(AT, lda, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr,
+                             dst + (full / mr) * kcp * 2 * mr);
+}
+
+/* Wpk[(nt * KP + p) * 2 NR + 2 r + h] = W'[nt NR + r, 2 p + h] (0 beyond N or the depth). */
+static void dse_ig_pack_w(const uint8_t *Wp, int64_t K, int64_t N, int t, const int16_t *gw, int64_t nt,
+                          int64_t KP, int16_t *Wpk)
+{
+    int16_t *base = Wpk + nt * KP * 2 * DSE_IG_NR;
+    for (int r = 0; r < DSE_IG_NR; r++) {
+        const int64_t n = nt * DSE_IG_NR + r;
+        const uint8_t *w = Wp + n * K;
+        int16_t *d = base + 2 * r;
+        if (n >= N) {
+            for (int64_t p = 0; p < KP; p++)
+                d[p * 2 * DSE_IG_NR] = d[p * 2 * DSE_IG_NR + 1] = 0;
+        } else if (t == 1) {
+            for (int64_t p = 0; p < K / 2; p++) {
+                d[p * 2 * DSE_IG_NR] = gw[w[2 * p]];
+                d[p * 2 * DSE_IG_NR + 1] = gw[w[2 * p + 1]];
+            }
+            if (K % 2) {
+                d[(K / 2) * 2 * DSE_IG_NR] = gw[w[K - 1]];
+                d[(K / 2) * 2 * DSE_IG_NR + 1] = 0;
+            }
+        } else {
+            for (int64_t kk = 0; kk < 2 * KP; kk++) {
+                const int64_t k = kk / t;
+                d[(kk / 2) * 2 * DSE_IG_NR + kk % 2] = k < K ? gw[(int64_t)w[k] * t + (kk - k * t)] : 0;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ micro-kernels: C[r, c] (+)= sum_p pairs */
+#define DSE_IG_MR_SCALAR 16
+static void dse_ig_micro_scalar(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc, int acc)
+{
+    int32_t c[DSE_IG_NR][DSE_IG_MR_SCALAR];
+    memset(c, 0, sizeof(c));
+    for (int64_t p = 0; p < kcp; p++) {
+        const int16_t *a = A + p * 2 * DSE_IG_MR_SCALAR, *b = B + p * 2 * DSE_IG_NR;
+        for (int r = 0; r < DSE_IG_NR; r++) {
+            const int32_t b0 = b[2 * r], b1 = b[2 * r + 1];
+            for (int j = 0; j < DSE_IG_MR_SCALAR; j++)
+                c[r][j] += a[2 * j] * b0 + a[2 * j + 1] * b1;
+        }
+    }
+    for (int r = 0; r < DSE_IG_NR; r++)
+        for (int j = 0; j < DSE_IG_MR_SCALAR; j++)
+            C[r * ldc + j] = acc ? C[r * ldc + j] + c[r][j] : c[r][j];
+}
+
+#define DSE_IG_MR_AVX2 16
+/* The k-loop is written in assembly: 12 accumulators + 2 activation vectors + 1 broadcast weight pair + 1 product
+ * use all 16 ymm registers, which gcc's allocator does not manage without spilling accumulators every step. */
+#define DSE_IG_A2_PAIR(off, x, y)                                                                                  \
+    "vpbroadcastd " #off "(%[b]), %%ymm14\n\t"                                                                   \
+    "vpmaddwd %%ymm14, %%ymm12, %%ymm15\n\t"                                                                     \
+    "vpaddd %%ymm15, %[" #x "], %[" #x "]\n\t"                                                                   \
+    "vpmaddwd %%ymm14, %%ymm13, %%ymm15\n\t"                                                                     \
+    "vpaddd %%ymm15, %[" #y "], %[" #y "]\n\t"
+
+DSE_T_AVX2 static void dse_ig_micro_avx2(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc,
+                                         int acc)
+{
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    if (kcp > 0) {
+        const int16_t *a = A, *b = B;
+        int64_t n = kcp;
+        __asm__ volatile(".p2align 4\n"
+                         "1:\n\t"
+                         "vmovdqu (%[a]), %%ymm12\n\t"
+                         "vmovdqu 32(%[a]), %%ymm13\n\t"
+                         DSE_IG_A2_PAIR(0, c00, c01) DSE_IG_A2_PAIR(4, c10, c11) DSE_IG_A2_PAIR(8, c20, c21)
+                         DSE_IG_A2_PAIR(12, c30, c31) DSE_IG_A2_PAIR(16, c40, c41) DSE_IG_A2_PAIR(20, c50, c51)
+                         "add $64, %[a]\n\t"
+                         "add $24, %[b]\n\t"
+                         "dec %[n]\n\t"
+                         "jnz 1b\n\t"
+                         : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11), [c20] "+x"(c20),
+                           [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31), [c40] "+x"(c40), [c41] "+x"(c41),
+                           [c50] "+x"(c50), [c51] "+x"(c51), [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)
+                         :
+                         : "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+    }
+    __m256i cs[DSE_IG_NR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int r = 0; r < DSE_IG_NR; r++) {
+        __m256i *o = (__m256i *)(C + r * ldc);
+        if (acc) {
+            cs[r][0] = _mm256_add_epi32(cs[r][0], _mm256_loadu_si256(o));
+            cs[r][1] = _mm256_add_epi32(cs[r][1], _mm256_loadu_si256(o + 1));
+        }
+        _mm256_storeu_si256(o, cs[r][0]);
+        _mm256_storeu_si256(o + 1, cs[r][1]);
+    }
+}
+
+#define DSE_T_512BW __attribute__((target("avx512f,avx512bw")))
+#define DSE_IG_MR_512 32
+#define DSE_IG_512_ROW(r)                                                                                          \
+    do {                                                                                                           \
+        const __m512i w = _mm512_set1_epi32(b[r]);                                                                 \
+        c##r##0 = _mm512_add_epi32(c##r##0, _mm512_madd_epi16(a0, w));                                            \
+        c##r##1 = _mm512_add_epi32(c##r##1, _mm512_madd_epi16(a1, w));                                            \
+    } while (0)
+#define DSE_IG_512_STORE(r)                                                                                        \
+    do {                                                                                                           \
+        int32_t *o = C + r * ldc;                                                                                  \
+        if (acc) {                                                                                                 \
+            c##r##0 = _mm512_add_epi32(c##r##0, _mm512_loadu_si512(o));                                           \
+            c##r##1 = _mm512_add_epi32(c##r##1, _mm512_loadu_si512(o + 16));                                      \
+        }                                                                                                          \
+        _mm512_storeu_si512(o, c##r##0);                                                                           \
+        _mm512_storeu_si512(o + 16, c##r##1);                                                                      \
+    } while (0)
+
+DSE_T_512BW static void dse_ig_micro_512(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc,
+                                         int acc)
+{
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int64_t p = 0; p < kcp; p++) {
+        const __m512i a0 = _mm512_loadu_si512(A + p * 64);
+        const __m512i a1 = _mm512_loadu_si512(A + p * 64 + 32);
+        const int32_t *b = (const int32_t *)(B + p * 2 * DSE_IG_NR);
+        DSE_IG_512_ROW(0);
+        DSE_IG_512_ROW(1);
+        DSE_IG_512_ROW(2);
+        DSE_IG_512_ROW(3);
+        DSE_IG_512_ROW(4);
+        DSE_IG_512_ROW(5);
+    }
+    DSE_IG_512_STORE(0);
+    DSE_IG_512_STORE(1);
+    DSE_IG_512_STORE(2);
+    DSE_IG_512_STORE(3);
+    DSE_IG_512_STORE(4);
+    DSE_IG_512_STORE(5);
+}
+
+/* ------------------------------------------------------------------ driver */
+typedef struct {
+    const uint8_t *AT, *Wp;
+    int64_t lda, K, M, N, KP;
+    int t, mode;
+    const int16_t *fa, *Wpk;
+    int64_t img, ld_img, ld_n;
+    int64_t kcp, seg_blocks; /* depth pairs per block; blocks per int32 segment */
+    int mr;
+    dse_ig_micro_fn micro;
+    dse_ig_pack_fn pack;
+    int64_t *out;
+} dse_ig_plan;
+
+/* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block. */
+static void dse_ig_flush(const dse_ig_plan *P, const int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
+                         int64_t mv, int add)
+{
+    for (int64_t n = n0; n < n1; n++) {
+        const int32_t *c = C32 + (n - n0) * ldc;
+        int64_t b = m0 / P->img, s = m0 % P->img;
+        int64_t *o = P->out + b * P->ld_img + n * P->ld_n;
+        for (int64_t i = 0; i < mv; i++) {
+            if (add)
+                o[s] += c[i];
+            else
+                o[s] = c[i];
+            if (++s == P->img) {
+                s = 0;
+                o += P->ld_img;
+            }
+        }
+    }
+}
+
+/* One task: positions [m0, m0 + mv) and tile rows [nt0, nt1). Apk, C32: the calling thread's scratch. */
+static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt0, int64_t nt1, int16_t *Apk,
+                        int32_t *C32)
+{
+    const int64_t npan = (mv + P->mr - 1) / P->mr, ldc = npan * P->mr;
+    const int64_t nblk = (P->KP + P->kcp - 1) / P->kcp;
+    const int64_t n0 = nt0 * DSE_IG_NR, n1 = (nt1 * DSE_IG_NR < P->N) ? nt1 * DSE_IG_NR : P->N;
+    for (int64_t kb = 0; kb < nblk; kb++) {
+        const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
+        const int first = kb % P->seg_blocks == 0;
+        P->pack(P->AT, P->lda, P->K, P->t, P->fa, P->mode, p0, kcp, m0, mv, P->mr, Apk);
+        for (int64_t nt = nt0; nt < nt1; nt++) {
+            const int16_t *B = P->Wpk + (nt * P->KP + p0) * 2 * DSE_IG_NR;
+            int32_t *C = C32 + (nt - nt0) * DSE_IG_NR * ldc;
+            for (int64_t q = 0; q < npan; q++)
+                P->micro(Apk + q * kcp * 2 * P->mr, B, kcp, C + q * P->mr, ldc, !first);
+        }
+        if ((kb + 1) % P->seg_blocks == 0 || kb + 1 == nblk)
+            dse_ig_flush(P, C32, ldc, n0, n1, m0, mv, kb >= P->seg_blocks);
+    }
+}
+
+/* Returns 0, or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be < 2^31). */
+static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, int64_t K, int64_t M, int64_t N,
+                        int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
+                        int64_t ld_img, int64_t ld_n, int nt)
+{
+    if (S < 1 || 2 * S > 2147483647LL)
+        return -2;
+    dse_ig_plan P;
+    P.AT = AT, P.Wp = Wp, P.lda = lda, P.K = K, P.M = M, P.N = N, P.t = t, P.mode = mode, P.fa = fa;
+    P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out;
+    P.KP = (K * t + 1) / 2;
+    const int64_t seg_pairs = 2147483647LL / (2 * S);
+    P.kcp = seg_pairs < DSE_IG_KCP ? seg_pairs : DSE_IG_KCP;
+    P.seg_blocks = seg_pairs / P.kcp;
+    if (level >= DSE_ISA_AVX512) {
+        P.mr = DSE_IG_MR_512, P.micro = dse_ig_micro_512, P.pack = dse_ig_pack_a_avx2;
+    } else if (level == DSE_ISA_AVX2) {
+        P.mr = DSE_IG_MR_AVX2, P.micro = dse_ig_micro_avx2, P.pack = dse_ig_pack_a_avx2;
+    } else {
+        P.mr = DSE_IG_MR_SCALAR, P.micro = dse_ig_micro_scalar, P.pack = dse_ig_pack_a_scalar;
+    }
+    const int64_t NT = (N + DSE_IG_NR - 1) / DSE_IG_NR;
+    const int64_t mc = M < DSE_IG_MC ? (M + P.mr - 1) / P.mr * P.mr : DSE_IG_MC;
+    const int64_t nmb = (M + mc - 1) / mc;
+    /* split the tile rows too when there are fewer position blocks than threads */
+    const int64_t nch = nmb >= nt ? 1 : ((nt + nmb - 1) / nmb < NT ? (nt + nmb - 1) / nmb : NT);
+    const int64_t tpc = (NT + nch - 1) / nch;
+    int16_t *Wpk = (int16_t *)malloc((size_t)(NT * P.KP * 2 * DSE_IG_NR) * sizeof(int16_t));
+    if (!Wpk)
+        return -1;
+    P.Wpk = Wpk;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < NT; i++)
+            dse_ig_pack_w(Wp, K, N, t, gw, i, P.KP, Wpk);
+        int16_t *Apk = (int16_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 2) * sizeof(int16_t));
+        int32_t *C32 = (int32_t *)aligned_alloc(64, (size_t)(tpc * DSE_IG_NR * mc) * sizeof(int32_t));
+        if (dse_team_allocated(&fail, Apk && C32)) {
+#pragma omp for schedule(static)
+            for (int64_t task = 0; task < nmb * nch; task++) {
+                const int64_t mb = task / nch, ch = task % nch;
+                const int64_t m0 = mb * mc, mv = (M - m0 < mc) ? M - m0 : mc;
+                const int64_t nt0 = ch * tpc, nt1 = (nt0 + tpc < NT) ? nt0 + tpc : NT;
+                if (nt0 < nt1)
+                    dse_ig_task(&P, m0, mv, nt0, nt1, Apk, C32);
+            }
+        }
+        free(Apk);
+        free(C32);
+    }
+    free(Wpk);
+    return fail ? -1 : 0;
+}
+
+#endif
