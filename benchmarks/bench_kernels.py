@@ -1,5 +1,7 @@
 """Kernel throughput (GMAC/s, one thread) on ResNet-like shapes: fp32 BLAS baseline vs our exact / lowrank / LUT paths
-(every ISA level) / row-table paths (AVX2 and portable) vs the numpy take-gather reference.
+(every ISA level) / row-table paths (AVX2 and portable) vs the numpy take-gather reference. The exact and lowrank
+paths run on the integer GEMM kernel (cy/int_gemm.h); the "float BLAS" columns force the float path they replaced
+(float32 BLAS on K-chunks of float-converted operands, float64 chunk sums) for comparison.
 
 Run:  python benchmarks/bench_kernels.py [--repeats 5]
 Single thread: OMP/OPENBLAS/MKL thread counts are set to 1 below, before numpy is imported. Each figure is the median
@@ -19,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from dse import _kernels  # noqa: E402
 from dse import kernels as K  # noqa: E402
-from dse.arith.multipliers import EXACT, Multiplier, pattern_values  # noqa: E402
+from dse.arith.multipliers import EXACT, Multiplier, get_multiplier, pattern_values  # noqa: E402
 
 
 def mitchell_table(a_signed, w_signed):
@@ -47,6 +49,20 @@ SHAPES = [  # name, kind, (B, C, H, W, Cout, k, pad, groups) or (M, K, N)
     ("dwconv3x3 64 32x32 b32", "conv", (32, 64, 32, 32, 64, 3, 1, 64)),
     ("gemm 1024x1024x256", "gemm", (1024, 1024, 256)),
 ]
+
+
+DRUM6 = get_multiplier("drum6")  # separable with a table factor F(a): the int kernel's lookup packing
+
+
+def float_blas(fn):
+    """fn run with the integer GEMM kernel disabled: exact/lowrank take the float BLAS factor GEMM (the path before)."""
+    def run():
+        saved, K._int_plan = K._int_plan, lambda *a: None
+        try:
+            return fn()
+        finally:
+            K._int_plan = saved
+    return run
 
 
 def timeit(fn, repeats):
@@ -110,7 +126,10 @@ def main():
 
         res = {"fp32 BLAS": macs / timeit(fp32, args.repeats) / 1e9,
                "exact": macs / timeit(lambda: run(EXACT, "exact"), args.repeats) / 1e9,
-               "lowrank(perf r=1)": macs / timeit(lambda: run(PERF, "lowrank"), args.repeats) / 1e9}
+               "exact float BLAS": macs / timeit(float_blas(lambda: run(EXACT, "exact")), args.repeats) / 1e9,
+               "lowrank(perf r=1)": macs / timeit(lambda: run(PERF, "lowrank"), args.repeats) / 1e9,
+               "lowrank(drum6 r=1)": macs / timeit(lambda: run(DRUM6, "lowrank"), args.repeats) / 1e9,
+               "drum6 float BLAS": macs / timeit(float_blas(lambda: run(DRUM6, "lowrank")), args.repeats) / 1e9}
         for isa in reversed(levels):
             res[f"lut {isa}"] = macs / timeit(lambda: run(MITCHELL, "lut", isa), args.repeats) / 1e9
         for isa in ("avx2", "scalar") if "avx2" in levels else ("scalar",):

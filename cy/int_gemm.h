@@ -58,19 +58,57 @@ static inline int16_t dse_ig_aval(const uint8_t *AT, int64_t lda, int64_t K, int
     return fa[(int64_t)AT[k * lda + m] * t + (kk - k * t)];
 }
 
+/* One pair-row of a panel: d[2 c + h] = value of row_h[c] for c < cv, 0 beyond and for a missing row (t = 1). */
+static inline void dse_ig_pack_pair(const uint8_t *r0, const uint8_t *r1, const int16_t *fa, int mode, int64_t cv,
+                                    int mr, int16_t *d)
+{
+    if (r1 && mode == DSE_IG_TABLE) {
+        for (int64_t c = 0; c < cv; c++) {
+            d[2 * c] = fa[r0[c]];
+            d[2 * c + 1] = fa[r1[c]];
+        }
+        for (int64_t c = 2 * cv; c < 2 * mr; c++)
+            d[c] = 0;
+        return;
+    }
+    const uint8_t *rows[2] = {r0, r1};
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *r = rows[h];
+        if (!r)
+            for (int64_t c = 0; c < cv; c++)
+                d[2 * c + h] = 0;
+        else if (mode == DSE_IG_TABLE)
+            for (int64_t c = 0; c < cv; c++)
+                d[2 * c + h] = fa[r[c]];
+        else if (mode == DSE_IG_S8)
+            for (int64_t c = 0; c < cv; c++)
+                d[2 * c + h] = (int8_t)r[c];
+        else
+            for (int64_t c = 0; c < cv; c++)
+                d[2 * c + h] = r[c];
+    }
+    for (int64_t c = 2 * cv; c < 2 * mr; c++)
+        d[c] = 0;
+}
+
 /* dst[(q * kcp + p) * 2 mr + 2 c + h] = A'[2 (p0 + p) + h, m0 + q mr + c] for the mv valid positions (0 beyond). */
 static void dse_ig_pack_a_scalar(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa, int mode,
                                  int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr, int16_t *dst)
 {
     const int64_t np = (mv + mr - 1) / mr;
-    for (int64_t q = 0; q < np; q++) {
-        const int64_t cv = (mv - q * mr < mr) ? mv - q * mr : mr;
-        for (int64_t p = 0; p < kcp; p++) {
+    for (int64_t p = 0; p < kcp; p++) { /* along the rows of AT: every depth row is read once, sequentially */
+        for (int64_t q = 0; q < np; q++) {
+            const int64_t cv = (mv - q * mr < mr) ? mv - q * mr : mr;
             int16_t *d = dst + (q * kcp + p) * 2 * mr;
+            const int64_t kk = 2 * (p0 + p);
+            if (t == 1) {
+                const uint8_t *r0 = AT + kk * lda + m0 + q * mr;
+                dse_ig_pack_pair(r0, kk + 1 < K ? r0 + lda : NULL, fa, mode, cv, mr, d);
+                continue;
+            }
             for (int h = 0; h < 2; h++) {
-                const int64_t kk = 2 * (p0 + p) + h;
                 for (int64_t c = 0; c < cv; c++)
-                    d[2 * c + h] = dse_ig_aval(AT, lda, K, t, fa, mode, kk, m0 + q * mr + c);
+                    d[2 * c + h] = dse_ig_aval(AT, lda, K, t, fa, mode, kk + h, m0 + q * mr + c);
                 for (int64_t c = cv; c < mr; c++)
                     d[2 * c + h] = 0;
             }
@@ -83,14 +121,14 @@ DSE_T_AVX2 static void dse_ig_pack_a_avx2(const uint8_t *AT, int64_t lda, int64_
                                           int mode, int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr,
                                           int16_t *dst)
 {
-    if (mode == DSE_IG_TABLE) {
+    if (mode == DSE_IG_TABLE) { /* lookups: no SIMD byte-to-int16 table on AVX2 */
         dse_ig_pack_a_scalar(AT, lda, K, t, fa, mode, p0, kcp, m0, mv, mr, dst);
         return;
     }
     const int64_t full = mv - mv % mr; /* positions in full panels */
     const int64_t pfull = (K / 2 - p0 < kcp) ? (K / 2 - p0 > 0 ? K / 2 - p0 : 0) : kcp; /* pairs with both rows */
-    for (int64_t q = 0; q < full / mr; q++) {
-        for (int64_t p = 0; p < pfull; p++) {
+    for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
+        for (int64_t q = 0; q < full / mr; q++) {
             const uint8_t *r0 = AT + 2 * (p0 + p) * lda + m0 + q * mr;
             int16_t *d = dst + (q * kcp + p) * 2 * mr;
             for (int c = 0; c < mr; c += 16) {
@@ -109,13 +147,11 @@ DSE_T_AVX2 static void dse_ig_pack_a_avx2(const uint8_t *AT, int64_t lda, int64_
                 _mm256_storeu_si256((__m256i *)(d + 2 * c + 16), wh);
             }
         }
-        for (int64_t p = pfull; p < kcp; p++) { /* odd K: the last pair has one row */
-            int16_t *d = dst + (q * kcp + p) * 2 * mr;
-            for (int h = 0; h < 2; h++)
-                for (int64_t c = 0; c < mr; c++)
-                    d[2 * c + h] = dse_ig_aval(AT, lda, K, t, fa, mode, 2 * (p0 + p) + h, m0 + q * mr + c);
-        }
     }
+    for (int64_t p = pfull; p < kcp; p++) /* odd K: the last pair has one row */
+        for (int64_t q = 0; q < full / mr; q++)
+            dse_ig_pack_pair(AT + 2 * (p0 + p) * lda + m0 + q * mr, NULL, fa, mode, mr, mr,
+                             dst + (q * kcp + p) * 2 * mr);
     if (full < mv)
         dse_ig_pack_a_scalar(AT, lda, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr,
                              dst + (full / mr) * kcp * 2 * mr);

@@ -35,7 +35,7 @@ cdef extern from "lut_kernel.h" nogil:
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int32_t maxabs, int mode,
                     int a_signed, int64_t *out, int nt)
-    void dse_quantize(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
+    void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
     void dse_dequantize(const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
                         const float *bias, float *y, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
@@ -180,15 +180,17 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, const in
     return out
 
 
-def quantize(const float[::1] x, float scale, bint signed, int threads=1):
-    """uint8 patterns of clip(rint(x / scale), qmin, qmax) (float32 division; [-128, 127] or [0, 255])."""
+def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=None):
+    """uint8 patterns of clip(rint(x / scale), qmin, qmax) (float32 division; [-128, 127] or [0, 255]); AVX2 at
+    level avx2 and above (8 values per step, same bits), scalar code below."""
+    cdef int level = _level(isa)
     cdef int64_t n = x.shape[0]
     out = np.empty(n, dtype=np.uint8)
     cdef uint8_t[::1] q = out
     cdef int lo = -128 if signed else 0, hi = 127 if signed else 255
     if n:
         with nogil:
-            dse_quantize(&x[0], n, scale, lo, hi, &q[0], max(1, threads))
+            dse_quantize(level, &x[0], n, scale, lo, hi, &q[0], max(1, threads))
     return out
 
 

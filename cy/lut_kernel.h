@@ -728,13 +728,46 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
 /* ------------------------------------------------------------------ fused FxP8 quantize / dequantize */
 /* q[i] = clip(rint(x[i] / s), lo, hi) as the pattern byte (float32 division, round half to even as rintf in the
  * default rounding mode; NaN -> 0). Same bits as numpy's clip(rint(float32(x) / float32(s))). */
-static void dse_quantize(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
+static inline uint8_t dse_quantize1(float x, float s, int lo, int hi)
 {
+    float v = rintf(x / s);
+    int iv = v != v ? 0 : (v < (float)lo ? lo : (v > (float)hi ? hi : (int)v));
+    return (uint8_t)(iv & 0xFF);
+}
+
+/* The same 8 values at a time: vdivps, vroundps to nearest even, clamp, NaN -> 0 (max/min return the bound for a
+ * NaN, the ordered mask then clears it). */
+DSE_T_AVX2 static void dse_quantize_avx2(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q)
+{
+    const __m256 vs = _mm256_set1_ps(s), vlo = _mm256_set1_ps((float)lo), vhi = _mm256_set1_ps((float)hi);
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), vs),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256 ord = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
+        v = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(v, vlo), vhi), ord);
+        const __m256i b = _mm256_shuffle_epi8(_mm256_cvtps_epi32(v), pick); /* low byte of each lane */
+        const uint32_t b0 = (uint32_t)_mm256_extract_epi32(b, 0), b1 = (uint32_t)_mm256_extract_epi32(b, 4);
+        memcpy(q + i, &b0, 4);
+        memcpy(q + i + 4, &b1, 4);
+    }
+    for (; i < n; i++)
+        q[i] = dse_quantize1(x[i], s, lo, hi);
+}
+
+static void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
+{
+    const int64_t chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float v = rintf(x[i] / s);
-        int iv = v != v ? 0 : (v < (float)lo ? lo : (v > (float)hi ? hi : (int)v));
-        q[i] = (uint8_t)(iv & 0xFF);
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t i0 = c * chunk, i1 = (n - i0 < chunk) ? n : i0 + chunk;
+        if (level >= DSE_ISA_AVX2)
+            dse_quantize_avx2(x + i0, i1 - i0, s, lo, hi, q + i0);
+        else
+            for (int64_t i = i0; i < i1; i++)
+                q[i] = dse_quantize1(x[i], s, lo, hi);
     }
 }
 

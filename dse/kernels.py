@@ -242,9 +242,10 @@ def _int16_plan(prep: "_Prepared") -> _Int16Plan | None:
         mode = "s8" if signed else "u8"
     else:
         fac = prep.intf
-        mode = "table"
         if fac is None or fac.rank == 0:
             return None
+        # F(a) = a (perforation: a * G(w)) packs like the exact product
+        mode = ("s8" if signed else "u8") if fac.rank == 1 and np.array_equal(fac.F[:, 0], prep.a_vals) else "table"
     if max(np.abs(fac.F).max(), np.abs(fac.G).max()) >= 2 ** 15:
         return None
     S = _term_bound(fac.F, fac.G, np.arange(256), np.arange(256))
@@ -399,12 +400,24 @@ def map_split(fn, items: list) -> list:
 
 
 # ------------------------------------------------------------------------------------------------------- GEMM cores
-def _int_gemm(AT: np.ndarray, Wp: np.ndarray, plan: _Int16Plan, isa) -> np.ndarray:
-    """int64[N, M] = sum_{k, j} fa[AT[k, m], j] gw[Wp[n, k], j] by the integer GEMM kernel (int16 operands, int32
-    pair sums and accumulation segments, int64 result; exact: the plan's S bounds every term)."""
-    out = np.empty((1, Wp.shape[0], AT.shape[1]), dtype=np.int64)
-    _kernels.int_gemm(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
-    return out[0]
+def _int_plan(mult: Multiplier, a_signed: bool, K: int, path: str, isa) -> _Int16Plan | None:
+    """The integer GEMM kernel's plan when a call of reduction length K takes path "exact" or "lowrank" and the
+    kernel is exact for it (the int16 plan exists and K * S < 2^53 as for the integer factor plan), else None."""
+    if path not in ("auto", "exact", "lowrank"):
+        return None
+    plan = _prepare(mult, a_signed).int16
+    if plan is None or not _int_plan_ok(plan.fac, K, plan.S):
+        return None
+    return plan if select_path(mult, a_signed, K, path, isa) in ("exact", "lowrank") else None
+
+
+def _int_gemm(AT: np.ndarray, Wp: np.ndarray, plan: _Int16Plan, isa, out: np.ndarray | None = None):
+    """sum_{k, j} fa[AT[k, m], j] gw[Wp[n, k], j] by the integer GEMM kernel (int16 operands, int32 pair sums and
+    accumulation segments, int64 result; exact: the plan's S bounds every term): int64[N, M], or None after writing
+    it into ``out`` [M / P, N, P] (m = b * P + p; the strided view of a ``_Dest``, e.g. a conv output's channels)."""
+    res = np.empty((1, Wp.shape[0], AT.shape[1]), dtype=np.int64) if out is None else out
+    _kernels.int_gemm(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, res, _isa_name(isa), get_threads())
+    return res[0] if out is None else None
 
 
 def _gather(f: np.ndarray, AT: np.ndarray, a_vals: np.ndarray, out: np.ndarray) -> None:
@@ -528,12 +541,15 @@ class _Dest:
     P: int
     ldb: int
 
+    def view(self, N: int, M: int) -> np.ndarray:
+        """The destination of an [N, M] result as a strided int64 view [M / P, N, P]."""
+        return np.lib.stride_tricks.as_strided(self.buf[self.offset:], (M // self.P, N, self.P),
+                                               (self.ldb * 8, self.P * 8, 8), writeable=True)
+
     def put(self, res: np.ndarray) -> None:
         """Copy a finished [N, M] result into place (paths that do not write into the layout themselves)."""
         N, M = res.shape
-        view = np.lib.stride_tricks.as_strided(self.buf[self.offset:], (M // self.P, N, self.P),
-                                               (self.ldb * 8, self.P * 8, 8), writeable=True)
-        view[...] = res.reshape(N, M // self.P, self.P).transpose(1, 0, 2)
+        self.view(N, M)[...] = res.reshape(N, M // self.P, self.P).transpose(1, 0, 2)
 
 
 def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None,
@@ -568,10 +584,9 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     """The chosen path's int64[N, M], or None when it wrote into ``into`` itself (the rows kernel)."""
     prep = _prepare(mult, a_signed)
     K = AT.shape[0]
-    plan = prep.int16 if path in ("auto", "exact", "lowrank") else None
-    if plan is not None and _int_plan_ok(plan.fac, K, plan.S) and select_path(mult, a_signed, K, path, isa) in (
-            "exact", "lowrank"):
-        return _int_gemm(AT, Wp, plan, isa)
+    plan = _int_plan(mult, a_signed, K, path, isa)
+    if plan is not None:
+        return _int_gemm(AT, Wp, plan, isa, None if into is None else into.view(Wp.shape[0], AT.shape[1]))
     amax = None
     if path not in ("lut", "rows") and AT.size:
         amax = max(-int(AT.view(np.int8).min()), int(AT.view(np.int8).max())) if a_signed else int(AT.max())

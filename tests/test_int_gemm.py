@@ -76,8 +76,8 @@ def test_exact_path_crosses_the_int32_segment(a_val, w_val, signed):
 
 
 def test_exact_and_separable_tables_run_on_the_int_kernel(monkeypatch):
-    """path "exact" and "lowrank" of the separable families (one int16 factor term) use dse._kernels.int_gemm; a
-    table whose factors leave int16 keeps the float BLAS factor GEMM."""
+    """path "exact" and "lowrank" of the separable families (one int16 factor term) use dse._kernels.int_gemm
+    (perforation's F(a) = a in the exact product's packing mode); factors beyond int16 have no int16 plan."""
     used = []
     monkeypatch.setattr(K._kernels, "int_gemm", lambda *a, f=K._kernels.int_gemm: used.append(a[3]) or f(*a))
     rng = np.random.default_rng(0)
@@ -89,7 +89,8 @@ def test_exact_and_separable_tables_run_on_the_int_kernel(monkeypatch):
             path = "exact" if name == "exact" else "lowrank"
             used.clear()
             assert np.array_equal(K.gemm_int(a, w, mult, signed, path=path), K.reference_gemm_int(a, w, mult, signed))
-            assert used == [("s8" if signed else "u8") if name == "exact" else "table"], (name, signed)
+            identity = name in ("exact", "perf_j1_k2")  # F(a) = a: packed like the exact product
+            assert used == [("s8" if signed else "u8") if identity else "table"], (name, signed)
     fac = K._prepare(get_multiplier("axbxp_k2_w2_a2_static"), False).intf
     assert K._int16_plan(SimpleNamespace(a_vals=np.arange(256), is_exact=False, intf=fac)) is not None  # G <= 2048
     wide = SimpleNamespace(a_vals=np.arange(256), is_exact=False, intf=K.IntFactors(fac.F, fac.G * 16))  # G 2^15

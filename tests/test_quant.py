@@ -215,3 +215,18 @@ def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
         _K.set_threads(None)
     ref = reference_dequantize(acc, layer)
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("isa", _K._kernels.isa_levels())
+def test_quantize_every_isa_level_matches_numpy(isa):
+    """The AVX2 quantizer (8 values per step) and the scalar one give numpy's bits: ties, clamps, -0.0, infinities,
+    NaN (pattern 0), a length that is no multiple of 8 and crosses the 2^16-value thread chunks, 1 and 2 threads."""
+    rng = np.random.default_rng(7)
+    scale = np.float32(0.037)
+    x = (rng.standard_normal(3 * 2 ** 16 + 13) * 200 * scale).astype(np.float32)
+    x[::7] = (rng.integers(-300, 300, x[::7].shape) + 0.5) * scale
+    x[:6] = [np.inf, -np.inf, -0.0, 1e30, -1e30, np.nan]
+    for signed in (False, True):
+        ref = reference_quantize_act(np.nan_to_num(x, nan=0.0), float(scale), signed).view(np.uint8)
+        for threads in (1, 2):
+            assert np.array_equal(_K._kernels.quantize(x, scale, signed, threads, isa), ref), (signed, threads)
