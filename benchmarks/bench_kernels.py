@@ -3,9 +3,10 @@
 paths run on the integer GEMM kernel (cy/int_gemm.h); the "float BLAS" columns force the float path they replaced
 (float32 BLAS on K-chunks of float-converted operands, float64 chunk sums) for comparison.
 
-Run:  python benchmarks/bench_kernels.py [--repeats 5]
+Run:  python benchmarks/bench_kernels.py [--repeats 5] [--cpu-time]
 Single thread: OMP/OPENBLAS/MKL thread counts are set to 1 below, before numpy is imported. Each figure is the median
-of --repeats timed runs after one warm-up run. The numpy gather reference runs on a batch-2 slice of each conv (same
+of --repeats timed runs after one warm-up run; wall-clock time, or with --cpu-time the process's CPU time (the
+kernels then run on one thread, so this is the time of that thread: steadier on a machine shared with other jobs). The numpy gather reference runs on a batch-2 slice of each conv (same
 per-MAC work, it is ~100x slower); GMAC/s always counts the MACs actually computed.
 """
 import os
@@ -65,23 +66,32 @@ def float_blas(fn):
     return run
 
 
+CLOCK = time.perf_counter
+
+
 def timeit(fn, repeats):
     fn()
     ts = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(CLOCK() - t)
     return statistics.median(ts)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cpu-time", action="store_true", help="time with the process's CPU time instead of wall time")
     args = ap.parse_args()
+    global CLOCK
+    if args.cpu_time:
+        K.set_threads(1)
+        CLOCK = time.process_time
     rng = np.random.default_rng(0)
     levels = _kernels.isa_levels()
-    print(f"hardware ISA: {_kernels.hardware_isa()}; levels run: {', '.join(levels)}; repeats: {args.repeats} (median)")
+    print(f"hardware ISA: {_kernels.hardware_isa()}; levels run: {', '.join(levels)}; repeats: {args.repeats} (median); "
+          f"{'CPU' if args.cpu_time else 'wall'} time; load average {os.getloadavg()[0]:.2f} at start")
     rows = []
     for name, kind, p in SHAPES:
         if kind == "conv":
