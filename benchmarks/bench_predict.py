@@ -160,7 +160,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
                           "uniform": _scores(_fit_predict(cand, r0 + rn, list(y_fit0) + list(y_near), ru), y_uni),
                           "setup_only_near": _scores(_fit_predict(cand, r0, y_fit0, rn[half:]), y_near[half:])}
     # before: old fit set, the raw surrogate loss alone (the soft feature zeroed)
-    raw = lambda cfgs: [np.array([sur.raw_loss(c), 0.0]) for c in cfgs]  # noqa: E731
+    raw = lambda cfgs: [np.array([sur.raw_loss(c), 0.0, 0.0]) for c in cfgs]  # noqa: E731
     before = surrogate_candidate(sur)
     out["before"] = {"near": _scores(_fit_predict(before, raw(old), y_old, raw(near[half:])), y_near[half:]),
                      "uniform": _scores(_fit_predict(before, raw(old), y_old, raw(uni)), y_uni)}
@@ -168,7 +168,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
                      "near": {"loss": y_near.tolist(), **_feature_lists(cands, near)},
                      "uniform": {"loss": y_uni.tolist(), **_feature_lists(cands, uni)}}
     m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
-    out["surrogate_model"] = {"c": m.c, "a": m.a, "b": m.b}
+    out["surrogate_model"] = {"c": m.c, "w": list(m.w)}
     return out
 
 
@@ -193,7 +193,8 @@ def table(r: dict) -> str:
         lines.append(f"| {kind}, set-up fit only | {_fmt(r[kind]['setup_only_near'])} | - |")
     m = r["surrogate_model"]
     lines.append("")
-    lines.append(f"Surrogate loss model on all points: {m['a']:.3g} r / (1 + {m['c']:.3g} r) + {m['b']:.3g} soft.")
+    lines.append(f"Surrogate loss model on all points: {m['w'][0]:.3g} r / (1 + {m['c']:.3g} r) + {m['w'][1]:.3g} soft "
+                 f"+ {m['w'][2]:.3g} rms.")
     return "\n".join(lines)
 
 

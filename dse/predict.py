@@ -26,8 +26,9 @@ a fixed set of images when only that layer is approximate (the same single-layer
 configuration's logits are predicted as the exact logits plus the sum of its layers' changes (first-order
 perturbation), image by image, and its loss is the accuracy of those logits below the exact network's on the same
 images. Summed changes overshoot large losses and a raw loss moves in whole images, so :class:`LossModel` maps two
-features, the raw surrogate loss ``r`` and a smooth margin-based soft loss, through the monotone
-``a r / (1 + c r) + b soft`` (``a, b, c >= 0`` fitted on emulated configurations).
+features, the raw surrogate loss ``r``, a smooth margin-based soft loss and the RMS margin change with each layer's
+gain divided out, through the monotone ``w0 r / (1 + c r) + w1 soft + w2 rms`` (``w, c >= 0`` fitted on emulated
+configurations).
 
 :class:`PredictorGate` refits the candidates (AME, surrogate) on every measured point as the search's trials arrive,
 keeps the one of better leave-one-out quality, and lets the search skip with it only while it passes the gate.
@@ -343,6 +344,7 @@ class LogitSurrogate:
         self.acc_exact = float(np.mean(self.exact.argmax(1) == self.labels))
         self._deltas: dict[tuple, np.ndarray] = {}
         self._m0: np.ndarray | None = None
+        self._scale_free_cache: dict[tuple, np.ndarray] = {}
         if state is not None:
             if state.deltas.shape[1:] != self.exact.shape or len(state.choices) != len(state.deltas):
                 raise DseError(f"surrogate state: {len(state.choices)} choices, changes of shape "
@@ -404,17 +406,36 @@ class LogitSurrogate:
         return logits[rows, self.labels] - other.max(axis=1)
 
     def features(self, config: dict) -> np.ndarray:
-        """``[raw loss, soft loss]`` of ``config`` (the inputs of :class:`LossModel`). The soft loss is the expected
-        loss when every image's predicted margin is uncertain by the configuration's own RMS margin change ``s``
-        (first-order error grows with the perturbation): ``mean Phi(-m / s) - mean Phi(-m0 / s)``. It is smooth in
-        the configuration where the raw loss moves in steps of one image."""
+        """``[raw loss, soft loss, scale-free RMS margin change]`` of ``config`` (the inputs of :class:`LossModel`).
+        The soft loss is the expected loss when every image's predicted margin is uncertain by the configuration's own
+        RMS margin change ``s`` (first-order error grows with the perturbation): ``mean Phi(-m / s) - mean Phi(-m0 /
+        s)``; it is smooth where the raw loss moves in steps of one image. The third is the RMS change of the margins
+        when each layer's gain is divided out of its change before summing (:meth:`_scale_free`)."""
         logits = self.logits(config)
         if self._m0 is None:
             self._m0 = self.margins(self.exact)
         m, m0 = self.margins(logits), self._m0
         s = float(np.sqrt(np.mean((m - m0) ** 2)))
         soft = 0.0 if s == 0 else float(np.mean(norm.cdf(-m / s)) - np.mean(norm.cdf(-m0 / s)))
-        return np.array([self.acc_exact - self.accuracy(logits), soft])
+        z = self.exact.copy()
+        for name, lc in config.items():
+            if lc.multiplier != "exact":
+                z += self._scale_free(name, lc)
+        rms = float(np.sqrt(np.mean((self.margins(z) - m0) ** 2)))
+        return np.array([self.acc_exact - self.accuracy(logits), soft, rms])
+
+    def _scale_free(self, layer: str, lc: LayerConfig) -> np.ndarray:
+        """The single-layer change with the layer's per-image gain divided out: ``(exact + delta) / g - exact``,
+        ``g`` the least-squares gain of the approximate logits on the exact ones (positive gains only; a biased
+        multiplier scales the logits, and scales compose by product, not by sum)."""
+        key = (layer, lc.multiplier, bool(lc.cv))
+        d = self._scale_free_cache.get(key)
+        if d is None:
+            approx = self.exact + self.delta(layer, lc)
+            g = np.sum(approx * self.exact, 1, keepdims=True) / np.maximum(np.sum(self.exact ** 2, 1, keepdims=True),
+                                                                              1e-30)
+            d = self._scale_free_cache[key] = approx / np.where(g > 0.05, g, 1.0) - self.exact
+        return d
 
 
 @dataclass
@@ -427,20 +448,24 @@ class SurrogateState:
     deltas: np.ndarray
 
 
-def _nnls2(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative least squares with two unknowns from the normal equations, vectorised over leading axes:
-    ``ata [..., 2, 2]``, ``aty [..., 2]``, ``yty [...]`` -> (coefficients [..., 2], SSE [...]). The KKT points are
-    enumerated (both free, one free, none), which is exact for two unknowns."""
-    det = ata[..., 0, 0] * ata[..., 1, 1] - ata[..., 0, 1] ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        both = np.stack([(ata[..., 1, 1] * aty[..., 0] - ata[..., 0, 1] * aty[..., 1]) / det,
-                         (ata[..., 0, 0] * aty[..., 1] - ata[..., 0, 1] * aty[..., 0]) / det], -1)
-        only = [np.stack([aty[..., 0] / ata[..., 0, 0], np.zeros_like(det)], -1),
-                np.stack([np.zeros_like(det), aty[..., 1] / ata[..., 1, 1]], -1)]
-    best_c, best_sse = np.zeros_like(aty), yty.copy()
-    for c in [both, *only]:
-        c = np.where(np.isfinite(c), c, -1.0)
-        ok = np.all(c >= 0, axis=-1)
+def _subsets(k: int) -> list[np.ndarray]:
+    """Every non-empty subset of ``k`` columns as an index array."""
+    return [np.flatnonzero([(s >> j) & 1 for j in range(k)]) for s in range(1, 2 ** k)]
+
+
+def _nnls(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative least squares from the normal equations, vectorised over leading axes: ``ata [..., k, k]``,
+    ``aty [..., k]``, ``yty [...]`` -> (coefficients [..., k], SSE [...]). Every support is solved unconstrained and
+    the feasible solution of least SSE kept: the NNLS optimum is the least-squares fit on its own support, so this
+    enumeration is exact (k is small: a handful of features)."""
+    k = aty.shape[-1]
+    best_c, best_sse = np.zeros_like(aty), np.array(yty, dtype=float, copy=True)
+    for idx in _subsets(k):
+        sub = np.linalg.pinv(ata[..., idx[:, None], idx[None, :]])
+        cs = np.einsum("...ij,...j->...i", sub, aty[..., idx])
+        c = np.zeros_like(aty)
+        c[..., idx] = cs
+        ok = np.all(cs >= 0, axis=-1)
         sse = yty - 2 * np.sum(c * aty, -1) + np.einsum("...i,...ij,...j->...", c, ata, c)
         better = ok & (sse < best_sse - 1e-18)
         best_c = np.where(better[..., None], c, best_c)
@@ -450,50 +475,51 @@ def _nnls2(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarra
 
 @dataclass(frozen=True)
 class LossModel:
-    """Predicted loss from the surrogate's features ``[raw, soft]`` (:meth:`LogitSurrogate.features`):
-    ``a r / (1 + c r) + b soft`` with ``a, b, c >= 0``, so it is non-decreasing in both features. Summed single-layer
-    changes overshoot large losses; ``c`` bends them back, ``b`` lets the smooth soft loss carry what the raw loss
-    (whole images) cannot resolve."""
+    """Predicted loss from the surrogate's features ``[raw, soft, gain-normalised RMS]``
+    (:meth:`LogitSurrogate.features`): ``w0 r / (1 + c r) + w1 soft + w2 rms`` with every ``w >= 0`` and ``c >= 0``,
+    so it is non-decreasing in each feature. Summed single-layer changes overshoot large losses; ``c`` bends them
+    back, the smooth features carry what the raw loss (whole images) cannot resolve."""
 
     c: float = 0.0
-    a: float = 1.0
-    b: float = 0.0
+    w: tuple = (1.0, 0.0, 0.0)
     C_GRID = (0.0, *np.geomspace(0.5, 1000.0, 24).tolist())   # 1 / fraction; 1000: flat beyond about 0.1 pp
 
     def __call__(self, features) -> float:
-        r, soft = float(features[0]), float(features[1])
-        return self.a * r / (1.0 + self.c * max(r, 0.0)) + self.b * soft
+        f = np.asarray(features, float)
+        r = float(f[0])
+        return float(self.w[0] * r / (1.0 + self.c * max(r, 0.0)) + np.dot(self.w[1:], f[1:]))
 
     @staticmethod
     def _design(X: np.ndarray) -> np.ndarray:
-        """[c, points, 2]: the two columns for every c of the grid."""
+        """[c, points, features]: the bent raw loss for every c of the grid, then the other features."""
         r = X[:, 0]
         c = np.asarray(LossModel.C_GRID)[:, None]
-        return np.stack([r[None, :] / (1.0 + c * np.maximum(r[None, :], 0.0)),
-                         np.broadcast_to(X[:, 1], (c.size, r.size))], -1)
+        bent = r[None, :] / (1.0 + c * np.maximum(r[None, :], 0.0))
+        rest = np.broadcast_to(X[None, :, 1:], (c.size,) + X[:, 1:].shape)
+        return np.concatenate([bent[..., None], rest], -1)
 
     @classmethod
     def fit(cls, X, y) -> "LossModel":
-        """Least squares over ``a, b >= 0`` for every ``c`` of a log grid, the best ``c`` kept."""
+        """Least squares over ``w >= 0`` for every ``c`` of a log grid, the best ``c`` kept."""
         X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
-        if X.shape[0] < 2 or X.shape != (y.size, 2):
-            raise DseError(f"LossModel.fit: need at least 2 points of 2 features and their losses, got {X.shape}")
+        if X.shape[0] < 2 or X.shape[0] != y.size:
+            raise DseError(f"LossModel.fit: need at least 2 feature rows and their losses, got {X.shape}")
         A = cls._design(X)
-        coef, sse = _nnls2(np.einsum("cni,cnj->cij", A, A), np.einsum("cni,n->ci", A, y),
-                           np.full(len(cls.C_GRID), float(y @ y)))
+        coef, sse = _nnls(np.einsum("cni,cnj->cij", A, A), np.einsum("cni,n->ci", A, y),
+                          np.full(len(cls.C_GRID), float(y @ y)))
         k = int(np.argmin(sse))
-        return cls(float(cls.C_GRID[k]), float(coef[k, 0]), float(coef[k, 1]))
+        return cls(float(cls.C_GRID[k]), tuple(float(v) for v in coef[k]))
 
     @classmethod
     def loo_predictions(cls, X, y) -> np.ndarray:
         """Leave-one-out predictions of :meth:`fit` (each point predicted by the model fitted without it), computed
         by downdating the normal equations: the same numbers as refitting n times, in one vectorised pass."""
         X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
-        A = cls._design(X)                                               # [c, n, 2]
+        A = cls._design(X)                                               # [c, n, k]
         outer = np.einsum("cni,cnj->cnij", A, A)
-        ata = outer.sum(1, keepdims=True) - outer                        # [c, n, 2, 2] without point n
+        ata = outer.sum(1, keepdims=True) - outer                        # [c, n, k, k] without point n
         aty = (A * y[None, :, None]).sum(1, keepdims=True) - A * y[None, :, None]
-        coef, sse = _nnls2(ata, aty, float(y @ y) - y[None, :] ** 2)
+        coef, sse = _nnls(ata, aty, float(y @ y) - y[None, :] ** 2)
         k = np.argmin(sse, axis=0)                                       # best c per left-out point
         n = np.arange(y.size)
         return np.einsum("ni,ni->n", A[k, n], coef[k, n])

@@ -255,29 +255,42 @@ def test_surrogate_rejects_bad_logits():
         LogitSurrogate(lambda c: np.zeros((3, 2)), np.array([0, 1, 2]))
 
 
-def test_loss_model_recovers_saturation_and_a_second_feature():
+def test_loss_model_recovers_saturation_and_the_other_features():
     rng = np.random.default_rng(0)
     raw = np.linspace(0.0, 0.3, 14)
-    soft = rng.uniform(0.0, 0.05, raw.size)
-    X = np.stack([raw, soft], 1)
+    soft, rms = rng.uniform(0.0, 0.05, raw.size), rng.uniform(0.0, 2.0, raw.size)
+    X = np.stack([raw, soft, rms], 1)
     c_true = LossModel.C_GRID[10]
-    y = 0.8 * raw / (1 + c_true * raw) + 2.0 * soft
+    y = 0.8 * raw / (1 + c_true * raw) + 2.0 * soft + 0.01 * rms
     m = LossModel.fit(X, y)
-    assert (m.c, m.a, m.b) == pytest.approx((c_true, 0.8, 2.0), rel=1e-6)
+    assert (m.c, *m.w) == pytest.approx((c_true, 0.8, 2.0, 0.01), rel=1e-6)
     grid = np.linspace(-0.01, 0.5, 50)
-    assert np.all(np.diff([m([g, 0.01]) for g in grid]) > 0)            # monotone in the raw loss: ranks kept
-    up = LossModel.fit(np.stack([raw, 0 * raw], 1), raw * 1.1)
-    assert up.c == 0.0 and up.a == pytest.approx(1.1)                   # never an increasing bend (c >= 0)
+    assert np.all(np.diff([m([g, 0.01, 0.5]) for g in grid]) > 0)       # monotone in the raw loss: ranks kept
+    zero = np.zeros_like(raw)
+    up = LossModel.fit(np.stack([raw, zero, zero], 1), raw * 1.1)
+    assert up.c == 0.0 and up.w[0] == pytest.approx(1.1)                # never an increasing bend (c >= 0)
     neg = LossModel.fit(X, 0.5 * raw - 3.0 * soft)
-    assert neg.b == 0.0 and neg.a > 0                                   # coefficients stay >= 0
+    assert neg.w[1] == 0.0 and min(neg.w) >= 0 and neg.w[0] > 0         # coefficients stay >= 0
     with pytest.raises(DseError):
-        LossModel.fit([[0.1, 0.0]], [0.1])
+        LossModel.fit([[0.1, 0.0, 0.0]], [0.1])
+
+
+def test_nnls_enumeration_matches_scipy():
+    from scipy.optimize import nnls
+
+    from dse.predict import _nnls
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        A, y = rng.normal(size=(12, 3)), rng.normal(size=12)
+        coef, sse = _nnls(A.T @ A, A.T @ y, np.array(y @ y))
+        ref, rnorm = nnls(A, y)
+        assert coef == pytest.approx(ref, abs=1e-9) and float(sse) == pytest.approx(rnorm ** 2, abs=1e-9)
 
 
 def test_loss_model_leave_one_out_equals_refitting():
     rng = np.random.default_rng(1)
-    X = np.stack([rng.uniform(0, 0.2, 15), rng.uniform(0, 0.03, 15)], 1)
-    y = X[:, 0] / (1 + 20 * X[:, 0]) + X[:, 1] + rng.normal(0, 0.002, 15)
+    X = np.stack([rng.uniform(0, 0.2, 15), rng.uniform(0, 0.03, 15), rng.uniform(0, 1, 15)], 1)
+    y = X[:, 0] / (1 + 20 * X[:, 0]) + X[:, 1] + 0.002 * X[:, 2] + rng.normal(0, 0.002, 15)
     fast = LossModel.loo_predictions(X, y)
     slow = [LossModel.fit(np.delete(X, i, 0), np.delete(y, i))(X[i]) for i in range(15)]
     assert fast == pytest.approx(slow, abs=1e-12)
@@ -402,3 +415,17 @@ def test_cli_predict_real_lenet5(tmp_path, capsys):
     assert all(t["acc_std_source"] == "calibration" for t in d["layers"])
     v = d["validation"]
     assert v["n_holdout"] == 2 and v["speedup"] > 10 and 0 <= v["mae"] <= 1
+
+
+def test_scale_free_feature_sees_through_gains_that_the_sum_overshoots():
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(200, 4))
+    labels = exact.argmax(1)
+
+    def run(config):   # each approximate layer scales every logit by 0.4: no image changes class
+        return exact * 0.4 ** len([lc for lc in config.values() if lc.multiplier != "exact"])
+    sur = LogitSurrogate(run, labels)
+    cfg = {"a": LayerConfig("m1"), "b": LayerConfig("m1")}
+    raw, soft, rms = sur.features(cfg)
+    assert raw == pytest.approx(1.0)           # summed changes: exact (1 - 0.6 - 0.6) flips every image
+    assert rms == pytest.approx(0.0, abs=1e-9) and sur.accuracy(run(cfg)) == 1.0
