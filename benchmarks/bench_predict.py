@@ -80,14 +80,27 @@ def uniform_configs(space, n: int, rng, q_range=(0.0, 1.0)) -> list[dict]:
 
 
 def measure(ctx, cfgs: list[dict], exact: np.ndarray):
+    """Paired loss and its standard error of each configuration on all images, and its losses on the even and the
+    odd images (two independent halves: how well the measured losses rank themselves)."""
     from dse.search.racing import paired_stats
 
-    losses, ses = [], []
+    losses, ses, halves = [], [], []
     for c in cfgs:
-        st = paired_stats(exact, ctx.evaluator.correct(c, 0, exact.size))
+        hit = ctx.evaluator.correct(c, 0, exact.size)
+        st = paired_stats(exact, hit)
         losses.append(st.loss)
         ses.append(st.se)
-    return np.array(losses), np.array(ses)
+        halves.append([paired_stats(exact[h::2], hit[h::2]).loss for h in (0, 1)])
+    return np.array(losses), np.array(ses), np.array(halves)
+
+
+def split_half(halves: np.ndarray) -> float:
+    """Spearman of the two halves' losses, stepped up to the whole set (Spearman-Brown): the rank agreement a perfect
+    predictor could show against these noisy measurements."""
+    from dse.predict import spearman
+
+    r = spearman(halves[:, 0], halves[:, 1])
+    return 2 * r / (1 + r) if r > -1 else float("nan")
 
 
 def _scores(pred, y) -> dict:
@@ -142,7 +155,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
     n = ctx.evaluator.n_images
     t0 = time.perf_counter()
     exact = ctx.evaluator.correct({}, 0, n)
-    (y_near, se_near), (y_uni, se_uni) = measure(ctx, near, exact), measure(ctx, uni, exact)
+    (y_near, se_near, h_near), (y_uni, se_uni, h_uni) = measure(ctx, near, exact), measure(ctx, uni, exact)
     # the set-up's fit points as the search has them: accuracies on the surrogate's images
     y_fit0 = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in fit0])
     y_old = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in old])
@@ -150,8 +163,9 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
     out = {"budget": str(budget), "model": ctx.info["model"], "images": n, "surrogate_images": sur.n_images,
            "budget_loss": s.budget_loss, "layers": len(ctx.space.searchable), "setup_s": t_setup,
            "measure_s": t_measure, "near_loss": y_near.tolist(), "near_se": se_near.tolist(),
-           "uniform_loss": y_uni.tolist(), "uniform_se": se_uni.tolist(), "setup_info": ctx.info["predictor"]}
-    half = n_near // 2
+           "uniform_loss": y_uni.tolist(), "uniform_se": se_uni.tolist(), "setup_info": ctx.info["predictor"],
+           "split_half": {"near": split_half(h_near[half_of(n_near):]), "uniform": split_half(h_uni)}}
+    half = half_of(n_near)
     cands = gate_candidates(ctx.evaluator.emulator.qmodel.layers, ctx.space, sur)
     for cand in cands:
         r0, rn, ru = _rows(cand, fit0), _rows(cand, near), _rows(cand, uni)
@@ -172,6 +186,11 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
     return out
 
 
+def half_of(n_near: int) -> int:
+    """Near-budget points before this index only feed the refit; the rest are scored."""
+    return n_near // 2
+
+
 def _fmt(d: dict) -> str:
     return f"{d['spearman']:.3f} / {100 * d['mae']:.2f} pp (n {d['n']})"
 
@@ -186,6 +205,8 @@ def table(r: dict) -> str:
             f"{100 * np.median(se_u):.2f} pp); set-up {r['setup_s']:.0f} s, measuring {r['measure_s']:.0f} s")
     lines = [head, "", "| predictor | near budget, as trials arrive: Spearman / MAE | uniform random: Spearman / MAE |",
              "|---|---|---|",
+             f"| noise ceiling: split-half Spearman of the measured losses | {r['split_half']['near']:.3f} | "
+             f"{r['split_half']['uniform']:.3f} |",
              f"| before: surrogate, raw loss, old fit set | {_fmt(r['before']['near'])} | {_fmt(r['before']['uniform'])} |"]
     for kind in ("AME", "logit surrogate"):
         lines.append(f"| {kind}, refitted (set-up + earlier near-budget points) | {_fmt(r[kind]['near'])} | "
