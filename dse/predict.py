@@ -602,20 +602,25 @@ class PredictorGate:
         self.candidates, self.min_points = list(candidates), int(min_points)
         self._keys: set = set()
         self._losses: list[float] = []
+        self._provisional: list[bool] = []
         self._rows: dict[str, list] = {c.kind: [] for c in self.candidates}
         self._model: Callable | None = None
         self._best: Candidate | None = None
         self.state = GateState(None, 0, None, False, {})
 
-    def observe(self, points) -> str | None:
+    def observe(self, points, provisional: bool = False) -> str | None:
         """Add ``(key, config, loss)`` points not seen before (``key``: hashable identity, e.g. a trial number) and
-        refit; returns the gate's new line when it switched on or off (or changed predictor), else None."""
+        refit; returns the gate's new line when it switched on or off (or changed predictor), else None.
+        ``provisional`` points (the set-up's, measured on fewer images and away from where the search goes) are
+        used only until :data:`MIN_GATE_POINTS` other points exist; from then on the predictors are fitted and judged
+        on the search's own points alone."""
         new = [(k, c, float(loss)) for k, c, loss in points if k not in self._keys]
         if not new:
             return None
         for k, c, loss in new:
             self._keys.add(k)
             self._losses.append(loss)
+            self._provisional.append(bool(provisional))
             for cand in self.candidates:
                 self._rows[cand.kind].append(cand.features(c))
         before = (self.state.active, self.state.kind)
@@ -624,10 +629,12 @@ class PredictorGate:
 
     def _refit(self) -> None:
         y = np.asarray(self._losses)
+        final = [not p for p in self._provisional]
+        drop = sum(final) >= self.min_points   # enough of the search's own points: the provisional ones go
         best = None
         cands = {}
         for cand in self.candidates:
-            use = [i for i, r in enumerate(self._rows[cand.kind]) if r is not None]
+            use = [i for i, r in enumerate(self._rows[cand.kind]) if r is not None and (final[i] or not drop)]
             if len(use) < max(3, self.min_points):
                 continue
             X, yy = np.stack([self._rows[cand.kind][i] for i in use]), y[use]
@@ -641,7 +648,7 @@ class PredictorGate:
                 best = (rank, cand, q, model, len(use))
         if best is None:
             self._best, self._model = None, None
-            self.state = GateState(None, len(y), None, False, cands)
+            self.state = GateState(None, int(sum(final)) if drop else len(y), None, False, cands)
             return
         _, self._best, q, self._model, n = best
         self.state = GateState(self._best.kind, n, q, q.good_enough, cands)

@@ -192,3 +192,17 @@ def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_pa
             true_loss = exact.mean() - net.correct(cfg, 0, net.n_images).mean()
             assert true_loss > s.budget_loss  # what it skipped was infeasible
     assert seed_predicted_over > 0  # some seed was predicted infeasible and still emulated
+
+
+def test_provisional_set_up_points_give_way_to_the_searchs_own():
+    net, space = AdditiveLogitNet(), fake_space()
+    sur = _surrogate(net, 600)
+    truth = lambda c: float(net.correct({}, 0, 600).mean() - net.correct(c, 0, 600).mean())  # noqa: E731
+    gate = PredictorGate([surrogate_candidate(sur)])
+    noisy = np.random.default_rng(2)
+    gate.observe([(("fit", i), c, noisy.uniform(0, 0.3)) for i, c in enumerate(_cfgs(space, 12, 6))],
+                 provisional=True)
+    assert not gate.state.active and gate.state.points == 12    # set-up points that fit nothing: off
+    lines = [gate.observe([(i, c, truth(c))]) for i, c in enumerate(_cfgs(space, MIN_GATE_POINTS, 7))]
+    assert lines[-1] and "predictor on" in lines[-1] and not any(lines[:-1])
+    assert gate.state.points == MIN_GATE_POINTS and gate.state.quality.mean_error < 1e-9

@@ -23,7 +23,7 @@ from dse.search.study import SearchContext, SearchSettings, run_search
 
 SENSITIVITY_IMAGES = 300
 PREDICTOR_CONFIGS = 10
-FIT_CONFIGS = "few-layers"  # how the predictor's set-up configurations are drawn (part of the context-cache key)
+FIT_CONFIGS = "two-to-half-the-layers"  # how the predictor's set-up configurations are drawn (part of the context-cache key)
 MIN_PREDICTOR_CONFIGS = 4  # all-exact + 3: the fewest the quadratic accuracy model is fitted on
 PREDICTOR_STAGE = "predictor fit (AME and logit surrogate)"
 
@@ -328,7 +328,7 @@ def _float_baselines(graph, search, hold, progress) -> dict:
 
 
 def setup_fit_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_CONFIGS) -> list[dict]:
-    """The all-exact and ``n_configs`` random configurations of the space (table multipliers only, on 1 to half of
+    """The all-exact and ``n_configs`` random configurations of the space (table multipliers only, on 2 to half of
     the searchable layers) the predictors are first fitted on (deterministic in ``seed``)."""
     from dse.arith.multipliers import get_multiplier
 
@@ -337,8 +337,10 @@ def setup_fit_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_
     layers = [n for n in space.searchable if any(m in int_mults for m in space.choices[n].multipliers)]
     cfgs = [{}]
     for _ in range(n_configs if layers else 0):
-        # few approximate layers: the search's feasible region lies near the budget, not tens of pp beyond it
-        k = int(rng.integers(1, max(1, len(layers) // 2) + 1))
+        # few approximate layers: the search's feasible region lies near the budget, not tens of pp beyond it; at
+        # least two where there are two (a single-layer configuration is the surrogate's own measurement: exact)
+        lo = min(2, len(layers))
+        k = int(rng.integers(lo, max(lo, len(layers) // 2) + 1))
         cfg = {}
         for n in rng.choice(layers, size=k, replace=False):
             c = space.choices[str(n)]
@@ -390,7 +392,7 @@ def predictor_gate(candidates: list, sur, cfgs: list[dict], accs: list[float], n
     from dse.predict import PredictorGate
 
     gate = PredictorGate(candidates)
-    gate.observe([(("fit", i), c, sur.acc_exact - a) for i, (c, a) in enumerate(zip(cfgs, accs))])
+    gate.observe([(("fit", i), c, sur.acc_exact - a) for i, (c, a) in enumerate(zip(cfgs, accs))], provisional=True)
     st = gate.state
     info = {**st.to_dict(), "configs": len(cfgs), "images": n_images, "single_layer_changes": sur.measured}
     if note:
