@@ -610,7 +610,7 @@ class PredictorGate:
 
     def observe(self, points, provisional: bool = False) -> str | None:
         """Add ``(key, config, loss)`` points not seen before (``key``: hashable identity, e.g. a trial number) and
-        refit; returns the gate's new line when it switched on or off (or changed predictor), else None.
+        refit; returns the gate's new line when it switched on or off (or, while on, changed predictor), else None.
         ``provisional`` points (the set-up's, measured on fewer images and away from where the search goes) are
         used only until :data:`MIN_GATE_POINTS` other points exist; from then on the predictors are fitted and judged
         on the search's own points alone."""
@@ -623,9 +623,10 @@ class PredictorGate:
             self._provisional.append(bool(provisional))
             for cand in self.candidates:
                 self._rows[cand.kind].append(cand.features(c))
-        before = (self.state.active, self.state.kind)
+        before = (self.state.active, self.state.kind if self.state.active else None)
         self._refit()
-        return self.state.line() if (self.state.active, self.state.kind) != before else None
+        after = (self.state.active, self.state.kind if self.state.active else None)
+        return self.state.line() if after != before else None
 
     def _refit(self) -> None:
         y = np.asarray(self._losses)
