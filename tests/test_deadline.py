@@ -40,6 +40,20 @@ class SlowEmulator:
         return self.run(x, config, batch_size).argmax(1)
 
 
+class DeadlineAtFirstRun(SlowEmulator):
+    """SlowEmulator whose first approximate run moves ``deadline`` to 1.5 batches from now: that run is cut after two
+    batches, whatever the machine's speed before it."""
+
+    def __init__(self, deadline, batch_s):
+        super().__init__(batch_s)
+        self.deadline = deadline
+
+    def run(self, x, config, batch_size, cache=None, tag=None):
+        if config and not self.starts:
+            self.deadline.at = time.time() + 1.5 * self.batch_s
+        return super().run(x, config, batch_size)
+
+
 class Labels:
     """Dataset stand-in: n images, label 0."""
 
@@ -123,14 +137,7 @@ def test_holdout_checks_stop_at_the_deadline(tmp_path, capsys):
     check checks nothing more, and the run ends within one chunk; the results and `dse report` say that no best is
     verified, why, and what to do."""
     deadline = Deadline.after(600)
-
-    class FirstCheckSetsTheDeadline(SlowEmulator):
-        def run(self, x, config, batch_size, cache=None, tag=None):
-            if config and not self.starts:  # the first hold-out check is cut after two chunks
-                deadline.at = time.time() + 1.5 * self.batch_s
-            return super().run(x, config, batch_size)
-
-    emu = FirstCheckSetsTheDeadline(batch_s=0.25)
+    emu = DeadlineAtFirstRun(deadline, batch_s=0.25)  # the first hold-out check is cut after two chunks
     hold = EmulatorEvaluator(emu, Labels(4000), batch_size=256)
     ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=hold, energy=fake_energy,
                         baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
@@ -161,14 +168,7 @@ def test_surrogate_single_layer_runs_in_a_trial_stop_at_the_deadline(tmp_path):
     needs it; that run goes through the search evaluator and stops within one batch of the deadline (build_context
     wires it the same way)."""
     deadline = Deadline.after(600)
-
-    class FirstRunSetsTheDeadline(SlowEmulator):
-        def run(self, x, config, batch_size, cache=None, tag=None):
-            if config and not self.starts:  # the first single-layer run is cut after two batches
-                deadline.at = time.time() + 1.5 * self.batch_s
-            return super().run(x, config, batch_size)
-
-    emu = FirstRunSetsTheDeadline(batch_s=0.05)
+    emu = DeadlineAtFirstRun(deadline, batch_s=0.05)  # the first single-layer run is cut after two batches
     ev = EmulatorEvaluator(emu, Labels(300), batch_size=30, deadline=deadline)  # one change: 10 batches, 0.5 s
     sur = LogitSurrogate(lambda c: ev.logits(c, 0, 300), np.zeros(300, dtype=np.int64))
     ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=FakeEvaluator(1000, 1),
