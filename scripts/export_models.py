@@ -159,12 +159,9 @@ class Attention(nn.Module):
         return self.proj((a @ v).transpose(1, 2).reshape(b, t, d))
 
 
-class TimmAttention(nn.Module):
-    """timm's Attention: one qkv Linear, reshape (B, N, 3, H, D) and permute(2, 0, 3, 1, 4) (the batch on axis 1)."""
-
-    def __init__(self, d, heads):
-        super().__init__()
-        self.h, self.qkv, self.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+class TimmAttention(Attention):
+    """timm's Attention: the same layers, but reshape (B, N, 3, H, D) and permute(2, 0, 3, 1, 4) (the batch on axis
+    1) instead of three chunks."""
 
     def forward(self, x):
         b, t, d = x.shape
