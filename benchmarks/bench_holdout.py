@@ -59,6 +59,15 @@ def _holdout_loss(ctx, exact_hold, ua) -> float:
     return paired_stats(exact_hold, ctx.holdout.correct(cfg, 0, ctx.holdout.n_images)).loss
 
 
+def full_points(run_dir: Path) -> list[dict]:
+    """User attributes of the run's distinct full-fidelity trials cheaper than all-exact, cheapest first."""
+    study = rundir.load_study(run_dir)
+    full = [t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs
+            and t.user_attrs["energy"]["system"] < EXACT_ENERGY]
+    return sorted(full, key=lambda ua: ua["energy"]["system"])
+
+
 def run_one(budget: Path, seed: int, n_trials, workers, timeout_s, threads, run_dir: Path) -> dict:
     name = budget.name
     budget = reseeded(budget, seed, run_dir.parent)
@@ -69,11 +78,7 @@ def run_one(budget: Path, seed: int, n_trials, workers, timeout_s, threads, run_
     t0 = time.perf_counter()
     res = run_search(budget, s, factory, run_dir=run_dir, resume=False, progress=False)
     wall = time.perf_counter() - t0
-    study = rundir.load_study(run_dir)
-    full = [t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs
-            and t.user_attrs["energy"]["system"] < EXACT_ENERGY]
-    full.sort(key=lambda ua: ua["energy"]["system"])
+    full = full_points(run_dir)
     exact_hold = np.asarray(ctx.holdout.correct({}, 0, ctx.holdout.n_images), dtype=bool)
     out = {"budget": name, "seed": seed, "wall": wall, "trials": res["trials"]["complete"],
            "budget_loss": s.budget_loss, "mode": res["mode"]}

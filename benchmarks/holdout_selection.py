@@ -18,23 +18,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 
+from bench_holdout import full_points  # noqa: E402
 from bench_search import reseeded, settings_for  # noqa: E402
 from dse.layer_config import config_from_dict  # noqa: E402
-from dse.search import rundir  # noqa: E402
 from dse.search.context import build_context  # noqa: E402
-from dse.search.objective import ATTR_LOSS_UCB, EXACT_ENERGY  # noqa: E402
+from dse.search.objective import ATTR_LOSS_UCB  # noqa: E402
 from dse.search.racing import paired_stats  # noqa: E402
 from dse.search.study import run_search  # noqa: E402
 
 
 def first_pick(run_dir: Path, budget_loss: float) -> dict:
-    """User attributes of the cheapest full-fidelity configuration whose loss upper bound is within budget."""
-    full = [t.user_attrs for t in rundir.load_study(run_dir).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs
-            and t.user_attrs["energy"]["system"] < EXACT_ENERGY]
-    return min((ua for ua in full if ua[ATTR_LOSS_UCB] <= budget_loss), key=lambda ua: ua["energy"]["system"])
+    """User attributes of the cheapest full-fidelity configuration whose loss upper bound is within budget (the
+    ``margin`` pick of bench_holdout.py)."""
+    return next(ua for ua in full_points(run_dir) if ua[ATTR_LOSS_UCB] <= budget_loss)
 
 
 def pp(stats) -> tuple[float, float]:
