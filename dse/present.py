@@ -159,8 +159,9 @@ def search_result(res: dict) -> None:
                   f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {pp(h.get('loss'))} (holdout)")
     else:
         con.print(escape(res.get("no_best") or "no configuration passed the hold-out check"))
-    if res.get("check_note"):
-        con.print(escape(res["check_note"]))
+    for note in ("check_note", "baseline_note"):
+        if res.get(note):
+            con.print(escape(res[note]))
     line = predictor_line(res.get("info", {}).get("predictor") or {}, res.get("trials", {}))
     if line:
         con.print(line)
@@ -267,8 +268,9 @@ def report(summary: dict) -> None:
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))
     b = s["best"]
-    if s["check_note"]:
-        con.print(escape(s["check_note"]))
+    for note in ("check_note", "baseline_note"):
+        if s[note]:
+            con.print(escape(s[note]))
     if not b:
         con.print(escape(s["no_best"] or "no hold-out verified configuration yet"))
         return

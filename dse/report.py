@@ -131,6 +131,7 @@ def summarize(run: Run) -> dict:
                    "predictor_switches": predictor_switches(trials)},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
         "no_best": res.get("no_best"), "check_note": res.get("check_note"),
+        "baseline_note": res.get("baseline_note"),
     }
 
 

@@ -183,3 +183,44 @@ def test_surrogate_single_layer_runs_in_a_trial_stop_at_the_deadline(tmp_path):
     assert failed and "RunTimeout" in failed[-1].user_attrs["error"]
     # outside a trial (set-up) the same run is never interrupted
     assert deadline.passed() and sur.single_loss("conv2", LayerConfig("perf_2_2", True)) == 0.0
+
+
+class SlowExactToo(DeadlineAtFirstRun):
+    """DeadlineAtFirstRun whose exact runs are slow as well (a large hold-out split's FxP8-exact baseline)."""
+
+    def run(self, x, config, batch_size, cache=None, tag=None):
+        if not self.starts:
+            self.deadline.at = time.time() + 1.5 * self.batch_s
+        self.starts.append(time.time())
+        time.sleep(self.batch_s)
+        return np.zeros((len(x), 3), dtype=np.float32)
+
+
+def test_exact_holdout_baseline_stops_at_the_deadline(tmp_path, capsys):
+    """The hold-out split's FxP8-exact baseline (4 s: 16 chunks of 0.25 s) is the first thing a hold-out check computes;
+    the deadline passes during it: it is cut within one chunk, not run to the end for the check or for the results, whose
+    baseline says it was not measured, why, and what to do."""
+    deadline = Deadline.after(600)
+    emu = SlowExactToo(deadline, batch_s=0.25)
+    hold = EmulatorEvaluator(emu, Labels(4000), batch_size=256)
+    ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=hold, energy=fake_energy,
+                        baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
+                        deadline=deadline)
+    res, t0 = _run_until(tmp_path, ctx)
+    wall = time.time() - t0
+    assert emu.starts and not [s for s in emu.starts if s >= deadline.at] and len(emu.starts) < 16
+    assert wall < deadline.at - t0 + emu.batch_s + 1.5  # generous: a shared machine
+    assert res["baseline"]["fxp8"]["holdout"] is None and res["baseline"]["fxp8"]["search"] is not None
+    assert "[search] timeout_s reached" in res["baseline_note"] and "re-run the same command" in res["baseline_note"]
+    s = summarize(load_run(tmp_path / "run"))
+    assert s["baseline_note"] == res["baseline_note"]
+    present.report(s)
+    present.search_result(res)
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("FxP8-exact accuracy not measured") == 2
+    # resumed with time to spare: the baseline and a verified best are measured
+    ctx.deadline = Deadline.after(600)
+    res = run_search(tmp_path / "b.toml", SearchSettings(budget_loss=0.01, n_trials=res["trials"]["complete"],
+                                                         workers=1, fidelities=[0]),
+                     lambda: ctx, run_dir=tmp_path / "run", progress=False)
+    assert res["baseline"]["fxp8"]["holdout"] == 1.0 and "baseline_note" not in res and res["best"]["verified"]

@@ -83,23 +83,44 @@ class Objective:
             self._exact = np.asarray(self.evaluator.correct({}, 0, self.evaluator.n_images), dtype=bool)
         return self._exact
 
+    def _until_deadline(self, ev, config: dict) -> np.ndarray | None:
+        """Per-image correctness of ``config`` on all of ``ev``'s images, HOLDOUT_CHUNK images at a time; None when
+        the run's deadline passed between two chunks (work outside trials never raises RunTimeout)."""
+        hits = []
+        for a in range(0, ev.n_images, HOLDOUT_CHUNK):
+            if self.deadline is not None and self.deadline.passed():
+                return None
+            hits.append(np.asarray(ev.correct(config, a, min(a + HOLDOUT_CHUNK, ev.n_images)), dtype=bool))
+        return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+
     @property
-    def correct_exact_holdout(self) -> np.ndarray:
-        """FxP8-exact per-image correctness on the whole hold-out split (computed once)."""
+    def correct_exact_holdout(self) -> np.ndarray | None:
+        """FxP8-exact per-image correctness on the whole hold-out split (computed once); None while the run's deadline
+        has cut its computation short."""
         if self._exact_holdout is None:
-            self._exact_holdout = np.asarray(self.holdout.correct({}, 0, self.holdout.n_images), dtype=bool)
+            self._exact_holdout = self._until_deadline(self.holdout, {})
         return self._exact_holdout
+
+    def exact_accuracies(self) -> dict:
+        """FxP8-exact accuracy ``{"search", "holdout"}`` for the results: each measured now unless known already, and
+        None when the run's deadline passed before it was measured (the results then say so instead of running
+        on)."""
+        if self._exact is None:
+            self._exact = self._until_deadline(self.evaluator, {})
+        out = {}
+        for split, hits in (("search", self._exact), ("holdout", self.correct_exact_holdout)):
+            out[split] = None if hits is None else float(hits.mean())
+        return out
 
     def holdout_check(self, config: dict) -> dict | None:
         """Paired loss of ``config`` vs FxP8 exact on the whole hold-out split: ``{accuracy, loss, se, images}``;
-        None when the run's deadline passed before the check was through (HOLDOUT_CHUNK images at a time)."""
+        None when the run's deadline passed before the check (or the exact baseline it is paired with) was through
+        (HOLDOUT_CHUNK images at a time)."""
         exact = self.correct_exact_holdout
-        hits = []
-        for a in range(0, exact.size, HOLDOUT_CHUNK):
-            if self.deadline is not None and self.deadline.passed():
-                return None
-            hits.append(np.asarray(self.holdout.correct(config, a, min(a + HOLDOUT_CHUNK, exact.size)), dtype=bool))
-        st = paired_stats(exact, np.concatenate(hits) if hits else np.zeros(0, dtype=bool))
+        hits = None if exact is None else self._until_deadline(self.holdout, config)
+        if hits is None:
+            return None
+        st = paired_stats(exact, hits)
         return {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n}
 
     def _values(self, energy: dict, loss: float):

@@ -567,8 +567,9 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     optimize(study, objective, s, progress, factory=context_factory, url=prep.url)
     res = final_check(study, objective, s)
     base = dict(ctx.baseline)
-    base["fxp8"] = {"search": float(objective.correct_exact.mean()),
-                    "holdout": float(objective.correct_exact_holdout.mean())}
+    base["fxp8"] = objective.exact_accuracies()
+    if None in base["fxp8"].values():
+        res["baseline_note"] = f"FxP8-exact accuracy not measured on every split: [search] timeout_s reached; {RESUME}"
     processes = n_processes(study)
     res.update(baseline=base, mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
                elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials, study=name,
