@@ -1,19 +1,30 @@
 """Benchmark: how often the search's best passes the hold-out check, and what the statistical margin costs in energy.
 
 For each budget x seed the real search runs (model, data, racing, predictor and seeds as the budget says; ``--n-trials``
-and ``--workers`` override it). From the finished study two candidates are taken and re-evaluated on the hold-out
+and ``--workers`` override it). From the finished study three candidates are taken and re-evaluated on the hold-out
 split, side by side (the seed is written into a copy of the budget, so it also draws the search images):
 
+* ``first``: the search's first pick, the lowest-energy configuration feasible on the search images that also passed
+  the confirmation on search-split images it was not chosen on (``[data] confirm``; results.json ``first_pick``, the
+  first configuration the final check tries on hold-out);
 * ``margin``: the lowest-energy full-fidelity configuration whose loss *upper confidence bound* at ``[budget]
-  confidence`` is within budget (what the search now calls feasible, the first configuration the final check tries);
+  confidence`` on the search images is within budget (the first pick without the confirmation);
+* ``bonferroni``: the lowest-energy full-fidelity configuration whose search-split bound at level ``1 - (1 -
+  confidence) / m`` is within budget, ``m`` = the run's full-fidelity configurations cheaper than all-exact (a bound
+  that grows with the number of configurations compared, the alternative to a confirmation);
 * ``point``: the lowest-energy full-fidelity configuration whose *measured* search-split loss is within budget (the
-  rule without a margin, confidence 0.5). Both come from the same study, so the sampler was guided by the margin
-  rule; the point-rule pick is what that study would have reported without it.
+  rule without a margin, confidence 0.5). All come from the same study, so the sampler was guided by the search's
+  rule; the other picks are what that study would have reported without confirmation / without any margin.
+
+``fresh``: the reported best re-measured on the search-split images neither the search, the confirmation nor the
+hold-out check used (dse.search.context.search_split ``unused``), so "the reported best holds on held-out data" is
+checked on data that did not verify it.
 
 Printed per run and summed: each pick's energy and hold-out loss and whether it passed (hold-out loss <= budget),
 the pass rates over runs; ``verified`` is the search's reported best (always hold-out verified, or none) and
 ``point verified`` the best the same walk down the list would give under the point rule (up to 20 checks). The energy
-cost of the margin is ``verified - point verified`` (relative system energy vs all-exact FxP8).
+cost of the margin is ``verified - point verified``, that of the confirmation for the first pick ``first - margin``
+(relative system energy vs all-exact FxP8).
 
 Each pass rate comes with its one-sided 95 % Clopper-Pearson lower bound (scipy.stats.binomtest). For Pareto budgets
 each run also records the front as the report shows it (energy, search loss, feasible, hold-out verdict).
@@ -38,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from optuna.trial import TrialState
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 from rich.console import Console
 from rich.table import Table
 
@@ -47,16 +58,20 @@ from dse.search import rundir
 from dse.search.context import build_context
 from dse.search.objective import ATTR_LOSS_UCB, EXACT_ENERGY
 from dse.search.racing import paired_stats
-from dse.search.study import run_search
+from dse.search.study import run_search, trial_summary
 
 from bench_search import reseeded, settings_for  # beside this script
 
 BUNDLED = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
-def _holdout_loss(ctx, exact_hold, ua) -> float:
-    cfg = config_from_dict(ua["config"])
-    return paired_stats(exact_hold, ctx.holdout.correct(cfg, 0, ctx.holdout.n_images)).loss
+def _loss_on(ev, exact, ua) -> float:
+    """Paired loss of the trial with user attributes / summary ``ua`` on all of evaluator ``ev``'s images."""
+    return paired_stats(exact, ev.correct(config_from_dict(ua["config"]), 0, ev.n_images)).loss
+
+
+def _exact(ev) -> np.ndarray:
+    return np.asarray(ev.correct({}, 0, ev.n_images), dtype=bool)
 
 
 def full_points(run_dir: Path) -> list[dict]:
@@ -79,26 +94,42 @@ def run_one(budget: Path, seed: int, n_trials, workers, timeout_s, threads, run_
     res = run_search(budget, s, factory, run_dir=run_dir, resume=False, progress=False)
     wall = time.perf_counter() - t0
     full = full_points(run_dir)
-    exact_hold = np.asarray(ctx.holdout.correct({}, 0, ctx.holdout.n_images), dtype=bool)
+    exact_hold = _exact(ctx.holdout)
+    _holdout_loss = functools.partial(_loss_on, ctx.holdout)
     out = {"budget": name, "seed": seed, "wall": wall, "trials": res["trials"]["complete"],
-           "budget_loss": s.budget_loss, "mode": res["mode"]}
+           "budget_loss": s.budget_loss, "mode": res["mode"], "images": res["info"]["data"]}
+    first = next((d for d in res["checked"] if d["trial"] == res["first_pick"]), None)
+    if first is None and res["first_pick"] is not None:  # confirmed, but left unchecked by the final check
+        first = trial_summary(rundir.load_study(run_dir).trials[res["first_pick"]])
+    if first is None:
+        out["first"] = None
+    else:
+        hl = first["holdout"]["loss"] if first["holdout"] else _holdout_loss(exact_hold, first)
+        out["first"] = {"trial": first["trial"], "energy": first["energy"]["system"], "loss": first["loss"],
+                        "confirm": (first["confirm"] or {}).get("loss"), "holdout": hl, "passed": hl <= s.budget_loss}
+    # Bonferroni over the configurations compared: each bound at level 1 - (1 - confidence) / m
+    z_m = norm.ppf(1 - (1 - s.feasibility_confidence) / max(1, len(full)))
     for rule, ok in (("margin", lambda ua: ua[ATTR_LOSS_UCB] <= s.budget_loss),
+                     ("bonferroni", lambda ua: ua["loss"] + z_m * ua["loss_se"] <= s.budget_loss),
                      ("point", lambda ua: ua["loss"] <= s.budget_loss)):
         pick = next((ua for ua in full if ok(ua)), None)
         if pick is None:
             out[rule] = None
             continue
-        hl = _holdout_loss(ctx, exact_hold, pick)
+        hl = _holdout_loss(exact_hold, pick)
         out[rule] = {"energy": pick["energy"]["system"], "loss": pick["loss"], "holdout": hl,
                      "passed": hl <= s.budget_loss}
     out["point_verified"] = None
     for ua in [ua for ua in full if ua["loss"] <= s.budget_loss][:20]:
-        hl = _holdout_loss(ctx, exact_hold, ua)
+        hl = _holdout_loss(exact_hold, ua)
         if hl <= s.budget_loss:
             out["point_verified"] = {"energy": ua["energy"]["system"], "holdout": hl}
             break
     b = res["best"]
     out["verified"] = None if b is None else {"energy": b["energy"]["system"], "holdout": b["holdout"]["loss"]}
+    if b is not None and ctx.unused is not None:  # the reported best on images neither the search nor a check used
+        fresh = _loss_on(ctx.unused, _exact(ctx.unused), b)
+        out["verified"].update(fresh=fresh, fresh_images=ctx.unused.n_images, fresh_passed=fresh <= s.budget_loss)
     # the Pareto front as the report shows it (Pareto budgets): energy, search loss, feasible, hold-out verdict
     out["front"] = [{"trial": d["trial"], "energy": d["energy"]["system"], "loss": d["loss"],
                      "feasible": d["feasible"], "verified": d["verified"]} for d in res["pareto_front"]]
@@ -149,33 +180,46 @@ def lower_bound(k: int, n: int) -> float:
 def summarize(rows: list[dict]) -> None:
     """Per-run table, pass rates with their lower bounds, the margin's energy cost."""
     tab = Table(title="search-split pick vs hold-out (energy: relative system energy; loss in pp)")
-    for c in ("budget", "seed", "trials", "wall s", "margin energy", "margin hold-out loss", "margin passed",
-              "point energy", "point hold-out loss", "point passed", "verified best energy", "point verified energy"):
+    for c in ("budget", "seed", "trials", "wall s", "first energy", "first hold-out loss", "first passed",
+              "margin energy", "margin hold-out loss", "margin passed", "point energy", "point hold-out loss",
+              "point passed", "verified best energy", "fresh loss", "point verified energy"):
         tab.add_column(c)
+    passed = lambda d: "-" if d is None else ("yes" if d["passed"] else "no")  # noqa: E731
     for r in rows:
-        m, p = r["margin"], r["point"]
-        tab.add_row(r["budget"], str(r["seed"]), str(r["trials"]), f"{r['wall']:.0f}", _fmt(m, "energy"),
-                    _fmt(m, "holdout", True), "-" if m is None else ("yes" if m["passed"] else "no"),
-                    _fmt(p, "energy"), _fmt(p, "holdout", True), "-" if p is None else ("yes" if p["passed"] else "no"),
-                    _fmt(r["verified"], "energy"), _fmt(r["point_verified"], "energy"))
-    con = Console(width=200)
+        f, m, p, v = r["first"], r["margin"], r["point"], r["verified"]
+        tab.add_row(r["budget"], str(r["seed"]), str(r["trials"]), f"{r['wall']:.0f}", _fmt(f, "energy"),
+                    _fmt(f, "holdout", True), passed(f), _fmt(m, "energy"), _fmt(m, "holdout", True), passed(m),
+                    _fmt(p, "energy"), _fmt(p, "holdout", True), passed(p), _fmt(v, "energy"),
+                    _fmt(v if v and "fresh" in v else None, "fresh", True), _fmt(r["point_verified"], "energy"))
+    con = Console(width=250)
     con.print(tab)
-    for rule in ("margin", "point"):
+    for rule in ("first", "margin", "bonferroni", "point"):
+        if not any(rule in r for r in rows):  # runs recorded before the rule was measured
+            continue
         for name in sorted({r["budget"] for r in rows}) + [None]:
-            picks = [r[rule] for r in rows if r[rule] is not None and name in (None, r["budget"])]
+            picks = [r[rule] for r in rows if r.get(rule) is not None and name in (None, r["budget"])]
             rate = sum(p["passed"] for p in picks) / len(picks) if picks else float("nan")
             k = sum(p["passed"] for p in picks)
             bound = f", one-sided 95 % lower bound {100 * lower_bound(k, len(picks)):.0f} %" if picks else ""
             con.print(f"{rule}, {name or 'all budgets'}: {k}/{len(picks)} picks pass hold-out ({100 * rate:.0f} %"
                       f"{bound})")
-    for what, a_key, b_key in (("first picks", "margin", "point"), ("verified bests", "verified", "point_verified")):
-        both = [(r[a_key]["energy"], r[b_key]["energy"]) for r in rows if r[a_key] and r[b_key]]
+    for what, a_key, b_key in (("first picks, confirmation", "first", "margin"),
+                               ("first picks, Bonferroni", "bonferroni", "margin"), ("first picks", "first", "point"),
+                               ("verified bests", "verified", "point_verified")):
+        both = [(r[a_key]["energy"], r[b_key]["energy"]) for r in rows if r.get(a_key) and r[b_key]]
         if both:
             cost = [m - p for m, p in both]
-            con.print(f"energy cost of the margin, {what} ({a_key} - {b_key}): median {statistics.median(cost):+.4f}, "
-                      f"max {max(cost):+.4f} over {len(both)} runs")
+            con.print(f"energy cost, {what} ({a_key} - {b_key}): median {statistics.median(cost):+.4f}, "
+                      f"mean {statistics.fmean(cost):+.4f}, max {max(cost):+.4f} over {len(both)} runs")
     ver = [r for r in rows if r["verified"] is not None]
     con.print(f"reported (hold-out verified) best: {len(ver)}/{len(rows)} runs have one")
+    fresh = [r["verified"] for r in ver if "fresh" in r["verified"]]
+    if fresh:
+        k = sum(v["fresh_passed"] for v in fresh)
+        con.print(f"reported best on never-used search-split images ({fresh[0]['fresh_images']} per run): {k}/"
+                  f"{len(fresh)} within budget (one-sided 95 % lower bound {100 * lower_bound(k, len(fresh)):.0f} %), "
+                  f"mean loss {100 * statistics.fmean(v['fresh'] for v in fresh):.2f} pp, max "
+                  f"{100 * max(v['fresh'] for v in fresh):.2f} pp")
     for r in rows:
         if r.get("mode") == "pareto":
             f = [d for d in r["front"] if d["energy"] < 1.0]

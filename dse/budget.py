@@ -6,9 +6,13 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   ``{scale, mean, std, size}`` -> ``dse.data.Preprocess``; ``mean``/``std`` may be per-channel lists, ``size`` is the
   shorter image side before the center crop of image folders; default: the model's own metadata).
 * ``[data]`` ``calib``, ``search``, ``holdout`` (dataset specs, see dse.data: ``fashion-mnist:<split>``, a ``.npz``
-  file, an IDX images file or ``"images.gz,labels.gz"``, a CIFAR .bin file or directory, an image folder), ``images`` (cap on the search images; absent = all).
+  file, an IDX images file or ``"images.gz,labels.gz"``, a CIFAR .bin file or directory, an image folder), ``images`` (cap on the search images; absent = all
+  but the confirmation images), ``confirm`` (images of the search split, after the search images, on which a
+  configuration is re-measured before it may become the best; absent = a fifth of the split, at most 1000; 0 = off;
+  see dse.search.context.search_split).
 * ``[budget]`` ``max_accuracy_loss`` (percentage points vs FxP8 exact, ``[0, 100)``), ``metric`` (``"top1"``),
-  ``confidence`` (one-sided level at which a configuration must be within budget on the search images).
+  ``confidence`` (one-sided level at which a configuration must be within budget on the search images, and again on
+  the confirmation images).
 * ``[accelerator]`` the fields of ``dse.energy.ArrayConfig`` (rows, cols, frequency_mhz, glb_kib, weight_bits,
   act_bits, out_bits, psum_bits, batch, cv_coef_bits); ``backend`` (``"builtin"`` or ``"zigzag"``, see
   ``dse.energy.backends``) and for ZigZag optional ``zigzag_architecture`` / ``zigzag_mapping`` (ZigZag YAML files).
@@ -64,6 +68,7 @@ class DataSection:
     search: str = "fashion-mnist:search"
     holdout: str = "fashion-mnist:holdout"
     images: int | None = None
+    confirm: int | None = None  # None: dse.search.context.DEFAULT_CONFIRM of the split
 
 
 @dataclass(frozen=True)
@@ -291,10 +296,12 @@ def _data_spec(ctx, key, v) -> str:
 
 
 def _data(ctx, tab) -> DataSection:
-    _check_keys(ctx, "data", tab, ("calib", "search", "holdout", "images"))
+    _check_keys(ctx, "data", tab, ("calib", "search", "holdout", "images", "confirm"))
     kw = {k: _data_spec(ctx, f"data.{k}", tab[k]) for k in ("calib", "search", "holdout") if k in tab}
     if "images" in tab:
         kw["images"] = _int(ctx, "data.images", tab["images"], lo=1)
+    if "confirm" in tab:
+        kw["confirm"] = _int(ctx, "data.confirm", tab["confirm"], lo=0)
     return DataSection(**kw)
 
 

@@ -154,9 +154,11 @@ def search_result(res: dict) -> None:
     con = console()
     b = res.get("best")
     if b:
-        h = b.get("holdout") or {}
+        h, c = b.get("holdout") or {}, b.get("confirm")
+        confirm = f"{pp(c['loss'])} (confirmation, {c['images']} images), " if c else ""
         con.print(f"best trial {b['trial']}: energy system {num(b['energy'].get('system'))} multiplier "
-                  f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {pp(h.get('loss'))} (holdout)")
+                  f"{num(b['energy'].get('multiplier'))}, loss {pp(b['loss'])} (search), {confirm}"
+                  f"{pp(h.get('loss'))} (holdout)")
     else:
         con.print(escape(res.get("no_best") or "no configuration passed the hold-out check"))
     for note in ("check_note", "baseline_note"):

@@ -36,6 +36,7 @@ calib = "fashion-mnist:all"
 search = "imgs.gz,labels.gz"
 holdout = "fashion-mnist:holdout"
 images = 1234
+confirm = 500
 
 [budget]
 max_accuracy_loss = 0.5
@@ -93,7 +94,7 @@ def test_full_file_round_trip(tmp_path):
     assert b.model.path == str((tmp_path / "net.onnx").resolve())
     assert b.model.preprocess == Preprocess(mean=(0.1, 0.2, 0.3), std=(0.25,), scale=0.5,
                                             source="budget [model] preprocess")
-    assert b.data.calib == "fashion-mnist:all" and b.data.images == 1234
+    assert b.data.calib == "fashion-mnist:all" and b.data.images == 1234 and b.data.confirm == 500
     assert b.data.search == f"{(tmp_path / 'imgs.gz').resolve()},{(tmp_path / 'labels.gz').resolve()}"
     assert b.budget.max_accuracy_loss == 0.5
     assert b.accelerator == ArrayConfig(rows=8, cols=32, frequency_mhz=1000.0, glb_kib=128.5, batch=4)
@@ -197,6 +198,7 @@ def err(tmp_path, text) -> str:
     ('[data]\nsearch = "nope.npz"\n', "'data.search'", "nope.npz"),
     ('[data]\ncalib = "fashion-mnist:train"\n', "'data.calib'", "fashion-mnist:calib|search|holdout|all"),
     ("[data]\nimages = -10\n", "'data.images'", "got -10"),
+    ("[data]\nconfirm = -1\n", "'data.confirm'", "non-negative"),
     ("search = 3\n", "'search'", "section"),
 ])
 def test_errors_name_the_key_on_one_line(tmp_path, text, key, extra):

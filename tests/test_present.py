@@ -36,6 +36,9 @@ def test_missing_values_print_as_dash(capsys):
     assert "best trial 3: energy system 0.8123 multiplier -, loss 0.40 pp (search), - (holdout)" in out
     assert "dse report runs/x" in out
     assert present.num(float("nan")) == "-" and present.pct(None) == "-"
+    present.search_result({"best": {"trial": 3, "energy": {"system": 0.5}, "loss": 0.004, "holdout": {"loss": 0.006},
+                                    "confirm": {"loss": 0.003, "images": 1000}}, "run_dir": "runs/x"})
+    assert "0.40 pp (search), 0.30 pp (confirmation, 1000 images), 0.60 pp (holdout)" in capsys.readouterr().out
 
 
 def test_search_progress_counts_complete_and_feasible(capsys):

@@ -52,6 +52,36 @@ def settings_from_budget(b) -> SearchSettings:
                           n_holdout=int(s.n_holdout), feasibility_confidence=float(b.budget.confidence))
 
 
+DEFAULT_CONFIRM = 1000  # confirmation images when [data] confirm is absent (at most a fifth of the search split)
+
+
+@dataclass(frozen=True)
+class SearchSplit:
+    """Positions in the search split (data set order) of its three disjoint parts, drawn from one seeded permutation:
+    ``search`` (the first ``[data] images``: what racing and the search-split feasibility see), ``confirm`` (the next
+    ``[data] confirm``: a configuration is re-measured on them before it may become the best, so the cheapest of many
+    similar configurations is not chosen for its luck on the search images) and ``unused`` (the rest: never looked at
+    by a search; benchmarks measure reported bests on them)."""
+
+    search: np.ndarray
+    confirm: np.ndarray
+    unused: np.ndarray
+
+
+def search_split(n: int, images: int | None, confirm: int | None, seed: int, where: str = "budget") -> SearchSplit:
+    """The search split's parts (:class:`SearchSplit`) for ``[data] images`` (a cap: at most the images the
+    confirmation leaves; None: all of those) and ``[data] confirm`` (None: ``min(DEFAULT_CONFIRM, n // 5)``; 0: no
+    confirmation); the permutation depends on ``seed`` only, so the search images of a seed do not change with
+    ``confirm`` (as long as they fit)."""
+    m = min(DEFAULT_CONFIRM, n // 5) if confirm is None else int(confirm)
+    if m >= n:
+        raise DseError(f"{where}: [data] confirm ({m}) leaves none of the search split's {n} images to search on; "
+                       "lower [data] confirm (0 = no confirmation)")
+    k = n - m if images is None else min(int(images), n - m)
+    order = np.random.default_rng(seed).permutation(n)
+    return SearchSplit(order[:k], order[k:k + m], order[k + m:])
+
+
 def build_space(layer_names: list[str], space_cfg: SpaceSection, where: str = "search space") -> SearchSpace:
     """The SearchSpace of the budget's [space] section over the model's MAC layers (unknown multipliers: DseError)."""
     from dse.arith.multipliers import get_multiplier
@@ -254,17 +284,17 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                         calibrated=cached.calibration if cached else None)
     progress(stage, 1, 1, f"{b.model.path}, " + (f"calibration from {run_dir}'s context cache" if cached
                                                  else f"calibrated on {sess.calib.name}"))
-    search, hold = sess.data
-    order = np.random.default_rng(s.seed).permutation(len(search))
-    if b.data.images:
-        order = order[: int(b.data.images)]
-    search = search.subset(order)
+    whole, hold = sess.data
+    split = search_split(len(whole), b.data.images, b.data.confirm, s.seed, where=str(budget_path))
+    search = whole.subset(split.search)
     qmodel = sess.qmodel
     emu = Emulator(qmodel)
     cache = PrefixCache.from_mib(b.search.prefix_cache_mib if prefix_cache_mib is None else prefix_cache_mib)
     ev = EmulatorEvaluator(emu, search, cache=cache, tag="search", deadline=deadline)
     setup_ev = EmulatorEvaluator(emu, search, cache=cache, tag="search")  # set-up work is bounded by its clock
     hv = EmulatorEvaluator(emu, hold, cache=cache, tag="holdout")  # checks stop at the deadline between chunks
+    cv_ = EmulatorEvaluator(emu, whole.subset(split.confirm), cache=cache, tag="confirm") if split.confirm.size else None
+    uv = EmulatorEvaluator(emu, whole.subset(split.unused), tag="unused") if split.unused.size else None
     layers = qmodel.layers
     space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)
@@ -288,10 +318,12 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                                 progress, sur)
     info = {"model": str(sess.model_path), "calib": sess.calib.name, "preprocess": sess.preprocess.to_dict(),
             "layers": [l.name for l in layers], "searchable": space.searchable,
-            "multipliers": space.multipliers, "data": {"search": ev.n_images, "holdout": hv.n_images},
+            "multipliers": space.multipliers,
+            "data": {"search": ev.n_images, "confirm": int(split.confirm.size), "holdout": hv.n_images},
             "predictor": pinfo, "setup": {"budget_s": clock.budget_s, "sensitivities": sensitivity.counts,
                                           "context_cache": "loaded" if cached else (why or "computed")}}
-    return SearchContext(space=space, evaluator=ev, holdout=hv, energy=energy, predictor=predictor,
+    return SearchContext(space=space, evaluator=ev, holdout=hv, confirm=cv_, unused=uv, energy=energy,
+                         predictor=predictor,
                          sensitivity=sensitivity, baseline=baseline, info=info, model_path=str(sess.model_path),
                          data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")},
                          deadline=deadline)

@@ -12,14 +12,24 @@ Narrow injected interfaces (so tests use fakes):
   recorded as ``predicted_loss``) and ``gate(config)`` (conservative loss the trial is skipped with; None while the
   gate is off).
 
-Every return path sets the constraint ``accuracy_loss = loss_ucb - budget`` (feasible when <= 0) before returning,
+Every return path sets the constraint ``accuracy_loss = bound - budget`` (feasible when <= 0) before returning,
 including trials stopped early by the race, trials skipped by the predictor, duplicates and trials that raise.
-``loss_ucb`` is the one-sided upper confidence bound of the paired loss at ``[budget] confidence`` (the predicted loss
-for predictor-skipped trials), so "feasible" means "within budget with that confidence on the search images".
+``bound`` (:func:`feasibility_bound`) is ``loss_ucb``, the one-sided upper confidence bound of the paired loss at
+``[budget] confidence`` (the predicted loss for predictor-skipped trials), or, for a confirmed trial, the larger of it
+and the same bound on the confirmation images; so "feasible" means "within budget with that confidence on the search
+images" and, once confirmed, "also on images it was not chosen on".
+
+Confirmation (``confirm``: an evaluator on the search split's confirmation images, dse.search.context.search_split;
+None = off): the cheapest configuration within the bound on the search images is the one, of many similar ones
+compared on the same images, whose luck on them was best (the winner's curse), so a per-configuration bound does not
+hold for it. Before a trial can become the reported result it is re-measured on the confirmation images, which did
+not take part in choosing it, and stays feasible only if its upper confidence bound there is within budget too
+(``confirm``: accuracy, loss, se, ucb, images). Only confirmed trials are checked on hold-out.
 
 Hold-out verification happens inside the trial (trial attributes cannot change once a trial has finished): a trial
 that is feasible at full fidelity and could become the reported result (cheaper than every verified trial in
-constrained mode; not dominated by a full-fidelity trial in Pareto mode) is re-evaluated on the hold-out split and gets
+constrained mode; not dominated by a full-fidelity trial in Pareto mode) is confirmed (above) and, if that passes,
+re-evaluated on the hold-out split and gets
 ``holdout`` (accuracy, loss, se, images) and ``holdout_verified`` (hold-out loss within budget). At most
 ``max_holdout_failures`` trials of a study fail that check; later candidates are left unchecked. A hold-out check
 stops at the run's ``deadline`` (dse.search.deadline) and leaves the trial unchecked.
@@ -40,9 +50,10 @@ from dse.search.space import SearchSpace
 
 CONSTRAINT = "accuracy_loss"
 # trial user attributes written here and read by the study driver, the progress line and the report
-ATTR_LOSS_UCB = "loss_ucb"            # upper confidence bound of the search-split loss (the constrained value)
+ATTR_LOSS_UCB = "loss_ucb"            # upper confidence bound of the search-split loss (see feasibility_bound)
 ATTR_HOLDOUT = "holdout"              # {"accuracy", "loss", "se", "images"} on the hold-out split
 ATTR_VERIFIED = "holdout_verified"    # True: hold-out loss within budget; absent: never checked
+ATTR_CONFIRM = "confirm"              # {"accuracy", "loss", "se", "ucb", "images"} on the confirmation images
 ATTR_GATE = "predictor_gate"         # the predictor gate's line when it switched on or off before this trial
 EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
 HOLDOUT_CHUNK = 256                   # hold-out images per step of a check (the deadline is looked at between steps)
@@ -51,6 +62,14 @@ HOLDOUT_CHUNK = 256                   # hold-out images per step of a check (the
 def predictor_switches(trials) -> list[list]:
     """``[trial number, gate line]`` of every trial before which the predictor gate switched on or off."""
     return [[t.number, t.user_attrs[ATTR_GATE]] for t in trials if ATTR_GATE in t.user_attrs]
+
+
+def feasibility_bound(attrs: dict) -> float:
+    """The loss bound a trial's feasibility is decided on: its search-split upper confidence bound, or the larger of
+    that and its confirmation-image bound once it was confirmed."""
+    if attrs.get(ATTR_CONFIRM) is not None:
+        return max(float(attrs[ATTR_LOSS_UCB]), float(attrs[ATTR_CONFIRM]["ucb"]))
+    return float(attrs[ATTR_LOSS_UCB])
 
 
 def _config_key(config: dict) -> str:
@@ -63,16 +82,16 @@ class Objective:
     def __init__(self, space: SearchSpace, evaluator, energy, budget_loss: float, mode: str = "constrained",
                  fidelities=(500, 2000, 0), confidence: float = 0.95, predictor=None, predictor_skip: float = 2.0,
                  feasibility_confidence: float = 0.95, holdout=None, max_holdout_failures: int = 3,
-                 deadline: Deadline | None = None):
+                 deadline: Deadline | None = None, confirm=None):
         self.space, self.evaluator, self.energy = space, evaluator, energy
         self.budget_loss, self.mode = float(budget_loss), mode
         self.fidelities, self.confidence = list(fidelities), confidence
         self.predictor, self.predictor_skip = predictor, predictor_skip
         self.feasibility_confidence = float(feasibility_confidence)
         self.holdout, self.max_holdout_failures = holdout, int(max_holdout_failures)
-        self.deadline = deadline
+        self.deadline, self.confirm = deadline, confirm
         self._exact = None
-        self._exact_holdout = None
+        self._exact_other: dict[int, np.ndarray] = {}  # id(evaluator) -> FxP8-exact correctness on its images
         self._cache: dict[str, dict] = {}
         self._constrained: set[int] = set()
 
@@ -93,13 +112,18 @@ class Objective:
             hits.append(np.asarray(ev.correct(config, a, min(a + HOLDOUT_CHUNK, ev.n_images)), dtype=bool))
         return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
 
+    def _exact_on(self, ev) -> np.ndarray | None:
+        """FxP8-exact per-image correctness on all of ``ev``'s images (computed once per evaluator: hold-out,
+        confirmation); None while the run's deadline has cut its computation short."""
+        if self._exact_other.get(id(ev)) is None:
+            self._exact_other[id(ev)] = self._until_deadline(ev, {})
+        return self._exact_other[id(ev)]
+
     @property
     def correct_exact_holdout(self) -> np.ndarray | None:
         """FxP8-exact per-image correctness on the whole hold-out split (computed once); None while the run's deadline
         has cut its computation short."""
-        if self._exact_holdout is None:
-            self._exact_holdout = self._until_deadline(self.holdout, {})
-        return self._exact_holdout
+        return self._exact_on(self.holdout)
 
     def exact_accuracies(self) -> dict:
         """FxP8-exact accuracy ``{"search", "holdout"}`` for the results: each measured now unless known already, and
@@ -112,16 +136,35 @@ class Objective:
             out[split] = None if hits is None else float(hits.mean())
         return out
 
+    def _paired_check(self, ev, config: dict):
+        """PairedStats of ``config`` vs FxP8 exact on all of ``ev``'s images; None when the run's deadline passed
+        before the check (or the exact baseline it is paired with) was through (HOLDOUT_CHUNK images at a time)."""
+        exact = self._exact_on(ev)
+        hits = None if exact is None else self._until_deadline(ev, config)
+        return None if hits is None else paired_stats(exact, hits)
+
     def holdout_check(self, config: dict) -> dict | None:
         """Paired loss of ``config`` vs FxP8 exact on the whole hold-out split: ``{accuracy, loss, se, images}``;
-        None when the run's deadline passed before the check (or the exact baseline it is paired with) was through
-        (HOLDOUT_CHUNK images at a time)."""
-        exact = self.correct_exact_holdout
-        hits = None if exact is None else self._until_deadline(self.holdout, config)
-        if hits is None:
+        None when the run's deadline passed before the check was through."""
+        st = self._paired_check(self.holdout, config)
+        return None if st is None else {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n}
+
+    def confirm_check(self, config: dict) -> dict | None:
+        """Paired loss of ``config`` on the confirmation images with its upper confidence bound at ``[budget]
+        confidence``: ``{accuracy, loss, se, ucb, images}`` (the trial attribute ATTR_CONFIRM); None when the run's
+        deadline passed first."""
+        st = self._paired_check(self.confirm, config)
+        return None if st is None else {"accuracy": st.acc, "loss": st.loss, "se": st.se,
+                                        "ucb": st.upper(self.feasibility_confidence), "images": st.n}
+
+    def confirmed(self, attrs: dict) -> bool | None:
+        """Whether a trial may be the reported result as far as confirmation goes: True when confirmation is off or
+        the trial passed it, False when it failed, None when it was not confirmed yet."""
+        if self.confirm is None:
+            return True
+        if attrs.get(ATTR_CONFIRM) is None:
             return None
-        st = paired_stats(exact, hits)
-        return {"accuracy": st.acc, "loss": st.loss, "se": st.se, "images": st.n}
+        return attrs[ATTR_CONFIRM]["ucb"] <= self.budget_loss
 
     def _values(self, energy: dict, loss: float):
         return float(energy["system"]) if self.mode == "constrained" else (float(energy["system"]), float(loss))
@@ -130,7 +173,7 @@ class Objective:
         attrs = dict(attrs, pid=os.getpid())
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        trial.set_constraint(CONSTRAINT, float(attrs[ATTR_LOSS_UCB]) - self.budget_loss)
+        trial.set_constraint(CONSTRAINT, feasibility_bound(attrs) - self.budget_loss)
         self._constrained.add(trial.number)
         return self._values(attrs["energy"], attrs["loss"])
 
@@ -168,18 +211,38 @@ class Objective:
             known.append(0.0)
         return min(known, default=np.inf)
 
-    def _worth_verifying(self, study, attrs: dict, full: list) -> bool:
-        """Whether a finished trial is a candidate for the reported result and the hold-out check budget allows it."""
-        if self.holdout is None or not attrs["full"] or attrs[ATTR_LOSS_UCB] > self.budget_loss:
+    def _candidate(self, attrs: dict, full: list) -> bool:
+        """Whether a finished trial could become the reported result: full fidelity, within the bound on the search
+        images, cheaper than all-exact, and (constrained) cheaper than every verified trial / (Pareto) not dominated
+        by a full-fidelity trial."""
+        if not attrs["full"] or feasibility_bound(attrs) > self.budget_loss:
             return False
         energy = float(attrs["energy"]["system"])
         if energy >= EXACT_ENERGY:
             return False  # never better than all-exact, which needs no check
-        if sum(ua.get(ATTR_VERIFIED) is False for _, _, ua in full) >= self.max_holdout_failures:
-            return False
         if self.mode == "constrained":
             return all(e > energy for e, _, ua in full if ua.get(ATTR_VERIFIED))
         return not any(e <= energy and loss <= attrs["loss"] for e, loss, _ in full)
+
+    def _check(self, config: dict, attrs: dict, full: list) -> None:
+        """Confirm a candidate for the reported result (when confirmation is on) and, if that passes, check it on
+        hold-out while fewer than ``max_holdout_failures`` trials of the study failed that check; the results go into
+        ``attrs``. A check the run's deadline interrupts leaves the trial unconfirmed / unchecked."""
+        if not self._candidate(attrs, full):
+            return
+        if self.confirm is not None:
+            c = self.confirm_check(config)
+            if c is None:
+                return
+            attrs[ATTR_CONFIRM] = c
+            if not self.confirmed(attrs):
+                return
+        if self.holdout is None or sum(ua.get(ATTR_VERIFIED) is False for _, _, ua in full) >= self.max_holdout_failures:
+            return
+        h = self.holdout_check(config)
+        if h is not None:
+            attrs[ATTR_HOLDOUT] = h
+            attrs[ATTR_VERIFIED] = h["loss"] <= self.budget_loss
 
     def _predict(self, trial, config: dict, attrs: dict) -> float | None:
         """Refit the predictor on the full-fidelity points so far, record its prediction (and a gate switch) in
@@ -223,11 +286,7 @@ class Objective:
             if res.stopped:
                 attrs["skipped"] = "racing"
             self._cache[key] = dict(attrs, duplicate_of=trial.number)
-            if self._worth_verifying(trial.study, attrs, full):
-                h = self.holdout_check(config)
-                if h is not None:
-                    attrs[ATTR_HOLDOUT] = h
-                    attrs[ATTR_VERIFIED] = h["loss"] <= self.budget_loss
+            self._check(config, attrs, full)
             return self._finish(trial, attrs)
         except BaseException as exc:
             # failed trial: still record an (infeasible) constraint, then let Optuna mark it FAIL / stop

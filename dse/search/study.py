@@ -38,7 +38,7 @@ from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import liveness, rundir, seeds
 from dse.search.deadline import Deadline, RunTimeout
-from dse.search.objective import (ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective,
+from dse.search.objective import (ATTR_CONFIRM, ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective,
                                   predictor_switches)
 from dse.search.space import SearchSpace
 
@@ -88,7 +88,9 @@ class SearchSettings:
 class SearchContext:
     """Model-dependent pieces the driver needs (see dse.search.objective for the evaluator/energy interfaces).
 
-    ``holdout``: evaluator on the held-out split; ``baseline``: ``{"float": {"search", "holdout"}}`` (accuracies);
+    ``holdout``: evaluator on the held-out split; ``confirm``: evaluator on the search split's confirmation images
+    (None: no confirmation; dse.search.context.search_split); ``unused``: evaluator on the search-split images neither
+    of them uses (None: none left; only benchmarks read it); ``baseline``: ``{"float": {"search", "holdout"}}`` (accuracies);
     ``sensitivity(layer, LayerConfig) -> loss`` (None: not known) for the knapsack seed (None: no knapsack seed);
     ``info``: JSON-friendly description (model, data, layers) stored in the study and results;
     ``model_path``, ``data_specs`` (``[data]`` key -> spec): the files the results depend on, whose content fingerprints
@@ -100,6 +102,8 @@ class SearchContext:
     evaluator: object
     holdout: object
     energy: Callable[[dict], dict]
+    confirm: object | None = None
+    unused: object | None = None
     predictor: Callable[[dict], float] | None = None
     sensitivity: Callable[[str, LayerConfig], float | None] | None = None
     baseline: dict = field(default_factory=dict)
@@ -176,7 +180,7 @@ def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
     deadline = ctx.deadline if ctx.deadline is not None else Deadline.after(s.timeout_s)
     return Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, s.mode, s.fidelities, s.confidence,
                      ctx.predictor, s.predictor_skip, feasibility_confidence=s.feasibility_confidence,
-                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout, deadline=deadline)
+                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout, deadline=deadline, confirm=ctx.confirm)
 
 
 def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
@@ -447,7 +451,8 @@ def trial_summary(t) -> dict:
     ua = t.user_attrs
     return {"trial": t.number, "config": ua.get("config", {}), "energy": ua.get("energy", {}),
             "accuracy": ua.get("accuracy"), "loss": ua.get("loss"), "images": ua.get("images"),
-            "feasible": is_feasible(t), "holdout": ua.get(ATTR_HOLDOUT), "verified": ua.get(ATTR_VERIFIED)}
+            "feasible": is_feasible(t), "confirm": ua.get(ATTR_CONFIRM), "holdout": ua.get(ATTR_HOLDOUT),
+            "verified": ua.get(ATTR_VERIFIED)}
 
 
 def _full_trials(study: optuna.Study) -> list:
@@ -455,23 +460,47 @@ def _full_trials(study: optuna.Study) -> list:
             if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
 
 
+def _confirm_now(objective: Objective, d: dict) -> bool | None:
+    """Confirm the candidate ``d`` (a trial summary) unless it was during the search (dse.search.objective): True /
+    False = passed / failed (``d["confirm"]`` then holds the result), None = the run's deadline passed first."""
+    if objective.confirmed(d) is None:
+        c = objective.confirm_check(config_from_dict(d["config"]))
+        if c is None:
+            return None
+        d["confirm"] = c
+    return objective.confirmed(d)
+
+
 def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) -> dict:
     """Pick the reported best: walk down the search-feasible full-fidelity configurations by energy (all-exact and
-    anything costing more excluded) until one passes the hold-out check. Trials checked during the search keep their
-    result; unchecked ones are checked now, until ``n_holdout`` of them failed or the run's deadline passed (the
-    rest stay unchecked). No pass: ``best`` is None and ``no_best`` says why and what to do; candidates left
-    unchecked are listed in ``unchecked`` and ``check_note`` says why. In Pareto mode the feasible front points are
-    checked the same way; the front marks which points were verified."""
+    anything costing more excluded) until one passes the confirmation (when it is on, see dse.search.objective) and
+    then the hold-out check. The first confirmed candidate is ``first_pick`` (the trial number of the best as the
+    search images and the confirmation alone would choose it). Trials checked during the search keep their results;
+    unconfirmed ones are confirmed now (``confirm_failed`` lists those that failed), unchecked ones are checked now,
+    until ``n_holdout`` of them failed the hold-out check or the run's deadline passed (the rest stay unchecked). No
+    pass: ``best`` is None and ``no_best`` says why and what to do; candidates left unchecked are listed in
+    ``unchecked`` and ``check_note`` says why. In Pareto mode the feasible front points are checked the same way; the
+    front marks which points were verified."""
     full = _full_trials(study)
     cands = sorted((t for t in full if is_feasible(t) and t.user_attrs["energy"]["system"] < EXACT_ENERGY),
                    key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
     front = pareto_front([trial_summary(t) for t in full])
     on_front = {d["trial"] for d in front}
     checked, unchecked, best, failures, timed_out = [], [], None, 0, False
+    first_pick, confirm_failed = None, []
     for t in cands:
         if best is not None and (s.mode == "constrained" or t.number not in on_front):
             continue
         d = trial_summary(t)
+        ok = None if timed_out else _confirm_now(objective, d)
+        if ok is None:
+            timed_out = True
+            unchecked.append(t.number)
+            continue
+        if not ok:
+            confirm_failed.append(t.number)
+            continue
+        first_pick = t.number if first_pick is None else first_pick
         if d["verified"] is None:
             h = None
             if failures < s.n_holdout and not timed_out:
@@ -487,14 +516,15 @@ def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) ->
             best = d
     by_num = {d["trial"]: d for d in checked}
     front = [by_num.get(d["trial"], d) for d in front]
-    res = {"best": best, "checked": checked, "pareto_front": front, "unchecked": unchecked}
+    res = {"best": best, "checked": checked, "pareto_front": front, "unchecked": unchecked, "first_pick": first_pick,
+           "confirm_failed": confirm_failed}
     late = objective.deadline is not None and objective.deadline.passed()
     if unchecked:
         res["check_note"] = _unchecked_note(len(unchecked), timed_out)
     if best is None:
         n_failed = sum(d["verified"] is False for d in checked)
         res["no_best"] = _no_best_reason(len(cands), n_failed, len(unchecked) if timed_out else 0,
-                                         late and n_complete(study) < s.n_trials)
+                                         late and n_complete(study) < s.n_trials, len(confirm_failed))
     return res
 
 
@@ -508,15 +538,16 @@ def _unchecked_note(n: int, timed_out: bool) -> str:
     return f"{what}not checked on hold-out: [search] n_holdout checks failed first; raise it to check them"
 
 
-def _no_best_reason(n_cands: int, n_failed: int, n_timed_out: int, cut_short: bool) -> str:
+def _no_best_reason(n_cands: int, n_failed: int, n_timed_out: int, cut_short: bool, n_unconfirmed: int = 0) -> str:
     """Why no best was verified and what to do: ``n_timed_out`` candidates the deadline left unchecked;
-    ``cut_short``: the deadline ended the search before n_trials."""
-    if n_cands == 0:
+    ``cut_short``: the deadline ended the search before n_trials; ``n_unconfirmed`` candidates failed the
+    confirmation in the final check."""
+    if n_cands == n_unconfirmed and not n_timed_out:
         if cut_short:
             return ("no hold-out verified best: [search] timeout_s passed before any configuration cheaper than "
-                    f"all-exact was feasible on the search split; {RESUME}")
-        return ("no configuration cheaper than all-exact was feasible on the search split; raise [budget] "
-                "max_accuracy_loss, lower [budget] confidence, or add [search] n_trials")
+                    f"all-exact was feasible on the search split and its confirmation images; {RESUME}")
+        return ("no configuration cheaper than all-exact was feasible on the search split and its confirmation "
+                "images; raise [budget] max_accuracy_loss, lower [budget] confidence, or add [search] n_trials")
     if n_timed_out:
         return (f"no hold-out verified best: [search] timeout_s passed before the hold-out check of {n_timed_out} of "
                 f"the {n_cands} configurations feasible on the search split ({n_failed} checked, over budget); "
