@@ -671,3 +671,25 @@ def test_confirmation_makes_the_first_pick_selection_safe():
     without, with_ = _selection_runs(False), _selection_runs(True)
     assert without >= 8, without  # the search-split bound alone picks an over-budget configuration in most runs (11)
     assert with_ <= 1, with_  # (0; at 40 runs of 60 trials: 38 vs 1)
+
+
+def test_final_check_past_the_deadline_keeps_in_trial_verdicts():
+    """Past the run's deadline the final check confirms and checks nothing new, but a trial confirmed and verified
+    during the search is still the best, even when a cheaper candidate is left unconfirmed before it."""
+    from dse.search.deadline import Deadline
+    from dse.search.study import final_check
+    space = SearchSpace.build(["a", "b", "c"], ["drum6", "mitchell"], cv=[False])
+    obj = Objective(space, SplitEvaluator(3000, True), fake_energy, 0.01, fidelities=[0],
+                    holdout=SplitEvaluator(4000, False), confirm=SplitEvaluator(1000, False))
+    study = optuna.create_study()
+    study.enqueue_trial({"b.mult": "drum6", "b.cv": False})
+    study.optimize(obj, n_trials=1)  # confirmed and verified in the trial
+    confirm, obj.confirm = obj.confirm, None
+    study.enqueue_trial({"b.mult": "mitchell", "b.cv": False})
+    study.optimize(obj, n_trials=1)  # cheaper, never confirmed
+    obj.confirm, obj.deadline = confirm, Deadline.after(1e-9)
+    safe, cheap = study.trials
+    assert safe.user_attrs[ATTR_VERIFIED] and ATTR_CONFIRM not in cheap.user_attrs and obj.deadline.passed()
+    res = final_check(study, obj, settings_(fidelities=[0]))
+    assert res["unchecked"] == [cheap.number] and res["best"]["trial"] == safe.number
+    assert res["first_pick"] == safe.number and "timeout_s" in res["check_note"]

@@ -460,14 +460,17 @@ def _full_trials(study: optuna.Study) -> list:
             if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
 
 
-def _confirm_now(objective: Objective, d: dict) -> bool | None:
-    """Confirm the candidate ``d`` (a trial summary) unless it was during the search (dse.search.objective): True /
-    False = passed / failed (``d["confirm"]`` then holds the result), None = the run's deadline passed first."""
-    if objective.confirmed(d) is None:
-        c = objective.confirm_check(config_from_dict(d["config"]))
-        if c is None:
-            return None
-        d["confirm"] = c
+def _confirm_now(objective: Objective, d: dict, may_check: bool) -> bool | None:
+    """Whether the candidate ``d`` (a trial summary) passed the confirmation: its result from the search
+    (dse.search.objective), else (``may_check``) measured now into ``d["confirm"]``; None = not confirmed (the run's
+    deadline passed before, or during, the check)."""
+    known = objective.confirmed(d)
+    if known is not None or not may_check:
+        return known
+    c = objective.confirm_check(config_from_dict(d["config"]))
+    if c is None:
+        return None
+    d["confirm"] = c
     return objective.confirmed(d)
 
 
@@ -492,7 +495,7 @@ def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) ->
         if best is not None and (s.mode == "constrained" or t.number not in on_front):
             continue
         d = trial_summary(t)
-        ok = None if timed_out else _confirm_now(objective, d)
+        ok = _confirm_now(objective, d, not timed_out)
         if ok is None:
             timed_out = True
             unchecked.append(t.number)
