@@ -251,14 +251,16 @@ DSE_DEF512(4, 1)
  * transposed table) when that makes the index dimension longer.
  *
  * For a tile of 32 selector rows n and a chunk of up to KC k-steps, the kernel builds one row table per k-step,
- * tab_k[u][j] = D[S[n0 + j, k]][u] (256 rows of 32 uint16, 16 KiB; 8x8 SSE2 transposes of the 32 selected columns),
- * and then, for every position m, adds the row tab_k[I[k, m]] to 32 int32 accumulators: one 16-byte load and one add
- * per 8 products instead of one lookup per product. Building costs 256 x 32 entries per (tile, k-step, m-block), so
- * the caller picks the orientation and the block length to keep M (index positions) >> 256 / (cost ratio).
- * The AVX2 adds run KC k-steps per position with the 32 sums in registers (k-loop unrolled, index pointers hoisted).
+ * tab_k[u][j] = D[S[n0 + j, k]][u] (256 rows of 32 uint16, 16 KiB; 8x8 transposes of the 32 selected columns),
+ * and then, for every position m, adds the row tab_k[I[k, m]] to 32 sums: per row two 32-byte loads and 16-bit adds
+ * at AVX2 (dse_rows_accum_avx2: no widening; the loop is bound by loads), int32 adds in portable code, instead of
+ * one lookup per product. Building costs 256 x 32 entries per (tile, k-step, m-block), so the caller picks the
+ * orientation and the block length to keep M (index positions) >> 256 / (cost ratio).
  * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
  * no transposing copy follows.
- * Overflow: int32 windows of kf = (32768 / KC) * KC k-steps (sums < 2^15 * 2^16 = 2^31), flushed into int64. */
+ * Overflow: the AVX2 16-bit sums are exact over windows of 256 k-steps (low and high bytes of the entries summed
+ * apart), the portable int32 sums over 32768; window sums add up in int32 over <= 32768 k-steps
+ * (< 2^15 * 2^16 = 2^31), which are added into the int64 output. */
 #define DSE_RT_NT 32
 #define DSE_RT_KC 4
 #define DSE_RT_MB 2048
@@ -341,13 +343,17 @@ DSE_T_AVX2 static void dse_rows_build32_avx2(const uint16_t *D, const uint8_t *s
 
 typedef void (*dse_rows_build_fn)(const uint16_t *D, const uint8_t *sel, uint16_t *tab);
 
-/* acc[m][0..31] (+)= sum_{kk < kc} tab_kk[ip[kk][m]] for m < mb; first: start from 0. */
+/* acc (+)= sum_{kk < kc} tab_kk[ip[kk][m]] for m < mb; first: start from 0. The accumulator layout is the level's:
+ * int32 [mb][NT] sums (portable), or uint16 [mb][2 NT] word sums (AVX2, see dse_rows_accum_avx2). */
 typedef void (*dse_rows_accum_fn)(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first,
-                                  int32_t *acc);
+                                  void *acc);
+/* sums (set if first, else add) the window's int32 [mb][NT] sums from the accumulators (NULL: acc holds them). */
+typedef void (*dse_rows_finish_fn)(const void *acc, int64_t mb, int first, int32_t *sums);
 
 static void dse_rows_accum_scalar(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first,
-                                  int32_t *acc)
+                                  void *accv)
 {
+    int32_t *acc = (int32_t *)accv;
     for (int64_t m = 0; m < mb; m++) {
         int32_t c[DSE_RT_NT];
         int32_t *a = acc + m * DSE_RT_NT;
@@ -363,50 +369,111 @@ static void dse_rows_accum_scalar(const uint16_t *tab, const uint8_t *const *ip,
     }
 }
 
-/* kc = KC (a compile-time constant: the index pointers stay in registers and the k-loop is unrolled). */
+/* AVX2 adds in 16-bit lanes, 16 products per add, no widening: an entry d = lo + 256 hi (lo, hi bytes) is added
+ * whole into a word sum A (mod 2^16) and its high byte into H (vpsrlw), so over a window of <= 256 k-steps
+ * H = sum hi <= 255 * 256 and sum lo = (A - 256 H) mod 2^16 (sum lo <= 255 * 256 < 2^16): both exact, and the window's
+ * sum is sum lo + 256 H. Accumulators per position: A for the 32 selectors (2 ymm), then H (2 ymm), uint16 [2 NT].
+ * The loop is bound by loads (two 32-byte row loads per k-step and position, the accumulators once per chunk), so the
+ * indices of 8 positions come in one 8-byte load. kc = KC (a compile-time constant: the k-loop is unrolled). */
+#define DSE_RT_W16 256 /* k-steps per 16-bit window */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, int first, int32_t *acc, const int KC)
+dse_rows_add16(const uint16_t *tab, const uint64_t *idx, int shift, int first, uint16_t *a, const int KC)
+{
+    __m256i a0, a1, h0, h1;
+    if (first) {
+        a0 = a1 = h0 = h1 = _mm256_setzero_si256();
+    } else {
+        a0 = _mm256_loadu_si256((const __m256i *)(a + 0));
+        a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
+        h0 = _mm256_loadu_si256((const __m256i *)(a + 32));
+        h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
+    }
+#pragma GCC unroll 16
+    for (int kk = 0; kk < KC; kk++) {
+        const uint16_t *r = tab + kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)((idx[kk] >> shift) & 0xFF);
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(r + 0));
+        const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
+        a0 = _mm256_add_epi16(a0, v0);
+        h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
+        a1 = _mm256_add_epi16(a1, v1);
+        h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+    }
+    _mm256_storeu_si256((__m256i *)(a + 0), a0);
+    _mm256_storeu_si256((__m256i *)(a + 16), a1);
+    _mm256_storeu_si256((__m256i *)(a + 32), h0);
+    _mm256_storeu_si256((__m256i *)(a + 48), h1);
+}
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, int first, uint16_t *acc, const int KC)
 {
     const uint8_t *p[DSE_RT_KC];
+    uint64_t idx[DSE_RT_KC];
 #pragma GCC unroll 16
     for (int kk = 0; kk < KC; kk++)
         p[kk] = ip[kk];
-    for (int64_t m = 0; m < mb; m++) {
-        int32_t *a = acc + m * DSE_RT_NT;
-        __m256i c0, c1, c2, c3;
-        if (first) {
-            c0 = c1 = c2 = c3 = _mm256_setzero_si256();
-        } else {
-            c0 = _mm256_loadu_si256((const __m256i *)(a + 0));
-            c1 = _mm256_loadu_si256((const __m256i *)(a + 8));
-            c2 = _mm256_loadu_si256((const __m256i *)(a + 16));
-            c3 = _mm256_loadu_si256((const __m256i *)(a + 24));
-        }
+    int64_t m = 0;
+    for (; m + 8 <= mb; m += 8) {
 #pragma GCC unroll 16
-        for (int kk = 0; kk < KC; kk++) {
-            const uint16_t *r = tab + kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)p[kk][m];
-            c0 = _mm256_add_epi32(c0, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 0))));
-            c1 = _mm256_add_epi32(c1, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 8))));
-            c2 = _mm256_add_epi32(c2, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 16))));
-            c3 = _mm256_add_epi32(c3, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(r + 24))));
-        }
-        _mm256_storeu_si256((__m256i *)(a + 0), c0);
-        _mm256_storeu_si256((__m256i *)(a + 8), c1);
-        _mm256_storeu_si256((__m256i *)(a + 16), c2);
-        _mm256_storeu_si256((__m256i *)(a + 24), c3);
+        for (int kk = 0; kk < KC; kk++)
+            memcpy(&idx[kk], p[kk] + m, 8);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            dse_rows_add16(tab, idx, 8 * j, first, acc + (m + j) * 2 * DSE_RT_NT, KC);
+    }
+    for (; m < mb; m++) {
+#pragma GCC unroll 16
+        for (int kk = 0; kk < KC; kk++)
+            idx[kk] = p[kk][m];
+        dse_rows_add16(tab, idx, 0, first, acc + m * 2 * DSE_RT_NT, KC);
     }
 }
 
 DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb,
-                                           int first, int32_t *acc)
+                                           int first, void *acc)
 {
     if (kc == DSE_RT_KC) {
-        dse_rows_accum_avx2_kc(tab, ip, mb, first, acc, DSE_RT_KC);
+        dse_rows_accum_avx2_kc(tab, ip, mb, first, (uint16_t *)acc, DSE_RT_KC);
         return;
     }
     for (int kk = 0; kk < kc; kk++) /* the chunk at the end of K */
-        dse_rows_accum_avx2_kc(tab + (int64_t)kk * 256 * DSE_RT_NT, ip + kk, mb, first && kk == 0, acc, 1);
+        dse_rows_accum_avx2_kc(tab + (int64_t)kk * 256 * DSE_RT_NT, ip + kk, mb, first && kk == 0, (uint16_t *)acc, 1);
 }
+
+/* sums = ((A - 256 H) mod 2^16) + 256 H per selector (see dse_rows_accum_avx2). */
+DSE_T_AVX2 static void dse_rows_finish_avx2(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    const uint16_t *acc = (const uint16_t *)accv;
+    for (int64_t m = 0; m < mb; m++) {
+        const uint16_t *a = acc + m * 2 * DSE_RT_NT;
+        int32_t *s = sums + m * DSE_RT_NT;
+        for (int i = 0; i < DSE_RT_NT; i += 16) {
+            const __m256i A = _mm256_loadu_si256((const __m256i *)(a + i));
+            const __m256i H = _mm256_loadu_si256((const __m256i *)(a + DSE_RT_NT + i));
+            const __m256i L = _mm256_sub_epi16(A, _mm256_slli_epi16(H, 8));
+            const __m256i l0 = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(L));
+            const __m256i l1 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(L, 1));
+            const __m256i h0 = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(H)), 8);
+            const __m256i h1 = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(H, 1)), 8);
+            __m256i s0 = _mm256_add_epi32(l0, h0), s1 = _mm256_add_epi32(l1, h1);
+            if (!first) {
+                s0 = _mm256_add_epi32(s0, _mm256_loadu_si256((const __m256i *)(s + i)));
+                s1 = _mm256_add_epi32(s1, _mm256_loadu_si256((const __m256i *)(s + i + 8)));
+            }
+            _mm256_storeu_si256((__m256i *)(s + i), s0);
+            _mm256_storeu_si256((__m256i *)(s + i + 8), s1);
+        }
+    }
+}
+
+/* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of DSE_RT_KC) and size. */
+typedef struct {
+    dse_rows_build_fn build;
+    dse_rows_accum_fn accum;
+    dse_rows_finish_fn finish;
+    int64_t window;
+    size_t acc_bytes; /* per index position */
+} dse_rows_impl;
 
 /* Where the kernel writes: GEMM element (n, m) (n < N output channels, m < M positions, M = images x P) goes to
  * base[(m / P) * ldb + n * P + m % P]: row-major [N, M] with P = M, [M, N] with P = 1 and ldb = N, or a conv output
@@ -442,9 +509,9 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
 /* One (selector tile, index block) task: selector rows n0..n0+nv-1, index positions m0..m0+mb-1. */
 static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, const int32_t *off,
                           int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb, const dse_rows_out *out,
-                          uint16_t *tab, int32_t *acc, dse_rows_build_fn build, dse_rows_accum_fn accum)
+                          uint16_t *tab, void *acc, int32_t *sums, const dse_rows_impl *im)
 {
-    const int64_t kf = (32768 / DSE_RT_KC) * DSE_RT_KC;
+    const int64_t kf = im->window;
     int64_t init[DSE_RT_NT];
     for (int64_t j = 0; j < nv; j++) { /* sum_k off[S[n, k]] */
         const uint8_t *sr = S + (n0 + j) * K;
@@ -453,6 +520,9 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const
             s += off[sr[k]];
         init[j] = s;
     }
+    /* inner windows of kf k-steps (the accumulators' bound), summed in int32 over outer windows of <= 2^15 k-steps
+     * (|sum| < 2^15 * 2^16 = 2^31), each flushed once into the int64 output */
+    const int64_t kout = (32768 / kf) * kf;
     for (int64_t w0 = 0; w0 < K; w0 += kf) {
         const int64_t w1 = (K - w0 < kf) ? K : w0 + kf;
         for (int64_t k0 = w0; k0 < w1; k0 += DSE_RT_KC) {
@@ -462,13 +532,19 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const
                 uint8_t sel[DSE_RT_NT];
                 for (int j = 0; j < DSE_RT_NT; j++) /* padding rows repeat the last valid row (discarded) */
                     sel[j] = S[(n0 + (j < nv ? j : nv - 1)) * K + k0 + kk];
-                build(D, sel, tab + (int64_t)kk * 256 * DSE_RT_NT);
+                im->build(D, sel, tab + (int64_t)kk * 256 * DSE_RT_NT);
                 ip[kk] = I + (k0 + kk) * ldi + m0;
             }
-            accum(tab, ip, kc, mb, k0 == w0, acc);
+            im->accum(tab, ip, kc, mb, k0 == w0, acc);
         }
-        for (int64_t j = 0; j < nv; j++)
-            dse_rows_store(out, n0 + j, m0, mb, acc + j, init[j], w0 == 0);
+        const int32_t *ws = (const int32_t *)acc;
+        if (im->finish) {
+            im->finish(acc, mb, w0 % kout == 0, sums);
+            ws = sums;
+        }
+        if (w1 == K || w1 % kout == 0)
+            for (int64_t j = 0; j < nv; j++)
+                dse_rows_store(out, n0 + j, m0, mb, ws + j, init[j], w0 < kout);
     }
 }
 
@@ -494,26 +570,31 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                          const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
                          int sel_is_m, int nt)
 {
-    const dse_rows_accum_fn accum = level >= DSE_ISA_AVX2 ? dse_rows_accum_avx2 : dse_rows_accum_scalar;
-    const dse_rows_build_fn build = level >= DSE_ISA_AVX2 ? dse_rows_build32_avx2 : dse_rows_build;
+    static const dse_rows_impl portable = {dse_rows_build, dse_rows_accum_scalar, NULL,
+                                           (32768 / DSE_RT_KC) * DSE_RT_KC, DSE_RT_NT * sizeof(int32_t)};
+    static const dse_rows_impl avx2 = {dse_rows_build32_avx2, dse_rows_accum_avx2, dse_rows_finish_avx2,
+                                       DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
+    const dse_rows_impl *im = level >= DSE_ISA_AVX2 ? &avx2 : &portable;
     const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
     const dse_rows_out o = {out, P, ldb, sel_is_m};
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
         uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * 256 * DSE_RT_NT * sizeof(uint16_t));
-        int32_t *acc = (int32_t *)malloc((size_t)DSE_RT_MB * DSE_RT_NT * sizeof(int32_t));
-        if (dse_team_allocated(&fail, tab && acc)) {
+        void *acc = malloc((size_t)DSE_RT_MB * im->acc_bytes);
+        int32_t *sums = (int32_t *)malloc((size_t)DSE_RT_MB * DSE_RT_NT * sizeof(int32_t));
+        if (dse_team_allocated(&fail, tab && acc && sums)) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < nnt * nmb; t++) {
                 const int64_t n0 = (t / nmb) * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
                 const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
                 const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                dse_rows_task(I, ldi, S, D, off, K, n0, nv, m0, mb, &o, tab, acc, build, accum);
+                dse_rows_task(I, ldi, S, D, off, K, n0, nv, m0, mb, &o, tab, acc, sums, im);
             }
         }
         free(tab);
         free(acc);
+        free(sums);
     }
     return fail ? -1 : 0;
 }

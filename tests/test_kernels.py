@@ -209,6 +209,28 @@ def test_rows_kernel_int32_window_worst_case():
         assert np.array_equal(K.gemm_int(a, w, mult, False, path="rows", isa=isa), ref)
 
 
+@settings(deadline=None, max_examples=25)
+@given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 40), N=st.integers(1, 40),
+       by_act=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, seed):
+    """The AVX2 adds sum entries in 16-bit lanes over windows of 256 k-steps (low bytes and high bytes apart): a table
+    whose entries (minus a constant) take the byte extremes (0, 255, 256, 0xFF00, 0xFFFF) and operands that pick them on every
+    k-step, on reduction lengths around the window boundaries, both orientations, every ISA level."""
+    rng = np.random.default_rng(seed)
+    lut = int(rng.integers(-2 ** 20, 2 ** 20)) + rng.choice([0, 255, 256, 0xFF00, 0xFFFF], (256, 256))
+    mult = Multiplier(name=f"extreme{seed}", family="test", _builder=lambda a_s, w_s: lut.copy())
+    hot = np.argwhere(lut - lut.min() == 0xFFFF)
+    ia, iw = hot[rng.integers(len(hot))]
+    a = np.where(rng.random((M, Kd)) < 0.7, ia, rng.integers(0, 256, (M, Kd)))
+    w = np.where(rng.random((N, Kd)) < 0.7, iw, rng.integers(0, 256, (N, Kd)))
+    w = np.where(w >= 128, w - 256, w)
+    ref = K.reference_gemm_int(a, w, mult, False).T
+    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+    prep = K._prepare(mult, False)
+    for isa in ISAS:
+        assert np.array_equal(K._rows_gemm(AT, Wp, prep, isa, by_act=by_act), ref), isa
+
+
 def test_auto_path_selection():
     assert K.select_path(EXACT, False, 576) == "exact"
     assert K.select_path(PERF, False, 576, "lowrank") == "lowrank"
