@@ -27,8 +27,9 @@ int64 results) whenever the factors fit int16 and one pair of terms fits int32 (
 family); other integer factors take float32 BLAS on K-chunks whose partial sums are provably <= 2^24, else float64
 with K * S < 2^53 (``_factor_gemm``), "rows" (any table whose entries span < 2^16 per weight pattern or
 per activation pattern: for every k-step and tile of 32 output rows a 256-row table of the 32 selected table columns
-is built, then each position adds one table row -- 8 products per SIMD add instead of one gather per product; AVX2 or
-portable code; it falls back to "lut" for wider tables), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
+is built, then each position adds one table row -- 16 products per AVX2 16-bit add (whole entries and their high
+bytes summed apart, exact over 256-step windows), portable int32 code otherwise, instead of one gather per product;
+it falls back to "lut" for wider tables), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
 permutes, AVX2 gathers or scalar code). ``isa=`` or env ``DSE_KERNEL_ISA`` = scalar/avx2/avx512 caps the ISA level
 picked at run time. All paths are bit-exact against the reference. Auto prefers "lowrank" over the table kernels only
 while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``), and "rows" over "lut" below AVX-512.
