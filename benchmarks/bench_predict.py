@@ -80,18 +80,20 @@ def uniform_configs(space, n: int, rng, q_range=(0.0, 1.0)) -> list[dict]:
 
 
 def measure(ctx, cfgs: list[dict], exact: np.ndarray):
-    """Paired loss and its standard error of each configuration on all images, and its losses on the even and the
-    odd images (two independent halves: how well the measured losses rank themselves)."""
+    """Paired loss and its standard error of each configuration on all images, its losses on the even and the odd
+    images (two independent halves: how well the measured losses rank themselves), and the wall time of each."""
     from dse.search.racing import paired_stats
 
-    losses, ses, halves = [], [], []
+    losses, ses, halves, secs = [], [], [], []
     for c in cfgs:
+        t0 = time.perf_counter()
         hit = ctx.evaluator.correct(c, 0, exact.size)
+        secs.append(time.perf_counter() - t0)
         st = paired_stats(exact, hit)
         losses.append(st.loss)
         ses.append(st.se)
         halves.append([paired_stats(exact[h::2], hit[h::2]).loss for h in (0, 1)])
-    return np.array(losses), np.array(ses), np.array(halves)
+    return np.array(losses), np.array(ses), np.array(halves), np.array(secs)
 
 
 def split_half(halves: np.ndarray) -> float:
@@ -120,6 +122,16 @@ def _feature_lists(cands, cfgs) -> dict:
 
 def _rows(cand, cfgs):
     return [cand.features(c) for c in cfgs]
+
+
+def _timed_rows(cand, cfgs) -> tuple[list, list[float]]:
+    """Feature rows and the wall time of each (a configuration's first prediction: nothing cached for it)."""
+    rows, secs = [], []
+    for c in cfgs:
+        t0 = time.perf_counter()
+        rows.append(cand.features(c))
+        secs.append(time.perf_counter() - t0)
+    return rows, secs
 
 
 def _fit_predict(cand, rows_fit, y_fit, rows_new) -> list[float]:
@@ -155,7 +167,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
     n = ctx.evaluator.n_images
     t0 = time.perf_counter()
     exact = ctx.evaluator.correct({}, 0, n)
-    (y_near, se_near, h_near), (y_uni, se_uni, h_uni) = measure(ctx, near, exact), measure(ctx, uni, exact)
+    (y_near, se_near, h_near, _), (y_uni, se_uni, h_uni, t_uni) = measure(ctx, near, exact), measure(ctx, uni, exact)
     # the set-up's fit points as the search has them: accuracies on the surrogate's images
     y_fit0 = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in fit0])
     y_old = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in old])
@@ -164,13 +176,16 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
            "budget_loss": s.budget_loss, "layers": len(ctx.space.searchable), "setup_s": t_setup,
            "measure_s": t_measure, "near_loss": y_near.tolist(), "near_se": se_near.tolist(),
            "uniform_loss": y_uni.tolist(), "uniform_se": se_uni.tolist(), "setup_info": ctx.info["predictor"],
-           "split_half": {"near": split_half(h_near[half_of(n_near):]), "uniform": split_half(h_uni)}}
+           "split_half": {"near": split_half(h_near[half_of(n_near):]), "uniform": split_half(h_uni)},
+           "emulate_s_per_image": float(np.median(t_uni)) / n, "trial_images": s_images(budget, n),
+           "kinds": [c.kind for c in ctx.predictor.candidates]}
     half = half_of(n_near)
-    cands = gate_candidates(ctx.evaluator.emulator.qmodel.layers, ctx.space, sur)
+    cands = ctx.predictor.candidates   # the search's own candidates (dse.search.context.gate_candidates)
     for cand in cands:
-        r0, rn, ru = _rows(cand, fit0), _rows(cand, near), _rows(cand, uni)
+        r0, rn = _rows(cand, fit0), _rows(cand, near)
+        ru, t_pred = _timed_rows(cand, uni)   # after the others: mostly warm per-choice state, as in a search
         pre = prequential(cand, r0, y_fit0, rn, y_near, half)
-        out[cand.kind] = {"near": _scores(pre, y_near[half:]),
+        out[cand.kind] = {"predict_s": float(np.median(t_pred)), "near": _scores(pre, y_near[half:]),
                           "uniform": _scores(_fit_predict(cand, r0 + rn, list(y_fit0) + list(y_near), ru), y_uni),
                           "setup_only_near": _scores(_fit_predict(cand, r0, y_fit0, rn[half:]), y_near[half:])}
     # before: old fit set, the raw surrogate loss alone (the soft feature zeroed)
@@ -184,6 +199,13 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
     m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
     out["surrogate_model"] = {"c": m.c, "w": list(m.w)}
     return out
+
+
+def s_images(budget: Path, n: int) -> int:
+    """Images of a full-fidelity trial of the budget: its ``[data] images`` cap (else ``n``)."""
+    from dse.budget import load_budget
+
+    return int(load_budget(budget).data.images or n)
 
 
 def half_of(n_near: int) -> int:
@@ -208,11 +230,18 @@ def table(r: dict) -> str:
              f"| noise ceiling: split-half Spearman of the measured losses | {r['split_half']['near']:.3f} | "
              f"{r['split_half']['uniform']:.3f} |",
              f"| before: surrogate, raw loss, old fit set | {_fmt(r['before']['near'])} | {_fmt(r['before']['uniform'])} |"]
-    for kind in ("AME", "logit surrogate"):
+    for kind in r["kinds"]:
         lines.append(f"| {kind}, refitted (set-up + earlier near-budget points) | {_fmt(r[kind]['near'])} | "
                      f"{_fmt(r[kind]['uniform'])} |")
         lines.append(f"| {kind}, set-up fit only | {_fmt(r[kind]['setup_only_near'])} | - |")
     m = r["surrogate_model"]
+    trial = r["emulate_s_per_image"] * r["trial_images"]
+    lines += ["", f"Time per prediction (median over the uniform configurations, first prediction of each; one run, "
+              f"side by side) against an emulated full-fidelity trial ({r['trial_images']} images, "
+              f"{1e3 * trial:.0f} ms: the median measuring time per image x images):", "",
+              "| predictor | ms per prediction | emulated trial / prediction |", "|---|---|---|"]
+    lines += [f"| {k} | {1e3 * r[k]['predict_s']:.2f} | {trial / max(r[k]['predict_s'], 1e-9):.0f}x |"
+              for k in r["kinds"]]
     lines.append("")
     lines.append(f"Surrogate loss model on all points: {m['w'][0]:.3g} r / (1 + {m['c']:.3g} r) + {m['w'][1]:.3g} soft "
                  f"+ {m['w'][2]:.3g} rms.")

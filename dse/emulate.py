@@ -6,6 +6,10 @@ Contract:
 * ``Emulator(qmodel).run(x, config=None, batch_size=256) -> float32 logits``; ``x`` preprocessed float32 NCHW.
 * ``Emulator(qmodel).predict(x, config)`` -> int labels; ``accuracy(x, y, config)`` -> float in [0, 1].
 * ``Emulator(qmodel).accumulators(x, config)`` -> {layer: int64 accumulators} (before correction/scaling; tests).
+* ``Emulator(qmodel).layer_accumulator(name, q, lc)`` -> one layer's accumulators (after CV) from its quantized input.
+* ``run(..., hook=h)``: an :class:`AccumulatorHook` sees every integer-domain MAC layer's accumulators (after CV,
+  before scaling) with a :class:`MacCall` (layer, image indices, quantized input) and returns the accumulators the
+  run continues with (a model of a multiplier's error injected into the exact path, or a recorder).
 
 MAC layers with an integer-domain multiplier: inputs quantized per dse.quant (each tensor once per batch, shared by
 its consumers), ``acc = dse.kernels.conv2d_int/gemm_int`` with the multiplier's table; with ``cv`` the control-variate
@@ -19,7 +23,8 @@ bias. A ``matmul`` layer (two activations) quantizes both operands (the right on
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -27,7 +32,26 @@ from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, check_layers, config_to_dict
 
 if TYPE_CHECKING:
+    from dse.quant import MacLayer
     from dse.session import DataRef
+
+
+@dataclass(frozen=True)
+class MacCall:
+    """One integer-domain MAC layer's call as an :class:`AccumulatorHook` sees it: the layer, the indices (into the
+    ``x`` given to :meth:`Emulator.run`) of the images of this call, and the layer's quantized input patterns (the left
+    operand of a ``matmul`` layer)."""
+
+    layer: "MacLayer"
+    images: range
+    q: np.ndarray
+
+
+class AccumulatorHook(Protocol):
+    """``hook(call, acc) -> acc``: the accumulators (int64, or float64 after CV) the run continues with; same shape.
+    Called from the run's worker threads, one call per (layer, slice of images): it must not mutate shared state."""
+
+    def __call__(self, call: MacCall, acc: np.ndarray) -> np.ndarray: ...
 
 
 class Emulator:
@@ -77,13 +101,13 @@ class Emulator:
             q = qcache[t] = quantize_act(x, scale, signed)
         return q
 
-    def _mac(self, node, args, qcache, lc, mult, accs):
+    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None):
         from dse import kernels
         from dse.quant import dequantize
 
         layer = self.layers[node.name]
         if layer.op == "matmul":
-            return self._matmul(layer, args, qcache, lc, mult, accs)
+            return self._matmul(layer, args, qcache, lc, mult, accs, hook, images)
         x = args[0]
         if mult.domain != "int":
             if layer.op == "conv":
@@ -92,6 +116,16 @@ class Emulator:
                 return (y + layer.bias.reshape(1, -1, 1, 1)).astype(np.float32)
             return (kernels.gemm_float(x, node.params["W"], mult) + layer.bias).astype(np.float32)
         q = self._quantized(layer.input, x, layer.a_scale, layer.a_signed, qcache)
+        acc = self._accumulate(layer, q, lc, mult, accs)
+        if hook is not None:
+            acc = hook(MacCall(layer, images, q), acc)
+        return dequantize(acc, layer)
+
+    @staticmethod
+    def _accumulate(layer, q, lc, mult, accs=None):
+        """A conv/gemm layer's accumulators from its quantized input ``q`` (int64; float64 after CV)."""
+        from dse import kernels
+
         if layer.op == "conv":
             acc = kernels.conv2d_int(q, layer.w_q, mult, layer.a_signed, layer.stride, layer.pads, layer.dilation,
                                      layer.groups)
@@ -104,9 +138,21 @@ class Emulator:
 
             alpha, beta = correction.cv_correction(layer, mult)
             acc = correction.apply_cv(acc, correction.activation_sums(layer, q), alpha, beta)
-        return dequantize(acc, layer)
+        return acc
 
-    def _matmul(self, layer, args, qcache, lc, mult, accs):
+    def layer_accumulator(self, name: str, q: np.ndarray, lc: LayerConfig) -> np.ndarray:
+        """The accumulators (after CV, before scaling) of conv/gemm layer ``name`` under ``lc`` on its quantized input
+        ``q`` (as a :class:`MacCall` carries it): the layer alone, as a run computes it."""
+        layer = self.layers.get(name)
+        if layer is None or layer.op == "matmul":
+            raise DseError(f"layer '{name}': not a conv/gemm layer of this model; use one of its MAC layers")
+        lc_, mult = self.resolve({name: lc})[name]
+        if mult.domain != "int":
+            raise DseError(f"layer '{name}': multiplier '{mult.name}' has no 8-bit table; accumulators exist only "
+                           "for integer multipliers")
+        return self._accumulate(layer, q, lc_, mult)
+
+    def _matmul(self, layer, args, qcache, lc, mult, accs, hook=None, images=None):
         from dse import kernels
         from dse.quant import dequantize
 
@@ -122,12 +168,14 @@ class Emulator:
 
             alpha, beta = correction.matmul_cv_terms(layer, mult, qb)
             acc = correction.apply_cv_matmul(acc, qa, alpha, beta)
+        if hook is not None:
+            acc = hook(MacCall(layer, images, qa), acc)
         return dequantize(acc.reshape(1, 1, -1), layer).reshape(acc.shape)  # one per-tensor scale s_b
 
-    def _run_batch(self, x, resolved, accs=None, cache=None, batch=None):
+    def _run_batch(self, x, resolved, accs=None, cache=None, batch=None, hook=None, images=None):
         """Logits of one batch. With ``cache`` (a dse.prefix_cache.PrefixCache) and ``batch`` (a key naming these
         images), continue from the deepest cut whose configuration prefix is stored and store the cut the cache
-        asks for."""
+        asks for. ``hook``: see :class:`AccumulatorHook`; ``images``: the indices of these images in the run."""
         from dse.model.float_exec import exec_node
 
         g = self.graph
@@ -154,7 +202,7 @@ class Emulator:
             args = [env[t] for t in n.inputs]
             if n.is_mac:
                 lc, mult = resolved[n.name]
-                env[n.output] = self._mac(n, args, qcache, lc, mult, accs)
+                env[n.output] = self._mac(n, args, qcache, lc, mult, accs, hook, images)
             else:
                 env[n.output] = exec_node(n, args)
             for t in n.inputs:
@@ -177,10 +225,13 @@ class Emulator:
         state = snapshot(env, qcache, self._live[self._cut_pos[cut]])
         cache.store(batch, keys[cut - 1], state, speculative=not shared)
 
-    def run(self, x, config: dict | None = None, batch_size: int = 256, cache=None, tag=None) -> np.ndarray:
+    def run(self, x, config: dict | None = None, batch_size: int = 256, cache=None, tag=None,
+            hook: AccumulatorHook | None = None) -> np.ndarray:
         """float32 logits of preprocessed images ``x`` under ``config`` (None/{} = all exact FxP8). ``cache``: a
         dse.prefix_cache.PrefixCache shared by runs on the same images, ``tag`` (hashable) names the images of ``x``
-        (e.g. ``("search", start, stop)``); the logits are bit-identical to a run without the cache."""
+        (e.g. ``("search", start, stop)``); the logits are bit-identical to a run without the cache. ``hook``: an
+        :class:`AccumulatorHook` that may change every integer-domain MAC layer's accumulators (not with a cache,
+        whose stored prefixes know nothing of it)."""
         from dse.model.float_exec import check_input
 
         if batch_size < 1:
@@ -193,12 +244,15 @@ class Emulator:
         batch_size = stream_batch_size(self.graph, batch_size)  # large inputs: a memory-bounded batch
         if cache is not None and tag is None:
             raise ValueError("a prefix cache needs a tag naming the images")
+        if cache is not None and hook is not None:
+            raise ValueError("an accumulator hook cannot run through the prefix cache")
         outs = []
         for i in range(0, len(x), batch_size):  # images are independent: one slice of the batch per thread
             parts = np.array_split(x[i:i + batch_size], min(get_threads(), len(x[i:i + batch_size])))
             starts = np.cumsum([i] + [len(p) for p in parts])
             outs += map_split(lambda k: self._run_batch(parts[k], resolved, None, cache,
-                                                        (tag, int(starts[k]), int(starts[k + 1]))),
+                                                        (tag, int(starts[k]), int(starts[k + 1])), hook,
+                                                        range(int(starts[k]), int(starts[k + 1]))),
                               list(range(len(parts))))
         if not outs:
             return np.zeros((0,) + tuple(self.graph.shapes[self.graph.output_name]), np.float32)

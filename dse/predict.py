@@ -30,7 +30,14 @@ features, the raw surrogate loss ``r``, a smooth margin-based soft loss and the 
 gain divided out, through the monotone ``w0 r / (1 + c r) + w1 soft + w2 rms`` (``w, c >= 0`` fitted on emulated
 configurations).
 
-:class:`PredictorGate` refits the candidates (AME, surrogate) on every measured point as the search's trials arrive,
+:class:`PropagatedSurrogate` represents what the sum cannot: errors compounding through the network (biased products
+scale activations, scales compose by product; residual adds, ReLU and the calibrated requantization clip and shift).
+It runs the network on the surrogate's images on the exact integer path and replaces each approximate layer's
+accumulators by a :class:`ChannelErrorModel` of its multiplier (per output channel gain, offset and noise, fitted from
+the layer alone on its exact inputs), through the emulator's accumulator hook; separable and low-rank tables, whose
+kernels run at exact-path speed, run for real. Its features go through :class:`LossModel` like the logit surrogate's.
+
+:class:`PredictorGate` refits the candidates (AME, the surrogates) on every measured point as the search's trials arrive,
 keeps the one of better leave-one-out quality, and lets the search skip with it only while it passes the gate.
 """
 from __future__ import annotations
@@ -400,10 +407,7 @@ class LogitSurrogate:
 
     def margins(self, logits: np.ndarray) -> np.ndarray:
         """Per image: the true class's logit minus the largest other one (> 0: right)."""
-        rows = np.arange(self.labels.size)
-        other = logits.copy()
-        other[rows, self.labels] = -np.inf
-        return logits[rows, self.labels] - other.max(axis=1)
+        return margins(logits, self.labels)
 
     def features(self, config: dict) -> np.ndarray:
         """``[raw loss, soft loss, scale-free RMS margin change]`` of ``config`` (the inputs of :class:`LossModel`).
@@ -414,9 +418,8 @@ class LogitSurrogate:
         logits = self.logits(config)
         if self._m0 is None:
             self._m0 = self.margins(self.exact)
-        m, m0 = self.margins(logits), self._m0
-        s = float(np.sqrt(np.mean((m - m0) ** 2)))
-        soft = 0.0 if s == 0 else float(np.mean(norm.cdf(-m / s)) - np.mean(norm.cdf(-m0 / s)))
+        m0 = self._m0
+        soft, _ = soft_loss(self.margins(logits), m0)
         z = self.exact.copy()
         for name, lc in config.items():
             if lc.multiplier != "exact":
@@ -436,6 +439,190 @@ class LogitSurrogate:
                                                                               1e-30)
             d = self._scale_free_cache[key] = approx / np.where(g > 0.05, g, 1.0) - self.exact
         return d
+
+
+def soft_loss(m: np.ndarray, m0: np.ndarray) -> tuple[float, float]:
+    """``(soft loss, s)`` of predicted margins ``m`` against the exact ones ``m0``: the expected loss when every
+    image's margin is uncertain by the RMS margin change ``s``, ``mean Phi(-m / s) - mean Phi(-m0 / s)`` (smooth where
+    a counted loss moves in steps of one image)."""
+    s = float(np.sqrt(np.mean((m - m0) ** 2)))
+    return (0.0 if s == 0 else float(np.mean(norm.cdf(-m / s)) - np.mean(norm.cdf(-m0 / s)))), s
+
+
+def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image: the true class's logit minus the largest other one (> 0: right)."""
+    rows = np.arange(labels.size)
+    other = logits.copy()
+    other[rows, labels] = -np.inf
+    return logits[rows, labels] - other.max(axis=1)
+
+
+@dataclass(frozen=True)
+class ChannelErrorModel:
+    """One approximate layer's accumulators as a statistical function of the exact ones, per output channel ``c``:
+    ``acc' = gain[c] * acc + offset[c] + std[c] * eps`` (``eps`` standard normal, independent per output). Fitted by
+    least squares on the layer's (exact, approximate) accumulators of the same inputs; a channel whose exact
+    accumulators are constant keeps gain 1."""
+
+    gain: np.ndarray
+    offset: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, exact: np.ndarray, approx: np.ndarray) -> "ChannelErrorModel":
+        """From accumulators ``[B, N, ...]`` of the exact and the approximate layer (channel axis 1)."""
+        n = exact.shape[1]
+        x = np.moveaxis(np.asarray(exact, np.float64), 1, 0).reshape(n, -1)
+        y = np.moveaxis(np.asarray(approx, np.float64), 1, 0).reshape(n, -1)
+        mx, my = x.mean(1), y.mean(1)
+        dx, dy = x - mx[:, None], y - my[:, None]
+        vx = np.einsum("ij,ij->i", dx, dx)
+        g = np.where(vx > 0, np.einsum("ij,ij->i", dx, dy) / np.where(vx > 0, vx, 1.0), 1.0)
+        b = my - g * mx
+        r = y - g[:, None] * x - b[:, None]
+        return cls(g, b, np.sqrt(np.mean(r * r, axis=1)))
+
+    @classmethod
+    def identity(cls, channels: int) -> "ChannelErrorModel":
+        return cls(np.ones(channels), np.zeros(channels), np.zeros(channels))
+
+    def apply(self, acc: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """The modelled accumulators (float64) of exact ones ``acc`` [B, N, ...] with noise ``eps`` of that shape."""
+        sh = (1, -1) + (1,) * (acc.ndim - 2)
+        return self.gain.reshape(sh) * acc + self.offset.reshape(sh) + self.std.reshape(sh) * eps
+
+
+NOISE_POOL_BYTES = 256 << 20   # the propagated surrogate keeps each layer's noise for all its images up to this
+
+
+class PropagatedSurrogate:
+    """Accuracy of a configuration predicted by propagating per-layer error models through the network.
+
+    Each approximate (layer, multiplier, cv) choice is a :class:`ChannelErrorModel`, fitted once from the layer alone:
+    its exact and approximate accumulators on the layer's quantized inputs of the all-exact run on the surrogate's
+    images (no network run per choice). A configuration runs the network on those images on the exact integer path
+    with each approximate layer's accumulators replaced by its model's (``Emulator.run``'s accumulator hook), so
+    errors compound through later layers, residual adds, ReLU and the calibrated requantization as in emulation;
+    ``eps`` is fixed per (layer, image) (Philox keyed by ``seed``, layer, image), so a prediction is deterministic
+    and independent of the thread count. :meth:`features` gives ``[raw loss, soft loss, RMS margin change]`` of the
+    predicted logits for :class:`LossModel`."""
+
+    def __init__(self, emulator, x: np.ndarray, labels, seed: int = 0, pool_bytes: int = NOISE_POOL_BYTES,
+                 direct_paths: tuple = ("lowrank",)):
+        from dse.emulate import MacCall
+
+        self.emulator, self.x, self.labels, self.seed = emulator, x, np.asarray(labels), int(seed)
+        self.direct_paths = tuple(direct_paths)
+        if len(self.x) != self.labels.size or self.labels.size == 0:
+            raise DseError(f"propagated surrogate: {len(self.x)} images for {self.labels.size} labels; need as many "
+                           "labels as images, at least one")
+        self._inputs: dict[str, list] = {}
+
+        def record(call: MacCall, acc: np.ndarray) -> np.ndarray:
+            self._inputs.setdefault(call.layer.name, []).append((call.images.start, call.q))
+            return acc
+        self.exact = np.asarray(emulator.run(x, {}, hook=record), np.float64)
+        self.q = {k: np.concatenate([q for _, q in sorted(v, key=lambda t: t[0])]) for k, v in self._inputs.items()}
+        del self._inputs
+        self.acc_exact = float(np.mean(self.exact.argmax(1) == self.labels))
+        self.m0 = margins(self.exact, self.labels)
+        self._index = {name: i for i, name in enumerate(emulator.layers)}
+        self._models: dict[tuple, ChannelErrorModel] = {}
+        self._noise: dict[str, np.ndarray] = {}
+        self._pool_left = int(pool_bytes)
+        self._features: dict[tuple, np.ndarray | None] = {}
+        self._direct: dict[tuple, bool] = {}
+
+    @property
+    def n_images(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def fitted(self) -> int:
+        """(layer, multiplier, cv) choices modelled so far (one layer computation each)."""
+        return len(self._models)
+
+    def model(self, layer: str, lc: LayerConfig) -> ChannelErrorModel:
+        """The error model of ``layer`` under ``lc`` (fitted on first use)."""
+        key = (layer, lc.multiplier, bool(lc.cv))
+        m = self._models.get(key)
+        if m is None:
+            q = self.q[layer]
+            exact = self.emulator.layer_accumulator(layer, q, LayerConfig())
+            m = self._models[key] = ChannelErrorModel.fit(exact, self.emulator.layer_accumulator(layer, q, lc))
+        return m
+
+    def _eps(self, layer: str, images: range, shape: tuple) -> np.ndarray:
+        """Standard normal noise [len(images), *shape] of ``layer``: one Philox stream per (seed, layer, image)."""
+        pool = self._noise.get(layer)
+        if pool is not None:
+            return pool[images.start:images.stop]
+        key = (self.seed << 64) | (self._index[layer] << 32)
+        return np.stack([np.random.Generator(np.random.Philox(key=key | i)).standard_normal(shape, np.float32)
+                         for i in images])
+
+    def _pool(self, layer: str, shape: tuple) -> None:
+        """Keep ``layer``'s noise for every image while the pool's byte budget lasts (before a run: read-only in it)."""
+        size = self.n_images * int(np.prod(shape)) * 4
+        if layer not in self._noise and size <= self._pool_left:
+            self._noise[layer] = self._eps(layer, range(self.n_images), shape)
+            self._pool_left -= size
+
+    def in_domain(self, config: dict) -> bool:
+        """Every approximate layer of ``config`` is a conv/gemm layer with an 8-bit table multiplier."""
+        layers = self.emulator.layers
+        for name, lc in config.items():
+            if lc.multiplier == "exact":
+                continue
+            if name not in layers:
+                check_layers([name], list(layers), "configuration")
+            if layers[name].op == "matmul" or get_multiplier(lc.multiplier).domain != "int":
+                return False
+        return True
+
+    def logits(self, config: dict) -> np.ndarray:
+        """Predicted logits of ``config`` on the surrogate's images (float32)."""
+        from dse.emulate import MacCall
+
+        approx = {name: lc for name, lc in config.items() if lc.multiplier != "exact"}
+        direct = {name: lc for name, lc in approx.items() if self.direct(name, lc)}
+        models = {name: self.model(name, lc) for name, lc in approx.items() if name not in direct}
+        for name in models:
+            self._pool(name, self.emulator.layers[name].out_shape)
+
+        def inject(call: MacCall, acc: np.ndarray) -> np.ndarray:
+            m = models.get(call.layer.name)
+            if m is None:
+                return acc
+            return m.apply(acc, self._eps(call.layer.name, call.images, acc.shape[1:]))
+        return self.emulator.run(self.x, direct, hook=inject)
+
+    def direct(self, layer: str, lc: LayerConfig) -> bool:
+        """``layer`` under ``lc`` runs its real multiplier: its table's kernel path is a few GEMMs at exact-path speed
+        (dse.kernels.select_path "lowrank": separable and low-rank tables), and ``direct_paths`` allows it."""
+        from dse.kernels import select_path
+
+        key = (layer, lc.multiplier)
+        d = self._direct.get(key)
+        if d is None:
+            l = self.emulator.layers[layer]
+            d = self._direct[key] = select_path(get_multiplier(lc.multiplier), l.a_signed, l.K) in self.direct_paths
+        return d
+
+    def features(self, config: dict) -> np.ndarray | None:
+        """``[raw loss, soft loss, RMS margin change]`` of the predicted logits (None outside :meth:`in_domain`);
+        cached per configuration."""
+        key = tuple(sorted((n, lc.multiplier, bool(lc.cv)) for n, lc in config.items() if lc.multiplier != "exact"))
+        if key in self._features:
+            return self._features[key]
+        if not self.in_domain(config):
+            f = None
+        else:
+            logits = np.asarray(self.logits(config), np.float64)
+            soft, s = soft_loss(margins(logits, self.labels), self.m0)
+            f = np.array([self.acc_exact - float(np.mean(logits.argmax(1) == self.labels)), soft, s])
+        self._features[key] = f
+        return f
 
 
 @dataclass
@@ -548,6 +735,10 @@ class Candidate:
 
 def surrogate_candidate(sur: LogitSurrogate) -> Candidate:
     return Candidate("logit surrogate", sur.features, LossModel.fit, surrogate_quality)
+
+
+def propagated_candidate(sur: PropagatedSurrogate) -> Candidate:
+    return Candidate("propagated surrogate", sur.features, LossModel.fit, surrogate_quality)
 
 
 def ame_candidate(pred: AmePredictor, domain: Callable[[dict], bool]) -> Candidate:

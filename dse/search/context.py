@@ -25,7 +25,7 @@ SENSITIVITY_IMAGES = 300
 PREDICTOR_CONFIGS = 10
 FIT_CONFIGS = "two-to-half-the-layers"  # how the predictor's set-up configurations are drawn (part of the context-cache key)
 MIN_PREDICTOR_CONFIGS = 4  # all-exact + 3: the fewest the quadratic accuracy model is fitted on
-PREDICTOR_STAGE = "predictor fit (AME and logit surrogate)"
+PREDICTOR_STAGE = "predictor fit (AME, logit and propagated surrogates)"
 
 
 def default_budget_path() -> Path:
@@ -261,7 +261,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     (dse.search.context_cache)."""
     from dse.budget import load_budget
     from dse.emulate import Emulator
-    from dse.predict import LogitSurrogate
+    from dse.predict import LogitSurrogate, PropagatedSurrogate
     from dse.prefix_cache import PrefixCache
     from dse.search import context_cache
     from dse.session import DataRef, RunInputs, open_session
@@ -308,8 +308,9 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                              cached.surrogate if cached else None)
         accs = (cached.predictor_accs if cached
                 else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress, sur))
+        prop = PropagatedSurrogate(emu, search.images(0, n_sens), search.y[:n_sens], seed=s.seed)
         predictor, estimate, pinfo = predictor_gate(
-            gate_candidates(layers, space, sur), sur, cfgs[:len(accs)], accs, n_sens,
+            gate_candidates(layers, space, sur, prop), sur, cfgs[:len(accs)], accs, n_sens,
             "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)")
     if run_dir and not cached:
         context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel.state(), baseline, accs,
@@ -402,15 +403,16 @@ def _predictor_accuracies(cfgs: list[dict], ev: EmulatorEvaluator, n_images: int
     return accs
 
 
-def gate_candidates(layers, space: SearchSpace, sur) -> list:
+def gate_candidates(layers, space: SearchSpace, sur, propagated=None) -> list:
     """The loss predictors the search's gate chooses between: the AME predictor (configurations of 8-bit table
-    multipliers only) and the logit surrogate ``sur``."""
+    multipliers only), the logit surrogate ``sur`` and, when given, the propagated surrogate ``propagated``."""
     from dse.arith.multipliers import get_multiplier
-    from dse.predict import AmePredictor, ame_candidate, surrogate_candidate
+    from dse.predict import AmePredictor, ame_candidate, propagated_candidate, surrogate_candidate
 
     int_mults = {m for m in space.multipliers if get_multiplier(m).domain == "int"} | {"exact"}
     in_domain = lambda c: all(lc.multiplier in int_mults for lc in c.values())  # noqa: E731
-    return [ame_candidate(AmePredictor(layers), in_domain), surrogate_candidate(sur)]
+    return ([ame_candidate(AmePredictor(layers), in_domain), surrogate_candidate(sur)]
+            + ([propagated_candidate(propagated)] if propagated is not None else []))
 
 
 def predictor_gate(candidates: list, sur, cfgs: list[dict], accs: list[float], n_images: int, note: str = ""):
