@@ -146,7 +146,16 @@ def prequential(cand, rows0, y0, rows, y, start: int) -> list[float]:
             for i in range(start, len(rows))]
 
 
-def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> dict:
+def _propagated(ctx, n: int, seed: int):
+    """The search's gate candidates with the propagated surrogate rebuilt on the first ``n`` search images."""
+    from dse.predict import PropagatedSurrogate, propagated_candidate
+
+    data = ctx.evaluator.data
+    prop = propagated_candidate(PropagatedSurrogate(ctx.evaluator.emulator, data.images(0, n), data.y[:n], seed))
+    return [prop if c.kind == prop.kind else c for c in ctx.predictor.candidates]
+
+
+def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: int | None = None) -> dict:
     from dse.predict import LossModel, surrogate_candidate
     from dse.search import seeds
     from dse.search.context import build_context, gate_candidates, setup_fit_configs, settings_from_budget
@@ -180,7 +189,9 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int) -> di
            "emulate_s_per_image": float(np.median(t_uni)) / n, "trial_images": s_images(budget, n),
            "kinds": [c.kind for c in ctx.predictor.candidates]}
     half = half_of(n_near)
-    cands = ctx.predictor.candidates   # the search's own candidates (dse.search.context.gate_candidates)
+    # the search's own candidates (dse.search.context.gate_candidates)
+    cands = _propagated(ctx, prop_images, s.seed) if prop_images else ctx.predictor.candidates
+    out["propagated_images"] = prop_images or sur.n_images
     for cand in cands:
         r0, rn = _rows(cand, fit0), _rows(cand, near)
         ru, t_pred = _timed_rows(cand, uni)   # after the others: mostly warm per-choice state, as in a search
@@ -221,8 +232,8 @@ def table(r: dict) -> str:
     se_n, se_u = np.asarray(r["near_se"]), np.asarray(r["uniform_se"])
     yn, yu = np.asarray(r["near_loss"]), np.asarray(r["uniform_loss"])
     head = (f"`{Path(r['budget']).name}` ({Path(r['model']).name}, {r['layers']} searchable layers, budget "
-            f"{100 * r['budget_loss']:.1f} pp): {r['images']} search images (losses), surrogate on "
-            f"{r['surrogate_images']}; near-budget losses {100 * yn.min():.2f}..{100 * yn.max():.2f} pp (paired SE "
+            f"{100 * r['budget_loss']:.1f} pp): {r['images']} search images (losses), logit surrogate on "
+            f"{r['surrogate_images']}, propagated surrogate on {r['propagated_images']}; near-budget losses {100 * yn.min():.2f}..{100 * yn.max():.2f} pp (paired SE "
             f"median {100 * np.median(se_n):.2f} pp), uniform {100 * yu.min():.1f}..{100 * yu.max():.1f} pp (SE median "
             f"{100 * np.median(se_u):.2f} pp); set-up {r['setup_s']:.0f} s, measuring {r['measure_s']:.0f} s")
     lines = [head, "", "| predictor | near budget, as trials arrive: Spearman / MAE | uniform random: Spearman / MAE |",
@@ -248,12 +259,12 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(budget: str, cmd: str, text: str) -> None:
+def write_results(budget: str, cmd: str, text: str, variant: str = "") -> None:
     old = RESULTS.read_text()
     sec = re.search(r"^## Predictor\n.*?(?=^## )", old, re.S | re.M)
     if not sec:
         raise SystemExit("RESULTS.md has no '## Predictor' section")
-    marker = f"<!-- bench_predict {Path(budget).name} -->"
+    marker = f"<!-- bench_predict {Path(budget).name}{variant} -->"
     block = f"{marker}\n{cmd}\n\n{text.rstrip()}\n{marker} end\n"
     body = sec.group(0)
     pat = re.compile(re.escape(marker) + r"\n.*?" + re.escape(marker) + r" end\n", re.S)
@@ -268,10 +279,12 @@ def main() -> int:
     ap.add_argument("--near", type=int, default=40)
     ap.add_argument("--uniform", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--propagated-images", type=int, default=None,
+                    help="images of the propagated surrogate (default: the search's, as the logit surrogate's)")
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every point (features, measured losses) to this file")
     a = ap.parse_args()
-    r = run(a.budget, a.images, a.near, a.uniform, a.seed)
+    r = run(a.budget, a.images, a.near, a.uniform, a.seed, a.propagated_images)
     t = table(r)
     print(t)
     if a.json:
@@ -279,8 +292,9 @@ def main() -> int:
 
         a.json.write_text(json.dumps(r, indent=1, default=float))
     if a.write_results:
+        extra = f" --propagated-images {a.propagated_images}" if a.propagated_images else ""
         write_results(str(a.budget), f"`python benchmarks/bench_predict.py {a.budget} --images {a.images} --near "
-                      f"{a.near} --uniform {a.uniform} --seed {a.seed}`", t)
+                      f"{a.near} --uniform {a.uniform} --seed {a.seed}{extra}`", t, extra)
         print(f"updated {RESULTS}")
     return 0
 

@@ -493,6 +493,7 @@ class ChannelErrorModel:
 
 
 NOISE_POOL_BYTES = 256 << 20   # the propagated surrogate keeps each layer's noise for all its images up to this
+FIT_INPUT_BYTES = 64 << 20     # its error models are fitted on the layers' inputs of the first images up to this
 
 
 class PropagatedSurrogate:
@@ -500,7 +501,7 @@ class PropagatedSurrogate:
 
     Each approximate (layer, multiplier, cv) choice is a :class:`ChannelErrorModel`, fitted once from the layer alone:
     its exact and approximate accumulators on the layer's quantized inputs of the all-exact run on the surrogate's
-    images (no network run per choice). A configuration runs the network on those images on the exact integer path
+    first ``fit_images`` images (as many as ``fit_bytes`` of recorded inputs hold; no network run per choice). A configuration runs the network on those images on the exact integer path
     with each approximate layer's accumulators replaced by its model's (``Emulator.run``'s accumulator hook), so
     errors compound through later layers, residual adds, ReLU and the calibrated requantization as in emulation;
     ``eps`` is fixed per (layer, image) (Philox keyed by ``seed``, layer, image), so a prediction is deterministic
@@ -508,7 +509,7 @@ class PropagatedSurrogate:
     predicted logits for :class:`LossModel`."""
 
     def __init__(self, emulator, x: np.ndarray, labels, seed: int = 0, pool_bytes: int = NOISE_POOL_BYTES,
-                 direct_paths: tuple = ("lowrank",)):
+                 direct_paths: tuple = ("lowrank",), fit_bytes: int = FIT_INPUT_BYTES):
         from dse.emulate import MacCall
 
         self.emulator, self.x, self.labels, self.seed = emulator, x, np.asarray(labels), int(seed)
@@ -516,10 +517,14 @@ class PropagatedSurrogate:
         if len(self.x) != self.labels.size or self.labels.size == 0:
             raise DseError(f"propagated surrogate: {len(self.x)} images for {self.labels.size} labels; need as many "
                            "labels as images, at least one")
+        per_image = sum(int(np.prod(l.in_shape)) for l in emulator.layers.values())
+        self.fit_images = int(min(len(x), max(1, fit_bytes // max(per_image, 1))))
         self._inputs: dict[str, list] = {}
 
         def record(call: MacCall, acc: np.ndarray) -> np.ndarray:
-            self._inputs.setdefault(call.layer.name, []).append((call.images.start, call.q))
+            keep = self.fit_images - call.images.start
+            if keep > 0:
+                self._inputs.setdefault(call.layer.name, []).append((call.images.start, call.q[:keep].copy()))
             return acc
         self.exact = np.asarray(emulator.run(x, {}, hook=record), np.float64)
         self.q = {k: np.concatenate([q for _, q in sorted(v, key=lambda t: t[0])]) for k, v in self._inputs.items()}

@@ -88,6 +88,19 @@ def test_a_gain_multiplier_is_predicted_as_emulated(resnet8, gain2):
         assert not ps.direct(chosen[0], cfg[chosen[0]])
 
 
+def test_error_models_fit_on_the_first_images_that_fit_the_input_budget(resnet8, gain2):
+    emu, x, y = resnet8
+    per_image = sum(int(np.prod(l.in_shape)) for l in emu.layers.values())
+    ps = PropagatedSurrogate(emu, x, y, direct_paths=(), fit_bytes=5 * per_image + 1)
+    assert ps.fit_images == 5 and all(len(q) == 5 for q in ps.q.values())
+    name = list(emu.layers)[2]
+    full = PropagatedSurrogate(emu, x, y, direct_paths=())
+    assert full.fit_images == N_IMAGES
+    np.testing.assert_allclose(ps.model(name, LayerConfig(gain2)).gain, 2.0, rtol=1e-12)   # a gain: any images do
+    cfg = {name: LayerConfig(gain2)}
+    np.testing.assert_allclose(ps.logits(cfg), emu.run(x, cfg), rtol=1e-5, atol=1e-5)
+
+
 def test_separable_tables_run_their_real_multiplier(resnet8):
     emu, x, y = resnet8
     ps = PropagatedSurrogate(emu, x, y)
