@@ -8,9 +8,10 @@ Protocol (one budget file; its model, data, space, energy model and set-up as `d
 ``--images`` images of the search split instead of the budget's cap, so each measured loss has a small sampling
 error, reported as the paired standard error of every loss):
 
-* the search's context (dse.search.context.build_context): FxP8 calibration, the logit surrogate on the first 300
-  search images and the predictor gate fitted on the set-up's configurations (all-exact + 10 with few approximate
-  layers), the knapsack sensitivities (the surrogate's single-layer runs);
+* the search's context (dse.search.context.build_context): FxP8 calibration, the logit and propagated surrogates on
+  the first 300 search images and the predictor gate fitted on the set-up's configurations (all-exact + 10 with few
+  approximate layers), the knapsack sensitivities (the surrogate's single-layer runs), all of them measured (no
+  ``setup_budget_s``: with it, a loaded machine leaves some out and the knapsack's configurations change);
 * ``--near`` configurations from the distribution the search visits near the budget: the knapsack's choice at a
   random capacity (0.25-3x the budget) over a random 70 % of the single-layer items; and ``--uniform`` uniform random
   configurations of the space (each searchable layer approximate with probability q ~ U(0, 1));
@@ -163,7 +164,8 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = build_context(str(_budget_copy(budget, images, Path(tmp) / budget.name)))
+        # no set-up budget: every sensitivity measured, so the knapsack's configurations do not depend on the load
+        ctx = build_context(str(_budget_copy(budget, images, Path(tmp) / budget.name)), setup_budget_s=1e12)
     s = settings_from_budget(load_budget(budget))
     sur = ctx.sensitivity.surrogate
     items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
