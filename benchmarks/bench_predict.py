@@ -39,12 +39,14 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def _budget_copy(path: Path, images: int, out: Path) -> Path:
-    """The budget with ``[data] images = images`` (other keys unchanged, relative paths resolved as before)."""
+    """The budget with ``[data] images = images`` and ``confirm = 0`` (the search's confirmation images are not
+    needed here: every loss is measured on all ``images``; other keys unchanged, relative paths resolved as before)."""
     text = path.read_text()
-    new, n = re.subn(r"(?m)^images\s*=.*$", f"images = {images}", text)
-    if n == 0:
-        new = re.sub(r"(?m)^\[data\]\s*$", f"[data]\nimages = {images}", text, count=1)
-    out.write_text(new)
+    for key, value in (("images", images), ("confirm", 0)):
+        text, n = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text)
+        if n == 0:
+            text = re.sub(r"(?m)^\[data\]\s*$", f"[data]\n{key} = {value}", text, count=1)
+    out.write_text(text)
     return out
 
 
