@@ -49,7 +49,8 @@ class MacCall:
 
 class AccumulatorHook(Protocol):
     """``hook(call, acc) -> acc``: the accumulators (int64, or float64 after CV) the run continues with; same shape.
-    Called from the run's worker threads, one call per (layer, slice of images): it must not mutate shared state."""
+    Called from the run's worker threads, one call per (layer, slice of images): anything it records must be
+    thread-safe (appending to a list is)."""
 
     def __call__(self, call: MacCall, acc: np.ndarray) -> np.ndarray: ...
 
