@@ -3,8 +3,8 @@ with the search a home-made script would run on the same emulator, energy model,
 
 Variants, each run once per seed in one process (fresh run directory each time):
 
-* ``dse``: the full search (sampler from the budget, all-exact/uniform/knapsack seeds, racing on growing image
-  counts, AME predictor skip), as ``dse search`` runs it;
+* ``dse``: the full search (sampler from the budget, the budget's seeds (``[search] seeds``; by default only
+  all-exact), racing on growing image counts, predictor skip behind its gate), as ``dse search`` runs it;
 * ``optuna-tpe``: plain Optuna TPE (multivariate, constant liar) with only the all-exact seed, every trial on all
   search images, no predictor;
 * ``optuna-random``: the same with Optuna's RandomSampler;

@@ -25,7 +25,8 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   divided among the workers), ``prefix_cache_mib`` (memory per search process for the activations of configuration
   prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``setup_budget_s`` (seconds of set-up
   after which the predictor fit and the knapsack sensitivities stop measuring: the rest is estimated by the predictor
-  or left out, and the output says so).
+  or left out, and the output says so), ``seeds`` (seed trials besides all-exact: ``"uniform"``, ``"knapsack"``;
+  default none, see SEED_KINDS).
 * ``[space]`` ``allow_cmodel`` (true: ``cmodel:`` names may compile and run their C files, see dse.arith.cmodel),
   ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table
   ``{K = [..], Lw = [..], La = [..], modes = [..]}``: all combinations), ``cv`` (allowed bools), ``pin_first_last``,
@@ -78,6 +79,13 @@ class BudgetSection:
     confidence: float = 0.95         # upper confidence bound of the search-split loss must be within the budget
 
 
+# Seed trials the search may enqueue besides the all-exact reference: one per multiplier on every layer ("uniform") and
+# energy-optimal configurations under summed single-layer losses ("knapsack"). Off by default: measured with
+# benchmarks/bench_search.py they cost trials (16 of 40 on ResNet-8) and left TPE with a worse best on ResNet-8 (3 of 3
+# seeds) and no better a median on LeNet-5 (6 seeds); benchmarks/RESULTS.md, "Search baselines".
+SEED_KINDS = ("uniform", "knapsack")
+
+
 @dataclass(frozen=True)
 class SearchSection:
     mode: str = "constrained"
@@ -94,6 +102,7 @@ class SearchSection:
     threads: int | None = None  # kernel threads per search process; None = the cores divided among the workers
     prefix_cache_mib: float = 512.0  # per search process: activations of shared configuration prefixes (0 = off)
     setup_budget_s: float = 300.0   # predictor fit and knapsack sensitivities stop measuring after this (seconds)
+    seeds: tuple = ()  # seed trials besides all-exact: "uniform", "knapsack" (SEED_KINDS); none by default, see below
 
 
 @dataclass(frozen=True)
@@ -406,6 +415,9 @@ def _search(ctx, tab) -> SearchSection:
     if "timeout_s" in tab:
         kw["timeout_s"] = _float(ctx, "search.timeout_s", g("timeout_s"), 0, lo_open=True,
                                  what="a positive number of seconds")
+    if "seeds" in tab:
+        kw["seeds"] = _list(ctx, "search.seeds", g("seeds"), lambda k, x: _str(ctx, k, x, SEED_KINDS),
+                            f"seed kinds ({', '.join(SEED_KINDS)})", nonempty=False)
     if "racing" in tab:
         r = _list(ctx, "search.racing", g("racing"), lambda k, x: _int(ctx, k, x, lo=0), "image counts (0 = all)")
         nz = [x for x in r if x]

@@ -170,6 +170,7 @@ def err(tmp_path, text) -> str:
     ("[search]\nracing = [2000, 500]\n", "'search.racing'", "increasing"),
     ("[search]\nracing = [0, 500]\n", "'search.racing'", "0 (= all) only last"),
     ("[search]\nracing = [500, -1]\n", "'search.racing[1]'", "non-negative"),
+    ("[search]\nseeds = [\"random\"]\n", "'search.seeds[0]'", "uniform"),
     ("[search]\nconfidence = 1.0\n", "'search.confidence'", "got 1.0"),
     ("[search]\ntimeout_s = -5\n", "'search.timeout_s'", "positive"),
     ("[budget]\nmax_accuracy_loss = 120\n", "'budget.max_accuracy_loss'", "[0, 100)"),

@@ -113,6 +113,7 @@ def test_real_search_whose_setup_outlasts_the_timeout(tmp_path):
 
     b = tmp_path / "b.toml"
     b.write_text("[data]\nimages = 40\n[search]\nworkers = 1\nn_trials = 5\nracing = [0]\ntimeout_s = 0.01\n"
+                 "seeds = ['knapsack']\n"
                  "[space]\nmultipliers = ['drum4']\ncv = [false]\n")
     res = search_from_budget(str(b), run_dir=tmp_path / "run")
     assert res["trials"]["complete"] == 0 and res["best"] is None and res["no_best"]

@@ -132,7 +132,8 @@ def test_knapsack_matches_brute_force():
 def test_seeds_enqueued(tmp_path, budget_file):
     ctx = make_ctx()
     _CTX["ctx"] = ctx
-    res = run_search(budget_file, settings_(n_trials=3), ctx_factory, run_dir=tmp_path / "run", progress=False)
+    res = run_search(budget_file, settings_(n_trials=3, seed_uniform=True, seed_knapsack=True), ctx_factory,
+                     run_dir=tmp_path / "run", progress=False)
     study = rundir.load_study(tmp_path / "run")
     trials = study.get_trials(deepcopy=False)
     assert trials[0].params == {p: ("exact" if p.endswith(".mult") else False) for p in ctx.space.param_names}
@@ -143,6 +144,23 @@ def test_seeds_enqueued(tmp_path, budget_file):
     # second trial is the first uniform seed: drum6 everywhere searchable
     assert {trials[1].params[f"{n}.mult"] for n in ctx.space.searchable} == {axbxp_name(2, 2, 2, "static")}
     assert res["trials"]["complete"] == 3
+
+
+def test_only_the_all_exact_seed_by_default(tmp_path, budget_file):
+    """Without [search] seeds only the all-exact reference is enqueued (uniform and knapsack seeds are opt-in), and a
+    budget's seeds list reaches the settings."""
+    from dse.budget import load_budget
+    from dse.search.context import settings_from_budget
+
+    _CTX["ctx"] = make_ctx()
+    run_search(budget_file, settings_(n_trials=3), ctx_factory, run_dir=tmp_path / "run", progress=False)
+    study = rundir.load_study(tmp_path / "run")
+    assert [t.number for t in study.trials if t.user_attrs.get("seed")] == [0]
+    assert not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    b = tmp_path / "seeds.toml"
+    b.write_text('[search]\nseeds = ["knapsack"]\n')
+    s = settings_from_budget(load_budget(b))
+    assert (s.seed_uniform, s.seed_knapsack) == (False, True)
 
 
 # ---------------------------------------------------------------- objective and study

@@ -67,8 +67,8 @@ class SearchSettings:
     predictor_skip: float = _D.predictor_skip  # skip a trial when predicted loss > predictor_skip * budget (0 = never)
     n_holdout: int = _D.n_holdout              # hold-out checks that may fail before the walk down the list stops
     feasibility_confidence: float = BudgetSection().confidence  # [budget] confidence of the search-split feasibility
-    seed_uniform: bool = True
-    seed_knapsack: bool = True
+    seed_uniform: bool = "uniform" in _D.seeds    # [search] seeds
+    seed_knapsack: bool = "knapsack" in _D.seeds
 
     def validate(self) -> "SearchSettings":
         if self.mode not in MODES:
