@@ -41,15 +41,15 @@ class SlowEmulator:
 
 
 class DeadlineAtFirstRun(SlowEmulator):
-    """SlowEmulator whose first approximate run moves ``deadline`` to 1.5 batches from now: that run is cut after two
-    batches, whatever the machine's speed before it."""
+    """SlowEmulator whose first approximate run (or the one starting batch ``at_batch``) moves ``deadline`` to 1.5
+    batches from now: that run is cut after two batches, whatever the machine's speed before it."""
 
-    def __init__(self, deadline, batch_s):
+    def __init__(self, deadline, batch_s, at_batch: int = 0):
         super().__init__(batch_s)
-        self.deadline = deadline
+        self.deadline, self.at_batch = deadline, at_batch
 
     def run(self, x, config, batch_size, cache=None, tag=None):
-        if config and not self.starts:
+        if config and len(self.starts) == self.at_batch:
             self.deadline.at = time.time() + 1.5 * self.batch_s
         return super().run(x, config, batch_size)
 
@@ -87,9 +87,11 @@ def test_deadline_raises_only_inside_a_trial():
 def test_timeout_stops_the_trial_in_progress(tmp_path):
     budget = tmp_path / "b.toml"
     budget.write_text("[budget]\nmax_accuracy_loss = 1.0\n")
-    emu = SlowEmulator()
     trial_s = 30 * BATCH_S  # 3000 images in batches of 100
-    deadline = Deadline.after(8 * trial_s)  # a few trials
+    deadline = Deadline.after(600)
+    # the deadline passes inside the third trial, whatever the time spent between trials (sampling, storage) on a
+    # loaded machine
+    emu = DeadlineAtFirstRun(deadline, BATCH_S, at_batch=60)
     ev = EmulatorEvaluator(emu, Labels(3000), batch_size=100, deadline=deadline)
     ctx = SearchContext(space=fake_space(), evaluator=ev, holdout=FakeEvaluator(1000, 1), energy=fake_energy,
                         baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
