@@ -7,8 +7,9 @@
 * ``dw_conv(x, wp, lutT, maxabs, stride, pads, dilation, out_hw, exact, a_signed, isa=None, threads=1)
   -> int64[B, Cout, Ho, Wo]``: direct depthwise convolution (table lookups, or exact products when ``exact``), no
   im2col; AVX2 gathers over 8 output positions.
-* ``quantize(x, scale, signed, threads=1)`` / ``dequantize(acc, a_scale, w_scale, bias, threads=1)``: the FxP8
-  activation quantizer and the layer output scaling of dse.quant, fused into one pass each.
+* ``quantize(x, scale, signed, threads=1)`` / ``dequantize(acc, a_scale, w_scale, bias, threads=1, act=...)``: the
+  FxP8 activation quantizer and the layer output scaling of dse.quant (with the layer's Relu/Clip fused in), one
+  SIMD pass each.
 * Every loop releases the GIL and runs on ``threads`` OpenMP threads (work split over output rows/planes; each output
   is computed by one thread in a fixed order, so results do not depend on the thread count).
 * ``int_gemm(AT, Wp, fa, a_mode, gw, S, out, isa=None, threads=1)``: exact integer GEMM on int16 operand values
@@ -36,8 +37,8 @@ cdef extern from "lut_kernel.h" nogil:
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int32_t maxabs, int mode,
                     int a_signed, int64_t *out, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
-    void dse_dequantize(const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
-                        const float *bias, float *y, int nt)
+    void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
+                        const float *bias, int act, float lo, float hi, float *y, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 
 cdef extern from "int_gemm.h" nogil:
@@ -47,6 +48,7 @@ cdef extern from "int_gemm.h" nogil:
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
 INT_GEMM_MODES = ("table", "u8", "s8")
+ACTS = ("none", "relu", "clip")
 _HW_LEVEL = dse_cpu_level()
 
 
@@ -195,16 +197,24 @@ def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=No
 
 
 def dequantize(const int64_t[:, :, ::1] acc, double a_scale, const float[::1] w_scale, const float[::1] bias,
-               int threads=1):
-    """float32[R, N, S]: float32((acc * a_scale) * w_scale[c]) + bias[c], products in float64."""
+               int threads=1, act="none", float lo=-np.inf, float hi=np.inf, isa=None, out=None):
+    """float32[R, N, S]: act(float32((acc * a_scale) * w_scale[c]) + bias[c]), products in float64; ``act`` one of
+    ACTS: "none", "relu" (numpy's maximum(y, 0)) or "clip" (numpy's clip(y, lo, hi)). Written into ``out`` when
+    given (float32[R, N, S]), else into a new array; AVX2 at level avx2 and above, the same bits."""
+    cdef int level = _level(isa)
     cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
+    cdef int code = ACTS.index(act)
     if w_scale.shape[0] != N or bias.shape[0] != N:
         raise ValueError("dequantize: w_scale and bias need one entry per channel")
-    out = np.empty((R, N, S), dtype=np.float32)
+    if out is None:
+        out = np.empty((R, N, S), dtype=np.float32)
     cdef float[:, :, ::1] y = out
+    if y.shape[0] != R or y.shape[1] != N or y.shape[2] != S:
+        raise ValueError("dequantize: out must have the shape of acc")
     if R and N and S:
         with nogil:
-            dse_dequantize(&acc[0, 0, 0], R, N, S, a_scale, &w_scale[0], &bias[0], &y[0, 0, 0], max(1, threads))
+            dse_dequantize(level, &acc[0, 0, 0], R, N, S, a_scale, &w_scale[0], &bias[0], code, lo, hi, &y[0, 0, 0],
+                           max(1, threads))
     return out
 
 

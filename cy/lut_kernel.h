@@ -852,9 +852,72 @@ static void dse_quantize(int level, const float *x, int64_t n, float s, int lo, 
     }
 }
 
-/* y[r, c, j] = float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c] (float32 add), acc int64 [R, N, S]. */
-static void dse_dequantize(const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
-                           const float *bias, float *y, int nt)
+/* Output activation fused into the scaling pass: DSE_ACT_RELU is numpy's maximum(y, 0) (NaN kept, -0 -> +0),
+ * DSE_ACT_CLIP numpy's clip(y, lo, hi) (NaN kept, y kept when neither bound is crossed). */
+#define DSE_ACT_NONE 0
+#define DSE_ACT_RELU 1
+#define DSE_ACT_CLIP 2
+
+static inline float dse_act1(float y, int act, float lo, float hi)
+{
+    if (act == DSE_ACT_RELU)
+        return (y != y || y > 0.0f) ? y : 0.0f;
+    if (act == DSE_ACT_CLIP)
+        return y < lo ? lo : (y > hi ? hi : y);
+    return y;
+}
+
+static inline float dse_scale1(int64_t a, double sa, double f, float b)
+{
+    return (float)(((double)a * sa) * f) + b;
+}
+
+/* (double) of 4 int64 lanes, exactly as the C conversion: high halves (int32) * 2^32 and low halves (uint32) are exact
+ * doubles, their one sum is the correctly rounded value. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_i64_to_pd(__m256i v)
+{
+    const __m256i split = _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    const __m256d hi = _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(split, 1)),
+                                     _mm256_set1_pd(4294967296.0));
+    const __m128i lo_s = _mm_xor_si128(_mm256_castsi256_si128(split), _mm_set1_epi32((int)0x80000000u));
+    const __m256d lo = _mm256_add_pd(_mm256_cvtepi32_pd(lo_s), _mm256_set1_pd(2147483648.0));
+    return _mm256_add_pd(hi, lo);
+}
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_act8(__m256 y, int act, __m256 lo, __m256 hi)
+{
+    if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
+        return _mm256_and_ps(y, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_NLE_UQ));
+    if (act == DSE_ACT_CLIP) {
+        y = _mm256_blendv_ps(y, lo, _mm256_cmp_ps(y, lo, _CMP_LT_OQ));
+        return _mm256_blendv_ps(y, hi, _mm256_cmp_ps(y, hi, _CMP_GT_OQ));
+    }
+    return y;
+}
+
+/* One channel's run of S outputs: the same operations as dse_scale1 / dse_act1, 8 at a time (no FMA). */
+DSE_T_AVX2 static void dse_dequant_run_avx2(const int64_t *a, int64_t S, double sa, double f, float b, int act,
+                                            float lo, float hi, float *o)
+{
+    const __m256d vsa = _mm256_set1_pd(sa), vf = _mm256_set1_pd(f);
+    const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    int64_t j = 0;
+    for (; j + 8 <= S; j += 8) {
+        const __m256d d0 = _mm256_mul_pd(_mm256_mul_pd(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j))),
+                                                       vsa), vf);
+        const __m256d d1 = _mm256_mul_pd(
+            _mm256_mul_pd(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j + 4))), vsa), vf);
+        const __m256 y = _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
+        _mm256_storeu_ps(o + j, dse_act8(y, act, vlo, vhi));
+    }
+    for (; j < S; j++)
+        o[j] = dse_act1(dse_scale1(a[j], sa, f, b), act, lo, hi);
+}
+
+/* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64
+ * [R, N, S]; AVX2 at level avx2 and above, the same bits. */
+static void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa,
+                           const float *sw, const float *bias, int act, float lo, float hi, float *y, int nt)
 {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < R * N; t++) {
@@ -863,8 +926,11 @@ static void dse_dequantize(const int64_t *acc, int64_t R, int64_t N, int64_t S, 
         const float b = bias[c];
         const int64_t *a = acc + t * S;
         float *o = y + t * S;
-        for (int64_t j = 0; j < S; j++)
-            o[j] = (float)(((double)a[j] * sa) * f) + b;
+        if (level >= DSE_ISA_AVX2)
+            dse_dequant_run_avx2(a, S, sa, f, b, act, lo, hi, o);
+        else
+            for (int64_t j = 0; j < S; j++)
+                o[j] = dse_act1(dse_scale1(a[j], sa, f, b), act, lo, hi);
     }
 }
 

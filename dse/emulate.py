@@ -74,6 +74,24 @@ class Emulator:
         per_image = [self.layers[n].macs for n in self._macs]
         self._cum_macs = [int(sum(per_image[:j])) for j in range(len(per_image) + 1)]
         self._live = None  # dse.prefix_cache.live_tensors, built on the first cached run
+        self._acts = self._fused_acts()
+
+    def _fused_acts(self) -> dict:
+        """{MAC node index: OutputAct of the Relu/Clip right after it} where that node is the MAC output's only
+        consumer: the pair runs as one step (the activation applied in the scaling pass), so the pre-activation
+        tensor is never stored. It lives across no cut (cuts sit at MAC nodes), so the prefix cache is unaffected."""
+        from dse.kernels import OutputAct
+
+        nodes, out = self.graph.nodes, {}
+        for i, (n, a) in enumerate(zip(nodes, nodes[1:])):
+            if not n.is_mac or a.inputs != [n.output] or self._last[n.output] != i + 1 or \
+                    n.output == self.graph.output_name:
+                continue
+            if a.op == "relu":
+                out[i] = OutputAct("relu")
+            elif a.op == "clip" and not np.isnan([a.attrs["min"], a.attrs["max"]]).any():
+                out[i] = OutputAct("clip", float(np.float32(a.attrs["min"])), float(np.float32(a.attrs["max"])))
+        return out
 
     # ------------------------------------------------------------------ configuration
     def resolve(self, config: dict | None) -> dict:
@@ -102,25 +120,30 @@ class Emulator:
             q = qcache[t] = quantize_act(x, scale, signed)
         return q
 
-    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None):
-        from dse import kernels
+    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None):
+        """The MAC layer's float32 output, followed by ``act`` (a fused Relu/Clip) if given."""
         from dse.quant import dequantize
 
         layer = self.layers[node.name]
-        if layer.op == "matmul":
-            return self._matmul(layer, args, qcache, lc, mult, accs, hook, images)
-        x = args[0]
-        if mult.domain != "int":
-            if layer.op == "conv":
-                y = kernels.conv2d_float(x, node.params["W"], mult, layer.stride, layer.pads, layer.dilation,
-                                         layer.groups)
-                return (y + layer.bias.reshape(1, -1, 1, 1)).astype(np.float32)
-            return (kernels.gemm_float(x, node.params["W"], mult) + layer.bias).astype(np.float32)
-        q = self._quantized(layer.input, x, layer.a_scale, layer.a_signed, qcache)
+        if layer.op == "matmul" or mult.domain != "int":
+            y = self._matmul(layer, args, qcache, lc, mult, accs, hook, images) if layer.op == "matmul" else \
+                self._float_mac(node, layer, args[0], mult)
+            return y if act is None else act.apply(y)
+        q = self._quantized(layer.input, args[0], layer.a_scale, layer.a_signed, qcache)
         acc = self._accumulate(layer, q, lc, mult, accs)
         if hook is not None:
             acc = hook(MacCall(layer, images, q), acc)
-        return dequantize(acc, layer)
+        return dequantize(acc, layer, act)
+
+    @staticmethod
+    def _float_mac(node, layer, x, mult):
+        from dse import kernels
+
+        if layer.op == "conv":
+            y = kernels.conv2d_float(x, node.params["W"], mult, layer.stride, layer.pads, layer.dilation,
+                                     layer.groups)
+            return (y + layer.bias.reshape(1, -1, 1, 1)).astype(np.float32)
+        return (kernels.gemm_float(x, node.params["W"], mult) + layer.bias).astype(np.float32)
 
     @staticmethod
     def _accumulate(layer, q, lc, mult, accs=None):
@@ -200,10 +223,14 @@ class Emulator:
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
             n = g.nodes[i]
+            if i - 1 in self._acts:  # ran with the MAC layer before it
+                continue
             args = [env[t] for t in n.inputs]
             if n.is_mac:
                 lc, mult = resolved[n.name]
-                env[n.output] = self._mac(n, args, qcache, lc, mult, accs, hook, images)
+                act = self._acts.get(i)
+                out = g.nodes[i + 1].output if act is not None else n.output
+                env[out] = self._mac(n, args, qcache, lc, mult, accs, hook, images, act)
             else:
                 env[n.output] = exec_node(n, args)
             for t in n.inputs:

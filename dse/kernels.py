@@ -770,14 +770,31 @@ def quantize_patterns(x: np.ndarray, scale, signed: bool) -> np.ndarray:
     return _kernels.quantize(x.reshape(-1), np.float32(scale), bool(signed), get_threads()).reshape(x.shape)
 
 
-def scale_accumulators(acc: np.ndarray, a_scale: float, w_scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """float32((acc * a_scale) * w_scale[c]) + bias[c] (float64 products) for int64 acc [B, N, ...], one threaded
-    pass; same shape."""
-    _isa_name(None)
+@dataclass(frozen=True)
+class OutputAct:
+    """The Relu or Clip that follows a MAC layer, fused into its scaling pass: ``kind`` "relu" is numpy's
+    ``maximum(y, 0)``, "clip" numpy's ``clip(y, lo, hi)`` (the IR ops "relu" and "clip"; float32 bounds)."""
+
+    kind: str
+    lo: float = -np.inf
+    hi: float = np.inf
+
+    def apply(self, y: np.ndarray) -> np.ndarray:
+        """The numpy twin of the fused pass (the IR op on float32 values)."""
+        if self.kind == "relu":
+            return np.maximum(y, np.float32(0))
+        return np.clip(y, np.float32(self.lo), np.float32(self.hi))
+
+
+def scale_accumulators(acc: np.ndarray, a_scale: float, w_scale: np.ndarray, bias: np.ndarray,
+                       act: OutputAct | None = None, isa=None) -> np.ndarray:
+    """act(float32((acc * a_scale) * w_scale[c]) + bias[c]) (float64 products) for int64 acc [B, N, ...], one threaded
+    SIMD pass; same shape."""
     a = np.ascontiguousarray(acc, dtype=np.int64)
+    kind, lo, hi = ("none", -np.inf, np.inf) if act is None else (act.kind, act.lo, act.hi)
     y = _kernels.dequantize(a.reshape(a.shape[0], a.shape[1], -1), float(a_scale),
                             np.ascontiguousarray(w_scale, np.float32), np.ascontiguousarray(bias, np.float32),
-                            get_threads())
+                            get_threads(), kind, lo, hi, _isa_name(isa))
     return y.reshape(a.shape)
 
 

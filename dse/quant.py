@@ -15,11 +15,17 @@ the multiplier's signed weight port; a tensor read there is quantized signed for
 Calibration ``amax``: "max" = max |x|; "percentile" = the ``percentile``-th percentile of |x| (numpy's linear
 interpolation). Calibration streams batches (see :func:`calibrate`).
 """
+from __future__ import annotations
+
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dse.errors import DseError
+
+if TYPE_CHECKING:
+    from dse.kernels import OutputAct
 
 
 @dataclass
@@ -162,18 +168,20 @@ def quantize_weights(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, s
 
 
-def dequantize(acc: np.ndarray, layer: MacLayer) -> np.ndarray:
-    """``float32((acc * s_a) * s_w[c]) + bias[c]`` (float64 products); ``acc`` [B, N] or [B, N, Ho, Wo]. int64
-    accumulators take the fused pass dse._kernels.dequantize, float ones (after CV correction) the numpy twin."""
+def dequantize(acc: np.ndarray, layer: MacLayer, act: OutputAct | None = None) -> np.ndarray:
+    """``float32((acc * s_a) * s_w[c]) + bias[c]`` (float64 products), then ``act`` (the layer's Relu/Clip, if it is
+    fused); ``acc`` [B, N] or [B, N, Ho, Wo]. int64 accumulators take the fused pass dse._kernels.dequantize, float
+    ones (after CV correction) the numpy twin."""
     from dse.kernels import scale_accumulators
 
     if acc.dtype == np.int64:
-        return scale_accumulators(acc, layer.a_scale, layer.w_scale, layer.bias)
-    return reference_dequantize(acc, layer)
+        return scale_accumulators(acc, layer.a_scale, layer.w_scale, layer.bias, act)
+    y = reference_dequantize(acc, layer)
+    return y if act is None else act.apply(y)
 
 
 def reference_dequantize(acc: np.ndarray, layer: MacLayer) -> np.ndarray:
-    """numpy twin of :func:`dequantize` (any numeric acc)."""
+    """numpy twin of :func:`dequantize` without an activation (any numeric acc)."""
     sh = (1, -1) + (1,) * (acc.ndim - 2)
     y = (np.asarray(acc, dtype=np.float64) * float(layer.a_scale)) * layer.w_scale.astype(np.float64).reshape(sh)
     return y.astype(np.float32) + layer.bias.reshape(sh)

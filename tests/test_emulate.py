@@ -99,6 +99,47 @@ def test_control_variate_bit_exact(qm, fake_correction):
     assert not np.array_equal(y, Emulator(qm).run(X_IN, {k: LayerConfig(v.multiplier) for k, v in cfg.items()}))
 
 
+@pytest.fixture(scope="module")
+def qm_clip(tmp_path_factory, onnx_builder):
+    """Inverted residual: 1x1 expand -> Clip(0, 6) -> depthwise 3x3/2 with channel multiplier 2 -> Clip(-1, 2) ->
+    1x1 projection -> Relu that also feeds an Add with the projection itself (not fusible) -> flatten -> gemm ->
+    Relu (the graph output)."""
+    def w(*s):
+        return (RNG.standard_normal(s) * 0.5).astype(np.float32)
+
+    inits = {"We": w(6, 3, 1, 1), "be": w(6), "Wd": w(12, 1, 3, 3), "Wp": w(4, 12, 1, 1), "Wf": w(3, 64),
+             "bf": w(3), "lo": np.float32(0), "hi": np.float32(6), "lo2": np.float32(-1), "hi2": np.float32(2)}
+    nodes = [helper.make_node("Conv", ["x", "We", "be"], ["e"], name="expand"),
+             helper.make_node("Clip", ["e", "lo", "hi"], ["e6"]),
+             helper.make_node("Conv", ["e6", "Wd"], ["d"], strides=[2, 2], pads=[1, 1, 1, 1], group=6, name="dw"),
+             helper.make_node("Clip", ["d", "lo2", "hi2"], ["d6"]),
+             helper.make_node("Conv", ["d6", "Wp"], ["p"], name="proj"),
+             helper.make_node("Relu", ["p"], ["pr"]),
+             helper.make_node("Add", ["pr", "p"], ["a"]),
+             helper.make_node("Flatten", ["a"], ["f"]),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["g"], transB=1, name="fc"),
+             helper.make_node("Relu", ["g"], ["y"])]
+    graph = load_onnx(onnx_builder(tmp_path_factory.mktemp("clip"), nodes, inits, [3, 8, 8], name="c.onnx"))
+    return calibrate(graph, RNG.standard_normal((16, 3, 8, 8)).astype(np.float32))
+
+
+@pytest.mark.parametrize("mults", [("exact",) * 4, ("drum4", "mitch_w6", "perf_j1_k2", "axbxp_k2_w2_a2_dynamic"),
+                                   ("bf16", "exact", "mitchell", "drum3")])
+@pytest.mark.parametrize("cv", [False, True])
+def test_fused_output_activation_bit_exact(qm_clip, mults, cv):
+    """A Relu/Clip right after a MAC layer (its output's only consumer) runs inside the layer's scaling pass; the
+    logits are the reference emulator's (which runs every node on its own), also with CV and float-domain layers."""
+    from dse.correction import cv_correction
+
+    emu = Emulator(qm_clip)
+    names = ["expand", "dw", "proj", "fc"]
+    assert sorted(emu._acts) == [0, 2, 8]  # all but proj, whose output has two consumers
+    cfg = {n: LayerConfig(m, cv and get_multiplier(m).domain == "int") for n, m in zip(names, mults)}
+    x = RNG.standard_normal((5, 3, 8, 8)).astype(np.float32) * 2
+    y = emu.run(x, cfg, batch_size=3)
+    assert np.array_equal(y, reference_run(qm_clip, x, cfg, cv_correction))
+
+
 def test_real_control_variate_reduces_bias(qm):
     x = RNG.standard_normal((64, 2, 7, 6)).astype(np.float32)
     emu = Emulator(qm)

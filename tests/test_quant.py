@@ -176,6 +176,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from dse import kernels as _K  # noqa: E402
 from dse.quant import MacLayer, dequantize, quantize_act, reference_dequantize, reference_quantize_act  # noqa: E402
+from dse.model.graph import Node  # noqa: E402
 
 
 @settings(deadline=None, max_examples=60)
@@ -214,6 +215,38 @@ def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
     finally:
         _K.set_threads(None)
     ref = reference_dequantize(acc, layer)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(1, 3), N=st.integers(1, 5), S=st.integers(0, 37), seed=st.integers(0, 2 ** 32 - 1),
+       mag=st.sampled_from([2 ** 12, 2 ** 40, 2 ** 63 - 1]), act=st.sampled_from(["none", "relu", "clip"]),
+       isa=st.sampled_from(_K._kernels.isa_levels()), threads=st.sampled_from([1, 2]))
+def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag, act, isa, threads):
+    """The SIMD scaling pass with the layer's Relu/Clip fused in gives the bits of the numpy formula followed by the
+    IR op: any int64 accumulator (the int64 -> double conversion rounds like the C cast), zero and -0 crossings,
+    runs that are no multiple of 8, 1 and 2 threads, every ISA level."""
+    from dse.kernels import OutputAct, scale_accumulators
+    from dse.model.ops import IR_OPS
+
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-mag, mag, (B, N, S), dtype=np.int64, endpoint=True)
+    acc[:, :, ::3] = rng.integers(-8, 8, acc[:, :, ::3].shape)
+    layer = MacLayer(name="l", op="conv", in_shape=(1,), out_shape=(N, S, 1), N=N,
+                     w_scale=rng.uniform(1e-4, 1e-1, N).astype(np.float32),
+                     bias=rng.standard_normal(N).astype(np.float32), a_scale=float(np.float32(rng.uniform(1e-3, 1))))
+    layer.bias[0] = -0.0
+    lo, hi = sorted(rng.uniform(-2, 2, 2).astype(np.float32))
+    fused = {"none": None, "relu": OutputAct("relu"), "clip": OutputAct("clip", float(lo), float(hi))}[act]
+    _K.set_threads(threads)
+    try:
+        got = scale_accumulators(acc.reshape(B, N, S, 1), layer.a_scale, layer.w_scale, layer.bias, fused, isa)
+    finally:
+        _K.set_threads(None)
+    ref = reference_dequantize(acc.reshape(B, N, S, 1), layer)
+    if act != "none":  # the IR op itself, as the unfused emulator runs it
+        node = Node(name="a", op=act, inputs=["x"], outputs=["y"], attrs={"min": lo, "max": hi})
+        ref = IR_OPS[act](node, [ref])
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
 
 
