@@ -4,9 +4,9 @@
 * ``lut_gemm(AT, Wp, lutT, planes, maxabs, isa=None, threads=1) -> int64[N, M]``: ``out[n, m] = sum_k
   LUT[AT[k, m], Wp[n, k]]`` (the AVX-512 path returns the sum of the offset table ``D`` -- see ``cy/lut_kernel.h`` --
   the caller adds the per-row offsets).
-* ``dw_conv(x, wp, lutT, maxabs, stride, pads, dilation, out_hw, exact, a_signed, isa=None, threads=1)
-  -> int64[B, Cout, Ho, Wo]``: direct depthwise convolution (table lookups, or exact products when ``exact``), no
-  im2col; AVX2 gathers over 8 output positions.
+* ``dw_conv(x, wp, mode, lutT, ftab, gtab, bound, stride, pads, dilation, out_hw, a_signed, isa=None, threads=1,
+  scaling=None) -> int64[B, Cout, Ho, Wo]`` (float32 with ``scaling``): direct depthwise convolution (table lookups,
+  or products of the exact / rank-1 factors), no im2col; AVX2 over 8 output positions.
 * ``quantize(x, scale, signed, threads=1)`` / ``dequantize(acc, a_scale, w_scale, bias, threads=1, act=...)``: the
   FxP8 activation quantizer and the layer output scaling of dse.quant (with the layer's Relu/Clip fused in), one
   SIMD pass each.
@@ -32,13 +32,20 @@ cdef extern from "lut_kernel.h" nogil:
     int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
                       const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
                       int sel_is_m, int nt)
+    ctypedef struct dse_scaling:
+        double sa
+        const float *sw
+        const float *bias
+        int act
+        float lo, hi
     int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                    int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int32_t maxabs, int mode,
-                    int a_signed, int64_t *out, int nt)
+                    int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
+                    const int16_t *gtab, int64_t bound, int mode, int a_signed, int64_t *out,
+                    const dse_scaling *sc, float *outf, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
-    void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa, const float *sw,
-                        const float *bias, int act, float lo, float hi, float *y, int nt)
+    void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
+                        float *y, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 
 cdef extern from "int_gemm.h" nogil:
@@ -49,6 +56,7 @@ cdef extern from "int_gemm.h" nogil:
 ISA_NAMES = ("scalar", "avx2", "avx512")
 INT_GEMM_MODES = ("table", "u8", "s8")
 ACTS = ("none", "relu", "clip")
+DW_MODES = ("lut", "values", "factor")
 _HW_LEVEL = dse_cpu_level()
 
 
@@ -149,37 +157,70 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     return res, ISA_NAMES[level]
 
 
-def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, const int32_t[:, ::1] lutT,
-            int32_t maxabs, stride, pads, dilation, out_hw, bint exact, bint a_signed, isa=None, int threads=1):
+def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, const int32_t[:, ::1] lutT,
+            const int16_t[::1] ftab, const int16_t[::1] gtab, int64_t bound, stride, pads, dilation, out_hw,
+            bint a_signed, isa=None, int threads=1, scaling=None):
     """Depthwise conv: out[b, o] = sum_ij T(xpad[b, o // (Cout // C)], wp[o]) as int64[B, Cout, Ho, Wo].
 
     ``x`` uint8[B, C, H, W] activation patterns, ``wp`` uint8[Cout, kh, kw] weight patterns (Cout a multiple of C),
-    ``pads`` = (top, left) (the end padding follows from ``out_hw``), T = ``lutT[w, a]`` (``maxabs`` = max |lutT|
-    decides whether the AVX2 int32 sums are exact) or, with ``exact``, the exact product of the pattern values
-    (activation signed or not per ``a_signed``; int32 sums, so kh * kw * 128 * 255 must be < 2^31). AVX2 gathers /
-    products at level avx2 and above, portable code at scalar.
+    ``pads`` = (top, left) (the end padding follows from ``out_hw``). ``mode`` (DW_MODES): "lut", T = ``lutT[w, a]``;
+    "values", T = gtab[w] * (value of a, signed per ``a_signed``): the exact product, or a rank-1 table whose
+    activation factor is the value; "factor", T = gtab[w] * ftab[a] (a rank-1 table; ftab looked up once per input
+    element). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). AVX2 gathers /
+    products at level avx2 and above, portable code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
+    bias float32[Cout], act, lo, hi) the result is the float32 output of :func:`dequantize` on those sums instead,
+    applied to each output plane while its sums are in cache.
     """
     cdef int level = _level(isa)
     cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t Cout = wp.shape[0], kh = wp.shape[1], kw = wp.shape[2]
     cdef int64_t sh = stride[0], sw = stride[1], pt = pads[0], pl = pads[1], dh = dilation[0], dw = dilation[1]
     cdef int64_t Ho = out_hw[0], Wo = out_hw[1]
-    if C == 0 or Cout % C or lutT.shape[0] != 256 or lutT.shape[1] != 256:
-        raise ValueError("dw_conv: Cout must be a multiple of C and lutT [256, 256]")
-    if exact and kh * kw * 128 * 255 >= 2 ** 31:
-        raise ValueError("dw_conv: kernel too large for int32 exact sums")
-    out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
-    cdef int64_t[:, :, :, ::1] o = out
-    cdef int rc = 0
+    cdef int m = DW_MODES.index(mode)
+    if C == 0 or Cout % C or lutT.shape[0] != 256 or lutT.shape[1] != 256 or ftab.shape[0] != 256 or \
+            gtab.shape[0] != 256:
+        raise ValueError("dw_conv: Cout must be a multiple of C, lutT [256, 256], ftab and gtab [256]")
+    cdef dse_scaling sc
+    cdef int64_t *o = NULL
+    cdef float *of = NULL
+    if scaling is None:
+        out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
+    else:
+        out = np.empty((B, Cout, Ho, Wo), dtype=np.float32)
+        keep = _scaling(&sc, Cout, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5])
     if B == 0 or Cout == 0 or Ho <= 0 or Wo <= 0:
         return out
+    cdef int64_t[:, :, :, ::1] oi
+    cdef float[:, :, :, ::1] ofv
+    if scaling is None:
+        oi = out
+        o = &oi[0, 0, 0, 0]
+    else:
+        ofv = out
+        of = &ofv[0, 0, 0, 0]
+    cdef int rc = 0
     with nogil:
         rc = dse_dw_conv(level, &x[0, 0, 0, 0], B, C, H, W, &wp[0, 0, 0], Cout, kh, kw, sh, sw, pt, pl, dh, dw, Ho,
-                         Wo, &lutT[0, 0], maxabs, 1 if exact else 0, 1 if a_signed else 0, &o[0, 0, 0, 0],
-                         max(1, threads))
+                         Wo, &lutT[0, 0], &ftab[0], &gtab[0], bound, m, 1 if a_signed else 0, o,
+                         NULL if of == NULL else &sc, of, max(1, threads))
     if rc != 0:
         raise MemoryError("dw_conv: scratch buffers could not be allocated")
     return out
+
+
+cdef tuple _scaling(dse_scaling *sc, int64_t N, double a_scale, w_scale, bias, act, float lo, float hi):
+    """Fill ``sc`` from the Python scaling arguments; returns the float32 views it points into (keep them alive)."""
+    cdef const float[::1] sw_v = w_scale
+    cdef const float[::1] b_v = bias
+    if sw_v.shape[0] != N or b_v.shape[0] != N:
+        raise ValueError("w_scale and bias need one entry per channel")
+    sc.sa = a_scale
+    sc.sw = &sw_v[0]
+    sc.bias = &b_v[0]
+    sc.act = ACTS.index(act)
+    sc.lo = lo
+    sc.hi = hi
+    return sw_v, b_v
 
 
 def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=None):
@@ -196,16 +237,16 @@ def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=No
     return out
 
 
-def dequantize(const int64_t[:, :, ::1] acc, double a_scale, const float[::1] w_scale, const float[::1] bias,
-               int threads=1, act="none", float lo=-np.inf, float hi=np.inf, isa=None, out=None):
-    """float32[R, N, S]: act(float32((acc * a_scale) * w_scale[c]) + bias[c]), products in float64; ``act`` one of
-    ACTS: "none", "relu" (numpy's maximum(y, 0)) or "clip" (numpy's clip(y, lo, hi)). Written into ``out`` when
-    given (float32[R, N, S]), else into a new array; AVX2 at level avx2 and above, the same bits."""
+def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int threads=1, act="none",
+               float lo=-np.inf, float hi=np.inf, isa=None, out=None):
+    """float32[R, N, S]: act(float32((acc * a_scale) * w_scale[c]) + bias[c]), products in float64; ``w_scale``,
+    ``bias`` float32[N]; ``act`` one of ACTS: "none", "relu" (numpy's maximum(y, 0)) or "clip" (numpy's clip(y, lo,
+    hi)). Written into ``out`` when given (float32[R, N, S], C-contiguous), else into a new array; AVX2 at level
+    avx2 and above, the same bits."""
     cdef int level = _level(isa)
     cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
-    cdef int code = ACTS.index(act)
-    if w_scale.shape[0] != N or bias.shape[0] != N:
-        raise ValueError("dequantize: w_scale and bias need one entry per channel")
+    cdef dse_scaling sc
+    keep = _scaling(&sc, N, a_scale, w_scale, bias, act, lo, hi) if N else None
     if out is None:
         out = np.empty((R, N, S), dtype=np.float32)
     cdef float[:, :, ::1] y = out
@@ -213,8 +254,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, const float[::1] w_
         raise ValueError("dequantize: out must have the shape of acc")
     if R and N and S:
         with nogil:
-            dse_dequantize(level, &acc[0, 0, 0], R, N, S, a_scale, &w_scale[0], &bias[0], code, lo, hi, &y[0, 0, 0],
-                           max(1, threads))
+            dse_dequantize(level, &acc[0, 0, 0], R, N, S, &sc, &y[0, 0, 0], max(1, threads))
     return out
 
 

@@ -652,20 +652,25 @@ static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
  * (y, x) reads P[...][y + i*dh / sh][x + j*dw / sw]: with t = y * WQ + x every tap reads one contiguous run
  * P + (i*dh / sh) * WQ + j*dw / sw + t, t < (Ho - 1) * WQ + Wo (the columns x >= Wo of that run are computed and
  * dropped). AVX2: 8 outputs per vector, all taps summed in int32 registers (gathers from the tap's 1 KiB column
- * lutT[w], or sign/zero-extended products), exact while kh * kw * max|T| < 2^31 (``fits32``, checked by the caller
- * for the exact products and here for tables); otherwise, and at the scalar level, int64 sums. Work is split over
+ * lutT[w], or products G[w] * value / G[w] * F[a] of a rank-1 table), exact while kh * kw * bound < 2^31
+ * (``fits32``; bound >= every |term|); otherwise, and at the scalar level, int64 sums. Work is split over
  * (b, c) planes with OpenMP (nt threads); each output is computed by one thread in a fixed order, so results do not
  * depend on the thread count. Returns 0, or -1 when a scratch buffer cannot be allocated. */
 typedef struct {
     const uint8_t *p;   /* start of the tap's run in its phase plane */
     const int32_t *col; /* lutT[w] (mode 0) */
-    int32_t wv;         /* value of w (mode 1) */
+    const int16_t *f;   /* the F-value plane at this tap (mode 2) */
+    int32_t wv;         /* G[w]: the weight pattern's factor (modes 1, 2) */
 } dse_dw_tap;
 
+/* Modes: 0 table lookups lutT[w][a]; 1 G[w] * value(a) (the exact product, or a table F(a) = a, e.g. perforation);
+ * 2 G[w] * F[a] with the activation factor F looked up once per input element into an int16 plane. */
 static inline int64_t dse_dw_term(const dse_dw_tap *tp, int64_t t, int mode, int a_signed)
 {
     if (mode == 0)
         return tp->col[tp->p[t]];
+    if (mode == 2)
+        return (int64_t)tp->wv * tp->f[t];
     return (int64_t)tp->wv * (a_signed ? (int64_t)(int8_t)tp->p[t] : (int64_t)tp->p[t]);
 }
 
@@ -684,6 +689,9 @@ static void dse_dw_run_scalar(const dse_dw_tap *tp, int64_t ntap, int64_t t0, in
 DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_vec(const dse_dw_tap *tp, int64_t t, int mode,
                                                                           int a_signed)
 {
+    if (mode == 2)
+        return _mm256_mullo_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(tp->f + t))),
+                                  _mm256_set1_epi32(tp->wv));
     const __m128i raw = _mm_loadl_epi64((const __m128i *)(tp->p + t));
     if (mode == 0)
         return _mm256_i32gather_epi32((const int *)tp->col, _mm256_cvtepu8_epi32(raw), 4);
@@ -725,6 +733,8 @@ DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64
 {
     if (mode == 0)
         dse_dw_run_avx2_mode(tp, ntap, L, full, 0, 0);
+    else if (mode == 2)
+        dse_dw_run_avx2_mode(tp, ntap, L, full, 2, 0);
     else if (a_signed)
         dse_dw_run_avx2_mode(tp, ntap, L, full, 1, 1);
     else
@@ -757,41 +767,65 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
     }
 }
 
+/* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]). */
+typedef struct {
+    double sa;
+    const float *sw, *bias;
+    int act;
+    float lo, hi;
+} dse_scaling;
+
+static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o);
+
+/* Writes int64 sums into out, or (with sc) the scaled float32 outputs into outf. */
 static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                        int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                       int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, int32_t maxabs, int mode,
-                       int a_signed, int64_t *out, int nt)
+                       int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
+                       const int16_t *gtab, int64_t bound, int mode, int a_signed, int64_t *out,
+                       const dse_scaling *sc, float *outf, int nt)
 {
     const int64_t og = Cout / C, ntap = kh * kw;
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
     const int64_t L = (Ho - 1) * WQ + Wo, slack = 16; /* the AVX2 blocks may run 15 positions past L */
-    const int64_t bound = mode == 0 ? (int64_t)maxabs : 128 * 255;
+    const int64_t np = sh * sw * HQ * WQ + slack;
     const int fits32 = level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL;
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
-        uint8_t *P = (uint8_t *)calloc((size_t)(sh * sw * HQ * WQ + slack), 1);
+        uint8_t *P = (uint8_t *)calloc((size_t)np, 1);
+        int16_t *PF = mode == 2 ? (int16_t *)malloc((size_t)np * sizeof(int16_t)) : NULL;
         int64_t *full = (int64_t *)malloc((size_t)(L + slack) * sizeof(int64_t));
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
-        if (dse_team_allocated(&fail, P && full && tp)) {
+        if (dse_team_allocated(&fail, P && full && tp && (mode != 2 || PF))) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < B * C; t++) {
                 const int64_t b = t / C, c = t % C;
                 dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, P);
+                if (mode == 2)
+                    for (int64_t i = 0; i < np; i++)
+                        PF[i] = ftab[P[i]];
                 for (int64_t o = c * og; o < (c + 1) * og; o++) {
                     const uint8_t *wo = wp + o * ntap;
                     for (int64_t i = 0; i < kh; i++)
                         for (int64_t j = 0; j < kw; j++) {
                             dse_dw_tap *k = tp + i * kw + j;
-                            k->p = P + (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ + ((i * dh) / sh) * WQ +
-                                   (j * dw) / sw;
+                            const int64_t off = (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ +
+                                                ((i * dh) / sh) * WQ + (j * dw) / sw;
+                            k->p = P + off;
+                            k->f = PF ? PF + off : NULL;
                             k->col = lutT + 256 * (int64_t)wo[i * kw + j];
-                            k->wv = (int32_t)(int8_t)wo[i * kw + j];
+                            k->wv = mode == 0 ? 0 : gtab[wo[i * kw + j]];
                         }
                     if (fits32)
                         dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full);
                     else
                         dse_dw_run_scalar(tp, ntap, 0, L, mode, a_signed, full);
+                    if (sc) {
+                        float *of = outf + (b * Cout + o) * Ho * Wo;
+                        for (int64_t y = 0; y < Ho; y++)
+                            dse_scale_run(level, full + y * WQ, Wo, sc, o, of + y * Wo);
+                        continue;
+                    }
                     int64_t *ot = out + (b * Cout + o) * Ho * Wo;
                     for (int64_t y = 0; y < Ho; y++)
                         memcpy(ot + y * Wo, full + y * WQ, (size_t)Wo * sizeof(int64_t));
@@ -799,6 +833,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             }
         }
         free(P);
+        free(PF);
         free(full);
         free(tp);
     }
@@ -914,24 +949,25 @@ DSE_T_AVX2 static void dse_dequant_run_avx2(const int64_t *a, int64_t S, double 
         o[j] = dse_act1(dse_scale1(a[j], sa, f, b), act, lo, hi);
 }
 
+static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o)
+{
+    const double f = (double)sc->sw[c];
+    const float b = sc->bias[c];
+    if (level >= DSE_ISA_AVX2)
+        dse_dequant_run_avx2(a, S, sc->sa, f, b, sc->act, sc->lo, sc->hi, o);
+    else
+        for (int64_t j = 0; j < S; j++)
+            o[j] = dse_act1(dse_scale1(a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi);
+}
+
 /* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64
  * [R, N, S]; AVX2 at level avx2 and above, the same bits. */
-static void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, double sa,
-                           const float *sw, const float *bias, int act, float lo, float hi, float *y, int nt)
+static void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
+                           float *y, int nt)
 {
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t t = 0; t < R * N; t++) {
-        const int64_t c = t % N;
-        const double f = (double)sw[c];
-        const float b = bias[c];
-        const int64_t *a = acc + t * S;
-        float *o = y + t * S;
-        if (level >= DSE_ISA_AVX2)
-            dse_dequant_run_avx2(a, S, sa, f, b, act, lo, hi, o);
-        else
-            for (int64_t j = 0; j < S; j++)
-                o[j] = dse_act1(dse_scale1(a[j], sa, f, b), act, lo, hi);
-    }
+    for (int64_t t = 0; t < R * N; t++)
+        dse_scale_run(level, acc + t * S, S, sc, t % N, y + t * S);
 }
 
 #endif

@@ -130,6 +130,11 @@ class Emulator:
                 self._float_mac(node, layer, args[0], mult)
             return y if act is None else act.apply(y)
         q = self._quantized(layer.input, args[0], layer.a_scale, layer.a_signed, qcache)
+        if layer.op == "conv" and accs is None and hook is None and not lc.cv:  # no int64 tensor: scaled by slices
+            from dse import kernels
+
+            return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act), layer.stride,
+                                         layer.pads, layer.dilation, layer.groups)
         acc = self._accumulate(layer, q, lc, mult, accs)
         if hook is not None:
             acc = hook(MacCall(layer, images, q), acc)

@@ -168,6 +168,7 @@ class _Prepared:
     _intf: object = field(default=False)
     _rows: object = field(default=False)
     _int16: object = field(default=False)
+    _intf_bound: object = field(default=False)
 
     @property
     def rows(self) -> "_RowTables":
@@ -191,6 +192,14 @@ class _Prepared:
         if self._int16 is False:
             self._int16 = _int16_plan(self)
         return self._int16
+
+    @property
+    def intf_bound(self) -> int:
+        """_term_bound of ``intf`` over every pattern pair (0 without integer factors), computed once."""
+        if self._intf_bound is False:
+            fac = self.intf
+            self._intf_bound = 0 if fac is None else _term_bound(fac.F, fac.G, np.arange(256), np.arange(256))
+        return self._intf_bound
 
     @property
     def intf(self) -> IntFactors | None:
@@ -342,9 +351,11 @@ def _int_plan_ok(fac: IntFactors, K: int, S: int) -> bool:
 def _lowrank_terms(prep: _Prepared, a_signed: bool, K: int, max_abs_a: int | None) -> int:
     """Number of GEMM terms of the lowrank path for this call (0 = cannot be proven exact -> LUT)."""
     fac = prep.intf
-    if fac is not None and _int_plan_ok(fac, K, _term_bound(fac.F, fac.G, _a_patterns(a_signed, max_abs_a),
-                                                             np.arange(256))):
-        return max(1, fac.rank)
+    if fac is not None:
+        S = prep.intf_bound if max_abs_a is None else \
+            _term_bound(fac.F, fac.G, _a_patterns(a_signed, max_abs_a), np.arange(256))
+        if _int_plan_ok(fac, K, S):
+            return max(1, fac.rank)
     lr = prep.lowrank
     if lr is not None:
         amax = (128 if a_signed else 255) if max_abs_a is None else max_abs_a
@@ -721,44 +732,102 @@ def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> t
 
 
 def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str) -> str | None:
-    """"exact"/"lut" when a depthwise conv (one input channel per group) runs on the direct kernel dse._kernels.dw_conv
-    (exact products or table lookups, no im2col), None for the GEMM paths. path="lowrank"/"rows" keep the per-group
-    GEMMs."""
+    """How a depthwise conv (one input channel per group) runs on the direct kernel dse._kernels.dw_conv, no im2col:
+    "values" (G[w] * the activation value: the exact product, or a rank-1 table whose activation factor is the
+    value, e.g. perforation), "factor" (G[w] * F[a] of any other rank-1 integer table, e.g. DRUM, Ax-BxP), "lut"
+    (table lookups: path="lut" and tables of higher rank); None for the per-group GEMMs (path="lowrank"/"rows")."""
     Cout, Cg, kh, kw = w_shape
     if Cg != 1 or groups == 1 or path in ("lowrank", "rows") or _kernels is None:
         return None
-    chosen = select_path(mult, a_signed, kh * kw, "exact" if path == "exact" else "lut" if path == "lut" else "auto")
-    if chosen == "exact" and kh * kw * 128 * 255 >= 2 ** 31:  # int32 sums of the direct kernel
-        return None
-    return "exact" if chosen == "exact" else "lut"
+    select_path(mult, a_signed, kh * kw, path)  # checks the path (e.g. "exact" on an approximate multiplier)
+    plan = None if path == "lut" else _prepare(mult, a_signed).int16
+    if plan is None or plan.gw.shape[1] != 1:
+        return "lut"
+    return "factor" if plan.a_mode == "table" else "values"
 
 
 def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, path="auto",
                isa=None):
     """Integer conv with the emulated multiplier -> int64[B, Cout, Ho, Wo] (bit-exact; see module docstring)."""
+    x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_int")
+    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
+    if direct is not None:
+        return _dw_conv(x, w, mult, a_signed, geo, direct, isa)
+    out = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=np.int64)
+    _conv_gemm_into(x, w, mult, a_signed, geo, groups, path, isa, out)
+    return out
+
+
+@dataclass(frozen=True)
+class _ConvGeometry:
+    stride: tuple
+    pads: tuple
+    dilation: tuple
+    out_hw: tuple
+
+
+def _conv_args(x, w, a_signed, stride, pads, dilation, groups, what):
+    """Checked operands (uint8/int8 values) and geometry of an integer conv."""
     x = np.asarray(x)
     w = np.asarray(w)
     stride, pads, dilation = _conv_geometry(x.shape, w.shape, stride, pads, dilation, groups)
-    _check_range(x, a_signed, "conv2d_int input")
-    _check_range(w, True, "conv2d_int weights")
-    B = x.shape[0]
+    _check_range(x, a_signed, f"{what} input")
+    _check_range(w, True, f"{what} weights")
+    kh, kw = w.shape[2:]
+    Ho = (x.shape[2] + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (x.shape[3] + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x, w, _ConvGeometry(stride, pads, dilation, (Ho, Wo))
+
+
+def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling: "Scaling | None" = None):
+    """The direct depthwise kernel: int64 sums, or with ``scaling`` the layer's float32 output."""
+    Cout, _, kh, kw = w.shape
+    prep = _prepare(mult, a_signed)
+    if direct == "lut":
+        ftab = gtab = np.zeros(256, np.int16)
+        bound = prep.maxabs
+    else:
+        plan = prep.int16
+        ftab, gtab, bound = np.ascontiguousarray(plan.fa[:, 0]), np.ascontiguousarray(plan.gw[:, 0]), plan.S
+    return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)), direct,
+                            prep.lutT, ftab, gtab, bound, geo.stride, geo.pads[:2], geo.dilation, geo.out_hw,
+                            a_signed, _isa_name(isa), get_threads(), None if scaling is None else scaling.args())
+
+
+def _conv_gemm_into(x, w, mult, a_signed, geo: _ConvGeometry, groups, path, isa, out: np.ndarray) -> None:
+    """The conv as one GEMM per group, written into ``out`` int64[B, Cout, Ho, Wo] (C-contiguous)."""
     Cout, Cg, kh, kw = w.shape
-    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
-    if direct is not None:
-        Ho = (x.shape[2] + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        Wo = (x.shape[3] + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        prep = _prepare(mult, a_signed)
-        return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)),
-                                prep.lutT, prep.maxabs, stride, pads[:2], dilation, (Ho, Wo), direct == "exact",
-                                a_signed, _isa_name(isa), get_threads())
-    AT, Ho, Wo = gemm_operand_T(_u8(x), kh, kw, stride, pads, dilation)
+    AT, Ho, Wo = gemm_operand_T(_u8(x), kh, kw, geo.stride, geo.pads, geo.dilation)
     Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     og, kg = Cout // groups, Cg * kh * kw
-    out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
     P = Ho * Wo
     for g in range(groups):
         _gemm_T(AT[g * kg:(g + 1) * kg], np.ascontiguousarray(Wp[g * og:(g + 1) * og]), mult, a_signed, path, isa,
                 into=_Dest(out.reshape(-1), g * og * P, P, Cout * P))
+
+
+# int64 accumulator bytes per image slice of conv2d_scaled: the slice's sums are scaled while they are in cache
+_SCALED_SLICE_BYTES = 1 << 21
+
+
+def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
+                  groups=1, path="auto", isa=None) -> np.ndarray:
+    """float32[B, Cout, Ho, Wo]: ``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit, without the
+    int64 tensor: the direct depthwise kernel scales each output plane as it finishes; the GEMM paths run on slices
+    of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output."""
+    x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
+    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
+    if direct is not None:
+        return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling)
+    B, Cout = x.shape[0], w.shape[0]
+    per_image = Cout * geo.out_hw[0] * geo.out_hw[1]
+    out = np.empty((B, Cout) + geo.out_hw, dtype=np.float32)
+    step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image))
+    acc = np.empty((min(B, step), Cout) + geo.out_hw, dtype=np.int64)
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        _conv_gemm_into(x[b0:b1], w, mult, a_signed, geo, groups, path, isa, acc[:b1 - b0])
+        scale_accumulators(acc[:b1 - b0], scaling, isa, out=out[b0:b1])
     return out
 
 
@@ -786,16 +855,32 @@ class OutputAct:
         return np.clip(y, np.float32(self.lo), np.float32(self.hi))
 
 
-def scale_accumulators(acc: np.ndarray, a_scale: float, w_scale: np.ndarray, bias: np.ndarray,
-                       act: OutputAct | None = None, isa=None) -> np.ndarray:
-    """act(float32((acc * a_scale) * w_scale[c]) + bias[c]) (float64 products) for int64 acc [B, N, ...], one threaded
-    SIMD pass; same shape."""
+@dataclass(frozen=True)
+class Scaling:
+    """The FxP8 output stage of a MAC layer: ``y = act(float32((acc * a_scale) * w_scale[c]) + bias[c])`` with the
+    products in float64 and a float32 add (``act``: the fused Relu/Clip, or None)."""
+
+    a_scale: float
+    w_scale: np.ndarray  # float32[N]
+    bias: np.ndarray  # float32[N]
+    act: OutputAct | None = None
+
+    def args(self) -> tuple:
+        """(a_scale, w_scale, bias, act kind, lo, hi) as dse._kernels takes them."""
+        kind, lo, hi = ("none", -np.inf, np.inf) if self.act is None else (self.act.kind, self.act.lo, self.act.hi)
+        return (float(self.a_scale), np.ascontiguousarray(self.w_scale, np.float32),
+                np.ascontiguousarray(self.bias, np.float32), kind, lo, hi)
+
+
+def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndarray | None = None) -> np.ndarray:
+    """``scaling`` applied to int64 acc [B, N, ...] (float32, same shape), one threaded SIMD pass; into ``out``
+    (float32, C-contiguous, acc's shape) when given."""
     a = np.ascontiguousarray(acc, dtype=np.int64)
-    kind, lo, hi = ("none", -np.inf, np.inf) if act is None else (act.kind, act.lo, act.hi)
-    y = _kernels.dequantize(a.reshape(a.shape[0], a.shape[1], -1), float(a_scale),
-                            np.ascontiguousarray(w_scale, np.float32), np.ascontiguousarray(bias, np.float32),
-                            get_threads(), kind, lo, hi, _isa_name(isa))
-    return y.reshape(a.shape)
+    sa, sw, bias, kind, lo, hi = scaling.args()
+    R, N = a.shape[0], a.shape[1]
+    y = _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, _isa_name(isa),
+                            None if out is None else out.reshape(R, N, -1))
+    return y.reshape(a.shape) if out is None else out
 
 
 # --------------------------------------------------------------------------------------------------- public: float

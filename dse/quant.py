@@ -25,7 +25,7 @@ import numpy as np
 from dse.errors import DseError
 
 if TYPE_CHECKING:
-    from dse.kernels import OutputAct
+    from dse.kernels import OutputAct, Scaling
 
 
 @dataclass
@@ -77,6 +77,12 @@ class MacLayer:
     @property
     def n_weights(self) -> int:
         return self.K * self.N
+
+    def scaling(self, act: OutputAct | None = None) -> Scaling:
+        """The layer's output stage ``float32((acc * s_a) * s_w[c]) + bias[c]``, then ``act`` (a fused Relu/Clip)."""
+        from dse.kernels import Scaling
+
+        return Scaling(self.a_scale, self.w_scale, self.bias, act)
 
 
 @dataclass
@@ -175,7 +181,7 @@ def dequantize(acc: np.ndarray, layer: MacLayer, act: OutputAct | None = None) -
     from dse.kernels import scale_accumulators
 
     if acc.dtype == np.int64:
-        return scale_accumulators(acc, layer.a_scale, layer.w_scale, layer.bias, act)
+        return scale_accumulators(acc, layer.scaling(act))
     y = reference_dequantize(acc, layer)
     return y if act is None else act.apply(y)
 

@@ -30,8 +30,9 @@ def random_mult(seed, lo, hi):
 PERF = table_mult("perf_j1k2", lambda a, w: a * (w & ~np.int64(0b110)))  # perforation-like a * (w & mask)
 RANK1 = table_mult("rank1", lambda a, w: a * w + (a % 7 - 3) * (w // 3 + 1))  # exact + rank-1 f(a) g(w)
 TRUNC = table_mult("trunc", lambda a, w: (a * w) // 16 * 16)  # floor-truncated product (full rank in general)
+SEP = table_mult("sep", lambda a, w: (a | 1) * (w & ~np.int64(3)))  # rank 1, activation factor not the value (DRUM-like)
 MULTS = {
-    "exact": EXACT, "perf": PERF, "rank1": RANK1, "trunc": TRUNC,
+    "exact": EXACT, "perf": PERF, "rank1": RANK1, "trunc": TRUNC, "sep": SEP,
     "rand17": random_mult(1, -2 ** 16, 2 ** 16),  # 3 byte planes
     "rand_i16": random_mult(2, -32768, 32768),  # near-int16 extremes, 2 planes
     "rand_u8": random_mult(3, 0, 256),  # 1 plane
@@ -95,6 +96,40 @@ def test_conv2d_all_paths_and_isas_match_reference(s, signed, mname, seed):
         for isa in ISAS:
             got = K.conv2d_int(x, w, mult, signed, *args, path=path, isa=isa)
             assert np.array_equal(got, ref), (path, isa)
+
+
+@SETTINGS
+@given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)), seed=st.integers(0, 2 ** 32 - 1),
+       act=st.sampled_from([None, "relu", "clip"]), slice_bytes=st.sampled_from([8, 200, 1 << 21]))
+def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act, slice_bytes):
+    """The layer output straight from the kernels (depthwise: scaled per finished plane; GEMM paths: image slices of
+    at most slice_bytes of sums, down to one image) is the numpy formula on the reference sums, then the Relu/Clip."""
+    rng = np.random.default_rng(seed)
+    G, cg, og = s["G"], s["cg"], s["og"]
+    if s["depthwise"]:
+        cg, G = 1, G + 1
+    kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
+    H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
+    W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
+    x = acts(rng, (s["B"], G * cg, H, W), signed)
+    w = rng.integers(-128, 128, (G * og, cg, kh, kw))
+    lo, hi = sorted(rng.normal(0, 50, 2))
+    sc = K.Scaling(float(rng.uniform(1e-3, 1)), rng.uniform(1e-3, 1, G * og).astype(np.float32),
+                   rng.normal(0, 100, G * og).astype(np.float32),
+                   None if act is None else K.OutputAct(act, float(np.float32(lo)), float(np.float32(hi))))
+    mult = MULTS[mname]
+    args = (s["stride"], s["pads"], s["dil"], G)
+    acc = K.reference_conv2d_int(x, w, mult, signed, *args).astype(np.float64)
+    ref = ((acc * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(np.float32) + \
+        sc.bias[None, :, None, None]
+    ref = ref if sc.act is None else sc.act.apply(ref)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "_SCALED_SLICE_BYTES", slice_bytes)
+        for path in PATHS + (["exact"] if mname == "exact" else []):
+            for isa in ISAS:
+                got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa)
+                assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32)), \
+                    (path, isa)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -169,6 +204,10 @@ def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     mult = MULTS[mname]
     args = (stride, pads, dil, C)
     ref = K.reference_conv2d_int(x, w, mult, signed, *args)
+    if C > 1:  # products of the rank-1 factors instead of table lookups, unless path="lut" asks for them
+        assert K._depthwise_mode(mult, signed, w.shape, C, "auto") == \
+            {"exact": "values", "perf": "values", "sep": "factor"}.get(mname, "lut")
+        assert K._depthwise_mode(mult, signed, w.shape, C, "lut") == "lut"
     for path in ["auto", "lut"] + (["exact"] if mname == "exact" else []):
         assert K._depthwise_mode(mult, signed, w.shape, C, path) is not None or C == 1
         for isa in ISAS:

@@ -240,7 +240,7 @@ def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag,
     fused = {"none": None, "relu": OutputAct("relu"), "clip": OutputAct("clip", float(lo), float(hi))}[act]
     _K.set_threads(threads)
     try:
-        got = scale_accumulators(acc.reshape(B, N, S, 1), layer.a_scale, layer.w_scale, layer.bias, fused, isa)
+        got = scale_accumulators(acc.reshape(B, N, S, 1), layer.scaling(fused), isa)
     finally:
         _K.set_threads(None)
     ref = reference_dequantize(acc.reshape(B, N, S, 1), layer)
