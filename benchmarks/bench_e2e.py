@@ -1,6 +1,6 @@
 """Whole-network speed and memory of the dse emulator next to onnxruntime, measured side by side in one run.
 
-    python benchmarks/bench_e2e.py [--quick] [--skip-rss]
+    python benchmarks/bench_e2e.py [--quick] [--skip-rss] [--nets mobilenetv2-32 ...] [--families drum6 LUT ...]
 
 Models are built here with onnx.helper (no downloads), see below. Per model: onnxruntime fp32 and onnxruntime int8
 (static QDQ quantization of the same model, per-channel int8 weights, uint8 activations, calibrated on the same
@@ -214,7 +214,7 @@ FAMILIES = [("mitch_w6", "mitch_w6"), ("drum6", "drum6"), ("perforation", "perf_
             ("Ax-BxP", "axbxp_k2_w2_a2_dynamic")]
 
 
-def bench_model(name, model, size, n_img, repeats, tmpdir, lut_name, threads_list=(1,)):
+def bench_model(name, model, size, n_img, repeats, tmpdir, lut_name, threads_list=(1,), families=None):
     from dse import kernels
     from dse.emulate import Emulator
     from dse.layer_config import LayerConfig
@@ -238,14 +238,22 @@ def bench_model(name, model, size, n_img, repeats, tmpdir, lut_name, threads_lis
         if t == 1:
             s_i8 = _ort_session(_ort_int8(path, calib), t)
             rows[("ort int8 (QDQ)", t)] = _median_rate(lambda xb: s_i8.run(None, {"input": xb}), x, repeats)
-        configs = [("dse FxP8 exact", "exact")] + ([(f"dse {fam} ({m})", m) for fam, m in FAMILIES]
-                                                   + [("dse imported LUT", lut_name)] if t == 1 else
-                                                   [("dse mitch_w6 (mitch_w6)", "mitch_w6")])
+        tables = [(f"dse {fam} ({m})", m) for fam, m in FAMILIES] + [("dse imported LUT", lut_name)]
+        tables = [c for c in tables if families is None or _family(c[0]) in families]
+        configs = [("dse FxP8 exact", "exact")] + (tables if t == 1 else [c for c in tables if c[1] == "mitch_w6"])
         for label, mult in configs:
             cfg = {l.name: LayerConfig(mult) for l in qm.layers}
             rows[(label, t)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img), x, repeats)
     kernels.set_threads(None)
     return gmac, rows
+
+
+def _family(label: str) -> str:
+    """The --families name of a table row: "dse drum6 (drum6)" -> "drum6", "dse imported LUT" -> "LUT"."""
+    return label.split()[1] if "(" in label else "LUT"
+
+
+NETS = ("resnet18-224", "resnet18-32", "mobilenetv2-32")
 
 
 def rss_child(size: int, n_calib: int, n_eval: int) -> None:
@@ -289,6 +297,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats (a smoke run)")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS), help="networks to run (default: all)")
+    ap.add_argument("--families", nargs="+", choices=[f for f, _ in FAMILIES] + ["LUT"],
+                    help="table multipliers to run on all layers besides FxP8 exact (default: all)")
     ap.add_argument("--rss-child", nargs=3, type=int, metavar=("SIZE", "CALIB", "EVAL"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.rss_child:
@@ -299,11 +310,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         lut = imported_lut(tmp)
-        nets = [("ResNet-18 224x224", resnet18(224), 224, 2 if a.quick else 4, (1,)),
-                ("ResNet-18 32x32", resnet18(32, classes=10), 32, 16 if a.quick else 64, (1, 2)),
-                ("MobileNetV2 32x32", mobilenetv2(32), 32, 32 if a.quick else 128, (1, 2))]
-        for title, model, size, n, tl in nets:
-            gmac, rows = bench_model(title.split()[0].lower(), model, size, n, reps, tmp, lut, tl)
+        nets = {"resnet18-224": ("ResNet-18 224x224", lambda: resnet18(224), 224, 2 if a.quick else 4, (1,)),
+                "resnet18-32": ("ResNet-18 32x32", lambda: resnet18(32, classes=10), 32, 16 if a.quick else 64, (1, 2)),
+                "mobilenetv2-32": ("MobileNetV2 32x32", lambda: mobilenetv2(32), 32, 32 if a.quick else 128, (1, 2))}
+        for title, build, size, n, tl in (nets[k] for k in a.nets):
+            gmac, rows = bench_model(title.split()[0].lower(), build(), size, n, reps, tmp, lut, tl, a.families)
             fp, i8 = rows[("ort fp32", 1)], rows[("ort int8 (QDQ)", 1)]
             print(f"\n### {title} ({gmac:.3f} GMAC/image, {n} images per run, median of {reps}, 1 thread)\n")
             print("| engine | img/s | vs ort fp32 | vs ort int8 |")

@@ -699,16 +699,10 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_vec(const
     return _mm256_mullo_epi32(v, _mm256_set1_epi32(tp->wv));
 }
 
-DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_dw_store64(int64_t *dst, __m256i acc)
-{
-    _mm256_storeu_si256((__m256i *)dst, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(acc)));
-    _mm256_storeu_si256((__m256i *)(dst + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(acc, 1)));
-}
-
 /* int32 sums of 16 outputs per step (two independent gather chains), then 8; the last step may run up to 15
  * positions past L (the caller's buffers have that slack; those outputs are dropped). */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_dw_run_avx2_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int64_t *full, const int mode, const int a_signed)
+dse_dw_run_avx2_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int32_t *full, const int mode, const int a_signed)
 {
     int64_t t = 0;
     for (; t + 8 < L; t += 16) {
@@ -717,19 +711,19 @@ dse_dw_run_avx2_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int64_t *ful
             a0 = _mm256_add_epi32(a0, dse_dw_vec(tp + k, t, mode, a_signed));
             a1 = _mm256_add_epi32(a1, dse_dw_vec(tp + k, t + 8, mode, a_signed));
         }
-        dse_dw_store64(full + t, a0);
-        dse_dw_store64(full + t + 8, a1);
+        _mm256_storeu_si256((__m256i *)(full + t), a0);
+        _mm256_storeu_si256((__m256i *)(full + t + 8), a1);
     }
     if (t < L) {
         __m256i a0 = _mm256_setzero_si256();
         for (int64_t k = 0; k < ntap; k++)
             a0 = _mm256_add_epi32(a0, dse_dw_vec(tp + k, t, mode, a_signed));
-        dse_dw_store64(full + t, a0);
+        _mm256_storeu_si256((__m256i *)(full + t), a0);
     }
 }
 
 DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64_t L, int mode, int a_signed,
-                                       int64_t *full)
+                                       int32_t *full)
 {
     if (mode == 0)
         dse_dw_run_avx2_mode(tp, ntap, L, full, 0, 0);
@@ -776,6 +770,7 @@ typedef struct {
 } dse_scaling;
 
 static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o);
+static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o);
 
 /* Writes int64 sums into out, or (with sc) the scaled float32 outputs into outf. */
 static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
@@ -795,8 +790,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         uint8_t *P = (uint8_t *)calloc((size_t)np, 1);
         int16_t *PF = mode == 2 ? (int16_t *)malloc((size_t)np * sizeof(int16_t)) : NULL;
         int64_t *full = (int64_t *)malloc((size_t)(L + slack) * sizeof(int64_t));
+        int32_t *full32 = (int32_t *)malloc((size_t)(L + slack) * sizeof(int32_t));
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
-        if (dse_team_allocated(&fail, P && full && tp && (mode != 2 || PF))) {
+        if (dse_team_allocated(&fail, P && full && full32 && tp && (mode != 2 || PF))) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < B * C; t++) {
                 const int64_t b = t / C, c = t % C;
@@ -816,25 +812,33 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                             k->col = lutT + 256 * (int64_t)wo[i * kw + j];
                             k->wv = mode == 0 ? 0 : gtab[wo[i * kw + j]];
                         }
-                    if (fits32)
-                        dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full);
-                    else
-                        dse_dw_run_scalar(tp, ntap, 0, L, mode, a_signed, full);
-                    if (sc) {
-                        float *of = outf + (b * Cout + o) * Ho * Wo;
-                        for (int64_t y = 0; y < Ho; y++)
-                            dse_scale_run(level, full + y * WQ, Wo, sc, o, of + y * Wo);
+                    float *of = sc ? outf + (b * Cout + o) * Ho * Wo : NULL;
+                    int64_t *ot = sc ? NULL : out + (b * Cout + o) * Ho * Wo;
+                    if (fits32) { /* int32 sums: scaled from int32 (exact doubles), or widened */
+                        dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full32);
+                        for (int64_t y = 0; y < Ho; y++) {
+                            if (sc)
+                                dse_scale_run32(full32 + y * WQ, Wo, sc, o, of + y * Wo);
+                            else
+                                for (int64_t q = 0; q < Wo; q++)
+                                    ot[y * Wo + q] = full32[y * WQ + q];
+                        }
                         continue;
                     }
-                    int64_t *ot = out + (b * Cout + o) * Ho * Wo;
-                    for (int64_t y = 0; y < Ho; y++)
-                        memcpy(ot + y * Wo, full + y * WQ, (size_t)Wo * sizeof(int64_t));
+                    dse_dw_run_scalar(tp, ntap, 0, L, mode, a_signed, full);
+                    for (int64_t y = 0; y < Ho; y++) {
+                        if (sc)
+                            dse_scale_run(level, full + y * WQ, Wo, sc, o, of + y * Wo);
+                        else
+                            memcpy(ot + y * Wo, full + y * WQ, (size_t)Wo * sizeof(int64_t));
+                    }
                 }
             }
         }
         free(P);
         free(PF);
         free(full);
+        free(full32);
         free(tp);
     }
     return fail ? -1 : 0;
@@ -947,6 +951,26 @@ DSE_T_AVX2 static void dse_dequant_run_avx2(const int64_t *a, int64_t S, double 
     }
     for (; j < S; j++)
         o[j] = dse_act1(dse_scale1(a[j], sa, f, b), act, lo, hi);
+}
+
+/* The same on int32 sums (AVX2; each int32 is an exact double, so the bits equal the int64 pass). */
+DSE_T_AVX2 static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o)
+{
+    const double f = (double)sc->sw[c];
+    const float b = sc->bias[c];
+    const __m256d vsa = _mm256_set1_pd(sc->sa), vf = _mm256_set1_pd(f);
+    const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(sc->lo), vhi = _mm256_set1_ps(sc->hi);
+    int64_t j = 0;
+    for (; j + 8 <= S; j += 8) {
+        const __m256d d0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j))),
+                                                       vsa), vf);
+        const __m256d d1 = _mm256_mul_pd(
+            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j + 4))), vsa), vf);
+        const __m256 y = _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
+        _mm256_storeu_ps(o + j, dse_act8(y, sc->act, vlo, vhi));
+    }
+    for (; j < S; j++)
+        o[j] = dse_act1(dse_scale1(a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi);
 }
 
 static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o)

@@ -806,8 +806,11 @@ def _conv_gemm_into(x, w, mult, a_signed, geo: _ConvGeometry, groups, path, isa,
                 into=_Dest(out.reshape(-1), g * og * P, P, Cout * P))
 
 
-# int64 accumulator bytes per image slice of conv2d_scaled: the slice's sums are scaled while they are in cache
+# Image slices of conv2d_scaled: at most this many bytes of int64 sums (scaled while they are in cache), unless one
+# slice would then hold fewer than _SCALED_SLICE_MIN_POS output positions (the row-table kernel builds its tables per
+# block of 2048 positions; short GEMMs would repeat those builds).
 _SCALED_SLICE_BYTES = 1 << 21
+_SCALED_SLICE_MIN_POS = 2048
 
 
 def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
@@ -822,7 +825,8 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     B, Cout = x.shape[0], w.shape[0]
     per_image = Cout * geo.out_hw[0] * geo.out_hw[1]
     out = np.empty((B, Cout) + geo.out_hw, dtype=np.float32)
-    step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image))
+    P = max(1, geo.out_hw[0] * geo.out_hw[1])
+    step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image), -(-_SCALED_SLICE_MIN_POS // P))
     acc = np.empty((min(B, step), Cout) + geo.out_hw, dtype=np.int64)
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)

@@ -125,6 +125,7 @@ def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act,
     ref = ref if sc.act is None else sc.act.apply(ref)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(K, "_SCALED_SLICE_BYTES", slice_bytes)
+        mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
         for path in PATHS + (["exact"] if mname == "exact" else []):
             for isa in ISAS:
                 got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa)
