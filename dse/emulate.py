@@ -19,7 +19,9 @@ multipliers (e.g. bf16) run ``dse.kernels.conv2d_float/gemm_float`` on the unqua
 bias. A ``matmul`` layer (two activations) quantizes both operands (the right one signed, scale ``w_scale[0]``),
 ``acc = dse.kernels.matmul_int``, CV with per-column terms from the live right operand
 (``dse.correction.matmul_cv_terms``), ``y = float32((acc * s_a) * s_b)``. Every other op runs in float32 exactly as
-``dse.model.float_exec``.
+``dse.model.float_exec``. A Relu/Clip right after a MAC layer, the only consumer of its output, runs inside the
+layer's scaling pass (``dse.kernels.OutputAct``); a conv layer without CV takes ``dse.kernels.conv2d_scaled`` (the
+same bits, no int64 tensor).
 """
 from __future__ import annotations
 
