@@ -285,15 +285,23 @@ def report(summary: dict) -> None:
 
 def _baseline_table(base: dict, b: dict | None) -> Table:
     fl, fx = base.get("float", {}), base.get("fxp8", {})
-    rows = [["float", pct(fl.get("search")), "", pct(fl.get("holdout")), "", "", "", ""],
-            ["FxP8 exact", pct(fx.get("search")), pp(0.0), pct(fx.get("holdout")),
+    rows = [["float", pct(fl.get("search")), "", "", pct(fl.get("holdout")), "", "", "", ""],
+            ["FxP8 exact", pct(fx.get("search")), pp(0.0), "", pct(fx.get("holdout")),
              pp(0.0 if fx.get("holdout") is not None else None), "1.0000", "1.0000", "1.0000"]]
     if b:
         h, e = b.get("holdout") or {}, b["energy"]
-        rows.append([f"best (trial {b['trial']})", pct(b["accuracy"]), pp(b["loss"]), pct(h.get("accuracy")),
-                     pp(h.get("loss")), num(e.get("system")), num(e.get("multiplier")), num(e.get("latency"))])
-    return table("baseline vs best", ["", "accuracy (search)", "loss (search)", "accuracy (holdout)", "loss (holdout)",
-                                      "energy system", "energy multiplier", "latency"], rows)
+        rows.append([f"best (trial {b['trial']})", pct(b["accuracy"]), pp(b["loss"]), _confirm_cell(b),
+                     pct(h.get("accuracy")), pp(h.get("loss")), num(e.get("system")), num(e.get("multiplier")),
+                     num(e.get("latency"))])
+    return table("baseline vs best", ["", "accuracy (search)", "loss (search)", "loss (confirm)",
+                                      "accuracy (holdout)", "loss (holdout)", "energy system", "energy multiplier",
+                                      "latency"], rows)
+
+
+def _confirm_cell(d: dict) -> str:
+    """A trial summary's loss on the confirmation images (dse.search.objective), or why there is none."""
+    c = d.get("confirm")
+    return pp(c["loss"]) if c else "not run"
 
 
 def _approx_layers(config: dict) -> str:
@@ -303,10 +311,10 @@ def _approx_layers(config: dict) -> str:
 
 def _pareto_table(front: list[dict]) -> Table:
     rows = [[str(d["trial"]), num(d["energy"].get("system")), num(d["energy"].get("multiplier")), pp(d["loss"]),
-             yes_no(d["feasible"]), _holdout_cell(d), _approx_layers(d["config"])] for d in front]
+             yes_no(d["feasible"]), _confirm_cell(d), _holdout_cell(d), _approx_layers(d["config"])] for d in front]
     return table("Pareto front (search split, full fidelity)",
-                 ["trial", "energy system", "energy multiplier", "loss", "feasible", "hold-out", "approximate layers"],
-                 rows)
+                 ["trial", "energy system", "energy multiplier", "loss", "feasible", "confirm", "hold-out",
+                  "approximate layers"], rows)
 
 
 def _holdout_cell(d: dict) -> str:

@@ -10,9 +10,10 @@ from dse.cli import main
 from dse.config import load_config
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
+from dse.present import pp
 from dse.report import export_config, load_run, summarize
 from dse.search.study import run_search
-from tests.fakes import _CTX, ctx_factory, make_ctx, settings_
+from tests.fakes import _CTX, FakeEvaluator, ctx_factory, make_ctx, settings_
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,9 @@ def run_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("rep")
     b = d / "fake.toml"
     b.write_text("[budget]\nmax_loss_pp = 1.0\n")
-    _CTX["ctx"] = make_ctx()
+    ctx = make_ctx()
+    ctx.confirm = FakeEvaluator(1000, 2)  # the search split's confirmation images
+    _CTX["ctx"] = ctx
     res = run_search(b, settings_(n_trials=30), ctx_factory, run_dir=d / "run", progress=False)
     return d / "run", res
 
@@ -37,13 +40,20 @@ def test_summary_matches_results(run_path):
     json.dumps(s)  # JSON-friendly
 
 
-def test_report_tables_and_cli_json(run_path, capsys):
+def test_report_tables_and_cli_json(run_path, capsys, monkeypatch):
     path, _ = run_path
+    monkeypatch.setenv("COLUMNS", "250")  # wide enough that no cell wraps
     capsys.readouterr()
     assert main(["report", str(path)]) == 0
     text = capsys.readouterr().out
     for word in ("baseline vs best", "Pareto front", "per-layer configuration", "energy breakdown", "FxP8 exact"):
         assert word in text
+    # the best's loss on the confirmation images it was not chosen on, in the baseline table and on the front
+    best = summarize(load_run(path))["best"]
+    flat = " ".join(text.split())
+    assert "loss (confirm)" in flat and " confirm " in flat.split("Pareto front", 1)[1]
+    row = flat.split(f"best (trial {best['trial']})", 1)[1].split("│")
+    assert row[3].strip() == pp(best["confirm"]["loss"])  # accuracy, loss (search), loss (confirm)
     capsys.readouterr()
     assert main(["report", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
