@@ -25,13 +25,17 @@ BATCH_S = 0.02
 
 class SlowEmulator:
     """Emulator stand-in: BATCH_S per batch of an approximate configuration (the exact one is instant, as the exact
-    baselines are cheap next to a trial), every prediction right; records when each slow batch started."""
+    baselines are cheap next to a trial, unless ``slow_exact``: a large split's exact baseline), every prediction
+    right; records when each slow batch started."""
 
-    def __init__(self, batch_s=BATCH_S):
-        self.starts, self.batch_s = [], batch_s
+    def __init__(self, batch_s=BATCH_S, slow_exact: bool = False):
+        self.starts, self.batch_s, self.slow_exact = [], batch_s, slow_exact
+
+    def slow(self, config) -> bool:
+        return bool(config) or self.slow_exact
 
     def run(self, x, config, batch_size, cache=None, tag=None):
-        if config:
+        if self.slow(config):
             self.starts.append(time.time())
             time.sleep(self.batch_s)
         return np.zeros((len(x), 3), dtype=np.float32)
@@ -41,15 +45,15 @@ class SlowEmulator:
 
 
 class DeadlineAtFirstRun(SlowEmulator):
-    """SlowEmulator whose first approximate run (or the one starting batch ``at_batch``) moves ``deadline`` to 1.5
-    batches from now: that run is cut after two batches, whatever the machine's speed before it."""
+    """SlowEmulator whose first slow run (or the one starting batch ``at_batch``) moves ``deadline`` to 1.5 batches
+    from now: that run is cut after two batches, whatever the machine's speed before it."""
 
-    def __init__(self, deadline, batch_s, at_batch: int = 0):
-        super().__init__(batch_s)
+    def __init__(self, deadline, batch_s, at_batch: int = 0, slow_exact: bool = False):
+        super().__init__(batch_s, slow_exact)
         self.deadline, self.at_batch = deadline, at_batch
 
     def run(self, x, config, batch_size, cache=None, tag=None):
-        if config and len(self.starts) == self.at_batch:
+        if self.slow(config) and len(self.starts) == self.at_batch:
             self.deadline.at = time.time() + 1.5 * self.batch_s
         return super().run(x, config, batch_size)
 
@@ -134,6 +138,14 @@ def _run_until(tmp_path, ctx, n_trials=400, **settings):
     return res, t0
 
 
+def _slow_holdout_ctx(emu, deadline) -> SearchContext:
+    """A fake search (instant search split) whose 4000-image hold-out split runs on ``emu`` in chunks of 256."""
+    hold = EmulatorEvaluator(emu, Labels(4000), batch_size=256)
+    return SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=hold, energy=fake_energy,
+                         baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
+                         deadline=deadline)
+
+
 def test_holdout_checks_stop_at_the_deadline(tmp_path, capsys):
     """A hold-out check takes 4 s (16 chunks of 0.25 s) and the deadline passes during the first one (in a trial): it
     is cut at the deadline (the trial keeps its search result, unchecked), no hold-out chunk starts after it, the final
@@ -141,10 +153,7 @@ def test_holdout_checks_stop_at_the_deadline(tmp_path, capsys):
     verified, why, and what to do."""
     deadline = Deadline.after(600)
     emu = DeadlineAtFirstRun(deadline, batch_s=0.25)  # the first hold-out check is cut after two chunks
-    hold = EmulatorEvaluator(emu, Labels(4000), batch_size=256)
-    ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=hold, energy=fake_energy,
-                        baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
-                        deadline=deadline)
+    ctx = _slow_holdout_ctx(emu, deadline)
     res, t0 = _run_until(tmp_path, ctx)
     wall = time.time() - t0
     assert emu.starts and not [s for s in emu.starts if s >= deadline.at]
@@ -188,27 +197,13 @@ def test_surrogate_single_layer_runs_in_a_trial_stop_at_the_deadline(tmp_path):
     assert deadline.passed() and sur.single_loss("conv2", LayerConfig("perf_2_2", True)) == 0.0
 
 
-class SlowExactToo(DeadlineAtFirstRun):
-    """DeadlineAtFirstRun whose exact runs are slow as well (a large hold-out split's FxP8-exact baseline)."""
-
-    def run(self, x, config, batch_size, cache=None, tag=None):
-        if not self.starts:
-            self.deadline.at = time.time() + 1.5 * self.batch_s
-        self.starts.append(time.time())
-        time.sleep(self.batch_s)
-        return np.zeros((len(x), 3), dtype=np.float32)
-
-
 def test_exact_holdout_baseline_stops_at_the_deadline(tmp_path, capsys):
     """The hold-out split's FxP8-exact baseline (4 s: 16 chunks of 0.25 s) is the first thing a hold-out check computes;
     the deadline passes during it: it is cut within one chunk, not run to the end for the check or for the results, whose
     baseline says it was not measured, why, and what to do."""
     deadline = Deadline.after(600)
-    emu = SlowExactToo(deadline, batch_s=0.25)
-    hold = EmulatorEvaluator(emu, Labels(4000), batch_size=256)
-    ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=hold, energy=fake_energy,
-                        baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"},
-                        deadline=deadline)
+    emu = DeadlineAtFirstRun(deadline, batch_s=0.25, slow_exact=True)
+    ctx = _slow_holdout_ctx(emu, deadline)
     res, t0 = _run_until(tmp_path, ctx)
     wall = time.time() - t0
     assert emu.starts and not [s for s in emu.starts if s >= deadline.at] and len(emu.starts) < 16
