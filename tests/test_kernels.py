@@ -74,18 +74,25 @@ conv_shapes = st.fixed_dictionaries({
     "pads": st.tuples(*[st.integers(0, 2)] * 4), "depthwise": st.booleans(), "extreme": st.booleans()})
 
 
-@SETTINGS
-@given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)), seed=st.integers(0, 2 ** 32 - 1))
-def test_conv2d_all_paths_and_isas_match_reference(s, signed, mname, seed):
-    rng = np.random.default_rng(seed)
+def int_conv_operands(rng, s: dict, signed: bool):
+    """Activations, int8 weights and group count of a ``conv_shapes`` example; depthwise: one input channel per group
+    (direct kernel), og = channel multiplier; the plane is grown to hold at least one dilated kernel window."""
     G, cg, og = s["G"], s["cg"], s["og"]
-    if s["depthwise"]:  # one input channel per group (direct kernel), og = channel multiplier
+    if s["depthwise"]:
         cg, G = 1, G + 1
     kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
     H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
     W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
     x = acts(rng, (s["B"], G * cg, H, W), signed)
     w = rng.integers(-128, 128, (G * og, cg, kh, kw))
+    return x, w, G
+
+
+@SETTINGS
+@given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_all_paths_and_isas_match_reference(s, signed, mname, seed):
+    rng = np.random.default_rng(seed)
+    x, w, G = int_conv_operands(rng, s, signed)
     if s["extreme"]:  # operands at the range ends: -128/127 (signed), 0/255 (unsigned), weights -128/127
         x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
         w = np.where(w % 2 == 0, -128, 127)
@@ -105,17 +112,11 @@ def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act,
     """The layer output straight from the kernels (depthwise: scaled per finished plane; GEMM paths: image slices of
     at most slice_bytes of sums, down to one image) is the numpy formula on the reference sums, then the Relu/Clip."""
     rng = np.random.default_rng(seed)
-    G, cg, og = s["G"], s["cg"], s["og"]
-    if s["depthwise"]:
-        cg, G = 1, G + 1
-    kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
-    H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
-    W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
-    x = acts(rng, (s["B"], G * cg, H, W), signed)
-    w = rng.integers(-128, 128, (G * og, cg, kh, kw))
+    x, w, G = int_conv_operands(rng, s, signed)
     lo, hi = sorted(rng.normal(0, 50, 2))
-    sc = K.Scaling(float(rng.uniform(1e-3, 1)), rng.uniform(1e-3, 1, G * og).astype(np.float32),
-                   rng.normal(0, 100, G * og).astype(np.float32),
+    n_out = w.shape[0]
+    sc = K.Scaling(float(rng.uniform(1e-3, 1)), rng.uniform(1e-3, 1, n_out).astype(np.float32),
+                   rng.normal(0, 100, n_out).astype(np.float32),
                    None if act is None else K.OutputAct(act, float(np.float32(lo)), float(np.float32(hi))))
     mult = MULTS[mname]
     args = (s["stride"], s["pads"], s["dil"], G)
