@@ -934,6 +934,16 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_act8(__m256 y
     return y;
 }
 
+/* Eight sums, given exactly as two 4-lane doubles, scaled as dse_scale1 does: (x * sa) * f in double, rounded to
+   float32, plus the bias (no FMA). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_scale8(__m256d x0, __m256d x1, __m256d vsa,
+                                                                          __m256d vf, __m256 vb)
+{
+    const __m256d d0 = _mm256_mul_pd(_mm256_mul_pd(x0, vsa), vf);
+    const __m256d d1 = _mm256_mul_pd(_mm256_mul_pd(x1, vsa), vf);
+    return _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
+}
+
 /* One channel's run of S outputs: the same operations as dse_scale1 / dse_act1, 8 at a time (no FMA). */
 DSE_T_AVX2 static void dse_dequant_run_avx2(const int64_t *a, int64_t S, double sa, double f, float b, int act,
                                             float lo, float hi, float *o)
@@ -942,11 +952,8 @@ DSE_T_AVX2 static void dse_dequant_run_avx2(const int64_t *a, int64_t S, double 
     const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
     int64_t j = 0;
     for (; j + 8 <= S; j += 8) {
-        const __m256d d0 = _mm256_mul_pd(_mm256_mul_pd(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j))),
-                                                       vsa), vf);
-        const __m256d d1 = _mm256_mul_pd(
-            _mm256_mul_pd(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j + 4))), vsa), vf);
-        const __m256 y = _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
+        const __m256 y = dse_scale8(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j))),
+                                    dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j + 4))), vsa, vf, vb);
         _mm256_storeu_ps(o + j, dse_act8(y, act, vlo, vhi));
     }
     for (; j < S; j++)
@@ -962,11 +969,8 @@ DSE_T_AVX2 static void dse_scale_run32(const int32_t *a, int64_t S, const dse_sc
     const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(sc->lo), vhi = _mm256_set1_ps(sc->hi);
     int64_t j = 0;
     for (; j + 8 <= S; j += 8) {
-        const __m256d d0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j))),
-                                                       vsa), vf);
-        const __m256d d1 = _mm256_mul_pd(
-            _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j + 4))), vsa), vf);
-        const __m256 y = _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
+        const __m256 y = dse_scale8(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j))),
+                                    _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j + 4))), vsa, vf, vb);
         _mm256_storeu_ps(o + j, dse_act8(y, sc->act, vlo, vhi));
     }
     for (; j < S; j++)
