@@ -119,7 +119,7 @@ def run_variant(variant: str, budget: Path, seed: int, n_trials, workers, timeou
         s.sampler = SAMPLER_OF[variant]
         s.fidelities = [0]          # every trial on all search images
         s.predictor_skip = 0.0
-        s.seed_uniform = s.seed_knapsack = False  # the all-exact seed stays: it is the reference point
+        s.seeds = ()  # the all-exact seed stays: it is the reference point
     # as `dse search` does: the first process writes the context cache in the run directory, workers read it
     factory = functools.partial(build_context, str(budget), fit_predictor=full, run_dir=str(run_dir))
     t0 = time.perf_counter()

@@ -132,7 +132,7 @@ def test_knapsack_matches_brute_force():
 def test_seeds_enqueued(tmp_path, budget_file):
     ctx = make_ctx()
     _CTX["ctx"] = ctx
-    res = run_search(budget_file, settings_(n_trials=3, seed_uniform=True, seed_knapsack=True), ctx_factory,
+    res = run_search(budget_file, settings_(n_trials=3, seeds=("uniform", "knapsack")), ctx_factory,
                      run_dir=tmp_path / "run", progress=False)
     study = rundir.load_study(tmp_path / "run")
     trials = study.get_trials(deepcopy=False)
@@ -160,7 +160,7 @@ def test_only_the_all_exact_seed_by_default(tmp_path, budget_file):
     b = tmp_path / "seeds.toml"
     b.write_text('[search]\nseeds = ["knapsack"]\n')
     s = settings_from_budget(load_budget(b))
-    assert (s.seed_uniform, s.seed_knapsack) == (False, True)
+    assert s.seeds == ("knapsack",)
 
 
 # ---------------------------------------------------------------- objective and study

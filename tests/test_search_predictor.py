@@ -175,7 +175,7 @@ def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_pa
                                 baseline={"float": {"search": 0.9, "holdout": 0.9}}, info={"predictor": info})
     budget = tmp_path / "b.toml"
     budget.write_text("[budget]\nmax_loss_pp = 1.0\n")
-    s = settings_(n_trials=30, predictor_skip=2.0, seed_uniform=True, seed_knapsack=True)
+    s = settings_(n_trials=30, predictor_skip=2.0, seeds=("uniform", "knapsack"))
     res = run_search(budget, s, ctx_factory, run_dir=tmp_path / "run", progress=False)
     assert res["info"]["predictor"]["kind"] == "logit surrogate" and res["trials"]["skipped_predictor"] > 0
     study = rundir.load_study(tmp_path / "run")

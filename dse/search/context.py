@@ -50,7 +50,7 @@ def settings_from_budget(b) -> SearchSettings:
                           workers=int(s.workers), timeout_s=s.timeout_s or None, fidelities=list(s.racing),
                           confidence=float(s.confidence), predictor_skip=float(s.predictor_skip),
                           n_holdout=int(s.n_holdout), feasibility_confidence=float(b.budget.confidence),
-                          seed_uniform="uniform" in s.seeds, seed_knapsack="knapsack" in s.seeds)
+                          seeds=tuple(s.seeds))
 
 
 DEFAULT_CONFIRM = 1000  # confirmation images when [data] confirm is absent (at most a fifth of the search split)

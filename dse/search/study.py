@@ -67,8 +67,7 @@ class SearchSettings:
     predictor_skip: float = _D.predictor_skip  # skip a trial when predicted loss > predictor_skip * budget (0 = never)
     n_holdout: int = _D.n_holdout              # hold-out checks that may fail before the walk down the list stops
     feasibility_confidence: float = BudgetSection().confidence  # [budget] confidence of the search-split feasibility
-    seed_uniform: bool = "uniform" in _D.seeds    # [search] seeds
-    seed_knapsack: bool = "knapsack" in _D.seeds
+    seeds: tuple = _D.seeds  # seed trials besides all-exact (dse.budget.SEED_KINDS)
 
     def validate(self) -> "SearchSettings":
         if self.mode not in MODES:
@@ -186,9 +185,9 @@ def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
 def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
     """Parameters of the seed trials (all exact, uniform, knapsack), without repeats, in enqueue order."""
     cfgs = [seeds.all_exact(ctx.space)]
-    if s.seed_uniform:
+    if "uniform" in s.seeds:
         cfgs += seeds.uniform(ctx.space)
-    if s.seed_knapsack and ctx.sensitivity is not None:
+    if "knapsack" in s.seeds and ctx.sensitivity is not None:
         items = seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
         cfgs += seeds.knapsack_seeds(ctx.space, items, s.budget_loss)
     out = []
