@@ -287,7 +287,14 @@ class ImageBatches:
     batch_size: int
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return (x for x, _ in self.data.batches(self.batch_size))
+        return self.from_batch(0)
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def from_batch(self, k: int) -> Iterator[np.ndarray]:
+        """The batches from batch ``k`` on (those before it are not read): dse.quant.BatchesFrom."""
+        return (x for x, _ in self.data.batches(self.batch_size, start=k * self.batch_size))
 
 
 # ----------------------------------------------------------------------------------------------------- IDX

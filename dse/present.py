@@ -150,8 +150,12 @@ def predictor_line(p: dict, trials: dict) -> str:
 
 
 def search_result(res: dict) -> None:
-    """``dse search``: the best trial (search and hold-out loss) and where the run lives."""
+    """``dse search``: the best trial (search and hold-out loss) and where the run lives; or the one line saying the
+    run's deadline stopped it in its set-up."""
     con = console()
+    if res.get("stopped"):
+        con.print(res["stopped"], markup=False, highlight=False, soft_wrap=True)
+        return
     b = res.get("best")
     if b:
         h, c = b.get("holdout") or {}, b.get("confirm")
@@ -214,6 +218,7 @@ class SearchProgress:
         self.p = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                           TimeElapsedColumn(), transient=False)
         self.task = self.p.add_task("search", total=total, completed=done, info="")
+        self.last_switch = -1  # the trial number of the last predictor-gate switch shown
 
     def __enter__(self):
         self.p.__enter__()
@@ -225,12 +230,15 @@ class SearchProgress:
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
-        from dse.search.objective import ATTR_GATE, ATTR_VERIFIED
+        from dse.search.objective import ATTR_VERIFIED, predictor_switches
         from dse.search.study import is_feasible
 
-        if trial is not None and ATTR_GATE in trial.user_attrs:  # the predictor gate switched before this trial
-            self.p.console.print(f"trial {trial.number}: {trial.user_attrs[ATTR_GATE]}")
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        # the study's predictor-gate switches after the last one shown (once each, whichever process recorded it)
+        for number, line in predictor_switches(trials):
+            if number > self.last_switch:
+                self.last_switch = number
+                self.p.console.print(f"trial {number}: {line}", markup=False, highlight=False)
         feas = [t for t in trials if is_feasible(t)]
         best = min((t.user_attrs["energy"]["system"] for t in feas if t.user_attrs.get(ATTR_VERIFIED)), default=None)
         self.p.update(self.task, completed=len(trials),

@@ -20,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
+import itertools
+import time
+from typing import Callable, Iterator, Protocol, runtime_checkable
+
 import numpy as np
 
 from dse.errors import DseError
@@ -275,27 +279,47 @@ def stream_batch_size(graph, requested: int | None = None) -> int:
     return b if requested is None else max(1, min(b, int(requested)))
 
 
-def _batches(x_calib, graph, batch_size: int):
-    """Re-iterable over float32 batches: slices of an array, or the batches of a re-iterable (list, Dataset, ...)."""
-    from dse.model.float_exec import check_input
+@runtime_checkable
+class BatchesFrom(Protocol):
+    """A re-iterable of batches that can start at any batch without reading the ones before it (e.g.
+    dse.data.ImageBatches): what lets a resumed calibration skip the batches it had done."""
 
-    if isinstance(x_calib, np.ndarray):
-        x = check_input(graph, x_calib)
-        return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
-    if iter(x_calib) is x_calib:
-        raise DseError("[data] calib: calibration reads the images twice; give an array or a re-iterable of batches "
-                       "(a list or a data set), not a one-shot iterator")
-    return _Rebatch(x_calib, graph)
+    def __len__(self) -> int: ...
+
+    def from_batch(self, k: int) -> Iterator[np.ndarray]: ...
 
 
-class _Rebatch:
-    def __init__(self, source, graph):
-        self.source, self.graph = source, graph
+class _Source:
+    """Calibration batches (float32, checked against the graph) from batch ``k`` on: :meth:`from_batch`; ``n``: how
+    many batches there are (None: unknown)."""
 
-    def __iter__(self):
+    def __init__(self, x_calib, graph, batch_size: int):
         from dse.model.float_exec import check_input
 
-        for b in self.source:
+        self.graph, self.n, self.slices, self.source = graph, None, None, x_calib
+        if isinstance(x_calib, np.ndarray):
+            x = check_input(graph, x_calib)
+            self.slices = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+            self.n = len(self.slices)
+        elif isinstance(x_calib, (list, tuple, BatchesFrom)):
+            self.n = len(x_calib)
+        elif iter(x_calib) is x_calib:
+            raise DseError("[data] calib: calibration reads the images twice; give an array or a re-iterable of "
+                           "batches (a list or a data set), not a one-shot iterator")
+
+    def from_batch(self, k: int) -> Iterator[np.ndarray]:
+        from dse.model.float_exec import check_input
+
+        if self.slices is not None:
+            yield from self.slices[k:]
+            return
+        if isinstance(self.source, (list, tuple)):
+            batches = iter(self.source[k:])
+        elif isinstance(self.source, BatchesFrom):
+            batches = self.source.from_batch(k)
+        else:
+            batches = itertools.islice(self.source, k, None)
+        for b in batches:
             yield check_input(self.graph, b)
 
 
@@ -347,29 +371,6 @@ class _Tail:
         return a + (h - lo) * (b - a)
 
 
-def _range_pass(graph, batches, tensors: set) -> dict:
-    """{tensor: [min, max, count]} over every calibration image."""
-    st = {t: [np.inf, -np.inf, 0] for t in tensors}
-
-    def visit(t, v):
-        s = st[t]
-        s[0], s[1], s[2] = min(s[0], float(v.min())), max(s[1], float(v.max())), s[2] + v.size
-    for xb in batches:
-        _walk(graph, xb, tensors, visit)
-    return st
-
-
-def _percentile_amax(graph, batches, rng: dict, percentile: float) -> dict:
-    """{tensor: percentile of |x|}: one more pass keeping only the tail above the wanted order statistic."""
-    tails = {}
-    for t, (_, _, n) in rng.items():
-        lo = int(np.floor((n - 1) * percentile / 100.0))
-        tails[t] = _Tail(max(1, n - lo))
-    for xb in batches:
-        _walk(graph, xb, set(tails), lambda t, v: tails[t].add(v))
-    return {t: tails[t].percentile(rng[t][2], percentile) for t in tails}
-
-
 def _make_matmul(graph, n, act_quant: dict) -> MacLayer:
     a, b = n.inputs
     in_shape, out_shape = tuple(graph.shapes[a]), tuple(graph.shapes[n.output])
@@ -407,90 +408,275 @@ def _make_layer(graph, n, act_quant: dict) -> MacLayer:
 W_SAMPLE_ROWS = 4096  # rows of a matmul layer's right operand kept as its weight sample (w_q)
 
 
-def _operand_pass(graph, batches, layers: list, act_quant: dict) -> None:
-    """Fill act_hist, act_mean, acc_std_ch and acc_std of every layer (running sums over the batches); matmul layers
-    also get their weight sample ``w_q`` (the right operand on the first batch)."""
-    by_tensor: dict = {}
-    for l in layers:
-        by_tensor.setdefault(l.input, []).append(l)
-        if l.b_input:
-            by_tensor.setdefault(l.b_input, [])
-    stat_n = {l.name: l.N // l.groups if l.op == "matmul" else l.N for l in layers}
-    hist = {l.name: np.zeros(256, np.int64) for l in layers}
-    vsum = {l.name: np.zeros((1 if l.op == "matmul" else l.groups, l.K)) for l in layers}
-    s1 = {l.name: np.zeros(stat_n[l.name]) for l in layers}
-    s2 = {l.name: np.zeros(stat_n[l.name]) for l in layers}
-    cnt = {l.name: 0 for l in layers}
-    held: dict = {}  # quantized operands of matmul layers in the current batch
-    operands = {t for l in layers if l.op == "matmul" for t in (l.input, l.b_input)}
+class _OperandStats:
+    """Running sums of the operand pass (act_hist, act_mean, accumulator moments of every layer; a matmul layer's
+    weight sample), batch by batch; :meth:`arrays` / :meth:`load` for a checkpoint, :meth:`finish` fills the layers."""
 
-    def moments(l, acc):
+    def __init__(self, layers: list, act_quant: dict):
+        self.layers, self.act_quant = layers, act_quant
+        self.by_tensor: dict = {}
+        for l in layers:
+            self.by_tensor.setdefault(l.input, []).append(l)
+            if l.b_input:
+                self.by_tensor.setdefault(l.b_input, [])
+        self.operands = {t for l in layers if l.op == "matmul" for t in (l.input, l.b_input)}
+        stat_n = [l.N // l.groups if l.op == "matmul" else l.N for l in layers]
+        self.hist = [np.zeros(256, np.int64) for _ in layers]
+        self.vsum = [np.zeros((1 if l.op == "matmul" else l.groups, l.K)) for l in layers]
+        self.s1 = [np.zeros(n) for n in stat_n]
+        self.s2 = [np.zeros(n) for n in stat_n]
+        self.cnt = np.zeros(len(layers), np.int64)
+        self.index = {l.name: j for j, l in enumerate(layers)}
+        self.held: dict = {}  # quantized operands of matmul layers in the current batch
+
+    def arrays(self) -> dict:
+        out = {"op.cnt": self.cnt.copy()}
+        for j, l in enumerate(self.layers):
+            out.update({f"op.{j}.hist": self.hist[j].copy(), f"op.{j}.vsum": self.vsum[j].copy(),
+                        f"op.{j}.s1": self.s1[j].copy(), f"op.{j}.s2": self.s2[j].copy()})
+            if l.op == "matmul" and l.w_q is not None:
+                out[f"op.{j}.w_q"] = l.w_q.copy()
+        return out
+
+    def load(self, arrays: dict) -> None:
+        self.cnt = np.array(arrays["op.cnt"], np.int64)
+        for j, l in enumerate(self.layers):
+            self.hist[j], self.vsum[j] = np.array(arrays[f"op.{j}.hist"]), np.array(arrays[f"op.{j}.vsum"])
+            self.s1[j], self.s2[j] = np.array(arrays[f"op.{j}.s1"]), np.array(arrays[f"op.{j}.s2"])
+            if f"op.{j}.w_q" in arrays:
+                l.w_q = np.array(arrays[f"op.{j}.w_q"])
+
+    def _moments(self, l, acc) -> None:
+        j = self.index[l.name]
         acc = acc.astype(np.float64)
         acc = acc.reshape(-1, l.N // l.groups)[:, :, None] if l.op == "matmul" else acc.reshape(acc.shape[0], l.N, -1)
-        s1[l.name] += acc.sum(axis=(0, 2))
-        s2[l.name] += np.einsum("bns,bns->n", acc, acc)
-        cnt[l.name] += acc.size // acc.shape[1]
+        self.s1[j] += acc.sum(axis=(0, 2))
+        self.s2[j] += np.einsum("bns,bns->n", acc, acc)
+        self.cnt[j] += acc.size // acc.shape[1]
 
-    def visit(t, v):
-        q = quantize_act(v, *act_quant[t])
-        for l in by_tensor[t]:
-            hist[l.name] += operand_histogram(q, l)
-            vsum[l.name] += operand_sums(q, l)
+    def _visit(self, t, v) -> None:
+        q = quantize_act(v, *self.act_quant[t])
+        for l in self.by_tensor[t]:
+            j = self.index[l.name]
+            self.hist[j] += operand_histogram(q, l)
+            self.vsum[j] += operand_sums(q, l)
             if l.op != "matmul":
-                moments(l, exact_acc(q, l))
-        if t not in operands:
+                self._moments(l, exact_acc(q, l))
+        if t not in self.operands:
             return
-        held[t] = q
-        for l in layers:
-            if l.op == "matmul" and t in (l.input, l.b_input) and l.input in held and l.b_input in held:
-                qa, qb = held[l.input], held[l.b_input].view(np.int8)
-                moments(l, exact_acc(qa, l, qb))
+        self.held[t] = q
+        for l in self.layers:
+            if l.op == "matmul" and t in (l.input, l.b_input) and l.input in self.held and l.b_input in self.held:
+                qa, qb = self.held[l.input], self.held[l.b_input].view(np.int8)
+                self._moments(l, exact_acc(qa, l, qb))
                 if l.w_q is None:
                     l.w_q = np.ascontiguousarray(np.swapaxes(qb, -1, -2).reshape(-1, l.K)[:W_SAMPLE_ROWS])
-    for xb in batches:
-        held.clear()
-        _walk(graph, xb, set(by_tensor), visit)
-    held.clear()
-    for l in layers:
-        c = cnt[l.name]
-        m1, m2 = s1[l.name] / c, s2[l.name] / c
-        l.act_hist = hist[l.name]
-        l.act_mean = vsum[l.name] / c
-        l.acc_std_ch = np.tile(np.sqrt(np.maximum(m2 - m1 * m1, 0.0)), l.N // len(m1))
-        mu = m1.mean()
-        l.acc_std = float(np.sqrt(max(m2.mean() - mu * mu, 0.0)))
+
+    def batch(self, graph, xb) -> None:
+        self.held.clear()
+        _walk(graph, xb, set(self.by_tensor), self._visit)
+        self.held.clear()
+
+    def finish(self) -> None:
+        for j, l in enumerate(self.layers):
+            c = int(self.cnt[j])
+            m1, m2 = self.s1[j] / c, self.s2[j] / c
+            l.act_hist = self.hist[j]
+            l.act_mean = self.vsum[j] / c
+            l.acc_std_ch = np.tile(np.sqrt(np.maximum(m2 - m1 * m1, 0.0)), l.N // len(m1))
+            mu = m1.mean()
+            l.acc_std = float(np.sqrt(max(m2.mean() - mu * mu, 0.0)))
+
+
+@dataclass(frozen=True)
+class CalibrationProgress:
+    """An unfinished calibration's statistics so far (JSON values in ``meta``, numpy arrays in ``arrays``, like
+    :class:`CalibrationState`): its pass, the batches of that pass done, the running min/max, tails and sums. A
+    calibration resumed from it ends with the same bits as one never interrupted (same batches, same order)."""
+
+    meta: dict
+    arrays: dict
+
+    def describe(self) -> str:
+        """``"pass 2 of 3, 12 of 40 batches"`` (batches unknown: ``"12 batches"``)."""
+        m = self.meta
+        of = f" of {m['batches']}" if m["batches"] is not None else ""
+        return f"pass {m['passes'].index(m['pass']) + 1} of {len(m['passes'])}, {m['next']}{of} batches"
+
+
+class CalibrationStopped(Exception):
+    """``Checkpoints.stop`` said stop before a batch: ``progress`` holds every statistic so far (it was handed to
+    ``Checkpoints.save`` too)."""
+
+    def __init__(self, progress: CalibrationProgress):
+        super().__init__(f"calibration stopped at {progress.describe()}")
+        self.progress = progress
+
+
+@dataclass
+class Checkpoints:
+    """How :func:`calibrate` may be stopped and resumed: ``stop()`` is asked before every batch (True: save and
+    raise :class:`CalibrationStopped`); ``save(progress)`` is called then and every ``every_s`` seconds of work;
+    ``resume``: the progress of an earlier, stopped calibration of the same graph, images and method."""
+
+    stop: Callable[[], bool]
+    save: Callable[[CalibrationProgress], None]
+    resume: CalibrationProgress | None = None
+    every_s: float = 30.0
+
+
+class _Calibration:
+    """One calibration as passes over the batches ("range", "tail" for percentiles, "operand"), each resumable at any
+    batch: the statistics so far are :meth:`progress`, and :meth:`load` continues from them."""
+
+    def __init__(self, graph, source: _Source, method: str, percentile: float, progress_cb):
+        self.graph, self.source, self.method, self.percentile = graph, source, method, percentile
+        macs = graph.mac_nodes
+        self.right = {n.inputs[1] for n in macs if n.op == "matmul"}
+        self.tensors = sorted({n.inputs[0] for n in macs} | self.right)
+        self.passes = ["range"] + (["tail"] if method == "percentile" else []) + ["operand"]
+        self.pass_, self.next = self.passes[0], 0
+        T = len(self.tensors)
+        self.lo, self.hi, self.count = np.full(T, np.inf), np.full(T, -np.inf), np.zeros(T, np.int64)
+        self.tails: list = []
+        self.amax = None
+        self.ops: _OperandStats | None = None
+        self.progress_cb = progress_cb
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def progress(self) -> CalibrationProgress:
+        meta = {"method": self.method, "percentile": self.percentile, "tensors": self.tensors,
+                "passes": self.passes, "pass": self.pass_, "next": self.next, "batches": self.source.n}
+        arrays = {"range.lo": self.lo.copy(), "range.hi": self.hi.copy(), "range.count": self.count.copy()}
+        arrays.update({f"tail.{i}": t.vals.copy() for i, t in enumerate(self.tails)})
+        if self.amax is not None:
+            arrays["amax"] = self.amax.copy()
+        if self.ops is not None:
+            arrays.update(self.ops.arrays())
+        return CalibrationProgress(meta, arrays)
+
+    def load(self, p: CalibrationProgress) -> None:
+        m = p.meta
+        mine = {"method": self.method, "percentile": self.percentile, "tensors": self.tensors, "passes": self.passes}
+        if {k: m.get(k) for k in mine} != mine:
+            raise ValueError("the checkpoint is of another calibration")
+        self.lo, self.hi = np.array(p.arrays["range.lo"]), np.array(p.arrays["range.hi"])
+        self.count = np.array(p.arrays["range.count"], np.int64)
+        self.pass_, self.next = m["pass"], int(m["next"])
+        if self.pass_ == "tail":
+            self._start_tails()
+            for i, t in enumerate(self.tails):
+                t.vals = np.array(p.arrays[f"tail.{i}"])
+        if "amax" in p.arrays:
+            self.amax = np.array(p.arrays["amax"])
+        if self.pass_ == "operand":
+            self._start_operands()
+            self.ops.load(p.arrays)
+
+    # -- passes ---------------------------------------------------------------------------------------------
+    def _start_tails(self) -> None:
+        self.tails = []
+        for n in self.count:
+            lo = int(np.floor((int(n) - 1) * self.percentile / 100.0))
+            self.tails.append(_Tail(max(1, int(n) - lo)))
+
+    def _start_operands(self) -> None:
+        act_quant = self.act_quant()
+        self.layers = [_make_layer(self.graph, n, act_quant) for n in self.graph.mac_nodes]
+        self.ops = _OperandStats(self.layers, act_quant)
+
+    def act_quant(self) -> dict:
+        return {t: _act_scale(float(self.lo[i]), float(self.hi[i]), float(self.amax[i]), t in self.right)
+                for i, t in enumerate(self.tensors)}
+
+    def _range_batch(self, xb) -> None:
+        idx = {t: i for i, t in enumerate(self.tensors)}
+
+        def visit(t, v):
+            i = idx[t]
+            self.lo[i], self.hi[i] = min(self.lo[i], float(v.min())), max(self.hi[i], float(v.max()))
+            self.count[i] += v.size
+        _walk(self.graph, xb, set(self.tensors), visit)
+
+    def _tail_batch(self, xb) -> None:
+        idx = {t: i for i, t in enumerate(self.tensors)}
+        _walk(self.graph, xb, set(self.tensors), lambda t, v: self.tails[idx[t]].add(v))
+
+    def _end_pass(self) -> None:
+        """The statistics the pass just finished gives the next one."""
+        if self.pass_ == "range":
+            if np.any(self.count == 0):
+                raise DseError("calibration set is empty; give at least one image (e.g. fashion-mnist:calib)")
+            if self.method == "max":
+                self.amax = np.maximum(np.abs(self.lo), np.abs(self.hi))
+            else:
+                self._start_tails()
+        elif self.pass_ == "tail":
+            self.amax = np.array([t.percentile(int(n), self.percentile) for t, n in zip(self.tails, self.count)])
+            self.tails = []
+        k = self.passes.index(self.pass_) + 1
+        if k < len(self.passes):
+            self.pass_, self.next = self.passes[k], 0
+            if self.pass_ == "operand":
+                self._start_operands()
+
+    def run(self, checkpoints: Checkpoints | None) -> None:
+        steps = {"range": self._range_batch, "tail": self._tail_batch,
+                 "operand": lambda xb: self.ops.batch(self.graph, xb)}
+        saved = time.monotonic()
+        while True:
+            for xb in self.source.from_batch(self.next):
+                if checkpoints is not None and checkpoints.stop():
+                    p = self.progress()
+                    checkpoints.save(p)
+                    raise CalibrationStopped(p)
+                steps[self.pass_](xb)
+                self.next += 1
+                self._report()
+                if checkpoints is not None and time.monotonic() - saved >= checkpoints.every_s:
+                    checkpoints.save(self.progress())
+                    saved = time.monotonic()
+            last = self.pass_ == self.passes[-1]
+            self._end_pass()
+            if last:
+                return
+
+    def _report(self) -> None:
+        n = self.source.n
+        if self.progress_cb is not None and n:
+            self.progress_cb(self.passes.index(self.pass_) * n + self.next, len(self.passes) * n)
+
+    def quant_model(self) -> QuantModel:
+        self.ops.finish()
+        return QuantModel(graph=self.graph, layers=self.layers, input_name=self.graph.input_name,
+                          act_quant=self.ops.act_quant)
 
 
 def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
-              batch_size: int | None = None) -> QuantModel:
+              batch_size: int | None = None, checkpoints: Checkpoints | None = None,
+              progress: Callable[[int, int], None] | None = None) -> QuantModel:
     """Post-training FxP8 quantization of ``graph`` from preprocessed calibration images ``x_calib``: an array
-    [N, *input_shape], or a re-iterable of such batches (read two or three times).
+    [N, *input_shape], or a re-iterable of such batches (read two or three times; a :class:`BatchesFrom` is not read
+    before the batch a resumed calibration continues from).
 
     Streams: batches of at most ``batch_size`` images (default and cap: :func:`stream_batch_size`), running
     min/max (and, for "percentile", the tail of |x| above the wanted order statistic), running histograms and
     accumulator moments; no activation outlives its batch. Fills every MacLayer (geometry, int8 weights and scales,
     activation scale/signedness, ``act_hist`` = counts of the activation patterns in the multiplier operand matrix
     incl. padding zeros, ``act_mean`` = mean activation value per reduction position, ``acc_std``/``acc_std_ch`` of
-    the exact accumulators on calibration with float-path inputs).
+    the exact accumulators on calibration with float-path inputs). ``checkpoints``: stop before any batch and resume
+    there (:class:`Checkpoints`; raises :class:`CalibrationStopped`); ``progress(done, total)`` after every batch
+    (batches of every pass; only when their number is known).
     """
     if method not in CALIB_METHODS:
         raise DseError(f"calibration method '{method}' is unknown; use one of {', '.join(CALIB_METHODS)}")
     if not 0 < percentile <= 100:
         raise DseError(f"calibration percentile {percentile} must be in (0, 100]")
-    macs = graph.mac_nodes
-    if not macs:
+    if not graph.mac_nodes:
         raise DseError(f"{graph.source}: the model has no Conv/Gemm/MatMul layer to quantize")
-    batches = _batches(x_calib, graph, stream_batch_size(graph, batch_size))
-    right = {n.inputs[1] for n in macs if n.op == "matmul"}
-    tensors = {n.inputs[0] for n in macs} | right
-    rng = _range_pass(graph, batches, tensors)
-    if any(c == 0 for _, _, c in rng.values()):
-        raise DseError("calibration set is empty; give at least one image (e.g. fashion-mnist:calib)")
-    if method == "max":
-        amax = {t: max(abs(lo), abs(hi)) for t, (lo, hi, _) in rng.items()}
-    else:
-        amax = _percentile_amax(graph, batches, rng, percentile)
-    act_quant = {t: _act_scale(rng[t][0], rng[t][1], amax[t], t in right) for t in tensors}
-    layers = [_make_layer(graph, n, act_quant) for n in macs]
-    _operand_pass(graph, batches, layers, act_quant)
-    return QuantModel(graph=graph, layers=layers, input_name=graph.input_name, act_quant=act_quant)
+    cal = _Calibration(graph, _Source(x_calib, graph, stream_batch_size(graph, batch_size)), method, percentile,
+                       progress)
+    if checkpoints is not None and checkpoints.resume is not None:
+        cal.load(checkpoints.resume)
+    cal.run(checkpoints)
+    return cal.quant_model()

@@ -21,7 +21,7 @@ from pathlib import Path
 from dse.data import (BUNDLED_PREPROCESS, SOURCE_METADATA, Dataset, Preprocess, is_bundled, open_dataset,
                       specs_overlap)
 from dse.errors import DseError
-from dse.quant import CalibrationState
+from dse.quant import CalibrationState, Checkpoints
 
 
 # How the 'nothing says how to normalise' error names the missing settings when the caller does not say otherwise
@@ -96,10 +96,12 @@ def resolve_preprocess(inputs: RunInputs, graph) -> Preprocess:
 
 
 def open_session(inputs: RunInputs, calibration: str | None = None,
-                 calibrated: CalibrationState | None = None) -> Session:
+                 calibrated: CalibrationState | None = None, checkpoints: Checkpoints | None = None,
+                 calib_progress=None) -> Session:
     """Load the model, resolve the preprocessing, open (lazily) and check the data sets, calibrate FxP8 (unless
     ``calibrated``: the :meth:`dse.quant.QuantModel.state` of this model and calibration set computed earlier, e.g.
-    the search's run-directory cache)."""
+    the search's run-directory cache). ``checkpoints`` and ``calib_progress(done, total)`` go to
+    :func:`dse.quant.calibrate` (a stopped calibration raises dse.quant.CalibrationStopped)."""
     from dse.model.onnx_import import load_onnx, resolve_model
     from dse.quant import DEFAULT_METHOD, QuantModel, calibrate, stream_batch_size
 
@@ -117,6 +119,7 @@ def open_session(inputs: RunInputs, calibration: str | None = None,
     calib = load(inputs.calib, None)
     method = calibration or DEFAULT_METHOD
     qmodel = (QuantModel.from_state(graph, calibrated) if calibrated is not None
-              else calibrate(graph, calib.image_batches(stream_batch_size(graph)), method=method))
+              else calibrate(graph, calib.image_batches(stream_batch_size(graph)), method=method,
+                             checkpoints=checkpoints, progress=calib_progress))
     return Session(model=inputs.model, model_path=Path(path), graph=graph, preprocess=pre, calib=calib, data=data,
                    qmodel=qmodel, calibration=method)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from optuna.trial import TrialState
 
+from dse.budget import load_budget
 from dse.search import rundir
 from dse import present
 from dse.layer_config import LayerConfig
@@ -112,18 +114,153 @@ def test_timeout_stops_the_trial_in_progress(tmp_path):
     assert failed and "RunTimeout" in failed[-1].user_attrs["error"]
 
 
-def test_real_search_whose_setup_outlasts_the_timeout(tmp_path):
-    """timeout_s counts from the start: a set-up longer than it leaves no time for trials; the run still ends with its
-    results (no best, and says why) instead of running trials past the timeout or crashing in the set-up."""
+SETUP_BUDGET = ("[data]\nimages = 40\n[search]\nworkers = 1\nn_trials = 2\nracing = [0]\ntimeout_s = 600\n"
+                "[space]\nmultipliers = ['drum4']\ncv = [false]\n")
+
+
+class CutAt:
+    """Counts the calls of a set-up step (``target``'s ``name``, wrapped); the run's deadline (the Deadline the search
+    creates, captured) passes during call ``at``, so the stage stops before its next batch."""
+
+    def __init__(self, monkeypatch, target, name: str, at: int | None):
+        self.calls, self.at, self.deadline = 0, at, None
+        after = Deadline.after.__func__
+
+        def capture(cls, seconds):
+            self.deadline = after(cls, seconds)
+            return self.deadline
+        monkeypatch.setattr(Deadline, "after", classmethod(capture))
+        step = getattr(target, name)
+
+        def counted(*a, **kw):
+            self.calls += 1
+            if self.calls == self.at:
+                self.deadline.at = time.time()
+            return step(*a, **kw)
+        monkeypatch.setattr(target, name, counted)
+
+
+def _search_cli(capsys, b, run):
+    from dse.cli import main
+
+    rc = main(["search", str(b), "--run-dir", str(run), "--quiet"])
+    return rc, capsys.readouterr().out
+
+
+def _one_stop_line(out: str, *parts: str) -> None:
+    assert out.strip() and "\n" not in out.strip(), out
+    for p in ("[search] timeout_s reached during the set-up's", "re-run the same command", *parts):
+        assert p in out, (p, out)
+
+
+def test_calibration_stops_at_the_deadline_and_resumes_bit_identical(tmp_path, monkeypatch, capsys):
+    """A calibration in 10 batches per pass: the deadline passes during the third; the search stops before the fourth
+    with one line (what was done, where it is kept, how to go on), exit status 0 as for any deadline stop, no study.
+    Re-running the same command continues at the fourth batch (no batch read twice) and ends with the bits of a
+    calibration never stopped."""
+    import dse.quant as quant
+    from dse.data import load_dataset
+    from dse.model.onnx_import import load_onnx, resolve_model
+    from dse.search import context_cache
+
+    graph = load_onnx(resolve_model("lenet5"))
+    per_image = quant.STREAM_BUDGET // quant.stream_batch_size(graph)
+    monkeypatch.setattr(quant, "STREAM_BUDGET", per_image * 100)  # 1000 calibration images: 10 batches
+    b, run = tmp_path / "b.toml", tmp_path / "run"
+    b.write_text(SETUP_BUDGET)
+    cut = CutAt(monkeypatch, quant, "_walk", at=3)
+    rc, out = _search_cli(capsys, b, run)
+    assert rc == 0 and cut.calls == 3
+    _one_stop_line(out, "FxP8 calibration", "pass 1 of 2, 3 of 10 batches done", str(run / "calibration.npz"))
+    assert not (run / rundir.STUDY_FILE).exists() and not (run / "results.json").exists()
+    cut.at, cut.calls = None, 0
+    rc, out = _search_cli(capsys, b, run)
+    assert rc == 0 and "run directory" in out
+    assert cut.calls == 2 * 10 - 3  # the rest of the calibration, no batch twice
+    ref = quant.calibrate(graph, load_dataset("fashion-mnist:calib").image_batches(100)).state()
+    budget = load_budget(b)
+    kept = context_cache.load_calibration(run, context_cache.calibration_key(
+        budget, resolve_model("lenet5"), quant.DEFAULT_METHOD)).finished
+    assert kept.meta == ref.meta and kept.arrays.keys() == ref.arrays.keys()
+    assert all(ref.arrays[k].tobytes() == kept.arrays[k].tobytes() for k in ref.arrays)
+    assert rundir.load_study(run) is not None
+
+
+def _uncut(tmp_path, name: str):
+    """The context cache of the same search never stopped (a run directory of its own)."""
+    from dse.search import context_cache
+    from dse.search.context import build_context
+
+    b = tmp_path / "b.toml"
+    build_context(str(b), run_dir=tmp_path / name)
+    got, _ = context_cache._read(tmp_path / name / context_cache.FILE)
+    return context_cache._decode(*got)
+
+
+def test_float_baselines_stop_at_the_deadline_and_resume(tmp_path, monkeypatch, capsys):
+    """The float32 baselines (40 search + 4000 hold-out images, 17 batches of at most 256): the deadline passes during
+    the third batch; the search stops before the fourth with one line, the calibration and the images done are kept,
+    and the re-run measures only the 14 batches left and gets the baselines of a run never stopped."""
+    import dse.model.float_exec as float_exec
+    import dse.quant as quant
+
+    b, run = tmp_path / "b.toml", tmp_path / "run"
+    b.write_text(SETUP_BUDGET)
+    cut = CutAt(monkeypatch, float_exec, "run_float", at=3)
+    walks = CutAt(monkeypatch, quant, "_walk", at=None)
+    rc, out = _search_cli(capsys, b, run)
+    assert rc == 0 and cut.calls == 3
+    _one_stop_line(out, "float32 baselines", f"{40 + 2 * 256} of 4040 images done", str(run / "float-baselines.npz"))
+    cut.at, cut.calls, walks.calls = None, 0, 0
+    rc, out = _search_cli(capsys, b, run)
+    assert rc == 0 and "run directory" in out and cut.calls == 17 - 3 and walks.calls == 0  # calibration kept
+    res = rundir.read_results(run)
+    assert res["baseline"]["float"] == _uncut(tmp_path, "uncut").baseline["float"]
+
+
+@pytest.mark.parametrize("at, kept", [(2, 1), (3, 3)])
+def test_predictor_fit_stops_at_the_deadline_and_resumes(tmp_path, monkeypatch, capsys, at, kept):
+    """The predictor fit's emulated configurations (one batch each; all-exact first, then the single-layer changes
+    they need measured by the surrogate on first use): the deadline passes while configuration ``at`` is measured.
+    Nothing starts after it: the second one's single-layer runs are cut (that configuration is not counted), the
+    third needs none (counted). The search stops with one line, the measured ones and the surrogate's logits are
+    kept, and the re-run measures the rest: the same accuracies and logits as a run never stopped."""
+    from dse.emulate import Emulator
+    from dse.search import context_cache
+
+    b, run = tmp_path / "b.toml", tmp_path / "run"
+    b.write_text(SETUP_BUDGET)
+    cut = CutAt(monkeypatch, Emulator, "predict", at=at)
+    rc, out = _search_cli(capsys, b, run)
+    assert rc == 0 and cut.calls == at
+    _one_stop_line(out, "predictor fit", f"{kept} of 11 configurations measured", str(run / context_cache.FILE))
+    got, _ = context_cache._read(run / context_cache.FILE)
+    part = context_cache._decode(*got)
+    assert not part.predictor_done and len(part.predictor_accs) == kept
+    cut.at, cut.calls = None, 0
+    rc, out = _search_cli(capsys, b, run)
+    assert rc == 0 and "run directory" in out
+    got, _ = context_cache._read(run / context_cache.FILE)
+    done, ref = context_cache._decode(*got), _uncut(tmp_path, "uncut")
+    assert done.predictor_done and done.predictor_accs == ref.predictor_accs and len(ref.predictor_accs) == 11
+    assert done.predictor_accs[:kept] == part.predictor_accs
+    assert done.surrogate.choices == ref.surrogate.choices
+    assert np.array_equal(done.surrogate.exact, ref.surrogate.exact)
+    assert np.array_equal(done.surrogate.deltas, ref.surrogate.deltas)
+
+
+def test_deadline_after_the_set_up_s_fit_leaves_no_trial_and_no_new_single_layer_run(tmp_path, monkeypatch):
+    """timeout_s counts from the start: when it passes at the end of the predictor fit, the run still ends with its
+    results (no best, and why) instead of running trials or knapsack sensitivities past it: only single-layer changes
+    the logit surrogate measured in its fit count as measured."""
+    from dse.emulate import Emulator
     from dse.search.context import search_from_budget
 
     b = tmp_path / "b.toml"
-    b.write_text("[data]\nimages = 40\n[search]\nworkers = 1\nn_trials = 5\nracing = [0]\ntimeout_s = 0.01\n"
-                 "seeds = ['knapsack']\n"
-                 "[space]\nmultipliers = ['drum4']\ncv = [false]\n")
+    b.write_text(SETUP_BUDGET.replace("racing = [0]", "racing = [0]\nseeds = ['knapsack']"))
+    CutAt(monkeypatch, Emulator, "predict", at=11)  # the last of the 11 fit configurations
     res = search_from_budget(str(b), run_dir=tmp_path / "run")
     assert res["trials"]["complete"] == 0 and res["best"] is None and res["no_best"]
-    # past the deadline no single-layer run: only changes the logit surrogate measured in its fit count as measured
     sens = res["info"]["setup"]["sensitivities"]
     assert sens["measured"] <= len(res["info"]["searchable"]) and sens["measured"] + sens["skipped"] + sens["estimated"]
 

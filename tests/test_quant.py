@@ -263,3 +263,77 @@ def test_quantize_every_isa_level_matches_numpy(isa):
         ref = reference_quantize_act(np.nan_to_num(x, nan=0.0), float(scale), signed).view(np.uint8)
         for threads in (1, 2):
             assert np.array_equal(_K._kernels.quantize(x, scale, signed, threads, isa), ref), (signed, threads)
+
+
+class _StopAt:
+    """Checkpoints.stop that says stop before the ``k``-th batch it is asked about (counting every pass)."""
+
+    def __init__(self, k):
+        self.k, self.asked = k, 0
+
+    def __call__(self):
+        self.asked += 1
+        return self.asked > self.k
+
+
+@pytest.mark.parametrize("method", ["max", "percentile"])
+def test_stopped_and_resumed_calibration_is_bit_identical(small_model, method):
+    """A calibration stopped before any batch of any pass (its progress saved), then resumed from that progress, ends
+    with exactly the bits of one never stopped; stopped twice (resumed, stopped again, resumed) too."""
+    from dse.quant import CalibrationStopped, Checkpoints
+
+    g = small_model
+    x = (RNG.standard_normal((10, 2, 6, 7)) * RNG.uniform(0.1, 4, (10, 1, 1, 1))).astype(np.float32)
+    kw = dict(method=method, percentile=97.0, batch_size=3)
+    ref = calibrate(g, x, **kw).state()
+    n_batches = (2 if method == "max" else 3) * 4
+    for k in range(n_batches + 1):
+        saved = []
+        stop = Checkpoints(_StopAt(k), saved.append)
+        if k < n_batches:
+            with pytest.raises(CalibrationStopped) as exc:
+                calibrate(g, x, checkpoints=stop, **kw)
+            assert saved == [exc.value.progress] and exc.value.progress.meta["batches"] == 4
+            progress = saved[-1]
+            if k + 2 <= n_batches:  # stopped once more on the way
+                with pytest.raises(CalibrationStopped):
+                    calibrate(g, x, checkpoints=Checkpoints(_StopAt(1), saved.append, progress), **kw)
+                progress = saved[-1]
+            done = calibrate(g, x, checkpoints=Checkpoints(lambda: False, saved.append, progress), **kw).state()
+        else:
+            done = calibrate(g, x, checkpoints=stop, **kw).state()
+        assert done.meta == ref.meta and done.arrays.keys() == ref.arrays.keys()
+        for name, a in ref.arrays.items():
+            assert a.dtype == done.arrays[name].dtype and a.tobytes() == done.arrays[name].tobytes(), (k, name)
+
+
+def test_resumed_calibration_reads_no_batch_it_had_done(small_model):
+    """A data set's batches (dse.data.ImageBatches: BatchesFrom) are read from the batch a resumed pass continues
+    at, not from the start."""
+    from dse.quant import CalibrationStopped, Checkpoints
+
+    g = small_model
+    x = RNG.standard_normal((12, 2, 6, 7)).astype(np.float32)
+
+    class Batches:
+        def __init__(self):
+            self.read = []
+
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            return self.from_batch(0)
+
+        def from_batch(self, k):
+            for i in range(k, 4):
+                self.read.append(i)
+                yield x[3 * i:3 * i + 3]
+
+    src, saved = Batches(), []
+    with pytest.raises(CalibrationStopped):
+        calibrate(g, src, checkpoints=Checkpoints(_StopAt(6), saved.append))  # range pass, then 2 operand batches
+    src.read.clear()
+    qm = calibrate(g, src, checkpoints=Checkpoints(lambda: False, saved.append, saved[-1]))
+    assert src.read == [2, 3]
+    _same_qmodel(qm, calibrate(g, x, batch_size=3))

@@ -5,6 +5,7 @@ factory each worker process calls. The search split is shuffled once (seeded) so
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -17,7 +18,8 @@ from dse.budget import SpaceSection
 from dse.errors import DseError
 from dse.layer_config import LayerConfig
 from dse.search import rundir, seeds
-from dse.search.deadline import Deadline
+from dse.search.context_cache import BASELINES_FILE, Checkpoint
+from dse.search.deadline import SETUP_RESUME, Deadline, RunTimeout, SetupTimeout
 from dse.search.space import SearchSpace
 from dse.search.study import SearchContext, SearchSettings, run_search
 
@@ -205,12 +207,26 @@ class Sensitivities:
             self.exact = self.ev.correct({}, 0, self.n_images)
         return float(self.exact.mean() - self.ev.correct({layer: lc}, 0, self.n_images).mean())
 
+    def _measure_armed(self, layer: str, lc: LayerConfig) -> float | None:
+        """:meth:`_measure`, stopped within a batch of the run's deadline (then None: estimated or left out)."""
+        deadline = self.clock.deadline
+        if deadline is None:
+            return self._measure(layer, lc)
+        try:
+            with deadline.trial():
+                return self._measure(layer, lc)
+        except RunTimeout:
+            return None
+
     def __call__(self, layer: str, lc: LayerConfig) -> float | None:
         if self.total is None:
             self.total = self.total_fn()
             self.progress(self.STAGE, 0, self.total)
+        loss = None
         if not self.clock.over() or (self.surrogate is not None and self.surrogate.has(layer, lc)):
-            loss, kind = self._measure(layer, lc), "measured"
+            loss = self._measure_armed(layer, lc)
+        if loss is not None:
+            kind = "measured"
         else:
             loss = None if self.estimate is None else self.estimate({layer: lc})
             kind = "skipped" if loss is None else "estimated"
@@ -262,10 +278,9 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     (dse.search.context_cache)."""
     from dse.budget import load_budget
     from dse.emulate import Emulator
-    from dse.predict import LogitSurrogate, PropagatedSurrogate
+    from dse.predict import PropagatedSurrogate
     from dse.prefix_cache import PrefixCache
     from dse.search import context_cache
-    from dse.session import DataRef, RunInputs, open_session
 
     progress = progress or _silent
     b = load_budget(budget_path)
@@ -274,17 +289,8 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     set_search_threads(threads or b.search.threads, s.workers)
     want_predictor = bool(s.predictor_skip and fit_predictor)
     key, cached, why = _cached(b, run_dir, want_predictor, progress)
-
-    def ref(k: str) -> DataRef:
-        return DataRef(getattr(b.data, k), f"{budget_path}: key 'data.{k}' ({getattr(b.data, k)})")
-
-    stage = "model and data" + ("" if cached else ", FxP8 calibration")
-    progress(stage, 0, 1)
-    sess = open_session(RunInputs(b.model.path, ref("calib"), (ref("search"), ref("holdout")), b.model.preprocess,
-                                  f"[model] preprocess = {{mean = .., std = ..}} in {budget_path}"),
-                        calibrated=cached.calibration if cached else None)
-    progress(stage, 1, 1, f"{b.model.path}, " + (f"calibration from {run_dir}'s context cache" if cached
-                                                 else f"calibrated on {sess.calib.name}"))
+    run_dir = Path(run_dir) if run_dir else None
+    sess = _open(b, budget_path, run_dir, cached, deadline, progress)
     whole, hold = sess.data
     split = search_split(len(whole), b.data.images, b.data.confirm, s.seed, where=str(budget_path))
     search = whole.subset(split.search)
@@ -292,7 +298,8 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     emu = Emulator(qmodel)
     cache = PrefixCache.from_mib(b.search.prefix_cache_mib if prefix_cache_mib is None else prefix_cache_mib)
     ev = EmulatorEvaluator(emu, search, cache=cache, tag="search", deadline=deadline)
-    setup_ev = EmulatorEvaluator(emu, search, cache=cache, tag="search")  # set-up work is bounded by its clock
+    # set-up work is bounded by its clock, and stops within a batch of the deadline (armed while it measures)
+    setup_ev = EmulatorEvaluator(emu, search, cache=cache, tag="search", deadline=deadline)
     hv = EmulatorEvaluator(emu, hold, cache=cache, tag="holdout")  # checks stop at the deadline between chunks
     cv_ = EmulatorEvaluator(emu, whole.subset(split.confirm), cache=cache, tag="confirm") if split.confirm.size else None
     uv = EmulatorEvaluator(emu, whole.subset(split.unused), tag="unused") if split.unused.size else None
@@ -300,22 +307,28 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
-    baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress)
+    baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress, deadline,
+                                                               run_dir and Checkpoint(run_dir, BASELINES_FILE, key))
     predictor, estimate, pinfo, accs, sur = None, None, {}, None, None
     if want_predictor:
         cfgs = setup_fit_configs(space, s.seed)
+
+        def keep(state, accs_so_far) -> Path | None:  # a fit the deadline cut: the next run measures the rest
+            if not run_dir:
+                return None
+            return context_cache.save(run_dir, context_cache.ContextCache(key, qmodel.state(), baseline, accs_so_far,
+                                                                          state, predictor_done=False))
         # ev: a single-layer change the surrogate first needs inside a trial stops at the run's deadline
-        sur = LogitSurrogate(lambda c: ev.logits(c, 0, n_sens), search.y[:n_sens],
-                             cached.surrogate if cached else None)
-        accs = (cached.predictor_accs if cached
-                else _predictor_accuracies(cfgs, setup_ev, n_sens, clock, progress, sur))
+        sur, accs = _predictor_fit(cfgs, lambda c: ev.logits(c, 0, n_sens), setup_ev, search.y[:n_sens], clock,
+                                   progress, cached, keep)
+        cached = cached if cached and cached.predictor_done else None
         prop = PropagatedSurrogate(emu, search.images(0, n_sens), search.y[:n_sens], seed=s.seed)
         predictor, estimate, pinfo = predictor_gate(
             gate_candidates(layers, space, sur, prop), sur, cfgs[:len(accs)], accs, n_sens,
             "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)")
     if run_dir and not cached:
-        context_cache.save(Path(run_dir), context_cache.ContextCache(key, qmodel.state(), baseline, accs,
-                                                                     sur.state() if sur else None))
+        context_cache.save(run_dir, context_cache.ContextCache(key, qmodel.state(), baseline, accs,
+                                                               sur.state() if sur else None))
     sensitivity = Sensitivities(setup_ev, n_sens, clock, lambda: len(seeds.candidates(space, energy)), estimate,
                                 progress, sur)
     info = {"model": str(sess.model_path), "calib": sess.calib.name, "preprocess": sess.preprocess.to_dict(),
@@ -329,6 +342,81 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                          sensitivity=sensitivity, baseline=baseline, info=info, model_path=str(sess.model_path),
                          data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")},
                          deadline=deadline)
+
+
+def _stopped(stage: str, done: str, kept: Path | None) -> str:
+    """The one line a search stopped in its set-up by the deadline ends with (dse.search.deadline.SetupTimeout)."""
+    where = f"kept in {kept}" if kept else "not kept: no run directory"
+    return f"[search] timeout_s reached during the set-up's {stage} ({done}, {where}); {SETUP_RESUME}"
+
+
+def _predictor_fit(cfgs: list[dict], run: Callable, setup_ev: EmulatorEvaluator, labels, clock: SetupClock, progress,
+                   cached, keep: Callable):
+    """(the logit surrogate on ``labels``' images, the accuracies of the fit configurations ``cfgs``): from the context
+    cache ``cached``, continued where the deadline stopped an earlier run, or measured now. When the run's deadline
+    cuts them (within a batch), ``keep(surrogate state or None, accuracies)`` saves what was measured and returns
+    where, and SetupTimeout is raised."""
+    from dse.predict import LogitSurrogate
+
+    deadline = clock.deadline
+    accs = list(cached.predictor_accs) if cached else []
+    try:
+        with deadline.trial() if deadline is not None else contextlib.nullcontext():
+            sur = LogitSurrogate(run, labels, cached.surrogate if cached else None)
+    except RunTimeout:
+        raise SetupTimeout(_stopped(PREDICTOR_STAGE, "its first network run cut", keep(None, accs))) from None
+    if not cached or not cached.predictor_done:
+        accs = _predictor_accuracies(cfgs, setup_ev, len(labels), clock, progress, sur, accs)
+    if len(accs) < len(cfgs) and deadline is not None and deadline.passed():
+        raise SetupTimeout(_stopped(PREDICTOR_STAGE, f"{len(accs)} of {len(cfgs)} configurations measured",
+                                    keep(sur.state(), accs)))
+    return sur, accs
+
+
+def _open(b, budget_path, run_dir: Path | None, cached, deadline: Deadline | None, progress):
+    """dse.session.open_session for the budget: the calibration from the context cache, else from the run
+    directory's calibration file (finished, or continued where the deadline stopped it), else computed there; a
+    calibration the deadline stops keeps its statistics and raises SetupTimeout."""
+    from dse.model.onnx_import import resolve_model
+    from dse.quant import DEFAULT_METHOD, CalibrationStopped, Checkpoints
+    from dse.search import context_cache
+    from dse.session import DataRef, RunInputs, open_session
+
+    def ref(k: str) -> DataRef:
+        return DataRef(getattr(b.data, k), f"{budget_path}: key 'data.{k}' ({getattr(b.data, k)})")
+
+    stored, ckey, checkpoints = context_cache.StoredCalibration(), "", None
+    if cached:
+        stored = context_cache.StoredCalibration(finished=cached.calibration)
+    elif run_dir:
+        ckey = context_cache.calibration_key(b, Path(resolve_model(b.model.path)), DEFAULT_METHOD)
+        stored = context_cache.load_calibration(run_dir, ckey)
+        if stored.why:
+            progress("calibration checkpoint", 1, 1, stored.why)
+    if stored.finished is None and deadline is not None:
+        save = (lambda p: context_cache.save_calibration(run_dir, ckey, p)) if run_dir else (lambda p: None)
+        checkpoints = Checkpoints(deadline.passed, save, stored.progress)
+    stage = "model and data" + ("" if stored.finished else ", FxP8 calibration")
+    steps = [1]
+
+    def calib_progress(done: int, total: int) -> None:
+        steps[0] = total + 1  # + loading the model and data
+        progress(stage, done, total + 1)
+    progress(stage, 0, 1)
+    try:
+        sess = open_session(RunInputs(b.model.path, ref("calib"), (ref("search"), ref("holdout")), b.model.preprocess,
+                                      f"[model] preprocess = {{mean = .., std = ..}} in {budget_path}"),
+                            calibrated=stored.finished, checkpoints=checkpoints, calib_progress=calib_progress)
+    except CalibrationStopped as exc:
+        kept = run_dir / context_cache.CALIBRATION_FILE if run_dir else None
+        raise SetupTimeout(_stopped("FxP8 calibration", f"{exc.progress.describe()} done", kept)) from None
+    if run_dir and stored.finished is None:
+        context_cache.save_calibration(run_dir, ckey, sess.qmodel.state())
+    source = (f"calibration from {run_dir}'s context cache" if cached else f"calibration from {run_dir}"
+              if stored.finished else f"calibrated on {sess.calib.name}"
+              + (f" (continued at {stored.progress.describe()})" if stored.progress else ""))
+    progress(stage, steps[0], steps[0], f"{b.model.path}, {source}")
+    return sess
 
 
 def cache_extra(want_predictor: bool) -> dict:
@@ -349,16 +437,43 @@ def _cached(b, run_dir, want_predictor: bool, progress):
     return key, cached, why
 
 
-def _float_baselines(graph, search, hold, progress) -> dict:
-    from dse.emulate import float_accuracy
+FLOAT_BATCH = 256
+CHECKPOINT_S = 30.0  # a set-up stage's work so far is written to the run directory at least this often
+
+
+def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = None,
+                     checkpoint: Checkpoint | None = None) -> dict:
+    """Float32 top-1 accuracy on the search and hold-out splits, FLOAT_BATCH images at a time. ``checkpoint`` (in
+    the run directory) keeps the images done and right per split: written every CHECKPOINT_S seconds and when the
+    ``deadline`` passes before a batch (then SetupTimeout), and continued from by the next run."""
+    from dse.model.float_exec import run_float
 
     stage = "float32 baselines"
-    progress(stage, 0, 2)
-    out = {"search": float_accuracy(graph, search)}
-    progress(stage, 1, 2)
-    out["holdout"] = float_accuracy(graph, hold)
-    progress(stage, 2, 2)
-    return {"float": out}
+    splits = {"search": search, "holdout": hold}
+    got = checkpoint.load()[0] if checkpoint is not None else None
+    state = got[0] if got else {k: [0, 0] for k in splits}  # per split: [images done, images right]
+    total = sum(-(-len(d) // FLOAT_BATCH) for d in splits.values())
+    done = sum(-(-state[k][0] // FLOAT_BATCH) for k in splits)
+    progress(stage, done, total + 1)
+    saved = time.monotonic()
+    for k, data in splits.items():
+        for x, y in data.batches(FLOAT_BATCH, start=state[k][0]):
+            if deadline is not None and deadline.passed():
+                if checkpoint is not None:
+                    checkpoint.save(state)
+                n = sum(v[0] for v in state.values())
+                raise SetupTimeout(_stopped(stage, f"{n} of {len(search) + len(hold)} images done",
+                                            checkpoint.path if checkpoint else None))
+            state[k] = [state[k][0] + len(y), state[k][1] + int((run_float(graph, x).argmax(axis=1) == y).sum())]
+            done += 1
+            progress(stage, done, total + 1)
+            if checkpoint is not None and time.monotonic() - saved >= CHECKPOINT_S:
+                checkpoint.save(state)
+                saved = time.monotonic()
+    if checkpoint is not None:
+        checkpoint.save(state)  # finished: a run the deadline stops later in its set-up does not measure it again
+    progress(stage, total + 1, total + 1)
+    return {"float": {k: state[k][1] / len(d) for k, d in splits.items()}}
 
 
 def setup_fit_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_CONFIGS) -> list[dict]:
@@ -385,18 +500,29 @@ def setup_fit_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_
 
 
 def _predictor_accuracies(cfgs: list[dict], ev: EmulatorEvaluator, n_images: int, clock: SetupClock | None = None,
-                          progress=_silent, surrogate=None) -> list[float]:
-    """Emulated accuracy of each configuration on the first ``n_images`` search images, in order, stopping (after at
-    least MIN_PREDICTOR_CONFIGS) once ``clock`` is over its budget. ``surrogate`` (a dse.predict.LogitSurrogate on the
-    same images) measures each configuration's single-layer logit changes within the same budget."""
+                          progress=_silent, surrogate=None, done: list[float] = ()) -> list[float]:
+    """Emulated accuracy of each configuration on the first ``n_images`` search images, in order (continuing after the
+    accuracies ``done`` of the first ones), stopping (after at least MIN_PREDICTOR_CONFIGS) once ``clock`` is over
+    its budget, and at once when the run's deadline (``clock.deadline``) passes: the configuration in progress stops
+    within a batch (``ev`` and the surrogate's runs check it) and is not counted. ``surrogate`` (a
+    dse.predict.LogitSurrogate on the same images) measures each configuration's single-layer logit changes within the
+    same budget."""
     stage = PREDICTOR_STAGE
-    accs: list[float] = []
-    for c in cfgs:
+    accs = list(done)
+    deadline = clock.deadline if clock is not None else None
+    for c in cfgs[len(accs):]:
+        if deadline is not None and deadline.passed():
+            break
         if len(accs) >= MIN_PREDICTOR_CONFIGS and clock is not None and clock.over():
             break
-        accs.append(float(ev.correct(c, 0, n_images).mean()))
-        if surrogate is not None:
-            surrogate.raw_loss(c)
+        try:
+            with deadline.trial() if deadline is not None else contextlib.nullcontext():
+                acc = float(ev.correct(c, 0, n_images).mean())
+                if surrogate is not None:
+                    surrogate.raw_loss(c)
+        except RunTimeout:
+            break
+        accs.append(acc)
         if len(accs) < len(cfgs):  # the stage's one finishing report follows the loop
             progress(stage, len(accs), len(cfgs))
     note = "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations: {clock.reason()}"

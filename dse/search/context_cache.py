@@ -10,6 +10,11 @@ version: any change recomputes. The file is a SHA-256 line followed by an .npz p
 surrogate's arrays and one JSON document for everything else, read with ``allow_pickle=False`` (a run directory may
 come from elsewhere; nothing in it is ever unpickled). An unreadable, corrupt or stale file is ignored (the caller
 says so in one line) and rewritten.
+
+The FxP8 calibration has a file of its own (``calibration.npz``, same format), keyed by what it depends on only
+(the model file's content, the calibration data, the preprocessing, the calibration method): it holds
+the finished calibration, or the statistics of one the run's deadline stopped (:class:`dse.quant.CalibrationProgress`),
+which the next run of the same command continues from batch by batch, ending with the same bits.
 """
 from __future__ import annotations
 
@@ -24,10 +29,10 @@ import numpy as np
 from dse.data import fingerprint
 from dse.model.onnx_import import model_sha256
 from dse.predict import SurrogateState
-from dse.quant import CalibrationState
+from dse.quant import CalibrationProgress, CalibrationState
 
 FILE = "context-cache.npz"
-FORMAT = 3  # 3: with the logit surrogate's arrays
+FORMAT = 4  # 3: with the logit surrogate's arrays; 4: predictor_done
 _META = "__meta__"  # the .npz member holding the JSON document
 _SUR_EXACT, _SUR_DELTAS = "__surrogate_exact__", "__surrogate_deltas__"  # dse.predict.SurrogateState's arrays
 
@@ -39,6 +44,7 @@ class ContextCache:
     baseline: dict            # {"float": {"search", "holdout"}}
     predictor_accs: list | None  # accuracies of the predictor's fit configurations (None: no predictor fitted)
     surrogate: SurrogateState | None = None  # the logit surrogate's exact logits and single-layer changes
+    predictor_done: bool = True  # False: the run's deadline cut the predictor fit; the next run measures the rest
 
 
 def cache_key(budget, model_path: Path, extra: dict) -> str:
@@ -55,43 +61,78 @@ def cache_key(budget, model_path: Path, extra: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _encode(cache: ContextCache) -> bytes:
+def _pack(meta: dict, arrays: dict) -> bytes:
+    """A SHA-256 line, then an .npz of ``arrays`` and ``meta`` as one JSON document."""
+    if _META in arrays:
+        raise ValueError(f"array name {_META!r} is reserved")
+    buf = io.BytesIO()
+    np.savez(buf, **{_META: np.array(json.dumps(meta))}, **arrays)
+    payload = buf.getvalue()
+    return hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload
+
+
+def _unpack(raw: bytes) -> tuple[dict, dict]:
+    """(meta, arrays) of :func:`_pack`'s bytes; ValueError on a checksum mismatch (never unpickles)."""
+    digest, payload = raw[:64].decode("ascii"), raw[65:]
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ValueError("checksum mismatch")
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        return json.loads(str(z[_META])), {k: z[k] for k in z.files if k != _META}
+
+
+def _read(path: Path) -> tuple[tuple[dict, dict] | None, str]:
+    """((meta, arrays), "") of a file written by :func:`_write`; (None, "") when absent, (None, why) when corrupt or
+    unreadable."""
+    if not path.is_file():
+        return None, ""
+    try:
+        return _unpack(path.read_bytes()), ""
+    except ValueError as exc:
+        if str(exc) == "checksum mismatch":
+            return None, f"{path}: corrupt (checksum mismatch), ignored and recomputed"
+        return None, f"{path}: unreadable ({type(exc).__name__}), ignored and recomputed"
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
+        return None, f"{path}: unreadable ({type(exc).__name__}), ignored and recomputed"
+
+
+def _write(path: Path, meta: dict, arrays: dict) -> Path:
+    from dse.search.rundir import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, _pack(meta, arrays))
+    return path
+
+
+def _encode(cache: ContextCache) -> tuple[dict, dict]:
     meta = {"format": FORMAT, "key": cache.key, "calibration": cache.calibration.meta, "baseline": cache.baseline,
-            "predictor_accs": cache.predictor_accs,
+            "predictor_accs": cache.predictor_accs, "predictor_done": cache.predictor_done,
             "surrogate_choices": None if cache.surrogate is None else cache.surrogate.choices}
     for name in cache.calibration.arrays:
-        if name in (_META, _SUR_EXACT, _SUR_DELTAS):
+        if name in (_SUR_EXACT, _SUR_DELTAS):
             raise ValueError(f"calibration array name {name!r} is reserved")
     sur = {} if cache.surrogate is None else {_SUR_EXACT: cache.surrogate.exact, _SUR_DELTAS: cache.surrogate.deltas}
-    buf = io.BytesIO()
-    np.savez(buf, **{_META: np.array(json.dumps(meta))}, **cache.calibration.arrays, **sur)
-    return buf.getvalue()
+    return meta, {**cache.calibration.arrays, **sur}
 
 
-def _decode(payload: bytes) -> ContextCache:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-        meta = json.loads(str(z[_META]))
-        arrays = {k: z[k] for k in z.files if k not in (_META, _SUR_EXACT, _SUR_DELTAS)}
-        sur = (None if meta.get("surrogate_choices") is None
-               else SurrogateState(z[_SUR_EXACT], meta["surrogate_choices"], z[_SUR_DELTAS]))
+def _decode(meta: dict, z: dict) -> ContextCache:
     if meta.get("format") != FORMAT:
         raise ValueError(f"format {meta.get('format')}")
+    arrays = {k: v for k, v in z.items() if k not in (_SUR_EXACT, _SUR_DELTAS)}
+    sur = (None if meta.get("surrogate_choices") is None
+           else SurrogateState(z[_SUR_EXACT], meta["surrogate_choices"], z[_SUR_DELTAS]))
     return ContextCache(meta["key"], CalibrationState(meta["calibration"], arrays), meta["baseline"],
-                        meta["predictor_accs"], sur)
+                        meta["predictor_accs"], sur, meta["predictor_done"])
 
 
 def load(run_dir: Path, key: str) -> tuple[ContextCache | None, str]:
     """(the cached context, "") when the run directory holds one for ``key``; else (None, why not: "" when there is no
     file, else a one-line reason)."""
     path = Path(run_dir) / FILE
-    if not path.is_file():
-        return None, ""
+    got, why = _read(path)
+    if got is None:
+        return None, why
     try:
-        raw = path.read_bytes()
-        digest, payload = raw[:64].decode("ascii"), raw[65:]
-        if hashlib.sha256(payload).hexdigest() != digest:
-            return None, f"{path}: corrupt (checksum mismatch), ignored and recomputed"
-        cache = _decode(payload)
+        cache = _decode(*got)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
         return None, f"{path}: unreadable ({type(exc).__name__}), ignored and recomputed"
     if cache.key != key:
@@ -101,10 +142,79 @@ def load(run_dir: Path, key: str) -> tuple[ContextCache | None, str]:
 
 def save(run_dir: Path, cache: ContextCache) -> Path:
     """Write the cache atomically (checksum line, then the .npz payload)."""
-    from dse.search.rundir import write_atomic
+    return _write(Path(run_dir) / FILE, *_encode(cache))
 
-    payload = _encode(cache)
-    path = Path(run_dir) / FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, hashlib.sha256(payload).hexdigest().encode("ascii") + b"\n" + payload)
-    return path
+
+CALIBRATION_FILE = "calibration.npz"
+BASELINES_FILE = "float-baselines.npz"  # dse.search.context: the float32 baselines so far
+
+
+def calibration_key(budget, model_path: Path, method: str) -> str:
+    """Hex digest of what the run's calibration depends on: the model file's content, the calibration data (spec and
+    local content fingerprint), the explicit preprocessing, the method and the dse version (with the model, it fixes
+    the batches a stopped calibration resumes at: dse.quant.stream_batch_size)."""
+    import dse
+
+    calib = budget.data.calib
+    parts = {"format": CHECKPOINT_FORMAT, "dse": dse.__version__, "model": model_sha256(model_path),
+             "calib": [calib, fingerprint(calib, local=True)], "method": method,
+             "preprocess": budget.model.preprocess.to_dict() if budget.model.preprocess else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredCalibration:
+    """What the run directory holds for a calibration key: the finished calibration, or the progress of a stopped
+    one, or neither (``why``: "" when there is no file, else the one-line reason it was not usable)."""
+
+    finished: CalibrationState | None = None
+    progress: CalibrationProgress | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A set-up stage's work so far in the run directory's ``file``, valid for ``key`` (what the stage depends on):
+    JSON ``state`` and numpy ``arrays``, checksummed like the context cache."""
+
+    run_dir: Path
+    file: str
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir) / self.file
+
+    def load(self) -> tuple[tuple[dict, dict] | None, str]:
+        """((state, arrays), "") when the file holds this key's work; else (None, why not: "" when there is no file,
+        else a one-line reason)."""
+        got, why = _read(self.path)
+        if got is None:
+            return None, why
+        meta, arrays = got
+        if meta.get("checkpoint") != CHECKPOINT_FORMAT or meta.get("key") != self.key:
+            return None, f"{self.path}: for another model, data or settings, recomputed"
+        return (meta["state"], arrays), ""
+
+    def save(self, state: dict, arrays: dict | None = None) -> Path:
+        """Write atomically (a reader sees one whole version)."""
+        return _write(self.path, {"checkpoint": CHECKPOINT_FORMAT, "key": self.key, "state": state}, arrays or {})
+
+
+CHECKPOINT_FORMAT = 1
+
+
+def load_calibration(run_dir: Path, key: str) -> StoredCalibration:
+    got, why = Checkpoint(run_dir, CALIBRATION_FILE, key).load()
+    if got is None:
+        return StoredCalibration(why=why)
+    state, arrays = got
+    if state["finished"]:
+        return StoredCalibration(finished=CalibrationState(state["meta"], arrays))
+    return StoredCalibration(progress=CalibrationProgress(state["meta"], arrays))
+
+
+def save_calibration(run_dir: Path, key: str, done: CalibrationState | CalibrationProgress) -> Path:
+    """Write the finished calibration or a stopped one's progress."""
+    return Checkpoint(run_dir, CALIBRATION_FILE, key).save(
+        {"finished": isinstance(done, CalibrationState), "meta": done.meta}, done.arrays)

@@ -4,8 +4,10 @@ Set once when ``dse search`` starts (set-up included) and handed to every worker
 trial once it has passed, and while a trial runs the deadline is *armed* (:meth:`Deadline.trial`): the emulating
 evaluators check it at each batch boundary and raise :class:`RunTimeout`, which ends that trial (failed, an enqueued
 seed is enqueued again) and the process's run loop. Hold-out checks, in a trial or in the final check, stop at it
-too (they report "not checked" instead of raising). Work outside trials (set-up, bounded by its own clock; the exact
-baselines of the results) never raises. So a run ends within about one batch of the deadline.
+too (they report "not checked" instead of raising). The exact baselines of the results stop at it too (reported as not
+measured). In the set-up, calibration and the float baselines stop at it batch by batch, keep what they computed in
+the run directory and raise :class:`SetupTimeout`; the other set-up stages stop measuring (bounded by the set-up
+clock). So a run ends within about one batch of the deadline.
 """
 from __future__ import annotations
 
@@ -16,6 +18,15 @@ from dataclasses import dataclass
 
 class RunTimeout(Exception):
     """The run's deadline passed during a trial (not an error: the run stops starting new work)."""
+
+
+class SetupTimeout(Exception):
+    """The run's deadline passed during a set-up stage that cannot be left out (FxP8 calibration, the float
+    baselines): the search stops before its first trial. The message is the one line the user sees: what was done,
+    where it is kept, and how to go on (not an error: the exit status is that of any other deadline stop)."""
+
+
+SETUP_RESUME = "re-run the same command to continue from there, or raise [search] timeout_s"
 
 
 @dataclass

@@ -37,7 +37,7 @@ from dse.budget import BudgetSection, SearchSection
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import liveness, rundir, seeds
-from dse.search.deadline import Deadline, RunTimeout
+from dse.search.deadline import Deadline, RunTimeout, SetupTimeout
 from dse.search.objective import (ATTR_CONFIRM, ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective,
                                   predictor_switches)
 from dse.search.space import SearchSpace
@@ -309,6 +309,8 @@ def _worker(factory, url: str, name: str, settings: SearchSettings, parent: int)
         run_loop(study, _objective(ctx, settings), settings)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent reports it
         pass
+    except SetupTimeout:  # the run's deadline passed in this worker's set-up: it has no trial to run
+        pass
 
 
 class _Surplus(Exception):
@@ -574,7 +576,8 @@ def _count(study) -> dict:
 def run_search(budget_path: str | Path, settings: SearchSettings, context_factory, run_dir: str | Path | None = None,
                resume: bool = True, progress=None) -> dict:
     """Create or join the budget's study in ``run_dir``'s storage, seed it, optimise, hold-out check; write and
-    return results.json."""
+    return results.json. When the run's deadline stops the set-up (dse.search.deadline.SetupTimeout), nothing is
+    written but the set-up's own checkpoints, and the result is ``{"stopped": one line, "run_dir", "elapsed_s"}``."""
     s = settings.validate()
     run_dir = Path(run_dir).absolute() if run_dir else rundir.default_run_dir(budget_path, s.seed)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
@@ -583,7 +586,10 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     prep = rundir.prepare(run_dir, budget_path, s.storage, s.workers)
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
-    ctx = context_factory()
+    try:
+        ctx = context_factory()
+    except SetupTimeout as exc:  # what the set-up computed is kept in run_dir; no study was touched
+        return {"stopped": str(exc), "run_dir": str(run_dir), "elapsed_s": time.time() - t0}
     name = study_name(budget_path, s, ctx)
     sfile = run_dir / rundir.STUDY_FILE
     if sfile.exists() and sfile.read_text().strip() != name:
