@@ -13,9 +13,10 @@ from hypothesis import given, settings, strategies as st
 from optuna.trial import TrialState
 
 from dse.errors import DseError
-from dse.layer_config import LayerConfig, config_from_dict
+from dse.layer_config import LayerConfig, config_from_dict, config_to_dict
 from dse.search import rundir, seeds
-from dse.search.objective import ATTR_CONFIRM, ATTR_HOLDOUT, ATTR_LOSS_UCB, ATTR_VERIFIED, CONSTRAINT, Objective
+from dse.search.objective import (ATTR_CONFIRM, ATTR_GATE, ATTR_HOLDOUT, ATTR_LOSS_UCB, ATTR_VERIFIED, CONSTRAINT,
+                                  Objective, _config_key)
 from dse.search.racing import paired_stats, race, resolve_fidelities
 from dse.arith.multipliers import axbxp_name
 from tests.fakes import _CTX, LAYERS, MULTS, FakeEvaluator, FixedPredictor, ctx_factory, fake_energy, fake_space, make_ctx, settings_
@@ -470,6 +471,151 @@ def test_workers_share_one_study(tmp_path, budget_file, monkeypatch):
     assert len({t.user_attrs["pid"] for t in done}) == 2  # both processes ran trials
     assert all(f"constraints:{CONSTRAINT}" in t.system_attrs for t in done)
     assert len({t.number for t in done}) == len(done)
+
+
+class LoggedEvaluator(SlowEvaluator):
+    """SlowEvaluator that appends every evaluation (pid, configuration, images) to the file $DSE_TEST_EVAL_LOG."""
+
+    def correct(self, config, start, stop):
+        import os
+
+        with open(os.environ["DSE_TEST_EVAL_LOG"], "a") as f:
+            f.write(json.dumps([os.getpid(), _config_key(config), start, stop]) + "\n")
+        return super().correct(config, start, stop)
+
+
+def few_configs_factory():
+    """Picklable context factory: 3 searchable layers x {exact, drum6} (8 configurations), every evaluation logged."""
+    ctx = make_ctx(sensitivity=False)
+    ctx.space = SearchSpace.build(LAYERS, ["drum6"], cv=[False], pin_first_last=True)
+    ctx.evaluator = LoggedEvaluator(3000, 0)
+    return ctx
+
+
+def _evaluations(log: Path) -> list:
+    """(configuration, first image, last image) of every logged evaluation of an approximate configuration."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return [(key, a, b) for _, key, a, b in rows if key != _config_key({})]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reproposed_configurations_cost_no_emulation_across_workers_and_resumes(tmp_path, budget_file, monkeypatch,
+                                                                                workers):
+    """8 configurations, 14 trials, then the run resumed to 24: every configuration the sampler proposes again takes
+    over the result of the trial that measured it (``duplicate_of``, same values and constraint, no predictor-gate
+    line of its own) and is never evaluated again: no (configuration, images) evaluation happens twice, whichever
+    process (workers), run (resume) or trial still running it (waited for) proposed it first."""
+    log = tmp_path / "evals.log"
+    monkeypatch.setenv("DSE_TEST_EVAL_LOG", str(log))
+    for n in (14, 24):
+        run_search(budget_file, settings_(n_trials=n, workers=workers, seeds=()), few_configs_factory,
+                   run_dir=tmp_path / "run", progress=False)
+    evals = _evaluations(log)
+    assert evals and len(evals) == len(set(evals)), sorted(evals)
+    study = rundir.load_study(tmp_path / "run")
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    dups = [t for t in done if "duplicate_of" in t.user_attrs]
+    assert len(done) == 24 and len(dups) >= 24 - 8
+    by_number = {t.number: t for t in done}
+    for t in dups:
+        orig = by_number[t.user_attrs["duplicate_of"]]
+        assert "duplicate_of" not in orig.user_attrs and orig.user_attrs["config"] == t.user_attrs["config"]
+        assert t.values == orig.values and t.constraints == orig.constraints
+        assert ATTR_GATE not in t.user_attrs and ATTR_HOLDOUT not in t.user_attrs
+
+
+@pytest.mark.parametrize("alive", [True, False])
+def test_reproposal_waits_for_the_trial_still_running_it(monkeypatch, alive):
+    """Trial 0 runs a configuration in another process (its heartbeat goes on, or stopped: the process died) when
+    trial 1 proposes it again: trial 1 waits and takes over trial 0's result when it completes (no evaluation of its
+    own); for a dead trial 0 it waits no longer than liveness.STALE_S and evaluates it itself."""
+    import threading
+    import time
+
+    from dse.search import liveness
+    from dse.search import objective as objective_mod
+
+    monkeypatch.setattr(liveness, "STALE_S", 0.6)
+    monkeypatch.setattr(objective_mod, "DUPLICATE_POLL_S", 0.02)
+    ctx = make_ctx()
+    space = SearchSpace.build(["conv1"], ["perf_2_2"], cv=[False], pin_first_last=False)
+    obj = Objective(space, ctx.evaluator, fake_energy, 0.05, fidelities=[0])
+    study = optuna.create_study()
+    params = space.params_from_config({"conv1": LayerConfig("perf_2_2")})
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    other = study.ask()  # trial 0, "in another process"
+    other.set_user_attr("config", config_to_dict(space.config_from_params(params)))
+    stop = threading.Event()
+
+    def other_process():
+        for i in range(20):  # 1 s of heartbeats, then the result
+            if alive:
+                other.set_user_attr(liveness.BEAT_ATTR, {"time": i})
+            if stop.wait(0.05):
+                return
+        if alive:
+            study.tell(other, Objective(space, FakeEvaluator(3000, 0), fake_energy, 0.05, fidelities=[0])(other))
+    t = threading.Thread(target=other_process)
+    t.start()
+    t0 = time.monotonic()
+    study.optimize(obj, n_trials=1)
+    waited = time.monotonic() - t0
+    stop.set()
+    t.join()
+    mine = study.trials[1]
+    if alive:
+        assert mine.user_attrs["duplicate_of"] == 0 and waited >= 0.9
+        assert ctx.evaluator.calls == 0
+    else:
+        assert "duplicate_of" not in mine.user_attrs and ctx.evaluator.calls > 0 and waited < 0.6 + 0.9
+
+
+def test_in_process_duplicate_of_an_unconfirmed_trial_keeps_its_constraint():
+    """A trial that failed the confirmation is infeasible; the same configuration proposed again in the same process
+    takes over that constraint (it took the search-split one alone, without the confirmation, and looked feasible)."""
+    ctx = make_ctx()
+    space = SearchSpace.build(["conv1"], ["perf_2_2"], cv=[False], pin_first_last=False)
+    confirm = FakeEvaluator(1000, 7)
+    confirm.p_flip = lambda cfg: 0.5 if cfg else 0.0  # the configuration fails on the confirmation images
+    obj = Objective(space, ctx.evaluator, fake_energy, 0.05, fidelities=[0], confirm=confirm)
+    study = optuna.create_study()
+    params = space.params_from_config({"conv1": LayerConfig("perf_2_2")})
+    for _ in range(2):
+        study.enqueue_trial(params)
+    calls = confirm.calls
+    study.optimize(obj, n_trials=2)
+    first, second = study.trials
+    assert first.user_attrs[ATTR_CONFIRM]["ucb"] > 0.05 and first.constraints[CONSTRAINT] > 0
+    assert second.user_attrs["duplicate_of"] == 0 and second.constraints == first.constraints
+    assert confirm.calls > calls
+
+
+def test_predictor_switches_once_per_switch_whichever_process_recorded_it():
+    """Two processes' gates switch off (trials 3 and 4), on (7 and 8) and off (11): the study's switches are 3, 7, 11
+    (one line each) in the results/report and on the progress display."""
+    from dse.present import SearchProgress
+    from dse.search.objective import ATTR_GATE_STATE, predictor_switches
+
+    def trial(n, state=None):
+        attrs = {"energy": {"system": 1.0}, "loss": 0.0}
+        if state:
+            attrs.update({ATTR_GATE: f"predictor {state}: p{n}", ATTR_GATE_STATE: state})
+        return optuna.trial.create_trial(value=1.0, user_attrs=attrs)
+
+    states = {3: "off", 4: "off", 7: "on AME", 8: "on AME", 11: "off"}
+    trials = [trial(n, states.get(n)) for n in range(12)]
+    study = optuna.create_study()
+    for t in trials:
+        study.add_trial(t)
+    frozen = study.get_trials()
+    assert [n for n, _ in predictor_switches(frozen)] == [3, 7, 11]
+    bar = SearchProgress(12, 0)
+    printed = []
+    bar.p.console.print = lambda line, **kw: printed.append(line)
+    for t in frozen:
+        bar(study, t)
+    assert printed == ["trial 3: predictor off: p3", "trial 7: predictor on AME: p7", "trial 11: predictor off: p11"]
 
 
 def test_cli_search_and_errors(tmp_path, monkeypatch, capsys):

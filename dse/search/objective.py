@@ -8,12 +8,17 @@ Narrow injected interfaces (so tests use fakes):
   optional "layers"}``: relative to all-exact FxP8 (components and layers as fractions of the all-exact network).
 * ``predictor``: a gated, refitting loss predictor (dse.predict.PredictorGate) or None: before each trial it is told
   the study's full-fidelity points so far (``observe([(trial number, config, loss)])``, which refits it and returns a
-  line when its gate switches on or off, recorded as the trial's ``predictor_gate``); ``predicted(config)`` (plain,
+  line when its gate switches on or off, recorded as the trial's ``predictor_gate``, and the state it switched to,
+  ``state.active``/``state.kind``, as ``predictor_gate_state``); ``predicted(config)`` (plain,
   recorded as ``predicted_loss``) and ``gate(config)`` (conservative loss the trial is skipped with; None while the
   gate is off).
 
 Every return path sets the constraint ``accuracy_loss = bound - budget`` (feasible when <= 0) before returning,
 including trials stopped early by the race, trials skipped by the predictor, duplicates and trials that raise.
+
+Duplicates: a configuration the sampler proposes again is not emulated again; the trial takes over the result of the
+study's trial that evaluated it (``duplicate_of``; any process, this run or an earlier one; one still running it in
+another process is waited for), so it costs no emulation and its constraint is the original's.
 ``bound`` (:func:`feasibility_bound`) is ``loss_ucb``, the one-sided upper confidence bound of the paired loss at
 ``[budget] confidence`` (the predicted loss for predictor-skipped trials), or, for a confirmed trial, the larger of it
 and the same bound on the confirmation images; so "feasible" means "within budget with that confidence on the search
@@ -38,12 +43,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from dse.layer_config import config_from_dict, config_to_dict
+from dse.search import liveness
 from dse.search.deadline import Deadline
 from dse.search.racing import paired_stats, race
 from dse.search.space import SearchSpace
@@ -55,13 +62,22 @@ ATTR_HOLDOUT = "holdout"              # {"accuracy", "loss", "se", "images"} on 
 ATTR_VERIFIED = "holdout_verified"    # True: hold-out loss within budget; absent: never checked
 ATTR_CONFIRM = "confirm"              # {"accuracy", "loss", "se", "ucb", "images"} on the confirmation images
 ATTR_GATE = "predictor_gate"         # the predictor gate's line when it switched on or off before this trial
+ATTR_GATE_STATE = "predictor_gate_state"  # beside it: "on <predictor>" or "off", the state it switched to
 EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
 HOLDOUT_CHUNK = 256                   # hold-out images per step of a check (the deadline is looked at between steps)
 
 
 def predictor_switches(trials) -> list[list]:
-    """``[trial number, gate line]`` of every trial before which the predictor gate switched on or off."""
-    return [[t.number, t.user_attrs[ATTR_GATE]] for t in trials if ATTR_GATE in t.user_attrs]
+    """``[trial number, gate line]`` of the study's predictor-gate switches, in trial order. Every process of a study
+    refits its own gate on the study's points, so with several workers each records the same switch on a trial of
+    its own: a switch to the state the study's previous switch reached already is left out (one line per switch)."""
+    out, last = [], None
+    for t in sorted((t for t in trials if ATTR_GATE in t.user_attrs), key=lambda t: t.number):
+        state = t.user_attrs.get(ATTR_GATE_STATE)  # None on runs from before the state was recorded: every line
+        if state is None or state != last:
+            out.append([t.number, t.user_attrs[ATTR_GATE]])
+        last = state
+    return out
 
 
 def feasibility_bound(attrs: dict) -> float:
@@ -74,6 +90,18 @@ def feasibility_bound(attrs: dict) -> float:
 
 def _config_key(config: dict) -> str:
     return json.dumps(config_to_dict(config), sort_keys=True)
+
+
+# attributes of a trial that a re-proposal of its configuration does not take over: how the trial ran (its seed flag,
+# process, heartbeat), its hold-out check (only the original is a candidate for the result) and the predictor gate's
+# switch (a switch of the gate of the process that ran it, before it)
+_NOT_REUSED = ("seed", "pid", ATTR_HOLDOUT, ATTR_VERIFIED, ATTR_GATE, ATTR_GATE_STATE, liveness.BEAT_ATTR)
+DUPLICATE_POLL_S = 0.2  # how often a re-proposal looks whether the trial running its configuration has finished
+
+
+def _reused(attrs: dict, number: int) -> dict:
+    """The result attributes of trial ``number`` (``attrs``) for a trial that re-proposes its configuration."""
+    return dict({k: v for k, v in attrs.items() if k not in _NOT_REUSED}, duplicate_of=number)
 
 
 class Objective:
@@ -178,15 +206,32 @@ class Objective:
         return self._values(attrs["energy"], attrs["loss"])
 
     def _previous(self, trial, key: str) -> dict | None:
-        """Result of an identical configuration already evaluated (this process or any worker of the study)."""
+        """Result of an identical configuration already evaluated (this process or any process of the study, this run
+        or an earlier one), without emulating it again. An earlier trial still running it (in another process) is
+        waited for while its heartbeat goes on (dse.search.liveness) and the run's deadline has not passed; None when
+        there is none or it failed (then this trial evaluates the configuration)."""
         if key in self._cache:
             return dict(self._cache[key])
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            ua = t.user_attrs
-            if "loss" in ua and "duplicate_of" not in ua and json.dumps(ua.get("config"), sort_keys=True) == key:
-                prev = {k: v for k, v in ua.items() if k not in ("seed", "pid", ATTR_HOLDOUT, ATTR_VERIFIED)}
-                return dict(prev, duplicate_of=t.number)
-        return None
+        beats: dict[int, tuple] = {}  # trial number -> (its last heartbeat, monotonic time it was first seen)
+        while True:
+            same = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                    if t.number != trial.number and "duplicate_of" not in t.user_attrs
+                    and json.dumps(t.user_attrs.get("config"), sort_keys=True) == key]
+            done = [t for t in same if t.state == TrialState.COMPLETE and "loss" in t.user_attrs]
+            if done:
+                return _reused(done[0].user_attrs, done[0].number)
+            now = time.monotonic()
+            for t in same:
+                beat = json.dumps(t.user_attrs.get(liveness.BEAT_ATTR), sort_keys=True)
+                if beats.get(t.number, ("",))[0] != beat:
+                    beats[t.number] = (beat, now)
+            if not any(t.state == TrialState.RUNNING and t.number < trial.number
+                       and now - beats[t.number][1] < liveness.STALE_S for t in same):
+                return None
+            if self.deadline is not None and self.deadline.passed():
+                self.deadline.check()  # RunTimeout inside a trial
+                return None
+            time.sleep(DUPLICATE_POLL_S)
 
     @staticmethod
     def _full_trials(study) -> list:
@@ -251,7 +296,8 @@ class Objective:
         switched = self.predictor.observe([(t.number, config_from_dict(t.user_attrs["config"]),
                                             float(t.user_attrs["loss"])) for t in self._full_trials(trial.study)])
         if switched:
-            attrs[ATTR_GATE] = switched
+            st = self.predictor.state
+            attrs[ATTR_GATE], attrs[ATTR_GATE_STATE] = switched, f"on {st.kind}" if st.active else "off"
         pred = self.predictor.predicted(config)
         if pred is not None:
             attrs["predicted_loss"] = pred
@@ -264,6 +310,7 @@ class Objective:
         try:
             config = self.space.suggest(trial)
             key = _config_key(config)
+            trial.set_user_attr("config", config_to_dict(config))  # a process re-proposing it meanwhile waits for it
             prev = self._previous(trial, key)
             if prev is not None:
                 return self._finish(trial, prev)
@@ -285,8 +332,8 @@ class Objective:
             attrs[ATTR_LOSS_UCB] = res.stats.upper(self.feasibility_confidence)
             if res.stopped:
                 attrs["skipped"] = "racing"
-            self._cache[key] = dict(attrs, duplicate_of=trial.number)
             self._check(config, attrs, full)
+            self._cache[key] = _reused(attrs, trial.number)
             return self._finish(trial, attrs)
         except BaseException as exc:
             # failed trial: still record an (infeasible) constraint, then let Optuna mark it FAIL / stop
