@@ -393,9 +393,10 @@ def _open(b, budget_path, run_dir: Path | None, cached, deadline: Deadline | Non
         stored = context_cache.load_calibration(run_dir, ckey)
         if stored.why:
             progress("calibration checkpoint", 1, 1, stored.why)
-    if stored.finished is None and deadline is not None:
+    if stored.finished is None and (deadline is not None or run_dir):
+        # the progress is written when the deadline stops it and every Checkpoints.every_s (a killed run keeps it too)
         save = (lambda p: context_cache.save_calibration(run_dir, ckey, p)) if run_dir else (lambda p: None)
-        checkpoints = Checkpoints(deadline.passed, save, stored.progress)
+        checkpoints = Checkpoints(deadline.passed if deadline is not None else lambda: False, save, stored.progress)
     stage = "model and data" + ("" if stored.finished else ", FxP8 calibration")
     steps = [1]
 
