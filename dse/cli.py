@@ -162,9 +162,14 @@ def search_cmd(budget, run_dir, storage, n_trials, workers, resume, quiet, threa
     """Optuna search under the accuracy-loss budget in BUDGET (default: the bundled default.toml)."""
     from dse.search.context import search_from_budget
 
-    res = search_from_budget(budget, run_dir=run_dir, storage=storage, n_trials=n_trials, workers=workers,
-                             resume=resume, progress=None if quiet else present.SearchProgress, threads=threads,
-                             setup_progress=None if quiet else present.SetupProgress())
+    setup = None if quiet else present.SetupProgress()
+    try:
+        res = search_from_budget(budget, run_dir=run_dir, storage=storage, n_trials=n_trials, workers=workers,
+                                 resume=resume, progress=None if quiet else present.SearchProgress, threads=threads,
+                                 setup_progress=setup)
+    finally:
+        if setup is not None:
+            setup.close()
     present.search_result(res)
 
 

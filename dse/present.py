@@ -207,6 +207,10 @@ class SetupProgress:
             self.bar.stop()
             self.bar = None
 
+    def close(self) -> None:
+        """Take down a stage's bar left running (the run's deadline stopped the set-up in that stage)."""
+        self._stop()
+
 
 class SearchProgress:
     """Progress bar of a running search (trials done, best feasible energy, feasible count): a context manager and an

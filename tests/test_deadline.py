@@ -218,7 +218,7 @@ def test_float_baselines_stop_at_the_deadline_and_resume(tmp_path, monkeypatch, 
     assert res["baseline"]["float"] == _uncut(tmp_path, "uncut").baseline["float"]
 
 
-@pytest.mark.parametrize("at, kept", [(2, 1), (3, 3)])
+@pytest.mark.parametrize("at, kept", [(2, 1), pytest.param(3, 3, marks=pytest.mark.slow)])
 def test_predictor_fit_stops_at_the_deadline_and_resumes(tmp_path, monkeypatch, capsys, at, kept):
     """The predictor fit's emulated configurations (one batch each; all-exact first, then the single-layer changes
     they need measured by the surrogate on first use): the deadline passes while configuration ``at`` is measured.

@@ -498,9 +498,8 @@ def _evaluations(log: Path) -> list:
     return [(key, a, b) for _, key, a, b in rows if key != _config_key({})]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
 def test_reproposed_configurations_cost_no_emulation_across_workers_and_resumes(tmp_path, budget_file, monkeypatch,
-                                                                                workers):
+                                                                                workers=2):
     """8 configurations, 14 trials, then the run resumed to 24: every configuration the sampler proposes again takes
     over the result of the trial that measured it (``duplicate_of``, same values and constraint, no predictor-gate
     line of its own) and is never evaluated again: no (configuration, images) evaluation happens twice, whichever
