@@ -186,6 +186,18 @@ def test_calibration_stops_at_the_deadline_and_resumes_bit_identical(tmp_path, m
     assert rundir.load_study(run) is not None
 
 
+def test_a_set_up_with_no_time_for_one_batch_says_to_raise_the_timeout(tmp_path, capsys):
+    """timeout_s shorter than loading the model: calibration stops before its first batch, and the line says that
+    re-running with the same timeout_s cannot help (raise it)."""
+    from dse.search.deadline import SETUP_NO_TIME
+
+    b = tmp_path / "b.toml"
+    b.write_text(SETUP_BUDGET.replace("timeout_s = 600", "timeout_s = 0.001"))
+    rc, out = _search_cli(capsys, b, tmp_path / "run")
+    assert rc == 0
+    _one_stop_line(out, "FxP8 calibration", "pass 1 of 2, 0 of 1 batches done", SETUP_NO_TIME)
+
+
 def _uncut(tmp_path, name: str):
     """The context cache of the same search never stopped (a run directory of its own)."""
     from dse.search import context_cache

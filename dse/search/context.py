@@ -19,7 +19,7 @@ from dse.errors import DseError
 from dse.layer_config import LayerConfig
 from dse.search import rundir, seeds
 from dse.search.context_cache import BASELINES_FILE, Checkpoint
-from dse.search.deadline import SETUP_RESUME, Deadline, RunTimeout, SetupTimeout
+from dse.search.deadline import SETUP_NO_TIME, SETUP_RESUME, Deadline, RunTimeout, SetupTimeout
 from dse.search.space import SearchSpace
 from dse.search.study import SearchContext, SearchSettings, run_search
 
@@ -344,10 +344,12 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                          deadline=deadline)
 
 
-def _stopped(stage: str, done: str, kept: Path | None) -> str:
-    """The one line a search stopped in its set-up by the deadline ends with (dse.search.deadline.SetupTimeout)."""
+def _stopped(stage: str, done: str, kept: Path | None, progressed: bool = True) -> str:
+    """The one line a search stopped in its set-up by the deadline ends with (dse.search.deadline.SetupTimeout);
+    ``progressed``: this run got some of the stage done (else re-running with the same timeout_s cannot help)."""
     where = f"kept in {kept}" if kept else "not kept: no run directory"
-    return f"[search] timeout_s reached during the set-up's {stage} ({done}, {where}); {SETUP_RESUME}"
+    how = SETUP_RESUME if progressed else SETUP_NO_TIME
+    return f"[search] timeout_s reached during the set-up's {stage} ({done}, {where}); {how}"
 
 
 def _predictor_fit(cfgs: list[dict], run: Callable, setup_ev: EmulatorEvaluator, labels, clock: SetupClock, progress,
@@ -364,12 +366,13 @@ def _predictor_fit(cfgs: list[dict], run: Callable, setup_ev: EmulatorEvaluator,
         with deadline.trial() if deadline is not None else contextlib.nullcontext():
             sur = LogitSurrogate(run, labels, cached.surrogate if cached else None)
     except RunTimeout:
-        raise SetupTimeout(_stopped(PREDICTOR_STAGE, "its first network run cut", keep(None, accs))) from None
+        raise SetupTimeout(_stopped(PREDICTOR_STAGE, "its first network run cut", keep(None, accs), False)) from None
+    before = len(accs)
     if not cached or not cached.predictor_done:
         accs = _predictor_accuracies(cfgs, setup_ev, len(labels), clock, progress, sur, accs)
     if len(accs) < len(cfgs) and deadline is not None and deadline.passed():
         raise SetupTimeout(_stopped(PREDICTOR_STAGE, f"{len(accs)} of {len(cfgs)} configurations measured",
-                                    keep(sur.state(), accs)))
+                                    keep(sur.state(), accs), len(accs) > before))
     return sur, accs
 
 
@@ -410,7 +413,9 @@ def _open(b, budget_path, run_dir: Path | None, cached, deadline: Deadline | Non
                             calibrated=stored.finished, checkpoints=checkpoints, calib_progress=calib_progress)
     except CalibrationStopped as exc:
         kept = run_dir / context_cache.CALIBRATION_FILE if run_dir else None
-        raise SetupTimeout(_stopped("FxP8 calibration", f"{exc.progress.describe()} done", kept)) from None
+        at = (exc.progress.meta["pass"], exc.progress.meta["next"])
+        start = (stored.progress.meta["pass"], stored.progress.meta["next"]) if stored.progress else ("range", 0)
+        raise SetupTimeout(_stopped("FxP8 calibration", f"{exc.progress.describe()} done", kept, at != start)) from None
     if run_dir and stored.finished is None:
         context_cache.save_calibration(run_dir, ckey, sess.qmodel.state())
     source = (f"calibration from {run_dir}'s context cache" if cached else f"calibration from {run_dir}"
@@ -456,7 +461,7 @@ def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = 
     total = sum(-(-len(d) // FLOAT_BATCH) for d in splits.values())
     done = sum(-(-state[k][0] // FLOAT_BATCH) for k in splits)
     progress(stage, done, total + 1)
-    saved = time.monotonic()
+    saved, start = time.monotonic(), done
     for k, data in splits.items():
         for x, y in data.batches(FLOAT_BATCH, start=state[k][0]):
             if deadline is not None and deadline.passed():
@@ -464,7 +469,7 @@ def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = 
                     checkpoint.save(state)
                 n = sum(v[0] for v in state.values())
                 raise SetupTimeout(_stopped(stage, f"{n} of {len(search) + len(hold)} images done",
-                                            checkpoint.path if checkpoint else None))
+                                            checkpoint.path if checkpoint else None, done > start))
             state[k] = [state[k][0] + len(y), state[k][1] + int((run_float(graph, x).argmax(axis=1) == y).sum())]
             done += 1
             progress(stage, done, total + 1)

@@ -27,6 +27,8 @@ class SetupTimeout(Exception):
 
 
 SETUP_RESUME = "re-run the same command to continue from there, or raise [search] timeout_s"
+SETUP_NO_TIME = ("this run had no time left for any of it: raise [search] timeout_s and re-run the same command to "
+                 "continue from there")
 
 
 @dataclass
