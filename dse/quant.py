@@ -555,11 +555,14 @@ class _Calibration:
             arrays.update(self.ops.arrays())
         return CalibrationProgress(meta, arrays)
 
-    def load(self, p: CalibrationProgress) -> None:
+    def load(self, p: CalibrationProgress) -> bool:
+        """Continue from ``p``; False (and nothing changed) when ``p`` is of another calibration (method, percentile,
+        the graph's calibrated tensors or the number of batches)."""
         m = p.meta
-        mine = {"method": self.method, "percentile": self.percentile, "tensors": self.tensors, "passes": self.passes}
+        mine = {"method": self.method, "percentile": self.percentile, "tensors": self.tensors, "passes": self.passes,
+                "batches": self.source.n}
         if {k: m.get(k) for k in mine} != mine:
-            raise ValueError("the checkpoint is of another calibration")
+            return False
         self.lo, self.hi = np.array(p.arrays["range.lo"]), np.array(p.arrays["range.hi"])
         self.count = np.array(p.arrays["range.count"], np.int64)
         self.pass_, self.next = m["pass"], int(m["next"])
@@ -572,6 +575,7 @@ class _Calibration:
         if self.pass_ == "operand":
             self._start_operands()
             self.ops.load(p.arrays)
+        return True
 
     # -- passes ---------------------------------------------------------------------------------------------
     def _start_tails(self) -> None:
@@ -677,6 +681,6 @@ def calibrate(graph, x_calib, method: str = DEFAULT_METHOD, percentile: float = 
     cal = _Calibration(graph, _Source(x_calib, graph, stream_batch_size(graph, batch_size)), method, percentile,
                        progress)
     if checkpoints is not None and checkpoints.resume is not None:
-        cal.load(checkpoints.resume)
+        cal.load(checkpoints.resume)  # progress of another calibration: started afresh (and overwritten)
     cal.run(checkpoints)
     return cal.quant_model()

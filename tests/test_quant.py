@@ -353,3 +353,19 @@ def test_calibration_progress_is_saved_between_batches_and_resumes_from_any_of_t
         got = calibrate(g, x, batch_size=2, checkpoints=Checkpoints(lambda: False, lambda q: None, p)).state()
         assert got.meta == ref.meta
         assert all(got.arrays[k].tobytes() == a.tobytes() for k, a in ref.arrays.items())
+
+
+def test_progress_of_another_calibration_is_not_resumed(small_model):
+    """Progress saved by a calibration of other images (another number of batches) or another method is ignored:
+    the calibration starts afresh and gives the uninterrupted bits."""
+    from dse.quant import CalibrationStopped, Checkpoints
+
+    g = small_model
+    x = RNG.standard_normal((9, 2, 6, 7)).astype(np.float32)
+    ref = calibrate(g, x, batch_size=3).state()
+    for other_x, method in ((x[:6], "max"), (x, "percentile")):
+        saved = []
+        with pytest.raises(CalibrationStopped):
+            calibrate(g, other_x, method=method, batch_size=3, checkpoints=Checkpoints(_StopAt(2), saved.append))
+        got = calibrate(g, x, batch_size=3, checkpoints=Checkpoints(lambda: False, lambda p: None, saved[-1])).state()
+        assert got.meta == ref.meta and all(got.arrays[k].tobytes() == a.tobytes() for k, a in ref.arrays.items())
