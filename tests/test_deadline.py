@@ -87,6 +87,10 @@ def test_deadline_raises_only_inside_a_trial():
             pass
     d.check()
     assert d.passed() and not d.armed
+    with d.trial():
+        with d.trial():
+            pass
+        assert d.armed  # a set-up measurement nested in a trial does not disarm it
     assert Deadline.after(None) is None and not Deadline.after(60).passed()
 
 

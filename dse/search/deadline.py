@@ -47,12 +47,13 @@ class Deadline:
 
     @contextlib.contextmanager
     def trial(self):
-        """Arm :meth:`check` while the block (one trial) runs."""
-        self.armed = True
+        """Arm :meth:`check` while the block (one trial, or a set-up stage that measures) runs; a block nested in an
+        armed one leaves it armed."""
+        was, self.armed = self.armed, True
         try:
             yield self
         finally:
-            self.armed = False
+            self.armed = was
 
     def check(self) -> None:
         """Raise RunTimeout when a trial is running and the deadline has passed."""
