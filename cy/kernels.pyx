@@ -7,9 +7,9 @@
 * ``dw_conv(x, wp, mode, lutT, ftab, gtab, bound, stride, pads, dilation, out_hw, a_signed, isa=None, threads=1,
   scaling=None) -> int64[B, Cout, Ho, Wo]`` (float32 with ``scaling``): direct depthwise convolution (table lookups,
   or products of the exact / rank-1 factors), no im2col; AVX2 over 8 output positions.
-* ``quantize(x, scale, signed, threads=1)`` / ``dequantize(acc, a_scale, w_scale, bias, threads=1, act=...)``: the
-  FxP8 activation quantizer and the layer output scaling of dse.quant (with the layer's Relu/Clip fused in), one
-  SIMD pass each.
+* ``quantize(x, scale, signed, threads=1)`` / ``dequantize(acc, a_scale, w_scale, bias, threads=1, act=...,
+  quant=...)``: the FxP8 activation quantizer and the layer output scaling of dse.quant (with the layer's Relu/Clip
+  fused in, and optionally the next layer's input quantization), one SIMD pass each.
 * Every loop releases the GIL and runs on ``threads`` OpenMP threads (work split over output rows/planes; each output
   is computed by one thread in a fixed order, so results do not depend on the thread count).
 * ``int_gemm(AT, Wp, fa, a_mode, gw, S, out, isa=None, threads=1)``: exact integer GEMM on int16 operand values
@@ -38,14 +38,16 @@ cdef extern from "lut_kernel.h" nogil:
         const float *bias
         int act
         float lo, hi
+        int quant, qlo, qhi
+        float qs
     int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
                     const int16_t *gtab, int64_t bound, int mode, int a_signed, int64_t *out,
-                    const dse_scaling *sc, float *outf, int nt)
+                    const dse_scaling *sc, void *outs, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
-                        float *y, int nt)
+                        void *y, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 
 cdef extern from "int_gemm.h" nogil:
@@ -168,8 +170,8 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     activation factor is the value; "factor", T = gtab[w] * ftab[a] (a rank-1 table; ftab looked up once per input
     element). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). AVX2 gathers /
     products at level avx2 and above, portable code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
-    bias float32[Cout], act, lo, hi) the result is the float32 output of :func:`dequantize` on those sums instead,
-    applied to each output plane while its sums are in cache.
+    bias float32[Cout], act, lo, hi, quant) the result is the output of :func:`dequantize` on those sums instead
+    (float32, or uint8 patterns with a ``quant``), applied to each output plane while its sums are in cache.
     """
     cdef int level = _level(isa)
     cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -182,22 +184,21 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
         raise ValueError("dw_conv: Cout must be a multiple of C, lutT [256, 256], ftab and gtab [256]")
     cdef dse_scaling sc
     cdef int64_t *o = NULL
-    cdef float *of = NULL
+    cdef void *of = NULL
     if scaling is None:
         out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
     else:
-        out = np.empty((B, Cout, Ho, Wo), dtype=np.float32)
-        keep = _scaling(&sc, Cout, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5])
+        keep = _scaling(&sc, Cout, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5],
+                        scaling[6])
+        out = np.empty((B, Cout, Ho, Wo), dtype=np.uint8 if sc.quant else np.float32)
     if B == 0 or Cout == 0 or Ho <= 0 or Wo <= 0:
         return out
     cdef int64_t[:, :, :, ::1] oi
-    cdef float[:, :, :, ::1] ofv
     if scaling is None:
         oi = out
         o = &oi[0, 0, 0, 0]
     else:
-        ofv = out
-        of = &ofv[0, 0, 0, 0]
+        of = _address(out)
     cdef int rc = 0
     with nogil:
         rc = dse_dw_conv(level, &x[0, 0, 0, 0], B, C, H, W, &wp[0, 0, 0], Cout, kh, kw, sh, sw, pt, pl, dh, dw, Ho,
@@ -208,8 +209,16 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     return out
 
 
-cdef tuple _scaling(dse_scaling *sc, int64_t N, double a_scale, w_scale, bias, act, float lo, float hi):
-    """Fill ``sc`` from the Python scaling arguments; returns the float32 views it points into (keep them alive)."""
+cdef void *_address(arr):
+    """The data address of a C-contiguous numpy array (float32 or uint8 outputs of a scaling pass)."""
+    if not arr.flags.c_contiguous:
+        raise ValueError("the output of a scaling pass must be C-contiguous")
+    return <void *><size_t>arr.ctypes.data
+
+
+cdef tuple _scaling(dse_scaling *sc, int64_t N, double a_scale, w_scale, bias, act, float lo, float hi, quant):
+    """Fill ``sc`` from the Python scaling arguments (``quant``: None, or (scale, signed) of the next layer's input
+    patterns); returns the float32 views it points into (keep them alive)."""
     cdef const float[::1] sw_v = w_scale
     cdef const float[::1] b_v = bias
     if sw_v.shape[0] != N or b_v.shape[0] != N:
@@ -220,6 +229,9 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, double a_scale, w_scale, bias, a
     sc.act = ACTS.index(act)
     sc.lo = lo
     sc.hi = hi
+    sc.quant = quant is not None
+    sc.qs, sc.qlo, sc.qhi = (quant[0], -128, 127) if sc.quant and quant[1] else \
+        ((quant[0], 0, 255) if sc.quant else (1.0, 0, 0))
     return sw_v, b_v
 
 
@@ -238,23 +250,26 @@ def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=No
 
 
 def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int threads=1, act="none",
-               float lo=-np.inf, float hi=np.inf, isa=None, out=None):
+               float lo=-np.inf, float hi=np.inf, quant=None, isa=None, out=None):
     """float32[R, N, S]: act(float32((acc * a_scale) * w_scale[c]) + bias[c]), products in float64; ``w_scale``,
     ``bias`` float32[N]; ``act`` one of ACTS: "none", "relu" (numpy's maximum(y, 0)) or "clip" (numpy's clip(y, lo,
-    hi)). Written into ``out`` when given (float32[R, N, S], C-contiguous), else into a new array; AVX2 at level
-    avx2 and above, the same bits."""
+    hi)). With ``quant`` = (scale, signed): uint8[R, N, S], the patterns :func:`quantize` gives on that float32
+    output (the next layer's input), without the float32 tensor. Written into ``out`` when given (C-contiguous, that
+    dtype and acc's shape), else into a new array; AVX2 at level avx2 and above, the same bits."""
     cdef int level = _level(isa)
     cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
     cdef dse_scaling sc
-    keep = _scaling(&sc, N, a_scale, w_scale, bias, act, lo, hi) if N else None
+    sc.quant = quant is not None
+    keep = _scaling(&sc, N, a_scale, w_scale, bias, act, lo, hi, quant) if N else None
+    dtype = np.uint8 if sc.quant else np.float32
     if out is None:
-        out = np.empty((R, N, S), dtype=np.float32)
-    cdef float[:, :, ::1] y = out
-    if y.shape[0] != R or y.shape[1] != N or y.shape[2] != S:
-        raise ValueError("dequantize: out must have the shape of acc")
+        out = np.empty((R, N, S), dtype=dtype)
+    if out.shape != (R, N, S) or out.dtype != dtype:
+        raise ValueError(f"dequantize: out must be {np.dtype(dtype).name} with the shape of acc")
+    cdef void *y = _address(out)
     if R and N and S:
         with nogil:
-            dse_dequantize(level, &acc[0, 0, 0], R, N, S, &sc, &y[0, 0, 0], max(1, threads))
+            dse_dequantize(level, &acc[0, 0, 0], R, N, S, &sc, y, max(1, threads))
     return out
 
 

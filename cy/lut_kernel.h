@@ -761,23 +761,33 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
     }
 }
 
-/* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]). */
+/* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]); with
+ * quant, the output is not y but the next MAC layer's input pattern of y, clip(rint(y / qs), qlo, qhi) as a byte
+ * (dse_quantize1: the same bits as quantizing the float32 output in a pass of its own). Outputs are float32, or
+ * uint8 with quant (dse_scaled_out gives the address of element i). */
 typedef struct {
     double sa;
     const float *sw, *bias;
     int act;
     float lo, hi;
+    int quant, qlo, qhi;
+    float qs;
 } dse_scaling;
 
-static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o);
-static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o);
+static inline void *dse_scaled_out(const dse_scaling *sc, void *base, int64_t i)
+{
+    return sc->quant ? (void *)((uint8_t *)base + i) : (void *)((float *)base + i);
+}
 
-/* Writes int64 sums into out, or (with sc) the scaled float32 outputs into outf. */
+static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
+static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
+
+/* Writes int64 sums into out, or (with sc) the scaled outputs (float32, or uint8 patterns) into outs. */
 static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                        int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                        int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
                        const int16_t *gtab, int64_t bound, int mode, int a_signed, int64_t *out,
-                       const dse_scaling *sc, float *outf, int nt)
+                       const dse_scaling *sc, void *outs, int nt)
 {
     const int64_t og = Cout / C, ntap = kh * kw;
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
@@ -812,13 +822,13 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                             k->col = lutT + 256 * (int64_t)wo[i * kw + j];
                             k->wv = mode == 0 ? 0 : gtab[wo[i * kw + j]];
                         }
-                    float *of = sc ? outf + (b * Cout + o) * Ho * Wo : NULL;
+                    void *of = sc ? dse_scaled_out(sc, outs, (b * Cout + o) * Ho * Wo) : NULL;
                     int64_t *ot = sc ? NULL : out + (b * Cout + o) * Ho * Wo;
                     if (fits32) { /* int32 sums: scaled from int32 (exact doubles), or widened */
                         dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full32);
                         for (int64_t y = 0; y < Ho; y++) {
                             if (sc)
-                                dse_scale_run32(full32 + y * WQ, Wo, sc, o, of + y * Wo);
+                                dse_scale_run32(full32 + y * WQ, Wo, sc, o, dse_scaled_out(sc, of, y * Wo));
                             else
                                 for (int64_t q = 0; q < Wo; q++)
                                     ot[y * Wo + q] = full32[y * WQ + q];
@@ -828,7 +838,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     dse_dw_run_scalar(tp, ntap, 0, L, mode, a_signed, full);
                     for (int64_t y = 0; y < Ho; y++) {
                         if (sc)
-                            dse_scale_run(level, full + y * WQ, Wo, sc, o, of + y * Wo);
+                            dse_scale_run(level, full + y * WQ, Wo, sc, o, dse_scaled_out(sc, of, y * Wo));
                         else
                             memcpy(ot + y * Wo, full + y * WQ, (size_t)Wo * sizeof(int64_t));
                     }
@@ -857,22 +867,26 @@ static inline uint8_t dse_quantize1(float x, float s, int lo, int hi)
 
 /* The same 8 values at a time: vdivps, vroundps to nearest even, clamp, NaN -> 0 (max/min return the bound for a
  * NaN, the ordered mask then clears it). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_quantize8(__m256 x, __m256 vs, __m256 vlo,
+                                                                          __m256 vhi, uint8_t *q)
+{
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256 v = _mm256_round_ps(_mm256_div_ps(x, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 ord = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
+    v = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(v, vlo), vhi), ord);
+    const __m256i b = _mm256_shuffle_epi8(_mm256_cvtps_epi32(v), pick); /* low byte of each lane */
+    const uint32_t b0 = (uint32_t)_mm256_extract_epi32(b, 0), b1 = (uint32_t)_mm256_extract_epi32(b, 4);
+    memcpy(q, &b0, 4);
+    memcpy(q + 4, &b1, 4);
+}
+
 DSE_T_AVX2 static void dse_quantize_avx2(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q)
 {
     const __m256 vs = _mm256_set1_ps(s), vlo = _mm256_set1_ps((float)lo), vhi = _mm256_set1_ps((float)hi);
-    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), vs),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m256 ord = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
-        v = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(v, vlo), vhi), ord);
-        const __m256i b = _mm256_shuffle_epi8(_mm256_cvtps_epi32(v), pick); /* low byte of each lane */
-        const uint32_t b0 = (uint32_t)_mm256_extract_epi32(b, 0), b1 = (uint32_t)_mm256_extract_epi32(b, 4);
-        memcpy(q + i, &b0, 4);
-        memcpy(q + i + 4, &b1, 4);
-    }
+    for (; i + 8 <= n; i += 8)
+        dse_quantize8(_mm256_loadu_ps(x + i), vs, vlo, vhi, q + i);
     for (; i < n; i++)
         q[i] = dse_quantize1(x[i], s, lo, hi);
 }
@@ -944,58 +958,78 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_scale8(__m256
     return _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
 }
 
-/* One channel's run of S outputs: the same operations as dse_scale1 / dse_act1, 8 at a time (no FMA). */
-DSE_T_AVX2 static void dse_dequant_run_avx2(const int64_t *a, int64_t S, double sa, double f, float b, int act,
-                                            float lo, float hi, float *o)
+/* Element j of a channel's run: y, or its pattern with sc->quant. */
+static inline void dse_emit1(const dse_scaling *sc, float y, void *o, int64_t j)
 {
-    const __m256d vsa = _mm256_set1_pd(sa), vf = _mm256_set1_pd(f);
-    const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-    int64_t j = 0;
-    for (; j + 8 <= S; j += 8) {
-        const __m256 y = dse_scale8(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j))),
-                                    dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j + 4))), vsa, vf, vb);
-        _mm256_storeu_ps(o + j, dse_act8(y, act, vlo, vhi));
-    }
-    for (; j < S; j++)
-        o[j] = dse_act1(dse_scale1(a[j], sa, f, b), act, lo, hi);
+    if (sc->quant)
+        ((uint8_t *)o)[j] = dse_quantize1(y, sc->qs, sc->qlo, sc->qhi);
+    else
+        ((float *)o)[j] = y;
 }
 
-/* The same on int32 sums (AVX2; each int32 is an exact double, so the bits equal the int64 pass). */
-DSE_T_AVX2 static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o)
+DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_emit8(const dse_scaling *sc, __m256 y, __m256 vqs,
+                                                                      __m256 vqlo, __m256 vqhi, void *o, int64_t j)
+{
+    if (sc->quant)
+        dse_quantize8(y, vqs, vqlo, vqhi, (uint8_t *)o + j);
+    else
+        _mm256_storeu_ps((float *)o + j, y);
+}
+
+/* One channel's run of S outputs (int64 sums, or int32 with a32; each int32 is an exact double, so the bits equal
+ * the int64 pass): the same operations as dse_scale1 / dse_act1 / dse_quantize1, 8 at a time (no FMA). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_scale_run_avx2(const int64_t *a, const int32_t *a32, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
     const __m256d vsa = _mm256_set1_pd(sc->sa), vf = _mm256_set1_pd(f);
     const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(sc->lo), vhi = _mm256_set1_ps(sc->hi);
+    const __m256 vqs = _mm256_set1_ps(sc->qs), vqlo = _mm256_set1_ps((float)sc->qlo),
+                 vqhi = _mm256_set1_ps((float)sc->qhi);
     int64_t j = 0;
     for (; j + 8 <= S; j += 8) {
-        const __m256 y = dse_scale8(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j))),
-                                    _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j + 4))), vsa, vf, vb);
-        _mm256_storeu_ps(o + j, dse_act8(y, sc->act, vlo, vhi));
+        const __m256 y = a32 ? dse_scale8(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a32 + j))),
+                                          _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a32 + j + 4))),
+                                          vsa, vf, vb)
+                             : dse_scale8(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j))),
+                                          dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j + 4))),
+                                          vsa, vf, vb);
+        dse_emit8(sc, dse_act8(y, sc->act, vlo, vhi), vqs, vqlo, vqhi, o, j);
     }
     for (; j < S; j++)
-        o[j] = dse_act1(dse_scale1(a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi);
+        dse_emit1(sc, dse_act1(dse_scale1(a32 ? a32[j] : a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
 }
 
-static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, float *o)
+DSE_T_AVX2 static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
+{
+    dse_scale_run_avx2(NULL, a, S, sc, c, o);
+}
+
+DSE_T_AVX2 static void dse_scale_run64(const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
+{
+    dse_scale_run_avx2(a, NULL, S, sc, c, o);
+}
+
+static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
     if (level >= DSE_ISA_AVX2)
-        dse_dequant_run_avx2(a, S, sc->sa, f, b, sc->act, sc->lo, sc->hi, o);
+        dse_scale_run64(a, S, sc, c, o);
     else
         for (int64_t j = 0; j < S; j++)
-            o[j] = dse_act1(dse_scale1(a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi);
+            dse_emit1(sc, dse_act1(dse_scale1(a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
 }
 
 /* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64
- * [R, N, S]; AVX2 at level avx2 and above, the same bits. */
+ * [R, N, S], or with sc->quant its uint8 pattern; AVX2 at level avx2 and above, the same bits. */
 static void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
-                           float *y, int nt)
+                           void *y, int nt)
 {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < R * N; t++)
-        dse_scale_run(level, acc + t * S, S, sc, t % N, y + t * S);
+        dse_scale_run(level, acc + t * S, S, sc, t % N, dse_scaled_out(sc, y, t * S));
 }
 
 #endif

@@ -21,7 +21,10 @@ bias. A ``matmul`` layer (two activations) quantizes both operands (the right on
 (``dse.correction.matmul_cv_terms``), ``y = float32((acc * s_a) * s_b)``. Every other op runs in float32 exactly as
 ``dse.model.float_exec``. A Relu/Clip right after a MAC layer, the only consumer of its output, runs inside the
 layer's scaling pass (``dse.kernels.OutputAct``); a conv layer without CV takes ``dse.kernels.conv2d_scaled`` (the
-same bits, no int64 tensor).
+same bits, no int64 tensor). A conv/gemm output (after that Relu/Clip) read only by conv/gemm layers that all run
+integer tables is emitted by the scaling pass as their quantized input (``dse.kernels.OutputQuant``, the same values
+as quantizing the float32 tensor), so that tensor never exists; runs through a prefix cache keep the float32 tensors
+that live across a cut they store.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, check_layers, config_to_dict
 
 if TYPE_CHECKING:
+    from dse.kernels import OutputQuant
     from dse.quant import MacLayer
     from dse.session import DataRef
 
@@ -57,6 +61,17 @@ class AccumulatorHook(Protocol):
     def __call__(self, call: MacCall, acc: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class _QuantFusion:
+    """A MAC layer's output ``tensor`` (last read by node ``last_use``) that only the conv/gemm layers ``consumers``
+    read, each quantizing it as ``quant``."""
+
+    tensor: str
+    last_use: int
+    consumers: tuple
+    quant: "OutputQuant"
+
+
 class Emulator:
     """Bit-exact FxP8 emulation of a QuantModel under a per-layer multiplier configuration."""
 
@@ -77,6 +92,7 @@ class Emulator:
         self._cum_macs = [int(sum(per_image[:j])) for j in range(len(per_image) + 1)]
         self._live = None  # dse.prefix_cache.live_tensors, built on the first cached run
         self._acts = self._fused_acts()
+        self._quants = self._fused_quants()
 
     def _fused_acts(self) -> dict:
         """{MAC node index: OutputAct of the Relu/Clip right after it} where that node is the MAC output's only
@@ -93,6 +109,42 @@ class Emulator:
                 out[i] = OutputAct("relu")
             elif a.op == "clip" and not np.isnan([a.attrs["min"], a.attrs["max"]]).any():
                 out[i] = OutputAct("clip", float(np.float32(a.attrs["min"])), float(np.float32(a.attrs["max"])))
+        return out
+
+    def _fused_quants(self) -> dict:
+        """{MAC node index: _QuantFusion} for conv/gemm layers whose output (after a fused Relu/Clip) feeds only
+        conv/gemm layers, all quantizing it alike: the producer's scaling pass can emit those layers' quantized input
+        instead of the float32 tensor (decided per run by :meth:`_emit_quantized`)."""
+        nodes, g = self.graph.nodes, self.graph
+        users: dict = {}
+        for j, n in enumerate(nodes):
+            for t in n.inputs:
+                users.setdefault(t, []).append(j)
+        out = {}
+        for i, n in enumerate(nodes):
+            if not n.is_mac or self.layers[n.name].op == "matmul":
+                continue
+            t = nodes[i + 1].output if i in self._acts else n.output
+            consumers = [nodes[j] for j in users.get(t, [])]
+            if t == g.output_name or not consumers or \
+                    any(not c.is_mac or self.layers[c.name].op == "matmul" or c.inputs != [t] for c in consumers):
+                continue
+            quants = {self.layers[c.name].input_quant for c in consumers}
+            if len(quants) == 1:
+                out[i] = _QuantFusion(t, self._last[t], tuple(c.name for c in consumers), quants.pop())
+        return out
+
+    def _emit_quantized(self, resolved, store_at) -> dict:
+        """{MAC node index: OutputQuant} of the fusions this run takes: the producer and every consumer run on
+        integer tables (a float-domain consumer needs the float32 tensor), and no prefix-cache cut stored by this run
+        lies where the tensor is live (stored states keep float32 tensors, as any configuration may need them)."""
+        out = {}
+        for i, f in self._quants.items():
+            if resolved[self.graph.nodes[i].name][1].domain != "int" or \
+                    any(resolved[c][1].domain != "int" for c in f.consumers) or \
+                    any(i < p <= f.last_use for p in store_at):
+                continue
+            out[i] = f.quant
         return out
 
     # ------------------------------------------------------------------ configuration
@@ -122,8 +174,9 @@ class Emulator:
             q = qcache[t] = quantize_act(x, scale, signed)
         return q
 
-    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None):
-        """The MAC layer's float32 output, followed by ``act`` (a fused Relu/Clip) if given."""
+    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None, quant=None):
+        """The MAC layer's float32 output, followed by ``act`` (a fused Relu/Clip) if given; with ``quant`` (an
+        integer-domain conv/gemm layer only) the next layers' quantized input instead."""
         from dse.quant import dequantize
 
         layer = self.layers[node.name]
@@ -135,12 +188,12 @@ class Emulator:
         if layer.op == "conv" and accs is None and hook is None and not lc.cv:  # no int64 tensor: scaled by slices
             from dse import kernels
 
-            return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act), layer.stride,
-                                         layer.pads, layer.dilation, layer.groups)
+            return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act, quant),
+                                         layer.stride, layer.pads, layer.dilation, layer.groups)
         acc = self._accumulate(layer, q, lc, mult, accs)
         if hook is not None:
             acc = hook(MacCall(layer, images, q), acc)
-        return dequantize(acc, layer, act)
+        return dequantize(acc, layer, act, quant)
 
     @staticmethod
     def _float_mac(node, layer, x, mult):
@@ -226,6 +279,7 @@ class Emulator:
             store_at = {self._cut_pos[j]: (j, False) for j in plan.speculate}
             store_at.update({self._cut_pos[j]: (j, True) for j in plan.store})
             cache.count_macs(self._cum_macs[-1] * len(x), self._cum_macs[plan.hit] * len(x))
+        quants = self._emit_quantized(resolved, store_at)
         for i in range(start, len(g.nodes)):
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
@@ -237,7 +291,11 @@ class Emulator:
                 lc, mult = resolved[n.name]
                 act = self._acts.get(i)
                 out = g.nodes[i + 1].output if act is not None else n.output
-                env[out] = self._mac(n, args, qcache, lc, mult, accs, hook, images, act)
+                y = self._mac(n, args, qcache, lc, mult, accs, hook, images, act, quants.get(i))
+                if i in quants:  # only its integer-domain consumers read it, from qcache
+                    env[out], qcache[out] = None, y
+                else:
+                    env[out] = y
             else:
                 env[n.output] = exec_node(n, args)
             for t in n.inputs:

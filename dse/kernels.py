@@ -815,16 +815,17 @@ _SCALED_SLICE_MIN_POS = 2048
 
 def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
                   groups=1, path="auto", isa=None) -> np.ndarray:
-    """float32[B, Cout, Ho, Wo]: ``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit, without the
-    int64 tensor: the direct depthwise kernel scales each output plane as it finishes; the GEMM paths run on slices
-    of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output."""
+    """``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit ([B, Cout, Ho, Wo], ``scaling.dtype``:
+    float32, or the next layer's quantized input), without the int64 tensor: the direct depthwise kernel scales each
+    output plane as it finishes; the GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are
+    scaled from cache into the output."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
     if direct is not None:
-        return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling)
+        return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling).view(scaling.dtype)
     B, Cout = x.shape[0], w.shape[0]
     per_image = Cout * geo.out_hw[0] * geo.out_hw[1]
-    out = np.empty((B, Cout) + geo.out_hw, dtype=np.float32)
+    out = np.empty((B, Cout) + geo.out_hw, dtype=scaling.dtype)
     P = max(1, geo.out_hw[0] * geo.out_hw[1])
     step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image), -(-_SCALED_SLICE_MIN_POS // P))
     acc = np.empty((min(B, step), Cout) + geo.out_hw, dtype=np.int64)
@@ -860,31 +861,55 @@ class OutputAct:
 
 
 @dataclass(frozen=True)
+class OutputQuant:
+    """The next MAC layer's input quantization, fused into a layer's scaling pass: the output is
+    ``quantize_patterns(y, scale, signed)`` viewed as int8 (signed) or uint8 values, the bits of quantizing the
+    float32 output in a pass of its own, without that float32 tensor."""
+
+    scale: float
+    signed: bool
+
+    @property
+    def dtype(self):
+        return np.dtype(np.int8 if self.signed else np.uint8)
+
+
+@dataclass(frozen=True)
 class Scaling:
     """The FxP8 output stage of a MAC layer: ``y = act(float32((acc * a_scale) * w_scale[c]) + bias[c])`` with the
-    products in float64 and a float32 add (``act``: the fused Relu/Clip, or None)."""
+    products in float64 and a float32 add (``act``: the fused Relu/Clip, or None); with ``quant`` the stage emits
+    the next layer's quantized input instead of ``y``."""
 
     a_scale: float
     w_scale: np.ndarray  # float32[N]
     bias: np.ndarray  # float32[N]
     act: OutputAct | None = None
+    quant: OutputQuant | None = None
+
+    @property
+    def dtype(self):
+        """The output's dtype: float32, or the int8/uint8 values of ``quant``."""
+        return np.dtype(np.float32) if self.quant is None else self.quant.dtype
 
     def args(self) -> tuple:
-        """(a_scale, w_scale, bias, act kind, lo, hi) as dse._kernels takes them."""
+        """(a_scale, w_scale, bias, act kind, lo, hi, quant) as dse._kernels takes them (quant: None or (scale,
+        signed))."""
         kind, lo, hi = ("none", -np.inf, np.inf) if self.act is None else (self.act.kind, self.act.lo, self.act.hi)
+        quant = None if self.quant is None else (float(np.float32(self.quant.scale)), bool(self.quant.signed))
         return (float(self.a_scale), np.ascontiguousarray(self.w_scale, np.float32),
-                np.ascontiguousarray(self.bias, np.float32), kind, lo, hi)
+                np.ascontiguousarray(self.bias, np.float32), kind, lo, hi, quant)
 
 
 def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndarray | None = None) -> np.ndarray:
-    """``scaling`` applied to int64 acc [B, N, ...] (float32, same shape), one threaded SIMD pass; into ``out``
-    (float32, C-contiguous, acc's shape) when given."""
+    """``scaling`` applied to int64 acc [B, N, ...] (same shape, ``scaling.dtype``), one threaded SIMD pass; into
+    ``out`` (that dtype, C-contiguous, acc's shape) when given."""
     a = np.ascontiguousarray(acc, dtype=np.int64)
-    sa, sw, bias, kind, lo, hi = scaling.args()
+    sa, sw, bias, kind, lo, hi, quant = scaling.args()
     R, N = a.shape[0], a.shape[1]
-    y = _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, _isa_name(isa),
-                            None if out is None else out.reshape(R, N, -1))
-    return y.reshape(a.shape) if out is None else out
+    raw = None if out is None else out.reshape(R, N, -1).view(np.uint8 if quant else np.float32)
+    y = _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, quant, _isa_name(isa),
+                            raw)
+    return y.view(scaling.dtype).reshape(a.shape) if out is None else out
 
 
 # --------------------------------------------------------------------------------------------------- public: float

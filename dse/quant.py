@@ -29,7 +29,7 @@ import numpy as np
 from dse.errors import DseError
 
 if TYPE_CHECKING:
-    from dse.kernels import OutputAct, Scaling
+    from dse.kernels import OutputAct, OutputQuant, Scaling
 
 
 @dataclass
@@ -82,11 +82,19 @@ class MacLayer:
     def n_weights(self) -> int:
         return self.K * self.N
 
-    def scaling(self, act: OutputAct | None = None) -> Scaling:
-        """The layer's output stage ``float32((acc * s_a) * s_w[c]) + bias[c]``, then ``act`` (a fused Relu/Clip)."""
+    def scaling(self, act: OutputAct | None = None, quant: OutputQuant | None = None) -> Scaling:
+        """The layer's output stage ``float32((acc * s_a) * s_w[c]) + bias[c]``, then ``act`` (a fused Relu/Clip),
+        then ``quant`` (the next layer's input quantization, fused)."""
         from dse.kernels import Scaling
 
-        return Scaling(self.a_scale, self.w_scale, self.bias, act)
+        return Scaling(self.a_scale, self.w_scale, self.bias, act, quant)
+
+    @property
+    def input_quant(self) -> OutputQuant:
+        """How this layer quantizes its (left) input: what a producer emits when it fuses that quantization."""
+        from dse.kernels import OutputQuant
+
+        return OutputQuant(self.a_scale, self.a_signed)
 
 
 @dataclass
@@ -178,16 +186,19 @@ def quantize_weights(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, s
 
 
-def dequantize(acc: np.ndarray, layer: MacLayer, act: OutputAct | None = None) -> np.ndarray:
+def dequantize(acc: np.ndarray, layer: MacLayer, act: OutputAct | None = None,
+               quant: OutputQuant | None = None) -> np.ndarray:
     """``float32((acc * s_a) * s_w[c]) + bias[c]`` (float64 products), then ``act`` (the layer's Relu/Clip, if it is
-    fused); ``acc`` [B, N] or [B, N, Ho, Wo]. int64 accumulators take the fused pass dse._kernels.dequantize, float
-    ones (after CV correction) the numpy twin."""
+    fused), then ``quant`` (the next layer's input quantization, if it is fused: int8/uint8 values);
+    ``acc`` [B, N] or [B, N, Ho, Wo]. int64 accumulators take the fused pass dse._kernels.dequantize, float ones
+    (after CV correction) the numpy twin."""
     from dse.kernels import scale_accumulators
 
     if acc.dtype == np.int64:
-        return scale_accumulators(acc, layer.scaling(act))
+        return scale_accumulators(acc, layer.scaling(act, quant))
     y = reference_dequantize(acc, layer)
-    return y if act is None else act.apply(y)
+    y = y if act is None else act.apply(y)
+    return y if quant is None else quantize_act(y, quant.scale, quant.signed)
 
 
 def reference_dequantize(acc: np.ndarray, layer: MacLayer) -> np.ndarray:

@@ -98,6 +98,19 @@ def inverted_residual(g: G, x, C):
     return g.op("Add", [x, p])
 
 
+def mbv2_block(g: G, x, C, Cout, stride, t=3):
+    """MobileNetV2: expand 1x1 + ReLU6 (Clip), depthwise 3x3 (stride) + ReLU6, linear 1x1 projection, residual Add
+    when the shape is kept."""
+    def relu6(v):
+        return g.op("Clip", [v, g.c(np.float32(0)), g.c(np.float32(6))])
+
+    e = relu6(g.op("Conv", [x, g.c(rand_w(t * C, C, 1, 1)), g.c(rand_w(t * C))]))
+    d = relu6(g.op("Conv", [e, g.c(rand_w(t * C, 1, 3, 3)), g.c(rand_w(t * C))], group=t * C, pads=[1, 1, 1, 1],
+                   strides=[stride, stride]))
+    p = g.op("Conv", [d, g.c(rand_w(Cout, t * C, 1, 1, s=0.5)), g.c(rand_w(Cout))])
+    return g.op("Add", [x, p]) if stride == 1 and C == Cout else p
+
+
 def shuffle_block(g: G, x, C, H, W):
     """ShuffleNetV2: Split channels, branch conv, Concat, channel shuffle Reshape/Transpose/Reshape (batch taken from
     a Shape subgraph), then Slice half the channels back."""

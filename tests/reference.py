@@ -39,8 +39,9 @@ def reference_matmul_layer(l, args, mult, cv, cv_terms=None):
     return ((acc * l.a_scale) * float(l.w_scale[0])).astype(np.float32) + np.float32(0)
 
 
-def reference_run(qm, x, config, cv_fn=None, cv_terms=None):
-    """Slow obviously-right emulator: reference kernels, explicit CV and dequantization."""
+def reference_run(qm, x, config, cv_fn=None, cv_terms=None, record: dict | None = None):
+    """Slow obviously-right emulator: reference kernels, explicit CV and dequantization; every integer conv/gemm layer
+    quantizes its float32 input on its own (into ``record[layer name]`` when given)."""
     env = {qm.graph.input_name: x}
     for n in qm.graph.nodes:
         args = [env[t] for t in n.inputs]
@@ -62,6 +63,8 @@ def reference_run(qm, x, config, cv_fn=None, cv_terms=None):
             env[n.output] = y.astype(np.float32)
             continue
         q = quantize_act(args[0], l.a_scale, l.a_signed)
+        if record is not None:
+            record[n.name] = q
         if l.op == "conv":
             acc = kernels.reference_conv2d_int(q, l.w_q, mult, l.a_signed, l.stride, l.pads, l.dilation, l.groups)
         else:

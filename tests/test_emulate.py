@@ -124,16 +124,19 @@ def qm_clip(tmp_path_factory, onnx_builder):
 
 
 @pytest.mark.parametrize("mults", [("exact",) * 4, ("drum4", "mitch_w6", "perf_j1_k2", "axbxp_k2_w2_a2_dynamic"),
-                                   ("bf16", "exact", "mitchell", "drum3")])
+                                   ("bf16", "exact", "mitchell", "drum3"), ("exact", "bf16", "drum4", "exact")])
 @pytest.mark.parametrize("cv", [False, True])
 def test_fused_output_activation_bit_exact(qm_clip, mults, cv):
-    """A Relu/Clip right after a MAC layer (its output's only consumer) runs inside the layer's scaling pass; the
-    logits are the reference emulator's (which runs every node on its own), also with CV and float-domain layers."""
+    """A Relu/Clip right after a MAC layer (its output's only consumer) runs inside the layer's scaling pass, and so
+    does the next layer's input quantization where that layer is the only consumer (unless one of the two runs in
+    floating point); the logits are the reference emulator's (which runs every node on its own), also with CV and
+    float-domain layers."""
     from dse.correction import cv_correction
 
     emu = Emulator(qm_clip)
     names = ["expand", "dw", "proj", "fc"]
     assert sorted(emu._acts) == [0, 2, 8]  # all but proj, whose output has two consumers
+    assert sorted(emu._quants) == [0, 2]  # expand -> dw, dw -> proj
     cfg = {n: LayerConfig(m, cv and get_multiplier(m).domain == "int") for n, m in zip(names, mults)}
     x = RNG.standard_normal((5, 3, 8, 8)).astype(np.float32) * 2
     y = emu.run(x, cfg, batch_size=3)

@@ -107,10 +107,15 @@ def test_conv2d_all_paths_and_isas_match_reference(s, signed, mname, seed):
 
 @SETTINGS
 @given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)), seed=st.integers(0, 2 ** 32 - 1),
-       act=st.sampled_from([None, "relu", "clip"]), slice_bytes=st.sampled_from([8, 200, 1 << 21]))
-def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act, slice_bytes):
+       act=st.sampled_from([None, "relu", "clip"]), slice_bytes=st.sampled_from([8, 200, 1 << 21]),
+       quant=st.sampled_from([None, False, True]))
+def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act, slice_bytes, quant):
     """The layer output straight from the kernels (depthwise: scaled per finished plane; GEMM paths: image slices of
-    at most slice_bytes of sums, down to one image) is the numpy formula on the reference sums, then the Relu/Clip."""
+    at most slice_bytes of sums, down to one image) is the numpy formula on the reference sums, then the Relu/Clip;
+    with a fused quantization (``quant``: the next layer's input signedness) the quantizer's values of that float32
+    output, without the float32 tensor."""
+    from dse.quant import reference_quantize_act
+
     rng = np.random.default_rng(seed)
     x, w, G = int_conv_operands(rng, s, signed)
     lo, hi = sorted(rng.normal(0, 50, 2))
@@ -124,14 +129,18 @@ def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act,
     ref = ((acc * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(np.float32) + \
         sc.bias[None, :, None, None]
     ref = ref if sc.act is None else sc.act.apply(ref)
+    if quant is not None:  # a scale that spreads the outputs over the 8-bit range, with ties and clamps
+        q_scale = float(np.float32(max(float(np.abs(ref).max()), 1.0) / rng.choice([64, 127, 300])))
+        sc = K.Scaling(sc.a_scale, sc.w_scale, sc.bias, sc.act, K.OutputQuant(q_scale, quant))
+        ref = reference_quantize_act(ref, q_scale, quant)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(K, "_SCALED_SLICE_BYTES", slice_bytes)
         mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
         for path in PATHS + (["exact"] if mname == "exact" else []):
             for isa in ISAS:
                 got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa)
-                assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32)), \
-                    (path, isa)
+                assert got.dtype == ref.dtype and got.shape == ref.shape and \
+                    np.array_equal(got.view(np.uint8), ref.view(np.uint8)), (path, isa)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -14,7 +14,8 @@ from dse.errors import DseError
 from dse.model.float_exec import run_float
 from dse.model.onnx_import import load_onnx
 from dse.quant import calibrate
-from tests.onnx_graphs import (I64, RNG, G, attention, hardswish, head, inverted_residual, mha_attention, mlp_block,
+from tests.onnx_graphs import (I64, RNG, G, attention, hardswish, head, inverted_residual, mbv2_block, mha_attention,
+                               mlp_block,
                                rand_w, se_block, shape_dims, shuffle_block, timm_attention, token_head)
 from tests.reference import reference_run
 
@@ -37,14 +38,47 @@ def check_float(path, in_shape, n=3):
 
 
 def check_emulated(g, in_shape, mult="drum4"):
-    """FxP8 exact and an approximate multiplier: the emulator equals the slow reference emulator bit-exactly."""
+    """FxP8 exact and an approximate multiplier: the emulator equals the slow reference emulator bit-exactly, and so
+    does the integer input of every conv/gemm layer (the emulator's producers may emit it from their scaling pass,
+    the reference quantizes every float32 input on its own)."""
     qm = calibrate(g, RNG.standard_normal((8, *in_shape)).astype(np.float32))
     x = RNG.standard_normal((3, *in_shape)).astype(np.float32)
     emu = Emulator(qm)
     for m in ("exact", mult):
         cfg = {l.name: LayerConfig(m) for l in qm.layers}
         np.testing.assert_array_equal(emu.run(x, cfg), reference_run(qm, x, cfg))
+        ref_q: dict = {}
+        reference_run(qm, x, cfg, record=ref_q)
+        got_q = kernel_inputs(emu, x, cfg)
+        assert sorted(got_q) == sorted(ref_q)
+        for name, q in ref_q.items():
+            assert got_q[name].dtype == q.dtype and np.array_equal(got_q[name], q), name
     return qm
+
+
+def kernel_inputs(emu, x, cfg) -> dict:
+    """{conv/gemm layer: the integer input its kernel got} in a one-thread run of ``emu`` (the kernels wrapped)."""
+    from dse import kernels
+
+    by_w = {id(l.w_q): l.name for l in emu.qmodel.layers if l.op != "matmul"}
+    seen: dict = {}
+
+    def wrapped(fn):
+        def call(q, w, *args, **kw):
+            if id(w) in by_w:
+                seen[by_w[id(w)]] = np.array(q)
+            return fn(q, w, *args, **kw)
+        return call
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("conv2d_scaled", "conv2d_int", "gemm_int"):
+            mp.setattr(kernels, name, wrapped(getattr(kernels, name)))
+        kernels.set_threads(1)
+        try:
+            emu.run(x, cfg)
+        finally:
+            kernels.set_threads(None)
+    return seen
 
 
 OPSETS = [13, 17, 21]
@@ -75,6 +109,25 @@ def test_mobilenetv3_inverted_residual(tmp_path, opset):
     assert {"hardsigmoid", "gmp"} <= {n.op for n in graph.nodes}
     assert ("hardswish" in {n.op for n in graph.nodes}) == (opset >= 14)
     check_emulated(graph, [3, 8, 8], "mitch_w6")
+
+
+@pytest.mark.parametrize("mult", ["mitch_w6", "perf_j1_k2", "axbxp_k2_w2_a2_dynamic"])
+def test_mobilenetv2_blocks_fused_quantization(tmp_path, mult):
+    """Inverted residuals (stride 2 without, stride 1 with a residual): the stem, expand and depthwise layers emit
+    their consumer's quantized input from their scaling pass; the logits and every layer's integer input equal the
+    reference's, which quantizes each float32 tensor on its own."""
+    g = G(13)
+    x = g.op("Clip", [g.op("Conv", ["x", g.c(rand_w(4, 3, 3, 3))], pads=[1, 1, 1, 1]), g.c(np.float32(0)),
+                      g.c(np.float32(6))])
+    x = mbv2_block(g, x, 4, 6, 2)
+    x = mbv2_block(g, x, 6, 6, 1)
+    p = g.save(tmp_path, head(g, x, 6), [3, 9, 9])
+    graph = check_float(p, [3, 9, 9])
+    qm = check_emulated(graph, [3, 9, 9], mult)
+    macs = [i for i, n in enumerate(graph.nodes) if n.is_mac]
+    # stem, expand 1, depthwise 1, expand 2, depthwise 2; not the projections (the first one's output is also the
+    # residual Add's input, the second's feeds only the Add) nor the classifier
+    assert sorted(Emulator(qm)._quants) == [macs[i] for i in (0, 1, 2, 4, 5)] and len(macs) == 8
 
 
 @pytest.mark.parametrize("opset", OPSETS)

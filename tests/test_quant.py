@@ -221,11 +221,14 @@ def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
 @settings(deadline=None, max_examples=60)
 @given(B=st.integers(1, 3), N=st.integers(1, 5), S=st.integers(0, 37), seed=st.integers(0, 2 ** 32 - 1),
        mag=st.sampled_from([2 ** 12, 2 ** 40, 2 ** 63 - 1]), act=st.sampled_from(["none", "relu", "clip"]),
-       isa=st.sampled_from(_K._kernels.isa_levels()), threads=st.sampled_from([1, 2]))
-def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag, act, isa, threads):
+       isa=st.sampled_from(_K._kernels.isa_levels()), threads=st.sampled_from([1, 2]),
+       quant=st.sampled_from([None, False, True]))
+def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag, act, isa, threads, quant):
     """The SIMD scaling pass with the layer's Relu/Clip fused in gives the bits of the numpy formula followed by the
     IR op: any int64 accumulator (the int64 -> double conversion rounds like the C cast), zero and -0 crossings,
-    runs that are no multiple of 8, 1 and 2 threads, every ISA level."""
+    runs that are no multiple of 8, 1 and 2 threads, every ISA level; with the next layer's quantization fused in
+    (``quant``: its signedness), the values of quantizing that float32 output on its own."""
+    from dse.kernels import OutputQuant
     from dse.kernels import OutputAct, scale_accumulators
     from dse.model.ops import IR_OPS
 
@@ -238,16 +241,20 @@ def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag,
     layer.bias[0] = -0.0
     lo, hi = sorted(rng.uniform(-2, 2, 2).astype(np.float32))
     fused = {"none": None, "relu": OutputAct("relu"), "clip": OutputAct("clip", float(lo), float(hi))}[act]
-    _K.set_threads(threads)
-    try:
-        got = scale_accumulators(acc.reshape(B, N, S, 1), layer.scaling(fused), isa)
-    finally:
-        _K.set_threads(None)
     ref = reference_dequantize(acc.reshape(B, N, S, 1), layer)
     if act != "none":  # the IR op itself, as the unfused emulator runs it
         node = Node(name="a", op=act, inputs=["x"], outputs=["y"], attrs={"min": lo, "max": hi})
         ref = IR_OPS[act](node, [ref])
-    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+    oq = None
+    if quant is not None:  # a scale spreading the smaller outputs over the 8-bit range (the rest clamps)
+        oq = OutputQuant(float(np.float32(max(float(np.median(np.abs(ref))) if ref.size else 1.0, 1e-3) / 50)), quant)
+        ref = reference_quantize_act(ref, oq.scale, quant)
+    _K.set_threads(threads)
+    try:
+        got = scale_accumulators(acc.reshape(B, N, S, 1), layer.scaling(fused, oq), isa)
+    finally:
+        _K.set_threads(None)
+    assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8))
 
 
 @pytest.mark.parametrize("isa", _K._kernels.isa_levels())
