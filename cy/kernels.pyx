@@ -29,7 +29,7 @@ cdef extern from "lut_kernel.h" nogil:
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
-    int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
+    int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                       const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
                       int sel_is_m, int nt)
     ctypedef struct dse_scaling:
@@ -124,6 +124,9 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     """out[n, m] = sum_k D[S[n, k], I[k, m]] + off[S[n, k]] by per-k row tables (see ``cy/lut_kernel.h``); AVX2 adds
     at level avx2 and above, portable code at scalar. Returns (int64[N, M] or None, level_name).
 
+    ``D`` uint16[256, R], R a multiple of 16 in [16, 256]: one column per index pattern (R = 256), or per class of
+    index patterns, ``I`` then holding the classes (every entry < R).
+
     Without ``out`` the result is a new int64[N, M]. With ``out`` (a flat int64 buffer) element (n, m) of the GEMM is
     written to ``out[offset + (m // P) * ldb + n * P + m % P]`` and None is returned; ``sel_is_m``: the selector rows
     ``S`` are the GEMM's m positions and the index columns of ``I`` its n channels (the roles swapped)."""
@@ -132,8 +135,11 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     cdef int64_t Mg = nS if sel_is_m else nI, Ng = nI if sel_is_m else nS
     if S.shape[1] != K:
         raise ValueError(f"rows_gemm: I has K={K} rows but S has {S.shape[1]} columns")
-    if D.shape[0] != 256 or D.shape[1] != 256 or off.shape[0] != 256:
-        raise ValueError("rows_gemm: D must be [256, 256] and off [256]")
+    cdef int64_t R = D.shape[1]
+    if D.shape[0] != 256 or off.shape[0] != 256 or R % 16 or not 16 <= R <= 256:
+        raise ValueError("rows_gemm: D must be [256, R] (R a multiple of 16, 16..256) and off [256]")
+    if R < 256 and I.shape[0] and I.shape[1] and np.asarray(I).max() >= R:
+        raise ValueError(f"rows_gemm: index entries must be < {R} (the classes of D's columns)")
     res = None
     if out is None:
         res = np.empty((Ng, Mg), dtype=np.int64)
@@ -152,7 +158,7 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
                 o[offset + (m // P) * ldb + n * P + m % P] = 0
         return res, ISA_NAMES[level]
     with nogil:
-        rc = dse_rows_gemm(level, &I[0, 0], nI, &S[0, 0], &D[0, 0], &off[0], nI, K, nS, &o[offset], P, ldb,
+        rc = dse_rows_gemm(level, &I[0, 0], nI, &S[0, 0], &D[0, 0], R, &off[0], nI, K, nS, &o[offset], P, ldb,
                            1 if sel_is_m else 0, max(1, threads))
     if rc != 0:
         raise MemoryError("rows_gemm: scratch buffers could not be allocated")

@@ -245,16 +245,19 @@ DSE_DEF512(4, 1)
 /* ------------------------------------------------------------------ row tables ("rows" path) */
 /* out[n, m] = sum_k (D[S[n, k]][I[k, m]] + off[S[n, k]])   (int64, exact)
  *
- * I uint8 [K, M] (index patterns, row stride ldi), S uint8 [N, K] (selector patterns), D uint16 [256 sel][256 idx]
- * (the table minus its per-selector offset off, so 0 <= D < 2^16), off int32 [256]. With S = weight patterns and
+ * I uint8 [K, M] (index classes < R, row stride ldi), S uint8 [N, K] (selector patterns), D uint16 [256 sel][R]
+ * (the table minus its per-selector offset off, so 0 <= D < 2^16, with R index columns: the 256 index patterns, or
+ * one column per class of index patterns whose table columns are equal, the caller mapping I's patterns to their
+ * classes; R a multiple of 16, padding columns never indexed), off int32 [256]. With S = weight patterns and
  * I = activation patterns this is the LUT GEMM; the caller may swap the roles (S = activations, I = weights, D the
- * transposed table) when that makes the index dimension longer.
+ * transposed table) when that makes the index dimension longer. Tables with few distinct columns (Mitch-w: 80
+ * activation classes of 256 unsigned patterns, its operands being truncated) build R rows instead of 256.
  *
  * For a tile of 32 selector rows n and a chunk of up to KC k-steps, the kernel builds one row table per k-step,
- * tab_k[u][j] = D[S[n0 + j, k]][u] (256 rows of 32 uint16, 16 KiB; 8x8 transposes of the 32 selected columns),
+ * tab_k[u][j] = D[S[n0 + j, k]][u] (R rows of 32 uint16, <= 16 KiB; 8x8 transposes of the 32 selected columns),
  * and then, for every position m, adds the row tab_k[I[k, m]] to 32 sums: per row two 32-byte loads and 16-bit adds
  * at AVX2 (dse_rows_accum_avx2: no widening; the loop is bound by loads), int32 adds in portable code, instead of
- * one lookup per product. Building costs 256 x 32 entries per (tile, k-step, m-block), so the caller picks the
+ * one lookup per product. Building costs R x 32 entries per (tile, k-step, m-block), so the caller picks the
  * orientation and the block length to keep M (index positions) >> 256 / (cost ratio).
  * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
  * no transposing copy follows.
@@ -265,14 +268,14 @@ DSE_DEF512(4, 1)
 #define DSE_RT_KC 4
 #define DSE_RT_MB 2048
 
-static inline void dse_rows_build(const uint16_t *D, const uint8_t *sel, uint16_t *tab)
+static inline void dse_rows_build(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab)
 {
     for (int jb = 0; jb < DSE_RT_NT; jb += 8) {
-        const uint16_t *s0 = D + 256 * (int64_t)sel[jb + 0], *s1 = D + 256 * (int64_t)sel[jb + 1];
-        const uint16_t *s2 = D + 256 * (int64_t)sel[jb + 2], *s3 = D + 256 * (int64_t)sel[jb + 3];
-        const uint16_t *s4 = D + 256 * (int64_t)sel[jb + 4], *s5 = D + 256 * (int64_t)sel[jb + 5];
-        const uint16_t *s6 = D + 256 * (int64_t)sel[jb + 6], *s7 = D + 256 * (int64_t)sel[jb + 7];
-        for (int ub = 0; ub < 256; ub += 8) {
+        const uint16_t *s0 = D + R * sel[jb + 0], *s1 = D + R * sel[jb + 1];
+        const uint16_t *s2 = D + R * sel[jb + 2], *s3 = D + R * sel[jb + 3];
+        const uint16_t *s4 = D + R * sel[jb + 4], *s5 = D + R * sel[jb + 5];
+        const uint16_t *s6 = D + R * sel[jb + 6], *s7 = D + R * sel[jb + 7];
+        for (int64_t ub = 0; ub < R; ub += 8) {
             const __m128i r0 = _mm_loadu_si128((const __m128i *)(s0 + ub)), r1 = _mm_loadu_si128((const __m128i *)(s1 + ub));
             const __m128i r2 = _mm_loadu_si128((const __m128i *)(s2 + ub)), r3 = _mm_loadu_si128((const __m128i *)(s3 + ub));
             const __m128i r4 = _mm_loadu_si128((const __m128i *)(s4 + ub)), r5 = _mm_loadu_si128((const __m128i *)(s5 + ub));
@@ -300,12 +303,12 @@ static inline void dse_rows_build(const uint16_t *D, const uint8_t *sel, uint16_
 
 /* The same table with 256-bit vectors: two 8x8 transposes side by side (lane 0: columns u..u+7, lane 1: u+8..u+15)
  * for each half of 16 selectors, lanes recombined so that every store writes 16 entries of one row. */
-DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, const uint8_t *sel, uint16_t *tab)
+DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab)
 {
     const uint16_t *rp[16];
     for (int i = 0; i < 16; i++)
-        rp[i] = D + 256 * (int64_t)sel[i];
-    for (int ub = 0; ub < 256; ub += 16) {
+        rp[i] = D + R * sel[i];
+    for (int64_t ub = 0; ub < R; ub += 16) {
         __m256i h[2][8];
         for (int half = 0; half < 2; half++) {
             __m256i r[8], t[8], q[8];
@@ -335,23 +338,24 @@ DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, const uint8_t *sel
 }
 
 /* Both halves of a 32-selector tile. */
-DSE_T_AVX2 static void dse_rows_build32_avx2(const uint16_t *D, const uint8_t *sel, uint16_t *tab)
+DSE_T_AVX2 static void dse_rows_build32_avx2(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab)
 {
-    dse_rows_build_avx2(D, sel, tab);
-    dse_rows_build_avx2(D, sel + 16, tab + 16);
+    dse_rows_build_avx2(D, R, sel, tab);
+    dse_rows_build_avx2(D, R, sel + 16, tab + 16);
 }
 
-typedef void (*dse_rows_build_fn)(const uint16_t *D, const uint8_t *sel, uint16_t *tab);
+typedef void (*dse_rows_build_fn)(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab);
 
-/* acc (+)= sum_{kk < kc} tab_kk[ip[kk][m]] for m < mb; first: start from 0. The accumulator layout is the level's:
- * int32 [mb][NT] sums (portable), or uint16 [mb][2 NT] word sums (AVX2, see dse_rows_accum_avx2). */
-typedef void (*dse_rows_accum_fn)(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first,
-                                  void *acc);
+/* acc (+)= sum_{kk < kc} tab_kk[ip[kk][m]] for m < mb (tab_kk = tab + kk * ts); first: start from 0. The accumulator
+ * layout is the level's: int32 [mb][NT] sums (portable), or uint16 [mb][2 NT] word sums (AVX2, see
+ * dse_rows_accum_avx2). */
+typedef void (*dse_rows_accum_fn)(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb,
+                                  int first, void *acc);
 /* sums (set if first, else add) the window's int32 [mb][NT] sums from the accumulators (NULL: acc holds them). */
 typedef void (*dse_rows_finish_fn)(const void *acc, int64_t mb, int first, int32_t *sums);
 
-static void dse_rows_accum_scalar(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first,
-                                  void *accv)
+static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb,
+                                  int first, void *accv)
 {
     int32_t *acc = (int32_t *)accv;
     for (int64_t m = 0; m < mb; m++) {
@@ -360,7 +364,7 @@ static void dse_rows_accum_scalar(const uint16_t *tab, const uint8_t *const *ip,
         for (int j = 0; j < DSE_RT_NT; j++)
             c[j] = first ? 0 : a[j];
         for (int kk = 0; kk < kc; kk++) {
-            const uint16_t *r = tab + (int64_t)kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)ip[kk][m];
+            const uint16_t *r = tab + kk * ts + DSE_RT_NT * (int64_t)ip[kk][m];
             for (int j = 0; j < DSE_RT_NT; j++)
                 c[j] += r[j];
         }
@@ -377,7 +381,7 @@ static void dse_rows_accum_scalar(const uint16_t *tab, const uint8_t *const *ip,
  * indices of 8 positions come in one 8-byte load. kc = KC (a compile-time constant: the k-loop is unrolled). */
 #define DSE_RT_W16 256 /* k-steps per 16-bit window */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_rows_add16(const uint16_t *tab, const uint64_t *idx, int shift, int first, uint16_t *a, const int KC)
+dse_rows_add16(const uint16_t *tab, int64_t ts, const uint64_t *idx, int shift, int first, uint16_t *a, const int KC)
 {
     __m256i a0, a1, h0, h1;
     if (first) {
@@ -390,7 +394,7 @@ dse_rows_add16(const uint16_t *tab, const uint64_t *idx, int shift, int first, u
     }
 #pragma GCC unroll 16
     for (int kk = 0; kk < KC; kk++) {
-        const uint16_t *r = tab + kk * 256 * DSE_RT_NT + DSE_RT_NT * (int64_t)((idx[kk] >> shift) & 0xFF);
+        const uint16_t *r = tab + kk * ts + DSE_RT_NT * (int64_t)((idx[kk] >> shift) & 0xFF);
         const __m256i v0 = _mm256_loadu_si256((const __m256i *)(r + 0));
         const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
         a0 = _mm256_add_epi16(a0, v0);
@@ -405,7 +409,8 @@ dse_rows_add16(const uint16_t *tab, const uint64_t *idx, int shift, int first, u
 }
 
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, int first, uint16_t *acc, const int KC)
+dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int64_t mb, int first,
+                       uint16_t *acc, const int KC)
 {
     const uint8_t *p[DSE_RT_KC];
     uint64_t idx[DSE_RT_KC];
@@ -419,25 +424,25 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
             memcpy(&idx[kk], p[kk] + m, 8);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++)
-            dse_rows_add16(tab, idx, 8 * j, first, acc + (m + j) * 2 * DSE_RT_NT, KC);
+            dse_rows_add16(tab, ts, idx, 8 * j, first, acc + (m + j) * 2 * DSE_RT_NT, KC);
     }
     for (; m < mb; m++) {
 #pragma GCC unroll 16
         for (int kk = 0; kk < KC; kk++)
             idx[kk] = p[kk][m];
-        dse_rows_add16(tab, idx, 0, first, acc + m * 2 * DSE_RT_NT, KC);
+        dse_rows_add16(tab, ts, idx, 0, first, acc + m * 2 * DSE_RT_NT, KC);
     }
 }
 
-DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb,
-                                           int first, void *acc)
+DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                           int64_t mb, int first, void *acc)
 {
     if (kc == DSE_RT_KC) {
-        dse_rows_accum_avx2_kc(tab, ip, mb, first, (uint16_t *)acc, DSE_RT_KC);
+        dse_rows_accum_avx2_kc(tab, ts, ip, mb, first, (uint16_t *)acc, DSE_RT_KC);
         return;
     }
     for (int kk = 0; kk < kc; kk++) /* the chunk at the end of K */
-        dse_rows_accum_avx2_kc(tab + (int64_t)kk * 256 * DSE_RT_NT, ip + kk, mb, first && kk == 0, (uint16_t *)acc, 1);
+        dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, first && kk == 0, (uint16_t *)acc, 1);
 }
 
 /* sums = ((A - 256 H) mod 2^16) + 256 H per selector (see dse_rows_accum_avx2). */
@@ -507,9 +512,9 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
 }
 
 /* One (selector tile, index block) task: selector rows n0..n0+nv-1, index positions m0..m0+mb-1. */
-static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, const int32_t *off,
-                          int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb, const dse_rows_out *out,
-                          uint16_t *tab, void *acc, int32_t *sums, const dse_rows_impl *im)
+static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
+                          const int32_t *off, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
+                          const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums, const dse_rows_impl *im)
 {
     const int64_t kf = im->window;
     int64_t init[DSE_RT_NT];
@@ -532,10 +537,10 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const
                 uint8_t sel[DSE_RT_NT];
                 for (int j = 0; j < DSE_RT_NT; j++) /* padding rows repeat the last valid row (discarded) */
                     sel[j] = S[(n0 + (j < nv ? j : nv - 1)) * K + k0 + kk];
-                im->build(D, sel, tab + (int64_t)kk * 256 * DSE_RT_NT);
+                im->build(D, R, sel, tab + kk * R * DSE_RT_NT);
                 ip[kk] = I + (k0 + kk) * ldi + m0;
             }
-            im->accum(tab, ip, kc, mb, k0 == w0, acc);
+            im->accum(tab, R * DSE_RT_NT, ip, kc, mb, k0 == w0, acc);
         }
         const int32_t *ws = (const int32_t *)acc;
         if (im->finish) {
@@ -565,8 +570,8 @@ static int dse_team_allocated(int *fail, int ok)
 }
 
 /* Returns 0, or -1 when a scratch buffer cannot be allocated. out: see dse_rows_out (N = selector rows when
- * !sel_is_m, else index positions). */
-static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D,
+ * !sel_is_m, else index positions). R: the table's index columns (see above). */
+static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                          const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
                          int sel_is_m, int nt)
 {
@@ -580,7 +585,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
-        uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * 256 * DSE_RT_NT * sizeof(uint16_t));
+        uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
         void *acc = malloc((size_t)DSE_RT_MB * im->acc_bytes);
         int32_t *sums = (int32_t *)malloc((size_t)DSE_RT_MB * DSE_RT_NT * sizeof(int32_t));
         if (dse_team_allocated(&fail, tab && acc && sums)) {
@@ -589,7 +594,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                 const int64_t n0 = (t / nmb) * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
                 const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
                 const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                dse_rows_task(I, ldi, S, D, off, K, n0, nv, m0, mb, &o, tab, acc, sums, im);
+                dse_rows_task(I, ldi, S, D, R, off, K, n0, nv, m0, mb, &o, tab, acc, sums, im);
             }
         }
         free(tab);

@@ -27,8 +27,10 @@ int64 results) whenever the factors fit int16 and one pair of terms fits int32 (
 family); other integer factors take float32 BLAS on K-chunks whose partial sums are provably <= 2^24, else float64
 with K * S < 2^53 (``_factor_gemm``), "rows" (any table whose entries span < 2^16 per weight pattern or
 per activation pattern: for every k-step and tile of 32 output rows a 256-row table of the 32 selected table columns
-is built, then each position adds one table row -- 16 products per AVX2 16-bit add (whole entries and their high
-bytes summed apart, exact over 256-step windows), portable int32 code otherwise, instead of one gather per product;
+is built (one row per class of index patterns with equal table columns: Mitch-w's truncated operands give 80 of the
+256 unsigned activation patterns; a conv maps its input to these classes before im2col), then each position adds one
+table row -- 16 products per AVX2 16-bit add (whole entries and their high bytes summed apart, exact over 256-step
+windows), portable int32 code otherwise, instead of one gather per product;
 it falls back to "lut" for wider tables), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
 permutes, AVX2 gathers or scalar code). ``isa=`` or env ``DSE_KERNEL_ISA`` = scalar/avx2/avx512 caps the ISA level
 picked at run time. All paths are bit-exact against the reference. Auto prefers "lowrank" over the table kernels only
@@ -211,10 +213,23 @@ class _Prepared:
 
 @dataclass(frozen=True)
 class _OffsetTable:
-    """T[s, i] = D[s, i] + off[s] with 0 <= D < 2^16: the table as the rows kernel reads it (s selects, i indexes)."""
+    """T[s, i] = D[s, c(i)] + off[s] with 0 <= D < 2^16: the table as the rows kernel reads it (s selects, i indexes).
+    Index patterns whose columns T[:, i] are equal share one class c(i) (``cls``), numbered in the order of their
+    first pattern (so pattern 0, the padding, is class 0), and the kernel builds one table row per class (Mitch-w: 80
+    of the 256 unsigned activation patterns, its operands being truncated); without duplicate columns c(i) = i."""
 
-    D: np.ndarray  # uint16[256 s, 256 i], contiguous
+    D: np.ndarray  # uint16[256 s, R]: R classes padded to a multiple of 16 (padding columns are never indexed)
     off: np.ndarray  # int32[256 s]
+    cls: np.ndarray | None  # uint8[256]: the class of each index pattern (None: every pattern its own, R = 256)
+
+    @property
+    def rows(self) -> int:
+        """Rows of each per-k table the kernel builds (R)."""
+        return self.D.shape[1]
+
+    def classes(self, I: np.ndarray) -> np.ndarray:
+        """The kernel's index operand of index patterns I (uint8): their classes (same shape), or I itself."""
+        return I if self.cls is None else np.take(self.cls, I)
 
 
 @dataclass(frozen=True)
@@ -228,7 +243,16 @@ def _offset_table(T: np.ndarray) -> _OffsetTable | None:
     D = T - off[:, None]
     if D.max() >= 2 ** 16:
         return None
-    return _OffsetTable(np.ascontiguousarray(D.astype(np.uint16)), off.astype(np.int32))
+    _, first, inv = np.unique(D, axis=1, return_index=True, return_inverse=True)
+    R = -(-len(first) // 16) * 16
+    if R >= 256:
+        return _OffsetTable(np.ascontiguousarray(D.astype(np.uint16)), off.astype(np.int32), None)
+    order = np.argsort(first)  # classes numbered by their first pattern
+    number = np.empty_like(order)
+    number[order] = np.arange(len(order))
+    Dc = np.zeros((256, R), dtype=np.uint16)
+    Dc[:, :len(first)] = D[:, first[order]]
+    return _OffsetTable(Dc, off.astype(np.int32), number[inv.reshape(-1)].astype(np.uint8))
 
 
 _W_VALS = np.where(np.arange(256) >= 128, np.arange(256) - 256, np.arange(256)).astype(np.int64)
@@ -531,16 +555,18 @@ def _lut_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa) -> np.ndarra
     return out
 
 
-# Cost of building one table entry of the rows kernel relative to one product (measured on Zen 3, AVX2), and the
-# kernel's tile sizes (cy/lut_kernel.h: DSE_RT_NT selector rows per tile, DSE_RT_MB index positions per block).
-_ROWS_BUILD_COST = 1.0
+# Cost of building one table row of the rows kernel relative to adding one (measured on Zen 3, AVX2: ResNet-18 conv
+# shapes with 256-, 128- and 80-row tables, both orientations, 2026-11-26; fits 0.9-2.0), and the kernel's tile sizes
+# (cy/lut_kernel.h: DSE_RT_NT selector rows per tile, DSE_RT_MB index positions per block).
+_ROWS_BUILD_COST = 1.5
 _ROWS_NT, _ROWS_MB = 32, 2048
 
 
-def _rows_cost(n_sel: int, n_idx: int) -> float:
-    """Relative time of the rows kernel with n_sel selector rows (padded to tiles) and n_idx index positions."""
+def _rows_cost(n_sel: int, n_idx: int, rows: int) -> float:
+    """Relative time of the rows kernel with n_sel selector rows (padded to tiles), n_idx index positions and tables
+    of ``rows`` rows."""
     pad = -(-n_sel // _ROWS_NT) * _ROWS_NT
-    return pad * (n_idx + _ROWS_BUILD_COST * 256 * -(-n_idx // _ROWS_MB))
+    return pad * (n_idx + _ROWS_BUILD_COST * rows * -(-n_idx // _ROWS_MB))
 
 
 @dataclass(frozen=True)
@@ -564,27 +590,42 @@ class _Dest:
         self.view(N, M)[...] = res.reshape(N, M // self.P, self.P).transpose(1, 0, 2)
 
 
+def _rows_by_act(tabs: _RowTables, M: int, N: int) -> bool:
+    """Whether the rows kernel's cheaper orientation (by _rows_cost) for an [N, M] result is activations selecting."""
+    return tabs.by_weight is None or (tabs.by_act is not None and
+                                      _rows_cost(M, N, tabs.by_act.rows) < _rows_cost(N, M, tabs.by_weight.rows))
+
+
 def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None,
-               into: _Dest | None = None) -> np.ndarray | None:
+               into: _Dest | None = None, classed: bool = False) -> np.ndarray | None:
     """int64[N, M] by the row-table kernel (or None after writing it into ``into``). Orientation: weights select the
     tables and the M positions index them, or (by_act) activations select and the N output channels index: the
-    cheaper one by _rows_cost unless forced."""
+    cheaper one by _rows_cost unless forced. ``classed``: AT holds the activation classes of the weight-selected
+    table already (``_OffsetTable.classes``; a conv maps its input before im2col), not patterns."""
     tabs = prep.rows
     K, M = AT.shape
     N = Wp.shape[0]
     if by_act is None:
-        by_act = tabs.by_weight is None or (tabs.by_act is not None and _rows_cost(M, N) < _rows_cost(N, M))
+        by_act = _rows_by_act(tabs, M, N)
+    if classed and by_act:
+        raise ValueError("_rows_gemm: activation classes index the weight-selected tables only")
     t = tabs.by_act if by_act else tabs.by_weight
-    I, S = (np.ascontiguousarray(Wp.T), np.ascontiguousarray(AT.T)) if by_act else (AT, Wp)
+    if by_act:
+        I, S = t.classes(np.ascontiguousarray(Wp.T)), np.ascontiguousarray(AT.T)
+    else:
+        I, S = (AT if classed else t.classes(AT)), Wp
     dest = () if into is None else (into.buf, into.offset, into.P, into.ldb)
     out, _ = _kernels.rows_gemm(I, S, t.D, t.off, _isa_name(isa), get_threads(), *dest, sel_is_m=by_act)
     return out
 
 
 def _gemm_T(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa,
-            into: _Dest | None = None) -> np.ndarray | None:
+            into: _Dest | None = None, classed: bool = False) -> np.ndarray | None:
     """int64[N, M] from activation patterns AT uint8[K, M] and weight patterns Wp uint8[N, K] (both C-contiguous);
-    with ``into`` the result is written there and None returned."""
+    with ``into`` the result is written there and None returned. ``classed``: AT holds the activation classes of the
+    rows kernel's weight-selected table (see _conv_row_classes), which then computes the GEMM."""
+    if classed:
+        return _rows_gemm(AT, Wp, _prepare(mult, a_signed), isa, by_act=False, into=into, classed=True)
     res = _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into)
     if into is None or res is None:
         return res
@@ -599,9 +640,7 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     plan = _int_plan(mult, a_signed, K, path, isa)
     if plan is not None:
         return _int_gemm(AT, Wp, plan, isa, None if into is None else into.view(Wp.shape[0], AT.shape[1]))
-    amax = None
-    if path not in ("lut", "rows") and AT.size:
-        amax = max(-int(AT.view(np.int8).min()), int(AT.view(np.int8).max())) if a_signed else int(AT.max())
+    amax = _max_abs(AT, a_signed) if path not in ("lut", "rows") and AT.size else None
     chosen = select_path(mult, a_signed, K, path, isa, max_abs_a=amax)
     if chosen == "exact":
         return _exact_gemm(AT, Wp, prep, amax or 0)
@@ -610,6 +649,11 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     if chosen == "rows":
         return _rows_gemm(AT, Wp, prep, isa, into=into)
     return _lut_gemm(AT, Wp, prep, isa)
+
+
+def _max_abs(P: np.ndarray, a_signed: bool) -> int:
+    """Largest |value| of the (non-empty) uint8 activation patterns P."""
+    return max(-int(P.view(np.int8).min()), int(P.view(np.int8).max())) if a_signed else int(P.max())
 
 
 def _check_range(v: np.ndarray, signed: bool, what: str) -> None:
@@ -797,13 +841,35 @@ def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling
 def _conv_gemm_into(x, w, mult, a_signed, geo: _ConvGeometry, groups, path, isa, out: np.ndarray) -> None:
     """The conv as one GEMM per group, written into ``out`` int64[B, Cout, Ho, Wo] (C-contiguous)."""
     Cout, Cg, kh, kw = w.shape
-    AT, Ho, Wo = gemm_operand_T(_u8(x), kh, kw, geo.stride, geo.pads, geo.dilation)
-    Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     og, kg = Cout // groups, Cg * kh * kw
+    xq = _u8(x)
+    classes = _conv_row_classes(xq, mult, a_signed, kg, og, x.shape[0] * geo.out_hw[0] * geo.out_hw[1], path, isa)
+    if classes is not None:
+        xq = classes.classes(xq)
+    AT, Ho, Wo = gemm_operand_T(xq, kh, kw, geo.stride, geo.pads, geo.dilation)
+    Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     P = Ho * Wo
     for g in range(groups):
         _gemm_T(AT[g * kg:(g + 1) * kg], np.ascontiguousarray(Wp[g * og:(g + 1) * og]), mult, a_signed, path, isa,
-                into=_Dest(out.reshape(-1), g * og * P, P, Cout * P))
+                into=_Dest(out.reshape(-1), g * og * P, P, Cout * P), classed=classes is not None)
+
+
+def _conv_row_classes(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int, path: str,
+                      isa) -> _OffsetTable | None:
+    """The weight-selected row table when a conv's GEMMs (reduction K, N channels, M positions per group) run on it
+    and it has activation classes: the conv then maps its input patterns xq to classes before im2col (a fraction of
+    the bytes of the GEMM operand; padding stays 0, the class of pattern 0). Else None. The path is chosen as
+    _gemm_T_paths does, with the input's largest |value| (>= the operand's)."""
+    if path not in ("auto", "rows") or _kernels is None or xq.size == 0:
+        return None
+    prep = _prepare(mult, a_signed)
+    t = prep.rows.by_weight
+    if t is None or t.cls is None or _int_plan(mult, a_signed, K, path, isa) is not None:
+        return None
+    amax = _max_abs(xq, a_signed) if path == "auto" else None
+    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows" or _rows_by_act(prep.rows, M, N):
+        return None
+    return t
 
 
 # Image slices of conv2d_scaled: at most this many bytes of int64 sums (scaled while they are in cache), unless one

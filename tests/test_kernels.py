@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from dse import kernels as K
 from dse._kernels import isa_levels
-from dse.arith.multipliers import EXACT, Multiplier, pattern_values
+from dse.arith.multipliers import EXACT, Multiplier, get_multiplier, pattern_values
 from dse.errors import DseError
 
 ISAS = isa_levels()
@@ -26,6 +26,18 @@ def random_mult(seed, lo, hi):
                       _builder=lambda a_s, w_s: np.random.default_rng(seed + 7 * a_s).integers(lo, hi, (256, 256)))
 
 
+def classed_table(small: np.ndarray) -> np.ndarray:
+    """A 256x256 table whose rows repeat in 37 activation classes (pattern % 37) and whose columns repeat in 50 weight
+    classes ((7 * pattern) % 50): the rows kernel builds 48- and 64-row tables for it (padded class counts)."""
+    p = np.arange(256)
+    return small[p % 37][:, (7 * p) % 50]
+
+
+def classed_mult(seed, lo, hi):
+    return Multiplier(name=f"classed{seed}", family="test", _builder=lambda a_s, w_s: classed_table(
+        np.random.default_rng(seed + 7 * a_s).integers(lo, hi, (37, 50))))
+
+
 # Structured separable tables (low rank) and full-range random tables (high rank).
 PERF = table_mult("perf_j1k2", lambda a, w: a * (w & ~np.int64(0b110)))  # perforation-like a * (w & mask)
 RANK1 = table_mult("rank1", lambda a, w: a * w + (a % 7 - 3) * (w // 3 + 1))  # exact + rank-1 f(a) g(w)
@@ -38,6 +50,7 @@ MULTS = {
     "rand_u8": random_mult(3, 0, 256),  # 1 plane
     "rand_i32": random_mult(4, -2 ** 31, 2 ** 31),  # 4 planes, int32 extremes
     "rand_u16": random_mult(5, 0, 2 ** 16),  # spans just below 2^16: the widest table of the rows kernel
+    "classed": classed_mult(6, -2 ** 15, 2 ** 15),  # duplicate rows and columns: the rows kernel's class tables
 }
 PATHS = ["auto", "lowrank", "rows", "lut"]
 
@@ -172,17 +185,20 @@ def test_extreme_patterns_worst_case_accumulation():
 
 @SETTINGS
 @given(M=st.integers(1, 2200), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
-       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16"]), seed=st.integers(0, 2 ** 32 - 1))
+       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6"]),
+       seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
     """The row-table kernel with weights selecting the tables and with activations selecting them, on tiles that
     straddle the 32-row tiles and the 2048-position blocks, at every ISA level and on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
-    mult = MULTS[mname]
+    mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
     a = acts(rng, (M, Kd), signed)
     w = rng.integers(-128, 128, (N, Kd))
     ref = K.reference_gemm_int(a, w, mult, signed).T
     AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
     prep = K._prepare(mult, signed)
+    if mname == "classed":  # both orientations index class tables
+        assert (prep.rows.by_weight.rows, prep.rows.by_act.rows) == (48, 64)
     for by_act in (False, True):
         for isa in ISAS:
             for threads in (1, 2):
@@ -245,6 +261,33 @@ def test_conv1x1_without_im2col(B, G, cg, og, H, W, stride, signed, mname, seed)
                                                isa=isa), ref), (path, isa)
 
 
+def test_row_tables_of_truncating_multipliers_have_activation_classes():
+    """Mitch-w6 truncates its operands: 80 distinct table columns over the 256 unsigned activation patterns. The rows
+    kernel builds 80-row tables, pattern 0 (the padding) is class 0, the class tables hold the whole table, and a conv
+    on that path maps its input to classes before im2col (bit-exact against the reference, padded and strided)."""
+    mult = get_multiplier("mitch_w6")
+    lut = mult.table(False, True).astype(np.int64)
+    t = K._prepare(mult, False).rows.by_weight
+    assert t.rows == 80 and t.cls[0] == 0 and t.cls.max() == 79
+    assert np.array_equal(t.D[:, t.cls].astype(np.int64) + t.off[:, None], lut.T)
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (2, 8, 9, 9))
+    w = rng.integers(-128, 128, (40, 8, 3, 3))
+    assert K._conv_row_classes(K._u8(x), mult, False, 72, 40, 2 * 81, "auto", None) is t
+    assert K._conv_row_classes(K._u8(x), mult, False, 72, 40, 2 * 81, "lut", None) is None
+    for stride, pads in (((1, 1), (1, 1, 1, 1)), ((2, 1), (2, 0, 1, 2))):
+        ref = K.reference_conv2d_int(x, w, mult, False, stride, pads)
+        for isa in ISAS:
+            assert np.array_equal(K.conv2d_int(x, w, mult, False, stride, pads, path="rows", isa=isa), ref), isa
+
+
+def test_rows_kernel_rejects_indices_beyond_its_classes():
+    t = K._prepare(get_multiplier("mitch_w6"), False).rows.by_weight
+    I = np.full((3, 5), 80, np.uint8)
+    with pytest.raises(ValueError, match="must be < 80"):
+        K._kernels.rows_gemm(I, np.zeros((2, 3), np.uint8), t.D, t.off)
+
+
 def test_rows_kernel_int32_window_worst_case():
     """K > 32768 k-steps at the table's widest entry (span 2^16 - 1): the int32 windows are flushed into int64."""
     mult = MULTS["rand_u16"]
@@ -261,13 +304,21 @@ def test_rows_kernel_int32_window_worst_case():
 
 @settings(deadline=None, max_examples=25)
 @given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 40), N=st.integers(1, 40),
-       by_act=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
-def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, seed):
+       by_act=st.booleans(), classed=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, seed):
     """The AVX2 adds sum entries in 16-bit lanes over windows of 256 k-steps (low bytes and high bytes apart): a table
     whose entries (minus a constant) take the byte extremes (0, 255, 256, 0xFF00, 0xFFFF) and operands that pick them on every
-    k-step, on reduction lengths around the window boundaries, both orientations, every ISA level."""
+    k-step, on reduction lengths around the window boundaries, both orientations, every ISA level; ``classed``: the
+    table has repeated rows and columns, so both orientations read class tables."""
     rng = np.random.default_rng(seed)
-    lut = int(rng.integers(-2 ** 20, 2 ** 20)) + rng.choice([0, 255, 256, 0xFF00, 0xFFFF], (256, 256))
+    ext = [0, 255, 256, 0xFF00, 0xFFFF]
+    if classed:
+        small = rng.choice(ext, (37, 50))
+        small[0, 0], small[1, 1] = 0xFFFF, 0
+        lut = classed_table(small)
+    else:
+        lut = rng.choice(ext, (256, 256))
+    lut = int(rng.integers(-2 ** 20, 2 ** 20)) + lut
     mult = Multiplier(name=f"extreme{seed}", family="test", _builder=lambda a_s, w_s: lut.copy())
     hot = np.argwhere(lut - lut.min() == 0xFFFF)
     ia, iw = hot[rng.integers(len(hot))]
@@ -324,7 +375,6 @@ def test_integer_plan_falls_back_to_float_factors(monkeypatch):
 def test_separable_tables_use_one_integer_term():
     """Perforation, truncation, DRUM, Ax-BxP: the whole table is F(a) G(w) -> one float32 GEMM, auto picks it
     where the LUT kernel is slow."""
-    from dse.arith.multipliers import get_multiplier
     for name in ("perf_j1_k2", "trunc_op2", "drum4", "axbxp_k2_w2_a2_dynamic", "exact"):
         for signed in (False, True):
             fac = K._prepare(get_multiplier(name), signed).intf
