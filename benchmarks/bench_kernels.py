@@ -1,5 +1,6 @@
 """Kernel throughput (GMAC/s, one thread) on ResNet-like shapes: fp32 BLAS baseline vs our exact / lowrank / LUT paths
-(every ISA level) / row-table paths (AVX2 and portable) vs the numpy take-gather reference. The exact and lowrank
+(every ISA level) / row-table paths (AVX2 and portable on the Mitchell table, 256 rows per k-step table; at the
+highest level on mitch_w6, whose 80 activation classes make 80-row tables) vs the numpy take-gather reference. The exact and lowrank
 paths run on the integer GEMM kernel (cy/int_gemm.h); the "float BLAS" columns force the float path they replaced
 (float32 BLAS on K-chunks of float-converted operands, float64 chunk sums) for comparison.
 
@@ -52,6 +53,7 @@ SHAPES = [  # name, kind, (B, C, H, W, Cout, k, pad, groups) or (M, K, N)
 ]
 
 
+MITCH_W6 = get_multiplier("mitch_w6")  # full rank, truncated operands: 80-row class tables in the rows kernel
 DRUM6 = get_multiplier("drum6")  # separable with a table factor F(a): the int kernel's lookup packing
 
 
@@ -144,6 +146,7 @@ def main():
             res[f"lut {isa}"] = macs / timeit(lambda: run(MITCHELL, "lut", isa), args.repeats) / 1e9
         for isa in ("avx2", "scalar") if "avx2" in levels else ("scalar",):
             res[f"rows {isa}"] = macs / timeit(lambda: run(MITCHELL, "rows", isa), args.repeats) / 1e9
+        res["rows mitch_w6"] = macs / timeit(lambda: run(MITCH_W6, "rows"), args.repeats) / 1e9
         res["numpy gather"] = ref_macs / timeit(ref, max(1, args.repeats)) / 1e9
         rows.append((name, res))
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)

@@ -165,6 +165,20 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     return res, ISA_NAMES[level]
 
 
+def translate(const uint8_t[::1] x, const uint8_t[::1] table):
+    """uint8 array y[i] = table[x[i]] (``table`` 256 entries), one pass without the GIL."""
+    if table.shape[0] != 256:
+        raise ValueError("translate: the table must have 256 entries")
+    cdef int64_t n = x.shape[0], i
+    out = np.empty(n, dtype=np.uint8)
+    cdef uint8_t[::1] y = out
+    if n:
+        with nogil:
+            for i in range(n):
+                y[i] = table[x[i]]
+    return out
+
+
 def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, const int32_t[:, ::1] lutT,
             const int16_t[::1] ftab, const int16_t[::1] gtab, int64_t bound, stride, pads, dilation, out_hw,
             bint a_signed, isa=None, int threads=1, scaling=None):

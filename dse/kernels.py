@@ -229,7 +229,9 @@ class _OffsetTable:
 
     def classes(self, I: np.ndarray) -> np.ndarray:
         """The kernel's index operand of index patterns I (uint8): their classes (same shape), or I itself."""
-        return I if self.cls is None else np.take(self.cls, I)
+        if self.cls is None:
+            return I
+        return _kernels.translate(np.ascontiguousarray(I).reshape(-1), self.cls).reshape(I.shape)
 
 
 @dataclass(frozen=True)
