@@ -757,38 +757,63 @@ def ame_candidate(pred: AmePredictor, domain: Callable[[dict], bool]) -> Candida
 
 
 MIN_GATE_POINTS = 8   # fewer measured points than this: no leave-one-out verdict, the predictor is not used
+TRIAL_WINDOW = 20     # the gate's record on trials: its predictions of the latest this many measured points
+
+
+def prediction_quality(predicted, measured) -> LooQuality | None:
+    """Rank correlation, mean and worst absolute error of predictions against the losses measured afterwards (pairs
+    with a prediction only); None below :data:`MIN_GATE_POINTS` such pairs."""
+    p, y = np.asarray(predicted, float), np.asarray(measured, float)
+    ok = np.isfinite(p)
+    if ok.sum() < MIN_GATE_POINTS:
+        return None
+    err = np.abs(p[ok] - y[ok])
+    return LooQuality(spearman(p[ok], y[ok]), float(err.mean()), float(err.max()))
 
 
 @dataclass
 class GateState:
-    """What the gate decided after its latest refit (JSON-friendly through :meth:`to_dict`)."""
+    """What the gate decided after its latest refit (JSON-friendly through :meth:`to_dict`): the kept candidate and
+    its leave-one-out ``quality`` on the points, and the gate's ``record`` on trials: how the predictions it made of
+    the latest measured points before they were measured (whichever candidate it kept then) compare with their
+    measured losses (None until :data:`MIN_GATE_POINTS` of them). ``active``: both pass the bar."""
 
     kind: str | None
     points: int
     quality: LooQuality | None
     active: bool
     candidates: dict
+    record: LooQuality | None = None
+    record_points: int = 0
 
     def line(self) -> str:
         """One line for the progress display and the report."""
         if self.quality is None:
             return f"predictor off: {self.points} measured points, needs {MIN_GATE_POINTS} with a usable fit"
         state = "on" if self.active else "off"
-        return f"predictor {state}: {self.kind} on {self.points} points, {self.quality.verdict()}"
+        rec = ("" if self.record is None else
+               f"; predicted before measuring on the latest {self.record_points} trials: Spearman "
+               f"{self.record.spearman:.2f}, mean error {100 * self.record.mean_error:.2f} pp")
+        return f"predictor {state}: {self.kind} on {self.points} points, {self.quality.verdict()}{rec}"
 
     def to_dict(self) -> dict:
-        q = self.quality
+        q, r = self.quality, self.record
         return {"kind": self.kind, "points": self.points, "active": self.active,
                 "loo_spearman": None if q is None else q.spearman, "loo_mean_error": None if q is None else q.mean_error,
-                "loo_margin": None if q is None else q.worst_error, "candidates": self.candidates}
+                "loo_margin": None if q is None else q.worst_error, "candidates": self.candidates,
+                "trial_spearman": None if r is None else r.spearman,
+                "trial_mean_error": None if r is None else r.mean_error, "trial_points": self.record_points}
 
 
 class PredictorGate:
     """Loss predictors refitted on every measured ``(config, loss)`` point (the set-up's fit configurations, then
     each full-fidelity trial as it completes). After each refit the candidate with the better leave-one-out quality
     (good enough first, then Spearman, then mean error) is kept, and it predicts only while that quality passes the
-    gate (:data:`MIN_SPEARMAN`, :data:`MAX_MEAN_ERROR`, at least :data:`MIN_GATE_POINTS` points): a predictor that
-    stops ranking well is switched off at the next point, one that starts to is switched on.
+    gate (:data:`MIN_SPEARMAN`, :data:`MAX_MEAN_ERROR`, at least :data:`MIN_GATE_POINTS` points) and so does the
+    gate's record on trials: once the fit stands on the search's own points, each new point is first predicted by
+    the predictor kept before it arrived, and the latest :data:`TRIAL_WINDOW` such predictions are scored against
+    the measured losses (:func:`prediction_quality`): a predictor that stops ranking well is switched off at the next
+    point, one that starts to is switched on.
 
     ``gate(config)`` is the conservative loss the search skips with (the prediction minus the worst leave-one-out
     error; None while off or when the kept predictor cannot predict ``config``); ``predicted(config)`` the plain
@@ -799,6 +824,8 @@ class PredictorGate:
         self._keys: set = set()
         self._losses: list[float] = []
         self._provisional: list[bool] = []
+        self._before: list[float] = []   # each point's prediction before it was observed (nan: none)
+        self._own_fit = False            # the latest fit dropped the provisional points
         self._rows: dict[str, list] = {c.kind: [] for c in self.candidates}
         self._model: Callable | None = None
         self._best: Candidate | None = None
@@ -813,6 +840,9 @@ class PredictorGate:
         new = [(k, c, float(loss)) for k, c, loss in points if k not in self._keys]
         if not new:
             return None
+        for k, c, loss in new:   # the record counts predictions of fits on the search's own points only
+            p = self.predicted(c) if self._own_fit else None
+            self._before.append(float("nan") if p is None else p)
         for k, c, loss in new:
             self._keys.add(k)
             self._losses.append(loss)
@@ -828,6 +858,7 @@ class PredictorGate:
         y = np.asarray(self._losses)
         final = [not p for p in self._provisional]
         drop = sum(final) >= self.min_points   # enough of the search's own points: the provisional ones go
+        self._own_fit = drop
         best = None
         cands = {}
         for cand in self.candidates:
@@ -843,12 +874,16 @@ class PredictorGate:
             rank = (q.good_enough, -np.inf if np.isnan(q.spearman) else q.spearman, -q.mean_error)
             if best is None or rank > best[0]:
                 best = (rank, cand, q, model, len(use))
+        before = np.asarray(self._before)
+        last = [i for i in range(len(y)) if final[i] and np.isfinite(before[i])][-TRIAL_WINDOW:]
+        record = prediction_quality(before[last], y[last])
         if best is None:
             self._best, self._model = None, None
-            self.state = GateState(None, int(sum(final)) if drop else len(y), None, False, cands)
+            self.state = GateState(None, int(sum(final)) if drop else len(y), None, False, cands, record, len(last))
             return
         _, self._best, q, self._model, n = best
-        self.state = GateState(self._best.kind, n, q, q.good_enough, cands)
+        active = q.good_enough and (record is None or record.good_enough)
+        self.state = GateState(self._best.kind, n, q, active, cands, record, len(last))
 
     def predicted(self, config: dict) -> float | None:
         if self._best is None:

@@ -146,7 +146,23 @@ def predictor_line(p: dict, trials: dict) -> str:
         start = (f"predictor: {p['kind']} (leave-one-out Spearman {p['loo_spearman']:.2f}, mean error "
                  f"{pp(p['loo_mean_error'])} on {p['points']} points)")
     switches = "".join(f"; before trial {n}: {line}" for n, line in trials.get("predictor_switches", []))
-    return f"{start}{switches}; skipped {trials['skipped_predictor']} trials"
+    return f"{start}{switches}; skipped {trials['skipped_predictor']} trials{record_line(trials.get('predictor_record'))}"
+
+
+def record_line(r: dict | None) -> str:
+    """The predictor's record on the search's trials (dse.search.objective.predictor_record), or nothing."""
+    if not r or not r["used"]:
+        return ""
+    used = ", ".join(f"{k} {n}" for k, n in r["used"].items())
+    head = f"; predicted trials: {used} (gate on for {r['on']})"
+    if r["spearman"] is None:
+        return f"{head}, {r['measured']} of them measured at full fidelity (too few to score)"
+    from dse.predict import MAX_MEAN_ERROR, MIN_SPEARMAN
+
+    verdict = "passes" if r["passes"] else "below"
+    return (f"{head}; against the {r['measured']} measured at full fidelity afterwards: Spearman {r['spearman']:.2f}, "
+            f"mean error {pp(r['mean_error'])} ({verdict} the bar: Spearman >= {MIN_SPEARMAN}, mean error <= "
+            f"{pp(MAX_MEAN_ERROR)})")
 
 
 def search_result(res: dict) -> None:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from dse.errors import DseError, SettingError
 from dse.layer_config import config_from_dict
 from dse.search import rundir
-from dse.search.objective import ATTR_VERIFIED, predictor_switches
+from dse.search.objective import ATTR_VERIFIED, predictor_record, predictor_switches
 from dse.search.study import is_feasible, n_processes, pareto_front, trial_summary
 
 
@@ -128,7 +128,7 @@ def summarize(run: Run) -> dict:
                                  for t in run.study.get_trials(deepcopy=False)),
                    "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in trials),
                    "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in trials),
-                   "predictor_switches": predictor_switches(trials)},
+                   "predictor_switches": predictor_switches(trials), "predictor_record": predictor_record(trials)},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
         "no_best": res.get("no_best"), "check_note": res.get("check_note"),
         "baseline_note": res.get("baseline_note"),

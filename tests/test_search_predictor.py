@@ -9,11 +9,15 @@ import pytest
 from dse.layer_config import LayerConfig
 import optuna
 
-from dse.predict import (MIN_GATE_POINTS, Candidate, LogitSurrogate, PredictorGate, leave_one_out, random_configs,
-                         surrogate_candidate)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dse.predict import (MIN_GATE_POINTS, TRIAL_WINDOW, Candidate, LogitSurrogate, LooQuality, PredictorGate,
+                         leave_one_out, prediction_quality, random_configs, spearman, surrogate_candidate)
+from dse.present import predictor_line
 from dse.search import rundir, seeds
 from dse.search.context import Sensitivities, SetupClock, predictor_gate
-from dse.search.objective import ATTR_GATE, Objective, _config_key
+from dse.search.objective import ATTR_GATE, Objective, _config_key, predictor_record
 from dse.search.study import SearchContext, run_search
 from tests.fakes import _CTX, MULTS, ctx_factory, fake_energy, fake_space, make_ctx, settings_
 
@@ -178,6 +182,10 @@ def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_pa
     s = settings_(n_trials=30, predictor_skip=2.0, seeds=("uniform", "knapsack"))
     res = run_search(budget, s, ctx_factory, run_dir=tmp_path / "run", progress=False)
     assert res["info"]["predictor"]["kind"] == "logit surrogate" and res["trials"]["skipped_predictor"] > 0
+    rec = res["trials"]["predictor_record"]   # which predictor predicted the trials, and how well, measured on them
+    assert rec["used"] == {"logit surrogate": sum(rec["used"].values())} and rec["on"] > 0
+    assert rec["measured"] >= MIN_GATE_POINTS and rec["spearman"] > 0.5 and rec["passes"] is not None
+    assert f"Spearman {rec['spearman']:.2f}" in predictor_line(res["info"]["predictor"], res["trials"])
     study = rundir.load_study(tmp_path / "run")
     exact = net.correct({}, 0, net.n_images)
     seed_predicted_over = 0
@@ -206,3 +214,94 @@ def test_provisional_set_up_points_give_way_to_the_searchs_own():
     lines = [gate.observe([(i, c, truth(c))]) for i, c in enumerate(_cfgs(space, MIN_GATE_POINTS, 7))]
     assert lines[-1] and "predictor on" in lines[-1] and not any(lines[:-1])
     assert gate.state.points == MIN_GATE_POINTS and gate.state.quality.mean_error < 1e-9
+
+
+class Optimist:
+    """Fault injection: a candidate whose own quality estimate is perfect whatever it predicts (its predictions are
+    noise); only the gate's record of its predictions on later trials can show that."""
+
+    def __init__(self):
+        self.rng = np.random.default_rng(3)
+
+    def candidate(self):
+        def fit(X, y):
+            return lambda f: float(f[0])
+        return Candidate("optimist", lambda c: np.array([self.rng.uniform(0.0, 0.3)]), fit,
+                         lambda X, y: LooQuality(1.0, 0.0, 0.0))
+
+
+def test_the_record_on_trials_switches_off_a_predictor_whose_own_quality_estimate_is_wrong():
+    net, space = AdditiveLogitNet(), fake_space()
+    truth = lambda c: float(net.correct({}, 0, 600).mean() - net.correct(c, 0, 600).mean())  # noqa: E731
+    gate = PredictorGate([Optimist().candidate()])
+    cfgs = _cfgs(space, 40, 11)
+    lines = [gate.observe([(i, c, truth(c))]) for i, c in enumerate(cfgs)]
+    on = [i for i, s in enumerate(lines) if s and "predictor on" in s]
+    off = [i for i, s in enumerate(lines) if s and "predictor off" in s]
+    assert on == [MIN_GATE_POINTS - 1]   # its claimed quality switches it on at the first verdict ...
+    # ... until MIN_GATE_POINTS of its predictions, made after the fit stood on these points, were measured
+    assert off == [2 * MIN_GATE_POINTS - 1], lines
+    assert not gate.state.active and gate.gate(cfgs[0]) is None
+    r = gate.state.record
+    assert r is not None and not r.good_enough and gate.state.quality.good_enough
+    assert "predicted before measuring" in gate.state.line()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(MIN_GATE_POINTS, 40))
+def test_the_gate_record_scores_exactly_what_it_predicted_before_each_point(seed, n):
+    """The record: the latest TRIAL_WINDOW points observed once the fit stood on the search's own points, each against
+    the gate's prediction just before it was observed (several points in one observe call included)."""
+    rng = np.random.default_rng(seed)
+    cand = Candidate("linear", lambda c: np.array([c["x"]]), lambda X, y: (lambda f, m=np.polyfit(X[:, 0], y, 1):
+                                                                           float(np.polyval(m, f[0]))),
+                     lambda X, y: leave_one_out(lambda a, b: (lambda f, m=np.polyfit(a[:, 0], b, 1):
+                                                              float(np.polyval(m, f[0]))), X, y))
+    gate = PredictorGate([cand])
+    xs = rng.uniform(0, 1, n + 10)
+    ys = 0.05 * xs + rng.normal(0, 0.01, xs.size)
+    gate.observe([(("fit", i), {"x": x}, y) for i, (x, y) in enumerate(zip(xs[:10], ys[:10]))], provisional=True)
+    own, scored = 0, []
+    i = 10
+    while i < xs.size:
+        k = int(rng.integers(1, 4))
+        batch = list(range(i, min(i + k, xs.size)))
+        before = [gate.predicted({"x": xs[j]}) for j in batch]
+        own_fit = own >= MIN_GATE_POINTS
+        gate.observe([(j, {"x": xs[j]}, ys[j]) for j in batch])
+        if own_fit:
+            scored += [(p, ys[j]) for p, j in zip(before, batch)]
+        own += len(batch)
+        i += len(batch)
+    last = scored[-TRIAL_WINDOW:]
+    want = prediction_quality([p for p, _ in last], [y for _, y in last])
+    assert gate.state.record == want
+    assert gate.state.record_points == (len(last) if want is not None else gate.state.record_points)
+    if want is not None:
+        assert gate.state.active == (gate.state.quality.good_enough and want.good_enough)
+
+
+def _trial(**ua):
+    return optuna.trial.create_trial(value=0.0, user_attrs=ua)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.2), st.floats(-0.01, 0.3), st.booleans(), st.booleans(),
+                          st.sampled_from(["AME", "logit surrogate"]), st.booleans()), min_size=0, max_size=30))
+def test_predictor_record_scores_full_fidelity_trials_against_their_recorded_predictions(rows):
+    trials = [_trial(predicted_loss=p, loss=y, full=full, predictor={"kind": k, "active": on},
+                     **({"duplicate_of": 0} if dup else {}))
+              for i, (p, y, full, dup, k, on) in enumerate(rows)]
+    r = predictor_record(trials)
+    pairs = [(p, y) for p, y, full, dup, _, _ in rows if full and not dup]
+    own = [row for row in rows if not row[3]]   # re-proposals carry their original's prediction: not counted
+    assert r["measured"] == len(pairs) and r["on"] == sum(row[5] for row in own)
+    assert r["used"] == {k: sum(row[4] == k for row in own) for k in {row[4] for row in own}}
+    if len(pairs) < MIN_GATE_POINTS:
+        assert r["spearman"] is None and r["passes"] is None
+    else:
+        p, y = np.array(pairs).T
+        assert r["mean_error"] == pytest.approx(np.mean(np.abs(p - y)))
+        want = spearman(p, y)
+        assert (np.isnan(want) and np.isnan(r["spearman"])) or r["spearman"] == pytest.approx(want)
+        assert r["passes"] == (r["spearman"] >= 0.9 and r["mean_error"] <= 0.005)

@@ -11,7 +11,8 @@ Narrow injected interfaces (so tests use fakes):
   line when its gate switches on or off, recorded as the trial's ``predictor_gate``, and the state it switched to,
   ``state.active``/``state.kind``, as ``predictor_gate_state``); ``predicted(config)`` (plain,
   recorded as ``predicted_loss``) and ``gate(config)`` (conservative loss the trial is skipped with; None while the
-  gate is off).
+  gate is off); ``state`` (dse.predict.GateState: the kept predictor's ``kind``, ``active``), recorded with the
+  prediction as ``predictor``.
 
 Every return path sets the constraint ``accuracy_loss = bound - budget`` (feasible when <= 0) before returning,
 including trials stopped early by the race, trials skipped by the predictor, duplicates and trials that raise.
@@ -63,6 +64,7 @@ ATTR_VERIFIED = "holdout_verified"    # True: hold-out loss within budget; absen
 ATTR_CONFIRM = "confirm"              # {"accuracy", "loss", "se", "ucb", "images"} on the confirmation images
 ATTR_GATE = "predictor_gate"         # the predictor gate's line when it switched on or off before this trial
 ATTR_GATE_STATE = "predictor_gate_state"  # beside it: "on <predictor>" or "off", the state it switched to
+ATTR_PREDICTOR = "predictor"          # {"kind", "active"}: the predictor the gate kept when it predicted this trial
 EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
 HOLDOUT_CHUNK = 256                   # hold-out images per step of a check (the deadline is looked at between steps)
 
@@ -78,6 +80,24 @@ def predictor_switches(trials) -> list[list]:
             out.append([t.number, t.user_attrs[ATTR_GATE]])
         last = state
     return out
+
+
+def predictor_record(trials) -> dict:
+    """How the search's predictor did on its own trials: how many trials each kept candidate predicted (``used``) and
+    with the gate on (``on``), and the recorded predictions (made before each trial was measured) against the losses
+    measured afterwards at full fidelity: ``measured`` pairs, their Spearman and mean error (None below
+    dse.predict.MIN_GATE_POINTS pairs) and whether that passes the bar."""
+    from collections import Counter
+
+    from dse.predict import prediction_quality
+
+    ua = [t.user_attrs for t in trials if "duplicate_of" not in t.user_attrs]   # a re-proposal was not predicted
+    used = Counter(a[ATTR_PREDICTOR]["kind"] for a in ua if ATTR_PREDICTOR in a)
+    pairs = [(a["predicted_loss"], a["loss"]) for a in ua if "predicted_loss" in a and a.get("full")]
+    q = prediction_quality(*zip(*pairs)) if pairs else None
+    return {"used": dict(used), "on": sum(bool(a[ATTR_PREDICTOR]["active"]) for a in ua if ATTR_PREDICTOR in a),
+            "measured": len(pairs), "spearman": None if q is None else q.spearman,
+            "mean_error": None if q is None else q.mean_error, "passes": None if q is None else q.good_enough}
 
 
 def feasibility_bound(attrs: dict) -> float:
@@ -301,6 +321,7 @@ class Objective:
         pred = self.predictor.predicted(config)
         if pred is not None:
             attrs["predicted_loss"] = pred
+            attrs[ATTR_PREDICTOR] = {"kind": self.predictor.state.kind, "active": self.predictor.state.active}
         conservative = self.predictor.gate(config)
         if trial.user_attrs.get("seed") or conservative is None:
             return None

@@ -39,7 +39,7 @@ from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import liveness, rundir, seeds
 from dse.search.deadline import Deadline, RunTimeout, SetupTimeout
 from dse.search.objective import (ATTR_CONFIRM, ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective,
-                                  predictor_switches)
+                                  predictor_record, predictor_switches)
 from dse.search.space import SearchSpace
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "qmc")
@@ -567,7 +567,7 @@ def _count(study) -> dict:
     return {"complete": len(comp), "feasible": sum(is_feasible(t) for t in comp),
             "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in comp),
             "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in comp),
-            "predictor_switches": predictor_switches(comp),
+            "predictor_switches": predictor_switches(comp), "predictor_record": predictor_record(comp),
             "duplicates": sum("duplicate_of" in t.user_attrs for t in comp),
             "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in ts),
             "surplus": sum(bool(t.user_attrs.get("surplus")) for t in ts)}
