@@ -73,7 +73,10 @@ class FixedPredictor:
     and is always on; it records the points it is told about."""
 
     def __init__(self, fn):
+        from dse.predict import GateState
+
         self.fn, self.points = fn, {}
+        self.state = GateState("fixed", 0, None, True, {})
 
     def observe(self, points):
         self.points.update({k: (c, loss) for k, c, loss in points})
