@@ -758,6 +758,7 @@ def ame_candidate(pred: AmePredictor, domain: Callable[[dict], bool]) -> Candida
 
 MIN_GATE_POINTS = 8   # fewer measured points than this: no leave-one-out verdict, the predictor is not used
 TRIAL_WINDOW = 20     # the gate's record on trials: its predictions of the latest this many measured points
+GATE_FOCUS = 2.0      # the search's gate judges its predictors on trials within this many times its skip line
 
 
 def prediction_quality(predicted, measured) -> LooQuality | None:
@@ -815,12 +816,17 @@ class PredictorGate:
     the measured losses (:func:`prediction_quality`): a predictor that stops ranking well is switched off at the next
     point, one that starts to is switched on.
 
+    ``focus`` (a loss, e.g. twice the search's skip line): once at least ``min_points`` usable points were measured
+    within it, the candidates are fitted and judged on those alone, and so is the record: the skip decisions are
+    made there, and configurations tens of pp beyond it (which any candidate puts over the skip line) would
+    otherwise dominate the least-squares fit and the rank correlation.
+
     ``gate(config)`` is the conservative loss the search skips with (the prediction minus the worst leave-one-out
     error; None while off or when the kept predictor cannot predict ``config``); ``predicted(config)`` the plain
     prediction of the kept candidate whether on or off (recorded beside the measured loss)."""
 
-    def __init__(self, candidates: list[Candidate], min_points: int = MIN_GATE_POINTS):
-        self.candidates, self.min_points = list(candidates), int(min_points)
+    def __init__(self, candidates: list[Candidate], min_points: int = MIN_GATE_POINTS, focus: float | None = None):
+        self.candidates, self.min_points, self.focus = list(candidates), int(min_points), focus
         self._keys: set = set()
         self._losses: list[float] = []
         self._provisional: list[bool] = []
@@ -840,7 +846,7 @@ class PredictorGate:
         new = [(k, c, float(loss)) for k, c, loss in points if k not in self._keys]
         if not new:
             return None
-        for k, c, loss in new:   # the record counts predictions of fits on the search's own points only
+        for k, c, loss in new:   # the record counts predictions of fits on the search's own points only (_refit)
             p = self.predicted(c) if self._own_fit else None
             self._before.append(float("nan") if p is None else p)
         for k, c, loss in new:
@@ -858,11 +864,11 @@ class PredictorGate:
         y = np.asarray(self._losses)
         final = [not p for p in self._provisional]
         drop = sum(final) >= self.min_points   # enough of the search's own points: the provisional ones go
-        self._own_fit = drop
         best = None
         cands = {}
+        self._own_fit = False
         for cand in self.candidates:
-            use = [i for i, r in enumerate(self._rows[cand.kind]) if r is not None and (final[i] or not drop)]
+            use, focused = self._use(cand.kind, final, drop, y)
             if len(use) < max(3, self.min_points):
                 continue
             X, yy = np.stack([self._rows[cand.kind][i] for i in use]), y[use]
@@ -874,8 +880,11 @@ class PredictorGate:
             rank = (q.good_enough, -np.inf if np.isnan(q.spearman) else q.spearman, -q.mean_error)
             if best is None or rank > best[0]:
                 best = (rank, cand, q, model, len(use))
+                # the record counts predictions of fits on the search's own points (within the focus, if any)
+                self._own_fit = drop and (focused or self.focus is None)
         before = np.asarray(self._before)
-        last = [i for i in range(len(y)) if final[i] and np.isfinite(before[i])][-TRIAL_WINDOW:]
+        last = [i for i in range(len(y)) if final[i] and np.isfinite(before[i])
+                and (self.focus is None or y[i] <= self.focus)][-TRIAL_WINDOW:]
         record = prediction_quality(before[last], y[last])
         if best is None:
             self._best, self._model = None, None
@@ -884,6 +893,14 @@ class PredictorGate:
         _, self._best, q, self._model, n = best
         active = q.good_enough and (record is None or record.good_enough)
         self.state = GateState(self._best.kind, n, q, active, cands, record, len(last))
+
+    def _use(self, kind: str, final: list[bool], drop: bool, y: np.ndarray) -> tuple[list[int], bool]:
+        """The points candidate ``kind`` is fitted and judged on: those it has features for (the provisional ones
+        only until ``drop``), and of them only those measured within ``focus`` once there are enough of them (then
+        the flag is True)."""
+        use = [i for i, r in enumerate(self._rows[kind]) if r is not None and (final[i] or not drop)]
+        inside = [i for i in use if y[i] <= self.focus] if self.focus is not None else []
+        return (inside, True) if len(inside) >= max(3, self.min_points) else (use, False)
 
     def predicted(self, config: dict) -> float | None:
         if self._best is None:

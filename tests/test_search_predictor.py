@@ -305,3 +305,44 @@ def test_predictor_record_scores_full_fidelity_trials_against_their_recorded_pre
         want = spearman(p, y)
         assert (np.isnan(want) and np.isnan(r["spearman"])) or r["spearman"] == pytest.approx(want)
         assert r["passes"] == (r["spearman"] >= 0.9 and r["mean_error"] <= 0.005)
+
+
+def _linear_candidate():
+    def fit(X, y):
+        m = np.polyfit(X[:, 0], y, 1)
+        return lambda f: float(np.polyval(m, f[0]))
+    return Candidate("linear", lambda c: np.array([c["x"]]), fit, lambda X, y: leave_one_out(fit, X, y))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1))
+def test_the_gate_judges_its_predictors_on_the_losses_within_its_focus(seed):
+    """Points far beyond the skip line follow another relation (a predictor that ranks them wrongly still puts them
+    all over the line): with a focus the gate fits and judges on the points within it and stays on; without, the far
+    points switch it off."""
+    rng = np.random.default_rng(seed)
+    near = [({"x": x}, 0.01 * x + rng.normal(0, 2e-4)) for x in rng.uniform(0, 3, 20)]
+    far = [({"x": x}, 0.9 - 0.1 * x + rng.normal(0, 2e-4)) for x in rng.uniform(4, 8, 20)]
+    stream = [p for pair in zip(near, far) for p in pair]
+    gates = {f: PredictorGate([_linear_candidate()], focus=f) for f in (None, 0.04)}
+    for g in gates.values():
+        for i, (c, y) in enumerate(stream):
+            g.observe([(i, c, y)])
+    focused, plain = gates[0.04], gates[None]
+    assert focused.state.active and focused.state.points == len(near)
+    # the record: in-focus points predicted by fits on in-focus points (after the first MIN_GATE_POINTS of them)
+    assert focused.state.record is not None and focused.state.record_points == len(near) - MIN_GATE_POINTS
+    assert focused.predicted({"x": 2.0}) == pytest.approx(0.02, abs=2e-3)
+    assert not plain.state.active and plain.state.points == len(stream)
+    # fewer in-focus points than MIN_GATE_POINTS: it fits on all of them, as without a focus
+    few = PredictorGate([_linear_candidate()], focus=0.04)
+    few.observe([(i, c, y) for i, (c, y) in enumerate(near[:MIN_GATE_POINTS - 1] + far)])
+    assert few.state.points == MIN_GATE_POINTS - 1 + len(far) and not few.state.active
+
+
+def test_the_search_gate_focus_is_twice_its_skip_line():
+    from dse.predict import GATE_FOCUS
+    from dse.search.context import gate_focus
+
+    s = settings_(predictor_skip=2.0)
+    assert gate_focus(s) == pytest.approx(GATE_FOCUS * 2.0 * s.budget_loss) and GATE_FOCUS == 2.0

@@ -325,7 +325,8 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
         prop = PropagatedSurrogate(emu, search.images(0, n_sens), search.y[:n_sens], seed=s.seed)
         predictor, estimate, pinfo = predictor_gate(
             gate_candidates(layers, space, sur, prop), sur, cfgs[:len(accs)], accs, n_sens,
-            "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)")
+            "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)",
+            focus=gate_focus(s))
     if run_dir and not cached:
         context_cache.save(run_dir, context_cache.ContextCache(key, qmodel.state(), baseline, accs,
                                                                sur.state() if sur else None))
@@ -548,17 +549,26 @@ def gate_candidates(layers, space: SearchSpace, sur, propagated=None) -> list:
             + ([propagated_candidate(propagated)] if propagated is not None else []))
 
 
-def predictor_gate(candidates: list, sur, cfgs: list[dict], accs: list[float], n_images: int, note: str = ""):
+def gate_focus(s: SearchSettings) -> float:
+    """The losses the gate judges its predictors on (dse.predict.PredictorGate ``focus``): up to
+    dse.predict.GATE_FOCUS times the skip line ``[search] predictor_skip`` x the budget."""
+    from dse.predict import GATE_FOCUS
+
+    return GATE_FOCUS * s.predictor_skip * s.budget_loss
+
+
+def predictor_gate(candidates: list, sur, cfgs: list[dict], accs: list[float], n_images: int, note: str = "",
+                   focus: float | None = None):
     """The search's :class:`dse.predict.PredictorGate` over ``candidates`` (:func:`gate_candidates`), first fitted
     on the set-up's configurations ``cfgs`` (their accuracies ``accs`` on the logit surrogate ``sur``'s
     ``n_images`` images); the objective refits it on every full-fidelity trial. Returns ``(gate, estimate, info)``:
     ``estimate`` is the AME loss that estimates sensitivities the set-up budget left unmeasured (None unless AME is
     the kept predictor and passes the gate); info names the kept predictor, its leave-one-out quality, every
     candidate's and, while the gate is off, why (``disabled``); ``note`` (fewer configurations than planned) goes into
-    info["setup_budget"]."""
+    info["setup_budget"]; ``focus``: see dse.predict.PredictorGate."""
     from dse.predict import PredictorGate
 
-    gate = PredictorGate(candidates)
+    gate = PredictorGate(candidates, focus=focus)
     gate.observe([(("fit", i), c, sur.acc_exact - a) for i, (c, a) in enumerate(zip(cfgs, accs))], provisional=True)
     st = gate.state
     info = {**st.to_dict(), "configs": len(cfgs), "images": n_images, "single_layer_changes": sur.measured}
