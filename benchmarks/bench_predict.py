@@ -15,11 +15,19 @@ error, reported as the paired standard error of every loss):
 * ``--near`` configurations from the distribution the search visits near the budget: the knapsack's choice at a
   random capacity (0.25-3x the budget) over a random 70 % of the single-layer items; and ``--uniform`` uniform random
   configurations of the space (each searchable layer approximate with probability q ~ U(0, 1));
-* every configuration measured on all images (paired loss vs FxP8 exact, standard error);
-* near-budget, as trials arrive: each configuration is predicted by each candidate fitted on every point before it
-  (the set-up's and the earlier near-budget ones: the search's refit), then added (prequential: every prediction is
-  held out); reported over the second half of the stream, when the refit has points near the budget;
-* uniform: predicted by each candidate fitted on the set-up's points and all near-budget ones;
+* every configuration measured on every image no predictor saw (paired loss vs FxP8 exact, standard error): the
+  search images past the surrogates' first 300 and the whole hold-out split (4000 bundled images); their split-half
+  reliability (Spearman of the losses on the even vs the odd images, stepped up by Spearman-Brown) is reported for
+  the search images alone and for all of them, and the ceiling, sqrt(reliability), is the Spearman a predictor that
+  knew the true losses could be expected to show against these measurements; every Spearman is also given as a
+  fraction of it;
+* as trials arrive, through the search's own dse.predict.PredictorGate (its ``focus`` from the budget, the set-up's
+  points provisional, refitted on every point): each candidate alone in the gate, then the gate over all of them
+  (the predictor the search uses: each prediction made by the candidate it keeps at that point); every point is
+  predicted before it is added (prequential: every prediction is held out). Near-budget: the stream of near-budget
+  configurations, reported over its second half; uniform: the near-budget stream followed by the uniform
+  configurations, reported over all of these;
+* set-up fit only: each candidate fitted on the set-up's points alone, on the near-budget second half;
 * before: the previous protocol (all-exact + 10 random configurations with 20-100 % of the layers approximate, the
   raw surrogate loss alone) on the same held-out sets.
 ``--write-results`` replaces this budget's row block in the "## Predictor" section of benchmarks/RESULTS.md.
@@ -31,6 +39,7 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,30 +91,59 @@ def uniform_configs(space, n: int, rng, q_range=(0.0, 1.0)) -> list[dict]:
     return out
 
 
-def measure(ctx, cfgs: list[dict], exact: np.ndarray):
-    """Paired loss and its standard error of each configuration on all images, its losses on the even and the odd
-    images (two independent halves: how well the measured losses rank themselves), and the wall time of each."""
-    from dse.search.racing import paired_stats
+def eval_hits(ctx, cfg: dict, skip: int) -> np.ndarray:
+    """Per-image correctness of ``cfg`` on the evaluation images: the search split past its first ``skip`` images
+    (the surrogates' own) and then the whole hold-out split; no predictor has seen any of them."""
+    ev, hv = ctx.evaluator, ctx.holdout
+    return np.concatenate([ev.correct(cfg, skip, ev.n_images), hv.correct(cfg, 0, hv.n_images)])
 
-    losses, ses, halves, secs = [], [], [], []
+
+def measure(ctx, cfgs: list[dict], skip: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness rows [configs, images] on the evaluation images (:func:`eval_hits`), wall time of each."""
+    hits, secs = [], []
     for c in cfgs:
         t0 = time.perf_counter()
-        hit = ctx.evaluator.correct(c, 0, exact.size)
+        hits.append(eval_hits(ctx, c, skip))
         secs.append(time.perf_counter() - t0)
-        st = paired_stats(exact, hit)
-        losses.append(st.loss)
-        ses.append(st.se)
-        halves.append([paired_stats(exact[h::2], hit[h::2]).loss for h in (0, 1)])
-    return np.array(losses), np.array(ses), np.array(halves), np.array(secs)
+    return np.array(hits), np.array(secs)
 
 
-def split_half(halves: np.ndarray) -> float:
-    """Spearman of the two halves' losses, stepped up to the whole set (Spearman-Brown): the rank agreement a perfect
-    predictor could show against these noisy measurements."""
+@dataclass(frozen=True)
+class Measured:
+    """Paired losses of a set of configurations on some images: loss, standard error, and the losses on the even and
+    on the odd images (two independent halves of the same size)."""
+
+    loss: np.ndarray
+    se: np.ndarray
+    halves: np.ndarray
+
+    @classmethod
+    def of(cls, exact: np.ndarray, hits: np.ndarray) -> "Measured":
+        from dse.search.racing import paired_stats
+
+        st = [paired_stats(exact, h) for h in hits]
+        halves = [[paired_stats(exact[k::2], h[k::2]).loss for k in (0, 1)] for h in hits]
+        return cls(np.array([t.loss for t in st]), np.array([t.se for t in st]), np.array(halves).reshape(-1, 2))
+
+    def reliability(self) -> float:
+        """Split-half reliability: Spearman of the two halves' losses stepped up to the whole set (Spearman-Brown),
+        the rank agreement of two independent measurements of this size."""
+        return reliability(self.halves)
+
+
+def reliability(halves: np.ndarray) -> float:
+    """Spearman of the losses on two independent halves of the images, stepped up to both (Spearman-Brown)."""
     from dse.predict import spearman
 
     r = spearman(halves[:, 0], halves[:, 1])
     return 2 * r / (1 + r) if r > -1 else float("nan")
+
+
+def ceiling(rel: float) -> float:
+    """The Spearman a predictor that knew the true losses would show against one noisy measurement of reliability
+    ``rel``: its square root (Spearman's attenuation; a measurement agrees with its own repeat by ``rel``, with the
+    truth by ``sqrt(rel)``). 0 when the halves do not agree at all, nan when they cannot be ranked."""
+    return float(np.sqrt(max(rel, 0.0))) if np.isfinite(rel) else float("nan")
 
 
 def _scores(pred, y) -> dict:
@@ -143,10 +181,24 @@ def _fit_predict(cand, rows_fit, y_fit, rows_new) -> list[float]:
     return [float("nan") if r is None else float(f(r)) for r in rows_new]
 
 
-def prequential(cand, rows0, y0, rows, y, start: int) -> list[float]:
-    """Point i (i >= start) predicted by the candidate fitted on the set-up's points and points < i."""
-    return [_fit_predict(cand, list(rows0) + list(rows[:i]), list(y0) + list(y[:i]), [rows[i]])[0]
-            for i in range(start, len(rows))]
+def gate_stream(cands, setup: list, stream: list, start: int, focus: float | None) -> tuple[list, list, list]:
+    """What the search's gate (dse.predict.PredictorGate over ``cands``, its ``focus``) predicts for stream points
+    ``start..``: each predicted by the candidate the gate keeps after the set-up's points (provisional, as in the
+    search) and every stream point before it, then added. ``setup``/``stream``: (config, loss) pairs. Returns the
+    predictions, the kept candidate and whether the gate was on at each."""
+    from dse.predict import PredictorGate
+
+    gate = PredictorGate(cands, focus=focus)
+    gate.observe([(("fit", i), c, y) for i, (c, y) in enumerate(setup)], provisional=True)
+    preds, kinds, active = [], [], []
+    for i, (c, y) in enumerate(stream):
+        if i >= start:
+            p = gate.predicted(c)
+            preds.append(float("nan") if p is None else p)
+            kinds.append(gate.state.kind)
+            active.append(gate.state.active)
+        gate.observe([(i, c, y)])
+    return preds, kinds, active
 
 
 def _propagated(ctx, n: int, seed: int):
@@ -159,10 +211,10 @@ def _propagated(ctx, n: int, seed: int):
 
 
 def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: int | None = None) -> dict:
+    from dse.budget import load_budget
     from dse.predict import LossModel, surrogate_candidate
     from dse.search import seeds
-    from dse.search.context import build_context, gate_candidates, setup_fit_configs, settings_from_budget
-    from dse.budget import load_budget
+    from dse.search.context import build_context, setup_fit_configs, settings_from_budget
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,40 +229,57 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
     uni = uniform_configs(ctx.space, n_uniform, rng)
     old = [{}] + uniform_configs(ctx.space, 10, np.random.default_rng(seed + 7919), (0.2, 1.0))
     fit0 = setup_fit_configs(ctx.space, s.seed)
-    n = ctx.evaluator.n_images
-    t0 = time.perf_counter()
-    exact = ctx.evaluator.correct({}, 0, n)
-    (y_near, se_near, h_near, _), (y_uni, se_uni, h_uni, t_uni) = measure(ctx, near, exact), measure(ctx, uni, exact)
-    # the set-up's fit points as the search has them: accuracies on the surrogate's images
-    y_fit0 = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in fit0])
-    y_old = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, sur.n_images).mean()) for c in old])
-    t_measure = time.perf_counter() - t0
-    out = {"budget": str(budget), "model": ctx.info["model"], "images": n, "surrogate_images": sur.n_images,
-           "budget_loss": s.budget_loss, "layers": len(ctx.space.searchable), "setup_s": t_setup,
-           "measure_s": t_measure, "near_loss": y_near.tolist(), "near_se": se_near.tolist(),
-           "uniform_loss": y_uni.tolist(), "uniform_se": se_uni.tolist(), "setup_info": ctx.info["predictor"],
-           "split_half": {"near": split_half(h_near[half_of(n_near):]), "uniform": split_half(h_uni)},
-           "emulate_s_per_image": float(np.median(t_uni)) / n, "trial_images": s_images(budget, n),
-           "kinds": [c.kind for c in ctx.predictor.candidates]}
+    n, skip = ctx.evaluator.n_images, sur.n_images
     half = half_of(n_near)
+    t0 = time.perf_counter()
+    exact = eval_hits(ctx, {}, skip)
+    (h_near, _), (h_uni, t_uni) = measure(ctx, near, skip), measure(ctx, uni, skip)
+    # the set-up's fit points as the search has them: accuracies on the surrogate's images
+    y_fit0 = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, skip).mean()) for c in fit0])
+    y_old = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, skip).mean()) for c in old])
+    t_measure = time.perf_counter() - t0
+    k = n - skip   # evaluation images from the search split; the rest are the hold-out split's
+    mn, mu = Measured.of(exact, h_near), Measured.of(exact, h_uni)
+    y_near, y_uni = mn.loss, mu.loss
+    out = {"budget": str(budget), "model": ctx.info["model"], "images": int(exact.size), "search_images": k,
+           "holdout_images": int(exact.size - k), "surrogate_images": skip,
+           "budget_loss": s.budget_loss, "layers": len(ctx.space.searchable), "setup_s": t_setup,
+           "measure_s": t_measure, "near_loss": y_near.tolist(), "near_se": mn.se.tolist(),
+           "uniform_loss": y_uni.tolist(), "uniform_se": mu.se.tolist(), "setup_info": ctx.info["predictor"],
+           "reliability": {"near": reliability(mn.halves[half:]), "uniform": mu.reliability()},
+           "reliability_search_only": {
+               "near": reliability(Measured.of(exact[:k], h_near[half:, :k]).halves),
+               "uniform": Measured.of(exact[:k], h_uni[:, :k]).reliability()},
+           "emulate_s_per_image": float(np.median(t_uni)) / exact.size, "trial_images": s_images(budget, n),
+           "kinds": [c.kind for c in ctx.predictor.candidates]}
     # the search's own candidates (dse.search.context.gate_candidates)
     cands = _propagated(ctx, prop_images, s.seed) if prop_images else ctx.predictor.candidates
-    out["propagated_images"] = prop_images or sur.n_images
+    out["propagated_images"] = prop_images or skip
+    # each candidate alone in the search's gate, then the gate over all of them: the same points in the same order
+    focus = ctx.predictor.focus
+    setup, s_near = list(zip(fit0, y_fit0)), list(zip(near, y_near))
+    s_uni = s_near + list(zip(uni, y_uni))
+    out["focus"] = focus
     for cand in cands:
         r0, rn = _rows(cand, fit0), _rows(cand, near)
-        ru, t_pred = _timed_rows(cand, uni)   # after the others: mostly warm per-choice state, as in a search
-        pre = prequential(cand, r0, y_fit0, rn, y_near, half)
-        out[cand.kind] = {"predict_s": float(np.median(t_pred)), "near": _scores(pre, y_near[half:]),
-                          "uniform": _scores(_fit_predict(cand, r0 + rn, list(y_fit0) + list(y_near), ru), y_uni),
+        _, t_pred = _timed_rows(cand, uni)   # after the others: mostly warm per-choice state, as in a search
+        out[cand.kind] = {"predict_s": float(np.median(t_pred)),
+                          "near": _scores(gate_stream([cand], setup, s_near, half, focus)[0], y_near[half:]),
+                          "uniform": _scores(gate_stream([cand], setup, s_uni, n_near, focus)[0], y_uni),
                           "setup_only_near": _scores(_fit_predict(cand, r0, y_fit0, rn[half:]), y_near[half:])}
+    p_near, k_near, a_near = gate_stream(cands, setup, s_near, half, focus)
+    p_uni, k_uni, a_uni = gate_stream(cands, setup, s_uni, n_near, focus)
+    out["gate"] = {"near": {**_scores(p_near, y_near[half:]), "kept": k_near, "active": a_near},
+                   "uniform": {**_scores(p_uni, y_uni), "kept": k_uni, "active": a_uni}}
     # before: old fit set, the raw surrogate loss alone (the soft feature zeroed)
     raw = lambda cfgs: [np.array([sur.raw_loss(c), 0.0, 0.0]) for c in cfgs]  # noqa: E731
     before = surrogate_candidate(sur)
     out["before"] = {"near": _scores(_fit_predict(before, raw(old), y_old, raw(near[half:])), y_near[half:]),
                      "uniform": _scores(_fit_predict(before, raw(old), y_old, raw(uni)), y_uni)}
     out["points"] = {"setup": {"loss": y_fit0.tolist(), **_feature_lists(cands, fit0)},
-                     "near": {"loss": y_near.tolist(), **_feature_lists(cands, near)},
-                     "uniform": {"loss": y_uni.tolist(), **_feature_lists(cands, uni)}}
+                     "near": {"loss": y_near.tolist(), "se": mn.se.tolist(), **_feature_lists(cands, near)},
+                     "uniform": {"loss": y_uni.tolist(), "se": mu.se.tolist(), **_feature_lists(cands, uni)},
+                     "halves": {"near": mn.halves.tolist(), "uniform": mu.halves.tolist()}}
     m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
     out["surrogate_model"] = {"c": m.c, "w": list(m.w)}
     return out
@@ -228,27 +297,49 @@ def half_of(n_near: int) -> int:
     return n_near // 2
 
 
-def _fmt(d: dict) -> str:
-    return f"{d['spearman']:.3f} / {100 * d['mae']:.2f} pp (n {d['n']})"
+def _fmt(d: dict, ceil: float) -> str:
+    rel = d["spearman"] / ceil if ceil > 0 else float("nan")
+    return f"{d['spearman']:.3f} ({rel:.2f} of ceiling) / {100 * d['mae']:.2f} pp (n {d['n']})"
+
+
+def _kept(g: dict) -> str:
+    """The candidates the gate kept over a set's predictions, and on how many it was on."""
+    from collections import Counter
+
+    kept = ", ".join(f"{k} {v}" for k, v in Counter(str(k) for k in g["kept"]).most_common())
+    return f"{kept}; on for {sum(g['active'])}"
 
 
 def table(r: dict) -> str:
     se_n, se_u = np.asarray(r["near_se"]), np.asarray(r["uniform_se"])
     yn, yu = np.asarray(r["near_loss"]), np.asarray(r["uniform_loss"])
+    rel, rel_s = r["reliability"], r["reliability_search_only"]
+    ceil = {k: ceiling(v) for k, v in rel.items()}
     head = (f"`{Path(r['budget']).name}` ({Path(r['model']).name}, {r['layers']} searchable layers, budget "
-            f"{100 * r['budget_loss']:.1f} pp): {r['images']} search images (losses), logit surrogate on "
-            f"{r['surrogate_images']}, propagated surrogate on {r['propagated_images']}; near-budget losses {100 * yn.min():.2f}..{100 * yn.max():.2f} pp (paired SE "
-            f"median {100 * np.median(se_n):.2f} pp), uniform {100 * yu.min():.1f}..{100 * yu.max():.1f} pp (SE median "
+            f"{100 * r['budget_loss']:.1f} pp): losses on {r['images']} images no predictor saw ({r['search_images']} "
+            f"search-split images past the surrogates' first {r['surrogate_images']}, {r['holdout_images']} hold-out); "
+            f"logit surrogate on {r['surrogate_images']}, propagated surrogate on {r['propagated_images']}; "
+            f"near-budget losses {100 * yn.min():.2f}..{100 * yn.max():.2f} pp (paired SE median "
+            f"{100 * np.median(se_n):.2f} pp), uniform {100 * yu.min():.1f}..{100 * yu.max():.1f} pp (SE median "
             f"{100 * np.median(se_u):.2f} pp); set-up {r['setup_s']:.0f} s, measuring {r['measure_s']:.0f} s")
-    lines = [head, "", "| predictor | near budget, as trials arrive: Spearman / MAE | uniform random: Spearman / MAE |",
-             "|---|---|---|",
-             f"| noise ceiling: split-half Spearman of the measured losses | {r['split_half']['near']:.3f} | "
-             f"{r['split_half']['uniform']:.3f} |",
-             f"| before: surrogate, raw loss, old fit set | {_fmt(r['before']['near'])} | {_fmt(r['before']['uniform'])} |"]
+    lines = [head, "", "| predictor | near budget, as trials arrive: Spearman (of ceiling) / MAE | uniform random: "
+             "Spearman (of ceiling) / MAE |", "|---|---|---|",
+             f"| split-half reliability of the measured losses, search images only ({r['search_images']}) | "
+             f"{rel_s['near']:.3f} | {rel_s['uniform']:.3f} |",
+             f"| split-half reliability, all {r['images']} evaluation images | {rel['near']:.3f} | "
+             f"{rel['uniform']:.3f} |",
+             f"| ceiling: Spearman of the true losses against the measured ones, sqrt(reliability) | "
+             f"{ceil['near']:.3f} | {ceil['uniform']:.3f} |",
+             f"| before: surrogate, raw loss, old fit set | {_fmt(r['before']['near'], ceil['near'])} | "
+             f"{_fmt(r['before']['uniform'], ceil['uniform'])} |"]
     for kind in r["kinds"]:
-        lines.append(f"| {kind}, refitted (set-up + earlier near-budget points) | {_fmt(r[kind]['near'])} | "
-                     f"{_fmt(r[kind]['uniform'])} |")
-        lines.append(f"| {kind}, set-up fit only | {_fmt(r[kind]['setup_only_near'])} | - |")
+        lines.append(f"| {kind} alone in the gate, as trials arrive | {_fmt(r[kind]['near'], ceil['near'])} | "
+                     f"{_fmt(r[kind]['uniform'], ceil['uniform'])} |")
+        lines.append(f"| {kind}, set-up fit only | {_fmt(r[kind]['setup_only_near'], ceil['near'])} | - |")
+    g = r["gate"]
+    lines.append(f"| **the search's gate** (the candidate it keeps, refitted on the same points) | "
+                 f"{_fmt(g['near'], ceil['near'])} | {_fmt(g['uniform'], ceil['uniform'])} |")
+    lines.append(f"| gate: kept candidate; predictions with the gate on | {_kept(g['near'])} | {_kept(g['uniform'])} |")
     m = r["surrogate_model"]
     trial = r["emulate_s_per_image"] * r["trial_images"]
     lines += ["", f"Time per prediction (median over the uniform configurations, first prediction of each; one run, "
@@ -258,8 +349,8 @@ def table(r: dict) -> str:
     lines += [f"| {k} | {1e3 * r[k]['predict_s']:.2f} | {trial / max(r[k]['predict_s'], 1e-9):.0f}x |"
               for k in r["kinds"]]
     lines.append("")
-    lines.append(f"Surrogate loss model on all points: {m['w'][0]:.3g} r / (1 + {m['c']:.3g} r) + {m['w'][1]:.3g} soft "
-                 f"+ {m['w'][2]:.3g} rms.")
+    lines.append(f"Logit surrogate loss model on the set-up and near-budget points: {m['w'][0]:.3g} r / (1 + "
+                 f"{m['c']:.3g} r) + {m['w'][1]:.3g} soft + {m['w'][2]:.3g} rms.")
     return "\n".join(lines)
 
 
