@@ -146,7 +146,8 @@ def predictor_line(p: dict, trials: dict) -> str:
         start = (f"predictor: {p['kind']} (leave-one-out Spearman {p['loo_spearman']:.2f}, mean error "
                  f"{pp(p['loo_mean_error'])} on {p['points']} points)")
     switches = "".join(f"; before trial {n}: {line}" for n, line in trials.get("predictor_switches", []))
-    return f"{start}{switches}; skipped {trials['skipped_predictor']} trials{record_line(trials.get('predictor_record'))}"
+    record = record_line(trials.get("predictor_record"))
+    return f"{start}{switches}; skipped {trials['skipped_predictor']} trials{record}"
 
 
 def record_line(r: dict | None) -> str:
