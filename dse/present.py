@@ -182,7 +182,7 @@ def search_result(res: dict) -> None:
                   f"{pp(h.get('loss'))} (holdout)")
     else:
         con.print(escape(res.get("no_best") or "no configuration passed the hold-out check"))
-    for note in ("check_note", "baseline_note"):
+    for note in ("check_note", "margin_note", "baseline_note"):
         if res.get(note):
             con.print(escape(res[note]))
     line = predictor_line(res.get("info", {}).get("predictor") or {}, res.get("trials", {}))
@@ -299,7 +299,7 @@ def report(summary: dict) -> None:
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))
     b = s["best"]
-    for note in ("check_note", "baseline_note"):
+    for note in ("check_note", "margin_note", "baseline_note"):
         if s[note]:
             con.print(escape(s[note]))
     if not b:

@@ -130,7 +130,7 @@ def summarize(run: Run) -> dict:
                    "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in trials),
                    "predictor_switches": predictor_switches(trials), "predictor_record": predictor_record(trials)},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
-        "no_best": res.get("no_best"), "check_note": res.get("check_note"),
+        "no_best": res.get("no_best"), "check_note": res.get("check_note"), "margin_note": res.get("margin_note"),
         "baseline_note": res.get("baseline_note"),
     }
 

@@ -782,6 +782,44 @@ def test_final_check_confirms_candidates_the_search_did_not():
     assert final_check(study, obj, settings_(fidelities=[0]))["first_pick"] == 0
 
 
+class MarginEvaluator:
+    """``mitchell`` on layer b loses 0.9 % of any images (within a 1 % budget, but not at 95 % confidence on 3000
+    images), ``drum6`` 0.2 %; all-exact is right everywhere."""
+
+    def __init__(self, n):
+        self.n_images = n
+
+    def correct(self, config, start, stop):
+        idx = np.arange(start, stop)
+        mult = config.get("b", LayerConfig()).multiplier
+        return idx % 1000 >= {"mitchell": 9, "drum6": 2}.get(mult, 0)
+
+
+def test_final_check_says_what_the_margin_cost():
+    """A cheaper configuration measured within budget but infeasible at the budget's confidence is named in
+    ``margin_note`` with its energy, loss and image count, and the settings that would decide it; none, no note."""
+    from dse.search.study import final_check
+    space = SearchSpace.build(["a", "b", "c"], ["drum6", "mitchell"], cv=[False])
+    obj = Objective(space, MarginEvaluator(3000), fake_energy, 0.01, fidelities=[0], holdout=MarginEvaluator(4000))
+    study = optuna.create_study()
+    for m in ("mitchell", "drum6"):
+        study.enqueue_trial({"b.mult": m, "b.cv": False})
+    study.optimize(obj, n_trials=2)
+    near, safe = study.trials
+    assert near.user_attrs["loss"] == pytest.approx(0.009) and near.constraints[CONSTRAINT] > 0
+    res = final_check(study, obj, settings_(fidelities=[0]))
+    assert res["best"]["trial"] == safe.number
+    assert near.user_attrs["energy"]["system"] < safe.user_attrs["energy"]["system"]
+    note = res["margin_note"]
+    assert note.startswith("1 configuration cheaper than the best") and "at 0.90 pp" in note
+    assert f"{near.user_attrs['energy']['system']:.4f}" in note and "3000 search images" in note
+    assert "[data] images" in note and "[budget] confidence 0.95" in note
+    study2 = optuna.create_study()
+    study2.enqueue_trial({"b.mult": "drum6", "b.cv": False})
+    study2.optimize(obj, n_trials=1)
+    assert "margin_note" not in final_check(study2, obj, settings_(fidelities=[0]))
+
+
 def test_search_split_parts_are_disjoint_and_sized():
     from dse.search.context import search_split
     sp = search_split(5000, 3000, None, seed=3)

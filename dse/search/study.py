@@ -525,6 +525,10 @@ def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) ->
     late = objective.deadline is not None and objective.deadline.passed()
     if unchecked:
         res["check_note"] = _unchecked_note(len(unchecked), timed_out)
+    if s.mode == "constrained":
+        note = _margin_note(full, best, s)
+        if note:
+            res["margin_note"] = note
     if best is None:
         n_failed = sum(d["verified"] is False for d in checked)
         res["no_best"] = _no_best_reason(len(cands), n_failed, len(unchecked) if timed_out else 0,
@@ -533,6 +537,24 @@ def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) ->
 
 
 RESUME = "re-run the same command to resume the run (finished trials are kept) or raise [search] timeout_s"
+
+
+def _margin_note(full: list, best: dict | None, s: SearchSettings) -> str | None:
+    """What the statistical margin cost: the full-fidelity configurations cheaper than the reported best (or than
+    all-exact, without one) whose measured search-split loss is within budget but which were not feasible at
+    ``[budget] confidence`` on these images; None when there are none."""
+    top = best["energy"]["system"] if best is not None else EXACT_ENERGY
+    near = [t.user_attrs for t in full if not is_feasible(t) and t.user_attrs["loss"] <= s.budget_loss
+            and t.user_attrs["energy"]["system"] < top]
+    if not near:
+        return None
+    low = min(near, key=lambda ua: ua["energy"]["system"])
+    n = len(near)
+    return (f"{n} configuration{'s' if n > 1 else ''} cheaper than {'the best' if best else 'all-exact'} (down to "
+            f"energy {low['energy']['system']:.4f} at {100 * low['loss']:.2f} pp) measured within budget on "
+            f"{low['images']} search images but not at [budget] confidence {s.feasibility_confidence:g} (or not on "
+            "the confirmation images); more search images ([data] images) narrow that margin, a lower [budget] "
+            "confidence accepts more risk of failing on new data")
 
 
 def _unchecked_note(n: int, timed_out: bool) -> str:
