@@ -171,6 +171,7 @@ class _Prepared:
     _rows: object = field(default=False)
     _int16: object = field(default=False)
     _intf_bound: object = field(default=False)
+    int_plans: dict = field(default_factory=dict)  # (K, path, isa name) -> _int_plan's answer, filled by it
 
     @property
     def rows(self) -> "_RowTables":
@@ -443,10 +444,14 @@ def _int_plan(mult: Multiplier, a_signed: bool, K: int, path: str, isa) -> _Int1
     kernel is exact for it (the int16 plan exists and K * S < 2^53 as for the integer factor plan), else None."""
     if path not in ("auto", "exact", "lowrank"):
         return None
-    plan = _prepare(mult, a_signed).int16
-    if plan is None or not _int_plan_ok(plan.fac, K, plan.S):
-        return None
-    return plan if select_path(mult, a_signed, K, path, isa) in ("exact", "lowrank") else None
+    prep = _prepare(mult, a_signed)
+    key = (K, path, _isa_name(isa))
+    if key not in prep.int_plans:  # it depends on nothing else: called per GEMM, decided once per layer shape
+        plan = prep.int16
+        ok = plan is not None and _int_plan_ok(plan.fac, K, plan.S) and \
+            select_path(mult, a_signed, K, path, isa) in ("exact", "lowrank")
+        prep.int_plans[key] = plan if ok else None
+    return prep.int_plans[key]
 
 
 def _int_gemm(AT: np.ndarray, Wp: np.ndarray, plan: _Int16Plan, isa, out: np.ndarray | None = None):

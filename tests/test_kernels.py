@@ -349,6 +349,39 @@ def test_auto_path_selection():
         K.gemm_int(np.zeros((2, 3), int), np.zeros((2, 3), int), EXACT, False, path="fast")
 
 
+@pytest.fixture
+def fresh_plans():
+    """Per-shape integer plans decided under the module's bounds: cleared around tests that patch the bounds."""
+    def clear():
+        for per in K._CACHE.values():
+            for prep in per.values():
+                prep.int_plans.clear()
+    clear()
+    yield
+    clear()
+
+
+def test_int_plan_cache_follows_K():
+    """The integer plan is cached per (multiplier, signedness, K, path, isa): a call with another K of the same
+    multiplier must not reuse the plan decided for the first K (here K * S >= 2^53 rules the kernel out)."""
+    plan = K._prepare(RANK1, True).int16
+    assert plan is not None
+    big = K._F64_EXACT // plan.S + 1
+    for path in ("auto", "lowrank"):
+        assert K._int_plan(RANK1, True, 70, path, "scalar") is plan
+        assert K._int_plan(RANK1, True, big, path, "scalar") is None
+        assert K._int_plan(RANK1, True, 70, path, "scalar") is plan
+    assert K._int_plan(RANK1, True, 70, "rows", "scalar") is None and K._int_plan(RANK1, True, 70, "lut", None) is None
+    with pytest.raises(DseError, match="exact"):  # a cached plan must not hide the path check
+        K._int_plan(RANK1, True, 70, "exact", "scalar")
+    rng = np.random.default_rng(5)
+    a, w = rng.integers(-128, 128, (9, 70)), rng.integers(-128, 128, (4, 70))
+    for path in ("auto", "lowrank", "rows", "lut"):
+        assert np.array_equal(K.gemm_int(a, w, RANK1, True, path=path, isa="scalar"),
+                              K.reference_gemm_int(a, w, RANK1, True))
+
+
+@pytest.mark.usefixtures("fresh_plans")
 def test_lowrank_bound_falls_back_to_lut(monkeypatch):
     monkeypatch.setattr(K, "_BOUND_LIMIT", 0.0)  # no float bound can pass
     monkeypatch.setattr(K, "_F64_EXACT", 0)  # and no integer-factor plan -> the LUT path must be used
@@ -358,6 +391,7 @@ def test_lowrank_bound_falls_back_to_lut(monkeypatch):
     assert np.array_equal(K.gemm_int(a, w, PERF, False, path="lowrank"), K.reference_gemm_int(a, w, PERF, False))
 
 
+@pytest.mark.usefixtures("fresh_plans")
 def test_integer_plan_falls_back_to_float_factors(monkeypatch):
     """When K * S < 2^53 cannot be shown, lowrank uses the float64 error-table factors (rounding bound < 0.25)."""
     prep = K._prepare(RANK1, True)
