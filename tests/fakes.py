@@ -60,11 +60,10 @@ def make_ctx(n=3000, interrupt_after=None, sensitivity=True):
     space = fake_space()
     ev = FakeEvaluator(n, 0, interrupt_after)
     hold = FakeEvaluator(1000, 1)
-    sens = None
-    if sensitivity:
-        def sens(layer, lc):
-            return FakeEvaluator(n, 0).p_flip({layer: lc}) * 0.9
-    return SearchContext(space=space, evaluator=ev, holdout=hold, energy=fake_energy, sensitivity=sens,
+    def sens(layer, lc):
+        return FakeEvaluator(n, 0).p_flip({layer: lc}) * 0.9
+    return SearchContext(space=space, evaluator=ev, holdout=hold, energy=fake_energy,
+                         sensitivity=sens if sensitivity else None,
                          baseline={"float": {"search": 0.91, "holdout": 0.905}}, info={"model": "fake"})
 
 

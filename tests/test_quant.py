@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from onnx import helper
 
 from dse import kernels
 from dse.arith.multipliers import get_multiplier
 from dse.errors import DseError
 from dse.model.onnx_import import load_onnx
-from dse.quant import calibrate, dequantize, exact_acc, quantize_act, quantize_weights
+from dse.quant import (MacLayer, calibrate, dequantize, exact_acc, quantize_act, quantize_weights,
+                       reference_dequantize, reference_quantize_act)
+from dse.model.graph import Node
 
 RNG = np.random.default_rng(5)
 
@@ -172,11 +175,6 @@ def test_calibration_batch_is_memory_bounded():
 
 
 # ------------------------------------------------------------------------------- fused passes vs their numpy twins
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from dse import kernels as _K  # noqa: E402
-from dse.quant import MacLayer, dequantize, quantize_act, reference_dequantize, reference_quantize_act  # noqa: E402
-from dse.model.graph import Node  # noqa: E402
 
 
 @settings(deadline=None, max_examples=60)
@@ -190,11 +188,11 @@ def test_fused_quantize_matches_numpy(n, signed, seed, mag, threads):
     x[::5] = (rng.integers(-300, 300, x[::5].shape) + 0.5) * scale  # ties after division (where exact)
     if n > 3:
         x[:4] = [np.inf, -np.inf, -0.0, 1e30]
-    _K.set_threads(threads)
+    kernels.set_threads(threads)
     try:
         got = quantize_act(x.reshape(1, -1), float(scale), signed)
     finally:
-        _K.set_threads(None)
+        kernels.set_threads(None)
     ref = reference_quantize_act(x.reshape(1, -1), float(scale), signed)
     assert got.dtype == ref.dtype and np.array_equal(got, ref)
 
@@ -209,11 +207,11 @@ def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
     layer = MacLayer(name="l", op="conv", in_shape=(1,), out_shape=(N, S, 1), N=N,
                      w_scale=rng.uniform(1e-4, 1e-1, N).astype(np.float32),
                      bias=rng.standard_normal(N).astype(np.float32), a_scale=float(np.float32(rng.uniform(1e-3, 1))))
-    _K.set_threads(threads)
+    kernels.set_threads(threads)
     try:
         got = dequantize(acc, layer)
     finally:
-        _K.set_threads(None)
+        kernels.set_threads(None)
     ref = reference_dequantize(acc, layer)
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
 
@@ -221,7 +219,7 @@ def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
 @settings(deadline=None, max_examples=60)
 @given(B=st.integers(1, 3), N=st.integers(1, 5), S=st.integers(0, 37), seed=st.integers(0, 2 ** 32 - 1),
        mag=st.sampled_from([2 ** 12, 2 ** 40, 2 ** 63 - 1]), act=st.sampled_from(["none", "relu", "clip"]),
-       isa=st.sampled_from(_K._kernels.isa_levels()), threads=st.sampled_from([1, 2]),
+       isa=st.sampled_from(kernels._kernels.isa_levels()), threads=st.sampled_from([1, 2]),
        quant=st.sampled_from([None, False, True]))
 def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag, act, isa, threads, quant):
     """The SIMD scaling pass with the layer's Relu/Clip fused in gives the bits of the numpy formula followed by the
@@ -249,15 +247,15 @@ def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag,
     if quant is not None:  # a scale spreading the smaller outputs over the 8-bit range (the rest clamps)
         oq = OutputQuant(float(np.float32(max(float(np.median(np.abs(ref))) if ref.size else 1.0, 1e-3) / 50)), quant)
         ref = reference_quantize_act(ref, oq.scale, quant)
-    _K.set_threads(threads)
+    kernels.set_threads(threads)
     try:
         got = scale_accumulators(acc.reshape(B, N, S, 1), layer.scaling(fused, oq), isa)
     finally:
-        _K.set_threads(None)
+        kernels.set_threads(None)
     assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8))
 
 
-@pytest.mark.parametrize("isa", _K._kernels.isa_levels())
+@pytest.mark.parametrize("isa", kernels._kernels.isa_levels())
 def test_quantize_every_isa_level_matches_numpy(isa):
     """The AVX2 quantizer (8 values per step) and the scalar one give numpy's bits: ties, clamps, -0.0, infinities,
     NaN (pattern 0), a length that is no multiple of 8 and crosses the 2^16-value thread chunks, 1 and 2 threads."""
@@ -269,7 +267,7 @@ def test_quantize_every_isa_level_matches_numpy(isa):
     for signed in (False, True):
         ref = reference_quantize_act(np.nan_to_num(x, nan=0.0), float(scale), signed).view(np.uint8)
         for threads in (1, 2):
-            assert np.array_equal(_K._kernels.quantize(x, scale, signed, threads, isa), ref), (signed, threads)
+            assert np.array_equal(kernels._kernels.quantize(x, scale, signed, threads, isa), ref), (signed, threads)
 
 
 class _StopAt:

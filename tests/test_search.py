@@ -273,7 +273,6 @@ def test_no_verified_best_is_said_plainly(tmp_path, budget_file, capsys):
 
 def test_feasible_only_with_margin():
     """Measured loss just under the budget but an upper bound over it: infeasible at confidence 0.95, feasible at 0.5."""
-    ctx = make_ctx()
     space = SearchSpace.build(["a", "b", "c"], ["drum6"], cv=[False])
     cfg = {"a": LayerConfig(), "b": LayerConfig("drum6"), "c": LayerConfig()}
 
