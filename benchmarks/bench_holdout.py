@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from optuna.trial import TrialState
 from scipy.stats import binomtest, norm
 from rich.console import Console
 from rich.table import Table
@@ -58,7 +57,7 @@ from rich.table import Table
 from dse.layer_config import config_from_dict
 from dse.search import rundir
 from dse.search.context import build_context
-from dse.search.objective import ATTR_LOSS_UCB, EXACT_ENERGY
+from dse.search.objective import ATTR_LOSS_UCB, EXACT_ENERGY, full_trials
 from dse.search.racing import PairedStats, paired_stats
 from dse.search.study import run_search, trial_summary
 
@@ -84,9 +83,7 @@ def _exact(ev) -> np.ndarray:
 def full_points(run_dir: Path) -> list[dict]:
     """User attributes of the run's distinct full-fidelity trials cheaper than all-exact, cheapest first."""
     study = rundir.load_study(run_dir)
-    full = [t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs
-            and t.user_attrs["energy"]["system"] < EXACT_ENERGY]
+    full = [t.user_attrs for t in full_trials(study) if t.user_attrs["energy"]["system"] < EXACT_ENERGY]
     return sorted(full, key=lambda ua: ua["energy"]["system"])
 
 

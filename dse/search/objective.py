@@ -100,6 +100,12 @@ def predictor_record(trials) -> dict:
             "mean_error": None if q is None else q.mean_error, "passes": None if q is None else q.good_enough}
 
 
+def full_trials(study) -> list:
+    """The study's complete full-fidelity trials that measured their configuration (not re-proposals of another's)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
+
+
 def feasibility_bound(attrs: dict) -> float:
     """The loss bound a trial's feasibility is decided on: its search-split upper confidence bound, or the larger of
     that and its confirmation-image bound once it was confirmed."""
@@ -254,16 +260,10 @@ class Objective:
             time.sleep(DUPLICATE_POLL_S)
 
     @staticmethod
-    def _full_trials(study) -> list:
-        """The study's complete full-fidelity, non-duplicate trials."""
-        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
-
-    @classmethod
-    def _full_points(cls, study) -> list[tuple[float, float, dict]]:
+    def _full_points(study) -> list[tuple[float, float, dict]]:
         """(energy, loss, user attrs) of the study's full-fidelity, non-duplicate trials."""
         return [(float(t.user_attrs["energy"]["system"]), float(t.user_attrs["loss"]), t.user_attrs)
-                for t in cls._full_trials(study)]
+                for t in full_trials(study)]
 
     def _stop_above(self, energy: float, full: list) -> float:
         """Loss above which the race may stop this configuration. Constrained: the budget. Pareto: the loss of the best
@@ -314,7 +314,7 @@ class Objective:
         ``attrs``; the conservative loss to skip this trial with, or None (gate off, not over the skip line, or an
         enqueued seed: seeds are always emulated, they anchor the search)."""
         switched = self.predictor.observe([(t.number, config_from_dict(t.user_attrs["config"]),
-                                            float(t.user_attrs["loss"])) for t in self._full_trials(trial.study)])
+                                            float(t.user_attrs["loss"])) for t in full_trials(trial.study)])
         if switched:
             st = self.predictor.state
             attrs[ATTR_GATE], attrs[ATTR_GATE_STATE] = switched, f"on {st.kind}" if st.active else "off"

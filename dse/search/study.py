@@ -39,7 +39,7 @@ from dse.layer_config import LayerConfig, config_from_dict
 from dse.search import liveness, rundir, seeds
 from dse.search.deadline import Deadline, RunTimeout, SetupTimeout
 from dse.search.objective import (ATTR_CONFIRM, ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective,
-                                  predictor_record, predictor_switches)
+                                  full_trials, predictor_record, predictor_switches)
 from dse.search.space import SearchSpace
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "qmc")
@@ -456,11 +456,6 @@ def trial_summary(t) -> dict:
             "verified": ua.get(ATTR_VERIFIED)}
 
 
-def _full_trials(study: optuna.Study) -> list:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs]
-
-
 def _confirm_now(objective: Objective, d: dict, may_check: bool) -> bool | None:
     """Whether the candidate ``d`` (a trial summary) passed the confirmation: its result from the search
     (dse.search.objective), else (``may_check``) measured now into ``d["confirm"]``; None = not confirmed (the run's
@@ -485,7 +480,7 @@ def final_check(study: optuna.Study, objective: Objective, s: SearchSettings) ->
     pass: ``best`` is None and ``no_best`` says why and what to do; candidates left unchecked are listed in
     ``unchecked`` and ``check_note`` says why. In Pareto mode the feasible front points are checked the same way; the
     front marks which points were verified."""
-    full = _full_trials(study)
+    full = full_trials(study)
     cands = sorted((t for t in full if is_feasible(t) and t.user_attrs["energy"]["system"] < EXACT_ENERGY),
                    key=lambda t: (t.user_attrs["energy"]["system"], t.user_attrs["loss"]))
     front = pareto_front([trial_summary(t) for t in full])
