@@ -380,12 +380,11 @@ class Emulator:
         return float((self.predict(x, config, batch_size) == y).mean())
 
 
-def float_accuracy(graph, data, batch_size: int = 256) -> float:
-    """Top-1 accuracy of the float32 reference executor on a :class:`dse.data.Dataset`, streamed."""
+def float_hits(graph, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> int:
+    """Images of one batch ``x`` the float32 reference executor classifies as ``y``."""
     from dse.model.float_exec import run_float
 
-    hits = sum(int((run_float(graph, x, batch_size).argmax(axis=1) == y).sum()) for x, y in data.batches(batch_size))
-    return hits / len(data)
+    return int((run_float(graph, x, batch_size).argmax(axis=1) == y).sum())
 
 
 def evaluate(model: str, data: DataRef | None = None, config_path: str | None = None,
@@ -398,7 +397,6 @@ def evaluate(model: str, data: DataRef | None = None, config_path: str | None = 
     the data computes all three accuracies. ``threads``: kernel threads (None = every available core)."""
     from dse.config import load_config_meta, validate_config
     from dse.data import Preprocess
-    from dse.model.float_exec import run_float
     from dse.session import PREPROCESS_SETTINGS, DataRef, RunInputs, open_session
 
     from dse.kernels import set_threads
@@ -420,7 +418,7 @@ def evaluate(model: str, data: DataRef | None = None, config_path: str | None = 
     emu = Emulator(s.qmodel)
     hits = {"float": 0, "fxp8": 0, "configured": 0}
     for x, y in ds.batches(batch_size):
-        hits["float"] += int((run_float(s.graph, x, batch_size).argmax(axis=1) == y).sum())
+        hits["float"] += float_hits(s.graph, x, y, batch_size)
         hits["fxp8"] += int((emu.predict(x, None, batch_size) == y).sum())
         if config_path:
             hits["configured"] += int((emu.predict(x, config, batch_size) == y).sum())

@@ -453,7 +453,7 @@ def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = 
     """Float32 top-1 accuracy on the search and hold-out splits, FLOAT_BATCH images at a time. ``checkpoint`` (in
     the run directory) keeps the images done and right per split: written every CHECKPOINT_S seconds and when the
     ``deadline`` passes before a batch (then SetupTimeout), and continued from by the next run."""
-    from dse.model.float_exec import run_float
+    from dse.emulate import float_hits
 
     stage = "float32 baselines"
     splits = {"search": search, "holdout": hold}
@@ -471,7 +471,7 @@ def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = 
                 n = sum(v[0] for v in state.values())
                 raise SetupTimeout(_stopped(stage, f"{n} of {len(search) + len(hold)} images done",
                                             checkpoint.path if checkpoint else None, done > start))
-            state[k] = [state[k][0] + len(y), state[k][1] + int((run_float(graph, x).argmax(axis=1) == y).sum())]
+            state[k] = [state[k][0] + len(y), state[k][1] + float_hits(graph, x, y, FLOAT_BATCH)]
             done += 1
             progress(stage, done, total + 1)
             if checkpoint is not None and time.monotonic() - saved >= CHECKPOINT_S:
