@@ -509,7 +509,10 @@ class PropagatedSurrogate:
     predicted logits for :class:`LossModel`."""
 
     def __init__(self, emulator, x: np.ndarray, labels, seed: int = 0, pool_bytes: int = NOISE_POOL_BYTES,
-                 direct_paths: tuple = ("lowrank",), fit_bytes: int = FIT_INPUT_BYTES):
+                 direct_paths: tuple = ("lowrank",), fit_bytes: int = FIT_INPUT_BYTES,
+                 check: Callable[[], None] | None = None, batch_size: int = 256):
+        """``check()`` is called before each ``batch_size`` images of the all-exact run the surrogate is built on and
+        may raise to stop the build there (the search's deadline: dse.search.deadline.Deadline.check)."""
         from dse.emulate import MacCall
 
         self.emulator, self.x, self.labels, self.seed = emulator, x, np.asarray(labels), int(seed)
@@ -521,12 +524,20 @@ class PropagatedSurrogate:
         self.fit_images = int(min(len(x), max(1, fit_bytes // max(per_image, 1))))
         self._inputs: dict[str, list] = {}
 
-        def record(call: MacCall, acc: np.ndarray) -> np.ndarray:
-            keep = self.fit_images - call.images.start
-            if keep > 0:
-                self._inputs.setdefault(call.layer.name, []).append((call.images.start, call.q[:keep].copy()))
-            return acc
-        self.exact = np.asarray(emulator.run(x, {}, hook=record), np.float64)
+        def record(at: int):
+            def hook(call: MacCall, acc: np.ndarray) -> np.ndarray:
+                first = at + call.images.start
+                keep = self.fit_images - first
+                if keep > 0:
+                    self._inputs.setdefault(call.layer.name, []).append((first, call.q[:keep].copy()))
+                return acc
+            return hook
+        parts = []
+        for at in range(0, len(x), max(1, int(batch_size))):
+            if check is not None:
+                check()
+            parts.append(emulator.run(x[at:at + batch_size], {}, batch_size, hook=record(at)))
+        self.exact = np.concatenate(parts).astype(np.float64)
         self.q = {k: np.concatenate([q for _, q in sorted(v, key=lambda t: t[0])]) for k, v in self._inputs.items()}
         del self._inputs
         self.acc_exact = float(np.mean(self.exact.argmax(1) == self.labels))

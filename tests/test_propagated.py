@@ -173,3 +173,30 @@ def test_the_gate_keeps_it_while_it_predicts_and_switches_it_off_when_trials_con
         if not gate.state.active:
             break
     assert not gate.state.active and "predictor off" in gate.state.line() and gate.gate(cfgs[0]) is None
+
+
+def test_the_build_stops_before_the_batch_after_check_raises(resnet8):
+    """``check`` is looked at before each batch of the all-exact run the surrogate is built on: a deadline passing
+    during the first batch stops the build before the second one; batched or not, the build is the same."""
+    emu, x, y = resnet8
+    ran: list[int] = []
+    run = emu.run
+
+    class Stop(Exception):
+        pass
+
+    def check():
+        if ran:
+            raise Stop
+    emu.run = lambda xb, *a, **kw: ran.append(len(xb)) or run(xb, *a, **kw)
+    try:
+        with pytest.raises(Stop):
+            PropagatedSurrogate(emu, x, y, check=check, batch_size=16)
+        assert ran == [16]
+    finally:
+        del emu.run
+    whole, batched = PropagatedSurrogate(emu, x, y), PropagatedSurrogate(emu, x, y, batch_size=20, fit_bytes=1 << 40)
+    np.testing.assert_array_equal(whole.exact, batched.exact)
+    assert whole.fit_images == batched.fit_images == N_IMAGES
+    for name in emu.layers:
+        np.testing.assert_array_equal(whole.q[name], batched.q[name])

@@ -3,6 +3,8 @@ surrogate shares its single-layer runs with the knapsack sensitivities, the choi
 surrogate chosen (fake additive-logit network, real surrogate, run loop and storage)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -346,3 +348,40 @@ def test_the_search_gate_focus_is_twice_its_skip_line():
 
     s = settings_(predictor_skip=2.0)
     assert gate_focus(s) == pytest.approx(GATE_FOCUS * 2.0 * s.budget_loss) and GATE_FOCUS == 2.0
+
+
+def test_the_propagated_surrogate_build_stops_at_the_deadline_within_a_batch(tmp_path, monkeypatch):
+    """The search's deadline passes during the first batch of the propagated surrogate's build (its all-exact run on
+    the set-up's 300 images, two batches): no second batch runs, the gate chooses between the other candidates, the
+    set-up says so, and the run ends with its results and no trial."""
+    from dse.predict import PropagatedSurrogate
+    from dse.search.context import PROPAGATED_CUT, search_from_budget
+    from dse.search.deadline import Deadline
+
+    made: list = []
+    after = Deadline.after.__func__
+    monkeypatch.setattr(Deadline, "after", classmethod(lambda cls, s: made.append(after(cls, s)) or made[-1]))
+    batches: list[int] = []
+    init = PropagatedSurrogate.__init__
+
+    def slow_build(self, emulator, x, *a, **kw):
+        run = emulator.run
+
+        def first_batch_passes_the_deadline(xb, *ra, **rkw):
+            batches.append(len(xb))
+            made[0].at = time.time()
+            return run(xb, *ra, **rkw)
+        emulator.run = first_batch_passes_the_deadline
+        try:
+            init(self, emulator, x, *a, **kw)
+        finally:
+            del emulator.run
+    monkeypatch.setattr(PropagatedSurrogate, "__init__", slow_build)
+    b = tmp_path / "b.toml"
+    b.write_text("[data]\nimages = 600\n[search]\nworkers = 1\nn_trials = 2\nracing = [0]\ntimeout_s = 600\n"
+                 "[space]\nmultipliers = ['drum4']\ncv = [false]\n")
+    res = search_from_budget(str(b), run_dir=tmp_path / "run")
+    assert batches == [256]
+    assert PROPAGATED_CUT in res["info"]["predictor"]["setup_budget"]
+    assert "propagated surrogate" not in res["info"]["predictor"]["candidates"]
+    assert res["trials"]["complete"] == 0 and res["best"] is None and res["no_best"]

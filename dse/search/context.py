@@ -278,7 +278,6 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     (dse.search.context_cache)."""
     from dse.budget import load_budget
     from dse.emulate import Emulator
-    from dse.predict import PropagatedSurrogate
     from dse.prefix_cache import PrefixCache
     from dse.search import context_cache
 
@@ -322,11 +321,11 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
         sur, accs = _predictor_fit(cfgs, lambda c: ev.logits(c, 0, n_sens), setup_ev, search.y[:n_sens], clock,
                                    progress, cached, keep)
         cached = cached if cached and cached.predictor_done else None
-        prop = PropagatedSurrogate(emu, search.images(0, n_sens), search.y[:n_sens], seed=s.seed)
-        predictor, estimate, pinfo = predictor_gate(
-            gate_candidates(layers, space, sur, prop), sur, cfgs[:len(accs)], accs, n_sens,
-            "" if len(accs) == len(cfgs) else f"fitted on {len(accs)} of {len(cfgs)} configurations (set-up budget)",
-            focus=gate_focus(s))
+        prop = _propagated(emu, search, n_sens, s.seed, deadline)
+        notes = ([] if len(accs) == len(cfgs) else [f"fitted on {len(accs)} of {len(cfgs)} configurations "
+                                                     "(set-up budget)"]) + ([] if prop else [PROPAGATED_CUT])
+        predictor, estimate, pinfo = predictor_gate(gate_candidates(layers, space, sur, prop), sur, cfgs[:len(accs)],
+                                                    accs, n_sens, "; ".join(notes), focus=gate_focus(s))
     if run_dir and not cached:
         context_cache.save(run_dir, context_cache.ContextCache(key, qmodel.state(), baseline, accs,
                                                                sur.state() if sur else None))
@@ -343,6 +342,23 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                          sensitivity=sensitivity, baseline=baseline, info=info, model_path=str(sess.model_path),
                          data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")},
                          deadline=deadline)
+
+
+PROPAGATED_CUT = "propagated surrogate left out: [search] timeout_s reached while it was built"
+
+
+def _propagated(emu, search, n: int, seed: int, deadline: Deadline | None):
+    """The propagated surrogate (dse.predict.PropagatedSurrogate) on the first ``n`` search images, or None when the
+    run's deadline passes while it is built (looked at before each batch of its all-exact run): the gate then chooses
+    between the other candidates, and the run starts no trial."""
+    from dse.predict import PropagatedSurrogate
+
+    try:
+        with deadline.trial() if deadline is not None else contextlib.nullcontext():
+            return PropagatedSurrogate(emu, search.images(0, n), search.y[:n], seed=seed,
+                                       check=deadline.check if deadline is not None else None)
+    except RunTimeout:
+        return None
 
 
 def _stopped(stage: str, done: str, kept: Path | None, progressed: bool = True) -> str:
