@@ -31,7 +31,7 @@ cdef extern from "lut_kernel.h" nogil:
                      int nt)
     int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                       const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
-                      int sel_is_m, int nt)
+                      int sel_is_m, int add, int nt)
     ctypedef struct dse_scaling:
         double sa
         const float *sw
@@ -120,7 +120,7 @@ def lut_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int32_t[:
 
 def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:, ::1] D, const int32_t[::1] off,
               isa=None, int threads=1, int64_t[::1] out=None, int64_t offset=0, int64_t P=0, int64_t ldb=0,
-              bint sel_is_m=False):
+              bint sel_is_m=False, bint add=False):
     """out[n, m] = sum_k D[S[n, k], I[k, m]] + off[S[n, k]] by per-k row tables (see ``cy/lut_kernel.h``); AVX2 adds
     at level avx2 and above, portable code at scalar. Returns (int64[N, M] or None, level_name).
 
@@ -129,7 +129,9 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
 
     Without ``out`` the result is a new int64[N, M]. With ``out`` (a flat int64 buffer) element (n, m) of the GEMM is
     written to ``out[offset + (m // P) * ldb + n * P + m % P]`` and None is returned; ``sel_is_m``: the selector rows
-    ``S`` are the GEMM's m positions and the index columns of ``I`` its n channels (the roles swapped)."""
+    ``S`` are the GEMM's m positions and the index columns of ``I`` its n channels (the roles swapped). ``add``: the
+    GEMM is added to what ``out`` holds there (else it overwrites it). Tables whose entries are all < 256 take the
+    AVX2 adds without high-byte sums."""
     cdef int level = _level(isa)
     cdef int64_t K = I.shape[0], nI = I.shape[1], nS = S.shape[0]
     cdef int64_t Mg = nS if sel_is_m else nI, Ng = nI if sel_is_m else nS
@@ -141,6 +143,8 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     if R < 256 and I.shape[0] and I.shape[1] and np.asarray(I).max() >= R:
         raise ValueError(f"rows_gemm: index entries must be < {R} (the classes of D's columns)")
     res = None
+    if out is None and add:
+        raise ValueError("rows_gemm: add=True needs an output buffer")
     if out is None:
         res = np.empty((Ng, Mg), dtype=np.int64)
         out, offset, P, ldb = res.reshape(-1), 0, max(Mg, 1), 0
@@ -153,13 +157,15 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     cdef int64_t m, n
     cdef int rc = 0
     if K == 0:
+        if add:
+            return res, ISA_NAMES[level]
         for m in range(Mg):
             for n in range(Ng):
                 o[offset + (m // P) * ldb + n * P + m % P] = 0
         return res, ISA_NAMES[level]
     with nogil:
         rc = dse_rows_gemm(level, &I[0, 0], nI, &S[0, 0], &D[0, 0], R, &off[0], nI, K, nS, &o[offset], P, ldb,
-                           1 if sel_is_m else 0, max(1, threads))
+                           1 if sel_is_m else 0, 1 if add else 0, max(1, threads))
     if rc != 0:
         raise MemoryError("rows_gemm: scratch buffers could not be allocated")
     return res, ISA_NAMES[level]

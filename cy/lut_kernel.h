@@ -383,7 +383,7 @@ static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t
 #define DSE_RT_W16 256 /* k-steps per 16-bit window */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int64_t mb, uint16_t *acc,
-                       const int KC, const int FIRST)
+                       const int KC, const int FIRST, const int NOH)
 {
     const uint16_t *t[DSE_RT_KC];
     const uint8_t *p[DSE_RT_KC];
@@ -400,8 +400,10 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
         } else {
             a0 = _mm256_loadu_si256((const __m256i *)(a + 0));
             a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
-            h0 = _mm256_loadu_si256((const __m256i *)(a + 32));
-            h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
+            if (!NOH) {
+                h0 = _mm256_loadu_si256((const __m256i *)(a + 32));
+                h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
+            }
         }
 #pragma GCC unroll 16
         for (int kk = 0; kk < KC; kk++) {
@@ -409,34 +411,54 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
             const __m256i v0 = _mm256_loadu_si256((const __m256i *)r);
             const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
             a0 = _mm256_add_epi16(a0, v0);
-            h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
             a1 = _mm256_add_epi16(a1, v1);
-            h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+            if (!NOH) {
+                h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
+                h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+            }
         }
         _mm256_storeu_si256((__m256i *)(a + 0), a0);
         _mm256_storeu_si256((__m256i *)(a + 16), a1);
-        _mm256_storeu_si256((__m256i *)(a + 32), h0);
-        _mm256_storeu_si256((__m256i *)(a + 48), h1);
+        if (!NOH) {
+            _mm256_storeu_si256((__m256i *)(a + 32), h0);
+            _mm256_storeu_si256((__m256i *)(a + 48), h1);
+        }
+    }
+}
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
+                        uint16_t *acc, const int NOH)
+{
+    if (kc == DSE_RT_KC && first) {
+        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 1, NOH);
+        return;
+    }
+    if (kc == DSE_RT_KC) {
+        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 0, NOH);
+        return;
+    }
+    for (int kk = 0; kk < kc; kk++) { /* the chunk at the end of K */
+        if (first && kk == 0)
+            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 1, NOH);
+        else
+            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 0, NOH);
     }
 }
 
 DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
                                            int64_t mb, int first, void *acc)
 {
-    if (kc == DSE_RT_KC && first) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, (uint16_t *)acc, DSE_RT_KC, 1);
-        return;
-    }
-    if (kc == DSE_RT_KC) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, (uint16_t *)acc, DSE_RT_KC, 0);
-        return;
-    }
-    for (int kk = 0; kk < kc; kk++) { /* the chunk at the end of K */
-        if (first && kk == 0)
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, (uint16_t *)acc, 1, 1);
-        else
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, (uint16_t *)acc, 1, 0);
-    }
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0);
+}
+
+/* Tables whose entries are all < 256: a window of 256 k-steps sums to <= 255 * 256 < 2^16, so the word sums A are
+ * exact by themselves and H is neither computed nor stored (half the adds, no shifts, half the accumulator
+ * traffic); dse_rows_finish_avx2_byte reads A alone. */
+DSE_T_AVX2 static void dse_rows_accum_avx2_byte(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1);
 }
 
 /* sums = ((A - 256 H) mod 2^16) + 256 H per selector (see dse_rows_accum_avx2). */
@@ -465,6 +487,22 @@ DSE_T_AVX2 static void dse_rows_finish_avx2(const void *accv, int64_t mb, int fi
     }
 }
 
+/* sums = A per selector (the window sums of a table with entries < 256, see dse_rows_accum_avx2_byte). */
+DSE_T_AVX2 static void dse_rows_finish_avx2_byte(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    const uint16_t *acc = (const uint16_t *)accv;
+    for (int64_t m = 0; m < mb; m++) {
+        const uint16_t *a = acc + m * 2 * DSE_RT_NT;
+        int32_t *s = sums + m * DSE_RT_NT;
+        for (int i = 0; i < DSE_RT_NT; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
+            if (!first)
+                v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(s + i)));
+            _mm256_storeu_si256((__m256i *)(s + i), v);
+        }
+    }
+}
+
 /* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of DSE_RT_KC) and size. */
 typedef struct {
     dse_rows_build_fn build;
@@ -482,22 +520,24 @@ typedef struct {
     int64_t *base;
     int64_t P, ldb;
     int sel_is_m;
+    int add; /* add the GEMM to what base holds (else overwrite it) */
 } dse_rows_out;
 
-/* Stores (first) or adds v[i] = init + acc[i * DSE_RT_NT] for index positions i0 .. i0 + len - 1 of selector row js. */
+/* Stores (first; with o->add: adds) init + acc[i * DSE_RT_NT], or (not first) adds acc[i * DSE_RT_NT], for index
+ * positions i0 + i, i < len, of selector row js. */
 static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_t len, const int32_t *acc,
                            int64_t init, int first)
 {
     if (o->sel_is_m) { /* m = js fixed, n = i0 + i: stride P */
         int64_t *d = o->base + (js / o->P) * o->ldb + js % o->P + i0 * o->P;
         for (int64_t i = 0; i < len; i++, d += o->P)
-            *d = (first ? init : *d) + acc[i * DSE_RT_NT];
+            *d = (first ? init + (o->add ? *d : 0) : *d) + acc[i * DSE_RT_NT];
         return;
     }
     int64_t p = i0 % o->P; /* n = js fixed, m = i0 + i: runs of P positions per image */
     int64_t *d = o->base + (i0 / o->P) * o->ldb + js * o->P;
     for (int64_t i = 0; i < len; i++) {
-        d[p] = (first ? init : d[p]) + acc[i * DSE_RT_NT];
+        d[p] = (first ? init + (o->add ? d[p] : 0) : d[p]) + acc[i * DSE_RT_NT];
         if (++p == o->P) {
             p = 0;
             d += o->ldb;
@@ -567,15 +607,20 @@ static int dse_team_allocated(int *fail, int ok)
  * !sel_is_m, else index positions). R: the table's index columns (see above). */
 static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                          const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
-                         int sel_is_m, int nt)
+                         int sel_is_m, int add, int nt)
 {
     static const dse_rows_impl portable = {dse_rows_build, dse_rows_accum_scalar, NULL,
                                            (32768 / DSE_RT_KC) * DSE_RT_KC, DSE_RT_NT * sizeof(int32_t)};
     static const dse_rows_impl avx2 = {dse_rows_build32_avx2, dse_rows_accum_avx2, dse_rows_finish_avx2,
                                        DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
-    const dse_rows_impl *im = level >= DSE_ISA_AVX2 ? &avx2 : &portable;
+    static const dse_rows_impl avx2_byte = {dse_rows_build32_avx2, dse_rows_accum_avx2_byte,
+                                            dse_rows_finish_avx2_byte, DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
+    uint16_t dmax = 0;
+    for (int64_t i = 0; i < 256 * R; i++)
+        dmax = D[i] > dmax ? D[i] : dmax;
+    const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable : (dmax < 256 ? &avx2_byte : &avx2);
     const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
-    const dse_rows_out o = {out, P, ldb, sel_is_m};
+    const dse_rows_out o = {out, P, ldb, sel_is_m, add};
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {

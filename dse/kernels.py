@@ -31,13 +31,18 @@ is built (one row per class of index patterns with equal table columns: Mitch-w'
 256 unsigned activation patterns; a conv maps its input to these classes before im2col), then each position adds one
 table row -- 16 products per AVX2 16-bit add (whole entries and their high bytes summed apart, exact over 256-step
 windows), portable int32 code otherwise, instead of one gather per product;
-it falls back to "lut" for wider tables), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
+it falls back to "lut" for wider tables; tables whose entries span < 256 per selector take 16-bit sums without the
+high bytes), "split" (the exact product on the integer GEMM kernel + the rows kernel on the error table E = LUT - a*w,
+added in place: tables close to exact have short error row tables, e.g. 16 rows for a*w with its low 3 bits
+cleared; auto takes it instead of "rows" per call when cheaper by the cost model, i.e. on calls with few positions,
+where building 256-row tables dominates), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
 permutes, AVX2 gathers or scalar code). ``isa=`` or env ``DSE_KERNEL_ISA`` = scalar/avx2/avx512 caps the ISA level
 picked at run time. All paths are bit-exact against the reference. Auto prefers "lowrank" over the table kernels only
 while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``), and "rows" over "lut" below AVX-512.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -55,7 +60,7 @@ try:
 except ImportError:  # pragma: no cover - only when the extension was not built
     _kernels = None
 
-PATHS = ("auto", "exact", "lowrank", "rows", "lut")
+PATHS = ("auto", "exact", "lowrank", "rows", "split", "lut")
 LOWRANK_MAX_RANK = 16
 # Largest number of GEMM terms t (integer factors of the whole table, so t = 1 for perforation, truncation, DRUM,
 # Ax-BxP) for which "auto" prefers lowrank over the table kernels at that ISA level. Measured (benchmarks/RESULTS.md):
@@ -169,6 +174,7 @@ class _Prepared:
     _lowrank: object = field(default=False)  # False = not computed yet
     _intf: object = field(default=False)
     _rows: object = field(default=False)
+    _err_rows: object = field(default=False)
     _int16: object = field(default=False)
     _intf_bound: object = field(default=False)
     int_plans: dict = field(default_factory=dict)  # (K, path, isa name) -> _int_plan's answer, filled by it
@@ -179,6 +185,17 @@ class _Prepared:
         if self._rows is False:
             self._rows = _RowTables(_offset_table(self.lut.T), _offset_table(self.lut))
         return self._rows
+
+    @property
+    def err_rows(self) -> "_RowTables":
+        """Row tables of the error table E = LUT - a*w (the "split" path: exact integer GEMM + rows on E). Tables close
+        to exact have few distinct error rows/columns and small spans (the bench's imported LUT, a*w with 3 low bits
+        cleared: 16 classes per orientation), so its row tables are short and, with spans < 256, summed without the
+        high-byte sums (cy/lut_kernel.h)."""
+        if self._err_rows is False:
+            err = self.lut - np.multiply.outer(self.a_vals, _W_VALS)
+            self._err_rows = _RowTables(_offset_table(err.T), _offset_table(err))
+        return self._err_rows
 
     @property
     def lowrank(self) -> LowRank | None:
@@ -272,11 +289,20 @@ class _Int16Plan:
     fac: IntFactors  # the factors as int64 (fa, gw), for the exactness plan of the call
 
 
+@functools.lru_cache(maxsize=2)
+def _exact_plan(a_signed: bool) -> _Int16Plan:
+    """The integer GEMM kernel's operands of the exact product (activation values u8/s8, int8 weights)."""
+    a_vals = _W_VALS if a_signed else np.arange(256, dtype=np.int64)
+    fac = IntFactors(a_vals[:, None], _W_VALS[:, None])
+    S = _term_bound(fac.F, fac.G, np.arange(256), np.arange(256))
+    return _Int16Plan(np.ascontiguousarray(fac.F.astype(np.int16)), np.ascontiguousarray(fac.G.astype(np.int16)),
+                      "s8" if a_signed else "u8", S, fac)
+
+
 def _int16_plan(prep: "_Prepared") -> _Int16Plan | None:
     signed = bool(prep.a_vals[255] < 0)
     if prep.is_exact:
-        fac = IntFactors(prep.a_vals[:, None], _W_VALS[:, None])
-        mode = "s8" if signed else "u8"
+        return _exact_plan(signed)
     else:
         fac = prep.intf
         if fac is None or fac.rank == 0:
@@ -332,7 +358,9 @@ def _isa_name(isa) -> str:
 
 def select_path(mult: Multiplier, a_signed: bool, K: int, path: str = "auto", isa=None,
                 max_abs_a: int | None = None) -> str:
-    """The path a GEMM with reduction length K uses: "exact", "lowrank" or "lut" (see module docstring)."""
+    """The path a GEMM with reduction length K uses: "exact", "lowrank", "rows", "split" or "lut" (see module
+    docstring). "rows" stands for the table kernels, which become "split" per call when that is cheaper
+    (_table_plan)."""
     if path not in PATHS:
         raise DseError(f"unknown kernel path '{path}'; use one of {', '.join(PATHS)}")
     prep = _prepare(mult, a_signed)
@@ -347,8 +375,10 @@ def select_path(mult: Multiplier, a_signed: bool, K: int, path: str = "auto", is
         terms = _lowrank_terms(prep, a_signed, K, max_abs_a)
         if terms and (path == "lowrank" or terms <= AUTO_MAX_RANK[_isa_name(isa)]):
             return "lowrank"
+    if path == "split" and (prep.err_rows.by_weight is not None or prep.err_rows.by_act is not None):
+        return "split"
     rows_ok = prep.rows.by_weight is not None or prep.rows.by_act is not None
-    if rows_ok and (path == "rows" or path == "auto" and _isa_name(isa) != "avx512"):
+    if rows_ok and (path in ("rows", "split") or path == "auto" and _isa_name(isa) != "avx512"):
         return "rows"
     return "lut"
 
@@ -603,13 +633,44 @@ def _rows_by_act(tabs: _RowTables, M: int, N: int) -> bool:
                                       _rows_cost(M, N, tabs.by_act.rows) < _rows_cost(N, M, tabs.by_weight.rows))
 
 
+def _rows_orientation_cost(tabs: _RowTables, M: int, N: int) -> tuple[bool, float]:
+    """(by_act, relative time) of the rows kernel on ``tabs`` for an [N, M] result, cheaper orientation."""
+    by_act = _rows_by_act(tabs, M, N)
+    return by_act, (_rows_cost(M, N, tabs.by_act.rows) if by_act else _rows_cost(N, M, tabs.by_weight.rows))
+
+
+# Time of the exact integer GEMM per MAC relative to one row add per MAC of the rows kernel (measured on Zen 2, AVX2,
+# ResNet-18 conv shapes: the integer kernel ~50 GMAC/s, row adds on short class tables ~25-29 GMAC/s; 2026-11-26).
+_SPLIT_EXACT_COST = 0.5
+
+
+def _table_plan(prep: _Prepared, M: int, N: int, path: str) -> tuple[str, bool]:
+    """(kernel, by_act) of a table GEMM with an [N, M] result on the "rows" path family: "rows" (row tables of the
+    table itself) or "split" (the exact integer GEMM + row tables of the error table E = LUT - a*w), whichever is
+    cheaper for path="auto" (split wins where E's tables are much shorter, i.e. on calls with few positions, where
+    building the full table's rows dominates), and the orientation of the row tables."""
+    err = prep.err_rows
+    split_ok = err.by_weight is not None or err.by_act is not None
+    rows_ok = prep.rows.by_weight is not None or prep.rows.by_act is not None
+    if path == "split" and split_ok or not rows_ok:
+        return "split", _rows_by_act(err, M, N)
+    by_act, cost = _rows_orientation_cost(prep.rows, M, N)
+    if path == "auto" and split_ok:
+        e_act, e_cost = _rows_orientation_cost(err, M, N)
+        if _SPLIT_EXACT_COST * M * N + e_cost < cost:
+            return "split", e_act
+    return "rows", by_act
+
+
 def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None,
-               into: _Dest | None = None, classed: bool = False) -> np.ndarray | None:
-    """int64[N, M] by the row-table kernel (or None after writing it into ``into``). Orientation: weights select the
-    tables and the M positions index them, or (by_act) activations select and the N output channels index: the
-    cheaper one by _rows_cost unless forced. ``classed``: AT holds the activation classes of the weight-selected
-    table already (``_OffsetTable.classes``; a conv maps its input before im2col), not patterns."""
-    tabs = prep.rows
+               into: _Dest | None = None, classed: bool = False, tabs: _RowTables | None = None,
+               add: bool = False) -> np.ndarray | None:
+    """int64[N, M] by the row-table kernel (or None after writing it into ``into``; ``add``: added to what ``into``
+    holds). Orientation: weights select the tables and the M positions index them, or (by_act) activations select
+    and the N output channels index: the cheaper one by _rows_cost unless forced. ``classed``: AT holds the
+    activation classes of the weight-selected table already (``_OffsetTable.classes``; a conv maps its input before
+    im2col), not patterns. ``tabs``: the row tables (default: the table's own, ``prep.rows``)."""
+    tabs = prep.rows if tabs is None else tabs
     K, M = AT.shape
     N = Wp.shape[0]
     if by_act is None:
@@ -622,8 +683,22 @@ def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: boo
     else:
         I, S = (AT if classed else t.classes(AT)), Wp
     dest = () if into is None else (into.buf, into.offset, into.P, into.ldb)
-    out, _ = _kernels.rows_gemm(I, S, t.D, t.off, _isa_name(isa), get_threads(), *dest, sel_is_m=by_act)
+    out, _ = _kernels.rows_gemm(I, S, t.D, t.off, _isa_name(isa), get_threads(), *dest, sel_is_m=by_act, add=add)
     return out
+
+
+def _split_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, a_signed: bool, isa, by_act: bool,
+                into: _Dest | None = None) -> np.ndarray | None:
+    """int64[N, M] (or None after writing it into ``into``) as the exact product's integer GEMM plus the rows
+    kernel on the error table E = LUT - a*w, added in place."""
+    N, M = Wp.shape[0], AT.shape[1]
+    res = None
+    if into is None:
+        res = np.empty((N, M), dtype=np.int64)
+        into = _Dest(res.reshape(-1), 0, max(M, 1), 0)
+    _int_gemm(AT, Wp, _exact_plan(a_signed), isa, into.view(N, M))
+    _rows_gemm(AT, Wp, prep, isa, by_act=by_act, into=into, tabs=prep.err_rows, add=True)
+    return res
 
 
 def _gemm_T(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa,
@@ -653,8 +728,11 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
         return _exact_gemm(AT, Wp, prep, amax or 0)
     if chosen == "lowrank":
         return _lowrank_gemm(AT, Wp, prep, a_signed, amax)
-    if chosen == "rows":
-        return _rows_gemm(AT, Wp, prep, isa, into=into)
+    if chosen in ("rows", "split"):
+        kind, by_act = _table_plan(prep, AT.shape[1], Wp.shape[0], path)
+        if kind == "split":
+            return _split_gemm(AT, Wp, prep, a_signed, isa, by_act, into)
+        return _rows_gemm(AT, Wp, prep, isa, by_act=by_act, into=into)
     return _lut_gemm(AT, Wp, prep, isa)
 
 
@@ -874,7 +952,8 @@ def _conv_row_classes(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: i
     if t is None or t.cls is None or _int_plan(mult, a_signed, K, path, isa) is not None:
         return None
     amax = _max_abs(xq, a_signed) if path == "auto" else None
-    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows" or _rows_by_act(prep.rows, M, N):
+    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows" or \
+            _table_plan(prep, M, N, path) != ("rows", False):
         return None
     return t
 

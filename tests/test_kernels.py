@@ -52,7 +52,7 @@ MULTS = {
     "rand_u16": random_mult(5, 0, 2 ** 16),  # spans just below 2^16: the widest table of the rows kernel
     "classed": classed_mult(6, -2 ** 15, 2 ** 15),  # duplicate rows and columns: the rows kernel's class tables
 }
-PATHS = ["auto", "lowrank", "rows", "lut"]
+PATHS = ["auto", "lowrank", "rows", "split", "lut"]
 
 
 def acts(rng, shape, signed):
@@ -304,23 +304,25 @@ def test_rows_kernel_int32_window_worst_case():
 
 @settings(deadline=None, max_examples=25)
 @given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 40), N=st.integers(1, 40),
-       by_act=st.booleans(), classed=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
-def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, seed):
+       by_act=st.booleans(), classed=st.booleans(), byte=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, byte, seed):
     """The AVX2 adds sum entries in 16-bit lanes over windows of 256 k-steps (low bytes and high bytes apart): a table
     whose entries (minus a constant) take the byte extremes (0, 255, 256, 0xFF00, 0xFFFF) and operands that pick them on every
     k-step, on reduction lengths around the window boundaries, both orientations, every ISA level; ``classed``: the
-    table has repeated rows and columns, so both orientations read class tables."""
+    table has repeated rows and columns, so both orientations read class tables; ``byte``: entries 0..255 only (span
+    255), the AVX2 adds without high-byte sums, whose 16-bit window sums reach 255 * 256."""
     rng = np.random.default_rng(seed)
-    ext = [0, 255, 256, 0xFF00, 0xFFFF]
+    ext = [0, 1, 254, 255] if byte else [0, 255, 256, 0xFF00, 0xFFFF]
+    top = max(ext)
     if classed:
         small = rng.choice(ext, (37, 50))
-        small[0, 0], small[1, 1] = 0xFFFF, 0
+        small[0, 0], small[1, 1] = top, 0
         lut = classed_table(small)
     else:
         lut = rng.choice(ext, (256, 256))
     lut = int(rng.integers(-2 ** 20, 2 ** 20)) + lut
     mult = Multiplier(name=f"extreme{seed}", family="test", _builder=lambda a_s, w_s: lut.copy())
-    hot = np.argwhere(lut - lut.min() == 0xFFFF)
+    hot = np.argwhere(lut - lut.min() == top)
     ia, iw = hot[rng.integers(len(hot))]
     a = np.where(rng.random((M, Kd)) < 0.7, ia, rng.integers(0, 256, (M, Kd)))
     w = np.where(rng.random((N, Kd)) < 0.7, iw, rng.integers(0, 256, (N, Kd)))
@@ -330,6 +332,51 @@ def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, se
     prep = K._prepare(mult, False)
     for isa in ISAS:
         assert np.array_equal(K._rows_gemm(AT, Wp, prep, isa, by_act=by_act), ref), isa
+
+
+def near_exact_lut(a_signed, w_signed):
+    """The signed product with its 3 low bits cleared (benchmarks/bench_e2e.py's imported LUT): full rank, error
+    E = -((a * w) & 7) with 8 distinct rows and columns."""
+    a = pattern_values(True)[:, None]
+    t = a * pattern_values(True)[None, :]
+    return (t - (t & 7)).astype(np.int32)
+
+
+def test_split_path_exact_plus_error_row_tables():
+    """path="split": the exact integer GEMM + the rows kernel on the error table, added in place. The near-exact table's
+    error has 8 classes per orientation (16-row tables) and, for signed activations, spans 7 (the adds without
+    high-byte sums); auto takes split where the full table's 256-row builds dominate (few positions) and rows on
+    long calls; path="rows" and path="split" force each; bit-exact gemm and conv (padded, strided, grouped) at every
+    ISA level."""
+    mult = Multiplier(name="near_exact", family="test", _builder=near_exact_lut)
+    for signed in (False, True):
+        prep = K._prepare(mult, signed)
+        e = prep.err_rows.by_weight
+        assert e.rows == 16 and prep.rows.by_weight.rows == 256
+        assert (int(e.D.max()) <= 7) == signed
+        assert K._table_plan(prep, 196, 512, "auto")[0] == "split"
+        assert K._table_plan(prep, 50000, 64, "auto")[0] == "rows"
+        assert K._table_plan(prep, 50000, 64, "split")[0] == "split"
+        assert K._table_plan(prep, 196, 512, "rows")[0] == "rows"
+        assert K.select_path(mult, signed, 576, "split") == "split"
+        rng = np.random.default_rng(3)
+        x = acts(rng, (2, 6, 9, 8), signed)
+        w = rng.integers(-128, 128, (10, 3, 3, 3))
+        ref = K.reference_conv2d_int(x, w, mult, signed, (2, 1), (1, 0, 2, 1), (1, 1), 2)
+        a = acts(rng, (70, 300), signed)
+        wg = rng.integers(-128, 128, (33, 300))
+        gref = K.reference_gemm_int(a, wg, mult, signed)
+        for path in ("split", "rows", "auto"):
+            for isa in ISAS:
+                got = K.conv2d_int(x, w, mult, signed, (2, 1), (1, 0, 2, 1), (1, 1), 2, path=path, isa=isa)
+                assert np.array_equal(got, ref), (signed, path, isa)
+                assert np.array_equal(K.gemm_int(a, wg, mult, signed, path=path, isa=isa), gref), (signed, path, isa)
+
+
+def test_split_falls_back_without_error_tables():
+    """A table whose error spans 2^16 or more per weight has no error row tables: path="split" takes rows (or lut)."""
+    assert K.select_path(MULTS["rand_u16"], False, 576, "split") == "rows"
+    assert K.select_path(MULTS["rand_i32"], False, 576, "split") == "lut"
 
 
 def test_auto_path_selection():
