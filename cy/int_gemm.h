@@ -22,7 +22,9 @@
  * Exactness: the caller passes S >= |A'[kk, m] W'[n, kk]| for every term of the call (e.g. max|a| * max|w|). The
  * int32 accumulators take at most seg = floor((2^31 - 1) / S) terms (a multiple of two, and the pair sum of one
  * vpmaddwd is <= 2 S <= 2^31 - 1, which the caller guarantees) before they are added into the int64 output, so no
- * int32 lane can overflow; results are exact for any K with K t S < 2^63. Every output is computed by one thread in a
+ * int32 lane can overflow; results are exact for any K with K t S < 2^63. When one segment holds the whole depth
+ * (dse_ig_fits32), a call with a dse_scaling writes no int64 sums: each finished int32 tile is scaled (dse_scale_run_i32:
+ * the layer's float32 output or the next layer's input patterns) into outs, laid out as out would be. Every output is computed by one thread in a
  * fixed order over the depth: results do not depend on the thread count.
  */
 #ifndef DSE_INT_GEMM_H
@@ -307,12 +309,46 @@ typedef struct {
     dse_ig_micro_fn micro;
     dse_ig_pack_fn pack;
     int64_t *out;
+    int level;
+    const dse_scaling *sc; /* with sc: the scaled outputs go to outs (one int32 segment holds the whole depth) */
+    void *outs;
 } dse_ig_plan;
+
+/* Depth pairs per block and blocks per int32 segment of a call with K t depth rows and term bound S. */
+static void dse_ig_segments(int64_t S, int64_t *kcp, int64_t *seg_blocks)
+{
+    const int64_t seg_pairs = 2147483647LL / (2 * S);
+    *kcp = seg_pairs < DSE_IG_KCP ? seg_pairs : DSE_IG_KCP;
+    *seg_blocks = seg_pairs / *kcp;
+}
+
+/* Whether one int32 segment holds the whole depth of a call (K rows, t terms, term bound S, 1 <= 2 S < 2^31): then
+ * every int32 sum is the exact result and the scaling pass can read it from the tile (dse_int_gemm with sc). */
+static int dse_ig_fits32(int64_t K, int t, int64_t S)
+{
+    int64_t kcp, seg_blocks;
+    if (S < 1 || 2 * S > 2147483647LL)
+        return 0;
+    dse_ig_segments(S, &kcp, &seg_blocks);
+    return ((K * t + 1) / 2 + kcp - 1) / kcp <= seg_blocks;
+}
 
 /* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block. */
 static void dse_ig_flush(const dse_ig_plan *P, const int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
                          int64_t mv, int add)
 {
+    if (P->sc) { /* the final sums: scaled per run of positions within one image */
+        for (int64_t n = n0; n < n1; n++) {
+            const int32_t *c = C32 + (n - n0) * ldc;
+            for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv; b++, s = 0) {
+                const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
+                dse_scale_run_i32(P->level, c + i, len, P->sc, n,
+                                  dse_scaled_out(P->sc, P->outs, b * P->ld_img + n * P->ld_n + s));
+                i += len;
+            }
+        }
+        return;
+    }
     for (int64_t n = n0; n < n1; n++) {
         const int32_t *c = C32 + (n - n0) * ldc;
         int64_t b = m0 / P->img, s = m0 % P->img;
@@ -355,17 +391,17 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
 /* Returns 0, or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be < 2^31). */
 static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, int64_t K, int64_t M, int64_t N,
                         int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
-                        int64_t ld_img, int64_t ld_n, int nt)
+                        int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int nt)
 {
     if (S < 1 || 2 * S > 2147483647LL)
         return -2;
+    if (sc && !dse_ig_fits32(K, t, S))
+        return -3;
     dse_ig_plan P;
     P.AT = AT, P.Wp = Wp, P.lda = lda, P.K = K, P.M = M, P.N = N, P.t = t, P.mode = mode, P.fa = fa;
-    P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out;
+    P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out, P.level = level, P.sc = sc, P.outs = outs;
     P.KP = (K * t + 1) / 2;
-    const int64_t seg_pairs = 2147483647LL / (2 * S);
-    P.kcp = seg_pairs < DSE_IG_KCP ? seg_pairs : DSE_IG_KCP;
-    P.seg_blocks = seg_pairs / P.kcp;
+    dse_ig_segments(S, &P.kcp, &P.seg_blocks);
     if (level >= DSE_ISA_AVX512) {
         P.mr = DSE_IG_MR_512, P.micro = dse_ig_micro_512, P.pack = dse_ig_pack_a_avx2;
     } else if (level == DSE_ISA_AVX2) {

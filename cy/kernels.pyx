@@ -53,7 +53,8 @@ cdef extern from "lut_kernel.h" nogil:
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, int64_t K, int64_t M, int64_t N,
                      int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
-                     int64_t ld_img, int64_t ld_n, int nt)
+                     int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int nt)
+    int dse_ig_fits32(int64_t K, int t, int64_t S)
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
 INT_GEMM_MODES = ("table", "u8", "s8")
@@ -300,13 +301,15 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
 
 
 def int_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
-             const int16_t[:, ::1] gw, int64_t S, int64_t[:, :, :] out, isa=None, int threads=1):
+             const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None):
     """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
     ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
     uint8[K, M] (M = B * img) and the t columns of the int16 tables ``fa``, ``gw`` [256, t]. ``a_mode``: "table"
     (fa' = fa), "u8"/"s8" (t = 1 and fa'[p] = the unsigned/signed value of pattern p; ``fa`` unused). ``S`` >= every
-    |term| of the call, 2 S < 2^31 (the int32 accumulation segment is floor((2^31 - 1) / S) terms). Returns the ISA
-    level name used."""
+    |term| of the call, 2 S < 2^31 (the int32 accumulation segment is floor((2^31 - 1) / S) terms). With ``scaling``
+    (as :func:`dw_conv` takes it, one entry per row n) ``out`` is float32 (uint8 with a quant) [B, N, img] and
+    receives the output of :func:`dequantize` on those sums, scaled from the int32 tile while it is in cache; the
+    call must satisfy :func:`int_gemm_fits32` and have K >= 1. Returns the ISA level name used."""
     cdef int level = _level(isa)
     cdef int64_t K = AT.shape[0], M = AT.shape[1], N = Wp.shape[0], t = gw.shape[1]
     cdef int mode = INT_GEMM_MODES.index(a_mode)
@@ -314,25 +317,44 @@ def int_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int16_t[:
         raise ValueError(f"int_gemm: AT has K={K} rows but Wp has {Wp.shape[1]} columns")
     if gw.shape[0] != 256 or fa.shape[0] != 256 or (mode == 0 and fa.shape[1] != t) or (mode != 0 and t != 1):
         raise ValueError("int_gemm: tables must be [256, t] (t = 1 for the u8/s8 modes)")
-    if out.shape[1] != N or out.shape[0] * out.shape[2] != M:
+    if out.ndim != 3 or out.shape[1] != N or out.shape[0] * out.shape[2] != M:
         raise ValueError(f"int_gemm: out {tuple(out.shape)[:3]} does not hold [M / img, N, img] with M={M}, N={N}")
     if not 1 <= S <= 2 ** 30 - 1:
         raise ValueError(f"int_gemm: term bound S={S} out of range (1 .. 2^30 - 1)")
-    if out.shape[2] > 1 and out.strides[2] != 8 or out.strides[0] % 8 or out.strides[1] % 8:
+    cdef dse_scaling sc
+    if scaling is not None:
+        keep = _scaling(&sc, N, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5], scaling[6])
+        if not dse_ig_fits32(K, t, S):
+            raise ValueError(f"int_gemm: a scaled call needs one int32 segment (K={K}, t={t}, S={S} do not fit)")
+    dtype = np.dtype(np.int64 if scaling is None else (np.uint8 if sc.quant else np.float32))
+    if out.dtype != dtype:
+        raise ValueError(f"int_gemm: out must be {dtype.name}")
+    cdef int64_t isz = dtype.itemsize
+    if out.shape[2] > 1 and out.strides[2] != isz or out.strides[0] % isz or out.strides[1] % isz:
         raise ValueError("int_gemm: out must have unit stride along its last axis")
-    cdef int rc = 0
     if M == 0 or N == 0:
         return ISA_NAMES[level]
+    if K == 0 and scaling is not None:
+        raise ValueError("int_gemm: a scaled call needs K >= 1")
     if K == 0:
-        for b in range(out.shape[0]):
-            out[b, :, :] = 0
+        out[...] = 0
         return ISA_NAMES[level]
+    cdef size_t addr = out.ctypes.data
+    cdef int64_t img = out.shape[2], ld_img = out.strides[0] // isz, ld_n = out.strides[1] // isz
+    cdef int rc = 0
     with nogil:
-        rc = dse_int_gemm(level, &AT[0, 0], M, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0], S, &out[0, 0, 0],
-                          out.shape[2], out.strides[0] // 8, out.strides[1] // 8, max(1, threads))
+        rc = dse_int_gemm(level, &AT[0, 0], M, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0], S,
+                          <int64_t *>addr if scaling is None else NULL, img, ld_img, ld_n,
+                          NULL if scaling is None else &sc, <void *>addr, max(1, threads))
     if rc != 0:
         raise MemoryError("int_gemm: scratch buffers could not be allocated")
     return ISA_NAMES[level]
+
+
+def int_gemm_fits32(int64_t K, int t, int64_t S):
+    """Whether one int32 accumulation segment of :func:`int_gemm` holds the whole depth (K rows, t terms per row,
+    term bound S): the condition of a scaled call."""
+    return bool(dse_ig_fits32(K, t, S))
 
 
 def fsum_seq(const float[:, ::1] P):

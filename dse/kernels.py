@@ -969,12 +969,16 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
                   groups=1, path="auto", isa=None) -> np.ndarray:
     """``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit ([B, Cout, Ho, Wo], ``scaling.dtype``:
     float32, or the next layer's quantized input), without the int64 tensor: the direct depthwise kernel scales each
-    output plane as it finishes; the GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are
-    scaled from cache into the output."""
+    output plane as it finishes; the integer GEMM kernel scales its int32 tiles when they hold the whole reduction
+    (_scaled_int_plan); the other GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled
+    from cache into the output."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
     if direct is not None:
         return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling).view(scaling.dtype)
+    plan = _scaled_int_plan(mult, a_signed, w.shape, path, isa)
+    if plan is not None:
+        return _conv_int_gemm_scaled(x, w, plan, geo, groups, isa, scaling)
     B, Cout = x.shape[0], w.shape[0]
     per_image = Cout * geo.out_hw[0] * geo.out_hw[1]
     out = np.empty((B, Cout) + geo.out_hw, dtype=scaling.dtype)
@@ -986,6 +990,45 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
         _conv_gemm_into(x[b0:b1], w, mult, a_signed, geo, groups, path, isa, acc[:b1 - b0])
         scale_accumulators(acc[:b1 - b0], scaling, isa, out=out[b0:b1])
     return out
+
+
+# Image slices of the int32-scaled GEMMs of conv2d_scaled: at most this many bytes of GEMM operand (im2col) per call.
+_FUSED_SLICE_BYTES = 1 << 22
+
+
+def _scaled_int_plan(mult, a_signed: bool, w_shape, path: str, isa) -> _Int16Plan | None:
+    """The integer GEMM plan of a conv's per-group GEMMs when one int32 segment of the kernel holds their whole
+    reduction (K t S within int32; every 8-bit exact or separable conv of practical depth): the kernel then scales
+    its int32 sums from cache (``_kernels.int_gemm`` with a scaling) and no int64 sums exist. Else None."""
+    Cout, Cg, kh, kw = w_shape
+    K = Cg * kh * kw
+    plan = _int_plan(mult, a_signed, K, path, isa) if K else None
+    if plan is None or not _kernels.int_gemm_fits32(K, plan.gw.shape[1], plan.S):
+        return None
+    return plan
+
+
+def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: int, isa, scaling: "Scaling"):
+    """conv2d_scaled on the integer GEMM kernel with the scaling in its int32 tiles, per group, on image slices of at
+    most _FUSED_SLICE_BYTES of GEMM operand (a 1x1 conv's operand is its input)."""
+    B, C = x.shape[:2]
+    Cout, Cg, kh, kw = w.shape
+    og, kg = Cout // groups, Cg * kh * kw
+    P = geo.out_hw[0] * geo.out_hw[1]
+    sa, sw, bias, kind, lo, hi, quant = scaling.args()
+    out = np.empty((B, Cout) + geo.out_hw, dtype=np.uint8 if quant else np.float32)  # the kernel's patterns
+    view = out.reshape(B, Cout, P)
+    Wp = _u8(w).reshape(Cout, kg)
+    wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
+    step = max(1, _FUSED_SLICE_BYTES // max(1, C * kh * kw * P))
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        AT, _, _ = gemm_operand_T(_u8(x[b0:b1]), kh, kw, geo.stride, geo.pads, geo.dilation)
+        for g in range(groups):
+            c = slice(g * og, (g + 1) * og)
+            _kernels.int_gemm(AT[g * kg:(g + 1) * kg], wg[g], plan.fa, plan.a_mode, plan.gw, plan.S, view[b0:b1, c],
+                              _isa_name(isa), get_threads(), (sa, sw[c], bias[c], kind, lo, hi, quant))
+    return out.view(scaling.dtype)
 
 
 # ------------------------------------------------------------------------------------ fused FxP8 passes (dse.quant)

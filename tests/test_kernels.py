@@ -148,6 +148,7 @@ def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act,
         ref = reference_quantize_act(ref, q_scale, quant)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(K, "_SCALED_SLICE_BYTES", slice_bytes)
+        mp.setattr(K, "_FUSED_SLICE_BYTES", slice_bytes)
         mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
         for path in PATHS + (["exact"] if mname == "exact" else []):
             for isa in ISAS:
@@ -181,6 +182,32 @@ def test_extreme_patterns_worst_case_accumulation():
         for isa in ISAS:
             got = K.gemm_int(a, w, mult, False, path="lut", isa=isa)
             assert (got == 600 * lut[ia, iw]).all()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_conv2d_scaled_int32_tiles_at_their_limit(monkeypatch, signed):
+    """conv2d_scaled scales the integer GEMM's int32 tiles only while one int32 segment holds the whole reduction:
+    the deepest such 1x1 conv at the extreme operands (|sum| just under 2^31) and one channel more (int64 sums,
+    scaled by slices) both give float32(sum) exactly."""
+    from dse import _kernels
+
+    S = 128 * 128 if signed else 255 * 128
+    K_max = max(k for k in range(2 ** 31 // S - 300, 2 ** 31 // S + 2) if _kernels.int_gemm_fits32(k, 1, S))
+    assert K_max * S < 2 ** 31 <= (K_max + 300) * S and not _kernels.int_gemm_fits32(K_max + 1, 1, S)
+    scaled = []
+    monkeypatch.setattr(_kernels, "int_gemm", lambda *a, f=_kernels.int_gemm, **k: scaled.append(len(a) > 9) or
+                        f(*a, **k))
+    sc = K.Scaling(1.0, np.ones(2, np.float32), np.zeros(2, np.float32))
+    for Kd in (K_max, K_max + 1):
+        x = np.full((1, Kd, 1, 2), -128 if signed else 255)
+        w = np.full((2, Kd, 1, 1), -128)
+        w[1, 1] = 127
+        exact = np.array([-128 * int(x.flat[0]) * Kd, -128 * int(x.flat[0]) * (Kd - 1) + 127 * int(x.flat[0])])
+        for isa in ISAS:
+            scaled.clear()
+            got = K.conv2d_scaled(x, w, EXACT, signed, sc, isa=isa)
+            assert scaled == [Kd == K_max]
+            assert np.array_equal(got[0, :, 0, 0], exact.astype(np.float32)), (Kd, isa)
 
 
 @SETTINGS
