@@ -43,8 +43,8 @@ cdef extern from "lut_kernel.h" nogil:
     int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
-                    const int16_t *gtab, int64_t bound, int mode, int a_signed, int64_t *out,
-                    const dse_scaling *sc, void *outs, int nt)
+                    const int16_t *gtab, int64_t bound, int mode, int a_signed, const uint8_t *xtab,
+                    int64_t *out, const dse_scaling *sc, void *outs, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
                         void *y, int nt)
@@ -188,7 +188,7 @@ def translate(const uint8_t[::1] x, const uint8_t[::1] table):
 
 def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, const int32_t[:, ::1] lutT,
             const int16_t[::1] ftab, const int16_t[::1] gtab, int64_t bound, stride, pads, dilation, out_hw,
-            bint a_signed, isa=None, int threads=1, scaling=None):
+            bint a_signed, isa=None, int threads=1, scaling=None, const uint8_t[::1] xtab=None):
     """Depthwise conv: out[b, o] = sum_ij T(xpad[b, o // (Cout // C)], wp[o]) as int64[B, Cout, Ho, Wo].
 
     ``x`` uint8[B, C, H, W] activation patterns, ``wp`` uint8[Cout, kh, kw] weight patterns (Cout a multiple of C),
@@ -198,7 +198,9 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     element). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). AVX2 gathers /
     products at level avx2 and above, portable code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
     bias float32[Cout], act, lo, hi, quant) the result is the output of :func:`dequantize` on those sums instead
-    (float32, or uint8 patterns with a ``quant``), applied to each output plane while its sums are in cache.
+    (float32, or uint8 patterns with a ``quant``), applied to each output plane while its sums are in cache. With
+    ``xtab`` (uint8[256]) every input pattern a, the padding's 0 included, is read as ``xtab[a]`` (e.g. a rank-1
+    table's activation factor F(a) as the pattern of an 8-bit value, for mode "values").
     """
     cdef int level = _level(isa)
     cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -207,8 +209,8 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     cdef int64_t Ho = out_hw[0], Wo = out_hw[1]
     cdef int m = DW_MODES.index(mode)
     if C == 0 or Cout % C or lutT.shape[0] != 256 or lutT.shape[1] != 256 or ftab.shape[0] != 256 or \
-            gtab.shape[0] != 256:
-        raise ValueError("dw_conv: Cout must be a multiple of C, lutT [256, 256], ftab and gtab [256]")
+            gtab.shape[0] != 256 or (xtab is not None and xtab.shape[0] != 256):
+        raise ValueError("dw_conv: Cout must be a multiple of C, lutT [256, 256], ftab, gtab and xtab [256]")
     cdef dse_scaling sc
     cdef int64_t *o = NULL
     cdef void *of = NULL
@@ -227,9 +229,13 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     else:
         of = _address(out)
     cdef int rc = 0
+    cdef const uint8_t *xt = NULL
+    if xtab is not None:
+        xt = &xtab[0]
     with nogil:
         rc = dse_dw_conv(level, &x[0, 0, 0, 0], B, C, H, W, &wp[0, 0, 0], Cout, kh, kw, sh, sw, pt, pl, dh, dw, Ho,
-                         Wo, &lutT[0, 0], &ftab[0], &gtab[0], bound, m, 1 if a_signed else 0, o,
+                         Wo, &lutT[0, 0], &ftab[0], &gtab[0], bound, m, 1 if a_signed else 0,
+                         xt, o,
                          NULL if of == NULL else &sc, of, max(1, threads))
     if rc != 0:
         raise MemoryError("dw_conv: scratch buffers could not be allocated")

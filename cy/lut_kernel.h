@@ -779,11 +779,12 @@ DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64
         dse_dw_run_avx2_mode(tp, ntap, L, full, 1, 0);
 }
 
-/* The sh * sw phase planes (HQ x WQ each) of the zero-padded input plane xs [H, W]. */
+/* The sh * sw phase planes (HQ x WQ each) of the zero-padded input plane xs [H, W]; with xtab every byte (the padding
+ * pattern 0 too) goes through that 256-entry table. */
 static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh, int64_t sw,
-                          int64_t HQ, int64_t WQ, uint8_t *P)
+                          int64_t HQ, int64_t WQ, const uint8_t *xtab, uint8_t *P)
 {
-    memset(P, 0, (size_t)(sh * sw * HQ * WQ));
+    memset(P, xtab ? xtab[0] : 0, (size_t)(sh * sw * HQ * WQ));
     for (int64_t r = 0; r < H; r++) {
         const int64_t rr = r + pt;
         if (rr >= HQ * sh)
@@ -792,7 +793,10 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
         const uint8_t *src = xs + r * W;
         if (sw == 1) {
             const int64_t n = W < WQ - pl ? W : WQ - pl;
-            if (n > 0)
+            if (n > 0 && xtab)
+                for (int64_t c = 0; c < n; c++)
+                    prow[pl + c] = xtab[src[c]];
+            else if (n > 0)
                 memcpy(prow + pl, src, (size_t)n);
             continue;
         }
@@ -800,7 +804,7 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
             uint8_t *dst = prow + pc * HQ * WQ;
             int64_t q = pl > pc ? (pl - pc + sw - 1) / sw : 0; /* first q with c = q * sw + pc - pl >= 0 */
             for (int64_t c = q * sw + pc - pl; q < WQ && c < W; q++, c += sw)
-                dst[q] = src[c];
+                dst[q] = xtab ? xtab[src[c]] : src[c];
         }
     }
 }
@@ -830,8 +834,8 @@ static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, 
 static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                        int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                        int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
-                       const int16_t *gtab, int64_t bound, int mode, int a_signed, int64_t *out,
-                       const dse_scaling *sc, void *outs, int nt)
+                       const int16_t *gtab, int64_t bound, int mode, int a_signed, const uint8_t *xtab,
+                       int64_t *out, const dse_scaling *sc, void *outs, int nt)
 {
     const int64_t og = Cout / C, ntap = kh * kw;
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
@@ -850,7 +854,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < B * C; t++) {
                 const int64_t b = t / C, c = t % C;
-                dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, P);
+                dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, xtab, P);
                 if (mode == 2)
                     for (int64_t i = 0; i < np; i++)
                         PF[i] = ftab[P[i]];
@@ -870,13 +874,15 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     int64_t *ot = sc ? NULL : out + (b * Cout + o) * Ho * Wo;
                     if (fits32) { /* int32 sums: scaled from int32 (exact doubles), or widened */
                         dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full32);
-                        for (int64_t y = 0; y < Ho; y++) {
-                            if (sc)
-                                dse_scale_run32(full32 + y * WQ, Wo, sc, o, dse_scaled_out(sc, of, y * Wo));
-                            else
-                                for (int64_t q = 0; q < Wo; q++)
-                                    ot[y * Wo + q] = full32[y * WQ + q];
+                        if (sc) { /* the plane's rows moved together (row y from y WQ to y Wo), scaled in one run */
+                            for (int64_t y = 1; y < Ho && WQ != Wo; y++)
+                                memmove(full32 + y * Wo, full32 + y * WQ, (size_t)Wo * sizeof(int32_t));
+                            dse_scale_run32(full32, Ho * Wo, sc, o, of);
+                            continue;
                         }
+                        for (int64_t y = 0; y < Ho; y++)
+                            for (int64_t q = 0; q < Wo; q++)
+                                ot[y * Wo + q] = full32[y * WQ + q];
                         continue;
                     }
                     dse_dw_run_scalar(tp, ntap, 0, L, mode, a_signed, full);

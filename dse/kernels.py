@@ -287,6 +287,9 @@ class _Int16Plan:
     a_mode: str  # "table", "u8" or "s8"
     S: int  # max over all patterns of sum_j |fa[a, j]| |gw[w, j]|: bound on every term (2 S < 2^31)
     fac: IntFactors  # the factors as int64 (fa, gw), for the exactness plan of the call
+    # "table" mode with one term whose activation factor F(a) fits 8 bits: the pattern of F(a) per activation pattern
+    # and whether those bytes are signed (an operand translated through it runs as "u8"/"s8" values); else None
+    a_bytes: "tuple[np.ndarray, bool] | None" = None
 
 
 @functools.lru_cache(maxsize=2)
@@ -315,7 +318,19 @@ def _int16_plan(prep: "_Prepared") -> _Int16Plan | None:
     if not 1 <= S or 2 * S >= 2 ** 31:
         return None
     return _Int16Plan(np.ascontiguousarray(fac.F.astype(np.int16)), np.ascontiguousarray(fac.G.astype(np.int16)),
-                      mode, S, fac)
+                      mode, S, fac, _factor_bytes(fac) if mode == "table" else None)
+
+
+def _factor_bytes(fac: IntFactors) -> "tuple[np.ndarray, bool] | None":
+    """(uint8[256] patterns of F(a), signed) when the factors have one term whose activation factor F fits uint8 or
+    int8 (DRUM, Ax-BxP on unsigned operands: F(a) is a truncated a), else None."""
+    if fac.rank != 1:
+        return None
+    F = fac.F[:, 0]
+    for lo, hi, signed in ((0, 255, False), (-128, 127, True)):
+        if lo <= F.min() and F.max() <= hi:
+            return (F & 0xFF).astype(np.uint8), signed
+    return None
 _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -863,8 +878,10 @@ def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> t
 def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str) -> str | None:
     """How a depthwise conv (one input channel per group) runs on the direct kernel dse._kernels.dw_conv, no im2col:
     "values" (G[w] * the activation value: the exact product, or a rank-1 table whose activation factor is the
-    value, e.g. perforation), "factor" (G[w] * F[a] of any other rank-1 integer table, e.g. DRUM, Ax-BxP), "lut"
-    (table lookups: path="lut" and tables of higher rank); None for the per-group GEMMs (path="lowrank"/"rows")."""
+    value, e.g. perforation), "bytes" (G[w] * F[a] of a rank-1 table whose F fits 8 bits, e.g. DRUM and Ax-BxP on
+    unsigned activations: the input is read through the byte table of F, then as "values"), "factor" (G[w] * F[a]
+    of any other rank-1 integer table), "lut" (table lookups: path="lut" and tables of higher rank); None for the
+    per-group GEMMs (path="lowrank"/"rows")."""
     Cout, Cg, kh, kw = w_shape
     if Cg != 1 or groups == 1 or path in ("lowrank", "rows") or _kernels is None:
         return None
@@ -872,7 +889,9 @@ def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str) -> st
     plan = None if path == "lut" else _prepare(mult, a_signed).int16
     if plan is None or plan.gw.shape[1] != 1:
         return "lut"
-    return "factor" if plan.a_mode == "table" else "values"
+    if plan.a_mode == "table":
+        return "factor" if plan.a_bytes is None else "bytes"
+    return "values"
 
 
 def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, path="auto",
@@ -912,15 +931,19 @@ def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling
     """The direct depthwise kernel: int64 sums, or with ``scaling`` the layer's float32 output."""
     Cout, _, kh, kw = w.shape
     prep = _prepare(mult, a_signed)
+    xtab = None
     if direct == "lut":
         ftab = gtab = np.zeros(256, np.int16)
         bound = prep.maxabs
     else:
         plan = prep.int16
         ftab, gtab, bound = np.ascontiguousarray(plan.fa[:, 0]), np.ascontiguousarray(plan.gw[:, 0]), plan.S
+        if direct == "bytes":
+            (xtab, a_signed), direct = plan.a_bytes, "values"
     return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)), direct,
                             prep.lutT, ftab, gtab, bound, geo.stride, geo.pads[:2], geo.dilation, geo.out_hw,
-                            a_signed, _isa_name(isa), get_threads(), None if scaling is None else scaling.args())
+                            a_signed, _isa_name(isa), get_threads(), None if scaling is None else scaling.args(),
+                            xtab)
 
 
 def _conv_gemm_into(x, w, mult, a_signed, geo: _ConvGeometry, groups, path, isa, out: np.ndarray) -> None:

@@ -43,8 +43,10 @@ PERF = table_mult("perf_j1k2", lambda a, w: a * (w & ~np.int64(0b110)))  # perfo
 RANK1 = table_mult("rank1", lambda a, w: a * w + (a % 7 - 3) * (w // 3 + 1))  # exact + rank-1 f(a) g(w)
 TRUNC = table_mult("trunc", lambda a, w: (a * w) // 16 * 16)  # floor-truncated product (full rank in general)
 SEP = table_mult("sep", lambda a, w: (a | 1) * (w & ~np.int64(3)))  # rank 1, activation factor not the value (DRUM-like)
+# rank 1 with an activation factor beyond 8 bits, nonzero at the padding pattern 0
+SEP16 = table_mult("sep16", lambda a, w: (3 * a + 5) * (w | 1))
 MULTS = {
-    "exact": EXACT, "perf": PERF, "rank1": RANK1, "trunc": TRUNC, "sep": SEP,
+    "exact": EXACT, "perf": PERF, "rank1": RANK1, "trunc": TRUNC, "sep": SEP, "sep16": SEP16,
     "rand17": random_mult(1, -2 ** 16, 2 ** 16),  # 3 byte planes
     "rand_i16": random_mult(2, -32768, 32768),  # near-int16 extremes, 2 planes
     "rand_u8": random_mult(3, 0, 256),  # 1 plane
@@ -260,7 +262,7 @@ def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     ref = K.reference_conv2d_int(x, w, mult, signed, *args)
     if C > 1:  # products of the rank-1 factors instead of table lookups, unless path="lut" asks for them
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto") == \
-            {"exact": "values", "perf": "values", "sep": "factor"}.get(mname, "lut")
+            {"exact": "values", "perf": "values", "sep": "bytes", "sep16": "factor"}.get(mname, "lut")
         assert K._depthwise_mode(mult, signed, w.shape, C, "lut") == "lut"
     for path in ["auto", "lut"] + (["exact"] if mname == "exact" else []):
         assert K._depthwise_mode(mult, signed, w.shape, C, path) is not None or C == 1
