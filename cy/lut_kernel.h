@@ -785,11 +785,11 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
                           int64_t HQ, int64_t WQ, const uint8_t *xtab, uint8_t *P)
 {
     memset(P, xtab ? xtab[0] : 0, (size_t)(sh * sw * HQ * WQ));
-    for (int64_t r = 0; r < H; r++) {
-        const int64_t rr = r + pt;
-        if (rr >= HQ * sh)
+    int64_t rq = pt / sh, rp = pt % sh; /* padded row r + pt = rq * sh + rp, stepped without divisions */
+    for (int64_t r = 0; r < H; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
+        if (rq >= HQ)
             break;
-        uint8_t *prow = P + (rr % sh) * sw * HQ * WQ + (rr / sh) * WQ;
+        uint8_t *prow = P + rp * sw * HQ * WQ + rq * WQ;
         const uint8_t *src = xs + r * W;
         if (sw == 1) {
             const int64_t n = W < WQ - pl ? W : WQ - pl;
@@ -850,7 +850,12 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         int64_t *full = (int64_t *)malloc((size_t)(L + slack) * sizeof(int64_t));
         int32_t *full32 = (int32_t *)malloc((size_t)(L + slack) * sizeof(int32_t));
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
-        if (dse_team_allocated(&fail, P && full && full32 && tp && (mode != 2 || PF))) {
+        int64_t *toff = (int64_t *)malloc((size_t)ntap * sizeof(int64_t));
+        if (dse_team_allocated(&fail, P && full && full32 && tp && toff && (mode != 2 || PF))) {
+            for (int64_t i = 0; i < kh; i++) /* where tap (i, j)'s run starts in the phase planes */
+                for (int64_t j = 0; j < kw; j++)
+                    toff[i * kw + j] = (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ + ((i * dh) / sh) * WQ +
+                                       (j * dw) / sw;
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < B * C; t++) {
                 const int64_t b = t / C, c = t % C;
@@ -860,16 +865,13 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         PF[i] = ftab[P[i]];
                 for (int64_t o = c * og; o < (c + 1) * og; o++) {
                     const uint8_t *wo = wp + o * ntap;
-                    for (int64_t i = 0; i < kh; i++)
-                        for (int64_t j = 0; j < kw; j++) {
-                            dse_dw_tap *k = tp + i * kw + j;
-                            const int64_t off = (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ +
-                                                ((i * dh) / sh) * WQ + (j * dw) / sw;
-                            k->p = P + off;
-                            k->f = PF ? PF + off : NULL;
-                            k->col = lutT + 256 * (int64_t)wo[i * kw + j];
-                            k->wv = mode == 0 ? 0 : gtab[wo[i * kw + j]];
-                        }
+                    for (int64_t i = 0; i < ntap; i++) {
+                        dse_dw_tap *k = tp + i;
+                        k->p = P + toff[i];
+                        k->f = PF ? PF + toff[i] : NULL;
+                        k->col = lutT + 256 * (int64_t)wo[i];
+                        k->wv = mode == 0 ? 0 : gtab[wo[i]];
+                    }
                     void *of = sc ? dse_scaled_out(sc, outs, (b * Cout + o) * Ho * Wo) : NULL;
                     int64_t *ot = sc ? NULL : out + (b * Cout + o) * Ho * Wo;
                     if (fits32) { /* int32 sums: scaled from int32 (exact doubles), or widened */
@@ -900,6 +902,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         free(full);
         free(full32);
         free(tp);
+        free(toff);
     }
     return fail ? -1 : 0;
 }
