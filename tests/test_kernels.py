@@ -186,6 +186,31 @@ def test_extreme_patterns_worst_case_accumulation():
             assert (got == 600 * lut[ia, iw]).all()
 
 
+@pytest.mark.parametrize("W", [4, 5, 8, 12, 16, 32])
+@pytest.mark.parametrize("mname", ["exact", "sep", "sep16", "rand_i16"])
+def test_depthwise_scaled_planes(W, mname):
+    """The direct depthwise kernel's fused scaling on MobileNetV2-like planes (each plane's rows moved together and
+    scaled in one run), stride 1 and 2, float32 and quantized outputs, every ISA level."""
+    from dse.quant import reference_quantize_act
+
+    rng = np.random.default_rng(W)
+    mult = MULTS[mname]
+    x = acts(rng, (2, 5, W, W), False)
+    w = rng.integers(-128, 128, (5, 1, 3, 3))
+    for stride in (1, 2):
+        args = ((stride, stride), (1, 1, 1, 1), (1, 1), 5)
+        acc = K.reference_conv2d_int(x, w, mult, False, *args).astype(np.float64)
+        sc = K.Scaling(0.01, rng.uniform(1e-3, 1, 5).astype(np.float32), rng.normal(0, 100, 5).astype(np.float32),
+                       K.OutputAct("clip", 0.0, 600.0))
+        ref = sc.act.apply(((acc * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(
+            np.float32) + sc.bias[None, :, None, None])
+        qs = K.Scaling(sc.a_scale, sc.w_scale, sc.bias, sc.act, K.OutputQuant(float(np.float32(600 / 255)), False))
+        for isa in ISAS:
+            assert np.array_equal(K.conv2d_scaled(x, w, mult, False, sc, *args, isa=isa), ref), (stride, isa)
+            assert np.array_equal(K.conv2d_scaled(x, w, mult, False, qs, *args, isa=isa),
+                                  reference_quantize_act(ref, qs.quant.scale, False)), (stride, isa)
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_conv2d_scaled_int32_tiles_at_their_limit(monkeypatch, signed):
     """conv2d_scaled scales the integer GEMM's int32 tiles only while one int32 segment holds the whole reduction:
