@@ -7,7 +7,9 @@
  * the integer factors F(a), G(w) of a separable multiplier table otherwise). The activation tables may be replaced
  * by the pattern's own value (unsigned or signed 8-bit), which packs with SIMD widening instead of lookups.
  *
- * Layouts: AT uint8 [K, M] (activation patterns, row stride lda), Wp uint8 [N, K] (weight patterns, row stride K).
+ * Layouts: AT uint8 [K, M] (activation patterns, row stride lda), or per image ([B, K, img] with image stride ld_aimg:
+ * element (k, m) at AT[(m / aimg) * ld_aimg + k * lda + m % aimg], e.g. a batch of NCHW inputs as the operand of a 1x1
+ * conv without a transposing copy), Wp uint8 [N, K] (weight patterns, row stride K).
  * out: element (n, m) at out[(m / img) * ld_img + n * ld_n + m % img], so the caller gets [B, N, S] conv outputs
  * (img = S, ld_img = N S, ld_n = S) or [M, N] GEMM outputs (img = 1, ld_img = N, ld_n = 1) without a transposing
  * copy.
@@ -43,7 +45,24 @@
 #define DSE_IG_S8 2    /* value = (int8_t)pattern (t = 1) */
 
 typedef void (*dse_ig_micro_fn)(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc, int acc);
-typedef void (*dse_ig_pack_fn)(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa, int mode,
+/* The activation operand: element (k, m) at p[(m / img) * ld_img + k * lda + m % img]. */
+typedef struct {
+    const uint8_t *p;
+    int64_t lda, img, ld_img;
+} dse_ig_a;
+
+static inline const uint8_t *dse_ig_at(const dse_ig_a *A, int64_t k, int64_t m)
+{
+    return A->p + (m / A->img) * A->ld_img + k * A->lda + m % A->img;
+}
+
+/* Whether positions m .. m + len - 1 lie in one image (one contiguous run of every row). */
+static inline int dse_ig_run(const dse_ig_a *A, int64_t m, int64_t len)
+{
+    return m % A->img + len <= A->img;
+}
+
+typedef void (*dse_ig_pack_fn)(const dse_ig_a *A, int64_t K, int t, const int16_t *fa, int mode,
                                int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr, int16_t *dst);
 
 /* ------------------------------------------------------------------ packing */
@@ -94,7 +113,7 @@ static inline void dse_ig_pack_pair(const uint8_t *r0, const uint8_t *r1, const 
 }
 
 /* dst[(q * kcp + p) * 2 mr + 2 c + h] = A'[2 (p0 + p) + h, m0 + q mr + c] for the mv valid positions (0 beyond). */
-static void dse_ig_pack_a_scalar(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa, int mode,
+static void dse_ig_pack_a_scalar(const dse_ig_a *A, int64_t K, int t, const int16_t *fa, int mode,
                                  int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr, int16_t *dst)
 {
     const int64_t np = (mv + mr - 1) / mr;
@@ -103,14 +122,17 @@ static void dse_ig_pack_a_scalar(const uint8_t *AT, int64_t lda, int64_t K, int 
             const int64_t cv = (mv - q * mr < mr) ? mv - q * mr : mr;
             int16_t *d = dst + (q * kcp + p) * 2 * mr;
             const int64_t kk = 2 * (p0 + p);
-            if (t == 1) {
-                const uint8_t *r0 = AT + kk * lda + m0 + q * mr;
-                dse_ig_pack_pair(r0, kk + 1 < K ? r0 + lda : NULL, fa, mode, cv, mr, d);
+            const int run = dse_ig_run(A, m0 + q * mr, cv); /* else element by element, image by image */
+            const uint8_t *base = run ? dse_ig_at(A, 0, m0 + q * mr) : NULL;
+            if (t == 1 && run) {
+                const uint8_t *r0 = base + kk * A->lda;
+                dse_ig_pack_pair(r0, kk + 1 < K ? r0 + A->lda : NULL, fa, mode, cv, mr, d);
                 continue;
             }
             for (int h = 0; h < 2; h++) {
                 for (int64_t c = 0; c < cv; c++)
-                    d[2 * c + h] = dse_ig_aval(AT, lda, K, t, fa, mode, kk + h, m0 + q * mr + c);
+                    d[2 * c + h] = run ? dse_ig_aval(base, A->lda, K, t, fa, mode, kk + h, c)
+                                       : dse_ig_aval(dse_ig_at(A, 0, m0 + q * mr + c), A->lda, K, t, fa, mode, kk + h, 0);
                 for (int64_t c = cv; c < mr; c++)
                     d[2 * c + h] = 0;
             }
@@ -119,19 +141,21 @@ static void dse_ig_pack_a_scalar(const uint8_t *AT, int64_t lda, int64_t K, int 
 }
 
 /* The same with 16-position SIMD chunks where both depth rows exist and the operand is the pattern's value. */
-DSE_T_AVX2 static void dse_ig_pack_a_avx2(const uint8_t *AT, int64_t lda, int64_t K, int t, const int16_t *fa,
+DSE_T_AVX2 static void dse_ig_pack_a_avx2(const dse_ig_a *A, int64_t K, int t, const int16_t *fa,
                                           int mode, int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr,
                                           int16_t *dst)
 {
-    if (mode == DSE_IG_TABLE) { /* lookups: no SIMD byte-to-int16 table on AVX2 */
-        dse_ig_pack_a_scalar(AT, lda, K, t, fa, mode, p0, kcp, m0, mv, mr, dst);
+    /* lookups (no SIMD byte-to-int16 table on AVX2), or panels that cross an image: element by element */
+    if (mode == DSE_IG_TABLE || (!(A->img % mr == 0 && m0 % mr == 0) && !dse_ig_run(A, m0, mv))) {
+        dse_ig_pack_a_scalar(A, K, t, fa, mode, p0, kcp, m0, mv, mr, dst);
         return;
     }
+    const int64_t lda = A->lda;
     const int64_t full = mv - mv % mr; /* positions in full panels */
     const int64_t pfull = (K / 2 - p0 < kcp) ? (K / 2 - p0 > 0 ? K / 2 - p0 : 0) : kcp; /* pairs with both rows */
     for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
         for (int64_t q = 0; q < full / mr; q++) {
-            const uint8_t *r0 = AT + 2 * (p0 + p) * lda + m0 + q * mr;
+            const uint8_t *r0 = dse_ig_at(A, 2 * (p0 + p), m0 + q * mr);
             int16_t *d = dst + (q * kcp + p) * 2 * mr;
             for (int c = 0; c < mr; c += 16) {
                 const __m128i x0 = _mm_loadu_si128((const __m128i *)(r0 + c));
@@ -152,10 +176,10 @@ DSE_T_AVX2 static void dse_ig_pack_a_avx2(const uint8_t *AT, int64_t lda, int64_
     }
     for (int64_t p = pfull; p < kcp; p++) /* odd K: the last pair has one row */
         for (int64_t q = 0; q < full / mr; q++)
-            dse_ig_pack_pair(AT + 2 * (p0 + p) * lda + m0 + q * mr, NULL, fa, mode, mr, mr,
+            dse_ig_pack_pair(dse_ig_at(A, 2 * (p0 + p), m0 + q * mr), NULL, fa, mode, mr, mr,
                              dst + (q * kcp + p) * 2 * mr);
     if (full < mv)
-        dse_ig_pack_a_scalar(AT, lda, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr,
+        dse_ig_pack_a_scalar(A, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr,
                              dst + (full / mr) * kcp * 2 * mr);
 }
 
@@ -299,8 +323,9 @@ DSE_T_512BW static void dse_ig_micro_512(const int16_t *A, const int16_t *B, int
 
 /* ------------------------------------------------------------------ driver */
 typedef struct {
-    const uint8_t *AT, *Wp;
-    int64_t lda, K, M, N, KP;
+    dse_ig_a A;
+    const uint8_t *Wp;
+    int64_t K, M, N, KP;
     int t, mode;
     const int16_t *fa, *Wpk;
     int64_t img, ld_img, ld_n;
@@ -376,7 +401,7 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
     for (int64_t kb = 0; kb < nblk; kb++) {
         const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
         const int first = kb % P->seg_blocks == 0;
-        P->pack(P->AT, P->lda, P->K, P->t, P->fa, P->mode, p0, kcp, m0, mv, P->mr, Apk);
+        P->pack(&P->A, P->K, P->t, P->fa, P->mode, p0, kcp, m0, mv, P->mr, Apk);
         for (int64_t nt = nt0; nt < nt1; nt++) {
             const int16_t *B = P->Wpk + (nt * P->KP + p0) * 2 * DSE_IG_NR;
             int32_t *C = C32 + (nt - nt0) * DSE_IG_NR * ldc;
@@ -389,7 +414,8 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
 }
 
 /* Returns 0, or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be < 2^31). */
-static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, int64_t K, int64_t M, int64_t N,
+static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
+                        int64_t K, int64_t M, int64_t N,
                         int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
                         int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int nt)
 {
@@ -398,7 +424,8 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t
     if (sc && !dse_ig_fits32(K, t, S))
         return -3;
     dse_ig_plan P;
-    P.AT = AT, P.Wp = Wp, P.lda = lda, P.K = K, P.M = M, P.N = N, P.t = t, P.mode = mode, P.fa = fa;
+    P.A.p = AT, P.A.lda = lda, P.A.img = aimg, P.A.ld_img = ld_aimg;
+    P.Wp = Wp, P.K = K, P.M = M, P.N = N, P.t = t, P.mode = mode, P.fa = fa;
     P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out, P.level = level, P.sc = sc, P.outs = outs;
     P.KP = (K * t + 1) / 2;
     dse_ig_segments(S, &P.kcp, &P.seg_blocks);

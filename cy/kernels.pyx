@@ -51,7 +51,8 @@ cdef extern from "lut_kernel.h" nogil:
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 
 cdef extern from "int_gemm.h" nogil:
-    int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, int64_t K, int64_t M, int64_t N,
+    int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
+                     int64_t K, int64_t M, int64_t N,
                      int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
                      int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int nt)
     int dse_ig_fits32(int64_t K, int t, int64_t S)
@@ -306,18 +307,28 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
     return out
 
 
-def int_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
+def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
              const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None):
     """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
     ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
-    uint8[K, M] (M = B * img) and the t columns of the int16 tables ``fa``, ``gw`` [256, t]. ``a_mode``: "table"
+    uint8[K, M] (C-contiguous, M = B * img), or of ``AT`` uint8[B', K, img'] read per image (element (k, m) at
+    AT[m // img', k, m % img']; any outer strides, unit stride along img': e.g. NCHW inputs [B, C, H*W] of a 1x1
+    conv, no transposing copy), and the t columns of the int16 tables ``fa``, ``gw`` [256, t]. ``a_mode``: "table"
     (fa' = fa), "u8"/"s8" (t = 1 and fa'[p] = the unsigned/signed value of pattern p; ``fa`` unused). ``S`` >= every
     |term| of the call, 2 S < 2^31 (the int32 accumulation segment is floor((2^31 - 1) / S) terms). With ``scaling``
     (as :func:`dw_conv` takes it, one entry per row n) ``out`` is float32 (uint8 with a quant) [B, N, img] and
     receives the output of :func:`dequantize` on those sums, scaled from the int32 tile while it is in cache; the
     call must satisfy :func:`int_gemm_fits32` and have K >= 1. Returns the ISA level name used."""
     cdef int level = _level(isa)
-    cdef int64_t K = AT.shape[0], M = AT.shape[1], N = Wp.shape[0], t = gw.shape[1]
+    AT = np.asarray(AT)
+    if AT.dtype != np.uint8 or AT.ndim not in (2, 3) or AT.ndim == 2 and not AT.flags.c_contiguous or \
+            AT.ndim == 3 and AT.shape[2] > 1 and AT.strides[2] != 1 or min(AT.strides) < 0:
+        raise ValueError("int_gemm: AT must be uint8 [K, M] (C-contiguous) or [B, K, img] (unit stride along img)")
+    cdef int d = AT.ndim - 2  # the axis of the K rows
+    cdef int64_t K = AT.shape[d], aimg = AT.shape[d + 1], N = Wp.shape[0], t = gw.shape[1]
+    cdef int64_t M = aimg * (AT.shape[0] if d else 1)
+    cdef int64_t lda = AT.strides[d] if K > 1 else aimg, ld_aimg = AT.strides[0] if d else 0
+    aimg = max(1, aimg)
     cdef int mode = INT_GEMM_MODES.index(a_mode)
     if Wp.shape[1] != K:
         raise ValueError(f"int_gemm: AT has K={K} rows but Wp has {Wp.shape[1]} columns")
@@ -345,11 +356,12 @@ def int_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int16_t[:
     if K == 0:
         out[...] = 0
         return ISA_NAMES[level]
-    cdef size_t addr = out.ctypes.data
+    cdef size_t addr = out.ctypes.data, a_addr = AT.ctypes.data
     cdef int64_t img = out.shape[2], ld_img = out.strides[0] // isz, ld_n = out.strides[1] // isz
     cdef int rc = 0
     with nogil:
-        rc = dse_int_gemm(level, &AT[0, 0], M, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0], S,
+        rc = dse_int_gemm(level, <const uint8_t *>a_addr, lda, aimg, ld_aimg, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode,
+                          &gw[0, 0], S,
                           <int64_t *>addr if scaling is None else NULL, img, ld_img, ld_n,
                           NULL if scaling is None else &sc, <void *>addr, max(1, threads))
     if rc != 0:

@@ -1046,12 +1046,30 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
     step = max(1, _FUSED_SLICE_BYTES // max(1, C * kh * kw * P))
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
-        AT, _, _ = gemm_operand_T(_u8(x[b0:b1]), kh, kw, geo.stride, geo.pads, geo.dilation)
+        AT = _per_image_operand(_u8(x[b0:b1]), kh, kw, geo)
+        if AT is None:
+            AT = gemm_operand_T(_u8(x[b0:b1]), kh, kw, geo.stride, geo.pads, geo.dilation)[0]
         for g in range(groups):
             c = slice(g * og, (g + 1) * og)
-            _kernels.int_gemm(AT[g * kg:(g + 1) * kg], wg[g], plan.fa, plan.a_mode, plan.gw, plan.S, view[b0:b1, c],
-                              _isa_name(isa), get_threads(), (sa, sw[c], bias[c], kind, lo, hi, quant))
+            _kernels.int_gemm(AT[..., g * kg:(g + 1) * kg, :], wg[g], plan.fa, plan.a_mode, plan.gw, plan.S,
+                              view[b0:b1, c], _isa_name(isa), get_threads(), (sa, sw[c], bias[c], kind, lo, hi, quant))
     return out.view(scaling.dtype)
+
+
+# Output positions per image for which the integer GEMM reads a batch of 1x1 conv inputs image by image (whole SIMD
+# panels of positions never straddle two images: 32 is every ISA level's panel width, cy/int_gemm.h).
+_PER_IMAGE_PANEL = 32
+
+
+def _per_image_operand(x: np.ndarray, kh: int, kw: int, geo: _ConvGeometry) -> np.ndarray | None:
+    """A 1x1 conv's integer GEMM operand without the transposing copy: x [B, C, H, W] as [B, C, Ho*Wo] (the strided
+    positions copied at stride > 1), read by the kernel image by image; for one image or Ho*Wo a multiple of
+    _PER_IMAGE_PANEL and no padding, else None."""
+    B, C = x.shape[:2]
+    P = geo.out_hw[0] * geo.out_hw[1]
+    if kh != 1 or kw != 1 or any(geo.pads) or (B > 1 and P % _PER_IMAGE_PANEL):
+        return None
+    return np.ascontiguousarray(x[:, :, ::geo.stride[0], ::geo.stride[1]]).reshape(B, C, P)
 
 
 # ------------------------------------------------------------------------------------ fused FxP8 passes (dse.quant)
