@@ -58,6 +58,40 @@ def test_int_gemm_matches_numpy(M, Kd, N, t, mode, short, img_div, seed):
         _kernels.int_gemm(AT, Wp, fa, mode, gw, S, wide[:, 2:N + 2], isa)
         assert np.array_equal(wide[:, 2:N + 2].transpose(1, 0, 2).reshape(N, M), ref), isa
         assert (wide[:, :2] == -1).all() and (wide[:, N + 2:] == -1).all()
+        # the operand image by image: [B', K, img'] with an image stride (panels straddling two images when img'
+        # is not a multiple of the SIMD panel), here a K-row slice of a wider batch tensor
+        per = np.full((M // img, Kd + 2, img), 9, np.uint8)
+        per[:, 1:Kd + 1] = AT.reshape(Kd, M // img, img).transpose(1, 0, 2)
+        out3 = np.full((M // img, N, img), 7, np.int64)
+        _kernels.int_gemm(per[:, 1:Kd + 1], Wp, fa, mode, gw, S, out3, isa)
+        assert np.array_equal(out3, out), isa
+
+
+@settings(deadline=None, max_examples=40)
+@given(B=st.integers(1, 4), img=st.integers(1, 70), Kd=st.integers(1, 200), N=st.integers(1, 14),
+       mode=st.sampled_from(["table", "u8", "s8"]), per_image=st.booleans(), quant=st.sampled_from([None, False, True]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_int_gemm_scaled_tiles_match_the_scaling_pass(B, img, Kd, N, mode, per_image, quant, seed):
+    """With a scaling the kernel writes dequantize's output (float32, or the next layer's patterns) of the int32
+    tiles straight into a strided [B, N, img] output, operand per image or [K, M], the same bits as the int64 sums
+    scaled by dequantize."""
+    rng = np.random.default_rng(seed)
+    M = B * img
+    fa = rng.integers(-300, 300, (256, 1)).astype(np.int16)
+    gw = W_VALS if mode != "table" else rng.integers(-300, 300, (256, 1)).astype(np.int16)
+    AT = rng.integers(0, 256, (Kd, M)).astype(np.uint8)
+    Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
+    S = int(np.abs(values(mode, fa, AT)).max() * np.abs(gw.astype(np.int64)).max()) or 1
+    acc = np.empty((B, N, img), np.int64)
+    _kernels.int_gemm(AT, Wp, fa, mode, gw, S, acc)
+    sc = (float(rng.uniform(1e-3, 1)), rng.uniform(1e-4, 1e-2, N).astype(np.float32),
+          rng.normal(0, 1, N).astype(np.float32), "clip", -2.0, 5.0, None if quant is None else (0.03, quant))
+    ref = _kernels.dequantize(acc, *sc[:3], 1, *sc[3:])
+    operand = AT.reshape(Kd, B, img).transpose(1, 0, 2) if per_image else AT
+    for isa in ISAS:
+        wide = np.zeros((B, N + 2, img), ref.dtype)
+        _kernels.int_gemm(operand, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, 1, sc)
+        assert np.array_equal(wide[:, 1:N + 1], ref) and not wide[:, 0].any() and not wide[:, N + 1].any(), isa
 
 
 @pytest.mark.parametrize("a_val,w_val,signed", [(255, -128, False), (255, 127, False), (-128, -128, True),

@@ -211,6 +211,30 @@ def test_depthwise_scaled_planes(W, mname):
                                   reference_quantize_act(ref, qs.quant.scale, False)), (stride, isa)
 
 
+@pytest.mark.parametrize("hw,stride,groups", [((8, 8), 1, 1), ((8, 4), 1, 2), ((16, 16), 2, 1), ((5, 5), 1, 1)])
+@pytest.mark.parametrize("mname", ["exact", "perf", "sep"])
+def test_conv1x1_scaled_reads_the_batch_per_image(monkeypatch, hw, stride, groups, mname):
+    """A batch of 1x1 conv inputs is the integer GEMM's operand image by image (no transposing copy) when the
+    positions per image fill whole SIMD panels (else the copied operand): same bits as the reference either way."""
+    used = []
+    monkeypatch.setattr(K._kernels, "int_gemm", lambda AT, *a, f=K._kernels.int_gemm, **k: used.append(AT.ndim) or
+                        f(AT, *a, **k))
+    rng = np.random.default_rng(len(used))
+    x = acts(rng, (3, 4 * groups) + hw, False)
+    w = rng.integers(-128, 128, (3 * groups, 4, 1, 1))
+    args = ((stride, stride), (0, 0, 0, 0), (1, 1), groups)
+    sc = K.Scaling(0.01, rng.uniform(1e-3, 1, 3 * groups).astype(np.float32),
+                   rng.normal(0, 10, 3 * groups).astype(np.float32))
+    acc = K.reference_conv2d_int(x, w, MULTS[mname], False, *args).astype(np.float64)
+    ref = ((acc * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(np.float32) + \
+        sc.bias[None, :, None, None]
+    for isa in ISAS:
+        used.clear()
+        assert np.array_equal(K.conv2d_scaled(x, w, MULTS[mname], False, sc, *args, isa=isa), ref), isa
+        P = (hw[0] // stride) * (hw[1] // stride)
+        assert used == [2 if P % 32 else 3] * groups, used
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_conv2d_scaled_int32_tiles_at_their_limit(monkeypatch, signed):
     """conv2d_scaled scales the integer GEMM's int32 tiles only while one int32 segment holds the whole reduction:
