@@ -5,6 +5,12 @@ paths run on the integer GEMM kernel (cy/int_gemm.h); the "float BLAS" columns f
 (float32 BLAS on K-chunks of float-converted operands, float64 chunk sums) for comparison.
 
 Run:  python benchmarks/bench_kernels.py [--repeats 5] [--cpu-time]
+      python benchmarks/bench_kernels.py --tables [--batch 4] [--repeats 5] [--cpu-time]
+
+--tables: the full-table multipliers on the 3x3 convs of ResNet-18 at 224x224 (the batch of bench_e2e.py's ResNet-18
+224 runs, so the deep layers have as few positions as there), activations shaped like post-ReLU FxP8 data (half zeros,
+a geometric tail): GMAC/s of the exact path, mitch_w6 and bench_e2e.py's imported LUT on each table path that applies
+(auto, rows, split), best of --repeats.
 Single thread: OMP/OPENBLAS/MKL thread counts are set to 1 below, before numpy is imported. Each figure is the median
 of --repeats timed runs after one warm-up run; wall-clock time, or with --cpu-time the process's CPU time (the
 kernels then run on one thread, so this is the time of that thread: steadier on a machine shared with other jobs). The numpy gather reference runs on a batch-2 slice of each conv (same
@@ -81,15 +87,74 @@ def timeit(fn, repeats):
     return statistics.median(ts)
 
 
+# ResNet-18 224x224 3x3 convs: (C, H, Cout, stride)
+R18_CONVS = [(64, 56, 64, 1), (64, 56, 128, 2), (128, 28, 128, 1), (128, 28, 256, 2), (256, 14, 256, 1),
+             (256, 14, 512, 2), (512, 7, 512, 1)]
+
+
+def imported_lut() -> Multiplier:
+    """bench_e2e.py's imported LUT: the signed product with its 3 low bits cleared, one table for any signedness."""
+    v = pattern_values(True)
+    t = np.multiply.outer(v, v)
+    return Multiplier("imported_lut_bench", "lut", _builder=lambda a_s, w_s: (t - (t & 7)).astype(np.int32))
+
+
+def table_paths(shapes, batch: int, repeats: int, seed: int = 0) -> list:
+    """[(shape name, {column: GMAC/s})]: exact, mitch_w6 and the imported LUT on their table paths (best of repeats;
+    a path this code does not have is left out)."""
+    rng = np.random.default_rng(seed)
+    cases = [("exact", EXACT, ("auto",)), ("mitch_w6", MITCH_W6, ("auto", "rows")),
+             ("LUT", imported_lut(), ("auto", "rows", "split"))]
+    out = []
+    for C, H, Co, s in shapes:
+        x = np.clip(rng.geometric(0.08, (batch, C, H, H)) - 8, 0, 255).astype(np.uint8)
+        w = np.clip(np.round(rng.standard_normal((Co, C, 3, 3)) * 30), -127, 127).astype(np.int8)
+        macs = batch * (-(-H // s)) ** 2 * Co * C * 9
+        res = {}
+        for label, mult, paths in cases:
+            for path in paths:
+                if path not in K.PATHS:
+                    continue
+                fn = lambda: K.conv2d_int(x, w, mult, False, (s, s), (1, 1, 1, 1), path=path)  # noqa: E731
+                fn()
+                best = min(_timed(fn) for _ in range(repeats))
+                res[f"{label} {path}"] = macs / best / 1e9
+        out.append((f"{C}->{Co} {H}x{H} s{s} b{batch}", res))
+    return out
+
+
+def _timed(fn) -> float:
+    t = CLOCK()
+    fn()
+    return CLOCK() - t
+
+
+def main_tables(args):
+    rows = table_paths(R18_CONVS, args.batch, args.repeats)
+    cols = list(dict.fromkeys(c for _, r in rows for c in r))
+    print(f"\nGMAC/s, one thread (best of {args.repeats}); ResNet-18 224 3x3 convs, batch {args.batch}")
+    print(f"| shape | {' | '.join(cols)} |")
+    print("|" + "---|" * (len(cols) + 1))
+    for name, res in rows:
+        print(f"| {name} | {' | '.join(f'{res[c]:.1f}' if c in res else '-' for c in cols)} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cpu-time", action="store_true", help="time with the process's CPU time instead of wall time")
+    ap.add_argument("--tables", action="store_true", help="full-table multipliers on ResNet-18 224 conv shapes")
+    ap.add_argument("--batch", type=int, default=4, help="images per conv call with --tables")
     args = ap.parse_args()
     global CLOCK
+    K.set_threads(1)
     if args.cpu_time:
-        K.set_threads(1)
         CLOCK = time.process_time
+    if args.tables:
+        print(f"hardware ISA: {_kernels.hardware_isa()}; {'CPU' if args.cpu_time else 'wall'} time; load average "
+              f"{os.getloadavg()[0]:.2f} at start")
+        main_tables(args)
+        return
     rng = np.random.default_rng(0)
     levels = _kernels.isa_levels()
     print(f"hardware ISA: {_kernels.hardware_isa()}; levels run: {', '.join(levels)}; repeats: {args.repeats} (median); "

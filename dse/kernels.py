@@ -654,9 +654,11 @@ def _rows_orientation_cost(tabs: _RowTables, M: int, N: int) -> tuple[bool, floa
     return by_act, (_rows_cost(M, N, tabs.by_act.rows) if by_act else _rows_cost(N, M, tabs.by_weight.rows))
 
 
-# Time of the exact integer GEMM per MAC relative to one row add per MAC of the rows kernel (measured on Zen 2, AVX2,
-# ResNet-18 conv shapes: the integer kernel ~50 GMAC/s, row adds on short class tables ~25-29 GMAC/s; 2026-11-26).
-_SPLIT_EXACT_COST = 0.5
+# Time of the exact integer GEMM per MAC relative to one row add per MAC of the rows kernel: fitted to the crossover
+# of "rows" and "split" on the ResNet-18 224 batch-4 convs with the imported LUT of benchmarks/bench_e2e.py (Zen 2,
+# AVX2, one thread, 2026-11-26, `bench_kernels.py --tables`): split 4-6 % faster at 784 positions (14x14), 1.4x at 196
+# (7x7), 15-20 % slower at 3136 (28x28); the integer kernel runs ~45-55 GMAC/s there.
+_SPLIT_EXACT_COST = 0.45
 
 
 def _table_plan(prep: _Prepared, M: int, N: int, path: str) -> tuple[str, bool]:
