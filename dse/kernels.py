@@ -612,6 +612,11 @@ def _lut_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa) -> np.ndarra
 # (cy/lut_kernel.h: DSE_RT_NT selector rows per tile, DSE_RT_MB index positions per block).
 _ROWS_BUILD_COST = 1.5
 _ROWS_NT, _ROWS_MB = 32, 2048
+# Time per unit of _rows_cost with activations selecting relative to weights selecting (its operands are transposed
+# per call, its outputs written at stride P): measured on mitch_w6 (Zen 2, AVX2, one thread, 2026-11-26) 1.2-2.3x over
+# M = 4..784 positions (FC layers to 14x14 convs); 1.3 picks the faster orientation on each of the 7 shapes measured
+# (benchmarks/RESULTS.md), where 1.0 took the slower one at M = 98 and 196 (ResNet-18's 7x7 layers at batch 2-4).
+_ROWS_ACT_COST = 1.3
 
 
 def _rows_cost(n_sel: int, n_idx: int, rows: int) -> float:
@@ -642,16 +647,19 @@ class _Dest:
         self.view(N, M)[...] = res.reshape(N, M // self.P, self.P).transpose(1, 0, 2)
 
 
-def _rows_by_act(tabs: _RowTables, M: int, N: int) -> bool:
-    """Whether the rows kernel's cheaper orientation (by _rows_cost) for an [N, M] result is activations selecting."""
-    return tabs.by_weight is None or (tabs.by_act is not None and
-                                      _rows_cost(M, N, tabs.by_act.rows) < _rows_cost(N, M, tabs.by_weight.rows))
-
-
 def _rows_orientation_cost(tabs: _RowTables, M: int, N: int) -> tuple[bool, float]:
-    """(by_act, relative time) of the rows kernel on ``tabs`` for an [N, M] result, cheaper orientation."""
-    by_act = _rows_by_act(tabs, M, N)
-    return by_act, (_rows_cost(M, N, tabs.by_act.rows) if by_act else _rows_cost(N, M, tabs.by_weight.rows))
+    """(by_act, relative time) of the rows kernel on ``tabs`` for an [N, M] result in its cheaper orientation:
+    weights selecting (_rows_cost) or activations selecting (_rows_cost with the roles swapped, x _ROWS_ACT_COST)."""
+    by_w = None if tabs.by_weight is None else _rows_cost(N, M, tabs.by_weight.rows)
+    by_a = None if tabs.by_act is None else _ROWS_ACT_COST * _rows_cost(M, N, tabs.by_act.rows)
+    if by_w is None or by_a is not None and by_a < by_w:
+        return True, by_a
+    return False, by_w
+
+
+def _rows_by_act(tabs: _RowTables, M: int, N: int) -> bool:
+    """Whether the rows kernel's cheaper orientation for an [N, M] result is activations selecting."""
+    return _rows_orientation_cost(tabs, M, N)[0]
 
 
 # Time of the exact integer GEMM per MAC relative to one row add per MAC of the rows kernel: fitted to the crossover
