@@ -25,10 +25,11 @@ measures, once per (layer, multiplier, cv) choice, the change of the logits on
 a fixed set of images when only that layer is approximate (the same single-layer runs the knapsack seeds need); a
 configuration's logits are predicted as the exact logits plus the sum of its layers' changes (first-order
 perturbation), image by image, and its loss is the accuracy of those logits below the exact network's on the same
-images. Summed changes overshoot large losses and a raw loss moves in whole images, so :class:`LossModel` maps two
-features, the raw surrogate loss ``r``, a smooth margin-based soft loss and the RMS margin change with each layer's
-gain divided out, through the monotone ``w0 r / (1 + c r) + w1 soft + w2 rms`` (``w, c >= 0`` fitted on emulated
-configurations).
+images. Summed changes overshoot large losses and a raw loss moves in whole images, so :class:`LossModel` maps four
+features, the raw surrogate loss ``r``, a smooth margin-based soft loss, the RMS margin change with each layer's
+gain divided out and the loss that RMS change means for the exact margins under Gaussian noise
+(:func:`gaussian_loss`), through the monotone ``w0 r / (1 + c r) + w1 soft + w2 rms + w3 gauss`` (``w, c >= 0``
+fitted on emulated configurations).
 
 :class:`PropagatedSurrogate` represents what the sum cannot: errors compounding through the network (biased products
 scale activations, scales compose by product; residual adds, ReLU and the calibrated requantization clip and shift).
@@ -248,6 +249,38 @@ class AccuracyModel:
         sse, b = min(cands, key=lambda t: t[0])  # the constant model is always feasible
         return cls(*b, ame_max=xm, n_points=x.size)
 
+    @staticmethod
+    def loo_predictions(ames, accuracies) -> np.ndarray:
+        """Leave-one-out predictions of :meth:`fit` (each point predicted by the model fitted without it), the four
+        candidate designs solved for every left-out point at once from downdated normal equations: the same numbers
+        as refitting n times (a pseudo-inverse where a design is rank-deficient, as least squares gives). Raises
+        DseError where some refit would (fewer than 4 points, or a left-out point leaving one distinct AME)."""
+        x, y = np.asarray(ames, np.float64).ravel(), np.asarray(accuracies, np.float64).ravel()
+        n = x.size
+        keep = ~np.eye(n, dtype=bool)                                       # [left out i, point j]
+        if n < 4 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x < 0) \
+                or any(np.unique(x[k]).size < 2 for k in keep):
+            raise DseError("AccuracyModel.loo_predictions: every refit needs 3 finite points with 2 distinct AMEs >= 0")
+        xm = np.where(keep, x[None, :], -np.inf).max(1)                     # max AME of each refit
+        one, xx = np.ones((n, n)), np.broadcast_to(x, (n, n))
+        designs = [  # [i, j, terms] and the (b0, b1, b2) of each design's coefficients, as in fit
+            (np.stack([one, xx, xx * xx], -1), lambda c: (c[:, 0], c[:, 1], c[:, 2])),
+            (np.stack([one, xx * xx], -1), lambda c: (c[:, 0], 0 * c[:, 0], c[:, 1])),
+            (np.stack([one, xx * xx - 2 * xm[:, None] * xx], -1), lambda c: (c[:, 0], -2 * xm * c[:, 1], c[:, 1])),
+            (one[..., None], lambda c: (c[:, 0], 0 * c[:, 0], 0 * c[:, 0])),
+        ]
+        best_sse, best = np.full(n, np.inf), np.zeros((n, 3))
+        for A, unpack in designs:
+            Ak = A * keep[..., None]
+            c = np.einsum("nij,nj->ni", np.linalg.pinv(np.einsum("nji,njk->nik", Ak, Ak)),
+                          np.einsum("nji,j->ni", Ak, y))
+            b = np.stack(unpack(c), 1)
+            ok = (b[:, 1] <= 1e-12) & (b[:, 1] + 2 * b[:, 2] * xm <= 1e-12)
+            sse = np.sum(keep * (b[:, :1] + b[:, 1:2] * x + b[:, 2:] * x * x - y) ** 2, 1)
+            better = ok & (sse < best_sse)
+            best_sse, best = np.where(better, sse, best_sse), np.where(better[:, None], b, best)
+        return np.array([AccuracyModel(*b, ame_max=m).predict(v) for b, m, v in zip(best, xm, x)])
+
     def predict(self, ame) -> np.ndarray | float:
         """Predicted accuracy in [0, 1]."""
         a = np.asarray(ame, dtype=np.float64)
@@ -410,11 +443,13 @@ class LogitSurrogate:
         return margins(logits, self.labels)
 
     def features(self, config: dict) -> np.ndarray:
-        """``[raw loss, soft loss, scale-free RMS margin change]`` of ``config`` (the inputs of :class:`LossModel`).
+        """``[raw loss, soft loss, scale-free RMS margin change, its Gaussian loss]`` of ``config`` (the inputs of
+        :class:`LossModel`).
         The soft loss is the expected loss when every image's predicted margin is uncertain by the configuration's own
         RMS margin change ``s`` (first-order error grows with the perturbation): ``mean Phi(-m / s) - mean Phi(-m0 /
         s)``; it is smooth where the raw loss moves in steps of one image. The third is the RMS change of the margins
-        when each layer's gain is divided out of its change before summing (:meth:`_scale_free`)."""
+        when each layer's gain is divided out of its change before summing (:meth:`_scale_free`), the fourth the
+        loss it means for the exact margins (:func:`gaussian_loss`)."""
         logits = self.logits(config)
         if self._m0 is None:
             self._m0 = self.margins(self.exact)
@@ -425,7 +460,7 @@ class LogitSurrogate:
             if lc.multiplier != "exact":
                 z += self._scale_free(name, lc)
         rms = float(np.sqrt(np.mean((self.margins(z) - m0) ** 2)))
-        return np.array([self.acc_exact - self.accuracy(logits), soft, rms])
+        return np.array([self.acc_exact - self.accuracy(logits), soft, rms, gaussian_loss(m0, rms)])
 
     def _scale_free(self, layer: str, lc: LayerConfig) -> np.ndarray:
         """The single-layer change with the layer's per-image gain divided out: ``(exact + delta) / g - exact``,
@@ -447,6 +482,18 @@ def soft_loss(m: np.ndarray, m0: np.ndarray) -> tuple[float, float]:
     a counted loss moves in steps of one image)."""
     s = float(np.sqrt(np.mean((m - m0) ** 2)))
     return (0.0 if s == 0 else float(np.mean(norm.cdf(-m / s)) - np.mean(norm.cdf(-m0 / s)))), s
+
+
+def gaussian_loss(m0: np.ndarray, s: float) -> float:
+    """The expected loss when every image's exact margin ``m0`` moves by independent Gaussian noise of the RMS margin
+    change ``s``: ``mean Phi(-m0 / s)`` below its value at ``s = 0``. It depends on the configuration through ``s``
+    alone, so it ranks like ``s`` and is as smooth, but it has the shape of a loss: near zero while ``s`` is small next
+    to the margins, growing as it reaches them (the raw and soft losses, counted on a few hundred images, are steps
+    and noise at losses under a few pp)."""
+    if s <= 0:
+        return 0.0
+    at0 = np.where(m0 < 0, 1.0, np.where(m0 == 0, 0.5, 0.0))
+    return float(np.mean(norm.cdf(-m0 / s) - at0))
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -505,7 +552,8 @@ class PropagatedSurrogate:
     with each approximate layer's accumulators replaced by its model's (``Emulator.run``'s accumulator hook), so
     errors compound through later layers, residual adds, ReLU and the calibrated requantization as in emulation;
     ``eps`` is fixed per (layer, image) (Philox keyed by ``seed``, layer, image), so a prediction is deterministic
-    and independent of the thread count. :meth:`features` gives ``[raw loss, soft loss, RMS margin change]`` of the
+    and independent of the thread count. :meth:`features` gives ``[raw loss, soft loss, RMS margin change, Gaussian
+    loss]`` of the
     predicted logits for :class:`LossModel`."""
 
     def __init__(self, emulator, x: np.ndarray, labels, seed: int = 0, pool_bytes: int = NOISE_POOL_BYTES,
@@ -625,10 +673,18 @@ class PropagatedSurrogate:
             d = self._direct[key] = select_path(get_multiplier(lc.multiplier), l.a_signed, l.K) in self.direct_paths
         return d
 
+    @staticmethod
+    def _key(config: dict) -> tuple:
+        return tuple(sorted((n, lc.multiplier, bool(lc.cv)) for n, lc in config.items() if lc.multiplier != "exact"))
+
+    def at_hand(self, config: dict) -> bool:
+        """:meth:`features` of ``config`` were computed already (no network run needed)."""
+        return self._key(config) in self._features
+
     def features(self, config: dict) -> np.ndarray | None:
-        """``[raw loss, soft loss, RMS margin change]`` of the predicted logits (None outside :meth:`in_domain`);
-        cached per configuration."""
-        key = tuple(sorted((n, lc.multiplier, bool(lc.cv)) for n, lc in config.items() if lc.multiplier != "exact"))
+        """``[raw loss, soft loss, RMS margin change, its Gaussian loss]`` of the predicted logits (None outside
+        :meth:`in_domain`); cached per configuration."""
+        key = self._key(config)
         if key in self._features:
             return self._features[key]
         if not self.in_domain(config):
@@ -636,7 +692,8 @@ class PropagatedSurrogate:
         else:
             logits = np.asarray(self.logits(config), np.float64)
             soft, s = soft_loss(margins(logits, self.labels), self.m0)
-            f = np.array([self.acc_exact - float(np.mean(logits.argmax(1) == self.labels)), soft, s])
+            f = np.array([self.acc_exact - float(np.mean(logits.argmax(1) == self.labels)), soft, s,
+                          gaussian_loss(self.m0, s)])
         self._features[key] = f
         return f
 
@@ -664,8 +721,12 @@ def _nnls(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarray
     k = aty.shape[-1]
     best_c, best_sse = np.zeros_like(aty), np.array(yty, dtype=float, copy=True)
     for idx in _subsets(k):
-        sub = np.linalg.pinv(ata[..., idx[:, None], idx[None, :]])
-        cs = np.einsum("...ij,...j->...i", sub, aty[..., idx])
+        sub = ata[..., idx[:, None], idx[None, :]]
+        # a relative ridge of 1e-12 on the diagonal: an all-zero or repeated feature column gets the minimum-norm
+        # split (as a pseudo-inverse would), at the cost of a batched LU solve instead of an SVD per matrix
+        diag = np.einsum("...ii->...i", sub)
+        sub = sub + np.eye(idx.size) * (1e-12 * diag + 1e-300)[..., None, :]
+        cs = np.linalg.solve(sub, aty[..., idx][..., None])[..., 0]
         c = np.zeros_like(aty)
         c[..., idx] = cs
         ok = np.all(cs >= 0, axis=-1)
@@ -678,13 +739,13 @@ def _nnls(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarray
 
 @dataclass(frozen=True)
 class LossModel:
-    """Predicted loss from the surrogate's features ``[raw, soft, gain-normalised RMS]``
-    (:meth:`LogitSurrogate.features`): ``w0 r / (1 + c r) + w1 soft + w2 rms`` with every ``w >= 0`` and ``c >= 0``,
-    so it is non-decreasing in each feature. Summed single-layer changes overshoot large losses; ``c`` bends them
+    """Predicted loss from the surrogate's features ``[raw, soft, gain-normalised RMS, its Gaussian loss]``
+    (:meth:`LogitSurrogate.features`): ``w0 r / (1 + c r) + w1 soft + w2 rms + w3 gauss`` with every ``w >= 0`` and
+    ``c >= 0``, so it is non-decreasing in each feature. Summed single-layer changes overshoot large losses; ``c`` bends them
     back, the smooth features carry what the raw loss (whole images) cannot resolve."""
 
     c: float = 0.0
-    w: tuple = (1.0, 0.0, 0.0)
+    w: tuple = (1.0, 0.0, 0.0, 0.0)
     C_GRID = (0.0, *np.geomspace(0.5, 1000.0, 24).tolist())   # 1 / fraction; 1000: flat beyond about 0.1 pp
 
     def __call__(self, features) -> float:
@@ -741,20 +802,36 @@ def surrogate_quality(features, measured) -> LooQuality:
 @dataclass(frozen=True)
 class Candidate:
     """One loss predictor the gate can refit: ``features(config)`` (None: it cannot predict this configuration) and
-    ``quality(X, y)``/``fit(X, y)`` on the feature rows and measured losses (fractions) of the points so far."""
+    ``quality(X, y)``/``fit(X, y)`` on the feature rows and measured losses (fractions) of the points so far.
+    ``at_hand(config)``: its features of ``config`` need no network run (None: they never do); the gate computes those
+    of a candidate that needs runs only on a schedule (:data:`COSTLY_EVERY`)."""
 
     kind: str
     features: Callable[[dict], np.ndarray | None]
     fit: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], float]]
     quality: Callable[[np.ndarray, np.ndarray], LooQuality]
+    at_hand: Callable[[dict], bool] | None = None
 
 
 def surrogate_candidate(sur: LogitSurrogate) -> Candidate:
-    return Candidate("logit surrogate", sur.features, LossModel.fit, surrogate_quality)
+    return Candidate("logit surrogate", sur.features, LossModel.fit, surrogate_quality,
+                     lambda c: all(sur.has(n, lc) for n, lc in c.items()))
 
 
 def propagated_candidate(sur: PropagatedSurrogate) -> Candidate:
-    return Candidate("propagated surrogate", sur.features, LossModel.fit, surrogate_quality)
+    return Candidate("propagated surrogate", sur.features, LossModel.fit, surrogate_quality, sur.at_hand)
+
+
+def ame_quality(X, y) -> LooQuality:
+    """Leave-one-out quality of the AME loss model on AME rows ``X`` [n, 1] and measured losses ``y``
+    (:meth:`AccuracyModel.loo_predictions` on ``1 - y``)."""
+    y = np.asarray(y, float)
+    try:
+        pred = 1.0 - AccuracyModel.loo_predictions(np.asarray(X, float)[:, 0], 1.0 - y)
+    except DseError:
+        return LooQuality(float("nan"), float("inf"), float("inf"))
+    err = np.abs(pred - y)
+    return LooQuality(spearman(pred, y), float(err.mean()), float(err.max()))
 
 
 def ame_candidate(pred: AmePredictor, domain: Callable[[dict], bool]) -> Candidate:
@@ -763,11 +840,15 @@ def ame_candidate(pred: AmePredictor, domain: Callable[[dict], bool]) -> Candida
     def fit(X, y):
         m = AccuracyModel.fit(X[:, 0], 1.0 - y)
         return lambda f: 1.0 - float(m.predict(f[0]))
-    return Candidate("AME", lambda c: np.array([pred.ame(c)]) if domain(c) else None, fit,
-                     lambda X, y: leave_one_out(fit, X, y))
+    return Candidate("AME", lambda c: np.array([pred.ame(c)]) if domain(c) else None, fit, ame_quality)
 
 
 MIN_GATE_POINTS = 8   # fewer measured points than this: no leave-one-out verdict, the predictor is not used
+# a candidate whose features need network runs (a propagated prediction costs about a third of a trial) gets those
+# of every trial while it has fewer than COSTLY_WARMUP of them, then of every COSTLY_EVERY-th, and of every trial it
+# predicted before it was measured (the gate's kept candidate: at hand)
+COSTLY_WARMUP = 2 * MIN_GATE_POINTS
+COSTLY_EVERY = 4
 TRIAL_WINDOW = 20     # the gate's record on trials: its predictions of the latest this many measured points
 GATE_FOCUS = 2.0      # the search's gate judges its predictors on trials within this many times its skip line
 
@@ -865,11 +946,23 @@ class PredictorGate:
             self._losses.append(loss)
             self._provisional.append(bool(provisional))
             for cand in self.candidates:
-                self._rows[cand.kind].append(cand.features(c))
+                self._rows[cand.kind].append(self._row(cand, c, provisional))
         before = (self.state.active, self.state.kind if self.state.active else None)
         self._refit()
         after = (self.state.active, self.state.kind if self.state.active else None)
         return self.state.line() if after != before else None
+
+    def _row(self, cand: Candidate, config: dict, provisional: bool) -> np.ndarray | None:
+        """``cand``'s features of a new point, or None where its schedule leaves the point out: a candidate whose
+        features need network runs (:attr:`Candidate.at_hand`) gets those of the set-up's points, of the search's
+        while it has fewer than :data:`COSTLY_WARMUP`, of every :data:`COSTLY_EVERY`-th after that and of any it has
+        at hand (a prediction of the trial computed them)."""
+        if cand.at_hand is None or provisional or cand.at_hand(config):
+            return cand.features(config)
+        own = [r is not None for r, p in zip(self._rows[cand.kind], self._provisional) if not p]
+        if sum(own) < COSTLY_WARMUP or len(own) % COSTLY_EVERY == 0:
+            return cand.features(config)
+        return None
 
     def _refit(self) -> None:
         y = np.asarray(self._losses)

@@ -157,13 +157,20 @@ def record_line(r: dict | None) -> str:
     used = ", ".join(f"{k} {n}" for k, n in r["used"].items())
     head = f"; predicted trials: {used} (gate on for {r['on']})"
     if r["spearman"] is None:
-        return f"{head}, {r['measured']} of them measured at full fidelity (too few to score)"
+        return f"{head}, {r['measured']} of them measured at full fidelity (too few to score){cost_line(r)}"
     from dse.predict import MAX_MEAN_ERROR, MIN_SPEARMAN
 
     verdict = "passes" if r["passes"] else "below"
     return (f"{head}; against the {r['measured']} measured at full fidelity afterwards: Spearman {r['spearman']:.2f}, "
             f"mean error {pp(r['mean_error'])} ({verdict} the bar: Spearman >= {MIN_SPEARMAN}, mean error <= "
-            f"{pp(MAX_MEAN_ERROR)})")
+            f"{pp(MAX_MEAN_ERROR)}){cost_line(r)}")
+
+
+def cost_line(r: dict) -> str:
+    """The gate's time over the trials it ran before, as a share of theirs (absent on runs from before it was kept)."""
+    if not r.get("trial_seconds"):
+        return ""
+    return f"; the predictor took {r['seconds']:.1f} s of the trials' {r['trial_seconds']:.0f} s"
 
 
 def search_result(res: dict) -> None:

@@ -426,6 +426,46 @@ def test_scale_free_feature_sees_through_gains_that_the_sum_overshoots():
         return exact * 0.4 ** len([lc for lc in config.values() if lc.multiplier != "exact"])
     sur = LogitSurrogate(run, labels)
     cfg = {"a": LayerConfig("m1"), "b": LayerConfig("m1")}
-    raw, soft, rms = sur.features(cfg)
+    raw, soft, rms, gauss = sur.features(cfg)
     assert raw == pytest.approx(1.0)           # summed changes: exact (1 - 0.6 - 0.6) flips every image
-    assert rms == pytest.approx(0.0, abs=1e-9) and sur.accuracy(run(cfg)) == 1.0
+    assert rms == pytest.approx(0.0, abs=1e-9) and gauss == pytest.approx(0.0, abs=1e-9)
+    assert sur.accuracy(run(cfg)) == 1.0
+
+
+def test_gaussian_loss_is_the_expected_loss_of_gaussian_margin_noise():
+    """Against its definition by sampling: images whose margins move by independent N(0, s^2) noise lose
+    P(m0 + noise < 0) - [m0 < 0] each; 0 without noise, increasing in s while every image is right."""
+    from dse.predict import gaussian_loss
+
+    rng = np.random.default_rng(1)
+    m0 = np.r_[rng.uniform(0.05, 3.0, 40), -0.4, -1.5]
+    for s in (0.1, 0.7, 3.0):
+        noisy = m0[None, :] + s * rng.standard_normal((40000, m0.size))
+        sampled = float(np.mean(noisy < 0) - np.mean(m0 < 0))
+        assert gaussian_loss(m0, s) == pytest.approx(sampled, abs=0.005)
+    assert gaussian_loss(m0, 0.0) == 0.0
+    right = m0[m0 > 0]
+    vals = [gaussian_loss(right, s) for s in np.geomspace(0.01, 10, 30)]
+    assert vals[0] == pytest.approx(0.0, abs=1e-12) and np.all(np.diff(vals) > 0) and vals[-1] < 0.5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(4, 25), st.booleans())
+def test_accuracy_model_leave_one_out_equals_refitting(seed, n, ties):
+    """The vectorised leave-one-out of the AME accuracy model against refitting without each point (every design and
+    its constraint, the left-out maximum AME extrapolated), also with repeated AMEs and noisy, rising accuracies."""
+    from dse.predict import ame_quality, leave_one_out
+
+    rng = np.random.default_rng(seed)
+    x = rng.choice([0.0, 0.5, 1.0, 2.0], n) if ties else rng.uniform(0, 3, n)
+    y = 0.9 - 0.05 * x * rng.uniform(-0.5, 2) - 0.01 * x * x * rng.uniform(-1, 1) + rng.normal(0, 0.02, n)
+    slow = leave_one_out(lambda a, b: AccuracyModel.fit(a, b).predict, x, y)
+    if not np.isfinite(slow.mean_error):
+        with pytest.raises(DseError):
+            AccuracyModel.loo_predictions(x, y)
+        return
+    fast = AccuracyModel.loo_predictions(x, y)
+    ref = [AccuracyModel.fit(np.delete(x, i), np.delete(y, i)).predict(x[i]) for i in range(n)]
+    assert fast == pytest.approx(ref, abs=1e-9)
+    q = ame_quality(x[:, None], 1.0 - y)
+    assert q.mean_error == pytest.approx(slow.mean_error, abs=1e-9)

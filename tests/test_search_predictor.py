@@ -188,6 +188,9 @@ def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_pa
     assert rec["used"] == {"logit surrogate": sum(rec["used"].values())} and rec["on"] > 0
     assert rec["measured"] >= MIN_GATE_POINTS and rec["spearman"] > 0.5 and rec["passes"] is not None
     assert f"Spearman {rec['spearman']:.2f}" in predictor_line(res["info"]["predictor"], res["trials"])
+    # the gate's own time, measured inside every trial it ran before, is part of those trials' time
+    assert 0 < rec["seconds"] < rec["trial_seconds"]
+    assert f"the predictor took {rec['seconds']:.1f} s" in predictor_line(res["info"]["predictor"], res["trials"])
     study = rundir.load_study(tmp_path / "run")
     exact = net.correct({}, 0, net.n_images)
     seed_predicted_over = 0
@@ -385,3 +388,37 @@ def test_the_propagated_surrogate_build_stops_at_the_deadline_within_a_batch(tmp
     assert PROPAGATED_CUT in res["info"]["predictor"]["setup_budget"]
     assert "propagated surrogate" not in res["info"]["predictor"]["candidates"]
     assert res["trials"]["complete"] == 0 and res["best"] is None and res["no_best"]
+
+
+def test_a_costly_candidate_gets_features_on_its_schedule_and_of_what_it_predicted():
+    """A candidate whose features need network runs (``at_hand``) is computed on every set-up point, every trial
+    while it has fewer than COSTLY_WARMUP, then every COSTLY_EVERY-th trial and every trial it predicted before it
+    was measured; a cheap candidate on every point."""
+    from dse.predict import COSTLY_EVERY, COSTLY_WARMUP
+
+    calls = {"cheap": [], "costly": []}
+    seen: set = set()
+
+    def make(kind, at_hand, off):
+        def features(c):   # the costly one keeps what it computed, as the surrogates do
+            if kind == "cheap" or c["x"] not in seen:
+                calls[kind].append(c["x"])
+            if kind == "costly":
+                seen.add(c["x"])
+            return np.array([0.01 * c["x"]])
+        fit = lambda X, y: (lambda f: float(f[0]) if off is None else off)  # noqa: E731
+        return Candidate(kind, features, fit, lambda X, y: leave_one_out(fit, X, y), at_hand)
+    costly = make("costly", lambda c: c["x"] in seen, 0.0)   # a constant: never kept by itself
+    gate = PredictorGate([make("cheap", None, None), costly])
+    gate.observe([(("fit", i), {"x": -1.0 - i}, -0.01 * (1 + i)) for i in range(3)], provisional=True)
+    n = COSTLY_WARMUP + 5 * COSTLY_EVERY
+    for i in range(n):
+        if i == n - 2:
+            gate._best, gate._model = costly, (lambda f: 0.0)   # kept: its prediction computes the features
+            assert gate.predicted({"x": float(i)}) == 0.0
+        gate.observe([(i, {"x": float(i)}, 0.01 * i)])
+    assert gate.state.kind == "cheap" and set(calls["cheap"]) == {-1.0, -2.0, -3.0} | set(map(float, range(n)))
+    want = list(range(COSTLY_WARMUP)) + [i for i in range(COSTLY_WARMUP, n) if i % COSTLY_EVERY == 0 or i == n - 2]
+    assert calls["costly"] == [-1.0, -2.0, -3.0] + [float(i) for i in want]
+    rows = gate._rows["costly"][3:]
+    assert [i for i, r in enumerate(rows) if r is not None] == want

@@ -65,6 +65,7 @@ ATTR_CONFIRM = "confirm"              # {"accuracy", "loss", "se", "ucb", "image
 ATTR_GATE = "predictor_gate"         # the predictor gate's line when it switched on or off before this trial
 ATTR_GATE_STATE = "predictor_gate_state"  # beside it: "on <predictor>" or "off", the state it switched to
 ATTR_PREDICTOR = "predictor"          # {"kind", "active"}: the predictor the gate kept when it predicted this trial
+ATTR_PREDICTOR_S = "predictor_s"      # wall seconds the gate took before this trial (refit on the points so far, predict)
 EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
 HOLDOUT_CHUNK = 256                   # hold-out images per step of a check (the deadline is looked at between steps)
 
@@ -86,7 +87,8 @@ def predictor_record(trials) -> dict:
     """How the search's predictor did on its own trials: how many trials each kept candidate predicted (``used``) and
     with the gate on (``on``), and the recorded predictions (made before each trial was measured) against the losses
     measured afterwards at full fidelity: ``measured`` pairs, their Spearman and mean error (None below
-    dse.predict.MIN_GATE_POINTS pairs) and whether that passes the bar."""
+    dse.predict.MIN_GATE_POINTS pairs) and whether that passes the bar; ``seconds``: the gate's time in the trials it
+    ran before, ``trial_seconds``: those trials' whole time (the gate's included)."""
     from collections import Counter
 
     from dse.predict import prediction_quality
@@ -95,9 +97,12 @@ def predictor_record(trials) -> dict:
     used = Counter(a[ATTR_PREDICTOR]["kind"] for a in ua if ATTR_PREDICTOR in a)
     pairs = [(a["predicted_loss"], a["loss"]) for a in ua if "predicted_loss" in a and a.get("full")]
     q = prediction_quality(*zip(*pairs)) if pairs else None
+    timed = [t for t in trials if ATTR_PREDICTOR_S in t.user_attrs and t.datetime_complete is not None]
     return {"used": dict(used), "on": sum(bool(a[ATTR_PREDICTOR]["active"]) for a in ua if ATTR_PREDICTOR in a),
             "measured": len(pairs), "spearman": None if q is None else q.spearman,
-            "mean_error": None if q is None else q.mean_error, "passes": None if q is None else q.good_enough}
+            "mean_error": None if q is None else q.mean_error, "passes": None if q is None else q.good_enough,
+            "seconds": sum(float(t.user_attrs[ATTR_PREDICTOR_S]) for t in timed),
+            "trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in timed)}
 
 
 def full_trials(study) -> list:
@@ -339,7 +344,9 @@ class Objective:
             attrs = {"config": config_to_dict(config), "energy": energy}
             full = self._full_points(trial.study)
             if self.predictor is not None and self.predictor_skip:
+                t0 = time.perf_counter()
                 skip = self._predict(trial, config, attrs)
+                attrs[ATTR_PREDICTOR_S] = time.perf_counter() - t0
                 if skip is not None:
                     attrs.update(loss=skip, skipped="predictor", images=0)
                     attrs[ATTR_LOSS_UCB] = skip
