@@ -1,13 +1,14 @@
-"""The search's predictor gate: its share of the search's time, with every candidate computed on every trial
-(the gate before the costly-candidate schedule) and with the schedule (dse.predict.COSTLY_WARMUP / COSTLY_EVERY).
+"""The search's predictor gate: its share of the search's trial time, on the code imported (run it once with this
+checkout and once with ``PYTHONPATH`` pointing at an older one to compare; both print one row of the same table).
 
-Run:  python benchmarks/bench_gate_cost.py search_spaces/default.toml [--trials 60] [--timeout 1800]
+Run:  python benchmarks/bench_gate_cost.py search_spaces/default.toml --label after [--trials 60] [--timeout 1800]
+      PYTHONPATH=/path/to/older/checkout python benchmarks/bench_gate_cost.py ... --label before
 
-Per budget: the same search (one worker, the budget's seed, ``--trials`` trials, ``timeout_s`` raised to
-``--timeout`` so the load does not cut it) twice, in one process, one after the other: the gate's wall time inside
-the trials (the objective's ``predictor_s``: refit on the points so far, predict the trial) against the trials'
-whole time, the propagated surrogate's network runs, the best and what the gate skipped. The set-up (calibration,
-surrogates, sensitivities) is the same in both and not counted.
+One search of the budget (one worker, in this process, the budget's seed, ``--trials`` trials, ``timeout_s`` raised to
+``--timeout`` so the load does not cut it): the time spent in the objective's ``_predict`` (the gate refitted on
+the points so far and predicting the trial; timed by wrapping it, which works on older versions too) in every trial,
+against the trials' whole time (Optuna's start/complete times), the propagated surrogate's network runs in it
+(``PropagatedSurrogate.logits`` calls), what the gate skipped and kept, the best and the wall time (set-up included).
 """
 from __future__ import annotations
 
@@ -27,52 +28,63 @@ def _budget(path: Path, timeout: float, out: Path) -> Path:
     return out
 
 
-def one(budget: Path, trials: int, schedule: bool) -> dict:
+def one(budget: Path, trials: int) -> dict:
     import dse.predict as pr
+    from dse.search import objective, rundir
     from dse.search.context import search_from_budget
 
-    warmup = pr.COSTLY_WARMUP
-    runs = {"n": 0}
-    features = pr.PropagatedSurrogate.features
+    clock = {"gate": 0.0, "runs": 0, "inside": False}
+    predict, logits = objective.Objective._predict, pr.PropagatedSurrogate.logits
 
-    def counted(self, config):
-        runs["n"] += not self.at_hand(config)
-        return features(self, config)
-    pr.PropagatedSurrogate.features = counted
-    pr.COSTLY_WARMUP = warmup if schedule else 10 ** 9
+    def timed_predict(self, *a, **kw):   # the gate's work before a trial: refit on the points so far, predict
+        t0, clock["inside"] = time.perf_counter(), True
+        try:
+            return predict(self, *a, **kw)
+        finally:
+            clock["gate"] += time.perf_counter() - t0
+            clock["inside"] = False
+
+    def counted_logits(self, *a, **kw):
+        clock["runs"] += clock["inside"]
+        return logits(self, *a, **kw)
+    objective.Objective._predict, pr.PropagatedSurrogate.logits = timed_predict, counted_logits
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             res = search_from_budget(str(budget), run_dir=Path(tmp) / "run", n_trials=trials, workers=1)
             wall = time.perf_counter() - t0
+            done = [t for t in rundir.load_study(Path(tmp) / "run").trials if t.datetime_complete is not None]
     finally:
-        pr.COSTLY_WARMUP, pr.PropagatedSurrogate.features = warmup, features
-    rec = res["trials"]["predictor_record"]
+        objective.Objective._predict, pr.PropagatedSurrogate.logits = predict, logits
     best = res.get("best") or {}
-    return {"schedule": schedule, "wall": wall, "gate_s": rec["seconds"], "trial_s": rec["trial_seconds"],
-            "propagated_runs": runs["n"], "complete": res["trials"]["complete"],
-            "skipped": res["trials"]["skipped_predictor"], "used": rec["used"], "on": rec["on"],
-            "best_energy": best.get("energy", {}).get("system") if best else None}
+    rec = res["trials"].get("predictor_record", {})
+    return {"wall": wall, "gate_s": clock["gate"], "propagated_runs": clock["runs"],
+            "trial_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
+            "complete": res["trials"]["complete"], "skipped": res["trials"]["skipped_predictor"],
+            "used": rec.get("used", {}), "on": rec.get("on", 0),
+            "best": best.get("energy", {}).get("system") if best else float("nan")}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("budget", type=Path)
+    ap.add_argument("--label", default="this checkout")
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--header", action="store_true", help="print the table's header first")
     a = ap.parse_args()
+    if a.header:
+        print("| budget | code | trials | trials' time | gate's time in them | gate's share | propagated runs | "
+              "skipped by the gate | predicted by (gate on) | best energy | wall |\n|---|---|---|---|---|---|---|---|"
+              "---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        b = _budget(a.budget, a.timeout, Path(tmp) / a.budget.name)
-        rows = [one(b, a.trials, s) for s in (False, True)]
-    print(f"`{a.budget.name}`, {a.trials} trials, one worker\n")
-    print("| gate | trials | trials' time | gate's time | gate's share | propagated runs | skipped by the gate | "
-          "kept (gate on) | best energy |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        kept = ", ".join(f"{k} {n}" for k, n in r["used"].items())
-        print(f"| {'costly schedule' if r['schedule'] else 'every candidate, every trial'} | {r['complete']} | "
-              f"{r['trial_s']:.0f} s | {r['gate_s']:.1f} s | {100 * r['gate_s'] / max(r['trial_s'], 1e-9):.1f} % | "
-              f"{r['propagated_runs']} | {r['skipped']} | {kept} ({r['on']}) | {r['best_energy']} |")
+        r = one(_budget(a.budget, a.timeout, Path(tmp) / a.budget.name), a.trials)
+    import dse
+
+    kept = ", ".join(f"{k} {n}" for k, n in r["used"].items())
+    print(f"| `{a.budget.name}` | {a.label} (`{Path(dse.__file__).parent.parent}`) | {r['complete']} | "
+          f"{r['trial_s']:.0f} s | {r['gate_s']:.1f} s | {100 * r['gate_s'] / max(r['trial_s'], 1e-9):.1f} % | "
+          f"{r['propagated_runs']} | {r['skipped']} | {kept} ({r['on']}) | {r['best']:.4f} | {r['wall']:.0f} s |")
     return 0
 
 

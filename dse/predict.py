@@ -231,45 +231,26 @@ class AccuracyModel:
         if np.unique(x).size < 2:
             raise DseError("AccuracyModel.fit: all configurations have the same AME; emulate configurations with "
                            "different multipliers")
-        xm = float(x.max())
-        cands = []
-        # free quadratic; b1 = 0 (slope 0 at AME=0); b1 = -2 b2 xm (slope 0 at xm); constant
-        designs = [
-            (np.stack([np.ones_like(x), x, x * x], 1), lambda c: (c[0], c[1], c[2])),
-            (np.stack([np.ones_like(x), x * x], 1), lambda c: (c[0], 0.0, c[1])),
-            (np.stack([np.ones_like(x), x * x - 2 * xm * x], 1), lambda c: (c[0], -2 * xm * c[1], c[1])),
-            (np.ones((x.size, 1)), lambda c: (c[0], 0.0, 0.0)),
-        ]
-        for A, unpack in designs:
-            c, *_ = np.linalg.lstsq(A, y, rcond=None)
-            b = unpack(c)
-            if b[1] <= 1e-12 and b[1] + 2 * b[2] * xm <= 1e-12:
-                sse = float(np.sum((b[0] + b[1] * x + b[2] * x * x - y) ** 2))
-                cands.append((sse, b))
-        sse, b = min(cands, key=lambda t: t[0])  # the constant model is always feasible
-        return cls(*b, ame_max=xm, n_points=x.size)
+        b, xm = cls._fit_rows(x, y, np.ones((1, x.size), dtype=bool))
+        return cls(*b[0], ame_max=xm[0], n_points=x.size)
 
     @staticmethod
-    def loo_predictions(ames, accuracies) -> np.ndarray:
-        """Leave-one-out predictions of :meth:`fit` (each point predicted by the model fitted without it), the four
-        candidate designs solved for every left-out point at once from downdated normal equations: the same numbers
-        as refitting n times (a pseudo-inverse where a design is rank-deficient, as least squares gives). Raises
-        DseError where some refit would (fewer than 4 points, or a left-out point leaving one distinct AME)."""
-        x, y = np.asarray(ames, np.float64).ravel(), np.asarray(accuracies, np.float64).ravel()
-        n = x.size
-        keep = ~np.eye(n, dtype=bool)                                       # [left out i, point j]
-        if n < 4 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x < 0) \
-                or any(np.unique(x[k]).size < 2 for k in keep):
-            raise DseError("AccuracyModel.loo_predictions: every refit needs 3 finite points with 2 distinct AMEs >= 0")
-        xm = np.where(keep, x[None, :], -np.inf).max(1)                     # max AME of each refit
-        one, xx = np.ones((n, n)), np.broadcast_to(x, (n, n))
-        designs = [  # [i, j, terms] and the (b0, b1, b2) of each design's coefficients, as in fit
+    def _fit_rows(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The constrained fit of :meth:`fit` on the points ``keep[i]`` for every row ``i`` of the mask at once:
+        ``(b [rows, 3], max AME [rows])``. Each design is solved from its normal equations (a pseudo-inverse: the
+        least-squares solution of least norm where a design is rank-deficient, e.g. two distinct AMEs), the feasible
+        one of least SSE kept (the constant is always feasible)."""
+        m, n = keep.shape
+        xm = np.where(keep, x[None, :], -np.inf).max(1)
+        one, xx = np.ones((m, n)), np.broadcast_to(x, (m, n))
+        designs = [  # [row, point, terms] and (b0, b1, b2) from the coefficients: free quadratic; b1 = 0 (slope 0 at
+            # AME 0); b1 = -2 b2 xm (slope 0 at the largest AME); constant
             (np.stack([one, xx, xx * xx], -1), lambda c: (c[:, 0], c[:, 1], c[:, 2])),
             (np.stack([one, xx * xx], -1), lambda c: (c[:, 0], 0 * c[:, 0], c[:, 1])),
             (np.stack([one, xx * xx - 2 * xm[:, None] * xx], -1), lambda c: (c[:, 0], -2 * xm * c[:, 1], c[:, 1])),
             (one[..., None], lambda c: (c[:, 0], 0 * c[:, 0], 0 * c[:, 0])),
         ]
-        best_sse, best = np.full(n, np.inf), np.zeros((n, 3))
+        best_sse, best = np.full(m, np.inf), np.zeros((m, 3))
         for A, unpack in designs:
             Ak = A * keep[..., None]
             c = np.einsum("nij,nj->ni", np.linalg.pinv(np.einsum("nji,njk->nik", Ak, Ak)),
@@ -279,6 +260,20 @@ class AccuracyModel:
             sse = np.sum(keep * (b[:, :1] + b[:, 1:2] * x + b[:, 2:] * x * x - y) ** 2, 1)
             better = ok & (sse < best_sse)
             best_sse, best = np.where(better, sse, best_sse), np.where(better[:, None], b, best)
+        return best, xm
+
+    @staticmethod
+    def loo_predictions(ames, accuracies) -> np.ndarray:
+        """Leave-one-out predictions of :meth:`fit` (each point predicted by the model fitted without it), every
+        refit at once (:meth:`_fit_rows`): the same numbers as refitting n times. Raises DseError where some refit
+        would (fewer than 4 points, or a left-out point leaving one distinct AME)."""
+        x, y = np.asarray(ames, np.float64).ravel(), np.asarray(accuracies, np.float64).ravel()
+        n = x.size
+        keep = ~np.eye(n, dtype=bool)                                       # [left out i, point j]
+        if n < 4 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x < 0) \
+                or any(np.unique(x[k]).size < 2 for k in keep):
+            raise DseError("AccuracyModel.loo_predictions: every refit needs 3 finite points with 2 distinct AMEs >= 0")
+        best, xm = AccuracyModel._fit_rows(x, y, keep)
         return np.array([AccuracyModel(*b, ame_max=m).predict(v) for b, m, v in zip(best, xm, x)])
 
     def predict(self, ame) -> np.ndarray | float:
@@ -485,15 +480,16 @@ def soft_loss(m: np.ndarray, m0: np.ndarray) -> tuple[float, float]:
 
 
 def gaussian_loss(m0: np.ndarray, s: float) -> float:
-    """The expected loss when every image's exact margin ``m0`` moves by independent Gaussian noise of the RMS margin
-    change ``s``: ``mean Phi(-m0 / s)`` below its value at ``s = 0``. It depends on the configuration through ``s``
-    alone, so it ranks like ``s`` and is as smooth, but it has the shape of a loss: near zero while ``s`` is small next
-    to the margins, growing as it reaches them (the raw and soft losses, counted on a few hundred images, are steps
-    and noise at losses under a few pp)."""
+    """The expected share of the images right at exact (margin ``m0 > 0``) that turn wrong when every margin moves by
+    independent Gaussian noise of the RMS margin change ``s``: ``mean Phi(-m0 / s) [m0 > 0]``. It depends on the
+    configuration through ``s`` alone, so it ranks like ``s`` and is as smooth, but it has the shape of a loss: 0 at
+    ``s = 0``, near zero while ``s`` is small next to the margins, growing as it reaches them (the raw and soft losses,
+    counted on a few hundred images, are steps and noise at losses under a few pp). Wrong images turning right are
+    left out: approximate arithmetic rarely mends a misclassification, and symmetric noise would credit it with
+    mending some of them at every ``s``."""
     if s <= 0:
         return 0.0
-    at0 = np.where(m0 < 0, 1.0, np.where(m0 == 0, 0.5, 0.0))
-    return float(np.mean(norm.cdf(-m0 / s) - at0))
+    return float(np.mean(np.where(m0 > 0, norm.cdf(-m0 / s), 0.0)))
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -741,24 +737,27 @@ def _nnls(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarray
 class LossModel:
     """Predicted loss from the surrogate's features ``[raw, soft, gain-normalised RMS, its Gaussian loss]``
     (:meth:`LogitSurrogate.features`): ``w0 r / (1 + c r) + w1 soft + w2 rms + w3 gauss`` with every ``w >= 0`` and
-    ``c >= 0``, so it is non-decreasing in each feature. Summed single-layer changes overshoot large losses; ``c`` bends them
-    back, the smooth features carry what the raw loss (whole images) cannot resolve."""
+    ``c >= 0``, so it is non-decreasing in each feature and never below 0 (a feature below 0 counts as 0). Summed
+    single-layer changes overshoot large losses; ``c`` bends them back, the smooth features carry what the raw loss
+    (whole images) cannot resolve."""
 
     c: float = 0.0
     w: tuple = (1.0, 0.0, 0.0, 0.0)
     C_GRID = (0.0, *np.geomspace(0.5, 1000.0, 24).tolist())   # 1 / fraction; 1000: flat beyond about 0.1 pp
 
     def __call__(self, features) -> float:
-        f = np.asarray(features, float)
+        f = np.maximum(np.asarray(features, float), 0.0)
         r = float(f[0])
-        return float(self.w[0] * r / (1.0 + self.c * max(r, 0.0)) + np.dot(self.w[1:], f[1:]))
+        return float(self.w[0] * r / (1.0 + self.c * r) + np.dot(self.w[1:], f[1:]))
 
     @staticmethod
     def _design(X: np.ndarray) -> np.ndarray:
-        """[c, points, features]: the bent raw loss for every c of the grid, then the other features."""
+        """[c, points, features]: the bent raw loss for every c of the grid, then the other features; a feature below
+        0 (a surrogate whose few hundred images came out better than exact: sampling noise) counts as 0."""
+        X = np.maximum(X, 0.0)
         r = X[:, 0]
         c = np.asarray(LossModel.C_GRID)[:, None]
-        bent = r[None, :] / (1.0 + c * np.maximum(r[None, :], 0.0))
+        bent = r[None, :] / (1.0 + c * r[None, :])
         rest = np.broadcast_to(X[None, :, 1:], (c.size,) + X[:, 1:].shape)
         return np.concatenate([bent[..., None], rest], -1)
 
