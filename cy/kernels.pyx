@@ -49,6 +49,9 @@ cdef extern from "lut_kernel.h" nogil:
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
                         void *y, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
+    void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                    int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                    uint8_t *cols, int nt)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -184,6 +187,24 @@ def translate(const uint8_t[::1] x, const uint8_t[::1] table):
         with nogil:
             for i in range(n):
                 y[i] = table[x[i]]
+    return out
+
+
+def im2col(const uint8_t[:, :, :, ::1] x, int64_t kh, int64_t kw, stride, pads, dilation, out_hw, int threads=1):
+    """The conv GEMM operand uint8[C * kh * kw, B * Ho * Wo] of 8-bit patterns x [B, C, H, W]: row (c, i, j)
+    row-major, column (b, y, q), entry xpad[b, c, y * sh + i * dh, q * sw + j * dw] with ``pads`` = (top, left) zero
+    padding (the end padding follows from ``out_hw`` = (Ho, Wo)); no GIL, ``threads`` OpenMP threads."""
+    cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t sh = stride[0], sw = stride[1], pt = pads[0], pl = pads[1], dh = dilation[0], dw = dilation[1]
+    cdef int64_t Ho = out_hw[0], Wo = out_hw[1]
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, Ho, Wo) < 0:
+        raise ValueError("im2col: kernel, stride and dilation must be >= 1, padding and output size >= 0")
+    out = np.empty((C * kh * kw, B * Ho * Wo), dtype=np.uint8)
+    cdef uint8_t[:, ::1] o = out
+    if out.size == 0:
+        return out
+    with nogil:
+        dse_im2col(&x[0, 0, 0, 0], B, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, &o[0, 0], max(1, threads))
     return out
 
 

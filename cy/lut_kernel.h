@@ -683,6 +683,63 @@ static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 }
 
 
+/* ------------------------------------------------------------------ im2col of 8-bit patterns */
+/* cols[(c kh + i) kw + j, (b Ho + y) Wo + q] = xpad[b, c, y sh + i dh, q sw + j dw] (x uint8 [B, C, H, W], zero
+ * padded by pt rows and pl columns at the start and as far as needed at the end): the GEMM operand of a conv,
+ * row by row with memcpy/memset (stride 1) or strided byte copies; OpenMP over (row, image) pairs. */
+static void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                       int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                       uint8_t *cols, int nt)
+{
+    const int64_t M = B * Ho * Wo, R = C * kh * kw;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t c = r / (kh * kw), i = (r / kw) % kh, j = r % kw, off = j * dw - pl;
+            /* columns q0 <= q < q1 read inside the row: 0 <= q sw + off < W */
+            int64_t q0 = off >= 0 ? 0 : (-off + sw - 1) / sw, q1 = W - off <= 0 ? 0 : (W - off + sw - 1) / sw;
+            q0 = q0 < Wo ? q0 : Wo;
+            q1 = q1 < Wo ? (q1 > q0 ? q1 : q0) : Wo;
+            const uint8_t *xs = x + (b * C + c) * H * W;
+            uint8_t *dst = cols + r * M + b * Ho * Wo;
+            if (sw == 1 && sh == 1 && W == Wo && q0 < q1) { /* rows y0 .. y1 - 1 inside the plane: one shifted copy */
+                const int64_t y0 = pt - i * dh > 0 ? (pt - i * dh < Ho ? pt - i * dh : Ho) : 0;
+                const int64_t y1e = H + pt - i * dh, y1 = y1e < Ho ? (y1e > y0 ? y1e : y0) : Ho;
+                memset(dst, 0, (size_t)(y0 * Wo));
+                memset(dst + y1 * Wo, 0, (size_t)((Ho - y1) * Wo));
+                if (y1 > y0) {
+                    /* dst[y Wo + q] = xs[(y + i dh - pt) W + q + off] for q0 <= q < q1 (W == Wo: one run) */
+                    const int64_t d0 = y0 * Wo + q0, n = (y1 - y0 - 1) * Wo + (q1 - q0);
+                    memcpy(dst + d0, xs + (y0 + i * dh - pt) * W + q0 + off, (size_t)n);
+                    for (int64_t y = y0; y < y1; y++) { /* the columns the run took from the next/previous row */
+                        for (int64_t q = 0; q < q0; q++)
+                            dst[y * Wo + q] = 0;
+                        for (int64_t q = q1; q < Wo; q++)
+                            dst[y * Wo + q] = 0;
+                    }
+                }
+                continue;
+            }
+            for (int64_t y = 0; y < Ho; y++) {
+                const int64_t row = y * sh + i * dh - pt;
+                uint8_t *d = dst + y * Wo;
+                if (row < 0 || row >= H || q0 == q1) {
+                    memset(d, 0, (size_t)Wo);
+                    continue;
+                }
+                memset(d, 0, (size_t)q0);
+                memset(d + q1, 0, (size_t)(Wo - q1));
+                const uint8_t *src = xs + row * W + q0 * sw + off;
+                if (sw == 1)
+                    memcpy(d + q0, src, (size_t)(q1 - q0));
+                else
+                    for (int64_t q = 0; q < q1 - q0; q++)
+                        d[q0 + q] = src[q * sw];
+            }
+        }
+}
+
+
 /* ------------------------------------------------------------------ direct depthwise convolution */
 /* Depthwise conv (one input channel per group, og = Cout / C output channels per input channel), no im2col:
  *   out[b, o, y, x] = sum_{i<kh, j<kw} T(xpad[b, o / og, y*sh + i*dh, x*sw + j*dw], w[o, i, j])

@@ -876,12 +876,19 @@ def im2col_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[n
 
 def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.ndarray, int, int]:
     """The activation operand [C*kh*kw, B*Ho*Wo] of a conv GEMM (contiguous). For a 1x1 kernel without padding it
-    is the (strided) input itself: no copy for one image at stride 1, one transposing copy otherwise; else im2col_T."""
+    is the (strided) input itself: no copy for one image at stride 1, one transposing copy otherwise; else the
+    compiled im2col for uint8 patterns (same bytes as im2col_T), im2col_T for other dtypes."""
     if kh == 1 and kw == 1 and not any(pads):
         xs = x[:, :, ::stride[0], ::stride[1]]
         B, C, Ho, Wo = xs.shape
         at = xs[0].reshape(C, Ho * Wo) if B == 1 else xs.transpose(1, 0, 2, 3).reshape(C, B * Ho * Wo)
         return np.ascontiguousarray(at), Ho, Wo
+    if x.dtype == np.uint8 and x.size and _kernels is not None:  # patterns: the compiled im2col, no GIL
+        H, W = x.shape[2:]
+        Ho = (H + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        Wo = (W + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        return _kernels.im2col(np.ascontiguousarray(x), kh, kw, stride, pads[:2], dilation, (Ho, Wo),
+                               get_threads()), Ho, Wo
     return im2col_T(x, kh, kw, stride, pads, dilation)
 
 

@@ -320,6 +320,26 @@ def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
             assert np.array_equal(got, ref), (path, isa)
 
 
+@settings(deadline=None, max_examples=80)
+@given(B=st.integers(1, 3), C=st.integers(1, 4), H=st.integers(1, 12), W=st.integers(1, 12),
+       k=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dil=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 5)] * 4),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_compiled_im2col_matches_numpy(B, C, H, W, k, stride, dil, pads, threads, seed):
+    """The compiled im2col of uint8 patterns (the GEMM operand of every non-1x1 integer conv) is im2col_T byte for
+    byte: strides, dilations, paddings wider than the kernel or the plane, rows and columns wholly in the padding."""
+    from dse import _kernels
+
+    (kh, kw), (dh, dw) = k, dil
+    H = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2])
+    W = max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
+    x = np.random.default_rng(seed).integers(1, 256, (B, C, H, W)).astype(np.uint8)
+    ref, Ho, Wo = K.im2col_T(x, kh, kw, stride, pads, dil)
+    got = _kernels.im2col(x, kh, kw, stride, pads[:2], dil, (Ho, Wo), threads)
+    assert got.shape == ref.shape and np.array_equal(got, ref)
+    assert np.array_equal(K.gemm_operand_T(x, kh, kw, stride, pads, dil)[0], ref)
+
+
 @settings(deadline=None, max_examples=30)
 @given(B=st.integers(1, 3), G=st.integers(1, 3), cg=st.integers(1, 5), og=st.integers(1, 4), H=st.integers(1, 9),
        W=st.integers(1, 9), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), signed=st.booleans(),
