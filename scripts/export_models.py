@@ -241,9 +241,20 @@ MODELS = {"mobilenetv3_small": MobileNetV3Small, "efficientnet_b0_style": Effici
           "shufflenetv2_small": ShuffleNetV2Small, "vit_small": SmallViT, "vit_timm": SmallViT, "vit_mha": SmallViT,
           "resnet18": ResNet18}
 VIT_ATTENTION = {"vit_small": "plain", "vit_timm": "timm", "vit_mha": "mha"}
+# torch.nn.MultiheadAttention (need_weights=False) runs aten::scaled_dot_product_attention, which torch's ONNX
+# exporter converts only from opset 14 on; the other models export at any opset from 13.
+MIN_OPSET = {"vit_mha": 14}
+
+
+def models_for(opset: int) -> list[str]:
+    """The models torch can export at ``opset``."""
+    return [name for name in MODELS if opset >= MIN_OPSET.get(name, 13)]
 
 
 def export(name: str, out_dir: Path, opset: int = 17, size: int = 64) -> Path:
+    if name not in models_for(opset):
+        raise SystemExit(f"--opset {opset}: torch exports {name} only at opset >= {MIN_OPSET[name]}; "
+                         f"raise --opset or leave {name} out of --models")
     torch.manual_seed(0)
     model = MODELS[name]() if name not in VIT_ATTENTION else SmallViT(size=size, attention=VIT_ATTENTION[name])
     model = _bn_random(model)
