@@ -1121,27 +1121,30 @@ DSE_T_AVX2 static void dse_scale_run64(const int64_t *a, int64_t S, const dse_sc
     dse_scale_run_avx2(a, NULL, S, sc, c, o);
 }
 
-/* The same on int32 sums (exact doubles, so the bits equal the int64 pass). */
-static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
+/* One channel's run of S outputs from int64 sums a, or int32 sums a32 (exact doubles, so the bits equal the int64
+ * pass): AVX2 at level avx2 and above, else the portable loop. */
+static void dse_scale_sums(int level, const int64_t *a, const int32_t *a32, int64_t S, const dse_scaling *sc,
+                           int64_t c, void *o)
 {
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
-    if (level >= DSE_ISA_AVX2)
-        dse_scale_run32(a, S, sc, c, o);
+    if (level >= DSE_ISA_AVX2 && a32)
+        dse_scale_run32(a32, S, sc, c, o);
+    else if (level >= DSE_ISA_AVX2)
+        dse_scale_run64(a, S, sc, c, o);
     else
         for (int64_t j = 0; j < S; j++)
-            dse_emit1(sc, dse_act1(dse_scale1(a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
+            dse_emit1(sc, dse_act1(dse_scale1(a32 ? a32[j] : a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
+}
+
+static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
+{
+    dse_scale_sums(level, NULL, a, S, sc, c, o);
 }
 
 static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
-    const double f = (double)sc->sw[c];
-    const float b = sc->bias[c];
-    if (level >= DSE_ISA_AVX2)
-        dse_scale_run64(a, S, sc, c, o);
-    else
-        for (int64_t j = 0; j < S; j++)
-            dse_emit1(sc, dse_act1(dse_scale1(a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
+    dse_scale_sums(level, a, NULL, S, sc, c, o);
 }
 
 /* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64
