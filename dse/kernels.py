@@ -54,6 +54,7 @@ import numpy as np
 from dse.arith.lowrank import IntFactors, LowRank, decompose_integer, decompose_verified, gemm_error_bound
 from dse.arith.multipliers import Multiplier
 from dse.errors import DseError
+from dse.model.nn import out_size
 
 try:
     from dse import _kernels
@@ -850,11 +851,16 @@ def _conv_geometry(x_shape, w_shape, stride, pads, dilation, groups):
     Cout, Cg, kh, kw = w_shape
     if groups < 1 or C % groups or Cout % groups or Cg * groups != C:
         raise DseError(f"conv2d: groups={groups} does not fit input channels {C}, weight shape {w_shape}")
-    Ho = (H + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    Wo = (W + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pads, dilation)
     if Ho < 1 or Wo < 1:
         raise DseError(f"conv2d: kernel {kh}x{kw} (dilation {dilation}) is larger than the padded input {H}x{W}")
     return stride, pads, dilation
+
+
+def conv_out_hw(H: int, W: int, kh: int, kw: int, stride, pads, dilation) -> tuple[int, int]:
+    """(Ho, Wo) of a conv over an H x W input, pads (top, left, bottom, right): dse.model.nn.out_size per axis."""
+    return (out_size(H, kh, stride[0], pads[0], pads[2], dilation[0]),
+            out_size(W, kw, stride[1], pads[1], pads[3], dilation[1]))
 
 
 def im2col_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.ndarray, int, int]:
@@ -884,9 +890,7 @@ def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> t
         at = xs[0].reshape(C, Ho * Wo) if B == 1 else xs.transpose(1, 0, 2, 3).reshape(C, B * Ho * Wo)
         return np.ascontiguousarray(at), Ho, Wo
     if x.dtype == np.uint8 and x.size and _kernels is not None:  # patterns: the compiled im2col, no GIL
-        H, W = x.shape[2:]
-        Ho = (H + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        Wo = (W + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        Ho, Wo = conv_out_hw(*x.shape[2:], kh, kw, stride, pads, dilation)
         return _kernels.im2col(np.ascontiguousarray(x), kh, kw, stride, pads[:2], dilation, (Ho, Wo),
                                get_threads()), Ho, Wo
     return im2col_T(x, kh, kw, stride, pads, dilation)
@@ -939,9 +943,7 @@ def _conv_args(x, w, a_signed, stride, pads, dilation, groups, what):
     _check_range(x, a_signed, f"{what} input")
     _check_range(w, True, f"{what} weights")
     kh, kw = w.shape[2:]
-    Ho = (x.shape[2] + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    Wo = (x.shape[3] + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return x, w, _ConvGeometry(stride, pads, dilation, (Ho, Wo))
+    return x, w, _ConvGeometry(stride, pads, dilation, conv_out_hw(*x.shape[2:], kh, kw, stride, pads, dilation))
 
 
 def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling: "Scaling | None" = None):
