@@ -334,6 +334,18 @@ class LooQuality:
     def good_enough(self) -> bool:
         return bool(self.spearman >= MIN_SPEARMAN and self.mean_error <= MAX_MEAN_ERROR)
 
+    @classmethod
+    def of(cls, predicted, measured) -> "LooQuality":
+        """Rank correlation, mean and worst absolute error of ``predicted`` against ``measured``."""
+        p, y = np.asarray(predicted, float), np.asarray(measured, float)
+        err = np.abs(p - y)
+        return cls(spearman(p, y), float(err.mean()), float(err.max()))
+
+    @classmethod
+    def unfit(cls) -> "LooQuality":
+        """The quality of a model that cannot be refitted without some point: never good enough."""
+        return cls(float("nan"), float("inf"), float("inf"))
+
     def verdict(self) -> str:
         return (f"leave-one-out Spearman {self.spearman:.2f} (needs >= {MIN_SPEARMAN}), mean error "
                 f"{100 * self.mean_error:.2f} pp (needs <= {100 * MAX_MEAN_ERROR:.1f} pp)")
@@ -349,14 +361,18 @@ def leave_one_out(fit: Callable[[np.ndarray, np.ndarray], Callable], x, y) -> Lo
         try:
             pred[i] = fit(x[keep], y[keep])(x[i])
         except DseError:
-            return LooQuality(float("nan"), float("inf"), float("inf"))
-    err = np.abs(pred - y)
-    return LooQuality(spearman(pred, y), float(err.mean()), float(err.max()))
+            return LooQuality.unfit()
+    return LooQuality.of(pred, y)
 
 
 def loo_quality(ames, accuracies) -> LooQuality:
-    """Leave-one-out quality of the AME :class:`AccuracyModel` (accuracies predicted from AME)."""
-    return leave_one_out(lambda x, y: AccuracyModel.fit(x, y).predict, ames, accuracies)
+    """Leave-one-out quality of the AME :class:`AccuracyModel` (accuracies predicted from AME), every refit at once
+    (:meth:`AccuracyModel.loo_predictions`: the same numbers as refitting without each point)."""
+    try:
+        pred = AccuracyModel.loo_predictions(ames, accuracies)
+    except DseError:
+        return LooQuality.unfit()
+    return LooQuality.of(pred, accuracies)
 
 
 class LogitSurrogate:
@@ -792,10 +808,8 @@ def surrogate_quality(features, measured) -> LooQuality:
     """Leave-one-out quality of the surrogate's :class:`LossModel` on (features, measured loss) pairs."""
     X, y = np.atleast_2d(np.asarray(features, float)), np.asarray(measured, float)
     if y.size < 3:
-        return LooQuality(float("nan"), float("inf"), float("inf"))
-    pred = LossModel.loo_predictions(X, y)
-    err = np.abs(pred - y)
-    return LooQuality(spearman(pred, y), float(err.mean()), float(err.max()))
+        return LooQuality.unfit()
+    return LooQuality.of(LossModel.loo_predictions(X, y), y)
 
 
 @dataclass(frozen=True)
@@ -828,9 +842,8 @@ def ame_quality(X, y) -> LooQuality:
     try:
         pred = 1.0 - AccuracyModel.loo_predictions(np.asarray(X, float)[:, 0], 1.0 - y)
     except DseError:
-        return LooQuality(float("nan"), float("inf"), float("inf"))
-    err = np.abs(pred - y)
-    return LooQuality(spearman(pred, y), float(err.mean()), float(err.max()))
+        return LooQuality.unfit()
+    return LooQuality.of(pred, y)
 
 
 def ame_candidate(pred: AmePredictor, domain: Callable[[dict], bool]) -> Candidate:
@@ -859,8 +872,7 @@ def prediction_quality(predicted, measured) -> LooQuality | None:
     ok = np.isfinite(p)
     if ok.sum() < MIN_GATE_POINTS:
         return None
-    err = np.abs(p[ok] - y[ok])
-    return LooQuality(spearman(p[ok], y[ok]), float(err.mean()), float(err.max()))
+    return LooQuality.of(p[ok], y[ok])
 
 
 @dataclass
