@@ -173,6 +173,14 @@ def cost_line(r: dict) -> str:
     return f"; the predictor took {r['seconds']:.1f} s of the trials' {r['trial_seconds']:.0f} s"
 
 
+def _notes(con, res: dict) -> None:
+    """The final check's notes of a search result or run summary (what was left unchecked, what the confidence margin
+    cost, the baseline), each on its own lines."""
+    for note in ("check_note", "margin_note", "baseline_note"):
+        if res.get(note):
+            con.print(escape(res[note]))
+
+
 def search_result(res: dict) -> None:
     """``dse search``: the best trial (search and hold-out loss) and where the run lives; or the one line saying the
     run's deadline stopped it in its set-up."""
@@ -189,9 +197,7 @@ def search_result(res: dict) -> None:
                   f"{pp(h.get('loss'))} (holdout)")
     else:
         con.print(escape(res.get("no_best") or "no configuration passed the hold-out check"))
-    for note in ("check_note", "margin_note", "baseline_note"):
-        if res.get(note):
-            con.print(escape(res[note]))
+    _notes(con, res)
     line = predictor_line(res.get("info", {}).get("predictor") or {}, res.get("trials", {}))
     if line:
         con.print(line)
@@ -306,9 +312,7 @@ def report(summary: dict) -> None:
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))
     b = s["best"]
-    for note in ("check_note", "margin_note", "baseline_note"):
-        if s[note]:
-            con.print(escape(s[note]))
+    _notes(con, s)
     if not b:
         con.print(escape(s["no_best"] or "no hold-out verified configuration yet"))
         return
