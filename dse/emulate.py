@@ -116,16 +116,12 @@ class Emulator:
         conv/gemm layers, all quantizing it alike: the producer's scaling pass can emit those layers' quantized input
         instead of the float32 tensor (decided per run by :meth:`_emit_quantized`)."""
         nodes, g = self.graph.nodes, self.graph
-        users: dict = {}
-        for j, n in enumerate(nodes):
-            for t in n.inputs:
-                users.setdefault(t, []).append(j)
         out = {}
         for i, n in enumerate(nodes):
             if not n.is_mac or self.layers[n.name].op == "matmul":
                 continue
             t = nodes[i + 1].output if i in self._acts else n.output
-            consumers = [nodes[j] for j in users.get(t, [])]
+            consumers = g.consumers(t)
             if t == g.output_name or not consumers or \
                     any(not c.is_mac or self.layers[c.name].op == "matmul" or c.inputs != [t] for c in consumers):
                 continue
