@@ -13,19 +13,13 @@ against the trials' whole time (Optuna's start/complete times), the propagated s
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _budget(path: Path, timeout: float, out: Path) -> Path:
-    text, n = re.subn(r"(?m)^timeout_s\s*=.*$", f"timeout_s = {timeout}", path.read_text())
-    if n == 0:
-        text = re.sub(r"(?m)^\[search\]\s*$", f"[search]\ntimeout_s = {timeout}", text, count=1)
-    out.write_text(text)
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_edit import budget_with  # noqa: E402
 
 
 def one(budget: Path, trials: int) -> dict:
@@ -78,7 +72,7 @@ def main() -> int:
               "skipped by the gate | predicted by (gate on) | best energy | wall |\n|---|---|---|---|---|---|---|---|"
               "---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        r = one(_budget(a.budget, a.timeout, Path(tmp) / a.budget.name), a.trials)
+        r = one(budget_with(a.budget, "search", {"timeout_s": a.timeout}, Path(tmp) / a.budget.name), a.trials)
     import dse
 
     kept = ", ".join(f"{k} {n}" for k, n in r["used"].items())

@@ -44,19 +44,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_edit import budget_with  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def _budget_copy(path: Path, images: int, out: Path) -> Path:
     """The budget with ``[data] images = images`` and ``confirm = 0`` (the search's confirmation images are not
     needed here: every loss is measured on all ``images``; other keys unchanged, relative paths resolved as before)."""
-    text = path.read_text()
-    for key, value in (("images", images), ("confirm", 0)):
-        text, n = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text)
-        if n == 0:
-            text = re.sub(r"(?m)^\[data\]\s*$", f"[data]\n{key} = {value}", text, count=1)
-    out.write_text(text)
-    return out
+    return budget_with(path, "data", {"images": images, "confirm": 0}, out)
 
 
 def near_budget_configs(space, items, budget: float, n: int, rng) -> list[dict]:
