@@ -383,7 +383,7 @@ static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t
 #define DSE_RT_W16 256 /* k-steps per 16-bit window */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int64_t mb, uint16_t *acc,
-                       const int KC, const int FIRST, const int NOH)
+                       const int KC, const int FIRST, const int NOH, const int PAIR)
 {
     const uint16_t *t[DSE_RT_KC];
     const uint8_t *p[DSE_RT_KC];
@@ -405,16 +405,32 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
                 h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
             }
         }
+        if (PAIR) { /* entries < 2^15: two rows summed exactly in 16 bits, then one high-byte sum per pair */
 #pragma GCC unroll 16
-        for (int kk = 0; kk < KC; kk++) {
-            const uint16_t *r = t[kk] + DSE_RT_NT * (size_t)p[kk][m];
-            const __m256i v0 = _mm256_loadu_si256((const __m256i *)r);
-            const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
-            a0 = _mm256_add_epi16(a0, v0);
-            a1 = _mm256_add_epi16(a1, v1);
-            if (!NOH) {
+            for (int kk = 0; kk < KC; kk += 2) {
+                const uint16_t *r = t[kk] + DSE_RT_NT * (size_t)p[kk][m];
+                const uint16_t *q = t[kk + 1] + DSE_RT_NT * (size_t)p[kk + 1][m];
+                const __m256i v0 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)r),
+                                                    _mm256_loadu_si256((const __m256i *)q));
+                const __m256i v1 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)(r + 16)),
+                                                    _mm256_loadu_si256((const __m256i *)(q + 16)));
+                a0 = _mm256_add_epi16(a0, v0);
+                a1 = _mm256_add_epi16(a1, v1);
                 h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
                 h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+            }
+        } else {
+#pragma GCC unroll 16
+            for (int kk = 0; kk < KC; kk++) {
+                const uint16_t *r = t[kk] + DSE_RT_NT * (size_t)p[kk][m];
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)r);
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
+                a0 = _mm256_add_epi16(a0, v0);
+                a1 = _mm256_add_epi16(a1, v1);
+                if (!NOH) {
+                    h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
+                    h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+                }
             }
         }
         _mm256_storeu_si256((__m256i *)(a + 0), a0);
@@ -428,28 +444,38 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
 
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
-                        uint16_t *acc, const int NOH)
+                        uint16_t *acc, const int NOH, const int PAIR)
 {
     if (kc == DSE_RT_KC && first) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 1, NOH);
+        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 1, NOH, PAIR);
         return;
     }
     if (kc == DSE_RT_KC) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 0, NOH);
+        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 0, NOH, PAIR);
         return;
     }
     for (int kk = 0; kk < kc; kk++) { /* the chunk at the end of K */
         if (first && kk == 0)
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 1, NOH);
+            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 1, NOH, 0);
         else
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 0, NOH);
+            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 0, NOH, 0);
     }
 }
 
 DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
                                            int64_t mb, int first, void *acc)
 {
-    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0);
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 0);
+}
+
+/* Tables whose entries are all < 2^15: the rows of two k-steps are added first (< 2^16, exact in 16 bits) and the
+ * high byte of that pair sum goes into H, so H grows by <= 255 per pair and the low bytes sum to <= 255 per pair:
+ * over a window of 256 k-steps both stay below 2^16 (128 pairs), and the window's sum is again
+ * ((A - 256 H) mod 2^16) + 256 H (dse_rows_finish_avx2), with one shift and one add fewer per pair of k-steps. */
+DSE_T_AVX2 static void dse_rows_accum_avx2_pair(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 1);
 }
 
 /* Tables whose entries are all < 256: a window of 256 k-steps sums to <= 255 * 256 < 2^16, so the word sums A are
@@ -458,7 +484,7 @@ DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, int64_t ts, cons
 DSE_T_AVX2 static void dse_rows_accum_avx2_byte(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
                                                 int64_t mb, int first, void *acc)
 {
-    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1);
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1, 0);
 }
 
 /* sums = ((A - 256 H) mod 2^16) + 256 H per selector (see dse_rows_accum_avx2). */
@@ -545,20 +571,30 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
     }
 }
 
-/* One (selector tile, index block) task: selector rows n0..n0+nv-1, index positions m0..m0+mb-1. */
-static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
-                          const int32_t *off, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
+/* A selector tile's operand, transposed once per call: ST[k * DSE_RT_NT + j] = S[n0 + j, k] (32 contiguous bytes per
+ * k-step for the table builds, instead of 32 loads at stride K), padding rows repeating the last valid row (their sums
+ * are discarded); init[j] = sum_k off[S[n0 + j, k]], the tile's offset sums (computed once, not per index block). */
+static void dse_rows_tile_prep(const uint8_t *S, const int32_t *off, int64_t K, int64_t n0, int64_t nv, uint8_t *ST,
+                               int64_t *init)
+{
+    for (int64_t j = 0; j < DSE_RT_NT; j++) {
+        const uint8_t *sr = S + (n0 + (j < nv ? j : nv - 1)) * K;
+        int64_t s = 0;
+        for (int64_t k = 0; k < K; k++) {
+            ST[k * DSE_RT_NT + j] = sr[k];
+            s += off[sr[k]];
+        }
+        init[j] = s;
+    }
+}
+
+/* One (selector tile, index block) task: selector rows n0..n0+nv-1 (transposed in ST with their offset sums init,
+ * dse_rows_tile_prep), index positions m0..m0+mb-1. */
+static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, const int64_t *init, const uint16_t *D,
+                          int64_t R, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
                           const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums, const dse_rows_impl *im)
 {
     const int64_t kf = im->window;
-    int64_t init[DSE_RT_NT];
-    for (int64_t j = 0; j < nv; j++) { /* sum_k off[S[n, k]] */
-        const uint8_t *sr = S + (n0 + j) * K;
-        int64_t s = 0;
-        for (int64_t k = 0; k < K; k++)
-            s += off[sr[k]];
-        init[j] = s;
-    }
     /* inner windows of kf k-steps (the accumulators' bound), summed in int32 over outer windows of <= 2^15 k-steps
      * (|sum| < 2^15 * 2^16 = 2^31), each flushed once into the int64 output */
     const int64_t kout = (32768 / kf) * kf;
@@ -568,10 +604,7 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *S, const
             const int kc = (int)((w1 - k0 < DSE_RT_KC) ? (w1 - k0) : DSE_RT_KC);
             const uint8_t *ip[DSE_RT_KC];
             for (int kk = 0; kk < kc; kk++) {
-                uint8_t sel[DSE_RT_NT];
-                for (int j = 0; j < DSE_RT_NT; j++) /* padding rows repeat the last valid row (discarded) */
-                    sel[j] = S[(n0 + (j < nv ? j : nv - 1)) * K + k0 + kk];
-                im->build(D, R, sel, tab + kk * R * DSE_RT_NT);
+                im->build(D, R, ST + (k0 + kk) * DSE_RT_NT, tab + kk * R * DSE_RT_NT);
                 ip[kk] = I + (k0 + kk) * ldi + m0;
             }
             im->accum(tab, R * DSE_RT_NT, ip, kc, mb, k0 == w0, acc);
@@ -615,31 +648,50 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                                        DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
     static const dse_rows_impl avx2_byte = {dse_rows_build32_avx2, dse_rows_accum_avx2_byte,
                                             dse_rows_finish_avx2_byte, DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
+    static const dse_rows_impl avx2_pair = {dse_rows_build32_avx2, dse_rows_accum_avx2_pair, dse_rows_finish_avx2,
+                                            DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
     uint16_t dmax = 0;
     for (int64_t i = 0; i < 256 * R; i++)
         dmax = D[i] > dmax ? D[i] : dmax;
-    const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable : (dmax < 256 ? &avx2_byte : &avx2);
+    const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable
+                              : dmax < 256         ? &avx2_byte
+                              : dmax < 32768       ? &avx2_pair
+                                                   : &avx2;
     const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
+    const int64_t mbmax = M < DSE_RT_MB ? M : DSE_RT_MB; /* scratch for the longest block (short calls: small) */
     const dse_rows_out o = {out, P, ldb, sel_is_m, add};
-    int fail = 0;
+    uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * DSE_RT_NT + 1);
+    int64_t *init = (int64_t *)malloc((size_t)(nnt + 1) * DSE_RT_NT * sizeof(int64_t));
+    int fail = !ST || !init;
+    if (!fail) {
 #pragma omp parallel num_threads(nt)
-    {
-        uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
-        void *acc = malloc((size_t)DSE_RT_MB * im->acc_bytes);
-        int32_t *sums = (int32_t *)malloc((size_t)DSE_RT_MB * DSE_RT_NT * sizeof(int32_t));
-        if (dse_team_allocated(&fail, tab && acc && sums)) {
+        {
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < nnt * nmb; t++) {
-                const int64_t n0 = (t / nmb) * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
-                const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
-                const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                dse_rows_task(I, ldi, S, D, R, off, K, n0, nv, m0, mb, &o, tab, acc, sums, im);
+            for (int64_t t = 0; t < nnt; t++) {
+                const int64_t n0 = t * DSE_RT_NT;
+                dse_rows_tile_prep(S, off, K, n0, (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT, ST + t * K * DSE_RT_NT,
+                                   init + t * DSE_RT_NT);
             }
+            uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
+            void *acc = malloc((size_t)(mbmax + 1) * im->acc_bytes);
+            int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * DSE_RT_NT * sizeof(int32_t));
+            if (dse_team_allocated(&fail, tab && acc && sums)) {
+#pragma omp for schedule(static)
+                for (int64_t t = 0; t < nnt * nmb; t++) {
+                    const int64_t ti = t / nmb, n0 = ti * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
+                    const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
+                    const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
+                    dse_rows_task(I, ldi, ST + ti * K * DSE_RT_NT, init + ti * DSE_RT_NT, D, R, K, n0, nv, m0, mb,
+                                  &o, tab, acc, sums, im);
+                }
+            }
+            free(tab);
+            free(acc);
+            free(sums);
         }
-        free(tab);
-        free(acc);
-        free(sums);
     }
+    free(ST);
+    free(init);
     return fail ? -1 : 0;
 }
 

@@ -179,6 +179,13 @@ class _Prepared:
     _int16: object = field(default=False)
     _intf_bound: object = field(default=False)
     int_plans: dict = field(default_factory=dict)  # (K, path, isa name) -> _int_plan's answer, filled by it
+    lowrank_terms: dict = field(default_factory=dict)  # (K, max_abs_a) -> _lowrank_terms' answer, filled by it
+
+    @property
+    def range_matters(self) -> bool:
+        """Whether the path choice depends on the activations' largest |value| (the lowrank/exact paths' bounds): a
+        call computes it only then (never for tables without integer or float factors, e.g. Mitch-w)."""
+        return self.is_exact or self.intf is not None or self.lowrank is not None
 
     @property
     def rows(self) -> "_RowTables":
@@ -422,7 +429,15 @@ def _int_plan_ok(fac: IntFactors, K: int, S: int) -> bool:
 
 
 def _lowrank_terms(prep: _Prepared, a_signed: bool, K: int, max_abs_a: int | None) -> int:
-    """Number of GEMM terms of the lowrank path for this call (0 = cannot be proven exact -> LUT)."""
+    """Number of GEMM terms of the lowrank path for this call (0 = cannot be proven exact -> LUT); decided once per
+    (K, max_abs_a) of the prepared table (``prep`` belongs to one activation signedness)."""
+    key = (K, max_abs_a)
+    if key not in prep.lowrank_terms:
+        prep.lowrank_terms[key] = _count_lowrank_terms(prep, a_signed, K, max_abs_a)
+    return prep.lowrank_terms[key]
+
+
+def _count_lowrank_terms(prep: _Prepared, a_signed: bool, K: int, max_abs_a: int | None) -> int:
     fac = prep.intf
     if fac is not None:
         S = prep.intf_bound if max_abs_a is None else \
@@ -748,7 +763,7 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     plan = _int_plan(mult, a_signed, K, path, isa)
     if plan is not None:
         return _int_gemm(AT, Wp, plan, isa, None if into is None else into.view(Wp.shape[0], AT.shape[1]))
-    amax = _max_abs(AT, a_signed) if path not in ("lut", "rows") and AT.size else None
+    amax = _max_abs(AT, a_signed) if path not in ("lut", "rows") and AT.size and prep.range_matters else None
     chosen = select_path(mult, a_signed, K, path, isa, max_abs_a=amax)
     if chosen == "exact":
         return _exact_gemm(AT, Wp, prep, amax or 0)
@@ -993,7 +1008,7 @@ def _conv_row_classes(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: i
     t = prep.rows.by_weight
     if t is None or t.cls is None or _int_plan(mult, a_signed, K, path, isa) is not None:
         return None
-    amax = _max_abs(xq, a_signed) if path == "auto" else None
+    amax = _max_abs(xq, a_signed) if path == "auto" and prep.range_matters else None
     if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows" or \
             _table_plan(prep, M, N, path) != ("rows", False):
         return None

@@ -400,17 +400,21 @@ def test_rows_kernel_int32_window_worst_case():
         assert np.array_equal(K.gemm_int(a, w, mult, False, path="rows", isa=isa), ref)
 
 
-@settings(deadline=None, max_examples=25)
+@settings(deadline=None, max_examples=30)
 @given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 40), N=st.integers(1, 40),
-       by_act=st.booleans(), classed=st.booleans(), byte=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
-def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, byte, seed):
+       by_act=st.booleans(), classed=st.booleans(), width=st.sampled_from(["byte", "pair", "full"]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, width, seed):
     """The AVX2 adds sum entries in 16-bit lanes over windows of 256 k-steps (low bytes and high bytes apart): a table
     whose entries (minus a constant) take the byte extremes (0, 255, 256, 0xFF00, 0xFFFF) and operands that pick them on every
     k-step, on reduction lengths around the window boundaries, both orientations, every ISA level; ``classed``: the
-    table has repeated rows and columns, so both orientations read class tables; ``byte``: entries 0..255 only (span
-    255), the AVX2 adds without high-byte sums, whose 16-bit window sums reach 255 * 256."""
+    table has repeated rows and columns, so both orientations read class tables; ``width``: "byte" entries 0..255
+    only (span 255), the AVX2 adds without high-byte sums, whose 16-bit window sums reach 255 * 256; "pair" entries
+    below 2^15 (up to 0x7FFF), the adds that sum two k-steps' rows before taking their high bytes; "full" up to
+    0xFFFF."""
     rng = np.random.default_rng(seed)
-    ext = [0, 1, 254, 255] if byte else [0, 255, 256, 0xFF00, 0xFFFF]
+    ext = {"byte": [0, 1, 254, 255], "pair": [0, 255, 256, 0x7F00, 0x7FFF],
+           "full": [0, 255, 256, 0xFF00, 0xFFFF]}[width]
     top = max(ext)
     if classed:
         small = rng.choice(ext, (37, 50))

@@ -362,3 +362,23 @@ def test_float_conv_chunks_bound_im2col_memory(B, groups, k, stride, pad, seed):
         assert np.array_equal(nn.conv2d(x, *args), whole)
     finally:
         nn.COLS_BYTES = saved
+
+
+@settings(deadline=None, max_examples=40)
+@given(B=st.integers(1, 2), C=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12),
+       k=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dil=st.tuples(st.integers(1, 2), st.integers(1, 2)), pads=st.tuples(*[st.integers(0, 2)] * 4),
+       ceil=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_maxpool_running_maximum_equals_window_max(B, C, H, W, k, stride, dil, pads, ceil, seed):
+    """Max pooling as a running maximum over the window's strided views equals the maximum over the materialised
+    windows (nn.windows), bit for bit, with padding, strides, dilations and ceil mode."""
+    from dse.model import nn
+
+    pads = tuple(min(p, kk - 1) for p, kk in zip(pads, k + k))  # ONNX: pads smaller than the kernel
+    x = np.random.default_rng(seed).standard_normal((B, C, H, W)).astype(np.float32)
+    try:
+        cols, _, _ = nn.windows(x, k, stride, pads, dil, -np.inf, ceil)
+    except DseError:
+        return
+    got = nn.pool(x, {"kernel": k, "stride": stride, "pads": pads, "dilation": dil, "ceil_mode": int(ceil)}, "max")
+    assert got.dtype == x.dtype and np.array_equal(got, cols.max(axis=(2, 3)))

@@ -19,6 +19,16 @@ def out_size(n: int, k: int, s: int, p0: int, p1: int, d: int = 1, ceil: bool = 
 
 def windows(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.0, ceil: bool = False):
     """x [B, C, H, W] -> cols [B, C, kh, kw, Ho, Wo] (padded with ``fill``), Ho, Wo."""
+    views, Ho, Wo = window_views(x, kernel, stride, pads, dilation, fill, ceil)
+    cols = np.empty(x.shape[:2] + tuple(kernel) + (Ho, Wo), dtype=x.dtype)
+    for (i, j), v in views:
+        cols[:, :, i, j] = v
+    return cols, Ho, Wo
+
+
+def window_views(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.0, ceil: bool = False):
+    """The kh * kw strided views [B, C, Ho, Wo] of x padded with ``fill`` (element (i, j) of every window) as a list
+    of ((i, j), view), Ho, Wo: windows without the copy into one array."""
     B, C, H, W = x.shape
     kh, kw = kernel
     sh, sw = stride
@@ -36,11 +46,9 @@ def windows(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.0, ce
         xp[:, :, pt:pt + H, pl:pl + W] = x
     else:
         xp = x
-    cols = np.empty((B, C, kh, kw, Ho, Wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
-    return cols, Ho, Wo
+    views = [((i, j), xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw])
+             for i in range(kh) for j in range(kw)]
+    return views, Ho, Wo
 
 
 COLS_BYTES = 64 << 20  # im2col matrix of one chunk of images in conv2d
@@ -78,9 +86,12 @@ def pool(x: np.ndarray, a: dict, kind: str) -> np.ndarray:
     H, W = x.shape[2:]
     pt, pl, pb, pr = a["pads"]
     ceil = bool(a.get("ceil_mode", 0))
-    if kind == "max":
-        cols, Ho, Wo = windows(x, a["kernel"], a["stride"], a["pads"], a.get("dilation", (1, 1)), -np.inf, ceil)
-        return cols.max(axis=(2, 3))
+    if kind == "max":  # a running maximum over the window's views: no [B, C, kh, kw, Ho, Wo] copy
+        views, Ho, Wo = window_views(x, a["kernel"], a["stride"], a["pads"], a.get("dilation", (1, 1)), -np.inf, ceil)
+        out = np.array(views[0][1])
+        for _, v in views[1:]:
+            np.maximum(out, v, out=out)
+        return out
     cols, Ho, Wo = windows(x, a["kernel"], a["stride"], a["pads"], (1, 1), 0.0, ceil)
     s = cols.sum(axis=(2, 3), dtype=np.float32)
     cnt = []
