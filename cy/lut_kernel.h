@@ -268,14 +268,14 @@ DSE_DEF512(4, 1)
 #define DSE_RT_KC 4
 #define DSE_RT_MB 2048
 
-static inline void dse_rows_build(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab)
+static inline void dse_rows_build(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel, uint16_t *tab)
 {
     for (int jb = 0; jb < DSE_RT_NT; jb += 8) {
         const uint16_t *s0 = D + R * sel[jb + 0], *s1 = D + R * sel[jb + 1];
         const uint16_t *s2 = D + R * sel[jb + 2], *s3 = D + R * sel[jb + 3];
         const uint16_t *s4 = D + R * sel[jb + 4], *s5 = D + R * sel[jb + 5];
         const uint16_t *s6 = D + R * sel[jb + 6], *s7 = D + R * sel[jb + 7];
-        for (int64_t ub = 0; ub < R; ub += 8) {
+        for (int64_t ub = 0; ub < nr; ub += 8) {
             const __m128i r0 = _mm_loadu_si128((const __m128i *)(s0 + ub)), r1 = _mm_loadu_si128((const __m128i *)(s1 + ub));
             const __m128i r2 = _mm_loadu_si128((const __m128i *)(s2 + ub)), r3 = _mm_loadu_si128((const __m128i *)(s3 + ub));
             const __m128i r4 = _mm_loadu_si128((const __m128i *)(s4 + ub)), r5 = _mm_loadu_si128((const __m128i *)(s5 + ub));
@@ -303,12 +303,13 @@ static inline void dse_rows_build(const uint16_t *D, int64_t R, const uint8_t *s
 
 /* The same table with 256-bit vectors: two 8x8 transposes side by side (lane 0: columns u..u+7, lane 1: u+8..u+15)
  * for each half of 16 selectors, lanes recombined so that every store writes 16 entries of one row. */
-DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab)
+DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
+                                           uint16_t *tab)
 {
     const uint16_t *rp[16];
     for (int i = 0; i < 16; i++)
         rp[i] = D + R * sel[i];
-    for (int64_t ub = 0; ub < R; ub += 16) {
+    for (int64_t ub = 0; ub < nr; ub += 16) {
         __m256i h[2][8];
         for (int half = 0; half < 2; half++) {
             __m256i r[8], t[8], q[8];
@@ -338,13 +339,15 @@ DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, int64_t R, const u
 }
 
 /* Both halves of a 32-selector tile. */
-DSE_T_AVX2 static void dse_rows_build32_avx2(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab)
+DSE_T_AVX2 static void dse_rows_build32_avx2(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
+                                             uint16_t *tab)
 {
-    dse_rows_build_avx2(D, R, sel, tab);
-    dse_rows_build_avx2(D, R, sel + 16, tab + 16);
+    dse_rows_build_avx2(D, R, nr, sel, tab);
+    dse_rows_build_avx2(D, R, nr, sel + 16, tab + 16);
 }
 
-typedef void (*dse_rows_build_fn)(const uint16_t *D, int64_t R, const uint8_t *sel, uint16_t *tab);
+/* Builds the first nr rows (a multiple of 16, <= R) of a tile's table from D (rows of R entries). */
+typedef void (*dse_rows_build_fn)(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel, uint16_t *tab);
 
 /* acc (+)= sum_{kk < kc} tab_kk[ip[kk][m]] for m < mb (tab_kk = tab + kk * ts); first: start from 0. The accumulator
  * layout is the level's: int32 [mb][NT] sums (portable), or uint16 [mb][2 NT] word sums (AVX2, see
@@ -589,9 +592,11 @@ static void dse_rows_tile_prep(const uint8_t *S, const int32_t *off, int64_t K, 
 }
 
 /* One (selector tile, index block) task: selector rows n0..n0+nv-1 (transposed in ST with their offset sums init,
- * dse_rows_tile_prep), index positions m0..m0+mb-1. */
-static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, const int64_t *init, const uint16_t *D,
-                          int64_t R, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
+ * dse_rows_tile_prep), index positions m0..m0+mb-1, whose largest index at k-step k is imax[k]: the tables are built
+ * only up to the block of 16 rows holding it (activations after a Relu are mostly small patterns, so a block of
+ * positions often reads only the first rows). */
+static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, const int64_t *init, const uint8_t *imax,
+                          const uint16_t *D, int64_t R, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
                           const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums, const dse_rows_impl *im)
 {
     const int64_t kf = im->window;
@@ -604,7 +609,8 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, cons
             const int kc = (int)((w1 - k0 < DSE_RT_KC) ? (w1 - k0) : DSE_RT_KC);
             const uint8_t *ip[DSE_RT_KC];
             for (int kk = 0; kk < kc; kk++) {
-                im->build(D, R, ST + (k0 + kk) * DSE_RT_NT, tab + kk * R * DSE_RT_NT);
+                const int64_t nr = ((int64_t)imax[k0 + kk] / 16 + 1) * 16; /* the rows this block reads */
+                im->build(D, R, nr < R ? nr : R, ST + (k0 + kk) * DSE_RT_NT, tab + kk * R * DSE_RT_NT);
                 ip[kk] = I + (k0 + kk) * ldi + m0;
             }
             im->accum(tab, R * DSE_RT_NT, ip, kc, mb, k0 == w0, acc);
@@ -662,7 +668,8 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     const dse_rows_out o = {out, P, ldb, sel_is_m, add};
     uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * DSE_RT_NT + 1);
     int64_t *init = (int64_t *)malloc((size_t)(nnt + 1) * DSE_RT_NT * sizeof(int64_t));
-    int fail = !ST || !init;
+    uint8_t *imax = (uint8_t *)malloc((size_t)nmb * K + 1); /* [block][k]: the largest index of each block's k-step */
+    int fail = !ST || !init || !imax;
     if (!fail) {
 #pragma omp parallel num_threads(nt)
         {
@@ -672,6 +679,16 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                 dse_rows_tile_prep(S, off, K, n0, (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT, ST + t * K * DSE_RT_NT,
                                    init + t * DSE_RT_NT);
             }
+#pragma omp for schedule(static)
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t b = 0; b < nmb; b++) {
+                    const uint8_t *ir = I + k * ldi + b * DSE_RT_MB;
+                    const int64_t len = (M - b * DSE_RT_MB < DSE_RT_MB) ? M - b * DSE_RT_MB : DSE_RT_MB;
+                    uint8_t mx = 0;
+                    for (int64_t i = 0; i < len; i++)
+                        mx = ir[i] > mx ? ir[i] : mx;
+                    imax[b * K + k] = mx;
+                }
             uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
             void *acc = malloc((size_t)(mbmax + 1) * im->acc_bytes);
             int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * DSE_RT_NT * sizeof(int32_t));
@@ -681,8 +698,8 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                     const int64_t ti = t / nmb, n0 = ti * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
                     const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
                     const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                    dse_rows_task(I, ldi, ST + ti * K * DSE_RT_NT, init + ti * DSE_RT_NT, D, R, K, n0, nv, m0, mb,
-                                  &o, tab, acc, sums, im);
+                    dse_rows_task(I, ldi, ST + ti * K * DSE_RT_NT, init + ti * DSE_RT_NT, imax + (t % nmb) * K, D, R,
+                                  K, n0, nv, m0, mb, &o, tab, acc, sums, im);
                 }
             }
             free(tab);
@@ -692,6 +709,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     }
     free(ST);
     free(init);
+    free(imax);
     return fail ? -1 : 0;
 }
 
