@@ -288,6 +288,35 @@ def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
                 assert np.array_equal(got, ref), (by_act, isa, threads)
 
 
+@settings(deadline=None, max_examples=25)
+@given(M=st.integers(1, 4300), Kd=st.integers(1, 12), N=st.integers(1, 40), signed=st.booleans(),
+       mname=st.sampled_from(["trunc", "rand_u16", "classed", "mitch_w6"]), seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, seed):
+    """Activations whose largest pattern differs per k-step and per block of 2048 positions (mostly small values, as
+    after a Relu, with a few large ones in some blocks): the rows kernel builds each block's table only up to the
+    16-row block of the largest index it reads at that k-step; the result is the reference's, both orientations,
+    every ISA level, 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
+    top = rng.choice([1, 15, 16, 17, 40, 100, 127], Kd)  # per k-step cap
+    a = (rng.random((M, Kd)) * (top + 1)).astype(np.int64)
+    hot = rng.random((M, Kd)) < 0.001  # rare large patterns in some blocks
+    a = np.where(hot, rng.integers(-128, 128, (M, Kd)) if signed else rng.integers(0, 256, (M, Kd)), a)
+    w = rng.integers(-128, 128, (N, Kd))
+    ref = K.reference_gemm_int(a, w, mult, signed).T
+    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+    prep = K._prepare(mult, signed)
+    for by_act in (False, True):
+        for isa in ISAS:
+            for threads in (1, 2):
+                K.set_threads(threads)
+                try:
+                    got = K._rows_gemm(AT, Wp, prep, isa, by_act=by_act)
+                finally:
+                    K.set_threads(None)
+                assert np.array_equal(got, ref), (by_act, isa, threads)
+
+
 @settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 2), C=st.integers(1, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
        k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
