@@ -257,8 +257,11 @@ DSE_DEF512(4, 1)
  * tab_k[u][j] = D[S[n0 + j, k]][u] (R rows of 32 uint16, <= 16 KiB; 8x8 transposes of the 32 selected columns),
  * and then, for every position m, adds the row tab_k[I[k, m]] to 32 sums: per row two 32-byte loads and 16-bit adds
  * at AVX2 (dse_rows_accum_avx2: no widening; the loop is bound by loads), int32 adds in portable code, instead of
- * one lookup per product. Building costs R x 32 entries per (tile, k-step, m-block), so the caller picks the
- * orientation and the block length to keep M (index positions) >> 256 / (cost ratio).
+ * one lookup per product; tables with entries < 2^15 add two k-steps' rows before taking the high bytes
+ * (dse_rows_accum_avx2_pair). Building costs R x 32 entries per (tile, k-step, m-block), so the caller picks the
+ * orientation and the block length to keep M (index positions) >> 256 / (cost ratio); a block builds only the rows
+ * up to the 16-row block of its largest index at that k-step (small post-Relu activations read the first rows).
+ * Each selector tile is transposed once per call (32 contiguous selector bytes per k-step for the builds).
  * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
  * no transposing copy follows.
  * Overflow: the AVX2 16-bit sums are exact over windows of 256 k-steps (low and high bytes of the entries summed
