@@ -217,8 +217,9 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     ``pads`` = (top, left) (the end padding follows from ``out_hw``). ``mode`` (DW_MODES): "lut", T = ``lutT[w, a]``;
     "values", T = gtab[w] * (value of a, signed per ``a_signed``): the exact product, or a rank-1 table whose
     activation factor is the value; "factor", T = gtab[w] * ftab[a] (a rank-1 table; ftab looked up once per input
-    element). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). AVX2 gathers /
-    products at level avx2 and above, portable code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
+    element). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). At level avx2 and
+    above: "lut" as 8-output scalar lookups in the tap's column (faster than AVX2 gathers), products as AVX2
+    vectors; portable int64 code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
     bias float32[Cout], act, lo, hi, quant) the result is the output of :func:`dequantize` on those sums instead
     (float32, or uint8 patterns with a ``quant``), applied to each output plane while its sums are in cache. With
     ``xtab`` (uint8[256]) every input pattern a, the padding's 0 included, is read as ``xtab[a]`` (e.g. a rank-1

@@ -55,6 +55,8 @@ MULTS = {
     "classed": classed_mult(6, -2 ** 15, 2 ** 15),  # duplicate rows and columns: the rows kernel's class tables
 }
 PATHS = ["auto", "lowrank", "rows", "split", "lut"]
+# the depthwise kernel's table lookups also on the log multipliers of the library (full rank, < 2^15 per product)
+DW_MULTS = {**MULTS, "mitch_w6": get_multiplier("mitch_w6"), "mitchell": get_multiplier("mitchell")}
 
 
 def acts(rng, shape, signed):
@@ -187,14 +189,14 @@ def test_extreme_patterns_worst_case_accumulation():
 
 
 @pytest.mark.parametrize("W", [4, 5, 8, 12, 16, 32])
-@pytest.mark.parametrize("mname", ["exact", "sep", "sep16", "rand_i16"])
+@pytest.mark.parametrize("mname", ["exact", "sep", "sep16", "rand_i16", "mitch_w6"])
 def test_depthwise_scaled_planes(W, mname):
     """The direct depthwise kernel's fused scaling on MobileNetV2-like planes (each plane's rows moved together and
     scaled in one run), stride 1 and 2, float32 and quantized outputs, every ISA level."""
     from dse.quant import reference_quantize_act
 
     rng = np.random.default_rng(W)
-    mult = MULTS[mname]
+    mult = DW_MULTS[mname]
     x = acts(rng, (2, 5, W, W), False)
     w = rng.integers(-128, 128, (5, 1, 3, 3))
     for stride in (1, 2):
@@ -321,7 +323,7 @@ def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, s
 @given(B=st.integers(1, 2), C=st.integers(1, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
        k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        dil=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 3)] * 4),
-       signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(sorted(MULTS)),
+       signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(sorted(DW_MULTS)),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, seed):
     """The direct depthwise kernel (phase planes, 16/8-wide AVX2 blocks and scalar tails, int32 sums or int64 when a
@@ -335,7 +337,7 @@ def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     if extreme:
         x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
         w = np.where(w % 2 == 0, -128, 127)
-    mult = MULTS[mname]
+    mult = DW_MULTS[mname]
     args = (stride, pads, dil, C)
     ref = K.reference_conv2d_int(x, w, mult, signed, *args)
     if C > 1:  # products of the rank-1 factors instead of table lookups, unless path="lut" asks for them
