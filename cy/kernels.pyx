@@ -63,7 +63,7 @@ cdef extern from "int_gemm.h" nogil:
 ISA_NAMES = ("scalar", "avx2", "avx512")
 INT_GEMM_MODES = ("table", "u8", "s8")
 ACTS = ("none", "relu", "clip")
-DW_MODES = ("lut", "values", "factor")
+DW_MODES = ("lut", "values", "factor", "rowsum")
 _HW_LEVEL = dse_cpu_level()
 
 
@@ -217,7 +217,9 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     ``pads`` = (top, left) (the end padding follows from ``out_hw``). ``mode`` (DW_MODES): "lut", T = ``lutT[w, a]``;
     "values", T = gtab[w] * (value of a, signed per ``a_signed``): the exact product, or a rank-1 table whose
     activation factor is the value; "factor", T = gtab[w] * ftab[a] (a rank-1 table; ftab looked up once per input
-    element). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). At level avx2 and
+    element); "rowsum", T = ``lutT[w, a]`` as "lut", with one lookup per group of taps that read the same phase
+    plane row in packed columns (every column must span < 2^16; column offsets ((kw - 1) * dw) // sw <= 2,
+    kh * min(sw, kw) <= 32). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). At level avx2 and
     above: "lut" as 8-output scalar lookups in the tap's column (faster than AVX2 gathers), products as AVX2
     vectors; portable int64 code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
     bias float32[Cout], act, lo, hi, quant) the result is the output of :func:`dequantize` on those sums instead
@@ -260,6 +262,9 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
                          Wo, &lutT[0, 0], &ftab[0], &gtab[0], bound, m, 1 if a_signed else 0,
                          xt, o,
                          NULL if of == NULL else &sc, of, max(1, threads))
+    if rc == -2:
+        raise ValueError("dw_conv: rowsum takes kernels whose column offsets in the phase planes are < 3 and "
+                         "kh * min(stride, kw) <= 32")
     if rc != 0:
         raise MemoryError("dw_conv: scratch buffers could not be allocated")
     return out

@@ -868,27 +868,31 @@ static void dse_dw_run_scalar(const dse_dw_tap *tp, int64_t ntap, int64_t t0, in
  * compiler emits for the same C (a shift and mask per byte). The last step may run up to 7 positions past L (the
  * buffers have that slack). */
 #if defined(__GNUC__) && defined(__x86_64__)
-#define DSE_DW_PAIR(lo, hi)                                                                                            \
+#define DSE_DW_PAIR(add, scale, lo, hi)                                                                                \
     "movzbl %b[v], %k[i0]\n\t"                                                                                         \
-    "movzbl %h[v], %k[i1]\n\t"                                                                                         \
-    "addl (%[c],%[i0],4), %[" lo "]\n\t"                                                                               \
-    "addl (%[c],%[i1],4), %[" hi "]\n\t"
-#define DSE_DW_BYTES8(v, c, s0, s1, s2, s3, s4, s5, s6, s7)                                                            \
+    "movzbl %h[v], %k[i1]\n\t" add " (%[c],%[i0]," scale "), %[" lo "]\n\t" add " (%[c],%[i1]," scale "), %[" hi      \
+    "]\n\t"
+#define DSE_DW_BYTES8_ASM(add, scale, v, c, s0, s1, s2, s3, s4, s5, s6, s7)                                            \
     do {                                                                                                               \
         uint64_t i0, i1;                                                                                               \
-        __asm__(DSE_DW_PAIR("s0", "s1") "shrq $16, %[v]\n\t" DSE_DW_PAIR("s2", "s3") "shrq $16, %[v]\n\t"              \
-                DSE_DW_PAIR("s4", "s5") "shrq $16, %[v]\n\t" DSE_DW_PAIR("s6", "s7")                                   \
+        __asm__(DSE_DW_PAIR(add, scale, "s0", "s1") "shrq $16, %[v]\n\t" DSE_DW_PAIR(add, scale, "s2", "s3")           \
+                "shrq $16, %[v]\n\t" DSE_DW_PAIR(add, scale, "s4", "s5") "shrq $16, %[v]\n\t"                          \
+                DSE_DW_PAIR(add, scale, "s6", "s7")                                                                    \
                 : [v] "+Q"(v), [i0] "=&r"(i0), [i1] "=&R"(i1), [s0] "+r"(s0), [s1] "+r"(s1), [s2] "+r"(s2),           \
                   [s3] "+r"(s3), [s4] "+r"(s4), [s5] "+r"(s5), [s6] "+r"(s6), [s7] "+r"(s7)                            \
                 : [c] "r"(c)                                                                                           \
                 : "memory");                                                                                           \
     } while (0)
+#define DSE_DW_BYTES8(v, c, s0, s1, s2, s3, s4, s5, s6, s7) DSE_DW_BYTES8_ASM("addl", "4", v, c, s0, s1, s2, s3, s4, s5, s6, s7)
+#define DSE_DW_BYTES8_64(v, c, s0, s1, s2, s3, s4, s5, s6, s7)                                                         \
+    DSE_DW_BYTES8_ASM("addq", "8", v, c, s0, s1, s2, s3, s4, s5, s6, s7)
 #else
 #define DSE_DW_BYTES8(v, c, s0, s1, s2, s3, s4, s5, s6, s7)                                                            \
     do {                                                                                                               \
         s0 += c[v & 255], s1 += c[(v >> 8) & 255], s2 += c[(v >> 16) & 255], s3 += c[(v >> 24) & 255];                \
         s4 += c[(v >> 32) & 255], s5 += c[(v >> 40) & 255], s6 += c[(v >> 48) & 255], s7 += c[v >> 56];                \
     } while (0)
+#define DSE_DW_BYTES8_64 DSE_DW_BYTES8
 #endif
 
 static void dse_dw_run_lut32(const dse_dw_tap *tp, int64_t ntap, int64_t L, int32_t *full)
@@ -903,6 +907,75 @@ static void dse_dw_run_lut32(const dse_dw_tap *tp, int64_t ntap, int64_t L, int3
         }
         full[t] = s0, full[t + 1] = s1, full[t + 2] = s2, full[t + 3] = s3;
         full[t + 4] = s4, full[t + 5] = s5, full[t + 6] = s6, full[t + 7] = s7;
+    }
+}
+
+/* Row sums of packed columns (mode 3, "rowsum"; tables whose columns span < 2^16). The taps that read the same phase
+ * plane at the same row offset form a group g (its run starts at goff[g]); a tap's column offset in that plane is its
+ * field f < 3 (21 bits at bit 21 f) in the group's packed column Q[g][a] = sum of (lutT[w][a] - min_a lutT[w][a]) <<
+ * 21 f over the group's taps. Then S[u] = sum_g Q[g][P[goff[g] + u]] holds three column sums (each < ng 2^16 <=
+ * 2^21, ng <= 32 groups: no carry between fields) and out[t] = base + sum_f field_f(S[t + f]) with base = sum over
+ * taps of min_a lutT[w][a]: one lookup per group (kh for a stride-1 kernel up to 3 wide) instead of one per tap. */
+#define DSE_DW_FIELD 21
+typedef struct {
+    int64_t ng, goff[32]; /* groups and where each one's run starts in the phase planes */
+    int64_t *tg, *tf;     /* per tap: its group and field */
+} dse_dw_groups;
+
+/* Q [ng][256] of output channel wo's taps; returns base. */
+static int64_t dse_dw_pack(const int32_t *lutT, const uint8_t *wo, int64_t ntap, const dse_dw_groups *gr, uint64_t *Q)
+{
+    int64_t base = 0;
+    memset(Q, 0, (size_t)(gr->ng * 256) * sizeof(uint64_t));
+    for (int64_t k = 0; k < ntap; k++) {
+        const int32_t *col = lutT + 256 * (int64_t)wo[k];
+        uint64_t *q = Q + 256 * gr->tg[k];
+        int32_t mn = col[0];
+        for (int a = 1; a < 256; a++)
+            mn = col[a] < mn ? col[a] : mn;
+        base += mn;
+        for (int a = 0; a < 256; a++)
+            q[a] += (uint64_t)((int64_t)col[a] - mn) << (DSE_DW_FIELD * gr->tf[k]);
+    }
+    return base;
+}
+
+/* full[t] for t < L; S has L + 10 entries (S is needed up to t + 2, in steps of 8); the runs read up to 9 bytes past
+ * L (the planes have that slack). */
+static void dse_dw_run_rowsum(const uint8_t *P, const dse_dw_groups *gr, int64_t L, const uint64_t *Q, int64_t base,
+                              uint64_t *S, int32_t *full)
+{
+    for (int64_t t = 0; t < L + 2; t += 8) {
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+        for (int64_t g = 0; g < gr->ng; g++) {
+            uint64_t v;
+            memcpy(&v, P + gr->goff[g] + t, 8);
+            const uint64_t *c = Q + 256 * g;
+            DSE_DW_BYTES8_64(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+        }
+        S[t] = s0, S[t + 1] = s1, S[t + 2] = s2, S[t + 3] = s3;
+        S[t + 4] = s4, S[t + 5] = s5, S[t + 6] = s6, S[t + 7] = s7;
+    }
+    const uint64_t m = ((uint64_t)1 << DSE_DW_FIELD) - 1;
+    for (int64_t t = 0; t < L; t++)
+        full[t] = (int32_t)(base + (int64_t)((S[t] & m) + ((S[t + 1] >> DSE_DW_FIELD) & m) +
+                                             (S[t + 2] >> (2 * DSE_DW_FIELD))));
+}
+
+/* The groups of the taps (tap k's run starts at toff[k] in the phase planes, its column offset in its plane is
+ * colq[k], which may be gr->tf itself): a kh x kw kernel at column stride sw has kh * min(sw, kw) groups, the caller
+ * checks that they are <= 32 and that every column offset is < 3. */
+static void dse_dw_group(const int64_t *toff, const int64_t *colq, int64_t ntap, dse_dw_groups *gr)
+{
+    gr->ng = 0;
+    for (int64_t k = 0; k < ntap; k++) {
+        const int64_t off = toff[k] - colq[k];
+        int64_t g = 0;
+        while (g < gr->ng && gr->goff[g] != off)
+            g++;
+        if (g == gr->ng)
+            gr->goff[gr->ng++] = off;
+        gr->tg[k] = g, gr->tf[k] = colq[k];
     }
 }
 
@@ -972,11 +1045,20 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
                 memcpy(prow + pl, src, (size_t)n);
             continue;
         }
-        for (int64_t pc = 0; pc < sw; pc++) { /* phase pc holds padded columns q * sw + pc = c + pl */
-            uint8_t *dst = prow + pc * HQ * WQ;
-            int64_t q = pl > pc ? (pl - pc + sw - 1) / sw : 0; /* first q with c = q * sw + pc - pl >= 0 */
-            for (int64_t c = q * sw + pc - pl; q < WQ && c < W; q++, c += sw)
-                dst[q] = xtab ? xtab[src[c]] : src[c];
+        /* one sequential pass over the row: padded column c + pl = q * sw + pc goes to phase pc, column q */
+        const int64_t pstep = HQ * WQ;
+        int64_t pc = pl % sw, q = pl / sw, c = 0;
+        if (sw == 2 && !xtab) /* 16 bytes at a time: even ones to phase pc, odd ones to the other (SSE2) */
+            for (const __m128i lo8 = _mm_set1_epi16(0xFF); c + 16 <= W && q + 8 + pc <= WQ; c += 16, q += 8) {
+                const __m128i v = _mm_loadu_si128((const __m128i *)(src + c));
+                _mm_storel_epi64((__m128i *)(prow + pc * pstep + q), _mm_packus_epi16(_mm_and_si128(v, lo8), v));
+                _mm_storel_epi64((__m128i *)(prow + (1 - pc) * pstep + q + pc),
+                                 _mm_packus_epi16(_mm_srli_epi16(v, 8), v));
+            }
+        for (; c < W && q < WQ; c++) {
+            prow[pc * pstep + q] = xtab ? xtab[src[c]] : src[c];
+            if (++pc == sw)
+                pc = 0, q++;
         }
     }
 }
@@ -1013,7 +1095,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
     const int64_t L = (Ho - 1) * WQ + Wo, slack = 16; /* the AVX2 blocks may run 15 positions past L */
     const int64_t np = sh * sw * HQ * WQ + slack;
-    const int fits32 = level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL;
+    const int fits32 = mode == 3 || (level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL);
+    if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
+        return -2; /* dse_dw_group's limits: column offsets < 3, <= 32 groups */
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -1023,14 +1107,27 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         int32_t *full32 = (int32_t *)malloc((size_t)(L + slack) * sizeof(int32_t));
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
         int64_t *toff = (int64_t *)malloc((size_t)ntap * sizeof(int64_t));
-        if (dse_team_allocated(&fail, P && full && full32 && tp && toff && (mode != 2 || PF))) {
+        dse_dw_groups gr = {0, {0}, NULL, NULL};
+        uint64_t *Q = mode == 3 ? (uint64_t *)malloc((size_t)(og * 32 * 256 + L + slack) * sizeof(uint64_t)) : NULL;
+        int64_t *base = mode == 3 ? (int64_t *)malloc((size_t)og * sizeof(int64_t)) : NULL, packed = -1;
+        if (mode == 3)
+            gr.tg = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), gr.tf = gr.tg ? gr.tg + ntap : NULL;
+        if (dse_team_allocated(&fail, P && full && full32 && tp && toff && (mode != 2 || PF) &&
+                                          (mode != 3 || (Q && base && gr.tg)))) {
             for (int64_t i = 0; i < kh; i++) /* where tap (i, j)'s run starts in the phase planes */
                 for (int64_t j = 0; j < kw; j++)
                     toff[i * kw + j] = (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ + ((i * dh) / sh) * WQ +
                                        (j * dw) / sw;
+            for (int64_t k = 0; mode == 3 && k < ntap; k++) /* column offsets in the planes */
+                gr.tf[k] = ((k % kw) * dw) / sw;
+            if (mode == 3)
+                dse_dw_group(toff, gr.tf, ntap, &gr);
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < B * C; t++) {
-                const int64_t b = t / C, c = t % C;
+            for (int64_t t = 0; t < B * C; t++) { /* channel-major: a channel's tables serve all its images */
+                const int64_t c = t / B, b = t % B;
+                for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)
+                    base[o - c * og] = dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
+                packed = c;
                 dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, xtab, P);
                 if (mode == 2)
                     for (int64_t i = 0; i < np; i++)
@@ -1042,12 +1139,15 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         k->p = P + toff[i];
                         k->f = PF ? PF + toff[i] : NULL;
                         k->col = lutT + 256 * (int64_t)wo[i];
-                        k->wv = mode == 0 ? 0 : gtab[wo[i]];
+                        k->wv = (mode == 1 || mode == 2) ? gtab[wo[i]] : 0;
                     }
                     void *of = sc ? dse_scaled_out(sc, outs, (b * Cout + o) * Ho * Wo) : NULL;
                     int64_t *ot = sc ? NULL : out + (b * Cout + o) * Ho * Wo;
                     if (fits32) { /* int32 sums: scaled from int32 (exact doubles), or widened */
-                        if (mode == 0)
+                        if (mode == 3)
+                            dse_dw_run_rowsum(P, &gr, L, Q + (o - c * og) * gr.ng * 256, base[o - c * og],
+                                              Q + og * gr.ng * 256, full32);
+                        else if (mode == 0)
                             dse_dw_run_lut32(tp, ntap, L, full32);
                         else
                             dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full32);
@@ -1078,6 +1178,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         free(full32);
         free(tp);
         free(toff);
+        free(Q);
+        free(base);
+        free(gr.tg);
     }
     return fail ? -1 : 0;
 }

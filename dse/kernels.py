@@ -911,30 +911,47 @@ def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> t
     return im2col_T(x, kh, kw, stride, pads, dilation)
 
 
-def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str) -> str | None:
+# The "rowsum" depthwise kernel builds kh * 256 packed table entries per output channel and call (about the cost of
+# 500 outputs' lookups): below this many output positions per channel (images x Ho x Wo) it takes plain lookups.
+_DW_ROWSUM_MIN_POS = 1024
+
+
+def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str, geo: "_ConvGeometry",
+                    batch: int) -> str | None:
     """How a depthwise conv (one input channel per group) runs on the direct kernel dse._kernels.dw_conv, no im2col:
     "values" (G[w] * the activation value: the exact product, or a rank-1 table whose activation factor is the
     value, e.g. perforation), "bytes" (G[w] * F[a] of a rank-1 table whose F fits 8 bits, e.g. DRUM and Ax-BxP on
     unsigned activations: the input is read through the byte table of F, then as "values"), "factor" (G[w] * F[a]
-    of any other rank-1 integer table), "lut" (table lookups: path="lut" and tables of higher rank); None for the
-    per-group GEMMs (path="lowrank"/"rows")."""
+    of any other rank-1 integer table), "rowsum" (tables of higher rank whose columns span < 2^16, e.g. Mitch-w and
+    8-bit imported tables, when _rowsum_fits: e.g. 3x3 at stride 1 and 2, >= _DW_ROWSUM_MIN_POS positions; one
+    lookup per kernel row (and column phase) of packed columns), "lut" (table lookups: path="lut" and the other tables of higher
+    rank); None for the per-group GEMMs (path="lowrank"/"rows")."""
     Cout, Cg, kh, kw = w_shape
     if Cg != 1 or groups == 1 or path in ("lowrank", "rows") or _kernels is None:
         return None
     select_path(mult, a_signed, kh * kw, path)  # checks the path (e.g. "exact" on an approximate multiplier)
     plan = None if path == "lut" else _prepare(mult, a_signed).int16
     if plan is None or plan.gw.shape[1] != 1:
-        return "lut"
+        return "rowsum" if path != "lut" and _rowsum_fits(_prepare(mult, a_signed), kh, kw, geo, batch) else "lut"
     if plan.a_mode == "table":
         return "factor" if plan.a_bytes is None else "bytes"
     return "values"
+
+
+def _rowsum_fits(prep: "_Prepared", kh: int, kw: int, geo: "_ConvGeometry", batch: int) -> bool:
+    """Whether the "rowsum" depthwise kernel takes the conv: every table column spans < 2^16 (2 byte planes), the
+    taps' column offsets in the stride's phase planes are < 3 (three 21-bit fields) and there are <= 32 groups of
+    taps (kh * min(stride, kw): their sums of values < 2^16 fit a field)."""
+    (sh, sw), dw = geo.stride, geo.dilation[1]
+    return (prep.planes.shape[1] <= 2 and (kw - 1) * dw // sw <= 2 and kh * min(sw, kw) <= 32
+            and batch * geo.out_hw[0] * geo.out_hw[1] >= _DW_ROWSUM_MIN_POS)
 
 
 def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, path="auto",
                isa=None):
     """Integer conv with the emulated multiplier -> int64[B, Cout, Ho, Wo] (bit-exact; see module docstring)."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_int")
-    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
+    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
     if direct is not None:
         return _dw_conv(x, w, mult, a_signed, geo, direct, isa)
     out = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=np.int64)
@@ -966,7 +983,7 @@ def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling
     Cout, _, kh, kw = w.shape
     prep = _prepare(mult, a_signed)
     xtab = None
-    if direct == "lut":
+    if direct in ("lut", "rowsum"):
         ftab = gtab = np.zeros(256, np.int16)
         bound = prep.maxabs
     else:
@@ -1030,7 +1047,7 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     (_scaled_int_plan); the other GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled
     from cache into the output."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
-    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path)
+    direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
     if direct is not None:
         return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling).view(scaling.dtype)
     plan = _scaled_int_plan(mult, a_signed, w.shape, path, isa)

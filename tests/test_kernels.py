@@ -340,15 +340,93 @@ def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     mult = DW_MULTS[mname]
     args = (stride, pads, dil, C)
     ref = K.reference_conv2d_int(x, w, mult, signed, *args)
+    geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
     if C > 1:  # products of the rank-1 factors instead of table lookups, unless path="lut" asks for them
-        assert K._depthwise_mode(mult, signed, w.shape, C, "auto") == \
-            {"exact": "values", "perf": "values", "sep": "bytes", "sep16": "factor"}.get(mname, "lut")
-        assert K._depthwise_mode(mult, signed, w.shape, C, "lut") == "lut"
+        full = "rowsum" if K._rowsum_fits(K._prepare(mult, signed), kh, kw, geo, B) else "lut"
+        assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == \
+            {"exact": "values", "perf": "values", "sep": "bytes", "sep16": "factor"}.get(mname, full)
+        assert K._depthwise_mode(mult, signed, w.shape, C, "lut", geo, B) == "lut"
     for path in ["auto", "lut"] + (["exact"] if mname == "exact" else []):
-        assert K._depthwise_mode(mult, signed, w.shape, C, path) is not None or C == 1
+        assert K._depthwise_mode(mult, signed, w.shape, C, path, geo, B) is not None or C == 1
         for isa in ISAS:
             got = K.conv2d_int(x, w, mult, signed, *args, path=path, isa=isa)
             assert np.array_equal(got, ref), (path, isa)
+
+
+# full-rank tables whose columns span < 2^16 (two byte planes): the ones the "rowsum" depthwise kernel takes
+ROWSUM_MULTS = ["mitch_w6", "mitchell", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "rank1"]
+
+
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(1, 2), C=st.integers(1, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
+       k=st.tuples(st.integers(1, 5), st.integers(1, 3)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dil=st.tuples(st.integers(1, 2), st.integers(1, 2)), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(ROWSUM_MULTS),
+       threads=st.sampled_from([1, 2]), quant=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, threads, quant, seed):
+    """The "rowsum" depthwise kernel (one lookup per group of taps in packed 21-bit columns, the groups of the stride's
+    phase planes; channel-major order with the packed columns reused across images) at every ISA level and thread
+    count, as int64 sums and scaled, whatever the batch size (the dispatch takes it from _DW_ROWSUM_MIN_POS
+    positions on)."""
+    from dse.quant import reference_quantize_act
+
+    rng = np.random.default_rng(seed)
+    (kh, kw), (dh, dw) = k, dil
+    H = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2])
+    W = max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
+    x = acts(rng, (B, C, H, W), signed)
+    w = rng.integers(-128, 128, (C * og, 1, kh, kw))
+    if extreme:
+        x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
+        w = np.where(w % 2 == 0, -128, 127)
+    mult = DW_MULTS[mname]
+    geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
+    fits = K._rowsum_fits(K._prepare(mult, signed), kh, kw, geo, 10 ** 9)
+    assert fits == ((kw - 1) * dw // stride[1] <= 2)  # every table here spans < 2^16, kh * min(sw, kw) <= 15
+    if not fits:
+        return
+    ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
+    sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
+                   rng.normal(0, 100, C * og).astype(np.float32), K.OutputAct("clip", 0.0, 600.0),
+                   K.OutputQuant(float(np.float32(600 / 255)), False) if quant else None)
+    y = sc.act.apply(((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None])
+                     .astype(np.float32) + sc.bias[None, :, None, None])
+    y = reference_quantize_act(y, sc.quant.scale, False) if quant else y
+    K.set_threads(threads)
+    try:
+        for isa in ISAS:
+            assert np.array_equal(K._dw_conv(x, w, mult, signed, geo, "rowsum", isa), ref), isa
+            assert np.array_equal(K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc).view(sc.dtype), y), isa
+    finally:
+        K.set_threads(None)
+    if B * geo.out_hw[0] * geo.out_hw[1] >= K._DW_ROWSUM_MIN_POS and C > 1:
+        assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == "rowsum"
+
+
+@pytest.mark.parametrize("pl", [0, 1, 2, 3])
+def test_depthwise_stride2_phase_split_every_width(pl):
+    """The 16-byte split of a row into the two column phases of stride 2 (SSE2), at every width around its vector
+    steps and the row end, odd and even left padding."""
+    rng = np.random.default_rng(pl)
+    mult = DW_MULTS["mitch_w6"]
+    for W in range(1, 50):
+        x = acts(rng, (1, 2, 3, W), False)
+        w = rng.integers(-128, 128, (2, 1, 3, 3))
+        args = ((2, 2), (1, pl, 1, 3 - pl % 2), (1, 1), 2)
+        ref = K.reference_conv2d_int(x, w, mult, False, *args)
+        for path in ("auto", "lut"):
+            assert np.array_equal(K.conv2d_int(x, w, mult, False, *args, path=path), ref), (W, path)
+
+
+def test_depthwise_rowsum_rejects_kernels_beyond_its_fields():
+    """The compiled kernel refuses the geometries whose taps do not fit three fields of at most 32 groups."""
+    x = np.zeros((1, 2, 12, 12), np.uint8)
+    lutT = np.zeros((256, 256), np.int32)
+    z = np.zeros(256, np.int16)
+    for wshape, stride, dil in (((2, 1, 33), (1, 1), (1, 1)), ((2, 1, 3), (1, 1), (1, 2)), ((2, 33, 2), (1, 2), (1, 1))):
+        wp = np.zeros(wshape, np.uint8)
+        with pytest.raises(ValueError, match="rowsum"):
+            K._kernels.dw_conv(x, wp, "rowsum", lutT, z, z, 0, stride, (8, 8), dil, (4, 4), False)
 
 
 @settings(deadline=None, max_examples=80)
