@@ -535,6 +535,81 @@ DSE_T_AVX2 static void dse_rows_finish_avx2_byte(const void *accv, int64_t mb, i
     }
 }
 
+/* Tables whose entries are all < 32 (e.g. the error table of a product with its low bits cleared): rows of 32 bytes
+ * and 8-bit sums, one 32-byte load and add per position and k-step for the 32 selectors (half the byte tables'
+ * loads and adds). Over a window of W8 = 255 / max entry k-steps (a multiple of DSE_RT_KC, see dse_rows_gemm) the
+ * byte sums stay <= 255; dse_rows_finish_avx2_tiny widens each window's byte sums into the int32 sums. The table is
+ * built as 16-bit rows and packed to bytes in place (row u at byte u * 32 of its k-step's slot). */
+DSE_T_AVX2 static void dse_rows_build32_avx2_tiny(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
+                                                  uint16_t *tab)
+{
+    dse_rows_build32_avx2(D, R, nr, sel, tab);
+    uint8_t *b = (uint8_t *)tab;
+    for (int64_t u = 0; u < nr; u++) { /* bytes [32u, 32u + 32) lie within the 16-bit rows < u, already read */
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(tab + u * DSE_RT_NT));
+        const __m256i hi = _mm256_loadu_si256((const __m256i *)(tab + u * DSE_RT_NT + 16));
+        _mm256_storeu_si256((__m256i *)(b + u * DSE_RT_NT),
+                            _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), 0xD8));
+    }
+}
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_accum_avx2_tiny_kc(const uint8_t *tab, int64_t ts, const uint8_t *const *ip, int64_t mb, uint8_t *acc,
+                            const int KC, const int FIRST)
+{
+    const uint8_t *t[DSE_RT_KC];
+    const uint8_t *p[DSE_RT_KC];
+#pragma GCC unroll 16
+    for (int kk = 0; kk < KC; kk++) {
+        t[kk] = tab + kk * ts;
+        p[kk] = ip[kk];
+    }
+    for (int64_t m = 0; m < mb; m++) {
+        uint8_t *a = acc + m * DSE_RT_NT;
+        __m256i s = FIRST ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)a);
+#pragma GCC unroll 16
+        for (int kk = 0; kk < KC; kk++)
+            s = _mm256_add_epi8(s, _mm256_loadu_si256((const __m256i *)(t[kk] + DSE_RT_NT * (size_t)p[kk][m])));
+        _mm256_storeu_si256((__m256i *)a, s);
+    }
+}
+
+/* tab, ts: the 16-bit tables' slots (k-step kk's byte rows at byte offset 2 * kk * ts); acc: uint8 [mb][NT]. */
+DSE_T_AVX2 static void dse_rows_accum_avx2_tiny(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                int64_t mb, int first, void *accv)
+{
+    const uint8_t *tb = (const uint8_t *)tab;
+    uint8_t *acc = (uint8_t *)accv;
+    if (kc == DSE_RT_KC) {
+        if (first)
+            dse_rows_accum_avx2_tiny_kc(tb, 2 * ts, ip, mb, acc, DSE_RT_KC, 1);
+        else
+            dse_rows_accum_avx2_tiny_kc(tb, 2 * ts, ip, mb, acc, DSE_RT_KC, 0);
+        return;
+    }
+    for (int kk = 0; kk < kc; kk++) { /* the chunk at the end of K */
+        if (first && kk == 0)
+            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * ts, 2 * ts, ip + kk, mb, acc, 1, 1);
+        else
+            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * ts, 2 * ts, ip + kk, mb, acc, 1, 0);
+    }
+}
+
+DSE_T_AVX2 static void dse_rows_finish_avx2_tiny(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    const uint8_t *acc = (const uint8_t *)accv;
+    for (int64_t m = 0; m < mb; m++) {
+        const uint8_t *a = acc + m * DSE_RT_NT;
+        int32_t *s = sums + m * DSE_RT_NT;
+        for (int i = 0; i < DSE_RT_NT; i += 8) {
+            __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(a + i)));
+            if (!first)
+                v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(s + i)));
+            _mm256_storeu_si256((__m256i *)(s + i), v);
+        }
+    }
+}
+
 /* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of DSE_RT_KC) and size. */
 typedef struct {
     dse_rows_build_fn build;
@@ -662,7 +737,12 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     uint16_t dmax = 0;
     for (int64_t i = 0; i < 256 * R; i++)
         dmax = D[i] > dmax ? D[i] : dmax;
+    /* tiny entries: windows of 255 / dmax k-steps, a multiple of DSE_RT_KC */
+    const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC * DSE_RT_KC : 252;
+    const dse_rows_impl avx2_tiny = {dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
+                                     w8, DSE_RT_NT};
     const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable
+                              : dmax < 32          ? &avx2_tiny
                               : dmax < 256         ? &avx2_byte
                               : dmax < 32768       ? &avx2_pair
                                                    : &avx2;

@@ -511,18 +511,22 @@ def test_rows_kernel_int32_window_worst_case():
 
 @settings(deadline=None, max_examples=30)
 @given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 40), N=st.integers(1, 40),
-       by_act=st.booleans(), classed=st.booleans(), width=st.sampled_from(["byte", "pair", "full"]),
+       by_act=st.booleans(), classed=st.booleans(),
+       width=st.sampled_from(["tiny1", "tiny7", "tiny31", "byte", "pair", "full"]),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, width, seed):
     """The AVX2 adds sum entries in 16-bit lanes over windows of 256 k-steps (low bytes and high bytes apart): a table
     whose entries (minus a constant) take the byte extremes (0, 255, 256, 0xFF00, 0xFFFF) and operands that pick them on every
     k-step, on reduction lengths around the window boundaries, both orientations, every ISA level; ``classed``: the
-    table has repeated rows and columns, so both orientations read class tables; ``width``: "byte" entries 0..255
-    only (span 255), the AVX2 adds without high-byte sums, whose 16-bit window sums reach 255 * 256; "pair" entries
+    table has repeated rows and columns, so both orientations read class tables; ``width``: "tiny<t>" entries 0..t < 32,
+    the AVX2 8-bit sums over windows of 255 // t k-steps (252 for t = 1, 36 for 7, 8 for 31) whose byte sums reach
+    255; "byte" entries 0..255 only (span 255), the AVX2 adds without high-byte sums, whose 16-bit window sums reach
+    255 * 256; "pair" entries
     below 2^15 (up to 0x7FFF), the adds that sum two k-steps' rows before taking their high bytes; "full" up to
     0xFFFF."""
     rng = np.random.default_rng(seed)
-    ext = {"byte": [0, 1, 254, 255], "pair": [0, 255, 256, 0x7F00, 0x7FFF],
+    ext = {"tiny1": [0, 1], "tiny7": [0, 1, 6, 7], "tiny31": [0, 1, 30, 31], "byte": [0, 1, 254, 255],
+           "pair": [0, 255, 256, 0x7F00, 0x7FFF],
            "full": [0, 255, 256, 0xFF00, 0xFFFF]}[width]
     top = max(ext)
     if classed:
