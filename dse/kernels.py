@@ -31,8 +31,9 @@ is built (one row per class of index patterns with equal table columns: Mitch-w'
 256 unsigned activation patterns; a conv maps its input to these classes before im2col), then each position adds one
 table row -- 16 products per AVX2 16-bit add (whole entries and their high bytes summed apart, exact over 256-step
 windows), portable int32 code otherwise, instead of one gather per product;
-it falls back to "lut" for wider tables; tables whose entries span < 256 per selector take 16-bit sums without the
-high bytes), "split" (the exact product on the integer GEMM kernel + the rows kernel on the error table E = LUT - a*w,
+it falls back to "lut" for wider tables; tables whose entries span < 2^15 per selector add two k-steps' rows before
+taking the high bytes, < 256 take 16-bit sums without the high bytes, < 32 (error tables of near-exact products) 8-bit
+sums of 32-byte rows; each block of positions builds its tables only up to its largest index at that k-step), "split" (the exact product on the integer GEMM kernel + the rows kernel on the error table E = LUT - a*w,
 added in place: tables close to exact have short error row tables, e.g. 16 rows for a*w with its low 3 bits
 cleared; auto takes it instead of "rows" per call when cheaper by the cost model, i.e. on calls with few positions,
 where building 256-row tables dominates), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
