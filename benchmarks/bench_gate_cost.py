@@ -8,7 +8,8 @@ One search of the budget (one worker, in this process, the budget's seed, ``--tr
 ``--timeout`` so the load does not cut it): the time spent in the objective's ``_predict`` (the gate refitted on
 the points so far and predicting the trial; timed by wrapping it, which works on older versions too) in every trial,
 against the trials' whole time (Optuna's start/complete times), the propagated surrogate's network runs in it
-(``PropagatedSurrogate.logits`` calls), what the gate skipped and kept, the best and the wall time (set-up included).
+(``PropagatedSurrogate.logits`` calls), the trials the gate sat out (``[search] predictor_max_share``; "-" on code
+without it), how often it switched on or off, what it skipped and kept, the best and the wall time (set-up included).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def one(budget: Path, trials: int) -> dict:
     return {"wall": wall, "gate_s": clock["gate"], "propagated_runs": clock["runs"],
             "trial_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
             "complete": res["trials"]["complete"], "skipped": res["trials"]["skipped_predictor"],
-            "used": rec.get("used", {}), "on": rec.get("on", 0),
+            "used": rec.get("used", {}), "on": rec.get("on", 0), "paused": rec.get("paused", "-"),
+            "switches": len(res["trials"].get("predictor_switches", [])),
             "best": best.get("energy", {}).get("system") if best else float("nan")}
 
 
@@ -69,8 +71,8 @@ def main() -> int:
     a = ap.parse_args()
     if a.header:
         print("| budget | code | trials | trials' time | gate's time in them | gate's share | propagated runs | "
-              "skipped by the gate | predicted by (gate on) | best energy | wall |\n|---|---|---|---|---|---|---|---|"
-              "---|---|---|")
+              "sat out | switches | skipped by the gate | predicted by (gate on) | best energy | wall |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         r = one(budget_with(a.budget, "search", {"timeout_s": a.timeout}, Path(tmp) / a.budget.name), a.trials)
     import dse
@@ -78,7 +80,8 @@ def main() -> int:
     kept = ", ".join(f"{k} {n}" for k, n in r["used"].items())
     print(f"| `{a.budget.name}` | {a.label} (`{Path(dse.__file__).parent.parent}`) | {r['complete']} | "
           f"{r['trial_s']:.0f} s | {r['gate_s']:.1f} s | {100 * r['gate_s'] / max(r['trial_s'], 1e-9):.1f} % | "
-          f"{r['propagated_runs']} | {r['skipped']} | {kept} ({r['on']}) | {r['best']:.4f} | {r['wall']:.0f} s |")
+          f"{r['propagated_runs']} | {r['paused']} | {r['switches']} | {r['skipped']} | {kept} ({r['on']}) | "
+          f"{r['best']:.4f} | {r['wall']:.0f} s |")
     return 0
 
 

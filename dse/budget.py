@@ -20,7 +20,9 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
 * ``[search]`` ``mode`` (constrained|pareto), ``sampler`` (auto|tpe|nsga2|random|qmc; auto = TPE for constrained,
   NSGA-II for pareto), ``n_trials``, ``seed``, ``storage`` (Optuna URL; absent = journal file in the run directory),
   ``workers``, ``timeout_s`` (absent = none), ``racing`` (increasing image counts, ``0`` = the whole split, last),
-  ``confidence`` (racing one-sided level), ``predictor_skip``, ``n_holdout`` (hold-out checks that may fail before
+  ``confidence`` (racing one-sided level), ``predictor_skip``, ``predictor_max_share`` (the predictor gate's time
+  may exceed this share of the trials' own time only by the trial time its skips saved; past it trials run without
+  the gate until they catch up, and the output says on how many), ``n_holdout`` (hold-out checks that may fail before
   the walk down the feasible list stops), ``threads`` (kernel threads per process; absent = the available cores
   divided among the workers), ``prefix_cache_mib`` (memory per search process for the activations of configuration
   prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``setup_budget_s`` (seconds of set-up
@@ -98,6 +100,7 @@ class SearchSection:
     racing: tuple = (500, 2000, 0)
     confidence: float = 0.95
     predictor_skip: float = 2.0
+    predictor_max_share: float = 0.1  # the gate's time: at most this share of the trials' own + what its skips saved
     n_holdout: int = 3
     threads: int | None = None  # kernel threads per search process; None = the cores divided among the workers
     prefix_cache_mib: float = 512.0  # per search process: activations of shared configuration prefixes (0 = off)
@@ -430,6 +433,10 @@ def _search(ctx, tab) -> SearchSection:
     if "predictor_skip" in tab:
         kw["predictor_skip"] = _float(ctx, "search.predictor_skip", g("predictor_skip"), 0,
                                       what="a non-negative number (0 = never skip)")
+    if "predictor_max_share" in tab:
+        kw["predictor_max_share"] = _float(ctx, "search.predictor_max_share", g("predictor_max_share"), 0, 1,
+                                           lo_open=True, what="a share of the trials' time in (0, 1]; "
+                                           "predictor_skip = 0 turns the predictor off")
     if "n_holdout" in tab:
         kw["n_holdout"] = _int(ctx, "search.n_holdout", g("n_holdout"), lo=0)
     return SearchSection(**kw)

@@ -862,6 +862,8 @@ MIN_GATE_POINTS = 8   # fewer measured points than this: no leave-one-out verdic
 COSTLY_WARMUP = 2 * MIN_GATE_POINTS
 COSTLY_EVERY = 4
 TRIAL_WINDOW = 20     # the gate's record on trials: its predictions of the latest this many measured points
+GATE_HOLD = 5         # after switching off, the gate switches on again only once it passed the bar on this many
+                      # refits in a row (a record hovering at the bar would switch it on and off at every point)
 GATE_FOCUS = 2.0      # the search's gate judges its predictors on trials within this many times its skip line
 
 
@@ -889,6 +891,7 @@ class GateState:
     candidates: dict
     record: LooQuality | None = None
     record_points: int = 0
+    held: int = 0   # off although it passes the bar: refits in a row it passed since a switch-off (< GATE_HOLD)
 
     def line(self) -> str:
         """One line for the progress display and the report."""
@@ -898,7 +901,9 @@ class GateState:
         rec = ("" if self.record is None else
                f"; predicted before measuring on the latest {self.record_points} trials: Spearman "
                f"{self.record.spearman:.2f}, mean error {100 * self.record.mean_error:.2f} pp")
-        return f"predictor {state}: {self.kind} on {self.points} points, {self.quality.verdict()}{rec}"
+        held = (f"; held off since it switched off until it passes on {GATE_HOLD} points in a row ({self.held} so far)"
+                if self.held else "")
+        return f"predictor {state}: {self.kind} on {self.points} points, {self.quality.verdict()}{rec}{held}"
 
     def to_dict(self) -> dict:
         q, r = self.quality, self.record
@@ -917,7 +922,9 @@ class PredictorGate:
     gate's record on trials: once the fit stands on the search's own points, each new point is first predicted by
     the predictor kept before it arrived, and the latest :data:`TRIAL_WINDOW` such predictions are scored against
     the measured losses (:func:`prediction_quality`): a predictor that stops ranking well is switched off at the next
-    point, one that starts to is switched on.
+    point, one that starts to is switched on; after a switch-off, only once it passed on ``hold`` refits in a row
+    (:data:`GATE_HOLD`: the bar is never lowered, the gate only stays off longer, so a record hovering at the bar does
+    not switch it on and off at every point).
 
     ``focus`` (a loss, e.g. twice the search's skip line): once at least ``min_points`` usable points were measured
     within it, the candidates are fitted and judged on those alone, and so is the record: the skip decisions are
@@ -928,8 +935,11 @@ class PredictorGate:
     error; None while off or when the kept predictor cannot predict ``config``); ``predicted(config)`` the plain
     prediction of the kept candidate whether on or off (recorded beside the measured loss)."""
 
-    def __init__(self, candidates: list[Candidate], min_points: int = MIN_GATE_POINTS, focus: float | None = None):
-        self.candidates, self.min_points, self.focus = list(candidates), int(min_points), focus
+    def __init__(self, candidates: list[Candidate], min_points: int = MIN_GATE_POINTS, focus: float | None = None,
+                 hold: int = GATE_HOLD):
+        self.candidates, self.min_points, self.focus, self.hold = list(candidates), int(min_points), focus, int(hold)
+        self._passed = 0                 # refits in a row that passed the bar
+        self._switched_off = False       # it was on once and switched off: switching on again takes ``hold`` passes
         self._keys: set = set()
         self._losses: list[float] = []
         self._provisional: list[bool] = []
@@ -950,30 +960,51 @@ class PredictorGate:
         if not new:
             return None
         for k, c, loss in new:   # the record counts predictions of fits on the search's own points only (_refit)
-            p = self.predicted(c) if self._own_fit else None
+            # a prediction that needs network runs was made before the point was measured, or is left out
+            p = self.predicted(c) if self._own_fit and self._at_hand(self._best, c) else None
             self._before.append(float("nan") if p is None else p)
-        for k, c, loss in new:
+        for j, (k, c, loss) in enumerate(new):
             self._keys.add(k)
             self._losses.append(loss)
             self._provisional.append(bool(provisional))
             for cand in self.candidates:
-                self._rows[cand.kind].append(self._row(cand, c, provisional))
+                self._rows[cand.kind].append(self._row(cand, c, provisional, j == len(new) - 1))
         before = (self.state.active, self.state.kind if self.state.active else None)
         self._refit()
         after = (self.state.active, self.state.kind if self.state.active else None)
         return self.state.line() if after != before else None
 
-    def _row(self, cand: Candidate, config: dict, provisional: bool) -> np.ndarray | None:
+    def _row(self, cand: Candidate, config: dict, provisional: bool, latest: bool = True) -> np.ndarray | None:
         """``cand``'s features of a new point, or None where its schedule leaves the point out: a candidate whose
         features need network runs (:attr:`Candidate.at_hand`) gets those of the set-up's points, of the search's
         while it has fewer than :data:`COSTLY_WARMUP`, of every :data:`COSTLY_EVERY`-th after that and of any it has
-        at hand (a prediction of the trial computed them)."""
-        if cand.at_hand is None or provisional or cand.at_hand(config):
-            return cand.features(config)
-        own = [r is not None for r, p in zip(self._rows[cand.kind], self._provisional) if not p]
-        if sum(own) < COSTLY_WARMUP or len(own) % COSTLY_EVERY == 0:
+        at hand (a prediction of the trial computed them); of several of the search's points observed at once (the
+        gate sat out trials, or other processes measured them) only the ``latest`` is scheduled, so one refit costs
+        at most one such run per candidate."""
+        if provisional or self._at_hand(cand, config) or (latest and self._scheduled(cand)):
             return cand.features(config)
         return None
+
+    @staticmethod
+    def _at_hand(cand: Candidate | None, config: dict) -> bool:
+        return cand is not None and (cand.at_hand is None or cand.at_hand(config))
+
+    def _scheduled(self, cand: Candidate) -> bool:
+        """The next of the search's points is on ``cand``'s schedule for features that need network runs: it has
+        fewer than :data:`COSTLY_WARMUP` of them, or the point is every :data:`COSTLY_EVERY`-th."""
+        own = [r is not None for r, p in zip(self._rows[cand.kind], self._provisional) if not p]
+        return sum(own) < COSTLY_WARMUP or len(own) % COSTLY_EVERY == 0
+
+    def worth_predicting(self, config: dict) -> bool:
+        """A prediction of ``config`` is worth its cost: while the gate is on (it may skip the trial), when the kept
+        candidate's features of it need no network run, or while off on that candidate's schedule
+        (:meth:`_scheduled`: it then feeds the record only), past the warm-up only while its leave-one-out quality
+        passes the bar (without that, no record switches the gate on)."""
+        b = self._best
+        if b is None or self.state.active or self._at_hand(b, config):
+            return b is not None
+        own = sum(r is not None for r, p in zip(self._rows[b.kind], self._provisional) if not p)
+        return self._scheduled(b) and (own < COSTLY_WARMUP or self.state.quality.good_enough)
 
     def _refit(self) -> None:
         y = np.asarray(self._losses)
@@ -1002,12 +1033,21 @@ class PredictorGate:
                 and (self.focus is None or y[i] <= self.focus)][-TRIAL_WINDOW:]
         record = prediction_quality(before[last], y[last])
         if best is None:
-            self._best, self._model = None, None
+            self._best, self._model, self._passed = None, None, 0
+            self._switch(False)
             self.state = GateState(None, int(sum(final)) if drop else len(y), None, False, cands, record, len(last))
             return
         _, self._best, q, self._model, n = best
-        active = q.good_enough and (record is None or record.good_enough)
-        self.state = GateState(self._best.kind, n, q, active, cands, record, len(last))
+        passes = q.good_enough and (record is None or record.good_enough)
+        self._passed = self._passed + 1 if passes else 0
+        held = passes and not self.state.active and self._switched_off and self._passed < self.hold
+        active = passes and not held
+        self._switch(active)
+        self.state = GateState(self._best.kind, n, q, active, cands, record, len(last), self._passed if held else 0)
+
+    def _switch(self, active: bool) -> None:
+        if self.state.active and not active:
+            self._switched_off = True
 
     def _use(self, kind: str, final: list[bool], drop: bool, y: np.ndarray) -> tuple[list[int], bool]:
         """The points candidate ``kind`` is fitted and judged on: those it has features for (the provisional ones

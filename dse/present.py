@@ -170,7 +170,9 @@ def cost_line(r: dict) -> str:
     """The gate's time over the trials it ran before, as a share of theirs (absent on runs from before it was kept)."""
     if not r.get("trial_seconds"):
         return ""
-    return f"; the predictor took {r['seconds']:.1f} s of the trials' {r['trial_seconds']:.0f} s"
+    paused = (f", and sat out {r['paused']} trials to keep within [search] predictor_max_share of their time"
+              if r.get("paused") else "")
+    return f"; the predictor took {r['seconds']:.1f} s of the trials' {r['trial_seconds']:.0f} s{paused}"
 
 
 def _notes(con, res: dict) -> None:

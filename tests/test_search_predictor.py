@@ -136,7 +136,8 @@ def test_gate_switches_off_a_predictor_that_fails_on_trials_and_the_search_stops
     gate = PredictorGate([fault.candidate()])
     assert gate.observe([(("fit", i), c, truth(c)) for i, c in enumerate(fit_cfgs)]) is not None
     assert gate.state.active and gate.state.quality.mean_error == 0.0   # perfect on what it memorised
-    obj = Objective(space, ev, fake_energy, 0.01, predictor=gate, predictor_skip=2.0, fidelities=[0])
+    obj = Objective(space, ev, fake_energy, 0.01, predictor=gate, predictor_skip=2.0, fidelities=[0],
+                    predictor_max_share=None)   # the fake's trials take no time: the gate's logic, not its cost
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(obj, n_trials=60)
     trials = study.trials
@@ -181,7 +182,7 @@ def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_pa
                                 baseline={"float": {"search": 0.9, "holdout": 0.9}}, info={"predictor": info})
     budget = tmp_path / "b.toml"
     budget.write_text("[budget]\nmax_loss_pp = 1.0\n")
-    s = settings_(n_trials=30, predictor_skip=2.0, seeds=("uniform", "knapsack"))
+    s = settings_(n_trials=30, predictor_skip=2.0, seeds=("uniform", "knapsack"), predictor_max_share=None)
     res = run_search(budget, s, ctx_factory, run_dir=tmp_path / "run", progress=False)
     assert res["info"]["predictor"]["kind"] == "logit surrogate" and res["trials"]["skipped_predictor"] > 0
     rec = res["trials"]["predictor_record"]   # which predictor predicted the trials, and how well, measured on them
@@ -422,3 +423,115 @@ def test_a_costly_candidate_gets_features_on_its_schedule_and_of_what_it_predict
     assert calls["costly"] == [-1.0, -2.0, -3.0] + [float(i) for i in want]
     rows = gate._rows["costly"][3:]
     assert [i for i, r in enumerate(rows) if r is not None] == want
+
+
+class _Slow:
+    """The fake evaluator taking ``seconds`` per call (a trial's emulation time that the gate's can be set against)."""
+
+    def __init__(self, ev, seconds):
+        self.ev, self.seconds, self.n_images = ev, seconds, ev.n_images
+
+    def correct(self, config, start, stop):
+        time.sleep(self.seconds)
+        return self.ev.correct(config, start, stop)
+
+
+def test_a_gate_slower_than_its_share_of_the_trials_sits_out_trials_and_the_report_says_so():
+    """Fault injection: a predictor whose every prediction takes longer than a trial. The gate runs before a trial
+    only while its time is within [search] predictor_max_share of the trials' own (nothing skipped, so nothing saved):
+    it sits out most trials, its time stays within the share plus one call, and the record says how many it sat out."""
+    from dse.present import cost_line
+    from dse.search.objective import ATTR_PAUSED, ATTR_PREDICTOR_S
+
+    ctx = make_ctx()
+    ev = _Slow(ctx.evaluator, 0.004)
+
+    def features(c):
+        time.sleep(0.03)
+        return np.array([0.0])
+    slow = Candidate("slow", features, lambda X, y: (lambda f: 0.0), lambda X, y: LooQuality(0.5, 0.0, 0.0))
+    gate = PredictorGate([slow])
+    share = 0.2
+    obj = Objective(ctx.space, ev, fake_energy, 0.01, predictor=gate, predictor_skip=2.0, fidelities=[0],
+                    predictor_max_share=share)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(obj, n_trials=40)
+    ua = [t.user_attrs for t in study.trials]
+    ran, paused = sum(ATTR_PREDICTOR_S in a for a in ua), sum(bool(a.get(ATTR_PAUSED)) for a in ua)
+    assert ran + paused == len(ua) and ran >= 2 and paused > len(ua) / 2
+    a = obj.allowance
+    assert a.skipped == 0 and a.gate_s <= share * a.trial_s + max(a[ATTR_PREDICTOR_S] for a in ua if ATTR_PREDICTOR_S in a)
+    rec = predictor_record(study.trials)
+    assert rec["paused"] == paused and f"sat out {paused} trials" in cost_line(rec)
+    # the same gate with an allowance it cannot reach runs before every trial
+    fast = Objective(ctx.space, ev, fake_energy, 0.01, predictor=PredictorGate([slow]), predictor_skip=2.0,
+                     fidelities=[0], predictor_max_share=None)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(fast, n_trials=10)
+    assert predictor_record(study.trials)["paused"] == 0 and "sat out" not in cost_line(predictor_record(study.trials))
+
+
+def test_the_gate_skips_saved_count_towards_its_allowance():
+    from dse.search.objective import GateAllowance
+
+    a = GateAllowance(0.1)
+    a.ran(1.0, skipped=True)
+    assert a.allows()                       # nothing measured yet: no trial time to bound it by
+    a = GateAllowance(0.1)
+    a.ran(1.0, skipped=False)
+    a.trial(5.0)
+    assert not a.allows()                   # 1 s so far + 1 s expected (its latest run) against 0.1 x 5 s
+    a.trial(5.0)
+    assert not a.allows()                   # 2 s against 0.1 x 10 s
+    a.trial(10.0)
+    assert a.allows()                       # 2 s against 0.1 x 20 s
+    a.ran(2.0, skipped=True)                # a skip saves a trial of the mean measured time, 20 / 3 s
+    assert a.allows() and (a.gate_s, a.skipped) == (3.0, 1)   # 3 + 2 s against 2 + 6.67 s
+    a.ran(3.0, skipped=False)
+    assert not a.allows()                   # 6 + 3 s against 8.67 s
+    assert GateAllowance(None).allows()
+
+
+class _Flapper:
+    """A candidate whose leave-one-out quality passes the bar on the refits listed in ``passes`` (by points so far)
+    and fails on the others; its predictions are the measured losses themselves, so its record always passes."""
+
+    def __init__(self, passes):
+        self.passes = passes
+
+    def candidate(self):
+        good, bad = LooQuality(1.0, 0.0, 0.0), LooQuality(0.5, 0.02, 0.05)
+        return Candidate("flapper", lambda c: np.array([c["loss"]]), lambda X, y: (lambda f: float(f[0])),
+                         lambda X, y: good if self.passes(len(y)) else bad)
+
+
+@pytest.mark.parametrize("hold", [5, 3])
+def test_a_gate_whose_quality_hovers_at_the_bar_does_not_flap(hold):
+    """Fault injection: a quality alternating above and below the bar at every point. Without hysteresis the gate
+    switched at every point; with it, it switches off at the first failure and comes back only after ``hold``
+    passing refits in a row, never while the bar fails."""
+    from dse.predict import GATE_HOLD
+
+    assert GATE_HOLD >= 3
+    n = 60
+    pattern = lambda k: k < 12 or (k % 2 == 0 and k < 40) or k >= 40   # noqa: E731
+    gate = PredictorGate([_Flapper(pattern).candidate()], hold=hold)
+    lines, states = [], []
+    for i in range(n):
+        lines.append(gate.observe([(i, {"loss": 0.001 * i}, 0.001 * i)]))
+        states.append(gate.state.active)
+        if gate.state.active:
+            assert gate.state.quality.good_enough and gate.gate({"loss": 0.0}) is not None   # never on below the bar
+    # the refit after point i stands on i + 1 points: on at the first verdict, off at the first failure (13 points),
+    # on again once it passed on ``hold`` refits in a row (from 40 points on), never in between
+    switches = [i for i, s in enumerate(lines) if s]
+    assert switches == [MIN_GATE_POINTS - 1, 12, 38 + hold], (switches, lines)
+    assert not any(states[12:38 + hold]) and all(states[38 + hold:])
+    assert "held off since it switched off" in gate_line_at(pattern, hold, 41)
+
+
+def gate_line_at(pattern, hold, n):
+    gate = PredictorGate([_Flapper(pattern).candidate()], hold=hold)
+    for i in range(n):
+        gate.observe([(i, {"loss": 0.001 * i}, 0.001 * i)])
+    return gate.state.line()

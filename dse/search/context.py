@@ -51,6 +51,7 @@ def settings_from_budget(b) -> SearchSettings:
                           n_trials=int(s.n_trials), seed=int(s.seed), storage=s.storage or None,
                           workers=int(s.workers), timeout_s=s.timeout_s or None, fidelities=list(s.racing),
                           confidence=float(s.confidence), predictor_skip=float(s.predictor_skip),
+                          predictor_max_share=float(s.predictor_max_share),
                           n_holdout=int(s.n_holdout), feasibility_confidence=float(b.budget.confidence),
                           seeds=tuple(s.seeds))
 

@@ -12,7 +12,9 @@ Narrow injected interfaces (so tests use fakes):
   ``state.active``/``state.kind``, as ``predictor_gate_state``); ``predicted(config)`` (plain,
   recorded as ``predicted_loss``) and ``gate(config)`` (conservative loss the trial is skipped with; None while the
   gate is off); ``state`` (dse.predict.GateState: the kept predictor's ``kind``, ``active``), recorded with the
-  prediction as ``predictor``.
+  prediction as ``predictor``; ``worth_predicting(config)``: whether a prediction is worth its cost while the gate is
+  off. The gate's time is bounded by ``predictor_max_share`` (:class:`GateAllowance`): past it, a trial runs without
+  the gate (``predictor_paused``).
 
 Every return path sets the constraint ``accuracy_loss = bound - budget`` (feasible when <= 0) before returning,
 including trials stopped early by the race, trials skipped by the predictor, duplicates and trials that raise.
@@ -45,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
@@ -66,6 +69,7 @@ ATTR_GATE = "predictor_gate"         # the predictor gate's line when it switche
 ATTR_GATE_STATE = "predictor_gate_state"  # beside it: "on <predictor>" or "off", the state it switched to
 ATTR_PREDICTOR = "predictor"          # {"kind", "active"}: the predictor the gate kept when it predicted this trial
 ATTR_PREDICTOR_S = "predictor_s"      # wall seconds the gate took before this trial (refit on the points so far, predict)
+ATTR_PAUSED = "predictor_paused"      # True: the gate did not run before this trial (its time reached its allowance)
 EXACT_ENERGY = 1.0                    # relative system energy of all-exact FxP8: anything costing more is dominated
 HOLDOUT_CHUNK = 256                   # hold-out images per step of a check (the deadline is looked at between steps)
 
@@ -97,12 +101,47 @@ def predictor_record(trials) -> dict:
     used = Counter(a[ATTR_PREDICTOR]["kind"] for a in ua if ATTR_PREDICTOR in a)
     pairs = [(a["predicted_loss"], a["loss"]) for a in ua if "predicted_loss" in a and a.get("full")]
     q = prediction_quality(*zip(*pairs)) if pairs else None
-    timed = [t for t in trials if ATTR_PREDICTOR_S in t.user_attrs and t.datetime_complete is not None]
+    timed = [t for t in trials if (ATTR_PREDICTOR_S in t.user_attrs or ATTR_PAUSED in t.user_attrs)
+             and t.datetime_complete is not None]
     return {"used": dict(used), "on": sum(bool(a[ATTR_PREDICTOR]["active"]) for a in ua if ATTR_PREDICTOR in a),
             "measured": len(pairs), "spearman": None if q is None else q.spearman,
             "mean_error": None if q is None else q.mean_error, "passes": None if q is None else q.good_enough,
-            "seconds": sum(float(t.user_attrs[ATTR_PREDICTOR_S]) for t in timed),
-            "trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in timed)}
+            "seconds": sum(float(t.user_attrs.get(ATTR_PREDICTOR_S, 0.0)) for t in timed),
+            "trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in timed),
+            "paused": sum(bool(t.user_attrs.get(ATTR_PAUSED)) for t in timed)}
+
+
+@dataclass
+class GateAllowance:
+    """The predictor gate's time in this process against what it may spend: ``share`` (``[search]
+    predictor_max_share``) of the trials' own time (the gate's excluded) plus the trial time its skips saved (each
+    skipped trial counted at the mean time of the trials measured here). The gate runs before a trial only while its
+    time so far and that of its latest run are within that (and until a trial was measured here), so it never costs
+    more than that share beyond what it saved, give or take one run. ``share`` None: no
+    bound (studies of the gate itself)."""
+
+    share: float | None
+    gate_s: float = 0.0
+    trial_s: float = 0.0
+    measured: int = 0
+    skipped: int = 0
+    last_s: float = 0.0   # the gate's latest run: what the next one is expected to cost
+
+    def allows(self) -> bool:
+        if self.share is None or not self.measured:   # nothing measured here yet: no trial time to bound it by
+            return True
+        saved = self.skipped * self.trial_s / self.measured
+        return self.gate_s + self.last_s <= self.share * self.trial_s + saved
+
+    def ran(self, seconds: float, skipped: bool) -> None:
+        self.gate_s += seconds
+        self.last_s = seconds
+        self.skipped += bool(skipped)
+
+    def trial(self, seconds: float) -> None:
+        """A trial measured here took ``seconds`` besides the gate's."""
+        self.trial_s += seconds
+        self.measured += 1
 
 
 def full_trials(study) -> list:
@@ -141,11 +180,12 @@ class Objective:
     def __init__(self, space: SearchSpace, evaluator, energy, budget_loss: float, mode: str = "constrained",
                  fidelities=(500, 2000, 0), confidence: float = 0.95, predictor=None, predictor_skip: float = 2.0,
                  feasibility_confidence: float = 0.95, holdout=None, max_holdout_failures: int = 3,
-                 deadline: Deadline | None = None, confirm=None):
+                 deadline: Deadline | None = None, confirm=None, predictor_max_share: float | None = 0.1):
         self.space, self.evaluator, self.energy = space, evaluator, energy
         self.budget_loss, self.mode = float(budget_loss), mode
         self.fidelities, self.confidence = list(fidelities), confidence
         self.predictor, self.predictor_skip = predictor, predictor_skip
+        self.allowance = GateAllowance(predictor_max_share)
         self.feasibility_confidence = float(feasibility_confidence)
         self.holdout, self.max_holdout_failures = holdout, int(max_holdout_failures)
         self.deadline, self.confirm = deadline, confirm
@@ -323,7 +363,7 @@ class Objective:
         if switched:
             st = self.predictor.state
             attrs[ATTR_GATE], attrs[ATTR_GATE_STATE] = switched, f"on {st.kind}" if st.active else "off"
-        pred = self.predictor.predicted(config)
+        pred = self.predictor.predicted(config) if self.predictor.worth_predicting(config) else None
         if pred is not None:
             attrs["predicted_loss"] = pred
             attrs[ATTR_PREDICTOR] = {"kind": self.predictor.state.kind, "active": self.predictor.state.active}
@@ -340,17 +380,23 @@ class Objective:
             prev = self._previous(trial, key)
             if prev is not None:
                 return self._finish(trial, prev)
+            t_start = time.perf_counter()
             energy = dict(self.energy(config))
             attrs = {"config": config_to_dict(config), "energy": energy}
             full = self._full_points(trial.study)
+            gate_s = 0.0
             if self.predictor is not None and self.predictor_skip:
-                t0 = time.perf_counter()
-                skip = self._predict(trial, config, attrs)
-                attrs[ATTR_PREDICTOR_S] = time.perf_counter() - t0
-                if skip is not None:
-                    attrs.update(loss=skip, skipped="predictor", images=0)
-                    attrs[ATTR_LOSS_UCB] = skip
-                    return self._finish(trial, attrs)
+                if not self.allowance.allows():
+                    attrs[ATTR_PAUSED] = True
+                else:
+                    t0 = time.perf_counter()
+                    skip = self._predict(trial, config, attrs)
+                    gate_s = attrs[ATTR_PREDICTOR_S] = time.perf_counter() - t0
+                    self.allowance.ran(gate_s, skip is not None)
+                    if skip is not None:
+                        attrs.update(loss=skip, skipped="predictor", images=0)
+                        attrs[ATTR_LOSS_UCB] = skip
+                        return self._finish(trial, attrs)
             exact = self.correct_exact
             res = race(lambda a, b: self.evaluator.correct(config, a, b), exact,
                        self._stop_above(float(energy["system"]), full), self.fidelities, self.confidence)
@@ -362,6 +408,7 @@ class Objective:
                 attrs["skipped"] = "racing"
             self._check(config, attrs, full)
             self._cache[key] = _reused(attrs, trial.number)
+            self.allowance.trial(time.perf_counter() - t_start - gate_s)
             return self._finish(trial, attrs)
         except BaseException as exc:
             # failed trial: still record an (infeasible) constraint, then let Optuna mark it FAIL / stop

@@ -65,6 +65,7 @@ class SearchSettings:
     fidelities: list = field(default_factory=lambda: list(_D.racing))
     confidence: float = _D.confidence
     predictor_skip: float = _D.predictor_skip  # skip a trial when predicted loss > predictor_skip * budget (0 = never)
+    predictor_max_share: float | None = _D.predictor_max_share  # the gate's time bound (objective.GateAllowance)
     n_holdout: int = _D.n_holdout              # hold-out checks that may fail before the walk down the list stops
     feasibility_confidence: float = BudgetSection().confidence  # [budget] confidence of the search-split feasibility
     seeds: tuple = _D.seeds  # seed trials besides all-exact (dse.budget.SEED_KINDS)
@@ -179,7 +180,8 @@ def _objective(ctx: SearchContext, s: SearchSettings) -> Objective:
     deadline = ctx.deadline if ctx.deadline is not None else Deadline.after(s.timeout_s)
     return Objective(ctx.space, ctx.evaluator, ctx.energy, s.budget_loss, s.mode, s.fidelities, s.confidence,
                      ctx.predictor, s.predictor_skip, feasibility_confidence=s.feasibility_confidence,
-                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout, deadline=deadline, confirm=ctx.confirm)
+                     holdout=ctx.holdout, max_holdout_failures=s.n_holdout, deadline=deadline, confirm=ctx.confirm,
+                     predictor_max_share=s.predictor_max_share)
 
 
 def seed_configs(ctx: SearchContext, s: SearchSettings) -> list[dict]:
