@@ -164,7 +164,8 @@ def test_the_gate_keeps_it_while_it_predicts_and_switches_it_off_when_trials_con
     exact = emu.predict(x, {}) == y
     truth = [float(exact.mean() - (emu.predict(x, c) == y).mean()) for c in cfgs]
     gate = PredictorGate([propagated_candidate(ps)])
-    gate.observe([(i, c, t) for i, c, t in zip(range(len(cfgs)), cfgs, truth)])
+    for i, c, t in zip(range(len(cfgs)), cfgs, truth):   # one trial after the other (of points observed at once,
+        gate.observe([(i, c, t)])                        # only the latest gets a costly candidate's features)
     assert gate.state.active and gate.state.kind == "propagated surrogate", gate.state.line()
     gains = np.maximum(-np.asarray(truth), 0.0)
     assert gate.state.quality.mean_error == pytest.approx(gains.mean(), abs=1e-9) and gains.max() <= 0.02

@@ -535,3 +535,19 @@ def gate_line_at(pattern, hold, n):
     for i in range(n):
         gate.observe([(i, {"loss": 0.001 * i}, 0.001 * i)])
     return gate.state.line()
+
+
+def test_points_observed_at_once_cost_at_most_one_costly_run():
+    """After the gate sat out trials it observes their points at once: a candidate whose features need network runs
+    gets those of the latest only (one run per refit), a cheap one those of every point."""
+    runs = []
+
+    def costly(c):
+        runs.append(c["x"])
+        return np.array([c["x"]])
+    fit = lambda X, y: (lambda f: float(f[0]))  # noqa: E731
+    gate = PredictorGate([Candidate("cheap", lambda c: np.array([c["x"]]), fit, lambda X, y: leave_one_out(fit, X, y)),
+                          Candidate("costly", costly, fit, lambda X, y: leave_one_out(fit, X, y), lambda c: False)])
+    gate.observe([(i, {"x": 0.01 * i}, 0.01 * i) for i in range(6)])
+    assert runs == [0.05] and [r is None for r in gate._rows["costly"]] == [True] * 5 + [False]
+    assert all(r is not None for r in gate._rows["cheap"])
