@@ -22,7 +22,8 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   ``workers``, ``timeout_s`` (absent = none), ``racing`` (increasing image counts, ``0`` = the whole split, last),
   ``confidence`` (racing one-sided level), ``predictor_skip``, ``predictor_max_share`` (the predictor gate's time
   may exceed this share of the trials' own time only by the trial time its skips saved; past it trials run without
-  the gate until they catch up, and the output says on how many), ``n_holdout`` (hold-out checks that may fail before
+  the gate until they catch up, and the output says on how many; which trials that is depends on timing, so such a
+  run is not reproducible from its seed: ``inf`` = no bound), ``n_holdout`` (hold-out checks that may fail before
   the walk down the feasible list stops), ``threads`` (kernel threads per process; absent = the available cores
   divided among the workers), ``prefix_cache_mib`` (memory per search process for the activations of configuration
   prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``setup_budget_s`` (seconds of set-up
@@ -434,9 +435,11 @@ def _search(ctx, tab) -> SearchSection:
         kw["predictor_skip"] = _float(ctx, "search.predictor_skip", g("predictor_skip"), 0,
                                       what="a non-negative number (0 = never skip)")
     if "predictor_max_share" in tab:
-        kw["predictor_max_share"] = _float(ctx, "search.predictor_max_share", g("predictor_max_share"), 0, 1,
-                                           lo_open=True, what="a share of the trials' time in (0, 1]; "
-                                           "predictor_skip = 0 turns the predictor off")
+        v = g("predictor_max_share")
+        kw["predictor_max_share"] = math.inf if v == math.inf else _float(
+            ctx, "search.predictor_max_share", v, 0, 1, lo_open=True,
+            what="a share of the trials' time in (0, 1], or inf (no bound: a one-process search stays reproducible); "
+                 "predictor_skip = 0 turns the predictor off")
     if "n_holdout" in tab:
         kw["n_holdout"] = _int(ctx, "search.n_holdout", g("n_holdout"), lo=0)
     return SearchSection(**kw)

@@ -304,9 +304,8 @@ def report(summary: dict) -> None:
     pre = s["info"].get("preprocess")
     if pre:
         con.print(f"[bold]preprocessing[/bold] {escape(_preprocessing(pre))}", highlight=False)
-    if not s["reproducible"]:
-        con.print(f"{s['processes']} processes ran this study (workers, other machines or resumes): its trial "
-                  "order depends on their timing and is not reproducible from the seed")
+    if s["irreproducible"]:
+        con.print(escape(s["irreproducible"]), highlight=False)
     line = predictor_line(s["info"].get("predictor") or {}, t)
     if line:
         con.print(line)

@@ -14,7 +14,7 @@ from dse.errors import DseError, SettingError
 from dse.layer_config import config_from_dict
 from dse.search import rundir
 from dse.search.objective import ATTR_VERIFIED, predictor_record, predictor_switches
-from dse.search.study import is_feasible, n_processes, pareto_front, trial_summary
+from dse.search.study import irreproducible, is_feasible, n_processes, pareto_front, trial_summary
 
 
 @dataclass
@@ -118,9 +118,10 @@ def summarize(run: Run) -> dict:
     front = [checked.get(d["trial"], d) for d in front]
     states = [t.state for t in run.study.get_trials(deepcopy=False)]
     processes = n_processes(run.study)
+    why = irreproducible(processes, predictor_record(trials)["paused"])
     return {
         "run": str(run.path), "study": run.study.study_name, "finished": run.results is not None,
-        "mode": settings.get("mode"), "processes": processes, "reproducible": processes <= 1,
+        "mode": settings.get("mode"), "processes": processes, "reproducible": why is None, "irreproducible": why,
         "budget_loss": settings.get("budget_loss"), "n_trials": settings.get("n_trials"), "info": ua.get("info", {}),
         "trials": {"complete": states.count(TrialState.COMPLETE), "feasible": sum(is_feasible(t) for t in trials),
                    "running": states.count(TrialState.RUNNING),

@@ -175,7 +175,7 @@ def err(tmp_path, text) -> str:
     ("[search]\nseeds = [\"random\"]\n", "'search.seeds[0]'", "uniform"),
     ("[search]\nconfidence = 1.0\n", "'search.confidence'", "got 1.0"),
     ("[search]\ntimeout_s = -5\n", "'search.timeout_s'", "positive"),
-    ("[search]\npredictor_max_share = 0\n", "'search.predictor_max_share'", "(0, 1]; predictor_skip = 0 turns"),
+    ("[search]\npredictor_max_share = 0\n", "'search.predictor_max_share'", "(0, 1], or inf (no bound"),
     ("[search]\npredictor_max_share = 1.5\n", "'search.predictor_max_share'", "got 1.5"),
     ("[budget]\nmax_accuracy_loss = 120\n", "'budget.max_accuracy_loss'", "[0, 100)"),
     ('[budget]\nmax_accuracy_loss = "1%"\n', "'budget.max_accuracy_loss'", "got '1%'"),
@@ -261,3 +261,10 @@ def test_data_folders_and_preprocess_size(tmp_path):
     assert b.model.preprocess.size == 36 and b.model.preprocess.source == "budget [model] preprocess"
     with pytest.raises(DseError, match=r"key 'model.preprocess.size' must be a positive integer, got 0"):
         load_budget(write(tmp_path, '[model]\npreprocess = { size = 0 }\n'))
+
+
+def test_predictor_max_share_inf_lifts_the_bound(tmp_path):
+    """inf is the documented way to keep a one-process search reproducible (no time-dependent pauses of the gate)."""
+    b = load_budget(write(tmp_path, "[search]\npredictor_max_share = inf\n"))
+    assert b.search.predictor_max_share == float("inf")
+    assert "'search.predictor_max_share'" in err(tmp_path, "[search]\npredictor_max_share = -inf\n")

@@ -3,6 +3,7 @@ surrogate shares its single-layer runs with the knapsack sensitivities, the choi
 surrogate chosen (fake additive-logit network, real surrogate, run loop and storage)."""
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -442,6 +443,7 @@ def test_a_gate_slower_than_its_share_of_the_trials_sits_out_trials_and_the_repo
     it sits out most trials, its time stays within the share plus one call, and the record says how many it sat out."""
     from dse.present import cost_line
     from dse.search.objective import ATTR_PAUSED, ATTR_PREDICTOR_S
+    from dse.search.study import irreproducible
 
     ctx = make_ctx()
     ev = _Slow(ctx.evaluator, 0.004)
@@ -463,12 +465,16 @@ def test_a_gate_slower_than_its_share_of_the_trials_sits_out_trials_and_the_repo
     assert a.skipped == 0 and a.gate_s <= share * a.trial_s + max(a[ATTR_PREDICTOR_S] for a in ua if ATTR_PREDICTOR_S in a)
     rec = predictor_record(study.trials)
     assert rec["paused"] == paused and f"sat out {paused} trials" in cost_line(rec)
+    # which trials it sat out depends on timing: a one-process run saying it is reproducible would be a false promise
+    why = irreproducible(1, rec["paused"])
+    assert why and f"sat out {paused} trials" in why and "predictor_max_share = inf" in why
     # the same gate with an allowance it cannot reach runs before every trial
     fast = Objective(ctx.space, ev, fake_energy, 0.01, predictor=PredictorGate([slow]), predictor_skip=2.0,
                      fidelities=[0], predictor_max_share=None)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(fast, n_trials=10)
     assert predictor_record(study.trials)["paused"] == 0 and "sat out" not in cost_line(predictor_record(study.trials))
+    assert irreproducible(1, 0) is None and "2 processes" in irreproducible(2, 0)
 
 
 def test_the_gate_skips_saved_count_towards_its_allowance():
@@ -490,6 +496,10 @@ def test_the_gate_skips_saved_count_towards_its_allowance():
     a.ran(3.0, skipped=False)
     assert not a.allows()                   # 6 + 3 s against 8.67 s
     assert GateAllowance(None).allows()
+    b = GateAllowance(math.inf)               # [search] predictor_max_share = inf: no bound
+    b.ran(100.0, skipped=False)
+    b.trial(1.0)
+    assert b.allows()
 
 
 class _Flapper:

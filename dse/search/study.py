@@ -285,6 +285,20 @@ def n_processes(study: optuna.Study) -> int:
     return sum(k.startswith(PROCESS_ATTR) for k in study.user_attrs)
 
 
+def irreproducible(processes: int, paused: int) -> str | None:
+    """Why a study's trials cannot be reproduced from its seed, or None: several processes ran it (their timing orders
+    the trials), or the predictor gate sat out ``paused`` trials to stay within its time allowance (which trials, and so
+    which predictions could skip a trial, depends on timing)."""
+    if processes > 1:
+        return (f"{processes} processes ran this study (workers, other machines or resumes): its trial order depends "
+                "on their timing and is not reproducible from the seed")
+    if paused:
+        return (f"the predictor sat out {paused} trials to stay within [search] predictor_max_share of their time; "
+                "which ones depends on timing, so the run is not reproducible from the seed (predictor_max_share = inf "
+                "lifts the bound)")
+    return None
+
+
 def die_with_parent(parent: int) -> None:
     """A spawned worker must not outlive the ``dse search`` (pid ``parent``) that started it: on Linux the kernel
     sends it SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent."""
@@ -628,10 +642,11 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
     base["fxp8"] = objective.exact_accuracies()
     if None in base["fxp8"].values():
         res["baseline_note"] = f"FxP8-exact accuracy not measured on every split: [search] timeout_s reached; {RESUME}"
-    processes = n_processes(study)
-    res.update(baseline=base, mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=_count(study),
+    processes, counts = n_processes(study), _count(study)
+    why = irreproducible(processes, counts["predictor_record"]["paused"])
+    res.update(baseline=base, mode=s.mode, budget_loss=s.budget_loss, info=ctx.info, trials=counts,
                elapsed_s=time.time() - t0, run_dir=str(run_dir), n_trials=s.n_trials, study=name,
-               processes=processes, reproducible=processes == 1,
+               processes=processes, reproducible=why is None, irreproducible=why,
                images={"search": int(ctx.evaluator.n_images), "holdout": int(ctx.holdout.n_images)})
     rundir.write_results(run_dir, res)
     return res
