@@ -589,7 +589,7 @@ def test_in_process_duplicate_of_an_unconfirmed_trial_keeps_its_constraint():
     assert confirm.calls > calls
 
 
-def test_predictor_switches_once_per_switch_whichever_process_recorded_it():
+def test_predictor_switches_once_per_switch_whichever_process_recorded_it(monkeypatch):
     """Two processes' gates switch off (trials 3 and 4), on (7 and 8) and off (11): the study's switches are 3, 7, 11
     (one line each) in the results/report and on the progress display."""
     from dse.present import SearchProgress
@@ -610,7 +610,7 @@ def test_predictor_switches_once_per_switch_whichever_process_recorded_it():
     assert [n for n, _ in predictor_switches(frozen)] == [3, 7, 11]
     bar = SearchProgress(12, 0)
     printed = []
-    bar.p.console.print = lambda line, **kw: printed.append(line)
+    monkeypatch.setattr(bar.p.console, "print", lambda line, **kw: printed.append(line))  # the console is shared
     for t in frozen:
         bar(study, t)
     assert printed == ["trial 3: predictor off: p3", "trial 7: predictor on AME: p7", "trial 11: predictor off: p11"]
