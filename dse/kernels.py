@@ -764,7 +764,8 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     plan = _int_plan(mult, a_signed, K, path, isa)
     if plan is not None:
         return _int_gemm(AT, Wp, plan, isa, None if into is None else into.view(Wp.shape[0], AT.shape[1]))
-    amax = _max_abs(AT, a_signed) if path not in ("lut", "rows") and AT.size and prep.range_matters else None
+    amax = _max_abs(AT, a_signed) if path in ("auto", "exact", "lowrank") and AT.size and prep.range_matters \
+        else None
     chosen = select_path(mult, a_signed, K, path, isa, max_abs_a=amax)
     if chosen == "exact":
         return _exact_gemm(AT, Wp, prep, amax or 0)
