@@ -1014,8 +1014,9 @@ static int64_t dse_dw_pack(const int32_t *lutT, const uint8_t *wo, int64_t ntap,
         for (int a = 1; a < 256; a++)
             mn = col[a] < mn ? col[a] : mn;
         base += mn;
+        const int sh = DSE_DW_FIELD * (int)gr->tf[k]; /* col[a] - mn < 2^16: one vectorisable widen, shift, add */
         for (int a = 0; a < 256; a++)
-            q[a] += (uint64_t)((int64_t)col[a] - mn) << (DSE_DW_FIELD * gr->tf[k]);
+            q[a] += (uint64_t)(uint32_t)(col[a] - mn) << sh;
     }
     return base;
 }
@@ -1214,7 +1215,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         PF[i] = ftab[P[i]];
                 for (int64_t o = c * og; o < (c + 1) * og; o++) {
                     const uint8_t *wo = wp + o * ntap;
-                    for (int64_t i = 0; i < ntap; i++) {
+                    for (int64_t i = 0; mode != 3 && i < ntap; i++) {
                         dse_dw_tap *k = tp + i;
                         k->p = P + toff[i];
                         k->f = PF ? PF + toff[i] : NULL;
