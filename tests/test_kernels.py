@@ -613,11 +613,13 @@ def test_auto_path_selection():
 
 @pytest.fixture
 def fresh_plans():
-    """Per-shape integer plans decided under the module's bounds: cleared around tests that patch the bounds."""
+    """Per-shape integer plans and lowrank term counts decided under the module's bounds: cleared around tests that
+    patch the bounds (a depthwise example with the same table and K decides them first otherwise)."""
     def clear():
         for per in K._CACHE.values():
             for prep in per.values():
                 prep.int_plans.clear()
+                prep.lowrank_terms.clear()
     clear()
     yield
     clear()
