@@ -324,7 +324,8 @@ def test_progress_shows_only_verified_best(tmp_path, budget_file):
 
 def test_predictor_skip_sets_constraint(tmp_path):
     ctx = make_ctx()
-    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5), predictor_skip=2.0)
+    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5),
+                    predictor_skip=2.0, predictor_max_share=None)  # the fakes take no time: no time bound
     study = optuna.create_study()
     study.optimize(obj, n_trials=3)
     for t in study.trials:
@@ -334,7 +335,8 @@ def test_predictor_skip_sets_constraint(tmp_path):
 
 def test_predictor_never_skips_enqueued_seeds():
     ctx = make_ctx()
-    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5), predictor_skip=2.0)
+    obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5),
+                    predictor_skip=2.0, predictor_max_share=None)  # the fakes take no time: no time bound
     study = optuna.create_study()
     study.enqueue_trial({}, user_attrs={"seed": True})
     study.optimize(obj, n_trials=2)
