@@ -210,6 +210,9 @@ def ame(layers, config: dict) -> float:
     return AmePredictor(layers).ame(config)
 
 
+SSE_TIE = 1e-12   # accuracies are fractions: fits whose squared errors differ by less than this are equally good
+
+
 class AccuracyModel:
     """``accuracy ~ b0 + b1 AME + b2 AME^2``, non-increasing on ``[0, ame_max]``, linear beyond, clipped to [0, 1]."""
 
@@ -239,9 +242,14 @@ class AccuracyModel:
         """The constrained fit of :meth:`fit` on the points ``keep[i]`` for every row ``i`` of the mask at once:
         ``(b [rows, 3], max AME [rows])``. Each design is solved from its normal equations (a pseudo-inverse: the
         least-squares solution of least norm where a design is rank-deficient, e.g. two distinct AMEs), the feasible
-        one of least SSE kept (the constant is always feasible)."""
+        one of least SSE kept (the constant is always feasible). Designs that fit equally well (within
+        :data:`SSE_TIE`) keep the earlier one, and a row with fewer than three distinct AMEs skips the free quadratic
+        (it is underdetermined there, and every curve through the two means fits equally well): without both rules a
+        rounding difference between two ways of summing the same points picked a different curve, and so a different
+        extrapolation."""
         m, n = keep.shape
         xm = np.where(keep, x[None, :], -np.inf).max(1)
+        determined = np.array([np.unique(x[k]).size >= 3 for k in keep])
         one, xx = np.ones((m, n)), np.broadcast_to(x, (m, n))
         designs = [  # [row, point, terms] and (b0, b1, b2) from the coefficients: free quadratic; b1 = 0 (slope 0 at
             # AME 0); b1 = -2 b2 xm (slope 0 at the largest AME); constant
@@ -251,14 +259,14 @@ class AccuracyModel:
             (one[..., None], lambda c: (c[:, 0], 0 * c[:, 0], 0 * c[:, 0])),
         ]
         best_sse, best = np.full(m, np.inf), np.zeros((m, 3))
-        for A, unpack in designs:
+        for d, (A, unpack) in enumerate(designs):
             Ak = A * keep[..., None]
             c = np.einsum("nij,nj->ni", np.linalg.pinv(np.einsum("nji,njk->nik", Ak, Ak)),
                           np.einsum("nji,j->ni", Ak, y))
             b = np.stack(unpack(c), 1)
-            ok = (b[:, 1] <= 1e-12) & (b[:, 1] + 2 * b[:, 2] * xm <= 1e-12)
+            ok = (b[:, 1] <= 1e-12) & (b[:, 1] + 2 * b[:, 2] * xm <= 1e-12) & (determined if d == 0 else True)
             sse = np.sum(keep * (b[:, :1] + b[:, 1:2] * x + b[:, 2:] * x * x - y) ** 2, 1)
-            better = ok & (sse < best_sse)
+            better = ok & (sse < best_sse - SSE_TIE)
             best_sse, best = np.where(better, sse, best_sse), np.where(better[:, None], b, best)
         return best, xm
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import rankdata
 
@@ -452,6 +452,7 @@ def test_gaussian_loss_is_the_expected_loss_of_gaussian_margin_noise():
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10_000), st.integers(4, 25), st.booleans())
+@example(13, 8, True)  # leaving out AME 0 leaves two distinct AMEs: equally good curves, picked by rounding before
 def test_accuracy_model_leave_one_out_equals_refitting(seed, n, ties):
     """The vectorised leave-one-out of the AME accuracy model against refitting without each point (every design and
     its constraint, the left-out maximum AME extrapolated), also with repeated AMEs and noisy, rising accuracies."""
