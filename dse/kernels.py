@@ -944,7 +944,7 @@ def _rowsum_fits(prep: "_Prepared", kh: int, kw: int, geo: "_ConvGeometry", batc
     """Whether the "rowsum" depthwise kernel takes the conv: every table column spans < 2^16 (2 byte planes), the
     taps' column offsets in the stride's phase planes are < 3 (three 21-bit fields) and there are <= 32 groups of
     taps (kh * min(stride, kw): their sums of values < 2^16 fit a field)."""
-    (sh, sw), dw = geo.stride, geo.dilation[1]
+    sw, dw = geo.stride[1], geo.dilation[1]
     return (prep.planes.shape[1] <= 2 and (kw - 1) * dw // sw <= 2 and kh * min(sw, kw) <= 32
             and batch * geo.out_hw[0] * geo.out_hw[1] >= _DW_ROWSUM_MIN_POS)
 
