@@ -202,7 +202,7 @@ def search_result(res: dict) -> None:
     _notes(con, res)
     line = predictor_line(res.get("info", {}).get("predictor") or {}, res.get("trials", {}))
     if line:
-        con.print(line)
+        con.print(escape(line), highlight=False)
     con.print(f"run directory: {res['run_dir']} (dse report {res['run_dir']})")
 
 
@@ -308,7 +308,7 @@ def report(summary: dict) -> None:
         con.print(escape(s["irreproducible"]), highlight=False)
     line = predictor_line(s["info"].get("predictor") or {}, t)
     if line:
-        con.print(line)
+        con.print(escape(line), highlight=False)
     con.print(_baseline_table(s["baseline"], s["best"]))
     if s["pareto_front"]:
         con.print(_pareto_table(s["pareto_front"]))

@@ -63,3 +63,12 @@ def test_as_json_nan(capsys, allow_nan):
     else:
         with pytest.raises(ValueError):
             present.as_json({"x": float("nan")}, allow_nan=False)
+
+
+def test_predictor_line_keeps_its_setting_names(capsys):
+    """The gate's line names "[search] predictor_max_share"; printed as rich markup, "[search]" vanished."""
+    rec = {"used": {"AME": 3}, "on": 0, "measured": 2, "spearman": None, "mean_error": None, "passes": None,
+           "seconds": 1.0, "trial_seconds": 10.0, "paused": 4}
+    present.search_result({"best": None, "no_best": "none", "run_dir": "runs/x", "info": {"predictor": {"disabled": "predictor off"}},
+                           "trials": {"skipped_predictor": 0, "predictor_record": rec}})
+    assert "sat out 4 trials to keep within [search] predictor_max_share" in capsys.readouterr().out
