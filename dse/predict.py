@@ -997,11 +997,19 @@ class PredictorGate:
     def _at_hand(cand: Candidate | None, config: dict) -> bool:
         return cand is not None and (cand.at_hand is None or cand.at_hand(config))
 
+    def _own_rows(self, cand: Candidate) -> list[bool]:
+        """For each of the search's points that has a row of ``cand`` (a point being added has none yet): whether
+        ``cand`` has its features."""
+        return [r is not None for r, p in zip(self._rows[cand.kind], self._provisional) if not p]
+
+    def _warming_up(self, cand: Candidate) -> bool:
+        """``cand`` has its features of fewer than :data:`COSTLY_WARMUP` of the search's points."""
+        return sum(self._own_rows(cand)) < COSTLY_WARMUP
+
     def _scheduled(self, cand: Candidate) -> bool:
-        """The next of the search's points is on ``cand``'s schedule for features that need network runs: it has
-        fewer than :data:`COSTLY_WARMUP` of them, or the point is every :data:`COSTLY_EVERY`-th."""
-        own = [r is not None for r, p in zip(self._rows[cand.kind], self._provisional) if not p]
-        return sum(own) < COSTLY_WARMUP or len(own) % COSTLY_EVERY == 0
+        """The next of the search's points is on ``cand``'s schedule for features that need network runs: it is
+        warming up (:meth:`_warming_up`), or the point is every :data:`COSTLY_EVERY`-th."""
+        return self._warming_up(cand) or len(self._own_rows(cand)) % COSTLY_EVERY == 0
 
     def worth_predicting(self, config: dict) -> bool:
         """A prediction of ``config`` is worth its cost: while the gate is on (it may skip the trial), when the kept
@@ -1011,8 +1019,7 @@ class PredictorGate:
         b = self._best
         if b is None or self.state.active or self._at_hand(b, config):
             return b is not None
-        own = sum(r is not None for r, p in zip(self._rows[b.kind], self._provisional) if not p)
-        return self._scheduled(b) and (own < COSTLY_WARMUP or self.state.quality.good_enough)
+        return self._scheduled(b) and (self._warming_up(b) or self.state.quality.good_enough)
 
     def _refit(self) -> None:
         y = np.asarray(self._losses)
