@@ -8,7 +8,8 @@ Run:  python benchmarks/bench_surrogate_sampling.py search_spaces/resnet8_constr
 The configurations are uniform random ones of the budget's space (each searchable layer approximate with probability
 q ~ U(q range)). Printed: the measured losses, each block's raw loss, the mean error of one block's raw loss (what a
 surrogate on ``--block`` images starts from), the spread across blocks (its sampling error), the mean error of the
-mean of the four blocks (a surrogate on 4x the images) and the truth's own error (paired SE x sqrt(2/pi)).
+mean of the four blocks (a surrogate on 4x the images) and the truth's own error (bench_predict.error_floor of the
+paired standard errors).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_predict import _budget_copy, uniform_configs  # noqa: E402
+from bench_predict import Measured, _budget_copy, error_floor, uniform_configs  # noqa: E402
 
 
 def main() -> int:
@@ -44,10 +45,9 @@ def main() -> int:
     ev = ctx.evaluator
     cfgs = uniform_configs(ctx.space, a.configs, np.random.default_rng(a.seed), tuple(a.q))
     lo, hi = blocks * a.block, blocks * a.block + a.truth
-    exact = np.asarray(ev.correct({}, lo, hi), bool)
-    diffs = [exact.astype(float) - np.asarray(ev.correct(c, lo, hi), bool) for c in cfgs]
-    truth = np.array([d.mean() for d in diffs])
-    se = np.array([d.std(ddof=1) / np.sqrt(d.size) for d in diffs])
+    measured = Measured.of(np.asarray(ev.correct({}, lo, hi), bool),
+                           np.array([np.asarray(ev.correct(c, lo, hi), bool) for c in cfgs]))
+    truth = measured.loss
     raw = np.array([[PropagatedSurrogate(ev.emulator, ev.data.images(k * a.block, (k + 1) * a.block),
                                          ev.data.y[k * a.block:(k + 1) * a.block], seed=0).features(c)[0]
                      for c in cfgs] for k in range(blocks)])
@@ -61,7 +61,7 @@ def main() -> int:
     print(f"\nmean error of one block's raw loss: {pp(np.mean(np.abs(d)))}; SD across the blocks: "
           f"{pp(np.mean(np.std(raw, 0, ddof=1)))}; mean error of the mean of the 4 blocks: "
           f"{pp(np.mean(np.abs(raw.mean(0) - truth)))}; mean bias: {pp(np.mean(d))}; the truth's own error: "
-          f"{pp(np.sqrt(2 / np.pi) * np.mean(se))}")
+          f"{pp(error_floor(measured.se))}")
     return 0
 
 
