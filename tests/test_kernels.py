@@ -91,16 +91,33 @@ conv_shapes = st.fixed_dictionaries({
     "pads": st.tuples(*[st.integers(0, 2)] * 4), "depthwise": st.booleans(), "extreme": st.booleans()})
 
 
+def fitted_plane(H: int, W: int, k, dil, pads) -> tuple[int, int]:
+    """H x W grown to hold at least one dilated kernel window ``k`` after the padding (top, left, bottom, right)."""
+    (kh, kw), (dh, dw) = k, dil
+    return max(H, dh * (kh - 1) + 1 - pads[0] - pads[2]), max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
+
+
+def range_ends(x: np.ndarray, w: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Operands at the range ends: activations -128/127 (signed) or 0/255 (unsigned), weights -128/127."""
+    return np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255))), np.where(w % 2 == 0, -128, 127)
+
+
+def depthwise_operands(rng, B: int, C: int, og: int, H: int, W: int, k, dil, pads, signed: bool, extreme: bool):
+    """Activations [B, C, H', W'] (the plane fitted to the kernel) and int8 weights [C * og, 1, kh, kw] of a depthwise
+    conv with channel multiplier og; ``extreme``: at the range ends."""
+    x = acts(rng, (B, C) + fitted_plane(H, W, k, dil, pads), signed)
+    w = rng.integers(-128, 128, (C * og, 1) + tuple(k))
+    return range_ends(x, w, signed) if extreme else (x, w)
+
+
 def int_conv_operands(rng, s: dict, signed: bool):
     """Activations, int8 weights and group count of a ``conv_shapes`` example; depthwise: one input channel per group
     (direct kernel), og = channel multiplier; the plane is grown to hold at least one dilated kernel window."""
     G, cg, og = s["G"], s["cg"], s["og"]
     if s["depthwise"]:
         cg, G = 1, G + 1
-    kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
-    H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
-    W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
-    x = acts(rng, (s["B"], G * cg, H, W), signed)
+    kh, kw = s["kh"], s["kw"]
+    x = acts(rng, (s["B"], G * cg) + fitted_plane(s["H"], s["W"], (kh, kw), s["dil"], s["pads"]), signed)
     w = rng.integers(-128, 128, (G * og, cg, kh, kw))
     return x, w, G
 
@@ -110,9 +127,8 @@ def int_conv_operands(rng, s: dict, signed: bool):
 def test_conv2d_all_paths_and_isas_match_reference(s, signed, mname, seed):
     rng = np.random.default_rng(seed)
     x, w, G = int_conv_operands(rng, s, signed)
-    if s["extreme"]:  # operands at the range ends: -128/127 (signed), 0/255 (unsigned), weights -128/127
-        x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
-        w = np.where(w % 2 == 0, -128, 127)
+    if s["extreme"]:
+        x, w = range_ends(x, w, signed)
     mult = MULTS[mname]
     args = (s["stride"], s["pads"], s["dil"], G)
     ref = K.reference_conv2d_int(x, w, mult, signed, *args)
@@ -263,6 +279,19 @@ def test_conv2d_scaled_int32_tiles_at_their_limit(monkeypatch, signed):
             assert np.array_equal(got[0, :, 0, 0], exact.astype(np.float32)), (Kd, isa)
 
 
+def assert_rows_gemm_everywhere(AT: np.ndarray, Wp: np.ndarray, prep, ref: np.ndarray) -> None:
+    """The rows kernel gives ``ref`` in both orientations, at every ISA level, on 1 and 2 threads."""
+    for by_act in (False, True):
+        for isa in ISAS:
+            for threads in (1, 2):
+                K.set_threads(threads)
+                try:
+                    got = K._rows_gemm(AT, Wp, prep, isa, by_act=by_act)
+                finally:
+                    K.set_threads(None)
+                assert np.array_equal(got, ref), (by_act, isa, threads)
+
+
 @SETTINGS
 @given(M=st.integers(1, 2200), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
        mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6"]),
@@ -279,15 +308,7 @@ def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
     prep = K._prepare(mult, signed)
     if mname == "classed":  # both orientations index class tables
         assert (prep.rows.by_weight.rows, prep.rows.by_act.rows) == (48, 64)
-    for by_act in (False, True):
-        for isa in ISAS:
-            for threads in (1, 2):
-                K.set_threads(threads)
-                try:
-                    got = K._rows_gemm(AT, Wp, prep, isa, by_act=by_act)
-                finally:
-                    K.set_threads(None)
-                assert np.array_equal(got, ref), (by_act, isa, threads)
+    assert_rows_gemm_everywhere(AT, Wp, prep, ref)
 
 
 @settings(deadline=None, max_examples=25)
@@ -308,15 +329,7 @@ def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, s
     ref = K.reference_gemm_int(a, w, mult, signed).T
     AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
     prep = K._prepare(mult, signed)
-    for by_act in (False, True):
-        for isa in ISAS:
-            for threads in (1, 2):
-                K.set_threads(threads)
-                try:
-                    got = K._rows_gemm(AT, Wp, prep, isa, by_act=by_act)
-                finally:
-                    K.set_threads(None)
-                assert np.array_equal(got, ref), (by_act, isa, threads)
+    assert_rows_gemm_everywhere(AT, Wp, prep, ref)
 
 
 @settings(deadline=None, max_examples=40)
@@ -329,20 +342,13 @@ def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     """The direct depthwise kernel (phase planes, 16/8-wide AVX2 blocks and scalar tails, int32 sums or int64 when a
     table is too wide for them) on planes up to 40x40, strides and dilations up to 3, channel multiplier og."""
     rng = np.random.default_rng(seed)
-    (kh, kw), (dh, dw) = k, dil
-    H = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2])
-    W = max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
-    x = acts(rng, (B, C, H, W), signed)
-    w = rng.integers(-128, 128, (C * og, 1, kh, kw))
-    if extreme:
-        x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
-        w = np.where(w % 2 == 0, -128, 127)
+    x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
     mult = DW_MULTS[mname]
     args = (stride, pads, dil, C)
     ref = K.reference_conv2d_int(x, w, mult, signed, *args)
     geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
     if C > 1:  # products of the rank-1 factors instead of table lookups, unless path="lut" asks for them
-        full = "rowsum" if K._rowsum_fits(K._prepare(mult, signed), kh, kw, geo, B) else "lut"
+        full = "rowsum" if K._rowsum_fits(K._prepare(mult, signed), *k, geo, B) else "lut"
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == \
             {"exact": "values", "perf": "values", "sep": "bytes", "sep16": "factor"}.get(mname, full)
         assert K._depthwise_mode(mult, signed, w.shape, C, "lut", geo, B) == "lut"
@@ -371,14 +377,8 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     from dse.quant import reference_quantize_act
 
     rng = np.random.default_rng(seed)
-    (kh, kw), (dh, dw) = k, dil
-    H = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2])
-    W = max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
-    x = acts(rng, (B, C, H, W), signed)
-    w = rng.integers(-128, 128, (C * og, 1, kh, kw))
-    if extreme:
-        x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
-        w = np.where(w % 2 == 0, -128, 127)
+    (kh, kw), dw = k, dil[1]
+    x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
     mult = DW_MULTS[mname]
     geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
     fits = K._rowsum_fits(K._prepare(mult, signed), kh, kw, geo, 10 ** 9)
@@ -439,10 +439,8 @@ def test_compiled_im2col_matches_numpy(B, C, H, W, k, stride, dil, pads, threads
     byte: strides, dilations, paddings wider than the kernel or the plane, rows and columns wholly in the padding."""
     from dse import _kernels
 
-    (kh, kw), (dh, dw) = k, dil
-    H = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2])
-    W = max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
-    x = np.random.default_rng(seed).integers(1, 256, (B, C, H, W)).astype(np.uint8)
+    kh, kw = k
+    x = np.random.default_rng(seed).integers(1, 256, (B, C) + fitted_plane(H, W, k, dil, pads)).astype(np.uint8)
     ref, Ho, Wo = K.im2col_T(x, kh, kw, stride, pads, dil)
     got = _kernels.im2col(x, kh, kw, stride, pads[:2], dil, (Ho, Wo), threads)
     assert got.shape == ref.shape and np.array_equal(got, ref)
@@ -809,10 +807,9 @@ def test_float_accumulation_is_sequential():
 def test_conv2d_float_matches_reference(s, seed):
     rng = np.random.default_rng(seed)
     G, cg, og = s["G"], (1 if s["depthwise"] else s["cg"]), (1 if s["depthwise"] else s["og"])
-    kh, kw, (dh, dw), (pt, pl, pb, pr) = s["kh"], s["kw"], s["dil"], s["pads"]
-    H = max(s["H"], dh * (kh - 1) + 1 - pt - pb)
-    W = max(s["W"], dw * (kw - 1) + 1 - pl - pr)
-    x = rng.standard_normal((s["B"], G * cg, H, W)).astype(np.float32)
+    kh, kw = s["kh"], s["kw"]
+    x = rng.standard_normal((s["B"], G * cg) + fitted_plane(s["H"], s["W"], (kh, kw), s["dil"], s["pads"])) \
+        .astype(np.float32)
     w = rng.standard_normal((G * og, cg, kh, kw)).astype(np.float32)
     args = (s["stride"], s["pads"], s["dil"], G)
     got = K.conv2d_float(x, w, SLOPPY, *args)
