@@ -47,7 +47,7 @@ cdef extern from "lut_kernel.h" nogil:
                     int64_t *out, const dse_scaling *sc, void *outs, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
-                        void *y, int nt)
+                        void *y, int small, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
     void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
                     int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
@@ -311,12 +311,14 @@ def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=No
 
 
 def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int threads=1, act="none",
-               float lo=-np.inf, float hi=np.inf, quant=None, isa=None, out=None):
+               float lo=-np.inf, float hi=np.inf, quant=None, isa=None, out=None, int64_t bound=-1):
     """float32[R, N, S]: act(float32((acc * a_scale) * w_scale[c]) + bias[c]), products in float64; ``w_scale``,
     ``bias`` float32[N]; ``act`` one of ACTS: "none", "relu" (numpy's maximum(y, 0)) or "clip" (numpy's clip(y, lo,
     hi)). With ``quant`` = (scale, signed): uint8[R, N, S], the patterns :func:`quantize` gives on that float32
     output (the next layer's input), without the float32 tensor. Written into ``out`` when given (C-contiguous, that
-    dtype and acc's shape), else into a new array; AVX2 at level avx2 and above, the same bits."""
+    dtype and acc's shape), else into a new array; AVX2 at level avx2 and above, the same bits. ``bound`` >= every
+    |acc| when the caller knows one (-1: unknown): below 2^51 the sums are converted with two instructions per four
+    (the caller answers for the bound: sums beyond it give wrong values)."""
     cdef int level = _level(isa)
     cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
     cdef dse_scaling sc
@@ -328,9 +330,10 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
     if out.shape != (R, N, S) or out.dtype != dtype:
         raise ValueError(f"dequantize: out must be {np.dtype(dtype).name} with the shape of acc")
     cdef void *y = _address(out)
+    cdef int small = 0 <= bound < 2 ** 51
     if R and N and S:
         with nogil:
-            dse_dequantize(level, &acc[0, 0, 0], R, N, S, &sc, y, max(1, threads))
+            dse_dequantize(level, &acc[0, 0, 0], R, N, S, &sc, y, small, max(1, threads))
     return out
 
 

@@ -1105,12 +1105,26 @@ DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64
         dse_dw_run_avx2_mode(tp, ntap, L, full, 1, 0);
 }
 
-/* The sh * sw phase planes (HQ x WQ each) of the zero-padded input plane xs [H, W]; with xtab every byte (the padding
- * pattern 0 too) goes through that 256-entry table. */
+/* n bytes (n small: a row of a small plane) without a call into the C library: 8-byte moves, the last one
+ * overlapping, or single bytes below 8. */
+static inline void dse_copy_small(uint8_t *d, const uint8_t *s, int64_t n)
+{
+    if (n < 8) {
+        for (int64_t i = 0; i < n; i++)
+            d[i] = s[i];
+        return;
+    }
+    for (int64_t i = 0; i + 8 < n; i += 8)
+        memcpy(d + i, s + i, 8);
+    memcpy(d + n - 8, s + n - 8, 8);
+}
+
+/* The sh * sw phase planes (HQ x WQ each) of the zero-padded input plane xs [H, W]; with xtab every byte goes through
+ * that 256-entry table. Only the input's positions are written: the padding (pattern 0, or xtab[0]) is the caller's
+ * fill of P, the same for every plane of a call. */
 static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh, int64_t sw,
                           int64_t HQ, int64_t WQ, const uint8_t *xtab, uint8_t *P)
 {
-    memset(P, xtab ? xtab[0] : 0, (size_t)(sh * sw * HQ * WQ));
     int64_t rq = pt / sh, rp = pt % sh; /* padded row r + pt = rq * sh + rp, stepped without divisions */
     for (int64_t r = 0; r < H; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
         if (rq >= HQ)
@@ -1123,7 +1137,7 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
                 for (int64_t c = 0; c < n; c++)
                     prow[pl + c] = xtab[src[c]];
             else if (n > 0)
-                memcpy(prow + pl, src, (size_t)n);
+                dse_copy_small(prow + pl, src, n);
             continue;
         }
         /* one sequential pass over the row: padded column c + pl = q * sw + pc goes to phase pc, column q */
@@ -1163,7 +1177,7 @@ static inline void *dse_scaled_out(const dse_scaling *sc, void *base, int64_t i)
 }
 
 static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
-static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
+static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
 
 /* Writes int64 sums into out, or (with sc) the scaled outputs (float32, or uint8 patterns) into outs. */
 static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
@@ -1195,6 +1209,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             gr.tg = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), gr.tf = gr.tg ? gr.tg + ntap : NULL;
         if (dse_team_allocated(&fail, P && full && full32 && tp && toff && (mode != 2 || PF) &&
                                           (mode != 3 || (Q && base && gr.tg)))) {
+            memset(P, xtab ? xtab[0] : 0, (size_t)(np - slack)); /* the padding: dse_dw_phases writes the rest */
             for (int64_t i = 0; i < kh; i++) /* where tap (i, j)'s run starts in the phase planes */
                 for (int64_t j = 0; j < kw; j++)
                     toff[i * kw + j] = (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ + ((i * dh) / sh) * WQ +
@@ -1209,6 +1224,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                 for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)
                     base[o - c * og] = dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
                 packed = c;
+                if (t + 1 < B * C) /* the next plane's input lines (planes of a channel lie C H W bytes apart) */
+                    for (int64_t i = 0; i < H * W; i += 64)
+                        __builtin_prefetch(x + (((t + 1) % B) * C + (t + 1) / B) * H * W + i);
                 dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, xtab, P);
                 if (mode == 2)
                     for (int64_t i = 0; i < np; i++)
@@ -1234,8 +1252,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                             dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full32);
                         if (sc) { /* the plane's rows moved together (row y from y WQ to y Wo), scaled in one run */
                             for (int64_t y = 1; y < Ho && WQ != Wo; y++)
-                                memmove(full32 + y * Wo, full32 + y * WQ, (size_t)Wo * sizeof(int32_t));
-                            dse_scale_run32(full32, Ho * Wo, sc, o, of);
+                                for (int64_t q = 0; q < Wo; q++) /* forward: y Wo + q <= y WQ + q */
+                                    full32[y * Wo + q] = full32[y * WQ + q];
+                            dse_scale_run_i32(level, full32, Ho * Wo, sc, o, of);
                             continue;
                         }
                         for (int64_t y = 0; y < Ho; y++)
@@ -1349,6 +1368,14 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_i64_to_pd(__
     return _mm256_add_pd(hi, lo);
 }
 
+/* The same for |v| < 2^51 (DSE_SUM_SMALL): 2^52 + 2^51 + v is a double whose low 52 bits are 2^51 + v, one integer
+ * add builds it and one subtraction (exact) leaves v. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_small_i64_to_pd(__m256i v)
+{
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0); /* 2^52 + 2^51 */
+    return _mm256_sub_pd(_mm256_castsi256_pd(_mm256_add_epi64(v, _mm256_castpd_si256(magic))), magic);
+}
+
 DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_act8(__m256 y, int act, __m256 lo, __m256 hi)
 {
     if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
@@ -1379,19 +1406,26 @@ static inline void dse_emit1(const dse_scaling *sc, float y, void *o, int64_t j)
         ((float *)o)[j] = y;
 }
 
-DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_emit8(const dse_scaling *sc, __m256 y, __m256 vqs,
-                                                                      __m256 vqlo, __m256 vqhi, void *o, int64_t j)
+/* How a scaling pass reads its sums: int32 (exact doubles), int64 of any size, or int64 known to lie within
+ * +-2^51 (the caller's bound: e.g. K times the table's largest entry), converted with two instructions per 4. */
+#define DSE_SUM_I32 0
+#define DSE_SUM_I64 1
+#define DSE_SUM_SMALL 2
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_sums_pd(const void *a, int64_t j, const int kind)
 {
-    if (sc->quant)
-        dse_quantize8(y, vqs, vqlo, vqhi, (uint8_t *)o + j);
-    else
-        _mm256_storeu_ps((float *)o + j, y);
+    if (kind == DSE_SUM_I32)
+        return _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)((const int32_t *)a + j)));
+    const __m256i v = _mm256_loadu_si256((const __m256i *)((const int64_t *)a + j));
+    return kind == DSE_SUM_SMALL ? dse_small_i64_to_pd(v) : dse_i64_to_pd(v);
 }
 
-/* One channel's run of S outputs (int64 sums, or int32 with a32; each int32 is an exact double, so the bits equal
- * the int64 pass): the same operations as dse_scale1 / dse_act1 / dse_quantize1, 8 at a time (no FMA). */
+/* One channel's run of S outputs (sums of the given kind; the bits equal the int64 pass): the same operations as
+ * dse_scale1 / dse_act1 / dse_quantize1, 8 at a time (no FMA); the activation and the quantization are constants of
+ * each instance, so the loop carries no branch on them. */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_scale_run_avx2(const int64_t *a, const int32_t *a32, int64_t S, const dse_scaling *sc, int64_t c, void *o)
+dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, void *o, const int kind,
+                   const int act, const int quant)
 {
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
@@ -1401,62 +1435,69 @@ dse_scale_run_avx2(const int64_t *a, const int32_t *a32, int64_t S, const dse_sc
                  vqhi = _mm256_set1_ps((float)sc->qhi);
     int64_t j = 0;
     for (; j + 8 <= S; j += 8) {
-        const __m256 y = a32 ? dse_scale8(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a32 + j))),
-                                          _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a32 + j + 4))),
-                                          vsa, vf, vb)
-                             : dse_scale8(dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j))),
-                                          dse_i64_to_pd(_mm256_loadu_si256((const __m256i *)(a + j + 4))),
-                                          vsa, vf, vb);
-        dse_emit8(sc, dse_act8(y, sc->act, vlo, vhi), vqs, vqlo, vqhi, o, j);
+        const __m256 y = dse_act8(dse_scale8(dse_sums_pd(a, j, kind), dse_sums_pd(a, j + 4, kind), vsa, vf, vb), act,
+                                  vlo, vhi);
+        if (quant)
+            dse_quantize8(y, vqs, vqlo, vqhi, (uint8_t *)o + j);
+        else
+            _mm256_storeu_ps((float *)o + j, y);
     }
     for (; j < S; j++)
-        dse_emit1(sc, dse_act1(dse_scale1(a32 ? a32[j] : a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
+        dse_emit1(sc, dse_act1(dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[j] : ((const int64_t *)a)[j],
+                                          sc->sa, f, b), act, sc->lo, sc->hi), o, j);
 }
 
-DSE_T_AVX2 static void dse_scale_run32(const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
-{
-    dse_scale_run_avx2(NULL, a, S, sc, c, o);
-}
+#define DSE_SCALE_INSTANCE(kind, act, quant)                                                                           \
+    DSE_T_AVX2 static void dse_scale_run_##kind##_##act##_##quant(const void *a, int64_t S, const dse_scaling *sc,   \
+                                                                  int64_t c, void *o)                                 \
+    {                                                                                                                  \
+        dse_scale_run_avx2(a, S, sc, c, o, kind, act, quant);                                                          \
+    }
+#define DSE_SCALE_INSTANCES(kind)                                                                                      \
+    DSE_SCALE_INSTANCE(kind, 0, 0) DSE_SCALE_INSTANCE(kind, 0, 1) DSE_SCALE_INSTANCE(kind, 1, 0)                        \
+    DSE_SCALE_INSTANCE(kind, 1, 1) DSE_SCALE_INSTANCE(kind, 2, 0) DSE_SCALE_INSTANCE(kind, 2, 1)
+DSE_SCALE_INSTANCES(0)
+DSE_SCALE_INSTANCES(1)
+DSE_SCALE_INSTANCES(2)
+typedef void (*dse_scale_fn)(const void *, int64_t, const dse_scaling *, int64_t, void *);
+#define DSE_SCALE_ROW(kind)                                                                                            \
+    {dse_scale_run_##kind##_0_0, dse_scale_run_##kind##_0_1, dse_scale_run_##kind##_1_0,                             \
+     dse_scale_run_##kind##_1_1, dse_scale_run_##kind##_2_0, dse_scale_run_##kind##_2_1}
+static const dse_scale_fn dse_scale_fns[3][6] = {DSE_SCALE_ROW(0), DSE_SCALE_ROW(1), DSE_SCALE_ROW(2)};
 
-DSE_T_AVX2 static void dse_scale_run64(const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
-{
-    dse_scale_run_avx2(a, NULL, S, sc, c, o);
-}
-
-/* One channel's run of S outputs from int64 sums a, or int32 sums a32 (exact doubles, so the bits equal the int64
- * pass): AVX2 at level avx2 and above, else the portable loop. */
-static void dse_scale_sums(int level, const int64_t *a, const int32_t *a32, int64_t S, const dse_scaling *sc,
-                           int64_t c, void *o)
+/* One channel's run of S outputs from sums of the given kind (DSE_SUM_*): AVX2 at level avx2 and above, else the
+ * portable loop. */
+static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
-    if (level >= DSE_ISA_AVX2 && a32)
-        dse_scale_run32(a32, S, sc, c, o);
-    else if (level >= DSE_ISA_AVX2)
-        dse_scale_run64(a, S, sc, c, o);
+    if (level >= DSE_ISA_AVX2)
+        dse_scale_fns[kind][2 * sc->act + (sc->quant != 0)](a, S, sc, c, o);
     else
         for (int64_t j = 0; j < S; j++)
-            dse_emit1(sc, dse_act1(dse_scale1(a32 ? a32[j] : a[j], sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
+            dse_emit1(sc, dse_act1(dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[j] : ((const int64_t *)a)[j],
+                                              sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
 }
 
 static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
-    dse_scale_sums(level, NULL, a, S, sc, c, o);
+    dse_scale_sums(level, a, DSE_SUM_I32, S, sc, c, o);
 }
 
 static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
-    dse_scale_sums(level, a, NULL, S, sc, c, o);
+    dse_scale_sums(level, a, DSE_SUM_I64, S, sc, c, o);
 }
 
 /* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64
  * [R, N, S], or with sc->quant its uint8 pattern; AVX2 at level avx2 and above, the same bits. */
 static void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
-                           void *y, int nt)
+                           void *y, int small, int nt)
 {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < R * N; t++)
-        dse_scale_run(level, acc + t * S, S, sc, t % N, dse_scaled_out(sc, y, t * S));
+        dse_scale_sums(level, acc + t * S, small ? DSE_SUM_SMALL : DSE_SUM_I64, S, sc, t % N,
+                       dse_scaled_out(sc, y, t * S));
 }
 
 #endif

@@ -1061,10 +1061,11 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     P = max(1, geo.out_hw[0] * geo.out_hw[1])
     step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image), -(-_SCALED_SLICE_MIN_POS // P))
     acc = np.empty((min(B, step), Cout) + geo.out_hw, dtype=np.int64)
+    bound = w[0].size * _prepare(mult, a_signed).maxabs  # every sum has K = Cg kh kw table entries
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         _conv_gemm_into(x[b0:b1], w, mult, a_signed, geo, groups, path, isa, acc[:b1 - b0])
-        scale_accumulators(acc[:b1 - b0], scaling, isa, out=out[b0:b1])
+        scale_accumulators(acc[:b1 - b0], scaling, isa, out=out[b0:b1], bound=bound)
     return out
 
 
@@ -1189,15 +1190,17 @@ class Scaling:
                 np.ascontiguousarray(self.bias, np.float32), kind, lo, hi, quant)
 
 
-def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndarray | None = None) -> np.ndarray:
+def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndarray | None = None,
+                       bound: int | None = None) -> np.ndarray:
     """``scaling`` applied to int64 acc [B, N, ...] (same shape, ``scaling.dtype``), one threaded SIMD pass; into
-    ``out`` (that dtype, C-contiguous, acc's shape) when given."""
+    ``out`` (that dtype, C-contiguous, acc's shape) when given. ``bound``: a proven bound on every |acc| (a conv's
+    K times its table's largest |entry|), which lets the pass convert the sums faster; None when unknown."""
     a = np.ascontiguousarray(acc, dtype=np.int64)
     sa, sw, bias, kind, lo, hi, quant = scaling.args()
     R, N = a.shape[0], a.shape[1]
     raw = None if out is None else out.reshape(R, N, -1).view(np.uint8 if quant else np.float32)
     y = _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, quant, _isa_name(isa),
-                            raw)
+                            raw, -1 if bound is None else min(int(bound), 2 ** 62))
     return y.view(scaling.dtype).reshape(a.shape) if out is None else out
 
 

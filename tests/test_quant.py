@@ -218,14 +218,15 @@ def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
 
 @settings(deadline=None, max_examples=60)
 @given(B=st.integers(1, 3), N=st.integers(1, 5), S=st.integers(0, 37), seed=st.integers(0, 2 ** 32 - 1),
-       mag=st.sampled_from([2 ** 12, 2 ** 40, 2 ** 63 - 1]), act=st.sampled_from(["none", "relu", "clip"]),
+       mag=st.sampled_from([2 ** 12, 2 ** 40, 2 ** 51 - 1, 2 ** 63 - 1]), act=st.sampled_from(["none", "relu", "clip"]),
        isa=st.sampled_from(kernels._kernels.isa_levels()), threads=st.sampled_from([1, 2]),
        quant=st.sampled_from([None, False, True]))
 def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag, act, isa, threads, quant):
     """The SIMD scaling pass with the layer's Relu/Clip fused in gives the bits of the numpy formula followed by the
     IR op: any int64 accumulator (the int64 -> double conversion rounds like the C cast), zero and -0 crossings,
     runs that are no multiple of 8, 1 and 2 threads, every ISA level; with the next layer's quantization fused in
-    (``quant``: its signedness), the values of quantizing that float32 output on its own."""
+    (``quant``: its signedness), the values of quantizing that float32 output on its own. With a bound on |acc|
+    below 2^51 (``bound=mag``, up to 2^51 - 1 itself) the pass converts the sums its faster way, the same bits."""
     from dse.kernels import OutputQuant
     from dse.kernels import OutputAct, scale_accumulators
     from dse.model.ops import IR_OPS
@@ -249,10 +250,11 @@ def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag,
         ref = reference_quantize_act(ref, oq.scale, quant)
     kernels.set_threads(threads)
     try:
-        got = scale_accumulators(acc.reshape(B, N, S, 1), layer.scaling(fused, oq), isa)
+        for bound in (None, mag):
+            got = scale_accumulators(acc.reshape(B, N, S, 1), layer.scaling(fused, oq), isa, bound=bound)
+            assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), bound
     finally:
         kernels.set_threads(None)
-    assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8))
 
 
 @pytest.mark.parametrize("isa", kernels._kernels.isa_levels())
