@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
+from libc.string cimport memcpy
 
 cdef extern from "lut_kernel.h" nogil:
     int dse_cpu_level()
@@ -187,6 +188,28 @@ def translate(const uint8_t[::1] x, const uint8_t[::1] table):
         with nogil:
             for i in range(n):
                 y[i] = table[x[i]]
+    return out
+
+
+def images_T(const uint8_t[:, :, ::1] x, const uint8_t[::1] table=None):
+    """The 1x1 conv GEMM operand uint8[C, B * P] of a batch x [B, C, P]: entry (c, b * P + p) = x[b, c, p], or
+    ``table[x[b, c, p]]`` with a table (256 entries: e.g. the rows kernel's activation classes), one pass without the
+    GIL (numpy's transposing copy walks runs of P bytes one call each, slow for the small planes of deep layers)."""
+    if table is not None and table.shape[0] != 256:
+        raise ValueError("images_T: the table must have 256 entries")
+    cdef int64_t B = x.shape[0], C = x.shape[1], P = x.shape[2], b, c, i
+    out = np.empty((C, B * P), dtype=np.uint8)
+    cdef uint8_t[:, ::1] o = out
+    if out.size == 0:
+        return out
+    with nogil:
+        for b in range(B):
+            for c in range(C):
+                if table is None:
+                    memcpy(&o[c, b * P], &x[b, c, 0], P)
+                else:
+                    for i in range(P):
+                        o[c, b * P + i] = table[x[b, c, i]]
     return out
 
 

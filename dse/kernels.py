@@ -897,15 +897,24 @@ def im2col_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[n
     return cols.reshape(C * kh * kw, B * Ho * Wo), Ho, Wo
 
 
-def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.ndarray, int, int]:
+def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation,
+                   table: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
     """The activation operand [C*kh*kw, B*Ho*Wo] of a conv GEMM (contiguous). For a 1x1 kernel without padding it
-    is the (strided) input itself: no copy for one image at stride 1, one transposing copy otherwise; else the
-    compiled im2col for uint8 patterns (same bytes as im2col_T), im2col_T for other dtypes."""
+    is the (strided) input itself: no copy for one image at stride 1, one transposing copy otherwise (compiled for
+    uint8 patterns); else the compiled im2col for uint8 patterns (same bytes as im2col_T), im2col_T for other dtypes.
+    ``table`` (uint8[256], uint8 patterns only): every input pattern is read as table[pattern], the padding stays 0
+    (the rows kernel's activation classes: pattern 0 is class 0); a 1x1 operand maps and transposes in one pass."""
+    if table is not None and (x.dtype != np.uint8 or table[0] != 0):
+        raise ValueError("gemm_operand_T: a table maps uint8 patterns and keeps pattern 0 (the padding) at 0")
     if kh == 1 and kw == 1 and not any(pads):
         xs = x[:, :, ::stride[0], ::stride[1]]
         B, C, Ho, Wo = xs.shape
+        if x.dtype == np.uint8 and (B > 1 or table is not None) and _kernels is not None:
+            return _kernels.images_T(np.ascontiguousarray(xs).reshape(B, C, Ho * Wo), table), Ho, Wo
         at = xs[0].reshape(C, Ho * Wo) if B == 1 else xs.transpose(1, 0, 2, 3).reshape(C, B * Ho * Wo)
         return np.ascontiguousarray(at), Ho, Wo
+    if table is not None:
+        x = _kernels.translate(np.ascontiguousarray(x).reshape(-1), table).reshape(x.shape)
     if x.dtype == np.uint8 and x.size and _kernels is not None:  # patterns: the compiled im2col, no GIL
         Ho, Wo = conv_out_hw(*x.shape[2:], kh, kw, stride, pads, dilation)
         return _kernels.im2col(np.ascontiguousarray(x), kh, kw, stride, pads[:2], dilation, (Ho, Wo),
@@ -1005,9 +1014,8 @@ def _conv_gemm_into(x, w, mult, a_signed, geo: _ConvGeometry, groups, path, isa,
     og, kg = Cout // groups, Cg * kh * kw
     xq = _u8(x)
     classes = _conv_row_classes(xq, mult, a_signed, kg, og, x.shape[0] * geo.out_hw[0] * geo.out_hw[1], path, isa)
-    if classes is not None:
-        xq = classes.classes(xq)
-    AT, Ho, Wo = gemm_operand_T(xq, kh, kw, geo.stride, geo.pads, geo.dilation)
+    AT, Ho, Wo = gemm_operand_T(xq, kh, kw, geo.stride, geo.pads, geo.dilation,
+                                None if classes is None else classes.cls)
     Wp = _u8(w).reshape(Cout, Cg * kh * kw)
     P = Ho * Wo
     for g in range(groups):

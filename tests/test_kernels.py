@@ -445,6 +445,9 @@ def test_compiled_im2col_matches_numpy(B, C, H, W, k, stride, dil, pads, threads
     got = _kernels.im2col(x, kh, kw, stride, pads[:2], dil, (Ho, Wo), threads)
     assert got.shape == ref.shape and np.array_equal(got, ref)
     assert np.array_equal(K.gemm_operand_T(x, kh, kw, stride, pads, dil)[0], ref)
+    table = np.random.default_rng(seed + 1).integers(0, 256, 256).astype(np.uint8)
+    table[0] = 0  # the padding's pattern keeps its 0 (the rows kernel's class of pattern 0)
+    assert np.array_equal(K.gemm_operand_T(x, kh, kw, stride, pads, dil, table)[0], table[ref])
 
 
 @settings(deadline=None, max_examples=30)
@@ -458,7 +461,11 @@ def test_conv1x1_without_im2col(B, G, cg, og, H, W, stride, signed, mname, seed)
     x = acts(rng, (B, G * cg, H, W), signed)
     w = rng.integers(-128, 128, (G * og, cg, 1, 1))
     AT, Ho, Wo = K.gemm_operand_T(x, 1, 1, stride, (0, 0, 0, 0), (1, 1))
-    assert np.array_equal(AT, K.im2col_T(x, 1, 1, stride, (0, 0, 0, 0), (1, 1))[0])
+    ref_T = K.im2col_T(x, 1, 1, stride, (0, 0, 0, 0), (1, 1))[0]
+    assert np.array_equal(AT, ref_T)
+    xq, table = K._u8(x), rng.integers(0, 256, 256).astype(np.uint8)  # patterns read through a class table
+    table[0] = 0
+    assert np.array_equal(K.gemm_operand_T(xq, 1, 1, stride, (0, 0, 0, 0), (1, 1), table)[0], table[K._u8(ref_T)])
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, (0, 0, 0, 0), (1, 1), G)
     for path in PATHS + (["exact"] if mname == "exact" else []):
         for isa in ISAS:
