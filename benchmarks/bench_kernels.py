@@ -6,11 +6,19 @@ paths run on the integer GEMM kernel (cy/int_gemm.h); the "float BLAS" columns f
 
 Run:  python benchmarks/bench_kernels.py [--repeats 5] [--cpu-time]
       python benchmarks/bench_kernels.py --tables [--batch 4] [--repeats 5] [--cpu-time]
+      python benchmarks/bench_kernels.py --zeros
 
 --tables: the full-table multipliers on the 3x3 convs of ResNet-18 at 224x224 (the batch of bench_e2e.py's ResNet-18
 224 runs, so the deep layers have as few positions as there), activations shaped like post-ReLU FxP8 data (half zeros,
 a geometric tail): GMAC/s of the exact path, mitch_w6 and bench_e2e.py's imported LUT on each table path that applies
 (auto, rows, split), best of --repeats.
+
+--zeros: how many activation patterns the row-table kernel adds are 0 (what a zero-skipping kernel could leave out) on
+bench_e2e.py's networks (its models, calibration and images): per network, over the GEMM operands of the layers on
+the GEMM kernels (groups = 1: im2col columns with their padding, Gemm inputs), the MAC-weighted fraction of zero
+patterns, the share of MACs in layers with >= 40 % zeros, and the fraction of (position, chunk of 4 k-steps) whose 4
+patterns are all 0 (the row kernel's chunk, DSE_RT_KC); in the FxP8-exact run and with mitch_w6 on all layers (its
+products are smaller in magnitude, so fewer pre-activations end below 0).
 Single thread: OMP/OPENBLAS/MKL thread counts are set to 1 below, before numpy is imported. Each figure is the median
 of --repeats timed runs after one warm-up run; wall-clock time, or with --cpu-time the process's CPU time (the
 kernels then run on one thread, so this is the time of that thread: steadier on a machine shared with other jobs). The numpy gather reference runs on a batch-2 slice of each conv (same
@@ -129,6 +137,63 @@ def _timed(fn) -> float:
     return CLOCK() - t
 
 
+def zero_fractions(model, size: int, n_images: int, n_calib: int = 16, mult: str = "exact") -> dict:
+    """Zero statistics of the GEMM operands of ``model`` (an onnx.ModelProto of bench_e2e.py) on its images: MAC-weighted
+    zero fraction, MAC share of layers with >= 40 % zeros, all-zero 4-step chunks, GMAC per image (see --zeros), with
+    multiplier ``mult`` on all layers."""
+    import tempfile
+    from pathlib import Path
+
+    import bench_e2e
+    import onnx
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.onnx"
+        onnx.save(model, str(path))
+        graph = load_onnx(path)
+    qm = calibrate(graph, bench_e2e.images(n_calib, size, seed=3))
+    stats = []  # (MACs, zero fraction, all-zero chunk fraction) per GEMM layer call
+
+    def hook(call, acc):
+        L = call.layer
+        if L.groups == 1:
+            q = K._u8(call.q)
+            AT = K.gemm_operand_T(q, *L.kernel, L.stride, L.pads, L.dilation)[0] if L.op == "conv" else q.reshape(
+                q.shape[0], -1).T
+            kc = AT.shape[0] - AT.shape[0] % 4
+            chunks = float(np.mean(~AT[:kc].reshape(kc // 4, 4, -1).any(axis=1))) if kc else 0.0
+            stats.append((AT.size * L.N, 1.0 - np.count_nonzero(AT) / AT.size, chunks))
+        return acc
+
+    Emulator(qm).run(bench_e2e.images(n_images, size, seed=11), {l.name: LayerConfig(mult) for l in qm.layers},
+                     batch_size=n_images, hook=hook)
+    macs = np.array([s[0] for s in stats], dtype=np.float64)
+    zero, chunk = np.array([s[1] for s in stats]), np.array([s[2] for s in stats])
+    return {"zeros": float(macs @ zero / macs.sum()), "sparse_share": float(macs[zero >= 0.4].sum() / macs.sum()),
+            "zero_chunks": float(macs @ chunk / macs.sum()), "gmac": float(macs.sum() / n_images / 1e9)}
+
+
+def main_zeros():
+    import bench_e2e
+
+    nets = [("ResNet-18 224x224", bench_e2e.resnet18(224), 224, 4),
+            ("ResNet-18 32x32", bench_e2e.resnet18(32, classes=10), 32, 64),
+            ("MobileNetV2 32x32", bench_e2e.mobilenetv2(32), 32, 64)]
+    print("\nZero activation patterns in the GEMM operands (groups = 1 layers), MAC-weighted")
+    print("| network | multiplier | GEMM GMAC/image | zero patterns | MACs in layers >= 40 % zeros | "
+          "all-zero 4-step chunks |")
+    print("|---|---|---|---|---|---|")
+    for title, model, size, n in nets:
+        for mult in ("exact", "mitch_w6"):
+            z = zero_fractions(model, size, n, mult=mult)
+            print(f"| {title} ({n} images) | {mult} | {z['gmac']:.3f} | {z['zeros']:.1%} | {z['sparse_share']:.1%} | "
+                  f"{z['zero_chunks']:.1%} |", flush=True)
+
+
 def main_tables(args):
     rows = table_paths(R18_CONVS, args.batch, args.repeats)
     cols = list(dict.fromkeys(c for _, r in rows for c in r))
@@ -145,7 +210,11 @@ def main():
     ap.add_argument("--cpu-time", action="store_true", help="time with the process's CPU time instead of wall time")
     ap.add_argument("--tables", action="store_true", help="full-table multipliers on ResNet-18 224 conv shapes")
     ap.add_argument("--batch", type=int, default=4, help="images per conv call with --tables")
+    ap.add_argument("--zeros", action="store_true", help="zero activation patterns on bench_e2e.py's networks")
     args = ap.parse_args()
+    if args.zeros:
+        main_zeros()
+        return
     global CLOCK
     K.set_threads(1)
     if args.cpu_time:

@@ -96,3 +96,13 @@ def test_neyman_allocation_helps_only_where_the_flips_follow_the_margin(driven):
         assert np.all(ratio < 0.8)
     else:
         assert np.all(np.abs(ratio - 1) < 0.05)
+
+
+def test_bench_kernels_zero_fractions_runs():
+    import bench_e2e
+    import bench_kernels
+
+    z = bench_kernels.zero_fractions(bench_e2e.resnet18(32, classes=10), 32, n_images=2, n_calib=2)
+    assert 0.0 < z["zero_chunks"] < z["zeros"] < 1.0  # post-Relu inputs: zeros, fewer whole zero chunks
+    assert 0.0 <= z["sparse_share"] <= 1.0
+    assert abs(z["gmac"] - 0.556) < 0.01  # ResNet-18 at 32x32: 0.556 GMAC per image, all on the GEMM kernels
