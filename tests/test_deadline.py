@@ -4,6 +4,7 @@ trial, and hold-out checks (in a trial or in the final check) stop at it; the re
 or that none is, and what to do."""
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -339,7 +340,7 @@ def test_surrogate_single_layer_runs_in_a_trial_stop_at_the_deadline(tmp_path):
     ctx = SearchContext(space=fake_space(), evaluator=FakeEvaluator(3000, 0), holdout=FakeEvaluator(1000, 1),
                         energy=fake_energy, predictor=FixedPredictor(sur.raw_loss),
                         baseline={"float": {"search": 1.0, "holdout": 1.0}}, info={"model": "fake"}, deadline=deadline)
-    res, t0 = _run_until(tmp_path, ctx, seeds=(), predictor_max_share=None)  # every trial asks the predictor
+    res, t0 = _run_until(tmp_path, ctx, seeds=(), predictor_max_share=math.inf)  # every trial asks the predictor
     assert emu.starts and not [s for s in emu.starts if s >= deadline.at] and sur.measured == 0
     assert time.time() - t0 < deadline.at - t0 + emu.batch_s + 1.5  # generous: a shared machine
     assert 0 < res["trials"]["complete"] < 400

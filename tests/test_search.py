@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import json
 import zlib
 from pathlib import Path
@@ -325,7 +326,7 @@ def test_progress_shows_only_verified_best(tmp_path, budget_file):
 def test_predictor_skip_sets_constraint(tmp_path):
     ctx = make_ctx()
     obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5),
-                    predictor_skip=2.0, predictor_max_share=None)  # the fakes take no time: no time bound
+                    predictor_skip=2.0, predictor_max_share=math.inf)  # the fakes take no time: no time bound
     study = optuna.create_study()
     study.optimize(obj, n_trials=3)
     for t in study.trials:
@@ -336,7 +337,7 @@ def test_predictor_skip_sets_constraint(tmp_path):
 def test_predictor_never_skips_enqueued_seeds():
     ctx = make_ctx()
     obj = Objective(ctx.space, ctx.evaluator, fake_energy, 0.01, predictor=FixedPredictor(lambda cfg: 0.5),
-                    predictor_skip=2.0, predictor_max_share=None)  # the fakes take no time: no time bound
+                    predictor_skip=2.0, predictor_max_share=math.inf)  # the fakes take no time: no time bound
     study = optuna.create_study()
     study.enqueue_trial({}, user_attrs={"seed": True})
     study.optimize(obj, n_trials=2)

@@ -138,7 +138,7 @@ def test_gate_switches_off_a_predictor_that_fails_on_trials_and_the_search_stops
     assert gate.observe([(("fit", i), c, truth(c)) for i, c in enumerate(fit_cfgs)]) is not None
     assert gate.state.active and gate.state.quality.mean_error == 0.0   # perfect on what it memorised
     obj = Objective(space, ev, fake_energy, 0.01, predictor=gate, predictor_skip=2.0, fidelities=[0],
-                    predictor_max_share=None)   # the fake's trials take no time: the gate's logic, not its cost
+                    predictor_max_share=math.inf)   # the fake's trials take no time: the gate's logic, not its cost
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(obj, n_trials=60)
     trials = study.trials
@@ -183,7 +183,7 @@ def test_search_with_the_surrogate_skips_predicted_infeasible_never_seeds(tmp_pa
                                 baseline={"float": {"search": 0.9, "holdout": 0.9}}, info={"predictor": info})
     budget = tmp_path / "b.toml"
     budget.write_text("[budget]\nmax_loss_pp = 1.0\n")
-    s = settings_(n_trials=30, predictor_skip=2.0, seeds=("uniform", "knapsack"), predictor_max_share=None)
+    s = settings_(n_trials=30, predictor_skip=2.0, seeds=("uniform", "knapsack"), predictor_max_share=math.inf)
     res = run_search(budget, s, ctx_factory, run_dir=tmp_path / "run", progress=False)
     assert res["info"]["predictor"]["kind"] == "logit surrogate" and res["trials"]["skipped_predictor"] > 0
     rec = res["trials"]["predictor_record"]   # which predictor predicted the trials, and how well, measured on them
@@ -470,7 +470,7 @@ def test_a_gate_slower_than_its_share_of_the_trials_sits_out_trials_and_the_repo
     assert why and f"sat out {paused} trials" in why and "predictor_max_share = inf" in why
     # the same gate with an allowance it cannot reach runs before every trial
     fast = Objective(ctx.space, ev, fake_energy, 0.01, predictor=PredictorGate([slow]), predictor_skip=2.0,
-                     fidelities=[0], predictor_max_share=None)
+                     fidelities=[0], predictor_max_share=math.inf)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(fast, n_trials=10)
     assert predictor_record(study.trials)["paused"] == 0 and "sat out" not in cost_line(predictor_record(study.trials))
@@ -495,9 +495,11 @@ def test_the_gate_skips_saved_count_towards_its_allowance():
     assert a.allows() and (a.gate_s, a.skipped) == (3.0, 1)   # 3 + 2 s against 2 + 6.67 s
     a.ran(3.0, skipped=False)
     assert not a.allows()                   # 6 + 3 s against 8.67 s
-    assert GateAllowance(None).allows()
+    assert GateAllowance(math.inf).allows()
     b = GateAllowance(math.inf)               # [search] predictor_max_share = inf: no bound
     b.ran(100.0, skipped=False)
+    b.trial(0.0)                            # a trial too quick for the clock: inf x 0 s must not read as no allowance
+    assert b.allows()
     b.trial(1.0)
     assert b.allows()
 

@@ -45,6 +45,7 @@ stops at the run's ``deadline`` (dse.search.deadline) and leaves the trial unche
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -117,10 +118,10 @@ class GateAllowance:
     predictor_max_share``) of the trials' own time (the gate's excluded) plus the trial time its skips saved (each
     skipped trial counted at the mean time of the trials measured here). The gate runs before a trial only while its
     time so far and that of its latest run are within that (and until a trial was measured here), so it never costs
-    more than that share beyond what it saved, give or take one run. ``share`` None: no
-    bound (studies of the gate itself)."""
+    more than that share beyond what it saved, give or take one run. ``share`` inf: no bound
+    (``predictor_max_share = inf``, as in a budget)."""
 
-    share: float | None
+    share: float
     gate_s: float = 0.0
     trial_s: float = 0.0
     measured: int = 0
@@ -128,7 +129,7 @@ class GateAllowance:
     last_s: float = 0.0   # the gate's latest run: what the next one is expected to cost
 
     def allows(self) -> bool:
-        if self.share is None or not self.measured:   # nothing measured here yet: no trial time to bound it by
+        if math.isinf(self.share) or not self.measured:   # nothing measured here yet: no trial time to bound it by
             return True
         saved = self.skipped * self.trial_s / self.measured
         return self.gate_s + self.last_s <= self.share * self.trial_s + saved
@@ -180,7 +181,7 @@ class Objective:
     def __init__(self, space: SearchSpace, evaluator, energy, budget_loss: float, mode: str = "constrained",
                  fidelities=(500, 2000, 0), confidence: float = 0.95, predictor=None, predictor_skip: float = 2.0,
                  feasibility_confidence: float = 0.95, holdout=None, max_holdout_failures: int = 3,
-                 deadline: Deadline | None = None, confirm=None, predictor_max_share: float | None = 0.1):
+                 deadline: Deadline | None = None, confirm=None, predictor_max_share: float = 0.1):
         self.space, self.evaluator, self.energy = space, evaluator, energy
         self.budget_loss, self.mode = float(budget_loss), mode
         self.fidelities, self.confidence = list(fidelities), confidence
