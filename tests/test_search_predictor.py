@@ -467,7 +467,7 @@ def test_a_gate_slower_than_its_share_of_the_trials_sits_out_trials_and_the_repo
     assert rec["paused"] == paused and f"sat out {paused} trials" in cost_line(rec)
     # which trials it sat out depends on timing: a one-process run saying it is reproducible would be a false promise
     why = irreproducible(1, rec["paused"])
-    assert why and f"sat out {paused} trials" in why and "predictor_max_share = inf" in why
+    assert why and "sat out trials" in why and "predictor_max_share = inf" in why
     # the same gate with an allowance it cannot reach runs before every trial
     fast = Objective(ctx.space, ev, fake_energy, 0.01, predictor=PredictorGate([slow]), predictor_skip=2.0,
                      fidelities=[0], predictor_max_share=math.inf)

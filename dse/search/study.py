@@ -65,7 +65,7 @@ class SearchSettings:
     fidelities: list = field(default_factory=lambda: list(_D.racing))
     confidence: float = _D.confidence
     predictor_skip: float = _D.predictor_skip  # skip a trial when predicted loss > predictor_skip * budget (0 = never)
-    predictor_max_share: float | None = _D.predictor_max_share  # the gate's time bound (objective.GateAllowance)
+    predictor_max_share: float = _D.predictor_max_share  # the gate's time bound (objective.GateAllowance)
     n_holdout: int = _D.n_holdout              # hold-out checks that may fail before the walk down the list stops
     feasibility_confidence: float = BudgetSection().confidence  # [budget] confidence of the search-split feasibility
     seeds: tuple = _D.seeds  # seed trials besides all-exact (dse.budget.SEED_KINDS)
@@ -293,9 +293,9 @@ def irreproducible(processes: int, paused: int) -> str | None:
         return (f"{processes} processes ran this study (workers, other machines or resumes): its trial order depends "
                 "on their timing and is not reproducible from the seed")
     if paused:
-        return (f"the predictor sat out {paused} trials to stay within [search] predictor_max_share of their time; "
-                "which ones depends on timing, so the run is not reproducible from the seed (predictor_max_share = inf "
-                "lifts the bound)")
+        return ("the predictor sat out trials to stay within [search] predictor_max_share of their time; which ones "
+                "depends on timing, so the run is not reproducible from the seed "
+                "(predictor_max_share = inf lifts the bound)")
     return None
 
 
