@@ -234,12 +234,20 @@ class AccuracyModel:
         if np.unique(x).size < 2:
             raise DseError("AccuracyModel.fit: all configurations have the same AME; emulate configurations with "
                            "different multipliers")
-        b, xm = cls._fit_rows(x, y, np.ones((1, x.size), dtype=bool))
+        keep = np.ones((1, x.size), dtype=bool)
+        b, xm = cls._fit_rows(x, y, keep, cls._distinct(x, keep))
         return cls(*b[0], ame_max=xm[0], n_points=x.size)
 
     @staticmethod
-    def _fit_rows(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The constrained fit of :meth:`fit` on the points ``keep[i]`` for every row ``i`` of the mask at once:
+    def _distinct(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """How many distinct AMEs each row ``keep[i]`` of the mask fits on."""
+        return np.array([np.unique(x[k]).size for k in keep])
+
+    @staticmethod
+    def _fit_rows(x: np.ndarray, y: np.ndarray, keep: np.ndarray,
+                  distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The constrained fit of :meth:`fit` on the points ``keep[i]`` (``distinct[i]`` distinct AMEs,
+        :meth:`_distinct`) for every row ``i`` of the mask at once:
         ``(b [rows, 3], max AME [rows])``. Each design is solved from its normal equations (a pseudo-inverse: the
         least-squares solution of least norm where a design is rank-deficient, e.g. two distinct AMEs), the feasible
         one of least SSE kept (the constant is always feasible). Designs that fit equally well (within
@@ -249,7 +257,7 @@ class AccuracyModel:
         extrapolation."""
         m, n = keep.shape
         xm = np.where(keep, x[None, :], -np.inf).max(1)
-        determined = np.array([np.unique(x[k]).size >= 3 for k in keep])
+        determined = distinct >= 3
         one, xx = np.ones((m, n)), np.broadcast_to(x, (m, n))
         designs = [  # [row, point, terms] and (b0, b1, b2) from the coefficients: free quadratic; b1 = 0 (slope 0 at
             # AME 0); b1 = -2 b2 xm (slope 0 at the largest AME); constant
@@ -278,10 +286,10 @@ class AccuracyModel:
         x, y = np.asarray(ames, np.float64).ravel(), np.asarray(accuracies, np.float64).ravel()
         n = x.size
         keep = ~np.eye(n, dtype=bool)                                       # [left out i, point j]
-        if n < 4 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x < 0) \
-                or any(np.unique(x[k]).size < 2 for k in keep):
+        distinct = AccuracyModel._distinct(x, keep)
+        if n < 4 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x < 0) or np.any(distinct < 2):
             raise DseError("AccuracyModel.loo_predictions: every refit needs 3 finite points with 2 distinct AMEs >= 0")
-        best, xm = AccuracyModel._fit_rows(x, y, keep)
+        best, xm = AccuracyModel._fit_rows(x, y, keep, distinct)
         return np.array([AccuracyModel(*b, ame_max=m).predict(v) for b, m, v in zip(best, xm, x)])
 
     def predict(self, ame) -> np.ndarray | float:
