@@ -43,10 +43,12 @@ while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``), and "rows
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -479,6 +481,17 @@ def set_threads(n: int | None) -> int:
 
     threadpool_limits(get_threads(), user_api="blas")
     return get_threads()
+
+
+@contextlib.contextmanager
+def using_threads(n: int | None) -> Iterator[int]:
+    """:func:`set_threads` ``(n)`` for the block (yields the count), then the setting from before it back, also when
+    the block raises."""
+    before = _threads
+    try:
+        yield set_threads(n)
+    finally:
+        set_threads(before)
 
 
 def map_split(fn, items: list) -> list:

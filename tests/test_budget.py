@@ -242,12 +242,10 @@ def test_search_threads_default_divides_cores_among_workers():
     from dse import kernels
     from dse.search.context import set_search_threads
 
-    try:
+    with kernels.using_threads(None):   # the setting from before the test back afterwards
         assert set_search_threads(None, 2) == max(1, kernels.available_cores() // 2) == kernels.get_threads()
         assert set_search_threads(None, 1000) == 1
         assert set_search_threads(3, 2) == 3
-    finally:
-        kernels.set_threads(None)
 
 
 def test_data_folders_and_preprocess_size(tmp_path):

@@ -73,11 +73,8 @@ def kernel_inputs(emu, x, cfg) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         for name in ("conv2d_scaled", "conv2d_int", "gemm_int"):
             mp.setattr(kernels, name, wrapped(getattr(kernels, name)))
-        kernels.set_threads(1)
-        try:
+        with kernels.using_threads(1):
             emu.run(x, cfg)
-        finally:
-            kernels.set_threads(None)
     return seen
 
 

@@ -48,13 +48,12 @@ def test_identity_hook_is_bit_exact_and_sees_every_layer_once_per_image(resnet8)
         assert call.q.shape[0] == len(call.images) == acc.shape[0]
         return acc
     for threads in (1, 2):
-        kernels.set_threads(threads)
         seen.clear()
-        np.testing.assert_array_equal(emu.run(x, {}, batch_size=20, hook=record), emu.run(x, {}, batch_size=20))
+        with kernels.using_threads(threads):
+            np.testing.assert_array_equal(emu.run(x, {}, batch_size=20, hook=record), emu.run(x, {}, batch_size=20))
         assert set(seen) == set(emu.layers)
         for calls in seen.values():   # every image exactly once, in slices of the batches
             assert sorted(i for r, _, _ in calls for i in r) == list(range(N_IMAGES))
-    kernels.set_threads(None)
     with pytest.raises(ValueError, match="hook"):
         emu.run(x, {}, cache=PrefixCache(1 << 20), tag="t", hook=record)
 
@@ -115,9 +114,8 @@ def test_predictions_do_not_depend_on_threads_or_the_noise_pool(resnet8):
     cfg = {n: LayerConfig("mitch_w4", False) for n in list(emu.layers)[1:-1]}
     out = []
     for threads, pool in ((1, 0), (2, 0), (2, 1 << 30), (1, 1 << 30)):
-        kernels.set_threads(threads)
-        out.append(PropagatedSurrogate(emu, x, y, seed=3, pool_bytes=pool).logits(cfg))
-    kernels.set_threads(None)
+        with kernels.using_threads(threads):
+            out.append(PropagatedSurrogate(emu, x, y, seed=3, pool_bytes=pool).logits(cfg))
     for o in out[1:]:
         np.testing.assert_array_equal(o, out[0])
     other = PropagatedSurrogate(emu, x, y, seed=4).logits(cfg)

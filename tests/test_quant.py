@@ -188,11 +188,8 @@ def test_fused_quantize_matches_numpy(n, signed, seed, mag, threads):
     x[::5] = (rng.integers(-300, 300, x[::5].shape) + 0.5) * scale  # ties after division (where exact)
     if n > 3:
         x[:4] = [np.inf, -np.inf, -0.0, 1e30]
-    kernels.set_threads(threads)
-    try:
+    with kernels.using_threads(threads):
         got = quantize_act(x.reshape(1, -1), float(scale), signed)
-    finally:
-        kernels.set_threads(None)
     ref = reference_quantize_act(x.reshape(1, -1), float(scale), signed)
     assert got.dtype == ref.dtype and np.array_equal(got, ref)
 
@@ -207,11 +204,8 @@ def test_fused_dequantize_matches_numpy(B, N, S, seed, big, threads):
     layer = MacLayer(name="l", op="conv", in_shape=(1,), out_shape=(N, S, 1), N=N,
                      w_scale=rng.uniform(1e-4, 1e-1, N).astype(np.float32),
                      bias=rng.standard_normal(N).astype(np.float32), a_scale=float(np.float32(rng.uniform(1e-3, 1))))
-    kernels.set_threads(threads)
-    try:
+    with kernels.using_threads(threads):
         got = dequantize(acc, layer)
-    finally:
-        kernels.set_threads(None)
     ref = reference_dequantize(acc, layer)
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
 
@@ -248,13 +242,10 @@ def test_fused_dequantize_activation_every_isa_matches_numpy(B, N, S, seed, mag,
     if quant is not None:  # a scale spreading the smaller outputs over the 8-bit range (the rest clamps)
         oq = OutputQuant(float(np.float32(max(float(np.median(np.abs(ref))) if ref.size else 1.0, 1e-3) / 50)), quant)
         ref = reference_quantize_act(ref, oq.scale, quant)
-    kernels.set_threads(threads)
-    try:
+    with kernels.using_threads(threads):
         for bound in (None, mag):
             got = scale_accumulators(acc.reshape(B, N, S, 1), layer.scaling(fused, oq), isa, bound=bound)
             assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), bound
-    finally:
-        kernels.set_threads(None)
 
 
 @pytest.mark.parametrize("isa", kernels._kernels.isa_levels())
