@@ -26,13 +26,6 @@ from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
 from libc.string cimport memcpy
 
 cdef extern from "lut_kernel.h" nogil:
-    int dse_cpu_level()
-    int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
-                     const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
-                     int nt)
-    int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
-                      const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
-                      int sel_is_m, int add, int nt)
     ctypedef struct dse_scaling:
         double sa
         const float *sw
@@ -41,6 +34,13 @@ cdef extern from "lut_kernel.h" nogil:
         float lo, hi
         int quant, qlo, qhi
         float qs
+    int dse_cpu_level()
+    int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
+                     const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
+                     int nt)
+    int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
+                      const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
+                      int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
     int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
@@ -125,8 +125,8 @@ def lut_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int32_t[:
 
 
 def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:, ::1] D, const int32_t[::1] off,
-              isa=None, int threads=1, int64_t[::1] out=None, int64_t offset=0, int64_t P=0, int64_t ldb=0,
-              bint sel_is_m=False, bint add=False):
+              isa=None, int threads=1, out=None, int64_t offset=0, int64_t P=0, int64_t ldb=0,
+              bint sel_is_m=False, bint add=False, scaling=None):
     """out[n, m] = sum_k D[S[n, k], I[k, m]] + off[S[n, k]] by per-k row tables (see ``cy/lut_kernel.h``); AVX2 adds
     at level avx2 and above, portable code at scalar. Returns (int64[N, M] or None, level_name).
 
@@ -137,7 +137,9 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     written to ``out[offset + (m // P) * ldb + n * P + m % P]`` and None is returned; ``sel_is_m``: the selector rows
     ``S`` are the GEMM's m positions and the index columns of ``I`` its n channels (the roles swapped). ``add``: the
     GEMM is added to what ``out`` holds there (else it overwrites it). Tables whose entries are all < 256 take the
-    AVX2 adds without high-byte sums."""
+    AVX2 adds without high-byte sums. With ``scaling`` (as :func:`dw_conv` takes it, one entry per channel n; K >= 1,
+    no ``add``) the result (new [N, M], or ``out`` flat) is float32, or uint8 with a quant: the output of
+    :func:`dequantize` on the sums, scaled by the kernel from each finished tile."""
     cdef int level = _level(isa)
     cdef int64_t K = I.shape[0], nI = I.shape[1], nS = S.shape[0]
     cdef int64_t Mg = nS if sel_is_m else nI, Ng = nI if sel_is_m else nS
@@ -148,18 +150,27 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
         raise ValueError("rows_gemm: D must be [256, R] (R a multiple of 16, 16..256) and off [256]")
     if R < 256 and I.shape[0] and I.shape[1] and np.asarray(I).max() >= R:
         raise ValueError(f"rows_gemm: index entries must be < {R} (the classes of D's columns)")
+    cdef dse_scaling sc
+    if scaling is not None:
+        keep = _scaling(&sc, Ng, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5], scaling[6])
+        if add or K == 0:
+            raise ValueError("rows_gemm: a scaled call needs K >= 1 and no add")
+    dtype = np.dtype(np.int64 if scaling is None else (np.uint8 if sc.quant else np.float32))
     res = None
     if out is None and add:
         raise ValueError("rows_gemm: add=True needs an output buffer")
     if out is None:
-        res = np.empty((Ng, Mg), dtype=np.int64)
+        res = np.empty((Ng, Mg), dtype=dtype)
         out, offset, P, ldb = res.reshape(-1), 0, max(Mg, 1), 0
+    elif out.ndim != 1 or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"rows_gemm: out must be a flat C-contiguous {dtype.name} buffer")
     elif Mg and Ng and (P < 1 or offset < 0 or ldb < 0 or
                         offset + ((Mg - 1) // P) * ldb + (Ng - 1) * P + P - 1 >= out.shape[0]):
         raise ValueError("rows_gemm: the output layout does not fit the output buffer")
     if nI == 0 or nS == 0:
         return res, ISA_NAMES[level]
-    cdef int64_t[::1] o = out
+    cdef size_t addr = out.ctypes.data + offset * dtype.itemsize
+    cdef int64_t *o = <int64_t *>addr
     cdef int64_t m, n
     cdef int rc = 0
     if K == 0:
@@ -167,11 +178,12 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
             return res, ISA_NAMES[level]
         for m in range(Mg):
             for n in range(Ng):
-                o[offset + (m // P) * ldb + n * P + m % P] = 0
+                o[(m // P) * ldb + n * P + m % P] = 0
         return res, ISA_NAMES[level]
     with nogil:
-        rc = dse_rows_gemm(level, &I[0, 0], nI, &S[0, 0], &D[0, 0], R, &off[0], nI, K, nS, &o[offset], P, ldb,
-                           1 if sel_is_m else 0, 1 if add else 0, max(1, threads))
+        rc = dse_rows_gemm(level, &I[0, 0], nI, &S[0, 0], &D[0, 0], R, &off[0], nI, K, nS,
+                           NULL if scaling is not None else o, P, ldb, 1 if sel_is_m else 0, 1 if add else 0,
+                           NULL if scaling is None else &sc, <void *>addr, max(1, threads))
     if rc != 0:
         raise MemoryError("rows_gemm: scratch buffers could not be allocated")
     return res, ISA_NAMES[level]

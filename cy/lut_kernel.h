@@ -619,6 +619,32 @@ typedef struct {
     size_t acc_bytes; /* per index position */
 } dse_rows_impl;
 
+/* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]); with
+ * quant, the output is not y but the next MAC layer's input pattern of y, clip(rint(y / qs), qlo, qhi) as a byte
+ * (dse_quantize1: the same bits as quantizing the float32 output in a pass of its own). Outputs are float32, or
+ * uint8 with quant (dse_scaled_out gives the address of element i). */
+typedef struct {
+    double sa;
+    const float *sw, *bias;
+    int act;
+    float lo, hi;
+    int quant, qlo, qhi;
+    float qs;
+} dse_scaling;
+
+static inline void *dse_scaled_out(const dse_scaling *sc, void *base, int64_t i)
+{
+    return sc->quant ? (void *)((uint8_t *)base + i) : (void *)((float *)base + i);
+}
+
+/* How a scaling pass reads its sums: int32 (exact doubles), int64 of any size, or int64 known to lie within
+ * +-2^51 (the caller's bound: e.g. K times the table's largest entry), converted with two instructions per 4. */
+#define DSE_SUM_I32 0
+#define DSE_SUM_I64 1
+#define DSE_SUM_SMALL 2
+
+static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const dse_scaling *sc, int64_t c, void *o);
+
 /* Where the kernel writes: GEMM element (n, m) (n < N output channels, m < M positions, M = images x P) goes to
  * base[(m / P) * ldb + n * P + m % P]: row-major [N, M] with P = M, [M, N] with P = 1 and ldb = N, or a conv output
  * [B, channels, P] (base at the group's first channel, ldb = channels * P). sel_is_m: the selector rows S are the m
@@ -628,6 +654,12 @@ typedef struct {
     int64_t P, ldb;
     int sel_is_m;
     int add; /* add the GEMM to what base holds (else overwrite it) */
+    /* with sc: the scaled outputs (float32, or uint8 patterns; dse_scaling) of the final sums go to outs, in base's
+     * layout, and base is unused; each task's sums are gathered in its scratch fin (int32 when the call's sums are
+     * proven to fit, kind DSE_SUM_I32, else int64 of kind fin_kind) and scaled per run of positions of one channel */
+    const dse_scaling *sc;
+    void *outs;
+    int level, fin_kind;
 } dse_rows_out;
 
 /* Stores (first; with o->add: adds) init + acc[i * DSE_RT_NT], or (not first) adds acc[i * DSE_RT_NT], for index
@@ -648,6 +680,44 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
         if (++p == o->P) {
             p = 0;
             d += o->ldb;
+        }
+    }
+}
+
+/* With o->sc: gathers (first) init + acc[i * DSE_RT_NT], or (not first) adds acc[i * DSE_RT_NT], into a task's
+ * sums fin, for index positions i < len of selector row j, at fin[j * len + i] (weights selecting: one channel's run
+ * of positions) or fin[i * DSE_RT_NT + j] (sel_is_m: one channel's run is the tile's selector rows). */
+static void dse_rows_gather(const dse_rows_out *o, void *fin, int64_t j, int64_t len, const int32_t *acc,
+                            int64_t init, int first)
+{
+    const int64_t sj = o->sel_is_m ? 1 : len, si = o->sel_is_m ? DSE_RT_NT : 1;
+    if (o->fin_kind == DSE_SUM_I32) {
+        int32_t *f = (int32_t *)fin + j * sj;
+        for (int64_t i = 0; i < len; i++)
+            f[i * si] = (int32_t)((first ? init : f[i * si]) + acc[i * DSE_RT_NT]);
+        return;
+    }
+    int64_t *f = (int64_t *)fin + j * sj;
+    for (int64_t i = 0; i < len; i++)
+        f[i * si] = (first ? init : f[i * si]) + acc[i * DSE_RT_NT];
+}
+
+/* Scales a task's final sums fin (dse_rows_gather; selector rows n0..n0+nv-1, index positions m0..m0+mb-1) into
+ * o->outs, one dse_scale_sums run per channel and image. */
+static void dse_rows_scale(const dse_rows_out *o, const void *fin, int64_t n0, int64_t nv, int64_t m0, int64_t mb)
+{
+    const int64_t esz = o->fin_kind == DSE_SUM_I32 ? 4 : 8;
+    const int sel = o->sel_is_m;
+    const int64_t c0 = sel ? m0 : n0, nc = sel ? mb : nv, p0 = sel ? n0 : m0, np = sel ? nv : mb;
+    const int64_t ld = sel ? DSE_RT_NT : mb;
+    for (int64_t c = 0; c < nc; c++) {
+        const uint8_t *f = (const uint8_t *)fin + c * ld * esz;
+        for (int64_t i = 0, m = p0; i < np;) {
+            const int64_t s = m % o->P, len = (o->P - s < np - i) ? o->P - s : np - i;
+            dse_scale_sums(o->level, f + i * esz, o->fin_kind, len, o->sc, c0 + c,
+                           dse_scaled_out(o->sc, o->outs, (m / o->P) * o->ldb + (c0 + c) * o->P + s));
+            i += len;
+            m += len;
         }
     }
 }
@@ -675,7 +745,8 @@ static void dse_rows_tile_prep(const uint8_t *S, const int32_t *off, int64_t K, 
  * positions often reads only the first rows). */
 static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, const int64_t *init, const uint8_t *imax,
                           const uint16_t *D, int64_t R, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
-                          const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums, const dse_rows_impl *im)
+                          const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums, void *fin,
+                          const dse_rows_impl *im)
 {
     const int64_t kf = im->window;
     /* inner windows of kf k-steps (the accumulators' bound), summed in int32 over outer windows of <= 2^15 k-steps
@@ -699,9 +770,15 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, cons
             ws = sums;
         }
         if (w1 == K || w1 % kout == 0)
-            for (int64_t j = 0; j < nv; j++)
-                dse_rows_store(out, n0 + j, m0, mb, ws + j, init[j], w0 < kout);
+            for (int64_t j = 0; j < nv; j++) {
+                if (out->sc)
+                    dse_rows_gather(out, fin, j, mb, ws + j, init[j], w0 < kout);
+                else
+                    dse_rows_store(out, n0 + j, m0, mb, ws + j, init[j], w0 < kout);
+            }
     }
+    if (out->sc)
+        dse_rows_scale(out, fin, n0, nv, m0, mb);
 }
 
 /* Called by every thread of a parallel region after allocating its scratch buffers (``ok``: they all succeeded;
@@ -721,10 +798,11 @@ static int dse_team_allocated(int *fail, int ok)
 }
 
 /* Returns 0, or -1 when a scratch buffer cannot be allocated. out: see dse_rows_out (N = selector rows when
- * !sel_is_m, else index positions). R: the table's index columns (see above). */
+ * !sel_is_m, else index positions); with sc (and add = 0, K >= 1) the scaled outputs go to outs in that layout
+ * instead (sc->sw, sc->bias indexed by the channel n). R: the table's index columns (see above). */
 static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                          const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
-                         int sel_is_m, int add, int nt)
+                         int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
 {
     static const dse_rows_impl portable = {dse_rows_build, dse_rows_accum_scalar, NULL,
                                            (32768 / DSE_RT_KC) * DSE_RT_KC, DSE_RT_NT * sizeof(int32_t)};
@@ -748,7 +826,14 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                                                    : &avx2;
     const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
     const int64_t mbmax = M < DSE_RT_MB ? M : DSE_RT_MB; /* scratch for the longest block (short calls: small) */
-    const dse_rows_out o = {out, P, ldb, sel_is_m, add};
+    int64_t offmax = 0;
+    for (int s = 0; s < 256; s++)
+        offmax = llabs((long long)off[s]) > offmax ? llabs((long long)off[s]) : offmax;
+    /* every partial and final sum of a call: |sum| <= K (max |off| + max D) */
+    const double bound = (double)K * (double)(offmax + dmax);
+    const int fin_kind = bound < 2147483648.0 ? DSE_SUM_I32 : bound < 2251799813685248.0 ? DSE_SUM_SMALL : DSE_SUM_I64;
+    const dse_rows_out o = {out, P, ldb, sel_is_m, add, sc, outs, level, fin_kind};
+    const size_t fin_bytes = sc ? (size_t)(mbmax + 1) * DSE_RT_NT * (fin_kind == DSE_SUM_I32 ? 4 : 8) : 1;
     uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * DSE_RT_NT + 1);
     int64_t *init = (int64_t *)malloc((size_t)(nnt + 1) * DSE_RT_NT * sizeof(int64_t));
     uint8_t *imax = (uint8_t *)malloc((size_t)nmb * K + 1); /* [block][k]: the largest index of each block's k-step */
@@ -775,16 +860,18 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
             uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
             void *acc = malloc((size_t)(mbmax + 1) * im->acc_bytes);
             int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * DSE_RT_NT * sizeof(int32_t));
-            if (dse_team_allocated(&fail, tab && acc && sums)) {
+            void *fin = malloc(fin_bytes);
+            if (dse_team_allocated(&fail, tab && acc && sums && fin)) {
 #pragma omp for schedule(static)
                 for (int64_t t = 0; t < nnt * nmb; t++) {
                     const int64_t ti = t / nmb, n0 = ti * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
                     const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
                     const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
                     dse_rows_task(I, ldi, ST + ti * K * DSE_RT_NT, init + ti * DSE_RT_NT, imax + (t % nmb) * K, D, R,
-                                  K, n0, nv, m0, mb, &o, tab, acc, sums, im);
+                                  K, n0, nv, m0, mb, &o, tab, acc, sums, fin, im);
                 }
             }
+            free(fin);
             free(tab);
             free(acc);
             free(sums);
@@ -1181,24 +1268,6 @@ static inline void dse_prefetch_lines(const void *p, int64_t n, const int write)
             __builtin_prefetch((const void *)a, 0);
 }
 
-/* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]); with
- * quant, the output is not y but the next MAC layer's input pattern of y, clip(rint(y / qs), qlo, qhi) as a byte
- * (dse_quantize1: the same bits as quantizing the float32 output in a pass of its own). Outputs are float32, or
- * uint8 with quant (dse_scaled_out gives the address of element i). */
-typedef struct {
-    double sa;
-    const float *sw, *bias;
-    int act;
-    float lo, hi;
-    int quant, qlo, qhi;
-    float qs;
-} dse_scaling;
-
-static inline void *dse_scaled_out(const dse_scaling *sc, void *base, int64_t i)
-{
-    return sc->quant ? (void *)((uint8_t *)base + i) : (void *)((float *)base + i);
-}
-
 static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
 static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
 
@@ -1435,11 +1504,6 @@ static inline void dse_emit1(const dse_scaling *sc, float y, void *o, int64_t j)
         ((float *)o)[j] = y;
 }
 
-/* How a scaling pass reads its sums: int32 (exact doubles), int64 of any size, or int64 known to lie within
- * +-2^51 (the caller's bound: e.g. K times the table's largest entry), converted with two instructions per 4. */
-#define DSE_SUM_I32 0
-#define DSE_SUM_I64 1
-#define DSE_SUM_SMALL 2
 
 DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_sums_pd(const void *a, int64_t j, const int kind)
 {

@@ -50,7 +50,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -658,18 +658,19 @@ def _rows_cost(n_sel: int, n_idx: int, rows: int) -> float:
 
 @dataclass(frozen=True)
 class _Dest:
-    """Where a GEMM writes its int64 result: element (n, m) of [N, M] goes to buf[offset + (m // P) * ldb + n * P + m % P]
+    """Where a GEMM writes its result: element (n, m) of [N, M] goes to buf[offset + (m // P) * ldb + n * P + m % P]
     (P = 1, ldb = N: [M, N]; a conv's [B, C, Ho*Wo] output with offset = first channel * P, ldb = C * P)."""
 
-    buf: np.ndarray  # flat int64
+    buf: np.ndarray  # flat: int64 sums, or the float32/uint8 output of a scaled rows kernel call
     offset: int
     P: int
     ldb: int
 
     def view(self, N: int, M: int) -> np.ndarray:
-        """The destination of an [N, M] result as a strided int64 view [M / P, N, P]."""
+        """The destination of an [N, M] result as a strided view [M / P, N, P]."""
+        e = self.buf.itemsize
         return np.lib.stride_tricks.as_strided(self.buf[self.offset:], (M // self.P, N, self.P),
-                                               (self.ldb * 8, self.P * 8, 8), writeable=True)
+                                               (self.ldb * e, self.P * e, e), writeable=True)
 
     def put(self, res: np.ndarray) -> None:
         """Copy a finished [N, M] result into place (paths that do not write into the layout themselves)."""
@@ -719,9 +720,10 @@ def _table_plan(prep: _Prepared, M: int, N: int, path: str) -> tuple[str, bool]:
 
 def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None,
                into: _Dest | None = None, classed: bool = False, tabs: _RowTables | None = None,
-               add: bool = False) -> np.ndarray | None:
+               add: bool = False, scaling: "Scaling | None" = None) -> np.ndarray | None:
     """int64[N, M] by the row-table kernel (or None after writing it into ``into``; ``add``: added to what ``into``
-    holds). Orientation: weights select the tables and the M positions index them, or (by_act) activations select
+    holds); with ``scaling`` (one entry per channel n) its output instead, scaled in the kernel (``scaling.dtype``
+    viewed as the kernel's float32/uint8; ``into`` of that dtype). Orientation: weights select the tables and the M positions index them, or (by_act) activations select
     and the N output channels index: the cheaper one by _rows_cost unless forced. ``classed``: AT holds the
     activation classes of the weight-selected table already (``_OffsetTable.classes``; a conv maps its input before
     im2col), not patterns. ``tabs``: the row tables (default: the table's own, ``prep.rows``)."""
@@ -738,8 +740,9 @@ def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: boo
     else:
         I, S = (AT if classed else t.classes(AT)), Wp
     dest = () if into is None else (into.buf, into.offset, into.P, into.ldb)
-    out, _ = _kernels.rows_gemm(I, S, t.D, t.off, _isa_name(isa), get_threads(), *dest, sel_is_m=by_act, add=add)
-    return out
+    out, _ = _kernels.rows_gemm(I, S, t.D, t.off, _isa_name(isa), get_threads(), *dest, sel_is_m=by_act, add=add,
+                                scaling=None if scaling is None else scaling.args())
+    return out if out is None or scaling is None else out.view(scaling.dtype)
 
 
 def _split_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, a_signed: bool, isa, by_act: bool,
@@ -1040,19 +1043,27 @@ def _conv_row_classes(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: i
                       isa) -> _OffsetTable | None:
     """The weight-selected row table when a conv's GEMMs (reduction K, N channels, M positions per group) run on it
     and it has activation classes: the conv then maps its input patterns xq to classes before im2col (a fraction of
-    the bytes of the GEMM operand; padding stays 0, the class of pattern 0). Else None. The path is chosen as
-    _gemm_T_paths does, with the input's largest |value| (>= the operand's)."""
-    if path not in ("auto", "rows") or _kernels is None or xq.size == 0:
-        return None
-    prep = _prepare(mult, a_signed)
-    t = prep.rows.by_weight
-    if t is None or t.cls is None or _int_plan(mult, a_signed, K, path, isa) is not None:
-        return None
-    amax = _max_abs(xq, a_signed) if path == "auto" and prep.range_matters else None
-    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows" or \
-            _table_plan(prep, M, N, path) != ("rows", False):
+    the bytes of the GEMM operand; padding stays 0, the class of pattern 0). Else None."""
+    t = _prepare(mult, a_signed).rows.by_weight if _kernels is not None else None
+    if t is None or t.cls is None or _conv_rows_plan(xq, mult, a_signed, K, N, M, path, isa) is not False:
         return None
     return t
+
+
+def _conv_rows_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int, path: str, isa) -> bool | None:
+    """The orientation (by_act) of the rows kernel when a conv's GEMMs (reduction K, N channels, M positions per
+    group) run on its own row tables (kind "rows", not "split"), else None. The path is chosen as _gemm_T_paths
+    does, with the input's largest |value| (>= the operand's)."""
+    if path not in ("auto", "rows") or _kernels is None or xq.size == 0 or K == 0:
+        return None
+    prep = _prepare(mult, a_signed)
+    if _int_plan(mult, a_signed, K, path, isa) is not None:
+        return None
+    amax = _max_abs(xq, a_signed) if path == "auto" and prep.range_matters else None
+    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows":
+        return None
+    kind, by_act = _table_plan(prep, M, N, path)
+    return by_act if kind == "rows" else None
 
 
 # Image slices of conv2d_scaled: at most this many bytes of int64 sums (scaled while they are in cache), unless one
@@ -1067,7 +1078,7 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     """``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit ([B, Cout, Ho, Wo], ``scaling.dtype``:
     float32, or the next layer's quantized input), without the int64 tensor: the direct depthwise kernel scales each
     output plane as it finishes; the integer GEMM kernel scales its int32 tiles when they hold the whole reduction
-    (_scaled_int_plan); the other GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled
+    (_scaled_int_plan); the rows kernel scales each finished tile of sums (_conv_rows_scaled); the other GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled
     from cache into the output."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
@@ -1076,10 +1087,14 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     plan = _scaled_int_plan(mult, a_signed, w.shape, path, isa)
     if plan is not None:
         return _conv_int_gemm_scaled(x, w, plan, geo, groups, isa, scaling)
-    B, Cout = x.shape[0], w.shape[0]
-    per_image = Cout * geo.out_hw[0] * geo.out_hw[1]
-    out = np.empty((B, Cout) + geo.out_hw, dtype=scaling.dtype)
+    xq, (Cout, Cg, kh, kw) = _u8(x), w.shape
     P = max(1, geo.out_hw[0] * geo.out_hw[1])
+    step = max(1, _FUSED_SLICE_BYTES // max(1, Cg * groups * kh * kw * P), -(-_SCALED_SLICE_MIN_POS // P))
+    by_act = _conv_rows_plan(xq, mult, a_signed, Cg * kh * kw, Cout // groups, min(x.shape[0], step) * P, path, isa)
+    if by_act is not None:
+        return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, by_act, step)
+    B, per_image = x.shape[0], Cout * geo.out_hw[0] * geo.out_hw[1]
+    out = np.empty((B, Cout) + geo.out_hw, dtype=scaling.dtype)
     step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image), -(-_SCALED_SLICE_MIN_POS // P))
     acc = np.empty((min(B, step), Cout) + geo.out_hw, dtype=np.int64)
     bound = w[0].size * _prepare(mult, a_signed).maxabs  # every sum has K = Cg kh kw table entries
@@ -1128,6 +1143,35 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
             c = slice(g * og, (g + 1) * og)
             _kernels.int_gemm(AT[..., g * kg:(g + 1) * kg, :], wg[g], plan.fa, plan.a_mode, plan.gw, plan.S,
                               view[b0:b1, c], _isa_name(isa), get_threads(), (sa, sw[c], bias[c], kind, lo, hi, quant))
+    return out.view(scaling.dtype)
+
+
+def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: int, isa, scaling: "Scaling",
+                      by_act: bool, step: int) -> np.ndarray:
+    """conv2d_scaled on the rows kernel (orientation by_act; xq the input's uint8 patterns), which scales each
+    finished tile of sums into the output, per group, on slices of ``step`` images (conv2d_scaled: at most
+    _FUSED_SLICE_BYTES of GEMM operand, but at least _SCALED_SLICE_MIN_POS positions, since the kernel builds its
+    tables per block of 2048 positions)."""
+    B = xq.shape[0]
+    Cout, Cg, kh, kw = w.shape
+    og, kg = Cout // groups, Cg * kh * kw
+    P = max(1, geo.out_hw[0] * geo.out_hw[1])
+    prep = _prepare(mult, a_signed)
+    t = prep.rows.by_weight
+    cls = None if by_act or t is None else t.cls  # activation classes, mapped before im2col
+    out = np.empty((B, Cout) + geo.out_hw, dtype=np.float32 if scaling.quant is None else np.uint8)
+    flat = out.reshape(-1)
+    Wp = _u8(w).reshape(Cout, kg)
+    wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
+    sg = [replace(scaling, w_scale=scaling.w_scale[g * og:(g + 1) * og], bias=scaling.bias[g * og:(g + 1) * og])
+          for g in range(groups)]
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        AT = gemm_operand_T(xq[b0:b1], kh, kw, geo.stride, geo.pads, geo.dilation, cls)[0]
+        for g in range(groups):
+            _rows_gemm(AT[g * kg:(g + 1) * kg], wg[g], prep, isa, by_act=by_act,
+                       into=_Dest(flat, (b0 * Cout + g * og) * P, P, Cout * P), classed=cls is not None,
+                       scaling=sg[g])
     return out.view(scaling.dtype)
 
 

@@ -177,6 +177,37 @@ def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act,
                     np.array_equal(got.view(np.uint8), ref.view(np.uint8)), (path, isa)
 
 
+@settings(deadline=None, max_examples=40)
+@given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(["mitch_w6", "classed", "trunc", "rand_u16"]),
+       by_act=st.booleans(), act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_scaled_rows_kernel_scales_its_tiles(s, signed, mname, by_act, act, quant, threads, seed):
+    """conv2d_scaled on the rows path: the rows kernel writes the layer output itself (no int64 sums, no scaling
+    pass), in either orientation (forced by the cost ratio), with activation classes mapped before im2col, on slices
+    of images, groups, every ISA level, 1 and 2 threads: the numpy formula on the reference sums."""
+    rng = np.random.default_rng(seed)
+    x, w, G = int_conv_operands(rng, {**s, "depthwise": False}, signed)
+    mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
+    args = (s["stride"], s["pads"], s["dil"], G)
+    acc = K.reference_conv2d_int(x, w, mult, signed, *args)
+    B, N = acc.shape[:2]
+    sc, ref = random_scaling(rng, acc.transpose(1, 0, 2, 3).reshape(N, -1), act, quant)
+    ref = np.ascontiguousarray(ref.reshape((N, B) + acc.shape[2:]).transpose(1, 0, 2, 3))
+
+    def no_pass(*a, **k):
+        raise AssertionError("the rows path ran a separate scaling pass")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "scale_accumulators", no_pass)
+        mp.setattr(K, "_ROWS_ACT_COST", 1e-3 if by_act else 1e3)
+        mp.setattr(K, "_FUSED_SLICE_BYTES", int(rng.choice([8, 1 << 22])))
+        mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
+        for isa in ISAS:
+            with K.using_threads(threads):
+                got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path="rows", isa=isa)
+            assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), isa
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_env_var_forces_isa_and_edge_tiles(monkeypatch, isa):
     """DSE_KERNEL_ISA caps the dispatch; M straddling the 64/256-wide tiles, K > 256 (16-bit flush) and K odd."""
@@ -290,6 +321,63 @@ def assert_rows_gemm_everywhere(AT: np.ndarray, Wp: np.ndarray, prep, ref: np.nd
                 finally:
                     K.set_threads(None)
                 assert np.array_equal(got, ref), (by_act, isa, threads)
+
+
+def random_scaling(rng, acc: np.ndarray, act, quant) -> tuple:
+    """(Scaling, its reference output) for int64 sums acc [N, M] (channels first): the numpy formula in float64
+    products and a float32 add, the Relu/Clip, and with ``quant`` (the next layer's signedness) the quantizer's values
+    of that float32 output at a scale that spreads them over the 8-bit range, with ties and clamps."""
+    from dse.quant import reference_quantize_act
+
+    N = acc.shape[0]
+    lo, hi = sorted(rng.normal(0, 50, 2))
+    sc = K.Scaling(float(rng.uniform(1e-3, 1)) / max(1.0, float(np.abs(acc).max(initial=1)) / 1e4),
+                   rng.uniform(1e-3, 1, N).astype(np.float32), rng.normal(0, 100, N).astype(np.float32),
+                   None if act is None else K.OutputAct(act, float(np.float32(lo)), float(np.float32(hi))))
+    ref = ((acc.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[:, None]).astype(np.float32) + \
+        sc.bias[:, None]
+    ref = ref if sc.act is None else sc.act.apply(ref)
+    if quant is None:
+        return sc, np.ascontiguousarray(ref)
+    q_scale = float(np.float32(max(float(np.abs(ref).max()), 1.0) / rng.choice([64, 127, 300])))
+    return K.Scaling(sc.a_scale, sc.w_scale, sc.bias, sc.act, K.OutputQuant(q_scale, quant)), \
+        np.ascontiguousarray(reference_quantize_act(ref, q_scale, quant))
+
+
+def assert_rows_scaled_everywhere(AT: np.ndarray, Wp: np.ndarray, prep, sc, ref: np.ndarray) -> None:
+    """The rows kernel scaling its own tiles gives ``ref`` (same dtype and bits) in both orientations, at every ISA
+    level, on 1 and 2 threads."""
+    for by_act in (False, True):
+        for isa in ISAS:
+            for threads in (1, 2):
+                with K.using_threads(threads):
+                    got = K._rows_gemm(AT, Wp, prep, isa, by_act=by_act, scaling=sc)
+                assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), \
+                    (by_act, isa, threads)
+
+
+@SETTINGS
+@given(M=st.integers(1, 2200), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
+       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6", "offset"]),
+       act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_scales_its_tiles(M, Kd, N, signed, mname, act, quant, seed):
+    """The rows kernel writing the layer output (float32, or the next layer's uint8/int8 input) from each finished
+    tile of sums is the numpy formula on the reference sums, both orientations, every ISA level, 1 and 2 threads;
+    "offset" (entries 2^24 + 0..2^16) makes K * the largest entry pass 2^31 at K >= 128, where the kernel keeps its
+    sums in int64 (DSE_SUM_SMALL), else in int32."""
+    rng = np.random.default_rng(seed)
+    if mname == "offset":
+        mult = random_mult(9, 2 ** 24, 2 ** 24 + 2 ** 16)
+        Kd = Kd * 5
+    else:
+        mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
+    a = acts(rng, (M, Kd), signed)
+    w = rng.integers(-128, 128, (N, Kd))
+    acc = K.reference_gemm_int(a, w, mult, signed).T
+    sc, ref = random_scaling(rng, acc, act, quant)
+    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+    assert_rows_scaled_everywhere(AT, Wp, K._prepare(mult, signed), sc, ref)
 
 
 @SETTINGS
@@ -512,6 +600,10 @@ def test_rows_kernel_int32_window_worst_case():
     ref = K.reference_gemm_int(a, w, mult, False)
     for isa in ISAS:
         assert np.array_equal(K.gemm_int(a, w, mult, False, path="rows", isa=isa), ref)
+    # scaled in the kernel: the int64 sums gathered over the flushes of the int32 windows
+    sc, ref_y = random_scaling(np.random.default_rng(0), ref.T, "relu", None)
+    assert_rows_scaled_everywhere(np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w)),
+                                  K._prepare(mult, False), sc, ref_y)
 
 
 @settings(deadline=None, max_examples=30)
