@@ -1066,9 +1066,10 @@ def _conv_rows_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int
     return by_act if kind == "rows" else None
 
 
-# Image slices of conv2d_scaled: at most this many bytes of int64 sums (scaled while they are in cache), unless one
-# slice would then hold fewer than _SCALED_SLICE_MIN_POS output positions (the row-table kernel builds its tables per
-# block of 2048 positions; short GEMMs would repeat those builds).
+# Image slices of conv2d_scaled on the paths that emit int64 sums (split, lut, ...): at most this many bytes of sums
+# (scaled while they are in cache), unless one slice would then hold fewer than _SCALED_SLICE_MIN_POS output positions
+# (the row-table kernel, also the rows path's slices, builds its tables per block of 2048 positions; short GEMMs would
+# repeat those builds).
 _SCALED_SLICE_BYTES = 1 << 21
 _SCALED_SLICE_MIN_POS = 2048
 
@@ -1078,8 +1079,8 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     """``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit ([B, Cout, Ho, Wo], ``scaling.dtype``:
     float32, or the next layer's quantized input), without the int64 tensor: the direct depthwise kernel scales each
     output plane as it finishes; the integer GEMM kernel scales its int32 tiles when they hold the whole reduction
-    (_scaled_int_plan); the rows kernel scales each finished tile of sums (_conv_rows_scaled); the other GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled
-    from cache into the output."""
+    (_scaled_int_plan); the rows kernel scales each finished tile of sums (_conv_rows_scaled); the other GEMM paths
+    run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
     if direct is not None:

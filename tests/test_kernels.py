@@ -588,6 +588,21 @@ def test_rows_kernel_rejects_indices_beyond_its_classes():
         K._kernels.rows_gemm(I, np.zeros((2, 3), np.uint8), t.D, t.off)
 
 
+def test_rows_kernel_scaled_call_rejects_add_and_wrong_outputs():
+    """A scaled rows call writes the layer output: it cannot add to a buffer, needs K >= 1 and an output of the
+    scaling's dtype."""
+    t = K._prepare(get_multiplier("mitch_w6"), False).rows.by_weight
+    I, S = np.zeros((3, 4), np.uint8), np.zeros((2, 3), np.uint8)
+    sc = (1.0, np.ones(2, np.float32), np.zeros(2, np.float32), "none", -np.inf, np.inf, None)
+    y, _ = K._kernels.rows_gemm(I, S, t.D, t.off, scaling=sc)
+    assert y.dtype == np.float32 and y.shape == (2, 4) and not y.any()
+    for kw in ({"out": np.zeros(8, np.float32), "add": True}, {"out": np.zeros(8, np.int64)}):
+        with pytest.raises(ValueError):
+            K._kernels.rows_gemm(I, S, t.D, t.off, scaling=sc, **kw)
+    with pytest.raises(ValueError, match="K >= 1"):
+        K._kernels.rows_gemm(I[:0], S[:, :0], t.D, t.off, scaling=sc)
+
+
 def test_rows_kernel_int32_window_worst_case():
     """K > 32768 k-steps at the table's widest entry (span 2^16 - 1): the int32 windows are flushed into int64."""
     mult = MULTS["rand_u16"]
