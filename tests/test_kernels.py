@@ -208,6 +208,32 @@ def test_conv2d_scaled_rows_kernel_scales_its_tiles(s, signed, mname, by_act, ac
             assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), isa
 
 
+@SETTINGS
+@given(s=conv_shapes, B=st.integers(2, 6), signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)),
+       seed=st.integers(0, 2 ** 32 - 1), slice_bytes=st.sampled_from([8, 300, 5000]), quant=st.booleans())
+def test_conv2d_scaled_image_slices_equal_one_call(s, B, signed, mname, seed, slice_bytes, quant):
+    """A large batch cut into image slices (the GEMM operand or int64 sums of a few images per call, down to one image)
+    gives the bytes of one call over the whole batch, at 1 and 2 threads: the slices change the call's shape only."""
+    rng = np.random.default_rng(seed)
+    x, w, G = int_conv_operands(rng, {**s, "B": B}, signed)
+    n_out = w.shape[0]
+    sc = K.Scaling(float(rng.uniform(1e-3, 1)), rng.uniform(1e-3, 1, n_out).astype(np.float32),
+                   rng.normal(0, 100, n_out).astype(np.float32), K.OutputAct("relu"),
+                   K.OutputQuant(float(np.float32(rng.uniform(1, 500))), signed) if quant else None)
+    args = (x, w, MULTS[mname], signed, sc, s["stride"], s["pads"], s["dil"], G)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "_SCALED_SLICE_BYTES", 1 << 40)
+        mp.setattr(K, "_FUSED_SLICE_BYTES", 1 << 40)
+        whole = K.conv2d_scaled(*args)
+        mp.setattr(K, "_SCALED_SLICE_BYTES", slice_bytes)
+        mp.setattr(K, "_FUSED_SLICE_BYTES", slice_bytes)
+        mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
+        for threads in (1, 2):
+            with K.using_threads(threads):
+                got = K.conv2d_scaled(*args)
+            assert got.dtype == whole.dtype and np.array_equal(got.view(np.uint8), whole.view(np.uint8)), threads
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_env_var_forces_isa_and_edge_tiles(monkeypatch, isa):
     """DSE_KERNEL_ISA caps the dispatch; M straddling the 64/256-wide tiles, K > 256 (16-bit flush) and K odd."""
