@@ -2,7 +2,7 @@
 
 Runs the same 26 images (dse.quant.stream_batch_size of this network) as calls of 4 images and as one call of 26, and
 the 26-image call with the integer GEMM's image slices (dse.kernels._FUSED_SLICE_BYTES, default 4 MiB of operand) at
-1 MiB and unsliced; interleaved rounds in one process, medians of ms per image: process CPU time (one thread: the
+1 MiB and unsliced; interleaved rounds in one process (the order rotated each round), medians of ms per image: process CPU time (one thread: the
 work, not the waits of a loaded box) and wall time. Usage (from the repository root):
 
     PYTHONPATH=.:benchmarks python benchmarks/bench_call_size.py [multiplier, default exact] [rounds, default 7]
@@ -41,7 +41,7 @@ def main(mult: str, rounds: int) -> None:
     wall = {name: [] for name, _, _ in VARIANTS}
     default = kernels._FUSED_SLICE_BYTES
     for r in range(rounds + 1):  # round 0 warms up
-        for name, n, slice_bytes in VARIANTS:
+        for name, n, slice_bytes in VARIANTS[r % 4:] + VARIANTS[:r % 4]:  # each variant in every position
             kernels._FUSED_SLICE_BYTES = slice_bytes
             t, c = time.perf_counter(), time.process_time()
             for b0 in range(0, N_IMAGES, n):
