@@ -165,8 +165,15 @@ def _check_final(trials, n_trials: int, log) -> None:
     assert all(t.number in requeued for t in dead), "a dead trial was not re-run"
     lineages = collections.Counter(liveness.lineage(t) for t in complete)
     assert all(v == 1 for v in lineages.values()), "a re-run trial completed twice"
-    seeds = [json.dumps(t.system_attrs[liveness.FIXED], sort_keys=True) for t in complete if t.user_attrs.get("seed")]
-    assert seeds and len(seeds) == len(set(seeds)), "a seed configuration completed twice"
+    def seed_configs(state):
+        return [json.dumps(t.system_attrs[liveness.FIXED], sort_keys=True) for t in trials
+                if t.state == state and t.user_attrs.get("seed")]
+    # a seed whose attempts were all killed may end the study re-queued rather than complete: its last re-run was
+    # queued (once its process was found dead) after the run's n_trials were taken, and it waits for the next run
+    seeds, queued = seed_configs(TrialState.COMPLETE), seed_configs(TrialState.WAITING)
+    assert seeds or queued, "the seed configuration was lost"
+    assert len(seeds) == len(set(seeds)), "a seed configuration completed twice"
+    assert not set(seeds) & set(queued), "a completed seed configuration is queued again"
     log["dead"] = len(dead)
     log["reran"] = sum(liveness.FIRST in t.system_attrs for t in complete)
 
