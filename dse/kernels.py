@@ -1044,10 +1044,15 @@ def _conv_row_classes(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: i
     """The weight-selected row table when a conv's GEMMs (reduction K, N channels, M positions per group) run on it
     and it has activation classes: the conv then maps its input patterns xq to classes before im2col (a fraction of
     the bytes of the GEMM operand; padding stays 0, the class of pattern 0). Else None."""
-    t = _prepare(mult, a_signed).rows.by_weight if _kernels is not None else None
-    if t is None or t.cls is None or _conv_rows_plan(xq, mult, a_signed, K, N, M, path, isa) is not False:
-        return None
-    return t
+    by_act = _conv_rows_plan(xq, mult, a_signed, K, N, M, path, isa)
+    return None if by_act is None else _classed_table(_prepare(mult, a_signed), by_act)
+
+
+def _classed_table(prep: _Prepared, by_act: bool) -> _OffsetTable | None:
+    """The weight-selected row table when the rows kernel runs in that orientation (not ``by_act``) and the table has
+    activation classes (a conv maps its input to them before im2col), else None."""
+    t = prep.rows.by_weight
+    return None if by_act or t is None or t.cls is None else t
 
 
 def _conv_rows_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int, path: str, isa) -> bool | None:
@@ -1158,8 +1163,8 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
     og, kg = Cout // groups, Cg * kh * kw
     P = max(1, geo.out_hw[0] * geo.out_hw[1])
     prep = _prepare(mult, a_signed)
-    t = prep.rows.by_weight
-    cls = None if by_act or t is None else t.cls  # activation classes, mapped before im2col
+    t = _classed_table(prep, by_act)
+    cls = None if t is None else t.cls  # activation classes, mapped before im2col
     out = np.empty((B, Cout) + geo.out_hw, dtype=np.float32 if scaling.quant is None else np.uint8)
     flat = out.reshape(-1)
     Wp = _u8(w).reshape(Cout, kg)
