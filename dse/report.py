@@ -117,8 +117,8 @@ def summarize(run: Run) -> dict:
                           if t.user_attrs.get("full") and "duplicate_of" not in t.user_attrs])
     front = [checked.get(d["trial"], d) for d in front]
     states = [t.state for t in run.study.get_trials(deepcopy=False)]
-    processes = n_processes(run.study)
-    why = irreproducible(processes, predictor_record(trials)["paused"])
+    processes, record = n_processes(run.study), predictor_record(trials)
+    why = irreproducible(processes, record["paused"])
     return {
         "run": str(run.path), "study": run.study.study_name, "finished": run.results is not None,
         "mode": settings.get("mode"), "processes": processes, "reproducible": why is None, "irreproducible": why,
@@ -129,7 +129,7 @@ def summarize(run: Run) -> dict:
                                  for t in run.study.get_trials(deepcopy=False)),
                    "stopped_racing": sum(t.user_attrs.get("skipped") == "racing" for t in trials),
                    "skipped_predictor": sum(t.user_attrs.get("skipped") == "predictor" for t in trials),
-                   "predictor_switches": predictor_switches(trials), "predictor_record": predictor_record(trials)},
+                   "predictor_switches": predictor_switches(trials), "predictor_record": record},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
         "no_best": res.get("no_best"), "check_note": res.get("check_note"), "margin_note": res.get("margin_note"),
         "baseline_note": res.get("baseline_note"),
