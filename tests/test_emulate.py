@@ -81,11 +81,8 @@ def test_threads_split_images_bit_identically(qm, threads):
 
     cfg = {n: LayerConfig(m, cv) for n, m, cv in zip(["conv1", "dw", "proj", "fc"],
                                                      ("drum4", "mitch_w6", "exact", "perf_j1_k2"), (True, 0, 0, 1))}
-    try:
-        kernels.set_threads(threads)
+    with kernels.using_threads(threads):
         y = Emulator(qm).run(X_IN, cfg, batch_size=4)
-    finally:
-        kernels.set_threads(None)
     from dse.correction import cv_correction
 
     assert np.array_equal(y, reference_run(qm, X_IN, cfg, cv_correction))

@@ -341,11 +341,8 @@ def assert_rows_gemm_everywhere(AT: np.ndarray, Wp: np.ndarray, prep, ref: np.nd
     for by_act in (False, True):
         for isa in ISAS:
             for threads in (1, 2):
-                K.set_threads(threads)
-                try:
+                with K.using_threads(threads):
                     got = K._rows_gemm(AT, Wp, prep, isa, by_act=by_act)
-                finally:
-                    K.set_threads(None)
                 assert np.array_equal(got, ref), (by_act, isa, threads)
 
 
@@ -506,13 +503,10 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     y = sc.act.apply(((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None])
                      .astype(np.float32) + sc.bias[None, :, None, None])
     y = reference_quantize_act(y, sc.quant.scale, False) if quant else y
-    K.set_threads(threads)
-    try:
+    with K.using_threads(threads):
         for isa in ISAS:
             assert np.array_equal(K._dw_conv(x, w, mult, signed, geo, "rowsum", isa), ref), isa
             assert np.array_equal(K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc).view(sc.dtype), y), isa
-    finally:
-        K.set_threads(None)
     if B * geo.out_hw[0] * geo.out_hw[1] >= K._DW_ROWSUM_MIN_POS and C > 1:
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == "rowsum"
 
@@ -850,8 +844,8 @@ def test_factor_gemm_chunking_is_exact(M, Kd, N, t, mag, seed):
 
 @pytest.fixture
 def threads():
-    yield K.set_threads
-    K.set_threads(None)
+    with K.using_threads(None):
+        yield K.set_threads
 
 
 @pytest.mark.parametrize("mname", ["exact", "perf", "rand_i32", "rand_u8"])
