@@ -152,3 +152,73 @@ def test_last_process_fails_dead_trials_before_it_leaves(tmp_path, fast):
     assert trials[dead].state == TrialState.FAIL and sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert [t.state for t in trials if liveness.history(t) == [dead]] == [TrialState.WAITING]
     assert time.monotonic() - t0 < 30
+
+
+def _ended_process_mark() -> dict:
+    """The process_mark of a process that has ended (and been reaped)."""
+    import subprocess
+    import sys
+    code = "import json; from dse.search import liveness; print(json.dumps(liveness.process_mark()), flush=True)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(liveness._NAMESPACE is None, reason="no /proc: only heartbeats tell")
+def test_gone_tells_ended_zombie_and_reused_pids_from_live_ones():
+    import os
+    import signal
+    import subprocess
+    import sys
+    code = ("import json, time; from dse.search import liveness; print(json.dumps(liveness.process_mark()), "
+            "flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        mark = json.loads(p.stdout.readline())
+        assert mark["pid"] == p.pid and not liveness.gone(mark)
+        os.kill(p.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while liveness._proc_stat(p.pid)[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert liveness.gone(mark)  # killed, not yet reaped: a zombie
+    finally:
+        p.kill()
+        p.wait()
+    assert liveness.gone(mark)
+    me = liveness.process_mark()
+    assert not liveness.gone(me)
+    ns, start = me["proc"].rsplit(":", 1)
+    assert liveness.gone(dict(me, proc=f"{ns}:{int(start) + 1}"))  # our pid, another process: the pid was reused
+    assert not liveness.gone(dict(mark, proc="another-machine:1:2:" + mark["proc"].rsplit(":", 1)[1]))
+    assert not liveness.gone({"host": "elsewhere", "pid": mark["pid"]})
+
+
+@pytest.mark.skipif(liveness._NAMESPACE is None, reason="no /proc: only heartbeats tell")
+def test_a_resumed_run_reruns_a_crashed_trial_first_without_waiting_for_staleness(tmp_path, monkeypatch):
+    """The trial's process ended on this machine: the next run fails and re-runs it at once, before sampling new
+    configurations, instead of after STALE_S."""
+    monkeypatch.setattr(liveness, "STALE_S", 30.0)
+    study = _study(tmp_path)
+    ctx = make_ctx()
+    dead = _dead(study, _exact_params(ctx))
+    study._storage.set_trial_user_attr(study.get_trials(deepcopy=False)[dead]._trial_id, liveness.BEAT_ATTR,
+                                       dict(_ended_process_mark(), time=time.time()))
+    t0 = time.monotonic()
+    _run(study, 3, ctx)
+    assert time.monotonic() - t0 < liveness.STALE_S
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead].state == TrialState.FAIL
+    assert liveness.history(trials[dead + 1]) == [dead] and trials[dead + 1].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_a_beat_from_another_machine_waits_for_staleness(tmp_path, fast):
+    """A process on another machine cannot be looked up: its trial is dead only once its beat is stale."""
+    study = _study(tmp_path)
+    dead = _dead(study)
+    frozen = study.get_trials(deepcopy=False)[dead]
+    study._storage.set_trial_user_attr(frozen._trial_id, liveness.BEAT_ATTR,
+                                       {"host": "elsewhere", "pid": 1, "proc": "other:1:2:3", "time": 0})
+    watch = liveness.Watch()
+    assert watch.dead(study.get_trials(deepcopy=False)) == []
+    time.sleep(liveness.STALE_S + 0.1)
+    assert [t.number for t in watch.dead(study.get_trials(deepcopy=False))] == [dead]

@@ -1,10 +1,12 @@
 """Trials of dead processes: heartbeats, failing the dead ones, and re-running them, for every storage alike.
 
-A running trial's process writes a heartbeat (trial user attribute ``dse:beat``: host, pid, time) every
+A running trial's process writes a heartbeat (trial user attribute ``dse:beat``: ``process_mark``, time) every
 ``HEARTBEAT_S`` seconds from a thread (``heartbeat``). Every process of a study watches the running trials between
 its own trials (``Watch.fail_dead``): a trial whose beat has not changed for ``STALE_S`` seconds of the watcher's own
 monotonic clock is dead. No clock is compared across processes or machines, so skewed clocks or time zones cannot fail a live trial,
-and a trial killed before its first beat is found like any other.
+and a trial killed before its first beat is found like any other. A trial whose process ran on the watcher's machine
+(same boot and pid namespace) and has ended (``gone``: its pid free, a zombie, or reused) is dead at once: a run
+resumed after a crash re-runs the crashed trials first instead of sampling new ones for ``STALE_S``.
 
 A dead trial's re-run is enqueued *before* the trial is failed, so a watcher killed in between leaves a dead trial that
 already has its re-run (the next watcher only fails it), never a failed trial without one. Two watchers may both
@@ -25,6 +27,58 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dse.errors import DseError
+
+
+def _namespace() -> str | None:
+    """This machine's boot and pid namespace: processes that share it see each other's pids in /proc (None: no /proc,
+    the identity of a process cannot be checked here)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        ns = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}:{ns.st_dev}:{ns.st_ino}"
+
+
+_NAMESPACE = _namespace()
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process from /proc, None when there is none with ``pid``."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            s = f.read()
+    except OSError:
+        return None
+    fields = s[s.rindex(")") + 2:].split()
+    return fields[0], fields[19]
+
+
+def process_mark() -> dict:
+    """Who this process is, for :func:`gone` to tell from another process of any machine sharing the study: host and
+    pid, and where /proc exists the pid namespace and the process's start time (a pid reused by a new process is not
+    the same process)."""
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    stat = _proc_stat(os.getpid()) if _NAMESPACE is not None else None
+    if stat is not None:
+        me["proc"] = f"{_NAMESPACE}:{stat[1]}"
+    return me
+
+
+def gone(mark: dict) -> bool:
+    """True when the process of ``mark`` (:func:`process_mark`) has certainly ended: it ran in this pid namespace and
+    its pid is free, a zombie, or another process's. False when that cannot be known from here (another machine or
+    container, no /proc): then only a missing heartbeat tells."""
+    proc = mark.get("proc")
+    if proc is None:  # a mark without /proc information: its pid on the same host is all there is to check
+        return mark.get("host") == socket.gethostname() and _NAMESPACE is not None and \
+            _proc_stat(mark["pid"]) is None
+    ns, start = proc.rsplit(":", 1)
+    if ns != _NAMESPACE:
+        return False
+    stat = _proc_stat(mark["pid"])
+    return stat is None or stat[0] in "ZXx" or stat[1] != start
 
 
 def _heartbeat_s() -> int:
@@ -48,7 +102,7 @@ def heartbeat(trial: optuna.Trial):
     because a watcher already failed the trial (a stalled process) ends the beating, and the trial's own next write
     raises UpdateFinishedTrialError, which the run loop treats as "taken over by its re-run"."""
     stop = threading.Event()
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    me = process_mark()
     trial.set_user_attr(BEAT_ATTR, dict(me, time=time.time()))
 
     def beat():
@@ -123,7 +177,7 @@ class Watch:
             prev = self.seen.get(t.number)
             since = prev[1] if prev is not None and prev[0] == beat else now
             seen[t.number] = (beat, since)
-            if now - since > STALE_S:
+            if now - since > STALE_S or (beat is not None and gone(beat)):
                 out.append(t)
         self.seen = seen
         return out

@@ -212,7 +212,7 @@ def enqueue_seeds(study: optuna.Study, ctx: SearchContext, s: SearchSettings, pr
     if study.user_attrs.get(SEEDED):
         return 0
     if process == 0:
-        study.set_user_attr(SEEDING, {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
+        study.set_user_attr(SEEDING, dict(liveness.process_mark(), time=time.time()))
         todo = seed_configs(ctx, s)
     else:
         _wait_for_seeder(study)
@@ -235,19 +235,9 @@ def _wait_for_seeder(study: optuna.Study) -> None:
                 return
         elif time.time() - who["time"] > SEED_WAIT_S:
             return
-        elif who["host"] == socket.gethostname() and not _alive(who["pid"]):
+        elif liveness.gone(who):
             return
         time.sleep(0.2)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def worker_seed(seed: int, i: int) -> int:
