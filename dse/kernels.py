@@ -107,22 +107,27 @@ def reference_gemm_int(a: np.ndarray, w: np.ndarray, mult: Multiplier, a_signed:
     return out
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.ndarray, int, int]:
-    """x [B, C, H, W] -> cols [B, Ho, Wo, C, kh, kw] (zero padded), Ho, Wo."""
+def _taps(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[list, int, int]:
+    """The kernel taps of a conv over x [B, C, H, W] (zero padded): views [B, C, Ho, Wo] of the padded input, one
+    per tap (i, j) in row-major order, and Ho, Wo."""
     B, C, H, W = x.shape
     pt, pl, pb, pr = pads
-    sh, sw = stride
-    dh, dw = dilation
+    (sh, sw), (dh, dw) = stride, dilation
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pads, dilation)
     xp = np.zeros((B, C, H + pt + pb, W + pl + pr), dtype=x.dtype)
     xp[:, :, pt:pt + H, pl:pl + W] = x
-    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    cols = np.empty((B, Ho, Wo, C, kh, kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, :, i, j] = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh,
-                                        j * dw: j * dw + sw * (Wo - 1) + 1: sw].transpose(0, 2, 3, 1)
-    return cols, Ho, Wo
+    return [xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+            for i in range(kh) for j in range(kw)], Ho, Wo
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.ndarray, int, int]:
+    """x [B, C, H, W] -> cols [B, Ho, Wo, C, kh, kw] (zero padded), Ho, Wo."""
+    taps, Ho, Wo = _taps(x, kh, kw, stride, pads, dilation)
+    B, C = x.shape[:2]
+    cols = np.empty((B, Ho, Wo, C, kh * kw), dtype=x.dtype)
+    for t, v in enumerate(taps):
+        cols[..., t] = v.transpose(0, 2, 3, 1)
+    return cols.reshape(B, Ho, Wo, C, kh, kw), Ho, Wo
 
 
 def _reference_conv(x, w, gemm, dtype, stride, pads, dilation, groups):
@@ -898,18 +903,11 @@ def conv_out_hw(H: int, W: int, kh: int, kw: int, stride, pads, dilation) -> tup
 
 def im2col_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation) -> tuple[np.ndarray, int, int]:
     """x [B, C, H, W] -> cols [C*kh*kw, B*Ho*Wo] (row index (c, i, j) row-major, zero padded), Ho, Wo."""
-    B, C, H, W = x.shape
-    pt, pl, pb, pr = pads
-    sh, sw = stride
-    dh, dw = dilation
-    xp = np.zeros((C, B, H + pt + pb, W + pl + pr), dtype=x.dtype)
-    xp[:, :, pt:pt + H, pl:pl + W] = x.transpose(1, 0, 2, 3)
-    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    cols = np.empty((C, kh, kw, B, Ho, Wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, i, j] = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+    taps, Ho, Wo = _taps(x, kh, kw, stride, pads, dilation)
+    B, C = x.shape[:2]
+    cols = np.empty((C, kh * kw, B, Ho, Wo), dtype=x.dtype)
+    for t, v in enumerate(taps):
+        cols[:, t] = v.transpose(1, 0, 2, 3)
     return cols.reshape(C * kh * kw, B * Ho * Wo), Ho, Wo
 
 
