@@ -173,7 +173,8 @@ def quantize_act(x: np.ndarray, scale: float, signed: bool) -> np.ndarray:
 def reference_quantize_act(x: np.ndarray, scale: float, signed: bool) -> np.ndarray:
     """numpy twin of :func:`quantize_act`."""
     lo, hi = (-128, 127) if signed else (0, 255)
-    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale))
+    with np.errstate(over="ignore"):  # x / scale beyond float32 is inf, clipped like any other large value
+        q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale))
     return np.clip(q, lo, hi).astype(np.int8 if signed else np.uint8)
 
 
