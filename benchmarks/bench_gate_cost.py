@@ -9,7 +9,9 @@ One search of the budget (one worker, in this process, the budget's seed, ``--tr
 the points so far and predicting the trial; timed by wrapping it, which works on older versions too) in every trial,
 against the trials' whole time (Optuna's start/complete times), the propagated surrogate's network runs in it
 (``PropagatedSurrogate.logits`` calls), the trials the gate sat out (``[search] predictor_max_share``; "-" on code
-without it), how often it switched on or off, what it skipped and kept, the best and the wall time (set-up included).
+without it), how often it switched on or off, what it skipped and kept, the best and the wall time (set-up included);
+the propagated surrogate's images (those of its network runs), the set-up (from the start to the first trial's) and
+the trials per minute (completed trials over the time from the first trial's start to the last one's end).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +31,7 @@ def one(budget: Path, trials: int) -> dict:
     from dse.search import objective, rundir
     from dse.search.context import search_from_budget
 
-    clock = {"gate": 0.0, "runs": 0, "inside": False}
+    clock = {"gate": 0.0, "runs": 0, "inside": False, "images": set()}
     predict, logits = objective.Objective._predict, pr.PropagatedSurrogate.logits
 
     def timed_predict(self, *a, **kw):   # the gate's work before a trial: refit on the points so far, predict
@@ -41,19 +44,24 @@ def one(budget: Path, trials: int) -> dict:
 
     def counted_logits(self, *a, **kw):
         clock["runs"] += clock["inside"]
+        clock["images"].add(self.n_images)
         return logits(self, *a, **kw)
     objective.Objective._predict, pr.PropagatedSurrogate.logits = timed_predict, counted_logits
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
+            t0, started = time.perf_counter(), datetime.now()
             res = search_from_budget(str(budget), run_dir=Path(tmp) / "run", n_trials=trials, workers=1)
             wall = time.perf_counter() - t0
             done = [t for t in rundir.load_study(Path(tmp) / "run").trials if t.datetime_complete is not None]
     finally:
         objective.Objective._predict, pr.PropagatedSurrogate.logits = predict, logits
+    first = min(t.datetime_start for t in done)
+    last = max(t.datetime_complete for t in done)
     best = res.get("best") or {}
     rec = res["trials"].get("predictor_record", {})
-    return {"wall": wall, "gate_s": clock["gate"], "propagated_runs": clock["runs"],
+    return {"wall": wall, "setup_s": (first - started).total_seconds(),
+            "per_min": 60 * len(done) / max((last - first).total_seconds(), 1e-9),
+            "prop_images": "/".join(str(n) for n in sorted(clock["images"])) or "-", "gate_s": clock["gate"], "propagated_runs": clock["runs"],
             "trial_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
             "complete": res["trials"]["complete"], "skipped": res["trials"]["skipped_predictor"],
             "used": rec.get("used", {}), "on": rec.get("on", 0), "paused": rec.get("paused", "-"),
@@ -70,15 +78,16 @@ def main() -> int:
     ap.add_argument("--header", action="store_true", help="print the table's header first")
     a = ap.parse_args()
     if a.header:
-        print("| budget | code | trials | trials' time | gate's time in them | gate's share | propagated runs | "
+        print("| budget | code | propagated images | set-up | trials/min | trials | trials' time | gate's time in them | gate's share | propagated runs | "
               "sat out | switches | skipped by the gate | predicted by (gate on) | best energy | wall |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         r = one(budget_with(a.budget, "search", {"timeout_s": a.timeout}, Path(tmp) / a.budget.name), a.trials)
     import dse
 
     kept = ", ".join(f"{k} {n}" for k, n in r["used"].items())
-    print(f"| `{a.budget.name}` | {a.label} (`{Path(dse.__file__).parent.parent}`) | {r['complete']} | "
+    print(f"| `{a.budget.name}` | {a.label} (`{Path(dse.__file__).parent.parent}`) | {r['prop_images']} | "
+          f"{r['setup_s']:.0f} s | {r['per_min']:.1f} | {r['complete']} | "
           f"{r['trial_s']:.0f} s | {r['gate_s']:.1f} s | {100 * r['gate_s'] / max(r['trial_s'], 1e-9):.1f} % | "
           f"{r['propagated_runs']} | {r['paused']} | {r['switches']} | {r['skipped']} | {kept} ({r['on']}) | "
           f"{r['best']:.4f} | {r['wall']:.0f} s |")

@@ -247,7 +247,23 @@ def _propagated(ctx, n: int, seed: int):
     return [prop if c.kind == prop.kind else c for c in ctx.predictor.candidates]
 
 
-def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: int | None = None) -> dict:
+def sized_images(ctx, budget: Path, variant: str) -> int:
+    """Images of the propagated surrogate for ``variant``: a number, or ``auto``: the search's own rule
+    (dse.search.context.propagated_images) on the costs this context measured, with the budget's own trial images
+    (its ``[data] images``, not the bench's ``--images``), gate share and set-up budget."""
+    from dse.budget import load_budget
+    from dse.search.context import SENSITIVITY_IMAGES, propagated_images
+
+    if variant != "auto":
+        return int(variant)
+    b, z = load_budget(budget), ctx.info["predictor"]["propagated"]
+    trial = s_images(budget, ctx.evaluator.n_images)
+    return propagated_images(z["predict_s_per_image"], z["trial_s_per_image"], trial, b.search.predictor_max_share,
+                             trial, min(SENSITIVITY_IMAGES, trial), b.search.setup_budget_s,
+                             ctx.info["predictor"]["configs"])[0]
+
+
+def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: tuple = ("auto",)) -> dict:
     from dse.budget import load_budget
     from dse.predict import LossModel, surrogate_candidate
     from dse.search import seeds
@@ -266,20 +282,22 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
     uni = uniform_configs(ctx.space, n_uniform, rng)
     old = [{}] + uniform_configs(ctx.space, 10, np.random.default_rng(seed + 7919), (0.2, 1.0))
     fit0 = setup_fit_configs(ctx.space, s.seed)
-    n, skip = ctx.evaluator.n_images, sur.n_images
+    ns = [sized_images(ctx, budget, v) for v in prop_images]
+    n, skip = ctx.evaluator.n_images, max([sur.n_images, *ns])   # no surrogate saw an evaluation image
     half = half_of(n_near)
     t0 = time.perf_counter()
     exact = eval_hits(ctx, {}, skip)
     (h_near, _), (h_uni, t_uni) = measure(ctx, near, skip), measure(ctx, uni, skip)
     # the set-up's fit points as the search has them: accuracies on the surrogate's images
-    y_fit0 = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, skip).mean()) for c in fit0])
-    y_old = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, skip).mean()) for c in old])
+    m0 = sur.n_images
+    y_fit0 = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, m0).mean()) for c in fit0])
+    y_old = np.array([sur.acc_exact - float(ctx.evaluator.correct(c, 0, m0).mean()) for c in old])
     t_measure = time.perf_counter() - t0
     k = n - skip   # evaluation images from the search split; the rest are the hold-out split's
     mn, mu = Measured.of(exact, h_near), Measured.of(exact, h_uni)
     y_near, y_uni = mn.loss, mu.loss
     out = {"budget": str(budget), "model": ctx.info["model"], "images": int(exact.size), "search_images": k,
-           "holdout_images": int(exact.size - k), "surrogate_images": skip,
+           "holdout_images": int(exact.size - k), "surrogate_images": sur.n_images, "skip": skip,
            "budget_loss": s.budget_loss, "layers": len(ctx.space.searchable), "setup_s": t_setup,
            "measure_s": t_measure, "near_loss": y_near.tolist(), "near_se": mn.se.tolist(),
            "uniform_loss": y_uni.tolist(), "uniform_se": mu.se.tolist(), "setup_info": ctx.info["predictor"],
@@ -290,8 +308,11 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
            "emulate_s_per_image": float(np.median(t_uni)) / exact.size, "trial_images": s_images(budget, n),
            "kinds": [c.kind for c in ctx.predictor.candidates]}
     # the search's own candidates (dse.search.context.gate_candidates)
-    cands = _propagated(ctx, prop_images, s.seed) if prop_images else ctx.predictor.candidates
-    out["propagated_images"] = prop_images or skip
+    variants = {m: _propagated(ctx, m, s.seed) for m in dict.fromkeys(ns)}
+    cands = variants[ns[0]]
+    out["propagated_images"] = ns[0]
+    out["sizing"] = ctx.info["predictor"].get("propagated")
+    out["auto_images"] = sized_images(ctx, budget, "auto") if out["sizing"] else None
     # each candidate alone in the search's gate, then the gate over all of them: the same points in the same order
     focus = ctx.predictor.focus
     setup, s_near = list(zip(fit0, y_fit0)), list(zip(near, y_near))
@@ -321,7 +342,24 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
                      "halves": {"near": mn.halves.tolist(), "uniform": mu.halves.tolist()}}
     m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
     out["surrogate_model"] = {"c": m.c, "w": list(m.w)}
+    out["variants"] = {str(m): _variant(variants[m], fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni,
+                                        focus) for m in ns[1:]}
     return out
+
+
+def _variant(cands, fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni, focus) -> dict:
+    """The search's gate over ``cands`` (another propagated surrogate size) on the same streams as the main run, and
+    the propagated surrogate's time per prediction (measured as in the main run)."""
+    prop = next(c for c in cands if c.kind == "propagated surrogate")
+    _rows(prop, fit0), _rows(prop, near)
+    _, t_pred = _timed_rows(prop, uni)
+    half = half_of(len(near))
+    COMPUTED.clear()
+    p_near, k_near, a_near = gate_stream(cands, setup, s_near, half, focus)
+    p_uni, k_uni, a_uni = gate_stream(cands, setup, s_uni, n_near, focus)
+    return {"predict_s": float(np.median(t_pred)), "gate_computed": dict(COMPUTED),
+            "near": {**_scores(p_near, y_near[half:]), "kept": k_near, "active": a_near},
+            "uniform": {**_scores(p_uni, y_uni), "kept": k_uni, "active": a_uni}}
 
 
 def s_images(budget: Path, n: int) -> int:
@@ -356,7 +394,7 @@ def table(r: dict) -> str:
     ceil = {k: ceiling(v) for k, v in rel.items()}
     head = (f"`{Path(r['budget']).name}` ({Path(r['model']).name}, {r['layers']} searchable layers, budget "
             f"{100 * r['budget_loss']:.1f} pp): losses on {r['images']} images no predictor saw ({r['search_images']} "
-            f"search-split images past the surrogates' first {r['surrogate_images']}, {r['holdout_images']} hold-out); "
+            f"search-split images past the surrogates' first {r['skip']}, {r['holdout_images']} hold-out); "
             f"logit surrogate on {r['surrogate_images']}, propagated surrogate on {r['propagated_images']}; "
             f"near-budget losses {100 * yn.min():.2f}..{100 * yn.max():.2f} pp (paired SE median "
             f"{100 * np.median(se_n):.2f} pp), uniform {100 * yu.min():.1f}..{100 * yu.max():.1f} pp (SE median "
@@ -381,12 +419,24 @@ def table(r: dict) -> str:
     lines.append(f"| **the search's gate** (the candidate it keeps, refitted on the same points) | "
                  f"{_fmt(g['near'], ceil['near'])} | {_fmt(g['uniform'], ceil['uniform'])} |")
     lines.append(f"| gate: kept candidate; predictions with the gate on | {_kept(g['near'])} | {_kept(g['uniform'])} |")
+    for m, v in r.get("variants", {}).items():
+        lines.append(f"| the search's gate, propagated surrogate on {m} images ({1e3 * v['predict_s']:.0f} ms per "
+                     f"prediction) | {_fmt(v['near'], ceil['near'])} | {_fmt(v['uniform'], ceil['uniform'])} |")
+        lines.append(f"| gate ({m} images): kept candidate; predictions with the gate on | {_kept(v['near'])} | "
+                     f"{_kept(v['uniform'])} |")
     gc = r["gate_computed"]
     costly = ", ".join(f"{k} {n}" for k, n in gc["rows"].items())
     lines += ["", f"Network runs of the gate's costly candidate (its features of a point not at hand) over both "
               f"streams: {costly} of {gc['points']} points."]
     m = r["surrogate_model"]
     trial = r["emulate_s_per_image"] * r["trial_images"]
+    z = r.get("sizing")
+    if z:
+        lines += ["", f"The search's rule (dse.search.context.propagated_images) gives the propagated surrogate "
+                  f"{r['auto_images']} images on this budget from the set-up's costs, "
+                  f"{1e3 * z['predict_s_per_image']:.3f} ms per image and prediction against "
+                  f"{1e3 * z['trial_s_per_image']:.3f} ms per emulated image (this context: {z['images']}, "
+                  f"bound: {z['bound']}, on the bench's --images)."]
     lines += ["", f"Time per prediction (median over the uniform configurations, first prediction of each; one run, "
               f"side by side) against an emulated full-fidelity trial ({r['trial_images']} images, "
               f"{1e3 * trial:.0f} ms: the median measuring time per image x images):", "",
@@ -419,12 +469,13 @@ def main() -> int:
     ap.add_argument("--near", type=int, default=40)
     ap.add_argument("--uniform", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--propagated-images", type=int, default=None,
-                    help="images of the propagated surrogate (default: the search's, as the logit surrogate's)")
+    ap.add_argument("--propagated-images", nargs="+", default=["auto"],
+                    help="images of the propagated surrogate: numbers or 'auto' (the search's rule with the budget's "
+                         "own settings); the first is the main table's, the others are compared on the same points")
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every point (features, measured losses) to this file")
     a = ap.parse_args()
-    r = run(a.budget, a.images, a.near, a.uniform, a.seed, a.propagated_images)
+    r = run(a.budget, a.images, a.near, a.uniform, a.seed, tuple(a.propagated_images))
     t = table(r)
     print(t)
     if a.json:
@@ -432,7 +483,7 @@ def main() -> int:
 
         a.json.write_text(json.dumps(r, indent=1, default=float))
     if a.write_results:
-        extra = f" --propagated-images {a.propagated_images}" if a.propagated_images else ""
+        extra = "" if a.propagated_images == ["auto"] else f" --propagated-images {' '.join(a.propagated_images)}"
         write_results(str(a.budget), f"`python benchmarks/bench_predict.py {a.budget} --images {a.images} --near "
                       f"{a.near} --uniform {a.uniform} --seed {a.seed}{extra}`", t, extra)
         print(f"updated {RESULTS}")

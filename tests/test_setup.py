@@ -107,3 +107,52 @@ def test_real_context_with_a_spent_setup_budget(tmp_path):
     assert sur.measured == known and c["measured"] <= known  # past the budget: no new single-layer run
     assert c["measured"] + c["estimated"] + c["skipped"] == sum(len(v) for v in items.values()) + c["skipped"]
     assert "setup_budget_s = 0.001 reached" in seen[-1][3]
+
+
+def test_propagated_images_bounds():
+    """The propagated surrogate's images: the tighter of its two cost bounds, within [least, available]."""
+    import math
+
+    from dse.predict import COSTLY_EVERY
+    from dse.search.context import propagated_images
+
+    kw = dict(trial_images=1000, available=1000, least=300, setup_points=10)
+    # gate share: images * predict_s <= share * COSTLY_EVERY * trial_images * trial_s, exactly at the boundary
+    n, bound = propagated_images(1e-3, 1e-3, share=0.15, setup_left_s=math.inf, **kw)
+    assert (n, bound) == (int(0.15 * COSTLY_EVERY * 1000), "gate share")
+    # a prediction twice as dear per image as a trial halves it
+    assert propagated_images(2e-3, 1e-3, share=0.15, setup_left_s=math.inf, **kw)[0] == n // 2
+    # the set-up budget: a rebuild and the set-up's 10 points again fit in what is left: 0.55 s / (0.1 ms x 11)
+    n, bound = propagated_images(1e-4, 1e-3, share=0.15, setup_left_s=0.55, **kw)
+    assert bound == "set-up budget" and n == 500 and n * 1e-4 * 11 <= 0.55
+    # neither bound binds (cheap predictions, unbounded share): every search image
+    assert propagated_images(1e-5, 1e-3, share=math.inf, setup_left_s=1e9, **kw) == (1000, "search images")
+    # a bound below the set-up's images, or a spent set-up budget: the images it was first built on
+    assert propagated_images(1e-2, 1e-3, share=0.1, setup_left_s=1e9, **kw) == (300, "floor")
+    assert propagated_images(1e-5, 1e-3, share=0.1, setup_left_s=-5.0, **kw) == (300, "floor")
+    # a search split smaller than the set-up's images: all of them, never more
+    small = dict(kw, available=60, least=60)
+    assert propagated_images(1e-5, 1e-3, share=math.inf, setup_left_s=1e9, **small) == (60, "floor")
+
+
+@pytest.mark.parametrize("share, grows", [(1.0, True), (0.001, False)])
+def test_real_context_sizes_the_propagated_surrogate(tmp_path, share, grows):
+    """The bundled LeNet-5 on 900 search images: with the gate's share at 1 the propagated surrogate grows past the
+    set-up's 300 images (a prediction there costs about a trial per image, so the share allows ~4 x 900 x 1 images:
+    all 900), with a share of 0.001 it stays on them (the rule's bound is ~4 images); the sizing says which and why,
+    and the surrogate the gate holds is the one described."""
+    from dse.search.context import SENSITIVITY_IMAGES, build_context
+
+    b = tmp_path / "b.toml"
+    b.write_text(f"[data]\nimages = 900\nconfirm = 0\n[search]\nworkers = 1\npredictor_max_share = {share}\n"
+                 "prefix_cache_mib = 16\n[space]\nmultipliers = ['mitch_w6', 'drum4']\ncv = [false]\n")
+    ctx = build_context(str(b))
+    z = ctx.info["predictor"]["propagated"]
+    prop = next(c for c in ctx.predictor.candidates if c.kind == "propagated surrogate")
+    n = prop.features.__self__.n_images
+    assert z["images"] == n and z["predict_s_per_image"] > 0 and z["trial_s_per_image"] > 0
+    if grows:
+        assert n > SENSITIVITY_IMAGES and z["bound"] in ("search images", "gate share", "set-up budget")
+        assert n <= 900
+    else:
+        assert (n, z["bound"]) == (SENSITIVITY_IMAGES, "floor")
