@@ -10,7 +10,7 @@ the points so far and predicting the trial; timed by wrapping it, which works on
 against the trials' whole time (Optuna's start/complete times), the propagated surrogate's network runs in it
 (``PropagatedSurrogate.logits`` calls), the trials the gate sat out (``[search] predictor_max_share``; "-" on code
 without it), how often it switched on or off, what it skipped and kept, the best and the wall time (set-up included);
-the propagated surrogate's images (those of its network runs), the set-up (from the start to the first trial's) and
+the propagated surrogate's images (the most of its network runs: the search's sizing predicts on the set-up's 300 first), the set-up (from the start to the first trial's) and
 the trials per minute (completed trials over the time from the first trial's start to the last one's end).
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def one(budget: Path, trials: int) -> dict:
     rec = res["trials"].get("predictor_record", {})
     return {"wall": wall, "setup_s": (first - started).total_seconds(),
             "per_min": 60 * len(done) / max((last - first).total_seconds(), 1e-9),
-            "prop_images": "/".join(str(n) for n in sorted(clock["images"])) or "-", "gate_s": clock["gate"], "propagated_runs": clock["runs"],
+            "prop_images": max(clock["images"], default="-"), "gate_s": clock["gate"], "propagated_runs": clock["runs"],
             "trial_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
             "complete": res["trials"]["complete"], "skipped": res["trials"]["skipped_predictor"],
             "used": rec.get("used", {}), "on": rec.get("on", 0), "paused": rec.get("paused", "-"),
