@@ -256,7 +256,7 @@ def sized_images(ctx, budget: Path, variant: str) -> int:
 
     if variant != "auto":
         return int(variant)
-    b, z = load_budget(budget), ctx.info["predictor"]["propagated"]
+    b, z = load_budget(budget), ctx.info["setup"]["propagated_surrogate"]
     trial = s_images(budget, ctx.evaluator.n_images)
     return propagated_images(z["predict_s_per_image"], z["trial_s_per_image"], trial, b.search.predictor_max_share,
                              trial, min(SENSITIVITY_IMAGES, trial), b.search.setup_budget_s,
@@ -311,7 +311,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
     variants = {m: _propagated(ctx, m, s.seed) for m in dict.fromkeys(ns)}
     cands = variants[ns[0]]
     out["propagated_images"] = ns[0]
-    out["sizing"] = ctx.info["predictor"].get("propagated")
+    out["sizing"] = ctx.info["setup"]["propagated_surrogate"]
     out["auto_images"] = sized_images(ctx, budget, "auto") if out["sizing"] else None
     # each candidate alone in the search's gate, then the gate over all of them: the same points in the same order
     focus = ctx.predictor.focus

@@ -147,7 +147,7 @@ def test_real_context_sizes_the_propagated_surrogate(tmp_path, share, grows):
     b.write_text(f"[data]\nimages = 900\nconfirm = 0\n[search]\nworkers = 1\npredictor_max_share = {share}\n"
                  "prefix_cache_mib = 16\n[space]\nmultipliers = ['mitch_w6', 'drum4']\ncv = [false]\n")
     ctx = build_context(str(b))
-    z = ctx.info["predictor"]["propagated"]
+    z = ctx.info["setup"]["propagated_surrogate"]
     prop = next(c for c in ctx.predictor.candidates if c.kind == "propagated surrogate")
     n = prop.features.__self__.n_images
     assert z["images"] == n and z["predict_s_per_image"] > 0 and z["trial_s_per_image"] > 0

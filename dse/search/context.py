@@ -310,7 +310,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
     baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress, deadline,
                                                                run_dir and Checkpoint(run_dir, BASELINES_FILE, key))
-    predictor, estimate, pinfo, accs, sur = None, None, {}, None, None
+    predictor, estimate, pinfo, accs, sur, sizing = None, None, {}, None, None, None
     if want_predictor:
         cfgs = setup_fit_configs(space, s.seed)
 
@@ -329,8 +329,6 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                                                      "(set-up budget)"]) + ([] if prop else [PROPAGATED_CUT])
         predictor, estimate, pinfo = predictor_gate(gate_candidates(layers, space, sur, prop), sur, cfgs[:len(accs)],
                                                     accs, n_sens, "; ".join(notes), focus=gate_focus(s))
-        if sizing is not None:
-            pinfo["propagated"] = asdict(sizing)
     if run_dir and not cached:
         context_cache.save(run_dir, context_cache.ContextCache(key, qmodel.state(), baseline, accs,
                                                                sur.state() if sur else None))
@@ -341,6 +339,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
             "multipliers": space.multipliers,
             "data": {"search": ev.n_images, "confirm": int(split.confirm.size), "holdout": hv.n_images},
             "predictor": pinfo, "setup": {"budget_s": clock.budget_s, "sensitivities": sensitivity.counts,
+                                          "propagated_surrogate": asdict(sizing) if sizing else None,
                                           "context_cache": "loaded" if cached else (why or "computed")}}
     return SearchContext(space=space, evaluator=ev, holdout=hv, confirm=cv_, unused=uv, energy=energy,
                          predictor=predictor,
