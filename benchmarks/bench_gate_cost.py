@@ -10,7 +10,7 @@ the points so far and predicting the trial; timed by wrapping it, which works on
 against the trials' whole time (Optuna's start/complete times), the propagated surrogate's network runs in it
 (``PropagatedSurrogate.logits`` calls), the trials the gate sat out (``[search] predictor_max_share``; "-" on code
 without it), how often it switched on or off, what it skipped and kept, the best and the wall time (set-up included);
-the propagated surrogate's images (the most of its network runs: the search's sizing predicts on the set-up's 300 first), the set-up (from the start to the first trial's) and
+the propagated surrogate's images (the most of its network runs), the set-up (from the start to the first trial's) and
 the trials per minute (completed trials over the time from the first trial's start to the last one's end).
 """
 from __future__ import annotations

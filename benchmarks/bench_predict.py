@@ -2,7 +2,7 @@
 model, measured the way the search uses them.
 
 Run:  python benchmarks/bench_predict.py search_spaces/default.toml [--images 5000] [--near 40] [--uniform 20]
-      [--seed 0] [--write-results]
+      [--seed 0] [--propagated-images N [N ...]] [--write-results]
 
 Protocol (one budget file; its model, data, space, energy model and set-up as `dse search` builds them, but on
 ``--images`` images of the search split instead of the budget's cap, so each measured loss has a small sampling
@@ -30,6 +30,8 @@ error, reported as the paired standard error of every loss):
 * set-up fit only: each candidate fitted on the set-up's points alone, on the near-budget second half;
 * before: the previous protocol (all-exact + 10 random configurations with 20-100 % of the layers approximate, the
   raw surrogate loss alone) on the same held-out sets.
+``--propagated-images``: the propagated surrogate on other image counts (the first in the main table, the
+search's gate with each of the others on the same points below it; the evaluation images start past the most).
 ``--write-results`` replaces this budget's row block in the "## Predictor" section of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -247,23 +249,7 @@ def _propagated(ctx, n: int, seed: int):
     return [prop if c.kind == prop.kind else c for c in ctx.predictor.candidates]
 
 
-def sized_images(ctx, budget: Path, variant: str) -> int:
-    """Images of the propagated surrogate for ``variant``: a number, or ``auto``: the search's own rule
-    (dse.search.context.propagated_images) on the costs this context measured, with the budget's own trial images
-    (its ``[data] images``, not the bench's ``--images``), gate share and set-up budget."""
-    from dse.budget import load_budget
-    from dse.search.context import SENSITIVITY_IMAGES, propagated_images
-
-    if variant != "auto":
-        return int(variant)
-    b, z = load_budget(budget), ctx.info["setup"]["propagated_surrogate"]
-    trial = s_images(budget, ctx.evaluator.n_images)
-    return propagated_images(z["predict_s_per_image"], z["trial_s_per_image"], trial, b.search.predictor_max_share,
-                             trial, min(SENSITIVITY_IMAGES, trial), b.search.setup_budget_s,
-                             ctx.info["predictor"]["configs"])[0]
-
-
-def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: tuple = ("auto",)) -> dict:
+def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: tuple = ()) -> dict:
     from dse.budget import load_budget
     from dse.predict import LossModel, surrogate_candidate
     from dse.search import seeds
@@ -282,7 +268,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
     uni = uniform_configs(ctx.space, n_uniform, rng)
     old = [{}] + uniform_configs(ctx.space, 10, np.random.default_rng(seed + 7919), (0.2, 1.0))
     fit0 = setup_fit_configs(ctx.space, s.seed)
-    ns = [sized_images(ctx, budget, v) for v in prop_images]
+    ns = [int(m) for m in prop_images] or [sur.n_images]   # the search's: the logit surrogate's images
     n, skip = ctx.evaluator.n_images, max([sur.n_images, *ns])   # no surrogate saw an evaluation image
     half = half_of(n_near)
     t0 = time.perf_counter()
@@ -311,8 +297,6 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
     variants = {m: _propagated(ctx, m, s.seed) for m in dict.fromkeys(ns)}
     cands = variants[ns[0]]
     out["propagated_images"] = ns[0]
-    out["sizing"] = ctx.info["setup"]["propagated_surrogate"]
-    out["auto_images"] = sized_images(ctx, budget, "auto") if out["sizing"] else None
     # each candidate alone in the search's gate, then the gate over all of them: the same points in the same order
     focus = ctx.predictor.focus
     setup, s_near = list(zip(fit0, y_fit0)), list(zip(near, y_near))
@@ -343,7 +327,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
     m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
     out["surrogate_model"] = {"c": m.c, "w": list(m.w)}
     out["variants"] = {str(m): _variant(variants[m], fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni,
-                                        focus) for m in ns[1:]}
+                                        focus) for m in dict.fromkeys(ns[1:]) if m != ns[0]}
     return out
 
 
@@ -430,13 +414,6 @@ def table(r: dict) -> str:
               f"streams: {costly} of {gc['points']} points."]
     m = r["surrogate_model"]
     trial = r["emulate_s_per_image"] * r["trial_images"]
-    z = r.get("sizing")
-    if z:
-        lines += ["", f"The search's rule (dse.search.context.propagated_images) gives the propagated surrogate "
-                  f"{r['auto_images']} images on this budget from the set-up's costs, "
-                  f"{1e3 * z['predict_s_per_image']:.3f} ms per image and prediction against "
-                  f"{1e3 * z['trial_s_per_image']:.3f} ms per emulated image (this context: {z['images']}, "
-                  f"bound: {z['bound']}, on the bench's --images)."]
     lines += ["", f"Time per prediction (median over the uniform configurations, first prediction of each; one run, "
               f"side by side) against an emulated full-fidelity trial ({r['trial_images']} images, "
               f"{1e3 * trial:.0f} ms: the median measuring time per image x images):", "",
@@ -469,9 +446,9 @@ def main() -> int:
     ap.add_argument("--near", type=int, default=40)
     ap.add_argument("--uniform", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--propagated-images", nargs="+", default=["auto"],
-                    help="images of the propagated surrogate: numbers or 'auto' (the search's rule with the budget's "
-                         "own settings); the first is the main table's, the others are compared on the same points")
+    ap.add_argument("--propagated-images", type=int, nargs="+", default=[],
+                    help="images of the propagated surrogate (default: the search's, as the logit surrogate's); the "
+                         "first is the main table's, the others' gates are compared on the same points")
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every point (features, measured losses) to this file")
     a = ap.parse_args()
@@ -483,7 +460,7 @@ def main() -> int:
 
         a.json.write_text(json.dumps(r, indent=1, default=float))
     if a.write_results:
-        extra = "" if a.propagated_images == ["auto"] else f" --propagated-images {' '.join(a.propagated_images)}"
+        extra = f" --propagated-images {' '.join(map(str, a.propagated_images))}" if a.propagated_images else ""
         write_results(str(a.budget), f"`python benchmarks/bench_predict.py {a.budget} --images {a.images} --near "
                       f"{a.near} --uniform {a.uniform} --seed {a.seed}{extra}`", t, extra)
         print(f"updated {RESULTS}")

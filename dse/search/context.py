@@ -6,7 +6,6 @@ factory each worker process calls. The search split is shuffled once (seeded) so
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -310,7 +309,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
     baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress, deadline,
                                                                run_dir and Checkpoint(run_dir, BASELINES_FILE, key))
-    predictor, estimate, pinfo, accs, sur, sizing = None, None, {}, None, None, None
+    predictor, estimate, pinfo, accs, sur = None, None, {}, None, None
     if want_predictor:
         cfgs = setup_fit_configs(space, s.seed)
 
@@ -324,7 +323,6 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                                    progress, cached, keep)
         cached = cached if cached and cached.predictor_done else None
         prop = _propagated(emu, search, n_sens, s.seed, deadline)
-        prop, sizing = _sized_propagated(prop, emu, search, cfgs[:len(accs)], s, clock)
         notes = ([] if len(accs) == len(cfgs) else [f"fitted on {len(accs)} of {len(cfgs)} configurations "
                                                      "(set-up budget)"]) + ([] if prop else [PROPAGATED_CUT])
         predictor, estimate, pinfo = predictor_gate(gate_candidates(layers, space, sur, prop), sur, cfgs[:len(accs)],
@@ -339,7 +337,6 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
             "multipliers": space.multipliers,
             "data": {"search": ev.n_images, "confirm": int(split.confirm.size), "holdout": hv.n_images},
             "predictor": pinfo, "setup": {"budget_s": clock.budget_s, "sensitivities": sensitivity.counts,
-                                          "propagated_surrogate": asdict(sizing) if sizing else None,
                                           "context_cache": "loaded" if cached else (why or "computed")}}
     return SearchContext(space=space, evaluator=ev, holdout=hv, confirm=cv_, unused=uv, energy=energy,
                          predictor=predictor,
@@ -363,70 +360,6 @@ def _propagated(emu, search, n: int, seed: int, deadline: Deadline | None):
                                        check=deadline.check if deadline is not None else None)
     except RunTimeout:
         return None
-
-
-@dataclass(frozen=True)
-class PropagatedSizing:
-    """How many search images the propagated surrogate runs each prediction on (:func:`propagated_images`), what
-    bound set it (``bound``) and the per-image seconds it was decided from, measured side by side in the set-up: one
-    of its predictions and an emulated run of the same configuration (without the prefix cache)."""
-
-    images: int
-    bound: str
-    predict_s_per_image: float
-    trial_s_per_image: float
-
-
-def propagated_images(predict_s: float, trial_s: float, trial_images: int, share: float, available: int, least: int,
-                      setup_left_s: float, setup_points: int) -> tuple[int, str]:
-    """(images, the bound that set them) of the propagated surrogate. Its sampling error falls as 1/sqrt(images) and
-    its cost per prediction grows with them (``predict_s`` seconds per image; an emulated trial ``trial_s`` per image
-    on ``trial_images``), so it gets as many as its two cost bounds allow:
-
-    * ``gate share``: the gate computes its features of every dse.predict.COSTLY_EVERY-th trial (while it is off),
-      and one prediction may take the gate's share ``share`` (``[search] predictor_max_share``) of those trials' time:
-      ``images * predict_s <= share * COSTLY_EVERY * trial_images * trial_s``;
-    * ``set-up budget``: rebuilding it and predicting the set-up's ``setup_points`` configurations again fit in the
-      set-up time left: ``images * predict_s * (setup_points + 1) <= setup_left_s``;
-
-    at most ``available`` (the search images), at least ``least`` (the set-up's images, which it is first built on:
-    ``floor``, also when a bound allows fewer)."""
-    from dse.predict import COSTLY_EVERY
-
-    per = max(float(predict_s), 1e-12)
-    bounds = {"gate share": share * COSTLY_EVERY * trial_images * trial_s / per if math.isfinite(share) else math.inf,
-              "set-up budget": max(setup_left_s, 0.0) / (per * (setup_points + 1)),
-              "search images": float(available)}
-    bound = min(bounds, key=bounds.get)
-    n = int(bounds[bound])
-    if n <= least:
-        return min(least, available), "floor"
-    return n, bound
-
-
-def _sized_propagated(prop, emu, search, cfgs: list[dict], s: SearchSettings, clock: SetupClock):
-    """(the propagated surrogate ``prop`` rebuilt on :func:`propagated_images` search images when that is more than
-    it has, its :class:`PropagatedSizing`); the costs are timed on the set-up configuration with the most
-    approximate layers, each a second time (the first fits the surrogate's error models). ``prop`` as it is, and no sizing, when there is none, no such configuration, or the rebuild
-    is cut by the run's deadline."""
-    cfg = max((c for c in cfgs if c and prop is not None and prop.in_domain(c)), key=len, default=None)
-    if cfg is None:
-        return prop, None
-    x = search.images(0, prop.n_images)
-    prop.features(cfg)   # fits its layers' error models and draws their noise: once per choice, not per prediction
-    t0 = time.perf_counter()
-    prop.logits(cfg)
-    t1 = time.perf_counter()
-    emu.run(x, cfg)
-    t2 = time.perf_counter()
-    per_p, per_t = (t1 - t0) / prop.n_images, (t2 - t1) / prop.n_images
-    left = (clock.budget_s if clock.budget_s is not None else math.inf) - (time.monotonic() - clock.t0)
-    n, bound = propagated_images(per_p, per_t, len(search), s.predictor_max_share, len(search), prop.n_images, left,
-                                 len(cfgs))
-    grown = _propagated(emu, search, n, s.seed, clock.deadline) if n > prop.n_images else prop
-    if grown is None:
-        return prop, None
-    return grown, PropagatedSizing(grown.n_images, bound, per_p, per_t)
 
 
 def _stopped(stage: str, done: str, kept: Path | None, progressed: bool = True) -> str:
