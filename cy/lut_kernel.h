@@ -1131,16 +1131,64 @@ static inline __attribute__((always_inline)) void dse_dw_rowsum_body(const uint8
                                              (S[t + 2] >> (2 * DSE_DW_FIELD))));
 }
 
+/* The same sums for three groups whose runs start d bytes apart (goff = g0, g0 + d, g0 + 2 d: a kernel of three rows
+ * at stride 1, e.g. 3x3), the three lookups of a step unrolled with their runs addressed from one pointer and d
+ * (base + index * scale), the columns at fixed offsets from Q: no loop over groups, no group offsets reloaded from
+ * memory, no spilled pointers. */
+static inline __attribute__((always_inline)) void dse_dw_rowsum3_body(const uint8_t *P, const dse_dw_groups *gr,
+                                                                      int64_t L, const uint64_t *Q, int64_t base,
+                                                                      uint64_t *S, int32_t *full)
+{
+    const uint8_t *p = P + gr->goff[0];
+    const int64_t d = gr->goff[1] - gr->goff[0];
+    for (int64_t t = 0; t < L + 2; t += 8, p += 8) {
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, v;
+        memcpy(&v, p, 8);
+        {
+            const uint64_t *c = Q + 0;
+            DSE_DW_BYTES8_64(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+        }
+        memcpy(&v, p + d, 8);
+        {
+            const uint64_t *c = Q + 256;
+            DSE_DW_BYTES8_64(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+        }
+        memcpy(&v, p + 2 * d, 8);
+        {
+            const uint64_t *c = Q + 512;
+            DSE_DW_BYTES8_64(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+        }
+        S[t] = s0, S[t + 1] = s1, S[t + 2] = s2, S[t + 3] = s3;
+        S[t + 4] = s4, S[t + 5] = s5, S[t + 6] = s6, S[t + 7] = s7;
+    }
+    const uint64_t m = ((uint64_t)1 << DSE_DW_FIELD) - 1;
+    for (int64_t t = 0; t < L; t++)
+        full[t] = (int32_t)(base + (int64_t)((S[t] & m) + ((S[t + 1] >> DSE_DW_FIELD) & m) +
+                                             (S[t + 2] >> (2 * DSE_DW_FIELD))));
+}
+
+/* Whether the groups take dse_dw_rowsum3_body. */
+static inline int dse_dw_rows3(const dse_dw_groups *gr)
+{
+    return gr->ng == 3 && gr->goff[2] - gr->goff[1] == gr->goff[1] - gr->goff[0];
+}
+
 static void dse_dw_run_rowsum(const uint8_t *P, const dse_dw_groups *gr, int64_t L, const uint64_t *Q, int64_t base,
                               uint64_t *S, int32_t *full)
 {
-    dse_dw_rowsum_body(P, gr, L, Q, base, S, full);
+    if (dse_dw_rows3(gr))
+        dse_dw_rowsum3_body(P, gr, L, Q, base, S, full);
+    else
+        dse_dw_rowsum_body(P, gr, L, Q, base, S, full);
 }
 
 DSE_T_AVX2 static void dse_dw_run_rowsum_avx2(const uint8_t *P, const dse_dw_groups *gr, int64_t L, const uint64_t *Q,
                                               int64_t base, uint64_t *S, int32_t *full)
 {
-    dse_dw_rowsum_body(P, gr, L, Q, base, S, full);
+    if (dse_dw_rows3(gr))
+        dse_dw_rowsum3_body(P, gr, L, Q, base, S, full);
+    else
+        dse_dw_rowsum_body(P, gr, L, Q, base, S, full);
 }
 
 /* The groups of the taps (tap k's run starts at toff[k] in the phase planes, its column offset in its plane is

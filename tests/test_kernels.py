@@ -511,6 +511,28 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == "rowsum"
 
 
+@settings(deadline=None, max_examples=40)
+@given(B=st.integers(1, 2), C=st.integers(1, 3), og=st.integers(1, 2), H=st.integers(1, 40), W=st.integers(1, 40),
+       geo=st.sampled_from([((3, 1), (1, 1)), ((3, 2), (1, 1)), ((3, 3), (1, 1)), ((3, 3), (1, 2)),
+                            ((1, 3), (1, 3)), ((1, 3), (2, 3))]),
+       dil=st.tuples(st.integers(1, 3), st.just(1)), pads=st.tuples(*[st.integers(0, 2)] * 4), signed=st.booleans(),
+       extreme=st.booleans(), mname=st.sampled_from(ROWSUM_MULTS), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_rowsum_three_groups(B, C, og, H, W, geo, dil, pads, signed, extreme, mname, threads, seed):
+    """The rowsum kernel's unrolled body for three groups of taps whose runs start equally far apart (three kernel
+    rows at row stride 1, any row dilation; one row of three taps at column stride 3: its three phase planes), on
+    planes up to 40x40 with padding, against the reference at every ISA level and thread count."""
+    (k, stride) = geo
+    rng = np.random.default_rng(seed)
+    x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
+    mult = DW_MULTS[mname]
+    g = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
+    ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
+    with K.using_threads(threads):
+        for isa in ISAS:
+            assert np.array_equal(K._dw_conv(x, w, mult, signed, g, "rowsum", isa), ref), isa
+
+
 @pytest.mark.parametrize("pl", [0, 1, 2, 3])
 def test_depthwise_stride2_phase_split_every_width(pl):
     """The 16-byte split of a row into the two column phases of stride 2 (SSE2), at every width around its vector
