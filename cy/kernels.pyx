@@ -15,6 +15,8 @@
 * ``int_gemm(AT, Wp, fa, a_mode, gw, S, out, isa=None, threads=1)``: exact integer GEMM on int16 operand values
   (``cy/int_gemm.h``): ``out[b, n, s] = sum_kk A'[kk, b * img + s] W'[n, kk]`` with per-pattern factor tables.
 * ``fsum_seq(P) -> float32[R]``: sequential FP32 row sums in ascending k.
+* ``max_pool(x, kernel, stride, pads, dilation, out_hw, isa=None, threads=1) -> float32[B, C, Ho, Wo]``: 2-D max
+  pooling, numpy's running maximum over each window's taps (``cy/glue.h``); AVX2 for strides 1 and 2.
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
   ``DSE_KERNEL_ISA`` (``scalar``, ``avx2``, ``avx512``) caps the level, e.g. to test the fallbacks.
 """
@@ -53,6 +55,11 @@ cdef extern from "lut_kernel.h" nogil:
     void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
                     int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
                     uint8_t *cols, int nt)
+
+cdef extern from "glue.h" nogil:
+    void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                      int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
+                      int64_t Wo, float *out, int nt)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -450,3 +457,26 @@ def fsum_seq(const float[:, ::1] P):
     with nogil:
         dse_fsum_seq(&P[0, 0], R, K, &o[0])
     return out
+
+
+def max_pool(const float[:, :, :, ::1] x, kernel, stride, pads, dilation, out_hw, isa=None, int threads=1):
+    """float32[B, C, Ho, Wo]: the maximum over each window of x (``cy/glue.h``: numpy's running np.maximum over the
+    taps in row-major order from -inf, padded taps skipped, the same bits). ``pads`` (top, left, bottom, right); the
+    output size ``out_hw`` (Ho, Wo) holds the end pads and ceil mode. Returns (out, level_name)."""
+    cdef int level = _level(isa)
+    cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t kh = kernel[0], kw = kernel[1], sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1]
+    cdef int64_t pt = pads[0], pl = pads[1], Ho = out_hw[0], Wo = out_hw[1]
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl) < 0 or min(Ho, Wo) < 0:
+        raise ValueError(f"max_pool: kernel {kernel}, stride {stride}, dilation {dilation} must be >= 1, pads "
+                         f"{pads} and output {out_hw} >= 0")
+    out = np.empty((B, C, Ho, Wo), dtype=np.float32)
+    cdef float[:, :, :, ::1] o = out
+    if B and C and Ho and Wo:
+        if H == 0 or W == 0:
+            out.fill(-np.inf)
+            return out, ISA_NAMES[level]
+        with nogil:
+            dse_max_pool(level, &x[0, 0, 0, 0], B * C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo,
+                         &o[0, 0, 0, 0], max(1, threads))
+    return out, ISA_NAMES[level]

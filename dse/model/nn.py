@@ -1,9 +1,19 @@
-"""Numeric primitives of the float executor: sliding windows (im2col), convolution, pooling."""
+"""Numeric primitives of the float executor: sliding windows (im2col), convolution, pooling.
+
+Max pooling of float32 tensors runs the compiled loop ``dse._kernels.max_pool`` (``cy/glue.h``: a leaf extension that
+imports no dse module, so the model layer may use it) on one thread: a network run already splits its images over
+the threads (``dse.kernels.map_split``). It gives the bits of :func:`reference_max_pool`, numpy's running maximum.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from dse.errors import DseError
+
+try:
+    from dse import _kernels
+except ImportError:  # pragma: no cover - only when the extension was not built (dse.kernels says how to build it)
+    _kernels = None
 
 
 def out_size(n: int, k: int, s: int, p0: int, p1: int, d: int = 1, ceil: bool = False) -> int:
@@ -26,6 +36,18 @@ def windows(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.0, ce
     return cols, Ho, Wo
 
 
+def out_hw(hw, kernel, stride, pads, dilation, ceil: bool = False) -> tuple[int, int]:
+    """(Ho, Wo) of a 2-D sliding window over an H x W input (:func:`out_size` per axis); a window larger than the
+    padded input -> DseError."""
+    (H, W), (kh, kw), (dh, dw) = hw, kernel, dilation
+    Ho = out_size(H, kh, stride[0], pads[0], pads[2], dh, ceil)
+    Wo = out_size(W, kw, stride[1], pads[1], pads[3], dw, ceil)
+    if Ho < 1 or Wo < 1:
+        raise DseError(f"window {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input {H}x{W} "
+                       f"(pads {list(pads)}); fix the model's kernel/pads")
+    return Ho, Wo
+
+
 def window_views(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.0, ceil: bool = False):
     """The kh * kw strided views [B, C, Ho, Wo] of x padded with ``fill`` (element (i, j) of every window) as a list
     of ((i, j), view), Ho, Wo: windows without the copy into one array."""
@@ -34,11 +56,7 @@ def window_views(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.
     sh, sw = stride
     dh, dw = dilation
     pt, pl, pb, pr = pads
-    Ho = out_size(H, kh, sh, pt, pb, dh, ceil)
-    Wo = out_size(W, kw, sw, pl, pr, dw, ceil)
-    if Ho < 1 or Wo < 1:
-        raise DseError(f"window {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input {H}x{W} "
-                       f"(pads {list(pads)}); fix the model's kernel/pads")
+    Ho, Wo = out_hw((H, W), kernel, stride, pads, dilation, ceil)
     eb = max(pb, (Ho - 1) * sh + dh * (kh - 1) + 1 - H - pt)  # extra end padding in ceil mode
     er = max(pr, (Wo - 1) * sw + dw * (kw - 1) + 1 - W - pl)
     if pt or pl or eb or er:
@@ -86,12 +104,8 @@ def pool(x: np.ndarray, a: dict, kind: str) -> np.ndarray:
     H, W = x.shape[2:]
     pt, pl, pb, pr = a["pads"]
     ceil = bool(a.get("ceil_mode", 0))
-    if kind == "max":  # a running maximum over the window's views: no [B, C, kh, kw, Ho, Wo] copy
-        views, Ho, Wo = window_views(x, a["kernel"], a["stride"], a["pads"], a.get("dilation", (1, 1)), -np.inf, ceil)
-        out = np.array(views[0][1])
-        for _, v in views[1:]:
-            np.maximum(out, v, out=out)
-        return out
+    if kind == "max":
+        return max_pool(x, a["kernel"], a["stride"], a["pads"], a.get("dilation", (1, 1)), ceil)
     cols, Ho, Wo = windows(x, a["kernel"], a["stride"], a["pads"], (1, 1), 0.0, ceil)
     s = cols.sum(axis=(2, 3), dtype=np.float32)
     cnt = []
@@ -106,3 +120,22 @@ def pool(x: np.ndarray, a: dict, kind: str) -> np.ndarray:
         cnt.append(c)
     div = (cnt[0][:, None] * cnt[1][None, :]).astype(np.float32)
     return s / div
+
+
+def max_pool(x: np.ndarray, kernel, stride, pads, dilation, ceil: bool = False) -> np.ndarray:
+    """ONNX MaxPool of x [B, C, H, W]: float32 by the compiled loop (one thread), other dtypes (constant folding) by
+    :func:`reference_max_pool`; the same bits either way."""
+    if x.dtype != np.float32 or _kernels is None:
+        return reference_max_pool(x, kernel, stride, pads, dilation, ceil)
+    hw = out_hw(x.shape[2:], kernel, stride, pads, dilation, ceil)
+    return _kernels.max_pool(np.ascontiguousarray(x), kernel, stride, pads, dilation, hw)[0]
+
+
+def reference_max_pool(x: np.ndarray, kernel, stride, pads, dilation, ceil: bool = False) -> np.ndarray:
+    """numpy twin of :func:`max_pool`: a running np.maximum over the window's strided views (padded with -inf) in
+    row-major tap order, no [B, C, kh, kw, Ho, Wo] copy."""
+    views, Ho, Wo = window_views(x, kernel, stride, pads, dilation, -np.inf, ceil)
+    out = np.array(views[0][1])
+    for _, v in views[1:]:
+        np.maximum(out, v, out=out)
+    return out

@@ -1,0 +1,101 @@
+/* Glue ops of a network run outside the MAC kernels, with runtime ISA dispatch (levels of cy/lut_kernel.h).
+ *
+ * dse_max_pool: 2-D max pooling of float32 NCHW planes (ONNX MaxPool: kernel, stride, dilation, pads top/left, the
+ * output size from the caller, so ceil mode and the end pads are in Ho/Wo). Each output is numpy's running maximum
+ * np.maximum(acc, v) over its window's taps in row-major (i, j) order, starting from -inf (the padding's fill):
+ *   maximum(a, b) = a if a is NaN, else (a > b ? a : b)   -- b on ties (+0 vs -0) and when only b is NaN.
+ * Padded taps are skipped: maximum(acc, -inf) returns acc except for acc == -inf, where it returns the same -inf bits,
+ * so skipping them gives the same bits as reading them. A window without an input element gives -inf.
+ *
+ * Work is split over the B * C planes (OpenMP); every output is computed by one thread in the same tap order, so the
+ * result does not depend on the thread count. AVX2 (8 outputs per step, strides 1 and 2) at level >= 1, portable
+ * code below and for other strides, the same bits.
+ */
+#ifndef DSE_GLUE_H
+#define DSE_GLUE_H
+
+#include <math.h>
+#include <stdint.h>
+#include <immintrin.h>
+
+#include "lut_kernel.h" /* DSE_ISA_*, DSE_T_AVX2 */
+
+static inline float dse_np_maximum(float a, float b)
+{
+    return (a != a || a > b) ? a : b;
+}
+
+/* numpy's maximum on 8 lanes: vmaxps(a, b) is (a > b ? a : b) and b when either is NaN; the lanes where a is NaN
+ * then take a. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_np_maximum8(__m256 a, __m256 b)
+{
+    return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+}
+
+/* Outputs [o0, o1) of one row take tap column j: input column o * sw + off lies in [0, W). */
+static inline void dse_tap_range(int64_t W, int64_t Wo, int64_t sw, int64_t off, int64_t *o0, int64_t *o1)
+{
+    int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+    int64_t hi = W - 1 - off < 0 ? 0 : (W - 1 - off) / sw + 1;
+    *o0 = lo;
+    *o1 = hi < Wo ? hi : Wo;
+}
+
+/* acc[o] = maximum(acc[o], row[o * sw + off]) for o in [o0, o1). */
+static void dse_max_row(float *acc, const float *row, int64_t sw, int64_t off, int64_t o0, int64_t o1)
+{
+    for (int64_t o = o0; o < o1; o++)
+        acc[o] = dse_np_maximum(acc[o], row[o * sw + off]);
+}
+
+/* The same with AVX2 for sw 1 and 2; reads stay inside the row [0, W). */
+DSE_T_AVX2 static void dse_max_row_avx2(float *acc, const float *row, int64_t W, int64_t sw, int64_t off,
+                                        int64_t o0, int64_t o1)
+{
+    int64_t o = o0;
+    if (sw == 1) {
+        for (; o + 8 <= o1; o += 8)
+            _mm256_storeu_ps(acc + o, dse_np_maximum8(_mm256_loadu_ps(acc + o), _mm256_loadu_ps(row + o + off)));
+    } else if (sw == 2) {
+        for (; o + 8 <= o1 && 2 * o + off + 16 <= W; o += 8) {
+            const __m256 v0 = _mm256_loadu_ps(row + 2 * o + off), v1 = _mm256_loadu_ps(row + 2 * o + off + 8);
+            /* even lanes of v0 | v1: shuffle gives (v0 0 2, v1 0 2, v0 4 6, v1 4 6), the permute restores order */
+            const __m256 ev = _mm256_castpd_ps(_mm256_permute4x64_pd(
+                _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+            _mm256_storeu_ps(acc + o, dse_np_maximum8(_mm256_loadu_ps(acc + o), ev));
+        }
+    }
+    dse_max_row(acc, row, sw, off, o, o1);
+}
+
+static void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                         int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
+                         int64_t Wo, float *out, int nt)
+{
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t p = 0; p < P; p++) {
+        const float *xp = x + p * H * W;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            float *acc = out + (p * Ho + oh) * Wo;
+            for (int64_t o = 0; o < Wo; o++)
+                acc[o] = -INFINITY;
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t ih = oh * sh - pt + i * dh;
+                if (ih < 0 || ih >= H)
+                    continue;
+                const float *row = xp + ih * W;
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t off = j * dw - pl;
+                    int64_t o0, o1;
+                    dse_tap_range(W, Wo, sw, off, &o0, &o1);
+                    if (level >= DSE_ISA_AVX2)
+                        dse_max_row_avx2(acc, row, W, sw, off, o0, o1);
+                    else
+                        dse_max_row(acc, row, sw, off, o0, o1);
+                }
+            }
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,151 @@
+"""The compiled ops between MAC layers (cy/glue.h) against slow numpy references, bit for bit, and whole networks run
+through them against the numpy path they replaced."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dse import _kernels
+from dse.model import nn
+
+ISAS = _kernels.isa_levels()
+SPECIALS = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0], np.float32)
+
+
+def window_max(x: np.ndarray, kernel, stride, pads, dilation, ceil: bool) -> np.ndarray:
+    """Obviously right: the materialised windows (padded with -inf), reduced by np.maximum(acc, tap) over the taps in
+    row-major order from -inf -- the order fixes which of +0/-0 and which NaN payload a window gives."""
+    cols, _, _ = nn.windows(x, kernel, stride, pads, dilation, -np.inf, ceil)
+    taps = [cols[:, :, i, j] for i in range(kernel[0]) for j in range(kernel[1])]
+    return functools.reduce(np.maximum, taps, np.full(taps[0].shape, -np.inf, x.dtype))
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+@st.composite
+def pool_cases(draw):
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dil = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = tuple(draw(st.integers(0, kk - 1)) for kk in k + k)  # ONNX: pads smaller than the kernel
+    H, W = draw(st.integers(1, 12)), draw(st.integers(1, 45))   # W reaches the AVX2 steps of strides 1 and 2
+    shape = (draw(st.integers(1, 5)), draw(st.integers(1, 70)), H, W)
+    return dict(shape=shape, kernel=k, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), pads=pads,
+                dilation=dil, ceil=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 32 - 1)),
+                specials=draw(st.sampled_from([0.0, 0.05, 0.5])))
+
+
+def _input(shape, seed, specials):
+    """Random float32 with a share of NaNs (two payloads), infinities and signed zeros, and many ties."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, shape).astype(np.float32) * np.float32(0.5)
+    pick = rng.random(shape) < specials
+    x[pick] = rng.choice(SPECIALS, size=int(pick.sum()))
+    payload = rng.random(shape) < specials / 4
+    x[payload] = np.uint32(0x7FC00001).view(np.float32)
+    return x
+
+
+@settings(deadline=None, max_examples=150)
+@given(case=pool_cases(), isa=st.sampled_from(ISAS), threads=st.sampled_from([1, 2]))
+def test_max_pool_is_the_running_maximum_over_the_windows(case, isa, threads):
+    """Every ISA level and thread count gives the bits of np.maximum over the materialised windows (ties of signed
+    zeros, NaN payloads, infinities, 1x1 planes, asymmetric pads, dilations, ceil mode), and of the numpy path."""
+    x = _input(case["shape"], case["seed"], case["specials"])
+    args = (case["kernel"], case["stride"], case["pads"], case["dilation"], case["ceil"])
+    try:
+        hw = nn.out_hw(x.shape[2:], *args)
+    except Exception:
+        return
+    got, level = _kernels.max_pool(x, *args[:4], hw, isa, threads)
+    assert level == isa and got.shape == x.shape[:2] + hw and got.dtype == np.float32
+    want = window_max(x, *args)
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+    np.testing.assert_array_equal(_bits(nn.reference_max_pool(x, *args)), _bits(want))
+
+
+def test_max_pool_dispatch_and_other_dtypes(monkeypatch):
+    """nn.pool takes the compiled loop for float32 (any layout) and numpy for other dtypes; DSE_KERNEL_ISA caps the
+    level; a window past the padded input is a DseError naming the fix."""
+    from dse.errors import DseError
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 17, 33)).astype(np.float32)
+    a = {"kernel": (3, 3), "stride": (2, 2), "pads": (1, 1, 1, 1), "ceil_mode": 1}
+    want = window_max(x, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), True)
+    np.testing.assert_array_equal(nn.pool(x, a, "max"), want)
+    np.testing.assert_array_equal(nn.pool(np.asfortranarray(x), a, "max"), want)
+    got64 = nn.pool(x.astype(np.float64), a, "max")
+    assert got64.dtype == np.float64 and np.array_equal(got64, want)
+    monkeypatch.setenv("DSE_KERNEL_ISA", "scalar")
+    assert _kernels.max_pool(x, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (9, 17))[1] == "scalar"
+    with pytest.raises(DseError, match="larger than the padded input"):
+        nn.pool(x[:, :, :2], {"kernel": (4, 4), "stride": (1, 1), "pads": (0, 0, 0, 0)}, "max")
+    with pytest.raises(ValueError, match="must be >= 1"):
+        _kernels.max_pool(x, (3, 0), (2, 2), (1, 1, 1, 1), (1, 1), (9, 17))
+
+
+def _numpy_pool(monkeypatch):
+    """Run nn's max pooling on the numpy path it replaced."""
+    monkeypatch.setattr(nn, "_kernels", None)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bundled_lenet5_logits_are_those_of_the_numpy_pool(bundled_qmodel, monkeypatch, threads):
+    """LeNet-5 (two 2x2 max pools): emulator (exact and mitch_w6) and float executor give the same logit bits with
+    the compiled pool as with the numpy one."""
+    from dse.data import load_dataset
+    from dse.emulate import Emulator
+    from dse.kernels import using_threads
+    from dse.layer_config import LayerConfig
+    from dse.model.float_exec import run_float
+
+    g, qm = bundled_qmodel("lenet5")
+    x = load_dataset("fashion-mnist:holdout").images()[:40]
+    emu = Emulator(qm)
+    cfgs = [None, {l.name: LayerConfig("mitch_w6") for l in qm.layers}]
+    with using_threads(threads):
+        new = [emu.run(x, c) for c in cfgs] + [run_float(g, x)]
+        with monkeypatch.context() as m:
+            _numpy_pool(m)
+            old = [emu.run(x, c) for c in cfgs] + [run_float(g, x)]
+    for a, b in zip(new, old):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_resnet18_stem_pool_logits_are_those_of_the_numpy_pool(tmp_path, monkeypatch):
+    """bench_e2e's ResNet-18 with the ImageNet stem (7x7/2 conv, 3x3/2 max pool, pads 1) at 64x64: calibration and
+    emulated logits are bit-identical with the compiled pool and the numpy one."""
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_e2e
+
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    p = tmp_path / "r18.onnx"
+    onnx.save(bench_e2e.resnet18(64, classes=10), str(p))
+    g = load_onnx(p)
+    assert any(n.op == "maxpool" for n in g.nodes)
+    x, calib = bench_e2e.images(3, 64, seed=11), bench_e2e.images(4, 64, seed=3)
+    cfg = {n.name: LayerConfig("drum6") for n in g.mac_nodes}
+
+    def run():
+        qm = calibrate(g, calib)
+        emu = Emulator(qm)
+        return [np.array([l.a_scale for l in qm.layers], np.float64), emu.run(x), emu.run(x, cfg)]
+    new = run()
+    with monkeypatch.context() as m:
+        _numpy_pool(m)
+        old = run()
+    for a, b in zip(new, old):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
