@@ -37,6 +37,7 @@ cdef extern from "lut_kernel.h" nogil:
         int quant, qlo, qhi
         float qs
     int dse_cpu_level()
+    int DSE_RT_NT, DSE_RT_MB
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
@@ -439,6 +440,10 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
     if rc != 0:
         raise MemoryError("int_gemm: scratch buffers could not be allocated")
     return ISA_NAMES[level]
+
+
+# the row-table kernel's tile sizes: selector rows per tile, index positions per block (dse.kernels' cost model)
+ROWS_TILE, ROWS_BLOCK = DSE_RT_NT, DSE_RT_MB
 
 
 def int_gemm_fits32(int64_t K, int t, int64_t S):

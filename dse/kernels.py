@@ -646,7 +646,7 @@ def _lut_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa) -> np.ndarra
 # shapes with 256-, 128- and 80-row tables, both orientations, 2026-11-26; fits 0.9-2.0), and the kernel's tile sizes
 # (cy/lut_kernel.h: DSE_RT_NT selector rows per tile, DSE_RT_MB index positions per block).
 _ROWS_BUILD_COST = 1.5
-_ROWS_NT, _ROWS_MB = 32, 2048
+_ROWS_NT, _ROWS_MB = (32, 4096) if _kernels is None else (_kernels.ROWS_TILE, _kernels.ROWS_BLOCK)
 # Time per unit of _rows_cost with activations selecting relative to weights selecting (its operands are transposed
 # per call, its outputs written at stride P): measured on mitch_w6 (Zen 2, AVX2, one thread, 2026-11-26) 1.2-2.3x over
 # M = 4..784 positions (FC layers to 14x14 convs); 1.3 picks the faster orientation on each of the 7 shapes measured
@@ -1071,10 +1071,10 @@ def _conv_rows_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int
 
 # Image slices of conv2d_scaled on the paths that emit int64 sums (split, lut, ...): at most this many bytes of sums
 # (scaled while they are in cache), unless one slice would then hold fewer than _SCALED_SLICE_MIN_POS output positions
-# (the row-table kernel, also the rows path's slices, builds its tables per block of 2048 positions; short GEMMs would
-# repeat those builds).
+# (the row-table kernel, also the rows path's slices, builds its tables per block of _ROWS_MB positions; short GEMMs
+# would repeat those builds).
 _SCALED_SLICE_BYTES = 1 << 21
-_SCALED_SLICE_MIN_POS = 2048
+_SCALED_SLICE_MIN_POS = _ROWS_MB
 
 
 def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
@@ -1155,7 +1155,7 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
     """conv2d_scaled on the rows kernel (orientation by_act; xq the input's uint8 patterns), which scales each
     finished tile of sums into the output, per group, on slices of ``step`` images (conv2d_scaled: at most
     _FUSED_SLICE_BYTES of GEMM operand, but at least _SCALED_SLICE_MIN_POS positions, since the kernel builds its
-    tables per block of 2048 positions)."""
+    tables per block of _ROWS_MB positions)."""
     B = xq.shape[0]
     Cout, Cg, kh, kw = w.shape
     og, kg = Cout // groups, Cg * kh * kw

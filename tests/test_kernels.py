@@ -404,12 +404,12 @@ def test_rows_kernel_scales_its_tiles(M, Kd, N, signed, mname, act, quant, seed)
 
 
 @SETTINGS
-@given(M=st.integers(1, 2200), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
+@given(M=st.integers(1, K._ROWS_MB + 150), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
        mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6"]),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
     """The row-table kernel with weights selecting the tables and with activations selecting them, on tiles that
-    straddle the 32-row tiles and the 2048-position blocks, at every ISA level and on 1 and 2 threads."""
+    straddle the 32-row tiles and the blocks of _ROWS_MB positions, at every ISA level and on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
     mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
     a = acts(rng, (M, Kd), signed)
@@ -423,10 +423,10 @@ def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
 
 
 @settings(deadline=None, max_examples=25)
-@given(M=st.integers(1, 4300), Kd=st.integers(1, 12), N=st.integers(1, 40), signed=st.booleans(),
+@given(M=st.integers(1, 2 * K._ROWS_MB + 200), Kd=st.integers(1, 12), N=st.integers(1, 40), signed=st.booleans(),
        mname=st.sampled_from(["trunc", "rand_u16", "classed", "mitch_w6"]), seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, seed):
-    """Activations whose largest pattern differs per k-step and per block of 2048 positions (mostly small values, as
+    """Activations whose largest pattern differs per k-step and per block of _ROWS_MB positions (mostly small values, as
     after a Relu, with a few large ones in some blocks): the rows kernel builds each block's table only up to the
     16-row block of the largest index it reads at that k-step; the result is the reference's, both orientations,
     every ISA level, 1 and 2 threads."""
