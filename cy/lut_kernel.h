@@ -269,7 +269,7 @@ DSE_DEF512(4, 1)
  * (< 2^15 * 2^16 = 2^31), which are added into the int64 output. */
 #define DSE_RT_NT 32
 #define DSE_RT_KC 4
-#define DSE_RT_MB 4096
+#define DSE_RT_MB 4096 /* its 16-bit accumulators (128 B per position) fill Zen 2's 512 KiB L2 */
 
 static inline void dse_rows_build(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel, uint16_t *tab)
 {
