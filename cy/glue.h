@@ -10,6 +10,10 @@
  * Work is split over the B * C planes (OpenMP); every output is computed by one thread in the same tap order, so the
  * result does not depend on the thread count. AVX2 (8 outputs per step, strides 1 and 2) at level >= 1, portable
  * code below and for other strides, the same bits.
+ *
+ * dse_add_act: y = act(a + b) on float32 tensors of one shape (the float32 add, then dse_act1 of cy/lut_kernel.h:
+ * numpy's maximum(y, 0) or clip(y, lo, hi)) and, with q, q = dse_quantize1(y) (the next MAC layers' input patterns)
+ * in the same pass. Chunks of the flat tensor over the threads; AVX2 at level >= 1, the same bits.
  */
 #ifndef DSE_GLUE_H
 #define DSE_GLUE_H
@@ -94,6 +98,60 @@ static void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_
                         dse_max_row(acc, row, sw, off, o0, o1);
                 }
             }
+        }
+    }
+}
+
+/* Elements [i0, i1) of dse_add_act; act and quant are constants of each instance (no branch in the loop). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_add_act_avx2(const float *a, const float *b, int64_t i0, int64_t i1, float lo, float hi, float *y, uint8_t *q,
+                 float qs, int qlo, int qhi, const int act, const int quant)
+{
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), vqs = _mm256_set1_ps(qs),
+                 vqlo = _mm256_set1_ps((float)qlo), vqhi = _mm256_set1_ps((float)qhi);
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+        const __m256 v = dse_act8(_mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)), act, vlo, vhi);
+        _mm256_storeu_ps(y + i, v);
+        if (quant)
+            dse_quantize8(v, vqs, vqlo, vqhi, q + i);
+    }
+    for (; i < i1; i++) {
+        y[i] = dse_act1(a[i] + b[i], act, lo, hi);
+        if (quant)
+            q[i] = dse_quantize1(y[i], qs, qlo, qhi);
+    }
+}
+
+#define DSE_ADD_INSTANCE(act, quant)                                                                                   \
+    DSE_T_AVX2 static void dse_add_act_##act##_##quant(const float *a, const float *b, int64_t i0, int64_t i1,        \
+                                                      float lo, float hi, float *y, uint8_t *q, float qs, int qlo,    \
+                                                      int qhi)                                                        \
+    {                                                                                                                  \
+        dse_add_act_avx2(a, b, i0, i1, lo, hi, y, q, qs, qlo, qhi, act, quant);                                        \
+    }
+DSE_ADD_INSTANCE(0, 0) DSE_ADD_INSTANCE(0, 1) DSE_ADD_INSTANCE(1, 0)
+DSE_ADD_INSTANCE(1, 1) DSE_ADD_INSTANCE(2, 0) DSE_ADD_INSTANCE(2, 1)
+typedef void (*dse_add_fn)(const float *, const float *, int64_t, int64_t, float, float, float *, uint8_t *, float,
+                           int, int);
+static const dse_add_fn dse_add_fns[6] = {dse_add_act_0_0, dse_add_act_0_1, dse_add_act_1_0,
+                                          dse_add_act_1_1, dse_add_act_2_0, dse_add_act_2_1};
+
+static void dse_add_act(int level, const float *a, const float *b, int64_t n, int act, float lo, float hi, float *y,
+                        uint8_t *q, float qs, int qlo, int qhi, int nt)
+{
+    const int64_t chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t i0 = c * chunk, i1 = (n - i0 < chunk) ? n : i0 + chunk;
+        if (level >= DSE_ISA_AVX2) {
+            dse_add_fns[2 * act + (q != NULL)](a, b, i0, i1, lo, hi, y, q, qs, qlo, qhi);
+            continue;
+        }
+        for (int64_t i = i0; i < i1; i++) {
+            y[i] = dse_act1(a[i] + b[i], act, lo, hi);
+            if (q)
+                q[i] = dse_quantize1(y[i], qs, qlo, qhi);
         }
     }
 }

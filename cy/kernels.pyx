@@ -17,6 +17,8 @@
 * ``fsum_seq(P) -> float32[R]``: sequential FP32 row sums in ascending k.
 * ``max_pool(x, kernel, stride, pads, dilation, out_hw, isa=None, threads=1) -> float32[B, C, Ho, Wo]``: 2-D max
   pooling, numpy's running maximum over each window's taps (``cy/glue.h``); AVX2 for strides 1 and 2.
+* ``add_act(a, b, act="none", lo, hi, quant=None, isa=None, threads=1) -> (y, q or None)``: a + b with a Relu/Clip
+  and optionally the next layer's input patterns in one pass.
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
   ``DSE_KERNEL_ISA`` (``scalar``, ``avx2``, ``avx512``) caps the level, e.g. to test the fallbacks.
 """
@@ -61,6 +63,8 @@ cdef extern from "glue.h" nogil:
     void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,
                       int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
                       int64_t Wo, float *out, int nt)
+    void dse_add_act(int level, const float *a, const float *b, int64_t n, int act, float lo, float hi, float *y,
+                     uint8_t *q, float qs, int qlo, int qhi, int nt)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -485,3 +489,32 @@ def max_pool(const float[:, :, :, ::1] x, kernel, stride, pads, dilation, out_hw
             dse_max_pool(level, &x[0, 0, 0, 0], B * C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo,
                          &o[0, 0, 0, 0], max(1, threads))
     return out, ISA_NAMES[level]
+
+
+def add_act(const float[::1] a, const float[::1] b, act="none", float lo=-np.inf, float hi=np.inf, quant=None,
+            isa=None, int threads=1):
+    """(y, q): float32 y = act(a + b) (float32 add; ``act`` one of ACTS as :func:`dequantize` applies it) and, with
+    ``quant`` = (scale, signed), q = the uint8 patterns :func:`quantize` gives on y (else None), in one pass over the
+    flat tensors; AVX2 at level avx2 and above, the same bits."""
+    cdef int level = _level(isa)
+    cdef int64_t n = a.shape[0]
+    if b.shape[0] != n:
+        raise ValueError(f"add_act: operands of {n} and {b.shape[0]} elements")
+    cdef int kind = ACTS.index(act)
+    y = np.empty(n, dtype=np.float32)
+    cdef float[::1] yv = y
+    q = None
+    cdef uint8_t *qp = NULL
+    cdef uint8_t[::1] qv
+    cdef float qs = 1
+    cdef int qlo = 0, qhi = 255
+    if quant is not None:
+        qs, qlo, qhi = quant[0], (-128 if quant[1] else 0), (127 if quant[1] else 255)
+        q = np.empty(n, dtype=np.uint8)
+        if n:
+            qv = q
+            qp = &qv[0]
+    if n:
+        with nogil:
+            dse_add_act(level, &a[0], &b[0], n, kind, lo, hi, &yv[0], qp, qs, qlo, qhi, max(1, threads))
+    return y, q

@@ -93,17 +93,19 @@ class Emulator:
         self._live = None  # dse.prefix_cache.live_tensors, built on the first cached run
         self._acts = self._fused_acts()
         self._quants = self._fused_quants()
+        self._adds = self._fused_adds()
 
     def _fused_acts(self) -> dict:
-        """{MAC node index: OutputAct of the Relu/Clip right after it} where that node is the MAC output's only
-        consumer: the pair runs as one step (the activation applied in the scaling pass), so the pre-activation
-        tensor is never stored. It lives across no cut (cuts sit at MAC nodes), so the prefix cache is unaffected."""
+        """{MAC or Add node index: OutputAct of the Relu/Clip right after it} where that node is the output's only
+        consumer: the pair runs as one step (the activation applied in the scaling pass, or in the Add's pass), so
+        the pre-activation tensor is never stored. It lives across no cut (cuts sit at MAC nodes), so the prefix
+        cache is unaffected."""
         from dse.kernels import OutputAct
 
         nodes, out = self.graph.nodes, {}
         for i, (n, a) in enumerate(zip(nodes, nodes[1:])):
-            if not n.is_mac or a.inputs != [n.output] or self._last[n.output] != i + 1 or \
-                    n.output == self.graph.output_name:
+            if not (n.is_mac or self._runtime_add(n)) or a.inputs != [n.output] or self._last[n.output] != i + 1 \
+                    or n.output == self.graph.output_name:
                 continue
             if a.op == "relu":
                 out[i] = OutputAct("relu")
@@ -129,6 +131,48 @@ class Emulator:
             if len(quants) == 1:
                 out[i] = _QuantFusion(t, self._last[t], tuple(c.name for c in consumers), quants.pop())
         return out
+
+    @staticmethod
+    def _runtime_add(n) -> bool:
+        """An Add of two runtime tensors (no constant operand)."""
+        return n.op == "add" and len(n.inputs) == 2 and all(isinstance(a, int) for a in n.attrs.get("args", (0, 1)))
+
+    def _fused_adds(self) -> dict:
+        """{Add node index: _QuantFusion} for Adds of two runtime tensors whose result (after a fused Relu/Clip) is
+        read by conv/gemm layers, all quantizing it alike, and by no matmul layer: the Add's pass also writes those
+        layers' quantized input (``dse.kernels.add_act``), the float32 result stays for its other readers."""
+        nodes, g = self.graph.nodes, self.graph
+        out = {}
+        for i, n in enumerate(nodes):
+            if not self._runtime_add(n):
+                continue
+            t = nodes[i + 1].output if i in self._acts else n.output
+            macs = [c for c in g.consumers(t) if c.is_mac]
+            if t == g.output_name or not macs or any(self.layers[c.name].op == "matmul" or c.inputs[0] != t
+                                                     for c in macs):
+                continue
+            quants = {self.layers[c.name].input_quant for c in macs}
+            if len(quants) == 1:
+                out[i] = _QuantFusion(t, self._last[t], tuple(c.name for c in macs), quants.pop())
+        return out
+
+    def _add(self, i, n, args, resolved, env, qcache) -> None:
+        """Add node ``i`` (with its fused Relu/Clip): its float32 result into ``env`` and, when a consumer runs an
+        integer table, its quantized value into ``qcache`` from the same pass; operands of unequal shapes take numpy."""
+        from dse.kernels import add_act
+        from dse.model.float_exec import exec_node
+
+        act, f = self._acts.get(i), self._adds.get(i)
+        out = self.graph.nodes[i + 1].output if act is not None else n.output
+        a, b = args
+        if a.shape != b.shape or a.dtype != np.float32 or b.dtype != np.float32:  # broadcasting: the IR ops
+            y = exec_node(n, args)
+            env[out] = y if act is None else act.apply(y)
+            return
+        quant = f.quant if f is not None and any(resolved[c][1].domain == "int" for c in f.consumers) else None
+        env[out], q = add_act(a, b, act, quant)
+        if q is not None:
+            qcache[out] = q
 
     def _emit_quantized(self, resolved, store_at) -> dict:
         """{MAC node index: OutputQuant} of the fusions this run takes: the producer and every consumer run on
@@ -280,7 +324,7 @@ class Emulator:
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
             n = g.nodes[i]
-            if i - 1 in self._acts:  # ran with the MAC layer before it
+            if i - 1 in self._acts:  # ran with the MAC layer or the Add before it
                 continue
             args = [env[t] for t in n.inputs]
             if n.is_mac:
@@ -292,6 +336,8 @@ class Emulator:
                     env[out], qcache[out] = None, y
                 else:
                     env[out] = y
+            elif i in self._acts or i in self._adds:
+                self._add(i, n, args, resolved, env, qcache)
             else:
                 env[n.output] = exec_node(n, args)
             for t in n.inputs:

@@ -1273,6 +1273,21 @@ def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndar
     return y.view(scaling.dtype).reshape(a.shape) if out is None else out
 
 
+def add_act(a: np.ndarray, b: np.ndarray, act: OutputAct | None = None, quant: OutputQuant | None = None,
+            isa=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(y, q): y = act(a + b) (float32, numpy's add then the IR op Relu/Clip) and, with ``quant``, q = the next
+    layers' input values (``quantize_patterns(y)`` viewed as ``quant.dtype``; else None), one threaded pass over
+    operands of equal shape (the numpy twin: ``act.apply(np.add(a, b))``)."""
+    if a.shape != b.shape:
+        raise ValueError(f"add_act: operands {a.shape} and {b.shape} must have one shape")
+    level = _isa_name(isa)
+    kind, lo, hi = ("none", -np.inf, np.inf) if act is None else (act.kind, act.lo, act.hi)
+    qa = None if quant is None else (float(np.float32(quant.scale)), bool(quant.signed))
+    y, q = _kernels.add_act(np.ascontiguousarray(a, np.float32).reshape(-1),
+                            np.ascontiguousarray(b, np.float32).reshape(-1), kind, lo, hi, qa, level, get_threads())
+    return y.reshape(a.shape), None if q is None else q.view(quant.dtype).reshape(a.shape)
+
+
 # --------------------------------------------------------------------------------------------------- public: float
 def gemm_float(a, w, mult) -> np.ndarray:
     """out[m, n] = sequential FP32 sum over ascending k of mult.float_product(a[m, k], w[n, k]); float32[M, N]."""

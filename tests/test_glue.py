@@ -149,3 +149,71 @@ def test_resnet18_stem_pool_logits_are_those_of_the_numpy_pool(tmp_path, monkeyp
         old = run()
     for a, b in zip(new, old):
         np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@settings(deadline=None, max_examples=120)
+@given(n=st.integers(0, 300), act=st.sampled_from(["none", "relu", "clip"]), signed=st.booleans(),
+       quant=st.booleans(), isa=st.sampled_from(ISAS), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1), specials=st.sampled_from([0.0, 0.1, 0.5]))
+def test_add_act_is_numpy_add_then_the_ir_activation(n, act, signed, quant, isa, threads, seed, specials):
+    """act(a + b) and its quantized patterns in one pass give the bits of numpy's add, the IR op Relu/Clip and the
+    quantizer's numpy twin (signed zeros, NaNs, infinities, values on the rounding ties), at every ISA level and
+    thread count."""
+    from dse.kernels import OutputAct
+    from dse.quant import reference_quantize_act
+
+    rng = np.random.default_rng(seed)
+    scale = np.float32(0.25)
+    a, b = (_input((n,), int(s), specials) * np.float32(rng.choice([1, 3])) for s in rng.integers(0, 2 ** 32, 2))
+    a += rng.integers(-300, 300, n).astype(np.float32) * np.float32(0.125)  # sums on x.5 multiples of the scale
+    o = OutputAct(act, -1.5, 6.0) if act != "none" else None
+    want = np.add(a, b) if o is None else o.apply(np.add(a, b))
+    y, q = _kernels.add_act(a, b, act, -1.5, 6.0, (float(scale), signed) if quant else None, isa, threads)
+    # NaN + NaN: which payload survives is the hardware's operand order, and numpy's own SIMD body and tail differ
+    # in it; NaN stays NaN (and quantizes to 0), every other value keeps its bits
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(y), nan)
+    np.testing.assert_array_equal(_bits(y)[~nan], _bits(want)[~nan])
+    if quant:
+        np.testing.assert_array_equal(q.view(np.int8 if signed else np.uint8),
+                                      reference_quantize_act(want, scale, signed))
+    else:
+        assert q is None
+
+
+def test_emulator_fuses_residual_adds(bundled_qmodel):
+    """The bundled ResNet-8's residual Add + Relu pairs run as one pass that also writes the next convs' input."""
+    from dse.emulate import Emulator
+
+    g, qm = bundled_qmodel("resnet8")
+    emu = Emulator(qm)
+    adds = [i for i, n in enumerate(g.nodes) if n.op == "add"]
+    assert adds and set(adds) <= set(emu._acts) and set(adds[:-1]) <= set(emu._adds)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resnet8_logits_are_those_of_the_unfused_adds(bundled_qmodel, monkeypatch, threads):
+    """Bundled ResNet-8 (residual Add + Relu): logits with the fused Add pass equal those of the IR ops (numpy add,
+    relu, then the consumers' own quantization), bit for bit, for an exact, a separable, a full-table and a mixed
+    configuration with a float-domain layer, and through the prefix cache."""
+    from dse.data import load_dataset
+    from dse.emulate import Emulator
+    from dse.kernels import using_threads
+    from dse.layer_config import LayerConfig
+    from dse.prefix_cache import PrefixCache
+
+    g, qm = bundled_qmodel("resnet8")
+    x = load_dataset("fashion-mnist:holdout").images()[:24]
+    names = [l.name for l in qm.layers]
+    cfgs = [None, {n: LayerConfig("drum6") for n in names}, {n: LayerConfig("mitch_w6") for n in names},
+            {n: LayerConfig(m) for n, m in zip(names, ["exact", "bf16", "mitch_w6", "perf_j1_k2"] * 9)}]
+    new, old = Emulator(qm), Emulator(qm)
+    monkeypatch.setattr(old, "_acts", {i: a for i, a in old._acts.items() if g.nodes[i].is_mac})
+    monkeypatch.setattr(old, "_adds", {})
+    cache = PrefixCache(1 << 28)
+    with using_threads(threads):
+        for c in cfgs:
+            want = old.run(x, c)
+            np.testing.assert_array_equal(_bits(new.run(x, c)), _bits(want))
+            for _ in range(2):
+                np.testing.assert_array_equal(_bits(new.run(x, c, cache=cache, tag="h")), _bits(want))
