@@ -1108,6 +1108,16 @@ static int64_t dse_dw_pack(const int32_t *lutT, const uint8_t *wo, int64_t ntap,
     return base;
 }
 
+/* full[t] = base + the three 21-bit fields of S[t], S[t + 1], S[t + 2] that hold output t's sums (t < L). */
+static inline __attribute__((always_inline)) void dse_dw_rowsum_fold(const uint64_t *S, int64_t L, int64_t base,
+                                                                     int32_t *full)
+{
+    const uint64_t m = ((uint64_t)1 << DSE_DW_FIELD) - 1;
+    for (int64_t t = 0; t < L; t++)
+        full[t] = (int32_t)(base + (int64_t)((S[t] & m) + ((S[t + 1] >> DSE_DW_FIELD) & m) +
+                                             (S[t + 2] >> (2 * DSE_DW_FIELD))));
+}
+
 /* full[t] for t < L; S has L + 10 entries (S is needed up to t + 2, in steps of 8); the runs read up to 9 bytes past
  * L (the planes have that slack). Compiled twice: portable, and for AVX2 (the fields' sums 4 outputs per vector). */
 static inline __attribute__((always_inline)) void dse_dw_rowsum_body(const uint8_t *P, const dse_dw_groups *gr,
@@ -1125,10 +1135,7 @@ static inline __attribute__((always_inline)) void dse_dw_rowsum_body(const uint8
         S[t] = s0, S[t + 1] = s1, S[t + 2] = s2, S[t + 3] = s3;
         S[t + 4] = s4, S[t + 5] = s5, S[t + 6] = s6, S[t + 7] = s7;
     }
-    const uint64_t m = ((uint64_t)1 << DSE_DW_FIELD) - 1;
-    for (int64_t t = 0; t < L; t++)
-        full[t] = (int32_t)(base + (int64_t)((S[t] & m) + ((S[t + 1] >> DSE_DW_FIELD) & m) +
-                                             (S[t + 2] >> (2 * DSE_DW_FIELD))));
+    dse_dw_rowsum_fold(S, L, base, full);
 }
 
 /* The same sums for three groups whose runs start d bytes apart (goff = g0, g0 + d, g0 + 2 d: a kernel of three rows
@@ -1161,10 +1168,7 @@ static inline __attribute__((always_inline)) void dse_dw_rowsum3_body(const uint
         S[t] = s0, S[t + 1] = s1, S[t + 2] = s2, S[t + 3] = s3;
         S[t + 4] = s4, S[t + 5] = s5, S[t + 6] = s6, S[t + 7] = s7;
     }
-    const uint64_t m = ((uint64_t)1 << DSE_DW_FIELD) - 1;
-    for (int64_t t = 0; t < L; t++)
-        full[t] = (int32_t)(base + (int64_t)((S[t] & m) + ((S[t + 1] >> DSE_DW_FIELD) & m) +
-                                             (S[t + 2] >> (2 * DSE_DW_FIELD))));
+    dse_dw_rowsum_fold(S, L, base, full);
 }
 
 /* Whether the groups take dse_dw_rowsum3_body. */
