@@ -307,7 +307,11 @@ def test_two_processes_on_postgresql_with_a_kill(tmp_path):
     trial: the other finishes, the dead trial is failed by its missing heartbeats and re-run, seeds once, exactly
     n_trials."""
     b = fresh_pg_budget(tmp_path, "pg2")
-    ps = [spawn(b, tmp_path / f"run{i}", storage=PG_URL, n_trials=40) for i in range(2)]
+    # The process to be killed evaluates slowly (2 s per evaluation, a trial takes two or more), so the trial seen
+    # RUNNING cannot complete in the moment between that read and the kill (with 0.04 s it once did, on a fresh CI
+    # machine); the victims are still taken from the study after the kill, not from that read.
+    ps = [spawn(b, tmp_path / f"run{i}", storage=PG_URL, n_trials=40, trial_sleep=2.0 if i == 0 else 0.04)
+          for i in range(2)]
     victim, st = None, None
     deadline = time.monotonic() + 120  # both processes joined and trials are under way (startup is slow under load)
     while victim is None and time.monotonic() < deadline:
@@ -328,8 +332,11 @@ def test_two_processes_on_postgresql_with_a_kill(tmp_path):
     finish(ps[1], timeout=180)
     study = _check_shared_study(tmp_path / "run1", 40, 2)
     trials = study.get_trials(deepcopy=False)
-    assert trials[victim].state == TrialState.FAIL
-    assert any(victim in liveness.history(t) for t in trials), "the killed trial was not re-run"
+    killed = [t.number for t in trials if t.user_attrs.get(liveness.BEAT_ATTR, {}).get("pid") == ps[0].pid
+              and t.state != TrialState.COMPLETE]
+    assert victim in killed
+    assert all(trials[k].state == TrialState.FAIL for k in killed)
+    assert all(any(k in liveness.history(t) for t in trials) for k in killed), "a killed trial was not re-run"
     failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(liveness.SURPLUS_ATTR)]
     assert all(any(t.number in liveness.history(u) for u in trials) for t in failed)
     complete = [liveness.lineage(t) for t in trials if t.state == TrialState.COMPLETE]
