@@ -39,7 +39,9 @@ cleared; auto takes it instead of "rows" per call when cheaper by the cost model
 where building 256-row tables dominates), "lut" (Cython SIMD per-element lookups: AVX-512 VBMI byte
 permutes, AVX2 gathers or scalar code). ``isa=`` or env ``DSE_KERNEL_ISA`` = scalar/avx2/avx512 caps the ISA level
 picked at run time. All paths are bit-exact against the reference. Auto prefers "lowrank" over the table kernels only
-while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``), and "rows" over "lut" below AVX-512.
+while it is expected to be faster (terms t <= ``AUTO_MAX_RANK[isa]``), and "rows" over "lut" at every level (on a Zen 5
+core the AVX2 rows kernel ran 1.0-2.0x the AVX-512 VBMI lookups on ResNet-style conv and GEMM shapes, the lookups
+ahead only where a narrow output leaves the rows kernel's 32-row tiles half empty: benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -68,10 +70,10 @@ PATHS = ("auto", "exact", "lowrank", "rows", "split", "lut")
 LOWRANK_MAX_RANK = 16
 # Largest number of GEMM terms t (integer factors of the whole table, so t = 1 for perforation, truncation, DRUM,
 # Ax-BxP) for which "auto" prefers lowrank over the table kernels at that ISA level. Measured (benchmarks/RESULTS.md):
-# lowrank t = 1 runs at ~the exact path's speed (float32 BLAS) and its cost grows ~t; the LUT kernel ~16-21 GMAC/s
-# with AVX-512 VBMI on 3x3 convs (one Zen 4 core); on Zen 3 the AVX2 row-table kernel reaches ~0.3-0.5x of float32
-# BLAS (AVX2 gathers: ~0.05x), its portable version ~0.05x.
-AUTO_MAX_RANK = {"avx512": 0, "avx2": 2, "scalar": 6}
+# lowrank t = 1 runs at ~the exact path's speed (the integer GEMM kernel) and its cost grows ~t; on a Zen 5 core
+# (AVX-512) lowrank t = 1 ran 29-83 GMAC/s, the AVX2 row-table kernel 17-36 and the AVX-512 VBMI lookups 13-23; on
+# Zen 3 the AVX2 row-table kernel reaches ~0.3-0.5x of float32 BLAS (AVX2 gathers: ~0.05x), its portable version ~0.05x.
+AUTO_MAX_RANK = {"avx512": 2, "avx2": 2, "scalar": 6}
 _BOUND_LIMIT = 0.25
 _F32_EXACT = 2 ** 24  # float32 holds every integer partial sum of magnitude <= this exactly
 _F64_EXACT = 2 ** 53
@@ -409,7 +411,7 @@ def select_path(mult: Multiplier, a_signed: bool, K: int, path: str = "auto", is
     if path == "split" and (prep.err_rows.by_weight is not None or prep.err_rows.by_act is not None):
         return "split"
     rows_ok = prep.rows.by_weight is not None or prep.rows.by_act is not None
-    if rows_ok and (path in ("rows", "split") or path == "auto" and _isa_name(isa) != "avx512"):
+    if rows_ok and path in ("auto", "rows", "split"):
         return "rows"
     return "lut"
 
