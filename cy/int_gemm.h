@@ -44,7 +44,8 @@
 #define DSE_IG_U8 1    /* value = pattern (t = 1) */
 #define DSE_IG_S8 2    /* value = (int8_t)pattern (t = 1) */
 
-typedef void (*dse_ig_micro_fn)(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc, int acc);
+/* C[r, c] (+)= sum over kcp depth steps (int16 pairs, or byte quads on the VNNI kernels) of a panel A and weights B */
+typedef void (*dse_ig_micro_fn)(const void *A, const void *B, int64_t kcp, int32_t *C, int64_t ldc, int acc);
 /* The activation operand: element (k, m) at p[(m / img) * ld_img + k * lda + m % img]. */
 typedef struct {
     const uint8_t *p;
@@ -215,8 +216,9 @@ static void dse_ig_pack_w(const uint8_t *Wp, int64_t K, int64_t N, int t, const 
 
 /* ------------------------------------------------------------------ micro-kernels: C[r, c] (+)= sum_p pairs */
 #define DSE_IG_MR_SCALAR 16
-static void dse_ig_micro_scalar(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc, int acc)
+static void dse_ig_micro_scalar(const void *Av, const void *Bv, int64_t kcp, int32_t *C, int64_t ldc, int acc)
 {
+    const int16_t *A = (const int16_t *)Av, *B = (const int16_t *)Bv;
     int32_t c[DSE_IG_NR][DSE_IG_MR_SCALAR];
     memset(c, 0, sizeof(c));
     for (int64_t p = 0; p < kcp; p++) {
@@ -242,9 +244,9 @@ static void dse_ig_micro_scalar(const int16_t *A, const int16_t *B, int64_t kcp,
     "vpmaddwd %%ymm14, %%ymm13, %%ymm15\n\t"                                                                     \
     "vpaddd %%ymm15, %[" #y "], %[" #y "]\n\t"
 
-DSE_T_AVX2 static void dse_ig_micro_avx2(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc,
-                                         int acc)
+DSE_T_AVX2 static void dse_ig_micro_avx2(const void *Av, const void *Bv, int64_t kcp, int32_t *C, int64_t ldc, int acc)
 {
+    const int16_t *A = (const int16_t *)Av, *B = (const int16_t *)Bv;
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     if (kcp > 0) {
@@ -297,9 +299,9 @@ DSE_T_AVX2 static void dse_ig_micro_avx2(const int16_t *A, const int16_t *B, int
         _mm512_storeu_si512(o + 16, c##r##1);                                                                      \
     } while (0)
 
-DSE_T_512BW static void dse_ig_micro_512(const int16_t *A, const int16_t *B, int64_t kcp, int32_t *C, int64_t ldc,
-                                         int acc)
+DSE_T_512BW static void dse_ig_micro_512(const void *Av, const void *Bv, int64_t kcp, int32_t *C, int64_t ldc, int acc)
 {
+    const int16_t *A = (const int16_t *)Av, *B = (const int16_t *)Bv;
     __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m512i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t p = 0; p < kcp; p++) {
@@ -321,24 +323,266 @@ DSE_T_512BW static void dse_ig_micro_512(const int16_t *A, const int16_t *B, int
     DSE_IG_512_STORE(5);
 }
 
-/* ------------------------------------------------------------------ driver */
-typedef struct {
+/* ------------------------------------------------------------------ plan */
+typedef struct dse_ig_plan dse_ig_plan;
+/* VNNI packing: the panels of positions [m0, m0 + mv) over depth quads [p0, p0 + kcq) into dst (bytes) */
+typedef void (*dse_ig_pack8_fn)(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv, uint8_t *dst);
+
+struct dse_ig_plan {
     dse_ig_a A;
     const uint8_t *Wp;
-    int64_t K, M, N, KP;
+    int64_t K, M, N, KP; /* KP: depth steps (pairs, or quads on the VNNI kernels) */
     int t, mode;
-    const int16_t *fa, *Wpk;
+    const int16_t *fa;
+    const uint8_t *Wpk; /* packed weights: 4 bytes per row and depth step either way */
     int64_t img, ld_img, ld_n;
-    int64_t kcp, seg_blocks; /* depth pairs per block; blocks per int32 segment */
+    int64_t kcp, seg_blocks; /* depth steps per block; blocks per int32 segment */
     int mr;
     dse_ig_micro_fn micro;
     dse_ig_pack_fn pack;
-    int64_t *out;
     int level;
     const dse_scaling *sc; /* with sc: the scaled outputs go to outs (one int32 segment holds the whole depth) */
     void *outs;
-} dse_ig_plan;
+    int64_t *out;
+    /* the VNNI kernels (q8): byte operands */
+    int q8, swap, aoff; /* swap: weights on vpdpbusd's unsigned port; aoff: offset added to the activation bytes */
+    dse_ig_pack8_fn pack8;
+    uint8_t xa[256];      /* the activation byte of each pattern (value + aoff) */
+    int xa_ident;         /* xa[p] == p */
+    const int64_t *corr; /* aoff != 0: corr[n] = aoff * sum_k W'[n, k], subtracted from the sums */
+};
 
+/* ------------------------------------------------------------------ VNNI: byte quads, vpdpbusd
+ *
+ * vpdpbusd adds to each int32 lane the four products u[4 i + h] * s[4 i + h] of an unsigned byte u (0..255) and a
+ * signed byte s (-128..127) without saturation (the products are exact in 16 bits, their sum is added modulo 2^32),
+ * so a lane is exact while the true sum fits int32. One operand of the product goes on the unsigned port: the
+ * activation values when they lie in [0, 255] (unsigned patterns, or a factor table F(a) in that range) and the
+ * weight values in [-128, 127]; for activation values in [-128, 127] their bytes carry the offset aoff = 128 (u =
+ * a + 128 in [0, 255]) and every sum loses the exact correction aoff * sum_k W'[n, k] (per output row, from the
+ * weight packing): sum_k (a_k + 128) w_k - 128 sum_k w_k = sum_k a_k w_k, term by term. Weight values in [0, 255]
+ * with activation values in [-128, 127] swap the ports instead (no offset). The weight range is that of the table
+ * gw over all 256 patterns, or over the patterns Wp uses when the table does not fit (DRUM's G(-128) = -132).
+ * Depth is packed in quads (kk = 4 p + h); depth beyond K has weight 0, so it adds 0 whatever its activation byte.
+ * Bounds: S8 = max u * max |s| >= every |term| (offset bytes included); an int32 segment holds floor((2^31 - 1) /
+ * (4 S8)) quads, so no partial sum of a lane leaves int32; the corrected int32 sum of a call that fits one segment
+ * is exact too: |sum (a + 128) w| and |128 sum w| and the true |sum a w| are each <= K S8 <= 2^31 - 1. The int64
+ * results are exact while K S8 < 2^61. A call where no port assignment fits, or whose bounds fail (a scaled call
+ * whose depth does not fit one VNNI segment), runs on the int16 kernel.
+ */
+#define DSE_IG_KCQ 128 /* depth quads per block: an A block MC x 512 bytes (128 KiB), as the int16 blocks */
+#define DSE_IG_MR_VNNI 32
+#define DSE_T_VNNI512 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
+
+/* Whether the CPU runs the VNNI kernel of an ISA level (AVX512-VNNI at avx512). */
+static int dse_cpu_vnni(int level)
+{
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx512vnni") != 0;
+    }
+    return level >= DSE_ISA_AVX512 && have;
+#else
+    (void)level;
+    return 0;
+#endif
+}
+
+/* One panel cell: d[4 c + h] = xa[pattern of A'[kk + h, m + c]] for c < cv and kk + h < K, 0 beyond. */
+static void dse_ig_q_cell(const dse_ig_plan *P, int64_t kk, int64_t m, int64_t cv, uint8_t *d)
+{
+    const dse_ig_a *A = &P->A;
+    const int run = dse_ig_run(A, m, cv);
+    const uint8_t *base = run ? dse_ig_at(A, 0, m) : NULL;
+    for (int h = 0; h < 4; h++) {
+        int64_t c = 0;
+        if (kk + h < P->K)
+            for (; c < cv; c++)
+                d[4 * c + h] = P->xa[run ? base[(kk + h) * A->lda + c] : *dse_ig_at(A, kk + h, m + c)];
+        for (; c < P->mr; c++)
+            d[4 * c + h] = 0;
+    }
+}
+
+/* dst[(q * kcq + p) * 4 mr + 4 c + h] = activation byte of A'[4 (p0 + p) + h, m0 + q mr + c] (0 beyond). */
+static void dse_ig_pack_q_scalar(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv, uint8_t *dst)
+{
+    const int mr = P->mr;
+    const int64_t np = (mv + mr - 1) / mr;
+    for (int64_t p = 0; p < kcq; p++)
+        for (int64_t q = 0; q < np; q++)
+            dse_ig_q_cell(P, 4 * (p0 + p), m0 + q * mr, (mv - q * mr < mr) ? mv - q * mr : mr,
+                          dst + (q * kcq + p) * 4 * mr);
+}
+
+/* 16 positions of 4 depth rows (row stride lda) as 16 byte quads (vpermb), through the byte table t0..t3. */
+DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i
+dse_ig_quads16(const uint8_t *r, int64_t lda, __m512i idx, int ident, __m512i t0, __m512i t1, __m512i t2, __m512i t3)
+{
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)r));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(r + lda)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(r + 2 * lda)), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(r + 3 * lda)), 3);
+    v = _mm512_permutexvar_epi8(idx, v);
+    if (ident)
+        return v;
+    const __m512i lo = _mm512_permutex2var_epi8(t0, v, t1), hi = _mm512_permutex2var_epi8(t2, v, t3);
+    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi);
+}
+
+/* The same with AVX-512 VBMI for whole quads of whole panels that lie in one image (the rest as the scalar code). */
+DSE_T_VNNI512 static void dse_ig_pack_q_512(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv,
+                                            uint8_t *dst)
+{
+    const dse_ig_a *A = &P->A;
+    const int mr = P->mr;
+    if (!(A->img % mr == 0 && m0 % mr == 0) && !dse_ig_run(A, m0, mv)) {
+        dse_ig_pack_q_scalar(P, p0, kcq, m0, mv, dst);
+        return;
+    }
+    uint8_t ib[64];
+    for (int j = 0; j < 64; j++)
+        ib[j] = (uint8_t)(16 * (j % 4) + j / 4);
+    const __m512i idx = _mm512_loadu_si512(ib);
+    const __m512i t0 = _mm512_loadu_si512(P->xa), t1 = _mm512_loadu_si512(P->xa + 64);
+    const __m512i t2 = _mm512_loadu_si512(P->xa + 128), t3 = _mm512_loadu_si512(P->xa + 192);
+    const int ident = P->xa_ident;
+    const int64_t lda = A->lda, full = mv - mv % mr;
+    const int64_t pfull = (P->K / 4 - p0 < kcq) ? (P->K / 4 - p0 > 0 ? P->K / 4 - p0 : 0) : kcq; /* whole quads */
+    for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
+        for (int64_t q = 0; q < full / mr; q++) {
+            const uint8_t *r = dse_ig_at(A, 4 * (p0 + p), m0 + q * mr);
+            uint8_t *d = dst + (q * kcq + p) * 4 * mr;
+            for (int c = 0; c < mr; c += 16)
+                _mm512_storeu_si512(d + 4 * c, dse_ig_quads16(r + c, lda, idx, ident, t0, t1, t2, t3));
+        }
+    }
+    for (int64_t p = pfull; p < kcq; p++) /* K % 4: the last quad has 1-3 rows */
+        for (int64_t q = 0; q < full / mr; q++)
+            dse_ig_q_cell(P, 4 * (p0 + p), m0 + q * mr, mr, dst + (q * kcq + p) * 4 * mr);
+    if (full < mv)
+        dse_ig_pack_q_scalar(P, p0, kcq, m0 + full, mv - full, dst + (full / mr) * kcq * 4 * mr);
+}
+
+/* Wq[(nt * KQ + p) * 4 NR + 4 r + h] = byte of W'[nt NR + r, 4 p + h] (0 beyond N or K); with an activation offset,
+ * corr[n] = aoff * sum_k W'[n, k]. */
+static void dse_ig_pack_w8(const dse_ig_plan *P, const int16_t *gw, int64_t nt, uint8_t *Wq, int64_t *corr)
+{
+    uint8_t *base = Wq + nt * P->KP * 4 * DSE_IG_NR;
+    for (int r = 0; r < DSE_IG_NR; r++) {
+        const int64_t n = nt * DSE_IG_NR + r;
+        const uint8_t *w = P->Wp + n * P->K;
+        uint8_t *d = base + 4 * r;
+        int64_t s = 0;
+        for (int64_t p = 0; p < P->KP; p++)
+            for (int h = 0; h < 4; h++) {
+                const int64_t k = 4 * p + h;
+                const int v = (n < P->N && k < P->K) ? gw[w[k]] : 0;
+                d[p * 4 * DSE_IG_NR + h] = (uint8_t)v;
+                s += v;
+            }
+        if (corr && n < P->N)
+            corr[n] = P->aoff * s;
+    }
+}
+
+/* vpdpbusd micro-kernels, MR 32 positions (2 zmm of 16 quads) x NR 6 rows: 12 accumulators. DSE_IG_Q512(U, S):
+ * U on the unsigned port, S on the signed one (a: the activation quads, w: the broadcast weight quad). */
+#define DSE_IG_Q512_ROW(r, U0, S0, U1, S1)                                                                         \
+    do {                                                                                                           \
+        const __m512i w = _mm512_set1_epi32(b[r]);                                                                 \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, U0, S0);                                                           \
+        c##r##1 = _mm512_dpbusd_epi32(c##r##1, U1, S1);                                                           \
+    } while (0)
+#define DSE_IG_Q512_MICRO(name, U0, S0, U1, S1)                                                                    \
+    DSE_T_VNNI512 static void name(const void *Av, const void *Bv, int64_t kcq, int32_t *C, int64_t ldc, int acc)  \
+    {                                                                                                              \
+        const uint8_t *A = (const uint8_t *)Av;                                                                    \
+        __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;             \
+        __m512i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                                 \
+        for (int64_t p = 0; p < kcq; p++) {                                                                        \
+            const __m512i a0 = _mm512_loadu_si512(A + p * 128);                                                    \
+            const __m512i a1 = _mm512_loadu_si512(A + p * 128 + 64);                                               \
+            const int32_t *b = (const int32_t *)Bv + p * DSE_IG_NR;                                                \
+            DSE_IG_Q512_ROW(0, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q512_ROW(1, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q512_ROW(2, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q512_ROW(3, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q512_ROW(4, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q512_ROW(5, U0, S0, U1, S1);                                                                    \
+        }                                                                                                          \
+        DSE_IG_512_STORE(0);                                                                                       \
+        DSE_IG_512_STORE(1);                                                                                       \
+        DSE_IG_512_STORE(2);                                                                                       \
+        DSE_IG_512_STORE(3);                                                                                       \
+        DSE_IG_512_STORE(4);                                                                                       \
+        DSE_IG_512_STORE(5);                                                                                       \
+    }
+DSE_IG_Q512_MICRO(dse_ig_micro_vnni512, a0, w, a1, w)      /* activations unsigned (or offset), weights signed */
+DSE_IG_Q512_MICRO(dse_ig_micro_vnni512_swap, w, a0, w, a1) /* weights unsigned, activations signed */
+
+/* Activation value of pattern p (t = 1). */
+static inline int dse_ig_value(int mode, const int16_t *fa, int p)
+{
+    return mode == DSE_IG_U8 ? p : mode == DSE_IG_S8 ? (int)(int8_t)p : fa[p];
+}
+
+/* Whether the call (t = 1) runs on the VNNI kernel of its level: picks the ports and the activation offset, sets the
+ * byte table, the segments and the kernels in P (P's operands, level and sc set). */
+static int dse_ig_plan8(dse_ig_plan *P, const int16_t *gw)
+{
+    if (P->t != 1 || !dse_cpu_vnni(P->level))
+        return 0;
+    int alo = 1 << 20, ahi = -(1 << 20), wlo = 1 << 20, whi = -(1 << 20);
+    for (int p = 0; p < 256; p++) {
+        const int a = dse_ig_value(P->mode, P->fa, p);
+        alo = a < alo ? a : alo, ahi = a > ahi ? a : ahi;
+        wlo = gw[p] < wlo ? gw[p] : wlo, whi = gw[p] > whi ? gw[p] : whi;
+    }
+    if (!(wlo >= -128 && whi <= 127) && !(wlo >= 0 && whi <= 255)) { /* the range of the patterns used */
+        uint8_t used[256] = {0};
+        for (int64_t i = 0; i < P->N * P->K; i++)
+            used[P->Wp[i]] = 1;
+        wlo = 1 << 20, whi = -(1 << 20);
+        for (int p = 0; p < 256; p++)
+            if (used[p])
+                wlo = gw[p] < wlo ? gw[p] : wlo, whi = gw[p] > whi ? gw[p] : whi;
+    }
+    const int w_s8 = wlo >= -128 && whi <= 127, a_s8 = alo >= -128 && ahi <= 127;
+    int swap = 0, aoff = 0;
+    if (w_s8 && alo >= 0 && ahi <= 255)
+        aoff = 0;
+    else if (w_s8 && a_s8)
+        aoff = 128;
+    else if (wlo >= 0 && whi <= 255 && a_s8)
+        swap = 1;
+    else
+        return 0;
+    const int64_t umax = swap ? whi : ahi + aoff;
+    const int64_t amag = -alo > ahi ? -alo : ahi, wmag = -wlo > whi ? -wlo : whi;
+    const int64_t smax = swap ? amag : wmag;
+    const int64_t S8 = umax * smax > 1 ? umax * smax : 1;
+    if (P->K >= ((int64_t)1 << 61) / S8)
+        return 0;
+    const int64_t seg_quads = 2147483647LL / (4 * S8), KQ = (P->K + 3) / 4;
+    const int64_t kcq = seg_quads < DSE_IG_KCQ ? seg_quads : DSE_IG_KCQ, seg_blocks = seg_quads / kcq;
+    if (P->sc && (KQ + kcq - 1) / kcq > seg_blocks)
+        return 0;
+    P->q8 = 1, P->swap = swap, P->aoff = aoff, P->xa_ident = 1;
+    for (int p = 0; p < 256; p++) {
+        P->xa[p] = (uint8_t)(dse_ig_value(P->mode, P->fa, p) + aoff);
+        P->xa_ident &= P->xa[p] == p;
+    }
+    P->KP = KQ, P->kcp = kcq, P->seg_blocks = seg_blocks;
+    P->mr = DSE_IG_MR_VNNI;
+    P->micro = swap ? dse_ig_micro_vnni512_swap : dse_ig_micro_vnni512;
+    P->pack8 = dse_ig_pack_q_512;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ driver */
 /* Depth pairs per block and blocks per int32 segment of a call with K t depth rows and term bound S. */
 static void dse_ig_segments(int64_t S, int64_t *kcp, int64_t *seg_blocks)
 {
@@ -358,13 +602,19 @@ static int dse_ig_fits32(int64_t K, int t, int64_t S)
     return ((K * t + 1) / 2 + kcp - 1) / kcp <= seg_blocks;
 }
 
-/* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block. */
-static void dse_ig_flush(const dse_ig_plan *P, const int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
+/* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block
+ * (the first segment, add = 0, less the VNNI offset correction). */
+static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
                          int64_t mv, int add)
 {
     if (P->sc) { /* the final sums: scaled per run of positions within one image */
         for (int64_t n = n0; n < n1; n++) {
-            const int32_t *c = C32 + (n - n0) * ldc;
+            int32_t *c = C32 + (n - n0) * ldc;
+            if (P->corr) { /* the corrected sums fit int32 (dse_ig_plan8) */
+                const int32_t cn = (int32_t)P->corr[n];
+                for (int64_t i = 0; i < mv; i++)
+                    c[i] -= cn;
+            }
             for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv; b++, s = 0) {
                 const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
                 dse_scale_run_i32(P->level, c + i, len, P->sc, n,
@@ -376,13 +626,14 @@ static void dse_ig_flush(const dse_ig_plan *P, const int32_t *C32, int64_t ldc, 
     }
     for (int64_t n = n0; n < n1; n++) {
         const int32_t *c = C32 + (n - n0) * ldc;
+        const int64_t cn = P->corr ? P->corr[n] : 0;
         int64_t b = m0 / P->img, s = m0 % P->img;
         int64_t *o = P->out + b * P->ld_img + n * P->ld_n;
         for (int64_t i = 0; i < mv; i++) {
             if (add)
                 o[s] += c[i];
             else
-                o[s] = c[i];
+                o[s] = (int64_t)c[i] - cn;
             if (++s == P->img) {
                 s = 0;
                 o += P->ld_img;
@@ -391,8 +642,9 @@ static void dse_ig_flush(const dse_ig_plan *P, const int32_t *C32, int64_t ldc, 
     }
 }
 
-/* One task: positions [m0, m0 + mv) and tile rows [nt0, nt1). Apk, C32: the calling thread's scratch. */
-static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt0, int64_t nt1, int16_t *Apk,
+/* One task: positions [m0, m0 + mv) and tile rows [nt0, nt1). Apk, C32: the calling thread's scratch. Panels and
+ * weights take 4 bytes per position (row) and depth step on every kernel (an int16 pair or a byte quad). */
+static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt0, int64_t nt1, uint8_t *Apk,
                         int32_t *C32)
 {
     const int64_t npan = (mv + P->mr - 1) / P->mr, ldc = npan * P->mr;
@@ -401,40 +653,47 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
     for (int64_t kb = 0; kb < nblk; kb++) {
         const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
         const int first = kb % P->seg_blocks == 0;
-        P->pack(&P->A, P->K, P->t, P->fa, P->mode, p0, kcp, m0, mv, P->mr, Apk);
+        if (P->q8)
+            P->pack8(P, p0, kcp, m0, mv, Apk);
+        else
+            P->pack(&P->A, P->K, P->t, P->fa, P->mode, p0, kcp, m0, mv, P->mr, (int16_t *)Apk);
         for (int64_t nt = nt0; nt < nt1; nt++) {
-            const int16_t *B = P->Wpk + (nt * P->KP + p0) * 2 * DSE_IG_NR;
+            const uint8_t *B = P->Wpk + (nt * P->KP + p0) * 4 * DSE_IG_NR;
             int32_t *C = C32 + (nt - nt0) * DSE_IG_NR * ldc;
             for (int64_t q = 0; q < npan; q++)
-                P->micro(Apk + q * kcp * 2 * P->mr, B, kcp, C + q * P->mr, ldc, !first);
+                P->micro(Apk + q * kcp * 4 * P->mr, B, kcp, C + q * P->mr, ldc, !first);
         }
         if ((kb + 1) % P->seg_blocks == 0 || kb + 1 == nblk)
             dse_ig_flush(P, C32, ldc, n0, n1, m0, mv, kb >= P->seg_blocks);
     }
 }
 
-/* Returns 0, or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be < 2^31). */
+/* Returns 0 (the int16 kernel ran) or 1 (the VNNI kernel ran: vnni != 0 allows it where the CPU has it and the
+ * operands fit bytes), or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be < 2^31). */
 static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
                         int64_t K, int64_t M, int64_t N,
                         int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
-                        int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int nt)
+                        int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt)
 {
     if (S < 1 || 2 * S > 2147483647LL)
         return -2;
     if (sc && !dse_ig_fits32(K, t, S))
         return -3;
     dse_ig_plan P;
+    memset(&P, 0, sizeof(P));
     P.A.p = AT, P.A.lda = lda, P.A.img = aimg, P.A.ld_img = ld_aimg;
     P.Wp = Wp, P.K = K, P.M = M, P.N = N, P.t = t, P.mode = mode, P.fa = fa;
     P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out, P.level = level, P.sc = sc, P.outs = outs;
-    P.KP = (K * t + 1) / 2;
-    dse_ig_segments(S, &P.kcp, &P.seg_blocks);
-    if (level >= DSE_ISA_AVX512) {
-        P.mr = DSE_IG_MR_512, P.micro = dse_ig_micro_512, P.pack = dse_ig_pack_a_avx2;
-    } else if (level == DSE_ISA_AVX2) {
-        P.mr = DSE_IG_MR_AVX2, P.micro = dse_ig_micro_avx2, P.pack = dse_ig_pack_a_avx2;
-    } else {
-        P.mr = DSE_IG_MR_SCALAR, P.micro = dse_ig_micro_scalar, P.pack = dse_ig_pack_a_scalar;
+    if (!(vnni && dse_ig_plan8(&P, gw))) {
+        P.KP = (K * t + 1) / 2;
+        dse_ig_segments(S, &P.kcp, &P.seg_blocks);
+        if (level >= DSE_ISA_AVX512) {
+            P.mr = DSE_IG_MR_512, P.micro = dse_ig_micro_512, P.pack = dse_ig_pack_a_avx2;
+        } else if (level == DSE_ISA_AVX2) {
+            P.mr = DSE_IG_MR_AVX2, P.micro = dse_ig_micro_avx2, P.pack = dse_ig_pack_a_avx2;
+        } else {
+            P.mr = DSE_IG_MR_SCALAR, P.micro = dse_ig_micro_scalar, P.pack = dse_ig_pack_a_scalar;
+        }
     }
     const int64_t NT = (N + DSE_IG_NR - 1) / DSE_IG_NR;
     const int64_t mc = M < DSE_IG_MC ? (M + P.mr - 1) / P.mr * P.mr : DSE_IG_MC;
@@ -442,17 +701,25 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     /* split the tile rows too when there are fewer position blocks than threads */
     const int64_t nch = nmb >= nt ? 1 : ((nt + nmb - 1) / nmb < NT ? (nt + nmb - 1) / nmb : NT);
     const int64_t tpc = (NT + nch - 1) / nch;
-    int16_t *Wpk = (int16_t *)malloc((size_t)(NT * P.KP * 2 * DSE_IG_NR) * sizeof(int16_t));
-    if (!Wpk)
+    uint8_t *Wpk = (uint8_t *)malloc((size_t)(NT * P.KP * 4 * DSE_IG_NR));
+    int64_t *corr = P.aoff ? (int64_t *)malloc((size_t)N * sizeof(int64_t)) : NULL;
+    if (!Wpk || (P.aoff && !corr)) {
+        free(Wpk);
+        free(corr);
         return -1;
-    P.Wpk = Wpk;
+    }
+    P.Wpk = Wpk, P.corr = corr;
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < NT; i++)
-            dse_ig_pack_w(Wp, K, N, t, gw, i, P.KP, Wpk);
-        int16_t *Apk = (int16_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 2) * sizeof(int16_t));
+        for (int64_t i = 0; i < NT; i++) {
+            if (P.q8)
+                dse_ig_pack_w8(&P, gw, i, Wpk, corr);
+            else
+                dse_ig_pack_w(Wp, K, N, t, gw, i, P.KP, (int16_t *)Wpk);
+        }
+        uint8_t *Apk = (uint8_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 4));
         int32_t *C32 = (int32_t *)aligned_alloc(64, (size_t)(tpc * DSE_IG_NR * mc) * sizeof(int32_t));
         if (dse_team_allocated(&fail, Apk && C32)) {
 #pragma omp for schedule(static)
@@ -468,7 +735,8 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
         free(C32);
     }
     free(Wpk);
-    return fail ? -1 : 0;
+    free(corr);
+    return fail ? -1 : P.q8;
 }
 
 #endif

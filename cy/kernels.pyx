@@ -12,8 +12,10 @@
   fused in, and optionally the next layer's input quantization), one SIMD pass each.
 * Every loop releases the GIL and runs on ``threads`` OpenMP threads (work split over output rows/planes; each output
   is computed by one thread in a fixed order, so results do not depend on the thread count).
-* ``int_gemm(AT, Wp, fa, a_mode, gw, S, out, isa=None, threads=1)``: exact integer GEMM on int16 operand values
-  (``cy/int_gemm.h``): ``out[b, n, s] = sum_kk A'[kk, b * img + s] W'[n, kk]`` with per-pattern factor tables.
+* ``int_gemm(AT, Wp, fa, a_mode, gw, S, out, isa=None, threads=1, vnni=None)``: exact integer GEMM on int16 operand
+  values (``cy/int_gemm.h``): ``out[b, n, s] = sum_kk A'[kk, b * img + s] W'[n, kk]`` with per-pattern factor
+  tables; operands that fit bytes run on the VNNI micro-kernel where the CPU has it (``vnni_levels()``; the
+  environment variable ``DSE_KERNEL_VNNI=0`` or ``vnni=False`` keeps the int16 one).
 * ``fsum_seq(P) -> float32[R]``: sequential FP32 row sums in ascending k.
 * ``max_pool(x, kernel, stride, pads, dilation, out_hw, isa=None, threads=1) -> float32[B, C, Ho, Wo]``: 2-D max
   pooling, numpy's running maximum over each window's taps (``cy/glue.h``); AVX2 for strides 1 and 2.
@@ -70,8 +72,9 @@ cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
                      int64_t K, int64_t M, int64_t N,
                      int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
-                     int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int nt)
+                     int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt)
     int dse_ig_fits32(int64_t K, int t, int64_t S)
+    int dse_cpu_vnni(int level)
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
 INT_GEMM_MODES = ("table", "u8", "s8")
@@ -101,6 +104,17 @@ def isa(requested=None):
 def isa_levels():
     """ISA levels runnable on this machine, lowest first."""
     return list(ISA_NAMES[:_HW_LEVEL + 1])
+
+
+def vnni_levels():
+    """ISA levels at which this CPU has the integer GEMM's VNNI micro-kernel (avx512: AVX512-VNNI)."""
+    return [n for i, n in enumerate(ISA_NAMES[:_HW_LEVEL + 1]) if dse_cpu_vnni(i)]
+
+
+def vnni_enabled():
+    """Whether :func:`int_gemm` may use its VNNI micro-kernel by default: yes unless the environment variable
+    ``DSE_KERNEL_VNNI`` is 0/off/false/no (e.g. to measure or test the int16 kernel at the same ISA level)."""
+    return os.environ.get("DSE_KERNEL_VNNI", "").strip().lower() not in ("0", "off", "false", "no")
 
 
 def lut_gemm(const uint8_t[:, ::1] AT, const uint8_t[:, ::1] Wp, const int32_t[:, ::1] lutT,
@@ -385,7 +399,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
 
 
 def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
-             const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None):
+             const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None, vnni=None):
     """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
     ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
     uint8[K, M] (C-contiguous, M = B * img), or of ``AT`` uint8[B', K, img'] read per image (element (k, m) at
@@ -395,8 +409,11 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
     |term| of the call, 2 S < 2^31 (the int32 accumulation segment is floor((2^31 - 1) / S) terms). With ``scaling``
     (as :func:`dw_conv` takes it, one entry per row n) ``out`` is float32 (uint8 with a quant) [B, N, img] and
     receives the output of :func:`dequantize` on those sums, scaled from the int32 tile while it is in cache; the
-    call must satisfy :func:`int_gemm_fits32` and have K >= 1. Returns the ISA level name used."""
+    call must satisfy :func:`int_gemm_fits32` and have K >= 1. ``vnni`` (default: :func:`vnni_enabled`) lets a call
+    whose operand values fit bytes (t = 1) run on the VNNI micro-kernel of its level where the CPU has one
+    (:func:`vnni_levels`); the same results. Returns the ISA level name used, with "+vnni" when the VNNI kernel ran."""
     cdef int level = _level(isa)
+    cdef int use_vnni = vnni_enabled() if vnni is None else bool(vnni)
     AT = np.asarray(AT)
     if AT.dtype != np.uint8 or AT.ndim not in (2, 3) or AT.ndim == 2 and not AT.flags.c_contiguous or \
             AT.ndim == 3 and AT.shape[2] > 1 and AT.strides[2] != 1 or min(AT.strides) < 0:
@@ -440,10 +457,10 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
         rc = dse_int_gemm(level, <const uint8_t *>a_addr, lda, aimg, ld_aimg, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode,
                           &gw[0, 0], S,
                           <int64_t *>addr if scaling is None else NULL, img, ld_img, ld_n,
-                          NULL if scaling is None else &sc, <void *>addr, max(1, threads))
-    if rc != 0:
+                          NULL if scaling is None else &sc, <void *>addr, use_vnni, max(1, threads))
+    if rc < 0:
         raise MemoryError("int_gemm: scratch buffers could not be allocated")
-    return ISA_NAMES[level]
+    return ISA_NAMES[level] + ("+vnni" if rc == 1 else "")
 
 
 # the row-table kernel's tile sizes: selector rows per tile, index positions per block (dse.kernels' cost model)

@@ -332,11 +332,33 @@ def _int16_plan(prep: "_Prepared") -> _Int16Plan | None:
         mode = ("s8" if signed else "u8") if fac.rank == 1 and np.array_equal(fac.F[:, 0], prep.a_vals) else "table"
     if max(np.abs(fac.F).max(), np.abs(fac.G).max()) >= 2 ** 15:
         return None
+    if mode == "table":
+        fac = _byte_factors(fac)
     S = _term_bound(fac.F, fac.G, np.arange(256), np.arange(256))
     if not 1 <= S or 2 * S >= 2 ** 31:
         return None
     return _Int16Plan(np.ascontiguousarray(fac.F.astype(np.int16)), np.ascontiguousarray(fac.G.astype(np.int16)),
                       mode, S, fac, _factor_bytes(fac) if mode == "table" else None)
+
+
+def _fits_bytes(v: np.ndarray) -> bool:
+    """Whether the integers v fit one of the byte ranges of the VNNI kernel's ports ([0, 255] or [-128, 127])."""
+    return v.size == 0 or (0 <= v.min() and v.max() <= 255) or (-128 <= v.min() and v.max() <= 127)
+
+
+def _byte_factors(fac: IntFactors) -> IntFactors:
+    """One-term factors rescaled so that both fit bytes, when moving a divisor d of the entries of one factor into
+    the other does it (F d, G / d: the same products and term bound), else ``fac``: the integer GEMM kernel runs one-term
+    factors that fit bytes on its VNNI micro-kernel (cy/int_gemm.h), e.g. truncation and static Ax-BxP, whose
+    decomposition gives G(w) = -2048..1792 (multiples of 256) and F(a) = 0..15: d = 16."""
+    if fac.rank != 1 or (_fits_bytes(fac.F) and _fits_bytes(fac.G)):
+        return fac
+    for F, G, swap in ((fac.F, fac.G, False), (fac.G, fac.F, True)):  # move a divisor of G into F, or of F into G
+        g = int(np.gcd.reduce(np.abs(G[:, 0])))
+        for d in (d for d in range(2, g + 1) if g % d == 0):
+            if _fits_bytes(F * d) and _fits_bytes(G // d):
+                return IntFactors(G // d, F * d) if swap else IntFactors(F * d, G // d)
+    return fac
 
 
 def _factor_bytes(fac: IntFactors) -> "tuple[np.ndarray, bool] | None":

@@ -1,7 +1,10 @@
 """The integer GEMM kernel (cy/int_gemm.h, dse._kernels.int_gemm) against int64 numpy, bit-exact: every ISA level this
 CPU runs (the AVX-512 micro-kernel only where the CPU has it), edge tiles in M and N, odd depths, t > 1 factor terms,
 the int32 accumulation segments (short ones forced by a large term bound S, and the real one crossed by a long K at
-the extreme operands), output strides, and the paths "exact"/"lowrank" of dse.kernels that run on it."""
+the extreme operands), output strides, and the paths "exact"/"lowrank" of dse.kernels that run on it; the VNNI
+micro-kernel (byte operands, vpdpbusd) at the levels where this CPU has it, next to the int16 kernel of that level."""
+import contextlib
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +17,23 @@ from dse import kernels as K
 from dse.arith.multipliers import EXACT, get_multiplier
 
 ISAS = _kernels.isa_levels()
+# (level, VNNI allowed): the int16 kernel at every level, the VNNI kernel where the CPU has one
+KERNELS = [(isa, False) for isa in ISAS] + [(isa, True) for isa in _kernels.vnni_levels()]
 W_VALS = K._W_VALS.astype(np.int16)[:, None].copy()
+
+
+@contextlib.contextmanager
+def vnni_env(on: bool):
+    """DSE_KERNEL_VNNI set for the block (the default of dse._kernels.int_gemm, hence of dse.kernels' calls)."""
+    before = os.environ.get("DSE_KERNEL_VNNI")
+    os.environ["DSE_KERNEL_VNNI"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DSE_KERNEL_VNNI"]
+        else:
+            os.environ["DSE_KERNEL_VNNI"] = before
 
 
 def values(mode: str, fa: np.ndarray, AT: np.ndarray) -> np.ndarray:
@@ -49,13 +68,13 @@ def test_int_gemm_matches_numpy(M, Kd, N, t, mode, short, img_div, seed):
         S = 2 ** 30 - 1
     ref = np.einsum("kmj,nkj->nm", a, gw.astype(np.int64)[Wp])
     img = next(d for d in range(min(img_div, M), 0, -1) if M % d == 0)
-    for isa in ISAS:
+    for isa, vnni in KERNELS:
         out = np.full((M // img, N, img), 7, np.int64)
-        assert _kernels.int_gemm(AT, Wp, fa, mode, gw, S, out, isa) == isa
+        assert _kernels.int_gemm(AT, Wp, fa, mode, gw, S, out, isa, vnni=vnni).split("+")[0] == isa
         assert np.array_equal(out.transpose(1, 0, 2).reshape(N, M), ref), isa
         # strided output: a channel slice of a wider tensor, the rest untouched
         wide = np.full((M // img, N + 3, img), -1, np.int64)
-        _kernels.int_gemm(AT, Wp, fa, mode, gw, S, wide[:, 2:N + 2], isa)
+        _kernels.int_gemm(AT, Wp, fa, mode, gw, S, wide[:, 2:N + 2], isa, vnni=vnni)
         assert np.array_equal(wide[:, 2:N + 2].transpose(1, 0, 2).reshape(N, M), ref), isa
         assert (wide[:, :2] == -1).all() and (wide[:, N + 2:] == -1).all()
         # the operand image by image: [B', K, img'] with an image stride (panels straddling two images when img'
@@ -63,21 +82,21 @@ def test_int_gemm_matches_numpy(M, Kd, N, t, mode, short, img_div, seed):
         per = np.full((M // img, Kd + 2, img), 9, np.uint8)
         per[:, 1:Kd + 1] = AT.reshape(Kd, M // img, img).transpose(1, 0, 2)
         out3 = np.full((M // img, N, img), 7, np.int64)
-        _kernels.int_gemm(per[:, 1:Kd + 1], Wp, fa, mode, gw, S, out3, isa)
+        _kernels.int_gemm(per[:, 1:Kd + 1], Wp, fa, mode, gw, S, out3, isa, vnni=vnni)
         assert np.array_equal(out3, out), isa
 
 
 @settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 4), img=st.integers(1, 70), Kd=st.integers(1, 200), N=st.integers(1, 14),
        mode=st.sampled_from(["table", "u8", "s8"]), per_image=st.booleans(), quant=st.sampled_from([None, False, True]),
-       seed=st.integers(0, 2 ** 32 - 1))
-def test_int_gemm_scaled_tiles_match_the_scaling_pass(B, img, Kd, N, mode, per_image, quant, seed):
+       fa_range=st.sampled_from([(-300, 300), (0, 256), (-128, 128)]), seed=st.integers(0, 2 ** 32 - 1))
+def test_int_gemm_scaled_tiles_match_the_scaling_pass(B, img, Kd, N, mode, per_image, quant, fa_range, seed):
     """With a scaling the kernel writes dequantize's output (float32, or the next layer's patterns) of the int32
     tiles straight into a strided [B, N, img] output, operand per image or [K, M], the same bits as the int64 sums
-    scaled by dequantize."""
+    scaled by dequantize (on the VNNI kernel also with the activation offset's correction in the int32 tile)."""
     rng = np.random.default_rng(seed)
     M = B * img
-    fa = rng.integers(-300, 300, (256, 1)).astype(np.int16)
+    fa = rng.integers(*fa_range, (256, 1)).astype(np.int16)
     gw = W_VALS if mode != "table" else rng.integers(-300, 300, (256, 1)).astype(np.int16)
     AT = rng.integers(0, 256, (Kd, M)).astype(np.uint8)
     Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
@@ -88,9 +107,9 @@ def test_int_gemm_scaled_tiles_match_the_scaling_pass(B, img, Kd, N, mode, per_i
           rng.normal(0, 1, N).astype(np.float32), "clip", -2.0, 5.0, None if quant is None else (0.03, quant))
     ref = _kernels.dequantize(acc, *sc[:3], 1, *sc[3:])
     operand = AT.reshape(Kd, B, img).transpose(1, 0, 2) if per_image else AT
-    for isa in ISAS:
+    for isa, vnni in KERNELS:
         wide = np.zeros((B, N + 2, img), ref.dtype)
-        _kernels.int_gemm(operand, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, 1, sc)
+        _kernels.int_gemm(operand, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, 1, sc, vnni)
         assert np.array_equal(wide[:, 1:N + 1], ref) and not wide[:, 0].any() and not wide[:, N + 1].any(), isa
 
 
@@ -105,8 +124,9 @@ def test_exact_path_crosses_the_int32_segment(a_val, w_val, signed):
     w[3, ::2] = 0
     ref = (a[:1].astype(np.int64) * w.astype(np.int64)).sum(axis=1)[None, :].repeat(17, axis=0)
     assert abs(ref).max() >= 2 ** 31
-    for isa in ISAS:
-        assert np.array_equal(K.gemm_int(a, w, EXACT, signed, path="exact", isa=isa), ref), isa
+    for isa, vnni in KERNELS:  # VNNI: 65792-term segments (S8 = 255 * 128, signed activations offset by 128)
+        with vnni_env(vnni):
+            assert np.array_equal(K.gemm_int(a, w, EXACT, signed, path="exact", isa=isa), ref), isa
 
 
 def test_exact_and_separable_tables_run_on_the_int_kernel(monkeypatch):
@@ -129,3 +149,150 @@ def test_exact_and_separable_tables_run_on_the_int_kernel(monkeypatch):
     assert K._int16_plan(SimpleNamespace(a_vals=np.arange(256), is_exact=False, intf=fac)) is not None  # G <= 2048
     wide = SimpleNamespace(a_vals=np.arange(256), is_exact=False, intf=K.IntFactors(fac.F, fac.G * 16))  # G 2^15
     assert K._int16_plan(wide) is None
+
+
+def vnni_takes(fa: np.ndarray, mode: str, gw: np.ndarray, Wp: np.ndarray) -> bool:
+    """numpy twin of the VNNI kernel's choice (cy/int_gemm.h, dse_ig_plan8) for a call with t = 1: activation values
+    in [0, 255] or [-128, 127] (the latter offset by 128) with weight values in [-128, 127], or activation values in
+    [-128, 127] with weight values in [0, 255] (ports swapped); weight values over the whole table, else over the
+    patterns Wp uses."""
+    a = values(mode, fa, np.arange(256, dtype=np.uint8)[None, :]).ravel()
+    w = gw[:, 0].astype(np.int64)
+
+    def s8(v):
+        return -128 <= v.min() and v.max() <= 127
+
+    def u8(v):
+        return 0 <= v.min() and v.max() <= 255
+    if not (s8(w) or u8(w)):
+        w = w[np.unique(Wp)]
+    return bool(s8(w) and (u8(a) or s8(a)) or u8(w) and s8(a))
+
+
+RANGES = [(0, 256), (-128, 128), (0, 16), (-8, 8), (-129, 128), (0, 257), (-300, 300)]
+
+
+@settings(deadline=None, max_examples=120)
+@given(M=st.integers(1, 300), Kd=st.integers(1, 140), N=st.integers(1, 20),
+       mode=st.sampled_from(["table", "u8", "s8"]), a_range=st.sampled_from(RANGES), w_range=st.sampled_from(RANGES),
+       outlier=st.booleans(), img_div=st.integers(1, 4), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_vnni_kernel_port_choice_and_exactness(M, Kd, N, mode, a_range, w_range, outlier, img_div, threads, seed):
+    """Byte operands on every port assignment of the VNNI kernel (unsigned activations, signed ones offset by 128,
+    weights on the unsigned port) and operands it must leave to the int16 kernel, incl. a weight table with one
+    out-of-range pattern that the call does not use (then it takes the call) or uses (then it must not); depths not a
+    multiple of 4, operands per image, 1 and 2 threads: int64 numpy, and the kernel that ran is the one predicted."""
+    rng = np.random.default_rng(seed)
+    fa = rng.integers(*a_range, (256, 1)).astype(np.int16)
+    fa[rng.integers(0, 256)] = a_range[0]
+    fa[rng.integers(0, 256)] = a_range[1] - 1
+    gw = rng.integers(*w_range, (256, 1)).astype(np.int16)
+    if mode != "table":
+        gw = W_VALS.copy() if w_range[0] < 0 else rng.integers(0, 256, (256, 1)).astype(np.int16)
+    gw[rng.integers(0, 256)] = min(w_range[0], gw.min())
+    gw[rng.integers(0, 256)] = max(w_range[1] - 1, gw.max())
+    Wp = rng.integers(0, 255, (N, Kd)).astype(np.uint8)  # pattern 255 unused ...
+    gw[255] = -132  # ... outside both byte ranges (DRUM's G(-128)), or used once
+    if outlier:
+        Wp[rng.integers(0, N), rng.integers(0, Kd)] = 255
+    AT = rng.integers(0, 256, (Kd, M)).astype(np.uint8)
+    a = values(mode, fa, AT)
+    S = int((np.abs(a).max() * np.abs(gw.astype(np.int64)).max())) or 1
+    ref = np.einsum("kmj,nkj->nm", a, gw.astype(np.int64)[Wp])
+    img = next(d for d in range(min(img_div, M), 0, -1) if M % d == 0)
+    operand = AT.reshape(Kd, M // img, img).transpose(1, 0, 2)
+    expect = vnni_takes(fa, mode, gw, Wp)
+    for isa, vnni in KERNELS:
+        out = np.full((M // img, N, img), 7, np.int64)
+        used = _kernels.int_gemm(operand, Wp, fa, mode, gw, S, out, isa, threads, vnni=vnni)
+        assert used == isa + ("+vnni" if vnni and expect else ""), (isa, vnni, expect)
+        assert np.array_equal(out.transpose(1, 0, 2).reshape(N, M), ref), (isa, vnni)
+
+
+def test_vnni_environment_default(monkeypatch):
+    """DSE_KERNEL_VNNI=0 keeps the int16 kernel where a call does not say; vnni=True/False overrides it."""
+    AT = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    Wp = np.ones((2, 3), np.uint8)
+    for isa in ISAS:
+        out = np.empty((1, 2, 4), np.int64)
+        has = isa in _kernels.vnni_levels()
+        monkeypatch.setenv("DSE_KERNEL_VNNI", "0")
+        assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa) == isa
+        assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa, vnni=True) == \
+            isa + ("+vnni" if has else "")
+        monkeypatch.delenv("DSE_KERNEL_VNNI")
+        assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa) == isa + ("+vnni" if has else "")
+        assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa, vnni=False) == isa
+        assert np.array_equal(out[0], np.tile(AT.astype(np.int64).sum(axis=0), (2, 1)))
+
+
+SEPARABLE = ["exact", "perf_j1_k2", "drum6", "axbxp_k2_w2_a2_dynamic", "axbxp_k2_w2_a2_static", "trunc_op4"]
+
+
+@pytest.mark.skipif(not _kernels.vnni_levels(), reason="no VNNI on this CPU")
+def test_separable_families_run_on_the_vnni_kernel(monkeypatch):
+    """The exact product and the one-term separable tables whose factors fit bytes (truncation and static Ax-BxP
+    after moving the divisor 16 of G into F) run on the VNNI kernel, on both activation signednesses; DRUM6's G(-128)
+    = -132 does not fit a byte: its calls run there only without that weight pattern, and with signed activations
+    (F(-128) = -132) never."""
+    seen = []
+    monkeypatch.setattr(K._kernels, "int_gemm", lambda *a, f=K._kernels.int_gemm, **k: seen.append(f(*a, **k)))
+    monkeypatch.delenv("DSE_KERNEL_VNNI", raising=False)
+    rng = np.random.default_rng(1)
+    isa = _kernels.vnni_levels()[-1]
+    for name in SEPARABLE:
+        mult = EXACT if name == "exact" else get_multiplier(name)
+        for signed in (False, True):
+            for w_lo in (-127, -128):
+                a = rng.integers(-128, 128, (33, 70)) if signed else rng.integers(0, 256, (33, 70))
+                w = rng.integers(w_lo, 128, (5, 70))
+                w[0, 0] = w_lo
+                seen.clear()
+                got = K.gemm_int(a, w, mult, signed, path="exact" if name == "exact" else "lowrank", isa=isa)
+                assert np.array_equal(got, K.reference_gemm_int(a, w, mult, signed))
+                vnni = not (name == "drum6" and (signed or w_lo == -128))
+                assert seen == [isa + ("+vnni" if vnni else "")], (name, signed, w_lo)
+
+
+conv_cases = st.fixed_dictionaries({
+    "B": st.integers(1, 3), "G": st.integers(1, 3), "cg": st.integers(1, 9), "og": st.integers(1, 9),
+    "H": st.integers(1, 12), "W": st.integers(1, 12), "k": st.sampled_from([(1, 1), (3, 3), (1, 3), (2, 2)]),
+    "stride": st.sampled_from([(1, 1), (2, 2), (1, 2)]), "pads": st.tuples(*[st.integers(0, 2)] * 4),
+    "depthwise": st.booleans(), "signed": st.booleans(), "extreme": st.booleans(),
+    "mult": st.sampled_from(SEPARABLE), "threads": st.sampled_from([1, 2])})
+
+
+@settings(deadline=None, max_examples=60)
+@given(c=conv_cases, seed=st.integers(0, 2 ** 32 - 1))
+def test_convs_on_every_int_gemm_kernel(c, seed):
+    """conv2d_int and conv2d_scaled (int32 tiles scaled in the kernel) of the exact product and the separable
+    families through the integer GEMM: 1x1 (operand per image) and k x k convs, strides, padding, groups, depthwise
+    as per-group GEMMs (path "lowrank"), signed and unsigned activations (range ends too), every kernel (level, VNNI
+    or not) on 1 and 2 threads, against the numpy reference."""
+    rng = np.random.default_rng(seed)
+    G, cg, og = c["G"], c["cg"], c["og"]
+    if c["depthwise"]:
+        cg, G = 1, G + 1
+    kh, kw = c["k"]
+    H, W = max(c["H"], kh - c["pads"][0] - c["pads"][2]), max(c["W"], kw - c["pads"][1] - c["pads"][3])
+    signed = c["signed"]
+    x = rng.integers(-128, 128, (c["B"], G * cg, H, W)) if signed else rng.integers(0, 256, (c["B"], G * cg, H, W))
+    w = rng.integers(-128, 128, (G * og, cg, kh, kw))
+    if c["extreme"]:
+        x = np.where(x % 2 == 0, *((-128, 127) if signed else (0, 255)))
+        w = np.where(w % 2 == 0, -128, 127)
+    mult = EXACT if c["mult"] == "exact" else get_multiplier(c["mult"])
+    args = (c["stride"], c["pads"], (1, 1), G)
+    ref = K.reference_conv2d_int(x, w, mult, signed, *args)
+    N = G * og
+    sc = K.Scaling(0.01, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                   K.OutputAct("relu"))
+    yref = K.scale_accumulators(ref, sc)
+    paths = ["lowrank", "auto"] + (["exact"] if c["mult"] == "exact" else [])
+    for isa, vnni in KERNELS:
+        with vnni_env(vnni), K.using_threads(c["threads"]):
+            for path in paths:
+                assert np.array_equal(K.conv2d_int(x, w, mult, signed, *args, path=path, isa=isa), ref), \
+                    (isa, vnni, path)
+                assert np.array_equal(K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa), yref), \
+                    (isa, vnni, path)
