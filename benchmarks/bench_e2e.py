@@ -1,7 +1,7 @@
 """Whole-network speed and memory of the dse emulator next to onnxruntime, measured side by side in one run.
 
     python benchmarks/bench_e2e.py [--quick] [--skip-rss] [--nets mobilenetv2-32 ...] [--families drum6 LUT ...]
-                                   [--cpu-time]
+                                   [--cpu-time] [--int16]
 
 Models are built here with onnx.helper (no downloads), see below. Per model: onnxruntime fp32 and onnxruntime int8
 (static QDQ quantization of the same model, per-channel int8 weights, uint8 activations, calibrated on the same
@@ -220,10 +220,12 @@ FAMILIES = [("mitch_w6", "mitch_w6"), ("drum6", "drum6"), ("perforation", "perf_
             ("Ax-BxP", "axbxp_k2_w2_a2_dynamic")]
 
 
-def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name, threads_list=(1,), families=None):
+def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name, threads_list=(1,), families=None,
+                int16=False):
     """Images/s of every engine on ``n_img`` images, run as one batch (None: the emulator's streaming batch for this
-    network, ``stream_batch_size``, what ``dse evaluate`` and a search run it with). Returns (GMAC per image, images
-    per run, {(engine, threads): images/s})."""
+    network, ``stream_batch_size``, what ``dse evaluate`` and a search run it with); ``int16``: every 1-thread dse
+    row also with DSE_KERNEL_VNNI=0 (the integer GEMM's int16 kernel instead of its VNNI one). Returns (GMAC per
+    image, images per run, {(engine, threads): images/s})."""
     from dse import kernels
     from dse.emulate import Emulator
     from dse.layer_config import LayerConfig
@@ -254,6 +256,13 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
         for label, mult in configs:
             cfg = {l.name: LayerConfig(mult) for l in qm.layers}
             rows[(label, t)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img), x, repeats)
+            if int16 and t == 1:  # the same with the integer GEMM's VNNI kernel switched off
+                os.environ["DSE_KERNEL_VNNI"] = "0"
+                try:
+                    rows[(label + " [int16 GEMM]", t)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img),
+                                                                      x, repeats)
+                finally:
+                    del os.environ["DSE_KERNEL_VNNI"]
     kernels.set_threads(None)
     return gmac, n_img, rows
 
@@ -312,6 +321,8 @@ def main() -> None:
     ap.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS), help="networks to run (default: all)")
     ap.add_argument("--families", nargs="+", choices=[f for f, _ in FAMILIES] + ["LUT"],
                     help="table multipliers to run on all layers besides FxP8 exact (default: all)")
+    ap.add_argument("--int16", action="store_true",
+                    help="also run every 1-thread dse row with DSE_KERNEL_VNNI=0 (the integer GEMM's int16 kernel)")
     ap.add_argument("--rss-child", nargs=3, type=int, metavar=("SIZE", "CALIB", "EVAL"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.rss_child:
@@ -332,7 +343,8 @@ def main() -> None:
                 "mobilenetv2-32": ("MobileNetV2 32x32", lambda: mobilenetv2(32), 32, 32 if a.quick else 128, (1, 2))}
         for title, build, size, n, tl in (nets[k] for k in a.nets):
             tl = (1,) if a.cpu_time else tl
-            gmac, n, rows = bench_model(title.split()[0].lower(), build(), size, n, reps, tmp, lut, tl, a.families)
+            gmac, n, rows = bench_model(title.split()[0].lower(), build(), size, n, reps, tmp, lut, tl, a.families,
+                                       a.int16)
             fp, i8 = rows[("ort fp32", 1)], rows[("ort int8 (QDQ)", 1)]
             print(f"\n### {title} ({gmac:.3f} GMAC/image, {n} images per run, median of {reps}, 1 thread)\n")
             print("| engine | img/s | vs ort fp32 | vs ort int8 |")

@@ -24,7 +24,11 @@ Ax-BxP; if no such integer plan is proven, exact GEMM + r GEMMs with float64 err
 a-priori rounding bound is < 0.25; else it falls back to "lut"). Both run on the integer GEMM kernel
 (``cy/int_gemm.h``: int16 operands, vpmaddwd pair sums, int32 accumulation segments bounded by the largest term,
 int64 results) whenever the factors fit int16 and one pair of terms fits int32 (the exact product and every separable
-family); other integer factors take float32 BLAS on K-chunks whose partial sums are provably <= 2^24, else float64
+family; on CPUs with AVX512-VNNI, at the avx512 level, calls whose operand values fit bytes -- the exact product, one-term
+factors with F(a) in [0, 255] or [-128, 127] and G(w) in [-128, 127] or the other way round, e.g. perforation, Ax-BxP,
+truncation, DRUM6 on unsigned activations without the weight pattern -128 -- run on its VNNI micro-kernel: vpdpbusd
+byte quads, signed activations offset by 128 with an exact per-channel correction; environment variable
+``DSE_KERNEL_VNNI=0`` keeps the int16 kernel, e.g. to compare them); other integer factors take float32 BLAS on K-chunks whose partial sums are provably <= 2^24, else float64
 with K * S < 2^53 (``_factor_gemm``), "rows" (any table whose entries span < 2^16 per weight pattern or
 per activation pattern: for every k-step and tile of 32 output rows a 256-row table of the 32 selected table columns
 is built (one row per class of index patterns with equal table columns: Mitch-w's truncated operands give 80 of the
@@ -1204,7 +1208,8 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
 
 
 # Output positions per image for which the integer GEMM reads a batch of 1x1 conv inputs image by image (whole SIMD
-# panels of positions never straddle two images: 32 is every ISA level's panel width, cy/int_gemm.h).
+# panels of positions never straddle two images: 32 is a multiple of the int16 kernels' panel widths, cy/int_gemm.h;
+# the VNNI kernel's panels of 64 positions that straddle two images are packed element by element).
 _PER_IMAGE_PANEL = 32
 
 
