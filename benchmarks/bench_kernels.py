@@ -5,6 +5,7 @@ paths run on the integer GEMM kernel (cy/int_gemm.h); the "float BLAS" columns f
 (float32 BLAS on K-chunks of float-converted operands, float64 chunk sums) for comparison.
 
 Run:  python benchmarks/bench_kernels.py [--repeats 5] [--cpu-time]
+      python benchmarks/bench_kernels.py --vnni [--repeats 5] [--cpu-time]
       python benchmarks/bench_kernels.py --tables [--batch 4] [--repeats 5] [--cpu-time]
       python benchmarks/bench_kernels.py --zeros
 
@@ -12,6 +13,12 @@ Run:  python benchmarks/bench_kernels.py [--repeats 5] [--cpu-time]
 224 runs, so the deep layers have as few positions as there), activations shaped like post-ReLU FxP8 data (half zeros,
 a geometric tail): GMAC/s of the exact path, mitch_w6 and bench_e2e.py's imported LUT on each table path that applies
 (auto, rows, split), best of --repeats.
+
+--vnni: the integer GEMM kernel's VNNI micro-kernel (byte quads, vpdpbusd; where the CPU has AVX512-VNNI) next to its
+int16 kernel at the same ISA level (DSE_KERNEL_VNNI=0) and fp32 BLAS, on the shapes above and ResNet-18 32x32 convs
+(batch 64): the exact product on unsigned and signed activations and the separable tables perforation, DRUM6 (weights
+in [-127, 127]: its G(-128) does not fit a byte) and truncation on their lowrank path, interleaved rounds (every
+column once per round), medians of --repeats.
 
 --zeros: how many activation patterns the row-table kernel adds are 0 (what a zero-skipping kernel could leave out) on
 bench_e2e.py's networks (its models, calibration and images): per network, over the GEMM operands of the layers on
@@ -204,6 +211,89 @@ def main_tables(args):
         print(f"| {name} | {' | '.join(f'{res[c]:.1f}' if c in res else '-' for c in cols)} |")
 
 
+VNNI_SHAPES = SHAPES[:3] + SHAPES[4:] + [  # ResNet-18 32x32 at batch 64 (bench_e2e.py's call size)
+    ("r18-32 conv3x3 64->64 32x32 b64", "conv", (64, 64, 32, 32, 64, 3, 1, 1)),
+    ("r18-32 conv3x3 256->256 8x8 b64", "conv", (64, 256, 8, 8, 256, 3, 1, 1)),
+    ("r18-32 conv3x3 512->512 4x4 b64", "conv", (64, 512, 4, 4, 512, 3, 1, 1))]
+
+
+def with_env(fn, name, value):
+    """fn run with the environment variable ``name`` set to ``value`` (restored after)."""
+    def run():
+        before = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = before
+    return run
+
+
+def main_vnni(args):
+    rng = np.random.default_rng(0)
+    isa = _kernels.isa()
+    print(f"hardware ISA: {_kernels.hardware_isa()}; VNNI levels: {', '.join(_kernels.vnni_levels()) or 'none'}; "
+          f"level run: {isa}; repeats: {args.repeats} (interleaved, median); {'CPU' if args.cpu_time else 'wall'} "
+          f"time; load average {os.getloadavg()[0]:.2f} at start")
+    cases = [("exact u8", EXACT, False, "exact"), ("exact s8", EXACT, True, "exact"), ("perf", PERF, False, "lowrank"),
+             ("drum6", DRUM6, False, "lowrank"), ("trunc_op4", get_multiplier("trunc_op4"), False, "lowrank")]
+    rows = []
+    for name, kind, p in VNNI_SHAPES:
+        B, C, H, W, Co, k, pad, g = p if kind == "conv" else (None,) * 8
+        if kind == "conv":
+            macs = B * H * W * Co * (C // g) * k * k
+            x = rng.integers(0, 256, (B, C, H, W))
+            xs = rng.integers(-128, 128, (B, C, H, W))
+            w = rng.integers(-127, 128, (Co, C // g, k, k))
+            xf, wf = x.astype(np.float32), w.astype(np.float32)
+
+            def fp32(xf=xf, wf=wf, k=k, pad=pad):
+                cols, _, _ = K.im2col_T(xf, k, k, (1, 1), (pad,) * 4, (1, 1))
+                return wf.reshape(wf.shape[0], -1) @ cols
+
+            def run(mult, signed, path, x=x, xs=xs, w=w, pad=pad):
+                return K.conv2d_int(xs if signed else x, w, mult, signed, pads=(pad,) * 4, path=path, isa=isa)
+        else:
+            M, Kd, N = p
+            macs = M * Kd * N
+            x, xs = rng.integers(0, 256, (M, Kd)), rng.integers(-128, 128, (M, Kd))
+            w = rng.integers(-127, 128, (N, Kd))
+            xf, wf = x.astype(np.float32), w.astype(np.float32)
+
+            def fp32(xf=xf, wf=wf):
+                return xf @ wf.T
+
+            def run(mult, signed, path, x=x, xs=xs, w=w):
+                return K.gemm_int(xs if signed else x, w, mult, signed, path=path, isa=isa)
+        cols = {"fp32 BLAS": fp32}
+        for label, mult, signed, path in cases:
+            fn = (lambda mult=mult, signed=signed, path=path: run(mult, signed, path))
+            cols[f"{label} int16"] = with_env(fn, "DSE_KERNEL_VNNI", "0")
+            cols[f"{label} VNNI"] = with_env(fn, "DSE_KERNEL_VNNI", "1")
+        for fn in cols.values():
+            fn()
+        times = {c: [] for c in cols}
+        for _ in range(args.repeats):
+            for c, fn in cols.items():
+                times[c].append(_timed(fn))
+        res = {c: macs / statistics.median(t) / 1e9 for c, t in times.items()}
+        rows.append((name, res))
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()), flush=True)
+    print(f"\nGMAC/s, one thread (median of {args.repeats}); VNNI cells: (VNNI / int16 kernel, VNNI / fp32 BLAS)")
+    head = ["fp32 BLAS"] + [f"{c[0]} {v}" for c in cases for v in ("int16", "VNNI")]
+    print(f"| shape | {' | '.join(head)} |")
+    print("|" + "---|" * (len(head) + 1))
+    for name, res in rows:
+        cells = [f"{res['fp32 BLAS']:.1f}"]
+        for c in cases:
+            i16, v = res[f"{c[0]} int16"], res[f"{c[0]} VNNI"]
+            cells += [f"{i16:.1f}", f"{v:.1f} ({v / i16:.2f}x, {v / res['fp32 BLAS']:.2f})"]
+        print(f"| {name} | {' | '.join(cells)} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -211,6 +301,7 @@ def main():
     ap.add_argument("--tables", action="store_true", help="full-table multipliers on ResNet-18 224 conv shapes")
     ap.add_argument("--batch", type=int, default=4, help="images per conv call with --tables")
     ap.add_argument("--zeros", action="store_true", help="zero activation patterns on bench_e2e.py's networks")
+    ap.add_argument("--vnni", action="store_true", help="the integer GEMM's VNNI kernel vs its int16 kernel")
     args = ap.parse_args()
     if args.zeros:
         main_zeros()
@@ -219,6 +310,9 @@ def main():
     K.set_threads(1)
     if args.cpu_time:
         CLOCK = time.process_time
+    if args.vnni:
+        main_vnni(args)
+        return
     if args.tables:
         print(f"hardware ISA: {_kernels.hardware_isa()}; {'CPU' if args.cpu_time else 'wall'} time; load average "
               f"{os.getloadavg()[0]:.2f} at start")
