@@ -18,7 +18,8 @@ a geometric tail): GMAC/s of the exact path, mitch_w6 and bench_e2e.py's importe
 int16 kernel at the same ISA level (DSE_KERNEL_VNNI=0) and fp32 BLAS, on the shapes above and ResNet-18 32x32 convs
 (batch 64): the exact product on unsigned and signed activations and the separable tables perforation, DRUM6 (weights
 in [-127, 127]: its G(-128) does not fit a byte) and truncation on their lowrank path, interleaved rounds (every
-column once per round), medians of --repeats.
+column once per round), medians of --repeats. Operands are uint8/int8 arrays (as the emulator passes them); the
+level is the hardware's or DSE_KERNEL_ISA's (e.g. avx2: AVX-VNNI next to the AVX2 int16 kernel).
 
 --zeros: how many activation patterns the row-table kernel adds are 0 (what a zero-skipping kernel could leave out) on
 bench_e2e.py's networks (its models, calibration and images): per network, over the GEMM operands of the layers on
@@ -245,9 +246,9 @@ def main_vnni(args):
         B, C, H, W, Co, k, pad, g = p if kind == "conv" else (None,) * 8
         if kind == "conv":
             macs = B * H * W * Co * (C // g) * k * k
-            x = rng.integers(0, 256, (B, C, H, W))
-            xs = rng.integers(-128, 128, (B, C, H, W))
-            w = rng.integers(-127, 128, (Co, C // g, k, k))
+            x = rng.integers(0, 256, (B, C, H, W)).astype(np.uint8)
+            xs = rng.integers(-128, 128, (B, C, H, W)).astype(np.int8)
+            w = rng.integers(-127, 128, (Co, C // g, k, k)).astype(np.int8)
             xf, wf = x.astype(np.float32), w.astype(np.float32)
 
             def fp32(xf=xf, wf=wf, k=k, pad=pad):
@@ -259,8 +260,8 @@ def main_vnni(args):
         else:
             M, Kd, N = p
             macs = M * Kd * N
-            x, xs = rng.integers(0, 256, (M, Kd)), rng.integers(-128, 128, (M, Kd))
-            w = rng.integers(-127, 128, (N, Kd))
+            x, xs = rng.integers(0, 256, (M, Kd)).astype(np.uint8), rng.integers(-128, 128, (M, Kd)).astype(np.int8)
+            w = rng.integers(-127, 128, (N, Kd)).astype(np.int8)
             xf, wf = x.astype(np.float32), w.astype(np.float32)
 
             def fp32(xf=xf, wf=wf):

@@ -19,8 +19,9 @@
  * positions; a register-blocked micro-kernel multiplies an NR x MR tile with vpmaddwd (int16 x int16 -> the int32
  * sum of a pair of products; no saturation, unlike vpmaddubsw) into int32 accumulators.
  * ISA levels (cy/lut_kernel.h: dse_cpu_level): 0 portable C (MR 16), 1 AVX2 (MR 16: 12 ymm accumulators), 2 AVX-512
- * (BW used; MR 32: 12 zmm accumulators). At level 2 on CPUs with AVX512-VNNI, calls whose operand values fit bytes run
- * on the VNNI micro-kernel instead (byte quads, vpdpbusd; MR 64: 24 zmm accumulators; see "VNNI" below).
+ * (BW used; MR 32: 12 zmm accumulators). Calls whose operand values fit bytes run on a VNNI micro-kernel instead where
+ * the CPU has one (byte quads, vpdpbusd; see "VNNI" below): at level 2 with AVX512-VNNI (MR 64: 24 zmm accumulators),
+ * at level 1 with AVX-VNNI (MR 16: 12 ymm accumulators).
  *
  * Exactness: the caller passes S >= |A'[kk, m] W'[n, kk]| for every term of the call (e.g. max|a| * max|w|). The
  * int32 accumulators take at most seg = floor((2^31 - 1) / S) terms (a multiple of two, and the pair sum of one
@@ -349,7 +350,7 @@ struct dse_ig_plan {
     int q8, swap, aoff; /* swap: weights on vpdpbusd's unsigned port; aoff: offset added to the activation bytes */
     dse_ig_pack8_fn pack8;
     uint8_t xa[256];      /* the activation byte of each pattern (value + aoff) */
-    int xa_ident;         /* xa[p] == p */
+    int xa_ident, xa_flip; /* xa[p] == p; xa[p] == p ^ 0x80 (signed activation values offset by 128) */
     const int64_t *corr; /* aoff != 0: corr[n] = aoff * sum_k W'[n, k], subtracted from the sums */
 };
 
@@ -373,18 +374,21 @@ struct dse_ig_plan {
  */
 #define DSE_IG_KCQ 128 /* depth quads per block: an A block MC x 512 bytes (128 KiB), as the int16 blocks */
 #define DSE_IG_MR_VNNI 64
+#define DSE_IG_MR_VNNI256 16
 #define DSE_T_VNNI512 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
+#define DSE_T_VNNI256 __attribute__((target("avx2,avxvnni")))
 
-/* Whether the CPU runs the VNNI kernel of an ISA level (AVX512-VNNI at avx512). */
+/* Whether the CPU runs the VNNI kernel of an ISA level (AVX512-VNNI at avx512, AVX-VNNI at avx2). */
 static int dse_cpu_vnni(int level)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    static int have = -1;
-    if (have < 0) {
+    static int have512 = -1, have256 = -1;
+    if (have512 < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx512vnni") != 0;
+        have256 = __builtin_cpu_supports("avxvnni") != 0;
+        have512 = __builtin_cpu_supports("avx512vnni") != 0;
     }
-    return level >= DSE_ISA_AVX512 && have;
+    return level >= DSE_ISA_AVX512 ? have512 : level == DSE_ISA_AVX2 ? have256 : 0;
 #else
     (void)level;
     return 0;
@@ -544,6 +548,90 @@ static void dse_ig_pack_w8(const dse_ig_plan *P, const int16_t *gw, int64_t nt, 
 DSE_IG_Q512_MICRO(dse_ig_micro_vnni512, a0, w, a1, w, a2, w, a3, w) /* activations unsigned (or offset) */
 DSE_IG_Q512_MICRO(dse_ig_micro_vnni512_swap, w, a0, w, a1, w, a2, w, a3) /* weights unsigned, activations signed */
 
+/* The AVX-VNNI (ymm) kernels of the avx2 level: the same packing with SSE2 unpacks (bytes translated by a table other
+ * than the identity or the sign flip element by element), MR 16 positions (2 ymm) x NR 6 rows: 12 accumulators. */
+DSE_T_AVX2 static void dse_ig_pack_q_avx2(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv,
+                                          uint8_t *dst)
+{
+    const dse_ig_a *A = &P->A;
+    const int mr = P->mr;
+    const int64_t lda = A->lda, full = mv - mv % mr;
+    const int64_t pfull = (P->K / 4 - p0 < kcq) ? (P->K / 4 - p0 > 0 ? P->K / 4 - p0 : 0) : kcq;
+    const __m128i flip = _mm_set1_epi8((char)(P->xa_flip ? 0x80 : 0));
+    const int lookup = !P->xa_ident && !P->xa_flip;
+    uint8_t tb[64];
+    for (int64_t p = 0; p < pfull; p++) {
+        for (int64_t q = 0; q < full / mr; q++) {
+            uint8_t *d = dst + (q * kcq + p) * 4 * mr;
+            if (!dse_ig_run(A, m0 + q * mr, mr)) {
+                dse_ig_q_cell(P, 4 * (p0 + p), m0 + q * mr, mr, d);
+                continue;
+            }
+            const uint8_t *r = dse_ig_at(A, 4 * (p0 + p), m0 + q * mr);
+            for (int c = 0; c < mr; c += 16) {
+                __m128i x[4];
+                for (int h = 0; h < 4; h++) {
+                    if (lookup) {
+                        for (int i = 0; i < 16; i++)
+                            tb[16 * h + i] = P->xa[r[h * lda + c + i]];
+                        x[h] = _mm_loadu_si128((const __m128i *)(tb + 16 * h));
+                    } else {
+                        x[h] = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r + h * lda + c)), flip);
+                    }
+                }
+                const __m128i lo01 = _mm_unpacklo_epi8(x[0], x[1]), hi01 = _mm_unpackhi_epi8(x[0], x[1]);
+                const __m128i lo23 = _mm_unpacklo_epi8(x[2], x[3]), hi23 = _mm_unpackhi_epi8(x[2], x[3]);
+                _mm_storeu_si128((__m128i *)(d + 4 * c), _mm_unpacklo_epi16(lo01, lo23));
+                _mm_storeu_si128((__m128i *)(d + 4 * c + 16), _mm_unpackhi_epi16(lo01, lo23));
+                _mm_storeu_si128((__m128i *)(d + 4 * c + 32), _mm_unpacklo_epi16(hi01, hi23));
+                _mm_storeu_si128((__m128i *)(d + 4 * c + 48), _mm_unpackhi_epi16(hi01, hi23));
+            }
+        }
+    }
+    for (int64_t p = pfull; p < kcq; p++)
+        for (int64_t q = 0; q < full / mr; q++)
+            dse_ig_q_cell(P, 4 * (p0 + p), m0 + q * mr, mr, dst + (q * kcq + p) * 4 * mr);
+    if (full < mv)
+        dse_ig_pack_q_scalar(P, p0, kcq, m0 + full, mv - full, dst + (full / mr) * kcq * 4 * mr);
+}
+
+#define DSE_IG_Q256_ROW(r, U0, S0, U1, S1)                                                                         \
+    do {                                                                                                           \
+        const __m256i w = _mm256_set1_epi32(b[r]);                                                                 \
+        c##r##0 = _mm256_dpbusd_avx_epi32(c##r##0, U0, S0);                                                       \
+        c##r##1 = _mm256_dpbusd_avx_epi32(c##r##1, U1, S1);                                                       \
+    } while (0)
+#define DSE_IG_Q256_MICRO(name, U0, S0, U1, S1)                                                                    \
+    DSE_T_VNNI256 static void name(const void *Av, const void *Bv, int64_t kcq, int32_t *C, int64_t ldc, int acc)  \
+    {                                                                                                              \
+        const uint8_t *A = (const uint8_t *)Av;                                                                    \
+        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;             \
+        __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                                 \
+        for (int64_t p = 0; p < kcq; p++) {                                                                        \
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(A + p * 64));                                  \
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(A + p * 64 + 32));                             \
+            const int32_t *b = (const int32_t *)Bv + p * DSE_IG_NR;                                                \
+            DSE_IG_Q256_ROW(0, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q256_ROW(1, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q256_ROW(2, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q256_ROW(3, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q256_ROW(4, U0, S0, U1, S1);                                                                    \
+            DSE_IG_Q256_ROW(5, U0, S0, U1, S1);                                                                    \
+        }                                                                                                          \
+        __m256i cs[DSE_IG_NR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};       \
+        for (int r = 0; r < DSE_IG_NR; r++) {                                                                      \
+            __m256i *o = (__m256i *)(C + r * ldc);                                                                 \
+            if (acc) {                                                                                             \
+                cs[r][0] = _mm256_add_epi32(cs[r][0], _mm256_loadu_si256(o));                                     \
+                cs[r][1] = _mm256_add_epi32(cs[r][1], _mm256_loadu_si256(o + 1));                                 \
+            }                                                                                                      \
+            _mm256_storeu_si256(o, cs[r][0]);                                                                      \
+            _mm256_storeu_si256(o + 1, cs[r][1]);                                                                  \
+        }                                                                                                          \
+    }
+DSE_IG_Q256_MICRO(dse_ig_micro_vnni256, a0, w, a1, w)
+DSE_IG_Q256_MICRO(dse_ig_micro_vnni256_swap, w, a0, w, a1)
+
 /* Activation value of pattern p (t = 1). */
 static inline int dse_ig_value(int mode, const int16_t *fa, int p)
 {
@@ -591,15 +679,20 @@ static int dse_ig_plan8(dse_ig_plan *P, const int16_t *gw)
     const int64_t kcq = seg_quads < DSE_IG_KCQ ? seg_quads : DSE_IG_KCQ, seg_blocks = seg_quads / kcq;
     if (P->sc && (KQ + kcq - 1) / kcq > seg_blocks)
         return 0;
-    P->q8 = 1, P->swap = swap, P->aoff = aoff, P->xa_ident = 1;
+    P->q8 = 1, P->swap = swap, P->aoff = aoff, P->xa_ident = 1, P->xa_flip = 1;
     for (int p = 0; p < 256; p++) {
         P->xa[p] = (uint8_t)(dse_ig_value(P->mode, P->fa, p) + aoff);
         P->xa_ident &= P->xa[p] == p;
+        P->xa_flip &= P->xa[p] == (p ^ 0x80);
     }
     P->KP = KQ, P->kcp = kcq, P->seg_blocks = seg_blocks;
-    P->mr = DSE_IG_MR_VNNI;
-    P->micro = swap ? dse_ig_micro_vnni512_swap : dse_ig_micro_vnni512;
-    P->pack8 = dse_ig_pack_q_512;
+    if (P->level >= DSE_ISA_AVX512) {
+        P->mr = DSE_IG_MR_VNNI, P->pack8 = dse_ig_pack_q_512;
+        P->micro = swap ? dse_ig_micro_vnni512_swap : dse_ig_micro_vnni512;
+    } else {
+        P->mr = DSE_IG_MR_VNNI256, P->pack8 = dse_ig_pack_q_avx2;
+        P->micro = swap ? dse_ig_micro_vnni256_swap : dse_ig_micro_vnni256;
+    }
     return 1;
 }
 

@@ -107,7 +107,7 @@ def isa_levels():
 
 
 def vnni_levels():
-    """ISA levels at which this CPU has the integer GEMM's VNNI micro-kernel (avx512: AVX512-VNNI)."""
+    """ISA levels at which this CPU has the integer GEMM's VNNI micro-kernel (avx512: AVX512-VNNI, avx2: AVX-VNNI)."""
     return [n for i, n in enumerate(ISA_NAMES[:_HW_LEVEL + 1]) if dse_cpu_vnni(i)]
 
 

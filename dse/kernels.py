@@ -24,7 +24,7 @@ Ax-BxP; if no such integer plan is proven, exact GEMM + r GEMMs with float64 err
 a-priori rounding bound is < 0.25; else it falls back to "lut"). Both run on the integer GEMM kernel
 (``cy/int_gemm.h``: int16 operands, vpmaddwd pair sums, int32 accumulation segments bounded by the largest term,
 int64 results) whenever the factors fit int16 and one pair of terms fits int32 (the exact product and every separable
-family; on CPUs with AVX512-VNNI, at the avx512 level, calls whose operand values fit bytes -- the exact product, one-term
+family; on CPUs with AVX512-VNNI (avx512 level) or AVX-VNNI (avx2 level), calls whose operand values fit bytes -- the exact product, one-term
 factors with F(a) in [0, 255] or [-128, 127] and G(w) in [-128, 127] or the other way round, e.g. perforation, Ax-BxP,
 truncation, DRUM6 on unsigned activations without the weight pattern -128 -- run on its VNNI micro-kernel: vpdpbusd
 byte quads, signed activations offset by 128 with an exact per-channel correction; environment variable
