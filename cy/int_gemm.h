@@ -496,7 +496,7 @@ static void dse_ig_pack_w8(const dse_ig_plan *P, const int16_t *gw, int64_t nt, 
 /* vpdpbusd micro-kernels, MR 64 positions (4 zmm of 16 quads) x NR 6 rows: 24 accumulators (2-19 % faster than MR 32
  * on this Zen 5 box's GEMM shapes). DSE_IG_Q512_MICRO(name, U0, S0, ...): Uj on the unsigned port, Sj on the signed
  * one (aj: the activation quads of positions 16 j .. 16 j + 15, w: the broadcast weight quad). */
-#define DSE_IG_Q512_ROW(r, U0, S0, U1, S1, U2, S2, U3, S3)                                                                         \
+#define DSE_IG_Q512_ROW(r, U0, S0, U1, S1, U2, S2, U3, S3)                                                             \
     do {                                                                                                           \
         const __m512i w = _mm512_set1_epi32(b[r]);                                                                 \
         c##r##0 = _mm512_dpbusd_epi32(c##r##0, U0, S0);                                                           \
@@ -504,7 +504,7 @@ static void dse_ig_pack_w8(const dse_ig_plan *P, const int16_t *gw, int64_t nt, 
         c##r##2 = _mm512_dpbusd_epi32(c##r##2, U2, S2);                                                           \
         c##r##3 = _mm512_dpbusd_epi32(c##r##3, U3, S3);                                                           \
     } while (0)
-#define DSE_IG_Q512_MICRO(name, U0, S0, U1, S1, U2, S2, U3, S3)                                                                    \
+#define DSE_IG_Q512_MICRO(name, U0, S0, U1, S1, U2, S2, U3, S3)                                                        \
     DSE_T_VNNI512 static void name(const void *Av, const void *Bv, int64_t kcq, int32_t *C, int64_t ldc, int acc)  \
     {                                                                                                              \
         const uint8_t *A = (const uint8_t *)Av;                                                                    \
@@ -515,12 +515,12 @@ static void dse_ig_pack_w8(const dse_ig_plan *P, const int16_t *gw, int64_t nt, 
             const __m512i a0 = _mm512_loadu_si512(A + p * 256), a1 = _mm512_loadu_si512(A + p * 256 + 64);        \
             const __m512i a2 = _mm512_loadu_si512(A + p * 256 + 128), a3 = _mm512_loadu_si512(A + p * 256 + 192);  \
             const int32_t *b = (const int32_t *)Bv + p * DSE_IG_NR;                                                \
-            DSE_IG_Q512_ROW(0, U0, S0, U1, S1, U2, S2, U3, S3);                                                                    \
-            DSE_IG_Q512_ROW(1, U0, S0, U1, S1, U2, S2, U3, S3);                                                                    \
-            DSE_IG_Q512_ROW(2, U0, S0, U1, S1, U2, S2, U3, S3);                                                                    \
-            DSE_IG_Q512_ROW(3, U0, S0, U1, S1, U2, S2, U3, S3);                                                                    \
-            DSE_IG_Q512_ROW(4, U0, S0, U1, S1, U2, S2, U3, S3);                                                                    \
-            DSE_IG_Q512_ROW(5, U0, S0, U1, S1, U2, S2, U3, S3);                                                                    \
+            DSE_IG_Q512_ROW(0, U0, S0, U1, S1, U2, S2, U3, S3);                                                        \
+            DSE_IG_Q512_ROW(1, U0, S0, U1, S1, U2, S2, U3, S3);                                                        \
+            DSE_IG_Q512_ROW(2, U0, S0, U1, S1, U2, S2, U3, S3);                                                        \
+            DSE_IG_Q512_ROW(3, U0, S0, U1, S1, U2, S2, U3, S3);                                                        \
+            DSE_IG_Q512_ROW(4, U0, S0, U1, S1, U2, S2, U3, S3);                                                        \
+            DSE_IG_Q512_ROW(5, U0, S0, U1, S1, U2, S2, U3, S3);                                                        \
         }                                                                                                          \
         DSE_IG_512_STORE(0);                                                                                       \
         DSE_IG_512_STORE(1);                                                                                       \
@@ -783,7 +783,8 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
 }
 
 /* Returns 0 (the int16 kernel ran) or 1 (the VNNI kernel ran: vnni != 0 allows it where the CPU has it and the
- * operands fit bytes), or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be < 2^31). */
+ * operands fit bytes), or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be
+ * < 2^31). */
 static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
                         int64_t K, int64_t M, int64_t N,
                         int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,

@@ -24,13 +24,14 @@ Ax-BxP; if no such integer plan is proven, exact GEMM + r GEMMs with float64 err
 a-priori rounding bound is < 0.25; else it falls back to "lut"). Both run on the integer GEMM kernel
 (``cy/int_gemm.h``: int16 operands, vpmaddwd pair sums, int32 accumulation segments bounded by the largest term,
 int64 results) whenever the factors fit int16 and one pair of terms fits int32 (the exact product and every separable
-family; on CPUs with AVX512-VNNI (avx512 level) or AVX-VNNI (avx2 level), calls whose operand values fit bytes -- the exact product, one-term
-factors with F(a) in [0, 255] or [-128, 127] and G(w) in [-128, 127] or the other way round, e.g. perforation, Ax-BxP,
-truncation, DRUM6 on unsigned activations without the weight pattern -128 -- run on its VNNI micro-kernel: vpdpbusd
-byte quads, signed activations offset by 128 with an exact per-channel correction; environment variable
-``DSE_KERNEL_VNNI=0`` keeps the int16 kernel, e.g. to compare them); other integer factors take float32 BLAS on K-chunks whose partial sums are provably <= 2^24, else float64
-with K * S < 2^53 (``_factor_gemm``), "rows" (any table whose entries span < 2^16 per weight pattern or
-per activation pattern: for every k-step and tile of 32 output rows a 256-row table of the 32 selected table columns
+family; on CPUs with AVX512-VNNI (avx512 level) or AVX-VNNI (avx2 level), calls whose operand values fit bytes --
+the exact product, one-term factors with F(a) in [0, 255] or [-128, 127] and G(w) in [-128, 127] or the other way
+round, e.g. perforation, Ax-BxP, truncation, DRUM6 on unsigned activations without the weight pattern -128 -- run on
+its VNNI micro-kernel: vpdpbusd byte quads, signed activations offset by 128 with an exact per-channel correction;
+the environment variable ``DSE_KERNEL_VNNI=0`` keeps the int16 kernel, e.g. to compare them); other integer factors
+take float32 BLAS on K-chunks whose partial sums are provably <= 2^24, else float64 with K * S < 2^53
+(``_factor_gemm``), "rows" (any table whose entries span < 2^16 per weight pattern or per activation pattern: for
+every k-step and tile of 32 output rows a 256-row table of the 32 selected table columns
 is built (one row per class of index patterns with equal table columns: Mitch-w's truncated operands give 80 of the
 256 unsigned activation patterns; a conv maps its input to these classes before im2col), then each position adds one
 table row -- 16 products per AVX2 16-bit add (whole entries and their high bytes summed apart, exact over 256-step
@@ -351,10 +352,10 @@ def _fits_bytes(v: np.ndarray) -> bool:
 
 
 def _byte_factors(fac: IntFactors) -> IntFactors:
-    """One-term factors rescaled so that both fit bytes, when moving a divisor d of the entries of one factor into
-    the other does it (F d, G / d: the same products and term bound), else ``fac``: the integer GEMM kernel runs one-term
-    factors that fit bytes on its VNNI micro-kernel (cy/int_gemm.h), e.g. truncation and static Ax-BxP, whose
-    decomposition gives G(w) = -2048..1792 (multiples of 256) and F(a) = 0..15: d = 16."""
+    """One-term factors rescaled so that both fit byte ranges, when moving a divisor d of the entries of one factor
+    into the other does it (F d, G / d: the same products and term bound), else ``fac``: the integer GEMM kernel runs
+    one-term factors that fit bytes on its VNNI micro-kernel (cy/int_gemm.h), e.g. truncation and static Ax-BxP,
+    whose decomposition gives G(w) = -2048..1792 (multiples of 256) and F(a) = 0..15: d = 16."""
     if fac.rank != 1 or (_fits_bytes(fac.F) and _fits_bytes(fac.G)):
         return fac
     for F, G, swap in ((fac.F, fac.G, False), (fac.G, fac.F, True)):  # move a divisor of G into F, or of F into G
