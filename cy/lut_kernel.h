@@ -262,6 +262,8 @@ DSE_DEF512(4, 1)
  * orientation and the block length to keep M (index positions) >> 256 / (cost ratio); a block builds only the rows
  * up to the 16-row block of its largest index at that k-step (small post-Relu activations read the first rows).
  * Each selector tile is transposed once per call (32 contiguous selector bytes per k-step for the builds).
+ * A tile with at most 16 valid selector rows (N = 16, the last tile of N = 48, 144, ...) builds and adds only the
+ * first 16 columns of its tables at AVX2 (dse_rows_impl.half).
  * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
  * no transposing copy follows.
  * Overflow: the AVX2 16-bit sums are exact over windows of 256 k-steps (low and high bytes of the entries summed
@@ -269,6 +271,7 @@ DSE_DEF512(4, 1)
  * (< 2^15 * 2^16 = 2^31), which are added into the int64 output. */
 #define DSE_RT_NT 32
 #define DSE_RT_KC 4
+#define DSE_RT_OB 64 /* positions per block of the output transposition */
 #define DSE_RT_MB 4096 /* its 16-bit accumulators (128 B per position) fill Zen 2's 512 KiB L2 */
 
 static inline void dse_rows_build(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel, uint16_t *tab)
@@ -389,7 +392,7 @@ static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t
 #define DSE_RT_W16 256 /* k-steps per 16-bit window */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int64_t mb, uint16_t *acc,
-                       const int KC, const int FIRST, const int NOH, const int PAIR)
+                       const int KC, const int FIRST, const int NOH, const int PAIR, const int W)
 {
     const uint16_t *t[DSE_RT_KC];
     const uint8_t *p[DSE_RT_KC];
@@ -401,14 +404,15 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
     for (int64_t m = 0; m < mb; m++) {
         uint16_t *a = acc + m * 2 * DSE_RT_NT;
         __m256i a0, a1, h0, h1;
-        if (FIRST) {
-            a0 = a1 = h0 = h1 = _mm256_setzero_si256();
-        } else {
+        a0 = a1 = h0 = h1 = _mm256_setzero_si256();
+        if (!FIRST) {
             a0 = _mm256_loadu_si256((const __m256i *)(a + 0));
-            a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
+            if (W == 32)
+                a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
             if (!NOH) {
                 h0 = _mm256_loadu_si256((const __m256i *)(a + 32));
-                h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
+                if (W == 32)
+                    h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
             }
         }
         if (PAIR) { /* entries < 2^15: two rows summed exactly in 16 bits, then one high-byte sum per pair */
@@ -418,60 +422,73 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
                 const uint16_t *q = t[kk + 1] + DSE_RT_NT * (size_t)p[kk + 1][m];
                 const __m256i v0 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)r),
                                                     _mm256_loadu_si256((const __m256i *)q));
-                const __m256i v1 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)(r + 16)),
-                                                    _mm256_loadu_si256((const __m256i *)(q + 16)));
                 a0 = _mm256_add_epi16(a0, v0);
-                a1 = _mm256_add_epi16(a1, v1);
                 h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
-                h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+                if (W == 32) {
+                    const __m256i v1 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)(r + 16)),
+                                                        _mm256_loadu_si256((const __m256i *)(q + 16)));
+                    a1 = _mm256_add_epi16(a1, v1);
+                    h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+                }
             }
         } else {
 #pragma GCC unroll 16
             for (int kk = 0; kk < KC; kk++) {
                 const uint16_t *r = t[kk] + DSE_RT_NT * (size_t)p[kk][m];
                 const __m256i v0 = _mm256_loadu_si256((const __m256i *)r);
-                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
                 a0 = _mm256_add_epi16(a0, v0);
-                a1 = _mm256_add_epi16(a1, v1);
-                if (!NOH) {
+                if (!NOH)
                     h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
-                    h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+                if (W == 32) {
+                    const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
+                    a1 = _mm256_add_epi16(a1, v1);
+                    if (!NOH)
+                        h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
                 }
             }
         }
         _mm256_storeu_si256((__m256i *)(a + 0), a0);
-        _mm256_storeu_si256((__m256i *)(a + 16), a1);
+        if (W == 32)
+            _mm256_storeu_si256((__m256i *)(a + 16), a1);
         if (!NOH) {
             _mm256_storeu_si256((__m256i *)(a + 32), h0);
-            _mm256_storeu_si256((__m256i *)(a + 48), h1);
+            if (W == 32)
+                _mm256_storeu_si256((__m256i *)(a + 48), h1);
         }
     }
 }
 
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
-                        uint16_t *acc, const int NOH, const int PAIR)
+                        uint16_t *acc, const int NOH, const int PAIR, const int W)
 {
     if (kc == DSE_RT_KC && first) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 1, NOH, PAIR);
+        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 1, NOH, PAIR, W);
         return;
     }
     if (kc == DSE_RT_KC) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 0, NOH, PAIR);
+        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 0, NOH, PAIR, W);
         return;
     }
     for (int kk = 0; kk < kc; kk++) { /* the chunk at the end of K */
         if (first && kk == 0)
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 1, NOH, 0);
+            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 1, NOH, 0, W);
         else
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 0, NOH, 0);
+            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 0, NOH, 0, W);
     }
 }
 
 DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
                                            int64_t mb, int first, void *acc)
 {
-    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 0);
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 0, 32);
+}
+
+/* The same on a half tile (16 selector rows: the first 16 entries of each table row, one ymm per row and sum). */
+DSE_T_AVX2 static void dse_rows_accum16_avx2(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                             int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 0, 16);
 }
 
 /* Tables whose entries are all < 2^15: the rows of two k-steps are added first (< 2^16, exact in 16 bits) and the
@@ -481,7 +498,13 @@ DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, int64_t ts, cons
 DSE_T_AVX2 static void dse_rows_accum_avx2_pair(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
                                                 int64_t mb, int first, void *acc)
 {
-    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 1);
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 1, 32);
+}
+
+DSE_T_AVX2 static void dse_rows_accum16_avx2_pair(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                  int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 1, 16);
 }
 
 /* Tables whose entries are all < 256: a window of 256 k-steps sums to <= 255 * 256 < 2^16, so the word sums A are
@@ -490,17 +513,24 @@ DSE_T_AVX2 static void dse_rows_accum_avx2_pair(const uint16_t *tab, int64_t ts,
 DSE_T_AVX2 static void dse_rows_accum_avx2_byte(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
                                                 int64_t mb, int first, void *acc)
 {
-    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1, 0);
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1, 0, 32);
 }
 
-/* sums = ((A - 256 H) mod 2^16) + 256 H per selector (see dse_rows_accum_avx2). */
-DSE_T_AVX2 static void dse_rows_finish_avx2(const void *accv, int64_t mb, int first, int32_t *sums)
+DSE_T_AVX2 static void dse_rows_accum16_avx2_byte(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                  int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1, 0, 16);
+}
+
+/* sums = ((A - 256 H) mod 2^16) + 256 H per selector (see dse_rows_accum_avx2), for the first W selectors. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_rows_finish_avx2_w(const void *accv, int64_t mb,
+                                                                                   int first, int32_t *sums, const int W)
 {
     const uint16_t *acc = (const uint16_t *)accv;
     for (int64_t m = 0; m < mb; m++) {
         const uint16_t *a = acc + m * 2 * DSE_RT_NT;
         int32_t *s = sums + m * DSE_RT_NT;
-        for (int i = 0; i < DSE_RT_NT; i += 16) {
+        for (int i = 0; i < W; i += 16) {
             const __m256i A = _mm256_loadu_si256((const __m256i *)(a + i));
             const __m256i H = _mm256_loadu_si256((const __m256i *)(a + DSE_RT_NT + i));
             const __m256i L = _mm256_sub_epi16(A, _mm256_slli_epi16(H, 8));
@@ -519,20 +549,42 @@ DSE_T_AVX2 static void dse_rows_finish_avx2(const void *accv, int64_t mb, int fi
     }
 }
 
-/* sums = A per selector (the window sums of a table with entries < 256, see dse_rows_accum_avx2_byte). */
-DSE_T_AVX2 static void dse_rows_finish_avx2_byte(const void *accv, int64_t mb, int first, int32_t *sums)
+DSE_T_AVX2 static void dse_rows_finish_avx2(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_w(accv, mb, first, sums, 32);
+}
+
+DSE_T_AVX2 static void dse_rows_finish16_avx2(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_w(accv, mb, first, sums, 16);
+}
+
+/* sums = A per selector (the window sums of a table with entries < 256, see dse_rows_accum_avx2_byte), for the
+ * first W selectors. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_finish_avx2_byte_w(const void *accv, int64_t mb, int first, int32_t *sums, const int W)
 {
     const uint16_t *acc = (const uint16_t *)accv;
     for (int64_t m = 0; m < mb; m++) {
         const uint16_t *a = acc + m * 2 * DSE_RT_NT;
         int32_t *s = sums + m * DSE_RT_NT;
-        for (int i = 0; i < DSE_RT_NT; i += 8) {
+        for (int i = 0; i < W; i += 8) {
             __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
             if (!first)
                 v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(s + i)));
             _mm256_storeu_si256((__m256i *)(s + i), v);
         }
     }
+}
+
+DSE_T_AVX2 static void dse_rows_finish_avx2_byte(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_byte_w(accv, mb, first, sums, 32);
+}
+
+DSE_T_AVX2 static void dse_rows_finish16_avx2_byte(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_byte_w(accv, mb, first, sums, 16);
 }
 
 /* Tables whose entries are all < 32 (e.g. the error table of a product with its low bits cleared): rows of 32 bytes
@@ -610,13 +662,16 @@ DSE_T_AVX2 static void dse_rows_finish_avx2_tiny(const void *accv, int64_t mb, i
     }
 }
 
-/* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of DSE_RT_KC) and size. */
-typedef struct {
+/* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of DSE_RT_KC) and size;
+ * half: the same kernel on tiles of at most 16 selector rows (their tables' first 16 columns, half the loads and adds
+ * per position), NULL where a tile always runs whole. */
+typedef struct dse_rows_impl_s {
     dse_rows_build_fn build;
     dse_rows_accum_fn accum;
     dse_rows_finish_fn finish;
     int64_t window;
     size_t acc_bytes; /* per index position */
+    const struct dse_rows_impl_s *half;
 } dse_rows_impl;
 
 /* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]); with
@@ -684,21 +739,22 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
     }
 }
 
-/* With o->sc: gathers (first) init + acc[i * DSE_RT_NT], or (not first) adds acc[i * DSE_RT_NT], into a task's
- * sums fin, for index positions i < len of selector row j, at fin[j * len + i] (weights selecting: one channel's run
- * of positions) or fin[i * DSE_RT_NT + j] (sel_is_m: one channel's run is the tile's selector rows). */
-static void dse_rows_gather(const dse_rows_out *o, void *fin, int64_t j, int64_t len, const int32_t *acc,
-                            int64_t init, int first)
+/* With o->sc: gathers (first) init + acc[i * DSE_RT_NT], or (not first) adds acc[i * DSE_RT_NT], for index
+ * positions i0 + i, i < n, of a task's len positions, selector row j, at fin[j * len + i0 + i] (weights selecting:
+ * one channel's run of positions) or fin[(i0 + i) * DSE_RT_NT + j] (sel_is_m: one channel's run is the tile's
+ * selector rows); acc points at position i0's sums. */
+static void dse_rows_gather(const dse_rows_out *o, void *fin, int64_t j, int64_t len, int64_t i0, int64_t n,
+                            const int32_t *acc, int64_t init, int first)
 {
     const int64_t sj = o->sel_is_m ? 1 : len, si = o->sel_is_m ? DSE_RT_NT : 1;
     if (o->fin_kind == DSE_SUM_I32) {
-        int32_t *f = (int32_t *)fin + j * sj;
-        for (int64_t i = 0; i < len; i++)
+        int32_t *f = (int32_t *)fin + j * sj + i0 * si;
+        for (int64_t i = 0; i < n; i++)
             f[i * si] = (int32_t)((first ? init : f[i * si]) + acc[i * DSE_RT_NT]);
         return;
     }
-    int64_t *f = (int64_t *)fin + j * sj;
-    for (int64_t i = 0; i < len; i++)
+    int64_t *f = (int64_t *)fin + j * sj + i0 * si;
+    for (int64_t i = 0; i < n; i++)
         f[i * si] = (first ? init : f[i * si]) + acc[i * DSE_RT_NT];
 }
 
@@ -746,8 +802,9 @@ static void dse_rows_tile_prep(const uint8_t *S, const int32_t *off, int64_t K, 
 static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, const int64_t *init, const uint8_t *imax,
                           const uint16_t *D, int64_t R, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
                           const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums, void *fin,
-                          const dse_rows_impl *im)
+                          const dse_rows_impl *imt)
 {
+    const dse_rows_impl *im = nv <= 16 && imt->half ? imt->half : imt; /* a tile of <= 16 rows: the half kernel */
     const int64_t kf = im->window;
     /* inner windows of kf k-steps (the accumulators' bound), summed in int32 over outer windows of <= 2^15 k-steps
      * (|sum| < 2^15 * 2^16 = 2^31), each flushed once into the int64 output */
@@ -769,16 +826,29 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, cons
             im->finish(acc, mb, w0 % kout == 0, sums);
             ws = sums;
         }
-        if (w1 == K || w1 % kout == 0)
+        if (!(w1 == K || w1 % kout == 0))
+            continue;
+        /* the sums [mb][NT] go out per selector row j in blocks of DSE_RT_OB positions, whose sums stay in L1 while
+         * the tile's rows read them (one pass per row over all mb positions read a cache line per sum) */
+        for (int64_t i0 = 0; i0 < mb; i0 += DSE_RT_OB) {
+            const int64_t n = (mb - i0 < DSE_RT_OB) ? mb - i0 : DSE_RT_OB;
             for (int64_t j = 0; j < nv; j++) {
                 if (out->sc)
-                    dse_rows_gather(out, fin, j, mb, ws + j, init[j], w0 < kout);
+                    dse_rows_gather(out, fin, j, mb, i0, n, ws + i0 * DSE_RT_NT + j, init[j], w0 < kout);
                 else
-                    dse_rows_store(out, n0 + j, m0, mb, ws + j, init[j], w0 < kout);
+                    dse_rows_store(out, n0 + j, m0 + i0, n, ws + i0 * DSE_RT_NT + j, init[j], w0 < kout);
             }
+        }
     }
     if (out->sc)
         dse_rows_scale(out, fin, n0, nv, m0, mb);
+}
+
+/* A scratch buffer whose start is 64-byte aligned (rows of 32 uint16: one cache line each); free() releases it. */
+static void *dse_alloc64(size_t n)
+{
+    void *p = NULL;
+    return posix_memalign(&p, 64, n ? n : 1) == 0 ? p : NULL;
 }
 
 /* Called by every thread of a parallel region after allocating its scratch buffers (``ok``: they all succeeded;
@@ -805,20 +875,27 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                          int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
 {
     static const dse_rows_impl portable = {dse_rows_build, dse_rows_accum_scalar, NULL,
-                                           (32768 / DSE_RT_KC) * DSE_RT_KC, DSE_RT_NT * sizeof(int32_t)};
+                                           (32768 / DSE_RT_KC) * DSE_RT_KC, DSE_RT_NT * sizeof(int32_t), NULL};
+    static const size_t w16 = 2 * DSE_RT_NT * sizeof(uint16_t);
+    static const dse_rows_impl avx2_16 = {dse_rows_build_avx2, dse_rows_accum16_avx2, dse_rows_finish16_avx2,
+                                          DSE_RT_W16, w16, NULL};
     static const dse_rows_impl avx2 = {dse_rows_build32_avx2, dse_rows_accum_avx2, dse_rows_finish_avx2,
-                                       DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
+                                       DSE_RT_W16, w16, &avx2_16};
+    static const dse_rows_impl avx2_byte16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_byte,
+                                              dse_rows_finish16_avx2_byte, DSE_RT_W16, w16, NULL};
     static const dse_rows_impl avx2_byte = {dse_rows_build32_avx2, dse_rows_accum_avx2_byte,
-                                            dse_rows_finish_avx2_byte, DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
+                                            dse_rows_finish_avx2_byte, DSE_RT_W16, w16, &avx2_byte16};
+    static const dse_rows_impl avx2_pair16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_pair, dse_rows_finish16_avx2,
+                                              DSE_RT_W16, w16, NULL};
     static const dse_rows_impl avx2_pair = {dse_rows_build32_avx2, dse_rows_accum_avx2_pair, dse_rows_finish_avx2,
-                                            DSE_RT_W16, 2 * DSE_RT_NT * sizeof(uint16_t)};
+                                            DSE_RT_W16, w16, &avx2_pair16};
     uint16_t dmax = 0;
     for (int64_t i = 0; i < 256 * R; i++)
         dmax = D[i] > dmax ? D[i] : dmax;
     /* tiny entries: windows of 255 / dmax k-steps, a multiple of DSE_RT_KC */
     const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC * DSE_RT_KC : 252;
     const dse_rows_impl avx2_tiny = {dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
-                                     w8, DSE_RT_NT};
+                                     w8, DSE_RT_NT, NULL};
     const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable
                               : dmax < 32          ? &avx2_tiny
                               : dmax < 256         ? &avx2_byte
@@ -857,8 +934,8 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                         mx = ir[i] > mx ? ir[i] : mx;
                     imax[b * K + k] = mx;
                 }
-            uint16_t *tab = (uint16_t *)malloc((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
-            void *acc = malloc((size_t)(mbmax + 1) * im->acc_bytes);
+            uint16_t *tab = (uint16_t *)dse_alloc64((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
+            void *acc = dse_alloc64((size_t)(mbmax + 1) * im->acc_bytes);
             int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * DSE_RT_NT * sizeof(int32_t));
             void *fin = malloc(fin_bytes);
             if (dse_team_allocated(&fail, tab && acc && sums && fin)) {

@@ -444,6 +444,30 @@ def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, s
 
 
 @settings(deadline=None, max_examples=40)
+@given(M=st.integers(1, 700), Kd=st.sampled_from([1, 3, 4, 5, 24, 255, 256, 257, 300]),
+       N=st.sampled_from([1, 7, 8, 15, 16, 17, 24, 31, 32, 33, 40, 48, 49, 80]), signed=st.booleans(),
+       mname=st.sampled_from(["rand_u8", "mitch_w6", "rand_u16", "classed", "trunc"]),
+       scaled=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
+    """Selector tiles of 32 rows with fewer valid rows (N not a multiple of 32), tiles of <= 16 rows taking the
+    half-width adds (16 selectors: byte, pair and full 16-bit sums), and the output written in blocks of 64
+    positions: the result (int64 sums, or the scaled output) is the reference's, both orientations, every ISA level,
+    1 and 2 threads, on reduction lengths around the 16-bit window (256) and the 4-step chunks."""
+    rng = np.random.default_rng(seed)
+    mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
+    a = acts(rng, (M, Kd), signed)
+    w = rng.integers(-128, 128, (N, Kd))
+    acc = K.reference_gemm_int(a, w, mult, signed).T
+    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+    prep = K._prepare(mult, signed)
+    if scaled:
+        sc, ref = random_scaling(rng, acc, "relu", bool(rng.integers(2)) if rng.integers(2) else None)
+        assert_rows_scaled_everywhere(AT, Wp, prep, sc, ref)
+    else:
+        assert_rows_gemm_everywhere(AT, Wp, prep, acc)
+
+
+@settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 2), C=st.integers(1, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
        k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        dil=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 3)] * 4),
