@@ -1,0 +1,137 @@
+"""The row-table kernel on the calls a network makes: capture every ``rows_gemm`` call of bench_e2e's networks with a
+full table (operands, tables, output layout, scaling), then time builds of the extension on them side by side.
+
+    python benchmarks/bench_rows_calls.py capture calls.pkl [--nets mobilenetv2-32 resnet18-32] [--families mitch_w6 LUT]
+    python benchmarks/bench_rows_calls.py replay calls.pkl OLD.so NEW.so [--rounds 5] [--filter mobilenetv2-32]
+
+``replay`` loads each given build of ``dse._kernels`` (a copy of its .so file) into one process, checks that all of
+them give the same bits on every call, and then times every call with each build in interleaved rounds (order
+alternating per round), one thread, process CPU time; it prints per network/table and per call shape the median
+total in ms per build and the first build's time over each other's (> 1: the other is faster).
+"""
+import argparse
+import importlib.util
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def capture(path: Path, nets, families) -> None:
+    import onnx
+
+    import bench_e2e as B
+    from dse import kernels
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    calls, where = [], {}
+    orig = kernels._kernels.rows_gemm
+
+    def recording(I, S, D, off, isa=None, threads=1, out=None, offset=0, P=0, ldb=0, sel_is_m=False, add=False,
+                  scaling=None):
+        if where:
+            calls.append(dict(**where, I=np.array(I), S=np.array(S), D=np.array(D), off=np.array(off),
+                              out=None if out is None else (out.shape[0], out.dtype.str), offset=offset, P=P,
+                              ldb=ldb, sel_is_m=sel_is_m, add=add, scaling=scaling))
+        return orig(I, S, D, off, isa, threads, out, offset, P, ldb, sel_is_m=sel_is_m, add=add, scaling=scaling)
+
+    kernels._kernels.rows_gemm = recording
+    specs = {"mobilenetv2-32": (lambda: B.mobilenetv2(32), 32, 128),
+             "resnet18-32": (lambda: B.resnet18(32, classes=10), 32, 64),
+             "resnet18-224": (lambda: B.resnet18(224), 224, 26)}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        lut = B.imported_lut(tmp)
+        kernels.set_threads(1)
+        for net in nets:
+            build, size, n = specs[net]
+            onnx.save(build(), str(tmp / "m.onnx"))
+            qm = calibrate(load_onnx(tmp / "m.onnx"), B.images(16, size, seed=3))
+            emu, x = Emulator(qm), B.images(n, size, seed=11)
+            for fam in families:
+                cfg = {layer.name: LayerConfig(lut if fam == "LUT" else fam) for layer in qm.layers}
+                where.update(net=net, fam=fam)
+                emu.run(x, cfg, batch_size=n)
+                where.clear()
+                print(f"{net} {fam}: {sum(c['net'] == net and c['fam'] == fam for c in calls)} calls", flush=True)
+    kernels._kernels.rows_gemm = orig
+    with open(path, "wb") as f:
+        pickle.dump(calls, f)
+
+
+def _load(so: str, i: int):
+    spec = importlib.util.spec_from_file_location(f"build{i}._kernels", so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _call(mod, c):
+    out = None if c["out"] is None else np.zeros(c["out"][0], np.dtype(c["out"][1]))
+    res, _ = mod.rows_gemm(c["I"], c["S"], c["D"], c["off"], None, 1, out, c["offset"], c["P"], c["ldb"],
+                           sel_is_m=c["sel_is_m"], add=c["add"], scaling=c["scaling"])
+    return out if res is None else res
+
+
+def replay(path: Path, sos, rounds: int, filt: str | None) -> None:
+    mods = [_load(so, i) for i, so in enumerate(sos)]
+    with open(path, "rb") as f:
+        calls = [c for c in pickle.load(f) if filt is None or filt in f"{c['net']} {c['fam']}"]
+    for c in calls:
+        ref = _call(mods[0], c).view(np.uint8)
+        for m in mods[1:]:
+            assert np.array_equal(_call(m, c).view(np.uint8), ref), "the builds disagree"
+    times = {}
+    for r in range(rounds):
+        order = range(len(mods)) if r % 2 == 0 else reversed(range(len(mods)))
+        for i in order:
+            tot = {}
+            for c in calls:
+                t = time.process_time()
+                _call(mods[i], c)
+                dt = time.process_time() - t
+                group = f"{c['net']} {c['fam']}"
+                shape = f"{group}  K={c['I'].shape[0]} sel={c['S'].shape[0]} idx={c['I'].shape[1]}"
+                tot[group] = tot.get(group, 0.0) + dt
+                tot[shape] = tot.get(shape, 0.0) + dt
+            for k, v in tot.items():
+                times.setdefault(k, [[] for _ in mods])[i].append(v)
+    print(f"{len(calls)} calls, {rounds} rounds, medians of the summed CPU time (ms): " + " | ".join(sos))
+    for k in sorted(times, key=lambda k: ("  " in k, k)):
+        med = [statistics.median(v) for v in times[k]]
+        if "  " in k and med[0] < 3e-3:
+            continue
+        print(f"{k:64s} " + " ".join(f"{m * 1e3:8.1f}" for m in med) + "  " +
+              " ".join(f"{med[0] / m:5.2f}x" for m in med[1:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("capture")
+    c.add_argument("file", type=Path)
+    c.add_argument("--nets", nargs="+", default=["mobilenetv2-32", "resnet18-32"])
+    c.add_argument("--families", nargs="+", default=["mitch_w6", "LUT"])
+    r = sub.add_parser("replay")
+    r.add_argument("file", type=Path)
+    r.add_argument("so", nargs="+", help="copies of dse/_kernels*.so to compare (the first is the baseline)")
+    r.add_argument("--rounds", type=int, default=5)
+    r.add_argument("--filter", help="only calls whose 'net family' contains this")
+    a = ap.parse_args()
+    if a.cmd == "capture":
+        capture(a.file, a.nets, a.families)
+    else:
+        replay(a.file, a.so, a.rounds, a.filter)
+
+
+if __name__ == "__main__":
+    main()
