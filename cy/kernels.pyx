@@ -57,6 +57,7 @@ cdef extern from "lut_kernel.h" nogil:
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
                         void *y, int small, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
+    void dse_translate(int level, const uint8_t *s, int64_t n, const uint8_t *tab, uint8_t *d)
     void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
                     int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
                     uint8_t *cols, int nt)
@@ -215,26 +216,29 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     return res, ISA_NAMES[level]
 
 
-def translate(const uint8_t[::1] x, const uint8_t[::1] table):
-    """uint8 array y[i] = table[x[i]] (``table`` 256 entries), one pass without the GIL."""
+def translate(const uint8_t[::1] x, const uint8_t[::1] table, isa=None):
+    """uint8 array y[i] = table[x[i]] (``table`` 256 entries), one pass without the GIL (VBMI byte permutes at the
+    avx512 level)."""
     if table.shape[0] != 256:
         raise ValueError("translate: the table must have 256 entries")
-    cdef int64_t n = x.shape[0], i
+    cdef int level = _level(isa)
+    cdef int64_t n = x.shape[0]
     out = np.empty(n, dtype=np.uint8)
     cdef uint8_t[::1] y = out
     if n:
         with nogil:
-            for i in range(n):
-                y[i] = table[x[i]]
+            dse_translate(level, &x[0], n, &table[0], &y[0])
     return out
 
 
-def images_T(const uint8_t[:, :, ::1] x, const uint8_t[::1] table=None):
+def images_T(const uint8_t[:, :, ::1] x, const uint8_t[::1] table=None, isa=None):
     """The 1x1 conv GEMM operand uint8[C, B * P] of a batch x [B, C, P]: entry (c, b * P + p) = x[b, c, p], or
     ``table[x[b, c, p]]`` with a table (256 entries: e.g. the rows kernel's activation classes), one pass without the
-    GIL (numpy's transposing copy walks runs of P bytes one call each, slow for the small planes of deep layers)."""
+    GIL (numpy's transposing copy walks runs of P bytes one call each, slow for the small planes of deep layers); at
+    the avx512 level a table is applied afterwards to the whole operand with VBMI byte permutes."""
     if table is not None and table.shape[0] != 256:
         raise ValueError("images_T: the table must have 256 entries")
+    cdef int level = _level(isa)
     cdef int64_t B = x.shape[0], C = x.shape[1], P = x.shape[2], b, c, i
     out = np.empty((C, B * P), dtype=np.uint8)
     cdef uint8_t[:, ::1] o = out
@@ -243,11 +247,13 @@ def images_T(const uint8_t[:, :, ::1] x, const uint8_t[::1] table=None):
     with nogil:
         for b in range(B):
             for c in range(C):
-                if table is None:
+                if table is None or level >= 2:
                     memcpy(&o[c, b * P], &x[b, c, 0], P)
                 else:
                     for i in range(P):
                         o[c, b * P + i] = table[x[b, c, i]]
+        if table is not None and level >= 2:
+            dse_translate(level, &o[0, 0], C * B * P, &table[0], &o[0, 0])
     return out
 
 
@@ -282,7 +288,7 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     plane row in packed columns (every column must span < 2^16; column offsets ((kw - 1) * dw) // sw <= 2,
     kh * min(sw, kw) <= 32). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). At level avx2 and
     above: "lut" as 8-output scalar lookups in the tap's column (faster than AVX2 gathers), products as AVX2
-    vectors; portable int64 code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
+    vectors (AVX-512 at level avx512, ``xtab`` applied with VBMI byte permutes); portable int64 code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
     bias float32[Cout], act, lo, hi, quant) the result is the output of :func:`dequantize` on those sums instead
     (float32, or uint8 patterns with a ``quant``), applied to each output plane while its sums are in cache. With
     ``xtab`` (uint8[256]) every input pattern a, the padding's 0 included, is read as ``xtab[a]`` (e.g. a rank-1

@@ -1071,7 +1071,8 @@ static void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_
  * P + (i*dh / sh) * WQ + j*dw / sw + t, t < (Ho - 1) * WQ + Wo (the columns x >= Wo of that run are computed and
  * dropped). At the AVX2 level all taps are summed in int32 registers, exact while kh * kw * bound < 2^31 (``fits32``;
  * bound >= every |term|): table lookups 8 outputs at a time with scalar loads from the tap's 1 KiB column lutT[w]
- * (dse_dw_run_lut32), products G[w] * value / G[w] * F[a] of a rank-1 table 8 per vector; otherwise, and at the
+ * (dse_dw_run_lut32), products G[w] * value / G[w] * F[a] of a rank-1 table 8 per vector (16 at the AVX-512 level,
+ * where an input byte table xtab is applied to the whole phase planes with VBMI permutes); otherwise, and at the
  * scalar level, int64 sums. Work is split over
  * (b, c) planes with OpenMP (nt threads); each output is computed by one thread in a fixed order, so results do not
  * depend on the thread count. Returns 0, or -1 when a scratch buffer cannot be allocated. */
@@ -1334,6 +1335,51 @@ DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64
         dse_dw_run_avx2_mode(tp, ntap, L, full, 1, 0);
 }
 
+/* The same products at the AVX-512 level: 32 outputs per step (two chains of 16), then 16; the last step may run up
+ * to 31 positions past L (the caller's buffers have that slack). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_dw_vec512(const dse_dw_tap *tp, int64_t t,
+                                                                            int mode, int a_signed)
+{
+    if (mode == 2)
+        return _mm512_mullo_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(tp->f + t))),
+                                  _mm512_set1_epi32(tp->wv));
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(tp->p + t));
+    const __m512i v = a_signed ? _mm512_cvtepi8_epi32(raw) : _mm512_cvtepu8_epi32(raw);
+    return _mm512_mullo_epi32(v, _mm512_set1_epi32(tp->wv));
+}
+
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_dw_run_512_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int32_t *full, const int mode, const int a_signed)
+{
+    int64_t t = 0;
+    for (; t + 16 < L; t += 32) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+        for (int64_t k = 0; k < ntap; k++) {
+            a0 = _mm512_add_epi32(a0, dse_dw_vec512(tp + k, t, mode, a_signed));
+            a1 = _mm512_add_epi32(a1, dse_dw_vec512(tp + k, t + 16, mode, a_signed));
+        }
+        _mm512_storeu_si512(full + t, a0);
+        _mm512_storeu_si512(full + t + 16, a1);
+    }
+    if (t < L) {
+        __m512i a0 = _mm512_setzero_si512();
+        for (int64_t k = 0; k < ntap; k++)
+            a0 = _mm512_add_epi32(a0, dse_dw_vec512(tp + k, t, mode, a_signed));
+        _mm512_storeu_si512(full + t, a0);
+    }
+}
+
+DSE_T_512 static void dse_dw_run_512(const dse_dw_tap *tp, int64_t ntap, int64_t L, int mode, int a_signed,
+                                     int32_t *full)
+{
+    if (mode == 2)
+        dse_dw_run_512_mode(tp, ntap, L, full, 2, 0);
+    else if (a_signed)
+        dse_dw_run_512_mode(tp, ntap, L, full, 1, 1);
+    else
+        dse_dw_run_512_mode(tp, ntap, L, full, 1, 0);
+}
+
 /* n bytes (n small: a row of a small plane) without a call into the C library: 8-byte moves, the last one
  * overlapping, or single bytes below 8. */
 static inline void dse_copy_small(uint8_t *d, const uint8_t *s, int64_t n)
@@ -1397,6 +1443,29 @@ static inline void dse_prefetch_lines(const void *p, int64_t n, const int write)
             __builtin_prefetch((const void *)a, 0);
 }
 
+/* d[i] = tab[s[i]] for i < n (n a multiple of 64), 64 bytes per step at the AVX-512 (VBMI) level: two two-table byte
+ * permutes give the entries of the index's low 7 bits from each half of the table, its bit 7 picks the half. */
+DSE_T_512 static void dse_translate_512(const uint8_t *s, int64_t n, const uint8_t *tab, uint8_t *d)
+{
+    const __m512i t0 = _mm512_loadu_si512(tab), t1 = _mm512_loadu_si512(tab + 64);
+    const __m512i t2 = _mm512_loadu_si512(tab + 128), t3 = _mm512_loadu_si512(tab + 192);
+    for (int64_t i = 0; i < n; i += 64) {
+        const __m512i v = _mm512_loadu_si512(s + i);
+        const __m512i lo = _mm512_permutex2var_epi8(t0, v, t1), hi = _mm512_permutex2var_epi8(t2, v, t3);
+        _mm512_storeu_si512(d + i, _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi));
+    }
+}
+
+/* d[i] = tab[s[i]] for i < n (s == d allowed): 64 bytes per step at the AVX-512 level, else byte by byte. */
+static void dse_translate(int level, const uint8_t *s, int64_t n, const uint8_t *tab, uint8_t *d)
+{
+    int64_t i = 0;
+    if (level >= DSE_ISA_AVX512)
+        dse_translate_512(s, i = n / 64 * 64, tab, d);
+    for (; i < n; i++)
+        d[i] = tab[s[i]];
+}
+
 static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
 static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
 
@@ -1409,15 +1478,19 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
 {
     const int64_t og = Cout / C, ntap = kh * kw;
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
-    const int64_t L = (Ho - 1) * WQ + Wo, slack = 16; /* the AVX2 blocks may run 15 positions past L */
+    const int64_t L = (Ho - 1) * WQ + Wo, slack = 32; /* the AVX-512 blocks may run 31 positions past L */
     const int64_t np = sh * sw * HQ * WQ + slack;
+    /* with xtab at the AVX-512 level: the plane is copied as it is into PR (padding 0) and all of PR, padding
+     * included, translated into P 64 bytes per step (npr: np rounded up to 64) */
+    const int xt512 = xtab && level >= DSE_ISA_AVX512;
+    const int64_t npr = (np + 63) / 64 * 64;
     const int fits32 = mode == 3 || (level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL);
     if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
         return -2; /* dse_dw_group's limits: column offsets < 3, <= 32 groups */
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
-        uint8_t *P = (uint8_t *)calloc((size_t)np, 1);
+        uint8_t *P = (uint8_t *)calloc((size_t)npr, 1), *PR = xt512 ? (uint8_t *)calloc((size_t)npr, 1) : NULL;
         int16_t *PF = mode == 2 ? (int16_t *)malloc((size_t)np * sizeof(int16_t)) : NULL;
         int64_t *full = (int64_t *)malloc((size_t)(L + slack) * sizeof(int64_t));
         int32_t *full32 = (int32_t *)malloc((size_t)(L + slack) * sizeof(int32_t));
@@ -1428,7 +1501,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         int64_t *base = mode == 3 ? (int64_t *)malloc((size_t)og * sizeof(int64_t)) : NULL, packed = -1;
         if (mode == 3)
             gr.tg = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), gr.tf = gr.tg ? gr.tg + ntap : NULL;
-        if (dse_team_allocated(&fail, P && full && full32 && tp && toff && (mode != 2 || PF) &&
+        if (dse_team_allocated(&fail, P && (!xt512 || PR) && full && full32 && tp && toff && (mode != 2 || PF) &&
                                           (mode != 3 || (Q && base && gr.tg)))) {
             memset(P, xtab ? xtab[0] : 0, (size_t)(np - slack)); /* the padding: dse_dw_phases writes the rest */
             for (int64_t i = 0; i < kh; i++) /* where tap (i, j)'s run starts in the phase planes */
@@ -1453,7 +1526,11 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     for (int64_t o = cn * og; o < (cn + 1) * og; o++)
                         dse_prefetch_lines(on + ((bn * Cout + o) * Ho * Wo) * esz, Ho * Wo * esz, 1);
                 }
-                dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, xtab, P);
+                if (xt512) {
+                    dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, NULL, PR);
+                    dse_translate_512(PR, npr, xtab, P);
+                } else
+                    dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, xtab, P);
                 if (mode == 2)
                     for (int64_t i = 0; i < np; i++)
                         PF[i] = ftab[P[i]];
@@ -1475,6 +1552,8 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                                 full32);
                         else if (mode == 0)
                             dse_dw_run_lut32(tp, ntap, L, full32);
+                        else if (level >= DSE_ISA_AVX512)
+                            dse_dw_run_512(tp, ntap, L, mode, a_signed, full32);
                         else
                             dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full32);
                         if (sc) { /* the plane's rows moved together (row y from y WQ to y Wo), scaled in one run */
@@ -1500,6 +1579,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             }
         }
         free(P);
+        free(PR);
         free(PF);
         free(full);
         free(full32);
@@ -1687,13 +1767,100 @@ typedef void (*dse_scale_fn)(const void *, int64_t, const dse_scaling *, int64_t
      dse_scale_run_##kind##_1_1, dse_scale_run_##kind##_2_0, dse_scale_run_##kind##_2_1}
 static const dse_scale_fn dse_scale_fns[3][6] = {DSE_SCALE_ROW(0), DSE_SCALE_ROW(1), DSE_SCALE_ROW(2)};
 
-/* One channel's run of S outputs from sums of the given kind (DSE_SUM_*): AVX2 at level avx2 and above, else the
- * portable loop. */
+/* The same run 16 outputs at a time at the AVX-512 level (the same operations per element, the same bits): each
+ * group of 8 sums converted exactly to doubles, (x * sa) * f, rounded to float32, plus the bias; Relu/Clip and the
+ * quantization with compare masks; the last partial group under a lane mask. */
+DSE_T_512 static inline __attribute__((always_inline)) __m512d dse_sums8_pd(const void *a, int64_t j, __mmask8 m,
+                                                                           const int kind)
+{
+    const __m512i v = _mm512_maskz_loadu_epi64(m, (const int64_t *)a + j);
+    if (kind == DSE_SUM_SMALL) { /* 2^52 + 2^51 + v, minus 2^52 + 2^51 (dse_small_i64_to_pd) */
+        const __m512d magic = _mm512_set1_pd(6755399441055744.0);
+        return _mm512_sub_pd(_mm512_castsi512_pd(_mm512_add_epi64(v, _mm512_castpd_si512(magic))), magic);
+    }
+    /* high halves (int32) * 2^32 plus low halves (uint32): exact doubles, one correctly rounded sum */
+    const __m512d hi = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_cvtepi64_epi32(_mm512_srai_epi64(v, 32))),
+                                     _mm512_set1_pd(4294967296.0));
+    return _mm512_add_pd(hi, _mm512_cvtepu32_pd(_mm512_cvtepi64_epi32(v)));
+}
+
+/* clamp(rint(y / qs), qlo, qhi) of 16 lanes, NaN -> 0 (dse_quantize8's operations). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_quant16_div(__m512 y, __m512 vqs, __m512 vqlo,
+                                                                             __m512 vqhi)
+{
+    const __m512 v = _mm512_roundscale_ps(_mm512_div_ps(y, vqs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), _mm512_min_ps(_mm512_max_ps(v, vqlo), vqhi));
+}
+
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_scale_run_512(const void *a, int64_t S, const dse_scaling *sc, int64_t c, void *o, const int kind,
+                  const int act, const int quant)
+{
+    const __m512d vsa = _mm512_set1_pd(sc->sa), vf = _mm512_set1_pd((double)sc->sw[c]);
+    const __m512 vb = _mm512_set1_ps(sc->bias[c]), vlo = _mm512_set1_ps(sc->lo), vhi = _mm512_set1_ps(sc->hi);
+    const __m512 vqs = _mm512_set1_ps(sc->qs), vqlo = _mm512_set1_ps((float)sc->qlo),
+                 vqhi = _mm512_set1_ps((float)sc->qhi);
+    for (int64_t j = 0; j < S; j += 16) {
+        const __mmask16 m = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
+        __m512d x0, x1;
+        if (kind == DSE_SUM_I32) {
+            const __m512i v = _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j);
+            x0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(v));
+            x1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1));
+        } else
+            x0 = dse_sums8_pd(a, j, (__mmask8)m, kind), x1 = dse_sums8_pd(a, j + 8, (__mmask8)(m >> 8), kind);
+        const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x0, vsa), vf));
+        const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x1, vsa), vf));
+        __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(f0)),
+                                                                      _mm256_castps_pd(f1), 1)), vb);
+        if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
+            y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
+        else if (act == DSE_ACT_CLIP) {
+            y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, vlo, _CMP_LT_OQ), vlo);
+            y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, vhi, _CMP_GT_OQ), vhi);
+        }
+        if (quant) { /* dse_quantize8: rint(y / qs), clamped, NaN -> 0, the low byte of each lane */
+            const __m512 v = dse_quant16_div(y, vqs, vqlo, vqhi);
+            const __m128i q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)); /* masked vpmovdb stores are slow */
+            if (S - j >= 16)
+                _mm_storeu_si128((__m128i *)((uint8_t *)o + j), q);
+            else {
+                uint8_t t[16];
+                _mm_storeu_si128((__m128i *)t, q);
+                memcpy((uint8_t *)o + j, t, (size_t)(S - j));
+            }
+        } else
+            _mm512_mask_storeu_ps((float *)o + j, m, y);
+    }
+}
+
+#define DSE_SCALE_INSTANCE_512(kind, act, quant)                                                                       \
+    DSE_T_512 static void dse_scale_512_##kind##_##act##_##quant(const void *a, int64_t S, const dse_scaling *sc,    \
+                                                                 int64_t c, void *o)                                  \
+    {                                                                                                                  \
+        dse_scale_run_512(a, S, sc, c, o, kind, act, quant);                                                           \
+    }
+#define DSE_SCALE_INSTANCES_512(kind)                                                                                  \
+    DSE_SCALE_INSTANCE_512(kind, 0, 0) DSE_SCALE_INSTANCE_512(kind, 0, 1) DSE_SCALE_INSTANCE_512(kind, 1, 0)            \
+    DSE_SCALE_INSTANCE_512(kind, 1, 1) DSE_SCALE_INSTANCE_512(kind, 2, 0) DSE_SCALE_INSTANCE_512(kind, 2, 1)
+DSE_SCALE_INSTANCES_512(0)
+DSE_SCALE_INSTANCES_512(1)
+DSE_SCALE_INSTANCES_512(2)
+#define DSE_SCALE_ROW_512(kind)                                                                                        \
+    {dse_scale_512_##kind##_0_0, dse_scale_512_##kind##_0_1, dse_scale_512_##kind##_1_0,                             \
+     dse_scale_512_##kind##_1_1, dse_scale_512_##kind##_2_0, dse_scale_512_##kind##_2_1}
+static const dse_scale_fn dse_scale_fns_512[3][6] = {DSE_SCALE_ROW_512(0), DSE_SCALE_ROW_512(1),
+                                                     DSE_SCALE_ROW_512(2)};
+
+/* One channel's run of S outputs from sums of the given kind (DSE_SUM_*): AVX-512 at level avx512, AVX2 at
+ * level avx2, else the portable loop. */
 static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
-    if (level >= DSE_ISA_AVX2)
+    if (level >= DSE_ISA_AVX512)
+        dse_scale_fns_512[kind][2 * sc->act + (sc->quant != 0)](a, S, sc, c, o);
+    else if (level >= DSE_ISA_AVX2)
         dse_scale_fns[kind][2 * sc->act + (sc->quant != 0)](a, S, sc, c, o);
     else
         for (int64_t j = 0; j < S; j++)
@@ -1712,7 +1879,7 @@ static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scal
 }
 
 /* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64
- * [R, N, S], or with sc->quant its uint8 pattern; AVX2 at level avx2 and above, the same bits. */
+ * [R, N, S], or with sc->quant its uint8 pattern; AVX2 at level avx2, AVX-512 at level avx512, the same bits. */
 static void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
                            void *y, int small, int nt)
 {

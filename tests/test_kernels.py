@@ -494,6 +494,57 @@ def test_depthwise_direct_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
             assert np.array_equal(got, ref), (path, isa)
 
 
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(1, 3), C=st.integers(2, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
+       k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       dil=st.tuples(st.integers(1, 2), st.integers(1, 2)), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(["exact", "perf", "sep", "sep16"]),
+       act=st.sampled_from([None, "relu", "clip"]), quant=st.booleans(), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_products_scaled(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, act, quant, threads,
+                                   seed):
+    """The depthwise kernel's product modes ("values", "bytes": the input read through the activation factor's byte
+    table, "factor") with the fused scaling (float32 or quantized output, no activation, Relu or Clip) on planes up to
+    40x40, strides 1-2, dilations, padding, channel multipliers, batch 1-3, 1 and 2 threads, every ISA level (at
+    avx512: 16-lane products, the byte table applied with VBMI permutes, the 16-lane scaling pass), against the
+    numpy reference."""
+    from dse.quant import reference_quantize_act
+
+    rng = np.random.default_rng(seed)
+    x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
+    mult = DW_MULTS[mname]
+    args = (stride, pads, dil, C)
+    geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
+    assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == \
+        {"exact": "values", "perf": "values", "sep": "bytes", "sep16": "factor"}[mname]
+    ref = K.reference_conv2d_int(x, w, mult, signed, *args).astype(np.float64)
+    oa = {None: None, "relu": K.OutputAct("relu"), "clip": K.OutputAct("clip", -50.0, 600.0)}[act]
+    sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
+                   rng.normal(0, 100, C * og).astype(np.float32), oa,
+                   K.OutputQuant(float(np.float32(rng.uniform(0.5, 5))), signed) if quant else None)
+    y = ((ref * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(np.float32) + \
+        sc.bias[None, :, None, None]
+    y = y if oa is None else oa.apply(y)
+    y = reference_quantize_act(y, sc.quant.scale, signed) if quant else y
+    with K.using_threads(threads):
+        for isa in ISAS:
+            assert np.array_equal(K.conv2d_scaled(x, w, mult, signed, sc, *args, isa=isa), y), isa
+
+
+@settings(deadline=None, max_examples=40)
+@given(B=st.integers(1, 5), C=st.integers(1, 9), P=st.integers(1, 150), seed=st.integers(0, 2 ** 32 - 1))
+def test_images_T_and_translate_with_a_table(B, C, P, seed):
+    """The 1x1 operand's transposing copy with a byte table (images_T) and the plain byte table pass (translate) at
+    every ISA level (avx512: VBMI permutes over 64-byte steps, then the tail), against numpy."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (B, C, P)).astype(np.uint8)
+    table = rng.integers(0, 256, 256).astype(np.uint8)
+    for isa in ISAS:
+        assert np.array_equal(K._kernels.images_T(x, None, isa), x.transpose(1, 0, 2).reshape(C, B * P)), isa
+        assert np.array_equal(K._kernels.images_T(x, table, isa), table[x].transpose(1, 0, 2).reshape(C, B * P)), isa
+        assert np.array_equal(K._kernels.translate(x.reshape(-1), table, isa), table[x.reshape(-1)]), isa
+
+
 # full-rank tables whose columns span < 2^16 (two byte planes): the ones the "rowsum" depthwise kernel takes
 ROWSUM_MULTS = ["mitch_w6", "mitchell", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "rank1"]
 
