@@ -288,7 +288,9 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     plane row in packed columns (every column must span < 2^16; column offsets ((kw - 1) * dw) // sw <= 2,
     kh * min(sw, kw) <= 32). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). At level avx2 and
     above: "lut" as 8-output scalar lookups in the tap's column (faster than AVX2 gathers), products as AVX2
-    vectors (AVX-512 at level avx512, ``xtab`` applied with VBMI byte permutes); portable int64 code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
+    vectors (AVX-512 at level avx512, ``xtab`` applied with VBMI byte permutes; "rowsum" there on planes of >= 64
+    positions: each tap column's low and high byte planes looked up 64 outputs at a time with VBMI permutes);
+    portable int64 code at scalar. With ``scaling`` = (a_scale, w_scale float32[Cout],
     bias float32[Cout], act, lo, hi, quant) the result is the output of :func:`dequantize` on those sums instead
     (float32, or uint8 patterns with a ``quant``), applied to each output plane while its sums are in cache. With
     ``xtab`` (uint8[256]) every input pattern a, the padding's 0 included, is read as ``xtab[a]`` (e.g. a rank-1

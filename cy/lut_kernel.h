@@ -1273,6 +1273,67 @@ DSE_T_AVX2 static void dse_dw_run_rowsum_avx2(const uint8_t *P, const dse_dw_gro
         dse_dw_rowsum_body(P, gr, L, Q, base, S, full);
 }
 
+/* The rowsum tables at the AVX-512 level, without packed fields: per tap k the column lutT[w_k] - min (< 2^16) as
+ * two 256-byte planes (low bytes, high bytes), LH[k][0 | 1][a]; 64 outputs per step look up their 64 activation
+ * bytes in both planes with VBMI permutes (the index's bit 7 picks the table half) and add them as 16-bit sums of
+ * low and of high bytes (each < ntap 2^8 <= 2^16 for ntap <= 256), then out = base + lo + 2^8 hi. Returns base. */
+static int64_t dse_dw_planes(const int32_t *lutT, const uint8_t *wo, int64_t ntap, uint8_t *LH)
+{
+    int64_t base = 0;
+    for (int64_t k = 0; k < ntap; k++) {
+        const int32_t *col = lutT + 256 * (int64_t)wo[k];
+        int32_t mn = col[0];
+        for (int a = 1; a < 256; a++)
+            mn = col[a] < mn ? col[a] : mn;
+        base += mn;
+        for (int a = 0; a < 256; a++) {
+            const uint32_t v = (uint32_t)(col[a] - mn);
+            LH[512 * k + a] = (uint8_t)v, LH[512 * k + 256 + a] = (uint8_t)(v >> 8);
+        }
+    }
+    return base;
+}
+
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_lookup64(__m512i v, __mmask64 h, const uint8_t *t)
+{
+    return _mm512_mask_blend_epi8(h, _mm512_permutex2var_epi8(_mm512_loadu_si512(t), v, _mm512_loadu_si512(t + 64)),
+                                  _mm512_permutex2var_epi8(_mm512_loadu_si512(t + 128), v,
+                                                           _mm512_loadu_si512(t + 192)));
+}
+
+/* full[t] for t < L (in steps of 64: up to 63 positions past L, which the buffers' slack holds). */
+DSE_T_512 static void dse_dw_run_planes_512(const uint8_t *P, const int64_t *toff, int64_t ntap, int64_t L,
+                                            const uint8_t *LH, int64_t base, int32_t *full)
+{
+    const __m512i z = _mm512_setzero_si512(), vb = _mm512_set1_epi32((int32_t)base);
+    for (int64_t t = 0; t < L; t += 64) {
+        __m512i l0 = z, l1 = z, h0 = z, h1 = z;
+        for (int64_t k = 0; k < ntap; k++) {
+            const __m512i v = _mm512_loadu_si512(P + toff[k] + t);
+            const __mmask64 hm = _mm512_movepi8_mask(v);
+            const __m512i lo = dse_lookup64(v, hm, LH + 512 * k), hi = dse_lookup64(v, hm, LH + 512 * k + 256);
+            l0 = _mm512_add_epi16(l0, _mm512_unpacklo_epi8(lo, z)), l1 = _mm512_add_epi16(l1, _mm512_unpackhi_epi8(lo, z));
+            h0 = _mm512_add_epi16(h0, _mm512_unpacklo_epi8(hi, z)), h1 = _mm512_add_epi16(h1, _mm512_unpackhi_epi8(hi, z));
+        }
+        /* words of l0/h0: positions 16 j + 0..7 of 128-bit lane j, l1/h1: 16 j + 8..15; sums as dwords */
+        const __m512i s0 = _mm512_add_epi32(_mm512_add_epi32(_mm512_unpacklo_epi16(l0, z), vb),
+                                            _mm512_slli_epi32(_mm512_unpacklo_epi16(h0, z), 8)); /* 16j + 0..3 */
+        const __m512i s1 = _mm512_add_epi32(_mm512_add_epi32(_mm512_unpackhi_epi16(l0, z), vb),
+                                            _mm512_slli_epi32(_mm512_unpackhi_epi16(h0, z), 8)); /* 16j + 4..7 */
+        const __m512i s2 = _mm512_add_epi32(_mm512_add_epi32(_mm512_unpacklo_epi16(l1, z), vb),
+                                            _mm512_slli_epi32(_mm512_unpacklo_epi16(h1, z), 8)); /* 16j + 8..11 */
+        const __m512i s3 = _mm512_add_epi32(_mm512_add_epi32(_mm512_unpackhi_epi16(l1, z), vb),
+                                            _mm512_slli_epi32(_mm512_unpackhi_epi16(h1, z), 8)); /* 16j + 12..15 */
+        /* 4 x 4 transpose of 128-bit lanes: out block j = (s0, s1, s2, s3) lane j */
+        const __m512i a = _mm512_shuffle_i32x4(s0, s1, 0x44), b = _mm512_shuffle_i32x4(s0, s1, 0xEE);
+        const __m512i c = _mm512_shuffle_i32x4(s2, s3, 0x44), d = _mm512_shuffle_i32x4(s2, s3, 0xEE);
+        _mm512_storeu_si512(full + t, _mm512_shuffle_i32x4(a, c, 0x88));
+        _mm512_storeu_si512(full + t + 16, _mm512_shuffle_i32x4(a, c, 0xDD));
+        _mm512_storeu_si512(full + t + 32, _mm512_shuffle_i32x4(b, d, 0x88));
+        _mm512_storeu_si512(full + t + 48, _mm512_shuffle_i32x4(b, d, 0xDD));
+    }
+}
+
 /* The groups of the taps (tap k's run starts at toff[k] in the phase planes, its column offset in its plane is
  * colq[k], which may be gr->tf itself): a kh x kw kernel at column stride sw has kh * min(sw, kw) groups, the caller
  * checks that they are <= 32 and that every column offset is < 3. */
@@ -1478,13 +1539,16 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
 {
     const int64_t og = Cout / C, ntap = kh * kw;
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
-    const int64_t L = (Ho - 1) * WQ + Wo, slack = 32; /* the AVX-512 blocks may run 31 positions past L */
+    const int64_t L = (Ho - 1) * WQ + Wo, slack = 64; /* the AVX-512 blocks may run 63 positions past L */
     const int64_t np = sh * sw * HQ * WQ + slack;
     /* with xtab at the AVX-512 level: the plane is copied as it is into PR (padding 0) and all of PR, padding
      * included, translated into P 64 bytes per step (npr: np rounded up to 64) */
     const int xt512 = xtab && level >= DSE_ISA_AVX512;
     const int64_t npr = (np + 63) / 64 * 64;
     const int fits32 = mode == 3 || (level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL);
+    /* rowsum at the AVX-512 level: byte planes of each tap's column (dse_dw_run_planes_512) when a plane has at least
+     * 64 output positions (its steps of 64 are then mostly used; the 4x4 planes of deep layers keep packed columns) */
+    const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && L >= 64;
     if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
         return -2; /* dse_dw_group's limits: column offsets < 3, <= 32 groups */
     int fail = 0;
@@ -1497,12 +1561,14 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
         int64_t *toff = (int64_t *)malloc((size_t)ntap * sizeof(int64_t));
         dse_dw_groups gr = {0, {0}, NULL, NULL};
-        uint64_t *Q = mode == 3 ? (uint64_t *)malloc((size_t)(og * 32 * 256 + L + slack) * sizeof(uint64_t)) : NULL;
+        uint64_t *Q = mode == 3 && !planes ? (uint64_t *)malloc((size_t)(og * 32 * 256 + L + slack) * sizeof(uint64_t))
+                                           : NULL;
+        uint8_t *LH = planes ? (uint8_t *)malloc((size_t)(og * ntap * 512)) : NULL;
         int64_t *base = mode == 3 ? (int64_t *)malloc((size_t)og * sizeof(int64_t)) : NULL, packed = -1;
         if (mode == 3)
             gr.tg = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), gr.tf = gr.tg ? gr.tg + ntap : NULL;
         if (dse_team_allocated(&fail, P && (!xt512 || PR) && full && full32 && tp && toff && (mode != 2 || PF) &&
-                                          (mode != 3 || (Q && base && gr.tg)))) {
+                                          (mode != 3 || ((Q || LH) && base && gr.tg)))) {
             memset(P, xtab ? xtab[0] : 0, (size_t)(np - slack)); /* the padding: dse_dw_phases writes the rest */
             for (int64_t i = 0; i < kh; i++) /* where tap (i, j)'s run starts in the phase planes */
                 for (int64_t j = 0; j < kw; j++)
@@ -1516,7 +1582,8 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             for (int64_t t = 0; t < B * C; t++) { /* channel-major: a channel's tables serve all its images */
                 const int64_t c = t / B, b = t % B;
                 for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)
-                    base[o - c * og] = dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
+                    base[o - c * og] = planes ? dse_dw_planes(lutT, wp + o * ntap, ntap, LH + (o - c * og) * ntap * 512)
+                                              : dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
                 packed = c;
                 if (t + 2 < B * C) { /* the input and output lines of the plane after next (planes lie apart) */
                     const int64_t bn = (t + 2) % B, cn = (t + 2) / B;
@@ -1546,7 +1613,10 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     void *of = sc ? dse_scaled_out(sc, outs, (b * Cout + o) * Ho * Wo) : NULL;
                     int64_t *ot = sc ? NULL : out + (b * Cout + o) * Ho * Wo;
                     if (fits32) { /* int32 sums: scaled from int32 (exact doubles), or widened */
-                        if (mode == 3)
+                        if (planes)
+                            dse_dw_run_planes_512(P, toff, ntap, L, LH + (o - c * og) * ntap * 512, base[o - c * og],
+                                                  full32);
+                        else if (mode == 3)
                             (level >= DSE_ISA_AVX2 ? dse_dw_run_rowsum_avx2 : dse_dw_run_rowsum)(
                                 P, &gr, L, Q + (o - c * og) * gr.ng * 256, base[o - c * og], Q + og * gr.ng * 256,
                                 full32);
@@ -1586,6 +1656,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         free(tp);
         free(toff);
         free(Q);
+        free(LH);
         free(base);
         free(gr.tg);
     }
