@@ -19,7 +19,7 @@
  * positions; a register-blocked micro-kernel multiplies an NR x MR tile with vpmaddwd (int16 x int16 -> the int32
  * sum of a pair of products; no saturation, unlike vpmaddubsw) into int32 accumulators.
  * ISA levels (cy/lut_kernel.h: dse_cpu_level): 0 portable C (MR 16), 1 AVX2 (MR 16: 12 ymm accumulators), 2 AVX-512
- * (BW used; MR 32: 12 zmm accumulators). Calls whose operand values fit bytes run on a VNNI micro-kernel instead where
+ * (BW used, VBMI for the factor lookups of the packing; MR 32: 12 zmm accumulators). Calls whose operand values fit bytes run on a VNNI micro-kernel instead where
  * the CPU has one (byte quads, vpdpbusd; see "VNNI" below): at level 2 with AVX512-VNNI (MR 64: 24 zmm accumulators),
  * at level 1 with AVX-VNNI (MR 16: 12 ymm accumulators).
  *
@@ -283,6 +283,56 @@ DSE_T_AVX2 static void dse_ig_micro_avx2(const void *Av, const void *Bv, int64_t
 }
 
 #define DSE_T_512BW __attribute__((target("avx512f,avx512bw")))
+#define DSE_T_512VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+
+/* The AVX-512 level's packing: one-term factor tables looked up 16 positions of a pair of depth rows at a time, by
+ * vpermi2b on the low and the high bytes of the int16 factors and one vpermb into the pair layout; everything else
+ * as the AVX2 packing. */
+DSE_T_512VBMI static void dse_ig_pack_a_512(const dse_ig_a *A, int64_t K, int t, const int16_t *fa, int mode,
+                                            int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr, int16_t *dst)
+{
+    if (mode != DSE_IG_TABLE || t != 1 || (!(A->img % mr == 0 && m0 % mr == 0) && !dse_ig_run(A, m0, mv))) {
+        dse_ig_pack_a_avx2(A, K, t, fa, mode, p0, kcp, m0, mv, mr, dst);
+        return;
+    }
+    uint8_t tb[512], ib[64]; /* tb: the low bytes of fa, then the high bytes */
+    for (int p = 0; p < 256; p++)
+        tb[p] = (uint8_t)fa[p], tb[256 + p] = (uint8_t)((uint16_t)fa[p] >> 8);
+    for (int j = 0; j < 64; j++) /* byte 4 c + h of a pair panel: lane h (low 0, high 0, low 1, high 1) byte c */
+        ib[j] = (uint8_t)(16 * (j % 4) + j / 4);
+    const __m512i idx = _mm512_loadu_si512(ib);
+    const __m512i l0 = _mm512_loadu_si512(tb), l1 = _mm512_loadu_si512(tb + 64), l2 = _mm512_loadu_si512(tb + 128),
+                  l3 = _mm512_loadu_si512(tb + 192), h0 = _mm512_loadu_si512(tb + 256),
+                  h1 = _mm512_loadu_si512(tb + 320), h2 = _mm512_loadu_si512(tb + 384),
+                  h3 = _mm512_loadu_si512(tb + 448);
+    const __mmask64 high = 0xFFFF0000FFFF0000ULL; /* lanes 1 and 3 take the high bytes */
+    const int64_t lda = A->lda, full = mv - mv % mr;
+    const int64_t pfull = (K / 2 - p0 < kcp) ? (K / 2 - p0 > 0 ? K / 2 - p0 : 0) : kcp; /* pairs with both rows */
+    for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
+        for (int64_t q = 0; q < full / mr; q++) {
+            const uint8_t *r0 = dse_ig_at(A, 2 * (p0 + p), m0 + q * mr);
+            int16_t *d = dst + (q * kcp + p) * 2 * mr;
+            for (int c = 0; c < mr; c += 16) {
+                const __m128i x0 = _mm_loadu_si128((const __m128i *)(r0 + c));
+                const __m128i x1 = _mm_loadu_si128((const __m128i *)(r0 + lda + c));
+                __m512i v = _mm512_inserti32x4(_mm512_castsi128_si512(x0), x0, 1);
+                v = _mm512_inserti32x4(_mm512_inserti32x4(v, x1, 2), x1, 3);
+                const __mmask64 top = _mm512_movepi8_mask(v);
+                const __m512i lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(l0, v, l1),
+                                                          _mm512_permutex2var_epi8(l2, v, l3));
+                const __m512i hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(h0, v, h1),
+                                                          _mm512_permutex2var_epi8(h2, v, h3));
+                _mm512_storeu_si512(d + 2 * c, _mm512_permutexvar_epi8(idx, _mm512_mask_blend_epi8(high, lo, hi)));
+            }
+        }
+    }
+    for (int64_t p = pfull; p < kcp; p++) /* odd K: the last pair has one row */
+        for (int64_t q = 0; q < full / mr; q++)
+            dse_ig_pack_pair(dse_ig_at(A, 2 * (p0 + p), m0 + q * mr), NULL, fa, mode, mr, mr,
+                             dst + (q * kcp + p) * 2 * mr);
+    if (full < mv)
+        dse_ig_pack_a_scalar(A, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr, dst + (full / mr) * kcp * 2 * mr);
+}
 #define DSE_IG_MR_512 32
 #define DSE_IG_512_ROW(r)                                                                                          \
     do {                                                                                                           \
@@ -803,7 +853,7 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
         P.KP = (K * t + 1) / 2;
         dse_ig_segments(S, &P.kcp, &P.seg_blocks);
         if (level >= DSE_ISA_AVX512) {
-            P.mr = DSE_IG_MR_512, P.micro = dse_ig_micro_512, P.pack = dse_ig_pack_a_avx2;
+            P.mr = DSE_IG_MR_512, P.micro = dse_ig_micro_512, P.pack = dse_ig_pack_a_512;
         } else if (level == DSE_ISA_AVX2) {
             P.mr = DSE_IG_MR_AVX2, P.micro = dse_ig_micro_avx2, P.pack = dse_ig_pack_a_avx2;
         } else {
