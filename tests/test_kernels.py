@@ -379,6 +379,15 @@ def assert_rows_scaled_everywhere(AT: np.ndarray, Wp: np.ndarray, prep, sc, ref:
                     (by_act, isa, threads)
 
 
+def rows_case(rng, mult, M, Kd, N, signed):
+    """Random activations [M, Kd] and weights [N, Kd]: the reference sums [N, M] and the rows kernel's operands
+    (AT uint8 [Kd, M], Wp uint8 [N, Kd])."""
+    a = acts(rng, (M, Kd), signed)
+    w = rng.integers(-128, 128, (N, Kd))
+    acc = K.reference_gemm_int(a, w, mult, signed).T
+    return acc, np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+
+
 @SETTINGS
 @given(M=st.integers(1, 2200), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
        mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6", "offset"]),
@@ -395,11 +404,8 @@ def test_rows_kernel_scales_its_tiles(M, Kd, N, signed, mname, act, quant, seed)
         Kd = Kd * 5
     else:
         mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
-    a = acts(rng, (M, Kd), signed)
-    w = rng.integers(-128, 128, (N, Kd))
-    acc = K.reference_gemm_int(a, w, mult, signed).T
+    acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
     sc, ref = random_scaling(rng, acc, act, quant)
-    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
     assert_rows_scaled_everywhere(AT, Wp, K._prepare(mult, signed), sc, ref)
 
 
@@ -412,10 +418,7 @@ def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
     straddle the 32-row tiles and the blocks of _ROWS_MB positions, at every ISA level and on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
     mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
-    a = acts(rng, (M, Kd), signed)
-    w = rng.integers(-128, 128, (N, Kd))
-    ref = K.reference_gemm_int(a, w, mult, signed).T
-    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+    ref, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
     prep = K._prepare(mult, signed)
     if mname == "classed":  # both orientations index class tables
         assert (prep.rows.by_weight.rows, prep.rows.by_act.rows) == (48, 64)
@@ -455,10 +458,7 @@ def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
     1 and 2 threads, on reduction lengths around the 16-bit window (256) and the 4-step chunks."""
     rng = np.random.default_rng(seed)
     mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
-    a = acts(rng, (M, Kd), signed)
-    w = rng.integers(-128, 128, (N, Kd))
-    acc = K.reference_gemm_int(a, w, mult, signed).T
-    AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+    acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
     prep = K._prepare(mult, signed)
     if scaled:
         sc, ref = random_scaling(rng, acc, "relu", bool(rng.integers(2)) if rng.integers(2) else None)
