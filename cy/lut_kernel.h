@@ -1844,7 +1844,8 @@ static const dse_scale_fn dse_scale_fns[3][6] = {DSE_SCALE_ROW(0), DSE_SCALE_ROW
 DSE_T_512 static inline __attribute__((always_inline)) __m512d dse_sums8_pd(const void *a, int64_t j, __mmask8 m,
                                                                            const int kind)
 {
-    const __m512i v = _mm512_maskz_loadu_epi64(m, (const int64_t *)a + j);
+    const __m512i v = m == 0xFF ? _mm512_loadu_si512((const int64_t *)a + j)
+                                : _mm512_maskz_loadu_epi64(m, (const int64_t *)a + j);
     if (kind == DSE_SUM_SMALL) { /* 2^52 + 2^51 + v, minus 2^52 + 2^51 (dse_small_i64_to_pd) */
         const __m512d magic = _mm512_set1_pd(6755399441055744.0);
         return _mm512_sub_pd(_mm512_castsi512_pd(_mm512_add_epi64(v, _mm512_castpd_si512(magic))), magic);
@@ -1875,7 +1876,8 @@ dse_scale_run_512(const void *a, int64_t S, const dse_scaling *sc, int64_t c, vo
         const __mmask16 m = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
         __m512d x0, x1;
         if (kind == DSE_SUM_I32) {
-            const __m512i v = _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j);
+            const __m512i v = m == 0xFFFF ? _mm512_loadu_si512((const int32_t *)a + j) /* masked loads: tail only */
+                                          : _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j);
             x0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(v));
             x1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1));
         } else
@@ -1900,7 +1902,9 @@ dse_scale_run_512(const void *a, int64_t S, const dse_scaling *sc, int64_t c, vo
                 _mm_storeu_si128((__m128i *)t, q);
                 memcpy((uint8_t *)o + j, t, (size_t)(S - j));
             }
-        } else
+        } else if (m == 0xFFFF)
+            _mm512_storeu_ps((float *)o + j, y);
+        else
             _mm512_mask_storeu_ps((float *)o + j, m, y);
     }
 }
