@@ -249,7 +249,43 @@ def _propagated(ctx, n: int, seed: int):
     return [prop if c.kind == prop.kind else c for c in ctx.predictor.candidates]
 
 
-def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: tuple = ()) -> dict:
+def logit_features(logits: np.ndarray, labels: np.ndarray, m0: np.ndarray, acc_exact: float) -> np.ndarray:
+    """The propagated surrogate's features (dse.predict.PropagatedSurrogate.features) of any logits."""
+    from dse.predict import gaussian_loss, margins, soft_loss
+
+    soft, s = soft_loss(margins(logits, labels), m0)
+    return np.array([acc_exact - float(np.mean(logits.argmax(1) == labels)), soft, s, gaussian_loss(m0, s)])
+
+
+def _wide(ctx, m: int):
+    """The search's gate candidates with the logit surrogate on the first ``m`` search images (every single-layer
+    change measured on those), and a control-variate candidate: the propagated surrogate's features plus the wide
+    logit surrogate's (the same definitions) on all ``m`` images minus on the propagated surrogate's own images."""
+    from dataclasses import replace
+
+    from dse.predict import LogitSurrogate, surrogate_candidate
+
+    ev = ctx.evaluator
+    wide = LogitSurrogate(lambda c: ev.logits(c, 0, m), ev.data.y[:m])
+    cands = [surrogate_candidate(wide) if c.kind == "logit surrogate" else c for c in ctx.predictor.candidates]
+    prop = next((c for c in cands if c.kind == "propagated surrogate"), None)
+    if prop is None:
+        return cands, wide
+    k = ctx.sensitivity.surrogate.n_images
+    lab, m0 = wide.labels, wide.margins(wide.exact)
+    acc_all, acc_k = float(np.mean(m0 > 0)), float(np.mean(m0[:k] > 0))
+
+    def cv(c):
+        f = prop.features(c)
+        if f is None:
+            return None
+        z = wide.logits(c)
+        return f + logit_features(z, lab, m0, acc_all) - logit_features(z[:k], lab[:k], m0[:k], acc_k)
+    return cands + [replace(prop, kind="propagated - logit + wide logit", features=cv)], wide
+
+
+def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: tuple = (),
+        logit_images: tuple = ()) -> dict:
     from dse.budget import load_budget
     from dse.predict import LossModel, surrogate_candidate
     from dse.search import seeds
@@ -269,7 +305,7 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
     old = [{}] + uniform_configs(ctx.space, 10, np.random.default_rng(seed + 7919), (0.2, 1.0))
     fit0 = setup_fit_configs(ctx.space, s.seed)
     ns = [int(m) for m in prop_images] or [sur.n_images]   # the search's: the logit surrogate's images
-    n, skip = ctx.evaluator.n_images, max([sur.n_images, *ns])   # no surrogate saw an evaluation image
+    n, skip = ctx.evaluator.n_images, max([sur.n_images, *ns, *logit_images])   # no surrogate saw one
     half = half_of(n_near)
     t0 = time.perf_counter()
     exact = eval_hits(ctx, {}, skip)
@@ -324,17 +360,33 @@ def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_
                      "near": {"loss": y_near.tolist(), "se": mn.se.tolist(), **_feature_lists(cands, near)},
                      "uniform": {"loss": y_uni.tolist(), "se": mu.se.tolist(), **_feature_lists(cands, uni)},
                      "halves": {"near": mn.halves.tolist(), "uniform": mu.halves.tolist()}}
+    if VECTORS:
+        out["vectors"] = _vectors(cands, fit0 + near + uni)
     m = LossModel.fit(np.stack(_rows(cands[1], fit0) + _rows(cands[1], near)), np.r_[y_fit0, y_near])
     out["surrogate_model"] = {"c": m.c, "w": list(m.w)}
     out["variants"] = {str(m): _variant(variants[m], fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni,
                                         focus) for m in dict.fromkeys(ns[1:]) if m != ns[0]}
+    for m in dict.fromkeys(logit_images):
+        t0 = time.perf_counter()
+        wcands, wide = _wide(ctx, m)
+        for c in fit0 + near + uni:
+            wide.logits(c)
+        t_deltas = (time.perf_counter() - t0) / max(wide.measured, 1)
+        v = _variant(wcands, fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni, focus,
+                     timed="logit surrogate")
+        v["delta_s"], v["choices"] = t_deltas, len(seeds.candidates(ctx.space, ctx.energy))
+        for cand in [c for c in wcands if c.kind in ("logit surrogate", "propagated - logit + wide logit")]:
+            v[cand.kind] = {"near": _scores(gate_stream([cand], setup, s_near, half, focus)[0], y_near[half:]),
+                            "uniform": _scores(gate_stream([cand], setup, s_uni, n_near, focus)[0], y_uni)}
+        out["variants"][f"logit {m}"] = v
     return out
 
 
-def _variant(cands, fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni, focus) -> dict:
-    """The search's gate over ``cands`` (another propagated surrogate size) on the same streams as the main run, and
-    the propagated surrogate's time per prediction (measured as in the main run)."""
-    prop = next(c for c in cands if c.kind == "propagated surrogate")
+def _variant(cands, fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni, focus,
+             timed: str = "propagated surrogate") -> dict:
+    """The search's gate over ``cands`` (another propagated or logit surrogate size) on the same streams as the main
+    run, and the ``timed`` candidate's time per prediction (measured as in the main run)."""
+    prop = next(c for c in cands if c.kind == timed)
     _rows(prop, fit0), _rows(prop, near)
     _, t_pred = _timed_rows(prop, uni)
     half = half_of(len(near))
@@ -344,6 +396,28 @@ def _variant(cands, fit0, near, uni, setup, s_near, s_uni, n_near, y_near, y_uni
     return {"predict_s": float(np.median(t_pred)), "gate_computed": dict(COMPUTED),
             "near": {**_scores(p_near, y_near[half:]), "kept": k_near, "active": a_near},
             "uniform": {**_scores(p_uni, y_uni), "kept": k_uni, "active": a_uni}}
+
+
+VECTORS = False
+
+
+def _vectors(cands, cfgs) -> dict:
+    """Per configuration: its key and, per surrogate, which of its images it gets right (a 0/1 string)."""
+    from dse.predict import margins
+
+    out = {"keys": [[[n, lc.multiplier, bool(lc.cv)] for n, lc in c.items() if lc.multiplier != "exact"]
+                    for c in cfgs]}
+    for cand in cands:
+        sur = getattr(cand.features, "__self__", None)
+        if sur is None or not hasattr(sur, "logits"):
+            continue
+        rows = []
+        for c in cfgs:
+            ok = margins(np.asarray(sur.logits(c), np.float64), sur.labels) > 0
+            rows.append("".join("1" if v else "0" for v in ok))
+        out[cand.kind] = {"rows": rows, "exact": "".join("1" if v else "0" for v in margins(
+            np.asarray(sur.logits({}), np.float64), sur.labels) > 0)}
+    return out
 
 
 def s_images(budget: Path, n: int) -> int:
@@ -404,8 +478,16 @@ def table(r: dict) -> str:
                  f"{_fmt(g['near'], ceil['near'])} | {_fmt(g['uniform'], ceil['uniform'])} |")
     lines.append(f"| gate: kept candidate; predictions with the gate on | {_kept(g['near'])} | {_kept(g['uniform'])} |")
     for m, v in r.get("variants", {}).items():
-        lines.append(f"| the search's gate, propagated surrogate on {m} images ({1e3 * v['predict_s']:.0f} ms per "
-                     f"prediction) | {_fmt(v['near'], ceil['near'])} | {_fmt(v['uniform'], ceil['uniform'])} |")
+        what = (f"logit surrogate on {m.split()[1]} images ({1e3 * v['predict_s']:.1f} ms per prediction, "
+                f"{v['delta_s']:.2f} s per single-layer change, {v['choices']} in the space)"
+                if m.startswith("logit") else
+                f"propagated surrogate on {m} images ({1e3 * v['predict_s']:.0f} ms per prediction)")
+        for kind in ("logit surrogate", "propagated - logit + wide logit"):
+            if kind in v:
+                lines.append(f"| {kind} ({m}) alone in the gate | {_fmt(v[kind]['near'], ceil['near'])} | "
+                             f"{_fmt(v[kind]['uniform'], ceil['uniform'])} |")
+        lines.append(f"| the search's gate, {what} | {_fmt(v['near'], ceil['near'])} | "
+                     f"{_fmt(v['uniform'], ceil['uniform'])} |")
         lines.append(f"| gate ({m} images): kept candidate; predictions with the gate on | {_kept(v['near'])} | "
                      f"{_kept(v['uniform'])} |")
     gc = r["gate_computed"]
@@ -449,10 +531,15 @@ def main() -> int:
     ap.add_argument("--propagated-images", type=int, nargs="+", default=[],
                     help="images of the propagated surrogate (default: the search's, as the logit surrogate's); the "
                          "first is the main table's, the others' gates are compared on the same points")
+    ap.add_argument("--logit-images", type=int, nargs="+", default=[],
+                    help="the search's gate with the logit surrogate on this many images, on the same points")
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every point (features, measured losses) to this file")
+    ap.add_argument("--vectors", action="store_true", help="with --json: also each surrogate's per-image correctness")
     a = ap.parse_args()
-    r = run(a.budget, a.images, a.near, a.uniform, a.seed, tuple(a.propagated_images))
+    global VECTORS
+    VECTORS = a.vectors
+    r = run(a.budget, a.images, a.near, a.uniform, a.seed, tuple(a.propagated_images), tuple(a.logit_images))
     t = table(r)
     print(t)
     if a.json:

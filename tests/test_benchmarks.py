@@ -106,3 +106,39 @@ def test_bench_kernels_zero_fractions_runs():
     assert 0.0 < z["zero_chunks"] < z["zeros"] < 1.0  # post-Relu inputs: zeros, fewer whole zero chunks
     assert 0.0 <= z["sparse_share"] <= 1.0
     assert abs(z["gmac"] - 0.556) < 0.01  # ResNet-18 at 32x32: 0.556 GMAC per image, all on the GEMM kernels
+
+
+def test_predict_replay_neighbour_correction():
+    """bench_predict_replay's correction: a configuration right on the same images as one measured point (and on other
+    images than the rest) gets that point's leave-one-out residual added to the loss model's prediction; a large
+    shrink leaves the loss model's prediction alone; the leave-one-out quality never uses a point's own residual."""
+    import bench_predict_replay as bpr
+
+    from dse.layer_config import LayerConfig
+    from dse.predict import Candidate, LossModel, surrogate_quality
+
+    rng = np.random.default_rng(0)
+    n, images = 12, 200
+    cfgs = [{"a": LayerConfig("drum4", bool(i % 2)), "b": LayerConfig(f"m{i}", False)} for i in range(n + 1)]
+    feats = {bpr._key(c): np.r_[rng.uniform(0, 0.1), rng.uniform(0, 0.1, 3)] for c in cfgs}
+    vecs = [rng.uniform(size=images) < 0.8 for _ in range(n)]
+    vecs.append(vecs[3].copy())   # the new configuration: right on exactly the images point 3 is right on
+    r = {"vectors": {"s": {"rows": ["".join("1" if b else "0" for b in v) for v in vecs]}}}
+    base = Candidate("s", lambda c: feats[bpr._key(c)], LossModel.fit, surrogate_quality)
+    X = np.stack([feats[bpr._key(c)] for c in cfgs[:n]])
+    y = X[:, 0] * 0.8 + rng.normal(0, 0.01, n)
+    res = y - LossModel.loo_predictions(X, y)
+    plain = LossModel.fit(X, y)(feats[bpr._key(cfgs[n])])
+
+    near = bpr.corrected(base, r, cfgs, tau=1e-3, shrink=1e-9)   # weights of the points unlike it: about e^-300
+    Xc = np.stack([near.features(c) for c in cfgs[:n]])
+    assert Xc.shape == (n, 4 + images)
+    got = near.fit(Xc, y)(near.features(cfgs[n]))
+    assert np.isclose(got, max(plain + res[3], 0.0), atol=1e-7)
+    far = bpr.corrected(base, r, cfgs, tau=1e-3, shrink=1e9)
+    assert np.isclose(far.fit(Xc, y)(far.features(cfgs[n])), max(plain, 0.0), atol=1e-9)
+    # a point's own residual is left out of its leave-one-out prediction: every other point is unlike it, so the
+    # leave-one-out predictions are the loss model's own
+    q = near.quality(Xc, y)
+    np.testing.assert_allclose(q.mean_error, np.mean(np.abs(np.maximum(LossModel.loo_predictions(X, y), 0) - y)),
+                               atol=1e-9)
