@@ -143,6 +143,28 @@ static void dse_ig_pack_a_scalar(const dse_ig_a *A, int64_t K, int t, const int1
     }
 }
 
+/* Groups of g depth rows (pairs, quads) lying wholly within the K rows, among the kc groups from group p0 on: what
+ * the SIMD packers' vector loops take; a last group cut by the end of K is packed row by row. */
+static inline int64_t dse_ig_whole_groups(int64_t K, int g, int64_t p0, int64_t kc)
+{
+    const int64_t n = K / g - p0;
+    return n < kc ? (n > 0 ? n : 0) : kc;
+}
+
+/* What the SIMD pair packers' vector loop over whole pairs and whole panels leaves: the last pair of an odd K (pairs
+ * pfull .. kcp - 1, one row) in the full panels, and the positions past the last full panel. */
+static void dse_ig_pack_a_rest(const dse_ig_a *A, int64_t K, int t, const int16_t *fa, int mode, int64_t p0,
+                               int64_t kcp, int64_t pfull, int64_t m0, int64_t mv, int mr, int16_t *dst)
+{
+    const int64_t full = mv - mv % mr;
+    for (int64_t p = pfull; p < kcp; p++)
+        for (int64_t q = 0; q < full / mr; q++)
+            dse_ig_pack_pair(dse_ig_at(A, 2 * (p0 + p), m0 + q * mr), NULL, fa, mode, mr, mr,
+                             dst + (q * kcp + p) * 2 * mr);
+    if (full < mv)
+        dse_ig_pack_a_scalar(A, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr, dst + (full / mr) * kcp * 2 * mr);
+}
+
 /* The same with 16-position SIMD chunks where both depth rows exist and the operand is the pattern's value. */
 DSE_T_AVX2 static void dse_ig_pack_a_avx2(const dse_ig_a *A, int64_t K, int t, const int16_t *fa,
                                           int mode, int64_t p0, int64_t kcp, int64_t m0, int64_t mv, int mr,
@@ -155,7 +177,7 @@ DSE_T_AVX2 static void dse_ig_pack_a_avx2(const dse_ig_a *A, int64_t K, int t, c
     }
     const int64_t lda = A->lda;
     const int64_t full = mv - mv % mr; /* positions in full panels */
-    const int64_t pfull = (K / 2 - p0 < kcp) ? (K / 2 - p0 > 0 ? K / 2 - p0 : 0) : kcp; /* pairs with both rows */
+    const int64_t pfull = dse_ig_whole_groups(K, 2, p0, kcp); /* pairs with both rows */
     for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
         for (int64_t q = 0; q < full / mr; q++) {
             const uint8_t *r0 = dse_ig_at(A, 2 * (p0 + p), m0 + q * mr);
@@ -177,13 +199,7 @@ DSE_T_AVX2 static void dse_ig_pack_a_avx2(const dse_ig_a *A, int64_t K, int t, c
             }
         }
     }
-    for (int64_t p = pfull; p < kcp; p++) /* odd K: the last pair has one row */
-        for (int64_t q = 0; q < full / mr; q++)
-            dse_ig_pack_pair(dse_ig_at(A, 2 * (p0 + p), m0 + q * mr), NULL, fa, mode, mr, mr,
-                             dst + (q * kcp + p) * 2 * mr);
-    if (full < mv)
-        dse_ig_pack_a_scalar(A, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr,
-                             dst + (full / mr) * kcp * 2 * mr);
+    dse_ig_pack_a_rest(A, K, t, fa, mode, p0, kcp, pfull, m0, mv, mr, dst);
 }
 
 /* Wpk[(nt * KP + p) * 2 NR + 2 r + h] = W'[nt NR + r, 2 p + h] (0 beyond N or the depth). */
@@ -307,7 +323,7 @@ DSE_T_512VBMI static void dse_ig_pack_a_512(const dse_ig_a *A, int64_t K, int t,
                   h3 = _mm512_loadu_si512(tb + 448);
     const __mmask64 high = 0xFFFF0000FFFF0000ULL; /* lanes 1 and 3 take the high bytes */
     const int64_t lda = A->lda, full = mv - mv % mr;
-    const int64_t pfull = (K / 2 - p0 < kcp) ? (K / 2 - p0 > 0 ? K / 2 - p0 : 0) : kcp; /* pairs with both rows */
+    const int64_t pfull = dse_ig_whole_groups(K, 2, p0, kcp); /* pairs with both rows */
     for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
         for (int64_t q = 0; q < full / mr; q++) {
             const uint8_t *r0 = dse_ig_at(A, 2 * (p0 + p), m0 + q * mr);
@@ -326,12 +342,7 @@ DSE_T_512VBMI static void dse_ig_pack_a_512(const dse_ig_a *A, int64_t K, int t,
             }
         }
     }
-    for (int64_t p = pfull; p < kcp; p++) /* odd K: the last pair has one row */
-        for (int64_t q = 0; q < full / mr; q++)
-            dse_ig_pack_pair(dse_ig_at(A, 2 * (p0 + p), m0 + q * mr), NULL, fa, mode, mr, mr,
-                             dst + (q * kcp + p) * 2 * mr);
-    if (full < mv)
-        dse_ig_pack_a_scalar(A, K, t, fa, mode, p0, kcp, m0 + full, mv - full, mr, dst + (full / mr) * kcp * 2 * mr);
+    dse_ig_pack_a_rest(A, K, t, fa, mode, p0, kcp, pfull, m0, mv, mr, dst);
 }
 #define DSE_IG_MR_512 32
 #define DSE_IG_512_ROW(r)                                                                                          \
@@ -472,6 +483,20 @@ static void dse_ig_pack_q_scalar(const dse_ig_plan *P, int64_t p0, int64_t kcq, 
                           dst + (q * kcq + p) * 4 * mr);
 }
 
+/* What the SIMD quad packers' vector loop over whole quads and whole panels leaves: the last quad cut by the end of K
+ * (quads pfull .. kcq - 1, 1-3 rows) in the full panels, and the positions past the last full panel. */
+static void dse_ig_pack_q_rest(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t pfull, int64_t m0, int64_t mv,
+                               uint8_t *dst)
+{
+    const int mr = P->mr;
+    const int64_t full = mv - mv % mr;
+    for (int64_t p = pfull; p < kcq; p++)
+        for (int64_t q = 0; q < full / mr; q++)
+            dse_ig_q_cell(P, 4 * (p0 + p), m0 + q * mr, mr, dst + (q * kcq + p) * 4 * mr);
+    if (full < mv)
+        dse_ig_pack_q_scalar(P, p0, kcq, m0 + full, mv - full, dst + (full / mr) * kcq * 4 * mr);
+}
+
 /* 16 positions of 4 depth rows (row stride lda) as 16 byte quads (vpermb), through the byte table t0..t3. */
 DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i
 dse_ig_quads16(const uint8_t *r, int64_t lda, __m512i idx, int ident, __m512i t0, __m512i t1, __m512i t2, __m512i t3)
@@ -501,7 +526,7 @@ DSE_T_VNNI512 static void dse_ig_pack_q_512(const dse_ig_plan *P, int64_t p0, in
     const __m512i t2 = _mm512_loadu_si512(P->xa + 128), t3 = _mm512_loadu_si512(P->xa + 192);
     const int ident = P->xa_ident;
     const int64_t lda = A->lda, full = mv - mv % mr;
-    const int64_t pfull = (P->K / 4 - p0 < kcq) ? (P->K / 4 - p0 > 0 ? P->K / 4 - p0 : 0) : kcq; /* whole quads */
+    const int64_t pfull = dse_ig_whole_groups(P->K, 4, p0, kcq); /* whole quads */
     for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
         for (int64_t q = 0; q < full / mr; q++) {
             uint8_t *d = dst + (q * kcq + p) * 4 * mr;
@@ -514,11 +539,7 @@ DSE_T_VNNI512 static void dse_ig_pack_q_512(const dse_ig_plan *P, int64_t p0, in
                 _mm512_storeu_si512(d + 4 * c, dse_ig_quads16(r + c, lda, idx, ident, t0, t1, t2, t3));
         }
     }
-    for (int64_t p = pfull; p < kcq; p++) /* K % 4: the last quad has 1-3 rows */
-        for (int64_t q = 0; q < full / mr; q++)
-            dse_ig_q_cell(P, 4 * (p0 + p), m0 + q * mr, mr, dst + (q * kcq + p) * 4 * mr);
-    if (full < mv)
-        dse_ig_pack_q_scalar(P, p0, kcq, m0 + full, mv - full, dst + (full / mr) * kcq * 4 * mr);
+    dse_ig_pack_q_rest(P, p0, kcq, pfull, m0, mv, dst);
 }
 
 /* Wq[(nt * KQ + p) * 4 NR + 4 r + h] = byte of W'[nt NR + r, 4 p + h] (0 beyond N or K); with an activation offset,
@@ -606,7 +627,7 @@ DSE_T_AVX2 static void dse_ig_pack_q_avx2(const dse_ig_plan *P, int64_t p0, int6
     const dse_ig_a *A = &P->A;
     const int mr = P->mr;
     const int64_t lda = A->lda, full = mv - mv % mr;
-    const int64_t pfull = (P->K / 4 - p0 < kcq) ? (P->K / 4 - p0 > 0 ? P->K / 4 - p0 : 0) : kcq;
+    const int64_t pfull = dse_ig_whole_groups(P->K, 4, p0, kcq);
     const __m128i flip = _mm_set1_epi8((char)(P->xa_flip ? 0x80 : 0));
     const int lookup = !P->xa_ident && !P->xa_flip;
     uint8_t tb[64];
@@ -638,11 +659,7 @@ DSE_T_AVX2 static void dse_ig_pack_q_avx2(const dse_ig_plan *P, int64_t p0, int6
             }
         }
     }
-    for (int64_t p = pfull; p < kcq; p++)
-        for (int64_t q = 0; q < full / mr; q++)
-            dse_ig_q_cell(P, 4 * (p0 + p), m0 + q * mr, mr, dst + (q * kcq + p) * 4 * mr);
-    if (full < mv)
-        dse_ig_pack_q_scalar(P, p0, kcq, m0 + full, mv - full, dst + (full / mr) * kcq * 4 * mr);
+    dse_ig_pack_q_rest(P, p0, kcq, pfull, m0, mv, dst);
 }
 
 #define DSE_IG_Q256_ROW(r, U0, S0, U1, S1)                                                                         \
