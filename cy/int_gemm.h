@@ -334,10 +334,8 @@ DSE_T_512VBMI static void dse_ig_pack_a_512(const dse_ig_a *A, int64_t K, int t,
                 __m512i v = _mm512_inserti32x4(_mm512_castsi128_si512(x0), x0, 1);
                 v = _mm512_inserti32x4(_mm512_inserti32x4(v, x1, 2), x1, 3);
                 const __mmask64 top = _mm512_movepi8_mask(v);
-                const __m512i lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(l0, v, l1),
-                                                          _mm512_permutex2var_epi8(l2, v, l3));
-                const __m512i hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(h0, v, h1),
-                                                          _mm512_permutex2var_epi8(h2, v, h3));
+                const __m512i lo = dse_byte_lookup512(v, top, l0, l1, l2, l3);
+                const __m512i hi = dse_byte_lookup512(v, top, h0, h1, h2, h3);
                 _mm512_storeu_si512(d + 2 * c, _mm512_permutexvar_epi8(idx, _mm512_mask_blend_epi8(high, lo, hi)));
             }
         }
@@ -508,8 +506,7 @@ dse_ig_quads16(const uint8_t *r, int64_t lda, __m512i idx, int ident, __m512i t0
     v = _mm512_permutexvar_epi8(idx, v);
     if (ident)
         return v;
-    const __m512i lo = _mm512_permutex2var_epi8(t0, v, t1), hi = _mm512_permutex2var_epi8(t2, v, t3);
-    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi);
+    return dse_byte_lookup512(v, _mm512_movepi8_mask(v), t0, t1, t2, t3);
 }
 
 /* The same with AVX-512 VBMI for whole quads of whole panels that lie in one image (the rest as the scalar code). */

@@ -140,6 +140,14 @@ DSE_T_AVX2 static void dse_lut_avx2(const uint8_t *AT, int64_t lda, const uint8_
 /* ------------------------------------------------------------------ AVX-512 VBMI */
 #define DSE_T_512 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 
+/* t[v] for each of the 64 bytes of v, from a 256-entry byte table held in t0..t3 (entries 0-63, 64-127, 128-191,
+ * 192-255): two vpermi2b, the high half chosen by top = _mm512_movepi8_mask(v) (the index's bit 7). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_byte_lookup512(__m512i v, __mmask64 top, __m512i t0,
+                                                                                 __m512i t1, __m512i t2, __m512i t3)
+{
+    return _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(t0, v, t1), _mm512_permutex2var_epi8(t2, v, t3));
+}
+
 /* One weight row n, up to NB blocks of 64 output positions starting at m0 (mlen valid positions). NP byte planes.
  * res[] holds int64 sums in block-permuted order: block b, lane i<32 -> m0 + 64b + 2i, lane 32+i -> m0 + 64b + 2i + 1. */
 static inline __attribute__((always_inline)) DSE_T_512 void
@@ -182,9 +190,7 @@ dse_lut512_row(const uint8_t *AT, int64_t lda, const uint8_t *wr, const uint8_t 
                 const __mmask64 hi = _mm512_movepi8_mask(idx); /* bit 7 selects the upper 128 entries */
 #pragma GCC unroll 4
                 for (int p = 0; p < NP; p++) {
-                    const __m512i lo = _mm512_permutex2var_epi8(T[p][0], idx, T[p][1]);
-                    const __m512i hv = _mm512_permutex2var_epi8(T[p][2], idx, T[p][3]);
-                    const __m512i v = _mm512_mask_blend_epi8(hi, lo, hv);
+                    const __m512i v = dse_byte_lookup512(idx, hi, T[p][0], T[p][1], T[p][2], T[p][3]);
                     /* 16-bit lane j holds bytes m=2j (low) and m=2j+1 (high): accA sums the whole 16-bit word
                      * (mod 2^16), accO the high bytes; even-byte sum = accA - (accO << 8) mod 2^16 (< 2^16). */
                     accA[b][p] = _mm512_add_epi16(accA[b][p], v);
@@ -1296,9 +1302,8 @@ static int64_t dse_dw_planes(const int32_t *lutT, const uint8_t *wo, int64_t nta
 
 DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_lookup64(__m512i v, __mmask64 h, const uint8_t *t)
 {
-    return _mm512_mask_blend_epi8(h, _mm512_permutex2var_epi8(_mm512_loadu_si512(t), v, _mm512_loadu_si512(t + 64)),
-                                  _mm512_permutex2var_epi8(_mm512_loadu_si512(t + 128), v,
-                                                           _mm512_loadu_si512(t + 192)));
+    return dse_byte_lookup512(v, h, _mm512_loadu_si512(t), _mm512_loadu_si512(t + 64), _mm512_loadu_si512(t + 128),
+                              _mm512_loadu_si512(t + 192));
 }
 
 /* full[t] for t < L (in steps of 64: up to 63 positions past L, which the buffers' slack holds). */
@@ -1512,8 +1517,7 @@ DSE_T_512 static void dse_translate_512(const uint8_t *s, int64_t n, const uint8
     const __m512i t2 = _mm512_loadu_si512(tab + 128), t3 = _mm512_loadu_si512(tab + 192);
     for (int64_t i = 0; i < n; i += 64) {
         const __m512i v = _mm512_loadu_si512(s + i);
-        const __m512i lo = _mm512_permutex2var_epi8(t0, v, t1), hi = _mm512_permutex2var_epi8(t2, v, t3);
-        _mm512_storeu_si512(d + i, _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi));
+        _mm512_storeu_si512(d + i, dse_byte_lookup512(v, _mm512_movepi8_mask(v), t0, t1, t2, t3));
     }
 }
 
