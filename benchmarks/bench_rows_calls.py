@@ -3,11 +3,17 @@ full table (operands, tables, output layout, scaling), then time builds of the e
 
     python benchmarks/bench_rows_calls.py capture calls.pkl [--nets mobilenetv2-32 resnet18-32] [--families mitch_w6 LUT]
     python benchmarks/bench_rows_calls.py replay calls.pkl OLD.so NEW.so [--rounds 5] [--filter mobilenetv2-32]
+    python benchmarks/bench_rows_calls.py paths [--nets resnet18-32 resnet18-224] [--families mitch_w6 LUT]
 
 ``replay`` loads each given build of ``dse._kernels`` (a copy of its .so file) into one process, checks that all of
 them give the same bits on every call, and then times every call with each build in interleaved rounds (order
 alternating per round), one thread, process CPU time; it prints per network/table and per call shape the median
 total in ms per build and the first build's time over each other's (> 1: the other is faster).
+
+``paths`` times the path choice of the cost model (dse.kernels._table_plan: "rows" or "split", and the rows
+orientation): every conv2d_scaled call of the networks run with path="rows" and path="split" forced and with "auto",
+interleaved rounds, one thread, process CPU time; it prints per call shape the medians, auto's choice and the faster
+forced path.
 """
 import argparse
 import importlib.util
@@ -21,6 +27,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _specs(B):
+    """bench_e2e's networks: name -> (ONNX builder, input size, images per streaming batch)."""
+    return {"mobilenetv2-32": (lambda: B.mobilenetv2(32), 32, 128),
+            "resnet18-32": (lambda: B.resnet18(32, classes=10), 32, 64),
+            "resnet18-224": (lambda: B.resnet18(224), 224, 26)}
 
 
 def capture(path: Path, nets, families) -> None:
@@ -45,9 +58,7 @@ def capture(path: Path, nets, families) -> None:
         return orig(I, S, D, off, isa, threads, out, offset, P, ldb, sel_is_m=sel_is_m, add=add, scaling=scaling)
 
     kernels._kernels.rows_gemm = recording
-    specs = {"mobilenetv2-32": (lambda: B.mobilenetv2(32), 32, 128),
-             "resnet18-32": (lambda: B.resnet18(32, classes=10), 32, 64),
-             "resnet18-224": (lambda: B.resnet18(224), 224, 26)}
+    specs = _specs(B)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         lut = B.imported_lut(tmp)
@@ -66,6 +77,87 @@ def capture(path: Path, nets, families) -> None:
     kernels._kernels.rows_gemm = orig
     with open(path, "wb") as f:
         pickle.dump(calls, f)
+
+
+def _emulated_convs(nets, families):
+    """Yields (net, family, kwargs of one kernels.conv2d_scaled call) for every conv of bench_e2e's networks run with
+    the table on all layers (the calls are captured during the run, then yielded)."""
+    import onnx
+
+    import bench_e2e as B
+    from dse import kernels
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    specs = _specs(B)
+    orig, calls = kernels.conv2d_scaled, []
+
+    def recording(x, w, mult, a_signed, scaling, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1,
+                  path="auto", isa=None):
+        calls.append(dict(x=np.array(x), w=np.array(w), mult=mult, a_signed=a_signed, scaling=scaling, stride=stride,
+                          pads=pads, dilation=dilation, groups=groups))
+        return orig(x, w, mult, a_signed, scaling, stride, pads, dilation, groups, path, isa)
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        lut = B.imported_lut(tmp)
+        kernels.set_threads(1)
+        for net in nets:
+            build, size, n = specs[net]
+            onnx.save(build(), str(tmp / "m.onnx"))
+            qm = calibrate(load_onnx(tmp / "m.onnx"), B.images(16, size, seed=3))
+            emu, x = Emulator(qm), B.images(n, size, seed=11)
+            for fam in families:
+                cfg = {layer.name: LayerConfig(lut if fam == "LUT" else fam) for layer in qm.layers}
+                kernels.conv2d_scaled = recording
+                try:
+                    emu.run(x, cfg, batch_size=n)
+                finally:
+                    kernels.conv2d_scaled = orig
+                for c in calls:
+                    yield net, fam, c
+                calls.clear()
+
+
+def paths(nets, families, rounds: int) -> None:
+    from dse import kernels as K
+
+    print(f"{'call':70s} {'auto plan':>14s} {'rows ms':>8s} {'split ms':>8s} {'auto ms':>8s}  faster")
+    tot = {}
+    for net, fam, c in _emulated_convs(nets, families):
+        x, w = c["x"], c["w"]
+        if w.shape[1] * w.shape[2] * w.shape[3] == 0 or c["groups"] != 1:
+            continue
+        prep = K._prepare(c["mult"], c["a_signed"])
+        N, K_ = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
+        xs = x.shape
+        H = (xs[2] + c["pads"][0] + c["pads"][2] - c["dilation"][0] * (w.shape[2] - 1) - 1) // c["stride"][0] + 1
+        W = (xs[3] + c["pads"][1] + c["pads"][3] - c["dilation"][1] * (w.shape[3] - 1) - 1) // c["stride"][1] + 1
+        kind, by_act = K._table_plan(prep, xs[0] * H * W, N, "auto")
+        runs = {p: [] for p in ("rows", "split", "auto")}
+        outs = {}
+        for r in range(rounds):
+            for p in (("rows", "split", "auto") if r % 2 == 0 else ("auto", "split", "rows")):
+                t = time.process_time()
+                outs[p] = K.conv2d_scaled(x, w, c["mult"], c["a_signed"], c["scaling"], c["stride"], c["pads"],
+                                          c["dilation"], c["groups"], path=p)
+                runs[p].append(time.process_time() - t)
+        assert all(np.array_equal(outs["rows"].view(np.uint8), o.view(np.uint8)) for o in outs.values())
+        med = {p: statistics.median(v) * 1e3 for p, v in runs.items()}
+        key = f"{net} {fam} K={K_} N={N} M={xs[0] * H * W} ({xs[0]} x {H}x{W})"
+        plan = f"{kind}{' by_act' if by_act else ''}"
+        print(f"{key:70s} {plan:>14s} {med['rows']:8.2f} {med['split']:8.2f} {med['auto']:8.2f}  "
+              f"{'rows' if med['rows'] <= med['split'] else 'split'} {max(med['rows'], med['split']) / min(med['rows'], med['split']):.2f}x",
+              flush=True)
+        g = tot.setdefault(f"{net} {fam}", {"rows": 0.0, "split": 0.0, "auto": 0.0, "best": 0.0})
+        for p in ("rows", "split", "auto"):
+            g[p] += med[p]
+        g["best"] += min(med["rows"], med["split"])
+    for k, g in tot.items():
+        print(f"{k}: summed medians (ms) rows {g['rows']:.1f}, split {g['split']:.1f}, auto {g['auto']:.1f}, "
+              f"per-call best forced path {g['best']:.1f}")
 
 
 def _load(so: str, i: int):
@@ -126,9 +218,15 @@ def main() -> None:
     r.add_argument("so", nargs="+", help="copies of dse/_kernels*.so to compare (the first is the baseline)")
     r.add_argument("--rounds", type=int, default=5)
     r.add_argument("--filter", help="only calls whose 'net family' contains this")
+    p = sub.add_parser("paths")
+    p.add_argument("--nets", nargs="+", default=["resnet18-32", "resnet18-224"])
+    p.add_argument("--families", nargs="+", default=["mitch_w6", "LUT"])
+    p.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     if a.cmd == "capture":
         capture(a.file, a.nets, a.families)
+    elif a.cmd == "paths":
+        paths(a.nets, a.families, a.rounds)
     else:
         replay(a.file, a.so, a.rounds, a.filter)
 

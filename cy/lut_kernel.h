@@ -269,7 +269,9 @@ DSE_DEF512(4, 1)
  * up to the 16-row block of its largest index at that k-step (small post-Relu activations read the first rows).
  * Each selector tile is transposed once per call (32 contiguous selector bytes per k-step for the builds).
  * A tile with at most 16 valid selector rows (N = 16, the last tile of N = 48, 144, ...) builds and adds only the
- * first 16 columns of its tables at AVX2 (dse_rows_impl.half).
+ * first 16 columns of its tables at AVX2 (dse_rows_impl.half). At the AVX-512 level, calls with N > 32 and entries
+ * >= 256 run tiles of 64 selector rows (dse_rows_accum512_kc: 8 k-steps per chunk, rows of 128 bytes); their last tile
+ * runs the 32-row kernel (or its half) when it holds <= 32 valid rows.
  * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
  * no transposing copy follows.
  * Overflow: the AVX2 16-bit sums are exact over windows of 256 k-steps (low and high bytes of the entries summed
@@ -278,7 +280,9 @@ DSE_DEF512(4, 1)
 #define DSE_RT_NT 32
 #define DSE_RT_KC 4
 #define DSE_RT_OB 64 /* positions per block of the output transposition */
-#define DSE_RT_MB 4096 /* its 16-bit accumulators (128 B per position) fill Zen 2's 512 KiB L2 */
+/* positions per block: its 16-bit accumulators (128 B per position) fill Zen 2's 512 KiB L2; the AVX-512 64-selector
+ * tiles' (256 B per position) fill Zen 5's 1 MiB L2 (blocks of 2048 positions ran no faster there) */
+#define DSE_RT_MB 4096
 
 static inline void dse_rows_build(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel, uint16_t *tab)
 {
@@ -315,8 +319,8 @@ static inline void dse_rows_build(const uint16_t *D, int64_t R, int64_t nr, cons
 
 /* The same table with 256-bit vectors: two 8x8 transposes side by side (lane 0: columns u..u+7, lane 1: u+8..u+15)
  * for each half of 16 selectors, lanes recombined so that every store writes 16 entries of one row. */
-DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
-                                           uint16_t *tab)
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_build_avx2_s(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel, uint16_t *tab, const int NT)
 {
     const uint16_t *rp[16];
     for (int i = 0; i < 16; i++)
@@ -342,12 +346,17 @@ DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, int64_t R, int64_t
             h[half][6] = _mm256_unpacklo_epi64(q[3], q[7]), h[half][7] = _mm256_unpackhi_epi64(q[3], q[7]);
         }
         for (int i = 0; i < 8; i++) {
-            _mm256_storeu_si256((__m256i *)(tab + (ub + i) * DSE_RT_NT),
-                                _mm256_permute2x128_si256(h[0][i], h[1][i], 0x20));
-            _mm256_storeu_si256((__m256i *)(tab + (ub + 8 + i) * DSE_RT_NT),
+            _mm256_storeu_si256((__m256i *)(tab + (ub + i) * NT), _mm256_permute2x128_si256(h[0][i], h[1][i], 0x20));
+            _mm256_storeu_si256((__m256i *)(tab + (ub + 8 + i) * NT),
                                 _mm256_permute2x128_si256(h[0][i], h[1][i], 0x31));
         }
     }
+}
+
+DSE_T_AVX2 static void dse_rows_build_avx2(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
+                                           uint16_t *tab)
+{
+    dse_rows_build_avx2_s(D, R, nr, sel, tab, DSE_RT_NT);
 }
 
 /* Both halves of a 32-selector tile. */
@@ -668,9 +677,147 @@ DSE_T_AVX2 static void dse_rows_finish_avx2_tiny(const void *accv, int64_t mb, i
     }
 }
 
-/* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of DSE_RT_KC) and size;
- * half: the same kernel on tiles of at most 16 selector rows (their tables' first 16 columns, half the loads and adds
- * per position), NULL where a tile always runs whole. */
+/* AVX-512 tiles of 64 selectors (DSE_RT_NT64): the same 16-bit sums (A, then the high-byte sums H; pair sums for
+ * entries < 2^15) as dse_rows_accum_avx2_kc, with each table row (64 uint16, 128 bytes) in two zmm and 8 k-steps per
+ * chunk (DSE_RT_KC64): per position and k-step one index load and one address for 64 selectors, and the 4 zmm of
+ * accumulators loaded and stored once per 8 k-steps (the AVX2 tile's loop pays both per 32 selectors and 4 k-steps;
+ * an AVX-512 loop on the 32-selector tile, one zmm per row, ran no faster than it). Accumulators: uint16 [mb][2 * 64]. */
+#define DSE_RT_NT64 64
+#define DSE_RT_KC64 8
+#define DSE_RT_SLOT64 (256 * DSE_RT_NT64 + 64) /* uint16 per k-step's table (staggered by 128 bytes) */
+#define DSE_RT_KCMAX 8
+DSE_T_AVX2 static void dse_rows_build64_avx2(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
+                                             uint16_t *tab)
+{
+    for (int q = 0; q < DSE_RT_NT64; q += 16)
+        dse_rows_build_avx2_s(D, R, nr, sel + q, tab + q, DSE_RT_NT64);
+}
+
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_rows_accum512_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, uint16_t *acc, const int KC,
+                     const int FIRST, const int PAIR)
+{
+    /* k-step kk's table at the constant offset kk * DSE_RT_SLOT64 and its indices at p0 + kk * L (kk < 4) or
+     * p4 + (kk - 4) * L: one base register for the tables and four for the indices, so the loop does not spill */
+    const char *tb = (const char *)tab;
+    const int64_t L = KC > 1 ? ip[1] - ip[0] : 0, L3 = 3 * L;
+    const uint8_t *p0 = ip[0], *p4 = ip[0] + 4 * L;
+    for (int64_t m = 0; m < mb; m++) {
+        uint16_t *a = acc + m * 2 * DSE_RT_NT64;
+        const uint8_t *q0 = p0 + m, *q4 = p4 + m;
+        __m512i a0, a1, h0, h1;
+        a0 = a1 = h0 = h1 = _mm512_setzero_si512();
+        if (!FIRST) {
+            a0 = _mm512_load_si512((const void *)(a + 0));
+            a1 = _mm512_load_si512((const void *)(a + 32));
+            h0 = _mm512_load_si512((const void *)(a + 64));
+            h1 = _mm512_load_si512((const void *)(a + 96));
+        }
+#define DSE_RT_IDX64(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
+#define DSE_RT_ROW64(kk) ((const void *)(tb + (kk) * (2 * DSE_RT_SLOT64) + 2 * DSE_RT_NT64 * DSE_RT_IDX64(kk)))
+        if (PAIR) {
+#pragma GCC unroll 16
+            for (int kk = 0; kk < KC; kk += 2) {
+                const char *r = (const char *)DSE_RT_ROW64(kk), *q = (const char *)DSE_RT_ROW64(kk + 1);
+                const __m512i v0 = _mm512_add_epi16(_mm512_load_si512(r), _mm512_load_si512(q));
+                const __m512i v1 = _mm512_add_epi16(_mm512_load_si512(r + 64), _mm512_load_si512(q + 64));
+                a0 = _mm512_add_epi16(a0, v0);
+                h0 = _mm512_add_epi16(h0, _mm512_srli_epi16(v0, 8));
+                a1 = _mm512_add_epi16(a1, v1);
+                h1 = _mm512_add_epi16(h1, _mm512_srli_epi16(v1, 8));
+            }
+        } else {
+#pragma GCC unroll 16
+            for (int kk = 0; kk < KC; kk++) {
+                const char *r = (const char *)DSE_RT_ROW64(kk);
+                const __m512i v0 = _mm512_load_si512(r);
+                const __m512i v1 = _mm512_load_si512(r + 64);
+                a0 = _mm512_add_epi16(a0, v0);
+                h0 = _mm512_add_epi16(h0, _mm512_srli_epi16(v0, 8));
+                a1 = _mm512_add_epi16(a1, v1);
+                h1 = _mm512_add_epi16(h1, _mm512_srli_epi16(v1, 8));
+            }
+        }
+#undef DSE_RT_ROW64
+#undef DSE_RT_IDX64
+        _mm512_store_si512((void *)(a + 0), a0);
+        _mm512_store_si512((void *)(a + 32), a1);
+        _mm512_store_si512((void *)(a + 64), h0);
+        _mm512_store_si512((void *)(a + 96), h1);
+    }
+}
+
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_rows_accum512_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
+                      uint16_t *acc, const int PAIR)
+{
+    (void)ts; /* DSE_RT_SLOT64 */
+    if (kc == DSE_RT_KC64) {
+        if (first)
+            dse_rows_accum512_kc(tab, ip, mb, acc, DSE_RT_KC64, 1, PAIR);
+        else
+            dse_rows_accum512_kc(tab, ip, mb, acc, DSE_RT_KC64, 0, PAIR);
+        return;
+    }
+    int kk = 0; /* the chunk at the end of K: 4 k-steps, then single ones */
+    if (kc >= 4) {
+        if (first)
+            dse_rows_accum512_kc(tab, ip, mb, acc, 4, 1, PAIR);
+        else
+            dse_rows_accum512_kc(tab, ip, mb, acc, 4, 0, PAIR);
+        kk = 4;
+        first = 0;
+    }
+    for (; kk < kc; kk++, first = 0) {
+        if (first)
+            dse_rows_accum512_kc(tab + kk * DSE_RT_SLOT64, ip + kk, mb, acc, 1, 1, 0);
+        else
+            dse_rows_accum512_kc(tab + kk * DSE_RT_SLOT64, ip + kk, mb, acc, 1, 0, 0);
+    }
+}
+
+DSE_T_512 static void dse_rows_accum512(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb,
+                                        int first, void *acc)
+{
+    dse_rows_accum512_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0);
+}
+
+DSE_T_512 static void dse_rows_accum512_pair(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                             int64_t mb, int first, void *acc)
+{
+    dse_rows_accum512_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1);
+}
+
+/* sums = ((A - 256 H) mod 2^16) + 256 H for the 64 selectors (see dse_rows_finish_avx2_w). */
+DSE_T_512 static void dse_rows_finish512(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    const uint16_t *acc = (const uint16_t *)accv;
+    for (int64_t m = 0; m < mb; m++) {
+        const uint16_t *a = acc + m * 2 * DSE_RT_NT64;
+        int32_t *s = sums + m * DSE_RT_NT64;
+        for (int i = 0; i < DSE_RT_NT64; i += 32) {
+            const __m512i A = _mm512_load_si512((const void *)(a + i));
+            const __m512i H = _mm512_load_si512((const void *)(a + DSE_RT_NT64 + i));
+            const __m512i L = _mm512_sub_epi16(A, _mm512_slli_epi16(H, 8));
+            const __m512i l0 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(L));
+            const __m512i l1 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(L, 1));
+            const __m512i h0 = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(H)), 8);
+            const __m512i h1 = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(H, 1)), 8);
+            __m512i s0 = _mm512_add_epi32(l0, h0), s1 = _mm512_add_epi32(l1, h1);
+            if (!first) {
+                s0 = _mm512_add_epi32(s0, _mm512_loadu_si512((const void *)(s + i)));
+                s1 = _mm512_add_epi32(s1, _mm512_loadu_si512((const void *)(s + i + 16)));
+            }
+            _mm512_storeu_si512((void *)(s + i), s0);
+            _mm512_storeu_si512((void *)(s + i + 16), s1);
+        }
+    }
+}
+
+/* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of kc) and size; nt: the
+ * selector stride of its tables, accumulators and sums; cap: the selector rows it handles (nt, or 16 for a half
+ * kernel); kc: k-steps per chunk; half: the kernel for tiles of at most half->cap valid selector rows (fewer loads
+ * and adds per position), NULL where a tile always runs whole. */
 typedef struct dse_rows_impl_s {
     dse_rows_build_fn build;
     dse_rows_accum_fn accum;
@@ -678,6 +825,8 @@ typedef struct dse_rows_impl_s {
     int64_t window;
     size_t acc_bytes; /* per index position */
     const struct dse_rows_impl_s *half;
+    int nt, cap, kc;
+    int64_t slot; /* uint16 per k-step's table in the chunk's scratch (0: R * nt) */
 } dse_rows_impl;
 
 /* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]); with
@@ -723,21 +872,21 @@ typedef struct {
     int level, fin_kind;
 } dse_rows_out;
 
-/* Stores (first; with o->add: adds) init + acc[i * DSE_RT_NT], or (not first) adds acc[i * DSE_RT_NT], for index
- * positions i0 + i, i < len, of selector row js. */
-static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_t len, const int32_t *acc,
+/* Stores (first; with o->add: adds) init + acc[i * ns], or (not first) adds acc[i * ns], for index positions
+ * i0 + i, i < len, of selector row js. */
+static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_t len, const int32_t *acc, int64_t ns,
                            int64_t init, int first)
 {
     if (o->sel_is_m) { /* m = js fixed, n = i0 + i: stride P */
         int64_t *d = o->base + (js / o->P) * o->ldb + js % o->P + i0 * o->P;
         for (int64_t i = 0; i < len; i++, d += o->P)
-            *d = (first ? init + (o->add ? *d : 0) : *d) + acc[i * DSE_RT_NT];
+            *d = (first ? init + (o->add ? *d : 0) : *d) + acc[i * ns];
         return;
     }
     int64_t p = i0 % o->P; /* n = js fixed, m = i0 + i: runs of P positions per image */
     int64_t *d = o->base + (i0 / o->P) * o->ldb + js * o->P;
     for (int64_t i = 0; i < len; i++) {
-        d[p] = (first ? init + (o->add ? d[p] : 0) : d[p]) + acc[i * DSE_RT_NT];
+        d[p] = (first ? init + (o->add ? d[p] : 0) : d[p]) + acc[i * ns];
         if (++p == o->P) {
             p = 0;
             d += o->ldb;
@@ -745,33 +894,34 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
     }
 }
 
-/* With o->sc: gathers (first) init + acc[i * DSE_RT_NT], or (not first) adds acc[i * DSE_RT_NT], for index
- * positions i0 + i, i < n, of a task's len positions, selector row j, at fin[j * len + i0 + i] (weights selecting:
- * one channel's run of positions) or fin[(i0 + i) * DSE_RT_NT + j] (sel_is_m: one channel's run is the tile's
- * selector rows); acc points at position i0's sums. */
+/* With o->sc: gathers (first) init + acc[i * ns], or (not first) adds acc[i * ns], for index positions i0 + i,
+ * i < n, of a task's len positions, selector row j, at fin[j * len + i0 + i] (weights selecting: one channel's run of
+ * positions) or fin[(i0 + i) * ns + j] (sel_is_m: one channel's run is the tile's selector rows); acc points at
+ * position i0's sums, ns: the kernel's selector stride. */
 static void dse_rows_gather(const dse_rows_out *o, void *fin, int64_t j, int64_t len, int64_t i0, int64_t n,
-                            const int32_t *acc, int64_t init, int first)
+                            const int32_t *acc, int64_t ns, int64_t init, int first)
 {
-    const int64_t sj = o->sel_is_m ? 1 : len, si = o->sel_is_m ? DSE_RT_NT : 1;
+    const int64_t sj = o->sel_is_m ? 1 : len, si = o->sel_is_m ? ns : 1;
     if (o->fin_kind == DSE_SUM_I32) {
         int32_t *f = (int32_t *)fin + j * sj + i0 * si;
         for (int64_t i = 0; i < n; i++)
-            f[i * si] = (int32_t)((first ? init : f[i * si]) + acc[i * DSE_RT_NT]);
+            f[i * si] = (int32_t)((first ? init : f[i * si]) + acc[i * ns]);
         return;
     }
     int64_t *f = (int64_t *)fin + j * sj + i0 * si;
     for (int64_t i = 0; i < n; i++)
-        f[i * si] = (first ? init : f[i * si]) + acc[i * DSE_RT_NT];
+        f[i * si] = (first ? init : f[i * si]) + acc[i * ns];
 }
 
-/* Scales a task's final sums fin (dse_rows_gather; selector rows n0..n0+nv-1, index positions m0..m0+mb-1) into
- * o->outs, one dse_scale_sums run per channel and image. */
-static void dse_rows_scale(const dse_rows_out *o, const void *fin, int64_t n0, int64_t nv, int64_t m0, int64_t mb)
+/* Scales a task's final sums fin (dse_rows_gather with selector stride ns; selector rows n0..n0+nv-1, index
+ * positions m0..m0+mb-1) into o->outs, one dse_scale_sums run per channel and image. */
+static void dse_rows_scale(const dse_rows_out *o, const void *fin, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
+                           int64_t ns)
 {
     const int64_t esz = o->fin_kind == DSE_SUM_I32 ? 4 : 8;
     const int sel = o->sel_is_m;
     const int64_t c0 = sel ? m0 : n0, nc = sel ? mb : nv, p0 = sel ? n0 : m0, np = sel ? nv : mb;
-    const int64_t ld = sel ? DSE_RT_NT : mb;
+    const int64_t ld = sel ? ns : mb;
     for (int64_t c = 0; c < nc; c++) {
         const uint8_t *f = (const uint8_t *)fin + c * ld * esz;
         for (int64_t i = 0, m = p0; i < np;) {
@@ -784,48 +934,51 @@ static void dse_rows_scale(const dse_rows_out *o, const void *fin, int64_t n0, i
     }
 }
 
-/* A selector tile's operand, transposed once per call: ST[k * DSE_RT_NT + j] = S[n0 + j, k] (32 contiguous bytes per
- * k-step for the table builds, instead of 32 loads at stride K), padding rows repeating the last valid row (their sums
- * are discarded); init[j] = sum_k off[S[n0 + j, k]], the tile's offset sums (computed once, not per index block). */
-static void dse_rows_tile_prep(const uint8_t *S, const int32_t *off, int64_t K, int64_t n0, int64_t nv, uint8_t *ST,
-                               int64_t *init)
+/* A selector tile's operand, transposed once per call: ST[k * tw + j] = S[n0 + j, k] (tw = the tile's width: tw
+ * contiguous bytes per k-step for the table builds, instead of tw loads at stride K), padding rows repeating the last
+ * valid row (their sums are discarded); init[j] = sum_k off[S[n0 + j, k]], the tile's offset sums (computed once, not
+ * per index block). */
+static void dse_rows_tile_prep(const uint8_t *S, const int32_t *off, int64_t K, int64_t n0, int64_t nv, int64_t tw,
+                               uint8_t *ST, int64_t *init)
 {
-    for (int64_t j = 0; j < DSE_RT_NT; j++) {
+    for (int64_t j = 0; j < tw; j++) {
         const uint8_t *sr = S + (n0 + (j < nv ? j : nv - 1)) * K;
         int64_t s = 0;
         for (int64_t k = 0; k < K; k++) {
-            ST[k * DSE_RT_NT + j] = sr[k];
+            ST[k * tw + j] = sr[k];
             s += off[sr[k]];
         }
         init[j] = s;
     }
 }
 
-/* One (selector tile, index block) task: selector rows n0..n0+nv-1 (transposed in ST with their offset sums init,
- * dse_rows_tile_prep), index positions m0..m0+mb-1, whose largest index at k-step k is imax[k]: the tables are built
- * only up to the block of 16 rows holding it (activations after a Relu are mostly small patterns, so a block of
- * positions often reads only the first rows). */
-static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, const int64_t *init, const uint8_t *imax,
-                          const uint16_t *D, int64_t R, int64_t K, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
-                          const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums, void *fin,
-                          const dse_rows_impl *imt)
+/* One (selector tile, index block) task: selector rows n0..n0+nv-1 (transposed in ST, tw bytes per k-step, with
+ * their offset sums init, dse_rows_tile_prep), index positions m0..m0+mb-1, whose largest index at k-step k is
+ * imax[k]: the tables are built only up to the block of 16 rows holding it (activations after a Relu are mostly small
+ * patterns, so a block of positions often reads only the first rows). */
+static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int64_t tw, const int64_t *init,
+                          const uint8_t *imax, const uint16_t *D, int64_t R, int64_t K, int64_t n0, int64_t nv,
+                          int64_t m0, int64_t mb, const dse_rows_out *out, uint16_t *tab, void *acc, int32_t *sums,
+                          void *fin, const dse_rows_impl *imt)
 {
-    const dse_rows_impl *im = nv <= 16 && imt->half ? imt->half : imt; /* a tile of <= 16 rows: the half kernel */
-    const int64_t kf = im->window;
+    const dse_rows_impl *im = imt; /* a tile with few valid rows: the narrowest kernel that holds them */
+    while (im->half && nv <= im->half->cap)
+        im = im->half;
+    const int64_t kf = im->window, ns = im->nt, ts = im->slot ? im->slot : R * ns;
     /* inner windows of kf k-steps (the accumulators' bound), summed in int32 over outer windows of <= 2^15 k-steps
      * (|sum| < 2^15 * 2^16 = 2^31), each flushed once into the int64 output */
     const int64_t kout = (32768 / kf) * kf;
     for (int64_t w0 = 0; w0 < K; w0 += kf) {
         const int64_t w1 = (K - w0 < kf) ? K : w0 + kf;
-        for (int64_t k0 = w0; k0 < w1; k0 += DSE_RT_KC) {
-            const int kc = (int)((w1 - k0 < DSE_RT_KC) ? (w1 - k0) : DSE_RT_KC);
-            const uint8_t *ip[DSE_RT_KC];
+        for (int64_t k0 = w0; k0 < w1; k0 += im->kc) {
+            const int kc = (int)((w1 - k0 < im->kc) ? (w1 - k0) : im->kc);
+            const uint8_t *ip[DSE_RT_KCMAX];
             for (int kk = 0; kk < kc; kk++) {
                 const int64_t nr = ((int64_t)imax[k0 + kk] / 16 + 1) * 16; /* the rows this block reads */
-                im->build(D, R, nr < R ? nr : R, ST + (k0 + kk) * DSE_RT_NT, tab + kk * R * DSE_RT_NT);
+                im->build(D, R, nr < R ? nr : R, ST + (k0 + kk) * tw, tab + kk * ts);
                 ip[kk] = I + (k0 + kk) * ldi + m0;
             }
-            im->accum(tab, R * DSE_RT_NT, ip, kc, mb, k0 == w0, acc);
+            im->accum(tab, ts, ip, kc, mb, k0 == w0, acc);
         }
         const int32_t *ws = (const int32_t *)acc;
         if (im->finish) {
@@ -834,20 +987,20 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, cons
         }
         if (!(w1 == K || w1 % kout == 0))
             continue;
-        /* the sums [mb][NT] go out per selector row j in blocks of DSE_RT_OB positions, whose sums stay in L1 while
+        /* the sums [mb][ns] go out per selector row j in blocks of DSE_RT_OB positions, whose sums stay in L1 while
          * the tile's rows read them (one pass per row over all mb positions read a cache line per sum) */
         for (int64_t i0 = 0; i0 < mb; i0 += DSE_RT_OB) {
             const int64_t n = (mb - i0 < DSE_RT_OB) ? mb - i0 : DSE_RT_OB;
             for (int64_t j = 0; j < nv; j++) {
                 if (out->sc)
-                    dse_rows_gather(out, fin, j, mb, i0, n, ws + i0 * DSE_RT_NT + j, init[j], w0 < kout);
+                    dse_rows_gather(out, fin, j, mb, i0, n, ws + i0 * ns + j, ns, init[j], w0 < kout);
                 else
-                    dse_rows_store(out, n0 + j, m0 + i0, n, ws + i0 * DSE_RT_NT + j, init[j], w0 < kout);
+                    dse_rows_store(out, n0 + j, m0 + i0, n, ws + i0 * ns + j, ns, init[j], w0 < kout);
             }
         }
     }
     if (out->sc)
-        dse_rows_scale(out, fin, n0, nv, m0, mb);
+        dse_rows_scale(out, fin, n0, nv, m0, mb, ns);
 }
 
 /* A scratch buffer whose start is 64-byte aligned (rows of 32 uint16: one cache line each); free() releases it. */
@@ -880,34 +1033,42 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                          const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
                          int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
 {
-    static const dse_rows_impl portable = {dse_rows_build, dse_rows_accum_scalar, NULL,
-                                           (32768 / DSE_RT_KC) * DSE_RT_KC, DSE_RT_NT * sizeof(int32_t), NULL};
-    static const size_t w16 = 2 * DSE_RT_NT * sizeof(uint16_t);
+    enum { NT = DSE_RT_NT, KC = DSE_RT_KC };
+    static const dse_rows_impl portable = {dse_rows_build, dse_rows_accum_scalar, NULL, (32768 / KC) * KC,
+                                           NT * sizeof(int32_t), NULL, NT, NT, KC};
+    static const size_t w16 = 2 * NT * sizeof(uint16_t), w64 = 2 * DSE_RT_NT64 * sizeof(uint16_t);
     static const dse_rows_impl avx2_16 = {dse_rows_build_avx2, dse_rows_accum16_avx2, dse_rows_finish16_avx2,
-                                          DSE_RT_W16, w16, NULL};
+                                          DSE_RT_W16, w16, NULL, NT, 16, KC};
     static const dse_rows_impl avx2 = {dse_rows_build32_avx2, dse_rows_accum_avx2, dse_rows_finish_avx2,
-                                       DSE_RT_W16, w16, &avx2_16};
+                                       DSE_RT_W16, w16, &avx2_16, NT, NT, KC};
     static const dse_rows_impl avx2_byte16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_byte,
-                                              dse_rows_finish16_avx2_byte, DSE_RT_W16, w16, NULL};
+                                              dse_rows_finish16_avx2_byte, DSE_RT_W16, w16, NULL, NT, 16, KC};
     static const dse_rows_impl avx2_byte = {dse_rows_build32_avx2, dse_rows_accum_avx2_byte,
-                                            dse_rows_finish_avx2_byte, DSE_RT_W16, w16, &avx2_byte16};
+                                            dse_rows_finish_avx2_byte, DSE_RT_W16, w16, &avx2_byte16, NT, NT, KC};
     static const dse_rows_impl avx2_pair16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_pair, dse_rows_finish16_avx2,
-                                              DSE_RT_W16, w16, NULL};
+                                              DSE_RT_W16, w16, NULL, NT, 16, KC};
     static const dse_rows_impl avx2_pair = {dse_rows_build32_avx2, dse_rows_accum_avx2_pair, dse_rows_finish_avx2,
-                                            DSE_RT_W16, w16, &avx2_pair16};
+                                            DSE_RT_W16, w16, &avx2_pair16, NT, NT, KC};
+    static const dse_rows_impl avx512 = {dse_rows_build64_avx2, dse_rows_accum512, dse_rows_finish512, DSE_RT_W16,
+                                         w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
+    static const dse_rows_impl avx512_pair = {dse_rows_build64_avx2, dse_rows_accum512_pair, dse_rows_finish512,
+                                              DSE_RT_W16, w64, &avx2_pair, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64,
+                                              DSE_RT_SLOT64};
     uint16_t dmax = 0;
     for (int64_t i = 0; i < 256 * R; i++)
         dmax = D[i] > dmax ? D[i] : dmax;
     /* tiny entries: windows of 255 / dmax k-steps, a multiple of DSE_RT_KC */
     const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC * DSE_RT_KC : 252;
     const dse_rows_impl avx2_tiny = {dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
-                                     w8, DSE_RT_NT, NULL};
+                                     w8, DSE_RT_NT, NULL, NT, NT, KC};
+    const int wide = level >= DSE_ISA_AVX512 && N > DSE_RT_NT; /* 64-selector tiles, the last one maybe narrower */
     const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable
                               : dmax < 32          ? &avx2_tiny
                               : dmax < 256         ? &avx2_byte
-                              : dmax < 32768       ? &avx2_pair
-                                                   : &avx2;
-    const int64_t nnt = (N + DSE_RT_NT - 1) / DSE_RT_NT, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
+                              : dmax < 32768       ? (wide ? &avx512_pair : &avx2_pair)
+                                                   : (wide ? &avx512 : &avx2);
+    const int64_t tw = im->nt; /* the tiles' width */
+    const int64_t nnt = (N + tw - 1) / tw, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
     const int64_t mbmax = M < DSE_RT_MB ? M : DSE_RT_MB; /* scratch for the longest block (short calls: small) */
     int64_t offmax = 0;
     for (int s = 0; s < 256; s++)
@@ -916,9 +1077,9 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     const double bound = (double)K * (double)(offmax + dmax);
     const int fin_kind = bound < 2147483648.0 ? DSE_SUM_I32 : bound < 2251799813685248.0 ? DSE_SUM_SMALL : DSE_SUM_I64;
     const dse_rows_out o = {out, P, ldb, sel_is_m, add, sc, outs, level, fin_kind};
-    const size_t fin_bytes = sc ? (size_t)(mbmax + 1) * DSE_RT_NT * (fin_kind == DSE_SUM_I32 ? 4 : 8) : 1;
-    uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * DSE_RT_NT + 1);
-    int64_t *init = (int64_t *)malloc((size_t)(nnt + 1) * DSE_RT_NT * sizeof(int64_t));
+    const size_t fin_bytes = sc ? (size_t)(mbmax + 1) * tw * (fin_kind == DSE_SUM_I32 ? 4 : 8) : 1;
+    uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * tw + 1);
+    int64_t *init = (int64_t *)malloc((size_t)(nnt + 1) * tw * sizeof(int64_t));
     uint8_t *imax = (uint8_t *)malloc((size_t)nmb * K + 1); /* [block][k]: the largest index of each block's k-step */
     int fail = !ST || !init || !imax;
     if (!fail) {
@@ -926,9 +1087,8 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
         {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < nnt; t++) {
-                const int64_t n0 = t * DSE_RT_NT;
-                dse_rows_tile_prep(S, off, K, n0, (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT, ST + t * K * DSE_RT_NT,
-                                   init + t * DSE_RT_NT);
+                const int64_t n0 = t * tw;
+                dse_rows_tile_prep(S, off, K, n0, (N - n0 < tw) ? N - n0 : tw, tw, ST + t * K * tw, init + t * tw);
             }
 #pragma omp for schedule(static)
             for (int64_t k = 0; k < K; k++)
@@ -940,18 +1100,18 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                         mx = ir[i] > mx ? ir[i] : mx;
                     imax[b * K + k] = mx;
                 }
-            uint16_t *tab = (uint16_t *)dse_alloc64((size_t)DSE_RT_KC * R * DSE_RT_NT * sizeof(uint16_t));
+            uint16_t *tab = (uint16_t *)dse_alloc64((size_t)im->kc * (im->slot ? im->slot : R * tw) * sizeof(uint16_t));
             void *acc = dse_alloc64((size_t)(mbmax + 1) * im->acc_bytes);
-            int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * DSE_RT_NT * sizeof(int32_t));
+            int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * tw * sizeof(int32_t));
             void *fin = malloc(fin_bytes);
             if (dse_team_allocated(&fail, tab && acc && sums && fin)) {
 #pragma omp for schedule(static)
                 for (int64_t t = 0; t < nnt * nmb; t++) {
-                    const int64_t ti = t / nmb, n0 = ti * DSE_RT_NT, m0 = (t % nmb) * DSE_RT_MB;
-                    const int64_t nv = (N - n0 < DSE_RT_NT) ? N - n0 : DSE_RT_NT;
+                    const int64_t ti = t / nmb, n0 = ti * tw, m0 = (t % nmb) * DSE_RT_MB;
+                    const int64_t nv = (N - n0 < tw) ? N - n0 : tw;
                     const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                    dse_rows_task(I, ldi, ST + ti * K * DSE_RT_NT, init + ti * DSE_RT_NT, imax + (t % nmb) * K, D, R,
-                                  K, n0, nv, m0, mb, &o, tab, acc, sums, fin, im);
+                    dse_rows_task(I, ldi, ST + ti * K * tw, tw, init + ti * tw, imax + (t % nmb) * K, D, R, K, n0, nv,
+                                  m0, mb, &o, tab, acc, sums, fin, im);
                 }
             }
             free(fin);

@@ -447,15 +447,18 @@ def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, s
 
 
 @settings(deadline=None, max_examples=40)
-@given(M=st.integers(1, 700), Kd=st.sampled_from([1, 3, 4, 5, 24, 255, 256, 257, 300]),
-       N=st.sampled_from([1, 7, 8, 15, 16, 17, 24, 31, 32, 33, 40, 48, 49, 80]), signed=st.booleans(),
+@given(M=st.integers(1, 700), Kd=st.sampled_from([1, 3, 4, 5, 7, 8, 9, 12, 13, 24, 255, 256, 257, 263, 300]),
+       N=st.sampled_from([1, 7, 8, 15, 16, 17, 24, 31, 32, 33, 40, 48, 49, 63, 64, 65, 80, 81, 96, 112, 127, 128,
+                          144, 161, 200]), signed=st.booleans(),
        mname=st.sampled_from(["rand_u8", "mitch_w6", "rand_u16", "classed", "trunc"]),
        scaled=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
-    """Selector tiles of 32 rows with fewer valid rows (N not a multiple of 32), tiles of <= 16 rows taking the
-    half-width adds (16 selectors: byte, pair and full 16-bit sums), and the output written in blocks of 64
-    positions: the result (int64 sums, or the scaled output) is the reference's, both orientations, every ISA level,
-    1 and 2 threads, on reduction lengths around the 16-bit window (256) and the 4-step chunks."""
+    """Selector tiles with fewer valid rows than their width (N not a multiple of 64 at the avx512 level, of 32
+    below), the last tile of a call with 64-row tiles taking the 32-row kernel when it holds <= 32 valid rows and the
+    half-width adds when <= 16 (16 selectors: byte, pair and full 16-bit sums), and the output written in blocks of
+    64 positions: the result (int64 sums, or the scaled output) is the reference's, both orientations, every ISA
+    level, 1 and 2 threads, on reduction lengths around the 16-bit window (256), the 4-step chunks and the 64-row
+    tiles' 8-step chunks (a tail of 4 steps and single steps)."""
     rng = np.random.default_rng(seed)
     mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
     acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
@@ -739,7 +742,7 @@ def test_rows_kernel_int32_window_worst_case():
 
 
 @settings(deadline=None, max_examples=30)
-@given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 40), N=st.integers(1, 40),
+@given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 80), N=st.integers(1, 80),
        by_act=st.booleans(), classed=st.booleans(),
        width=st.sampled_from(["tiny1", "tiny7", "tiny31", "byte", "pair", "full"]),
        seed=st.integers(0, 2 ** 32 - 1))
@@ -752,7 +755,7 @@ def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, wi
     255; "byte" entries 0..255 only (span 255), the AVX2 adds without high-byte sums, whose 16-bit window sums reach
     255 * 256; "pair" entries
     below 2^15 (up to 0x7FFF), the adds that sum two k-steps' rows before taking their high bytes; "full" up to
-    0xFFFF."""
+    0xFFFF. M, N up to 80: the AVX-512 level's 64-row tiles (8-step chunks) for the pair and full widths too."""
     rng = np.random.default_rng(seed)
     ext = {"tiny1": [0, 1], "tiny7": [0, 1, 6, 7], "tiny31": [0, 1, 30, 31], "byte": [0, 1, 254, 255],
            "pair": [0, 255, 256, 0x7F00, 0x7FFF],
