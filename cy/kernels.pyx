@@ -52,7 +52,7 @@ cdef extern from "lut_kernel.h" nogil:
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
                     const int16_t *gtab, int64_t bound, int mode, int a_signed, const uint8_t *xtab,
-                    int64_t *out, const dse_scaling *sc, void *outs, int nt)
+                    int64_t *out, const dse_scaling *sc, void *outs, int64_t block, int vnni, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
                         void *y, int small, int nt)
@@ -277,7 +277,8 @@ def im2col(const uint8_t[:, :, :, ::1] x, int64_t kh, int64_t kw, stride, pads, 
 
 def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, const int32_t[:, ::1] lutT,
             const int16_t[::1] ftab, const int16_t[::1] gtab, int64_t bound, stride, pads, dilation, out_hw,
-            bint a_signed, isa=None, int threads=1, scaling=None, const uint8_t[::1] xtab=None):
+            bint a_signed, isa=None, int threads=1, scaling=None, const uint8_t[::1] xtab=None, int64_t block=4096,
+            vnni=None):
     """Depthwise conv: out[b, o] = sum_ij T(xpad[b, o // (Cout // C)], wp[o]) as int64[B, Cout, Ho, Wo].
 
     ``x`` uint8[B, C, H, W] activation patterns, ``wp`` uint8[Cout, kh, kw] weight patterns (Cout a multiple of C),
@@ -294,7 +295,11 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     bias float32[Cout], act, lo, hi, quant) the result is the output of :func:`dequantize` on those sums instead
     (float32, or uint8 patterns with a ``quant``), applied to each output plane while its sums are in cache. With
     ``xtab`` (uint8[256]) every input pattern a, the padding's 0 included, is read as ``xtab[a]`` (e.g. a rank-1
-    table's activation factor F(a) as the pattern of an 8-bit value, for mode "values").
+    table's activation factor F(a) as the pattern of an 8-bit value, for mode "values"). The planes of a channel are
+    taken in blocks of images of about ``block`` positions of the padded planes (at least one image), one run of the
+    kernel over each block. ``vnni`` (default:
+    :func:`vnni_enabled`): "values" whose weight factors fit signed bytes run on AVX512-VNNI at level avx512 where the
+    CPU has it (:func:`vnni_levels`), four taps of a kernel row per vpdpbusd; the same results.
     """
     cdef int level = _level(isa)
     cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -302,6 +307,7 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     cdef int64_t sh = stride[0], sw = stride[1], pt = pads[0], pl = pads[1], dh = dilation[0], dw = dilation[1]
     cdef int64_t Ho = out_hw[0], Wo = out_hw[1]
     cdef int m = DW_MODES.index(mode)
+    cdef int use_vnni = vnni_enabled() if vnni is None else bool(vnni)
     if C == 0 or Cout % C or lutT.shape[0] != 256 or lutT.shape[1] != 256 or ftab.shape[0] != 256 or \
             gtab.shape[0] != 256 or (xtab is not None and xtab.shape[0] != 256):
         raise ValueError("dw_conv: Cout must be a multiple of C, lutT [256, 256], ftab, gtab and xtab [256]")
@@ -330,7 +336,7 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
         rc = dse_dw_conv(level, &x[0, 0, 0, 0], B, C, H, W, &wp[0, 0, 0], Cout, kh, kw, sh, sw, pt, pl, dh, dw, Ho,
                          Wo, &lutT[0, 0], &ftab[0], &gtab[0], bound, m, 1 if a_signed else 0,
                          xt, o,
-                         NULL if of == NULL else &sc, of, max(1, threads))
+                         NULL if of == NULL else &sc, of, block, use_vnni, max(1, threads))
     if rc == -2:
         raise ValueError("dw_conv: rowsum takes kernels whose column offsets in the phase planes are < 3 and "
                          "kh * min(stride, kw) <= 32")

@@ -1235,13 +1235,15 @@ static void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_
  * P[(i*dh % sh) * sw + j*dw % sw][r][q] = xpad[r*sh + i*dh % sh, q*sw + j*dw % sw], so that tap (i, j) of output
  * (y, x) reads P[...][y + i*dh / sh][x + j*dw / sw]: with t = y * WQ + x every tap reads one contiguous run
  * P + (i*dh / sh) * WQ + j*dw / sw + t, t < (Ho - 1) * WQ + Wo (the columns x >= Wo of that run are computed and
- * dropped). At the AVX2 level all taps are summed in int32 registers, exact while kh * kw * bound < 2^31 (``fits32``;
- * bound >= every |term|): table lookups 8 outputs at a time with scalar loads from the tap's 1 KiB column lutT[w]
- * (dse_dw_run_lut32), products G[w] * value / G[w] * F[a] of a rank-1 table 8 per vector (16 at the AVX-512 level,
- * where an input byte table xtab is applied to the whole phase planes with VBMI permutes); otherwise, and at the
- * scalar level, int64 sums. Work is split over
- * (b, c) planes with OpenMP (nt threads); each output is computed by one thread in a fixed order, so results do not
- * depend on the thread count. Returns 0, or -1 when a scratch buffer cannot be allocated. */
+ * dropped). The planes of a block of images of one channel lie one after the other in each phase plane, so that one
+ * run covers them all (dse_dw_conv). At the AVX2 level all taps are summed in int32 registers, exact while kh * kw *
+ * bound < 2^31 (``fits32``; bound >= every |term|): table lookups 8 outputs at a time with scalar loads from the
+ * tap's 1 KiB column lutT[w] (dse_dw_run_lut32), products G[w] * value / G[w] * F[a] of a rank-1 table 8 per vector
+ * (16 at the AVX-512 level, where an input byte table xtab is applied to the whole phase planes with VBMI permutes,
+ * and byte weight factors take VNNI quads: dse_dw_run_quads_512); otherwise, and at the scalar level, int64 sums.
+ * Work is split over (channel, block of images) with OpenMP (nt threads); each output is computed by one thread in a
+ * fixed order, so results do not depend on the thread count. Returns 0, or -1 when a scratch buffer cannot be
+ * allocated. */
 typedef struct {
     const uint8_t *p;   /* start of the tap's run in its phase plane */
     const int32_t *col; /* lutT[w] (mode 0) */
@@ -1620,17 +1622,17 @@ static inline void dse_copy_small(uint8_t *d, const uint8_t *s, int64_t n)
     memcpy(d + n - 8, s + n - 8, 8);
 }
 
-/* The sh * sw phase planes (HQ x WQ each) of the zero-padded input plane xs [H, W]; with xtab every byte goes through
- * that 256-entry table. Only the input's positions are written: the padding (pattern 0, or xtab[0]) is the caller's
- * fill of P, the same for every plane of a call. */
+/* The sh * sw phase planes (HQ x WQ each, pstep bytes apart) of the zero-padded input plane xs [H, W]; with xtab
+ * every byte goes through that 256-entry table. Only the input's positions are written: the padding (pattern 0, or
+ * xtab[0]) is the caller's fill of P, the same for every plane of a call. */
 static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh, int64_t sw,
-                          int64_t HQ, int64_t WQ, const uint8_t *xtab, uint8_t *P)
+                          int64_t HQ, int64_t WQ, int64_t pstep, const uint8_t *xtab, uint8_t *P)
 {
     int64_t rq = pt / sh, rp = pt % sh; /* padded row r + pt = rq * sh + rp, stepped without divisions */
     for (int64_t r = 0; r < H; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
         if (rq >= HQ)
             break;
-        uint8_t *prow = P + rp * sw * HQ * WQ + rq * WQ;
+        uint8_t *prow = P + rp * sw * pstep + rq * WQ;
         const uint8_t *src = xs + r * W;
         if (sw == 1) {
             const int64_t n = W < WQ - pl ? W : WQ - pl;
@@ -1642,7 +1644,6 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
             continue;
         }
         /* one sequential pass over the row: padded column c + pl = q * sw + pc goes to phase pc, column q */
-        const int64_t pstep = HQ * WQ;
         int64_t pc = pl % sw, q = pl / sw, c = 0;
         if (sw == 2 && !xtab) /* 16 bytes at a time: even ones to phase pc, odd ones to the other (SSE2) */
             for (const __m128i lo8 = _mm_set1_epi16(0xFF); c + 16 <= W && q + 8 + pc <= WQ; c += 16, q += 8) {
@@ -1659,14 +1660,147 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
     }
 }
 
-/* Prefetch the cache lines of n bytes at p, for a read or (write = 1) a write. */
-static inline void dse_prefetch_lines(const void *p, int64_t n, const int write)
+/* dse_dw_phases at stride 1 at the AVX-512 level, into planes whose padding is 0 (no xtab: the AVX-512 level
+ * translates the whole planes afterwards): each row's W bytes as 16-, 32- or 64-byte loads, the bytes past the row
+ * cleared, stored whole. A store's zeros past the row land in its right padding, in the left padding and columns of
+ * the next row (written after it), in the bottom padding, in the next image's plane (written after it) or in the
+ * buffer's padding after the block's last plane: the caller's order, images in increasing order, keeps every position
+ * right. Loads that would pass xend (the input's end) go through a copy. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+dse_dw_plane_s1_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t HQ,
+                    int64_t WQ, uint8_t *P)
+{
+    const int64_t n = W < WQ - pl ? W : WQ - pl; /* the row's bytes that the plane holds */
+    if (n > 0 && n <= 16) { /* short rows: 16-byte moves */
+        const __mmask16 m = (__mmask16)((1u << n) - 1);
+        for (int64_t r = 0; r < H && r + pt < HQ; r++) {
+            const uint8_t *src = xs + r * W;
+            __m128i v;
+            if (src + 16 <= xend)
+                v = _mm_loadu_si128((const __m128i *)src);
+            else {
+                uint8_t tmp[16];
+                memcpy(tmp, src, (size_t)n);
+                v = _mm_loadu_si128((const __m128i *)tmp);
+            }
+            _mm_storeu_si128((__m128i *)(P + (r + pt) * WQ + pl), _mm_maskz_mov_epi8(m, v));
+        }
+        return;
+    }
+    if (n > 0 && n <= 32) { /* 32-byte moves */
+        const __mmask32 m = (__mmask32)(n == 32 ? 0xFFFFFFFFu : (1u << n) - 1);
+        for (int64_t r = 0; r < H && r + pt < HQ; r++) {
+            const uint8_t *src = xs + r * W;
+            __m256i v;
+            if (src + 32 <= xend)
+                v = _mm256_loadu_si256((const __m256i *)src);
+            else {
+                uint8_t tmp[32];
+                memcpy(tmp, src, (size_t)n);
+                v = _mm256_loadu_si256((const __m256i *)tmp);
+            }
+            _mm256_storeu_si256((__m256i *)(P + (r + pt) * WQ + pl), _mm256_maskz_mov_epi8(m, v));
+        }
+        return;
+    }
+    for (int64_t r = 0; r < H && r + pt < HQ && n > 0; r++) {
+        const uint8_t *src = xs + r * W;
+        uint8_t *d = P + (r + pt) * WQ + pl;
+        for (int64_t i = 0; i < n; i += 64) {
+            const int64_t m = n - i < 64 ? n - i : 64;
+            __m512i v;
+            if (src + i + 64 <= xend)
+                v = _mm512_loadu_si512(src + i);
+            else {
+                uint8_t tmp[64];
+                memcpy(tmp, src + i, (size_t)m);
+                v = _mm512_loadu_si512(tmp);
+            }
+            _mm512_storeu_si512(d + i, _mm512_maskz_mov_epi8(m == 64 ? ~(__mmask64)0 : (((__mmask64)1 << m) - 1), v));
+        }
+    }
+}
+
+/* The first n bytes of v (the rest cleared) stored whole at d (16, 32 or 64 bytes: the narrowest that holds n). */
+#define DSE_T_512VL __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
+DSE_T_512VL static inline __attribute__((always_inline)) void dse_store_first(uint8_t *d, __m512i v, int64_t n)
+{
+    if (n <= 16)
+        _mm_storeu_si128((__m128i *)d, _mm_maskz_mov_epi8((__mmask16)((1u << n) - 1), _mm512_castsi512_si128(v)));
+    else if (n <= 32)
+        _mm256_storeu_si256((__m256i *)d, _mm256_maskz_mov_epi8((__mmask32)(n == 32 ? 0xFFFFFFFFu : (1u << n) - 1),
+                                                                _mm512_castsi512_si256(v)));
+    else
+        _mm512_storeu_si512(d, _mm512_maskz_mov_epi8(n == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1), v));
+}
+
+/* dse_dw_phases at the AVX-512 level for column strides 1 and 2, into phase planes whose padding is 0 (no xtab: the
+ * AVX-512 level translates the whole planes afterwards). Each row is read 64 bytes at a time (the narrowest of 16, 32, 64
+ * bytes that holds them; loads that would pass xend, the input's end, go through a copy); at stride 2 one byte permute splits it into its even and odd bytes. Each
+ * piece is stored whole with the bytes past it cleared (dse_store_first): those zeros land in the row's right
+ * padding, in the left padding and columns of the phase plane's next row (written after it), in its bottom padding,
+ * in the next image's plane (written after it: the caller goes through the images in increasing order), or in the
+ * >= 64 bytes of padding the caller leaves after each phase plane's last image. */
+DSE_T_512VL static void dse_dw_phases_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W, int64_t pt,
+                                          int64_t pl, int64_t sh, int64_t sw, int64_t HQ, int64_t WQ, int64_t pstep,
+                                          uint8_t *P)
+{
+    static const uint8_t deint[64] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+                                      32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52, 54, 56, 58, 60, 62,
+                                      1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+                                      33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+    const __m512i idx = _mm512_loadu_si512(deint);
+    /* padded column c + pl of an even c = 2 i goes to phase pl % 2, column i + pl / 2; of an odd c = 2 i + 1 to the
+     * other phase, column i + (pl + 1) / 2 (at stride 1: phase 0, column c + pl) */
+    const int64_t pe = sw == 2 ? pl & 1 : 0, qe = sw == 2 ? pl >> 1 : pl, qo = (pl + 1) >> 1;
+    int64_t rq = pt / sh, rp = pt % sh;
+    for (int64_t r = 0; r < H && rq < HQ; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
+        const uint8_t *src = xs + r * W;
+        uint8_t *pe_row = P + (rp * sw + pe) * pstep + rq * WQ, *po_row = P + (rp * sw + 1 - pe) * pstep + rq * WQ;
+        for (int64_t c0 = 0; c0 < W; c0 += 64) {
+            const int64_t m = W - c0 < 64 ? W - c0 : 64;
+            __m512i v; /* the narrowest load that holds the m bytes: no lines of the next plane */
+            if (m <= 16 && src + c0 + 16 <= xend)
+                v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(src + c0)));
+            else if (m <= 32 && src + c0 + 32 <= xend)
+                v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(src + c0)));
+            else if (src + c0 + 64 <= xend)
+                v = _mm512_loadu_si512(src + c0);
+            else {
+                uint8_t tmp[64];
+                memcpy(tmp, src + c0, (size_t)m);
+                v = _mm512_loadu_si512(tmp);
+            }
+            if (sw == 1) {
+                const int64_t n = WQ - qe - c0 < m ? WQ - qe - c0 : m; /* the bytes the plane holds */
+                if (n > 0)
+                    dse_store_first(pe_row + qe + c0, v, n);
+                continue;
+            }
+            v = _mm512_permutexvar_epi8(idx, v);
+            int64_t ne = (m + 1) / 2, no = m / 2;
+            ne = WQ - qe - c0 / 2 < ne ? WQ - qe - c0 / 2 : ne;
+            no = WQ - qo - c0 / 2 < no ? WQ - qo - c0 / 2 : no;
+            if (ne > 0)
+                dse_store_first(pe_row + qe + c0 / 2, v, ne);
+            if (no > 0)
+                dse_store_first(po_row + qo + c0 / 2, _mm512_shuffle_i64x2(v, v, 0xEE), no);
+        }
+    }
+}
+
+/* Prefetch the cache lines of n bytes at p, for a read or (write = 1) a write, into L1 or (l2 = 1) L2 only. */
+static inline void dse_prefetch_lines(const void *p, int64_t n, const int write, const int l2)
 {
     for (uintptr_t a = (uintptr_t)p & ~(uintptr_t)63; a < (uintptr_t)p + (uintptr_t)n; a += 64)
-        if (write)
-            __builtin_prefetch((const void *)a, 1);
+        if (write && l2)
+            __builtin_prefetch((const void *)a, 1, 2);
+        else if (write)
+            __builtin_prefetch((const void *)a, 1, 3);
+        else if (l2)
+            __builtin_prefetch((const void *)a, 0, 2);
         else
-            __builtin_prefetch((const void *)a, 0);
+            __builtin_prefetch((const void *)a, 0, 3);
 }
 
 /* d[i] = tab[s[i]] for i < n (n a multiple of 64), 64 bytes per step at the AVX-512 (VBMI) level: two two-table byte
@@ -1691,28 +1825,228 @@ static void dse_translate(int level, const uint8_t *s, int64_t n, const uint8_t 
         d[i] = tab[s[i]];
 }
 
-static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
-static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o);
+static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int64_t S, const dse_scaling *sc,
+                           int64_t c, void *o, int64_t ld);
 
-/* Writes int64 sums into out, or (with sc) the scaled outputs (float32, or uint8 patterns) into outs. */
+/* "values" products on VNNI (AVX512-VNNI at the AVX-512 level) when every weight factor G[w] of the output channel
+ * fits a signed byte (the exact product: the weight's value). The taps that read the same 4-byte window of a phase
+ * plane's row (at stride 1 a kernel row up to 4 wide; at stride 2 a row's taps of one column phase) form a quad q,
+ * whose run starts at gq->goff[q]; its weight dword wq[q] holds G[w] of each of its taps at the tap's byte (column
+ * offset mod 4), 0 elsewhere. Only the Ho Wo outputs of each plane are computed, 16 at a time in their output order:
+ * output (y, x) reads the window P[goff[q] + y WQ + x .. + 3], and the windows of outputs o0 .. o0 + 15 (o0 a
+ * multiple of 16; past Ho Wo they are dropped) come from one 64-byte load at their first one's position by one byte
+ * permute whose index depends only on o0 mod Wo (dse_dw_quad_tables: one table per step of the period, each window
+ * within the 64 bytes). One vpdpbusd adds a quad's products (activation bytes unsigned times weight bytes signed, 4
+ * per int32 lane, wrapping, no saturation). Signed activations are read as a + 128 (XOR 0x80) and init = -128 * (sum
+ * of the channel's G[w]) takes that back out (the padding's pattern 0 reads 128 and contributes 0 as well); the int32
+ * result is exact whenever the true sum fits int32 (fits32). */
+#define DSE_T_VNNI512 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni"))) /* as in int_gemm.h */
+static int dse_cpu_vnni(int level); /* int_gemm.h */
+
+/* The quads of the taps (tap k's run starts at toff[k], its column offset in its phase plane is colq[k]); 0 when
+ * there would be more than 32. */
+static int dse_dw_quads(const int64_t *toff, const int64_t *colq, int64_t ntap, dse_dw_groups *gq)
+{
+    gq->ng = 0;
+    for (int64_t k = 0; k < ntap; k++) {
+        const int64_t off = toff[k] - (colq[k] & 3);
+        int64_t g = 0;
+        while (g < gq->ng && gq->goff[g] != off)
+            g++;
+        if (g == gq->ng) {
+            if (gq->ng == 32)
+                return 0;
+            gq->goff[gq->ng++] = off;
+        }
+        gq->tg[k] = g, gq->tf[k] = colq[k] & 3;
+    }
+    return 1;
+}
+
+/* The permute indices of the steps (16 outputs from o0 = 16 s on) of a plane of Wo-wide output rows WQ bytes apart:
+ * byte 4 i + j of table s is the offset of output o0 + i's window byte j from output o0's position; the tables repeat
+ * every Wo / gcd(16, Wo) steps. Returns that period (<= 16), or 0 when it is longer or a window leaves the 64 bytes. */
+static int64_t dse_dw_quad_tables(int64_t Wo, int64_t WQ, uint8_t *tab)
+{
+    int64_t g = 16, b = Wo;
+    while (b) {
+        const int64_t r = g % b;
+        g = b, b = r;
+    }
+    const int64_t period = Wo / g;
+    if (period > 16)
+        return 0;
+    for (int64_t s = 0; s < period; s++)
+        for (int64_t i = 0; i < 16; i++) {
+            const int64_t o0 = 16 * s, o = o0 + i;
+            const int64_t off = (o / Wo - o0 / Wo) * WQ + o % Wo - o0 % Wo;
+            if (off + 3 > 63)
+                return 0;
+            for (int64_t j = 0; j < 4; j++)
+                tab[64 * s + 4 * i + j] = (uint8_t)(off + j);
+        }
+    return period;
+}
+
+/* Output channel wo's quad weights wq[] and init; 0 when a G[w] does not fit a signed byte. */
+static int dse_dw_quad_weights(const int16_t *gtab, const uint8_t *wo, int64_t ntap, const dse_dw_groups *gq,
+                               int a_signed, int32_t *wq, int32_t *init)
+{
+    int32_t sum = 0;
+    memset(wq, 0, (size_t)gq->ng * sizeof(int32_t));
+    for (int64_t k = 0; k < ntap; k++) {
+        const int32_t g = gtab[wo[k]];
+        if (g < -128 || g > 127)
+            return 0;
+        wq[gq->tg[k]] = (int32_t)((uint32_t)wq[gq->tg[k]] | ((uint32_t)(uint8_t)(int8_t)g << (8 * gq->tf[k])));
+        sum += g;
+    }
+    *init = a_signed ? -128 * sum : 0;
+    return 1;
+}
+
+/* The steps of a block of nb planes (HW bytes apart in each phase plane) with Ho Wo outputs each: step s computes
+ * outputs o0 .. o0 + 15 of plane b (o0 a multiple of 16; the last step of a plane writes up to 15 entries past it,
+ * into the next plane's, written after it, or the buffer's slack) at full[dst[s]] = full[b Ho Wo + o0], reading the
+ * windows at off[s] = b HW + (o0 / Wo) WQ + o0 % Wo (plus each quad's goff) with table tab[s]. Returns the steps of
+ * one plane (the steps of nbb planes are the first nbb times that many). */
+static int64_t dse_dw_quad_steps(int64_t nb, int64_t HW, int64_t WQ, int64_t Ho, int64_t Wo, int64_t period,
+                                 int64_t *off, int64_t *dst, uint8_t *tab)
+{
+    const int64_t S = Ho * Wo, per = (S + 15) / 16;
+    for (int64_t b = 0, s = 0; b < nb; b++)
+        for (int64_t o0 = 0; o0 < S; o0 += 16, s++)
+            off[s] = b * HW + (o0 / Wo) * WQ + o0 % Wo, dst[s] = b * S + o0, tab[s] = (uint8_t)((o0 / 16) % period);
+    return per;
+}
+
+DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i dse_dw_quad(const uint8_t *p, __m512i idx, __m512i w,
+                                                                              __m512i acc, const int a_signed)
+{
+    __m512i v = _mm512_loadu_si512(p); /* reads 63 bytes past the window's position */
+    if (a_signed)
+        v = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    return _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(idx, v), w);
+}
+
+/* The first ns steps (dse_dw_quad_steps), four at a time (four independent chains), then one at a time. */
+DSE_T_VNNI512 static inline __attribute__((always_inline)) void
+dse_dw_quads_body(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init, int64_t ns,
+                  const int64_t *off, const int64_t *dst, const uint8_t *tab, const uint8_t *tabs, int32_t *full,
+                  const int a_signed)
+{
+    const __m512i vi = _mm512_set1_epi32(init);
+    const int64_t ng = gq->ng;
+    int64_t s = 0;
+    for (; s + 4 <= ns; s += 4) {
+        const __m512i i0 = _mm512_loadu_si512(tabs + 64 * tab[s]), i1 = _mm512_loadu_si512(tabs + 64 * tab[s + 1]);
+        const __m512i i2 = _mm512_loadu_si512(tabs + 64 * tab[s + 2]), i3 = _mm512_loadu_si512(tabs + 64 * tab[s + 3]);
+        const uint8_t *p0 = P + off[s], *p1 = P + off[s + 1], *p2 = P + off[s + 2], *p3 = P + off[s + 3];
+        __m512i a0 = vi, a1 = vi, a2 = vi, a3 = vi;
+        for (int64_t g = 0; g < ng; g++) {
+            const __m512i w = _mm512_set1_epi32(wq[g]);
+            const int64_t go = gq->goff[g];
+            a0 = dse_dw_quad(p0 + go, i0, w, a0, a_signed);
+            a1 = dse_dw_quad(p1 + go, i1, w, a1, a_signed);
+            a2 = dse_dw_quad(p2 + go, i2, w, a2, a_signed);
+            a3 = dse_dw_quad(p3 + go, i3, w, a3, a_signed);
+        }
+        _mm512_storeu_si512(full + dst[s], a0); /* in step order: a plane's last step before the next one's first */
+        _mm512_storeu_si512(full + dst[s + 1], a1);
+        _mm512_storeu_si512(full + dst[s + 2], a2);
+        _mm512_storeu_si512(full + dst[s + 3], a3);
+    }
+    for (; s < ns; s++) {
+        const __m512i i0 = _mm512_loadu_si512(tabs + 64 * tab[s]);
+        __m512i a0 = vi;
+        for (int64_t g = 0; g < ng; g++)
+            a0 = dse_dw_quad(P + off[s] + gq->goff[g], i0, _mm512_set1_epi32(wq[g]), a0, a_signed);
+        _mm512_storeu_si512(full + dst[s], a0);
+    }
+}
+
+DSE_T_VNNI512 static void dse_dw_run_quads_512(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq,
+                                               int32_t init, int64_t ns, const int64_t *off, const int64_t *dst,
+                                               const uint8_t *tab, const uint8_t *tabs, int a_signed, int32_t *full)
+{
+    if (a_signed)
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 1);
+    else
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 0);
+}
+
+/* Moves image b's row y of sums (Wo elements of esz bytes) from b HW + y WQ to b Ho Wo + y Wo, in place, for b < nb:
+ * the sums of each image's plane become one run of Ho Wo (each destination lies at or before its source). */
+static void dse_dw_compact(void *f, int64_t esz, int64_t nb, int64_t HW, int64_t WQ, int64_t Ho, int64_t Wo)
+{
+    if (HW == Ho * Wo)
+        return;
+    const int64_t n = Wo * esz; /* bytes per row; copied forward in 8-byte words, each loaded before it is stored */
+    char *p = (char *)f;
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t y = 0; y < Ho; y++) {
+            const char *s = p + (b * HW + y * WQ) * esz;
+            char *d = p + (b * Ho * Wo + y * Wo) * esz;
+            int64_t i = 0;
+            for (; i + 8 <= n; i += 8) {
+                uint64_t v;
+                memcpy(&v, s + i, 8);
+                memcpy(d + i, &v, 8);
+            }
+            for (; i < n; i++)
+                d[i] = s[i];
+        }
+}
+
+/* The same for int32 sums at the AVX-512 level, 16 positions per step: vb holds bit u = whether plane position u (u <
+ * HW + 16, periodic in HW) is an output (row < Ho, column < Wo); each step's valid lanes are compressed in a register
+ * and stored whole at the next output (its other lanes are overwritten by the next store or lie past the outputs).
+ * In place: a step stores at or before the positions it has loaded. n: the run's positions. */
+DSE_T_512 static void dse_dw_compact_512(int32_t *f, int64_t n, const uint8_t *vb, int64_t HW)
+{
+    int64_t d = 0, u = 0;
+    for (int64_t t = 0; t < n; t += 16) {
+        uint64_t w;
+        memcpy(&w, vb + (u >> 3), 8);
+        const __mmask16 m = (__mmask16)(w >> (u & 7));
+        _mm512_storeu_si512(f + d, _mm512_maskz_compress_epi32(m, _mm512_loadu_si512(f + t)));
+        d += __builtin_popcount((unsigned)m);
+        for (u += 16; u >= HW; u -= HW)
+            ;
+    }
+}
+
+/* Writes int64 sums into out, or (with sc) the scaled outputs (float32, or uint8 patterns) into outs.
+ * Work is split over (channel, block of images): a block's nb planes (nb = block / HW, at least 1) of one input channel lie one after the other
+ * (HW = HQ WQ bytes apart) in each of its phase planes (nb HW bytes apart), so every tap reads one contiguous run
+ * P + toff[k] + t over all of them, t < (nb - 1) HW + L: the per-plane work (tables, tap set-up, the scaling
+ * call) is done once per block, and the sums of each image's plane are then moved together and scaled as nb runs. */
 static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                        int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                        int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
                        const int16_t *gtab, int64_t bound, int mode, int a_signed, const uint8_t *xtab,
-                       int64_t *out, const dse_scaling *sc, void *outs, int nt)
+                       int64_t *out, const dse_scaling *sc, void *outs, int64_t block, int vnni, int nt)
 {
     const int64_t og = Cout / C, ntap = kh * kw;
-    const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
-    const int64_t L = (Ho - 1) * WQ + Wo, slack = 64; /* the AVX-512 blocks may run 63 positions past L */
-    const int64_t np = sh * sw * HQ * WQ + slack;
-    /* with xtab at the AVX-512 level: the plane is copied as it is into PR (padding 0) and all of PR, padding
+    const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1, HW = HQ * WQ;
+    const int64_t L = (Ho - 1) * WQ + Wo, slack = 128; /* the AVX-512 blocks may run 63 positions past a run */
+    int64_t nb = block / HW;
+    nb = nb < 1 ? 1 : (nb > B ? B : nb);
+    /* phase planes PS bytes apart: the block's planes and 64 bytes of padding (dse_dw_phases_512's stores) */
+    const int64_t nblk = (B + nb - 1) / nb, PS = nb * HW + 64, LB = (nb - 1) * HW + L;
+    const int64_t np = sh * sw * PS + slack;
+    /* with xtab at the AVX-512 level: the planes are copied as they are into PR (padding 0) and all of PR, padding
      * included, translated into P 64 bytes per step (npr: np rounded up to 64) */
     const int xt512 = xtab && level >= DSE_ISA_AVX512;
     const int64_t npr = (np + 63) / 64 * 64;
     const int fits32 = mode == 3 || (level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL);
-    /* rowsum at the AVX-512 level: byte planes of each tap's column (dse_dw_run_planes_512) when a plane has at least
-     * 64 output positions (its steps of 64 are then mostly used; the 4x4 planes of deep layers keep packed columns) */
-    const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && L >= 64;
+    /* rowsum at the AVX-512 level: byte planes of each tap's column (dse_dw_run_planes_512) when a block's run has at
+     * least 64 output positions (its steps of 64 are then mostly used) */
+    const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && LB >= 64;
+    const int ph512 = level >= DSE_ISA_AVX512 && sh <= 2 && sw == 2 && W < 16; /* dse_dw_phases_512 (padding 0) */
+    const int s1_512 = level >= DSE_ISA_AVX512 && sh == 1 && sw == 1; /* dse_dw_plane_s1_512 (padding 0) */
+    const uint8_t *xend = x + B * C * H * W;
+    const int quads = mode == 1 && fits32 && level >= DSE_ISA_AVX512 && vnni && dse_cpu_vnni(level);
     if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
         return -2; /* dse_dw_group's limits: column offsets < 3, <= 32 groups */
     int fail = 0;
@@ -1720,95 +2054,122 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     {
         uint8_t *P = (uint8_t *)calloc((size_t)npr, 1), *PR = xt512 ? (uint8_t *)calloc((size_t)npr, 1) : NULL;
         int16_t *PF = mode == 2 ? (int16_t *)malloc((size_t)np * sizeof(int16_t)) : NULL;
-        int64_t *full = (int64_t *)malloc((size_t)(L + slack) * sizeof(int64_t));
-        int32_t *full32 = (int32_t *)malloc((size_t)(L + slack) * sizeof(int32_t));
+        int64_t *full = (int64_t *)malloc((size_t)(LB + slack) * sizeof(int64_t));
+        int32_t *full32 = (int32_t *)malloc((size_t)(LB + slack) * sizeof(int32_t));
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
-        int64_t *toff = (int64_t *)malloc((size_t)ntap * sizeof(int64_t));
+        int64_t *toff = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), *colq = toff ? toff + ntap : NULL;
         dse_dw_groups gr = {0, {0}, NULL, NULL};
-        uint64_t *Q = mode == 3 && !planes ? (uint64_t *)malloc((size_t)(og * 32 * 256 + L + slack) * sizeof(uint64_t))
+        uint64_t *Q = mode == 3 && !planes ? (uint64_t *)malloc((size_t)(og * 32 * 256 + LB + slack) * sizeof(uint64_t))
                                            : NULL;
         uint8_t *LH = planes ? (uint8_t *)malloc((size_t)(og * ntap * 512)) : NULL;
         int64_t *base = mode == 3 ? (int64_t *)malloc((size_t)og * sizeof(int64_t)) : NULL, packed = -1;
-        if (mode == 3)
+        int32_t wq[32], init = 0;
+        uint8_t qtab[16 * 64];
+        const int64_t nsteps = quads ? nb * ((Ho * Wo + 15) / 16) : 0; /* dse_dw_quad_steps */
+        int64_t *soff = quads ? (int64_t *)malloc((size_t)(2 * nsteps) * sizeof(int64_t)) : NULL;
+        uint8_t *stab = quads ? (uint8_t *)malloc((size_t)nsteps) : NULL;
+        uint8_t *vb = (uint8_t *)calloc((size_t)((HW + 16) / 8 + 16), 1); /* dse_dw_compact_512's bits */
+        if (mode == 3 || quads)
             gr.tg = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), gr.tf = gr.tg ? gr.tg + ntap : NULL;
-        if (dse_team_allocated(&fail, P && (!xt512 || PR) && full && full32 && tp && toff && (mode != 2 || PF) &&
-                                          (mode != 3 || ((Q || LH) && base && gr.tg)))) {
+        if (dse_team_allocated(&fail, P && (!xt512 || PR) && full && full32 && tp && toff && vb && (mode != 2 || PF) && (!quads || (soff && stab)) &&
+                                          (mode != 3 || ((Q || LH) && base)) && ((mode != 3 && !quads) || gr.tg))) {
             memset(P, xtab ? xtab[0] : 0, (size_t)(np - slack)); /* the padding: dse_dw_phases writes the rest */
             for (int64_t i = 0; i < kh; i++) /* where tap (i, j)'s run starts in the phase planes */
                 for (int64_t j = 0; j < kw; j++)
-                    toff[i * kw + j] = (((i * dh) % sh) * sw + (j * dw) % sw) * HQ * WQ + ((i * dh) / sh) * WQ +
+                    toff[i * kw + j] = (((i * dh) % sh) * sw + (j * dw) % sw) * PS + ((i * dh) / sh) * WQ +
                                        (j * dw) / sw;
-            for (int64_t k = 0; mode == 3 && k < ntap; k++) /* column offsets in the planes */
-                gr.tf[k] = ((k % kw) * dw) / sw;
+            for (int64_t u = 0; u < HW + 16; u++)
+                if ((u % HW) / WQ < Ho && (u % HW) % WQ < Wo)
+                    vb[u >> 3] |= (uint8_t)(1u << (u & 7));
+            for (int64_t k = 0; k < ntap; k++) /* column offsets in the planes */
+                colq[k] = ((k % kw) * dw) / sw;
             if (mode == 3)
-                dse_dw_group(toff, gr.tf, ntap, &gr);
+                dse_dw_group(toff, colq, ntap, &gr);
+            const int64_t period = quads ? dse_dw_quad_tables(Wo, WQ, qtab) : 0;
+            const int quad_ok = period && dse_dw_quads(toff, colq, ntap, &gr);
+            const int64_t qper = quad_ok ? dse_dw_quad_steps(nb, HW, WQ, Ho, Wo, period, soff, soff + nsteps, stab) : 0;
+            const int64_t esz = sc ? (sc->quant ? 1 : 4) : 8; /* bytes per output element */
+            char *on = sc ? (char *)outs : (char *)out;
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < B * C; t++) { /* channel-major: a channel's tables serve all its images */
-                const int64_t c = t / B, b = t % B;
+            for (int64_t t = 0; t < C * nblk; t++) { /* channel-major: a channel's tables serve all its images */
+                const int64_t c = t / nblk, b0 = (t % nblk) * nb, nbb = B - b0 < nb ? B - b0 : nb;
+                const int64_t Lr = (nbb - 1) * HW + L;
                 for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)
                     base[o - c * og] = planes ? dse_dw_planes(lutT, wp + o * ntap, ntap, LH + (o - c * og) * ntap * 512)
                                               : dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
                 packed = c;
-                if (t + 2 < B * C) { /* the input and output lines of the plane after next (planes lie apart) */
-                    const int64_t bn = (t + 2) % B, cn = (t + 2) / B;
-                    dse_prefetch_lines(x + (bn * C + cn) * H * W, H * W, 0);
-                    const int64_t esz = sc ? (sc->quant ? 1 : 4) : 8;
-                    char *on = sc ? (char *)outs : (char *)out;
-                    for (int64_t o = cn * og; o < (cn + 1) * og; o++)
-                        dse_prefetch_lines(on + ((bn * Cout + o) * Ho * Wo) * esz, Ho * Wo * esz, 1);
+                if (t + 1 < C * nblk) { /* the next block's input and output lines into L2 (its planes lie far
+                                           * apart, often a multiple of 4 KiB: the same few L1 sets) */
+                    const int64_t cn = (t + 1) / nblk, bn = ((t + 1) % nblk) * nb, nn = B - bn < nb ? B - bn : nb;
+                    for (int64_t b = bn; b < bn + nn; b++) {
+                        dse_prefetch_lines(x + (b * C + cn) * H * W, H * W, 0, 1);
+                        dse_prefetch_lines(on + (b * Cout + cn * og) * Ho * Wo * esz, og * Ho * Wo * esz, 1, 1);
+                    }
                 }
-                if (xt512) {
-                    dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, NULL, PR);
+                for (int64_t b = 0; b < nbb; b++) {
+                    if (b + 4 < nbb) /* and this block's planes a few ahead into L1 */
+                        dse_prefetch_lines(x + ((b0 + b + 4) * C + c) * H * W, H * W, 0, 0);
+                    if (s1_512)
+                        dse_dw_plane_s1_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, HQ, WQ,
+                                            (xt512 ? PR : P) + b * HW);
+                    else if (ph512)
+                        dse_dw_phases_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, sw, HQ, WQ, PS,
+                                          (xt512 ? PR : P) + b * HW);
+                    else
+                        dse_dw_phases(x + ((b0 + b) * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, PS,
+                                      xt512 ? NULL : xtab, (xt512 ? PR : P) + b * HW);
+                }
+                if (xt512)
                     dse_translate_512(PR, npr, xtab, P);
-                } else
-                    dse_dw_phases(x + (b * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, xtab, P);
                 if (mode == 2)
                     for (int64_t i = 0; i < np; i++)
                         PF[i] = ftab[P[i]];
                 for (int64_t o = c * og; o < (c + 1) * og; o++) {
                     const uint8_t *wo = wp + o * ntap;
-                    for (int64_t i = 0; mode != 3 && i < ntap; i++) {
+                    const int q8 = quad_ok && dse_dw_quad_weights(gtab, wo, ntap, &gr, a_signed, wq, &init);
+                    for (int64_t i = 0; mode != 3 && !q8 && i < ntap; i++) {
                         dse_dw_tap *k = tp + i;
                         k->p = P + toff[i];
                         k->f = PF ? PF + toff[i] : NULL;
                         k->col = lutT + 256 * (int64_t)wo[i];
                         k->wv = (mode == 1 || mode == 2) ? gtab[wo[i]] : 0;
                     }
-                    void *of = sc ? dse_scaled_out(sc, outs, (b * Cout + o) * Ho * Wo) : NULL;
-                    int64_t *ot = sc ? NULL : out + (b * Cout + o) * Ho * Wo;
-                    if (fits32) { /* int32 sums: scaled from int32 (exact doubles), or widened */
-                        if (planes)
-                            dse_dw_run_planes_512(P, toff, ntap, L, LH + (o - c * og) * ntap * 512, base[o - c * og],
-                                                  full32);
-                        else if (mode == 3)
-                            (level >= DSE_ISA_AVX2 ? dse_dw_run_rowsum_avx2 : dse_dw_run_rowsum)(
-                                P, &gr, L, Q + (o - c * og) * gr.ng * 256, base[o - c * og], Q + og * gr.ng * 256,
-                                full32);
-                        else if (mode == 0)
-                            dse_dw_run_lut32(tp, ntap, L, full32);
-                        else if (level >= DSE_ISA_AVX512)
-                            dse_dw_run_512(tp, ntap, L, mode, a_signed, full32);
-                        else
-                            dse_dw_run_avx2(tp, ntap, L, mode, a_signed, full32);
-                        if (sc) { /* the plane's rows moved together (row y from y WQ to y Wo), scaled in one run */
-                            for (int64_t y = 1; y < Ho && WQ != Wo; y++)
-                                for (int64_t q = 0; q < Wo; q++) /* forward: y Wo + q <= y WQ + q */
-                                    full32[y * Wo + q] = full32[y * WQ + q];
-                            dse_scale_run_i32(level, full32, Ho * Wo, sc, o, of);
-                            continue;
-                        }
-                        for (int64_t y = 0; y < Ho; y++)
-                            for (int64_t q = 0; q < Wo; q++)
-                                ot[y * Wo + q] = full32[y * WQ + q];
+                    void *of = sc ? dse_scaled_out(sc, outs, (b0 * Cout + o) * Ho * Wo) : NULL;
+                    int64_t *ot = sc ? NULL : out + (b0 * Cout + o) * Ho * Wo;
+                    void *f = fits32 ? (void *)full32 : (void *)full;
+                    const int64_t fsz = fits32 ? 4 : 8;
+                    if (!fits32)
+                        dse_dw_run_scalar(tp, ntap, 0, Lr, mode, a_signed, full);
+                    else if (planes)
+                        dse_dw_run_planes_512(P, toff, ntap, Lr, LH + (o - c * og) * ntap * 512, base[o - c * og],
+                                              full32);
+                    else if (mode == 3)
+                        (level >= DSE_ISA_AVX2 ? dse_dw_run_rowsum_avx2 : dse_dw_run_rowsum)(
+                            P, &gr, Lr, Q + (o - c * og) * gr.ng * 256, base[o - c * og], Q + og * gr.ng * 256, full32);
+                    else if (mode == 0)
+                        dse_dw_run_lut32(tp, ntap, Lr, full32);
+                    else if (q8) /* the outputs only, in their order: nothing to move */
+                        dse_dw_run_quads_512(P, &gr, wq, init, nbb * qper, soff, soff + nsteps, stab, qtab, a_signed,
+                                             full32);
+                    else if (level >= DSE_ISA_AVX512)
+                        dse_dw_run_512(tp, ntap, Lr, mode, a_signed, full32);
+                    else
+                        dse_dw_run_avx2(tp, ntap, Lr, mode, a_signed, full32);
+                    if (sc) { /* each image's rows moved together, then scaled as nbb runs of Ho Wo */
+                        if (!q8 && fits32 && level >= DSE_ISA_AVX512)
+                            dse_dw_compact_512(full32, Lr, vb, HW);
+                        else if (!q8)
+                            dse_dw_compact(f, fsz, nbb, HW, WQ, Ho, Wo);
+                        dse_scale_runs(level, f, fits32 ? DSE_SUM_I32 : DSE_SUM_I64, nbb, Ho * Wo, sc, o, of,
+                                       Cout * Ho * Wo);
                         continue;
                     }
-                    dse_dw_run_scalar(tp, ntap, 0, L, mode, a_signed, full);
-                    for (int64_t y = 0; y < Ho; y++) {
-                        if (sc)
-                            dse_scale_run(level, full + y * WQ, Wo, sc, o, dse_scaled_out(sc, of, y * Wo));
-                        else
-                            memcpy(ot + y * Wo, full + y * WQ, (size_t)Wo * sizeof(int64_t));
-                    }
+                    for (int64_t b = 0; b < nbb; b++)
+                        for (int64_t y = 0; y < Ho; y++)
+                            for (int64_t q = 0; q < Wo; q++) {
+                                const int64_t i = q8 ? (b * Ho + y) * Wo + q : b * HW + y * WQ + q;
+                                ot[b * Cout * Ho * Wo + y * Wo + q] = fits32 ? full32[i] : full[i];
+                            }
                 }
             }
         }
@@ -1823,6 +2184,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         free(LH);
         free(base);
         free(gr.tg);
+        free(vb);
+        free(soff);
+        free(stab);
     }
     return fail ? -1 : 0;
 }
@@ -1984,11 +2348,17 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
                                           sc->sa, f, b), act, sc->lo, sc->hi), o, j);
 }
 
+/* Instances per (sum kind, activation, quantization); each scales nrun runs of S sums, run r read at a + r S (sums)
+ * and written at element r ld of o. */
 #define DSE_SCALE_INSTANCE(kind, act, quant)                                                                           \
-    DSE_T_AVX2 static void dse_scale_run_##kind##_##act##_##quant(const void *a, int64_t S, const dse_scaling *sc,   \
-                                                                  int64_t c, void *o)                                 \
+    DSE_T_AVX2 static void dse_scale_run_##kind##_##act##_##quant(const void *a, int64_t nrun, int64_t S,            \
+                                                                  const dse_scaling *sc, int64_t c, void *o,          \
+                                                                  int64_t ld)                                         \
     {                                                                                                                  \
-        dse_scale_run_avx2(a, S, sc, c, o, kind, act, quant);                                                          \
+        const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;                                                               \
+        for (int64_t r = 0; r < nrun; r++)                                                                             \
+            dse_scale_run_avx2((const char *)a + r * S * esz, S, sc, c, dse_scaled_out(sc, o, r * ld), kind, act,      \
+                               quant);                                                                                 \
     }
 #define DSE_SCALE_INSTANCES(kind)                                                                                      \
     DSE_SCALE_INSTANCE(kind, 0, 0) DSE_SCALE_INSTANCE(kind, 0, 1) DSE_SCALE_INSTANCE(kind, 1, 0)                        \
@@ -1996,7 +2366,7 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
 DSE_SCALE_INSTANCES(0)
 DSE_SCALE_INSTANCES(1)
 DSE_SCALE_INSTANCES(2)
-typedef void (*dse_scale_fn)(const void *, int64_t, const dse_scaling *, int64_t, void *);
+typedef void (*dse_scale_fn)(const void *, int64_t, int64_t, const dse_scaling *, int64_t, void *, int64_t);
 #define DSE_SCALE_ROW(kind)                                                                                            \
     {dse_scale_run_##kind##_0_0, dse_scale_run_##kind##_0_1, dse_scale_run_##kind##_1_0,                             \
      dse_scale_run_##kind##_1_1, dse_scale_run_##kind##_2_0, dse_scale_run_##kind##_2_1}
@@ -2020,22 +2390,26 @@ DSE_T_512 static inline __attribute__((always_inline)) __m512d dse_sums8_pd(cons
     return _mm512_add_pd(hi, _mm512_cvtepu32_pd(_mm512_cvtepi64_epi32(v)));
 }
 
-/* clamp(rint(y / qs), qlo, qhi) of 16 lanes, NaN -> 0 (dse_quantize8's operations). */
-DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_quant16_div(__m512 y, __m512 vqs, __m512 vqlo,
-                                                                             __m512 vqhi)
+/* The pattern bytes' int32 lanes of y: clamp(rint(y / qs), qlo, qhi), NaN -> 0 (dse_quantize8's results): max/min
+ * with the bound first keep a NaN (vmaxps/vminps return their second operand when one is NaN), and a NaN converts to
+ * 0x80000000, whose low byte is 0. */
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_quant16_div(__m512 y, __m512 vqs, __m512 vqlo,
+                                                                              __m512 vqhi)
 {
     const __m512 v = _mm512_roundscale_ps(_mm512_div_ps(y, vqs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), _mm512_min_ps(_mm512_max_ps(v, vqlo), vqhi));
+    return _mm512_cvtps_epi32(_mm512_min_ps(vqhi, _mm512_max_ps(vqlo, v)));
 }
 
 DSE_T_512 static inline __attribute__((always_inline)) void
-dse_scale_run_512(const void *a, int64_t S, const dse_scaling *sc, int64_t c, void *o, const int kind,
-                  const int act, const int quant)
+dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc, int64_t c, void *o, int64_t ld,
+                  const int kind, const int act, const int quant)
 {
     const __m512d vsa = _mm512_set1_pd(sc->sa), vf = _mm512_set1_pd((double)sc->sw[c]);
     const __m512 vb = _mm512_set1_ps(sc->bias[c]), vlo = _mm512_set1_ps(sc->lo), vhi = _mm512_set1_ps(sc->hi);
     const __m512 vqs = _mm512_set1_ps(sc->qs), vqlo = _mm512_set1_ps((float)sc->qlo),
                  vqhi = _mm512_set1_ps((float)sc->qhi);
+    const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;
+    for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld))
     for (int64_t j = 0; j < S; j += 16) {
         const __mmask16 m = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
         __m512d x0, x1;
@@ -2052,13 +2426,10 @@ dse_scale_run_512(const void *a, int64_t S, const dse_scaling *sc, int64_t c, vo
                                                                       _mm256_castps_pd(f1), 1)), vb);
         if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
             y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
-        else if (act == DSE_ACT_CLIP) {
-            y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, vlo, _CMP_LT_OQ), vlo);
-            y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, vhi, _CMP_GT_OQ), vhi);
-        }
+        else if (act == DSE_ACT_CLIP) /* y < lo ? lo : (y > hi ? hi : y), NaN kept: vmaxps/vminps, bound first */
+            y = _mm512_min_ps(vhi, _mm512_max_ps(vlo, y));
         if (quant) { /* dse_quantize8: rint(y / qs), clamped, NaN -> 0, the low byte of each lane */
-            const __m512 v = dse_quant16_div(y, vqs, vqlo, vqhi);
-            const __m128i q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)); /* masked vpmovdb stores are slow */
+            const __m128i q = _mm512_cvtepi32_epi8(dse_quant16_div(y, vqs, vqlo, vqhi)); /* masked vpmovdb stores are slow */
             if (S - j >= 16)
                 _mm_storeu_si128((__m128i *)((uint8_t *)o + j), q);
             else {
@@ -2074,10 +2445,11 @@ dse_scale_run_512(const void *a, int64_t S, const dse_scaling *sc, int64_t c, vo
 }
 
 #define DSE_SCALE_INSTANCE_512(kind, act, quant)                                                                       \
-    DSE_T_512 static void dse_scale_512_##kind##_##act##_##quant(const void *a, int64_t S, const dse_scaling *sc,    \
-                                                                 int64_t c, void *o)                                  \
+    DSE_T_512 static void dse_scale_512_##kind##_##act##_##quant(const void *a, int64_t nrun, int64_t S,             \
+                                                                 const dse_scaling *sc, int64_t c, void *o,           \
+                                                                 int64_t ld)                                          \
     {                                                                                                                  \
-        dse_scale_run_512(a, S, sc, c, o, kind, act, quant);                                                           \
+        dse_scale_run_512(a, nrun, S, sc, c, o, ld, kind, act, quant);                                                 \
     }
 #define DSE_SCALE_INSTANCES_512(kind)                                                                                  \
     DSE_SCALE_INSTANCE_512(kind, 0, 0) DSE_SCALE_INSTANCE_512(kind, 0, 1) DSE_SCALE_INSTANCE_512(kind, 1, 0)            \
@@ -2091,20 +2463,30 @@ DSE_SCALE_INSTANCES_512(2)
 static const dse_scale_fn dse_scale_fns_512[3][6] = {DSE_SCALE_ROW_512(0), DSE_SCALE_ROW_512(1),
                                                      DSE_SCALE_ROW_512(2)};
 
-/* One channel's run of S outputs from sums of the given kind (DSE_SUM_*): AVX-512 at level avx512, AVX2 at
- * level avx2, else the portable loop. */
-static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const dse_scaling *sc, int64_t c, void *o)
+/* Channel c's nrun runs of S outputs from sums of the given kind (DSE_SUM_*), run r's sums at a + r S, its outputs
+ * from element r ld of o on: AVX-512 at level avx512, AVX2 at level avx2, else the portable loop. */
+static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int64_t S, const dse_scaling *sc,
+                           int64_t c, void *o, int64_t ld)
 {
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
     if (level >= DSE_ISA_AVX512)
-        dse_scale_fns_512[kind][2 * sc->act + (sc->quant != 0)](a, S, sc, c, o);
+        dse_scale_fns_512[kind][2 * sc->act + (sc->quant != 0)](a, nrun, S, sc, c, o, ld);
     else if (level >= DSE_ISA_AVX2)
-        dse_scale_fns[kind][2 * sc->act + (sc->quant != 0)](a, S, sc, c, o);
+        dse_scale_fns[kind][2 * sc->act + (sc->quant != 0)](a, nrun, S, sc, c, o, ld);
     else
-        for (int64_t j = 0; j < S; j++)
-            dse_emit1(sc, dse_act1(dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[j] : ((const int64_t *)a)[j],
-                                              sc->sa, f, b), sc->act, sc->lo, sc->hi), o, j);
+        for (int64_t r = 0; r < nrun; r++)
+            for (int64_t j = 0; j < S; j++) {
+                const int64_t i = r * S + j;
+                dse_emit1(sc, dse_act1(dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i],
+                                                  sc->sa, f, b), sc->act, sc->lo, sc->hi), o, r * ld + j);
+            }
+}
+
+/* One channel's run of S outputs (dse_scale_runs with one run). */
+static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const dse_scaling *sc, int64_t c, void *o)
+{
+    dse_scale_runs(level, a, kind, 1, S, sc, c, o, 0);
 }
 
 static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
@@ -2112,10 +2494,6 @@ static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_
     dse_scale_sums(level, a, DSE_SUM_I32, S, sc, c, o);
 }
 
-static void dse_scale_run(int level, const int64_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
-{
-    dse_scale_sums(level, a, DSE_SUM_I64, S, sc, c, o);
-}
 
 /* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64
  * [R, N, S], or with sc->quant its uint8 pattern; AVX2 at level avx2, AVX-512 at level avx512, the same bits. */

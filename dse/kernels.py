@@ -1032,6 +1032,11 @@ def _conv_args(x, w, a_signed, stride, pads, dilation, groups, what):
     return x, w, _ConvGeometry(stride, pads, dilation, conv_out_hw(*x.shape[2:], kh, kw, stride, pads, dilation))
 
 
+# The direct depthwise kernel takes a channel's planes in blocks of images of about this many positions of the padded
+# planes (at least one image): one kernel run, tap set-up and scaling call per block instead of per plane.
+_DW_BLOCK_POS = 4096
+
+
 def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling: "Scaling | None" = None):
     """The direct depthwise kernel: int64 sums, or with ``scaling`` the layer's float32 output."""
     Cout, _, kh, kw = w.shape
@@ -1048,7 +1053,7 @@ def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling
     return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)), direct,
                             prep.lutT, ftab, gtab, bound, geo.stride, geo.pads[:2], geo.dilation, geo.out_hw,
                             a_signed, _isa_name(isa), get_threads(), None if scaling is None else scaling.args(),
-                            xtab)
+                            xtab, _DW_BLOCK_POS)
 
 
 def _conv_gemm_into(x, w, mult, a_signed, geo: _ConvGeometry, groups, path, isa, out: np.ndarray) -> None:

@@ -1,4 +1,6 @@
 """Fast kernel paths (exact / lowrank / LUT at every ISA level, float) against the slow numpy references, bit-exact."""
+import contextlib
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dse import kernels as K
-from dse._kernels import isa_levels
+from dse._kernels import isa_levels, vnni_levels
 from dse.arith.multipliers import EXACT, Multiplier, get_multiplier, pattern_values
 from dse.errors import DseError
 
@@ -532,6 +534,69 @@ def test_depthwise_products_scaled(B, C, og, H, W, k, stride, dil, pads, signed,
     with K.using_threads(threads):
         for isa in ISAS:
             assert np.array_equal(K.conv2d_scaled(x, w, mult, signed, sc, *args, isa=isa), y), isa
+
+
+# rank 1 with the activation's value as its factor ("values") and weight factors 3 w beyond a signed byte
+GW16 = table_mult("gw16", lambda a, w: a * (3 * w))
+
+
+@contextlib.contextmanager
+def dw_blocks(block: int, vnni: bool):
+    """The depthwise kernel's image blocks (K._DW_BLOCK_POS positions) and DSE_KERNEL_VNNI set for the block."""
+    before, env = K._DW_BLOCK_POS, os.environ.get("DSE_KERNEL_VNNI")
+    K._DW_BLOCK_POS, os.environ["DSE_KERNEL_VNNI"] = block, "1" if vnni else "0"
+    try:
+        yield
+    finally:
+        K._DW_BLOCK_POS = before
+        if env is None:
+            del os.environ["DSE_KERNEL_VNNI"]
+        else:
+            os.environ["DSE_KERNEL_VNNI"] = env
+
+
+@settings(deadline=None, max_examples=80)
+@given(B=st.integers(1, 6), C=st.integers(1, 3), og=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
+       k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       dil=st.tuples(st.integers(1, 2), st.integers(1, 2)), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       signed=st.booleans(), extreme=st.booleans(),
+       mname=st.sampled_from(["exact", "perf", "gw16", "sep", "sep16", "mitch_w6", "rand_u8", "rand_i32", "trunc"]),
+       block=st.sampled_from([1, 30, 150, 4096]), out=st.sampled_from(["int64", "float32", "quant"]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, block, out, threads,
+                                seed):
+    """The depthwise kernel over blocks of images (one image per block, a few, a last block with fewer, all of them)
+    in every mode ("values" with weight factors that fit a byte or do not, "bytes", "factor", "rowsum", "lut" with
+    int32 or int64 sums), int64 sums or scaled (float32 or quantized output), at every ISA level, with and without
+    VNNI (avx512: the quads of taps, only the outputs computed, no moves), 1 and 2 threads, odd plane sizes, against
+    the numpy reference."""
+    from dse.quant import reference_quantize_act
+
+    rng = np.random.default_rng(seed)
+    x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
+    mult = {**DW_MULTS, "gw16": GW16}[mname]
+    geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
+    mode = K._depthwise_mode(mult, signed, w.shape, max(C, 2), "auto", geo, B)
+    if mode == "lut" and K._rowsum_fits(K._prepare(mult, signed), *k, geo, 10 ** 9):
+        mode = "rowsum"
+    assert mode == {"exact": "values", "perf": "values", "gw16": "values", "sep": "bytes", "sep16": "factor"}.get(
+        mname, mode)
+    ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
+    sc = y = None
+    if out != "int64":
+        sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
+                       rng.normal(0, 100, C * og).astype(np.float32), K.OutputAct("clip", -50.0, 600.0),
+                       K.OutputQuant(float(np.float32(rng.uniform(0.5, 5))), signed) if out == "quant" else None)
+        y = sc.act.apply(((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None])
+                         .astype(np.float32) + sc.bias[None, :, None, None])
+        y = reference_quantize_act(y, sc.quant.scale, signed) if out == "quant" else y
+    with K.using_threads(threads):
+        for isa in ISAS:
+            for vnni in [False] + ([True] if isa in vnni_levels() else []):
+                with dw_blocks(block, vnni):
+                    got = K._dw_conv(x, w, mult, signed, geo, mode, isa, sc)
+                assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), \
+                    (isa, vnni, mode)
 
 
 @settings(deadline=None, max_examples=40)
