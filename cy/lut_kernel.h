@@ -1721,71 +1721,43 @@ dse_dw_plane_s1_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W
     }
 }
 
-/* The first n bytes of v (the rest cleared) stored whole at d (16, 32 or 64 bytes: the narrowest that holds n). */
-#define DSE_T_512VL __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
-DSE_T_512VL static inline __attribute__((always_inline)) void dse_store_first(uint8_t *d, __m512i v, int64_t n)
+/* dse_dw_phases at column stride 2 for rows shorter than 16 bytes (the SSE2 splitter of dse_dw_phases takes 16 at a
+ * time) at the AVX-512 level, into phase planes whose padding is 0 (no xtab: the AVX-512 level translates the whole
+ * planes afterwards). Each row is read as 16 bytes (through a copy where that would pass xend, the input's end), one
+ * byte shuffle splits it into its even and odd bytes, and each half is stored as 16 bytes with the bytes past it
+ * cleared: those zeros land in the row's right padding, in the left padding and columns of the phase plane's next row
+ * (written after it), in its bottom padding, in the next image's plane (written after it: the caller goes through
+ * the images in increasing order), or in the 64 bytes of padding the caller leaves after each phase plane's last
+ * image. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+dse_dw_phases_s2_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh,
+                     int64_t HQ, int64_t WQ, int64_t pstep, uint8_t *P)
 {
-    if (n <= 16)
-        _mm_storeu_si128((__m128i *)d, _mm_maskz_mov_epi8((__mmask16)((1u << n) - 1), _mm512_castsi512_si128(v)));
-    else if (n <= 32)
-        _mm256_storeu_si256((__m256i *)d, _mm256_maskz_mov_epi8((__mmask32)(n == 32 ? 0xFFFFFFFFu : (1u << n) - 1),
-                                                                _mm512_castsi512_si256(v)));
-    else
-        _mm512_storeu_si512(d, _mm512_maskz_mov_epi8(n == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1), v));
-}
-
-/* dse_dw_phases at the AVX-512 level for column strides 1 and 2, into phase planes whose padding is 0 (no xtab: the
- * AVX-512 level translates the whole planes afterwards). Each row is read 64 bytes at a time (the narrowest of 16, 32, 64
- * bytes that holds them; loads that would pass xend, the input's end, go through a copy); at stride 2 one byte permute splits it into its even and odd bytes. Each
- * piece is stored whole with the bytes past it cleared (dse_store_first): those zeros land in the row's right
- * padding, in the left padding and columns of the phase plane's next row (written after it), in its bottom padding,
- * in the next image's plane (written after it: the caller goes through the images in increasing order), or in the
- * >= 64 bytes of padding the caller leaves after each phase plane's last image. */
-DSE_T_512VL static void dse_dw_phases_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W, int64_t pt,
-                                          int64_t pl, int64_t sh, int64_t sw, int64_t HQ, int64_t WQ, int64_t pstep,
-                                          uint8_t *P)
-{
-    static const uint8_t deint[64] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
-                                      32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52, 54, 56, 58, 60, 62,
-                                      1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
-                                      33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-    const __m512i idx = _mm512_loadu_si512(deint);
+    const __m128i deint = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     /* padded column c + pl of an even c = 2 i goes to phase pl % 2, column i + pl / 2; of an odd c = 2 i + 1 to the
-     * other phase, column i + (pl + 1) / 2 (at stride 1: phase 0, column c + pl) */
-    const int64_t pe = sw == 2 ? pl & 1 : 0, qe = sw == 2 ? pl >> 1 : pl, qo = (pl + 1) >> 1;
+     * other phase, column i + (pl + 1) / 2; the counts the plane holds of each */
+    const int64_t pe = pl & 1, qe = pl >> 1, qo = (pl + 1) >> 1;
+    int64_t ne = (W + 1) / 2, no = W / 2;
+    ne = WQ - qe < ne ? WQ - qe : ne;
+    no = WQ - qo < no ? WQ - qo : no;
+    const __mmask16 me = (__mmask16)(ne > 0 ? (1u << ne) - 1 : 0), mo = (__mmask16)(no > 0 ? (1u << no) - 1 : 0);
     int64_t rq = pt / sh, rp = pt % sh;
     for (int64_t r = 0; r < H && rq < HQ; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
         const uint8_t *src = xs + r * W;
-        uint8_t *pe_row = P + (rp * sw + pe) * pstep + rq * WQ, *po_row = P + (rp * sw + 1 - pe) * pstep + rq * WQ;
-        for (int64_t c0 = 0; c0 < W; c0 += 64) {
-            const int64_t m = W - c0 < 64 ? W - c0 : 64;
-            __m512i v; /* the narrowest load that holds the m bytes: no lines of the next plane */
-            if (m <= 16 && src + c0 + 16 <= xend)
-                v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(src + c0)));
-            else if (m <= 32 && src + c0 + 32 <= xend)
-                v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(src + c0)));
-            else if (src + c0 + 64 <= xend)
-                v = _mm512_loadu_si512(src + c0);
-            else {
-                uint8_t tmp[64];
-                memcpy(tmp, src + c0, (size_t)m);
-                v = _mm512_loadu_si512(tmp);
-            }
-            if (sw == 1) {
-                const int64_t n = WQ - qe - c0 < m ? WQ - qe - c0 : m; /* the bytes the plane holds */
-                if (n > 0)
-                    dse_store_first(pe_row + qe + c0, v, n);
-                continue;
-            }
-            v = _mm512_permutexvar_epi8(idx, v);
-            int64_t ne = (m + 1) / 2, no = m / 2;
-            ne = WQ - qe - c0 / 2 < ne ? WQ - qe - c0 / 2 : ne;
-            no = WQ - qo - c0 / 2 < no ? WQ - qo - c0 / 2 : no;
-            if (ne > 0)
-                dse_store_first(pe_row + qe + c0 / 2, v, ne);
-            if (no > 0)
-                dse_store_first(po_row + qo + c0 / 2, _mm512_shuffle_i64x2(v, v, 0xEE), no);
+        __m128i v;
+        if (src + 16 <= xend)
+            v = _mm_loadu_si128((const __m128i *)src);
+        else {
+            uint8_t tmp[16];
+            memcpy(tmp, src, (size_t)W);
+            v = _mm_loadu_si128((const __m128i *)tmp);
         }
+        v = _mm_shuffle_epi8(v, deint);
+        if (ne > 0)
+            _mm_storeu_si128((__m128i *)(P + (rp * 2 + pe) * pstep + rq * WQ + qe), _mm_maskz_mov_epi8(me, v));
+        if (no > 0)
+            _mm_storeu_si128((__m128i *)(P + (rp * 2 + 1 - pe) * pstep + rq * WQ + qo),
+                             _mm_maskz_mov_epi8(mo, _mm_srli_si128(v, 8)));
     }
 }
 
@@ -2032,7 +2004,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int64_t L = (Ho - 1) * WQ + Wo, slack = 128; /* the AVX-512 blocks may run 63 positions past a run */
     int64_t nb = block / HW;
     nb = nb < 1 ? 1 : (nb > B ? B : nb);
-    /* phase planes PS bytes apart: the block's planes and 64 bytes of padding (dse_dw_phases_512's stores) */
+    /* phase planes PS bytes apart: the block's planes and 64 bytes of padding (dse_dw_phases_s2_512's stores) */
     const int64_t nblk = (B + nb - 1) / nb, PS = nb * HW + 64, LB = (nb - 1) * HW + L;
     const int64_t np = sh * sw * PS + slack;
     /* with xtab at the AVX-512 level: the planes are copied as they are into PR (padding 0) and all of PR, padding
@@ -2043,7 +2015,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     /* rowsum at the AVX-512 level: byte planes of each tap's column (dse_dw_run_planes_512) when a block's run has at
      * least 64 output positions (its steps of 64 are then mostly used) */
     const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && LB >= 64;
-    const int ph512 = level >= DSE_ISA_AVX512 && sh <= 2 && sw == 2 && W < 16; /* dse_dw_phases_512 (padding 0) */
+    const int s2_512 = level >= DSE_ISA_AVX512 && sh <= 2 && sw == 2 && W < 16; /* dse_dw_phases_s2_512 */
     const int s1_512 = level >= DSE_ISA_AVX512 && sh == 1 && sw == 1; /* dse_dw_plane_s1_512 (padding 0) */
     const uint8_t *xend = x + B * C * H * W;
     const int quads = mode == 1 && fits32 && level >= DSE_ISA_AVX512 && vnni && dse_cpu_vnni(level);
@@ -2112,9 +2084,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     if (s1_512)
                         dse_dw_plane_s1_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, HQ, WQ,
                                             (xt512 ? PR : P) + b * HW);
-                    else if (ph512)
-                        dse_dw_phases_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, sw, HQ, WQ, PS,
-                                          (xt512 ? PR : P) + b * HW);
+                    else if (s2_512)
+                        dse_dw_phases_s2_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, HQ, WQ, PS,
+                                             (xt512 ? PR : P) + b * HW);
                     else
                         dse_dw_phases(x + ((b0 + b) * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, PS,
                                       xt512 ? NULL : xtab, (xt512 ? PR : P) + b * HW);
