@@ -1988,6 +1988,9 @@ DSE_T_512 static void dse_dw_compact_512(int32_t *f, int64_t n, const uint8_t *v
     }
 }
 
+/* Below the AVX-512 level, blocks of more than one image only for planes of fewer padded positions than this. */
+#define DSE_DW_SMALL 64
+
 /* Writes int64 sums into out, or (with sc) the scaled outputs (float32, or uint8 patterns) into outs.
  * Work is split over (channel, block of images): a block's nb planes (nb = block / HW, at least 1) of one input channel lie one after the other
  * (HW = HQ WQ bytes apart) in each of its phase planes (nb HW bytes apart), so every tap reads one contiguous run
@@ -2003,9 +2006,12 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1, HW = HQ * WQ;
     const int64_t L = (Ho - 1) * WQ + Wo, slack = 128; /* the AVX-512 blocks may run 63 positions past a run */
     int64_t nb = block / HW;
-    nb = nb < 1 ? 1 : (nb > B ? B : nb);
+    nb = nb < 1 || (level < DSE_ISA_AVX512 && HW >= DSE_DW_SMALL) ? 1 : (nb > B ? B : nb);
     /* phase planes PS bytes apart: the block's planes and 64 bytes of padding (dse_dw_phases_s2_512's stores) */
     const int64_t nblk = (B + nb - 1) / nb, PS = nb * HW + 64, LB = (nb - 1) * HW + L;
+    /* prefetched: with one image per block the block after next into L1; else the next block into L2 (a block's
+     * planes, often a multiple of 4 KiB apart, share a few L1 sets) */
+    const int64_t ahead = nb > 1 ? 1 : 2;
     const int64_t np = sh * sw * PS + slack;
     /* with xtab at the AVX-512 level: the planes are copied as they are into PR (padding 0) and all of PR, padding
      * included, translated into P 64 bytes per step (npr: np rounded up to 64) */
@@ -2070,12 +2076,11 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     base[o - c * og] = planes ? dse_dw_planes(lutT, wp + o * ntap, ntap, LH + (o - c * og) * ntap * 512)
                                               : dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
                 packed = c;
-                if (t + 1 < C * nblk) { /* the next block's input and output lines into L2 (its planes lie far
-                                           * apart, often a multiple of 4 KiB: the same few L1 sets) */
-                    const int64_t cn = (t + 1) / nblk, bn = ((t + 1) % nblk) * nb, nn = B - bn < nb ? B - bn : nb;
+                if (t + ahead < C * nblk) { /* the input and output lines of a block ahead: planes lie far apart */
+                    const int64_t tn = t + ahead, cn = tn / nblk, bn = (tn % nblk) * nb, nn = B - bn < nb ? B - bn : nb;
                     for (int64_t b = bn; b < bn + nn; b++) {
-                        dse_prefetch_lines(x + (b * C + cn) * H * W, H * W, 0, 1);
-                        dse_prefetch_lines(on + (b * Cout + cn * og) * Ho * Wo * esz, og * Ho * Wo * esz, 1, 1);
+                        dse_prefetch_lines(x + (b * C + cn) * H * W, H * W, 0, nb > 1);
+                        dse_prefetch_lines(on + (b * Cout + cn * og) * Ho * Wo * esz, og * Ho * Wo * esz, 1, nb > 1);
                     }
                 }
                 for (int64_t b = 0; b < nbb; b++) {
@@ -2130,6 +2135,10 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     if (sc) { /* each image's rows moved together, then scaled as nbb runs of Ho Wo */
                         if (!q8 && fits32 && level >= DSE_ISA_AVX512)
                             dse_dw_compact_512(full32, Lr, vb, HW);
+                        else if (!q8 && fits32 && nbb == 1)
+                            for (int64_t y = 1; y < Ho && WQ != Wo; y++)
+                                for (int64_t q = 0; q < Wo; q++) /* forward: y Wo + q <= y WQ + q */
+                                    full32[y * Wo + q] = full32[y * WQ + q];
                         else if (!q8)
                             dse_dw_compact(f, fsz, nbb, HW, WQ, Ho, Wo);
                         dse_scale_runs(level, f, fits32 ? DSE_SUM_I32 : DSE_SUM_I64, nbb, Ho * Wo, sc, o, of,
