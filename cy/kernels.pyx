@@ -58,7 +58,7 @@ cdef extern from "lut_kernel.h" nogil:
                         void *y, int small, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
     void dse_translate(int level, const uint8_t *s, int64_t n, const uint8_t *tab, uint8_t *d)
-    void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+    void dse_im2col(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
                     int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
                     uint8_t *cols, int nt)
 
@@ -257,13 +257,16 @@ def images_T(const uint8_t[:, :, ::1] x, const uint8_t[::1] table=None, isa=None
     return out
 
 
-def im2col(const uint8_t[:, :, :, ::1] x, int64_t kh, int64_t kw, stride, pads, dilation, out_hw, int threads=1):
+def im2col(const uint8_t[:, :, :, ::1] x, int64_t kh, int64_t kw, stride, pads, dilation, out_hw, int threads=1,
+           isa=None):
     """The conv GEMM operand uint8[C * kh * kw, B * Ho * Wo] of 8-bit patterns x [B, C, H, W]: row (c, i, j)
     row-major, column (b, y, q), entry xpad[b, c, y * sh + i * dh, q * sw + j * dw] with ``pads`` = (top, left) zero
-    padding (the end padding follows from ``out_hw`` = (Ho, Wo)); no GIL, ``threads`` OpenMP threads."""
+    padding (the end padding follows from ``out_hw`` = (Ho, Wo)); no GIL, ``threads`` OpenMP threads; at the ``isa``
+    level avx512 (default: DSE_KERNEL_ISA / the hardware's) VBMI byte permutes where the geometry fits them."""
     cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t sh = stride[0], sw = stride[1], pt = pads[0], pl = pads[1], dh = dilation[0], dw = dilation[1]
     cdef int64_t Ho = out_hw[0], Wo = out_hw[1]
+    cdef int level = _level(isa)
     if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, Ho, Wo) < 0:
         raise ValueError("im2col: kernel, stride and dilation must be >= 1, padding and output size >= 0")
     out = np.empty((C * kh * kw, B * Ho * Wo), dtype=np.uint8)
@@ -271,7 +274,7 @@ def im2col(const uint8_t[:, :, :, ::1] x, int64_t kh, int64_t kw, stride, pads, 
     if out.size == 0:
         return out
     with nogil:
-        dse_im2col(&x[0, 0, 0, 0], B, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, &o[0, 0], max(1, threads))
+        dse_im2col(level, &x[0, 0, 0, 0], B, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, &o[0, 0], max(1, threads))
     return out
 
 

@@ -1167,14 +1167,145 @@ static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
 
 
 /* ------------------------------------------------------------------ im2col of 8-bit patterns */
+/* The AVX-512 VBMI im2col: each plane's output taps in chunks of <= 64 positions, one vpermi2b per tap and chunk from
+ * a window of <= 128 input bytes. A chunk is g whole output rows (g Wo <= 64) or a segment of cw columns of one row
+ * (g = 1); per chunk and kernel row i its window is the contiguous run of the input plane that holds every tap of
+ * that row (whole input rows when g > 1, the row's columns otherwise), clipped to the plane. Precomputed per call:
+ * the window (start, length) of each chunk and kernel row, and per chunk and tap the 64-byte index into its window
+ * with the mask of the taps inside the plane (padding: mask bit 0, the byte stays 0). */
+#define DSE_I2C_MAXTAB 4096 /* chunks x taps per call at most (the tables' 72 bytes each are built per call) */
+typedef struct {
+    int64_t g, cw, nseg, nch; /* rows per chunk, columns per chunk, column segments per row, chunks per plane */
+    uint8_t *idx;             /* [nch][kh kw][64] */
+    uint64_t *msk;            /* [nch][kh kw] */
+    int64_t *win;             /* [nch][kh][2]: start, length (<= 128) */
+} dse_i2c_plan;
+
+/* The plan of the VBMI im2col (tables allocated; free with dse_i2c_free), or 0 when the geometry does not fit it. */
+static int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                             int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo)
+{
+    int64_t g = 0, cw = Wo;
+    if (Wo <= 64)
+        for (g = (64 / Wo < Ho) ? 64 / Wo : Ho; g > 1 && ((g - 1) * sh + 1) * W > 128; g--)
+            ;
+    if (g == 1 && W > 128)
+        g = 0;
+    if (g <= 1 && sh == 1 && sw == 1 && W == Wo) /* one chunk per row: the plain code's one run per plane is faster */
+        return 0;
+    if (g == 0) { /* column segments of one row */
+        g = 1;
+        cw = (128 - 1 - (kw - 1) * dw) / sw + 1;
+        cw = cw < 64 ? cw : 64;
+        if (cw < 1)
+            return 0;
+    }
+    const int64_t nseg = (Wo + cw - 1) / cw, nch = (Ho + g - 1) / g * nseg, T = kh * kw;
+    if (nch * T > DSE_I2C_MAXTAB)
+        return 0;
+    P->g = g, P->cw = cw, P->nseg = nseg, P->nch = nch;
+    P->idx = (uint8_t *)malloc((size_t)(nch * T * 64));
+    P->msk = (uint64_t *)malloc((size_t)(nch * T) * sizeof(uint64_t));
+    P->win = (int64_t *)malloc((size_t)(nch * kh * 2) * sizeof(int64_t));
+    if (!P->idx || !P->msk || !P->win) {
+        free(P->idx), free(P->msk), free(P->win);
+        return 0;
+    }
+    for (int64_t ch = 0; ch < nch; ch++) {
+        const int64_t y0 = ch / nseg * g, q0 = ch % nseg * cw;
+        const int64_t gv = (Ho - y0 < g) ? Ho - y0 : g, cv = (Wo - q0 < cw) ? Wo - q0 : cw;
+        for (int64_t i = 0; i < kh; i++) {
+            /* input rows r_lo .. r_hi and (one row) columns c_lo .. c_hi of this kernel row, clipped */
+            int64_t r_lo = y0 * sh + i * dh - pt, r_hi = (y0 + gv - 1) * sh + i * dh - pt;
+            r_lo = r_lo > 0 ? r_lo : 0, r_hi = r_hi < H - 1 ? r_hi : H - 1;
+            int64_t start = 0, len = 0;
+            if (r_lo <= r_hi) {
+                if (g > 1) {
+                    start = r_lo * W, len = (r_hi - r_lo + 1) * W;
+                } else {
+                    int64_t c_lo = q0 * sw - pl, c_hi = (q0 + cv - 1) * sw + (kw - 1) * dw - pl;
+                    c_lo = c_lo > 0 ? c_lo : 0, c_hi = c_hi < W - 1 ? c_hi : W - 1;
+                    if (c_lo <= c_hi)
+                        start = r_lo * W + c_lo, len = c_hi - c_lo + 1;
+                }
+            }
+            P->win[(ch * kh + i) * 2] = start, P->win[(ch * kh + i) * 2 + 1] = len;
+            for (int64_t j = 0; j < kw; j++) {
+                uint8_t *ix = P->idx + (ch * T + i * kw + j) * 64;
+                uint64_t m = 0;
+                for (int64_t k = 0; k < 64; k++) {
+                    ix[k] = 0;
+                    if (k >= gv * cv)
+                        continue;
+                    const int64_t row = (y0 + k / cv) * sh + i * dh - pt, col = (q0 + k % cv) * sw + j * dw - pl;
+                    if (row < 0 || row >= H || col < 0 || col >= W)
+                        continue;
+                    ix[k] = (uint8_t)(row * W + col - start); /* < len <= 128 */
+                    m |= (uint64_t)1 << k;
+                }
+                P->msk[ch * T + i * kw + j] = m;
+            }
+        }
+    }
+    return 1;
+}
+
+static void dse_i2c_free(dse_i2c_plan *P)
+{
+    free(P->idx), free(P->msk), free(P->win);
+}
+
+static inline __mmask64 dse_i2c_lenmask(int64_t n)
+{
+    return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : (((__mmask64)1 << n) - 1);
+}
+
+DSE_T_512 static void dse_im2col_512(const dse_i2c_plan *P, const uint8_t *x, int64_t B, int64_t C, int64_t H,
+                                     int64_t W, int64_t kh, int64_t kw, int64_t Ho, int64_t Wo, uint8_t *cols, int nt)
+{
+    const int64_t M = B * Ho * Wo, T = kh * kw, nch = P->nch;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t bc = 0; bc < B * C; bc++) {
+        const int64_t b = bc / C, c = bc % C;
+        const uint8_t *xs = x + bc * H * W;
+        uint8_t *dst0 = cols + c * T * M + b * Ho * Wo;
+        for (int64_t ch = 0; ch < nch; ch++) {
+            const int64_t y0 = ch / P->nseg * P->g, q0 = ch % P->nseg * P->cw;
+            const int64_t gv = (Ho - y0 < P->g) ? Ho - y0 : P->g, cv = (Wo - q0 < P->cw) ? Wo - q0 : P->cw;
+            const __mmask64 sm = dse_i2c_lenmask(gv * cv);
+            uint8_t *dst = dst0 + y0 * Wo + q0;
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t *wn = P->win + (ch * kh + i) * 2;
+                const uint8_t *src = xs + wn[0];
+                const __m512i lo = _mm512_maskz_loadu_epi8(dse_i2c_lenmask(wn[1]), src);
+                const __m512i hi = _mm512_maskz_loadu_epi8(dse_i2c_lenmask(wn[1] - 64), src + 64);
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t t = ch * T + i * kw + j;
+                    const __m512i ix = _mm512_loadu_si512(P->idx + t * 64);
+                    _mm512_mask_storeu_epi8(dst + (i * kw + j) * M, sm,
+                                            _mm512_maskz_permutex2var_epi8(P->msk[t], lo, ix, hi));
+                }
+            }
+        }
+    }
+}
+
 /* cols[(c kh + i) kw + j, (b Ho + y) Wo + q] = xpad[b, c, y sh + i dh, q sw + j dw] (x uint8 [B, C, H, W], zero
- * padded by pt rows and pl columns at the start and as far as needed at the end): the GEMM operand of a conv,
- * row by row with memcpy/memset (stride 1) or strided byte copies; OpenMP over (row, image) pairs. */
-static void dse_im2col(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
-                       int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
-                       uint8_t *cols, int nt)
+ * padded by pt rows and pl columns at the start and as far as needed at the end): the GEMM operand of a conv. At
+ * the avx512 level the VBMI chunks above where the geometry fits them, else row by row with memcpy/memset (stride
+ * 1) or strided byte copies; OpenMP over (row, image) pairs. */
+static void dse_im2col(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh,
+                       int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
+                       int64_t Wo, uint8_t *cols, int nt)
 {
     const int64_t M = B * Ho * Wo, R = C * kh * kw;
+    dse_i2c_plan plan;
+    memset(&plan, 0, sizeof(plan));
+    if (level >= DSE_ISA_AVX512 && dse_i2c_plan_make(&plan, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo)) {
+        dse_im2col_512(&plan, x, B, C, H, W, kh, kw, Ho, Wo, cols, nt);
+        dse_i2c_free(&plan);
+        return;
+    }
 #pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
     for (int64_t r = 0; r < R; r++)
         for (int64_t b = 0; b < B; b++) {

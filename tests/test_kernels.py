@@ -702,20 +702,25 @@ def test_depthwise_rowsum_rejects_kernels_beyond_its_fields():
             K._kernels.dw_conv(x, wp, "rowsum", lutT, z, z, 0, stride, (8, 8), dil, (4, 4), False)
 
 
-@settings(deadline=None, max_examples=80)
-@given(B=st.integers(1, 3), C=st.integers(1, 4), H=st.integers(1, 12), W=st.integers(1, 12),
-       k=st.tuples(st.integers(1, 4), st.integers(1, 4)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+_PLANE_SIDE = st.one_of(st.integers(1, 12), st.integers(13, 70), st.integers(120, 140))
+
+
+@settings(deadline=None, max_examples=150)
+@given(B=st.integers(1, 3), C=st.integers(1, 4), H=_PLANE_SIDE, W=_PLANE_SIDE,
+       k=st.tuples(st.integers(1, 7), st.integers(1, 7)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        dil=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 5)] * 4),
-       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
-def test_compiled_im2col_matches_numpy(B, C, H, W, k, stride, dil, pads, threads, seed):
+       threads=st.sampled_from([1, 2]), isa=st.sampled_from(ISAS), seed=st.integers(0, 2 ** 32 - 1))
+def test_compiled_im2col_matches_numpy(B, C, H, W, k, stride, dil, pads, threads, isa, seed):
     """The compiled im2col of uint8 patterns (the GEMM operand of every non-1x1 integer conv) is im2col_T byte for
-    byte: strides, dilations, paddings wider than the kernel or the plane, rows and columns wholly in the padding."""
+    byte at every ISA level: strides, dilations, paddings wider than the kernel or the plane, rows and columns wholly
+    in the padding; planes up to 140 wide (the avx512 level's chunks of several output rows, of one row, of column
+    segments of a row wider than its 128-byte windows, and the plain code where the tables would be too large)."""
     from dse import _kernels
 
     kh, kw = k
     x = np.random.default_rng(seed).integers(1, 256, (B, C) + fitted_plane(H, W, k, dil, pads)).astype(np.uint8)
     ref, Ho, Wo = K.im2col_T(x, kh, kw, stride, pads, dil)
-    got = _kernels.im2col(x, kh, kw, stride, pads[:2], dil, (Ho, Wo), threads)
+    got = _kernels.im2col(x, kh, kw, stride, pads[:2], dil, (Ho, Wo), threads, isa)
     assert got.shape == ref.shape and np.array_equal(got, ref)
     assert np.array_equal(K.gemm_operand_T(x, kh, kw, stride, pads, dil)[0], ref)
     table = np.random.default_rng(seed + 1).integers(0, 256, 256).astype(np.uint8)
