@@ -409,6 +409,8 @@ struct dse_ig_plan {
     int q8, swap, aoff; /* swap: weights on vpdpbusd's unsigned port; aoff: offset added to the activation bytes */
     dse_ig_pack8_fn pack8;
     uint8_t xa[256];      /* the activation byte of each pattern (value + aoff) */
+    uint8_t wb[256];      /* the weight byte of each pattern (its value gw[p] in 8 bits) */
+    int wb_ident;         /* wb[p] == p */
     int xa_ident, xa_flip; /* xa[p] == p; xa[p] == p ^ 0x80 (signed activation values offset by 128) */
     const int64_t *corr; /* aoff != 0: corr[n] = aoff * sum_k W'[n, k], subtracted from the sums */
 };
@@ -540,24 +542,38 @@ DSE_T_VNNI512 static void dse_ig_pack_q_512(const dse_ig_plan *P, int64_t p0, in
 }
 
 /* Wq[(nt * KQ + p) * 4 NR + 4 r + h] = byte of W'[nt NR + r, 4 p + h] (0 beyond N or K); with an activation offset,
- * corr[n] = aoff * sum_k W'[n, k]. */
+ * corr[n] = aoff * sum_k W'[n, k]. Whole quads as 4-byte copies (through the byte table wb unless it is the
+ * identity, as for the exact product's int8 weights). */
 static void dse_ig_pack_w8(const dse_ig_plan *P, const int16_t *gw, int64_t nt, uint8_t *Wq, int64_t *corr)
 {
     uint8_t *base = Wq + nt * P->KP * 4 * DSE_IG_NR;
+    const int64_t K = P->K, KF = K / 4, step = 4 * DSE_IG_NR;
+    const uint8_t *wb = P->wb;
     for (int r = 0; r < DSE_IG_NR; r++) {
         const int64_t n = nt * DSE_IG_NR + r;
-        const uint8_t *w = P->Wp + n * P->K;
         uint8_t *d = base + 4 * r;
-        int64_t s = 0;
-        for (int64_t p = 0; p < P->KP; p++)
-            for (int h = 0; h < 4; h++) {
-                const int64_t k = 4 * p + h;
-                const int v = (n < P->N && k < P->K) ? gw[w[k]] : 0;
-                d[p * 4 * DSE_IG_NR + h] = (uint8_t)v;
-                s += v;
-            }
-        if (corr && n < P->N)
-            corr[n] = P->aoff * s;
+        if (n >= P->N) {
+            for (int64_t p = 0; p < P->KP; p++)
+                memset(d + p * step, 0, 4);
+            continue;
+        }
+        const uint8_t *w = P->Wp + n * K;
+        if (P->wb_ident)
+            for (int64_t p = 0; p < KF; p++)
+                memcpy(d + p * step, w + 4 * p, 4);
+        else
+            for (int64_t p = 0; p < KF; p++)
+                for (int h = 0; h < 4; h++)
+                    d[p * step + h] = wb[w[4 * p + h]];
+        for (int64_t p = KF; p < P->KP; p++) /* the quad cut by the end of K */
+            for (int h = 0; h < 4; h++)
+                d[p * step + h] = 4 * p + h < K ? wb[w[4 * p + h]] : 0;
+        if (corr) {
+            int64_t sum = 0;
+            for (int64_t k = 0; k < K; k++)
+                sum += gw[w[k]];
+            corr[n] = P->aoff * sum;
+        }
     }
 }
 
@@ -748,6 +764,11 @@ static int dse_ig_plan8(dse_ig_plan *P, const int16_t *gw)
         P->xa[p] = (uint8_t)(dse_ig_value(P->mode, P->fa, p) + aoff);
         P->xa_ident &= P->xa[p] == p;
         P->xa_flip &= P->xa[p] == (p ^ 0x80);
+    }
+    P->wb_ident = 1;
+    for (int p = 0; p < 256; p++) {
+        P->wb[p] = (uint8_t)gw[p];
+        P->wb_ident &= P->wb[p] == p;
     }
     P->KP = KQ, P->kcp = kcq, P->seg_blocks = seg_blocks;
     if (P->level >= DSE_ISA_AVX512) {
