@@ -386,6 +386,14 @@ DSE_T_512BW static void dse_ig_micro_512(const void *Av, const void *Bv, int64_t
 
 /* ------------------------------------------------------------------ plan */
 typedef struct dse_ig_plan dse_ig_plan;
+/* A conv's GEMM operand read from its input instead of a matrix: row k = c kh kw + t, column m = b Ho Wo + s of the
+ * im2col of x (channel c's plane at x + b ld_b + c H W), built per task and depth block by the AVX-512 VBMI im2col
+ * (dse_i2c_block) into the task's scratch, then packed as a matrix operand; the VNNI kernel at the avx512 level. */
+typedef struct {
+    const uint8_t *x;
+    int64_t ld_b, HW, kw, Ho, Wo;
+    dse_i2c_plan i2c;
+} dse_ig_conv;
 /* VNNI packing: the panels of positions [m0, m0 + mv) over depth quads [p0, p0 + kcq) into dst (bytes) */
 typedef void (*dse_ig_pack8_fn)(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv, uint8_t *dst);
 
@@ -413,6 +421,7 @@ struct dse_ig_plan {
     int wb_ident;         /* wb[p] == p */
     int xa_ident, xa_flip; /* xa[p] == p; xa[p] == p ^ 0x80 (signed activation values offset by 128) */
     const int64_t *corr; /* aoff != 0: corr[n] = aoff * sum_k W'[n, k], subtracted from the sums */
+    const dse_ig_conv *cv; /* the operand as a conv's input (built per task and depth block), else NULL */
 };
 
 /* ------------------------------------------------------------------ VNNI: byte quads, vpdpbusd
@@ -844,7 +853,7 @@ static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_
 /* One task: positions [m0, m0 + mv) and tile rows [nt0, nt1). Apk, C32: the calling thread's scratch. Panels and
  * weights take 4 bytes per position (row) and depth step on every kernel (an int16 pair or a byte quad). */
 static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt0, int64_t nt1, uint8_t *Apk,
-                        int32_t *C32)
+                        int32_t *C32, uint8_t *Acv, int64_t ldcv)
 {
     const int64_t npan = (mv + P->mr - 1) / P->mr, ldc = npan * P->mr;
     const int64_t nblk = (P->KP + P->kcp - 1) / P->kcp;
@@ -852,7 +861,14 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
     for (int64_t kb = 0; kb < nblk; kb++) {
         const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
         const int first = kb % P->seg_blocks == 0;
-        if (P->q8)
+        if (P->cv) { /* the block's operand rows from the conv input, packed from the scratch Acv [rows][ldcv] */
+            const int64_t k0 = 4 * p0, k1 = (4 * (p0 + kcp) < P->K) ? 4 * (p0 + kcp) : P->K;
+            const dse_ig_conv *cv = P->cv;
+            dse_i2c_block(&cv->i2c, cv->x, cv->ld_b, cv->HW, cv->kw, cv->Ho, cv->Wo, k0, k1, m0, m0 + mv, Acv, ldcv);
+            dse_ig_plan L = *P;
+            L.K = k1 - k0, L.A.p = Acv, L.A.lda = ldcv, L.A.img = INT64_MAX, L.A.ld_img = 0;
+            P->pack8(&L, 0, kcp, 0, mv, Apk);
+        } else if (P->q8)
             P->pack8(P, p0, kcp, m0, mv, Apk);
         else
             P->pack(&P->A, P->K, P->t, P->fa, P->mode, p0, kcp, m0, mv, P->mr, (int16_t *)Apk);
@@ -869,11 +885,13 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
 
 /* Returns 0 (the int16 kernel ran) or 1 (the VNNI kernel ran: vnni != 0 allows it where the CPU has it and the
  * operands fit bytes), or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be
- * < 2^31). */
+ * < 2^31), -4 when the operand is a conv's input (cv, AT unused) and the call does not run on the avx512 VNNI
+ * kernel (nothing done: the caller builds the operand). */
 static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
                         int64_t K, int64_t M, int64_t N,
                         int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
-                        int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt)
+                        int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt,
+                        const dse_ig_conv *cv)
 {
     if (S < 1 || 2 * S > 2147483647LL)
         return -2;
@@ -884,7 +902,11 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     P.A.p = AT, P.A.lda = lda, P.A.img = aimg, P.A.ld_img = ld_aimg;
     P.Wp = Wp, P.K = K, P.M = M, P.N = N, P.t = t, P.mode = mode, P.fa = fa;
     P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out, P.level = level, P.sc = sc, P.outs = outs;
-    if (!(vnni && dse_ig_plan8(&P, gw))) {
+    const int q8 = vnni && dse_ig_plan8(&P, gw);
+    if (cv && !(q8 && level >= DSE_ISA_AVX512))
+        return -4;
+    P.cv = cv;
+    if (!q8) {
         P.KP = (K * t + 1) / 2;
         dse_ig_segments(S, &P.kcp, &P.seg_blocks);
         if (level >= DSE_ISA_AVX512) {
@@ -921,18 +943,20 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
         }
         uint8_t *Apk = (uint8_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 4));
         int32_t *C32 = (int32_t *)aligned_alloc(64, (size_t)(tpc * DSE_IG_NR * mc) * sizeof(int32_t));
-        if (dse_team_allocated(&fail, Apk && C32)) {
+        uint8_t *Acv = cv ? (uint8_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 4)) : NULL; /* [4 kcp][mc] */
+        if (dse_team_allocated(&fail, Apk && C32 && (Acv || !cv))) {
 #pragma omp for schedule(static)
             for (int64_t task = 0; task < nmb * nch; task++) {
                 const int64_t mb = task / nch, ch = task % nch;
                 const int64_t m0 = mb * mc, mv = (M - m0 < mc) ? M - m0 : mc;
                 const int64_t nt0 = ch * tpc, nt1 = (nt0 + tpc < NT) ? nt0 + tpc : NT;
                 if (nt0 < nt1)
-                    dse_ig_task(&P, m0, mv, nt0, nt1, Apk, C32);
+                    dse_ig_task(&P, m0, mv, nt0, nt1, Apk, C32, Acv, mc);
             }
         }
         free(Apk);
         free(C32);
+        free(Acv);
     }
     free(Wpk);
     free(corr);

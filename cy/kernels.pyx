@@ -73,7 +73,17 @@ cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
                      int64_t K, int64_t M, int64_t N,
                      int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
-                     int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt)
+                     int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt,
+                     const dse_ig_conv *cv)
+    ctypedef struct dse_i2c_plan:
+        pass
+    ctypedef struct dse_ig_conv:
+        const uint8_t *x
+        int64_t ld_b, HW, kw, Ho, Wo
+        dse_i2c_plan i2c
+    int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                          int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo)
+    void dse_i2c_free(dse_i2c_plan *P)
     int dse_ig_fits32(int64_t K, int t, int64_t S)
     int dse_cpu_vnni(int level)
 
@@ -416,7 +426,8 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
 
 
 def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
-             const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None, vnni=None):
+             const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None, vnni=None,
+             conv=None):
     """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
     ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
     uint8[K, M] (C-contiguous, M = B * img), or of ``AT`` uint8[B', K, img'] read per image (element (k, m) at
@@ -428,16 +439,53 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
     receives the output of :func:`dequantize` on those sums, scaled from the int32 tile while it is in cache; the
     call must satisfy :func:`int_gemm_fits32` and have K >= 1. ``vnni`` (default: :func:`vnni_enabled`) lets a call
     whose operand values fit bytes (t = 1) run on the VNNI micro-kernel of its level where the CPU has one
-    (:func:`vnni_levels`); the same results. Returns the ISA level name used, with "+vnni" when the VNNI kernel ran."""
+    (:func:`vnni_levels`); the same results. Returns the ISA level name used, with "+vnni" when the VNNI kernel ran.
+
+    ``conv`` = (x, c0, (kh, kw), stride, pads, dilation, out_hw) instead of ``AT`` (None): the operand is the im2col
+    of channels c0 .. c0 + K / (kh kw) - 1 of the conv input x uint8[B, C, H, W] (C-contiguous; ``pads`` = (top,
+    left)), as :func:`im2col` would give it (M = B Ho Wo, img = Ho Wo), built per task and depth block in cache; only
+    on the VNNI kernel at the avx512 level where the geometry fits the VBMI im2col: else nothing is done and None is
+    returned (the caller builds the operand)."""
     cdef int level = _level(isa)
     cdef int use_vnni = vnni_enabled() if vnni is None else bool(vnni)
+    cdef dse_ig_conv cv
+    cdef const uint8_t[:, :, :, ::1] xv
+    cdef int64_t ckh, ckw, cB, cC, cH, cW, c0
+    if conv is not None:
+        if AT is not None:
+            raise ValueError("int_gemm: give either AT or conv")
+        xv, c0, (ckh, ckw), cstride, cpads, cdil, chw = conv
+        cB, cC, cH, cW = xv.shape[0], xv.shape[1], xv.shape[2], xv.shape[3]
+        if ckh < 1 or ckw < 1 or Wp.shape[1] % (ckh * ckw) or c0 < 0 or c0 + Wp.shape[1] // (ckh * ckw) > cC \
+                or min(cstride) < 1 or min(cdil) < 1 or min(cpads) < 0 or min(chw) < 1 or cB < 1 or cH < 1 or cW < 1:
+            raise ValueError("int_gemm: conv geometry does not match the weights or is out of range")
+        if level < 2 or not dse_i2c_plan_make(&cv.i2c, cH, cW, ckh, ckw, cstride[0], cstride[1], cpads[0], cpads[1],
+                                              cdil[0], cdil[1], chw[0], chw[1]):
+            return None
+        cv.x = &xv[0, c0, 0, 0] if c0 < cC else &xv[0, 0, 0, 0]
+        cv.ld_b, cv.HW, cv.kw, cv.Ho, cv.Wo = cC * cH * cW, cH * cW, ckw, chw[0], chw[1]
+        try:
+            return _int_gemm_call(None, Wp, fa, a_mode, gw, S, out, level, use_vnni, threads, scaling, &cv,
+                                  Wp.shape[1], cB * chw[0] * chw[1])
+        finally:
+            dse_i2c_free(&cv.i2c)
+    return _int_gemm_call(AT, Wp, fa, a_mode, gw, S, out, level, use_vnni, threads, scaling, NULL, 0, 0)
+
+
+cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode, const int16_t[:, ::1] gw,
+                    int64_t S, out, int level, int use_vnni, int threads, scaling, const dse_ig_conv *cv, int64_t cK,
+                    int64_t cM):
+    """int_gemm's checks and call, on the matrix AT or (cv, AT None) a conv input of K = cK rows and M = cM
+    positions."""
+    if cv != NULL:
+        AT = np.zeros((cK, 0), np.uint8)  # the checks' shape; the kernel reads cv
     AT = np.asarray(AT)
     if AT.dtype != np.uint8 or AT.ndim not in (2, 3) or AT.ndim == 2 and not AT.flags.c_contiguous or \
             AT.ndim == 3 and AT.shape[2] > 1 and AT.strides[2] != 1 or min(AT.strides) < 0:
         raise ValueError("int_gemm: AT must be uint8 [K, M] (C-contiguous) or [B, K, img] (unit stride along img)")
     cdef int d = AT.ndim - 2  # the axis of the K rows
     cdef int64_t K = AT.shape[d], aimg = AT.shape[d + 1], N = Wp.shape[0], t = gw.shape[1]
-    cdef int64_t M = aimg * (AT.shape[0] if d else 1)
+    cdef int64_t M = aimg * (AT.shape[0] if d else 1) if cv == NULL else cM
     cdef int64_t lda = AT.strides[d] if K > 1 else aimg, ld_aimg = AT.strides[0] if d else 0
     aimg = max(1, aimg)
     cdef int mode = INT_GEMM_MODES.index(a_mode)
@@ -474,7 +522,9 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
         rc = dse_int_gemm(level, <const uint8_t *>a_addr, lda, aimg, ld_aimg, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode,
                           &gw[0, 0], S,
                           <int64_t *>addr if scaling is None else NULL, img, ld_img, ld_n,
-                          NULL if scaling is None else &sc, <void *>addr, use_vnni, max(1, threads))
+                          NULL if scaling is None else &sc, <void *>addr, use_vnni, max(1, threads), cv)
+    if rc == -4:
+        return None
     if rc < 0:
         raise MemoryError("int_gemm: scratch buffers could not be allocated")
     return ISA_NAMES[level] + ("+vnni" if rc == 1 else "")

@@ -1173,9 +1173,11 @@ static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
  * that row (whole input rows when g > 1, the row's columns otherwise), clipped to the plane. Precomputed per call:
  * the window (start, length) of each chunk and kernel row, and per chunk and tap the 64-byte index into its window
  * with the mask of the taps inside the plane (padding: mask bit 0, the byte stays 0). */
+#define DSE_I2C_PF 4 /* dse_i2c_block prefetches the windows of the plane this many channels ahead */
 #define DSE_I2C_MAXTAB 4096 /* chunks x taps per call at most (the tables' 72 bytes each are built per call) */
 typedef struct {
     int64_t g, cw, nseg, nch; /* rows per chunk, columns per chunk, column segments per row, chunks per plane */
+    int64_t kh, T;            /* kernel rows, taps */
     uint8_t *idx;             /* [nch][kh kw][64] */
     uint64_t *msk;            /* [nch][kh kw] */
     int64_t *win;             /* [nch][kh][2]: start, length (<= 128) */
@@ -1203,7 +1205,7 @@ static int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, 
     const int64_t nseg = (Wo + cw - 1) / cw, nch = (Ho + g - 1) / g * nseg, T = kh * kw;
     if (nch * T > DSE_I2C_MAXTAB)
         return 0;
-    P->g = g, P->cw = cw, P->nseg = nseg, P->nch = nch;
+    P->g = g, P->cw = cw, P->nseg = nseg, P->nch = nch, P->kh = kh, P->T = T;
     P->idx = (uint8_t *)malloc((size_t)(nch * T * 64));
     P->msk = (uint64_t *)malloc((size_t)(nch * T) * sizeof(uint64_t));
     P->win = (int64_t *)malloc((size_t)(nch * kh * 2) * sizeof(int64_t));
@@ -1260,33 +1262,69 @@ static inline __mmask64 dse_i2c_lenmask(int64_t n)
     return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : (((__mmask64)1 << n) - 1);
 }
 
+/* One input plane xs's taps t0 <= t < t1 at the plane's output positions s0 <= s < s1: the byte of (t, s) goes to
+ * dst[(t - t0) ld + s - s0] (a chunk that starts before s0 or ends past s1 is stored under a mask). pf != 0: the
+ * same windows pf bytes on (a later plane) are prefetched. */
+DSE_T_512 static void dse_i2c_plane(const dse_i2c_plan *P, const uint8_t *xs, int64_t kw, int64_t Wo, int64_t Ho,
+                                    int64_t t0, int64_t t1, int64_t s0, int64_t s1, uint8_t *dst, int64_t ld,
+                                    int64_t pf)
+{
+    const int64_t T = P->T, g = P->g, cw = P->cw, nseg = P->nseg;
+    int64_t ch = P->nseg == 1 ? s0 / (g * Wo) : s0 / Wo * nseg + s0 % Wo / cw;
+    for (; ch < P->nch; ch++) {
+        const int64_t y0 = ch / nseg * g, q0 = ch % nseg * cw;
+        const int64_t gv = (Ho - y0 < g) ? Ho - y0 : g, cv = (Wo - q0 < cw) ? Wo - q0 : cw;
+        const int64_t cs = y0 * Wo + q0, ce = cs + gv * cv;
+        if (cs >= s1)
+            break;
+        const __mmask64 sm = dse_i2c_lenmask((ce < s1 ? ce : s1) - cs) & ~dse_i2c_lenmask(s0 - cs);
+        for (int64_t i = t0 / kw; i <= (t1 - 1) / kw; i++) {
+            const int64_t *wn = P->win + (ch * P->kh + i) * 2;
+            const uint8_t *src = xs + wn[0];
+            if (pf) { /* prefetches never fault: past the input's end is harmless */
+                _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+                _mm_prefetch((const char *)(src + pf + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(src + pf + 127), _MM_HINT_T0);
+            }
+            const __m512i lo = _mm512_maskz_loadu_epi8(dse_i2c_lenmask(wn[1]), src);
+            const __m512i hi = _mm512_maskz_loadu_epi8(dse_i2c_lenmask(wn[1] - 64), src + 64);
+            const int64_t j0 = i == t0 / kw ? t0 % kw : 0, j1 = i == (t1 - 1) / kw ? (t1 - 1) % kw + 1 : kw;
+            for (int64_t j = j0; j < j1; j++) {
+                const int64_t t = ch * T + i * kw + j;
+                const __m512i ix = _mm512_loadu_si512(P->idx + t * 64);
+                /* masked-off bytes are neither written nor faulted: the store may start before dst[.. s0] */
+                _mm512_mask_storeu_epi8(dst + (i * kw + j - t0) * ld + (cs - s0), sm,
+                                        _mm512_maskz_permutex2var_epi8(P->msk[t], lo, ix, hi));
+            }
+        }
+    }
+}
+
+/* Rows k0 <= k < k1 (k = c T + t) and positions m0 <= m < m1 (m = b Ho Wo + s) of the conv operand of x (images
+ * ld_b bytes apart, H W bytes per channel plane) into dst[(k - k0) ld + m - m0]. */
+DSE_T_512 static void dse_i2c_block(const dse_i2c_plan *P, const uint8_t *x, int64_t ld_b, int64_t HW, int64_t kw,
+                                    int64_t Ho, int64_t Wo, int64_t k0, int64_t k1, int64_t m0, int64_t m1,
+                                    uint8_t *dst, int64_t ld)
+{
+    const int64_t T = P->T, HoWo = Ho * Wo;
+    for (int64_t b = m0 / HoWo; b * HoWo < m1; b++) {
+        const int64_t s0 = m0 > b * HoWo ? m0 - b * HoWo : 0, s1 = m1 < (b + 1) * HoWo ? m1 - b * HoWo : HoWo;
+        for (int64_t c = k0 / T; c * T < k1; c++) {
+            const int64_t t0 = k0 > c * T ? k0 - c * T : 0, t1 = k1 < (c + 1) * T ? k1 - c * T : T;
+            dse_i2c_plane(P, x + b * ld_b + c * HW, kw, Wo, Ho, t0, t1, s0, s1,
+                          dst + (c * T + t0 - k0) * ld + b * HoWo + s0 - m0, ld, DSE_I2C_PF * HW);
+        }
+    }
+}
+
 DSE_T_512 static void dse_im2col_512(const dse_i2c_plan *P, const uint8_t *x, int64_t B, int64_t C, int64_t H,
                                      int64_t W, int64_t kh, int64_t kw, int64_t Ho, int64_t Wo, uint8_t *cols, int nt)
 {
-    const int64_t M = B * Ho * Wo, T = kh * kw, nch = P->nch;
+    const int64_t M = B * Ho * Wo, T = kh * kw;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t bc = 0; bc < B * C; bc++) {
         const int64_t b = bc / C, c = bc % C;
-        const uint8_t *xs = x + bc * H * W;
-        uint8_t *dst0 = cols + c * T * M + b * Ho * Wo;
-        for (int64_t ch = 0; ch < nch; ch++) {
-            const int64_t y0 = ch / P->nseg * P->g, q0 = ch % P->nseg * P->cw;
-            const int64_t gv = (Ho - y0 < P->g) ? Ho - y0 : P->g, cv = (Wo - q0 < P->cw) ? Wo - q0 : P->cw;
-            const __mmask64 sm = dse_i2c_lenmask(gv * cv);
-            uint8_t *dst = dst0 + y0 * Wo + q0;
-            for (int64_t i = 0; i < kh; i++) {
-                const int64_t *wn = P->win + (ch * kh + i) * 2;
-                const uint8_t *src = xs + wn[0];
-                const __m512i lo = _mm512_maskz_loadu_epi8(dse_i2c_lenmask(wn[1]), src);
-                const __m512i hi = _mm512_maskz_loadu_epi8(dse_i2c_lenmask(wn[1] - 64), src + 64);
-                for (int64_t j = 0; j < kw; j++) {
-                    const int64_t t = ch * T + i * kw + j;
-                    const __m512i ix = _mm512_loadu_si512(P->idx + t * 64);
-                    _mm512_mask_storeu_epi8(dst + (i * kw + j) * M, sm,
-                                            _mm512_maskz_permutex2var_epi8(P->msk[t], lo, ix, hi));
-                }
-            }
-        }
+        dse_i2c_plane(P, x + bc * H * W, kw, Wo, Ho, 0, T, 0, Ho * Wo, cols + c * T * M + b * Ho * Wo, M, 0);
     }
 }
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from dse import _kernels
@@ -296,3 +296,76 @@ def test_convs_on_every_int_gemm_kernel(c, seed):
                     (isa, vnni, path)
                 assert np.array_equal(K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa), yref), \
                     (isa, vnni, path)
+
+
+@settings(deadline=None, max_examples=150)
+@given(B=st.integers(1, 3), C=st.integers(1, 80), H=st.sampled_from([1, 3, 7, 12, 16, 33, 70, 130]),
+       W=st.sampled_from([1, 4, 7, 12, 16, 33, 70, 130]), k=st.sampled_from([(3, 3), (1, 3), (2, 2), (5, 5), (7, 7)]),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), dil=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), groups=st.integers(1, 3), N=st.integers(1, 14),
+       mode=st.sampled_from(["u8", "s8", "table"]), w_range=st.sampled_from([(-128, 128), (0, 256)]),
+       scaled=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv_operand_built_in_the_kernel(B, C, H, W, k, stride, dil, pads, groups, N, mode, w_range, scaled,
+                                          threads, seed):
+    """int_gemm with ``conv`` (the im2col rows of a task's depth block built from the conv input in cache) gives the
+    sums of the im2col operand (int64 numpy), or their scaled output, for channel slices of groups, depths across
+    the kernel's depth blocks (K > 512), positions across its 256-position tasks, planes wider than the VBMI
+    windows, dilation and padding, on every port assignment; it runs only on the VNNI kernel at the avx512 level
+    (None elsewhere: nothing written) and on 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    kh, kw = k
+    (dh, dw), (sh, sw) = dil, stride
+    H, W = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2]), max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
+    cg = max(1, C // groups)
+    x = rng.integers(0, 256, (B, cg * groups, H, W)).astype(np.uint8)
+    fa = rng.integers(-128, 128, (256, 1)).astype(np.int16) if mode == "table" else W_VALS
+    gw = W_VALS if w_range[0] < 0 else rng.integers(0, 256, (256, 1)).astype(np.int16)
+    if mode == "u8" and w_range[0] == 0:
+        gw = W_VALS
+    AT, Ho, Wo = K.im2col_T(x, kh, kw, stride, pads, dil)
+    Kd = cg * kh * kw
+    S = int(np.abs(values(mode, fa, np.arange(256, dtype=np.uint8)[None])).max() * np.abs(gw.astype(np.int64)).max())
+    N = max(N, 1)
+    for g in range(groups):
+        Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
+        ATg = np.ascontiguousarray(AT[g * Kd:(g + 1) * Kd])
+        ref = np.einsum("kmj,nkj->nm", values(mode, fa, ATg), gw.astype(np.int64)[Wp])
+        ref = ref.reshape(N, B, Ho * Wo).transpose(1, 0, 2)
+        sc = None
+        if scaled:
+            sc = (0.02, rng.uniform(1e-4, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                  "relu", -np.inf, np.inf, (0.05, False))
+            ref = _kernels.dequantize(np.ascontiguousarray(ref), *sc[:3], 1, *sc[3:])
+        conv = (x, g * cg, (kh, kw), stride, pads[:2], dil, (Ho, Wo))
+        takes = vnni_takes(fa, mode, gw, Wp)
+        for isa, vnni in KERNELS:
+            out = np.zeros((B, N + 1, Ho * Wo), ref.dtype)
+            used = _kernels.int_gemm(None, Wp, fa, mode, gw, S, out[:, 1:], isa, threads, sc, vnni, conv=conv)
+            runs = isa == "avx512" and vnni and takes and vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo)
+            if not runs:
+                assert used is None and not out.any(), (isa, vnni, used)
+                continue
+            assert used == "avx512+vnni"
+            event("the operand built in the kernel")
+            assert np.array_equal(out[:, 1:], ref) and not out[:, 0].any(), (isa, g)
+
+
+def vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo) -> bool:
+    """numpy twin of the VBMI im2col's geometry test (cy/lut_kernel.h, dse_i2c_plan_make): chunks of g output rows
+    with g Wo <= 64 whose windows ((g - 1) sh + 1 input rows) hold <= 128 bytes, else column segments of one row
+    (not at stride 1 with W == Wo, where the plain code is faster), and at most DSE_I2C_MAXTAB chunks x taps."""
+    g = 0
+    if Wo <= 64:
+        g = min(64 // Wo, Ho)
+        while g > 1 and ((g - 1) * sh + 1) * W > 128:
+            g -= 1
+    if g == 1 and W > 128:
+        g = 0
+    if g <= 1 and sh == 1 and sw == 1 and W == Wo:
+        return False
+    cw = Wo
+    if g == 0:
+        g, cw = 1, min(64, (128 - 1 - (kw - 1) * dw) // sw + 1)
+        if cw < 1:
+            return False
+    return -(-Ho // g) * -(-Wo // cw) * kh * kw <= 4096
