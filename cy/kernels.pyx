@@ -82,7 +82,7 @@ cdef extern from "int_gemm.h" nogil:
         int64_t ld_b, HW, kw, Ho, Wo
         dse_i2c_plan i2c
     int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                          int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo)
+                          int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, int whole)
     void dse_i2c_free(dse_i2c_plan *P)
     int dse_ig_fits32(int64_t K, int t, int64_t S)
     int dse_cpu_vnni(int level)
@@ -460,7 +460,7 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
                 or min(cstride) < 1 or min(cdil) < 1 or min(cpads) < 0 or min(chw) < 1 or cB < 1 or cH < 1 or cW < 1:
             raise ValueError("int_gemm: conv geometry does not match the weights or is out of range")
         if level < 2 or not dse_i2c_plan_make(&cv.i2c, cH, cW, ckh, ckw, cstride[0], cstride[1], cpads[0], cpads[1],
-                                              cdil[0], cdil[1], chw[0], chw[1]):
+                                              cdil[0], cdil[1], chw[0], chw[1], 0):
             return None
         cv.x = &xv[0, c0, 0, 0] if c0 < cC else &xv[0, 0, 0, 0]
         cv.ld_b, cv.HW, cv.kw, cv.Ho, cv.Wo = cC * cH * cW, cH * cW, ckw, chw[0], chw[1]

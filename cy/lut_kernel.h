@@ -1174,7 +1174,10 @@ static void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
  * the window (start, length) of each chunk and kernel row, and per chunk and tap the 64-byte index into its window
  * with the mask of the taps inside the plane (padding: mask bit 0, the byte stays 0). */
 #define DSE_I2C_PF 4 /* dse_i2c_block prefetches the windows of the plane this many channels ahead */
-#define DSE_I2C_MAXTAB 4096 /* chunks x taps per call at most (the tables' 72 bytes each are built per call) */
+/* chunks x taps per call at most (the tables' 72 bytes each are built per call): an im2col of the whole operand
+ * (dse_im2col, called per image slice), one inside the integer GEMM (one call per layer) */
+#define DSE_I2C_MAXTAB 4096
+#define DSE_I2C_MAXTAB_GEMM 16384
 typedef struct {
     int64_t g, cw, nseg, nch; /* rows per chunk, columns per chunk, column segments per row, chunks per plane */
     int64_t kh, T;            /* kernel rows, taps */
@@ -1183,9 +1186,10 @@ typedef struct {
     int64_t *win;             /* [nch][kh][2]: start, length (<= 128) */
 } dse_i2c_plan;
 
-/* The plan of the VBMI im2col (tables allocated; free with dse_i2c_free), or 0 when the geometry does not fit it. */
+/* The plan of the VBMI im2col (tables allocated; free with dse_i2c_free), or 0 when the geometry does not fit it.
+ * whole: for dse_im2col (the whole operand), which has a faster plain code for one chunk per row at stride 1. */
 static int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                             int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo)
+                             int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, int whole)
 {
     int64_t g = 0, cw = Wo;
     if (Wo <= 64)
@@ -1193,7 +1197,7 @@ static int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, 
             ;
     if (g == 1 && W > 128)
         g = 0;
-    if (g <= 1 && sh == 1 && sw == 1 && W == Wo) /* one chunk per row: the plain code's one run per plane is faster */
+    if (whole && g <= 1 && sh == 1 && sw == 1 && W == Wo) /* one chunk per row: the plain code's one run per plane */
         return 0;
     if (g == 0) { /* column segments of one row */
         g = 1;
@@ -1203,7 +1207,7 @@ static int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, 
             return 0;
     }
     const int64_t nseg = (Wo + cw - 1) / cw, nch = (Ho + g - 1) / g * nseg, T = kh * kw;
-    if (nch * T > DSE_I2C_MAXTAB)
+    if (nch * T > (whole ? DSE_I2C_MAXTAB : DSE_I2C_MAXTAB_GEMM))
         return 0;
     P->g = g, P->cw = cw, P->nseg = nseg, P->nch = nch, P->kh = kh, P->T = T;
     P->idx = (uint8_t *)malloc((size_t)(nch * T * 64));
@@ -1339,7 +1343,7 @@ static void dse_im2col(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int64_t M = B * Ho * Wo, R = C * kh * kw;
     dse_i2c_plan plan;
     memset(&plan, 0, sizeof(plan));
-    if (level >= DSE_ISA_AVX512 && dse_i2c_plan_make(&plan, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo)) {
+    if (level >= DSE_ISA_AVX512 && dse_i2c_plan_make(&plan, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, 1)) {
         dse_im2col_512(&plan, x, B, C, H, W, kh, kw, Ho, Wo, cols, nt);
         dse_i2c_free(&plan);
         return;

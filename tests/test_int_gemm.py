@@ -351,9 +351,9 @@ def test_conv_operand_built_in_the_kernel(B, C, H, W, k, stride, dil, pads, grou
 
 
 def vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo) -> bool:
-    """numpy twin of the VBMI im2col's geometry test (cy/lut_kernel.h, dse_i2c_plan_make): chunks of g output rows
-    with g Wo <= 64 whose windows ((g - 1) sh + 1 input rows) hold <= 128 bytes, else column segments of one row
-    (not at stride 1 with W == Wo, where the plain code is faster), and at most DSE_I2C_MAXTAB chunks x taps."""
+    """numpy twin of the VBMI im2col's geometry test inside the integer GEMM (cy/lut_kernel.h, dse_i2c_plan_make,
+    whole = 0): chunks of g output rows with g Wo <= 64 whose windows ((g - 1) sh + 1 input rows) hold <= 128
+    bytes, else column segments of one row, and at most DSE_I2C_MAXTAB_GEMM chunks x taps."""
     g = 0
     if Wo <= 64:
         g = min(64 // Wo, Ho)
@@ -361,11 +361,9 @@ def vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo) -> bool:
             g -= 1
     if g == 1 and W > 128:
         g = 0
-    if g <= 1 and sh == 1 and sw == 1 and W == Wo:
-        return False
     cw = Wo
     if g == 0:
         g, cw = 1, min(64, (128 - 1 - (kw - 1) * dw) // sw + 1)
         if cw < 1:
             return False
-    return -(-Ho // g) * -(-Wo // cw) * kh * kw <= 4096
+    return -(-Ho // g) * -(-Wo // cw) * kh * kw <= 16384
