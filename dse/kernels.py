@@ -1173,35 +1173,40 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
     Wp = _u8(w).reshape(Cout, kg)
     wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
     sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant) for g in range(groups)]
-    if (kh * kw > 1 or any(geo.pads)) and x.size and \
-            _conv_int_gemm_direct(np.ascontiguousarray(_u8(x)), wg, kh, kw, plan, geo, isa, view, sargs):
-        return out.view(scaling.dtype)
+    todo = range(groups)
+    if (kh * kw > 1 or any(geo.pads)) and x.size:
+        todo = _conv_int_gemm_direct(np.ascontiguousarray(_u8(x)), wg, kh, kw, plan, geo, isa, view, sargs)
+        if not todo:
+            return out.view(scaling.dtype)
     step = max(1, _FUSED_SLICE_BYTES // max(1, C * kh * kw * P))
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         AT = _per_image_operand(_u8(x[b0:b1]), kh, kw, geo)
         if AT is None:
             AT = gemm_operand_T(_u8(x[b0:b1]), kh, kw, geo.stride, geo.pads, geo.dilation)[0]
-        for g in range(groups):
+        for g in todo:
             c = slice(g * og, (g + 1) * og)
             _kernels.int_gemm(AT[..., g * kg:(g + 1) * kg, :], wg[g], plan.fa, plan.a_mode, plan.gw, plan.S,
                               view[b0:b1, c], _isa_name(isa), get_threads(), sargs[g])
     return out.view(scaling.dtype)
 
 
-def _conv_int_gemm_direct(xq, wg, kh: int, kw: int, plan: _Int16Plan, geo: _ConvGeometry, isa, view, sargs) -> bool:
+def _conv_int_gemm_direct(xq, wg, kh: int, kw: int, plan: _Int16Plan, geo: _ConvGeometry, isa, view,
+                          sargs) -> list[int]:
     """The scaled conv GEMMs of _conv_int_gemm_scaled (per group g: weights wg[g], scaling sargs[g], output channels
     of ``view`` [B, Cout, Ho*Wo]) with the operand built by the kernel from the input patterns xq, each task's block
     of im2col rows in cache (no operand matrix, no image slices), where it can: the VNNI kernel at the avx512 level,
-    a geometry the VBMI im2col takes. False (nothing written) where it cannot."""
+    a geometry the VBMI im2col takes. Returns the groups it could not run (nothing written for them): the VNNI kernel
+    may take one group and not another (a weight table outside the bytes, e.g. DRUM's G(-128), on the patterns a
+    group uses)."""
     og, cg = wg[0].shape[0], wg[0].shape[1] // (kh * kw)
+    todo = []
     for g in range(len(wg)):
         conv = (xq, g * cg, (kh, kw), geo.stride, geo.pads[:2], geo.dilation, geo.out_hw)
         if _kernels.int_gemm(None, wg[g], plan.fa, plan.a_mode, plan.gw, plan.S, view[:, g * og:(g + 1) * og],
                              _isa_name(isa), get_threads(), sargs[g], conv=conv) is None:
-            assert g == 0, "every group of a conv takes the same kernel"
-            return False
-    return True
+            todo.append(g)
+    return todo
 
 
 def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: int, isa, scaling: "Scaling",

@@ -367,3 +367,22 @@ def vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo) -> bool:
         if cw < 1:
             return False
     return -(-Ho // g) * -(-Wo // cw) * kh * kw <= 16384
+
+
+@pytest.mark.parametrize("isa,vnni", KERNELS)
+def test_conv_groups_on_different_kernels(isa, vnni):
+    """A grouped DRUM6 conv whose first group avoids weight -128 (G(-128) = -132 outside the bytes: that group may run
+    on the VNNI kernel with its operand built in the kernel) and whose second group uses it (the int16 kernel on the
+    sliced operand): every group's output is the reference's."""
+    rng = np.random.default_rng(5)
+    mult = get_multiplier("drum6")
+    x = rng.integers(0, 256, (2, 6, 9, 9))
+    w = rng.integers(-127, 128, (8, 3, 3, 3))
+    w[4, 0, 0, 0] = -128
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 2)
+    ref = K.reference_conv2d_int(x, w, mult, False, *args)
+    sc = K.Scaling(0.01, rng.uniform(1e-3, 1e-2, 8).astype(np.float32), rng.normal(0, 1, 8).astype(np.float32),
+                   K.OutputAct("relu"))
+    with vnni_env(vnni):
+        got = K.conv2d_scaled(x, w, mult, False, sc, *args, path="lowrank", isa=isa)
+    assert np.array_equal(got, K.scale_accumulators(ref, sc))
