@@ -445,25 +445,6 @@ struct dse_ig_plan {
 #define DSE_IG_KCQ 128 /* depth quads per block: an A block MC x 512 bytes (128 KiB), as the int16 blocks */
 #define DSE_IG_MR_VNNI 64
 #define DSE_IG_MR_VNNI256 16
-#define DSE_T_VNNI512 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
-#define DSE_T_VNNI256 __attribute__((target("avx2,avxvnni")))
-
-/* Whether the CPU runs the VNNI kernel of an ISA level (AVX512-VNNI at avx512, AVX-VNNI at avx2). */
-static int dse_cpu_vnni(int level)
-{
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    static int have512 = -1, have256 = -1;
-    if (have512 < 0) {
-        __builtin_cpu_init();
-        have256 = __builtin_cpu_supports("avxvnni") != 0;
-        have512 = __builtin_cpu_supports("avx512vnni") != 0;
-    }
-    return level >= DSE_ISA_AVX512 ? have512 : level == DSE_ISA_AVX2 ? have256 : 0;
-#else
-    (void)level;
-    return 0;
-#endif
-}
 
 /* One panel cell: d[4 c + h] = xa[pattern of A'[kk + h, m + c]] for c < cv and kk + h < K, 0 beyond. */
 static void dse_ig_q_cell(const dse_ig_plan *P, int64_t kk, int64_t m, int64_t cv, uint8_t *d)

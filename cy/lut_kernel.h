@@ -139,6 +139,25 @@ DSE_T_AVX2 static void dse_lut_avx2(const uint8_t *AT, int64_t lda, const uint8_
 
 /* ------------------------------------------------------------------ AVX-512 VBMI */
 #define DSE_T_512 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+#define DSE_T_VNNI512 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
+#define DSE_T_VNNI256 __attribute__((target("avx2,avxvnni")))
+
+/* Whether the CPU runs the VNNI kernel of an ISA level (AVX512-VNNI at avx512, AVX-VNNI at avx2). */
+static int dse_cpu_vnni(int level)
+{
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int have512 = -1, have256 = -1;
+    if (have512 < 0) {
+        __builtin_cpu_init();
+        have256 = __builtin_cpu_supports("avxvnni") != 0;
+        have512 = __builtin_cpu_supports("avx512vnni") != 0;
+    }
+    return level >= DSE_ISA_AVX512 ? have512 : level == DSE_ISA_AVX2 ? have256 : 0;
+#else
+    (void)level;
+    return 0;
+#endif
+}
 
 /* t[v] for each of the 64 bytes of v, from a 256-entry byte table held in t0..t3 (entries 0-63, 64-127, 128-191,
  * 192-255): two vpermi2b, the high half chosen by top = _mm512_movepi8_mask(v) (the index's bit 7). */
@@ -1985,8 +2004,6 @@ static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int
  * per int32 lane, wrapping, no saturation). Signed activations are read as a + 128 (XOR 0x80) and init = -128 * (sum
  * of the channel's G[w]) takes that back out (the padding's pattern 0 reads 128 and contributes 0 as well); the int32
  * result is exact whenever the true sum fits int32 (fits32). */
-#define DSE_T_VNNI512 __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni"))) /* as in int_gemm.h */
-static int dse_cpu_vnni(int level); /* int_gemm.h */
 
 /* The quads of the taps (tap k's run starts at toff[k], its column offset in its phase plane is colq[k]); 0 when
  * there would be more than 32. */
