@@ -16,11 +16,9 @@ interleaved rounds, one thread, process CPU time; it prints per call shape the m
 forced path.
 """
 import argparse
-import importlib.util
 import pickle
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,23 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _specs(B):
-    """bench_e2e's networks: name -> (ONNX builder, input size, images per streaming batch)."""
-    return {"mobilenetv2-32": (lambda: B.mobilenetv2(32), 32, 128),
-            "resnet18-32": (lambda: B.resnet18(32, classes=10), 32, 64),
-            "resnet18-224": (lambda: B.resnet18(224), 224, 26)}
+from call_replay import NETS, emulations, load_builds, time_builds  # noqa: E402
 
 
 def capture(path: Path, nets, families) -> None:
-    import onnx
-
-    import bench_e2e as B
     from dse import kernels
-    from dse.emulate import Emulator
-    from dse.layer_config import LayerConfig
-    from dse.model.onnx_import import load_onnx
-    from dse.quant import calibrate
 
     calls, where = [], {}
     orig = kernels._kernels.rows_gemm
@@ -58,22 +44,11 @@ def capture(path: Path, nets, families) -> None:
         return orig(I, S, D, off, isa, threads, out, offset, P, ldb, sel_is_m=sel_is_m, add=add, scaling=scaling)
 
     kernels._kernels.rows_gemm = recording
-    specs = _specs(B)
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        lut = B.imported_lut(tmp)
-        kernels.set_threads(1)
-        for net in nets:
-            build, size, n = specs[net]
-            onnx.save(build(), str(tmp / "m.onnx"))
-            qm = calibrate(load_onnx(tmp / "m.onnx"), B.images(16, size, seed=3))
-            emu, x = Emulator(qm), B.images(n, size, seed=11)
-            for fam in families:
-                cfg = {layer.name: LayerConfig(lut if fam == "LUT" else fam) for layer in qm.layers}
-                where.update(net=net, fam=fam)
-                emu.run(x, cfg, batch_size=n)
-                where.clear()
-                print(f"{net} {fam}: {sum(c['net'] == net and c['fam'] == fam for c in calls)} calls", flush=True)
+    for net, fam, run in emulations(nets, families):
+        where.update(net=net, fam=fam)
+        run()
+        where.clear()
+        print(f"{net} {fam}: {sum(c['net'] == net and c['fam'] == fam for c in calls)} calls", flush=True)
     kernels._kernels.rows_gemm = orig
     with open(path, "wb") as f:
         pickle.dump(calls, f)
@@ -82,16 +57,8 @@ def capture(path: Path, nets, families) -> None:
 def _emulated_convs(nets, families):
     """Yields (net, family, kwargs of one kernels.conv2d_scaled call) for every conv of bench_e2e's networks run with
     the table on all layers (the calls are captured during the run, then yielded)."""
-    import onnx
-
-    import bench_e2e as B
     from dse import kernels
-    from dse.emulate import Emulator
-    from dse.layer_config import LayerConfig
-    from dse.model.onnx_import import load_onnx
-    from dse.quant import calibrate
 
-    specs = _specs(B)
     orig, calls = kernels.conv2d_scaled, []
 
     def recording(x, w, mult, a_signed, scaling, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1,
@@ -100,25 +67,15 @@ def _emulated_convs(nets, families):
                           pads=pads, dilation=dilation, groups=groups))
         return orig(x, w, mult, a_signed, scaling, stride, pads, dilation, groups, path, isa)
 
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        lut = B.imported_lut(tmp)
-        kernels.set_threads(1)
-        for net in nets:
-            build, size, n = specs[net]
-            onnx.save(build(), str(tmp / "m.onnx"))
-            qm = calibrate(load_onnx(tmp / "m.onnx"), B.images(16, size, seed=3))
-            emu, x = Emulator(qm), B.images(n, size, seed=11)
-            for fam in families:
-                cfg = {layer.name: LayerConfig(lut if fam == "LUT" else fam) for layer in qm.layers}
-                kernels.conv2d_scaled = recording
-                try:
-                    emu.run(x, cfg, batch_size=n)
-                finally:
-                    kernels.conv2d_scaled = orig
-                for c in calls:
-                    yield net, fam, c
-                calls.clear()
+    for net, fam, run in emulations(nets, families):
+        kernels.conv2d_scaled = recording
+        try:
+            run()
+        finally:
+            kernels.conv2d_scaled = orig
+        for c in calls:
+            yield net, fam, c
+        calls.clear()
 
 
 def paths(nets, families, rounds: int) -> None:
@@ -133,8 +90,7 @@ def paths(nets, families, rounds: int) -> None:
         prep = K._prepare(c["mult"], c["a_signed"])
         N, K_ = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
         xs = x.shape
-        H = (xs[2] + c["pads"][0] + c["pads"][2] - c["dilation"][0] * (w.shape[2] - 1) - 1) // c["stride"][0] + 1
-        W = (xs[3] + c["pads"][1] + c["pads"][3] - c["dilation"][1] * (w.shape[3] - 1) - 1) // c["stride"][1] + 1
+        H, W = K.conv_out_hw(xs[2], xs[3], w.shape[2], w.shape[3], c["stride"], c["pads"], c["dilation"])
         kind, by_act = K._table_plan(prep, xs[0] * H * W, N, "auto")
         runs = {p: [] for p in ("rows", "split", "auto")}
         outs = {}
@@ -160,13 +116,6 @@ def paths(nets, families, rounds: int) -> None:
               f"per-call best forced path {g['best']:.1f}")
 
 
-def _load(so: str, i: int):
-    spec = importlib.util.spec_from_file_location(f"build{i}._kernels", so)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _call(mod, c):
     out = None if c["out"] is None else np.zeros(c["out"][0], np.dtype(c["out"][1]))
     res, _ = mod.rows_gemm(c["I"], c["S"], c["D"], c["off"], None, 1, out, c["offset"], c["P"], c["ldb"],
@@ -174,36 +123,15 @@ def _call(mod, c):
     return out if res is None else res
 
 
+def _keys(c) -> tuple[str, str]:
+    group = f"{c['net']} {c['fam']}"
+    return group, f"{group}  K={c['I'].shape[0]} sel={c['S'].shape[0]} idx={c['I'].shape[1]}"
+
+
 def replay(path: Path, sos, rounds: int, filt: str | None) -> None:
-    mods = [_load(so, i) for i, so in enumerate(sos)]
     with open(path, "rb") as f:
         calls = [c for c in pickle.load(f) if filt is None or filt in f"{c['net']} {c['fam']}"]
-    for c in calls:
-        ref = _call(mods[0], c).view(np.uint8)
-        for m in mods[1:]:
-            assert np.array_equal(_call(m, c).view(np.uint8), ref), "the builds disagree"
-    times = {}
-    for r in range(rounds):
-        order = range(len(mods)) if r % 2 == 0 else reversed(range(len(mods)))
-        for i in order:
-            tot = {}
-            for c in calls:
-                t = time.process_time()
-                _call(mods[i], c)
-                dt = time.process_time() - t
-                group = f"{c['net']} {c['fam']}"
-                shape = f"{group}  K={c['I'].shape[0]} sel={c['S'].shape[0]} idx={c['I'].shape[1]}"
-                tot[group] = tot.get(group, 0.0) + dt
-                tot[shape] = tot.get(shape, 0.0) + dt
-            for k, v in tot.items():
-                times.setdefault(k, [[] for _ in mods])[i].append(v)
-    print(f"{len(calls)} calls, {rounds} rounds, medians of the summed CPU time (ms): " + " | ".join(sos))
-    for k in sorted(times, key=lambda k: ("  " in k, k)):
-        med = [statistics.median(v) for v in times[k]]
-        if "  " in k and med[0] < 3e-3:
-            continue
-        print(f"{k:64s} " + " ".join(f"{m * 1e3:8.1f}" for m in med) + "  " +
-              " ".join(f"{med[0] / m:5.2f}x" for m in med[1:]))
+    time_builds(calls, load_builds(sos), _call, _keys, rounds, "one thread", sos, skip_below_s=3e-3)
 
 
 def main() -> None:
@@ -211,7 +139,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("capture")
     c.add_argument("file", type=Path)
-    c.add_argument("--nets", nargs="+", default=["mobilenetv2-32", "resnet18-32"])
+    c.add_argument("--nets", nargs="+", default=["mobilenetv2-32", "resnet18-32"], choices=NETS)
     c.add_argument("--families", nargs="+", default=["mitch_w6", "LUT"])
     r = sub.add_parser("replay")
     r.add_argument("file", type=Path)
@@ -219,7 +147,7 @@ def main() -> None:
     r.add_argument("--rounds", type=int, default=5)
     r.add_argument("--filter", help="only calls whose 'net family' contains this")
     p = sub.add_parser("paths")
-    p.add_argument("--nets", nargs="+", default=["resnet18-32", "resnet18-224"])
+    p.add_argument("--nets", nargs="+", default=["resnet18-32", "resnet18-224"], choices=NETS)
     p.add_argument("--families", nargs="+", default=["mitch_w6", "LUT"])
     p.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
