@@ -2068,19 +2068,32 @@ static int dse_dw_quad_weights(const int16_t *gtab, const uint8_t *wo, int64_t n
 }
 
 /* The steps of a block of nb planes (HW bytes apart in each phase plane) with Ho Wo outputs each: step s computes
- * outputs o0 .. o0 + 15 of plane b (o0 a multiple of 16; the last step of a plane writes up to 15 entries past it,
- * into the next plane's, written after it, or the buffer's slack) at full[dst[s]] = full[b Ho Wo + o0], reading the
- * windows at off[s] = b HW + (o0 / Wo) WQ + o0 % Wo (plus each quad's goff) with table tab[s]. Returns the steps of
- * one plane (the steps of nbb planes are the first nbb times that many). */
+ * outputs o0 .. o0 + 15 of plane b (o0 a multiple of 16), reading the windows at off[s] = b HW + (o0 / Wo) WQ + o0 %
+ * Wo (plus each quad's goff) with table tab[s]. Its int32 sums go to full[dst[s]] = full[b Ho Wo + o0] (the last step
+ * of a plane writes up to 15 entries past it, into the next plane's, written after it, or the buffer's slack); its
+ * cnt[s] = min(16, Ho Wo - o0) scaled outputs to element odst[s] = b ld + o0 of the block's output. Returns the steps
+ * of one plane (the steps of nbb planes are the first nbb times that many). */
 static int64_t dse_dw_quad_steps(int64_t nb, int64_t HW, int64_t WQ, int64_t Ho, int64_t Wo, int64_t period,
-                                 int64_t *off, int64_t *dst, uint8_t *tab)
+                                 int64_t ld, int64_t *off, int64_t *dst, int64_t *odst, uint8_t *tab, uint8_t *cnt)
 {
     const int64_t S = Ho * Wo, per = (S + 15) / 16;
     for (int64_t b = 0, s = 0; b < nb; b++)
-        for (int64_t o0 = 0; o0 < S; o0 += 16, s++)
-            off[s] = b * HW + (o0 / Wo) * WQ + o0 % Wo, dst[s] = b * S + o0, tab[s] = (uint8_t)((o0 / 16) % period);
+        for (int64_t o0 = 0; o0 < S; o0 += 16, s++) {
+            off[s] = b * HW + (o0 / Wo) * WQ + o0 % Wo, dst[s] = b * S + o0, odst[s] = b * ld + o0;
+            tab[s] = (uint8_t)((o0 / 16) % period), cnt[s] = (uint8_t)(S - o0 < 16 ? S - o0 : 16);
+        }
     return per;
 }
+
+/* A channel's scaling constants in registers (dse_scale512_init), and the AVX-512 scaling pass's operations on 16
+ * int32 sums (dse_scale16_i32: the same bits as dse_scale_runs at that level), defined with the pass. */
+typedef struct {
+    __m512d sa, f;
+    __m512 b, lo, hi, qs, qlo, qhi;
+} dse_scale512;
+DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(const dse_scale512 *v, __m512i s, void *o,
+                                                                           int64_t j, int64_t n, const int act,
+                                                                           const int quant);
 
 DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i dse_dw_quad(const uint8_t *p, __m512i idx, __m512i w,
                                                                               __m512i acc, const int a_signed)
@@ -2091,12 +2104,22 @@ DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i dse_dw_quad(c
     return _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(idx, v), w);
 }
 
-/* The first ns steps (dse_dw_quad_steps), four at a time (four independent chains), then one at a time. */
+/* The first ns steps (dse_dw_quad_steps), four at a time (four independent chains), then one at a time; each step's
+ * sums stored at full + dst[s], or with v (act < 0: none) scaled in registers, its cnt[s] outputs at element dst[s] =
+ * odst[s] of o. */
 DSE_T_VNNI512 static inline __attribute__((always_inline)) void
 dse_dw_quads_body(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init, int64_t ns,
                   const int64_t *off, const int64_t *dst, const uint8_t *tab, const uint8_t *tabs, int32_t *full,
-                  const int a_signed)
+                  const int a_signed, const dse_scale512 *v, const uint8_t *cnt, void *o, const int act,
+                  const int quant)
 {
+#define DSE_DW_QUAD_OUT(a, s)                                                                                          \
+    do {                                                                                                               \
+        if (act < 0)                                                                                                   \
+            _mm512_storeu_si512(full + dst[s], a);                                                                     \
+        else                                                                                                           \
+            dse_scale16_i32(v, a, o, dst[s], cnt[s], act, quant);                                                      \
+    } while (0)
     const __m512i vi = _mm512_set1_epi32(init);
     const int64_t ng = gq->ng;
     int64_t s = 0;
@@ -2113,18 +2136,19 @@ dse_dw_quads_body(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, 
             a2 = dse_dw_quad(p2 + go, i2, w, a2, a_signed);
             a3 = dse_dw_quad(p3 + go, i3, w, a3, a_signed);
         }
-        _mm512_storeu_si512(full + dst[s], a0); /* in step order: a plane's last step before the next one's first */
-        _mm512_storeu_si512(full + dst[s + 1], a1);
-        _mm512_storeu_si512(full + dst[s + 2], a2);
-        _mm512_storeu_si512(full + dst[s + 3], a3);
+        DSE_DW_QUAD_OUT(a0, s); /* in step order: a plane's last step before the next one's first */
+        DSE_DW_QUAD_OUT(a1, s + 1);
+        DSE_DW_QUAD_OUT(a2, s + 2);
+        DSE_DW_QUAD_OUT(a3, s + 3);
     }
     for (; s < ns; s++) {
         const __m512i i0 = _mm512_loadu_si512(tabs + 64 * tab[s]);
         __m512i a0 = vi;
         for (int64_t g = 0; g < ng; g++)
             a0 = dse_dw_quad(P + off[s] + gq->goff[g], i0, _mm512_set1_epi32(wq[g]), a0, a_signed);
-        _mm512_storeu_si512(full + dst[s], a0);
+        DSE_DW_QUAD_OUT(a0, s);
     }
+#undef DSE_DW_QUAD_OUT
 }
 
 DSE_T_VNNI512 static void dse_dw_run_quads_512(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq,
@@ -2132,10 +2156,17 @@ DSE_T_VNNI512 static void dse_dw_run_quads_512(const uint8_t *P, const dse_dw_gr
                                                const uint8_t *tab, const uint8_t *tabs, int a_signed, int32_t *full)
 {
     if (a_signed)
-        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 1);
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 1, NULL, NULL, NULL, -1, 0);
     else
-        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 0);
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 0, NULL, NULL, NULL, -1, 0);
 }
+
+/* The same steps scaled in registers (sc, channel c): cnt[s] outputs of step s at element odst[s] of o; defined with
+ * the scaling pass. */
+static void dse_dw_run_quads_scaled_512(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init,
+                                        int64_t ns, const int64_t *off, const int64_t *odst, const uint8_t *tab,
+                                        const uint8_t *cnt, const uint8_t *tabs, int a_signed, const dse_scaling *sc,
+                                        int64_t c, void *o);
 
 /* Moves image b's row y of sums (Wo elements of esz bytes) from b HW + y WQ to b Ho Wo + y Wo, in place, for b < nb:
  * the sums of each image's plane become one run of Ho Wo (each destination lies at or before its source). */
@@ -2234,8 +2265,8 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         int32_t wq[32], init = 0;
         uint8_t qtab[16 * 64];
         const int64_t nsteps = quads ? nb * ((Ho * Wo + 15) / 16) : 0; /* dse_dw_quad_steps */
-        int64_t *soff = quads ? (int64_t *)malloc((size_t)(2 * nsteps) * sizeof(int64_t)) : NULL;
-        uint8_t *stab = quads ? (uint8_t *)malloc((size_t)nsteps) : NULL;
+        int64_t *soff = quads ? (int64_t *)malloc((size_t)(3 * nsteps) * sizeof(int64_t)) : NULL;
+        uint8_t *stab = quads ? (uint8_t *)malloc((size_t)(2 * nsteps)) : NULL;
         uint8_t *vb = (uint8_t *)calloc((size_t)((HW + 16) / 8 + 16), 1); /* dse_dw_compact_512's bits */
         if (mode == 3 || quads)
             gr.tg = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), gr.tf = gr.tg ? gr.tg + ntap : NULL;
@@ -2255,7 +2286,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                 dse_dw_group(toff, colq, ntap, &gr);
             const int64_t period = quads ? dse_dw_quad_tables(Wo, WQ, qtab) : 0;
             const int quad_ok = period && dse_dw_quads(toff, colq, ntap, &gr);
-            const int64_t qper = quad_ok ? dse_dw_quad_steps(nb, HW, WQ, Ho, Wo, period, soff, soff + nsteps, stab) : 0;
+            const int64_t qper = quad_ok ? dse_dw_quad_steps(nb, HW, WQ, Ho, Wo, period, Cout * Ho * Wo, soff,
+                                                             soff + nsteps, soff + 2 * nsteps, stab, stab + nsteps)
+                                         : 0;
             const int64_t esz = sc ? (sc->quant ? 1 : 4) : 8; /* bytes per output element */
             char *on = sc ? (char *)outs : (char *)out;
 #pragma omp for schedule(static)
@@ -2315,7 +2348,11 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                             P, &gr, Lr, Q + (o - c * og) * gr.ng * 256, base[o - c * og], Q + og * gr.ng * 256, full32);
                     else if (mode == 0)
                         dse_dw_run_lut32(tp, ntap, Lr, full32);
-                    else if (q8) /* the outputs only, in their order: nothing to move */
+                    else if (q8 && sc) { /* the outputs only, scaled in registers: nothing to move or re-read */
+                        dse_dw_run_quads_scaled_512(P, &gr, wq, init, nbb * qper, soff, soff + 2 * nsteps, stab,
+                                                    stab + nsteps, qtab, a_signed, sc, o, of);
+                        continue;
+                    } else if (q8) /* the outputs only, in their order: nothing to move */
                         dse_dw_run_quads_512(P, &gr, wq, init, nbb * qper, soff, soff + nsteps, stab, qtab, a_signed,
                                              full32);
                     else if (level >= DSE_ISA_AVX512)
@@ -2323,13 +2360,13 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     else
                         dse_dw_run_avx2(tp, ntap, Lr, mode, a_signed, full32);
                     if (sc) { /* each image's rows moved together, then scaled as nbb runs of Ho Wo */
-                        if (!q8 && fits32 && level >= DSE_ISA_AVX512)
+                        if (fits32 && level >= DSE_ISA_AVX512)
                             dse_dw_compact_512(full32, Lr, vb, HW);
-                        else if (!q8 && fits32 && nbb == 1)
+                        else if (fits32 && nbb == 1)
                             for (int64_t y = 1; y < Ho && WQ != Wo; y++)
                                 for (int64_t q = 0; q < Wo; q++) /* forward: y Wo + q <= y WQ + q */
                                     full32[y * Wo + q] = full32[y * WQ + q];
-                        else if (!q8)
+                        else
                             dse_dw_compact(f, fsz, nbb, HW, WQ, Ho, Wo);
                         dse_scale_runs(level, f, fits32 ? DSE_SUM_I32 : DSE_SUM_I64, nbb, Ho * Wo, sc, o, of,
                                        Cout * Ho * Wo);
@@ -2571,47 +2608,78 @@ DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_quant16_div(_
     return _mm512_cvtps_epi32(_mm512_min_ps(vqhi, _mm512_max_ps(vqlo, v)));
 }
 
+/* A channel's scaling constants in AVX-512 registers (dse_scale512 is declared with the depthwise quads, which scale
+ * their sums in registers with the helpers below). */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_scale512_init(dse_scale512 *v, const dse_scaling *sc,
+                                                                             int64_t c)
+{
+    v->sa = _mm512_set1_pd(sc->sa), v->f = _mm512_set1_pd((double)sc->sw[c]);
+    v->b = _mm512_set1_ps(sc->bias[c]), v->lo = _mm512_set1_ps(sc->lo), v->hi = _mm512_set1_ps(sc->hi);
+    v->qs = _mm512_set1_ps(sc->qs), v->qlo = _mm512_set1_ps((float)sc->qlo), v->qhi = _mm512_set1_ps((float)sc->qhi);
+}
+
+/* 16 outputs from their sums as two groups of 8 exact doubles: (x * sa) * f, rounded to float32, plus the bias, then
+ * the Relu/Clip. */
+DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_scale16(const dse_scale512 *v, __m512d x0,
+                                                                         __m512d x1, const int act)
+{
+    const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x0, v->sa), v->f));
+    const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x1, v->sa), v->f));
+    __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(f0)),
+                                                                  _mm256_castps_pd(f1), 1)), v->b);
+    if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
+        y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
+    else if (act == DSE_ACT_CLIP) /* y < lo ? lo : (y > hi ? hi : y), NaN kept: vmaxps/vminps, bound first */
+        y = _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y));
+    return y;
+}
+
+/* Writes the first n <= 16 lanes of y (or with quant their patterns) at element j of o. */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_store(const dse_scale512 *v, __m512 y, void *o,
+                                                                             int64_t j, int64_t n, const int quant)
+{
+    if (quant) { /* dse_quantize8: rint(y / qs), clamped, NaN -> 0, the low byte of each lane */
+        const __m128i q = _mm512_cvtepi32_epi8(dse_quant16_div(y, v->qs, v->qlo, v->qhi)); /* masked vpmovdb stores are slow */
+        if (n >= 16)
+            _mm_storeu_si128((__m128i *)((uint8_t *)o + j), q);
+        else {
+            uint8_t t[16];
+            _mm_storeu_si128((__m128i *)t, q);
+            memcpy((uint8_t *)o + j, t, (size_t)n);
+        }
+    } else if (n >= 16)
+        _mm512_storeu_ps((float *)o + j, y);
+    else
+        _mm512_mask_storeu_ps((float *)o + j, (__mmask16)((1u << n) - 1), y);
+}
+
+/* The same for 16 int32 sums (exact doubles). */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(const dse_scale512 *v, __m512i s, void *o,
+                                                                           int64_t j, int64_t n, const int act,
+                                                                           const int quant)
+{
+    dse_scale16_store(v, dse_scale16(v, _mm512_cvtepi32_pd(_mm512_castsi512_si256(s)),
+                                     _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s, 1)), act), o, j, n, quant);
+}
+
 DSE_T_512 static inline __attribute__((always_inline)) void
 dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc, int64_t c, void *o, int64_t ld,
                   const int kind, const int act, const int quant)
 {
-    const __m512d vsa = _mm512_set1_pd(sc->sa), vf = _mm512_set1_pd((double)sc->sw[c]);
-    const __m512 vb = _mm512_set1_ps(sc->bias[c]), vlo = _mm512_set1_ps(sc->lo), vhi = _mm512_set1_ps(sc->hi);
-    const __m512 vqs = _mm512_set1_ps(sc->qs), vqlo = _mm512_set1_ps((float)sc->qlo),
-                 vqhi = _mm512_set1_ps((float)sc->qhi);
+    dse_scale512 v;
+    dse_scale512_init(&v, sc, c);
     const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;
     for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld))
     for (int64_t j = 0; j < S; j += 16) {
         const __mmask16 m = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
-        __m512d x0, x1;
         if (kind == DSE_SUM_I32) {
-            const __m512i v = m == 0xFFFF ? _mm512_loadu_si512((const int32_t *)a + j) /* masked loads: tail only */
+            const __m512i s = m == 0xFFFF ? _mm512_loadu_si512((const int32_t *)a + j) /* masked loads: tail only */
                                           : _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j);
-            x0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(v));
-            x1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1));
+            dse_scale16_i32(&v, s, o, j, S - j, act, quant);
         } else
-            x0 = dse_sums8_pd(a, j, (__mmask8)m, kind), x1 = dse_sums8_pd(a, j + 8, (__mmask8)(m >> 8), kind);
-        const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x0, vsa), vf));
-        const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x1, vsa), vf));
-        __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(f0)),
-                                                                      _mm256_castps_pd(f1), 1)), vb);
-        if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
-            y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
-        else if (act == DSE_ACT_CLIP) /* y < lo ? lo : (y > hi ? hi : y), NaN kept: vmaxps/vminps, bound first */
-            y = _mm512_min_ps(vhi, _mm512_max_ps(vlo, y));
-        if (quant) { /* dse_quantize8: rint(y / qs), clamped, NaN -> 0, the low byte of each lane */
-            const __m128i q = _mm512_cvtepi32_epi8(dse_quant16_div(y, vqs, vqlo, vqhi)); /* masked vpmovdb stores are slow */
-            if (S - j >= 16)
-                _mm_storeu_si128((__m128i *)((uint8_t *)o + j), q);
-            else {
-                uint8_t t[16];
-                _mm_storeu_si128((__m128i *)t, q);
-                memcpy((uint8_t *)o + j, t, (size_t)(S - j));
-            }
-        } else if (m == 0xFFFF)
-            _mm512_storeu_ps((float *)o + j, y);
-        else
-            _mm512_mask_storeu_ps((float *)o + j, m, y);
+            dse_scale16_store(&v, dse_scale16(&v, dse_sums8_pd(a, j, (__mmask8)m, kind),
+                                              dse_sums8_pd(a, j + 8, (__mmask8)(m >> 8), kind), act),
+                              o, j, S - j, quant);
     }
 }
 
@@ -2652,6 +2720,39 @@ static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int
                 dse_emit1(sc, dse_act1(dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i],
                                                   sc->sa, f, b), sc->act, sc->lo, sc->hi), o, r * ld + j);
             }
+}
+
+#define DSE_DW_QUADS_SCALED(sg, act, quant)                                                                            \
+    DSE_T_VNNI512 static void dse_dw_quads_scaled_##sg##_##act##_##quant(                                              \
+        const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init, int64_t ns, const int64_t *off,     \
+        const int64_t *odst, const uint8_t *tab, const uint8_t *cnt, const uint8_t *tabs, const dse_scaling *sc,        \
+        int64_t c, void *o)                                                                                            \
+    {                                                                                                                  \
+        dse_scale512 v;                                                                                                \
+        dse_scale512_init(&v, sc, c);                                                                                  \
+        dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, sg, &v, cnt, o, act, quant);                \
+    }
+#define DSE_DW_QUADS_SCALED_SG(sg)                                                                                     \
+    DSE_DW_QUADS_SCALED(sg, 0, 0) DSE_DW_QUADS_SCALED(sg, 0, 1) DSE_DW_QUADS_SCALED(sg, 1, 0)                           \
+    DSE_DW_QUADS_SCALED(sg, 1, 1) DSE_DW_QUADS_SCALED(sg, 2, 0) DSE_DW_QUADS_SCALED(sg, 2, 1)
+DSE_DW_QUADS_SCALED_SG(0)
+DSE_DW_QUADS_SCALED_SG(1)
+typedef void (*dse_dw_quads_scaled_fn)(const uint8_t *, const dse_dw_groups *, const int32_t *, int32_t, int64_t,
+                                       const int64_t *, const int64_t *, const uint8_t *, const uint8_t *,
+                                       const uint8_t *, const dse_scaling *, int64_t, void *);
+#define DSE_DW_QUADS_SCALED_ROW(sg)                                                                                    \
+    {dse_dw_quads_scaled_##sg##_0_0, dse_dw_quads_scaled_##sg##_0_1, dse_dw_quads_scaled_##sg##_1_0,                 \
+     dse_dw_quads_scaled_##sg##_1_1, dse_dw_quads_scaled_##sg##_2_0, dse_dw_quads_scaled_##sg##_2_1}
+static const dse_dw_quads_scaled_fn dse_dw_quads_scaled_fns[2][6] = {DSE_DW_QUADS_SCALED_ROW(0),
+                                                                     DSE_DW_QUADS_SCALED_ROW(1)};
+
+static void dse_dw_run_quads_scaled_512(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init,
+                                        int64_t ns, const int64_t *off, const int64_t *odst, const uint8_t *tab,
+                                        const uint8_t *cnt, const uint8_t *tabs, int a_signed, const dse_scaling *sc,
+                                        int64_t c, void *o)
+{
+    dse_dw_quads_scaled_fns[a_signed != 0][2 * sc->act + (sc->quant != 0)](P, gq, wq, init, ns, off, odst, tab, cnt,
+                                                                           tabs, sc, c, o);
 }
 
 /* One channel's run of S outputs (dse_scale_runs with one run). */

@@ -562,14 +562,14 @@ def dw_blocks(block: int, vnni: bool):
        signed=st.booleans(), extreme=st.booleans(),
        mname=st.sampled_from(["exact", "perf", "gw16", "sep", "sep16", "mitch_w6", "rand_u8", "rand_i32", "trunc"]),
        block=st.sampled_from([1, 30, 150, 4096]), out=st.sampled_from(["int64", "float32", "quant"]),
-       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
-def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, block, out, threads,
-                                seed):
+       act=st.sampled_from([None, "relu", "clip"]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, block, out, act,
+                                threads, seed):
     """The depthwise kernel over blocks of images (one image per block, a few, a last block with fewer, all of them)
     in every mode ("values" with weight factors that fit a byte or do not, "bytes", "factor", "rowsum", "lut" with
-    int32 or int64 sums), int64 sums or scaled (float32 or quantized output), at every ISA level, with and without
-    VNNI (avx512: the quads of taps, only the outputs computed, no moves), 1 and 2 threads, odd plane sizes, against
-    the numpy reference."""
+    int32 or int64 sums), int64 sums or scaled (float32 or quantized output, no activation, Relu or Clip), at every
+    ISA level, with and without VNNI (avx512: the quads of taps, only the outputs computed, no moves, scaled in
+    registers), 1 and 2 threads, odd plane sizes, against the numpy reference."""
     from dse.quant import reference_quantize_act
 
     rng = np.random.default_rng(seed)
@@ -585,10 +585,12 @@ def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, ex
     sc = y = None
     if out != "int64":
         sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
-                       rng.normal(0, 100, C * og).astype(np.float32), K.OutputAct("clip", -50.0, 600.0),
+                       rng.normal(0, 100, C * og).astype(np.float32),
+                       act and K.OutputAct(act, -50.0 if act == "clip" else -np.inf, 600.0 if act == "clip" else np.inf),
                        K.OutputQuant(float(np.float32(rng.uniform(0.5, 5))), signed) if out == "quant" else None)
-        y = sc.act.apply(((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None])
-                         .astype(np.float32) + sc.bias[None, :, None, None])
+        y = ((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(
+            np.float32) + sc.bias[None, :, None, None]
+        y = y if act is None else sc.act.apply(y)
         y = reference_quantize_act(y, sc.quant.scale, signed) if out == "quant" else y
     with K.using_threads(threads):
         for isa in ISAS:
