@@ -71,6 +71,34 @@ try:
 except ImportError:  # pragma: no cover - only when the extension was not built
     _kernels = None
 
+# glibc malloc: blocks of at most this many bytes come from the heap, and up to _HEAP_KEEP_BYTES of freed memory at its
+# top stays mapped. By default glibc maps each block above its (dynamic, <= 32 MiB) threshold on its own and unmaps it
+# when freed, so every layer output of a streamed batch (a few MiB to ~50 MiB) arrived as fresh pages that the kernel
+# zeroed on first touch: clear_page was 8 % of a ResNet-18 32 exact run (perf; benchmarks/RESULTS.md). _HEAP_KEEP_BYTES
+# is dse.quant.STREAM_BUDGET, the working memory one streamed batch may take.
+_MMAP_MIN_BYTES = 64 << 20
+_HEAP_KEEP_BYTES = 384 << 20
+
+
+def _keep_freed_memory() -> bool:
+    """Apply the malloc thresholds above (glibc only; not when the environment sets glibc's own MALLOC_MMAP_THRESHOLD_
+    or MALLOC_TRIM_THRESHOLD_, or DSE_KEEP_FREED_MEMORY=0). True if applied."""
+    import ctypes
+    import platform
+
+    if (os.environ.get("DSE_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc"
+            or any(v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - a glibc without mallopt
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, _MMAP_MIN_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, _HEAP_KEEP_BYTES))
+
+
+_keep_freed_memory()
+
 PATHS = ("auto", "exact", "lowrank", "rows", "split", "lut")
 LOWRANK_MAX_RANK = 16
 # Largest number of GEMM terms t (integer factors of the whole table, so t = 1 for perforation, truncation, DRUM,
