@@ -75,7 +75,8 @@ except ImportError:  # pragma: no cover - only when the extension was not built
 # top stays mapped. By default glibc maps each block above its (dynamic, <= 32 MiB) threshold on its own and unmaps it
 # when freed, so every layer output of a streamed batch (a few MiB to ~50 MiB) arrived as fresh pages that the kernel
 # zeroed on first touch: clear_page was 8 % of a ResNet-18 32 exact run (perf; benchmarks/RESULTS.md). _HEAP_KEEP_BYTES
-# is dse.quant.STREAM_BUDGET, the working memory one streamed batch may take.
+# is dse.quant.STREAM_BUDGET, the working memory one streamed batch may take (a test keeps them equal: this layer may
+# not import dse.quant).
 _MMAP_MIN_BYTES = 64 << 20
 _HEAP_KEEP_BYTES = 384 << 20
 

@@ -1159,3 +1159,5 @@ def test_freed_layer_outputs_stay_in_the_heap():
         got[keep] = tuple(map(int, r.stdout.split()))  # MiB mapped on their own while alive, MiB of heap after free
     assert got["0"][0] >= 48 and got["0"][1] < 48  # the default, so the test can see the difference
     assert got["1"][0] == 0 and got["1"][1] >= 48
+    from dse.quant import STREAM_BUDGET  # the heap keeps what one streamed batch may take (kernels may not import quant)
+    assert K._HEAP_KEEP_BYTES == STREAM_BUDGET
