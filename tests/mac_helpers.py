@@ -1,12 +1,30 @@
 """Shared test helpers for MAC layers: multipliers built independently from the design.md definitions (so tests do
 not depend on dse.arith.multipliers' own cores), operand histograms, small gemm layers with random activations, and
-an obviously-right error accumulation by direct table gather."""
+an obviously-right error accumulation by direct table gather; DSE_KERNEL_VNNI set for a block."""
 from __future__ import annotations
+
+import contextlib
+import os
 
 import numpy as np
 
 from dse.arith.multipliers import Multiplier, pattern_values
 from dse.quant import MacLayer
+
+
+@contextlib.contextmanager
+def vnni_env(on: bool):
+    """DSE_KERNEL_VNNI set for the block (the default of dse._kernels.int_gemm and dw_conv, hence of dse.kernels'
+    calls)."""
+    before = os.environ.get("DSE_KERNEL_VNNI")
+    os.environ["DSE_KERNEL_VNNI"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DSE_KERNEL_VNNI"]
+        else:
+            os.environ["DSE_KERNEL_VNNI"] = before
 
 
 def _ilog2(x):

@@ -3,8 +3,6 @@ CPU runs (the AVX-512 micro-kernel only where the CPU has it), edge tiles in M a
 the int32 accumulation segments (short ones forced by a large term bound S, and the real one crossed by a long K at
 the extreme operands), output strides, and the paths "exact"/"lowrank" of dse.kernels that run on it; the VNNI
 micro-kernel (byte operands, vpdpbusd) at the levels where this CPU has it, next to the int16 kernel of that level."""
-import contextlib
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,25 +13,12 @@ from hypothesis import strategies as st
 from dse import _kernels
 from dse import kernels as K
 from dse.arith.multipliers import EXACT, get_multiplier
+from tests.mac_helpers import vnni_env
 
 ISAS = _kernels.isa_levels()
 # (level, VNNI allowed): the int16 kernel at every level, the VNNI kernel where the CPU has one
 KERNELS = [(isa, False) for isa in ISAS] + [(isa, True) for isa in _kernels.vnni_levels()]
 W_VALS = K._W_VALS.astype(np.int16)[:, None].copy()
-
-
-@contextlib.contextmanager
-def vnni_env(on: bool):
-    """DSE_KERNEL_VNNI set for the block (the default of dse._kernels.int_gemm, hence of dse.kernels' calls)."""
-    before = os.environ.get("DSE_KERNEL_VNNI")
-    os.environ["DSE_KERNEL_VNNI"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["DSE_KERNEL_VNNI"]
-        else:
-            os.environ["DSE_KERNEL_VNNI"] = before
 
 
 def values(mode: str, fa: np.ndarray, AT: np.ndarray) -> np.ndarray:

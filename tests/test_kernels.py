@@ -12,6 +12,7 @@ from dse import kernels as K
 from dse._kernels import isa_levels, vnni_levels
 from dse.arith.multipliers import EXACT, Multiplier, get_multiplier, pattern_values
 from dse.errors import DseError
+from tests.mac_helpers import vnni_env
 
 ISAS = isa_levels()
 SETTINGS = settings(deadline=None, max_examples=60)
@@ -543,16 +544,13 @@ GW16 = table_mult("gw16", lambda a, w: a * (3 * w))
 @contextlib.contextmanager
 def dw_blocks(block: int, vnni: bool):
     """The depthwise kernel's image blocks (K._DW_BLOCK_POS positions) and DSE_KERNEL_VNNI set for the block."""
-    before, env = K._DW_BLOCK_POS, os.environ.get("DSE_KERNEL_VNNI")
-    K._DW_BLOCK_POS, os.environ["DSE_KERNEL_VNNI"] = block, "1" if vnni else "0"
+    before = K._DW_BLOCK_POS
+    K._DW_BLOCK_POS = block
     try:
-        yield
+        with vnni_env(vnni):
+            yield
     finally:
         K._DW_BLOCK_POS = before
-        if env is None:
-            del os.environ["DSE_KERNEL_VNNI"]
-        else:
-            os.environ["DSE_KERNEL_VNNI"] = env
 
 
 @settings(deadline=None, max_examples=80)
