@@ -40,6 +40,9 @@ cdef extern from "lut_kernel.h" nogil:
         float lo, hi
         int quant, qlo, qhi
         float qs
+        const float *add
+        const float *base
+        uint8_t *qout
     int dse_cpu_level()
     int DSE_RT_NT, DSE_RT_MB
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
@@ -189,10 +192,10 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
         raise ValueError(f"rows_gemm: index entries must be < {R} (the classes of D's columns)")
     cdef dse_scaling sc
     if scaling is not None:
-        keep = _scaling(&sc, Ng, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5], scaling[6])
+        keep = _scaling(&sc, Ng, tuple(scaling))
         if add or K == 0:
             raise ValueError("rows_gemm: a scaled call needs K >= 1 and no add")
-    dtype = np.dtype(np.int64 if scaling is None else (np.uint8 if sc.quant else np.float32))
+    dtype = np.dtype(np.int64 if scaling is None else _scaled_dtype(&sc))
     res = None
     if out is None and add:
         raise ValueError("rows_gemm: add=True needs an output buffer")
@@ -207,6 +210,8 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     if nI == 0 or nS == 0:
         return res, ISA_NAMES[level]
     cdef size_t addr = out.ctypes.data + offset * dtype.itemsize
+    if scaling is not None and Mg and Ng:
+        _check_within(keep, addr, ((Mg - 1) // P) * ldb + (Ng - 1) * P + P - 1)
     cdef int64_t *o = <int64_t *>addr
     cdef int64_t m, n
     cdef int rc = 0
@@ -291,7 +296,7 @@ def im2col(const uint8_t[:, :, :, ::1] x, int64_t kh, int64_t kw, stride, pads, 
 def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, const int32_t[:, ::1] lutT,
             const int16_t[::1] ftab, const int16_t[::1] gtab, int64_t bound, stride, pads, dilation, out_hw,
             bint a_signed, isa=None, int threads=1, scaling=None, const uint8_t[::1] xtab=None, int64_t block=4096,
-            vnni=None):
+            vnni=None, out=None):
     """Depthwise conv: out[b, o] = sum_ij T(xpad[b, o // (Cout // C)], wp[o]) as int64[B, Cout, Ho, Wo].
 
     ``x`` uint8[B, C, H, W] activation patterns, ``wp`` uint8[Cout, kh, kw] weight patterns (Cout a multiple of C),
@@ -330,9 +335,11 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     if scaling is None:
         out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
     else:
-        keep = _scaling(&sc, Cout, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5],
-                        scaling[6])
-        out = np.empty((B, Cout, Ho, Wo), dtype=np.uint8 if sc.quant else np.float32)
+        keep = _scaling(&sc, Cout, tuple(scaling))
+        if out is None:
+            out = np.empty((B, Cout, Ho, Wo), dtype=_scaled_dtype(&sc))
+        elif out.shape != (B, Cout, Ho, Wo) or out.dtype != _scaled_dtype(&sc):
+            raise ValueError("dw_conv: out must be the scaled output's dtype and [B, Cout, Ho, Wo]")
     if B == 0 or Cout == 0 or Ho <= 0 or Wo <= 0:
         return out
     cdef int64_t[:, :, :, ::1] oi
@@ -341,6 +348,7 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
         o = &oi[0, 0, 0, 0]
     else:
         of = _address(out)
+        _check_within(keep, <size_t>of, out.size - 1)
     cdef int rc = 0
     cdef const uint8_t *xt = NULL
     if xtab is not None:
@@ -365,9 +373,31 @@ cdef void *_address(arr):
     return <void *><size_t>arr.ctypes.data
 
 
-cdef tuple _scaling(dse_scaling *sc, int64_t N, double a_scale, w_scale, bias, act, float lo, float hi, quant):
-    """Fill ``sc`` from the Python scaling arguments (``quant``: None, or (scale, signed) of the next layer's input
-    patterns); returns the float32 views it points into (keep them alive)."""
+cdef _scaled_dtype(const dse_scaling *sc):
+    """The dtype of a scaling pass's output: the next layer's patterns (uint8) with a quant and no add, else float32."""
+    return np.dtype(np.uint8 if sc.quant and sc.add == NULL else np.float32)
+
+
+cdef _check_within(tuple keep, size_t addr, int64_t last):
+    """With a fused Add (``keep``: what :func:`_scaling` returned): the call's float32 outputs, from address ``addr``
+    to its element ``last``, must lie in the base array, whose offsets address the other operand and the patterns."""
+    if len(keep) < 3:
+        return
+    base = keep[3]
+    cdef size_t b = <size_t>base.ctypes.data
+    if addr < b or (addr - b) % 4 or <int64_t>((addr - b) // 4) + last >= base.size:
+        raise ValueError("a scaling pass with an add must write within its base array")
+
+
+cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args):
+    """Fill ``sc`` from the Python scaling arguments ``args`` = (a_scale, w_scale, bias, act, lo, hi, quant, add)
+    (``quant``: None, or (scale, signed) of the next layer's input
+    patterns; ``add``: None, or (other, base, q) of a fused Add: float32 other and base and, with a quant, uint8 q,
+    C-contiguous and of one size; the pass's float32 output element at offset i from base's start gets other[i]
+    added and, with the quant, its pattern written to q[i]); returns the arrays it points into (keep them
+    alive)."""
+    a_scale, w_scale, bias, act, lo, hi, quant = args[:7]
+    add = args[7] if len(args) > 7 else None
     cdef const float[::1] sw_v = w_scale
     cdef const float[::1] b_v = bias
     if sw_v.shape[0] != N or b_v.shape[0] != N:
@@ -381,7 +411,17 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, double a_scale, w_scale, bias, a
     sc.quant = quant is not None
     sc.qs, sc.qlo, sc.qhi = (quant[0], -128, 127) if sc.quant and quant[1] else \
         ((quant[0], 0, 255) if sc.quant else (1.0, 0, 0))
-    return sw_v, b_v
+    sc.add, sc.base, sc.qout = NULL, NULL, NULL
+    if add is None:
+        return sw_v, b_v
+    other, base, q = add
+    if other.dtype != np.float32 or base.dtype != np.float32 or other.size != base.size or \
+            (q is None) != (quant is None) or q is not None and (q.dtype != np.uint8 or q.size != base.size):
+        raise ValueError("a fused add needs float32 operand and output of one size (and the patterns with a quant)")
+    sc.add = <const float *>_address(other)
+    sc.base = <const float *>_address(base)
+    sc.qout = NULL if q is None else <uint8_t *>_address(q)
+    return sw_v, b_v, other, base, q
 
 
 def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=None):
@@ -399,20 +439,25 @@ def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=No
 
 
 def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int threads=1, act="none",
-               float lo=-np.inf, float hi=np.inf, quant=None, isa=None, out=None, int64_t bound=-1):
+               float lo=-np.inf, float hi=np.inf, quant=None, isa=None, out=None, int64_t bound=-1, add=None):
     """float32[R, N, S]: act(float32((acc * a_scale) * w_scale[c]) + bias[c]), products in float64; ``w_scale``,
     ``bias`` float32[N]; ``act`` one of ACTS: "none", "relu" (numpy's maximum(y, 0)) or "clip" (numpy's clip(y, lo,
     hi)). With ``quant`` = (scale, signed): uint8[R, N, S], the patterns :func:`quantize` gives on that float32
     output (the next layer's input), without the float32 tensor. Written into ``out`` when given (C-contiguous, that
     dtype and acc's shape), else into a new array; AVX2 at level avx2 and above, the same bits. ``bound`` >= every
     |acc| when the caller knows one (-1: unknown): below 2^51 the sums are converted with two instructions per four
-    (the caller answers for the bound: sums beyond it give wrong values)."""
+    (the caller answers for the bound: sums beyond it give wrong values). ``add`` = (other, q): a fused Add (as
+    :func:`int_gemm`'s scaling takes it, with ``out`` as the base): out (float32, given) = act(scaled + other) and,
+    with a quant, q its patterns."""
     cdef int level = _level(isa)
     cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
     cdef dse_scaling sc
-    sc.quant = quant is not None
-    keep = _scaling(&sc, N, a_scale, w_scale, bias, act, lo, hi, quant) if N else None
-    dtype = np.uint8 if sc.quant else np.float32
+    if add is not None and out is None:
+        raise ValueError("dequantize: a fused add needs out")
+    dtype = np.dtype(np.uint8 if quant is not None and add is None else np.float32)
+    if N:
+        keep = _scaling(&sc, N, (a_scale, w_scale, bias, act, lo, hi, quant,
+                                 None if add is None else (add[0], out, add[1])))
     if out is None:
         out = np.empty((R, N, S), dtype=dtype)
     if out.shape != (R, N, S) or out.dtype != dtype:
@@ -499,10 +544,10 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
         raise ValueError(f"int_gemm: term bound S={S} out of range (1 .. 2^30 - 1)")
     cdef dse_scaling sc
     if scaling is not None:
-        keep = _scaling(&sc, N, scaling[0], scaling[1], scaling[2], scaling[3], scaling[4], scaling[5], scaling[6])
+        keep = _scaling(&sc, N, tuple(scaling))
         if not dse_ig_fits32(K, t, S):
             raise ValueError(f"int_gemm: a scaled call needs one int32 segment (K={K}, t={t}, S={S} do not fit)")
-    dtype = np.dtype(np.int64 if scaling is None else (np.uint8 if sc.quant else np.float32))
+    dtype = np.dtype(np.int64 if scaling is None else _scaled_dtype(&sc))
     if out.dtype != dtype:
         raise ValueError(f"int_gemm: out must be {dtype.name}")
     cdef int64_t isz = dtype.itemsize
@@ -517,6 +562,8 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
         return ISA_NAMES[level]
     cdef size_t addr = out.ctypes.data, a_addr = AT.ctypes.data
     cdef int64_t img = out.shape[2], ld_img = out.strides[0] // isz, ld_n = out.strides[1] // isz
+    if scaling is not None:
+        _check_within(keep, addr, (out.shape[0] - 1) * ld_img + (N - 1) * ld_n + img - 1)
     cdef int rc = 0
     with nogil:
         rc = dse_int_gemm(level, <const uint8_t *>a_addr, lda, aimg, ld_aimg, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode,

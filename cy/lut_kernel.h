@@ -851,7 +851,10 @@ typedef struct dse_rows_impl_s {
 /* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]); with
  * quant, the output is not y but the next MAC layer's input pattern of y, clip(rint(y / qs), qlo, qhi) as a byte
  * (dse_quantize1: the same bits as quantizing the float32 output in a pass of its own). Outputs are float32, or
- * uint8 with quant (dse_scaled_out gives the address of element i). */
+ * uint8 with quant (dse_scaled_out gives the address of element i).
+ * With add (a runtime Add fused into the pass): y = act(float32((acc * sa) * sw[c]) + bias[c] + add[i]) (two float32
+ * adds: the conv's output, then the Add's sum, the operands commuted), for the output element at float32 offset i
+ * from base; the float32 y is the output and, with quant, its pattern also goes to qout[i]. */
 typedef struct {
     double sa;
     const float *sw, *bias;
@@ -859,11 +862,25 @@ typedef struct {
     float lo, hi;
     int quant, qlo, qhi;
     float qs;
+    const float *add, *base;
+    uint8_t *qout;
 } dse_scaling;
+
+/* The bytes of one output element: a pattern with quant and no add, else float32. */
+static inline int64_t dse_scaled_esz(const dse_scaling *sc)
+{
+    return sc->quant && !sc->add ? 1 : 4;
+}
 
 static inline void *dse_scaled_out(const dse_scaling *sc, void *base, int64_t i)
 {
-    return sc->quant ? (void *)((uint8_t *)base + i) : (void *)((float *)base + i);
+    return (char *)base + i * dse_scaled_esz(sc);
+}
+
+/* The instance of a scaling pass's output step: its activation, quant and add are constants of each instance. */
+static inline int dse_scaled_variant(const dse_scaling *sc)
+{
+    return 4 * sc->act + 2 * (sc->quant != 0) + (sc->add != NULL);
 }
 
 /* How a scaling pass reads its sums: int32 (exact doubles), int64 of any size, or int64 known to lie within
@@ -2090,10 +2107,12 @@ static int64_t dse_dw_quad_steps(int64_t nb, int64_t HW, int64_t WQ, int64_t Ho,
 typedef struct {
     __m512d sa, f;
     __m512 b, lo, hi, qs, qlo, qhi;
+    const float *add; /* with a fused Add: the other operand and the patterns' output at the run's output (add_at) */
+    uint8_t *qout;
 } dse_scale512;
 DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(const dse_scale512 *v, __m512i s, void *o,
                                                                            int64_t j, int64_t n, const int act,
-                                                                           const int quant);
+                                                                           const int quant, const int add);
 
 DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i dse_dw_quad(const uint8_t *p, __m512i idx, __m512i w,
                                                                               __m512i acc, const int a_signed)
@@ -2111,14 +2130,14 @@ DSE_T_VNNI512 static inline __attribute__((always_inline)) void
 dse_dw_quads_body(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init, int64_t ns,
                   const int64_t *off, const int64_t *dst, const uint8_t *tab, const uint8_t *tabs, int32_t *full,
                   const int a_signed, const dse_scale512 *v, const uint8_t *cnt, void *o, const int act,
-                  const int quant)
+                  const int quant, const int add)
 {
 #define DSE_DW_QUAD_OUT(a, s)                                                                                          \
     do {                                                                                                               \
         if (act < 0)                                                                                                   \
             _mm512_storeu_si512(full + dst[s], a);                                                                     \
         else                                                                                                           \
-            dse_scale16_i32(v, a, o, dst[s], cnt[s], act, quant);                                                      \
+            dse_scale16_i32(v, a, o, dst[s], cnt[s], act, quant, add);                                                 \
     } while (0)
     const __m512i vi = _mm512_set1_epi32(init);
     const int64_t ng = gq->ng;
@@ -2156,9 +2175,9 @@ DSE_T_VNNI512 static void dse_dw_run_quads_512(const uint8_t *P, const dse_dw_gr
                                                const uint8_t *tab, const uint8_t *tabs, int a_signed, int32_t *full)
 {
     if (a_signed)
-        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 1, NULL, NULL, NULL, -1, 0);
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 1, NULL, NULL, NULL, -1, 0, 0);
     else
-        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 0, NULL, NULL, NULL, -1, 0);
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 0, NULL, NULL, NULL, -1, 0, 0);
 }
 
 /* The same steps scaled in registers (sc, channel c): cnt[s] outputs of step s at element odst[s] of o; defined with
@@ -2289,7 +2308,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             const int64_t qper = quad_ok ? dse_dw_quad_steps(nb, HW, WQ, Ho, Wo, period, Cout * Ho * Wo, soff,
                                                              soff + nsteps, soff + 2 * nsteps, stab, stab + nsteps)
                                          : 0;
-            const int64_t esz = sc ? (sc->quant ? 1 : 4) : 8; /* bytes per output element */
+            const int64_t esz = sc ? dse_scaled_esz(sc) : 8; /* bytes per output element */
             char *on = sc ? (char *)outs : (char *)out;
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < C * nblk; t++) { /* channel-major: a channel's tables serve all its images */
@@ -2511,10 +2530,27 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_scale8(__m256
     return _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
 }
 
-/* Element j of a channel's run: y, or its pattern with sc->quant. */
+/* With sc->add: the other operand and the patterns' output at the float32 output element o. */
+static inline const float *dse_add_at(const dse_scaling *sc, const void *o)
+{
+    return sc->add + ((const float *)o - sc->base);
+}
+
+static inline uint8_t *dse_qout_at(const dse_scaling *sc, const void *o)
+{
+    return sc->qout + ((const float *)o - sc->base);
+}
+
+/* Element j of a channel's run from its scaled value y (float32((acc * sa) * sw) + bias): with sc->add the Add's
+ * sum, then the Relu/Clip; written as y, or its pattern with sc->quant (with add: y, and the pattern at qout). */
 static inline void dse_emit1(const dse_scaling *sc, float y, void *o, int64_t j)
 {
-    if (sc->quant)
+    if (sc->add)
+        y = y + dse_add_at(sc, o)[j];
+    y = dse_act1(y, sc->act, sc->lo, sc->hi);
+    if (sc->quant && sc->add)
+        dse_qout_at(sc, o)[j] = dse_quantize1(y, sc->qs, sc->qlo, sc->qhi);
+    if (sc->quant && !sc->add)
         ((uint8_t *)o)[j] = dse_quantize1(y, sc->qs, sc->qlo, sc->qhi);
     else
         ((float *)o)[j] = y;
@@ -2530,12 +2566,14 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_sums_pd(cons
 }
 
 /* One channel's run of S outputs (sums of the given kind; the bits equal the int64 pass): the same operations as
- * dse_scale1 / dse_act1 / dse_quantize1, 8 at a time (no FMA); the activation and the quantization are constants of
- * each instance, so the loop carries no branch on them. */
+ * dse_scale1 / dse_emit1, 8 at a time (no FMA); the activation, the quantization and the add are constants of each
+ * instance, so the loop carries no branch on them. */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, void *o, const int kind,
-                   const int act, const int quant)
+                   const int act, const int quant, const int add)
 {
+    const float *ad = add ? dse_add_at(sc, o) : NULL;
+    uint8_t *qo = add ? (quant ? dse_qout_at(sc, o) : NULL) : (uint8_t *)o;
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
     const __m256d vsa = _mm256_set1_pd(sc->sa), vf = _mm256_set1_pd(f);
@@ -2544,41 +2582,46 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
                  vqhi = _mm256_set1_ps((float)sc->qhi);
     int64_t j = 0;
     for (; j + 8 <= S; j += 8) {
-        const __m256 y = dse_act8(dse_scale8(dse_sums_pd(a, j, kind), dse_sums_pd(a, j + 4, kind), vsa, vf, vb), act,
-                                  vlo, vhi);
+        __m256 y = dse_scale8(dse_sums_pd(a, j, kind), dse_sums_pd(a, j + 4, kind), vsa, vf, vb);
+        if (add)
+            y = _mm256_add_ps(y, _mm256_loadu_ps(ad + j));
+        y = dse_act8(y, act, vlo, vhi);
         if (quant)
-            dse_quantize8(y, vqs, vqlo, vqhi, (uint8_t *)o + j);
-        else
+            dse_quantize8(y, vqs, vqlo, vqhi, qo + j);
+        if (add || !quant)
             _mm256_storeu_ps((float *)o + j, y);
     }
     for (; j < S; j++)
-        dse_emit1(sc, dse_act1(dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[j] : ((const int64_t *)a)[j],
-                                          sc->sa, f, b), act, sc->lo, sc->hi), o, j);
+        dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[j] : ((const int64_t *)a)[j], sc->sa, f, b),
+                  o, j);
 }
 
-/* Instances per (sum kind, activation, quantization); each scales nrun runs of S sums, run r read at a + r S (sums)
- * and written at element r ld of o. */
-#define DSE_SCALE_INSTANCE(kind, act, quant)                                                                           \
-    DSE_T_AVX2 static void dse_scale_run_##kind##_##act##_##quant(const void *a, int64_t nrun, int64_t S,            \
-                                                                  const dse_scaling *sc, int64_t c, void *o,          \
-                                                                  int64_t ld)                                         \
+/* The 12 output-step variants of a scaling instance (dse_scaled_variant: activation, quantization, add), expanded by
+ * a macro m(prefix, act, quant, add) into a list (DSE_VARIANTS) or a table row of names (DSE_VARIANT_NAMES). */
+#define DSE_VARIANTS(m, p)                                                                                             \
+    m(p, 0, 0, 0) m(p, 0, 0, 1) m(p, 0, 1, 0) m(p, 0, 1, 1) m(p, 1, 0, 0) m(p, 1, 0, 1) m(p, 1, 1, 0) m(p, 1, 1, 1)    \
+    m(p, 2, 0, 0) m(p, 2, 0, 1) m(p, 2, 1, 0) m(p, 2, 1, 1)
+#define DSE_VARIANT_NAME(p, act, quant, add) p##_##act##_##quant##_##add,
+#define DSE_VARIANT_NAMES(p) {DSE_VARIANTS(DSE_VARIANT_NAME, p)}
+
+/* Instances per (sum kind, activation, quantization, add); each scales nrun runs of S sums, run r read at a + r S
+ * (sums) and written at element r ld of o. */
+#define DSE_SCALE_INSTANCE(p, act, quant, add)                                                                         \
+    DSE_T_AVX2 static void p##_##act##_##quant##_##add(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc, \
+                                                       int64_t c, void *o, int64_t ld)                                 \
     {                                                                                                                  \
-        const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;                                                               \
+        const int kind = p##_kind, esz = kind == DSE_SUM_I32 ? 4 : 8;                                                  \
         for (int64_t r = 0; r < nrun; r++)                                                                             \
             dse_scale_run_avx2((const char *)a + r * S * esz, S, sc, c, dse_scaled_out(sc, o, r * ld), kind, act,      \
-                               quant);                                                                                 \
+                               quant, add);                                                                            \
     }
-#define DSE_SCALE_INSTANCES(kind)                                                                                      \
-    DSE_SCALE_INSTANCE(kind, 0, 0) DSE_SCALE_INSTANCE(kind, 0, 1) DSE_SCALE_INSTANCE(kind, 1, 0)                        \
-    DSE_SCALE_INSTANCE(kind, 1, 1) DSE_SCALE_INSTANCE(kind, 2, 0) DSE_SCALE_INSTANCE(kind, 2, 1)
-DSE_SCALE_INSTANCES(0)
-DSE_SCALE_INSTANCES(1)
-DSE_SCALE_INSTANCES(2)
+enum { dse_scale_run_0_kind = 0, dse_scale_run_1_kind = 1, dse_scale_run_2_kind = 2 };
+DSE_VARIANTS(DSE_SCALE_INSTANCE, dse_scale_run_0)
+DSE_VARIANTS(DSE_SCALE_INSTANCE, dse_scale_run_1)
+DSE_VARIANTS(DSE_SCALE_INSTANCE, dse_scale_run_2)
 typedef void (*dse_scale_fn)(const void *, int64_t, int64_t, const dse_scaling *, int64_t, void *, int64_t);
-#define DSE_SCALE_ROW(kind)                                                                                            \
-    {dse_scale_run_##kind##_0_0, dse_scale_run_##kind##_0_1, dse_scale_run_##kind##_1_0,                             \
-     dse_scale_run_##kind##_1_1, dse_scale_run_##kind##_2_0, dse_scale_run_##kind##_2_1}
-static const dse_scale_fn dse_scale_fns[3][6] = {DSE_SCALE_ROW(0), DSE_SCALE_ROW(1), DSE_SCALE_ROW(2)};
+static const dse_scale_fn dse_scale_fns[3][12] = {DSE_VARIANT_NAMES(dse_scale_run_0), DSE_VARIANT_NAMES(dse_scale_run_1),
+                                                  DSE_VARIANT_NAMES(dse_scale_run_2)};
 
 /* The same run 16 outputs at a time at the AVX-512 level (the same operations per element, the same bits): each
  * group of 8 sums converted exactly to doubles, (x * sa) * f, rounded to float32, plus the bias; Relu/Clip and the
@@ -2616,91 +2659,106 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale512_init(ds
     v->sa = _mm512_set1_pd(sc->sa), v->f = _mm512_set1_pd((double)sc->sw[c]);
     v->b = _mm512_set1_ps(sc->bias[c]), v->lo = _mm512_set1_ps(sc->lo), v->hi = _mm512_set1_ps(sc->hi);
     v->qs = _mm512_set1_ps(sc->qs), v->qlo = _mm512_set1_ps((float)sc->qlo), v->qhi = _mm512_set1_ps((float)sc->qhi);
+    v->add = NULL, v->qout = NULL;
 }
 
-/* 16 outputs from their sums as two groups of 8 exact doubles: (x * sa) * f, rounded to float32, plus the bias, then
- * the Relu/Clip. */
+/* With a fused Add: v's operand and patterns' pointers at the float32 output element o (a run's first). */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_scale512_at(dse_scale512 *v, const dse_scaling *sc,
+                                                                           const void *o)
+{
+    v->add = dse_add_at(sc, o), v->qout = sc->quant ? dse_qout_at(sc, o) : NULL;
+}
+
+/* 16 scaled values from their sums as two groups of 8 exact doubles: (x * sa) * f, rounded to float32, plus the
+ * bias. */
 DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_scale16(const dse_scale512 *v, __m512d x0,
-                                                                         __m512d x1, const int act)
+                                                                         __m512d x1)
 {
     const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x0, v->sa), v->f));
     const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x1, v->sa), v->f));
-    __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(f0)),
-                                                                  _mm256_castps_pd(f1), 1)), v->b);
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(f0)),
+                                                              _mm256_castps_pd(f1), 1)), v->b);
+}
+
+/* The output step of the first n <= 16 lanes of scaled values y at element j of o (dse_emit1's operations): with add
+ * the Add's sum (v->add), then the Relu/Clip, then y written (or with quant its patterns; with add and quant both,
+ * the patterns at v->qout). */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_store(const dse_scale512 *v, __m512 y, void *o,
+                                                                             int64_t j, int64_t n, const int act,
+                                                                             const int quant, const int add)
+{
+    const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+    if (add)
+        y = _mm512_add_ps(y, n >= 16 ? _mm512_loadu_ps(v->add + j) : _mm512_maskz_loadu_ps(m, v->add + j));
     if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
         y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
     else if (act == DSE_ACT_CLIP) /* y < lo ? lo : (y > hi ? hi : y), NaN kept: vmaxps/vminps, bound first */
         y = _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y));
-    return y;
-}
-
-/* Writes the first n <= 16 lanes of y (or with quant their patterns) at element j of o. */
-DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_store(const dse_scale512 *v, __m512 y, void *o,
-                                                                             int64_t j, int64_t n, const int quant)
-{
     if (quant) { /* dse_quantize8: rint(y / qs), clamped, NaN -> 0, the low byte of each lane */
+        uint8_t *qo = add ? v->qout : (uint8_t *)o;
         const __m128i q = _mm512_cvtepi32_epi8(dse_quant16_div(y, v->qs, v->qlo, v->qhi)); /* masked vpmovdb stores are slow */
         if (n >= 16)
-            _mm_storeu_si128((__m128i *)((uint8_t *)o + j), q);
+            _mm_storeu_si128((__m128i *)(qo + j), q);
         else {
             uint8_t t[16];
             _mm_storeu_si128((__m128i *)t, q);
-            memcpy((uint8_t *)o + j, t, (size_t)n);
+            memcpy(qo + j, t, (size_t)n);
         }
-    } else if (n >= 16)
+    }
+    if (quant && !add)
+        return;
+    if (n >= 16)
         _mm512_storeu_ps((float *)o + j, y);
     else
-        _mm512_mask_storeu_ps((float *)o + j, (__mmask16)((1u << n) - 1), y);
+        _mm512_mask_storeu_ps((float *)o + j, m, y);
 }
 
 /* The same for 16 int32 sums (exact doubles). */
 DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(const dse_scale512 *v, __m512i s, void *o,
                                                                            int64_t j, int64_t n, const int act,
-                                                                           const int quant)
+                                                                           const int quant, const int add)
 {
     dse_scale16_store(v, dse_scale16(v, _mm512_cvtepi32_pd(_mm512_castsi512_si256(s)),
-                                     _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s, 1)), act), o, j, n, quant);
+                                     _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s, 1))), o, j, n, act, quant, add);
 }
 
 DSE_T_512 static inline __attribute__((always_inline)) void
 dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc, int64_t c, void *o, int64_t ld,
-                  const int kind, const int act, const int quant)
+                  const int kind, const int act, const int quant, const int add)
 {
     dse_scale512 v;
     dse_scale512_init(&v, sc, c);
     const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;
-    for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld))
-    for (int64_t j = 0; j < S; j += 16) {
-        const __mmask16 m = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
-        if (kind == DSE_SUM_I32) {
-            const __m512i s = m == 0xFFFF ? _mm512_loadu_si512((const int32_t *)a + j) /* masked loads: tail only */
-                                          : _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j);
-            dse_scale16_i32(&v, s, o, j, S - j, act, quant);
-        } else
-            dse_scale16_store(&v, dse_scale16(&v, dse_sums8_pd(a, j, (__mmask8)m, kind),
-                                              dse_sums8_pd(a, j + 8, (__mmask8)(m >> 8), kind), act),
-                              o, j, S - j, quant);
+    for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld)) {
+        if (add)
+            dse_scale512_at(&v, sc, o);
+        for (int64_t j = 0; j < S; j += 16) {
+            const __mmask16 m = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
+            if (kind == DSE_SUM_I32) {
+                const __m512i s = m == 0xFFFF ? _mm512_loadu_si512((const int32_t *)a + j) /* masked loads: tail only */
+                                              : _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j);
+                dse_scale16_i32(&v, s, o, j, S - j, act, quant, add);
+            } else
+                dse_scale16_store(&v, dse_scale16(&v, dse_sums8_pd(a, j, (__mmask8)m, kind),
+                                                  dse_sums8_pd(a, j + 8, (__mmask8)(m >> 8), kind)),
+                                  o, j, S - j, act, quant, add);
+        }
     }
 }
 
-#define DSE_SCALE_INSTANCE_512(kind, act, quant)                                                                       \
-    DSE_T_512 static void dse_scale_512_##kind##_##act##_##quant(const void *a, int64_t nrun, int64_t S,             \
-                                                                 const dse_scaling *sc, int64_t c, void *o,           \
-                                                                 int64_t ld)                                          \
+#define DSE_SCALE_INSTANCE_512(p, act, quant, add)                                                                     \
+    DSE_T_512 static void p##_##act##_##quant##_##add(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc,  \
+                                                      int64_t c, void *o, int64_t ld)                                  \
     {                                                                                                                  \
-        dse_scale_run_512(a, nrun, S, sc, c, o, ld, kind, act, quant);                                                 \
+        dse_scale_run_512(a, nrun, S, sc, c, o, ld, p##_kind, act, quant, add);                                       \
     }
-#define DSE_SCALE_INSTANCES_512(kind)                                                                                  \
-    DSE_SCALE_INSTANCE_512(kind, 0, 0) DSE_SCALE_INSTANCE_512(kind, 0, 1) DSE_SCALE_INSTANCE_512(kind, 1, 0)            \
-    DSE_SCALE_INSTANCE_512(kind, 1, 1) DSE_SCALE_INSTANCE_512(kind, 2, 0) DSE_SCALE_INSTANCE_512(kind, 2, 1)
-DSE_SCALE_INSTANCES_512(0)
-DSE_SCALE_INSTANCES_512(1)
-DSE_SCALE_INSTANCES_512(2)
-#define DSE_SCALE_ROW_512(kind)                                                                                        \
-    {dse_scale_512_##kind##_0_0, dse_scale_512_##kind##_0_1, dse_scale_512_##kind##_1_0,                             \
-     dse_scale_512_##kind##_1_1, dse_scale_512_##kind##_2_0, dse_scale_512_##kind##_2_1}
-static const dse_scale_fn dse_scale_fns_512[3][6] = {DSE_SCALE_ROW_512(0), DSE_SCALE_ROW_512(1),
-                                                     DSE_SCALE_ROW_512(2)};
+enum { dse_scale_512_0_kind = 0, dse_scale_512_1_kind = 1, dse_scale_512_2_kind = 2 };
+DSE_VARIANTS(DSE_SCALE_INSTANCE_512, dse_scale_512_0)
+DSE_VARIANTS(DSE_SCALE_INSTANCE_512, dse_scale_512_1)
+DSE_VARIANTS(DSE_SCALE_INSTANCE_512, dse_scale_512_2)
+static const dse_scale_fn dse_scale_fns_512[3][12] = {DSE_VARIANT_NAMES(dse_scale_512_0),
+                                                      DSE_VARIANT_NAMES(dse_scale_512_1),
+                                                      DSE_VARIANT_NAMES(dse_scale_512_2)};
 
 /* Channel c's nrun runs of S outputs from sums of the given kind (DSE_SUM_*), run r's sums at a + r S, its outputs
  * from element r ld of o on: AVX-512 at level avx512, AVX2 at level avx2, else the portable loop. */
@@ -2710,49 +2768,46 @@ static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
     if (level >= DSE_ISA_AVX512)
-        dse_scale_fns_512[kind][2 * sc->act + (sc->quant != 0)](a, nrun, S, sc, c, o, ld);
+        dse_scale_fns_512[kind][dse_scaled_variant(sc)](a, nrun, S, sc, c, o, ld);
     else if (level >= DSE_ISA_AVX2)
-        dse_scale_fns[kind][2 * sc->act + (sc->quant != 0)](a, nrun, S, sc, c, o, ld);
+        dse_scale_fns[kind][dse_scaled_variant(sc)](a, nrun, S, sc, c, o, ld);
     else
         for (int64_t r = 0; r < nrun; r++)
             for (int64_t j = 0; j < S; j++) {
                 const int64_t i = r * S + j;
-                dse_emit1(sc, dse_act1(dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i],
-                                                  sc->sa, f, b), sc->act, sc->lo, sc->hi), o, r * ld + j);
+                dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i],
+                                         sc->sa, f, b), o, r * ld + j);
             }
 }
 
-#define DSE_DW_QUADS_SCALED(sg, act, quant)                                                                            \
-    DSE_T_VNNI512 static void dse_dw_quads_scaled_##sg##_##act##_##quant(                                              \
+#define DSE_DW_QUADS_SCALED(p, act, quant, add)                                                                        \
+    DSE_T_VNNI512 static void p##_##act##_##quant##_##add(                                                             \
         const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init, int64_t ns, const int64_t *off,     \
         const int64_t *odst, const uint8_t *tab, const uint8_t *cnt, const uint8_t *tabs, const dse_scaling *sc,        \
         int64_t c, void *o)                                                                                            \
     {                                                                                                                  \
         dse_scale512 v;                                                                                                \
         dse_scale512_init(&v, sc, c);                                                                                  \
-        dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, sg, &v, cnt, o, act, quant);                \
+        if (add)                                                                                                       \
+            dse_scale512_at(&v, sc, o);                                                                                \
+        dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, act, quant, add);       \
     }
-#define DSE_DW_QUADS_SCALED_SG(sg)                                                                                     \
-    DSE_DW_QUADS_SCALED(sg, 0, 0) DSE_DW_QUADS_SCALED(sg, 0, 1) DSE_DW_QUADS_SCALED(sg, 1, 0)                           \
-    DSE_DW_QUADS_SCALED(sg, 1, 1) DSE_DW_QUADS_SCALED(sg, 2, 0) DSE_DW_QUADS_SCALED(sg, 2, 1)
-DSE_DW_QUADS_SCALED_SG(0)
-DSE_DW_QUADS_SCALED_SG(1)
+enum { dse_dw_quads_scaled_0_sg = 0, dse_dw_quads_scaled_1_sg = 1 };
+DSE_VARIANTS(DSE_DW_QUADS_SCALED, dse_dw_quads_scaled_0)
+DSE_VARIANTS(DSE_DW_QUADS_SCALED, dse_dw_quads_scaled_1)
 typedef void (*dse_dw_quads_scaled_fn)(const uint8_t *, const dse_dw_groups *, const int32_t *, int32_t, int64_t,
                                        const int64_t *, const int64_t *, const uint8_t *, const uint8_t *,
                                        const uint8_t *, const dse_scaling *, int64_t, void *);
-#define DSE_DW_QUADS_SCALED_ROW(sg)                                                                                    \
-    {dse_dw_quads_scaled_##sg##_0_0, dse_dw_quads_scaled_##sg##_0_1, dse_dw_quads_scaled_##sg##_1_0,                 \
-     dse_dw_quads_scaled_##sg##_1_1, dse_dw_quads_scaled_##sg##_2_0, dse_dw_quads_scaled_##sg##_2_1}
-static const dse_dw_quads_scaled_fn dse_dw_quads_scaled_fns[2][6] = {DSE_DW_QUADS_SCALED_ROW(0),
-                                                                     DSE_DW_QUADS_SCALED_ROW(1)};
+static const dse_dw_quads_scaled_fn dse_dw_quads_scaled_fns[2][12] = {DSE_VARIANT_NAMES(dse_dw_quads_scaled_0),
+                                                                      DSE_VARIANT_NAMES(dse_dw_quads_scaled_1)};
 
 static void dse_dw_run_quads_scaled_512(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init,
                                         int64_t ns, const int64_t *off, const int64_t *odst, const uint8_t *tab,
                                         const uint8_t *cnt, const uint8_t *tabs, int a_signed, const dse_scaling *sc,
                                         int64_t c, void *o)
 {
-    dse_dw_quads_scaled_fns[a_signed != 0][2 * sc->act + (sc->quant != 0)](P, gq, wq, init, ns, off, odst, tab, cnt,
-                                                                           tabs, sc, c, o);
+    dse_dw_quads_scaled_fns[a_signed != 0][dse_scaled_variant(sc)](P, gq, wq, init, ns, off, odst, tab, cnt, tabs, sc,
+                                                                    c, o);
 }
 
 /* One channel's run of S outputs (dse_scale_runs with one run). */

@@ -24,7 +24,11 @@ layer's scaling pass (``dse.kernels.OutputAct``); a conv layer without CV takes 
 same bits, no int64 tensor). A conv/gemm output (after that Relu/Clip) read only by conv/gemm layers that all run
 integer tables is emitted by the scaling pass as their quantized input (``dse.kernels.OutputQuant``, the same values
 as quantizing the float32 tensor), so that tensor never exists; runs through a prefix cache keep the float32 tensors
-that live across a cut they store.
+that live across a cut they store. An Add of two runtime tensors of one shape runs as one pass with its Relu/Clip and
+the quantized input of its conv/gemm readers (``dse.kernels.add_act``); where its operand is the output of the conv
+right before it, read by nothing else, and that conv takes ``conv2d_scaled`` (no CV, no hook, no recorded
+accumulators), the Add runs inside the conv's scaling pass instead (``dse.kernels.Scaling.add``: the same float32
+operations, the conv's output never stored).
 """
 from __future__ import annotations
 
@@ -72,6 +76,17 @@ class _QuantFusion:
     quant: "OutputQuant"
 
 
+@dataclass(frozen=True)
+class _AddFusion:
+    """The runtime Add at node ``add`` (right after a conv layer) of the conv's output, which only it reads, and the
+    float32 tensor ``other`` of the same shape, computed before the conv: the pair writes tensor ``out`` (the Add's
+    output, after its fused Relu/Clip) in the conv's scaling pass (``dse.kernels.Scaling.add``)."""
+
+    add: int
+    other: str
+    out: str
+
+
 class Emulator:
     """Bit-exact FxP8 emulation of a QuantModel under a per-layer multiplier configuration."""
 
@@ -94,6 +109,7 @@ class Emulator:
         self._acts = self._fused_acts()
         self._quants = self._fused_quants()
         self._adds = self._fused_adds()
+        self._residuals = self._fused_residuals()
 
     def _fused_acts(self) -> dict:
         """{MAC or Add node index: OutputAct of the Relu/Clip right after it} where that node is the output's only
@@ -156,21 +172,53 @@ class Emulator:
                 out[i] = _QuantFusion(t, self._last[t], tuple(c.name for c in macs), quants.pop())
         return out
 
+    def _fused_residuals(self) -> dict:
+        """{MAC node index: _AddFusion} for conv layers whose output is read only by the runtime Add right after
+        them, whose other operand (another tensor, of the same shape) exists before the conv runs: the Add (with
+        its fused Relu/Clip and quantized emission, :meth:`_add_quant`) runs in the conv's scaling pass when the
+        run scales the conv there (decided per run by :meth:`_fuse_residuals`). The conv's output lives across no
+        cut (cuts sit at MAC nodes; the Add is the next node), so the prefix cache is unaffected."""
+        nodes, g, out = self.graph.nodes, self.graph, {}
+        for i, (n, a) in enumerate(zip(nodes, nodes[1:])):
+            if not n.is_mac or self.layers[n.name].op != "conv" or not self._runtime_add(a) or \
+                    self._last[n.output] != i + 1 or n.output == g.output_name or a.inputs.count(n.output) != 1:
+                continue
+            other = a.inputs[1 - a.inputs.index(n.output)]
+            shape = g.shapes.get(n.output)
+            if shape is None or g.shapes.get(other) != shape:
+                continue
+            out[i] = _AddFusion(i + 1, other, nodes[i + 2].output if i + 1 in self._acts else a.output)
+        return out
+
+    def _fuse_residuals(self, resolved, accs, hook) -> dict:
+        """{MAC node index: _AddFusion} of the fusions this run takes: the conv runs on an integer table without CV,
+        and neither accumulators are recorded nor a hook sees them (the scaling pass is then the conv2d_scaled
+        one; else the conv writes its output and the Add runs on its own)."""
+        if accs is not None or hook is not None:
+            return {}
+        return {i: f for i, f in self._residuals.items()
+                if resolved[self.graph.nodes[i].name][1].domain == "int" and not resolved[self.graph.nodes[i].name][0].cv}
+
+    def _add_quant(self, i, resolved) -> "OutputQuant | None":
+        """The quantized input that Add node ``i``'s pass also emits: that of its conv/gemm readers
+        (``_fused_adds``) when one of them runs an integer table, else None."""
+        f = self._adds.get(i)
+        return f.quant if f is not None and any(resolved[c][1].domain == "int" for c in f.consumers) else None
+
     def _add(self, i, n, args, resolved, env, qcache) -> None:
         """Add node ``i`` (with its fused Relu/Clip): its float32 result into ``env`` and, when a consumer runs an
         integer table, its quantized value into ``qcache`` from the same pass; operands of unequal shapes take numpy."""
         from dse.kernels import add_act
         from dse.model.float_exec import exec_node
 
-        act, f = self._acts.get(i), self._adds.get(i)
+        act = self._acts.get(i)
         out = self.graph.nodes[i + 1].output if act is not None else n.output
         a, b = args
         if a.shape != b.shape or a.dtype != np.float32 or b.dtype != np.float32:  # broadcasting: the IR ops
             y = exec_node(n, args)
             env[out] = y if act is None else act.apply(y)
             return
-        quant = f.quant if f is not None and any(resolved[c][1].domain == "int" for c in f.consumers) else None
-        env[out], q = add_act(a, b, act, quant)
+        env[out], q = add_act(a, b, act, self._add_quant(i, resolved))
         if q is not None:
             qcache[out] = q
 
@@ -214,9 +262,11 @@ class Emulator:
             q = qcache[t] = quantize_act(x, scale, signed)
         return q
 
-    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None, quant=None):
+    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None, quant=None, add=None):
         """The MAC layer's float32 output, followed by ``act`` (a fused Relu/Clip) if given; with ``quant`` (an
-        integer-domain conv/gemm layer only) the next layers' quantized input instead."""
+        integer-domain conv/gemm layer only) the next layers' quantized input instead. ``add`` (a conv run by
+        conv2d_scaled only, :meth:`_fuse_residuals`): the other operand of the fused Add, which comes before ``act``;
+        the output is then the float32 sum, or with ``quant`` the pair (sum, quantized input)."""
         from dse.quant import dequantize
 
         layer = self.layers[node.name]
@@ -228,8 +278,10 @@ class Emulator:
         if layer.op == "conv" and accs is None and hook is None and not lc.cv:  # no int64 tensor: scaled by slices
             from dse import kernels
 
-            return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act, quant),
+            return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act, quant, add),
                                          layer.stride, layer.pads, layer.dilation, layer.groups)
+        if add is not None:
+            raise ValueError(f"layer '{layer.name}': a fused Add needs the conv2d_scaled pass")
         acc = self._accumulate(layer, q, lc, mult, accs)
         if hook is not None:
             acc = hook(MacCall(layer, images, q), acc)
@@ -320,14 +372,27 @@ class Emulator:
             store_at.update({self._cut_pos[j]: (j, True) for j in plan.store})
             cache.count_macs(self._cum_macs[-1] * len(x), self._cum_macs[plan.hit] * len(x))
         quants = self._emit_quantized(resolved, store_at)
+        residuals = self._fuse_residuals(resolved, accs, hook)
         for i in range(start, len(g.nodes)):
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
             n = g.nodes[i]
             if i - 1 in self._acts:  # ran with the MAC layer or the Add before it
                 continue
-            args = [env[t] for t in n.inputs]
-            if n.is_mac:
+            if i - 1 in residuals:  # the Add ran in the scaling pass of the conv before it
+                pass
+            elif i in residuals:
+                r = residuals[i]
+                lc, mult = resolved[n.name]
+                quant = self._add_quant(r.add, resolved)
+                y = self._mac(n, [env[n.inputs[0]]], qcache, lc, mult, accs, hook, images, self._acts.get(r.add),
+                              quant, np.ascontiguousarray(env[r.other]))
+                if quant is not None:
+                    env[r.out], qcache[r.out] = y
+                else:
+                    env[r.out] = y
+            elif n.is_mac:
+                args = [env[t] for t in n.inputs]
                 lc, mult = resolved[n.name]
                 act = self._acts.get(i)
                 out = g.nodes[i + 1].output if act is not None else n.output
@@ -337,9 +402,9 @@ class Emulator:
                 else:
                     env[out] = y
             elif i in self._acts or i in self._adds:
-                self._add(i, n, args, resolved, env, qcache)
+                self._add(i, n, [env[t] for t in n.inputs], resolved, env, qcache)
             else:
-                env[n.output] = exec_node(n, args)
+                env[n.output] = exec_node(n, [env[t] for t in n.inputs])
             for t in n.inputs:
                 if self._last[t] == i and t != g.output_name:
                     env.pop(t, None)

@@ -783,10 +783,11 @@ def _table_plan(prep: _Prepared, M: int, N: int, path: str) -> tuple[str, bool]:
 
 def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: bool | None = None,
                into: _Dest | None = None, classed: bool = False, tabs: _RowTables | None = None,
-               add: bool = False, scaling: "Scaling | None" = None) -> np.ndarray | None:
+               add: bool = False, scaling: "Scaling | None" = None, scaled: tuple = ()) -> np.ndarray | None:
     """int64[N, M] by the row-table kernel (or None after writing it into ``into``; ``add``: added to what ``into``
     holds); with ``scaling`` (one entry per channel n) its output instead, scaled in the kernel (``scaling.dtype``
-    viewed as the kernel's float32/uint8; ``into`` of that dtype). Orientation: weights select the tables and the M positions index them, or (by_act) activations select
+    viewed as the kernel's float32/uint8; ``into`` of that dtype; ``scaled``: the whole outputs (out, q) of
+    Scaling.empty that ``into`` lies in, with a fused add). Orientation: weights select the tables and the M positions index them, or (by_act) activations select
     and the N output channels index: the cheaper one by _rows_cost unless forced. ``classed``: AT holds the
     activation classes of the weight-selected table already (``_OffsetTable.classes``; a conv maps its input before
     im2col), not patterns. ``tabs``: the row tables (default: the table's own, ``prep.rows``)."""
@@ -804,7 +805,7 @@ def _rows_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, isa, by_act: boo
         I, S = (AT if classed else t.classes(AT)), Wp
     dest = () if into is None else (into.buf, into.offset, into.P, into.ldb)
     out, _ = _kernels.rows_gemm(I, S, t.D, t.off, _isa_name(isa), get_threads(), *dest, sel_is_m=by_act, add=add,
-                                scaling=None if scaling is None else scaling.args())
+                                scaling=None if scaling is None else scaling.args(*scaled))
     return out if out is None or scaling is None else out.view(scaling.dtype)
 
 
@@ -1067,7 +1068,7 @@ _DW_BLOCK_POS = 4096
 
 
 def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling: "Scaling | None" = None):
-    """The direct depthwise kernel: int64 sums, or with ``scaling`` the layer's float32 output."""
+    """The direct depthwise kernel: int64 sums, or with ``scaling`` the layer's output (Scaling.result)."""
     Cout, _, kh, kw = w.shape
     prep = _prepare(mult, a_signed)
     xtab = None
@@ -1079,10 +1080,12 @@ def _dw_conv(x, w, mult, a_signed, geo: _ConvGeometry, direct: str, isa, scaling
         ftab, gtab, bound = np.ascontiguousarray(plan.fa[:, 0]), np.ascontiguousarray(plan.gw[:, 0]), plan.S
         if direct == "bytes":
             (xtab, a_signed), direct = plan.a_bytes, "values"
-    return _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)), direct,
-                            prep.lutT, ftab, gtab, bound, geo.stride, geo.pads[:2], geo.dilation, geo.out_hw,
-                            a_signed, _isa_name(isa), get_threads(), None if scaling is None else scaling.args(),
-                            xtab, _DW_BLOCK_POS)
+    out, q = (None, None) if scaling is None else scaling.empty((x.shape[0], Cout) + geo.out_hw)
+    res = _kernels.dw_conv(np.ascontiguousarray(_u8(x)), np.ascontiguousarray(_u8(w).reshape(Cout, kh, kw)), direct,
+                           prep.lutT, ftab, gtab, bound, geo.stride, geo.pads[:2], geo.dilation, geo.out_hw,
+                           a_signed, _isa_name(isa), get_threads(), None if scaling is None else scaling.args(out, q),
+                           xtab, _DW_BLOCK_POS, out=out)
+    return res if scaling is None else scaling.result(res, q)
 
 
 def _conv_gemm_into(x, w, mult, a_signed, geo: _ConvGeometry, groups, path, isa, out: np.ndarray) -> None:
@@ -1150,7 +1153,7 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
     if direct is not None:
-        return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling).view(scaling.dtype)
+        return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling)
     plan = _scaled_int_plan(mult, a_signed, w.shape, path, isa)
     if plan is not None:
         return _conv_int_gemm_scaled(x, w, plan, geo, groups, isa, scaling)
@@ -1161,15 +1164,16 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     if by_act is not None:
         return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, by_act, step)
     B, per_image = x.shape[0], Cout * geo.out_hw[0] * geo.out_hw[1]
-    out = np.empty((B, Cout) + geo.out_hw, dtype=scaling.dtype)
+    out, q = scaling.empty((B, Cout) + geo.out_hw)
     step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image), -(-_SCALED_SLICE_MIN_POS // P))
     acc = np.empty((min(B, step), Cout) + geo.out_hw, dtype=np.int64)
     bound = w[0].size * _prepare(mult, a_signed).maxabs  # every sum has K = Cg kh kw table entries
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         _conv_gemm_into(x[b0:b1], w, mult, a_signed, geo, groups, path, isa, acc[:b1 - b0])
-        scale_accumulators(acc[:b1 - b0], scaling, isa, out=out[b0:b1], bound=bound)
-    return out
+        part = scaling if scaling.add is None else replace(scaling, add=scaling.add[b0:b1])
+        scale_accumulators(acc[:b1 - b0], part, isa, out=out[b0:b1], bound=bound, q=None if q is None else q[b0:b1])
+    return scaling.result(out, q)
 
 
 # Image slices of the int32-scaled GEMMs of conv2d_scaled: at most this many bytes of GEMM operand (im2col) per call.
@@ -1196,17 +1200,18 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
     Cout, Cg, kh, kw = w.shape
     og, kg = Cout // groups, Cg * kh * kw
     P = geo.out_hw[0] * geo.out_hw[1]
-    sa, sw, bias, kind, lo, hi, quant = scaling.args()
-    out = np.empty((B, Cout) + geo.out_hw, dtype=np.uint8 if quant else np.float32)  # the kernel's patterns
+    out, q = scaling.empty((B, Cout) + geo.out_hw)
+    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
     view = out.reshape(B, Cout, P)
     Wp = _u8(w).reshape(Cout, kg)
     wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
-    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant) for g in range(groups)]
+    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
+             for g in range(groups)]
     todo = range(groups)
     if (kh * kw > 1 or any(geo.pads)) and x.size:
         todo = _conv_int_gemm_direct(np.ascontiguousarray(_u8(x)), wg, kh, kw, plan, geo, isa, view, sargs)
         if not todo:
-            return out.view(scaling.dtype)
+            return scaling.result(out, q)
     step = max(1, _FUSED_SLICE_BYTES // max(1, C * kh * kw * P))
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
@@ -1217,7 +1222,7 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
             c = slice(g * og, (g + 1) * og)
             _kernels.int_gemm(AT[..., g * kg:(g + 1) * kg, :], wg[g], plan.fa, plan.a_mode, plan.gw, plan.S,
                               view[b0:b1, c], _isa_name(isa), get_threads(), sargs[g])
-    return out.view(scaling.dtype)
+    return scaling.result(out, q)
 
 
 def _conv_int_gemm_direct(xq, wg, kh: int, kw: int, plan: _Int16Plan, geo: _ConvGeometry, isa, view,
@@ -1251,7 +1256,7 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
     prep = _prepare(mult, a_signed)
     t = _classed_table(prep, by_act)
     cls = None if t is None else t.cls  # activation classes, mapped before im2col
-    out = np.empty((B, Cout) + geo.out_hw, dtype=np.float32 if scaling.quant is None else np.uint8)
+    out, q = scaling.empty((B, Cout) + geo.out_hw)
     flat = out.reshape(-1)
     Wp = _u8(w).reshape(Cout, kg)
     wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
@@ -1263,8 +1268,8 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
         for g in range(groups):
             _rows_gemm(AT[g * kg:(g + 1) * kg], wg[g], prep, isa, by_act=by_act,
                        into=_Dest(flat, (b0 * Cout + g * og) * P, P, Cout * P), classed=cls is not None,
-                       scaling=sg[g])
-    return out.view(scaling.dtype)
+                       scaling=sg[g], scaled=(out, q))
+    return scaling.result(out, q)
 
 
 # Output positions per image for which the integer GEMM reads a batch of 1x1 conv inputs image by image (whole SIMD
@@ -1326,40 +1331,69 @@ class OutputQuant:
 class Scaling:
     """The FxP8 output stage of a MAC layer: ``y = act(float32((acc * a_scale) * w_scale[c]) + bias[c])`` with the
     products in float64 and a float32 add (``act``: the fused Relu/Clip, or None); with ``quant`` the stage emits
-    the next layer's quantized input instead of ``y``."""
+    the next layer's quantized input instead of ``y``. With ``add`` (a runtime Add of the layer's output and this
+    float32 tensor of the output's shape, fused: the Add is the output's only reader) ``y = act(float32(...) + bias[c]
+    + add)``, the Add's float32 sum (IEEE addition commutes, so the operand order of the Add does not matter) with
+    the Add's Relu/Clip; the stage then emits ``y`` and, with ``quant``, also the quantized input of the Add's
+    consumers (:meth:`result`)."""
 
     a_scale: float
     w_scale: np.ndarray  # float32[N]
     bias: np.ndarray  # float32[N]
     act: OutputAct | None = None
     quant: OutputQuant | None = None
+    add: np.ndarray | None = None  # float32, the output's shape, C-contiguous
 
     @property
     def dtype(self):
-        """The output's dtype: float32, or the int8/uint8 values of ``quant``."""
-        return np.dtype(np.float32) if self.quant is None else self.quant.dtype
+        """The output's dtype: float32, or the int8/uint8 values of ``quant`` (with ``add``: float32, the patterns
+        are a second output)."""
+        return np.dtype(np.float32) if self.quant is None or self.add is not None else self.quant.dtype
 
-    def args(self) -> tuple:
-        """(a_scale, w_scale, bias, act kind, lo, hi, quant) as dse._kernels takes them (quant: None or (scale,
-        signed))."""
+    def empty(self, shape) -> tuple[np.ndarray, np.ndarray | None]:
+        """New outputs of a pass of ``shape``: (out, q), out as the kernels write it (float32, or uint8 patterns),
+        q the uint8 patterns of an add's sum with a quant (else None)."""
+        kernel = np.float32 if self.dtype == np.float32 else np.uint8
+        q = np.empty(shape, np.uint8) if self.add is not None and self.quant is not None else None
+        return np.empty(shape, kernel), q
+
+    def result(self, out: np.ndarray, q: np.ndarray | None):
+        """What a scaled layer returns from the outputs of :meth:`empty`: out viewed as ``dtype``, or with ``add``
+        and ``quant`` the pair (float32 sum, quantized input viewed as ``quant.dtype``)."""
+        if q is None:
+            return out.view(self.dtype)
+        return out, q.view(self.quant.dtype)
+
+    def args(self, out: np.ndarray | None = None, q: np.ndarray | None = None) -> tuple:
+        """(a_scale, w_scale, bias, act kind, lo, hi, quant, add) as dse._kernels takes them (quant: None or (scale,
+        signed); add: None, or (add, out, q) with the whole outputs of :meth:`empty`, whose offsets address the add
+        operand and the patterns)."""
         kind, lo, hi = ("none", -np.inf, np.inf) if self.act is None else (self.act.kind, self.act.lo, self.act.hi)
         quant = None if self.quant is None else (float(np.float32(self.quant.scale)), bool(self.quant.signed))
+        add = None
+        if self.add is not None:
+            if out is None or self.add.shape != out.shape:
+                raise ValueError(f"a fused add of shape {self.add.shape} needs the pass's output of that shape")
+            add = (self.add, out, q)
         return (float(self.a_scale), np.ascontiguousarray(self.w_scale, np.float32),
-                np.ascontiguousarray(self.bias, np.float32), kind, lo, hi, quant)
+                np.ascontiguousarray(self.bias, np.float32), kind, lo, hi, quant, add)
 
 
 def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndarray | None = None,
-                       bound: int | None = None) -> np.ndarray:
-    """``scaling`` applied to int64 acc [B, N, ...] (same shape, ``scaling.dtype``), one threaded SIMD pass; into
-    ``out`` (that dtype, C-contiguous, acc's shape) when given. ``bound``: a proven bound on every |acc| (a conv's
-    K times its table's largest |entry|), which lets the pass convert the sums faster; None when unknown."""
+                       bound: int | None = None, q: np.ndarray | None = None):
+    """``scaling`` applied to int64 acc [B, N, ...] (same shape, ``scaling.dtype``; with an add and a quant the pair
+    :meth:`Scaling.result`), one threaded SIMD pass; into ``out`` (that dtype, C-contiguous, acc's shape) and ``q``
+    (the add's patterns, uint8) when given. ``bound``: a proven bound on every |acc| (a conv's K times its table's
+    largest |entry|), which lets the pass convert the sums faster; None when unknown."""
     a = np.ascontiguousarray(acc, dtype=np.int64)
-    sa, sw, bias, kind, lo, hi, quant = scaling.args()
+    if out is None:
+        out, q = scaling.empty(a.shape)
+    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
     R, N = a.shape[0], a.shape[1]
-    raw = None if out is None else out.reshape(R, N, -1).view(np.uint8 if quant else np.float32)
-    y = _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, quant, _isa_name(isa),
-                            raw, -1 if bound is None else min(int(bound), 2 ** 62))
-    return y.view(scaling.dtype).reshape(a.shape) if out is None else out
+    raw = out.reshape(R, N, -1).view(np.float32 if scaling.dtype == np.float32 else np.uint8)
+    _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, quant, _isa_name(isa), raw,
+                        -1 if bound is None else min(int(bound), 2 ** 62), None if add is None else (add[0], add[2]))
+    return scaling.result(out, q)
 
 
 def add_act(a: np.ndarray, b: np.ndarray, act: OutputAct | None = None, quant: OutputQuant | None = None,

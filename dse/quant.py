@@ -82,12 +82,13 @@ class MacLayer:
     def n_weights(self) -> int:
         return self.K * self.N
 
-    def scaling(self, act: OutputAct | None = None, quant: OutputQuant | None = None) -> Scaling:
-        """The layer's output stage ``float32((acc * s_a) * s_w[c]) + bias[c]``, then ``act`` (a fused Relu/Clip),
-        then ``quant`` (the next layer's input quantization, fused)."""
+    def scaling(self, act: OutputAct | None = None, quant: OutputQuant | None = None,
+                add: np.ndarray | None = None) -> Scaling:
+        """The layer's output stage ``float32((acc * s_a) * s_w[c]) + bias[c]``, then ``add`` (the other operand of
+        a fused Add), then ``act`` (a fused Relu/Clip), then ``quant`` (the next layer's input quantization, fused)."""
         from dse.kernels import Scaling
 
-        return Scaling(self.a_scale, self.w_scale, self.bias, act, quant)
+        return Scaling(self.a_scale, self.w_scale, self.bias, act, quant, add)
 
     @property
     def input_quant(self) -> OutputQuant:

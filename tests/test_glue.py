@@ -193,8 +193,8 @@ def test_emulator_fuses_residual_adds(bundled_qmodel):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_resnet8_logits_are_those_of_the_unfused_adds(bundled_qmodel, monkeypatch, threads):
-    """Bundled ResNet-8 (residual Add + Relu): logits with the fused Add pass equal those of the IR ops (numpy add,
-    relu, then the consumers' own quantization), bit for bit, for an exact, a separable, a full-table and a mixed
+    """Bundled ResNet-8 (residual Add + Relu): logits with the fused Add passes (in the producing conv's scaling pass,
+    or on their own) equal those of the IR ops (numpy add, relu, then the consumers' own quantization), bit for bit, for an exact, a separable, a full-table and a mixed
     configuration with a float-domain layer, and through the prefix cache."""
     from dse.data import load_dataset
     from dse.emulate import Emulator
@@ -210,6 +210,7 @@ def test_resnet8_logits_are_those_of_the_unfused_adds(bundled_qmodel, monkeypatc
     new, old = Emulator(qm), Emulator(qm)
     monkeypatch.setattr(old, "_acts", {i: a for i, a in old._acts.items() if g.nodes[i].is_mac})
     monkeypatch.setattr(old, "_adds", {})
+    monkeypatch.setattr(old, "_residuals", {})
     cache = PrefixCache(1 << 28)
     with using_threads(threads):
         for c in cfgs:
