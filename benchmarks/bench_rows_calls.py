@@ -91,7 +91,7 @@ def paths(nets, families, rounds: int) -> None:
         N, K_ = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
         xs = x.shape
         H, W = K.conv_out_hw(xs[2], xs[3], w.shape[2], w.shape[3], c["stride"], c["pads"], c["dilation"])
-        kind, by_act = K._table_plan(prep, xs[0] * H * W, N, "auto")
+        kind, by_act = K._table_plan(prep, xs[0] * H * W, N, "auto", K_)
         runs = {p: [] for p in ("rows", "split", "auto")}
         outs = {}
         for r in range(rounds):

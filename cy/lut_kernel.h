@@ -833,6 +833,114 @@ DSE_T_512 static void dse_rows_finish512(const void *accv, int64_t mb, int first
     }
 }
 
+/* Tables whose entries are all < 32 at the AVX-512 level (the split path's error tables of tables close to a product,
+ * e.g. a product with its low bits cleared): tiles of 64 selectors with rows of 64 bytes (one zmm per position and
+ * k-step, half the bytes of the 16-bit rows), 8 k-steps per chunk as dse_rows_accum512_kc. A chunk's 8 byte rows sum
+ * to <= 8 * 31 < 256 in a register, which is then widened into 16-bit sums (vpunpck{l,h}bw with zero: per 128-bit lane
+ * l, the low word vector holds selectors 16 l + 0..7 and the high one 16 l + 8..15), so a window of 16-bit sums spans
+ * 65535 / max entry k-steps (dse_rows_gemm) and is widened into the int32 sums rarely. Accumulators: uint16 [mb][2 * 64]
+ * (the two word vectors). The table is built as 16-bit rows and packed to bytes in place (row u at byte 64 u). */
+DSE_T_512 static void dse_rows_build64_512_tiny(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
+                                                uint16_t *tab)
+{
+    dse_rows_build64_avx2(D, R, nr, sel, tab);
+    uint8_t *b = (uint8_t *)tab;
+    for (int64_t u = 0; u < nr; u++) { /* bytes [64u, 64u + 64) lie within the 16-bit rows <= u / 2, already read */
+        const __m512i lo = _mm512_load_si512((const void *)(tab + u * DSE_RT_NT64));
+        const __m512i hi = _mm512_load_si512((const void *)(tab + u * DSE_RT_NT64 + 32));
+        _mm256_store_si256((__m256i *)(b + u * DSE_RT_NT64), _mm512_cvtepi16_epi8(lo));
+        _mm256_store_si256((__m256i *)(b + u * DSE_RT_NT64 + 32), _mm512_cvtepi16_epi8(hi));
+    }
+}
+
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_rows_accum512_tiny_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, uint16_t *acc, const int KC,
+                          const int FIRST)
+{
+    const char *tb = (const char *)tab; /* k-step kk's byte rows at byte offset kk * 2 * DSE_RT_SLOT64 */
+    const int64_t L = KC > 1 ? ip[1] - ip[0] : 0, L3 = 3 * L;
+    const uint8_t *p0 = ip[0], *p4 = ip[0] + 4 * L;
+    const __m512i z = _mm512_setzero_si512();
+    for (int64_t m = 0; m < mb; m++) {
+        uint16_t *a = acc + m * 2 * DSE_RT_NT64;
+        const uint8_t *q0 = p0 + m, *q4 = p4 + m;
+#define DSE_RT_IDX64(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
+#define DSE_RT_ROWB(kk) ((const void *)(tb + (kk) * (2 * DSE_RT_SLOT64) + DSE_RT_NT64 * DSE_RT_IDX64(kk)))
+        __m512i s = _mm512_load_si512(DSE_RT_ROWB(0));
+#pragma GCC unroll 16
+        for (int kk = 1; kk < KC; kk++)
+            s = _mm512_add_epi8(s, _mm512_load_si512(DSE_RT_ROWB(kk)));
+#undef DSE_RT_ROWB
+#undef DSE_RT_IDX64
+        __m512i lo = _mm512_unpacklo_epi8(s, z), hi = _mm512_unpackhi_epi8(s, z);
+        if (!FIRST) {
+            lo = _mm512_add_epi16(lo, _mm512_load_si512((const void *)(a + 0)));
+            hi = _mm512_add_epi16(hi, _mm512_load_si512((const void *)(a + 32)));
+        }
+        _mm512_store_si512((void *)(a + 0), lo);
+        _mm512_store_si512((void *)(a + 32), hi);
+    }
+}
+
+DSE_T_512 static void dse_rows_accum512_tiny(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                             int64_t mb, int first, void *accv)
+{
+    (void)ts; /* DSE_RT_SLOT64 */
+    uint16_t *acc = (uint16_t *)accv;
+    if (kc == DSE_RT_KC64) {
+        if (first)
+            dse_rows_accum512_tiny_kc(tab, ip, mb, acc, DSE_RT_KC64, 1);
+        else
+            dse_rows_accum512_tiny_kc(tab, ip, mb, acc, DSE_RT_KC64, 0);
+        return;
+    }
+    int kk = 0; /* the chunk at the end of K: 4 k-steps, then single ones */
+    if (kc >= 4) {
+        if (first)
+            dse_rows_accum512_tiny_kc(tab, ip, mb, acc, 4, 1);
+        else
+            dse_rows_accum512_tiny_kc(tab, ip, mb, acc, 4, 0);
+        kk = 4;
+        first = 0;
+    }
+    for (; kk < kc; kk++, first = 0) {
+        if (first)
+            dse_rows_accum512_tiny_kc(tab + kk * DSE_RT_SLOT64, ip + kk, mb, acc, 1, 1);
+        else
+            dse_rows_accum512_tiny_kc(tab + kk * DSE_RT_SLOT64, ip + kk, mb, acc, 1, 0);
+    }
+}
+
+/* sums (set if first, else add) = the window's 16-bit sums, in selector order (see dse_rows_accum512_tiny_kc). */
+DSE_T_512 static void dse_rows_finish512_tiny(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    const uint16_t *acc = (const uint16_t *)accv;
+    for (int64_t m = 0; m < mb; m++) {
+        const uint16_t *a = acc + m * 2 * DSE_RT_NT64;
+        int32_t *s = sums + m * DSE_RT_NT64;
+        const __m512i lo = _mm512_load_si512((const void *)(a + 0)), hi = _mm512_load_si512((const void *)(a + 32));
+        /* per 128-bit lane l: selectors 16 l + 0..7 from lo, 16 l + 8..15 from hi */
+        const __m512i w0 = _mm512_shuffle_i64x2(lo, hi, 0x44), w1 = _mm512_shuffle_i64x2(lo, hi, 0xEE);
+        /* w0 = lo lanes 0, 1, hi lanes 0, 1; w1 = lo lanes 2, 3, hi lanes 2, 3: selectors in order after the
+         * permutation of 128-bit lanes 0, 2, 1, 3 */
+        const __m512i v0 = _mm512_shuffle_i64x2(w0, w0, 0xD8), v1 = _mm512_shuffle_i64x2(w1, w1, 0xD8);
+        __m512i s0 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v0));
+        __m512i s1 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v0, 1));
+        __m512i s2 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v1));
+        __m512i s3 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v1, 1));
+        if (!first) {
+            s0 = _mm512_add_epi32(s0, _mm512_loadu_si512((const void *)(s + 0)));
+            s1 = _mm512_add_epi32(s1, _mm512_loadu_si512((const void *)(s + 16)));
+            s2 = _mm512_add_epi32(s2, _mm512_loadu_si512((const void *)(s + 32)));
+            s3 = _mm512_add_epi32(s3, _mm512_loadu_si512((const void *)(s + 48)));
+        }
+        _mm512_storeu_si512((void *)(s + 0), s0);
+        _mm512_storeu_si512((void *)(s + 16), s1);
+        _mm512_storeu_si512((void *)(s + 32), s2);
+        _mm512_storeu_si512((void *)(s + 48), s3);
+    }
+}
+
 /* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of kc) and size; nt: the
  * selector stride of its tables, accumulators and sums; cap: the selector rows it handles (nt, or 16 for a half
  * kernel); kc: k-steps per chunk; half: the kernel for tiles of at most half->cap valid selector rows (fewer loads
@@ -1097,9 +1205,13 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC * DSE_RT_KC : 252;
     const dse_rows_impl avx2_tiny = {dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
                                      w8, DSE_RT_NT, NULL, NT, NT, KC};
+    /* 64-selector tiles of tiny entries: 16-bit windows of 65535 / dmax k-steps, a multiple of DSE_RT_KC64 */
+    const int64_t w16t = (dmax ? (65535 / dmax < 32768 ? 65535 / dmax : 32768) : 32768) / DSE_RT_KC64 * DSE_RT_KC64;
+    const dse_rows_impl avx512_tiny = {dse_rows_build64_512_tiny, dse_rows_accum512_tiny, dse_rows_finish512_tiny,
+                                       w16t, w64, &avx2_tiny, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
     const int wide = level >= DSE_ISA_AVX512 && N > DSE_RT_NT; /* 64-selector tiles, the last one maybe narrower */
     const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable
-                              : dmax < 32          ? &avx2_tiny
+                              : dmax < 32          ? (wide ? &avx512_tiny : &avx2_tiny)
                               : dmax < 256         ? &avx2_byte
                               : dmax < 32768       ? (wide ? &avx512_pair : &avx2_pair)
                                                    : (wide ? &avx512 : &avx2);

@@ -220,6 +220,7 @@ class _Prepared:
     _intf: object = field(default=False)
     _rows: object = field(default=False)
     _err_rows: object = field(default=False)
+    _err_signed: bool = False
     _int16: object = field(default=False)
     _intf_bound: object = field(default=False)
     int_plans: dict = field(default_factory=dict)  # (K, path, isa name) -> _int_plan's answer, filled by it
@@ -242,12 +243,27 @@ class _Prepared:
     def err_rows(self) -> "_RowTables":
         """Row tables of the error table E = LUT - a*w (the "split" path: exact integer GEMM + rows on E). Tables close
         to exact have few distinct error rows/columns and small spans (the bench's imported LUT, a*w with 3 low bits
-        cleared: 16 classes per orientation), so its row tables are short and, with spans < 256, summed without the
-        high-byte sums (cy/lut_kernel.h)."""
+        cleared: 16 classes per orientation, entries 0..7), so its row tables are short and, with spans < 32, summed
+        in bytes (cy/lut_kernel.h). a is the activation pattern's value read as ``err_signed`` says: for unsigned
+        activations also as int8 when that gives the smaller spans (a table of signed products used on unsigned
+        patterns, e.g. an imported table declared ``signed=any``: E is then small everywhere, while against the
+        unsigned value it is off by 256 w on the patterns >= 128)."""
         if self._err_rows is False:
-            err = self.lut - np.multiply.outer(self.a_vals, _W_VALS)
-            self._err_rows = _RowTables(_offset_table(err.T), _offset_table(err))
+            best = None
+            for signed in dict.fromkeys((bool(self.a_vals[255] < 0), True)):
+                err = self.lut - np.multiply.outer(_W_VALS if signed else self.a_vals, _W_VALS)
+                tabs = _RowTables(_offset_table(err.T), _offset_table(err))
+                spans = [int(t.D.max()) for t in (tabs.by_weight, tabs.by_act) if t is not None]
+                if spans and (best is None or min(spans) < best[0]):
+                    best = (min(spans), signed, tabs)
+            self._err_signed, self._err_rows = (best[1], best[2]) if best else (False, _RowTables(None, None))
         return self._err_rows
+
+    @property
+    def err_signed(self) -> bool:
+        """Whether the split path's exact product reads the activation patterns as int8 (see ``err_rows``)."""
+        self.err_rows
+        return self._err_signed
 
     @property
     def lowrank(self) -> LowRank | None:
@@ -756,18 +772,43 @@ def _rows_by_act(tabs: _RowTables, M: int, N: int) -> bool:
     return _rows_orientation_cost(tabs, M, N)[0]
 
 
-# Time of the exact integer GEMM per MAC relative to one row add per MAC of the rows kernel: fitted to the crossover
-# of "rows" and "split" on the ResNet-18 224 batch-4 convs with the imported LUT of benchmarks/bench_e2e.py (Zen 2,
-# AVX2, one thread, 2026-11-26, `bench_kernels.py --tables`): split 4-6 % faster at 784 positions (14x14), 1.4x at 196
-# (7x7), 15-20 % slower at 3136 (28x28); the integer kernel runs ~45-55 GMAC/s there.
-_SPLIT_EXACT_COST = 0.45
+# The split path's cost next to _rows_cost (whose unit is one 16-bit row add per selector, position and k-step, the
+# reduction length K divided out), per ISA level; refitted on the AVX-512 machine (Zen 5 class, one thread,
+# 2026-11-27, ResNet-18 32 and 224 convs with benchmarks/bench_e2e.py's imported LUT, `bench_rows_calls.py paths`
+# and the calls' parts timed apart, benchmarks/RESULTS.md):
+# - _SPLIT_EXACT_COST: the exact integer GEMM per MAC: 0.24 at avx512 (VNNI), 0.33 at avx2 (AVX-VNNI); 0.45 without a
+#   VNNI kernel (fitted on Zen 2, AVX2, 2026-11-26: the integer kernel ran ~45-55 GMAC/s there);
+# - _SPLIT_TINY_COST: per unit of _rows_cost of an error table whose entries are < 32 (the 8-bit sums: one byte per
+#   selector and position instead of two): 0.62 at avx512 (64-row tiles), 0.66 at avx2 (32-row tiles); 1 otherwise;
+# - _SPLIT_OUT_COST: per output (divided by K as the rest), the split's int64 sums written by the integer GEMM, added
+#   to by the rows kernel and scaled in a pass of their own (the rows path scales its tiles in the kernel): ~1.3 ns,
+#   ~110 units at avx512 and ~80 at avx2. Split then wins on the 3x3 convs (K >= 576, 1.04-1.45x at avx512) and loses
+#   on the stems and the 1x1 downsampling convs (K = 27-256).
+_SPLIT_EXACT_COST = {"avx512": 0.24, "avx2": 0.33}
+_SPLIT_EXACT_COST_NO_VNNI = 0.45
+_SPLIT_TINY_COST = {"avx512": 0.62, "avx2": 0.66}
+_SPLIT_OUT_COST = {"avx512": 110.0, "avx2": 80.0}
 
 
-def _table_plan(prep: _Prepared, M: int, N: int, path: str) -> tuple[str, bool]:
-    """(kernel, by_act) of a table GEMM with an [N, M] result on the "rows" path family: "rows" (row tables of the
-    table itself) or "split" (the exact integer GEMM + row tables of the error table E = LUT - a*w), whichever is
-    cheaper for path="auto" (split wins where E's tables are much shorter, i.e. on calls with few positions, where
-    building the full table's rows dominates), and the orientation of the row tables."""
+def _split_cost(err: _RowTables, M: int, N: int, K: int | None, isa) -> tuple[bool, float]:
+    """(by_act, relative time in _rows_cost's unit) of the split path for an [N, M] result of reduction K (None: the
+    per-output term left out)."""
+    level = _isa_name(isa)
+    e_act, e_cost = _rows_orientation_cost(err, M, N)
+    t = err.by_act if e_act else err.by_weight
+    if int(t.D.max()) < 32:
+        e_cost *= _SPLIT_TINY_COST.get(level, 1.0)
+    vnni = _kernels.vnni_enabled() and level in _kernels.vnni_levels()
+    exact = _SPLIT_EXACT_COST.get(level, _SPLIT_EXACT_COST_NO_VNNI) if vnni else _SPLIT_EXACT_COST_NO_VNNI
+    out = 0.0 if not K else _SPLIT_OUT_COST.get(level, 0.0) / K
+    return e_act, (exact + out) * M * N + e_cost
+
+
+def _table_plan(prep: _Prepared, M: int, N: int, path: str, K: int | None = None, isa=None) -> tuple[str, bool]:
+    """(kernel, by_act) of a table GEMM with an [N, M] result of reduction K on the "rows" path family: "rows" (row
+    tables of the table itself) or "split" (the exact integer GEMM + row tables of the error table E = LUT - a*w),
+    whichever is cheaper for path="auto" (split wins where E's tables are much shorter or their entries tiny and K is
+    long enough to amortize its output pass; _split_cost), and the orientation of the row tables."""
     err = prep.err_rows
     split_ok = err.by_weight is not None or err.by_act is not None
     rows_ok = prep.rows.by_weight is not None or prep.rows.by_act is not None
@@ -775,8 +816,8 @@ def _table_plan(prep: _Prepared, M: int, N: int, path: str) -> tuple[str, bool]:
         return "split", _rows_by_act(err, M, N)
     by_act, cost = _rows_orientation_cost(prep.rows, M, N)
     if path == "auto" and split_ok:
-        e_act, e_cost = _rows_orientation_cost(err, M, N)
-        if _SPLIT_EXACT_COST * M * N + e_cost < cost:
+        e_act, e_cost = _split_cost(err, M, N, K, isa)
+        if e_cost < cost:
             return "split", e_act
     return "rows", by_act
 
@@ -818,7 +859,7 @@ def _split_gemm(AT: np.ndarray, Wp: np.ndarray, prep: _Prepared, a_signed: bool,
     if into is None:
         res = np.empty((N, M), dtype=np.int64)
         into = _Dest(res.reshape(-1), 0, max(M, 1), 0)
-    _int_gemm(AT, Wp, _exact_plan(a_signed), isa, into.view(N, M))
+    _int_gemm(AT, Wp, _exact_plan(prep.err_signed), isa, into.view(N, M))
     _rows_gemm(AT, Wp, prep, isa, by_act=by_act, into=into, tabs=prep.err_rows, add=True)
     return res
 
@@ -852,7 +893,7 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     if chosen == "lowrank":
         return _lowrank_gemm(AT, Wp, prep, a_signed, amax)
     if chosen in ("rows", "split"):
-        kind, by_act = _table_plan(prep, AT.shape[1], Wp.shape[0], path)
+        kind, by_act = _table_plan(prep, AT.shape[1], Wp.shape[0], path, K, isa)
         if kind == "split":
             return _split_gemm(AT, Wp, prep, a_signed, isa, by_act, into)
         return _rows_gemm(AT, Wp, prep, isa, by_act=by_act, into=into)
@@ -1131,7 +1172,7 @@ def _conv_rows_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int
     amax = _max_abs(xq, a_signed) if path == "auto" and prep.range_matters else None
     if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows":
         return None
-    kind, by_act = _table_plan(prep, M, N, path)
+    kind, by_act = _table_plan(prep, M, N, path, K, isa)
     return by_act if kind == "rows" else None
 
 

@@ -58,6 +58,9 @@ MULTS = {
     "classed": classed_mult(6, -2 ** 15, 2 ** 15),  # duplicate rows and columns: the rows kernel's class tables
 }
 PATHS = ["auto", "lowrank", "rows", "split", "lut"]
+# the rows kernel's tests also on a table of span 31 (the 8-bit sums of tiny entries: AVX2 32-row and AVX-512 64-row
+# tiles), besides the tables above and the library's
+ROWS_MULTS = {**MULTS, "tiny": random_mult(11, -9, 23)}
 # the depthwise kernel's table lookups also on the log multipliers of the library (full rank, < 2^15 per product)
 DW_MULTS = {**MULTS, "mitch_w6": get_multiplier("mitch_w6"), "mitchell": get_multiplier("mitchell")}
 
@@ -393,7 +396,8 @@ def rows_case(rng, mult, M, Kd, N, signed):
 
 @SETTINGS
 @given(M=st.integers(1, 2200), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
-       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6", "offset"]),
+       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6", "offset",
+                              "tiny"]),
        act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_scales_its_tiles(M, Kd, N, signed, mname, act, quant, seed):
@@ -406,7 +410,7 @@ def test_rows_kernel_scales_its_tiles(M, Kd, N, signed, mname, act, quant, seed)
         mult = random_mult(9, 2 ** 24, 2 ** 24 + 2 ** 16)
         Kd = Kd * 5
     else:
-        mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
+        mult = ROWS_MULTS[mname] if mname in ROWS_MULTS else get_multiplier(mname)
     acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
     sc, ref = random_scaling(rng, acc, act, quant)
     assert_rows_scaled_everywhere(AT, Wp, K._prepare(mult, signed), sc, ref)
@@ -414,13 +418,13 @@ def test_rows_kernel_scales_its_tiles(M, Kd, N, signed, mname, act, quant, seed)
 
 @SETTINGS
 @given(M=st.integers(1, K._ROWS_MB + 150), Kd=st.integers(1, 40), N=st.integers(1, 70), signed=st.booleans(),
-       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6"]),
+       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6", "tiny"]),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_both_orientations(M, Kd, N, signed, mname, seed):
     """The row-table kernel with weights selecting the tables and with activations selecting them, on tiles that
     straddle the 32-row tiles and the blocks of _ROWS_MB positions, at every ISA level and on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
-    mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
+    mult = ROWS_MULTS[mname] if mname in ROWS_MULTS else get_multiplier(mname)
     ref, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
     prep = K._prepare(mult, signed)
     if mname == "classed":  # both orientations index class tables
@@ -453,7 +457,7 @@ def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, s
 @given(M=st.integers(1, 700), Kd=st.sampled_from([1, 3, 4, 5, 7, 8, 9, 12, 13, 24, 255, 256, 257, 263, 300]),
        N=st.sampled_from([1, 7, 8, 15, 16, 17, 24, 31, 32, 33, 40, 48, 49, 63, 64, 65, 80, 81, 96, 112, 127, 128,
                           144, 161, 200]), signed=st.booleans(),
-       mname=st.sampled_from(["rand_u8", "mitch_w6", "rand_u16", "classed", "trunc"]),
+       mname=st.sampled_from(["rand_u8", "mitch_w6", "rand_u16", "classed", "trunc", "tiny"]),
        scaled=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
     """Selector tiles with fewer valid rows than their width (N not a multiple of 64 at the avx512 level, of 32
@@ -463,7 +467,7 @@ def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
     level, 1 and 2 threads, on reduction lengths around the 16-bit window (256), the 4-step chunks and the 64-row
     tiles' 8-step chunks (a tail of 4 steps and single steps)."""
     rng = np.random.default_rng(seed)
-    mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
+    mult = ROWS_MULTS[mname] if mname in ROWS_MULTS else get_multiplier(mname)
     acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
     prep = K._prepare(mult, signed)
     if scaled:
@@ -811,6 +815,33 @@ def test_rows_kernel_int32_window_worst_case():
                                   K._prepare(mult, False), sc, ref_y)
 
 
+@pytest.mark.parametrize("top", [1, 7, 31])
+def test_rows_kernel_tiny_16bit_windows(top):
+    """Entries < 32 at the AVX-512 level: 64-row tiles whose 8-step chunks sum bytes in a register and widen them into
+    16-bit sums over windows of 65535 // top k-steps (a multiple of 8; 32768 for top = 1), flushed into int32 sums and,
+    past 32768 k-steps, into int64: operands that pick the largest entry on (nearly) every k-step, K just past one
+    and two windows and past 32768, N around the 64-row tile (the last tile on the 32-row AVX2 tiny kernel), every
+    ISA level, 1 and 2 threads."""
+    lut = np.zeros((256, 256), dtype=np.int64)
+    lut[200, :] = top
+    lut[:, 0] = 0
+    mult = Multiplier(name=f"tiny_top{top}", family="test", _builder=lambda a_s, w_s: lut.copy())
+    w16 = 32768 if top == 1 else 65535 // top // 8 * 8
+    rng = np.random.default_rng(top)
+    for Kd in sorted({w16 + 3, 2 * w16 + 9, 32768 + 11} if top == 1 else {w16 - 1, w16 + 3, 2 * w16 + 9}):
+        for N in (65, 97):
+            a = np.where(rng.random((3, Kd)) < 0.99, 200, rng.integers(0, 256, (3, Kd)))
+            w = np.where(rng.random((N, Kd)) < 0.99, 5, rng.integers(-128, 128, (N, Kd)))
+            ref = K.reference_gemm_int(a, w, mult, False).T
+            prep = K._prepare(mult, False)
+            assert int(prep.rows.by_weight.D.max()) == top
+            AT, Wp = np.ascontiguousarray(K._u8(a).T), np.ascontiguousarray(K._u8(w))
+            for isa in ISAS:
+                for threads in (1, 2):
+                    with K.using_threads(threads):
+                        assert np.array_equal(K._rows_gemm(AT, Wp, prep, isa, by_act=False), ref), (Kd, N, isa)
+
+
 @settings(deadline=None, max_examples=30)
 @given(Kd=st.sampled_from([255, 256, 257, 511, 512, 513, 770]), M=st.integers(1, 80), N=st.integers(1, 80),
        by_act=st.booleans(), classed=st.booleans(),
@@ -859,20 +890,36 @@ def near_exact_lut(a_signed, w_signed):
     return (t - (t & 7)).astype(np.int32)
 
 
+def unsigned_near_exact_lut(a_signed, w_signed):
+    """The product of the declared operand values with its 3 low bits cleared (the activation's value unsigned for
+    unsigned activations)."""
+    a = pattern_values(a_signed)[:, None]
+    t = a * pattern_values(True)[None, :]
+    return (t - (t & 7)).astype(np.int32)
+
+
 def test_split_path_exact_plus_error_row_tables():
     """path="split": the exact integer GEMM + the rows kernel on the error table, added in place. The near-exact table's
-    error has 8 classes per orientation (16-row tables) and, for signed activations, spans 7 (the adds without
-    high-byte sums); auto takes split where the full table's 256-row builds dominate (few positions) and rows on
-    long calls; path="rows" and path="split" force each; bit-exact gemm and conv (padded, strided, grouped) at every
-    ISA level."""
+    error has 8 classes per orientation (16-row tables) and spans 7 (the 8-bit sums of tiny entries) against the
+    product of the patterns read as int8, which the split takes for unsigned activations too (against their unsigned
+    value the error is off by 256 w on the patterns >= 128: span 2^15); a table of the unsigned product keeps the
+    unsigned reference. auto takes split where the full table's 256-row builds dominate (few positions) or, with K
+    long enough to amortize its output pass, where the error's 8-bit sums beat the full table's 16-bit ones, and rows
+    on short reductions; path="rows" and path="split" force each; bit-exact gemm and conv (padded, strided, grouped)
+    at every ISA level."""
     mult = Multiplier(name="near_exact", family="test", _builder=near_exact_lut)
+    umult = Multiplier(name="near_exact_u", family="test", _builder=unsigned_near_exact_lut)
+    uprep = K._prepare(umult, False)
+    assert not uprep.err_signed and int(uprep.err_rows.by_weight.D.max()) <= 7
     for signed in (False, True):
         prep = K._prepare(mult, signed)
         e = prep.err_rows.by_weight
         assert e.rows == 16 and prep.rows.by_weight.rows == 256
-        assert (int(e.D.max()) <= 7) == signed
-        assert K._table_plan(prep, 196, 512, "auto")[0] == "split"
-        assert K._table_plan(prep, 50000, 64, "auto")[0] == "rows"
+        assert int(e.D.max()) <= 7 and prep.err_signed
+        assert K._table_plan(prep, 196, 512, "auto", 4608)[0] == "split"
+        assert K._table_plan(prep, 50000, 64, "auto", 27)[0] == "rows"
+        for isa in ISAS:
+            assert K._table_plan(prep, 4096, 256, "auto", 2304, isa)[0] == ("rows" if isa == "scalar" else "split")
         assert K._table_plan(prep, 50000, 64, "split")[0] == "split"
         assert K._table_plan(prep, 196, 512, "rows")[0] == "rows"
         assert K.select_path(mult, signed, 576, "split") == "split"
@@ -883,11 +930,16 @@ def test_split_path_exact_plus_error_row_tables():
         a = acts(rng, (70, 300), signed)
         wg = rng.integers(-128, 128, (33, 300))
         gref = K.reference_gemm_int(a, wg, mult, signed)
+        uref = K.reference_conv2d_int(x, w, umult, signed, (2, 1), (1, 0, 2, 1), (1, 1), 2)
+        ugref = K.reference_gemm_int(a, wg, umult, signed)
         for path in ("split", "rows", "auto"):
             for isa in ISAS:
                 got = K.conv2d_int(x, w, mult, signed, (2, 1), (1, 0, 2, 1), (1, 1), 2, path=path, isa=isa)
                 assert np.array_equal(got, ref), (signed, path, isa)
                 assert np.array_equal(K.gemm_int(a, wg, mult, signed, path=path, isa=isa), gref), (signed, path, isa)
+                got = K.conv2d_int(x, w, umult, signed, (2, 1), (1, 0, 2, 1), (1, 1), 2, path=path, isa=isa)
+                assert np.array_equal(got, uref), (signed, path, isa)
+                assert np.array_equal(K.gemm_int(a, wg, umult, signed, path=path, isa=isa), ugref), (signed, path, isa)
 
 
 def test_split_falls_back_without_error_tables():
