@@ -289,8 +289,9 @@ DSE_DEF512(4, 1)
  * Each selector tile is transposed once per call (32 contiguous selector bytes per k-step for the builds).
  * A tile with at most 16 valid selector rows (N = 16, the last tile of N = 48, 144, ...) builds and adds only the
  * first 16 columns of its tables at AVX2 (dse_rows_impl.half). At the AVX-512 level, calls with N > 32 and entries
- * >= 256 run tiles of 64 selector rows (dse_rows_accum512_kc: 8 k-steps per chunk, rows of 128 bytes); their last tile
- * runs the 32-row kernel (or its half) when it holds <= 32 valid rows.
+ * >= 256 run tiles of 64 selector rows (dse_rows_accum512_kc: 8 k-steps per chunk, rows of 128 bytes), and entries
+ * < 32 tiles of 64 byte rows (dse_rows_accum512_tiny_kc); their last tile runs the 32-row kernel (or its half) when it
+ * holds <= 32 valid rows.
  * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
  * no transposing copy follows.
  * Overflow: the AVX2 16-bit sums are exact over windows of 256 k-steps (low and high bytes of the entries summed
