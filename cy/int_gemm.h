@@ -27,7 +27,7 @@
  * int32 accumulators take at most seg = floor((2^31 - 1) / S) terms (a multiple of two, and the pair sum of one
  * vpmaddwd is <= 2 S <= 2^31 - 1, which the caller guarantees) before they are added into the int64 output, so no
  * int32 lane can overflow; results are exact for any K with K t S < 2^63. When one segment holds the whole depth
- * (dse_ig_fits32), a call with a dse_scaling writes no int64 sums: each finished int32 tile is scaled (dse_scale_run_i32:
+ * (dse_ig_fits32), a call with a dse_scaling writes no int64 sums: each finished int32 tile is scaled (dse_scale_runs:
  * the layer's float32 output or the next layer's input patterns) into outs, laid out as out would be. Every output is computed by one thread in a
  * fixed order over the depth: results do not depend on the thread count.
  */
@@ -796,7 +796,7 @@ static int dse_ig_fits32(int64_t K, int t, int64_t S)
 static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
                          int64_t mv, int add)
 {
-    if (P->sc) { /* the final sums: scaled per run of positions within one image */
+    if (P->sc) { /* the final sums: scaled per run of positions within one image (whole images: one call) */
         for (int64_t n = n0; n < n1; n++) {
             int32_t *c = C32 + (n - n0) * ldc;
             if (P->corr) { /* the corrected sums fit int32 (dse_ig_plan8) */
@@ -804,11 +804,13 @@ static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_
                 for (int64_t i = 0; i < mv; i++)
                     c[i] -= cn;
             }
-            for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv; b++, s = 0) {
+            for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
                 const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
-                dse_scale_run_i32(P->level, c + i, len, P->sc, n,
-                                  dse_scaled_out(P->sc, P->outs, b * P->ld_img + n * P->ld_n + s));
-                i += len;
+                /* whole images from here on: one call for all of them (runs of img sums, one image apart) */
+                const int64_t nrun = s == 0 && len == P->img ? (mv - i) / P->img : 1;
+                dse_scale_runs(P->level, c + i, DSE_SUM_I32, nrun, len, P->sc, n,
+                               dse_scaled_out(P->sc, P->outs, b * P->ld_img + n * P->ld_n + s), P->ld_img);
+                i += nrun * len, b += nrun, s = 0;
             }
         }
         return;

@@ -2835,6 +2835,82 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(cons
                                      _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(s, 1))), o, j, n, act, quant, add);
 }
 
+/* A quantized output's activation folded into the quantization's clamp (no add: y itself is not written): with
+ * g(y) = rint(fl(y / qs)), 0 < qs < inf, g is non-decreasing on the non-NaN floats (a correctly rounded quotient by a
+ * positive finite divisor and rint are), so for lo <= hi, g(clip(y, lo, hi)) = clamp(g(y), g(lo), g(hi)) (y < lo
+ * gives g(y) <= g(lo), y > hi gives g(y) >= g(hi), else g(y) lies between them), and clamp(clamp(t, A, B), qlo, qhi)
+ * = clamp(t, max(qlo, A), min(qhi, B)) when those bounds do not cross (A <= B and [A, B] meets [qlo, qhi]). Relu
+ * (y <= 0 or -0 -> +0, which g sends to 0) is the clip to [0, inf]. A NaN stays NaN either way (pattern 0), -0 and
+ * +0 convert alike. Returns 1 and the clamp's bounds when the fold holds, else 0 (the pass then clips first). */
+DSE_T_512 static inline int dse_act_in_quant(const dse_scaling *sc, float *qlo, float *qhi)
+{
+    const float lo = sc->act == DSE_ACT_RELU ? 0.0f : sc->lo, hi = sc->act == DSE_ACT_RELU ? INFINITY : sc->hi;
+    if (!(sc->qs > 0.0f && sc->qs < INFINITY && lo <= hi))
+        return 0;
+    const float a = rintf(lo / sc->qs), b = rintf(hi / sc->qs);
+    *qlo = a > (float)sc->qlo ? a : (float)sc->qlo, *qhi = b < (float)sc->qhi ? b : (float)sc->qhi;
+    return *qlo <= *qhi;
+}
+
+/* 16 scaled values of 16 int32 sums at p (two 8-lane halves converted from memory, no lane extraction). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_scale16_at(const dse_scale512 *v, const int32_t *p)
+{
+    return dse_scale16(v, _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)p)),
+                       _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(p + 8))));
+}
+
+/* The pattern bytes of 64 quantized lanes (dse_quant16_div's int32 results of 16 outputs each, in order): two
+ * in-lane saturating packs to int16 and one to bytes, then the 4-byte groups put in order (one vpermd) instead of four
+ * vpmovdb. The lanes are within [qlo, qhi] (exact through the packs: [0, 255] unsigned, [-128, 127] signed) or
+ * 0x80000000 for a NaN, which packs to 0 unsigned (int16 -32768, then 0) but to 0x80 signed, so a signed caller
+ * clears NaN lanes to 0 first (their pattern). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_pack64(__m512i q0, __m512i q1, __m512i q2,
+                                                                         __m512i q3, const int sgn)
+{
+    const __m512i a = _mm512_packs_epi32(q0, q1), b = _mm512_packs_epi32(q2, q3);
+    const __m512i c = sgn ? _mm512_packs_epi16(a, b) : _mm512_packus_epi16(a, b);
+    /* c's dword 4 L + k holds q_k's lanes 4 L..4 L + 3 (128-bit lane L); output dword 4 k + L wants it */
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), c);
+}
+
+/* The quantized int32 lanes of 16 scaled values y, NaN lanes 0 when sgn (for dse_pack64). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_quant16_lanes(const dse_scale512 *v, __m512 y,
+                                                                                const int sgn)
+{
+    if (!sgn)
+        return dse_quant16_div(y, v->qs, v->qlo, v->qhi);
+    const __m512 t = _mm512_roundscale_ps(_mm512_div_ps(y, v->qs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask(t, t, _CMP_ORD_Q),
+                                    _mm512_min_ps(v->qhi, _mm512_max_ps(v->qlo, t)));
+}
+
+/* Int32 sums into patterns without an add, 64 at a time (then the 16-lane step): the activation applied (act), or
+ * folded into v's clamp bounds by the caller (act none, dse_act_in_quant). The same operations per element as
+ * dse_scale16_store; what is saved is lane movement (sums converted from memory, one pack per 64 patterns instead of
+ * four vpmovdb) and, with the fold, the Clip's two operations. */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_scale_run_q32(const dse_scale512 *v, const int32_t *a,
+                                                                             int64_t S, uint8_t *o, const int act,
+                                                                             const int sgn)
+{
+    int64_t j = 0;
+    for (; j + 64 <= S; j += 64) {
+        __m512i q[4];
+        for (int k = 0; k < 4; k++) {
+            __m512 y = dse_scale16_at(v, a + j + 16 * k);
+            if (act == DSE_ACT_RELU)
+                y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
+            else if (act == DSE_ACT_CLIP)
+                y = _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y));
+            q[k] = dse_quant16_lanes(v, y, sgn);
+        }
+        _mm512_storeu_si512(o + j, dse_pack64(q[0], q[1], q[2], q[3], sgn));
+    }
+    for (; j + 16 <= S; j += 16)
+        dse_scale16_store(v, dse_scale16_at(v, a + j), o, j, 16, act, 1, 0);
+    if (j < S)
+        dse_scale16_i32(v, _mm512_maskz_loadu_epi32((__mmask16)((1u << (S - j)) - 1), a + j), o, j, S - j, act, 1, 0);
+}
+
 DSE_T_512 static inline __attribute__((always_inline)) void
 dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc, int64_t c, void *o, int64_t ld,
                   const int kind, const int act, const int quant, const int add)
@@ -2842,16 +2918,30 @@ dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc,
     dse_scale512 v;
     dse_scale512_init(&v, sc, c);
     const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;
+    if (kind == DSE_SUM_I32 && quant && !add) { /* patterns from int32 sums: the 64-lane loop */
+        const int sgn = sc->qlo < 0;
+        float qlo, qhi;
+        const int fold = act != DSE_ACT_NONE && dse_act_in_quant(sc, &qlo, &qhi);
+        if (fold)
+            v.qlo = _mm512_set1_ps(qlo), v.qhi = _mm512_set1_ps(qhi);
+        for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld)) {
+            if (fold)
+                sgn ? dse_scale_run_q32(&v, a, S, o, DSE_ACT_NONE, 1) : dse_scale_run_q32(&v, a, S, o, DSE_ACT_NONE, 0);
+            else
+                sgn ? dse_scale_run_q32(&v, a, S, o, act, 1) : dse_scale_run_q32(&v, a, S, o, act, 0);
+        }
+        return;
+    }
     for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld)) {
         if (add)
             dse_scale512_at(&v, sc, o);
         for (int64_t j = 0; j < S; j += 16) {
             const __mmask16 m = S - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (S - j)) - 1);
-            if (kind == DSE_SUM_I32) {
-                const __m512i s = m == 0xFFFF ? _mm512_loadu_si512((const int32_t *)a + j) /* masked loads: tail only */
-                                              : _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j);
-                dse_scale16_i32(&v, s, o, j, S - j, act, quant, add);
-            } else
+            if (kind == DSE_SUM_I32 && m == 0xFFFF)
+                dse_scale16_store(&v, dse_scale16_at(&v, (const int32_t *)a + j), o, j, 16, act, quant, add);
+            else if (kind == DSE_SUM_I32) /* masked loads: tail only */
+                dse_scale16_i32(&v, _mm512_maskz_loadu_epi32(m, (const int32_t *)a + j), o, j, S - j, act, quant, add);
+            else
                 dse_scale16_store(&v, dse_scale16(&v, dse_sums8_pd(a, j, (__mmask8)m, kind),
                                                   dse_sums8_pd(a, j + 8, (__mmask8)(m >> 8), kind)),
                                   o, j, S - j, act, quant, add);
@@ -2903,7 +2993,12 @@ static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int
         dse_scale512_init(&v, sc, c);                                                                                  \
         if (add)                                                                                                       \
             dse_scale512_at(&v, sc, o);                                                                                \
-        dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, act, quant, add);       \
+        float qlo, qhi; /* a quantized output's Relu/Clip folded into the quantization's clamp where exact */          \
+        if (quant && !add && act != DSE_ACT_NONE && dse_act_in_quant(sc, &qlo, &qhi)) {                                \
+            v.qlo = _mm512_set1_ps(qlo), v.qhi = _mm512_set1_ps(qhi);                                                  \
+            dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, DSE_ACT_NONE, 1, 0);\
+        } else                                                                                                         \
+            dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, act, quant, add);   \
     }
 enum { dse_dw_quads_scaled_0_sg = 0, dse_dw_quads_scaled_1_sg = 1 };
 DSE_VARIANTS(DSE_DW_QUADS_SCALED, dse_dw_quads_scaled_0)
@@ -2929,10 +3024,6 @@ static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const 
     dse_scale_runs(level, a, kind, 1, S, sc, c, o, 0);
 }
 
-static void dse_scale_run_i32(int level, const int32_t *a, int64_t S, const dse_scaling *sc, int64_t c, void *o)
-{
-    dse_scale_sums(level, a, DSE_SUM_I32, S, sc, c, o);
-}
 
 
 /* y[r, c, j] = act(float32((double(acc[r, c, j]) * sa) * double(sw[c])) + bias[c]) (float32 add), acc int64

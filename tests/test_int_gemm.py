@@ -371,3 +371,86 @@ def test_conv_groups_on_different_kernels(isa, vnni):
     with vnni_env(vnni):
         got = K.conv2d_scaled(x, w, mult, False, sc, *args, path="lowrank", isa=isa)
     assert np.array_equal(got, K.scale_accumulators(ref, sc))
+
+
+def _scaled_reference(acc, sa, sw, bias, act, lo, hi, quant):
+    """numpy twin of the scaling pass on int64 sums [B, N, S]: float32((acc * sa) * sw[n]) + bias[n], the Relu/Clip
+    (numpy's maximum / clip), then with quant = (qs, signed) the patterns of clip(rint(y / qs)), NaN -> 0."""
+    with np.errstate(all="ignore"):
+        y = ((acc.astype(np.float64) * sa) * sw.astype(np.float64)[None, :, None]).astype(np.float32)
+        y = y + bias[None, :, None]
+        if act == "relu":
+            y = np.maximum(y, np.float32(0))
+        elif act == "clip":
+            y = np.clip(y, np.float32(lo), np.float32(hi))
+        if quant is None:
+            return y
+        qlo, qhi = (-128, 127) if quant[1] else (0, 255)
+        v = np.rint(y / np.float32(quant[0]))
+        v = np.where(np.isnan(v), 0, np.clip(v, qlo, qhi))
+    return (v.astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+def _near(v: float, n: int = 2) -> list:
+    """float32 v and its n neighbours either side."""
+    with np.errstate(over="ignore"):
+        out = [np.float32(v)]
+    for _ in range(n):
+        out = [np.nextafter(out[0], np.float32(-np.inf))] + out + [np.nextafter(out[-1], np.float32(np.inf))]
+    return [float(x) for x in out]
+
+
+@settings(deadline=None, max_examples=120)
+@given(B=st.integers(1, 5), img=st.sampled_from([1, 5, 16, 63, 64, 65, 70, 128, 130, 200, 256]),
+       Kd=st.integers(1, 3), N=st.integers(1, 6), mode=st.sampled_from(["table", "u8"]),
+       quant=st.sampled_from([None, False, True]), act=st.sampled_from(["none", "relu", "clip"]),
+       tie=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_scaled_tiles_adversarial_constants(B, img, Kd, N, mode, quant, act, tie, threads, seed):
+    """The scaling of the int32 tiles (the 64-output quantized loop with its pack, the activation folded into the
+    quantization's clamp where that is exact, runs of whole images in one call) against the numpy formula and the
+    int64 pass (dequantize): quotients exactly at, and ulps around, half-integers (sums times 1.0 quantized by
+    scales near 2), Clip bounds at and around the quantization's rounding boundaries and clamp bounds, crossed bounds
+    (lo > hi), bounds whose clamp misses the pattern range, infinite bounds; NaN / inf / -0 / tiny / huge channel
+    constants, quantization scales that are tiny (subnormal), huge, negative, zero, infinite or NaN; signed and
+    unsigned patterns; every kernel, 1 and 2 threads, strided outputs."""
+    rng = np.random.default_rng(seed)
+    M = B * img
+    if mode == "table":  # sums of a few int16 values: any int32-ish sum, exactly representable
+        fa = rng.integers(-40000 // Kd, 40000 // Kd, (256, 1)).astype(np.int16)
+        gw = np.ones((256, 1), np.int16)
+    else:
+        fa, gw = np.zeros((256, 1), np.int16), W_VALS
+    AT = rng.integers(0, 256, (Kd, M)).astype(np.uint8)
+    Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
+    S = int(np.abs(values(mode, fa, AT)).max() * np.abs(gw.astype(np.int64)).max()) or 1
+    acc = np.empty((B, N, img), np.int64)
+    _kernels.int_gemm(AT, Wp, fa, mode, gw, S, acc)
+    qs = float(rng.choice(_near(2.0) + _near(0.5, 1) + [1.0, 0.037, 1e-40, 3e38, -2.0, 0.0, np.inf, np.nan]
+                          if tie else [0.0123, 1.0, 2.0, 7.5, 1e-40, -0.5]))
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, 1e30, -1.0, 0.5]
+    sw = np.where(rng.random(N) < 0.6, 1.0, rng.choice(special, N) if tie else rng.uniform(1e-4, 1e-1, N))
+    bias = np.where(rng.random(N) < 0.6, 0.0, rng.choice(special + [0.25, -0.75], N))
+    sw, bias = sw.astype(np.float32), bias.astype(np.float32)
+    sa = float(rng.choice([1.0, 1.0, 0.5, float(rng.uniform(1e-3, 1)), 1e-300, 1e300]))
+    q0 = abs(qs) if np.isfinite(qs) and qs != 0 else 1.0
+    edges = [(k + 0.5) * q0 for k in (-129, -128, -3, -1, 0, 1, 3, 126, 127, 254, 255, 300)] + \
+        [k * q0 for k in (-128, 0, 5, 127, 255)]
+    bound = rng.choice(edges)
+    pool = _near(bound, 2) + [-np.inf, np.inf, float(rng.uniform(-300, 300)), -6.0, 0.0, 6.0]
+    lo, hi = (float(v) for v in rng.choice(pool, 2))
+    if rng.random() < 0.7:
+        lo, hi = min(lo, hi), max(lo, hi)
+    if rng.random() < 0.25:  # bounds whose quantized range misses the patterns' (all below 0, -128; above 255)
+        lo, hi = (float(np.float32(v * q0)) for v in [(-6, -1), (-3, -0.5), (300, 400), (-200, -140)][rng.integers(4)])
+    q = None if quant is None else (qs, quant)
+    sc = (sa, sw, bias, act, lo, hi, q)
+    ref = _scaled_reference(acc, sa, sw, bias, act, lo, hi, q)
+    for isa, vnni in KERNELS:
+        if act == "clip" and not lo <= hi and isa != "avx512":
+            continue  # crossed bounds: numpy and avx512 give hi, the scalar code (and the avx2 tails) lo
+        assert np.array_equal(_kernels.dequantize(acc, *sc[:3], 1, *sc[3:6], q, isa).view(np.uint8),
+                              ref.view(np.uint8)), isa
+        wide = np.zeros((B, N + 2, img), ref.dtype)
+        _kernels.int_gemm(AT, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, threads, sc, vnni)
+        assert np.array_equal(wide[:, 1:N + 1].view(np.uint8), ref.view(np.uint8)), (isa, vnni)
+        assert not wide[:, 0].any() and not wide[:, N + 1].any()

@@ -528,10 +528,13 @@ def test_depthwise_products_scaled(B, C, og, H, W, k, stride, dil, pads, signed,
     assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == \
         {"exact": "values", "perf": "values", "sep": "bytes", "sep16": "factor"}[mname]
     ref = K.reference_conv2d_int(x, w, mult, signed, *args).astype(np.float64)
-    oa = {None: None, "relu": K.OutputAct("relu"), "clip": K.OutputAct("clip", -50.0, 600.0)}[act]
+    qs = float(np.float32(rng.uniform(0.5, 5)))
+    # Clip bounds: wide, Relu6, or at the quantization's rounding ties (the avx512 quantized passes fold the Clip
+    # into the quantization's clamp: its bounds are the bounds' patterns)
+    lo, hi = [(-50.0, 600.0), (0.0, 6.0), (-2.5 * qs, 3.5 * qs), (10.5 * qs, 40.5 * qs)][rng.integers(4)]
+    oa = {None: None, "relu": K.OutputAct("relu"), "clip": K.OutputAct("clip", lo, hi)}[act]
     sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
-                   rng.normal(0, 100, C * og).astype(np.float32), oa,
-                   K.OutputQuant(float(np.float32(rng.uniform(0.5, 5))), signed) if quant else None)
+                   rng.normal(0, 100, C * og).astype(np.float32), oa, K.OutputQuant(qs, signed) if quant else None)
     y = ((ref * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(np.float32) + \
         sc.bias[None, :, None, None]
     y = y if oa is None else oa.apply(y)
@@ -586,10 +589,14 @@ def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, ex
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
     sc = y = None
     if out != "int64":
+        qs = float(np.float32(rng.uniform(0.5, 5)))
+        # Clip bounds: wide, Relu6, or at the quantization's rounding ties (the avx512 quantized passes fold the
+        # Clip into the quantization's clamp: its bounds are the bounds' patterns)
+        lo, hi = [(-50.0, 600.0), (0.0, 6.0), (-2.5 * qs, 3.5 * qs), (10.5 * qs, 40.5 * qs)][rng.integers(4)]
         sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
                        rng.normal(0, 100, C * og).astype(np.float32),
-                       act and K.OutputAct(act, -50.0 if act == "clip" else -np.inf, 600.0 if act == "clip" else np.inf),
-                       K.OutputQuant(float(np.float32(rng.uniform(0.5, 5))), signed) if out == "quant" else None)
+                       act and K.OutputAct(act, lo if act == "clip" else -np.inf, hi if act == "clip" else np.inf),
+                       K.OutputQuant(qs, signed) if out == "quant" else None)
         y = ((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(
             np.float32) + sc.bias[None, :, None, None]
         y = y if act is None else sc.act.apply(y)
