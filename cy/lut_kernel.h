@@ -2592,8 +2592,10 @@ static inline float dse_act1(float y, int act, float lo, float hi)
 {
     if (act == DSE_ACT_RELU)
         return (y != y || y > 0.0f) ? y : 0.0f;
-    if (act == DSE_ACT_CLIP)
-        return y < lo ? lo : (y > hi ? hi : y);
+    if (act == DSE_ACT_CLIP) { /* numpy's minimum(maximum(y, lo), hi): hi where the bounds cross, as the SIMD code */
+        y = y < lo ? lo : y;
+        return y > hi ? hi : y;
+    }
     return y;
 }
 
@@ -2805,7 +2807,7 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_store(co
         y = _mm512_add_ps(y, n >= 16 ? _mm512_loadu_ps(v->add + j) : _mm512_maskz_loadu_ps(m, v->add + j));
     if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
         y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
-    else if (act == DSE_ACT_CLIP) /* y < lo ? lo : (y > hi ? hi : y), NaN kept: vmaxps/vminps, bound first */
+    else if (act == DSE_ACT_CLIP) /* minimum(maximum(y, lo), hi), NaN kept: vmaxps/vminps, bound first */
         y = _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y));
     if (quant) { /* dse_quantize8: rint(y / qs), clamped, NaN -> 0, the low byte of each lane */
         uint8_t *qo = add ? v->qout : (uint8_t *)o;

@@ -446,8 +446,6 @@ def test_scaled_tiles_adversarial_constants(B, img, Kd, N, mode, quant, act, tie
     sc = (sa, sw, bias, act, lo, hi, q)
     ref = _scaled_reference(acc, sa, sw, bias, act, lo, hi, q)
     for isa, vnni in KERNELS:
-        if act == "clip" and not lo <= hi and isa != "avx512":
-            continue  # crossed bounds: numpy and avx512 give hi, the scalar code (and the avx2 tails) lo
         assert np.array_equal(_kernels.dequantize(acc, *sc[:3], 1, *sc[3:6], q, isa).view(np.uint8),
                               ref.view(np.uint8)), isa
         wide = np.zeros((B, N + 2, img), ref.dtype)
