@@ -217,21 +217,53 @@ def _act_scale(vmin: float, vmax: float, amax: float, force_signed: bool = False
     return scale, bool(signed)
 
 
+def _tap_counts(n: int, k: int, s: int, d: int, p: int, n_out: int) -> np.ndarray:
+    """int64[n]: along one axis of length ``n``, how many kernel taps (of ``k``, stride ``s``, dilation ``d``, leading
+    padding ``p``, ``n_out`` outputs) read each input position."""
+    c = np.zeros(n, np.int64)
+    for i in range(k):
+        pos = np.arange(n_out) * s + i * d - p  # input position read by tap i at every output
+        np.add.at(c, pos[(pos >= 0) & (pos < n)], 1)
+    return c
+
+
+def _index_runs(c: np.ndarray) -> list:
+    """[(count, index)] grouping the positions of ``c`` by their nonzero value; ``index`` a slice where the positions
+    are an arithmetic progression (a view, no copy), else an index array."""
+    out = []
+    for v in np.unique(c):
+        if v == 0:
+            continue
+        idx = np.flatnonzero(c == v)
+        step = int(idx[1] - idx[0]) if len(idx) > 1 else 1
+        if np.array_equal(idx, np.arange(idx[0], idx[-1] + 1, step)):
+            out.append((int(v), slice(int(idx[0]), int(idx[-1]) + 1, step)))
+        else:
+            out.append((int(v), idx))
+    return out
+
+
 def operand_histogram(q: np.ndarray, layer: MacLayer) -> np.ndarray:
     """int64[256] counts of the activation patterns in the layer's operand matrix for one batch (every window
-    position of every kernel tap, padding zeros included; all groups), without building the im2col matrix."""
+    position of every kernel tap, padding zeros included; all groups), without building the im2col matrix.
+
+    Each input pixel appears in the operand matrix as often as the taps that read it, a product of a row count and
+    a column count; so the pixels are grouped by those counts (a few blocks, each read once) and weighted, and the
+    padding zeros are what the pixels leave of the matrix's size."""
     if layer.op in ("gemm", "matmul"):
         return np.bincount(q.view(np.uint8).ravel(), minlength=256).astype(np.int64)
     B, C, H, W = q.shape
-    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = layer.kernel, layer.stride, layer.dilation, layer.pads
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = layer.kernel, layer.stride, layer.dilation, layer.pads
     Ho, Wo = layer.out_shape[1], layer.out_shape[2]
-    xp = np.zeros((B, C, H + pt + pb, W + pl + pr), dtype=np.uint8)
-    xp[:, :, pt:pt + H, pl:pl + W] = q.view(np.uint8)
+    rc, cc = _tap_counts(H, kh, sh, dh, pt, Ho), _tap_counts(W, kw, sw, dw, pl, Wo)
+    u = q.view(np.uint8)
     hist = np.zeros(256, np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            tap = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
-            hist += np.bincount(np.ascontiguousarray(tap).ravel(), minlength=256)
+    for a, ri in _index_runs(rc):
+        rows = u[:, :, ri]
+        for b, ci in _index_runs(cc):
+            block = rows[:, :, :, ci] if isinstance(ci, slice) else rows[..., ci]
+            hist += (a * b) * np.bincount(block.ravel(), minlength=256)
+    hist[0] += B * C * (kh * kw * Ho * Wo - int(rc.sum()) * int(cc.sum()))
     return hist
 
 

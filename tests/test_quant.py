@@ -367,3 +367,75 @@ def test_progress_of_another_calibration_is_not_resumed(small_model):
             calibrate(g, other_x, method=method, batch_size=3, checkpoints=Checkpoints(_StopAt(2), saved.append))
         got = calibrate(g, x, batch_size=3, checkpoints=Checkpoints(lambda: False, lambda p: None, saved[-1])).state()
         assert got.meta == ref.meta and all(got.arrays[k].tobytes() == a.tobytes() for k, a in ref.arrays.items())
+
+
+def _operand_histogram_ref(q, layer):
+    """The obvious reference: pad with zeros, then count every kernel tap's strided window."""
+    B, C, H, W = q.shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = layer.kernel, layer.stride, layer.dilation, layer.pads
+    Ho, Wo = layer.out_shape[1], layer.out_shape[2]
+    xp = np.zeros((B, C, H + pt + pb, W + pl + pr), dtype=np.uint8)
+    xp[:, :, pt:pt + H, pl:pl + W] = q.view(np.uint8)
+    hist = np.zeros(256, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+            hist += np.bincount(tap.ravel(), minlength=256)
+    return hist
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_operand_histogram_matches_padded_taps(data):
+    """The grouped-by-tap-count histogram equals counting every tap window of the zero-padded input (kernels 1-7,
+    strides, dilations, asymmetric pads incl. pads wider than the kernel reaches, groups, signed and unsigned)."""
+    from dse.quant import operand_histogram
+    d = data.draw
+    B, C, H, W = d(st.integers(1, 3)), d(st.integers(1, 4)), d(st.integers(1, 12)), d(st.integers(1, 12))
+    kh, kw = d(st.integers(1, 7)), d(st.integers(1, 7))
+    sh, sw, dh, dw = (d(st.integers(1, 3)) for _ in range(4))
+    pads = tuple(d(st.integers(0, 4)) for _ in range(4))
+    Ho = (H + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    if Ho < 1 or Wo < 1:
+        return
+    groups = d(st.sampled_from([g for g in (1, 2, 4) if C % g == 0]))
+    lo, hi = d(st.sampled_from([(0, 256), (-128, 128), (0, 3)]))
+    rng = np.random.default_rng(d(st.integers(0, 2 ** 31)))
+    q = rng.integers(lo, hi, size=(B, C, H, W)).astype(np.uint8 if lo == 0 else np.int8)
+    layer = MacLayer(name="l", op="conv", in_shape=(C, H, W), out_shape=(2, Ho, Wo), kernel=(kh, kw),
+                     stride=(sh, sw), pads=pads, dilation=(dh, dw), groups=groups, M=Ho * Wo,
+                     K=C // groups * kh * kw, N=2)
+    got = operand_histogram(q, layer)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, _operand_histogram_ref(q, layer))
+    assert int(got.sum()) == B * C * kh * kw * Ho * Wo
+
+
+@pytest.mark.parametrize("net", ["resnet18", "mobilenetv2"])
+def test_calibrate_unchanged_by_grouped_histogram(net, monkeypatch, tmp_path):
+    """Everything calibrate stores (scales, weights, histograms, means, accumulator moments) is bit-identical to a
+    calibration counting the histograms tap by tap, on a ResNet-style and a MobileNet-style network."""
+    import sys
+    from pathlib import Path
+    import onnx
+    from dse import quant
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_e2e
+    model = bench_e2e.resnet18(32, classes=10) if net == "resnet18" else bench_e2e.mobilenetv2(32)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    g = load_onnx(tmp_path / "m.onnx")
+    x = bench_e2e.images(6, 32, seed=2)
+    fast = calibrate(g, x, batch_size=4)
+    monkeypatch.setattr(quant, "operand_histogram",
+                        lambda q, l: (np.bincount(q.view(np.uint8).ravel(), minlength=256).astype(np.int64)
+                                      if l.op in ("gemm", "matmul") else _operand_histogram_ref(q, l)))
+    ref = calibrate(g, x, batch_size=4)
+    assert fast.act_quant == ref.act_quant
+    for a, b in zip(fast.layers, ref.layers, strict=True):
+        for f in a.__dataclass_fields__:
+            va, vb = getattr(a, f), getattr(b, f)
+            if isinstance(va, np.ndarray):
+                assert va.dtype == vb.dtype and va.tobytes() == vb.tobytes(), (a.name, f)
+            else:
+                assert va == vb, (a.name, f)
