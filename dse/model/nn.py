@@ -83,18 +83,22 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dil
     step = max(1, COLS_BYTES // max(1, C * kh * kw * max(Ho, 1) * max(Wo, 1) * x.itemsize))
     if step >= B:
         return _conv2d_chunk(x, W, b, stride, pads, dilation, groups)
-    return np.concatenate([_conv2d_chunk(x[i:i + step], W, b, stride, pads, dilation, groups)
-                           for i in range(0, B, step)])
+    out = np.empty((B, W.shape[0], Ho, Wo), dtype=np.result_type(x, W))  # each chunk's matmul writes its slice
+    for i in range(0, B, step):
+        _conv2d_chunk(x[i:i + step], W, b, stride, pads, dilation, groups, out[i:i + step])
+    return out
 
 
-def _conv2d_chunk(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dilation, groups: int):
+def _conv2d_chunk(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dilation, groups: int,
+                  out: np.ndarray | None = None):
     B, C = x.shape[:2]
     Cout, Cg, kh, kw = W.shape
     cols, Ho, Wo = windows(x, (kh, kw), stride, pads, dilation)
     g, og = groups, Cout // groups
     cols = cols.reshape(B, g, Cg * kh * kw, Ho * Wo)
-    out = np.matmul(W.reshape(g, og, Cg * kh * kw), cols)  # [B, g, og, HoWo]
-    out = out.reshape(B, Cout, Ho, Wo)
+    if out is None:
+        out = np.empty((B, Cout, Ho, Wo), dtype=np.result_type(W, cols))
+    np.matmul(W.reshape(g, og, Cg * kh * kw), cols, out=out.reshape(B, g, og, Ho * Wo))  # [B, g, og, HoWo]
     if b is not None:
         out += b.reshape(1, Cout, 1, 1)
     return out
