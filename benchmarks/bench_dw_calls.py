@@ -19,36 +19,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from call_replay import MULTS, emulations, load_builds, time_builds  # noqa: E402
+from call_replay import MULTS, capture_calls, fresh_add_outputs, load_builds, time_builds  # noqa: E402
 
 
-def capture(path: Path, families) -> None:
-    from dse import kernels
-
-    calls, where = [], {}
-    orig = kernels._kernels.dw_conv
-
-    def recording(*args):
-        if where:
-            calls.append(dict(**where, args=tuple(np.array(a) if isinstance(a, np.ndarray) else a for a in args)))
-        return orig(*args)
-
-    kernels._kernels.dw_conv = recording
-    for _, fam, run in emulations(["mobilenetv2-32"], families):
-        where.update(fam=fam)
-        run()
-        where.clear()
-        print(f"{fam}: {sum(c['fam'] == fam for c in calls)} calls", flush=True)
-    kernels._kernels.dw_conv = orig
-    with open(path, "wb") as f:
-        pickle.dump(calls, f)
+def _record(*args, out=None) -> dict:
+    """What a replay needs of a ``dw_conv`` call: its positional arguments, arrays copied (``out`` is made anew by
+    the replay)."""
+    return dict(args=tuple(np.array(a) if isinstance(a, np.ndarray) else a for a in args))
 
 
 def _call(mod, c, isa):
     a = list(c["args"])
     a[12] = isa if isa is not None else a[12]  # (x, wp, mode, lutT, ftab, gtab, bound, stride, pads, dilation,
-    a[13] = 1  # out_hw, a_signed, isa, threads, scaling, xtab)
-    return mod.dw_conv(*a)
+    a[13] = 1  # out_hw, a_signed, isa, threads, scaling, xtab, block)
+    a[14], base = fresh_add_outputs(a[14])  # a fused Add writes into its own base array
+    return mod.dw_conv(*a, out=base)
 
 
 def _shape(c) -> str:
@@ -78,7 +63,7 @@ def main() -> None:
     r.add_argument("--isa", choices=["avx512", "avx2", "scalar"], help="cap the kernels' ISA level")
     a = ap.parse_args()
     if a.cmd == "capture":
-        capture(a.file, a.families)
+        capture_calls("dw_conv", _record, ["mobilenetv2-32"], a.families, a.file)
     else:
         replay(a.file, a.so, a.rounds, a.filter, a.isa)
 

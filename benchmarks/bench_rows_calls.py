@@ -26,32 +26,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from call_replay import NETS, emulations, load_builds, time_builds  # noqa: E402
+from call_replay import NETS, capture_calls, emulations, fresh_add_outputs, load_builds, time_builds  # noqa: E402
 
 
-def capture(path: Path, nets, families) -> None:
-    from dse import kernels
-
-    calls, where = [], {}
-    orig = kernels._kernels.rows_gemm
-
-    def recording(I, S, D, off, isa=None, threads=1, out=None, offset=0, P=0, ldb=0, sel_is_m=False, add=False,
-                  scaling=None):
-        if where:
-            calls.append(dict(**where, I=np.array(I), S=np.array(S), D=np.array(D), off=np.array(off),
-                              out=None if out is None else (out.shape[0], out.dtype.str), offset=offset, P=P,
-                              ldb=ldb, sel_is_m=sel_is_m, add=add, scaling=scaling))
-        return orig(I, S, D, off, isa, threads, out, offset, P, ldb, sel_is_m=sel_is_m, add=add, scaling=scaling)
-
-    kernels._kernels.rows_gemm = recording
-    for net, fam, run in emulations(nets, families):
-        where.update(net=net, fam=fam)
-        run()
-        where.clear()
-        print(f"{net} {fam}: {sum(c['net'] == net and c['fam'] == fam for c in calls)} calls", flush=True)
-    kernels._kernels.rows_gemm = orig
-    with open(path, "wb") as f:
-        pickle.dump(calls, f)
+def _record(I, S, D, off, isa=None, threads=1, out=None, offset=0, P=0, ldb=0, sel_is_m=False, add=False,
+            scaling=None) -> dict:
+    """What a replay needs of a ``rows_gemm`` call: operands and tables copied, the output's rows and dtype."""
+    return dict(I=np.array(I), S=np.array(S), D=np.array(D), off=np.array(off),
+                out=None if out is None else (out.shape[0], out.dtype.str), offset=offset, P=P, ldb=ldb,
+                sel_is_m=sel_is_m, add=add, scaling=scaling)
 
 
 def _emulated_convs(nets, families):
@@ -117,9 +100,11 @@ def paths(nets, families, rounds: int) -> None:
 
 
 def _call(mod, c):
-    out = None if c["out"] is None else np.zeros(c["out"][0], np.dtype(c["out"][1]))
+    scaling, base = fresh_add_outputs(c["scaling"])  # a fused Add's output buffer is the flat view of its base
+    out = base.reshape(-1) if base is not None else \
+        None if c["out"] is None else np.zeros(c["out"][0], np.dtype(c["out"][1]))
     res, _ = mod.rows_gemm(c["I"], c["S"], c["D"], c["off"], None, 1, out, c["offset"], c["P"], c["ldb"],
-                           sel_is_m=c["sel_is_m"], add=c["add"], scaling=c["scaling"])
+                           sel_is_m=c["sel_is_m"], add=c["add"], scaling=scaling)
     return out if res is None else res
 
 
@@ -152,7 +137,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     if a.cmd == "capture":
-        capture(a.file, a.nets, a.families)
+        capture_calls("rows_gemm", _record, a.nets, a.families, a.file)
     elif a.cmd == "paths":
         paths(a.nets, a.families, a.rounds)
     else:

@@ -5,6 +5,7 @@ side (same bits checked first; interleaved rounds, order alternating per round; 
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import statistics
 import tempfile
 import time
@@ -55,6 +56,44 @@ def emulations(nets, families) -> Iterator[tuple[str, str, Callable[[], None]]]:
             for fam in families:
                 cfg = {layer.name: LayerConfig(lut if fam == "LUT" else MULTS.get(fam, fam)) for layer in qm.layers}
                 yield net, fam, lambda: emu.run(x, cfg, batch_size=n)
+
+
+def capture_calls(kernel: str, record: Callable[..., dict], nets, families, path: Path) -> None:
+    """Runs :func:`emulations` of ``nets`` x ``families`` with ``dse._kernels.<kernel>`` wrapped, and pickles into
+    ``path`` every call made during a run as ``dict(net=..., fam=..., **record(*args, **kwargs))`` (``record``
+    copies what a replay needs of the call's arguments); the kernel itself still runs on each call."""
+    from dse import kernels
+
+    calls, where = [], {}
+    orig = getattr(kernels._kernels, kernel)
+
+    def recording(*args, **kwargs):
+        if where:
+            calls.append(dict(**where, **record(*args, **kwargs)))
+        return orig(*args, **kwargs)
+
+    setattr(kernels._kernels, kernel, recording)
+    try:
+        for net, fam, run in emulations(nets, families):
+            where.update(net=net, fam=fam)
+            run()
+            where.clear()
+            print(f"{net} {fam}: {sum(c['net'] == net and c['fam'] == fam for c in calls)} calls", flush=True)
+    finally:
+        setattr(kernels._kernels, kernel, orig)
+    with open(path, "wb") as f:
+        pickle.dump(calls, f)
+
+
+def fresh_add_outputs(scaling):
+    """A captured call's scaling tuple (as dse._kernels takes it) with a fused Add's outputs (its float32 base array
+    and patterns) replaced by new zeroed ones, so that a replayed call writes its own and passes the kernel's check
+    that it writes within the base: (scaling, base), base None without an Add."""
+    if scaling is None or len(scaling) < 8 or scaling[7] is None:
+        return scaling, None
+    other, base, q = scaling[7]
+    base = np.zeros_like(base)
+    return scaling[:7] + ((other, base, None if q is None else np.zeros_like(q)),), base
 
 
 def load_builds(sos) -> list:
