@@ -2795,6 +2795,16 @@ DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_scale16(const 
                                                               _mm256_castps_pd(f1), 1)), v->b);
 }
 
+/* The Relu/Clip of 16 scaled values (dse_act8's operations at the AVX-512 level). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_act16(const dse_scale512 *v, __m512 y, const int act)
+{
+    if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
+        return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
+    if (act == DSE_ACT_CLIP) /* minimum(maximum(y, lo), hi), NaN kept: vmaxps/vminps, bound first */
+        return _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y));
+    return y;
+}
+
 /* The output step of the first n <= 16 lanes of scaled values y at element j of o (dse_emit1's operations): with add
  * the Add's sum (v->add), then the Relu/Clip, then y written (or with quant its patterns; with add and quant both,
  * the patterns at v->qout). */
@@ -2805,10 +2815,7 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_store(co
     const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
     if (add)
         y = _mm512_add_ps(y, n >= 16 ? _mm512_loadu_ps(v->add + j) : _mm512_maskz_loadu_ps(m, v->add + j));
-    if (act == DSE_ACT_RELU) /* keep y where y > 0 or y is NaN, else +0 */
-        y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
-    else if (act == DSE_ACT_CLIP) /* minimum(maximum(y, lo), hi), NaN kept: vmaxps/vminps, bound first */
-        y = _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y));
+    y = dse_act16(v, y, act);
     if (quant) { /* dse_quantize8: rint(y / qs), clamped, NaN -> 0, the low byte of each lane */
         uint8_t *qo = add ? v->qout : (uint8_t *)o;
         const __m128i q = _mm512_cvtepi32_epi8(dse_quant16_div(y, v->qs, v->qlo, v->qhi)); /* masked vpmovdb stores are slow */
@@ -2898,12 +2905,7 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale_run_q32(co
     for (; j + 64 <= S; j += 64) {
         __m512i q[4];
         for (int k = 0; k < 4; k++) {
-            __m512 y = dse_scale16_at(v, a + j + 16 * k);
-            if (act == DSE_ACT_RELU)
-                y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_NLE_UQ), y);
-            else if (act == DSE_ACT_CLIP)
-                y = _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y));
-            q[k] = dse_quant16_lanes(v, y, sgn);
+            q[k] = dse_quant16_lanes(v, dse_act16(v, dse_scale16_at(v, a + j + 16 * k), act), sgn);
         }
         _mm512_storeu_si512(o + j, dse_pack64(q[0], q[1], q[2], q[3], sgn));
     }
