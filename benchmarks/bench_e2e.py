@@ -272,12 +272,24 @@ def _family(label: str) -> str:
     return label.split()[1] if "(" in label else "LUT"
 
 
+def _evaluate_batches(n: int, size: int, batch: int, seed: int):
+    """Batches of ``batch`` generated images as a data set's reader yields them (float32, built 32 images at a time,
+    so the generator's float64 noise does not count in the peak)."""
+    for i in range(0, n, batch):
+        k = min(batch, n - i)
+        xb = np.empty((k, 3, size, size), np.float32)
+        for j in range(0, k, 32):
+            xb[j:j + 32] = images(min(32, k - j), size, seed + i + j)
+        yield xb
+
+
 NETS = ("resnet18-224", "resnet18-32", "mobilenetv2-32")
 
 
 def rss_child(size: int, n_calib: int, n_eval: int) -> None:
-    """Calibrate ResNet-18 (size) on n_calib generated images, evaluate n_eval, print peak RSS (MiB) and timings."""
-    from dse.emulate import Emulator
+    """Calibrate ResNet-18 (size) on n_calib generated images, then evaluate n_eval as `dse evaluate` does (batches
+    of 256 images: float32 and FxP8 accuracy of each); print peak RSS (MiB) and timings."""
+    from dse.emulate import Emulator, float_hits
     from dse.model.onnx_import import load_onnx
     from dse.quant import calibrate, stream_batch_size
 
@@ -291,8 +303,9 @@ def rss_child(size: int, n_calib: int, n_eval: int) -> None:
     t1 = time.perf_counter()
     emu = Emulator(qm)
     n = 0
-    for xb in image_batches(n_eval, size, b, seed=10_000):
-        n += len(emu.predict(xb))
+    for xb in _evaluate_batches(n_eval, size, 256, seed=10_000):
+        float_hits(graph, xb, np.zeros(len(xb), np.int64), 256)
+        n += len(emu.predict(xb, None, 256))
     t2 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{peak:.0f} {t1 - t0:.1f} {t2 - t1:.1f} {b} {n}")
@@ -309,7 +322,18 @@ def machine() -> str:
     flags = open("/proc/cpuinfo").read()
     isa = sorted({w for w in flags.split() if w.startswith("avx512") or w in ("avx2", "avx_vnni")})
     return (f"{model}, {os.cpu_count()} cpus, dse kernel ISA {_kernels.hardware_isa()}, flags {' '.join(isa)}, "
-            f"load average {os.getloadavg()[0]:.2f} at start")
+            f"numpy BLAS {blas_core()}, load average {os.getloadavg()[0]:.2f} at start")
+
+
+def blas_core() -> str:
+    """numpy's BLAS and the kernels it runs (the float32 path's GEMMs: calibration, float baselines), and an
+    OPENBLAS_CORETYPE pin from the environment (which this benchmark leaves as it finds it)."""
+    from threadpoolctl import threadpool_info
+
+    libs = [f"{i['internal_api']} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()
+            if i.get("user_api") == "blas"]
+    pin = os.environ.get("OPENBLAS_CORETYPE")
+    return (", ".join(libs) or "none found") + (f" (OPENBLAS_CORETYPE={pin} set)" if pin else "")
 
 
 def main() -> None:

@@ -488,10 +488,12 @@ class Emulator:
 
 
 def float_hits(graph, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> int:
-    """Images of one batch ``x`` the float32 reference executor classifies as ``y``."""
+    """Images of one batch ``x`` the float32 reference executor classifies as ``y``, run at most ``batch_size``
+    images at a time and fewer where the graph's tensors are large (the emulator's memory-bounded streaming batch)."""
     from dse.model.float_exec import run_float
+    from dse.quant import stream_batch_size
 
-    return int((run_float(graph, x, batch_size).argmax(axis=1) == y).sum())
+    return int((run_float(graph, x, stream_batch_size(graph, batch_size)).argmax(axis=1) == y).sum())
 
 
 def evaluate(model: str, data: DataRef | None = None, config_path: str | None = None,

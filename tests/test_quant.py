@@ -439,3 +439,25 @@ def test_calibrate_unchanged_by_grouped_histogram(net, monkeypatch, tmp_path):
                 assert va.dtype == vb.dtype and va.tobytes() == vb.tobytes(), (a.name, f)
             else:
                 assert va == vb, (a.name, f)
+
+
+def test_float_baselines_stream_in_memory_bounded_batches(monkeypatch):
+    """The float32 baselines (search set-up, ``dse evaluate``) run the requested 256 images in the emulator's
+    memory-bounded streaming batches, not as one batch (ResNet-18 at 224 took 1.1 GiB more that way), with the same
+    count of right images."""
+    import dse.model.float_exec as float_exec
+    import dse.quant as quant
+    from dse.data import load_dataset
+    from dse.emulate import float_hits
+    from dse.model.onnx_import import load_onnx, resolve_model
+
+    graph = load_onnx(resolve_model("lenet5"))
+    ds = load_dataset("fashion-mnist:search").head(50)
+    x, y = ds.images(), ds.y
+    whole = int((float_exec.run_float(graph, x, 256).argmax(axis=1) == y).sum())
+    per_image = quant.STREAM_BUDGET // quant.stream_batch_size(graph)
+    monkeypatch.setattr(quant, "STREAM_BUDGET", per_image * 7)
+    seen, run_all = [], float_exec.run_float_all
+    monkeypatch.setattr(float_exec, "run_float_all", lambda g, xb, keep=None: seen.append(len(xb)) or run_all(g, xb, keep))
+    assert float_hits(graph, x, y, 256) == whole
+    assert seen == [7] * 7 + [1]
