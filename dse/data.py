@@ -14,8 +14,8 @@
   1 label byte + 3072 pixel bytes, CIFAR-100 records of coarse + fine label bytes + 3072; the fine label is used) or
   the ``cifar-10-batches-bin`` / ``cifar-100-binary`` directory, which means its test file.
 
-Nothing large is held preprocessed: ``Dataset`` keeps the raw source (arrays for .npz/IDX/bundled, a memory map for
-CIFAR, file names for image folders) and its labels, and ``batches(n)`` yields preprocessed float32 NCHW batches
+Nothing large is held preprocessed: ``Dataset`` keeps the raw source (arrays for IDX, bundled and compressed .npz files,
+memory maps for CIFAR and uncompressed .npz files (numpy.savez), file names for image folders) and its labels, and ``batches(n)`` yields preprocessed float32 NCHW batches
 ``x = (raw * scale - mean[c]) / std[c]`` (:class:`Preprocess`). ``subset``/``head`` select images without reading.
 """
 from __future__ import annotations
@@ -121,8 +121,11 @@ class Preprocess:
         sh = (1, -1, 1, 1)
         mean = np.asarray(self.mean, dtype=np.float32).reshape(sh)
         std = np.asarray(self.std, dtype=np.float32).reshape(sh)
-        out = np.asarray(raw).astype(np.float32) * np.float32(self.scale)
-        return np.ascontiguousarray((out - mean) / std, dtype=np.float32)
+        out = np.array(raw, dtype=np.float32, order="C")  # a fresh array: the same float32 steps done in place
+        out *= np.float32(self.scale)
+        out -= mean
+        out /= std
+        return out
 
     def check_channels(self, channels: int, where: str) -> None:
         for k, v in (("mean", self.mean), ("std", self.std)):
@@ -136,7 +139,9 @@ BUNDLED_PREPROCESS = Preprocess(mean=(0.2860,), std=(0.3530,), scale=DEFAULT_SCA
 
 # ----------------------------------------------------------------------------------------------------- sources
 class _Arrays:
-    """Raw images held in memory (bundled split, .npz, IDX): uint8 or float [N, C, H, W]."""
+    """Raw images as an array (bundled split, .npz, IDX): uint8 or float [N, C, H, W], in memory or memory-mapped."""
+
+    CHECK_IMAGES = 1024  # images checked for non-finite values at a time (a memory map is not read whole)
 
     def __init__(self, x: np.ndarray, where: str):
         x = np.asarray(x)
@@ -144,7 +149,8 @@ class _Arrays:
             x = x[:, None]
         if x.ndim != 4:
             raise DseError(f"{where}: images have shape {list(x.shape)}; expected [N, H, W] or [N, C, H, W]")
-        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        if x.dtype.kind == "f" and not all(np.isfinite(x[i:i + self.CHECK_IMAGES]).all()
+                                            for i in range(0, len(x), self.CHECK_IMAGES)):
             raise DseError(f"{where}: images contain NaN or infinite values; give finite pixel values")
         self.x = x
         self.shape = tuple(int(s) for s in x.shape[1:])
@@ -405,13 +411,48 @@ def _open_npz(spec: str, paths, pre: Preprocess, shape):
             if k not in z.files:
                 raise DseError(f"{p}: missing key '{k}' (found {z.files}); save images as 'x' and labels as 'y'")
         try:
-            x, y = z["x"], z["y"]
+            x = _stored_npy(p, "x.npy")
+            x, y = (z["x"] if x is None else x), z["y"]
         except ValueError as exc:
             raise DseError(f"{p}: key 'x' or 'y' holds pickled objects ({exc}); save plain numeric arrays") from None
     if x.dtype.kind not in "uif" or x.ndim not in (3, 4):
         raise DseError(f"{p}: key 'x' has shape {list(x.shape)} dtype {x.dtype}; expected uint8 or float "
                        "[N, H, W] or [N, C, H, W]")
     return _Arrays(x, p.name), _labels(y, len(x), f"{p}: key 'y'"), p.name, None
+
+
+def _stored_npy(path: Path, member: str) -> np.memmap | None:
+    """The array of an .npz member kept uncompressed (numpy.savez), memory-mapped: a data set larger than memory is
+    read batch by batch, and the processes of a search share its pages. None where the member is compressed
+    (numpy.savez_compressed: then it is loaded whole) or its header is one numpy.lib.format cannot read publicly."""
+    import struct
+    import zipfile
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)  # the member's local file header: name and extra field lengths at bytes 26 and 28
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            return None
+        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy.read_array_header_2_0(f)
+        else:
+            return None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError("object arrays cannot be memory-mapped")
+    if 0 in shape or offset - info.header_offset - 30 - sum(struct.unpack("<HH", head[26:30])) \
+            + int(np.prod(shape)) * dtype.itemsize != info.file_size:  # a member cut short: numpy's own error
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _open_idx(spec: str, paths, pre: Preprocess, shape):

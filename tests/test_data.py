@@ -306,3 +306,53 @@ def test_cifar_errors(tmp_path):
     r.write_bytes(bytes([12]) + bytes(3072))
     with pytest.raises(DseError, match="label 12 in a CIFAR-10 file"):
         open_dataset(str(r), Preprocess())
+
+
+def _mapped(a) -> bool:
+    import mmap
+
+    while a is not None and not isinstance(a, mmap.mmap):
+        a = getattr(a, "base", None)
+    return a is not None
+
+
+@pytest.mark.parametrize("dtype,order", [(np.uint8, "C"), (np.float32, "F"), (np.float64, "C")])
+def test_npz_uncompressed_images_are_memory_mapped(tmp_path, dtype, order):
+    """numpy.savez keeps members uncompressed: the images are memory-mapped (a data set larger than memory, shared
+    between a search's processes), with the same values as numpy.savez_compressed's copy, which is loaded."""
+    x = np.asarray(np.random.default_rng(3).integers(0, 256, (40, 3, 6, 5)), dtype=dtype, order=order)
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "s.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "c.npz", x=x, y=y)
+    s, c = (load_dataset(str(tmp_path / f), Preprocess()) for f in ("s.npz", "c.npz"))
+    assert _mapped(s.source.x) and not _mapped(c.source.x)
+    assert np.array_equal(s.images(3, 29), c.images(3, 29)) and np.array_equal(s.y, c.y)
+    assert np.array_equal(s.subset([7, 2, 39]).images(), c.subset([7, 2, 39]).images())
+    # non-finite values are still found, in whichever check block they are
+    bad = x.astype(np.float32)
+    bad[37, 1, 2, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad, y=y)
+    with pytest.raises(DseError, match="nan.npz: images contain NaN"):
+        import dse.data as data
+
+        data._Arrays.CHECK_IMAGES, before = 16, data._Arrays.CHECK_IMAGES
+        try:
+            load_dataset(str(tmp_path / "nan.npz"), Preprocess())
+        finally:
+            data._Arrays.CHECK_IMAGES = before
+
+
+def test_large_npz_is_read_batch_by_batch(tmp_path):
+    """A 192 MiB uncompressed .npz: opening it and reading a 64-image batch adds far less than the file to the
+    process's peak memory (a fresh process, ru_maxrss)."""
+    import subprocess
+    import sys
+
+    n = 192 * 4
+    np.savez(tmp_path / "big.npz", x=np.zeros((n, 1, 512, 512), np.uint8), y=np.zeros(n, np.int64))
+    code = ("import resource, numpy as np; from dse.data import load_dataset, Preprocess;"
+            "r = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            f"a = r(); d = load_dataset({str(tmp_path / 'big.npz')!r}, Preprocess()); x = d.images(0, 64);"
+            "print(r() - a)")
+    grown_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert grown_kib < 160 * 1024, grown_kib  # the batch: 16 MiB of bytes, 64 MiB as float32; loaded: 290 MiB
