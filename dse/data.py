@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,7 @@ class _Arrays:
     """Raw images as an array (bundled split, .npz, IDX): uint8 or float [N, C, H, W], in memory or memory-mapped."""
 
     CHECK_IMAGES = 1024  # images checked for non-finite values at a time (a memory map is not read whole)
+    decodes = False  # read() indexes an array: as cheap as a copy of the images
 
     def __init__(self, x: np.ndarray, where: str):
         x = np.asarray(x)
@@ -163,6 +165,7 @@ class _Cifar:
     """CIFAR-10/100 binary records, memory-mapped: ``label bytes + 3072 pixel bytes (R, G, B planes of 32x32)``."""
 
     PIXELS = 3 * 32 * 32
+    decodes = False  # read() indexes a memory map
 
     def __init__(self, path: Path, label_bytes: int):
         rec = label_bytes + self.PIXELS
@@ -188,6 +191,7 @@ class _Folder:
     crop ``shape[1:]`` (the torchvision Resize + CenterCrop convention)."""
 
     MODES = {1: "L", 3: "RGB"}
+    decodes = True  # read() decodes, converts, resizes and crops every file again (~2 ms per 224x224 JPEG)
 
     def __init__(self, files: list[Path], shape: tuple, size: int | None, where: str):
         C, H, W = (int(s) for s in shape)
@@ -225,11 +229,12 @@ class Dataset:
     """Labels plus a lazily read, preprocessed view of a data source (see module docstring)."""
 
     name: str
-    source: object = field(repr=False)   # _Arrays | _Cifar | _Folder: .shape, .read(indices) -> raw [n, C, H, W]
+    source: object = field(repr=False)   # _Arrays | _Cifar | _Folder: .shape, .decodes, .read(indices) -> raw [n, C, H, W]
     index: np.ndarray = field(repr=False)  # int64: source positions of this data set's images, in order
     y: np.ndarray = field(repr=False)      # int64 labels, aligned with index
     preprocess: Preprocess = Preprocess()
     n_classes: int | None = None  # classes the source declares (folder / CIFAR), None for plain arrays
+    MATERIALIZE_BLOCK: ClassVar[int] = 256  # images read at a time by materialized()
 
     def __len__(self) -> int:
         return len(self.y)
@@ -250,6 +255,21 @@ class Dataset:
         if n < 1:
             raise SettingError("images", n, "must be a positive number of images")
         return self.subset(np.arange(min(n, len(self))), f"{self.name}[:{n}]" if n < len(self) else self.name)
+
+    def materialized(self, max_bytes: int, progress: Callable[[int, int], None] | None = None) -> "Dataset":
+        """This data set with its raw images read once into memory, where its source decodes files on every read
+        (image folders) and they take at most ``max_bytes``; else itself. The images, labels and name are the same.
+        ``progress(done, total)`` is told after every block of images read."""
+        n, shape = len(self), self.image_shape
+        if not self.source.decodes or n * int(np.prod(shape)) > max_bytes:
+            return self
+        raw = np.empty((n,) + shape, np.uint8)
+        for i in range(0, n, self.MATERIALIZE_BLOCK):
+            raw[i:i + self.MATERIALIZE_BLOCK] = self.source.read(self.index[i:i + self.MATERIALIZE_BLOCK])
+            if progress is not None:
+                progress(min(n, i + self.MATERIALIZE_BLOCK), n)
+        return Dataset(self.name, _Arrays(raw, self.name), np.arange(n, dtype=np.int64), self.y, self.preprocess,
+                       self.n_classes)
 
     def images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Preprocessed float32 [n, C, H, W] images ``start:stop`` (read now: keep the range small)."""

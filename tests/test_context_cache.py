@@ -141,3 +141,30 @@ def test_a_pickled_cache_with_a_valid_checksum_is_never_unpickled(first, tmp_pat
     assert cache is None and "unreadable" in why and not marker.exists()
     ctx2 = build_context(str(d / "b.toml"), run_dir=run, progress=lambda *a: None)
     assert ctx2.baseline == ctx.baseline and not marker.exists()
+
+
+def test_search_images_of_an_image_folder_are_decoded_once(tmp_path, monkeypatch):
+    """A search on an image folder: the search and confirmation images are read into memory in the set-up (a stage
+    of its own), so trials decode no file again; the hold-out images, read only by hold-out checks, stay on disk."""
+    from PIL import Image
+
+    import dse.data as data
+    from dse.data import bundled_split
+
+    x, y = bundled_split("search")
+    for i, (a, k) in enumerate(zip(x[:120], y[:120])):
+        (tmp_path / "imgs" / f"class{k}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(tmp_path / "imgs" / f"class{k}" / f"{i:03d}.png")
+    (tmp_path / "b.toml").write_text(BUDGET.replace("[data]\n", f"[data]\nsearch = '{tmp_path / 'imgs'}'\n"
+                                                    "confirm = 30\n"))
+    seen = []
+    ctx = build_context(str(tmp_path / "b.toml"), progress=lambda *a: seen.append(a))
+    assert ("decoding the search images", 40, 40) in [a[:3] for a in seen]
+    assert ("decoding the confirmation images", 30, 30) in [a[:3] for a in seen]
+    assert not ctx.evaluator.data.source.decodes and not ctx.confirm.data.source.decodes
+    assert not ctx.holdout.data.source.decodes  # the bundled hold-out split: arrays
+    calls = []
+    monkeypatch.setattr(data._Folder, "_decode", lambda self, p: calls.append(p))
+    ctx.evaluator.correct({}, 0, 40)
+    ctx.confirm.correct({}, 0, 30)
+    assert calls == []

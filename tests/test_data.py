@@ -356,3 +356,42 @@ def test_large_npz_is_read_batch_by_batch(tmp_path):
             "print(r() - a)")
     grown_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert grown_kib < 160 * 1024, grown_kib  # the batch: 16 MiB of bytes, 64 MiB as float32; loaded: 290 MiB
+
+
+def _gray_pngs(root, n, shape=(9, 11)):
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / f"c{i % 3}" / f"{i:03d}.png")
+
+
+def test_materialized_folder_decodes_once(tmp_path, monkeypatch):
+    """An image folder's subset read into memory: every file decoded once, then reads decode nothing; the same
+    images, labels and name; more bytes than allowed, or a source that does not decode (arrays), stays as it is."""
+    import dse.data as data
+
+    _gray_pngs(tmp_path / "imgs", 40)
+    pre = Preprocess(mean=(0.3,), std=(0.2,))
+    ds = data.open_dataset(str(tmp_path / "imgs"), pre, (1, 9, 11)).subset(np.arange(3, 37)[::-1])
+    ref = ds.images()
+    calls, decode = [], data._Folder._decode
+    monkeypatch.setattr(data._Folder, "_decode", lambda self, p: calls.append(p) or decode(self, p))
+    monkeypatch.setattr(data.Dataset, "MATERIALIZE_BLOCK", 8)
+    seen = []
+    m = ds.materialized(34 * 99, lambda done, total: seen.append((done, total)))
+    assert len(calls) == 34 and len(set(calls)) == 34 and seen == [(8, 34), (16, 34), (24, 34), (32, 34), (34, 34)]
+    assert np.array_equal(m.images(), ref) and np.array_equal(m.y, ds.y) and m.name == ds.name
+    assert np.array_equal(m.subset([5, 0]).images(), ref[[5, 0]])
+    list(m.batches(7))
+    assert len(calls) == 34
+    assert ds.materialized(34 * 99 - 1) is ds  # one byte short
+    arrays = load_dataset(str(_npz(tmp_path)), Preprocess())
+    assert arrays.materialized(1 << 30) is arrays
+
+
+def _npz(tmp_path):
+    p = tmp_path / "a.npz"
+    np.savez(p, x=np.zeros((4, 5, 5), np.uint8), y=np.zeros(4, np.int64))
+    return p
