@@ -3,6 +3,7 @@ model, measured the way the search uses them.
 
 Run:  python benchmarks/bench_predict.py search_spaces/default.toml [--images 5000] [--near 40] [--uniform 20]
       [--seed 0] [--propagated-images N [N ...]] [--write-results]
+      python benchmarks/bench_predict.py search_spaces/default.toml --search-seeds 11 12 13 [--json FILE]
 
 Protocol (one budget file; its model, data, space, energy model and set-up as `dse search` builds them, but on
 ``--images`` images of the search split instead of the budget's cap, so each measured loss has a small sampling
@@ -33,6 +34,16 @@ error, reported as the paired standard error of every loss):
 ``--propagated-images``: the propagated surrogate on other image counts (the first in the main table, the
 search's gate with each of the others on the same points below it; the evaluation images start past the most).
 ``--write-results`` replaces this budget's row block in the "## Predictor" section of benchmarks/RESULTS.md.
+
+``--search-seeds S [S ...]``: instead, the third held-out set, the distribution the gate is used on: the
+configurations real searches of the budget propose (dse.search's study, sampler, seeds, objective with racing and
+confirmation, and run loop, with the budget's settings and sampler seed S, on the budget's own search and
+confirmation images, which are the first of the whole split in the same seeded order), one search per seed. Each
+search has a fresh gate of its own that the objective refits on its full-fidelity trials (as in ``dse search``) and
+that predicts every proposal before it is measured, but never skips one (its time bound lifted), so every proposal
+is measured; its skip decisions are recorded. Every distinct proposal but all-exact is then measured on the same
+evaluation images as above and scored: over all of them and over those within the gate's focus, each with its
+ceiling and floor; with the skips the gate would have made and how many of those were within budget.
 """
 from __future__ import annotations
 
@@ -191,11 +202,7 @@ def gate_stream(cands, setup: list, stream: list, start: int, focus: float | Non
     ``start..``: each predicted by the candidate the gate keeps after the set-up's points (provisional, as in the
     search) and every stream point before it, then added. ``setup``/``stream``: (config, loss) pairs. Returns the
     predictions, the kept candidate and whether the gate was on at each."""
-    from dse.predict import PredictorGate
-
-    cands = [_as_in_a_search(c) for c in cands]
-    gate = PredictorGate(cands, focus=focus)
-    gate.observe([(("fit", i), c, y) for i, (c, y) in enumerate(setup)], provisional=True)
+    gate, cands = fresh_gate(cands, setup, focus)
     preds, kinds, active = [], [], []
     for i, (c, y) in enumerate(stream):
         p = gate.predicted(c)   # every point, as the search predicts every trial (a costly candidate's schedule)
@@ -208,6 +215,18 @@ def gate_stream(cands, setup: list, stream: list, start: int, focus: float | Non
         if isinstance(c.features, _Seen):
             COMPUTED[c.kind] = COMPUTED.get(c.kind, 0) + len(c.features.seen)
     return preds, kinds, active
+
+
+def fresh_gate(cands, setup: list, focus: float | None):
+    """A new gate of the search (dse.predict.PredictorGate over ``cands`` as in a search that met only this stream's
+    points, :func:`_as_in_a_search`) that has observed the set-up's ``(config, loss)`` points, provisionally, as the
+    search's gate has when its first trial starts (dse.search.context.predictor_gate). Returns it and its candidates."""
+    from dse.predict import PredictorGate
+
+    cands = [_as_in_a_search(c) for c in cands]
+    gate = PredictorGate(cands, focus=focus)
+    gate.observe([(("fit", i), c, y) for i, (c, y) in enumerate(setup)], provisional=True)
+    return gate, cands
 
 
 COMPUTED: dict = {}   # the propagated surrogate's feature rows the gate streams computed (network runs)
@@ -282,6 +301,243 @@ def _wide(ctx, m: int):
         z = wide.logits(c)
         return f + logit_features(z, lab, m0, acc_all) - logit_features(z[:k], lab[:k], m0[:k], acc_k)
     return cands + [replace(prop, kind="propagated - logit + wide logit", features=cv)], wide
+
+
+class NeverSkips:
+    """The search's gate as dse.search.objective drives it, except that it never skips a trial: every proposal is
+    predicted (``worth_predicting`` always; the run lifts the gate's time bound) and then measured, and what the gate
+    would have done is kept in ``would``: per configuration (dse.search.objective's key), the conservative loss it
+    would have skipped it with (None while the gate was off or could not predict it)."""
+
+    def __init__(self, gate):
+        self.inner, self.would = gate, {}
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def observe(self, points):
+        return self.inner.observe(points)
+
+    def worth_predicting(self, config: dict) -> bool:
+        return True
+
+    def predicted(self, config: dict):
+        return self.inner.predicted(config)
+
+    def gate(self, config: dict):
+        from dse.search.objective import _config_key
+
+        self.would[_config_key(config)] = self.inner.gate(config)
+        return None
+
+
+class Slice:
+    """Images ``a:b`` of an evaluator as an evaluator (dse.search.objective's interface)."""
+
+    def __init__(self, ev, a: int, b: int):
+        self.ev, self.a, self.n_images = ev, int(a), int(b - a)
+
+    def correct(self, config: dict, start: int, stop: int):
+        return self.ev.correct(config, self.a + start, self.a + stop)
+
+
+def search_split_sizes(ctx, budget: Path) -> tuple[int, int]:
+    """(search images, confirmation images) of the budget's own search. ``ctx`` must hold the whole search split in
+    the budget's seeded order (``--images`` = all of it, no confirmation): the budget's search images are then its
+    first ones and its confirmation images the next (dse.search.context.search_split: one permutation per seed)."""
+    from dse.budget import load_budget
+    from dse.search.context import search_split
+
+    if ctx.unused is not None or ctx.confirm is not None:
+        raise SystemExit("--search-seeds needs --images = the whole search split (5000 bundled images)")
+    b = load_budget(budget)
+    sp = search_split(ctx.evaluator.n_images, b.data.images, b.data.confirm, int(b.search.seed))
+    return int(sp.search.size), int(sp.confirm.size)
+
+
+def search_proposals(ctx, s, sampler_seed: int, setup: list, focus: float | None, sizes: tuple[int, int]):
+    """The configurations a search of the budget proposes with sampler seed ``sampler_seed``: dse.search's own study
+    (join_study, the budget's sampler settings), seeds (enqueue_seeds), objective (racing, confirmation, duplicates)
+    and run loop, on the budget's search and confirmation images (``sizes``: the first images of ``ctx``'s
+    evaluator), one process, no timeout, the hold-out check left out (it decides no constraint), with a fresh search
+    gate (set-up points provisional, refitted on every full-fidelity trial by the objective) that predicts every
+    proposal before it is measured and never skips one (:class:`NeverSkips`). Returns the study's trials in order
+    and the gate wrapper."""
+    from dataclasses import replace
+
+    import optuna
+
+    from dse.search import study as st
+
+    k, m = sizes
+    gate = NeverSkips(fresh_gate(ctx.predictor.candidates, setup, focus)[0])
+    s2 = replace(s, seed=int(sampler_seed), workers=1, timeout_s=None, storage=None,
+                 predictor_max_share=float("inf"))
+    ctx2 = replace(ctx, evaluator=Slice(ctx.evaluator, 0, k), confirm=Slice(ctx.evaluator, k, k + m) if m else None,
+                   holdout=None, unused=None, predictor=gate, deadline=None)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, process = st.join_study(optuna.storages.InMemoryStorage(), f"proposals-{sampler_seed}", s2, create=True)
+    st.enqueue_seeds(study, ctx2, s2, process)
+    st.run_loop(study, st._objective(ctx2, s2), s2)
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number), gate
+
+
+def proposal_rows(trials, gate: NeverSkips, skip_line: float) -> list[dict]:
+    """One row per configuration the search measured (re-proposals, answered from the first, and all-exact left out),
+    in trial order: its configuration, the gate's prediction made before the trial (``predicted``, None: none), the
+    kept candidate and whether the gate was on, whether it would have skipped it (on, conservative loss over
+    ``skip_line``), and what the search measured (loss on its images, full fidelity or raced out, feasible)."""
+    from dse.layer_config import config_from_dict
+    from dse.search.objective import ATTR_PREDICTOR, _config_key
+    from dse.search.study import is_feasible
+
+    rows = []
+    for t in trials:
+        ua = t.user_attrs
+        if "loss" not in ua or "duplicate_of" in ua:
+            continue
+        cfg = config_from_dict(ua["config"])
+        if all(lc.multiplier == "exact" for lc in cfg.values()):
+            continue
+        cons = gate.would.get(_config_key(cfg))
+        rows.append({"trial": t.number, "config": cfg, "predicted": ua.get("predicted_loss"),
+                     "kind": ua.get(ATTR_PREDICTOR, {}).get("kind"),
+                     "active": bool(ua.get(ATTR_PREDICTOR, {}).get("active")),
+                     "skip": cons is not None and cons > skip_line, "search_loss": float(ua["loss"]),
+                     "full": bool(ua.get("full")), "energy": float(ua["energy"]["system"]),
+                     "feasible": is_feasible(t)})
+    return rows
+
+
+def run_search_stream(budget: Path, images: int, sampler_seeds: tuple) -> dict:
+    """The third held-out set: the configurations real searches of the budget propose (:func:`search_proposals`,
+    one search per sampler seed), each predicted by the search's gate as the trials arrive and measured on the same
+    evaluation images as the other sets (:func:`eval_hits`)."""
+    from dse.budget import load_budget
+    from dse.search.context import build_context, setup_fit_configs, settings_from_budget
+    from dse.search.objective import _config_key
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = build_context(str(_budget_copy(budget, images, Path(tmp) / budget.name)), setup_budget_s=1e12)
+    s = settings_from_budget(load_budget(budget))
+    sur = ctx.sensitivity.surrogate
+    sizes = search_split_sizes(ctx, budget)
+    fit0 = setup_fit_configs(ctx.space, s.seed)
+    m0 = sur.n_images
+    setup = [(c, sur.acc_exact - float(ctx.evaluator.correct(c, 0, m0).mean())) for c in fit0]
+    focus, line = ctx.predictor.focus, s.predictor_skip * s.budget_loss
+    skip = max([sur.n_images] + [c.features.__self__.n_images for c in ctx.predictor.candidates
+                                 if hasattr(getattr(c.features, "__self__", None), "n_images")])   # no surrogate saw one
+    exact = eval_hits(ctx, {}, skip)
+    t_setup = time.perf_counter() - t0
+    n = ctx.evaluator.n_images
+    fit_points = {"loss": [y for _, y in setup], **_feature_lists(ctx.predictor.candidates, fit0)}
+    out = {"budget": str(budget), "model": ctx.info["model"], "images": int(exact.size), "search_images": n - skip,
+           "holdout_images": int(exact.size - (n - skip)), "skip": skip, "budget_loss": s.budget_loss,
+           "layers": len(ctx.space.searchable), "setup_s": t_setup, "focus": focus, "skip_line": line,
+           "trials": s.n_trials, "sampler": s.sampler, "racing": list(s.fidelities), "search_split": list(sizes),
+           "setup_points": fit_points, "seeds": {}}
+    hits: dict = {}
+    for seed in sampler_seeds:
+        t0 = time.perf_counter()
+        trials, gate = search_proposals(ctx, s, seed, setup, focus, sizes)
+        t_search = time.perf_counter() - t0
+        rows = proposal_rows(trials, gate, line)
+        t0 = time.perf_counter()
+        for r in rows:
+            key = _config_key(r["config"])
+            if key not in hits:
+                hits[key] = eval_hits(ctx, r["config"], skip)
+        t_measure = time.perf_counter() - t0
+        out["seeds"][str(seed)] = stream_scores(rows, Measured.of(exact, np.array(
+            [hits[_config_key(r["config"])] for r in rows])), focus, s.budget_loss)
+        out["seeds"][str(seed)].update(search_s=t_search, measure_s=t_measure, proposals=len(trials),
+                                       duplicates=sum("duplicate_of" in t.user_attrs for t in trials),
+                                       stream=stream_points(ctx.predictor.candidates, trials))
+        print(f"seed {seed}: {stream_line(out, seed)}", flush=True)
+    return out
+
+
+def stream_points(cands, trials) -> list[dict]:
+    """The points a search's gate met, for replaying other gates on them offline: every trial that measured its
+    configuration (all-exact included), in order, with what the search measured and each candidate's features."""
+    from dse.layer_config import config_from_dict
+
+    out = []
+    for t in trials:
+        ua = t.user_attrs
+        if "loss" not in ua or "duplicate_of" in ua:
+            continue
+        cfg = config_from_dict(ua["config"])
+        out.append({"trial": t.number, "config": [[n, lc.multiplier, bool(lc.cv)] for n, lc in cfg.items()
+                                                  if lc.multiplier != "exact"],
+                    "full": bool(ua.get("full")), "search_loss": float(ua["loss"]),
+                    **{c.kind: (None if f is None else f.tolist()) for c in cands for f in [c.features(cfg)]}})
+    return out
+
+
+def stream_scores(rows: list[dict], m: Measured, focus: float, budget_loss: float) -> dict:
+    """Scores of the gate's predictions of ``rows`` against their measured losses ``m``: over all, and over those
+    measured within the gate's ``focus``, each with its ceiling and floor; the kept candidates, how often the gate
+    was on, and its skip decisions with what they would have cost (skipped configurations within budget)."""
+    pred = np.array([np.nan if r["predicted"] is None else r["predicted"] for r in rows], float)
+    y = m.loss
+    inside = y <= focus
+    skipped = [i for i, r in enumerate(rows) if r["skip"]]
+    feasible = [r["energy"] for r in rows if r["feasible"]]
+    sub = Measured(m.loss[inside], m.se[inside], m.halves[inside])
+    return {"n": len(rows), "loss": y.tolist(), "se": m.se.tolist(), "halves": m.halves.tolist(),
+            "predicted": pred.tolist(), "trials": [r["trial"] for r in rows],
+            "all": {**_scores(pred, y), "ceiling": ceiling(m.reliability()), "floor": error_floor(m.se)},
+            "focus": {**_scores(pred[inside], y[inside]), "ceiling": ceiling(sub.reliability()) if inside.sum() > 2
+                      else float("nan"), "floor": error_floor(sub.se) if inside.any() else float("nan"),
+                      "count": int(inside.sum())},
+            "kept": [r["kind"] for r in rows], "active": [r["active"] for r in rows],
+            "raced": sum(not r["full"] for r in rows), "within_budget": int(np.sum(y <= budget_loss)),
+            "search_feasible": len(feasible), "best_energy": min(feasible, default=float("nan")),
+            "skipped": len(skipped), "skipped_within_budget": [rows[i]["energy"] for i in skipped
+                                                               if y[i] <= budget_loss],
+            "skipped_search_feasible": sum(rows[i]["feasible"] for i in skipped)}
+
+
+def stream_line(r: dict, seed) -> str:
+    d = r["seeds"][str(seed)]
+    a, f = d["all"], d["focus"]
+    return (f"{d['n']} configurations ({d['raced']} raced out), losses {100 * min(d['loss']):.2f}..."
+            f"{100 * max(d['loss']):.2f} pp; all: {a['spearman']:.3f} (ceiling {a['ceiling']:.3f}) / "
+            f"{100 * a['mae']:.2f} pp (floor {100 * a['floor']:.2f}); within focus ({f['count']}): "
+            f"{f['spearman']:.3f} (ceiling {f['ceiling']:.3f}) / {100 * f['mae']:.2f} pp; "
+            f"on for {sum(d['active'])}, would skip {d['skipped']}")
+
+
+def stream_table(r: dict) -> str:
+    """The search-stream set's table: one row per sampler seed."""
+    from collections import Counter
+
+    head = (f"`{Path(r['budget']).name}` ({Path(r['model']).name}, {r['layers']} searchable layers, budget "
+            f"{100 * r['budget_loss']:.1f} pp, {r['sampler']} sampler, {r['trials']} trials, racing {r['racing']} on "
+            f"{r['search_split'][0]} search images (+ {r['search_split'][1]} confirmation)): losses on {r['images']} "
+            f"images no predictor saw ({r['search_images']} search-split images past the surrogates' first "
+            f"{r['skip']}, {r['holdout_images']} hold-out); gate focus {100 * r['focus']:.1f} pp, skip line "
+            f"{100 * r['skip_line']:.1f} pp; set-up {r['setup_s']:.0f} s")
+    lines = [head, "", "| sampler seed | measured configurations (raced out; re-proposals) | losses (SE median) | all: "
+             "Spearman (of ceiling) / MAE (floor) | within the focus: n, Spearman (of ceiling) / MAE (floor) | kept "
+             "candidate; gate on | would skip; of them within budget (energy) / feasible in the search | search "
+             "best energy | search s, measure s |", "|---|---|---|---|---|---|---|---|---|"]
+    for seed, d in r["seeds"].items():
+        a, f = d["all"], d["focus"]
+        kept = ", ".join(f"{k} {v}" for k, v in Counter(str(k) for k in d["kept"]).most_common())
+        cost = ", ".join(f"{e:.4f}" for e in d["skipped_within_budget"])
+        lines.append(
+            f"| {seed} | {d['n']} ({d['raced']}; {d['duplicates']}) | {100 * min(d['loss']):.2f}.."
+            f"{100 * max(d['loss']):.2f} pp ({100 * np.median(d['se']):.2f} pp) | {_fmt(a, a['ceiling'])} "
+            f"({100 * a['floor']:.2f} pp) | {f['count']}, {_fmt(f, f['ceiling'])} ({100 * f['floor']:.2f} pp) | "
+            f"{kept}; {sum(d['active'])} | {d['skipped']}; {len(d['skipped_within_budget'])}"
+            f"{f' ({cost})' if cost else ''} / {d['skipped_search_feasible']} | {d['best_energy']:.4f} | "
+            f"{d['search_s']:.0f}, {d['measure_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def run(budget: Path, images: int, n_near: int, n_uniform: int, seed: int, prop_images: tuple = (),
@@ -536,9 +792,20 @@ def main() -> int:
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every point (features, measured losses) to this file")
     ap.add_argument("--vectors", action="store_true", help="with --json: also each surrogate's per-image correctness")
+    ap.add_argument("--search-seeds", type=int, nargs="+", default=[],
+                    help="instead of the other sets: the configurations searches of the budget with these sampler "
+                         "seeds propose (the budget's settings, the gate predicting every proposal, never skipping)")
     a = ap.parse_args()
     global VECTORS
     VECTORS = a.vectors
+    if a.search_seeds:
+        r = run_search_stream(a.budget, a.images, tuple(a.search_seeds))
+        print(stream_table(r))
+        if a.json:
+            import json
+
+            a.json.write_text(json.dumps(r, indent=1, default=float))
+        return 0
     r = run(a.budget, a.images, a.near, a.uniform, a.seed, tuple(a.propagated_images), tuple(a.logit_images))
     t = table(r)
     print(t)

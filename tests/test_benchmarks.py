@@ -142,3 +142,69 @@ def test_predict_replay_neighbour_correction():
     q = near.quality(Xc, y)
     np.testing.assert_allclose(q.mean_error, np.mean(np.abs(np.maximum(LossModel.loo_predictions(X, y), 0) - y)),
                                atol=1e-9)
+
+
+def test_bench_predict_search_stream_predicts_every_proposal_before_measuring_it_and_skips_none():
+    """bench_predict's search-stream set: a search with dse.search's own study, sampler, objective (racing,
+    confirmation) and run loop on the budget's search images proposes the configurations; a fresh gate predicts every
+    proposal before it is measured, refitted on exactly the full-fidelity trials before it (as in a search), and never
+    skips one; its would-be skips are the gate's own decisions (on, conservative loss over the line)."""
+    import bench_predict as bp
+
+    from dse.layer_config import LayerConfig
+    from dse.predict import Candidate, PredictorGate, leave_one_out
+    from dse.search.objective import _config_key
+    from tests.fakes import FakeEvaluator, make_ctx, settings_
+
+    ctx = make_ctx(n=2000)
+    flips = FakeEvaluator(2000, 0)
+    seen = []
+
+    class Spy:
+        n_images = 2000
+
+        def correct(self, config, start, stop):
+            seen.append((start, stop))
+            return flips.correct(config, start, stop)
+
+    def fit(X, y):
+        m = np.polyfit(X[:, 0], y, 1)
+        return lambda f: float(np.polyval(m, f[0]))
+    cand = Candidate("linear", lambda c: np.array([flips.p_flip(c)]), fit, lambda X, y: leave_one_out(fit, X, y))
+    ctx.predictor, ctx.evaluator = PredictorGate([cand], focus=0.04), Spy()
+    exact = flips.correct({}, 0, 2000).mean()
+    rng = np.random.default_rng(0)
+    layers, mults = ctx.space.searchable, ["drum6", "mitchell", "perf_2_2"]
+    setup = [({}, 0.0)] + [(c, exact - flips.correct(c, 0, 300).mean()) for c in (
+        {n: LayerConfig(mults[rng.integers(3)], bool(rng.integers(2))) for n in layers if rng.uniform() < 0.6}
+        for _ in range(10))]
+    s = settings_(n_trials=30, seed=0, fidelities=[300, 0], predictor_skip=2.0)
+    trials, gate = bp.search_proposals(ctx, s, 5, setup, 0.04, (1000, 500))
+    assert len(trials) == 30 and max(b for _, b in seen) <= 1500   # the search's 1000 images and 500 confirmation
+    assert not any(t.user_attrs.get("skipped") == "predictor" for t in trials)
+    assert all(t.user_attrs["images"] in (300, 1000) for t in trials if "duplicate_of" not in t.user_attrs)
+    # prequential: each trial's prediction is that of a gate fed the full-fidelity trials before it, nothing else
+    replay, _ = bp.fresh_gate([cand], setup, 0.04)
+    for t in trials:
+        replay.observe([(u.number, bp_config(u), u.user_attrs["loss"]) for u in trials
+                        if u.number < t.number and u.user_attrs.get("full") and "duplicate_of" not in u.user_attrs])
+        if "duplicate_of" not in t.user_attrs:
+            assert t.user_attrs["predicted_loss"] == pytest.approx(replay.predicted(bp_config(t)), abs=1e-12)
+            assert gate.would[_config_key(bp_config(t))] == replay.gate(bp_config(t))
+    rows = bp.proposal_rows(trials, gate, s.predictor_skip * s.budget_loss)
+    assert rows and all(r["predicted"] is not None for r in rows)
+    assert any(r["skip"] for r in rows) and any(r["full"] for r in rows) and any(not r["full"] for r in rows)
+    for r in rows:
+        cons = gate.would[_config_key(r["config"])]
+        assert r["skip"] == (r["active"] and cons is not None and cons > 0.02)
+        assert not all(lc.multiplier == "exact" for lc in r["config"].values())
+    hits = np.array([flips.correct(r["config"], 300, 2000) for r in rows])
+    d = bp.stream_scores(rows, bp.Measured.of(flips.correct({}, 300, 2000), hits), 0.04, 0.01)
+    assert d["n"] == len(rows) and d["focus"]["count"] == sum(y <= 0.04 for y in d["loss"])
+    assert d["skipped"] == sum(r["skip"] for r in rows) and d["all"]["spearman"] > 0.9
+
+
+def bp_config(t):
+    from dse.layer_config import config_from_dict
+
+    return config_from_dict(t.user_attrs["config"])
