@@ -415,7 +415,6 @@ def run_search_stream(budget: Path, images: int, sampler_seeds: tuple) -> dict:
     one search per sampler seed), each predicted by the search's gate as the trials arrive and measured on the same
     evaluation images as the other sets (:func:`eval_hits`)."""
     from dse.budget import load_budget
-    from dse.search import seeds
     from dse.search.context import build_context, setup_fit_configs, settings_from_budget
     from dse.search.objective import _config_key
 
@@ -425,9 +424,14 @@ def run_search_stream(budget: Path, images: int, sampler_seeds: tuple) -> dict:
     s = settings_from_budget(load_budget(budget))
     sur = ctx.sensitivity.surrogate
     sizes = search_split_sizes(ctx, budget)
-    # every single-layer change of the logit surrogate measured first (as in the other sets' set-up), so that what it
-    # has at hand does not depend on the searches before
-    seeds.layer_items(ctx.space, ctx.sensitivity, ctx.energy)
+    # every single-layer change of the logit surrogate measured first (the other sets' set-up measures those the
+    # knapsack uses), so that what it has at hand does not depend on the searches before
+    from dse.layer_config import LayerConfig
+
+    for name, c in ctx.space.choices.items():
+        for mult in c.multipliers:
+            for cv in c.cv:
+                sur.delta(name, LayerConfig(mult, cv))
     fit0 = setup_fit_configs(ctx.space, s.seed)
     m0 = sur.n_images
     setup = [(c, sur.acc_exact - float(ctx.evaluator.correct(c, 0, m0).mean())) for c in fit0]
