@@ -4,6 +4,7 @@ each surrogate's loss model corrected by the residuals of its measured neighbour
 Run:  python benchmarks/bench_predict.py search_spaces/resnet8_constrained.toml --seed S --json r8_S.json --vectors
       python benchmarks/bench_predict_replay.py r8_S.json [more.json ...] [--tau 0.005 0.01 0.02 0.05]
       [--shrink 0 0.3 1]
+      python benchmarks/bench_predict_replay.py --smooth FILE [FILE ...]   (any bench_predict --json record)
 
 The idea tested: a surrogate's prediction errs mostly by the sampling of its few hundred images, and configurations
 that get the same of those images right or wrong share that error. So a configuration's residual (measured loss minus
@@ -19,6 +20,14 @@ file (no correction) reproduces bench_predict's "search's gate" row.
 Also printed per file, as the yardstick: how a predictor that knew the true losses would score against these
 measurements (truth taken as the measured losses, each measurement redrawn with its paired standard error, 2000
 draws): the median Spearman and mean error, and how often it reaches Spearman >= 0.9 and mean error <= 0.5 pp.
+
+``--smooth FILE [FILE ...]``: another replay, of records with or without vectors, of bench_predict's two sets or of
+its search-stream set (``--search-seeds``): the gate as recorded, and the gate with a second candidate per surrogate
+whose loss model leaves out the raw count (the share of the surrogate's images that turn wrong), so it chooses
+between the two (:func:`smooth`). Every candidate's features are the recorded ones, looked up by point; the
+propagated surrogate's (and its smooth twin's) count as at hand once asked for, as in the bench; each stream point is
+predicted after the gate observed the full-fidelity points before it (with the losses the search measured), as the
+search's objective does. The "as recorded" rows reproduce the bench's numbers.
 """
 from __future__ import annotations
 
@@ -139,12 +148,117 @@ def oracle(r: dict, draws: int = 2000, seed: int = 0) -> dict:
     return out
 
 
+def point_candidates(kinds: list, rows: dict, smooth_too: bool = False) -> list:
+    """The gate's candidates on recorded feature rows ``rows[kind][i]`` of points ``{"point": i}``: the same fits and
+    qualities as dse.predict's; the propagated surrogate's rows count as at hand once asked for (a network run in a
+    search), its smooth twin sharing them; with ``smooth_too`` each surrogate followed by its :func:`smooth` twin."""
+    from dse.predict import AccuracyModel, Candidate, LossModel, ame_quality, surrogate_quality
+
+    out = []
+    for kind in kinds:
+        def feats(c, tab=rows[kind]):
+            f = tab[c["point"]]
+            return None if f is None else np.asarray(f, float)
+        if kind == "AME":
+            def fit(X, y):
+                m = AccuracyModel.fit(X[:, 0], 1.0 - y)
+                return lambda f: 1.0 - float(m.predict(f[0]))
+            out.append(Candidate(kind, feats, fit, ame_quality))
+            continue
+        at_hand = None
+        if kind == "propagated surrogate":
+            seen: set = set()
+
+            def feats(c, f=feats, seen=seen):   # noqa: F811 (the counting one)
+                seen.add(c["point"])
+                return f(c)
+            at_hand = lambda c, seen=seen: c["point"] in seen  # noqa: E731
+        cand = Candidate(kind, feats, LossModel.fit, surrogate_quality, at_hand)
+        out += [cand, smooth(cand)] if smooth_too else [cand]
+    return out
+
+
+def smooth(cand):
+    """``cand`` (a surrogate's LossModel candidate) with its raw count set to 0: a loss model of the smooth features
+    alone (soft loss, RMS margin change, its Gaussian loss)."""
+    from dse.predict import Candidate
+
+    def feats(c):
+        f = cand.features(c)
+        return None if f is None else np.r_[0.0, np.asarray(f, float)[1:]]
+    return Candidate(f"{cand.kind}, smooth", feats, cand.fit, cand.quality, cand.at_hand)
+
+
+def replay_sets(r: dict, smooth_too: bool) -> tuple[dict, dict]:
+    """bench_predict's near-budget and uniform streams (bench_predict.gate_stream's order) on recorded rows."""
+    from dse.predict import PredictorGate
+
+    P = r["points"]
+    y0, yn, yu = (list(P[k]["loss"]) for k in ("setup", "near", "uniform"))
+    rows = {k: P["setup"][k] + P["near"][k] + P["uniform"][k] for k in r["kinds"]}
+    out = []
+    for ys, start in ((yn, bp.half_of(len(yn))), (yn + yu, len(yn))):
+        gate = PredictorGate(point_candidates(r["kinds"], rows, smooth_too), focus=r["focus"])
+        gate.observe([(("fit", i), {"point": i}, y) for i, y in enumerate(y0)], provisional=True)
+        preds = []
+        for j, y in enumerate(ys):
+            p = gate.predicted({"point": len(y0) + j})
+            if j >= start:
+                preds.append(np.nan if p is None else p)
+            gate.observe([(j, {"point": len(y0) + j}, y)])
+        out.append(bp._scores(preds, ys[start:]))
+    return out[0], out[1]
+
+
+def replay_stream(r: dict, seed: str, smooth_too: bool) -> tuple[dict, dict]:
+    """A search-stream record's gate (bench_predict.search_proposals) on its recorded rows: over all its scored
+    proposals and over those within the focus."""
+    from dse.predict import PredictorGate
+
+    d, S = r["seeds"][seed], r["setup_points"]
+    kinds = [k for k in S if k != "loss"]
+    n0 = len(S["loss"])
+    rows = {k: S[k] + [p[k] for p in d["stream"]] for k in kinds}
+    gate = PredictorGate(point_candidates(kinds, rows, smooth_too), focus=r["focus"])
+    gate.observe([(("fit", i), {"point": i}, y) for i, y in enumerate(S["loss"])], provisional=True)
+    pred, full = {}, []
+    for j, p in enumerate(d["stream"]):
+        gate.observe(full)
+        v = gate.predicted({"point": n0 + j})
+        pred[p["trial"]] = np.nan if v is None else v
+        if p["full"]:
+            full.append((p["trial"], {"point": n0 + j}, p["search_loss"]))
+    x, y = np.array([pred[t] for t in d["trials"]]), np.array(d["loss"])
+    inside = y <= r["focus"]
+    return bp._scores(x, y), bp._scores(x[inside], y[inside])
+
+
+def smooth_table(paths: list) -> None:
+    print("| file | set | the gate as recorded: Spearman / mean error | with smooth twins |\n|---|---|---|---|")
+    for path in paths:
+        r = json.loads(path.read_text())
+        if "seeds" in r:
+            sets = {f"search stream, sampler seed {s}{', ' + part if part else ''}": (s, k)
+                    for s in r["seeds"] for k, part in ((0, ""), (1, "within the focus"))}
+            got = {t: [replay_stream(r, s, sm)[k] for sm in (False, True)] for t, (s, k) in sets.items()}
+        else:
+            both = [replay_sets(r, sm) for sm in (False, True)]
+            got = {"knapsack neighbourhood": [b[0] for b in both], "uniform": [b[1] for b in both]}
+        for what, (a, b) in got.items():
+            print(f"| {path.name} | {what} | {a['spearman']:.3f} / {100 * a['mae']:.2f} pp | "
+                  f"{b['spearman']:.3f} / {100 * b['mae']:.2f} pp |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", type=Path, nargs="+")
     ap.add_argument("--tau", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05])
     ap.add_argument("--shrink", type=float, nargs="+", default=[0.0, 0.3, 1.0])
+    ap.add_argument("--smooth", action="store_true", help="replay with smooth twins instead (module docstring)")
     a = ap.parse_args()
+    if a.smooth:
+        smooth_table(a.json)
+        return 0
     grid = [(None, None)] + [(t, s) for t in a.tau for s in a.shrink]
     print("| file | correction | knapsack neighbourhood: Spearman / mean error | uniform: Spearman / mean error |\n"
           "|---|---|---|---|")

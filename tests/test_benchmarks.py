@@ -208,3 +208,45 @@ def bp_config(t):
     from dse.layer_config import config_from_dict
 
     return config_from_dict(t.user_attrs["config"])
+
+
+def test_bench_predict_replay_reproduces_a_search_stream_record():
+    """bench_predict_replay --smooth on a search-stream record (bench_predict.search_proposals, stream_points,
+    stream_scores): its "as recorded" replay of the gate on the recorded feature rows gives the recorded predictions'
+    scores, over all proposals and within the focus; the smooth twins change only the candidates."""
+    import bench_predict as bp
+    import bench_predict_replay as bpr
+
+    from dse.layer_config import LayerConfig
+    from dse.predict import Candidate, LossModel, PredictorGate, surrogate_quality
+    from tests.fakes import FakeEvaluator, make_ctx, settings_
+
+    ctx, flips = make_ctx(n=2000), FakeEvaluator(2000, 0)
+    rng = np.random.default_rng(1)
+    noise = {}
+
+    def feats(c):   # a surrogate-like row: a noisy raw count, then smooth features
+        k = tuple(sorted((n, lc.multiplier, lc.cv) for n, lc in c.items() if lc.multiplier != "exact"))
+        p = flips.p_flip(c)
+        return np.array([p + noise.setdefault(k, rng.normal(0, 0.003)), 0.5 * p, 2 * p, 0.9 * p])
+    cand = Candidate("logit surrogate", feats, LossModel.fit, surrogate_quality)
+    ctx.predictor = PredictorGate([cand], focus=0.04)
+    exact = flips.correct({}, 0, 2000).mean()
+    layers, mults = ctx.space.searchable, ["drum6", "mitchell", "perf_2_2"]
+    fit0 = [{}] + [{n: LayerConfig(mults[rng.integers(3)], bool(rng.integers(2))) for n in layers
+                    if rng.uniform() < 0.6} for _ in range(10)]
+    setup = [(c, exact - flips.correct(c, 0, 300).mean()) for c in fit0]
+    s = settings_(n_trials=30, seed=0, fidelities=[300, 0], predictor_skip=2.0)
+    trials, gate = bp.search_proposals(ctx, s, 3, setup, 0.04, (1000, 500))
+    rows = bp.proposal_rows(trials, gate, 0.02)
+    hits = np.array([flips.correct(r["config"], 300, 2000) for r in rows])
+    d = bp.stream_scores(rows, bp.Measured.of(flips.correct({}, 300, 2000), hits), 0.04, 0.01)
+    d["stream"] = bp.stream_points([cand], trials)
+    rec = {"focus": 0.04, "setup_points": {"loss": [y for _, y in setup], **bp._feature_lists([cand], fit0)},
+           "seeds": {"3": d}}
+    (a, f), (sa, sf) = (bpr.replay_stream(rec, "3", sm) for sm in (False, True))
+    y, pred = np.array(d["loss"]), np.array(d["predicted"])
+    for got, want in ((a, bp._scores(pred, y)), (f, bp._scores(pred[y <= 0.04], y[y <= 0.04]))):
+        assert got["n"] == want["n"] and got["spearman"] == pytest.approx(want["spearman"], abs=1e-12)
+        assert got["mae"] == pytest.approx(want["mae"], abs=1e-12)
+    assert sa["n"] == a["n"] and sf["n"] == f["n"]
