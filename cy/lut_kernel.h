@@ -1028,14 +1028,18 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
             *d = (first ? init + (o->add ? *d : 0) : *d) + acc[i * ns];
         return;
     }
-    int64_t p = i0 % o->P; /* n = js fixed, m = i0 + i: runs of P positions per image */
-    int64_t *d = o->base + (i0 / o->P) * o->ldb + js * o->P;
-    for (int64_t i = 0; i < len; i++) {
-        d[p] = (first ? init + (o->add ? d[p] : 0) : d[p]) + acc[i * ns];
-        if (++p == o->P) {
-            p = 0;
-            d += o->ldb;
-        }
+    /* n = js fixed, m = i0 + i: runs of at most P positions per image, each a branch-free loop */
+    int64_t *d = o->base + (i0 / o->P) * o->ldb + js * o->P + i0 % o->P;
+    for (int64_t i = 0, run = o->P - i0 % o->P; i < len; i += run, run = o->P) {
+        const int64_t n = (len - i < run) ? len - i : run;
+        const int32_t *a = acc + i * ns;
+        if (first && !o->add)
+            for (int64_t r = 0; r < n; r++)
+                d[r] = init + a[r * ns];
+        else
+            for (int64_t r = 0; r < n; r++)
+                d[r] += (first ? init : 0) + a[r * ns];
+        d += run - o->P + o->ldb; /* the next image's first position */
     }
 }
 
