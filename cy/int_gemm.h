@@ -421,6 +421,10 @@ struct dse_ig_plan {
     int wb_ident;         /* wb[p] == p */
     int xa_ident, xa_flip; /* xa[p] == p; xa[p] == p ^ 0x80 (signed activation values offset by 128) */
     const int64_t *corr; /* aoff != 0: corr[n] = aoff * sum_k W'[n, k], subtracted from the sums */
+    /* with sc: sums added to the finished int32 sums before the scaling (element (n, m) at
+     * addend[(m / img) * add_ld_img + n * add_ld_n + m % img]; the caller bounds every total within int32) */
+    const int64_t *addend;
+    int64_t add_ld_img, add_ld_n;
     const dse_ig_conv *cv; /* the operand as a conv's input (built per task and depth block), else NULL */
 };
 
@@ -804,6 +808,15 @@ static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_
                 for (int64_t i = 0; i < mv; i++)
                     c[i] -= cn;
             }
+            if (P->addend) /* |addend| and the totals fit int32 (the caller's bound): no int32 sum overflows */
+                for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
+                    const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
+                    const int64_t *a = P->addend + b * P->add_ld_img + n * P->add_ld_n + s;
+                    int32_t *ci = c + i;
+                    for (int64_t j = 0; j < len; j++)
+                        ci[j] += (int32_t)a[j];
+                    i += len, b++, s = 0;
+                }
             for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
                 const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
                 /* whole images from here on: one call for all of them (runs of img sums, one image apart) */
@@ -869,12 +882,14 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
 /* Returns 0 (the int16 kernel ran) or 1 (the VNNI kernel ran: vnni != 0 allows it where the CPU has it and the
  * operands fit bytes), or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be
  * < 2^31), -4 when the operand is a conv's input (cv, AT unused) and the call does not run on the avx512 VNNI
- * kernel (nothing done: the caller builds the operand). */
+ * kernel (nothing done: the caller builds the operand). With sc, ``addend`` (or NULL) holds int64 sums laid out as out
+ * with strides add_ld_img, add_ld_n, added to the finished sums before the scaling (e.g. the split path's error
+ * sums: the layer's sums = exact product + error); the caller guarantees that they and the totals fit int32. */
 static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
                         int64_t K, int64_t M, int64_t N,
                         int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
                         int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt,
-                        const dse_ig_conv *cv)
+                        const dse_ig_conv *cv, const int64_t *addend, int64_t add_ld_img, int64_t add_ld_n)
 {
     if (S < 1 || 2 * S > 2147483647LL)
         return -2;
@@ -885,6 +900,8 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     P.A.p = AT, P.A.lda = lda, P.A.img = aimg, P.A.ld_img = ld_aimg;
     P.Wp = Wp, P.K = K, P.M = M, P.N = N, P.t = t, P.mode = mode, P.fa = fa;
     P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out, P.level = level, P.sc = sc, P.outs = outs;
+    if (sc)
+        P.addend = addend, P.add_ld_img = add_ld_img, P.add_ld_n = add_ld_n;
     const int q8 = vnni && dse_ig_plan8(&P, gw);
     if (cv && !(q8 && level >= DSE_ISA_AVX512))
         return -4;

@@ -77,7 +77,7 @@ cdef extern from "int_gemm.h" nogil:
                      int64_t K, int64_t M, int64_t N,
                      int t, const int16_t *fa, int mode, const int16_t *gw, int64_t S, int64_t *out, int64_t img,
                      int64_t ld_img, int64_t ld_n, const dse_scaling *sc, void *outs, int vnni, int nt,
-                     const dse_ig_conv *cv)
+                     const dse_ig_conv *cv, const int64_t *addend, int64_t add_ld_img, int64_t add_ld_n)
     ctypedef struct dse_i2c_plan:
         pass
     ctypedef struct dse_ig_conv:
@@ -472,7 +472,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
 
 def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
              const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None, vnni=None,
-             conv=None):
+             conv=None, addend=None):
     """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
     ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
     uint8[K, M] (C-contiguous, M = B * img), or of ``AT`` uint8[B', K, img'] read per image (element (k, m) at
@@ -490,7 +490,11 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
     of channels c0 .. c0 + K / (kh kw) - 1 of the conv input x uint8[B, C, H, W] (C-contiguous; ``pads`` = (top,
     left)), as :func:`im2col` would give it (M = B Ho Wo, img = Ho Wo), built per task and depth block in cache; only
     on the VNNI kernel at the avx512 level where the geometry fits the VBMI im2col: else nothing is done and None is
-    returned (the caller builds the operand)."""
+    returned (the caller builds the operand).
+
+    ``addend`` (with ``scaling`` only) int64[B, N, img] like ``out`` (unit stride along img): added to the sums before
+    they are scaled (out receives the scaling of the sums + addend); the caller guarantees that every |addend| and
+    every |sum + addend| is < 2^31."""
     cdef int level = _level(isa)
     cdef int use_vnni = vnni_enabled() if vnni is None else bool(vnni)
     cdef dse_ig_conv cv
@@ -511,15 +515,15 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
         cv.ld_b, cv.HW, cv.kw, cv.Ho, cv.Wo = cC * cH * cW, cH * cW, ckw, chw[0], chw[1]
         try:
             return _int_gemm_call(None, Wp, fa, a_mode, gw, S, out, level, use_vnni, threads, scaling, &cv,
-                                  Wp.shape[1], cB * chw[0] * chw[1])
+                                  Wp.shape[1], cB * chw[0] * chw[1], addend)
         finally:
             dse_i2c_free(&cv.i2c)
-    return _int_gemm_call(AT, Wp, fa, a_mode, gw, S, out, level, use_vnni, threads, scaling, NULL, 0, 0)
+    return _int_gemm_call(AT, Wp, fa, a_mode, gw, S, out, level, use_vnni, threads, scaling, NULL, 0, 0, addend)
 
 
 cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode, const int16_t[:, ::1] gw,
                     int64_t S, out, int level, int use_vnni, int threads, scaling, const dse_ig_conv *cv, int64_t cK,
-                    int64_t cM):
+                    int64_t cM, addend=None):
     """int_gemm's checks and call, on the matrix AT or (cv, AT None) a conv input of K = cK rows and M = cM
     positions."""
     if cv != NULL:
@@ -564,12 +568,23 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
     cdef int64_t img = out.shape[2], ld_img = out.strides[0] // isz, ld_n = out.strides[1] // isz
     if scaling is not None:
         _check_within(keep, addr, (out.shape[0] - 1) * ld_img + (N - 1) * ld_n + img - 1)
+    cdef size_t add_addr = 0
+    cdef int64_t add_ld_img = 0, add_ld_n = 0
+    if addend is not None:
+        if scaling is None:
+            raise ValueError("int_gemm: an addend needs a scaled call")
+        if addend.dtype != np.int64 or addend.ndim != 3 or addend.shape != out.shape or \
+                (img > 1 and addend.strides[2] != 8) or addend.strides[0] % 8 or addend.strides[1] % 8 or \
+                min(addend.strides) < 0:
+            raise ValueError("int_gemm: the addend must be int64 of out's shape, unit stride along its last axis")
+        add_addr, add_ld_img, add_ld_n = addend.ctypes.data, addend.strides[0] // 8, addend.strides[1] // 8
     cdef int rc = 0
     with nogil:
         rc = dse_int_gemm(level, <const uint8_t *>a_addr, lda, aimg, ld_aimg, &Wp[0, 0], K, M, N, t, &fa[0, 0], mode,
                           &gw[0, 0], S,
                           <int64_t *>addr if scaling is None else NULL, img, ld_img, ld_n,
-                          NULL if scaling is None else &sc, <void *>addr, use_vnni, max(1, threads), cv)
+                          NULL if scaling is None else &sc, <void *>addr, use_vnni, max(1, threads), cv,
+                          <const int64_t *>add_addr, add_ld_img, add_ld_n)
     if rc == -4:
         return None
     if rc < 0:

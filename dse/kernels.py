@@ -780,14 +780,19 @@ def _rows_by_act(tabs: _RowTables, M: int, N: int) -> bool:
 #   VNNI kernel (fitted on Zen 2, AVX2, 2026-11-26: the integer kernel ran ~45-55 GMAC/s there);
 # - _SPLIT_TINY_COST: per unit of _rows_cost of an error table whose entries are < 32 (the 8-bit sums: one byte per
 #   selector and position instead of two): 0.62 at avx512 (64-row tiles), 0.66 at avx2 (32-row tiles); 1 otherwise;
-# - _SPLIT_OUT_COST: per output (divided by K as the rest), the split's int64 sums written by the integer GEMM, added
-#   to by the rows kernel and scaled in a pass of their own (the rows path scales its tiles in the kernel): ~1.3 ns,
-#   ~110 units at avx512 and ~80 at avx2. Split then wins on the 3x3 convs (K >= 576, 1.04-1.45x at avx512) and loses
-#   on the stems and the 1x1 downsampling convs (K = 27-256).
+# - _SPLIT_OUT_COST: per output (divided by K as the rest), the error table's int64 sums that the rows kernel writes
+#   and the integer GEMM adds to its int32 tiles before it scales them (conv2d_scaled, _conv_split_scaled; the rows
+#   path gathers and scales its tiles in the kernel): refitted 2026-11-27 07:00 UTC after that fusion (was ~110 /
+#   80: the GEMM's int64 sums, the rows kernel's add into them and a scaling pass of their own) to 40 at avx512 (the
+#   least squared log error of the split/rows time ratio over ResNet-18 32 and 224's 40 LUT convs); 80 kept at avx2
+#   (there the fit leaves 4-9 of ResNet-18 32's 20 picks wrong at any value, and 80 took auto within 1 % of the
+#   per-call best: the avx2 split's error is in its other two terms).
+#   Split then wins on the 3x3 convs (K >= 576, 1.04-1.5x at avx512) and the 1x1 convs at K = 256, and loses on the
+#   stems and the 1x1 downsampling convs at K = 64 / 128.
 _SPLIT_EXACT_COST = {"avx512": 0.24, "avx2": 0.33}
 _SPLIT_EXACT_COST_NO_VNNI = 0.45
 _SPLIT_TINY_COST = {"avx512": 0.62, "avx2": 0.66}
-_SPLIT_OUT_COST = {"avx512": 110.0, "avx2": 80.0}
+_SPLIT_OUT_COST = {"avx512": 40.0, "avx2": 80.0}
 
 
 def _split_cost(err: _RowTables, M: int, N: int, K: int | None, isa) -> tuple[bool, float]:
@@ -1149,8 +1154,8 @@ def _conv_row_classes(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: i
     """The weight-selected row table when a conv's GEMMs (reduction K, N channels, M positions per group) run on it
     and it has activation classes: the conv then maps its input patterns xq to classes before im2col (a fraction of
     the bytes of the GEMM operand; padding stays 0, the class of pattern 0). Else None."""
-    by_act = _conv_rows_plan(xq, mult, a_signed, K, N, M, path, isa)
-    return None if by_act is None else _classed_table(_prepare(mult, a_signed), by_act)
+    plan = _conv_table_plan(xq, mult, a_signed, K, N, M, path, isa) if path in ("auto", "rows") else None
+    return None if plan is None or plan[0] != "rows" else _classed_table(_prepare(mult, a_signed), plan[1])
 
 
 def _classed_table(prep: _Prepared, by_act: bool) -> _OffsetTable | None:
@@ -1160,20 +1165,21 @@ def _classed_table(prep: _Prepared, by_act: bool) -> _OffsetTable | None:
     return None if by_act or t is None or t.cls is None else t
 
 
-def _conv_rows_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int, path: str, isa) -> bool | None:
-    """The orientation (by_act) of the rows kernel when a conv's GEMMs (reduction K, N channels, M positions per
-    group) run on its own row tables (kind "rows", not "split"), else None. The path is chosen as _gemm_T_paths
-    does, with the input's largest |value| (>= the operand's)."""
-    if path not in ("auto", "rows") or _kernels is None or xq.size == 0 or K == 0:
+def _conv_table_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: int, path: str,
+                     isa) -> tuple[str, bool] | None:
+    """(kind, by_act) of _table_plan when a conv's GEMMs (reduction K, N channels, M positions per group) run on the
+    table kernels: kind "rows" (its own row tables) or "split" (the exact integer GEMM + row tables of the error
+    table), by_act the orientation of the row tables; else None. The path is chosen as _gemm_T_paths does, with the
+    input's largest |value| (>= the operand's)."""
+    if path not in ("auto", "rows", "split") or _kernels is None or xq.size == 0 or K == 0:
         return None
     prep = _prepare(mult, a_signed)
     if _int_plan(mult, a_signed, K, path, isa) is not None:
         return None
     amax = _max_abs(xq, a_signed) if path == "auto" and prep.range_matters else None
-    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) != "rows":
+    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) not in ("rows", "split"):
         return None
-    kind, by_act = _table_plan(prep, M, N, path, K, isa)
-    return by_act if kind == "rows" else None
+    return _table_plan(prep, M, N, path, K, isa)
 
 
 # Image slices of conv2d_scaled on the paths that emit int64 sums (split, lut, ...): at most this many bytes of sums
@@ -1189,8 +1195,9 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     """``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit ([B, Cout, Ho, Wo], ``scaling.dtype``:
     float32, or the next layer's quantized input), without the int64 tensor: the direct depthwise kernel scales each
     output plane as it finishes; the integer GEMM kernel scales its int32 tiles when they hold the whole reduction
-    (_scaled_int_plan); the rows kernel scales each finished tile of sums (_conv_rows_scaled); the other GEMM paths
-    run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output."""
+    (_scaled_int_plan); the rows kernel scales each finished tile of sums (_conv_rows_scaled); the split path adds
+    the error table's sums to the integer GEMM's int32 tiles before they are scaled (_conv_split_scaled); the other
+    GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
     if direct is not None:
@@ -1201,9 +1208,11 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     xq, (Cout, Cg, kh, kw) = _u8(x), w.shape
     P = max(1, geo.out_hw[0] * geo.out_hw[1])
     step = max(1, _FUSED_SLICE_BYTES // max(1, Cg * groups * kh * kw * P), -(-_SCALED_SLICE_MIN_POS // P))
-    by_act = _conv_rows_plan(xq, mult, a_signed, Cg * kh * kw, Cout // groups, min(x.shape[0], step) * P, path, isa)
-    if by_act is not None:
-        return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, by_act, step)
+    tplan = _conv_table_plan(xq, mult, a_signed, Cg * kh * kw, Cout // groups, min(x.shape[0], step) * P, path, isa)
+    if tplan is not None and tplan[0] == "rows":
+        return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, tplan[1], step)
+    if tplan is not None and _split_fits32(_prepare(mult, a_signed), Cg * kh * kw):
+        return _conv_split_scaled(xq, w, _prepare(mult, a_signed), geo, groups, isa, scaling, tplan[1])
     B, per_image = x.shape[0], Cout * geo.out_hw[0] * geo.out_hw[1]
     out, q = scaling.empty((B, Cout) + geo.out_hw)
     step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image), -(-_SCALED_SLICE_MIN_POS // P))
@@ -1310,6 +1319,50 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
             _rows_gemm(AT[g * kg:(g + 1) * kg], wg[g], prep, isa, by_act=by_act,
                        into=_Dest(flat, (b0 * Cout + g * og) * P, P, Cout * P), classed=cls is not None,
                        scaling=sg[g], scaled=(out, q))
+    return scaling.result(out, q)
+
+
+def _split_fits32(prep: _Prepared, K: int) -> bool:
+    """Whether the split path's sums of reduction K fit the integer GEMM's scaled int32 tiles: the exact product's
+    in one int32 segment, and the error sums (|E| <= the table's largest |entry| + the product's bound S) and the
+    totals (<= K x the largest |entry|) within int32, so that the error sums can be added to the exact ones there."""
+    S = _exact_plan(prep.err_signed).S
+    return _kernels.int_gemm_fits32(K, 1, S) and K * (prep.maxabs + S) < 2 ** 31
+
+
+def _conv_split_scaled(xq, w, prep: _Prepared, geo: _ConvGeometry, groups: int, isa, scaling: "Scaling",
+                       by_act: bool) -> np.ndarray:
+    """conv2d_scaled on the split path (_split_fits32 holds), per group, on slices of images: the rows kernel writes
+    the error table's int64 sums of a slice (orientation by_act; at most _SCALED_SLICE_BYTES of sums, at least
+    _SCALED_SLICE_MIN_POS positions), then the integer GEMM computes the exact product on the same im2col operand
+    and adds the error sums to its int32 tiles before it scales them into the output: no int64 sums of the exact
+    product, no scaling pass. (The kernel's own in-cache im2col, _conv_int_gemm_direct, measured no faster here:
+    the operand exists for the rows kernel anyway.)"""
+    B = xq.shape[0]
+    Cout, Cg, kh, kw = w.shape
+    og, kg = Cout // groups, Cg * kh * kw
+    P = max(1, geo.out_hw[0] * geo.out_hw[1])
+    plan = _exact_plan(prep.err_signed)
+    out, q = scaling.empty((B, Cout) + geo.out_hw)
+    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
+    view = out.reshape(B, Cout, P)
+    Wp = _u8(w).reshape(Cout, kg)
+    wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
+    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
+             for g in range(groups)]
+    step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * Cout * P), -(-_SCALED_SLICE_MIN_POS // P))
+    acc = np.empty((min(B, step), Cout, P), dtype=np.int64)
+    level, threads = _isa_name(isa), get_threads()
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        AT = gemm_operand_T(xq[b0:b1], kh, kw, geo.stride, geo.pads, geo.dilation)[0]
+        err = acc[:b1 - b0]
+        for g in range(groups):
+            c = slice(g * og, (g + 1) * og)
+            _rows_gemm(AT[g * kg:(g + 1) * kg], wg[g], prep, isa, by_act=by_act,
+                       into=_Dest(err.reshape(-1), g * og * P, P, Cout * P), tabs=prep.err_rows)
+            _kernels.int_gemm(AT[g * kg:(g + 1) * kg], wg[g], plan.fa, plan.a_mode, plan.gw, plan.S, view[b0:b1, c],
+                              level, threads, sargs[g], addend=err[:, c])
     return scaling.result(out, q)
 
 

@@ -283,6 +283,53 @@ def test_convs_on_every_int_gemm_kernel(c, seed):
                     (isa, vnni, path)
 
 
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(1, 4), img=st.integers(1, 70), Kd=st.integers(1, 300), N=st.integers(1, 14),
+       mode=st.sampled_from(["u8", "s8"]), operand=st.sampled_from(["matrix", "per_image", "conv"]),
+       quant=st.sampled_from([None, False, True]), extreme=st.booleans(), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_int_gemm_scaled_tiles_add_the_addend(B, img, Kd, N, mode, operand, quant, extreme, threads, seed):
+    """A scaled call with ``addend`` (int64 [B, N, img], its own strides: a channel slice of a wider buffer) scales
+    sums + addend: dequantize's output of the int64 sums plus the addend, on every kernel, operand as a matrix, per
+    image or a conv's input (3x3, padded: built in the kernel where it can), 1 and 2 threads; addends up to the
+    int32 limit less the largest |sum| (``extreme``), the VNNI offset's correction in the same tile."""
+    rng = np.random.default_rng(seed)
+    fa, gw = W_VALS, W_VALS
+    if operand == "conv":  # x [B, C, 3, img] under a 3x3 kernel, padding 1: img positions per row, 3 rows
+        C = max(1, Kd // 9)
+        x = rng.integers(0, 256, (B, C, 3, img)).astype(np.uint8)
+        AT, Ho, Wo = K.im2col_T(x, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))
+        img, Kd = Ho * Wo, C * 9
+    else:
+        AT = rng.integers(0, 256, (Kd, B * img)).astype(np.uint8)
+    Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
+    S = 128 * 255 if mode == "u8" else 128 * 128
+    acc = np.empty((B, N, img), np.int64)
+    _kernels.int_gemm(np.ascontiguousarray(AT), Wp, fa, mode, gw, S, acc)
+    room = 2 ** 31 - 1 - int(np.abs(acc).max())
+    lim = room if extreme else 2 ** 12
+    wide_add = rng.integers(-lim, lim + 1, (B, N + 3, img + 1))
+    if extreme:
+        wide_add[0, 1, 0], wide_add[-1, -2, img - 1] = lim, -lim
+    addend = wide_add[:, 1:N + 1, :img]
+    sc = (float(rng.uniform(1e-9, 1e-6)), rng.uniform(1e-4, 1e-2, N).astype(np.float32),
+          rng.normal(0, 1, N).astype(np.float32), "clip", -2.0, 5.0, None if quant is None else (0.03, quant))
+    ref = _kernels.dequantize(acc + addend, *sc[:3], 1, *sc[3:])
+    for isa, vnni in KERNELS:
+        wide = np.zeros((B, N + 2, img), ref.dtype)
+        if operand == "conv":
+            got = _kernels.int_gemm(None, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, threads, sc, vnni,
+                                    conv=(x, 0, (3, 3), (1, 1), (1, 1), (1, 1), (Ho, Wo)), addend=addend)
+            if got is None:
+                continue
+        else:
+            a = AT.reshape(Kd, B, img).transpose(1, 0, 2) if operand == "per_image" else AT
+            _kernels.int_gemm(a, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, threads, sc, vnni, addend=addend)
+        assert np.array_equal(wide[:, 1:N + 1], ref) and not wide[:, 0].any() and not wide[:, N + 1].any(), isa
+    with pytest.raises(ValueError, match="addend needs a scaled call"):
+        _kernels.int_gemm(AT, Wp, fa, mode, gw, S, acc, addend=addend)
+
+
 @settings(deadline=None, max_examples=150)
 @given(B=st.integers(1, 3), C=st.integers(1, 80), H=st.sampled_from([1, 3, 7, 12, 16, 33, 70, 130]),
        W=st.sampled_from([1, 4, 7, 12, 16, 33, 70, 130]), k=st.sampled_from([(3, 3), (1, 3), (2, 2), (5, 5), (7, 7)]),

@@ -949,6 +949,102 @@ def test_split_path_exact_plus_error_row_tables():
                 assert np.array_equal(K.gemm_int(a, wg, umult, signed, path=path, isa=isa), ugref), (signed, path, isa)
 
 
+def tiny_error_lut(a_signed, w_signed):
+    """The product of the declared values plus an error of entries 0..31 in 5 x 7 classes (the error table's byte
+    rows at their largest entry)."""
+    p = np.arange(256)
+    err = np.random.default_rng(17).integers(0, 32, (5, 7))
+    err[0], err[1] = 0, 31  # every weight's error spans 31
+    return (pattern_values(a_signed)[:, None] * pattern_values(True)[None, :] + err[p % 5][:, p % 7]).astype(np.int32)
+
+
+# the split path's tables: error entries < 32 (byte rows: 7, 15, 31) and larger (16-bit rows, 16 and 256 rows)
+SPLIT_MULTS = {"near_exact": Multiplier(name="near_exact", family="test", _builder=near_exact_lut),
+               "near_exact_u": Multiplier(name="near_exact_u", family="test", _builder=unsigned_near_exact_lut),
+               "tiny31": Multiplier(name="tiny31", family="test", _builder=tiny_error_lut),
+               "trunc": TRUNC, "rank1": RANK1, "rand_u8": MULTS["rand_u8"]}
+
+
+def split_scaled_reference(x, w, mult, signed, args, rng, act, quant):
+    """(Scaling, reference output) of conv2d_scaled: random_scaling on the reference sums, NCHW."""
+    acc = K.reference_conv2d_int(x, w, mult, signed, *args)
+    B, N = acc.shape[:2]
+    sc, ref = random_scaling(rng, acc.transpose(1, 0, 2, 3).reshape(N, -1), act, quant)
+    return sc, np.ascontiguousarray(ref.reshape((N, B) + acc.shape[2:]).transpose(1, 0, 2, 3))
+
+
+def no_int64_pass(*a, **k):
+    raise AssertionError("the split path ran an int64 pass (integer GEMM to int64 sums, or a scaling pass)")
+
+
+@settings(deadline=None, max_examples=40)
+@given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(sorted(SPLIT_MULTS)), by_act=st.booleans(),
+       act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
+       threads=st.sampled_from([1, 2]), slice_bytes=st.sampled_from([8, 1 << 21]), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_scaled_split_adds_the_error_sums_in_the_int32_tiles(s, signed, mname, by_act, act, quant, threads,
+                                                                     slice_bytes, seed):
+    """conv2d_scaled on the split path: the rows kernel's error sums added to the integer GEMM's int32 tiles before
+    they are scaled (no int64 sums of the exact product, no scaling pass), path forced and auto, error tables in
+    either orientation, groups, 1x1 / strided / padded / dilated, image slices down to one image, every ISA level
+    with and without VNNI, 1 and 2 threads: the numpy formula on the reference sums."""
+    rng = np.random.default_rng(seed)
+    x, w, G = int_conv_operands(rng, {**s, "depthwise": False}, signed)
+    if s["extreme"]:
+        x, w = range_ends(x, w, signed)
+    mult = SPLIT_MULTS[mname]
+    args = (s["stride"], s["pads"], s["dil"], G)
+    sc, ref = split_scaled_reference(x, w, mult, signed, args, rng, act, quant)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "scale_accumulators", no_int64_pass)
+        mp.setattr(K, "_int_gemm", no_int64_pass)
+        mp.setattr(K, "_ROWS_ACT_COST", 1e-3 if by_act else 1e3)
+        mp.setattr(K, "_SCALED_SLICE_BYTES", slice_bytes)
+        mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
+        for vnni in (True, False):
+            for isa in ISAS:
+                with vnni_env(vnni), K.using_threads(threads):
+                    got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path="split", isa=isa)
+                assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), (isa, vnni)
+        mp.setattr(K, "_SPLIT_OUT_COST", {})  # auto: split wherever its tables are cheaper
+        with K.using_threads(threads):
+            got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path="auto")
+        assert np.array_equal(got.view(np.uint8), ref.view(np.uint8))
+
+
+@pytest.mark.parametrize("mname,windows", [("near_exact", 1), ("near_exact", 2), ("tiny31", 1), ("tiny31", 2)])
+@pytest.mark.parametrize("signed,by_act", [(False, False), (True, True), (False, True), (True, False)])
+def test_conv2d_scaled_split_long_reductions(mname, windows, signed, by_act, monkeypatch):
+    """The split path with K just past one and two 16-bit windows of the byte-row error sums (65535 // largest entry
+    k-steps: 9362 for the near-exact table's 7, 2114 for 31), the error table's largest entry on ~90 % of the
+    k-steps, 65 and more selectors (weights or positions: the 64-row byte tiles and the tail), every ISA level with
+    and without VNNI, 1 and 2 threads."""
+    mult = SPLIT_MULTS[mname]
+    prep = K._prepare(mult, signed)
+    e = prep.err_rows.by_weight
+    err = prep.lut - np.multiply.outer(K._W_VALS if prep.err_signed else prep.a_vals, K._W_VALS)
+    err = err - err.min(axis=0)  # the weight-selected offset tables' entries
+    top = int(err.max())
+    assert int(e.D.max()) == top
+    Kd = windows * (65535 // top) + 9
+    rng = np.random.default_rng(windows + 2 * signed)
+    C = -(-Kd // 9)
+    hot = np.argwhere(err == top)
+    ia, iw = hot[rng.integers(len(hot))]
+    xs, ws = ((2, C, 6, 6), (5, C, 3, 3)) if by_act else ((2, C, 3, 3), (70, C, 3, 3))  # 72 / 70 selectors
+    x = np.where(rng.random(xs) < 0.9, pattern_values(signed)[ia], acts(rng, xs, signed))
+    w = np.where(rng.random(ws) < 0.9, pattern_values(True)[iw], rng.integers(-128, 128, ws))
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    sc, ref = split_scaled_reference(x, w, mult, signed, args, rng, None, None)
+    assert K._split_fits32(prep, C * 9)
+    monkeypatch.setattr(K, "_ROWS_ACT_COST", 1e-3 if by_act else 1e3)
+    for vnni in (True, False):
+        for isa in ISAS:
+            for threads in (1, 2):
+                with vnni_env(vnni), K.using_threads(threads):
+                    got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path="split", isa=isa)
+                assert np.array_equal(got.view(np.uint8), ref.view(np.uint8)), (isa, vnni, threads)
+
+
 def test_split_falls_back_without_error_tables():
     """A table whose error spans 2^16 or more per weight has no error row tables: path="split" takes rows (or lut)."""
     assert K.select_path(MULTS["rand_u16"], False, 576, "split") == "rows"
