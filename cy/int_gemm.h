@@ -388,11 +388,15 @@ DSE_T_512BW static void dse_ig_micro_512(const void *Av, const void *Bv, int64_t
 typedef struct dse_ig_plan dse_ig_plan;
 /* A conv's GEMM operand read from its input instead of a matrix: row k = c kh kw + t, column m = b Ho Wo + s of the
  * im2col of x (channel c's plane at x + b ld_b + c H W), built per task and depth block by the AVX-512 VBMI im2col
- * (dse_i2c_block) into the task's scratch, then packed as a matrix operand; the VNNI kernel at the avx512 level. */
+ * (dse_i2c_block) into the task's scratch, then packed as a matrix operand; the VNNI kernel at the avx512 level.
+ * bcast != 0: the broadcast conv kernel instead (dse_bc_conv: channels-last images, output channels in the lanes;
+ * it reads the geometry H .. dw and no i2c plan). */
 typedef struct {
     const uint8_t *x;
     int64_t ld_b, HW, kw, Ho, Wo;
     dse_i2c_plan i2c;
+    int64_t H, W, kh, sh, sw, pt, pl, dh, dw;
+    int bcast;
 } dse_ig_conv;
 /* VNNI packing: the panels of positions [m0, m0 + mv) over depth quads [p0, p0 + kcq) into dst (bytes) */
 typedef void (*dse_ig_pack8_fn)(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv, uint8_t *dst);
@@ -879,6 +883,352 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
     }
 }
 
+/* ------------------------------------------------------------------ broadcast conv kernel
+ *
+ * A scaled conv call (dse_ig_conv with bcast) on VNNI with the output channels in the vector lanes (onnxruntime
+ * MLAS's formulation): each image's input patterns are transposed in cache into a zero-bordered channels-last copy
+ * xt[y][x][Cp] (the activation bytes xa of the patterns, C channels padded to Cp = a multiple of 4, the border and
+ * the padding channels xa[0], i.e. what the im2col's padding reads; dse_bc_image), so that every tap of every
+ * output lies inside it. The micro-kernel multiplies DSE_BC_NRP positions x 16 nv output channels (nv <= 4 zmm, 24
+ * accumulators at nv = 4): per depth quad (tap t, channel quad q) nv weight loads and one dword broadcast per
+ * position from base + off[t] + 4 q (base: the position's first tap in xt; no im2col, no activation packing, no
+ * masks). Weights are packed per call into tiles of 64 channels [t][q][lanes][4] (byte 0 beyond Cout and C). The
+ * int32 tile [positions][channels] of a block of DSE_BC_MB positions is transposed (16 x 16 dwords in registers)
+ * into [channels][positions] and scaled by dse_ig_flush as the matrix kernel's tiles are: the same sums (every
+ * term either kernel adds beyond the im2col's has weight 0), the same outputs bit for bit. One int32 segment holds
+ * the whole depth (scaled calls: dse_ig_plan8). Tasks: groups of whole images (enough for DSE_BC_GROUP_POS
+ * positions within DSE_BC_GROUP_BYTES of padded copy), each transposed by the thread that computes it; with fewer
+ * groups than threads, each group's channel tiles (or, with too few tiles, its positions) are split and each part
+ * transposes the group itself.
+ */
+#define DSE_BC_NRP 6
+#define DSE_BC_MB 192 /* positions per block: a multiple of DSE_BC_NRP and 16 */
+#define DSE_BC_GROUP_POS 768
+#define DSE_BC_GROUP_BYTES (256 << 10)
+#define DSE_T_BC __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")))
+
+/* r[i] <- column i of the 16 x 16 int32 matrix whose rows are r[0 .. 15]. */
+DSE_T_BC static inline __attribute__((always_inline)) void dse_bc_t16(__m512i *r)
+{
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int m = 0; m < 16; m += 4) { /* u[m + j], 128-bit lane L: column 4 L + j of rows m .. m + 3 */
+        u[m] = _mm512_unpacklo_epi64(t[m], t[m + 2]);
+        u[m + 1] = _mm512_unpackhi_epi64(t[m], t[m + 2]);
+        u[m + 2] = _mm512_unpacklo_epi64(t[m + 1], t[m + 3]);
+        u[m + 3] = _mm512_unpackhi_epi64(t[m + 1], t[m + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        const __m512i v1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88), v2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
+        const __m512i w1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xDD), w2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xDD);
+        r[j] = _mm512_shuffle_i32x4(v1, v2, 0x88);
+        r[8 + j] = _mm512_shuffle_i32x4(v1, v2, 0xDD);
+        r[4 + j] = _mm512_shuffle_i32x4(w1, w2, 0x88);
+        r[12 + j] = _mm512_shuffle_i32x4(w1, w2, 0xDD);
+    }
+}
+
+/* One image's C input planes (H x W bytes each, from x) as xt[((y + pt) Wp + x + pl) Cp + c] = xa[x[c H W + y W + x]]
+ * (c < C; the padding channels get xa[0]): per 64 positions and 4 channels one 64-byte load of each plane (the
+ * planes 2 loads ahead prefetched), 16 positions x 4 channels as quads (a 128-bit lane shuffle and one vpermb), 16
+ * such as a 16 x 16 dword transpose. The border of the padded image is left as it is (xa[0] from the set-up). */
+DSE_T_BC static void dse_bc_image(const dse_ig_plan *P, const uint8_t *x, int64_t C, int64_t H, int64_t W,
+                                  int64_t Cp, int64_t Wp, int64_t pt, int64_t pl, uint8_t *xt)
+{
+    const int64_t HW = H * W;
+    uint8_t ib[64];
+    for (int j = 0; j < 64; j++)
+        ib[j] = (uint8_t)(16 * (j % 4) + j / 4);
+    const __m512i idx = _mm512_loadu_si512(ib), flip = _mm512_set1_epi8((char)0x80);
+    const __m512i t0 = _mm512_loadu_si512(P->xa), t1 = _mm512_loadu_si512(P->xa + 64);
+    const __m512i t2 = _mm512_loadu_si512(P->xa + 128), t3 = _mm512_loadu_si512(P->xa + 192);
+    const int ident = P->xa_ident, xflip = P->xa_flip;
+    __m512i qb[4][16];
+    int64_t y = 0, xc = 0;
+    for (int64_t p0 = 0; p0 < HW; p0 += 64) {
+        const int64_t n64 = HW - p0 < 64 ? HW - p0 : 64;
+        const __mmask64 lm = dse_i2c_lenmask(n64);
+        for (int64_t g = 0; g < Cp; g += 64) {
+            for (int j = 0; j < 16; j++) {
+                const int64_t c = g + 4 * j;
+                if (c >= Cp) {
+                    qb[0][j] = qb[1][j] = qb[2][j] = qb[3][j] = _mm512_setzero_si512();
+                    continue;
+                }
+                __m512i rw[4];
+                for (int h = 0; h < 4; h++) {
+                    rw[h] = _mm512_setzero_si512();
+                    if (c + h < C) {
+                        rw[h] = _mm512_maskz_loadu_epi8(lm, x + (c + h) * HW + p0);
+                        _mm_prefetch((const char *)(x + (c + h) * HW + p0 + 128), _MM_HINT_T0);
+                    }
+                }
+                for (int sc = 0; sc < 4; sc++) {
+                    const __m512i t01 = _mm512_shuffle_i32x4(rw[0], rw[1], sc * 0x55);
+                    const __m512i t23 = _mm512_shuffle_i32x4(rw[2], rw[3], sc * 0x55);
+                    qb[sc][j] = _mm512_permutexvar_epi8(idx, _mm512_shuffle_i32x4(t01, t23, 0x88));
+                }
+            }
+            const __mmask64 cm = dse_i2c_lenmask(Cp - g);
+            int64_t yy = y, xx = xc;
+            for (int64_t sc = 0; sc < 4 && 16 * sc < n64; sc++) {
+                dse_bc_t16(qb[sc]);
+                for (int64_t i = 0; i < 16 && 16 * sc + i < n64; i++) {
+                    __m512i u = qb[sc][i];
+                    if (xflip)
+                        u = _mm512_xor_si512(u, flip);
+                    else if (!ident)
+                        u = dse_byte_lookup512(u, _mm512_movepi8_mask(u), t0, t1, t2, t3);
+                    _mm512_mask_storeu_epi8(xt + ((yy + pt) * Wp + xx + pl) * Cp + g, cm, u);
+                    if (++xx == W)
+                        xx = 0, yy++;
+                }
+            }
+        }
+        xc += n64;
+        y += xc / W, xc %= W;
+    }
+}
+
+/* out[r * 64 + 16 l + i] = sum over taps t and channel quads q of the quad at base[r] + off[t] + 4 q (unsigned)
+ * times the weights' quads of lane 16 l + i (signed), r < NRP, l < nv. */
+DSE_T_BC static inline __attribute__((always_inline)) void
+dse_bc_micro(const uint8_t *const *base, const int64_t *off, int64_t T, int64_t CQ, const uint8_t *wp, int32_t *out,
+             const int nv)
+{
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00;
+    __m512i c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+    __m512i c40 = c00, c41 = c00, c42 = c00, c43 = c00, c50 = c00, c51 = c00, c52 = c00, c53 = c00;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t o = off[t];
+        const uint8_t *p0 = base[0] + o, *p1 = base[1] + o, *p2 = base[2] + o;
+        const uint8_t *p3 = base[3] + o, *p4 = base[4] + o, *p5 = base[5] + o;
+        for (int64_t q = 0; q < CQ; q++, wp += 64 * nv) {
+            const __m512i w0 = _mm512_loadu_si512(wp);
+            const __m512i w1 = nv > 1 ? _mm512_loadu_si512(wp + 64) : w0;
+            const __m512i w2 = nv > 2 ? _mm512_loadu_si512(wp + 128) : w0;
+            const __m512i w3 = nv > 3 ? _mm512_loadu_si512(wp + 192) : w0;
+#define DSE_BC_ROW(r, p)                                                                                           \
+    do {                                                                                                           \
+        int32_t d;                                                                                                 \
+        memcpy(&d, p + 4 * q, 4);                                                                                  \
+        const __m512i a = _mm512_set1_epi32(d);                                                                    \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, w0);                                                            \
+        if (nv > 1)                                                                                                \
+            c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, w1);                                                        \
+        if (nv > 2)                                                                                                \
+            c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, w2);                                                        \
+        if (nv > 3)                                                                                                \
+            c##r##3 = _mm512_dpbusd_epi32(c##r##3, a, w3);                                                        \
+    } while (0)
+            DSE_BC_ROW(0, p0);
+            DSE_BC_ROW(1, p1);
+            DSE_BC_ROW(2, p2);
+            DSE_BC_ROW(3, p3);
+            DSE_BC_ROW(4, p4);
+            DSE_BC_ROW(5, p5);
+#undef DSE_BC_ROW
+        }
+    }
+#define DSE_BC_ST(r)                                                                                               \
+    do {                                                                                                           \
+        _mm512_storeu_si512(out + r * 64, c##r##0);                                                               \
+        if (nv > 1)                                                                                                \
+            _mm512_storeu_si512(out + r * 64 + 16, c##r##1);                                                      \
+        if (nv > 2)                                                                                                \
+            _mm512_storeu_si512(out + r * 64 + 32, c##r##2);                                                      \
+        if (nv > 3)                                                                                                \
+            _mm512_storeu_si512(out + r * 64 + 48, c##r##3);                                                      \
+    } while (0)
+    DSE_BC_ST(0);
+    DSE_BC_ST(1);
+    DSE_BC_ST(2);
+    DSE_BC_ST(3);
+    DSE_BC_ST(4);
+    DSE_BC_ST(5);
+#undef DSE_BC_ST
+}
+#define DSE_BC_MICRO(nv)                                                                                           \
+    DSE_T_BC static void dse_bc_micro##nv(const uint8_t *const *base, const int64_t *off, int64_t T, int64_t CQ,   \
+                                          const uint8_t *wp, int32_t *out)                                         \
+    {                                                                                                              \
+        dse_bc_micro(base, off, T, CQ, wp, out, nv);                                                               \
+    }
+DSE_BC_MICRO(1)
+DSE_BC_MICRO(2)
+DSE_BC_MICRO(3)
+DSE_BC_MICRO(4)
+typedef void (*dse_bc_micro_fn)(const uint8_t *const *base, const int64_t *off, int64_t T, int64_t CQ,
+                                const uint8_t *wp, int32_t *out);
+
+/* Tile nt of the packed weights: wt[((t CQ + q) * wl + l) * 4 + h] = weight byte of channel 64 nt + l at input
+ * channel 4 q + h and tap t (0 beyond C and N; wl = the tile's lanes, a multiple of 16); with an activation
+ * offset, corr[n] = aoff * sum_k W'[n, k] (as dse_ig_pack_w8). Where the weight bytes are the patterns (wb the
+ * identity) and 4 T <= 64: a channel quad's T taps of a weight row reordered into T dwords by one vpermb, 16 rows
+ * transposed into one 64-byte store per tap. */
+DSE_T_BC static void dse_bc_pack_w(const dse_ig_plan *P, const int16_t *gw, int64_t T, int64_t C, int64_t CQ,
+                                   int64_t nt, uint8_t *wt, int64_t *corr)
+{
+    const int64_t n0 = 64 * nt, nv = (P->N - n0 >= 64) ? 4 : (P->N - n0 + 15) / 16, wl = 16 * nv, K = P->K;
+    if (P->wb_ident && T <= 16) { /* per 16 lanes and channel quad: 16 vpermb, a 16 x 16 dword transpose */
+        uint8_t ib[64];
+        for (int j = 0; j < 64; j++)
+            ib[j] = (uint8_t)(j / 4 < T ? (j % 4) * T + j / 4 : 0);
+        const __m512i idx = _mm512_loadu_si512(ib);
+        for (int64_t l0 = 0; l0 < wl; l0 += 16)
+            for (int64_t q = 0; q < CQ; q++) {
+                const __mmask64 m = dse_i2c_lenmask((C - 4 * q < 4 ? C - 4 * q : 4) * T);
+                __m512i r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = n0 + l0 + i < P->N ? _mm512_permutexvar_epi8(idx, _mm512_maskz_loadu_epi8(
+                                                    m, P->Wp + (n0 + l0 + i) * K + 4 * q * T))
+                                              : _mm512_setzero_si512();
+                dse_bc_t16(r);
+                for (int64_t t = 0; t < T; t++)
+                    _mm512_storeu_si512(wt + ((t * CQ + q) * wl + l0) * 4, r[t]);
+            }
+    } else {
+        memset(wt, 0, (size_t)(T * CQ * wl * 4));
+        for (int64_t l = 0; l < wl && n0 + l < P->N; l++) {
+            const uint8_t *w = P->Wp + (n0 + l) * K;
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t t = 0; t < T; t++)
+                    wt[((t * CQ + c / 4) * wl + l) * 4 + c % 4] = P->wb[w[c * T + t]];
+        }
+    }
+    for (int64_t l = 0; corr && l < wl && n0 + l < P->N; l++) {
+        const uint8_t *w = P->Wp + (n0 + l) * K;
+        int64_t sum = 0;
+        for (int64_t k = 0; k < K; k++)
+            sum += gw[w[k]];
+        corr[n0 + l] = P->aoff * sum;
+    }
+}
+
+/* Positions [m0, m0 + mv) (mv <= DSE_BC_MB; the padded images b0 on in xt, ldx bytes apart, rows Wp Cp bytes long;
+ * tap t at off[t] from a position's first tap) x channel tiles [nt0, nt1): the int32 sums of each tile into tb
+ * [positions][64], transposed into c32 [channels][DSE_BC_MB], scaled. */
+DSE_T_BC static void dse_bc_block(const dse_ig_plan *P, const uint8_t *xt, int64_t ldx, int64_t b0, int64_t Wp,
+                                  const int64_t *off, int64_t Cp, int64_t m0, int64_t mv, int64_t nt0, int64_t nt1,
+                                  const uint8_t *wpk, int64_t wstride, const uint8_t **base, int32_t *tb, int32_t *c32)
+{
+    const dse_ig_conv *cv = P->cv;
+    const int64_t T = cv->kh * cv->kw, CQ = Cp / 4, HoWo = cv->Ho * cv->Wo, Wo = cv->Wo;
+    const int64_t ng = (mv + DSE_BC_NRP - 1) / DSE_BC_NRP, rs = cv->sh * Wp * Cp, cs = cv->sw * Cp;
+    int64_t b = m0 / HoWo, oh = (m0 % HoWo) / Wo, ow = (m0 % HoWo) % Wo;
+    for (int64_t i = 0; i < mv; i++) {
+        base[i] = xt + (b - b0) * ldx + oh * rs + ow * cs;
+        if (++ow == Wo) {
+            ow = 0;
+            if (++oh == cv->Ho)
+                oh = 0, b++;
+        }
+    }
+    for (int64_t i = mv; i < ng * DSE_BC_NRP; i++) /* the last group's missing positions: any readable ones */
+        base[i] = base[0];
+    for (int64_t nt = nt0; nt < nt1; nt++) {
+        const int64_t n0 = 64 * nt, n1 = (n0 + 64 < P->N) ? n0 + 64 : P->N, nv = (n1 - n0 + 15) / 16;
+        const dse_bc_micro_fn micro = nv == 4 ? dse_bc_micro4 : nv == 3 ? dse_bc_micro3 : nv == 2 ? dse_bc_micro2
+                                                                                                    : dse_bc_micro1;
+        const uint8_t *wt = wpk + nt * wstride;
+        for (int64_t gi = 0; gi < ng; gi++)
+            micro(base + gi * DSE_BC_NRP, off, T, CQ, wt, tb + gi * DSE_BC_NRP * 64);
+        for (int64_t c0 = 0; c0 < mv; c0 += 16)
+            for (int64_t l = 0; l < nv; l++) {
+                __m512i r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = _mm512_loadu_si512(tb + (c0 + i) * 64 + 16 * l);
+                dse_bc_t16(r);
+                for (int j = 0; j < 16; j++)
+                    _mm512_storeu_si512(c32 + (16 * l + j) * DSE_BC_MB + c0, r[j]);
+            }
+        dse_ig_flush(P, c32, DSE_BC_MB, n0, n1, m0, mv, 0);
+    }
+}
+
+/* The driver of a dse_ig_conv call with bcast (P planned for VNNI with a scaling, no port swap): 1, or -1 when a
+ * scratch buffer cannot be allocated. */
+static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
+{
+    const dse_ig_conv *cv = P->cv;
+    const int64_t T = cv->kh * cv->kw, C = P->K / T, Cp = (C + 3) / 4 * 4, CQ = Cp / 4;
+    const int64_t NT = (P->N + 63) / 64, wstride = T * CQ * 256;
+    /* the padded image: every tap of every output inside, every input pixel too */
+    const int64_t Hn = (cv->Ho - 1) * cv->sh + (cv->kh - 1) * cv->dh + 1, Wn = (cv->Wo - 1) * cv->sw + (cv->kw - 1) * cv->dw + 1;
+    const int64_t Hp = Hn > cv->pt + cv->H ? Hn : cv->pt + cv->H, Wp = Wn > cv->pl + cv->W ? Wn : cv->pl + cv->W;
+    const int64_t HoWo = cv->Ho * cv->Wo, B = P->M / HoWo, ldx = Hp * Wp * Cp;
+    int64_t *off = (int64_t *)malloc((size_t)T * sizeof(int64_t));
+    if (!off)
+        return -1;
+    for (int64_t t = 0; t < T; t++)
+        off[t] = ((t / cv->kw) * cv->dh * Wp + (t % cv->kw) * cv->dw) * Cp;
+    int64_t G = (DSE_BC_GROUP_POS + HoWo - 1) / HoWo;
+    const int64_t gmax = DSE_BC_GROUP_BYTES / ldx > 1 ? DSE_BC_GROUP_BYTES / ldx : 1;
+    G = G < gmax ? G : gmax;
+    G = G < B ? G : B;
+    const int64_t ngrp = (B + G - 1) / G, nsplit = ngrp >= nt ? 1 : (nt + ngrp - 1) / ngrp;
+    const int by_ch = NT >= nsplit, tpc = (NT + nsplit - 1) / nsplit;
+    uint8_t *wpk = (uint8_t *)aligned_alloc(64, (size_t)(NT * wstride));
+    int64_t *corr = P->aoff ? (int64_t *)malloc((size_t)P->N * sizeof(int64_t)) : NULL;
+    if (!wpk || (P->aoff && !corr)) {
+        free(wpk);
+        free(corr);
+        free(off);
+        return -1;
+    }
+    P->corr = corr;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < NT; i++)
+            dse_bc_pack_w(P, gw, T, C, CQ, i, wpk + i * wstride, corr);
+        uint8_t *xt = (uint8_t *)aligned_alloc(64, (size_t)((G * ldx + 63) / 64 * 64));
+        const uint8_t **base = (const uint8_t **)malloc((size_t)DSE_BC_MB * sizeof(uint8_t *));
+        int32_t *tb = (int32_t *)aligned_alloc(64, (size_t)DSE_BC_MB * 64 * sizeof(int32_t));
+        int32_t *c32 = (int32_t *)aligned_alloc(64, (size_t)DSE_BC_MB * 64 * sizeof(int32_t));
+        if (dse_team_allocated(&fail, xt && base && tb && c32)) {
+            memset(xt, P->xa[0], (size_t)(G * ldx)); /* the padding: pattern 0's byte */
+            memset(tb, 0, (size_t)DSE_BC_MB * 64 * sizeof(int32_t));
+            int64_t cur = -1;
+#pragma omp for schedule(static)
+            for (int64_t task = 0; task < ngrp * nsplit; task++) {
+                const int64_t gi = task / nsplit, part = task % nsplit, b0 = gi * G;
+                const int64_t nb = (B - b0 < G) ? B - b0 : G, np = nb * HoWo;
+                int64_t p0 = 0, p1 = np, nt0 = 0, nt1 = NT;
+                if (nsplit > 1 && by_ch) {
+                    nt0 = part * tpc, nt1 = (nt0 + tpc < NT) ? nt0 + tpc : NT;
+                } else if (nsplit > 1) {
+                    const int64_t len = ((np + nsplit - 1) / nsplit + DSE_BC_NRP - 1) / DSE_BC_NRP * DSE_BC_NRP;
+                    p0 = part * len < np ? part * len : np, p1 = p0 + len < np ? p0 + len : np;
+                }
+                if (nt0 >= nt1 || p0 >= p1)
+                    continue;
+                if (cur != gi) {
+                    for (int64_t b = 0; b < nb; b++)
+                        dse_bc_image(P, cv->x + (b0 + b) * cv->ld_b, C, cv->H, cv->W, Cp, Wp, cv->pt, cv->pl,
+                                     xt + b * ldx);
+                    cur = gi;
+                }
+                for (int64_t m = p0; m < p1; m += DSE_BC_MB)
+                    dse_bc_block(P, xt, ldx, b0, Wp, off, Cp, b0 * HoWo + m,
+                                 (p1 - m < DSE_BC_MB) ? p1 - m : DSE_BC_MB, nt0, nt1, wpk, wstride, base, tb, c32);
+            }
+        }
+        free(xt);
+        free((void *)base);
+        free(tb);
+        free(c32);
+    }
+    free(wpk);
+    free(corr);
+    free(off);
+    return fail ? -1 : 1;
+}
+
 /* Returns 0 (the int16 kernel ran) or 1 (the VNNI kernel ran: vnni != 0 allows it where the CPU has it and the
  * operands fit bytes), or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be
  * < 2^31), -4 when the operand is a conv's input (cv, AT unused) and the call does not run on the avx512 VNNI
@@ -906,6 +1256,8 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     if (cv && !(q8 && level >= DSE_ISA_AVX512))
         return -4;
     P.cv = cv;
+    if (cv && cv->bcast) /* scaled calls with the activations on the unsigned port */
+        return sc && !P.swap ? dse_bc_conv(&P, gw, nt) : -4;
     if (!q8) {
         P.KP = (K * t + 1) / 2;
         dse_ig_segments(S, &P.kcp, &P.seg_blocks);

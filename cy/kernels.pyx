@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cdef extern from "lut_kernel.h" nogil:
     ctypedef struct dse_scaling:
@@ -84,6 +84,8 @@ cdef extern from "int_gemm.h" nogil:
         const uint8_t *x
         int64_t ld_b, HW, kw, Ho, Wo
         dse_i2c_plan i2c
+        int64_t H, W, kh, sh, sw, pt, pl, dh, dw
+        int bcast
     int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                           int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, int whole)
     void dse_i2c_free(dse_i2c_plan *P)
@@ -472,7 +474,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
 
 def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
              const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None, vnni=None,
-             conv=None, addend=None):
+             conv=None, addend=None, conv_kernel="im2col"):
     """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
     ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
     uint8[K, M] (C-contiguous, M = B * img), or of ``AT`` uint8[B', K, img'] read per image (element (k, m) at
@@ -490,7 +492,10 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
     of channels c0 .. c0 + K / (kh kw) - 1 of the conv input x uint8[B, C, H, W] (C-contiguous; ``pads`` = (top,
     left)), as :func:`im2col` would give it (M = B Ho Wo, img = Ho Wo), built per task and depth block in cache; only
     on the VNNI kernel at the avx512 level where the geometry fits the VBMI im2col: else nothing is done and None is
-    returned (the caller builds the operand).
+    returned (the caller builds the operand). ``conv_kernel``: "im2col" (that), or "bcast": the broadcast conv
+    kernel (output channels in the vector lanes, the input transposed per image into a channels-last copy in cache;
+    ``cy/int_gemm.h``, dse_bc_conv) on a scaled call of the VNNI kernel at the avx512 level with the activations on
+    the unsigned port, any geometry; the same outputs; else None as above.
 
     ``addend`` (with ``scaling`` only) int64[B, N, img] like ``out`` (unit stride along img): added to the sums before
     they are scaled (out receives the scaling of the sums + addend); the caller guarantees that every |addend| and
@@ -508,8 +513,17 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
         if ckh < 1 or ckw < 1 or Wp.shape[1] % (ckh * ckw) or c0 < 0 or c0 + Wp.shape[1] // (ckh * ckw) > cC \
                 or min(cstride) < 1 or min(cdil) < 1 or min(cpads) < 0 or min(chw) < 1 or cB < 1 or cH < 1 or cW < 1:
             raise ValueError("int_gemm: conv geometry does not match the weights or is out of range")
-        if level < 2 or not dse_i2c_plan_make(&cv.i2c, cH, cW, ckh, ckw, cstride[0], cstride[1], cpads[0], cpads[1],
-                                              cdil[0], cdil[1], chw[0], chw[1], 0):
+        if conv_kernel not in ("im2col", "bcast"):
+            raise ValueError(f"int_gemm: unknown conv_kernel '{conv_kernel}' (im2col or bcast)")
+        memset(&cv, 0, sizeof(cv))
+        if conv_kernel == "bcast":
+            if level < 2 or scaling is None:
+                return None
+            cv.bcast = 1
+            cv.H, cv.W, cv.kh, cv.sh, cv.sw = cH, cW, ckh, cstride[0], cstride[1]
+            cv.pt, cv.pl, cv.dh, cv.dw = cpads[0], cpads[1], cdil[0], cdil[1]
+        elif level < 2 or not dse_i2c_plan_make(&cv.i2c, cH, cW, ckh, ckw, cstride[0], cstride[1], cpads[0],
+                                                cpads[1], cdil[0], cdil[1], chw[0], chw[1], 0):
             return None
         cv.x = &xv[0, c0, 0, 0] if c0 < cC else &xv[0, 0, 0, 0]
         cv.ld_b, cv.HW, cv.kw, cv.Ho, cv.Wo = cC * cH * cW, cH * cW, ckw, chw[0], chw[1]

@@ -1258,8 +1258,9 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
     sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
              for g in range(groups)]
     todo = range(groups)
-    if (kh * kw > 1 or any(geo.pads)) and x.size:
-        todo = _conv_int_gemm_direct(np.ascontiguousarray(_u8(x)), wg, kh, kw, plan, geo, isa, view, sargs)
+    ck = conv_kernel(kh, kw, C // groups, og, groups, geo)
+    if (ck == "bcast" or kh * kw > 1 or any(geo.pads)) and x.size:
+        todo = _conv_int_gemm_direct(np.ascontiguousarray(_u8(x)), wg, kh, kw, plan, geo, isa, view, sargs, ck)
         if not todo:
             return scaling.result(out, q)
     step = max(1, _FUSED_SLICE_BYTES // max(1, C * kh * kw * P))
@@ -1275,20 +1276,43 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
     return scaling.result(out, q)
 
 
+# The integer GEMM's conv operand (_conv_int_gemm_scaled): "im2col" (built per task and depth block in cache and
+# packed into position panels), "bcast" (the broadcast conv kernel: channels-last images, output channels in the
+# lanes), or "auto" (conv_kernel's per-shape choice); the environment variable DSE_KERNEL_CONV forces one.
+CONV_KERNELS = ("auto", "im2col", "bcast")
+
+
+def conv_kernel(kh: int, kw: int, cg: int, og: int, groups: int, geo: _ConvGeometry) -> str:
+    """The conv operand of a scaled integer-GEMM conv (kernel kh x kw, cg input and og output channels per group):
+    DSE_KERNEL_CONV when set to "im2col" or "bcast", else the one measured faster for the shape."""
+    v = os.environ.get("DSE_KERNEL_CONV", "").strip().lower() or "auto"
+    if v not in CONV_KERNELS:
+        raise DseError(f"DSE_KERNEL_CONV={v!r}: use one of {', '.join(CONV_KERNELS)}")
+    if v != "auto":
+        return v
+    # benchmarks/bench_bcast_conv.py (RESULTS.md): ResNet-18's k x k convs of >= 64 input channels 1.06-1.33x,
+    # its 1x1 convs of >= 128 input channels 1.04-1.24x; 3-channel stems and 64-channel 1x1 convs 0.81-1.09x
+    return "bcast" if groups == 1 and (cg >= 16 if kh * kw > 1 else cg >= 128) else "im2col"
+
+
 def _conv_int_gemm_direct(xq, wg, kh: int, kw: int, plan: _Int16Plan, geo: _ConvGeometry, isa, view,
-                          sargs) -> list[int]:
+                          sargs, ck: str = "im2col") -> list[int]:
     """The scaled conv GEMMs of _conv_int_gemm_scaled (per group g: weights wg[g], scaling sargs[g], output channels
     of ``view`` [B, Cout, Ho*Wo]) with the operand built by the kernel from the input patterns xq, each task's block
     of im2col rows in cache (no operand matrix, no image slices), where it can: the VNNI kernel at the avx512 level,
     a geometry the VBMI im2col takes. Returns the groups it could not run (nothing written for them): the VNNI kernel
     may take one group and not another (a weight table outside the bytes, e.g. DRUM's G(-128), on the patterns a
-    group uses)."""
+    group uses). ``ck``: the kernel's conv operand ("im2col", or "bcast": the broadcast conv kernel, which takes
+    any geometry; a group it does not run, e.g. signed activations on the weights' unsigned port, tries "im2col")."""
     og, cg = wg[0].shape[0], wg[0].shape[1] // (kh * kw)
     todo = []
     for g in range(len(wg)):
         conv = (xq, g * cg, (kh, kw), geo.stride, geo.pads[:2], geo.dilation, geo.out_hw)
-        if _kernels.int_gemm(None, wg[g], plan.fa, plan.a_mode, plan.gw, plan.S, view[:, g * og:(g + 1) * og],
-                             _isa_name(isa), get_threads(), sargs[g], conv=conv) is None:
+        for k in (ck, "im2col") if ck == "bcast" and (kh * kw > 1 or any(geo.pads)) else (ck,):
+            if _kernels.int_gemm(None, wg[g], plan.fa, plan.a_mode, plan.gw, plan.S, view[:, g * og:(g + 1) * og],
+                                 _isa_name(isa), get_threads(), sargs[g], conv=conv, conv_kernel=k) is not None:
+                break
+        else:
             todo.append(g)
     return todo
 

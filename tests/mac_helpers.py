@@ -27,6 +27,21 @@ def vnni_env(on: bool):
             os.environ["DSE_KERNEL_VNNI"] = before
 
 
+@contextlib.contextmanager
+def conv_kernel_env(kind: str):
+    """DSE_KERNEL_CONV set for the block (dse.kernels.conv_kernel: the integer GEMM's conv operand, "im2col", "bcast"
+    or "auto")."""
+    before = os.environ.get("DSE_KERNEL_CONV")
+    os.environ["DSE_KERNEL_CONV"] = kind
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DSE_KERNEL_CONV"]
+        else:
+            os.environ["DSE_KERNEL_CONV"] = before
+
+
 def _ilog2(x):
     return np.where(x > 0, np.floor(np.log2(np.maximum(x, 1))).astype(np.int64), 0)
 

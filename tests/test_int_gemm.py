@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dse import _kernels
 from dse import kernels as K
 from dse.arith.multipliers import EXACT, get_multiplier
-from tests.mac_helpers import vnni_env
+from tests.mac_helpers import conv_kernel_env, vnni_env
 
 ISAS = _kernels.isa_levels()
 # (level, VNNI allowed): the int16 kernel at every level, the VNNI kernel where the CPU has one
@@ -399,6 +399,152 @@ def vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo) -> bool:
         if cw < 1:
             return False
     return -(-Ho // g) * -(-Wo // cw) * kh * kw <= 16384
+
+
+def vnni_swaps(fa: np.ndarray, mode: str, gw: np.ndarray, Wp: np.ndarray) -> bool:
+    """Whether the VNNI kernel puts the weights on vpdpbusd's unsigned port (vnni_takes with no signed-weight
+    assignment): the broadcast conv kernel does not run those calls."""
+    w = gw[:, 0].astype(np.int64)
+    if not (-128 <= w.min() and w.max() <= 127 or 0 <= w.min() and w.max() <= 255):
+        w = w[np.unique(Wp)]
+    return not (-128 <= w.min() and w.max() <= 127) and vnni_takes(fa, mode, gw, Wp)
+
+
+@settings(deadline=None, max_examples=150)
+@given(B=st.integers(1, 3), C=st.sampled_from([1, 2, 3, 4, 5, 8, 13, 16, 31, 64, 67, 80]),
+       H=st.sampled_from([1, 2, 3, 5, 7, 12, 16, 20]), W=st.sampled_from([1, 2, 5, 7, 12, 17, 33, 70]),
+       k=st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (2, 2)]),
+       stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), dil=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), N=st.sampled_from([1, 2, 15, 16, 17, 33, 48, 63, 64, 65, 100, 130]),
+       mode=st.sampled_from(["u8", "s8", "table"]), w_range=st.sampled_from([(-128, 128), (0, 256)]),
+       output=st.sampled_from(["float", "quant", "squant", "add", "add+quant"]),
+       act=st.sampled_from(["none", "relu", "clip"]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_bcast_conv_kernel_matches_numpy(B, C, H, W, k, stride, dil, pads, N, mode, w_range, output, act, threads,
+                                         seed):
+    """int_gemm with ``conv_kernel="bcast"`` (the broadcast conv kernel: channels-last images, output channels in the
+    lanes, int32 tiles transposed into the scaling pass) gives the scaled int64 numpy sums of the im2col operand
+    bit for bit in every output mode (float32, unsigned/signed quantized, fused add with and without the quant, each
+    Relu/Clip): 1x1 to 7x7 kernels, strides, dilations, asymmetric padding, input channels not a multiple of 4
+    (1-3 included), output channels across its 16-lane and 64-channel tiles, unsigned/signed/table activation
+    bytes, on 1 and 2 threads; it runs at the avx512 level on the VNNI kernel with the activations on the unsigned
+    port, returns None otherwise (nothing written), and agrees with the im2col operand wherever that runs."""
+    rng = np.random.default_rng(seed)
+    kh, kw = k
+    dh, dw = dil
+    H, W = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2]), max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
+    x = rng.integers(0, 256, (B, C, H, W)).astype(np.uint8)
+    fa = rng.integers(-128, 128, (256, 1)).astype(np.int16) if mode == "table" else W_VALS
+    gw = W_VALS if w_range[0] < 0 or mode == "u8" else rng.integers(0, 256, (256, 1)).astype(np.int16)
+    AT, Ho, Wo = K.im2col_T(x, kh, kw, stride, pads, dil)
+    Kd = C * kh * kw
+    S = int(np.abs(values(mode, fa, np.arange(256, dtype=np.uint8)[None])).max() * np.abs(gw.astype(np.int64)).max())
+    Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
+    acc = np.einsum("kmj,nkj->nm", values(mode, fa, AT), gw.astype(np.int64)[Wp])
+    acc = np.ascontiguousarray(acc.reshape(N, B, Ho * Wo).transpose(1, 0, 2))
+    quant = {"quant": (0.05, False), "squant": (0.03, True), "add+quant": (0.04, False)}.get(output)
+    lo, hi = (-0.5, 0.7) if act == "clip" else (-np.inf, np.inf)
+    sw_, bias = rng.uniform(1e-4, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32)
+    other = rng.normal(0, 1, acc.shape).astype(np.float32) if output.startswith("add") else None
+    ref = np.empty(acc.shape, np.uint8 if quant is not None and other is None else np.float32)
+    qref = np.empty(acc.shape, np.uint8) if other is not None and quant is not None else None
+    _kernels.dequantize(acc, 0.02, sw_, bias, 1, act, lo, hi, quant, out=ref,
+                        add=None if other is None else (other, qref))
+    conv = (x, 0, (kh, kw), stride, pads[:2], dil, (Ho, Wo))
+    runs = vnni_takes(fa, mode, gw, Wp) and not vnni_swaps(fa, mode, gw, Wp) and "avx512" in _kernels.vnni_levels()
+    for isa in ISAS:
+        for ck in ("bcast", "im2col"):
+            if other is None:  # one channel more, which must stay 0
+                full = np.zeros((B, N + 1, Ho * Wo), ref.dtype)
+                out, q, add = full[:, 1:], None, None
+            else:
+                full = out = np.zeros(acc.shape, np.float32)
+                q = None if qref is None else np.zeros(acc.shape, np.uint8)
+                add = (other, out, q)
+            sc = (0.02, sw_, bias, act, lo, hi, quant, add)
+            used = _kernels.int_gemm(None, Wp, fa, mode, gw, S, out, isa, threads, sc, True, conv=conv,
+                                     conv_kernel=ck)
+            if used is None:
+                assert not full.any() and (q is None or not q.any()), (isa, ck)
+                assert ck == "im2col" or not (runs and isa == "avx512"), isa
+                continue
+            assert used == "avx512+vnni" and (ck == "im2col" or runs), (isa, ck, used)
+            event(f"conv_kernel {ck} ran")
+            assert np.array_equal(out, ref), (isa, ck)
+            assert q is None or np.array_equal(q, qref), (isa, ck)
+            if other is None:
+                assert not full[:, 0].any()
+
+
+conv_kernel_cases = st.fixed_dictionaries({
+    "B": st.integers(1, 3), "C": st.sampled_from([3, 4, 7, 16, 64]), "N": st.sampled_from([1, 5, 64, 70, 130]),
+    "H": st.integers(1, 14), "W": st.integers(1, 14), "k": st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7)]),
+    "stride": st.sampled_from([(1, 1), (2, 2)]), "pads": st.tuples(*[st.integers(0, 3)] * 4),
+    "signed": st.booleans(), "output": st.sampled_from(["float", "quant", "add", "add+quant"]),
+    "threads": st.sampled_from([1, 2])})
+
+
+@settings(deadline=None, max_examples=60)
+@given(c=conv_kernel_cases, seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_scaled_on_either_conv_kernel(c, seed):
+    """conv2d_scaled of the exact product with the integer GEMM's conv operand forced to each kernel
+    (DSE_KERNEL_CONV: "im2col", "bcast", "auto") at every ISA level equals scale_accumulators of the numpy
+    reference conv, signed and unsigned activations, every output mode of the scaling (float32, quantized, a fused
+    Add with and without the quantized copy)."""
+    rng = np.random.default_rng(seed)
+    kh, kw = c["k"]
+    B, C, N, pads, signed = c["B"], c["C"], c["N"], c["pads"], c["signed"]
+    H, W = max(c["H"], kh - pads[0] - pads[2]), max(c["W"], kw - pads[1] - pads[3])
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, C, kh, kw))
+    ref = K.reference_conv2d_int(x, w, EXACT, signed, c["stride"], pads)
+    quant = K.OutputQuant(0.05, False) if c["output"] in ("quant", "add+quant") else None
+    add = rng.normal(0, 1, ref.shape).astype(np.float32) if c["output"].startswith("add") else None
+    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                   K.OutputAct("relu"), quant, add)
+    yref = K.scale_accumulators(ref, sc)
+    for isa in ISAS:
+        for ck in ("bcast", "im2col", "auto"):
+            with conv_kernel_env(ck), K.using_threads(c["threads"]):
+                got = K.conv2d_scaled(x, w, EXACT, signed, sc, c["stride"], pads, isa=isa)
+            if add is not None and quant is not None:
+                assert np.array_equal(got[0], yref[0]) and np.array_equal(got[1], yref[1]), (isa, ck)
+            else:
+                assert np.array_equal(got, yref), (isa, ck)
+
+
+def test_conv_kernel_choice(monkeypatch):
+    """conv_kernel: DSE_KERNEL_CONV forces the conv operand (an unknown name is an error); "auto" takes the
+    broadcast kernel for ungrouped k x k convs of >= 16 input channels and 1x1 convs of >= 128, im2col otherwise;
+    conv2d_scaled hands the choice to the kernel, and a 1x1 conv without padding on the broadcast kernel reads its
+    input through it too."""
+    geo = K._ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), (8, 8))
+    monkeypatch.setenv("DSE_KERNEL_CONV", "auto")
+    assert K.conv_kernel(3, 3, 64, 64, 1, geo) == "bcast"
+    assert K.conv_kernel(3, 3, 3, 64, 1, geo) == "im2col"
+    assert K.conv_kernel(3, 3, 64, 64, 2, geo) == "im2col"
+    assert K.conv_kernel(1, 1, 64, 128, 1, geo) == "im2col"
+    assert K.conv_kernel(1, 1, 128, 256, 1, geo) == "bcast"
+    monkeypatch.setenv("DSE_KERNEL_CONV", "im2col")
+    assert K.conv_kernel(3, 3, 64, 64, 1, geo) == "im2col"
+    monkeypatch.setenv("DSE_KERNEL_CONV", "nope")
+    with pytest.raises(K.DseError):
+        K.conv_kernel(3, 3, 64, 64, 1, geo)
+    if "avx512" not in _kernels.vnni_levels():
+        return
+    seen = []
+    real = _kernels.int_gemm
+
+    def spy(*a, **kw):
+        seen.append(kw.get("conv_kernel"))
+        return real(*a, **kw)
+    monkeypatch.setattr(K._kernels, "int_gemm", spy)
+    monkeypatch.setenv("DSE_KERNEL_CONV", "bcast")
+    rng = np.random.default_rng(0)
+    x, w = rng.integers(0, 256, (2, 8, 6, 6)), rng.integers(-128, 128, (4, 8, 1, 1))
+    sc = K.Scaling(0.01, np.ones(4, np.float32), np.zeros(4, np.float32))
+    got = K.conv2d_scaled(x, w, EXACT, False, sc, isa="avx512")
+    assert seen == ["bcast"]
+    assert np.array_equal(got, K.scale_accumulators(K.reference_conv2d_int(x, w, EXACT, False), sc))
 
 
 @pytest.mark.parametrize("isa,vnni", KERNELS)
