@@ -934,7 +934,7 @@ DSE_T_BC static inline __attribute__((always_inline)) void dse_bc_t16(__m512i *r
 /* One image's C input planes (H x W bytes each, from x) as xt[((y + pt) Wp + x + pl) Cp + c] = xa[x[c H W + y W + x]]
  * (c < C; the padding channels get xa[0]): per 64 positions and 4 channels one 64-byte load of each plane (the
  * planes 2 loads ahead prefetched), 16 positions x 4 channels as quads (a 128-bit lane shuffle and one vpermb), 16
- * such as a 16 x 16 dword transpose. The border of the padded image is left as it is (xa[0] from the set-up). */
+ * such as a 16 x 16 dword transpose (Cp = 4: the quads are the copy's bytes). The border of the padded image is left as it is (xa[0] from the set-up). */
 DSE_T_BC static void dse_bc_image(const dse_ig_plan *P, const uint8_t *x, int64_t C, int64_t H, int64_t W,
                                   int64_t Cp, int64_t Wp, int64_t pt, int64_t pl, uint8_t *xt)
 {
@@ -974,7 +974,29 @@ DSE_T_BC static void dse_bc_image(const dse_ig_plan *P, const uint8_t *x, int64_
             }
             const __mmask64 cm = dse_i2c_lenmask(Cp - g);
             int64_t yy = y, xx = xc;
-            for (int64_t sc = 0; sc < 4 && 16 * sc < n64; sc++) {
+            for (int64_t sc = 0; Cp == 4 && sc < 4 && 16 * sc < n64; sc++) { /* one quad per position: no transpose */
+                const int64_t cnt = n64 - 16 * sc < 16 ? n64 - 16 * sc : 16;
+                __m512i u = qb[sc][0];
+                if (xflip)
+                    u = _mm512_xor_si512(u, flip);
+                else if (!ident)
+                    u = dse_byte_lookup512(u, _mm512_movepi8_mask(u), t0, t1, t2, t3);
+                if (xx + cnt <= W) { /* within one row of the image */
+                    _mm512_mask_storeu_epi32(xt + ((yy + pt) * Wp + xx + pl) * 4, (__mmask16)((1u << cnt) - 1), u);
+                    xx += cnt;
+                    if (xx == W)
+                        xx = 0, yy++;
+                    continue;
+                }
+                int32_t d[16];
+                _mm512_storeu_si512(d, u);
+                for (int64_t i = 0; i < cnt; i++) {
+                    memcpy(xt + ((yy + pt) * Wp + xx + pl) * 4, d + i, 4);
+                    if (++xx == W)
+                        xx = 0, yy++;
+                }
+            }
+            for (int64_t sc = 0; Cp > 4 && sc < 4 && 16 * sc < n64; sc++) {
                 dse_bc_t16(qb[sc]);
                 for (int64_t i = 0; i < 16 && 16 * sc + i < n64; i++) {
                     __m512i u = qb[sc][i];

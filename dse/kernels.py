@@ -1258,7 +1258,7 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
     sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
              for g in range(groups)]
     todo = range(groups)
-    ck = conv_kernel(kh, kw, C // groups, og, groups, geo)
+    ck = conv_kernel(kh, kw, C // groups, og, groups, geo, isa)
     if (ck == "bcast" or kh * kw > 1 or any(geo.pads)) and x.size:
         todo = _conv_int_gemm_direct(np.ascontiguousarray(_u8(x)), wg, kh, kw, plan, geo, isa, view, sargs, ck)
         if not todo:
@@ -1282,17 +1282,20 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
 CONV_KERNELS = ("auto", "im2col", "bcast")
 
 
-def conv_kernel(kh: int, kw: int, cg: int, og: int, groups: int, geo: _ConvGeometry) -> str:
+def conv_kernel(kh: int, kw: int, cg: int, og: int, groups: int, geo: _ConvGeometry, isa=None) -> str:
     """The conv operand of a scaled integer-GEMM conv (kernel kh x kw, cg input and og output channels per group):
-    DSE_KERNEL_CONV when set to "im2col" or "bcast", else the one measured faster for the shape."""
+    DSE_KERNEL_CONV when set to "im2col" or "bcast", else the one measured faster for the shape; "im2col" where the
+    broadcast kernel cannot run (below the avx512 level, no AVX512-VNNI, DSE_KERNEL_VNNI=0)."""
     v = os.environ.get("DSE_KERNEL_CONV", "").strip().lower() or "auto"
     if v not in CONV_KERNELS:
         raise DseError(f"DSE_KERNEL_CONV={v!r}: use one of {', '.join(CONV_KERNELS)}")
-    if v != "auto":
-        return v
-    # benchmarks/bench_bcast_conv.py (RESULTS.md): ResNet-18's k x k convs of >= 64 input channels 1.06-1.33x,
-    # its 1x1 convs of >= 128 input channels 1.04-1.24x; 3-channel stems and 64-channel 1x1 convs 0.81-1.09x
-    return "bcast" if groups == 1 and (cg >= 16 if kh * kw > 1 else cg >= 128) else "im2col"
+    if v == "auto":
+        # benchmarks/bench_bcast_conv.py (RESULTS.md): ResNet-18's k x k convs of >= 64 input channels 1.06-1.33x,
+        # its 7x7 3-channel stem 1.1x, its 1x1 convs of >= 128 input channels 1.04-1.24x; the 3x3 3-channel stem
+        # 0.8x and the 64-channel 1x1 conv 0.93-1.09x
+        v = "bcast" if groups == 1 and (cg >= 16 or kh * kw >= 25 if kh * kw > 1 else cg >= 128) else "im2col"
+    runs = _isa_name(isa) == "avx512" and "avx512" in _kernels.vnni_levels() and _kernels.vnni_enabled()
+    return v if runs else "im2col"
 
 
 def _conv_int_gemm_direct(xq, wg, kh: int, kw: int, plan: _Int16Plan, geo: _ConvGeometry, isa, view,

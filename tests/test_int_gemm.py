@@ -514,18 +514,25 @@ def test_conv2d_scaled_on_either_conv_kernel(c, seed):
 
 def test_conv_kernel_choice(monkeypatch):
     """conv_kernel: DSE_KERNEL_CONV forces the conv operand (an unknown name is an error); "auto" takes the
-    broadcast kernel for ungrouped k x k convs of >= 16 input channels and 1x1 convs of >= 128, im2col otherwise;
-    conv2d_scaled hands the choice to the kernel, and a 1x1 conv without padding on the broadcast kernel reads its
-    input through it too."""
+    broadcast kernel for ungrouped k x k convs of >= 16 input channels or >= 25 taps and 1x1 convs of >= 128, im2col
+    otherwise, and im2col wherever the broadcast kernel cannot run (below avx512, VNNI off); conv2d_scaled hands
+    the choice to the kernel, and a 1x1 conv without padding on the broadcast kernel reads its input through it."""
     geo = K._ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), (8, 8))
-    monkeypatch.setenv("DSE_KERNEL_CONV", "auto")
-    assert K.conv_kernel(3, 3, 64, 64, 1, geo) == "bcast"
-    assert K.conv_kernel(3, 3, 3, 64, 1, geo) == "im2col"
-    assert K.conv_kernel(3, 3, 64, 64, 2, geo) == "im2col"
-    assert K.conv_kernel(1, 1, 64, 128, 1, geo) == "im2col"
-    assert K.conv_kernel(1, 1, 128, 256, 1, geo) == "bcast"
-    monkeypatch.setenv("DSE_KERNEL_CONV", "im2col")
-    assert K.conv_kernel(3, 3, 64, 64, 1, geo) == "im2col"
+    for isa in ISAS:
+        monkeypatch.setenv("DSE_KERNEL_CONV", "auto")
+        bc = "bcast" if isa == "avx512" and "avx512" in _kernels.vnni_levels() else "im2col"
+        assert K.conv_kernel(3, 3, 64, 64, 1, geo, isa) == bc
+        assert K.conv_kernel(7, 7, 3, 64, 1, geo, isa) == bc
+        assert K.conv_kernel(3, 3, 3, 64, 1, geo, isa) == "im2col"
+        assert K.conv_kernel(3, 3, 64, 64, 2, geo, isa) == "im2col"
+        assert K.conv_kernel(1, 1, 64, 128, 1, geo, isa) == "im2col"
+        assert K.conv_kernel(1, 1, 128, 256, 1, geo, isa) == bc
+        monkeypatch.setenv("DSE_KERNEL_CONV", "bcast")
+        assert K.conv_kernel(3, 3, 3, 64, 2, geo, isa) == bc
+        with vnni_env(False):
+            assert K.conv_kernel(3, 3, 3, 64, 2, geo, isa) == "im2col"
+        monkeypatch.setenv("DSE_KERNEL_CONV", "im2col")
+        assert K.conv_kernel(3, 3, 64, 64, 1, geo, isa) == "im2col"
     monkeypatch.setenv("DSE_KERNEL_CONV", "nope")
     with pytest.raises(K.DseError):
         K.conv_kernel(3, 3, 64, 64, 1, geo)
