@@ -1290,10 +1290,12 @@ def conv_kernel(kh: int, kw: int, cg: int, og: int, groups: int, geo: _ConvGeome
     if v not in CONV_KERNELS:
         raise DseError(f"DSE_KERNEL_CONV={v!r}: use one of {', '.join(CONV_KERNELS)}")
     if v == "auto":
-        # benchmarks/bench_bcast_conv.py (RESULTS.md): ResNet-18's k x k convs of >= 64 input channels 1.06-1.33x,
-        # its 7x7 3-channel stem 1.1x, its 1x1 convs of >= 128 input channels 1.04-1.24x; the 3x3 3-channel stem
-        # 0.8x and the 64-channel 1x1 conv 0.93-1.09x
-        v = "bcast" if groups == 1 and (cg >= 16 or kh * kw >= 25 if kh * kw > 1 else cg >= 128) else "im2col"
+        # benchmarks/bench_bcast_conv.py (RESULTS.md): ResNet-18's k x k convs of >= 64 input channels 1.05-1.34x,
+        # its 7x7 3-channel stem 1.07x, its strided 1x1 convs of >= 128 input channels 1.03-1.25x; the 3x3 3-channel
+        # stem 0.8x, the 64-channel strided 1x1 conv 0.95-1.11x, MobileNetV2's stride-1 1x1 convs (whose input is
+        # the matrix operand as it is) 0.66-1.19x
+        v = "bcast" if groups == 1 and (cg >= 16 or kh * kw >= 25 if kh * kw > 1 else
+                                        cg >= 128 and geo.stride != (1, 1)) else "im2col"
     runs = _isa_name(isa) == "avx512" and "avx512" in _kernels.vnni_levels() and _kernels.vnni_enabled()
     return v if runs else "im2col"
 

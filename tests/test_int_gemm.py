@@ -514,10 +514,11 @@ def test_conv2d_scaled_on_either_conv_kernel(c, seed):
 
 def test_conv_kernel_choice(monkeypatch):
     """conv_kernel: DSE_KERNEL_CONV forces the conv operand (an unknown name is an error); "auto" takes the
-    broadcast kernel for ungrouped k x k convs of >= 16 input channels or >= 25 taps and 1x1 convs of >= 128, im2col
-    otherwise, and im2col wherever the broadcast kernel cannot run (below avx512, VNNI off); conv2d_scaled hands
+    broadcast kernel for ungrouped k x k convs of >= 16 input channels or >= 25 taps and strided 1x1 convs of >= 128,
+    im2col otherwise, and im2col wherever the broadcast kernel cannot run (below avx512, VNNI off); conv2d_scaled hands
     the choice to the kernel, and a 1x1 conv without padding on the broadcast kernel reads its input through it."""
     geo = K._ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), (8, 8))
+    geo2 = K._ConvGeometry((2, 2), (0, 0, 0, 0), (1, 1), (4, 4))
     for isa in ISAS:
         monkeypatch.setenv("DSE_KERNEL_CONV", "auto")
         bc = "bcast" if isa == "avx512" and "avx512" in _kernels.vnni_levels() else "im2col"
@@ -525,8 +526,9 @@ def test_conv_kernel_choice(monkeypatch):
         assert K.conv_kernel(7, 7, 3, 64, 1, geo, isa) == bc
         assert K.conv_kernel(3, 3, 3, 64, 1, geo, isa) == "im2col"
         assert K.conv_kernel(3, 3, 64, 64, 2, geo, isa) == "im2col"
-        assert K.conv_kernel(1, 1, 64, 128, 1, geo, isa) == "im2col"
-        assert K.conv_kernel(1, 1, 128, 256, 1, geo, isa) == bc
+        assert K.conv_kernel(1, 1, 64, 128, 1, geo2, isa) == "im2col"
+        assert K.conv_kernel(1, 1, 128, 256, 1, geo2, isa) == bc
+        assert K.conv_kernel(1, 1, 160, 960, 1, geo, isa) == "im2col"
         monkeypatch.setenv("DSE_KERNEL_CONV", "bcast")
         assert K.conv_kernel(3, 3, 3, 64, 2, geo, isa) == bc
         with vnni_env(False):
