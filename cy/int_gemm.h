@@ -897,9 +897,9 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
  * into [channels][positions] and scaled by dse_ig_flush as the matrix kernel's tiles are: the same sums (every
  * term either kernel adds beyond the im2col's has weight 0), the same outputs bit for bit. One int32 segment holds
  * the whole depth (scaled calls: dse_ig_plan8). Tasks: groups of whole images (enough for DSE_BC_GROUP_POS
- * positions within DSE_BC_GROUP_BYTES of padded copy), each transposed by the thread that computes it; with fewer
- * groups than threads, each group's channel tiles (or, with too few tiles, its positions) are split and each part
- * transposes the group itself.
+ * positions within DSE_BC_GROUP_BYTES of padded copy; as many per thread, their sizes within one image of each
+ * other), each transposed by the thread that computes it; with fewer groups than threads, each group's channel
+ * tiles (or, with too few tiles, its positions) are split and each part transposes the group itself.
  */
 #define DSE_BC_NRP 6
 #define DSE_BC_MB 192 /* positions per block: a multiple of DSE_BC_NRP and 16 */
@@ -1191,7 +1191,11 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
     const int64_t gmax = DSE_BC_GROUP_BYTES / ldx > 1 ? DSE_BC_GROUP_BYTES / ldx : 1;
     G = G < gmax ? G : gmax;
     G = G < B ? G : B;
-    const int64_t ngrp = (B + G - 1) / G, nsplit = ngrp >= nt ? 1 : (nt + ngrp - 1) / ngrp;
+    int64_t ngrp = (B + G - 1) / G;
+    if (ngrp > nt) /* as many groups per thread (static schedule); group g: images [g B / ngrp, (g + 1) B / ngrp) */
+        ngrp = (ngrp + nt - 1) / nt * nt;
+    G = (B + ngrp - 1) / ngrp;
+    const int64_t nsplit = ngrp >= nt ? 1 : (nt + ngrp - 1) / ngrp;
     const int by_ch = NT >= nsplit, tpc = (NT + nsplit - 1) / nsplit;
     uint8_t *wpk = (uint8_t *)aligned_alloc(64, (size_t)(NT * wstride));
     int64_t *corr = P->aoff ? (int64_t *)malloc((size_t)P->N * sizeof(int64_t)) : NULL;
@@ -1218,8 +1222,8 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
             int64_t cur = -1;
 #pragma omp for schedule(static)
             for (int64_t task = 0; task < ngrp * nsplit; task++) {
-                const int64_t gi = task / nsplit, part = task % nsplit, b0 = gi * G;
-                const int64_t nb = (B - b0 < G) ? B - b0 : G, np = nb * HoWo;
+                const int64_t gi = task / nsplit, part = task % nsplit, b0 = gi * B / ngrp;
+                const int64_t nb = (gi + 1) * B / ngrp - b0, np = nb * HoWo;
                 int64_t p0 = 0, p1 = np, nt0 = 0, nt1 = NT;
                 if (nsplit > 1 && by_ch) {
                     nt0 = part * tpc, nt1 = (nt0 + tpc < NT) ? nt0 + tpc : NT;
