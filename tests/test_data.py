@@ -395,3 +395,26 @@ def _npz(tmp_path):
     p = tmp_path / "a.npz"
     np.savez(p, x=np.zeros((4, 5, 5), np.uint8), y=np.zeros(4, np.int64))
     return p
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_folder_reads_on_threads_keep_order_and_first_error(tmp_path, threads):
+    """An image folder's batch decoded on the kernels' threads: the images in ``idx`` order, and of two unreadable
+    files the first in that order is the one named."""
+    from dse import kernels
+
+    import dse.data as data
+
+    _gray_pngs(tmp_path / "imgs", 30)
+    ds = data.open_dataset(str(tmp_path / "imgs"), Preprocess(), (1, 9, 11))
+    with kernels.using_threads(1):
+        ref = ds.images()
+    order = np.random.default_rng(threads).permutation(30)
+    with kernels.using_threads(threads):
+        assert np.array_equal(ds.subset(order).images(), ref[order])
+        files = ds.source.files
+        bad = [files[int(order[4])], files[int(order[17])]]
+        for f in bad:
+            f.write_bytes(b"\x89PNG junk")
+        with pytest.raises(DseError, match=f"{bad[0].name}: cannot read image"):
+            ds.subset(order).images()
