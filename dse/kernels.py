@@ -1242,6 +1242,19 @@ def _scaled_int_plan(mult, a_signed: bool, w_shape, path: str, isa) -> _Int16Pla
     return plan
 
 
+def _group_args(w, groups: int, scaling: "Scaling", out, q) -> tuple[list, list]:
+    """Per group g of a scaled integer-GEMM conv with weights ``w`` [Cout, Cg, kh, kw]: its weight patterns [og, kg]
+    (C-contiguous) and the kernel's scaling arguments for its output channels (``scaling.args`` of ``out``, ``q``)."""
+    Cout = w.shape[0]
+    og = Cout // groups
+    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
+    Wp = _u8(w).reshape(Cout, -1)
+    wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
+    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
+             for g in range(groups)]
+    return wg, sargs
+
+
 def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: int, isa, scaling: "Scaling"):
     """conv2d_scaled on the integer GEMM kernel with the scaling in its int32 tiles, per group: the operand built
     inside the kernel from the input where it can (_conv_int_gemm_direct), else on image slices of at most
@@ -1251,12 +1264,8 @@ def _conv_int_gemm_scaled(x, w, plan: _Int16Plan, geo: _ConvGeometry, groups: in
     og, kg = Cout // groups, Cg * kh * kw
     P = geo.out_hw[0] * geo.out_hw[1]
     out, q = scaling.empty((B, Cout) + geo.out_hw)
-    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
     view = out.reshape(B, Cout, P)
-    Wp = _u8(w).reshape(Cout, kg)
-    wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
-    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
-             for g in range(groups)]
+    wg, sargs = _group_args(w, groups, scaling, out, q)
     todo = range(groups)
     ck = conv_kernel(kh, kw, C // groups, og, groups, geo, isa)
     if (ck == "bcast" or kh * kw > 1 or any(geo.pads)) and x.size:
@@ -1373,12 +1382,8 @@ def _conv_split_scaled(xq, w, prep: _Prepared, geo: _ConvGeometry, groups: int, 
     P = max(1, geo.out_hw[0] * geo.out_hw[1])
     plan = _exact_plan(prep.err_signed)
     out, q = scaling.empty((B, Cout) + geo.out_hw)
-    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
     view = out.reshape(B, Cout, P)
-    Wp = _u8(w).reshape(Cout, kg)
-    wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
-    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
-             for g in range(groups)]
+    wg, sargs = _group_args(w, groups, scaling, out, q)
     step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * Cout * P), -(-_SCALED_SLICE_MIN_POS // P))
     acc = np.empty((min(B, step), Cout, P), dtype=np.int64)
     level, threads = _isa_name(isa), get_threads()

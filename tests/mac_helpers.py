@@ -13,33 +13,30 @@ from dse.quant import MacLayer
 
 
 @contextlib.contextmanager
+def env_var(name: str, value: str):
+    """Environment variable ``name`` set to ``value`` for the block, then as it was (also inside hypothesis tests,
+    where monkeypatch's function scope does not reach every example)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
 def vnni_env(on: bool):
     """DSE_KERNEL_VNNI set for the block (the default of dse._kernels.int_gemm and dw_conv, hence of dse.kernels'
     calls)."""
-    before = os.environ.get("DSE_KERNEL_VNNI")
-    os.environ["DSE_KERNEL_VNNI"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["DSE_KERNEL_VNNI"]
-        else:
-            os.environ["DSE_KERNEL_VNNI"] = before
+    return env_var("DSE_KERNEL_VNNI", "1" if on else "0")
 
 
-@contextlib.contextmanager
 def conv_kernel_env(kind: str):
     """DSE_KERNEL_CONV set for the block (dse.kernels.conv_kernel: the integer GEMM's conv operand, "im2col", "bcast"
     or "auto")."""
-    before = os.environ.get("DSE_KERNEL_CONV")
-    os.environ["DSE_KERNEL_CONV"] = kind
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["DSE_KERNEL_CONV"]
-        else:
-            os.environ["DSE_KERNEL_CONV"] = before
+    return env_var("DSE_KERNEL_CONV", kind)
 
 
 def _ilog2(x):
