@@ -14,9 +14,10 @@
   1 label byte + 3072 pixel bytes, CIFAR-100 records of coarse + fine label bytes + 3072; the fine label is used) or
   the ``cifar-10-batches-bin`` / ``cifar-100-binary`` directory, which means its test file.
 
-Nothing large is held preprocessed: ``Dataset`` keeps the raw source (arrays for IDX, bundled and compressed .npz files,
-memory maps for CIFAR and uncompressed .npz files (numpy.savez), file names for image folders) and its labels, and ``batches(n)`` yields preprocessed float32 NCHW batches
-``x = (raw * scale - mean[c]) / std[c]`` (:class:`Preprocess`). ``subset``/``head`` select images without reading.
+Nothing large is held preprocessed: ``Dataset`` keeps the raw source (arrays for IDX, bundled and compressed .npz
+files, memory maps for CIFAR and uncompressed .npz files (numpy.savez), file names for image folders) and its labels,
+and ``batches(n)`` yields preprocessed float32 NCHW batches ``x = (raw * scale - mean[c]) / std[c]``
+(:class:`Preprocess`). ``subset``/``head`` select images without reading.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import gzip
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -473,7 +474,8 @@ def _stored_npy(path: Path, member: str) -> np.memmap | None:
         head = f.read(30)  # the member's local file header: name and extra field lengths at bytes 26 and 28
         if len(head) < 30 or head[:4] != b"PK\x03\x04":
             return None
-        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))
+        start = info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30]))
+        f.seek(start)
         version = npy.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = npy.read_array_header_1_0(f)
@@ -484,9 +486,8 @@ def _stored_npy(path: Path, member: str) -> np.memmap | None:
         offset = f.tell()
     if dtype.hasobject:
         raise ValueError("object arrays cannot be memory-mapped")
-    if 0 in shape or offset - info.header_offset - 30 - sum(struct.unpack("<HH", head[26:30])) \
-            + int(np.prod(shape)) * dtype.itemsize != info.file_size:  # a member cut short: numpy's own error
-        return None
+    if 0 in shape or offset - start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
+        return None  # a member cut short: numpy's own reader gives its error
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 

@@ -1190,6 +1190,11 @@ _SCALED_SLICE_BYTES = 1 << 21
 _SCALED_SLICE_MIN_POS = _ROWS_MB
 
 
+def _scaled_slice_images(Cout: int, P: int) -> int:
+    """Images per slice of int64 sums (Cout channels x P positions each) of conv2d_scaled's sliced paths."""
+    return max(1, _SCALED_SLICE_BYTES // max(1, 8 * Cout * P), -(-_SCALED_SLICE_MIN_POS // P))
+
+
 def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
                   groups=1, path="auto", isa=None) -> np.ndarray:
     """``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit ([B, Cout, Ho, Wo], ``scaling.dtype``:
@@ -1213,9 +1218,9 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
         return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, tplan[1], step)
     if tplan is not None and _split_fits32(_prepare(mult, a_signed), Cg * kh * kw):
         return _conv_split_scaled(xq, w, _prepare(mult, a_signed), geo, groups, isa, scaling, tplan[1])
-    B, per_image = x.shape[0], Cout * geo.out_hw[0] * geo.out_hw[1]
+    B = x.shape[0]
     out, q = scaling.empty((B, Cout) + geo.out_hw)
-    step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * per_image), -(-_SCALED_SLICE_MIN_POS // P))
+    step = _scaled_slice_images(Cout, P)
     acc = np.empty((min(B, step), Cout) + geo.out_hw, dtype=np.int64)
     bound = w[0].size * _prepare(mult, a_signed).maxabs  # every sum has K = Cg kh kw table entries
     for b0 in range(0, B, step):
@@ -1384,7 +1389,7 @@ def _conv_split_scaled(xq, w, prep: _Prepared, geo: _ConvGeometry, groups: int, 
     out, q = scaling.empty((B, Cout) + geo.out_hw)
     view = out.reshape(B, Cout, P)
     wg, sargs = _group_args(w, groups, scaling, out, q)
-    step = max(1, _SCALED_SLICE_BYTES // max(1, 8 * Cout * P), -(-_SCALED_SLICE_MIN_POS // P))
+    step = _scaled_slice_images(Cout, P)
     acc = np.empty((min(B, step), Cout, P), dtype=np.int64)
     level, threads = _isa_name(isa), get_threads()
     for b0 in range(0, B, step):
