@@ -383,21 +383,27 @@ def search_proposals(ctx, s, sampler_seed: int, setup: list, focus: float | None
     return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number), gate
 
 
+def _measured(trials):
+    """(trial, user attributes, configuration) of every trial that measured its configuration, in order: a loss
+    recorded, not a re-proposal answered from the first."""
+    from dse.layer_config import config_from_dict
+
+    for t in trials:
+        ua = t.user_attrs
+        if "loss" in ua and "duplicate_of" not in ua:
+            yield t, ua, config_from_dict(ua["config"])
+
+
 def proposal_rows(trials, gate: NeverSkips, skip_line: float) -> list[dict]:
     """One row per configuration the search measured (re-proposals, answered from the first, and all-exact left out),
     in trial order: its configuration, the gate's prediction made before the trial (``predicted``, None: none), the
     kept candidate and whether the gate was on, whether it would have skipped it (on, conservative loss over
     ``skip_line``), and what the search measured (loss on its images, full fidelity or raced out, feasible)."""
-    from dse.layer_config import config_from_dict
     from dse.search.objective import ATTR_PREDICTOR, _config_key
     from dse.search.study import is_feasible
 
     rows = []
-    for t in trials:
-        ua = t.user_attrs
-        if "loss" not in ua or "duplicate_of" in ua:
-            continue
-        cfg = config_from_dict(ua["config"])
+    for t, ua, cfg in _measured(trials):
         if all(lc.multiplier == "exact" for lc in cfg.values()):
             continue
         cons = gate.would.get(_config_key(cfg))
@@ -471,14 +477,8 @@ def run_search_stream(budget: Path, images: int, sampler_seeds: tuple) -> dict:
 def stream_points(cands, trials) -> list[dict]:
     """The points a search's gate met, for replaying other gates on them offline: every trial that measured its
     configuration (all-exact included), in order, with what the search measured and each candidate's features."""
-    from dse.layer_config import config_from_dict
-
     out = []
-    for t in trials:
-        ua = t.user_attrs
-        if "loss" not in ua or "duplicate_of" in ua:
-            continue
-        cfg = config_from_dict(ua["config"])
+    for t, ua, cfg in _measured(trials):
         out.append({"trial": t.number, "config": [[n, lc.multiplier, bool(lc.cv)] for n, lc in cfg.items()
                                                   if lc.multiplier != "exact"],
                     "full": bool(ua.get("full")), "search_loss": float(ua["loss"]),
