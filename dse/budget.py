@@ -26,7 +26,9 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   run is not reproducible from its seed: ``inf`` = no bound), ``n_holdout`` (hold-out checks that may fail before
   the walk down the feasible list stops), ``threads`` (kernel threads per process; absent = the available cores
   divided among the workers), ``prefix_cache_mib`` (memory per search process for the activations of configuration
-  prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``setup_budget_s`` (seconds of set-up
+  prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``image_cache_mib`` (memory per search
+  process for the search and confirmation images of a data set that decodes its files on every read, an image
+  folder: held decoded, so that trials do not decode them again; 0 = decode on every read), ``setup_budget_s`` (seconds of set-up
   after which the predictor fit and the knapsack sensitivities stop measuring: the rest is estimated by the predictor
   or left out, and the output says so), ``seeds`` (seed trials besides all-exact: ``"uniform"``, ``"knapsack"``;
   default none, see SEED_KINDS).
@@ -105,6 +107,7 @@ class SearchSection:
     n_holdout: int = 3
     threads: int | None = None  # kernel threads per search process; None = the cores divided among the workers
     prefix_cache_mib: float = 512.0  # per search process: activations of shared configuration prefixes (0 = off)
+    image_cache_mib: float = 1024.0  # per search process: decoded search + confirmation images of an image folder
     setup_budget_s: float = 300.0   # predictor fit and knapsack sensitivities stop measuring after this (seconds)
     seeds: tuple = ()  # seed trials besides all-exact: "uniform", "knapsack" (SEED_KINDS); none by default, see below
 
@@ -413,6 +416,9 @@ def _search(ctx, tab) -> SearchSection:
     if "prefix_cache_mib" in tab:
         kw["prefix_cache_mib"] = _float(ctx, "search.prefix_cache_mib", g("prefix_cache_mib"), 0,
                                         what="a non-negative number of MiB (0 = no prefix cache)")
+    if "image_cache_mib" in tab:
+        kw["image_cache_mib"] = _float(ctx, "search.image_cache_mib", g("image_cache_mib"), 0,
+                                       what="a non-negative number of MiB (0 = decode the images on every read)")
     if "setup_budget_s" in tab:
         kw["setup_budget_s"] = _float(ctx, "search.setup_budget_s", g("setup_budget_s"), 0, lo_open=True,
                                       what="a positive number of seconds")

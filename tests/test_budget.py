@@ -67,6 +67,7 @@ confidence = 0.9
 predictor_skip = 0
 predictor_max_share = 0.25
 n_holdout = 2
+image_cache_mib = 64
 
 [space]
 multipliers = ["drum", "mitch_w6"]
@@ -108,7 +109,7 @@ def test_full_file_round_trip(tmp_path):
         ("pareto", "nsga2", 77, 3, "postgresql://u@h/db", 3, 60.0)
     assert s.threads == 2
     assert (s.racing, s.confidence, s.predictor_skip, s.n_holdout) == ((100, 400, 0), 0.9, 0.0, 2)
-    assert s.predictor_max_share == 0.25
+    assert s.predictor_max_share == 0.25 and s.image_cache_mib == 64.0
     sp = b.space
     assert sp.multipliers == ("drum3", "drum4", "drum5", "drum6", "drum7", "drum8", "mitch_w6")  # family expanded
     assert sp.cv == (False, True) and sp.pin_first_last is False
@@ -175,6 +176,7 @@ def err(tmp_path, text) -> str:
     ("[search]\nseeds = [\"random\"]\n", "'search.seeds[0]'", "uniform"),
     ("[search]\nconfidence = 1.0\n", "'search.confidence'", "got 1.0"),
     ("[search]\ntimeout_s = -5\n", "'search.timeout_s'", "positive"),
+    ("[search]\nimage_cache_mib = -1\n", "'search.image_cache_mib'", "non-negative number of MiB"),
     ("[search]\npredictor_max_share = 0\n", "'search.predictor_max_share'", "(0, 1], or inf (no bound"),
     ("[search]\npredictor_max_share = 1.5\n", "'search.predictor_max_share'", "got 1.5"),
     ("[budget]\nmax_accuracy_loss = 120\n", "'budget.max_accuracy_loss'", "[0, 100)"),

@@ -143,22 +143,30 @@ def test_a_pickled_cache_with_a_valid_checksum_is_never_unpickled(first, tmp_pat
     assert ctx2.baseline == ctx.baseline and not marker.exists()
 
 
-def test_search_images_of_an_image_folder_are_decoded_once(tmp_path, monkeypatch):
-    """A search on an image folder: the search and confirmation images are read into memory in the set-up (a stage
-    of its own), so trials decode no file again; the hold-out images, read only by hold-out checks, stay on disk."""
+def _folder_budget(tmp_path, search: str = ""):
+    """A budget whose search split is an image folder of 120 bundled 28x28 images (40 search, 30 confirmation), with
+    ``search`` added to its [search] table."""
     from PIL import Image
 
-    import dse.data as data
     from dse.data import bundled_split
 
     x, y = bundled_split("search")
     for i, (a, k) in enumerate(zip(x[:120], y[:120])):
         (tmp_path / "imgs" / f"class{k}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(a).save(tmp_path / "imgs" / f"class{k}" / f"{i:03d}.png")
-    (tmp_path / "b.toml").write_text(BUDGET.replace("[data]\n", f"[data]\nsearch = '{tmp_path / 'imgs'}'\n"
+    budget = BUDGET.replace("[search]\n", "[search]\n" + search)
+    (tmp_path / "b.toml").write_text(budget.replace("[data]\n", f"[data]\nsearch = '{tmp_path / 'imgs'}'\n"
                                                     "confirm = 30\n"))
+    return tmp_path / "b.toml"
+
+
+def test_search_images_of_an_image_folder_are_decoded_once(tmp_path, monkeypatch):
+    """A search on an image folder: the search and confirmation images are read into memory in the set-up (a stage
+    of its own), so trials decode no file again; the hold-out images, read only by hold-out checks, stay on disk."""
+    import dse.data as data
+
     seen = []
-    ctx = build_context(str(tmp_path / "b.toml"), progress=lambda *a: seen.append(a))
+    ctx = build_context(str(_folder_budget(tmp_path)), progress=lambda *a: seen.append(a))
     assert ("decoding the search images", 40, 40) in [a[:3] for a in seen]
     assert ("decoding the confirmation images", 30, 30) in [a[:3] for a in seen]
     assert not ctx.evaluator.data.source.decodes and not ctx.confirm.data.source.decodes
@@ -168,3 +176,18 @@ def test_search_images_of_an_image_folder_are_decoded_once(tmp_path, monkeypatch
     ctx.evaluator.correct({}, 0, 40)
     ctx.confirm.correct({}, 0, 30)
     assert calls == []
+
+
+@pytest.mark.parametrize("images, search_held, confirm_held", [(0, False, False), (40, True, False),
+                                                               (70, True, True)])
+def test_image_cache_mib_bounds_the_decoded_images(tmp_path, images, search_held, confirm_held):
+    """[search] image_cache_mib bounds the decoded images per process: room for 0, 40 (the search images only) or 70
+    images of 28x28 bytes; what does not fit is decoded on every read, with the same results."""
+    mib = images * 28 * 28 / (1 << 20)
+    ctx = build_context(str(_folder_budget(tmp_path, f"image_cache_mib = {mib!r}\n")), progress=lambda *a: None)
+    assert ctx.evaluator.data.source.decodes is not search_held
+    assert ctx.confirm.data.source.decodes is not confirm_held
+    full = build_context(str(_folder_budget(tmp_path / "full")), progress=lambda *a: None)
+    assert not full.evaluator.data.source.decodes
+    for a, b in ((ctx.evaluator, full.evaluator), (ctx.confirm, full.confirm)):
+        assert np.array_equal(a.correct({}, 0, len(a.data)), b.correct({}, 0, len(b.data)))

@@ -28,10 +28,6 @@ PREDICTOR_CONFIGS = 10
 FIT_CONFIGS = "two-to-half-the-layers"  # how the predictor's set-up configurations are drawn (part of the context-cache key)
 MIN_PREDICTOR_CONFIGS = 4  # all-exact + 3: the fewest the quadratic accuracy model is fitted on
 PREDICTOR_STAGE = "predictor fit (AME, logit and propagated surrogates)"
-# Raw images of the search and confirmation images held in memory per search process where the data set decodes its
-# files on every read (image folders): every trial reads them again, and decoding a 224x224 JPEG (~2 ms) costs a
-# third of emulating a ResNet-18 on it. 1 GiB holds ~7,000 such images; larger sets are decoded per read as before.
-DECODED_IMAGES_BYTES = 1 << 30
 
 
 def default_budget_path() -> Path:
@@ -297,9 +293,12 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     sess = _open(b, budget_path, run_dir, cached, deadline, progress)
     whole, hold = sess.data
     split = search_split(len(whole), b.data.images, b.data.confirm, s.seed, where=str(budget_path))
-    search = _in_memory(whole.subset(split.search), "search", progress)
+    # an image folder decodes its files on every read (a 224x224 JPEG ~2 ms, a third of a ResNet-18 emulation of it):
+    # the search and confirmation images are held decoded within [search] image_cache_mib (1 GiB: ~7,000 such images)
+    room = int(b.search.image_cache_mib * (1 << 20))
+    search = _in_memory(whole.subset(split.search), "search", progress, room)
     held = len(search) * int(np.prod(search.image_shape)) if search.source is not whole.source else 0
-    confirm = _in_memory(whole.subset(split.confirm), "confirmation", progress, DECODED_IMAGES_BYTES - held)
+    confirm = _in_memory(whole.subset(split.confirm), "confirmation", progress, room - held)
     qmodel = sess.qmodel
     emu = Emulator(qmodel)
     cache = PrefixCache.from_mib(b.search.prefix_cache_mib if prefix_cache_mib is None else prefix_cache_mib)
@@ -467,7 +466,7 @@ def _cached(b, run_dir, want_predictor: bool, progress):
     return key, cached, why
 
 
-def _in_memory(data, what: str, progress, max_bytes: int = DECODED_IMAGES_BYTES):
+def _in_memory(data, what: str, progress, max_bytes: int):
     """``data.materialized`` within ``max_bytes``, reported as the set-up stage "decoding the WHAT images"."""
     return data.materialized(max(0, max_bytes), lambda done, total: progress(f"decoding the {what} images", done,
                                                                              total))

@@ -144,7 +144,7 @@ def _open_study(settings: SearchSettings, storage, name: str, seed: int, workers
 
 # Settings that say how long, where and how parallel a search runs, not what it searches: changing them continues
 # the same study (e.g. a larger n_trials extends it).
-_NOT_IN_NAME = ("n_trials", "workers", "storage", "timeout_s", "prefix_cache_mib", "setup_budget_s")
+_NOT_IN_NAME = ("n_trials", "workers", "storage", "timeout_s", "prefix_cache_mib", "image_cache_mib", "setup_budget_s")
 
 
 def study_name(budget_path: str | Path, s: SearchSettings, ctx: "SearchContext") -> str:
