@@ -799,6 +799,42 @@ static int dse_ig_fits32(int64_t K, int t, int64_t S)
     return ((K * t + 1) / 2 + kcp - 1) / kcp <= seg_blocks;
 }
 
+/* Fetch the line at a for writing: prefetchw at the avx512 level (every AVX-512 CPU has it), else into L2. */
+static inline void dse_ig_prefetch_w(int level, const void *a)
+{
+    if (level >= DSE_ISA_AVX512)
+        __asm__ volatile("prefetchw (%0)" : : "r"(a));
+    else
+        _mm_prefetch((const char *)a, _MM_HINT_T1);
+}
+
+/* Channel n's scaled outputs at positions [m0, m0 + mv) (and a fused Add's operand and patterns there) fetched
+ * towards the cache while the block's sums are computed (prefetchw for what is written, L2 for what is read): the
+ * scaling pass writes a tile's output planes (reads a fused Add's operand planes) in short runs of positions, one
+ * per channel, too many streams for the hardware prefetchers. */
+static inline void dse_ig_prefetch_out(const dse_ig_plan *P, int64_t n, int64_t m0, int64_t mv)
+{
+    const dse_scaling *sc = P->sc;
+    const int64_t esz = dse_scaled_esz(sc);
+    for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
+        const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i, e = b * P->ld_img + n * P->ld_n + s;
+        const uintptr_t o = (uintptr_t)dse_scaled_out(sc, P->outs, e);
+        for (uintptr_t a = o & ~(uintptr_t)63; a < o + (uintptr_t)(len * esz); a += 64)
+            dse_ig_prefetch_w(P->level, (const void *)a);
+        if (sc->add) {
+            const uintptr_t r = (uintptr_t)(sc->add + e);
+            for (uintptr_t a = r & ~(uintptr_t)63; a < r + (uintptr_t)(len * 4); a += 64)
+                _mm_prefetch((const char *)a, _MM_HINT_T1);
+        }
+        if (sc->add && sc->quant) {
+            const uintptr_t q = (uintptr_t)(sc->qout + e);
+            for (uintptr_t a = q & ~(uintptr_t)63; a < q + (uintptr_t)len; a += 64)
+                dse_ig_prefetch_w(P->level, (const void *)a);
+        }
+        i += len, b++, s = 0;
+    }
+}
+
 /* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block
  * (the first segment, add = 0, less the VNNI offset correction). */
 static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
@@ -875,6 +911,8 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
         for (int64_t nt = nt0; nt < nt1; nt++) {
             const uint8_t *B = P->Wpk + (nt * P->KP + p0) * 4 * DSE_IG_NR;
             int32_t *C = C32 + (nt - nt0) * DSE_IG_NR * ldc;
+            for (int64_t n = nt * DSE_IG_NR; P->sc && kb + 1 == nblk && n < (nt + 1) * DSE_IG_NR && n < n1; n++)
+                dse_ig_prefetch_out(P, n, m0, mv);
             for (int64_t q = 0; q < npan; q++)
                 P->micro(Apk + q * kcp * 4 * P->mr, B, kcp, C + q * P->mr, ldc, !first);
         }
@@ -1156,8 +1194,11 @@ DSE_T_BC static void dse_bc_block(const dse_ig_plan *P, const uint8_t *xt, int64
         const dse_bc_micro_fn micro = nv == 4 ? dse_bc_micro4 : nv == 3 ? dse_bc_micro3 : nv == 2 ? dse_bc_micro2
                                                                                                     : dse_bc_micro1;
         const uint8_t *wt = wpk + nt * wstride;
-        for (int64_t gi = 0; gi < ng; gi++)
+        for (int64_t gi = 0; gi < ng; gi++) {
+            for (int64_t n = n0 + gi * (n1 - n0) / ng; n < n0 + (gi + 1) * (n1 - n0) / ng; n++)
+                dse_ig_prefetch_out(P, n, m0, mv);
             micro(base + gi * DSE_BC_NRP, off, T, CQ, wt, tb + gi * DSE_BC_NRP * 64);
+        }
         for (int64_t c0 = 0; c0 < mv; c0 += 16)
             for (int64_t l = 0; l < nv; l++) {
                 __m512i r[16];
