@@ -5,6 +5,7 @@ Run:  python benchmarks/bench_predict.py search_spaces/resnet8_constrained.toml 
       python benchmarks/bench_predict_replay.py r8_S.json [more.json ...] [--tau 0.005 0.01 0.02 0.05]
       [--shrink 0 0.3 1]
       python benchmarks/bench_predict_replay.py --smooth FILE [FILE ...]   (any bench_predict --json record)
+      python benchmarks/bench_predict_replay.py --reliability FILE [FILE ...]   (the same)
 
 The idea tested: a surrogate's prediction errs mostly by the sampling of its few hundred images, and configurations
 that get the same of those images right or wrong share that error. So a configuration's residual (measured loss minus
@@ -28,12 +29,21 @@ between the two (:func:`smooth`). Every candidate's features are the recorded on
 propagated surrogate's (and its smooth twin's) count as at hand once asked for, as in the bench; each stream point is
 predicted after the gate observed the full-fidelity points before it (with the losses the search measured), as the
 search's objective does. The "as recorded" rows reproduce the bench's numbers.
+
+``--reliability FILE [FILE ...]``: the same replays, the gate as dse.predict has it ("before") and with two changes
+tried here and not adopted (benchmarks/RESULTS.md, "## Predictor"): the logit surrogate's LossModel fitted on its raw
+count weighted by its reliability on the surrogate's images (:class:`RawCountShrink`), and the gate's prediction
+averaged over the candidates within :data:`ENSEMBLE_SPEARMAN` of the kept one's leave-one-out Spearman
+(:func:`averaging_gate`); each alone and both ("after"). Per set: Spearman / mean error, the kept candidates of the
+"after" gate, and on search streams how many proposals the gate was on for and would have skipped (conservative
+prediction over the skip line), of them within budget on the evaluation images, before -> after.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -148,11 +158,103 @@ def oracle(r: dict, draws: int = 2000, seed: int = 0) -> dict:
     return out
 
 
-def point_candidates(kinds: list, rows: dict, smooth_too: bool = False) -> list:
+def _monotone_curve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knots of a non-decreasing curve ``y ~ f(x)`` through ``(0, 0)``: the isotonic regression of ``y`` on ``x``
+    (scipy.optimize.isotonic_regression), then piecewise linear through the centroids of its blocks (no flat steps
+    inside a block)."""
+    from scipy.optimize import isotonic_regression
+
+    o = np.argsort(x, kind="stable")
+    xs, ys = x[o], y[o]
+    fit = isotonic_regression(ys)
+    b = fit.blocks
+    cx = np.array([xs[b[i]:b[i + 1]].mean() for i in range(len(b) - 1)])
+    cy = np.maximum(fit.x[b[:-1]], 0.0)
+    keep = cx > 0
+    return np.r_[0.0, cx[keep]], np.r_[0.0, cy[keep]]
+
+
+class RawCountShrink:
+    """A surrogate's raw loss weighted by its reliability. The raw loss is a count on the surrogate's ``images``
+    images with binomial variance ``r (1 - r) / images`` (at least one image's). Over the rows a model is fitted on,
+    its reliability ``R = 1 - mean binomial variance / variance of r`` (clipped to [0, 1]) is the share of its spread
+    that is not counting noise, and the count is replaced by ``R r + (1 - R) f(gauss)`` (Kelley's estimate), ``f`` the
+    monotone curve of the count on the Gaussian loss (feature 3) over the same rows (:func:`_monotone_curve`).
+    Label-free: only the feature rows decide, so a leave-one-out fit may take it over all rows."""
+
+    def __init__(self, X, images: int):
+        X = np.maximum(np.atleast_2d(np.asarray(X, float)), 0.0)
+        r, g = X[:, 0], X[:, 3]
+        var = np.maximum(r * (1.0 - r), 1.0 / images) / images
+        self.reliability = float(np.clip(1.0 - var.mean() / max(float(np.var(r)), 1e-30), 0.0, 1.0))
+        self.knots = _monotone_curve(g, r)
+
+    def apply(self, X) -> np.ndarray:
+        X = np.maximum(np.atleast_2d(np.asarray(X, float)), 0.0).copy()
+        X[:, 0] = self.reliability * X[:, 0] + (1.0 - self.reliability) * np.interp(X[:, 3], *self.knots)
+        return X
+
+
+def loss_model_fits(images: int | None) -> tuple:
+    """A surrogate candidate's ``(fit, quality)``: dse.predict's LossModel and its leave-one-out quality, with the raw
+    count weighted by its reliability on ``images`` images first (:class:`RawCountShrink`; None: as dse.predict's)."""
+    from dse.predict import LossModel, surrogate_quality
+
+    if images is None:
+        return LossModel.fit, surrogate_quality
+
+    def fit(X, y):
+        s = RawCountShrink(X, images)
+        m = LossModel.fit(s.apply(X), y)
+        return lambda f: m(s.apply(f)[0])
+    return fit, (lambda X, y: surrogate_quality(RawCountShrink(X, images).apply(X), y))
+
+
+ENSEMBLE_SPEARMAN = 0.1   # the averaged prediction: the candidates within this of the kept one's leave-one-out Spearman
+
+
+def averaging_gate(ensemble: float = ENSEMBLE_SPEARMAN):
+    """dse.predict.PredictorGate whose prediction is the kept candidate's averaged with those of the candidates as
+    good enough as it and within ``ensemble`` of its leave-one-out Spearman (refitted on the same points) whose
+    features of the configuration are at hand; 0: the gate itself."""
+    from dse.predict import LooQuality, PredictorGate
+
+    class AveragingGate(PredictorGate):
+        def _refit(self) -> None:
+            super()._refit()
+            self._others = []
+            if self._best is None or ensemble <= 0:
+                return
+            y = np.asarray(self._losses)
+            final = [not p for p in self._provisional]
+            drop = sum(final) >= self.min_points
+            q = self.state.quality
+            for cand in self.candidates:
+                info = self.state.candidates.get(cand.kind)
+                if cand is self._best or info is None:
+                    continue
+                other = LooQuality(info["loo_spearman"], info["loo_mean_error"], 0.0)
+                if other.good_enough != q.good_enough or not other.spearman >= q.spearman - ensemble:
+                    continue
+                use, _ = self._use(cand.kind, final, drop, y)
+                self._others.append((cand, cand.fit(np.stack([self._rows[cand.kind][i] for i in use]), y[use])))
+
+        def predicted(self, config: dict) -> float | None:
+            p = super().predicted(config)
+            if p is None:
+                return None
+            preds = [p] + [float(m(cand.features(config))) for cand, m in getattr(self, "_others", [])
+                           if self._at_hand(cand, config) and cand.features(config) is not None]
+            return float(np.mean(preds))
+    return AveragingGate
+
+
+def point_candidates(kinds: list, rows: dict, smooth_too: bool = False, images: dict | None = None) -> list:
     """The gate's candidates on recorded feature rows ``rows[kind][i]`` of points ``{"point": i}``: the same fits and
-    qualities as dse.predict's; the propagated surrogate's rows count as at hand once asked for (a network run in a
+    qualities as dse.predict's (``images[kind]``: that surrogate's images, for its raw count's reliability weighting;
+    without: none, as before it); the propagated surrogate's rows count as at hand once asked for (a network run in a
     search), its smooth twin sharing them; with ``smooth_too`` each surrogate followed by its :func:`smooth` twin."""
-    from dse.predict import AccuracyModel, Candidate, LossModel, ame_quality, surrogate_quality
+    from dse.predict import AccuracyModel, Candidate, ame_quality
 
     out = []
     for kind in kinds:
@@ -173,7 +275,7 @@ def point_candidates(kinds: list, rows: dict, smooth_too: bool = False) -> list:
                 seen.add(c["point"])
                 return f(c)
             at_hand = lambda c, seen=seen: c["point"] in seen  # noqa: E731
-        cand = Candidate(kind, feats, LossModel.fit, surrogate_quality, at_hand)
+        cand = Candidate(kind, feats, *loss_model_fits((images or {}).get(kind)), at_hand)
         out += [cand, smooth(cand)] if smooth_too else [cand]
     return out
 
@@ -189,48 +291,103 @@ def smooth(cand):
     return Candidate(f"{cand.kind}, smooth", feats, cand.fit, cand.quality, cand.at_hand)
 
 
-def replay_sets(r: dict, smooth_too: bool) -> tuple[dict, dict]:
-    """bench_predict's near-budget and uniform streams (bench_predict.gate_stream's order) on recorded rows."""
-    from dse.predict import PredictorGate
+# the gate as before the reliability weighting and the averaged prediction: ({kind: images} weighted, ensemble)
+BEFORE = ({}, 0.0)
 
+
+def _images(r: dict) -> int:
+    """The surrogates' images of a record (the evaluation images start past them)."""
+    return int(r.get("surrogate_images", r["skip"]))
+
+
+def replay_sets(r: dict, smooth_too: bool, how: tuple = BEFORE, kept: Counter | None = None) -> tuple[dict, dict]:
+    """bench_predict's near-budget and uniform streams (bench_predict.gate_stream's order) on recorded rows; ``how``
+    = (surrogate images or None, the gate's keep margin); ``kept`` counts the kept candidate of each scored point."""
     P = r["points"]
     y0, yn, yu = (list(P[k]["loss"]) for k in ("setup", "near", "uniform"))
     rows = {k: P["setup"][k] + P["near"][k] + P["uniform"][k] for k in r["kinds"]}
     out = []
     for ys, start in ((yn, bp.half_of(len(yn))), (yn + yu, len(yn))):
-        gate = PredictorGate(point_candidates(r["kinds"], rows, smooth_too), focus=r["focus"])
+        gate = averaging_gate(how[1])(point_candidates(r["kinds"], rows, smooth_too, how[0]), focus=r["focus"])
         gate.observe([(("fit", i), {"point": i}, y) for i, y in enumerate(y0)], provisional=True)
         preds = []
         for j, y in enumerate(ys):
             p = gate.predicted({"point": len(y0) + j})
             if j >= start:
                 preds.append(np.nan if p is None else p)
+                if kept is not None:
+                    kept[gate.state.kind] += 1
             gate.observe([(j, {"point": len(y0) + j}, y)])
         out.append(bp._scores(preds, ys[start:]))
     return out[0], out[1]
 
 
-def replay_stream(r: dict, seed: str, smooth_too: bool) -> tuple[dict, dict]:
+def replay_stream(r: dict, seed: str, smooth_too: bool, how: tuple = BEFORE,
+                  kept: Counter | None = None) -> tuple[dict, dict]:
     """A search-stream record's gate (bench_predict.search_proposals) on its recorded rows: over all its scored
-    proposals and over those within the focus."""
-    from dse.predict import PredictorGate
-
+    proposals and over those within the focus (``how``, ``kept``: as :func:`replay_sets`)."""
     d, S = r["seeds"][seed], r["setup_points"]
     kinds = [k for k in S if k != "loss"]
     n0 = len(S["loss"])
     rows = {k: S[k] + [p[k] for p in d["stream"]] for k in kinds}
-    gate = PredictorGate(point_candidates(kinds, rows, smooth_too), focus=r["focus"])
+    gate = averaging_gate(how[1])(point_candidates(kinds, rows, smooth_too, how[0]), focus=r["focus"])
     gate.observe([(("fit", i), {"point": i}, y) for i, y in enumerate(S["loss"])], provisional=True)
-    pred, full = {}, []
+    pred, full, kind, skip = {}, [], {}, {}
     for j, p in enumerate(d["stream"]):
         gate.observe(full)
         v = gate.predicted({"point": n0 + j})
         pred[p["trial"]] = np.nan if v is None else v
+        kind[p["trial"]] = gate.state.kind
+        if kept is not None:
+            g = gate.gate({"point": n0 + j})
+            skip[p["trial"]] = (gate.state.active, g is not None and g > r["skip_line"])
         if p["full"]:
             full.append((p["trial"], {"point": n0 + j}, p["search_loss"]))
     x, y = np.array([pred[t] for t in d["trials"]]), np.array(d["loss"])
+    if kept is not None:
+        kept.update(kind[t] for t in d["trials"])
+        on = [skip[t] for t in d["trials"]]
+        kept["gate on"] += sum(a for a, _ in on)
+        kept["would skip"] += sum(b for _, b in on)
+        kept["would skip within budget"] += sum(b and v <= r["budget_loss"] for (_, b), v in zip(on, y))
     inside = y <= r["focus"]
     return bp._scores(x, y), bp._scores(x[inside], y[inside])
+
+
+def reliability_table(paths: list) -> None:
+    """``--reliability`` (module docstring)."""
+    hows = {"before": BEFORE, "reliability weighting alone": "w", "averaged prediction alone": ({}, ENSEMBLE_SPEARMAN),
+            "after (both)": "both"}
+    print("| file | set | " + " | ".join(hows) + " | kept (after); gate on / would skip (within budget), before -> "
+          "after |\n|---|---|" + "---|" * (len(hows) + 1))
+    for path in paths:
+        r = json.loads(path.read_text())
+        n = _images(r)
+        w = {"logit surrogate": n}
+        resolved = {k: ((w, 0.0) if h == "w" else (w, ENSEMBLE_SPEARMAN) if h == "both" else h) for k, h in hows.items()}
+        if "seeds" in r:
+            for s in r["seeds"]:
+                kept: Counter = Counter()
+                was: Counter = Counter()
+                got = {k: replay_stream(r, s, False, h, kept if k == "after (both)" else was if k == "before" else None)
+                       for k, h in resolved.items()}
+                for part, what in ((0, ""), (1, ", within the focus")):
+                    _row(path, f"search stream, sampler seed {s}{what}", [g[part] for g in got.values()], kept, was)
+        else:
+            kept = Counter()
+            got = {k: replay_sets(r, False, h, kept if k == "after (both)" else None) for k, h in resolved.items()}
+            for part, what in ((0, "knapsack neighbourhood"), (1, "uniform")):
+                _row(path, what, [g[part] for g in got.values()], kept)
+
+
+def _row(path: Path, what: str, scores: list, kept: Counter, was: Counter | None = None) -> None:
+    special = ("gate on", "would skip", "would skip within budget")
+    ks = ", ".join(f"{k} {v}" for k, v in kept.most_common() if k not in special)
+    if was is not None:
+        g = [f"{c['gate on']} / {c['would skip']} ({c['would skip within budget']})" for c in (was, kept)]
+        ks += f"; {g[0]} -> {g[1]}"
+    print(f"| {path.name} | {what} | " + " | ".join(f"{s['spearman']:.3f} / {100 * s['mae']:.2f} pp" for s in scores)
+          + f" | {ks} |", flush=True)
 
 
 def smooth_table(paths: list) -> None:
@@ -255,9 +412,14 @@ def main() -> int:
     ap.add_argument("--tau", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05])
     ap.add_argument("--shrink", type=float, nargs="+", default=[0.0, 0.3, 1.0])
     ap.add_argument("--smooth", action="store_true", help="replay with smooth twins instead (module docstring)")
+    ap.add_argument("--reliability", action="store_true",
+                    help="replay the gate before and after the raw count's reliability weighting (module docstring)")
     a = ap.parse_args()
     if a.smooth:
         smooth_table(a.json)
+        return 0
+    if a.reliability:
+        reliability_table(a.json)
         return 0
     grid = [(None, None)] + [(t, s) for t in a.tau for s in a.shrink]
     print("| file | correction | knapsack neighbourhood: Spearman / mean error | uniform: Spearman / mean error |\n"

@@ -250,3 +250,57 @@ def test_bench_predict_replay_reproduces_a_search_stream_record():
         assert got["n"] == want["n"] and got["spearman"] == pytest.approx(want["spearman"], abs=1e-12)
         assert got["mae"] == pytest.approx(want["mae"], abs=1e-12)
     assert sa["n"] == a["n"] and sf["n"] == f["n"]
+    # --reliability: the gate after (the logit surrogate's count weighted on its 300 images, averaged predictions)
+    # scores the same proposals; with one candidate the averaging changes nothing, and the skip counts add up
+    from collections import Counter
+
+    kept: Counter = Counter()
+    rec.update(skip_line=0.02, budget_loss=0.01)
+    ra, rf = bpr.replay_stream(rec, "3", False, ({"logit surrogate": 300}, bpr.ENSEMBLE_SPEARMAN), kept)
+    assert ra["n"] == a["n"] and rf["n"] == f["n"] and kept["logit surrogate"] == a["n"]
+    assert kept["would skip within budget"] <= kept["would skip"] <= kept["gate on"] <= a["n"]
+
+
+def test_replay_raw_count_shrink_keeps_a_reliable_count_and_smooths_a_noisy_one():
+    """bench_predict_replay.RawCountShrink: a count spanning tens of images keeps its values; one of 0-3 images of
+    300 whatever the configuration (counting noise) becomes the monotone curve of the count on the Gaussian loss, 0 at
+    0; loss_model_fits(images) is dse.predict's LossModel on the weighted rows."""
+    import bench_predict_replay as bpr
+
+    from dse.predict import LossModel
+    rng = np.random.default_rng(4)
+    g = np.sort(rng.uniform(0.0, 0.3, 30))
+    wide = np.stack([np.round(300 * (g + rng.normal(0, 0.02, g.size))) / 300, g, g, g], 1)
+    s = bpr.RawCountShrink(wide, 300)
+    assert s.reliability > 0.9 and np.max(np.abs(s.apply(wide)[:, 0] - np.maximum(wide[:, 0], 0))) < 0.01
+    tiny = np.stack([rng.integers(0, 4, g.size) / 300, g, g, g * 0.01], 1)
+    t = bpr.RawCountShrink(tiny, 300)
+    shrunk = t.apply(tiny)[:, 0]
+    assert t.reliability == 0.0 and np.all(np.diff(shrunk) >= 0) and t.apply(np.zeros((1, 4)))[0, 0] == 0.0
+    y = 0.8 * g * 0.01 + 0.3 * tiny[:, 0]
+    fit, quality = bpr.loss_model_fits(300)
+    assert fit(tiny, y)(tiny[3]) == pytest.approx(LossModel.fit(t.apply(tiny), y)(t.apply(tiny)[3]), abs=1e-15)
+    assert bpr.loss_model_fits(None)[0] == LossModel.fit
+
+
+def test_replay_averaging_gate_averages_the_candidates_within_its_margin():
+    """bench_predict_replay.averaging_gate: the kept candidate's prediction averaged with those within the margin of
+    its leave-one-out Spearman, as good enough as it, at hand; 0: the gate itself."""
+    import bench_predict_replay as bpr
+
+    from dse.predict import MIN_GATE_POINTS, Candidate, LooQuality
+
+    def cand(kind, spearman, value, at_hand=None):
+        return Candidate(kind, lambda c: np.array([c["loss"]]), lambda X, y: (lambda f: value),
+                         lambda X, y: LooQuality(spearman, 0.001, 0.002), at_hand)
+
+    def gate(margin, hand=True):
+        g = bpr.averaging_gate(margin)([cand("a", 0.95, 0.01), cand("b", 0.90, 0.03), cand("c", 0.80, 0.5),
+                                        cand("d", 0.93, 0.08, lambda c: hand)])
+        for i in range(MIN_GATE_POINTS):
+            g.observe([(i, {"loss": 0.001 * i}, 0.001 * i)])
+        return g
+    assert gate(0.0).predicted({"loss": 0.0}) == pytest.approx(0.01) and gate(0.0).state.kind == "a"
+    assert gate(0.1).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03 + 0.08) / 3)
+    assert gate(0.1, hand=False).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03) / 2)
+    assert gate(0.3).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03 + 0.08) / 3)   # c: not good enough
