@@ -453,6 +453,7 @@ struct dse_ig_plan {
 #define DSE_IG_KCQ 128 /* depth quads per block: an A block MC x 512 bytes (128 KiB), as the int16 blocks */
 #define DSE_IG_MR_VNNI 64
 #define DSE_IG_MR_VNNI256 16
+#define DSE_IG_PF 16 /* quads of rows prefetched ahead by the VNNI packing */
 
 /* One panel cell: d[4 c + h] = xa[pattern of A'[kk + h, m + c]] for c < cv and kk + h < K, 0 beyond. */
 static void dse_ig_q_cell(const dse_ig_plan *P, int64_t kk, int64_t m, int64_t cv, uint8_t *d)
@@ -495,9 +496,11 @@ static void dse_ig_pack_q_rest(const dse_ig_plan *P, int64_t p0, int64_t kcq, in
         dse_ig_pack_q_scalar(P, p0, kcq, m0 + full, mv - full, dst + (full / mr) * kcq * 4 * mr);
 }
 
-/* 16 positions of 4 depth rows (row stride lda) as 16 byte quads (vpermb), through the byte table t0..t3. */
+/* 16 positions of 4 depth rows (row stride lda) as 16 byte quads (vpermb), through the byte table t0..t3 (ident:
+ * the identity, nothing looked up; flip: p ^ 0x80, one xor). */
 DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i
-dse_ig_quads16(const uint8_t *r, int64_t lda, __m512i idx, int ident, __m512i t0, __m512i t1, __m512i t2, __m512i t3)
+dse_ig_quads16(const uint8_t *r, int64_t lda, __m512i idx, int ident, int flip, __m512i t0, __m512i t1, __m512i t2,
+               __m512i t3)
 {
     __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)r));
     v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(r + lda)), 1);
@@ -506,6 +509,8 @@ dse_ig_quads16(const uint8_t *r, int64_t lda, __m512i idx, int ident, __m512i t0
     v = _mm512_permutexvar_epi8(idx, v);
     if (ident)
         return v;
+    if (flip)
+        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
     return dse_byte_lookup512(v, _mm512_movepi8_mask(v), t0, t1, t2, t3);
 }
 
@@ -521,10 +526,17 @@ DSE_T_VNNI512 static void dse_ig_pack_q_512(const dse_ig_plan *P, int64_t p0, in
     const __m512i idx = _mm512_loadu_si512(ib);
     const __m512i t0 = _mm512_loadu_si512(P->xa), t1 = _mm512_loadu_si512(P->xa + 64);
     const __m512i t2 = _mm512_loadu_si512(P->xa + 128), t3 = _mm512_loadu_si512(P->xa + 192);
-    const int ident = P->xa_ident;
+    const int ident = P->xa_ident, flip = P->xa_flip;
     const int64_t lda = A->lda, full = mv - mv % mr;
     const int64_t pfull = dse_ig_whole_groups(P->K, 4, p0, kcq); /* whole quads */
+    /* each quad reads 4 rows of a few lines far apart (a 1x1 conv's input planes): the rows DSE_IG_PF quads ahead
+     * are prefetched, one line per 64 positions (or per image's run on smaller images) */
+    const int64_t pfs = A->img < 64 ? A->img : 64;
     for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
+        if (p + DSE_IG_PF < pfull && pfs >= 16)
+            for (int h = 0; h < 4; h++)
+                for (int64_t m = m0; m < m0 + full; m += pfs)
+                    _mm_prefetch((const char *)dse_ig_at(A, 4 * (p0 + p + DSE_IG_PF) + h, m), _MM_HINT_T0);
         for (int64_t q = 0; q < full / mr; q++) {
             uint8_t *d = dst + (q * kcq + p) * 4 * mr;
             if (!dse_ig_run(A, m0 + q * mr, mr)) { /* a panel across two images: element by element */
@@ -533,7 +545,7 @@ DSE_T_VNNI512 static void dse_ig_pack_q_512(const dse_ig_plan *P, int64_t p0, in
             }
             const uint8_t *r = dse_ig_at(A, 4 * (p0 + p), m0 + q * mr);
             for (int c = 0; c < mr; c += 16)
-                _mm512_storeu_si512(d + 4 * c, dse_ig_quads16(r + c, lda, idx, ident, t0, t1, t2, t3));
+                _mm512_storeu_si512(d + 4 * c, dse_ig_quads16(r + c, lda, idx, ident, flip, t0, t1, t2, t3));
         }
     }
     dse_ig_pack_q_rest(P, p0, kcq, pfull, m0, mv, dst);
@@ -835,6 +847,28 @@ static inline void dse_ig_prefetch_out(const dse_ig_plan *P, int64_t n, int64_t 
     }
 }
 
+/* c[i] -= v for i < n: the VNNI offset's correction of a tile row (dse_ig_flush), 16 or 8 lanes at a time at the
+ * avx512 and avx2 levels (GCC keeps the plain loop at SSE2 outside a target function). */
+DSE_T_512 static void dse_ig_sub_512(int32_t *c, int64_t n, int32_t v)
+{
+    const __m512i w = _mm512_set1_epi32(v);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_si512(c + i, _mm512_sub_epi32(_mm512_loadu_si512(c + i), w));
+    for (; i < n; i++)
+        c[i] -= v;
+}
+
+DSE_T_AVX2 static void dse_ig_sub_avx2(int32_t *c, int64_t n, int32_t v)
+{
+    const __m256i w = _mm256_set1_epi32(v);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i *)(c + i), _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(c + i)), w));
+    for (; i < n; i++)
+        c[i] -= v;
+}
+
 /* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block
  * (the first segment, add = 0, less the VNNI offset correction). */
 static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
@@ -845,8 +879,13 @@ static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_
             int32_t *c = C32 + (n - n0) * ldc;
             if (P->corr) { /* the corrected sums fit int32 (dse_ig_plan8) */
                 const int32_t cn = (int32_t)P->corr[n];
-                for (int64_t i = 0; i < mv; i++)
-                    c[i] -= cn;
+                if (P->level >= DSE_ISA_AVX512)
+                    dse_ig_sub_512(c, mv, cn);
+                else if (P->level == DSE_ISA_AVX2)
+                    dse_ig_sub_avx2(c, mv, cn);
+                else
+                    for (int64_t i = 0; i < mv; i++)
+                        c[i] -= cn;
             }
             if (P->addend) /* |addend| and the totals fit int32 (the caller's bound): no int32 sum overflows */
                 for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
