@@ -2047,6 +2047,58 @@ dse_dw_plane_s1_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W
     }
 }
 
+/* Small input planes (H W <= 64 bytes) at strides 1 and 2: a block's nbb planes (input planes ld bytes apart) into
+ * their phase planes (PS bytes apart, each image's HW bytes apart in them), each by one 64-byte load and, per phase
+ * plane and 64 bytes of it, one byte permute with a zero mask (tab: dse_dw_small_tables), stored whole (padding
+ * included). A store's bytes past the image's plane land in the next image's (written after it) or in the 64 bytes
+ * of padding after each phase plane's last image. Loads that would pass xend go through a copy. */
+DSE_T_512 static void dse_dw_small_512(const uint8_t *xs, int64_t ld, int64_t nbb, const uint8_t *xend, int64_t n,
+                                       const uint8_t *tab, const uint64_t *msk, int nph, int nch, int64_t PS,
+                                       int64_t HW, uint8_t *P)
+{
+    for (int64_t b = 0; b < nbb; b++, xs += ld, P += HW) {
+        if (b + 8 < nbb)
+            __builtin_prefetch(xs + 8 * ld, 0, 3);
+        __m512i v;
+        if (xs + 64 <= xend)
+            v = _mm512_loadu_si512(xs);
+        else {
+            uint8_t tmp[64] = {0};
+            memcpy(tmp, xs, (size_t)n);
+            v = _mm512_loadu_si512(tmp);
+        }
+        for (int f = 0; f < nph; f++)
+            for (int k = 0; k < nch; k++)
+                _mm512_storeu_si512(P + f * PS + 64 * k,
+                                    _mm512_maskz_permutexvar_epi8((__mmask64)msk[f * nch + k],
+                                                                  _mm512_loadu_si512(tab + (f * nch + k) * 64), v));
+    }
+}
+
+/* The permutes of dse_dw_small_512 for input planes H x W with padding pt, pl at strides sh, sw <= 2 into phase planes
+ * HQ x WQ (HW = HQ WQ): byte j of phase f = (ph, pw)'s plane is input byte tab[64 (f nch + j / 64) + j % 64] where
+ * that mask bit is set (padded position (sh qy + ph, sw qx + pw) inside the input), else 0. Returns the 64-byte
+ * chunks per phase plane (nch, 1 or 2), or 0 when the shape does not fit (H W > 64, HW > 128, strides above 2). */
+static int dse_dw_small_tables(int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh, int64_t sw, int64_t HQ,
+                               int64_t WQ, uint8_t *tab, uint64_t *msk)
+{
+    const int64_t HW = HQ * WQ, nch = (HW + 63) / 64;
+    if (H * W > 64 || H < 1 || W < 1 || HW > 128 || sh < 1 || sw < 1 || sh > 2 || sw > 2)
+        return 0;
+    for (int64_t f = 0; f < sh * sw; f++)
+        for (int64_t j = 0; j < 64 * nch; j++) {
+            const int64_t r = (j / WQ) * sh + f / sw - pt, col = (j % WQ) * sw + f % sw - pl, i = f * nch + j / 64;
+            if (j % 64 == 0)
+                msk[i] = 0;
+            tab[64 * i + j % 64] = 0;
+            if (j < HW && r >= 0 && r < H && col >= 0 && col < W) {
+                tab[64 * i + j % 64] = (uint8_t)(r * W + col);
+                msk[i] |= (uint64_t)1 << (j % 64);
+            }
+        }
+    return (int)nch;
+}
+
 /* dse_dw_phases at column stride 2 for rows shorter than 16 bytes (the SSE2 splitter of dse_dw_phases takes 16 at a
  * time) at the AVX-512 level, into phase planes whose padding is 0 (no xtab: the AVX-512 level translates the whole
  * planes afterwards). Each row is read as 16 bytes (through a copy where that would pass xend, the input's end), one
@@ -2380,6 +2432,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && LB >= 64;
     const int s2_512 = level >= DSE_ISA_AVX512 && sh <= 2 && sw == 2 && W < 16; /* dse_dw_phases_s2_512 */
     const int s1_512 = level >= DSE_ISA_AVX512 && sh == 1 && sw == 1; /* dse_dw_plane_s1_512 (padding 0) */
+    uint8_t smtab[8 * 64]; /* dse_dw_small_512 for blocks of small planes: 4 phases of 2 chunks at most */
+    uint64_t smsk[8];
+    const int small = (s1_512 || s2_512) && nb > 1 ? dse_dw_small_tables(H, W, pt, pl, sh, sw, HQ, WQ, smtab, smsk) : 0;
     const uint8_t *xend = x + B * C * H * W;
     const int quads = mode == 1 && fits32 && level >= DSE_ISA_AVX512 && vnni && dse_cpu_vnni(level);
     if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
@@ -2442,7 +2497,10 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         dse_prefetch_lines(on + (b * Cout + cn * og) * Ho * Wo * esz, og * Ho * Wo * esz, 1, nb > 1);
                     }
                 }
-                for (int64_t b = 0; b < nbb; b++) {
+                if (small) /* whole small planes: dse_dw_small_512 */
+                    dse_dw_small_512(x + (b0 * C + c) * H * W, C * H * W, nbb, xend, H * W, smtab, smsk, (int)(sh * sw),
+                                     small, PS, HW, xt512 ? PR : P);
+                for (int64_t b = 0; !small && b < nbb; b++) {
                     if (b + 4 < nbb) /* and this block's planes a few ahead into L1 */
                         dse_prefetch_lines(x + ((b0 + b + 4) * C + c) * H * W, H * W, 0, 0);
                     if (s1_512)
