@@ -156,4 +156,42 @@ static void dse_add_act(int level, const float *a, const float *b, int64_t n, in
     }
 }
 
+/* numpy's pairwise summation of n float32 values (its FLOAT_pairwise_sum, what np.add.reduce does along a
+ * contiguous axis): fewer than 8 in order from 0; up to 128 in 8 running sums combined as ((r0 + r1) + (r2 + r3)) +
+ * ((r4 + r5) + (r6 + r7)), then the rest in order; more as two halves, the first a multiple of 8 long. */
+static float dse_pairwise_f32(const float *a, int64_t n)
+{
+    if (n < 8) {
+        float res = 0.0f;
+        for (int64_t i = 0; i < n; i++)
+            res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        float r[8];
+        int64_t i;
+        for (int j = 0; j < 8; j++)
+            r[j] = a[j];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++)
+                r[j] += a[i + j];
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++)
+            res += a[i];
+        return res;
+    }
+    int64_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return dse_pairwise_f32(a, n2) + dse_pairwise_f32(a + n2, n - n2);
+}
+
+/* GlobalAveragePool of P planes of n float32 values: out[p] = (0 + pairwise sum) / n in float32, numpy's float32
+ * mean over the plane (its reduction adds the row's pairwise sum to the identity 0, then divides by the count). */
+static void dse_global_avg_pool(const float *x, int64_t P, int64_t n, float *out, int nt)
+{
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t p = 0; p < P; p++)
+        out[p] = (0.0f + dse_pairwise_f32(x + p * n, n)) / (float)n;
+}
+
 #endif

@@ -71,6 +71,7 @@ cdef extern from "glue.h" nogil:
                       int64_t Wo, float *out, int nt)
     void dse_add_act(int level, const float *a, const float *b, int64_t n, int act, float lo, float hi, float *y,
                      uint8_t *q, float qs, int qlo, int qhi, int nt)
+    void dse_global_avg_pool(const float *x, int64_t P, int64_t n, float *out, int nt)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -649,6 +650,21 @@ def max_pool(const float[:, :, :, ::1] x, kernel, stride, pads, dilation, out_hw
             dse_max_pool(level, &x[0, 0, 0, 0], B * C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo,
                          &o[0, 0, 0, 0], max(1, threads))
     return out, ISA_NAMES[level]
+
+
+def global_avg_pool(const float[:, :, :, ::1] x, int threads=1):
+    """float32[B, C, 1, 1]: each plane's mean as numpy's float32 ``mean(axis=(2, 3))`` gives it (``cy/glue.h``: its
+    pairwise summation order from 0, then the division by the count, the same bits) in one compiled pass; numpy
+    makes one inner-loop call per plane. Planes of at least one value."""
+    cdef int64_t B = x.shape[0], C = x.shape[1], n = x.shape[2] * x.shape[3]
+    if n < 1:
+        raise ValueError("global_avg_pool: empty planes")
+    out = np.empty((B, C, 1, 1), dtype=np.float32)
+    cdef float[:, :, :, ::1] o = out
+    if B and C:
+        with nogil:
+            dse_global_avg_pool(&x[0, 0, 0, 0], B * C, n, &o[0, 0, 0, 0], max(1, threads))
+    return out
 
 
 def add_act(const float[::1] a, const float[::1] b, act="none", float lo=-np.inf, float hi=np.inf, quant=None,

@@ -126,6 +126,24 @@ def pool(x: np.ndarray, a: dict, kind: str) -> np.ndarray:
     return s / div
 
 
+# GlobalAveragePool planes up to this many values take the compiled pass (numpy's reduction runs each such row in one
+# inner-loop call, whose pairwise order the pass follows; it is not relied on beyond)
+GAP_MAX_PLANE = 8192
+
+
+def global_avg_pool(x: np.ndarray) -> np.ndarray:
+    """ONNX GlobalAveragePool of x [B, C, H, W] (float32 mean over each plane): float32 planes of 1 to
+    GAP_MAX_PLANE values by the compiled pass (one thread, as :func:`max_pool`), else numpy's mean; the same bits."""
+    if x.dtype != np.float32 or x.ndim != 4 or _kernels is None or not 0 < x.shape[2] * x.shape[3] <= GAP_MAX_PLANE:
+        return reference_global_avg_pool(x)
+    return _kernels.global_avg_pool(np.ascontiguousarray(x))
+
+
+def reference_global_avg_pool(x: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`global_avg_pool`."""
+    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32)
+
+
 def max_pool(x: np.ndarray, kernel, stride, pads, dilation, ceil: bool = False) -> np.ndarray:
     """ONNX MaxPool of x [B, C, H, W]: float32 by the compiled loop (one thread), other dtypes (constant folding) by
     :func:`reference_max_pool`; the same bits either way."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Node
-from dse.model.nn import conv2d, pool
+from dse.model.nn import conv2d, global_avg_pool, pool
 
 IR_OPS: dict = {}
 
@@ -71,7 +71,7 @@ def _pool_op(node, xs):
 
 @ir_op("gap")
 def _gap(node, xs):
-    return xs[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+    return global_avg_pool(xs[0])
 
 
 @ir_op("gmp")
