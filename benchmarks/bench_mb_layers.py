@@ -1,0 +1,215 @@
+"""Where MobileNetV2's exact FxP8 run loses to onnxruntime int8, per layer kind, and builds of the extension compared
+on the same layers.
+
+    python benchmarks/bench_mb_layers.py [OLD.so NEW.so ...] [--rounds 7] [--size 32] [--no-ort]
+
+Captures every ``conv2d_scaled`` call of one streaming batch (128 images) of bench_e2e's MobileNetV2 (FxP8 exact,
+the layers' real inputs, weights and fused scaling: Clip, next layer's quantization, residual Add), then times them
+per layer kind (stem, 1x1 expand, depthwise 3x3 by plane size and stride, 1x1 project with or without the fused Add,
+the 1x1 head) with each given build of ``dse._kernels`` (each loaded as its own module and installed as
+``dse.kernels``'s extension in turn; none given: the worktree's own build), in interleaved rounds with the order
+alternating, one thread, process CPU time, medians of the per-kind sums; every build's outputs are asserted
+bit-identical to the first's. Beside them, onnxruntime's own int8 model (bench_e2e's static QDQ quantization, run as
+QLinearConv etc.) on the same images with its per-node profiler (SessionOptions.enable_profiling), the kernel time of
+its nodes summed per the same kinds (medians over the rounds' runs; the profiler's wall times scaled by each run's
+CPU time over its wall time, so that a loaded box's preemption does not count); its node kinds after graph optimisation are
+printed so the comparison can be checked (QLinearConv, not a float fallback). Prints ms per kind per engine and the
+ratio of each build to the first and to onnxruntime.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_e2e import _ort_int8, images, mobilenetv2  # noqa: E402
+from call_replay import load_builds  # noqa: E402
+
+
+def _kind(x_shape, w_shape, stride, add) -> str:
+    """The layer kind of a conv2d_scaled call (input [B, C, H, W], weights [Cout, Cg, kh, kw])."""
+    _, C, H, _ = x_shape
+    Cout, Cg, kh, _ = w_shape
+    if kh > 1 and Cg == 1:
+        return f"depthwise 3x3 {H}x{H} s{stride[0]}"
+    if kh > 1:
+        return "stem 3x3"
+    if Cout == 1280:
+        return "head 1x1"
+    if Cout > C:
+        return "expand 1x1"
+    return "project 1x1 + Add" if add else "project 1x1"
+
+
+def capture(size: int):
+    """(calls, images, onnx path): every conv2d_scaled call of one FxP8-exact batch, in network order, as (kind,
+    args, kwargs) with the arrays copied."""
+    from dse import kernels
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    d = Path(tempfile.mkdtemp())
+    path = d / "mobilenetv2.onnx"
+    onnx.save(mobilenetv2(size), str(path))
+    graph = load_onnx(path)
+    x = images(128, size, seed=11)
+    kernels.set_threads(1)
+    qm = calibrate(graph, images(16, size, seed=3))
+    emu = Emulator(qm)
+    calls = []
+    orig = kernels.conv2d_scaled
+
+    def recording(xq, w, mult, a_signed, scaling, *a, **k):
+        stride = k.get("stride", a[0] if a else (1, 1))
+        calls.append((_kind(xq.shape, w.shape, stride, scaling.add is not None),
+                      (np.array(xq), np.array(w), mult, a_signed, scaling) + a, dict(k)))
+        return orig(xq, w, mult, a_signed, scaling, *a, **k)
+
+    kernels.conv2d_scaled = recording
+    try:
+        emu.run(x, {l.name: LayerConfig("exact") for l in qm.layers}, batch_size=128)
+    finally:
+        kernels.conv2d_scaled = orig
+    return calls, x, path
+
+
+def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str]) -> dict:
+    """onnxruntime int8 (QDQ) on x, one thread, its per-node kernel time summed by the captured calls' kinds (the
+    model's Conv nodes in order are the dse layers in order; QLinearAdd is counted with "project 1x1 + Add"); the
+    median over ``rounds`` runs per kind, plus "whole run" (the run's CPU time)."""
+    import onnxruntime as ort
+
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
+              for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"}
+    q = _ort_int8(path, images(16, x.shape[-1], seed=3))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opt = path.with_name("opt.onnx")
+    so.optimized_model_filepath = str(opt)
+    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+    print("onnxruntime int8 nodes after optimisation:", dict(ops))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_profiling = True
+    so.profile_file_prefix = str(path.with_name("ort_profile"))  # the model's temporary directory
+    s = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        s.run(None, {"input": x})
+    cpu = []
+    for _ in range(rounds):
+        t = time.process_time()
+        s.run(None, {"input": x})
+        cpu.append(time.process_time() - t)
+    with open(s.end_profiling()) as f:
+        ev = json.load(f)
+    runs = [e for e in ev if e.get("cat") == "Session" and e["name"] == "model_run"][-rounds:]
+    out = collections.defaultdict(list)
+    out["whole run"] = cpu
+    for r, c in zip(runs, cpu):
+        scale = min(1.0, c / (r["dur"] / 1e6))  # the profiler's times are wall time: scaled to the run's CPU time
+        nodes = sorted((e for e in ev if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                        and r["ts"] <= e["ts"] <= r["ts"] + r["dur"]), key=lambda e: e["ts"])
+        convs = [e for e in nodes if e["args"].get("op_name") == "QLinearConv"]
+        # the float model's Conv nodes, by name: depthwise (group > 1) or not, matched against the dse call's kind
+        dw = [groups[e["name"].split("_token")[0]] > 1 for e in convs]
+        if dw != [k.startswith("depthwise") for k in kinds]:
+            raise RuntimeError("onnxruntime's QLinearConv nodes do not run in the order of dse's conv calls")
+        tot = collections.defaultdict(float)
+        for e, k in zip(convs, kinds):
+            tot[k] += e["dur"] / 1e6 * scale
+        tot["project 1x1 + Add"] += sum(e["dur"] / 1e6 * scale for e in nodes
+                                        if e["args"].get("op_name") == "QLinearAdd")
+        tot["other nodes"] = sum(e["dur"] / 1e6 * scale for e in nodes
+                                 if e["args"].get("op_name") not in ("QLinearConv", "QLinearAdd"))
+        for k, v in tot.items():
+            out[k].append(v)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def time_builds(calls, mods, rounds: int) -> list[dict]:
+    """Per build, the median over rounds of each kind's summed CPU time (s) and of all calls ("convs, all")."""
+    from dse import kernels
+
+    orig = kernels._kernels
+    times = [collections.defaultdict(list) for _ in mods]
+    try:
+        ref = None
+        for i, m in enumerate(mods):
+            kernels._kernels = m
+            outs = [kernels.conv2d_scaled(*a, **k) for _, a, k in calls]
+            flat = [np.asarray(o).view(np.uint8) for r in outs for o in (r if isinstance(r, tuple) else (r,))]
+            if ref is None:
+                ref = flat
+            else:
+                assert all(np.array_equal(a, b) for a, b in zip(ref, flat)), f"build {i} disagrees with build 0"
+        for r in range(rounds):
+            for i in (range(len(mods)) if r % 2 == 0 else reversed(range(len(mods)))):
+                kernels._kernels = mods[i]
+                tot = collections.defaultdict(float)
+                for kind, a, k in calls:
+                    t = time.process_time()
+                    kernels.conv2d_scaled(*a, **k)
+                    dt = time.process_time() - t
+                    tot[kind] += dt
+                    tot["convs, all"] += dt
+                for k, v in tot.items():
+                    times[i][k].append(v)
+    finally:
+        kernels._kernels = orig
+    return [{k: statistics.median(v) for k, v in t.items()} for t in times]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("so", nargs="*", help="copies of dse/_kernels*.so to compare (the first is the baseline)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--no-ort", action="store_true")
+    a = ap.parse_args()
+    from dse import kernels
+
+    kernels.set_threads(1)
+    calls, x, path = capture(a.size)
+    mods = load_builds(a.so) if a.so else [kernels._kernels]
+    names = [Path(s).name for s in a.so] if a.so else ["this build"]
+    dse_t = time_builds(calls, mods, a.rounds)
+    ort_t = None if a.no_ort else ort_profile(path, x, a.rounds, [k for k, _, _ in calls])
+    count = collections.Counter(k for k, _, _ in calls)
+    kinds = sorted(count, key=lambda k: -dse_t[0][k]) + ["convs, all"]
+    print(f"MobileNetV2 {a.size}x{a.size}, 128 images, FxP8 exact, one thread, {a.rounds} rounds, median ms")
+    head = f"{'layer kind (calls)':34s}" + "".join(f"{n[:14]:>15s}" for n in names)
+    head += "".join(f"{'/ ' + n[:10]:>13s}" for n in names[1:])
+    if ort_t:
+        head += f"{'ort int8':>10s}" + "".join(f"{'vs ort':>8s}" for _ in names)
+    print(head)
+    for k in kinds:
+        row = f"{k + (f' ({count[k]})' if k in count else ''):34s}"
+        row += "".join(f"{t[k] * 1e3:15.2f}" for t in dse_t)
+        row += "".join(f"{dse_t[0][k] / t[k]:12.2f}x" for t in dse_t[1:])
+        if ort_t:
+            o = ort_t.get(k, sum(v for kk, v in ort_t.items() if kk in count) if k == "convs, all" else 0.0)
+            row += f"{o * 1e3:10.2f}" + "".join(f"{o / t[k]:7.2f}x" for t in dse_t)
+        print(row)
+    if ort_t:
+        print(f"onnxruntime int8 whole run {ort_t['whole run'] * 1e3:.2f} CPU ms (other nodes "
+              f"{ort_t.get('other nodes', 0.0) * 1e3:.2f} ms); 'vs ort' > 1: dse faster")
+
+
+if __name__ == "__main__":
+    main()
