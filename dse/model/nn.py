@@ -141,7 +141,7 @@ def global_avg_pool(x: np.ndarray) -> np.ndarray:
 
 def reference_global_avg_pool(x: np.ndarray) -> np.ndarray:
     """numpy twin of :func:`global_avg_pool`."""
-    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32)
+    return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
 
 
 def max_pool(x: np.ndarray, kernel, stride, pads, dilation, ceil: bool = False) -> np.ndarray:
