@@ -9,7 +9,8 @@ medians per tree and the ratio base / ours (> 1: ours faster), the sums, and whe
     python benchmarks/bench_split.py --base /tmp/main-clone --networks 3 --rounds 5 --families LUT mitch_w6
 
 ``--networks REPS`` times whole streaming batches of the networks instead (bench_e2e's emulator runs: each child
-calibrates, runs one untimed batch, then REPS timed ones), medians of the per-child medians.
+calibrates, runs one untimed batch, then REPS timed ones), medians of the per-child medians. ``--families exact``
+times the exact FxP8 path the same way (e.g. a change of the integer GEMM kernel against main's build).
 """
 from __future__ import annotations
 
