@@ -72,13 +72,121 @@ DSE_T_AVX2 static void dse_max_row_avx2(float *acc, const float *row, int64_t W,
     dse_max_row(acc, row, sw, off, o, o1);
 }
 
+/* The AVX-512 level for strides sw 1 and 2, separable: each input row's running maximum over the kw taps of every
+ * output column (hrow), then each output's running maximum over its kh rows' hrow values, both in tap order from
+ * -inf over the valid taps. maximum is associative (non-NaN: the last operand attaining the largest value, which
+ * decides the bits of +0 vs -0 ties; else the first NaN), so folding the row-major tap sequence row by row gives the
+ * same bits as folding it tap by tap, and a row without valid taps (-inf) changes nothing. 16 outputs per step,
+ * steps where every tap lies in the row (the last step overlaps the one before it: the same values rewritten), the
+ * outputs left at the edges one by one; no masked loads (those whose masked-off lanes left the row were slow). */
+DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_np_maximum16(__m512 a, __m512 b)
+{
+    return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+}
+
+/* hrow[o], o < Wo: the running maximum of row[o sw + j dw - pl] over the taps j whose column lies in [0, W). */
+DSE_T_512 static void dse_max_hrow512(const float *row, int64_t W, int64_t Wo, int64_t kw, int64_t sw, int64_t pl,
+                                     int64_t dw, float *hrow)
+{
+    /* lane i takes element 2 i of the 31 from the window's start: elements 0..15 of the first load, 15..30 of the
+     * second (which starts 15 on, so that it ends at the last element used) */
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int64_t span = (kw - 1) * dw + 15 * sw;                       /* a step's columns past its first one */
+    const int64_t lo = (pl + sw - 1) / sw;                              /* first output whose taps are all in the row */
+    const int64_t hi = W - 1 - span + pl < 0 ? -1 : (W - 1 - span + pl) / sw; /* last step start */
+    int64_t v0 = Wo, v1 = Wo;                                           /* the outputs the steps cover */
+    if (hi >= lo && Wo >= 16) {
+        const int64_t last = hi < Wo - 16 ? hi : Wo - 16;
+        if (last >= lo) {
+            v0 = lo, v1 = last + 16;
+            for (int64_t o0 = lo;; o0 += 16) {
+                if (o0 > last)
+                    o0 = last;
+                __m512 acc = _mm512_set1_ps(-INFINITY);
+                for (int64_t j = 0; j < kw; j++) {
+                    const float *p = row + o0 * sw - pl + j * dw;
+                    const __m512 v = sw == 1 ? _mm512_loadu_ps(p)
+                                             : _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 15));
+                    acc = dse_np_maximum16(acc, v);
+                }
+                _mm512_storeu_ps(hrow + o0, acc);
+                if (o0 == last)
+                    break;
+            }
+        }
+    }
+    for (int64_t o = 0; o < Wo; o++) {
+        if (o == v0)
+            o = v1;
+        if (o >= Wo)
+            break;
+        float acc = -INFINITY;
+        for (int64_t j = 0; j < kw; j++) {
+            const int64_t c = o * sw - pl + j * dw;
+            if (c >= 0 && c < W)
+                acc = dse_np_maximum(acc, row[c]);
+        }
+        hrow[o] = acc;
+    }
+}
+
+/* One plane (H x W at xp) into its Ho x Wo outputs at op; hr: H Wo floats of scratch, done: H bytes. */
+DSE_T_512 static void dse_max_plane512(const float *xp, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
+                                      int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
+                                      int64_t Wo, float *op, float *hr, uint8_t *done)
+{
+    memset(done, 0, (size_t)H);
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        float *o = op + oh * Wo;
+        for (int64_t i = 0; i < kh; i++) {
+            const int64_t ih = oh * sh - pt + i * dh;
+            if (ih >= 0 && ih < H && !done[ih]) {
+                dse_max_hrow512(xp + ih * W, W, Wo, kw, sw, pl, dw, hr + ih * Wo);
+                done[ih] = 1;
+            }
+        }
+        int64_t o0 = 0;
+        for (; Wo >= 16; o0 += 16) {
+            if (o0 > Wo - 16)
+                o0 = Wo - 16;
+            __m512 acc = _mm512_set1_ps(-INFINITY);
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t ih = oh * sh - pt + i * dh;
+                if (ih >= 0 && ih < H)
+                    acc = dse_np_maximum16(acc, _mm512_loadu_ps(hr + ih * Wo + o0));
+            }
+            _mm512_storeu_ps(o + o0, acc);
+            if (o0 == Wo - 16)
+                break;
+        }
+        for (int64_t c = Wo >= 16 ? Wo : 0; c < Wo; c++) { /* planes narrower than a step */
+            float acc = -INFINITY;
+            for (int64_t i = 0; i < kh; i++) {
+                const int64_t ih = oh * sh - pt + i * dh;
+                if (ih >= 0 && ih < H)
+                    acc = dse_np_maximum(acc, hr[ih * Wo + c]);
+            }
+            o[c] = acc;
+        }
+    }
+}
+
 static void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,
                          int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
                          int64_t Wo, float *out, int nt)
 {
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel num_threads(nt)
+    {
+    const int sep = level >= DSE_ISA_AVX512 && (sw == 1 || sw == 2);
+    float *hr = sep ? (float *)malloc((size_t)(H * Wo) * sizeof(float)) : NULL;
+    uint8_t *done = sep ? (uint8_t *)malloc((size_t)H) : NULL;
+#pragma omp for schedule(static)
     for (int64_t p = 0; p < P; p++) {
         const float *xp = x + p * H * W;
+        if (hr && done) {
+            dse_max_plane512(xp, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out + p * Ho * Wo, hr, done);
+            continue;
+        }
         for (int64_t oh = 0; oh < Ho; oh++) {
             float *acc = out + (p * Ho + oh) * Wo;
             for (int64_t o = 0; o < Wo; o++)
@@ -99,6 +207,9 @@ static void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_
                 }
             }
         }
+    }
+    free(hr);
+    free(done);
     }
 }
 
