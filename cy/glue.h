@@ -8,8 +8,9 @@
  * so skipping them gives the same bits as reading them. A window without an input element gives -inf.
  *
  * Work is split over the B * C planes (OpenMP); every output is computed by one thread in the same tap order, so the
- * result does not depend on the thread count. AVX2 (8 outputs per step, strides 1 and 2) at level >= 1, portable
- * code below and for other strides, the same bits.
+ * result does not depend on the thread count. AVX-512 (separable: rows, then columns; 16 outputs per step) for
+ * strides 1 and 2 at level >= 2, AVX2 (8 outputs per step, strides 1 and 2) at level >= 1, portable code below and
+ * for other strides, the same bits.
  *
  * dse_add_act: y = act(a + b) on float32 tensors of one shape (the float32 add, then dse_act1 of cy/lut_kernel.h:
  * numpy's maximum(y, 0) or clip(y, lo, hi)) and, with q, q = dse_quantize1(y) (the next MAC layers' input patterns)

@@ -18,7 +18,7 @@
   environment variable ``DSE_KERNEL_VNNI=0`` or ``vnni=False`` keeps the int16 one).
 * ``fsum_seq(P) -> float32[R]``: sequential FP32 row sums in ascending k.
 * ``max_pool(x, kernel, stride, pads, dilation, out_hw, isa=None, threads=1) -> float32[B, C, Ho, Wo]``: 2-D max
-  pooling, numpy's running maximum over each window's taps (``cy/glue.h``); AVX2 for strides 1 and 2.
+  pooling, numpy's running maximum over each window's taps (``cy/glue.h``); AVX-512 / AVX2 for strides 1 and 2.
 * ``add_act(a, b, act="none", lo, hi, quant=None, isa=None, threads=1) -> (y, q or None)``: a + b with a Relu/Clip
   and optionally the next layer's input patterns in one pass.
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
