@@ -2099,15 +2099,16 @@ static int dse_dw_small_tables(int64_t H, int64_t W, int64_t pt, int64_t pl, int
     return (int)nch;
 }
 
-/* dse_dw_phases at column stride 2 for rows shorter than 16 bytes (the SSE2 splitter of dse_dw_phases takes 16 at a
- * time) at the AVX-512 level, into phase planes whose padding is 0 (no xtab: the AVX-512 level translates the whole
- * planes afterwards). Each row is read as 16 bytes (through a copy where that would pass xend, the input's end), one
- * byte shuffle splits it into its even and odd bytes, and each half is stored as 16 bytes with the bytes past it
- * cleared: those zeros land in the row's right padding, in the left padding and columns of the phase plane's next row
+/* dse_dw_phases at column stride 2 for rows of up to 32 bytes (the SSE2 splitter of dse_dw_phases takes 16 at a time)
+ * at the AVX-512 level, into phase planes whose padding is 0 (no xtab: the AVX-512 level translates the whole planes
+ * afterwards). A row shorter than 16 bytes is read as 16 bytes (through a copy where that would pass xend, the input's
+ * end), one byte shuffle splits it into its even and odd bytes, and each half is stored as 16 bytes with the bytes past
+ * it cleared; a longer one is read as 32 bytes and split by one VBMI permute, its halves stored the same way (32-byte
+ * stores over the 9-byte phase rows of 16-wide planes ran 0.7x). The cleared bytes land in the row's right padding, in the left padding and columns of the phase plane's next row
  * (written after it), in its bottom padding, in the next image's plane (written after it: the caller goes through
  * the images in increasing order), or in the 64 bytes of padding the caller leaves after each phase plane's last
  * image. */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) static void
 dse_dw_phases_s2_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh,
                      int64_t HQ, int64_t WQ, int64_t pstep, uint8_t *P)
 {
@@ -2118,8 +2119,36 @@ dse_dw_phases_s2_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t 
     int64_t ne = (W + 1) / 2, no = W / 2;
     ne = WQ - qe < ne ? WQ - qe : ne;
     no = WQ - qo < no ? WQ - qo : no;
-    const __mmask16 me = (__mmask16)(ne > 0 ? (1u << ne) - 1 : 0), mo = (__mmask16)(no > 0 ? (1u << no) - 1 : 0);
     int64_t rq = pt / sh, rp = pt % sh;
+    if (W >= 16 && W <= 32) { /* rows of 16 to 32 bytes: one 32-byte load and one byte permute (even bytes low, odd
+                               * high) per row, each half stored as 16 bytes with the bytes past it cleared */
+        uint8_t ix[32];
+        for (int j = 0; j < 16; j++)
+            ix[j] = (uint8_t)(2 * j), ix[16 + j] = (uint8_t)(2 * j + 1);
+        const __m256i dz = _mm256_loadu_si256((const __m256i *)ix);
+        const __mmask16 he = (__mmask16)(ne >= 16 ? 0xFFFFu : ne > 0 ? (1u << ne) - 1 : 0);
+        const __mmask16 ho = (__mmask16)(no >= 16 ? 0xFFFFu : no > 0 ? (1u << no) - 1 : 0);
+        for (int64_t r = 0; r < H && rq < HQ; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
+            const uint8_t *src = xs + r * W;
+            __m256i v;
+            if (src + 32 <= xend)
+                v = _mm256_loadu_si256((const __m256i *)src);
+            else {
+                uint8_t tmp[32];
+                memcpy(tmp, src, (size_t)W);
+                v = _mm256_loadu_si256((const __m256i *)tmp);
+            }
+            v = _mm256_permutexvar_epi8(dz, v);
+            if (ne > 0)
+                _mm_storeu_si128((__m128i *)(P + (rp * 2 + pe) * pstep + rq * WQ + qe),
+                                 _mm_maskz_mov_epi8(he, _mm256_castsi256_si128(v)));
+            if (no > 0)
+                _mm_storeu_si128((__m128i *)(P + (rp * 2 + 1 - pe) * pstep + rq * WQ + qo),
+                                 _mm_maskz_mov_epi8(ho, _mm256_extracti128_si256(v, 1)));
+        }
+        return;
+    }
+    const __mmask16 me = (__mmask16)(ne > 0 ? (1u << ne) - 1 : 0), mo = (__mmask16)(no > 0 ? (1u << no) - 1 : 0);
     for (int64_t r = 0; r < H && rq < HQ; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
         const uint8_t *src = xs + r * W;
         __m128i v;
@@ -2430,7 +2459,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     /* rowsum at the AVX-512 level: byte planes of each tap's column (dse_dw_run_planes_512) when a block's run has at
      * least 64 output positions (its steps of 64 are then mostly used) */
     const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && LB >= 64;
-    const int s2_512 = level >= DSE_ISA_AVX512 && sh <= 2 && sw == 2 && W < 16; /* dse_dw_phases_s2_512 */
+    const int s2_512 = level >= DSE_ISA_AVX512 && sh <= 2 && sw == 2 && W <= 32; /* dse_dw_phases_s2_512 */
     const int s1_512 = level >= DSE_ISA_AVX512 && sh == 1 && sw == 1; /* dse_dw_plane_s1_512 (padding 0) */
     uint8_t smtab[8 * 64]; /* dse_dw_small_512 for blocks of small planes: 4 phases of 2 chunks at most */
     uint64_t smsk[8];

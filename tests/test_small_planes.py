@@ -118,3 +118,28 @@ def test_global_avg_pool_matches_numpy(B, C, H, W, scale, specials, seed):
         nan = np.isnan(want)  # NaN where numpy has one (which NaN's sign and payload wins is the hardware's)
         assert np.array_equal(np.isnan(got), nan) and np.array_equal(got[~nan].view(np.uint32),
                                                                        want[~nan].view(np.uint32))
+
+
+@settings(deadline=None, max_examples=50)
+@given(B=st.integers(1, 4), C=st.integers(1, 3), H=st.integers(1, 6), W=st.integers(14, 70),
+       k=st.sampled_from([(3, 3), (1, 1), (5, 5), (3, 1), (1, 4)]), stride=st.sampled_from([(2, 2), (1, 2)]),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), signed=st.booleans(), act=st.sampled_from([None, "relu", "clip"]),
+       out=st.sampled_from(["float", "quant", "add+quant"]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_stride2_rows(B, C, H, W, k, stride, pads, signed, act, out, threads, seed):
+    """The depthwise kernel's column-stride-2 split of rows of 16 to 64 bytes (one 64-byte load and one byte permute
+    per row at the avx512 level, each phase's half stored as 32 bytes whose tail lands in padding or in rows and
+    planes written after it), rows around those widths and past them, against numpy at every ISA level."""
+    rng = np.random.default_rng(seed)
+    kh, kw = k
+    H, W = max(H, kh - pads[0] - pads[2]), max(W, kw - pads[1] - pads[3])
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (C, 1, kh, kw))
+    ref = K.reference_conv2d_int(x, w, EXACT, signed, stride, pads, (1, 1), C)
+    sc = _scaling(rng, C, ref.shape, act, out, bool(rng.integers(2)))
+    want = scaled_reference(ref, sc)
+    for isa in ISAS:
+        for vnni in [False] + ([True] if isa in VNNI else []):
+            with vnni_env(vnni), K.using_threads(threads):
+                got = K.conv2d_scaled(x, w, EXACT, signed, sc, stride, pads, groups=C, isa=isa)
+            assert_same(got, want, (isa, vnni))
