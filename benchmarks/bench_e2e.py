@@ -8,7 +8,9 @@ Models are built here with onnx.helper (no downloads), see below. Per model: onn
 images) against dse FxP8-exact and dse with one multiplier of every table family on all layers; images/s are medians
 over repeats on one thread (dse.kernels.set_threads(1), onnxruntime intra/inter-op 1). Every engine gets the same images
 as one batch: 64 (ResNet-18) or 128 (MobileNetV2) at 32x32, and at 224x224 the emulator's own streaming batch
-(dse.quant.stream_batch_size, 26 images for ResNet-18), the batch `dse evaluate` and a search run it with. Then 1 vs 2 threads, then the
+(dse.quant.stream_batch_size, 26 images for ResNet-18), the batch `dse evaluate` and a search run it with. Then 1 vs 2
+threads for onnxruntime fp32 and int8 and dse exact and Mitch-w6, the two alternating round by round (a noisy spell of
+a shared box falls on both; the speedup is the median of the rounds' ratios), then the
 peak RSS of calibrating ResNet-18 at 224 on 256 images and evaluating 1,000 images (a fresh subprocess; images are
 generated batch by batch, as a lazy data set delivers them).
 
@@ -179,6 +181,22 @@ def _median_rate(fn, x: np.ndarray, repeats: int) -> float:
     return len(x) / statistics.median(times)
 
 
+def _paired_rates(fn, x: np.ndarray, rounds: int, t: int) -> tuple:
+    """fn(k, x) run with 1 and ``t`` threads alternating (the order flipped every round, after a one-image warm-up
+    of each), so that a noisy spell of a shared box falls on both: (images/s at 1 and at ``t`` threads, the median
+    of the rounds' speedups). Each rate is the median over the rounds."""
+    fn(1, x[:1])
+    fn(t, x[:1])
+    times = {1: [], t: []}
+    for r in range(rounds):
+        for k in ((1, t) if r % 2 == 0 else (t, 1)):
+            c = CLOCK()
+            fn(k, x)
+            times[k].append(CLOCK() - c)
+    return (len(x) / statistics.median(times[1]), len(x) / statistics.median(times[t]),
+            statistics.median(a / b for a, b in zip(times[1], times[t])))
+
+
 def _ort_session(path, threads: int):
     import onnxruntime as ort
 
@@ -225,7 +243,8 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
     """Images/s of every engine on ``n_img`` images, run as one batch (None: the emulator's streaming batch for this
     network, ``stream_batch_size``, what ``dse evaluate`` and a search run it with); ``int16``: every 1-thread dse
     row also with DSE_KERNEL_VNNI=0 (the integer GEMM's int16 kernel instead of its VNNI one). Returns (GMAC per
-    image, images per run, {(engine, threads): images/s})."""
+    image, images per run, {(engine, 1): images/s, (engine, t): (images/s at 1 and t threads, speedup)}) for the
+    t > 1 of ``threads_list`` (:func:`_paired_rates`)."""
     from dse import kernels
     from dse.emulate import Emulator
     from dse.layer_config import LayerConfig
@@ -242,27 +261,34 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
     qm = calibrate(graph, calib)
     emu = Emulator(qm)
     gmac = sum(l.macs for l in qm.layers) / 1e9
-    rows = {}
-    for t in threads_list:
-        kernels.set_threads(t)
-        s_fp = _ort_session(path, t)
-        rows[("ort fp32", t)] = _median_rate(lambda xb: s_fp.run(None, {"input": xb}), x, repeats)
-        if t == 1:
-            s_i8 = _ort_session(_ort_int8(path, calib), t)
-            rows[("ort int8 (QDQ)", t)] = _median_rate(lambda xb: s_i8.run(None, {"input": xb}), x, repeats)
-        tables = [(f"dse {fam} ({m})", m) for fam, m in FAMILIES] + [("dse imported LUT", lut_name)]
-        tables = [c for c in tables if families is None or _family(c[0]) in families]
-        configs = [("dse FxP8 exact", "exact")] + (tables if t == 1 else [c for c in tables if c[1] == "mitch_w6"])
-        for label, mult in configs:
-            cfg = {l.name: LayerConfig(mult) for l in qm.layers}
-            rows[(label, t)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img), x, repeats)
-            if int16 and t == 1:  # the same with the integer GEMM's VNNI kernel switched off
-                os.environ["DSE_KERNEL_VNNI"] = "0"
-                try:
-                    rows[(label + " [int16 GEMM]", t)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img),
-                                                                      x, repeats)
-                finally:
-                    del os.environ["DSE_KERNEL_VNNI"]
+    rows, fp, i8 = {}, _ort_session(path, 1), _ort_session(_ort_int8(path, calib), 1)
+    rows[("ort fp32", 1)] = _median_rate(lambda xb: fp.run(None, {"input": xb}), x, repeats)
+    rows[("ort int8 (QDQ)", 1)] = _median_rate(lambda xb: i8.run(None, {"input": xb}), x, repeats)
+    tables = [(f"dse {fam} ({m})", m) for fam, m in FAMILIES] + [("dse imported LUT", lut_name)]
+    tables = [c for c in tables if families is None or _family(c[0]) in families]
+    configs = {label: {l.name: LayerConfig(mult) for l in qm.layers}
+               for label, mult in [("dse FxP8 exact", "exact")] + tables}
+    for label, cfg in configs.items():
+        rows[(label, 1)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img), x, repeats)
+        if int16:  # the same with the integer GEMM's VNNI kernel switched off
+            os.environ["DSE_KERNEL_VNNI"] = "0"
+            try:
+                rows[(label + " [int16 GEMM]", 1)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img),
+                                                                  x, repeats)
+            finally:
+                del os.environ["DSE_KERNEL_VNNI"]
+    for t in (t for t in threads_list if t > 1):
+        # the thread rows: onnxruntime's sessions and the exact and Mitch-w6 emulation, 1 and t threads alternating
+        ort_t = {"ort fp32": (fp, _ort_session(path, t)),
+                 "ort int8 (QDQ)": (i8, _ort_session(_ort_int8(path, calib), t))}
+        for label, (s1, st) in ort_t.items():
+            rows[(label, t)] = _paired_rates(lambda k, xb: (s1 if k == 1 else st).run(None, {"input": xb}), x,
+                                             repeats + 2, t)
+        for label in [c for c in configs if c == "dse FxP8 exact" or c.endswith("(mitch_w6)")]:
+            def run(k, xb, cfg=configs[label]):
+                kernels.set_threads(k)
+                emu.run(xb, cfg, batch_size=n_img)
+            rows[(label, t)] = _paired_rates(run, x, repeats + 2, t)
     kernels.set_threads(None)
     return gmac, n_img, rows
 
@@ -377,11 +403,12 @@ def main() -> None:
                 if t == 1:
                     print(f"| {label} | {r:.2f} | {r / fp:.2f}x | {r / i8:.2f}x |")
             if 2 in tl:
-                print("\n| engine | 1 thread img/s | 2 threads img/s | speedup |")
+                print(f"\n| engine | 1 thread img/s | 2 threads img/s | speedup (median of {reps + 2} rounds, 1 and 2 "
+                      "threads alternating) |")
                 print("|---|---|---|---|")
                 for (label, t), r in rows.items():
                     if t == 2:
-                        print(f"| {label} | {rows[(label, 1)]:.2f} | {r:.2f} | {r / rows[(label, 1)]:.2f}x |")
+                        print(f"| {label} | {r[0]:.2f} | {r[1]:.2f} | {r[2]:.2f}x |")
     if not a.skip_rss:
         n_cal, n_ev = (16, 32) if a.quick else (256, 1000)
         out = subprocess.run([sys.executable, __file__, "--rss-child", "224", str(n_cal), str(n_ev)],

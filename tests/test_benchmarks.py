@@ -108,6 +108,25 @@ def test_bench_kernels_zero_fractions_runs():
     assert abs(z["gmac"] - 0.556) < 0.01  # ResNet-18 at 32x32: 0.556 GMAC per image, all on the GEMM kernels
 
 
+def test_bench_e2e_thread_rounds_alternate(monkeypatch):
+    """bench_e2e's thread rows: 1 and t threads alternate round by round (the order flipped every round), and the
+    speedup is the median of the rounds' ratios, so a noisy spell over one round does not decide it: here 1 thread
+    takes 2 s and 2 threads 1 s, except in one round where everything runs 5x slower."""
+    import bench_e2e
+
+    now, calls, slow = [0.0], [], {4}
+    monkeypatch.setattr(bench_e2e, "CLOCK", lambda: now[0])
+
+    def fn(k, x):
+        calls.append((k, len(x)))
+        now[0] += (2.0 if k == 1 else 1.0) * (5.0 if len(calls) in slow else 1.0)
+
+    r1, r2, speedup = bench_e2e._paired_rates(fn, np.zeros((8, 1)), 3, 2)
+    assert calls[:2] == [(1, 1), (2, 1)]  # one-image warm-ups
+    assert [k for k, _ in calls[2:]] == [1, 2, 2, 1, 1, 2]
+    assert speedup == 2.0 and (r1, r2) == (4.0, 8.0)
+
+
 def test_predict_replay_neighbour_correction():
     """bench_predict_replay's correction: a configuration right on the same images as one measured point (and on other
     images than the rest) gets that point's leave-one-out residual added to the loss model's prediction; a large
