@@ -28,9 +28,9 @@ Sections and keys (every key has a default, so an empty file is a valid budget; 
   divided among the workers), ``prefix_cache_mib`` (memory per search process for the activations of configuration
   prefixes shared by consecutive trials, see dse.prefix_cache; 0 = off), ``image_cache_mib`` (memory per search
   process for the search and confirmation images of a data set that decodes its files on every read, an image
-  folder: held decoded, so that trials do not decode them again; 0 = decode on every read), ``setup_budget_s`` (seconds of set-up
-  after which the predictor fit and the knapsack sensitivities stop measuring: the rest is estimated by the predictor
-  or left out, and the output says so), ``seeds`` (seed trials besides all-exact: ``"uniform"``, ``"knapsack"``;
+  folder: held decoded, so that trials do not decode them again; 0 = decode on every read), ``setup_budget_s``
+  (seconds of set-up after which the predictor fit and the knapsack sensitivities stop measuring: the rest is
+  estimated by the predictor or left out, and the output says so), ``seeds`` (seed trials besides all-exact: ``"uniform"``, ``"knapsack"``;
   default none, see SEED_KINDS).
 * ``[space]`` ``allow_cmodel`` (true: ``cmodel:`` names may compile and run their C files, see dse.arith.cmodel),
   ``multipliers`` (names or family names, e.g. ``"drum"`` = every built-in DRUM), ``axbxp`` (table

@@ -259,6 +259,11 @@ class Dataset:
     def image_shape(self) -> tuple:
         return tuple(self.source.shape)
 
+    @property
+    def raw_nbytes(self) -> int:
+        """Bytes of its raw images as uint8, what :meth:`materialized` holds in memory."""
+        return len(self) * int(np.prod(self.image_shape))
+
     def subset(self, positions, name: str | None = None) -> "Dataset":
         """The images at ``positions`` (of this data set), in that order; nothing is read."""
         pos = np.asarray(positions, dtype=np.int64)
@@ -277,7 +282,7 @@ class Dataset:
         (image folders) and they take at most ``max_bytes``; else itself. The images, labels and name are the same.
         ``progress(done, total)`` is told after every block of images read."""
         n, shape = len(self), self.image_shape
-        if not self.source.decodes or n * int(np.prod(shape)) > max_bytes:
+        if not self.source.decodes or self.raw_nbytes > max_bytes:
             return self
         raw = np.empty((n,) + shape, np.uint8)
         for i in range(0, n, self.MATERIALIZE_BLOCK):

@@ -297,7 +297,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     # the search and confirmation images are held decoded within [search] image_cache_mib (1 GiB: ~7,000 such images)
     room = int(b.search.image_cache_mib * (1 << 20))
     search = _in_memory(whole.subset(split.search), "search", progress, room)
-    held = len(search) * int(np.prod(search.image_shape)) if search.source is not whole.source else 0
+    held = search.raw_nbytes if search.source is not whole.source else 0  # what the search images took
     confirm = _in_memory(whole.subset(split.confirm), "confirmation", progress, room - held)
     qmodel = sess.qmodel
     emu = Emulator(qmodel)
