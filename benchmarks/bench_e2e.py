@@ -261,7 +261,8 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
     qm = calibrate(graph, calib)
     emu = Emulator(qm)
     gmac = sum(l.macs for l in qm.layers) / 1e9
-    rows, fp, i8 = {}, _ort_session(path, 1), _ort_session(_ort_int8(path, calib), 1)
+    i8_path = _ort_int8(path, calib)  # quantized once, for the 1- and t-thread sessions
+    rows, fp, i8 = {}, _ort_session(path, 1), _ort_session(i8_path, 1)
     rows[("ort fp32", 1)] = _median_rate(lambda xb: fp.run(None, {"input": xb}), x, repeats)
     rows[("ort int8 (QDQ)", 1)] = _median_rate(lambda xb: i8.run(None, {"input": xb}), x, repeats)
     tables = [(f"dse {fam} ({m})", m) for fam, m in FAMILIES] + [("dse imported LUT", lut_name)]
@@ -280,7 +281,7 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
     for t in (t for t in threads_list if t > 1):
         # the thread rows: onnxruntime's sessions and the exact and Mitch-w6 emulation, 1 and t threads alternating
         ort_t = {"ort fp32": (fp, _ort_session(path, t)),
-                 "ort int8 (QDQ)": (i8, _ort_session(_ort_int8(path, calib), t))}
+                 "ort int8 (QDQ)": (i8, _ort_session(i8_path, t))}
         for label, (s1, st) in ort_t.items():
             rows[(label, t)] = _paired_rates(lambda k, xb: (s1 if k == 1 else st).run(None, {"input": xb}), x,
                                              repeats + 2, t)
