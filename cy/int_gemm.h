@@ -869,6 +869,37 @@ DSE_T_AVX2 static void dse_ig_sub_avx2(int32_t *c, int64_t n, int32_t v)
         c[i] -= v;
 }
 
+/* The patterns of a tile's rows [from, n1) (the tile's first row is n0) at the avx512 level for a scaled call with
+ * quant, no add and no addend: each channel with the certified single-precision constants (dse_qfast_at) scaled by
+ * dse_scale_run_qfast with the VNNI offset's correction subtracted in registers, its runs of positions within one
+ * image written in place; returns the first channel from `from` on that has no constants (n1: all done), which the
+ * caller's exact path takes. */
+DSE_T_512 static int64_t dse_ig_flush_qfast(const dse_ig_plan *P, const int32_t *C32, int64_t ldc, int64_t n0,
+                                            int64_t from, int64_t n1, int64_t m0, int64_t mv)
+{
+    const dse_scaling *sc = P->sc;
+    const int sgn = sc->qlo < 0, clamp = sc->qf[3] != 0.0f;
+    for (int64_t n = from; n < n1; n++) {
+        dse_qfast F;
+        if (!dse_qfast_at(sc, n, &F))
+            return n;
+        const int32_t *c = C32 + (n - n0) * ldc;
+        const __m512i cn = _mm512_set1_epi32(P->corr ? (int32_t)P->corr[n] : 0);
+        for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv; i += (mv - i < P->img - s ? mv - i : P->img - s),
+                     b++, s = 0) {
+            const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
+            uint8_t *o = (uint8_t *)P->outs + b * P->ld_img + n * P->ld_n + s;
+            if (clamp)
+                sgn ? dse_scale_run_qfast(&F, sc, n, c + i, len, cn, o, 1, 1, 1)
+                    : dse_scale_run_qfast(&F, sc, n, c + i, len, cn, o, 0, 1, 1);
+            else
+                sgn ? dse_scale_run_qfast(&F, sc, n, c + i, len, cn, o, 1, 0, 1)
+                    : dse_scale_run_qfast(&F, sc, n, c + i, len, cn, o, 0, 0, 1);
+        }
+    }
+    return n1;
+}
+
 /* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block
  * (the first segment, add = 0, less the VNNI offset correction). */
 static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
@@ -876,6 +907,8 @@ static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_
 {
     if (P->sc) { /* the final sums: scaled per run of positions within one image (whole images: one call) */
         for (int64_t n = n0; n < n1; n++) {
+            if (P->level >= DSE_ISA_AVX512 && P->sc->qf && !P->addend && (n = dse_ig_flush_qfast(P, C32, ldc, n0, n, n1, m0, mv)) == n1)
+                break;
             int32_t *c = C32 + (n - n0) * ldc;
             if (P->corr) { /* the corrected sums fit int32 (dse_ig_plan8) */
                 const int32_t cn = (int32_t)P->corr[n];

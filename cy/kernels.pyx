@@ -43,8 +43,10 @@ cdef extern from "lut_kernel.h" nogil:
         const float *add
         const float *base
         uint8_t *qout
+        const float *qf
+    void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
     int dse_cpu_level()
-    int DSE_RT_NT, DSE_RT_MB
+    int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
@@ -195,7 +197,7 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
         raise ValueError(f"rows_gemm: index entries must be < {R} (the classes of D's columns)")
     cdef dse_scaling sc
     if scaling is not None:
-        keep = _scaling(&sc, Ng, tuple(scaling))
+        keep = _scaling(&sc, Ng, tuple(scaling), level)
         if add or K == 0:
             raise ValueError("rows_gemm: a scaled call needs K >= 1 and no add")
     dtype = np.dtype(np.int64 if scaling is None else _scaled_dtype(&sc))
@@ -338,7 +340,7 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     if scaling is None:
         out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
     else:
-        keep = _scaling(&sc, Cout, tuple(scaling))
+        keep = _scaling(&sc, Cout, tuple(scaling), level)
         if out is None:
             out = np.empty((B, Cout, Ho, Wo), dtype=_scaled_dtype(&sc))
         elif out.shape != (B, Cout, Ho, Wo) or out.dtype != _scaled_dtype(&sc):
@@ -384,7 +386,7 @@ cdef _scaled_dtype(const dse_scaling *sc):
 cdef _check_within(tuple keep, size_t addr, int64_t last):
     """With a fused Add (``keep``: what :func:`_scaling` returned): the call's float32 outputs, from address ``addr``
     to its element ``last``, must lie in the base array, whose offsets address the other operand and the patterns."""
-    if len(keep) < 3:
+    if len(keep) < 4:
         return
     base = keep[3]
     cdef size_t b = <size_t>base.ctypes.data
@@ -392,7 +394,7 @@ cdef _check_within(tuple keep, size_t addr, int64_t last):
         raise ValueError("a scaling pass with an add must write within its base array")
 
 
-cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args):
+cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level):
     """Fill ``sc`` from the Python scaling arguments ``args`` = (a_scale, w_scale, bias, act, lo, hi, quant, add)
     (``quant``: None, or (scale, signed) of the next layer's input
     patterns; ``add``: None, or (other, base, q) of a fused Add: float32 other and base and, with a quant, uint8 q,
@@ -414,7 +416,14 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args):
     sc.quant = quant is not None
     sc.qs, sc.qlo, sc.qhi = (quant[0], -128, 127) if sc.quant and quant[1] else \
         ((quant[0], 0, 255) if sc.quant else (1.0, 0, 0))
-    sc.add, sc.base, sc.qout = NULL, NULL, NULL
+    sc.add, sc.base, sc.qout, sc.qf = NULL, NULL, NULL, NULL
+    cdef float[::1] qf_v
+    if add is None and sc.quant and level >= DSE_ISA_AVX512 and N:  # the avx512 level's fast patterns: their constants
+        qf = np.empty(4 + 4 * N, dtype=np.float32)
+        qf_v = qf
+        dse_scaling_qf(sc, N, &qf_v[0])
+        sc.qf = &qf_v[0]
+        return sw_v, b_v, qf
     if add is None:
         return sw_v, b_v
     other, base, q = add
@@ -460,7 +469,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
     dtype = np.dtype(np.uint8 if quant is not None and add is None else np.float32)
     if N:
         keep = _scaling(&sc, N, (a_scale, w_scale, bias, act, lo, hi, quant,
-                                 None if add is None else (add[0], out, add[1])))
+                                 None if add is None else (add[0], out, add[1])), level)
     if out is None:
         out = np.empty((R, N, S), dtype=dtype)
     if out.shape != (R, N, S) or out.dtype != dtype:
@@ -563,7 +572,7 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
         raise ValueError(f"int_gemm: term bound S={S} out of range (1 .. 2^30 - 1)")
     cdef dse_scaling sc
     if scaling is not None:
-        keep = _scaling(&sc, N, tuple(scaling))
+        keep = _scaling(&sc, N, tuple(scaling), level)
         if not dse_ig_fits32(K, t, S):
             raise ValueError(f"int_gemm: a scaled call needs one int32 segment (K={K}, t={t}, S={S} do not fit)")
     dtype = np.dtype(np.int64 if scaling is None else _scaled_dtype(&sc))

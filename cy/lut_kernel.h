@@ -973,6 +973,7 @@ typedef struct {
     float qs;
     const float *add, *base;
     uint8_t *qout;
+    const float *qf; /* NULL, or the fast quantized output's constants (dse_scaling_qf) */
 } dse_scaling;
 
 /* The bytes of one output element: a pattern with quant and no add, else float32. */
@@ -3006,6 +3007,164 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale_run_q32(co
         dse_scale16_i32(v, _mm512_maskz_loadu_epi32((__mmask16)((1u << (S - j)) - 1), a + j), o, j, S - j, act, 1, 0);
 }
 
+/* The quantized output of int32 sums in single precision, certified. With the activation folded into the clamp
+ * [A, B] (dse_act_in_quant) the pattern of a sum x is q(x) = clamp(rint(z), A, B), z = fl(fl(fl((x sa) f) + b) / qs)
+ * (the double product rounded to float32, the float32 bias add and division). Each of the chain's roundings is within
+ * a relative 2^-52 or 2^-24 of its value (plus 2^-150 where float32 results are subnormal), so with M = |x sa f| / qs,
+ * B = |b| / qs and r = (x sa f + b) / qs: |z - r| <= 2^-23 (1.51 M + 1.01 B) + 2^-147 / qs + 2^-149. The fast path
+ * computes t = fl(fl(x) c1 + c) by one FMA, c1 = fl(sa f / qs), within 2^-23 (1.51 M + 0.51 (B + 2 E)) + 2^-150 of
+ * x sa f / qs + c, twice: with c = cl <= b / qs - E and c = ch >= b / qs + E, E = 2^-21 (Q + 2 B + 2) +
+ * 2^-146 (1 + 1 / qs), Q = max(|A|, |B|). For M <= L = Q + B + 2 those bounds give t_lo <= z <= t_hi, so when rint(t_lo)
+ * = rint(t_hi) (one compare of the two conversions), rint(z) is the same integer (rint is monotone). For M > L, |r| >=
+ * Q + 2 and z, t_lo and t_hi all lie beyond Q + 1.9 with the sign of x sa f (their relative errors are < 2^-21 and Q +
+ * B < 2^15), so every one of them clamps to the same bound. Lanes where the two roundings differ (about 2^-12 of them)
+ * send their group to the exact operations. The conditions checked per channel keep every value finite and within
+ * int32 (|c1| <= 1/4, so |t| < 2^30: no conversion saturates), c1 normal, and E < 2^-6. */
+typedef struct {
+    __m512 c1, cl, ch;
+    __m512i qlo, qhi;
+} dse_qfast;
+
+/* float32 of the double d rounded down (dir < 0) or up (dir > 0). */
+static inline float dse_f32_dir(double d, int dir)
+{
+    float v = (float)d;
+    if (dir < 0 && (double)v > d)
+        v = nextafterf(v, -INFINITY);
+    if (dir > 0 && (double)v < d)
+        v = nextafterf(v, INFINITY);
+    return v;
+}
+
+/* The fast path's constants of channel c, {c1, cl, ch} at k, for the clamp [qlo, qhi]; c1 = 0 where its conditions
+ * fail. */
+static void dse_qfast_channel(const dse_scaling *sc, int64_t c, float qlo, float qhi, float *k)
+{
+    const double sa = sc->sa, f = (double)sc->sw[c], b = (double)sc->bias[c], qs = (double)sc->qs;
+    k[0] = k[1] = k[2] = 0.0f;
+    if (!(qs >= 0x1p-100 && qs <= 0x1p90 && fabs(sa) >= 0x1p-300 && fabs(sa) <= 0x1p300 && fabs(f) >= 0x1p-300 &&
+          fabs(f) <= 0x1p300 && fabs(b) <= 0x1p100))
+        return;
+    const double c1 = sa * f / qs, B = fabs(b) / qs, Q = fabs(qlo) > fabs(qhi) ? fabs(qlo) : fabs(qhi);
+    if (!(fabs(c1) >= 0x1p-100 && fabs(c1) <= 0.25 && Q + B <= 0x1p15))
+        return;
+    const double E = 0x1p-21 * (Q + 2.0 * B + 2.0) + 0x1p-146 * (1.0 + 1.0 / qs);
+    if (!(E <= 0x1p-6))
+        return;
+    const double bq = b / qs, m = E * (1.0 + 0x1p-10); /* the margin covers bq's and the subtraction's roundings */
+    k[0] = (float)c1, k[1] = dse_f32_dir(bq - m, -1), k[2] = dse_f32_dir(bq + m, 1);
+}
+
+/* rint(t_lo) of 16 sums; bad gathers the lanes where rint(t_hi) differs. */
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_qfast16(const dse_qfast *F, __m512i x,
+                                                                          __mmask16 *bad)
+{
+    const __m512 xf = _mm512_cvtepi32_ps(x);
+    const __m512i kl = _mm512_cvtps_epi32(_mm512_fmadd_ps(xf, F->c1, F->cl));
+    const __m512i kh = _mm512_cvtps_epi32(_mm512_fmadd_ps(xf, F->c1, F->ch));
+    *bad |= _mm512_cmpneq_epi32_mask(kl, kh);
+    return kl;
+}
+
+/* The exact operations' int32 pattern lanes of 16 sums (dse_quant16_lanes), channel c of sc with the clamp of qf. */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_qfast_exact_init(dse_scale512 *v,
+                                                                                const dse_scaling *sc, int64_t c)
+{
+    dse_scale512_init(v, sc, c);
+    v->qlo = _mm512_set1_ps(sc->qf[1]), v->qhi = _mm512_set1_ps(sc->qf[2]);
+}
+
+DSE_T_512 static inline __attribute__((always_inline)) __m512i dse_qfast_exact16(const dse_scale512 *v, __m512i x,
+                                                                                const int sgn)
+{
+    return dse_quant16_lanes(v, dse_scale16(v, _mm512_cvtepi32_pd(_mm512_castsi512_si256(x)),
+                                            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(x, 1))), sgn);
+}
+
+/* A run of S int32 sums at a, less cn, into S patterns at o by the fast path (F: channel c's constants, sc->qf set);
+ * a group of 64 (or 16) whose check fails takes the exact operations. */
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_scale_run_qfast(const dse_qfast *F, const dse_scaling *sc, int64_t c, const int32_t *a, int64_t S, __m512i cn,
+                    uint8_t *o, const int sgn, const int clamp, const int sub)
+{
+    int64_t j = 0;
+    for (; j + 64 <= S; j += 64) {
+        __m512i x[4], q[4];
+        __mmask16 bad = 0;
+        for (int k = 0; k < 4; k++) {
+            x[k] = _mm512_loadu_si512(a + j + 16 * k);
+            if (sub)
+                x[k] = _mm512_sub_epi32(x[k], cn);
+            q[k] = dse_qfast16(F, x[k], &bad);
+        }
+        if (__builtin_expect(bad != 0, 0)) {
+            dse_scale512 v;
+            dse_qfast_exact_init(&v, sc, c);
+            for (int k = 0; k < 4; k++)
+                q[k] = dse_qfast_exact16(&v, x[k], sgn);
+        } else if (clamp) {
+            for (int k = 0; k < 4; k++)
+                q[k] = _mm512_min_epi32(F->qhi, _mm512_max_epi32(F->qlo, q[k]));
+        }
+        _mm512_storeu_si512(o + j, dse_pack64(q[0], q[1], q[2], q[3], sgn));
+    }
+    for (; j < S; j += 16) {
+        const int64_t n = S - j < 16 ? S - j : 16;
+        const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+        __mmask16 bad = 0;
+        __m512i x = _mm512_maskz_loadu_epi32(m, a + j);
+        if (sub)
+            x = _mm512_sub_epi32(x, cn);
+        __m512i k = dse_qfast16(F, x, &bad);
+        if (__builtin_expect((bad & m) != 0, 0)) {
+            dse_scale512 v;
+            dse_qfast_exact_init(&v, sc, c);
+            k = _mm512_min_epi32(F->qhi, _mm512_max_epi32(F->qlo, dse_qfast_exact16(&v, x, sgn)));
+        } else if (clamp)
+            k = _mm512_min_epi32(F->qhi, _mm512_max_epi32(F->qlo, k));
+        /* k within [A, B] after a clamp; else the saturating conversion is the pattern type's clamp */
+        const __m128i b = clamp || (bad & m) ? _mm512_cvtepi32_epi8(k)
+                          : sgn             ? _mm512_cvtsepi32_epi8(k)
+                                            : _mm512_cvtusepi32_epi8(_mm512_max_epi32(k, _mm512_setzero_si512()));
+        if (n >= 16)
+            _mm_storeu_si128((__m128i *)(o + j), b);
+        else {
+            uint8_t t[16];
+            _mm_storeu_si128((__m128i *)t, b);
+            memcpy(o + j, t, (size_t)n);
+        }
+    }
+}
+
+/* Channel c's fast constants from sc->qf (1), or 0 where it has none. */
+DSE_T_512 static inline __attribute__((always_inline)) int dse_qfast_at(const dse_scaling *sc, int64_t c,
+                                                                       dse_qfast *F)
+{
+    const float *k = sc->qf ? sc->qf + 4 + 4 * c : NULL;
+    if (!k || sc->qf[0] == 0.0f || k[0] == 0.0f)
+        return 0;
+    F->c1 = _mm512_set1_ps(k[0]), F->cl = _mm512_set1_ps(k[1]), F->ch = _mm512_set1_ps(k[2]);
+    F->qlo = _mm512_set1_epi32((int32_t)sc->qf[1]), F->qhi = _mm512_set1_epi32((int32_t)sc->qf[2]);
+    return 1;
+}
+
+/* The constants of the certified single-precision quantized output (dse_scale_run_qfast) of a scaling pass over N
+ * channels with patterns and no add, written to qf[4 + 4 N] (the caller's, pointed to by sc->qf for the pass):
+ * {usable, A, B, clamp} (the clamp [A, B] with the activation folded; usable 0 where the activation does not fold;
+ * clamp 0 where [A, B] is the pattern type's whole range, which the saturating packs give), then {c1, cl, ch, 0} per
+ * channel (c1 = 0: that channel takes the exact operations). For the avx512 level only (dse_act_in_quant). */
+DSE_T_512 static void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
+{
+    float qlo = (float)sc->qlo, qhi = (float)sc->qhi;
+    const int usable = sc->quant && !sc->add && (sc->act == DSE_ACT_NONE || dse_act_in_quant(sc, &qlo, &qhi));
+    qf[0] = (float)usable, qf[1] = qlo, qf[2] = qhi;
+    qf[3] = sc->qlo < 0 ? !(qlo <= -128.0f && qhi >= 127.0f) : !(qlo <= 0.0f && qhi >= 255.0f);
+    for (int64_t c = 0; c < N; c++) {
+        dse_qfast_channel(sc, c, qlo, qhi, qf + 4 + 4 * c);
+        qf[4 + 4 * c + 3] = 0.0f;
+    }
+}
+
 DSE_T_512 static inline __attribute__((always_inline)) void
 dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc, int64_t c, void *o, int64_t ld,
                   const int kind, const int act, const int quant, const int add)
@@ -3015,6 +3174,19 @@ dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc,
     const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;
     if (kind == DSE_SUM_I32 && quant && !add) { /* patterns from int32 sums: the 64-lane loop */
         const int sgn = sc->qlo < 0;
+        dse_qfast F;
+        if (dse_qfast_at(sc, c, &F)) { /* the certified single-precision path */
+            const __m512i z = _mm512_setzero_si512();
+            for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld)) {
+                if (sc->qf[3] != 0.0f)
+                    sgn ? dse_scale_run_qfast(&F, sc, c, a, S, z, o, 1, 1, 0)
+                        : dse_scale_run_qfast(&F, sc, c, a, S, z, o, 0, 1, 0);
+                else
+                    sgn ? dse_scale_run_qfast(&F, sc, c, a, S, z, o, 1, 0, 0)
+                        : dse_scale_run_qfast(&F, sc, c, a, S, z, o, 0, 0, 0);
+            }
+            return;
+        }
         float qlo, qhi;
         const int fold = act != DSE_ACT_NONE && dse_act_in_quant(sc, &qlo, &qhi);
         if (fold)

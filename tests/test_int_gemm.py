@@ -665,3 +665,85 @@ def test_scaled_tiles_adversarial_constants(B, img, Kd, N, mode, quant, act, tie
         _kernels.int_gemm(AT, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, threads, sc, vnni)
         assert _same_bits(wide[:, 1:N + 1], ref), (isa, vnni)
         assert not wide[:, 0].any() and not wide[:, N + 1].any()
+
+
+def _table_operands(xs: np.ndarray, N: int):
+    """Table-mode operands (t = 1) whose sums are xs[m] in every one of N rows: three depth rows with weights 16384,
+    256 and 1 and activations -128..127, x = 16384 f2 + 256 f1 + f0 (|x| <= 2^21)."""
+    f2 = np.clip(np.rint(xs / 16384), -128, 127).astype(np.int64)
+    r = xs - 16384 * f2
+    f1 = np.rint(r / 256).astype(np.int64)
+    f0 = r - 256 * f1
+    assert np.all(np.abs(f1) <= 127) and np.all(np.abs(f0) <= 128)
+    f1, f0 = np.where(f0 == 128, f1 + 1, f1), np.where(f0 == 128, -128, f0)
+    fa = (np.arange(256) - 128).astype(np.int16)[:, None].copy()
+    gw = np.zeros((256, 1), np.int16)
+    gw[:3, 0] = [16384, 256, 1]
+    AT = np.stack([f2, f1, f0]).astype(np.int64) + 128
+    return AT.astype(np.uint8), np.tile(np.arange(3, dtype=np.uint8), (N, 1)), fa, gw
+
+
+@settings(deadline=None, max_examples=150)
+@given(B=st.integers(1, 3), img=st.sampled_from([1, 5, 16, 17, 63, 64, 65, 100, 256, 300]), N=st.integers(1, 8),
+       signed=st.booleans(), act=st.sampled_from(["none", "relu", "clip6", "clip_narrow", "clip_wide"]),
+       consts=st.sampled_from(["real", "pow2", "big_bias", "mixed"]), operand=st.sampled_from(["targeted", "s8", "u8"]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_scaled_patterns_single_precision_path(B, img, N, signed, act, consts, operand, threads, seed):
+    """The quantized outputs of the int32 tiles at the avx512 level by one FMA per rounding bound in single precision
+    (dse_scale_run_qfast: the pattern is accepted where both bounds round alike, else the group takes the exact
+    operations) against the numpy formula: layer-like constants (c1 = sa sw / qs up to 1/4, biases of a few steps)
+    with sums built to land within a few units of every channel's rounding boundaries (k + 1/2 of a step, the Clip's
+    bounds); power-of-two constants whose quotients hit half-integers exactly (ties to even); biases of thousands of
+    steps (a wide certified margin, or none); channels with and without the fast constants in one tile (c1 above
+    1/4); the VNNI kernel's signed activations (the offset's correction subtracted in registers); narrowed clamps and
+    the pattern type's whole range (the saturating packs); every kernel, 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    M = B * img
+    qs = float(np.float32(rng.choice([0.0123, 0.023, 1 / 64, 0.5]) if consts != "pow2" else 2.0 ** -rng.integers(0, 7)))
+    if consts == "pow2":
+        sa = 1.0
+        sw = (2.0 ** -rng.integers(2, 12, N)).astype(np.float32) * qs
+        bias = (rng.integers(-40, 40, N) * qs / 2).astype(np.float32)
+    else:
+        sa = float(rng.choice([1.0, rng.uniform(1e-3, 0.1)]))
+        c1 = np.exp(rng.uniform(np.log(1e-5), np.log(0.25), N))
+        if consts == "mixed":  # some channels beyond the fast path's c1 <= 1/4
+            c1 = np.where(rng.random(N) < 0.4, rng.uniform(0.25, 3.0, N), c1)
+        sw = (c1 * qs / sa).astype(np.float32)
+        bias = (rng.normal(0, 3, N) * qs).astype(np.float32)
+        if consts == "big_bias":
+            bias = (rng.choice([-1, 1], N) * rng.choice([3e3, 3e4, 5e4], N) * qs).astype(np.float32)
+    lo, hi = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "clip6": (0.0, 6.0),
+              "clip_narrow": ((0.5 + rng.integers(-3, 3)) * qs, (100.5 + rng.integers(-3, 3)) * qs),
+              "clip_wide": (-1e3, 1e3)}[act]
+    act_name = {"none": "none", "relu": "relu"}.get(act, "clip")
+    qlo, qhi = (-128, 127) if signed else (0, 255)
+    if operand == "targeted":
+        g = sa * sw.astype(np.float64)
+        xs = rng.integers(-2 ** 20, 2 ** 20, M)
+        for m in range(M):  # near a boundary of channel m % N: a half step, or a Clip bound
+            n = m % N
+            k = rng.integers(qlo - 3, qhi + 4) + 0.5
+            edge = rng.choice([k * qs, lo if np.isfinite(lo) else k * qs, hi if np.isfinite(hi) else k * qs])
+            x = np.rint((edge - float(bias[n])) / g[n]) + rng.integers(-2, 3)
+            xs[m] = int(np.clip(x, -2 ** 21 + 2 ** 14, 2 ** 21 - 2 ** 14)) if np.isfinite(x) else 0
+        AT, Wp, fa, gw = _table_operands(xs, N)
+        mode, S = "table", 16384 * 128
+    else:
+        Kd = int(rng.integers(1, 40))
+        mode, fa, gw = operand, np.zeros((256, 1), np.int16), W_VALS
+        AT = rng.integers(0, 256, (Kd, M)).astype(np.uint8)
+        Wp = rng.integers(0, 256, (N, Kd)).astype(np.uint8)
+        S = int(np.abs(values(mode, fa, AT)).max() * np.abs(gw.astype(np.int64)).max()) or 1
+    acc = np.empty((B, N, img), np.int64)
+    _kernels.int_gemm(AT, Wp, fa, mode, gw, S, acc)
+    if operand == "targeted":
+        assert np.array_equal(acc.transpose(1, 0, 2).reshape(N, M)[0], xs)
+    q = (qs, signed)
+    sc = (sa, sw, bias, act_name, float(lo), float(hi), q)
+    ref = _scaled_reference(acc, sa, sw, bias, act_name, lo, hi, q)
+    for isa, vnni in KERNELS:
+        wide = np.zeros((B, N + 2, img), np.uint8)
+        _kernels.int_gemm(AT, Wp, fa, mode, gw, S, wide[:, 1:N + 1], isa, threads, sc, vnni)
+        assert np.array_equal(wide[:, 1:N + 1], ref), (isa, vnni)
+        assert not wide[:, 0].any() and not wide[:, N + 1].any()
