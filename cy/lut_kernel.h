@@ -2312,6 +2312,12 @@ typedef struct {
 DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(const dse_scale512 *v, __m512i s, void *o,
                                                                            int64_t j, int64_t n, const int act,
                                                                            const int quant, const int add);
+/* The certified single-precision patterns of 16 sums (dse_qfast_out16), defined with the pass. */
+typedef struct dse_qfast_s dse_qfast;
+DSE_T_512 static inline __attribute__((always_inline)) void dse_qfast_out16(const dse_qfast *F, const dse_scale512 *v,
+                                                                           const dse_scaling *sc, int64_t c,
+                                                                           __m512i x, uint8_t *o, int64_t n,
+                                                                           const int sgn, const int clamp);
 
 DSE_T_VNNI512 static inline __attribute__((always_inline)) __m512i dse_dw_quad(const uint8_t *p, __m512i idx, __m512i w,
                                                                               __m512i acc, const int a_signed)
@@ -2329,12 +2335,14 @@ DSE_T_VNNI512 static inline __attribute__((always_inline)) void
 dse_dw_quads_body(const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init, int64_t ns,
                   const int64_t *off, const int64_t *dst, const uint8_t *tab, const uint8_t *tabs, int32_t *full,
                   const int a_signed, const dse_scale512 *v, const uint8_t *cnt, void *o, const int act,
-                  const int quant, const int add)
+                  const int quant, const int add, const dse_qfast *F, const int fast, const int sgn, const int clamp)
 {
 #define DSE_DW_QUAD_OUT(a, s)                                                                                          \
     do {                                                                                                               \
         if (act < 0)                                                                                                   \
             _mm512_storeu_si512(full + dst[s], a);                                                                     \
+        else if (fast)                                                                                                 \
+            dse_qfast_out16(F, v, NULL, 0, a, (uint8_t *)o + dst[s], cnt[s], sgn, clamp);                              \
         else                                                                                                           \
             dse_scale16_i32(v, a, o, dst[s], cnt[s], act, quant, add);                                                 \
     } while (0)
@@ -2374,9 +2382,9 @@ DSE_T_VNNI512 static void dse_dw_run_quads_512(const uint8_t *P, const dse_dw_gr
                                                const uint8_t *tab, const uint8_t *tabs, int a_signed, int32_t *full)
 {
     if (a_signed)
-        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 1, NULL, NULL, NULL, -1, 0, 0);
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 1, NULL, NULL, NULL, -1, 0, 0, NULL, 0, 0, 0);
     else
-        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 0, NULL, NULL, NULL, -1, 0, 0);
+        dse_dw_quads_body(P, gq, wq, init, ns, off, dst, tab, tabs, full, 0, NULL, NULL, NULL, -1, 0, 0, NULL, 0, 0, 0);
 }
 
 /* The same steps scaled in registers (sc, channel c): cnt[s] outputs of step s at element odst[s] of o; defined with
@@ -3020,10 +3028,10 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale_run_q32(co
  * B < 2^15), so every one of them clamps to the same bound. Lanes where the two roundings differ (about 2^-12 of them)
  * send their group to the exact operations. The conditions checked per channel keep every value finite and within
  * int32 (|c1| <= 1/4, so |t| < 2^30: no conversion saturates), c1 normal, and E < 2^-6. */
-typedef struct {
+struct dse_qfast_s {
     __m512 c1, cl, ch;
     __m512i qlo, qhi;
-} dse_qfast;
+};
 
 /* float32 of the double d rounded down (dir < 0) or up (dir > 0). */
 static inline float dse_f32_dir(double d, int dir)
@@ -3110,29 +3118,39 @@ dse_scale_run_qfast(const dse_qfast *F, const dse_scaling *sc, int64_t c, const 
     }
     for (; j < S; j += 16) {
         const int64_t n = S - j < 16 ? S - j : 16;
-        const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-        __mmask16 bad = 0;
-        __m512i x = _mm512_maskz_loadu_epi32(m, a + j);
+        __m512i x = _mm512_maskz_loadu_epi32(n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1), a + j);
         if (sub)
             x = _mm512_sub_epi32(x, cn);
-        __m512i k = dse_qfast16(F, x, &bad);
-        if (__builtin_expect((bad & m) != 0, 0)) {
-            dse_scale512 v;
-            dse_qfast_exact_init(&v, sc, c);
-            k = _mm512_min_epi32(F->qhi, _mm512_max_epi32(F->qlo, dse_qfast_exact16(&v, x, sgn)));
-        } else if (clamp)
-            k = _mm512_min_epi32(F->qhi, _mm512_max_epi32(F->qlo, k));
-        /* k within [A, B] after a clamp; else the saturating conversion is the pattern type's clamp */
-        const __m128i b = clamp || (bad & m) ? _mm512_cvtepi32_epi8(k)
-                          : sgn             ? _mm512_cvtsepi32_epi8(k)
-                                            : _mm512_cvtusepi32_epi8(_mm512_max_epi32(k, _mm512_setzero_si512()));
-        if (n >= 16)
-            _mm_storeu_si128((__m128i *)(o + j), b);
-        else {
-            uint8_t t[16];
-            _mm_storeu_si128((__m128i *)t, b);
-            memcpy(o + j, t, (size_t)n);
-        }
+        dse_qfast_out16(F, NULL, sc, c, x, o + j, n, sgn, clamp);
+    }
+}
+
+/* The patterns of the first n (<= 16) of 16 sums x at o by the fast path; where its check fails, the exact
+ * operations of v (NULL: channel c of sc with the clamp of sc->qf). */
+DSE_T_512 static inline __attribute__((always_inline)) void dse_qfast_out16(const dse_qfast *F, const dse_scale512 *v,
+                                                                           const dse_scaling *sc, int64_t c,
+                                                                           __m512i x, uint8_t *o, int64_t n,
+                                                                           const int sgn, const int clamp)
+{
+    const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+    __mmask16 bad = 0;
+    __m512i k = dse_qfast16(F, x, &bad);
+    __m128i b;
+    if (__builtin_expect((bad & m) != 0, 0)) { /* within [A, B]: the low bytes */
+        dse_scale512 w;
+        if (!v)
+            dse_qfast_exact_init(&w, sc, c), v = &w;
+        b = _mm512_cvtepi32_epi8(dse_qfast_exact16(v, x, sgn));
+    } else if (clamp)
+        b = _mm512_cvtepi32_epi8(_mm512_min_epi32(F->qhi, _mm512_max_epi32(F->qlo, k)));
+    else /* the saturating conversion is the pattern type's clamp */
+        b = sgn ? _mm512_cvtsepi32_epi8(k) : _mm512_cvtusepi32_epi8(_mm512_max_epi32(k, _mm512_setzero_si512()));
+    if (n >= 16)
+        _mm_storeu_si128((__m128i *)o, b);
+    else {
+        uint8_t t[16];
+        _mm_storeu_si128((__m128i *)t, b);
+        memcpy(o, t, (size_t)n);
     }
 }
 
@@ -3250,6 +3268,11 @@ static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int
             }
 }
 
+#define DSE_DW_QUADS_FAST(p, clamp)                                                                                    \
+    (sc->qlo < 0 ? dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, DSE_ACT_NONE, \
+                                     1, 0, &F, 1, 1, clamp)                                                            \
+                 : dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, DSE_ACT_NONE, \
+                                     1, 0, &F, 1, 0, clamp))
 #define DSE_DW_QUADS_SCALED(p, act, quant, add)                                                                        \
     DSE_T_VNNI512 static void p##_##act##_##quant##_##add(                                                             \
         const uint8_t *P, const dse_dw_groups *gq, const int32_t *wq, int32_t init, int64_t ns, const int64_t *off,     \
@@ -3261,11 +3284,20 @@ static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int
         if (add)                                                                                                       \
             dse_scale512_at(&v, sc, o);                                                                                \
         float qlo, qhi; /* a quantized output's Relu/Clip folded into the quantization's clamp where exact */          \
-        if (quant && !add && act != DSE_ACT_NONE && dse_act_in_quant(sc, &qlo, &qhi)) {                                \
+        dse_qfast F;                                                                                                   \
+        if (quant && !add && dse_qfast_at(sc, c, &F)) { /* the certified single-precision patterns */                  \
+            v.qlo = _mm512_set1_ps(sc->qf[1]), v.qhi = _mm512_set1_ps(sc->qf[2]);                                      \
+            if (sc->qf[3] != 0.0f)                                                                                     \
+                DSE_DW_QUADS_FAST(p, 1);                                                                               \
+            else                                                                                                       \
+                DSE_DW_QUADS_FAST(p, 0);                                                                               \
+        } else if (quant && !add && act != DSE_ACT_NONE && dse_act_in_quant(sc, &qlo, &qhi)) {                         \
             v.qlo = _mm512_set1_ps(qlo), v.qhi = _mm512_set1_ps(qhi);                                                  \
-            dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, DSE_ACT_NONE, 1, 0);\
+            dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, DSE_ACT_NONE, 1, 0, \
+                              NULL, 0, 0, 0);                                                                          \
         } else                                                                                                         \
-            dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, act, quant, add);   \
+            dse_dw_quads_body(P, gq, wq, init, ns, off, odst, tab, tabs, NULL, p##_sg, &v, cnt, o, act, quant, add,    \
+                              NULL, 0, 0, 0);                                                                          \
     }
 enum { dse_dw_quads_scaled_0_sg = 0, dse_dw_quads_scaled_1_sg = 1 };
 DSE_VARIANTS(DSE_DW_QUADS_SCALED, dse_dw_quads_scaled_0)

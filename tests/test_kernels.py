@@ -549,6 +549,46 @@ def test_depthwise_products_scaled(B, C, og, H, W, k, stride, dil, pads, signed,
             assert np.array_equal(K.conv2d_scaled(x, w, mult, signed, sc, *args, isa=isa), y), isa
 
 
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(1, 4), C=st.integers(1, 6), H=st.sampled_from([1, 3, 4, 7, 8, 16, 23]), k=st.sampled_from([1, 3, 5]),
+       stride=st.integers(1, 2), signed=st.booleans(), out_signed=st.booleans(),
+       mname=st.sampled_from(["exact", "exact", "perf", "sep", "mitch_w6"]), consts=st.sampled_from(["pow2", "real"]),
+       act=st.sampled_from([None, "relu", "clip6", "clip_narrow"]), vnni=st.booleans(),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_quantized_near_rounding_ties(B, C, H, k, stride, signed, out_signed, mname, consts, act, vnni,
+                                                threads, seed):
+    """The depthwise kernel's quantized outputs with constants whose quotients land on half-integers (powers of two:
+    sa sw / qs = 2^-e, biases of half steps: ties to even, decided by the exact operations where the avx512 level's
+    single-precision patterns cannot certify them) and layer-like ones, the Clip folded (Relu6, a narrowed clamp),
+    signed and unsigned patterns, the VNNI quads scaled in registers and the 16-lane scaling pass, every ISA level, 1
+    and 2 threads, against the numpy formula."""
+    from dse.quant import reference_quantize_act
+
+    rng = np.random.default_rng(seed)
+    pads = (k // 2,) * 4
+    x, w = depthwise_operands(rng, B, C, 1, H, H, (k, k), (1, 1), pads, signed, False)
+    mult = DW_MULTS[mname]
+    args = ((stride, stride), pads, (1, 1), C)
+    ref = K.reference_conv2d_int(x, w, mult, signed, *args).astype(np.float64)
+    qs = float(np.float32(2.0 ** -rng.integers(0, 6) if consts == "pow2" else rng.choice([0.0123, 0.023, 0.1])))
+    if consts == "pow2":
+        sa = float(2.0 ** -rng.integers(0, 4))
+        sw = (2.0 ** -rng.integers(2, 12, C) * qs / sa).astype(np.float32)
+        bias = (rng.integers(-60, 60, C) * qs / 2).astype(np.float32)
+    else:
+        sa = float(rng.uniform(1e-3, 0.1))
+        sw = (np.exp(rng.uniform(np.log(1e-5), np.log(0.25), C)) * qs / sa).astype(np.float32)
+        bias = (rng.normal(0, 5, C) * qs).astype(np.float32)
+    oa = {None: None, "relu": K.OutputAct("relu"), "clip6": K.OutputAct("clip", 0.0, 6.0),
+          "clip_narrow": K.OutputAct("clip", 0.5 * qs, 60.5 * qs)}[act]
+    sc = K.Scaling(sa, sw, bias, oa, K.OutputQuant(qs, out_signed))
+    y = ((ref * sa) * sw.astype(np.float64)[None, :, None, None]).astype(np.float32) + bias[None, :, None, None]
+    y = reference_quantize_act(y if oa is None else oa.apply(y), sc.quant.scale, out_signed)
+    with K.using_threads(threads), vnni_env(vnni):
+        for isa in ISAS:
+            assert np.array_equal(K.conv2d_scaled(x, w, mult, signed, sc, *args, isa=isa), y), isa
+
+
 # rank 1 with the activation's value as its factor ("values") and weight factors 3 w beyond a signed byte
 GW16 = table_mult("gw16", lambda a, w: a * (3 * w))
 
