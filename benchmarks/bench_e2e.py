@@ -126,6 +126,31 @@ def resnet18(size: int, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
     return b.model(f"resnet18_{size}", (3, size, size), classes)
 
 
+def resnet50(size: int = 224, classes: int = 1000, seed: int = 0, blocks=(3, 4, 6, 3)) -> onnx.ModelProto:
+    """ResNet-50 (torchvision v1.5 layout) for size x size RGB input: the 7x7/2 stem + 3x3/2 max pool, then stages of
+    1x1-3x3-1x1 bottlenecks (widths 64-512, outputs 4x that: 256-2048) with the stride in the 3x3 and a 1x1 conv
+    (strided where the stage is) on the shortcut of each stage's first block; ``blocks``: bottlenecks per stage
+    ((1, 1, 1, 1) is the smallest network with every layer shape kind, for tests)."""
+    b = _Builder(seed)
+    x = b.conv("input", 3, 64, 7, stride=2)
+    pool = b._name("maxpool")
+    b.nodes.append(helper.make_node("MaxPool", [x], [pool], name=pool, kernel_shape=[3, 3], strides=[2, 2],
+                                    pads=[1, 1, 1, 1]))
+    x, cin = pool, 64
+    for stage, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        cout = 4 * width
+        for blk in range(n):
+            stride = 2 if stage > 0 and blk == 0 else 1
+            y = b.conv(x, cin, width, 1)
+            y = b.conv(y, width, width, 3, stride)
+            y = b.conv(y, width, cout, 1, act=None, gain=0.5)
+            short = b.conv(x, cin, cout, 1, stride, act=None) if blk == 0 else x
+            x = b.add(y, short, act="relu")
+            cin = cout
+    b.head(x, cin, classes)
+    return b.model(f"resnet50_{size}", (3, size, size), classes)
+
+
 # (expansion t, channels c, repeats n, stride s) of torchvision's MobileNetV2; CIFAR variant: strides of the first
 # two stages set to 1 and a stride-1 stem.
 _MBV2 = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -310,19 +335,23 @@ def _evaluate_batches(n: int, size: int, batch: int, seed: int):
         yield xb
 
 
-NETS = ("resnet18-224", "resnet18-32", "mobilenetv2-32")
+NETS = ("resnet18-224", "resnet18-32", "mobilenetv2-32", "resnet50-224")
 
 
-def rss_child(size: int, n_calib: int, n_eval: int) -> None:
-    """Calibrate ResNet-18 (size) on n_calib generated images, then evaluate n_eval as `dse evaluate` does (batches
-    of 256 images: float32 and FxP8 accuracy of each); print peak RSS (MiB) and timings."""
+RSS_NETS = {"resnet18-224": ("ResNet-18", resnet18), "resnet50-224": ("ResNet-50", resnet50)}
+
+
+def rss_child(net: str, n_calib: int, n_eval: int) -> None:
+    """Calibrate ``net`` (a RSS_NETS key, 224x224) on n_calib generated images, then evaluate n_eval as `dse evaluate`
+    does (batches of 256 images: float32 and FxP8 accuracy of each); print peak RSS (MiB) and timings."""
     from dse.emulate import Emulator, float_hits
     from dse.model.onnx_import import load_onnx
     from dse.quant import calibrate, stream_batch_size
 
+    size = 224
     with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "r18.onnx"
-        onnx.save(resnet18(size), str(p))
+        p = Path(d) / "net.onnx"
+        onnx.save(RSS_NETS[net][1](size), str(p))
         graph = load_onnx(p)
     b = stream_batch_size(graph)
     t0 = time.perf_counter()
@@ -374,10 +403,10 @@ def main() -> None:
                     help="table multipliers to run on all layers besides FxP8 exact (default: all)")
     ap.add_argument("--int16", action="store_true",
                     help="also run every 1-thread dse row with DSE_KERNEL_VNNI=0 (the integer GEMM's int16 kernel)")
-    ap.add_argument("--rss-child", nargs=3, type=int, metavar=("SIZE", "CALIB", "EVAL"), help=argparse.SUPPRESS)
+    ap.add_argument("--rss-child", nargs=3, metavar=("NET", "CALIB", "EVAL"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.rss_child:
-        rss_child(*a.rss_child)
+        rss_child(a.rss_child[0], int(a.rss_child[1]), int(a.rss_child[2]))
         return
     global CLOCK
     if a.cpu_time:
@@ -391,7 +420,8 @@ def main() -> None:
         # build of the full-table kernels to ~200 positions in the last layers, a call size dse never makes itself)
         nets = {"resnet18-224": ("ResNet-18 224x224", lambda: resnet18(224), 224, 2 if a.quick else None, (1,)),
                 "resnet18-32": ("ResNet-18 32x32", lambda: resnet18(32, classes=10), 32, 16 if a.quick else 64, (1, 2)),
-                "mobilenetv2-32": ("MobileNetV2 32x32", lambda: mobilenetv2(32), 32, 32 if a.quick else 128, (1, 2))}
+                "mobilenetv2-32": ("MobileNetV2 32x32", lambda: mobilenetv2(32), 32, 32 if a.quick else 128, (1, 2)),
+                "resnet50-224": ("ResNet-50 224x224", lambda: resnet50(224), 224, 2 if a.quick else None, (1,))}
         for title, build, size, n, tl in (nets[k] for k in a.nets):
             tl = (1,) if a.cpu_time else tl
             gmac, n, rows = bench_model(title.split()[0].lower(), build(), size, n, reps, tmp, lut, tl, a.families,
@@ -412,12 +442,12 @@ def main() -> None:
                         print(f"| {label} | {r[0]:.2f} | {r[1]:.2f} | {r[2]:.2f}x |")
     if not a.skip_rss:
         n_cal, n_ev = (16, 32) if a.quick else (256, 1000)
-        out = subprocess.run([sys.executable, __file__, "--rss-child", "224", str(n_cal), str(n_ev)],
-                             capture_output=True, text=True, check=True).stdout.split()
-        print(f"\n### Memory: ResNet-18 224x224, calibrate {n_cal} images + evaluate {n_ev} images "
-              f"(all threads, batch {out[3]})\n")
-        print(f"peak RSS {out[0]} MiB (goal < 1536 MiB); calibration {out[1]} s, evaluation {out[2]} s")
-
+        for net in [n for n in a.nets if n in RSS_NETS] or ["resnet18-224"]:
+            out = subprocess.run([sys.executable, __file__, "--rss-child", net, str(n_cal), str(n_ev)],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            print(f"\n### Memory: {RSS_NETS[net][0]} 224x224, calibrate {n_cal} images + evaluate {n_ev} images "
+                  f"(all threads, batch {out[3]})\n")
+            print(f"peak RSS {out[0]} MiB (goal < 1536 MiB); calibration {out[1]} s, evaluation {out[2]} s")
 
 if __name__ == "__main__":
     main()

@@ -24,10 +24,11 @@ def _specs(B) -> dict:
     """bench_e2e's networks: name -> (ONNX builder, input size, images per streaming batch)."""
     return {"mobilenetv2-32": (lambda: B.mobilenetv2(32), 32, 128),
             "resnet18-32": (lambda: B.resnet18(32, classes=10), 32, 64),
-            "resnet18-224": (lambda: B.resnet18(224), 224, 26)}
+            "resnet18-224": (lambda: B.resnet18(224), 224, 26),
+            "resnet50-224": (lambda: B.resnet50(224), 224, 26)}
 
 
-NETS = ("mobilenetv2-32", "resnet18-32", "resnet18-224")
+NETS = ("mobilenetv2-32", "resnet18-32", "resnet18-224", "resnet50-224")
 
 
 def emulations(nets, families) -> Iterator[tuple[str, str, Callable[[], None]]]:

@@ -3,6 +3,7 @@ smallest input, so an API change cannot silently break a script that CI never ru
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,48 @@ def test_bench_kernels_zero_fractions_runs():
     assert 0.0 < z["zero_chunks"] < z["zeros"] < 1.0  # post-Relu inputs: zeros, fewer whole zero chunks
     assert 0.0 <= z["sparse_share"] <= 1.0
     assert abs(z["gmac"] - 0.556) < 0.01  # ResNet-18 at 32x32: 0.556 GMAC per image, all on the GEMM kernels
+
+
+def test_bench_e2e_resnet50_layout():
+    """bench_e2e's ResNet-50 (torchvision v1.5): 53 convs (the 7x7/2 stem, 16 bottlenecks of 1x1-3x3-1x1 and 4 1x1
+    downsample convs), the stride in the 3x3 and the downsample of each later stage's first block, 16 residual Adds
+    followed by Relu, 4.089 GMAC per 224x224 image (torchvision's figure); a one-block-per-stage variant at 64x64 runs through the emulator
+    (exact FxP8) and its float32 logits are onnxruntime's."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper, shape_inference
+
+    import bench_e2e
+
+    m = shape_inference.infer_shapes(bench_e2e.resnet50(224))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
+    inits = {i.name: numpy_helper.to_array(i).shape for i in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    stride = {n.name: next(list(a.ints) for a in n.attribute if a.name == "strides") for n in convs}
+    strided = [(inits[n.input[1]][2], inits[n.input[1]][1]) for n in convs if stride[n.name] == [2, 2]]
+    assert len(convs) == 53 and strided == [(7, 3), (3, 128), (1, 256), (3, 256), (1, 512), (3, 512), (1, 1024)]
+    macs = sum(int(np.prod(inits[n.input[1]])) * int(np.prod(shapes[n.output[0]][2:])) for n in convs)
+    assert abs((macs + 2048 * 1000) / 1e9 - 4.089) < 0.001  # the convs and the FC
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("Add") == 16 and all(ops[i + 1] == "Relu" for i, o in enumerate(ops) if o == "Add")
+    assert ops[:3] == ["Conv", "Relu", "MaxPool"] and ops[-3:] == ["GlobalAveragePool", "Flatten", "Gemm"]
+
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
+    from dse.model.float_exec import run_float
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "r50.onnx"
+        onnx.save(bench_e2e.resnet50(64, classes=10, blocks=(1, 1, 1, 1)), str(p))
+        g = load_onnx(p)
+        x = bench_e2e.images(2, 64, seed=11)
+        want = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(run_float(g, x), want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    qm = calibrate(g, bench_e2e.images(2, 64, seed=3))
+    out = Emulator(qm).run(x, {layer.name: LayerConfig("exact") for layer in qm.layers})
+    assert out.shape == (2, 10) and np.isfinite(out).all() and len(qm.layers) == 18
 
 
 def test_bench_e2e_thread_rounds_alternate(monkeypatch):
