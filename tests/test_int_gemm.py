@@ -4,6 +4,7 @@ the int32 accumulation segments (short ones forced by a large term bound S, and 
 the extreme operands), output strides, and the paths "exact"/"lowrank" of dse.kernels that run on it; the VNNI
 micro-kernel (byte operands, vpdpbusd) at the levels where this CPU has it, next to the int16 kernel of that level."""
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -512,10 +513,48 @@ def test_conv2d_scaled_on_either_conv_kernel(c, seed):
                 assert np.array_equal(got, yref), (isa, ck)
 
 
+@settings(deadline=None, max_examples=25)
+@given(B=st.integers(1, 3), C=st.sampled_from([128, 131, 256]), N=st.sampled_from([64, 70, 130]),
+       H=st.integers(14, 17), W=st.integers(14, 17), signed=st.booleans(),
+       output=st.sampled_from(["float", "quant", "add", "add+quant"]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_wide_stride1_1x1_conv_on_auto_kernel(B, C, N, H, W, signed, output, threads, seed):
+    """The stride-1 1x1 convs that "auto" hands to the broadcast kernel (>= 128 input and >= 64 output channels on
+    planes of >= 14 x 14, ResNet-50's bottleneck convs) equal scale_accumulators of the numpy reference conv at
+    every ISA level, 1 and 2 threads, every output mode, with VNNI on and off; at the avx512 level with VNNI the
+    kernel that ran is the broadcast one."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, C, 1, 1))
+    ref = K.reference_conv2d_int(x, w, EXACT, signed)
+    quant = K.OutputQuant(0.05, False) if output in ("quant", "add+quant") else None
+    add = rng.normal(0, 1, ref.shape).astype(np.float32) if output.startswith("add") else None
+    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                   K.OutputAct("relu"), quant, add)
+    yref = K.scale_accumulators(ref, sc)
+    seen, real = [], _kernels.int_gemm
+
+    def spy(*a, **kw):
+        seen.append(kw.get("conv_kernel"))
+        return real(*a, **kw)
+    for isa in ISAS:
+        for vnni in (True, False):
+            seen.clear()
+            with conv_kernel_env("auto"), vnni_env(vnni), K.using_threads(threads), \
+                    mock.patch.object(K._kernels, "int_gemm", spy):
+                got = K.conv2d_scaled(x, w, EXACT, signed, sc, isa=isa)
+            if add is not None and quant is not None:
+                assert np.array_equal(got[0], yref[0]) and np.array_equal(got[1], yref[1]), (isa, vnni)
+            else:
+                assert np.array_equal(got, yref), (isa, vnni)
+            if isa == "avx512" and vnni and not signed and "avx512" in _kernels.vnni_levels():
+                assert seen[:1] == ["bcast"], seen
+
+
 def test_conv_kernel_choice(monkeypatch):
     """conv_kernel: DSE_KERNEL_CONV forces the conv operand (an unknown name is an error); "auto" takes the
-    broadcast kernel for ungrouped k x k convs of >= 16 input channels or >= 25 taps and strided 1x1 convs of >= 128,
-    im2col otherwise, and im2col wherever the broadcast kernel cannot run (below avx512, VNNI off); conv2d_scaled hands
+    broadcast kernel for ungrouped k x k convs of >= 16 input channels or >= 25 taps, strided 1x1 convs of >= 128
+    and stride-1 1x1 convs of >= 128 input and >= 64 output channels on planes of >= 14 x 14, im2col otherwise, and im2col wherever the broadcast kernel cannot run (below avx512, VNNI off); conv2d_scaled hands
     the choice to the kernel, and a 1x1 conv without padding on the broadcast kernel reads its input through it."""
     geo = K._ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), (8, 8))
     geo2 = K._ConvGeometry((2, 2), (0, 0, 0, 0), (1, 1), (4, 4))
@@ -529,6 +568,11 @@ def test_conv_kernel_choice(monkeypatch):
         assert K.conv_kernel(1, 1, 64, 128, 1, geo2, isa) == "im2col"
         assert K.conv_kernel(1, 1, 128, 256, 1, geo2, isa) == bc
         assert K.conv_kernel(1, 1, 160, 960, 1, geo, isa) == "im2col"
+        p14, p7 = K._ConvGeometry((1, 1), (0,) * 4, (1, 1), (14, 14)), K._ConvGeometry((1, 1), (0,) * 4, (1, 1), (7, 7))
+        assert K.conv_kernel(1, 1, 128, 64, 1, p14, isa) == bc  # ResNet-50's stride-1 1x1 convs on >= 14 x 14
+        assert K.conv_kernel(1, 1, 64, 256, 1, p14, isa) == "im2col"
+        assert K.conv_kernel(1, 1, 128, 32, 1, p14, isa) == "im2col"
+        assert K.conv_kernel(1, 1, 512, 2048, 1, p7, isa) == "im2col"
         monkeypatch.setenv("DSE_KERNEL_CONV", "bcast")
         assert K.conv_kernel(3, 3, 3, 64, 2, geo, isa) == bc
         with vnni_env(False):
