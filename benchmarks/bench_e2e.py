@@ -1,22 +1,23 @@
 """Whole-network speed and memory of the dse emulator next to onnxruntime, measured side by side in one run.
 
     python benchmarks/bench_e2e.py [--quick] [--skip-rss] [--nets mobilenetv2-32 ...] [--families drum6 LUT ...]
-                                   [--cpu-time] [--int16]
+                                   [--cpu-time] [--int16] [--rss-nets resnet18-224 resnet50-224]
 
 Models are built here with onnx.helper (no downloads), see below. Per model: onnxruntime fp32 and onnxruntime int8
 (static QDQ quantization of the same model, per-channel int8 weights, uint8 activations, calibrated on the same
 images) against dse FxP8-exact and dse with one multiplier of every table family on all layers; images/s are medians
 over repeats on one thread (dse.kernels.set_threads(1), onnxruntime intra/inter-op 1). Every engine gets the same images
 as one batch: 64 (ResNet-18) or 128 (MobileNetV2) at 32x32, and at 224x224 the emulator's own streaming batch
-(dse.quant.stream_batch_size, 26 images for ResNet-18), the batch `dse evaluate` and a search run it with. Then 1 vs 2
+(dse.quant.stream_batch_size, 26 images for ResNet-18 and ResNet-50), the batch `dse evaluate` and a search run it with. Then 1 vs 2
 threads for onnxruntime fp32 and int8 and dse exact and Mitch-w6, the two alternating round by round (a noisy spell of
 a shared box falls on both; the speedup is the median of the rounds' ratios), then the
-peak RSS of calibrating ResNet-18 at 224 on 256 images and evaluating 1,000 images (a fresh subprocess; images are
-generated batch by batch, as a lazy data set delivers them).
+peak RSS of calibrating ResNet-18 (--rss-nets: also or instead ResNet-50) at 224 on 256 images and evaluating 1,000
+images (a fresh subprocess; images are generated batch by batch, as a lazy data set delivers them).
 
 Random He-scaled weights with BatchNormalization folded into conv weights/biases (as an exporter would fold it), so
 activations keep a sensible scale through the depth. Architectures follow torchvision: ResNet-18 (BasicBlock x
-[2, 2, 2, 2], 7x7/2 stem + 3x3/2 max pool at 224x224; a 3x3/1 stem without pool at 32x32, as CIFAR ResNets do) and
+[2, 2, 2, 2], 7x7/2 stem + 3x3/2 max pool at 224x224; a 3x3/1 stem without pool at 32x32, as CIFAR ResNets do),
+ResNet-50 at 224x224 (v1.5 bottlenecks x [3, 4, 6, 3], the stride in the 3x3, 1x1 downsample convs) and
 MobileNetV2 (inverted residuals with 1x1 expand, 3x3 depthwise, 1x1 project, ReLU6; width 1.0; CIFAR strides at
 32x32).
 """
@@ -396,6 +397,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats (a smoke run)")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-nets", nargs="+", choices=list(RSS_NETS), default=["resnet18-224"],
+                    help="networks of the memory row (default ResNet-18; ResNet-50's row takes ~15 min on 2 cores)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="rate from this process's CPU time instead of wall time (a loaded box; 1-thread rows only)")
     ap.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS), help="networks to run (default: all)")
@@ -442,7 +445,7 @@ def main() -> None:
                         print(f"| {label} | {r[0]:.2f} | {r[1]:.2f} | {r[2]:.2f}x |")
     if not a.skip_rss:
         n_cal, n_ev = (16, 32) if a.quick else (256, 1000)
-        for net in [n for n in a.nets if n in RSS_NETS] or ["resnet18-224"]:
+        for net in a.rss_nets:
             out = subprocess.run([sys.executable, __file__, "--rss-child", net, str(n_cal), str(n_ev)],
                                  capture_output=True, text=True, check=True).stdout.split()
             print(f"\n### Memory: {RSS_NETS[net][0]} 224x224, calibrate {n_cal} images + evaluate {n_ev} images "
