@@ -831,7 +831,7 @@ static inline void dse_ig_prefetch_out(const dse_ig_plan *P, int64_t n, int64_t 
     for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
         const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i, e = b * P->ld_img + n * P->ld_n + s;
         const uintptr_t o = (uintptr_t)dse_scaled_out(sc, P->outs, e);
-        for (uintptr_t a = o & ~(uintptr_t)63; a < o + (uintptr_t)(len * esz); a += 64)
+        for (uintptr_t a = o & ~(uintptr_t)63; !sc->stream && a < o + (uintptr_t)(len * esz); a += 64)
             dse_ig_prefetch_w(P->level, (const void *)a);
         if (sc->add) {
             const uintptr_t r = (uintptr_t)(sc->add + e);
@@ -845,6 +845,14 @@ static inline void dse_ig_prefetch_out(const dse_ig_plan *P, int64_t n, int64_t 
         }
         i += len, b++, s = 0;
     }
+}
+
+/* After a task's output steps: its non-temporal stores (a large float32 output, dse_scaling.stream)
+ * ordered before anything the thread does next (the team's barrier, the caller's reads). */
+static inline void dse_ig_stream_fence(const dse_ig_plan *P)
+{
+    if (P->sc && P->sc->stream)
+        _mm_sfence();
 }
 
 /* c[i] -= v for i < n: the VNNI offset's correction of a tile row (dse_ig_flush), 16 or 8 lanes at a time at the
@@ -991,6 +999,7 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
         if ((kb + 1) % P->seg_blocks == 0 || kb + 1 == nblk)
             dse_ig_flush(P, C32, ldc, n0, n1, m0, mv, kb >= P->seg_blocks);
     }
+    dse_ig_stream_fence(P);
 }
 
 /* ------------------------------------------------------------------ broadcast conv kernel
@@ -1355,6 +1364,7 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
                 for (int64_t m = p0; m < p1; m += DSE_BC_MB)
                     dse_bc_block(P, xt, ldx, b0, Wp, off, Cp, b0 * HoWo + m,
                                  (p1 - m < DSE_BC_MB) ? p1 - m : DSE_BC_MB, nt0, nt1, wpk, wstride, base, tb, c32);
+                dse_ig_stream_fence(P);
             }
         }
         free(xt);

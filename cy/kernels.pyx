@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 cdef extern from "lut_kernel.h" nogil:
@@ -44,6 +44,7 @@ cdef extern from "lut_kernel.h" nogil:
         const float *base
         uint8_t *qout
         const float *qf
+        int stream
     void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
     int dse_cpu_level()
     int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512
@@ -100,6 +101,34 @@ INT_GEMM_MODES = ("table", "u8", "s8")
 ACTS = ("none", "relu", "clip")
 DW_MODES = ("lut", "values", "factor", "rowsum")
 _HW_LEVEL = dse_cpu_level()
+
+
+def _last_level_cache() -> int:
+    """Bytes of one core's last-level cache as Linux describes it (sysfs; 32 MiB where it does not say)."""
+    import glob
+
+    sizes = []
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(d + "/level") as f:
+                level = int(f.read())
+            with open(d + "/size") as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            sizes.append((level, int(text.rstrip("KMG")) * unit))
+        except ValueError:
+            continue
+    return max(sizes)[1] if sizes else 32 << 20
+
+
+# A float32 output (a fused Add's sum, or a layer's float32 output) of at least this many bytes is written by the
+# integer GEMM's output step with non-temporal stores where 64-byte aligned, at the avx512 level (dse_scaling.stream):
+# it cannot stay in the cache until its reader comes, and the stores then neither read its lines first nor evict the
+# next layer's input (ResNet-50 224: benchmarks/RESULTS.md).
+STREAM_MIN_BYTES = _last_level_cache()
 
 
 def hardware_isa():
@@ -416,7 +445,7 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level):
     sc.quant = quant is not None
     sc.qs, sc.qlo, sc.qhi = (quant[0], -128, 127) if sc.quant and quant[1] else \
         ((quant[0], 0, 255) if sc.quant else (1.0, 0, 0))
-    sc.add, sc.base, sc.qout, sc.qf = NULL, NULL, NULL, NULL
+    sc.add, sc.base, sc.qout, sc.qf, sc.stream = NULL, NULL, NULL, NULL, 0
     cdef float[::1] qf_v
     if add is None and sc.quant and level >= DSE_ISA_AVX512 and N:  # the avx512 level's fast patterns: their constants
         qf = np.empty(4 + 4 * N, dtype=np.float32)
@@ -573,6 +602,8 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
     cdef dse_scaling sc
     if scaling is not None:
         keep = _scaling(&sc, N, tuple(scaling), level)
+        if sc.add != NULL or not sc.quant:  # the output step streams a large float32 output (STREAM_MIN_BYTES)
+            sc.stream = (keep[3] if sc.add != NULL else out).nbytes >= STREAM_MIN_BYTES
         if not dse_ig_fits32(K, t, S):
             raise ValueError(f"int_gemm: a scaled call needs one int32 segment (K={K}, t={t}, S={S} do not fit)")
     dtype = np.dtype(np.int64 if scaling is None else _scaled_dtype(&sc))

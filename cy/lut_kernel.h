@@ -974,6 +974,9 @@ typedef struct {
     const float *add, *base;
     uint8_t *qout;
     const float *qf; /* NULL, or the fast quantized output's constants (dse_scaling_qf) */
+    int stream; /* the float32 output (without quant, or with add) is written with non-temporal stores where 64-byte
+                   aligned, at the avx512 level: an output larger than the last-level cache, read back from memory
+                   anyway; set by the integer GEMM's calls only, whose tasks end with an sfence (dse_ig_stream_fence) */
 } dse_scaling;
 
 /* The bytes of one output element: a pattern with quant and no add, else float32. */
@@ -2308,6 +2311,7 @@ typedef struct {
     __m512 b, lo, hi, qs, qlo, qhi;
     const float *add; /* with a fused Add: the other operand and the patterns' output at the run's output (add_at) */
     uint8_t *qout;
+    int stream; /* the float32 output by non-temporal stores where aligned (dse_scale_run_512 with sc->stream) */
 } dse_scale512;
 DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(const dse_scale512 *v, __m512i s, void *o,
                                                                            int64_t j, int64_t n, const int act,
@@ -2874,7 +2878,7 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale512_init(ds
     v->sa = _mm512_set1_pd(sc->sa), v->f = _mm512_set1_pd((double)sc->sw[c]);
     v->b = _mm512_set1_ps(sc->bias[c]), v->lo = _mm512_set1_ps(sc->lo), v->hi = _mm512_set1_ps(sc->hi);
     v->qs = _mm512_set1_ps(sc->qs), v->qlo = _mm512_set1_ps((float)sc->qlo), v->qhi = _mm512_set1_ps((float)sc->qhi);
-    v->add = NULL, v->qout = NULL;
+    v->add = NULL, v->qout = NULL, v->stream = 0;
 }
 
 /* With a fused Add: v's operand and patterns' pointers at the float32 output element o (a run's first). */
@@ -2929,7 +2933,9 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_store(co
     }
     if (quant && !add)
         return;
-    if (n >= 16)
+    if (v->stream && n >= 16 && !((uintptr_t)((float *)o + j) & 63))
+        _mm512_stream_ps((float *)o + j, y);
+    else if (n >= 16)
         _mm512_storeu_ps((float *)o + j, y);
     else
         _mm512_mask_storeu_ps((float *)o + j, m, y);
@@ -3217,6 +3223,7 @@ dse_scale_run_512(const void *a, int64_t nrun, int64_t S, const dse_scaling *sc,
         }
         return;
     }
+    v.stream = sc->stream;
     for (int64_t r = 0; r < nrun; r++, a = (const char *)a + S * esz, o = dse_scaled_out(sc, o, ld)) {
         if (add)
             dse_scale512_at(&v, sc, o);

@@ -1432,6 +1432,15 @@ def quantize_patterns(x: np.ndarray, scale, signed: bool) -> np.ndarray:
     return _kernels.quantize(x.reshape(-1), np.float32(scale), bool(signed), get_threads()).reshape(x.shape)
 
 
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """np.empty(shape, dtype) whose data starts at a multiple of ``align`` bytes (C-contiguous)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = -raw.ctypes.data % align
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
 @dataclass(frozen=True)
 class OutputAct:
     """The Relu or Clip that follows a MAC layer, fused into its scaling pass: ``kind`` "relu" is numpy's
@@ -1490,6 +1499,8 @@ class Scaling:
         q the uint8 patterns of an add's sum with a quant (else None)."""
         kernel = np.float32 if self.dtype == np.float32 else np.uint8
         q = np.empty(shape, np.uint8) if self.add is not None and self.quant is not None else None
+        if kernel == np.float32:  # 64-byte aligned: a large one is written with non-temporal stores (STREAM_MIN_BYTES)
+            return _aligned_empty(shape, np.float32), q
         return np.empty(shape, kernel), q
 
     def result(self, out: np.ndarray, q: np.ndarray | None):

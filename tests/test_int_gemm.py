@@ -513,6 +513,59 @@ def test_conv2d_scaled_on_either_conv_kernel(c, seed):
                 assert np.array_equal(got, yref), (isa, ck)
 
 
+@settings(deadline=None, max_examples=40)
+@given(c=conv_kernel_cases, offset=st.sampled_from([0, 4, 16, 60, "last"]), seed=st.integers(0, 2 ** 32 - 1))
+def test_streamed_float_outputs_are_the_stored_ones(c, offset, seed):
+    """A float32 output of the integer GEMM's output step (a layer's float32 output, or a fused Add's sum) of at least
+    STREAM_MIN_BYTES goes to memory by non-temporal stores where 64-byte aligned: with the threshold at 0 (every
+    such output streamed) conv2d_scaled on either conv kernel equals scale_accumulators of the numpy reference at
+    every ISA level, VNNI on and off, 1 and 2 threads, and int_gemm into an output that starts ``offset`` bytes past
+    a 64-byte boundary ("last": its last channel plane starts on one, so that a tail streamed as a whole vector would
+    leave the output) writes the same bits there (aligned vectors streamed, the others stored) and nothing else."""
+    rng = np.random.default_rng(seed)
+    kh, kw = c["k"]
+    B, C, N, pads, signed = c["B"], c["C"], c["N"], c["pads"], c["signed"]
+    H, W = max(c["H"], kh - pads[0] - pads[2]), max(c["W"], kw - pads[1] - pads[3])
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, C, kh, kw))
+    ref = K.reference_conv2d_int(x, w, EXACT, signed, c["stride"], pads)
+    quant = K.OutputQuant(0.05, False) if c["output"] in ("quant", "add+quant") else None
+    add = rng.normal(0, 1, ref.shape).astype(np.float32) if c["output"].startswith("add") else None
+    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                   K.OutputAct("relu"), quant, add)
+    yref = K.scale_accumulators(ref, sc)
+    with mock.patch.object(_kernels, "STREAM_MIN_BYTES", 0):
+        for isa in ISAS:
+            for ck, vnni in (("bcast", True), ("im2col", True), ("im2col", False)):
+                with conv_kernel_env(ck), vnni_env(vnni), K.using_threads(c["threads"]):
+                    got = K.conv2d_scaled(x, w, EXACT, signed, sc, c["stride"], pads, isa=isa)
+                if add is not None and quant is not None:
+                    assert np.array_equal(got[0], yref[0]) and np.array_equal(got[1], yref[1]), (isa, ck, vnni)
+                else:
+                    assert np.array_equal(got, yref), (isa, ck, vnni)
+        if quant is not None and add is None or signed:
+            return
+        # int_gemm itself into an output at ``offset`` bytes from a 64-byte boundary, guarded on both sides
+        xq = np.ascontiguousarray(x.astype(np.uint8))
+        Ho, Wo = ref.shape[2:]
+        conv = (xq, 0, (kh, kw), c["stride"], pads[:2], (1, 1), (Ho, Wo))
+        n = ref.size
+        raw = np.full(n * 4 + 192, 0x5A, np.uint8)
+        last = (n - Ho * Wo) * 4  # the last plane's first byte
+        start = -raw.ctypes.data % 64 + 64 + (-last % 64 if offset == "last" else offset)
+        out = raw[start:start + 4 * n].view(np.float32).reshape(B, N, Ho * Wo)
+        wp = np.ascontiguousarray(w.astype(np.uint8).reshape(N, -1))
+        sargs = sc.args(out.reshape(ref.shape), None if quant is None else np.empty(ref.shape, np.uint8))
+        with K.using_threads(c["threads"]):
+            used = _kernels.int_gemm(None, wp, W_VALS, "u8", W_VALS, 255 * 128, out, "avx512", c["threads"],
+                                     sargs, True, conv=conv, conv_kernel="bcast")
+        if used is not None:
+            event("int_gemm streamed into an offset output")
+            want = yref[0] if isinstance(yref, tuple) else yref
+            assert np.array_equal(out.reshape(ref.shape), want)
+            assert (raw[:start] == 0x5A).all() and (raw[start + 4 * n:] == 0x5A).all()
+
+
 @settings(deadline=None, max_examples=25)
 @given(B=st.integers(1, 3), C=st.sampled_from([128, 131, 256]), N=st.sampled_from([64, 70, 130]),
        H=st.integers(14, 17), W=st.integers(14, 17), signed=st.booleans(),
