@@ -233,17 +233,17 @@ def _ort_session(path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _ort_int8(path: Path, calib: np.ndarray) -> Path:
+def _ort_int8(path: Path, calib: np.ndarray, input_name: str = "input", out_dir: Path | None = None) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+            self.it = iter([{input_name: calib[i:i + 1]} for i in range(len(calib))])
 
         def get_next(self):
             return next(self.it, None)
 
-    out = path.with_name(path.stem + "_int8.onnx")
+    out = (out_dir or path.parent) / (path.stem + "_int8.onnx")
     quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
@@ -277,8 +277,12 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
     from dse.model.onnx_import import load_onnx
     from dse.quant import calibrate, stream_batch_size
 
-    path = tmpdir / f"{name}.onnx"
-    onnx.save(model, str(path))
+    if isinstance(model, onnx.ModelProto):
+        path = tmpdir / f"{name}.onnx"
+        onnx.save(model, str(path))
+    else:  # an ONNX file (--onnx): read in place
+        path, model = Path(model), onnx.load(str(model))
+    inp = input_name(model)
     graph = load_onnx(path)
     n_img = stream_batch_size(graph) if n_img is None else n_img
     x = images(n_img, size, seed=11)
@@ -287,10 +291,10 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
     qm = calibrate(graph, calib)
     emu = Emulator(qm)
     gmac = sum(l.macs for l in qm.layers) / 1e9
-    i8_path = _ort_int8(path, calib)  # quantized once, for the 1- and t-thread sessions
+    i8_path = _ort_int8(path, calib, inp, tmpdir)  # quantized once, for the 1- and t-thread sessions
     rows, fp, i8 = {}, _ort_session(path, 1), _ort_session(i8_path, 1)
-    rows[("ort fp32", 1)] = _median_rate(lambda xb: fp.run(None, {"input": xb}), x, repeats)
-    rows[("ort int8 (QDQ)", 1)] = _median_rate(lambda xb: i8.run(None, {"input": xb}), x, repeats)
+    rows[("ort fp32", 1)] = _median_rate(lambda xb: fp.run(None, {inp: xb}), x, repeats)
+    rows[("ort int8 (QDQ)", 1)] = _median_rate(lambda xb: i8.run(None, {inp: xb}), x, repeats)
     tables = [(f"dse {fam} ({m})", m) for fam, m in FAMILIES] + [("dse imported LUT", lut_name)]
     tables = [c for c in tables if families is None or _family(c[0]) in families]
     configs = {label: {l.name: LayerConfig(mult) for l in qm.layers}
@@ -309,7 +313,7 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
         ort_t = {"ort fp32": (fp, _ort_session(path, t)),
                  "ort int8 (QDQ)": (i8, _ort_session(i8_path, t))}
         for label, (s1, st) in ort_t.items():
-            rows[(label, t)] = _paired_rates(lambda k, xb: (s1 if k == 1 else st).run(None, {"input": xb}), x,
+            rows[(label, t)] = _paired_rates(lambda k, xb: (s1 if k == 1 else st).run(None, {inp: xb}), x,
                                              repeats + 2, t)
         for label in [c for c in configs if c == "dse FxP8 exact" or c.endswith("(mitch_w6)")]:
             def run(k, xb, cfg=configs[label]):
@@ -318,6 +322,24 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
             rows[(label, t)] = _paired_rates(run, x, repeats + 2, t)
     kernels.set_threads(None)
     return gmac, n_img, rows
+
+
+def input_name(model: onnx.ModelProto) -> str:
+    """The name of the model's one graph input that is not an initializer (the images)."""
+    inits = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
+
+
+def onnx_file(spec: str) -> tuple:
+    """--onnx PATH[:N]: (title, path, image size, images per run or None for the streaming batch). The image size is
+    the model's fixed input height (the batch axis may be symbolic)."""
+    path, _, n = spec.partition(":")
+    model = onnx.load(path, load_external_data=False)
+    dims = next(i for i in model.graph.input if i.name == input_name(model)).type.tensor_type.shape.dim
+    size = dims[2].dim_value
+    if not size or dims[3].dim_value != size:
+        raise SystemExit(f"--onnx {path}: the input needs fixed, equal height and width (got {dims})")
+    return f"{Path(path).stem} {size}x{size}", path, size, int(n) if n else None
 
 
 def _family(label: str) -> str:
@@ -401,7 +423,10 @@ def main() -> None:
                     help="networks of the memory row (default ResNet-18; ResNet-50's row takes ~15 min on 2 cores)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="rate from this process's CPU time instead of wall time (a loaded box; 1-thread rows only)")
-    ap.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS), help="networks to run (default: all)")
+    ap.add_argument("--nets", nargs="*", choices=NETS, help="built-in networks to run (default: all, none with --onnx)")
+    ap.add_argument("--onnx", nargs="+", default=[], metavar="PATH[:N]",
+                    help="ONNX files to run as well (fixed square input, symbolic batch; e.g. scripts/export_models.py "
+                         "--size 224), N images per run (default: the emulator's streaming batch)")
     ap.add_argument("--families", nargs="+", choices=[f for f, _ in FAMILIES] + ["LUT"],
                     help="table multipliers to run on all layers besides FxP8 exact (default: all)")
     ap.add_argument("--int16", action="store_true",
@@ -425,7 +450,11 @@ def main() -> None:
                 "resnet18-32": ("ResNet-18 32x32", lambda: resnet18(32, classes=10), 32, 16 if a.quick else 64, (1, 2)),
                 "mobilenetv2-32": ("MobileNetV2 32x32", lambda: mobilenetv2(32), 32, 32 if a.quick else 128, (1, 2)),
                 "resnet50-224": ("ResNet-50 224x224", lambda: resnet50(224), 224, 2 if a.quick else None, (1,))}
-        for title, build, size, n, tl in (nets[k] for k in a.nets):
+        chosen = [nets[k] for k in (a.nets if a.nets is not None else [] if a.onnx else NETS)]
+        for spec in a.onnx:
+            title, path, size, n = onnx_file(spec)
+            chosen.append((title, lambda path=path: path, size, 2 if a.quick else n, (1,)))
+        for title, build, size, n, tl in chosen:
             tl = (1,) if a.cpu_time else tl
             gmac, n, rows = bench_model(title.split()[0].lower(), build(), size, n, reps, tmp, lut, tl, a.families,
                                        a.int16)
