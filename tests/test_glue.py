@@ -218,3 +218,90 @@ def test_resnet8_logits_are_those_of_the_unfused_adds(bundled_qmodel, monkeypatc
             np.testing.assert_array_equal(_bits(new.run(x, c)), _bits(want))
             for _ in range(2):
                 np.testing.assert_array_equal(_bits(new.run(x, c, cache=cache, tag="h")), _bits(want))
+
+
+# ------------------------------------------------------------------------------------------ float glue in place
+def _old_sigmoid(x):
+    return (1 / (1 + np.exp(-x))).astype(x.dtype)
+
+
+def _old_hardsigmoid(x, alpha, beta):
+    return np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype)
+
+
+def _same_bits(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    u = {2: np.uint16, 4: np.uint32, 8: np.uint64}[want.dtype.itemsize]
+    np.testing.assert_array_equal(np.ascontiguousarray(got).view(u), np.ascontiguousarray(want).view(u))
+
+
+@st.composite
+def float_arrays(draw, dtypes=(np.float32, np.float64, np.float16)):
+    """Arrays of 0 to 3 axes (0-d included) of normal values, large magnitudes and the specials (NaN with both
+    signs, infinities, signed zeros)."""
+    dtype = np.dtype(draw(st.sampled_from(dtypes)))
+    shape = tuple(draw(st.lists(st.integers(0, 40), max_size=3)))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    x = np.asarray(rng.standard_normal(shape) * draw(st.sampled_from([1.0, 8.0, 100.0])), dtype=dtype).reshape(shape)
+    flat = x.reshape(-1)
+    k = draw(st.integers(0, flat.size))
+    flat[rng.permutation(flat.size)[:k]] = rng.choice(SPECIALS, k).astype(dtype)
+    return x
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=float_arrays(), alpha=st.sampled_from([0.2, 1 / 6, 0.5]), beta=st.sampled_from([0.5, 0.0, -1.0]))
+def test_in_place_activations_give_the_old_bits(x, alpha, beta):
+    """Sigmoid, HardSigmoid, HardSwish run in place on one new buffer: bit for bit the expressions they replaced
+    (NaN payloads, infinities and signed zeros included), every float dtype, 0-d arrays by the old expressions."""
+    from dse.model.ops import UNARY
+
+    with np.errstate(all="ignore"):
+        _same_bits(UNARY["sigmoid"](x, {}), _old_sigmoid(x))
+        _same_bits(UNARY["hardsigmoid"](x, {"alpha": alpha, "beta": beta}), _old_hardsigmoid(x, alpha, beta))
+        _same_bits(UNARY["hardswish"](x, {}), x * _old_hardsigmoid(x, 1 / 6, 0.5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=float_arrays((np.float32,)), y=float_arrays((np.float32,)), op=st.sampled_from(["add", "sub", "mul", "div"]),
+       into=st.sampled_from([0, 1]))
+def test_binary_into_gives_the_new_array_bits(x, y, op, into):
+    """A float32 Add/Sub/Mul/Div written into one of its operands equals the op's new array, bit for bit, when that
+    operand has the result's shape; else nothing is written."""
+    from dse.model.graph import Node
+    from dse.model.ops import IR_OPS, binary_into
+
+    node = Node(name="n", op=op, inputs=["a", "b"], outputs=["y"])
+    xs = [x, y]
+    try:
+        shape = np.broadcast_shapes(x.shape, y.shape)
+    except ValueError:
+        return
+    want = IR_OPS[op](node, [x.copy(), y.copy()])
+    target = xs[into]
+    got = binary_into(node, xs, target)
+    if target.shape != shape:
+        assert got is None
+        return
+    assert got is target
+    _same_bits(got, want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=float_arrays((np.float32, np.float64)), keep=st.booleans(), axes=st.sampled_from([(2, 3), (3, 2), (-1, -2)]),
+       big=st.booleans())
+def test_reduce_mean_over_planes_gives_numpy_bits(x, keep, axes, big):
+    """ReduceMean over the two spatial axes of a 4-D float32 tensor takes the compiled pool (GlobalAveragePool's):
+    np.mean's bits, NaN at the same places (which NaN's sign wins where a plane holds several is the hardware's,
+    as test_small_planes' pool test says); other dtypes and planes past GAP_MAX_PLANE by numpy, bit for bit."""
+    from dse.model.graph import Node
+    from dse.model.ops import IR_OPS
+
+    x = np.resize(x, (2, 3, 100, 90) if big else (2, 3, 5, 7)) if x.size else np.ones((2, 3, 4, 4), x.dtype)
+    node = Node(name="n", op="reducemean", inputs=["x"], outputs=["y"], attrs={"axes": list(axes), "keepdims": int(keep)})
+    with np.errstate(all="ignore"):
+        got, want = IR_OPS["reducemean"](node, [x]), np.mean(x, axis=tuple(a % 4 for a in axes), keepdims=keep)
+    nan = np.isnan(want)
+    assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(np.isnan(got), nan)
+    _same_bits(np.where(nan, 0, got), np.where(nan, 0, want))

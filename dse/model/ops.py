@@ -149,15 +149,39 @@ def _gelu(x, approximate: str):
     return x.dtype.type(0.5) * x * (1 + _erf(x / x.dtype.type(np.sqrt(2))))
 
 
-def _hardsigmoid(x, alpha, beta):
-    return np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype)
+def _in_place(x) -> bool:
+    """Whether the float glue below may run its ufuncs in place on one fresh buffer: a float array (not 0-d, whose
+    ufunc results are scalars). The same ufunc loops on the same operands as the expressions they replace, so the
+    same bits; fewer passes over memory and no temporaries."""
+    return isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim > 0
+
+
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) in x's dtype."""
+    if not _in_place(x):
+        return (1 / (1 + np.exp(-x))).astype(x.dtype)
+    t = np.negative(x)
+    np.exp(t, out=t)
+    np.add(1, t, out=t)
+    return np.divide(1, t, out=t)
+
+
+def _hardsigmoid(x, alpha, beta, times_x: bool = False):
+    """clip(x * alpha + beta, 0, 1) in x's dtype; ``times_x``: x times that (HardSwish)."""
+    if not _in_place(x):
+        y = np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype)
+        return x * y if times_x else y
+    t = np.multiply(x, x.dtype.type(alpha))
+    np.add(t, x.dtype.type(beta), out=t)
+    np.clip(t, 0, 1, out=t)
+    return np.multiply(x, t, out=t) if times_x else t
 
 
 UNARY = {
     "relu": lambda x, a: np.maximum(x, x.dtype.type(0)),
-    "sigmoid": lambda x, a: (1 / (1 + np.exp(-x))).astype(x.dtype),
+    "sigmoid": lambda x, a: _sigmoid(x),
     "hardsigmoid": lambda x, a: _hardsigmoid(x, a.get("alpha", 0.2), a.get("beta", 0.5)),
-    "hardswish": lambda x, a: x * _hardsigmoid(x, 1 / 6, 0.5),
+    "hardswish": lambda x, a: _hardsigmoid(x, 1 / 6, 0.5, times_x=True),
     "tanh": lambda x, a: np.tanh(x),
     "erf": lambda x, a: _erf(x).astype(x.dtype),
     "gelu": lambda x, a: _gelu(x, a.get("approximate", "none")),
@@ -211,6 +235,21 @@ def _binary(node, xs):
 for _name in BINARY:
     ir_op(_name)(_binary)
 
+_INTO = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide}
+
+
+def binary_into(node, xs, out: np.ndarray) -> np.ndarray | None:
+    """Float32 Add/Sub/Mul/Div node on its full argument list ``xs`` written into ``out``, one of the operands
+    (a float32 array of the result's shape that no one reads after this node): the ufunc :func:`_binary` calls on the
+    same operands, so the same bits, without allocating the result. None (nothing written) when the node is not
+    such a call."""
+    fn = _INTO.get(node.op)
+    if fn is None or len(xs) != 2 or not all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in xs) or \
+            not any(v is out for v in xs) or np.broadcast_shapes(xs[0].shape, xs[1].shape) != out.shape:
+        return None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return fn(xs[0], xs[1], out=out)
+
 
 @ir_op("max", "min", "sum", "mean")
 def _variadic(node, xs):
@@ -257,6 +296,9 @@ def _reduce(node, xs):
     x = xs[0]
     axes = node.attrs["axes"]
     axes = tuple(range(x.ndim)) if axes is None else tuple(int(v) % x.ndim for v in axes)
+    if node.op == "reducemean" and x.dtype == np.float32 and x.ndim == 4 and sorted(axes) == [2, 3]:
+        y = global_avg_pool(x)  # the spatial mean (squeeze-excitation's pool): the compiled pass, the same bits
+        return y if node.attrs["keepdims"] else y.reshape(x.shape[:2])
     y = REDUCE[node.op](x, axis=axes, keepdims=bool(node.attrs["keepdims"]))
     return np.asarray(y, dtype=x.dtype)
 
