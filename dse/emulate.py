@@ -110,6 +110,7 @@ class Emulator:
         self._quants = self._fused_quants()
         self._adds = self._fused_adds()
         self._residuals = self._fused_residuals()
+        self._donors = self._donor_operands()
 
     def _fused_acts(self) -> dict:
         """{MAC or Add node index: OutputAct of the Relu/Clip right after it} where that node is the output's only
@@ -188,6 +189,35 @@ class Emulator:
             if shape is None or g.shapes.get(other) != shape:
                 continue
             out[i] = _AddFusion(i + 1, other, nodes[i + 2].output if i + 1 in self._acts else a.output)
+        return out
+
+    # float glue whose result is a new array (the IR op's numpy expression) when the node runs on its own
+    _FRESH = frozenset({"sigmoid", "hardsigmoid", "hardswish", "erf", "add", "sub", "mul", "div"})
+
+    def _donor_operands(self) -> dict:
+        """{node index: input tensor} for float Add/Sub/Mul/Div nodes that run on their own and may write their
+        result into that operand (``dse.model.ops.binary_into``): the operand is the result of a node that made it
+        as a new array (``_FRESH``, itself run on its own), this node is its last reader and reads it once, and no
+        MAC node lies between the two, so no prefix-cache cut (they sit at MAC nodes) holds it; it has the result's
+        shape (per image). Whether the arrays fit (float32, that shape, owning their memory) is checked per call. SiLU's x * sigmoid(x), the GELU
+        chain, HardSwish-style products: one pass less and no new array per node."""
+        nodes, g = self.graph.nodes, self.graph
+        fused = set(self._acts) | set(self._adds) | {f.add for f in self._residuals.values()} | \
+            {i + 1 for i in self._acts}
+        made = {n.output: i for i, n in enumerate(nodes)}
+        out = {}
+        for i, n in enumerate(nodes):
+            if n.op not in ("add", "sub", "mul", "div") or n.is_mac or i in fused:
+                continue
+            for t in n.inputs:
+                p = made.get(t)
+                if p is None or nodes[p].op not in self._FRESH or nodes[p].is_mac or p in fused or \
+                        self._last[t] != i or n.inputs.count(t) != 1 or t == g.output_name or \
+                        g.shapes.get(t, ()) != g.shapes.get(n.output, ()) or \
+                        any(nodes[j].is_mac for j in range(p + 1, i)):
+                    continue
+                out[i] = t
+                break
         return out
 
     def _fuse_residuals(self, resolved, accs, hook) -> dict:
@@ -353,6 +383,7 @@ class Emulator:
         images), continue from the deepest cut whose configuration prefix is stored and store the cut the cache
         asks for. ``hook``: see :class:`AccumulatorHook`; ``images``: the indices of these images in the run."""
         from dse.model.float_exec import exec_node
+        from dse.model.ops import arguments, binary_into
 
         g = self.graph
         env = {g.input_name: x}
@@ -404,7 +435,13 @@ class Emulator:
             elif i in self._acts or i in self._adds:
                 self._add(i, n, [env[t] for t in n.inputs], resolved, env, qcache)
             else:
-                env[n.output] = exec_node(n, [env[t] for t in n.inputs])
+                args = [env[t] for t in n.inputs]
+                y = None
+                if i in self._donors:
+                    d = env[self._donors[i]]
+                    if isinstance(d, np.ndarray) and d.base is None and d.flags.writeable and d.flags.c_contiguous:
+                        y = binary_into(n, arguments(n, args), d)
+                env[n.output] = exec_node(n, args) if y is None else y
             for t in n.inputs:
                 if self._last[t] == i and t != g.output_name:
                     env.pop(t, None)

@@ -91,7 +91,28 @@ def test_efficientnet_se_block(tmp_path, opset):
     p = g.save(tmp_path, head(g, x, 8), [3, 10, 10])
     graph = check_float(p, [3, 10, 10])
     assert {"sigmoid", "mul"} <= {n.op for n in graph.nodes}
-    check_emulated(graph, [3, 10, 10])
+    qm = check_emulated(graph, [3, 10, 10])
+    check_donors(qm, [3, 10, 10], 2)  # the two SiLU products
+
+
+def check_donors(qm, in_shape, n_donors):
+    """The emulator writes at least ``n_donors`` float results into a dying operand (Emulator._donor_operands); runs through
+    a prefix cache (later configurations continue from stored cuts) equal the slow reference, and so do runs with
+    the donors switched off."""
+    from dse.prefix_cache import PrefixCache
+
+    emu = Emulator(qm)
+    assert len(emu._donors) >= n_donors
+    x = RNG.standard_normal((4, *in_shape)).astype(np.float32)
+    cache = PrefixCache(1 << 26)
+    names = [l.name for l in qm.layers]
+    for k in range(len(names) + 1):  # the first k layers exact, the rest mitch_w6: each run shares a prefix
+        cfg = {nm: LayerConfig("exact" if i < k else "mitch_w6") for i, nm in enumerate(names)}
+        want = reference_run(qm, x, cfg)
+        np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
+        np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
+    emu._donors = {}
+    np.testing.assert_array_equal(emu.run(x, cfg), want)
 
 
 @pytest.mark.parametrize("opset", OPSETS)
@@ -150,6 +171,7 @@ def test_vit_block_mlp_and_attention(tmp_path, opset):
     assert {"softmax", "matmul", "transpose"} <= ops and ("layernorm" in ops) == (opset >= 17)
     assert ("gelu" in ops) == (opset >= 20) and ("erf" in ops) == (opset < 20)
     qm = check_emulated(graph, [T, D], "perf_j1_k2")
+    check_donors(qm, [T, D], 2 if opset < 20 else 0)  # GELU's x * (1 + erf) and its 0.5 x product, LayerNorm's
     assert len(qm.layers) == 7  # qkv, proj, fc1, fc2 (1x1 convs over the tokens), QK^T, AV + classifier
     mm = [l for l in qm.layers if l.op == "matmul"]
     assert [(l.M, l.K, l.N, l.groups, l.a_signed) for l in mm] == [(T, D // H, T * H, H, True), (T, T, D, H, False)]
