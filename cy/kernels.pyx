@@ -651,6 +651,42 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
 ROWS_TILE, ROWS_BLOCK = DSE_RT_NT, DSE_RT_MB
 
 
+def int_gemm_batch(const uint8_t[:, :, ::1] AT, const uint8_t[:, :, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
+                   const int16_t[:, ::1] gw, int64_t S, int64_t[:, :, ::1] out, isa=None, int threads=1, vnni=None):
+    """L independent exact integer GEMMs in one call (an activation matmul's heads x images, each too small for a
+    call of its own to pay): ``out[l, m, n] = sum_{k, j} fa'[AT[l, k, m], j] * gw[Wp[l, n, k], j]``, each GEMM as
+    :func:`int_gemm` computes it on AT[l] uint8[K, M] and Wp[l] uint8[N, K] into the [M, N] layout (the same kernel
+    and arguments ``gemm_int`` gives it, the same results). Returns the ISA level name used as int_gemm does."""
+    cdef int level = _level(isa)
+    cdef int use_vnni = vnni_enabled() if vnni is None else bool(vnni)
+    cdef int64_t L = AT.shape[0], K = AT.shape[1], M = AT.shape[2], N = Wp.shape[1], t = gw.shape[1], l
+    cdef int mode = INT_GEMM_MODES.index(a_mode)
+    if Wp.shape[0] != L or Wp.shape[2] != K or out.shape[0] != L or out.shape[1] != M or out.shape[2] != N:
+        raise ValueError(f"int_gemm_batch: AT {tuple(AT.shape)[:3]}, Wp {tuple(Wp.shape)[:3]} and out "
+                         f"{tuple(out.shape)[:3]} must be [L, K, M], [L, N, K] and [L, M, N]")
+    if gw.shape[0] != 256 or fa.shape[0] != 256 or (mode == 0 and fa.shape[1] != t) or (mode != 0 and t != 1):
+        raise ValueError("int_gemm_batch: tables must be [256, t] (t = 1 for the u8/s8 modes)")
+    if not 1 <= S <= 2 ** 30 - 1:
+        raise ValueError(f"int_gemm_batch: term bound S={S} out of range (1 .. 2^30 - 1)")
+    if L == 0 or M == 0 or N == 0:
+        return ISA_NAMES[level]
+    if K == 0:
+        np.asarray(out)[...] = 0
+        return ISA_NAMES[level]
+    cdef int rc = 0, ran8 = 0
+    with nogil:
+        for l in range(L):
+            rc = dse_int_gemm(level, &AT[l, 0, 0], M, M, 0, &Wp[l, 0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0], S,
+                              &out[l, 0, 0], 1, N, 1, NULL, &out[l, 0, 0], use_vnni, max(1, threads), NULL, NULL, 0,
+                              0)
+            if rc < 0:
+                break
+            ran8 = rc
+    if rc < 0:
+        raise MemoryError("int_gemm_batch: scratch buffers could not be allocated")
+    return ISA_NAMES[level] + ("+vnni" if ran8 == 1 else "")
+
+
 def int_gemm_fits32(int64_t K, int t, int64_t S):
     """Whether one int32 accumulation segment of :func:`int_gemm` holds the whole depth (K rows, t terms per row,
     term bound S): the condition of a scaled call."""

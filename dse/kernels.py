@@ -964,9 +964,26 @@ def _sliced(fn, a, b, out_dtype, what):
 
 def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
     """int64[..., M, N]: ``out[..., m, n] = sum_k LUT[a[..., m, k] & 0xFF, b[..., k, n] & 0xFF]`` (``b`` int8 values on
-    the weight port; leading axes broadcast as in np.matmul)."""
+    the weight port; leading axes broadcast as in np.matmul). Each leading index is one GEMM as :func:`gemm_int`
+    computes it; the operands are checked and laid out once for all of them, and GEMMs on the integer kernel run in
+    one compiled call (``int_gemm_batch``): attention has heads x images GEMMs of a few thousand MACs each."""
     a, b = np.asarray(a), np.asarray(b)
-    return _sliced(lambda x, w: gemm_int(x, w, mult, a_signed, path, isa), a, b, np.int64, "matmul_int")
+    lead = _slices(a.shape, b.shape, "matmul_int")
+    _check_range(a, a_signed, "matmul_int left operand")
+    _check_range(b, True, "matmul_int right operand")
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    L = int(np.prod(lead, dtype=np.int64))
+    AT = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(a), lead + (M, K)), -1, -2)).reshape(L, K, M)
+    Wp = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(b), lead + (K, N)), -1, -2)).reshape(L, N, K)
+    out = np.empty((L, M, N), dtype=np.int64)
+    plan = _int_plan(mult, a_signed, K, path, isa) if K and M and N else None
+    if plan is not None:
+        _kernels.int_gemm_batch(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
+    else:
+        flat = out.reshape(-1)
+        for i in range(L):
+            _gemm_T(AT[i], Wp[i], mult, a_signed, path, isa, into=_Dest(flat, i * M * N, 1, N))
+    return out.reshape(lead + (M, N))
 
 
 def reference_matmul_int(a, b, mult, a_signed):

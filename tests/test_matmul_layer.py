@@ -155,3 +155,53 @@ def test_prefix_cache_bit_identical_with_matmul_layers(att_model):
         cfg = {names[0]: LayerConfig("drum4"), names[1]: LayerConfig("mitch_w6"), names[-1]: LayerConfig(tail)}
         np.testing.assert_array_equal(emu.run(x, cfg, 6, cache=cache, tag="a"), emu.run(x, cfg, 6))
     assert cache.stats.hits > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,))]),
+       M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 40), a_signed=st.booleans(),
+       mult=st.sampled_from(["exact", "drum4", "mitch_w6"]), kernel=st.sampled_from(
+           [(isa, False) for isa in kernels._kernels.isa_levels()] +
+           [(isa, True) for isa in kernels._kernels.vnni_levels()]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_matmul_int_batched_every_kernel(lead, M, K, N, a_signed, mult, kernel, threads, seed):
+    """matmul_int's GEMMs in one compiled call (int_gemm_batch, the integer kernel's multipliers) or one by one
+    (the table paths) against the direct gather, at every ISA level, with and without the VNNI kernel, 1 and 2
+    threads; extreme operands included."""
+    from tests.mac_helpers import vnni_env
+
+    rng = np.random.default_rng(seed)
+    m = get_multiplier(mult)
+    isa, vnni = kernel
+    lo, hi = (-128, 128) if a_signed else (0, 256)
+    a = rng.integers(lo, hi, lead[0] + (M, K)).astype(np.int8 if a_signed else np.uint8)
+    b = rng.integers(-128, 128, lead[1] + (K, N)).astype(np.int8)
+    a.reshape(-1)[:3] = lo
+    b.reshape(-1)[:3] = -128
+    kernels.set_threads(threads)
+    try:
+        with vnni_env(vnni):
+            got = kernels.matmul_int(a, b, m, a_signed, isa=isa)
+    finally:
+        kernels.set_threads(None)
+    np.testing.assert_array_equal(got, _gather(a, b, m, a_signed))
+
+
+def test_matmul_int_exact_runs_one_batched_call(monkeypatch):
+    """The exact multiplier's GEMMs of all leading indices go to the integer kernel in one call."""
+    calls = []
+    real = kernels._kernels.int_gemm_batch
+    monkeypatch.setattr(kernels._kernels, "int_gemm_batch", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    a = RNG.integers(0, 256, (2, 4, 9, 16)).astype(np.uint8)
+    b = RNG.integers(-128, 128, (2, 4, 16, 9)).astype(np.int8)
+    m = get_multiplier("exact")
+    np.testing.assert_array_equal(kernels.matmul_int(a, b, m, False), _gather(a, b, m, False))
+    assert calls == [(8, 16, 9)]
+
+
+def test_int_gemm_batch_refuses_bad_shapes():
+    z = np.zeros
+    t = np.zeros((256, 1), np.int16)
+    with pytest.raises(ValueError, match="must be"):
+        kernels._kernels.int_gemm_batch(z((2, 3, 4), np.uint8), z((2, 5, 4), np.uint8), t, "u8", t, 1,
+                                        z((2, 4, 5), np.int64))
