@@ -15,7 +15,8 @@ Public API (stable; other modules call only these):
   obviously-right numpy versions (direct table gather; sequential float32 loop).
 * ``matmul_int(a, b, mult, a_signed) -> int64[..., M, N]`` / ``matmul_float(a, b, mult)``: activation x activation
   (attention): ``a`` [..., M, K] on the multiplier's activation port, ``b`` [..., K, N] (int8 values) on its weight
-  port, numpy broadcasting over the leading axes; one ``gemm_int`` / ``gemm_float`` per leading index.
+  port, numpy broadcasting over the leading axes; one GEMM per leading index as ``gemm_int`` / ``gemm_float``
+  computes it (``matmul_int``: on the integer GEMM kernel all of them in one compiled call, ``int_gemm_batch``).
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
 
 ``path``: "auto" picks per multiplier: "exact" (only for multipliers whose error table is zero), "lowrank"

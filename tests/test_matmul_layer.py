@@ -178,12 +178,8 @@ def test_matmul_int_batched_every_kernel(lead, M, K, N, a_signed, mult, kernel, 
     b = rng.integers(-128, 128, lead[1] + (K, N)).astype(np.int8)
     a.reshape(-1)[:3] = lo
     b.reshape(-1)[:3] = -128
-    kernels.set_threads(threads)
-    try:
-        with vnni_env(vnni):
-            got = kernels.matmul_int(a, b, m, a_signed, isa=isa)
-    finally:
-        kernels.set_threads(None)
+    with kernels.using_threads(threads), vnni_env(vnni):
+        got = kernels.matmul_int(a, b, m, a_signed, isa=isa)
     np.testing.assert_array_equal(got, _gather(a, b, m, a_signed))
 
 
