@@ -111,6 +111,7 @@ class Emulator:
         self._adds = self._fused_adds()
         self._residuals = self._fused_residuals()
         self._donors = self._donor_operands()
+        self._silus = self._fused_silus()
 
     def _fused_acts(self) -> dict:
         """{MAC or Add node index: OutputAct of the Relu/Clip right after it} where that node is the output's only
@@ -218,6 +219,23 @@ class Emulator:
                     continue
                 out[i] = t
                 break
+        return out
+
+    def _fused_silus(self) -> dict:
+        """{Sigmoid node index: 1 or 2} where the node right after it is the Mul x * sigmoid(x) (1) or sigmoid(x) * x
+        (2) of the Sigmoid's own input, that Mul is the Sigmoid output's only reader and the two have one shape: the
+        pair (SiLU / Swish) runs as one compiled pass (``dse.model.nn.sigmoid``; the sigmoid tensor is never
+        stored). Neither node is a MAC node, so no prefix-cache cut falls between them."""
+        nodes, g, out = self.graph.nodes, self.graph, {}
+        for i, (n, m) in enumerate(zip(nodes, nodes[1:])):
+            if n.op != "sigmoid" or m.op != "mul" or len(m.inputs) != 2 or \
+                    not all(isinstance(a, int) for a in m.attrs.get("args", (0, 1))):
+                continue
+            x, s = n.inputs[0], n.output
+            if sorted(m.inputs) != sorted([x, s]) or x == s or self._last[s] != i + 1 or s == g.output_name or \
+                    g.shapes.get(x) is None or g.shapes.get(x) != g.shapes.get(s):
+                continue
+            out[i] = 1 if m.inputs[0] == x else 2
         return out
 
     def _fuse_residuals(self, resolved, accs, hook) -> dict:
@@ -383,6 +401,7 @@ class Emulator:
         images), continue from the deepest cut whose configuration prefix is stored and store the cut the cache
         asks for. ``hook``: see :class:`AccumulatorHook`; ``images``: the indices of these images in the run."""
         from dse.model.float_exec import exec_node
+        from dse.model.nn import sigmoid
         from dse.model.ops import arguments, binary_into
 
         g = self.graph
@@ -410,6 +429,12 @@ class Emulator:
             n = g.nodes[i]
             if i - 1 in self._acts:  # ran with the MAC layer or the Add before it
                 continue
+            if i - 1 in self._silus:  # the SiLU product, run with the Sigmoid before it
+                for t in n.inputs:
+                    if self._last[t] == i and t != g.output_name:
+                        env.pop(t, None)
+                        qcache.pop(t, None)
+                continue
             if i - 1 in residuals:  # the Add ran in the scaling pass of the conv before it
                 pass
             elif i in residuals:
@@ -434,6 +459,13 @@ class Emulator:
                     env[out] = y
             elif i in self._acts or i in self._adds:
                 self._add(i, n, [env[t] for t in n.inputs], resolved, env, qcache)
+            elif i in self._silus:
+                x, m = env[n.inputs[0]], g.nodes[i + 1]
+                if isinstance(x, np.ndarray) and x.dtype == np.float32:
+                    env[m.output] = sigmoid(x, self._silus[i])
+                else:  # pragma: no cover - every float tensor of a run is float32
+                    env[n.output] = exec_node(n, [x])
+                    env[m.output] = exec_node(m, [env[t] for t in m.inputs])
             else:
                 args = [env[t] for t in n.inputs]
                 y = None

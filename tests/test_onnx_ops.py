@@ -92,13 +92,14 @@ def test_efficientnet_se_block(tmp_path, opset):
     graph = check_float(p, [3, 10, 10])
     assert {"sigmoid", "mul"} <= {n.op for n in graph.nodes}
     qm = check_emulated(graph, [3, 10, 10])
-    check_donors(qm, [3, 10, 10], 2)  # the two SiLU products
+    assert len(Emulator(qm)._silus) == 2  # both SiLUs in one compiled pass each
+    check_donors(qm, [3, 10, 10], 2)  # the same two products (in place where the pair does not run as one)
 
 
 def check_donors(qm, in_shape, n_donors):
     """The emulator writes at least ``n_donors`` float results into a dying operand (Emulator._donor_operands); runs through
     a prefix cache (later configurations continue from stored cuts) equal the slow reference, and so do runs with
-    the donors switched off."""
+    the SiLU pairs and then the donors switched off."""
     from dse.prefix_cache import PrefixCache
 
     emu = Emulator(qm)
@@ -111,8 +112,10 @@ def check_donors(qm, in_shape, n_donors):
         want = reference_run(qm, x, cfg)
         np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
         np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
+    emu._silus = {}
+    np.testing.assert_array_equal(emu.run(x, cfg), want)  # the products in place
     emu._donors = {}
-    np.testing.assert_array_equal(emu.run(x, cfg), want)
+    np.testing.assert_array_equal(emu.run(x, cfg), want)  # every op on its own
 
 
 @pytest.mark.parametrize("opset", OPSETS)

@@ -1,4 +1,4 @@
-"""Numeric primitives of the float executor: sliding windows (im2col), convolution, pooling.
+"""Numeric primitives of the float executor: sliding windows (im2col), convolution, pooling, the sigmoid.
 
 Max pooling of float32 tensors runs the compiled loop ``dse._kernels.max_pool`` (``cy/glue.h``: a leaf extension that
 imports no dse module, so the model layer may use it) on one thread: a network run already splits its images over
@@ -137,6 +137,32 @@ def global_avg_pool(x: np.ndarray) -> np.ndarray:
     if x.dtype != np.float32 or x.ndim != 4 or _kernels is None or not 0 < x.shape[2] * x.shape[3] <= GAP_MAX_PLANE:
         return reference_global_avg_pool(x)
     return _kernels.global_avg_pool(np.ascontiguousarray(x))
+
+
+def sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
+    """Sigmoid 1 / (1 + exp(-x)) of a float32 array (``times_x`` 1 / 2: SiLU, x * that / that * x) as a new array:
+    numpy's own float32 loops run chunk by chunk in cache by the compiled ``float_sigmoid`` (one pass over memory,
+    the same bits; a product of two NaNs is one of them, which one numpy's multiply itself picks by array length and
+    aliasing), else :func:`reference_sigmoid`."""
+    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None:
+        return reference_sigmoid(x, times_x)
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _kernels.float_sigmoid(x.reshape(-1), out.reshape(-1), times_x)
+    return out
+
+
+def reference_sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
+    """numpy twin of :func:`sigmoid`: its ufuncs in place on one new buffer (any float dtype; 0-d arrays and other
+    dtypes by the plain expression)."""
+    if not (isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim > 0):
+        s = (1 / (1 + np.exp(-x))).astype(x.dtype)
+    else:
+        s = np.negative(x)
+        np.exp(s, out=s)
+        np.add(1, s, out=s)
+        np.divide(1, s, out=s)
+    return s if not times_x else x * s if times_x == 1 else s * x
 
 
 def reference_global_avg_pool(x: np.ndarray) -> np.ndarray:

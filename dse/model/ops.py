@@ -12,7 +12,7 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Node
-from dse.model.nn import conv2d, global_avg_pool, pool
+from dse.model.nn import conv2d, global_avg_pool, pool, sigmoid
 
 IR_OPS: dict = {}
 
@@ -156,16 +156,6 @@ def _in_place(x) -> bool:
     return isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim > 0
 
 
-def _sigmoid(x):
-    """1 / (1 + exp(-x)) in x's dtype."""
-    if not _in_place(x):
-        return (1 / (1 + np.exp(-x))).astype(x.dtype)
-    t = np.negative(x)
-    np.exp(t, out=t)
-    np.add(1, t, out=t)
-    return np.divide(1, t, out=t)
-
-
 def _hardsigmoid(x, alpha, beta, times_x: bool = False):
     """clip(x * alpha + beta, 0, 1) in x's dtype; ``times_x``: x times that (HardSwish)."""
     if not _in_place(x):
@@ -179,7 +169,7 @@ def _hardsigmoid(x, alpha, beta, times_x: bool = False):
 
 UNARY = {
     "relu": lambda x, a: np.maximum(x, x.dtype.type(0)),
-    "sigmoid": lambda x, a: _sigmoid(x),
+    "sigmoid": lambda x, a: sigmoid(x),
     "hardsigmoid": lambda x, a: _hardsigmoid(x, a.get("alpha", 0.2), a.get("beta", 0.5)),
     "hardswish": lambda x, a: _hardsigmoid(x, 1 / 6, 0.5, times_x=True),
     "tanh": lambda x, a: np.tanh(x),
@@ -241,8 +231,9 @@ _INTO = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_d
 def binary_into(node, xs, out: np.ndarray) -> np.ndarray | None:
     """Float32 Add/Sub/Mul/Div node on its full argument list ``xs`` written into ``out``, one of the operands
     (a float32 array of the result's shape that no one reads after this node): the ufunc :func:`_binary` calls on the
-    same operands, so the same bits, without allocating the result. None (nothing written) when the node is not
-    such a call."""
+    same operands, so the same bits, without allocating the result (where two NaNs meet the result is one of them,
+    as in numpy's own loops, which pick the first or the second by array length and aliasing). None (nothing written)
+    when the node is not such a call."""
     fn = _INTO.get(node.op)
     if fn is None or len(xs) != 2 or not all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in xs) or \
             not any(v is out for v in xs) or np.broadcast_shapes(xs[0].shape, xs[1].shape) != out.shape:
