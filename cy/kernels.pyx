@@ -265,6 +265,40 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     return res, ISA_NAMES[level]
 
 
+def rows_gemm_batch(const uint8_t[:, :, ::1] I, const uint8_t[:, :, ::1] S, const uint16_t[:, ::1] D,
+                    const int32_t[::1] off, int64_t[:, :, ::1] out, isa=None, int threads=1, bint sel_is_m=False,
+                    bint add=False):
+    """L independent :func:`rows_gemm` calls in one (an activation matmul's heads x images): GEMM l on ``I[l]``
+    [K, nI] and ``S[l]`` [nS, K] written (``add``: added) into ``out[l]`` [M, N] (M, N = nS, nI with ``sel_is_m``,
+    else nI, nS), each as rows_gemm computes it into that layout (the same kernel and arguments, the same sums)."""
+    cdef int level = _level(isa)
+    cdef int64_t L = I.shape[0], K = I.shape[1], nI = I.shape[2], nS = S.shape[1], R = D.shape[1], l
+    cdef int64_t Mg = nS if sel_is_m else nI, Ng = nI if sel_is_m else nS
+    if S.shape[0] != L or S.shape[2] != K or out.shape[0] != L or out.shape[1] != Mg or out.shape[2] != Ng:
+        raise ValueError(f"rows_gemm_batch: I {tuple(I.shape)[:3]}, S {tuple(S.shape)[:3]} and out "
+                         f"{tuple(out.shape)[:3]} do not fit [L, K, nI], [L, nS, K] and [L, M, N]")
+    if D.shape[0] != 256 or off.shape[0] != 256 or R % 16 or not 16 <= R <= 256:
+        raise ValueError("rows_gemm_batch: D must be [256, R] (R a multiple of 16, 16..256) and off [256]")
+    if L == 0 or nI == 0 or nS == 0:
+        return ISA_NAMES[level]
+    if R < 256 and K and np.asarray(I).max() >= R:
+        raise ValueError(f"rows_gemm_batch: index entries must be < {R} (the classes of D's columns)")
+    if K == 0:
+        if not add:
+            np.asarray(out)[...] = 0
+        return ISA_NAMES[level]
+    cdef int rc = 0
+    with nogil:
+        for l in range(L):
+            rc = dse_rows_gemm(level, &I[l, 0, 0], nI, &S[l, 0, 0], &D[0, 0], R, &off[0], nI, K, nS, &out[l, 0, 0],
+                               1, Ng, 1 if sel_is_m else 0, 1 if add else 0, NULL, NULL, max(1, threads))
+            if rc != 0:
+                break
+    if rc != 0:
+        raise MemoryError("rows_gemm_batch: scratch buffers could not be allocated")
+    return ISA_NAMES[level]
+
+
 def translate(const uint8_t[::1] x, const uint8_t[::1] table, isa=None):
     """uint8 array y[i] = table[x[i]] (``table`` 256 entries), one pass without the GIL (VBMI byte permutes at the
     avx512 level)."""

@@ -16,7 +16,8 @@ Public API (stable; other modules call only these):
 * ``matmul_int(a, b, mult, a_signed) -> int64[..., M, N]`` / ``matmul_float(a, b, mult)``: activation x activation
   (attention): ``a`` [..., M, K] on the multiplier's activation port, ``b`` [..., K, N] (int8 values) on its weight
   port, numpy broadcasting over the leading axes; one GEMM per leading index as ``gemm_int`` / ``gemm_float``
-  computes it (``matmul_int``: on the integer GEMM kernel all of them in one compiled call, ``int_gemm_batch``).
+  computes it (``matmul_int``: on the integer GEMM kernel or the rows kernel all of them in one compiled call,
+  ``int_gemm_batch`` / ``rows_gemm_batch``).
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
 
 ``path``: "auto" picks per multiplier: "exact" (only for multipliers whose error table is zero), "lowrank"
@@ -980,11 +981,41 @@ def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
     plan = _int_plan(mult, a_signed, K, path, isa) if K and M and N else None
     if plan is not None:
         _kernels.int_gemm_batch(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
+    elif K and M and N and L > 1 and _rows_batch(AT, Wp, mult, a_signed, path, isa, out):
+        pass
     else:
         flat = out.reshape(-1)
         for i in range(L):
             _gemm_T(AT[i], Wp[i], mult, a_signed, path, isa, into=_Dest(flat, i * M * N, 1, N))
     return out.reshape(lead + (M, N))
+
+
+def _rows_batch(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa,
+                out: np.ndarray) -> bool:
+    """matmul_int's L GEMMs (AT [L, K, M], Wp [L, N, K]) into out [L, M, N] on the rows path family in compiled
+    calls over all of them (``rows_gemm_batch``; the split path's exact part by ``int_gemm_batch`` first) when that
+    is the path each takes on its own (chosen once, from the largest activation of all: every path gives the same
+    sums); False (nothing done) otherwise."""
+    prep = _prepare(mult, a_signed)
+    L, K, M = AT.shape
+    N = Wp.shape[1]
+    amax = _max_abs(AT, a_signed) if path in ("auto", "exact", "lowrank") and prep.range_matters else None
+    if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) not in ("rows", "split"):
+        return False
+    kind, by_act = _table_plan(prep, M, N, path, K, isa)
+    tabs = prep.rows if kind == "rows" else prep.err_rows
+    if kind == "split":
+        plan = _exact_plan(prep.err_signed)
+        _kernels.int_gemm_batch(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
+    if by_act:
+        t = tabs.by_act
+        I, S = t.classes(np.ascontiguousarray(Wp.transpose(0, 2, 1))), np.ascontiguousarray(AT.transpose(0, 2, 1))
+    else:
+        t = tabs.by_weight
+        I, S = t.classes(AT), Wp
+    _kernels.rows_gemm_batch(I, S, t.D, t.off, out, _isa_name(isa), get_threads(), sel_is_m=by_act,
+                             add=kind == "split")
+    return True
 
 
 def reference_matmul_int(a, b, mult, a_signed):

@@ -157,20 +157,23 @@ def test_prefix_cache_bit_identical_with_matmul_layers(att_model):
     assert cache.stats.hits > 0
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,))]),
        M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 40), a_signed=st.booleans(),
-       mult=st.sampled_from(["exact", "drum4", "mitch_w6"]), kernel=st.sampled_from(
+       mult=st.sampled_from([("exact", "auto"), ("drum4", "auto"), ("mitch_w6", "auto"), ("mitch_w6", "rows"),
+                             ("mitch_w6", "split"), ("mitch_w6", "lut")]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
            [(isa, True) for isa in kernels._kernels.vnni_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_matmul_int_batched_every_kernel(lead, M, K, N, a_signed, mult, kernel, threads, seed):
-    """matmul_int's GEMMs in one compiled call (int_gemm_batch, the integer kernel's multipliers) or one by one
-    (the table paths) against the direct gather, at every ISA level, with and without the VNNI kernel, 1 and 2
-    threads; extreme operands included."""
+    """matmul_int's GEMMs in one compiled call (int_gemm_batch on the integer kernel's multipliers, rows_gemm_batch
+    on the rows and split paths, both orientations of the row tables by the shapes) or one by one (the lut path)
+    against the direct gather, at every ISA level, with and without the VNNI kernel, 1 and 2 threads; extreme
+    operands included."""
     from tests.mac_helpers import vnni_env
 
     rng = np.random.default_rng(seed)
+    mult, path = mult
     m = get_multiplier(mult)
     isa, vnni = kernel
     lo, hi = (-128, 128) if a_signed else (0, 256)
@@ -179,7 +182,7 @@ def test_matmul_int_batched_every_kernel(lead, M, K, N, a_signed, mult, kernel, 
     a.reshape(-1)[:3] = lo
     b.reshape(-1)[:3] = -128
     with kernels.using_threads(threads), vnni_env(vnni):
-        got = kernels.matmul_int(a, b, m, a_signed, isa=isa)
+        got = kernels.matmul_int(a, b, m, a_signed, path=path, isa=isa)
     np.testing.assert_array_equal(got, _gather(a, b, m, a_signed))
 
 
@@ -201,3 +204,20 @@ def test_int_gemm_batch_refuses_bad_shapes():
     with pytest.raises(ValueError, match="must be"):
         kernels._kernels.int_gemm_batch(z((2, 3, 4), np.uint8), z((2, 5, 4), np.uint8), t, "u8", t, 1,
                                         z((2, 4, 5), np.int64))
+
+
+@pytest.mark.parametrize("path", ["rows", "split"])
+@pytest.mark.parametrize("shape", [(9, 16, 40), (40, 16, 9)])  # the two orientations of the row tables
+def test_matmul_int_tables_run_batched(monkeypatch, path, shape):
+    """The rows and split paths run every leading index's GEMM in one rows_gemm_batch call, in the orientation of
+    the shape; the same sums as the gather."""
+    calls = []
+    real = kernels._kernels.rows_gemm_batch
+    monkeypatch.setattr(kernels._kernels, "rows_gemm_batch",
+                        lambda *a, **k: calls.append((a[0].shape, k["sel_is_m"], k["add"])) or real(*a, **k))
+    M, K, N = shape
+    a = RNG.integers(-128, 128, (3, 2, M, K)).astype(np.int8)
+    b = RNG.integers(-128, 128, (3, 2, K, N)).astype(np.int8)
+    m = get_multiplier("mitch_w6")
+    np.testing.assert_array_equal(kernels.matmul_int(a, b, m, True, path=path), _gather(a, b, m, True))
+    assert len(calls) == 1 and calls[0][0][0] == 6 and calls[0][2] == (path == "split")
