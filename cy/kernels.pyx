@@ -793,7 +793,7 @@ cdef struct _Loop:
     _ufunc_loop fn
     void *data
 
-cdef _Loop _SIG_LOOPS[5]  # numpy's float32 loops of negative, exp, add, true_divide, multiply
+cdef _Loop _SIG_LOOPS[6]  # numpy's float32 loops of negative, exp, add, true_divide, multiply, clip
 cdef bint _sig_loops_ready = False
 
 
@@ -810,8 +810,56 @@ cdef _Loop _float32_loop(u) except *:
     return lp
 
 
-# values per chunk of float_sigmoid: its loops run on one chunk after the other while it is in cache
+# values per chunk of float_sigmoid / float_hardsigmoid: their loops run on one chunk after the other while it is
+# in cache
 SIGMOID_CHUNK = 2048
+
+
+cdef _glue_loops():
+    global _sig_loops_ready
+    if not _sig_loops_ready:
+        for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply, np._core.umath.clip)):
+            _SIG_LOOPS[j] = _float32_loop(u)
+        _sig_loops_ready = True
+
+
+def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float beta, int times_x=0):
+    """Writes out = clip(x * alpha + beta, 0, 1) over float32 x as dse.model.nn.reference_hardsigmoid computes it:
+    numpy's own float32 loops of multiply (the scalar alpha second, stride 0), add (beta likewise) and clip (the
+    bounds 0 and 1 at stride 0), called as numpy's ufuncs call them (add and clip in place) on chunks of
+    SIGMOID_CHUNK values in cache: one pass over memory, the same bits. ``times_x`` 1: then out = multiply(x, out)
+    in place (HardSwish)."""
+    cdef int64_t n = x.shape[0], c0, m, chunk = SIGMOID_CHUNK
+    if out.shape[0] != n or times_x not in (0, 1):
+        raise ValueError("float_hardsigmoid: out must have x's length and times_x be 0 or 1")
+    _glue_loops()
+    cdef float zero = 0.0, one = 1.0
+    cdef char *a3[3]
+    cdef char *a4[4]
+    cdef Py_ssize_t dims[1]
+    cdef Py_ssize_t st3[3]
+    cdef Py_ssize_t sc3[3]
+    cdef Py_ssize_t sc4[4]
+    st3[0] = st3[1] = st3[2] = 4
+    sc3[0], sc3[1], sc3[2] = 4, 0, 4
+    sc4[0], sc4[1], sc4[2], sc4[3] = 4, 0, 0, 4
+    if n == 0:
+        return
+    with nogil:
+        c0 = 0
+        while c0 < n:
+            m = min(chunk, n - c0)
+            dims[0] = m
+            a3[0], a3[1], a3[2] = <char *>&x[c0], <char *>&alpha, <char *>&out[c0]
+            _SIG_LOOPS[4].fn(a3, dims, sc3, _SIG_LOOPS[4].data)          # t = multiply(x, alpha)
+            a3[0], a3[1] = <char *>&out[c0], <char *>&beta
+            _SIG_LOOPS[2].fn(a3, dims, sc3, _SIG_LOOPS[2].data)          # add(t, beta, out=t)
+            a4[0], a4[1], a4[2], a4[3] = <char *>&out[c0], <char *>&zero, <char *>&one, <char *>&out[c0]
+            _SIG_LOOPS[5].fn(a4, dims, sc4, _SIG_LOOPS[5].data)          # clip(t, 0, 1, out=t)
+            if times_x:
+                a3[0], a3[1] = <char *>&x[c0], <char *>&out[c0]
+                _SIG_LOOPS[4].fn(a3, dims, st3, _SIG_LOOPS[4].data)      # multiply(x, t, out=t)
+            c0 += m
 
 
 def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0):
@@ -821,14 +869,10 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0):
     SIMD width, so each value takes the same loop code as in one whole-array call) while they are in cache: one pass
     over memory instead of five, the same bits. ``times_x`` 1 / 2: then out = multiply(x, out) / multiply(out, x)
     in place (SiLU's x * sigmoid(x) in its node order, as the emulator's in-place product computes it)."""
-    global _sig_loops_ready
     cdef int64_t n = x.shape[0], c0, m, chunk = SIGMOID_CHUNK
     if out.shape[0] != n or times_x not in (0, 1, 2):
         raise ValueError("float_sigmoid: out must have x's length and times_x be 0, 1 or 2")
-    if not _sig_loops_ready:
-        for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply)):
-            _SIG_LOOPS[j] = _float32_loop(u)
-        _sig_loops_ready = True
+    _glue_loops()
     cdef float one = 1.0
     cdef char *a2[2]
     cdef char *a3[3]

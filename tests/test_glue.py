@@ -304,9 +304,10 @@ def test_binary_into_gives_the_new_array_bits(x, y, op, into):
 @given(x=float_arrays((np.float32,)), n=st.sampled_from([0, 1, 31, 33, 2047, 2048, 2049, 4096 + 37, 20000]),
        offset=st.integers(0, 15), times_x=st.sampled_from([0, 1, 2]))
 def test_compiled_sigmoid_gives_numpy_bits(x, n, offset, times_x):
-    """The compiled Sigmoid (numpy's own loops, chunk by chunk) and SiLU against the numpy expressions, bit for bit
-    (the SiLU product of two NaNs one of them), lengths around the chunk size, inputs at every 4-byte offset from a
-    64-byte boundary, NaN of both signs, infinities, signed zeros, values past the exp overflow (|x| > 88.7)."""
+    """The compiled Sigmoid, SiLU, HardSigmoid and HardSwish (numpy's own loops, chunk by chunk) and their numpy
+    twins against the numpy expressions, bit for bit (the SiLU product of two NaNs one of them), lengths around the
+    chunk size, inputs at every 4-byte offset from a 64-byte boundary, NaN of both signs, infinities, signed zeros,
+    values past the exp overflow (|x| > 88.7)."""
     from dse.model import nn
 
     vals = np.resize(x, n) if x.size else np.zeros(n, np.float32)
@@ -319,6 +320,12 @@ def test_compiled_sigmoid_gives_numpy_bits(x, n, offset, times_x):
         s = (1 / (1 + np.exp(-xs))).astype(np.float32)
         got = nn.sigmoid(xs, times_x)
         ref = nn.reference_sigmoid(xs, times_x)
+        for alpha, beta in ((1 / 6, 0.5), (0.2, 0.5)):
+            want = _old_hardsigmoid(xs, alpha, beta)
+            if times_x == 1:
+                want = xs * want
+            for f in (nn.hardsigmoid, nn.reference_hardsigmoid):
+                _same_bits(f(xs, alpha, beta, times_x == 1), want)
     for y in (got, ref):
         if times_x == 0:
             _same_bits(y, s)

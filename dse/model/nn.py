@@ -165,6 +165,31 @@ def reference_sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
     return s if not times_x else x * s if times_x == 1 else s * x
 
 
+def hardsigmoid(x: np.ndarray, alpha: float, beta: float, times_x: bool = False) -> np.ndarray:
+    """HardSigmoid clip(x * alpha + beta, 0, 1) in x's dtype (``times_x``: HardSwish, x times that) as a new array:
+    float32 by the compiled ``float_hardsigmoid`` (numpy's own loops chunk by chunk in cache, the same bits), else
+    :func:`reference_hardsigmoid`."""
+    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None:
+        return reference_hardsigmoid(x, alpha, beta, times_x)
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _kernels.float_hardsigmoid(x.reshape(-1), out.reshape(-1), float(np.float32(alpha)), float(np.float32(beta)),
+                               int(times_x))
+    return out
+
+
+def reference_hardsigmoid(x: np.ndarray, alpha: float, beta: float, times_x: bool = False) -> np.ndarray:
+    """numpy twin of :func:`hardsigmoid`: its ufuncs in place on one new buffer (0-d arrays and non-float dtypes by
+    the plain expression)."""
+    if not (isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim > 0):
+        y = np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype)
+        return x * y if times_x else y
+    t = np.multiply(x, x.dtype.type(alpha))
+    np.add(t, x.dtype.type(beta), out=t)
+    np.clip(t, 0, 1, out=t)
+    return np.multiply(x, t, out=t) if times_x else t
+
+
 def reference_global_avg_pool(x: np.ndarray) -> np.ndarray:
     """numpy twin of :func:`global_avg_pool`."""
     return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)

@@ -12,7 +12,7 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Node
-from dse.model.nn import conv2d, global_avg_pool, pool, sigmoid
+from dse.model.nn import conv2d, global_avg_pool, hardsigmoid, pool, sigmoid
 
 IR_OPS: dict = {}
 
@@ -149,29 +149,11 @@ def _gelu(x, approximate: str):
     return x.dtype.type(0.5) * x * (1 + _erf(x / x.dtype.type(np.sqrt(2))))
 
 
-def _in_place(x) -> bool:
-    """Whether the float glue below may run its ufuncs in place on one fresh buffer: a float array (not 0-d, whose
-    ufunc results are scalars). The same ufunc loops on the same operands as the expressions they replace, so the
-    same bits; fewer passes over memory and no temporaries."""
-    return isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim > 0
-
-
-def _hardsigmoid(x, alpha, beta, times_x: bool = False):
-    """clip(x * alpha + beta, 0, 1) in x's dtype; ``times_x``: x times that (HardSwish)."""
-    if not _in_place(x):
-        y = np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype)
-        return x * y if times_x else y
-    t = np.multiply(x, x.dtype.type(alpha))
-    np.add(t, x.dtype.type(beta), out=t)
-    np.clip(t, 0, 1, out=t)
-    return np.multiply(x, t, out=t) if times_x else t
-
-
 UNARY = {
     "relu": lambda x, a: np.maximum(x, x.dtype.type(0)),
     "sigmoid": lambda x, a: sigmoid(x),
-    "hardsigmoid": lambda x, a: _hardsigmoid(x, a.get("alpha", 0.2), a.get("beta", 0.5)),
-    "hardswish": lambda x, a: _hardsigmoid(x, 1 / 6, 0.5, times_x=True),
+    "hardsigmoid": lambda x, a: hardsigmoid(x, a.get("alpha", 0.2), a.get("beta", 0.5)),
+    "hardswish": lambda x, a: hardsigmoid(x, 1 / 6, 0.5, times_x=True),
     "tanh": lambda x, a: np.tanh(x),
     "erf": lambda x, a: _erf(x).astype(x.dtype),
     "gelu": lambda x, a: _gelu(x, a.get("approximate", "none")),
