@@ -351,3 +351,28 @@ def test_reduce_mean_over_planes_gives_numpy_bits(x, keep, axes, big):
     nan = np.isnan(want)
     assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(np.isnan(got), nan)
     _same_bits(np.where(nan, 0, got), np.where(nan, 0, want))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sigmoid", "silu", "hardswish", "hardsigmoid"])
+def test_compiled_glue_on_every_float32(kind):
+    """Every float32 bit pattern (2^32, in blocks of 2^24) through the compiled Sigmoid / SiLU / HardSwish /
+    HardSigmoid against the numpy expressions they replace: the same bits (SiLU: one of the two NaNs where x is NaN,
+    as numpy's own multiply gives either). About a minute each on one core."""
+    out = np.empty(1 << 24, np.float32)
+    for s in range(0, 1 << 32, 1 << 24):
+        x = np.arange(s, s + (1 << 24), dtype=np.uint64).astype(np.uint32).view(np.float32)
+        with np.errstate(all="ignore"):
+            if kind in ("sigmoid", "silu"):
+                want = (1 / (1 + np.exp(-x))).astype(np.float32)
+                _kernels.float_sigmoid(x, out, int(kind == "silu"))
+                if kind == "silu":
+                    _same_bits_where_one_nan(out, x * want, x, want)
+                    continue
+            else:
+                alpha = 1 / 6 if kind == "hardswish" else 0.2
+                want = np.clip(x * np.float32(alpha) + np.float32(0.5), 0, 1).astype(np.float32)
+                if kind == "hardswish":
+                    want = x * want
+                _kernels.float_hardsigmoid(x, out, float(np.float32(alpha)), 0.5, int(kind == "hardswish"))
+        _same_bits(out, want)
