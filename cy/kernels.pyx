@@ -21,6 +21,10 @@
   pooling, numpy's running maximum over each window's taps (``cy/glue.h``); AVX-512 / AVX2 for strides 1 and 2.
 * ``add_act(a, b, act="none", lo, hi, quant=None, isa=None, threads=1) -> (y, q or None)``: a + b with a Relu/Clip
   and optionally the next layer's input patterns in one pass.
+* ``float_sigmoid(x, out, times_x=0)`` / ``float_hardsigmoid(x, out, alpha, beta, times_x=0)``: Sigmoid (SiLU) and
+  HardSigmoid (HardSwish) of float32 by numpy's own float32 ufunc loops, chunk by chunk in cache (the same bits).
+* ``int_gemm_batch`` / ``rows_gemm_batch``: L independent ``int_gemm`` / ``rows_gemm`` calls in one (an activation
+  matmul's images x heads).
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
   ``DSE_KERNEL_ISA`` (``scalar``, ``avx2``, ``avx512``) caps the level, e.g. to test the fallbacks.
 """
@@ -818,7 +822,11 @@ SIGMOID_CHUNK = 2048
 cdef _glue_loops():
     global _sig_loops_ready
     if not _sig_loops_ready:
-        for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply, np._core.umath.clip)):
+        try:
+            from numpy._core.umath import clip
+        except ImportError:  # numpy 1.x
+            from numpy.core.umath import clip
+        for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply, clip)):
             _SIG_LOOPS[j] = _float32_loop(u)
         _sig_loops_ready = True
 
