@@ -802,12 +802,18 @@ cdef bint _sig_loops_ready = False
 
 
 cdef _Loop _float32_loop(u) except *:
-    """numpy's own inner loop of ufunc ``u`` for float32 operands: the function np.<u> runs on float32 arrays."""
+    """numpy's own inner loop of ufunc ``u`` for float32 operands: the function np.<u> runs on float32 arrays
+    (RuntimeError where this numpy has none in its loop table)."""
     cdef PyUFuncObject *p = <PyUFuncObject *><void *>u
-    cdef int i = u.types.index("f" * p.nin + "->" + "f" * p.nout), j
+    sig = "f" * p.nin + "->" + "f" * p.nout
+    if sig not in u.types or p.functions == NULL or p.types == NULL:
+        raise RuntimeError(f"numpy's {u.__name__} has no float32 loop in its loop table")
+    cdef int i = u.types.index(sig), j
     for j in range(p.nargs):
         if p.types[i * p.nargs + j] != np.dtype(np.float32).num:
             raise RuntimeError(f"numpy's {u.__name__} loop {i} is not the float32 one")
+    if p.functions[i] == NULL:
+        raise RuntimeError(f"numpy's {u.__name__} float32 loop is not a legacy inner loop")
     cdef _Loop lp
     lp.fn = <_ufunc_loop>p.functions[i]
     lp.data = p.data[i] if p.data != NULL else NULL
@@ -829,6 +835,22 @@ cdef _glue_loops():
         for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply, clip)):
             _SIG_LOOPS[j] = _float32_loop(u)
         _sig_loops_ready = True
+
+
+_numpy_loops_found = None
+
+
+def numpy_loops_found():
+    """True where this numpy's float32 loops that float_sigmoid and float_hardsigmoid call were found in its ufuncs'
+    loop tables (looked up once); False where a numpy keeps them elsewhere, and the callers take their numpy twins."""
+    global _numpy_loops_found
+    if _numpy_loops_found is None:
+        try:
+            _glue_loops()
+            _numpy_loops_found = True
+        except (RuntimeError, ValueError, ImportError, AttributeError):
+            _numpy_loops_found = False
+    return _numpy_loops_found
 
 
 def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float beta, int times_x=0):

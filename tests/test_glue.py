@@ -334,6 +334,29 @@ def test_compiled_sigmoid_gives_numpy_bits(x, n, offset, times_x):
             _same_bits_where_one_nan(y, a * b, a, b)
 
 
+def test_compiled_glue_falls_back_where_numpy_keeps_its_loops_elsewhere(monkeypatch):
+    """The compiled Sigmoid/HardSigmoid run numpy's float32 loops from its ufuncs' loop tables. This numpy has them
+    there (else the tests above would compare the numpy twins with themselves); where a numpy does not,
+    numpy_loops_found() is False and Sigmoid, SiLU, HardSigmoid and HardSwish take their numpy twins, with the same
+    bits and no call into the compiled loops."""
+    from dse.model import nn
+
+    assert _kernels.numpy_loops_found()
+    x = np.linspace(-100, 100, 5001, dtype=np.float32)
+    want = {t: nn.sigmoid(x, t) for t in (0, 1, 2)}
+    want_h = {t: nn.hardsigmoid(x, 0.2, 0.5, t) for t in (False, True)}
+
+    def no_call(*a, **k):
+        raise AssertionError("the compiled glue ran without numpy's loops")
+    monkeypatch.setattr(_kernels, "numpy_loops_found", lambda: False)
+    monkeypatch.setattr(_kernels, "float_sigmoid", no_call)
+    monkeypatch.setattr(_kernels, "float_hardsigmoid", no_call)
+    for t in (0, 1, 2):
+        _same_bits(nn.sigmoid(x, t), want[t])
+    for t in (False, True):
+        _same_bits(nn.hardsigmoid(x, 0.2, 0.5, t), want_h[t])
+
+
 @settings(max_examples=100, deadline=None)
 @given(x=float_arrays((np.float32, np.float64)), keep=st.booleans(), axes=st.sampled_from([(2, 3), (3, 2), (-1, -2)]),
        big=st.booleans())

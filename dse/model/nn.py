@@ -144,7 +144,7 @@ def sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
     numpy's own float32 loops run chunk by chunk in cache by the compiled ``float_sigmoid`` (one pass over memory,
     the same bits; a product of two NaNs is one of them, which one numpy's multiply itself picks by array length and
     aliasing), else :func:`reference_sigmoid`."""
-    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None:
+    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None or not _kernels.numpy_loops_found():
         return reference_sigmoid(x, times_x)
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
@@ -169,7 +169,7 @@ def hardsigmoid(x: np.ndarray, alpha: float, beta: float, times_x: bool = False)
     """HardSigmoid clip(x * alpha + beta, 0, 1) in x's dtype (``times_x``: HardSwish, x times that) as a new array:
     float32 by the compiled ``float_hardsigmoid`` (numpy's own loops chunk by chunk in cache, the same bits), else
     :func:`reference_hardsigmoid`."""
-    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None:
+    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None or not _kernels.numpy_loops_found():
         return reference_hardsigmoid(x, alpha, beta, times_x)
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
