@@ -34,6 +34,7 @@ import numpy as np
 
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from libc.string cimport memcpy, memset
+from libc.math cimport fabs
 
 cdef extern from "lut_kernel.h" nogil:
     ctypedef struct dse_scaling:
@@ -931,6 +932,162 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0):
                 a3[0] = <char *>&x[c0] if times_x == 1 else <char *>&out[c0]
                 a3[1] = <char *>&out[c0] if times_x == 1 else <char *>&x[c0]
                 _SIG_LOOPS[4].fn(a3, dims, st3, _SIG_LOOPS[4].data)      # multiply(x, s, out=s) / (s, x)
+            c0 += m
+
+
+cdef _Loop _ERF_LOOP  # scipy.special.erf's float32 loop
+cdef int _erf_loop_state = 0  # 0 not looked up, 1 found, -1 absent
+cdef bint _erf_near_ok = False  # _erf_near gives the loop's bits (checked when the loop is found)
+
+
+cdef inline float _erf_near(float v) noexcept nogil:
+    """erf of float32 v with |v| <= 1 as scipy's float32 erf loop computes it: cephes' erf in double (x P(x^2) /
+    Q(x^2), Horner's order, no fused multiply-add; the build has -ffp-contract=off), rounded to float32. The same
+    bits on all float32 |v| <= 1 (tests: the slow sweep over every float32); larger |v| and NaN take the loop."""
+    cdef double t = v, z = t * t, p, q
+    p = ((((9.60497373987051638749E0 * z + 9.00260197203842689217E1) * z + 2.23200534594684319226E3) * z
+          + 7.00332514112805075473E3) * z + 5.55923013010394962768E4)
+    q = (((((z + 3.35617141647503099647E1) * z + 5.21357949780152679795E2) * z + 4.59432382970980127987E3) * z
+          + 2.26290000613890934246E4) * z + 4.92673942608635921086E4)
+    return <float>(t * p / q)
+
+
+def erf_loop_found() -> bool:
+    """Whether scipy.special.erf (a numpy ufunc) has a float32 loop :func:`float_gelu` can call."""
+    global _erf_loop_state, _ERF_LOOP
+    if _erf_loop_state == 0:
+        try:
+            from scipy.special import erf
+            if not isinstance(erf, np.ufunc) or erf.nin != 1 or erf.nout != 1:
+                raise TypeError("scipy.special.erf is not a unary numpy ufunc")
+            _ERF_LOOP = _float32_loop(erf)
+            _erf_loop_state = 1
+            _check_erf_near(erf)
+        except (ImportError, TypeError, ValueError, RuntimeError):
+            _erf_loop_state = -1
+    return _erf_loop_state == 1
+
+
+cdef _check_erf_near(erf):
+    """Whether :func:`_erf_near` matches this scipy's erf on every 2^12-th float32 of [-1, 1] and the edges (else
+    float_gelu calls the loop for every value)."""
+    global _erf_near_ok
+    b = np.concatenate([np.arange(0, 0x3F800001, 4096, dtype=np.uint32), np.arange(0x3F7FF000, 0x3F800001,
+                                                                                     dtype=np.uint32)])
+    v = np.concatenate([b, b | np.uint32(0x80000000)]).view(np.float32)
+    want = erf(v)
+    cdef float[::1] vv = v
+    got = np.empty_like(v)
+    cdef float[::1] gv = got
+    cdef Py_ssize_t j
+    for j in range(v.shape[0]):
+        gv[j] = _erf_near(vv[j])
+    _erf_near_ok = bool(np.array_equal(got.view(np.uint32), want.view(np.uint32)))
+
+
+def erf_near_used() -> bool:
+    """Whether :func:`float_gelu` computes erf of |t| <= 1 itself (:func:`_erf_near`) rather than by scipy's loop."""
+    return erf_loop_found() and _erf_near_ok
+
+
+cdef void _erf_chunk(const float *t, float *o, int64_t m, bint near) noexcept nogil:
+    """o = erf(t) on m <= 2048 float32 values as scipy's float32 loop gives it: with ``near``, |t| <= 1 by
+    _erf_near (branch-free, vectorizable) and the rest (and NaN) gathered through the loop, else the loop on all."""
+    cdef float fin[2048]
+    cdef float fout[2048]
+    cdef int far[2048]
+    cdef int64_t j, k = 0
+    cdef char *a2[2]
+    cdef Py_ssize_t dims[1]
+    cdef Py_ssize_t st2[2]
+    st2[0] = st2[1] = 4
+    if not near:
+        dims[0] = m
+        a2[0], a2[1] = <char *>t, <char *>o
+        _ERF_LOOP.fn(a2, dims, st2, _ERF_LOOP.data)
+        return
+    for j in range(m):
+        o[j] = _erf_near(t[j])
+    for j in range(m):
+        far[k] = <int>j
+        k += not (fabs(t[j]) <= 1.0)
+    if k:
+        for j in range(k):
+            fin[j] = t[far[j]]
+        dims[0] = k
+        a2[0], a2[1] = <char *>fin, <char *>fout
+        _ERF_LOOP.fn(a2, dims, st2, _ERF_LOOP.data)
+        for j in range(k):
+            o[far[j]] = fout[j]
+
+
+def float_erf(const float[::1] x, float[::1] out, bint exact_erf=False):
+    """Writes out = scipy.special.erf(x) over float32 x, the loop's bits, chunk by chunk (see :func:`float_gelu`)."""
+    cdef int64_t n = x.shape[0], c0, m
+    if out.shape[0] != n:
+        raise ValueError("float_erf: out must have x's length")
+    if not erf_loop_found():
+        raise RuntimeError("float_erf: scipy.special.erf has no float32 loop")
+    cdef bint near = _erf_near_ok and not exact_erf
+    with nogil:
+        c0 = 0
+        while c0 < n:
+            m = min(2048, n - c0)
+            _erf_chunk(&x[c0], &out[c0], m, near)
+            c0 += m
+
+
+def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float cmul, int order=0, bint exact_erf=False):
+    """Writes out = ((erf(x / cdiv) + cadd) * x) * cmul over float32 x as the exported GELU nodes Div, Erf, Add,
+    Mul, Mul compute it in the emulator: numpy's own float32 loops of true_divide (cdiv second, stride 0) into a new
+    buffer, scipy.special.erf's float32 values from it into out (:func:`_erf_chunk`), then add, multiply and multiply in place on out (the
+    emulator's products written into their dying operand, dse.model.ops.binary_into), on chunks of SIGMOID_CHUNK
+    values in cache: one pass over memory, the same bits. ``order`` bits give each binary node's operand order:
+    1 add(cadd, e), 2 multiply(a, x) (else multiply(x, a)), 4 multiply(cmul, m). erf of |t| <= 1 by
+    :func:`_erf_near` (the loop's bits, 3-4x faster than its branchy scalar code) where :func:`erf_near_used`, unless
+    ``exact_erf`` (scipy's loop on every value). Needs :func:`erf_loop_found`."""
+    cdef int64_t n = x.shape[0], c0, m, chunk = 2048
+    if out.shape[0] != n or not 0 <= order < 8:
+        raise ValueError("float_gelu: out must have x's length and order be 0 .. 7")
+    if not erf_loop_found():
+        raise RuntimeError("float_gelu: scipy.special.erf has no float32 loop")
+    _glue_loops()
+    cdef float tmp[2048]
+    cdef bint near = _erf_near_ok and not exact_erf
+    cdef char *a3[3]
+    cdef Py_ssize_t dims[1]
+    cdef Py_ssize_t st3[3]
+    cdef Py_ssize_t vs3[3]
+    cdef Py_ssize_t sv3[3]
+    st3[0] = st3[1] = st3[2] = 4
+    vs3[0], vs3[1], vs3[2] = 4, 0, 4
+    sv3[0], sv3[1], sv3[2] = 0, 4, 4
+    if n == 0:
+        return
+    with nogil:
+        c0 = 0
+        while c0 < n:
+            m = min(chunk, n - c0)
+            dims[0] = m
+            a3[0], a3[1], a3[2] = <char *>&x[c0], <char *>&cdiv, <char *>tmp
+            _SIG_LOOPS[3].fn(a3, dims, vs3, _SIG_LOOPS[3].data)          # t = true_divide(x, cdiv)
+            _erf_chunk(tmp, &out[c0], m, near)                           # e = erf(t)
+            a3[2] = <char *>&out[c0]
+            if order & 1:
+                a3[0], a3[1] = <char *>&cadd, <char *>&out[c0]
+                _SIG_LOOPS[2].fn(a3, dims, sv3, _SIG_LOOPS[2].data)      # add(cadd, e, out=e)
+            else:
+                a3[0], a3[1] = <char *>&out[c0], <char *>&cadd
+                _SIG_LOOPS[2].fn(a3, dims, vs3, _SIG_LOOPS[2].data)      # add(e, cadd, out=e)
+            a3[0] = <char *>&out[c0] if order & 2 else <char *>&x[c0]
+            a3[1] = <char *>&x[c0] if order & 2 else <char *>&out[c0]
+            _SIG_LOOPS[4].fn(a3, dims, st3, _SIG_LOOPS[4].data)          # multiply(x, a, out=a) / (a, x)
+            if order & 4:
+                a3[0], a3[1] = <char *>&cmul, <char *>&out[c0]
+                _SIG_LOOPS[4].fn(a3, dims, sv3, _SIG_LOOPS[4].data)      # multiply(cmul, p, out=p)
+            else:
+                a3[0], a3[1] = <char *>&out[c0], <char *>&cmul
+                _SIG_LOOPS[4].fn(a3, dims, vs3, _SIG_LOOPS[4].data)      # multiply(p, cmul, out=p)
             c0 += m
 
 

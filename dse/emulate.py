@@ -112,6 +112,7 @@ class Emulator:
         self._residuals = self._fused_residuals()
         self._donors = self._donor_operands()
         self._silus = self._fused_silus()
+        self._gelus = self._fused_gelus()
 
     def _fused_acts(self) -> dict:
         """{MAC or Add node index: OutputAct of the Relu/Clip right after it} where that node is the output's only
@@ -236,6 +237,44 @@ class Emulator:
                     g.shapes.get(x) is None or g.shapes.get(x) != g.shapes.get(s):
                 continue
             out[i] = 1 if m.inputs[0] == x else 2
+        return out
+
+    def _fused_gelus(self) -> dict:
+        """{Div node index: (cdiv, cadd, cmul, order)} where nodes i .. i+4 are GELU as exported, Div(x, cdiv), Erf,
+        Add(e, cadd), Mul(x, a), Mul(p, cmul) (the constants float32 scalars, either operand order of the Add and
+        Muls: ``order`` bits as :func:`dse.model.nn.gelu_chain` takes them), each intermediate read only by the next
+        node and not the graph's output, one shape throughout, no node of another fusion: the chain runs as one
+        compiled pass (the intermediates never stored). None is a MAC node, so no prefix-cache cut falls inside."""
+        nodes, g, out = self.graph.nodes, self.graph, {}
+        taken = set(self._acts) | set(self._adds) | {f.add for f in self._residuals.values()} | \
+            {i + 1 for i in self._acts} | set(self._residuals) | set(self._silus) | {i + 1 for i in self._silus}
+
+        def const(n, k):  # (value, position) of node n's one float32 scalar constant, its runtime slot being k
+            slots = n.attrs.get("args")
+            if slots is None or len(slots) != 2 or len(n.inputs) != 1 or slots.count(0) != 1:
+                return None
+            c = n.params.get(slots[1 - slots.index(0)])
+            if not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.ndim != 0:
+                return None
+            return float(c), slots.index(0) != k
+
+        for i in range(len(nodes) - 4):
+            d, e, a, m, p = nodes[i:i + 5]
+            if [n.op for n in (d, e, a, m, p)] != ["div", "erf", "add", "mul", "mul"] or \
+                    any(n.is_mac or j in taken for j, n in enumerate((d, e, a, m, p), i)):
+                continue
+            cd, ca, cm = const(d, 0), const(a, 0), const(p, 0)
+            x = d.inputs[0]
+            if cd is None or cd[1] or ca is None or cm is None or e.inputs != [d.output] or a.inputs != [e.output] or \
+                    p.inputs != [m.output] or len(m.inputs) != 2 or m.attrs.get("args", (0, 1)) != (0, 1) or \
+                    sorted(m.inputs) != sorted([x, a.output]) or x == a.output:
+                continue
+            mids = [d.output, e.output, a.output, m.output]
+            shape = g.shapes.get(x)
+            if shape is None or any(self._last[t] != j for j, t in enumerate(mids, i + 1)) or \
+                    any(t == g.output_name or g.shapes.get(t) != shape for t in mids + [p.output]):
+                continue
+            out[i] = (cd[0], ca[0], cm[0], int(ca[1]) | 2 * int(m.inputs[0] == a.output) | 4 * int(cm[1]))
         return out
 
     def _fuse_residuals(self, resolved, accs, hook) -> dict:
@@ -401,7 +440,7 @@ class Emulator:
         images), continue from the deepest cut whose configuration prefix is stored and store the cut the cache
         asks for. ``hook``: see :class:`AccumulatorHook`; ``images``: the indices of these images in the run."""
         from dse.model.float_exec import exec_node
-        from dse.model.nn import sigmoid
+        from dse.model.nn import gelu_chain, sigmoid
         from dse.model.ops import arguments, binary_into
 
         g = self.graph
@@ -423,13 +462,14 @@ class Emulator:
             cache.count_macs(self._cum_macs[-1] * len(x), self._cum_macs[plan.hit] * len(x))
         quants = self._emit_quantized(resolved, store_at)
         residuals = self._fuse_residuals(resolved, accs, hook)
+        skip = {i + 1 for i in self._silus} | {i + k for i in self._gelus for k in range(1, 5)}
         for i in range(start, len(g.nodes)):
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
             n = g.nodes[i]
             if i - 1 in self._acts:  # ran with the MAC layer or the Add before it
                 continue
-            if i - 1 in self._silus:  # the SiLU product, run with the Sigmoid before it
+            if i in skip:  # the SiLU product or a GELU node after the Div, run with the node that heads them
                 for t in n.inputs:
                     if self._last[t] == i and t != g.output_name:
                         env.pop(t, None)
@@ -459,6 +499,13 @@ class Emulator:
                     env[out] = y
             elif i in self._acts or i in self._adds:
                 self._add(i, n, [env[t] for t in n.inputs], resolved, env, qcache)
+            elif i in self._gelus:
+                x, p = env[n.inputs[0]], g.nodes[i + 4]
+                if isinstance(x, np.ndarray) and x.dtype == np.float32:
+                    env[p.output] = gelu_chain(x, *self._gelus[i])
+                else:  # pragma: no cover - every float tensor of a run is float32
+                    for m in g.nodes[i:i + 5]:
+                        env[m.output] = exec_node(m, [env[t] for t in m.inputs])
             elif i in self._silus:
                 x, m = env[n.inputs[0]], g.nodes[i + 1]
                 if isinstance(x, np.ndarray) and x.dtype == np.float32:

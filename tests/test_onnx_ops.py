@@ -112,7 +112,7 @@ def check_donors(qm, in_shape, n_donors):
         want = reference_run(qm, x, cfg)
         np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
         np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
-    emu._silus = {}
+    emu._silus = emu._gelus = {}
     np.testing.assert_array_equal(emu.run(x, cfg), want)  # the products in place
     emu._donors = {}
     np.testing.assert_array_equal(emu.run(x, cfg), want)  # every op on its own
@@ -174,6 +174,7 @@ def test_vit_block_mlp_and_attention(tmp_path, opset):
     assert {"softmax", "matmul", "transpose"} <= ops and ("layernorm" in ops) == (opset >= 17)
     assert ("gelu" in ops) == (opset >= 20) and ("erf" in ops) == (opset < 20)
     qm = check_emulated(graph, [T, D], "perf_j1_k2")
+    assert len(Emulator(qm)._gelus) == (opset < 20)  # the exported GELU chain in one compiled pass
     check_donors(qm, [T, D], 2 if opset < 20 else 0)  # GELU's x * (1 + erf) and its 0.5 x product, LayerNorm's
     assert len(qm.layers) == 7  # qkv, proj, fc1, fc2 (1x1 convs over the tokens), QK^T, AV + classifier
     mm = [l for l in qm.layers if l.op == "matmul"]

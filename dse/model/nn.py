@@ -165,6 +165,47 @@ def reference_sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
     return s if not times_x else x * s if times_x == 1 else s * x
 
 
+def erf(x: np.ndarray) -> np.ndarray:
+    """scipy.special.erf of an array as a new array: float32 by the compiled ``float_erf`` (scipy's float32 loop's
+    bits: |x| <= 1 by cephes' rational function in compiled code, the rest by the loop), else scipy's ufunc."""
+    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None or not _kernels.erf_loop_found():
+        from scipy.special import erf as sp_erf
+
+        return sp_erf(x)
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _kernels.float_erf(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+def gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
+    """GELU as exported in five nodes, ((erf(x / cdiv) + cadd) * x) * cmul (``order`` bits: 1 the Add's constant
+    first, 2 the product a * x, 4 the last Mul's constant first), of a float32 array with float32 scalar constants,
+    as a new array: numpy's and scipy.special.erf's own float32 loops run chunk by chunk in cache by the compiled
+    ``float_gelu`` (one pass over memory, the same bits; where x is NaN and so is erf's chain, the product of the
+    two NaNs is one of them, as numpy's multiply itself picks), else :func:`reference_gelu_chain`."""
+    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None or not _kernels.erf_loop_found():
+        return reference_gelu_chain(x, cdiv, cadd, cmul, order)
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _kernels.float_gelu(x.reshape(-1), out.reshape(-1), cdiv, cadd, cmul, order)
+    return out
+
+
+def reference_gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
+    """numpy twin of :func:`gelu_chain`: the nodes' ufuncs as the emulator runs them (the quotient and erf as new
+    arrays, the Add and both Muls in place on erf's result)."""
+    from scipy.special import erf
+
+    c = [np.asarray(v, np.float32) for v in (cdiv, cadd, cmul)]
+    with np.errstate(all="ignore"):
+        e = erf(x / c[0]).astype(x.dtype)
+        np.add(c[1], e, out=e) if order & 1 else np.add(e, c[1], out=e)
+        np.multiply(e, x, out=e) if order & 2 else np.multiply(x, e, out=e)
+        np.multiply(c[2], e, out=e) if order & 4 else np.multiply(e, c[2], out=e)
+    return e
+
+
 def hardsigmoid(x: np.ndarray, alpha: float, beta: float, times_x: bool = False) -> np.ndarray:
     """HardSigmoid clip(x * alpha + beta, 0, 1) in x's dtype (``times_x``: HardSwish, x times that) as a new array:
     float32 by the compiled ``float_hardsigmoid`` (numpy's own loops chunk by chunk in cache, the same bits), else

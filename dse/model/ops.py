@@ -136,7 +136,7 @@ def _concat(node, xs):
 
 # ------------------------------------------------------------------------------------------ elementwise
 def _erf(x):
-    from scipy.special import erf
+    from dse.model.nn import erf
 
     return erf(x)
 
