@@ -483,3 +483,18 @@ def test_compiled_erf_on_every_16th_float32_up_to_4():
     out = np.empty_like(x)
     _kernels.float_erf(x, out)
     _same_bits(out, erf(x))
+
+
+def test_erf_and_gelu_fall_back_without_scipys_loop(monkeypatch):
+    """Where scipy's float32 erf loop is not found, nn.erf and nn.gelu_chain take scipy's ufunc and the numpy twin:
+    the same bits."""
+    from scipy.special import erf
+
+    x = np.linspace(-5, 5, 3001, dtype=np.float32)
+    want_e, want_g = nn.erf(x), nn.gelu_chain(x, 1.4142135, 1.0, 0.5)
+    monkeypatch.setattr(_kernels, "erf_loop_found", lambda: False)
+    monkeypatch.setattr(_kernels, "float_erf", None)
+    monkeypatch.setattr(_kernels, "float_gelu", None)
+    _same_bits(nn.erf(x), want_e)
+    _same_bits(nn.erf(x), erf(x))
+    _same_bits(nn.gelu_chain(x, 1.4142135, 1.0, 0.5), want_g)

@@ -184,7 +184,8 @@ def gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
     as a new array: numpy's and scipy.special.erf's own float32 loops run chunk by chunk in cache by the compiled
     ``float_gelu`` (one pass over memory, the same bits; where x is NaN and so is erf's chain, the product of the
     two NaNs is one of them, as numpy's multiply itself picks), else :func:`reference_gelu_chain`."""
-    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None or not _kernels.erf_loop_found():
+    if x.dtype != np.float32 or x.ndim == 0 or _kernels is None or not _kernels.numpy_loops_found() or \
+            not _kernels.erf_loop_found():
         return reference_gelu_chain(x, cdiv, cadd, cmul, order)
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
