@@ -2054,12 +2054,19 @@ dse_dw_plane_s1_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W
 /* Small input planes (H W <= 64 bytes) at strides 1 and 2: a block's nbb planes (input planes ld bytes apart) into
  * their phase planes (PS bytes apart, each image's HW bytes apart in them), each by one 64-byte load and, per phase
  * plane and 64 bytes of it, one byte permute with a zero mask (tab: dse_dw_small_tables), stored whole (padding
- * included). A store's bytes past the image's plane land in the next image's (written after it) or in the 64 bytes
- * of padding after each phase plane's last image. Loads that would pass xend go through a copy. */
-DSE_T_512 static void dse_dw_small_512(const uint8_t *xs, int64_t ld, int64_t nbb, const uint8_t *xend, int64_t n,
-                                       const uint8_t *tab, const uint64_t *msk, int nph, int nch, int64_t PS,
-                                       int64_t HW, uint8_t *P)
+ * included). Where one load holds the planes of several adjacent channels (n bytes of them), their K permutes (the
+ * channels' tables, koff: where each one's 64 bytes go) come from that load. A store's bytes past the image's plane
+ * land in the next image's (written after it) or in the 64 bytes of padding after each phase plane's last image.
+ * Loads that would pass xend go through a copy. */
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_dw_small_body_512(const uint8_t *xs, int64_t ld, int64_t nbb, const uint8_t *xend, int64_t n, const uint8_t *tab,
+                      const uint64_t *msk, const int K, const int64_t *koff, int64_t HW, uint8_t *P)
 {
+    __m512i tb[16];
+    __mmask64 mk[16];
+    int64_t off[16];
+    for (int k = 0; k < K; k++)
+        tb[k] = _mm512_loadu_si512(tab + 64 * k), mk[k] = (__mmask64)msk[k], off[k] = koff[k];
     for (int64_t b = 0; b < nbb; b++, xs += ld, P += HW) {
         if (b + 8 < nbb)
             __builtin_prefetch(xs + 8 * ld, 0, 3);
@@ -2071,11 +2078,31 @@ DSE_T_512 static void dse_dw_small_512(const uint8_t *xs, int64_t ld, int64_t nb
             memcpy(tmp, xs, (size_t)n);
             v = _mm512_loadu_si512(tmp);
         }
-        for (int f = 0; f < nph; f++)
-            for (int k = 0; k < nch; k++)
-                _mm512_storeu_si512(P + f * PS + 64 * k,
-                                    _mm512_maskz_permutexvar_epi8((__mmask64)msk[f * nch + k],
-                                                                  _mm512_loadu_si512(tab + (f * nch + k) * 64), v));
+        for (int k = 0; k < K; k++)
+            _mm512_storeu_si512(P + off[k], _mm512_maskz_permutexvar_epi8(mk[k], tb[k], v));
+    }
+}
+
+DSE_T_512 static void dse_dw_small_512(const uint8_t *xs, int64_t ld, int64_t nbb, const uint8_t *xend, int64_t n,
+                                       const uint8_t *tab, const uint64_t *msk, int K, const int64_t *koff, int64_t HW,
+                                       uint8_t *P)
+{
+    /* K (1, 2, 4, 8 or 16 permutes per load) a constant of each loop: the tables held in registers over the images */
+    switch (K) {
+    case 1:
+        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 1, koff, HW, P);
+        break;
+    case 2:
+        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 2, koff, HW, P);
+        break;
+    case 4:
+        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 4, koff, HW, P);
+        break;
+    case 8:
+        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 8, koff, HW, P);
+        break;
+    default:
+        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 16, koff, HW, P);
     }
 }
 
@@ -2446,7 +2473,9 @@ DSE_T_512 static void dse_dw_compact_512(int32_t *f, int64_t n, const uint8_t *v
  * Work is split over (channel, block of images): a block's nb planes (nb = block / HW, at least 1) of one input channel lie one after the other
  * (HW = HQ WQ bytes apart) in each of its phase planes (nb HW bytes apart), so every tap reads one contiguous run
  * P + toff[k] + t over all of them, t < (nb - 1) HW + L: the per-plane work (tables, tap set-up, the scaling
- * call) is done once per block, and the sums of each image's plane are then moved together and scaled as nb runs. */
+ * call) is done once per block, and the sums of each image's plane are then moved together and scaled as nb runs.
+ * Small planes on VNNI quads take the block's channels in groups (gsz adjacent channels in turn, their planes in
+ * gsz phase buffers) so that each image's 64-byte line of input is loaded once for all of them. */
 static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                        int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                        int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
@@ -2474,17 +2503,34 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && LB >= 64;
     const int s2_512 = level >= DSE_ISA_AVX512 && sh <= 2 && sw == 2 && W <= 32; /* dse_dw_phases_s2_512 */
     const int s1_512 = level >= DSE_ISA_AVX512 && sh == 1 && sw == 1; /* dse_dw_plane_s1_512 (padding 0) */
-    uint8_t smtab[8 * 64]; /* dse_dw_small_512 for blocks of small planes: 4 phases of 2 chunks at most */
-    uint64_t smsk[8];
+    uint8_t smtab[16 * 64]; /* dse_dw_small_512 for blocks of small planes: 4 phases of 2 chunks at most, per channel */
+    uint64_t smsk[16];
+    int64_t smoff[16];
     const int small = (s1_512 || s2_512) && nb > 1 ? dse_dw_small_tables(H, W, pt, pl, sh, sw, HQ, WQ, smtab, smsk) : 0;
     const uint8_t *xend = x + B * C * H * W;
     const int quads = mode == 1 && fits32 && level >= DSE_ISA_AVX512 && vnni && dse_cpu_vnni(level);
+    /* VNNI quads on small planes without xtab: gsz adjacent channels (gsz H W <= 64 input bytes of each image) in turn
+     * per block of images, their planes copied from one 64-byte load per image into gsz phase buffers (npr bytes
+     * apart): a channel's planes lie C H W bytes apart, a new page each, so each image's lines are loaded once for the
+     * gsz channels and their outputs written one after the other */
+    int64_t gsz = 1;
+    while (small && quads && !xtab && 2 * gsz * H * W <= 64 && 2 * gsz * sh * sw * small <= 16 && C % (2 * gsz) == 0)
+        gsz *= 2;
+    const int64_t nsm = sh * sw * small; /* tables per channel */
+    for (int64_t k = 0; small && k < gsz * nsm; k++) { /* chunk k: channel k / nsm, phase (k % nsm) / small, its 64
+                                                        * bytes k % small */
+        smoff[k] = (k / nsm) * npr + ((k % nsm) / small) * PS + 64 * (k % small);
+        for (int64_t j = 0; k >= nsm && j < 64; j++)
+            smtab[64 * k + j] = (uint8_t)(smtab[64 * (k % nsm) + j] + (k / nsm) * H * W);
+        smsk[k] = smsk[k % nsm];
+    }
     if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
         return -2; /* dse_dw_group's limits: column offsets < 3, <= 32 groups */
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
-        uint8_t *P = (uint8_t *)calloc((size_t)npr, 1), *PR = xt512 ? (uint8_t *)calloc((size_t)npr, 1) : NULL;
+        uint8_t *Pall = (uint8_t *)calloc((size_t)(gsz * npr), 1);
+        uint8_t *PR = xt512 ? (uint8_t *)calloc((size_t)npr, 1) : NULL;
         int16_t *PF = mode == 2 ? (int16_t *)malloc((size_t)np * sizeof(int16_t)) : NULL;
         int64_t *full = (int64_t *)malloc((size_t)(LB + slack) * sizeof(int64_t));
         int32_t *full32 = (int32_t *)malloc((size_t)(LB + slack) * sizeof(int32_t));
@@ -2503,9 +2549,10 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         uint8_t *vb = (uint8_t *)calloc((size_t)((HW + 16) / 8 + 16), 1); /* dse_dw_compact_512's bits */
         if (mode == 3 || quads)
             gr.tg = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), gr.tf = gr.tg ? gr.tg + ntap : NULL;
-        if (dse_team_allocated(&fail, P && (!xt512 || PR) && full && full32 && tp && toff && vb && (mode != 2 || PF) && (!quads || (soff && stab)) &&
+        if (dse_team_allocated(&fail, Pall && (!xt512 || PR) && full && full32 && tp && toff && vb && (mode != 2 || PF) && (!quads || (soff && stab)) &&
                                           (mode != 3 || ((Q || LH) && base)) && ((mode != 3 && !quads) || gr.tg))) {
-            memset(P, xtab ? xtab[0] : 0, (size_t)(np - slack)); /* the padding: dse_dw_phases writes the rest */
+            for (int64_t g = 0; g < gsz; g++) /* the padding: dse_dw_phases writes the rest */
+                memset(Pall + g * npr, xtab ? xtab[0] : 0, (size_t)(np - slack));
             for (int64_t i = 0; i < kh; i++) /* where tap (i, j)'s run starts in the phase planes */
                 for (int64_t j = 0; j < kw; j++)
                     toff[i * kw + j] = (((i * dh) % sh) * sw + (j * dw) % sw) * PS + ((i * dh) / sh) * WQ +
@@ -2525,99 +2572,106 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             const int64_t esz = sc ? dse_scaled_esz(sc) : 8; /* bytes per output element */
             char *on = sc ? (char *)outs : (char *)out;
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < C * nblk; t++) { /* channel-major: a channel's tables serve all its images */
-                const int64_t c = t / nblk, b0 = (t % nblk) * nb, nbb = B - b0 < nb ? B - b0 : nb;
+            for (int64_t t = 0; t < C / gsz * nblk; t++) { /* channel-major: a channel's tables serve all its images */
+                const int64_t c0 = t / nblk * gsz, b0 = (t % nblk) * nb, nbb = B - b0 < nb ? B - b0 : nb;
                 const int64_t Lr = (nbb - 1) * HW + L;
-                for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)
-                    base[o - c * og] = planes ? dse_dw_planes(lutT, wp + o * ntap, ntap, LH + (o - c * og) * ntap * 512)
-                                              : dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
-                packed = c;
-                if (t + ahead < C * nblk) { /* the input and output lines of a block ahead: planes lie far apart */
-                    const int64_t tn = t + ahead, cn = tn / nblk, bn = (tn % nblk) * nb, nn = B - bn < nb ? B - bn : nb;
+                if (t + ahead < C / gsz * nblk) { /* the input and output lines of a block ahead: planes far apart */
+                    const int64_t tn = t + ahead, cn = tn / nblk * gsz, bn = (tn % nblk) * nb;
+                    const int64_t nn = B - bn < nb ? B - bn : nb;
                     for (int64_t b = bn; b < bn + nn; b++) {
-                        dse_prefetch_lines(x + (b * C + cn) * H * W, H * W, 0, nb > 1);
-                        dse_prefetch_lines(on + (b * Cout + cn * og) * Ho * Wo * esz, og * Ho * Wo * esz, 1, nb > 1);
+                        dse_prefetch_lines(x + (b * C + cn) * H * W, gsz * H * W, 0, nb > 1);
+                        dse_prefetch_lines(on + (b * Cout + cn * og) * Ho * Wo * esz, gsz * og * Ho * Wo * esz, 1,
+                                           nb > 1);
                     }
                 }
                 if (small) /* whole small planes: dse_dw_small_512 */
-                    dse_dw_small_512(x + (b0 * C + c) * H * W, C * H * W, nbb, xend, H * W, smtab, smsk, (int)(sh * sw),
-                                     small, PS, HW, xt512 ? PR : P);
-                for (int64_t b = 0; !small && b < nbb; b++) {
-                    if (b + 4 < nbb) /* and this block's planes a few ahead into L1 */
-                        dse_prefetch_lines(x + ((b0 + b + 4) * C + c) * H * W, H * W, 0, 0);
-                    if (s1_512)
-                        dse_dw_plane_s1_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, HQ, WQ,
-                                            (xt512 ? PR : P) + b * HW);
-                    else if (s2_512)
-                        dse_dw_phases_s2_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, HQ, WQ, PS,
-                                             (xt512 ? PR : P) + b * HW);
-                    else
-                        dse_dw_phases(x + ((b0 + b) * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, PS,
-                                      xt512 ? NULL : xtab, (xt512 ? PR : P) + b * HW);
-                }
-                if (xt512)
-                    dse_translate_512(PR, npr, xtab, P);
-                if (mode == 2)
-                    for (int64_t i = 0; i < np; i++)
-                        PF[i] = ftab[P[i]];
-                for (int64_t o = c * og; o < (c + 1) * og; o++) {
-                    const uint8_t *wo = wp + o * ntap;
-                    const int q8 = quad_ok && dse_dw_quad_weights(gtab, wo, ntap, &gr, a_signed, wq, &init);
-                    for (int64_t i = 0; mode != 3 && !q8 && i < ntap; i++) {
-                        dse_dw_tap *k = tp + i;
-                        k->p = P + toff[i];
-                        k->f = PF ? PF + toff[i] : NULL;
-                        k->col = lutT + 256 * (int64_t)wo[i];
-                        k->wv = (mode == 1 || mode == 2) ? gtab[wo[i]] : 0;
-                    }
-                    void *of = sc ? dse_scaled_out(sc, outs, (b0 * Cout + o) * Ho * Wo) : NULL;
-                    int64_t *ot = sc ? NULL : out + (b0 * Cout + o) * Ho * Wo;
-                    void *f = fits32 ? (void *)full32 : (void *)full;
-                    const int64_t fsz = fits32 ? 4 : 8;
-                    if (!fits32)
-                        dse_dw_run_scalar(tp, ntap, 0, Lr, mode, a_signed, full);
-                    else if (planes)
-                        dse_dw_run_planes_512(P, toff, ntap, Lr, LH + (o - c * og) * ntap * 512, base[o - c * og],
-                                              full32);
-                    else if (mode == 3)
-                        (level >= DSE_ISA_AVX2 ? dse_dw_run_rowsum_avx2 : dse_dw_run_rowsum)(
-                            P, &gr, Lr, Q + (o - c * og) * gr.ng * 256, base[o - c * og], Q + og * gr.ng * 256, full32);
-                    else if (mode == 0)
-                        dse_dw_run_lut32(tp, ntap, Lr, full32);
-                    else if (q8 && sc) { /* the outputs only, scaled in registers: nothing to move or re-read */
-                        dse_dw_run_quads_scaled_512(P, &gr, wq, init, nbb * qper, soff, soff + 2 * nsteps, stab,
-                                                    stab + nsteps, qtab, a_signed, sc, o, of);
-                        continue;
-                    } else if (q8) /* the outputs only, in their order: nothing to move */
-                        dse_dw_run_quads_512(P, &gr, wq, init, nbb * qper, soff, soff + nsteps, stab, qtab, a_signed,
-                                             full32);
-                    else if (level >= DSE_ISA_AVX512)
-                        dse_dw_run_512(tp, ntap, Lr, mode, a_signed, full32);
-                    else
-                        dse_dw_run_avx2(tp, ntap, Lr, mode, a_signed, full32);
-                    if (sc) { /* each image's rows moved together, then scaled as nbb runs of Ho Wo */
-                        if (fits32 && level >= DSE_ISA_AVX512)
-                            dse_dw_compact_512(full32, Lr, vb, HW);
-                        else if (fits32 && nbb == 1)
-                            for (int64_t y = 1; y < Ho && WQ != Wo; y++)
-                                for (int64_t q = 0; q < Wo; q++) /* forward: y Wo + q <= y WQ + q */
-                                    full32[y * Wo + q] = full32[y * WQ + q];
+                    dse_dw_small_512(x + (b0 * C + c0) * H * W, C * H * W, nbb, xend, gsz * H * W, smtab, smsk,
+                                     (int)(gsz * nsm), smoff, HW, xt512 ? PR : Pall);
+                for (int64_t c = c0; c < c0 + gsz; c++) {
+                    uint8_t *const P = Pall + (c - c0) * npr;
+                    for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)
+                        base[o - c * og] =
+                            planes ? dse_dw_planes(lutT, wp + o * ntap, ntap, LH + (o - c * og) * ntap * 512)
+                                   : dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
+                    packed = c;
+                    for (int64_t b = 0; !small && b < nbb; b++) {
+                        if (b + 4 < nbb) /* and this block's planes a few ahead into L1 */
+                            dse_prefetch_lines(x + ((b0 + b + 4) * C + c) * H * W, H * W, 0, 0);
+                        if (s1_512)
+                            dse_dw_plane_s1_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, HQ, WQ,
+                                                (xt512 ? PR : P) + b * HW);
+                        else if (s2_512)
+                            dse_dw_phases_s2_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, HQ, WQ, PS,
+                                                 (xt512 ? PR : P) + b * HW);
                         else
-                            dse_dw_compact(f, fsz, nbb, HW, WQ, Ho, Wo);
-                        dse_scale_runs(level, f, fits32 ? DSE_SUM_I32 : DSE_SUM_I64, nbb, Ho * Wo, sc, o, of,
-                                       Cout * Ho * Wo);
-                        continue;
+                            dse_dw_phases(x + ((b0 + b) * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, PS,
+                                          xt512 ? NULL : xtab, (xt512 ? PR : P) + b * HW);
                     }
-                    for (int64_t b = 0; b < nbb; b++)
-                        for (int64_t y = 0; y < Ho; y++)
-                            for (int64_t q = 0; q < Wo; q++) {
-                                const int64_t i = q8 ? (b * Ho + y) * Wo + q : b * HW + y * WQ + q;
-                                ot[b * Cout * Ho * Wo + y * Wo + q] = fits32 ? full32[i] : full[i];
-                            }
+                    if (xt512)
+                        dse_translate_512(PR, npr, xtab, P);
+                    if (mode == 2)
+                        for (int64_t i = 0; i < np; i++)
+                            PF[i] = ftab[P[i]];
+                    for (int64_t o = c * og; o < (c + 1) * og; o++) {
+                        const uint8_t *wo = wp + o * ntap;
+                        const int q8 = quad_ok && dse_dw_quad_weights(gtab, wo, ntap, &gr, a_signed, wq, &init);
+                        for (int64_t i = 0; mode != 3 && !q8 && i < ntap; i++) {
+                            dse_dw_tap *k = tp + i;
+                            k->p = P + toff[i];
+                            k->f = PF ? PF + toff[i] : NULL;
+                            k->col = lutT + 256 * (int64_t)wo[i];
+                            k->wv = (mode == 1 || mode == 2) ? gtab[wo[i]] : 0;
+                        }
+                        void *of = sc ? dse_scaled_out(sc, outs, (b0 * Cout + o) * Ho * Wo) : NULL;
+                        int64_t *ot = sc ? NULL : out + (b0 * Cout + o) * Ho * Wo;
+                        void *f = fits32 ? (void *)full32 : (void *)full;
+                        const int64_t fsz = fits32 ? 4 : 8;
+                        if (!fits32)
+                            dse_dw_run_scalar(tp, ntap, 0, Lr, mode, a_signed, full);
+                        else if (planes)
+                            dse_dw_run_planes_512(P, toff, ntap, Lr, LH + (o - c * og) * ntap * 512, base[o - c * og],
+                                                  full32);
+                        else if (mode == 3)
+                            (level >= DSE_ISA_AVX2 ? dse_dw_run_rowsum_avx2 : dse_dw_run_rowsum)(
+                                P, &gr, Lr, Q + (o - c * og) * gr.ng * 256, base[o - c * og], Q + og * gr.ng * 256,
+                                full32);
+                        else if (mode == 0)
+                            dse_dw_run_lut32(tp, ntap, Lr, full32);
+                        else if (q8 && sc) { /* the outputs only, scaled in registers: nothing to move or re-read */
+                            dse_dw_run_quads_scaled_512(P, &gr, wq, init, nbb * qper, soff, soff + 2 * nsteps, stab,
+                                                        stab + nsteps, qtab, a_signed, sc, o, of);
+                            continue;
+                        } else if (q8) /* the outputs only, in their order: nothing to move */
+                            dse_dw_run_quads_512(P, &gr, wq, init, nbb * qper, soff, soff + nsteps, stab, qtab,
+                                                 a_signed, full32);
+                        else if (level >= DSE_ISA_AVX512)
+                            dse_dw_run_512(tp, ntap, Lr, mode, a_signed, full32);
+                        else
+                            dse_dw_run_avx2(tp, ntap, Lr, mode, a_signed, full32);
+                        if (sc) { /* each image's rows moved together, then scaled as nbb runs of Ho Wo */
+                            if (fits32 && level >= DSE_ISA_AVX512)
+                                dse_dw_compact_512(full32, Lr, vb, HW);
+                            else if (fits32 && nbb == 1)
+                                for (int64_t y = 1; y < Ho && WQ != Wo; y++)
+                                    for (int64_t q = 0; q < Wo; q++) /* forward: y Wo + q <= y WQ + q */
+                                        full32[y * Wo + q] = full32[y * WQ + q];
+                            else
+                                dse_dw_compact(f, fsz, nbb, HW, WQ, Ho, Wo);
+                            dse_scale_runs(level, f, fits32 ? DSE_SUM_I32 : DSE_SUM_I64, nbb, Ho * Wo, sc, o, of,
+                                           Cout * Ho * Wo);
+                            continue;
+                        }
+                        for (int64_t b = 0; b < nbb; b++)
+                            for (int64_t y = 0; y < Ho; y++)
+                                for (int64_t q = 0; q < Wo; q++) {
+                                    const int64_t i = q8 ? (b * Ho + y) * Wo + q : b * HW + y * WQ + q;
+                                    ot[b * Cout * Ho * Wo + y * Wo + q] = fits32 ? full32[i] : full[i];
+                                }
+                    }
                 }
             }
         }
-        free(P);
+        free(Pall);
         free(PR);
         free(PF);
         free(full);

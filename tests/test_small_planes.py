@@ -99,6 +99,25 @@ def test_depthwise_small_planes(B, C, H, W, k, stride, pads, signed, act, out, t
     _check_depthwise(B, C, H, W, k, stride, pads, signed, act, out, threads, seed)
 
 
+@settings(deadline=None, max_examples=50)
+@given(B=st.integers(1, 20), C=st.sampled_from([2, 3, 4, 6, 8, 12, 16, 32, 40]), H=st.integers(1, 8),
+       W=st.integers(1, 8), k=st.sampled_from([(3, 3), (1, 1), (3, 1), (2, 3)]),
+       stride=st.sampled_from([(1, 1), (2, 2), (1, 2), (2, 1)]), pads=st.tuples(*[st.integers(0, 2)] * 4),
+       block=st.sampled_from([16, 100, 300, 4096]), signed=st.booleans(), act=st.sampled_from([None, "relu", "clip"]),
+       out=st.sampled_from(["float", "quant", "add", "add+quant"]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_small_plane_channel_groups(B, C, H, W, k, stride, pads, block, signed, act, out, threads, seed):
+    """Planes of <= 32 input bytes with VNNI quads: adjacent channels' planes of each image come from one 64-byte load
+    into their own phase buffers and the channels run in turn per block of images (groups of 2-16 channels, C not a
+    multiple of the group, blocks of 1 to all images with a short last one), against numpy at every ISA level with
+    and without VNNI, 1 and 2 threads."""
+    saved, K._DW_BLOCK_POS = K._DW_BLOCK_POS, block
+    try:
+        _check_depthwise(B, C, min(H, 32 // W), W, k, stride, pads, signed, act, out, threads, seed)
+    finally:
+        K._DW_BLOCK_POS = saved
+
+
 @settings(deadline=None, max_examples=60)
 @given(B=st.integers(0, 3), C=st.integers(0, 4), H=st.integers(1, 40), W=st.integers(1, 40),
        scale=st.integers(-6, 6), specials=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
