@@ -2054,57 +2054,67 @@ dse_dw_plane_s1_512(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W
 /* Small input planes (H W <= 64 bytes) at strides 1 and 2: a block's nbb planes (input planes ld bytes apart) into
  * their phase planes (PS bytes apart, each image's HW bytes apart in them), each by one 64-byte load and, per phase
  * plane and 64 bytes of it, one byte permute with a zero mask (tab: dse_dw_small_tables), stored whole (padding
- * included). Where one load holds the planes of several adjacent channels (n bytes of them), their K permutes (the
- * channels' tables, koff: where each one's 64 bytes go) come from that load. A store's bytes past the image's plane
+ * included). For a group of adjacent channels: nld loads per image lstep bytes apart, each holding the planes of
+ * lpc channels (n bytes), each followed by its K / nld permutes (the channels' tables, koff: where each one's 64
+ * bytes go). A store's bytes past the image's plane
  * land in the next image's (written after it) or in the 64 bytes of padding after each phase plane's last image.
  * Loads that would pass xend go through a copy. */
 DSE_T_512 static inline __attribute__((always_inline)) void
-dse_dw_small_body_512(const uint8_t *xs, int64_t ld, int64_t nbb, const uint8_t *xend, int64_t n, const uint8_t *tab,
-                      const uint64_t *msk, const int K, const int64_t *koff, int64_t HW, uint8_t *P)
+dse_dw_small_body_512(const uint8_t *xs, int64_t ld, int64_t nbb, const uint8_t *xend, int64_t n, int64_t lstep,
+                      const uint8_t *tab, const uint64_t *msk, const int K, const int nld, const int64_t *koff,
+                      int64_t HW, uint8_t *P)
 {
     __m512i tb[16];
     __mmask64 mk[16];
     int64_t off[16];
     for (int k = 0; k < K; k++)
         tb[k] = _mm512_loadu_si512(tab + 64 * k), mk[k] = (__mmask64)msk[k], off[k] = koff[k];
-    for (int64_t b = 0; b < nbb; b++, xs += ld, P += HW) {
-        if (b + 8 < nbb)
-            __builtin_prefetch(xs + 8 * ld, 0, 3);
-        __m512i v;
-        if (xs + 64 <= xend)
-            v = _mm512_loadu_si512(xs);
-        else {
-            uint8_t tmp[64] = {0};
-            memcpy(tmp, xs, (size_t)n);
-            v = _mm512_loadu_si512(tmp);
+    for (int64_t b = 0; b < nbb; b++, xs += ld, P += HW)
+        for (int j = 0; j < nld; j++) { /* load j: permutes j K / nld .. (j + 1) K / nld - 1 */
+            const uint8_t *s = xs + j * lstep;
+            if (b + 8 < nbb)
+                __builtin_prefetch(s + 8 * ld, 0, 3);
+            __m512i v;
+            if (s + 64 <= xend)
+                v = _mm512_loadu_si512(s);
+            else {
+                uint8_t tmp[64] = {0};
+                memcpy(tmp, s, (size_t)n);
+                v = _mm512_loadu_si512(tmp);
+            }
+            for (int k = j * (K / nld); k < (j + 1) * (K / nld); k++)
+                _mm512_storeu_si512(P + off[k], _mm512_maskz_permutexvar_epi8(mk[k], tb[k], v));
         }
-        for (int k = 0; k < K; k++)
-            _mm512_storeu_si512(P + off[k], _mm512_maskz_permutexvar_epi8(mk[k], tb[k], v));
-    }
 }
 
+#define DSE_DW_SMALL_CASE(K, nld)                                                                                      \
+    case K * 8 + nld:                                                                                                  \
+        dse_dw_small_body_512(xs, ld, nbb, xend, n, lstep, tab, msk, K, nld, koff, HW, P);                            \
+        break;
 DSE_T_512 static void dse_dw_small_512(const uint8_t *xs, int64_t ld, int64_t nbb, const uint8_t *xend, int64_t n,
-                                       const uint8_t *tab, const uint64_t *msk, int K, const int64_t *koff, int64_t HW,
-                                       uint8_t *P)
+                                       int64_t lstep, const uint8_t *tab, const uint64_t *msk, int K, int nld,
+                                       const int64_t *koff, int64_t HW, uint8_t *P)
 {
-    /* K (1, 2, 4, 8 or 16 permutes per load) a constant of each loop: the tables held in registers over the images */
-    switch (K) {
-    case 1:
-        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 1, koff, HW, P);
-        break;
-    case 2:
-        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 2, koff, HW, P);
-        break;
-    case 4:
-        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 4, koff, HW, P);
-        break;
-    case 8:
-        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 8, koff, HW, P);
-        break;
+    /* K (1 to 16) permutes per image from nld (1, 2 or 4) loads of n bytes, lstep apart: both constants of each loop,
+     * the tables held in registers over the images */
+    switch (K * 8 + nld) {
+        DSE_DW_SMALL_CASE(1, 1)
+        DSE_DW_SMALL_CASE(2, 1)
+        DSE_DW_SMALL_CASE(4, 1)
+        DSE_DW_SMALL_CASE(8, 1)
+        DSE_DW_SMALL_CASE(16, 1)
+        DSE_DW_SMALL_CASE(2, 2)
+        DSE_DW_SMALL_CASE(4, 2)
+        DSE_DW_SMALL_CASE(8, 2)
+        DSE_DW_SMALL_CASE(16, 2)
+        DSE_DW_SMALL_CASE(4, 4)
+        DSE_DW_SMALL_CASE(8, 4)
+        DSE_DW_SMALL_CASE(16, 4)
     default:
-        dse_dw_small_body_512(xs, ld, nbb, xend, n, tab, msk, 16, koff, HW, P);
+        dse_dw_small_body_512(xs, ld, nbb, xend, n, lstep, tab, msk, K, nld, koff, HW, P);
     }
 }
+#undef DSE_DW_SMALL_CASE
 
 /* The permutes of dse_dw_small_512 for input planes H x W with padding pt, pl at strides sh, sw <= 2 into phase planes
  * HQ x WQ (HW = HQ WQ): byte j of phase f = (ph, pw)'s plane is input byte tab[64 (f nch + j / 64) + j % 64] where
@@ -2509,19 +2519,21 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int small = (s1_512 || s2_512) && nb > 1 ? dse_dw_small_tables(H, W, pt, pl, sh, sw, HQ, WQ, smtab, smsk) : 0;
     const uint8_t *xend = x + B * C * H * W;
     const int quads = mode == 1 && fits32 && level >= DSE_ISA_AVX512 && vnni && dse_cpu_vnni(level);
-    /* VNNI quads on small planes without xtab: gsz adjacent channels (gsz H W <= 64 input bytes of each image) in turn
-     * per block of images, their planes copied from one 64-byte load per image into gsz phase buffers (npr bytes
-     * apart): a channel's planes lie C H W bytes apart, a new page each, so each image's lines are loaded once for the
-     * gsz channels and their outputs written one after the other */
-    int64_t gsz = 1;
-    while (small && quads && !xtab && 2 * gsz * H * W <= 64 && 2 * gsz * sh * sw * small <= 16 && C % (2 * gsz) == 0)
-        gsz *= 2;
-    const int64_t nsm = sh * sw * small; /* tables per channel */
+    /* VNNI quads on small planes without xtab: gsz adjacent channels (C a multiple of gsz, at most 16 permutes) in
+     * turn per block of images, their planes copied into gsz phase buffers (npr bytes apart) from one 64-byte load
+     * per lpc channels (lpc H W <= 64 bytes) and image, at most 4 loads: a channel's planes lie C H W bytes apart, a
+     * new page each, so each image's lines are loaded once for the group (or, for 64-byte planes, one after the
+     * other) and the group's outputs of each image written one after the other */
+    int64_t gsz = 1, lpc = 1; /* channels in turn per block, channels per 64-byte load */
+    const int64_t nsm = sh * sw * small;  /* tables per channel */
+    while (small && quads && !xtab && 2 * gsz * nsm <= 16 && C % (2 * gsz) == 0 &&
+           (2 * gsz * H * W <= 64 || 2 * gsz / lpc <= 4))
+        gsz *= 2, lpc = gsz * H * W <= 64 ? gsz : lpc;
     for (int64_t k = 0; small && k < gsz * nsm; k++) { /* chunk k: channel k / nsm, phase (k % nsm) / small, its 64
                                                         * bytes k % small */
         smoff[k] = (k / nsm) * npr + ((k % nsm) / small) * PS + 64 * (k % small);
         for (int64_t j = 0; k >= nsm && j < 64; j++)
-            smtab[64 * k + j] = (uint8_t)(smtab[64 * (k % nsm) + j] + (k / nsm) * H * W);
+            smtab[64 * k + j] = (uint8_t)(smtab[64 * (k % nsm) + j] + (k / nsm % lpc) * H * W);
         smsk[k] = smsk[k % nsm];
     }
     if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
@@ -2585,8 +2597,8 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     }
                 }
                 if (small) /* whole small planes: dse_dw_small_512 */
-                    dse_dw_small_512(x + (b0 * C + c0) * H * W, C * H * W, nbb, xend, gsz * H * W, smtab, smsk,
-                                     (int)(gsz * nsm), smoff, HW, xt512 ? PR : Pall);
+                    dse_dw_small_512(x + (b0 * C + c0) * H * W, C * H * W, nbb, xend, lpc * H * W, lpc * H * W, smtab,
+                                     smsk, (int)(gsz * nsm), (int)(gsz / lpc), smoff, HW, xt512 ? PR : Pall);
                 for (int64_t c = c0; c < c0 + gsz; c++) {
                     uint8_t *const P = Pall + (c - c0) * npr;
                     for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)

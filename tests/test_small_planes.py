@@ -107,13 +107,13 @@ def test_depthwise_small_planes(B, C, H, W, k, stride, pads, signed, act, out, t
        out=st.sampled_from(["float", "quant", "add", "add+quant"]), threads=st.sampled_from([1, 2]),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_depthwise_small_plane_channel_groups(B, C, H, W, k, stride, pads, block, signed, act, out, threads, seed):
-    """Planes of <= 32 input bytes with VNNI quads: adjacent channels' planes of each image come from one 64-byte load
-    into their own phase buffers and the channels run in turn per block of images (groups of 2-16 channels, C not a
-    multiple of the group, blocks of 1 to all images with a short last one), against numpy at every ISA level with
-    and without VNNI, 1 and 2 threads."""
+    """Planes of <= 64 input bytes with VNNI quads: adjacent channels' planes of each image come from one to four
+    64-byte loads into their own phase buffers and the channels run in turn per block of images (groups of 2-16
+    channels, C not a multiple of the group, blocks of 1 to all images with a short last one), against numpy at every
+    ISA level with and without VNNI, 1 and 2 threads."""
     saved, K._DW_BLOCK_POS = K._DW_BLOCK_POS, block
     try:
-        _check_depthwise(B, C, min(H, 32 // W), W, k, stride, pads, signed, act, out, threads, seed)
+        _check_depthwise(B, C, min(H, 64 // W), W, k, stride, pads, signed, act, out, threads, seed)
     finally:
         K._DW_BLOCK_POS = saved
 
