@@ -429,6 +429,24 @@ def test_bcast_conv_kernel_matches_numpy(B, C, H, W, k, stride, dil, pads, N, mo
     (1-3 included), output channels across its 16-lane and 64-channel tiles, unsigned/signed/table activation
     bytes, on 1 and 2 threads; it runs at the avx512 level on the VNNI kernel with the activations on the unsigned
     port, returns None otherwise (nothing written), and agrees with the im2col operand wherever that runs."""
+    _check_bcast_conv(B, C, H, W, k, stride, dil, pads, N, mode, w_range, output, act, threads, seed)
+
+
+@settings(deadline=None, max_examples=25)
+@given(B=st.integers(1, 2), C=st.sampled_from([233, 244, 256, 257, 300]), H=st.integers(29, 36),
+       W=st.integers(29, 36), N=st.sampled_from([1, 16, 63, 64, 65, 130]), mode=st.sampled_from(["u8", "s8", "table"]),
+       output=st.sampled_from(["float", "quant", "squant", "add", "add+quant"]),
+       act=st.sampled_from(["none", "relu", "clip"]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_bcast_wide_1x1_images_match_numpy(B, C, H, W, N, mode, output, act, threads, seed):
+    """The broadcast kernel on ResNet-50-like stride-1 1x1 convs whose channels-last image copy reaches its group
+    budget (256 KiB: C H W on both sides of it here, so one image per task and blocks of positions ending mid-image):
+    the same outputs as the numpy sums in every output mode and activation byte kind, the 64-channel tiles and
+    their tails, 1 and 2 threads (positions or channel tiles split). The other bcast tests' images are < 80 KiB."""
+    _check_bcast_conv(B, C, H, W, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), N, mode, (-128, 128), output, act,
+                      threads, seed)
+
+
+def _check_bcast_conv(B, C, H, W, k, stride, dil, pads, N, mode, w_range, output, act, threads, seed):
     rng = np.random.default_rng(seed)
     kh, kw = k
     dh, dw = dil
