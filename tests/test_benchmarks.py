@@ -366,3 +366,20 @@ def test_replay_averaging_gate_averages_the_candidates_within_its_margin():
     assert gate(0.1).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03 + 0.08) / 3)
     assert gate(0.1, hand=False).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03) / 2)
     assert gate(0.3).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03 + 0.08) / 3)   # c: not good enough
+
+
+def test_bench_e2e_memory_row_is_the_child_s_own_peak():
+    """The memory row's child reports its own peak RSS, not that of the benchmark process that started it (Linux
+    keeps getrusage's ru_maxrss over the exec of a subprocess's vfork child: the child reported its parent's peak)."""
+    import subprocess
+
+    from bench_e2e import peak_rss_mib
+
+    big = np.ones(400 << 20, np.uint8)  # the parent's peak: >= 400 MiB resident
+    assert peak_rss_mib() >= 400
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_e2e import peak_rss_mib; "
+            "print(peak_rss_mib())")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent.parent / "benchmarks")],
+                         capture_output=True, text=True, check=True).stdout
+    del big
+    assert float(out) < 300
