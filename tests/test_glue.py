@@ -300,6 +300,17 @@ def test_binary_into_gives_the_new_array_bits(x, y, op, into):
     _same_bits_where_one_nan(got, want, x, y)
 
 
+def _values_at_offset(x, n, offset):
+    """n float32 values from x (repeated, times 4) in an array starting ``offset`` floats past a 64-byte boundary."""
+    vals = np.resize(x, n) if x.size else np.zeros(n, np.float32)
+    vals = vals * np.float32(4.0)
+    buf = np.empty(n + 16 + 16, np.float32)
+    start = (-buf.ctypes.data // 4) % 16 + offset
+    xs = buf[start:start + n]
+    xs[...] = vals
+    return xs
+
+
 @settings(max_examples=150, deadline=None)
 @given(x=float_arrays((np.float32,)), n=st.sampled_from([0, 1, 31, 33, 2047, 2048, 2049, 4096 + 37, 20000]),
        offset=st.integers(0, 15), times_x=st.sampled_from([0, 1, 2]))
@@ -310,12 +321,7 @@ def test_compiled_sigmoid_gives_numpy_bits(x, n, offset, times_x):
     values past the exp overflow (|x| > 88.7)."""
     from dse.model import nn
 
-    vals = np.resize(x, n) if x.size else np.zeros(n, np.float32)
-    vals = vals * np.float32(4.0)
-    buf = np.empty(n + 16 + 16, np.float32)
-    start = (-buf.ctypes.data // 4) % 16 + offset
-    xs = buf[start:start + n]
-    xs[...] = vals
+    xs = _values_at_offset(x, n, offset)
     with np.errstate(all="ignore"):
         s = (1 / (1 + np.exp(-xs))).astype(np.float32)
         got = nn.sigmoid(xs, times_x)
@@ -420,12 +426,7 @@ def test_compiled_gelu_chain_gives_numpy_bits(x, n, offset, order, consts):
     """The compiled GELU chain (numpy's and scipy's own loops, chunk by chunk) and its numpy twin against the five
     nodes as new arrays, bit for bit (where x and erf's chain are both NaN, one of the two NaNs), every operand
     order, lengths around the chunk size, inputs at every 4-byte offset from a 64-byte boundary, the specials."""
-    vals = np.resize(x, n) if x.size else np.zeros(n, np.float32)
-    vals = vals * np.float32(4.0)
-    buf = np.empty(n + 16 + 16, np.float32)
-    start = (-buf.ctypes.data // 4) % 16 + offset
-    xs = buf[start:start + n]
-    xs[...] = vals
+    xs = _values_at_offset(x, n, offset)
     with np.errstate(all="ignore"):
         p, a, want = _old_gelu_chain(xs, *consts, order)
         from scipy.special import erf

@@ -502,13 +502,9 @@ conv_kernel_cases = st.fixed_dictionaries({
     "threads": st.sampled_from([1, 2])})
 
 
-@settings(deadline=None, max_examples=60)
-@given(c=conv_kernel_cases, seed=st.integers(0, 2 ** 32 - 1))
-def test_conv2d_scaled_on_either_conv_kernel(c, seed):
-    """conv2d_scaled of the exact product with the integer GEMM's conv operand forced to each kernel
-    (DSE_KERNEL_CONV: "im2col", "bcast", "auto") at every ISA level equals scale_accumulators of the numpy
-    reference conv, signed and unsigned activations, every output mode of the scaling (float32, quantized, a fused
-    Add with and without the quantized copy)."""
+def _scaled_conv_case(c, seed):
+    """A conv_kernel_cases case's operands: activations x, weights w, the numpy reference accumulators ref, a
+    Scaling with Relu, the case's quantized output and fused Add, and its reference output yref."""
     rng = np.random.default_rng(seed)
     kh, kw = c["k"]
     B, C, N, pads, signed = c["B"], c["C"], c["N"], c["pads"], c["signed"]
@@ -520,7 +516,18 @@ def test_conv2d_scaled_on_either_conv_kernel(c, seed):
     add = rng.normal(0, 1, ref.shape).astype(np.float32) if c["output"].startswith("add") else None
     sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
                    K.OutputAct("relu"), quant, add)
-    yref = K.scale_accumulators(ref, sc)
+    return x, w, ref, sc, K.scale_accumulators(ref, sc)
+
+
+@settings(deadline=None, max_examples=60)
+@given(c=conv_kernel_cases, seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_scaled_on_either_conv_kernel(c, seed):
+    """conv2d_scaled of the exact product with the integer GEMM's conv operand forced to each kernel
+    (DSE_KERNEL_CONV: "im2col", "bcast", "auto") at every ISA level equals scale_accumulators of the numpy
+    reference conv, signed and unsigned activations, every output mode of the scaling (float32, quantized, a fused
+    Add with and without the quantized copy)."""
+    x, w, ref, sc, yref = _scaled_conv_case(c, seed)
+    pads, signed, quant, add = c["pads"], c["signed"], sc.quant, sc.add
     for isa in ISAS:
         for ck in ("bcast", "im2col", "auto"):
             with conv_kernel_env(ck), K.using_threads(c["threads"]):
@@ -540,18 +547,10 @@ def test_streamed_float_outputs_are_the_stored_ones(c, offset, seed):
     every ISA level, VNNI on and off, 1 and 2 threads, and int_gemm into an output that starts ``offset`` bytes past
     a 64-byte boundary ("last": its last channel plane starts on one, so that a tail streamed as a whole vector would
     leave the output) writes the same bits there (aligned vectors streamed, the others stored) and nothing else."""
-    rng = np.random.default_rng(seed)
+    x, w, ref, sc, yref = _scaled_conv_case(c, seed)
     kh, kw = c["k"]
-    B, C, N, pads, signed = c["B"], c["C"], c["N"], c["pads"], c["signed"]
-    H, W = max(c["H"], kh - pads[0] - pads[2]), max(c["W"], kw - pads[1] - pads[3])
-    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
-    w = rng.integers(-128, 128, (N, C, kh, kw))
-    ref = K.reference_conv2d_int(x, w, EXACT, signed, c["stride"], pads)
-    quant = K.OutputQuant(0.05, False) if c["output"] in ("quant", "add+quant") else None
-    add = rng.normal(0, 1, ref.shape).astype(np.float32) if c["output"].startswith("add") else None
-    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
-                   K.OutputAct("relu"), quant, add)
-    yref = K.scale_accumulators(ref, sc)
+    B, N, pads, signed = c["B"], c["N"], c["pads"], c["signed"]
+    quant, add = sc.quant, sc.add
     with mock.patch.object(_kernels, "STREAM_MIN_BYTES", 0):
         for isa in ISAS:
             for ck, vnni in (("bcast", True), ("im2col", True), ("im2col", False)):
