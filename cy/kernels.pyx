@@ -65,6 +65,7 @@ cdef extern from "lut_kernel.h" nogil:
                     const int16_t *gtab, int64_t bound, int mode, int a_signed, const uint8_t *xtab,
                     int64_t *out, const dse_scaling *sc, void *outs, int64_t block, int vnni, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
+    void dse_quantize_seq(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q)
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
                         void *y, int small, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
@@ -893,17 +894,24 @@ def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float bet
             c0 += m
 
 
-def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0):
+def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1] q=None, float qs=1.0,
+                  bint q_signed=False, isa=None):
     """Writes out = 1 / (1 + exp(-x)) over float32 x as dse.model.ops' numpy expression computes it: numpy's own float32
     loops of negative, exp, add (the scalar 1 first, stride 0), true_divide (likewise), called with the operands
     numpy's ufuncs pass them (exp, add and divide in place), on chunks of SIGMOID_CHUNK values (a multiple of every
     SIMD width, so each value takes the same loop code as in one whole-array call) while they are in cache: one pass
     over memory instead of five, the same bits. ``times_x`` 1 / 2: then out = multiply(x, out) / multiply(out, x)
-    in place (SiLU's x * sigmoid(x) in its node order, as the emulator's in-place product computes it)."""
+    in place (SiLU's x * sigmoid(x) in its node order, as the emulator's in-place product computes it). With ``q``
+    (uint8, x's length) each chunk's result is also quantized there while in cache: :func:`quantize`'s patterns of
+    it with scale ``qs`` (int8 range if ``q_signed``); ``out`` None then: the float32 result is not kept (each chunk
+    goes through a buffer of one chunk)."""
     cdef int64_t n = x.shape[0], c0, m, chunk = SIGMOID_CHUNK
-    if out.shape[0] != n or times_x not in (0, 1, 2):
-        raise ValueError("float_sigmoid: out must have x's length and times_x be 0, 1 or 2")
+    if times_x not in (0, 1, 2) or (out is None and q is None) or (out is not None and out.shape[0] != n) or \
+            (q is not None and q.shape[0] != n):
+        raise ValueError("float_sigmoid: out / q must have x's length (one of them given) and times_x be 0, 1 or 2")
     _glue_loops()
+    cdef int level = _level(isa)
+    cdef int lo = -128 if q_signed else 0, hi = 127 if q_signed else 255
     cdef float one = 1.0
     cdef char *a2[2]
     cdef char *a3[3]
@@ -916,22 +924,32 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0):
     sc3[0], sc3[1], sc3[2] = 0, 4, 4
     if n == 0:
         return
+    buf = None if out is not None else np.empty(chunk + 16, np.float32)
+    cdef float[::1] bufv
+    cdef float *o
+    cdef float *ob = NULL
+    if out is None:
+        bufv = buf
+        ob = &bufv[(-(<uintptr_t>&bufv[0]) // 4) % 16]  # 64-byte aligned, as a fresh chunk of out would be
     with nogil:
         c0 = 0
         while c0 < n:
             m = min(chunk, n - c0)
             dims[0] = m
-            a2[0], a2[1] = <char *>&x[c0], <char *>&out[c0]
+            o = ob if ob != NULL else &out[c0]
+            a2[0], a2[1] = <char *>&x[c0], <char *>o
             _SIG_LOOPS[0].fn(a2, dims, st2, _SIG_LOOPS[0].data)          # t = negative(x)
-            a2[0] = <char *>&out[c0]
+            a2[0] = <char *>o
             _SIG_LOOPS[1].fn(a2, dims, st2, _SIG_LOOPS[1].data)          # exp(t, out=t)
-            a3[0], a3[1], a3[2] = <char *>&one, <char *>&out[c0], <char *>&out[c0]
+            a3[0], a3[1], a3[2] = <char *>&one, <char *>o, <char *>o
             _SIG_LOOPS[2].fn(a3, dims, sc3, _SIG_LOOPS[2].data)          # add(1, t, out=t)
             _SIG_LOOPS[3].fn(a3, dims, sc3, _SIG_LOOPS[3].data)          # true_divide(1, t, out=t)
             if times_x:
-                a3[0] = <char *>&x[c0] if times_x == 1 else <char *>&out[c0]
-                a3[1] = <char *>&out[c0] if times_x == 1 else <char *>&x[c0]
+                a3[0] = <char *>&x[c0] if times_x == 1 else <char *>o
+                a3[1] = <char *>o if times_x == 1 else <char *>&x[c0]
                 _SIG_LOOPS[4].fn(a3, dims, st3, _SIG_LOOPS[4].data)      # multiply(x, s, out=s) / (s, x)
+            if q is not None:
+                dse_quantize_seq(level, o, m, qs, lo, hi, &q[c0])
             c0 += m
 
 

@@ -2738,17 +2738,23 @@ DSE_T_AVX2 static void dse_quantize_avx2(const float *x, int64_t n, float s, int
         q[i] = dse_quantize1(x[i], s, lo, hi);
 }
 
+/* dse_quantize on the calling thread (no parallel region: for short runs inside another pass) */
+static void dse_quantize_seq(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q)
+{
+    if (level >= DSE_ISA_AVX2)
+        dse_quantize_avx2(x, n, s, lo, hi, q);
+    else
+        for (int64_t i = 0; i < n; i++)
+            q[i] = dse_quantize1(x[i], s, lo, hi);
+}
+
 static void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
 {
     const int64_t chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t c = 0; c < nc; c++) {
         const int64_t i0 = c * chunk, i1 = (n - i0 < chunk) ? n : i0 + chunk;
-        if (level >= DSE_ISA_AVX2)
-            dse_quantize_avx2(x + i0, i1 - i0, s, lo, hi, q + i0);
-        else
-            for (int64_t i = i0; i < i1; i++)
-                q[i] = dse_quantize1(x[i], s, lo, hi);
+        dse_quantize_seq(level, x + i0, i1 - i0, s, lo, hi, q + i0);
     }
 }
 

@@ -107,11 +107,11 @@ class Emulator:
         self._cum_macs = [int(sum(per_image[:j])) for j in range(len(per_image) + 1)]
         self._live = None  # dse.prefix_cache.live_tensors, built on the first cached run
         self._acts = self._fused_acts()
+        self._silus = self._fused_silus()
         self._quants = self._fused_quants()
         self._adds = self._fused_adds()
         self._residuals = self._fused_residuals()
         self._donors = self._donor_operands()
-        self._silus = self._fused_silus()
         self._gelus = self._fused_gelus()
 
     def _fused_acts(self) -> dict:
@@ -133,15 +133,19 @@ class Emulator:
         return out
 
     def _fused_quants(self) -> dict:
-        """{MAC node index: _QuantFusion} for conv/gemm layers whose output (after a fused Relu/Clip) feeds only
-        conv/gemm layers, all quantizing it alike: the producer's scaling pass can emit those layers' quantized input
-        instead of the float32 tensor (decided per run by :meth:`_emit_quantized`)."""
+        """{MAC or Sigmoid node index: _QuantFusion} for conv/gemm layers whose output (after a fused Relu/Clip), and
+        for SiLU pairs (:meth:`_fused_silus`) whose product, feeds only conv/gemm layers, all quantizing it alike:
+        the producer's pass (the layer's scaling pass, the SiLU's compiled pass) can emit those layers' quantized
+        input instead of the float32 tensor (decided per run by :meth:`_emit_quantized`)."""
         nodes, g = self.graph.nodes, self.graph
         out = {}
         for i, n in enumerate(nodes):
-            if not n.is_mac or self.layers[n.name].op == "matmul":
+            if n.is_mac and self.layers[n.name].op != "matmul":
+                t = nodes[i + 1].output if i in self._acts else n.output
+            elif i in self._silus:
+                t = nodes[i + 1].output
+            else:
                 continue
-            t = nodes[i + 1].output if i in self._acts else n.output
             consumers = g.consumers(t)
             if t == g.output_name or not consumers or \
                     any(not c.is_mac or self.layers[c.name].op == "matmul" or c.inputs != [t] for c in consumers):
@@ -310,12 +314,13 @@ class Emulator:
             qcache[out] = q
 
     def _emit_quantized(self, resolved, store_at) -> dict:
-        """{MAC node index: OutputQuant} of the fusions this run takes: the producer and every consumer run on
+        """{MAC or Sigmoid node index: OutputQuant} of the fusions this run takes: the producer and every consumer run on
         integer tables (a float-domain consumer needs the float32 tensor), and no prefix-cache cut stored by this run
         lies where the tensor is live (stored states keep float32 tensors, as any configuration may need them)."""
         out = {}
         for i, f in self._quants.items():
-            if resolved[self.graph.nodes[i].name][1].domain != "int" or \
+            n = self.graph.nodes[i]
+            if (n.is_mac and resolved[n.name][1].domain != "int") or \
                     any(resolved[c][1].domain != "int" for c in f.consumers) or \
                     any(i < p <= f.last_use for p in store_at):
                 continue
@@ -440,7 +445,7 @@ class Emulator:
         images), continue from the deepest cut whose configuration prefix is stored and store the cut the cache
         asks for. ``hook``: see :class:`AccumulatorHook`; ``images``: the indices of these images in the run."""
         from dse.model.float_exec import exec_node
-        from dse.model.nn import gelu_chain, sigmoid
+        from dse.model.nn import gelu_chain, sigmoid, sigmoid_quantized
         from dse.model.ops import arguments, binary_into
 
         g = self.graph
@@ -508,7 +513,10 @@ class Emulator:
                         env[m.output] = exec_node(m, [env[t] for t in m.inputs])
             elif i in self._silus:
                 x, m = env[n.inputs[0]], g.nodes[i + 1]
-                if isinstance(x, np.ndarray) and x.dtype == np.float32:
+                if isinstance(x, np.ndarray) and x.dtype == np.float32 and i in quants:
+                    # only its integer-domain consumers read it, from qcache
+                    env[m.output], qcache[m.output] = None, sigmoid_quantized(x, self._silus[i], quants[i])
+                elif isinstance(x, np.ndarray) and x.dtype == np.float32:
                     env[m.output] = sigmoid(x, self._silus[i])
                 else:  # pragma: no cover - every float tensor of a run is float32
                     env[n.output] = exec_node(n, [x])

@@ -340,6 +340,47 @@ def test_compiled_sigmoid_gives_numpy_bits(x, n, offset, times_x):
             _same_bits_where_one_nan(y, a * b, a, b)
 
 
+@settings(max_examples=150, deadline=None)
+@given(x=float_arrays((np.float32,)), n=st.sampled_from([0, 1, 31, 33, 2047, 2048, 2049, 4096 + 37, 20000]),
+       offset=st.integers(0, 15), times_x=st.sampled_from([0, 1, 2]), signed=st.booleans(),
+       scale=st.sampled_from([0.02, 0.1, 1.0, 1e-3, 37.5]), keep=st.booleans(), isa=st.sampled_from(ISAS))
+def test_compiled_sigmoid_quantized_gives_the_two_passes_bits(x, n, offset, times_x, signed, scale, keep, isa):
+    """The compiled Sigmoid / SiLU with its result quantized chunk by chunk (the next layers' input, the float32
+    result kept or not) gives the patterns of quantizing the float32 result in a pass of its own, at every ISA
+    level, and the same float32 result where it is kept; nn.sigmoid_quantized likewise, with and without the
+    compiled pass; lengths around the chunk size, every 4-byte offset, NaN, infinities, signed zeros, clamped
+    values."""
+    from dse.kernels import OutputQuant
+
+    xs = _values_at_offset(x, n, offset)
+    with np.errstate(all="ignore"):
+        want_y = nn.sigmoid(xs, times_x)
+    qs = np.float32(scale)
+    want = _kernels.quantize(want_y, qs, signed)
+    out = np.empty(n, np.float32) if keep else None
+    q = np.full(n, 7, np.uint8)
+    _kernels.float_sigmoid(xs, out, times_x, q, qs, signed, isa)
+    np.testing.assert_array_equal(q, want)
+    if keep:
+        _same_bits(np.where(np.isnan(want_y), 0, out), np.where(np.isnan(want_y), 0, want_y))
+    dtype = np.int8 if signed else np.uint8
+    got = nn.sigmoid_quantized(xs.reshape(1, -1) if n else xs, times_x, OutputQuant(scale, signed))
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got.reshape(-1), want.view(dtype))
+    with pytest.MonkeyPatch.context() as mp, np.errstate(all="ignore"):
+        mp.setattr(_kernels, "numpy_loops_found", lambda: False)
+        np.testing.assert_array_equal(nn.sigmoid_quantized(xs, times_x, OutputQuant(scale, signed)),
+                                      want.view(dtype))
+
+
+def test_compiled_sigmoid_quantized_argument_checks():
+    x = np.zeros(10, np.float32)
+    for out, q, t in ((None, None, 1), (np.empty(9, np.float32), None, 1), (None, np.empty(11, np.uint8), 1),
+                      (np.empty(10, np.float32), None, 3)):
+        with pytest.raises(ValueError):
+            _kernels.float_sigmoid(x, out, t, q)
+
+
 def test_compiled_glue_falls_back_where_numpy_keeps_its_loops_elsewhere(monkeypatch):
     """The compiled Sigmoid/HardSigmoid run numpy's float32 loops from its ufuncs' loop tables. This numpy has them
     there (else the tests above would compare the numpy twins with themselves); where a numpy does not,

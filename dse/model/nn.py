@@ -152,6 +152,25 @@ def sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
     return out
 
 
+def sigmoid_quantized(x: np.ndarray, times_x: int, quant) -> np.ndarray:
+    """The next layers' quantized input from :func:`sigmoid`'s result without that float32 tensor: ``quant`` (with
+    ``scale`` and ``signed``, as dse.kernels.OutputQuant) quantizes it as dse.quant.quantize_act does (the compiled
+    ``quantize``'s patterns, viewed as int8 or uint8), each chunk of the compiled pass while it is in cache; the
+    float32 result is never stored. Where the compiled pass does not run, :func:`sigmoid` and then the same
+    quantization."""
+    if _kernels is None:
+        raise DseError("the compiled kernels dse._kernels are missing; build them with 'python setup.py build_ext "
+                       "--inplace'")
+    dtype = np.int8 if quant.signed else np.uint8
+    if x.dtype != np.float32 or x.ndim == 0 or not _kernels.numpy_loops_found():
+        y = np.ascontiguousarray(sigmoid(x, times_x), np.float32)
+        return _kernels.quantize(y.reshape(-1), np.float32(quant.scale), bool(quant.signed)).view(dtype).reshape(x.shape)
+    x = np.ascontiguousarray(x)
+    q = np.empty(x.shape, np.uint8)
+    _kernels.float_sigmoid(x.reshape(-1), None, times_x, q.reshape(-1), np.float32(quant.scale), bool(quant.signed))
+    return q.view(dtype)
+
+
 def reference_sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
     """numpy twin of :func:`sigmoid`: its ufuncs in place on one new buffer (any float dtype; 0-d arrays and other
     dtypes by the plain expression)."""
