@@ -127,6 +127,17 @@ def test_cv_correction_missing_weights():
 
 
 # ---------------------------------------------------------------- Monte-Carlo: exact in mean, variance reduction
+def _corrected_errors(name, rng, mult, a_signed, n, k, w_mean, m=12000):
+    """m i.i.d. activation rows from a random histogram and n random filters of k weights around w_mean: the
+    per-filter accumulator errors e (acc - exact) and the corrected errors apply_cv(e); plus (hist, w, alpha)."""
+    hist = signed_hist(rng) if a_signed else relu_hist(rng)
+    w = np.clip(np.round(rng.normal(w_mean, 40, (n, k))), -127, 127).astype(np.int64)
+    alpha, beta = cv_correction(gemm_layer(name, w, hist, a_signed), mult)
+    a = draw_acts(rng, hist, a_signed, (m, k))
+    e = err_acc(mult, a, w, a_signed)
+    return e, apply_cv(e, a.sum(axis=1), alpha, beta), (hist, w, alpha)  # acc - exact = e: apply_cv(e) is corrected
+
+
 @pytest.mark.parametrize("mult", [PERF, PERF13, MITCHELL, DRUM4])
 @pytest.mark.parametrize("a_signed", [False, True])
 def test_corrected_error_is_exact_in_mean(mult, a_signed):
@@ -135,15 +146,8 @@ def test_corrected_error_is_exact_in_mean(mult, a_signed):
     Tolerance: 5 standard errors of the per-filter sample mean (rows are i.i.d.), i.e. a false-failure chance
     below 1e-5 per filter; the uncorrected mean must be clearly non-zero (> 8 SE) for the same samples, so the check
     has power."""
-    rng = np.random.default_rng(11 + a_signed)
-    hist = signed_hist(rng) if a_signed else relu_hist(rng)
-    n, k, m = 12, 27, 12000
-    w = np.clip(np.round(rng.normal(15, 40, (n, k))), -127, 127).astype(np.int64)
-    layer = gemm_layer(f"mc_{mult.name}", w, hist, a_signed)
-    alpha, beta = cv_correction(layer, mult)
-    a = draw_acts(rng, hist, a_signed, (m, k))
-    e = err_acc(mult, a, w, a_signed)
-    r = apply_cv(e, a.sum(axis=1), alpha, beta)       # acc - exact = e, so apply_cv(e) is the corrected error
+    e, r, _ = _corrected_errors(f"mc_{mult.name}", np.random.default_rng(11 + a_signed), mult, a_signed, 12, 27, 15)
+    m = len(e)
     se_r = r.std(axis=0, ddof=1) / np.sqrt(m)
     assert np.all(np.abs(r.mean(axis=0)) <= 5 * se_r + 1e-9)
     se_e = e.std(axis=0, ddof=1) / np.sqrt(m)
@@ -156,15 +160,9 @@ def test_corrected_variance_below_uncorrected(mult, a_signed):
     """Per filter, sample variance of the corrected error is below the uncorrected one and matches the closed form
     sum_i Var(e(a, w_i)) - K alpha_f^2 Var(a) (relative tolerance 10 %: ~4 standard errors of a variance estimate at
     m = 12000 for these moderately heavy-tailed errors)."""
-    rng = np.random.default_rng(21 + a_signed)
-    hist = signed_hist(rng) if a_signed else relu_hist(rng)
-    n, k, m = 10, 25, 12000
-    w = np.clip(np.round(rng.normal(20, 40, (n, k))), -127, 127).astype(np.int64)
-    layer = gemm_layer(f"var_{mult.name}", w, hist, a_signed)
-    alpha, beta = cv_correction(layer, mult)
-    a = draw_acts(rng, hist, a_signed, (m, k))
-    e = err_acc(mult, a, w, a_signed)
-    r = apply_cv(e, a.sum(axis=1), alpha, beta)
+    e, r, (hist, w, alpha) = _corrected_errors(f"var_{mult.name}", np.random.default_rng(21 + a_signed), mult,
+                                               a_signed, 10, 25, 20)
+    n, k = w.shape
     v_e, v_r = e.var(axis=0), r.var(axis=0)
     assert np.all(v_r < v_e)
     p = hist / hist.sum()
