@@ -172,43 +172,56 @@ DSE_T_512 static void dse_max_plane512(const float *xp, int64_t H, int64_t W, in
     }
 }
 
+/* One plane (H x W at xp) into its Ho x Wo outputs at op, at the given level; hr (H Wo floats) and done (H bytes):
+ * the separable pass's scratch where dse_max_sep holds, else unused. */
+static inline int dse_max_sep(int level, int64_t sw)
+{
+    return level >= DSE_ISA_AVX512 && (sw == 1 || sw == 2);
+}
+
+static void dse_max_plane(int level, const float *xp, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
+                          int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                          float *op, float *hr, uint8_t *done)
+{
+    if (dse_max_sep(level, sw)) {
+        dse_max_plane512(xp, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, op, hr, done);
+        return;
+    }
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        float *acc = op + oh * Wo;
+        for (int64_t o = 0; o < Wo; o++)
+            acc[o] = -INFINITY;
+        for (int64_t i = 0; i < kh; i++) {
+            const int64_t ih = oh * sh - pt + i * dh;
+            if (ih < 0 || ih >= H)
+                continue;
+            const float *row = xp + ih * W;
+            for (int64_t j = 0; j < kw; j++) {
+                const int64_t off = j * dw - pl;
+                int64_t o0, o1;
+                dse_tap_range(W, Wo, sw, off, &o0, &o1);
+                if (level >= DSE_ISA_AVX2)
+                    dse_max_row_avx2(acc, row, W, sw, off, o0, o1);
+                else
+                    dse_max_row(acc, row, sw, off, o0, o1);
+            }
+        }
+    }
+}
+
 static void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,
                          int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
                          int64_t Wo, float *out, int nt)
 {
 #pragma omp parallel num_threads(nt)
     {
-    const int sep = level >= DSE_ISA_AVX512 && (sw == 1 || sw == 2);
+    const int sep = dse_max_sep(level, sw);
     float *hr = sep ? (float *)malloc((size_t)(H * Wo) * sizeof(float)) : NULL;
     uint8_t *done = sep ? (uint8_t *)malloc((size_t)H) : NULL;
+    const int lv = sep && !(hr && done) ? DSE_ISA_AVX2 : level; /* no scratch: the row loop */
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < P; p++) {
-        const float *xp = x + p * H * W;
-        if (hr && done) {
-            dse_max_plane512(xp, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out + p * Ho * Wo, hr, done);
-            continue;
-        }
-        for (int64_t oh = 0; oh < Ho; oh++) {
-            float *acc = out + (p * Ho + oh) * Wo;
-            for (int64_t o = 0; o < Wo; o++)
-                acc[o] = -INFINITY;
-            for (int64_t i = 0; i < kh; i++) {
-                const int64_t ih = oh * sh - pt + i * dh;
-                if (ih < 0 || ih >= H)
-                    continue;
-                const float *row = xp + ih * W;
-                for (int64_t j = 0; j < kw; j++) {
-                    const int64_t off = j * dw - pl;
-                    int64_t o0, o1;
-                    dse_tap_range(W, Wo, sw, off, &o0, &o1);
-                    if (level >= DSE_ISA_AVX2)
-                        dse_max_row_avx2(acc, row, W, sw, off, o0, o1);
-                    else
-                        dse_max_row(acc, row, sw, off, o0, o1);
-                }
-            }
-        }
-    }
+    for (int64_t p = 0; p < P; p++)
+        dse_max_plane(lv, x + p * H * W, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out + p * Ho * Wo, hr, done);
     free(hr);
     free(done);
     }

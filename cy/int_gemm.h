@@ -34,6 +34,7 @@
 #ifndef DSE_INT_GEMM_H
 #define DSE_INT_GEMM_H
 
+#include "glue.h" /* dse_max_plane: the broadcast conv kernel's fused max pool */
 #include "lut_kernel.h"
 
 #define DSE_IG_NR 6     /* output rows (channels) per micro tile */
@@ -390,13 +391,25 @@ typedef struct dse_ig_plan dse_ig_plan;
  * im2col of x (channel c's plane at x + b ld_b + c H W), built per task and depth block by the AVX-512 VBMI im2col
  * (dse_i2c_block) into the task's scratch, then packed as a matrix operand; the VNNI kernel at the avx512 level.
  * bcast != 0: the broadcast conv kernel instead (dse_bc_conv: channels-last images, output channels in the lanes;
- * it reads the geometry H .. dw and no i2c plan). */
+ * it reads the geometry H .. dw and no i2c plan; with pool, the max pool fused after it: dse_bc_pool). */
+/* A max pool (dse_max_pool's geometry over the conv's Ho x Wo output planes: kernel kh x kw, stride, dilation, pads
+ * top/left, output Ho x Wo) fused into the broadcast conv kernel: each task's images are scaled into the thread's
+ * scratch instead of the conv's output, then pooled plane by plane from the cache into out [B][N][Ho][Wo] and, with
+ * q, quantized into q (dse_quantize's bits, the patterns of the pool's readers, clip(rint(y / qs), qlo, qhi)). */
+typedef struct {
+    int64_t kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo;
+    float *out;
+    uint8_t *q;
+    float qs;
+    int qlo, qhi;
+} dse_bc_pool;
 typedef struct {
     const uint8_t *x;
     int64_t ld_b, HW, kw, Ho, Wo;
     dse_i2c_plan i2c;
     int64_t H, W, kh, sh, sw, pt, pl, dh, dw;
     int bcast;
+    const dse_bc_pool *pool;
 } dse_ig_conv;
 /* VNNI packing: the panels of positions [m0, m0 + mv) over depth quads [p0, p0 + kcq) into dst (bytes) */
 typedef void (*dse_ig_pack8_fn)(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv, uint8_t *dst);
@@ -1251,10 +1264,11 @@ DSE_T_BC static void dse_bc_pack_w(const dse_ig_plan *P, const int16_t *gw, int6
 
 /* Positions [m0, m0 + mv) (mv <= DSE_BC_MB; the padded images b0 on in xt, ldx bytes apart, rows Wp Cp bytes long;
  * tap t at off[t] from a position's first tap) x channel tiles [nt0, nt1): the int32 sums of each tile into tb
- * [positions][64], transposed into c32 [channels][DSE_BC_MB], scaled. */
+ * [positions][64], transposed into c32 [channels][DSE_BC_MB], scaled into P's outputs at positions m0 - mo on. */
 DSE_T_BC static void dse_bc_block(const dse_ig_plan *P, const uint8_t *xt, int64_t ldx, int64_t b0, int64_t Wp,
                                   const int64_t *off, int64_t Cp, int64_t m0, int64_t mv, int64_t nt0, int64_t nt1,
-                                  const uint8_t *wpk, int64_t wstride, const uint8_t **base, int32_t *tb, int32_t *c32)
+                                  const uint8_t *wpk, int64_t wstride, const uint8_t **base, int32_t *tb, int32_t *c32,
+                                  int64_t mo)
 {
     const dse_ig_conv *cv = P->cv;
     const int64_t T = cv->kh * cv->kw, CQ = Cp / 4, HoWo = cv->Ho * cv->Wo, Wo = cv->Wo;
@@ -1277,7 +1291,7 @@ DSE_T_BC static void dse_bc_block(const dse_ig_plan *P, const uint8_t *xt, int64
         const uint8_t *wt = wpk + nt * wstride;
         for (int64_t gi = 0; gi < ng; gi++) {
             for (int64_t n = n0 + gi * (n1 - n0) / ng; n < n0 + (gi + 1) * (n1 - n0) / ng; n++)
-                dse_ig_prefetch_out(P, n, m0, mv);
+                dse_ig_prefetch_out(P, n, m0 - mo, mv);
             micro(base + gi * DSE_BC_NRP, off, T, CQ, wt, tb + gi * DSE_BC_NRP * 64);
         }
         for (int64_t c0 = 0; c0 < mv; c0 += 16)
@@ -1289,8 +1303,25 @@ DSE_T_BC static void dse_bc_block(const dse_ig_plan *P, const uint8_t *xt, int64
                 for (int j = 0; j < 16; j++)
                     _mm512_storeu_si512(c32 + (16 * l + j) * DSE_BC_MB + c0, r[j]);
             }
-        dse_ig_flush(P, c32, DSE_BC_MB, n0, n1, m0, mv, 0);
+        dse_ig_flush(P, c32, DSE_BC_MB, n0, n1, m0 - mo, mv, 0);
     }
+}
+
+/* The fused max pool of images [b0, b0 + nb) (dse_bc_pool), their conv outputs in the thread's scratch y (as P lays
+ * out images 0 .. nb - 1), N planes of H x W each; hr, done: dse_max_plane's scratch. */
+static void dse_bc_pool_images(const dse_ig_plan *P, const float *y, int64_t b0, int64_t nb, float *hr, uint8_t *done)
+{
+    const dse_ig_conv *cv = P->cv;
+    const dse_bc_pool *pl = cv->pool;
+    const int64_t O = pl->Ho * pl->Wo;
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t n = 0; n < P->N; n++) {
+            const int64_t o = ((b0 + b) * P->N + n) * O;
+            dse_max_plane(P->level, y + b * P->ld_img + n * P->ld_n, cv->Ho, cv->Wo, pl->kh, pl->kw, pl->sh, pl->sw,
+                          pl->pt, pl->pl, pl->dh, pl->dw, pl->Ho, pl->Wo, pl->out + o, hr, done);
+            if (pl->q)
+                dse_quantize_avx2(pl->out + o, O, pl->qs, pl->qlo, pl->qhi, pl->q + o);
+        }
 }
 
 /* The driver of a dse_ig_conv call with bcast (P planned for VNNI with a scaling, no port swap): 1, or -1 when a
@@ -1317,7 +1348,8 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
     if (ngrp > nt) /* as many groups per thread (static schedule); group g: images [g B / ngrp, (g + 1) B / ngrp) */
         ngrp = (ngrp + nt - 1) / nt * nt;
     G = (B + ngrp - 1) / ngrp;
-    const int64_t nsplit = ngrp >= nt ? 1 : (nt + ngrp - 1) / ngrp;
+    /* a fused pool needs whole images per task (every channel and position of them) */
+    const int64_t nsplit = ngrp >= nt || cv->pool ? 1 : (nt + ngrp - 1) / ngrp;
     const int by_ch = NT >= nsplit, tpc = (NT + nsplit - 1) / nsplit;
     uint8_t *wpk = (uint8_t *)aligned_alloc(64, (size_t)(NT * wstride));
     int64_t *corr = P->aoff ? (int64_t *)malloc((size_t)P->N * sizeof(int64_t)) : NULL;
@@ -1328,6 +1360,10 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
         return -1;
     }
     P->corr = corr;
+    /* with a fused pool each thread scales its task's images into its own scratch (plan Q: outputs there, [G][N][Ho
+     * Wo] from the task's first image on, written with ordinary stores, which the pool reads back from the cache) */
+    dse_scaling scq = *P->sc;
+    scq.stream = 0;
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -1338,7 +1374,16 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
         const uint8_t **base = (const uint8_t **)malloc((size_t)DSE_BC_MB * sizeof(uint8_t *));
         int32_t *tb = (int32_t *)aligned_alloc(64, (size_t)DSE_BC_MB * 64 * sizeof(int32_t));
         int32_t *c32 = (int32_t *)aligned_alloc(64, (size_t)DSE_BC_MB * 64 * sizeof(int32_t));
-        if (dse_team_allocated(&fail, xt && base && tb && c32)) {
+        dse_ig_plan Q = *P;
+        float *y = NULL, *hr = NULL;
+        uint8_t *done = NULL;
+        if (cv->pool) {
+            y = (float *)aligned_alloc(64, (size_t)((G * P->N * HoWo * 4 + 63) / 64 * 64));
+            hr = (float *)malloc((size_t)(cv->Ho * cv->pool->Wo) * sizeof(float));
+            done = (uint8_t *)malloc((size_t)cv->Ho);
+            Q.outs = y, Q.sc = &scq, Q.ld_img = P->N * HoWo, Q.ld_n = HoWo;
+        }
+        if (dse_team_allocated(&fail, xt && base && tb && c32 && (!cv->pool || (y && hr && done)))) {
             memset(xt, P->xa[0], (size_t)(G * ldx)); /* the padding: pattern 0's byte */
             memset(tb, 0, (size_t)DSE_BC_MB * 64 * sizeof(int32_t));
             int64_t cur = -1;
@@ -1362,11 +1407,17 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
                     cur = gi;
                 }
                 for (int64_t m = p0; m < p1; m += DSE_BC_MB)
-                    dse_bc_block(P, xt, ldx, b0, Wp, off, Cp, b0 * HoWo + m,
-                                 (p1 - m < DSE_BC_MB) ? p1 - m : DSE_BC_MB, nt0, nt1, wpk, wstride, base, tb, c32);
-                dse_ig_stream_fence(P);
+                    dse_bc_block(&Q, xt, ldx, b0, Wp, off, Cp, b0 * HoWo + m,
+                                 (p1 - m < DSE_BC_MB) ? p1 - m : DSE_BC_MB, nt0, nt1, wpk, wstride, base, tb, c32,
+                                 cv->pool ? b0 * HoWo : 0);
+                if (cv->pool)
+                    dse_bc_pool_images(&Q, y, b0, nb, hr, done);
+                dse_ig_stream_fence(&Q);
             }
         }
+        free(y);
+        free(hr);
+        free(done);
         free(xt);
         free((void *)base);
         free(tb);

@@ -90,12 +90,19 @@ cdef extern from "int_gemm.h" nogil:
                      const dse_ig_conv *cv, const int64_t *addend, int64_t add_ld_img, int64_t add_ld_n)
     ctypedef struct dse_i2c_plan:
         pass
+    ctypedef struct dse_bc_pool:
+        int64_t kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo
+        float *out
+        uint8_t *q
+        float qs
+        int qlo, qhi
     ctypedef struct dse_ig_conv:
         const uint8_t *x
         int64_t ld_b, HW, kw, Ho, Wo
         dse_i2c_plan i2c
         int64_t H, W, kh, sh, sw, pt, pl, dh, dw
         int bcast
+        const dse_bc_pool *pool
     int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                           int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, int whole)
     void dse_i2c_free(dse_i2c_plan *P)
@@ -553,7 +560,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
 
 def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
              const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, scaling=None, vnni=None,
-             conv=None, addend=None, conv_kernel="im2col"):
+             conv=None, addend=None, conv_kernel="im2col", pool=None):
     """Exact integer GEMM (see ``cy/int_gemm.h``) written into ``out`` int64[B, N, img] (any outer strides):
     ``out[b, n, s] = sum_{k, j} fa'[AT[k, m], j] * gw[Wp[n, k], j]`` with m = b * img + s (unit stride along s), over the K rows of ``AT``
     uint8[K, M] (C-contiguous, M = B * img), or of ``AT`` uint8[B', K, img'] read per image (element (k, m) at
@@ -578,10 +585,20 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
 
     ``addend`` (with ``scaling`` only) int64[B, N, img] like ``out`` (unit stride along img): added to the sums before
     they are scaled (out receives the scaling of the sums + addend); the caller guarantees that every |addend| and
-    every |sum + addend| is < 2^31."""
+    every |sum + addend| is < 2^31.
+
+    ``pool`` = ((kh, kw), stride, pads, dilation, out_hw, pout, q, qscale, qsigned) with ``conv_kernel`` "bcast" and
+    a float32 scaling without add (``out`` None: the conv's output is not written): the max pool that reads the
+    conv's output fused into the kernel (each task's images scaled into a per-thread scratch and pooled from the
+    cache): ``pout`` float32[B, N, Ho', Wo'] (C-contiguous) receives :func:`max_pool` of the conv's output (``pads``
+    top, left; ``out_hw`` (Ho', Wo')), and ``q`` (uint8, pout's shape, or None) :func:`quantize` of it with scale
+    qscale. Not run (None returned) where the broadcast kernel does not run."""
     cdef int level = _level(isa)
     cdef int use_vnni = vnni_enabled() if vnni is None else bool(vnni)
     cdef dse_ig_conv cv
+    cdef dse_bc_pool bp
+    cdef float[:, :, :, ::1] pov
+    cdef uint8_t[:, :, :, ::1] pqv
     cdef const uint8_t[:, :, :, ::1] xv
     cdef int64_t ckh, ckw, cB, cC, cH, cW, c0
     if conv is not None:
@@ -606,6 +623,27 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
             return None
         cv.x = &xv[0, c0, 0, 0] if c0 < cC else &xv[0, 0, 0, 0]
         cv.ld_b, cv.HW, cv.kw, cv.Ho, cv.Wo = cC * cH * cW, cH * cW, ckw, chw[0], chw[1]
+        if pool is not None:
+            (bp.kh, bp.kw), (bp.sh, bp.sw), (bp.pt, bp.pl), (bp.dh, bp.dw), (bp.Ho, bp.Wo), pout, pq, qscale, \
+                qsigned = pool
+            if conv_kernel != "bcast" or scaling is None or scaling[6] is not None or \
+                    len(scaling) > 7 and scaling[7] is not None or out is not None:
+                raise ValueError("int_gemm: a fused pool needs the bcast kernel and a float32 scaling without add")
+            if min(bp.kh, bp.kw, bp.sh, bp.sw, bp.dh, bp.dw, bp.Ho, bp.Wo) < 1 or min(bp.pt, bp.pl) < 0:
+                raise ValueError("int_gemm: pool geometry out of range")
+            pov = pout
+            if tuple(pout.shape) != (cB, Wp.shape[0], bp.Ho, bp.Wo) or \
+                    pq is not None and (pq.dtype != np.uint8 or tuple(pq.shape) != tuple(pout.shape)):
+                raise ValueError("int_gemm: the pool's outputs must be [B, N, Ho', Wo'] (float32, uint8 patterns)")
+            bp.out, bp.q = &pov[0, 0, 0, 0], NULL
+            bp.qs, bp.qlo, bp.qhi = qscale, (-128 if qsigned else 0), (127 if qsigned else 255)
+            if pq is not None:
+                pqv = pq
+                bp.q = &pqv[0, 0, 0, 0]
+            cv.pool = &bp
+            # the conv's output is never written: the checks' array, one plane read as every plane
+            out = np.lib.stride_tricks.as_strided(np.empty(chw[0] * chw[1], np.float32),
+                                                  (cB, Wp.shape[0], chw[0] * chw[1]), (0, 0, 4))
         try:
             return _int_gemm_call(None, Wp, fa, a_mode, gw, S, out, level, use_vnni, threads, scaling, &cv,
                                   Wp.shape[1], cB * chw[0] * chw[1], addend)

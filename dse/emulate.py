@@ -28,7 +28,11 @@ that live across a cut they store. An Add of two runtime tensors of one shape ru
 the quantized input of its conv/gemm readers (``dse.kernels.add_act``); where its operand is the output of the conv
 right before it, read by nothing else, and that conv takes ``conv2d_scaled`` (no CV, no hook, no recorded
 accumulators), the Add runs inside the conv's scaling pass instead (``dse.kernels.Scaling.add``: the same float32
-operations, the conv's output never stored).
+operations, the conv's output never stored). A float32 MaxPool right after such a conv (and its Relu/Clip), the
+only reader of its output, runs with it (``dse.kernels.conv2d_scaled_max_pool``: on the broadcast conv kernel the
+conv's output is pooled from the cache, never stored) and emits the quantized input of the pool's conv/gemm readers
+too where they all quantize it alike; the pool's float32 output stays for its other readers (ResNet's stem and the
+first block's identity shortcut).
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, check_layers, config_to_dict
 
 if TYPE_CHECKING:
-    from dse.kernels import OutputQuant
+    from dse.kernels import MaxPoolStep, OutputQuant
     from dse.quant import MacLayer
     from dse.session import DataRef
 
@@ -74,6 +78,20 @@ class _QuantFusion:
     last_use: int
     consumers: tuple
     quant: "OutputQuant"
+
+
+@dataclass(frozen=True)
+class _PoolFusion:
+    """The MaxPool at node ``pool`` that alone reads a conv layer's output (after its Relu/Clip), writing ``out``;
+    ``quant``: the quantization of ``out``'s conv/gemm readers ``consumers`` (last reader: node ``last_use``), or None
+    where they differ (or there are none)."""
+
+    pool: int
+    step: "MaxPoolStep"
+    out: str
+    consumers: tuple
+    quant: "OutputQuant | None"
+    last_use: int
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,7 @@ class Emulator:
         self._residuals = self._fused_residuals()
         self._donors = self._donor_operands()
         self._gelus = self._fused_gelus()
+        self._pools = self._fused_pools()
 
     def _fused_acts(self) -> dict:
         """{MAC or Add node index: OutputAct of the Relu/Clip right after it} where that node is the output's only
@@ -279,6 +298,50 @@ class Emulator:
                     any(t == g.output_name or g.shapes.get(t) != shape for t in mids + [p.output]):
                 continue
             out[i] = (cd[0], ca[0], cm[0], int(ca[1]) | 2 * int(m.inputs[0] == a.output) | 4 * int(cm[1]))
+        return out
+
+    def _fused_pools(self) -> dict:
+        """{MAC node index: _PoolFusion} for conv layers whose output (after a fused Relu/Clip) only a MaxPool right
+        after them reads: the pair runs as one step when the run scales the conv by conv2d_scaled (decided per run by
+        :meth:`_fuse_pools`). The conv's output lives across no cut (cuts sit at MAC nodes)."""
+        from dse.kernels import MaxPoolStep
+
+        nodes, g, out = self.graph.nodes, self.graph, {}
+        for i, n in enumerate(nodes):
+            if not n.is_mac or self.layers[n.name].op != "conv" or i in self._quants or i in self._residuals:
+                continue
+            j = i + 2 if i in self._acts else i + 1
+            t = nodes[j - 1].output if i in self._acts else n.output
+            if j >= len(nodes) or nodes[j].op != "maxpool" or nodes[j].inputs != [t] or self._last[t] != j or \
+                    t == g.output_name:
+                continue
+            a, u = nodes[j].attrs, nodes[j].output
+            step = MaxPoolStep(tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pads"]),
+                               tuple(a.get("dilation", (1, 1))), bool(a.get("ceil_mode", 0)))
+            macs = [c for c in g.consumers(u) if c.is_mac]
+            quants = {self.layers[c.name].input_quant for c in macs}
+            quant = quants.pop() if len(quants) == 1 and u != g.output_name and \
+                all(self.layers[c.name].op != "matmul" and c.inputs[0] == u for c in macs) else None
+            out[i] = _PoolFusion(j, step, u, tuple(c.name for c in macs) if quant else (), quant, self._last.get(u, j))
+        return out
+
+    def _fuse_pools(self, resolved, accs, hook, store_at) -> dict:
+        """{MAC node index: MaxPoolStep} of the pool fusions this run takes: the conv runs on an integer table without
+        CV, neither accumulators are recorded nor a hook sees them; the step emits the readers' quantized input where
+        one of them runs an integer table and no prefix-cache cut stored by this run lies where it is live (stored
+        states hold the quantized inputs a run made before the cut, as an unfused run would)."""
+        from dataclasses import replace
+
+        if accs is not None or hook is not None:
+            return {}
+        out = {}
+        for i, f in self._pools.items():
+            lc, mult = resolved[self.graph.nodes[i].name]
+            if mult.domain != "int" or lc.cv:
+                continue
+            emit = f.quant is not None and any(resolved[c][1].domain == "int" for c in f.consumers) and \
+                not any(i < p <= f.last_use for p in store_at)
+            out[i] = replace(f.step, quant=f.quant if emit else None)
         return out
 
     def _fuse_residuals(self, resolved, accs, hook) -> dict:
@@ -467,7 +530,9 @@ class Emulator:
             cache.count_macs(self._cum_macs[-1] * len(x), self._cum_macs[plan.hit] * len(x))
         quants = self._emit_quantized(resolved, store_at)
         residuals = self._fuse_residuals(resolved, accs, hook)
-        skip = {i + 1 for i in self._silus} | {i + k for i in self._gelus for k in range(1, 5)}
+        pools = self._fuse_pools(resolved, accs, hook, store_at)
+        skip = {i + 1 for i in self._silus} | {i + k for i in self._gelus for k in range(1, 5)} | \
+            {self._pools[i].pool for i in pools}
         for i in range(start, len(g.nodes)):
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
@@ -492,6 +557,16 @@ class Emulator:
                     env[r.out], qcache[r.out] = y
                 else:
                     env[r.out] = y
+            elif i in pools:  # with the MaxPool after it (and its Relu/Clip)
+                from dse import kernels
+
+                layer, f = self.layers[n.name], self._pools[i]
+                q = self._quantized(layer.input, env[n.inputs[0]], layer.a_scale, layer.a_signed, qcache)
+                env[f.out], qp = kernels.conv2d_scaled_max_pool(
+                    q, layer.w_q, resolved[n.name][1], layer.a_signed, layer.scaling(self._acts.get(i)), pools[i],
+                    layer.stride, layer.pads, layer.dilation, layer.groups)
+                if qp is not None:
+                    qcache[f.out] = qp
             elif n.is_mac:
                 args = [env[t] for t in n.inputs]
                 lc, mult = resolved[n.name]

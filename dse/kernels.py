@@ -1280,6 +1280,54 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     return scaling.result(out, q)
 
 
+@dataclass(frozen=True)
+class MaxPoolStep:
+    """An ONNX MaxPool (float32, ``pads`` top, left, bottom, right; ``ceil`` mode) that reads a scaled conv's output,
+    and with ``quant`` the quantization of its readers (:func:`conv2d_scaled_max_pool`)."""
+
+    kernel: tuple
+    stride: tuple
+    pads: tuple
+    dilation: tuple = (1, 1)
+    ceil: bool = False
+    quant: OutputQuant | None = None
+
+
+def conv2d_scaled_max_pool(x, w, mult, a_signed, scaling: "Scaling", pool: MaxPoolStep, stride=(1, 1),
+                           pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, isa=None):
+    """(z, q): z = ``dse.model.nn.max_pool`` of ``conv2d_scaled(...)`` (float32) and q = ``quantize_patterns(z,
+    pool.quant...)`` viewed as ``pool.quant.dtype`` (None without a quant), bit for bit. Where the conv runs on the
+    broadcast conv kernel (a float32 scaling without add), the pool and quantization run inside it (each task's
+    images pooled from the cache: the conv's float32 output is never written, e.g. ResNet's 7x7 stem before its 3x3/2
+    max pool); else the three steps one after another."""
+    from dse.model.nn import max_pool, out_hw
+
+    xc, wc, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled_max_pool")
+    Cout, Cg, kh, kw = wc.shape
+    plan = None
+    if groups == 1 and scaling.quant is None and scaling.add is None and xc.shape[0] and \
+            _depthwise_mode(mult, a_signed, wc.shape, groups, "auto", geo, xc.shape[0]) is None and \
+            conv_kernel(kh, kw, Cg, Cout, groups, geo, isa) == "bcast":
+        plan = _scaled_int_plan(mult, a_signed, wc.shape, "auto", isa)
+    if plan is not None:
+        ohw = out_hw(geo.out_hw, pool.kernel, pool.stride, pool.pads, pool.dilation, pool.ceil)
+        z = np.empty((xc.shape[0], Cout) + ohw, np.float32)
+        q = None if pool.quant is None else np.empty(z.shape, np.uint8)
+        wg, sargs = _group_args(wc, 1, scaling, None, None)
+        spec = (pool.kernel, pool.stride, pool.pads[:2], pool.dilation, ohw, z, q,
+                float(np.float32(pool.quant.scale)) if pool.quant else 1.0, bool(pool.quant and pool.quant.signed))
+        if _kernels.int_gemm(None, wg[0], plan.fa, plan.a_mode, plan.gw, plan.S, None, _isa_name(isa),
+                             get_threads(), sargs[0], conv=(np.ascontiguousarray(_u8(xc)), 0, (kh, kw), geo.stride,
+                                                            geo.pads[:2], geo.dilation, geo.out_hw),
+                             conv_kernel="bcast", pool=spec) is not None:
+            return z, None if q is None else q.view(pool.quant.dtype)
+    y = conv2d_scaled(x, w, mult, a_signed, scaling, stride, pads, dilation, groups, isa=isa)
+    z = max_pool(y, pool.kernel, pool.stride, pool.pads, pool.dilation, pool.ceil)
+    if pool.quant is None:
+        return z, None
+    return z, quantize_patterns(z, pool.quant.scale, pool.quant.signed).view(pool.quant.dtype)
+
+
 # Image slices of the int32-scaled GEMMs of conv2d_scaled: at most this many bytes of GEMM operand (im2col) per call.
 _FUSED_SLICE_BYTES = 1 << 22
 
