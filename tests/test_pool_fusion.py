@@ -57,7 +57,8 @@ def test_conv_max_pool_equals_the_unfused_steps(c):
     asymmetric pads, dilation; at the avx512 level with VNNI on the broadcast kernel ran the pool."""
     rng = np.random.default_rng(c["seed"])
     B, C, N, (kh, kw), signed, pool = c["B"], c["C"], c["N"], c["k"], c["signed"], c["pool"]
-    x = rng.integers(-3, 4, (B, C, c["H"], c["W"])) if signed else rng.integers(0, 4, (B, C, c["H"], c["W"]))
+    H, W = max(c["H"], kh), max(c["W"], kw)
+    x = rng.integers(-3, 4, (B, C, H, W)) if signed else rng.integers(0, 4, (B, C, H, W))
     w = rng.integers(-2, 3, (N, C, kh, kw))
     ref = K.reference_conv2d_int(x, w, EXACT, signed, c["stride"], c["pads"])
     sw = rng.choice(np.array([0.5, -0.5, 0.25], np.float32), N)
