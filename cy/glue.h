@@ -319,4 +319,68 @@ static void dse_global_avg_pool(const float *x, int64_t P, int64_t n, float *out
         out[p] = (0.0f + dse_pairwise_f32(x + p * n, n)) / (float)n;
 }
 
+/* numpy's own float32 ufunc inner loops (the legacy loop signature), taken from the ufuncs' loop tables by
+ * cy/kernels.pyx: the passes below call them where their bits are numpy's choice (which NaN a reduction or a
+ * two-operand op returns, the SIMD exp), and do the rest (subtract, divide: IEEE operations whose NaN result is the
+ * first NaN operand, on x86 as in numpy's own loops) in place. */
+typedef void (*dse_np_loop_fn)(char **args, const intptr_t *dims, const intptr_t *steps, void *data);
+typedef struct {
+    dse_np_loop_fn fn;
+    void *data;
+} dse_np_loop;
+
+/* *acc = reduce(*acc, a[0 .. n)) by the loop as numpy's reductions call it along a contiguous axis (args (acc, a,
+ * acc), steps (0, 4, 0)): add's loop then adds numpy's pairwise sum of a to *acc, maximum's its SIMD maximum. */
+static inline void dse_np_reduce(dse_np_loop lp, float *acc, const float *a, int64_t n)
+{
+    char *args[3] = {(char *)acc, (char *)a, (char *)acc};
+    intptr_t dims[1] = {(intptr_t)n}, steps[3] = {0, 4, 0};
+    lp.fn(args, dims, steps, lp.data);
+}
+
+/* y = op(a, b) elementwise over n values with b's stride sb (0: one value) by the loop. */
+static inline void dse_np_binary(dse_np_loop lp, const float *a, const float *b, intptr_t sb, float *y, int64_t n)
+{
+    char *args[3] = {(char *)a, (char *)b, (char *)y};
+    intptr_t dims[1] = {(intptr_t)n}, steps[3] = {4, sb, 4};
+    lp.fn(args, dims, steps, lp.data);
+}
+
+/* Values per block of rows of dse_softmax_rows (its exp call runs on one block while it is in L1). */
+#define DSE_SOFTMAX_BLOCK 2048
+
+/* Softmax over the last axis of R contiguous rows of n >= 1 float32 values, with the bits of dse.model.ops'
+ * numpy expression e = exp(x - x.max(-1, keepdims)); e / e.sum(-1, keepdims): per row m = x[0] reduced with
+ * maximum's loop over x[1 .. n) (numpy's reduction without identity starts from the first element), t = x - m,
+ * then exp's loop on a block of rows (its values are lane-wise, independent of where a call starts), s = 0 + the
+ * rows' sum by add's loop (the identity, then numpy's pairwise order), e / s. lp: maximum, exp, add. Row blocks over
+ * nt threads; every row is computed the same way whatever the thread count. */
+static void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
+{
+    const int64_t rb = n >= DSE_SOFTMAX_BLOCK ? 1 : DSE_SOFTMAX_BLOCK / n, nb = (R + rb - 1) / rb;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * rb, r1 = R - r0 < rb ? R : r0 + rb;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = x + r * n;
+            float *o = out + r * n, m = xr[0];
+            if (n > 1)
+                dse_np_reduce(lp[0], &m, xr + 1, n - 1);
+            for (int64_t i = 0; i < n; i++)
+                o[i] = xr[i] - m;
+        }
+        {
+            char *args[2] = {(char *)(out + r0 * n), (char *)(out + r0 * n)};
+            intptr_t dims[1] = {(intptr_t)((r1 - r0) * n)}, steps[2] = {4, 4};
+            lp[1].fn(args, dims, steps, lp[1].data);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            float *o = out + r * n, s = 0.0f;
+            dse_np_reduce(lp[2], &s, o, n);
+            for (int64_t i = 0; i < n; i++)
+                o[i] = o[i] / s;
+        }
+    }
+}
+
 #endif

@@ -81,6 +81,9 @@ cdef extern from "glue.h" nogil:
     void dse_add_act(int level, const float *a, const float *b, int64_t n, int act, float lo, float hi, float *y,
                      uint8_t *q, float qs, int qlo, int qhi, int nt)
     void dse_global_avg_pool(const float *x, int64_t P, int64_t n, float *out, int nt)
+    ctypedef struct dse_np_loop:
+        pass
+    void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -837,7 +840,7 @@ cdef struct _Loop:
     _ufunc_loop fn
     void *data
 
-cdef _Loop _SIG_LOOPS[6]  # numpy's float32 loops of negative, exp, add, true_divide, multiply, clip
+cdef _Loop _SIG_LOOPS[7]  # numpy's float32 loops of negative, exp, add, true_divide, multiply, clip, maximum
 cdef bint _sig_loops_ready = False
 
 
@@ -872,7 +875,7 @@ cdef _glue_loops():
             from numpy._core.umath import clip
         except ImportError:  # numpy 1.x
             from numpy.core.umath import clip
-        for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply, clip)):
+        for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply, clip, np.maximum)):
             _SIG_LOOPS[j] = _float32_loop(u)
         _sig_loops_ready = True
 
@@ -881,7 +884,7 @@ _numpy_loops_found = None
 
 
 def numpy_loops_found():
-    """True where this numpy's float32 loops that float_sigmoid and float_hardsigmoid call were found in its ufuncs'
+    """True where this numpy's float32 loops that float_sigmoid, float_hardsigmoid and float_softmax call were found in its ufuncs'
     loop tables (looked up once); False where a numpy keeps them elsewhere, and the callers take their numpy twins."""
     global _numpy_loops_found
     if _numpy_loops_found is None:
@@ -989,6 +992,22 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1
             if q is not None:
                 dse_quantize_seq(level, o, m, qs, lo, hi, &q[c0])
             c0 += m
+
+
+def float_softmax(const float[:, ::1] x, float[:, ::1] out, int threads=1):
+    """Writes out = softmax of each row of float32 x (rows of at least one value) with the bits of dse.model.ops'
+    numpy expression (``cy/glue.h`` dse_softmax_rows: numpy's own float32 loops of maximum and add called as its
+    reductions call them, exp on blocks of rows in cache, the subtraction and division in place): one pass over
+    memory instead of numpy's six. Needs :func:`numpy_loops_found`."""
+    cdef int64_t R = x.shape[0], n = x.shape[1]
+    if out.shape[0] != R or out.shape[1] != n or n < 1:
+        raise ValueError("float_softmax: out must have x's shape, rows at least one value")
+    _glue_loops()
+    cdef _Loop lp[3]
+    lp[0], lp[1], lp[2] = _SIG_LOOPS[6], _SIG_LOOPS[1], _SIG_LOOPS[2]
+    if R:
+        with nogil:
+            dse_softmax_rows(&x[0, 0], R, n, &out[0, 0], <const dse_np_loop *>lp, max(1, threads))
 
 
 cdef _Loop _ERF_LOOP  # scipy.special.erf's float32 loop

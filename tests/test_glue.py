@@ -410,7 +410,7 @@ def test_compiled_glue_falls_back_where_numpy_keeps_its_loops_elsewhere(monkeypa
 def test_reduce_mean_over_planes_gives_numpy_bits(x, keep, axes, big):
     """ReduceMean over the two spatial axes of a 4-D float32 tensor takes the compiled pool (GlobalAveragePool's):
     np.mean's bits, NaN at the same places (which NaN's sign wins where a plane holds several is the hardware's,
-    as test_small_planes' pool test says); other dtypes and planes past GAP_MAX_PLANE by numpy, bit for bit."""
+    as test_small_planes' pool test says); other dtypes and planes past MAX_REDUCED_ROW by numpy, bit for bit."""
     from dse.model.graph import Node
     from dse.model.ops import IR_OPS
 
@@ -540,3 +540,128 @@ def test_erf_and_gelu_fall_back_without_scipys_loop(monkeypatch):
     _same_bits(nn.erf(x), want_e)
     _same_bits(nn.erf(x), erf(x))
     _same_bits(nn.gelu_chain(x, 1.4142135, 1.0, 0.5), want_g)
+
+
+def _rows_at_offset(shape, offset, rng, scale, specials, payloads):
+    """A C-contiguous float32 array of ``shape`` starting ``offset`` floats past a 64-byte boundary: normal values
+    times ``scale``, a share ``specials`` of NaN (both signs), infinities, signed zeros, the largest and smallest
+    magnitudes, and a share ``payloads`` of NaNs with random payloads (which NaN a reduction returns shows)."""
+    n = int(np.prod(shape))
+    buf = np.empty(n + 32, np.float32)
+    start = (-buf.ctypes.data // 4) % 16 + offset
+    x = buf[start:start + n].reshape(shape)
+    x[...] = rng.standard_normal(shape) * scale
+    extreme = np.array([3.4e38, -3.4e38, 1e-45, -1e-45, 1.2e-38, 88.7, -104.0], np.float32)
+    pick = rng.random(shape) < specials
+    x[pick] = rng.choice(np.concatenate([SPECIALS, extreme]), int(pick.sum()))
+    pick = rng.random(shape) < payloads
+    bits = rng.integers(0x7F800001, 0x80000000, int(pick.sum()), dtype=np.int64).astype(np.uint32)
+    x[pick] = (bits | (rng.integers(0, 2, bits.size).astype(np.uint32) << np.uint32(31))).view(np.float32)
+    return x
+
+
+@st.composite
+def row_cases(draw):
+    """Leading axes (0 to 2 of 1-5) and a row length of 1..300 (across numpy's pairwise blocks of 8 and 128) or one
+    of the long ones up to MAX_REDUCED_ROW."""
+    lead = tuple(draw(st.lists(st.integers(1, 5), max_size=2)))
+    n = draw(st.one_of(st.integers(1, 300), st.sampled_from([1023, 1024, 1025, 2049, 4100, nn.MAX_REDUCED_ROW])))
+    return dict(shape=lead + (n,), offset=draw(st.integers(0, 15)), seed=draw(st.integers(0, 2 ** 32 - 1)),
+                scale=draw(st.sampled_from([0.01, 1.0, 8.0, 100.0, 1e30])),
+                specials=draw(st.sampled_from([0.0, 0.01, 0.2])), payloads=draw(st.sampled_from([0.0, 0.01, 0.1])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=row_cases(), threads=st.sampled_from([1, 2]))
+def test_compiled_softmax_gives_numpy_bits(case, threads):
+    """The compiled Softmax over the last axis (numpy's own max, exp and add loops called as its reductions and
+    ufuncs call them) against the numpy expression it replaced, bit for bit: NaN rows (several payloads: which NaN
+    numpy's maximum returns is the one every other value of the row gets), infinities (inf - inf), overflowing and
+    underflowing exps, signed zeros, rows of 1 value, rows at every 4-byte offset from a 64-byte boundary, 1 and 2
+    threads. No ISA level of dse's own applies: numpy's loops dispatch themselves."""
+    from dse.model.graph import Node
+    from dse.model.ops import IR_OPS
+
+    x = _rows_at_offset(case["shape"], case["offset"], np.random.default_rng(case["seed"]), case["scale"],
+                        case["specials"], case["payloads"])
+    with np.errstate(all="ignore"):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        want = e / e.sum(axis=-1, keepdims=True)
+        got = np.empty_like(x)
+        _kernels.float_softmax(x.reshape(-1, x.shape[-1]), got.reshape(-1, x.shape[-1]), threads)
+        _same_bits(got, want)
+        _same_bits(nn.softmax(x, -1), want)
+        _same_bits(nn.softmax(x, x.ndim - 1), want)
+        _same_bits(IR_OPS["softmax"](Node(name="s", op="softmax", inputs=["x"], outputs=["y"], attrs={"axis": -1}),
+                                     [x]), want)
+
+
+def test_softmax_falls_back_to_numpy(monkeypatch):
+    """Other axes, non-contiguous rows, float64, no rows and LogSoftmax by numpy (the same bits; rows of no value
+    raise numpy's error); without numpy's loops no call into the compiled pass."""
+    from dse.model.graph import Node
+    from dse.model.ops import IR_OPS
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32) * 4
+    calls = []
+    real = _kernels.float_softmax
+    monkeypatch.setattr(_kernels, "float_softmax", lambda *a: calls.append(1) or real(*a))
+    for v, ax in ((x, 1), (x, 0), (x.transpose(0, 2, 1), -1), (x.astype(np.float64), -1), (x[:0], -1)):
+        with np.errstate(all="ignore"):
+            _same_bits(nn.softmax(v, ax), nn.reference_softmax(v, ax))
+    with pytest.raises(ValueError, match="zero-size"):
+        nn.softmax(x[:, :, :0], -1)
+    assert not calls
+    nn.softmax(x, -1)
+    assert calls == [1]
+    node = Node(name="s", op="logsoftmax", inputs=["x"], outputs=["y"], attrs={"axis": -1})
+    _same_bits(IR_OPS["logsoftmax"](node, [x]), x - x.max(-1, keepdims=True) -
+               np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)))
+    monkeypatch.setattr(_kernels, "numpy_loops_found", lambda: False)
+    _same_bits(nn.softmax(x, -1), nn.reference_softmax(x, -1))
+    assert calls == [1]
+
+
+def _vit_like(tmp_path, T=17, D=32, H=4, blocks=2):
+    """A small ViT at opset 17: blocks of LayerNorm + multi-head attention (Softmax over 17 tokens) and LayerNorm +
+    GELU MLP, the cls/mean token head."""
+    from tests.onnx_graphs import G, attention, mlp_block, token_head
+
+    g = G(17)
+    x = "x"
+    for _ in range(blocks):
+        x = mlp_block(g, attention(g, x, T, D, H), D)
+    return g.save(tmp_path, token_head(g, x, D), [T, D])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_vit_logits_are_those_of_the_numpy_softmax(tmp_path, monkeypatch, threads):
+    """A small ViT (two attention blocks): calibration, emulated logits (exact and mitch_w6) and the float executor's
+    logits are bit-identical with the compiled Softmax and with the numpy expression."""
+    from dse.emulate import Emulator
+    from dse.kernels import using_threads
+    from dse.layer_config import LayerConfig
+    from dse.model import ops
+    from dse.model.float_exec import run_float
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    g = load_onnx(_vit_like(tmp_path))
+    assert sum(n.op == "softmax" for n in g.nodes) == 2
+    rng = np.random.default_rng(4)
+    calib, x = (rng.standard_normal((k, 17, 32)).astype(np.float32) * 2 for k in (8, 6))
+
+    def run():
+        qm = calibrate(g, calib)
+        emu = Emulator(qm)
+        cfg = {l.name: LayerConfig("mitch_w6") for l in qm.layers}
+        with using_threads(threads):
+            return [np.array([l.a_scale for l in qm.layers], np.float32), emu.run(x), emu.run(x, cfg),
+                    run_float(g, x)]
+    new = run()
+    with monkeypatch.context() as m:
+        m.setattr(ops, "softmax", nn.reference_softmax)
+        old = run()
+    for a, b in zip(new, old):
+        _same_bits(a, b)

@@ -126,15 +126,16 @@ def pool(x: np.ndarray, a: dict, kind: str) -> np.ndarray:
     return s / div
 
 
-# GlobalAveragePool planes up to this many values take the compiled pass (numpy's reduction runs each such row in one
-# inner-loop call, whose pairwise order the pass follows; it is not relied on beyond)
-GAP_MAX_PLANE = 8192
+# GlobalAveragePool planes and Softmax / LayerNorm rows up to this many values take the compiled passes (numpy's
+# reduction runs each such row in one inner-loop call, whose pairwise order the passes follow; it is not relied on
+# beyond)
+MAX_REDUCED_ROW = 8192
 
 
 def global_avg_pool(x: np.ndarray) -> np.ndarray:
     """ONNX GlobalAveragePool of x [B, C, H, W] (float32 mean over each plane): float32 planes of 1 to
-    GAP_MAX_PLANE values by the compiled pass (one thread, as :func:`max_pool`), else numpy's mean; the same bits."""
-    if x.dtype != np.float32 or x.ndim != 4 or _kernels is None or not 0 < x.shape[2] * x.shape[3] <= GAP_MAX_PLANE:
+    MAX_REDUCED_ROW values by the compiled pass (one thread, as :func:`max_pool`), else numpy's mean; the same bits."""
+    if x.dtype != np.float32 or x.ndim != 4 or _kernels is None or not 0 < x.shape[2] * x.shape[3] <= MAX_REDUCED_ROW:
         return reference_global_avg_pool(x)
     return _kernels.global_avg_pool(np.ascontiguousarray(x))
 
@@ -210,6 +211,25 @@ def gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
     out = np.empty_like(x)
     _kernels.float_gelu(x.reshape(-1), out.reshape(-1), cdiv, cadd, cmul, order)
     return out
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax of x along ``axis`` as a new array: float32 C-contiguous x along its last axis (rows of 1 to
+    MAX_REDUCED_ROW values) by the compiled ``float_softmax`` (one pass over the rows, numpy's own loops for its max,
+    exp and sum; one thread, as :func:`max_pool`), else :func:`reference_softmax`; the same bits."""
+    if x.dtype != np.float32 or x.ndim == 0 or axis % x.ndim != x.ndim - 1 or not x.flags.c_contiguous or \
+            x.size == 0 or not 0 < x.shape[-1] <= MAX_REDUCED_ROW or _kernels is None or \
+            not _kernels.numpy_loops_found():
+        return reference_softmax(x, axis)
+    out = np.empty_like(x)
+    _kernels.float_softmax(x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]))
+    return out
+
+
+def reference_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """numpy twin of :func:`softmax`: e = exp(x - max), e / sum(e) along ``axis``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def reference_gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:

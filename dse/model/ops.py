@@ -12,7 +12,7 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Node
-from dse.model.nn import conv2d, global_avg_pool, hardsigmoid, pool, sigmoid
+from dse.model.nn import conv2d, global_avg_pool, hardsigmoid, pool, sigmoid, softmax
 
 IR_OPS: dict = {}
 
@@ -243,9 +243,10 @@ def _where(node, xs):
 def _softmax(node, xs):
     x = xs[0]
     ax = node.attrs["axis"]
-    e = np.exp(x - x.max(axis=ax, keepdims=True))
-    s = e.sum(axis=ax, keepdims=True)
-    return (x - x.max(axis=ax, keepdims=True) - np.log(s)) if node.op == "logsoftmax" else e / s
+    if node.op == "softmax":
+        return softmax(x, ax)
+    s = np.exp(x - x.max(axis=ax, keepdims=True)).sum(axis=ax, keepdims=True)
+    return x - x.max(axis=ax, keepdims=True) - np.log(s)
 
 
 @ir_op("layernorm")
