@@ -383,4 +383,37 @@ static void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, c
     }
 }
 
+/* LayerNorm over the last axis of R contiguous rows of n >= 1 float32 values, with the bits of dse.model.ops' numpy
+ * expression mu = x.mean(-1, keepdims, dtype=float32); d = x - mu; var = (d * d).mean(-1, keepdims, dtype=float32);
+ * y = d / sqrt(var + eps) * scale (+ bias): each mean is 0 + the row's sum by add's loop (the identity, then numpy's
+ * pairwise order; which NaN the sum returns is the loop's, and every value of a NaN row takes it), divided by n in
+ * double and rounded to float32 (numpy's mean divides the float32 sum by an intp count: the float64 loop, cast
+ * back); d is recomputed where needed (the same bits) and d * d staged in out. bias may be NULL. Where a NaN of
+ * scale or bias meets a NaN value, the result is one of the two, as numpy's own loops pick either (by how its
+ * iterator cuts the broadcast). lp: add. Rows over nt threads; every row is computed the same way whatever the
+ * thread count. */
+static void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
+                               float *out, const dse_np_loop *lp, int nt)
+{
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n, s = 0.0f, v = 0.0f;
+        dse_np_reduce(lp[0], &s, xr, n);
+        const float mu = (float)((double)s / (double)n);
+        for (int64_t i = 0; i < n; i++) {
+            const float d = xr[i] - mu;
+            o[i] = d * d;
+        }
+        dse_np_reduce(lp[0], &v, o, n);
+        const float sd = sqrtf((float)((double)v / (double)n) + eps);
+        if (bias)
+            for (int64_t i = 0; i < n; i++)
+                o[i] = (xr[i] - mu) / sd * scale[i] + bias[i];
+        else
+            for (int64_t i = 0; i < n; i++)
+                o[i] = (xr[i] - mu) / sd * scale[i];
+    }
+}
+
 #endif

@@ -84,6 +84,8 @@ cdef extern from "glue.h" nogil:
     ctypedef struct dse_np_loop:
         pass
     void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
+    void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
+                            float *out, const dse_np_loop *lp, int nt)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -884,8 +886,9 @@ _numpy_loops_found = None
 
 
 def numpy_loops_found():
-    """True where this numpy's float32 loops that float_sigmoid, float_hardsigmoid and float_softmax call were found in its ufuncs'
-    loop tables (looked up once); False where a numpy keeps them elsewhere, and the callers take their numpy twins."""
+    """True where this numpy's float32 loops that float_sigmoid, float_hardsigmoid, float_softmax and float_layernorm
+    call were found in its ufuncs' loop tables (looked up once); False where a numpy keeps them elsewhere, and the
+    callers take their numpy twins."""
     global _numpy_loops_found
     if _numpy_loops_found is None:
         try:
@@ -1008,6 +1011,32 @@ def float_softmax(const float[:, ::1] x, float[:, ::1] out, int threads=1):
     if R:
         with nogil:
             dse_softmax_rows(&x[0, 0], R, n, &out[0, 0], <const dse_np_loop *>lp, max(1, threads))
+
+
+def float_layernorm(const float[:, ::1] x, const float[::1] scale, bias, float eps, float[:, ::1] out,
+                    int threads=1):
+    """Writes out = LayerNorm of each row of float32 x (rows of at least one value; scale and bias (None: none) of
+    the row length) with the bits of dse.model.ops' numpy expression (``cy/glue.h`` dse_layernorm_rows: numpy's own
+    float32 add loop for its sums, called as its reductions call it, the rest in place; where a NaN of scale or bias
+    meets a NaN value, one of the two): one pass over each row instead of numpy's nine. Needs
+    :func:`numpy_loops_found`."""
+    cdef int64_t R = x.shape[0], n = x.shape[1]
+    cdef const float[::1] b
+    cdef const float *bp = NULL
+    if out.shape[0] != R or out.shape[1] != n or n < 1 or scale.shape[0] != n:
+        raise ValueError("float_layernorm: out must have x's shape, scale the row length, rows at least one value")
+    if bias is not None:
+        b = bias
+        if b.shape[0] != n:
+            raise ValueError("float_layernorm: bias must have the row length")
+        bp = &b[0]
+    _glue_loops()
+    cdef _Loop lp[1]
+    lp[0] = _SIG_LOOPS[2]
+    if R:
+        with nogil:
+            dse_layernorm_rows(&x[0, 0], R, n, &scale[0], bp, eps, &out[0, 0], <const dse_np_loop *>lp,
+                               max(1, threads))
 
 
 cdef _Loop _ERF_LOOP  # scipy.special.erf's float32 loop

@@ -635,10 +635,9 @@ def _vit_like(tmp_path, T=17, D=32, H=4, blocks=2):
     return g.save(tmp_path, token_head(g, x, D), [T, D])
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_vit_logits_are_those_of_the_numpy_softmax(tmp_path, monkeypatch, threads):
-    """A small ViT (two attention blocks): calibration, emulated logits (exact and mitch_w6) and the float executor's
-    logits are bit-identical with the compiled Softmax and with the numpy expression."""
+def _check_vit_logits(tmp_path, monkeypatch, threads, name, reference):
+    """The small ViT's calibration scales, emulated logits (exact and mitch_w6) and float executor logits with
+    dse.model.ops' ``name`` (the compiled pass) and with ``reference`` in its place: the same bits."""
     from dse.emulate import Emulator
     from dse.kernels import using_threads
     from dse.layer_config import LayerConfig
@@ -648,7 +647,7 @@ def test_vit_logits_are_those_of_the_numpy_softmax(tmp_path, monkeypatch, thread
     from dse.quant import calibrate
 
     g = load_onnx(_vit_like(tmp_path))
-    assert sum(n.op == "softmax" for n in g.nodes) == 2
+    assert sum(n.op == "softmax" for n in g.nodes) == 2 and sum(n.op == "layernorm" for n in g.nodes) == 4
     rng = np.random.default_rng(4)
     calib, x = (rng.standard_normal((k, 17, 32)).astype(np.float32) * 2 for k in (8, 6))
 
@@ -661,7 +660,85 @@ def test_vit_logits_are_those_of_the_numpy_softmax(tmp_path, monkeypatch, thread
                     run_float(g, x)]
     new = run()
     with monkeypatch.context() as m:
-        m.setattr(ops, "softmax", nn.reference_softmax)
+        m.setattr(ops, name, reference)
         old = run()
     for a, b in zip(new, old):
         _same_bits(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_vit_logits_are_those_of_the_numpy_softmax(tmp_path, monkeypatch, threads):
+    """The small ViT (two attention blocks, Softmax over 17 tokens): calibration, emulated logits (exact and
+    mitch_w6) and the float executor's logits are bit-identical with the compiled Softmax and with the numpy
+    expression."""
+    _check_vit_logits(tmp_path, monkeypatch, threads, "softmax", nn.reference_softmax)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=row_cases(), threads=st.sampled_from([1, 2]), has_bias=st.booleans(), eps=st.sampled_from([1e-5, 1e-6, 0.0]),
+       weight_specials=st.sampled_from([0.0, 0.1]))
+def test_compiled_layernorm_gives_numpy_bits(case, threads, has_bias, eps, weight_specials):
+    """The compiled LayerNorm over the last axis (numpy's own add loop for its sums) against the numpy expression it
+    replaced, bit for bit: NaN rows with several payloads (the mean's NaN is what every other value of the row
+    gets), infinities, extremes (sums that overflow), signed zeros, rows of 1 value, rows at every 4-byte offset from
+    a 64-byte boundary, specials in scale and bias (where a NaN of theirs meets a NaN value, the result is one of
+    the NaNs, as numpy's loops pick either), 1 and 2 threads. No ISA level of dse's own applies: numpy's loops
+    dispatch themselves."""
+    from dse.model.graph import Node
+    from dse.model.ops import IR_OPS
+
+    rng = np.random.default_rng(case["seed"])
+    x = _rows_at_offset(case["shape"], case["offset"], rng, case["scale"], case["specials"], case["payloads"])
+    n = x.shape[-1]
+    scale, bias = (_rows_at_offset((n,), 0, rng, 1.0, weight_specials, weight_specials / 2) for _ in range(2))
+    bias = bias if has_bias else None
+    with np.errstate(all="ignore"):
+        mu = x.mean(axis=-1, keepdims=True, dtype=np.float32)
+        d = x - mu
+        var = (d * d).mean(axis=-1, keepdims=True, dtype=np.float32)
+        y = d / np.sqrt(var + np.float32(eps))
+        want = y * scale
+        if has_bias:
+            want = want + bias
+        got = np.empty_like(x)
+        _kernels.float_layernorm(x.reshape(-1, n), scale, bias, float(np.float32(eps)), got.reshape(-1, n), threads)
+        node = Node(name="l", op="layernorm", inputs=["x"], outputs=["y"], attrs={"axis": -1, "epsilon": eps})
+        for g in (got, nn.layernorm(x, scale, bias, -1, eps),
+                  IR_OPS["layernorm"](node, [x, scale] + ([bias] if has_bias else []))):
+            # where a NaN of scale or bias met a NaN: one of the NaNs that met (quieted; y * scale's own when made
+            # there, as 0 * inf)
+            met = np.isnan(y) & np.isnan(scale) | np.isnan(y * scale) & np.isnan(bias if has_bias else np.float32(0))
+            _same_bits(np.where(met, 0, g), np.where(met, 0, want))
+            cand = [np.ascontiguousarray(np.broadcast_to(v, x.shape)).view(np.uint32)[met] | 0x400000
+                    for v in [y, scale, y * scale] + ([bias] if has_bias else [])]
+            gm = _bits(g)[met]
+            assert np.all(np.any([gm == c for c in cand], axis=0))
+
+
+def test_layernorm_falls_back_to_numpy(monkeypatch):
+    """Normalisation over more than the last axis, non-contiguous rows, float64, scale or bias of another shape or
+    dtype, no rows: numpy (the same bits); without numpy's loops no call into the compiled pass."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32) * 4
+    s, b = rng.standard_normal(7).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    calls = []
+    real = _kernels.float_layernorm
+    monkeypatch.setattr(_kernels, "float_layernorm", lambda *a: calls.append(1) or real(*a))
+    s2 = rng.standard_normal((5, 7)).astype(np.float32)
+    for v, sc, bi, ax in ((x, s2, None, 1), (x.transpose(0, 2, 1)[:, :, :7].copy().transpose(0, 2, 1), s, b, -1),
+                          (x[:, :, ::2], s[:4], b[:4], -1), (x.astype(np.float64), s, b, -1),
+                          (x, s.astype(np.float64), b, -1), (x, s[None], b, -1), (x, s, b[None], -1), (x[:0], s, b, -1)):
+        _same_bits(nn.layernorm(v, sc, bi, ax, 1e-5), nn.reference_layernorm(v, sc, bi, ax, 1e-5))
+    assert not calls
+    _same_bits(nn.layernorm(x, s, b, 2, 1e-5), nn.reference_layernorm(x, s, b, -1, 1e-5))
+    assert calls == [1]
+    monkeypatch.setattr(_kernels, "numpy_loops_found", lambda: False)
+    _same_bits(nn.layernorm(x, s, None, -1, 1e-5), nn.reference_layernorm(x, s, None, -1, 1e-5))
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_vit_logits_are_those_of_the_numpy_layernorm(tmp_path, monkeypatch, threads):
+    """The small ViT (four LayerNorms over 32 channels): calibration, emulated logits (exact and mitch_w6) and the
+    float executor's logits are bit-identical with the compiled LayerNorm and with the numpy expression."""
+    _check_vit_logits(tmp_path, monkeypatch, threads, "layernorm", nn.reference_layernorm)

@@ -232,6 +232,36 @@ def reference_softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def layernorm(x: np.ndarray, scale: np.ndarray, bias, axis: int, epsilon: float) -> np.ndarray:
+    """ONNX LayerNormalization of x over its axes from ``axis`` on (float32 mean and variance, then
+    (x - mean) / sqrt(var + epsilon) * scale (+ bias; None: none)) as a new array: float32 C-contiguous x over its last
+    axis (rows of 1 to MAX_REDUCED_ROW values) with float32 scale and bias of the row length by the compiled
+    ``float_layernorm`` (one pass over each row, numpy's own add loop for its sums; one thread, as :func:`max_pool`),
+    else :func:`reference_layernorm`; the same bits (where a NaN of scale or bias meets a NaN value, one of the two,
+    as numpy's own loops pick either)."""
+    n = x.shape[-1] if x.ndim else 0
+    if x.dtype != np.float32 or x.ndim == 0 or axis % x.ndim != x.ndim - 1 or not x.flags.c_contiguous or \
+            x.size == 0 or not 0 < n <= MAX_REDUCED_ROW or _kernels is None or not _kernels.numpy_loops_found() or \
+            not all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (n,)
+                    for v in ((scale,) if bias is None else (scale, bias))):
+        return reference_layernorm(x, scale, bias, axis, epsilon)
+    out = np.empty_like(x)
+    _kernels.float_layernorm(x.reshape(-1, n), np.ascontiguousarray(scale),
+                             None if bias is None else np.ascontiguousarray(bias), float(np.float32(epsilon)),
+                             out.reshape(-1, n))
+    return out
+
+
+def reference_layernorm(x: np.ndarray, scale: np.ndarray, bias, axis: int, epsilon: float) -> np.ndarray:
+    """numpy twin of :func:`layernorm`."""
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mu = x.mean(axis=axes, keepdims=True, dtype=np.float32)
+    d = x - mu
+    var = (d * d).mean(axis=axes, keepdims=True, dtype=np.float32)
+    y = d / np.sqrt(var + np.float32(epsilon)) * scale
+    return y + bias if bias is not None else y
+
+
 def reference_gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
     """numpy twin of :func:`gelu_chain`: the nodes' ufuncs as the emulator runs them (the quotient and erf as new
     arrays, the Add and both Muls in place on erf's result)."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Node
-from dse.model.nn import conv2d, global_avg_pool, hardsigmoid, pool, sigmoid, softmax
+from dse.model.nn import conv2d, global_avg_pool, hardsigmoid, layernorm, pool, sigmoid, softmax
 
 IR_OPS: dict = {}
 
@@ -251,14 +251,7 @@ def _softmax(node, xs):
 
 @ir_op("layernorm")
 def _layernorm(node, xs):
-    x, scale, bias = xs[0], xs[1], xs[2] if len(xs) > 2 else None
-    ax = node.attrs["axis"] % x.ndim
-    axes = tuple(range(ax, x.ndim))
-    mu = x.mean(axis=axes, keepdims=True, dtype=np.float32)
-    d = x - mu
-    var = (d * d).mean(axis=axes, keepdims=True, dtype=np.float32)
-    y = d / np.sqrt(var + np.float32(node.attrs["epsilon"])) * scale
-    return y + bias if bias is not None else y
+    return layernorm(xs[0], xs[1], xs[2] if len(xs) > 2 else None, node.attrs["axis"], node.attrs["epsilon"])
 
 
 REDUCE = {"reducemean": np.mean, "reducesum": np.sum, "reducemax": np.max, "reducemin": np.min,
