@@ -416,4 +416,27 @@ static void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float
     }
 }
 
+/* erf of a in (1, 8) as scipy's erf computes it before its float32 loop rounds it (xsf/cephes ndtr.h: erf(a) =
+ * 1 - erfc(a), erfc(a) = (z P(a)) / Q(a) with z = exp(-a a), P by polevl (degree 8), Q by p1evl (degree 8, leading
+ * coefficient 1), Horner in double, no fused multiply-add: the build has -ffp-contract=off). zw: z in, that erf out;
+ * the exp is the caller's. */
+static void dse_erf_far(const double *a, double *zw, int64_t m)
+{
+    static const double P[9] = {2.46196981473530512524E-10, 5.64189564831068821977E-1, 7.46321056442269912687E0,
+                                4.86371970985681366614E1,   1.96520832956077098242E2,  5.26445194995477358631E2,
+                                9.34528527171957607540E2,   1.02755188689515710272E3,  5.57535335369399327526E2};
+    static const double Q[8] = {1.32281951154744992508E1, 8.67072140885989742329E1, 3.54937778887819891062E2,
+                                9.75708501743205489753E2, 1.82390916687909736289E3, 2.24633760818710981792E3,
+                                1.65666309194161350182E3, 5.57535340817727675546E2};
+    for (int64_t j = 0; j < m; j++) {
+        const double x = a[j];
+        double p = P[0], q = x + Q[0];
+        for (int i = 1; i < 9; i++)
+            p = p * x + P[i];
+        for (int i = 1; i < 8; i++)
+            q = q * x + Q[i];
+        zw[j] = 1.0 - (zw[j] * p) / q;
+    }
+}
+
 #endif

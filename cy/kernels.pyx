@@ -86,6 +86,7 @@ cdef extern from "glue.h" nogil:
     void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
     void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
                             float *out, const dse_np_loop *lp, int nt)
+    void dse_erf_far(const double *a, double *zw, int64_t m)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -846,19 +847,20 @@ cdef _Loop _SIG_LOOPS[7]  # numpy's float32 loops of negative, exp, add, true_di
 cdef bint _sig_loops_ready = False
 
 
-cdef _Loop _float32_loop(u) except *:
-    """numpy's own inner loop of ufunc ``u`` for float32 operands: the function np.<u> runs on float32 arrays
-    (RuntimeError where this numpy has none in its loop table)."""
+cdef _Loop _float32_loop(u, code="f") except *:
+    """numpy's own inner loop of ufunc ``u`` for float32 operands (``code`` "d": float64): the function np.<u> runs
+    on such arrays (RuntimeError where this numpy has none in its loop table)."""
     cdef PyUFuncObject *p = <PyUFuncObject *><void *>u
-    sig = "f" * p.nin + "->" + "f" * p.nout
+    name = np.dtype(code).name
+    sig = code * p.nin + "->" + code * p.nout
     if sig not in u.types or p.functions == NULL or p.types == NULL:
-        raise RuntimeError(f"numpy's {u.__name__} has no float32 loop in its loop table")
+        raise RuntimeError(f"numpy's {u.__name__} has no {name} loop in its loop table")
     cdef int i = u.types.index(sig), j
     for j in range(p.nargs):
-        if p.types[i * p.nargs + j] != np.dtype(np.float32).num:
-            raise RuntimeError(f"numpy's {u.__name__} loop {i} is not the float32 one")
+        if p.types[i * p.nargs + j] != np.dtype(code).num:
+            raise RuntimeError(f"numpy's {u.__name__} loop {i} is not the {name} one")
     if p.functions[i] == NULL:
-        raise RuntimeError(f"numpy's {u.__name__} float32 loop is not a legacy inner loop")
+        raise RuntimeError(f"numpy's {u.__name__} {name} loop is not a legacy inner loop")
     cdef _Loop lp
     lp.fn = <_ufunc_loop>p.functions[i]
     lp.data = p.data[i] if p.data != NULL else NULL
@@ -1042,6 +1044,12 @@ def float_layernorm(const float[:, ::1] x, const float[::1] scale, bias, float e
 cdef _Loop _ERF_LOOP  # scipy.special.erf's float32 loop
 cdef int _erf_loop_state = 0  # 0 not looked up, 1 found, -1 absent
 cdef bint _erf_near_ok = False  # _erf_near gives the loop's bits (checked when the loop is found)
+cdef _Loop _EXP64_LOOP  # numpy's float64 exp loop (erf of 1 < |x| < 8)
+cdef bint _erf_far_ok = False  # erf of 1 < |x| by _erf_far gives the loop's bits (checked likewise)
+# how far from a float32 rounding boundary erf's double must lie for _erf_far to round it itself: its double differs
+# from scipy's by at most 2^-52 (an exp within a few ulps of glibc's: the ratio's relative error ~2^-50, times
+# erfc < 0.16, plus 1 - y's rounding), far below this margin
+cdef double _ERF_FAR_MARGIN = 3.552713678800501e-15  # 2^-48
 
 
 cdef inline float _erf_near(float v) noexcept nogil:
@@ -1058,7 +1066,7 @@ cdef inline float _erf_near(float v) noexcept nogil:
 
 def erf_loop_found() -> bool:
     """Whether scipy.special.erf (a numpy ufunc) has a float32 loop :func:`float_gelu` can call."""
-    global _erf_loop_state, _ERF_LOOP
+    global _erf_loop_state, _ERF_LOOP, _EXP64_LOOP
     if _erf_loop_state == 0:
         try:
             from scipy.special import erf
@@ -1069,6 +1077,12 @@ def erf_loop_found() -> bool:
             _check_erf_near(erf)
         except (ImportError, TypeError, ValueError, RuntimeError):
             _erf_loop_state = -1
+        if _erf_loop_state == 1 and _erf_near_ok:
+            try:
+                _EXP64_LOOP = _float32_loop(np.exp, "d")
+                _check_erf_far(erf)
+            except RuntimeError:
+                pass
     return _erf_loop_state == 1
 
 
@@ -1094,18 +1108,57 @@ def erf_near_used() -> bool:
     return erf_loop_found() and _erf_near_ok
 
 
-cdef void _erf_chunk(const float *t, float *o, int64_t m, bint near) noexcept nogil:
-    """o = erf(t) on m <= 2048 float32 values as scipy's float32 loop gives it: with ``near``, |t| <= 1 by
-    _erf_near (branch-free, vectorizable) and the rest (and NaN) gathered through the loop, else the loop on all."""
+cdef _check_erf_far(erf):
+    """Whether erf of 1 < |t| by :func:`_erf_chunk`'s far pass matches this scipy's erf on every 2^12-th float32 of
+    (1, 16] and around 1 and 8 (else float_gelu leaves those values to the loop)."""
+    global _erf_far_ok
+    b = np.concatenate([np.arange(0x3F800001, 0x41800001, 4096, dtype=np.uint32),
+                        np.arange(0x3F800001, 0x3F801001, dtype=np.uint32),
+                        np.arange(0x40FFF000, 0x41001000, dtype=np.uint32)])
+    v = np.concatenate([b, b | np.uint32(0x80000000)]).view(np.float32)
+    want = erf(v)
+    got = np.empty_like(v)
+    cdef float[::1] vv = v
+    cdef float[::1] gv = got
+    cdef int64_t c0 = 0, n = v.shape[0]
+    _erf_far_ok = True
+    while c0 < n:
+        _erf_chunk(&vv[c0], &gv[c0], min(2048, n - c0), 2)
+        c0 += 2048
+    _erf_far_ok = bool(np.array_equal(got.view(np.uint32), want.view(np.uint32)))
+
+
+def erf_far_used() -> bool:
+    """Whether :func:`float_gelu` computes erf of 1 < |t| itself (cephes' erfc on numpy's float64 exp, where erf's
+    double is not within _ERF_FAR_MARGIN of a float32 rounding boundary) rather than by scipy's loop."""
+    return erf_loop_found() and _erf_near_ok and _erf_far_ok
+
+
+cdef inline int _erf_mode(bint exact_erf) noexcept:
+    return 0 if exact_erf or not _erf_near_ok else (2 if _erf_far_ok else 1)
+
+
+cdef void _erf_chunk(const float *t, float *o, int64_t m, int mode) noexcept nogil:
+    """o = erf(t) on m <= 2048 float32 values as scipy's float32 loop gives it. ``mode`` 0: the loop on all; 1:
+    |t| <= 1 by _erf_near (branch-free, vectorizable) and the rest (and NaN) gathered through the loop; 2: also
+    1 < |t| < 8 by cephes' erfc as scipy computes it (``cy/glue.h`` dse_erf_far on numpy's float64 exp of -t^2: the
+    exp may differ from glibc's by an ulp or two, so a value whose double lies within _ERF_FAR_MARGIN of a float32
+    rounding boundary goes to the loop) and |t| >= 8 as +-1 (scipy's double rounds to 1 there)."""
     cdef float fin[2048]
     cdef float fout[2048]
     cdef int far[2048]
-    cdef int64_t j, k = 0
+    cdef int fi[2048]
+    cdef double fa[2048]
+    cdef double zw[2048]
+    cdef int64_t j, k = 0, kk = 0, nf = 0
+    cdef int i
+    cdef double a, w
+    cdef float r
     cdef char *a2[2]
     cdef Py_ssize_t dims[1]
     cdef Py_ssize_t st2[2]
     st2[0] = st2[1] = 4
-    if not near:
+    if mode == 0:
         dims[0] = m
         a2[0], a2[1] = <char *>t, <char *>o
         _ERF_LOOP.fn(a2, dims, st2, _ERF_LOOP.data)
@@ -1115,6 +1168,36 @@ cdef void _erf_chunk(const float *t, float *o, int64_t m, bint near) noexcept no
     for j in range(m):
         far[k] = <int>j
         k += not (fabs(t[j]) <= 1.0)
+    if k and mode == 2:
+        for j in range(k):  # far[kk] keeps what the loop must do (kk <= j)
+            i = far[j]
+            a = fabs(<double>t[i])
+            if a < 8.0:
+                fa[nf] = a
+                zw[nf] = -a * a
+                fi[nf] = i
+                nf += 1
+            elif a >= 8.0:
+                o[i] = 1.0 if t[i] > 0 else -1.0
+            else:
+                far[kk] = i
+                kk += 1
+        if nf:
+            dims[0] = nf
+            st2[0] = st2[1] = 8
+            a2[0], a2[1] = <char *>zw, <char *>zw
+            _EXP64_LOOP.fn(a2, dims, st2, _EXP64_LOOP.data)          # z = exp(-a a), in place
+            st2[0] = st2[1] = 4
+            dse_erf_far(fa, zw, nf)                                  # w = 1 - erfc(a)
+            for j in range(nf):
+                w = zw[j]
+                if <float>(w - _ERF_FAR_MARGIN) == <float>(w + _ERF_FAR_MARGIN):
+                    r = <float>w
+                    o[fi[j]] = r if t[fi[j]] > 0 else -r
+                else:
+                    far[kk] = fi[j]
+                    kk += 1
+        k = kk
     if k:
         for j in range(k):
             fin[j] = t[far[j]]
@@ -1132,12 +1215,12 @@ def float_erf(const float[::1] x, float[::1] out, bint exact_erf=False):
         raise ValueError("float_erf: out must have x's length")
     if not erf_loop_found():
         raise RuntimeError("float_erf: scipy.special.erf has no float32 loop")
-    cdef bint near = _erf_near_ok and not exact_erf
+    cdef int mode = _erf_mode(exact_erf)
     with nogil:
         c0 = 0
         while c0 < n:
             m = min(2048, n - c0)
-            _erf_chunk(&x[c0], &out[c0], m, near)
+            _erf_chunk(&x[c0], &out[c0], m, mode)
             c0 += m
 
 
@@ -1157,7 +1240,7 @@ def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float
         raise RuntimeError("float_gelu: scipy.special.erf has no float32 loop")
     _glue_loops()
     cdef float tmp[2048]
-    cdef bint near = _erf_near_ok and not exact_erf
+    cdef int mode = _erf_mode(exact_erf)
     cdef char *a3[3]
     cdef Py_ssize_t dims[1]
     cdef Py_ssize_t st3[3]
@@ -1175,7 +1258,7 @@ def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float
             dims[0] = m
             a3[0], a3[1], a3[2] = <char *>&x[c0], <char *>&cdiv, <char *>tmp
             _SIG_LOOPS[3].fn(a3, dims, vs3, _SIG_LOOPS[3].data)          # t = true_divide(x, cdiv)
-            _erf_chunk(tmp, &out[c0], m, near)                           # e = erf(t)
+            _erf_chunk(tmp, &out[c0], m, mode)                           # e = erf(t)
             a3[2] = <char *>&out[c0]
             if order & 1:
                 a3[0], a3[1] = <char *>&cadd, <char *>&out[c0]
