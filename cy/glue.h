@@ -15,6 +15,12 @@
  * dse_add_act: y = act(a + b) on float32 tensors of one shape (the float32 add, then dse_act1 of cy/lut_kernel.h:
  * numpy's maximum(y, 0) or clip(y, lo, hi)) and, with q, q = dse_quantize1(y) (the next MAC layers' input patterns)
  * in the same pass. Chunks of the flat tensor over the threads; AVX2 at level >= 1, the same bits.
+ *
+ * dse_mul_planes_quant: q = dse_quantize1(x * s[p]) over P planes of n float32 values, each plane p times its own
+ * float32 scalar (a float Mul of a tensor by a per-channel one, as squeeze-and-excitation scales its input) read only
+ * by MAC layers: their input patterns without the float32 product. The float32 product is IEEE's whichever operand
+ * comes first (where both are NaN the quantization gives 0 for either NaN). Planes over the threads; AVX2 at level
+ * >= 1, the same bits.
  */
 #ifndef DSE_GLUE_H
 #define DSE_GLUE_H
@@ -278,6 +284,31 @@ static void dse_add_act(int level, const float *a, const float *b, int64_t n, in
             if (q)
                 q[i] = dse_quantize1(y[i], qs, qlo, qhi);
         }
+    }
+}
+
+DSE_T_AVX2 static void dse_mul_quant_avx2(const float *x, int64_t n, float s, float qs, int qlo, int qhi, uint8_t *q)
+{
+    const __m256 vs = _mm256_set1_ps(s), vqs = _mm256_set1_ps(qs), vqlo = _mm256_set1_ps((float)qlo),
+                 vqhi = _mm256_set1_ps((float)qhi);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        dse_quantize8(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), vqs, vqlo, vqhi, q + i);
+    for (; i < n; i++)
+        q[i] = dse_quantize1(x[i] * s, qs, qlo, qhi);
+}
+
+static void dse_mul_planes_quant(int level, const float *x, int64_t P, int64_t n, const float *s, float qs, int qlo,
+                                 int qhi, uint8_t *q, int nt)
+{
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t p = 0; p < P; p++) {
+        if (level >= DSE_ISA_AVX2) {
+            dse_mul_quant_avx2(x + p * n, n, s[p], qs, qlo, qhi, q + p * n);
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++)
+            q[p * n + i] = dse_quantize1(x[p * n + i] * s[p], qs, qlo, qhi);
     }
 }
 

@@ -21,8 +21,11 @@
   pooling, numpy's running maximum over each window's taps (``cy/glue.h``); AVX-512 / AVX2 for strides 1 and 2.
 * ``add_act(a, b, act="none", lo, hi, quant=None, isa=None, threads=1) -> (y, q or None)``: a + b with a Relu/Clip
   and optionally the next layer's input patterns in one pass.
-* ``float_sigmoid(x, out, times_x=0)`` / ``float_hardsigmoid(x, out, alpha, beta, times_x=0)``: Sigmoid (SiLU) and
-  HardSigmoid (HardSwish) of float32 by numpy's own float32 ufunc loops, chunk by chunk in cache (the same bits).
+* ``mul_planes_quantize(x, s, qs, signed, isa=None, threads=1) -> uint8``: the input patterns of the product of each
+  plane of x and its own scalar (squeeze-and-excitation's scale), without the float32 product.
+* ``float_sigmoid(x, out, times_x=0, q=None, qs, q_signed)`` / ``float_hardsigmoid(x, out, alpha, beta, times_x=0)``:
+  Sigmoid (SiLU) and HardSigmoid (HardSwish) of float32 by numpy's own float32 ufunc loops, chunk by chunk in cache
+  (the same bits); the Sigmoid optionally quantized in the same pass (the float32 result then kept or not).
 * ``int_gemm_batch`` / ``rows_gemm_batch``: L independent ``int_gemm`` / ``rows_gemm`` calls in one (an activation
   matmul's images x heads).
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
@@ -87,6 +90,8 @@ cdef extern from "glue.h" nogil:
     void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
                             float *out, const dse_np_loop *lp, int nt)
     void dse_erf_far(const double *a, double *zw, int64_t m)
+    void dse_mul_planes_quant(int level, const float *x, int64_t P, int64_t n, const float *s, float qs, int qlo,
+                              int qhi, uint8_t *q, int nt)
 
 cdef extern from "int_gemm.h" nogil:
     int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -1276,6 +1281,22 @@ def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float
                 a3[0], a3[1] = <char *>&out[c0], <char *>&cmul
                 _SIG_LOOPS[4].fn(a3, dims, vs3, _SIG_LOOPS[4].data)      # multiply(p, cmul, out=p)
             c0 += m
+
+
+def mul_planes_quantize(const float[::1] x, const float[::1] s, float qs, bint signed, isa=None, int threads=1):
+    """uint8 patterns :func:`quantize` gives on the float32 product x * s[p] of each of the len(s) planes of x (x's
+    length a multiple of len(s)), in one pass and without the product; AVX2 at level avx2 and above, the same bits."""
+    cdef int level = _level(isa)
+    cdef int64_t N = x.shape[0], P = s.shape[0]
+    if P == 0 or N % P:
+        raise ValueError(f"mul_planes_quantize: {N} values are not planes of {P} scalars")
+    q = np.empty(N, dtype=np.uint8)
+    cdef uint8_t[::1] qv = q
+    if N:
+        with nogil:
+            dse_mul_planes_quant(level, &x[0], P, N // P, &s[0], qs, -128 if signed else 0, 127 if signed else 255,
+                                 &qv[0], max(1, threads))
+    return q
 
 
 def add_act(const float[::1] a, const float[::1] b, act="none", float lo=-np.inf, float hi=np.inf, quant=None,

@@ -152,10 +152,11 @@ class Emulator:
         return out
 
     def _fused_quants(self) -> dict:
-        """{MAC or Sigmoid node index: _QuantFusion} for conv/gemm layers whose output (after a fused Relu/Clip), and
-        for SiLU pairs (:meth:`_fused_silus`) whose product, feeds only conv/gemm layers, all quantizing it alike:
-        the producer's pass (the layer's scaling pass, the SiLU's compiled pass) can emit those layers' quantized
-        input instead of the float32 tensor (decided per run by :meth:`_emit_quantized`)."""
+        """{MAC, Sigmoid or Mul node index: _QuantFusion} for conv/gemm layers whose output (after a fused Relu/Clip),
+        SiLU pairs (:meth:`_fused_silus`) and per-channel Muls (:meth:`_plane_mul`) whose product feeds only conv/gemm
+        layers, all quantizing it alike: the producer's pass (the layer's scaling pass, the SiLU's compiled pass,
+        ``dse.kernels.mul_quantized``) can emit those layers' quantized input instead of the float32 tensor (decided
+        per run by :meth:`_emit_quantized`)."""
         nodes, g = self.graph.nodes, self.graph
         out = {}
         for i, n in enumerate(nodes):
@@ -163,6 +164,8 @@ class Emulator:
                 t = nodes[i + 1].output if i in self._acts else n.output
             elif i in self._silus:
                 t = nodes[i + 1].output
+            elif i - 1 not in self._silus and self._plane_mul(n):  # not a SiLU pair's product
+                t = n.output
             else:
                 continue
             consumers = g.consumers(t)
@@ -173,6 +176,28 @@ class Emulator:
             if len(quants) == 1:
                 out[i] = _QuantFusion(t, self._last[t], tuple(c.name for c in consumers), quants.pop())
         return out
+
+    def _plane_mul(self, n) -> bool:
+        """A float Mul of two runtime tensors, one of the output's shape [C, H, W] and one [C, 1, 1] (per image): each
+        channel's plane times its scalar, as squeeze-and-excitation scales its input."""
+        if n.op != "mul" or n.is_mac or len(n.inputs) != 2 or n.attrs.get("args", (0, 1)) != (0, 1):
+            return False
+        out, shapes = self.graph.shapes.get(n.output), [self.graph.shapes.get(t) for t in n.inputs]
+        return out is not None and len(out) == 3 and sorted(shapes, key=str) == sorted([out, (out[0], 1, 1)], key=str)
+
+    @staticmethod
+    def _mul_quantized(n, env, quant):
+        """The per-channel Mul node ``n`` (:meth:`_plane_mul`) as its readers' quantized input, or None where the
+        operands are not float32 [B, C, H, W] and [B, C, 1, 1] (the node then runs on its own)."""
+        from dse.kernels import mul_quantized
+
+        a, b = (env[t] for t in n.inputs)
+        if not all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4 for v in (a, b)):
+            return None
+        x, s = (a, b) if b.shape[2:] == (1, 1) else (b, a)
+        if s.shape != x.shape[:2] + (1, 1):
+            return None
+        return mul_quantized(x, s, quant)
 
     @staticmethod
     def _runtime_add(n) -> bool:
@@ -377,9 +402,10 @@ class Emulator:
             qcache[out] = q
 
     def _emit_quantized(self, resolved, store_at) -> dict:
-        """{MAC or Sigmoid node index: OutputQuant} of the fusions this run takes: the producer and every consumer run on
-        integer tables (a float-domain consumer needs the float32 tensor), and no prefix-cache cut stored by this run
-        lies where the tensor is live (stored states keep float32 tensors, as any configuration may need them)."""
+        """{MAC, Sigmoid or Mul node index: OutputQuant} of the fusions this run takes: the producer (a MAC one) and
+        every consumer run on integer tables (a float-domain consumer needs the float32 tensor), and no prefix-cache
+        cut stored by this run lies where the tensor is live (stored states keep float32 tensors, as any
+        configuration may need them)."""
         out = {}
         for i, f in self._quants.items():
             n = self.graph.nodes[i]
@@ -596,6 +622,8 @@ class Emulator:
                 else:  # pragma: no cover - every float tensor of a run is float32
                     env[n.output] = exec_node(n, [x])
                     env[m.output] = exec_node(m, [env[t] for t in m.inputs])
+            elif i in quants and n.op == "mul" and (q := self._mul_quantized(n, env, quants[i])) is not None:
+                env[n.output], qcache[n.output] = None, q  # only its integer-domain consumers read it
             else:
                 args = [env[t] for t in n.inputs]
                 y = None

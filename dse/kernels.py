@@ -1654,6 +1654,18 @@ def add_act(a: np.ndarray, b: np.ndarray, act: OutputAct | None = None, quant: O
     return y.reshape(a.shape), None if q is None else q.view(quant.dtype).reshape(a.shape)
 
 
+def mul_quantized(x: np.ndarray, s: np.ndarray, quant: OutputQuant, isa=None) -> np.ndarray:
+    """``quantize_patterns(x * s)`` viewed as ``quant.dtype``, for float32 x [B, C, H, W] and a per-channel float32
+    s [B, C, 1, 1] (squeeze-and-excitation's scale), one threaded pass without the float32 product."""
+    if x.ndim != 4 or s.shape != x.shape[:2] + (1, 1):
+        raise ValueError(f"mul_quantized: {x.shape} times {s.shape} is not a per-channel product")
+    level = _isa_name(isa)
+    q = _kernels.mul_planes_quantize(np.ascontiguousarray(x, np.float32).reshape(-1),
+                                     np.ascontiguousarray(s, np.float32).reshape(-1), np.float32(quant.scale),
+                                     bool(quant.signed), level, get_threads())
+    return q.view(quant.dtype).reshape(x.shape)
+
+
 # --------------------------------------------------------------------------------------------------- public: float
 def gemm_float(a, w, mult) -> np.ndarray:
     """out[m, n] = sequential FP32 sum over ascending k of mult.float_product(a[m, k], w[n, k]); float32[M, N]."""

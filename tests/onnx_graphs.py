@@ -71,13 +71,14 @@ def shape_dims(g: G, x, idx):
     return g.axes_op("Unsqueeze", g.op("Gather", [g.op("Shape", [x]), g.c(np.array(idx))], axis=0), [0])
 
 
-def se_block(g: G, x, C, use_reduce_mean):
-    """EfficientNet MBConv squeeze-and-excitation: pool -> 1x1 -> SiLU (Sigmoid*Mul) -> 1x1 -> Sigmoid -> Mul."""
+def se_block(g: G, x, C, use_reduce_mean, gate_first=False):
+    """EfficientNet MBConv squeeze-and-excitation: pool -> 1x1 -> SiLU (Sigmoid*Mul) -> 1x1 -> Sigmoid -> Mul (the
+    gate as the Mul's first operand with ``gate_first``)."""
     s = g.axes_op("ReduceMean", x, [2, 3], keepdims=1) if use_reduce_mean else g.op("GlobalAveragePool", [x])
     s = g.op("Conv", [s, g.c(rand_w(C // 2, C, 1, 1)), g.c(rand_w(C // 2))])
     s = g.op("Mul", [s, g.op("Sigmoid", [s])])
     s = g.op("Sigmoid", [g.op("Conv", [s, g.c(rand_w(C, C // 2, 1, 1)), g.c(rand_w(C))])])
-    return g.op("Mul", [x, s])
+    return g.op("Mul", [s, x] if gate_first else [x, s])
 
 
 def hardswish(g: G, x):

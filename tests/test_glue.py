@@ -381,6 +381,33 @@ def test_compiled_sigmoid_quantized_argument_checks():
             _kernels.float_sigmoid(x, out, t, q)
 
 
+@settings(max_examples=100, deadline=None)
+@given(x=float_arrays((np.float32,)), shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 9),
+                                                      st.integers(1, 9)),
+       signed=st.booleans(), scale=st.sampled_from([0.02, 0.1, 1.0, 1e-3, 37.5]), isa=st.sampled_from(ISAS),
+       threads=st.sampled_from([1, 2]))
+def test_per_channel_mul_quantized_gives_the_two_passes_bits(x, shape, signed, scale, isa, threads):
+    """A float32 tensor [B, C, H, W] times a per-channel [B, C, 1, 1] one, quantized in the same pass
+    (dse.kernels.mul_quantized): the patterns of quantizing numpy's product in a pass of its own, at every ISA level,
+    1 and 2 threads; NaN of both signs, infinities, signed zeros and products past the clamp or float32's range."""
+    from dse.kernels import OutputQuant, mul_quantized, using_threads
+
+    xs = (np.resize(x, int(np.prod(shape))) if x.size else np.zeros(int(np.prod(shape)), np.float32)).reshape(shape)
+    rng = np.random.default_rng(int(np.prod(shape)))
+    s = (rng.standard_normal(shape[:2] + (1, 1)) * 3).astype(np.float32)
+    s.reshape(-1)[rng.permutation(s.size)[:s.size // 3]] = rng.choice(SPECIALS, s.size // 3)
+    s.reshape(-1)[:1] = np.float32(3e38)
+    for a, b in ((xs, s), (s, xs)):
+        with np.errstate(all="ignore"):
+            want = _kernels.quantize((a * b).reshape(-1), np.float32(scale), signed)
+        with using_threads(threads):
+            got = mul_quantized(xs, s, OutputQuant(scale, signed), isa)
+        assert got.dtype == (np.int8 if signed else np.uint8) and got.shape == shape
+        np.testing.assert_array_equal(got.reshape(-1).view(np.uint8), want)
+    with pytest.raises(ValueError):
+        mul_quantized(xs, s[:, :, :, :0], OutputQuant(scale, signed))
+
+
 def test_compiled_glue_falls_back_where_numpy_keeps_its_loops_elsewhere(monkeypatch):
     """The compiled Sigmoid/HardSigmoid run numpy's float32 loops from its ufuncs' loop tables. This numpy has them
     there (else the tests above would compare the numpy twins with themselves); where a numpy does not,

@@ -100,9 +100,11 @@ def test_efficientnet_se_block(tmp_path, opset):
 def test_efficientnet_mbconv_silu_quantized(tmp_path, threads):
     """MBConv blocks (stem + SiLU, expand 1x1 + SiLU, depthwise 3x3 / 5x5 + SiLU, SE, project): the SiLU pairs read
     only by conv layers (the stem's, the expands', the SE's inner one) emit those layers' quantized input from their
-    compiled pass, not the float32 tensor; the depthwise SiLUs (read by the SE's pool and Mul) do not. Runs equal the
+    compiled pass, not the float32 tensor, and so do the SE's per-channel scale products (read by the project
+    conv); the depthwise SiLUs (read by the SE's pool and Mul) do not. Runs equal the
     slow reference (logits and every layer's integer input) with integer and float multipliers on the consumers
     (these take the float32 tensor), through a prefix cache, and with the fusion switched off."""
+    from dse import kernels
     from dse.kernels import using_threads
 
     def silu(v):
@@ -115,7 +117,8 @@ def test_efficientnet_mbconv_silu_quantized(tmp_path, threads):
         e = silu(g.op("Conv", [x, g.c(rand_w(2 * C, cin, 1, 1)), g.c(rand_w(2 * C))]))
         d = silu(g.op("Conv", [e, g.c(rand_w(2 * C, 1, k, k)), g.c(rand_w(2 * C))], group=2 * C,
                       pads=[k // 2] * 4, strides=[s, s]))
-        x, cin = g.op("Conv", [se_block(g, d, 2 * C, use_reduce_mean=True), g.c(rand_w(6, 2 * C, 1, 1, s=0.5))]), 6
+        se = se_block(g, d, 2 * C, use_reduce_mean=True, gate_first=C == 6)
+        x, cin = g.op("Conv", [se, g.c(rand_w(6, 2 * C, 1, 1, s=0.5))]), 6
     p = g.save(tmp_path, head(g, x, 6), [3, 13, 13])
     graph = check_float(p, [3, 13, 13])
     with using_threads(threads):
@@ -124,15 +127,22 @@ def test_efficientnet_mbconv_silu_quantized(tmp_path, threads):
         sig = sorted(i for i in emu._quants if graph.nodes[i].op == "sigmoid")
         # stem, expand and the SE's inner SiLU of each block; not the depthwise ones nor the SE's gate
         assert len(sig) == 5 and all(i in emu._silus for i in sig)
+        assert len([i for i in emu._quants if graph.nodes[i].op == "mul"]) == 2  # the SE's scale products
         check_donors(qm, [3, 13, 13], 2)
         x = RNG.standard_normal((4, 3, 13, 13)).astype(np.float32)
         names = [l.name for l in qm.layers]
+        calls = []
+        with pytest.MonkeyPatch.context() as mp:  # both SE products (gate second, then first) take the fused pass
+            mp.setattr(kernels, "mul_quantized",
+                       lambda *a, f=kernels.mul_quantized: calls.append(a[0].shape[1]) or f(*a))
+            emu.run(x, {nm: LayerConfig("exact") for nm in names})
+        assert sorted(set(calls)) == [8, 12]
         for cfg in ({nm: LayerConfig("bf16" if i % 2 else "exact") for i, nm in enumerate(names)},
                     {nm: LayerConfig("mitch_w6") for nm in names}):
             want = reference_run(qm, x, cfg)
             np.testing.assert_array_equal(emu.run(x, cfg), want)
             off = Emulator(qm)
-            off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].op != "sigmoid"}
+            off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].is_mac}
             np.testing.assert_array_equal(off.run(x, cfg), want)
 
 

@@ -165,7 +165,8 @@ def sigmoid_quantized(x: np.ndarray, times_x: int, quant) -> np.ndarray:
     dtype = np.int8 if quant.signed else np.uint8
     if x.dtype != np.float32 or x.ndim == 0 or not _kernels.numpy_loops_found():
         y = np.ascontiguousarray(sigmoid(x, times_x), np.float32)
-        return _kernels.quantize(y.reshape(-1), np.float32(quant.scale), bool(quant.signed)).view(dtype).reshape(x.shape)
+        q = _kernels.quantize(y.reshape(-1), np.float32(quant.scale), bool(quant.signed))
+        return q.view(dtype).reshape(x.shape)
     x = np.ascontiguousarray(x)
     q = np.empty(x.shape, np.uint8)
     _kernels.float_sigmoid(x.reshape(-1), None, times_x, q.reshape(-1), np.float32(quant.scale), bool(quant.signed))
