@@ -1,7 +1,8 @@
-"""Where MobileNetV2's exact FxP8 run loses to onnxruntime int8, per layer kind, and builds of the extension compared
-on the same layers.
+"""Where MobileNetV2's (or any ONNX CNN's) exact FxP8 run loses to onnxruntime int8, per layer kind, and builds of the
+extension compared on the same layers.
 
     python benchmarks/bench_mb_layers.py [OLD.so NEW.so ...] [--rounds 7] [--size 32] [--no-ort]
+    python benchmarks/bench_mb_layers.py [OLD.so NEW.so ...] --onnx m224/efficientnet_b0_style.onnx [--images 19]
 
 Captures every ``conv2d_scaled`` call of one streaming batch (128 images) of bench_e2e's MobileNetV2 (FxP8 exact,
 the layers' real inputs, weights and fused scaling: Clip, next layer's quantization, residual Add), then times them
@@ -15,6 +16,10 @@ its nodes summed per the same kinds (medians over the rounds' runs; the profiler
 CPU time over its wall time, so that a loaded box's preemption does not count); its node kinds after graph optimisation are
 printed so the comparison can be checked (QLinearConv, not a float fallback). Prints ms per kind per engine and the
 ratio of each build to the first and to onnxruntime.
+
+With ``--onnx`` (a file with a fixed square input, as bench_e2e.py --onnx takes) the network is that file, the kinds
+are by shape (depthwise k x k by plane and stride, 1x1 by plane, the squeeze-and-excitation 1x1 convs on 1x1 planes,
+other convs) and onnxruntime's non-conv nodes are summed per op type beside them.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_e2e import _ort_int8, images, mobilenetv2  # noqa: E402
+from bench_e2e import _ort_int8, images, input_name, mobilenetv2  # noqa: E402
 from call_replay import load_builds  # noqa: E402
 
 
@@ -52,7 +57,20 @@ def _kind(x_shape, w_shape, stride, add) -> str:
     return "project 1x1 + Add" if add else "project 1x1"
 
 
-def capture(size: int):
+def _shape_kind(x_shape, w_shape, stride, add) -> str:
+    """The layer kind of a conv2d_scaled call of any CNN, by shape."""
+    _, C, H, _ = x_shape
+    Cout, Cg, kh, kw = w_shape
+    if Cg == 1 and C > 1:
+        return f"depthwise {kh}x{kw} {H}x{H} s{stride[0]}"
+    if kh == kw == 1 and H == 1:
+        return "SE 1x1 on 1x1 planes"
+    if kh == kw == 1:
+        return f"1x1 {H}x{H}" + (" + Add" if add else "")
+    return f"conv {kh}x{kw} {H}x{H} s{stride[0]}"
+
+
+def capture(size: int, onnx_path: str | None = None, n_images: int = 128):
     """(calls, images, onnx path): every conv2d_scaled call of one FxP8-exact batch, in network order, as (kind,
     args, kwargs) with the arrays copied."""
     from dse import kernels
@@ -62,10 +80,16 @@ def capture(size: int):
     from dse.quant import calibrate
 
     d = Path(tempfile.mkdtemp())
-    path = d / "mobilenetv2.onnx"
-    onnx.save(mobilenetv2(size), str(path))
+    kind = _kind
+    if onnx_path is None:
+        path = d / "mobilenetv2.onnx"
+        onnx.save(mobilenetv2(size), str(path))
+    else:
+        path = d / Path(onnx_path).name
+        path.write_bytes(Path(onnx_path).read_bytes())
+        kind = _shape_kind
     graph = load_onnx(path)
-    x = images(128, size, seed=11)
+    x = images(n_images, size, seed=11)
     kernels.set_threads(1)
     qm = calibrate(graph, images(16, size, seed=3))
     emu = Emulator(qm)
@@ -74,27 +98,29 @@ def capture(size: int):
 
     def recording(xq, w, mult, a_signed, scaling, *a, **k):
         stride = k.get("stride", a[0] if a else (1, 1))
-        calls.append((_kind(xq.shape, w.shape, stride, scaling.add is not None),
+        calls.append((kind(xq.shape, w.shape, stride, scaling.add is not None),
                       (np.array(xq), np.array(w), mult, a_signed, scaling) + a, dict(k)))
         return orig(xq, w, mult, a_signed, scaling, *a, **k)
 
     kernels.conv2d_scaled = recording
     try:
-        emu.run(x, {l.name: LayerConfig("exact") for l in qm.layers}, batch_size=128)
+        emu.run(x, {l.name: LayerConfig("exact") for l in qm.layers}, batch_size=len(x))
     finally:
         kernels.conv2d_scaled = orig
     return calls, x, path
 
 
-def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str]) -> dict:
+def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str], by_op: bool = False) -> dict:
     """onnxruntime int8 (QDQ) on x, one thread, its per-node kernel time summed by the captured calls' kinds (the
     model's Conv nodes in order are the dse layers in order; QLinearAdd is counted with "project 1x1 + Add"); the
-    median over ``rounds`` runs per kind, plus "whole run" (the run's CPU time)."""
+    median over ``rounds`` runs per kind, plus "whole run" (the run's CPU time); ``by_op``: the other nodes also
+    per op type ("ort <op>")."""
     import onnxruntime as ort
 
     groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
               for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"}
-    q = _ort_int8(path, images(16, x.shape[-1], seed=3))
+    inp = input_name(onnx.load(str(path)))
+    q = _ort_int8(path, images(16, x.shape[-1], seed=3), inp)
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -110,11 +136,11 @@ def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str]) -> dic
     so.profile_file_prefix = str(path.with_name("ort_profile"))  # the model's temporary directory
     s = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
     for _ in range(2):
-        s.run(None, {"input": x})
+        s.run(None, {inp: x})
     cpu = []
     for _ in range(rounds):
         t = time.process_time()
-        s.run(None, {"input": x})
+        s.run(None, {inp: x})
         cpu.append(time.process_time() - t)
     with open(s.end_profiling()) as f:
         ev = json.load(f)
@@ -133,8 +159,13 @@ def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str]) -> dic
         tot = collections.defaultdict(float)
         for e, k in zip(convs, kinds):
             tot[k] += e["dur"] / 1e6 * scale
-        tot["project 1x1 + Add"] += sum(e["dur"] / 1e6 * scale for e in nodes
-                                        if e["args"].get("op_name") == "QLinearAdd")
+        if not by_op:
+            tot["project 1x1 + Add"] += sum(e["dur"] / 1e6 * scale for e in nodes
+                                            if e["args"].get("op_name") == "QLinearAdd")
+        else:
+            for e in nodes:
+                if e["args"].get("op_name") != "QLinearConv":
+                    tot["ort " + e["args"]["op_name"]] += e["dur"] / 1e6 * scale
         tot["other nodes"] = sum(e["dur"] / 1e6 * scale for e in nodes
                                  if e["args"].get("op_name") not in ("QLinearConv", "QLinearAdd"))
         for k, v in tot.items():
@@ -181,18 +212,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--onnx", help="an ONNX CNN with a fixed square input instead of MobileNetV2 (--size: its size)")
+    ap.add_argument("--images", type=int, default=128, help="images per batch (the emulator's streaming batch "
+                    "of a 224x224 EfficientNet-B0-style is 19)")
     a = ap.parse_args()
     from dse import kernels
 
     kernels.set_threads(1)
-    calls, x, path = capture(a.size)
+    if a.onnx:
+        a.size = onnx.load(a.onnx).graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+    calls, x, path = capture(a.size, a.onnx, a.images)
     mods = load_builds(a.so) if a.so else [kernels._kernels]
     names = [Path(s).name for s in a.so] if a.so else ["this build"]
     dse_t = time_builds(calls, mods, a.rounds)
-    ort_t = None if a.no_ort else ort_profile(path, x, a.rounds, [k for k, _, _ in calls])
+    ort_t = None if a.no_ort else ort_profile(path, x, a.rounds, [k for k, _, _ in calls], by_op=bool(a.onnx))
     count = collections.Counter(k for k, _, _ in calls)
     kinds = sorted(count, key=lambda k: -dse_t[0][k]) + ["convs, all"]
-    print(f"MobileNetV2 {a.size}x{a.size}, 128 images, FxP8 exact, one thread, {a.rounds} rounds, median ms")
+    net = Path(a.onnx).stem if a.onnx else "MobileNetV2"
+    print(f"{net} {a.size}x{a.size}, {len(x)} images, FxP8 exact, one thread, {a.rounds} rounds, median ms")
     head = f"{'layer kind (calls)':34s}" + "".join(f"{n[:14]:>15s}" for n in names)
     head += "".join(f"{'/ ' + n[:10]:>13s}" for n in names[1:])
     if ort_t:
@@ -209,6 +246,8 @@ def main() -> None:
     if ort_t:
         print(f"onnxruntime int8 whole run {ort_t['whole run'] * 1e3:.2f} CPU ms (other nodes "
               f"{ort_t.get('other nodes', 0.0) * 1e3:.2f} ms); 'vs ort' > 1: dse faster")
+        for k, v in sorted(((k, v) for k, v in ort_t.items() if k.startswith("ort ")), key=lambda kv: -kv[1]):
+            print(f"  {k[4:]:30s} {v * 1e3:8.2f} ms")
 
 
 if __name__ == "__main__":
