@@ -23,9 +23,9 @@
   and optionally the next layer's input patterns in one pass.
 * ``mul_planes_quantize(x, s, qs, signed, isa=None, threads=1) -> uint8``: the input patterns of the product of each
   plane of x and its own scalar (squeeze-and-excitation's scale), without the float32 product.
-* ``float_sigmoid(x, out, times_x=0, q=None, qs, q_signed)`` / ``float_hardsigmoid(x, out, alpha, beta, times_x=0)``:
-  Sigmoid (SiLU) and HardSigmoid (HardSwish) of float32 by numpy's own float32 ufunc loops, chunk by chunk in cache
-  (the same bits); the Sigmoid optionally quantized in the same pass (the float32 result then kept or not).
+* ``float_sigmoid(x, out, times_x=0, q=None, qs, q_signed)`` / ``float_hardsigmoid(x, out, alpha, beta, times_x=0,
+  q=None, qs, q_signed)``: Sigmoid (SiLU) and HardSigmoid (HardSwish) of float32 by numpy's own float32 ufunc loops,
+  chunk by chunk in cache (the same bits), optionally quantized in the same pass (the float32 result kept or not).
 * ``int_gemm_batch`` / ``rows_gemm_batch``: L independent ``int_gemm`` / ``rows_gemm`` calls in one (an activation
   matmul's images x heads).
 * ``isa()`` / ``isa_levels()`` / ``hardware_isa()``: which SIMD path is dispatched. The environment variable
@@ -906,16 +906,21 @@ def numpy_loops_found():
     return _numpy_loops_found
 
 
-def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float beta, int times_x=0):
+def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float beta, int times_x=0,
+                      uint8_t[::1] q=None, float qs=1.0, bint q_signed=False, isa=None):
     """Writes out = clip(x * alpha + beta, 0, 1) over float32 x as dse.model.nn.reference_hardsigmoid computes it:
     numpy's own float32 loops of multiply (the scalar alpha second, stride 0), add (beta likewise) and clip (the
     bounds 0 and 1 at stride 0), called as numpy's ufuncs call them (add and clip in place) on chunks of
     SIGMOID_CHUNK values in cache: one pass over memory, the same bits. ``times_x`` 1: then out = multiply(x, out)
-    in place (HardSwish)."""
+    in place (HardSwish). ``q``, ``qs``, ``q_signed``: each chunk's result also quantized, ``out`` None then, as
+    :func:`float_sigmoid` takes them."""
     cdef int64_t n = x.shape[0], c0, m, chunk = SIGMOID_CHUNK
-    if out.shape[0] != n or times_x not in (0, 1):
-        raise ValueError("float_hardsigmoid: out must have x's length and times_x be 0 or 1")
+    if times_x not in (0, 1) or (out is None and q is None) or (out is not None and out.shape[0] != n) or \
+            (q is not None and q.shape[0] != n):
+        raise ValueError("float_hardsigmoid: out / q must have x's length (one of them given) and times_x be 0 or 1")
     _glue_loops()
+    cdef int level = _level(isa)
+    cdef int lo = -128 if q_signed else 0, hi = 127 if q_signed else 255
     cdef float zero = 0.0, one = 1.0
     cdef char *a3[3]
     cdef char *a4[4]
@@ -928,20 +933,30 @@ def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float bet
     sc4[0], sc4[1], sc4[2], sc4[3] = 4, 0, 0, 4
     if n == 0:
         return
+    buf = None if out is not None else np.empty(chunk + 16, np.float32)
+    cdef float[::1] bufv
+    cdef float *o
+    cdef float *ob = NULL
+    if out is None:
+        bufv = buf
+        ob = &bufv[(-(<uintptr_t>&bufv[0]) // 4) % 16]  # 64-byte aligned, as a fresh chunk of out would be
     with nogil:
         c0 = 0
         while c0 < n:
             m = min(chunk, n - c0)
             dims[0] = m
-            a3[0], a3[1], a3[2] = <char *>&x[c0], <char *>&alpha, <char *>&out[c0]
+            o = ob if ob != NULL else &out[c0]
+            a3[0], a3[1], a3[2] = <char *>&x[c0], <char *>&alpha, <char *>o
             _SIG_LOOPS[4].fn(a3, dims, sc3, _SIG_LOOPS[4].data)          # t = multiply(x, alpha)
-            a3[0], a3[1] = <char *>&out[c0], <char *>&beta
+            a3[0], a3[1] = <char *>o, <char *>&beta
             _SIG_LOOPS[2].fn(a3, dims, sc3, _SIG_LOOPS[2].data)          # add(t, beta, out=t)
-            a4[0], a4[1], a4[2], a4[3] = <char *>&out[c0], <char *>&zero, <char *>&one, <char *>&out[c0]
+            a4[0], a4[1], a4[2], a4[3] = <char *>o, <char *>&zero, <char *>&one, <char *>o
             _SIG_LOOPS[5].fn(a4, dims, sc4, _SIG_LOOPS[5].data)          # clip(t, 0, 1, out=t)
             if times_x:
-                a3[0], a3[1] = <char *>&x[c0], <char *>&out[c0]
+                a3[0], a3[1] = <char *>&x[c0], <char *>o
                 _SIG_LOOPS[4].fn(a3, dims, st3, _SIG_LOOPS[4].data)      # multiply(x, t, out=t)
+            if q is not None:
+                dse_quantize_seq(level, o, m, qs, lo, hi, &q[c0])
             c0 += m
 
 

@@ -152,11 +152,11 @@ class Emulator:
         return out
 
     def _fused_quants(self) -> dict:
-        """{MAC, Sigmoid or Mul node index: _QuantFusion} for conv/gemm layers whose output (after a fused Relu/Clip),
-        SiLU pairs (:meth:`_fused_silus`) and per-channel Muls (:meth:`_plane_mul`) whose product feeds only conv/gemm
-        layers, all quantizing it alike: the producer's pass (the layer's scaling pass, the SiLU's compiled pass,
-        ``dse.kernels.mul_quantized``) can emit those layers' quantized input instead of the float32 tensor (decided
-        per run by :meth:`_emit_quantized`)."""
+        """{MAC, Sigmoid, Mul or HardSwish node index: _QuantFusion} for conv/gemm layers whose output (after a fused
+        Relu/Clip), SiLU pairs (:meth:`_fused_silus`) and per-channel Muls (:meth:`_plane_mul`) whose product, and
+        HardSwish nodes whose result feeds only conv/gemm layers, all quantizing it alike: the producer's pass (the
+        layer's scaling pass, the SiLU's or HardSwish's compiled pass, ``dse.kernels.mul_quantized``) can emit those
+        layers' quantized input instead of the float32 tensor (decided per run by :meth:`_emit_quantized`)."""
         nodes, g = self.graph.nodes, self.graph
         out = {}
         for i, n in enumerate(nodes):
@@ -164,7 +164,7 @@ class Emulator:
                 t = nodes[i + 1].output if i in self._acts else n.output
             elif i in self._silus:
                 t = nodes[i + 1].output
-            elif i - 1 not in self._silus and self._plane_mul(n):  # not a SiLU pair's product
+            elif n.op == "hardswish" or (i - 1 not in self._silus and self._plane_mul(n)):  # not a SiLU's product
                 t = n.output
             else:
                 continue
@@ -186,14 +186,19 @@ class Emulator:
         return out is not None and len(out) == 3 and sorted(shapes, key=str) == sorted([out, (out[0], 1, 1)], key=str)
 
     @staticmethod
-    def _mul_quantized(n, env, quant):
-        """The per-channel Mul node ``n`` (:meth:`_plane_mul`) as its readers' quantized input, or None where the
-        operands are not float32 [B, C, H, W] and [B, C, 1, 1] (the node then runs on its own)."""
+    def _glue_quantized(n, env, quant):
+        """Node ``n`` of a glue fusion of :meth:`_fused_quants` (a per-channel Mul, :meth:`_plane_mul`, or a HardSwish)
+        as its readers' quantized input, or None where the operands are not float32 (of shapes [B, C, H, W] and [B, C,
+        1, 1] for the Mul): the node then runs on its own."""
         from dse.kernels import mul_quantized
+        from dse.model.nn import hardsigmoid_quantized
 
-        a, b = (env[t] for t in n.inputs)
-        if not all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4 for v in (a, b)):
+        args = [env[t] for t in n.inputs]
+        if not all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4 for v in args):
             return None
+        if n.op == "hardswish":
+            return hardsigmoid_quantized(args[0], 1 / 6, 0.5, True, quant)
+        a, b = args
         x, s = (a, b) if b.shape[2:] == (1, 1) else (b, a)
         if s.shape != x.shape[:2] + (1, 1):
             return None
@@ -622,7 +627,8 @@ class Emulator:
                 else:  # pragma: no cover - every float tensor of a run is float32
                     env[n.output] = exec_node(n, [x])
                     env[m.output] = exec_node(m, [env[t] for t in m.inputs])
-            elif i in quants and n.op == "mul" and (q := self._mul_quantized(n, env, quants[i])) is not None:
+            elif i in quants and n.op in ("mul", "hardswish") and \
+                    (q := self._glue_quantized(n, env, quants[i])) is not None:
                 env[n.output], qcache[n.output] = None, q  # only its integer-domain consumers read it
             else:
                 args = [env[t] for t in n.inputs]

@@ -345,11 +345,11 @@ def test_compiled_sigmoid_gives_numpy_bits(x, n, offset, times_x):
        offset=st.integers(0, 15), times_x=st.sampled_from([0, 1, 2]), signed=st.booleans(),
        scale=st.sampled_from([0.02, 0.1, 1.0, 1e-3, 37.5]), keep=st.booleans(), isa=st.sampled_from(ISAS))
 def test_compiled_sigmoid_quantized_gives_the_two_passes_bits(x, n, offset, times_x, signed, scale, keep, isa):
-    """The compiled Sigmoid / SiLU with its result quantized chunk by chunk (the next layers' input, the float32
-    result kept or not) gives the patterns of quantizing the float32 result in a pass of its own, at every ISA
-    level, and the same float32 result where it is kept; nn.sigmoid_quantized likewise, with and without the
-    compiled pass; lengths around the chunk size, every 4-byte offset, NaN, infinities, signed zeros, clamped
-    values."""
+    """The compiled Sigmoid / SiLU and HardSigmoid / HardSwish with their result quantized chunk by chunk (the next
+    layers' input, the float32 result kept or not) give the patterns of quantizing the float32 result in a pass of its
+    own, at every ISA level, and the same float32 result where it is kept; nn.sigmoid_quantized and
+    nn.hardsigmoid_quantized likewise, with and without the compiled pass; lengths around the chunk size, every
+    4-byte offset, NaN, infinities, signed zeros, clamped values."""
     from dse.kernels import OutputQuant
 
     xs = _values_at_offset(x, n, offset)
@@ -371,6 +371,21 @@ def test_compiled_sigmoid_quantized_gives_the_two_passes_bits(x, n, offset, time
         mp.setattr(_kernels, "numpy_loops_found", lambda: False)
         np.testing.assert_array_equal(nn.sigmoid_quantized(xs, times_x, OutputQuant(scale, signed)),
                                       want.view(dtype))
+    # HardSigmoid / HardSwish likewise
+    alpha, hs = (1 / 6, True) if times_x else (0.2, False)
+    want_y = nn.hardsigmoid(xs, alpha, 0.5, hs)
+    want = _kernels.quantize(want_y, qs, signed)
+    q[...] = 7
+    _kernels.float_hardsigmoid(xs, out, float(np.float32(alpha)), 0.5, int(hs), q, qs, signed, isa)
+    np.testing.assert_array_equal(q, want)
+    if keep:
+        _same_bits(np.where(np.isnan(want_y), 0, out), np.where(np.isnan(want_y), 0, want_y))
+    np.testing.assert_array_equal(nn.hardsigmoid_quantized(xs, alpha, 0.5, hs, OutputQuant(scale, signed)),
+                                  want.view(dtype))
+    with pytest.MonkeyPatch.context() as mp, np.errstate(all="ignore"):
+        mp.setattr(_kernels, "numpy_loops_found", lambda: False)
+        np.testing.assert_array_equal(nn.hardsigmoid_quantized(xs, alpha, 0.5, hs, OutputQuant(scale, signed)),
+                                      want.view(dtype))
 
 
 def test_compiled_sigmoid_quantized_argument_checks():
@@ -379,6 +394,8 @@ def test_compiled_sigmoid_quantized_argument_checks():
                       (np.empty(10, np.float32), None, 3)):
         with pytest.raises(ValueError):
             _kernels.float_sigmoid(x, out, t, q)
+        with pytest.raises(ValueError):
+            _kernels.float_hardsigmoid(x, out, 0.2, 0.5, min(t, 2), q)
 
 
 @settings(max_examples=100, deadline=None)

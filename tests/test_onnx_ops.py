@@ -182,6 +182,45 @@ def test_mobilenetv3_inverted_residual(tmp_path, opset):
     check_emulated(graph, [3, 8, 8], "mitch_w6")
 
 
+@pytest.mark.parametrize("opset,threads", [(14, 1), (21, 2)])
+def test_mobilenetv3_hardswish_quantized(tmp_path, opset, threads):
+    """MobileNetV3 blocks: the HardSwish nodes read only by conv layers (the stem's, the expand's) emit those layers'
+    quantized input from their compiled pass, and the SE's per-channel HardSigmoid product (read by the project conv)
+    from dse.kernels.mul_quantized; the depthwise HardSwish (read by the SE's pool and Mul) does not. Runs equal the
+    slow reference (logits and every layer's integer input), also with float multipliers and with the fusions off."""
+    from dse import kernels
+    from dse.kernels import using_threads
+
+    g = G(opset)
+    x = g.op("HardSwish", [g.op("Conv", ["x", g.c(rand_w(4, 3, 3, 3))], strides=[2, 2], pads=[1, 1, 1, 1])])
+    e = g.op("HardSwish", [g.op("Conv", [x, g.c(rand_w(8, 4, 1, 1)), g.c(rand_w(8))])])
+    d = g.op("HardSwish", [g.op("Conv", [e, g.c(rand_w(8, 1, 5, 5))], group=8, pads=[2, 2, 2, 2], strides=[2, 2])])
+    s = g.op("Relu", [g.op("Conv", [g.op("GlobalAveragePool", [d]), g.c(rand_w(4, 8, 1, 1))])])
+    s = g.op("HardSigmoid", [g.op("Conv", [s, g.c(rand_w(8, 4, 1, 1))])], alpha=1 / 6, beta=0.5)
+    p = g.op("Conv", [g.op("Mul", [d, s]), g.c(rand_w(6, 8, 1, 1))])
+    p = g.save(tmp_path, head(g, p, 6), [3, 13, 13])
+    graph = check_float(p, [3, 13, 13])
+    with using_threads(threads):
+        qm = check_emulated(graph, [3, 13, 13], "mitch_w6")
+        emu = Emulator(qm)
+        fused = sorted(graph.nodes[i].op for i in emu._quants if not graph.nodes[i].is_mac)
+        assert fused == ["hardswish", "hardswish", "mul"]
+        x = RNG.standard_normal((4, 3, 13, 13)).astype(np.float32)
+        names = [l.name for l in qm.layers]
+        calls = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(kernels, "mul_quantized", lambda *a, f=kernels.mul_quantized: calls.append(1) or f(*a))
+            emu.run(x, {nm: LayerConfig("exact") for nm in names})
+        assert calls
+        for cfg in ({nm: LayerConfig("bf16" if i % 2 else "exact") for i, nm in enumerate(names)},
+                    {nm: LayerConfig("drum6") for nm in names}):
+            want = reference_run(qm, x, cfg)
+            np.testing.assert_array_equal(emu.run(x, cfg), want)
+            off = Emulator(qm)
+            off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].is_mac}
+            np.testing.assert_array_equal(off.run(x, cfg), want)
+
+
 @pytest.mark.parametrize("mult", ["mitch_w6", "perf_j1_k2", "axbxp_k2_w2_a2_dynamic"])
 def test_mobilenetv2_blocks_fused_quantization(tmp_path, mult):
     """Inverted residuals (stride 2 without, stride 1 with a residual): the stem, expand and depthwise layers emit

@@ -159,17 +159,31 @@ def sigmoid_quantized(x: np.ndarray, times_x: int, quant) -> np.ndarray:
     ``quantize``'s patterns, viewed as int8 or uint8), each chunk of the compiled pass while it is in cache; the
     float32 result is never stored. Where the compiled pass does not run, :func:`sigmoid` and then the same
     quantization."""
+    return _glue_quantized(x, quant, lambda: sigmoid(x, times_x), "float_sigmoid", times_x)
+
+
+def hardsigmoid_quantized(x: np.ndarray, alpha: float, beta: float, times_x: bool, quant) -> np.ndarray:
+    """:func:`hardsigmoid`'s result (HardSwish with ``times_x``) as the next layers' quantized input, as
+    :func:`sigmoid_quantized` gives the Sigmoid's."""
+    return _glue_quantized(x, quant, lambda: hardsigmoid(x, alpha, beta, times_x), "float_hardsigmoid",
+                           float(np.float32(alpha)), float(np.float32(beta)), int(times_x))
+
+
+def _glue_quantized(x, quant, whole, loop: str, *args) -> np.ndarray:
+    """The compiled glue pass ``loop`` (``_kernels.float_sigmoid`` / ``float_hardsigmoid``, called with ``args``)
+    emitting only the quantized result; where it does not run, ``whole()`` and then the quantization."""
     if _kernels is None:
         raise DseError("the compiled kernels dse._kernels are missing; build them with 'python setup.py build_ext "
                        "--inplace'")
     dtype = np.int8 if quant.signed else np.uint8
     if x.dtype != np.float32 or x.ndim == 0 or not _kernels.numpy_loops_found():
-        y = np.ascontiguousarray(sigmoid(x, times_x), np.float32)
+        y = np.ascontiguousarray(whole(), np.float32)
         q = _kernels.quantize(y.reshape(-1), np.float32(quant.scale), bool(quant.signed))
         return q.view(dtype).reshape(x.shape)
     x = np.ascontiguousarray(x)
     q = np.empty(x.shape, np.uint8)
-    _kernels.float_sigmoid(x.reshape(-1), None, times_x, q.reshape(-1), np.float32(quant.scale), bool(quant.signed))
+    getattr(_kernels, loop)(x.reshape(-1), None, *args, q=q.reshape(-1), qs=np.float32(quant.scale),
+                            q_signed=bool(quant.signed))
     return q.view(dtype)
 
 
