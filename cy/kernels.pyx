@@ -906,6 +906,13 @@ def numpy_loops_found():
     return _numpy_loops_found
 
 
+cdef float *_aligned_chunk(object buf):
+    """The first 64-byte aligned value of ``buf`` (float32, one chunk + 16 values: the chunk fits after it), as a
+    fresh chunk of an output would be aligned; ``buf`` keeps the memory."""
+    cdef float[::1] v = buf
+    return &v[(-(<uintptr_t>&v[0]) // 4) % 16]
+
+
 def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float beta, int times_x=0,
                       uint8_t[::1] q=None, float qs=1.0, bint q_signed=False, isa=None):
     """Writes out = clip(x * alpha + beta, 0, 1) over float32 x as dse.model.nn.reference_hardsigmoid computes it:
@@ -933,13 +940,9 @@ def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float bet
     sc4[0], sc4[1], sc4[2], sc4[3] = 4, 0, 0, 4
     if n == 0:
         return
-    buf = None if out is not None else np.empty(chunk + 16, np.float32)
-    cdef float[::1] bufv
+    buf = None if out is not None else np.empty(chunk + 16, np.float32)  # each chunk's result, where out is None
     cdef float *o
-    cdef float *ob = NULL
-    if out is None:
-        bufv = buf
-        ob = &bufv[(-(<uintptr_t>&bufv[0]) // 4) % 16]  # 64-byte aligned, as a fresh chunk of out would be
+    cdef float *ob = NULL if buf is None else _aligned_chunk(buf)
     with nogil:
         c0 = 0
         while c0 < n:
@@ -990,13 +993,9 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1
     sc3[0], sc3[1], sc3[2] = 0, 4, 4
     if n == 0:
         return
-    buf = None if out is not None else np.empty(chunk + 16, np.float32)
-    cdef float[::1] bufv
+    buf = None if out is not None else np.empty(chunk + 16, np.float32)  # each chunk's result, where out is None
     cdef float *o
-    cdef float *ob = NULL
-    if out is None:
-        bufv = buf
-        ob = &bufv[(-(<uintptr_t>&bufv[0]) // 4) % 16]  # 64-byte aligned, as a fresh chunk of out would be
+    cdef float *ob = NULL if buf is None else _aligned_chunk(buf)
     with nogil:
         c0 = 0
         while c0 < n:

@@ -104,7 +104,6 @@ def test_efficientnet_mbconv_silu_quantized(tmp_path, threads):
     conv); the depthwise SiLUs (read by the SE's pool and Mul) do not. Runs equal the
     slow reference (logits and every layer's integer input) with integer and float multipliers on the consumers
     (these take the float32 tensor), through a prefix cache, and with the fusion switched off."""
-    from dse import kernels
     from dse.kernels import using_threads
 
     def silu(v):
@@ -129,21 +128,30 @@ def test_efficientnet_mbconv_silu_quantized(tmp_path, threads):
         assert len(sig) == 5 and all(i in emu._silus for i in sig)
         assert len([i for i in emu._quants if graph.nodes[i].op == "mul"]) == 2  # the SE's scale products
         check_donors(qm, [3, 13, 13], 2)
-        x = RNG.standard_normal((4, 3, 13, 13)).astype(np.float32)
-        names = [l.name for l in qm.layers]
-        calls = []
-        with pytest.MonkeyPatch.context() as mp:  # both SE products (gate second, then first) take the fused pass
-            mp.setattr(kernels, "mul_quantized",
-                       lambda *a, f=kernels.mul_quantized: calls.append(a[0].shape[1]) or f(*a))
-            emu.run(x, {nm: LayerConfig("exact") for nm in names})
-        assert sorted(set(calls)) == [8, 12]
-        for cfg in ({nm: LayerConfig("bf16" if i % 2 else "exact") for i, nm in enumerate(names)},
-                    {nm: LayerConfig("mitch_w6") for nm in names}):
-            want = reference_run(qm, x, cfg)
-            np.testing.assert_array_equal(emu.run(x, cfg), want)
-            off = Emulator(qm)
-            off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].is_mac}
-            np.testing.assert_array_equal(off.run(x, cfg), want)
+        calls = check_fused_glue(qm, emu, "mitch_w6")
+        assert sorted(set(calls)) == [8, 12]  # both SE products (gate second, then first) take the fused pass
+
+
+def check_fused_glue(qm, emu, table: str) -> list:
+    """On 4 random 3 x 13 x 13 images: ``emu``'s all-exact run (returns the channel counts of its mul_quantized
+    calls), then its logits on a mixed exact / bf16 and an all-``table`` configuration equal the reference
+    emulator's, also with the float glue's quantized outputs off (only the MAC layers' fusions kept)."""
+    from dse import kernels
+
+    graph, x = emu.graph, RNG.standard_normal((4, 3, 13, 13)).astype(np.float32)
+    names = [l.name for l in qm.layers]
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "mul_quantized", lambda *a, f=kernels.mul_quantized: calls.append(a[0].shape[1]) or f(*a))
+        emu.run(x, {nm: LayerConfig("exact") for nm in names})
+    for cfg in ({nm: LayerConfig("bf16" if i % 2 else "exact") for i, nm in enumerate(names)},
+                {nm: LayerConfig(table) for nm in names}):
+        want = reference_run(qm, x, cfg)
+        np.testing.assert_array_equal(emu.run(x, cfg), want)
+        off = Emulator(qm)
+        off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].is_mac}
+        np.testing.assert_array_equal(off.run(x, cfg), want)
+    return calls
 
 
 def check_donors(qm, in_shape, n_donors):
@@ -188,7 +196,6 @@ def test_mobilenetv3_hardswish_quantized(tmp_path, opset, threads):
     quantized input from their compiled pass, and the SE's per-channel HardSigmoid product (read by the project conv)
     from dse.kernels.mul_quantized; the depthwise HardSwish (read by the SE's pool and Mul) does not. Runs equal the
     slow reference (logits and every layer's integer input), also with float multipliers and with the fusions off."""
-    from dse import kernels
     from dse.kernels import using_threads
 
     g = G(opset)
@@ -205,20 +212,7 @@ def test_mobilenetv3_hardswish_quantized(tmp_path, opset, threads):
         emu = Emulator(qm)
         fused = sorted(graph.nodes[i].op for i in emu._quants if not graph.nodes[i].is_mac)
         assert fused == ["hardswish", "hardswish", "mul"]
-        x = RNG.standard_normal((4, 3, 13, 13)).astype(np.float32)
-        names = [l.name for l in qm.layers]
-        calls = []
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(kernels, "mul_quantized", lambda *a, f=kernels.mul_quantized: calls.append(1) or f(*a))
-            emu.run(x, {nm: LayerConfig("exact") for nm in names})
-        assert calls
-        for cfg in ({nm: LayerConfig("bf16" if i % 2 else "exact") for i, nm in enumerate(names)},
-                    {nm: LayerConfig("drum6") for nm in names}):
-            want = reference_run(qm, x, cfg)
-            np.testing.assert_array_equal(emu.run(x, cfg), want)
-            off = Emulator(qm)
-            off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].is_mac}
-            np.testing.assert_array_equal(off.run(x, cfg), want)
+        assert check_fused_glue(qm, emu, "drum6")
 
 
 @pytest.mark.parametrize("mult", ["mitch_w6", "perf_j1_k2", "axbxp_k2_w2_a2_dynamic"])

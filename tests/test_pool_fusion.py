@@ -17,11 +17,9 @@ from dse.arith.multipliers import EXACT
 from dse.emulate import Emulator
 from dse.model import nn
 from dse.model.onnx_import import load_onnx
-from dse.prefix_cache import PrefixCache
 from dse.quant import calibrate, reference_quantize_act
 from tests.mac_helpers import conv_kernel_env, vnni_env
-from tests.reference import reference_run
-from tests.test_residual_add import _configs, _conv, _w
+from tests.test_residual_add import _conv, _w, check_fused_equals_plain, record_own_quantizations
 
 ISAS = _kernels.isa_levels()
 RNG = np.random.default_rng(31)
@@ -151,28 +149,16 @@ def test_networks_with_the_pool_fused_equal_unfused(net, threads):
     emulator bit for bit, for exact, table, separable and mixed configurations (float-domain and CV stems take the
     unfused path), also through the prefix cache and with an accumulator hook; the fused step ran on the exact
     configuration."""
-    from dse.correction import cv_correction
-
     name, qm, x = net
     fused, plain = Emulator(qm), Emulator(qm)
     plain._pools = {}
     assert [fused.graph.nodes[i].name for i in fused._pools] == ["stem"]
-    cache = PrefixCache(1 << 26)
     calls, real = [], K.conv2d_scaled_max_pool
     with K.using_threads(threads), mock.patch.object(K, "conv2d_scaled_max_pool",
                                                      lambda *a, **k: calls.append(1) or real(*a, **k)):
-        for cfg in _configs(qm):
-            want = plain.run(x, cfg, batch_size=4)
-            assert np.array_equal(want.view(np.uint32), reference_run(qm, x, cfg or {}, cv_correction).view(np.uint32))
-            assert np.array_equal(fused.run(x, cfg, batch_size=4).view(np.uint32), want.view(np.uint32)), cfg
-            for _ in range(2):
-                got = fused.run(x, cfg, batch_size=4, cache=cache, tag="t")
-                assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), cfg
-        assert calls
-        seen = []
-        got = fused.run(x, None, batch_size=4, hook=lambda call, acc: seen.append(call.layer.name) or acc)
-        assert np.array_equal(got.view(np.uint32), plain.run(x, None, batch_size=4).view(np.uint32))
-        assert "stem" in seen
+        seen = check_fused_equals_plain(fused, plain, qm, x)
+    assert calls
+    assert "stem" in seen
 
 
 def test_fused_pool_emits_the_readers_patterns(net, monkeypatch):
@@ -180,13 +166,6 @@ def test_fused_pool_emits_the_readers_patterns(net, monkeypatch):
     quantizes the pool's output on its own."""
     name, qm, x = net
     emu = Emulator(qm)
-    quantized, real_q = [], Emulator._quantized
-
-    def quantize(t, v, scale, signed, qcache):
-        if t not in qcache:
-            quantized.append(t)
-        return real_q(t, v, scale, signed, qcache)
-
-    monkeypatch.setattr(Emulator, "_quantized", staticmethod(quantize))
+    quantized = record_own_quantizations(monkeypatch)
     emu.run(x, None)
     assert "p" not in quantized and qm.graph.input_name in quantized

@@ -225,35 +225,39 @@ def test_networks_fused_equal_unfused(net, threads):
     input-skip networks: logits with the Adds fused into the convs' scaling passes equal those of the unfused run and
     of the reference emulator bit for bit, for exact, table, separable and mixed configurations (float-domain and CV
     convs take the unfused path), also through the prefix cache and with an accumulator hook."""
-    from dse.correction import cv_correction
-
     name, qm, x = net
     fused, plain = Emulator(qm), Emulator(qm)
     plain._residuals = {}
     assert sorted(fused.graph.nodes[i].name for i in fused._residuals) == sorted(NETS[name][1])
-    cache = PrefixCache(1 << 26)
     with K.using_threads(threads):
-        for cfg in _configs(qm):
-            want = plain.run(x, cfg, batch_size=4)
-            assert np.array_equal(want.view(np.uint32), reference_run(qm, x, cfg or {}, cv_correction).view(np.uint32))
-            assert np.array_equal(fused.run(x, cfg, batch_size=4).view(np.uint32), want.view(np.uint32)), cfg
-            for _ in range(2):
-                got = fused.run(x, cfg, batch_size=4, cache=cache, tag="t")
-                assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), cfg
-        seen = []
-        got = fused.run(x, None, batch_size=4, hook=lambda call, acc: seen.append(call.layer.name) or acc)
-        assert np.array_equal(got.view(np.uint32), plain.run(x, None, batch_size=4).view(np.uint32))
-        assert set(NETS[name][1]) <= set(seen)
+        seen = check_fused_equals_plain(fused, plain, qm, x)
+    assert set(NETS[name][1]) <= set(seen)
 
 
-def test_fusion_runs_in_the_scaling_pass(net, monkeypatch):
-    """The fused Adds never reach add_act on an integer configuration: the conv's pass wrote their result, and the
-    quantized input of their integer readers (none of them quantizes the sum itself)."""
-    name, qm, x = net
-    emu = Emulator(qm)
-    calls, quantized = [], []
-    real, real_q = K.add_act, Emulator._quantized
-    monkeypatch.setattr(K, "add_act", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+def check_fused_equals_plain(fused: Emulator, plain: Emulator, qm, x) -> list:
+    """For every configuration of :func:`_configs`: ``plain``'s logits equal the reference emulator's and ``fused``'s
+    equal ``plain``'s bit for bit, also twice through one prefix cache (storing, then continuing from it); then the
+    two agree with an accumulator hook on the all-exact configuration. Returns the layers the hook saw."""
+    from dse.correction import cv_correction
+
+    cache = PrefixCache(1 << 26)
+    for cfg in _configs(qm):
+        want = plain.run(x, cfg, batch_size=4)
+        assert np.array_equal(want.view(np.uint32), reference_run(qm, x, cfg or {}, cv_correction).view(np.uint32))
+        assert np.array_equal(fused.run(x, cfg, batch_size=4).view(np.uint32), want.view(np.uint32)), cfg
+        for _ in range(2):
+            got = fused.run(x, cfg, batch_size=4, cache=cache, tag="t")
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), cfg
+    seen = []
+    got = fused.run(x, None, batch_size=4, hook=lambda call, acc: seen.append(call.layer.name) or acc)
+    assert np.array_equal(got.view(np.uint32), plain.run(x, None, batch_size=4).view(np.uint32))
+    return seen
+
+
+def record_own_quantizations(monkeypatch) -> list:
+    """The list that the emulator's runs append each tensor to that they quantize on their own (its quantized form
+    not already written by a fused pass)."""
+    quantized, real_q = [], Emulator._quantized
 
     def quantize(t, v, scale, signed, qcache):
         if t not in qcache:
@@ -261,6 +265,17 @@ def test_fusion_runs_in_the_scaling_pass(net, monkeypatch):
         return real_q(t, v, scale, signed, qcache)
 
     monkeypatch.setattr(Emulator, "_quantized", staticmethod(quantize))
+    return quantized
+
+
+def test_fusion_runs_in_the_scaling_pass(net, monkeypatch):
+    """The fused Adds never reach add_act on an integer configuration: the conv's pass wrote their result, and the
+    quantized input of their integer readers (none of them quantizes the sum itself)."""
+    name, qm, x = net
+    emu = Emulator(qm)
+    calls, real = [], K.add_act
+    monkeypatch.setattr(K, "add_act", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    quantized = record_own_quantizations(monkeypatch)
     emu.run(x, None)
     fused_q = {f.out for i, f in emu._residuals.items() if f.add in emu._adds}
     assert fused_q and not fused_q & set(quantized)
