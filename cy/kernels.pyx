@@ -741,33 +741,59 @@ ROWS_TILE, ROWS_BLOCK = DSE_RT_NT, DSE_RT_MB
 
 
 def int_gemm_batch(const uint8_t[:, :, ::1] AT, const uint8_t[:, :, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
-                   const int16_t[:, ::1] gw, int64_t S, int64_t[:, :, ::1] out, isa=None, int threads=1, vnni=None):
+                   const int16_t[:, ::1] gw, int64_t S, out, isa=None, int threads=1, vnni=None, scaling=None):
     """L independent exact integer GEMMs in one call (an activation matmul's heads x images, each too small for a
     call of its own to pay): ``out[l, m, n] = sum_{k, j} fa'[AT[l, k, m], j] * gw[Wp[l, n, k], j]``, each GEMM as
     :func:`int_gemm` computes it on AT[l] uint8[K, M] and Wp[l] uint8[N, K] into the [M, N] layout (the same kernel
-    and arguments ``gemm_int`` gives it, the same results). Returns the ISA level name used as int_gemm does."""
+    and arguments ``gemm_int`` gives it, the same results). Returns the ISA level name used as int_gemm does.
+    With ``scaling`` (as :func:`int_gemm` takes it, one entry per row n, float32 output: no quant, no add) ``out`` is
+    float32 [L, N, M] and ``out[l]`` receives what int_gemm's scaled call writes for AT[l], Wp[l] (the dequantized
+    sums in int_gemm's [N, M] layout, scaled from the int32 tile: no int64 sums)."""
     cdef int level = _level(isa)
     cdef int use_vnni = vnni_enabled() if vnni is None else bool(vnni)
     cdef int64_t L = AT.shape[0], K = AT.shape[1], M = AT.shape[2], N = Wp.shape[1], t = gw.shape[1], l
     cdef int mode = INT_GEMM_MODES.index(a_mode)
-    if Wp.shape[0] != L or Wp.shape[2] != K or out.shape[0] != L or out.shape[1] != M or out.shape[2] != N:
-        raise ValueError(f"int_gemm_batch: AT {tuple(AT.shape)[:3]}, Wp {tuple(Wp.shape)[:3]} and out "
-                         f"{tuple(out.shape)[:3]} must be [L, K, M], [L, N, K] and [L, M, N]")
+    cdef int64_t[:, :, ::1] o64
+    cdef float[:, :, ::1] o32
+    cdef dse_scaling sc
+    cdef tuple keep
+    if scaling is None:
+        o64 = out
+        if Wp.shape[0] != L or Wp.shape[2] != K or out.shape[0] != L or out.shape[1] != M or out.shape[2] != N:
+            raise ValueError(f"int_gemm_batch: AT {tuple(AT.shape)[:3]}, Wp {tuple(Wp.shape)[:3]} and out "
+                             f"{tuple(out.shape)[:3]} must be [L, K, M], [L, N, K] and [L, M, N]")
+    else:
+        o32 = out
+        if Wp.shape[0] != L or Wp.shape[2] != K or out.shape[0] != L or out.shape[1] != N or out.shape[2] != M:
+            raise ValueError(f"int_gemm_batch: AT {tuple(AT.shape)[:3]}, Wp {tuple(Wp.shape)[:3]} and the scaled "
+                             f"out {tuple(out.shape)[:3]} must be [L, K, M], [L, N, K] and [L, N, M]")
+        keep = _scaling(&sc, N, tuple(scaling), level)
+        if sc.quant or sc.add != NULL:
+            raise ValueError("int_gemm_batch: a scaled call writes float32 (no quant, no add)")
+        if K and not dse_ig_fits32(K, t, S):
+            raise ValueError(f"int_gemm_batch: a scaled call needs one int32 segment (K={K}, t={t}, S={S})")
     if gw.shape[0] != 256 or fa.shape[0] != 256 or (mode == 0 and fa.shape[1] != t) or (mode != 0 and t != 1):
         raise ValueError("int_gemm_batch: tables must be [256, t] (t = 1 for the u8/s8 modes)")
     if not 1 <= S <= 2 ** 30 - 1:
         raise ValueError(f"int_gemm_batch: term bound S={S} out of range (1 .. 2^30 - 1)")
     if L == 0 or M == 0 or N == 0:
         return ISA_NAMES[level]
+    if K == 0 and scaling is not None:
+        raise ValueError("int_gemm_batch: a scaled call needs K >= 1")
     if K == 0:
         np.asarray(out)[...] = 0
         return ISA_NAMES[level]
     cdef int rc = 0, ran8 = 0
     with nogil:
         for l in range(L):
-            rc = dse_int_gemm(level, &AT[l, 0, 0], M, M, 0, &Wp[l, 0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0], S,
-                              &out[l, 0, 0], 1, N, 1, NULL, &out[l, 0, 0], use_vnni, max(1, threads), NULL, NULL, 0,
-                              0)
+            if scaling is None:
+                rc = dse_int_gemm(level, &AT[l, 0, 0], M, M, 0, &Wp[l, 0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0],
+                                  S, &o64[l, 0, 0], 1, N, 1, NULL, &o64[l, 0, 0], use_vnni, max(1, threads), NULL,
+                                  NULL, 0, 0)
+            else:
+                rc = dse_int_gemm(level, &AT[l, 0, 0], M, M, 0, &Wp[l, 0, 0], K, M, N, t, &fa[0, 0], mode, &gw[0, 0],
+                                  S, NULL, M, N * M, M, &sc, &o32[l, 0, 0], use_vnni, max(1, threads), NULL, NULL, 0,
+                                  0)
             if rc < 0:
                 break
             ran8 = rc

@@ -522,6 +522,8 @@ class Emulator:
             return kernels.matmul_float(args[0], args[1], mult)
         qa = self._quantized(layer.input, args[0], layer.a_scale, layer.a_signed, qcache)
         qb = self._quantized(layer.b_input, args[1], float(layer.w_scale[0]), True, qcache)
+        if accs is None and hook is None and not lc.cv:  # no int64 tensor: scaled from the kernel's int32 tiles
+            return kernels.matmul_scaled(qa, qb, mult, layer.a_signed, layer.scaling())
         acc = kernels.matmul_int(qa, qb, mult, layer.a_signed)
         if accs is not None:
             accs[layer.name] = acc

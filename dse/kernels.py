@@ -990,6 +990,38 @@ def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
     return out.reshape(lead + (M, N))
 
 
+def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndarray:
+    """float32[..., M, N]: ``scale_accumulators(matmul_int(a, b, mult, a_signed), scaling)`` for a per-tensor
+    ``scaling`` (one w_scale and bias entry, no act/quant/add: an activation matmul's output stage), the same bits.
+    The exact product is symmetric, so its GEMMs run with the operands in their own layouts (no transposing copies):
+    ``b`` [K, N] as the kernel's activation operand and ``a`` [M, K] on its weight port, scaled from the int32 tile
+    into the [M, N] layout (``int_gemm_batch`` with a scaling: no int64 sums); other multipliers, and calls whose
+    depth does not fit one int32 segment, take matmul_int and the separate scaling pass."""
+    a, b = np.asarray(a), np.asarray(b)
+    lead = _slices(a.shape, b.shape, "matmul_scaled")
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    if scaling.w_scale.size != 1 or scaling.bias.size != 1 or scaling.act is not None or \
+            scaling.quant is not None or scaling.add is not None:
+        raise DseError("matmul_scaled: the scaling must be per tensor without act, quant or add")
+    prep = _prepare(mult, a_signed)
+    plan = _exact_plan(a_signed) if prep.is_exact else None
+    if plan is None or not (K and M and N) or not _kernels.int_gemm_fits32(K, 1, plan.S):
+        acc = matmul_int(a, b, mult, a_signed, isa=isa)
+        return scale_accumulators(acc.reshape(1, 1, -1), scaling, isa).reshape(acc.shape)
+    _check_range(a, a_signed, "matmul_scaled left operand")
+    _check_range(b, True, "matmul_scaled right operand")
+    L = int(np.prod(lead, dtype=np.int64))
+    AT = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(L, K, N)
+    Wp = np.ascontiguousarray(np.broadcast_to(_u8(a), lead + (M, K))).reshape(L, M, K)
+    sc = Scaling(scaling.a_scale, np.full(M, scaling.w_scale.reshape(-1)[0], np.float32),
+                 np.full(M, scaling.bias.reshape(-1)[0], np.float32))
+    out = _aligned_empty((L, M, N), np.float32)
+    # the b values on the activation port (s8), the a values as the weight port's table
+    _kernels.int_gemm_batch(AT, Wp, plan.fa, "s8", plan.fa, plan.S, out, _isa_name(isa), get_threads(),
+                            scaling=sc.args())
+    return out.reshape(lead + (M, N))
+
+
 def _rows_batch(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa,
                 out: np.ndarray) -> bool:
     """matmul_int's L GEMMs (AT [L, K, M], Wp [L, N, K]) into out [L, M, N] on the rows path family in compiled

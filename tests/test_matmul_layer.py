@@ -221,3 +221,62 @@ def test_matmul_int_tables_run_batched(monkeypatch, path, shape):
     m = get_multiplier("mitch_w6")
     np.testing.assert_array_equal(kernels.matmul_int(a, b, m, True, path=path), _gather(a, b, m, True))
     assert len(calls) == 1 and calls[0][0][0] == 6 and calls[0][2] == (path == "split")
+
+
+@settings(max_examples=60, deadline=None)
+@given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,)), ((1,), (1,))]),
+       M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 70), a_signed=st.booleans(),
+       mult=st.sampled_from(["exact", "exact", "exact", "mitch_w6"]), kernel=st.sampled_from(
+           [(isa, False) for isa in kernels._kernels.isa_levels()] +
+           [(isa, True) for isa in kernels._kernels.vnni_levels()]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_matmul_scaled_matches_dequantized_gather(lead, M, K, N, a_signed, mult, kernel, threads, seed):
+    """matmul_scaled (the exact product's GEMMs with swapped operands, scaled from the int32 tile; other multipliers
+    through matmul_int and the scaling pass) against the direct gather dequantized in numpy (float64 products, a
+    float32 bias add): every ISA level, with and without the VNNI kernel, 1 and 2 threads, extreme operands, scales
+    and biases of both signs (-0 included)."""
+    from dse.kernels import Scaling
+    from tests.mac_helpers import vnni_env
+
+    rng = np.random.default_rng(seed)
+    m = get_multiplier(mult)
+    isa, vnni = kernel
+    lo, hi = (-128, 128) if a_signed else (0, 256)
+    a = rng.integers(lo, hi, lead[0] + (M, K)).astype(np.int8 if a_signed else np.uint8)
+    b = rng.integers(-128, 128, lead[1] + (K, N)).astype(np.int8)
+    a.reshape(-1)[:3] = lo
+    b.reshape(-1)[:3] = -128
+    sa = float(rng.choice([1.0, -1.0]) * rng.uniform(1e-4, 0.1))
+    sw = np.array([rng.choice([1.0, -1.0]) * rng.uniform(1e-3, 1.0)], np.float32)
+    bias = np.array([rng.choice([0.0, -0.0, rng.normal()])], np.float32)
+    with kernels.using_threads(threads), vnni_env(vnni):
+        got = kernels.matmul_scaled(a, b, m, a_signed, Scaling(sa, sw, bias), isa=isa)
+    want = ((_gather(a, b, m, a_signed).astype(np.float64) * sa) * np.float64(sw[0])).astype(np.float32) + bias[0]
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_matmul_scaled_exact_writes_no_int64_sums(monkeypatch):
+    """The exact product's matmul_scaled is one scaled int_gemm_batch call on the operands in their own layouts."""
+    from dse.kernels import Scaling
+
+    calls = []
+    real = kernels._kernels.int_gemm_batch
+    monkeypatch.setattr(kernels._kernels, "int_gemm_batch",
+                        lambda *a, **k: calls.append((a[0].shape, a[6].dtype, k.get("scaling") is not None))
+                        or real(*a, **k))
+    a = RNG.integers(0, 256, (2, 4, 9, 16)).astype(np.uint8)
+    b = RNG.integers(-128, 128, (2, 4, 16, 7)).astype(np.int8)
+    m = get_multiplier("exact")
+    got = kernels.matmul_scaled(a, b, m, False, Scaling(0.5, np.array([0.25], np.float32), np.zeros(1, np.float32)))
+    np.testing.assert_array_equal(got, (_gather(a, b, m, False) * 0.125).astype(np.float32))
+    assert calls == [((8, 16, 7), np.float32, True)]
+
+
+def test_matmul_scaled_refuses_per_channel_scaling():
+    from dse.kernels import Scaling
+
+    z = np.zeros((2, 3, 3), np.int8)
+    with pytest.raises(DseError, match="per tensor"):
+        kernels.matmul_scaled(z, z, get_multiplier("exact"), True,
+                              Scaling(1.0, np.ones(3, np.float32), np.zeros(3, np.float32)))
