@@ -17,7 +17,8 @@ Public API (stable; other modules call only these):
   (attention): ``a`` [..., M, K] on the multiplier's activation port, ``b`` [..., K, N] (int8 values) on its weight
   port, numpy broadcasting over the leading axes; one GEMM per leading index as ``gemm_int`` / ``gemm_float``
   computes it (``matmul_int``: on the integer GEMM kernel or the rows kernel all of them in one compiled call,
-  ``int_gemm_batch`` / ``rows_gemm_batch``).
+  ``int_gemm_batch`` / ``rows_gemm_batch``); ``matmul_scaled(a, b, mult, a_signed, scaling) -> float32[..., M, N]``:
+  its per-tensor output stage without int64 sums (the exact product's GEMMs scaled from the int32 tile).
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
 
 ``path``: "auto" picks per multiplier: "exact" (only for multipliers whose error table is zero), "lowrank"
