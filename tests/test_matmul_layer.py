@@ -25,6 +25,17 @@ from tests.onnx_graphs import G, attention, token_head
 RNG = np.random.default_rng(23)
 
 
+def _operands(rng, lead, M, K, N, a_signed):
+    """Random patterns a [*lead[0], M, K] (int8 or uint8) and b [*lead[1], K, N] (int8), each starting with three
+    of its extreme value (-128, or 0 for unsigned a)."""
+    lo, hi = (-128, 128) if a_signed else (0, 256)
+    a = rng.integers(lo, hi, lead[0] + (M, K)).astype(np.int8 if a_signed else np.uint8)
+    b = rng.integers(-128, 128, lead[1] + (K, N)).astype(np.int8)
+    a.reshape(-1)[:3] = lo
+    b.reshape(-1)[:3] = -128
+    return a, b
+
+
 def _gather(a, b, mult, a_signed):
     """out[..., m, n] = sum_k LUT[a[..., m, k], b[..., k, n]] by one broadcast table gather."""
     lut = mult.table(a_signed, True).astype(np.int64)
@@ -176,11 +187,7 @@ def test_matmul_int_batched_every_kernel(lead, M, K, N, a_signed, mult, kernel, 
     mult, path = mult
     m = get_multiplier(mult)
     isa, vnni = kernel
-    lo, hi = (-128, 128) if a_signed else (0, 256)
-    a = rng.integers(lo, hi, lead[0] + (M, K)).astype(np.int8 if a_signed else np.uint8)
-    b = rng.integers(-128, 128, lead[1] + (K, N)).astype(np.int8)
-    a.reshape(-1)[:3] = lo
-    b.reshape(-1)[:3] = -128
+    a, b = _operands(rng, lead, M, K, N, a_signed)
     with kernels.using_threads(threads), vnni_env(vnni):
         got = kernels.matmul_int(a, b, m, a_signed, path=path, isa=isa)
     np.testing.assert_array_equal(got, _gather(a, b, m, a_signed))
@@ -241,11 +248,7 @@ def test_matmul_scaled_matches_dequantized_gather(lead, M, K, N, a_signed, mult,
     rng = np.random.default_rng(seed)
     m = get_multiplier(mult)
     isa, vnni = kernel
-    lo, hi = (-128, 128) if a_signed else (0, 256)
-    a = rng.integers(lo, hi, lead[0] + (M, K)).astype(np.int8 if a_signed else np.uint8)
-    b = rng.integers(-128, 128, lead[1] + (K, N)).astype(np.int8)
-    a.reshape(-1)[:3] = lo
-    b.reshape(-1)[:3] = -128
+    a, b = _operands(rng, lead, M, K, N, a_signed)
     sa = float(rng.choice([1.0, -1.0]) * rng.uniform(1e-4, 0.1))
     sw = np.array([rng.choice([1.0, -1.0]) * rng.uniform(1e-3, 1.0)], np.float32)
     bias = np.array([rng.choice([0.0, -0.0, rng.normal()])], np.float32)
