@@ -191,13 +191,13 @@ class Emulator:
         as its readers' quantized input, or None where the operands are not float32 (of shapes [B, C, H, W] and [B, C,
         1, 1] for the Mul): the node then runs on its own."""
         from dse.kernels import mul_quantized
-        from dse.model.nn import hardsigmoid_quantized
+        from dse.model.nn import HARDSWISH_ALPHA, HARDSWISH_BETA, hardsigmoid_quantized
 
         args = [env[t] for t in n.inputs]
         if not all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4 for v in args):
             return None
         if n.op == "hardswish":
-            return hardsigmoid_quantized(args[0], 1 / 6, 0.5, True, quant)
+            return hardsigmoid_quantized(args[0], HARDSWISH_ALPHA, HARDSWISH_BETA, True, quant)
         a, b = args
         x, s = (a, b) if b.shape[2:] == (1, 1) else (b, a)
         if s.shape != x.shape[:2] + (1, 1):

@@ -175,16 +175,15 @@ def _glue_quantized(x, quant, whole, loop: str, *args) -> np.ndarray:
     if _kernels is None:
         raise DseError("the compiled kernels dse._kernels are missing; build them with 'python setup.py build_ext "
                        "--inplace'")
-    dtype = np.int8 if quant.signed else np.uint8
     if x.dtype != np.float32 or x.ndim == 0 or not _kernels.numpy_loops_found():
         y = np.ascontiguousarray(whole(), np.float32)
         q = _kernels.quantize(y.reshape(-1), np.float32(quant.scale), bool(quant.signed))
-        return q.view(dtype).reshape(x.shape)
+        return q.view(quant.dtype).reshape(x.shape)
     x = np.ascontiguousarray(x)
     q = np.empty(x.shape, np.uint8)
     getattr(_kernels, loop)(x.reshape(-1), None, *args, q=q.reshape(-1), qs=np.float32(quant.scale),
                             q_signed=bool(quant.signed))
-    return q.view(dtype)
+    return q.view(quant.dtype)
 
 
 def reference_sigmoid(x: np.ndarray, times_x: int = 0) -> np.ndarray:
@@ -289,6 +288,10 @@ def reference_gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.
         np.multiply(e, x, out=e) if order & 2 else np.multiply(x, e, out=e)
         np.multiply(c[2], e, out=e) if order & 4 else np.multiply(e, c[2], out=e)
     return e
+
+
+# ONNX HardSwish is x * HardSigmoid(x) with these alpha and beta
+HARDSWISH_ALPHA, HARDSWISH_BETA = 1 / 6, 0.5
 
 
 def hardsigmoid(x: np.ndarray, alpha: float, beta: float, times_x: bool = False) -> np.ndarray:

@@ -12,7 +12,8 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Node
-from dse.model.nn import conv2d, global_avg_pool, hardsigmoid, layernorm, pool, sigmoid, softmax
+from dse.model.nn import (HARDSWISH_ALPHA, HARDSWISH_BETA, conv2d, global_avg_pool, hardsigmoid, layernorm, pool,
+                          sigmoid, softmax)
 
 IR_OPS: dict = {}
 
@@ -153,7 +154,7 @@ UNARY = {
     "relu": lambda x, a: np.maximum(x, x.dtype.type(0)),
     "sigmoid": lambda x, a: sigmoid(x),
     "hardsigmoid": lambda x, a: hardsigmoid(x, a.get("alpha", 0.2), a.get("beta", 0.5)),
-    "hardswish": lambda x, a: hardsigmoid(x, 1 / 6, 0.5, times_x=True),
+    "hardswish": lambda x, a: hardsigmoid(x, HARDSWISH_ALPHA, HARDSWISH_BETA, times_x=True),
     "tanh": lambda x, a: np.tanh(x),
     "erf": lambda x, a: _erf(x).astype(x.dtype),
     "gelu": lambda x, a: _gelu(x, a.get("approximate", "none")),
@@ -245,8 +246,8 @@ def _softmax(node, xs):
     ax = node.attrs["axis"]
     if node.op == "softmax":
         return softmax(x, ax)
-    s = np.exp(x - x.max(axis=ax, keepdims=True)).sum(axis=ax, keepdims=True)
-    return x - x.max(axis=ax, keepdims=True) - np.log(s)
+    m = x.max(axis=ax, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=ax, keepdims=True))
 
 
 @ir_op("layernorm")
