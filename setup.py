@@ -10,7 +10,7 @@ from setuptools import Extension, find_packages, setup
 ext = Extension(
     "dse._kernels",
     sources=["cy/kernels.pyx"],
-    depends=["cy/lut_kernel.h", "cy/int_gemm.h", "cy/glue.h"],
+    depends=["cy/lut_kernel.h", "cy/int_gemm.h", "cy/glue.h", "cy/float_gemm.h"],
     include_dirs=[np.get_include(), "cy"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # no -march: ISA picked at run time. OpenMP (libgomp ships with gcc) splits kernel loops over threads.

@@ -77,6 +77,25 @@ cdef extern from "lut_kernel.h" nogil:
                     int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
                     uint8_t *cols, int nt)
 
+cdef extern from "float_gemm.h" nogil:
+    ctypedef struct dse_fg_cols:
+        int conv
+        const float *src
+        int64_t sk, sc, gs
+        int64_t C, H, W, Cg, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo
+    ctypedef struct dse_fg_out:
+        float *out
+        int64_t gs, rs, P, img
+        const float *bias
+        int bias_rows
+        int64_t bgs
+    int dse_fg_threads(int nt, double work)
+    int dse_float_gemm(int level, int64_t G, int64_t nr, int64_t K, int64_t ncol, const float *R, int64_t rld,
+                       int64_t rgs, const dse_fg_cols *S, const dse_fg_out *O, int nt)
+    int dse_float_dwconv(int level, const float *x, int64_t B, int64_t C, int64_t H, int64_t W, const float *w,
+                         int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                         int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const float *bias, float *out, int nt)
+
 cdef extern from "glue.h" nogil:
     void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,
                       int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
@@ -818,6 +837,104 @@ def fsum_seq(const float[:, ::1] P):
     with nogil:
         dse_fsum_seq(&P[0, 0], R, K, &o[0])
     return out
+
+
+def float_conv(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, bias, stride, pads, dilation,
+               int64_t groups, out_hw, isa=None, int threads=1, bint all_threads=False):
+    """float32[B, Cout, Ho, Wo]: ONNX Conv of x [B, C, H, W] with w [Cout, C / groups, kh, kw] and ``bias`` (float32
+    [Cout] or None), each output one fixed chain of fused multiply-adds (``cy/float_gemm.h``: k ascending over
+    (channel, kernel row, kernel column) from +0, padding as zero terms, then + bias), the same bits at every ISA
+    level and thread count. ``pads`` (top, left, ...); ``out_hw`` (Ho, Wo) holds the end pads. A small convolution
+    takes fewer than ``threads`` threads (one per 2^22 multiply-adds) unless ``all_threads``. Returns
+    (out, level_name)."""
+    cdef int level = _level(isa)
+    cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t Cout = w.shape[0], Cg = w.shape[1], kh = w.shape[2], kw = w.shape[3]
+    cdef int64_t sh = stride[0], sw = stride[1], pt = pads[0], pl = pads[1], dh = dilation[0], dw = dilation[1]
+    cdef int64_t Ho = out_hw[0], Wo = out_hw[1]
+    if groups < 1 or C != Cg * groups or Cout % groups or min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl) < 0 or \
+            min(Ho, Wo) < 1 or (Ho - 1) * sh + (kh - 1) * dh + 1 > H + pt + max(0, pads[2]) or \
+            (Wo - 1) * sw + (kw - 1) * dw + 1 > W + pl + max(0, pads[3]):
+        raise ValueError(f"float_conv: input {(B, C, H, W)}, weights {(Cout, Cg, kh, kw)}, groups {groups}, stride "
+                         f"{stride}, pads {pads}, dilation {dilation} and output {out_hw} do not fit")
+    cdef const float[::1] bv
+    cdef const float *bp = NULL
+    if bias is not None:
+        bv = bias
+        if bv.shape[0] != Cout:
+            raise ValueError(f"float_conv: bias of {bv.shape[0]} values for {Cout} channels")
+        bp = &bv[0]
+    out = np.empty((B, Cout, Ho, Wo), dtype=np.float32)
+    cdef float[:, :, :, ::1] o = out
+    cdef dse_fg_cols S
+    cdef dse_fg_out O
+    cdef int rc = 0
+    cdef int64_t og = Cout // groups, P = Ho * Wo
+    if B == 0 or Cout == 0:
+        return out, ISA_NAMES[level]
+    threads = max(1, threads) if all_threads else dse_fg_threads(max(1, threads), <double>B * Cout * P * Cg * kh * kw)
+    if Cg == 1:
+        with nogil:
+            rc = dse_float_dwconv(level, &x[0, 0, 0, 0], B, C, H, W, &w[0, 0, 0, 0], Cout, kh, kw, sh, sw, pt, pl,
+                                  dh, dw, Ho, Wo, bp, &o[0, 0, 0, 0], threads)
+    else:
+        S.conv, S.src, S.sk, S.sc, S.gs = 1, &x[0, 0, 0, 0], 0, 0, 0
+        S.C, S.H, S.W, S.Cg, S.kh, S.kw, S.sh, S.sw = C, H, W, Cg, kh, kw, sh, sw
+        S.pt, S.pl, S.dh, S.dw, S.Ho, S.Wo = pt, pl, dh, dw, Ho, Wo
+        O.out, O.gs, O.rs, O.P, O.img, O.bias, O.bias_rows, O.bgs = &o[0, 0, 0, 0], og * P, P, P, Cout * P, bp, 1, og
+        with nogil:
+            rc = dse_float_gemm(level, groups, og, Cg * kh * kw, B * P, &w[0, 0, 0, 0], Cg * kh * kw,
+                                og * Cg * kh * kw, &S, &O, threads)
+    if rc:
+        raise MemoryError("float_conv: out of memory for the packed operands")
+    return out, ISA_NAMES[level]
+
+
+def float_matmul(const float[:, :, ::1] a, const float[:, :, ::1] b, bias=None, bint b_rows=False, isa=None,
+                 int threads=1, bint all_threads=False):
+    """float32[L, M, N]: a [L, M, K] @ b [L, K, N] (``b_rows``: b [L, N, K], a Gemm's weights, transposed), each
+    output one fixed chain of fused multiply-adds over ascending k from +0 (``cy/float_gemm.h``), then + ``bias``
+    (float32 [N] or None); a leading size 1 of either operand broadcasts. The same bits at every ISA level and thread
+    count. A small product takes fewer than ``threads`` threads (one per 2^22 multiply-adds) unless ``all_threads``.
+    Returns (out, level_name)."""
+    cdef int level = _level(isa)
+    cdef int64_t La = a.shape[0], M = a.shape[1], K = a.shape[2], Lb = b.shape[0]
+    cdef int64_t N = b.shape[1] if b_rows else b.shape[2], Kb = b.shape[2] if b_rows else b.shape[1]
+    cdef int64_t L = max(La, Lb)
+    if Kb != K or (La != L and La != 1) or (Lb != L and Lb != 1):
+        raise ValueError(f"float_matmul: operands {tuple(a.shape)} and {tuple(b.shape)} (b_rows {b_rows}) do not fit")
+    cdef const float[::1] bv
+    cdef const float *bp = NULL
+    if bias is not None:
+        bv = bias
+        if bv.shape[0] != N:
+            raise ValueError(f"float_matmul: bias of {bv.shape[0]} values for {N} columns")
+        bp = &bv[0]
+    out = np.empty((L, M, N), dtype=np.float32)
+    if L == 0 or M == 0 or N == 0:
+        return out, ISA_NAMES[level]
+    cdef float[:, :, ::1] o = out
+    cdef dse_fg_cols S
+    cdef dse_fg_out O
+    cdef int rc = 0
+    cdef const float *ap = &a[0, 0, 0] if K else NULL
+    cdef const float *bsrc = &b[0, 0, 0] if K else NULL
+    memset(&S, 0, sizeof(S))
+    S.conv, S.src, S.gs = 0, bsrc, (K * N if Lb > 1 else 0)
+    if b_rows:
+        S.sk, S.sc = 1, K
+    else:
+        S.sk, S.sc = N, 1
+    O.out, O.gs, O.rs, O.P, O.img, O.bias, O.bias_rows, O.bgs = &o[0, 0, 0], M * N, N, N, 0, bp, 0, 0
+    threads = max(1, threads) if all_threads else dse_fg_threads(max(1, threads), <double>L * M * N * max(K, 1))
+    with nogil:
+        if La == L:
+            rc = dse_float_gemm(level, L, M, K, N, ap, K, M * K, &S, &O, threads)
+        else:  # one left operand for every right one: each group its own call on the same rows
+            rc = dse_float_gemm(level, L, M, K, N, ap, K, 0, &S, &O, threads)
+    if rc:
+        raise MemoryError("float_matmul: out of memory for the packed operands")
+    return out, ISA_NAMES[level]
 
 
 def max_pool(const float[:, :, :, ::1] x, kernel, stride, pads, dilation, out_hw, isa=None, int threads=1):
