@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dse"
 # Lowest first; an entry covers the module and, for a package, everything below it.
 LAYERS = [
     "dse.errors",
+    "dse.threads",
     "dse.layer_config",
     "dse.arith",
     "dse.model",
