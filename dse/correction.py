@@ -60,14 +60,15 @@ def fit_cv(mult: Multiplier, act_hist, a_signed: bool, where: str = "act_hist") 
     p = _act_pmf(act_hist, where)
     a = pattern_values(a_signed).astype(np.float64)
     err = mult.error_table(a_signed, True).astype(np.float64)  # [a_pattern, w_pattern]
-    mean_a = float(p @ a)
+    # numpy's own sums (pairwise / row by row), not BLAS dot products: OpenBLAS's ddot/dgemv order depends on the CPU
+    mean_a = float(np.sum(p * a))
     da = a - mean_a
-    var_a = float(p @ (da * da))
-    mean_e = p @ err                                          # [256] per weight pattern
+    var_a = float(np.sum(p * (da * da)))
+    mean_e = (p[:, None] * err).sum(axis=0)                   # [256] per weight pattern
     # var_a == 0 iff only one activation value has mass (exact: all mass on a single integer)
     if np.count_nonzero(p) <= 1 or var_a <= 0.0:
         return np.zeros(256), mean_e
-    alpha = ((p * da) @ err) / var_a
+    alpha = ((p * da)[:, None] * err).sum(axis=0) / var_a
     beta = mean_e - alpha * mean_a
     return alpha, beta
 
