@@ -213,7 +213,7 @@ def test_padding_terms_are_zero_terms_of_the_chain():
         W[:, :, 0, 0] = np.inf
         for isa in ISAS:
             got = _kernels.float_conv(x, W, None, (1, 1), (1, 1, 1, 1), (1, 1), groups, (4, 4), isa, 1)[0]
-            want = nn.conv2d(x.astype(np.float64), W.astype(np.float64), None, (1, 1), (1, 1, 1, 1),
+            want = nn.reference_conv2d(x.astype(np.float64), W.astype(np.float64), None, (1, 1), (1, 1, 1, 1),
                                        (1, 1), groups)
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
             assert np.isnan(got[0, 0, 0]).all() and np.isnan(got[0, 0, :, 0]).all() and not np.isnan(got[0, 0, 1:, 1:]).any()
@@ -227,3 +227,30 @@ def test_float_conv_rejects_shapes_that_do_not_fit():
         _kernels.float_conv(x, np.zeros((6, 4, 3, 3), np.float32), None, (1, 1), (0,) * 4, (1, 1), 1, (4, 4))
     with pytest.raises(ValueError):
         _kernels.float_matmul(np.zeros((1, 2, 3), np.float32), np.zeros((1, 4, 5), np.float32))
+
+
+def test_executor_ops_take_the_kernel_for_float32_and_numpy_otherwise():
+    """nn.conv2d / gemm / matmul: float32 by the compiled chain (the bits of float_conv / float_matmul), other dtypes
+    (constant folding) by numpy; matmul broadcasts leading axes and takes 1-D operands as np.matmul does."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 6, 5)).astype(np.float32)
+    W = rng.standard_normal((8, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    args = ((2, 1), (1, 0, 1, 2), (1, 2), 2)
+    got = nn.conv2d(x, W, b, *args)
+    hw = nn.out_hw(x.shape[2:], W.shape[2:], *args[:3])
+    np.testing.assert_array_equal(_bits(got), _bits(_kernels.float_conv(x, W, b, *args, hw)[0]))
+    np.testing.assert_allclose(nn.conv2d(x.astype(np.float64), W.astype(np.float64), b, *args), got, rtol=1e-4,
+                               atol=1e-4)
+    xg, Wg = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((3, 7)).astype(np.float32)
+    np.testing.assert_array_equal(_bits(nn.gemm(xg, Wg, b[:3])), _bits(_kernels.float_matmul(xg[None], Wg[None],
+                                                                                               b[:3], True)[0][0]))
+    assert nn.gemm(xg.astype(np.float64), Wg, None).dtype == np.float64
+    for sa, sb in (((2, 3, 4, 5), (3, 5, 6)), ((4, 5), (2, 5, 6)), ((5,), (5, 6)), ((3, 5), (5,)), ((5,), (5,)),
+                   ((2, 1, 4, 5), (1, 3, 5, 2))):
+        a, c = rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)
+        y = nn.matmul(a, c)
+        assert y.shape == np.matmul(a, c).shape and y.dtype == np.float32
+        np.testing.assert_allclose(y, np.matmul(a.astype(np.float64), c.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    ai = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(nn.matmul(ai, ai.T), ai @ ai.T)

@@ -454,18 +454,18 @@ def test_exported_architectures_import_and_match(tmp_path, opset):
 @given(B=st.integers(1, 5), groups=st.sampled_from([1, 2]), k=st.integers(1, 3), stride=st.integers(1, 2),
        pad=st.integers(0, 1), seed=st.integers(0, 2 ** 32 - 1))
 def test_float_conv_chunks_bound_im2col_memory(B, groups, k, stride, pad, seed):
-    """conv2d splits the batch so each im2col matrix stays within COLS_BYTES; the result has the same bits."""
+    """reference_conv2d splits the batch so each im2col matrix stays within COLS_BYTES; the result has the same bits."""
     from dse.model import nn
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, 4, 7, 6)).astype(np.float32)
     W = rng.standard_normal((6, 4 // groups, k, k)).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
     args = (W, b, (stride, stride), (pad,) * 4, (1, 1), groups)
-    whole = nn.conv2d(x, *args)
+    whole = nn.reference_conv2d(x, *args)
     saved = nn.COLS_BYTES
     nn.COLS_BYTES = 4 * 4 * k * k * 7 * 6  # about one image per chunk
     try:
-        assert np.array_equal(nn.conv2d(x, *args), whole)
+        assert np.array_equal(nn.reference_conv2d(x, *args), whole)
     finally:
         nn.COLS_BYTES = saved
 

@@ -1,7 +1,9 @@
-"""Float32 reference executor of the IR (numpy; convolutions as im2col + matmul).
+"""Float32 reference executor of the IR (numpy, and dse.model.nn's compiled convolution and GEMMs: every output of a
+Conv, Gemm or MatMul one fixed chain of fused multiply-adds, the same bits on every machine; no BLAS).
 
 ``run_float(graph, x, batch_size=256) -> float32 logits``; :func:`exec_node` runs one node on float32 inputs and is
-shared with the FxP8 emulator for every non-MAC op.
+shared with the FxP8 emulator for every non-MAC op. :data:`NUMERICS` names the float executor's arithmetic: caches of
+what it computed (calibrations, float baselines) are keyed by it.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import numpy as np
 from dse.errors import DseError
 from dse.model.graph import Graph, Node
 from dse.model.ops import IR_OPS, arguments
+
+# 1: convolutions and GEMMs on the machine's BLAS (its summation order per CPU); 2: the FMA chains of cy/float_gemm.h
+NUMERICS = 2
 
 
 def exec_node(node: Node, args: list) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""Numeric primitives of the float executor: sliding windows (im2col), convolution, pooling, the sigmoid.
+"""Numeric primitives of the float executor: sliding windows, convolution and GEMMs, pooling, the sigmoid.
+
+Convolutions, Gemms and MatMuls of float32 tensors run the compiled ``float_conv`` / ``float_matmul``
+(``cy/float_gemm.h``): every output one chain of fused multiply-adds over its terms in a fixed order, then the bias,
+so their bits depend on no BLAS, machine, ISA level, thread count or batch split (OpenMP threads of
+``dse.threads.get_threads`` split the outputs only).
 
 Max pooling of float32 tensors runs the compiled loop ``dse._kernels.max_pool`` (``cy/glue.h``: a leaf extension that
 imports no dse module, so the model layer may use it) on one thread: a network run already splits its images over
@@ -9,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from dse.errors import DseError
+from dse.threads import get_threads
 
 try:
     from dse import _kernels
@@ -69,13 +75,68 @@ def window_views(x: np.ndarray, kernel, stride, pads, dilation, fill: float = 0.
     return views, Ho, Wo
 
 
-COLS_BYTES = 64 << 20  # im2col matrix of one chunk of images in conv2d
+def _float32(*arrays) -> bool:
+    """True when every array is float32 (None counts as such) and the compiled kernels exist."""
+    return _kernels is not None and all(a is None or (isinstance(a, np.ndarray) and a.dtype == np.float32)
+                                        for a in arrays)
 
 
 def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dilation, groups: int) -> np.ndarray:
-    """Float32 convolution (ONNX Conv semantics) via im2col + batched matmul, over chunks of images whose im2col
-    matrix stays within COLS_BYTES (memory bounded at any batch size; every image is its own matmul, so the result
-    does not depend on the chunking)."""
+    """Float32 convolution (ONNX Conv semantics). float32 operands take the compiled ``float_conv``
+    (``cy/float_gemm.h``): each output is one chain of fused multiply-adds over its terms (input channel, kernel row,
+    kernel column) in that order from +0, padding as zero terms, then + bias -- the same bits on every x86-64 machine,
+    ISA level, thread count and batch split, no im2col matrix, no BLAS. Other dtypes (constant folding at import) by
+    :func:`reference_conv2d`."""
+    if not _float32(x, W, b) or x.ndim != 4:
+        return reference_conv2d(x, W, b, stride, pads, dilation, groups)
+    hw = out_hw(x.shape[2:], W.shape[2:], stride, pads, dilation)
+    return _kernels.float_conv(np.ascontiguousarray(x), np.ascontiguousarray(W),
+                               None if b is None else np.ascontiguousarray(b), stride, pads, dilation, groups, hw,
+                               None, get_threads())[0]
+
+
+def gemm(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``x @ W.T + b`` (x [M, K], W [N, K], b [N] or None): float32 by the compiled ``float_matmul`` (each output one
+    chain of fused multiply-adds over ascending k from +0, then + b, as :func:`conv2d`), else numpy."""
+    if not _float32(x, W, b) or x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[1]:
+        y = x @ W.T
+        return y if b is None else y + b
+    return _kernels.float_matmul(np.ascontiguousarray(x)[None], np.ascontiguousarray(W)[None],
+                                 None if b is None else np.ascontiguousarray(b), True, None, get_threads())[0][0]
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b)`` (leading axes broadcast, 1-D operands as numpy takes them): float32 by the compiled
+    ``float_matmul`` (each output one chain of fused multiply-adds over ascending k from +0, as :func:`conv2d`), else
+    numpy."""
+    if not _float32(a, b) or a.ndim == 0 or b.ndim == 0:
+        return np.matmul(a, b)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        return np.matmul(a, b)  # numpy's own error
+    lead = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+
+    def flat(t):  # [L or 1, rows, cols]: an operand without leading extent is shared by every product
+        if int(np.prod(t.shape[:-2], dtype=np.int64)) == 1:
+            return np.ascontiguousarray(t.reshape((1,) + t.shape[-2:]))
+        return np.ascontiguousarray(np.broadcast_to(t, lead + t.shape[-2:])).reshape((-1,) + t.shape[-2:])
+    y = _kernels.float_matmul(flat(a2), flat(b2), None, False, None, get_threads())[0]
+    y = y.reshape(lead + y.shape[1:])
+    if b.ndim == 1:
+        y = y[..., 0]
+    if a.ndim == 1:
+        y = y[..., 0, :] if b.ndim > 1 else y[..., 0]
+    return y
+
+
+COLS_BYTES = 64 << 20  # im2col matrix of one chunk of images in reference_conv2d
+
+
+def reference_conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, pads, dilation,
+                     groups: int) -> np.ndarray:
+    """Convolution (ONNX Conv semantics) of any dtype via im2col + batched np.matmul (BLAS, whose summation order
+    depends on the machine's kernel), over chunks of images whose im2col matrix stays within COLS_BYTES."""
     B, C, H, Wd = x.shape
     kh, kw = W.shape[2:]
     Ho = out_size(H, kh, stride[0], pads[0], pads[2], dilation[0])

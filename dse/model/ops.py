@@ -12,8 +12,8 @@ import numpy as np
 
 from dse.errors import DseError
 from dse.model.graph import Node
-from dse.model.nn import (HARDSWISH_ALPHA, HARDSWISH_BETA, conv2d, global_avg_pool, hardsigmoid, layernorm, pool,
-                          sigmoid, softmax)
+from dse.model.nn import (HARDSWISH_ALPHA, HARDSWISH_BETA, conv2d, gemm, global_avg_pool, hardsigmoid, layernorm,
+                          matmul, pool, sigmoid, softmax)
 
 IR_OPS: dict = {}
 
@@ -50,7 +50,7 @@ def _gemm(node, xs):
     if x.ndim != 2:
         raise DseError(f"node '{node.name}' ({node.onnx_op}) gets a rank-{x.ndim} input; flatten it to [N, K] "
                        "before the Gemm/MatMul")
-    return x @ node.params["W"].T + node.params["b"]
+    return gemm(x, node.params["W"], node.params["b"])
 
 
 @ir_op("affine")
@@ -328,7 +328,7 @@ def _tile(node, xs):
 
 @ir_op("matmul", "matmul_float")
 def _matmul(node, xs):
-    return np.matmul(xs[0], xs[1])
+    return matmul(xs[0], xs[1])
 
 
 @ir_op("constantofshape")

@@ -5,11 +5,11 @@ each process that needs them). Computed once per run by the first process; every
 resumed run of the same model, data and preprocessing loads it instead.
 
 The key covers the model file's content, the data specs with their local content fingerprint (dse.data.fingerprint),
-the explicit preprocessing, the search image cap and seed, the search space, the set-up constants and the dse
-version: any change recomputes. The file is a SHA-256 line followed by an .npz payload: the calibration's and the
-surrogate's arrays and one JSON document for everything else, read with ``allow_pickle=False`` (a run directory may
-come from elsewhere; nothing in it is ever unpickled). An unreadable, corrupt or stale file is ignored (the caller
-says so in one line) and rewritten.
+the explicit preprocessing, the search image cap and seed, the search space, the set-up constants, the dse version
+and the float executor's arithmetic (dse.model.float_exec.NUMERICS): any change recomputes. The file is a SHA-256
+line followed by an .npz payload: the calibration's and the surrogate's arrays and one JSON document for everything
+else, read with ``allow_pickle=False`` (a run directory may come from elsewhere; nothing in it is ever unpickled). An
+unreadable, corrupt or stale file is ignored (the caller says so in one line) and rewritten.
 
 The FxP8 calibration has a file of its own (``calibration.npz``, same format), keyed by what it depends on only
 (the model file's content, the calibration data, the preprocessing, the calibration method): it holds
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dse.data import fingerprint
+from dse.model.float_exec import NUMERICS as FLOAT_NUMERICS
 from dse.model.onnx_import import model_sha256
 from dse.predict import SurrogateState
 from dse.quant import CalibrationProgress, CalibrationState
@@ -52,7 +53,7 @@ def cache_key(budget, model_path: Path, extra: dict) -> str:
     import dse
 
     d = budget.data
-    parts = {"format": FORMAT, "dse": dse.__version__, "extra": extra,
+    parts = {"format": FORMAT, "dse": dse.__version__, "extra": extra, "float": FLOAT_NUMERICS,
              "preprocess": budget.model.preprocess.to_dict() if budget.model.preprocess else None,
              "data": {k: [getattr(d, k), fingerprint(getattr(d, k), local=True)]
                       for k in ("calib", "search", "holdout")},
@@ -151,12 +152,14 @@ BASELINES_FILE = "float-baselines.npz"  # dse.search.context: the float32 baseli
 
 def calibration_key(budget, model_path: Path, method: str) -> str:
     """Hex digest of what the run's calibration depends on: the model file's content, the calibration data (spec and
-    local content fingerprint), the explicit preprocessing, the method and the dse version (with the model, it fixes
-    the batches a stopped calibration resumes at: dse.quant.stream_batch_size)."""
+    local content fingerprint), the explicit preprocessing, the method, the dse version and the float executor's
+    arithmetic (dse.model.float_exec.NUMERICS) (with the model, it fixes the batches a stopped calibration resumes at:
+    dse.quant.stream_batch_size)."""
     import dse
 
     calib = budget.data.calib
-    parts = {"format": CHECKPOINT_FORMAT, "dse": dse.__version__, "model": model_sha256(model_path),
+    parts = {"format": CHECKPOINT_FORMAT, "dse": dse.__version__, "float": FLOAT_NUMERICS,
+             "model": model_sha256(model_path),
              "calib": [calib, fingerprint(calib, local=True)], "method": method,
              "preprocess": budget.model.preprocess.to_dict() if budget.model.preprocess else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
