@@ -4,8 +4,8 @@ tests.float_determinism OUT_DIR THREADS [bundled]`` prints one JSON object {name
 Digested: the float32 logits of the test CNN (``cnn_model``: convs with stride, asymmetric padding, dilation, groups,
 depthwise, 1x1, a residual Add, max/average pools, an unfolded BatchNormalization, Clip, Gemm) on seeded inputs, in
 batches of 5 and of all images; its calibration (every meta value and array of QuantModel.state()); its FxP8 logits
-(exact, and mitch_w6 with the CV correction, whose fit is float64 arithmetic); with ``bundled``
-the same for the bundled resnet8 and lenet5 on the Fashion-MNIST calibration split.
+(exact, and mitch_w6 with the CV correction) and the CV fits of three multipliers on its layers' histograms (float64
+sums); with ``bundled`` the same for the bundled resnet8 and lenet5 on the Fashion-MNIST calibration split.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import numpy as np
 
 from tests.onnx_graphs import G, mbv2_block, rand_w
 
+from dse.arith.multipliers import get_multiplier
+from dse.correction import fit_cv
 from dse.emulate import Emulator
 from dse.layer_config import LayerConfig
 from dse.model.float_exec import run_float
@@ -70,6 +72,8 @@ def main(out_dir: str, threads: int, bundled: bool) -> dict:
     emu = Emulator(qm)  # the FxP8 emulation from that calibration: exact, and approximate with the CV correction
     cfg = {n: LayerConfig("mitch_w6", cv=True) for n in qm.layer_names}
     out["cnn.fxp8"] = digest(emu.run(x, {}), emu.run(x, cfg))
+    out["cnn.cv_fit"] = digest(*[v for l in qm.layers for m in ("mitch_w6", "drum4", "trunc_op2")
+                                 for v in fit_cv(get_multiplier(m), l.act_hist, l.a_signed)])
     if bundled:
         from dse.data import bundled_split
 
