@@ -157,6 +157,19 @@ class CalibrationState:
     meta: dict
     arrays: dict
 
+    def digest(self) -> str:
+        """SHA-256 of the calibration: its JSON meta, then every array (name, dtype, shape, bytes) by name (what a
+        shared search's processes and ``dse evaluate --config`` compare, dse.search.identity)."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        for name in sorted(self.arrays):
+            a = np.ascontiguousarray(self.arrays[name])
+            h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+            h.update(a)
+        return h.hexdigest()
+
 
 CALIB_METHODS = ("max", "percentile")
 DEFAULT_METHOD = "max"
