@@ -18,6 +18,10 @@ from typing import Sequence
 from dse.errors import DseError
 from dse.layer_config import LAYER_KEYS, LayerConfig, check_layers, config_to_dict
 
+# [meta] keys dse export writes from the search's context identity (dse.search.identity) and dse evaluate --config
+# compares: the calibration's digest (dse.quant.CalibrationState.digest) and the whole context's
+META_CALIBRATION, META_CONTEXT = "calibration_digest", "context_digest"
+
 
 def validate_config(cfg: dict, layers: Sequence[str], where: str = "configuration") -> dict:
     """Check the configuration's layer names against the model's MAC layer names ``layers``; returns ``cfg``."""

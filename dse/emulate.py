@@ -739,7 +739,7 @@ def evaluate(model: str, data: DataRef | None = None, config_path: str | None = 
     dse.session's defaults). ``data``/``calib`` name the data sets as the caller's user gave them (default: the bundled
     hold-out and calibration splits); ``preprocess_hint`` says how that user states the preprocessing. One pass over
     the data computes all three accuracies. ``threads``: kernel threads (None = every available core)."""
-    from dse.config import load_config_meta, validate_config
+    from dse.config import META_CALIBRATION, load_config_meta, validate_config
     from dse.data import Preprocess
     from dse.session import PREPROCESS_SETTINGS, DataRef, RunInputs, open_session
 
@@ -774,4 +774,9 @@ def evaluate(model: str, data: DataRef | None = None, config_path: str | None = 
         res["configured"] = hits["configured"] / len(ds)
         if meta:
             res["meta"] = meta
+        if META_CALIBRATION in meta:  # dse export: the search's calibration; is this run's the same?
+            here = s.qmodel.state().digest()
+            res["calibration_check"] = {"matches": here == str(meta[META_CALIBRATION]),
+                                        "search": str(meta[META_CALIBRATION]), "here": here,
+                                        "search_calib": meta.get("calib")}
     return res

@@ -85,6 +85,20 @@ def evaluation(res: dict) -> None:
                           ["arithmetic", "top-1 accuracy", "vs float"],
                           [[name, pct(acc), f"{100 * (acc - res['float']):+.2f} pp"] for name, acc in rows]))
     console().print("preprocessing: " + _preprocessing(res["preprocess"]), markup=False, highlight=False)
+    if "calibration_check" in res:
+        console().print(calibration_line(res["calibration_check"], res["calib"]), markup=False, highlight=False)
+
+
+def calibration_line(c: dict, calib: str) -> str:
+    """``dse evaluate --config``: whether this run's calibration is the one the search used (dse.emulate.evaluate's
+    ``calibration_check``); ``calib``: the calibration data of this run."""
+    if c["matches"]:
+        return f"calibration: the same as the search's ({c['here'][:12]}), so the FxP8 figures are measured on its network"
+    used = c.get("search_calib")
+    return (f"calibration: differs from the one the search used ({c['search'][:12]} there, {c['here'][:12]} here, "
+            f"calibrated on {calib}), so these figures can differ from the search's; calibrate on the search's "
+            f"calibration data{f' (--calib {used})' if used and used != calib else ''} with the same model file, dse "
+            "and numpy as the search")
 
 
 def _preprocessing(d: dict) -> str:
@@ -306,6 +320,8 @@ def report(summary: dict) -> None:
         con.print(f"[bold]preprocessing[/bold] {escape(_preprocessing(pre))}", highlight=False)
     if s["irreproducible"]:
         con.print(escape(s["irreproducible"]), highlight=False)
+    if s.get("context"):
+        con.print(escape(context_line(s["context"])), highlight=False)
     line = predictor_line(s["info"].get("predictor") or {}, t)
     if line:
         con.print(escape(line), highlight=False)
@@ -322,6 +338,14 @@ def report(summary: dict) -> None:
     if comps:
         con.print(table("energy breakdown per component (best vs all-exact FxP8)", ["component", "config", "exact"],
                         [[name, num(v["config"]), num(v["exact"])] for name, v in comps.items()]))
+
+
+def context_line(c: dict) -> str:
+    """The report's line on the study's context identity (dse.report.context_summary)."""
+    n, hosts = c["confirmed"], c["hosts"]
+    return (f"context {c['digest'][:12]} (FxP8 calibration, search and hold-out data, float32 baselines) computed on "
+            f"host {c['host']}; {n} process{'es' if n != 1 else ''} on {len(hosts)} host{'s' if len(hosts) != 1 else ''}"
+            f" ({', '.join(hosts)}) had the same")
 
 
 def _baseline_table(base: dict, b: dict | None) -> Table:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from dse.config import META_CALIBRATION, META_CONTEXT, save_config
 from dse.errors import DseError, SettingError
 from dse.layer_config import config_from_dict
-from dse.search import rundir
+from dse.search import identity, rundir
 from dse.search.objective import ATTR_VERIFIED, predictor_record, predictor_switches
-from dse.search.study import irreproducible, is_feasible, n_processes, pareto_front, trial_summary
+from dse.search.study import PROCESS_ATTR, irreproducible, is_feasible, n_processes, pareto_front, trial_summary
 
 
 @dataclass
@@ -132,8 +133,20 @@ def summarize(run: Run) -> dict:
                    "predictor_switches": predictor_switches(trials), "predictor_record": record},
         "elapsed_s": res.get("elapsed_s"), "baseline": base, "best": best, "pareto_front": front,
         "no_best": res.get("no_best"), "check_note": res.get("check_note"), "margin_note": res.get("margin_note"),
-        "baseline_note": res.get("baseline_note"),
+        "baseline_note": res.get("baseline_note"), "context": context_summary(run.study),
     }
+
+
+def context_summary(study) -> dict | None:
+    """The study's recorded context identity (dse.search.identity): its digest, where it was computed, and the
+    processes and hosts whose own context matched it (None: a study from before identities were recorded)."""
+    rec = study.user_attrs.get(identity.ATTR)
+    if not rec:
+        return None
+    ok = [k[len(PROCESS_ATTR):].rsplit(":", 2)[0] for k, v in study.user_attrs.items()  # key: PREFIX host:pid:n
+          if k.startswith(PROCESS_ATTR) and isinstance(v, dict) and v.get("context") == rec["digest"]]
+    return {"digest": rec["digest"], "host": rec.get("host"), "packages": rec.get("packages"), "confirmed": len(ok),
+            "hosts": sorted(set(ok))}
 
 
 def export_config(run: Run, out: str | Path, trial: int | None = None) -> Path:
@@ -161,10 +174,12 @@ def export_config(run: Run, out: str | Path, trial: int | None = None) -> Path:
             "accuracy": ua.get("accuracy"), "loss": ua.get("loss"),
             "energy_system": ua.get("energy", {}).get("system"),
             "energy_multiplier": ua.get("energy", {}).get("multiplier")}
+    ctx = run.study.user_attrs.get(identity.ATTR)
+    if ctx:  # dse evaluate --config compares its own calibration with the search's
+        meta.update({META_CALIBRATION: ctx["calibration"], META_CONTEXT: ctx["digest"], "calib": info.get("calib")})
     meta = {k: v for k, v in meta.items() if v is not None}
     if info.get("preprocess"):  # the run's preprocessing travels with the configuration ([model] preprocess)
         from dse.data import Preprocess
         meta.update(Preprocess.from_dict(info["preprocess"]).to_meta())
-    from dse.config import save_config
     save_config(config, out, meta=meta)
     return out

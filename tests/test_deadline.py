@@ -232,7 +232,12 @@ def test_float_baselines_stop_at_the_deadline_and_resume(tmp_path, monkeypatch, 
     rc, out = _search_cli(capsys, b, run)
     assert rc == 0 and "run directory" in out and cut.calls == 17 - 3 and walks.calls == 0  # calibration kept
     res = rundir.read_results(run)
-    assert res["baseline"]["float"] == _uncut(tmp_path, "uncut").baseline["float"]
+    uncut = _uncut(tmp_path, "uncut")
+    assert res["baseline"]["float"] == uncut.baseline["float"]
+    from dse.search import context_cache
+
+    got, _ = context_cache._read(run / context_cache.FILE)  # the data digests (dse.search.identity) continue too
+    assert context_cache._decode(*got).data == uncut.data and set(uncut.data) == {"search", "holdout"}
 
 
 @pytest.mark.parametrize("at, kept", [(2, 1), pytest.param(3, 3, marks=pytest.mark.slow)])

@@ -19,6 +19,7 @@ from dse.errors import DseError
 from dse.layer_config import LayerConfig
 from dse.search import rundir, seeds
 from dse.search.context_cache import BASELINES_FILE, Checkpoint
+from dse.search.identity import ContextIdentity
 from dse.search.deadline import SETUP_NO_TIME, SETUP_RESUME, Deadline, RunTimeout, SetupTimeout
 from dse.search.space import SearchSpace
 from dse.search.study import SearchContext, SearchSettings, run_search
@@ -290,7 +291,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     want_predictor = bool(s.predictor_skip and fit_predictor)
     key, cached, why = _cached(b, run_dir, want_predictor, progress)
     run_dir = Path(run_dir) if run_dir else None
-    sess = _open(b, budget_path, run_dir, cached, deadline, progress)
+    sess, cached = _open(b, budget_path, run_dir, cached, deadline, progress)
     whole, hold = sess.data
     split = search_split(len(whole), b.data.images, b.data.confirm, s.seed, where=str(budget_path))
     # an image folder decodes its files on every read (a 224x224 JPEG ~2 ms, a third of a ResNet-18 emulation of it):
@@ -312,8 +313,9 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
     space = build_space([l.name for l in layers], b.space, where=f"{budget_path}: model {b.model.path}")
     energy = _energy_fn(b.energy_model(), layers)
     n_sens = min(SENSITIVITY_IMAGES, ev.n_images)
-    baseline = cached.baseline if cached else _float_baselines(sess.graph, search, hold, progress, deadline,
-                                                               run_dir and Checkpoint(run_dir, BASELINES_FILE, key))
+    baseline, data = ((cached.baseline, cached.data) if cached else
+                      _float_baselines(sess.graph, search, hold, progress, deadline,
+                                       run_dir and Checkpoint(run_dir, BASELINES_FILE, key)))
     predictor, estimate, pinfo, accs, sur = None, None, {}, None, None
     if want_predictor:
         cfgs = setup_fit_configs(space, s.seed)
@@ -322,7 +324,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
             if not run_dir:
                 return None
             return context_cache.save(run_dir, context_cache.ContextCache(key, qmodel.state(), baseline, accs_so_far,
-                                                                          state, predictor_done=False))
+                                                                          state, predictor_done=False, data=data))
         # ev: a single-layer change the surrogate first needs inside a trial stops at the run's deadline
         sur, accs = _predictor_fit(cfgs, lambda c: ev.logits(c, 0, n_sens), setup_ev, search.y[:n_sens], clock,
                                    progress, cached, keep)
@@ -334,7 +336,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                                                     accs, n_sens, "; ".join(notes), focus=gate_focus(s))
     if run_dir and not cached:
         context_cache.save(run_dir, context_cache.ContextCache(key, qmodel.state(), baseline, accs,
-                                                               sur.state() if sur else None))
+                                                               sur.state() if sur else None, data=data))
     sensitivity = Sensitivities(setup_ev, n_sens, clock, lambda: len(seeds.candidates(space, energy)), estimate,
                                 progress, sur)
     info = {"model": str(sess.model_path), "calib": sess.calib.name, "preprocess": sess.preprocess.to_dict(),
@@ -347,7 +349,7 @@ def build_context(budget_path: str, fit_predictor: bool = True, threads: int | N
                          predictor=predictor,
                          sensitivity=sensitivity, baseline=baseline, info=info, model_path=str(sess.model_path),
                          data_specs={k: getattr(b.data, k) for k in ("calib", "search", "holdout")},
-                         deadline=deadline)
+                         deadline=deadline, identity=ContextIdentity.of(qmodel.state(), data, baseline))
 
 
 PROPAGATED_CUT = "propagated surrogate left out: [search] timeout_s reached while it was built"
@@ -400,9 +402,11 @@ def _predictor_fit(cfgs: list[dict], run: Callable, setup_ev: EmulatorEvaluator,
 
 
 def _open(b, budget_path, run_dir: Path | None, cached, deadline: Deadline | None, progress):
-    """dse.session.open_session for the budget: the calibration from the context cache, else from the run
-    directory's calibration file (finished, or continued where the deadline stopped it), else computed there; a
-    calibration the deadline stops keeps its statistics and raises SetupTimeout."""
+    """(dse.session.open_session for the budget, the context cache ``cached`` or None when it was computed with
+    another calibration than the run directory's calibration file holds, e.g. one copied from another machine): the
+    calibration from the context cache, else from the run directory's calibration file (finished, or continued where
+    the deadline stopped it), else computed there; a calibration the deadline stops keeps its statistics and raises
+    SetupTimeout."""
     from dse.model.onnx_import import resolve_model
     from dse.quant import DEFAULT_METHOD, CalibrationStopped, Checkpoints
     from dse.search import context_cache
@@ -411,14 +415,20 @@ def _open(b, budget_path, run_dir: Path | None, cached, deadline: Deadline | Non
     def ref(k: str) -> DataRef:
         return DataRef(getattr(b.data, k), f"{budget_path}: key 'data.{k}' ({getattr(b.data, k)})")
 
-    stored, ckey, checkpoints = context_cache.StoredCalibration(), "", None
+    stored, ckey, pkey, checkpoints = context_cache.StoredCalibration(), "", "", None
+    if run_dir:
+        model = Path(resolve_model(b.model.path))
+        ckey = context_cache.calibration_key(b, model, DEFAULT_METHOD)
+        pkey = context_cache.calibration_key(b, model, DEFAULT_METHOD, local=False)
+        stored = context_cache.load_calibration(run_dir, ckey, pkey)
+    if cached and stored.finished and stored.finished.digest() != cached.calibration.digest():
+        progress("context cache", 1, 1, f"{run_dir / context_cache.FILE}: computed with another calibration than "
+                 f"{run_dir / context_cache.CALIBRATION_FILE} holds, recomputed")
+        cached = None
     if cached:
         stored = context_cache.StoredCalibration(finished=cached.calibration)
-    elif run_dir:
-        ckey = context_cache.calibration_key(b, Path(resolve_model(b.model.path)), DEFAULT_METHOD)
-        stored = context_cache.load_calibration(run_dir, ckey)
-        if stored.why:
-            progress("calibration checkpoint", 1, 1, stored.why)
+    elif stored.why:
+        progress("calibration checkpoint", 1, 1, stored.why)
     if stored.finished is None and (deadline is not None or run_dir):
         # the progress is written when the deadline stops it and every Checkpoints.every_s (a killed run keeps it too)
         save = (lambda p: context_cache.save_calibration(run_dir, ckey, p)) if run_dir else (lambda p: None)
@@ -439,13 +449,14 @@ def _open(b, budget_path, run_dir: Path | None, cached, deadline: Deadline | Non
         at = (exc.progress.meta["pass"], exc.progress.meta["next"])
         start = (stored.progress.meta["pass"], stored.progress.meta["next"]) if stored.progress else ("range", 0)
         raise SetupTimeout(_stopped("FxP8 calibration", f"{exc.progress.describe()} done", kept, at != start)) from None
-    if run_dir and stored.finished is None:
-        context_cache.save_calibration(run_dir, ckey, sess.qmodel.state())
-    source = (f"calibration from {run_dir}'s context cache" if cached else f"calibration from {run_dir}"
+    if run_dir and (stored.finished is None or stored.copied_from):  # a copied one is this run directory's now
+        context_cache.save_calibration(run_dir, ckey, sess.qmodel.state(), pkey)
+    copied = f", copied from host {stored.copied_from}" if stored.copied_from else ""
+    source = (f"calibration from {run_dir}'s context cache" if cached else f"calibration from {run_dir}{copied}"
               if stored.finished else f"calibrated on {sess.calib.name}"
               + (f" (continued at {stored.progress.describe()})" if stored.progress else ""))
     progress(stage, steps[0], steps[0], f"{b.model.path}, {source}")
-    return sess
+    return sess, cached
 
 
 def cache_extra(want_predictor: bool) -> dict:
@@ -477,16 +488,18 @@ CHECKPOINT_S = 30.0  # a set-up stage's work so far is written to the run direct
 
 
 def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = None,
-                     checkpoint: Checkpoint | None = None) -> dict:
-    """Float32 top-1 accuracy on the search and hold-out splits, FLOAT_BATCH images at a time. ``checkpoint`` (in
-    the run directory) keeps the images done and right per split: written every CHECKPOINT_S seconds and when the
+                     checkpoint: Checkpoint | None = None) -> tuple[dict, dict]:
+    """(float32 top-1 accuracy on the search and hold-out splits, the digests of their images and labels:
+    dse.search.identity.data_digest), FLOAT_BATCH images at a time. ``checkpoint`` (in the run directory) keeps the
+    images done and right and the digest so far per split: written every CHECKPOINT_S seconds and when the
     ``deadline`` passes before a batch (then SetupTimeout), and continued from by the next run."""
     from dse.emulate import float_hits
+    from dse.search.identity import DATA_START, data_digest
 
     stage = "float32 baselines"
     splits = {"search": search, "holdout": hold}
     got = checkpoint.load()[0] if checkpoint is not None else None
-    state = got[0] if got else {k: [0, 0] for k in splits}  # per split: [images done, images right]
+    state = got[0] if got else {k: [0, 0, DATA_START] for k in splits}  # per split: [images done, right, digest]
     total = sum(-(-len(d) // FLOAT_BATCH) for d in splits.values())
     done = sum(-(-state[k][0] // FLOAT_BATCH) for k in splits)
     progress(stage, done, total + 1)
@@ -499,7 +512,8 @@ def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = 
                 n = sum(v[0] for v in state.values())
                 raise SetupTimeout(_stopped(stage, f"{n} of {len(search) + len(hold)} images done",
                                             checkpoint.path if checkpoint else None, done > start))
-            state[k] = [state[k][0] + len(y), state[k][1] + float_hits(graph, x, y, FLOAT_BATCH)]
+            state[k] = [state[k][0] + len(y), state[k][1] + float_hits(graph, x, y, FLOAT_BATCH),
+                        data_digest(state[k][2], x, y)]
             done += 1
             progress(stage, done, total + 1)
             if checkpoint is not None and time.monotonic() - saved >= CHECKPOINT_S:
@@ -508,7 +522,7 @@ def _float_baselines(graph, search, hold, progress, deadline: Deadline | None = 
     if checkpoint is not None:
         checkpoint.save(state)  # finished: a run the deadline stops later in its set-up does not measure it again
     progress(stage, total + 1, total + 1)
-    return {"float": {k: state[k][1] / len(d) for k, d in splits.items()}}
+    return {"float": {k: state[k][1] / len(d) for k, d in splits.items()}}, {k: state[k][2] for k in splits}
 
 
 def setup_fit_configs(space: SearchSpace, seed: int, n_configs: int = PREDICTOR_CONFIGS) -> list[dict]:

@@ -33,7 +33,7 @@ from dse.predict import SurrogateState
 from dse.quant import CalibrationProgress, CalibrationState
 
 FILE = "context-cache.npz"
-FORMAT = 4  # 3: with the logit surrogate's arrays; 4: predictor_done
+FORMAT = 5  # 3: with the logit surrogate's arrays; 4: predictor_done; 5: the data digests (dse.search.identity)
 _META = "__meta__"  # the .npz member holding the JSON document
 _SUR_EXACT, _SUR_DELTAS = "__surrogate_exact__", "__surrogate_deltas__"  # dse.predict.SurrogateState's arrays
 
@@ -46,14 +46,15 @@ class ContextCache:
     predictor_accs: list | None  # accuracies of the predictor's fit configurations (None: no predictor fitted)
     surrogate: SurrogateState | None = None  # the logit surrogate's exact logits and single-layer changes
     predictor_done: bool = True  # False: the run's deadline cut the predictor fit; the next run measures the rest
+    data: dict | None = None  # {"search", "holdout"}: digests of the images and labels (dse.search.identity)
 
 
 def cache_key(budget, model_path: Path, extra: dict) -> str:
     """Hex digest of everything the cached context depends on (module docstring); ``extra``: set-up constants."""
-    import dse
+    from dse.search.identity import packages
 
     d = budget.data
-    parts = {"format": FORMAT, "dse": dse.__version__, "extra": extra, "float": FLOAT_NUMERICS,
+    parts = {"format": FORMAT, "packages": packages(), "extra": extra, "float": FLOAT_NUMERICS,
              "preprocess": budget.model.preprocess.to_dict() if budget.model.preprocess else None,
              "data": {k: [getattr(d, k), fingerprint(getattr(d, k), local=True)]
                       for k in ("calib", "search", "holdout")},
@@ -107,7 +108,7 @@ def _write(path: Path, meta: dict, arrays: dict) -> Path:
 def _encode(cache: ContextCache) -> tuple[dict, dict]:
     meta = {"format": FORMAT, "key": cache.key, "calibration": cache.calibration.meta, "baseline": cache.baseline,
             "predictor_accs": cache.predictor_accs, "predictor_done": cache.predictor_done,
-            "surrogate_choices": None if cache.surrogate is None else cache.surrogate.choices}
+            "surrogate_choices": None if cache.surrogate is None else cache.surrogate.choices, "data": cache.data}
     for name in cache.calibration.arrays:
         if name in (_SUR_EXACT, _SUR_DELTAS):
             raise ValueError(f"calibration array name {name!r} is reserved")
@@ -122,7 +123,7 @@ def _decode(meta: dict, z: dict) -> ContextCache:
     sur = (None if meta.get("surrogate_choices") is None
            else SurrogateState(z[_SUR_EXACT], meta["surrogate_choices"], z[_SUR_DELTAS]))
     return ContextCache(meta["key"], CalibrationState(meta["calibration"], arrays), meta["baseline"],
-                        meta["predictor_accs"], sur, meta["predictor_done"])
+                        meta["predictor_accs"], sur, meta["predictor_done"], meta["data"])
 
 
 def load(run_dir: Path, key: str) -> tuple[ContextCache | None, str]:
@@ -150,17 +151,18 @@ CALIBRATION_FILE = "calibration.npz"
 BASELINES_FILE = "float-baselines.npz"  # dse.search.context: the float32 baselines so far
 
 
-def calibration_key(budget, model_path: Path, method: str) -> str:
+def calibration_key(budget, model_path: Path, method: str, local: bool = True) -> str:
     """Hex digest of what the run's calibration depends on: the model file's content, the calibration data (spec and
     local content fingerprint), the explicit preprocessing, the method, the dse version and the float executor's
     arithmetic (dse.model.float_exec.NUMERICS) (with the model, it fixes the batches a stopped calibration resumes at:
-    dse.quant.stream_batch_size)."""
+    dse.quant.stream_batch_size). ``local=False``: the calibration data's fingerprint without file times
+    (dse.data.fingerprint), the same for copies on other machines."""
     import dse
 
     calib = budget.data.calib
     parts = {"format": CHECKPOINT_FORMAT, "dse": dse.__version__, "float": FLOAT_NUMERICS,
              "model": model_sha256(model_path),
-             "calib": [calib, fingerprint(calib, local=True)], "method": method,
+             "calib": [calib, fingerprint(calib, local=local)], "method": method,
              "preprocess": budget.model.preprocess.to_dict() if budget.model.preprocess else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -173,6 +175,7 @@ class StoredCalibration:
     finished: CalibrationState | None = None
     progress: CalibrationProgress | None = None
     why: str = ""
+    copied_from: str = ""  # the host that wrote the finished calibration, when it was copied from another machine
 
 
 @dataclass(frozen=True)
@@ -207,17 +210,43 @@ class Checkpoint:
 CHECKPOINT_FORMAT = 1
 
 
-def load_calibration(run_dir: Path, key: str) -> StoredCalibration:
-    got, why = Checkpoint(run_dir, CALIBRATION_FILE, key).load()
+def load_calibration(run_dir: Path, key: str, portable_key: str = "") -> StoredCalibration:
+    """The run directory's calibration for ``key``. A finished calibration written on another host (copied from the
+    machine that created a shared study, dse.search.identity) is used when its ``portable_key`` (calibration_key
+    with ``local=False``: the same model, calibration data content and method) matches: the file times of another
+    copy of the data never match this one's."""
+    ck = Checkpoint(run_dir, CALIBRATION_FILE, key)
+    got, why = ck.load()
     if got is None:
-        return StoredCalibration(why=why)
+        copied = _copied_calibration(ck.path, portable_key) if why else None
+        return copied or StoredCalibration(why=why)
     state, arrays = got
     if state["finished"]:
         return StoredCalibration(finished=CalibrationState(state["meta"], arrays))
     return StoredCalibration(progress=CalibrationProgress(state["meta"], arrays))
 
 
-def save_calibration(run_dir: Path, key: str, done: CalibrationState | CalibrationProgress) -> Path:
-    """Write the finished calibration or a stopped one's progress."""
-    return Checkpoint(run_dir, CALIBRATION_FILE, key).save(
-        {"finished": isinstance(done, CalibrationState), "meta": done.meta}, done.arrays)
+def _copied_calibration(path: Path, portable_key: str) -> StoredCalibration | None:
+    from dse.search.identity import host
+
+    got, _ = _read(path)
+    if got is None or not portable_key:
+        return None
+    meta, arrays = got
+    state = meta.get("state") if meta.get("checkpoint") == CHECKPOINT_FORMAT else None
+    if (not isinstance(state, dict) or not state.get("finished") or state.get("portable_key") != portable_key
+            or state.get("host") in (None, host())):
+        return None
+    return StoredCalibration(finished=CalibrationState(state["meta"], arrays), copied_from=str(state["host"]))
+
+
+def save_calibration(run_dir: Path, key: str, done: CalibrationState | CalibrationProgress,
+                     portable_key: str = "") -> Path:
+    """Write the finished calibration (with its ``portable_key`` and this host, see :func:`load_calibration`) or a
+    stopped one's progress."""
+    from dse.search.identity import host
+
+    state = {"finished": isinstance(done, CalibrationState), "meta": done.meta}
+    if state["finished"]:
+        state.update(portable_key=portable_key, host=host())
+    return Checkpoint(run_dir, CALIBRATION_FILE, key).save(state, done.arrays)

@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import tomllib
@@ -36,7 +37,7 @@ from optuna.trial import TrialState
 from dse.budget import BudgetSection, SearchSection
 from dse.errors import DseError, SettingError
 from dse.layer_config import LayerConfig, config_from_dict
-from dse.search import liveness, rundir, seeds
+from dse.search import identity, liveness, rundir, seeds
 from dse.search.deadline import Deadline, RunTimeout, SetupTimeout
 from dse.search.objective import (ATTR_CONFIRM, ATTR_HOLDOUT, ATTR_VERIFIED, CONSTRAINT, EXACT_ENERGY, Objective,
                                   full_trials, predictor_record, predictor_switches)
@@ -111,6 +112,7 @@ class SearchContext:
     model_path: str | None = None
     data_specs: dict = field(default_factory=dict)
     deadline: Deadline | None = None
+    identity: object | None = None  # dse.search.identity.ContextIdentity (None: not checked, e.g. injected fakes)
 
 
 def make_sampler(name: str, mode: str, seed: int, workers: int = 1) -> optuna.samplers.BaseSampler:
@@ -250,10 +252,13 @@ def worker_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
 
 
-def join_study(storage, name: str, s: SearchSettings, create: bool) -> tuple[optuna.Study, int]:
+def join_study(storage, name: str, s: SearchSettings, create: bool, ctx_identity=None,
+               run_dir: Path | None = None) -> tuple[optuna.Study, int]:
     """Open the study as one more process of it. The process that creates the study is number 0 (it seeds the study
-    and samples with ``seed``); every other one gets a random 64-bit number, so no two share a sampler stream. The
-    number and sampler seed are recorded in the study (user attr ``dse:process:<host>:<pid>:<number>``)."""
+    and samples with ``seed``); every other one gets a random 64-bit number, so no two share a sampler stream.
+    ``ctx_identity`` (dse.search.identity.ContextIdentity of this process's context): the creator records it on the
+    study, every other process compares its own (identity.check: ContextMismatch, before any trial). The number,
+    sampler seed and context digest are recorded in the study (user attr ``dse:process:<host>:<pid>:<number>``)."""
     k = 0
     try:
         if not create:
@@ -262,8 +267,14 @@ def join_study(storage, name: str, s: SearchSettings, create: bool) -> tuple[opt
     except optuna.exceptions.DuplicatedStudyError:
         k = int.from_bytes(os.urandom(8), "little") or 1
     study = _open_study(s, storage, name, worker_seed(s.seed, k), s.workers)
+    if ctx_identity is not None:
+        if k == 0:
+            study.set_user_attr(identity.ATTR, ctx_identity.record(run_dir))
+        else:
+            identity.check(study, ctx_identity, run_dir)
     study.set_user_attr(f"{PROCESS_ATTR}{socket.gethostname()}:{os.getpid()}:{k}",
-                        {"number": k, "sampler_seed": worker_seed(s.seed, k), "time": time.time()})
+                        {"number": k, "sampler_seed": worker_seed(s.seed, k), "time": time.time(),
+                         "context": ctx_identity.digest if ctx_identity is not None else None})
     return study, k
 
 
@@ -311,10 +322,14 @@ def _worker(factory, url: str, name: str, settings: SearchSettings, parent: int)
     try:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures re-raise anyway
         ctx = factory()
-        study, _ = join_study(rundir.open_storage(url), name, settings, create=False)
+        study, _ = join_study(rundir.open_storage(url), name, settings, create=False, ctx_identity=ctx.identity,
+                              run_dir=getattr(factory, "run_dir", None))
         run_loop(study, _objective(ctx, settings), settings)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent reports it
         pass
+    except DseError as exc:  # e.g. identity.ContextMismatch: one line; the other processes go on
+        print(f"error: worker {os.getpid()}: {exc}", file=sys.stderr)
+        sys.exit(2)
     except SetupTimeout:  # the run's deadline passed in this worker's set-up: it has no trial to run
         pass
 
@@ -619,7 +634,7 @@ def run_search(budget_path: str | Path, settings: SearchSettings, context_factor
         raise DseError(f"{run_dir}: holds study {sfile.read_text().strip()}, but the budget now describes {name} "
                        "(the model file, a data file or the search space changed); use another run directory")
     rundir.write_atomic(sfile, (name + "\n").encode())
-    study, process = join_study(prep.storage, name, s, create=True)
+    study, process = join_study(prep.storage, name, s, create=True, ctx_identity=ctx.identity, run_dir=run_dir)
     study.set_user_attr("settings", asdict(s))  # latest overrides (n_trials, workers) for dse report
     study.set_user_attr("info", ctx.info)
     study.set_user_attr("params", ctx.space.param_names)
