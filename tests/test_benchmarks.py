@@ -383,3 +383,10 @@ def test_bench_e2e_memory_row_is_the_child_s_own_peak():
                          capture_output=True, text=True, check=True).stdout
     del big
     assert float(out) < 300
+
+
+def test_bench_identity_runs():
+    import bench_identity
+
+    (name, n, fwd, dig, cal, cdig, nbytes), = bench_identity.rows(["lenet5"], 8, 1)
+    assert name == "lenet5" and n == 8 and min(fwd, dig, cal, cdig) >= 0 and nbytes > 0
