@@ -19,8 +19,8 @@ from dse.errors import DseError
 from dse.layer_config import LayerConfig
 from dse.search import rundir, seeds
 from dse.search.context_cache import BASELINES_FILE, Checkpoint
-from dse.search.identity import ContextIdentity
 from dse.search.deadline import SETUP_NO_TIME, SETUP_RESUME, Deadline, RunTimeout, SetupTimeout
+from dse.search.identity import ContextIdentity
 from dse.search.space import SearchSpace
 from dse.search.study import SearchContext, SearchSettings, run_search
 

@@ -14,7 +14,10 @@ unreadable, corrupt or stale file is ignored (the caller says so in one line) an
 The FxP8 calibration has a file of its own (``calibration.npz``, same format), keyed by what it depends on only
 (the model file's content, the calibration data, the preprocessing, the calibration method): it holds
 the finished calibration, or the statistics of one the run's deadline stopped (:class:`dse.quant.CalibrationProgress`),
-which the next run of the same command continues from batch by batch, ending with the same bits.
+which the next run of the same command continues from batch by batch, ending with the same bits. A finished one also
+records a portable key (the calibration data's fingerprint without file times) and the host that wrote it: copied
+into another machine's run directory (the fix dse.search.identity gives when a shared study's calibrations differ),
+it is used there when that key matches, and a context cache computed with another calibration is recomputed.
 """
 from __future__ import annotations
 
