@@ -9,12 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.budgets import TINY_BUDGET
+from tests.search_process import PG_URL
 from tests.other_machine import CALIBRATED, perturbed
 
 from dse.cli import main
@@ -24,6 +26,7 @@ from dse.search import context_cache, identity, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = socket.gethostname()
+needs_pg = pytest.mark.skipif(not PG_URL, reason="DSE_TEST_POSTGRES_URL is not set (.ci/run sets it)")
 
 
 def _complete(run_dir) -> dict:
@@ -39,9 +42,11 @@ def _other_machine(host: str, perturb: str, *args) -> subprocess.CompletedProces
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def _budget(d: Path, calib: str | None = None) -> Path:
+def _budget(d: Path, calib: str | None = None, seed: int = 0) -> Path:
+    """TINY_BUDGET, calibrated on ``calib`` when given; ``seed`` names a new study on a shared database."""
     b = d / "b.toml"
-    b.write_text(TINY_BUDGET.replace("[data]\n", f"[data]\ncalib = '{calib}'\n") if calib else TINY_BUDGET)
+    text = TINY_BUDGET.replace("[data]\n", f"[data]\ncalib = '{calib}'\n") if calib else TINY_BUDGET
+    b.write_text(text.replace("[search]\n", f"[search]\nseed = {seed}\n"))
     return b
 
 
@@ -54,22 +59,23 @@ def _calib_file(d: Path) -> Path:
     return d / "calib.npz"
 
 
+@pytest.mark.parametrize("shared", ["journal", pytest.param("postgresql", marks=needs_pg)])
 def test_a_perturbed_calibration_on_another_machine_stops_with_one_line_and_the_copied_file_fixes_it(tmp_path,
-                                                                                                    capsys):
+                                                                                                    shared):
     """Machine A creates the study; machine B (another host, its own run directory, its copy of the calibration data
-    with other file times, A's journal as storage) calibrates one float32 step apart: it exits 2 with one line that
-    names the calibration, both hosts and the fix, and A's trials are intact. Copying A's calibration.npz into B's
-    run directory fixes it: B loads it (no calibration computed), its stale context cache is recomputed, and its
-    trials join the study."""
+    with other file times, A's journal or the PostgreSQL database as storage) calibrates one float32 step apart: it
+    exits 2 with one line that names the calibration, both hosts and the fix, and A's trials are intact. Copying A's
+    calibration.npz into B's run directory fixes it: B loads it (no calibration computed), its stale context cache
+    is recomputed, and its trials join the study."""
     calib = _calib_file(tmp_path)
-    b = _budget(tmp_path, str(calib))
+    b = _budget(tmp_path, str(calib), seed=time.time_ns() % 10**9 if shared == "postgresql" else 0)
     run_a, run_b = tmp_path / "a", tmp_path / "b"
-    assert main(["search", str(b), "--run-dir", str(run_a), "--quiet"]) == 0
+    storage = f"journal://{run_a / rundir.JOURNAL_FILE}" if shared == "journal" else PG_URL
+    assert main(["search", str(b), "--run-dir", str(run_a), "--quiet", "--storage", storage]) == 0
     before = _complete(run_a)
     assert len(before) == 3
     st = os.stat(calib)
     os.utime(calib, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # B's copy of the data: other file times
-    storage = f"journal://{run_a / rundir.JOURNAL_FILE}"
     r = _other_machine("machine-b", "calibration", "search", b, "--run-dir", run_b, "--storage", storage, "--quiet")
     err = r.stderr.replace(CALIBRATED + "\n", "")
     assert r.returncode == 2, r.stderr[-3000:]
