@@ -281,3 +281,33 @@ def test_a_study_from_before_records_gets_the_first_checking_process_s(tmp_path)
     assert rec["digest"] == _ident().digest and study.user_attrs[identity.ATTR]["digest"] == _ident().digest
     with pytest.raises(identity.ContextMismatch):
         identity.check(study, _ident("d"), tmp_path)
+
+
+def split_factory():
+    """Picklable context factory: the fake context, with one identity in the process that creates the study and
+    another in every spawned worker (a worker whose own context came out different)."""
+    import multiprocessing as mp
+
+    from tests.fakes import make_ctx
+
+    ctx = make_ctx()
+    ctx.identity = _ident("w" if mp.parent_process() is not None else "c")
+    return ctx
+
+
+def test_a_spawned_worker_with_another_context_stops_with_one_line_and_the_others_finish(tmp_path, capfd):
+    """A worker process (workers = 2) whose context differs from its parent's prints one error line and exits; the
+    parent runs the study's trials alone and only its process is recorded."""
+    from tests.fakes import settings_
+
+    from dse.search.study import PROCESS_ATTR, run_search
+
+    b = tmp_path / "b.toml"
+    b.write_text(TINY_BUDGET)
+    res = run_search(b, settings_(n_trials=6, workers=2), split_factory, run_dir=tmp_path / "run", progress=False)
+    assert res["trials"]["complete"] == 6
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: worker")]
+    assert len(lines) == 1 and "FxP8 calibration differs" in lines[0] and "Traceback" not in err, err
+    attrs = rundir.load_study(tmp_path / "run").user_attrs
+    assert [v["context"] for k, v in attrs.items() if k.startswith(PROCESS_ATTR)] == [_ident("c").digest]
