@@ -93,7 +93,8 @@ def calibration_line(c: dict, calib: str) -> str:
     """``dse evaluate --config``: whether this run's calibration is the one the search used (dse.emulate.evaluate's
     ``calibration_check``); ``calib``: the calibration data of this run."""
     if c["matches"]:
-        return f"calibration: the same as the search's ({c['here'][:12]}), so the FxP8 figures are measured on its network"
+        return (f"calibration: the same as the search's ({c['here'][:12]}), so the FxP8 figures are measured on its "
+                "network")
     used = c.get("search_calib")
     return (f"calibration: differs from the one the search used ({c['search'][:12]} there, {c['here'][:12]} here, "
             f"calibrated on {calib}), so these figures can differ from the search's; calibrate on the search's "
@@ -343,9 +344,9 @@ def report(summary: dict) -> None:
 def context_line(c: dict) -> str:
     """The report's line on the study's context identity (dse.report.context_summary)."""
     n, hosts = c["confirmed"], c["hosts"]
+    procs, on = f"{n} process{'es' if n != 1 else ''}", f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}"
     return (f"context {c['digest'][:12]} (FxP8 calibration, search and hold-out data, float32 baselines) computed on "
-            f"host {c['host']}; {n} process{'es' if n != 1 else ''} on {len(hosts)} host{'s' if len(hosts) != 1 else ''}"
-            f" ({', '.join(hosts)}) had the same")
+            f"host {c['host']}; {procs} on {on} ({', '.join(hosts)}) had the same")
 
 
 def _baseline_table(base: dict, b: dict | None) -> Table:

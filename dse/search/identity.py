@@ -137,17 +137,18 @@ def mismatch_message(study: str, recorded: dict, mine: ContextIdentity, run_dir=
         fixes.append(f"copy {src}/calibration.npz from {them} into {dst} and re-run (a copied calibration is used "
                      "when the model file, the calibration data's content and the method are the same; it is not "
                      "recomputed)")
-    if "search" in parts or "holdout" in parts:
-        fixes.append(f"give this machine the same files behind [data] {' and '.join(k for k in ('search', 'holdout') if k in parts)} "
-                     f"and the same numpy and Pillow as {them} (another Pillow can decode or resize JPEG images "
-                     "differently)")
+    data = [k for k in ("search", "holdout") if k in parts]
+    if data:
+        fixes.append(f"give this machine the same files behind [data] {' and '.join(data)} and the same numpy and "
+                     f"Pillow as {them} (another Pillow can decode or resize JPEG images differently)")
     if parts == ["baseline"]:
         fixes.append(f"use the same numpy and scipy as {them} and a CPU of the same SIMD class (the float32 forward "
                      "pass differs: numpy's SIMD exp, log and tanh)")
-    return (f"study {study}: this process's {what} differ{'s' if len(parts) == 1 else ''} from the one{'s' if len(parts) > 1 else ''} "
-            f"the study was created with ({digests}; created on {_where(recorded)}, this is {_where(here)}), so "
-            "its trials would be measured on another network or other images; it ran no trial and the study's "
-            "trials are kept; fix: " + "; or ".join(fixes))
+    verb, ones = ("differs", "one") if len(parts) == 1 else ("differ", "ones")
+    return (f"study {study}: this process's {what} {verb} from the {ones} the study was created with ({digests}; "
+            f"created on {_where(recorded)}, this is {_where(here)}), so its trials would be measured on another "
+            "network or other images than the study's; it ran none, and the study's trials are kept; fix: "
+            + "; or ".join(fixes))
 
 
 def check(study, mine: ContextIdentity, run_dir=None, wait_s: float = WAIT_S) -> dict:
