@@ -106,8 +106,14 @@ static void dse_fg_pack_rows(const float *R, int64_t G, int64_t nr, int64_t K, i
 /* d[0 .. n) = row[iw0 + t * sw] where 0 <= iw0 + t * sw < W, else 0. */
 static inline void dse_fg_copy_run(float *d, const float *row, int64_t iw0, int64_t sw, int64_t W, int64_t n)
 {
-    int64_t lo = iw0 >= 0 ? 0 : (-iw0 + sw - 1) / sw;
-    int64_t hi = W - 1 - iw0 < 0 ? 0 : (W - 1 - iw0) / sw + 1;
+    int64_t lo, hi; /* the valid t: lo <= t < hi (no division at stride 1: this runs once per run and tap) */
+    if (sw == 1) {
+        lo = iw0 >= 0 ? 0 : -iw0;
+        hi = W - iw0;
+    } else {
+        lo = iw0 >= 0 ? 0 : (-iw0 + sw - 1) / sw;
+        hi = W - 1 - iw0 < 0 ? 0 : (W - 1 - iw0) / sw + 1;
+    }
     if (lo > n) lo = n;
     if (hi > n) hi = n;
     if (hi < lo) hi = lo;
@@ -317,7 +323,7 @@ static int dse_float_gemm(int level, int64_t G, int64_t nr, int64_t K, int64_t n
 #pragma omp atomic write
             err = 1;
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1) /* a core another process holds does not stall the other threads */
         for (int64_t t = 0; t < ntask; t++) {
             if (!bp)
                 continue;
