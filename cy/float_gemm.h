@@ -45,9 +45,9 @@ static inline int dse_fg_level(int level)
     return level;
 }
 
-/* Threads for a call of ``work`` multiply-adds (the callers' choice): one per DSE_FG_WORK_PER_THREAD of them at most (a parallel region
-costs microseconds on a quiet machine and milliseconds when another process holds a core; a small GEMM, such as an
-attention head's, is done by then). The split changes no bit. */
+/* Threads for a call of ``work`` multiply-adds (the callers' choice): one per DSE_FG_WORK_PER_THREAD of them at
+ * most (a parallel region costs microseconds on a quiet machine and milliseconds when another process holds a core;
+ * a small GEMM, such as an attention head's, is done by then). The split changes no bit. */
 #define DSE_FG_WORK_PER_THREAD (1LL << 22)
 static inline int dse_fg_threads(int nt, double work)
 {
