@@ -8,7 +8,8 @@ onnxruntime. A child builds the network (bench_e2e's generators), times ``run_fl
 ``--images`` images at 1 and 2 threads (alternating, medians of ``--repeats``; at 1 thread the process's CPU time
 too, robust on a loaded box), times ``calibrate`` on ``--calib`` images at 1 thread (dse paths), and prints SHA-256
 digests of the float logits and of the calibration (QuantModel.state()). Prints images/s per path (medians over
-rounds), the ratios ours / blas and ours / onnxruntime, and which digests agree: ``ours`` must give one digest under every core type and thread count, ``blas`` need not.
+rounds), the ratios ours / blas and ours / onnxruntime, and which digests agree: ``ours`` must give one digest under
+every core type and thread count, ``blas`` need not.
 
     python benchmarks/bench_float.py --nets r18 r50 mbv2 --rounds 2
 """
