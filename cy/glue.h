@@ -377,6 +377,33 @@ static inline void dse_np_binary(dse_np_loop lp, const float *a, const float *b,
     lp.fn(args, dims, steps, lp.data);
 }
 
+/* Values per chunk of the SiLU / Sigmoid passes (cy/kernels.pyx float_sigmoid, the integer GEMM's SiLU output step):
+ * their loops run on one chunk after the other while it is in cache. */
+#define DSE_SIGMOID_CHUNK 2048
+
+/* o = 1 / (1 + exp(-x)) over m float32 values (times_x 1 / 2: then o = x * o / o * x, SiLU's product in its node
+ * order) by numpy's own float32 loops lp = {negative, exp, add, true_divide, multiply}, called with the operands
+ * numpy's ufuncs pass them in dse.model.nn.reference_sigmoid and the emulator's in-place product (exp, add and
+ * divide in place on o, the scalar 1 first at stride 0, the product into o): the same bits as those numpy
+ * expressions. o must not overlap x. */
+static inline void dse_sigmoid_chunk(const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
+{
+    static const float one = 1.0f;
+    intptr_t dims[1] = {(intptr_t)m}, st2[2] = {4, 4}, st3[3] = {4, 4, 4}, sc3[3] = {0, 4, 4};
+    char *a2[2] = {(char *)x, (char *)o};
+    lp[0].fn(a2, dims, st2, lp[0].data); /* t = negative(x) */
+    a2[0] = (char *)o;
+    lp[1].fn(a2, dims, st2, lp[1].data); /* exp(t, out=t) */
+    char *a3[3] = {(char *)&one, (char *)o, (char *)o};
+    lp[2].fn(a3, dims, sc3, lp[2].data); /* add(1, t, out=t) */
+    lp[3].fn(a3, dims, sc3, lp[3].data); /* true_divide(1, t, out=t) */
+    if (times_x) {
+        a3[0] = times_x == 1 ? (char *)x : (char *)o;
+        a3[1] = times_x == 1 ? (char *)o : (char *)x;
+        lp[4].fn(a3, dims, st3, lp[4].data); /* multiply(x, s, out=s) / (s, x) */
+    }
+}
+
 /* Values per block of rows of dse_softmax_rows (its exp call runs on one block while it is in L1). */
 #define DSE_SOFTMAX_BLOCK 2048
 

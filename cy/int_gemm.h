@@ -921,35 +921,95 @@ DSE_T_512 static int64_t dse_ig_flush_qfast(const dse_ig_plan *P, const int32_t 
     return n1;
 }
 
+/* Row n's final int32 sums c of positions [m0, m0 + mv) before their scaling: the VNNI offset's correction
+ * subtracted, a scaled call's addend added. */
+static void dse_ig_final_sums(const dse_ig_plan *P, int32_t *c, int64_t n, int64_t m0, int64_t mv)
+{
+    if (P->corr) { /* the corrected sums fit int32 (dse_ig_plan8) */
+        const int32_t cn = (int32_t)P->corr[n];
+        if (P->level >= DSE_ISA_AVX512)
+            dse_ig_sub_512(c, mv, cn);
+        else if (P->level == DSE_ISA_AVX2)
+            dse_ig_sub_avx2(c, mv, cn);
+        else
+            for (int64_t i = 0; i < mv; i++)
+                c[i] -= cn;
+    }
+    if (P->addend) /* |addend| and the totals fit int32 (the caller's bound): no int32 sum overflows */
+        for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
+            const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
+            const int64_t *a = P->addend + b * P->add_ld_img + n * P->add_ld_n + s;
+            int32_t *ci = c + i;
+            for (int64_t j = 0; j < len; j++)
+                ci[j] += (int32_t)a[j];
+            i += len, b++, s = 0;
+        }
+}
+
+/* The tile's row n values v of positions [m0 + i, m0 + i + len) written to their outputs (runs within one image):
+ * their patterns with sc->quant (dse_quantize_seq), else the float32 values. */
+static void dse_ig_emit_silu(const dse_ig_plan *P, int64_t n, int64_t i, int64_t len, const float *v)
+{
+    const dse_scaling *sc = P->sc;
+    for (int64_t j = 0, mm = i; j < len;) {
+        const int64_t b = mm / P->img, s = mm % P->img, l = (P->img - s < len - j) ? P->img - s : len - j;
+        const int64_t e = b * P->ld_img + n * P->ld_n + s;
+        if (sc->quant)
+            dse_quantize_seq(P->level, v + j, l, sc->qs, sc->qlo, sc->qhi, (uint8_t *)P->outs + e);
+        else
+            memcpy((float *)P->outs + e, v + j, (size_t)l * sizeof(float));
+        j += l, mm += l;
+    }
+}
+
+/* The final sums of a tile with a SiLU output (sc->silu): each row's scaled float32 values y written over its int32
+ * sums in place (dse_scale_runs without the quantization, one group of lanes read before it is written), then the
+ * SiLU of y by numpy's loops (dse_sigmoid_chunk) on chunks of the tile's rows (the rows are one block where mv fills
+ * them, ldc == mv) into a chunk in cache, each chunk's values emitted to their outputs (dse_ig_emit_silu). The
+ * values are those of the float32 scaling pass and numpy's loops on its output: the same bits. */
+static void dse_ig_flush_silu(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
+                              int64_t mv)
+{
+    dse_scaling f = *P->sc;
+    f.quant = 0, f.silu = 0, f.stream = 0, f.qf = NULL, f.act = DSE_ACT_NONE, f.add = NULL;
+    for (int64_t n = n0; n < n1; n++) {
+        int32_t *c = C32 + (n - n0) * ldc;
+        dse_ig_final_sums(P, c, n, m0, mv);
+        dse_scale_runs(P->level, c, DSE_SUM_I32, 1, mv, &f, n, c, 0);
+    }
+    float buf[DSE_SIGMOID_CHUNK] __attribute__((aligned(64)));
+    const dse_np_loop *lp = (const dse_np_loop *)P->sc->loops;
+    const int64_t rows = ldc == mv ? 1 : n1 - n0, len = ldc == mv ? (n1 - n0) * mv : mv;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *y = (const float *)(C32 + r * ldc);
+        for (int64_t t0 = 0; t0 < len; t0 += DSE_SIGMOID_CHUNK) {
+            const int64_t m = len - t0 < DSE_SIGMOID_CHUNK ? len - t0 : DSE_SIGMOID_CHUNK;
+            dse_sigmoid_chunk(lp, y + t0, buf, m, P->sc->silu);
+            for (int64_t t = t0; t < t0 + m;) { /* the chunk's pieces of tile rows */
+                const int64_t row = rows == 1 ? t / mv : r, i = rows == 1 ? t % mv : t;
+                const int64_t l = (mv - i < t0 + m - t) ? mv - i : t0 + m - t;
+                dse_ig_emit_silu(P, n0 + row, m0 + i, l, buf + (t - t0));
+                t += l;
+            }
+        }
+    }
+}
+
 /* out[n, m] (+)= C32[n - n0, m - m0] for the tile rows [nt0 NR, nt1 NR) within N and the mv positions of a block
  * (the first segment, add = 0, less the VNNI offset correction). */
 static void dse_ig_flush(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
                          int64_t mv, int add)
 {
+    if (P->sc && P->sc->silu) {
+        dse_ig_flush_silu(P, C32, ldc, n0, n1, m0, mv);
+        return;
+    }
     if (P->sc) { /* the final sums: scaled per run of positions within one image (whole images: one call) */
         for (int64_t n = n0; n < n1; n++) {
             if (P->level >= DSE_ISA_AVX512 && P->sc->qf && !P->addend && (n = dse_ig_flush_qfast(P, C32, ldc, n0, n, n1, m0, mv)) == n1)
                 break;
             int32_t *c = C32 + (n - n0) * ldc;
-            if (P->corr) { /* the corrected sums fit int32 (dse_ig_plan8) */
-                const int32_t cn = (int32_t)P->corr[n];
-                if (P->level >= DSE_ISA_AVX512)
-                    dse_ig_sub_512(c, mv, cn);
-                else if (P->level == DSE_ISA_AVX2)
-                    dse_ig_sub_avx2(c, mv, cn);
-                else
-                    for (int64_t i = 0; i < mv; i++)
-                        c[i] -= cn;
-            }
-            if (P->addend) /* |addend| and the totals fit int32 (the caller's bound): no int32 sum overflows */
-                for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
-                    const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
-                    const int64_t *a = P->addend + b * P->add_ld_img + n * P->add_ld_n + s;
-                    int32_t *ci = c + i;
-                    for (int64_t j = 0; j < len; j++)
-                        ci[j] += (int32_t)a[j];
-                    i += len, b++, s = 0;
-                }
+            dse_ig_final_sums(P, c, n, m0, mv);
             for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
                 const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i;
                 /* whole images from here on: one call for all of them (runs of img sums, one image apart) */

@@ -52,6 +52,8 @@ cdef extern from "lut_kernel.h" nogil:
         const float *base
         uint8_t *qout
         const float *qf
+        int silu
+        const void *loops
         int stream
     void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
     int dse_cpu_level()
@@ -106,6 +108,8 @@ cdef extern from "glue.h" nogil:
     ctypedef struct dse_np_loop:
         pass
     void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
+    void dse_sigmoid_chunk(const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
+    int DSE_SIGMOID_CHUNK
     void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
                             float *out, const dse_np_loop *lp, int nt)
     void dse_erf_far(const double *a, double *zw, int64_t m)
@@ -500,15 +504,21 @@ cdef _check_within(tuple keep, size_t addr, int64_t last):
         raise ValueError("a scaling pass with an add must write within its base array")
 
 
-cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level):
-    """Fill ``sc`` from the Python scaling arguments ``args`` = (a_scale, w_scale, bias, act, lo, hi, quant, add)
-    (``quant``: None, or (scale, signed) of the next layer's input
+cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level, bint silu_ok=False):
+    """Fill ``sc`` from the Python scaling arguments ``args`` = (a_scale, w_scale, bias, act, lo, hi, quant, add,
+    silu) (``quant``: None, or (scale, signed) of the next layer's input
     patterns; ``add``: None, or (other, base, q) of a fused Add: float32 other and base and, with a quant, uint8 q,
     C-contiguous and of one size; the pass's float32 output element at offset i from base's start gets other[i]
-    added and, with the quant, its pattern written to q[i]); returns the arrays it points into (keep them
-    alive)."""
+    added and, with the quant, its pattern written to q[i]; ``silu`` (optional, 0: none) 1 / 2: the output is the
+    SiLU y * sigmoid(y) / sigmoid(y) * y of the scaled y by numpy's own loops (act "none", no add; only where
+    ``silu_ok``: the integer GEMM's output step); returns the arrays it points into (keep them alive)."""
     a_scale, w_scale, bias, act, lo, hi, quant = args[:7]
     add = args[7] if len(args) > 7 else None
+    silu = args[8] if len(args) > 8 else 0
+    if silu not in (0, 1, 2) or silu and (not silu_ok or act != "none" or add is not None):
+        raise ValueError("a SiLU output step needs the integer GEMM, act 'none' and no add")
+    if silu and not numpy_loops_found():
+        raise ValueError("a SiLU output step needs numpy's own loops (numpy_loops_found)")
     cdef const float[::1] sw_v = w_scale
     cdef const float[::1] b_v = bias
     if sw_v.shape[0] != N or b_v.shape[0] != N:
@@ -523,8 +533,9 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level):
     sc.qs, sc.qlo, sc.qhi = (quant[0], -128, 127) if sc.quant and quant[1] else \
         ((quant[0], 0, 255) if sc.quant else (1.0, 0, 0))
     sc.add, sc.base, sc.qout, sc.qf, sc.stream = NULL, NULL, NULL, NULL, 0
+    sc.silu, sc.loops = silu, (<const void *>_SIG_LOOPS if silu else NULL)
     cdef float[::1] qf_v
-    if add is None and sc.quant and level >= DSE_ISA_AVX512 and N:  # the avx512 level's fast patterns: their constants
+    if add is None and sc.quant and not silu and level >= DSE_ISA_AVX512 and N:  # the avx512 level's fast patterns: their constants
         qf = np.empty(4 + 4 * N, dtype=np.float32)
         qf_v = qf
         dse_scaling_qf(sc, N, &qf_v[0])
@@ -709,8 +720,8 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
         raise ValueError(f"int_gemm: term bound S={S} out of range (1 .. 2^30 - 1)")
     cdef dse_scaling sc
     if scaling is not None:
-        keep = _scaling(&sc, N, tuple(scaling), level)
-        if sc.add != NULL or not sc.quant:  # the output step streams a large float32 output (STREAM_MIN_BYTES)
+        keep = _scaling(&sc, N, tuple(scaling), level, True)
+        if (sc.add != NULL or not sc.quant) and not sc.silu:  # a large float32 output is streamed (STREAM_MIN_BYTES)
             sc.stream = (keep[3] if sc.add != NULL else out).nbytes >= STREAM_MIN_BYTES
         if not dse_ig_fits32(K, t, S):
             raise ValueError(f"int_gemm: a scaled call needs one int32 segment (K={K}, t={t}, S={S} do not fit)")
@@ -1015,9 +1026,9 @@ cdef _Loop _float32_loop(u, code="f") except *:
     return lp
 
 
-# values per chunk of float_sigmoid / float_hardsigmoid: their loops run on one chunk after the other while it is
-# in cache
-SIGMOID_CHUNK = 2048
+# values per chunk of float_sigmoid / float_hardsigmoid (and the integer GEMM's SiLU output step): their loops run
+# on one chunk after the other while it is in cache
+SIGMOID_CHUNK = DSE_SIGMOID_CHUNK
 
 
 cdef _glue_loops():
@@ -1124,16 +1135,6 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1
     _glue_loops()
     cdef int level = _level(isa)
     cdef int lo = -128 if q_signed else 0, hi = 127 if q_signed else 255
-    cdef float one = 1.0
-    cdef char *a2[2]
-    cdef char *a3[3]
-    cdef Py_ssize_t dims[1]
-    cdef Py_ssize_t st2[2]
-    cdef Py_ssize_t st3[3]
-    cdef Py_ssize_t sc3[3]
-    st2[0] = st2[1] = 4
-    st3[0] = st3[1] = st3[2] = 4
-    sc3[0], sc3[1], sc3[2] = 0, 4, 4
     if n == 0:
         return
     buf = None if out is not None else np.empty(chunk + 16, np.float32)  # each chunk's result, where out is None
@@ -1143,19 +1144,8 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1
         c0 = 0
         while c0 < n:
             m = min(chunk, n - c0)
-            dims[0] = m
             o = ob if ob != NULL else &out[c0]
-            a2[0], a2[1] = <char *>&x[c0], <char *>o
-            _SIG_LOOPS[0].fn(a2, dims, st2, _SIG_LOOPS[0].data)          # t = negative(x)
-            a2[0] = <char *>o
-            _SIG_LOOPS[1].fn(a2, dims, st2, _SIG_LOOPS[1].data)          # exp(t, out=t)
-            a3[0], a3[1], a3[2] = <char *>&one, <char *>o, <char *>o
-            _SIG_LOOPS[2].fn(a3, dims, sc3, _SIG_LOOPS[2].data)          # add(1, t, out=t)
-            _SIG_LOOPS[3].fn(a3, dims, sc3, _SIG_LOOPS[3].data)          # true_divide(1, t, out=t)
-            if times_x:
-                a3[0] = <char *>&x[c0] if times_x == 1 else <char *>o
-                a3[1] = <char *>o if times_x == 1 else <char *>&x[c0]
-                _SIG_LOOPS[4].fn(a3, dims, st3, _SIG_LOOPS[4].data)      # multiply(x, s, out=s) / (s, x)
+            dse_sigmoid_chunk(<const dse_np_loop *>_SIG_LOOPS, &x[c0], o, m, times_x)
             if q is not None:
                 dse_quantize_seq(level, o, m, qs, lo, hi, &q[c0])
             c0 += m

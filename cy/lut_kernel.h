@@ -974,6 +974,9 @@ typedef struct {
     const float *add, *base;
     uint8_t *qout;
     const float *qf; /* NULL, or the fast quantized output's constants (dse_scaling_qf) */
+    int silu; /* 1 / 2: the output is the SiLU y * sigmoid(y) / sigmoid(y) * y of the scaled y (no act, no add), by
+                 numpy's own float32 loops (glue.h dse_sigmoid_chunk); only the integer GEMM's flush computes it */
+    const void *loops; /* with silu: numpy's loops of negative, exp, add, true_divide, multiply (dse_np_loop[5]) */
     int stream; /* the float32 output (without quant, or with add) is written with non-temporal stores where 64-byte
                    aligned, at the avx512 level: an output larger than the last-level cache, read back from memory
                    anyway; set by the integer GEMM's calls only, whose tasks end with an sfence (dse_ig_stream_fence) */
@@ -2738,10 +2741,34 @@ DSE_T_AVX2 static void dse_quantize_avx2(const float *x, int64_t n, float s, int
         q[i] = dse_quantize1(x[i], s, lo, hi);
 }
 
+/* The same 16 values at a time at the AVX-512 level (the last partial group under a lane mask): clamp with the bound
+ * first (vmaxps / vminps return their second operand where one is NaN, so a NaN stays NaN), and a NaN converts to
+ * 0x80000000, whose low byte is 0; the low byte of each lane stored (vpmovdb truncates; a partial group through
+ * a buffer). */
+DSE_T_512 static void dse_quantize_512(const float *x, int64_t n, float s, int lo, int hi, uint8_t *q)
+{
+    const __m512 vs = _mm512_set1_ps(s), vlo = _mm512_set1_ps((float)lo), vhi = _mm512_set1_ps((float)hi);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(m, x + i), vs),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(vhi, _mm512_max_ps(vlo, v))));
+        if (m == 0xFFFF)
+            _mm_storeu_si128((__m128i *)(q + i), b);
+        else {
+            uint8_t t[16];
+            _mm_storeu_si128((__m128i *)t, b);
+            memcpy(q + i, t, (size_t)(n - i));
+        }
+    }
+}
+
 /* dse_quantize on the calling thread (no parallel region: for short runs inside another pass) */
 static void dse_quantize_seq(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q)
 {
-    if (level >= DSE_ISA_AVX2)
+    if (level >= DSE_ISA_AVX512)
+        dse_quantize_512(x, n, s, lo, hi, q);
+    else if (level >= DSE_ISA_AVX2)
         dse_quantize_avx2(x, n, s, lo, hi, q);
     else
         for (int64_t i = 0; i < n; i++)

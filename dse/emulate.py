@@ -20,7 +20,9 @@ bias. A ``matmul`` layer (two activations) quantizes both operands (the right on
 ``acc = dse.kernels.matmul_int``, CV with per-column terms from the live right operand
 (``dse.correction.matmul_cv_terms``), ``y = float32((acc * s_a) * s_b)``. Every other op runs in float32 exactly as
 ``dse.model.float_exec``. A Relu/Clip right after a MAC layer, the only consumer of its output, runs inside the
-layer's scaling pass (``dse.kernels.OutputAct``); a conv layer without CV takes ``dse.kernels.conv2d_scaled`` (the
+layer's scaling pass (``dse.kernels.OutputAct``), and so does a SiLU pair (Sigmoid + Mul) that alone reads a conv
+layer's output where the conv takes ``conv2d_scaled`` (an OutputAct "silu": numpy's own Sigmoid loops on the
+scaled values, the same bits; the conv's float32 output is never stored); a conv layer without CV takes ``dse.kernels.conv2d_scaled`` (the
 same bits, no int64 tensor). A conv/gemm output (after that Relu/Clip) read only by conv/gemm layers that all run
 integer tables is emitted by the scaling pass as their quantized input (``dse.kernels.OutputQuant``, the same values
 as quantizing the float32 tensor), so that tensor never exists; runs through a prefix cache keep the float32 tensors
@@ -126,6 +128,7 @@ class Emulator:
         self._live = None  # dse.prefix_cache.live_tensors, built on the first cached run
         self._acts = self._fused_acts()
         self._silus = self._fused_silus()
+        self._conv_silus = self._fused_conv_silus()
         self._quants = self._fused_quants()
         self._adds = self._fused_adds()
         self._residuals = self._fused_residuals()
@@ -291,6 +294,34 @@ class Emulator:
                 continue
             out[i] = 1 if m.inputs[0] == x else 2
         return out
+
+    def _fused_conv_silus(self) -> dict:
+        """{MAC node index: (Sigmoid node index, OutputAct)} for conv layers whose output only a SiLU pair
+        (:meth:`_fused_silus`) right after them reads: the SiLU runs in the conv's output step (an OutputAct "silu",
+        ``dse.kernels.Scaling``) when the run scales the conv by conv2d_scaled (decided per run by
+        :meth:`_fuse_conv_silus`), which then writes the pair's product (or its readers' quantized input, where the
+        Sigmoid's fusion emits it, :meth:`_emit_quantized`); the conv's output is never stored. Neither it nor the
+        Sigmoid is live across a cut (cuts sit at MAC nodes; the pair follows the conv)."""
+        from dse.kernels import OutputAct
+
+        nodes, g, out = self.graph.nodes, self.graph, {}
+        for i, n in enumerate(nodes):
+            s = i + 1
+            if not n.is_mac or self.layers[n.name].op != "conv" or s not in self._silus or \
+                    nodes[s].inputs != [n.output] or self._last[n.output] != s + 1 or n.output == g.output_name or \
+                    len(g.consumers(n.output)) != 2:
+                continue
+            out[i] = (s, OutputAct("silu", times_x=self._silus[s]))
+        return out
+
+    def _fuse_conv_silus(self, resolved, accs, hook) -> dict:
+        """{MAC node index: (Sigmoid node index, OutputAct)} of the conv-SiLU fusions this run takes: the conv runs on
+        an integer table without CV, and neither accumulators are recorded nor a hook sees them (the conv2d_scaled
+        pass; else the conv writes its output and the pair runs on its own)."""
+        if accs is not None or hook is not None:
+            return {}
+        return {i: f for i, f in self._conv_silus.items() if f[0] in self._silus and
+                resolved[self.graph.nodes[i].name][1].domain == "int" and not resolved[self.graph.nodes[i].name][0].cv}
 
     def _fused_gelus(self) -> dict:
         """{Div node index: (cdiv, cadd, cmul, order)} where nodes i .. i+4 are GELU as exported, Div(x, cdiv), Erf,
@@ -564,8 +595,9 @@ class Emulator:
         quants = self._emit_quantized(resolved, store_at)
         residuals = self._fuse_residuals(resolved, accs, hook)
         pools = self._fuse_pools(resolved, accs, hook, store_at)
+        silus = self._fuse_conv_silus(resolved, accs, hook)
         skip = {i + 1 for i in self._silus} | {i + k for i in self._gelus for k in range(1, 5)} | \
-            {self._pools[i].pool for i in pools}
+            {self._pools[i].pool for i in pools} | {s for s, _ in silus.values()}
         for i in range(start, len(g.nodes)):
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
@@ -600,6 +632,15 @@ class Emulator:
                     layer.stride, layer.pads, layer.dilation, layer.groups)
                 if qp is not None:
                     qcache[f.out] = qp
+            elif i in silus:  # with the SiLU pair after it: the pair's product, or its readers' quantized input
+                s, act = silus[i]
+                lc, mult = resolved[n.name]
+                out = g.nodes[s + 1].output
+                y = self._mac(n, [env[n.inputs[0]]], qcache, lc, mult, accs, hook, images, act, quants.get(s))
+                if s in quants:  # only its integer-domain consumers read it, from qcache
+                    env[out], qcache[out] = None, y
+                else:
+                    env[out] = y
             elif n.is_mac:
                 args = [env[t] for t in n.inputs]
                 lc, mult = resolved[n.name]

@@ -1229,10 +1229,18 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     output plane as it finishes; the integer GEMM kernel scales its int32 tiles when they hold the whole reduction
     (_scaled_int_plan); the rows kernel scales each finished tile of sums (_conv_rows_scaled); the split path adds
     the error table's sums to the integer GEMM's int32 tiles before they are scaled (_conv_split_scaled); the other
-    GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output."""
+    GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output.
+    A SiLU output stage (``scaling.silu``) runs in the integer GEMM's output step (the int32 tile scaled in place,
+    then numpy's loops on it in cache: no float32 conv output); the depthwise and rows kernels write the float32
+    output and the SiLU runs after them (:meth:`Scaling.finish`), as on the sliced paths."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
+    if scaling.silu and not _kernels.numpy_loops_found():
+        return scaling.finish(conv2d_scaled(x, w, mult, a_signed, scaling.without_act(), stride, pads, dilation,
+                                            groups, path, isa))
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
     if direct is not None:
+        if scaling.silu:
+            return scaling.finish(_dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling.without_act()))
         return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling)
     plan = _scaled_int_plan(mult, a_signed, w.shape, path, isa)
     if plan is not None:
@@ -1242,6 +1250,9 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     step = max(1, _FUSED_SLICE_BYTES // max(1, Cg * groups * kh * kw * P), -(-_SCALED_SLICE_MIN_POS // P))
     tplan = _conv_table_plan(xq, mult, a_signed, Cg * kh * kw, Cout // groups, min(x.shape[0], step) * P, path, isa)
     if tplan is not None and tplan[0] == "rows":
+        if scaling.silu:
+            return scaling.finish(_conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling.without_act(),
+                                                    tplan[1], step))
         return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, tplan[1], step)
     if tplan is not None and _split_fits32(_prepare(mult, a_signed), Cg * kh * kw):
         return _conv_split_scaled(xq, w, _prepare(mult, a_signed), geo, groups, isa, scaling, tplan[1])
@@ -1283,7 +1294,7 @@ def conv2d_scaled_max_pool(x, w, mult, a_signed, scaling: "Scaling", pool: MaxPo
     xc, wc, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled_max_pool")
     Cout, Cg, kh, kw = wc.shape
     plan = None
-    if groups == 1 and scaling.quant is None and scaling.add is None and xc.shape[0] and \
+    if groups == 1 and scaling.quant is None and scaling.add is None and not scaling.silu and xc.shape[0] and \
             _depthwise_mode(mult, a_signed, wc.shape, groups, "auto", geo, xc.shape[0]) is None and \
             conv_kernel(kh, kw, Cg, Cout, groups, geo, isa) == "bcast":
         plan = _scaled_int_plan(mult, a_signed, wc.shape, "auto", isa)
@@ -1327,10 +1338,10 @@ def _group_args(w, groups: int, scaling: "Scaling", out, q) -> tuple[list, list]
     (C-contiguous) and the kernel's scaling arguments for its output channels (``scaling.args`` of ``out``, ``q``)."""
     Cout = w.shape[0]
     og = Cout // groups
-    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
+    sa, sw, bias, kind, lo, hi, quant, add, silu = scaling.args(out, q)
     Wp = _u8(w).reshape(Cout, -1)
     wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
-    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add)
+    sargs = [(sa, sw[g * og:(g + 1) * og], bias[g * og:(g + 1) * og], kind, lo, hi, quant, add, silu)
              for g in range(groups)]
     return wg, sargs
 
@@ -1518,17 +1529,29 @@ def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OutputAct:
-    """The Relu or Clip that follows a MAC layer, fused into its scaling pass: ``kind`` "relu" is numpy's
-    ``maximum(y, 0)``, "clip" numpy's ``clip(y, lo, hi)`` (the IR ops "relu" and "clip"; float32 bounds)."""
+    """The activation that follows a MAC layer, fused into its scaling pass: ``kind`` "relu" is numpy's
+    ``maximum(y, 0)``, "clip" numpy's ``clip(y, lo, hi)`` (the IR ops "relu" and "clip"; float32 bounds), "silu" the
+    SiLU pair Sigmoid + Mul as exported, ``y * sigmoid(y)`` (``times_x`` 1) or ``sigmoid(y) * y`` (2), with the bits
+    of :func:`dse.model.nn.sigmoid` (numpy's own float32 loops)."""
 
     kind: str
     lo: float = -np.inf
     hi: float = np.inf
+    times_x: int = 0
+
+    def __post_init__(self):
+        if (self.kind == "silu") != (self.times_x in (1, 2)) or self.kind not in ("relu", "clip", "silu"):
+            raise ValueError(f"OutputAct({self.kind!r}, times_x={self.times_x}): relu, clip, or silu with times_x "
+                             "1 or 2")
 
     def apply(self, y: np.ndarray) -> np.ndarray:
         """The numpy twin of the fused pass (the IR op on float32 values)."""
         if self.kind == "relu":
             return np.maximum(y, np.float32(0))
+        if self.kind == "silu":
+            from dse.model.nn import sigmoid
+
+            return sigmoid(y, self.times_x)
         return np.clip(y, np.float32(self.lo), np.float32(self.hi))
 
 
@@ -1563,6 +1586,15 @@ class Scaling:
     quant: OutputQuant | None = None
     add: np.ndarray | None = None  # float32, the output's shape, C-contiguous
 
+    def __post_init__(self):
+        if self.silu and self.add is not None:
+            raise ValueError("a SiLU output step takes no fused add")
+
+    @property
+    def silu(self) -> int:
+        """1 / 2 where ``act`` is a SiLU (its ``times_x``), else 0."""
+        return self.act.times_x if self.act is not None and self.act.kind == "silu" else 0
+
     @property
     def dtype(self):
         """The output's dtype: float32, or the int8/uint8 values of ``quant`` (with ``add``: float32, the patterns
@@ -1586,10 +1618,11 @@ class Scaling:
         return out, q.view(self.quant.dtype)
 
     def args(self, out: np.ndarray | None = None, q: np.ndarray | None = None) -> tuple:
-        """(a_scale, w_scale, bias, act kind, lo, hi, quant, add) as dse._kernels takes them (quant: None or (scale,
-        signed); add: None, or (add, out, q) with the whole outputs of :meth:`empty`, whose offsets address the add
-        operand and the patterns)."""
-        kind, lo, hi = ("none", -np.inf, np.inf) if self.act is None else (self.act.kind, self.act.lo, self.act.hi)
+        """(a_scale, w_scale, bias, act kind, lo, hi, quant, add, silu) as dse._kernels takes them (quant: None or
+        (scale, signed); add: None, or (add, out, q) with the whole outputs of :meth:`empty`, whose offsets address the
+        add operand and the patterns; silu: :attr:`silu`, the act kind "none" then)."""
+        kind, lo, hi = ("none", -np.inf, np.inf) if self.act is None or self.silu else \
+            (self.act.kind, self.act.lo, self.act.hi)
         quant = None if self.quant is None else (float(np.float32(self.quant.scale)), bool(self.quant.signed))
         add = None
         if self.add is not None:
@@ -1597,7 +1630,19 @@ class Scaling:
                 raise ValueError(f"a fused add of shape {self.add.shape} needs the pass's output of that shape")
             add = (self.add, out, q)
         return (float(self.a_scale), np.ascontiguousarray(self.w_scale, np.float32),
-                np.ascontiguousarray(self.bias, np.float32), kind, lo, hi, quant, add)
+                np.ascontiguousarray(self.bias, np.float32), kind, lo, hi, quant, add, self.silu)
+
+    def without_act(self) -> "Scaling":
+        """This output stage up to the float32 scaled value: no activation, no quantization (an unfused SiLU's
+        input; :meth:`finish` applies the rest)."""
+        return replace(self, act=None, quant=None)
+
+    def finish(self, y: np.ndarray) -> np.ndarray:
+        """The rest of a SiLU output stage on :meth:`without_act`'s float32 output y, as the unfused nodes compute it:
+        :func:`dse.model.nn.sigmoid`, or with ``quant`` :func:`dse.model.nn.sigmoid_quantized`."""
+        from dse.model.nn import sigmoid, sigmoid_quantized
+
+        return sigmoid(y, self.silu) if self.quant is None else sigmoid_quantized(y, self.silu, self.quant)
 
 
 def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndarray | None = None,
@@ -1606,10 +1651,16 @@ def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndar
     :meth:`Scaling.result`), one threaded SIMD pass; into ``out`` (that dtype, C-contiguous, acc's shape) and ``q``
     (the add's patterns, uint8) when given. ``bound``: a proven bound on every |acc| (a conv's K times its table's
     largest |entry|), which lets the pass convert the sums faster; None when unknown."""
+    if scaling.silu:  # the SiLU runs after the scaling pass (only the integer GEMM's output step computes it)
+        y = scale_accumulators(acc, scaling.without_act(), isa, bound=bound)
+        r = scaling.finish(y)
+        if out is not None:
+            out[...] = r.view(out.dtype)
+        return r if out is None else out.view(scaling.dtype)
     a = np.ascontiguousarray(acc, dtype=np.int64)
     if out is None:
         out, q = scaling.empty(a.shape)
-    sa, sw, bias, kind, lo, hi, quant, add = scaling.args(out, q)
+    sa, sw, bias, kind, lo, hi, quant, add, _ = scaling.args(out, q)
     R, N = a.shape[0], a.shape[1]
     raw = out.reshape(R, N, -1).view(np.float32 if scaling.dtype == np.float32 else np.uint8)
     _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, quant, _isa_name(isa), raw,

@@ -128,21 +128,29 @@ def test_efficientnet_mbconv_silu_quantized(tmp_path, threads):
         assert len(sig) == 5 and all(i in emu._silus for i in sig)
         assert len([i for i in emu._quants if graph.nodes[i].op == "mul"]) == 2  # the SE's scale products
         check_donors(qm, [3, 13, 13], 2)
-        calls = check_fused_glue(qm, emu, "mitch_w6")
+        # every conv before a SiLU pair: the stem, each block's expand, depthwise and SE inner conv
+        assert len(emu._conv_silus) == 7
+        silus = []
+        calls = check_fused_glue(qm, emu, "mitch_w6", silus)
         assert sorted(set(calls)) == [8, 12]  # both SE products (gate second, then first) take the fused pass
+        # the exact run scales those 7 with their SiLU (x * sigmoid(x)), the other 4 convs without (per image slice)
+        assert set(silus) == {0, 1} and 4 * silus.count(1) == 7 * silus.count(0)
 
 
-def check_fused_glue(qm, emu, table: str) -> list:
+def check_fused_glue(qm, emu, table: str, silus: list | None = None) -> list:
     """On 4 random 3 x 13 x 13 images: ``emu``'s all-exact run (returns the channel counts of its mul_quantized
-    calls), then its logits on a mixed exact / bf16 and an all-``table`` configuration equal the reference
-    emulator's, also with the float glue's quantized outputs off (only the MAC layers' fusions kept)."""
+    calls; appends the SiLU of each conv2d_scaled call's scaling to ``silus``), then its logits on a mixed exact /
+    bf16 and an all-``table`` configuration equal the reference emulator's, also with the float glue's quantized
+    outputs off (only the MAC layers' fusions kept) and with the convs' SiLU output steps off."""
     from dse import kernels
 
     graph, x = emu.graph, RNG.standard_normal((4, 3, 13, 13)).astype(np.float32)
     names = [l.name for l in qm.layers]
-    calls = []
+    calls, silus = [], [] if silus is None else silus
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(kernels, "mul_quantized", lambda *a, f=kernels.mul_quantized: calls.append(a[0].shape[1]) or f(*a))
+        mp.setattr(kernels, "conv2d_scaled", lambda *a, f=kernels.conv2d_scaled, **k: silus.append(a[4].silu) or
+                   f(*a, **k))
         emu.run(x, {nm: LayerConfig("exact") for nm in names})
     for cfg in ({nm: LayerConfig("bf16" if i % 2 else "exact") for i, nm in enumerate(names)},
                 {nm: LayerConfig(table) for nm in names}):
@@ -150,6 +158,9 @@ def check_fused_glue(qm, emu, table: str) -> list:
         np.testing.assert_array_equal(emu.run(x, cfg), want)
         off = Emulator(qm)
         off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].is_mac}
+        np.testing.assert_array_equal(off.run(x, cfg), want)
+        off = Emulator(qm)
+        off._conv_silus = {}
         np.testing.assert_array_equal(off.run(x, cfg), want)
     return calls
 
