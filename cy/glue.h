@@ -350,15 +350,10 @@ static void dse_global_avg_pool(const float *x, int64_t P, int64_t n, float *out
         out[p] = (0.0f + dse_pairwise_f32(x + p * n, n)) / (float)n;
 }
 
-/* numpy's own float32 ufunc inner loops (the legacy loop signature), taken from the ufuncs' loop tables by
+/* numpy's own float32 ufunc inner loops (dse_np_loop, lut_kernel.h), taken from the ufuncs' loop tables by
  * cy/kernels.pyx: the passes below call them where their bits are numpy's choice (which NaN a reduction or a
  * two-operand op returns, the SIMD exp), and do the rest (subtract, divide: IEEE operations whose NaN result is the
  * first NaN operand, on x86 as in numpy's own loops) in place. */
-typedef void (*dse_np_loop_fn)(char **args, const intptr_t *dims, const intptr_t *steps, void *data);
-typedef struct {
-    dse_np_loop_fn fn;
-    void *data;
-} dse_np_loop;
 
 /* *acc = reduce(*acc, a[0 .. n)) by the loop as numpy's reductions call it along a contiguous axis (args (acc, a,
  * acc), steps (0, 4, 0)): add's loop then adds numpy's pairwise sum of a to *acc, maximum's its SIMD maximum. */
@@ -375,33 +370,6 @@ static inline void dse_np_binary(dse_np_loop lp, const float *a, const float *b,
     char *args[3] = {(char *)a, (char *)b, (char *)y};
     intptr_t dims[1] = {(intptr_t)n}, steps[3] = {4, sb, 4};
     lp.fn(args, dims, steps, lp.data);
-}
-
-/* Values per chunk of the SiLU / Sigmoid passes (cy/kernels.pyx float_sigmoid, the integer GEMM's SiLU output step):
- * their loops run on one chunk after the other while it is in cache. */
-#define DSE_SIGMOID_CHUNK 2048
-
-/* o = 1 / (1 + exp(-x)) over m float32 values (times_x 1 / 2: then o = x * o / o * x, SiLU's product in its node
- * order) by numpy's own float32 loops lp = {negative, exp, add, true_divide, multiply}, called with the operands
- * numpy's ufuncs pass them in dse.model.nn.reference_sigmoid and the emulator's in-place product (exp, add and
- * divide in place on o, the scalar 1 first at stride 0, the product into o): the same bits as those numpy
- * expressions. o must not overlap x. */
-static inline void dse_sigmoid_chunk(const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
-{
-    static const float one = 1.0f;
-    intptr_t dims[1] = {(intptr_t)m}, st2[2] = {4, 4}, st3[3] = {4, 4, 4}, sc3[3] = {0, 4, 4};
-    char *a2[2] = {(char *)x, (char *)o};
-    lp[0].fn(a2, dims, st2, lp[0].data); /* t = negative(x) */
-    a2[0] = (char *)o;
-    lp[1].fn(a2, dims, st2, lp[1].data); /* exp(t, out=t) */
-    char *a3[3] = {(char *)&one, (char *)o, (char *)o};
-    lp[2].fn(a3, dims, sc3, lp[2].data); /* add(1, t, out=t) */
-    lp[3].fn(a3, dims, sc3, lp[3].data); /* true_divide(1, t, out=t) */
-    if (times_x) {
-        a3[0] = times_x == 1 ? (char *)x : (char *)o;
-        a3[1] = times_x == 1 ? (char *)o : (char *)x;
-        lp[4].fn(a3, dims, st3, lp[4].data); /* multiply(x, s, out=s) / (s, x) */
-    }
 }
 
 /* Values per block of rows of dse_softmax_rows (its exp call runs on one block while it is in L1). */

@@ -978,7 +978,7 @@ static void dse_ig_flush_silu(const dse_ig_plan *P, int32_t *C32, int64_t ldc, i
         dse_scale_runs(P->level, c, DSE_SUM_I32, 1, mv, &f, n, c, 0);
     }
     float buf[DSE_SIGMOID_CHUNK] __attribute__((aligned(64)));
-    const dse_np_loop *lp = (const dse_np_loop *)P->sc->loops;
+    const dse_np_loop *lp = P->sc->loops;
     const int64_t rows = ldc == mv ? 1 : n1 - n0, len = ldc == mv ? (n1 - n0) * mv : mv;
     for (int64_t r = 0; r < rows; r++) {
         const float *y = (const float *)(C32 + r * ldc);

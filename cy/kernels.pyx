@@ -273,7 +273,7 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
         raise ValueError(f"rows_gemm: index entries must be < {R} (the classes of D's columns)")
     cdef dse_scaling sc
     if scaling is not None:
-        keep = _scaling(&sc, Ng, tuple(scaling), level)
+        keep = _scaling(&sc, Ng, tuple(scaling), level, 2)
         if add or K == 0:
             raise ValueError("rows_gemm: a scaled call needs K >= 1 and no add")
     dtype = np.dtype(np.int64 if scaling is None else _scaled_dtype(&sc))
@@ -450,7 +450,7 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     if scaling is None:
         out = np.empty((B, Cout, Ho, Wo), dtype=np.int64)
     else:
-        keep = _scaling(&sc, Cout, tuple(scaling), level)
+        keep = _scaling(&sc, Cout, tuple(scaling), level, 1)
         if out is None:
             out = np.empty((B, Cout, Ho, Wo), dtype=_scaled_dtype(&sc))
         elif out.shape != (B, Cout, Ho, Wo) or out.dtype != _scaled_dtype(&sc):
@@ -504,19 +504,22 @@ cdef _check_within(tuple keep, size_t addr, int64_t last):
         raise ValueError("a scaling pass with an add must write within its base array")
 
 
-cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level, bint silu_ok=False):
+cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level, int silu_ok=0):
     """Fill ``sc`` from the Python scaling arguments ``args`` = (a_scale, w_scale, bias, act, lo, hi, quant, add,
     silu) (``quant``: None, or (scale, signed) of the next layer's input
     patterns; ``add``: None, or (other, base, q) of a fused Add: float32 other and base and, with a quant, uint8 q,
     C-contiguous and of one size; the pass's float32 output element at offset i from base's start gets other[i]
     added and, with the quant, its pattern written to q[i]; ``silu`` (optional, 0: none) 1 / 2: the output is the
     SiLU y * sigmoid(y) / sigmoid(y) * y of the scaled y by numpy's own loops (act "none", no add; only where
-    ``silu_ok``: the integer GEMM's output step); returns the arrays it points into (keep them alive)."""
+    ``silu_ok``: 2 the scaling passes (dse_scale_runs, the integer GEMM's tiles), 1 the depthwise kernel's, which
+    scales its VNNI quads in registers and takes the SiLU in place after them, without a quant); returns the arrays
+    it points into (keep them alive)."""
     a_scale, w_scale, bias, act, lo, hi, quant = args[:7]
     add = args[7] if len(args) > 7 else None
     silu = args[8] if len(args) > 8 else 0
-    if silu not in (0, 1, 2) or silu and (not silu_ok or act != "none" or add is not None):
-        raise ValueError("a SiLU output step needs the integer GEMM, act 'none' and no add")
+    if silu not in (0, 1, 2) or silu and (not silu_ok or act != "none" or add is not None or
+                                          silu_ok == 1 and quant is not None):
+        raise ValueError("a SiLU output step needs act 'none', no add (and no quant on the depthwise kernel)")
     if silu and not numpy_loops_found():
         raise ValueError("a SiLU output step needs numpy's own loops (numpy_loops_found)")
     cdef const float[::1] sw_v = w_scale
@@ -568,7 +571,8 @@ def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=No
 
 
 def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int threads=1, act="none",
-               float lo=-np.inf, float hi=np.inf, quant=None, isa=None, out=None, int64_t bound=-1, add=None):
+               float lo=-np.inf, float hi=np.inf, quant=None, isa=None, out=None, int64_t bound=-1, add=None,
+               int silu=0):
     """float32[R, N, S]: act(float32((acc * a_scale) * w_scale[c]) + bias[c]), products in float64; ``w_scale``,
     ``bias`` float32[N]; ``act`` one of ACTS: "none", "relu" (numpy's maximum(y, 0)) or "clip" (numpy's clip(y, lo,
     hi)). With ``quant`` = (scale, signed): uint8[R, N, S], the patterns :func:`quantize` gives on that float32
@@ -577,7 +581,8 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
     |acc| when the caller knows one (-1: unknown): below 2^51 the sums are converted with two instructions per four
     (the caller answers for the bound: sums beyond it give wrong values). ``add`` = (other, q): a fused Add (as
     :func:`int_gemm`'s scaling takes it, with ``out`` as the base): out (float32, given) = act(scaled + other) and,
-    with a quant, q its patterns."""
+    with a quant, q its patterns. ``silu`` 1 / 2 (act "none", no add): the output is the SiLU y * sigmoid(y) /
+    sigmoid(y) * y of the scaled y by numpy's own float32 loops (dse.kernels.OutputAct "silu"), or its patterns."""
     cdef int level = _level(isa)
     cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
     cdef dse_scaling sc
@@ -586,7 +591,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
     dtype = np.dtype(np.uint8 if quant is not None and add is None else np.float32)
     if N:
         keep = _scaling(&sc, N, (a_scale, w_scale, bias, act, lo, hi, quant,
-                                 None if add is None else (add[0], out, add[1])), level)
+                                 None if add is None else (add[0], out, add[1]), silu), level, 2)
     if out is None:
         out = np.empty((R, N, S), dtype=dtype)
     if out.shape != (R, N, S) or out.dtype != dtype:
@@ -720,7 +725,7 @@ cdef _int_gemm_call(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mo
         raise ValueError(f"int_gemm: term bound S={S} out of range (1 .. 2^30 - 1)")
     cdef dse_scaling sc
     if scaling is not None:
-        keep = _scaling(&sc, N, tuple(scaling), level, True)
+        keep = _scaling(&sc, N, tuple(scaling), level, 2)
         if (sc.add != NULL or not sc.quant) and not sc.silu:  # a large float32 output is streamed (STREAM_MIN_BYTES)
             sc.stream = (keep[3] if sc.add != NULL else out).nbytes >= STREAM_MIN_BYTES
         if not dse_ig_fits32(K, t, S):

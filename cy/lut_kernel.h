@@ -957,6 +957,41 @@ typedef struct dse_rows_impl_s {
     int64_t slot; /* uint16 per k-step's table in the chunk's scratch (0: R * nt) */
 } dse_rows_impl;
 
+/* numpy's own float32 ufunc inner loops (the legacy loop signature), taken from the ufuncs' loop tables by
+ * cy/kernels.pyx (glue.h's passes and the SiLU output step call them where their bits are numpy's). */
+typedef void (*dse_np_loop_fn)(char **args, const intptr_t *dims, const intptr_t *steps, void *data);
+typedef struct {
+    dse_np_loop_fn fn;
+    void *data;
+} dse_np_loop;
+
+/* Values per chunk of the SiLU / Sigmoid passes (cy/kernels.pyx float_sigmoid, the integer GEMM's SiLU output step):
+ * their loops run on one chunk after the other while it is in cache. */
+#define DSE_SIGMOID_CHUNK 2048
+
+/* o = 1 / (1 + exp(-x)) over m float32 values (times_x 1 / 2: then o = x * o / o * x, SiLU's product in its node
+ * order) by numpy's own float32 loops lp = {negative, exp, add, true_divide, multiply}, called with the operands
+ * numpy's ufuncs pass them in dse.model.nn.reference_sigmoid and the emulator's in-place product (exp, add and
+ * divide in place on o, the scalar 1 first at stride 0, the product into o): the same bits as those numpy
+ * expressions. o must not overlap x. */
+static inline void dse_sigmoid_chunk(const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
+{
+    static const float one = 1.0f;
+    intptr_t dims[1] = {(intptr_t)m}, st2[2] = {4, 4}, st3[3] = {4, 4, 4}, sc3[3] = {0, 4, 4};
+    char *a2[2] = {(char *)x, (char *)o};
+    lp[0].fn(a2, dims, st2, lp[0].data); /* t = negative(x) */
+    a2[0] = (char *)o;
+    lp[1].fn(a2, dims, st2, lp[1].data); /* exp(t, out=t) */
+    char *a3[3] = {(char *)&one, (char *)o, (char *)o};
+    lp[2].fn(a3, dims, sc3, lp[2].data); /* add(1, t, out=t) */
+    lp[3].fn(a3, dims, sc3, lp[3].data); /* true_divide(1, t, out=t) */
+    if (times_x) {
+        a3[0] = times_x == 1 ? (char *)x : (char *)o;
+        a3[1] = times_x == 1 ? (char *)o : (char *)x;
+        lp[4].fn(a3, dims, st3, lp[4].data); /* multiply(x, s, out=s) / (s, x) */
+    }
+}
+
 /* The FxP8 output stage of a layer (see dse_dequantize): y = act(float32((acc * sa) * sw[c]) + bias[c]); with
  * quant, the output is not y but the next MAC layer's input pattern of y, clip(rint(y / qs), qlo, qhi) as a byte
  * (dse_quantize1: the same bits as quantizing the float32 output in a pass of its own). Outputs are float32, or
@@ -975,12 +1010,34 @@ typedef struct {
     uint8_t *qout;
     const float *qf; /* NULL, or the fast quantized output's constants (dse_scaling_qf) */
     int silu; /* 1 / 2: the output is the SiLU y * sigmoid(y) / sigmoid(y) * y of the scaled y (no act, no add), by
-                 numpy's own float32 loops (glue.h dse_sigmoid_chunk); only the integer GEMM's flush computes it */
-    const void *loops; /* with silu: numpy's loops of negative, exp, add, true_divide, multiply (dse_np_loop[5]) */
+                 numpy's own float32 loops (dse_sigmoid_chunk): the integer GEMM's flush (also with quant) and the
+                 depthwise kernel (float32 outputs only, dse_silu_runs) compute it */
+    const dse_np_loop *loops; /* with silu: numpy's loops of negative, exp, add, true_divide, multiply */
     int stream; /* the float32 output (without quant, or with add) is written with non-temporal stores where 64-byte
                    aligned, at the avx512 level: an output larger than the last-level cache, read back from memory
                    anyway; set by the integer GEMM's calls only, whose tasks end with an sfence (dse_ig_stream_fence) */
 } dse_scaling;
+
+/* A float32 SiLU output step's second half (sc->silu, no quant): the nrun runs of S scaled values y at o + r ld
+ * (just written, in cache) replaced by their SiLU, gathered chunk by chunk into a buffer (short runs share one set of
+ * loop calls), dse_sigmoid_chunk into another, scattered back: the bits of numpy's loops on the whole tensor. */
+static void dse_silu_runs(const dse_scaling *sc, float *o, int64_t nrun, int64_t S, int64_t ld)
+{
+    float bx[DSE_SIGMOID_CHUNK] __attribute__((aligned(64))), bs[DSE_SIGMOID_CHUNK] __attribute__((aligned(64)));
+    const int64_t n = nrun * S;
+    for (int64_t t0 = 0; t0 < n; t0 += DSE_SIGMOID_CHUNK) {
+        const int64_t m = n - t0 < DSE_SIGMOID_CHUNK ? n - t0 : DSE_SIGMOID_CHUNK;
+        for (int64_t t = t0, l; t < t0 + m; t += l) { /* the chunk's pieces of runs */
+            l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
+            memcpy(bx + (t - t0), o + (t / S) * ld + t % S, (size_t)l * sizeof(float));
+        }
+        dse_sigmoid_chunk(sc->loops, bx, bs, m, sc->silu);
+        for (int64_t t = t0, l; t < t0 + m; t += l) {
+            l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
+            memcpy(o + (t / S) * ld + t % S, bs + (t - t0), (size_t)l * sizeof(float));
+        }
+    }
+}
 
 /* The bytes of one output element: a pattern with quant and no add, else float32. */
 static inline int64_t dse_scaled_esz(const dse_scaling *sc)
@@ -2655,6 +2712,8 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         else if (q8 && sc) { /* the outputs only, scaled in registers: nothing to move or re-read */
                             dse_dw_run_quads_scaled_512(P, &gr, wq, init, nbb * qper, soff, soff + 2 * nsteps, stab,
                                                         stab + nsteps, qtab, a_signed, sc, o, of);
+                            if (sc->silu)
+                                dse_silu_runs(sc, (float *)of, nbb, Ho * Wo, Cout * Ho * Wo);
                             continue;
                         } else if (q8) /* the outputs only, in their order: nothing to move */
                             dse_dw_run_quads_512(P, &gr, wq, init, nbb * qper, soff, soff + nsteps, stab, qtab,
@@ -3354,11 +3413,45 @@ static const dse_scale_fn dse_scale_fns_512[3][12] = {DSE_VARIANT_NAMES(dse_scal
                                                       DSE_VARIANT_NAMES(dse_scale_512_1),
                                                       DSE_VARIANT_NAMES(dse_scale_512_2)};
 
+/* dse_scale_runs with a SiLU (sc->silu): the nrun * S outputs in chunks of at most DSE_SIGMOID_CHUNK (short runs
+ * share one), each piece of a run scaled to float32 into a buffer (the pass without act and quant), the chunk's SiLU
+ * by dse_sigmoid_chunk into another, each piece then written: its patterns with sc->quant (dse_quantize_seq), else
+ * the float32 values. The bits of the float32 scaling pass, numpy's loops on its output, and the quantizer. */
+static void dse_scale_runs_silu(int level, const void *a, int kind, int64_t nrun, int64_t S, const dse_scaling *sc,
+                                int64_t c, void *o, int64_t ld)
+{
+    float bx[DSE_SIGMOID_CHUNK] __attribute__((aligned(64))), bs[DSE_SIGMOID_CHUNK] __attribute__((aligned(64)));
+    dse_scaling f = *sc;
+    f.quant = 0, f.silu = 0, f.stream = 0, f.qf = NULL, f.act = DSE_ACT_NONE, f.add = NULL;
+    const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8, n = nrun * S;
+    for (int64_t t0 = 0; t0 < n; t0 += DSE_SIGMOID_CHUNK) {
+        const int64_t m = n - t0 < DSE_SIGMOID_CHUNK ? n - t0 : DSE_SIGMOID_CHUNK;
+        for (int64_t t = t0, l; t < t0 + m; t += l) { /* the chunk's pieces of runs */
+            l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
+            dse_scale_runs(level, (const char *)a + t * esz, kind, 1, l, &f, c, bx + (t - t0), 0);
+        }
+        dse_sigmoid_chunk(sc->loops, bx, bs, m, sc->silu);
+        for (int64_t t = t0, l; t < t0 + m; t += l) {
+            const int64_t e = (t / S) * ld + t % S;
+            l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
+            if (sc->quant)
+                dse_quantize_seq(level, bs + (t - t0), l, sc->qs, sc->qlo, sc->qhi, (uint8_t *)o + e);
+            else
+                memcpy((float *)o + e, bs + (t - t0), (size_t)l * sizeof(float));
+        }
+    }
+}
+
 /* Channel c's nrun runs of S outputs from sums of the given kind (DSE_SUM_*), run r's sums at a + r S, its outputs
- * from element r ld of o on: AVX-512 at level avx512, AVX2 at level avx2, else the portable loop. */
+ * from element r ld of o on: AVX-512 at level avx512, AVX2 at level avx2, else the portable loop (with a SiLU:
+ * dse_scale_runs_silu). */
 static void dse_scale_runs(int level, const void *a, int kind, int64_t nrun, int64_t S, const dse_scaling *sc,
                            int64_t c, void *o, int64_t ld)
 {
+    if (sc->silu) {
+        dse_scale_runs_silu(level, a, kind, nrun, S, sc, c, o, ld);
+        return;
+    }
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
     if (level >= DSE_ISA_AVX512)

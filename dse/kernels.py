@@ -1230,16 +1230,17 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     (_scaled_int_plan); the rows kernel scales each finished tile of sums (_conv_rows_scaled); the split path adds
     the error table's sums to the integer GEMM's int32 tiles before they are scaled (_conv_split_scaled); the other
     GEMM paths run on slices of images whose sums (<= _SCALED_SLICE_BYTES) are scaled from cache into the output.
-    A SiLU output stage (``scaling.silu``) runs in the integer GEMM's output step (the int32 tile scaled in place,
-    then numpy's loops on it in cache: no float32 conv output); the depthwise and rows kernels write the float32
-    output and the SiLU runs after them (:meth:`Scaling.finish`), as on the sliced paths."""
+    A SiLU output stage (``scaling.silu``) runs in every path's output step: numpy's own Sigmoid loops on the scaled
+    float32 values in cache (the integer GEMM's int32 tile scaled in place, the other passes' chunks through a
+    buffer: no float32 conv output), except a depthwise conv's quantized output, where the SiLU and quantization run
+    after the float32 output (:meth:`Scaling.finish`)."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     if scaling.silu and not _kernels.numpy_loops_found():
         return scaling.finish(conv2d_scaled(x, w, mult, a_signed, scaling.without_act(), stride, pads, dilation,
                                             groups, path, isa))
     direct = _depthwise_mode(mult, a_signed, w.shape, groups, path, geo, x.shape[0])
     if direct is not None:
-        if scaling.silu:
+        if scaling.silu and scaling.quant is not None:
             return scaling.finish(_dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling.without_act()))
         return _dw_conv(x, w, mult, a_signed, geo, direct, isa, scaling)
     plan = _scaled_int_plan(mult, a_signed, w.shape, path, isa)
@@ -1250,9 +1251,6 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     step = max(1, _FUSED_SLICE_BYTES // max(1, Cg * groups * kh * kw * P), -(-_SCALED_SLICE_MIN_POS // P))
     tplan = _conv_table_plan(xq, mult, a_signed, Cg * kh * kw, Cout // groups, min(x.shape[0], step) * P, path, isa)
     if tplan is not None and tplan[0] == "rows":
-        if scaling.silu:
-            return scaling.finish(_conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling.without_act(),
-                                                    tplan[1], step))
         return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, tplan[1], step)
     if tplan is not None and _split_fits32(_prepare(mult, a_signed), Cg * kh * kw):
         return _conv_split_scaled(xq, w, _prepare(mult, a_signed), geo, groups, isa, scaling, tplan[1])
@@ -1651,20 +1649,17 @@ def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndar
     :meth:`Scaling.result`), one threaded SIMD pass; into ``out`` (that dtype, C-contiguous, acc's shape) and ``q``
     (the add's patterns, uint8) when given. ``bound``: a proven bound on every |acc| (a conv's K times its table's
     largest |entry|), which lets the pass convert the sums faster; None when unknown."""
-    if scaling.silu:  # the SiLU runs after the scaling pass (only the integer GEMM's output step computes it)
-        y = scale_accumulators(acc, scaling.without_act(), isa, bound=bound)
-        r = scaling.finish(y)
-        if out is not None:
-            out[...] = r.view(out.dtype)
-        return r if out is None else out.view(scaling.dtype)
+    if scaling.silu and not _kernels.numpy_loops_found():
+        return scaling.finish(scale_accumulators(acc, scaling.without_act(), isa, bound=bound))
     a = np.ascontiguousarray(acc, dtype=np.int64)
     if out is None:
         out, q = scaling.empty(a.shape)
-    sa, sw, bias, kind, lo, hi, quant, add, _ = scaling.args(out, q)
+    sa, sw, bias, kind, lo, hi, quant, add, silu = scaling.args(out, q)
     R, N = a.shape[0], a.shape[1]
     raw = out.reshape(R, N, -1).view(np.float32 if scaling.dtype == np.float32 else np.uint8)
     _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, quant, _isa_name(isa), raw,
-                        -1 if bound is None else min(int(bound), 2 ** 62), None if add is None else (add[0], add[2]))
+                        -1 if bound is None else min(int(bound), 2 ** 62), None if add is None else (add[0], add[2]),
+                        silu)
     return scaling.result(out, q)
 
 

@@ -86,8 +86,8 @@ def test_conv2d_scaled_silu_matches_unfused(s, wide, signed, mname, times_x, qua
     """conv2d_scaled with a SiLU output step (every path, every ISA level, VNNI on and off, both conv operands of the
     integer GEMM, 1 and 2 threads) gives the bits of the conv's float32 output (the numpy formula on the reference
     sums), then numpy's Sigmoid (reference_sigmoid) and quantizer; also those of the unfused kernels (conv2d_scaled,
-    then dse.model.nn's compiled SiLU). The integer GEMM computes it in its output step (no float32 conv output and
-    no pass after it) wherever the conv runs on it."""
+    then dse.model.nn's compiled SiLU). Every path computes it in its output step (no float32 conv output and no
+    pass after it), except a depthwise conv's quantized output."""
     rng = np.random.default_rng(seed)
     x, w, G = operands(rng, s, signed, wide, mname)
     mult = MULTS[mname]
@@ -114,19 +114,20 @@ def test_conv2d_scaled_silu_matches_unfused(s, wide, signed, mname, times_x, qua
                                 finished.clear()
                                 got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa)
                                 assert_same(got, want, (path, isa, vnni, ck))
-                                if mname == "exact" and path in ("auto", "exact") and not s["depthwise"]:
-                                    assert not finished, "the integer GEMM's output step computes the SiLU"
+                                if not s["depthwise"] or oquant is None:
+                                    assert not finished, "the kernel's output step computes the SiLU"
                 y = K.conv2d_scaled(x, w, mult, signed, plain, *args)
                 unfused = sigmoid(y, times_x) if oquant is None else sigmoid_quantized(y, times_x, oquant)
                 assert_same(unfused, want, "unfused")
 
 
 @settings(deadline=None, max_examples=20)
-@given(B=st.integers(1, 3), N=st.integers(1, 9), S=st.sampled_from([1, 7, 16, 33, 70]), times_x=st.sampled_from([1, 2]),
+@given(B=st.integers(1, 3), N=st.integers(1, 9), S=st.sampled_from([1, 7, 16, 33, 70, 2047, 5000]),
+       times_x=st.sampled_from([1, 2]),
        quant=st.sampled_from([None, False, True]), seed=st.integers(0, 2 ** 32 - 1))
 def test_scale_accumulators_silu(B, N, S, times_x, quant, seed):
-    """The int64 scaling pass with a SiLU (the emulator's unfused MAC path takes it only where a conv's SiLU fusion
-    is off; here directly): the scaling pass, then the compiled SiLU, with the numpy formula's bits."""
+    """The int64 scaling pass with a SiLU (dse_scale_runs_silu: runs shorter and longer than a chunk), every ISA
+    level, into a new and a given output: the numpy formula's bits, then numpy's Sigmoid and quantizer."""
     rng = np.random.default_rng(seed)
     acc = rng.integers(-2 ** 20, 2 ** 20, (B, N, S))
     a_scale, w_scale, bias, oquant = constants(rng, acc, "plain", quant, bool(quant))
