@@ -946,8 +946,8 @@ static void dse_ig_final_sums(const dse_ig_plan *P, int32_t *c, int64_t n, int64
         }
 }
 
-/* The tile's row n values v of positions [m0 + i, m0 + i + len) written to their outputs (runs within one image):
- * their patterns with sc->quant (dse_quantize_seq), else the float32 values. */
+/* Output row n's SiLU values v of the GEMM positions [i, i + len) written to their outputs (split into runs within
+ * one image): their patterns with sc->quant (dse_quantize_seq), else the float32 values. */
 static void dse_ig_emit_silu(const dse_ig_plan *P, int64_t n, int64_t i, int64_t len, const float *v)
 {
     const dse_scaling *sc = P->sc;
