@@ -62,7 +62,7 @@ def main() -> None:
         qm, x = _setup(net)
         fused = Emulator(qm)
         plain = Emulator(qm)
-        plain._residuals = {}
+        plain._plan["residuals"] = {}
         for mult in args.mults:
             cfg = {l.name: LayerConfig(mult) for l in qm.layers}
             ya, yb = fused.run(x, cfg, batch_size=len(x)), plain.run(x, cfg, batch_size=len(x))
@@ -75,7 +75,7 @@ def main() -> None:
                     emu.run(x, cfg, batch_size=len(x))
                     times[key].append(time.process_time() - t)
             f, p = statistics.median(times["fused"]) * 1e3, statistics.median(times["plain"]) * 1e3
-            print(f"| {net}, {mult} ({len(x)} images) | {len(fused._residuals)} | {p:.1f} | {f:.1f} | "
+            print(f"| {net}, {mult} ({len(x)} images) | {len(fused._plan['residuals'])} | {p:.1f} | {f:.1f} | "
                   f"**{p / f:.3f}x** |", flush=True)
 
 

@@ -98,8 +98,8 @@ def against_base(model: str, base: Path, mults: list[str], rounds: int, reps: in
 def in_process(model: str, mults: list[str], rounds: int) -> None:
     qm, x, Emulator, _ = _setup(model)
     fused, plain = Emulator(qm), Emulator(qm)
-    plain._conv_silus = {}
-    print(f"{Path(model).name}, {len(x)} images per batch, {len(fused._conv_silus)} convs with their SiLU, one "
+    plain._plan["conv_silus"] = {}
+    print(f"{Path(model).name}, {len(x)} images per batch, {len(fused._plan['conv_silus'])} convs with their SiLU, one "
           f"thread, {rounds} rounds, CPU time medians")
     for m in mults:
         cfg = _cfg(qm, m)

@@ -38,8 +38,8 @@ first block's identity shortcut).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -126,17 +126,9 @@ class Emulator:
         per_image = [self.layers[n].macs for n in self._macs]
         self._cum_macs = [int(sum(per_image[:j])) for j in range(len(per_image) + 1)]
         self._live = None  # dse.prefix_cache.live_tensors, built on the first cached run
-        self._acts = self._fused_acts()
-        self._silus = self._fused_silus()
-        self._conv_silus = self._fused_conv_silus()
-        self._quants = self._fused_quants()
-        self._adds = self._fused_adds()
-        self._residuals = self._fused_residuals()
-        self._donors = self._donor_operands()
-        self._gelus = self._fused_gelus()
-        self._pools = self._fused_pools()
+        self._plan = FusionPlan(self)
 
-    def _fused_acts(self) -> dict:
+    def _fused_acts(self, p) -> dict:
         """{MAC or Add node index: OutputAct of the Relu/Clip right after it} where that node is the output's only
         consumer: the pair runs as one step (the activation applied in the scaling pass, or in the Add's pass), so
         the pre-activation tensor is never stored. It lives across no cut (cuts sit at MAC nodes), so the prefix
@@ -154,7 +146,7 @@ class Emulator:
                 out[i] = OutputAct("clip", float(np.float32(a.attrs["min"])), float(np.float32(a.attrs["max"])))
         return out
 
-    def _fused_quants(self) -> dict:
+    def _fused_quants(self, p) -> dict:
         """{MAC, Sigmoid, Mul or HardSwish node index: _QuantFusion} for conv/gemm layers whose output (after a fused
         Relu/Clip), SiLU pairs (:meth:`_fused_silus`) and per-channel Muls (:meth:`_plane_mul`) whose product, and
         HardSwish nodes whose result feeds only conv/gemm layers, all quantizing it alike: the producer's pass (the
@@ -164,10 +156,10 @@ class Emulator:
         out = {}
         for i, n in enumerate(nodes):
             if n.is_mac and self.layers[n.name].op != "matmul":
-                t = nodes[i + 1].output if i in self._acts else n.output
-            elif i in self._silus:
+                t = nodes[i + 1].output if i in p["acts"] else n.output
+            elif i in p["silus"]:
                 t = nodes[i + 1].output
-            elif n.op == "hardswish" or (i - 1 not in self._silus and self._plane_mul(n)):  # not a SiLU's product
+            elif n.op == "hardswish" or (i - 1 not in p["silus"] and self._plane_mul(n)):  # not a SiLU's product
                 t = n.output
             else:
                 continue
@@ -212,7 +204,7 @@ class Emulator:
         """An Add of two runtime tensors (no constant operand)."""
         return n.op == "add" and len(n.inputs) == 2 and all(isinstance(a, int) for a in n.attrs.get("args", (0, 1)))
 
-    def _fused_adds(self) -> dict:
+    def _fused_adds(self, p) -> dict:
         """{Add node index: _QuantFusion} for Adds of two runtime tensors whose result (after a fused Relu/Clip) is
         read by conv/gemm layers, all quantizing it alike, and by no matmul layer: the Add's pass also writes those
         layers' quantized input (``dse.kernels.add_act``), the float32 result stays for its other readers."""
@@ -221,7 +213,7 @@ class Emulator:
         for i, n in enumerate(nodes):
             if not self._runtime_add(n):
                 continue
-            t = nodes[i + 1].output if i in self._acts else n.output
+            t = nodes[i + 1].output if i in p["acts"] else n.output
             macs = [c for c in g.consumers(t) if c.is_mac]
             if t == g.output_name or not macs or any(self.layers[c.name].op == "matmul" or c.inputs[0] != t
                                                      for c in macs):
@@ -231,7 +223,7 @@ class Emulator:
                 out[i] = _QuantFusion(t, self._last[t], tuple(c.name for c in macs), quants.pop())
         return out
 
-    def _fused_residuals(self) -> dict:
+    def _fused_residuals(self, p) -> dict:
         """{MAC node index: _AddFusion} for conv layers whose output is read only by the runtime Add right after
         them, whose other operand (another tensor, of the same shape) exists before the conv runs: the Add (with
         its fused Relu/Clip and quantized emission, :meth:`_add_quant`) runs in the conv's scaling pass when the
@@ -246,13 +238,13 @@ class Emulator:
             shape = g.shapes.get(n.output)
             if shape is None or g.shapes.get(other) != shape:
                 continue
-            out[i] = _AddFusion(i + 1, other, nodes[i + 2].output if i + 1 in self._acts else a.output)
+            out[i] = _AddFusion(i + 1, other, nodes[i + 2].output if i + 1 in p["acts"] else a.output)
         return out
 
     # float glue whose result is a new array (the IR op's numpy expression) when the node runs on its own
     _FRESH = frozenset({"sigmoid", "hardsigmoid", "hardswish", "erf", "add", "sub", "mul", "div"})
 
-    def _donor_operands(self) -> dict:
+    def _donor_operands(self, p) -> dict:
         """{node index: input tensor} for float Add/Sub/Mul/Div nodes that run on their own and may write their
         result into that operand (``dse.model.ops.binary_into``): the operand is the result of a node that made it
         as a new array (``_FRESH``, itself run on its own), this node is its last reader and reads it once, and no
@@ -260,8 +252,8 @@ class Emulator:
         shape (per image). Whether the arrays fit (float32, that shape, owning their memory) is checked per call. SiLU's x * sigmoid(x), the GELU
         chain, HardSwish-style products: one pass less and no new array per node."""
         nodes, g = self.graph.nodes, self.graph
-        fused = set(self._acts) | set(self._adds) | {f.add for f in self._residuals.values()} | \
-            {i + 1 for i in self._acts}
+        fused = set(p["acts"]) | set(p["adds"]) | {f.add for f in p["residuals"].values()} | \
+            {i + 1 for i in p["acts"]}
         made = {n.output: i for i, n in enumerate(nodes)}
         out = {}
         for i, n in enumerate(nodes):
@@ -278,7 +270,7 @@ class Emulator:
                 break
         return out
 
-    def _fused_silus(self) -> dict:
+    def _fused_silus(self, p) -> dict:
         """{Sigmoid node index: 1 or 2} where the node right after it is the Mul x * sigmoid(x) (1) or sigmoid(x) * x
         (2) of the Sigmoid's own input, that Mul is the Sigmoid output's only reader and the two have one shape: the
         pair (SiLU / Swish) runs as one compiled pass (``dse.model.nn.sigmoid``; the sigmoid tensor is never
@@ -295,7 +287,7 @@ class Emulator:
             out[i] = 1 if m.inputs[0] == x else 2
         return out
 
-    def _fused_conv_silus(self) -> dict:
+    def _fused_conv_silus(self, p) -> dict:
         """{MAC node index: (Sigmoid node index, OutputAct)} for conv layers whose output only a SiLU pair
         (:meth:`_fused_silus`) right after them reads: the SiLU runs in the conv's output step (an OutputAct "silu",
         ``dse.kernels.Scaling``) when the run scales the conv by conv2d_scaled (decided per run by
@@ -307,31 +299,32 @@ class Emulator:
         nodes, g, out = self.graph.nodes, self.graph, {}
         for i, n in enumerate(nodes):
             s = i + 1
-            if not n.is_mac or self.layers[n.name].op != "conv" or s not in self._silus or \
+            if not n.is_mac or self.layers[n.name].op != "conv" or s not in p["silus"] or \
                     nodes[s].inputs != [n.output] or self._last[n.output] != s + 1 or n.output == g.output_name or \
                     len(g.consumers(n.output)) != 2:
                 continue
-            out[i] = (s, OutputAct("silu", times_x=self._silus[s]))
+            out[i] = (s, OutputAct("silu", times_x=p["silus"][s]))
         return out
 
-    def _fuse_conv_silus(self, resolved, accs, hook) -> dict:
+    def _fuse_conv_silus(self, fusions, r) -> dict:
         """{MAC node index: (Sigmoid node index, OutputAct)} of the conv-SiLU fusions this run takes: the conv runs on
         an integer table without CV, and neither accumulators are recorded nor a hook sees them (the conv2d_scaled
         pass; else the conv writes its output and the pair runs on its own)."""
-        if accs is not None or hook is not None:
+        if r.accs is not None or r.hook is not None:
             return {}
-        return {i: f for i, f in self._conv_silus.items() if f[0] in self._silus and
-                resolved[self.graph.nodes[i].name][1].domain == "int" and not resolved[self.graph.nodes[i].name][0].cv}
+        return {i: f for i, f in fusions.items() if f[0] in self._plan["silus"] and
+                r.resolved[self.graph.nodes[i].name][1].domain == "int" and
+                not r.resolved[self.graph.nodes[i].name][0].cv}
 
-    def _fused_gelus(self) -> dict:
+    def _fused_gelus(self, p) -> dict:
         """{Div node index: (cdiv, cadd, cmul, order)} where nodes i .. i+4 are GELU as exported, Div(x, cdiv), Erf,
         Add(e, cadd), Mul(x, a), Mul(p, cmul) (the constants float32 scalars, either operand order of the Add and
         Muls: ``order`` bits as :func:`dse.model.nn.gelu_chain` takes them), each intermediate read only by the next
         node and not the graph's output, one shape throughout, no node of another fusion: the chain runs as one
         compiled pass (the intermediates never stored). None is a MAC node, so no prefix-cache cut falls inside."""
         nodes, g, out = self.graph.nodes, self.graph, {}
-        taken = set(self._acts) | set(self._adds) | {f.add for f in self._residuals.values()} | \
-            {i + 1 for i in self._acts} | set(self._residuals) | set(self._silus) | {i + 1 for i in self._silus}
+        taken = set(p["acts"]) | set(p["adds"]) | {f.add for f in p["residuals"].values()} | \
+            {i + 1 for i in p["acts"]} | set(p["residuals"]) | set(p["silus"]) | {i + 1 for i in p["silus"]}
 
         def const(n, k):  # (value, position) of node n's one float32 scalar constant, its runtime slot being k
             slots = n.attrs.get("args")
@@ -361,7 +354,7 @@ class Emulator:
             out[i] = (cd[0], ca[0], cm[0], int(ca[1]) | 2 * int(m.inputs[0] == a.output) | 4 * int(cm[1]))
         return out
 
-    def _fused_pools(self) -> dict:
+    def _fused_pools(self, p) -> dict:
         """{MAC node index: _PoolFusion} for conv layers whose output (after a fused Relu/Clip) only a MaxPool right
         after them reads: the pair runs as one step when the run scales the conv by conv2d_scaled (decided per run by
         :meth:`_fuse_pools`). The conv's output lives across no cut (cuts sit at MAC nodes)."""
@@ -369,10 +362,10 @@ class Emulator:
 
         nodes, g, out = self.graph.nodes, self.graph, {}
         for i, n in enumerate(nodes):
-            if not n.is_mac or self.layers[n.name].op != "conv" or i in self._quants or i in self._residuals:
+            if not n.is_mac or self.layers[n.name].op != "conv" or i in p["quants"] or i in p["residuals"]:
                 continue
-            j = i + 2 if i in self._acts else i + 1
-            t = nodes[j - 1].output if i in self._acts else n.output
+            j = i + 2 if i in p["acts"] else i + 1
+            t = nodes[j - 1].output if i in p["acts"] else n.output
             if j >= len(nodes) or nodes[j].op != "maxpool" or nodes[j].inputs != [t] or self._last[t] != j or \
                     t == g.output_name:
                 continue
@@ -386,71 +379,183 @@ class Emulator:
             out[i] = _PoolFusion(j, step, u, tuple(c.name for c in macs) if quant else (), quant, self._last.get(u, j))
         return out
 
-    def _fuse_pools(self, resolved, accs, hook, store_at) -> dict:
-        """{MAC node index: MaxPoolStep} of the pool fusions this run takes: the conv runs on an integer table without
+    def _fuse_pools(self, fusions, r) -> dict:
+        """{MAC node index: _PoolFusion} of the pool fusions this run takes: the conv runs on an integer table without
         CV, neither accumulators are recorded nor a hook sees them; the step emits the readers' quantized input where
         one of them runs an integer table and no prefix-cache cut stored by this run lies where it is live (stored
         states hold the quantized inputs a run made before the cut, as an unfused run would)."""
         from dataclasses import replace
 
-        if accs is not None or hook is not None:
+        if r.accs is not None or r.hook is not None:
             return {}
         out = {}
-        for i, f in self._pools.items():
-            lc, mult = resolved[self.graph.nodes[i].name]
+        for i, f in fusions.items():
+            lc, mult = r.resolved[self.graph.nodes[i].name]
             if mult.domain != "int" or lc.cv:
                 continue
-            emit = f.quant is not None and any(resolved[c][1].domain == "int" for c in f.consumers) and \
-                not any(i < p <= f.last_use for p in store_at)
-            out[i] = replace(f.step, quant=f.quant if emit else None)
+            emit = f.quant is not None and any(r.resolved[c][1].domain == "int" for c in f.consumers) and \
+                not any(i < p <= f.last_use for p in r.store_at)
+            out[i] = replace(f, step=replace(f.step, quant=f.quant if emit else None))
         return out
 
-    def _fuse_residuals(self, resolved, accs, hook) -> dict:
+    def _fuse_residuals(self, fusions, r) -> dict:
         """{MAC node index: _AddFusion} of the fusions this run takes: the conv runs on an integer table without CV,
         and neither accumulators are recorded nor a hook sees them (the scaling pass is then the conv2d_scaled
         one; else the conv writes its output and the Add runs on its own)."""
-        if accs is not None or hook is not None:
+        if r.accs is not None or r.hook is not None:
             return {}
-        return {i: f for i, f in self._residuals.items()
-                if resolved[self.graph.nodes[i].name][1].domain == "int" and not resolved[self.graph.nodes[i].name][0].cv}
+        return {i: f for i, f in fusions.items()
+                if r.resolved[self.graph.nodes[i].name][1].domain == "int" and
+                not r.resolved[self.graph.nodes[i].name][0].cv}
 
-    def _add_quant(self, i, resolved) -> "OutputQuant | None":
-        """The quantized input that Add node ``i``'s pass also emits: that of its conv/gemm readers
-        (``_fused_adds``) when one of them runs an integer table, else None."""
-        f = self._adds.get(i)
-        return f.quant if f is not None and any(resolved[c][1].domain == "int" for c in f.consumers) else None
-
-    def _add(self, i, n, args, resolved, env, qcache) -> None:
-        """Add node ``i`` (with its fused Relu/Clip): its float32 result into ``env`` and, when a consumer runs an
-        integer table, its quantized value into ``qcache`` from the same pass; operands of unequal shapes take numpy."""
-        from dse.kernels import add_act
-        from dse.model.float_exec import exec_node
-
-        act = self._acts.get(i)
-        out = self.graph.nodes[i + 1].output if act is not None else n.output
-        a, b = args
-        if a.shape != b.shape or a.dtype != np.float32 or b.dtype != np.float32:  # broadcasting: the IR ops
-            y = exec_node(n, args)
-            env[out] = y if act is None else act.apply(y)
-            return
-        env[out], q = add_act(a, b, act, self._add_quant(i, resolved))
-        if q is not None:
-            qcache[out] = q
-
-    def _emit_quantized(self, resolved, store_at) -> dict:
+    def _emit_quantized(self, fusions, r) -> dict:
         """{MAC, Sigmoid or Mul node index: OutputQuant} of the fusions this run takes: the producer (a MAC one) and
         every consumer run on integer tables (a float-domain consumer needs the float32 tensor), and no prefix-cache
         cut stored by this run lies where the tensor is live (stored states keep float32 tensors, as any
         configuration may need them)."""
         out = {}
-        for i, f in self._quants.items():
+        for i, f in fusions.items():
             n = self.graph.nodes[i]
-            if (n.is_mac and resolved[n.name][1].domain != "int") or \
-                    any(resolved[c][1].domain != "int" for c in f.consumers) or \
-                    any(i < p <= f.last_use for p in store_at):
+            if (n.is_mac and r.resolved[n.name][1].domain != "int") or \
+                    any(r.resolved[c][1].domain != "int" for c in f.consumers) or \
+                    any(i < p <= f.last_use for p in r.store_at):
                 continue
             out[i] = f.quant
         return out
+
+    def _add_quant(self, i, r) -> "OutputQuant | None":
+        """The quantized input that Add node ``i``'s pass also emits: that of its conv/gemm readers
+        (``_fused_adds``) when one of them runs an integer table, else None."""
+        f = r.fusions["adds"].get(i)
+        return f.quant if f is not None and any(r.resolved[c][1].domain == "int" for c in f.consumers) else None
+
+    # ------------------------------------------------------------------ fused steps (FUSION_KINDS' run)
+    def _step_residual(self, i, n, f: _AddFusion, r) -> bool:
+        """Conv node ``i`` with the Add after it in its scaling pass."""
+        lc, mult = r.resolved[n.name]
+        quant = self._add_quant(f.add, r)
+        y = self._mac(n, [r.env[n.inputs[0]]], r.qcache, lc, mult, r.accs, r.hook, r.images,
+                      r.fusions["acts"].get(f.add), quant, np.ascontiguousarray(r.env[f.other]))
+        if quant is not None:
+            r.env[f.out], r.qcache[f.out] = y
+        else:
+            r.env[f.out] = y
+        return True
+
+    def _step_pool(self, i, n, f: _PoolFusion, r) -> bool:
+        """Conv node ``i`` with the MaxPool after it (and its Relu/Clip)."""
+        from dse import kernels
+
+        layer = self.layers[n.name]
+        q = self._quantized(layer.input, r.env[n.inputs[0]], layer.a_scale, layer.a_signed, r.qcache)
+        r.env[f.out], qp = kernels.conv2d_scaled_max_pool(
+            q, layer.w_q, r.resolved[n.name][1], layer.a_signed, layer.scaling(r.fusions["acts"].get(i)), f.step,
+            layer.stride, layer.pads, layer.dilation, layer.groups)
+        if qp is not None:
+            r.qcache[f.out] = qp
+        return True
+
+    def _step_conv_silu(self, i, n, f, r) -> bool:
+        """Conv node ``i`` with the SiLU pair after it: the pair's product, or its readers' quantized input."""
+        s, act = f
+        lc, mult = r.resolved[n.name]
+        quants, out = r.fusions["quants"], self.graph.nodes[s + 1].output
+        y = self._mac(n, [r.env[n.inputs[0]]], r.qcache, lc, mult, r.accs, r.hook, r.images, act, quants.get(s))
+        if s in quants:  # only its integer-domain consumers read it, from qcache
+            r.env[out], r.qcache[out] = None, y
+        else:
+            r.env[out] = y
+        return True
+
+    def _step_add(self, i, n, f, r) -> bool:
+        """Runtime Add node ``i`` with its Relu/Clip and its readers' quantized input (a MAC node's Relu/Clip: no,
+        the layer's step applies it)."""
+        if n.is_mac:
+            return False
+        self._add(i, n, [r.env[t] for t in n.inputs], r)
+        return True
+
+    def _step_gelu(self, i, n, f, r) -> bool:
+        """The GELU chain headed by Div node ``i`` in one compiled pass."""
+        from dse.model.float_exec import exec_node
+        from dse.model.nn import gelu_chain
+
+        x, p = r.env[n.inputs[0]], self.graph.nodes[i + 4]
+        if isinstance(x, np.ndarray) and x.dtype == np.float32:
+            r.env[p.output] = gelu_chain(x, *f)
+        else:  # pragma: no cover - every float tensor of a run is float32
+            for m in self.graph.nodes[i:i + 5]:
+                r.env[m.output] = exec_node(m, [r.env[t] for t in m.inputs])
+        return True
+
+    def _step_silu(self, i, n, f, r) -> bool:
+        """The SiLU pair headed by Sigmoid node ``i`` in one compiled pass (its readers' quantized input, where the
+        run emits it)."""
+        from dse.model.float_exec import exec_node
+        from dse.model.nn import sigmoid, sigmoid_quantized
+
+        x, m, quants = r.env[n.inputs[0]], self.graph.nodes[i + 1], r.fusions["quants"]
+        if isinstance(x, np.ndarray) and x.dtype == np.float32 and i in quants:
+            # only its integer-domain consumers read it, from qcache
+            r.env[m.output], r.qcache[m.output] = None, sigmoid_quantized(x, f, quants[i])
+        elif isinstance(x, np.ndarray) and x.dtype == np.float32:
+            r.env[m.output] = sigmoid(x, f)
+        else:  # pragma: no cover - every float tensor of a run is float32
+            r.env[n.output] = exec_node(n, [x])
+            r.env[m.output] = exec_node(m, [r.env[t] for t in m.inputs])
+        return True
+
+    def _step_glue_quant(self, i, n, quant, r) -> bool:
+        """A per-channel Mul or HardSwish node as its readers' quantized input (the kind's MAC and Sigmoid heads emit
+        it in the layer's or the SiLU's step; operands that do not fit: the node runs on its own)."""
+        if n.op not in ("mul", "hardswish") or (q := self._glue_quantized(n, r.env, quant)) is None:
+            return False
+        r.env[n.output], r.qcache[n.output] = None, q  # only its integer-domain consumers read it
+        return True
+
+    def _run_layer(self, i, n, r) -> None:
+        """MAC node ``i`` on its own (with its fused Relu/Clip; its readers' quantized input where the run emits it)."""
+        acts, quants = r.fusions["acts"], r.fusions["quants"]
+        lc, mult = r.resolved[n.name]
+        act = acts.get(i)
+        out = self.graph.nodes[i + 1].output if act is not None else n.output
+        y = self._mac(n, [r.env[t] for t in n.inputs], r.qcache, lc, mult, r.accs, r.hook, r.images, act,
+                      quants.get(i))
+        if i in quants:  # only its integer-domain consumers read it, from qcache
+            r.env[out], r.qcache[out] = None, y
+        else:
+            r.env[out] = y
+
+    def _run_glue(self, i, n, r) -> None:
+        """Float node ``i`` on its own (into its donor operand's memory where it has one and the array fits)."""
+        from dse.model.float_exec import exec_node
+        from dse.model.ops import arguments, binary_into
+
+        args = [r.env[t] for t in n.inputs]
+        y, t = None, r.fusions["donors"].get(i)
+        if t is not None:
+            d = r.env[t]
+            if isinstance(d, np.ndarray) and d.base is None and d.flags.writeable and d.flags.c_contiguous:
+                y = binary_into(n, arguments(n, args), d)
+        r.env[n.output] = exec_node(n, args) if y is None else y
+
+    def _add(self, i, n, args, r) -> None:
+        """Add node ``i`` (with its fused Relu/Clip): its float32 result into ``r.env`` and, when a consumer runs an
+        integer table, its quantized value into ``r.qcache`` from the same pass; operands of unequal shapes take
+        numpy."""
+        from dse.kernels import add_act
+        from dse.model.float_exec import exec_node
+
+        act = r.fusions["acts"].get(i)
+        out = self.graph.nodes[i + 1].output if act is not None else n.output
+        a, b = args
+        if a.shape != b.shape or a.dtype != np.float32 or b.dtype != np.float32:  # broadcasting: the IR ops
+            y = exec_node(n, args)
+            r.env[out] = y if act is None else act.apply(y)
+            return
+        r.env[out], q = add_act(a, b, act, self._add_quant(i, r))
+        if q is not None:
+            r.qcache[out] = q
 
     # ------------------------------------------------------------------ configuration
     def resolve(self, config: dict | None) -> dict:
@@ -570,11 +675,9 @@ class Emulator:
     def _run_batch(self, x, resolved, accs=None, cache=None, batch=None, hook=None, images=None):
         """Logits of one batch. With ``cache`` (a dse.prefix_cache.PrefixCache) and ``batch`` (a key naming these
         images), continue from the deepest cut whose configuration prefix is stored and store the cut the cache
-        asks for. ``hook``: see :class:`AccumulatorHook`; ``images``: the indices of these images in the run."""
-        from dse.model.float_exec import exec_node
-        from dse.model.nn import gelu_chain, sigmoid, sigmoid_quantized
-        from dse.model.ops import arguments, binary_into
-
+        asks for. ``hook``: see :class:`AccumulatorHook`; ``images``: the indices of these images in the run. Each
+        node runs in the step of the fusion that heads it (:data:`FUSION_KINDS`, the first whose step takes it),
+        not at all where a fusion this run takes absorbs it, else on its own."""
         g = self.graph
         env = {g.input_name: x}
         qcache: dict = {}
@@ -592,95 +695,14 @@ class Emulator:
             store_at = {self._cut_pos[j]: (j, False) for j in plan.speculate}
             store_at.update({self._cut_pos[j]: (j, True) for j in plan.store})
             cache.count_macs(self._cum_macs[-1] * len(x), self._cum_macs[plan.hit] * len(x))
-        quants = self._emit_quantized(resolved, store_at)
-        residuals = self._fuse_residuals(resolved, accs, hook)
-        pools = self._fuse_pools(resolved, accs, hook, store_at)
-        silus = self._fuse_conv_silus(resolved, accs, hook)
-        skip = {i + 1 for i in self._silus} | {i + k for i in self._gelus for k in range(1, 5)} | \
-            {self._pools[i].pool for i in pools} | {s for s, _ in silus.values()}
+        r = _Run(resolved, accs, hook, images, store_at, env, qcache)
+        self._plan.select(self, r)
         for i in range(start, len(g.nodes)):
             if i in store_at:
                 self._store(cache, batch, keys, *store_at[i], env, qcache)
             n = g.nodes[i]
-            if i - 1 in self._acts:  # ran with the MAC layer or the Add before it
-                continue
-            if i in skip:  # the SiLU product or a GELU node after the Div, run with the node that heads them
-                for t in n.inputs:
-                    if self._last[t] == i and t != g.output_name:
-                        env.pop(t, None)
-                        qcache.pop(t, None)
-                continue
-            if i - 1 in residuals:  # the Add ran in the scaling pass of the conv before it
-                pass
-            elif i in residuals:
-                r = residuals[i]
-                lc, mult = resolved[n.name]
-                quant = self._add_quant(r.add, resolved)
-                y = self._mac(n, [env[n.inputs[0]]], qcache, lc, mult, accs, hook, images, self._acts.get(r.add),
-                              quant, np.ascontiguousarray(env[r.other]))
-                if quant is not None:
-                    env[r.out], qcache[r.out] = y
-                else:
-                    env[r.out] = y
-            elif i in pools:  # with the MaxPool after it (and its Relu/Clip)
-                from dse import kernels
-
-                layer, f = self.layers[n.name], self._pools[i]
-                q = self._quantized(layer.input, env[n.inputs[0]], layer.a_scale, layer.a_signed, qcache)
-                env[f.out], qp = kernels.conv2d_scaled_max_pool(
-                    q, layer.w_q, resolved[n.name][1], layer.a_signed, layer.scaling(self._acts.get(i)), pools[i],
-                    layer.stride, layer.pads, layer.dilation, layer.groups)
-                if qp is not None:
-                    qcache[f.out] = qp
-            elif i in silus:  # with the SiLU pair after it: the pair's product, or its readers' quantized input
-                s, act = silus[i]
-                lc, mult = resolved[n.name]
-                out = g.nodes[s + 1].output
-                y = self._mac(n, [env[n.inputs[0]]], qcache, lc, mult, accs, hook, images, act, quants.get(s))
-                if s in quants:  # only its integer-domain consumers read it, from qcache
-                    env[out], qcache[out] = None, y
-                else:
-                    env[out] = y
-            elif n.is_mac:
-                args = [env[t] for t in n.inputs]
-                lc, mult = resolved[n.name]
-                act = self._acts.get(i)
-                out = g.nodes[i + 1].output if act is not None else n.output
-                y = self._mac(n, args, qcache, lc, mult, accs, hook, images, act, quants.get(i))
-                if i in quants:  # only its integer-domain consumers read it, from qcache
-                    env[out], qcache[out] = None, y
-                else:
-                    env[out] = y
-            elif i in self._acts or i in self._adds:
-                self._add(i, n, [env[t] for t in n.inputs], resolved, env, qcache)
-            elif i in self._gelus:
-                x, p = env[n.inputs[0]], g.nodes[i + 4]
-                if isinstance(x, np.ndarray) and x.dtype == np.float32:
-                    env[p.output] = gelu_chain(x, *self._gelus[i])
-                else:  # pragma: no cover - every float tensor of a run is float32
-                    for m in g.nodes[i:i + 5]:
-                        env[m.output] = exec_node(m, [env[t] for t in m.inputs])
-            elif i in self._silus:
-                x, m = env[n.inputs[0]], g.nodes[i + 1]
-                if isinstance(x, np.ndarray) and x.dtype == np.float32 and i in quants:
-                    # only its integer-domain consumers read it, from qcache
-                    env[m.output], qcache[m.output] = None, sigmoid_quantized(x, self._silus[i], quants[i])
-                elif isinstance(x, np.ndarray) and x.dtype == np.float32:
-                    env[m.output] = sigmoid(x, self._silus[i])
-                else:  # pragma: no cover - every float tensor of a run is float32
-                    env[n.output] = exec_node(n, [x])
-                    env[m.output] = exec_node(m, [env[t] for t in m.inputs])
-            elif i in quants and n.op in ("mul", "hardswish") and \
-                    (q := self._glue_quantized(n, env, quants[i])) is not None:
-                env[n.output], qcache[n.output] = None, q  # only its integer-domain consumers read it
-            else:
-                args = [env[t] for t in n.inputs]
-                y = None
-                if i in self._donors:
-                    d = env[self._donors[i]]
-                    if isinstance(d, np.ndarray) and d.base is None and d.flags.writeable and d.flags.c_contiguous:
-                        y = binary_into(n, arguments(n, args), d)
-                env[n.output] = exec_node(n, args) if y is None else y
+            if i not in r.absorbed and not any(step(self, i, n, f, r) for step, f in r.steps.get(i, ())):
+                (self._run_layer if n.is_mac else self._run_glue)(i, n, r)
             for t in n.inputs:
                 if self._last[t] == i and t != g.output_name:
                     env.pop(t, None)
@@ -761,6 +783,89 @@ class Emulator:
         if len(y) == 0:
             raise DseError("no images to evaluate; give at least one")
         return float((self.predict(x, config, batch_size) == y).mean())
+
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of fusion. ``plan(emu, plan) -> {head node index: fusion}``: the graph's fusions of this kind, planned
+    once per Emulator (reading the kinds it builds on from ``plan``); ``select(emu, fusions, run)``: those a run
+    (:class:`_Run`) takes, given its configuration, recorded accumulators, hook and stored prefix-cache cuts (None:
+    all); ``absorbs(i, fusion)``: the nodes after head ``i`` that run in its step (none of their own); ``step(emu, i,
+    node, fusion, run) -> bool``: run head ``i`` with its fusion, False where it runs on its own instead (None: the
+    kind is data for other steps)."""
+
+    name: str
+    plan: Callable
+    select: Callable | None = None
+    absorbs: Callable | None = None
+    step: Callable | None = None
+
+
+@dataclass
+class _Run:
+    """One batch's run as the steps see it: ``resolved`` configuration, ``accs`` (recorded accumulators or None),
+    ``hook`` and the ``images`` it sees, ``store_at`` (the prefix-cache cuts the run stores, by node index),
+    ``env``/``qcache`` (float32 tensors / quantized inputs by tensor name); and from :meth:`FusionPlan.select`:
+    ``fusions`` (kind -> {head: fusion} this run takes), ``absorbed`` (their nodes that run in a head's step) and
+    ``steps`` (head -> [(step, fusion)] in :data:`FUSION_KINDS` order)."""
+
+    resolved: dict
+    accs: dict | None
+    hook: AccumulatorHook | None
+    images: range | None
+    store_at: dict
+    env: dict
+    qcache: dict
+    fusions: dict = field(default_factory=dict)
+    absorbed: set = field(default_factory=set)
+    steps: dict = field(default_factory=dict)
+
+
+class FusionPlan(dict):
+    """{kind name: {head node index: fusion}}: which nodes of an Emulator's graph run fused with which, planned once
+    by every kind of :data:`FUSION_KINDS` (a kind's planning reads those it builds on, planned first on demand)."""
+
+    def __init__(self, emu: Emulator):
+        super().__init__()
+        self._emu = emu
+        for k in FUSION_KINDS:
+            self[k.name]
+        del self._emu
+
+    def __missing__(self, name):
+        emu = getattr(self, "_emu", None)
+        if emu is None:
+            raise KeyError(name)
+        fusions = self[name] = _KINDS[name].plan(emu, self)
+        return fusions
+
+    def select(self, emu: Emulator, r: _Run) -> None:
+        """The fusions run ``r`` takes (each kind's ``select``), the nodes they absorb and the heads' steps."""
+        for k in FUSION_KINDS:
+            taken = r.fusions[k.name] = self[k.name] if k.select is None else k.select(emu, self[k.name], r)
+            for i, f in taken.items():
+                if k.absorbs is not None:
+                    r.absorbed.update(k.absorbs(i, f))
+                if k.step is not None:
+                    r.steps.setdefault(i, []).append((k.step, f))
+
+
+# the emulator's fusions; a node heading several takes the first step that runs it
+FUSION_KINDS = (
+    _Kind("residuals", Emulator._fused_residuals, Emulator._fuse_residuals, lambda i, f: (f.add,),
+          Emulator._step_residual),
+    _Kind("pools", Emulator._fused_pools, Emulator._fuse_pools, lambda i, f: (f.pool,), Emulator._step_pool),
+    _Kind("conv_silus", Emulator._fused_conv_silus, Emulator._fuse_conv_silus, lambda i, f: (f[0],),
+          Emulator._step_conv_silu),
+    _Kind("acts", Emulator._fused_acts, None, lambda i, f: (i + 1,), Emulator._step_add),
+    _Kind("adds", Emulator._fused_adds, None, None, Emulator._step_add),
+    _Kind("gelus", Emulator._fused_gelus, None, lambda i, f: range(i + 1, i + 5), Emulator._step_gelu),
+    _Kind("silus", Emulator._fused_silus, None, lambda i, f: (i + 1,), Emulator._step_silu),
+    _Kind("quants", Emulator._fused_quants, Emulator._emit_quantized, None, Emulator._step_glue_quant),
+    _Kind("donors", Emulator._donor_operands),
+)
+_KINDS = {k.name: k for k in FUSION_KINDS}
 
 
 def float_hits(graph, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> int:

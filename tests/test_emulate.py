@@ -132,8 +132,8 @@ def test_fused_output_activation_bit_exact(qm_clip, mults, cv):
 
     emu = Emulator(qm_clip)
     names = ["expand", "dw", "proj", "fc"]
-    assert sorted(emu._acts) == [0, 2, 8]  # all but proj, whose output has two consumers
-    assert sorted(emu._quants) == [0, 2]  # expand -> dw, dw -> proj
+    assert sorted(emu._plan["acts"]) == [0, 2, 8]  # all but proj, whose output has two consumers
+    assert sorted(emu._plan["quants"]) == [0, 2]  # expand -> dw, dw -> proj
     cfg = {n: LayerConfig(m, cv and get_multiplier(m).domain == "int") for n, m in zip(names, mults)}
     x = RNG.standard_normal((5, 3, 8, 8)).astype(np.float32) * 2
     y = emu.run(x, cfg, batch_size=3)

@@ -188,7 +188,7 @@ def test_emulator_fuses_residual_adds(bundled_qmodel):
     g, qm = bundled_qmodel("resnet8")
     emu = Emulator(qm)
     adds = [i for i, n in enumerate(g.nodes) if n.op == "add"]
-    assert adds and set(adds) <= set(emu._acts) and set(adds[:-1]) <= set(emu._adds)
+    assert adds and set(adds) <= set(emu._plan["acts"]) and set(adds[:-1]) <= set(emu._plan["adds"])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -208,9 +208,9 @@ def test_resnet8_logits_are_those_of_the_unfused_adds(bundled_qmodel, monkeypatc
     cfgs = [None, {n: LayerConfig("drum6") for n in names}, {n: LayerConfig("mitch_w6") for n in names},
             {n: LayerConfig(m) for n, m in zip(names, ["exact", "bf16", "mitch_w6", "perf_j1_k2"] * 9)}]
     new, old = Emulator(qm), Emulator(qm)
-    monkeypatch.setattr(old, "_acts", {i: a for i, a in old._acts.items() if g.nodes[i].is_mac})
-    monkeypatch.setattr(old, "_adds", {})
-    monkeypatch.setattr(old, "_residuals", {})
+    monkeypatch.setitem(old._plan, "acts", {i: a for i, a in old._plan["acts"].items() if g.nodes[i].is_mac})
+    monkeypatch.setitem(old._plan, "adds", {})
+    monkeypatch.setitem(old._plan, "residuals", {})
     cache = PrefixCache(1 << 28)
     with using_threads(threads):
         for c in cfgs:

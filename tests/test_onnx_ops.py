@@ -92,7 +92,7 @@ def test_efficientnet_se_block(tmp_path, opset):
     graph = check_float(p, [3, 10, 10])
     assert {"sigmoid", "mul"} <= {n.op for n in graph.nodes}
     qm = check_emulated(graph, [3, 10, 10])
-    assert len(Emulator(qm)._silus) == 2  # both SiLUs in one compiled pass each
+    assert len(Emulator(qm)._plan["silus"]) == 2  # both SiLUs in one compiled pass each
     check_donors(qm, [3, 10, 10], 2)  # the same two products (in place where the pair does not run as one)
 
 
@@ -123,13 +123,13 @@ def test_efficientnet_mbconv_silu_quantized(tmp_path, threads):
     with using_threads(threads):
         qm = check_emulated(graph, [3, 13, 13])
         emu = Emulator(qm)
-        sig = sorted(i for i in emu._quants if graph.nodes[i].op == "sigmoid")
+        sig = sorted(i for i in emu._plan["quants"] if graph.nodes[i].op == "sigmoid")
         # stem, expand and the SE's inner SiLU of each block; not the depthwise ones nor the SE's gate
-        assert len(sig) == 5 and all(i in emu._silus for i in sig)
-        assert len([i for i in emu._quants if graph.nodes[i].op == "mul"]) == 2  # the SE's scale products
+        assert len(sig) == 5 and all(i in emu._plan["silus"] for i in sig)
+        assert len([i for i in emu._plan["quants"] if graph.nodes[i].op == "mul"]) == 2  # the SE's scale products
         check_donors(qm, [3, 13, 13], 2)
         # every conv before a SiLU pair: the stem, each block's expand, depthwise and SE inner conv
-        assert len(emu._conv_silus) == 7
+        assert len(emu._plan["conv_silus"]) == 7
         silus = []
         calls = check_fused_glue(qm, emu, "mitch_w6", silus)
         assert sorted(set(calls)) == [8, 12]  # both SE products (gate second, then first) take the fused pass
@@ -157,10 +157,10 @@ def check_fused_glue(qm, emu, table: str, silus: list | None = None) -> list:
         want = reference_run(qm, x, cfg)
         np.testing.assert_array_equal(emu.run(x, cfg), want)
         off = Emulator(qm)
-        off._quants = {i: f for i, f in off._quants.items() if graph.nodes[i].is_mac}
+        off._plan["quants"] = {i: f for i, f in off._plan["quants"].items() if graph.nodes[i].is_mac}
         np.testing.assert_array_equal(off.run(x, cfg), want)
         off = Emulator(qm)
-        off._conv_silus = {}
+        off._plan["conv_silus"] = {}
         np.testing.assert_array_equal(off.run(x, cfg), want)
     return calls
 
@@ -172,7 +172,7 @@ def check_donors(qm, in_shape, n_donors):
     from dse.prefix_cache import PrefixCache
 
     emu = Emulator(qm)
-    assert len(emu._donors) >= n_donors
+    assert len(emu._plan["donors"]) >= n_donors
     x = RNG.standard_normal((4, *in_shape)).astype(np.float32)
     cache = PrefixCache(1 << 26)
     names = [l.name for l in qm.layers]
@@ -181,9 +181,9 @@ def check_donors(qm, in_shape, n_donors):
         want = reference_run(qm, x, cfg)
         np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
         np.testing.assert_array_equal(emu.run(x, cfg, cache=cache, tag="x"), want)
-    emu._silus = emu._gelus = {}
+    emu._plan["silus"] = emu._plan["gelus"] = {}
     np.testing.assert_array_equal(emu.run(x, cfg), want)  # the products in place
-    emu._donors = {}
+    emu._plan["donors"] = {}
     np.testing.assert_array_equal(emu.run(x, cfg), want)  # every op on its own
 
 
@@ -221,7 +221,7 @@ def test_mobilenetv3_hardswish_quantized(tmp_path, opset, threads):
     with using_threads(threads):
         qm = check_emulated(graph, [3, 13, 13], "mitch_w6")
         emu = Emulator(qm)
-        fused = sorted(graph.nodes[i].op for i in emu._quants if not graph.nodes[i].is_mac)
+        fused = sorted(graph.nodes[i].op for i in emu._plan["quants"] if not graph.nodes[i].is_mac)
         assert fused == ["hardswish", "hardswish", "mul"]
         assert check_fused_glue(qm, emu, "drum6")
 
@@ -242,7 +242,7 @@ def test_mobilenetv2_blocks_fused_quantization(tmp_path, mult):
     macs = [i for i, n in enumerate(graph.nodes) if n.is_mac]
     # stem, expand 1, depthwise 1, expand 2, depthwise 2; not the projections (the first one's output is also the
     # residual Add's input, the second's feeds only the Add) nor the classifier
-    assert sorted(Emulator(qm)._quants) == [macs[i] for i in (0, 1, 2, 4, 5)] and len(macs) == 8
+    assert sorted(Emulator(qm)._plan["quants"]) == [macs[i] for i in (0, 1, 2, 4, 5)] and len(macs) == 8
 
 
 @pytest.mark.parametrize("opset", OPSETS)
@@ -268,7 +268,7 @@ def test_vit_block_mlp_and_attention(tmp_path, opset):
     assert {"softmax", "matmul", "transpose"} <= ops and ("layernorm" in ops) == (opset >= 17)
     assert ("gelu" in ops) == (opset >= 20) and ("erf" in ops) == (opset < 20)
     qm = check_emulated(graph, [T, D], "perf_j1_k2")
-    assert len(Emulator(qm)._gelus) == (opset < 20)  # the exported GELU chain in one compiled pass
+    assert len(Emulator(qm)._plan["gelus"]) == (opset < 20)  # the exported GELU chain in one compiled pass
     check_donors(qm, [T, D], 2 if opset < 20 else 0)  # GELU's x * (1 + erf) and its 0.5 x product, LayerNorm's
     assert len(qm.layers) == 7  # qkv, proj, fc1, fc2 (1x1 convs over the tokens), QK^T, AV + classifier
     mm = [l for l in qm.layers if l.op == "matmul"]

@@ -151,8 +151,8 @@ def test_networks_with_the_pool_fused_equal_unfused(net, threads):
     configuration."""
     name, qm, x = net
     fused, plain = Emulator(qm), Emulator(qm)
-    plain._pools = {}
-    assert [fused.graph.nodes[i].name for i in fused._pools] == ["stem"]
+    plain._plan["pools"] = {}
+    assert [fused.graph.nodes[i].name for i in fused._plan["pools"]] == ["stem"]
     calls, real = [], K.conv2d_scaled_max_pool
     with K.using_threads(threads), mock.patch.object(K, "conv2d_scaled_max_pool",
                                                      lambda *a, **k: calls.append(1) or real(*a, **k)):

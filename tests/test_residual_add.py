@@ -227,8 +227,8 @@ def test_networks_fused_equal_unfused(net, threads):
     convs take the unfused path), also through the prefix cache and with an accumulator hook."""
     name, qm, x = net
     fused, plain = Emulator(qm), Emulator(qm)
-    plain._residuals = {}
-    assert sorted(fused.graph.nodes[i].name for i in fused._residuals) == sorted(NETS[name][1])
+    plain._plan["residuals"] = {}
+    assert sorted(fused.graph.nodes[i].name for i in fused._plan["residuals"]) == sorted(NETS[name][1])
     with K.using_threads(threads):
         seen = check_fused_equals_plain(fused, plain, qm, x)
     assert set(NETS[name][1]) <= set(seen)
@@ -277,7 +277,7 @@ def test_fusion_runs_in_the_scaling_pass(net, monkeypatch):
     monkeypatch.setattr(K, "add_act", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     quantized = record_own_quantizations(monkeypatch)
     emu.run(x, None)
-    fused_q = {f.out for i, f in emu._residuals.items() if f.add in emu._adds}
+    fused_q = {f.out for i, f in emu._plan["residuals"].items() if f.add in emu._plan["adds"]}
     assert fused_q and not fused_q & set(quantized)
-    passes = {i for i in set(emu._acts) | set(emu._adds) if Emulator._runtime_add(qm.graph.nodes[i])}
-    assert emu._residuals and len(calls) == len(passes - {f.add for f in emu._residuals.values()})
+    passes = {i for i in set(emu._plan["acts"]) | set(emu._plan["adds"]) if Emulator._runtime_add(qm.graph.nodes[i])}
+    assert emu._plan["residuals"] and len(calls) == len(passes - {f.add for f in emu._plan["residuals"].values()})
