@@ -947,17 +947,12 @@ static void dse_ig_final_sums(const dse_ig_plan *P, int32_t *c, int64_t n, int64
 }
 
 /* Output row n's SiLU values v of the GEMM positions [i, i + len) written to their outputs (split into runs within
- * one image): their patterns with sc->quant (dse_quantize_seq), else the float32 values. */
+ * one image) by dse_emit_silu_values. */
 static void dse_ig_emit_silu(const dse_ig_plan *P, int64_t n, int64_t i, int64_t len, const float *v)
 {
-    const dse_scaling *sc = P->sc;
     for (int64_t j = 0, mm = i; j < len;) {
         const int64_t b = mm / P->img, s = mm % P->img, l = (P->img - s < len - j) ? P->img - s : len - j;
-        const int64_t e = b * P->ld_img + n * P->ld_n + s;
-        if (sc->quant)
-            dse_quantize_seq(P->level, v + j, l, sc->qs, sc->qlo, sc->qhi, (uint8_t *)P->outs + e);
-        else
-            memcpy((float *)P->outs + e, v + j, (size_t)l * sizeof(float));
+        dse_emit_silu_values(P->level, P->sc, v + j, l, P->outs, b * P->ld_img + n * P->ld_n + s);
         j += l, mm += l;
     }
 }
@@ -970,8 +965,7 @@ static void dse_ig_emit_silu(const dse_ig_plan *P, int64_t n, int64_t i, int64_t
 static void dse_ig_flush_silu(const dse_ig_plan *P, int32_t *C32, int64_t ldc, int64_t n0, int64_t n1, int64_t m0,
                               int64_t mv)
 {
-    dse_scaling f = *P->sc;
-    f.quant = 0, f.silu = 0, f.stream = 0, f.qf = NULL, f.act = DSE_ACT_NONE, f.add = NULL;
+    const dse_scaling f = dse_scaling_values(P->sc);
     for (int64_t n = n0; n < n1; n++) {
         int32_t *c = C32 + (n - n0) * ldc;
         dse_ig_final_sums(P, c, n, m0, mv);

@@ -2834,6 +2834,16 @@ static void dse_quantize_seq(int level, const float *x, int64_t n, float s, int 
             q[i] = dse_quantize1(x[i], s, lo, hi);
 }
 
+/* A SiLU output step's n finished values v written at element e of o: their patterns with sc->quant
+ * (dse_quantize_seq), else the float32 values. */
+static inline void dse_emit_silu_values(int level, const dse_scaling *sc, const float *v, int64_t n, void *o, int64_t e)
+{
+    if (sc->quant)
+        dse_quantize_seq(level, v, n, sc->qs, sc->qlo, sc->qhi, (uint8_t *)o + e);
+    else
+        memcpy((float *)o + e, v, (size_t)n * sizeof(float));
+}
+
 static void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
 {
     const int64_t chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
@@ -3413,6 +3423,15 @@ static const dse_scale_fn dse_scale_fns_512[3][12] = {DSE_VARIANT_NAMES(dse_scal
                                                       DSE_VARIANT_NAMES(dse_scale_512_1),
                                                       DSE_VARIANT_NAMES(dse_scale_512_2)};
 
+/* A SiLU output step's scaling up to the scaled float32 values (no act, quantization, SiLU, streaming or add): what
+ * its passes write before numpy's loops take the SiLU (dse_scale_runs_silu, int_gemm.h's dse_ig_flush_silu). */
+static inline dse_scaling dse_scaling_values(const dse_scaling *sc)
+{
+    dse_scaling f = *sc;
+    f.quant = 0, f.silu = 0, f.stream = 0, f.qf = NULL, f.act = DSE_ACT_NONE, f.add = NULL;
+    return f;
+}
+
 /* dse_scale_runs with a SiLU (sc->silu): the nrun * S outputs in chunks of at most DSE_SIGMOID_CHUNK (short runs
  * share one), each piece of a run scaled to float32 into a buffer (the pass without act and quant), the chunk's SiLU
  * by dse_sigmoid_chunk into another, each piece then written: its patterns with sc->quant (dse_quantize_seq), else
@@ -3421,8 +3440,7 @@ static void dse_scale_runs_silu(int level, const void *a, int kind, int64_t nrun
                                 int64_t c, void *o, int64_t ld)
 {
     float bx[DSE_SIGMOID_CHUNK] __attribute__((aligned(64))), bs[DSE_SIGMOID_CHUNK] __attribute__((aligned(64)));
-    dse_scaling f = *sc;
-    f.quant = 0, f.silu = 0, f.stream = 0, f.qf = NULL, f.act = DSE_ACT_NONE, f.add = NULL;
+    const dse_scaling f = dse_scaling_values(sc);
     const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8, n = nrun * S;
     for (int64_t t0 = 0; t0 < n; t0 += DSE_SIGMOID_CHUNK) {
         const int64_t m = n - t0 < DSE_SIGMOID_CHUNK ? n - t0 : DSE_SIGMOID_CHUNK;
@@ -3432,12 +3450,8 @@ static void dse_scale_runs_silu(int level, const void *a, int kind, int64_t nrun
         }
         dse_sigmoid_chunk(sc->loops, bx, bs, m, sc->silu);
         for (int64_t t = t0, l; t < t0 + m; t += l) {
-            const int64_t e = (t / S) * ld + t % S;
             l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
-            if (sc->quant)
-                dse_quantize_seq(level, bs + (t - t0), l, sc->qs, sc->qlo, sc->qhi, (uint8_t *)o + e);
-            else
-                memcpy((float *)o + e, bs + (t - t0), (size_t)l * sizeof(float));
+            dse_emit_silu_values(level, sc, bs + (t - t0), l, o, (t / S) * ld + t % S);
         }
     }
 }
