@@ -621,6 +621,38 @@ def test_wide_stride1_1x1_conv_on_auto_kernel(B, C, N, H, W, signed, output, thr
                 assert seen[:1] == ["bcast"], seen
 
 
+@settings(deadline=None, max_examples=30)
+@given(B=st.integers(1, 5), C=st.integers(1, 90), N=st.sampled_from([1, 6, 17, 64, 130]),
+       hw=st.sampled_from([(4, 8), (8, 8), (8, 12), (16, 16), (16, 20), (24, 24), (7, 7), (13, 11), (28, 28)]),
+       signed=st.booleans(), output=st.sampled_from(["float", "quant", "add", "add+quant"]),
+       act=st.sampled_from([None, "relu"]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_shallow_1x1_float_outputs_in_whole_image_blocks(B, C, N, hw, signed, output, act, threads, seed):
+    """Stride-1 1x1 convs on the im2col kernel whose depth is one block and whose output step writes float32 values
+    (a float32 output, a fused Add's sum) take blocks of whole images at the avx512 level with VNNI
+    (dse_ig_block_positions: lcm(image, 64) positions, e.g. ResNet-50's 64 -> 256 convs at 56 x 56): planes whose
+    blocks hold 1, 2 or more images, several blocks per call or one, depths 1-90 across the 64 of the rule, every
+    output mode, 1 and 2 threads, every ISA level, VNNI on and off, equal to scale_accumulators of the numpy
+    reference conv."""
+    H, W = hw
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, C, 1, 1))
+    ref = K.reference_conv2d_int(x, w, EXACT, signed)
+    quant = K.OutputQuant(0.05, False) if output in ("quant", "add+quant") else None
+    add = rng.normal(0, 1, ref.shape).astype(np.float32) if output.startswith("add") else None
+    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                   None if act is None else K.OutputAct(act), quant, add)
+    yref = K.scale_accumulators(ref, sc)
+    for isa in ISAS:
+        for vnni in (True, False):
+            with conv_kernel_env("im2col"), vnni_env(vnni), K.using_threads(threads):
+                got = K.conv2d_scaled(x, w, EXACT, signed, sc, isa=isa)
+            if add is not None and quant is not None:
+                assert np.array_equal(got[0], yref[0]) and np.array_equal(got[1], yref[1]), (isa, vnni)
+            else:
+                assert np.array_equal(got, yref), (isa, vnni)
+
+
 def test_conv_kernel_choice(monkeypatch):
     """conv_kernel: DSE_KERNEL_CONV forces the conv operand (an unknown name is an error); "auto" takes the
     broadcast kernel for ungrouped k x k convs of >= 16 input channels or >= 25 taps, strided 1x1 convs of >= 128
