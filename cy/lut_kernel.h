@@ -1343,6 +1343,215 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     return fail ? -1 : 0;
 }
 
+/* ------------------------------------------------------------------ small table GEMMs in batches ("lutb" path) */
+/* L independent GEMMs out[l][m][n] = sum_k T[a[l][m][k]][b[l][k][n]] (the table T = LUT[a pattern][b pattern], an
+ * activation matmul's heads x images: attention's GEMMs of 65 x 16 x 65 are too small for the rows kernel, whose
+ * table builds of R x 64 entries per k-step are then paid for a few dozen positions). One operand's bytes select a
+ * byte-plane row of 256 entries (planes [256 sel][NP][256 idx], the table minus a per-selector offset off[sel], so
+ * every entry is >= 0 and < 2^(8 NP)), held in 4 NP zmm, and the other's bytes index it 64 at a time with two
+ * vpermi2b (dse_byte_lookup512): with sel_is_m the rows of a select and the rows of b [K, N] index (both in their own
+ * layouts), else the columns of b select and a^T indexes (both transposed per GEMM into scratch). As in the lut
+ * kernel the bytes of each plane are summed in 16-bit lanes (the whole word and its high bytes apart: exact over 256
+ * k-steps), then combined into int32 sums per position, to which the selector row's offset sum is added. The caller
+ * guarantees that every true sum fits int32 (K max |T| < 2^31): the int32 sums wrap like the true sum mod 2^32 and
+ * are then exact. The [M, N] int32 sums of a GEMM are widened into out64[l] or scaled by dse_scale_sums (channel 0:
+ * a per-tensor scaling) into outs[l]. */
+#define DSE_LUTB_KCH 256
+
+/* sums[s * ss + p] (int32) for the nsel selector rows sel + s * lds (K bytes each) and the nidx index
+ * positions X[k * ldx + p]; NB blocks of 64 positions per pass (the last pass masked). */
+DSE_T_512 static inline __attribute__((always_inline)) void
+dse_lutb_pass(const uint8_t *sel, int64_t lds, int64_t nsel, const uint8_t *X, int64_t ldx, int64_t p0, int64_t plen,
+              int64_t K, const uint8_t *planes, const int32_t *off, int32_t *sums, int64_t ss, const int NP,
+              const int NB)
+{
+    __mmask64 lm[4];
+    for (int b = 0; b < NB; b++) {
+        const int64_t rem = plen - 64 * b;
+        lm[b] = rem >= 64 ? ~(__mmask64)0 : (rem <= 0 ? (__mmask64)0 : (((__mmask64)1 << rem) - 1));
+    }
+    /* 16-bit lane i of a plane's sums holds positions 2i (low byte) and 2i + 1 (high byte): these pick positions
+     * 0-31 and 32-63 of the 64 in order from the even sums E (lanes 0-31) and the odd sums O (lanes 32-63) */
+    __m512i ilo, ihi;
+    {
+        int16_t lo[32], hi[32];
+        for (int j = 0; j < 32; j++) {
+            lo[j] = (int16_t)((j & 1 ? 32 : 0) + j / 2);
+            hi[j] = (int16_t)((j & 1 ? 32 : 0) + 16 + j / 2);
+        }
+        ilo = _mm512_loadu_si512((const void *)lo);
+        ihi = _mm512_loadu_si512((const void *)hi);
+    }
+    for (int64_t s = 0; s < nsel; s++) {
+        const uint8_t *sr = sel + s * lds;
+        uint32_t osum = 0;
+        for (int64_t k = 0; k < K; k++)
+            osum += (uint32_t)off[sr[k]];
+        __m512i tot[4][4];
+        for (int b = 0; b < NB; b++)
+            for (int q = 0; q < 4; q++)
+                tot[b][q] = _mm512_set1_epi32((int32_t)osum);
+        for (int64_t k0 = 0; k0 < K; k0 += DSE_LUTB_KCH) {
+            const int64_t k1 = K - k0 < DSE_LUTB_KCH ? K : k0 + DSE_LUTB_KCH;
+            __m512i accA[4][4], accO[4][4];
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++)
+#pragma GCC unroll 4
+                for (int p = 0; p < NP; p++)
+                    accA[b][p] = accO[b][p] = _mm512_setzero_si512();
+            for (int64_t k = k0; k < k1; k++) {
+                const uint8_t *pl = planes + (int64_t)sr[k] * (NP * 256);
+                const uint8_t *xr = X + k * ldx + p0;
+                __m512i T[4][4];
+#pragma GCC unroll 4
+                for (int p = 0; p < NP; p++)
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; q++)
+                        T[p][q] = _mm512_loadu_si512((const void *)(pl + 256 * p + 64 * q));
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) {
+                    const __m512i idx = _mm512_maskz_loadu_epi8(lm[b], (const void *)(xr + 64 * b));
+                    const __mmask64 top = _mm512_movepi8_mask(idx);
+#pragma GCC unroll 4
+                    for (int p = 0; p < NP; p++) {
+                        const __m512i v = dse_byte_lookup512(idx, top, T[p][0], T[p][1], T[p][2], T[p][3]);
+                        accA[b][p] = _mm512_add_epi16(accA[b][p], v);
+                        accO[b][p] = _mm512_add_epi16(accO[b][p], _mm512_srli_epi16(v, 8));
+                    }
+                }
+            }
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++)
+#pragma GCC unroll 4
+                for (int p = 0; p < NP; p++) {
+                    const __m512i O = accO[b][p], E = _mm512_sub_epi16(accA[b][p], _mm512_slli_epi16(O, 8));
+                    const __m512i w0 = _mm512_permutex2var_epi16(E, ilo, O), w1 = _mm512_permutex2var_epi16(E, ihi, O);
+                    const __m512i q0 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(w0));
+                    const __m512i q1 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(w0, 1));
+                    const __m512i q2 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(w1));
+                    const __m512i q3 = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(w1, 1));
+                    tot[b][0] = _mm512_add_epi32(tot[b][0], _mm512_slli_epi32(q0, 8 * p));
+                    tot[b][1] = _mm512_add_epi32(tot[b][1], _mm512_slli_epi32(q1, 8 * p));
+                    tot[b][2] = _mm512_add_epi32(tot[b][2], _mm512_slli_epi32(q2, 8 * p));
+                    tot[b][3] = _mm512_add_epi32(tot[b][3], _mm512_slli_epi32(q3, 8 * p));
+                }
+        }
+        int32_t *d = sums + s * ss + p0;
+        for (int b = 0; b < NB; b++)
+            for (int q = 0; q < 4; q++) {
+                const int64_t i0 = 64 * b + 16 * q, n = plen - i0 < 16 ? plen - i0 : 16;
+                if (n <= 0)
+                    break;
+                _mm512_mask_storeu_epi32((void *)(d + i0), (__mmask16)((1u << n) - 1), tot[b][q]);
+            }
+    }
+}
+
+#define DSE_LUTB_PASS(NP_, NB_)                                                                                        \
+    DSE_T_512 static void dse_lutb_pass_##NP_##_##NB_(const uint8_t *sel, int64_t lds, int64_t nsel, const uint8_t *X, \
+                                                      int64_t ldx, int64_t p0, int64_t plen, int64_t K,                \
+                                                      const uint8_t *planes, const int32_t *off, int32_t *sums,        \
+                                                      int64_t ss)                                                      \
+    {                                                                                                                  \
+        dse_lutb_pass(sel, lds, nsel, X, ldx, p0, plen, K, planes, off, sums, ss, NP_, NB_);                           \
+    }
+DSE_LUTB_PASS(1, 1)
+DSE_LUTB_PASS(1, 2)
+DSE_LUTB_PASS(1, 3)
+DSE_LUTB_PASS(1, 4)
+DSE_LUTB_PASS(2, 1)
+DSE_LUTB_PASS(2, 2)
+DSE_LUTB_PASS(2, 3)
+DSE_LUTB_PASS(2, 4)
+DSE_LUTB_PASS(3, 1)
+DSE_LUTB_PASS(3, 2)
+DSE_LUTB_PASS(4, 1)
+#undef DSE_LUTB_PASS
+
+typedef void (*dse_lutb_fn)(const uint8_t *, int64_t, int64_t, const uint8_t *, int64_t, int64_t, int64_t, int64_t,
+                            const uint8_t *, const int32_t *, int32_t *, int64_t);
+
+/* Blocks of 64 positions per pass for NP planes: 4 NP table registers and 2 NP NB accumulators within 32 zmm. */
+static inline int dse_lutb_maxnb(int NP)
+{
+    return NP <= 2 ? 4 : NP == 3 ? 2 : 1;
+}
+
+static dse_lutb_fn dse_lutb_pick(int NP, int nb)
+{
+    static const dse_lutb_fn fns[4][4] = {
+        {dse_lutb_pass_1_1, dse_lutb_pass_1_2, dse_lutb_pass_1_3, dse_lutb_pass_1_4},
+        {dse_lutb_pass_2_1, dse_lutb_pass_2_2, dse_lutb_pass_2_3, dse_lutb_pass_2_4},
+        {dse_lutb_pass_3_1, dse_lutb_pass_3_2, NULL, NULL},
+        {dse_lutb_pass_4_1, NULL, NULL, NULL}};
+    return fns[NP - 1][nb - 1];
+}
+
+/* sums [M * N] int32 of one GEMM, a [M, K] and b [K, N] (see above); scratch (sel_is_m = 0): (M + N) K bytes and
+ * sums_t, M N int32 (the sums in the selectors' [N, M] order, transposed at the end). */
+static void dse_lutb_gemm1(const uint8_t *a, const uint8_t *b, int64_t M, int64_t K, int64_t N, int sel_is_m,
+                           const uint8_t *planes, int NP, const int32_t *off, int32_t *sums, uint8_t *scratch,
+                           int32_t *sums_t)
+{
+    const uint8_t *sel, *X;
+    int64_t nsel, nidx;
+    int32_t *dst = sums;
+    if (sel_is_m) {
+        sel = a, X = b, nsel = M, nidx = N;
+    } else {
+        uint8_t *bt = scratch, *at = scratch + N * K; /* b^T [N, K], a^T [K, M] */
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t n = 0; n < N; n++)
+                bt[n * K + k] = b[k * N + n];
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t k = 0; k < K; k++)
+                at[k * M + m] = a[m * K + k];
+        sel = bt, X = at, nsel = N, nidx = M, dst = sums_t;
+    }
+    const int maxnb = dse_lutb_maxnb(NP);
+    for (int64_t p0 = 0; p0 < nidx; p0 += 64 * maxnb) {
+        const int64_t plen = nidx - p0 < 64 * maxnb ? nidx - p0 : 64 * maxnb;
+        dse_lutb_pick(NP, (int)((plen + 63) / 64))(sel, K, nsel, X, sel_is_m ? N : M, p0, plen, K, planes, off, dst,
+                                                   nidx);
+    }
+    if (!sel_is_m)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++)
+                sums[m * N + n] = sums_t[n * M + m];
+}
+
+/* The L GEMMs (a + l M K, b + l K N; K >= 1, 1 <= NP <= 4, the avx512 level with VBMI): int64 sums into out64 [L, M,
+ * N], or (out64 NULL) the scaled float32 outputs into outs [L, M, N]. Returns 0, or -1 when scratch cannot be
+ * allocated. */
+static int dse_lutb_batch(int level, const uint8_t *a, const uint8_t *b, int64_t L, int64_t M, int64_t K, int64_t N,
+                          int sel_is_m, const uint8_t *planes, int NP, const int32_t *off, int64_t *out64,
+                          const dse_scaling *sc, float *outs, int nt)
+{
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        int32_t *sums = (int32_t *)dse_alloc64(sizeof(int32_t) * (size_t)(M * N) * (sel_is_m ? 1 : 2));
+        uint8_t *scratch = sel_is_m ? NULL : (uint8_t *)dse_alloc64((size_t)((M + N) * K));
+        if (dse_team_allocated(&fail, sums != NULL && (sel_is_m || scratch != NULL))) {
+#pragma omp for schedule(static)
+            for (int64_t l = 0; l < L; l++) {
+                dse_lutb_gemm1(a + l * M * K, b + l * K * N, M, K, N, sel_is_m, planes, NP, off, sums, scratch,
+                               sums + M * N);
+                if (out64 != NULL) {
+                    int64_t *o = out64 + l * M * N;
+                    for (int64_t i = 0; i < M * N; i++)
+                        o[i] = sums[i];
+                } else {
+                    dse_scale_sums(level, sums, DSE_SUM_I32, M * N, sc, 0, outs + l * M * N);
+                }
+            }
+        }
+        free(sums);
+        free(scratch);
+    }
+    return fail ? -1 : 0;
+}
+
 /* ------------------------------------------------------------------ dispatch */
 /* Returns 0 on success, -1 on a bad level / plane count. */
 static int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,

@@ -17,8 +17,10 @@ Public API (stable; other modules call only these):
   (attention): ``a`` [..., M, K] on the multiplier's activation port, ``b`` [..., K, N] (int8 values) on its weight
   port, numpy broadcasting over the leading axes; one GEMM per leading index as ``gemm_int`` / ``gemm_float``
   computes it (``matmul_int``: on the integer GEMM kernel or the rows kernel all of them in one compiled call,
-  ``int_gemm_batch`` / ``rows_gemm_batch``); ``matmul_scaled(a, b, mult, a_signed, scaling) -> float32[..., M, N]``:
-  its per-tensor output stage without int64 sums (the exact product's GEMMs scaled from the int32 tile).
+  ``int_gemm_batch`` / ``rows_gemm_batch``; at the avx512 level the table paths' small GEMMs on byte-plane lookups,
+  ``lutb_gemm_batch``, see _lutb_plan); ``matmul_scaled(a, b, mult, a_signed, scaling) -> float32[..., M, N]``:
+  its per-tensor output stage without int64 sums (the exact product's GEMMs scaled from the int32 tile, the small
+  table GEMMs' from their int32 sums).
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
 
 ``path``: "auto" picks per multiplier: "exact" (only for multipliers whose error table is zero), "lowrank"
@@ -223,6 +225,7 @@ class _Prepared:
     _err_signed: bool = False
     _int16: object = field(default=False)
     _intf_bound: object = field(default=False)
+    _planes_a: object = field(default=False)
     int_plans: dict = field(default_factory=dict)  # (K, path, isa name) -> _int_plan's answer, filled by it
     lowrank_terms: dict = field(default_factory=dict)  # (K, max_abs_a) -> _lowrank_terms' answer, filled by it
 
@@ -238,6 +241,15 @@ class _Prepared:
         if self._rows is False:
             self._rows = _RowTables(_offset_table(self.lut.T), _offset_table(self.lut))
         return self._rows
+
+    @property
+    def planes_a(self) -> tuple[np.ndarray, np.ndarray]:
+        """(planes uint8[256 a, NP, 256 w], off int32[256 a]): byte planes of lut - off[a] (the row minimum), the
+        activation-selected twin of ``planes`` / ``off`` (the small table GEMMs' kernel, _lutb_plan)."""
+        if self._planes_a is False:
+            off = self.lut.min(axis=1)
+            self._planes_a = (_byte_planes(self.lut - off[:, None]), off.astype(np.int32))
+        return self._planes_a
 
     @property
     def err_rows(self) -> "_RowTables":
@@ -424,6 +436,16 @@ def _factor_bytes(fac: IntFactors) -> "tuple[np.ndarray, bool] | None":
 _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
+def _byte_planes(D: np.ndarray) -> np.ndarray:
+    """uint8[256, NP, 256]: the byte planes of the table D [selector, index] (0 <= D < 2^32), as few as its largest
+    entry needs (NP >= 1)."""
+    nplanes = max(1, (int(D.max()).bit_length() + 7) // 8)
+    planes = np.empty((256, nplanes, 256), dtype=np.uint8)
+    for p in range(nplanes):
+        planes[:, p, :] = (D >> (8 * p)) & 0xFF
+    return planes
+
+
 def _prepare(mult: Multiplier, a_signed: bool) -> _Prepared:
     try:
         per = _CACHE.setdefault(mult, {})
@@ -440,11 +462,7 @@ def _prepare(mult: Multiplier, a_signed: bool) -> _Prepared:
         a_vals = _W_VALS.copy() if a_signed else np.arange(256, dtype=np.int64)
         off = lut.min(axis=0)
         D = (lut - off[None, :]).T  # [w, a], 0 <= D < 2^32
-        nplanes = max(1, (int(D.max()).bit_length() + 7) // 8)
-        planes = np.empty((256, nplanes, 256), dtype=np.uint8)
-        for p in range(nplanes):
-            planes[:, p, :] = (D >> (8 * p)) & 0xFF
-        prep = _Prepared(lut=lut, lutT=np.ascontiguousarray(lut.T.astype(np.int32)), planes=planes, off=off,
+        prep = _Prepared(lut=lut, lutT=np.ascontiguousarray(lut.T.astype(np.int32)), planes=_byte_planes(D), off=off,
                          maxabs=int(np.abs(lut).max()),
                          is_exact=bool(np.array_equal(lut, np.multiply.outer(a_vals, _W_VALS))), a_vals=a_vals)
         per[key] = prep
@@ -923,6 +941,11 @@ def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
     L = int(np.prod(lead, dtype=np.int64))
     AT = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(a), lead + (M, K)), -1, -2)).reshape(L, K, M)
     Wp = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(b), lead + (K, N)), -1, -2)).reshape(L, N, K)
+    lutb = _lutb_plan(mult, a_signed, M, K, N, path, isa) if L and K and M and N else None
+    if lutb is not None:
+        out = np.empty((L, M, N), dtype=np.int64)
+        _lutb_batch(a, b, lead, lutb, out, isa)
+        return out.reshape(lead + (M, N))
     out = np.empty((L, M, N), dtype=np.int64)
     plan = _int_plan(mult, a_signed, K, path, isa) if K and M and N else None
     if plan is not None:
@@ -951,12 +974,19 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
         raise DseError("matmul_scaled: the scaling must be per tensor without act, quant or add")
     prep = _prepare(mult, a_signed)
     plan = _exact_plan(a_signed) if prep.is_exact else None
+    L = int(np.prod(lead, dtype=np.int64))
+    lutb = _lutb_plan(mult, a_signed, M, K, N, "auto", isa) if plan is None and L and K and M and N else None
+    if lutb is not None:
+        _check_range(a, a_signed, "matmul_scaled left operand")
+        _check_range(b, True, "matmul_scaled right operand")
+        out = _aligned_empty((L, M, N), np.float32)
+        _lutb_batch(a, b, lead, lutb, out, isa, scaling)
+        return out.reshape(lead + (M, N))
     if plan is None or not (K and M and N) or not _kernels.int_gemm_fits32(K, 1, plan.S):
         acc = matmul_int(a, b, mult, a_signed, isa=isa)
         return scale_accumulators(acc.reshape(1, 1, -1), scaling, isa).reshape(acc.shape)
     _check_range(a, a_signed, "matmul_scaled left operand")
     _check_range(b, True, "matmul_scaled right operand")
-    L = int(np.prod(lead, dtype=np.int64))
     AT = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(L, K, N)
     Wp = np.ascontiguousarray(np.broadcast_to(_u8(a), lead + (M, K))).reshape(L, M, K)
     sc = Scaling(scaling.a_scale, np.full(M, scaling.w_scale.reshape(-1)[0], np.float32),
@@ -966,6 +996,61 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
     _kernels.int_gemm_batch(AT, Wp, plan.fa, "s8", plan.fa, plan.S, out, _isa_name(isa), get_threads(),
                             scaling=sc.args())
     return out.reshape(lead + (M, N))
+
+
+# Relative cost of the small table GEMMs' kernel (dse_lutb_batch) per selector row and k-step: loading a selector's
+# byte-plane row (4 zmm per plane) against one lookup of 64 positions in one plane (two vpermi2b and a blend, two 16-bit
+# adds), and per byte of the transposes / int32 of the output transposition the orientation with the columns of b
+# selecting pays. Measured on the Zen 5 class box (one thread, 2026-11-27, mitch_w6 and the imported LUT): it picks the
+# faster orientation on attention shapes 65x16x65, 65x65x16 (ViT 64), 197x64x197, 197x197x64 (ViT 224), 512x64x512.
+_LUTB_LOAD_COST, _LUTB_COPY_COST = 1.0, 0.25
+# The paths whose matmuls the kernel takes over: on the shapes above and at 4 x 512x64x512 and 8 x 256x256x256 it
+# ran the rows/split paths' matmuls 1.05-9x as fast (mitch_w6 and the imported LUT, int64 sums; the rows kernel's
+# table builds of R x 64 entries per k-step are paid for a few hundred positions at most per GEMM); the lowrank path
+# (integer GEMM kernel) kept, it was faster on most of them.
+_LUTB_PATHS = ("rows", "split", "lut")
+
+
+@dataclass(frozen=True)
+class _LutbPlan:
+    sel_is_m: bool  # the rows of a select (b's rows index) or the columns of b (a^T indexes)
+    planes: np.ndarray
+    off: np.ndarray
+
+
+def _lutb_cost(nsel: int, nidx: int, K: int, NP: int, copies: int) -> float:
+    passes_blocks = -(-nidx // 64)
+    passes = -(-nidx // (64 * (4 if NP <= 2 else 2 if NP == 3 else 1)))
+    return nsel * K * (_LUTB_LOAD_COST * NP * passes + NP * passes_blocks) + _LUTB_COPY_COST * copies
+
+
+def _lutb_plan(mult: Multiplier, a_signed: bool, M: int, K: int, N: int, path: str, isa) -> _LutbPlan | None:
+    """The small table GEMMs' kernel for an activation matmul's GEMMs [M, K] x [K, N] (``lutb_gemm_batch``), or None:
+    at the avx512 level (VBMI byte permutes), for path "auto" where a GEMM alone would take a table path
+    (_LUTB_PATHS: the rows kernel's table builds are paid for a few dozen positions per GEMM here) and every sum fits
+    int32 (K max |T| < 2^31). The orientation by _lutb_cost."""
+    if path != "auto" or _isa_name(isa) != "avx512":
+        return None
+    prep = _prepare(mult, a_signed)
+    if prep.is_exact or K * prep.maxabs >= 2 ** 31 or select_path(mult, a_signed, K, path, isa) not in _LUTB_PATHS:
+        return None
+    pa, offa = prep.planes_a
+    by_m = _lutb_cost(M, N, K, pa.shape[1], 0)
+    by_n = _lutb_cost(N, M, K, prep.planes.shape[1], (M + N) * K + 4 * M * N)
+    if by_m <= by_n:
+        return _LutbPlan(True, pa, offa)
+    return _LutbPlan(False, prep.planes, prep.off.astype(np.int32))
+
+
+def _lutb_batch(a, b, lead, plan: _LutbPlan, out, isa, scaling: "Scaling | None" = None) -> None:
+    """The matmul's GEMMs on the small table GEMMs' kernel into out [L, M, N] (int64, or float32 scaled)."""
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    A = np.ascontiguousarray(np.broadcast_to(_u8(a), lead + (M, K))).reshape(-1, M, K)
+    B = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(-1, K, N)
+    sc = None if scaling is None else Scaling(scaling.a_scale, scaling.w_scale.reshape(-1)[:1].astype(np.float32),
+                                              scaling.bias.reshape(-1)[:1].astype(np.float32)).args()
+    _kernels.lutb_gemm_batch(A, B, plan.planes, plan.off, plan.sel_is_m, out, _isa_name(isa), get_threads(),
+                             scaling=sc)
 
 
 def _rows_batch(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa,

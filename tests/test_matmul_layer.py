@@ -283,3 +283,82 @@ def test_matmul_scaled_refuses_per_channel_scaling():
     with pytest.raises(DseError, match="per tensor"):
         kernels.matmul_scaled(z, z, get_multiplier("exact"), True,
                               Scaling(1.0, np.ones(3, np.float32), np.zeros(3, np.float32)))
+
+
+@pytest.mark.skipif("avx512" not in kernels._kernels.isa_levels(), reason="the small table GEMMs' kernel is avx512")
+@settings(max_examples=60, deadline=None)
+@given(L=st.integers(1, 3), M=st.sampled_from([1, 2, 17, 63, 64, 65, 127, 128, 129, 200, 257, 300]),
+       K=st.sampled_from([1, 3, 16, 65, 255, 256, 257, 600]), N=st.sampled_from([1, 5, 16, 64, 65, 130, 256, 270]),
+       span_bits=st.sampled_from([1, 8, 9, 16, 17, 24, 25, 30]), sel_is_m=st.booleans(), scaled=st.booleans(),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_lutb_gemm_batch_matches_gather(L, M, K, N, span_bits, sel_is_m, scaled, threads, seed):
+    """The small table GEMMs' kernel (lutb_gemm_batch) against the direct gather of its table T[sel, idx] = planes +
+    off[sel]: 1-4 byte planes (entries spanning 1 .. 2^30 above a random per-selector offset, the largest sums close
+    to the int32 limit), positions over several passes and blocks (masked tails), K over the 256-step 16-bit chunks,
+    both orientations, int64 sums and the per-tensor scaled float32 outputs, 1 and 2 threads."""
+    from dse.kernels import Scaling, _byte_planes
+
+    rng = np.random.default_rng(seed)
+    span = 2 ** span_bits
+    bound = (2 ** 31 - 1) // K  # K max |T| < 2^31
+    D = rng.integers(0, min(span, bound // 2 + 1), (256, 256), dtype=np.int64)
+    D[rng.integers(0, 256), rng.integers(0, 256)] = min(span, bound // 2 + 1) - 1
+    off = rng.integers(-(bound // 2), bound // 2 + 1 - int(D.max()), 256).astype(np.int64)
+    T = D + off[:, None]
+    assert np.abs(T).max() * K < 2 ** 31
+    a = rng.integers(0, 256, (L, M, K), dtype=np.uint8)
+    b = rng.integers(0, 256, (L, K, N), dtype=np.uint8)
+    a.reshape(-1)[:3] = 255
+    b.reshape(-1)[:3] = 128
+    if sel_is_m:
+        want = T[a[:, :, None, :], np.swapaxes(b, 1, 2)[:, None, :, :]].sum(axis=-1)
+    else:
+        want = T[np.swapaxes(b, 1, 2)[:, None, :, :], a[:, :, None, :]].sum(axis=-1)
+    planes = _byte_planes(D)
+    with kernels.using_threads(threads):
+        if scaled:
+            sa, sw, bias = float(rng.uniform(-1e-6, 1e-6)), np.array([rng.uniform(-1, 1)], np.float32), \
+                np.array([rng.choice([0.0, -0.0, rng.normal()])], np.float32)
+            out = np.empty((L, M, N), np.float32)
+            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), sel_is_m, out, "avx512", threads,
+                                             scaling=Scaling(sa, sw, bias).args())
+            ref = ((want.astype(np.float64) * sa) * np.float64(sw[0])).astype(np.float32) + bias[0]
+            np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+        else:
+            out = np.empty((L, M, N), np.int64)
+            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), sel_is_m, out, "avx512", threads)
+            np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("shape", [(65, 16, 65), (65, 65, 16)])  # a ViT 64's QK^T and AV: both orientations
+@pytest.mark.parametrize("mult", ["mitch_w6", "lut"])
+def test_matmul_table_paths_take_the_small_gemm_kernel(monkeypatch, tmp_path, shape, mult):
+    """At the avx512 level the attention GEMMs of a full table (rows/split paths) run on lutb_gemm_batch in one call
+    (the orientation by _lutb_cost: a's rows selecting on QK^T, b's columns on AV), matmul_int and matmul_scaled,
+    with the gather's sums; at avx2 they do not."""
+    from dse.kernels import Scaling
+
+    if "avx512" not in kernels._kernels.isa_levels():
+        pytest.skip("the small table GEMMs' kernel is avx512")
+    if mult == "lut":
+        v = np.arange(256)
+        v = np.where(v >= 128, v - 256, v).astype(np.int64)
+        t = np.multiply.outer(v, v)
+        np.save(tmp_path / "t.npy", t - (t & 7))
+        mult = f"lut:{tmp_path / 't.npy'}?signed=any"
+    calls = []
+    real = kernels._kernels.lutb_gemm_batch
+    monkeypatch.setattr(kernels._kernels, "lutb_gemm_batch",
+                        lambda *a, **k: calls.append((a[0].shape, a[4])) or real(*a, **k))
+    M, K, N = shape
+    a = RNG.integers(-128, 128, (3, 2, M, K)).astype(np.int8)
+    b = RNG.integers(-128, 128, (3, 2, K, N)).astype(np.int8)
+    m = get_multiplier(mult)
+    want = _gather(a, b, m, True)
+    np.testing.assert_array_equal(kernels.matmul_int(a, b, m, True, isa="avx512"), want)
+    sc = Scaling(0.5, np.array([0.25], np.float32), np.array([-1.5], np.float32))
+    got = kernels.matmul_scaled(a, b, m, True, sc, isa="avx512")
+    np.testing.assert_array_equal(got, (want * 0.125).astype(np.float32) + np.float32(-1.5))
+    assert calls == [((6, M, K), M == N)] * 2
+    np.testing.assert_array_equal(kernels.matmul_int(a, b, m, True, isa="avx2"), want)
+    assert len(calls) == 2
