@@ -962,10 +962,13 @@ def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
 def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndarray:
     """float32[..., M, N]: ``scale_accumulators(matmul_int(a, b, mult, a_signed), scaling)`` for a per-tensor
     ``scaling`` (one w_scale and bias entry, no act/quant/add: an activation matmul's output stage), the same bits.
-    The exact product is symmetric, so its GEMMs run with the operands in their own layouts (no transposing copies):
-    ``b`` [K, N] as the kernel's activation operand and ``a`` [M, K] on its weight port, scaled from the int32 tile
-    into the [M, N] layout (``int_gemm_batch`` with a scaling: no int64 sums); other multipliers, and calls whose
-    depth does not fit one int32 segment, take matmul_int and the separate scaling pass."""
+    On the integer GEMM kernel (the exact product, and the lowrank path's integer factors: sum_j F(a)_j G(b)_j is
+    symmetric in its two factor tables) the GEMMs run with the operands in their own layouts (no transposing copies):
+    ``b`` [K, N] as the kernel's activation operand (its int8 value, or G(b) as the port's table) and ``a`` [M, K] on
+    its weight port (the table of a's values or F(a)), scaled from the int32 tile into the [M, N] layout
+    (``int_gemm_batch`` with a scaling: no int64 sums); the table paths' small GEMMs at the avx512 level by
+    ``lutb_gemm_batch`` scaled from its int32 sums (_lutb_plan); other calls, and those whose depth does not fit one
+    int32 segment, take matmul_int and the separate scaling pass."""
     a, b = np.asarray(a), np.asarray(b)
     lead = _slices(a.shape, b.shape, "matmul_scaled")
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -973,16 +976,19 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
             scaling.quant is not None or scaling.add is not None:
         raise DseError("matmul_scaled: the scaling must be per tensor without act, quant or add")
     prep = _prepare(mult, a_signed)
-    plan = _exact_plan(a_signed) if prep.is_exact else None
     L = int(np.prod(lead, dtype=np.int64))
-    lutb = _lutb_plan(mult, a_signed, M, K, N, "auto", isa) if plan is None and L and K and M and N else None
+    if not (L and K and M and N):
+        acc = matmul_int(a, b, mult, a_signed, isa=isa)
+        return scale_accumulators(acc.reshape(1, 1, -1), scaling, isa).reshape(acc.shape)
+    plan = _exact_plan(a_signed) if prep.is_exact else _int_plan(mult, a_signed, K, "auto", isa)
+    lutb = _lutb_plan(mult, a_signed, M, K, N, "auto", isa) if plan is None else None
     if lutb is not None:
         _check_range(a, a_signed, "matmul_scaled left operand")
         _check_range(b, True, "matmul_scaled right operand")
         out = _aligned_empty((L, M, N), np.float32)
         _lutb_batch(a, b, lead, lutb, out, isa, scaling)
         return out.reshape(lead + (M, N))
-    if plan is None or not (K and M and N) or not _kernels.int_gemm_fits32(K, 1, plan.S):
+    if plan is None or not _kernels.int_gemm_fits32(K, plan.gw.shape[1], plan.S):
         acc = matmul_int(a, b, mult, a_signed, isa=isa)
         return scale_accumulators(acc.reshape(1, 1, -1), scaling, isa).reshape(acc.shape)
     _check_range(a, a_signed, "matmul_scaled left operand")
@@ -992,8 +998,10 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
     sc = Scaling(scaling.a_scale, np.full(M, scaling.w_scale.reshape(-1)[0], np.float32),
                  np.full(M, scaling.bias.reshape(-1)[0], np.float32))
     out = _aligned_empty((L, M, N), np.float32)
-    # the b values on the activation port (s8), the a values as the weight port's table
-    _kernels.int_gemm_batch(AT, Wp, plan.fa, "s8", plan.fa, plan.S, out, _isa_name(isa), get_threads(),
+    # the b values (s8; the exact product) or the G(b) factors (as the activation port's table) on the activation
+    # port, a's values / F(a) factors as the weight port's table
+    b_tab, b_mode = (plan.fa, "s8") if prep.is_exact else (plan.gw, "table")
+    _kernels.int_gemm_batch(AT, Wp, b_tab, b_mode, plan.fa, plan.S, out, _isa_name(isa), get_threads(),
                             scaling=sc.args())
     return out.reshape(lead + (M, N))
 

@@ -233,13 +233,15 @@ def test_matmul_int_tables_run_batched(monkeypatch, path, shape):
 @settings(max_examples=60, deadline=None)
 @given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,)), ((1,), (1,))]),
        M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 70), a_signed=st.booleans(),
-       mult=st.sampled_from(["exact", "exact", "exact", "mitch_w6"]), kernel=st.sampled_from(
+       mult=st.sampled_from(["exact", "exact", "exact", "mitch_w6", "drum4", "perf_j1_k2",
+                             "axbxp_k2_w2_a2_dynamic"]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
            [(isa, True) for isa in kernels._kernels.vnni_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_matmul_scaled_matches_dequantized_gather(lead, M, K, N, a_signed, mult, kernel, threads, seed):
-    """matmul_scaled (the exact product's GEMMs with swapped operands, scaled from the int32 tile; other multipliers
-    through matmul_int and the scaling pass) against the direct gather dequantized in numpy (float64 products, a
+    """matmul_scaled (the exact product's and the lowrank path's integer-factor GEMMs with swapped operands, scaled
+    from the int32 tile; the table paths on the small-GEMM kernel at avx512, else through matmul_int and the scaling
+    pass) against the direct gather dequantized in numpy (float64 products, a
     float32 bias add): every ISA level, with and without the VNNI kernel, 1 and 2 threads, extreme operands, scales
     and biases of both signs (-0 included)."""
     from dse.kernels import Scaling
@@ -259,21 +261,24 @@ def test_matmul_scaled_matches_dequantized_gather(lead, M, K, N, a_signed, mult,
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_matmul_scaled_exact_writes_no_int64_sums(monkeypatch):
-    """The exact product's matmul_scaled is one scaled int_gemm_batch call on the operands in their own layouts."""
+@pytest.mark.parametrize("mult", ["exact", "drum6", "perf_j1_k2"])
+def test_matmul_scaled_integer_kernel_writes_no_int64_sums(monkeypatch, mult):
+    """The exact product's and the lowrank path's matmul_scaled is one scaled int_gemm_batch call on the operands in
+    their own layouts (b on the activation port: s8 values, or G(b) as its table)."""
     from dse.kernels import Scaling
 
     calls = []
     real = kernels._kernels.int_gemm_batch
     monkeypatch.setattr(kernels._kernels, "int_gemm_batch",
-                        lambda *a, **k: calls.append((a[0].shape, a[6].dtype, k.get("scaling") is not None))
+                        lambda *a, **k: calls.append((a[0].shape, a[3], a[6].dtype, k.get("scaling") is not None))
                         or real(*a, **k))
     a = RNG.integers(0, 256, (2, 4, 9, 16)).astype(np.uint8)
     b = RNG.integers(-128, 128, (2, 4, 16, 7)).astype(np.int8)
-    m = get_multiplier("exact")
+    m = get_multiplier(mult)
+    assert kernels.select_path(m, False, 16) == ("exact" if mult == "exact" else "lowrank")
     got = kernels.matmul_scaled(a, b, m, False, Scaling(0.5, np.array([0.25], np.float32), np.zeros(1, np.float32)))
     np.testing.assert_array_equal(got, (_gather(a, b, m, False) * 0.125).astype(np.float32))
-    assert calls == [((8, 16, 7), np.float32, True)]
+    assert calls == [((8, 16, 7), "s8" if mult == "exact" else "table", np.float32, True)]
 
 
 def test_matmul_scaled_refuses_per_channel_scaling():
