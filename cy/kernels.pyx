@@ -62,7 +62,8 @@ cdef extern from "lut_kernel.h" nogil:
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
     int dse_lutb_batch(int level, const uint8_t *a, const uint8_t *b, int64_t L, int64_t M, int64_t K, int64_t N,
-                       int sel_is_m, const uint8_t *planes, int NP, const int32_t *off, int64_t *out64,
+                       int sel_is_m, const uint8_t *planes, int NP, const int32_t *off, const int32_t *T32,
+                       int64_t *out64,
                        const dse_scaling *sc, float *outs, int nt)
     int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                       const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
@@ -350,13 +351,16 @@ def rows_gemm_batch(const uint8_t[:, :, ::1] I, const uint8_t[:, :, ::1] S, cons
 
 
 def lutb_gemm_batch(const uint8_t[:, :, ::1] a, const uint8_t[:, :, ::1] b, const uint8_t[:, :, ::1] planes,
-                    const int32_t[::1] off, bint sel_is_m, out, isa=None, int threads=1, scaling=None):
+                    const int32_t[::1] off, const int32_t[:, ::1] T32, bint sel_is_m, out, isa=None, int threads=1,
+                    scaling=None):
     """L independent small table GEMMs in one call (an activation matmul's heads x images; ``cy/lut_kernel.h``
-    dse_lutb_batch, the avx512 level only: VBMI byte permutes): ``out[l, m, n] = sum_k T[a[l, m, k], b[l, k, n]]`` with T[s, i] =
-    ``planes`` (uint8[256, NP, 256], NP 1..4: byte p of T - off[s]) + ``off[s]``, where s is the selecting operand's
-    pattern: a's (``sel_is_m``) or b's, i the other's. The caller guarantees K max |T| < 2^31 (int32 sums). ``out``
-    int64 [L, M, N]; with ``scaling`` (one per-tensor entry, float32 output: no act, quant or add) float32 [L, M, N]
-    of the sums scaled as ``scale_accumulators`` scales them. Returns the ISA level name."""
+    dse_lutb_batch, the avx512 level only: VBMI byte permutes): ``out[l, m, n] = sum_k T[a[l, m, k], b[l, k, n]]``
+    with T[s, i] = ``planes`` (uint8[256, NP, 256], NP 1..4: byte p of T - off[s]) + ``off[s]``, where s is the
+    selecting operand's pattern: a's (``sel_is_m``) or b's, i the other's; ``T32`` int32[256 s, 256 i] the same table
+    whole (the few positions past the last whole block of 64 are looked up in it). The caller guarantees
+    K max |T| < 2^31 (int32 sums). ``out`` int64 [L, M, N]; with ``scaling`` (one per-tensor entry, float32 output: no
+    act, quant or add) float32 [L, M, N] of the sums scaled as ``scale_accumulators`` scales them. Returns the ISA
+    level name."""
     cdef int level = _level(isa)
     cdef int64_t L = a.shape[0], M = a.shape[1], K = a.shape[2], N = b.shape[2]
     cdef int NP = planes.shape[1]
@@ -369,8 +373,9 @@ def lutb_gemm_batch(const uint8_t[:, :, ::1] a, const uint8_t[:, :, ::1] b, cons
     if b.shape[0] != L or b.shape[1] != K or out.shape[0] != L or out.shape[1] != M or out.shape[2] != N:
         raise ValueError(f"lutb_gemm_batch: a {tuple(a.shape)[:3]}, b {tuple(b.shape)[:3]} and out "
                          f"{tuple(out.shape)[:3]} must be [L, M, K], [L, K, N] and [L, M, N]")
-    if planes.shape[0] != 256 or planes.shape[2] != 256 or not 1 <= NP <= 4 or off.shape[0] != 256:
-        raise ValueError("lutb_gemm_batch: planes must be [256, NP, 256] (NP 1..4) and off [256]")
+    if planes.shape[0] != 256 or planes.shape[2] != 256 or not 1 <= NP <= 4 or off.shape[0] != 256 or \
+            T32.shape[0] != 256 or T32.shape[1] != 256:
+        raise ValueError("lutb_gemm_batch: planes must be [256, NP, 256] (NP 1..4), off [256] and T32 [256, 256]")
     if scaling is None:
         o64 = out
     else:
@@ -385,8 +390,9 @@ def lutb_gemm_batch(const uint8_t[:, :, ::1] a, const uint8_t[:, :, ::1] b, cons
     cdef int rc = 0
     with nogil:
         rc = dse_lutb_batch(level, &a[0, 0, 0], &b[0, 0, 0], L, M, K, N, 1 if sel_is_m else 0, &planes[0, 0, 0], NP,
-                            &off[0], &o64[0, 0, 0] if scaling is None else NULL, &sc if scaling is not None else NULL,
-                            NULL if scaling is None else &o32[0, 0, 0], max(1, threads))
+                            &off[0], &T32[0, 0], &o64[0, 0, 0] if scaling is None else NULL,
+                            &sc if scaling is not None else NULL, NULL if scaling is None else &o32[0, 0, 0],
+                            max(1, threads))
     if rc != 0:
         raise MemoryError("lutb_gemm_batch: scratch buffers could not be allocated")
     return ISA_NAMES[level]

@@ -1487,11 +1487,20 @@ static dse_lutb_fn dse_lutb_pick(int NP, int nb)
     return fns[NP - 1][nb - 1];
 }
 
-/* sums [M * N] int32 of one GEMM, a [M, K] and b [K, N] (see above); scratch (sel_is_m = 0): (M + N) K bytes and
- * sums_t, M N int32 (the sums in the selectors' [N, M] order, transposed at the end). */
+/* Index positions past the last whole block of 64 that are summed by scalar lookups in T32 instead of a block of
+ * their own (a ViT's 65 tokens: one position would cost a whole masked block per selector row and k-step). */
+#define DSE_LUTB_TAIL 4
+static inline int64_t dse_lutb_tail(int64_t nidx)
+{
+    return nidx > 64 && nidx % 64 <= DSE_LUTB_TAIL ? nidx % 64 : 0;
+}
+
+/* sums [M * N] int32 of one GEMM, a [M, K] and b [K, N] (see above; T32 [256 sel][256 idx] the whole table as int32);
+ * scratch (sel_is_m = 0): (M + N) K bytes and sums_t, M N int32 (the sums in the selectors' [N, M] order, transposed
+ * at the end). */
 static void dse_lutb_gemm1(const uint8_t *a, const uint8_t *b, int64_t M, int64_t K, int64_t N, int sel_is_m,
-                           const uint8_t *planes, int NP, const int32_t *off, int32_t *sums, uint8_t *scratch,
-                           int32_t *sums_t)
+                           const uint8_t *planes, int NP, const int32_t *off, const int32_t *T32, int32_t *sums,
+                           uint8_t *scratch, int32_t *sums_t)
 {
     const uint8_t *sel, *X;
     int64_t nsel, nidx;
@@ -1509,11 +1518,18 @@ static void dse_lutb_gemm1(const uint8_t *a, const uint8_t *b, int64_t M, int64_
         sel = bt, X = at, nsel = N, nidx = M, dst = sums_t;
     }
     const int maxnb = dse_lutb_maxnb(NP);
-    for (int64_t p0 = 0; p0 < nidx; p0 += 64 * maxnb) {
-        const int64_t plen = nidx - p0 < 64 * maxnb ? nidx - p0 : 64 * maxnb;
-        dse_lutb_pick(NP, (int)((plen + 63) / 64))(sel, K, nsel, X, sel_is_m ? N : M, p0, plen, K, planes, off, dst,
-                                                   nidx);
+    const int64_t ldx = sel_is_m ? N : M, tail = dse_lutb_tail(nidx), nvec = nidx - tail;
+    for (int64_t p0 = 0; p0 < nvec; p0 += 64 * maxnb) {
+        const int64_t plen = nvec - p0 < 64 * maxnb ? nvec - p0 : 64 * maxnb;
+        dse_lutb_pick(NP, (int)((plen + 63) / 64))(sel, K, nsel, X, ldx, p0, plen, K, planes, off, dst, nidx);
     }
+    for (int64_t s = 0; s < nsel; s++) /* the few positions past the last whole block of 64: T32 lookups */
+        for (int64_t p = nvec; p < nidx; p++) {
+            uint32_t acc = 0;
+            for (int64_t k = 0; k < K; k++)
+                acc += (uint32_t)T32[(int64_t)sel[s * K + k] * 256 + X[k * ldx + p]];
+            dst[s * nidx + p] = (int32_t)acc;
+        }
     if (!sel_is_m)
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = 0; n < N; n++)
@@ -1524,7 +1540,8 @@ static void dse_lutb_gemm1(const uint8_t *a, const uint8_t *b, int64_t M, int64_
  * N], or (out64 NULL) the scaled float32 outputs into outs [L, M, N]. Returns 0, or -1 when scratch cannot be
  * allocated. */
 static int dse_lutb_batch(int level, const uint8_t *a, const uint8_t *b, int64_t L, int64_t M, int64_t K, int64_t N,
-                          int sel_is_m, const uint8_t *planes, int NP, const int32_t *off, int64_t *out64,
+                          int sel_is_m, const uint8_t *planes, int NP, const int32_t *off, const int32_t *T32,
+                          int64_t *out64,
                           const dse_scaling *sc, float *outs, int nt)
 {
     int fail = 0;
@@ -1535,7 +1552,7 @@ static int dse_lutb_batch(int level, const uint8_t *a, const uint8_t *b, int64_t
         if (dse_team_allocated(&fail, sums != NULL && (sel_is_m || scratch != NULL))) {
 #pragma omp for schedule(static)
             for (int64_t l = 0; l < L; l++) {
-                dse_lutb_gemm1(a + l * M * K, b + l * K * N, M, K, N, sel_is_m, planes, NP, off, sums, scratch,
+                dse_lutb_gemm1(a + l * M * K, b + l * K * N, M, K, N, sel_is_m, planes, NP, off, T32, sums, scratch,
                                sums + M * N);
                 if (out64 != NULL) {
                     int64_t *o = out64 + l * M * N;

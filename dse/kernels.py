@@ -243,12 +243,14 @@ class _Prepared:
         return self._rows
 
     @property
-    def planes_a(self) -> tuple[np.ndarray, np.ndarray]:
-        """(planes uint8[256 a, NP, 256 w], off int32[256 a]): byte planes of lut - off[a] (the row minimum), the
-        activation-selected twin of ``planes`` / ``off`` (the small table GEMMs' kernel, _lutb_plan)."""
+    def planes_a(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(planes uint8[256 a, NP, 256 w], off int32[256 a], lut int32[256 a, 256 w]): byte planes of lut - off[a]
+        (the row minimum), the activation-selected twin of ``planes`` / ``off`` / ``lutT`` (the small table GEMMs'
+        kernel, _lutb_plan)."""
         if self._planes_a is False:
             off = self.lut.min(axis=1)
-            self._planes_a = (_byte_planes(self.lut - off[:, None]), off.astype(np.int32))
+            self._planes_a = (_byte_planes(self.lut - off[:, None]), off.astype(np.int32),
+                              np.ascontiguousarray(self.lut.astype(np.int32)))
         return self._planes_a
 
     @property
@@ -1012,6 +1014,9 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
 # selecting pays. Measured on the Zen 5 class box (one thread, 2026-11-27, mitch_w6 and the imported LUT): it picks the
 # faster orientation on attention shapes 65x16x65, 65x65x16 (ViT 64), 197x64x197, 197x197x64 (ViT 224), 512x64x512.
 _LUTB_LOAD_COST, _LUTB_COPY_COST = 1.0, 0.25
+# Positions past the last whole block of 64 summed by scalar lookups (cy/lut_kernel.h DSE_LUTB_TAIL), each costing
+# about a quarter of a block's lookup in one plane.
+_LUTB_TAIL, _LUTB_SCALAR_COST = 4, 0.25
 # The paths whose matmuls the kernel takes over: on the shapes above and at 4 x 512x64x512 and 8 x 256x256x256 it
 # ran the rows/split paths' matmuls 1.05-9x as fast (mitch_w6 and the imported LUT, int64 sums; the rows kernel's
 # table builds of R x 64 entries per k-step are paid for a few hundred positions at most per GEMM); the lowrank path
@@ -1024,12 +1029,15 @@ class _LutbPlan:
     sel_is_m: bool  # the rows of a select (b's rows index) or the columns of b (a^T indexes)
     planes: np.ndarray
     off: np.ndarray
+    T32: np.ndarray  # int32[256 selector, 256 index]: the whole table
 
 
 def _lutb_cost(nsel: int, nidx: int, K: int, NP: int, copies: int) -> float:
-    passes_blocks = -(-nidx // 64)
-    passes = -(-nidx // (64 * (4 if NP <= 2 else 2 if NP == 3 else 1)))
-    return nsel * K * (_LUTB_LOAD_COST * NP * passes + NP * passes_blocks) + _LUTB_COPY_COST * copies
+    tail = nidx % 64 if nidx > 64 and nidx % 64 <= _LUTB_TAIL else 0  # dse_lutb_tail: scalar lookups
+    blocks = -(-(nidx - tail) // 64)
+    passes = -(-(nidx - tail) // (64 * (4 if NP <= 2 else 2 if NP == 3 else 1)))
+    return nsel * K * (_LUTB_LOAD_COST * NP * passes + NP * blocks + _LUTB_SCALAR_COST * tail) + \
+        _LUTB_COPY_COST * copies
 
 
 def _lutb_plan(mult: Multiplier, a_signed: bool, M: int, K: int, N: int, path: str, isa) -> _LutbPlan | None:
@@ -1042,12 +1050,12 @@ def _lutb_plan(mult: Multiplier, a_signed: bool, M: int, K: int, N: int, path: s
     prep = _prepare(mult, a_signed)
     if prep.is_exact or K * prep.maxabs >= 2 ** 31 or select_path(mult, a_signed, K, path, isa) not in _LUTB_PATHS:
         return None
-    pa, offa = prep.planes_a
+    pa, offa, luta = prep.planes_a
     by_m = _lutb_cost(M, N, K, pa.shape[1], 0)
     by_n = _lutb_cost(N, M, K, prep.planes.shape[1], (M + N) * K + 4 * M * N)
     if by_m <= by_n:
-        return _LutbPlan(True, pa, offa)
-    return _LutbPlan(False, prep.planes, prep.off.astype(np.int32))
+        return _LutbPlan(True, pa, offa, luta)
+    return _LutbPlan(False, prep.planes, prep.off.astype(np.int32), prep.lutT)
 
 
 def _lutb_batch(a, b, lead, plan: _LutbPlan, out, isa, scaling: "Scaling | None" = None) -> None:
@@ -1057,7 +1065,7 @@ def _lutb_batch(a, b, lead, plan: _LutbPlan, out, isa, scaling: "Scaling | None"
     B = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(-1, K, N)
     sc = None if scaling is None else Scaling(scaling.a_scale, scaling.w_scale.reshape(-1)[:1].astype(np.float32),
                                               scaling.bias.reshape(-1)[:1].astype(np.float32)).args()
-    _kernels.lutb_gemm_batch(A, B, plan.planes, plan.off, plan.sel_is_m, out, _isa_name(isa), get_threads(),
+    _kernels.lutb_gemm_batch(A, B, plan.planes, plan.off, plan.T32, plan.sel_is_m, out, _isa_name(isa), get_threads(),
                              scaling=sc)
 
 

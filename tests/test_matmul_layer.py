@@ -292,14 +292,15 @@ def test_matmul_scaled_refuses_per_channel_scaling():
 
 @pytest.mark.skipif("avx512" not in kernels._kernels.isa_levels(), reason="the small table GEMMs' kernel is avx512")
 @settings(max_examples=60, deadline=None)
-@given(L=st.integers(1, 3), M=st.sampled_from([1, 2, 17, 63, 64, 65, 127, 128, 129, 200, 257, 300]),
-       K=st.sampled_from([1, 3, 16, 65, 255, 256, 257, 600]), N=st.sampled_from([1, 5, 16, 64, 65, 130, 256, 270]),
+@given(L=st.integers(1, 3), M=st.sampled_from([1, 2, 17, 63, 64, 65, 68, 69, 127, 128, 129, 200, 257, 300]),
+       K=st.sampled_from([1, 3, 16, 65, 255, 256, 257, 600]), N=st.sampled_from([1, 5, 16, 64, 65, 68, 130, 256, 270]),
        span_bits=st.sampled_from([1, 8, 9, 16, 17, 24, 25, 30]), sel_is_m=st.booleans(), scaled=st.booleans(),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_lutb_gemm_batch_matches_gather(L, M, K, N, span_bits, sel_is_m, scaled, threads, seed):
     """The small table GEMMs' kernel (lutb_gemm_batch) against the direct gather of its table T[sel, idx] = planes +
     off[sel]: 1-4 byte planes (entries spanning 1 .. 2^30 above a random per-selector offset, the largest sums close
-    to the int32 limit), positions over several passes and blocks (masked tails), K over the 256-step 16-bit chunks,
+    to the int32 limit), positions over several passes and blocks (masked tails, and 1-4 positions past the last
+    whole block summed from the int32 table), K over the 256-step 16-bit chunks,
     both orientations, int64 sums and the per-tensor scaled float32 outputs, 1 and 2 threads."""
     from dse.kernels import Scaling, _byte_planes
 
@@ -319,19 +320,19 @@ def test_lutb_gemm_batch_matches_gather(L, M, K, N, span_bits, sel_is_m, scaled,
         want = T[a[:, :, None, :], np.swapaxes(b, 1, 2)[:, None, :, :]].sum(axis=-1)
     else:
         want = T[np.swapaxes(b, 1, 2)[:, None, :, :], a[:, :, None, :]].sum(axis=-1)
-    planes = _byte_planes(D)
+    planes, T32 = _byte_planes(D), np.ascontiguousarray(T.astype(np.int32))
     with kernels.using_threads(threads):
         if scaled:
             sa, sw, bias = float(rng.uniform(-1e-6, 1e-6)), np.array([rng.uniform(-1, 1)], np.float32), \
                 np.array([rng.choice([0.0, -0.0, rng.normal()])], np.float32)
             out = np.empty((L, M, N), np.float32)
-            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), sel_is_m, out, "avx512", threads,
-                                             scaling=Scaling(sa, sw, bias).args())
+            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), T32, sel_is_m, out, "avx512",
+                                             threads, scaling=Scaling(sa, sw, bias).args())
             ref = ((want.astype(np.float64) * sa) * np.float64(sw[0])).astype(np.float32) + bias[0]
             np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
         else:
             out = np.empty((L, M, N), np.int64)
-            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), sel_is_m, out, "avx512", threads)
+            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), T32, sel_is_m, out, "avx512", threads)
             np.testing.assert_array_equal(out, want)
 
 
@@ -354,7 +355,7 @@ def test_matmul_table_paths_take_the_small_gemm_kernel(monkeypatch, tmp_path, sh
     calls = []
     real = kernels._kernels.lutb_gemm_batch
     monkeypatch.setattr(kernels._kernels, "lutb_gemm_batch",
-                        lambda *a, **k: calls.append((a[0].shape, a[4])) or real(*a, **k))
+                        lambda *a, **k: calls.append((a[0].shape, a[5])) or real(*a, **k))
     M, K, N = shape
     a = RNG.integers(-128, 128, (3, 2, M, K)).astype(np.int8)
     b = RNG.integers(-128, 128, (3, 2, K, N)).astype(np.int8)
