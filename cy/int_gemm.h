@@ -1485,10 +1485,10 @@ static int dse_bc_conv(dse_ig_plan *P, const int16_t *gw, int nt)
 
 /* Output positions per block of a call on the VNNI kernel at the avx512 level: DSE_IG_MC, or whole images where a
  * scaled call's output step writes float32 values (a fused Add's sum with its operand read, or a float32 output) of a
- * matrix operand (no conv operand built) whose depth is one block: the least common multiple of the image size and
- * the panel width MR, when that block's packed operand (mc x 4 KP bytes) stays within 256 KiB of the L2 and its int32
- * tile (N x mc x 4 bytes) within 4 MiB. Each channel's run of positions in the output step is then a whole image
- * plane (ResNet-50's 64 -> 256 1x1 convs with the residual Add at 56 x 56: 12.25 KiB of the operand and the sum per
+ * matrix operand (no conv operand built) whose depth is one block: the least multiple of lcm(image size, MR) of at
+ * least DSE_IG_MC positions (small planes: as many whole images as make DSE_IG_MC or more), when that block's packed
+ * operand (mc x 4 KP bytes) stays within 256 KiB of the L2 and its int32 tile (N x mc x 4 bytes) within 4 MiB. Each
+ * channel's run of positions in the output step is then a whole image plane (ResNet-50's 64 -> 256 1x1 convs with the residual Add at 56 x 56: 12.25 KiB of the operand and the sum per
  * channel instead of 1 KiB pieces, the hardware prefetchers' streams; 14.3 -> 10.5 ms per call in the network,
  * RESULTS.md), not the 256-position pieces that suit a deep GEMM's panel. */
 static int64_t dse_ig_block_positions(const dse_ig_plan *P, const dse_ig_conv *cv)
@@ -1502,7 +1502,7 @@ static int64_t dse_ig_block_positions(const dse_ig_plan *P, const dse_ig_conv *c
         const int64_t r = a % b;
         a = b, b = r;
     }
-    const int64_t mc = P->img / a * P->mr;
+    const int64_t l = P->img / a * P->mr, mc = (DSE_IG_MC + l - 1) / l * l; /* never fewer than DSE_IG_MC */
     return mc <= 8192 && mc * 4 * P->KP <= (256 << 10) && P->N * mc * 4 <= (4 << 20) ? mc : DSE_IG_MC;
 }
 
