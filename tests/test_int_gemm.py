@@ -629,9 +629,9 @@ def test_wide_stride1_1x1_conv_on_auto_kernel(B, C, N, H, W, signed, output, thr
 def test_shallow_1x1_float_outputs_in_whole_image_blocks(B, C, N, hw, signed, output, act, threads, seed):
     """Stride-1 1x1 convs on the im2col kernel whose depth is one block and whose output step writes float32 values
     (a float32 output, a fused Add's sum) take blocks of whole images at the avx512 level with VNNI
-    (dse_ig_block_positions: lcm(image, 64) positions, e.g. ResNet-50's 64 -> 256 convs at 56 x 56): planes whose
-    blocks hold 1, 2 or more images, several blocks per call or one, depths 1-90 across the 64 of the rule, every
-    output mode, 1 and 2 threads, every ISA level, VNNI on and off, equal to scale_accumulators of the numpy
+    (dse_ig_block_positions: the least multiple of lcm(image, 64) of at least 256 positions, e.g. ResNet-50's 64 ->
+    256 convs at 56 x 56): planes whose blocks hold 1, 2, 4 or more images, several blocks per call or one, depths
+    1-90 (across the bound of 64 at 3136 positions), every output mode, 1 and 2 threads, every ISA level, VNNI on and off, equal to scale_accumulators of the numpy
     reference conv."""
     H, W = hw
     rng = np.random.default_rng(seed)
