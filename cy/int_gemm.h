@@ -844,7 +844,8 @@ static inline void dse_ig_prefetch_out(const dse_ig_plan *P, int64_t n, int64_t 
     for (int64_t i = 0, b = m0 / P->img, s = m0 % P->img; i < mv;) {
         const int64_t len = (P->img - s < mv - i) ? P->img - s : mv - i, e = b * P->ld_img + n * P->ld_n + s;
         const uintptr_t o = (uintptr_t)dse_scaled_out(sc, P->outs, e);
-        for (uintptr_t a = o & ~(uintptr_t)63; !sc->stream && a < o + (uintptr_t)(len * esz); a += 64)
+        for (uintptr_t a = o & ~(uintptr_t)63; !sc->stream && !(sc->add && sc->drop) && a < o + (uintptr_t)(len * esz);
+             a += 64)
             dse_ig_prefetch_w(P->level, (const void *)a);
         if (sc->add) {
             const uintptr_t r = (uintptr_t)(sc->add + e);

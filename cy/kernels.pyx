@@ -55,6 +55,7 @@ cdef extern from "lut_kernel.h" nogil:
         int silu
         const void *loops
         int stream
+        int drop
     void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
     int dse_cpu_level()
     int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512
@@ -587,7 +588,7 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level, int silu_
     sc.quant = quant is not None
     sc.qs, sc.qlo, sc.qhi = (quant[0], -128, 127) if sc.quant and quant[1] else \
         ((quant[0], 0, 255) if sc.quant else (1.0, 0, 0))
-    sc.add, sc.base, sc.qout, sc.qf, sc.stream = NULL, NULL, NULL, NULL, 0
+    sc.add, sc.base, sc.qout, sc.qf, sc.stream, sc.drop = NULL, NULL, NULL, NULL, 0, 0
     sc.silu, sc.loops = silu, (<const void *>_SIG_LOOPS if silu else NULL)
     cdef float[::1] qf_v
     if add is None and sc.quant and not silu and level >= DSE_ISA_AVX512 and N:  # the avx512 level's fast patterns: their constants
@@ -598,10 +599,14 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level, int silu_
         return sw_v, b_v, qf
     if add is None:
         return sw_v, b_v
-    other, base, q = add
+    other, base, q = add[:3]
+    keep_sum = add[3] if len(add) > 3 else True
     if other.dtype != np.float32 or base.dtype != np.float32 or other.size != base.size or \
             (q is None) != (quant is None) or q is not None and (q.dtype != np.uint8 or q.size != base.size):
         raise ValueError("a fused add needs float32 operand and output of one size (and the patterns with a quant)")
+    if not keep_sum and q is None:
+        raise ValueError("a fused add's sum may go unwritten only where its patterns are written")
+    sc.drop = not keep_sum
     sc.add = <const float *>_address(other)
     sc.base = <const float *>_address(base)
     sc.qout = NULL if q is None else <uint8_t *>_address(q)
@@ -633,7 +638,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
     |acc| when the caller knows one (-1: unknown): below 2^51 the sums are converted with two instructions per four
     (the caller answers for the bound: sums beyond it give wrong values). ``add`` = (other, q): a fused Add (as
     :func:`int_gemm`'s scaling takes it, with ``out`` as the base): out (float32, given) = act(scaled + other) and,
-    with a quant, q its patterns. ``silu`` 1 / 2 (act "none", no add): the output is the SiLU y * sigmoid(y) /
+    with a quant, q its patterns; (other, q, False): only the patterns (out not written). ``silu`` 1 / 2 (act "none", no add): the output is the SiLU y * sigmoid(y) /
     sigmoid(y) * y of the scaled y by numpy's own float32 loops (dse.kernels.OutputAct "silu"), or its patterns."""
     cdef int level = _level(isa)
     cdef int64_t R = acc.shape[0], N = acc.shape[1], S = acc.shape[2]
@@ -643,7 +648,7 @@ def dequantize(const int64_t[:, :, ::1] acc, double a_scale, w_scale, bias, int 
     dtype = np.dtype(np.uint8 if quant is not None and add is None else np.float32)
     if N:
         keep = _scaling(&sc, N, (a_scale, w_scale, bias, act, lo, hi, quant,
-                                 None if add is None else (add[0], out, add[1]), silu), level, 2)
+                                 None if add is None else (add[0], out) + tuple(add[1:]), silu), level, 2)
     if out is None:
         out = np.empty((R, N, S), dtype=dtype)
     if out.shape != (R, N, S) or out.dtype != dtype:

@@ -1016,6 +1016,8 @@ typedef struct {
     int stream; /* the float32 output (without quant, or with add) is written with non-temporal stores where 64-byte
                    aligned, at the avx512 level: an output larger than the last-level cache, read back from memory
                    anyway; set by the integer GEMM's calls only, whose tasks end with an sfence (dse_ig_stream_fence) */
+    int drop; /* with add and quant: the Add's float32 sum is not written, only its patterns (at qout; the output
+                 still addresses the operand and the patterns): its readers all take the patterns */
 } dse_scaling;
 
 /* A float32 SiLU output step's second half (sc->silu, no quant): the nrun runs of S scaled values y at o + r ld
@@ -2635,6 +2637,7 @@ typedef struct {
     const float *add; /* with a fused Add: the other operand and the patterns' output at the run's output (add_at) */
     uint8_t *qout;
     int stream; /* the float32 output by non-temporal stores where aligned (dse_scale_run_512 with sc->stream) */
+    int drop;   /* with add and quant: the sum not written (dse_scaling.drop) */
 } dse_scale512;
 DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(const dse_scale512 *v, __m512i s, void *o,
                                                                            int64_t j, int64_t n, const int act,
@@ -3165,7 +3168,7 @@ static inline void dse_emit1(const dse_scaling *sc, float y, void *o, int64_t j)
         dse_qout_at(sc, o)[j] = dse_quantize1(y, sc->qs, sc->qlo, sc->qhi);
     if (sc->quant && !sc->add)
         ((uint8_t *)o)[j] = dse_quantize1(y, sc->qs, sc->qlo, sc->qhi);
-    else
+    else if (!(sc->add && sc->drop))
         ((float *)o)[j] = y;
 }
 
@@ -3187,6 +3190,7 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
 {
     const float *ad = add ? dse_add_at(sc, o) : NULL;
     uint8_t *qo = add ? (quant ? dse_qout_at(sc, o) : NULL) : (uint8_t *)o;
+    const int store = add ? !sc->drop : !quant; /* the float32 y written */
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
     const __m256d vsa = _mm256_set1_pd(sc->sa), vf = _mm256_set1_pd(f);
@@ -3201,7 +3205,7 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
         y = dse_act8(y, act, vlo, vhi);
         if (quant)
             dse_quantize8(y, vqs, vqlo, vqhi, qo + j);
-        if (add || !quant)
+        if (store)
             _mm256_storeu_ps((float *)o + j, y);
     }
     for (; j < S; j++)
@@ -3272,14 +3276,14 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale512_init(ds
     v->sa = _mm512_set1_pd(sc->sa), v->f = _mm512_set1_pd((double)sc->sw[c]);
     v->b = _mm512_set1_ps(sc->bias[c]), v->lo = _mm512_set1_ps(sc->lo), v->hi = _mm512_set1_ps(sc->hi);
     v->qs = _mm512_set1_ps(sc->qs), v->qlo = _mm512_set1_ps((float)sc->qlo), v->qhi = _mm512_set1_ps((float)sc->qhi);
-    v->add = NULL, v->qout = NULL, v->stream = 0;
+    v->add = NULL, v->qout = NULL, v->stream = 0, v->drop = 0;
 }
 
 /* With a fused Add: v's operand and patterns' pointers at the float32 output element o (a run's first). */
 DSE_T_512 static inline __attribute__((always_inline)) void dse_scale512_at(dse_scale512 *v, const dse_scaling *sc,
                                                                            const void *o)
 {
-    v->add = dse_add_at(sc, o), v->qout = sc->quant ? dse_qout_at(sc, o) : NULL;
+    v->add = dse_add_at(sc, o), v->qout = sc->quant ? dse_qout_at(sc, o) : NULL, v->drop = sc->quant && sc->drop;
 }
 
 /* 16 scaled values from their sums as two groups of 8 exact doubles: (x * sa) * f, rounded to float32, plus the
@@ -3325,7 +3329,7 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_store(co
             memcpy(qo + j, t, (size_t)n);
         }
     }
-    if (quant && !add)
+    if (quant && (!add || v->drop))
         return;
     if (v->stream && n >= 16 && !((uintptr_t)((float *)o + j) & 63))
         _mm512_stream_ps((float *)o + j, y);
@@ -3654,7 +3658,7 @@ static const dse_scale_fn dse_scale_fns_512[3][12] = {DSE_VARIANT_NAMES(dse_scal
 static inline dse_scaling dse_scaling_values(const dse_scaling *sc)
 {
     dse_scaling f = *sc;
-    f.quant = 0, f.silu = 0, f.stream = 0, f.qf = NULL, f.act = DSE_ACT_NONE, f.add = NULL;
+    f.quant = 0, f.silu = 0, f.stream = 0, f.drop = 0, f.qf = NULL, f.act = DSE_ACT_NONE, f.add = NULL;
     return f;
 }
 

@@ -100,11 +100,14 @@ class _PoolFusion:
 class _AddFusion:
     """The runtime Add at node ``add`` (right after a conv layer) of the conv's output, which only it reads, and the
     float32 tensor ``other`` of the same shape, computed before the conv: the pair writes tensor ``out`` (the Add's
-    output, after its fused Relu/Clip) in the conv's scaling pass (``dse.kernels.Scaling.add``)."""
+    output, after its fused Relu/Clip) in the conv's scaling pass (``dse.kernels.Scaling.add``). ``macs_only``:
+    ``out`` is not the graph's output and only conv/gemm layers read it (then a run whose readers all take its
+    quantized input from the pass need not store the float32 sum, :meth:`Emulator._step_residual`)."""
 
     add: int
     other: str
     out: str
+    macs_only: bool = False
 
 
 class Emulator:
@@ -238,7 +241,8 @@ class Emulator:
             shape = g.shapes.get(n.output)
             if shape is None or g.shapes.get(other) != shape:
                 continue
-            out[i] = _AddFusion(i + 1, other, nodes[i + 2].output if i + 1 in p["acts"] else a.output)
+            t = nodes[i + 2].output if i + 1 in p["acts"] else a.output
+            out[i] = _AddFusion(i + 1, other, t, t != g.output_name and all(c.is_mac for c in g.consumers(t)))
         return out
 
     # float glue whose result is a new array (the IR op's numpy expression) when the node runs on its own
@@ -431,11 +435,18 @@ class Emulator:
 
     # ------------------------------------------------------------------ fused steps (FUSION_KINDS' run)
     def _step_residual(self, i, n, f: _AddFusion, r) -> bool:
-        """Conv node ``i`` with the Add after it in its scaling pass."""
+        """Conv node ``i`` with the Add after it in its scaling pass. The float32 sum is not stored (None in the
+        run's tensors) where only conv/gemm layers read it, all of them on integer tables, which take the quantized
+        input the pass emits, and no prefix-cache cut stored by this run lies where it is live (stored states keep
+        float32 tensors), as for the MAC layers' own quantized emission (:meth:`_emit_quantized`)."""
         lc, mult = r.resolved[n.name]
         quant = self._add_quant(f.add, r)
+        fa = r.fusions["adds"].get(f.add)
+        keep_sum = quant is None or fa is None or not f.macs_only or \
+            any(r.resolved[c][1].domain != "int" for c in fa.consumers) or \
+            any(i < p <= fa.last_use for p in r.store_at)
         y = self._mac(n, [r.env[n.inputs[0]]], r.qcache, lc, mult, r.accs, r.hook, r.images,
-                      r.fusions["acts"].get(f.add), quant, np.ascontiguousarray(r.env[f.other]))
+                      r.fusions["acts"].get(f.add), quant, np.ascontiguousarray(r.env[f.other]), keep_sum)
         if quant is not None:
             r.env[f.out], r.qcache[f.out] = y
         else:
@@ -584,11 +595,13 @@ class Emulator:
             q = qcache[t] = quantize_act(x, scale, signed)
         return q
 
-    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None, quant=None, add=None):
+    def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None, quant=None, add=None,
+             keep_sum=True):
         """The MAC layer's float32 output, followed by ``act`` (a fused Relu/Clip) if given; with ``quant`` (an
         integer-domain conv/gemm layer only) the next layers' quantized input instead. ``add`` (a conv run by
         conv2d_scaled only, :meth:`_fuse_residuals`): the other operand of the fused Add, which comes before ``act``;
-        the output is then the float32 sum, or with ``quant`` the pair (sum, quantized input)."""
+        the output is then the float32 sum, or with ``quant`` the pair (sum, quantized input), the sum None with
+        ``keep_sum`` False (not stored: ``dse.kernels.Scaling.keep_sum``)."""
         from dse.quant import dequantize
 
         layer = self.layers[node.name]
@@ -600,7 +613,7 @@ class Emulator:
         if layer.op == "conv" and accs is None and hook is None and not lc.cv:  # no int64 tensor: scaled by slices
             from dse import kernels
 
-            return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act, quant, add),
+            return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act, quant, add, keep_sum),
                                          layer.stride, layer.pads, layer.dilation, layer.groups)
         if add is not None:
             raise ValueError(f"layer '{layer.name}': a fused Add needs the conv2d_scaled pass")

@@ -1676,7 +1676,8 @@ class Scaling:
     float32 tensor of the output's shape, fused: the Add is the output's only reader) ``y = act(float32(...) + bias[c]
     + add)``, the Add's float32 sum (IEEE addition commutes, so the operand order of the Add does not matter) with
     the Add's Relu/Clip; the stage then emits ``y`` and, with ``quant``, also the quantized input of the Add's
-    consumers (:meth:`result`)."""
+    consumers (:meth:`result`); with ``keep_sum`` False (an add and a quant only: the sum's readers all take its
+    quantized input) ``y`` is not stored, only its patterns."""
 
     a_scale: float
     w_scale: np.ndarray  # float32[N]
@@ -1684,10 +1685,13 @@ class Scaling:
     act: OutputAct | None = None
     quant: OutputQuant | None = None
     add: np.ndarray | None = None  # float32, the output's shape, C-contiguous
+    keep_sum: bool = True
 
     def __post_init__(self):
         if self.silu and self.add is not None:
             raise ValueError("a SiLU output step takes no fused add")
+        if not self.keep_sum and (self.add is None or self.quant is None):
+            raise ValueError("only a fused add's sum with its quantized input may go unstored")
 
     @property
     def silu(self) -> int:
@@ -1711,15 +1715,17 @@ class Scaling:
 
     def result(self, out: np.ndarray, q: np.ndarray | None):
         """What a scaled layer returns from the outputs of :meth:`empty`: out viewed as ``dtype``, or with ``add``
-        and ``quant`` the pair (float32 sum, quantized input viewed as ``quant.dtype``)."""
+        and ``quant`` the pair (float32 sum, quantized input viewed as ``quant.dtype``), the sum None where it is
+        not stored (``keep_sum``)."""
         if q is None:
             return out.view(self.dtype)
-        return out, q.view(self.quant.dtype)
+        return out if self.keep_sum else None, q.view(self.quant.dtype)
 
     def args(self, out: np.ndarray | None = None, q: np.ndarray | None = None) -> tuple:
         """(a_scale, w_scale, bias, act kind, lo, hi, quant, add, silu) as dse._kernels takes them (quant: None or
         (scale, signed); add: None, or (add, out, q) with the whole outputs of :meth:`empty`, whose offsets address the
-        add operand and the patterns; silu: :attr:`silu`, the act kind "none" then)."""
+        add operand and the patterns, then False where the sum is not stored (``keep_sum``); silu: :attr:`silu`, the
+        act kind "none" then)."""
         kind, lo, hi = ("none", -np.inf, np.inf) if self.act is None or self.silu else \
             (self.act.kind, self.act.lo, self.act.hi)
         quant = None if self.quant is None else (float(np.float32(self.quant.scale)), bool(self.quant.signed))
@@ -1727,7 +1733,7 @@ class Scaling:
         if self.add is not None:
             if out is None or self.add.shape != out.shape:
                 raise ValueError(f"a fused add of shape {self.add.shape} needs the pass's output of that shape")
-            add = (self.add, out, q)
+            add = (self.add, out, q) if self.keep_sum else (self.add, out, q, False)
         return (float(self.a_scale), np.ascontiguousarray(self.w_scale, np.float32),
                 np.ascontiguousarray(self.bias, np.float32), kind, lo, hi, quant, add, self.silu)
 
@@ -1759,7 +1765,7 @@ def scale_accumulators(acc: np.ndarray, scaling: Scaling, isa=None, out: np.ndar
     R, N = a.shape[0], a.shape[1]
     raw = out.reshape(R, N, -1).view(np.float32 if scaling.dtype == np.float32 else np.uint8)
     _kernels.dequantize(a.reshape(R, N, -1), sa, sw, bias, get_threads(), kind, lo, hi, quant, _isa_name(isa), raw,
-                        -1 if bound is None else min(int(bound), 2 ** 62), None if add is None else (add[0], add[2]),
+                        -1 if bound is None else min(int(bound), 2 ** 62), None if add is None else (add[0],) + add[2:],
                         silu)
     return scaling.result(out, q)
 

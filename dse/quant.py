@@ -83,12 +83,13 @@ class MacLayer:
         return self.K * self.N
 
     def scaling(self, act: OutputAct | None = None, quant: OutputQuant | None = None,
-                add: np.ndarray | None = None) -> Scaling:
+                add: np.ndarray | None = None, keep_sum: bool = True) -> Scaling:
         """The layer's output stage ``float32((acc * s_a) * s_w[c]) + bias[c]``, then ``add`` (the other operand of
-        a fused Add), then ``act`` (a fused Relu/Clip), then ``quant`` (the next layer's input quantization, fused)."""
+        a fused Add), then ``act`` (a fused Relu/Clip), then ``quant`` (the next layer's input quantization, fused);
+        ``keep_sum`` False: the add's float32 sum is not stored, only the quantized input (``Scaling.keep_sum``)."""
         from dse.kernels import Scaling
 
-        return Scaling(self.a_scale, self.w_scale, self.bias, act, quant, add)
+        return Scaling(self.a_scale, self.w_scale, self.bias, act, quant, add, keep_sum)
 
     @property
     def input_quant(self) -> OutputQuant:

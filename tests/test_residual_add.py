@@ -47,10 +47,45 @@ def fused_reference(y: np.ndarray, other: np.ndarray, act, quant):
         return s, reference_quantize_act(s, quant.scale, quant.signed)
 
 
+SENTINEL = np.uint32(0x7FC0DEAD)  # a NaN payload no output step writes
+
+
+def unstored_sum(want):
+    """What a pass with ``keep_sum`` False returns: no sum, the patterns."""
+    return None, want[1]
+
+
+def check_sum_unwritten(outs: list) -> None:
+    """After Scaling.empty was patched by :func:`record_outputs`: every float32 output of a pass that did not keep its
+    sum still holds the sentinel (nothing wrote it)."""
+    for o in outs:
+        assert np.all(o.view(np.uint32).reshape(-1) == SENTINEL), "a pass wrote the sum it was told not to store"
+    outs.clear()
+
+
+def record_outputs(monkeypatch) -> list:
+    """Scaling.empty patched: each float32 output of a pass with ``keep_sum`` False filled with the sentinel and
+    appended to the returned list."""
+    outs, real = [], K.Scaling.empty
+
+    def empty(self, shape):
+        out, q = real(self, shape)
+        if not self.keep_sum:
+            out.view(np.uint32)[...] = SENTINEL
+            outs.append(out)
+        return out, q
+
+    monkeypatch.setattr(K.Scaling, "empty", empty)
+    return outs
+
+
 def assert_same(got, want, msg):
     if isinstance(want, tuple):
         assert isinstance(got, tuple) and len(got) == 2, msg
         for g, w in zip(got, want):
+            if w is None:
+                assert g is None, msg
+                continue
             assert g.dtype == w.dtype and g.shape == w.shape and np.array_equal(g.view(np.uint8), w.view(np.uint8)), msg
     else:
         assert got.dtype == want.dtype and got.shape == want.shape and \
@@ -60,11 +95,14 @@ def assert_same(got, want, msg):
 @settings(deadline=None, max_examples=40)
 @given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)), seed=st.integers(0, 2 ** 32 - 1),
        act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
-       slice_bytes=st.sampled_from([8, 1 << 22]), specials=st.booleans(), threads=st.sampled_from([1, 2]))
-def test_conv2d_scaled_with_add_matches_unfused(s, signed, mname, seed, act, quant, slice_bytes, specials, threads):
+       slice_bytes=st.sampled_from([8, 1 << 22]), specials=st.booleans(), threads=st.sampled_from([1, 2]),
+       keep_sum=st.booleans())
+def test_conv2d_scaled_with_add_matches_unfused(s, signed, mname, seed, act, quant, slice_bytes, specials, threads,
+                                                keep_sum):
     """conv2d_scaled with a fused Add (every path, every ISA level, VNNI on and off, image slices down to one image,
     1 and 2 threads) gives the bits of the conv's float32 output (the numpy formula on the reference sums), then
-    numpy's add, Relu/Clip and the quantizer; also those of the unfused kernels (conv2d_scaled, then add_act)."""
+    numpy's add, Relu/Clip and the quantizer; also those of the unfused kernels (conv2d_scaled, then add_act). With
+    a quant and ``keep_sum`` False: the same patterns, no sum, and its float32 output never written."""
     rng = np.random.default_rng(seed)
     x, w, G = int_conv_operands(rng, s, signed)
     if s["extreme"]:
@@ -86,9 +124,11 @@ def test_conv2d_scaled_with_add_matches_unfused(s, signed, mname, seed, act, qua
         oquant = K.OutputQuant(float(np.float32(max(float(fin.max(initial=1.0)), 1.0) / rng.choice([64, 127, 300]))),
                                quant)
     want = fused_reference(y, other, oact, oquant)
-    sc = K.Scaling(a_scale, w_scale, bias, oact, oquant, other)
+    keep_sum = keep_sum or oquant is None
+    sc = K.Scaling(a_scale, w_scale, bias, oact, oquant, other, keep_sum)
     plain = K.Scaling(a_scale, w_scale, bias)
     with pytest.MonkeyPatch.context() as mp:
+        outs = record_outputs(mp)
         mp.setattr(K, "_SCALED_SLICE_BYTES", slice_bytes)
         mp.setattr(K, "_FUSED_SLICE_BYTES", slice_bytes)
         mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
@@ -97,7 +137,8 @@ def test_conv2d_scaled_with_add_matches_unfused(s, signed, mname, seed, act, qua
                 for path in PATHS + (["exact"] if mname == "exact" else []):
                     for isa in ISAS:
                         got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa)
-                        assert_same(got, want, (path, isa, vnni))
+                        assert_same(got, want if keep_sum else unstored_sum(want), (path, isa, vnni))
+                        check_sum_unwritten(outs)
                 unfused = K.add_act(K.conv2d_scaled(x, w, mult, signed, plain, *args), other, oact, oquant)
                 assert_same(unfused if oquant is not None else unfused[0], want, "unfused")
 
@@ -105,10 +146,11 @@ def test_conv2d_scaled_with_add_matches_unfused(s, signed, mname, seed, act, qua
 @settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 4), N=st.integers(1, 9), S=st.sampled_from([1, 7, 16, 33, 70]),
        act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
-       bound=st.booleans(), specials=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
-def test_scale_accumulators_with_add(B, N, S, act, quant, bound, specials, seed):
+       bound=st.booleans(), specials=st.booleans(), seed=st.integers(0, 2 ** 32 - 1), keep_sum=st.booleans())
+def test_scale_accumulators_with_add(B, N, S, act, quant, bound, specials, seed, keep_sum):
     """The int64 scaling pass (dse_dequantize: sums of any size, or under a bound) with a fused Add, every ISA level,
-    1 and 2 threads: the numpy formula, numpy's add, Relu/Clip, quantizer."""
+    1 and 2 threads: the numpy formula, numpy's add, Relu/Clip, quantizer (with a quant and ``keep_sum`` False: the
+    patterns only, the float32 output never written)."""
     rng = np.random.default_rng(seed)
     acc = rng.integers(-2 ** 40, 2 ** 40, (B, N, S)) >> int(rng.integers(0, 40))
     a_scale = float(rng.uniform(1e-3, 1)) / max(1.0, float(np.abs(acc).max(initial=1)) / 1e4)
@@ -119,17 +161,31 @@ def test_scale_accumulators_with_add(B, N, S, act, quant, bound, specials, seed)
     oact = None if act is None else K.OutputAct(act, *sorted(float(np.float32(v)) for v in rng.normal(0, 50, 2)))
     oquant = None if quant is None else K.OutputQuant(float(np.float32(rng.uniform(0.05, 3))), quant)
     want = fused_reference(y, other, oact, oquant)
-    sc = K.Scaling(a_scale, w_scale, bias, oact, oquant, other)
-    for threads in (1, 2):
-        with K.using_threads(threads):
-            for isa in ISAS:
-                got = K.scale_accumulators(acc, sc, isa, bound=int(np.abs(acc).max(initial=0)) if bound else None)
-                assert_same(got, want, (isa, threads))
+    keep_sum = keep_sum or oquant is None
+    sc = K.Scaling(a_scale, w_scale, bias, oact, oquant, other, keep_sum)
+    with pytest.MonkeyPatch.context() as mp:
+        outs = record_outputs(mp)
+        for threads in (1, 2):
+            with K.using_threads(threads):
+                for isa in ISAS:
+                    got = K.scale_accumulators(acc, sc, isa, bound=int(np.abs(acc).max(initial=0)) if bound else None)
+                    assert_same(got, want if keep_sum else unstored_sum(want), (isa, threads))
+                    check_sum_unwritten(outs)
 
 
 def test_fused_add_checks_its_operands():
-    """A fused Add needs an operand of the output's shape, and the kernels' outputs inside the base array."""
+    """A fused Add needs an operand of the output's shape, and the kernels' outputs inside the base array; only an
+    add's sum with its quantized input may go unstored."""
     acc = np.zeros((2, 3, 4), np.int64)
+    with pytest.raises(ValueError, match="unstored"):
+        K.Scaling(1.0, np.ones(3, np.float32), np.zeros(3, np.float32), add=np.zeros((2, 3, 4), np.float32),
+                  keep_sum=False)
+    with pytest.raises(ValueError, match="unstored"):
+        K.Scaling(1.0, np.ones(3, np.float32), np.zeros(3, np.float32), quant=K.OutputQuant(1.0, False),
+                  keep_sum=False)
+    with pytest.raises(ValueError, match="unwritten"):
+        K._kernels.dequantize(acc, 1.0, np.ones(3, np.float32), np.zeros(3, np.float32), out=np.zeros((2, 3, 4),
+                              np.float32), add=(np.zeros((2, 3, 4), np.float32), None, False))
     sc = K.Scaling(1.0, np.ones(3, np.float32), np.zeros(3, np.float32), add=np.zeros((2, 3, 5), np.float32))
     with pytest.raises(ValueError, match="fused add"):
         K.scale_accumulators(acc, sc)
@@ -281,3 +337,40 @@ def test_fusion_runs_in_the_scaling_pass(net, monkeypatch):
     assert fused_q and not fused_q & set(quantized)
     passes = {i for i in set(emu._plan["acts"]) | set(emu._plan["adds"]) if Emulator._runtime_add(qm.graph.nodes[i])}
     assert emu._plan["residuals"] and len(calls) == len(passes - {f.add for f in emu._plan["residuals"].values()})
+
+
+def test_sum_read_only_by_integer_convs_is_not_stored(net, monkeypatch):
+    """A fused Add's float32 sum is left unstored (``keep_sum`` False, never written) exactly where only conv/gemm
+    layers read it, all on integer tables, and no prefix-cache cut stored by the run lies where it is live: the
+    ResNet-style blocks' sums and the input-skip Add's (read by the stem conv alone); not the MobileNetV2-style sums
+    that another Add or a Clip reads, nor where a reader runs a float-domain multiplier or a stored cut holds the
+    sum; the logits stay the unfused run's."""
+    name, qm, x = net
+    fused, plain = Emulator(qm), Emulator(qm)
+    plain._plan["residuals"] = {}
+    outs = record_outputs(monkeypatch)
+    kept, real = [], K.conv2d_scaled
+    monkeypatch.setattr(K, "conv2d_scaled", lambda *a, **k: (a[4].add is not None and kept.append(a[4].keep_sum)) or
+                        real(*a, **k))
+    n = len(x)
+    want = plain.run(x, None, batch_size=n)
+    kept.clear()
+    assert np.array_equal(fused.run(x, None, batch_size=n).view(np.uint32), want.view(np.uint32))
+    readers = {"resnet_relu": ["c3", "c5"], "resnet_linear": ["c3", "c5"], "mbv2": ["stem"]}[name]
+    nb = len(kept) // len(NETS[name][1])  # the run's batches
+    assert nb and len(kept) == nb * len(NETS[name][1]) and kept.count(False) == nb * len(readers), kept
+    check_sum_unwritten(outs)
+    names = [l.name for l in qm.layers]
+    for r in readers:  # one float-domain reader: that sum is stored
+        cfg = {m: LayerConfig("bf16" if m == r else "exact") for m in names}
+        kept.clear()
+        assert np.array_equal(fused.run(x, cfg, batch_size=n).view(np.uint32),
+                              plain.run(x, cfg, batch_size=n).view(np.uint32))
+        assert kept.count(False) == nb * (len(readers) - 1), (r, kept)
+    cache = PrefixCache(1 << 26)  # storing every cut (the first run), then continuing from the last one
+    for i in range(2):
+        kept.clear()
+        assert np.array_equal(fused.run(x, None, batch_size=n, cache=cache, tag="s").view(np.uint32),
+                              want.view(np.uint32))
+        assert i or False not in kept, kept
+    check_sum_unwritten(outs)
