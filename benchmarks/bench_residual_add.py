@@ -1,13 +1,15 @@
 """The residual Add fused into the producing conv's scaling pass vs the Add on its own, whole networks, one run.
 
     python benchmarks/bench_residual_add.py [--nets resnet18-32 resnet18-224 mobilenetv2-32] [--mults exact mitch_w6]
-                                            [--rounds 7] [--threads 1]
+                                            [--rounds 7] [--threads 1] [--keep-sums]
 
 Per network and multiplier (all layers): the same Emulator run with the fusion (dse.emulate's ``_fused_residuals``:
 conv + Add + Relu + quantized emission in one pass) and without it (the table emptied: the conv writes its float32
 output, ``dse.kernels.add_act`` reads it back with the skip tensor), on bench_e2e's networks and images (64 / 128 images
 at 32x32, the streaming batch at 224), rounds interleaved with the order alternating, process CPU time, medians; the
-logits are asserted bit-identical.
+logits are asserted bit-identical. ``--keep-sums``: instead, the fused run against the fused run that stores every
+fused Add's float32 sum (``_AddFusion.macs_only`` cleared: also the sums that only integer convs read, which the
+default run leaves unstored, ``dse.kernels.Scaling.keep_sum``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,7 @@ def main() -> None:
     ap.add_argument("--mults", nargs="+", default=["exact", "mitch_w6"])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--keep-sums", action="store_true", help="baseline: the fused run storing every sum")
     args = ap.parse_args()
 
     from dse import kernels
@@ -56,13 +60,16 @@ def main() -> None:
     from dse.layer_config import LayerConfig
 
     kernels.set_threads(args.threads)
-    print("| network, multiplier | fused Adds | unfused ms | fused ms | unfused / fused |")
+    base = "sums stored" if args.keep_sums else "unfused"
+    print(f"| network, multiplier | fused Adds (sums unstored) | {base} ms | fused ms | {base} / fused |")
     print("|---|---|---|---|---|")
     for net in args.nets:
         qm, x = _setup(net)
         fused = Emulator(qm)
         plain = Emulator(qm)
-        plain._plan["residuals"] = {}
+        plain._plan["residuals"] = {i: replace(f, macs_only=False) for i, f in fused._plan["residuals"].items()} \
+            if args.keep_sums else {}
+        res = fused._plan["residuals"].values()
         for mult in args.mults:
             cfg = {l.name: LayerConfig(mult) for l in qm.layers}
             ya, yb = fused.run(x, cfg, batch_size=len(x)), plain.run(x, cfg, batch_size=len(x))
@@ -75,8 +82,8 @@ def main() -> None:
                     emu.run(x, cfg, batch_size=len(x))
                     times[key].append(time.process_time() - t)
             f, p = statistics.median(times["fused"]) * 1e3, statistics.median(times["plain"]) * 1e3
-            print(f"| {net}, {mult} ({len(x)} images) | {len(fused._plan['residuals'])} | {p:.1f} | {f:.1f} | "
-                  f"**{p / f:.3f}x** |", flush=True)
+            print(f"| {net}, {mult} ({len(x)} images) | {len(res)} ({sum(a.macs_only for a in res)}) | {p:.1f} | "
+                  f"{f:.1f} | **{p / f:.3f}x** |", flush=True)
 
 
 if __name__ == "__main__":
