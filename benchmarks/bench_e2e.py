@@ -6,7 +6,8 @@
 Models are built here with onnx.helper (no downloads), see below. Per model: onnxruntime fp32 and onnxruntime int8
 (static QDQ quantization of the same model, per-channel int8 weights, uint8 activations, calibrated on the same
 images) against dse FxP8-exact and dse with one multiplier of every table family on all layers; images/s are medians
-over repeats on one thread (dse.kernels.set_threads(1), onnxruntime intra/inter-op 1). Every engine gets the same images
+over rounds on one thread (dse.kernels.set_threads(1), onnxruntime intra/inter-op 1), every engine timed once per
+round in a rotating order after a whole-batch warm-up, so the box's noisy spells fall on all of them alike. Every engine gets the same images
 as one batch: 64 (ResNet-18) or 128 (MobileNetV2) at 32x32, and at 224x224 the emulator's own streaming batch
 (dse.quant.stream_batch_size, 26 images for ResNet-18 and ResNet-50), the batch `dse evaluate` and a search run it with. Then 1 vs 2
 threads for onnxruntime fp32 and int8 and dse exact and Mitch-w6, the two alternating round by round (a noisy spell of
@@ -196,15 +197,23 @@ def image_batches(n: int, size: int, batch: int, seed: int):
 CLOCK = time.perf_counter  # --cpu-time: time.process_time (this process's CPU seconds, all its threads)
 
 
-def _median_rate(fn, x: np.ndarray, repeats: int) -> float:
-    """Images/s of fn(x): median over repeats after a one-image warm-up (table preparation, first allocations)."""
-    fn(x[:1])
-    times = []
-    for _ in range(repeats):
-        t = CLOCK()
+def _interleaved_rates(fns: dict, x: np.ndarray, repeats: int) -> dict:
+    """Images/s of every engine's fn(x), their runs interleaved round by round (each round in another order, so a
+    noisy spell of a shared box falls on every engine rather than on whichever was timed then): after a one-image
+    warm-up (table preparation) and one whole-batch warm-up (first allocations of the batch's buffers) of each, the
+    median over ``repeats`` rounds per engine."""
+    for fn in fns.values():
+        fn(x[:1])
         fn(x)
-        times.append(CLOCK() - t)
-    return len(x) / statistics.median(times)
+    labels = list(fns)
+    times = {label: [] for label in labels}
+    for r in range(repeats):
+        k = r % len(labels)
+        for label in (labels[k:] + labels[:k])[::1 if r % 2 == 0 else -1]:
+            t = CLOCK()
+            fns[label](x)
+            times[label].append(CLOCK() - t)
+    return {label: len(x) / statistics.median(ts) for label, ts in times.items()}
 
 
 def _paired_rates(fn, x: np.ndarray, rounds: int, t: int) -> tuple:
@@ -292,22 +301,29 @@ def bench_model(name, model, size, n_img: int | None, repeats, tmpdir, lut_name,
     emu = Emulator(qm)
     gmac = sum(l.macs for l in qm.layers) / 1e9
     i8_path = _ort_int8(path, calib, inp, tmpdir)  # quantized once, for the 1- and t-thread sessions
-    rows, fp, i8 = {}, _ort_session(path, 1), _ort_session(i8_path, 1)
-    rows[("ort fp32", 1)] = _median_rate(lambda xb: fp.run(None, {inp: xb}), x, repeats)
-    rows[("ort int8 (QDQ)", 1)] = _median_rate(lambda xb: i8.run(None, {inp: xb}), x, repeats)
+    fp, i8 = _ort_session(path, 1), _ort_session(i8_path, 1)
     tables = [(f"dse {fam} ({m})", m) for fam, m in FAMILIES] + [("dse imported LUT", lut_name)]
     tables = [c for c in tables if families is None or _family(c[0]) in families]
     configs = {label: {l.name: LayerConfig(mult) for l in qm.layers}
                for label, mult in [("dse FxP8 exact", "exact")] + tables}
-    for label, cfg in configs.items():
-        rows[(label, 1)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img), x, repeats)
-        if int16:  # the same with the integer GEMM's VNNI kernel switched off
-            os.environ["DSE_KERNEL_VNNI"] = "0"
+
+    def dse_run(cfg, vnni=True):
+        def run(xb):
+            if vnni:
+                return emu.run(xb, cfg, batch_size=n_img)
+            os.environ["DSE_KERNEL_VNNI"] = "0"  # the integer GEMM's int16 kernel instead of its VNNI one
             try:
-                rows[(label + " [int16 GEMM]", 1)] = _median_rate(lambda xb: emu.run(xb, cfg, batch_size=n_img),
-                                                                  x, repeats)
+                return emu.run(xb, cfg, batch_size=n_img)
             finally:
                 del os.environ["DSE_KERNEL_VNNI"]
+        return run
+
+    fns = {"ort fp32": lambda xb: fp.run(None, {inp: xb}), "ort int8 (QDQ)": lambda xb: i8.run(None, {inp: xb})}
+    for label, cfg in configs.items():
+        fns[label] = dse_run(cfg)
+        if int16:
+            fns[label + " [int16 GEMM]"] = dse_run(cfg, vnni=False)
+    rows = {(label, 1): rate for label, rate in _interleaved_rates(fns, x, repeats).items()}
     for t in (t for t in threads_list if t > 1):
         # the thread rows: onnxruntime's sessions and the exact and Mitch-w6 emulation, 1 and t threads alternating
         ort_t = {"ort fp32": (fp, _ort_session(path, t)),
