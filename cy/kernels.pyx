@@ -76,6 +76,8 @@ cdef extern from "lut_kernel.h" nogil:
                     int64_t *out, const dse_scaling *sc, void *outs, int64_t block, int vnni, int nt)
     void dse_quantize(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q, int nt)
     void dse_quantize_seq(int level, const float *x, int64_t n, float s, int lo, int hi, uint8_t *q)
+    void dse_quantize_strided(int level, const float *x, int nd, const int64_t *sh, const int64_t *st, float s,
+                              int lo, int hi, uint8_t *q, int nt)
     void dse_dequantize(int level, const int64_t *acc, int64_t R, int64_t N, int64_t S, const dse_scaling *sc,
                         void *y, int small, int nt)
     void dse_fsum_seq(const float *P, int64_t R, int64_t K, float *out)
@@ -624,6 +626,25 @@ def quantize(const float[::1] x, float scale, bint signed, int threads=1, isa=No
     if n:
         with nogil:
             dse_quantize(level, &x[0], n, scale, lo, hi, &q[0], max(1, threads))
+    return out
+
+
+def quantize_strided(x, float scale, bint signed, int threads=1, isa=None):
+    """:func:`quantize`'s patterns of a float32 array of any strides (a view: a slice, a transpose), C-contiguous,
+    in one pass without a contiguous float32 copy; 1 to 32 axes, byte strides multiples of 4."""
+    cdef int level = _level(isa)
+    if x.dtype != np.float32 or not 1 <= x.ndim <= 32 or any(t % 4 for t in x.strides):
+        raise ValueError("quantize_strided: float32 of 1 to 32 axes and strides of whole values")
+    out = np.empty(x.shape, dtype=np.uint8)
+    cdef int nd = x.ndim
+    cdef int64_t[::1] sh = np.array(x.shape, dtype=np.int64).reshape(-1)
+    cdef int64_t[::1] st = (np.array(x.strides, dtype=np.int64) // 4).reshape(-1)
+    cdef int lo = -128 if signed else 0, hi = 127 if signed else 255
+    cdef const float *xp = <const float *><size_t>x.ctypes.data
+    cdef uint8_t *qp = <uint8_t *><size_t>out.ctypes.data
+    if out.size:
+        with nogil:
+            dse_quantize_strided(level, xp, nd, &sh[0], &st[0], scale, lo, hi, qp, max(1, threads))
     return out
 
 

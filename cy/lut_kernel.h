@@ -3083,6 +3083,99 @@ static void dse_quantize(int level, const float *x, int64_t n, float s, int lo, 
     }
 }
 
+/* dse_quantize's patterns of a strided float32 view into C-contiguous q, one pass (no contiguous float32 copy):
+ * x has nd <= DSE_QS_MAXD axes of shape sh and element strides st (any sign, 0 included). Axes of one value are
+ * dropped and neighbours that are contiguous in both layouts merged; the values are then read in runs along axis a
+ * (the last unit-stride axis, else the last), quantized as dse_quantize_seq does (gathered into a buffer where the
+ * run is strided). Where a is q's last axis the runs are stored as they are; else (a transpose) 16 runs at
+ * consecutive indices of q's last axis are quantized into a tile and stored 16 bytes at a time. Tiles split over
+ * nt threads. */
+#define DSE_QS_MAXD 32
+#define DSE_QS_TB 16
+#define DSE_QS_CH 256
+static void dse_quantize_strided(int level, const float *x, int nd0, const int64_t *sh0, const int64_t *st0,
+                                 float s, int lo, int hi, uint8_t *q, int nt)
+{
+    int64_t sh[DSE_QS_MAXD], st[DSE_QS_MAXD], os[DSE_QS_MAXD], total = 1;
+    int nd = 0;
+    for (int d = 0; d < nd0; d++) {
+        if (sh0[d] == 0)
+            return;
+        if (sh0[d] == 1)
+            continue;
+        if (nd && st[nd - 1] == st0[d] * sh0[d]) { /* merges with the previous axis */
+            sh[nd - 1] *= sh0[d];
+            st[nd - 1] = st0[d];
+        } else {
+            sh[nd] = sh0[d];
+            st[nd++] = st0[d];
+        }
+    }
+    if (nd == 0) {
+        q[0] = dse_quantize1(x[0], s, lo, hi);
+        return;
+    }
+    for (int d = nd - 1; d >= 0; d--) {
+        os[d] = total;
+        total *= sh[d];
+    }
+    int a = nd - 1;
+    for (int d = nd - 1; d >= 0; d--)
+        if (st[d] == 1) {
+            a = d;
+            break;
+        }
+    const int b = nd - 1, tiled = a != b;
+    const int64_t L = sh[a], sa = st[a], oa = os[a], nbt = tiled ? (sh[b] + DSE_QS_TB - 1) / DSE_QS_TB : 1;
+    int64_t tiles = nbt;
+    for (int d = 0; d < nd; d++)
+        if (d != a && d != b)
+            tiles *= sh[d];
+    if (!tiled)
+        tiles = total / L;
+#pragma omp parallel num_threads(total >= (1 << 16) ? nt : 1)
+    {
+        float g[DSE_QS_CH];
+        uint8_t buf[DSE_QS_TB * DSE_QS_CH];
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < tiles; r++) {
+            int64_t xo = 0, qo = 0, rem = r, nb = 1;
+            for (int d = nd - 1; d >= 0; d--) {
+                if (d == a)
+                    continue;
+                const int64_t n = (tiled && d == b) ? nbt : sh[d], i = rem % n;
+                rem /= n;
+                if (tiled && d == b) {
+                    nb = sh[b] - i * DSE_QS_TB < DSE_QS_TB ? sh[b] - i * DSE_QS_TB : DSE_QS_TB;
+                    xo += i * DSE_QS_TB * st[b];
+                    qo += i * DSE_QS_TB;
+                } else {
+                    xo += i * st[d];
+                    qo += i * os[d];
+                }
+            }
+            for (int64_t i0 = 0; i0 < L; i0 += DSE_QS_CH) {
+                const int64_t n = L - i0 < DSE_QS_CH ? L - i0 : DSE_QS_CH;
+                for (int64_t j = 0; j < nb; j++) {
+                    const float *src = x + xo + j * (tiled ? st[b] : 0) + i0 * sa;
+                    if (sa != 1) {
+                        for (int64_t i = 0; i < n; i++)
+                            g[i] = src[i * sa];
+                        src = g;
+                    }
+                    dse_quantize_seq(level, src, n, s, lo, hi, tiled ? buf + j * DSE_QS_CH : q + qo + i0);
+                }
+                if (tiled)
+                    for (int64_t i = 0; i < n; i++) {
+                        uint8_t *o = q + qo + (i0 + i) * oa;
+                        for (int64_t j = 0; j < nb; j++)
+                            o[j] = buf[j * DSE_QS_CH + i];
+                    }
+            }
+        }
+    }
+}
+
 /* Output activation fused into the scaling pass: DSE_ACT_RELU is numpy's maximum(y, 0) (NaN kept, -0 -> +0),
  * DSE_ACT_CLIP numpy's clip(y, lo, hi) (NaN kept, y kept when neither bound is crossed). */
 #define DSE_ACT_NONE 0

@@ -1613,6 +1613,9 @@ def _per_image_operand(x: np.ndarray, kh: int, kw: int, geo: _ConvGeometry) -> n
 def quantize_patterns(x: np.ndarray, scale, signed: bool) -> np.ndarray:
     """uint8 patterns of clip(rint(float32(x) / float32(scale)), qmin, qmax), one threaded pass; same shape."""
     _isa_name(None)
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim and not x.flags.c_contiguous and \
+            not any(t % 4 for t in x.strides):  # a view (slice, transpose): read in place, no float32 copy
+        return _kernels.quantize_strided(x, np.float32(scale), bool(signed), get_threads())
     x = np.ascontiguousarray(x, dtype=np.float32)
     return _kernels.quantize(x.reshape(-1), np.float32(scale), bool(signed), get_threads()).reshape(x.shape)
 

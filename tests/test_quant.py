@@ -263,6 +263,46 @@ def test_quantize_every_isa_level_matches_numpy(isa):
             assert np.array_equal(kernels._kernels.quantize(x, scale, signed, threads, isa), ref), (signed, threads)
 
 
+@st.composite
+def _strided_views(draw):
+    """A float32 view of any strides: axes of 0-300 values permuted, sliced with steps of either sign, broadcast
+    axes (stride 0), axes of one value; values with ties, clamps, infinities, NaN, -0.0."""
+    nd = draw(st.integers(1, 5))
+    shape = [draw(st.sampled_from([0, 1, 2, 3, 5, 15, 16, 17, 33, 65, 70, 257, 300])) if draw(st.booleans())
+             else draw(st.integers(1, 9)) for _ in range(nd)]
+    if int(np.prod(shape)) > 2 ** 18:
+        shape = [min(d, 9) for d in shape]
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    steps = [draw(st.sampled_from([1, 1, 2, 3, -1, -2])) for _ in range(nd)]
+    full = [max(1, d * abs(k)) for d, k in zip(shape, steps)]
+    x = (rng.standard_normal(full) * 300 * 0.037).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::7] = (rng.integers(-300, 300, flat[::7].shape) + 0.5) * np.float32(0.037)
+    flat[:6][:len(flat[:6])] = [np.inf, -np.inf, -0.0, 1e30, -1e30, np.nan][:len(flat[:6])]
+    v = x[tuple(slice(None, None, k) for k in steps)][tuple(slice(0, d) for d in shape)]
+    v = v.transpose(draw(st.permutations(range(nd))))
+    if draw(st.booleans()):  # a broadcast axis in front or inside
+        at = draw(st.integers(0, nd))
+        v = np.broadcast_to(np.expand_dims(v, at), v.shape[:at] + (draw(st.sampled_from([1, 3, 17])),) + v.shape[at:])
+    return v
+
+
+@pytest.mark.parametrize("isa", kernels._kernels.isa_levels())
+@settings(max_examples=120, deadline=None)
+@given(v=_strided_views(), scale=st.sampled_from([0.037, 1.0, 1e-30, 3e-39, 1e30, 7.5]), signed=st.booleans(),
+       threads=st.sampled_from([1, 2]))
+def test_quantize_strided_matches_numpy_on_the_contiguous_copy(isa, v, scale, signed, threads):
+    """quantize_strided (slices, transposes, broadcasts read in place: merged axes, runs along the unit-stride axis,
+    16-run tiles where that is not the output's last axis, 256-value chunks, 1 and 2 threads) gives the bits of the
+    quantizer on the contiguous copy at every ISA level; quantize_patterns takes it for such views."""
+    c = np.ascontiguousarray(v)
+    ref = reference_quantize_act(np.nan_to_num(c, nan=0.0), float(np.float32(scale)), signed).view(np.uint8)
+    got = kernels._kernels.quantize_strided(v, np.float32(scale), signed, threads, isa)
+    assert got.shape == v.shape and got.flags.c_contiguous and np.array_equal(got, ref)
+    with kernels.using_threads(threads):
+        assert np.array_equal(kernels.quantize_patterns(v, scale, signed), ref)
+
+
 class _StopAt:
     """Checkpoints.stop that says stop before the ``k``-th batch it is asked about (counting every pass)."""
 
