@@ -583,6 +583,21 @@ def test_streamed_float_outputs_are_the_stored_ones(c, offset, seed):
             assert (raw[:start] == 0x5A).all() and (raw[start + 4 * n:] == 0x5A).all()
 
 
+def _pointwise_conv_case(B, C, N, H, W, signed, output, act, seed):
+    """A random 1x1 conv of B x C x H x W operands and N filters with the scaling of ``output`` ("float", "quant",
+    "add" or "add+quant") and activation ``act`` (None or an OutputAct name): (x, w, the Add's operand, the output
+    quantization, the Scaling, scale_accumulators of the numpy reference conv)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, C, 1, 1))
+    ref = K.reference_conv2d_int(x, w, EXACT, signed)
+    quant = K.OutputQuant(0.05, False) if output in ("quant", "add+quant") else None
+    add = rng.normal(0, 1, ref.shape).astype(np.float32) if output.startswith("add") else None
+    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                   None if act is None else K.OutputAct(act), quant, add)
+    return x, w, add, quant, sc, K.scale_accumulators(ref, sc)
+
+
 @settings(deadline=None, max_examples=25)
 @given(B=st.integers(1, 3), C=st.sampled_from([128, 131, 256]), N=st.sampled_from([64, 70, 130]),
        H=st.integers(14, 17), W=st.integers(14, 17), signed=st.booleans(),
@@ -593,15 +608,7 @@ def test_wide_stride1_1x1_conv_on_auto_kernel(B, C, N, H, W, signed, output, thr
     planes of >= 14 x 14, ResNet-50's bottleneck convs) equal scale_accumulators of the numpy reference conv at
     every ISA level, 1 and 2 threads, every output mode, with VNNI on and off; at the avx512 level with VNNI the
     kernel that ran is the broadcast one."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
-    w = rng.integers(-128, 128, (N, C, 1, 1))
-    ref = K.reference_conv2d_int(x, w, EXACT, signed)
-    quant = K.OutputQuant(0.05, False) if output in ("quant", "add+quant") else None
-    add = rng.normal(0, 1, ref.shape).astype(np.float32) if output.startswith("add") else None
-    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
-                   K.OutputAct("relu"), quant, add)
-    yref = K.scale_accumulators(ref, sc)
+    x, w, add, quant, sc, yref = _pointwise_conv_case(B, C, N, H, W, signed, output, "relu", seed)
     seen, real = [], _kernels.int_gemm
 
     def spy(*a, **kw):
@@ -634,15 +641,7 @@ def test_shallow_1x1_float_outputs_in_whole_image_blocks(B, C, N, hw, signed, ou
     1-90 (across the bound of 64 at 3136 positions), every output mode, 1 and 2 threads, every ISA level, VNNI on and off, equal to scale_accumulators of the numpy
     reference conv."""
     H, W = hw
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
-    w = rng.integers(-128, 128, (N, C, 1, 1))
-    ref = K.reference_conv2d_int(x, w, EXACT, signed)
-    quant = K.OutputQuant(0.05, False) if output in ("quant", "add+quant") else None
-    add = rng.normal(0, 1, ref.shape).astype(np.float32) if output.startswith("add") else None
-    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
-                   None if act is None else K.OutputAct(act), quant, add)
-    yref = K.scale_accumulators(ref, sc)
+    x, w, add, quant, sc, yref = _pointwise_conv_case(B, C, N, H, W, signed, output, act, seed)
     for isa in ISAS:
         for vnni in (True, False):
             with conv_kernel_env("im2col"), vnni_env(vnni), K.using_threads(threads):
