@@ -1493,10 +1493,13 @@ def conv_kernel(kh: int, kw: int, cg: int, og: int, groups: int, geo: _ConvGeome
         # its 7x7 3-channel stem 1.07x, its strided 1x1 convs of >= 128 input channels 1.03-1.25x; the 3x3 3-channel
         # stem 0.8x, the 64-channel strided 1x1 conv 0.95-1.11x, MobileNetV2's stride-1 1x1 convs (whose input is
         # the matrix operand as it is) 0.66-1.19x; ResNet-50's stride-1 1x1 convs in the network 1.03-1.19x with
-        # >= 128 input and >= 64 output channels on planes of >= 14 x 14, 0.92-0.98x on 7 x 7 or with 64 inputs
+        # >= 128 input and >= 64 output channels on planes of >= 14 x 14, 0.92-0.98x on 7 x 7 or with 64 inputs;
+        # MobileNetV2 32's 4x4 projections (576 / 960 -> 160 / 320: their 16-position planes take the transposing
+        # operand copy, not _per_image_operand) 1.05-1.26x, its 4x4 expansions (160 -> 960) and head 0.91-0.97x
+        p = geo.out_hw[0] * geo.out_hw[1]
         v = "bcast" if groups == 1 and (cg >= 16 or kh * kw >= 25 if kh * kw > 1 else
-                                        cg >= 128 and (geo.stride != (1, 1) or
-                                                       og >= 64 and geo.out_hw[0] * geo.out_hw[1] >= 196)) else "im2col"
+                                        cg >= 128 and (geo.stride != (1, 1) or og >= 64 and p >= 196) or
+                                        cg >= 512 and og >= 64 and og < cg and 16 <= p < _PER_IMAGE_PANEL) else "im2col"
     runs = _isa_name(isa) == "avx512" and "avx512" in _kernels.vnni_levels() and _kernels.vnni_enabled()
     return v if runs else "im2col"
 

@@ -538,6 +538,31 @@ def test_conv2d_scaled_on_either_conv_kernel(c, seed):
                 assert np.array_equal(got, yref), (isa, ck)
 
 
+@settings(deadline=None, max_examples=25)
+@given(c=st.fixed_dictionaries({
+    "B": st.integers(1, 3), "C": st.sampled_from([512, 576, 960]), "N": st.sampled_from([64, 65, 160, 320]),
+    "H": st.integers(4, 5), "W": st.integers(4, 5), "k": st.just((1, 1)), "stride": st.just((1, 1)),
+    "pads": st.just((0, 0, 0, 0)), "signed": st.booleans(),
+    "output": st.sampled_from(["float", "quant", "add", "add+quant"]), "threads": st.sampled_from([1, 2])}), seed=st.integers(0, 2 ** 32 - 1))
+def test_deep_projections_on_small_planes(c, seed):
+    """The stride-1 1x1 convs of >= 512 input channels onto fewer (>= 64) output channels on planes of 16-31
+    positions (MobileNetV2 32's 4x4 projections), which "auto" puts on the broadcast kernel where it runs:
+    conv2d_scaled equals scale_accumulators of the numpy reference conv at every ISA level, VNNI on and off, 1 and 2
+    threads, signed and unsigned activations, every output mode."""
+    x, w, ref, sc, yref = _scaled_conv_case(c, seed)
+    geo = K._ConvGeometry((1, 1), (0,) * 4, (1, 1), (c["H"], c["W"]))
+    for isa in ISAS:
+        for vnni in (True, False):
+            with vnni_env(vnni), K.using_threads(c["threads"]):
+                bc = isa == "avx512" and vnni and "avx512" in _kernels.vnni_levels()
+                assert K.conv_kernel(1, 1, c["C"], c["N"], 1, geo, isa) == ("bcast" if bc else "im2col")
+                got = K.conv2d_scaled(x, w, EXACT, c["signed"], sc, c["stride"], c["pads"], isa=isa)
+            if sc.add is not None and sc.quant is not None:
+                assert np.array_equal(got[0], yref[0]) and np.array_equal(got[1], yref[1]), (isa, vnni)
+            else:
+                assert np.array_equal(got, yref), (isa, vnni)
+
+
 @settings(deadline=None, max_examples=40)
 @given(c=conv_kernel_cases, offset=st.sampled_from([0, 4, 16, 60, "last"]), seed=st.integers(0, 2 ** 32 - 1))
 def test_streamed_float_outputs_are_the_stored_ones(c, offset, seed):
@@ -655,7 +680,8 @@ def test_shallow_1x1_float_outputs_in_whole_image_blocks(B, C, N, hw, signed, ou
 def test_conv_kernel_choice(monkeypatch):
     """conv_kernel: DSE_KERNEL_CONV forces the conv operand (an unknown name is an error); "auto" takes the
     broadcast kernel for ungrouped k x k convs of >= 16 input channels or >= 25 taps, strided 1x1 convs of >= 128
-    and stride-1 1x1 convs of >= 128 input and >= 64 output channels on planes of >= 14 x 14, im2col otherwise, and im2col wherever the broadcast kernel cannot run (below avx512, VNNI off); conv2d_scaled hands
+    and stride-1 1x1 convs of >= 128 input and >= 64 output channels on planes of >= 14 x 14 or of >= 512 input onto
+    fewer (>= 64) output channels on planes of 16-31 positions, im2col otherwise, and im2col wherever the broadcast kernel cannot run (below avx512, VNNI off); conv2d_scaled hands
     the choice to the kernel, and a 1x1 conv without padding on the broadcast kernel reads its input through it."""
     geo = K._ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), (8, 8))
     geo2 = K._ConvGeometry((2, 2), (0, 0, 0, 0), (1, 1), (4, 4))
@@ -674,6 +700,14 @@ def test_conv_kernel_choice(monkeypatch):
         assert K.conv_kernel(1, 1, 64, 256, 1, p14, isa) == "im2col"
         assert K.conv_kernel(1, 1, 128, 32, 1, p14, isa) == "im2col"
         assert K.conv_kernel(1, 1, 512, 2048, 1, p7, isa) == "im2col"
+        p4, p1 = K._ConvGeometry((1, 1), (0,) * 4, (1, 1), (4, 4)), K._ConvGeometry((1, 1), (0,) * 4, (1, 1), (1, 1))
+        assert K.conv_kernel(1, 1, 960, 160, 1, p4, isa) == bc  # MobileNetV2 32's 4x4 projections
+        assert K.conv_kernel(1, 1, 576, 160, 1, p4, isa) == bc
+        assert K.conv_kernel(1, 1, 160, 960, 1, p4, isa) == "im2col"  # its expansions and head
+        assert K.conv_kernel(1, 1, 320, 1280, 1, p4, isa) == "im2col"
+        assert K.conv_kernel(1, 1, 960, 48, 1, p4, isa) == "im2col"
+        assert K.conv_kernel(1, 1, 960, 160, 1, p1, isa) == "im2col"  # squeeze-and-excitation 1x1 planes
+        assert K.conv_kernel(1, 1, 960, 160, 1, p7, isa) == "im2col"  # planes of >= 32 positions: per-image operand
         monkeypatch.setenv("DSE_KERNEL_CONV", "bcast")
         assert K.conv_kernel(3, 3, 3, 64, 2, geo, isa) == bc
         with vnni_env(False):
