@@ -799,6 +799,20 @@ def _near(v: float, n: int = 2) -> list:
        quant=st.sampled_from([None, False, True]), act=st.sampled_from(["none", "relu", "clip"]),
        tie=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_scaled_tiles_adversarial_constants(B, img, Kd, N, mode, quant, act, tie, threads, seed):
+    _check_scaled_tiles_adversarial(B, img, Kd, N, mode, quant, act, tie, threads, seed)
+
+
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(14, 70), Kd=st.integers(1, 3), N=st.integers(1, 6), mode=st.sampled_from(["table", "u8"]),
+       quant=st.sampled_from([None, False, True]), act=st.sampled_from(["none", "relu", "clip"]),
+       tie=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_scaled_tiles_one_position_images(B, Kd, N, mode, quant, act, tie, threads, seed):
+    """The same on 1 x 1 planes of many images (a squeeze-excitation conv's GEMM of images x channels): each
+    channel's sums in a tile are up to 70 runs of one position, one image apart in the output."""
+    _check_scaled_tiles_adversarial(B, 1, Kd, N, mode, quant, act, tie, threads, seed)
+
+
+def _check_scaled_tiles_adversarial(B, img, Kd, N, mode, quant, act, tie, threads, seed):
     """The scaling of the int32 tiles (the 64-output quantized loop with its pack, the activation folded into the
     quantization's clamp where that is exact, runs of whole images in one call) against the numpy formula and the
     int64 pass (dequantize): quotients exactly at, and ulps around, half-integers (sums times 1.0 quantized by
