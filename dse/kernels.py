@@ -941,14 +941,13 @@ def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
     _check_range(b, True, "matmul_int right operand")
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     L = int(np.prod(lead, dtype=np.int64))
-    AT = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(a), lead + (M, K)), -1, -2)).reshape(L, K, M)
-    Wp = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(b), lead + (K, N)), -1, -2)).reshape(L, N, K)
+    out = np.empty((L, M, N), dtype=np.int64)
     lutb = _lutb_plan(mult, a_signed, M, K, N, path, isa) if L and K and M and N else None
-    if lutb is not None:
-        out = np.empty((L, M, N), dtype=np.int64)
+    if lutb is not None:  # reads both operands in their own layouts
         _lutb_batch(a, b, lead, lutb, out, isa)
         return out.reshape(lead + (M, N))
-    out = np.empty((L, M, N), dtype=np.int64)
+    AT = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(a), lead + (M, K)), -1, -2)).reshape(L, K, M)
+    Wp = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(b), lead + (K, N)), -1, -2)).reshape(L, N, K)
     plan = _int_plan(mult, a_signed, K, path, isa) if K and M and N else None
     if plan is not None:
         _kernels.int_gemm_batch(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
@@ -979,22 +978,19 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
         raise DseError("matmul_scaled: the scaling must be per tensor without act, quant or add")
     prep = _prepare(mult, a_signed)
     L = int(np.prod(lead, dtype=np.int64))
-    if not (L and K and M and N):
-        acc = matmul_int(a, b, mult, a_signed, isa=isa)
-        return scale_accumulators(acc.reshape(1, 1, -1), scaling, isa).reshape(acc.shape)
-    plan = _exact_plan(a_signed) if prep.is_exact else _int_plan(mult, a_signed, K, "auto", isa)
-    lutb = _lutb_plan(mult, a_signed, M, K, N, "auto", isa) if plan is None else None
-    if lutb is not None:
-        _check_range(a, a_signed, "matmul_scaled left operand")
-        _check_range(b, True, "matmul_scaled right operand")
-        out = _aligned_empty((L, M, N), np.float32)
-        _lutb_batch(a, b, lead, lutb, out, isa, scaling)
-        return out.reshape(lead + (M, N))
-    if plan is None or not _kernels.int_gemm_fits32(K, plan.gw.shape[1], plan.S):
+    plan = lutb = None
+    if L and K and M and N:
+        plan = _exact_plan(a_signed) if prep.is_exact else _int_plan(mult, a_signed, K, "auto", isa)
+        lutb = _lutb_plan(mult, a_signed, M, K, N, "auto", isa) if plan is None else None
+    if lutb is None and (plan is None or not _kernels.int_gemm_fits32(K, plan.gw.shape[1], plan.S)):
         acc = matmul_int(a, b, mult, a_signed, isa=isa)
         return scale_accumulators(acc.reshape(1, 1, -1), scaling, isa).reshape(acc.shape)
     _check_range(a, a_signed, "matmul_scaled left operand")
     _check_range(b, True, "matmul_scaled right operand")
+    if lutb is not None:
+        out = _aligned_empty((L, M, N), np.float32)
+        _lutb_batch(a, b, lead, lutb, out, isa, scaling)
+        return out.reshape(lead + (M, N))
     AT = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(L, K, N)
     Wp = np.ascontiguousarray(np.broadcast_to(_u8(a), lead + (M, K))).reshape(L, M, K)
     sc = Scaling(scaling.a_scale, np.full(M, scaling.w_scale.reshape(-1)[0], np.float32),
