@@ -420,12 +420,19 @@ class Emulator:
         out = {}
         for i, f in fusions.items():
             n = self.graph.nodes[i]
-            if (n.is_mac and r.resolved[n.name][1].domain != "int") or \
-                    any(r.resolved[c][1].domain != "int" for c in f.consumers) or \
-                    any(i < p <= f.last_use for p in r.store_at):
+            if (n.is_mac and r.resolved[n.name][1].domain != "int") or not self._patterns_suffice(i, f, r):
                 continue
             out[i] = f.quant
         return out
+
+    @staticmethod
+    def _patterns_suffice(i, f, r) -> bool:
+        """Whether the quantized input a fused pass at node ``i`` emits can stand in for fusion ``f``'s float32 tensor
+        in this run: every consumer runs on an integer table (a float-domain consumer needs the float32 tensor), and
+        no prefix-cache cut stored by this run lies where the tensor is live (stored states keep float32 tensors, as
+        any configuration may need them)."""
+        return all(r.resolved[c][1].domain == "int" for c in f.consumers) and \
+            not any(i < p <= f.last_use for p in r.store_at)
 
     def _add_quant(self, i, r) -> "OutputQuant | None":
         """The quantized input that Add node ``i``'s pass also emits: that of its conv/gemm readers
@@ -442,9 +449,7 @@ class Emulator:
         lc, mult = r.resolved[n.name]
         quant = self._add_quant(f.add, r)
         fa = r.fusions["adds"].get(f.add)
-        keep_sum = quant is None or fa is None or not f.macs_only or \
-            any(r.resolved[c][1].domain != "int" for c in fa.consumers) or \
-            any(i < p <= fa.last_use for p in r.store_at)
+        keep_sum = quant is None or fa is None or not f.macs_only or not self._patterns_suffice(i, fa, r)
         y = self._mac(n, [r.env[n.inputs[0]]], r.qcache, lc, mult, r.accs, r.hook, r.images,
                       r.fusions["acts"].get(f.add), quant, np.ascontiguousarray(r.env[f.other]), keep_sum)
         if quant is not None:
