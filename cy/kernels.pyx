@@ -735,6 +735,17 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
             raise ValueError("int_gemm: conv geometry does not match the weights or is out of range")
         if conv_kernel not in ("im2col", "bcast"):
             raise ValueError(f"int_gemm: unknown conv_kernel '{conv_kernel}' (im2col or bcast)")
+        if pool is not None:  # checked before the ISA level decides whether this call runs here at all
+            (bp.kh, bp.kw), (bp.sh, bp.sw), (bp.pt, bp.pl), (bp.dh, bp.dw), (bp.Ho, bp.Wo), pout, pq, qscale, \
+                qsigned = pool
+            if conv_kernel != "bcast" or scaling is None or scaling[6] is not None or \
+                    len(scaling) > 7 and scaling[7] is not None or out is not None:
+                raise ValueError("int_gemm: a fused pool needs the bcast kernel and a float32 scaling without add")
+            if min(bp.kh, bp.kw, bp.sh, bp.sw, bp.dh, bp.dw, bp.Ho, bp.Wo) < 1 or min(bp.pt, bp.pl) < 0:
+                raise ValueError("int_gemm: pool geometry out of range")
+            if tuple(pout.shape) != (cB, Wp.shape[0], bp.Ho, bp.Wo) or \
+                    pq is not None and (pq.dtype != np.uint8 or tuple(pq.shape) != tuple(pout.shape)):
+                raise ValueError("int_gemm: the pool's outputs must be [B, N, Ho', Wo'] (float32, uint8 patterns)")
         memset(&cv, 0, sizeof(cv))
         if conv_kernel == "bcast":
             if level < 2 or scaling is None:
@@ -748,17 +759,7 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
         cv.x = &xv[0, c0, 0, 0] if c0 < cC else &xv[0, 0, 0, 0]
         cv.ld_b, cv.HW, cv.kw, cv.Ho, cv.Wo = cC * cH * cW, cH * cW, ckw, chw[0], chw[1]
         if pool is not None:
-            (bp.kh, bp.kw), (bp.sh, bp.sw), (bp.pt, bp.pl), (bp.dh, bp.dw), (bp.Ho, bp.Wo), pout, pq, qscale, \
-                qsigned = pool
-            if conv_kernel != "bcast" or scaling is None or scaling[6] is not None or \
-                    len(scaling) > 7 and scaling[7] is not None or out is not None:
-                raise ValueError("int_gemm: a fused pool needs the bcast kernel and a float32 scaling without add")
-            if min(bp.kh, bp.kw, bp.sh, bp.sw, bp.dh, bp.dw, bp.Ho, bp.Wo) < 1 or min(bp.pt, bp.pl) < 0:
-                raise ValueError("int_gemm: pool geometry out of range")
             pov = pout
-            if tuple(pout.shape) != (cB, Wp.shape[0], bp.Ho, bp.Wo) or \
-                    pq is not None and (pq.dtype != np.uint8 or tuple(pq.shape) != tuple(pout.shape)):
-                raise ValueError("int_gemm: the pool's outputs must be [B, N, Ho', Wo'] (float32, uint8 patterns)")
             bp.out, bp.q = &pov[0, 0, 0, 0], NULL
             bp.qs, bp.qlo, bp.qhi = qscale, (-128 if qsigned else 0), (127 if qsigned else 255)
             if pq is not None:
