@@ -58,7 +58,7 @@ cdef extern from "lut_kernel.h" nogil:
         int drop
     void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
     int dse_cpu_level()
-    int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512
+    int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512, DSE_ISA_AVX2
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
@@ -593,7 +593,7 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level, int silu_
     sc.add, sc.base, sc.qout, sc.qf, sc.stream, sc.drop = NULL, NULL, NULL, NULL, 0, 0
     sc.silu, sc.loops = silu, (<const void *>_SIG_LOOPS if silu else NULL)
     cdef float[::1] qf_v
-    if add is None and sc.quant and not silu and level >= DSE_ISA_AVX512 and N:  # the avx512 level's fast patterns: their constants
+    if add is None and sc.quant and not silu and level >= DSE_ISA_AVX2 and N:  # the fast patterns (avx512, avx2): their constants
         qf = np.empty(4 + 4 * N, dtype=np.float32)
         qf_v = qf
         dse_scaling_qf(sc, N, &qf_v[0])

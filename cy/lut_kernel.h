@@ -2170,6 +2170,101 @@ dse_dw_run_avx2_mode(const dse_dw_tap *tp, int64_t ntap, int64_t L, int32_t *ful
     }
 }
 
+/* Products G[w] * value(a) (mode 1) on vpmaddwd at the AVX2 level, row by row into compacted sums: the taps in pairs
+ * (k, k + 1), each pair's activation bytes interleaved and widened into words (a_k, a_k+1) and multiplied by the
+ * dword (G[w_k], G[w_k+1]), the two products summed into one int32 lane: one multiply per two taps and 8 outputs.
+ * Exact: the values are within [-128, 255] and G[w] is an int16, so no pair sum overflows (only -32768 * -32768
+ * twice would). An odd last tap pairs with itself and a weight 0. Output row y of plane b (its run at t = b HW + y WQ
+ * in the phase planes) is computed 8 columns at a time and stored at full[(b Ho + y) Wo]: the columns past Wo of a
+ * row's last step are overwritten by the next step's store (or lie up to 7 past the nb Ho Wo sums: the buffer's
+ * slack), so the sums come out in the output's order with no row moves, and only a row's columns are computed (not
+ * the run's WQ - Wo padding columns between rows). Reads up to 15 bytes past a run (the planes' slack). */
+#define DSE_DW_PAIRS_MAX 256 /* taps (pair weights on the stack) */
+/* 8 lanes of a pair's products: i its taps' 8 activation bytes interleaved, w its weights. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_pair_madd(__m128i i, __m256i w,
+                                                                                const int a_signed)
+{
+    return _mm256_madd_epi16(a_signed ? _mm256_cvtepi8_epi16(i) : _mm256_cvtepu8_epi16(i), w);
+}
+
+/* The rows of nb planes: pa[q], pb[q] the runs of pair q's taps, W[q] its weights (npair: a constant where the caller
+ * passes one, so that the pairs' loop unrolls with its pointers and weights in registers). Rows of Wo = 1, 2 or 4
+ * columns whose R = 8 / Wo consecutive rows of a plane lie within 16 bytes of the first one's run ((R - 1) WQ + Wo <=
+ * 16) take one 8-lane step per R rows: each tap's 16 bytes gathered by one byte shuffle (gat) into its R runs of Wo,
+ * their sums the outputs of R rows, adjacent in the output. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_dw_rows_avx2_body(const uint8_t *const *pa, const uint8_t *const *pb, const __m256i *W, const int64_t npair,
+                      int64_t nb, int64_t HW, int64_t WQ, int64_t Ho, int64_t Wo, int64_t R, __m128i gat,
+                      int32_t *full, const int a_signed)
+{
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t y = 0; y < Ho;) {
+            const int64_t t = b * HW + y * WQ;
+            int32_t *d = full + (b * Ho + y) * Wo;
+            if (R > 1 && y + R <= Ho) { /* R rows of Wo in one step */
+                __m256i a0 = _mm256_setzero_si256();
+                for (int64_t q = 0; q < npair; q++)
+                    a0 = _mm256_add_epi32(
+                        a0, dse_dw_pair_madd(
+                                _mm_unpacklo_epi8(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa[q] + t)), gat),
+                                                  _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb[q] + t)), gat)),
+                                W[q], a_signed));
+                _mm256_storeu_si256((__m256i *)d, a0);
+                y += R;
+                continue;
+            }
+            int64_t x = 0;
+            for (; x + 8 < Wo; x += 16) { /* two steps (two chains) */
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+                for (int64_t q = 0; q < npair; q++) {
+                    const __m128i u = _mm_loadu_si128((const __m128i *)(pa[q] + t + x));
+                    const __m128i v = _mm_loadu_si128((const __m128i *)(pb[q] + t + x));
+                    a0 = _mm256_add_epi32(a0, dse_dw_pair_madd(_mm_unpacklo_epi8(u, v), W[q], a_signed));
+                    a1 = _mm256_add_epi32(a1, dse_dw_pair_madd(_mm_unpackhi_epi8(u, v), W[q], a_signed));
+                }
+                _mm256_storeu_si256((__m256i *)(d + x), a0);
+                _mm256_storeu_si256((__m256i *)(d + x + 8), a1);
+            }
+            if (x < Wo) {
+                __m256i a0 = _mm256_setzero_si256();
+                for (int64_t q = 0; q < npair; q++)
+                    a0 = _mm256_add_epi32(
+                        a0, dse_dw_pair_madd(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(pa[q] + t + x)),
+                                                               _mm_loadl_epi64((const __m128i *)(pb[q] + t + x))),
+                                             W[q], a_signed));
+                _mm256_storeu_si256((__m256i *)(d + x), a0);
+            }
+            y++;
+        }
+}
+
+/* The sums of nb planes' Ho x Wo outputs (mode 1, ntap <= DSE_DW_PAIRS_MAX) into full[(b Ho + y) Wo + x]. */
+DSE_T_AVX2 static void dse_dw_rows_avx2(const dse_dw_tap *tp, int64_t ntap, int a_signed, int64_t nb, int64_t HW,
+                                        int64_t WQ, int64_t Ho, int64_t Wo, int32_t *full)
+{
+    const uint8_t *pa[DSE_DW_PAIRS_MAX / 2], *pb[DSE_DW_PAIRS_MAX / 2];
+    __m256i W[DSE_DW_PAIRS_MAX / 2];
+    const int64_t npair = (ntap + 1) / 2;
+    for (int64_t q = 0; q < npair; q++) {
+        const int64_t k1 = 2 * q + 1 < ntap ? 2 * q + 1 : 2 * q;
+        const int32_t g1 = k1 > 2 * q ? tp[k1].wv : 0;
+        pa[q] = tp[2 * q].p, pb[q] = tp[k1].p;
+        W[q] = _mm256_set1_epi32((int32_t)((uint32_t)(uint16_t)tp[2 * q].wv | ((uint32_t)(uint16_t)g1 << 16)));
+    }
+    int64_t R = Wo == 1 || Wo == 2 || Wo == 4 ? 8 / Wo : 1;
+    R = (R - 1) * WQ + Wo <= 16 ? R : 1;
+    uint8_t g[16];
+    for (int64_t i = 0; i < 16; i++) /* lane i < 8: row i / Wo's column i % Wo */
+        g[i] = (uint8_t)(i < 8 && R > 1 ? (i / Wo) * WQ + i % Wo : 0x80);
+    const __m128i gat = _mm_loadu_si128((const __m128i *)g);
+#define DSE_DW_ROWS(np, sg) dse_dw_rows_avx2_body(pa, pb, W, np, nb, HW, WQ, Ho, Wo, R, gat, full, sg)
+    if (npair == 5) /* 3x3 */
+        a_signed ? DSE_DW_ROWS(5, 1) : DSE_DW_ROWS(5, 0);
+    else
+        a_signed ? DSE_DW_ROWS(npair, 1) : DSE_DW_ROWS(npair, 0);
+#undef DSE_DW_ROWS
+}
+
 DSE_T_AVX2 static void dse_dw_run_avx2(const dse_dw_tap *tp, int64_t ntap, int64_t L, int mode, int a_signed,
                                        int32_t *full)
 {
@@ -2784,8 +2879,12 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int64_t og = Cout / C, ntap = kh * kw;
     const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1, HW = HQ * WQ;
     const int64_t L = (Ho - 1) * WQ + Wo, slack = 128; /* the AVX-512 blocks may run 63 positions past a run */
+    const int fits32 = mode == 3 || (level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL);
+    /* "values" at the AVX2 level: dse_dw_rows_avx2, its sums already in the output's order (blocks of images of any
+     * plane size: it computes no padding rows between the planes and moves no rows) */
+    const int rows = mode == 1 && fits32 && level == DSE_ISA_AVX2 && ntap <= DSE_DW_PAIRS_MAX;
     int64_t nb = block / HW;
-    nb = nb < 1 || (level < DSE_ISA_AVX512 && HW >= DSE_DW_SMALL) ? 1 : (nb > B ? B : nb);
+    nb = nb < 1 || (level < DSE_ISA_AVX512 && HW >= DSE_DW_SMALL && !rows) ? 1 : (nb > B ? B : nb);
     /* phase planes PS bytes apart: the block's planes and 64 bytes of padding (dse_dw_phases_s2_512's stores) */
     const int64_t nblk = (B + nb - 1) / nb, PS = nb * HW + 64, LB = (nb - 1) * HW + L;
     /* prefetched: with one image per block the block after next into L1; else the next block into L2 (a block's
@@ -2796,7 +2895,6 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
      * included, translated into P 64 bytes per step (npr: np rounded up to 64) */
     const int xt512 = xtab && level >= DSE_ISA_AVX512;
     const int64_t npr = (np + 63) / 64 * 64;
-    const int fits32 = mode == 3 || (level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL);
     /* rowsum at the AVX-512 level: byte planes of each tap's column (dse_dw_run_planes_512) when a block's run has at
      * least 64 output positions (its steps of 64 are then mostly used) */
     const int planes = mode == 3 && level >= DSE_ISA_AVX512 && ntap <= 256 && LB >= 64;
@@ -2808,6 +2906,10 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     const int small = (s1_512 || s2_512) && nb > 1 ? dse_dw_small_tables(H, W, pt, pl, sh, sw, HQ, WQ, smtab, smsk) : 0;
     const uint8_t *xend = x + B * C * H * W;
     const int quads = mode == 1 && fits32 && level >= DSE_ISA_AVX512 && vnni && dse_cpu_vnni(level);
+    /* the blocks in image-major order where no per-channel table is built ("values", "factor" below the AVX-512
+     * level): the next block is the next channel's planes of the same images, adjacent in memory (channel-major, the
+     * blocks would read each image's planes a page or more apart) */
+    const int imajor = (mode == 1 || mode == 2) && !quads && level < DSE_ISA_AVX512;
     /* VNNI quads on small planes without xtab: gsz adjacent channels (C a multiple of gsz, at most 16 permutes) in
      * turn per block of images, their planes copied into gsz phase buffers (npr bytes apart) from one 64-byte load
      * per lpc channels (lpc H W <= 64 bytes) and image, at most 4 loads: a channel's planes lie C H W bytes apart, a
@@ -2873,11 +2975,14 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             const int64_t esz = sc ? dse_scaled_esz(sc) : 8; /* bytes per output element */
             char *on = sc ? (char *)outs : (char *)out;
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < C / gsz * nblk; t++) { /* channel-major: a channel's tables serve all its images */
-                const int64_t c0 = t / nblk * gsz, b0 = (t % nblk) * nb, nbb = B - b0 < nb ? B - b0 : nb;
+            for (int64_t t = 0; t < C / gsz * nblk; t++) { /* channel-major (a channel's tables serve all its images)
+                                                              * unless imajor */
+                const int64_t c0 = (imajor ? t % (C / gsz) : t / nblk) * gsz;
+                const int64_t b0 = (imajor ? t / (C / gsz) : t % nblk) * nb, nbb = B - b0 < nb ? B - b0 : nb;
                 const int64_t Lr = (nbb - 1) * HW + L;
                 if (t + ahead < C / gsz * nblk) { /* the input and output lines of a block ahead: planes far apart */
-                    const int64_t tn = t + ahead, cn = tn / nblk * gsz, bn = (tn % nblk) * nb;
+                    const int64_t tn = t + ahead, cn = (imajor ? tn % (C / gsz) : tn / nblk) * gsz;
+                    const int64_t bn = (imajor ? tn / (C / gsz) : tn % nblk) * nb;
                     const int64_t nn = B - bn < nb ? B - bn : nb;
                     for (int64_t b = bn; b < bn + nn; b++) {
                         dse_prefetch_lines(x + (b * C + cn) * H * W, gsz * H * W, 0, nb > 1);
@@ -2947,12 +3052,16 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         } else if (q8) /* the outputs only, in their order: nothing to move */
                             dse_dw_run_quads_512(P, &gr, wq, init, nbb * qper, soff, soff + nsteps, stab, qtab,
                                                  a_signed, full32);
+                        else if (rows)
+                            dse_dw_rows_avx2(tp, ntap, a_signed, nbb, HW, WQ, Ho, Wo, full32);
                         else if (level >= DSE_ISA_AVX512)
                             dse_dw_run_512(tp, ntap, Lr, mode, a_signed, full32);
                         else
                             dse_dw_run_avx2(tp, ntap, Lr, mode, a_signed, full32);
                         if (sc) { /* each image's rows moved together, then scaled as nbb runs of Ho Wo */
-                            if (fits32 && level >= DSE_ISA_AVX512)
+                            if (rows) /* dse_dw_rows_avx2's sums are in the output's order already */
+                                ;
+                            else if (fits32 && level >= DSE_ISA_AVX512)
                                 dse_dw_compact_512(full32, Lr, vb, HW);
                             else if (fits32 && nbb == 1)
                                 for (int64_t y = 1; y < Ho && WQ != Wo; y++)
@@ -2967,7 +3076,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         for (int64_t b = 0; b < nbb; b++)
                             for (int64_t y = 0; y < Ho; y++)
                                 for (int64_t q = 0; q < Wo; q++) {
-                                    const int64_t i = q8 ? (b * Ho + y) * Wo + q : b * HW + y * WQ + q;
+                                    const int64_t i = q8 || rows ? (b * Ho + y) * Wo + q : b * HW + y * WQ + q;
                                     ot[b * Cout * Ho * Wo + y * Wo + q] = fits32 ? full32[i] : full[i];
                                 }
                     }
@@ -3306,6 +3415,65 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
                   o, j);
 }
 
+/* Whether the CPU has FMA (the AVX2 level's certified single-precision patterns, dse_scale_run_qfast_avx2). */
+static int dse_cpu_fma(void)
+{
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("fma") != 0;
+    }
+    return have;
+#else
+    return 0;
+#endif
+}
+
+/* n < 8 or a group whose fast check failed: the exact operations (dse_scale_run_avx2), patterns from int32 sums. */
+DSE_T_AVX2 static void dse_scale_q_exact_avx2(const int32_t *a, int64_t n, const dse_scaling *sc, int64_t c,
+                                              uint8_t *o)
+{
+    dse_scale_run_avx2(a, n, sc, c, o, DSE_SUM_I32, sc->act, 1, 0);
+}
+
+/* Whether channel c's patterns take dse_scale_run_qfast_avx2: sc->qf set (dse_scaling_qf), usable, constants for
+ * c, and the CPU has FMA. */
+static inline int dse_qfast_avx2_at(const dse_scaling *sc, int64_t c)
+{
+    return sc->qf && sc->qf[0] != 0.0f && sc->qf[4 + 4 * c] != 0.0f && dse_cpu_fma();
+}
+
+/* The certified single-precision patterns (dse_qfast_s: the same constants sc->qf, the same operations, one FMA per
+ * bound) at the AVX2 level: a run of S int32 sums at a into S patterns at o of channel c (dse_qfast_avx2_at), 8 per
+ * step; a step whose two roundings differ in a lane, and the last S mod 8, take the exact operations. The 8 lanes'
+ * patterns are packed with signed/unsigned saturation, which is the pattern type's clamp (sc->qf[3] == 0), else
+ * clamped to [qf[1], qf[2]] first. */
+__attribute__((target("avx2,fma"))) static void dse_scale_run_qfast_avx2(const int32_t *a, int64_t S,
+                                                                         const dse_scaling *sc, int64_t c, uint8_t *o)
+{
+    const float *k = sc->qf + 4 + 4 * c;
+    const __m256 c1 = _mm256_set1_ps(k[0]), cl = _mm256_set1_ps(k[1]), ch = _mm256_set1_ps(k[2]);
+    const __m256i qlo = _mm256_set1_epi32((int32_t)sc->qf[1]), qhi = _mm256_set1_epi32((int32_t)sc->qf[2]);
+    const int clamp = sc->qf[3] != 0.0f, sgn = sc->qlo < 0;
+    int64_t j = 0;
+    for (; j + 8 <= S; j += 8) {
+        const __m256 xf = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(a + j)));
+        __m256i kl = _mm256_cvtps_epi32(_mm256_fmadd_ps(xf, c1, cl));
+        const __m256i kh = _mm256_cvtps_epi32(_mm256_fmadd_ps(xf, c1, ch));
+        if (__builtin_expect(_mm256_movemask_epi8(_mm256_cmpeq_epi32(kl, kh)) != -1, 0)) {
+            dse_scale_q_exact_avx2(a + j, 8, sc, c, o + j);
+            continue;
+        }
+        if (clamp)
+            kl = _mm256_min_epi32(qhi, _mm256_max_epi32(qlo, kl));
+        const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(kl), _mm256_extracti128_si256(kl, 1));
+        _mm_storel_epi64((__m128i *)(o + j), sgn ? _mm_packs_epi16(w, w) : _mm_packus_epi16(w, w));
+    }
+    if (j < S)
+        dse_scale_q_exact_avx2(a + j, S - j, sc, c, o + j);
+}
+
 /* The 12 output-step variants of a scaling instance (dse_scaled_variant: activation, quantization, add), expanded by
  * a macro m(prefix, act, quant, add) into a list (DSE_VARIANTS) or a table row of names (DSE_VARIANT_NAMES). */
 #define DSE_VARIANTS(m, p)                                                                                             \
@@ -3321,6 +3489,11 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
                                                        int64_t c, void *o, int64_t ld)                                 \
     {                                                                                                                  \
         const int kind = p##_kind, esz = kind == DSE_SUM_I32 ? 4 : 8;                                                  \
+        if (kind == DSE_SUM_I32 && quant && !add && dse_qfast_avx2_at(sc, c)) { /* certified single precision */     \
+            for (int64_t r = 0; r < nrun; r++)                                                                         \
+                dse_scale_run_qfast_avx2((const int32_t *)a + r * S, S, sc, c, (uint8_t *)o + r * ld);                 \
+            return;                                                                                                    \
+        }                                                                                                              \
         for (int64_t r = 0; r < nrun; r++)                                                                             \
             dse_scale_run_avx2((const char *)a + r * S * esz, S, sc, c, dse_scaled_out(sc, o, r * ld), kind, act,      \
                                quant, add);                                                                            \
@@ -3448,7 +3621,7 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_scale16_i32(cons
  * = clamp(t, max(qlo, A), min(qhi, B)) when those bounds do not cross (A <= B and [A, B] meets [qlo, qhi]). Relu
  * (y <= 0 or -0 -> +0, which g sends to 0) is the clip to [0, inf]. A NaN stays NaN either way (pattern 0), -0 and
  * +0 convert alike. Returns 1 and the clamp's bounds when the fold holds, else 0 (the pass then clips first). */
-DSE_T_512 static inline int dse_act_in_quant(const dse_scaling *sc, float *qlo, float *qhi)
+static inline int dse_act_in_quant(const dse_scaling *sc, float *qlo, float *qhi)
 {
     const float lo = sc->act == DSE_ACT_RELU ? 0.0f : sc->lo, hi = sc->act == DSE_ACT_RELU ? INFINITY : sc->hi;
     if (!(sc->qs > 0.0f && sc->qs < INFINITY && lo <= hi))
@@ -3667,8 +3840,9 @@ DSE_T_512 static inline __attribute__((always_inline)) int dse_qfast_at(const ds
  * channels with patterns and no add, written to qf[4 + 4 N] (the caller's, pointed to by sc->qf for the pass):
  * {usable, A, B, clamp} (the clamp [A, B] with the activation folded; usable 0 where the activation does not fold;
  * clamp 0 where [A, B] is the pattern type's whole range, which the saturating packs give), then {c1, cl, ch, 0} per
- * channel (c1 = 0: that channel takes the exact operations). For the avx512 level only (dse_act_in_quant). */
-DSE_T_512 static void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
+ * channel (c1 = 0: that channel takes the exact operations). For the avx512 and avx2 levels (dse_scale_run_qfast,
+ * dse_scale_run_qfast_avx2). */
+static void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
 {
     float qlo = (float)sc->qlo, qhi = (float)sc->qhi;
     const int usable = sc->quant && !sc->add && (sc->act == DSE_ACT_NONE || dse_act_in_quant(sc, &qlo, &qhi));

@@ -605,6 +605,28 @@ def dw_blocks(block: int, vnni: bool):
         K._DW_BLOCK_POS = before
 
 
+def dw_scaled_reference(rng, ref: np.ndarray, out: str, act, q_signed: bool):
+    """(Scaling, its output by the numpy formula) of a depthwise conv's int64 sums ``ref`` [B, N, Ho, Wo] for the
+    output ``out`` ("int64": (None, None); "float32"; "quant": patterns, signed with ``q_signed``) with the activation
+    ``act`` (None, "relu", "clip"), random constants."""
+    from dse.quant import reference_quantize_act
+
+    if out == "int64":
+        return None, None
+    N = ref.shape[1]
+    qs = float(np.float32(rng.uniform(0.5, 5)))
+    # Clip bounds: wide, Relu6, or at the quantization's rounding ties (the quantized passes' certified single
+    # precision fold the Clip into the quantization's clamp: its bounds are the bounds' patterns)
+    lo, hi = [(-50.0, 600.0), (0.0, 6.0), (-2.5 * qs, 3.5 * qs), (10.5 * qs, 40.5 * qs)][rng.integers(4)]
+    sc = K.Scaling(0.01, rng.uniform(1e-3, 1, N).astype(np.float32), rng.normal(0, 100, N).astype(np.float32),
+                   act and K.OutputAct(act, lo if act == "clip" else -np.inf, hi if act == "clip" else np.inf),
+                   K.OutputQuant(qs, q_signed) if out == "quant" else None)
+    y = ((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(
+        np.float32) + sc.bias[None, :, None, None]
+    y = y if act is None else sc.act.apply(y)
+    return sc, reference_quantize_act(y, sc.quant.scale, q_signed) if out == "quant" else y
+
+
 @settings(deadline=None, max_examples=80)
 @given(B=st.integers(1, 6), C=st.integers(1, 3), og=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
        k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
@@ -620,8 +642,6 @@ def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, ex
     int32 or int64 sums), int64 sums or scaled (float32 or quantized output, no activation, Relu or Clip), at every
     ISA level, with and without VNNI (avx512: the quads of taps, only the outputs computed, no moves, scaled in
     registers), 1 and 2 threads, odd plane sizes, against the numpy reference."""
-    from dse.quant import reference_quantize_act
-
     rng = np.random.default_rng(seed)
     x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
     mult = {**DW_MULTS, "gw16": GW16}[mname]
@@ -632,20 +652,7 @@ def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, ex
     assert mode == {"exact": "values", "perf": "values", "gw16": "values", "sep": "bytes", "sep16": "factor"}.get(
         mname, mode)
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
-    sc = y = None
-    if out != "int64":
-        qs = float(np.float32(rng.uniform(0.5, 5)))
-        # Clip bounds: wide, Relu6, or at the quantization's rounding ties (the avx512 quantized passes fold the
-        # Clip into the quantization's clamp: its bounds are the bounds' patterns)
-        lo, hi = [(-50.0, 600.0), (0.0, 6.0), (-2.5 * qs, 3.5 * qs), (10.5 * qs, 40.5 * qs)][rng.integers(4)]
-        sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
-                       rng.normal(0, 100, C * og).astype(np.float32),
-                       act and K.OutputAct(act, lo if act == "clip" else -np.inf, hi if act == "clip" else np.inf),
-                       K.OutputQuant(qs, signed) if out == "quant" else None)
-        y = ((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None]).astype(
-            np.float32) + sc.bias[None, :, None, None]
-        y = y if act is None else sc.act.apply(y)
-        y = reference_quantize_act(y, sc.quant.scale, signed) if out == "quant" else y
+    sc, y = dw_scaled_reference(rng, ref, out, act, signed)
     with K.using_threads(threads):
         for isa in ISAS:
             for vnni in [False] + ([True] if isa in vnni_levels() else []):
@@ -653,6 +660,39 @@ def test_depthwise_image_blocks(B, C, og, H, W, k, stride, dil, pads, signed, ex
                     got = K._dw_conv(x, w, mult, signed, geo, mode, isa, sc)
                 assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), \
                     (isa, vnni, mode)
+
+
+# planes of every width, biased to the small ones (output rows of 1, 2 or 4 columns, several per AVX2 step)
+DW_WIDTHS = st.one_of(st.integers(1, 10), st.integers(1, 40))
+
+
+@settings(deadline=None, max_examples=80)
+@given(B=st.integers(1, 5), C=st.integers(1, 4), og=st.integers(1, 3), H=DW_WIDTHS, W=DW_WIDTHS,
+       k=st.one_of(st.tuples(st.integers(1, 7), st.integers(1, 7)), st.just((3, 3)), st.just((17, 16))),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), dil=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), signed=st.booleans(), q_signed=st.booleans(), extreme=st.booleans(),
+       mname=st.sampled_from(["exact", "perf", "gw16"]), block=st.sampled_from([1, 100, 4096]),
+       out=st.sampled_from(["int64", "float32", "quant", "quant"]), act=st.sampled_from([None, "relu", "clip"]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_values_rows(B, C, og, H, W, k, stride, dil, pads, signed, q_signed, extreme, mname, block, out, act,
+                               threads, seed):
+    """The "values" products at the AVX2 level (taps in pairs on vpmaddwd, row by row into sums in the output's order,
+    rows of 1, 2 or 4 columns gathered several per step, blocks of images of any plane size in image-major order, the
+    quantized output's certified single-precision patterns): kernels up to 7x7 and one of 272 taps (beyond the pair
+    kernel: the generic one), odd tap counts, weight factors beyond a byte, planes 1-40, strides 1-3, dilation,
+    padding, channel multipliers, 1-5 images, int64 sums, float32 or signed/unsigned patterns with Relu/Clip, every
+    ISA level, 1 and 2 threads, against the numpy reference."""
+    rng = np.random.default_rng(seed)
+    x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
+    mult = {**DW_MULTS, "gw16": GW16}[mname]
+    geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
+    assert K._depthwise_mode(mult, signed, w.shape, max(C, 2), "auto", geo, B) == "values"
+    ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
+    sc, y = dw_scaled_reference(rng, ref, out, act, q_signed)
+    with K.using_threads(threads), dw_blocks(block, False):
+        for isa in ISAS:
+            got = K._dw_conv(x, w, mult, signed, geo, "values", isa, sc)
+            assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
 
 
 @settings(deadline=None, max_examples=40)
