@@ -179,10 +179,15 @@ DSE_T_AVX2 static void dse_ig_pack_a_avx2(const dse_ig_a *A, int64_t K, int t, c
     const int64_t lda = A->lda;
     const int64_t full = mv - mv % mr; /* positions in full panels */
     const int64_t pfull = dse_ig_whole_groups(K, 2, p0, kcp); /* pairs with both rows */
+    const int64_t b0 = m0 / A->img, s0 = m0 % A->img; /* the block's first image and offset, divided once */
     for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
+        const uint8_t *row = A->p + 2 * (p0 + p) * lda;
+        int64_t b = b0, s = s0; /* panel q's image and offset: dse_ig_at stepped by mr, each full panel in one image */
         for (int64_t q = 0; q < full / mr; q++) {
-            const uint8_t *r0 = dse_ig_at(A, 2 * (p0 + p), m0 + q * mr);
+            const uint8_t *r0 = row + b * A->ld_img + s;
             int16_t *d = dst + (q * kcp + p) * 2 * mr;
+            if ((s += mr) >= A->img) /* the next panel starts the next image */
+                s -= A->img, b++;
             for (int c = 0; c < mr; c += 16) {
                 const __m128i x0 = _mm_loadu_si128((const __m128i *)(r0 + c));
                 const __m128i x1 = _mm_loadu_si128((const __m128i *)(r0 + lda + c));

@@ -155,3 +155,35 @@ def test_depthwise_stride2_rows(B, C, H, W, k, stride, pads, signed, act, out, t
     per row at the avx512 level, each phase's half stored as 16 bytes with the bytes past it cleared), rows around
     those widths and past them, against numpy at every ISA level."""
     _check_depthwise(B, C, H, W, k, stride, pads, signed, act, out, threads, seed)
+
+
+@settings(deadline=None, max_examples=50)
+@given(B=st.integers(1, 5), G=st.sampled_from([1, 1, 2, 3]), cg=st.integers(1, 200), og=st.integers(1, 14),
+       hw=st.one_of(st.tuples(st.integers(1, 40), st.integers(1, 40)),
+                    st.sampled_from([(4, 8), (8, 8), (2, 16), (16, 16), (32, 32), (40, 40), (4, 4), (4, 12)])),
+       stride=st.sampled_from([(1, 1), (1, 1), (2, 2), (1, 2)]),
+       pads=st.sampled_from([(0, 0, 0, 0), (0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 2, 0)]), signed=st.booleans(),
+       act=st.sampled_from([None, "relu", "clip"]), out=st.sampled_from(["int64", "float", "quant", "add", "add+quant"]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_pointwise_conv_shapes_every_output(B, G, cg, og, hw, stride, pads, signed, act, out, threads, seed):
+    """1x1 exact convs of random shapes (1-5 images, planes 1..40 on a side, depths 1..600, groups, strides,
+    padding; planes of whole 16-position panels, several images to a block of positions) in every output mode (int64 sums, float32, the next layer's patterns (the avx2 level's certified
+    single-precision patterns where the CPU has FMA), a fused Add with and without patterns, Relu/Clip) against numpy
+    at every ISA level, with and without VNNI, 1 and 2 threads: the int16 kernel's activation packing (panels stepped
+    image by image) and the output steps."""
+    rng = np.random.default_rng(seed)
+    H, W = hw
+    cg = max(1, min(cg, 300_000 // (B * H * W * G)))  # the numpy reference's time: shallower convs on large planes
+    C, N = cg * G, og * G
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, cg, 1, 1))
+    args = (stride, pads, (1, 1), G)
+    ref = K.reference_conv2d_int(x, w, EXACT, signed, *args)
+    sc = None if out == "int64" else _scaling(rng, N, ref.shape, act, out, bool(rng.integers(2)))
+    want = ref if sc is None else scaled_reference(ref, sc)
+    for isa in ISAS:
+        for vnni in [False] + ([True] if isa in VNNI else []):
+            with vnni_env(vnni), K.using_threads(threads):
+                got = K.conv2d_int(x, w, EXACT, signed, *args, isa=isa) if sc is None else \
+                    K.conv2d_scaled(x, w, EXACT, signed, sc, *args, isa=isa)
+            assert_same(got, want, (isa, vnni))
