@@ -70,9 +70,9 @@ def _shape_kind(x_shape, w_shape, stride, add) -> str:
     return f"conv {kh}x{kw} {H}x{H} s{stride[0]}"
 
 
-def capture(size: int, onnx_path: str | None = None, n_images: int = 128):
-    """(calls, images, onnx path): every conv2d_scaled call of one FxP8-exact batch, in network order, as (kind,
-    args, kwargs) with the arrays copied."""
+def capture(size: int, onnx_path: str | None = None, n_images: int = 128, multiplier: str = "exact"):
+    """(calls, images, onnx path): every conv2d_scaled call of one FxP8 batch (every layer on ``multiplier``), in
+    network order, as (kind, args, kwargs) with the arrays copied."""
     from dse import kernels
     from dse.emulate import Emulator
     from dse.layer_config import LayerConfig
@@ -104,7 +104,7 @@ def capture(size: int, onnx_path: str | None = None, n_images: int = 128):
 
     kernels.conv2d_scaled = recording
     try:
-        emu.run(x, {l.name: LayerConfig("exact") for l in qm.layers}, batch_size=len(x))
+        emu.run(x, {l.name: LayerConfig(multiplier) for l in qm.layers}, batch_size=len(x))
     finally:
         kernels.conv2d_scaled = orig
     return calls, x, path
@@ -214,6 +214,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--onnx", help="an ONNX CNN with a fixed square input instead of MobileNetV2 (--size: its size)")
+    ap.add_argument("--multiplier", default="exact", help="every layer's multiplier (e.g. mitch_w6; LUT: bench_e2e's "
+                    "imported 256x256 table)")
     ap.add_argument("--images", type=int, default=128, help="images per batch (the emulator's streaming batch "
                     "of a 224x224 EfficientNet-B0-style is 19)")
     a = ap.parse_args()
@@ -222,7 +224,12 @@ def main() -> None:
     kernels.set_threads(1)
     if a.onnx:
         a.size = onnx.load(a.onnx).graph.input[0].type.tensor_type.shape.dim[-1].dim_value
-    calls, x, path = capture(a.size, a.onnx, a.images)
+    mult = a.multiplier
+    if mult == "LUT":
+        from bench_e2e import imported_lut
+
+        mult = imported_lut(Path(tempfile.mkdtemp()))
+    calls, x, path = capture(a.size, a.onnx, a.images, mult)
     mods = load_builds(a.so) if a.so else [kernels._kernels]
     names = [Path(s).name for s in a.so] if a.so else ["this build"]
     dse_t = time_builds(calls, mods, a.rounds)
@@ -230,7 +237,7 @@ def main() -> None:
     count = collections.Counter(k for k, _, _ in calls)
     kinds = sorted(count, key=lambda k: -dse_t[0][k]) + ["convs, all"]
     net = Path(a.onnx).stem if a.onnx else "MobileNetV2"
-    print(f"{net} {a.size}x{a.size}, {len(x)} images, FxP8 exact, one thread, {a.rounds} rounds, median ms")
+    print(f"{net} {a.size}x{a.size}, {len(x)} images, FxP8 {a.multiplier}, one thread, {a.rounds} rounds, median ms")
     head = f"{'layer kind (calls)':34s}" + "".join(f"{n[:14]:>15s}" for n in names)
     head += "".join(f"{'/ ' + n[:10]:>13s}" for n in names[1:])
     if ort_t:

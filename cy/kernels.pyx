@@ -420,7 +420,8 @@ def images_T(const uint8_t[:, :, ::1] x, const uint8_t[::1] table=None, isa=None
     """The 1x1 conv GEMM operand uint8[C, B * P] of a batch x [B, C, P]: entry (c, b * P + p) = x[b, c, p], or
     ``table[x[b, c, p]]`` with a table (256 entries: e.g. the rows kernel's activation classes), one pass without the
     GIL (numpy's transposing copy walks runs of P bytes one call each, slow for the small planes of deep layers); at
-    the avx512 level a table is applied afterwards to the whole operand with VBMI byte permutes."""
+    the avx2 and avx512 levels a table is applied afterwards to the whole operand (dse_translate: vpshufb / VBMI byte
+    permutes)."""
     if table is not None and table.shape[0] != 256:
         raise ValueError("images_T: the table must have 256 entries")
     cdef int level = _level(isa)
@@ -432,12 +433,12 @@ def images_T(const uint8_t[:, :, ::1] x, const uint8_t[::1] table=None, isa=None
     with nogil:
         for b in range(B):
             for c in range(C):
-                if table is None or level >= 2:
+                if table is None or level >= 1:
                     memcpy(&o[c, b * P], &x[b, c, 0], P)
                 else:
                     for i in range(P):
                         o[c, b * P + i] = table[x[b, c, i]]
-        if table is not None and level >= 2:
+        if table is not None and level >= 1:
             dse_translate(level, &o[0, 0], C * B * P, &table[0], &o[0, 0])
     return out
 

@@ -1128,6 +1128,72 @@ static void dse_rows_gather(const dse_rows_out *o, void *fin, int64_t j, int64_t
         f[i * si] = (first ? init : f[i * si]) + acc[i * ns];
 }
 
+/* 8 selectors' window sums ((A - 256 H) mod 2^16) + 256 H of one position from its 16-bit accumulators a (A, then H
+ * at a + DSE_RT_NT: dse_rows_accum_avx2's layout), as dse_rows_finish_avx2. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_rows_sums8_avx2(const uint16_t *a)
+{
+    const __m128i A = _mm_loadu_si128((const __m128i *)a), H = _mm_loadu_si128((const __m128i *)(a + DSE_RT_NT));
+    const __m128i L = _mm_sub_epi16(A, _mm_slli_epi16(H, 8));
+    return _mm256_add_epi32(_mm256_cvtepu16_epi32(L), _mm256_slli_epi32(_mm256_cvtepu16_epi32(H), 8));
+}
+
+/* dse_rows_gather's int32 case for all selector rows j < nv at once when the weights select (fin[j * len + i0 + i],
+ * one channel's run of positions per row): the sums of 8 positions of 8 selectors transposed 8 x 8 per block, a
+ * scalar loop for the last n % 8 positions. The sums are acc's int32 [n][ns], or (acc16 not NULL: a call whose one
+ * window is its whole reduction) the window sums from the 16-bit accumulators acc16 [n][2 DSE_RT_NT] themselves,
+ * without dse_rows_finish_avx2's int32 copy. */
+DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len, int64_t i0, int64_t n,
+                                              const int32_t *acc, const uint16_t *acc16, int64_t ns,
+                                              const int64_t *init, int first)
+{
+    int32_t *f = (int32_t *)fin + i0;
+    const int64_t n8 = n - n % 8;
+    int32_t tail[8];
+    for (int64_t j0 = 0; j0 < nv; j0 += 8) {
+        const int jn = nv - j0 < 8 ? (int)(nv - j0) : 8;
+        __m256i iv[8];
+        for (int r = 0; r < 8; r++)
+            iv[r] = _mm256_set1_epi32(first && r < jn ? (int32_t)init[j0 + r] : 0);
+        for (int64_t i = 0; i < n8; i += 8) {
+            const int32_t *a = acc + i * ns + j0;
+            __m256i r[8], t[8], u[8], c[8];
+            for (int q = 0; q < 8; q++) /* position i + q, selectors j0.. */
+                r[q] = acc16 ? dse_rows_sums8_avx2(acc16 + (i + q) * 2 * DSE_RT_NT + j0)
+                             : _mm256_loadu_si256((const __m256i *)(a + q * ns));
+            for (int q = 0; q < 8; q += 2) {
+                t[q] = _mm256_unpacklo_epi32(r[q], r[q + 1]);
+                t[q + 1] = _mm256_unpackhi_epi32(r[q], r[q + 1]);
+            }
+            for (int q = 0; q < 8; q += 4) {
+                u[q] = _mm256_unpacklo_epi64(t[q], t[q + 2]);     /* selectors 0 | 4 */
+                u[q + 1] = _mm256_unpackhi_epi64(t[q], t[q + 2]); /* 1 | 5 */
+                u[q + 2] = _mm256_unpacklo_epi64(t[q + 1], t[q + 3]); /* 2 | 6 */
+                u[q + 3] = _mm256_unpackhi_epi64(t[q + 1], t[q + 3]); /* 3 | 7 */
+            }
+            for (int q = 0; q < 4; q++) {
+                c[q] = _mm256_permute2x128_si256(u[q], u[q + 4], 0x20);
+                c[q + 4] = _mm256_permute2x128_si256(u[q], u[q + 4], 0x31);
+            }
+            for (int q = 0; q < jn; q++) {
+                int32_t *d = f + (j0 + q) * len + i;
+                const __m256i base = first ? iv[q] : _mm256_loadu_si256((const __m256i *)d);
+                _mm256_storeu_si256((__m256i *)d, _mm256_add_epi32(base, c[q]));
+            }
+        }
+        for (int64_t i = n8; i < n; i++) {
+            const int32_t *a = acc + i * ns + j0;
+            if (acc16) {
+                _mm256_storeu_si256((__m256i *)tail, dse_rows_sums8_avx2(acc16 + i * 2 * DSE_RT_NT + j0));
+                a = tail;
+            }
+            for (int q = 0; q < jn; q++) {
+                int32_t *d = f + (j0 + q) * len + i;
+                *d = (int32_t)((first ? init[j0 + q] : *d) + a[q]);
+            }
+        }
+    }
+}
+
 /* Scales a task's final sums fin (dse_rows_gather with selector stride ns; selector rows n0..n0+nv-1, index
  * positions m0..m0+mb-1) into o->outs, one dse_scale_sums run per channel and image. */
 static void dse_rows_scale(const dse_rows_out *o, const void *fin, int64_t n0, int64_t nv, int64_t m0, int64_t mb,
@@ -1196,7 +1262,12 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
             im->accum(tab, ts, ip, kc, mb, k0 == w0, acc);
         }
         const int32_t *ws = (const int32_t *)acc;
-        if (im->finish) {
+        /* a scaled call whose one window is the whole reduction, on the 16-bit A / H accumulators: the transposing
+         * gather reads them itself (no int32 copy of the sums) */
+        const int t16 = out->sc && out->fin_kind == DSE_SUM_I32 && !out->sel_is_m && out->level >= DSE_ISA_AVX2;
+        const int fused = t16 && w0 == 0 && w1 == K &&
+                          (im->finish == dse_rows_finish_avx2 || im->finish == dse_rows_finish16_avx2);
+        if (im->finish && !fused) {
             im->finish(acc, mb, w0 % kout == 0, sums);
             ws = sums;
         }
@@ -1206,6 +1277,11 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
          * the tile's rows read them (one pass per row over all mb positions read a cache line per sum) */
         for (int64_t i0 = 0; i0 < mb; i0 += DSE_RT_OB) {
             const int64_t n = (mb - i0 < DSE_RT_OB) ? mb - i0 : DSE_RT_OB;
+            if (t16) {
+                dse_rows_gather_t_avx2(fin, nv, mb, i0, n, ws + i0 * ns,
+                                       fused ? (const uint16_t *)acc + i0 * 2 * DSE_RT_NT : NULL, ns, init, w0 < kout);
+                continue;
+            }
             for (int64_t j = 0; j < nv; j++) {
                 if (out->sc)
                     dse_rows_gather(out, fin, j, mb, i0, n, ws + i0 * ns + j, ns, init[j], w0 < kout);
@@ -2618,12 +2694,34 @@ DSE_T_512 static void dse_translate_512(const uint8_t *s, int64_t n, const uint8
     }
 }
 
-/* d[i] = tab[s[i]] for i < n (s == d allowed): 64 bytes per step at the AVX-512 level, else byte by byte. */
+/* The same with AVX2, 32 bytes per step: the table's 16 runs of 16 entries held in 16 ymm, each looked up by the low
+ * nibbles (vpshufb) and kept where the high nibble selects that run. */
+DSE_T_AVX2 static void dse_translate_avx2(const uint8_t *s, int64_t n, const uint8_t *tab, uint8_t *d)
+{
+    __m256i t[16];
+    for (int g = 0; g < 16; g++)
+        t[g] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tab + 16 * g)));
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+    for (int64_t i = 0; i < n; i += 32) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(s + i));
+        const __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+        __m256i r = _mm256_setzero_si256();
+        for (int g = 0; g < 16; g++)
+            r = _mm256_or_si256(r, _mm256_and_si256(_mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)g)),
+                                                    _mm256_shuffle_epi8(t[g], lo)));
+        _mm256_storeu_si256((__m256i *)(d + i), r);
+    }
+}
+
+/* d[i] = tab[s[i]] for i < n (s == d allowed): 64 bytes per step at the AVX-512 level, 32 at AVX2, else byte by
+ * byte. */
 static void dse_translate(int level, const uint8_t *s, int64_t n, const uint8_t *tab, uint8_t *d)
 {
     int64_t i = 0;
     if (level >= DSE_ISA_AVX512)
         dse_translate_512(s, i = n / 64 * 64, tab, d);
+    else if (level >= DSE_ISA_AVX2)
+        dse_translate_avx2(s, i = n / 32 * 32, tab, d);
     for (; i < n; i++)
         d[i] = tab[s[i]];
 }

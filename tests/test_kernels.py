@@ -214,6 +214,58 @@ def test_conv2d_scaled_rows_kernel_scales_its_tiles(s, signed, mname, by_act, ac
             assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), isa
 
 
+# the rows kernel's full tables: the library's Mitch-w (activation classes) and bench_e2e's imported LUT (the signed
+# product with its 3 low bits cleared)
+FULL_TABLES = {"mitch_w6": get_multiplier("mitch_w6"),
+               "lut_trunc3": table_mult("lut_trunc3", lambda a, w: a * w - ((a * w) & 7))}
+
+
+@settings(deadline=None, max_examples=40)
+@given(B=st.integers(1, 5), H=st.integers(1, 40), W=st.integers(1, 40), cin=st.integers(1, 600),
+       cout=st.integers(1, 70), k=st.sampled_from([1, 1, 3]), stride=st.integers(1, 2), pad=st.integers(0, 1),
+       groups=st.sampled_from([1, 1, 2, "depthwise"]), signed=st.booleans(), mname=st.sampled_from(sorted(FULL_TABLES)),
+       out=st.sampled_from(["float32", "quant", "add", "add_quant"]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_scaled_full_tables_every_output(B, H, W, cin, cout, k, stride, pad, groups, signed, mname, out,
+                                                threads, seed):
+    """conv2d_scaled with a full 256x256 table on the auto and rows paths (the rows kernel's scaled tiles, its sums
+    moved into the output runs 8 x 8 at a time at avx2; the split path or the direct depthwise kernel where auto
+    takes them), 1x1 and k x k, stride, padding, groups and depthwise, planes 1..40, depths 1..600: the
+    reference conv's sums (a direct table gather) scaled by the scaling pass, at every ISA level, 1 and 2 threads,
+    float32, quantized, fused-Add and fused-Add-quantized outputs."""
+    rng = np.random.default_rng(seed)
+    if k > 1:
+        cin = min(cin, 64)
+    G = cin if groups == "depthwise" else groups
+    cin, cout = -(-cin // G) * G, -(-cout // G) * G
+    pads = (pad,) * 4 if k > 1 else (0,) * 4
+    x = acts(rng, (B, cin, H + (k - 1 if not pad else 0), W + (k - 1 if not pad else 0)), signed)
+    w = rng.integers(-128, 128, (cout, cin // G, k, k))
+    mult = FULL_TABLES[mname]
+    args = ((stride, stride), pads, (1, 1), G)
+    acc = K.reference_conv2d_int(x, w, mult, signed, *args)
+    N = acc.shape[1]
+    sc, _ = random_scaling(rng, acc.transpose(1, 0, 2, 3).reshape(N, -1), None, None)
+    q_scale = float(np.float32(max(float(np.abs(K.scale_accumulators(acc, sc, isa="scalar")).max()), 1.0) / 100))
+    if out in ("quant", "add_quant"):
+        sc = K.Scaling(sc.a_scale, sc.w_scale, sc.bias, sc.act, K.OutputQuant(q_scale, bool(rng.integers(2))))
+    if out.startswith("add"):
+        add = rng.normal(0, 30, acc.shape).astype(np.float32)
+        sc = K.Scaling(sc.a_scale, sc.w_scale, sc.bias, sc.act, sc.quant, add=add)
+    ref = K.scale_accumulators(acc, sc, isa="scalar")
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    for path in ("auto", "rows"):
+        for isa in ISAS:
+            with K.using_threads(threads):
+                got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path=path, isa=isa)
+            gots = got if isinstance(got, tuple) else (got,)
+            assert len(gots) == len(refs), (path, isa)
+            for g, r in zip(gots, refs):
+                assert (g is None) == (r is None), (path, isa)
+                assert g is None or (g.dtype == r.dtype and np.array_equal(g.view(np.uint8), r.view(np.uint8))), \
+                    (path, isa)
+
+
 @SETTINGS
 @given(s=conv_shapes, B=st.integers(2, 6), signed=st.booleans(), mname=st.sampled_from(sorted(MULTS)),
        seed=st.integers(0, 2 ** 32 - 1), slice_bytes=st.sampled_from([8, 300, 5000]), quant=st.booleans())
@@ -696,10 +748,12 @@ def test_depthwise_values_rows(B, C, og, H, W, k, stride, dil, pads, signed, q_s
 
 
 @settings(deadline=None, max_examples=40)
-@given(B=st.integers(1, 5), C=st.integers(1, 9), P=st.integers(1, 150), seed=st.integers(0, 2 ** 32 - 1))
+@given(B=st.integers(1, 5), C=st.integers(1, 9), P=st.one_of(st.integers(1, 150), st.sampled_from([64, 96, 160, 1024])),
+       seed=st.integers(0, 2 ** 32 - 1))
 def test_images_T_and_translate_with_a_table(B, C, P, seed):
     """The 1x1 operand's transposing copy with a byte table (images_T) and the plain byte table pass (translate) at
-    every ISA level (avx512: VBMI permutes over 64-byte steps, then the tail), against numpy."""
+    every ISA level (avx512: VBMI permutes over 64-byte steps, avx2: vpshufb over 32-byte steps, then the tail),
+    against numpy."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (B, C, P)).astype(np.uint8)
     table = rng.integers(0, 256, 256).astype(np.uint8)
