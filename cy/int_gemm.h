@@ -984,7 +984,7 @@ static void dse_ig_flush_silu(const dse_ig_plan *P, int32_t *C32, int64_t ldc, i
         const float *y = (const float *)(C32 + r * ldc);
         for (int64_t t0 = 0; t0 < len; t0 += DSE_SIGMOID_CHUNK) {
             const int64_t m = len - t0 < DSE_SIGMOID_CHUNK ? len - t0 : DSE_SIGMOID_CHUNK;
-            dse_sigmoid_chunk(lp, y + t0, buf, m, P->sc->silu);
+            dse_sigmoid_chunk(P->level, lp, y + t0, buf, m, P->sc->silu);
             for (int64_t t = t0; t < t0 + m;) { /* the chunk's pieces of tile rows */
                 const int64_t row = rows == 1 ? t / mv : r, i = rows == 1 ? t % mv : t;
                 const int64_t l = (mv - i < t0 + m - t) ? mv - i : t0 + m - t;

@@ -58,7 +58,7 @@ cdef extern from "lut_kernel.h" nogil:
         int drop
     void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
     int dse_cpu_level()
-    int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512, DSE_ISA_AVX2
+    int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512, DSE_ISA_AVX2, DSE_ISA_SCALAR
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
                      const uint8_t *planes, int NP, int32_t maxabs, int64_t M, int64_t K, int64_t N, int64_t *out,
                      int nt)
@@ -115,7 +115,9 @@ cdef extern from "glue.h" nogil:
     ctypedef struct dse_np_loop:
         pass
     void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
-    void dse_sigmoid_chunk(const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
+    void dse_sigmoid_chunk(int level, const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
+    int dse_sigmoid_own
+    int dse_cpu_fma()
     int DSE_SIGMOID_CHUNK
     void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
                             float *out, const dse_np_loop *lp, int nt)
@@ -1126,6 +1128,52 @@ cdef _glue_loops():
         for j, u in enumerate((np.negative, np.exp, np.add, np.true_divide, np.multiply, clip, np.maximum)):
             _SIG_LOOPS[j] = _float32_loop(u)
         _sig_loops_ready = True
+        _check_sigmoid_own()
+
+
+cdef _check_sigmoid_own():
+    """Sets dse_sigmoid_own (dse_sigmoid_chunk's values in registers at the avx2 level and above) where the CPU has
+    AVX2 and FMA and they match numpy's loops, SiLU's two products included, on every 2^12-th float32 bit pattern and
+    every float32 around exp's edges (its inputs -x at 0, the quadrant -125 (subnormal) boundary near 86.6, the
+    saturation bounds 88.72 and -103.97); else the loops run."""
+    global dse_sigmoid_own
+    dse_sigmoid_own = 0
+    if dse_cpu_level() < DSE_ISA_AVX2 or not dse_cpu_fma():
+        return
+    edges = [np.arange(0, 0x1001, dtype=np.uint32)]
+    for e in (86.6, 87.0, 87.4, 88.72283935546875, 103.97208404541015625):
+        c = int(np.array(e, np.float32).view(np.uint32))
+        edges.append(np.arange(c - 0x800, c + 0x800, dtype=np.uint32))
+    b = np.concatenate([np.arange(0, 1 << 32, 1 << 12, dtype=np.uint64).astype(np.uint32)] + edges +
+                       [e | np.uint32(0x80000000) for e in edges])
+    x = b.view(np.float32)
+    x = np.ascontiguousarray(x[~np.isnan(x)])
+    want = np.empty_like(x)
+    got = np.empty_like(x)
+    cdef float[::1] xv = x
+    cdef float[::1] wv = want
+    cdef float[::1] gv = got
+    cdef int64_t c0, n = x.shape[0], m
+    cdef int times_x
+    ok = True
+    for times_x in range(3):
+        c0 = 0
+        while c0 < n:
+            m = min(<int64_t>DSE_SIGMOID_CHUNK, n - c0)
+            dse_sigmoid_chunk(DSE_ISA_SCALAR, <const dse_np_loop *>_SIG_LOOPS, &xv[c0], &wv[c0], m, times_x)
+            dse_sigmoid_own = 1
+            dse_sigmoid_chunk(DSE_ISA_AVX2, <const dse_np_loop *>_SIG_LOOPS, &xv[c0], &gv[c0], m, times_x)
+            dse_sigmoid_own = 0
+            c0 += m
+        ok = ok and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    dse_sigmoid_own = 1 if ok else 0
+
+
+def sigmoid_own_used() -> bool:
+    """Whether the compiled Sigmoid / SiLU (float_sigmoid, the SiLU output steps) computes its values itself at the
+    avx2 level and above (dse_sigmoid_chunk_avx2: numpy's float32 exp followed in registers, checked against this
+    numpy's loops) rather than by numpy's loops."""
+    return numpy_loops_found() and dse_sigmoid_own != 0
 
 
 _numpy_loops_found = None
@@ -1230,7 +1278,7 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1
         while c0 < n:
             m = min(chunk, n - c0)
             o = ob if ob != NULL else &out[c0]
-            dse_sigmoid_chunk(<const dse_np_loop *>_SIG_LOOPS, &x[c0], o, m, times_x)
+            dse_sigmoid_chunk(level, <const dse_np_loop *>_SIG_LOOPS, &x[c0], o, m, times_x)
             if q is not None:
                 dse_quantize_seq(level, o, m, qs, lo, hi, &q[c0])
             c0 += m

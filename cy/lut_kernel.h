@@ -82,6 +82,7 @@ static void dse_lut_scalar(const uint8_t *AT, int64_t lda, const uint8_t *Wp, co
 
 /* ------------------------------------------------------------------ AVX2 */
 #define DSE_T_AVX2 __attribute__((target("avx2")))
+#define DSE_T_AVX2FMA __attribute__((target("avx2,fma")))
 #define DSE_A2_MB 32 /* 4 ymm accumulators of 8 int32 */
 
 DSE_T_AVX2 static void dse_lut_avx2(const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
@@ -969,13 +970,85 @@ typedef struct {
  * their loops run on one chunk after the other while it is in cache. */
 #define DSE_SIGMOID_CHUNK 2048
 
+/* exp(t) for float32 t as numpy's float32 exp loop computes it at its AVX2 and AVX-512 levels (simd_exp_FLOAT: the
+ * Cody-Waite reduction by ln 2 split in two, the degree 5 / degree 2 rational function in fused multiply-adds, the
+ * quotient's exponent raised by the quadrant's), for the lanes a sigmoid needs bit for bit: every t but NaN (the
+ * caller's lanes), with results below 2^-124 (quadrant <= -125, where numpy's scaling makes subnormals) returned as 0,
+ * which 1 + exp(t) cannot tell apart (below half an ulp of 1). t >= 88.72283935546875: +inf; t <= -103.97...: 0. */
+DSE_T_AVX2FMA static inline __m256 dse_exp_sigmoid_avx2(__m256 t)
+{
+    const __m256 zero = _mm256_setzero_ps(), magic = _mm256_set1_ps(0x1.8p23f);
+    const __m256 big = _mm256_cmp_ps(t, _mm256_set1_ps(88.72283935546875f), _CMP_GE_OQ);
+    const __m256 small = _mm256_cmp_ps(t, _mm256_set1_ps(-103.97208404541015625f), _CMP_LE_OQ);
+    const __m256 x = _mm256_andnot_ps(_mm256_or_ps(big, small), t);
+    __m256 q = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)); /* log2(e) */
+    q = _mm256_sub_ps(_mm256_add_ps(q, magic), magic); /* rint */
+    __m256 r = _mm256_fmadd_ps(q, _mm256_set1_ps(-6.93145752e-1f), x);
+    r = _mm256_fmadd_ps(q, _mm256_set1_ps(-1.42860677e-6f), r);
+    r = _mm256_fmadd_ps(q, zero, r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(5.082762527590693718096e-04f), r,
+                               _mm256_set1_ps(6.757896990527504603057e-03f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.114512081637298353406e-02f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.473615434895520810817e-01f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(7.257664613233124478488e-01f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.999999999980870924916e-01f));
+    __m256 d = _mm256_fmadd_ps(_mm256_set1_ps(2.159509375685829852307e-02f), r,
+                               _mm256_set1_ps(-2.742335390411667452936e-01f));
+    d = _mm256_fmadd_ps(d, r, _mm256_set1_ps(1.0f));
+    const __m256 v = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(_mm256_div_ps(p, d)),
+                                                          _mm256_slli_epi32(_mm256_cvtps_epi32(q), 23)));
+    const __m256 tiny = _mm256_or_ps(small, _mm256_cmp_ps(q, _mm256_set1_ps(-125.0f), _CMP_LE_OQ));
+    return _mm256_blendv_ps(_mm256_andnot_ps(tiny, v), _mm256_set1_ps(__builtin_inff()), big);
+}
+
+/* 8 values of dse_sigmoid_chunk's result from x: 1 / (1 + exp(-x)), times x (times_x 1: x * s, 2: s * x) */
+DSE_T_AVX2FMA static inline __m256 dse_sigmoid8_avx2(__m256 x, int times_x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 e = dse_exp_sigmoid_avx2(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)));
+    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    return times_x == 1 ? _mm256_mul_ps(x, s) : times_x == 2 ? _mm256_mul_ps(s, x) : s;
+}
+
+/* dse_sigmoid_chunk's o from x in registers (dse_exp_sigmoid_avx2), 8 values at a time; returns 0, or 1 where x
+ * holds a NaN (its bits are the loops' to give: the caller runs them on the chunk). */
+DSE_T_AVX2FMA static int dse_sigmoid_chunk_avx2(const float *x, float *o, int64_t m, int times_x)
+{
+    __m256 nan = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        _mm256_storeu_ps(o + i, dse_sigmoid8_avx2(v, times_x));
+    }
+    if (i < m) {
+        float t[8] __attribute__((aligned(32))) = {0};
+        memcpy(t, x + i, (size_t)(m - i) * sizeof(float));
+        const __m256 v = _mm256_load_ps(t);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        _mm256_store_ps(t, dse_sigmoid8_avx2(v, times_x));
+        memcpy(o + i, t, (size_t)(m - i) * sizeof(float));
+    }
+    return _mm256_movemask_ps(nan) != 0;
+}
+
+/* Whether dse_sigmoid_chunk computes its values itself (dse_sigmoid_chunk_avx2) at the avx2 and avx512 levels: set
+ * by cy/kernels.pyx where the CPU has AVX2 and FMA and the registers' values matched this numpy's loops on its check
+ * (dse_exp_sigmoid_avx2 follows one numpy's exp; another numpy keeps its loops). */
+static int dse_sigmoid_own = 0;
+
 /* o = 1 / (1 + exp(-x)) over m float32 values (times_x 1 / 2: then o = x * o / o * x, SiLU's product in its node
  * order) by numpy's own float32 loops lp = {negative, exp, add, true_divide, multiply}, called with the operands
  * numpy's ufuncs pass them in dse.model.nn.reference_sigmoid and the emulator's in-place product (exp, add and
  * divide in place on o, the scalar 1 first at stride 0, the product into o): the same bits as those numpy
- * expressions. o must not overlap x. */
-static inline void dse_sigmoid_chunk(const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
+ * expressions; at level avx2 and above, where dse_sigmoid_own, the same values in registers in one pass
+ * (dse_sigmoid_chunk_avx2; numpy's exp, add, divide and multiply are IEEE operations but for exp, which it follows),
+ * the loops only for a chunk with a NaN. o must not overlap x. */
+static inline void dse_sigmoid_chunk(int level, const dse_np_loop *lp, const float *x, float *o, int64_t m,
+                                     int times_x)
 {
+    if (level >= DSE_ISA_AVX2 && dse_sigmoid_own && !dse_sigmoid_chunk_avx2(x, o, m, times_x))
+        return;
     static const float one = 1.0f;
     intptr_t dims[1] = {(intptr_t)m}, st2[2] = {4, 4}, st3[3] = {4, 4, 4}, sc3[3] = {0, 4, 4};
     char *a2[2] = {(char *)x, (char *)o};
@@ -1033,7 +1106,7 @@ static void dse_silu_runs(const dse_scaling *sc, float *o, int64_t nrun, int64_t
             l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
             memcpy(bx + (t - t0), o + (t / S) * ld + t % S, (size_t)l * sizeof(float));
         }
-        dse_sigmoid_chunk(sc->loops, bx, bs, m, sc->silu);
+        dse_sigmoid_chunk(DSE_ISA_AVX512, sc->loops, bx, bs, m, sc->silu); /* its caller: the avx512 quads path */
         for (int64_t t = t0, l; t < t0 + m; t += l) {
             l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
             memcpy(o + (t / S) * ld + t % S, bs + (t - t0), (size_t)l * sizeof(float));
@@ -4043,7 +4116,7 @@ static void dse_scale_runs_silu(int level, const void *a, int kind, int64_t nrun
             l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
             dse_scale_runs(level, (const char *)a + t * esz, kind, 1, l, &f, c, bx + (t - t0), 0);
         }
-        dse_sigmoid_chunk(sc->loops, bx, bs, m, sc->silu);
+        dse_sigmoid_chunk(level, sc->loops, bx, bs, m, sc->silu);
         for (int64_t t = t0, l; t < t0 + m; t += l) {
             l = S - t % S < t0 + m - t ? S - t % S : t0 + m - t;
             dse_emit_silu_values(level, sc, bs + (t - t0), l, o, (t / S) * ld + t % S);

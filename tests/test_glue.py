@@ -388,6 +388,67 @@ def test_compiled_sigmoid_quantized_gives_the_two_passes_bits(x, n, offset, time
                                       want.view(dtype))
 
 
+def _sigmoid_both_ways(x, times_x):
+    """float_sigmoid of x at the avx2 level (its own values where sigmoid_own_used) and at the scalar level (numpy's
+    loops)."""
+    own, loops = np.empty_like(x), np.empty_like(x)
+    _kernels.float_sigmoid(x, own, times_x, isa="avx2")
+    _kernels.float_sigmoid(x, loops, times_x, isa="scalar")
+    return own, loops
+
+
+needs_own_sigmoid = pytest.mark.skipif("avx2" not in ISAS, reason="no avx2 level")
+
+
+@needs_own_sigmoid
+def test_own_sigmoid_in_use():
+    """At the avx2 level (AVX2 and FMA) the compiled Sigmoid / SiLU computes its values in registers: this numpy's
+    float32 exp is the one dse_exp_sigmoid_avx2 follows (numpy's AVX2 / AVX-512 simd_exp_FLOAT; a numpy whose exp
+    differs fails here, and its loops run)."""
+    assert _kernels.numpy_loops_found() and _kernels.sigmoid_own_used()
+
+
+@needs_own_sigmoid
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), times_x=st.sampled_from([0, 1, 2]), n=st.integers(1, 9000),
+       nan_at=st.one_of(st.none(), st.integers(0, 8999)))
+def test_own_sigmoid_gives_the_loops_bits(seed, times_x, n, nan_at):
+    """The Sigmoid / SiLU values computed in registers (dse_sigmoid_chunk_avx2: numpy's float32 exp followed, then
+    the IEEE add, divide and product) against numpy's loops on random float32 bit patterns and on every float32
+    within 2^11 patterns of exp's edges (its inputs -x at 0, the quadrant -125 boundary, 87.3 where its results turn
+    subnormal, the saturation bounds 88.72 and -103.97), both signs, lengths that end mid-vector; a NaN in a chunk
+    (that chunk by the loops): the same bits."""
+    assert _kernels.sigmoid_own_used()
+    rng = np.random.default_rng(seed)
+    edges = [int(np.array(e, np.float32).view(np.uint32)) for e in (0.0, 86.6, 87.3, 88.72283935546875,
+                                                                      103.97208404541015625)]
+    b = rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32)
+    e = np.uint32(edges[rng.integers(len(edges))])
+    near = (e.astype(np.int64) + rng.integers(-2048, 2048, n)).clip(0).astype(np.uint32)
+    b = np.where(rng.random(n) < 0.5, near | (b & np.uint32(0x80000000)), b)
+    x = b.view(np.float32)
+    x = np.where(np.isnan(x), np.float32(1.5), x)
+    if nan_at is not None and nan_at < n:
+        x[nan_at] = np.nan
+    with np.errstate(all="ignore"):
+        own, loops = _sigmoid_both_ways(np.ascontiguousarray(x), times_x)
+    _same_bits(own, loops)
+
+
+@pytest.mark.slow
+@needs_own_sigmoid
+def test_own_sigmoid_on_every_float32():
+    """Every float32 bit pattern (2^32, in blocks of 2^24) through the Sigmoid and both SiLU products computed in
+    registers against numpy's loops: the same bits. About four minutes of CPU time."""
+    assert _kernels.sigmoid_own_used()
+    for s in range(0, 1 << 32, 1 << 24):
+        x = np.arange(s, s + (1 << 24), dtype=np.uint64).astype(np.uint32).view(np.float32)
+        for times_x in (0, 1, 2):
+            with np.errstate(all="ignore"):
+                own, loops = _sigmoid_both_ways(x, times_x)
+            _same_bits(own, loops)
+
+
 def test_compiled_sigmoid_quantized_argument_checks():
     x = np.zeros(10, np.float32)
     for out, q, t in ((None, None, 1), (np.empty(9, np.float32), None, 1), (None, np.empty(11, np.uint8), 1),
