@@ -14,7 +14,8 @@ bit-identical to the first's. Beside them, onnxruntime's own int8 model (bench_e
 QLinearConv etc.) on the same images with its per-node profiler (SessionOptions.enable_profiling), the kernel time of
 its nodes summed per the same kinds (medians over the rounds' runs; the profiler's wall times scaled by each run's
 CPU time over its wall time, so that a loaded box's preemption does not count); its node kinds after graph optimisation are
-printed so the comparison can be checked (QLinearConv, not a float fallback). Prints ms per kind per engine and the
+printed so the comparison can be checked (QLinearConv, not a float fallback). ``--ort-fp32``: onnxruntime's float32
+model instead (its Conv / FusedConv nodes, with the activations it fuses into them). Prints ms per kind per engine and the
 ratio of each build to the first and to onnxruntime.
 
 With ``--onnx`` (a file with a fixed square input, as bench_e2e.py --onnx takes) the network is that file, the kinds
@@ -110,17 +111,20 @@ def capture(size: int, onnx_path: str | None = None, n_images: int = 128, multip
     return calls, x, path
 
 
-def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str], by_op: bool = False) -> dict:
+def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str], by_op: bool = False,
+                fp32: bool = False) -> dict:
     """onnxruntime int8 (QDQ) on x, one thread, its per-node kernel time summed by the captured calls' kinds (the
     model's Conv nodes in order are the dse layers in order; QLinearAdd is counted with "project 1x1 + Add"); the
     median over ``rounds`` runs per kind, plus "whole run" (the run's CPU time); ``by_op``: the other nodes also
-    per op type ("ort <op>")."""
+    per op type ("ort <op>"). ``fp32``: onnxruntime's float32 model instead (its Conv / FusedConv nodes, NCHWc or
+    not, in order are the dse layers; its layout reorders and activations that it did not fuse go to "ort <op>")."""
     import onnxruntime as ort
 
     groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
               for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"}
     inp = input_name(onnx.load(str(path)))
-    q = _ort_int8(path, images(16, x.shape[-1], seed=3), inp)
+    q = path if fp32 else _ort_int8(path, images(16, x.shape[-1], seed=3), inp)
+    conv_ops = ("Conv", "FusedConv") if fp32 else ("QLinearConv",)
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -128,7 +132,7 @@ def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str], by_op:
     so.optimized_model_filepath = str(opt)
     ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
     ops = collections.Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
-    print("onnxruntime int8 nodes after optimisation:", dict(ops))
+    print(f"onnxruntime {'fp32' if fp32 else 'int8'} nodes after optimisation:", dict(ops))
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -151,11 +155,12 @@ def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str], by_op:
         scale = min(1.0, c / (r["dur"] / 1e6))  # the profiler's times are wall time: scaled to the run's CPU time
         nodes = sorted((e for e in ev if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
                         and r["ts"] <= e["ts"] <= r["ts"] + r["dur"]), key=lambda e: e["ts"])
-        convs = [e for e in nodes if e["args"].get("op_name") == "QLinearConv"]
+        convs = [e for e in nodes if e["args"].get("op_name") in conv_ops]
         # the float model's Conv nodes, by name: depthwise (group > 1) or not, matched against the dse call's kind
-        dw = [groups[e["name"].split("_token")[0]] > 1 for e in convs]
-        if dw != [k.startswith("depthwise") for k in kinds]:
-            raise RuntimeError("onnxruntime's QLinearConv nodes do not run in the order of dse's conv calls")
+        # (the float32 model's nodes are renamed after their fused outputs: their number is checked)
+        dw = [groups[e["name"].split("_token")[0]] > 1 for e in convs] if not fp32 else None
+        if (dw != [k.startswith("depthwise") for k in kinds]) if not fp32 else len(convs) != len(kinds):
+            raise RuntimeError("onnxruntime's conv nodes do not run in the order of dse's conv calls")
         tot = collections.defaultdict(float)
         for e, k in zip(convs, kinds):
             tot[k] += e["dur"] / 1e6 * scale
@@ -164,10 +169,10 @@ def ort_profile(path: Path, x: np.ndarray, rounds: int, kinds: list[str], by_op:
                                             if e["args"].get("op_name") == "QLinearAdd")
         else:
             for e in nodes:
-                if e["args"].get("op_name") != "QLinearConv":
+                if e["args"].get("op_name") not in conv_ops:
                     tot["ort " + e["args"]["op_name"]] += e["dur"] / 1e6 * scale
         tot["other nodes"] = sum(e["dur"] / 1e6 * scale for e in nodes
-                                 if e["args"].get("op_name") not in ("QLinearConv", "QLinearAdd"))
+                                 if e["args"].get("op_name") not in conv_ops + ("QLinearAdd",))
         for k, v in tot.items():
             out[k].append(v)
     return {k: statistics.median(v) for k, v in out.items()}
@@ -213,6 +218,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--ort-fp32", action="store_true", help="onnxruntime's float32 model beside dse instead of its "
+                    "int8 one")
     ap.add_argument("--onnx", help="an ONNX CNN with a fixed square input instead of MobileNetV2 (--size: its size)")
     ap.add_argument("--multiplier", default="exact", help="every layer's multiplier (e.g. mitch_w6; LUT: bench_e2e's "
                     "imported 256x256 table)")
@@ -233,7 +240,8 @@ def main() -> None:
     mods = load_builds(a.so) if a.so else [kernels._kernels]
     names = [Path(s).name for s in a.so] if a.so else ["this build"]
     dse_t = time_builds(calls, mods, a.rounds)
-    ort_t = None if a.no_ort else ort_profile(path, x, a.rounds, [k for k, _, _ in calls], by_op=bool(a.onnx))
+    ort_t = None if a.no_ort else ort_profile(path, x, a.rounds, [k for k, _, _ in calls], by_op=bool(a.onnx),
+                                  fp32=a.ort_fp32)
     count = collections.Counter(k for k, _, _ in calls)
     kinds = sorted(count, key=lambda k: -dse_t[0][k]) + ["convs, all"]
     net = Path(a.onnx).stem if a.onnx else "MobileNetV2"
@@ -241,7 +249,7 @@ def main() -> None:
     head = f"{'layer kind (calls)':34s}" + "".join(f"{n[:14]:>15s}" for n in names)
     head += "".join(f"{'/ ' + n[:10]:>13s}" for n in names[1:])
     if ort_t:
-        head += f"{'ort int8':>10s}" + "".join(f"{'vs ort':>8s}" for _ in names)
+        head += f"{'ort fp32' if a.ort_fp32 else 'ort int8':>10s}" + "".join(f"{'vs ort':>8s}" for _ in names)
     print(head)
     for k in kinds:
         row = f"{k + (f' ({count[k]})' if k in count else ''):34s}"
@@ -252,7 +260,8 @@ def main() -> None:
             row += f"{o * 1e3:10.2f}" + "".join(f"{o / t[k]:7.2f}x" for t in dse_t)
         print(row)
     if ort_t:
-        print(f"onnxruntime int8 whole run {ort_t['whole run'] * 1e3:.2f} CPU ms (other nodes "
+        print(f"onnxruntime {'fp32' if a.ort_fp32 else 'int8'} whole run {ort_t['whole run'] * 1e3:.2f} CPU ms "
+              f"(other nodes "
               f"{ort_t.get('other nodes', 0.0) * 1e3:.2f} ms); 'vs ort' > 1: dse faster")
         for k, v in sorted(((k, v) for k, v in ort_t.items() if k.startswith("ort ")), key=lambda kv: -kv[1]):
             print(f"  {k[4:]:30s} {v * 1e3:8.2f} ms")
