@@ -117,6 +117,8 @@ cdef extern from "glue.h" nogil:
     void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
     void dse_sigmoid_chunk(int level, const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
     int dse_sigmoid_own
+    int dse_hardsigmoid_own
+    int dse_hardsigmoid_chunk_avx2(const float *x, float *o, int64_t m, float alpha, float beta, int times_x)
     int dse_cpu_fma()
     int DSE_SIGMOID_CHUNK
     void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
@@ -1129,6 +1131,7 @@ cdef _glue_loops():
             _SIG_LOOPS[j] = _float32_loop(u)
         _sig_loops_ready = True
         _check_sigmoid_own()
+        _check_hardsigmoid_own()
 
 
 cdef _check_sigmoid_own():
@@ -1169,6 +1172,42 @@ cdef _check_sigmoid_own():
     dse_sigmoid_own = 1 if ok else 0
 
 
+cdef _check_hardsigmoid_own():
+    """Sets dse_hardsigmoid_own (float_hardsigmoid's values in registers at the avx2 level and above) where the CPU
+    has AVX2 and they match numpy's loops of multiply, add and clip (and HardSwish's product) on every 2^12-th float32
+    bit pattern and every float32 around the clamp's ends (HardSigmoid's and HardSwish's constants, a zero beta: signed
+    zeros at the lower clamp); else the loops run."""
+    global dse_hardsigmoid_own
+    dse_hardsigmoid_own = 0
+    if dse_cpu_level() < DSE_ISA_AVX2:
+        return
+    parts = [np.arange(0, 1 << 32, 1 << 12, dtype=np.uint64).astype(np.uint32).view(np.float32)]
+    for e in (0.0, 2.5, 3.0, 3.5):
+        c = int(np.array(e, np.float32).view(np.uint32))
+        b = np.arange(max(c - 0x800, 0), c + 0x800, dtype=np.uint32)
+        parts += [b.view(np.float32), (b | np.uint32(0x80000000)).view(np.float32)]
+    x = np.concatenate(parts)
+    x = np.ascontiguousarray(x[~np.isnan(x)])
+    want = np.empty_like(x)
+    got = np.empty_like(x)
+    ok = True
+    with np.errstate(all="ignore"):
+        for alpha, beta in ((1 / 6, 0.5), (0.2, 0.5), (0.25, 0.0), (-0.5, -0.0)):
+            for times_x in (0, 1):
+                dse_hardsigmoid_own = 0
+                float_hardsigmoid(x, want, float(np.float32(alpha)), float(np.float32(beta)), times_x, isa="scalar")
+                dse_hardsigmoid_own = 1
+                float_hardsigmoid(x, got, float(np.float32(alpha)), float(np.float32(beta)), times_x, isa="avx2")
+                ok = ok and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    dse_hardsigmoid_own = 1 if ok else 0
+
+
+def hardsigmoid_own_used() -> bool:
+    """Whether float_hardsigmoid (HardSigmoid, HardSwish) computes its values itself at the avx2 level and above
+    (dse_hardsigmoid_chunk_avx2, checked against this numpy's loops) rather than by numpy's loops."""
+    return numpy_loops_found() and dse_hardsigmoid_own != 0
+
+
 def sigmoid_own_used() -> bool:
     """Whether the compiled Sigmoid / SiLU (float_sigmoid, the SiLU output steps) computes its values itself at the
     avx2 level and above (dse_sigmoid_chunk_avx2: numpy's float32 exp followed in registers, checked against this
@@ -1205,8 +1244,9 @@ def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float bet
     """Writes out = clip(x * alpha + beta, 0, 1) over float32 x as dse.model.nn.reference_hardsigmoid computes it:
     numpy's own float32 loops of multiply (the scalar alpha second, stride 0), add (beta likewise) and clip (the
     bounds 0 and 1 at stride 0), called as numpy's ufuncs call them (add and clip in place) on chunks of
-    SIGMOID_CHUNK values in cache: one pass over memory, the same bits. ``times_x`` 1: then out = multiply(x, out)
-    in place (HardSwish). ``q``, ``qs``, ``q_signed``: each chunk's result also quantized, ``out`` None then, as
+    SIGMOID_CHUNK values in cache: one pass over memory, the same bits (at the avx2 level and above, where
+    hardsigmoid_own_used, the same operations in registers, the loops for a chunk with a NaN). ``times_x`` 1: then
+    out = multiply(x, out) in place (HardSwish). ``q``, ``qs``, ``q_signed``: each chunk's result also quantized, ``out`` None then, as
     :func:`float_sigmoid` takes them."""
     cdef int64_t n = x.shape[0], c0, m, chunk = SIGMOID_CHUNK
     if times_x not in (0, 1) or (out is None and q is None) or (out is not None and out.shape[0] != n) or \
@@ -1236,6 +1276,12 @@ def float_hardsigmoid(const float[::1] x, float[::1] out, float alpha, float bet
             m = min(chunk, n - c0)
             dims[0] = m
             o = ob if ob != NULL else &out[c0]
+            if level >= DSE_ISA_AVX2 and dse_hardsigmoid_own and \
+                    not dse_hardsigmoid_chunk_avx2(&x[c0], o, m, alpha, beta, times_x):
+                if q is not None:
+                    dse_quantize_seq(level, o, m, qs, lo, hi, &q[c0])
+                c0 += m
+                continue
             a3[0], a3[1], a3[2] = <char *>&x[c0], <char *>&alpha, <char *>o
             _SIG_LOOPS[4].fn(a3, dims, sc3, _SIG_LOOPS[4].data)          # t = multiply(x, alpha)
             a3[0], a3[1] = <char *>o, <char *>&beta

@@ -1032,6 +1032,39 @@ DSE_T_AVX2FMA static int dse_sigmoid_chunk_avx2(const float *x, float *o, int64_
     return _mm256_movemask_ps(nan) != 0;
 }
 
+/* o = clip(x * alpha + beta, 0, 1) (times_x: then x * o) over m float32 values as numpy's float32 loops of multiply,
+ * add and clip compute them (cy/kernels.pyx float_hardsigmoid): IEEE products and sums, and clip's comparisons
+ * (t < 0 ? 0 : t, which keeps -0, then t > 1 ? 1 : t: vmaxps and vminps with the bound first), 8 at a time; returns
+ * 0, or 1 where x holds a NaN (the caller runs the loops on the chunk). */
+DSE_T_AVX2 static int dse_hardsigmoid_chunk_avx2(const float *x, float *o, int64_t m, float alpha, float beta,
+                                                 int times_x)
+{
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta), zero = _mm256_setzero_ps(),
+                 one = _mm256_set1_ps(1.0f);
+    __m256 nan = zero;
+    for (int64_t i = 0; i < m; i += 8) {
+        float t[8] __attribute__((aligned(32))) = {0};
+        const int tail = m - i < 8;
+        if (tail)
+            memcpy(t, x + i, (size_t)(m - i) * sizeof(float));
+        const __m256 v = tail ? _mm256_load_ps(t) : _mm256_loadu_ps(x + i);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        __m256 h = _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_add_ps(_mm256_mul_ps(v, va), vb)));
+        if (times_x)
+            h = _mm256_mul_ps(v, h);
+        if (tail) {
+            _mm256_store_ps(t, h);
+            memcpy(o + i, t, (size_t)(m - i) * sizeof(float));
+        } else
+            _mm256_storeu_ps(o + i, h);
+    }
+    return _mm256_movemask_ps(nan) != 0;
+}
+
+/* Whether float_hardsigmoid computes its values itself (dse_hardsigmoid_chunk_avx2) at the avx2 and avx512 levels:
+ * set by cy/kernels.pyx where they matched this numpy's loops on its check. */
+static int dse_hardsigmoid_own = 0;
+
 /* Whether dse_sigmoid_chunk computes its values itself (dse_sigmoid_chunk_avx2) at the avx2 and avx512 levels: set
  * by cy/kernels.pyx where the CPU has AVX2 and FMA and the registers' values matched this numpy's loops on its check
  * (dse_exp_sigmoid_avx2 follows one numpy's exp; another numpy keeps its loops). */

@@ -435,6 +435,41 @@ def test_own_sigmoid_gives_the_loops_bits(seed, times_x, n, nan_at):
     _same_bits(own, loops)
 
 
+def _hardsigmoid_both_ways(x, alpha, beta, times_x):
+    """float_hardsigmoid of x at the avx2 level (its own values where hardsigmoid_own_used) and at the scalar level
+    (numpy's loops)."""
+    own, loops = np.empty_like(x), np.empty_like(x)
+    _kernels.float_hardsigmoid(x, own, alpha, beta, times_x, isa="avx2")
+    _kernels.float_hardsigmoid(x, loops, alpha, beta, times_x, isa="scalar")
+    return own, loops
+
+
+@needs_own_sigmoid
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), times_x=st.sampled_from([0, 1]), n=st.integers(1, 9000),
+       ab=st.sampled_from([(1 / 6, 0.5), (0.2, 0.5), (0.25, 0.0), (-0.5, -0.0), (3.0, -1.0)]),
+       nan_at=st.one_of(st.none(), st.integers(0, 8999)))
+def test_own_hardsigmoid_gives_the_loops_bits(seed, times_x, n, ab, nan_at):
+    """HardSigmoid / HardSwish computed in registers (dse_hardsigmoid_chunk_avx2) against numpy's loops of multiply,
+    add and clip: random float32 bit patterns, values within 2^11 patterns of the clamp's ends (signed zeros at the
+    lower one with a zero beta), infinities, lengths that end mid-vector, a NaN in a chunk (that chunk by the loops):
+    the same bits; and they are in use at the avx2 level."""
+    assert _kernels.hardsigmoid_own_used()
+    rng = np.random.default_rng(seed)
+    alpha, beta = (float(np.float32(v)) for v in ab)
+    b = rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32)
+    ends = np.array([-beta / alpha, (1 - beta) / alpha, 0.0, np.inf], np.float32).view(np.uint32)
+    near = (ends[rng.integers(len(ends), size=n)].astype(np.int64) + rng.integers(-2048, 2048, n)).clip(0)
+    b = np.where(rng.random(n) < 0.5, near.astype(np.uint32), b)
+    x = b.view(np.float32)
+    x = np.where(np.isnan(x), np.float32(-1.5), x)
+    if nan_at is not None and nan_at < n:
+        x[nan_at] = np.nan
+    with np.errstate(all="ignore"):
+        own, loops = _hardsigmoid_both_ways(np.ascontiguousarray(x), alpha, beta, times_x)
+    _same_bits(own, loops)
+
+
 @pytest.mark.slow
 @needs_own_sigmoid
 def test_own_sigmoid_on_every_float32():
