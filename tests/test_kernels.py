@@ -767,19 +767,23 @@ def test_images_T_and_translate_with_a_table(B, C, P, seed):
 ROWSUM_MULTS = ["mitch_w6", "mitchell", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "rank1"]
 
 
-@settings(deadline=None, max_examples=60)
-@given(B=st.integers(1, 2), C=st.integers(1, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
-       k=st.tuples(st.integers(1, 5), st.integers(1, 3)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+@settings(deadline=None, max_examples=80)
+@given(B=st.integers(1, 5), C=st.integers(1, 4), og=st.integers(1, 3), H=DW_WIDTHS, W=DW_WIDTHS,
+       k=st.one_of(st.tuples(st.integers(1, 5), st.integers(1, 3)), st.just((3, 3))),
+       stride=st.one_of(st.tuples(st.integers(1, 3), st.integers(1, 3)), st.just((1, 1))),
        dil=st.tuples(st.integers(1, 2), st.integers(1, 2)), pads=st.tuples(*[st.integers(0, 3)] * 4),
        signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(ROWSUM_MULTS),
-       threads=st.sampled_from([1, 2]), quant=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
-def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, threads, quant, seed):
+       block=st.sampled_from([1, 100, 4096]), out=st.sampled_from(["int64", "float32", "quant"]),
+       act=st.sampled_from([None, "relu", "clip"]), q_signed=st.booleans(), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, block, out, act,
+                                 q_signed, threads, seed):
     """The "rowsum" depthwise kernel (one lookup per group of taps in packed 21-bit columns, the groups of the stride's
-    phase planes; channel-major order with the packed columns reused across images) at every ISA level and thread
-    count, as int64 sums and scaled, whatever the batch size (the dispatch takes it from _DW_ROWSUM_MIN_POS
-    positions on)."""
-    from dse.quant import reference_quantize_act
-
+    phase planes, or for 3x3 at stride 1 the transposed "cols" packing; channel-major order with the packed columns
+    reused across images; blocks of images of any plane size, folded into the output's order) at every ISA level and
+    thread count, as int64 sums and scaled (float32 or quantized, no activation, Relu or Clip), planes 1-40, 1-5
+    images, on the log multipliers and random (imported) tables, whatever the batch size (the dispatch takes it from
+    _DW_ROWSUM_MIN_POS positions on)."""
     rng = np.random.default_rng(seed)
     (kh, kw), dw = k, dil[1]
     x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
@@ -790,16 +794,11 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     if not fits:
         return
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
-    sc = K.Scaling(0.01, rng.uniform(1e-3, 1, C * og).astype(np.float32),
-                   rng.normal(0, 100, C * og).astype(np.float32), K.OutputAct("clip", 0.0, 600.0),
-                   K.OutputQuant(float(np.float32(600 / 255)), False) if quant else None)
-    y = sc.act.apply(((ref.astype(np.float64) * sc.a_scale) * sc.w_scale.astype(np.float64)[None, :, None, None])
-                     .astype(np.float32) + sc.bias[None, :, None, None])
-    y = reference_quantize_act(y, sc.quant.scale, False) if quant else y
-    with K.using_threads(threads):
+    sc, y = dw_scaled_reference(rng, ref, out, act, q_signed)
+    with K.using_threads(threads), dw_blocks(block, False):
         for isa in ISAS:
-            assert np.array_equal(K._dw_conv(x, w, mult, signed, geo, "rowsum", isa), ref), isa
-            assert np.array_equal(K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc).view(sc.dtype), y), isa
+            got = K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc)
+            assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
     if B * geo.out_hw[0] * geo.out_hw[1] >= K._DW_ROWSUM_MIN_POS and C > 1:
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == "rowsum"
 
