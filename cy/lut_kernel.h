@@ -3169,7 +3169,8 @@ DSE_T_512 static void dse_dw_compact_512(int32_t *f, int64_t n, const uint8_t *v
     }
 }
 
-/* Below the AVX-512 level, blocks of more than one image only for planes of fewer padded positions than this. */
+/* Below the AVX-512 level, blocks of more than one image only for planes of fewer padded positions than this (but
+ * for "values" and "rowsum", whose sums come out in the output's order at any plane size). */
 #define DSE_DW_SMALL 64
 
 /* Writes int64 sums into out, or (with sc) the scaled outputs (float32, or uint8 patterns) into outs.
