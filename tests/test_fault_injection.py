@@ -1,5 +1,6 @@
 """Crash safety measured: `dse search` (2 worker processes, fake objective through the real run loop and storage) is
-killed -9 20+ times, on the journal and on PostgreSQL; then one more run finishes the study.
+killed -9 20+ times, on the journal and on PostgreSQL; then one more run finishes the study. The default run kills it
+9 times per storage (every kind of kill, torn records included: SHORT); the full schedules run with -m slow.
 
 The killed runs have an n_trials they cannot reach, and the last run asks for a few more trials than were complete
 (n_trials only says how long a study runs: it continues the same study). The kills are driven by what the test
@@ -28,12 +29,13 @@ from tests.search_process import PG_URL, alive, children, cmdline, finish, fresh
 
 OPEN_ENDED = 10 ** 6  # n_trials of the killed runs: they can never finish before the test kills them
 MORE_TRIALS = 12      # the last run finishes the study at n_trials = (complete so far) + MORE_TRIALS
-KILLS = 20
 TRIAL_SLEEP_S = 0.08  # per evaluation (about 2 per trial): bounds how far a run gets between two observations
 POLL_S = 0.1
 WAIT_S = 120          # the longest any single wait may take (a loaded machine starts Python slowly)
-# what to wait for before killing: (mode, how many of the KILLS cycles)
+# what to wait for before killing: (mode, how many cycles); the full study's 20 kills, and the default run's 9 (every
+# mode at least twice; 3 worker cycles, of which 2 must catch a worker mid-trial, as in the full study)
 SCHEDULE = [("startup", 5), ("progress", 9), ("worker", 3), ("stale", 3)]
+SHORT = [("startup", 2), ("progress", 2), ("worker", 3), ("stale", 2)]
 
 
 class Observer:
@@ -123,11 +125,11 @@ def _kill(p) -> None:
     assert not any(alive(w) for w in workers), "a worker outlived its killed parent"
 
 
-def _kill_repeatedly(tmp_path, budget, storage: str, seed: int) -> dict:
+def _kill_repeatedly(tmp_path, budget, storage: str, seed: int, schedule=SCHEDULE) -> dict:
     rng = random.Random(seed)
     run = tmp_path / "run"
     obs = Observer(run)
-    plan = [m for m, k in SCHEDULE for _ in range(k)]
+    plan = [m for m, k in schedule for _ in range(k)]
     rng.shuffle(plan)
     log = collections.Counter()
     t0 = time.monotonic()
@@ -137,6 +139,7 @@ def _kill_repeatedly(tmp_path, budget, storage: str, seed: int) -> dict:
         mode = next((m for m in plan if m != "stale" or running), "progress")
         if mode in plan:
             plan.remove(mode)
+        t1 = time.monotonic()
         p = spawn(budget, run, storage, OPEN_ENDED, workers=2, trial_sleep=TRIAL_SLEEP_S)
         try:
             _one_cycle(obs, p, mode, rng, log)
@@ -144,6 +147,7 @@ def _kill_repeatedly(tmp_path, budget, storage: str, seed: int) -> dict:
             _kill(p)
         log["kills"] += 1
         log[f"cycle:{mode}"] += 1
+        log[f"s:{mode}"] += round(time.monotonic() - t1, 1)
         if not storage and log["kills"] % 4 == 1 and (run / "journal.log").exists():
             with open(run / "journal.log", "ab") as f:
                 f.write(b'{"op_code":6,"worker_id":"dead","trial_id":1,"key":"x","val')  # disk full mid-record
@@ -153,6 +157,7 @@ def _kill_repeatedly(tmp_path, budget, storage: str, seed: int) -> dict:
     finish(spawn(budget, run, storage, n_trials, workers=2, trial_sleep=TRIAL_SLEEP_S), timeout=300)
     _check_final(obs.trials(), n_trials, log)
     log["n_trials"] = n_trials
+    log["planned"] = sum(k for _, k in schedule)
     return log
 
 
@@ -179,29 +184,25 @@ def _check_final(trials, n_trials: int, log) -> None:
 
 
 def _assert_faults(log) -> None:
-    assert log["kills"] >= KILLS and log["worker_kills"] >= 2, log
+    assert log["kills"] >= log["planned"] and log["worker_kills"] >= 2, log
     assert log["dead"] >= 3, log  # trials really died mid-run and were re-run
 
 
-def test_kill_search_repeatedly_journal(tmp_path):
+@pytest.mark.parametrize("seed, schedule", [pytest.param(1, SHORT, id="short")] +
+                         [pytest.param(s, SCHEDULE, id=f"full-seed{s}", marks=pytest.mark.slow) for s in (1, 3, 4, 5)])
+def test_kill_search_repeatedly_journal(tmp_path, seed, schedule):
     b = tmp_path / "fault.toml"
     b.write_text("[budget]\nmax_loss_pp = 1.0\n")
-    log = _kill_repeatedly(tmp_path, b, "", seed=1)
+    log = _kill_repeatedly(tmp_path, b, "", seed=seed, schedule=schedule)
     print(dict(log))
     _assert_faults(log)
     assert log["torn"] >= 1
 
 
 @pytest.mark.skipif(not PG_URL, reason="DSE_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-def test_kill_search_repeatedly_postgresql(tmp_path):
-    log = _kill_repeatedly(tmp_path, fresh_pg_budget(tmp_path, "fault"), PG_URL, seed=2)
+@pytest.mark.parametrize("schedule", [pytest.param(SHORT, id="short"),
+                                      pytest.param(SCHEDULE, id="full", marks=pytest.mark.slow)])
+def test_kill_search_repeatedly_postgresql(tmp_path, schedule):
+    log = _kill_repeatedly(tmp_path, fresh_pg_budget(tmp_path, "fault"), PG_URL, seed=2, schedule=schedule)
     print(dict(log))
     _assert_faults(log)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [3, 4, 5])
-def test_kill_search_repeatedly_journal_more_seeds(tmp_path, seed):
-    b = tmp_path / "fault.toml"
-    b.write_text("[budget]\nmax_loss_pp = 1.0\n")
-    _assert_faults(_kill_repeatedly(tmp_path, b, "", seed=seed))
