@@ -57,6 +57,7 @@ cdef extern from "lut_kernel.h" nogil:
         int stream
         int drop
     void dse_scaling_qf(const dse_scaling *sc, int64_t N, float *qf)
+    int dse_qfast_level(int level)
     int dse_cpu_level()
     int DSE_RT_NT, DSE_RT_MB, DSE_ISA_AVX512, DSE_ISA_AVX2, DSE_ISA_SCALAR
     int dse_lut_gemm(int level, const uint8_t *AT, int64_t lda, const uint8_t *Wp, const int32_t *lutT,
@@ -599,7 +600,7 @@ cdef tuple _scaling(dse_scaling *sc, int64_t N, tuple args, int level, int silu_
     sc.add, sc.base, sc.qout, sc.qf, sc.stream, sc.drop = NULL, NULL, NULL, NULL, 0, 0
     sc.silu, sc.loops = silu, (<const void *>_SIG_LOOPS if silu else NULL)
     cdef float[::1] qf_v
-    if add is None and sc.quant and not silu and level >= DSE_ISA_AVX2 and N:  # the fast patterns (avx512, avx2): their constants
+    if add is None and sc.quant and not silu and N and dse_qfast_level(level):  # the fast patterns: their constants
         qf = np.empty(4 + 4 * N, dtype=np.float32)
         qf_v = qf
         dse_scaling_qf(sc, N, &qf_v[0])

@@ -946,7 +946,8 @@ DSE_T_512 static void dse_rows_finish512_tiny(const void *accv, int64_t mb, int 
 /* A level's row-table kernel: table build, adds, accumulator window (k-steps, a multiple of kc) and size; nt: the
  * selector stride of its tables, accumulators and sums; cap: the selector rows it handles (nt, or 16 for a half
  * kernel); kc: k-steps per chunk; half: the kernel for tiles of at most half->cap valid selector rows (fewer loads
- * and adds per position), NULL where a tile always runs whole. */
+ * and adds per position), NULL where a tile always runs whole; ah16: its accumulators are 16-bit A / H in
+ * dse_rows_accum_avx2's layout, which the transposing gather (dse_rows_gather_t_avx2) may read without finish. */
 typedef struct dse_rows_impl_s {
     dse_rows_build_fn build;
     dse_rows_accum_fn accum;
@@ -956,6 +957,7 @@ typedef struct dse_rows_impl_s {
     const struct dse_rows_impl_s *half;
     int nt, cap, kc;
     int64_t slot; /* uint16 per k-step's table in the chunk's scratch (0: R * nt) */
+    int ah16;
 } dse_rows_impl;
 
 /* numpy's own float32 ufunc inner loops (the legacy loop signature), taken from the ufuncs' loop tables by
@@ -1114,7 +1116,7 @@ typedef struct {
     float qs;
     const float *add, *base;
     uint8_t *qout;
-    const float *qf; /* NULL, or the fast quantized output's constants (dse_scaling_qf) */
+    const float *qf; /* NULL, or the fast quantized output's constants (dse_scaling_qf; set where dse_qfast_level) */
     int silu; /* 1 / 2: the output is the SiLU y * sigmoid(y) / sigmoid(y) * y of the scaled y (no act, no add), by
                  numpy's own float32 loops (dse_sigmoid_chunk): the integer GEMM's flush (also with quant) and the
                  depthwise kernel (float32 outputs only, dse_silu_runs) compute it */
@@ -1371,8 +1373,7 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
         /* a scaled call whose one window is the whole reduction, on the 16-bit A / H accumulators: the transposing
          * gather reads them itself (no int32 copy of the sums) */
         const int t16 = out->sc && out->fin_kind == DSE_SUM_I32 && !out->sel_is_m && out->level >= DSE_ISA_AVX2;
-        const int fused = t16 && w0 == 0 && w1 == K &&
-                          (im->finish == dse_rows_finish_avx2 || im->finish == dse_rows_finish16_avx2);
+        const int fused = t16 && w0 == 0 && w1 == K && im->ah16;
         if (im->finish && !fused) {
             im->finish(acc, mb, w0 % kout == 0, sums);
             ws = sums;
@@ -1435,17 +1436,17 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
                                            NT * sizeof(int32_t), NULL, NT, NT, KC};
     static const size_t w16 = 2 * NT * sizeof(uint16_t), w64 = 2 * DSE_RT_NT64 * sizeof(uint16_t);
     static const dse_rows_impl avx2_16 = {dse_rows_build_avx2, dse_rows_accum16_avx2, dse_rows_finish16_avx2,
-                                          DSE_RT_W16, w16, NULL, NT, 16, KC};
+                                          DSE_RT_W16, w16, NULL, NT, 16, KC, .ah16 = 1};
     static const dse_rows_impl avx2 = {dse_rows_build32_avx2, dse_rows_accum_avx2, dse_rows_finish_avx2,
-                                       DSE_RT_W16, w16, &avx2_16, NT, NT, KC};
+                                       DSE_RT_W16, w16, &avx2_16, NT, NT, KC, .ah16 = 1};
     static const dse_rows_impl avx2_byte16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_byte,
                                               dse_rows_finish16_avx2_byte, DSE_RT_W16, w16, NULL, NT, 16, KC};
     static const dse_rows_impl avx2_byte = {dse_rows_build32_avx2, dse_rows_accum_avx2_byte,
                                             dse_rows_finish_avx2_byte, DSE_RT_W16, w16, &avx2_byte16, NT, NT, KC};
     static const dse_rows_impl avx2_pair16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_pair, dse_rows_finish16_avx2,
-                                              DSE_RT_W16, w16, NULL, NT, 16, KC};
+                                              DSE_RT_W16, w16, NULL, NT, 16, KC, .ah16 = 1};
     static const dse_rows_impl avx2_pair = {dse_rows_build32_avx2, dse_rows_accum_avx2_pair, dse_rows_finish_avx2,
-                                            DSE_RT_W16, w16, &avx2_pair16, NT, NT, KC};
+                                            DSE_RT_W16, w16, &avx2_pair16, NT, NT, KC, .ah16 = 1};
     static const dse_rows_impl avx512 = {dse_rows_build64_avx2, dse_rows_accum512, dse_rows_finish512, DSE_RT_W16,
                                          w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
     static const dse_rows_impl avx512_pair = {dse_rows_build64_avx2, dse_rows_accum512_pair, dse_rows_finish512,
@@ -3733,7 +3734,7 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
                   o, j);
 }
 
-/* Whether the CPU has FMA (the AVX2 level's certified single-precision patterns, dse_scale_run_qfast_avx2). */
+/* Whether the CPU has FMA (the certified single-precision patterns, dse_qfast_level). */
 static int dse_cpu_fma(void)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -3748,6 +3749,13 @@ static int dse_cpu_fma(void)
 #endif
 }
 
+/* Whether scaling passes at level take the certified single-precision patterns, so need dse_scaling_qf's constants
+ * (sc->qf): the avx2 level and above on a CPU with FMA (dse_scale_run_qfast_avx2; every AVX-512 CPU has it). */
+static int dse_qfast_level(int level)
+{
+    return level >= DSE_ISA_AVX2 && dse_cpu_fma();
+}
+
 /* n < 8 or a group whose fast check failed: the exact operations (dse_scale_run_avx2), patterns from int32 sums. */
 DSE_T_AVX2 static void dse_scale_q_exact_avx2(const int32_t *a, int64_t n, const dse_scaling *sc, int64_t c,
                                               uint8_t *o)
@@ -3755,15 +3763,15 @@ DSE_T_AVX2 static void dse_scale_q_exact_avx2(const int32_t *a, int64_t n, const
     dse_scale_run_avx2(a, n, sc, c, o, DSE_SUM_I32, sc->act, 1, 0);
 }
 
-/* Whether channel c's patterns take dse_scale_run_qfast_avx2: sc->qf set (dse_scaling_qf), usable, constants for
- * c, and the CPU has FMA. */
-static inline int dse_qfast_avx2_at(const dse_scaling *sc, int64_t c)
+/* Whether channel c's patterns take the certified single-precision path (dse_scale_run_qfast_avx2, the avx512
+ * level's dse_qfast_at): sc->qf set (dse_scaling_qf, only where dse_qfast_level), usable, and constants for c. */
+static inline int dse_qfast_usable(const dse_scaling *sc, int64_t c)
 {
-    return sc->qf && sc->qf[0] != 0.0f && sc->qf[4 + 4 * c] != 0.0f && dse_cpu_fma();
+    return sc->qf && sc->qf[0] != 0.0f && sc->qf[4 + 4 * c] != 0.0f;
 }
 
 /* The certified single-precision patterns (dse_qfast_s: the same constants sc->qf, the same operations, one FMA per
- * bound) at the AVX2 level: a run of S int32 sums at a into S patterns at o of channel c (dse_qfast_avx2_at), 8 per
+ * bound) at the AVX2 level: a run of S int32 sums at a into S patterns at o of channel c (dse_qfast_usable), 8 per
  * step; a step whose two roundings differ in a lane, and the last S mod 8, take the exact operations. The 8 lanes'
  * patterns are packed with signed/unsigned saturation, which is the pattern type's clamp (sc->qf[3] == 0), else
  * clamped to [qf[1], qf[2]] first. */
@@ -3807,7 +3815,7 @@ __attribute__((target("avx2,fma"))) static void dse_scale_run_qfast_avx2(const i
                                                        int64_t c, void *o, int64_t ld)                                 \
     {                                                                                                                  \
         const int kind = p##_kind, esz = kind == DSE_SUM_I32 ? 4 : 8;                                                  \
-        if (kind == DSE_SUM_I32 && quant && !add && dse_qfast_avx2_at(sc, c)) { /* certified single precision */     \
+        if (kind == DSE_SUM_I32 && quant && !add && dse_qfast_usable(sc, c)) { /* certified single precision */      \
             for (int64_t r = 0; r < nrun; r++)                                                                         \
                 dse_scale_run_qfast_avx2((const int32_t *)a + r * S, S, sc, c, (uint8_t *)o + r * ld);                 \
             return;                                                                                                    \
@@ -4146,9 +4154,9 @@ DSE_T_512 static inline __attribute__((always_inline)) void dse_qfast_out16(cons
 DSE_T_512 static inline __attribute__((always_inline)) int dse_qfast_at(const dse_scaling *sc, int64_t c,
                                                                        dse_qfast *F)
 {
-    const float *k = sc->qf ? sc->qf + 4 + 4 * c : NULL;
-    if (!k || sc->qf[0] == 0.0f || k[0] == 0.0f)
+    if (!dse_qfast_usable(sc, c))
         return 0;
+    const float *k = sc->qf + 4 + 4 * c;
     F->c1 = _mm512_set1_ps(k[0]), F->cl = _mm512_set1_ps(k[1]), F->ch = _mm512_set1_ps(k[2]);
     F->qlo = _mm512_set1_epi32((int32_t)sc->qf[1]), F->qhi = _mm512_set1_epi32((int32_t)sc->qf[2]);
     return 1;
