@@ -13,8 +13,9 @@ ext = Extension(
     depends=["cy/lut_kernel.h", "cy/int_gemm.h", "cy/glue.h", "cy/float_gemm.h"],
     include_dirs=[np.get_include(), "cy"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    # no -march: ISA picked at run time. OpenMP (libgomp ships with gcc) splits kernel loops over threads.
-    extra_compile_args=["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-fopenmp"],
+    # no -march: ISA picked at run time. OpenMP (libgomp ships with gcc) splits kernel loops over threads. -g0 drops
+    # Python's -g: the same machine code (.text and .rodata compared) in ~3/4 of the compile time of this one unit.
+    extra_compile_args=["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-fopenmp", "-g0"],
     extra_link_args=["-fopenmp"],
 )
 
