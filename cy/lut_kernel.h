@@ -3734,7 +3734,8 @@ dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, v
                   o, j);
 }
 
-/* Whether the CPU has FMA (the certified single-precision patterns, dse_qfast_level). */
+/* Whether the CPU has FMA: the certified single-precision patterns (dse_qfast_level) and the compiled Sigmoid's
+ * float32 exp (dse_sigmoid_chunk_avx2, enabled by kernels.pyx's _check_sigmoid_own). */
 static int dse_cpu_fma(void)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
