@@ -1136,6 +1136,22 @@ cdef _glue_loops():
         _check_hardsigmoid_own()
 
 
+cdef tuple _around(double e):
+    """The bit patterns within 0x800 of float32 e's (a range of non-negative patterns)."""
+    cdef int64_t c = int(np.array(e, np.float32).view(np.uint32))
+    return (max(c - 0x800, 0), c + 0x800)
+
+
+cdef _probe_floats(list ranges):
+    """The float32 values a compiled float op is checked on against numpy's loops before it is used: every 2^12-th
+    bit pattern, and each range [lo, hi) of non-negative bit patterns with its negatives; NaNs left out."""
+    b = np.concatenate([np.arange(0, 1 << 32, 1 << 12, dtype=np.uint64).astype(np.uint32)] +
+                       [np.arange(lo, hi, dtype=np.uint32) | s for lo, hi in ranges
+                        for s in (np.uint32(0), np.uint32(0x80000000))])
+    x = b.view(np.float32)
+    return np.ascontiguousarray(x[~np.isnan(x)])
+
+
 cdef _check_sigmoid_own():
     """Sets dse_sigmoid_own (dse_sigmoid_chunk's values in registers at the avx2 level and above) where the CPU has
     AVX2 and FMA and they match numpy's loops, SiLU's two products included, on every 2^12-th float32 bit pattern and
@@ -1145,14 +1161,8 @@ cdef _check_sigmoid_own():
     dse_sigmoid_own = 0
     if dse_cpu_level() < DSE_ISA_AVX2 or not dse_cpu_fma():
         return
-    edges = [np.arange(0, 0x1001, dtype=np.uint32)]
-    for e in (86.6, 87.0, 87.4, 88.72283935546875, 103.97208404541015625):
-        c = int(np.array(e, np.float32).view(np.uint32))
-        edges.append(np.arange(c - 0x800, c + 0x800, dtype=np.uint32))
-    b = np.concatenate([np.arange(0, 1 << 32, 1 << 12, dtype=np.uint64).astype(np.uint32)] + edges +
-                       [e | np.uint32(0x80000000) for e in edges])
-    x = b.view(np.float32)
-    x = np.ascontiguousarray(x[~np.isnan(x)])
+    x = _probe_floats([(0, 0x1001)] + [_around(e) for e in (86.6, 87.0, 87.4, 88.72283935546875,
+                                                               103.97208404541015625)])
     want = np.empty_like(x)
     got = np.empty_like(x)
     cdef float[::1] xv = x
@@ -1183,13 +1193,7 @@ cdef _check_hardsigmoid_own():
     dse_hardsigmoid_own = 0
     if dse_cpu_level() < DSE_ISA_AVX2:
         return
-    parts = [np.arange(0, 1 << 32, 1 << 12, dtype=np.uint64).astype(np.uint32).view(np.float32)]
-    for e in (0.0, 2.5, 3.0, 3.5):
-        c = int(np.array(e, np.float32).view(np.uint32))
-        b = np.arange(max(c - 0x800, 0), c + 0x800, dtype=np.uint32)
-        parts += [b.view(np.float32), (b | np.uint32(0x80000000)).view(np.float32)]
-    x = np.concatenate(parts)
-    x = np.ascontiguousarray(x[~np.isnan(x)])
+    x = _probe_floats([_around(e) for e in (0.0, 2.5, 3.0, 3.5)])
     want = np.empty_like(x)
     got = np.empty_like(x)
     ok = True
