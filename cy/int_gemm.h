@@ -415,6 +415,7 @@ typedef struct {
     int64_t H, W, kh, sh, sw, pt, pl, dh, dw;
     int bcast;
     const dse_bc_pool *pool;
+    const uint8_t *xlo, *xhi; /* the whole input array (every image and channel): reads outside it never happen */
 } dse_ig_conv;
 /* VNNI packing: the panels of positions [m0, m0 + mv) over depth quads [p0, p0 + kcq) into dst (bytes) */
 typedef void (*dse_ig_pack8_fn)(const dse_ig_plan *P, int64_t p0, int64_t kcq, int64_t m0, int64_t mv, uint8_t *dst);
@@ -449,6 +450,127 @@ struct dse_ig_plan {
     int64_t add_ld_img, add_ld_n;
     const dse_ig_conv *cv; /* the operand as a conv's input (built per task and depth block), else NULL */
 };
+
+/* ------------------------------------------------------------------ int16 panels packed from a conv's input
+ * The avx2 level's int16 kernel reads a stride-1 conv whose output rows are as wide as its input rows (W == Wo,
+ * e.g. 3x3 with padding 1) straight from the input planes: output position s = y Wo + q of an image reads tap
+ * (i, j) of channel c at plane offset s + (i dh - pt) W + j dw - pl, so the 16 positions of a panel read 16
+ * consecutive input bytes (two runs where the panel crosses into the next image: planes of >= 16 positions),
+ * those outside the plane (padding, the next or previous row's bytes) masked to 0 as the im2col's padding is. No
+ * im2col operand is written and the panels read the input from cache. */
+#define DSE_IG_C16_TMAX 49 /* taps (kh kw) at most */
+/* the panels' scratch: offsets and image crossings (512 bytes), masks ((kh + kw + kh kw) x 256 bytes) */
+#define DSE_IG_C16_SCR (512 + (2 * DSE_IG_C16_TMAX + 1) * DSE_IG_MC)
+
+/* Whether the call (t terms, activation mode) packs its int16 panels from the conv input cv. */
+static int dse_ig_conv16_fits(const dse_ig_conv *cv, int t, int mode)
+{
+    return !cv->bcast && !cv->pool && t == 1 && mode != DSE_IG_TABLE && cv->sh == 1 && cv->sw == 1 &&
+           cv->W == cv->Wo && cv->Ho * cv->Wo >= DSE_IG_MR_AVX2 && cv->kh * cv->kw <= DSE_IG_C16_TMAX &&
+           cv->xlo && cv->xhi;
+}
+
+/* 16 bytes at a (a may lie partly outside [lo, hi): those bytes read as 0; they are masked off anyway). */
+static inline __m128i dse_ig_c16_load(const uint8_t *a, const uint8_t *lo, const uint8_t *hi)
+{
+    if ((uintptr_t)a >= (uintptr_t)lo && (uintptr_t)a + 16 <= (uintptr_t)hi)
+        return _mm_loadu_si128((const __m128i *)a);
+    uint8_t b[16];
+    for (int l = 0; l < 16; l++)
+        b[l] = (uintptr_t)(a + l) >= (uintptr_t)lo && (uintptr_t)(a + l) < (uintptr_t)hi ? a[l] : 0;
+    return _mm_loadu_si128((const __m128i *)b);
+}
+
+/* The panels of positions [m0, m0 + mv) over depth pairs [p0, p0 + kcp) into dst (as dse_ig_pack_a_avx2 packs the
+ * im2col operand of cv, element (k, m) with k = c kh kw + i kw + j). scr: the thread's DSE_IG_C16_SCR bytes, which
+ * keep the block's panel offsets and masks from the call with fresh != 0 (the task's first depth block) on. */
+#define DSE_IG_C16_PF 2 /* the block's window of the channel plane this many channels ahead is prefetched */
+DSE_T_AVX2 static void dse_ig_pack_conv16_avx2(const dse_ig_plan *P, int64_t p0, int64_t kcp, int64_t m0, int64_t mv,
+                                               int16_t *dst, uint8_t *scr, int fresh)
+{
+    const dse_ig_conv *cv = P->cv;
+    const int64_t kh = cv->kh, kw = cv->kw, T = kh * kw, HoWo = cv->Ho * cv->Wo, W = cv->W, H = cv->H;
+    const int64_t npan = (mv + DSE_IG_MR_AVX2 - 1) / DSE_IG_MR_AVX2, delta = cv->ld_b - HoWo;
+    int64_t *base = (int64_t *)scr;        /* [npan]: panel q's first position's offset (image start + s) */
+    uint8_t *cross = scr + 128;            /* [npan][16]: 0xFF in the lanes of the next image */
+    int32_t *crosses = (int32_t *)(scr + 384); /* [npan]: whether panel q has such lanes */
+    uint8_t *rowm = scr + 512, *colm = rowm + kh * 256, *tapm = colm + kw * 256; /* [i or j or t][q][16 lanes] */
+    if (fresh) {
+        /* per lane: its row y, column x and whether it is a position of the block; the masks of each kernel row i
+         * (0 <= y + i dh - pt < H) and column j (0 <= x + j dw - pl < W), then of each tap */
+        int64_t m = m0, b = m0 / HoWo, s = m0 % HoWo, y = s / cv->Wo, x = s % cv->Wo;
+        for (int64_t q = 0; q < npan; q++) {
+            base[q] = b * cv->ld_b + s;
+            const int64_t b0 = b;
+            for (int l = 0; l < 16; l++, m++) {
+                const int in = m < m0 + mv;
+                cross[q * 16 + l] = b != b0 ? 0xFF : 0;
+                for (int64_t i = 0; i < kh; i++) {
+                    const int64_t r = y + i * cv->dh - cv->pt;
+                    rowm[(i * npan + q) * 16 + l] = in && r >= 0 && r < H ? 0xFF : 0;
+                }
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t c = x + j * cv->dw - cv->pl;
+                    colm[(j * npan + q) * 16 + l] = in && c >= 0 && c < W ? 0xFF : 0;
+                }
+                if (++x == cv->Wo && (x = 0, ++y == cv->Ho))
+                    y = 0, b++;
+                if (++s == HoWo)
+                    s = 0;
+            }
+            crosses[q] = cross[q * 16 + 15] != 0; /* lanes of one image, then (planes >= 16) of the next */
+        }
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t q = 0; q < npan; q++)
+                _mm_storeu_si128((__m128i *)(tapm + (t * npan + q) * 16),
+                                 _mm_and_si128(_mm_loadu_si128((const __m128i *)(rowm + (t / kw * npan + q) * 16)),
+                                               _mm_loadu_si128((const __m128i *)(colm + (t % kw * npan + q) * 16))));
+    }
+    const uint8_t *lo = cv->xlo, *hi = cv->xhi;
+    const int s8 = P->mode == DSE_IG_S8;
+    /* the window of a channel plane the block reads: from its first position's first tap to its last one's last */
+    const int64_t w0 = base[0] - cv->pt * W - cv->pl, w1 = base[0] + mv + ((kh - 1) * cv->dh - cv->pt) * W +
+                                                            (kw - 1) * cv->dw - cv->pl;
+    int64_t c = 2 * p0 / T, t = 2 * p0 % T; /* the channel and tap of the pair's first row, stepped */
+    for (int64_t p = 0; p < kcp; p++) {
+        const uint8_t *src[2];
+        const uint8_t *tm[2];
+        for (int h = 0; h < 2; h++) {
+            const int64_t k = 2 * (p0 + p) + h;
+            if (t == 0 && k + DSE_IG_C16_PF * T < P->K) /* a new channel: fetch the plane DSE_IG_C16_PF ahead */
+                for (int64_t a = w0; a < w1 + 64; a += 64)
+                    _mm_prefetch((const char *)(cv->x + (c + DSE_IG_C16_PF) * cv->HW + a), _MM_HINT_T0);
+            src[h] = k < P->K ? cv->x + c * cv->HW + (t / kw * cv->dh - cv->pt) * W + t % kw * cv->dw - cv->pl : NULL;
+            tm[h] = tapm + t * npan * 16;
+            if (++t == T)
+                t = 0, c++;
+        }
+        int16_t *d = dst + p * 2 * DSE_IG_MR_AVX2;
+        for (int64_t q = 0; q < npan; q++, d += kcp * 2 * DSE_IG_MR_AVX2) {
+            __m128i v[2];
+            for (int h = 0; h < 2; h++) {
+                if (!src[h]) {
+                    v[h] = _mm_setzero_si128();
+                    continue;
+                }
+                const uint8_t *a = src[h] + base[q];
+                __m128i x = dse_ig_c16_load(a, lo, hi);
+                if (crosses[q]) /* the lanes of the next image read its plane: delta bytes on */
+                    x = _mm_blendv_epi8(x, dse_ig_c16_load(a + delta, lo, hi),
+                                        _mm_loadu_si128((const __m128i *)(cross + q * 16)));
+                v[h] = _mm_and_si128(x, _mm_loadu_si128((const __m128i *)(tm[h] + q * 16)));
+            }
+            const __m128i lo8 = _mm_unpacklo_epi8(v[0], v[1]), hi8 = _mm_unpackhi_epi8(v[0], v[1]);
+            if (s8) {
+                _mm256_storeu_si256((__m256i *)d, _mm256_cvtepi8_epi16(lo8));
+                _mm256_storeu_si256((__m256i *)(d + 16), _mm256_cvtepi8_epi16(hi8));
+            } else {
+                _mm256_storeu_si256((__m256i *)d, _mm256_cvtepu8_epi16(lo8));
+                _mm256_storeu_si256((__m256i *)(d + 16), _mm256_cvtepu8_epi16(hi8));
+            }
+        }
+    }
+}
 
 /* ------------------------------------------------------------------ VNNI: byte quads, vpdpbusd
  *
@@ -1050,7 +1172,9 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
     for (int64_t kb = 0; kb < nblk; kb++) {
         const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
         const int first = kb % P->seg_blocks == 0;
-        if (P->cv) { /* the block's operand rows from the conv input, packed from the scratch Acv [rows][ldcv] */
+        if (P->cv && !P->q8) /* int16 panels straight from the conv input (Acv: the masks' scratch) */
+            dse_ig_pack_conv16_avx2(P, p0, kcp, m0, mv, (int16_t *)Apk, Acv, kb == 0);
+        else if (P->cv) { /* the block's operand rows from the conv input, packed from the scratch Acv [rows][ldcv] */
             const int64_t k0 = 4 * p0, k1 = (4 * (p0 + kcp) < P->K) ? 4 * (p0 + kcp) : P->K;
             const dse_ig_conv *cv = P->cv;
             dse_i2c_block(&cv->i2c, cv->x, cv->ld_b, cv->HW, cv->kw, cv->Ho, cv->Wo, k0, k1, m0, m0 + mv, Acv, ldcv);
@@ -1536,7 +1660,7 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     if (sc)
         P.addend = addend, P.add_ld_img = add_ld_img, P.add_ld_n = add_ld_n;
     const int q8 = vnni && dse_ig_plan8(&P, gw);
-    if (cv && !(q8 && level >= DSE_ISA_AVX512))
+    if (cv && !(q8 && level >= DSE_ISA_AVX512) && !(!q8 && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, t, mode)))
         return -4;
     P.cv = cv;
     if (cv && cv->bcast) /* scaled calls with the activations on the unsigned port */
@@ -1579,7 +1703,10 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
         }
         uint8_t *Apk = (uint8_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 4));
         int32_t *C32 = (int32_t *)aligned_alloc(64, (size_t)(tpc * DSE_IG_NR * mc) * sizeof(int32_t));
-        uint8_t *Acv = cv ? (uint8_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 4)) : NULL; /* [4 kcp][mc] */
+        /* [4 kcp][mc], or the int16 conv panels' masks */
+        uint8_t *Acv = cv ? (uint8_t *)aligned_alloc(64, (size_t)(mc * P.kcp * 4 > DSE_IG_C16_SCR ? mc * P.kcp * 4
+                                                                                             : DSE_IG_C16_SCR))
+                          : NULL;
         if (dse_team_allocated(&fail, Apk && C32 && (Acv || !cv))) {
 #pragma omp for schedule(static)
             for (int64_t task = 0; task < nmb * nch; task++) {

@@ -149,6 +149,8 @@ cdef extern from "int_gemm.h" nogil:
         int64_t H, W, kh, sh, sw, pt, pl, dh, dw
         int bcast
         const dse_bc_pool *pool
+        const uint8_t *xlo
+        const uint8_t *xhi
     int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                           int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, int whole)
     void dse_i2c_free(dse_i2c_plan *P)
@@ -760,9 +762,14 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
             cv.bcast = 1
             cv.H, cv.W, cv.kh, cv.sh, cv.sw = cH, cW, ckh, cstride[0], cstride[1]
             cv.pt, cv.pl, cv.dh, cv.dw = cpads[0], cpads[1], cdil[0], cdil[1]
+        elif level == 1:  # the int16 kernel's panels packed from the input where the geometry allows (else None)
+            cv.H, cv.W, cv.kh, cv.sh, cv.sw = cH, cW, ckh, cstride[0], cstride[1]
+            cv.pt, cv.pl, cv.dh, cv.dw = cpads[0], cpads[1], cdil[0], cdil[1]
         elif level < 2 or not dse_i2c_plan_make(&cv.i2c, cH, cW, ckh, ckw, cstride[0], cstride[1], cpads[0],
                                                 cpads[1], cdil[0], cdil[1], chw[0], chw[1], 0):
             return None
+        cv.xlo = &xv[0, 0, 0, 0]
+        cv.xhi = cv.xlo + cB * cC * cH * cW
         cv.x = &xv[0, c0, 0, 0] if c0 < cC else &xv[0, 0, 0, 0]
         cv.ld_b, cv.HW, cv.kw, cv.Ho, cv.Wo = cC * cH * cW, cH * cW, ckw, chw[0], chw[1]
         if pool is not None:

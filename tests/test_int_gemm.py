@@ -343,8 +343,9 @@ def test_conv_operand_built_in_the_kernel(B, C, H, W, k, stride, dil, pads, grou
     """int_gemm with ``conv`` (the im2col rows of a task's depth block built from the conv input in cache) gives the
     sums of the im2col operand (int64 numpy), or their scaled output, for channel slices of groups, depths across
     the kernel's depth blocks (K > 512), positions across its 256-position tasks, planes wider than the VBMI
-    windows, dilation and padding, on every port assignment; it runs only on the VNNI kernel at the avx512 level
-    (None elsewhere: nothing written) and on 1 and 2 threads."""
+    windows, dilation and padding, on every port assignment; it runs on the VNNI kernel at the avx512 level and on
+    the int16 kernel at the avx2 level for stride-1 convs with W == Wo (panels packed from the input), None
+    elsewhere (nothing written), on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
     kh, kw = k
     (dh, dw), (sh, sw) = dil, stride
@@ -375,12 +376,21 @@ def test_conv_operand_built_in_the_kernel(B, C, H, W, k, stride, dil, pads, grou
             out = np.zeros((B, N + 1, Ho * Wo), ref.dtype)
             used = _kernels.int_gemm(None, Wp, fa, mode, gw, S, out[:, 1:], isa, threads, sc, vnni, conv=conv)
             runs = isa == "avx512" and vnni and takes and vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo)
-            if not runs:
+            int16 = isa == "avx2" and not (vnni and takes) and mode != "table" and \
+                int16_conv_panels_fit(W, kh, kw, (sh, sw), Ho, Wo)
+            if not runs and not int16:
                 assert used is None and not out.any(), (isa, vnni, used)
                 continue
-            assert used == "avx512+vnni"
-            event("the operand built in the kernel")
+            assert used == ("avx2" if int16 else "avx512+vnni")
+            event("the int16 panels read the input" if int16 else "the operand built in the kernel")
             assert np.array_equal(out[:, 1:], ref) and not out[:, 0].any(), (isa, g)
+
+
+def int16_conv_panels_fit(W, kh, kw, stride, Ho, Wo) -> bool:
+    """numpy twin of the avx2 int16 kernel's test for packing its panels straight from a conv's input (cy/int_gemm.h,
+    dse_ig_conv16_fits, with t = 1 and no activation table): stride 1, output rows as wide as the input rows,
+    planes of >= 16 positions, at most 49 taps."""
+    return tuple(stride) == (1, 1) and W == Wo and Ho * Wo >= 16 and kh * kw <= 49
 
 
 def vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo) -> bool:
@@ -536,6 +546,54 @@ def test_conv2d_scaled_on_either_conv_kernel(c, seed):
                 assert np.array_equal(got[0], yref[0]) and np.array_equal(got[1], yref[1]), (isa, ck)
             else:
                 assert np.array_equal(got, yref), (isa, ck)
+
+
+@settings(deadline=None, max_examples=80)
+@given(B=st.integers(1, 3), C=st.sampled_from([1, 2, 3, 5, 8, 16, 64]), N=st.sampled_from([1, 5, 7, 64]),
+       H=st.sampled_from([1, 3, 4, 5, 7, 14, 17, 28, 56, 112]), W=st.sampled_from([1, 3, 4, 5, 7, 14, 17, 28, 56, 112]),
+       k=st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (2, 2)]),
+       stride=st.sampled_from([(1, 1), (1, 1), (2, 2), (1, 2)]), dil=st.sampled_from([(1, 1), (1, 1), (2, 2), (1, 2)]),
+       same=st.booleans(), pads=st.tuples(*[st.integers(0, 3)] * 4), groups=st.sampled_from([1, 1, 2]),
+       signed=st.booleans(), output=st.sampled_from(["float", "quant", "add", "add+quant"]),
+       act=st.sampled_from(["none", "relu"]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_int16_conv_panels_read_the_input(B, C, N, H, W, k, stride, dil, same, pads, groups, signed, output, act,
+                                          threads, seed):
+    """conv2d_scaled of the exact product where the avx2 int16 kernel packs its panels straight from the conv input
+    (stride 1, output rows as wide as the input's: "same" padding split at random between the sides; planes of
+    >= 16 positions, up to 112 x 112; panels across image boundaries and the last partial panel) equals
+    scale_accumulators of the numpy reference conv at every ISA level in every output mode (float32, quantized, a
+    fused Add with and without the quantized copy), with Relu or none, signed and unsigned activations, dilation,
+    groups, 1 and 2 threads; the geometries it does not take (strides, other padding) run as before."""
+    rng = np.random.default_rng(seed)
+    kh, kw = k
+    (dh, dw) = dil
+    if same:  # output rows as wide as the input's at stride 1
+        stride = (1, 1)
+        ph, pw = dh * (kh - 1), dw * (kw - 1)
+        top, left = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
+        pads = (top, left, ph - top, pw - left)
+    if H * W > 1024:  # large planes: few channels, one image (the numpy reference's time)
+        B, C = 1, min(C, 8)
+    H, W = max(H, dh * (kh - 1) + 1 - pads[0] - pads[2]), max(W, dw * (kw - 1) + 1 - pads[1] - pads[3])
+    C, N = C * groups, N * groups
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, C // groups, kh, kw))
+    ref = K.reference_conv2d_int(x, w, EXACT, signed, stride, pads, dil, groups)
+    quant = K.OutputQuant(0.05, False) if output in ("quant", "add+quant") else None
+    add = rng.normal(0, 1, ref.shape).astype(np.float32) if output.startswith("add") else None
+    sc = K.Scaling(0.001, rng.uniform(1e-3, 1e-2, N).astype(np.float32), rng.normal(0, 1, N).astype(np.float32),
+                   K.OutputAct(act) if act != "none" else None, quant, add)
+    yref = K.scale_accumulators(ref, sc)
+    Ho, Wo = ref.shape[2:]
+    if int16_conv_panels_fit(W, kh, kw, stride, Ho, Wo) and (kh * kw > 1 or any(pads)):
+        event("the int16 panels read the input")
+    for isa in ISAS:
+        with vnni_env(False), K.using_threads(threads):
+            got = K.conv2d_scaled(x, w, EXACT, signed, sc, stride, pads, dil, groups, isa=isa)
+        if add is not None and quant is not None:
+            assert np.array_equal(got[0], yref[0]) and np.array_equal(got[1], yref[1]), isa
+        else:
+            assert np.array_equal(got, yref), isa
 
 
 @settings(deadline=None, max_examples=25)
