@@ -459,13 +459,16 @@ struct dse_ig_plan {
  * those outside the plane (padding, the next or previous row's bytes) masked to 0 as the im2col's padding is. No
  * im2col operand is written and the panels read the input from cache. */
 #define DSE_IG_C16_TMAX 49 /* taps (kh kw) at most */
+/* depth rows (c kh kw) at least: below, the per-task masks outweigh the im2col they save (MobileNetV2 32's 3x3 stem
+ * on 3 channels, K 27: 0.91x in the network's captured calls) */
+#define DSE_IG_C16_KMIN 128
 /* the panels' scratch: offsets and image crossings (512 bytes), masks ((kh + kw + kh kw) x 256 bytes) */
 #define DSE_IG_C16_SCR (512 + (2 * DSE_IG_C16_TMAX + 1) * DSE_IG_MC)
 
-/* Whether the call (t terms, activation mode) packs its int16 panels from the conv input cv. */
-static int dse_ig_conv16_fits(const dse_ig_conv *cv, int t, int mode)
+/* Whether the call (K depth rows, t terms, activation mode) packs its int16 panels from the conv input cv. */
+static int dse_ig_conv16_fits(const dse_ig_conv *cv, int64_t K, int t, int mode)
 {
-    return !cv->bcast && !cv->pool && t == 1 && mode != DSE_IG_TABLE && cv->sh == 1 && cv->sw == 1 &&
+    return !cv->bcast && !cv->pool && t == 1 && mode != DSE_IG_TABLE && K >= DSE_IG_C16_KMIN && cv->sh == 1 && cv->sw == 1 &&
            cv->W == cv->Wo && cv->Ho * cv->Wo >= DSE_IG_MR_AVX2 && cv->kh * cv->kw <= DSE_IG_C16_TMAX &&
            cv->xlo && cv->xhi;
 }
@@ -1660,7 +1663,7 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     if (sc)
         P.addend = addend, P.add_ld_img = add_ld_img, P.add_ld_n = add_ld_n;
     const int q8 = vnni && dse_ig_plan8(&P, gw);
-    if (cv && !(q8 && level >= DSE_ISA_AVX512) && !(!q8 && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, t, mode)))
+    if (cv && !(q8 && level >= DSE_ISA_AVX512) && !(!q8 && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, K, t, mode)))
         return -4;
     P.cv = cv;
     if (cv && cv->bcast) /* scaled calls with the activations on the unsigned port */
