@@ -395,6 +395,8 @@ typedef struct dse_ig_plan dse_ig_plan;
 /* A conv's GEMM operand read from its input instead of a matrix: row k = c kh kw + t, column m = b Ho Wo + s of the
  * im2col of x (channel c's plane at x + b ld_b + c H W), built per task and depth block by the AVX-512 VBMI im2col
  * (dse_i2c_block) into the task's scratch, then packed as a matrix operand; the VNNI kernel at the avx512 level.
+ * On the int16 kernel at the avx2 level: the panels packed from x directly (dse_ig_pack_conv16_avx2; reads stay
+ * within [xlo, xhi), the whole input array).
  * bcast != 0: the broadcast conv kernel instead (dse_bc_conv: channels-last images, output channels in the lanes;
  * it reads the geometry H .. dw and no i2c plan; with pool, the max pool fused after it: dse_bc_pool). */
 /* A max pool (dse_max_pool's geometry over the conv's Ho x Wo output planes: kernel kh x kw, stride, dilation, pads
@@ -468,8 +470,8 @@ struct dse_ig_plan {
 /* Whether the call (K depth rows, t terms, activation mode) packs its int16 panels from the conv input cv. */
 static int dse_ig_conv16_fits(const dse_ig_conv *cv, int64_t K, int t, int mode)
 {
-    return !cv->bcast && !cv->pool && t == 1 && mode != DSE_IG_TABLE && K >= DSE_IG_C16_KMIN && cv->sh == 1 && cv->sw == 1 &&
-           cv->W == cv->Wo && cv->Ho * cv->Wo >= DSE_IG_MR_AVX2 && cv->kh * cv->kw <= DSE_IG_C16_TMAX &&
+    return !cv->bcast && !cv->pool && t == 1 && mode != DSE_IG_TABLE && K >= DSE_IG_C16_KMIN && cv->sh == 1 &&
+           cv->sw == 1 && cv->W == cv->Wo && cv->Ho * cv->Wo >= DSE_IG_MR_AVX2 && cv->kh * cv->kw <= DSE_IG_C16_TMAX &&
            cv->xlo && cv->xhi;
 }
 
@@ -1641,8 +1643,9 @@ static int64_t dse_ig_block_positions(const dse_ig_plan *P, const dse_ig_conv *c
 
 /* Returns 0 (the int16 kernel ran) or 1 (the VNNI kernel ran: vnni != 0 allows it where the CPU has it and the
  * operands fit bytes), or -1 when a scratch buffer cannot be allocated, -2 when S is out of range (2 S must be
- * < 2^31), -4 when the operand is a conv's input (cv, AT unused) and the call does not run on the avx512 VNNI
- * kernel (nothing done: the caller builds the operand). With sc, ``addend`` (or NULL) holds int64 sums laid out as out
+ * < 2^31), -4 when the operand is a conv's input (cv, AT unused) and the call runs neither on the avx512 VNNI
+ * kernel nor on the avx2 int16 kernel with panels from the input (dse_ig_conv16_fits) (nothing done: the caller
+ * builds the operand). With sc, ``addend`` (or NULL) holds int64 sums laid out as out
  * with strides add_ld_img, add_ld_n, added to the finished sums before the scaling (e.g. the split path's error
  * sums: the layer's sums = exact product + error); the caller guarantees that they and the totals fit int32. */
 static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg, int64_t ld_aimg, const uint8_t *Wp,
@@ -1663,7 +1666,8 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     if (sc)
         P.addend = addend, P.add_ld_img = add_ld_img, P.add_ld_n = add_ld_n;
     const int q8 = vnni && dse_ig_plan8(&P, gw);
-    if (cv && !(q8 && level >= DSE_ISA_AVX512) && !(!q8 && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, K, t, mode)))
+    const int c16 = cv && !q8 && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, K, t, mode);
+    if (cv && !(q8 && level >= DSE_ISA_AVX512) && !c16)
         return -4;
     P.cv = cv;
     if (cv && cv->bcast) /* scaled calls with the activations on the unsigned port */

@@ -709,9 +709,10 @@ def int_gemm(AT, const uint8_t[:, ::1] Wp, const int16_t[:, ::1] fa, a_mode,
 
     ``conv`` = (x, c0, (kh, kw), stride, pads, dilation, out_hw) instead of ``AT`` (None): the operand is the im2col
     of channels c0 .. c0 + K / (kh kw) - 1 of the conv input x uint8[B, C, H, W] (C-contiguous; ``pads`` = (top,
-    left)), as :func:`im2col` would give it (M = B Ho Wo, img = Ho Wo), built per task and depth block in cache; only
-    on the VNNI kernel at the avx512 level where the geometry fits the VBMI im2col: else nothing is done and None is
-    returned (the caller builds the operand). ``conv_kernel``: "im2col" (that), or "bcast": the broadcast conv
+    left)), as :func:`im2col` would give it (M = B Ho Wo, img = Ho Wo), built per task and depth block in cache on
+    the VNNI kernel at the avx512 level where the geometry fits the VBMI im2col, or packed into the int16 kernel's
+    panels straight from x at the avx2 level (stride 1, W == Wo, planes of >= 16 positions, <= 49 taps, >= 128
+    depth rows, no activation table): else nothing is done and None is returned (the caller builds the operand). ``conv_kernel``: "im2col" (that), or "bcast": the broadcast conv
     kernel (output channels in the vector lanes, the input transposed per image into a channels-last copy in cache;
     ``cy/int_gemm.h``, dse_bc_conv) on a scaled call of the VNNI kernel at the avx512 level with the activations on
     the unsigned port, any geometry; the same outputs; else None as above.

@@ -1505,7 +1505,8 @@ def _conv_int_gemm_direct(xq, wg, kh: int, kw: int, plan: _Int16Plan, geo: _Conv
     """The scaled conv GEMMs of _conv_int_gemm_scaled (per group g: weights wg[g], scaling sargs[g], output channels
     of ``view`` [B, Cout, Ho*Wo]) with the operand built by the kernel from the input patterns xq, each task's block
     of im2col rows in cache (no operand matrix, no image slices), where it can: the VNNI kernel at the avx512 level,
-    a geometry the VBMI im2col takes. Returns the groups it could not run (nothing written for them): the VNNI kernel
+    a geometry the VBMI im2col takes; or the int16 kernel at the avx2 level packing its panels straight from the input
+    (stride-1 convs with output rows as wide as the input's, >= 128 depth rows: int_gemm's ``conv``). Returns the groups it could not run (nothing written for them): the VNNI kernel
     may take one group and not another (a weight table outside the bytes, e.g. DRUM's G(-128), on the patterns a
     group uses). ``ck``: the kernel's conv operand ("im2col", or "bcast": the broadcast conv kernel, which takes
     any geometry; a group it does not run, e.g. signed activations on the weights' unsigned port, tries "im2col")."""
