@@ -2149,8 +2149,11 @@ typedef struct {
     int cols;             /* the "cols" packing */
 } dse_dw_groups;
 
-/* Q [ng][256] of output channel wo's taps; returns base. */
-static int64_t dse_dw_pack(const int32_t *lutT, const uint8_t *wo, int64_t ntap, const dse_dw_groups *gr, uint64_t *Q)
+/* Q [ng][256] of output channel wo's taps; returns base. Compiled twice: portable and at the AVX2 level
+ * (dse_dw_pack_avx2, vpminsd and 4 entries per vector: the same integers). */
+static inline __attribute__((always_inline)) int64_t dse_dw_pack_body(const int32_t *lutT, const uint8_t *wo,
+                                                                       int64_t ntap, const dse_dw_groups *gr,
+                                                                       uint64_t *Q)
 {
     int64_t base = 0;
     memset(Q, 0, (size_t)(gr->ng * 256) * sizeof(uint64_t));
@@ -2166,6 +2169,17 @@ static int64_t dse_dw_pack(const int32_t *lutT, const uint8_t *wo, int64_t ntap,
             q[a] += (uint64_t)(uint32_t)(col[a] - mn) << sh;
     }
     return base;
+}
+
+static int64_t dse_dw_pack(const int32_t *lutT, const uint8_t *wo, int64_t ntap, const dse_dw_groups *gr, uint64_t *Q)
+{
+    return dse_dw_pack_body(lutT, wo, ntap, gr, Q);
+}
+
+DSE_T_AVX2 static int64_t dse_dw_pack_avx2(const int32_t *lutT, const uint8_t *wo, int64_t ntap,
+                                           const dse_dw_groups *gr, uint64_t *Q)
+{
+    return dse_dw_pack_body(lutT, wo, ntap, gr, Q);
 }
 
 /* The packed sums S[u] of positions u in [u0, u1) (in steps of 8: up to 7 past u1); each S[u] depends on u only, so
@@ -2275,20 +2289,25 @@ static inline int dse_dw_rows3(const dse_dw_groups *gr)
 }
 
 /* The packed sums of image b < nb's positions [b HW, b HW + L + 2 fs) (output t reads S[t], S[t + fs], S[t + 2 fs];
- * the positions past them, which no output reads, are not computed). */
+ * the positions past them, which no output reads, are not computed; HW: the images' step in the planes). Where the
+ * ranges of consecutive images overlap (tight planes: dse_dw_tight) the positions already computed are skipped. */
 static inline __attribute__((always_inline)) void dse_dw_rowsum_images(const uint8_t *P, const dse_dw_groups *gr,
                                                                        int64_t nb, int64_t HW, int64_t L,
                                                                        const uint64_t *Q, uint64_t *S)
 {
-    if (gr->cols)
-        for (int64_t b = 0; b < nb; b++)
-            dse_dw_cols3_sums(P + gr->goff[0], b * HW, b * HW + L + 2 * gr->fs, Q, S);
-    else if (dse_dw_rows3(gr))
-        for (int64_t b = 0; b < nb; b++)
-            dse_dw_rowsum3_sums(P, gr, b * HW, b * HW + L + 2, Q, S);
-    else
-        for (int64_t b = 0; b < nb; b++)
-            dse_dw_rowsum_sums(P, gr, b * HW, b * HW + L + 2 * gr->fs, Q, S);
+    const int64_t n = L + 2 * gr->fs; /* positions per image (fs = 1 for the generic and rows3 sums) */
+    for (int64_t b = 0, done = 0; b < nb; b++) {
+        const int64_t u0 = b * HW > done ? b * HW : done, u1 = b * HW + n;
+        if (u0 >= u1)
+            continue;
+        if (gr->cols)
+            dse_dw_cols3_sums(P + gr->goff[0], u0, u1, Q, S);
+        else if (dse_dw_rows3(gr))
+            dse_dw_rowsum3_sums(P, gr, u0, u1, Q, S);
+        else
+            dse_dw_rowsum_sums(P, gr, u0, u1, Q, S);
+        done = u0 + (u1 - u0 + 7) / 8 * 8; /* the sums run in steps of 8 */
+    }
 }
 
 /* Output (b, y, q) = base + the three 21-bit fields of S[t], S[t + fs], S[t + 2 fs] that hold its sums, t = b HW + y
@@ -2610,10 +2629,18 @@ DSE_T_512 static void dse_dw_run_512(const dse_dw_tap *tp, int64_t ntap, int64_t
 }
 
 /* n bytes (n small: a row of a small plane) without a call into the C library: 8-byte moves, the last one
- * overlapping, or single bytes below 8. */
+ * overlapping, two (overlapping) 4-byte moves for 4 to 7 bytes, or single bytes below 4. */
 static inline void dse_copy_small(uint8_t *d, const uint8_t *s, int64_t n)
 {
     if (n < 8) {
+        if (n >= 4) {
+            uint32_t a, b;
+            memcpy(&a, s, 4);
+            memcpy(&b, s + n - 4, 4);
+            memcpy(d, &a, 4);
+            memcpy(d + n - 4, &b, 4);
+            return;
+        }
         for (int64_t i = 0; i < n; i++)
             d[i] = s[i];
         return;
@@ -2653,6 +2680,14 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
                 _mm_storel_epi64((__m128i *)(prow + (1 - pc) * pstep + q + pc),
                                  _mm_packus_epi16(_mm_srli_epi16(v, 8), v));
             }
+        if (sw == 2 && !xtab && c + 8 <= W && q + 4 + pc <= WQ) { /* then 8 (e.g. a whole row of 8): 4 to each */
+            const __m128i v = _mm_loadl_epi64((const __m128i *)(src + c)), lo8 = _mm_set1_epi16(0xFF);
+            const int32_t e = _mm_cvtsi128_si32(_mm_packus_epi16(_mm_and_si128(v, lo8), v));
+            const int32_t d = _mm_cvtsi128_si32(_mm_packus_epi16(_mm_srli_epi16(v, 8), v));
+            memcpy(prow + pc * pstep + q, &e, 4);
+            memcpy(prow + (1 - pc) * pstep + q + pc, &d, 4);
+            c += 8, q += 4;
+        }
         for (; c < W && q < WQ; c++) {
             prow[pc * pstep + q] = xtab ? xtab[src[c]] : src[c];
             if (++pc == sw)
@@ -3170,6 +3205,24 @@ DSE_T_512 static void dse_dw_compact_512(int32_t *f, int64_t n, const uint8_t *v
     }
 }
 
+/* The tight planes of "rowsum" at stride 1 (dse_dw_conv): the padded plane's rows, WQ0 bytes at the standard layout
+ * (pl left padding columns, the W input columns, the right padding), at a step of *WQ = max(Wo, pl + W, WQ0 - pl)
+ * (<= WQ0) instead: output (y, x)'s taps read padded columns up to WQ0 - 1, and a column c >= *WQ of row r is read in
+ * row r + 1 at column c - *WQ < pl, a left padding column (pattern 0, never written by the input copies); the last
+ * row of an image reads there in the next image's plane, or in the zeroed slack after the block. The images' planes
+ * lie *HS = (HQ - ov) *WQ bytes apart, ov = min(top padding rows, bottom padding rows) rows of each plane's bottom
+ * padding being the next plane's top padding (both only ever zero). The sums S then cover ~*HS positions per image
+ * instead of HQ WQ0 (e.g. 3x3 pad 1 on 8x8 planes: 81 instead of 100). */
+static void dse_dw_tight(int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t HQ, int64_t WQ0, int64_t Wo,
+                         int64_t *WQ, int64_t *HS)
+{
+    int64_t q = pl + W > Wo ? pl + W : Wo;
+    q = WQ0 - pl > q ? WQ0 - pl : q;
+    q = q < WQ0 ? q : WQ0;
+    const int64_t pb = HQ - (pt + H < HQ ? pt + H : HQ), ov = pt < pb ? pt : pb;
+    *WQ = q, *HS = (HQ - (ov > 0 ? ov : 0)) * q;
+}
+
 /* Below the AVX-512 level, blocks of more than one image only for planes of fewer padded positions than this (but
  * for "values" and "rowsum", whose sums come out in the output's order at any plane size). */
 #define DSE_DW_SMALL 64
@@ -3188,7 +3241,15 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                        int64_t *out, const dse_scaling *sc, void *outs, int64_t block, int vnni, int nt)
 {
     const int64_t og = Cout / C, ntap = kh * kw;
-    const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ = (Wo - 1) + ((kw - 1) * dw) / sw + 1, HW = HQ * WQ;
+    const int64_t HQ = (Ho - 1) + ((kh - 1) * dh) / sh + 1, WQ0 = (Wo - 1) + ((kw - 1) * dw) / sw + 1;
+    /* "rowsum" below the AVX-512 level at stride 1 packs the padded planes tighter (dse_dw_tight): rows of WQ <= WQ0
+     * bytes, a row's right padding read in the next row's left padding, and the images' planes HS bytes apart, the
+     * bottom padding rows of one being the top padding rows of the next: fewer positions to sum */
+    const int tight = mode == 3 && level < DSE_ISA_AVX512 && sh == 1 && sw == 1;
+    int64_t WQ = WQ0, HS = HQ * WQ0;
+    if (tight)
+        dse_dw_tight(H, W, pt, pl, HQ, WQ0, Wo, &WQ, &HS);
+    const int64_t HW = HQ * WQ;
     const int64_t L = (Ho - 1) * WQ + Wo, slack = 128; /* the AVX-512 blocks may run 63 positions past a run */
     const int fits32 = mode == 3 || (level >= DSE_ISA_AVX2 && ntap * bound < 2147483648LL);
     /* "values" at the AVX2 level: dse_dw_rows_avx2, its sums already in the output's order (blocks of images of any
@@ -3197,6 +3258,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
     int64_t nb = block / HW; /* "rowsum" below the AVX-512 level: dse_dw_run_rowsum, also in the output's order */
     nb = nb < 1 || (level < DSE_ISA_AVX512 && HW >= DSE_DW_SMALL && !rows && mode != 3) ? 1 : (nb > B ? B : nb);
     /* phase planes PS bytes apart: the block's planes and 64 bytes of padding (dse_dw_phases_s2_512's stores) */
+    /* (a tight block's planes end at (nb - 1) HS + HW <= nb HW) */
     const int64_t nblk = (B + nb - 1) / nb, PS = nb * HW + 64, LB = (nb - 1) * HW + L;
     /* prefetched: with one image per block the block after next into L1; else the next block into L2 (a block's
      * planes, often a multiple of 4 KiB apart, share a few L1 sets) */
@@ -3252,7 +3314,8 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
         int64_t *toff = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), *colq = toff ? toff + ntap : NULL;
         dse_dw_groups gr = {0, {0}, NULL, NULL, 1, 0};
-        uint64_t *Q = mode == 3 && !planes ? (uint64_t *)calloc((size_t)(og * 32 * 256 + LB + slack), sizeof(uint64_t))
+        uint64_t *Q = mode == 3 && !planes ? (uint64_t *)calloc((size_t)(og * 32 * 256 + LB + 2 * dh * WQ + slack),
+                                                                sizeof(uint64_t))
                                            : NULL; /* and the sums S (zeroed: the fold's dropped lanes read a few past) */
         uint8_t *LH = planes ? (uint8_t *)malloc((size_t)(og * ntap * 512)) : NULL;
         int64_t *base = mode == 3 ? (int64_t *)malloc((size_t)og * sizeof(int64_t)) : NULL, packed = -1;
@@ -3279,9 +3342,12 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                 colq[k] = ((k % kw) * dw) / sw;
             if (mode == 3)
                 dse_dw_group(toff, colq, ntap, &gr);
-            /* the "cols" packing where its extra positions (the kernel's last rows, 2 dh WQ instead of 2 per plane)
-             * cost less than the lookups it saves: up to a quarter more (not on 4x4 planes) */
-            if (mode == 3 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && dw == 1 && 4 * (L + 2 * dh * WQ) <= 5 * (L + 2)) {
+            /* the "cols" packing where its extra positions (the kernel's last rows, 2 dh WQ instead of 2 per plane;
+             * with several tight planes per block at most HS per plane either way) cost less than the lookups it
+             * saves: up to a quarter more (not on 4x4 planes unless tight) */
+            const int64_t cpos = nb > 1 && L + 2 * dh * WQ > HS ? HS : L + 2 * dh * WQ;
+            const int64_t rpos = nb > 1 && L + 2 > HS ? HS : L + 2;
+            if (mode == 3 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && dw == 1 && 4 * cpos <= 5 * rpos) {
                 gr.ng = 3, gr.fs = dh * WQ, gr.cols = 1;
                 for (int64_t k = 0; k < ntap; k++)
                     gr.tg[k] = k % 3, gr.tf[k] = k / 3, gr.goff[k % 3] = toff[0] + k % 3;
@@ -3317,20 +3383,21 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     for (int64_t o = c * og; mode == 3 && packed != c && o < (c + 1) * og; o++)
                         base[o - c * og] =
                             planes ? dse_dw_planes(lutT, wp + o * ntap, ntap, LH + (o - c * og) * ntap * 512)
-                                   : dse_dw_pack(lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
+                                   : (level >= DSE_ISA_AVX2 ? dse_dw_pack_avx2 : dse_dw_pack)(
+                                         lutT, wp + o * ntap, ntap, &gr, Q + (o - c * og) * gr.ng * 256);
                     packed = c;
                     for (int64_t b = 0; !small && b < nbb; b++) {
                         if (b + 4 < nbb) /* and this block's planes a few ahead into L1 */
                             dse_prefetch_lines(x + ((b0 + b + 4) * C + c) * H * W, H * W, 0, 0);
                         if (s1_512)
                             dse_dw_plane_s1_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, HQ, WQ,
-                                                (xt512 ? PR : P) + b * HW);
+                                                (xt512 ? PR : P) + b * HS);
                         else if (s2_512)
                             dse_dw_phases_s2_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, HQ, WQ, PS,
-                                                 (xt512 ? PR : P) + b * HW);
+                                                 (xt512 ? PR : P) + b * HS);
                         else
                             dse_dw_phases(x + ((b0 + b) * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, PS,
-                                          xt512 ? NULL : xtab, (xt512 ? PR : P) + b * HW);
+                                          xt512 ? NULL : xtab, (xt512 ? PR : P) + b * HS);
                     }
                     if (xt512)
                         dse_translate_512(PR, npr, xtab, P);
@@ -3358,7 +3425,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                                                   full32);
                         else if (mode == 3)
                             (level >= DSE_ISA_AVX2 ? dse_dw_run_rowsum_avx2 : dse_dw_run_rowsum)(
-                                P, &gr, nbb, HW, WQ, Ho, Wo, Q + (o - c * og) * gr.ng * 256, base[o - c * og],
+                                P, &gr, nbb, HS, WQ, Ho, Wo, Q + (o - c * og) * gr.ng * 256, base[o - c * og],
                                 Q + og * gr.ng * 256, full32);
                         else if (mode == 0)
                             dse_dw_run_lut32(tp, ntap, Lr, full32);

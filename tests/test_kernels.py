@@ -1,5 +1,6 @@
 """Fast kernel paths (exact / lowrank / LUT at every ISA level, float) against the slow numpy references, bit-exact."""
 import contextlib
+import itertools
 import os
 from types import SimpleNamespace
 
@@ -823,6 +824,28 @@ def test_depthwise_rowsum_three_groups(B, C, og, H, W, geo, dil, pads, signed, e
     with K.using_threads(threads):
         for isa in ISAS:
             assert np.array_equal(K._dw_conv(x, w, mult, signed, g, "rowsum", isa), ref), isa
+
+
+@pytest.mark.parametrize("k,dil", [((3, 3), (1, 1)), ((3, 3), (2, 1)), ((5, 2), (1, 2)), ((2, 3), (3, 1))])
+def test_depthwise_rowsum_tight_planes_every_padding(k, dil):
+    """The rowsum kernel's tight planes at stride 1 below the AVX-512 level (dse_dw_tight: rows of max(Wo, pl + W,
+    WQ0 - pl) bytes whose right padding is read in the next row's left padding, the images' planes overlapping by
+    min(top, bottom) padding rows, the sums of overlapping images computed once; "cols" also on 4x4 planes) with
+    paddings 0, 1 and 3 on each side, on planes 1x1 to 9x9 and 4x4, 5 images in one block and in blocks of one, nonzero
+    activations (a read in a data byte instead of the padding changes the sum), against the reference at every ISA
+    level."""
+    rng = np.random.default_rng(sum(k) * 7 + dil[0])
+    mult = DW_MULTS["mitch_w6"]
+    for pads in itertools.product((0, 1, 3), repeat=4):
+        H, W = (4, 4) if rng.integers(2) else tuple(rng.integers(1, 10, 2))
+        x, w = depthwise_operands(rng, 5, 2, 1, H, W, k, dil, pads, False, False)
+        x[x == 0] = 1
+        geo = K._conv_args(x, w, False, (1, 1), pads, dil, 2, "test")[2]
+        ref = K.reference_conv2d_int(x, w, mult, False, (1, 1), pads, dil, 2)
+        for block in (1, 4096):
+            with dw_blocks(block, False):
+                for isa in ISAS:
+                    assert np.array_equal(K._dw_conv(x, w, mult, False, geo, "rowsum", isa), ref), (pads, H, W, isa)
 
 
 @pytest.mark.parametrize("pl", [0, 1, 2, 3])
