@@ -364,10 +364,12 @@ def lutb_gemm_batch(const uint8_t[:, :, ::1] a, const uint8_t[:, :, ::1] b, cons
                     const int32_t[::1] off, const int32_t[:, ::1] T32, bint sel_is_m, out, isa=None, int threads=1,
                     scaling=None):
     """L independent small table GEMMs in one call (an activation matmul's heads x images; ``cy/lut_kernel.h``
-    dse_lutb_batch, the avx512 level only: VBMI byte permutes): ``out[l, m, n] = sum_k T[a[l, m, k], b[l, k, n]]``
+    dse_lutb_batch; VBMI byte permutes of the planes at the avx512 level, scalar lookups in T32 below it):
+    ``out[l, m, n] = sum_k T[a[l, m, k], b[l, k, n]]``
     with T[s, i] = ``planes`` (uint8[256, NP, 256], NP 1..4: byte p of T - off[s]) + ``off[s]``, where s is the
     selecting operand's pattern: a's (``sel_is_m``) or b's, i the other's; ``T32`` int32[256 s, 256 i] the same table
-    whole (the few positions past the last whole block of 64 are looked up in it). The caller guarantees
+    whole (below the avx512 level every product, at it the few positions past the last whole block of 64 are looked
+    up in it). The caller guarantees
     K max |T| < 2^31 (int32 sums). ``out`` int64 [L, M, N]; with ``scaling`` (one per-tensor entry, float32 output: no
     act, quant or add) float32 [L, M, N] of the sums scaled as ``scale_accumulators`` scales them. Returns the ISA
     level name."""
@@ -378,8 +380,6 @@ def lutb_gemm_batch(const uint8_t[:, :, ::1] a, const uint8_t[:, :, ::1] b, cons
     cdef float[:, :, ::1] o32
     cdef dse_scaling sc
     cdef tuple keep
-    if level != 2:  # the avx512 level implies VBMI (dse_cpu_level)
-        raise ValueError("lutb_gemm_batch: the avx512 level only")
     if b.shape[0] != L or b.shape[1] != K or out.shape[0] != L or out.shape[1] != M or out.shape[2] != N:
         raise ValueError(f"lutb_gemm_batch: a {tuple(a.shape)[:3]}, b {tuple(b.shape)[:3]} and out "
                          f"{tuple(out.shape)[:3]} must be [L, M, K], [L, K, N] and [L, M, N]")

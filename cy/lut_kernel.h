@@ -1680,12 +1680,17 @@ static inline int64_t dse_lutb_tail(int64_t nidx)
     return nidx > 64 && nidx % 64 <= DSE_LUTB_TAIL ? nidx % 64 : 0;
 }
 
+/* sums[s * ss + p] = sum_k T32[sel[s K + k], X[k ldx + p]] by scalar lookups (defined with the depthwise kernels'
+ * byte lookups, DSE_DW_BYTES8, below). */
+static void dse_lutb_lookups(const uint8_t *sel, int64_t nsel, const uint8_t *X, int64_t ldx, int64_t p0, int64_t p1,
+                             int64_t K, const int32_t *T32, int32_t *sums, int64_t ss);
+
 /* sums [M * N] int32 of one GEMM, a [M, K] and b [K, N] (see above; T32 [256 sel][256 idx] the whole table as int32);
  * scratch (sel_is_m = 0): (M + N) K bytes and sums_t, M N int32 (the sums in the selectors' [N, M] order, transposed
- * at the end). */
-static void dse_lutb_gemm1(const uint8_t *a, const uint8_t *b, int64_t M, int64_t K, int64_t N, int sel_is_m,
-                           const uint8_t *planes, int NP, const int32_t *off, const int32_t *T32, int32_t *sums,
-                           uint8_t *scratch, int32_t *sums_t)
+ * at the end). Byte planes at the avx512 level, scalar lookups in T32 below it. */
+static void dse_lutb_gemm1(int level, const uint8_t *a, const uint8_t *b, int64_t M, int64_t K, int64_t N,
+                           int sel_is_m, const uint8_t *planes, int NP, const int32_t *off, const int32_t *T32,
+                           int32_t *sums, uint8_t *scratch, int32_t *sums_t)
 {
     const uint8_t *sel, *X;
     int64_t nsel, nidx;
@@ -1702,28 +1707,25 @@ static void dse_lutb_gemm1(const uint8_t *a, const uint8_t *b, int64_t M, int64_
                 at[k * M + m] = a[m * K + k];
         sel = bt, X = at, nsel = N, nidx = M, dst = sums_t;
     }
-    const int maxnb = dse_lutb_maxnb(NP);
-    const int64_t ldx = sel_is_m ? N : M, tail = dse_lutb_tail(nidx), nvec = nidx - tail;
-    for (int64_t p0 = 0; p0 < nvec; p0 += 64 * maxnb) {
-        const int64_t plen = nvec - p0 < 64 * maxnb ? nvec - p0 : 64 * maxnb;
-        dse_lutb_pick(NP, (int)((plen + 63) / 64))(sel, K, nsel, X, ldx, p0, plen, K, planes, off, dst, nidx);
-    }
-    for (int64_t s = 0; s < nsel; s++) /* the few positions past the last whole block of 64: T32 lookups */
-        for (int64_t p = nvec; p < nidx; p++) {
-            uint32_t acc = 0;
-            for (int64_t k = 0; k < K; k++)
-                acc += (uint32_t)T32[(int64_t)sel[s * K + k] * 256 + X[k * ldx + p]];
-            dst[s * nidx + p] = (int32_t)acc;
+    const int64_t ldx = sel_is_m ? N : M;
+    const int64_t nvec = level == DSE_ISA_AVX512 ? nidx - dse_lutb_tail(nidx) : 0;
+    if (nvec > 0) {
+        const int maxnb = dse_lutb_maxnb(NP);
+        for (int64_t p0 = 0; p0 < nvec; p0 += 64 * maxnb) {
+            const int64_t plen = nvec - p0 < 64 * maxnb ? nvec - p0 : 64 * maxnb;
+            dse_lutb_pick(NP, (int)((plen + 63) / 64))(sel, K, nsel, X, ldx, p0, plen, K, planes, off, dst, nidx);
         }
+    }
+    dse_lutb_lookups(sel, nsel, X, ldx, nvec, nidx, K, T32, dst, nidx);
     if (!sel_is_m)
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = 0; n < N; n++)
                 sums[m * N + n] = sums_t[n * M + m];
 }
 
-/* The L GEMMs (a + l M K, b + l K N; K >= 1, 1 <= NP <= 4, the avx512 level with VBMI): int64 sums into out64 [L, M,
- * N], or (out64 NULL) the scaled float32 outputs into outs [L, M, N]. Returns 0, or -1 when scratch cannot be
- * allocated. */
+/* The L GEMMs (a + l M K, b + l K N; K >= 1, 1 <= NP <= 4; the planes read at the avx512 level only, which implies
+ * VBMI): int64 sums into out64 [L, M, N], or (out64 NULL) the scaled float32 outputs into outs [L, M, N]. Returns 0,
+ * or -1 when scratch cannot be allocated. */
 static int dse_lutb_batch(int level, const uint8_t *a, const uint8_t *b, int64_t L, int64_t M, int64_t K, int64_t N,
                           int sel_is_m, const uint8_t *planes, int NP, const int32_t *off, const int32_t *T32,
                           int64_t *out64,
@@ -1737,8 +1739,8 @@ static int dse_lutb_batch(int level, const uint8_t *a, const uint8_t *b, int64_t
         if (dse_team_allocated(&fail, sums != NULL && (sel_is_m || scratch != NULL))) {
 #pragma omp for schedule(static)
             for (int64_t l = 0; l < L; l++) {
-                dse_lutb_gemm1(a + l * M * K, b + l * K * N, M, K, N, sel_is_m, planes, NP, off, T32, sums, scratch,
-                               sums + M * N);
+                dse_lutb_gemm1(level, a + l * M * K, b + l * K * N, M, K, N, sel_is_m, planes, NP, off, T32, sums,
+                               scratch, sums + M * N);
                 if (out64 != NULL) {
                     int64_t *o = out64 + l * M * N;
                     for (int64_t i = 0; i < M * N; i++)
@@ -2128,6 +2130,39 @@ static void dse_dw_run_lut32(const dse_dw_tap *tp, int64_t ntap, int64_t L, int3
         }
         full[t] = s0, full[t + 1] = s1, full[t + 2] = s2, full[t + 3] = s3;
         full[t + 4] = s4, full[t + 5] = s5, full[t + 6] = s6, full[t + 7] = s7;
+    }
+}
+
+/* The small table GEMMs' scalar lookups (declared with dse_lutb_gemm1): sums[s * ss + p] (int32, wrapping like the
+ * true sums) = sum_k T32[sel[s K + k], X[k ldx + p]] for the nsel selector rows and the index positions p0 <= p < p1
+ * in the whole table (T32 [256 sel][256 idx]): below the avx512 level all of them (no byte permutes over 256 entries
+ * there: a scalar lookup per product is the cheapest), at it the tail positions. Eight positions at a time as
+ * dse_dw_run_lut32 sums: one selected row per k-step, the eight index bytes from one 64-bit load, the sums in
+ * registers. */
+static void dse_lutb_lookups(const uint8_t *sel, int64_t nsel, const uint8_t *X, int64_t ldx, int64_t p0, int64_t p1,
+                             int64_t K, const int32_t *T32, int32_t *sums, int64_t ss)
+{
+    const int64_t p8 = p0 + ((p1 - p0) & ~(int64_t)7);
+    for (int64_t s = 0; s < nsel; s++) {
+        const uint8_t *sr = sel + s * K;
+        int32_t *d = sums + s * ss;
+        for (int64_t p = p0; p < p8; p += 8) {
+            uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+            for (int64_t k = 0; k < K; k++) {
+                const int32_t *c = T32 + (int64_t)sr[k] * 256;
+                uint64_t v;
+                memcpy(&v, X + k * ldx + p, 8);
+                DSE_DW_BYTES8(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+            }
+            d[p] = (int32_t)s0, d[p + 1] = (int32_t)s1, d[p + 2] = (int32_t)s2, d[p + 3] = (int32_t)s3;
+            d[p + 4] = (int32_t)s4, d[p + 5] = (int32_t)s5, d[p + 6] = (int32_t)s6, d[p + 7] = (int32_t)s7;
+        }
+        for (int64_t p = p8; p < p1; p++) {
+            uint32_t acc = 0;
+            for (int64_t k = 0; k < K; k++)
+                acc += (uint32_t)T32[(int64_t)sr[k] * 256 + X[k * ldx + p]];
+            d[p] = (int32_t)acc;
+        }
     }
 }
 

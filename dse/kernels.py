@@ -17,8 +17,8 @@ Public API (stable; other modules call only these):
   (attention): ``a`` [..., M, K] on the multiplier's activation port, ``b`` [..., K, N] (int8 values) on its weight
   port, numpy broadcasting over the leading axes; one GEMM per leading index as ``gemm_int`` / ``gemm_float``
   computes it (``matmul_int``: on the integer GEMM kernel or the rows kernel all of them in one compiled call,
-  ``int_gemm_batch`` / ``rows_gemm_batch``; at the avx512 level the table paths' small GEMMs on byte-plane lookups,
-  ``lutb_gemm_batch``, see _lutb_plan); ``matmul_scaled(a, b, mult, a_signed, scaling) -> float32[..., M, N]``:
+  ``int_gemm_batch`` / ``rows_gemm_batch``; the table paths' small GEMMs on byte-plane lookups at the avx512
+  level, the shallow ones on scalar lookups below it, ``lutb_gemm_batch``, see _lutb_plan); ``matmul_scaled(a, b, mult, a_signed, scaling) -> float32[..., M, N]``:
   its per-tensor output stage without int64 sums (the exact product's GEMMs scaled from the int32 tile, the small
   table GEMMs' from their int32 sums).
 * ``select_path(mult, a_signed, K, path="auto")``: the path a call with reduction length K actually uses.
@@ -967,9 +967,9 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
     symmetric in its two factor tables) the GEMMs run with the operands in their own layouts (no transposing copies):
     ``b`` [K, N] as the kernel's activation operand (its int8 value, or G(b) as the port's table) and ``a`` [M, K] on
     its weight port (the table of a's values or F(a)), scaled from the int32 tile into the [M, N] layout
-    (``int_gemm_batch`` with a scaling: no int64 sums); the table paths' small GEMMs at the avx512 level by
-    ``lutb_gemm_batch`` scaled from its int32 sums (_lutb_plan); other calls, and those whose depth does not fit one
-    int32 segment, take matmul_int and the separate scaling pass."""
+    (``int_gemm_batch`` with a scaling: no int64 sums); the table paths' small GEMMs (all at the avx512 level, the
+    shallow ones below it) by ``lutb_gemm_batch`` scaled from its int32 sums (_lutb_plan); other calls, and those
+    whose depth does not fit one int32 segment, take matmul_int and the separate scaling pass."""
     a, b = np.asarray(a), np.asarray(b)
     lead = _slices(a.shape, b.shape, "matmul_scaled")
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -1018,6 +1018,12 @@ _LUTB_TAIL, _LUTB_SCALAR_COST = 4, 0.25
 # table builds of R x 64 entries per k-step are paid for a few hundred positions at most per GEMM); the lowrank path
 # (integer GEMM kernel) kept, it was faster on most of them.
 _LUTB_PATHS = ("rows", "split", "lut")
+# Below the avx512 level the kernel looks every product up in the whole int32 table (scalar loads, 8 positions per
+# 64-bit load of index bytes): taken for GEMMs at most this deep. Measured on the AVX2-only Zen 3 box (one thread,
+# 2026-11-28, the ViT 64's captured operands, 1024 GEMMs per MatMul, a's rows selecting): QK^T 65x16x65 1.8x (mitch_w6)
+# and 2.2x (the imported LUT) as fast as the rows path, AV 65x65x16 0.75x and 1.0x (the rows kernel's table builds of
+# 65 k-steps are paid back over the GEMM's positions there).
+_LUTB_LOOKUP_MAX_K = 32
 
 
 @dataclass(frozen=True)
@@ -1038,15 +1044,19 @@ def _lutb_cost(nsel: int, nidx: int, K: int, NP: int, copies: int) -> float:
 
 def _lutb_plan(mult: Multiplier, a_signed: bool, M: int, K: int, N: int, path: str, isa) -> _LutbPlan | None:
     """The small table GEMMs' kernel for an activation matmul's GEMMs [M, K] x [K, N] (``lutb_gemm_batch``), or None:
-    at the avx512 level (VBMI byte permutes), for path "auto" where a GEMM alone would take a table path
-    (_LUTB_PATHS: the rows kernel's table builds are paid for a few dozen positions per GEMM here) and every sum fits
-    int32 (K max |T| < 2^31). The orientation by _lutb_cost."""
-    if path != "auto" or _isa_name(isa) != "avx512":
+    for path "auto" where a GEMM alone would take a table path (_LUTB_PATHS: the rows kernel's table builds are paid
+    for a few dozen positions per GEMM here) and every sum fits int32 (K max |T| < 2^31); at the avx512 level (VBMI
+    byte permutes) the orientation by _lutb_cost, below it (scalar lookups in the whole table) for K <=
+    _LUTB_LOOKUP_MAX_K with a's rows selecting (no transposing copies)."""
+    isa_name = _isa_name(isa)
+    if path != "auto" or (isa_name != "avx512" and K > _LUTB_LOOKUP_MAX_K):
         return None
     prep = _prepare(mult, a_signed)
     if prep.is_exact or K * prep.maxabs >= 2 ** 31 or select_path(mult, a_signed, K, path, isa) not in _LUTB_PATHS:
         return None
     pa, offa, luta = prep.planes_a
+    if isa_name != "avx512":
+        return _LutbPlan(True, pa, offa, luta)
     by_m = _lutb_cost(M, N, K, pa.shape[1], 0)
     by_n = _lutb_cost(N, M, K, prep.planes.shape[1], (M + N) * K + 4 * M * N)
     if by_m <= by_n:

@@ -36,6 +36,25 @@ def _operands(rng, lead, M, K, N, a_signed):
     return a, b
 
 
+_RANDOM_LUT = []
+
+
+def _random_lut() -> str:
+    """An imported full table of random entries (|T| <= 2^16, the bound of an imported table)."""
+    if not _RANDOM_LUT:
+        import tempfile
+        from pathlib import Path
+
+        p = Path(tempfile.mkdtemp()) / "random_lut.npy"
+        np.save(p, np.random.default_rng(5).integers(-2 ** 16, 2 ** 16 + 1, (256, 256)))
+        _RANDOM_LUT.append(f"lut:{p}?signed=any")
+    return _RANDOM_LUT[0]
+
+
+def _mult(name: str):
+    return get_multiplier(_random_lut() if name == "random lut" else name)
+
+
 def _gather(a, b, mult, a_signed):
     """out[..., m, n] = sum_k LUT[a[..., m, k], b[..., k, n]] by one broadcast table gather."""
     lut = mult.table(a_signed, True).astype(np.int64)
@@ -172,7 +191,8 @@ def test_prefix_cache_bit_identical_with_matmul_layers(att_model):
 @given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,))]),
        M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 40), a_signed=st.booleans(),
        mult=st.sampled_from([("exact", "auto"), ("drum4", "auto"), ("mitch_w6", "auto"), ("mitch_w6", "rows"),
-                             ("mitch_w6", "split"), ("mitch_w6", "lut")]), kernel=st.sampled_from(
+                             ("mitch_w6", "split"), ("mitch_w6", "lut"), ("mitchell", "auto"),
+                             ("random lut", "auto")]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
            [(isa, True) for isa in kernels._kernels.vnni_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
@@ -185,7 +205,7 @@ def test_matmul_int_batched_every_kernel(lead, M, K, N, a_signed, mult, kernel, 
 
     rng = np.random.default_rng(seed)
     mult, path = mult
-    m = get_multiplier(mult)
+    m = _mult(mult)
     isa, vnni = kernel
     a, b = _operands(rng, lead, M, K, N, a_signed)
     with kernels.using_threads(threads), vnni_env(vnni):
@@ -234,21 +254,21 @@ def test_matmul_int_tables_run_batched(monkeypatch, path, shape):
 @given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,)), ((1,), (1,))]),
        M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 70), a_signed=st.booleans(),
        mult=st.sampled_from(["exact", "exact", "exact", "mitch_w6", "drum4", "perf_j1_k2",
-                             "axbxp_k2_w2_a2_dynamic"]), kernel=st.sampled_from(
+                             "axbxp_k2_w2_a2_dynamic", "mitchell", "random lut"]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
            [(isa, True) for isa in kernels._kernels.vnni_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_matmul_scaled_matches_dequantized_gather(lead, M, K, N, a_signed, mult, kernel, threads, seed):
     """matmul_scaled (the exact product's and the lowrank path's integer-factor GEMMs with swapped operands, scaled
     from the int32 tile; the table paths on the small-GEMM kernel at avx512, else through matmul_int and the scaling
-    pass) against the direct gather dequantized in numpy (float64 products, a
+    pass; the shallow ones below avx512 on its scalar lookups) against the direct gather dequantized in numpy (float64 products, a
     float32 bias add): every ISA level, with and without the VNNI kernel, 1 and 2 threads, extreme operands, scales
     and biases of both signs (-0 included)."""
     from dse.kernels import Scaling
     from tests.mac_helpers import vnni_env
 
     rng = np.random.default_rng(seed)
-    m = get_multiplier(mult)
+    m = _mult(mult)
     isa, vnni = kernel
     a, b = _operands(rng, lead, M, K, N, a_signed)
     sa = float(rng.choice([1.0, -1.0]) * rng.uniform(1e-4, 0.1))
@@ -290,18 +310,19 @@ def test_matmul_scaled_refuses_per_channel_scaling():
                               Scaling(1.0, np.ones(3, np.float32), np.zeros(3, np.float32)))
 
 
-@pytest.mark.skipif("avx512" not in kernels._kernels.isa_levels(), reason="the small table GEMMs' kernel is avx512")
-@settings(max_examples=60, deadline=None)
-@given(L=st.integers(1, 3), M=st.sampled_from([1, 2, 17, 63, 64, 65, 68, 69, 127, 128, 129, 200, 257, 300]),
-       K=st.sampled_from([1, 3, 16, 65, 255, 256, 257, 600]), N=st.sampled_from([1, 5, 16, 64, 65, 68, 130, 256, 270]),
+@settings(max_examples=90, deadline=None)
+@given(level=st.sampled_from(kernels._kernels.isa_levels()), L=st.integers(1, 3),
+       M=st.sampled_from([1, 2, 17, 63, 64, 65, 68, 69, 127, 128, 129, 200, 257, 300]),
+       K=st.sampled_from([1, 3, 8, 16, 32, 64, 65, 255, 256, 257, 600]), N=st.sampled_from([1, 5, 16, 64, 65, 68, 130, 256, 270]),
        span_bits=st.sampled_from([1, 8, 9, 16, 17, 24, 25, 30]), sel_is_m=st.booleans(), scaled=st.booleans(),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
-def test_lutb_gemm_batch_matches_gather(L, M, K, N, span_bits, sel_is_m, scaled, threads, seed):
+def test_lutb_gemm_batch_matches_gather(level, L, M, K, N, span_bits, sel_is_m, scaled, threads, seed):
     """The small table GEMMs' kernel (lutb_gemm_batch) against the direct gather of its table T[sel, idx] = planes +
     off[sel]: 1-4 byte planes (entries spanning 1 .. 2^30 above a random per-selector offset, the largest sums close
     to the int32 limit), positions over several passes and blocks (masked tails, and 1-4 positions past the last
-    whole block summed from the int32 table), K over the 256-step 16-bit chunks,
-    both orientations, int64 sums and the per-tensor scaled float32 outputs, 1 and 2 threads."""
+    whole block summed from the int32 table; below avx512 every position from it, 8 at a time and the rest one by
+    one), K over the 256-step 16-bit chunks, both orientations, int64 sums and the per-tensor scaled float32
+    outputs, every ISA level, 1 and 2 threads."""
     from dse.kernels import Scaling, _byte_planes
 
     rng = np.random.default_rng(seed)
@@ -326,45 +347,45 @@ def test_lutb_gemm_batch_matches_gather(L, M, K, N, span_bits, sel_is_m, scaled,
             sa, sw, bias = float(rng.uniform(-1e-6, 1e-6)), np.array([rng.uniform(-1, 1)], np.float32), \
                 np.array([rng.choice([0.0, -0.0, rng.normal()])], np.float32)
             out = np.empty((L, M, N), np.float32)
-            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), T32, sel_is_m, out, "avx512",
+            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), T32, sel_is_m, out, level,
                                              threads, scaling=Scaling(sa, sw, bias).args())
             ref = ((want.astype(np.float64) * sa) * np.float64(sw[0])).astype(np.float32) + bias[0]
             np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
         else:
             out = np.empty((L, M, N), np.int64)
-            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), T32, sel_is_m, out, "avx512", threads)
+            kernels._kernels.lutb_gemm_batch(a, b, planes, off.astype(np.int32), T32, sel_is_m, out, level, threads)
             np.testing.assert_array_equal(out, want)
 
 
-@pytest.mark.parametrize("shape", [(65, 16, 65), (65, 65, 16)])  # a ViT 64's QK^T and AV: both orientations
+@pytest.mark.parametrize("shape", [(65, 16, 65), (65, 65, 16), (17, 32, 17)])  # a ViT 64's QK^T and AV; K 32
 @pytest.mark.parametrize("mult", ["mitch_w6", "lut"])
 def test_matmul_table_paths_take_the_small_gemm_kernel(monkeypatch, tmp_path, shape, mult):
-    """At the avx512 level the attention GEMMs of a full table (rows/split paths) run on lutb_gemm_batch in one call
-    (the orientation by _lutb_cost: a's rows selecting on QK^T, b's columns on AV), matmul_int and matmul_scaled,
-    with the gather's sums; at avx2 they do not."""
+    """The attention GEMMs of a full table (rows/split paths) run on lutb_gemm_batch in one call, matmul_int and
+    matmul_scaled, with the gather's sums: at the avx512 level all of them (the orientation by _lutb_cost), below it
+    those with K <= 32 (scalar lookups, a's rows selecting); AV's K 65 stays on the rows kernel there."""
     from dse.kernels import Scaling
 
-    if "avx512" not in kernels._kernels.isa_levels():
-        pytest.skip("the small table GEMMs' kernel is avx512")
     if mult == "lut":
         v = np.arange(256)
         v = np.where(v >= 128, v - 256, v).astype(np.int64)
         t = np.multiply.outer(v, v)
         np.save(tmp_path / "t.npy", t - (t & 7))
         mult = f"lut:{tmp_path / 't.npy'}?signed=any"
-    calls = []
-    real = kernels._kernels.lutb_gemm_batch
-    monkeypatch.setattr(kernels._kernels, "lutb_gemm_batch",
-                        lambda *a, **k: calls.append((a[0].shape, a[5])) or real(*a, **k))
     M, K, N = shape
     a = RNG.integers(-128, 128, (3, 2, M, K)).astype(np.int8)
     b = RNG.integers(-128, 128, (3, 2, K, N)).astype(np.int8)
     m = get_multiplier(mult)
     want = _gather(a, b, m, True)
-    np.testing.assert_array_equal(kernels.matmul_int(a, b, m, True, isa="avx512"), want)
     sc = Scaling(0.5, np.array([0.25], np.float32), np.array([-1.5], np.float32))
-    got = kernels.matmul_scaled(a, b, m, True, sc, isa="avx512")
-    np.testing.assert_array_equal(got, (want * 0.125).astype(np.float32) + np.float32(-1.5))
-    assert calls == [((6, M, K), M == N)] * 2
-    np.testing.assert_array_equal(kernels.matmul_int(a, b, m, True, isa="avx2"), want)
-    assert len(calls) == 2
+    real = kernels._kernels.lutb_gemm_batch
+    for isa in kernels._kernels.isa_levels():
+        calls = []
+        monkeypatch.setattr(kernels._kernels, "lutb_gemm_batch",
+                            lambda *a, **k: calls.append((a[0].shape, a[5], a[7])) or real(*a, **k))
+        np.testing.assert_array_equal(kernels.matmul_int(a, b, m, True, isa=isa), want)
+        got = kernels.matmul_scaled(a, b, m, True, sc, isa=isa)
+        np.testing.assert_array_equal(got, (want * 0.125).astype(np.float32) + np.float32(-1.5))
+        if isa == "avx512":
+            assert len(calls) == 2 and all(c[0] == (6, M, K) for c in calls)
+        else:
+            assert calls == ([((6, M, K), True, isa)] * 2 if K <= 32 else [])
