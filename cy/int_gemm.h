@@ -451,6 +451,7 @@ struct dse_ig_plan {
     const int64_t *addend;
     int64_t add_ld_img, add_ld_n;
     const dse_ig_conv *cv; /* the operand as a conv's input (built per task and depth block), else NULL */
+    int c16; /* with cv: the int16 kernel's panels packed straight from the input (dse_ig_pack_conv16_avx2) */
 };
 
 /* ------------------------------------------------------------------ int16 panels packed from a conv's input
@@ -1177,7 +1178,7 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
     for (int64_t kb = 0; kb < nblk; kb++) {
         const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
         const int first = kb % P->seg_blocks == 0;
-        if (P->cv && !P->q8) /* int16 panels straight from the conv input (Acv: the masks' scratch) */
+        if (P->c16) /* int16 panels straight from the conv input (Acv: the masks' scratch) */
             dse_ig_pack_conv16_avx2(P, p0, kcp, m0, mv, (int16_t *)Apk, Acv, kb == 0);
         else if (P->cv) { /* the block's operand rows from the conv input, packed from the scratch Acv [rows][ldcv] */
             const int64_t k0 = 4 * p0, k1 = (4 * (p0 + kcp) < P->K) ? 4 * (p0 + kcp) : P->K;
@@ -1669,7 +1670,7 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     const int c16 = cv && !q8 && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, K, t, mode);
     if (cv && !(q8 && level >= DSE_ISA_AVX512) && !c16)
         return -4;
-    P.cv = cv;
+    P.cv = cv, P.c16 = c16;
     if (cv && cv->bcast) /* scaled calls with the activations on the unsigned port */
         return sc && !P.swap ? dse_bc_conv(&P, gw, nt) : -4;
     if (!q8) {
