@@ -70,6 +70,9 @@ cdef extern from "lut_kernel.h" nogil:
     int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                       const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
                       int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
+    int dse_rows_batch(int level, const uint8_t *I, const uint8_t *S, const uint16_t *D, int64_t R,
+                       const int32_t *off, int64_t L, int64_t M, int64_t K, int64_t N, int64_t *out, int sel_is_m,
+                       int add, int nt)
     int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
@@ -331,9 +334,10 @@ def rows_gemm_batch(const uint8_t[:, :, ::1] I, const uint8_t[:, :, ::1] S, cons
                     bint add=False):
     """L independent :func:`rows_gemm` calls in one (an activation matmul's heads x images): GEMM l on ``I[l]``
     [K, nI] and ``S[l]`` [nS, K] written (``add``: added) into ``out[l]`` [M, N] (M, N = nS, nI with ``sel_is_m``,
-    else nI, nS), each as rows_gemm computes it into that layout (the same kernel and arguments, the same sums)."""
+    else nI, nS), each as rows_gemm computes it into that layout (the same kernel instance and tasks, the same sums;
+    ``cy/lut_kernel.h`` dse_rows_batch: the plan and the scratch once per batch, the threads taking whole GEMMs)."""
     cdef int level = _level(isa)
-    cdef int64_t L = I.shape[0], K = I.shape[1], nI = I.shape[2], nS = S.shape[1], R = D.shape[1], l
+    cdef int64_t L = I.shape[0], K = I.shape[1], nI = I.shape[2], nS = S.shape[1], R = D.shape[1]
     cdef int64_t Mg = nS if sel_is_m else nI, Ng = nI if sel_is_m else nS
     if S.shape[0] != L or S.shape[2] != K or out.shape[0] != L or out.shape[1] != Mg or out.shape[2] != Ng:
         raise ValueError(f"rows_gemm_batch: I {tuple(I.shape)[:3]}, S {tuple(S.shape)[:3]} and out "
@@ -350,11 +354,8 @@ def rows_gemm_batch(const uint8_t[:, :, ::1] I, const uint8_t[:, :, ::1] S, cons
         return ISA_NAMES[level]
     cdef int rc = 0
     with nogil:
-        for l in range(L):
-            rc = dse_rows_gemm(level, &I[l, 0, 0], nI, &S[l, 0, 0], &D[0, 0], R, &off[0], nI, K, nS, &out[l, 0, 0],
-                               1, Ng, 1 if sel_is_m else 0, 1 if add else 0, NULL, NULL, max(1, threads))
-            if rc != 0:
-                break
+        rc = dse_rows_batch(level, &I[0, 0, 0], &S[0, 0, 0], &D[0, 0], R, &off[0], L, nI, K, nS, &out[0, 0, 0],
+                            1 if sel_is_m else 0, 1 if add else 0, max(1, threads))
     if rc != 0:
         raise MemoryError("rows_gemm_batch: scratch buffers could not be allocated")
     return ISA_NAMES[level]

@@ -1204,6 +1204,11 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
     }
     /* n = js fixed, m = i0 + i: runs of at most P positions per image, each a branch-free loop */
     int64_t *d = o->base + (i0 / o->P) * o->ldb + js * o->P + i0 % o->P;
+    if (o->P == 1) { /* [M, N] (an activation matmul's GEMM): one position per run, stride ldb */
+        for (int64_t i = 0; i < len; i++, d += o->ldb)
+            *d = (first ? init + (o->add ? *d : 0) : *d) + acc[i * ns];
+        return;
+    }
     for (int64_t i = 0, run = o->P - i0 % o->P; i < len; i += run, run = o->P) {
         const int64_t n = (len - i < run) ? len - i : run;
         const int32_t *a = acc + i * ns;
@@ -1424,12 +1429,19 @@ static int dse_team_allocated(int *fail, int ok)
     return !failed;
 }
 
-/* Returns 0, or -1 when a scratch buffer cannot be allocated. out: see dse_rows_out (N = selector rows when
- * !sel_is_m, else index positions); with sc (and add = 0, K >= 1) the scaled outputs go to outs in that layout
- * instead (sc->sw, sc->bias indexed by the channel n). R: the table's index columns (see above). */
-static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
-                         const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
-                         int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
+/* The rows kernel's instance for a call on the table D (its largest entry picks the accumulator width) with N
+ * selector rows at ``level``, and the kind of the call's final sums (every partial and final sum of a call of depth K:
+ * |sum| <= K (max |off| + max D)): picked once per call (dse_rows_gemm) or per batch of GEMMs (dse_rows_batch). The
+ * tiny instances' windows depend on D's largest entry, so they live in the plan (which must not be copied: im may
+ * point into it). */
+typedef struct {
+    dse_rows_impl tiny, tiny512;
+    const dse_rows_impl *im;
+    int fin_kind;
+} dse_rows_plan;
+
+static void dse_rows_plan_init(dse_rows_plan *pl, int level, const uint16_t *D, int64_t R, const int32_t *off,
+                               int64_t K, int64_t N)
 {
     enum { NT = DSE_RT_NT, KC = DSE_RT_KC };
     static const dse_rows_impl portable = {dse_rows_build, dse_rows_accum_scalar, NULL, (32768 / KC) * KC,
@@ -1457,27 +1469,53 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
         dmax = D[i] > dmax ? D[i] : dmax;
     /* tiny entries: windows of 255 / dmax k-steps, a multiple of DSE_RT_KC */
     const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC * DSE_RT_KC : 252;
-    const dse_rows_impl avx2_tiny = {dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
-                                     w8, DSE_RT_NT, NULL, NT, NT, KC};
+    pl->tiny = (dse_rows_impl){dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
+                               w8, DSE_RT_NT, NULL, NT, NT, KC};
     /* 64-selector tiles of tiny entries: 16-bit windows of 65535 / dmax k-steps, a multiple of DSE_RT_KC64 */
     const int64_t w16t = (dmax ? (65535 / dmax < 32768 ? 65535 / dmax : 32768) : 32768) / DSE_RT_KC64 * DSE_RT_KC64;
-    const dse_rows_impl avx512_tiny = {dse_rows_build64_512_tiny, dse_rows_accum512_tiny, dse_rows_finish512_tiny,
-                                       w16t, w64, &avx2_tiny, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
+    pl->tiny512 = (dse_rows_impl){dse_rows_build64_512_tiny, dse_rows_accum512_tiny, dse_rows_finish512_tiny,
+                                  w16t, w64, &pl->tiny, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
     const int wide = level >= DSE_ISA_AVX512 && N > DSE_RT_NT; /* 64-selector tiles, the last one maybe narrower */
-    const dse_rows_impl *im = level < DSE_ISA_AVX2 ? &portable
-                              : dmax < 32          ? (wide ? &avx512_tiny : &avx2_tiny)
-                              : dmax < 256         ? &avx2_byte
-                              : dmax < 32768       ? (wide ? &avx512_pair : &avx2_pair)
-                                                   : (wide ? &avx512 : &avx2);
-    const int64_t tw = im->nt; /* the tiles' width */
-    const int64_t nnt = (N + tw - 1) / tw, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
-    const int64_t mbmax = M < DSE_RT_MB ? M : DSE_RT_MB; /* scratch for the longest block (short calls: small) */
+    pl->im = level < DSE_ISA_AVX2 ? &portable
+             : dmax < 32          ? (wide ? &pl->tiny512 : &pl->tiny)
+             : dmax < 256         ? &avx2_byte
+             : dmax < 32768       ? (wide ? &avx512_pair : &avx2_pair)
+                                  : (wide ? &avx512 : &avx2);
     int64_t offmax = 0;
     for (int s = 0; s < 256; s++)
         offmax = llabs((long long)off[s]) > offmax ? llabs((long long)off[s]) : offmax;
-    /* every partial and final sum of a call: |sum| <= K (max |off| + max D) */
     const double bound = (double)K * (double)(offmax + dmax);
-    const int fin_kind = bound < 2147483648.0 ? DSE_SUM_I32 : bound < 2251799813685248.0 ? DSE_SUM_SMALL : DSE_SUM_I64;
+    pl->fin_kind = bound < 2147483648.0 ? DSE_SUM_I32 : bound < 2251799813685248.0 ? DSE_SUM_SMALL : DSE_SUM_I64;
+}
+
+/* imax[b * K + k] = the largest index of block b (DSE_RT_MB positions of M) at k-step k, for the nmb blocks. */
+static inline void dse_rows_imax_k(const uint8_t *I, int64_t ldi, int64_t M, int64_t K, int64_t k, int64_t nmb,
+                                   uint8_t *imax)
+{
+    for (int64_t b = 0; b < nmb; b++) {
+        const uint8_t *ir = I + k * ldi + b * DSE_RT_MB;
+        const int64_t len = (M - b * DSE_RT_MB < DSE_RT_MB) ? M - b * DSE_RT_MB : DSE_RT_MB;
+        uint8_t mx = 0;
+        for (int64_t i = 0; i < len; i++)
+            mx = ir[i] > mx ? ir[i] : mx;
+        imax[b * K + k] = mx;
+    }
+}
+
+/* Returns 0, or -1 when a scratch buffer cannot be allocated. out: see dse_rows_out (N = selector rows when
+ * !sel_is_m, else index positions); with sc (and add = 0, K >= 1) the scaled outputs go to outs in that layout
+ * instead (sc->sw, sc->bias indexed by the channel n). R: the table's index columns (see above). */
+static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
+                         const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
+                         int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
+{
+    dse_rows_plan pl;
+    dse_rows_plan_init(&pl, level, D, R, off, K, N);
+    const dse_rows_impl *im = pl.im;
+    const int fin_kind = pl.fin_kind;
+    const int64_t tw = im->nt; /* the tiles' width */
+    const int64_t nnt = (N + tw - 1) / tw, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
+    const int64_t mbmax = M < DSE_RT_MB ? M : DSE_RT_MB; /* scratch for the longest block (short calls: small) */
     const dse_rows_out o = {out, P, ldb, sel_is_m, add, sc, outs, level, fin_kind};
     const size_t fin_bytes = sc ? (size_t)(mbmax + 1) * tw * (fin_kind == DSE_SUM_I32 ? 4 : 8) : 1;
     uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * tw + 1);
@@ -1494,14 +1532,7 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
             }
 #pragma omp for schedule(static)
             for (int64_t k = 0; k < K; k++)
-                for (int64_t b = 0; b < nmb; b++) {
-                    const uint8_t *ir = I + k * ldi + b * DSE_RT_MB;
-                    const int64_t len = (M - b * DSE_RT_MB < DSE_RT_MB) ? M - b * DSE_RT_MB : DSE_RT_MB;
-                    uint8_t mx = 0;
-                    for (int64_t i = 0; i < len; i++)
-                        mx = ir[i] > mx ? ir[i] : mx;
-                    imax[b * K + k] = mx;
-                }
+                dse_rows_imax_k(I, ldi, M, K, k, nmb, imax);
             uint16_t *tab = (uint16_t *)dse_alloc64((size_t)im->kc * (im->slot ? im->slot : R * tw) * sizeof(uint16_t));
             void *acc = dse_alloc64((size_t)(mbmax + 1) * im->acc_bytes);
             int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * tw * sizeof(int32_t));
@@ -1525,6 +1556,63 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     free(ST);
     free(init);
     free(imax);
+    return fail ? -1 : 0;
+}
+
+/* L independent GEMMs on the rows kernel (an activation matmul's heads x images; rows_gemm_batch): GEMM l reads
+ * I + l K M [K, M] and S + l N K [N, K] and writes (add: adds) its int64 sums into out + l M N, laid out as
+ * dse_rows_gemm lays them out with P = 1 and ldb = N (sel_is_m = 0: [M, N]) or M (sel_is_m: [N, M]) - the same
+ * kernel instance and tasks, so the same sums. For GEMMs of a few thousand MACs dse_rows_gemm's per-call work
+ * dominated (the table's largest entry over 256 R entries, the offset bound, seven allocations and a parallel region
+ * per GEMM): here the plan and the scratch are made once per batch and each thread runs whole GEMMs, their tiles and
+ * blocks in turn. Returns 0, or -1 when a scratch buffer cannot be allocated. */
+static int dse_rows_batch(int level, const uint8_t *I, const uint8_t *S, const uint16_t *D, int64_t R,
+                          const int32_t *off, int64_t L, int64_t M, int64_t K, int64_t N, int64_t *out, int sel_is_m,
+                          int add, int nt)
+{
+    dse_rows_plan pl;
+    dse_rows_plan_init(&pl, level, D, R, off, K, N);
+    const dse_rows_impl *im = pl.im;
+    const int64_t tw = im->nt;
+    const int64_t nnt = (N + tw - 1) / tw, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
+    const int64_t mbmax = M < DSE_RT_MB ? M : DSE_RT_MB;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * tw + 1);
+        int64_t *init = (int64_t *)malloc((size_t)(nnt + 1) * tw * sizeof(int64_t));
+        uint8_t *imax = (uint8_t *)malloc((size_t)nmb * K + 1);
+        uint16_t *tab = (uint16_t *)dse_alloc64((size_t)im->kc * (im->slot ? im->slot : R * tw) * sizeof(uint16_t));
+        void *acc = dse_alloc64((size_t)(mbmax + 1) * im->acc_bytes);
+        int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * tw * sizeof(int32_t));
+        if (dse_team_allocated(&fail, ST && init && imax && tab && acc && sums)) {
+#pragma omp for schedule(static)
+            for (int64_t l = 0; l < L; l++) {
+                const uint8_t *Il = I + l * K * M, *Sl = S + l * N * K;
+                const dse_rows_out o = {out + l * M * N, 1, sel_is_m ? M : N, sel_is_m, add, NULL, NULL, level,
+                                        pl.fin_kind};
+                for (int64_t t = 0; t < nnt; t++) {
+                    const int64_t n0 = t * tw;
+                    dse_rows_tile_prep(Sl, off, K, n0, (N - n0 < tw) ? N - n0 : tw, tw, ST + t * K * tw, init + t * tw);
+                }
+                for (int64_t k = 0; k < K; k++)
+                    dse_rows_imax_k(Il, M, M, K, k, nmb, imax);
+                for (int64_t t = 0; t < nnt * nmb; t++) {
+                    const int64_t ti = t / nmb, n0 = ti * tw, m0 = (t % nmb) * DSE_RT_MB;
+                    const int64_t nv = (N - n0 < tw) ? N - n0 : tw;
+                    const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
+                    dse_rows_task(Il, M, ST + ti * K * tw, tw, init + ti * tw, imax + (t % nmb) * K, D, R, K, n0, nv,
+                                  m0, mb, &o, tab, acc, sums, NULL, im);
+                }
+            }
+        }
+        free(ST);
+        free(init);
+        free(imax);
+        free(tab);
+        free(acc);
+        free(sums);
+    }
     return fail ? -1 : 0;
 }
 
