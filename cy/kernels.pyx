@@ -70,9 +70,9 @@ cdef extern from "lut_kernel.h" nogil:
     int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t *S, const uint16_t *D, int64_t R,
                       const int32_t *off, int64_t M, int64_t K, int64_t N, int64_t *out, int64_t P, int64_t ldb,
                       int sel_is_m, int add, const dse_scaling *sc, void *outs, int nt)
-    int dse_rows_batch(int level, const uint8_t *I, const uint8_t *S, const uint16_t *D, int64_t R,
-                       const int32_t *off, int64_t L, int64_t M, int64_t K, int64_t N, int64_t *out, int sel_is_m,
-                       int add, int nt)
+    int dse_rows_batch(int level, const uint8_t *a, const uint8_t *b, const uint8_t *xcls, const uint16_t *D,
+                       int64_t R, const int32_t *off, int64_t L, int64_t M, int64_t K, int64_t N, int sel_is_m,
+                       int64_t *out64, int add, const dse_scaling *sc, float *outs, int nt)
     int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, const uint8_t *wp,
                     int64_t Cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                     int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, const int32_t *lutT, const int16_t *ftab,
@@ -329,33 +329,62 @@ def rows_gemm(const uint8_t[:, ::1] I, const uint8_t[:, ::1] S, const uint16_t[:
     return res, ISA_NAMES[level]
 
 
-def rows_gemm_batch(const uint8_t[:, :, ::1] I, const uint8_t[:, :, ::1] S, const uint16_t[:, ::1] D,
-                    const int32_t[::1] off, int64_t[:, :, ::1] out, isa=None, int threads=1, bint sel_is_m=False,
-                    bint add=False):
-    """L independent :func:`rows_gemm` calls in one (an activation matmul's heads x images): GEMM l on ``I[l]``
-    [K, nI] and ``S[l]`` [nS, K] written (``add``: added) into ``out[l]`` [M, N] (M, N = nS, nI with ``sel_is_m``,
-    else nI, nS), each as rows_gemm computes it into that layout (the same kernel instance and tasks, the same sums;
-    ``cy/lut_kernel.h`` dse_rows_batch: the plan and the scratch once per batch, the threads taking whole GEMMs)."""
+def rows_gemm_batch(const uint8_t[:, :, ::1] a, const uint8_t[:, :, ::1] b, const uint16_t[:, ::1] D,
+                    const int32_t[::1] off, cls, out, isa=None, int threads=1, bint sel_is_m=False, bint add=False,
+                    out64=None, scaling=None):
+    """L independent GEMMs ``out[l, m, n] = sum_k T[a[l, m, k], b[l, k, n]]`` (an activation matmul's heads x images)
+    on the rows kernel in one call, the operands in their own layouts (``cy/lut_kernel.h`` dse_rows_batch: each GEMM
+    as :func:`rows_gemm` computes it, the same kernel instance and sums): with ``sel_is_m`` a's rows select and b
+    indexes, else b's columns select and a indexes; T[s, i] = D[s, c(i)] + off[s] with c = ``cls`` (uint8[256]: the
+    classes of the index operand's patterns, all < R) or None (every pattern its own: R = 256). ``out`` int64 [L, M,
+    N] (``add``: added to what it holds); with ``scaling`` (one per-tensor entry, float32 output: no act, quant or
+    add) float32 [L, M, N] of the sums scaled as ``scale_accumulators`` scales them, the sums first added to
+    ``out64`` (int64 [L, M, N], with ``add``) when given. Returns the ISA level name."""
     cdef int level = _level(isa)
-    cdef int64_t L = I.shape[0], K = I.shape[1], nI = I.shape[2], nS = S.shape[1], R = D.shape[1]
-    cdef int64_t Mg = nS if sel_is_m else nI, Ng = nI if sel_is_m else nS
-    if S.shape[0] != L or S.shape[2] != K or out.shape[0] != L or out.shape[1] != Mg or out.shape[2] != Ng:
-        raise ValueError(f"rows_gemm_batch: I {tuple(I.shape)[:3]}, S {tuple(S.shape)[:3]} and out "
-                         f"{tuple(out.shape)[:3]} do not fit [L, K, nI], [L, nS, K] and [L, M, N]")
+    cdef int64_t L = a.shape[0], M = a.shape[1], K = a.shape[2], N = b.shape[2], R = D.shape[1]
+    cdef const uint8_t[::1] cv
+    cdef const uint8_t *cp = NULL
+    cdef int64_t[:, :, ::1] o64
+    cdef float[:, :, ::1] o32
+    cdef dse_scaling sc
+    cdef tuple keep
+    if b.shape[0] != L or b.shape[1] != K or out.shape[0] != L or out.shape[1] != M or out.shape[2] != N:
+        raise ValueError(f"rows_gemm_batch: a {tuple(a.shape)[:3]}, b {tuple(b.shape)[:3]} and out "
+                         f"{tuple(out.shape)[:3]} must be [L, M, K], [L, K, N] and [L, M, N]")
     if D.shape[0] != 256 or off.shape[0] != 256 or R % 16 or not 16 <= R <= 256:
         raise ValueError("rows_gemm_batch: D must be [256, R] (R a multiple of 16, 16..256) and off [256]")
-    if L == 0 or nI == 0 or nS == 0:
+    if cls is not None:
+        cv = cls
+        if cv.shape[0] != 256 or np.asarray(cls).max() >= R:
+            raise ValueError(f"rows_gemm_batch: cls must map 256 patterns to classes < {R}")
+        cp = &cv[0]
+    elif R < 256:
+        raise ValueError("rows_gemm_batch: a table of fewer than 256 index columns needs the classes cls")
+    if scaling is None:
+        if out64 is not None:
+            raise ValueError("rows_gemm_batch: out64 goes with a scaling")
+        o64 = out
+    else:
+        o32 = out
+        if out64 is not None:
+            o64 = out64
+            if o64.shape[0] != L or o64.shape[1] != M or o64.shape[2] != N or not add:
+                raise ValueError("rows_gemm_batch: out64 must be [L, M, N] and added to")
+        elif add:
+            raise ValueError("rows_gemm_batch: a scaled call adds to out64 only")
+        keep = _scaling(&sc, 1, tuple(scaling), level)
+        if sc.quant or sc.add != NULL or sc.act != 0:
+            raise ValueError("rows_gemm_batch: a scaled call writes float32 (no act, quant or add)")
+    if L == 0 or M == 0 or N == 0:
         return ISA_NAMES[level]
-    if R < 256 and K and np.asarray(I).max() >= R:
-        raise ValueError(f"rows_gemm_batch: index entries must be < {R} (the classes of D's columns)")
     if K == 0:
-        if not add:
-            np.asarray(out)[...] = 0
-        return ISA_NAMES[level]
+        raise ValueError("rows_gemm_batch: K must be >= 1")
     cdef int rc = 0
     with nogil:
-        rc = dse_rows_batch(level, &I[0, 0, 0], &S[0, 0, 0], &D[0, 0], R, &off[0], L, nI, K, nS, &out[0, 0, 0],
-                            1 if sel_is_m else 0, 1 if add else 0, max(1, threads))
+        rc = dse_rows_batch(level, &a[0, 0, 0], &b[0, 0, 0], cp, &D[0, 0], R, &off[0], L, M, K, N,
+                            1 if sel_is_m else 0, NULL if scaling is not None and out64 is None else &o64[0, 0, 0],
+                            1 if add else 0, &sc if scaling is not None else NULL,
+                            NULL if scaling is None else &o32[0, 0, 0], max(1, threads))
     if rc != 0:
         raise MemoryError("rows_gemm_batch: scratch buffers could not be allocated")
     return ISA_NAMES[level]

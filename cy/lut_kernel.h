@@ -1346,6 +1346,23 @@ static void dse_rows_tile_prep(const uint8_t *S, const int32_t *off, int64_t K, 
     }
 }
 
+/* dse_rows_tile_prep for selector rows that are the columns of S [K, ld] (ST's rows are then S's rows: a copy of
+ * nv bytes per k-step, the padding repeating the last valid selector). */
+static void dse_rows_tile_prep_t(const uint8_t *S, int64_t ld, const int32_t *off, int64_t K, int64_t n0, int64_t nv,
+                                 int64_t tw, uint8_t *ST, int64_t *init)
+{
+    for (int64_t j = 0; j < tw; j++)
+        init[j] = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const uint8_t *sr = S + k * ld + n0;
+        uint8_t *d = ST + k * tw;
+        for (int64_t j = 0; j < tw; j++) {
+            d[j] = sr[j < nv ? j : nv - 1];
+            init[j] += off[d[j]];
+        }
+    }
+}
+
 /* One (selector tile, index block) task: selector rows n0..n0+nv-1 (transposed in ST, tw bytes per k-step, with
  * their offset sums init, dse_rows_tile_prep), index positions m0..m0+mb-1, whose largest index at k-step k is
  * imax[k]: the tables are built only up to the block of 16 rows holding it (activations after a Relu are mostly small
@@ -1559,59 +1576,121 @@ static int dse_rows_gemm(int level, const uint8_t *I, int64_t ldi, const uint8_t
     return fail ? -1 : 0;
 }
 
-/* L independent GEMMs on the rows kernel (an activation matmul's heads x images; rows_gemm_batch): GEMM l reads
- * I + l K M [K, M] and S + l N K [N, K] and writes (add: adds) its int64 sums into out + l M N, laid out as
- * dse_rows_gemm lays them out with P = 1 and ldb = N (sel_is_m = 0: [M, N]) or M (sel_is_m: [N, M]) - the same
- * kernel instance and tasks, so the same sums. For GEMMs of a few thousand MACs dse_rows_gemm's per-call work
- * dominated (the table's largest entry over 256 R entries, the offset bound, seven allocations and a parallel region
- * per GEMM): here the plan and the scratch are made once per batch and each thread runs whole GEMMs, their tiles and
- * blocks in turn. Returns 0, or -1 when a scratch buffer cannot be allocated. */
-static int dse_rows_batch(int level, const uint8_t *I, const uint8_t *S, const uint16_t *D, int64_t R,
-                          const int32_t *off, int64_t L, int64_t M, int64_t K, int64_t N, int64_t *out, int sel_is_m,
-                          int add, int nt)
+static void dse_translate(int level, const uint8_t *s, int64_t n, const uint8_t *tab, uint8_t *d);
+
+/* d[k * ldd + m] = s[m * lds + k] for m < M, k < K (bytes): blocks of 8 x 8 through SSE2 unpacks (8-byte loads and
+ * stores), the edges byte by byte (a byte-by-byte transpose of a 65 x 65 GEMM operand took 1 ns per byte). */
+static void dse_transpose_u8(const uint8_t *s, int64_t lds, int64_t M, int64_t K, uint8_t *d, int64_t ldd)
 {
+    const int64_t M8 = M & ~(int64_t)7, K8 = K & ~(int64_t)7;
+    for (int64_t m = 0; m < M8; m += 8) {
+        for (int64_t k = 0; k < K8; k += 8) {
+            __m128i r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm_loadl_epi64((const __m128i *)(s + (m + i) * lds + k));
+            const __m128i t0 = _mm_unpacklo_epi8(r[0], r[1]), t1 = _mm_unpacklo_epi8(r[2], r[3]);
+            const __m128i t2 = _mm_unpacklo_epi8(r[4], r[5]), t3 = _mm_unpacklo_epi8(r[6], r[7]);
+            const __m128i u0 = _mm_unpacklo_epi16(t0, t1), u1 = _mm_unpackhi_epi16(t0, t1);
+            const __m128i u2 = _mm_unpacklo_epi16(t2, t3), u3 = _mm_unpackhi_epi16(t2, t3);
+            const __m128i v[4] = {_mm_unpacklo_epi32(u0, u2), _mm_unpackhi_epi32(u0, u2), _mm_unpacklo_epi32(u1, u3),
+                                  _mm_unpackhi_epi32(u1, u3)}; /* columns 2j and 2j + 1 of the block */
+            for (int j = 0; j < 4; j++) {
+                _mm_storel_epi64((__m128i *)(d + (k + 2 * j) * ldd + m), v[j]);
+                _mm_storel_epi64((__m128i *)(d + (k + 2 * j + 1) * ldd + m), _mm_srli_si128(v[j], 8));
+            }
+        }
+        for (int64_t k = K8; k < K; k++)
+            for (int64_t i = 0; i < 8; i++)
+                d[k * ldd + m + i] = s[(m + i) * lds + k];
+    }
+    for (int64_t m = M8; m < M; m++)
+        for (int64_t k = 0; k < K; k++)
+            d[k * ldd + m] = s[m * lds + k];
+}
+
+/* L independent GEMMs out[l][m][n] = sum_k T[a[l][m][k]][b[l][k][n]] on the rows kernel (an activation matmul's
+ * heads x images; rows_gemm_batch), the operands in their own layouts (a [L, M, K], b [L, K, N]): with sel_is_m = 0
+ * the columns of b select (the tile's selector bytes copied from b's rows, dse_rows_tile_prep_t) and a^T indexes
+ * (transposed per GEMM into the thread's scratch, each pattern mapped to its class xcls[pattern]; xcls NULL: the
+ * pattern itself), with sel_is_m the rows of a select and b (mapped, or b itself) indexes. Each GEMM is the tasks
+ * dse_rows_gemm runs for it (the same kernel instance: the same sums), laid out as [M, N] (P = 1, ldb = N). For
+ * GEMMs of a few thousand MACs dse_rows_gemm's per-call work dominated (the table's largest entry over 256 R entries,
+ * the offset bound, seven allocations and a parallel region per GEMM, numpy's transposing copies before it): here the
+ * plan and the scratch are made once per batch and each thread runs whole GEMMs. The int64 sums go to out64 [L, M,
+ * N] (add: added to what it holds); with sc (channel 0: a per-tensor scaling) each GEMM's sums (out64's, or the
+ * thread's scratch when out64 is NULL) are then scaled into outs [L, M, N] by dse_scale_sums. Returns 0, or -1 when
+ * a scratch buffer cannot be allocated. */
+static int dse_rows_batch(int level, const uint8_t *a, const uint8_t *b, const uint8_t *xcls, const uint16_t *D,
+                          int64_t R, const int32_t *off, int64_t L, int64_t M, int64_t K, int64_t N, int sel_is_m,
+                          int64_t *out64, int add, const dse_scaling *sc, float *outs, int nt)
+{
+    const int64_t nI = sel_is_m ? N : M, nS = sel_is_m ? M : N; /* the kernel's index positions and selectors */
     dse_rows_plan pl;
-    dse_rows_plan_init(&pl, level, D, R, off, K, N);
+    dse_rows_plan_init(&pl, level, D, R, off, K, nS);
     const dse_rows_impl *im = pl.im;
     const int64_t tw = im->nt;
-    const int64_t nnt = (N + tw - 1) / tw, nmb = (M + DSE_RT_MB - 1) / DSE_RT_MB;
-    const int64_t mbmax = M < DSE_RT_MB ? M : DSE_RT_MB;
+    const int64_t nnt = (nS + tw - 1) / tw, nmb = (nI + DSE_RT_MB - 1) / DSE_RT_MB;
+    const int64_t mbmax = nI < DSE_RT_MB ? nI : DSE_RT_MB;
+    const int own_i = sel_is_m && xcls == NULL; /* b itself is the index operand */
+    /* the sums lie within +-2^51 unless the plan says int64 (dse_rows_plan_init's bound) or they add to others */
+    const int kind = add || pl.fin_kind == DSE_SUM_I64 ? DSE_SUM_I64 : DSE_SUM_SMALL;
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
+        uint8_t *Ib = own_i ? NULL : (uint8_t *)malloc((size_t)(K * nI) + 1);
+        uint8_t *Tb = !sel_is_m && xcls ? (uint8_t *)malloc((size_t)(M * K)) : NULL; /* a's classes, untransposed */
         uint8_t *ST = (uint8_t *)malloc((size_t)nnt * K * tw + 1);
         int64_t *init = (int64_t *)malloc((size_t)(nnt + 1) * tw * sizeof(int64_t));
         uint8_t *imax = (uint8_t *)malloc((size_t)nmb * K + 1);
         uint16_t *tab = (uint16_t *)dse_alloc64((size_t)im->kc * (im->slot ? im->slot : R * tw) * sizeof(uint16_t));
         void *acc = dse_alloc64((size_t)(mbmax + 1) * im->acc_bytes);
         int32_t *sums = (int32_t *)malloc((size_t)(mbmax + 1) * tw * sizeof(int32_t));
-        if (dse_team_allocated(&fail, ST && init && imax && tab && acc && sums)) {
+        int64_t *s64 = out64 ? NULL : (int64_t *)malloc((size_t)(M * N) * sizeof(int64_t) + 1);
+        if (dse_team_allocated(&fail, (own_i || Ib) && (sel_is_m || !xcls || Tb) && ST && init && imax && tab && acc &&
+                                          sums && (out64 || s64))) {
 #pragma omp for schedule(static)
             for (int64_t l = 0; l < L; l++) {
-                const uint8_t *Il = I + l * K * M, *Sl = S + l * N * K;
-                const dse_rows_out o = {out + l * M * N, 1, sel_is_m ? M : N, sel_is_m, add, NULL, NULL, level,
-                                        pl.fin_kind};
+                const uint8_t *al = a + l * M * K, *bl = b + l * K * N, *I = bl;
+                int64_t *base = out64 ? out64 + l * M * N : s64;
+                if (!sel_is_m) { /* I [K, M] = classes of a^T */
+                    if (xcls)
+                        dse_translate(level, al, M * K, xcls, Tb);
+                    dse_transpose_u8(xcls ? Tb : al, K, M, K, Ib, M);
+                    I = Ib;
+                } else if (!own_i) { /* I [K, N] = classes of b */
+                    dse_translate(level, bl, K * N, xcls, Ib);
+                    I = Ib;
+                }
+                const dse_rows_out o = {base, 1, N, sel_is_m, add, NULL, NULL, level, pl.fin_kind};
                 for (int64_t t = 0; t < nnt; t++) {
-                    const int64_t n0 = t * tw;
-                    dse_rows_tile_prep(Sl, off, K, n0, (N - n0 < tw) ? N - n0 : tw, tw, ST + t * K * tw, init + t * tw);
+                    const int64_t n0 = t * tw, nv = (nS - n0 < tw) ? nS - n0 : tw;
+                    if (sel_is_m)
+                        dse_rows_tile_prep(al, off, K, n0, nv, tw, ST + t * K * tw, init + t * tw);
+                    else
+                        dse_rows_tile_prep_t(bl, N, off, K, n0, nv, tw, ST + t * K * tw, init + t * tw);
                 }
                 for (int64_t k = 0; k < K; k++)
-                    dse_rows_imax_k(Il, M, M, K, k, nmb, imax);
+                    dse_rows_imax_k(I, nI, nI, K, k, nmb, imax);
                 for (int64_t t = 0; t < nnt * nmb; t++) {
                     const int64_t ti = t / nmb, n0 = ti * tw, m0 = (t % nmb) * DSE_RT_MB;
-                    const int64_t nv = (N - n0 < tw) ? N - n0 : tw;
-                    const int64_t mb = (M - m0 < DSE_RT_MB) ? M - m0 : DSE_RT_MB;
-                    dse_rows_task(Il, M, ST + ti * K * tw, tw, init + ti * tw, imax + (t % nmb) * K, D, R, K, n0, nv,
+                    const int64_t nv = (nS - n0 < tw) ? nS - n0 : tw;
+                    const int64_t mb = (nI - m0 < DSE_RT_MB) ? nI - m0 : DSE_RT_MB;
+                    dse_rows_task(I, nI, ST + ti * K * tw, tw, init + ti * tw, imax + (t % nmb) * K, D, R, K, n0, nv,
                                   m0, mb, &o, tab, acc, sums, NULL, im);
                 }
+                if (sc)
+                    dse_scale_sums(level, base, kind, M * N, sc, 0, outs + l * M * N);
             }
         }
+        free(Ib);
+        free(Tb);
         free(ST);
         free(init);
         free(imax);
         free(tab);
         free(acc);
         free(sums);
+        free(s64);
     }
     return fail ? -1 : 0;
 }

@@ -946,13 +946,13 @@ def matmul_int(a, b, mult, a_signed, path="auto", isa=None):
     if lutb is not None:  # reads both operands in their own layouts
         _lutb_batch(a, b, lead, lutb, out, isa)
         return out.reshape(lead + (M, N))
+    plan = _int_plan(mult, a_signed, K, path, isa) if K and M and N else None
+    if plan is None and K and M and N and L > 1 and _rows_batch(a, b, lead, mult, a_signed, path, isa, out):
+        return out.reshape(lead + (M, N))
     AT = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(a), lead + (M, K)), -1, -2)).reshape(L, K, M)
     Wp = np.ascontiguousarray(np.swapaxes(np.broadcast_to(_u8(b), lead + (K, N)), -1, -2)).reshape(L, N, K)
-    plan = _int_plan(mult, a_signed, K, path, isa) if K and M and N else None
     if plan is not None:
         _kernels.int_gemm_batch(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
-    elif K and M and N and L > 1 and _rows_batch(AT, Wp, mult, a_signed, path, isa, out):
-        pass
     else:
         flat = out.reshape(-1)
         for i in range(L):
@@ -982,6 +982,12 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
     if L and K and M and N:
         plan = _exact_plan(a_signed) if prep.is_exact else _int_plan(mult, a_signed, K, "auto", isa)
         lutb = _lutb_plan(mult, a_signed, M, K, N, "auto", isa) if plan is None else None
+    if lutb is None and plan is None and L > 1:  # the rows path family: scaled from the sums in the same call
+        _check_range(a, a_signed, "matmul_scaled left operand")
+        _check_range(b, True, "matmul_scaled right operand")
+        out = _aligned_empty((L, M, N), np.float32)
+        if _rows_batch(a, b, lead, mult, a_signed, "auto", isa, out, scaling):
+            return out.reshape(lead + (M, N))
     if lutb is None and (plan is None or not _kernels.int_gemm_fits32(K, plan.gw.shape[1], plan.S)):
         acc = matmul_int(a, b, mult, a_signed, isa=isa)
         return scale_accumulators(acc.reshape(1, 1, -1), scaling, isa).reshape(acc.shape)
@@ -1069,37 +1075,43 @@ def _lutb_batch(a, b, lead, plan: _LutbPlan, out, isa, scaling: "Scaling | None"
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     A = np.ascontiguousarray(np.broadcast_to(_u8(a), lead + (M, K))).reshape(-1, M, K)
     B = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(-1, K, N)
-    sc = None if scaling is None else Scaling(scaling.a_scale, scaling.w_scale.reshape(-1)[:1].astype(np.float32),
-                                              scaling.bias.reshape(-1)[:1].astype(np.float32)).args()
+    sc = None if scaling is None else _per_tensor(scaling)
     _kernels.lutb_gemm_batch(A, B, plan.planes, plan.off, plan.T32, plan.sel_is_m, out, _isa_name(isa), get_threads(),
                              scaling=sc)
 
 
-def _rows_batch(AT: np.ndarray, Wp: np.ndarray, mult: Multiplier, a_signed: bool, path: str, isa,
-                out: np.ndarray) -> bool:
-    """matmul_int's L GEMMs (AT [L, K, M], Wp [L, N, K]) into out [L, M, N] on the rows path family in compiled
-    calls over all of them (``rows_gemm_batch``; the split path's exact part by ``int_gemm_batch`` first) when that
-    is the path each takes on its own (chosen once, from the largest activation of all: every path gives the same
-    sums); False (nothing done) otherwise."""
+def _per_tensor(scaling: "Scaling") -> tuple:
+    """The kernels' arguments of an activation matmul's per-tensor output stage (channel 0's scale and bias)."""
+    return Scaling(scaling.a_scale, scaling.w_scale.reshape(-1)[:1].astype(np.float32),
+                   scaling.bias.reshape(-1)[:1].astype(np.float32)).args()
+
+
+def _rows_batch(a, b, lead, mult: Multiplier, a_signed: bool, path: str, isa, out: np.ndarray,
+                scaling: "Scaling | None" = None) -> bool:
+    """matmul_int's L GEMMs (a [..., M, K], b [..., K, N], leading axes ``lead``) into out [L, M, N] (int64, or with
+    a per-tensor ``scaling`` the float32 outputs) on the rows path family in compiled calls over all of them
+    (``rows_gemm_batch``, the operands in their own layouts; the split path's exact part by ``int_gemm_batch``
+    first) when that is the path each takes on its own (chosen once, from the largest activation of all: every path
+    gives the same sums); False (nothing done) otherwise."""
     prep = _prepare(mult, a_signed)
-    L, K, M = AT.shape
-    N = Wp.shape[1]
-    amax = _max_abs(AT, a_signed) if path in ("auto", "exact", "lowrank") and prep.range_matters else None
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    A = np.ascontiguousarray(np.broadcast_to(_u8(a), lead + (M, K))).reshape(-1, M, K)
+    amax = _max_abs(A, a_signed) if path in ("auto", "exact", "lowrank") and prep.range_matters else None
     if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) not in ("rows", "split"):
         return False
+    B = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(-1, K, N)
     kind, by_act = _table_plan(prep, M, N, path, K, isa)
-    tabs = prep.rows if kind == "rows" else prep.err_rows
+    t = (prep.rows if kind == "rows" else prep.err_rows)
+    t = t.by_act if by_act else t.by_weight
+    sums = None
     if kind == "split":
         plan = _exact_plan(prep.err_signed)
-        _kernels.int_gemm_batch(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, out, _isa_name(isa), get_threads())
-    if by_act:
-        t = tabs.by_act
-        I, S = t.classes(np.ascontiguousarray(Wp.transpose(0, 2, 1))), np.ascontiguousarray(AT.transpose(0, 2, 1))
-    else:
-        t = tabs.by_weight
-        I, S = t.classes(AT), Wp
-    _kernels.rows_gemm_batch(I, S, t.D, t.off, out, _isa_name(isa), get_threads(), sel_is_m=by_act,
-                             add=kind == "split")
+        AT, Wp = np.ascontiguousarray(A.transpose(0, 2, 1)), np.ascontiguousarray(B.transpose(0, 2, 1))
+        sums = out if scaling is None else np.empty(out.shape, np.int64)
+        _kernels.int_gemm_batch(AT, Wp, plan.fa, plan.a_mode, plan.gw, plan.S, sums, _isa_name(isa), get_threads())
+    sc = None if scaling is None else _per_tensor(scaling)
+    _kernels.rows_gemm_batch(A, B, t.D, t.off, t.cls, out, _isa_name(isa), get_threads(), sel_is_m=by_act,
+                             add=kind == "split", out64=sums if scaling is not None else None, scaling=sc)
     return True
 
 

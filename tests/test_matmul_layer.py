@@ -51,8 +51,27 @@ def _random_lut() -> str:
     return _RANDOM_LUT[0]
 
 
+_CLEARED_LUT = []
+
+
+def _cleared_lut() -> str:
+    """An imported full table close to exact (bench_e2e's: the signed product with its 3 low bits cleared), which the
+    split path takes: the exact product on the integer kernel plus the rows kernel on the short error table."""
+    if not _CLEARED_LUT:
+        import tempfile
+        from pathlib import Path
+
+        v = np.arange(256)
+        v = np.where(v >= 128, v - 256, v).astype(np.int64)
+        t = np.multiply.outer(v, v)
+        p = Path(tempfile.mkdtemp()) / "cleared_lut.npy"
+        np.save(p, t - (t & 7))
+        _CLEARED_LUT.append(f"lut:{p}?signed=any")
+    return _CLEARED_LUT[0]
+
+
 def _mult(name: str):
-    return get_multiplier(_random_lut() if name == "random lut" else name)
+    return get_multiplier(_random_lut() if name == "random lut" else _cleared_lut() if name == "cleared lut" else name)
 
 
 def _gather(a, b, mult, a_signed):
@@ -192,7 +211,7 @@ def test_prefix_cache_bit_identical_with_matmul_layers(att_model):
        M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 40), a_signed=st.booleans(),
        mult=st.sampled_from([("exact", "auto"), ("drum4", "auto"), ("mitch_w6", "auto"), ("mitch_w6", "rows"),
                              ("mitch_w6", "split"), ("mitch_w6", "lut"), ("mitchell", "auto"),
-                             ("random lut", "auto")]), kernel=st.sampled_from(
+                             ("random lut", "auto"), ("cleared lut", "auto")]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
            [(isa, True) for isa in kernels._kernels.vnni_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
@@ -250,11 +269,36 @@ def test_matmul_int_tables_run_batched(monkeypatch, path, shape):
     assert len(calls) == 1 and calls[0][0][0] == 6 and calls[0][2] == (path == "split")
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("mult", ["mitch_w6", "cleared lut"])
+@pytest.mark.parametrize("shape", [(65, 65, 16), (16, 40, 65)])  # the two orientations of the row tables
+def test_matmul_scaled_tables_scale_in_the_batched_call(monkeypatch, mult, shape):
+    """matmul_scaled on the rows path (mitch_w6) and the split path (the cleared table) scales the sums in its one
+    rows_gemm_batch call (no int64 matmul_int result, no scaling pass), the operands in their own layouts; the same
+    bits as the dequantized gather."""
+    from dse.kernels import Scaling
+
+    calls = []
+    real = kernels._kernels.rows_gemm_batch
+    monkeypatch.setattr(kernels._kernels, "rows_gemm_batch",
+                        lambda *a, **k: calls.append((a[0].shape, a[1].shape, k["add"], k["scaling"] is not None))
+                        or real(*a, **k))
+    monkeypatch.setattr(kernels, "scale_accumulators", None)
+    M, K, N = shape
+    a = RNG.integers(0, 256, (3, 2, M, K)).astype(np.uint8)
+    b = RNG.integers(-128, 128, (3, 2, K, N)).astype(np.int8)
+    m = _mult(mult)
+    sa, sw, bias = 0.0123, np.array([-0.37], np.float32), np.array([0.5], np.float32)
+    got = kernels.matmul_scaled(a, b, m, False, Scaling(sa, sw, bias))
+    want = ((_gather(a, b, m, False).astype(np.float64) * sa) * np.float64(sw[0])).astype(np.float32) + bias[0]
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert calls == [((6, M, K), (6, K, N), mult == "cleared lut", True)]
+
+
+@settings(max_examples=80, deadline=None)
 @given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,)), ((1,), (1,))]),
        M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 70), a_signed=st.booleans(),
        mult=st.sampled_from(["exact", "exact", "exact", "mitch_w6", "drum4", "perf_j1_k2",
-                             "axbxp_k2_w2_a2_dynamic", "mitchell", "random lut"]), kernel=st.sampled_from(
+                             "axbxp_k2_w2_a2_dynamic", "mitchell", "random lut", "cleared lut"]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
            [(isa, True) for isa in kernels._kernels.vnni_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
