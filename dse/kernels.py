@@ -968,8 +968,9 @@ def matmul_scaled(a, b, mult, a_signed, scaling: "Scaling", isa=None) -> np.ndar
     ``b`` [K, N] as the kernel's activation operand (its int8 value, or G(b) as the port's table) and ``a`` [M, K] on
     its weight port (the table of a's values or F(a)), scaled from the int32 tile into the [M, N] layout
     (``int_gemm_batch`` with a scaling: no int64 sums); the table paths' small GEMMs (all at the avx512 level, the
-    shallow ones below it) by ``lutb_gemm_batch`` scaled from its int32 sums (_lutb_plan); other calls, and those
-    whose depth does not fit one int32 segment, take matmul_int and the separate scaling pass."""
+    shallow ones below it) by ``lutb_gemm_batch`` scaled from its int32 sums (_lutb_plan); the other GEMMs of the
+    rows path family by ``rows_gemm_batch``, which scales each GEMM's sums in the same call (_rows_batch); other
+    calls, and those whose depth does not fit one int32 segment, take matmul_int and the separate scaling pass."""
     a, b = np.asarray(a), np.asarray(b)
     lead = _slices(a.shape, b.shape, "matmul_scaled")
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -1101,8 +1102,8 @@ def _rows_batch(a, b, lead, mult: Multiplier, a_signed: bool, path: str, isa, ou
         return False
     B = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(-1, K, N)
     kind, by_act = _table_plan(prep, M, N, path, K, isa)
-    t = (prep.rows if kind == "rows" else prep.err_rows)
-    t = t.by_act if by_act else t.by_weight
+    tabs = prep.rows if kind == "rows" else prep.err_rows
+    t = tabs.by_act if by_act else tabs.by_weight
     sums = None
     if kind == "split":
         plan = _exact_plan(prep.err_signed)
