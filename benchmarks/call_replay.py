@@ -89,12 +89,14 @@ def capture_calls(kernel: str, record: Callable[..., dict], nets, families, path
 def fresh_add_outputs(scaling):
     """A captured call's scaling tuple (as dse._kernels takes it) with a fused Add's outputs (its float32 base array
     and patterns) replaced by new zeroed ones, so that a replayed call writes its own and passes the kernel's check
-    that it writes within the base: (scaling, base), base None without an Add."""
+    that it writes within the base (the Add's further entries and the arguments after it kept): (scaling, base), base
+    None without an Add."""
     if scaling is None or len(scaling) < 8 or scaling[7] is None:
         return scaling, None
-    other, base, q = scaling[7]
+    other, base, q = scaling[7][:3]
     base = np.zeros_like(base)
-    return scaling[:7] + ((other, base, None if q is None else np.zeros_like(q)),), base
+    return scaling[:7] + ((other, base, None if q is None else np.zeros_like(q)) + tuple(scaling[7][3:]),) \
+        + tuple(scaling[8:]), base
 
 
 def load_builds(sos) -> list:
