@@ -279,7 +279,8 @@ DSE_DEF512(4, 1)
  * transposed table) when that makes the index dimension longer. Tables with few distinct columns (Mitch-w: 80
  * activation classes of 256 unsigned patterns, its operands being truncated) build R rows instead of 256.
  *
- * For a tile of 32 selector rows n and a chunk of up to KC k-steps, the kernel builds one row table per k-step,
+ * For a tile of 32 selector rows n and a chunk of up to KC k-steps (8 for the AVX2 16-bit adds, 4 in portable code
+ * and for the AVX2 8-bit sums), the kernel builds one row table per k-step,
  * tab_k[u][j] = D[S[n0 + j, k]][u] (R rows of 32 uint16, <= 16 KiB; 8x8 transposes of the 32 selected columns),
  * and then, for every position m, adds the row tab_k[I[k, m]] to 32 sums: per row two 32-byte loads and 16-bit adds
  * at AVX2 (dse_rows_accum_avx2: no widening; the loop is bound by loads), int32 adds in portable code, instead of
@@ -299,7 +300,7 @@ DSE_DEF512(4, 1)
  * apart), the portable int32 sums over 32768; window sums add up in int32 over <= 32768 k-steps
  * (< 2^15 * 2^16 = 2^31), which are added into the int64 output. */
 #define DSE_RT_NT 32
-#define DSE_RT_KC 4
+#define DSE_RT_KC 4 /* k-steps per chunk of the portable adds and the AVX2 8-bit sums */
 #define DSE_RT_OB 64 /* positions per block of the output transposition */
 /* positions per block: its 16-bit accumulators (128 B per position) fill Zen 2's 512 KiB L2; the AVX-512 64-selector
  * tiles' (256 B per position) fill Zen 5's 1 MiB L2 (blocks of 2048 positions ran no faster there) */
@@ -422,23 +423,28 @@ static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t
  * whole into a word sum A (mod 2^16) and its high byte into H (vpsrlw), so over a window of <= 256 k-steps
  * H = sum hi <= 255 * 256 and sum lo = (A - 256 H) mod 2^16 (sum lo <= 255 * 256 < 2^16): both exact, and the window's
  * sum is sum lo + 256 H. Accumulators per position: A for the 32 selectors (2 ymm), then H (2 ymm), uint16 [2 NT].
- * One position per iteration with its accumulators in 4 ymm, the KC row bases and index rows in registers, and FIRST
+ * One position per iteration with its accumulators in 4 ymm, the table and index bases in registers, and FIRST
  * (start from 0) and KC compile-time constants: this loop has no spills (an earlier version with 8 positions per
  * iteration and the indices of 8 positions in one 8-byte load spilled; it ran 6-19 % slower). */
 #define DSE_RT_W16 256 /* k-steps per 16-bit window */
+/* k-steps per chunk of the AVX2 16-bit adds, and the uint16 per k-step's table in their scratch: 256 rows of NT, plus
+ * 64 bytes so that the chunk's tables are not 16 KiB apart (with 256-row tables at 16 KiB strides every row u of the
+ * chunk's tables fell in one L1 set: the imported LUT's add loop ran ~1.4x slower than on 80-row tables). The row of
+ * k-step kk sits at the constant offset kk * DSE_RT_SLOT from the chunk's first, and its index at q0 + kk * L (one
+ * base register for the tables, and q0, q4, L, 3L for 8 index rows), so 8 k-steps per pass do not spill and the
+ * accumulators are loaded and stored once per 8 k-steps instead of 4. */
+#define DSE_RT_KC8 8
+#define DSE_RT_SLOT (256 * DSE_RT_NT + 32)
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int64_t mb, uint16_t *acc,
-                       const int KC, const int FIRST, const int NOH, const int PAIR, const int W)
+dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, uint16_t *acc, const int KC,
+                       const int FIRST, const int NOH, const int PAIR, const int W)
 {
-    const uint16_t *t[DSE_RT_KC];
-    const uint8_t *p[DSE_RT_KC];
-#pragma GCC unroll 16
-    for (int kk = 0; kk < KC; kk++) {
-        t[kk] = tab + kk * ts;
-        p[kk] = ip[kk];
-    }
+    const char *tb = (const char *)tab;
+    const int64_t L = KC > 1 ? ip[1] - ip[0] : 0, L3 = 3 * L;
+    const uint8_t *p0 = ip[0], *p4 = ip[0] + 4 * L;
     for (int64_t m = 0; m < mb; m++) {
         uint16_t *a = acc + m * 2 * DSE_RT_NT;
+        const uint8_t *q0 = p0 + m, *q4 = p4 + m;
         __m256i a0, a1, h0, h1;
         a0 = a1 = h0 = h1 = _mm256_setzero_si256();
         if (!FIRST) {
@@ -451,11 +457,12 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
                     h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
             }
         }
+#define DSE_RT_IDX(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
+#define DSE_RT_ROW(kk) ((const uint16_t *)(tb + (kk) * (2 * DSE_RT_SLOT) + 2 * DSE_RT_NT * DSE_RT_IDX(kk)))
         if (PAIR) { /* entries < 2^15: two rows summed exactly in 16 bits, then one high-byte sum per pair */
 #pragma GCC unroll 16
             for (int kk = 0; kk < KC; kk += 2) {
-                const uint16_t *r = t[kk] + DSE_RT_NT * (size_t)p[kk][m];
-                const uint16_t *q = t[kk + 1] + DSE_RT_NT * (size_t)p[kk + 1][m];
+                const uint16_t *r = DSE_RT_ROW(kk), *q = DSE_RT_ROW(kk + 1);
                 const __m256i v0 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)r),
                                                     _mm256_loadu_si256((const __m256i *)q));
                 a0 = _mm256_add_epi16(a0, v0);
@@ -470,7 +477,7 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
         } else {
 #pragma GCC unroll 16
             for (int kk = 0; kk < KC; kk++) {
-                const uint16_t *r = t[kk] + DSE_RT_NT * (size_t)p[kk][m];
+                const uint16_t *r = DSE_RT_ROW(kk);
                 const __m256i v0 = _mm256_loadu_si256((const __m256i *)r);
                 a0 = _mm256_add_epi16(a0, v0);
                 if (!NOH)
@@ -483,6 +490,8 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
                 }
             }
         }
+#undef DSE_RT_ROW
+#undef DSE_RT_IDX
         _mm256_storeu_si256((__m256i *)(a + 0), a0);
         if (W == 32)
             _mm256_storeu_si256((__m256i *)(a + 16), a1);
@@ -494,23 +503,35 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, int64_t ts, const uint8_t *const *ip
     }
 }
 
+/* tab: the chunk's tables at DSE_RT_SLOT strides (ts). A chunk shorter than DSE_RT_KC8 (the end of K or of a window)
+ * runs 4 k-steps, then single ones (pair sums only within the 4: a pair never straddles a window's end since the
+ * windows and the 4 are even). */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
                         uint16_t *acc, const int NOH, const int PAIR, const int W)
 {
-    if (kc == DSE_RT_KC && first) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 1, NOH, PAIR, W);
-        return;
-    }
-    if (kc == DSE_RT_KC) {
-        dse_rows_accum_avx2_kc(tab, ts, ip, mb, acc, DSE_RT_KC, 0, NOH, PAIR, W);
-        return;
-    }
-    for (int kk = 0; kk < kc; kk++) { /* the chunk at the end of K */
-        if (first && kk == 0)
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 1, NOH, 0, W);
+    (void)ts; /* DSE_RT_SLOT */
+    if (kc == DSE_RT_KC8) {
+        if (first)
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, DSE_RT_KC8, 1, NOH, PAIR, W);
         else
-            dse_rows_accum_avx2_kc(tab + kk * ts, ts, ip + kk, mb, acc, 1, 0, NOH, 0, W);
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, DSE_RT_KC8, 0, NOH, PAIR, W);
+        return;
+    }
+    int kk = 0;
+    if (kc >= 4) {
+        if (first)
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, 4, 1, NOH, PAIR, W);
+        else
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, 4, 0, NOH, PAIR, W);
+        kk = 4;
+        first = 0;
+    }
+    for (; kk < kc; kk++, first = 0) {
+        if (first)
+            dse_rows_accum_avx2_kc(tab + kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 1, NOH, 0, W);
+        else
+            dse_rows_accum_avx2_kc(tab + kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 0, NOH, 0, W);
     }
 }
 
@@ -641,45 +662,56 @@ DSE_T_AVX2 static void dse_rows_build32_avx2_tiny(const uint16_t *D, int64_t R, 
     }
 }
 
+/* As dse_rows_accum_avx2_kc: k-step kk's byte rows at the constant offset kk * 2 * DSE_RT_SLOT bytes, its indices at
+ * q0 + kk * L (kk < 4) or q4 + (kk - 4) * L. */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_rows_accum_avx2_tiny_kc(const uint8_t *tab, int64_t ts, const uint8_t *const *ip, int64_t mb, uint8_t *acc,
-                            const int KC, const int FIRST)
+dse_rows_accum_avx2_tiny_kc(const uint8_t *tab, const uint8_t *const *ip, int64_t mb, uint8_t *acc, const int KC,
+                            const int FIRST)
 {
-    const uint8_t *t[DSE_RT_KC];
-    const uint8_t *p[DSE_RT_KC];
-#pragma GCC unroll 16
-    for (int kk = 0; kk < KC; kk++) {
-        t[kk] = tab + kk * ts;
-        p[kk] = ip[kk];
-    }
+    const int64_t L = KC > 1 ? ip[1] - ip[0] : 0, L3 = 3 * L;
+    const uint8_t *p0 = ip[0], *p4 = ip[0] + 4 * L;
     for (int64_t m = 0; m < mb; m++) {
         uint8_t *a = acc + m * DSE_RT_NT;
+        const uint8_t *q0 = p0 + m, *q4 = p4 + m;
         __m256i s = FIRST ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)a);
 #pragma GCC unroll 16
-        for (int kk = 0; kk < KC; kk++)
-            s = _mm256_add_epi8(s, _mm256_loadu_si256((const __m256i *)(t[kk] + DSE_RT_NT * (size_t)p[kk][m])));
+        for (int kk = 0; kk < KC; kk++) {
+            const size_t i = ((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L];
+            s = _mm256_add_epi8(s, _mm256_loadu_si256((const __m256i *)(tab + kk * (2 * DSE_RT_SLOT) + DSE_RT_NT * i)));
+        }
         _mm256_storeu_si256((__m256i *)a, s);
     }
 }
 
-/* tab, ts: the 16-bit tables' slots (k-step kk's byte rows at byte offset 2 * kk * ts); acc: uint8 [mb][NT]. */
+/* tab: the 16-bit tables' slots at DSE_RT_SLOT strides (k-step kk's byte rows at byte offset 2 * kk * DSE_RT_SLOT);
+ * acc: uint8 [mb][NT]; chunks of DSE_RT_KC8 k-steps (a shorter one: 4, then single steps). */
 DSE_T_AVX2 static void dse_rows_accum_avx2_tiny(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
                                                 int64_t mb, int first, void *accv)
 {
+    (void)ts; /* DSE_RT_SLOT */
     const uint8_t *tb = (const uint8_t *)tab;
     uint8_t *acc = (uint8_t *)accv;
-    if (kc == DSE_RT_KC) {
+    if (kc == DSE_RT_KC8) {
         if (first)
-            dse_rows_accum_avx2_tiny_kc(tb, 2 * ts, ip, mb, acc, DSE_RT_KC, 1);
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, DSE_RT_KC8, 1);
         else
-            dse_rows_accum_avx2_tiny_kc(tb, 2 * ts, ip, mb, acc, DSE_RT_KC, 0);
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, DSE_RT_KC8, 0);
         return;
     }
-    for (int kk = 0; kk < kc; kk++) { /* the chunk at the end of K */
-        if (first && kk == 0)
-            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * ts, 2 * ts, ip + kk, mb, acc, 1, 1);
+    int kk = 0;
+    if (kc >= 4) {
+        if (first)
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, 4, 1);
         else
-            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * ts, 2 * ts, ip + kk, mb, acc, 1, 0);
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, 4, 0);
+        kk = 4;
+        first = 0;
+    }
+    for (; kk < kc; kk++, first = 0) {
+        if (first)
+            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 1);
+        else
+            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 0);
     }
 }
 
@@ -1465,17 +1497,19 @@ static void dse_rows_plan_init(dse_rows_plan *pl, int level, const uint16_t *D, 
                                            NT * sizeof(int32_t), NULL, NT, NT, KC};
     static const size_t w16 = 2 * NT * sizeof(uint16_t), w64 = 2 * DSE_RT_NT64 * sizeof(uint16_t);
     static const dse_rows_impl avx2_16 = {dse_rows_build_avx2, dse_rows_accum16_avx2, dse_rows_finish16_avx2,
-                                          DSE_RT_W16, w16, NULL, NT, 16, KC, .ah16 = 1};
+                                          DSE_RT_W16, w16, NULL, NT, 16, DSE_RT_KC8, DSE_RT_SLOT, 1};
     static const dse_rows_impl avx2 = {dse_rows_build32_avx2, dse_rows_accum_avx2, dse_rows_finish_avx2,
-                                       DSE_RT_W16, w16, &avx2_16, NT, NT, KC, .ah16 = 1};
+                                       DSE_RT_W16, w16, &avx2_16, NT, NT, DSE_RT_KC8, DSE_RT_SLOT, 1};
     static const dse_rows_impl avx2_byte16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_byte,
-                                              dse_rows_finish16_avx2_byte, DSE_RT_W16, w16, NULL, NT, 16, KC};
+                                              dse_rows_finish16_avx2_byte, DSE_RT_W16, w16, NULL, NT, 16, DSE_RT_KC8,
+                                              DSE_RT_SLOT};
     static const dse_rows_impl avx2_byte = {dse_rows_build32_avx2, dse_rows_accum_avx2_byte,
-                                            dse_rows_finish_avx2_byte, DSE_RT_W16, w16, &avx2_byte16, NT, NT, KC};
+                                            dse_rows_finish_avx2_byte, DSE_RT_W16, w16, &avx2_byte16, NT, NT,
+                                            DSE_RT_KC8, DSE_RT_SLOT};
     static const dse_rows_impl avx2_pair16 = {dse_rows_build_avx2, dse_rows_accum16_avx2_pair, dse_rows_finish16_avx2,
-                                              DSE_RT_W16, w16, NULL, NT, 16, KC, .ah16 = 1};
+                                              DSE_RT_W16, w16, NULL, NT, 16, DSE_RT_KC8, DSE_RT_SLOT, 1};
     static const dse_rows_impl avx2_pair = {dse_rows_build32_avx2, dse_rows_accum_avx2_pair, dse_rows_finish_avx2,
-                                            DSE_RT_W16, w16, &avx2_pair16, NT, NT, KC, .ah16 = 1};
+                                            DSE_RT_W16, w16, &avx2_pair16, NT, NT, DSE_RT_KC8, DSE_RT_SLOT, 1};
     static const dse_rows_impl avx512 = {dse_rows_build64_avx2, dse_rows_accum512, dse_rows_finish512, DSE_RT_W16,
                                          w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
     static const dse_rows_impl avx512_pair = {dse_rows_build64_avx2, dse_rows_accum512_pair, dse_rows_finish512,
@@ -1484,10 +1518,10 @@ static void dse_rows_plan_init(dse_rows_plan *pl, int level, const uint16_t *D, 
     uint16_t dmax = 0;
     for (int64_t i = 0; i < 256 * R; i++)
         dmax = D[i] > dmax ? D[i] : dmax;
-    /* tiny entries: windows of 255 / dmax k-steps, a multiple of DSE_RT_KC */
-    const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC * DSE_RT_KC : 252;
+    /* tiny entries: windows of 255 / dmax k-steps, a multiple of DSE_RT_KC8 (>= 8: dmax < 32) */
+    const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC8 * DSE_RT_KC8 : 248;
     pl->tiny = (dse_rows_impl){dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
-                               w8, DSE_RT_NT, NULL, NT, NT, KC};
+                               w8, DSE_RT_NT, NULL, NT, NT, DSE_RT_KC8, DSE_RT_SLOT};
     /* 64-selector tiles of tiny entries: 16-bit windows of 65535 / dmax k-steps, a multiple of DSE_RT_KC64 */
     const int64_t w16t = (dmax ? (65535 / dmax < 32768 ? 65535 / dmax : 32768) : 32768) / DSE_RT_KC64 * DSE_RT_KC64;
     pl->tiny512 = (dse_rows_impl){dse_rows_build64_512_tiny, dse_rows_accum512_tiny, dse_rows_finish512_tiny,

@@ -522,8 +522,8 @@ def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
     below), the last tile of a call with 64-row tiles taking the 32-row kernel when it holds <= 32 valid rows and the
     half-width adds when <= 16 (16 selectors: byte, pair and full 16-bit sums), and the output written in blocks of
     64 positions: the result (int64 sums, or the scaled output) is the reference's, both orientations, every ISA
-    level, 1 and 2 threads, on reduction lengths around the 16-bit window (256), the 4-step chunks and the 64-row
-    tiles' 8-step chunks (a tail of 4 steps and single steps)."""
+    level, 1 and 2 threads, on reduction lengths around the 16-bit window (256), the portable adds' 4-step chunks
+    and the AVX2 and AVX-512 adds' 8-step chunks (a tail of 4 steps and single steps)."""
     rng = np.random.default_rng(seed)
     mult = ROWS_MULTS[mname] if mname in ROWS_MULTS else get_multiplier(mname)
     acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
@@ -1016,14 +1016,14 @@ def test_rows_kernel_tiny_16bit_windows(top):
        width=st.sampled_from(["tiny1", "tiny7", "tiny31", "byte", "pair", "full"]),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, width, seed):
-    """The AVX2 adds sum entries in 16-bit lanes over windows of 256 k-steps (low bytes and high bytes apart): a table
-    whose entries (minus a constant) take the byte extremes (0, 255, 256, 0xFF00, 0xFFFF) and operands that pick them on every
-    k-step, on reduction lengths around the window boundaries, both orientations, every ISA level; ``classed``: the
-    table has repeated rows and columns, so both orientations read class tables; ``width``: "tiny<t>" entries 0..t < 32,
-    the AVX2 8-bit sums over windows of 255 // t k-steps (252 for t = 1, 36 for 7, 8 for 31) whose byte sums reach
-    255; "byte" entries 0..255 only (span 255), the AVX2 adds without high-byte sums, whose 16-bit window sums reach
-    255 * 256; "pair" entries
-    below 2^15 (up to 0x7FFF), the adds that sum two k-steps' rows before taking their high bytes; "full" up to
+    """The AVX2 adds sum entries in 16-bit lanes over windows of 256 k-steps (low bytes and high bytes apart): a
+    table whose entries (minus a constant) take the byte extremes (0, 255, 256, 0xFF00, 0xFFFF) and operands that
+    pick them on every k-step, on reduction lengths around the window boundaries, both orientations, every ISA
+    level; ``classed``: the table has repeated rows and columns, so both orientations read class tables; ``width``:
+    "tiny<t>" entries 0..t < 32, the AVX2 8-bit sums over windows of 255 // t k-steps rounded down to their 8-step
+    chunks (248 for t = 1, 32 for 7, 8 for 31) whose byte sums reach 255; "byte" entries 0..255 only (span 255), the
+    AVX2 adds without high-byte sums, whose 16-bit window sums reach 255 * 256; "pair" entries below 2^15 (up to
+    0x7FFF), the adds that sum two k-steps' rows before taking their high bytes; "full" up to
     0xFFFF. M, N up to 80: the AVX-512 level's 64-row tiles (8-step chunks) for the pair and full widths too."""
     rng = np.random.default_rng(seed)
     ext = {"tiny1": [0, 1], "tiny7": [0, 1, 6, 7], "tiny31": [0, 1, 30, 31], "byte": [0, 1, 254, 255],
