@@ -279,8 +279,8 @@ DSE_DEF512(4, 1)
  * transposed table) when that makes the index dimension longer. Tables with few distinct columns (Mitch-w: 80
  * activation classes of 256 unsigned patterns, its operands being truncated) build R rows instead of 256.
  *
- * For a tile of 32 selector rows n and a chunk of up to KC k-steps (8 for the AVX2 16-bit adds, 4 in portable code
- * and for the AVX2 8-bit sums), the kernel builds one row table per k-step,
+ * For a tile of 32 selector rows n and a chunk of up to KC k-steps (8 at AVX2, 4 in portable code), the kernel
+ * builds one row table per k-step,
  * tab_k[u][j] = D[S[n0 + j, k]][u] (R rows of 32 uint16, <= 16 KiB; 8x8 transposes of the 32 selected columns),
  * and then, for every position m, adds the row tab_k[I[k, m]] to 32 sums: per row two 32-byte loads and 16-bit adds
  * at AVX2 (dse_rows_accum_avx2: no widening; the loop is bound by loads), int32 adds in portable code, instead of
@@ -300,7 +300,7 @@ DSE_DEF512(4, 1)
  * apart), the portable int32 sums over 32768; window sums add up in int32 over <= 32768 k-steps
  * (< 2^15 * 2^16 = 2^31), which are added into the int64 output. */
 #define DSE_RT_NT 32
-#define DSE_RT_KC 4 /* k-steps per chunk of the portable adds and the AVX2 8-bit sums */
+#define DSE_RT_KC 4 /* k-steps per chunk of the portable adds */
 #define DSE_RT_OB 64 /* positions per block of the output transposition */
 /* positions per block: its 16-bit accumulators (128 B per position) fill Zen 2's 512 KiB L2; the AVX-512 64-selector
  * tiles' (256 B per position) fill Zen 5's 1 MiB L2 (blocks of 2048 positions ran no faster there) */
@@ -429,7 +429,7 @@ static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t
 #define DSE_RT_W16 256 /* k-steps per 16-bit window */
 /* k-steps per chunk of the AVX2 16-bit adds, and the uint16 per k-step's table in their scratch: 256 rows of NT, plus
  * 64 bytes so that the chunk's tables are not 16 KiB apart (with 256-row tables at 16 KiB strides every row u of the
- * chunk's tables fell in one L1 set: the imported LUT's add loop ran ~1.4x slower than on 80-row tables). The row of
+ * chunk's tables fell in one L1 set: a synthetic add loop on them with spread indices ran ~1.4x slower). The row of
  * k-step kk sits at the constant offset kk * DSE_RT_SLOT from the chunk's first, and its index at q0 + kk * L (one
  * base register for the tables, and q0, q4, L, 3L for 8 index rows), so 8 k-steps per pass do not spill and the
  * accumulators are loaded and stored once per 8 k-steps instead of 4. */
@@ -646,7 +646,7 @@ DSE_T_AVX2 static void dse_rows_finish16_avx2_byte(const void *accv, int64_t mb,
 
 /* Tables whose entries are all < 32 (e.g. the error table of a product with its low bits cleared): rows of 32 bytes
  * and 8-bit sums, one 32-byte load and add per position and k-step for the 32 selectors (half the byte tables'
- * loads and adds). Over a window of W8 = 255 / max entry k-steps (a multiple of DSE_RT_KC, see dse_rows_gemm) the
+ * loads and adds). Over a window of W8 = 255 / max entry k-steps (a multiple of DSE_RT_KC8, see dse_rows_gemm) the
  * byte sums stay <= 255; dse_rows_finish_avx2_tiny widens each window's byte sums into the int32 sums. The table is
  * built as 16-bit rows and packed to bytes in place (row u at byte u * 32 of its k-step's slot). */
 DSE_T_AVX2 static void dse_rows_build32_avx2_tiny(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
