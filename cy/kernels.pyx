@@ -568,8 +568,8 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
                          xt, o,
                          NULL if of == NULL else &sc, of, block, use_vnni, max(1, threads))
     if rc == -2:
-        raise ValueError("dw_conv: rowsum takes kernels whose column offsets in the phase planes are < 3 and "
-                         "kh * min(stride, kw) <= 32")
+        raise ValueError("dw_conv: rowsum takes kernels of at most 32 groups of taps (kh times the kernel "
+                         "columns' distinct (column phase, column offset // 3) in the stride's phase planes)")
     if rc != 0:
         raise MemoryError("dw_conv: scratch buffers could not be allocated")
     return out

@@ -2368,11 +2368,12 @@ static void dse_lutb_lookups(const uint8_t *sel, int64_t nsel, const uint8_t *X,
 }
 
 /* Row sums of packed columns (mode 3, "rowsum"; tables whose columns span < 2^16). The taps that read the same phase
- * plane at the same row offset form a group g (its run starts at goff[g]); a tap's column offset in that plane is its
- * field f < 3 (21 bits at bit 21 f) in the group's packed column Q[g][a] = sum of (lutT[w][a] - min_a lutT[w][a]) <<
- * 21 f over the group's taps. Then S[u] = sum_g Q[g][P[goff[g] + u]] holds three column sums (each < ng 2^16 <=
- * 2^21, ng <= 32 groups: no carry between fields) and out[t] = base + sum_f field_f(S[t + f]) with base = sum over
- * taps of min_a lutT[w][a]: one lookup per group (kh for a stride-1 kernel up to 3 wide) instead of one per tap.
+ * plane at the same row offset and column offsets 3 m .. 3 m + 2 form a group g (its run starts at goff[g], 3 m
+ * bytes after the row's); a tap's column offset in that plane less 3 m is its field f < 3 (21 bits at bit 21 f) in
+ * the group's packed column Q[g][a] = sum of (lutT[w][a] - min_a lutT[w][a]) << 21 f over the group's taps. Then
+ * S[u] = sum_g Q[g][P[goff[g] + u]] holds three column sums (each < ng 2^16 <= 2^21, ng <= 32 groups: no carry
+ * between fields) and out[t] = base + sum_f field_f(S[t + f]) with base = sum over taps of min_a lutT[w][a]: one
+ * lookup per group (kh for a stride-1 kernel up to 3 wide, 2 kh for 5 wide) instead of one per tap.
  * A 3 x 3 kernel at stride 1 (column dilation 1, any row dilation dh) takes the transposed packing instead ("cols"):
  * group j = the kernel column (its run starts j bytes after tap (0, 0)'s), field i = the kernel row, out[t] = base +
  * sum_i field_i(S[t + i fs]) with fs = dh WQ; the three groups read one run of bytes, each byte indexing all three
@@ -2663,20 +2664,35 @@ DSE_T_512 static void dse_dw_run_planes_512(const uint8_t *P, const int64_t *tof
 }
 
 /* The groups of the taps (tap k's run starts at toff[k] in the phase planes, its column offset in its plane is
- * colq[k], which may be gr->tf itself): a kh x kw kernel at column stride sw has kh * min(sw, kw) groups, the caller
- * checks that they are <= 32 and that every column offset is < 3. */
+ * colq[k]): a kernel row's taps in one column phase form a group per three column offsets (offsets 3 m + f, f < 3,
+ * read by a run starting 3 m bytes after the row's, in field f; a 5 x 5 kernel at stride 1 has 2 groups per row),
+ * dse_dw_rowsum_groups of them; the caller checks that they are <= 32. */
 static void dse_dw_group(const int64_t *toff, const int64_t *colq, int64_t ntap, dse_dw_groups *gr)
 {
     gr->ng = 0, gr->fs = 1, gr->cols = 0;
     for (int64_t k = 0; k < ntap; k++) {
-        const int64_t off = toff[k] - colq[k];
+        const int64_t off = toff[k] - colq[k] % 3;
         int64_t g = 0;
         while (g < gr->ng && gr->goff[g] != off)
             g++;
         if (g == gr->ng)
             gr->goff[gr->ng++] = off;
-        gr->tg[k] = g, gr->tf[k] = colq[k];
+        gr->tg[k] = g, gr->tf[k] = colq[k] % 3;
     }
+}
+
+/* The groups of dse_dw_group for a kh x kw kernel (column stride sw, dilation dw): kh times the distinct (column
+ * phase, column offset / 3) of its columns (at most 32: their sums of values < 2^16 then fit a 21-bit field). */
+static int64_t dse_dw_rowsum_groups(int64_t kh, int64_t kw, int64_t sw, int64_t dw)
+{
+    int64_t n = 0;
+    for (int64_t j = 0; j < kw; j++) {
+        int64_t seen = 0;
+        for (int64_t i = 0; i < j && !seen; i++)
+            seen = (i * dw) % sw == (j * dw) % sw && (i * dw) / sw / 3 == (j * dw) / sw / 3;
+        n += !seen;
+    }
+    return kh * n;
 }
 
 DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_vec(const dse_dw_tap *tp, int64_t t, int mode,
@@ -3537,8 +3553,8 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             smtab[64 * k + j] = (uint8_t)(smtab[64 * (k % nsm) + j] + (k / nsm % lpc) * H * W);
         smsk[k] = smsk[k % nsm];
     }
-    if (mode == 3 && (((kw - 1) * dw) / sw > 2 || kh * (sw < kw ? sw : kw) > 32))
-        return -2; /* dse_dw_group's limits: column offsets < 3, <= 32 groups */
+    if (mode == 3 && dse_dw_rowsum_groups(kh, kw, sw, dw) > 32)
+        return -2; /* dse_dw_group's limit: <= 32 groups */
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {

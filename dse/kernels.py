@@ -1200,7 +1200,7 @@ def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str, geo: 
     value, e.g. perforation), "bytes" (G[w] * F[a] of a rank-1 table whose F fits 8 bits, e.g. DRUM and Ax-BxP on
     unsigned activations: the input is read through the byte table of F, then as "values"), "factor" (G[w] * F[a]
     of any other rank-1 integer table), "rowsum" (tables of higher rank whose columns span < 2^16, e.g. Mitch-w and
-    8-bit imported tables, when _rowsum_fits: e.g. 3x3 at stride 1 and 2, >= _DW_ROWSUM_MIN_POS positions; one
+    8-bit imported tables, when _rowsum_fits: e.g. 3x3 and 5x5 at stride 1 and 2, >= _DW_ROWSUM_MIN_POS positions; one
     lookup per kernel row (and column phase) of packed columns), "lut" (table lookups: path="lut" and the other tables of higher
     rank); None for the per-group GEMMs (path="lowrank"/"rows")."""
     Cout, Cg, kh, kw = w_shape
@@ -1215,12 +1215,18 @@ def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str, geo: 
     return "values"
 
 
+def _rowsum_groups(kh: int, kw: int, sw: int, dw: int) -> int:
+    """The "rowsum" depthwise kernel's groups of taps (dse_dw_rowsum_groups): per kernel row, one per column phase of
+    the stride and three column offsets in its phase plane (three 21-bit fields), e.g. 3 for 3x3 and 10 for 5x5 at
+    stride 1 or 2."""
+    return kh * len({(j * dw % sw, j * dw // sw // 3) for j in range(kw)})
+
+
 def _rowsum_fits(prep: "_Prepared", kh: int, kw: int, geo: "_ConvGeometry", batch: int) -> bool:
-    """Whether the "rowsum" depthwise kernel takes the conv: every table column spans < 2^16 (2 byte planes), the
-    taps' column offsets in the stride's phase planes are < 3 (three 21-bit fields) and there are <= 32 groups of
-    taps (kh * min(stride, kw): their sums of values < 2^16 fit a field)."""
+    """Whether the "rowsum" depthwise kernel takes the conv: every table column spans < 2^16 (2 byte planes) and
+    there are <= 32 groups of taps (_rowsum_groups: their sums of values < 2^16 fit a field)."""
     sw, dw = geo.stride[1], geo.dilation[1]
-    return (prep.planes.shape[1] <= 2 and (kw - 1) * dw // sw <= 2 and kh * min(sw, kw) <= 32
+    return (prep.planes.shape[1] <= 2 and _rowsum_groups(kh, kw, sw, dw) <= 32
             and batch * geo.out_hw[0] * geo.out_hw[1] >= _DW_ROWSUM_MIN_POS)
 
 

@@ -768,9 +768,10 @@ def test_images_T_and_translate_with_a_table(B, C, P, seed):
 ROWSUM_MULTS = ["mitch_w6", "mitchell", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "rank1"]
 
 
-@settings(deadline=None, max_examples=80)
+@settings(deadline=None, max_examples=100)
 @given(B=st.integers(1, 5), C=st.integers(1, 4), og=st.integers(1, 3), H=DW_WIDTHS, W=DW_WIDTHS,
-       k=st.one_of(st.tuples(st.integers(1, 5), st.integers(1, 3)), st.just((3, 3))),
+       k=st.one_of(st.tuples(st.integers(1, 5), st.integers(1, 3)), st.just((3, 3)), st.just((5, 5)),
+                   st.tuples(st.integers(1, 7), st.integers(4, 11))),
        stride=st.one_of(st.tuples(st.integers(1, 3), st.integers(1, 3)), st.just((1, 1))),
        dil=st.tuples(st.integers(1, 2), st.integers(1, 2)), pads=st.tuples(*[st.integers(0, 3)] * 4),
        signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(ROWSUM_MULTS),
@@ -780,19 +781,22 @@ ROWSUM_MULTS = ["mitch_w6", "mitchell", "trunc", "rand_i16", "rand_u8", "rand_u1
 def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, extreme, mname, block, out, act,
                                  q_signed, threads, seed):
     """The "rowsum" depthwise kernel (one lookup per group of taps in packed 21-bit columns, the groups of the stride's
-    phase planes, or for 3x3 at stride 1 the transposed "cols" packing; channel-major order with the packed columns
-    reused across images; blocks of images of any plane size, folded into the output's order) at every ISA level and
-    thread count, as int64 sums and scaled (float32 or quantized, no activation, Relu or Clip), planes 1-40, 1-5
-    images, on the log multipliers and random (imported) tables, whatever the batch size (the dispatch takes it from
-    _DW_ROWSUM_MIN_POS positions on)."""
+    phase planes and of three column offsets in them, e.g. two per row of a 5x5 kernel, or for 3x3 at stride 1 the
+    transposed "cols" packing; channel-major order with the packed columns reused across images; blocks of images of
+    any plane size, folded into the output's order) at every ISA level and thread count, as int64 sums and scaled
+    (float32 or quantized, no activation, Relu or Clip), planes 1-40, 1-5 images, kernels up to 7x11, on the log
+    multipliers and random (imported) tables, whatever the batch size (the dispatch takes it from
+    _DW_ROWSUM_MIN_POS positions on); the kernels of more than 32 groups are refused by the compiled kernel too."""
     rng = np.random.default_rng(seed)
     (kh, kw), dw = k, dil[1]
     x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
     mult = DW_MULTS[mname]
     geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
     fits = K._rowsum_fits(K._prepare(mult, signed), kh, kw, geo, 10 ** 9)
-    assert fits == ((kw - 1) * dw // stride[1] <= 2)  # every table here spans < 2^16, kh * min(sw, kw) <= 15
+    assert fits == (K._rowsum_groups(kh, kw, stride[1], dw) <= 32)  # every table here spans < 2^16
     if not fits:
+        with pytest.raises(ValueError, match="rowsum"):
+            K._dw_conv(x, w, mult, signed, geo, "rowsum", None)
         return
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
     sc, y = dw_scaled_reference(rng, ref, out, act, q_signed)
@@ -826,7 +830,8 @@ def test_depthwise_rowsum_three_groups(B, C, og, H, W, geo, dil, pads, signed, e
             assert np.array_equal(K._dw_conv(x, w, mult, signed, g, "rowsum", isa), ref), isa
 
 
-@pytest.mark.parametrize("k,dil", [((3, 3), (1, 1)), ((3, 3), (2, 1)), ((5, 2), (1, 2)), ((2, 3), (3, 1))])
+@pytest.mark.parametrize("k,dil", [((3, 3), (1, 1)), ((3, 3), (2, 1)), ((5, 2), (1, 2)), ((2, 3), (3, 1)),
+                                   ((5, 5), (1, 1))])
 def test_depthwise_rowsum_tight_planes_every_padding(k, dil):
     """The rowsum kernel's tight planes at stride 1 below the AVX-512 level (dse_dw_tight: rows of max(Wo, pl + W,
     WQ0 - pl) bytes whose right padding is read in the next row's left padding, the images' planes overlapping by
@@ -863,12 +868,21 @@ def test_depthwise_stride2_phase_split_every_width(pl):
             assert np.array_equal(K.conv2d_int(x, w, mult, False, *args, path=path), ref), (W, path)
 
 
+def test_depthwise_rowsum_groups():
+    """The rowsum kernel's groups of taps: per kernel row one per column phase of the stride and three column offsets
+    in its phase plane (MobileNetV3's 5x5 at stride 1 and 2: two per row)."""
+    for (kh, kw, sw, dw), n in (((3, 3, 1, 1), 3), ((3, 3, 2, 1), 6), ((5, 5, 1, 1), 10), ((5, 5, 2, 1), 10),
+                                ((7, 7, 1, 1), 21), ((7, 7, 2, 1), 21), ((3, 3, 1, 2), 6), ((1, 33, 1, 1), 11),
+                                ((2, 3, 3, 1), 6), ((4, 25, 1, 1), 36)):
+        assert K._rowsum_groups(kh, kw, sw, dw) == n, (kh, kw, sw, dw)
+
+
 def test_depthwise_rowsum_rejects_kernels_beyond_its_fields():
     """The compiled kernel refuses the geometries whose taps do not fit three fields of at most 32 groups."""
     x = np.zeros((1, 2, 12, 12), np.uint8)
     lutT = np.zeros((256, 256), np.int32)
     z = np.zeros(256, np.int16)
-    for wshape, stride, dil in (((2, 1, 33), (1, 1), (1, 1)), ((2, 1, 3), (1, 1), (1, 2)), ((2, 33, 2), (1, 2), (1, 1))):
+    for wshape, stride, dil in (((2, 4, 25), (1, 1), (1, 1)), ((2, 3, 33), (1, 1), (1, 3)), ((2, 33, 2), (1, 2), (1, 1))):
         wp = np.zeros(wshape, np.uint8)
         with pytest.raises(ValueError, match="rowsum"):
             K._kernels.dw_conv(x, wp, "rowsum", lutT, z, z, 0, stride, (8, 8), dil, (4, 4), False)
