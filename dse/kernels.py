@@ -1412,7 +1412,9 @@ def conv2d_scaled_max_pool(x, w, mult, a_signed, scaling: "Scaling", pool: MaxPo
     pool.quant...)`` viewed as ``pool.quant.dtype`` (None without a quant), bit for bit. Where the conv runs on the
     broadcast conv kernel (a float32 scaling without add), the pool and quantization run inside it (each task's
     images pooled from the cache: the conv's float32 output is never written, e.g. ResNet's 7x7 stem before its 3x3/2
-    max pool); else the three steps one after another."""
+    max pool); else the three steps one after another, per slice of images whose conv output is about
+    _POOL_SLICE_BYTES (pooled while it is in cache, not written to memory for the whole batch: e.g. ShuffleNetV2's
+    and ResNet's stems on full tables)."""
     from dse.model.nn import max_pool, out_hw
 
     xc, wc, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled_max_pool")
@@ -1434,11 +1436,31 @@ def conv2d_scaled_max_pool(x, w, mult, a_signed, scaling: "Scaling", pool: MaxPo
                                                             geo.pads[:2], geo.dilation, geo.out_hw),
                              conv_kernel="bcast", pool=spec) is not None:
             return z, None if q is None else q.view(pool.quant.dtype)
-    y = conv2d_scaled(x, w, mult, a_signed, scaling, stride, pads, dilation, groups, isa=isa)
-    z = max_pool(y, pool.kernel, pool.stride, pool.pads, pool.dilation, pool.ceil)
-    if pool.quant is None:
-        return z, None
-    return z, quantize_patterns(z, pool.quant.scale, pool.quant.signed).view(pool.quant.dtype)
+    B = xc.shape[0]
+    per = max(1, _POOL_SLICE_BYTES // max(1, np.dtype(scaling.dtype).itemsize * Cout * geo.out_hw[0] * geo.out_hw[1]))
+    if scaling.add is not None:  # (the residual Add's operand would need slicing too)
+        per = B
+    z = q = None
+    for i in range(0, max(B, 1), per):  # one slice of all images when they fit (or none)
+        zi = max_pool(conv2d_scaled(xc[i:i + per], wc, mult, a_signed, scaling, stride, pads, dilation, groups,
+                                    isa=isa), pool.kernel, pool.stride, pool.pads, pool.dilation, pool.ceil)
+        qi = None if pool.quant is None else quantize_patterns(zi, pool.quant.scale, pool.quant.signed)
+        if per >= B:
+            z, q = zi, qi
+            break
+        if z is None:
+            z = np.empty((B,) + zi.shape[1:], zi.dtype)
+            q = None if qi is None else np.empty(z.shape, np.uint8)
+        z[i:i + per] = zi
+        if qi is not None:
+            q[i:i + per] = qi
+    return z, None if q is None else q.view(pool.quant.dtype)
+
+
+# conv2d_scaled_max_pool off the broadcast kernel: conv outputs of about this many bytes per slice of images, pooled
+# while in cache (ShuffleNetV2 224's stem on full tables: 6 of 68 images per slice, the stem + pool 1.2x faster
+# than the whole batch's 82 MB output written and re-read; one image per slice was slower: the conv's per-call cost)
+_POOL_SLICE_BYTES = 1 << 23
 
 
 # Image slices of the int32-scaled GEMMs of conv2d_scaled: at most this many bytes of GEMM operand (im2col) per call.

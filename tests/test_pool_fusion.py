@@ -13,7 +13,7 @@ from onnx import helper
 
 from dse import _kernels
 from dse import kernels as K
-from dse.arith.multipliers import EXACT
+from dse.arith.multipliers import EXACT, get_multiplier
 from dse.emulate import Emulator
 from dse.model import nn
 from dse.model.onnx_import import load_onnx
@@ -90,6 +90,38 @@ def test_conv_max_pool_equals_the_unfused_steps(c):
                 if isa == "avx512" and vnni and ck == "bcast" and "avx512" in _kernels.vnni_levels():
                     assert any(seen), seen
                     event("fused on the broadcast kernel")
+
+
+@settings(deadline=None, max_examples=40)
+@given(c=fused_cases(), B=st.integers(1, 6), mname=st.sampled_from(["mitch_w6", "exact"]),
+       slice_bytes=st.sampled_from([1, 3000, 20000, 1 << 23]))
+def test_conv_max_pool_in_image_slices(c, B, mname, slice_bytes):
+    """Off the broadcast kernel (full tables such as Mitch-w on the rows kernel, or any conv below the avx512 level)
+    conv2d_scaled_max_pool runs the conv, pool and quantization per slice of images of about _POOL_SLICE_BYTES of
+    conv output (here 1 image, a few, all): the same bits as numpy's max pool of scale_accumulators of the numpy
+    reference conv and its quantizer, at every ISA level, 1 and 2 threads, 8-bit operands over their whole range."""
+    rng = np.random.default_rng(c["seed"])
+    C, N, (kh, kw), signed, pool = c["C"], c["N"], c["k"], c["signed"], c["pool"]
+    mult = get_multiplier(mname)
+    H, W = max(c["H"], kh), max(c["W"], kw)
+    x = rng.integers(-128, 128, (B, C, H, W)) if signed else rng.integers(0, 256, (B, C, H, W))
+    w = rng.integers(-128, 128, (N, C, kh, kw))
+    sc = K.Scaling(np.float32(0.01), rng.uniform(-0.05, 0.05, N).astype(np.float32),
+                   rng.uniform(-2, 2, N).astype(np.float32), c["act"])
+    y = K.scale_accumulators(K.reference_conv2d_int(x, w, mult, signed, c["stride"], c["pads"]), sc)
+    try:
+        nn.out_hw(y.shape[2:], pool.kernel, pool.stride, pool.pads, pool.dilation, pool.ceil)
+    except Exception:
+        return
+    z = nn.reference_max_pool(y, pool.kernel, pool.stride, pool.pads, pool.dilation, pool.ceil)
+    q = None if pool.quant is None else reference_quantize_act(z, pool.quant.scale, pool.quant.signed)
+    for isa in ISAS:
+        with mock.patch.object(K, "_POOL_SLICE_BYTES", slice_bytes), K.using_threads(c["threads"]):
+            gz, gq = K.conv2d_scaled_max_pool(x, w, mult, signed, sc, pool, c["stride"], c["pads"], isa=isa)
+        assert gz.dtype == np.float32 and np.array_equal(gz.view(np.uint32), z.view(np.uint32)), isa
+        assert (gq is None) == (q is None)
+        if q is not None:
+            assert gq.dtype == q.dtype and np.array_equal(gq, q), isa
 
 
 def test_fused_pool_checks_its_arguments():
