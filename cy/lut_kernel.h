@@ -2383,7 +2383,8 @@ typedef struct {
     int64_t ng, goff[32]; /* groups and where each one's run starts in the phase planes */
     int64_t *tg, *tf;     /* per tap: its group and field */
     int64_t fs;           /* field f of output t's sums is in S[t + f fs] */
-    int cols;             /* the "cols" packing */
+    int cols;             /* the "cols" packing: 3 (3x3) or 5 (5x5, dse_dw_cols5_sums), else 0 */
+    int64_t s2;           /* cols 5: the second sums (kernel rows 3, 4) are S2 = S + s2 */
 } dse_dw_groups;
 
 /* Q [ng][256] of output channel wo's taps; returns base. Compiled twice: portable and at the AVX2 level
@@ -2519,6 +2520,59 @@ static inline __attribute__((always_inline)) void dse_dw_cols3_sums(const uint8_
     }
 }
 
+/* The "cols" packing of a 5 x 5 kernel at stride 1: table j < 5 (Q[j]) packs kernel rows 0-2 of column j in its
+ * three fields, table 5 + j rows 3 and 4 (fields 0, 1), so S[u] = sum_j Q[j][p[u + j]] and S2[u] = sum_j Q[5 +
+ * j][p[u + j]] for u in [u0, u1) in steps of 4 (up to 3 past u1): each of a step's 8 bytes indexed once (as
+ * DSE_DW_COLS8 does) for its (up to) ten lookups, 40 per step at fixed displacements from Q; output t = base +
+ * sum_{i < 3} field_i(S[t + i fs]) + sum_{i < 2} field_i(S2[t + (3 + i) fs]). Reads up to 7 bytes past the step. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DSE_DW_C5L(disp, idx, acc) "addq " #disp "(%[c],%[" idx "],8), %[" acc "]\n\t"
+#define DSE_DW_COLS5_4(v, tab, a0, a1, a2, a3, b0, b1, b2, b3) \
+    do { \
+        uint64_t i0, i1; \
+        __asm__("movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" \
+                DSE_DW_C5L(0, "i0", "a0") DSE_DW_C5L(10240, "i0", "b0") \
+                DSE_DW_C5L(0, "i1", "a1") DSE_DW_C5L(10240, "i1", "b1") DSE_DW_C5L(2048, "i1", "a0") DSE_DW_C5L(12288, "i1", "b0") \
+                "shrq $16, %[v]\n\t" \
+                "movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" \
+                DSE_DW_C5L(0, "i0", "a2") DSE_DW_C5L(10240, "i0", "b2") DSE_DW_C5L(2048, "i0", "a1") DSE_DW_C5L(12288, "i0", "b1") DSE_DW_C5L(4096, "i0", "a0") DSE_DW_C5L(14336, "i0", "b0") \
+                DSE_DW_C5L(0, "i1", "a3") DSE_DW_C5L(10240, "i1", "b3") DSE_DW_C5L(2048, "i1", "a2") DSE_DW_C5L(12288, "i1", "b2") DSE_DW_C5L(4096, "i1", "a1") DSE_DW_C5L(14336, "i1", "b1") DSE_DW_C5L(6144, "i1", "a0") DSE_DW_C5L(16384, "i1", "b0") \
+                "shrq $16, %[v]\n\t" \
+                "movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" \
+                DSE_DW_C5L(2048, "i0", "a3") DSE_DW_C5L(12288, "i0", "b3") DSE_DW_C5L(4096, "i0", "a2") DSE_DW_C5L(14336, "i0", "b2") DSE_DW_C5L(6144, "i0", "a1") DSE_DW_C5L(16384, "i0", "b1") DSE_DW_C5L(8192, "i0", "a0") DSE_DW_C5L(18432, "i0", "b0") \
+                DSE_DW_C5L(4096, "i1", "a3") DSE_DW_C5L(14336, "i1", "b3") DSE_DW_C5L(6144, "i1", "a2") DSE_DW_C5L(16384, "i1", "b2") DSE_DW_C5L(8192, "i1", "a1") DSE_DW_C5L(18432, "i1", "b1") \
+                "shrq $16, %[v]\n\t" \
+                "movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" \
+                DSE_DW_C5L(6144, "i0", "a3") DSE_DW_C5L(16384, "i0", "b3") DSE_DW_C5L(8192, "i0", "a2") DSE_DW_C5L(18432, "i0", "b2") \
+                DSE_DW_C5L(8192, "i1", "a3") DSE_DW_C5L(18432, "i1", "b3") \
+                : [v] "+Q"(v), [i0] "=&r"(i0), [i1] "=&R"(i1), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), \
+                  [a3] "+r"(a3), [b0] "+r"(b0), [b1] "+r"(b1), [b2] "+r"(b2), [b3] "+r"(b3) \
+                : [c] "r"(tab) \
+                : "memory"); \
+    } while (0)
+#else
+#define DSE_DW_COLS5_4(v, tab, a0, a1, a2, a3, b0, b1, b2, b3) \
+    do { \
+        uint64_t *const sa[4] = {&a0, &a1, &a2, &a3}, *const sb[4] = {&b0, &b1, &b2, &b3}; \
+        for (int k = 0; k < 8; k++) \
+            for (int j = k > 3 ? k - 3 : 0; j <= k && j < 5; j++) \
+                *sa[k - j] += tab[256 * j + ((v >> (8 * k)) & 255)], \
+                    *sb[k - j] += tab[256 * (5 + j) + ((v >> (8 * k)) & 255)]; \
+    } while (0)
+#endif
+
+static inline __attribute__((always_inline)) void dse_dw_cols5_sums(const uint8_t *p0, int64_t u0, int64_t u1,
+                                                                    const uint64_t *Q, uint64_t *S, uint64_t *S2)
+{
+    for (int64_t t = u0; t < u1; t += 4) {
+        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0, v;
+        memcpy(&v, p0 + t, 8);
+        DSE_DW_COLS5_4(v, Q, a0, a1, a2, a3, b0, b1, b2, b3);
+        S[t] = a0, S[t + 1] = a1, S[t + 2] = a2, S[t + 3] = a3;
+        S2[t] = b0, S2[t + 1] = b1, S2[t + 2] = b2, S2[t + 3] = b3;
+    }
+}
+
 /* Whether the groups take dse_dw_rowsum3_sums. */
 static inline int dse_dw_rows3(const dse_dw_groups *gr)
 {
@@ -2532,18 +2586,21 @@ static inline __attribute__((always_inline)) void dse_dw_rowsum_images(const uin
                                                                        int64_t nb, int64_t HW, int64_t L,
                                                                        const uint64_t *Q, uint64_t *S)
 {
-    const int64_t n = L + 2 * gr->fs; /* positions per image (fs = 1 for the generic and rows3 sums) */
+    /* positions per image (fs = 1 for the generic and rows3 sums), the sums' step */
+    const int64_t n = L + (gr->cols == 5 ? 4 : 2) * gr->fs, step = gr->cols == 5 ? 4 : 8;
     for (int64_t b = 0, done = 0; b < nb; b++) {
         const int64_t u0 = b * HW > done ? b * HW : done, u1 = b * HW + n;
         if (u0 >= u1)
             continue;
-        if (gr->cols)
+        if (gr->cols == 5)
+            dse_dw_cols5_sums(P + gr->goff[0], u0, u1, Q, S, S + gr->s2);
+        else if (gr->cols)
             dse_dw_cols3_sums(P + gr->goff[0], u0, u1, Q, S);
         else if (dse_dw_rows3(gr))
             dse_dw_rowsum3_sums(P, gr, u0, u1, Q, S);
         else
             dse_dw_rowsum_sums(P, gr, u0, u1, Q, S);
-        done = u0 + (u1 - u0 + 7) / 8 * 8; /* the sums run in steps of 8 */
+        done = u0 + (u1 - u0 + step - 1) / step * step;
     }
 }
 
@@ -2559,9 +2616,12 @@ static void dse_dw_run_rowsum(const uint8_t *P, const dse_dw_groups *gr, int64_t
         for (int64_t y = 0; y < Ho; y++) {
             const uint64_t *s = S + b * HW + y * WQ;
             int32_t *d = full + (b * Ho + y) * Wo;
-            for (int64_t q = 0; q < Wo; q++)
-                d[q] = (int32_t)(base + (int64_t)((s[q] & m) + ((s[q + fs] >> DSE_DW_FIELD) & m) +
-                                                  (s[q + 2 * fs] >> (2 * DSE_DW_FIELD))));
+            for (int64_t q = 0; q < Wo; q++) {
+                uint64_t v = (s[q] & m) + ((s[q + fs] >> DSE_DW_FIELD) & m) + (s[q + 2 * fs] >> (2 * DSE_DW_FIELD));
+                if (gr->cols == 5) /* kernel rows 3, 4 */
+                    v += (s[gr->s2 + q + 3 * fs] & m) + ((s[gr->s2 + q + 4 * fs] >> DSE_DW_FIELD) & m);
+                d[q] = (int32_t)(base + (int64_t)v);
+            }
         }
 }
 
@@ -2572,6 +2632,15 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_fold4(con
     const __m256i b = _mm256_and_si256(_mm256_srli_epi64(_mm256_loadu_si256((const __m256i *)(s + fs)), DSE_DW_FIELD), m);
     return _mm256_add_epi64(_mm256_add_epi64(a, b),
                             _mm256_srli_epi64(_mm256_loadu_si256((const __m256i *)(s + 2 * fs)), 2 * DSE_DW_FIELD));
+}
+
+/* The "cols" 5 x 5 packing's rows 3, 4 of 4 outputs (fields 0, 1 of s2[3 fs], s2[4 fs]). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_fold4_rows34(const uint64_t *s2, int64_t fs,
+                                                                                   __m256i m)
+{
+    const __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(s2 + 3 * fs)), m);
+    return _mm256_add_epi64(
+        a, _mm256_and_si256(_mm256_srli_epi64(_mm256_loadu_si256((const __m256i *)(s2 + 4 * fs)), DSE_DW_FIELD), m));
 }
 
 /* dse_dw_run_rowsum at the AVX2 level: each row's outputs 8 (or, for the last 4 or fewer, 4) per step; a step's
@@ -2585,6 +2654,7 @@ DSE_T_AVX2 static void dse_dw_run_rowsum_avx2(const uint8_t *P, const dse_dw_gro
     const __m256i m = _mm256_set1_epi64x(((int64_t)1 << DSE_DW_FIELD) - 1), vb = _mm256_set1_epi32((int32_t)base);
     const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     const int64_t fs = gr->fs;
+    const int c5 = gr->cols == 5;
     dse_dw_rowsum_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
     for (int64_t b = 0; b < nb; b++)
         for (int64_t y = 0; y < Ho; y++) {
@@ -2592,12 +2662,18 @@ DSE_T_AVX2 static void dse_dw_run_rowsum_avx2(const uint8_t *P, const dse_dw_gro
             int32_t *d = full + (b * Ho + y) * Wo;
             int64_t q = 0;
             for (; q + 4 < Wo; q += 8) { /* lanes (q0, q4, q1, q5, ...) as dwords, then in order */
-                const __m256i lo = dse_dw_fold4(s + q, fs, m), hi = dse_dw_fold4(s + q + 4, fs, m);
+                __m256i lo = dse_dw_fold4(s + q, fs, m), hi = dse_dw_fold4(s + q + 4, fs, m);
+                if (c5)
+                    lo = _mm256_add_epi64(lo, dse_dw_fold4_rows34(s + gr->s2 + q, fs, m)),
+                    hi = _mm256_add_epi64(hi, dse_dw_fold4_rows34(s + gr->s2 + q + 4, fs, m));
                 const __m256i v = _mm256_permutevar8x32_epi32(_mm256_or_si256(lo, _mm256_slli_epi64(hi, 32)), pick);
                 _mm256_storeu_si256((__m256i *)(d + q), _mm256_add_epi32(v, vb));
             }
             if (q < Wo) {
-                const __m256i v = _mm256_permutevar8x32_epi32(dse_dw_fold4(s + q, fs, m), pick);
+                __m256i lo = dse_dw_fold4(s + q, fs, m);
+                if (c5)
+                    lo = _mm256_add_epi64(lo, dse_dw_fold4_rows34(s + gr->s2 + q, fs, m));
+                const __m256i v = _mm256_permutevar8x32_epi32(lo, pick);
                 _mm_storeu_si128((__m128i *)(d + q), _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_castsi256_si128(vb)));
             }
         }
@@ -2669,7 +2745,7 @@ DSE_T_512 static void dse_dw_run_planes_512(const uint8_t *P, const int64_t *tof
  * dse_dw_rowsum_groups of them; the caller checks that they are <= 32. */
 static void dse_dw_group(const int64_t *toff, const int64_t *colq, int64_t ntap, dse_dw_groups *gr)
 {
-    gr->ng = 0, gr->fs = 1, gr->cols = 0;
+    gr->ng = 0, gr->fs = 1, gr->cols = 0, gr->s2 = 0;
     for (int64_t k = 0; k < ntap; k++) {
         const int64_t off = toff[k] - colq[k] % 3;
         int64_t g = 0;
@@ -3565,10 +3641,12 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         int32_t *full32 = (int32_t *)malloc((size_t)(LB + slack) * sizeof(int32_t));
         dse_dw_tap *tp = (dse_dw_tap *)malloc((size_t)ntap * sizeof(dse_dw_tap));
         int64_t *toff = (int64_t *)malloc((size_t)(2 * ntap) * sizeof(int64_t)), *colq = toff ? toff + ntap : NULL;
-        dse_dw_groups gr = {0, {0}, NULL, NULL, 1, 0};
-        uint64_t *Q = mode == 3 && !planes ? (uint64_t *)calloc((size_t)(og * 32 * 256 + LB + 2 * dh * WQ + slack),
-                                                                sizeof(uint64_t))
-                                           : NULL; /* and the sums S (zeroed: the fold's dropped lanes read a few past) */
+        dse_dw_groups gr = {0, {0}, NULL, NULL, 1, 0, 0};
+        /* the packed columns Q, then the sums S and (5x5 "cols") S2, sn entries each (zeroed: the fold's dropped
+         * lanes read a few past) */
+        const int64_t sn = LB + 4 * dh * WQ + slack;
+        uint64_t *Q = mode == 3 && !planes ? (uint64_t *)calloc((size_t)(og * 32 * 256 + 2 * sn), sizeof(uint64_t))
+                                           : NULL;
         uint8_t *LH = planes ? (uint8_t *)malloc((size_t)(og * ntap * 512)) : NULL;
         int64_t *base = mode == 3 ? (int64_t *)malloc((size_t)og * sizeof(int64_t)) : NULL, packed = -1;
         int32_t wq[32], init = 0;
@@ -3600,9 +3678,17 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
             const int64_t cpos = nb > 1 && L + 2 * dh * WQ > HS ? HS : L + 2 * dh * WQ;
             const int64_t rpos = nb > 1 && L + 2 > HS ? HS : L + 2;
             if (mode == 3 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && dw == 1 && 4 * cpos <= 5 * rpos) {
-                gr.ng = 3, gr.fs = dh * WQ, gr.cols = 1;
+                gr.ng = 3, gr.fs = dh * WQ, gr.cols = 3;
                 for (int64_t k = 0; k < ntap; k++)
                     gr.tg[k] = k % 3, gr.tf[k] = k / 3, gr.goff[k % 3] = toff[0] + k % 3;
+            }
+            /* 5 x 5: the same rule with its 4 dh WQ extra positions (dse_dw_cols5_sums: ten lookups per position as
+             * the row groups take, each byte indexed once instead of ten times) */
+            const int64_t cpos5 = nb > 1 && L + 4 * dh * WQ > HS ? HS : L + 4 * dh * WQ;
+            if (mode == 3 && kh == 5 && kw == 5 && sh == 1 && sw == 1 && dw == 1 && 4 * cpos5 <= 5 * rpos) {
+                gr.ng = 10, gr.fs = dh * WQ, gr.cols = 5, gr.s2 = sn, gr.goff[0] = toff[0];
+                for (int64_t k = 0; k < ntap; k++)
+                    gr.tg[k] = (k / 5 >= 3 ? 5 : 0) + k % 5, gr.tf[k] = (k / 5) % 3;
             }
             const int64_t period = quads ? dse_dw_quad_tables(Wo, WQ, qtab) : 0;
             const int quad_ok = period && dse_dw_quads(toff, colq, ntap, &gr);

@@ -808,6 +808,31 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == "rowsum"
 
 
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(1, 5), C=st.integers(1, 3), og=st.integers(1, 2), H=DW_WIDTHS, W=DW_WIDTHS,
+       stride=st.sampled_from([(1, 1), (1, 1), (2, 2), (1, 2)]), dil=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), signed=st.booleans(), extreme=st.booleans(),
+       mname=st.sampled_from(ROWSUM_MULTS), block=st.sampled_from([1, 100, 4096]),
+       out=st.sampled_from(["int64", "float32", "quant"]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_rowsum_5x5(B, C, og, H, W, stride, dil, pads, signed, extreme, mname, block, out, threads, seed):
+    """MobileNetV3's 5x5 depthwise convs on the rowsum kernel: at stride 1 (column dilation 1) the transposed "cols"
+    packing of five columns (dse_dw_cols5_sums: rows 0-2 and 3-4 in two packed sums, each byte indexed once) where
+    the plane's positions allow it, else two row groups per kernel row (column offsets 0-2 and 3-4), also at stride 2;
+    planes 1-40 with padding, row dilation, blocks of images, int64 sums and scaled outputs, every ISA level, 1 and 2
+    threads, against the reference."""
+    rng = np.random.default_rng(seed)
+    x, w = depthwise_operands(rng, B, C, og, H, W, (5, 5), dil, pads, signed, extreme)
+    mult = DW_MULTS[mname]
+    geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
+    ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
+    sc, y = dw_scaled_reference(rng, ref, out, None, False)
+    with K.using_threads(threads), dw_blocks(block, False):
+        for isa in ISAS:
+            got = K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc)
+            assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
+
+
 @settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 2), C=st.integers(1, 3), og=st.integers(1, 2), H=st.integers(1, 40), W=st.integers(1, 40),
        geo=st.sampled_from([((3, 1), (1, 1)), ((3, 2), (1, 1)), ((3, 3), (1, 1)), ((3, 3), (1, 2)),
@@ -831,7 +856,7 @@ def test_depthwise_rowsum_three_groups(B, C, og, H, W, geo, dil, pads, signed, e
 
 
 @pytest.mark.parametrize("k,dil", [((3, 3), (1, 1)), ((3, 3), (2, 1)), ((5, 2), (1, 2)), ((2, 3), (3, 1)),
-                                   ((5, 5), (1, 1))])
+                                   ((5, 5), (1, 1)), ((5, 5), (2, 1))])
 def test_depthwise_rowsum_tight_planes_every_padding(k, dil):
     """The rowsum kernel's tight planes at stride 1 below the AVX-512 level (dse_dw_tight: rows of max(Wo, pl + W,
     WQ0 - pl) bytes whose right padding is read in the next row's left padding, the images' planes overlapping by
