@@ -512,9 +512,9 @@ def dw_conv(const uint8_t[:, :, :, ::1] x, const uint8_t[:, :, ::1] wp, mode, co
     "values", T = gtab[w] * (value of a, signed per ``a_signed``): the exact product, or a rank-1 table whose
     activation factor is the value; "factor", T = gtab[w] * ftab[a] (a rank-1 table; ftab looked up once per input
     element); "rowsum", T = ``lutT[w, a]`` as "lut", with one lookup per group of taps that read the same phase
-    plane row in packed columns (every column must span < 2^16; column offsets ((kw - 1) * dw) // sw <= 2,
-    kh * min(sw, kw) <= 32; a 3x3 kernel at stride 1 packs its rows instead, one lookup per kernel column, each input
-    byte indexed once for its three columns). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). At level avx2 and
+    plane row and three column offsets in packed columns (every column must span < 2^16; at most 32 such groups,
+    e.g. 10 for 5x5 at stride 1 or 2; a 3x3 or 5x5 kernel at stride 1 packs its rows instead, one lookup per kernel
+    column (and three rows), each input byte indexed once for its columns). ``bound`` >= every |T| decides whether the AVX2 int32 sums are exact (else int64). At level avx2 and
     above: "lut" as 8-output scalar lookups in the tap's column (faster than AVX2 gathers), products as AVX2
     vectors (AVX-512 at level avx512, ``xtab`` applied with VBMI byte permutes; "rowsum" there on planes of >= 64
     positions: each tap column's low and high byte planes looked up 64 outputs at a time with VBMI permutes);
