@@ -180,7 +180,8 @@ def _last_level_cache() -> int:
                 text = f.read().strip()
         except (OSError, ValueError):
             continue
-        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        # the suffix without a negative index: this module compiles with wraparound=False
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[len(text) - 1:], 1)
         try:
             sizes.append((level, int(text.rstrip("KMG")) * unit))
         except ValueError:
