@@ -434,6 +434,10 @@ static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t
  * base register for the tables, and q0, q4, L, 3L for 8 index rows), so 8 k-steps per pass do not spill and the
  * accumulators are loaded and stored once per 8 k-steps instead of 4. */
 #define DSE_RT_KC8 8
+/* The index of k-step kk (a constant after unrolling) of a chunk of up to 8 at position q0 = ip[0] + m, q4 = q0 + 4 L
+ * (L the index rows' stride, L3 = 3 L): q0[kk L] for kk < 4, q4[(kk - 4) L] after; every unrolled add loop of the
+ * rows kernel (AVX2 and AVX-512) reads its indices so (two bases and L, 3 L: no spills). */
+#define DSE_RT_IDX(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
 #define DSE_RT_SLOT (256 * DSE_RT_NT + 32)
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, uint16_t *acc, const int KC,
@@ -457,7 +461,6 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
                     h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
             }
         }
-#define DSE_RT_IDX(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
 #define DSE_RT_ROW(kk) ((const uint16_t *)(tb + (kk) * (2 * DSE_RT_SLOT) + 2 * DSE_RT_NT * DSE_RT_IDX(kk)))
         if (PAIR) { /* entries < 2^15: two rows summed exactly in 16 bits, then one high-byte sum per pair */
 #pragma GCC unroll 16
@@ -491,7 +494,6 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
             }
         }
 #undef DSE_RT_ROW
-#undef DSE_RT_IDX
         _mm256_storeu_si256((__m256i *)(a + 0), a0);
         if (W == 32)
             _mm256_storeu_si256((__m256i *)(a + 16), a1);
@@ -676,8 +678,8 @@ dse_rows_accum_avx2_tiny_kc(const uint8_t *tab, const uint8_t *const *ip, int64_
         __m256i s = FIRST ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)a);
 #pragma GCC unroll 16
         for (int kk = 0; kk < KC; kk++) {
-            const size_t i = ((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L];
-            s = _mm256_add_epi8(s, _mm256_loadu_si256((const __m256i *)(tab + kk * (2 * DSE_RT_SLOT) + DSE_RT_NT * i)));
+            s = _mm256_add_epi8(
+                s, _mm256_loadu_si256((const __m256i *)(tab + kk * (2 * DSE_RT_SLOT) + DSE_RT_NT * DSE_RT_IDX(kk))));
         }
         _mm256_storeu_si256((__m256i *)a, s);
     }
@@ -766,8 +768,7 @@ dse_rows_accum512_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, 
             h0 = _mm512_load_si512((const void *)(a + 64));
             h1 = _mm512_load_si512((const void *)(a + 96));
         }
-#define DSE_RT_IDX64(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
-#define DSE_RT_ROW64(kk) ((const void *)(tb + (kk) * (2 * DSE_RT_SLOT64) + 2 * DSE_RT_NT64 * DSE_RT_IDX64(kk)))
+#define DSE_RT_ROW64(kk) ((const void *)(tb + (kk) * (2 * DSE_RT_SLOT64) + 2 * DSE_RT_NT64 * DSE_RT_IDX(kk)))
         if (PAIR) {
 #pragma GCC unroll 16
             for (int kk = 0; kk < KC; kk += 2) {
@@ -792,7 +793,6 @@ dse_rows_accum512_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, 
             }
         }
 #undef DSE_RT_ROW64
-#undef DSE_RT_IDX64
         _mm512_store_si512((void *)(a + 0), a0);
         _mm512_store_si512((void *)(a + 32), a1);
         _mm512_store_si512((void *)(a + 64), h0);
@@ -898,14 +898,12 @@ dse_rows_accum512_tiny_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t
     for (int64_t m = 0; m < mb; m++) {
         uint16_t *a = acc + m * 2 * DSE_RT_NT64;
         const uint8_t *q0 = p0 + m, *q4 = p4 + m;
-#define DSE_RT_IDX64(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
-#define DSE_RT_ROWB(kk) ((const void *)(tb + (kk) * (2 * DSE_RT_SLOT64) + DSE_RT_NT64 * DSE_RT_IDX64(kk)))
+#define DSE_RT_ROWB(kk) ((const void *)(tb + (kk) * (2 * DSE_RT_SLOT64) + DSE_RT_NT64 * DSE_RT_IDX(kk)))
         __m512i s = _mm512_load_si512(DSE_RT_ROWB(0));
 #pragma GCC unroll 16
         for (int kk = 1; kk < KC; kk++)
             s = _mm512_add_epi8(s, _mm512_load_si512(DSE_RT_ROWB(kk)));
 #undef DSE_RT_ROWB
-#undef DSE_RT_IDX64
         __m512i lo = _mm512_unpacklo_epi8(s, z), hi = _mm512_unpackhi_epi8(s, z);
         if (!FIRST) {
             lo = _mm512_add_epi16(lo, _mm512_load_si512((const void *)(a + 0)));
