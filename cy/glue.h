@@ -8,9 +8,9 @@
  * so skipping them gives the same bits as reading them. A window without an input element gives -inf.
  *
  * Work is split over the B * C planes (OpenMP); every output is computed by one thread in the same tap order, so the
- * result does not depend on the thread count. AVX-512 (separable: rows, then columns; 16 outputs per step) for
- * strides 1 and 2 at level >= 2, AVX2 (8 outputs per step, strides 1 and 2) at level >= 1, portable code below and
- * for other strides, the same bits.
+ * result does not depend on the thread count. Separable (rows, then columns) for strides 1 and 2: AVX-512 (16
+ * outputs per step) at level >= 2, AVX2 (8 outputs per step) at level >= 1; portable code below that and for other
+ * strides, the same bits.
  *
  * dse_add_act: y = act(a + b) on float32 tensors of one shape (the float32 add, then dse_act1 of cy/lut_kernel.h:
  * numpy's maximum(y, 0) or clip(y, lo, hi)) and, with q, q = dse_quantize1(y) (the next MAC layers' input patterns)
@@ -59,33 +59,14 @@ static void dse_max_row(float *acc, const float *row, int64_t sw, int64_t off, i
         acc[o] = dse_np_maximum(acc[o], row[o * sw + off]);
 }
 
-/* The same with AVX2 for sw 1 and 2; reads stay inside the row [0, W). */
-DSE_T_AVX2 static void dse_max_row_avx2(float *acc, const float *row, int64_t W, int64_t sw, int64_t off,
-                                        int64_t o0, int64_t o1)
-{
-    int64_t o = o0;
-    if (sw == 1) {
-        for (; o + 8 <= o1; o += 8)
-            _mm256_storeu_ps(acc + o, dse_np_maximum8(_mm256_loadu_ps(acc + o), _mm256_loadu_ps(row + o + off)));
-    } else if (sw == 2) {
-        for (; o + 8 <= o1 && 2 * o + off + 16 <= W; o += 8) {
-            const __m256 v0 = _mm256_loadu_ps(row + 2 * o + off), v1 = _mm256_loadu_ps(row + 2 * o + off + 8);
-            /* even lanes of v0 | v1: shuffle gives (v0 0 2, v1 0 2, v0 4 6, v1 4 6), the permute restores order */
-            const __m256 ev = _mm256_castpd_ps(_mm256_permute4x64_pd(
-                _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-            _mm256_storeu_ps(acc + o, dse_np_maximum8(_mm256_loadu_ps(acc + o), ev));
-        }
-    }
-    dse_max_row(acc, row, sw, off, o, o1);
-}
-
-/* The AVX-512 level for strides sw 1 and 2, separable: each input row's running maximum over the kw taps of every
- * output column (hrow), then each output's running maximum over its kh rows' hrow values, both in tap order from
- * -inf over the valid taps. maximum is associative (non-NaN: the last operand attaining the largest value, which
- * decides the bits of +0 vs -0 ties; else the first NaN), so folding the row-major tap sequence row by row gives the
- * same bits as folding it tap by tap, and a row without valid taps (-inf) changes nothing. 16 outputs per step,
- * steps where every tap lies in the row (the last step overlaps the one before it: the same values rewritten), the
- * outputs left at the edges one by one; no masked loads (those whose masked-off lanes left the row were slow). */
+/* The separable pass for strides sw 1 and 2 (AVX-512 here, its AVX2 twins below): each input row's running maximum
+ * over the kw taps of every output column (hrow), then each output's running maximum over its kh rows' hrow values,
+ * both in tap order from -inf over the valid taps. maximum is associative (non-NaN: the last operand attaining the
+ * largest value, which decides the bits of +0 vs -0 ties; else the first NaN), so folding the row-major tap sequence
+ * row by row gives the same bits as folding it tap by tap, and a row without valid taps (-inf) changes nothing. 16
+ * outputs per step, steps where every tap lies in the row (the last step overlaps the one before it: the same values
+ * rewritten), the outputs left at the edges one by one; no masked loads (those whose masked-off lanes left the row
+ * were slow). */
 DSE_T_512 static inline __attribute__((always_inline)) __m512 dse_np_maximum16(__m512 a, __m512 b)
 {
     return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
@@ -137,44 +118,123 @@ DSE_T_512 static void dse_max_hrow512(const float *row, int64_t W, int64_t Wo, i
     }
 }
 
-/* One plane (H x W at xp) into its Ho x Wo outputs at op; hr: H Wo floats of scratch, done: H bytes. */
-DSE_T_512 static void dse_max_plane512(const float *xp, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
-                                      int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
-                                      int64_t Wo, float *op, float *hr, uint8_t *done)
+/* Outputs [0, Wo) of one output row at o: the running maximum over the hrow values (hr, Wo apart) of its kh taps'
+ * rows ih0 + i dh that lie in [0, H), 16 per step (the last step overlapping the one before it), rows narrower than a
+ * step one by one. */
+DSE_T_512 static void dse_max_cols512(const float *hr, int64_t ih0, int64_t dh, int64_t kh, int64_t H, int64_t Wo,
+                                      float *o)
+{
+    int64_t o0 = 0;
+    for (; Wo >= 16; o0 += 16) {
+        if (o0 > Wo - 16)
+            o0 = Wo - 16;
+        __m512 acc = _mm512_set1_ps(-INFINITY);
+        for (int64_t i = 0, ih = ih0; i < kh; i++, ih += dh)
+            if (ih >= 0 && ih < H)
+                acc = dse_np_maximum16(acc, _mm512_loadu_ps(hr + ih * Wo + o0));
+        _mm512_storeu_ps(o + o0, acc);
+        if (o0 == Wo - 16)
+            break;
+    }
+    for (int64_t c = Wo >= 16 ? Wo : 0; c < Wo; c++) {
+        float acc = -INFINITY;
+        for (int64_t i = 0, ih = ih0; i < kh; i++, ih += dh)
+            if (ih >= 0 && ih < H)
+                acc = dse_np_maximum(acc, hr[ih * Wo + c]);
+        o[c] = acc;
+    }
+}
+
+/* The AVX2 twins of dse_max_hrow512 and dse_max_cols512: 8 outputs per step; at stride 2 a step's 8 columns
+ * (elements 0, 2, .., 14 from the window's start) from two loads 7 apart (elements 0..7 and 7..14, so that the
+ * second ends at the last element used), each permuted within the register and blended. */
+DSE_T_AVX2 static void dse_max_hrow_avx2(const float *row, int64_t W, int64_t Wo, int64_t kw, int64_t sw, int64_t pl,
+                                         int64_t dw, float *hrow)
+{
+    const __m256i i0 = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0), i1 = _mm256_setr_epi32(0, 0, 0, 0, 1, 3, 5, 7);
+    const int64_t span = (kw - 1) * dw + 7 * sw;
+    const int64_t lo = (pl + sw - 1) / sw;
+    const int64_t hi = W - 1 - span + pl < 0 ? -1 : (W - 1 - span + pl) / sw;
+    int64_t v0 = Wo, v1 = Wo;
+    if (hi >= lo && Wo >= 8) {
+        const int64_t last = hi < Wo - 8 ? hi : Wo - 8;
+        if (last >= lo) {
+            v0 = lo, v1 = last + 8;
+            for (int64_t o0 = lo;; o0 += 8) {
+                if (o0 > last)
+                    o0 = last;
+                __m256 acc = _mm256_set1_ps(-INFINITY);
+                for (int64_t j = 0; j < kw; j++) {
+                    const float *p = row + o0 * sw - pl + j * dw;
+                    const __m256 v = sw == 1 ? _mm256_loadu_ps(p)
+                                             : _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(p), i0),
+                                                               _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + 7), i1),
+                                                               0xF0);
+                    acc = dse_np_maximum8(acc, v);
+                }
+                _mm256_storeu_ps(hrow + o0, acc);
+                if (o0 == last)
+                    break;
+            }
+        }
+    }
+    for (int64_t o = 0; o < Wo; o++) {
+        if (o == v0)
+            o = v1;
+        if (o >= Wo)
+            break;
+        float acc = -INFINITY;
+        for (int64_t j = 0; j < kw; j++) {
+            const int64_t c = o * sw - pl + j * dw;
+            if (c >= 0 && c < W)
+                acc = dse_np_maximum(acc, row[c]);
+        }
+        hrow[o] = acc;
+    }
+}
+
+DSE_T_AVX2 static void dse_max_cols_avx2(const float *hr, int64_t ih0, int64_t dh, int64_t kh, int64_t H, int64_t Wo,
+                                         float *o)
+{
+    int64_t o0 = 0;
+    for (; Wo >= 8; o0 += 8) {
+        if (o0 > Wo - 8)
+            o0 = Wo - 8;
+        __m256 acc = _mm256_set1_ps(-INFINITY);
+        for (int64_t i = 0, ih = ih0; i < kh; i++, ih += dh)
+            if (ih >= 0 && ih < H)
+                acc = dse_np_maximum8(acc, _mm256_loadu_ps(hr + ih * Wo + o0));
+        _mm256_storeu_ps(o + o0, acc);
+        if (o0 == Wo - 8)
+            break;
+    }
+    for (int64_t c = Wo >= 8 ? Wo : 0; c < Wo; c++) {
+        float acc = -INFINITY;
+        for (int64_t i = 0, ih = ih0; i < kh; i++, ih += dh)
+            if (ih >= 0 && ih < H)
+                acc = dse_np_maximum(acc, hr[ih * Wo + c]);
+        o[c] = acc;
+    }
+}
+
+/* One plane (H x W at xp) into its Ho x Wo outputs at op, separable (level avx2 or avx512); hr: H Wo floats of
+ * scratch, done: H bytes. Each input row's hrow is computed once, when the first output row that reads it comes. */
+static void dse_max_plane_sep(int level, const float *xp, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
+                              int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+                              float *op, float *hr, uint8_t *done)
 {
     memset(done, 0, (size_t)H);
     for (int64_t oh = 0; oh < Ho; oh++) {
-        float *o = op + oh * Wo;
         for (int64_t i = 0; i < kh; i++) {
             const int64_t ih = oh * sh - pt + i * dh;
             if (ih >= 0 && ih < H && !done[ih]) {
-                dse_max_hrow512(xp + ih * W, W, Wo, kw, sw, pl, dw, hr + ih * Wo);
+                (level >= DSE_ISA_AVX512 ? dse_max_hrow512 : dse_max_hrow_avx2)(xp + ih * W, W, Wo, kw, sw, pl, dw,
+                                                                                  hr + ih * Wo);
                 done[ih] = 1;
             }
         }
-        int64_t o0 = 0;
-        for (; Wo >= 16; o0 += 16) {
-            if (o0 > Wo - 16)
-                o0 = Wo - 16;
-            __m512 acc = _mm512_set1_ps(-INFINITY);
-            for (int64_t i = 0; i < kh; i++) {
-                const int64_t ih = oh * sh - pt + i * dh;
-                if (ih >= 0 && ih < H)
-                    acc = dse_np_maximum16(acc, _mm512_loadu_ps(hr + ih * Wo + o0));
-            }
-            _mm512_storeu_ps(o + o0, acc);
-            if (o0 == Wo - 16)
-                break;
-        }
-        for (int64_t c = Wo >= 16 ? Wo : 0; c < Wo; c++) { /* planes narrower than a step */
-            float acc = -INFINITY;
-            for (int64_t i = 0; i < kh; i++) {
-                const int64_t ih = oh * sh - pt + i * dh;
-                if (ih >= 0 && ih < H)
-                    acc = dse_np_maximum(acc, hr[ih * Wo + c]);
-            }
-            o[c] = acc;
-        }
+        (level >= DSE_ISA_AVX512 ? dse_max_cols512 : dse_max_cols_avx2)(hr, oh * sh - pt, dh, kh, H, Wo,
+                                                                          op + oh * Wo);
     }
 }
 
@@ -182,7 +242,7 @@ DSE_T_512 static void dse_max_plane512(const float *xp, int64_t H, int64_t W, in
  * the separable pass's scratch where dse_max_sep holds, else unused. */
 static inline int dse_max_sep(int level, int64_t sw)
 {
-    return level >= DSE_ISA_AVX512 && (sw == 1 || sw == 2);
+    return level >= DSE_ISA_AVX2 && (sw == 1 || sw == 2);
 }
 
 static void dse_max_plane(int level, const float *xp, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
@@ -190,7 +250,7 @@ static void dse_max_plane(int level, const float *xp, int64_t H, int64_t W, int6
                           float *op, float *hr, uint8_t *done)
 {
     if (dse_max_sep(level, sw)) {
-        dse_max_plane512(xp, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, op, hr, done);
+        dse_max_plane_sep(level, xp, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, op, hr, done);
         return;
     }
     for (int64_t oh = 0; oh < Ho; oh++) {
@@ -206,10 +266,7 @@ static void dse_max_plane(int level, const float *xp, int64_t H, int64_t W, int6
                 const int64_t off = j * dw - pl;
                 int64_t o0, o1;
                 dse_tap_range(W, Wo, sw, off, &o0, &o1);
-                if (level >= DSE_ISA_AVX2)
-                    dse_max_row_avx2(acc, row, W, sw, off, o0, o1);
-                else
-                    dse_max_row(acc, row, sw, off, o0, o1);
+                dse_max_row(acc, row, sw, off, o0, o1);
             }
         }
     }
@@ -224,7 +281,7 @@ static void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_
     const int sep = dse_max_sep(level, sw);
     float *hr = sep ? (float *)malloc((size_t)(H * Wo) * sizeof(float)) : NULL;
     uint8_t *done = sep ? (uint8_t *)malloc((size_t)H) : NULL;
-    const int lv = sep && !(hr && done) ? DSE_ISA_AVX2 : level; /* no scratch: the row loop */
+    const int lv = sep && !(hr && done) ? DSE_ISA_SCALAR : level; /* no scratch: the row loop */
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < P; p++)
         dse_max_plane(lv, x + p * H * W, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, out + p * Ho * Wo, hr, done);
