@@ -2978,9 +2978,16 @@ static inline void dse_copy_small(uint8_t *d, const uint8_t *s, int64_t n)
 
 /* The sh * sw phase planes (HQ x WQ each, pstep bytes apart) of the zero-padded input plane xs [H, W]; with xtab
  * every byte goes through that 256-entry table. Only the input's positions are written: the padding (pattern 0, or
- * xtab[0]) is the caller's fill of P, the same for every plane of a call. */
-static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh, int64_t sw,
-                          int64_t HQ, int64_t WQ, int64_t pstep, const uint8_t *xtab, uint8_t *P)
+ * xtab[0]) is the caller's fill of P, the same for every plane of a call; except at column stride 2 without xtab,
+ * where a row's last bytes (after its steps of 16 and 8) go as one 16-byte load (where it stays before xend, the
+ * input's end) with the lanes past the row (or past the phase rows' WQ columns) zeroed, split as the steps do and
+ * stored 8 bytes per phase: the bytes stored past a phase row's input columns are 0, the padding's value, and land
+ * in its right padding, in the left padding and columns of the phase plane's next row (written after it), in the
+ * next image's plane (the images in increasing order) or in the 64 bytes the caller leaves after each phase plane's
+ * last image. */
+static void dse_dw_phases(const uint8_t *xs, const uint8_t *xend, int64_t H, int64_t W, int64_t pt, int64_t pl,
+                          int64_t sh, int64_t sw, int64_t HQ, int64_t WQ, int64_t pstep, const uint8_t *xtab,
+                          uint8_t *P)
 {
     int64_t rq = pt / sh, rp = pt % sh; /* padded row r + pt = rq * sh + rp, stepped without divisions */
     for (int64_t r = 0; r < H; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
@@ -3013,6 +3020,18 @@ static void dse_dw_phases(const uint8_t *xs, int64_t H, int64_t W, int64_t pt, i
             memcpy(prow + pc * pstep + q, &e, 4);
             memcpy(prow + (1 - pc) * pstep + q + pc, &d, 4);
             c += 8, q += 4;
+        }
+        /* the row's last bytes: element i goes to phase column q + (pc + i) / 2, so the first 2 (WQ - q) - pc of
+         * them have one */
+        const int64_t n = W - c < 2 * (WQ - q) - pc ? W - c : 2 * (WQ - q) - pc;
+        if (sw == 2 && !xtab && n > 0 && src + c + 16 <= xend) {
+            const __m128i lane = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            const __m128i v = _mm_and_si128(_mm_loadu_si128((const __m128i *)(src + c)),
+                                            _mm_cmpgt_epi8(_mm_set1_epi8((char)n), lane)),
+                          lo8 = _mm_set1_epi16(0xFF);
+            _mm_storel_epi64((__m128i *)(prow + pc * pstep + q), _mm_packus_epi16(_mm_and_si128(v, lo8), v));
+            _mm_storel_epi64((__m128i *)(prow + (1 - pc) * pstep + q + pc), _mm_packus_epi16(_mm_srli_epi16(v, 8), v));
+            continue;
         }
         for (; c < W && q < WQ; c++) {
             prow[pc * pstep + q] = xtab ? xtab[src[c]] : src[c];
@@ -3732,7 +3751,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                             dse_dw_phases_s2_512(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, HQ, WQ, PS,
                                                  (xt512 ? PR : P) + b * HS);
                         else
-                            dse_dw_phases(x + ((b0 + b) * C + c) * H * W, H, W, pt, pl, sh, sw, HQ, WQ, PS,
+                            dse_dw_phases(x + ((b0 + b) * C + c) * H * W, xend, H, W, pt, pl, sh, sw, HQ, WQ, PS,
                                           xt512 ? NULL : xtab, (xt512 ? PR : P) + b * HS);
                     }
                     if (xt512)
