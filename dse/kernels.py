@@ -1188,9 +1188,12 @@ def gemm_operand_T(x: np.ndarray, kh: int, kw: int, stride, pads, dilation,
     return im2col_T(x, kh, kw, stride, pads, dilation)
 
 
-# The "rowsum" depthwise kernel builds kh * 256 packed table entries per output channel and call (about the cost of
-# 500 outputs' lookups): below this many output positions per channel (images x Ho x Wo) it takes plain lookups.
-_DW_ROWSUM_MIN_POS = 1024
+# The "rowsum" depthwise kernel builds 256 packed table entries per group of taps (_rowsum_groups) per output channel
+# and call, then takes one lookup per group and position where plain lookups take one per tap: it pays where the
+# positions per channel (images x Ho x Wo) times the lookups saved (taps - groups) reach this many lookups per entry
+# built (1.5: the break-even fitted on Zen 3, avx2, mitch_w6, MobileNetV3-small / EfficientNet-B0-style layers on 7x7
+# to 28x28 planes: 3x3 and 5x5 at strides 1 and 2 broke even at 200-800 positions, fits 1.46-1.7).
+_DW_ROWSUM_BUILD = 1.5
 
 
 def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str, geo: "_ConvGeometry",
@@ -1200,7 +1203,7 @@ def _depthwise_mode(mult, a_signed: bool, w_shape, groups: int, path: str, geo: 
     value, e.g. perforation), "bytes" (G[w] * F[a] of a rank-1 table whose F fits 8 bits, e.g. DRUM and Ax-BxP on
     unsigned activations: the input is read through the byte table of F, then as "values"), "factor" (G[w] * F[a]
     of any other rank-1 integer table), "rowsum" (tables of higher rank whose columns span < 2^16, e.g. Mitch-w and
-    8-bit imported tables, when _rowsum_fits: e.g. 3x3 and 5x5 at stride 1 and 2, >= _DW_ROWSUM_MIN_POS positions; one
+    8-bit imported tables, when _rowsum_fits: e.g. 3x3 and 5x5 at stride 1 and 2 on enough positions; one
     lookup per kernel row (and column phase) of packed columns), "lut" (table lookups: path="lut" and the other tables of higher
     rank); None for the per-group GEMMs (path="lowrank"/"rows")."""
     Cout, Cg, kh, kw = w_shape
@@ -1223,11 +1226,12 @@ def _rowsum_groups(kh: int, kw: int, sw: int, dw: int) -> int:
 
 
 def _rowsum_fits(prep: "_Prepared", kh: int, kw: int, geo: "_ConvGeometry", batch: int) -> bool:
-    """Whether the "rowsum" depthwise kernel takes the conv: every table column spans < 2^16 (2 byte planes) and
-    there are <= 32 groups of taps (_rowsum_groups: their sums of values < 2^16 fit a field)."""
-    sw, dw = geo.stride[1], geo.dilation[1]
-    return (prep.planes.shape[1] <= 2 and _rowsum_groups(kh, kw, sw, dw) <= 32
-            and batch * geo.out_hw[0] * geo.out_hw[1] >= _DW_ROWSUM_MIN_POS)
+    """Whether the "rowsum" depthwise kernel takes the conv: every table column spans < 2^16 (2 byte planes), there
+    are <= 32 groups of taps (_rowsum_groups: their sums of values < 2^16 fit a field) and the lookups they save on
+    the call's positions pay for their tables (_DW_ROWSUM_BUILD)."""
+    ng = _rowsum_groups(kh, kw, geo.stride[1], geo.dilation[1])
+    return (prep.planes.shape[1] <= 2 and ng <= 32
+            and batch * geo.out_hw[0] * geo.out_hw[1] * (kh * kw - ng) >= _DW_ROWSUM_BUILD * 256 * ng)
 
 
 def conv2d_int(x, w, mult, a_signed, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, path="auto",

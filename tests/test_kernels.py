@@ -786,15 +786,17 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
     any plane size, folded into the output's order) at every ISA level and thread count, as int64 sums and scaled
     (float32 or quantized, no activation, Relu or Clip), planes 1-40, 1-5 images, kernels up to 7x11, on the log
     multipliers and random (imported) tables, whatever the batch size (the dispatch takes it from
-    _DW_ROWSUM_MIN_POS positions on); the kernels of more than 32 groups are refused by the compiled kernel too."""
+    positions whose lookups saved pay for the tables on, _DW_ROWSUM_BUILD); the kernels of more than 32 groups are
+    refused by the compiled kernel too."""
     rng = np.random.default_rng(seed)
     (kh, kw), dw = k, dil[1]
     x, w = depthwise_operands(rng, B, C, og, H, W, k, dil, pads, signed, extreme)
     mult = DW_MULTS[mname]
     geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
+    ng = K._rowsum_groups(kh, kw, stride[1], dw)
     fits = K._rowsum_fits(K._prepare(mult, signed), kh, kw, geo, 10 ** 9)
-    assert fits == (K._rowsum_groups(kh, kw, stride[1], dw) <= 32)  # every table here spans < 2^16
-    if not fits:
+    assert fits == (ng <= 32 and ng < kh * kw)  # every table here spans < 2^16; no lookup saved: plain lookups
+    if ng > 32:
         with pytest.raises(ValueError, match="rowsum"):
             K._dw_conv(x, w, mult, signed, geo, "rowsum", None)
         return
@@ -804,7 +806,7 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
         for isa in ISAS:
             got = K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc)
             assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
-    if B * geo.out_hw[0] * geo.out_hw[1] >= K._DW_ROWSUM_MIN_POS and C > 1:
+    if B * geo.out_hw[0] * geo.out_hw[1] * (kh * kw - ng) >= K._DW_ROWSUM_BUILD * 256 * ng and C > 1:
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == "rowsum"
 
 
