@@ -2218,13 +2218,23 @@ static void dse_im2col(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                 int64_t q = 0;
                 if (sw == 1)
                     memcpy(d + q0, src, (size_t)(q1 - q0)), q = q1 - q0;
-                else if (sw == 2) /* 16 columns per step: the even bytes of 32 (SSE2); reads end before the last
-                                   * column's byte */
-                    for (const __m128i lo8 = _mm_set1_epi16(0xFF); q + 16 < q1 - q0; q += 16)
+                else if (sw == 2 && q1 - q0 > 16) { /* 16 columns per step: the even bytes of 32 (SSE2); reads end
+                                                     * before the last column's byte */
+                    const __m128i lo8 = _mm_set1_epi16(0xFF);
+                    for (; q + 16 < q1 - q0; q += 16)
                         _mm_storeu_si128((__m128i *)(d + q0 + q),
                                          _mm_packus_epi16(
                                              _mm_and_si128(_mm_loadu_si128((const __m128i *)(src + 2 * q)), lo8),
                                              _mm_and_si128(_mm_loadu_si128((const __m128i *)(src + 2 * q + 16)), lo8)));
+                    /* the last 16 columns (overlapping the steps before: the same bytes rewritten) as the odd bytes
+                     * of the 32 from one before the first one's: the reads end at the last column's byte */
+                    q = q1 - q0 - 16;
+                    const __m128i a = _mm_loadu_si128((const __m128i *)(src + 2 * q - 1)),
+                                  b = _mm_loadu_si128((const __m128i *)(src + 2 * q + 15));
+                    _mm_storeu_si128((__m128i *)(d + q0 + q),
+                                     _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8)));
+                    q = q1 - q0;
+                }
                 for (; q < q1 - q0; q++)
                     d[q0 + q] = src[q * sw];
             }
