@@ -83,8 +83,8 @@ def paths(nets, families, rounds: int) -> None:
                 outs[p] = K.conv2d_scaled(x, w, c["mult"], c["a_signed"], c["scaling"], c["stride"], c["pads"],
                                           c["dilation"], c["groups"], path=p)
                 runs[p].append(time.process_time() - t)
-        as_bytes = {p: [np.ascontiguousarray(a).view(np.uint8) for a in (o if isinstance(o, tuple) else (o,))]
-                    for p, o in outs.items()}  # a fused Add with a quant returns (sum, patterns)
+        as_bytes = {p: [np.ascontiguousarray(a).view(np.uint8) for a in (o if isinstance(o, tuple) else (o,)) if a is not None]
+                    for p, o in outs.items()}  # a fused Add returns (sum, patterns or None)
         assert all(len(b) == len(as_bytes["rows"]) and all(map(np.array_equal, b, as_bytes["rows"]))
                    for b in as_bytes.values())
         med = {p: statistics.median(v) * 1e3 for p, v in runs.items()}
