@@ -293,7 +293,10 @@ DSE_DEF512(4, 1)
  * first 16 columns of its tables at AVX2 (dse_rows_impl.half). At the AVX-512 level, calls with N > 32 and entries
  * >= 256 run tiles of 64 selector rows (dse_rows_accum512_kc: 8 k-steps per chunk, rows of 128 bytes), and entries
  * < 32 tiles of 64 byte rows (dse_rows_accum512_tiny_kc); their last tile runs the 32-row kernel (or its half) when it
- * holds <= 32 valid rows.
+ * holds <= 32 valid rows. At the AVX2 level, calls with N > 32 on tables of <= 128 rows run 64-selector tiles too
+ * (dse_rows_accum_avx2_kc and dse_rows_accum_avx2_tiny_kc with W = 64: four ymm per 16-bit row and sum, two per byte
+ * row): about half of a 32-selector pass's time on ResNet-18's convs went to the per-position index loads and
+ * addresses, which then serve 64 selectors.
  * Results go straight to their place in the caller's layout (dse_rows_out: [N, M], [M, N] or a conv's [B, C, P]), so
  * no transposing copy follows.
  * Overflow: the AVX2 16-bit sums are exact over windows of 256 k-steps (low and high bytes of the entries summed
@@ -439,68 +442,67 @@ static void dse_rows_accum_scalar(const uint16_t *tab, int64_t ts, const uint8_t
  * rows kernel (AVX2 and AVX-512) reads its indices so (two bases and L, 3 L: no spills). */
 #define DSE_RT_IDX(kk) ((size_t)((kk) < 4 ? q0 : q4)[((kk) & 3) == 3 ? L3 : ((kk) & 3) * L])
 #define DSE_RT_SLOT (256 * DSE_RT_NT + 32)
+/* 64-selector tiles (the AVX-512 kernels, and the AVX2 adds on tiles of two ymm-pairs, dse_rows_accum_avx2_kc's W = 64) */
+#define DSE_RT_NT64 64
+#define DSE_RT_SLOT64 (256 * DSE_RT_NT64 + 64) /* uint16 per k-step's table (staggered by 128 bytes) */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb, uint16_t *acc, const int KC,
                        const int FIRST, const int NOH, const int PAIR, const int W)
 {
+    /* W = 64: a tile of 64 selectors (DSE_RT_NT64-wide rows and accumulators, DSE_RT_SLOT64 slots), 4 ymm per row and
+     * sum, so that one index load and address serve 64 selectors */
+    const int NT = W == 64 ? DSE_RT_NT64 : DSE_RT_NT, NV = W / 16;
+    const int64_t SLOT = W == 64 ? DSE_RT_SLOT64 : DSE_RT_SLOT;
     const char *tb = (const char *)tab;
     const int64_t L = KC > 1 ? ip[1] - ip[0] : 0, L3 = 3 * L;
     const uint8_t *p0 = ip[0], *p4 = ip[0] + 4 * L;
     for (int64_t m = 0; m < mb; m++) {
-        uint16_t *a = acc + m * 2 * DSE_RT_NT;
+        uint16_t *a = acc + m * 2 * NT;
         const uint8_t *q0 = p0 + m, *q4 = p4 + m;
-        __m256i a0, a1, h0, h1;
-        a0 = a1 = h0 = h1 = _mm256_setzero_si256();
-        if (!FIRST) {
-            a0 = _mm256_loadu_si256((const __m256i *)(a + 0));
-            if (W == 32)
-                a1 = _mm256_loadu_si256((const __m256i *)(a + 16));
-            if (!NOH) {
-                h0 = _mm256_loadu_si256((const __m256i *)(a + 32));
-                if (W == 32)
-                    h1 = _mm256_loadu_si256((const __m256i *)(a + 48));
-            }
+        __m256i av[4], hv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NV; i++) {
+            av[i] = FIRST ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(a + 16 * i));
+            hv[i] = FIRST || NOH ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(a + NT + 16 * i));
         }
-#define DSE_RT_ROW(kk) ((const uint16_t *)(tb + (kk) * (2 * DSE_RT_SLOT) + 2 * DSE_RT_NT * DSE_RT_IDX(kk)))
+#define DSE_RT_ROW(kk) ((const uint16_t *)(tb + (kk) * (2 * SLOT) + 2 * NT * DSE_RT_IDX(kk)))
         if (PAIR) { /* entries < 2^15: two rows summed exactly in 16 bits, then one high-byte sum per pair */
 #pragma GCC unroll 16
             for (int kk = 0; kk < KC; kk += 2) {
                 const uint16_t *r = DSE_RT_ROW(kk), *q = DSE_RT_ROW(kk + 1);
-                const __m256i v0 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)r),
-                                                    _mm256_loadu_si256((const __m256i *)q));
-                a0 = _mm256_add_epi16(a0, v0);
-                h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
-                if (W == 32) {
-                    const __m256i v1 = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)(r + 16)),
-                                                        _mm256_loadu_si256((const __m256i *)(q + 16)));
-                    a1 = _mm256_add_epi16(a1, v1);
-                    h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+#pragma GCC unroll 4
+                for (int i = 0; i < NV; i++) {
+                    const __m256i v = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)(r + 16 * i)),
+                                                       _mm256_loadu_si256((const __m256i *)(q + 16 * i)));
+                    av[i] = _mm256_add_epi16(av[i], v);
+                    hv[i] = _mm256_add_epi16(hv[i], _mm256_srli_epi16(v, 8));
+                    if (W == 64) /* keeps the 8 sums in registers: reassociated, their adds spilled */
+                        __asm__("" : "+x"(av[i]), "+x"(hv[i]));
                 }
             }
         } else {
 #pragma GCC unroll 16
             for (int kk = 0; kk < KC; kk++) {
                 const uint16_t *r = DSE_RT_ROW(kk);
-                const __m256i v0 = _mm256_loadu_si256((const __m256i *)r);
-                a0 = _mm256_add_epi16(a0, v0);
-                if (!NOH)
-                    h0 = _mm256_add_epi16(h0, _mm256_srli_epi16(v0, 8));
-                if (W == 32) {
-                    const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 16));
-                    a1 = _mm256_add_epi16(a1, v1);
+#pragma GCC unroll 4
+                for (int i = 0; i < NV; i++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(r + 16 * i));
+                    av[i] = _mm256_add_epi16(av[i], v);
                     if (!NOH)
-                        h1 = _mm256_add_epi16(h1, _mm256_srli_epi16(v1, 8));
+                        hv[i] = _mm256_add_epi16(hv[i], _mm256_srli_epi16(v, 8));
+                    if (W == 64 && NOH)
+                        __asm__("" : "+x"(av[i]));
+                    else if (W == 64)
+                        __asm__("" : "+x"(av[i]), "+x"(hv[i]));
                 }
             }
         }
 #undef DSE_RT_ROW
-        _mm256_storeu_si256((__m256i *)(a + 0), a0);
-        if (W == 32)
-            _mm256_storeu_si256((__m256i *)(a + 16), a1);
-        if (!NOH) {
-            _mm256_storeu_si256((__m256i *)(a + 32), h0);
-            if (W == 32)
-                _mm256_storeu_si256((__m256i *)(a + 48), h1);
+#pragma GCC unroll 4
+        for (int i = 0; i < NV; i++) {
+            _mm256_storeu_si256((__m256i *)(a + 16 * i), av[i]);
+            if (!NOH)
+                _mm256_storeu_si256((__m256i *)(a + NT + 16 * i), hv[i]);
         }
     }
 }
@@ -512,7 +514,8 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
                         uint16_t *acc, const int NOH, const int PAIR, const int W)
 {
-    (void)ts; /* DSE_RT_SLOT */
+    (void)ts; /* DSE_RT_SLOT, or DSE_RT_SLOT64 for 64-selector tiles */
+    const int64_t slot = W == 64 ? DSE_RT_SLOT64 : DSE_RT_SLOT;
     if (kc == DSE_RT_KC8) {
         if (first)
             dse_rows_accum_avx2_kc(tab, ip, mb, acc, DSE_RT_KC8, 1, NOH, PAIR, W);
@@ -531,9 +534,9 @@ dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *i
     }
     for (; kk < kc; kk++, first = 0) {
         if (first)
-            dse_rows_accum_avx2_kc(tab + kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 1, NOH, 0, W);
+            dse_rows_accum_avx2_kc(tab + kk * slot, ip + kk, mb, acc, 1, 1, NOH, 0, W);
         else
-            dse_rows_accum_avx2_kc(tab + kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 0, NOH, 0, W);
+            dse_rows_accum_avx2_kc(tab + kk * slot, ip + kk, mb, acc, 1, 0, NOH, 0, W);
     }
 }
 
@@ -566,6 +569,20 @@ DSE_T_AVX2 static void dse_rows_accum16_avx2_pair(const uint16_t *tab, int64_t t
     dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 1, 16);
 }
 
+/* The same on a tile of 64 selectors (tables of DSE_RT_NT64-wide rows at DSE_RT_SLOT64 strides, accumulators uint16
+ * [mb][2 DSE_RT_NT64]): per position and k-step one index load and address for 64 selectors instead of 32. */
+DSE_T_AVX2 static void dse_rows_accum64_avx2_pair(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                  int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 1, 64);
+}
+
+DSE_T_AVX2 static void dse_rows_accum64_avx2(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                             int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 0, 0, 64);
+}
+
 /* Tables whose entries are all < 256: a window of 256 k-steps sums to <= 255 * 256 < 2^16, so the word sums A are
  * exact by themselves and H is neither computed nor stored (half the adds, no shifts, half the accumulator
  * traffic); dse_rows_finish_avx2_byte reads A alone. */
@@ -581,17 +598,24 @@ DSE_T_AVX2 static void dse_rows_accum16_avx2_byte(const uint16_t *tab, int64_t t
     dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1, 0, 16);
 }
 
+DSE_T_AVX2 static void dse_rows_accum64_avx2_byte(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                  int64_t mb, int first, void *acc)
+{
+    dse_rows_accum_avx2_any(tab, ts, ip, kc, mb, first, (uint16_t *)acc, 1, 0, 64);
+}
+
 /* sums = ((A - 256 H) mod 2^16) + 256 H per selector (see dse_rows_accum_avx2), for the first W selectors. */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_rows_finish_avx2_w(const void *accv, int64_t mb,
                                                                                    int first, int32_t *sums, const int W)
 {
     const uint16_t *acc = (const uint16_t *)accv;
+    const int NT = W == 64 ? DSE_RT_NT64 : DSE_RT_NT; /* the accumulators' and sums' selector stride */
     for (int64_t m = 0; m < mb; m++) {
-        const uint16_t *a = acc + m * 2 * DSE_RT_NT;
-        int32_t *s = sums + m * DSE_RT_NT;
+        const uint16_t *a = acc + m * 2 * NT;
+        int32_t *s = sums + m * NT;
         for (int i = 0; i < W; i += 16) {
             const __m256i A = _mm256_loadu_si256((const __m256i *)(a + i));
-            const __m256i H = _mm256_loadu_si256((const __m256i *)(a + DSE_RT_NT + i));
+            const __m256i H = _mm256_loadu_si256((const __m256i *)(a + NT + i));
             const __m256i L = _mm256_sub_epi16(A, _mm256_slli_epi16(H, 8));
             const __m256i l0 = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(L));
             const __m256i l1 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(L, 1));
@@ -618,15 +642,21 @@ DSE_T_AVX2 static void dse_rows_finish16_avx2(const void *accv, int64_t mb, int 
     dse_rows_finish_avx2_w(accv, mb, first, sums, 16);
 }
 
+DSE_T_AVX2 static void dse_rows_finish64_avx2(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_w(accv, mb, first, sums, 64);
+}
+
 /* sums = A per selector (the window sums of a table with entries < 256, see dse_rows_accum_avx2_byte), for the
  * first W selectors. */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_finish_avx2_byte_w(const void *accv, int64_t mb, int first, int32_t *sums, const int W)
 {
     const uint16_t *acc = (const uint16_t *)accv;
+    const int NT = W == 64 ? DSE_RT_NT64 : DSE_RT_NT;
     for (int64_t m = 0; m < mb; m++) {
-        const uint16_t *a = acc + m * 2 * DSE_RT_NT;
-        int32_t *s = sums + m * DSE_RT_NT;
+        const uint16_t *a = acc + m * 2 * NT;
+        int32_t *s = sums + m * NT;
         for (int i = 0; i < W; i += 8) {
             __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
             if (!first)
@@ -646,84 +676,133 @@ DSE_T_AVX2 static void dse_rows_finish16_avx2_byte(const void *accv, int64_t mb,
     dse_rows_finish_avx2_byte_w(accv, mb, first, sums, 16);
 }
 
+DSE_T_AVX2 static void dse_rows_finish64_avx2_byte(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_byte_w(accv, mb, first, sums, 64);
+}
+
 /* Tables whose entries are all < 32 (e.g. the error table of a product with its low bits cleared): rows of 32 bytes
  * and 8-bit sums, one 32-byte load and add per position and k-step for the 32 selectors (half the byte tables'
  * loads and adds). Over a window of W8 = 255 / max entry k-steps (a multiple of DSE_RT_KC8, see dse_rows_gemm) the
  * byte sums stay <= 255; dse_rows_finish_avx2_tiny widens each window's byte sums into the int32 sums. The table is
  * built as 16-bit rows and packed to bytes in place (row u at byte u * 32 of its k-step's slot). */
+/* Packs a tile's 16-bit rows (W = NT entries of < 256 each, rows NT uint16 apart) into byte rows NT bytes apart, in
+ * place: bytes [NT u, NT u + NT) lie within the 16-bit rows < u, already read (row 0 is read whole before it is
+ * overwritten). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_rows_pack_tiny_avx2(uint16_t *tab, int64_t nr,
+                                                                                    const int NT)
+{
+    uint8_t *b = (uint8_t *)tab;
+    for (int64_t u = 0; u < nr; u++) {
+        __m256i v[4];
+        for (int i = 0; i < NT / 16; i++)
+            v[i] = _mm256_loadu_si256((const __m256i *)(tab + u * NT + 16 * i));
+        for (int i = 0; i < NT / 32; i++)
+            _mm256_storeu_si256((__m256i *)(b + u * NT + 32 * i),
+                                _mm256_permute4x64_epi64(_mm256_packus_epi16(v[2 * i], v[2 * i + 1]), 0xD8));
+    }
+}
+
 DSE_T_AVX2 static void dse_rows_build32_avx2_tiny(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
                                                   uint16_t *tab)
 {
     dse_rows_build32_avx2(D, R, nr, sel, tab);
-    uint8_t *b = (uint8_t *)tab;
-    for (int64_t u = 0; u < nr; u++) { /* bytes [32u, 32u + 32) lie within the 16-bit rows < u, already read */
-        const __m256i lo = _mm256_loadu_si256((const __m256i *)(tab + u * DSE_RT_NT));
-        const __m256i hi = _mm256_loadu_si256((const __m256i *)(tab + u * DSE_RT_NT + 16));
-        _mm256_storeu_si256((__m256i *)(b + u * DSE_RT_NT),
-                            _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), 0xD8));
-    }
+    dse_rows_pack_tiny_avx2(tab, nr, DSE_RT_NT);
+}
+
+/* The byte rows of a 64-selector tile (64 bytes per row, in DSE_RT_SLOT64 slots). */
+DSE_T_AVX2 static void dse_rows_build64_avx2_tiny(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
+                                                  uint16_t *tab)
+{
+    for (int q = 0; q < DSE_RT_NT64; q += 16)
+        dse_rows_build_avx2_s(D, R, nr, sel + q, tab + q, DSE_RT_NT64);
+    dse_rows_pack_tiny_avx2(tab, nr, DSE_RT_NT64);
 }
 
 /* As dse_rows_accum_avx2_kc: k-step kk's byte rows at the constant offset kk * 2 * DSE_RT_SLOT bytes, its indices at
- * q0 + kk * L (kk < 4) or q4 + (kk - 4) * L. */
+ * q0 + kk * L (kk < 4) or q4 + (kk - 4) * L; W = 64: 64-selector tiles (rows and sums of 64 bytes, two ymm, in
+ * DSE_RT_SLOT64 slots), one index load and address per 64 selectors. */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_tiny_kc(const uint8_t *tab, const uint8_t *const *ip, int64_t mb, uint8_t *acc, const int KC,
-                            const int FIRST)
+                            const int FIRST, const int W)
 {
+    const int64_t SLOT = W == 64 ? DSE_RT_SLOT64 : DSE_RT_SLOT;
     const int64_t L = KC > 1 ? ip[1] - ip[0] : 0, L3 = 3 * L;
     const uint8_t *p0 = ip[0], *p4 = ip[0] + 4 * L;
     for (int64_t m = 0; m < mb; m++) {
-        uint8_t *a = acc + m * DSE_RT_NT;
+        uint8_t *a = acc + m * W;
         const uint8_t *q0 = p0 + m, *q4 = p4 + m;
-        __m256i s = FIRST ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)a);
+        __m256i s = FIRST ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)a), t = s;
+        if (W == 64)
+            t = FIRST ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(a + 32));
 #pragma GCC unroll 16
         for (int kk = 0; kk < KC; kk++) {
-            s = _mm256_add_epi8(
-                s, _mm256_loadu_si256((const __m256i *)(tab + kk * (2 * DSE_RT_SLOT) + DSE_RT_NT * DSE_RT_IDX(kk))));
+            const uint8_t *r = tab + kk * (2 * SLOT) + W * DSE_RT_IDX(kk);
+            s = _mm256_add_epi8(s, _mm256_loadu_si256((const __m256i *)r));
+            if (W == 64)
+                t = _mm256_add_epi8(t, _mm256_loadu_si256((const __m256i *)(r + 32)));
         }
         _mm256_storeu_si256((__m256i *)a, s);
+        if (W == 64)
+            _mm256_storeu_si256((__m256i *)(a + 32), t);
     }
 }
 
-/* tab: the 16-bit tables' slots at DSE_RT_SLOT strides (k-step kk's byte rows at byte offset 2 * kk * DSE_RT_SLOT);
- * acc: uint8 [mb][NT]; chunks of DSE_RT_KC8 k-steps (a shorter one: 4, then single steps). */
-DSE_T_AVX2 static void dse_rows_accum_avx2_tiny(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
-                                                int64_t mb, int first, void *accv)
+/* tab: the 16-bit tables' slots at DSE_RT_SLOT (W = 64: DSE_RT_SLOT64) strides (k-step kk's byte rows at byte offset
+ * 2 * kk * slot); acc: uint8 [mb][W]; chunks of DSE_RT_KC8 k-steps (a shorter one: 4, then single steps). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_accum_avx2_tiny_w(const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first, void *accv,
+                           const int W)
 {
-    (void)ts; /* DSE_RT_SLOT */
+    const int64_t slot = W == 64 ? DSE_RT_SLOT64 : DSE_RT_SLOT;
     const uint8_t *tb = (const uint8_t *)tab;
     uint8_t *acc = (uint8_t *)accv;
     if (kc == DSE_RT_KC8) {
         if (first)
-            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, DSE_RT_KC8, 1);
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, DSE_RT_KC8, 1, W);
         else
-            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, DSE_RT_KC8, 0);
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, DSE_RT_KC8, 0, W);
         return;
     }
     int kk = 0;
     if (kc >= 4) {
         if (first)
-            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, 4, 1);
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, 4, 1, W);
         else
-            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, 4, 0);
+            dse_rows_accum_avx2_tiny_kc(tb, ip, mb, acc, 4, 0, W);
         kk = 4;
         first = 0;
     }
     for (; kk < kc; kk++, first = 0) {
         if (first)
-            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 1);
+            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * slot, ip + kk, mb, acc, 1, 1, W);
         else
-            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * DSE_RT_SLOT, ip + kk, mb, acc, 1, 0);
+            dse_rows_accum_avx2_tiny_kc(tb + 2 * kk * slot, ip + kk, mb, acc, 1, 0, W);
     }
 }
 
-DSE_T_AVX2 static void dse_rows_finish_avx2_tiny(const void *accv, int64_t mb, int first, int32_t *sums)
+DSE_T_AVX2 static void dse_rows_accum_avx2_tiny(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                int64_t mb, int first, void *accv)
+{
+    (void)ts;
+    dse_rows_accum_avx2_tiny_w(tab, ip, kc, mb, first, accv, 32);
+}
+
+DSE_T_AVX2 static void dse_rows_accum64_avx2_tiny(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
+                                                  int64_t mb, int first, void *accv)
+{
+    (void)ts;
+    dse_rows_accum_avx2_tiny_w(tab, ip, kc, mb, first, accv, 64);
+}
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_finish_avx2_tiny_w(const void *accv, int64_t mb, int first, int32_t *sums, const int W)
 {
     const uint8_t *acc = (const uint8_t *)accv;
     for (int64_t m = 0; m < mb; m++) {
-        const uint8_t *a = acc + m * DSE_RT_NT;
-        int32_t *s = sums + m * DSE_RT_NT;
-        for (int i = 0; i < DSE_RT_NT; i += 8) {
+        const uint8_t *a = acc + m * W;
+        int32_t *s = sums + m * W;
+        for (int i = 0; i < W; i += 8) {
             __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(a + i)));
             if (!first)
                 v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(s + i)));
@@ -732,14 +811,22 @@ DSE_T_AVX2 static void dse_rows_finish_avx2_tiny(const void *accv, int64_t mb, i
     }
 }
 
+DSE_T_AVX2 static void dse_rows_finish_avx2_tiny(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_tiny_w(accv, mb, first, sums, DSE_RT_NT);
+}
+
+DSE_T_AVX2 static void dse_rows_finish64_avx2_tiny(const void *accv, int64_t mb, int first, int32_t *sums)
+{
+    dse_rows_finish_avx2_tiny_w(accv, mb, first, sums, DSE_RT_NT64);
+}
+
 /* AVX-512 tiles of 64 selectors (DSE_RT_NT64): the same 16-bit sums (A, then the high-byte sums H; pair sums for
  * entries < 2^15) as dse_rows_accum_avx2_kc, with each table row (64 uint16, 128 bytes) in two zmm and 8 k-steps per
  * chunk (DSE_RT_KC64): per position and k-step one index load and one address for 64 selectors, and the 4 zmm of
  * accumulators loaded and stored once per 8 k-steps (the AVX2 tile's loop pays both per 32 selectors and 4 k-steps;
  * an AVX-512 loop on the 32-selector tile, one zmm per row, ran no faster than it). Accumulators: uint16 [mb][2 * 64]. */
-#define DSE_RT_NT64 64
 #define DSE_RT_KC64 8
-#define DSE_RT_SLOT64 (256 * DSE_RT_NT64 + 64) /* uint16 per k-step's table (staggered by 128 bytes) */
 #define DSE_RT_KCMAX 8
 DSE_T_AVX2 static void dse_rows_build64_avx2(const uint16_t *D, int64_t R, int64_t nr, const uint8_t *sel,
                                              uint16_t *tab)
@@ -1482,7 +1569,7 @@ static int dse_team_allocated(int *fail, int ok)
  * tiny instances' windows depend on D's largest entry, so they live in the plan (which must not be copied: im may
  * point into it). */
 typedef struct {
-    dse_rows_impl tiny, tiny512;
+    dse_rows_impl tiny, tiny64, tiny512;
     const dse_rows_impl *im;
     int fin_kind;
 } dse_rows_plan;
@@ -1508,6 +1595,14 @@ static void dse_rows_plan_init(dse_rows_plan *pl, int level, const uint16_t *D, 
                                               DSE_RT_W16, w16, NULL, NT, 16, DSE_RT_KC8, DSE_RT_SLOT, 1};
     static const dse_rows_impl avx2_pair = {dse_rows_build32_avx2, dse_rows_accum_avx2_pair, dse_rows_finish_avx2,
                                             DSE_RT_W16, w16, &avx2_pair16, NT, NT, DSE_RT_KC8, DSE_RT_SLOT, 1};
+    static const dse_rows_impl avx2_byte64 = {dse_rows_build64_avx2, dse_rows_accum64_avx2_byte,
+                                              dse_rows_finish64_avx2_byte, DSE_RT_W16, w64, &avx2_byte, DSE_RT_NT64,
+                                              DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64};
+    static const dse_rows_impl avx2_pair64 = {dse_rows_build64_avx2, dse_rows_accum64_avx2_pair,
+                                              dse_rows_finish64_avx2, DSE_RT_W16, w64, &avx2_pair, DSE_RT_NT64,
+                                              DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64};
+    static const dse_rows_impl avx2_64 = {dse_rows_build64_avx2, dse_rows_accum64_avx2, dse_rows_finish64_avx2,
+                                          DSE_RT_W16, w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64};
     static const dse_rows_impl avx512 = {dse_rows_build64_avx2, dse_rows_accum512, dse_rows_finish512, DSE_RT_W16,
                                          w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
     static const dse_rows_impl avx512_pair = {dse_rows_build64_avx2, dse_rows_accum512_pair, dse_rows_finish512,
@@ -1520,16 +1615,22 @@ static void dse_rows_plan_init(dse_rows_plan *pl, int level, const uint16_t *D, 
     const int64_t w8 = dmax ? (255 / dmax) / DSE_RT_KC8 * DSE_RT_KC8 : 248;
     pl->tiny = (dse_rows_impl){dse_rows_build32_avx2_tiny, dse_rows_accum_avx2_tiny, dse_rows_finish_avx2_tiny,
                                w8, DSE_RT_NT, NULL, NT, NT, DSE_RT_KC8, DSE_RT_SLOT};
+    pl->tiny64 = (dse_rows_impl){dse_rows_build64_avx2_tiny, dse_rows_accum64_avx2_tiny, dse_rows_finish64_avx2_tiny,
+                                 w8, DSE_RT_NT64, &pl->tiny, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64};
     /* 64-selector tiles of tiny entries: 16-bit windows of 65535 / dmax k-steps, a multiple of DSE_RT_KC64 */
     const int64_t w16t = (dmax ? (65535 / dmax < 32768 ? 65535 / dmax : 32768) : 32768) / DSE_RT_KC64 * DSE_RT_KC64;
     pl->tiny512 = (dse_rows_impl){dse_rows_build64_512_tiny, dse_rows_accum512_tiny, dse_rows_finish512_tiny,
                                   w16t, w64, &pl->tiny, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
     const int wide = level >= DSE_ISA_AVX512 && N > DSE_RT_NT; /* 64-selector tiles, the last one maybe narrower */
+    /* AVX2 adds on 64-selector tiles, for tables of <= 128 rows (classed tables such as mitch_w6's 80, the split path's
+     * error tables): a chunk's 8 tables of 128-byte rows then stay within 128 KiB; on 256-row tables (the imported
+     * LUT) they ran slower than the 32-selector tiles on ResNet-18 32's convs (benchmarks/RESULTS.md) */
+    const int wide2 = level == DSE_ISA_AVX2 && N > DSE_RT_NT && R <= 128;
     pl->im = level < DSE_ISA_AVX2 ? &portable
-             : dmax < 32          ? (wide ? &pl->tiny512 : &pl->tiny)
-             : dmax < 256         ? &avx2_byte
-             : dmax < 32768       ? (wide ? &avx512_pair : &avx2_pair)
-                                  : (wide ? &avx512 : &avx2);
+             : dmax < 32          ? (wide ? &pl->tiny512 : wide2 ? &pl->tiny64 : &pl->tiny)
+             : dmax < 256         ? (wide2 ? &avx2_byte64 : &avx2_byte)
+             : dmax < 32768       ? (wide ? &avx512_pair : wide2 ? &avx2_pair64 : &avx2_pair)
+                                  : (wide ? &avx512 : wide2 ? &avx2_64 : &avx2);
     int64_t offmax = 0;
     for (int s = 0; s < 256; s++)
         offmax = llabs((long long)off[s]) > offmax ? llabs((long long)off[s]) : offmax;
@@ -2165,6 +2266,89 @@ DSE_T_512 static void dse_im2col_512(const dse_i2c_plan *P, const uint8_t *x, in
  * padded by pt rows and pl columns at the start and as far as needed at the end): the GEMM operand of a conv. At
  * the avx512 level the VBMI chunks above where the geometry fits them, else row by row with memcpy/memset (stride
  * 1) or strided byte copies; OpenMP over (row, image) pairs. */
+/* d[0, n) = s[0, n) for a few bytes: 16-, 8- or 4-byte moves, the last one overlapping the one before (exact: no byte
+ * outside [0, n) is read or written). */
+static inline void dse_copy_few(uint8_t *d, const uint8_t *s, int64_t n)
+{
+    if (n >= 16) {
+        for (int64_t q = 0; q + 16 < n; q += 16)
+            _mm_storeu_si128((__m128i *)(d + q), _mm_loadu_si128((const __m128i *)(s + q)));
+        _mm_storeu_si128((__m128i *)(d + n - 16), _mm_loadu_si128((const __m128i *)(s + n - 16)));
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, s, 8), memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8), memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4), memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4), memcpy(d + n - 4, &b, 4);
+    } else {
+        for (int64_t q = 0; q < n; q++)
+            d[q] = s[q];
+    }
+}
+
+/* Output rows of at most this many columns take dse_im2col's plane path. */
+#define DSE_I2C_SMALL_WO 16
+/* im2col of small output planes (Wo <= DSE_I2C_SMALL_WO: ResNet's 16x16 .. 4x4 planes, where the per-row path's
+ * memset / memcpy calls and fix-up loops per (kernel tap, image) cost more than its few bytes): per (channel, image)
+ * the zero-padded input plane (the rows and columns the taps read) is laid out once, and at stride sw > 1 split into sw
+ * column-phase planes (phase f holds the padded columns f, f + sw, ...), in which every kernel tap's output row is a
+ * run of Wo bytes, copied with a few vector moves. The padding's zeros are written once per thread (only the input's
+ * rows and columns change from plane to plane). Returns 0 (nothing written) when a thread's buffers cannot be
+ * allocated. */
+static int dse_im2col_planes(const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                             int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
+                             int64_t Wo, uint8_t *cols, int nt)
+{
+    const int64_t M = B * Ho * Wo, kk = kh * kw;
+    const int64_t Hs = (Ho - 1) * sh + (kh - 1) * dh + 1; /* padded rows read */
+    const int64_t Wt = (Wo - 1) * sw + (kw - 1) * dw + 1; /* padded columns read */
+    const int64_t Wu = Wo + ((kw - 1) * dw) / sw;         /* columns per phase plane (Wt at stride 1) */
+    const int64_t plane = Hs * Wu;
+    /* the input's rows y0 <= y < y1 and columns t0 <= t < t1 of the padded plane */
+    const int64_t y0 = pt < Hs ? pt : Hs, y1 = pt + H < Hs ? (pt + H > y0 ? pt + H : y0) : Hs;
+    const int64_t t0 = pl < Wt ? pl : Wt, t1 = pl + W < Wt ? (pl + W > t0 ? pl + W : t0) : Wt;
+    int64_t *toff = (int64_t *)malloc((size_t)kk * sizeof(int64_t)); /* each tap's first byte in the phase planes */
+    if (!toff)
+        return 0;
+    for (int64_t i = 0; i < kh; i++)
+        for (int64_t j = 0; j < kw; j++)
+            toff[i * kw + j] = ((j * dw) % sw) * plane + (i * dh) * Wu + (j * dw) / sw;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        uint8_t *pad = (uint8_t *)calloc((size_t)(Hs * Wt), 1);
+        uint8_t *ph = sw == 1 ? pad : (uint8_t *)calloc((size_t)(sw * plane), 1);
+        if (dse_team_allocated(&fail, pad && ph)) {
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t b = 0; b < B; b++) {
+                    const uint8_t *xs = x + (b * C + c) * H * W;
+                    for (int64_t y = y0; y < y1; y++)
+                        dse_copy_few(pad + y * Wt + t0, xs + (y - pt) * W + (t0 - pl), t1 - t0);
+                    for (int64_t f = 0; f < sw && sw > 1; f++) { /* phase f: padded columns u sw + f < Wt */
+                        const int64_t nu = (Wt - f + sw - 1) / sw;
+                        for (int64_t y = 0; y < Hs; y++)
+                            for (int64_t u = 0; u < nu; u++)
+                                ph[f * plane + y * Wu + u] = pad[y * Wt + u * sw + f];
+                    }
+                    for (int64_t t = 0; t < kk; t++) {
+                        const uint8_t *src = ph + toff[t];
+                        uint8_t *dst = cols + (c * kk + t) * M + b * Ho * Wo;
+                        for (int64_t y = 0; y < Ho; y++)
+                            dse_copy_few(dst + y * Wo, src + y * sh * Wu, Wo);
+                    }
+                }
+        }
+        if (ph != pad)
+            free(ph);
+        free(pad);
+    }
+    free(toff);
+    return !fail;
+}
+
 static void dse_im2col(int level, const uint8_t *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh,
                        int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
                        int64_t Wo, uint8_t *cols, int nt)
@@ -2177,6 +2361,8 @@ static void dse_im2col(int level, const uint8_t *x, int64_t B, int64_t C, int64_
         dse_i2c_free(&plan);
         return;
     }
+    if (Wo <= DSE_I2C_SMALL_WO && dse_im2col_planes(x, B, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, cols, nt))
+        return;
 #pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
     for (int64_t r = 0; r < R; r++)
         for (int64_t b = 0; b < B; b++) {

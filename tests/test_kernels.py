@@ -518,8 +518,8 @@ def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, s
        mname=st.sampled_from(["rand_u8", "mitch_w6", "rand_u16", "classed", "trunc", "tiny"]),
        scaled=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
-    """Selector tiles with fewer valid rows than their width (N not a multiple of 64 at the avx512 level, of 32
-    below), the last tile of a call with 64-row tiles taking the 32-row kernel when it holds <= 32 valid rows and the
+    """Selector tiles with fewer valid rows than their width (N not a multiple of 64 at the avx512 level and at avx2
+    on tables of <= 128 rows: "classed", "mitch_w6", "tiny"; of 32 otherwise), the last tile of a call with 64-row tiles taking the 32-row kernel when it holds <= 32 valid rows and the
     half-width adds when <= 16 (16 selectors: byte, pair and full 16-bit sums), and the output written in blocks of
     64 positions: the result (int64 sums, or the scaled output) is the reference's, both orientations, every ISA
     level, 1 and 2 threads, on reduction lengths around the 16-bit window (256), the portable adds' 4-step chunks
@@ -926,7 +926,8 @@ _PLANE_SIDE = st.one_of(st.integers(1, 12), st.integers(13, 70), st.integers(120
 def test_compiled_im2col_matches_numpy(B, C, H, W, k, stride, dil, pads, threads, isa, seed):
     """The compiled im2col of uint8 patterns (the GEMM operand of every non-1x1 integer conv) is im2col_T byte for
     byte at every ISA level: strides, dilations, paddings wider than the kernel or the plane, rows and columns wholly
-    in the padding; planes up to 140 wide (the avx512 level's chunks of several output rows, of one row, of column
+    in the padding; output rows of <= 16 columns (the plane path below avx512: the padded plane split into column
+    phases per channel and image); planes up to 140 wide (the avx512 level's chunks of several output rows, of one row, of column
     segments of a row wider than its 128-byte windows, and the plain code where the tables would be too large)."""
     from dse import _kernels
 
@@ -1029,8 +1030,8 @@ def test_rows_kernel_tiny_16bit_windows(top):
     """Entries < 32 at the AVX-512 level: 64-row tiles whose 8-step chunks sum bytes in a register and widen them into
     16-bit sums over windows of 65535 // top k-steps (a multiple of 8; 32768 for top = 1), flushed into int32 sums and,
     past 32768 k-steps, into int64: operands that pick the largest entry on (nearly) every k-step, K just past one
-    and two windows and past 32768, N around the 64-row tile (the last tile on the 32-row AVX2 tiny kernel), every
-    ISA level, 1 and 2 threads."""
+    and two windows and past 32768, N around the 64-row tile (the AVX-512 level's and the AVX2 8-bit sums' 64-selector
+    tiles, the last tile on the 32-row AVX2 tiny kernel), every ISA level, 1 and 2 threads."""
     lut = np.zeros((256, 256), dtype=np.int64)
     lut[200, :] = top
     lut[:, 0] = 0
@@ -1065,7 +1066,8 @@ def test_rows_kernel_16bit_windows_extreme_entries(Kd, M, N, by_act, classed, wi
     chunks (248 for t = 1, 32 for 7, 8 for 31) whose byte sums reach 255; "byte" entries 0..255 only (span 255), the
     AVX2 adds without high-byte sums, whose 16-bit window sums reach 255 * 256; "pair" entries below 2^15 (up to
     0x7FFF), the adds that sum two k-steps' rows before taking their high bytes; "full" up to
-    0xFFFF. M, N up to 80: the AVX-512 level's 64-row tiles (8-step chunks) for the pair and full widths too."""
+    0xFFFF. M, N up to 80: the AVX-512 level's 64-row tiles (8-step chunks) for the pair and full widths too, and
+    with ``classed`` (tables of <= 128 rows) the AVX2 level's 64-selector tiles of every width."""
     rng = np.random.default_rng(seed)
     ext = {"tiny1": [0, 1], "tiny7": [0, 1, 6, 7], "tiny31": [0, 1, 30, 31], "byte": [0, 1, 254, 255],
            "pair": [0, 255, 256, 0x7F00, 0x7FFF],
