@@ -135,6 +135,78 @@ def test_gemm_variants_and_matmul_add(tmp_path, onnx_builder):
     assert [n.op for n in g.nodes] == ["gemm", "relu", "gemm", "gemm"]  # MatMul + Add(bias) folded
 
 
+def _token_linear(tmp_path, onnx_builder, case, T=7, K=5, N=7):
+    """x [T, K] tokens -> MatMul W [K, N] (a 1x1 conv between channels-last transposes) -> Add of a bias-like
+    constant (or, by ``case``, something the fold must leave) -> Relu -> y."""
+    c = {"bias": _w(N), "bias 1xN": _w(1, N), "bias 1x1xN": _w(1, 1, N), "per token": _w(T, N),
+         "transposed": _w(T), "two readers": _w(N), "conv bias": _w(N), "inner reader": _w(N),
+         "activation": None}[case]
+    if case in ("bias", "two readers"):
+        c[:3] = [0.0, -0.0, -0.0]  # signed zeros in the bias: the fold must keep their sums' bits
+    inits = {"W": _w(K, N)} | ({} if c is None else {"c": c})
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"])]
+    if case == "transposed":  # the channels on axis 1, the T = N tokens last: the bias runs along the tokens
+        nodes += [helper.make_node("Transpose", ["mm"], ["mt"], perm=[0, 2, 1]), helper.make_node("Add", ["mt", "c"],
+                                                                                                    ["s"])]
+    elif case in ("conv bias", "inner reader"):  # the same layout from a Conv: with a bias of its own (two float32
+        # adds) or with its reshaped output read by another node as well: not folded
+        inits |= {"Wc": _w(N, K, 1, 1), "bc": _w(N) if case == "conv bias" else np.zeros(N, np.float32),
+                  "shp": np.array([0, N, T]), "shp2": np.array([0, K, T, 1])}
+        nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+                 helper.make_node("Reshape", ["xt", "shp2"], ["xi"]),
+                 helper.make_node("Conv", ["xi", "Wc", "bc"], ["cv"]),
+                 helper.make_node("Reshape", ["cv", "shp"], ["cr"]),
+                 helper.make_node("Transpose", ["cr"], ["mm"], perm=[0, 2, 1]),
+                 helper.make_node("Add", ["mm", "c"], ["s"])]
+    elif case == "activation":
+        nodes += [helper.make_node("Add", ["mm", "mm"], ["s"])]
+    else:
+        nodes += [helper.make_node("Add", ["mm", "c"], ["s"])]
+    nodes += [helper.make_node("Relu", ["s"], ["r"])]
+    if case == "two readers":
+        nodes += [helper.make_node("Mul", ["r", "mm"], ["y"])]
+    elif case == "inner reader":
+        nodes += [helper.make_node("Transpose", ["cr"], ["cr2"], perm=[0, 2, 1]),
+                  helper.make_node("Mul", ["r", "cr2"], ["y"])]
+    else:
+        nodes += [helper.make_node("Identity", ["r"], ["y"])]
+    return onnx_builder(tmp_path, nodes, inits, [T, K])
+
+
+@pytest.mark.parametrize("case", ["bias", "bias 1xN", "bias 1x1xN", "per token", "transposed", "two readers",
+                                  "conv bias", "inner reader", "activation"])
+def test_matmul_bias_add_folded_through_channels_last_transposes(tmp_path, onnx_builder, monkeypatch, case):
+    """x @ W + b on tokens: the bias Add folds into the 1x1 conv through the MatMul's reshape and transpose back to
+    channels last (the conv's own bias zero), and the folded graph gives the unfolded one's bits in float and in the
+    emulator (exact and a table multiplier); an Add whose constant varies along another axis, a layout whose last
+    axis is not the channels, a MatMul output with a second reader, a conv with its own bias or a runtime operand
+    stays an Add."""
+    from dse.emulate import Emulator
+    from dse.layer_config import LayerConfig
+    from dse.model import onnx_import as oi
+    from dse.quant import calibrate
+
+    p = _token_linear(tmp_path, onnx_builder, case)
+    g = _check(p, [7, 5])
+    folded = case.startswith("bias")
+    monkeypatch.setattr(oi, "_channels_last_mac", lambda *a: (None, None))
+    g0 = load_onnx(p)
+    monkeypatch.undo()
+    assert [n.op for n in g0.nodes].count("add") == 1
+    assert [n.op for n in g.nodes].count("add") == (0 if folded else 1)
+    x = RNG.standard_normal((5, 7, 5)).astype(np.float32)
+    x[0] = 0.0  # a zero token: the conv's sums 0, its outputs +-0.0 before the bias
+    np.testing.assert_array_equal(run_float(g, x).view(np.uint32), run_float(g0, x).view(np.uint32))
+    if not folded:
+        return
+    cal = RNG.standard_normal((16, 7, 5)).astype(np.float32)
+    q, q0 = calibrate(g, cal), calibrate(g0, cal)
+    for m in ("exact", "mitch_w6"):
+        y = Emulator(q).run(x, {l.name: LayerConfig(m) for l in q.layers})
+        y0 = Emulator(q0).run(x, {l.name: LayerConfig(m) for l in q0.layers})
+        np.testing.assert_array_equal(y.view(np.uint32), y0.view(np.uint32))
+
+
 @pytest.mark.parametrize("opset", [10, 17])
 def test_clip_attrs_and_inputs(tmp_path, opset, onnx_builder):
     if opset == 10:

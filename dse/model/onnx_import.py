@@ -256,8 +256,10 @@ class Importer:
         fn(self, n)
 
 
-def _fold_into_mac(nodes: list, output: str) -> list:
-    """Fold affine (BN) and constant-add nodes into a preceding conv/gemm that has no other consumer."""
+def _fold_into_mac(nodes: list, output: str, sample: dict) -> list:
+    """Fold affine (BN) and constant-add nodes into a preceding conv/gemm that has no other consumer; a constant bias
+    Add also where reshapes and transposes lie between (a MatMul's 1x1 conv and its channels-last transposes:
+    _channels_last_mac). ``sample``: a batch-1 tensor of every runtime tensor (the chains' shapes)."""
     changed = True
     while changed:
         changed = False
@@ -265,6 +267,9 @@ def _fold_into_mac(nodes: list, output: str) -> list:
             if n.op not in ("affine", "add") or len(n.inputs) != 1 or len(n.params) != (2 if n.op == "affine" else 1):
                 continue
             prod = next((p for p in nodes if p.output == n.inputs[0]), None)
+            last = prod
+            if prod is not None and prod.op in ("reshape", "transpose") and n.op == "add":
+                prod, last = _channels_last_mac(nodes, n, output, sample)
             if prod is None or prod.op not in ("conv", "gemm") or prod.output == output:
                 continue
             if sum(n.inputs[0] in c.inputs for c in nodes) != 1:
@@ -279,15 +284,53 @@ def _fold_into_mac(nodes: list, output: str) -> list:
                 prod.params["b"] = (prod.params["b"].astype(np.float64) * s + n.params["shift"]).astype(np.float32)
             else:
                 c = next(iter(n.params.values()))
-                ok = (c.shape in ((N,), (1, N)) if prod.op == "gemm" else c.shape in ((N, 1, 1), (1, N, 1, 1)))
+                if last is not prod:
+                    ok = c.size == N and c.shape[-1] == N and c.ndim <= sample[n.inputs[0]].ndim
+                else:
+                    ok = (c.shape in ((N,), (1, N)) if prod.op == "gemm" else c.shape in ((N, 1, 1), (1, N, 1, 1)))
                 if not ok:
                     continue
                 prod.params["b"] = (prod.params["b"] + c.reshape(N)).astype(np.float32)
-            prod.outputs = list(n.outputs)
+            last.outputs = list(n.outputs)
             nodes.remove(n)
             changed = True
             break
     return nodes
+
+
+def _channels_last_mac(nodes: list, add, output: str, sample: dict) -> tuple:
+    """(mac, last) for a constant Add whose input is a conv/gemm's output carried by reshape/transpose nodes (``last``
+    the one the Add reads; each tensor on the way read by the next node only, none the graph's output) that put the
+    MAC's output channels on the last axis, as the importer lays out x @ W on [N, ..., K] tokens; (None, None)
+    otherwise. The MAC must have no bias of its own: its output stage adds float32(p) + 0, the Add then the bias c,
+    and float32(p) + c is the same float32 for every c (x + 0 differs from x only at x = -0.0, where c + 0.0 = c + -0.0
+    for every c, and x + -0.0 = x), so the folded graph computes the unfolded one's bits."""
+    chain, t = [], add.inputs[0]
+    while True:
+        p = next((q for q in nodes if q.output == t), None)
+        if p is None or t == output or sum(t in c.inputs for c in nodes) != 1:
+            return None, None
+        if p.op in ("conv", "gemm"):
+            break
+        if p.op not in ("reshape", "transpose") or len(p.inputs) != 1:
+            return None, None
+        chain.append(p)
+        t = p.inputs[0]
+    if np.any(p.params["b"]) or t not in sample or sample[t].ndim < 2:
+        return None, None
+    N = p.params["W"].shape[0]
+    y = sample[t]
+    if y.shape[1] != N:
+        return None, None
+    from dse.model.float_exec import exec_node
+
+    y = np.broadcast_to(np.arange(N, dtype=np.float32).reshape((1, N) + (1,) * (y.ndim - 2)), y.shape)
+    for q in reversed(chain):
+        y = exec_node(q, [y])
+    if y.ndim == 0 or y.shape[-1] != N or \
+            not np.array_equal(y, np.broadcast_to(np.arange(N, dtype=np.float32), y.shape)):
+        return None, None
+    return p, chain[0]
 
 
 def _prune(nodes: list, output: str) -> list:
@@ -363,7 +406,7 @@ def load_onnx(path) -> Graph:
         nodes = toposort(imp.nodes, {in_name})
     except ValueError as exc:
         raise DseError(f"{path}: {exc}; the graph is incomplete") from None
-    nodes = _prune(_fold_into_mac(nodes, out_name), out_name)
+    nodes = _prune(_fold_into_mac(nodes, out_name, imp.sample), out_name)
     graph = Graph(nodes=nodes, input_name=in_name, input_shape=in_shape, output_name=out_name,
                   metadata={p.key: p.value for p in model.metadata_props}, source=path)
     graph.shapes = {t: imp.shape(t) for t in imp.sample}
