@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import weakref
 from dataclasses import dataclass, field, replace
 
@@ -228,6 +229,7 @@ class _Prepared:
     _planes_a: object = field(default=False)
     int_plans: dict = field(default_factory=dict)  # (K, path, isa name) -> _int_plan's answer, filled by it
     lowrank_terms: dict = field(default_factory=dict)  # (K, max_abs_a) -> _lowrank_terms' answer, filled by it
+    matmul_times: dict = field(default_factory=dict)  # _matmul_table_kind's CPU times of the batched matmul's paths
 
     @property
     def range_matters(self) -> bool:
@@ -1101,7 +1103,8 @@ def _rows_batch(a, b, lead, mult: Multiplier, a_signed: bool, path: str, isa, ou
     if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) not in ("rows", "split"):
         return False
     B = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(-1, K, N)
-    kind, by_act = _table_plan(prep, M, N, path, K, isa)
+    kind, by_act, timed = _matmul_table_kind(prep, A.shape[0], M, K, N, path, isa)
+    t0 = time.process_time()
     tabs = prep.rows if kind == "rows" else prep.err_rows
     t = tabs.by_act if by_act else tabs.by_weight
     sums = None
@@ -1113,7 +1116,43 @@ def _rows_batch(a, b, lead, mult: Multiplier, a_signed: bool, path: str, isa, ou
     sc = None if scaling is None else _per_tensor(scaling)
     _kernels.rows_gemm_batch(A, B, t.D, t.off, t.cls, out, _isa_name(isa), get_threads(), sel_is_m=by_act,
                              add=kind == "split", out64=sums if scaling is not None else None, scaling=sc)
+    if timed is not None:
+        timed[kind].append(time.process_time() - t0)
     return True
+
+
+# The batched matmul's choice between the rows and split paths (where both can run and path is "auto") is measured
+# on its own calls from _MATMUL_TIMED_MACS multiply-accumulates up: the first _MATMUL_TRIALS calls of a shape take
+# _table_plan's choice, the next ones the other path, then the one of least CPU time (the shortest of its trials) for
+# good. _split_cost is fitted on convs; on the small GEMMs of attention the rows kernel's table builds cover only the
+# classes up to each k-step's largest index, which depends on the data (a Softmax output's columns rarely reach its
+# top classes), and the split path pays its transposing copies and int64 sums per GEMM: on the AVX2-only box with the
+# imported LUT rows took 0.67-0.81x of split's time on Softmax-like operands of 65x65x16, 197x197x64 and 256x64x256
+# GEMMs but 1.3-1.6x on uniform ones and at 65x64x65, where _split_cost picks split on all of them (RESULTS.md). Every
+# path gives the same sums, so the choice changes only the time.
+_MATMUL_TIMED_MACS = 1 << 22
+_MATMUL_TRIALS = 2
+
+
+def _matmul_table_kind(prep: _Prepared, L: int, M: int, K: int, N: int, path: str, isa) -> tuple:
+    """(kind, by_act, times) of a batched matmul's L GEMMs [M, K] x [K, N] on the rows path family: _table_plan's
+    answer, or for a measured shape (see _MATMUL_TIMED_MACS) the path its trials found faster; ``times``: the
+    shape's {kind: CPU seconds} lists to append this call's time to while it is on trial, else None."""
+    kind, by_act = _table_plan(prep, M, N, path, K, isa)
+    err, rows = prep.err_rows, prep.rows
+    both = (err.by_weight is not None or err.by_act is not None) and \
+        (rows.by_weight is not None or rows.by_act is not None)
+    if path != "auto" or not both or L * M * K * N < _MATMUL_TIMED_MACS:
+        return kind, by_act, None
+    times = prep.matmul_times.setdefault((L, M, K, N, _isa_name(isa), get_threads()), {"rows": [], "split": []})
+    other = "split" if kind == "rows" else "rows"
+    if len(times[kind]) >= _MATMUL_TRIALS:
+        if len(times[other]) < _MATMUL_TRIALS or min(times[other]) < min(times[kind]):
+            kind = other
+        if len(times[kind]) >= _MATMUL_TRIALS:
+            times = None
+    by_act = _rows_by_act(rows if kind == "rows" else err, M, N)
+    return kind, by_act, times
 
 
 def reference_matmul_int(a, b, mult, a_signed):

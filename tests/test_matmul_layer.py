@@ -294,6 +294,52 @@ def test_matmul_scaled_tables_scale_in_the_batched_call(monkeypatch, mult, shape
     assert calls == [((6, M, K), (6, K, N), mult == "cleared lut", True)]
 
 
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(2, 6), M=st.integers(1, 70), K=st.integers(33, 80), N=st.integers(1, 70), a_signed=st.booleans(),
+       mult=st.sampled_from(["mitch_w6", "cleared lut", "random lut"]), scaled=st.booleans(),
+       isa=st.sampled_from(kernels._kernels.isa_levels()), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_matmul_rows_or_split_measured_on_its_calls(L, M, K, N, a_signed, mult, scaled, isa, threads, seed):
+    """The batched matmul's choice between the rows and split paths, measured on its own calls (here on every
+    shape): _table_plan's path for the first _MATMUL_TRIALS calls of a shape, the other path for the next ones, then
+    the one whose shortest trial was shorter (each in its cheaper orientation), every call the gather's sums (matmul_int) or their scaled bits
+    (matmul_scaled); every ISA level, 1 and 2 threads."""
+    from dse.kernels import Scaling
+
+    calls = []
+    real = kernels._kernels.rows_gemm_batch
+    rng = np.random.default_rng(seed)
+    m = _mult(mult)
+    a, b = _operands(rng, ((L,), (L,)), M, K, N, a_signed)
+    prep = kernels._prepare(m, a_signed)
+    prep.matmul_times.clear()
+    want = _gather(a, b, m, a_signed)
+    sw, bias = np.array([-0.37], np.float32), np.array([0.5], np.float32)
+    sc = Scaling(0.0123, sw, bias)
+    if scaled:
+        want = ((want.astype(np.float64) * 0.0123) * np.float64(sw[0])).astype(np.float32) + bias[0]
+    n = 2 * kernels._MATMUL_TRIALS + 2
+    with kernels.using_threads(threads), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "_MATMUL_TIMED_MACS", 0)
+        mp.setattr(kernels._kernels, "rows_gemm_batch",
+                   lambda *a, **k: calls.append(("split" if k["add"] else "rows", k["sel_is_m"])) or real(*a, **k))
+        for _ in range(n):
+            got = kernels.matmul_scaled(a, b, m, a_signed, sc, isa=isa) if scaled else \
+                kernels.matmul_int(a, b, m, a_signed, isa=isa)
+            np.testing.assert_array_equal(got.view(np.uint32) if scaled else got, want.view(np.uint32) if scaled
+                                          else want)
+    if not calls:  # the small GEMMs' kernel took the matmul (the avx512 level)
+        return
+    first = kernels._table_plan(prep, M, N, "auto", K, isa)[0]
+    other = "split" if first == "rows" else "rows"
+    times = prep.matmul_times[(L, M, K, N, kernels._isa_name(isa), threads)]
+    best = first if min(times[first]) <= min(times[other]) else other
+    trials = kernels._MATMUL_TRIALS
+    kinds = [first] * trials + [other] * trials + [best] * (n - 2 * trials)
+    assert calls == [(k, kernels._rows_by_act(prep.rows if k == "rows" else prep.err_rows, M, N)) for k in kinds]
+    assert len(times["rows"]) == len(times["split"]) == trials
+
+
 @settings(max_examples=80, deadline=None)
 @given(lead=st.sampled_from([((3, 2), (3, 2)), ((4, 1), (1, 3)), ((5,), (5,)), ((1,), (2,)), ((1,), (1,))]),
        M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 70), a_signed=st.booleans(),
