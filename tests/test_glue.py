@@ -648,6 +648,37 @@ def test_compiled_gelu_chain_gives_numpy_bits(x, n, offset, order, consts):
             assert not both.any()
 
 
+@settings(max_examples=80, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), data=st.data(), order=st.integers(0, 7),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_gelu_and_erf_on_views_in_memory_order(shape, data, order, threads, seed):
+    """nn.gelu_chain and nn.erf of a view (axes permuted, sliced with steps of either sign, broadcast) give the bits of
+    the contiguous copy's result, of the view's shape; a permuted dense view is read in its memory order and its
+    output laid out in the same axis order (no copy: the consumer's transpose back is contiguous)."""
+    from dse.kernels import using_threads
+
+    rng = np.random.default_rng(seed)
+    base = (rng.standard_normal(shape) * 3).astype(np.float32)
+    base.reshape(-1)[:3] = [np.nan, -0.0, np.inf][:base.size]
+    perm = data.draw(st.permutations(range(len(shape))))
+    v = base.transpose(perm)
+    kind = data.draw(st.sampled_from(["dense", "step", "reversed", "broadcast"]))
+    if kind == "step":
+        v = v[(slice(None, None, 2),) + (slice(None),) * (v.ndim - 1)]
+    elif kind == "reversed":
+        v = v[..., ::-1]
+    elif kind == "broadcast":
+        v = np.broadcast_to(v[..., :1], v.shape[:-1] + (3,))
+    c = np.ascontiguousarray(v)
+    with using_threads(threads), np.errstate(all="ignore"):
+        for f, args in ((nn.gelu_chain, (1.4142135, 1.0, 0.5, order)), (nn.erf, ())):
+            got, want = f(v, *args), f(c, *args)
+            assert got.shape == v.shape and got.dtype == np.float32
+            _same_bits(np.ascontiguousarray(got), want)
+            if kind == "dense":
+                assert got.transpose(np.argsort(perm)).flags.c_contiguous
+
+
 @pytest.mark.slow
 def test_compiled_gelu_chain_on_every_float32():
     """Every float32 bit pattern (2^32, in blocks of 2^24) through the compiled erf and GELU chain with the exported

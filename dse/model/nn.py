@@ -267,10 +267,23 @@ def erf(x: np.ndarray) -> np.ndarray:
         from scipy.special import erf as sp_erf
 
         return sp_erf(x)
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    _kernels.float_erf(x.reshape(-1), out.reshape(-1))
+    flat, out, flat_out = _elementwise_io(x)
+    _kernels.float_erf(flat, flat_out)
     return out
+
+
+def _elementwise_io(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x's values as a 1-D array, a new float32 array of x's shape, its values as a 1-D view) for a compiled
+    elementwise kernel: a tensor whose axes are a permutation of a C-contiguous block (a transposed view, e.g. a
+    MatMul's channels-last output of its 1x1 conv) is read in its memory order, no copy, and the output is laid out
+    the same way (its consumer's transpose back is then contiguous); any other layout is copied contiguous first.
+    Elementwise results do not depend on the order the values are visited in."""
+    perm = np.argsort([-s for s in x.strides], kind="stable")
+    xt = x.transpose(perm)
+    if not xt.flags.c_contiguous:
+        xt, perm = np.ascontiguousarray(x), np.arange(x.ndim)
+    out = np.empty(xt.shape, np.float32)
+    return xt.reshape(-1), out.transpose(np.argsort(perm)), out.reshape(-1)
 
 
 def gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
@@ -282,9 +295,8 @@ def gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
     if x.dtype != np.float32 or x.ndim == 0 or _kernels is None or not _kernels.numpy_loops_found() or \
             not _kernels.erf_loop_found():
         return reference_gelu_chain(x, cdiv, cadd, cmul, order)
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    _kernels.float_gelu(x.reshape(-1), out.reshape(-1), cdiv, cadd, cmul, order)
+    flat, out, flat_out = _elementwise_io(x)
+    _kernels.float_gelu(flat, flat_out, cdiv, cadd, cmul, order)
     return out
 
 
