@@ -436,9 +436,12 @@ static inline void dse_np_binary(dse_np_loop lp, const float *a, const float *b,
  * numpy expression e = exp(x - x.max(-1, keepdims)); e / e.sum(-1, keepdims): per row m = x[0] reduced with
  * maximum's loop over x[1 .. n) (numpy's reduction without identity starts from the first element), t = x - m,
  * then exp's loop on a block of rows (its values are lane-wise, independent of where a call starts), s = 0 + the
- * rows' sum by add's loop (the identity, then numpy's pairwise order), e / s. lp: maximum, exp, add. Row blocks over
- * nt threads; every row is computed the same way whatever the thread count. */
-static void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
+ * rows' sum by add's loop (the identity, then numpy's pairwise order), e / s. With ``scaled`` the softmax of x *
+ * scale (a float32 Mul by a constant before it, e.g. attention's 1/sqrt(d), in the same pass: the products staged in
+ * the output row; scale not NaN, so the product's NaN is x's, as numpy's multiply returns it). lp: maximum, exp,
+ * add. Row blocks over nt threads; every row is computed the same way whatever the thread count. */
+static void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt,
+                             int scaled, float scale)
 {
     const int64_t rb = n >= DSE_SOFTMAX_BLOCK ? 1 : DSE_SOFTMAX_BLOCK / n, nb = (R + rb - 1) / rb;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -446,7 +449,13 @@ static void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, c
         const int64_t r0 = b * rb, r1 = R - r0 < rb ? R : r0 + rb;
         for (int64_t r = r0; r < r1; r++) {
             const float *xr = x + r * n;
-            float *o = out + r * n, m = xr[0];
+            float *o = out + r * n;
+            if (scaled) {
+                for (int64_t i = 0; i < n; i++)
+                    o[i] = xr[i] * scale;
+                xr = o;
+            }
+            float m = xr[0];
             if (n > 1)
                 dse_np_reduce(lp[0], &m, xr + 1, n - 1);
             for (int64_t i = 0; i < n; i++)

@@ -118,7 +118,8 @@ cdef extern from "glue.h" nogil:
     void dse_global_avg_pool(const float *x, int64_t P, int64_t n, float *out, int nt)
     ctypedef struct dse_np_loop:
         pass
-    void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt)
+    void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt,
+                          int scaled, float scale)
     void dse_sigmoid_chunk(int level, const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
     int dse_sigmoid_own
     int dse_hardsigmoid_own
@@ -1375,20 +1376,27 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1
             c0 += m
 
 
-def float_softmax(const float[:, ::1] x, float[:, ::1] out, int threads=1):
+def float_softmax(const float[:, ::1] x, float[:, ::1] out, int threads=1, scale=None):
     """Writes out = softmax of each row of float32 x (rows of at least one value) with the bits of dse.model.ops'
     numpy expression (``cy/glue.h`` dse_softmax_rows: numpy's own float32 loops of maximum and add called as its
     reductions call them, exp on blocks of rows in cache, the subtraction and division in place): one pass over
-    memory instead of numpy's six. Needs :func:`numpy_loops_found`."""
+    memory instead of numpy's six. ``scale`` (a float32 value, not NaN): the softmax of x * scale (numpy's float32
+    product) instead. Needs :func:`numpy_loops_found`."""
     cdef int64_t R = x.shape[0], n = x.shape[1]
+    cdef float sc = 1.0
+    cdef int scaled = scale is not None
     if out.shape[0] != R or out.shape[1] != n or n < 1:
         raise ValueError("float_softmax: out must have x's shape, rows at least one value")
+    if scaled:
+        sc = scale
+        if sc != sc or <double>sc != <double>scale:
+            raise ValueError("float_softmax: scale must be a float32 value, not NaN")
     _glue_loops()
     cdef _Loop lp[3]
     lp[0], lp[1], lp[2] = _SIG_LOOPS[6], _SIG_LOOPS[1], _SIG_LOOPS[2]
     if R:
         with nogil:
-            dse_softmax_rows(&x[0, 0], R, n, &out[0, 0], <const dse_np_loop *>lp, max(1, threads))
+            dse_softmax_rows(&x[0, 0], R, n, &out[0, 0], <const dse_np_loop *>lp, max(1, threads), scaled, sc)
 
 
 def float_layernorm(const float[:, ::1] x, const float[::1] scale, bias, float eps, float[:, ::1] out,

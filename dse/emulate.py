@@ -491,6 +491,38 @@ class Emulator:
         self._add(i, n, [r.env[t] for t in n.inputs], r)
         return True
 
+    def _fused_softmax_scales(self, p) -> dict:
+        """{Mul node index: its float32 scalar constant (not NaN)} where the next node is a Softmax reading only the
+        Mul's product (attention's scores times 1/sqrt(d)), the product read by nothing else and not
+        the graph's output, no node of another fusion: the Softmax takes the product in its own pass
+        (:func:`dse.model.nn.softmax` with ``scale``; x * c and c * x are the same float32 for a c that is not NaN)."""
+        nodes, g, out = self.graph.nodes, self.graph, {}
+        taken = set(p["acts"]) | set(p["adds"]) | {f.add for f in p["residuals"].values()} | \
+            {i + 1 for i in p["acts"]} | set(p["residuals"]) | set(p["silus"]) | {i + 1 for i in p["silus"]} | \
+            {j for i in p["gelus"] for j in range(i, i + 5)}
+        for i in range(len(nodes) - 1):
+            m, s = nodes[i:i + 2]
+            slots = m.attrs.get("args")
+            if m.op != "mul" or s.op != "softmax" or m.is_mac or i in taken or i + 1 in taken or slots is None or \
+                    len(slots) != 2 or len(m.inputs) != 1 or slots.count(0) != 1 or s.inputs != [m.output]:
+                continue
+            c = m.params.get(slots[1 - slots.index(0)])
+            shape = g.shapes.get(m.inputs[0])
+            if not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.ndim != 0 or np.isnan(c) or \
+                    shape is None or g.shapes.get(m.output) != shape or m.output == g.output_name or \
+                    self._last[m.output] != i + 1:
+                continue
+            out[i] = float(c)
+        return out
+
+    def _step_softmax_scale(self, i, n, c, r) -> bool:
+        """The Softmax after Mul node ``i`` on the Mul's input times ``c``, in one pass."""
+        from dse.model.nn import softmax
+
+        s = self.graph.nodes[i + 1]
+        r.env[s.output] = softmax(r.env[n.inputs[0]], int(s.attrs["axis"]), scale=c)
+        return True
+
     def _step_gelu(self, i, n, f, r) -> bool:
         """The GELU chain headed by Div node ``i`` in one compiled pass."""
         from dse.model.float_exec import exec_node
@@ -879,6 +911,8 @@ FUSION_KINDS = (
     _Kind("acts", Emulator._fused_acts, None, lambda i, f: (i + 1,), Emulator._step_add),
     _Kind("adds", Emulator._fused_adds, None, None, Emulator._step_add),
     _Kind("gelus", Emulator._fused_gelus, None, lambda i, f: range(i + 1, i + 5), Emulator._step_gelu),
+    _Kind("softmax_scales", Emulator._fused_softmax_scales, None, lambda i, f: (i + 1,),
+          Emulator._step_softmax_scale),
     _Kind("silus", Emulator._fused_silus, None, lambda i, f: (i + 1,), Emulator._step_silu),
     _Kind("quants", Emulator._fused_quants, Emulator._emit_quantized, None, Emulator._step_glue_quant),
     _Kind("donors", Emulator._donor_operands),

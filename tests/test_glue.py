@@ -784,6 +784,30 @@ def test_compiled_softmax_gives_numpy_bits(case, threads):
                                      [x]), want)
 
 
+@settings(max_examples=120, deadline=None)
+@given(case=row_cases(), threads=st.sampled_from([1, 2]),
+       c=st.sampled_from([0.25, 0.125, -1.5, 3.0, 1e-30, 1e30, -0.0, np.inf, 0.1767767]))
+def test_compiled_softmax_of_a_product_gives_numpy_bits(case, threads, c):
+    """The compiled Softmax of x times a float32 constant (the Mul before it in the same pass) against numpy's
+    product then the numpy expression, bit for bit, on the cases of test_compiled_softmax_gives_numpy_bits; a NaN
+    constant is refused."""
+    x = _rows_at_offset(case["shape"], case["offset"], np.random.default_rng(case["seed"]), case["scale"],
+                        case["specials"], case["payloads"])
+    with np.errstate(all="ignore"):
+        y = x * np.float32(c)
+        e = np.exp(y - y.max(axis=-1, keepdims=True))
+        want = e / e.sum(axis=-1, keepdims=True)
+        got = np.empty_like(x)
+        _kernels.float_softmax(x.reshape(-1, x.shape[-1]), got.reshape(-1, x.shape[-1]), threads,
+                               scale=float(np.float32(c)))
+        _same_bits(got, want)
+        _same_bits(nn.softmax(x, -1, scale=float(np.float32(c))), want)
+        _same_bits(nn.softmax(x.astype(np.float64), -1, scale=float(np.float32(c))).astype(np.float32),
+                   nn.reference_softmax(x.astype(np.float64) * np.float32(c), -1).astype(np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        _kernels.float_softmax(x.reshape(-1, x.shape[-1]), got.reshape(-1, x.shape[-1]), scale=float("nan"))
+
+
 def test_softmax_falls_back_to_numpy(monkeypatch):
     """Other axes, non-contiguous rows, float64, no rows and LogSoftmax by numpy (the same bits; rows of no value
     raise numpy's error); without numpy's loops no call into the compiled pass."""
@@ -794,7 +818,7 @@ def test_softmax_falls_back_to_numpy(monkeypatch):
     x = rng.standard_normal((3, 5, 7)).astype(np.float32) * 4
     calls = []
     real = _kernels.float_softmax
-    monkeypatch.setattr(_kernels, "float_softmax", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_kernels, "float_softmax", lambda *a, **k: calls.append(1) or real(*a, **k))
     for v, ax in ((x, 1), (x, 0), (x.transpose(0, 2, 1), -1), (x.astype(np.float64), -1), (x[:0], -1)):
         with np.errstate(all="ignore"):
             _same_bits(nn.softmax(v, ax), nn.reference_softmax(v, ax))

@@ -269,10 +269,30 @@ def test_vit_block_mlp_and_attention(tmp_path, opset):
     assert ("gelu" in ops) == (opset >= 20) and ("erf" in ops) == (opset < 20)
     qm = check_emulated(graph, [T, D], "perf_j1_k2")
     assert len(Emulator(qm)._plan["gelus"]) == (opset < 20)  # the exported GELU chain in one compiled pass
+    assert len(Emulator(qm)._plan["softmax_scales"]) == 1  # the scores' 1/sqrt(d) Mul in the Softmax's pass
     check_donors(qm, [T, D], 2 if opset < 20 else 0)  # GELU's x * (1 + erf) and its 0.5 x product, LayerNorm's
     assert len(qm.layers) == 7  # qkv, proj, fc1, fc2 (1x1 convs over the tokens), QK^T, AV + classifier
     mm = [l for l in qm.layers if l.op == "matmul"]
     assert [(l.M, l.K, l.N, l.groups, l.a_signed) for l in mm] == [(T, D // H, T * H, H, True), (T, T, D, H, False)]
+
+
+@pytest.mark.parametrize("case", ["fused", "constant first", "second reader", "nan constant", "tensor"])
+def test_softmax_of_a_scaled_product(tmp_path, case):
+    """A Mul by a float32 scalar before a Softmax runs in the Softmax's pass (either operand order); not where the
+    product has another reader, the constant is NaN or the other operand is a tensor; the emulator's logits are the
+    reference's bits either way."""
+    T, D = 6, 8
+    g = G(17)
+    h = g.op("MatMul", ["x", g.c(rand_w(D, T))])
+    c = g.c(np.float32("nan") if case == "nan constant" else rand_w(T) if case == "tensor" else np.float32(0.35))
+    m = g.op("Mul", [c, h] if case == "constant first" else [h, c])
+    y = g.op("Softmax", [m], axis=-1)
+    if case == "second reader":
+        y = g.op("Add", [y, m])
+    p = g.save(tmp_path, g.op("MatMul", [y, g.c(rand_w(T, 3))]), [T, D])
+    graph = load_onnx(p)
+    qm = check_emulated(graph, [T, D], "mitch_w6")
+    assert len(Emulator(qm)._plan["softmax_scales"]) == (case in ("fused", "constant first"))
 
 
 @pytest.mark.parametrize("opset", OPSETS)

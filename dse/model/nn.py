@@ -300,16 +300,17 @@ def gelu_chain(x: np.ndarray, cdiv, cadd, cmul, order: int = 0) -> np.ndarray:
     return out
 
 
-def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """Softmax of x along ``axis`` as a new array: float32 C-contiguous x along its last axis (rows of 1 to
-    MAX_REDUCED_ROW values) by the compiled ``float_softmax`` (one pass over the rows, numpy's own loops for its max,
-    exp and sum; one thread, as :func:`max_pool`), else :func:`reference_softmax`; the same bits."""
+def softmax(x: np.ndarray, axis: int, scale: float | None = None) -> np.ndarray:
+    """Softmax of x along ``axis`` (with ``scale``, a float32 constant not NaN: of x * scale, the float32 product of a
+    Mul before it) as a new array: float32 C-contiguous x along its last axis (rows of 1 to MAX_REDUCED_ROW values)
+    by the compiled ``float_softmax`` (one pass over the rows, numpy's own loops for its max, exp and sum; one
+    thread, as :func:`max_pool`), else :func:`reference_softmax`; the same bits."""
     if x.dtype != np.float32 or x.ndim == 0 or axis % x.ndim != x.ndim - 1 or not x.flags.c_contiguous or \
             x.size == 0 or not 0 < x.shape[-1] <= MAX_REDUCED_ROW or _kernels is None or \
             not _kernels.numpy_loops_found():
-        return reference_softmax(x, axis)
+        return reference_softmax(x if scale is None else x * np.float32(scale), axis)
     out = np.empty_like(x)
-    _kernels.float_softmax(x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]))
+    _kernels.float_softmax(x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]), scale=scale)
     return out
 
 
