@@ -59,6 +59,39 @@ static void dse_max_row(float *acc, const float *row, int64_t sw, int64_t off, i
         acc[o] = dse_np_maximum(acc[o], row[o * sw + off]);
 }
 
+/* The separable pass's outputs its vector steps leave, one by one: hrow[o] for o < Wo outside [v0, v1) (the running
+ * maximum of row[o sw + j dw - pl] over the taps j whose column lies in [0, W)), and output columns [c0, Wo) of one
+ * output row (the running maximum over the hr values of its kh taps' rows ih0 + i dh that lie in [0, H)). */
+static void dse_max_hrow_edges(const float *row, int64_t W, int64_t Wo, int64_t kw, int64_t sw, int64_t pl,
+                               int64_t dw, int64_t v0, int64_t v1, float *hrow)
+{
+    for (int64_t o = 0; o < Wo; o++) {
+        if (o == v0)
+            o = v1;
+        if (o >= Wo)
+            break;
+        float acc = -INFINITY;
+        for (int64_t j = 0; j < kw; j++) {
+            const int64_t c = o * sw - pl + j * dw;
+            if (c >= 0 && c < W)
+                acc = dse_np_maximum(acc, row[c]);
+        }
+        hrow[o] = acc;
+    }
+}
+
+static void dse_max_cols_from(const float *hr, int64_t ih0, int64_t dh, int64_t kh, int64_t H, int64_t Wo, int64_t c0,
+                              float *o)
+{
+    for (int64_t c = c0; c < Wo; c++) {
+        float acc = -INFINITY;
+        for (int64_t i = 0, ih = ih0; i < kh; i++, ih += dh)
+            if (ih >= 0 && ih < H)
+                acc = dse_np_maximum(acc, hr[ih * Wo + c]);
+        o[c] = acc;
+    }
+}
+
 /* The separable pass for strides sw 1 and 2 (AVX-512 here, its AVX2 twins below): each input row's running maximum
  * over the kw taps of every output column (hrow), then each output's running maximum over its kh rows' hrow values,
  * both in tap order from -inf over the valid taps. maximum is associative (non-NaN: the last operand attaining the
@@ -103,19 +136,7 @@ DSE_T_512 static void dse_max_hrow512(const float *row, int64_t W, int64_t Wo, i
             }
         }
     }
-    for (int64_t o = 0; o < Wo; o++) {
-        if (o == v0)
-            o = v1;
-        if (o >= Wo)
-            break;
-        float acc = -INFINITY;
-        for (int64_t j = 0; j < kw; j++) {
-            const int64_t c = o * sw - pl + j * dw;
-            if (c >= 0 && c < W)
-                acc = dse_np_maximum(acc, row[c]);
-        }
-        hrow[o] = acc;
-    }
+    dse_max_hrow_edges(row, W, Wo, kw, sw, pl, dw, v0, v1, hrow);
 }
 
 /* Outputs [0, Wo) of one output row at o: the running maximum over the hrow values (hr, Wo apart) of its kh taps'
@@ -136,13 +157,7 @@ DSE_T_512 static void dse_max_cols512(const float *hr, int64_t ih0, int64_t dh, 
         if (o0 == Wo - 16)
             break;
     }
-    for (int64_t c = Wo >= 16 ? Wo : 0; c < Wo; c++) {
-        float acc = -INFINITY;
-        for (int64_t i = 0, ih = ih0; i < kh; i++, ih += dh)
-            if (ih >= 0 && ih < H)
-                acc = dse_np_maximum(acc, hr[ih * Wo + c]);
-        o[c] = acc;
-    }
+    dse_max_cols_from(hr, ih0, dh, kh, H, Wo, Wo >= 16 ? Wo : 0, o);
 }
 
 /* The AVX2 twins of dse_max_hrow512 and dse_max_cols512: 8 outputs per step; at stride 2 a step's 8 columns
@@ -178,19 +193,7 @@ DSE_T_AVX2 static void dse_max_hrow_avx2(const float *row, int64_t W, int64_t Wo
             }
         }
     }
-    for (int64_t o = 0; o < Wo; o++) {
-        if (o == v0)
-            o = v1;
-        if (o >= Wo)
-            break;
-        float acc = -INFINITY;
-        for (int64_t j = 0; j < kw; j++) {
-            const int64_t c = o * sw - pl + j * dw;
-            if (c >= 0 && c < W)
-                acc = dse_np_maximum(acc, row[c]);
-        }
-        hrow[o] = acc;
-    }
+    dse_max_hrow_edges(row, W, Wo, kw, sw, pl, dw, v0, v1, hrow);
 }
 
 DSE_T_AVX2 static void dse_max_cols_avx2(const float *hr, int64_t ih0, int64_t dh, int64_t kh, int64_t H, int64_t Wo,
@@ -208,13 +211,7 @@ DSE_T_AVX2 static void dse_max_cols_avx2(const float *hr, int64_t ih0, int64_t d
         if (o0 == Wo - 8)
             break;
     }
-    for (int64_t c = Wo >= 8 ? Wo : 0; c < Wo; c++) {
-        float acc = -INFINITY;
-        for (int64_t i = 0, ih = ih0; i < kh; i++, ih += dh)
-            if (ih >= 0 && ih < H)
-                acc = dse_np_maximum(acc, hr[ih * Wo + c]);
-        o[c] = acc;
-    }
+    dse_max_cols_from(hr, ih0, dh, kh, H, Wo, Wo >= 8 ? Wo : 0, o);
 }
 
 /* One plane (H x W at xp) into its Ho x Wo outputs at op, separable (level avx2 or avx512); hr: H Wo floats of
