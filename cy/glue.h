@@ -92,6 +92,24 @@ static void dse_max_cols_from(const float *hr, int64_t ih0, int64_t dh, int64_t 
     }
 }
 
+/* Whether one row's separable pass has vector steps of ``step`` outputs: steps whose taps all lie in the row (a
+ * step's columns reach (kw - 1) dw + (step - 1) sw past its first one), starting at *v0 = the first output whose
+ * taps are all in the row, up to the last start that keeps the step in the row and in [0, Wo) (the last step
+ * overlapping the one before it); [*v0, *v1) the outputs they cover, else *v0 = *v1 = Wo. */
+static inline int dse_max_hrow_steps(int64_t W, int64_t Wo, int64_t kw, int64_t sw, int64_t pl, int64_t dw,
+                                     int64_t step, int64_t *v0, int64_t *v1)
+{
+    const int64_t span = (kw - 1) * dw + (step - 1) * sw;
+    const int64_t lo = (pl + sw - 1) / sw;
+    const int64_t hi = W - 1 - span + pl < 0 ? -1 : (W - 1 - span + pl) / sw;
+    const int64_t last = hi < Wo - step ? hi : Wo - step;
+    *v0 = *v1 = Wo;
+    if (hi < lo || Wo < step || last < lo)
+        return 0;
+    *v0 = lo, *v1 = last + step;
+    return 1;
+}
+
 /* The separable pass for strides sw 1 and 2 (AVX-512 here, its AVX2 twins below): each input row's running maximum
  * over the kw taps of every output column (hrow), then each output's running maximum over its kh rows' hrow values,
  * both in tap order from -inf over the valid taps. maximum is associative (non-NaN: the last operand attaining the
@@ -112,28 +130,21 @@ DSE_T_512 static void dse_max_hrow512(const float *row, int64_t W, int64_t Wo, i
     /* lane i takes element 2 i of the 31 from the window's start: elements 0..15 of the first load, 15..30 of the
      * second (which starts 15 on, so that it ends at the last element used) */
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31);
-    const int64_t span = (kw - 1) * dw + 15 * sw;                       /* a step's columns past its first one */
-    const int64_t lo = (pl + sw - 1) / sw;                              /* first output whose taps are all in the row */
-    const int64_t hi = W - 1 - span + pl < 0 ? -1 : (W - 1 - span + pl) / sw; /* last step start */
-    int64_t v0 = Wo, v1 = Wo;                                           /* the outputs the steps cover */
-    if (hi >= lo && Wo >= 16) {
-        const int64_t last = hi < Wo - 16 ? hi : Wo - 16;
-        if (last >= lo) {
-            v0 = lo, v1 = last + 16;
-            for (int64_t o0 = lo;; o0 += 16) {
-                if (o0 > last)
-                    o0 = last;
-                __m512 acc = _mm512_set1_ps(-INFINITY);
-                for (int64_t j = 0; j < kw; j++) {
-                    const float *p = row + o0 * sw - pl + j * dw;
-                    const __m512 v = sw == 1 ? _mm512_loadu_ps(p)
-                                             : _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 15));
-                    acc = dse_np_maximum16(acc, v);
-                }
-                _mm512_storeu_ps(hrow + o0, acc);
-                if (o0 == last)
-                    break;
+    int64_t v0, v1;
+    if (dse_max_hrow_steps(W, Wo, kw, sw, pl, dw, 16, &v0, &v1)) {
+        for (int64_t o0 = v0;; o0 += 16) {
+            if (o0 > v1 - 16)
+                o0 = v1 - 16;
+            __m512 acc = _mm512_set1_ps(-INFINITY);
+            for (int64_t j = 0; j < kw; j++) {
+                const float *p = row + o0 * sw - pl + j * dw;
+                const __m512 v = sw == 1 ? _mm512_loadu_ps(p)
+                                         : _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 15));
+                acc = dse_np_maximum16(acc, v);
             }
+            _mm512_storeu_ps(hrow + o0, acc);
+            if (o0 == v1 - 16)
+                break;
         }
     }
     dse_max_hrow_edges(row, W, Wo, kw, sw, pl, dw, v0, v1, hrow);
@@ -167,30 +178,23 @@ DSE_T_AVX2 static void dse_max_hrow_avx2(const float *row, int64_t W, int64_t Wo
                                          int64_t dw, float *hrow)
 {
     const __m256i i0 = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0), i1 = _mm256_setr_epi32(0, 0, 0, 0, 1, 3, 5, 7);
-    const int64_t span = (kw - 1) * dw + 7 * sw;
-    const int64_t lo = (pl + sw - 1) / sw;
-    const int64_t hi = W - 1 - span + pl < 0 ? -1 : (W - 1 - span + pl) / sw;
-    int64_t v0 = Wo, v1 = Wo;
-    if (hi >= lo && Wo >= 8) {
-        const int64_t last = hi < Wo - 8 ? hi : Wo - 8;
-        if (last >= lo) {
-            v0 = lo, v1 = last + 8;
-            for (int64_t o0 = lo;; o0 += 8) {
-                if (o0 > last)
-                    o0 = last;
-                __m256 acc = _mm256_set1_ps(-INFINITY);
-                for (int64_t j = 0; j < kw; j++) {
-                    const float *p = row + o0 * sw - pl + j * dw;
-                    const __m256 v = sw == 1 ? _mm256_loadu_ps(p)
-                                             : _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(p), i0),
-                                                               _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + 7), i1),
-                                                               0xF0);
-                    acc = dse_np_maximum8(acc, v);
-                }
-                _mm256_storeu_ps(hrow + o0, acc);
-                if (o0 == last)
-                    break;
+    int64_t v0, v1;
+    if (dse_max_hrow_steps(W, Wo, kw, sw, pl, dw, 8, &v0, &v1)) {
+        for (int64_t o0 = v0;; o0 += 8) {
+            if (o0 > v1 - 8)
+                o0 = v1 - 8;
+            __m256 acc = _mm256_set1_ps(-INFINITY);
+            for (int64_t j = 0; j < kw; j++) {
+                const float *p = row + o0 * sw - pl + j * dw;
+                const __m256 v = sw == 1 ? _mm256_loadu_ps(p)
+                                         : _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(p), i0),
+                                                           _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + 7), i1),
+                                                           0xF0);
+                acc = dse_np_maximum8(acc, v);
             }
+            _mm256_storeu_ps(hrow + o0, acc);
+            if (o0 == v1 - 8)
+                break;
         }
     }
     dse_max_hrow_edges(row, W, Wo, kw, sw, pl, dw, v0, v1, hrow);
