@@ -519,7 +519,8 @@ def test_rows_kernel_small_activations_partial_tables(M, Kd, N, signed, mname, s
        scaled=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
 def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
     """Selector tiles with fewer valid rows than their width (N not a multiple of 64 at the avx512 level and at avx2
-    on tables of <= 128 rows: "classed", "mitch_w6", "tiny"; of 32 otherwise), the last tile of a call with 64-row tiles taking the 32-row kernel when it holds <= 32 valid rows and the
+    on tables of <= 128 rows: "classed", "mitch_w6", "tiny"; of 32 otherwise), the last tile of a call with 64-row
+    tiles taking the 32-row kernel when it holds <= 32 valid rows and the
     half-width adds when <= 16 (16 selectors: byte, pair and full 16-bit sums), and the output written in blocks of
     64 positions: the result (int64 sums, or the scaled output) is the reference's, both orientations, every ISA
     level, 1 and 2 threads, on reduction lengths around the 16-bit window (256), the portable adds' 4-step chunks
@@ -680,6 +681,15 @@ def dw_scaled_reference(rng, ref: np.ndarray, out: str, act, q_signed: bool):
     return sc, reference_quantize_act(y, sc.quant.scale, q_signed) if out == "quant" else y
 
 
+def assert_dw_every_isa(x, w, mult, signed: bool, geo, mode: str, sc, ref: np.ndarray, y, threads: int, block: int):
+    """K._dw_conv in ``mode`` gives the reference (int64 sums ``ref``, or ``y`` through the Scaling ``sc``) at every
+    ISA level, on ``threads`` threads and image blocks of ``block`` positions."""
+    with K.using_threads(threads), dw_blocks(block, False):
+        for isa in ISAS:
+            got = K._dw_conv(x, w, mult, signed, geo, mode, isa, sc)
+            assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
+
+
 @settings(deadline=None, max_examples=80)
 @given(B=st.integers(1, 6), C=st.integers(1, 3), og=st.integers(1, 3), H=st.integers(1, 20), W=st.integers(1, 20),
        k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
@@ -742,10 +752,7 @@ def test_depthwise_values_rows(B, C, og, H, W, k, stride, dil, pads, signed, q_s
     assert K._depthwise_mode(mult, signed, w.shape, max(C, 2), "auto", geo, B) == "values"
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
     sc, y = dw_scaled_reference(rng, ref, out, act, q_signed)
-    with K.using_threads(threads), dw_blocks(block, False):
-        for isa in ISAS:
-            got = K._dw_conv(x, w, mult, signed, geo, "values", isa, sc)
-            assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
+    assert_dw_every_isa(x, w, mult, signed, geo, "values", sc, ref, y, threads, block)
 
 
 @settings(deadline=None, max_examples=40)
@@ -802,10 +809,7 @@ def test_depthwise_rowsum_kernel(B, C, og, H, W, k, stride, dil, pads, signed, e
         return
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
     sc, y = dw_scaled_reference(rng, ref, out, act, q_signed)
-    with K.using_threads(threads), dw_blocks(block, False):
-        for isa in ISAS:
-            got = K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc)
-            assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
+    assert_dw_every_isa(x, w, mult, signed, geo, "rowsum", sc, ref, y, threads, block)
     if B * geo.out_hw[0] * geo.out_hw[1] * (kh * kw - ng) >= K._DW_ROWSUM_BUILD * 256 * ng and C > 1:
         assert K._depthwise_mode(mult, signed, w.shape, C, "auto", geo, B) == "rowsum"
 
@@ -829,10 +833,7 @@ def test_depthwise_rowsum_5x5(B, C, og, H, W, stride, dil, pads, signed, extreme
     geo = K._conv_args(x, w, signed, stride, pads, dil, C, "test")[2]
     ref = K.reference_conv2d_int(x, w, mult, signed, stride, pads, dil, C)
     sc, y = dw_scaled_reference(rng, ref, out, None, False)
-    with K.using_threads(threads), dw_blocks(block, False):
-        for isa in ISAS:
-            got = K._dw_conv(x, w, mult, signed, geo, "rowsum", isa, sc)
-            assert np.array_equal(got if sc is None else got.view(sc.dtype), ref if sc is None else y), isa
+    assert_dw_every_isa(x, w, mult, signed, geo, "rowsum", sc, ref, y, threads, block)
 
 
 @settings(deadline=None, max_examples=40)
@@ -909,7 +910,8 @@ def test_depthwise_rowsum_rejects_kernels_beyond_its_fields():
     x = np.zeros((1, 2, 12, 12), np.uint8)
     lutT = np.zeros((256, 256), np.int32)
     z = np.zeros(256, np.int16)
-    for wshape, stride, dil in (((2, 4, 25), (1, 1), (1, 1)), ((2, 3, 33), (1, 1), (1, 3)), ((2, 33, 2), (1, 2), (1, 1))):
+    for wshape, stride, dil in (((2, 4, 25), (1, 1), (1, 1)), ((2, 3, 33), (1, 1), (1, 3)),
+                                ((2, 33, 2), (1, 2), (1, 1))):
         wp = np.zeros(wshape, np.uint8)
         with pytest.raises(ValueError, match="rowsum"):
             K._kernels.dw_conv(x, wp, "rowsum", lutT, z, z, 0, stride, (8, 8), dil, (4, 4), False)
@@ -927,7 +929,8 @@ def test_compiled_im2col_matches_numpy(B, C, H, W, k, stride, dil, pads, threads
     """The compiled im2col of uint8 patterns (the GEMM operand of every non-1x1 integer conv) is im2col_T byte for
     byte at every ISA level: strides, dilations, paddings wider than the kernel or the plane, rows and columns wholly
     in the padding; output rows of <= 16 columns (the plane path below avx512: the padded plane split into column
-    phases per channel and image); planes up to 140 wide (the avx512 level's chunks of several output rows, of one row, of column
+    phases per channel and image); planes up to 140 wide (the avx512 level's chunks of several output rows, of one
+    row, of column
     segments of a row wider than its 128-byte windows, and the plain code where the tables would be too large)."""
     from dse import _kernels
 
