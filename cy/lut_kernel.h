@@ -2571,13 +2571,21 @@ static void dse_lutb_lookups(const uint8_t *sel, int64_t nsel, const uint8_t *X,
  * A 3 x 3 kernel at stride 1 (column dilation 1, any row dilation dh) takes the transposed packing instead ("cols"):
  * group j = the kernel column (its run starts j bytes after tap (0, 0)'s), field i = the kernel row, out[t] = base +
  * sum_i field_i(S[t + i fs]) with fs = dh WQ; the three groups read one run of bytes, each byte indexing all three
- * columns (dse_dw_cols3_sums): one index per position instead of three. */
+ * columns (dse_dw_cols3_sums): one index per position instead of three.
+ * A 3 x 3 kernel at stride 2 (dilation 1) reads four phase planes: E0 (even rows, even columns: taps (0|2, 0|2)),
+ * E1 (even rows, odd columns: (0|2, 1)), O0 (odd rows, even columns: (1, 0|2)), O1 (odd rows, odd columns: (1, 1)).
+ * Its packing ("cols" 2, dse_dw_s2_sums) indexes each of their bytes once: field 0 holds kernel row 0, field 1
+ * kernel row 2 (the same even plane one row further down) and field 2 kernel row 1, and a tap of kernel column 2
+ * reads the byte after column 0's, so S[u] = Q0[E0[u]] + Q1[E0[u + 1]] + Q2[E1[u]] + Q3[O0[u]] + Q4[O0[u + 1]] +
+ * Q5[O1[u]] and out[t] = base + field_0(S[t]) + field_2(S[t]) + field_1(S[t + WQ]): six lookups from four byte
+ * indexes per position instead of six from six (the generic groups), over L + WQ positions instead of L + 2. */
 #define DSE_DW_FIELD 21
 typedef struct {
     int64_t ng, goff[32]; /* groups and where each one's run starts in the phase planes */
     int64_t *tg, *tf;     /* per tap: its group and field */
     int64_t fs;           /* field f of output t's sums is in S[t + f fs] */
-    int cols;             /* the "cols" packing: 3 (3x3) or 5 (5x5, dse_dw_cols5_sums), else 0 */
+    int cols;             /* the "cols" packing: 3 (3x3), 5 (5x5, dse_dw_cols5_sums), 2 (3x3 at stride 2,
+                           * dse_dw_s2_sums), else 0 */
     int64_t s2;           /* cols 5: the second sums (kernel rows 3, 4) are S2 = S + s2 */
 } dse_dw_groups;
 
@@ -2767,6 +2775,78 @@ static inline __attribute__((always_inline)) void dse_dw_cols5_sums(const uint8_
     }
 }
 
+/* The sums of the stride-2 packing (cols 2), 8 positions a step: E0 and O0's bytes indexed once for columns 0 and
+ * 2 (displacement 2 KiB: Q0 / Q1 and Q3 / Q4), E1's and O1's for one table each. Reads up to 9 bytes past the step.
+ * dse_dw_s2_images: image b's positions [b HW, b HW + L + fs) (output t reads S[t], S[t + fs]; L + fs <= HW: the
+ * images' ranges do not overlap, unlike the tight planes' of dse_dw_rowsum_images). */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DSE_DW_COLS8_2(v, tab, s0, s1, s2, s3, s4, s5, s6, s7)                                                           \
+    do {                                                                                                               \
+        uint64_t i0, i1;                                                                                               \
+        __asm__("movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" DSE_DW_COL(0, "i0") "%[s0]\n\t"                     \
+                DSE_DW_COL(0, "i1") "%[s1]\n\t" DSE_DW_COL(2048, "i1") "%[s0]\n\tshrq $16, %[v]\n\t"                   \
+                "movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" DSE_DW_COL(0, "i0") "%[s2]\n\t"                     \
+                DSE_DW_COL(2048, "i0") "%[s1]\n\t" DSE_DW_COL(0, "i1") "%[s3]\n\t"                                    \
+                DSE_DW_COL(2048, "i1") "%[s2]\n\tshrq $16, %[v]\n\t"                                                   \
+                "movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" DSE_DW_COL(0, "i0") "%[s4]\n\t"                     \
+                DSE_DW_COL(2048, "i0") "%[s3]\n\t" DSE_DW_COL(0, "i1") "%[s5]\n\t"                                    \
+                DSE_DW_COL(2048, "i1") "%[s4]\n\tshrq $16, %[v]\n\t"                                                   \
+                "movzbl %b[v], %k[i0]\n\tmovzbl %h[v], %k[i1]\n\t" DSE_DW_COL(0, "i0") "%[s6]\n\t"                     \
+                DSE_DW_COL(2048, "i0") "%[s5]\n\t" DSE_DW_COL(0, "i1") "%[s7]\n\t"                                    \
+                DSE_DW_COL(2048, "i1") "%[s6]\n\t"                                                                     \
+                : [v] "+Q"(v), [i0] "=&r"(i0), [i1] "=&R"(i1), [s0] "+r"(s0), [s1] "+r"(s1), [s2] "+r"(s2),           \
+                  [s3] "+r"(s3), [s4] "+r"(s4), [s5] "+r"(s5), [s6] "+r"(s6), [s7] "+r"(s7)                            \
+                : [c] "r"(tab)                                                                                           \
+                : "memory");                                                                                           \
+    } while (0)
+#else
+#define DSE_DW_COLS8_2(v, tab, s0, s1, s2, s3, s4, s5, s6, s7)                                                           \
+    do {                                                                                                               \
+        uint64_t *const sk[8] = {&s0, &s1, &s2, &s3, &s4, &s5, &s6, &s7};                                              \
+        for (int k = 0; k < 8; k++)                                                                                    \
+            for (int j = 0; j <= k && j < 2; j++)                                                                      \
+                *sk[k - j] += tab[256 * j + ((v >> (8 * k)) & 255)];                                                     \
+    } while (0)
+#endif
+
+static inline __attribute__((always_inline)) void dse_dw_s2_sums(const uint8_t *P, const dse_dw_groups *gr,
+                                                                 int64_t u0, int64_t u1, const uint64_t *Q,
+                                                                 uint64_t *S)
+{
+    const uint8_t *e0 = P + gr->goff[0] + u0, *e1 = P + gr->goff[1] + u0;
+    const uint8_t *o0 = P + gr->goff[2] + u0, *o1 = P + gr->goff[3] + u0;
+    for (int64_t t = u0; t < u1; t += 8, e0 += 8, e1 += 8, o0 += 8, o1 += 8) {
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, v;
+        memcpy(&v, e0, 8);
+        DSE_DW_COLS8_2(v, Q, s0, s1, s2, s3, s4, s5, s6, s7);
+        memcpy(&v, o0, 8);
+        {
+            const uint64_t *c = Q + 768;
+            DSE_DW_COLS8_2(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+        }
+        s7 += Q[256 + e0[8]] + Q[1024 + o0[8]]; /* column 2 of output 7: the next step's first bytes */
+        memcpy(&v, e1, 8);
+        {
+            const uint64_t *c = Q + 512;
+            DSE_DW_BYTES8_64(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+        }
+        memcpy(&v, o1, 8);
+        {
+            const uint64_t *c = Q + 1280;
+            DSE_DW_BYTES8_64(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+        }
+        S[t] = s0, S[t + 1] = s1, S[t + 2] = s2, S[t + 3] = s3;
+        S[t + 4] = s4, S[t + 5] = s5, S[t + 6] = s6, S[t + 7] = s7;
+    }
+}
+
+static void dse_dw_s2_images(const uint8_t *P, const dse_dw_groups *gr, int64_t nb, int64_t HW, int64_t L,
+                             const uint64_t *Q, uint64_t *S)
+{
+    for (int64_t b = 0; b < nb; b++)
+        dse_dw_s2_sums(P, gr, b * HW, b * HW + L + gr->fs, Q, S);
+}
+
 /* Whether the groups take dse_dw_rowsum3_sums. */
 static inline int dse_dw_rows3(const dse_dw_groups *gr)
 {
@@ -2798,20 +2878,29 @@ static inline __attribute__((always_inline)) void dse_dw_rowsum_images(const uin
     }
 }
 
-/* Output (b, y, q) = base + the three 21-bit fields of S[t], S[t + fs], S[t + 2 fs] that hold its sums, t = b HW + y
- * WQ + q, stored in the output's order at full[(b Ho + y) Wo + q] (no rows to move afterwards). */
+/* Output (b, y, q) = base + the three 21-bit fields of S[t], S[t + fs], S[t + f2] that hold its sums (f2 = 2 fs, or
+ * 0 for the stride-2 packing: dse_dw_f2), t = b HW + y WQ + q, stored in the output's order at full[(b Ho + y) Wo + q]
+ * (no rows to move afterwards). */
+static inline int64_t dse_dw_f2(const dse_dw_groups *gr)
+{
+    return gr->cols == 2 ? 0 : 2 * gr->fs;
+}
+
 static void dse_dw_run_rowsum(const uint8_t *P, const dse_dw_groups *gr, int64_t nb, int64_t HW, int64_t WQ,
                               int64_t Ho, int64_t Wo, const uint64_t *Q, int64_t base, uint64_t *S, int32_t *full)
 {
     const uint64_t m = ((uint64_t)1 << DSE_DW_FIELD) - 1;
-    const int64_t fs = gr->fs;
-    dse_dw_rowsum_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
+    const int64_t fs = gr->fs, f2 = dse_dw_f2(gr);
+    if (gr->cols == 2)
+        dse_dw_s2_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
+    else
+        dse_dw_rowsum_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
     for (int64_t b = 0; b < nb; b++)
         for (int64_t y = 0; y < Ho; y++) {
             const uint64_t *s = S + b * HW + y * WQ;
             int32_t *d = full + (b * Ho + y) * Wo;
             for (int64_t q = 0; q < Wo; q++) {
-                uint64_t v = (s[q] & m) + ((s[q + fs] >> DSE_DW_FIELD) & m) + (s[q + 2 * fs] >> (2 * DSE_DW_FIELD));
+                uint64_t v = (s[q] & m) + ((s[q + fs] >> DSE_DW_FIELD) & m) + (s[q + f2] >> (2 * DSE_DW_FIELD));
                 if (gr->cols == 5) /* kernel rows 3, 4 */
                     v += (s[gr->s2 + q + 3 * fs] & m) + ((s[gr->s2 + q + 4 * fs] >> DSE_DW_FIELD) & m);
                 d[q] = (int32_t)(base + (int64_t)v);
@@ -2819,13 +2908,16 @@ static void dse_dw_run_rowsum(const uint8_t *P, const dse_dw_groups *gr, int64_t
         }
 }
 
-/* 4 outputs of dse_dw_run_rowsum from s (as int64 lanes, each < 3 2^21). */
-DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_fold4(const uint64_t *s, int64_t fs, __m256i m)
+/* 4 outputs of dse_dw_run_rowsum from s (as int64 lanes, each < 3 2^21); field 2 from s + f2k fs (f2k a constant:
+ * dse_dw_f2). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_fold4(const uint64_t *s, int64_t fs,
+                                                                            const int f2k, __m256i m)
 {
+    const int64_t f2 = f2k * fs;
     const __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)s), m);
     const __m256i b = _mm256_and_si256(_mm256_srli_epi64(_mm256_loadu_si256((const __m256i *)(s + fs)), DSE_DW_FIELD), m);
     return _mm256_add_epi64(_mm256_add_epi64(a, b),
-                            _mm256_srli_epi64(_mm256_loadu_si256((const __m256i *)(s + 2 * fs)), 2 * DSE_DW_FIELD));
+                            _mm256_srli_epi64(_mm256_loadu_si256((const __m256i *)(s + f2)), 2 * DSE_DW_FIELD));
 }
 
 /* The "cols" 5 x 5 packing's rows 3, 4 of 4 outputs (fields 0, 1 of s2[3 fs], s2[4 fs]). */
@@ -2840,23 +2932,23 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_dw_fold4_row
 /* dse_dw_run_rowsum at the AVX2 level: each row's outputs 8 (or, for the last 4 or fewer, 4) per step; a step's
  * lanes past Wo are overwritten by the next row's store or lie up to 7 past the nb Ho Wo outputs (the buffer's
  * slack), and read S up to 7 entries past what dse_dw_rowsum_images computed (entries of other positions, or the
- * buffer's slack: they only reach those dropped lanes). */
-DSE_T_AVX2 static void dse_dw_run_rowsum_avx2(const uint8_t *P, const dse_dw_groups *gr, int64_t nb, int64_t HW,
-                                              int64_t WQ, int64_t Ho, int64_t Wo, const uint64_t *Q, int64_t base,
-                                              uint64_t *S, int32_t *full)
+ * buffer's slack: they only reach those dropped lanes). The fold is compiled for each field-2 offset (f2k 2, or 0
+ * for the stride-2 packing: dse_dw_run_s2_avx2). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_dw_fold_avx2(const dse_dw_groups *gr, int64_t nb, int64_t HW, int64_t WQ, int64_t Ho, int64_t Wo, int64_t base,
+                 const uint64_t *S, int32_t *full, const int f2k)
 {
     const __m256i m = _mm256_set1_epi64x(((int64_t)1 << DSE_DW_FIELD) - 1), vb = _mm256_set1_epi32((int32_t)base);
     const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     const int64_t fs = gr->fs;
     const int c5 = gr->cols == 5;
-    dse_dw_rowsum_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
     for (int64_t b = 0; b < nb; b++)
         for (int64_t y = 0; y < Ho; y++) {
             const uint64_t *s = S + b * HW + y * WQ;
             int32_t *d = full + (b * Ho + y) * Wo;
             int64_t q = 0;
             for (; q + 4 < Wo; q += 8) { /* lanes (q0, q4, q1, q5, ...) as dwords, then in order */
-                __m256i lo = dse_dw_fold4(s + q, fs, m), hi = dse_dw_fold4(s + q + 4, fs, m);
+                __m256i lo = dse_dw_fold4(s + q, fs, f2k, m), hi = dse_dw_fold4(s + q + 4, fs, f2k, m);
                 if (c5)
                     lo = _mm256_add_epi64(lo, dse_dw_fold4_rows34(s + gr->s2 + q, fs, m)),
                     hi = _mm256_add_epi64(hi, dse_dw_fold4_rows34(s + gr->s2 + q + 4, fs, m));
@@ -2864,13 +2956,31 @@ DSE_T_AVX2 static void dse_dw_run_rowsum_avx2(const uint8_t *P, const dse_dw_gro
                 _mm256_storeu_si256((__m256i *)(d + q), _mm256_add_epi32(v, vb));
             }
             if (q < Wo) {
-                __m256i lo = dse_dw_fold4(s + q, fs, m);
+                __m256i lo = dse_dw_fold4(s + q, fs, f2k, m);
                 if (c5)
                     lo = _mm256_add_epi64(lo, dse_dw_fold4_rows34(s + gr->s2 + q, fs, m));
                 const __m256i v = _mm256_permutevar8x32_epi32(lo, pick);
                 _mm_storeu_si128((__m128i *)(d + q), _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_castsi256_si128(vb)));
             }
         }
+}
+
+DSE_T_AVX2 static void dse_dw_run_rowsum_avx2(const uint8_t *P, const dse_dw_groups *gr, int64_t nb, int64_t HW,
+                                              int64_t WQ, int64_t Ho, int64_t Wo, const uint64_t *Q, int64_t base,
+                                              uint64_t *S, int32_t *full)
+{
+    dse_dw_rowsum_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
+    dse_dw_fold_avx2(gr, nb, HW, WQ, Ho, Wo, base, S, full, 2);
+}
+
+/* The same for the stride-2 packing (cols 2), a function of its own so that the stride-1 packings' code is as it
+ * was (a branch in dse_dw_run_rowsum_avx2 spilled registers in their loops). */
+DSE_T_AVX2 static void dse_dw_run_s2_avx2(const uint8_t *P, const dse_dw_groups *gr, int64_t nb, int64_t HW,
+                                          int64_t WQ, int64_t Ho, int64_t Wo, const uint64_t *Q, int64_t base,
+                                          uint64_t *S, int32_t *full)
+{
+    dse_dw_s2_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
+    dse_dw_fold_avx2(gr, nb, HW, WQ, Ho, Wo, base, S, full, 0);
 }
 
 /* The rowsum tables at the AVX-512 level, without packed fields: per tap k the column lutT[w_k] - min (< 2^16) as
@@ -3895,6 +4005,17 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                 for (int64_t k = 0; k < ntap; k++)
                     gr.tg[k] = k % 3, gr.tf[k] = k / 3, gr.goff[k % 3] = toff[0] + k % 3;
             }
+            /* 3 x 3 at stride 2: the stride-2 packing (four byte indexes for six lookups per position instead of
+             * six, ~100 instead of ~144 instructions per 8 positions) where its positions, WQ - 2 more per plane,
+             * are at most 1.4 times as many (all but one-row outputs) */
+            if (mode == 3 && kh == 3 && kw == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 &&
+                5 * (L + WQ) <= 7 * (L + 2)) {
+                gr.ng = 6, gr.fs = WQ, gr.cols = 2;
+                for (int64_t k = 0; k < ntap; k++) /* field: kernel row 0, 2 | 1; table: (row 1) + column 0, 2 | 1 */
+                    gr.tf[k] = k / 3 == 0 ? 0 : k / 3 == 2 ? 1 : 2,
+                    gr.tg[k] = (k / 3 == 1 ? 3 : 0) + (k % 3 == 0 ? 0 : k % 3 == 2 ? 1 : 2);
+                gr.goff[0] = toff[0], gr.goff[1] = toff[1], gr.goff[2] = toff[3], gr.goff[3] = toff[4];
+            }
             /* 5 x 5: the same rule with its 4 dh WQ extra positions (dse_dw_cols5_sums: ten lookups per position as
              * the row groups take, each byte indexed once instead of ten times) */
             const int64_t cpos5 = nb > 1 && L + 4 * dh * WQ > HS ? HS : L + 4 * dh * WQ;
@@ -3975,7 +4096,9 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                             dse_dw_run_planes_512(P, toff, ntap, Lr, LH + (o - c * og) * ntap * 512, base[o - c * og],
                                                   full32);
                         else if (mode == 3)
-                            (level >= DSE_ISA_AVX2 ? dse_dw_run_rowsum_avx2 : dse_dw_run_rowsum)(
+                            (level < DSE_ISA_AVX2 ? dse_dw_run_rowsum
+                             : gr.cols == 2       ? dse_dw_run_s2_avx2
+                                                  : dse_dw_run_rowsum_avx2)(
                                 P, &gr, nbb, HS, WQ, Ho, Wo, Q + (o - c * og) * gr.ng * 256, base[o - c * og],
                                 Q + og * gr.ng * 256, full32);
                         else if (mode == 0)
