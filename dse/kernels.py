@@ -237,6 +237,19 @@ class _Prepared:
         call computes it only then (never for tables without integer or float factors, e.g. Mitch-w)."""
         return self.is_exact or self.intf is not None or self.lowrank is not None
 
+    def range_matters_for(self, path: str) -> bool:
+        """range_matters for a call on ``path``: with "auto" only if auto could pick exact or lowrank, i.e. the
+        fewest lowrank terms (integer factors: max(1, rank), float factors: 1 + rank) are within AUTO_MAX_RANK at some
+        level; else (e.g. an imported 256x256 LUT: ranks 6-7) auto takes the table kernels whatever the largest
+        |value| is, and the pass over the operand for it (1-3 ms on a 1x1 conv's 4-13 MB input) is skipped."""
+        if not self.range_matters:
+            return False
+        if path != "auto" or self.is_exact:
+            return True
+        most = max(AUTO_MAX_RANK.values())
+        return self.intf is not None and max(1, self.intf.rank) <= most or \
+            self.lowrank is not None and 1 + self.lowrank.rank <= most
+
     @property
     def rows(self) -> "_RowTables":
         """uint16 offset tables of the "rows" kernel in both orientations (None where a span reaches 2^16)."""
@@ -860,8 +873,8 @@ def _gemm_T_paths(AT, Wp, mult, a_signed, path, isa, into):
     plan = _int_plan(mult, a_signed, K, path, isa)
     if plan is not None:
         return _int_gemm(AT, Wp, plan, isa, None if into is None else into.view(Wp.shape[0], AT.shape[1]))
-    amax = _max_abs(AT, a_signed) if path in ("auto", "exact", "lowrank") and AT.size and prep.range_matters \
-        else None
+    amax = _max_abs(AT, a_signed) if path in ("auto", "exact", "lowrank") and AT.size \
+        and prep.range_matters_for(path) else None
     chosen = select_path(mult, a_signed, K, path, isa, max_abs_a=amax)
     if chosen == "exact":
         return _exact_gemm(AT, Wp, prep, amax or 0)
@@ -1099,7 +1112,7 @@ def _rows_batch(a, b, lead, mult: Multiplier, a_signed: bool, path: str, isa, ou
     prep = _prepare(mult, a_signed)
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     A = np.ascontiguousarray(np.broadcast_to(_u8(a), lead + (M, K))).reshape(-1, M, K)
-    amax = _max_abs(A, a_signed) if path in ("auto", "exact", "lowrank") and prep.range_matters else None
+    amax = _max_abs(A, a_signed) if path in ("auto", "exact", "lowrank") and prep.range_matters_for(path) else None
     if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) not in ("rows", "split"):
         return False
     B = np.ascontiguousarray(np.broadcast_to(_u8(b), lead + (K, N))).reshape(-1, K, N)
@@ -1372,7 +1385,7 @@ def _conv_table_plan(xq: np.ndarray, mult, a_signed: bool, K: int, N: int, M: in
     prep = _prepare(mult, a_signed)
     if _int_plan(mult, a_signed, K, path, isa) is not None:
         return None
-    amax = _max_abs(xq, a_signed) if path == "auto" and prep.range_matters else None
+    amax = _max_abs(xq, a_signed) if path == "auto" and prep.range_matters_for(path) else None
     if select_path(mult, a_signed, K, path, isa, max_abs_a=amax) not in ("rows", "split"):
         return None
     return _table_plan(prep, M, N, path, K, isa)

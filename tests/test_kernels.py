@@ -221,6 +221,26 @@ FULL_TABLES = {"mitch_w6": get_multiplier("mitch_w6"),
                "lut_trunc3": table_mult("lut_trunc3", lambda a, w: a * w - ((a * w) & 7))}
 
 
+@settings(deadline=None, max_examples=30)
+@given(Kd=st.sampled_from([1, 16, 96, 576, 4608, 70000]), signed=st.booleans(),
+       mname=st.sampled_from(sorted(MULTS) + sorted(FULL_TABLES)))
+def test_auto_skips_the_activation_range_only_where_the_choice_ignores_it(Kd, signed, mname):
+    """path="auto" leaves out the pass over the operand for its largest |value| (range_matters_for) only for tables
+    whose auto choice is the same at every largest |value| (their lowrank term counts above AUTO_MAX_RANK at every
+    level): the choice with each possible maximum equals the choice without one, at every ISA level; the imported
+    LUT's stand-in and random full tables skip it, separable tables do not."""
+    mult = MULTS[mname] if mname in MULTS else FULL_TABLES[mname]
+    prep = K._prepare(mult, signed)
+    if prep.range_matters_for("auto"):
+        assert mname not in ("lut_trunc3", "rand_i16", "rand_u16", "mitch_w6")
+        return
+    assert mname not in ("exact", "perf", "sep", "sep16")
+    for isa in ISAS:
+        blind = K.select_path(mult, signed, Kd, "auto", isa)
+        for amax in range(129 if signed else 256):
+            assert K.select_path(mult, signed, Kd, "auto", isa, max_abs_a=amax) == blind, (isa, amax)
+
+
 @settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 5), H=st.integers(1, 40), W=st.integers(1, 40), cin=st.integers(1, 600),
        cout=st.integers(1, 70), k=st.sampled_from([1, 1, 3]), stride=st.integers(1, 2), pad=st.integers(0, 1),
