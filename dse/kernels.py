@@ -231,18 +231,14 @@ class _Prepared:
     lowrank_terms: dict = field(default_factory=dict)  # (K, max_abs_a) -> _lowrank_terms' answer, filled by it
     matmul_times: dict = field(default_factory=dict)  # _matmul_table_kind's CPU times of the batched matmul's paths
 
-    @property
-    def range_matters(self) -> bool:
-        """Whether the path choice depends on the activations' largest |value| (the lowrank/exact paths' bounds): a
-        call computes it only then (never for tables without integer or float factors, e.g. Mitch-w)."""
-        return self.is_exact or self.intf is not None or self.lowrank is not None
-
     def range_matters_for(self, path: str) -> bool:
-        """range_matters for a call on ``path``: with "auto" only if auto could pick exact or lowrank, i.e. the
-        fewest lowrank terms (integer factors: max(1, rank), float factors: 1 + rank) are within AUTO_MAX_RANK at some
-        level; else (e.g. an imported 256x256 LUT: ranks 6-7) auto takes the table kernels whatever the largest
-        |value| is, and the pass over the operand for it (1-3 ms on a 1x1 conv's 4-13 MB input) is skipped."""
-        if not self.range_matters:
+        """Whether a call on ``path`` needs the activations' largest |value| (the lowrank/exact paths' bounds), so
+        computes it: never for tables without integer or float factors (e.g. Mitch-w); with "auto" only if auto could
+        pick exact or lowrank, i.e. the fewest lowrank terms (integer factors: max(1, rank), float factors: 1 + rank)
+        are within AUTO_MAX_RANK at some level; else (e.g. an imported 256x256 LUT: ranks 6-7) auto takes the table
+        kernels whatever the largest |value| is, and the pass over the operand for it (1-3 ms on a 1x1 conv's 4-13 MB
+        input) is skipped."""
+        if not (self.is_exact or self.intf is not None or self.lowrank is not None):
             return False
         if path != "auto" or self.is_exact:
             return True
