@@ -2673,6 +2673,16 @@ static inline __attribute__((always_inline)) void dse_dw_rowsum3_sums(const uint
     }
 }
 
+/* The portable form of DSE_DW_COLS8 / DSE_DW_COLS8_2: byte k of v indexes tables j < ncol (256 entries apart) for
+ * outputs k - j of the step (those in it). */
+#define DSE_DW_COLS8_N(v, tab, ncol, s0, s1, s2, s3, s4, s5, s6, s7)                                                     \
+    do {                                                                                                               \
+        uint64_t *const sk[8] = {&s0, &s1, &s2, &s3, &s4, &s5, &s6, &s7};                                              \
+        for (int k = 0; k < 8; k++)                                                                                    \
+            for (int j = 0; j <= k && j < (ncol); j++)                                                                 \
+                *sk[k - j] += (tab)[256 * j + ((v >> (8 * k)) & 255)];                                                 \
+    } while (0)
+
 /* The sums of the "cols" packing, S[u] = Q[0][p[u]] + Q[1][p[u + 1]] + Q[2][p[u + 2]] (p: tap (0, 0)'s run) for u in
  * [u0, u1) in steps of 8: each of a step's 10 bytes indexed once, its index reused for the (up to) three columns
  * (displacements of 2 KiB from Q). Reads up to 9 bytes past the step. */
@@ -2698,13 +2708,7 @@ static inline __attribute__((always_inline)) void dse_dw_rowsum3_sums(const uint
                 : "memory");                                                                                           \
     } while (0)
 #else
-#define DSE_DW_COLS8(v, tab, s0, s1, s2, s3, s4, s5, s6, s7)                                                             \
-    do {                                                                                                               \
-        uint64_t *const sk[8] = {&s0, &s1, &s2, &s3, &s4, &s5, &s6, &s7};                                              \
-        for (int k = 0; k < 8; k++)                                                                                    \
-            for (int j = 0; j <= k && j < 3; j++)                                                                      \
-                *sk[k - j] += tab[256 * j + ((v >> (8 * k)) & 255)];                                                     \
-    } while (0)
+#define DSE_DW_COLS8(v, tab, s0, s1, s2, s3, s4, s5, s6, s7) DSE_DW_COLS8_N(v, tab, 3, s0, s1, s2, s3, s4, s5, s6, s7)
 #endif
 
 static inline __attribute__((always_inline)) void dse_dw_cols3_sums(const uint8_t *p0, int64_t u0, int64_t u1,
@@ -2800,13 +2804,7 @@ static inline __attribute__((always_inline)) void dse_dw_cols5_sums(const uint8_
                 : "memory");                                                                                           \
     } while (0)
 #else
-#define DSE_DW_COLS8_2(v, tab, s0, s1, s2, s3, s4, s5, s6, s7)                                                           \
-    do {                                                                                                               \
-        uint64_t *const sk[8] = {&s0, &s1, &s2, &s3, &s4, &s5, &s6, &s7};                                              \
-        for (int k = 0; k < 8; k++)                                                                                    \
-            for (int j = 0; j <= k && j < 2; j++)                                                                      \
-                *sk[k - j] += tab[256 * j + ((v >> (8 * k)) & 255)];                                                     \
-    } while (0)
+#define DSE_DW_COLS8_2(v, tab, s0, s1, s2, s3, s4, s5, s6, s7) DSE_DW_COLS8_N(v, tab, 2, s0, s1, s2, s3, s4, s5, s6, s7)
 #endif
 
 static inline __attribute__((always_inline)) void dse_dw_s2_sums(const uint8_t *P, const dse_dw_groups *gr,
