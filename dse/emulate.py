@@ -327,8 +327,7 @@ class Emulator:
         node and not the graph's output, one shape throughout, no node of another fusion: the chain runs as one
         compiled pass (the intermediates never stored). None is a MAC node, so no prefix-cache cut falls inside."""
         nodes, g, out = self.graph.nodes, self.graph, {}
-        taken = set(p["acts"]) | set(p["adds"]) | {f.add for f in p["residuals"].values()} | \
-            {i + 1 for i in p["acts"]} | set(p["residuals"]) | set(p["silus"]) | {i + 1 for i in p["silus"]}
+        taken = p.nodes_of("acts", "adds", "residuals", "silus")
 
         def const(n, k):  # (value, position) of node n's one float32 scalar constant, its runtime slot being k
             slots = n.attrs.get("args")
@@ -497,9 +496,7 @@ class Emulator:
         the graph's output, no node of another fusion: the Softmax takes the product in its own pass
         (:func:`dse.model.nn.softmax` with ``scale``; x * c and c * x are the same float32 for a c that is not NaN)."""
         nodes, g, out = self.graph.nodes, self.graph, {}
-        taken = set(p["acts"]) | set(p["adds"]) | {f.add for f in p["residuals"].values()} | \
-            {i + 1 for i in p["acts"]} | set(p["residuals"]) | set(p["silus"]) | {i + 1 for i in p["silus"]} | \
-            {j for i in p["gelus"] for j in range(i, i + 5)}
+        taken = p.nodes_of("acts", "adds", "residuals", "silus", "gelus")
         for i in range(len(nodes) - 1):
             m, s = nodes[i:i + 2]
             slots = m.attrs.get("args")
@@ -889,6 +886,17 @@ class FusionPlan(dict):
             raise KeyError(name)
         fusions = self[name] = _KINDS[name].plan(emu, self)
         return fusions
+
+    def nodes_of(self, *names: str) -> set:
+        """The nodes the named kinds' fusions head or absorb (a kind planning around them: no node in two fusions)."""
+        out = set()
+        for name in names:
+            absorbs = _KINDS[name].absorbs
+            for i, f in self[name].items():
+                out.add(i)
+                if absorbs is not None:
+                    out.update(absorbs(i, f))
+        return out
 
     def select(self, emu: Emulator, r: _Run) -> None:
         """The fusions run ``r`` takes (each kind's ``select``), the nodes they absorb and the heads' steps."""
