@@ -468,7 +468,7 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
 #define DSE_RT_ROW(kk) ((const uint16_t *)(tb + (kk) * (2 * SLOT) + 2 * NT * DSE_RT_IDX(kk)))
         if (PAIR) { /* entries < 2^15: two rows summed exactly in 16 bits, then one high-byte sum per pair */
 #pragma GCC unroll 16
-            for (int kk = 0; kk < KC; kk += 2) {
+            for (int kk = 0; kk + 1 < KC; kk += 2) {
                 const uint16_t *r = DSE_RT_ROW(kk), *q = DSE_RT_ROW(kk + 1);
 #pragma GCC unroll 4
                 for (int i = 0; i < NV; i++) {
@@ -480,9 +480,10 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
                         __asm__("" : "+x"(av[i]), "+x"(hv[i]));
                 }
             }
-        } else {
+        }
+        if (!PAIR || KC % 2) { /* (with PAIR: the last step of an odd chunk) */
 #pragma GCC unroll 16
-            for (int kk = 0; kk < KC; kk++) {
+            for (int kk = PAIR ? KC - 1 : 0; kk < KC; kk++) {
                 const uint16_t *r = DSE_RT_ROW(kk);
 #pragma GCC unroll 4
                 for (int i = 0; i < NV; i++) {
@@ -508,35 +509,31 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
 }
 
 /* tab: the chunk's tables at DSE_RT_SLOT strides (ts). A chunk shorter than DSE_RT_KC8 (the end of K or of a window)
- * runs 4 k-steps, then single ones (pair sums only within the 4: a pair never straddles a window's end since the
- * windows and the 4 are even). */
+ * runs as one pass of its kc k-steps (pairs, and with PAIR a single last step when kc is odd): with a pass of 4 and
+ * single steps after it, the last chunk of a K = 27 stem (8 + 8 + 8 + 3) read and wrote the block's accumulators
+ * four times. */
 DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
                         uint16_t *acc, const int NOH, const int PAIR, const int W)
 {
     (void)ts; /* DSE_RT_SLOT, or DSE_RT_SLOT64 for 64-selector tiles */
-    const int64_t slot = W == 64 ? DSE_RT_SLOT64 : DSE_RT_SLOT;
-    if (kc == DSE_RT_KC8) {
-        if (first)
-            dse_rows_accum_avx2_kc(tab, ip, mb, acc, DSE_RT_KC8, 1, NOH, PAIR, W);
-        else
-            dse_rows_accum_avx2_kc(tab, ip, mb, acc, DSE_RT_KC8, 0, NOH, PAIR, W);
+    switch (kc) {
+#define DSE_RT_KC_CASE(n)                                                                                              \
+    case n:                                                                                                            \
+        if (first)                                                                                                     \
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, n, 1, NOH, PAIR, W);                                              \
+        else                                                                                                           \
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, n, 0, NOH, PAIR, W);                                              \
         return;
-    }
-    int kk = 0;
-    if (kc >= 4) {
-        if (first)
-            dse_rows_accum_avx2_kc(tab, ip, mb, acc, 4, 1, NOH, PAIR, W);
-        else
-            dse_rows_accum_avx2_kc(tab, ip, mb, acc, 4, 0, NOH, PAIR, W);
-        kk = 4;
-        first = 0;
-    }
-    for (; kk < kc; kk++, first = 0) {
-        if (first)
-            dse_rows_accum_avx2_kc(tab + kk * slot, ip + kk, mb, acc, 1, 1, NOH, 0, W);
-        else
-            dse_rows_accum_avx2_kc(tab + kk * slot, ip + kk, mb, acc, 1, 0, NOH, 0, W);
+        DSE_RT_KC_CASE(8)
+        DSE_RT_KC_CASE(7)
+        DSE_RT_KC_CASE(6)
+        DSE_RT_KC_CASE(5)
+        DSE_RT_KC_CASE(4)
+        DSE_RT_KC_CASE(3)
+        DSE_RT_KC_CASE(2)
+        DSE_RT_KC_CASE(1)
+#undef DSE_RT_KC_CASE
     }
 }
 
@@ -1359,10 +1356,10 @@ static void dse_rows_gather(const dse_rows_out *o, void *fin, int64_t j, int64_t
 }
 
 /* 8 selectors' window sums ((A - 256 H) mod 2^16) + 256 H of one position from its 16-bit accumulators a (A, then H
- * at a + DSE_RT_NT: dse_rows_accum_avx2's layout), as dse_rows_finish_avx2. */
-DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_rows_sums8_avx2(const uint16_t *a)
+ * at a + nt, nt the tile's selector stride: dse_rows_accum_avx2's layout), as dse_rows_finish_avx2. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_rows_sums8_avx2(const uint16_t *a, int64_t nt)
 {
-    const __m128i A = _mm_loadu_si128((const __m128i *)a), H = _mm_loadu_si128((const __m128i *)(a + DSE_RT_NT));
+    const __m128i A = _mm_loadu_si128((const __m128i *)a), H = _mm_loadu_si128((const __m128i *)(a + nt));
     const __m128i L = _mm_sub_epi16(A, _mm_slli_epi16(H, 8));
     return _mm256_add_epi32(_mm256_cvtepu16_epi32(L), _mm256_slli_epi32(_mm256_cvtepu16_epi32(H), 8));
 }
@@ -1370,7 +1367,7 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_rows_sums8_a
 /* dse_rows_gather's int32 case for all selector rows j < nv at once when the weights select (fin[j * len + i0 + i],
  * one channel's run of positions per row): the sums of 8 positions of 8 selectors transposed 8 x 8 per block, a
  * scalar loop for the last n % 8 positions. The sums are acc's int32 [n][ns], or (acc16 not NULL: a call whose one
- * window is its whole reduction) the window sums from the 16-bit accumulators acc16 [n][2 DSE_RT_NT] themselves,
+ * window is its whole reduction) the window sums from the 16-bit accumulators acc16 [n][2 ns] themselves,
  * without dse_rows_finish_avx2's int32 copy. */
 DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len, int64_t i0, int64_t n,
                                               const int32_t *acc, const uint16_t *acc16, int64_t ns,
@@ -1388,7 +1385,7 @@ DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len
             const int32_t *a = acc + i * ns + j0;
             __m256i r[8], t[8], u[8], c[8];
             for (int q = 0; q < 8; q++) /* position i + q, selectors j0.. */
-                r[q] = acc16 ? dse_rows_sums8_avx2(acc16 + (i + q) * 2 * DSE_RT_NT + j0)
+                r[q] = acc16 ? dse_rows_sums8_avx2(acc16 + (i + q) * 2 * ns + j0, ns)
                              : _mm256_loadu_si256((const __m256i *)(a + q * ns));
             for (int q = 0; q < 8; q += 2) {
                 t[q] = _mm256_unpacklo_epi32(r[q], r[q + 1]);
@@ -1413,7 +1410,7 @@ DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len
         for (int64_t i = n8; i < n; i++) {
             const int32_t *a = acc + i * ns + j0;
             if (acc16) {
-                _mm256_storeu_si256((__m256i *)tail, dse_rows_sums8_avx2(acc16 + i * 2 * DSE_RT_NT + j0));
+                _mm256_storeu_si256((__m256i *)tail, dse_rows_sums8_avx2(acc16 + i * 2 * ns + j0, ns));
                 a = tail;
             }
             for (int q = 0; q < jn; q++) {
@@ -1525,7 +1522,7 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
             const int64_t n = (mb - i0 < DSE_RT_OB) ? mb - i0 : DSE_RT_OB;
             if (t16) {
                 dse_rows_gather_t_avx2(fin, nv, mb, i0, n, ws + i0 * ns,
-                                       fused ? (const uint16_t *)acc + i0 * 2 * DSE_RT_NT : NULL, ns, init, w0 < kout);
+                                       fused ? (const uint16_t *)acc + i0 * 2 * ns : NULL, ns, init, w0 < kout);
                 continue;
             }
             for (int64_t j = 0; j < nv; j++) {
@@ -1600,9 +1597,10 @@ static void dse_rows_plan_init(dse_rows_plan *pl, int level, const uint16_t *D, 
                                               DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64};
     static const dse_rows_impl avx2_pair64 = {dse_rows_build64_avx2, dse_rows_accum64_avx2_pair,
                                               dse_rows_finish64_avx2, DSE_RT_W16, w64, &avx2_pair, DSE_RT_NT64,
-                                              DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64};
+                                              DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64, 1};
     static const dse_rows_impl avx2_64 = {dse_rows_build64_avx2, dse_rows_accum64_avx2, dse_rows_finish64_avx2,
-                                          DSE_RT_W16, w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64};
+                                          DSE_RT_W16, w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC8, DSE_RT_SLOT64,
+                                          1};
     static const dse_rows_impl avx512 = {dse_rows_build64_avx2, dse_rows_accum512, dse_rows_finish512, DSE_RT_W16,
                                          w64, &avx2, DSE_RT_NT64, DSE_RT_NT64, DSE_RT_KC64, DSE_RT_SLOT64};
     static const dse_rows_impl avx512_pair = {dse_rows_build64_avx2, dse_rows_accum512_pair, dse_rows_finish512,

@@ -556,6 +556,30 @@ def test_rows_kernel_partial_tiles(M, Kd, N, signed, mname, scaled, seed):
         assert_rows_gemm_everywhere(AT, Wp, prep, acc)
 
 
+@settings(deadline=None, max_examples=50)
+@given(M=st.integers(1, 300), q=st.sampled_from([0, 1, 2, 3, 31]), r=st.integers(0, 7),
+       N=st.sampled_from([1, 8, 16, 17, 24, 32, 33, 48, 64, 65, 72, 96, 130]), signed=st.booleans(),
+       mname=st.sampled_from(["mitch_w6", "classed", "tiny", "rand_u8", "rand_u16", "rand_i16"]),
+       scaled=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_chunk_tails_and_wide_tiles(M, q, r, N, signed, mname, scaled, seed):
+    """Reductions K = 8 q + r: the AVX2 adds run a last chunk of r < 8 k-steps as one pass (pair sums, and with pair
+    sums a single last step when r is odd; byte and plain 16-bit sums); and tiles of 64 selectors at the avx2 level
+    (tables of <= 128 rows: "mitch_w6", "classed", "tiny") whose scaled output's transposing gather reads the window
+    sums from the 16-bit accumulators themselves (no int32 copy), the last tile taking the 32- or 16-row kernel: the
+    result (int64 sums, or the scaled output) is the reference's, both orientations, every ISA level, 1 and 2
+    threads."""
+    rng = np.random.default_rng(seed)
+    mult = ROWS_MULTS[mname] if mname in ROWS_MULTS else get_multiplier(mname)
+    acc, AT, Wp = rows_case(rng, mult, M, max(1, 8 * q + r), N, signed)
+    prep = K._prepare(mult, signed)
+    if scaled:
+        sc, ref = random_scaling(rng, acc, rng.choice([None, "relu", "clip"]),
+                                 bool(rng.integers(2)) if rng.integers(2) else None)
+        assert_rows_scaled_everywhere(AT, Wp, prep, sc, ref)
+    else:
+        assert_rows_gemm_everywhere(AT, Wp, prep, acc)
+
+
 @settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 2), C=st.integers(1, 4), og=st.integers(1, 3), H=st.integers(1, 40), W=st.integers(1, 40),
        k=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
