@@ -1369,9 +1369,9 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256i dse_rows_sums8_a
  * scalar loop for the last n % 8 positions. The sums are acc's int32 [n][ns], or (acc16 not NULL: a call whose one
  * window is its whole reduction) the window sums from the 16-bit accumulators acc16 [n][2 ns] themselves,
  * without dse_rows_finish_avx2's int32 copy. */
-DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len, int64_t i0, int64_t n,
-                                              const int32_t *acc, const uint16_t *acc16, int64_t ns,
-                                              const int64_t *init, int first)
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_gather_t_avx2_ns(void *fin, int64_t nv, int64_t len, int64_t i0, int64_t n, const int32_t *acc,
+                          const uint16_t *acc16, const int64_t ns, const int64_t *init, int first)
 {
     int32_t *f = (int32_t *)fin + i0;
     const int64_t n8 = n - n % 8;
@@ -1419,6 +1419,19 @@ DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len
             }
         }
     }
+}
+
+/* The tiles' selector stride a compile-time constant (32 or 64) in the gather's address arithmetic. */
+DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len, int64_t i0, int64_t n,
+                                              const int32_t *acc, const uint16_t *acc16, int64_t ns,
+                                              const int64_t *init, int first)
+{
+    if (ns == DSE_RT_NT)
+        dse_rows_gather_t_avx2_ns(fin, nv, len, i0, n, acc, acc16, DSE_RT_NT, init, first);
+    else if (ns == DSE_RT_NT64)
+        dse_rows_gather_t_avx2_ns(fin, nv, len, i0, n, acc, acc16, DSE_RT_NT64, init, first);
+    else
+        dse_rows_gather_t_avx2_ns(fin, nv, len, i0, n, acc, acc16, ns, init, first);
 }
 
 /* Scales a task's final sums fin (dse_rows_gather with selector stride ns; selector rows n0..n0+nv-1, index
