@@ -508,33 +508,70 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
     }
 }
 
-/* tab: the chunk's tables at DSE_RT_SLOT strides (ts). A chunk shorter than DSE_RT_KC8 (the end of K or of a window)
- * runs as one pass of its kc k-steps (pairs, and with PAIR a single last step when kc is odd): with a pass of 4 and
- * single steps after it, the last chunk of a K = 27 stem (8 + 8 + 8 + 3) read and wrote the block's accumulators
- * four times. */
-DSE_T_AVX2 static inline __attribute__((always_inline)) void
-dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
-                        uint16_t *acc, const int NOH, const int PAIR, const int W)
-{
-    (void)ts; /* DSE_RT_SLOT, or DSE_RT_SLOT64 for 64-selector tiles */
-    switch (kc) {
-#define DSE_RT_KC_CASE(n)                                                                                              \
+/* A chunk shorter than DSE_RT_KC8 (the end of K or of a window) runs as one pass of its kc k-steps (pairs, and with
+ * PAIR a single last step when kc is odd): with a pass of 4 and single steps after it, the last chunk of a K = 27
+ * stem (8 + 8 + 8 + 3) read and wrote the block's accumulators four times. Out of line, one function per
+ * (NOH, PAIR, W): with the seven tail instances inlined beside the 8-step ones, the 8-step loops of the imported
+ * LUT's ResNet-18 convs (K >= 576) compiled differently and ran 4-10 % slower. */
+#define DSE_RT_TAIL(NOH, PAIR, W)                                                                                      \
+    DSE_T_AVX2 static __attribute__((noinline)) void dse_rows_tail_avx2_##NOH##_##PAIR##_##W(                          \
+        const uint16_t *tab, const uint8_t *const *ip, int kc, int64_t mb, int first, uint16_t *acc)                   \
+    {                                                                                                                  \
+        switch (kc) {                                                                                                  \
+            DSE_RT_TAIL_CASE(7, NOH, PAIR, W)                                                                          \
+            DSE_RT_TAIL_CASE(6, NOH, PAIR, W)                                                                          \
+            DSE_RT_TAIL_CASE(5, NOH, PAIR, W)                                                                          \
+            DSE_RT_TAIL_CASE(4, NOH, PAIR, W)                                                                          \
+            DSE_RT_TAIL_CASE(3, NOH, PAIR, W)                                                                          \
+            DSE_RT_TAIL_CASE(2, NOH, PAIR, W)                                                                          \
+            DSE_RT_TAIL_CASE(1, NOH, PAIR, W)                                                                          \
+        }                                                                                                              \
+    }
+#define DSE_RT_TAIL_CASE(n, NOH, PAIR, W)                                                                              \
     case n:                                                                                                            \
         if (first)                                                                                                     \
             dse_rows_accum_avx2_kc(tab, ip, mb, acc, n, 1, NOH, PAIR, W);                                              \
         else                                                                                                           \
             dse_rows_accum_avx2_kc(tab, ip, mb, acc, n, 0, NOH, PAIR, W);                                              \
         return;
-        DSE_RT_KC_CASE(8)
-        DSE_RT_KC_CASE(7)
-        DSE_RT_KC_CASE(6)
-        DSE_RT_KC_CASE(5)
-        DSE_RT_KC_CASE(4)
-        DSE_RT_KC_CASE(3)
-        DSE_RT_KC_CASE(2)
-        DSE_RT_KC_CASE(1)
-#undef DSE_RT_KC_CASE
+DSE_RT_TAIL(0, 0, 16)
+DSE_RT_TAIL(0, 0, 32)
+DSE_RT_TAIL(0, 0, 64)
+DSE_RT_TAIL(0, 1, 16)
+DSE_RT_TAIL(0, 1, 32)
+DSE_RT_TAIL(0, 1, 64)
+DSE_RT_TAIL(1, 0, 16)
+DSE_RT_TAIL(1, 0, 32)
+DSE_RT_TAIL(1, 0, 64)
+#undef DSE_RT_TAIL_CASE
+#undef DSE_RT_TAIL
+
+/* tab: the chunk's tables at DSE_RT_SLOT strides (ts); kc <= DSE_RT_KC8 k-steps. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc, int64_t mb, int first,
+                        uint16_t *acc, const int NOH, const int PAIR, const int W)
+{
+    (void)ts; /* DSE_RT_SLOT, or DSE_RT_SLOT64 for 64-selector tiles */
+    if (kc == DSE_RT_KC8) {
+        if (first)
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, DSE_RT_KC8, 1, NOH, PAIR, W);
+        else
+            dse_rows_accum_avx2_kc(tab, ip, mb, acc, DSE_RT_KC8, 0, NOH, PAIR, W);
+        return;
     }
+#define DSE_RT_TAIL_CALL(n, p, w)                                                                                      \
+    if (NOH == n && PAIR == p && W == w)                                                                               \
+        dse_rows_tail_avx2_##n##_##p##_##w(tab, ip, kc, mb, first, acc);
+    DSE_RT_TAIL_CALL(0, 0, 16)
+    DSE_RT_TAIL_CALL(0, 0, 32)
+    DSE_RT_TAIL_CALL(0, 0, 64)
+    DSE_RT_TAIL_CALL(0, 1, 16)
+    DSE_RT_TAIL_CALL(0, 1, 32)
+    DSE_RT_TAIL_CALL(0, 1, 64)
+    DSE_RT_TAIL_CALL(1, 0, 16)
+    DSE_RT_TAIL_CALL(1, 0, 32)
+    DSE_RT_TAIL_CALL(1, 0, 64)
+#undef DSE_RT_TAIL_CALL
 }
 
 DSE_T_AVX2 static void dse_rows_accum_avx2(const uint16_t *tab, int64_t ts, const uint8_t *const *ip, int kc,
