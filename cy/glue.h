@@ -345,6 +345,76 @@ static void dse_add_act(int level, const float *a, const float *b, int64_t n, in
     }
 }
 
+/* Rows r0 .. r0 + nr - 1 (nr <= 8) of one image of R x C values given transposed (bt [C, R]: value (r, c) at
+ * bt[c * R + r]) into buf [nr, C]: 8 x 8 tiles by AVX2 transposes, the edges one value at a time. */
+DSE_T_AVX2 static void dse_t_rows_avx2(const float *bt, int64_t R, int64_t C, int64_t r0, int64_t nr, float *buf)
+{
+    int64_t c = 0;
+    if (nr == 8)
+        for (; c + 8 <= C; c += 8) {
+            __m256 t[8], u[8];
+            for (int q = 0; q < 8; q++)
+                t[q] = _mm256_loadu_ps(bt + (c + q) * R + r0);
+            for (int q = 0; q < 8; q += 2) {
+                u[q] = _mm256_unpacklo_ps(t[q], t[q + 1]);
+                u[q + 1] = _mm256_unpackhi_ps(t[q], t[q + 1]);
+            }
+            for (int q = 0; q < 8; q += 4) {
+                t[q] = _mm256_shuffle_ps(u[q], u[q + 2], 0x44);
+                t[q + 1] = _mm256_shuffle_ps(u[q], u[q + 2], 0xEE);
+                t[q + 2] = _mm256_shuffle_ps(u[q + 1], u[q + 3], 0x44);
+                t[q + 3] = _mm256_shuffle_ps(u[q + 1], u[q + 3], 0xEE);
+            }
+            for (int q = 0; q < 4; q++) {
+                _mm256_storeu_ps(buf + q * C + c, _mm256_permute2f128_ps(t[q], t[q + 4], 0x20));
+                _mm256_storeu_ps(buf + (q + 4) * C + c, _mm256_permute2f128_ps(t[q], t[q + 4], 0x31));
+            }
+        }
+    for (; c < C; c++)
+        for (int64_t j = 0; j < nr; j++)
+            buf[j * C + c] = bt[c * R + r0 + j];
+}
+
+/* dse_add_act of a [B, R, C] (contiguous) and b given transposed per image (bt [B, C, R]: b[i, r, c] = bt[i, c, r],
+ * e.g. a conv's [B, C, P] output read channels-last), without b's contiguous copy: blocks of 8 rows of b transposed
+ * into a buffer in cache, then dse_add_act's own elementwise pass on them (so the same bits); ``b_first``: b is the
+ * first operand (b + a: where both are NaN, the first operand's NaN, as numpy's add). */
+static int dse_add_act_t(int level, const float *a, const float *bt, int64_t B, int64_t R, int64_t C, int b_first,
+                         int act, float lo, float hi, float *y, uint8_t *q, float qs, int qlo, int qhi, int nt)
+{
+    const int64_t nrb = (R + 7) / 8, ntask = B * nrb;
+    int fail = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        float *buf = (float *)malloc((size_t)(8 * C) * sizeof(float) + 1);
+        if (dse_team_allocated(&fail, buf != NULL)) {
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < ntask; t++) {
+                const int64_t i = t / nrb, r0 = (t % nrb) * 8, nr = R - r0 < 8 ? R - r0 : 8, e = nr * C;
+                const int64_t o = (i * R + r0) * C;
+                const float *bi = bt + i * C * R;
+                uint8_t *qo = q ? q + o : NULL;
+                if (level >= DSE_ISA_AVX2) {
+                    dse_t_rows_avx2(bi, R, C, r0, nr, buf);
+                    dse_add_fns[2 * act + (q != NULL)](b_first ? buf : a + o, b_first ? a + o : buf, 0, e, lo, hi,
+                                                       y + o, qo, qs, qlo, qhi);
+                    continue;
+                }
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t j = 0; j < nr; j++)
+                        buf[j * C + c] = bi[c * R + r0 + j];
+                for (int64_t k = 0; k < e; k++) {
+                    y[o + k] = dse_act1(b_first ? buf[k] + a[o + k] : a[o + k] + buf[k], act, lo, hi);
+                    if (q)
+                        qo[k] = dse_quantize1(y[o + k], qs, qlo, qhi);
+                }
+            }
+        }
+        free(buf);
+    }
+    return fail ? -1 : 0;
+}
+
 DSE_T_AVX2 static void dse_mul_quant_avx2(const float *x, int64_t n, float s, float qs, int qlo, int qhi, uint8_t *q)
 {
     const __m256 vs = _mm256_set1_ps(s), vqs = _mm256_set1_ps(qs), vqlo = _mm256_set1_ps((float)qlo),
@@ -441,38 +511,59 @@ static inline void dse_np_binary(dse_np_loop lp, const float *a, const float *b,
  * scale (a float32 Mul by a constant before it, e.g. attention's 1/sqrt(d), in the same pass: the products staged in
  * the output row; scale not NaN, so the product's NaN is x's, as numpy's multiply returns it). lp: maximum, exp,
  * add. Row blocks over nt threads; every row is computed the same way whatever the thread count. */
-static void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt,
-                             int scaled, float scale)
+static inline __attribute__((always_inline)) void dse_softmax_block(const float *x, int64_t R, int64_t n,
+                                                                     float *out, const dse_np_loop *lp, int scaled,
+                                                                     float scale, int64_t r0, int64_t r1)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        if (scaled) {
+            for (int64_t i = 0; i < n; i++)
+                o[i] = xr[i] * scale;
+            xr = o;
+        }
+        float m = xr[0];
+        if (n > 1)
+            dse_np_reduce(lp[0], &m, xr + 1, n - 1);
+        for (int64_t i = 0; i < n; i++)
+            o[i] = xr[i] - m;
+    }
+    {
+        char *args[2] = {(char *)(out + r0 * n), (char *)(out + r0 * n)};
+        intptr_t dims[1] = {(intptr_t)((r1 - r0) * n)}, steps[2] = {4, 4};
+        lp[1].fn(args, dims, steps, lp[1].data);
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        float *o = out + r * n, s = 0.0f;
+        dse_np_reduce(lp[2], &s, o, n);
+        for (int64_t i = 0; i < n; i++)
+            o[i] = o[i] / s;
+    }
+}
+
+/* Rows [r0, r1) of dse_softmax_rows: the portable build and its AVX2 twin (the same IEEE operations on 8 lanes). */
+static void dse_softmax_block_any(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int scaled,
+                                  float scale, int64_t r0, int64_t r1)
+{
+    dse_softmax_block(x, R, n, out, lp, scaled, scale, r0, r1);
+}
+
+DSE_T_AVX2 static void dse_softmax_block_avx2(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp,
+                                              int scaled, float scale, int64_t r0, int64_t r1)
+{
+    dse_softmax_block(x, R, n, out, lp, scaled, scale, r0, r1);
+}
+
+static void dse_softmax_rows(int level, const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp,
+                             int nt, int scaled, float scale)
 {
     const int64_t rb = n >= DSE_SOFTMAX_BLOCK ? 1 : DSE_SOFTMAX_BLOCK / n, nb = (R + rb - 1) / rb;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * rb, r1 = R - r0 < rb ? R : r0 + rb;
-        for (int64_t r = r0; r < r1; r++) {
-            const float *xr = x + r * n;
-            float *o = out + r * n;
-            if (scaled) {
-                for (int64_t i = 0; i < n; i++)
-                    o[i] = xr[i] * scale;
-                xr = o;
-            }
-            float m = xr[0];
-            if (n > 1)
-                dse_np_reduce(lp[0], &m, xr + 1, n - 1);
-            for (int64_t i = 0; i < n; i++)
-                o[i] = xr[i] - m;
-        }
-        {
-            char *args[2] = {(char *)(out + r0 * n), (char *)(out + r0 * n)};
-            intptr_t dims[1] = {(intptr_t)((r1 - r0) * n)}, steps[2] = {4, 4};
-            lp[1].fn(args, dims, steps, lp[1].data);
-        }
-        for (int64_t r = r0; r < r1; r++) {
-            float *o = out + r * n, s = 0.0f;
-            dse_np_reduce(lp[2], &s, o, n);
-            for (int64_t i = 0; i < n; i++)
-                o[i] = o[i] / s;
-        }
+        (level >= DSE_ISA_AVX2 ? dse_softmax_block_avx2 : dse_softmax_block_any)(x, R, n, out, lp, scaled, scale, r0,
+                                                                                 r1);
     }
 }
 
@@ -485,27 +576,54 @@ static void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, c
  * scale or bias meets a NaN value, the result is one of the two, as numpy's own loops pick either (by how its
  * iterator cuts the broadcast). lp: add. Rows over nt threads; every row is computed the same way whatever the
  * thread count. */
-static void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
-                               float *out, const dse_np_loop *lp, int nt)
+static inline __attribute__((always_inline)) void dse_layernorm_row(const float *xr, int64_t n, const float *scale,
+                                                                     const float *bias, float eps, float *o,
+                                                                     const dse_np_loop *lp)
 {
+    float s = 0.0f, v = 0.0f;
+    dse_np_reduce(lp[0], &s, xr, n);
+    const float mu = (float)((double)s / (double)n);
+    for (int64_t i = 0; i < n; i++) {
+        const float d = xr[i] - mu;
+        o[i] = d * d;
+    }
+    dse_np_reduce(lp[0], &v, o, n);
+    const float sd = sqrtf((float)((double)v / (double)n) + eps);
+    if (bias)
+        for (int64_t i = 0; i < n; i++)
+            o[i] = (xr[i] - mu) / sd * scale[i] + bias[i];
+    else
+        for (int64_t i = 0; i < n; i++)
+            o[i] = (xr[i] - mu) / sd * scale[i];
+}
+
+/* Rows [r0, r1) of dse_layernorm_rows: the portable build and its AVX2 twin (the same IEEE operations on 8 lanes). */
+static void dse_layernorm_range_any(const float *x, int64_t r0, int64_t r1, int64_t n, const float *scale,
+                                    const float *bias, float eps, float *out, const dse_np_loop *lp)
+{
+    for (int64_t r = r0; r < r1; r++)
+        dse_layernorm_row(x + r * n, n, scale, bias, eps, out + r * n, lp);
+}
+
+DSE_T_AVX2 static void dse_layernorm_range_avx2(const float *x, int64_t r0, int64_t r1, int64_t n, const float *scale,
+                                                const float *bias, float eps, float *out, const dse_np_loop *lp)
+{
+    for (int64_t r = r0; r < r1; r++)
+        dse_layernorm_row(x + r * n, n, scale, bias, eps, out + r * n, lp);
+}
+
+/* Rows per block of dse_layernorm_rows (one call of a level's row loop). */
+#define DSE_LAYERNORM_BLOCK 64
+
+static void dse_layernorm_rows(int level, const float *x, int64_t R, int64_t n, const float *scale, const float *bias,
+                               float eps, float *out, const dse_np_loop *lp, int nt)
+{
+    const int64_t nb = (R + DSE_LAYERNORM_BLOCK - 1) / DSE_LAYERNORM_BLOCK;
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t r = 0; r < R; r++) {
-        const float *xr = x + r * n;
-        float *o = out + r * n, s = 0.0f, v = 0.0f;
-        dse_np_reduce(lp[0], &s, xr, n);
-        const float mu = (float)((double)s / (double)n);
-        for (int64_t i = 0; i < n; i++) {
-            const float d = xr[i] - mu;
-            o[i] = d * d;
-        }
-        dse_np_reduce(lp[0], &v, o, n);
-        const float sd = sqrtf((float)((double)v / (double)n) + eps);
-        if (bias)
-            for (int64_t i = 0; i < n; i++)
-                o[i] = (xr[i] - mu) / sd * scale[i] + bias[i];
-        else
-            for (int64_t i = 0; i < n; i++)
-                o[i] = (xr[i] - mu) / sd * scale[i];
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * DSE_LAYERNORM_BLOCK, r1 = R - r0 < DSE_LAYERNORM_BLOCK ? R : r0 + DSE_LAYERNORM_BLOCK;
+        (level >= DSE_ISA_AVX2 ? dse_layernorm_range_avx2 : dse_layernorm_range_any)(x, r0, r1, n, scale, bias, eps,
+                                                                                     out, lp);
     }
 }
 

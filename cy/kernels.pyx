@@ -113,21 +113,23 @@ cdef extern from "glue.h" nogil:
     void dse_max_pool(int level, const float *x, int64_t P, int64_t H, int64_t W, int64_t kh, int64_t kw,
                       int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh, int64_t dw, int64_t Ho,
                       int64_t Wo, float *out, int nt)
+    int dse_add_act_t(int level, const float *a, const float *bt, int64_t B, int64_t R, int64_t C, int b_first,
+                      int act, float lo, float hi, float *y, uint8_t *q, float qs, int qlo, int qhi, int nt)
     void dse_add_act(int level, const float *a, const float *b, int64_t n, int act, float lo, float hi, float *y,
                      uint8_t *q, float qs, int qlo, int qhi, int nt)
     void dse_global_avg_pool(const float *x, int64_t P, int64_t n, float *out, int nt)
     ctypedef struct dse_np_loop:
         pass
-    void dse_softmax_rows(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int nt,
-                          int scaled, float scale)
+    void dse_softmax_rows(int level, const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp,
+                          int nt, int scaled, float scale)
     void dse_sigmoid_chunk(int level, const dse_np_loop *lp, const float *x, float *o, int64_t m, int times_x)
     int dse_sigmoid_own
     int dse_hardsigmoid_own
     int dse_hardsigmoid_chunk_avx2(const float *x, float *o, int64_t m, float alpha, float beta, int times_x)
     int dse_cpu_fma()
     int DSE_SIGMOID_CHUNK
-    void dse_layernorm_rows(const float *x, int64_t R, int64_t n, const float *scale, const float *bias, float eps,
-                            float *out, const dse_np_loop *lp, int nt)
+    void dse_layernorm_rows(int level, const float *x, int64_t R, int64_t n, const float *scale, const float *bias,
+                            float eps, float *out, const dse_np_loop *lp, int nt)
     void dse_erf_far(const double *a, double *zw, int64_t m)
     void dse_mul_planes_quant(int level, const float *x, int64_t P, int64_t n, const float *s, float qs, int qlo,
                               int qhi, uint8_t *q, int nt)
@@ -1376,12 +1378,14 @@ def float_sigmoid(const float[::1] x, float[::1] out, int times_x=0, uint8_t[::1
             c0 += m
 
 
-def float_softmax(const float[:, ::1] x, float[:, ::1] out, int threads=1, scale=None):
+def float_softmax(const float[:, ::1] x, float[:, ::1] out, int threads=1, scale=None, isa=None):
     """Writes out = softmax of each row of float32 x (rows of at least one value) with the bits of dse.model.ops'
     numpy expression (``cy/glue.h`` dse_softmax_rows: numpy's own float32 loops of maximum and add called as its
     reductions call them, exp on blocks of rows in cache, the subtraction and division in place): one pass over
     memory instead of numpy's six. ``scale`` (a float32 value, not NaN): the softmax of x * scale (numpy's float32
-    product) instead. Needs :func:`numpy_loops_found`."""
+    product) instead. ``isa``: the level of its own passes (the bits of every level are the same). Needs
+    :func:`numpy_loops_found`."""
+    cdef int level = _level(isa)
     cdef int64_t R = x.shape[0], n = x.shape[1]
     cdef float sc = 1.0
     cdef int scaled = scale is not None
@@ -1396,16 +1400,17 @@ def float_softmax(const float[:, ::1] x, float[:, ::1] out, int threads=1, scale
     lp[0], lp[1], lp[2] = _SIG_LOOPS[6], _SIG_LOOPS[1], _SIG_LOOPS[2]
     if R:
         with nogil:
-            dse_softmax_rows(&x[0, 0], R, n, &out[0, 0], <const dse_np_loop *>lp, max(1, threads), scaled, sc)
+            dse_softmax_rows(level, &x[0, 0], R, n, &out[0, 0], <const dse_np_loop *>lp, max(1, threads), scaled, sc)
 
 
 def float_layernorm(const float[:, ::1] x, const float[::1] scale, bias, float eps, float[:, ::1] out,
-                    int threads=1):
+                    int threads=1, isa=None):
     """Writes out = LayerNorm of each row of float32 x (rows of at least one value; scale and bias (None: none) of
     the row length) with the bits of dse.model.ops' numpy expression (``cy/glue.h`` dse_layernorm_rows: numpy's own
     float32 add loop for its sums, called as its reductions call it, the rest in place; where a NaN of scale or bias
-    meets a NaN value, one of the two): one pass over each row instead of numpy's nine. Needs
-    :func:`numpy_loops_found`."""
+    meets a NaN value, one of the two): one pass over each row instead of numpy's nine. ``isa``: the level of its own
+    passes (the bits of every level are the same). Needs :func:`numpy_loops_found`."""
+    cdef int level = _level(isa)
     cdef int64_t R = x.shape[0], n = x.shape[1]
     cdef const float[::1] b
     cdef const float *bp = NULL
@@ -1421,7 +1426,7 @@ def float_layernorm(const float[:, ::1] x, const float[::1] scale, bias, float e
     lp[0] = _SIG_LOOPS[2]
     if R:
         with nogil:
-            dse_layernorm_rows(&x[0, 0], R, n, &scale[0], bp, eps, &out[0, 0], <const dse_np_loop *>lp,
+            dse_layernorm_rows(level, &x[0, 0], R, n, &scale[0], bp, eps, &out[0, 0], <const dse_np_loop *>lp,
                                max(1, threads))
 
 
@@ -1679,14 +1684,24 @@ def mul_planes_quantize(const float[::1] x, const float[::1] s, float qs, bint s
 
 
 def add_act(const float[::1] a, const float[::1] b, act="none", float lo=-np.inf, float hi=np.inf, quant=None,
-            isa=None, int threads=1):
+            isa=None, int threads=1, transposed=None, bint b_first=False):
     """(y, q): float32 y = act(a + b) (float32 add; ``act`` one of ACTS as :func:`dequantize` applies it) and, with
     ``quant`` = (scale, signed), q = the uint8 patterns :func:`quantize` gives on y (else None), in one pass over the
-    flat tensors; AVX2 at level avx2 and above, the same bits."""
+    flat tensors; AVX2 at level avx2 and above, the same bits. ``transposed`` = (R, C): a holds images of R x C
+    values and b each image transposed (C x R: b's value (r, c) at c * R + r), read without a contiguous copy
+    (``cy/glue.h`` dse_add_act_t), y in a's layout; ``b_first``: y = act(b + a) (numpy's operand order, which picks
+    the NaN where both are NaN)."""
     cdef int level = _level(isa)
-    cdef int64_t n = a.shape[0]
+    cdef int64_t n = a.shape[0], R = 0, C = 0
+    cdef int rc = 0
     if b.shape[0] != n:
         raise ValueError(f"add_act: operands of {n} and {b.shape[0]} elements")
+    if transposed is not None:
+        R, C = transposed
+        if R < 1 or C < 1 or n % (R * C):
+            raise ValueError(f"add_act: {n} values are not images of {R} x {C}")
+    elif b_first:
+        raise ValueError("add_act: b_first goes with a transposed b")
     cdef int kind = ACTS.index(act)
     y = np.empty(n, dtype=np.float32)
     cdef float[::1] yv = y
@@ -1701,7 +1716,13 @@ def add_act(const float[::1] a, const float[::1] b, act="none", float lo=-np.inf
         if n:
             qv = q
             qp = &qv[0]
-    if n:
+    if n and R:
+        with nogil:
+            rc = dse_add_act_t(level, &a[0], &b[0], n // (R * C), R, C, 1 if b_first else 0, kind, lo, hi, &yv[0], qp,
+                               qs, qlo, qhi, max(1, threads))
+        if rc != 0:
+            raise MemoryError("add_act: scratch buffers could not be allocated")
+    elif n:
         with nogil:
             dse_add_act(level, &a[0], &b[0], n, kind, lo, hi, &yv[0], qp, qs, qlo, qhi, max(1, threads))
     return y, q

@@ -1880,15 +1880,36 @@ def add_act(a: np.ndarray, b: np.ndarray, act: OutputAct | None = None, quant: O
             isa=None) -> tuple[np.ndarray, np.ndarray | None]:
     """(y, q): y = act(a + b) (float32, numpy's add then the IR op Relu/Clip) and, with ``quant``, q = the next
     layers' input values (``quantize_patterns(y)`` viewed as ``quant.dtype``; else None), one threaded pass over
-    operands of equal shape (the numpy twin: ``act.apply(np.add(a, b))``)."""
+    operands of equal shape (the numpy twin: ``act.apply(np.add(a, b))``); an operand whose last two axes are those
+    of a C-contiguous array swapped, beside a C-contiguous one, is read in its own memory."""
     if a.shape != b.shape:
         raise ValueError(f"add_act: operands {a.shape} and {b.shape} must have one shape")
     level = _isa_name(isa)
     kind, lo, hi = ("none", -np.inf, np.inf) if act is None else (act.kind, act.lo, act.hi)
     qa = None if quant is None else (float(np.float32(quant.scale)), bool(quant.signed))
-    y, q = _kernels.add_act(np.ascontiguousarray(a, np.float32).reshape(-1),
-                            np.ascontiguousarray(b, np.float32).reshape(-1), kind, lo, hi, qa, level, get_threads())
+    t, b_first = None, False
+    if _last_two_swapped(b) and _c_contiguous_f32(a):
+        t = a.shape[-2:]
+    elif _last_two_swapped(a) and _c_contiguous_f32(b):
+        t, b_first, a, b = b.shape[-2:], True, b, a
+    if t is not None:  # b read through its transposed memory, a 2-D view of it: no contiguous copy
+        y, q = _kernels.add_act(a.reshape(-1), np.swapaxes(b, -1, -2).reshape(-1), kind, lo, hi, qa, level,
+                                get_threads(), transposed=t, b_first=b_first)
+    else:
+        y, q = _kernels.add_act(np.ascontiguousarray(a, np.float32).reshape(-1),
+                                np.ascontiguousarray(b, np.float32).reshape(-1), kind, lo, hi, qa, level, get_threads())
     return y.reshape(a.shape), None if q is None else q.view(quant.dtype).reshape(a.shape)
+
+
+def _c_contiguous_f32(x: np.ndarray) -> bool:
+    return x.dtype == np.float32 and x.flags.c_contiguous
+
+
+def _last_two_swapped(x: np.ndarray) -> bool:
+    """Whether float32 x (at least 2-D) is a C-contiguous array with its last two axes swapped (a channels-first
+    tensor read channels-last, as a token MatMul's 1x1 conv output reaches a residual Add)."""
+    return x.dtype == np.float32 and x.ndim >= 2 and not x.flags.c_contiguous and \
+        np.swapaxes(x, -1, -2).flags.c_contiguous
 
 
 def mul_quantized(x: np.ndarray, s: np.ndarray, quant: OutputQuant, isa=None) -> np.ndarray:

@@ -181,6 +181,59 @@ def test_add_act_is_numpy_add_then_the_ir_activation(n, act, signed, quant, isa,
         assert q is None
 
 
+@settings(deadline=None, max_examples=150)
+@given(lead=st.lists(st.integers(1, 3), max_size=2), R=st.one_of(st.integers(1, 20), st.sampled_from([64, 65])),
+       C=st.one_of(st.integers(1, 20), st.sampled_from([64, 65])), first=st.booleans(),
+       act=st.sampled_from(["none", "relu", "clip"]), signed=st.booleans(), quant=st.booleans(),
+       isa=st.sampled_from(ISAS), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1),
+       specials=st.sampled_from([0.0, 0.1, 0.5]))
+def test_add_act_reads_a_transposed_operand_in_place(lead, R, C, first, act, signed, quant, isa, threads, seed,
+                                                     specials):
+    """dse.kernels.add_act of a C-contiguous operand and one whose last two axes are a C-contiguous array's swapped
+    (in either slot) reads the latter in its own memory (8 x 8 tile transposes at avx2, edges of any size) and gives
+    the bits of the same pass on a contiguous copy and of numpy's add then the IR activation: every value, NaN
+    payloads included, except where two NaNs meet (then one of the two, quieted: which one is the compiled operand
+    order's, as numpy's own SIMD body and tail differ in it); every ISA level, 1 and 2 threads."""
+    from dse.kernels import OutputAct, OutputQuant, add_act
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(lead) + (R, C)
+    n = int(np.prod(shape))
+    a = (_input((n,), int(rng.integers(0, 2 ** 32)), specials) * np.float32(3)).reshape(shape)
+    bm = _input((n,), int(rng.integers(0, 2 ** 32)), specials).reshape(tuple(lead) + (C, R))
+    pick = rng.random(bm.shape) < specials / 4  # NaNs of random payloads: which one a sum keeps shows
+    bm[pick] = (rng.integers(0x7F800001, 0x80000000, int(pick.sum())).astype(np.uint32)).view(np.float32)
+    b = np.swapaxes(bm, -1, -2)
+    x, z = (b, a) if first else (a, b)
+    o = OutputAct(act, -1.5, 6.0) if act != "none" else None
+    qt = OutputQuant(0.25, signed) if quant else None
+    calls = []
+    real = _kernels.add_act
+
+    def spy(*args, **kw):
+        calls.append(kw.get("transposed"))
+        return real(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_kernels, "add_act", spy)
+        mp.setattr("dse.kernels.get_threads", lambda: threads)
+        y, q = add_act(x, z, o, qt, isa)
+    assert calls == [None if R == 1 or C == 1 else (R, C)]  # a size-1 axis: numpy calls both layouts contiguous
+    kind = act
+    y0, q0 = real(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(z).reshape(-1), kind, -1.5, 6.0,
+                  (0.25, signed) if quant else None, isa, threads)
+    assert y.shape == shape and y.flags.c_contiguous
+    want = np.add(x, z) if o is None else o.apply(np.add(x, z))
+    met = np.isnan(x) & np.isnan(z)
+    for ref in (y0.reshape(shape), want):
+        np.testing.assert_array_equal(_bits(y)[~met], _bits(ref)[~met])
+    assert np.all((_bits(y)[met] == _bits(x)[met] | 0x400000) | (_bits(y)[met] == _bits(z)[met] | 0x400000))
+    if quant:
+        np.testing.assert_array_equal(q.view(np.uint8).reshape(-1), q0)
+    else:
+        assert q is None and q0 is None
+
+
 def test_emulator_fuses_residual_adds(bundled_qmodel):
     """The bundled ResNet-8's residual Add + Relu pairs run as one pass that also writes the next convs' input."""
     from dse.emulate import Emulator
@@ -760,13 +813,13 @@ def row_cases(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(case=row_cases(), threads=st.sampled_from([1, 2]))
-def test_compiled_softmax_gives_numpy_bits(case, threads):
+@given(case=row_cases(), threads=st.sampled_from([1, 2]), isa=st.sampled_from(ISAS))
+def test_compiled_softmax_gives_numpy_bits(case, threads, isa):
     """The compiled Softmax over the last axis (numpy's own max, exp and add loops called as its reductions and
     ufuncs call them) against the numpy expression it replaced, bit for bit: NaN rows (several payloads: which NaN
     numpy's maximum returns is the one every other value of the row gets), infinities (inf - inf), overflowing and
     underflowing exps, signed zeros, rows of 1 value, rows at every 4-byte offset from a 64-byte boundary, 1 and 2
-    threads. No ISA level of dse's own applies: numpy's loops dispatch themselves."""
+    threads, its own passes at every ISA level (numpy's loops dispatch themselves)."""
     from dse.model.graph import Node
     from dse.model.ops import IR_OPS
 
@@ -776,7 +829,7 @@ def test_compiled_softmax_gives_numpy_bits(case, threads):
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         want = e / e.sum(axis=-1, keepdims=True)
         got = np.empty_like(x)
-        _kernels.float_softmax(x.reshape(-1, x.shape[-1]), got.reshape(-1, x.shape[-1]), threads)
+        _kernels.float_softmax(x.reshape(-1, x.shape[-1]), got.reshape(-1, x.shape[-1]), threads, isa=isa)
         _same_bits(got, want)
         _same_bits(nn.softmax(x, -1), want)
         _same_bits(nn.softmax(x, x.ndim - 1), want)
@@ -786,11 +839,11 @@ def test_compiled_softmax_gives_numpy_bits(case, threads):
 
 @settings(max_examples=120, deadline=None)
 @given(case=row_cases(), threads=st.sampled_from([1, 2]),
-       c=st.sampled_from([0.25, 0.125, -1.5, 3.0, 1e-30, 1e30, -0.0, np.inf, 0.1767767]))
-def test_compiled_softmax_of_a_product_gives_numpy_bits(case, threads, c):
+       c=st.sampled_from([0.25, 0.125, -1.5, 3.0, 1e-30, 1e30, -0.0, np.inf, 0.1767767]), isa=st.sampled_from(ISAS))
+def test_compiled_softmax_of_a_product_gives_numpy_bits(case, threads, c, isa):
     """The compiled Softmax of x times a float32 constant (the Mul before it in the same pass) against numpy's
-    product then the numpy expression, bit for bit, on the cases of test_compiled_softmax_gives_numpy_bits; a NaN
-    constant is refused."""
+    product then the numpy expression, bit for bit, on the cases of test_compiled_softmax_gives_numpy_bits (every
+    ISA level); a NaN constant is refused."""
     x = _rows_at_offset(case["shape"], case["offset"], np.random.default_rng(case["seed"]), case["scale"],
                         case["specials"], case["payloads"])
     with np.errstate(all="ignore"):
@@ -799,7 +852,7 @@ def test_compiled_softmax_of_a_product_gives_numpy_bits(case, threads, c):
         want = e / e.sum(axis=-1, keepdims=True)
         got = np.empty_like(x)
         _kernels.float_softmax(x.reshape(-1, x.shape[-1]), got.reshape(-1, x.shape[-1]), threads,
-                               scale=float(np.float32(c)))
+                               scale=float(np.float32(c)), isa=isa)
         _same_bits(got, want)
         _same_bits(nn.softmax(x, -1, scale=float(np.float32(c))), want)
         _same_bits(nn.softmax(x.astype(np.float64), -1, scale=float(np.float32(c))).astype(np.float32),
@@ -888,14 +941,14 @@ def test_vit_logits_are_those_of_the_numpy_softmax(tmp_path, monkeypatch, thread
 
 @settings(max_examples=200, deadline=None)
 @given(case=row_cases(), threads=st.sampled_from([1, 2]), has_bias=st.booleans(), eps=st.sampled_from([1e-5, 1e-6, 0.0]),
-       weight_specials=st.sampled_from([0.0, 0.1]))
-def test_compiled_layernorm_gives_numpy_bits(case, threads, has_bias, eps, weight_specials):
+       weight_specials=st.sampled_from([0.0, 0.1]), isa=st.sampled_from(ISAS))
+def test_compiled_layernorm_gives_numpy_bits(case, threads, has_bias, eps, weight_specials, isa):
     """The compiled LayerNorm over the last axis (numpy's own add loop for its sums) against the numpy expression it
     replaced, bit for bit: NaN rows with several payloads (the mean's NaN is what every other value of the row
     gets), infinities, extremes (sums that overflow), signed zeros, rows of 1 value, rows at every 4-byte offset from
     a 64-byte boundary, specials in scale and bias (where a NaN of theirs meets a NaN value, the result is one of
-    the NaNs, as numpy's loops pick either), 1 and 2 threads. No ISA level of dse's own applies: numpy's loops
-    dispatch themselves."""
+    the NaNs, as numpy's loops pick either), 1 and 2 threads, its own passes at every ISA level (numpy's loops
+    dispatch themselves)."""
     from dse.model.graph import Node
     from dse.model.ops import IR_OPS
 
@@ -913,7 +966,8 @@ def test_compiled_layernorm_gives_numpy_bits(case, threads, has_bias, eps, weigh
         if has_bias:
             want = want + bias
         got = np.empty_like(x)
-        _kernels.float_layernorm(x.reshape(-1, n), scale, bias, float(np.float32(eps)), got.reshape(-1, n), threads)
+        _kernels.float_layernorm(x.reshape(-1, n), scale, bias, float(np.float32(eps)), got.reshape(-1, n), threads,
+                                 isa=isa)
         node = Node(name="l", op="layernorm", inputs=["x"], outputs=["y"], attrs={"axis": -1, "epsilon": eps})
         for g in (got, nn.layernorm(x, scale, bias, -1, eps),
                   IR_OPS["layernorm"](node, [x, scale] + ([bias] if has_bias else []))):
@@ -925,6 +979,38 @@ def test_compiled_layernorm_gives_numpy_bits(case, threads, has_bias, eps, weigh
                     for v in [y, scale, y * scale] + ([bias] if has_bias else [])]
             gm = _bits(g)[met]
             assert np.all(np.any([gm == c for c in cand], axis=0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 400), n=st.integers(1, 80), seed=st.integers(0, 2 ** 32 - 1),
+       specials=st.sampled_from([0.0, 0.01]), threads=st.sampled_from([1, 2]))
+def test_compiled_softmax_and_layernorm_levels_agree_on_many_rows(rows, n, seed, specials, threads):
+    """The passes' own loops on blocks of rows (several blocks per thread, the last one short) give the bits of the
+    portable build at every ISA level, with and without the Softmax's scale and the LayerNorm's bias, NaN/inf/signed
+    zero values included; the LayerNorm's against numpy's expression too."""
+    rng = np.random.default_rng(seed)
+    x = _rows_at_offset((rows, n), seed % 16, rng, 4.0, specials, specials)
+    scale, bias = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    with np.errstate(all="ignore"):
+        mu = x.mean(axis=-1, keepdims=True, dtype=np.float32)
+        d = x - mu
+        want_ln = d / np.sqrt((d * d).mean(axis=-1, keepdims=True, dtype=np.float32) + np.float32(1e-5)) * scale + bias
+        for sc in (None, 0.25):
+            ref = np.empty_like(x)
+            _kernels.float_softmax(x, ref, 1, scale=sc, isa="scalar")
+            for isa in ISAS:
+                got = np.empty_like(x)
+                _kernels.float_softmax(x, got, threads, scale=sc, isa=isa)
+                _same_bits(got, ref)
+        for b in (None, bias):
+            ref = np.empty_like(x)
+            _kernels.float_layernorm(x, scale, b, 1e-5, ref, 1, isa="scalar")
+            if b is not None:
+                _same_bits(ref, want_ln)
+            for isa in ISAS:
+                got = np.empty_like(x)
+                _kernels.float_layernorm(x, scale, b, 1e-5, got, threads, isa=isa)
+                _same_bits(got, ref)
 
 
 def test_layernorm_falls_back_to_numpy(monkeypatch):
