@@ -572,11 +572,16 @@ class Emulator:
             r.env[out] = y
 
     def _run_glue(self, i, n, r) -> None:
-        """Float node ``i`` on its own (into its donor operand's memory where it has one and the array fits)."""
+        """Float node ``i`` on its own (into its donor operand's memory where it has one and the array fits; an Add
+        with a transposed operand by ``dse.kernels.add_act``, which reads it in place)."""
+        from dse.kernels import transposed_operand
         from dse.model.float_exec import exec_node
         from dse.model.ops import arguments, binary_into
 
         args = [r.env[t] for t in n.inputs]
+        if self._runtime_add(n) and transposed_operand(*args) is not None:  # no contiguous copy of that operand
+            self._add(i, n, args, r)
+            return
         y, t = None, r.fusions["donors"].get(i)
         if t is not None:
             d = r.env[t]

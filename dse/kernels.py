@@ -1888,9 +1888,9 @@ def add_act(a: np.ndarray, b: np.ndarray, act: OutputAct | None = None, quant: O
     kind, lo, hi = ("none", -np.inf, np.inf) if act is None else (act.kind, act.lo, act.hi)
     qa = None if quant is None else (float(np.float32(quant.scale)), bool(quant.signed))
     t, b_first = None, False
-    if _last_two_swapped(b) and _c_contiguous_f32(a):
+    if transposed_operand(a, b) == 1:
         t = a.shape[-2:]
-    elif _last_two_swapped(a) and _c_contiguous_f32(b):
+    elif transposed_operand(a, b) == 0:
         t, b_first, a, b = b.shape[-2:], True, b, a
     if t is not None:  # b read through its transposed memory, a 2-D view of it: no contiguous copy
         y, q = _kernels.add_act(a.reshape(-1), np.swapaxes(b, -1, -2).reshape(-1), kind, lo, hi, qa, level,
@@ -1901,15 +1901,17 @@ def add_act(a: np.ndarray, b: np.ndarray, act: OutputAct | None = None, quant: O
     return y.reshape(a.shape), None if q is None else q.view(quant.dtype).reshape(a.shape)
 
 
-def _c_contiguous_f32(x: np.ndarray) -> bool:
-    return x.dtype == np.float32 and x.flags.c_contiguous
-
-
-def _last_two_swapped(x: np.ndarray) -> bool:
-    """Whether float32 x (at least 2-D) is a C-contiguous array with its last two axes swapped (a channels-first
-    tensor read channels-last, as a token MatMul's 1x1 conv output reaches a residual Add)."""
-    return x.dtype == np.float32 and x.ndim >= 2 and not x.flags.c_contiguous and \
-        np.swapaxes(x, -1, -2).flags.c_contiguous
+def transposed_operand(a: np.ndarray, b: np.ndarray) -> int | None:
+    """Which of two float32 operands of one shape :func:`add_act` reads transposed in its own memory (0: a, 1: b;
+    None: neither): one whose last two axes are a C-contiguous array's swapped (a channels-first tensor read
+    channels-last, as a token MatMul's 1x1 conv output reaches a residual Add), the other C-contiguous."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape or a.ndim < 2 or \
+            a.dtype != np.float32 or b.dtype != np.float32:
+        return None
+    for k, (x, y) in enumerate(((a, b), (b, a))):
+        if y.flags.c_contiguous and not x.flags.c_contiguous and np.swapaxes(x, -1, -2).flags.c_contiguous:
+            return k
+    return None
 
 
 def mul_quantized(x: np.ndarray, s: np.ndarray, quant: OutputQuant, isa=None) -> np.ndarray:

@@ -932,6 +932,44 @@ def _check_vit_logits(tmp_path, monkeypatch, threads, name, reference):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_vit_residual_adds_read_the_conv_output_in_place(tmp_path, monkeypatch, threads):
+    """The small ViT's residual Adds (one operand a token MatMul's 1x1 conv output read channels-last) run by
+    add_act on that operand's own memory, and the emulated logits (exact and mitch_w6) are those of the numpy Adds
+    they replace, bit for bit."""
+    import dse.kernels as K
+    from dse.emulate import Emulator
+    from dse.kernels import using_threads
+    from dse.layer_config import LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    g = load_onnx(_vit_like(tmp_path))
+    rng = np.random.default_rng(5)
+    calib, x = (rng.standard_normal((k, 17, 32)).astype(np.float32) * 2 for k in (8, 6))
+    qm = calibrate(g, calib)
+    cfg = {l.name: LayerConfig("mitch_w6") for l in qm.layers}
+    calls = []
+    real = _kernels.add_act
+
+    def spy(*args, **kw):
+        calls.append(kw.get("transposed"))
+        return real(*args, **kw)
+
+    def run():
+        with using_threads(threads):
+            return [Emulator(qm).run(x), Emulator(qm).run(x, cfg)]
+    with monkeypatch.context() as m:
+        m.setattr(_kernels, "add_act", spy)
+        new = run()
+    assert sum(t is not None for t in calls) >= 2 * 4  # 2 blocks x 2 residual Adds, per configuration
+    with monkeypatch.context() as m:
+        m.setattr(K, "transposed_operand", lambda a, b: None)
+        old = run()
+    for a, b in zip(new, old):
+        _same_bits(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 def test_vit_logits_are_those_of_the_numpy_softmax(tmp_path, monkeypatch, threads):
     """The small ViT (two attention blocks, Softmax over 17 tokens): calibration, emulated logits (exact and
     mitch_w6) and the float executor's logits are bit-identical with the compiled Softmax and with the numpy
