@@ -534,15 +534,10 @@ dse_rows_accum_avx2_kc(const uint16_t *tab, const uint8_t *const *ip, int64_t mb
         else                                                                                                           \
             dse_rows_accum_avx2_kc(tab, ip, mb, acc, n, 0, NOH, PAIR, W);                                              \
         return;
-DSE_RT_TAIL(0, 0, 16)
-DSE_RT_TAIL(0, 0, 32)
-DSE_RT_TAIL(0, 0, 64)
-DSE_RT_TAIL(0, 1, 16)
-DSE_RT_TAIL(0, 1, 32)
-DSE_RT_TAIL(0, 1, 64)
-DSE_RT_TAIL(1, 0, 16)
-DSE_RT_TAIL(1, 0, 32)
-DSE_RT_TAIL(1, 0, 64)
+/* X(NOH, PAIR, W) for every tile kind with an out-of-line tail: the tails' definitions and their dispatch */
+#define DSE_RT_TAIL_KINDS(X) X(0, 0, 16) X(0, 0, 32) X(0, 0, 64) X(0, 1, 16) X(0, 1, 32) X(0, 1, 64) X(1, 0, 16) \
+    X(1, 0, 32) X(1, 0, 64)
+DSE_RT_TAIL_KINDS(DSE_RT_TAIL)
 #undef DSE_RT_TAIL_CASE
 #undef DSE_RT_TAIL
 
@@ -562,15 +557,7 @@ dse_rows_accum_avx2_any(const uint16_t *tab, int64_t ts, const uint8_t *const *i
 #define DSE_RT_TAIL_CALL(n, p, w)                                                                                      \
     if (NOH == n && PAIR == p && W == w)                                                                               \
         dse_rows_tail_avx2_##n##_##p##_##w(tab, ip, kc, mb, first, acc);
-    DSE_RT_TAIL_CALL(0, 0, 16)
-    DSE_RT_TAIL_CALL(0, 0, 32)
-    DSE_RT_TAIL_CALL(0, 0, 64)
-    DSE_RT_TAIL_CALL(0, 1, 16)
-    DSE_RT_TAIL_CALL(0, 1, 32)
-    DSE_RT_TAIL_CALL(0, 1, 64)
-    DSE_RT_TAIL_CALL(1, 0, 16)
-    DSE_RT_TAIL_CALL(1, 0, 32)
-    DSE_RT_TAIL_CALL(1, 0, 64)
+    DSE_RT_TAIL_KINDS(DSE_RT_TAIL_CALL)
 #undef DSE_RT_TAIL_CALL
 }
 
