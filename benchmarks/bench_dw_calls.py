@@ -1,8 +1,9 @@
 """The direct depthwise kernel on the calls MobileNetV2 makes: capture every ``dw_conv`` call of bench_e2e's
-MobileNetV2 (32x32, 128 images, the layers' real inputs, weights, tables and fused scaling), then time builds of the
-extension on them side by side.
+MobileNetV2 (32x32, 128 images, the layers' real inputs, weights, tables and fused scaling; ``--nets``: other
+networks, bench_e2e's or ONNX files as its --onnx takes them), then time builds of the extension on them side by
+side.
 
-    python benchmarks/bench_dw_calls.py capture calls.pkl [--families exact drum6 mitch_w6 LUT Ax-BxP]
+    python benchmarks/bench_dw_calls.py capture calls.pkl [--families exact drum6 mitch_w6 LUT Ax-BxP] [--nets NET|F.onnx[:N] ...]
     python benchmarks/bench_dw_calls.py replay calls.pkl OLD.so NEW.so [--rounds 7] [--filter exact] [--isa avx2]
 
 ``replay`` loads each given build of ``dse._kernels`` (a copy of its .so file) into one process, checks that all of
@@ -38,7 +39,8 @@ def _call(mod, c, isa):
 
 def _shape(c) -> str:
     x, wp, mode = c["args"][:3]
-    return f"{c['fam']}  {mode:7s} C={x.shape[1]:4d} {x.shape[2]:2d}x{x.shape[3]:<2d} s{c['args'][7][0]}"
+    return (f"{c['fam']}  {Path(c['net'].partition(':')[0]).stem[:16]:16s} {mode:7s} {wp.shape[1]}x{wp.shape[2]} C={x.shape[1]:4d} {x.shape[2]:3d}x{x.shape[3]:<3d} "
+            f"s{c['args'][7][0]}")
 
 
 def replay(path: Path, sos, rounds: int, filt: str | None, isa: str | None) -> None:
@@ -55,6 +57,8 @@ def main() -> None:
     c.add_argument("file", type=Path)
     c.add_argument("--families", nargs="+", default=["exact", "drum6", "Ax-BxP", "mitch_w6", "LUT"],
                    choices=list(MULTS) + ["LUT"])
+    c.add_argument("--nets", nargs="+", default=["mobilenetv2-32"],
+                   help="bench_e2e's network names or ONNX files (PATH[:N])")
     r = sub.add_parser("replay")
     r.add_argument("file", type=Path)
     r.add_argument("so", nargs="+", help="copies of dse/_kernels*.so to compare (the first is the baseline)")
@@ -63,7 +67,7 @@ def main() -> None:
     r.add_argument("--isa", choices=["avx512", "avx2", "scalar"], help="cap the kernels' ISA level")
     a = ap.parse_args()
     if a.cmd == "capture":
-        capture_calls("dw_conv", _record, ["mobilenetv2-32"], a.families, a.file)
+        capture_calls("dw_conv", _record, a.nets, a.families, a.file)
     else:
         replay(a.file, a.so, a.rounds, a.filter, a.isa)
 

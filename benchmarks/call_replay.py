@@ -34,7 +34,8 @@ NETS = ("mobilenetv2-32", "resnet18-32", "resnet18-224", "resnet50-224")
 def emulations(nets, families) -> Iterator[tuple[str, str, Callable[[], None]]]:
     """(network, family, run) for every network of ``nets`` and family of ``families``: ``run()`` emulates one
     streaming batch of the network's images with the family's multiplier on all layers, one thread (the caller
-    records what it wants around it)."""
+    records what it wants around it). A network is a name of NETS or an ONNX file as bench_e2e.py --onnx takes it
+    (PATH[:N], N images per run, else its streaming batch)."""
     import onnx
 
     import bench_e2e as B
@@ -42,7 +43,7 @@ def emulations(nets, families) -> Iterator[tuple[str, str, Callable[[], None]]]:
     from dse.emulate import Emulator
     from dse.layer_config import LayerConfig
     from dse.model.onnx_import import load_onnx
-    from dse.quant import calibrate
+    from dse.quant import calibrate, stream_batch_size
 
     specs = _specs(B)
     with tempfile.TemporaryDirectory() as d:
@@ -50,9 +51,15 @@ def emulations(nets, families) -> Iterator[tuple[str, str, Callable[[], None]]]:
         lut = B.imported_lut(tmp)
         kernels.set_threads(1)
         for net in nets:
-            build, size, n = specs[net]
-            onnx.save(build(), str(tmp / "m.onnx"))
-            qm = calibrate(load_onnx(tmp / "m.onnx"), B.images(16, size, seed=3))
+            if net in specs:
+                build, size, n = specs[net]
+                onnx.save(build(), str(tmp / "m.onnx"))
+                graph = load_onnx(tmp / "m.onnx")
+            else:
+                _, path, size, n = B.onnx_file(net)
+                graph = load_onnx(path)
+                n = stream_batch_size(graph) if n is None else n
+            qm = calibrate(graph, B.images(16, size, seed=3))
             emu, x = Emulator(qm), B.images(n, size, seed=11)
             for fam in families:
                 cfg = {layer.name: LayerConfig(lut if fam == "LUT" else MULTS.get(fam, fam)) for layer in qm.layers}

@@ -2613,14 +2613,18 @@ static void dse_lutb_lookups(const uint8_t *sel, int64_t nsel, const uint8_t *X,
  * kernel row 2 (the same even plane one row further down) and field 2 kernel row 1, and a tap of kernel column 2
  * reads the byte after column 0's, so S[u] = Q0[E0[u]] + Q1[E0[u + 1]] + Q2[E1[u]] + Q3[O0[u]] + Q4[O0[u + 1]] +
  * Q5[O1[u]] and out[t] = base + field_0(S[t]) + field_2(S[t]) + field_1(S[t + WQ]): six lookups from four byte
- * indexes per position instead of six from six (the generic groups), over L + WQ positions instead of L + 2. */
+ * indexes per position instead of six from six (the generic groups), over L + WQ positions instead of L + 2.
+ * A 5 x 5 kernel at stride 2 (dilation 1) the same way ("cols" 4, dse_dw_s25_sums): tap (i, j) reads its phase plane
+ * i / 2 rows and j / 2 columns on, so the table of plane and column offset j / 2 holds kernel row i in field i / 2 (E0
+ * and O0 three tables, E1 and O1 two) and out[t] = base + sum_f field_f(S[t + f WQ]) (the stride-1 "cols" fold): ten
+ * lookups from four byte indexes per position instead of ten from ten, over L + 2 WQ positions instead of L + 2. */
 #define DSE_DW_FIELD 21
 typedef struct {
     int64_t ng, goff[32]; /* groups and where each one's run starts in the phase planes */
     int64_t *tg, *tf;     /* per tap: its group and field */
     int64_t fs;           /* field f of output t's sums is in S[t + f fs] */
     int cols;             /* the "cols" packing: 3 (3x3), 5 (5x5, dse_dw_cols5_sums), 2 (3x3 at stride 2,
-                           * dse_dw_s2_sums), else 0 */
+                           * dse_dw_s2_sums), 4 (5x5 at stride 2, dse_dw_s25_sums), else 0 */
     int64_t s2;           /* cols 5: the second sums (kernel rows 3, 4) are S2 = S + s2 */
 } dse_dw_groups;
 
@@ -2880,6 +2884,51 @@ static void dse_dw_s2_images(const uint8_t *P, const dse_dw_groups *gr, int64_t 
         dse_dw_s2_sums(P, gr, b * HW, b * HW + L + gr->fs, Q, S);
 }
 
+/* The sums of the 5 x 5 stride-2 packing (cols 4), 8 positions a step: E0's and O0's bytes indexed once for their
+ * three column offsets (tables 0-2 and 5-7, 2 KiB apart, as DSE_DW_COLS8), E1's and O1's for their two (tables 3-4
+ * and 8-9, as DSE_DW_COLS8_2); the next step's first bytes complete outputs 6 and 7. Reads up to 9 bytes past the
+ * step. dse_dw_s25_images: image b's positions [b HW, b HW + L + 2 fs) (L + 2 fs <= HW: no overlap). */
+static inline __attribute__((always_inline)) void dse_dw_s25_sums(const uint8_t *P, const dse_dw_groups *gr,
+                                                                  int64_t u0, int64_t u1, const uint64_t *Q,
+                                                                  uint64_t *S)
+{
+    const uint8_t *e0 = P + gr->goff[0] + u0, *e1 = P + gr->goff[1] + u0;
+    const uint8_t *o0 = P + gr->goff[2] + u0, *o1 = P + gr->goff[3] + u0;
+    for (int64_t t = u0; t < u1; t += 8, e0 += 8, e1 += 8, o0 += 8, o1 += 8) {
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, v;
+        memcpy(&v, e0, 8);
+        DSE_DW_COLS8(v, Q, s0, s1, s2, s3, s4, s5, s6, s7);
+        s6 += Q[512 + e0[8]], s7 += Q[256 + e0[8]] + Q[512 + e0[9]];
+        memcpy(&v, o0, 8);
+        {
+            const uint64_t *c = Q + 1280;
+            DSE_DW_COLS8(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+            s6 += c[512 + o0[8]], s7 += c[256 + o0[8]] + c[512 + o0[9]];
+        }
+        memcpy(&v, e1, 8);
+        {
+            const uint64_t *c = Q + 768;
+            DSE_DW_COLS8_2(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+            s7 += c[256 + e1[8]];
+        }
+        memcpy(&v, o1, 8);
+        {
+            const uint64_t *c = Q + 2048;
+            DSE_DW_COLS8_2(v, c, s0, s1, s2, s3, s4, s5, s6, s7);
+            s7 += c[256 + o1[8]];
+        }
+        S[t] = s0, S[t + 1] = s1, S[t + 2] = s2, S[t + 3] = s3;
+        S[t + 4] = s4, S[t + 5] = s5, S[t + 6] = s6, S[t + 7] = s7;
+    }
+}
+
+static void dse_dw_s25_images(const uint8_t *P, const dse_dw_groups *gr, int64_t nb, int64_t HW, int64_t L,
+                              const uint64_t *Q, uint64_t *S)
+{
+    for (int64_t b = 0; b < nb; b++)
+        dse_dw_s25_sums(P, gr, b * HW, b * HW + L + 2 * gr->fs, Q, S);
+}
+
 /* Whether the groups take dse_dw_rowsum3_sums. */
 static inline int dse_dw_rows3(const dse_dw_groups *gr)
 {
@@ -2926,6 +2975,8 @@ static void dse_dw_run_rowsum(const uint8_t *P, const dse_dw_groups *gr, int64_t
     const int64_t fs = gr->fs, f2 = dse_dw_f2(gr);
     if (gr->cols == 2)
         dse_dw_s2_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
+    else if (gr->cols == 4)
+        dse_dw_s25_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
     else
         dse_dw_rowsum_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
     for (int64_t b = 0; b < nb; b++)
@@ -3014,6 +3065,15 @@ DSE_T_AVX2 static void dse_dw_run_s2_avx2(const uint8_t *P, const dse_dw_groups 
 {
     dse_dw_s2_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
     dse_dw_fold_avx2(gr, nb, HW, WQ, Ho, Wo, base, S, full, 0);
+}
+
+/* The same for the 5 x 5 stride-2 packing (cols 4). */
+DSE_T_AVX2 static void dse_dw_run_s25_avx2(const uint8_t *P, const dse_dw_groups *gr, int64_t nb, int64_t HW,
+                                           int64_t WQ, int64_t Ho, int64_t Wo, const uint64_t *Q, int64_t base,
+                                           uint64_t *S, int32_t *full)
+{
+    dse_dw_s25_images(P, gr, nb, HW, (Ho - 1) * WQ + Wo, Q, S);
+    dse_dw_fold_avx2(gr, nb, HW, WQ, Ho, Wo, base, S, full, 2);
 }
 
 /* The rowsum tables at the AVX-512 level, without packed fields: per tap k the column lutT[w_k] - min (< 2^16) as
@@ -4049,6 +4109,17 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                     gr.tg[k] = (k / 3 == 1 ? 3 : 0) + (k % 3 == 0 ? 0 : k % 3 == 2 ? 1 : 2);
                 gr.goff[0] = toff[0], gr.goff[1] = toff[1], gr.goff[2] = toff[3], gr.goff[3] = toff[4];
             }
+            /* 5 x 5 at stride 2: the like packing (cols 4, dse_dw_s25_sums: the ten lookups of the row groups from
+             * four byte indexes per position instead of ten) where its positions, 2 WQ - 2 more per plane, are at most
+             * 1.4 times as many */
+            if (mode == 3 && kh == 5 && kw == 5 && sh == 2 && sw == 2 && dh == 1 && dw == 1 &&
+                5 * (L + 2 * WQ) <= 7 * (L + 2)) {
+                gr.ng = 10, gr.fs = WQ, gr.cols = 4;
+                for (int64_t k = 0; k < ntap; k++) /* field: kernel row / 2; table: E0 0-2, E1 3-4, O0 5-7, O1 8-9 */
+                    gr.tf[k] = (k / 5) / 2,
+                    gr.tg[k] = ((k / 5) % 2 ? 5 : 0) + ((k % 5) % 2 ? 3 : 0) + (k % 5) / 2;
+                gr.goff[0] = toff[0], gr.goff[1] = toff[1], gr.goff[2] = toff[5], gr.goff[3] = toff[6];
+            }
             /* 5 x 5: the same rule with its 4 dh WQ extra positions (dse_dw_cols5_sums: ten lookups per position as
              * the row groups take, each byte indexed once instead of ten times) */
             const int64_t cpos5 = nb > 1 && L + 4 * dh * WQ > HS ? HS : L + 4 * dh * WQ;
@@ -4131,6 +4202,7 @@ static int dse_dw_conv(int level, const uint8_t *x, int64_t B, int64_t C, int64_
                         else if (mode == 3)
                             (level < DSE_ISA_AVX2 ? dse_dw_run_rowsum
                              : gr.cols == 2       ? dse_dw_run_s2_avx2
+                             : gr.cols == 4       ? dse_dw_run_s25_avx2
                                                   : dse_dw_run_rowsum_avx2)(
                                 P, &gr, nbb, HS, WQ, Ho, Wo, Q + (o - c * og) * gr.ng * 256, base[o - c * og],
                                 Q + og * gr.ng * 256, full32);

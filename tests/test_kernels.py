@@ -902,6 +902,29 @@ def test_depthwise_rowsum_3x3_stride2(B, C, og, H, W, dil, pads, signed, extreme
     assert_dw_every_isa(x, w, mult, signed, geo, "rowsum", sc, ref, y, threads, block)
 
 
+@settings(deadline=None, max_examples=60)
+@given(B=st.integers(1, 5), C=st.integers(1, 3), og=st.integers(1, 2), H=DW_WIDTHS, W=DW_WIDTHS,
+       dil=st.sampled_from([(1, 1), (1, 1), (1, 1), (2, 1), (1, 2)]), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       signed=st.booleans(), extreme=st.booleans(), mname=st.sampled_from(ROWSUM_MULTS),
+       block=st.sampled_from([1, 100, 4096]), out=st.sampled_from(["int64", "float32", "quant"]),
+       act=st.sampled_from([None, "relu", "clip"]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_depthwise_rowsum_5x5_stride2(B, C, og, H, W, dil, pads, signed, extreme, mname, block, out, act, threads,
+                                      seed):
+    """EfficientNet's and MobileNetV3's 5x5 stride-2 depthwise convs on the rowsum kernel: at dilation 1 the 5x5
+    stride-2 packing (dse_dw_s25_sums: kernel row i in field i / 2 of its phase plane's tables, one per column offset,
+    each byte of the four phase planes indexed once) where its two extra rows of positions allow it, else the generic
+    groups (dilated); planes 1-40 with padding (odd and even sizes: phase planes of unequal sizes), blocks of images,
+    channel multipliers, int64 sums and scaled outputs, every ISA level, 1 and 2 threads, against the reference."""
+    rng = np.random.default_rng(seed)
+    x, w = depthwise_operands(rng, B, C, og, H, W, (5, 5), dil, pads, signed, extreme)
+    x[x == 0] = 1  # a byte read from the padding instead of the plane (or the reverse) changes the sums
+    mult = DW_MULTS[mname]
+    geo = K._conv_args(x, w, signed, (2, 2), pads, dil, C, "test")[2]
+    ref = K.reference_conv2d_int(x, w, mult, signed, (2, 2), pads, dil, C)
+    sc, y = dw_scaled_reference(rng, ref, out, act, signed)
+    assert_dw_every_isa(x, w, mult, signed, geo, "rowsum", sc, ref, y, threads, block)
+
+
 @settings(deadline=None, max_examples=40)
 @given(B=st.integers(1, 2), C=st.integers(1, 3), og=st.integers(1, 2), H=st.integers(1, 40), W=st.integers(1, 40),
        geo=st.sampled_from([((3, 1), (1, 1)), ((3, 2), (1, 1)), ((3, 3), (1, 1)), ((3, 3), (1, 2)),
