@@ -3389,6 +3389,7 @@ static void dse_dw_phases(const uint8_t *xs, const uint8_t *xend, int64_t H, int
                           uint8_t *P)
 {
     int64_t rq = pt / sh, rp = pt % sh; /* padded row r + pt = rq * sh + rp, stepped without divisions */
+    const int64_t pc0 = pl % sw, q0 = pl / sw; /* each row's first column: phase pc0, column q0 (divided once) */
     for (int64_t r = 0; r < H; r++, rp = (rp + 1 == sh) ? (rq++, 0) : rp + 1) {
         if (rq >= HQ)
             break;
@@ -3404,7 +3405,7 @@ static void dse_dw_phases(const uint8_t *xs, const uint8_t *xend, int64_t H, int
             continue;
         }
         /* one sequential pass over the row: padded column c + pl = q * sw + pc goes to phase pc, column q */
-        int64_t pc = pl % sw, q = pl / sw, c = 0;
+        int64_t pc = pc0, q = q0, c = 0;
         if (sw == 2 && !xtab) /* 16 bytes at a time: even ones to phase pc, odd ones to the other (SSE2) */
             for (const __m128i lo8 = _mm_set1_epi16(0xFF); c + 16 <= W && q + 8 + pc <= WQ; c += 16, q += 8) {
                 const __m128i v = _mm_loadu_si128((const __m128i *)(src + c));
