@@ -9,7 +9,8 @@ medians per tree and the ratio base / ours (> 1: ours faster), the sums, and whe
     python benchmarks/bench_split.py --base /tmp/main-clone --networks 3 --rounds 5 --families LUT mitch_w6
 
 ``--networks REPS`` times whole streaming batches of the networks instead (bench_e2e's emulator runs: each child
-calibrates, runs one untimed batch, then REPS timed ones), medians of the per-child medians. ``--families exact``
+calibrates, runs one untimed batch, then REPS timed ones), medians of the per-child medians; ``--nets`` may then also
+name ONNX files (PATH[:N], as bench_e2e.py --onnx takes them). ``--families exact``
 times the exact FxP8 path the same way (e.g. a change of the integer GEMM kernel against main's build).
 """
 from __future__ import annotations
@@ -114,7 +115,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, type=Path, help="the baseline tree (built)")
-    ap.add_argument("--nets", nargs="+", default=["resnet18-224", "resnet18-32"], choices=NETS)
+    ap.add_argument("--nets", nargs="+", default=["resnet18-224", "resnet18-32"],
+                    help=f"of {', '.join(NETS)}; with --networks also ONNX files as bench_e2e.py --onnx takes them")
     ap.add_argument("--families", nargs="+", default=["LUT"])
     ap.add_argument("--paths", nargs="+", default=["auto", "split"])
     ap.add_argument("--rounds", type=int, default=5)
@@ -122,6 +124,9 @@ def main() -> None:
     ap.add_argument("--networks", type=int, metavar="REPS",
                     help="time whole streaming batches instead (REPS per child after one untimed batch)")
     a = ap.parse_args()
+    for n in a.nets:
+        if n not in NETS and not (a.networks and n.partition(":")[0].endswith(".onnx")):
+            ap.error(f"--nets {n}: not one of {', '.join(NETS)}" + ("" if a.networks else " (ONNX files: --networks)"))
     ours = HERE.parent
     if a.networks:
         networks(a, ours)
