@@ -446,6 +446,11 @@ struct dse_ig_plan {
     int wb_ident;         /* wb[p] == p */
     int xa_ident, xa_flip; /* xa[p] == p; xa[p] == p ^ 0x80 (signed activation values offset by 128) */
     const int64_t *corr; /* aoff != 0: corr[n] = aoff * sum_k W'[n, k], subtracted from the sums */
+    /* the vpmaddubsw kernel (no VNNI, "Byte pairs" below): ub_lim bounds |w0| + |w1| of a packed pair; the residual
+     * quads of tile nt start at res + nt * res_cap, its row r's from res_row[nt * (NR + 1) + r] on */
+    int ub, ub_lim;
+    struct dse_ig_res *res;
+    int64_t *res_row, res_cap;
     /* with sc: sums added to the finished int32 sums before the scaling (element (n, m) at
      * addend[(m / img) * add_ld_img + n * add_ld_n + m % img]; the caller bounds every total within int32) */
     const int64_t *addend;
@@ -488,11 +493,12 @@ static inline __m128i dse_ig_c16_load(const uint8_t *a, const uint8_t *lo, const
 }
 
 /* The panels of positions [m0, m0 + mv) over depth pairs [p0, p0 + kcp) into dst (as dse_ig_pack_a_avx2 packs the
- * im2col operand of cv, element (k, m) with k = c kh kw + i kw + j). scr: the thread's DSE_IG_C16_SCR bytes, which
+ * im2col operand of cv, element (k, m) with k = c kh kw + i kw + j), or over depth quads as byte quads (P->q8: the
+ * avx2 level's byte pairs without VNNI, dse_ig_pack_q_avx2's layout and activation bytes). scr: the thread's DSE_IG_C16_SCR bytes, which
  * keep the block's panel offsets and masks from the call with fresh != 0 (the task's first depth block) on. */
 #define DSE_IG_C16_PF 2 /* the block's window of the channel plane this many channels ahead is prefetched */
 DSE_T_AVX2 static void dse_ig_pack_conv16_avx2(const dse_ig_plan *P, int64_t p0, int64_t kcp, int64_t m0, int64_t mv,
-                                               int16_t *dst, uint8_t *scr, int fresh)
+                                               uint8_t *dst, uint8_t *scr, int fresh)
 {
     const dse_ig_conv *cv = P->cv;
     const int64_t kh = cv->kh, kw = cv->kw, T = kh * kw, HoWo = cv->Ho * cv->Wo, W = cv->W, H = cv->H;
@@ -537,12 +543,14 @@ DSE_T_AVX2 static void dse_ig_pack_conv16_avx2(const dse_ig_plan *P, int64_t p0,
     /* the window of a channel plane the block reads: from its first position's first tap to its last one's last */
     const int64_t w0 = base[0] - cv->pt * W - cv->pl, w1 = base[0] + mv + ((kh - 1) * cv->dh - cv->pt) * W +
                                                             (kw - 1) * cv->dw - cv->pl;
-    int64_t c = 2 * p0 / T, t = 2 * p0 % T; /* the channel and tap of the pair's first row, stepped */
+    const int g = P->q8 ? 4 : 2; /* depth rows per step */
+    const __m128i flip = _mm_set1_epi8((char)(P->q8 && P->xa_flip ? 0x80 : 0));
+    int64_t c = g * p0 / T, t = g * p0 % T; /* the channel and tap of the step's first row, stepped */
     for (int64_t p = 0; p < kcp; p++) {
-        const uint8_t *src[2];
-        const uint8_t *tm[2];
-        for (int h = 0; h < 2; h++) {
-            const int64_t k = 2 * (p0 + p) + h;
+        const uint8_t *src[4];
+        const uint8_t *tm[4];
+        for (int h = 0; h < g; h++) {
+            const int64_t k = g * (p0 + p) + h;
             if (t == 0 && k + DSE_IG_C16_PF * T < P->K) /* a new channel: fetch the plane DSE_IG_C16_PF ahead */
                 for (int64_t a = w0; a < w1 + 64; a += 64)
                     _mm_prefetch((const char *)(cv->x + (c + DSE_IG_C16_PF) * cv->HW + a), _MM_HINT_T0);
@@ -551,10 +559,10 @@ DSE_T_AVX2 static void dse_ig_pack_conv16_avx2(const dse_ig_plan *P, int64_t p0,
             if (++t == T)
                 t = 0, c++;
         }
-        int16_t *d = dst + p * 2 * DSE_IG_MR_AVX2;
-        for (int64_t q = 0; q < npan; q++, d += kcp * 2 * DSE_IG_MR_AVX2) {
-            __m128i v[2];
-            for (int h = 0; h < 2; h++) {
+        uint8_t *d = (uint8_t *)dst + p * 64;
+        for (int64_t q = 0; q < npan; q++, d += kcp * 64) {
+            __m128i v[4];
+            for (int h = 0; h < g; h++) {
                 if (!src[h]) {
                     v[h] = _mm_setzero_si128();
                     continue;
@@ -567,12 +575,18 @@ DSE_T_AVX2 static void dse_ig_pack_conv16_avx2(const dse_ig_plan *P, int64_t p0,
                 v[h] = _mm_and_si128(x, _mm_loadu_si128((const __m128i *)(tm[h] + q * 16)));
             }
             const __m128i lo8 = _mm_unpacklo_epi8(v[0], v[1]), hi8 = _mm_unpackhi_epi8(v[0], v[1]);
-            if (s8) {
+            if (g == 4) { /* byte quads (dse_ig_pack_q_avx2's layout), the masked value 0 offset as any other */
+                const __m128i lo23 = _mm_unpacklo_epi8(v[2], v[3]), hi23 = _mm_unpackhi_epi8(v[2], v[3]);
+                _mm_storeu_si128((__m128i *)d, _mm_xor_si128(_mm_unpacklo_epi16(lo8, lo23), flip));
+                _mm_storeu_si128((__m128i *)(d + 16), _mm_xor_si128(_mm_unpackhi_epi16(lo8, lo23), flip));
+                _mm_storeu_si128((__m128i *)(d + 32), _mm_xor_si128(_mm_unpacklo_epi16(hi8, hi23), flip));
+                _mm_storeu_si128((__m128i *)(d + 48), _mm_xor_si128(_mm_unpackhi_epi16(hi8, hi23), flip));
+            } else if (s8) {
                 _mm256_storeu_si256((__m256i *)d, _mm256_cvtepi8_epi16(lo8));
-                _mm256_storeu_si256((__m256i *)(d + 16), _mm256_cvtepi8_epi16(hi8));
+                _mm256_storeu_si256((__m256i *)(d + 32), _mm256_cvtepi8_epi16(hi8));
             } else {
                 _mm256_storeu_si256((__m256i *)d, _mm256_cvtepu8_epi16(lo8));
-                _mm256_storeu_si256((__m256i *)(d + 16), _mm256_cvtepu8_epi16(hi8));
+                _mm256_storeu_si256((__m256i *)(d + 32), _mm256_cvtepu8_epi16(hi8));
             }
         }
     }
@@ -837,8 +851,8 @@ DSE_T_AVX2 static void dse_ig_pack_q_avx2(const dse_ig_plan *P, int64_t p0, int6
         c##r##0 = _mm256_dpbusd_avx_epi32(c##r##0, U0, S0);                                                       \
         c##r##1 = _mm256_dpbusd_avx_epi32(c##r##1, U1, S1);                                                       \
     } while (0)
-#define DSE_IG_Q256_MICRO(name, U0, S0, U1, S1)                                                                    \
-    DSE_T_VNNI256 static void name(const void *Av, const void *Bv, int64_t kcq, int32_t *C, int64_t ldc, int acc)  \
+#define DSE_IG_Q256_MICRO(name, TGT, ROW, U0, S0, U1, S1)                                                         \
+    TGT static void name(const void *Av, const void *Bv, int64_t kcq, int32_t *C, int64_t ldc, int acc)            \
     {                                                                                                              \
         const uint8_t *A = (const uint8_t *)Av;                                                                    \
         __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;             \
@@ -847,12 +861,12 @@ DSE_T_AVX2 static void dse_ig_pack_q_avx2(const dse_ig_plan *P, int64_t p0, int6
             const __m256i a0 = _mm256_loadu_si256((const __m256i *)(A + p * 64));                                  \
             const __m256i a1 = _mm256_loadu_si256((const __m256i *)(A + p * 64 + 32));                             \
             const int32_t *b = (const int32_t *)Bv + p * DSE_IG_NR;                                                \
-            DSE_IG_Q256_ROW(0, U0, S0, U1, S1);                                                                    \
-            DSE_IG_Q256_ROW(1, U0, S0, U1, S1);                                                                    \
-            DSE_IG_Q256_ROW(2, U0, S0, U1, S1);                                                                    \
-            DSE_IG_Q256_ROW(3, U0, S0, U1, S1);                                                                    \
-            DSE_IG_Q256_ROW(4, U0, S0, U1, S1);                                                                    \
-            DSE_IG_Q256_ROW(5, U0, S0, U1, S1);                                                                    \
+            ROW(0, U0, S0, U1, S1);                                                                    \
+            ROW(1, U0, S0, U1, S1);                                                                    \
+            ROW(2, U0, S0, U1, S1);                                                                    \
+            ROW(3, U0, S0, U1, S1);                                                                    \
+            ROW(4, U0, S0, U1, S1);                                                                    \
+            ROW(5, U0, S0, U1, S1);                                                                    \
         }                                                                                                          \
         __m256i cs[DSE_IG_NR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};       \
         for (int r = 0; r < DSE_IG_NR; r++) {                                                                      \
@@ -865,8 +879,121 @@ DSE_T_AVX2 static void dse_ig_pack_q_avx2(const dse_ig_plan *P, int64_t p0, int6
             _mm256_storeu_si256(o + 1, cs[r][1]);                                                                  \
         }                                                                                                          \
     }
-DSE_IG_Q256_MICRO(dse_ig_micro_vnni256, a0, w, a1, w)
-DSE_IG_Q256_MICRO(dse_ig_micro_vnni256_swap, w, a0, w, a1)
+/* ROW(r, U0, S0, U1, S1): row r's two accumulators += the products of the quads U and S (vpdpbusd, or the byte
+ * pairs below) */
+DSE_IG_Q256_MICRO(dse_ig_micro_vnni256, DSE_T_VNNI256, DSE_IG_Q256_ROW, a0, w, a1, w)
+DSE_IG_Q256_MICRO(dse_ig_micro_vnni256_swap, DSE_T_VNNI256, DSE_IG_Q256_ROW, w, a0, w, a1)
+
+/* ------------------------------------------------------------------ Byte pairs without VNNI: vpmaddubsw
+ *
+ * At the avx2 level on a CPU without AVX-VNNI the same byte quads run on vpmaddubsw (u8 x s8 -> the int16 sum of a
+ * byte pair, saturating) + vpmaddwd with ones (the two pair sums of a quad -> int32) + vpaddd: 3 vector ops per 32
+ * products instead of the int16 kernel's 4 (1.20-1.34x its MACs per second on this Zen 3, RESULTS.md). A pair sum
+ * u0 s0 + u1 s1 (u on the unsigned port, s on the signed one) is exact while U (|s0| + |s1|) <= 32767, U = the
+ * largest unsigned byte of the call when the weights are the signed operand, or the largest |activation value| with
+ * the weights on the unsigned port (swap; then U (u0 + u1) bounds it): the weights w are known when the call packs
+ * them, so each packed weight pair with |w0| + |w1| > ub_lim = floor(32767 / U) keeps its smaller-magnitude weight
+ * and lowers the larger one's magnitude to ub_lim - |smaller| (>= 0: every single product fits, 255 x 128 <= 32767),
+ * keeping its sign; the difference r = w - w_s goes to the row's remainder quad for that depth quad (a residual entry:
+ * quad, 4 bytes; |r| <= |w| fits the weight's port, and a pair of it holds at most one nonzero byte, so its pair sums
+ * fit int16 too), and the driver adds the remainder quads' products with the block's activation quads (from the
+ * packed panel, the same kernel arithmetic) into the tile's int32 sums after the block's micro-kernel calls
+ * (dse_ig_ub_residual). The activation bytes, the offset correction (from the true weights) and the segments are
+ * those of the VNNI kernel. Bounds: w_s and r have w's sign and |w_s|, |r| <= |w|, so at every point a lane holds
+ * sum_k u_k w'_k with w'_k in {w_s, r, w} (the remainders in a register sum of their own, or added), each |u_k w'_k|
+ * <= |u_k w_k| <= S8: the VNNI segment bounds above hold for every partial sum as they do for vpdpbusd's. Trained
+ * int8 weights (|w| mostly far below 64) leave few pairs over the bound (U = 255: ub_lim = 128); weights at +-127
+ * everywhere make every pair a residual entry, still exact. */
+typedef struct dse_ig_res {
+    int32_t p;  /* depth quad */
+    int32_t w;  /* the remainders of the row's quad as 4 bytes (0 where the weight was kept whole) */
+} dse_ig_res;
+
+DSE_T_AVX2 static inline __m256i dse_ig_ub_dot(__m256i c, __m256i u, __m256i s)
+{
+    return _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+#define DSE_IG_UB_ROW(r, U0, S0, U1, S1)                                                                           \
+    do {                                                                                                           \
+        const __m256i w = _mm256_set1_epi32(b[r]);                                                                 \
+        c##r##0 = dse_ig_ub_dot(c##r##0, U0, S0);                                                                  \
+        c##r##1 = dse_ig_ub_dot(c##r##1, U1, S1);                                                                  \
+    } while (0)
+DSE_IG_Q256_MICRO(dse_ig_micro_ub, DSE_T_AVX2, DSE_IG_UB_ROW, a0, w, a1, w)
+DSE_IG_Q256_MICRO(dse_ig_micro_ub_swap, DSE_T_AVX2, DSE_IG_UB_ROW, w, a0, w, a1)
+
+/* Tile nt's packed weight pairs (Wq as dse_ig_pack_w8 left them) split at ub_lim: the lowered bytes written back, the
+ * remainder quads to res (at most one per row and quad, row by row, then by quad; row r's from res[row[r]] to
+ * res[row[r + 1]]). */
+static void dse_ig_ub_split(const dse_ig_plan *P, int64_t nt, uint8_t *Wq, dse_ig_res *res, int64_t *row)
+{
+    uint8_t *base = Wq + nt * P->KP * 4 * DSE_IG_NR;
+    const int lim = P->ub_lim;
+    int64_t n = 0;
+    for (int r = 0; r < DSE_IG_NR; r++) {
+        row[r] = n;
+        for (int64_t p = 0; p < P->KP; p++) {
+            uint8_t *d = base + p * 4 * DSE_IG_NR + 4 * r, rq[4] = {0, 0, 0, 0};
+            int any = 0;
+            for (int h = 0; h < 4; h += 2) {
+                const int w0 = P->swap ? d[h] : (int8_t)d[h], w1 = P->swap ? d[h + 1] : (int8_t)d[h + 1];
+                const int m0 = w0 < 0 ? -w0 : w0, m1 = w1 < 0 ? -w1 : w1;
+                if (m0 + m1 <= lim)
+                    continue;
+                const int big = m0 >= m1 ? 0 : 1, keep = lim - (big ? m0 : m1), w = big ? w1 : w0;
+                const int ws = w < 0 ? -keep : keep;
+                d[h + big] = (uint8_t)ws;
+                rq[h + big] = (uint8_t)(w - ws); /* |w - ws| <= |w|: a byte on the weight's port */
+                any = 1;
+            }
+            if (any) {
+                res[n].p = (int32_t)p;
+                memcpy(&res[n].w, rq, 4);
+                n++;
+            }
+        }
+    }
+    row[DSE_IG_NR] = n;
+}
+
+/* C[r, q mr + c] += the products of tile nt's remainder quads of quads [p0, p0 + kcq) with the activation quads of
+ * the block's panels (npan panels of MR 16 at Apk), row by row, each panel's sum in registers. A remainder quad has
+ * at most one nonzero byte per pair, so its pair sums stay within int16. */
+DSE_T_AVX2 static void dse_ig_ub_residual(const dse_ig_plan *P, int64_t nt, int64_t p0, int64_t kcq, const uint8_t *Apk,
+                                          int64_t npan, int32_t *C, int64_t ldc)
+{
+    const dse_ig_res *res = P->res + nt * P->res_cap;
+    const int64_t *row = P->res_row + nt * (DSE_IG_NR + 1);
+    for (int r = 0; r < DSE_IG_NR; r++) {
+        int64_t lo = row[r], hi = row[r + 1];
+        while (lo < hi) { /* the row's first entry of quad p0 or later */
+            const int64_t mid = (lo + hi) / 2;
+            if (res[mid].p < p0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        int64_t e1 = lo;
+        while (e1 < row[r + 1] && res[e1].p < p0 + kcq)
+            e1++;
+        if (e1 == lo)
+            continue;
+        for (int64_t q = 0; q < npan; q++) {
+            const uint8_t *a = Apk + q * kcq * 4 * DSE_IG_MR_VNNI256;
+            __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+            for (int64_t i = lo; i < e1; i++) {
+                const uint8_t *ap = a + (res[i].p - p0) * 4 * DSE_IG_MR_VNNI256;
+                const __m256i w = _mm256_set1_epi32(res[i].w);
+                const __m256i a0 = _mm256_loadu_si256((const __m256i *)ap), a1 = _mm256_loadu_si256((const __m256i *)(ap + 32));
+                s0 = P->swap ? dse_ig_ub_dot(s0, w, a0) : dse_ig_ub_dot(s0, a0, w);
+                s1 = P->swap ? dse_ig_ub_dot(s1, w, a1) : dse_ig_ub_dot(s1, a1, w);
+            }
+            __m256i *o = (__m256i *)(C + r * ldc + q * DSE_IG_MR_VNNI256);
+            _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), s0));
+            _mm256_storeu_si256(o + 1, _mm256_add_epi32(_mm256_loadu_si256(o + 1), s1));
+        }
+    }
+}
 
 /* Activation value of pattern p (t = 1). */
 static inline int dse_ig_value(int mode, const int16_t *fa, int p)
@@ -878,7 +1005,8 @@ static inline int dse_ig_value(int mode, const int16_t *fa, int p)
  * byte table, the segments and the kernels in P (P's operands, level and sc set). */
 static int dse_ig_plan8(dse_ig_plan *P, const int16_t *gw)
 {
-    if (P->t != 1 || !dse_cpu_vnni(P->level))
+    const int ub = !dse_cpu_vnni(P->level); /* no VNNI: the byte pairs at the avx2 level */
+    if (P->t != 1 || (ub && P->level != DSE_ISA_AVX2))
         return 0;
     int alo = 1 << 20, ahi = -(1 << 20), wlo = 1 << 20, whi = -(1 << 20);
     for (int p = 0; p < 256; p++) {
@@ -930,9 +1058,14 @@ static int dse_ig_plan8(dse_ig_plan *P, const int16_t *gw)
     if (P->level >= DSE_ISA_AVX512) {
         P->mr = DSE_IG_MR_VNNI, P->pack8 = dse_ig_pack_q_512;
         P->micro = swap ? dse_ig_micro_vnni512_swap : dse_ig_micro_vnni512;
-    } else {
+    } else if (!ub) {
         P->mr = DSE_IG_MR_VNNI256, P->pack8 = dse_ig_pack_q_avx2;
         P->micro = swap ? dse_ig_micro_vnni256_swap : dse_ig_micro_vnni256;
+    } else {
+        P->mr = DSE_IG_MR_VNNI256, P->pack8 = dse_ig_pack_q_avx2;
+        P->micro = swap ? dse_ig_micro_ub_swap : dse_ig_micro_ub;
+        P->ub = 1, P->ub_lim = (int)(32767 / ((swap ? amag : umax) > 1 ? (swap ? amag : umax) : 1));
+        P->res_cap = DSE_IG_NR * KQ;
     }
     return 1;
 }
@@ -1179,7 +1312,7 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
         const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
         const int first = kb % P->seg_blocks == 0;
         if (P->c16) /* int16 panels straight from the conv input (Acv: the masks' scratch) */
-            dse_ig_pack_conv16_avx2(P, p0, kcp, m0, mv, (int16_t *)Apk, Acv, kb == 0);
+            dse_ig_pack_conv16_avx2(P, p0, kcp, m0, mv, Apk, Acv, kb == 0);
         else if (P->cv) { /* the block's operand rows from the conv input, packed from the scratch Acv [rows][ldcv] */
             const int64_t k0 = 4 * p0, k1 = (4 * (p0 + kcp) < P->K) ? 4 * (p0 + kcp) : P->K;
             const dse_ig_conv *cv = P->cv;
@@ -1198,6 +1331,8 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
                 dse_ig_prefetch_out(P, n, m0, mv);
             for (int64_t q = 0; q < npan; q++)
                 P->micro(Apk + q * kcp * 4 * P->mr, B, kcp, C + q * P->mr, ldc, !first);
+            if (P->ub)
+                dse_ig_ub_residual(P, nt, p0, kcp, Apk, npan, C, ldc);
         }
         if ((kb + 1) % P->seg_blocks == 0 || kb + 1 == nblk)
             dse_ig_flush(P, C32, ldc, n0, n1, m0, mv, kb >= P->seg_blocks);
@@ -1666,8 +1801,10 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     P.img = img, P.ld_img = ld_img, P.ld_n = ld_n, P.out = out, P.level = level, P.sc = sc, P.outs = outs;
     if (sc)
         P.addend = addend, P.add_ld_img = add_ld_img, P.add_ld_n = add_ld_n;
+    /* a conv operand packed straight from the input: the int16 panels, or the byte pairs' quads (no VNNI) */
+    const int c16_fits = cv && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, K, t, mode);
     const int q8 = vnni && dse_ig_plan8(&P, gw);
-    const int c16 = cv && !q8 && level == DSE_ISA_AVX2 && dse_ig_conv16_fits(cv, K, t, mode);
+    const int c16 = c16_fits && (!q8 || P.ub);
     if (cv && !(q8 && level >= DSE_ISA_AVX512) && !c16)
         return -4;
     P.cv = cv, P.c16 = c16;
@@ -1693,19 +1830,27 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     const int64_t tpc = (NT + nch - 1) / nch;
     uint8_t *Wpk = (uint8_t *)malloc((size_t)(NT * P.KP * 4 * DSE_IG_NR));
     int64_t *corr = P.aoff ? (int64_t *)malloc((size_t)N * sizeof(int64_t)) : NULL;
-    if (!Wpk || (P.aoff && !corr)) {
+    /* the byte pairs' residual entries: room for every pair of each tile (pages untouched beyond the entries made) */
+    dse_ig_res *res = P.ub ? (dse_ig_res *)malloc((size_t)(NT * P.res_cap) * sizeof(dse_ig_res)) : NULL;
+    int64_t *res_row = P.ub ? (int64_t *)malloc((size_t)NT * (DSE_IG_NR + 1) * sizeof(int64_t)) : NULL;
+    if (!Wpk || (P.aoff && !corr) || (P.ub && !(res && res_row))) {
         free(Wpk);
         free(corr);
+        free(res);
+        free(res_row);
         return -1;
     }
-    P.Wpk = Wpk, P.corr = corr;
+    P.Wpk = Wpk, P.corr = corr, P.res = res, P.res_row = res_row;
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < NT; i++) {
-            if (P.q8)
+            if (P.q8) {
                 dse_ig_pack_w8(&P, gw, i, Wpk, corr);
+                if (P.ub)
+                    dse_ig_ub_split(&P, i, Wpk, res + i * P.res_cap, res_row + i * (DSE_IG_NR + 1));
+            }
             else
                 dse_ig_pack_w(Wp, K, N, t, gw, i, P.KP, (int16_t *)Wpk);
         }
@@ -1731,6 +1876,8 @@ static int dse_int_gemm(int level, const uint8_t *AT, int64_t lda, int64_t aimg,
     }
     free(Wpk);
     free(corr);
+    free(res);
+    free(res_row);
     return fail ? -1 : P.q8;
 }
 

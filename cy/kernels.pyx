@@ -227,6 +227,13 @@ def vnni_levels():
     return [n for i, n in enumerate(ISA_NAMES[:_HW_LEVEL + 1]) if dse_cpu_vnni(i)]
 
 
+def quad_levels():
+    """ISA levels at which :func:`int_gemm` runs calls whose operand values fit bytes on its byte-quad kernels ("+vnni"
+    in its answer): those of :func:`vnni_levels`, and avx2 on every AVX2 CPU (without AVX-VNNI: vpmaddubsw with the
+    weight pairs split at its int16 bound, ``cy/int_gemm.h``)."""
+    return [n for n in ISA_NAMES[1:_HW_LEVEL + 1] if n == "avx2" or n in vnni_levels()]
+
+
 def vnni_enabled():
     """Whether :func:`int_gemm` may use its VNNI micro-kernel by default: yes unless the environment variable
     ``DSE_KERNEL_VNNI`` is 0/off/false/no (e.g. to measure or test the int16 kernel at the same ISA level)."""

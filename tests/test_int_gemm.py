@@ -17,8 +17,8 @@ from dse.arith.multipliers import EXACT, get_multiplier
 from tests.mac_helpers import conv_kernel_env, vnni_env
 
 ISAS = _kernels.isa_levels()
-# (level, VNNI allowed): the int16 kernel at every level, the VNNI kernel where the CPU has one
-KERNELS = [(isa, False) for isa in ISAS] + [(isa, True) for isa in _kernels.vnni_levels()]
+# (level, VNNI allowed): the int16 kernel at every level, the byte-quad kernels (VNNI, or vpmaddubsw at avx2 without it)
+KERNELS = [(isa, False) for isa in ISAS] + [(isa, True) for isa in _kernels.quad_levels()]
 W_VALS = K._W_VALS.astype(np.int16)[:, None].copy()
 
 
@@ -195,13 +195,59 @@ def test_vnni_kernel_port_choice_and_exactness(M, Kd, N, mode, a_range, w_range,
         assert np.array_equal(out.transpose(1, 0, 2).reshape(N, M), ref), (isa, vnni)
 
 
+@pytest.mark.skipif("avx2" not in _kernels.quad_levels(), reason="no AVX2")
+@settings(deadline=None, max_examples=60)
+@given(M=st.integers(1, 200), Kd=st.integers(1, 1200), N=st.integers(1, 20), port=st.sampled_from(["u8", "s8", "swap",
+       "table"]), big=st.sampled_from([0.0, 0.01, 0.2, 1.0]), scaled=st.booleans(), img_div=st.integers(1, 4),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_byte_quads_at_avx2_split_weight_pairs(M, Kd, N, port, big, scaled, img_div, threads, seed):
+    """The avx2 level's byte-quad kernel (vpmaddubsw without AVX-VNNI: weight pairs over the int16 bound split into
+    the packed bytes and residual entries; vpdpbusd with it) on weights mostly small with a share ``big`` of extremes
+    (-128, 127, or 255 on the unsigned port: every pair a residual entry at 1.0), unsigned activations, signed ones
+    (offset 128), the ports swapped (weights 0..255, activations -128..127), a factor table in [0, 255]; depths of
+    several blocks (512 rows each) and int32 segments, operands per image, int64 and scaled outputs, 1 and 2 threads:
+    int64 numpy."""
+    rng = np.random.default_rng(seed)
+    mode = "table" if port in ("swap", "table") else port
+    fa = W_VALS
+    if port == "swap":
+        fa = rng.integers(-128, 128, (256, 1)).astype(np.int16)
+        fa[:2, 0] = -128, 127
+    elif port == "table":
+        fa = rng.integers(0, 256, (256, 1)).astype(np.int16)
+        fa[:2, 0] = 0, 255
+    gw = np.arange(256, dtype=np.int16)[:, None] if port == "swap" else W_VALS  # weight value of each pattern
+    if port == "swap":
+        w = np.where(rng.random((N, Kd)) < big, 255, rng.integers(0, 40, (N, Kd)))
+    else:
+        w = np.where(rng.random((N, Kd)) < big, rng.choice([-128, 127], (N, Kd)), rng.integers(-40, 41, (N, Kd)))
+    Wp = (w & 255).astype(np.uint8)
+    AT = rng.integers(0, 256, (Kd, M)).astype(np.uint8)
+    AT[:, rng.integers(0, M)] = 255 if port != "s8" else 127  # the extreme activation everywhere in one position
+    a = values(mode, fa, AT)
+    S = int(np.abs(a).max() * np.abs(gw.astype(np.int64)[Wp]).max()) or 1
+    ref = np.einsum("kmj,nkj->nm", a, gw.astype(np.int64)[Wp])
+    img = next(d for d in range(min(img_div, M), 0, -1) if M % d == 0)
+    operand = AT.reshape(Kd, M // img, img).transpose(1, 0, 2)
+    ref = np.ascontiguousarray(ref.reshape(N, M // img, img).transpose(1, 0, 2))
+    sc = None
+    if scaled and _kernels.int_gemm_fits32(Kd, 1, S):
+        sc = (float(rng.uniform(1e-4, 1e-2)), rng.uniform(1e-3, 1, N).astype(np.float32),
+              rng.normal(0, 1, N).astype(np.float32), "none", -np.inf, np.inf, None)
+        ref = _kernels.dequantize(ref, *sc[:3], 1, *sc[3:])
+    out = np.full(ref.shape, 7, ref.dtype)
+    used = _kernels.int_gemm(operand, Wp, fa, mode, gw, S, out, "avx2", threads, sc, True)
+    assert used == "avx2+vnni", used
+    assert np.array_equal(out, ref), (port, big)
+
+
 def test_vnni_environment_default(monkeypatch):
     """DSE_KERNEL_VNNI=0 keeps the int16 kernel where a call does not say; vnni=True/False overrides it."""
     AT = np.arange(12, dtype=np.uint8).reshape(3, 4)
     Wp = np.ones((2, 3), np.uint8)
     for isa in ISAS:
         out = np.empty((1, 2, 4), np.int64)
-        has = isa in _kernels.vnni_levels()
+        has = isa in _kernels.quad_levels()
         monkeypatch.setenv("DSE_KERNEL_VNNI", "0")
         assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa) == isa
         assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa, vnni=True) == \
@@ -215,7 +261,7 @@ def test_vnni_environment_default(monkeypatch):
 SEPARABLE = ["exact", "perf_j1_k2", "drum6", "axbxp_k2_w2_a2_dynamic", "axbxp_k2_w2_a2_static", "trunc_op4"]
 
 
-@pytest.mark.skipif(not _kernels.vnni_levels(), reason="no VNNI on this CPU")
+@pytest.mark.skipif(not _kernels.quad_levels(), reason="no byte-quad kernel on this CPU")
 def test_separable_families_run_on_the_vnni_kernel(monkeypatch):
     """The exact product and the one-term separable tables whose factors fit bytes (truncation and static Ax-BxP
     after moving the divisor 16 of G into F) run on the VNNI kernel, on both activation signednesses; DRUM6's G(-128)
@@ -225,7 +271,7 @@ def test_separable_families_run_on_the_vnni_kernel(monkeypatch):
     monkeypatch.setattr(K._kernels, "int_gemm", lambda *a, f=K._kernels.int_gemm, **k: seen.append(f(*a, **k)))
     monkeypatch.delenv("DSE_KERNEL_VNNI", raising=False)
     rng = np.random.default_rng(1)
-    isa = _kernels.vnni_levels()[-1]
+    isa = _kernels.quad_levels()[-1]
     for name in SEPARABLE:
         mult = EXACT if name == "exact" else get_multiplier(name)
         for signed in (False, True):
@@ -344,7 +390,8 @@ def test_conv_operand_built_in_the_kernel(B, C, H, W, k, stride, dil, pads, grou
     sums of the im2col operand (int64 numpy), or their scaled output, for channel slices of groups, depths across
     the kernel's depth blocks (K > 512), positions across its 256-position tasks, planes wider than the VBMI
     windows, dilation and padding, on every port assignment; it runs on the VNNI kernel at the avx512 level and on
-    the int16 kernel at the avx2 level for stride-1 convs with W == Wo (panels packed from the input), None
+    the int16 kernel (or byte quads without AVX-VNNI) at the avx2 level for stride-1 convs with W == Wo (panels
+    packed from the input), None
     elsewhere (nothing written), on 1 and 2 threads."""
     rng = np.random.default_rng(seed)
     kh, kw = k
@@ -376,13 +423,16 @@ def test_conv_operand_built_in_the_kernel(B, C, H, W, k, stride, dil, pads, grou
             out = np.zeros((B, N + 1, Ho * Wo), ref.dtype)
             used = _kernels.int_gemm(None, Wp, fa, mode, gw, S, out[:, 1:], isa, threads, sc, vnni, conv=conv)
             runs = isa == "avx512" and vnni and takes and vbmi_im2col_fits(H, W, kh, kw, sh, sw, dw, Ho, Wo)
-            int16 = isa == "avx2" and not (vnni and takes) and mode != "table" and \
-                int16_conv_panels_fit(Kd, W, kh, kw, (sh, sw), Ho, Wo)
-            if not runs and not int16:
+            # panels from the input at avx2: int16, or byte quads on the byte pairs where the CPU has no AVX-VNNI
+            from_input = isa == "avx2" and mode != "table" and int16_conv_panels_fit(Kd, W, kh, kw, (sh, sw), Ho, Wo)
+            quads = vnni and takes and "avx2" not in _kernels.vnni_levels()
+            int16 = from_input and not (vnni and takes)
+            if not runs and not int16 and not (from_input and quads):
                 assert used is None and not out.any(), (isa, vnni, used)
                 continue
-            assert used == ("avx2" if int16 else "avx512+vnni")
-            event("the int16 panels read the input" if int16 else "the operand built in the kernel")
+            assert used == ("avx2" if int16 else "avx2+vnni" if from_input else "avx512+vnni")
+            event("the int16 panels read the input" if int16 else "the byte quads read the input" if from_input
+                  else "the operand built in the kernel")
             assert np.array_equal(out[:, 1:], ref) and not out[:, 0].any(), (isa, g)
 
 
@@ -480,7 +530,8 @@ def _check_bcast_conv(B, C, H, W, k, stride, dil, pads, N, mode, w_range, output
                         add=None if other is None else (other, qref))
     conv = (x, 0, (kh, kw), stride, pads[:2], dil, (Ho, Wo))
     runs = vnni_takes(fa, mode, gw, Wp) and not vnni_swaps(fa, mode, gw, Wp) and "avx512" in _kernels.vnni_levels()
-    # the avx2 int16 kernel's panels packed from the input (int16_conv_panels_fit), where no AVX-VNNI kernel takes it
+    # the avx2 level's panels packed from the input (int16_conv_panels_fit: int16, or byte quads without AVX-VNNI),
+    # where no AVX-VNNI kernel takes it
     int16 = mode != "table" and int16_conv_panels_fit(Kd, W, kh, kw, stride, Ho, Wo) and \
         not (vnni_takes(fa, mode, gw, Wp) and "avx2" in _kernels.vnni_levels())
     for isa in ISAS:
@@ -499,7 +550,9 @@ def _check_bcast_conv(B, C, H, W, k, stride, dil, pads, N, mode, w_range, output
                 assert not full.any() and (q is None or not q.any()), (isa, ck)
                 assert ck == "im2col" or not (runs and isa == "avx512"), isa
                 continue
-            assert used == ("avx2" if isa == "avx2" and ck == "im2col" and int16 else "avx512+vnni") and \
+            quads = vnni_takes(fa, mode, gw, Wp)  # byte quads from the input at avx2 (no AVX-VNNI here when int16)
+            assert used == (("avx2+vnni" if quads else "avx2") if isa == "avx2" and ck == "im2col" and int16
+                            else "avx512+vnni") and \
                 (ck == "im2col" or runs), (isa, ck, used)
             event(f"conv_kernel {ck} ran at {used}")
             assert np.array_equal(out, ref), (isa, ck)

@@ -213,7 +213,7 @@ def test_prefix_cache_bit_identical_with_matmul_layers(att_model):
                              ("mitch_w6", "split"), ("mitch_w6", "lut"), ("mitchell", "auto"),
                              ("random lut", "auto"), ("cleared lut", "auto")]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
-           [(isa, True) for isa in kernels._kernels.vnni_levels()]),
+           [(isa, True) for isa in kernels._kernels.quad_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_matmul_int_batched_every_kernel(lead, M, K, N, a_signed, mult, kernel, threads, seed):
     """matmul_int's GEMMs in one compiled call (int_gemm_batch on the integer kernel's multipliers, rows_gemm_batch
@@ -346,7 +346,7 @@ def test_matmul_rows_or_split_measured_on_its_calls(L, M, K, N, a_signed, mult, 
        mult=st.sampled_from(["exact", "exact", "exact", "mitch_w6", "drum4", "perf_j1_k2",
                              "axbxp_k2_w2_a2_dynamic", "mitchell", "random lut", "cleared lut"]), kernel=st.sampled_from(
            [(isa, False) for isa in kernels._kernels.isa_levels()] +
-           [(isa, True) for isa in kernels._kernels.vnni_levels()]),
+           [(isa, True) for isa in kernels._kernels.quad_levels()]),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_matmul_scaled_matches_dequantized_gather(lead, M, K, N, a_signed, mult, kernel, threads, seed):
     """matmul_scaled (the exact product's and the lowrank path's integer-factor GEMMs with swapped operands, scaled
