@@ -904,6 +904,9 @@ DSE_IG_Q256_MICRO(dse_ig_micro_vnni256_swap, DSE_T_VNNI256, DSE_IG_Q256_ROW, w, 
  * <= |u_k w_k| <= S8: the VNNI segment bounds above hold for every partial sum as they do for vpdpbusd's. Trained
  * int8 weights (|w| mostly far below 64) leave few pairs over the bound (U = 255: ub_lim = 128); weights at +-127
  * everywhere make every pair a residual entry, still exact. */
+/* depth rows at least: shallower calls are bound by their output step, and their weight pairs (per-channel int8
+ * weights over few rows) more often over the bound: MobileNetV2 32's expand convs (K 16-160) 0.88x on the byte pairs */
+#define DSE_IG_UB_KMIN 128
 typedef struct dse_ig_res {
     int32_t p;  /* depth quad */
     int32_t w;  /* the remainders of the row's quad as 4 bytes (0 where the weight was kept whole) */
@@ -1005,8 +1008,8 @@ static inline int dse_ig_value(int mode, const int16_t *fa, int p)
  * byte table, the segments and the kernels in P (P's operands, level and sc set). */
 static int dse_ig_plan8(dse_ig_plan *P, const int16_t *gw)
 {
-    const int ub = !dse_cpu_vnni(P->level); /* no VNNI: the byte pairs at the avx2 level */
-    if (P->t != 1 || (ub && P->level != DSE_ISA_AVX2))
+    const int ub = !dse_cpu_vnni(P->level); /* no VNNI: the byte pairs at the avx2 level, at depth */
+    if (P->t != 1 || (ub && (P->level != DSE_ISA_AVX2 || P->K < DSE_IG_UB_KMIN)))
         return 0;
     int alo = 1 << 20, ahi = -(1 << 20), wlo = 1 << 20, whi = -(1 << 20);
     for (int p = 0; p < 256; p++) {

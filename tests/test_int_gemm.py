@@ -20,6 +20,12 @@ ISAS = _kernels.isa_levels()
 # (level, VNNI allowed): the int16 kernel at every level, the byte-quad kernels (VNNI, or vpmaddubsw at avx2 without it)
 KERNELS = [(isa, False) for isa in ISAS] + [(isa, True) for isa in _kernels.quad_levels()]
 W_VALS = K._W_VALS.astype(np.int16)[:, None].copy()
+UB_KMIN = 128  # cy/int_gemm.h DSE_IG_UB_KMIN: the avx2 byte pairs (no AVX-VNNI) take calls of this depth on
+
+
+def quads_run(isa: str, Kd: int) -> bool:
+    """Whether a call of Kd depth rows whose operands fit bytes runs on the byte quads at level isa."""
+    return isa in _kernels.vnni_levels() or (isa == "avx2" and isa in _kernels.quad_levels() and Kd >= UB_KMIN)
 
 
 def values(mode: str, fa: np.ndarray, AT: np.ndarray) -> np.ndarray:
@@ -191,19 +197,20 @@ def test_vnni_kernel_port_choice_and_exactness(M, Kd, N, mode, a_range, w_range,
     for isa, vnni in KERNELS:
         out = np.full((M // img, N, img), 7, np.int64)
         used = _kernels.int_gemm(operand, Wp, fa, mode, gw, S, out, isa, threads, vnni=vnni)
-        assert used == isa + ("+vnni" if vnni and expect else ""), (isa, vnni, expect)
+        assert used == isa + ("+vnni" if vnni and expect and quads_run(isa, Kd) else ""), (isa, vnni, expect)
         assert np.array_equal(out.transpose(1, 0, 2).reshape(N, M), ref), (isa, vnni)
 
 
 @pytest.mark.skipif("avx2" not in _kernels.quad_levels(), reason="no AVX2")
 @settings(deadline=None, max_examples=60)
-@given(M=st.integers(1, 200), Kd=st.integers(1, 1200), N=st.integers(1, 20), port=st.sampled_from(["u8", "s8", "swap",
+@given(M=st.integers(1, 200), Kd=st.integers(100, 1200), N=st.integers(1, 20), port=st.sampled_from(["u8", "s8", "swap",
        "table"]), big=st.sampled_from([0.0, 0.01, 0.2, 1.0]), scaled=st.booleans(), img_div=st.integers(1, 4),
        threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
 def test_byte_quads_at_avx2_split_weight_pairs(M, Kd, N, port, big, scaled, img_div, threads, seed):
     """The avx2 level's byte-quad kernel (vpmaddubsw without AVX-VNNI: weight pairs over the int16 bound split into
     the packed bytes and residual entries; vpdpbusd with it) on weights mostly small with a share ``big`` of extremes
-    (-128, 127, or 255 on the unsigned port: every pair a residual entry at 1.0), unsigned activations, signed ones
+    (-128, 127, or 255 on the unsigned port: every pair a residual entry at 1.0) at depths from UB_KMIN on (the int16
+    kernel below), unsigned activations, signed ones
     (offset 128), the ports swapped (weights 0..255, activations -128..127), a factor table in [0, 255]; depths of
     several blocks (512 rows each) and int32 segments, operands per image, int64 and scaled outputs, 1 and 2 threads:
     int64 numpy."""
@@ -237,7 +244,7 @@ def test_byte_quads_at_avx2_split_weight_pairs(M, Kd, N, port, big, scaled, img_
         ref = _kernels.dequantize(ref, *sc[:3], 1, *sc[3:])
     out = np.full(ref.shape, 7, ref.dtype)
     used = _kernels.int_gemm(operand, Wp, fa, mode, gw, S, out, "avx2", threads, sc, True)
-    assert used == "avx2+vnni", used
+    assert used == ("avx2+vnni" if quads_run("avx2", Kd) else "avx2"), used
     assert np.array_equal(out, ref), (port, big)
 
 
@@ -247,7 +254,7 @@ def test_vnni_environment_default(monkeypatch):
     Wp = np.ones((2, 3), np.uint8)
     for isa in ISAS:
         out = np.empty((1, 2, 4), np.int64)
-        has = isa in _kernels.quad_levels()
+        has = quads_run(isa, 3)
         monkeypatch.setenv("DSE_KERNEL_VNNI", "0")
         assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa) == isa
         assert _kernels.int_gemm(AT, Wp, W_VALS, "u8", W_VALS, 255 * 128, out, isa, vnni=True) == \
@@ -276,8 +283,8 @@ def test_separable_families_run_on_the_vnni_kernel(monkeypatch):
         mult = EXACT if name == "exact" else get_multiplier(name)
         for signed in (False, True):
             for w_lo in (-127, -128):
-                a = rng.integers(-128, 128, (33, 70)) if signed else rng.integers(0, 256, (33, 70))
-                w = rng.integers(w_lo, 128, (5, 70))
+                a = rng.integers(-128, 128, (33, 150)) if signed else rng.integers(0, 256, (33, 150))
+                w = rng.integers(w_lo, 128, (5, 150))
                 w[0, 0] = w_lo
                 seen.clear()
                 got = K.gemm_int(a, w, mult, signed, path="exact" if name == "exact" else "lowrank", isa=isa)
