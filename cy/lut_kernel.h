@@ -1311,6 +1311,8 @@ static inline int dse_scaled_variant(const dse_scaling *sc)
 #define DSE_SUM_SMALL 2
 
 static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const dse_scaling *sc, int64_t c, void *o);
+static void dse_scale_cols(int level, const void *a, int kind, int64_t nrun, int64_t n, int64_t lda,
+                           const dse_scaling *sc, int64_t c, void *o, int64_t ld);
 
 /* Where the kernel writes: GEMM element (n, m) (n < N output channels, m < M positions, M = images x P) goes to
  * base[(m / P) * ldb + n * P + m % P]: row-major [N, M] with P = M, [M, N] with P = 1 and ldb = N, or a conv output
@@ -1360,14 +1362,23 @@ static void dse_rows_store(const dse_rows_out *o, int64_t js, int64_t i0, int64_
     }
 }
 
+/* Whether a scaled call's final sums are gathered by position (fin[i * ns + j], the layout of the kernel's
+ * accumulators) rather than by selector row: weights selecting into a channels-last output (P = 1: one position's
+ * channels are contiguous there, and dse_scale_cols scales them in one run), except a SiLU output step. */
+static inline int dse_rows_fin_by_pos(const dse_rows_out *o)
+{
+    return !o->sel_is_m && o->P == 1 && !o->sc->silu;
+}
+
 /* With o->sc: gathers (first) init + acc[i * ns], or (not first) adds acc[i * ns], for index positions i0 + i,
  * i < n, of a task's len positions, selector row j, at fin[j * len + i0 + i] (weights selecting: one channel's run of
- * positions) or fin[(i0 + i) * ns + j] (sel_is_m: one channel's run is the tile's selector rows); acc points at
- * position i0's sums, ns: the kernel's selector stride. */
+ * positions) or fin[(i0 + i) * ns + j] (sel_is_m: one channel's run is the tile's selector rows; dse_rows_fin_by_pos:
+ * one position's channels); acc points at position i0's sums, ns: the kernel's selector stride. */
 static void dse_rows_gather(const dse_rows_out *o, void *fin, int64_t j, int64_t len, int64_t i0, int64_t n,
                             const int32_t *acc, int64_t ns, int64_t init, int first)
 {
-    const int64_t sj = o->sel_is_m ? 1 : len, si = o->sel_is_m ? ns : 1;
+    const int by_pos = o->sel_is_m || dse_rows_fin_by_pos(o);
+    const int64_t sj = by_pos ? 1 : len, si = by_pos ? ns : 1;
     if (o->fin_kind == DSE_SUM_I32) {
         int32_t *f = (int32_t *)fin + j * sj + i0 * si;
         for (int64_t i = 0; i < n; i++)
@@ -1445,6 +1456,28 @@ dse_rows_gather_t_avx2_ns(void *fin, int64_t nv, int64_t len, int64_t i0, int64_
     }
 }
 
+/* dse_rows_gather's int32 case by position (dse_rows_fin_by_pos: fin[(i0 + i) * ns + j]) for all selector rows of
+ * the n positions at once, 8 selectors per step: the sums are acc's int32 [n][ns], or (acc16 not NULL) the window
+ * sums of the 16-bit accumulators acc16 [n][2 ns]. The rows are written whole (ns, a multiple of 8): the lanes past
+ * the tile's valid selectors are never scaled. */
+DSE_T_AVX2 static void dse_rows_gather_p_avx2(void *fin, int64_t i0, int64_t n, const int32_t *acc,
+                                              const uint16_t *acc16, int64_t ns, const int64_t *init, int first)
+{
+    int32_t *f = (int32_t *)fin + i0 * ns;
+    __m256i iv[DSE_RT_NT64 / 8];
+    for (int64_t j0 = 0; j0 < ns; j0 += 8)
+        iv[j0 / 8] = _mm256_setr_epi32((int32_t)init[j0], (int32_t)init[j0 + 1], (int32_t)init[j0 + 2],
+                                       (int32_t)init[j0 + 3], (int32_t)init[j0 + 4], (int32_t)init[j0 + 5],
+                                       (int32_t)init[j0 + 6], (int32_t)init[j0 + 7]);
+    for (int64_t i = 0; i < n; i++, f += ns)
+        for (int64_t j0 = 0; j0 < ns; j0 += 8) {
+            const __m256i r = acc16 ? dse_rows_sums8_avx2(acc16 + i * 2 * ns + j0, ns)
+                                    : _mm256_loadu_si256((const __m256i *)(acc + i * ns + j0));
+            const __m256i base = first ? iv[j0 / 8] : _mm256_loadu_si256((const __m256i *)(f + j0));
+            _mm256_storeu_si256((__m256i *)(f + j0), _mm256_add_epi32(base, r));
+        }
+}
+
 /* The tiles' selector stride a compile-time constant (32 or 64) in the gather's address arithmetic. */
 DSE_T_AVX2 static void dse_rows_gather_t_avx2(void *fin, int64_t nv, int64_t len, int64_t i0, int64_t n,
                                               const int32_t *acc, const uint16_t *acc16, int64_t ns,
@@ -1464,6 +1497,11 @@ static void dse_rows_scale(const dse_rows_out *o, const void *fin, int64_t n0, i
                            int64_t ns)
 {
     const int64_t esz = o->fin_kind == DSE_SUM_I32 ? 4 : 8;
+    if (dse_rows_fin_by_pos(o)) { /* one run per position: its nv channels */
+        dse_scale_cols(o->level, fin, o->fin_kind, mb, nv, ns, o->sc, n0,
+                       dse_scaled_out(o->sc, o->outs, m0 * o->ldb + n0), o->ldb);
+        return;
+    }
     const int sel = o->sel_is_m;
     const int64_t c0 = sel ? m0 : n0, nc = sel ? mb : nv, p0 = sel ? n0 : m0, np = sel ? nv : mb;
     const int64_t ld = sel ? ns : mb;
@@ -1530,6 +1568,10 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
     /* inner windows of kf k-steps (the accumulators' bound), summed in int32 over outer windows of <= 2^15 k-steps
      * (|sum| < 2^15 * 2^16 = 2^31), each flushed once into the int64 output */
     const int64_t kout = (32768 / kf) * kf;
+    /* a scaled call on the AVX2 gathers: transposed into channel runs, or by position (dse_rows_fin_by_pos), each
+     * block of positions then scaled as soon as its final sums are gathered, while they are in L1 */
+    const int t16 = out->sc && out->fin_kind == DSE_SUM_I32 && !out->sel_is_m && out->level >= DSE_ISA_AVX2;
+    const int by_pos = t16 && dse_rows_fin_by_pos(out);
     for (int64_t w0 = 0; w0 < K; w0 += kf) {
         const int64_t w1 = (K - w0 < kf) ? K : w0 + kf;
         for (int64_t k0 = w0; k0 < w1; k0 += im->kc) {
@@ -1543,9 +1585,8 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
             im->accum(tab, ts, ip, kc, mb, k0 == w0, acc);
         }
         const int32_t *ws = (const int32_t *)acc;
-        /* a scaled call whose one window is the whole reduction, on the 16-bit A / H accumulators: the transposing
-         * gather reads them itself (no int32 copy of the sums) */
-        const int t16 = out->sc && out->fin_kind == DSE_SUM_I32 && !out->sel_is_m && out->level >= DSE_ISA_AVX2;
+        /* a scaled call whose one window is the whole reduction, on the 16-bit A / H accumulators: the gathers read
+         * them themselves (no int32 copy of the sums) */
         const int fused = t16 && w0 == 0 && w1 == K && im->ah16;
         if (im->finish && !fused) {
             im->finish(acc, mb, w0 % kout == 0, sums);
@@ -1557,6 +1598,14 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
          * the tile's rows read them (one pass per row over all mb positions read a cache line per sum) */
         for (int64_t i0 = 0; i0 < mb; i0 += DSE_RT_OB) {
             const int64_t n = (mb - i0 < DSE_RT_OB) ? mb - i0 : DSE_RT_OB;
+            if (by_pos) {
+                dse_rows_gather_p_avx2(fin, i0, n, ws + i0 * ns, fused ? (const uint16_t *)acc + i0 * 2 * ns : NULL,
+                                       ns, init, w0 < kout);
+                if (w1 == K)
+                    dse_scale_cols(out->level, (const int32_t *)fin + i0 * ns, DSE_SUM_I32, n, nv, ns, out->sc, n0,
+                                   dse_scaled_out(out->sc, out->outs, (m0 + i0) * out->ldb + n0), out->ldb);
+                continue;
+            }
             if (t16) {
                 dse_rows_gather_t_avx2(fin, nv, mb, i0, n, ws + i0 * ns,
                                        fused ? (const uint16_t *)acc + i0 * 2 * ns : NULL, ns, init, w0 < kout);
@@ -1570,7 +1619,7 @@ static void dse_rows_task(const uint8_t *I, int64_t ldi, const uint8_t *ST, int6
             }
         }
     }
-    if (out->sc)
+    if (out->sc && !by_pos)
         dse_rows_scale(out, fin, n0, nv, m0, mb, ns);
 }
 
@@ -4507,10 +4556,10 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_act8(__m256 y
 /* Eight sums, given exactly as two 4-lane doubles, scaled as dse_scale1 does: (x * sa) * f in double, rounded to
    float32, plus the bias (no FMA). */
 DSE_T_AVX2 static inline __attribute__((always_inline)) __m256 dse_scale8(__m256d x0, __m256d x1, __m256d vsa,
-                                                                          __m256d vf, __m256 vb)
+                                                                          __m256d vf0, __m256d vf1, __m256 vb)
 {
-    const __m256d d0 = _mm256_mul_pd(_mm256_mul_pd(x0, vsa), vf);
-    const __m256d d1 = _mm256_mul_pd(_mm256_mul_pd(x1, vsa), vf);
+    const __m256d d0 = _mm256_mul_pd(_mm256_mul_pd(x0, vsa), vf0);
+    const __m256d d1 = _mm256_mul_pd(_mm256_mul_pd(x1, vsa), vf1);
     return _mm256_add_ps(_mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0)), vb);
 }
 
@@ -4549,6 +4598,43 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_sums_pd(cons
     return kind == DSE_SUM_SMALL ? dse_small_i64_to_pd(v) : dse_i64_to_pd(v);
 }
 
+/* A scaling instance's constants in AVX2 registers and its output pointers at the run's first element o (with add:
+ * the Add's operand ad and the patterns qo; without: the patterns at o), for dse_emit8_avx2. */
+typedef struct {
+    __m256d sa;
+    __m256 lo, hi, qs, qlo, qhi;
+    const float *ad;
+    uint8_t *qo;
+    int store; /* the float32 y written */
+} dse_emit8_at;
+
+DSE_T_AVX2 static inline __attribute__((always_inline)) dse_emit8_at dse_emit8_init(const dse_scaling *sc, void *o,
+                                                                                  const int quant, const int add)
+{
+    dse_emit8_at e;
+    e.sa = _mm256_set1_pd(sc->sa);
+    e.lo = _mm256_set1_ps(sc->lo), e.hi = _mm256_set1_ps(sc->hi);
+    e.qs = _mm256_set1_ps(sc->qs), e.qlo = _mm256_set1_ps((float)sc->qlo), e.qhi = _mm256_set1_ps((float)sc->qhi);
+    e.ad = add ? dse_add_at(sc, o) : NULL;
+    e.qo = add ? (quant ? dse_qout_at(sc, o) : NULL) : (uint8_t *)o;
+    e.store = add ? !sc->drop : !quant;
+    return e;
+}
+
+/* dse_emit1's operations on 8 scaled values y, elements j..j+7 of the run at o (e: dse_emit8_init at o). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_emit8_avx2(const dse_emit8_at *e, __m256 y, void *o,
+                                                                           int64_t j, const int act, const int quant,
+                                                                           const int add)
+{
+    if (add)
+        y = _mm256_add_ps(y, _mm256_loadu_ps(e->ad + j));
+    y = dse_act8(y, act, e->lo, e->hi);
+    if (quant)
+        dse_quantize8(y, e->qs, e->qlo, e->qhi, e->qo + j);
+    if (e->store)
+        _mm256_storeu_ps((float *)o + j, y);
+}
+
 /* One channel's run of S outputs (sums of the given kind; the bits equal the int64 pass): the same operations as
  * dse_scale1 / dse_emit1, 8 at a time (no FMA); the activation, the quantization and the add are constants of each
  * instance, so the loop carries no branch on them. */
@@ -4556,29 +4642,46 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) void
 dse_scale_run_avx2(const void *a, int64_t S, const dse_scaling *sc, int64_t c, void *o, const int kind,
                    const int act, const int quant, const int add)
 {
-    const float *ad = add ? dse_add_at(sc, o) : NULL;
-    uint8_t *qo = add ? (quant ? dse_qout_at(sc, o) : NULL) : (uint8_t *)o;
-    const int store = add ? !sc->drop : !quant; /* the float32 y written */
+    const dse_emit8_at e = dse_emit8_init(sc, o, quant, add);
     const double f = (double)sc->sw[c];
     const float b = sc->bias[c];
-    const __m256d vsa = _mm256_set1_pd(sc->sa), vf = _mm256_set1_pd(f);
-    const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(sc->lo), vhi = _mm256_set1_ps(sc->hi);
-    const __m256 vqs = _mm256_set1_ps(sc->qs), vqlo = _mm256_set1_ps((float)sc->qlo),
-                 vqhi = _mm256_set1_ps((float)sc->qhi);
+    const __m256d vf = _mm256_set1_pd(f);
+    const __m256 vb = _mm256_set1_ps(b);
     int64_t j = 0;
-    for (; j + 8 <= S; j += 8) {
-        __m256 y = dse_scale8(dse_sums_pd(a, j, kind), dse_sums_pd(a, j + 4, kind), vsa, vf, vb);
-        if (add)
-            y = _mm256_add_ps(y, _mm256_loadu_ps(ad + j));
-        y = dse_act8(y, act, vlo, vhi);
-        if (quant)
-            dse_quantize8(y, vqs, vqlo, vqhi, qo + j);
-        if (store)
-            _mm256_storeu_ps((float *)o + j, y);
-    }
+    for (; j + 8 <= S; j += 8)
+        dse_emit8_avx2(&e, dse_scale8(dse_sums_pd(a, j, kind), dse_sums_pd(a, j + 4, kind), e.sa, vf, vf, vb), o, j,
+                       act, quant, add);
     for (; j < S; j++)
         dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[j] : ((const int64_t *)a)[j], sc->sa, f, b),
                   o, j);
+}
+
+/* nrun positions' runs of the n channels c..c+n-1 (a channels-last output; run r's sums at a + r lda, its outputs
+ * from element r ld of o on), as dse_scale_run_avx2 scales each element: 8 channels at a time, their sw and bias in
+ * registers while every run's 8 are done, the last n mod 8 channels one by one (elements addressed from o, so are a
+ * fused add's operand and patterns). */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void
+dse_scale_cols_avx2(const void *a, int64_t nrun, int64_t n, int64_t lda, const dse_scaling *sc, int64_t c, void *o,
+                    int64_t ld, const int kind, const int act, const int quant, const int add)
+{
+    const dse_emit8_at e = dse_emit8_init(sc, o, quant, add);
+    const int64_t esz = kind == DSE_SUM_I32 ? 4 : 8;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 w = _mm256_loadu_ps(sc->sw + c + j), vb = _mm256_loadu_ps(sc->bias + c + j);
+        const __m256d vf0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w)), vf1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+        for (int64_t r = 0; r < nrun; r++) {
+            const char *ar = (const char *)a + r * lda * esz;
+            dse_emit8_avx2(&e, dse_scale8(dse_sums_pd(ar, j, kind), dse_sums_pd(ar, j + 4, kind), e.sa, vf0, vf1, vb),
+                           o, r * ld + j, act, quant, add);
+        }
+    }
+    for (; j < n; j++)
+        for (int64_t r = 0; r < nrun; r++) {
+            const int64_t i = r * lda + j;
+            dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i], sc->sa,
+                                     (double)sc->sw[c + j], sc->bias[c + j]), o, r * ld + j);
+        }
 }
 
 /* Whether the CPU has FMA: the certified single-precision patterns (dse_qfast_level) and the compiled Sigmoid's
@@ -4679,6 +4782,23 @@ DSE_VARIANTS(DSE_SCALE_INSTANCE, dse_scale_run_2)
 typedef void (*dse_scale_fn)(const void *, int64_t, int64_t, const dse_scaling *, int64_t, void *, int64_t);
 static const dse_scale_fn dse_scale_fns[3][12] = {DSE_VARIANT_NAMES(dse_scale_run_0), DSE_VARIANT_NAMES(dse_scale_run_1),
                                                   DSE_VARIANT_NAMES(dse_scale_run_2)};
+
+/* Instances of positions' channel runs (dse_scale_cols): nrun runs of the n channels c..c+n-1, run r's sums at
+ * a + r lda, its outputs from element r ld of o on. */
+#define DSE_SCALE_COLS_INSTANCE(p, act, quant, add)                                                                    \
+    DSE_T_AVX2 static void p##_##act##_##quant##_##add(const void *a, int64_t nrun, int64_t n, int64_t lda,           \
+                                                       const dse_scaling *sc, int64_t c, void *o, int64_t ld)          \
+    {                                                                                                                  \
+        dse_scale_cols_avx2(a, nrun, n, lda, sc, c, o, ld, p##_kind, act, quant, add);                                 \
+    }
+enum { dse_scale_cols_0_kind = 0, dse_scale_cols_1_kind = 1, dse_scale_cols_2_kind = 2 };
+DSE_VARIANTS(DSE_SCALE_COLS_INSTANCE, dse_scale_cols_0)
+DSE_VARIANTS(DSE_SCALE_COLS_INSTANCE, dse_scale_cols_1)
+DSE_VARIANTS(DSE_SCALE_COLS_INSTANCE, dse_scale_cols_2)
+typedef void (*dse_scale_cols_fn)(const void *, int64_t, int64_t, int64_t, const dse_scaling *, int64_t, void *,
+                                  int64_t);
+static const dse_scale_cols_fn dse_scale_cols_fns[3][12] = {
+    DSE_VARIANT_NAMES(dse_scale_cols_0), DSE_VARIANT_NAMES(dse_scale_cols_1), DSE_VARIANT_NAMES(dse_scale_cols_2)};
 
 /* The same run 16 outputs at a time at the AVX-512 level (the same operations per element, the same bits): each
  * group of 8 sums converted exactly to doubles, (x * sa) * f, rounded to float32, plus the bias; Relu/Clip and the
@@ -5205,6 +5325,25 @@ static void dse_dw_run_quads_scaled_512(const uint8_t *P, const dse_dw_groups *g
 static void dse_scale_sums(int level, const void *a, int kind, int64_t S, const dse_scaling *sc, int64_t c, void *o)
 {
     dse_scale_runs(level, a, kind, 1, S, sc, c, o, 0);
+}
+
+/* nrun positions' outputs of the n channels c..c+n-1 (a channels-last output's runs) from sums of the given kind,
+ * run r's n sums at a + r lda, its outputs from element r ld of o on: dse_scale1 / dse_emit1 per element with each
+ * channel's own sw and bias, 8 channels per step at the avx2 level and above (the same operations: the same bits),
+ * else one by one. No SiLU (sc->silu: its runs take dse_scale_runs). */
+static void dse_scale_cols(int level, const void *a, int kind, int64_t nrun, int64_t n, int64_t lda,
+                           const dse_scaling *sc, int64_t c, void *o, int64_t ld)
+{
+    if (level >= DSE_ISA_AVX2) {
+        dse_scale_cols_fns[kind][dse_scaled_variant(sc)](a, nrun, n, lda, sc, c, o, ld);
+        return;
+    }
+    for (int64_t r = 0; r < nrun; r++)
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t i = r * lda + j;
+            dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i], sc->sa,
+                                     (double)sc->sw[c + j], sc->bias[c + j]), o, r * ld + j);
+        }
 }
 
 

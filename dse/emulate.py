@@ -118,10 +118,12 @@ class Emulator:
         self.graph = qmodel.graph
         self.layers = {l.name: l for l in qmodel.layers}
         nodes = self.graph.nodes
-        self._last = {}
+        self._last, self._readers = {}, {}
         for i, n in enumerate(nodes):
             for t in n.inputs:
                 self._last[t] = i
+                self._readers.setdefault(t, []).append(i)
+        self._layouts: dict = {}  # _channels_last's answers per (conv node, output shape)
         mac_pos = [i for i, n in enumerate(nodes) if n.is_mac]
         self._macs = [nodes[i].name for i in mac_pos]
         # cut j (1 .. number of MAC layers): the node index a run continues at once MAC layers 0 .. j-1 are done
@@ -558,14 +560,42 @@ class Emulator:
         r.env[n.output], r.qcache[n.output] = None, q  # only its integer-domain consumers read it
         return True
 
+    def _channels_last(self, out: str, shape: tuple) -> bool:
+        """Whether a conv's float32 output tensor ``out`` of ``shape`` [B, C, H, W] is better written channels-last
+        (``dse.kernels.conv2d_scaled``'s channels_last): its readers are one chain of reshapes and transposes, each
+        the only reader of the one before, which leaves that memory C-contiguous and the channels-first one not (the
+        importer's token MatMul: the from_image reshape and the to_channels_last transpose), and a runtime Add reads
+        the chain's end (a residual Add, whose other operand is C-contiguous: it then reads both in order). Other
+        readers gain nothing measurable and pass the layout on: on the ViT the GELU after fc1 then hands fc2 a
+        channels-last input to quantize (fc2 0.82-0.94x), the qkv slices hand the attention MatMuls operands read in
+        runs of one head's width (0.75-0.81x). Decided on empty arrays of that shape."""
+        from dse.model.float_exec import exec_node
+
+        key = (out, shape)
+        if key not in self._layouts:
+            b, c = shape[:2]
+            ys = [np.empty((b,) + tuple(shape[2:]) + (c,), np.float32).transpose(0, 3, 1, 2),
+                  np.empty(shape, np.float32)]
+            t, steps = out, 0
+            while t != self.graph.output_name and len(self._readers.get(t, ())) == 1:
+                m = self.graph.nodes[self._readers[t][0]]
+                if m.op not in ("reshape", "transpose") or len(m.inputs) != 1:
+                    break
+                ys = [exec_node(m, [y]) for y in ys]
+                t, steps = m.output, steps + 1
+            added = any(self._runtime_add(self.graph.nodes[j]) for j in self._readers.get(t, ()))
+            self._layouts[key] = steps > 0 and added and ys[0].flags.c_contiguous and not ys[1].flags.c_contiguous
+        return self._layouts[key]
+
     def _run_layer(self, i, n, r) -> None:
-        """MAC node ``i`` on its own (with its fused Relu/Clip; its readers' quantized input where the run emits it)."""
+        """MAC node ``i`` on its own (with its fused Relu/Clip; its readers' quantized input where the run emits it;
+        a conv's float32 output channels-last where its readers take it so, :meth:`_channels_last`)."""
         acts, quants = r.fusions["acts"], r.fusions["quants"]
         lc, mult = r.resolved[n.name]
         act = acts.get(i)
         out = self.graph.nodes[i + 1].output if act is not None else n.output
         y = self._mac(n, [r.env[t] for t in n.inputs], r.qcache, lc, mult, r.accs, r.hook, r.images, act,
-                      quants.get(i))
+                      quants.get(i), out=out)
         if i in quants:  # only its integer-domain consumers read it, from qcache
             r.env[out], r.qcache[out] = None, y
         else:
@@ -635,12 +665,14 @@ class Emulator:
         return q
 
     def _mac(self, node, args, qcache, lc, mult, accs, hook=None, images=None, act=None, quant=None, add=None,
-             keep_sum=True):
+             keep_sum=True, out=None):
         """The MAC layer's float32 output, followed by ``act`` (a fused Relu/Clip) if given; with ``quant`` (an
         integer-domain conv/gemm layer only) the next layers' quantized input instead. ``add`` (a conv run by
         conv2d_scaled only, :meth:`_fuse_residuals`): the other operand of the fused Add, which comes before ``act``;
         the output is then the float32 sum, or with ``quant`` the pair (sum, quantized input), the sum None with
-        ``keep_sum`` False (not stored: ``dse.kernels.Scaling.keep_sum``)."""
+        ``keep_sum`` False (not stored: ``dse.kernels.Scaling.keep_sum``). ``out``: the name of the output tensor
+        (given by a run of the layer on its own): a conv's float32 output may then go to memory channels-last
+        (:meth:`_channels_last`)."""
         from dse.quant import dequantize
 
         layer = self.layers[node.name]
@@ -652,8 +684,11 @@ class Emulator:
         if layer.op == "conv" and accs is None and hook is None and not lc.cv:  # no int64 tensor: scaled by slices
             from dse import kernels
 
+            last = out is not None and quant is None and add is None and \
+                self._channels_last(out, (q.shape[0], layer.w_q.shape[0]) + kernels.conv_out_hw(
+                    *q.shape[2:], *layer.w_q.shape[2:], layer.stride, layer.pads, layer.dilation))
             return kernels.conv2d_scaled(q, layer.w_q, mult, layer.a_signed, layer.scaling(act, quant, add, keep_sum),
-                                         layer.stride, layer.pads, layer.dilation, layer.groups)
+                                         layer.stride, layer.pads, layer.dilation, layer.groups, channels_last=last)
         if add is not None:
             raise ValueError(f"layer '{layer.name}': a fused Add needs the conv2d_scaled pass")
         acc = self._accumulate(layer, q, lc, mult, accs)

@@ -1401,7 +1401,7 @@ def _scaled_slice_images(Cout: int, P: int) -> int:
 
 
 def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
-                  groups=1, path="auto", isa=None) -> np.ndarray:
+                  groups=1, path="auto", isa=None, channels_last: bool = False) -> np.ndarray:
     """``scale_accumulators(conv2d_int(x, w, ...), scaling)`` bit for bit ([B, Cout, Ho, Wo], ``scaling.dtype``:
     float32, or the next layer's quantized input), without the int64 tensor: the direct depthwise kernel scales each
     output plane as it finishes; the integer GEMM kernel scales its int32 tiles when they hold the whole reduction
@@ -1411,7 +1411,10 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     A SiLU output stage (``scaling.silu``) runs in every path's output step: numpy's own Sigmoid loops on the scaled
     float32 values in cache (the integer GEMM's int32 tile scaled in place, the other passes' chunks through a
     buffer: no float32 conv output), except a depthwise conv's quantized output, where the SiLU and quantization run
-    after the float32 output (:meth:`Scaling.finish`)."""
+    after the float32 output (:meth:`Scaling.finish`). ``channels_last``: a float32 output without add or SiLU that
+    the rows kernel computes with weights selecting is written as [B, Ho, Wo, Cout] (one position's channels in one
+    scaling run) and returned as its transposed view [B, Cout, Ho, Wo], the same values (for a reader that takes the
+    output channels-last, e.g. a token MatMul's 1x1 conv); the other paths ignore it."""
     x, w, geo = _conv_args(x, w, a_signed, stride, pads, dilation, groups, "conv2d_scaled")
     if scaling.silu and not _kernels.numpy_loops_found():
         return scaling.finish(conv2d_scaled(x, w, mult, a_signed, scaling.without_act(), stride, pads, dilation,
@@ -1429,7 +1432,9 @@ def conv2d_scaled(x, w, mult, a_signed, scaling: "Scaling", stride=(1, 1), pads=
     step = max(1, _FUSED_SLICE_BYTES // max(1, Cg * groups * kh * kw * P), -(-_SCALED_SLICE_MIN_POS // P))
     tplan = _conv_table_plan(xq, mult, a_signed, Cg * kh * kw, Cout // groups, min(x.shape[0], step) * P, path, isa)
     if tplan is not None and tplan[0] == "rows":
-        return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, tplan[1], step)
+        last = channels_last and not tplan[1] and scaling.dtype == np.float32 and scaling.add is None and \
+            not scaling.silu
+        return _conv_rows_scaled(xq, w, mult, a_signed, geo, groups, isa, scaling, tplan[1], step, last)
     if tplan is not None and _split_fits32(_prepare(mult, a_signed), Cg * kh * kw):
         return _conv_split_scaled(xq, w, _prepare(mult, a_signed), geo, groups, isa, scaling, tplan[1])
     B = x.shape[0]
@@ -1627,11 +1632,12 @@ def _conv_int_gemm_direct(xq, wg, kh: int, kw: int, plan: _Int16Plan, geo: _Conv
 
 
 def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: int, isa, scaling: "Scaling",
-                      by_act: bool, step: int) -> np.ndarray:
+                      by_act: bool, step: int, channels_last: bool = False) -> np.ndarray:
     """conv2d_scaled on the rows kernel (orientation by_act; xq the input's uint8 patterns), which scales each
     finished tile of sums into the output, per group, on slices of ``step`` images (conv2d_scaled: at most
     _FUSED_SLICE_BYTES of GEMM operand, but at least _SCALED_SLICE_MIN_POS positions, since the kernel builds its
-    tables per block of _ROWS_MB positions)."""
+    tables per block of _ROWS_MB positions); ``channels_last``: into [B, Ho, Wo, Cout] memory (P = 1, ldb = Cout),
+    returned as its [B, Cout, Ho, Wo] view."""
     B = xq.shape[0]
     Cout, Cg, kh, kw = w.shape
     og, kg = Cout // groups, Cg * kh * kw
@@ -1639,7 +1645,7 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
     prep = _prepare(mult, a_signed)
     t = _classed_table(prep, by_act)
     cls = None if t is None else t.cls  # activation classes, mapped before im2col
-    out, q = scaling.empty((B, Cout) + geo.out_hw)
+    out, q = scaling.empty((B,) + geo.out_hw + (Cout,) if channels_last else (B, Cout) + geo.out_hw)
     flat = out.reshape(-1)
     Wp = _u8(w).reshape(Cout, kg)
     wg = [np.ascontiguousarray(Wp[g * og:(g + 1) * og]) for g in range(groups)]
@@ -1649,10 +1655,11 @@ def _conv_rows_scaled(xq, w, mult, a_signed: bool, geo: _ConvGeometry, groups: i
         b1 = min(B, b0 + step)
         AT = gemm_operand_T(xq[b0:b1], kh, kw, geo.stride, geo.pads, geo.dilation, cls)[0]
         for g in range(groups):
-            _rows_gemm(AT[g * kg:(g + 1) * kg], wg[g], prep, isa, by_act=by_act,
-                       into=_Dest(flat, (b0 * Cout + g * og) * P, P, Cout * P), classed=cls is not None,
+            into = _Dest(flat, b0 * Cout * P + g * og, 1, Cout) if channels_last else \
+                _Dest(flat, (b0 * Cout + g * og) * P, P, Cout * P)
+            _rows_gemm(AT[g * kg:(g + 1) * kg], wg[g], prep, isa, by_act=by_act, into=into, classed=cls is not None,
                        scaling=sg[g], scaled=(out, q))
-    return scaling.result(out, q)
+    return scaling.result(out.transpose(0, 3, 1, 2) if channels_last else out, q)
 
 
 def _split_fits32(prep: _Prepared, K: int) -> bool:

@@ -960,6 +960,7 @@ def test_vit_residual_adds_read_the_conv_output_in_place(tmp_path, monkeypatch, 
             return [Emulator(qm).run(x), Emulator(qm).run(x, cfg)]
     with monkeypatch.context() as m:
         m.setattr(_kernels, "add_act", spy)
+        m.setattr(Emulator, "_channels_last", lambda self, out, shape: False)  # the convs' outputs channels-first
         new = run()
     assert sum(t is not None for t in calls) >= 2 * 4  # 2 blocks x 2 residual Adds, per configuration
     with monkeypatch.context() as m:
@@ -967,6 +968,56 @@ def test_vit_residual_adds_read_the_conv_output_in_place(tmp_path, monkeypatch, 
         old = run()
     for a, b in zip(new, old):
         _same_bits(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mult", ["mitch_w6", "lut_trunc3"])
+def test_vit_token_convs_read_by_residual_adds_write_channels_last(tmp_path, monkeypatch, threads, mult):
+    """The small ViT's proj and fc2 convs (a residual Add reads each through the importer's from_image reshape and
+    to_channels_last transpose) write their outputs channels-last on the rows kernel, so the Adds read two
+    contiguous operands; the qkv conv (sliced into heads) and fc1 (read by the GELU) keep channels-first; the
+    emulated logits are those of the channels-first outputs, bit for bit (mitch_w6 and a full 256-row table: 64-
+    and 32-selector tiles)."""
+    import dse.kernels as K
+    from dse.emulate import Emulator
+    from dse.kernels import using_threads
+    from dse.layer_config import LayerConfig
+    from dse.model.onnx_import import load_onnx
+    from dse.quant import calibrate
+
+    if mult == "lut_trunc3":
+        v = np.arange(256)
+        v = np.where(v >= 128, v - 256, v).astype(np.int64)
+        t = np.multiply.outer(v, v)
+        np.save(tmp_path / "t.npy", t - (t & 7))
+        mult = f"lut:{tmp_path / 't.npy'}?signed=any"
+    g = load_onnx(_vit_like(tmp_path))
+    rng = np.random.default_rng(6)
+    calib, x = (rng.standard_normal((k, 17, 32)).astype(np.float32) * 2 for k in (8, 300))
+    qm = calibrate(g, calib)
+    cfg = {l.name: LayerConfig(mult) for l in qm.layers}
+    calls = []
+    real = K.conv2d_scaled
+
+    def spy(*args, **kw):
+        y = real(*args, **kw)
+        calls.append((args[1].shape, bool(kw.get("channels_last")), y.shape[1] > 1 and y.strides[1] == y.itemsize))
+        return y
+
+    def run():
+        with using_threads(threads):
+            return Emulator(qm).run(x, cfg)
+    with monkeypatch.context() as m:
+        m.setattr(K, "conv2d_scaled", spy)
+        new = run()
+    asked = [c for c in calls if c[1]]
+    assert sorted({c[0] for c in asked}) == [(32, 32, 1, 1), (32, 64, 1, 1)]  # proj, fc2 (not qkv, fc1)
+    assert len(asked) >= 8 and len(asked) % 4 == 0  # 2 blocks x 2 convs per batch (>= 2 batches)
+    assert all(c[2] for c in asked)  # the rows kernel wrote them channels-last
+    with monkeypatch.context() as m:
+        m.setattr(Emulator, "_channels_last", lambda self, out, shape: False)
+        old = run()
+    _same_bits(new, old)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

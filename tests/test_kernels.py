@@ -187,11 +187,14 @@ def test_conv2d_scaled_every_path_matches_reference(s, signed, mname, seed, act,
 @settings(deadline=None, max_examples=40)
 @given(s=conv_shapes, signed=st.booleans(), mname=st.sampled_from(["mitch_w6", "classed", "trunc", "rand_u16"]),
        by_act=st.booleans(), act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
-       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
-def test_conv2d_scaled_rows_kernel_scales_its_tiles(s, signed, mname, by_act, act, quant, threads, seed):
+       threads=st.sampled_from([1, 2]), channels_last=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv2d_scaled_rows_kernel_scales_its_tiles(s, signed, mname, by_act, act, quant, threads, channels_last,
+                                                    seed):
     """conv2d_scaled on the rows path: the rows kernel writes the layer output itself (no int64 sums, no scaling
     pass), in either orientation (forced by the cost ratio), with activation classes mapped before im2col, on slices
-    of images, groups, every ISA level, 1 and 2 threads: the numpy formula on the reference sums."""
+    of images, groups, every ISA level, 1 and 2 threads: the numpy formula on the reference sums; ``channels_last``
+    asked: a float32 output with weights selecting in [B, Ho, Wo, Cout] memory (a view), the other calls as
+    before."""
     rng = np.random.default_rng(seed)
     x, w, G = int_conv_operands(rng, {**s, "depthwise": False}, signed)
     mult = MULTS[mname] if mname in MULTS else get_multiplier(mname)
@@ -211,8 +214,12 @@ def test_conv2d_scaled_rows_kernel_scales_its_tiles(s, signed, mname, by_act, ac
         mp.setattr(K, "_SCALED_SLICE_MIN_POS", 1)
         for isa in ISAS:
             with K.using_threads(threads):
-                got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path="rows", isa=isa)
-            assert got.dtype == ref.dtype and np.array_equal(got.view(np.uint8), ref.view(np.uint8)), isa
+                got = K.conv2d_scaled(x, w, mult, signed, sc, *args, path="rows", isa=isa,
+                                      channels_last=channels_last)
+            assert got.dtype == ref.dtype and \
+                np.array_equal(np.ascontiguousarray(got).view(np.uint8), ref.view(np.uint8)), isa
+            if got.shape[1] > 1 and got.shape[2] * got.shape[3] > 1:  # channels-last: channel stride 1
+                assert (got.strides[1] == got.itemsize) == (channels_last and quant is None and not by_act), isa
 
 
 # the rows kernel's full tables: the library's Mitch-w (activation classes) and bench_e2e's imported LUT (the signed
@@ -492,6 +499,47 @@ def test_rows_kernel_scales_its_tiles(M, Kd, N, signed, mname, act, quant, seed)
     acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
     sc, ref = random_scaling(rng, acc, act, quant)
     assert_rows_scaled_everywhere(AT, Wp, K._prepare(mult, signed), sc, ref)
+
+
+@SETTINGS
+@given(M=st.integers(1, K._ROWS_MB + 150), Kd=st.sampled_from([1, 3, 7, 8, 9, 16, 33, 64, 255, 256, 257, 300]),
+       N=st.integers(1, 140), left=st.integers(0, 9), right=st.integers(0, 9), signed=st.booleans(),
+       mname=st.sampled_from(["exact", "trunc", "rand_i16", "rand_u8", "rand_u16", "classed", "mitch_w6", "offset",
+                              "tiny"]),
+       act=st.sampled_from([None, "relu", "clip"]), quant=st.sampled_from([None, False, True]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_rows_kernel_scales_channels_last(M, Kd, N, left, right, signed, mname, act, quant, seed):
+    """The rows kernel writing a scaled output channels-last ([M, ldb] with P = 1: one position's N channels at
+    columns left..left+N-1 of its row, as a conv group's channels in [B, Ho, Wo, Cout]), weights selecting: each
+    position's channels scaled in one run with their own scales and biases (dse_scale_cols), from sums gathered by
+    position (8 selectors per step at avx2, from the 16-bit accumulators where one window is the whole reduction;
+    several windows past K = 255 / 256; "offset": int64 sums), tiles of 16/32/64 selectors with partial ones, two
+    blocks of positions: the numpy formula on the reference sums, the columns outside left..left+N-1 untouched, every
+    ISA level, 1 and 2 threads; activations selecting into that layout too."""
+    rng = np.random.default_rng(seed)
+    if mname == "offset":
+        mult = random_mult(9, 2 ** 24, 2 ** 24 + 2 ** 16)
+    else:
+        mult = ROWS_MULTS[mname] if mname in ROWS_MULTS else get_multiplier(mname)
+    acc, AT, Wp = rows_case(rng, mult, M, Kd, N, signed)
+    sc, ref = random_scaling(rng, acc, act, quant)
+    prep = K._prepare(mult, signed)
+    ldb = left + N + right
+    for by_act in (False, True):
+        for isa in ISAS:
+            for threads in (1, 2):
+                buf = np.full(M * ldb, 0xA5, np.uint8).view(np.uint8) if ref.dtype != np.float32 else \
+                    np.full(M * ldb, np.nan, np.float32)
+                with K.using_threads(threads):
+                    K._rows_gemm(AT, Wp, prep, isa, by_act=by_act, into=K._Dest(buf, left, 1, ldb), scaling=sc)
+                got = buf.reshape(M, ldb)
+                want = np.ascontiguousarray(ref.T).view(np.uint8 if ref.dtype != np.float32 else np.float32)
+                assert np.array_equal(got[:, left:left + N].view(np.uint8), want.view(np.uint8)), \
+                    (by_act, isa, threads)
+                rest = np.concatenate([got[:, :left], got[:, left + N:]], axis=1).view(np.uint8)
+                fill = np.full(1, 0xA5 if ref.dtype != np.float32 else np.nan,
+                               np.uint8 if ref.dtype != np.float32 else np.float32).view(np.uint8)
+                assert np.array_equal(rest, np.resize(fill, rest.shape)), (by_act, isa, threads)
 
 
 @SETTINGS
