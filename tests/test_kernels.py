@@ -1057,6 +1057,25 @@ def test_depthwise_rowsum_rejects_kernels_beyond_its_fields():
 _PLANE_SIDE = st.one_of(st.integers(1, 12), st.integers(13, 70), st.integers(120, 140))
 
 
+@settings(deadline=None, max_examples=80)
+@given(B=st.integers(1, 3), C=st.integers(1, 4), k=st.tuples(st.integers(1, 9), st.integers(1, 17)),
+       out=st.tuples(st.integers(1, 12), st.integers(1, 12)), rest=st.tuples(st.integers(0, 16), st.integers(0, 16)),
+       threads=st.sampled_from([1, 2]), isa=st.sampled_from(ISAS), seed=st.integers(0, 2 ** 32 - 1))
+def test_compiled_im2col_of_patches(B, C, k, out, rest, threads, isa, seed):
+    """Patches (stride = kernel, no padding, a ViT's patch embedding; one byte transpose per input row: 8 x 8 blocks
+    and their edges) are im2col_T byte for byte at every ISA level, 1 and 2 threads, with rows and columns left over
+    past the last whole patch."""
+    from dse import _kernels
+
+    (kh, kw), (Ho, Wo) = k, out
+    x = np.random.default_rng(seed).integers(0, 256, (B, C, Ho * kh + rest[0] % kh, Wo * kw + rest[1] % kw))
+    x = x.astype(np.uint8)
+    ref, ho, wo = K.im2col_T(x, kh, kw, k, (0, 0, 0, 0), (1, 1))
+    assert (ho, wo) == out
+    got = _kernels.im2col(x, kh, kw, k, (0, 0), (1, 1), out, threads, isa)
+    assert got.shape == ref.shape and np.array_equal(got, ref)
+
+
 @settings(deadline=None, max_examples=150)
 @given(B=st.integers(1, 3), C=st.integers(1, 4), H=_PLANE_SIDE, W=_PLANE_SIDE,
        k=st.tuples(st.integers(1, 7), st.integers(1, 7)), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
