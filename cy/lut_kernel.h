@@ -4603,6 +4603,20 @@ static inline void dse_emit1(const dse_scaling *sc, float y, void *o, int64_t j)
         ((float *)o)[j] = y;
 }
 
+/* Channels j0..n-1 of nrun positions' runs one element at a time (dse_scale_cols' layout: run r's sums at a + r lda,
+ * its outputs from element r ld of o on; channel j's sw and bias at c + j): dse_scale_cols below the avx2 level, and
+ * the last n mod 8 channels of its avx2 runs. */
+static inline void dse_scale_cols_rest(const void *a, int kind, int64_t nrun, int64_t j0, int64_t n, int64_t lda,
+                                       const dse_scaling *sc, int64_t c, void *o, int64_t ld)
+{
+    for (int64_t r = 0; r < nrun; r++)
+        for (int64_t j = j0; j < n; j++) {
+            const int64_t i = r * lda + j;
+            dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i], sc->sa,
+                                     (double)sc->sw[c + j], sc->bias[c + j]), o, r * ld + j);
+        }
+}
+
 
 DSE_T_AVX2 static inline __attribute__((always_inline)) __m256d dse_sums_pd(const void *a, int64_t j, const int kind)
 {
@@ -4690,12 +4704,7 @@ dse_scale_cols_avx2(const void *a, int64_t nrun, int64_t n, int64_t lda, const d
                            o, r * ld + j, act, quant, add);
         }
     }
-    for (; j < n; j++)
-        for (int64_t r = 0; r < nrun; r++) {
-            const int64_t i = r * lda + j;
-            dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i], sc->sa,
-                                     (double)sc->sw[c + j], sc->bias[c + j]), o, r * ld + j);
-        }
+    dse_scale_cols_rest(a, kind, nrun, j, n, lda, sc, c, o, ld);
 }
 
 /* Whether the CPU has FMA: the certified single-precision patterns (dse_qfast_level) and the compiled Sigmoid's
@@ -5352,12 +5361,7 @@ static void dse_scale_cols(int level, const void *a, int kind, int64_t nrun, int
         dse_scale_cols_fns[kind][dse_scaled_variant(sc)](a, nrun, n, lda, sc, c, o, ld);
         return;
     }
-    for (int64_t r = 0; r < nrun; r++)
-        for (int64_t j = 0; j < n; j++) {
-            const int64_t i = r * lda + j;
-            dse_emit1(sc, dse_scale1(kind == DSE_SUM_I32 ? ((const int32_t *)a)[i] : ((const int64_t *)a)[i], sc->sa,
-                                     (double)sc->sw[c + j], sc->bias[c + j]), o, r * ld + j);
-        }
+    dse_scale_cols_rest(a, kind, nrun, 0, n, lda, sc, c, o, ld);
 }
 
 
