@@ -118,11 +118,11 @@ class Emulator:
         self.graph = qmodel.graph
         self.layers = {l.name: l for l in qmodel.layers}
         nodes = self.graph.nodes
-        self._last, self._readers = {}, {}
+        self._readers: dict[str, list[int]] = {}  # tensor -> the indices of the nodes reading it, in order
         for i, n in enumerate(nodes):
             for t in n.inputs:
-                self._last[t] = i
                 self._readers.setdefault(t, []).append(i)
+        self._last = {t: r[-1] for t, r in self._readers.items()}
         self._layouts: dict = {}  # _channels_last's answers per (conv node, output shape)
         mac_pos = [i for i, n in enumerate(nodes) if n.is_mac]
         self._macs = [nodes[i].name for i in mac_pos]
