@@ -323,11 +323,27 @@ def loss_predictor(predictor: AmePredictor, model: AccuracyModel):
     return lambda config: float(model.loss(predictor.ame(config)))
 
 
+# Accuracies and losses closer than this (as fractions) rank as ties: far below one image in 10^8, it only absorbs the
+# rounding of float sums (a prediction summed in another order on another ISA), which must not order equal losses.
+RANK_TIE = 1e-9
+
+
+def _tie_classes(v: np.ndarray) -> np.ndarray:
+    """v's values replaced by the index of their class, values whose sorted neighbours are within RANK_TIE joined."""
+    u = np.unique(v)
+    cls = np.concatenate(([0], np.cumsum(np.diff(u) > RANK_TIE)))
+    return cls[np.searchsorted(u, v)].astype(np.float64)
+
+
 def spearman(x, y) -> float:
-    """Spearman rank correlation (scipy.stats.spearmanr, average ranks for ties); nan if either side is constant."""
+    """Spearman rank correlation (scipy.stats.spearmanr, average ranks for ties, values within RANK_TIE tied); nan
+    if either side is constant."""
     x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
     if x.size != y.size or x.size < 2:
         raise ValueError("spearman: need two sequences of equal length >= 2")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float(spearmanr(x, y).statistic)
+    x, y = _tie_classes(x), _tie_classes(y)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(spearmanr(x, y).statistic)

@@ -197,6 +197,31 @@ def test_spearman_known_values():
     assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
 
 
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=2, max_size=30), st.integers(0, 2 ** 32 - 1))
+def test_spearman_ties_values_within_float_rounding(pairs, seed):
+    """Values within RANK_TIE of each other rank as ties (a prediction summed in another order on another ISA is off
+    by ~1e-16 relative): the correlation is that of the unperturbed values; values further apart than RANK_TIE
+    keep their order."""
+    from dse.predict import RANK_TIE
+
+    x, y = np.array(pairs, dtype=float).T * 0.01
+    rng = np.random.default_rng(seed)
+    jitter = lambda v: v + rng.uniform(-0.4, 0.4, v.size) * RANK_TIE  # noqa: E731
+    want = spearman(x, y)
+    got = spearman(jitter(x), jitter(y))
+    assert (np.isnan(want) and np.isnan(got)) or got == pytest.approx(want, abs=1e-12)
+    apart = np.arange(x.size) * 3 * RANK_TIE
+    assert spearman(apart, apart[::-1]) == pytest.approx(-1.0)
+
+
+def test_spearman_of_an_exact_predictor_with_rounding_noise_on_tied_losses_is_one():
+    truth = np.array([0.0, 0.0, 0.0, 0.00505, 0.0, 0.0, 0.00735, 0.0086])
+    pred = truth + np.array([3e-10, -2e-10, 1e-10, 0, -3e-10, 2e-10, 0, 4e-10])
+    assert spearman(pred, truth) == pytest.approx(1.0)
+    assert spearman([0, 1, float("nan")], [0, 1, 2]) != spearman([0, 1, 2], [0, 1, 2])  # NaN is not a tie
+
+
 def test_validate_reports_rank_correlation_and_mae():
     configs = [{"x": i} for i in range(6)]
     v = validate(lambda c: 0.9 - 0.01 * c["x"], lambda c: 0.88 - 0.02 * c["x"], configs, repeats=3)
