@@ -690,8 +690,16 @@ DSE_T_VNNI512 static void dse_ig_pack_q_512(const dse_ig_plan *P, int64_t p0, in
     const int64_t lda = A->lda, full = mv - mv % mr;
     const int64_t pfull = dse_ig_whole_groups(P->K, 4, p0, kcq); /* whole quads */
     /* each quad reads 4 rows of a few lines far apart (a 1x1 conv's input planes): the rows DSE_IG_PF quads ahead
-     * are prefetched, one line per 64 positions (or per image's run on smaller images) */
+     * are prefetched, one line per 64 positions (or per image's run on smaller images); on planes of whole lines
+     * read from the input (not an im2col block in cache) the block's first DSE_IG_PF quads too, before the first:
+     * MobileNetV2 32's projections read a whole image of 96-192 channels per block, 24-48 quads, two thirds of
+     * which the loop's prefetches did not cover (Zen 4: its projections 1.06x, RESULTS.md "mbz4") */
     const int64_t pfs = A->img < 64 ? A->img : 64;
+    if (pfs == 64 && !P->cv)
+        for (int64_t p = 0; p < pfull && p < DSE_IG_PF; p++)
+            for (int h = 0; h < 4; h++)
+                for (int64_t m = m0; m < m0 + full; m += 64)
+                    _mm_prefetch((const char *)dse_ig_at(A, 4 * (p0 + p) + h, m), _MM_HINT_T0);
     for (int64_t p = 0; p < pfull; p++) { /* along the rows of AT */
         if (p + DSE_IG_PF < pfull && pfs >= 16)
             for (int h = 0; h < 4; h++)
@@ -1311,6 +1319,12 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
     const int64_t npan = (mv + P->mr - 1) / P->mr, ldc = npan * P->mr;
     const int64_t nblk = (P->KP + P->kcp - 1) / P->kcp;
     const int64_t n0 = nt0 * DSE_IG_NR, n1 = (nt1 * DSE_IG_NR < P->N) ? nt1 * DSE_IG_NR : P->N;
+    /* the outputs fetched for writing before a tile's last depth block (dse_ig_prefetch_out), except at the avx512
+     * level the patterns (1 byte each, no Add) of planes smaller than a block: there each channel's run is a line or
+     * less of another image (4-16 images per block), and Zen 4 stalled on those prefetchw (MobileNetV2 32's 8x8 and
+     * 4x4 expansions 1.09-1.14x without them, Zen 5 0.99x: RESULTS.md "mbz4", "mbout") */
+    const int pf_out = P->sc && !(P->level >= DSE_ISA_AVX512 && !P->sc->add && dse_scaled_esz(P->sc) == 1 &&
+                                  P->img < DSE_IG_MC);
     for (int64_t kb = 0; kb < nblk; kb++) {
         const int64_t p0 = kb * P->kcp, kcp = (P->KP - p0 < P->kcp) ? P->KP - p0 : P->kcp;
         const int first = kb % P->seg_blocks == 0;
@@ -1330,7 +1344,7 @@ static void dse_ig_task(const dse_ig_plan *P, int64_t m0, int64_t mv, int64_t nt
         for (int64_t nt = nt0; nt < nt1; nt++) {
             const uint8_t *B = P->Wpk + (nt * P->KP + p0) * 4 * DSE_IG_NR;
             int32_t *C = C32 + (nt - nt0) * DSE_IG_NR * ldc;
-            for (int64_t n = nt * DSE_IG_NR; P->sc && kb + 1 == nblk && n < (nt + 1) * DSE_IG_NR && n < n1; n++)
+            for (int64_t n = nt * DSE_IG_NR; pf_out && kb + 1 == nblk && n < (nt + 1) * DSE_IG_NR && n < n1; n++)
                 dse_ig_prefetch_out(P, n, m0, mv);
             for (int64_t q = 0; q < npan; q++)
                 P->micro(Apk + q * kcp * 4 * P->mr, B, kcp, C + q * P->mr, ldc, !first);
