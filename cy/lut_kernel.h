@@ -1825,6 +1825,55 @@ static void dse_transpose_u8(const uint8_t *s, int64_t lds, int64_t M, int64_t K
             d[k * ldd + m] = s[m * lds + k];
 }
 
+/* d[j * ldd + i] = s[i * lds + j] for i, j < 8: one 8 x 8 tile of 32-bit values (float32 bits or int32, moved
+ * unchanged) by AVX2 unpacks, shuffles and lane permutes. */
+DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_t8x8_32_avx2(const float *s, int64_t lds, float *d,
+                                                                             int64_t ldd)
+{
+    __m256 t[8], u[8];
+    for (int q = 0; q < 8; q++)
+        t[q] = _mm256_loadu_ps(s + q * lds);
+    for (int q = 0; q < 8; q += 2) {
+        u[q] = _mm256_unpacklo_ps(t[q], t[q + 1]);
+        u[q + 1] = _mm256_unpackhi_ps(t[q], t[q + 1]);
+    }
+    for (int q = 0; q < 8; q += 4) {
+        t[q] = _mm256_shuffle_ps(u[q], u[q + 2], 0x44);
+        t[q + 1] = _mm256_shuffle_ps(u[q], u[q + 2], 0xEE);
+        t[q + 2] = _mm256_shuffle_ps(u[q + 1], u[q + 3], 0x44);
+        t[q + 3] = _mm256_shuffle_ps(u[q + 1], u[q + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; q++) {
+        _mm256_storeu_ps(d + q * ldd, _mm256_permute2f128_ps(t[q], t[q + 4], 0x20));
+        _mm256_storeu_ps(d + (q + 4) * ldd, _mm256_permute2f128_ps(t[q], t[q + 4], 0x31));
+    }
+}
+
+/* d[c * ldd + r] = s[r * lds + c] for r < R, c < C (int32): 8 x 8 tiles at the avx2 level and above, the edges (and
+ * every value below avx2) one by one. */
+DSE_T_AVX2 static void dse_transpose_i32_avx2(const int32_t *s, int64_t lds, int64_t R, int64_t C, int32_t *d,
+                                              int64_t ldd)
+{
+    const int64_t R8 = R & ~(int64_t)7, C8 = C & ~(int64_t)7;
+    for (int64_t r = 0; r < R8; r += 8)
+        for (int64_t c = 0; c < C8; c += 8)
+            dse_t8x8_32_avx2((const float *)(s + r * lds + c), lds, (float *)(d + c * ldd + r), ldd);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = r < R8 ? C8 : 0; c < C; c++)
+            d[c * ldd + r] = s[r * lds + c];
+}
+
+static void dse_transpose_i32(int level, const int32_t *s, int64_t lds, int64_t R, int64_t C, int32_t *d, int64_t ldd)
+{
+    if (level >= DSE_ISA_AVX2) {
+        dse_transpose_i32_avx2(s, lds, R, C, d, ldd);
+        return;
+    }
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++)
+            d[c * ldd + r] = s[r * lds + c];
+}
+
 /* L independent GEMMs out[l][m][n] = sum_k T[a[l][m][k]][b[l][k][n]] on the rows kernel (an activation matmul's
  * heads x images; rows_gemm_batch), the operands in their own layouts (a [L, M, K], b [L, K, N]): with sel_is_m = 0
  * the columns of b select (the tile's selector bytes copied from b's rows, dse_rows_tile_prep_t) and a^T indexes
@@ -2083,12 +2132,8 @@ static void dse_lutb_gemm1(int level, const uint8_t *a, const uint8_t *b, int64_
         sel = a, X = b, nsel = M, nidx = N;
     } else {
         uint8_t *bt = scratch, *at = scratch + N * K; /* b^T [N, K], a^T [K, M] */
-        for (int64_t k = 0; k < K; k++)
-            for (int64_t n = 0; n < N; n++)
-                bt[n * K + k] = b[k * N + n];
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t k = 0; k < K; k++)
-                at[k * M + m] = a[m * K + k];
+        dse_transpose_u8(b, N, K, N, bt, K);
+        dse_transpose_u8(a, K, M, K, at, M);
         sel = bt, X = at, nsel = N, nidx = M, dst = sums_t;
     }
     const int64_t ldx = sel_is_m ? N : M;
@@ -2102,9 +2147,7 @@ static void dse_lutb_gemm1(int level, const uint8_t *a, const uint8_t *b, int64_
     }
     dse_lutb_lookups(sel, nsel, X, ldx, nvec, nidx, K, T32, dst, nidx);
     if (!sel_is_m)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++)
-                sums[m * N + n] = sums_t[n * M + m];
+        dse_transpose_i32(level, sums_t, M, N, M, sums, N);
 }
 
 /* The L GEMMs (a + l M K, b + l K N; K >= 1, 1 <= NP <= 4; the planes read at the avx512 level only, which implies
