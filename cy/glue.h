@@ -351,25 +351,8 @@ DSE_T_AVX2 static void dse_t_rows_avx2(const float *bt, int64_t R, int64_t C, in
 {
     int64_t c = 0;
     if (nr == 8)
-        for (; c + 8 <= C; c += 8) {
-            __m256 t[8], u[8];
-            for (int q = 0; q < 8; q++)
-                t[q] = _mm256_loadu_ps(bt + (c + q) * R + r0);
-            for (int q = 0; q < 8; q += 2) {
-                u[q] = _mm256_unpacklo_ps(t[q], t[q + 1]);
-                u[q + 1] = _mm256_unpackhi_ps(t[q], t[q + 1]);
-            }
-            for (int q = 0; q < 8; q += 4) {
-                t[q] = _mm256_shuffle_ps(u[q], u[q + 2], 0x44);
-                t[q + 1] = _mm256_shuffle_ps(u[q], u[q + 2], 0xEE);
-                t[q + 2] = _mm256_shuffle_ps(u[q + 1], u[q + 3], 0x44);
-                t[q + 3] = _mm256_shuffle_ps(u[q + 1], u[q + 3], 0xEE);
-            }
-            for (int q = 0; q < 4; q++) {
-                _mm256_storeu_ps(buf + q * C + c, _mm256_permute2f128_ps(t[q], t[q + 4], 0x20));
-                _mm256_storeu_ps(buf + (q + 4) * C + c, _mm256_permute2f128_ps(t[q], t[q + 4], 0x31));
-            }
-        }
+        for (; c + 8 <= C; c += 8)
+            dse_t8x8_32_avx2(bt + c * R + r0, R, buf + c, C);
     for (; c < C; c++)
         for (int64_t j = 0; j < nr; j++)
             buf[j * C + c] = bt[c * R + r0 + j];
@@ -443,7 +426,7 @@ static void dse_mul_planes_quant(int level, const float *x, int64_t P, int64_t n
 /* numpy's pairwise summation of n float32 values (its FLOAT_pairwise_sum, what np.add.reduce does along a
  * contiguous axis): fewer than 8 in order from 0; up to 128 in 8 running sums combined as ((r0 + r1) + (r2 + r3)) +
  * ((r4 + r5) + (r6 + r7)), then the rest in order; more as two halves, the first a multiple of 8 long. */
-static float dse_pairwise_f32(const float *a, int64_t n)
+static inline __attribute__((always_inline)) float dse_pairwise_short_f32(const float *a, int64_t n)
 {
     if (n < 8) {
         float res = 0.0f;
@@ -451,19 +434,23 @@ static float dse_pairwise_f32(const float *a, int64_t n)
             res += a[i];
         return res;
     }
-    if (n <= 128) {
-        float r[8];
-        int64_t i;
+    float r[8];
+    int64_t i;
+    for (int j = 0; j < 8; j++)
+        r[j] = a[j];
+    for (i = 8; i < n - (n % 8); i += 8)
         for (int j = 0; j < 8; j++)
-            r[j] = a[j];
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; j++)
-                r[j] += a[i + j];
-        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++)
-            res += a[i];
-        return res;
-    }
+            r[j] += a[i + j];
+    float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; i++)
+        res += a[i];
+    return res;
+}
+
+static float dse_pairwise_f32(const float *a, int64_t n)
+{
+    if (n <= 128)
+        return dse_pairwise_short_f32(a, n);
     int64_t n2 = n / 2;
     n2 -= n2 % 8;
     return dse_pairwise_f32(a, n2) + dse_pairwise_f32(a + n2, n - n2);
@@ -500,6 +487,69 @@ static inline void dse_np_binary(dse_np_loop lp, const float *a, const float *b,
     lp.fn(args, dims, steps, lp.data);
 }
 
+/* The largest of a[0 .. n) (n >= 1) where none is NaN (*nan = 0; which zero of +-0 is unspecified), else *nan = 1:
+ * in 8 running maxima (plain compares and selects, no fast-math). */
+static inline __attribute__((always_inline)) float dse_row_max_f32(const float *a, int64_t n, int *nan)
+{
+    float r[8];
+    int u[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (int j = 0; j < 8; j++)
+        r[j] = a[0];
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            const float v = a[i + j];
+            u[j] |= v != v;
+            r[j] = v > r[j] ? v : r[j];
+        }
+    int un = 0;
+    for (; i < n; i++) {
+        un |= a[i] != a[i];
+        r[0] = a[i] > r[0] ? a[i] : r[0];
+    }
+    float m = r[0];
+    for (int j = 0; j < 8; j++) {
+        un |= u[j];
+        m = r[j] > m ? r[j] : m;
+    }
+    *nan = un;
+    return m;
+}
+
+/* dse_row_max_f32 and dse_pairwise_short_f32 on 8 lanes (the same compares and additions in the same order). */
+DSE_T_AVX2 static float dse_row_max_avx2(const float *a, int64_t n, int *nan)
+{
+    if (n < 8)
+        return dse_row_max_f32(a, n, nan);
+    __m256 m = _mm256_loadu_ps(a), u = _mm256_cmp_ps(m, m, _CMP_UNORD_Q);
+    for (int64_t i = 8; i < n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(a + (n - i < 8 ? n - 8 : i)); /* the last 8 again where n % 8 */
+        u = _mm256_or_ps(u, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        m = _mm256_max_ps(m, v);
+    }
+    *nan = _mm256_movemask_ps(u) != 0;
+    m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 1));
+    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0x4E));
+    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0xB1));
+    return _mm256_cvtss_f32(m);
+}
+
+DSE_T_AVX2 static float dse_pairwise_short_avx2(const float *a, int64_t n)
+{
+    if (n < 8)
+        return dse_pairwise_short_f32(a, n);
+    __m256 v = _mm256_loadu_ps(a);
+    int64_t i;
+    for (i = 8; i < n - (n % 8); i += 8)
+        v = _mm256_add_ps(v, _mm256_loadu_ps(a + i));
+    float r[8];
+    _mm256_storeu_ps(r, v);
+    float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; i++)
+        res += a[i];
+    return res;
+}
+
 /* Values per block of rows of dse_softmax_rows (its exp call runs on one block while it is in L1). */
 #define DSE_SOFTMAX_BLOCK 2048
 
@@ -507,13 +557,17 @@ static inline void dse_np_binary(dse_np_loop lp, const float *a, const float *b,
  * numpy expression e = exp(x - x.max(-1, keepdims)); e / e.sum(-1, keepdims): per row m = x[0] reduced with
  * maximum's loop over x[1 .. n) (numpy's reduction without identity starts from the first element), t = x - m,
  * then exp's loop on a block of rows (its values are lane-wise, independent of where a call starts), s = 0 + the
- * rows' sum by add's loop (the identity, then numpy's pairwise order), e / s. With ``scaled`` the softmax of x *
+ * rows' sum by add's loop (the identity, then numpy's pairwise order), e / s. Rows without a NaN take their maximum
+ * from dse_row_max_f32 instead (the same value; where it is a zero its sign cannot show: x - m then differs at most
+ * in a zero's sign, and exp(+-0) = 1) and e's rows without a NaN their sum from dse_pairwise_f32 (0 + the pairwise
+ * sum: add's loop's own order and operations); a NaN row calls the loops, whose NaN it takes. With ``scaled`` the softmax of x *
  * scale (a float32 Mul by a constant before it, e.g. attention's 1/sqrt(d), in the same pass: the products staged in
  * the output row; scale not NaN, so the product's NaN is x's, as numpy's multiply returns it). lp: maximum, exp,
  * add. Row blocks over nt threads; every row is computed the same way whatever the thread count. */
 static inline __attribute__((always_inline)) void dse_softmax_block(const float *x, int64_t R, int64_t n,
                                                                      float *out, const dse_np_loop *lp, int scaled,
-                                                                     float scale, int64_t r0, int64_t r1)
+                                                                     float scale, int64_t r0, int64_t r1,
+                                                                     const int avx2)
 {
     for (int64_t r = r0; r < r1; r++) {
         const float *xr = x + r * n;
@@ -523,9 +577,13 @@ static inline __attribute__((always_inline)) void dse_softmax_block(const float 
                 o[i] = xr[i] * scale;
             xr = o;
         }
-        float m = xr[0];
-        if (n > 1)
-            dse_np_reduce(lp[0], &m, xr + 1, n - 1);
+        int nan;
+        float m = avx2 ? dse_row_max_avx2(xr, n, &nan) : dse_row_max_f32(xr, n, &nan);
+        if (nan) {
+            m = xr[0];
+            if (n > 1)
+                dse_np_reduce(lp[0], &m, xr + 1, n - 1);
+        }
         for (int64_t i = 0; i < n; i++)
             o[i] = xr[i] - m;
     }
@@ -535,8 +593,12 @@ static inline __attribute__((always_inline)) void dse_softmax_block(const float 
         lp[1].fn(args, dims, steps, lp[1].data);
     }
     for (int64_t r = r0; r < r1; r++) {
-        float *o = out + r * n, s = 0.0f;
-        dse_np_reduce(lp[2], &s, o, n);
+        float *o = out + r * n, s = 0.0f + (n > 128 ? dse_pairwise_f32(o, n) : avx2 ? dse_pairwise_short_avx2(o, n)
+                                                                      : dse_pairwise_short_f32(o, n));
+        if (s != s) {
+            s = 0.0f;
+            dse_np_reduce(lp[2], &s, o, n);
+        }
         for (int64_t i = 0; i < n; i++)
             o[i] = o[i] / s;
     }
@@ -546,13 +608,13 @@ static inline __attribute__((always_inline)) void dse_softmax_block(const float 
 static void dse_softmax_block_any(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp, int scaled,
                                   float scale, int64_t r0, int64_t r1)
 {
-    dse_softmax_block(x, R, n, out, lp, scaled, scale, r0, r1);
+    dse_softmax_block(x, R, n, out, lp, scaled, scale, r0, r1, 0);
 }
 
 DSE_T_AVX2 static void dse_softmax_block_avx2(const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp,
                                               int scaled, float scale, int64_t r0, int64_t r1)
 {
-    dse_softmax_block(x, R, n, out, lp, scaled, scale, r0, r1);
+    dse_softmax_block(x, R, n, out, lp, scaled, scale, r0, r1, 1);
 }
 
 static void dse_softmax_rows(int level, const float *x, int64_t R, int64_t n, float *out, const dse_np_loop *lp,
