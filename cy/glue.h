@@ -689,11 +689,91 @@ static void dse_layernorm_rows(int level, const float *x, int64_t R, int64_t n, 
     }
 }
 
+/* erf of float32 v with |v| <= 1 as scipy's float32 erf loop computes it: cephes' erf in double (x P(x^2) / Q(x^2),
+ * Horner's order, no fused multiply-add: the build has -ffp-contract=off), rounded to float32. */
+static inline __attribute__((always_inline)) float dse_erf_near1(float v)
+{
+    const double t = v, z = t * t;
+    const double p = ((((9.60497373987051638749E0 * z + 9.00260197203842689217E1) * z + 2.23200534594684319226E3) * z +
+                       7.00332514112805075473E3) * z + 5.55923013010394962768E4);
+    const double q = (((((z + 3.35617141647503099647E1) * z + 5.21357949780152679795E2) * z + 4.59432382970980127987E3) *
+                       z + 2.26290000613890934246E4) * z + 4.92673942608635921086E4);
+    return (float)(t * p / q);
+}
+
+/* o[j] = dse_erf_near1(t[j]) for j < m (every value: those with 1 < |t| or NaN are the caller's to overwrite) and
+ * far[0 .. k) = the indices of those, in order; returns k. */
+static inline __attribute__((always_inline)) int64_t dse_erf_near_body(const float *t, float *o, int64_t m, int *far)
+{
+    for (int64_t j = 0; j < m; j++)
+        o[j] = dse_erf_near1(t[j]);
+    int64_t k = 0;
+    for (int64_t j = 0; j < m; j++) {
+        far[k] = (int)j;
+        k += !(fabsf(t[j]) <= 1.0f);
+    }
+    return k;
+}
+
+static int64_t dse_erf_near_any(const float *t, float *o, int64_t m, int *far)
+{
+    return dse_erf_near_body(t, o, m, far);
+}
+
+DSE_T_AVX2 static int64_t dse_erf_near_avx2(const float *t, float *o, int64_t m, int *far)
+{
+    return dse_erf_near_body(t, o, m, far);
+}
+
+/* The same operations on 8 double lanes (cvtpd2ps rounds as the cast does, to nearest). */
+DSE_T_512 static int64_t dse_erf_near_512(const float *t, float *o, int64_t m, int *far)
+{
+    const __m512d a0 = _mm512_set1_pd(9.60497373987051638749E0), a1 = _mm512_set1_pd(9.00260197203842689217E1),
+                  a2 = _mm512_set1_pd(2.23200534594684319226E3), a3 = _mm512_set1_pd(7.00332514112805075473E3),
+                  a4 = _mm512_set1_pd(5.55923013010394962768E4), b0 = _mm512_set1_pd(3.35617141647503099647E1),
+                  b1 = _mm512_set1_pd(5.21357949780152679795E2), b2 = _mm512_set1_pd(4.59432382970980127987E3),
+                  b3 = _mm512_set1_pd(2.26290000613890934246E4), b4 = _mm512_set1_pd(4.92673942608635921086E4);
+    const __m256 one = _mm256_set1_ps(1.0f), absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    int64_t j = 0, k = 0;
+    for (; j + 8 <= m; j += 8) {
+        const __m256 v = _mm256_loadu_ps(t + j);
+        const __m512d x = _mm512_cvtps_pd(v), z = _mm512_mul_pd(x, x);
+        __m512d p = _mm512_add_pd(_mm512_mul_pd(a0, z), a1);
+        p = _mm512_add_pd(_mm512_mul_pd(p, z), a2);
+        p = _mm512_add_pd(_mm512_mul_pd(p, z), a3);
+        p = _mm512_add_pd(_mm512_mul_pd(p, z), a4);
+        __m512d q = _mm512_add_pd(z, b0);
+        q = _mm512_add_pd(_mm512_mul_pd(q, z), b1);
+        q = _mm512_add_pd(_mm512_mul_pd(q, z), b2);
+        q = _mm512_add_pd(_mm512_mul_pd(q, z), b3);
+        q = _mm512_add_pd(_mm512_mul_pd(q, z), b4);
+        _mm256_storeu_ps(o + j, _mm512_cvtpd_ps(_mm512_div_pd(_mm512_mul_pd(x, p), q)));
+        /* |v| <= 1 is false for 1 < |v| and NaN */
+        unsigned bits = ~(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(v, absm), one, _CMP_LE_OQ)) & 0xFFu;
+        while (bits) {
+            far[k++] = (int)(j + __builtin_ctz(bits));
+            bits &= bits - 1;
+        }
+    }
+    for (; j < m; j++) {
+        o[j] = dse_erf_near1(t[j]);
+        far[k] = (int)j;
+        k += !(fabsf(t[j]) <= 1.0f);
+    }
+    return k;
+}
+
+static int64_t dse_erf_near(int level, const float *t, float *o, int64_t m, int *far)
+{
+    return (level >= DSE_ISA_AVX512 ? dse_erf_near_512 : level >= DSE_ISA_AVX2 ? dse_erf_near_avx2
+                                                                                : dse_erf_near_any)(t, o, m, far);
+}
+
 /* erf of a in (1, 8) as scipy's erf computes it before its float32 loop rounds it (xsf/cephes ndtr.h: erf(a) =
  * 1 - erfc(a), erfc(a) = (z P(a)) / Q(a) with z = exp(-a a), P by polevl (degree 8), Q by p1evl (degree 8, leading
  * coefficient 1), Horner in double, no fused multiply-add: the build has -ffp-contract=off). zw: z in, that erf out;
  * the exp is the caller's. */
-static void dse_erf_far(const double *a, double *zw, int64_t m)
+static inline __attribute__((always_inline)) void dse_erf_far_body(const double *a, double *zw, int64_t m)
 {
     static const double P[9] = {2.46196981473530512524E-10, 5.64189564831068821977E-1, 7.46321056442269912687E0,
                                 4.86371970985681366614E1,   1.96520832956077098242E2,  5.26445194995477358631E2,
@@ -710,6 +790,26 @@ static void dse_erf_far(const double *a, double *zw, int64_t m)
             q = q * x + Q[i];
         zw[j] = 1.0 - (zw[j] * p) / q;
     }
+}
+
+static void dse_erf_far_any(const double *a, double *zw, int64_t m)
+{
+    dse_erf_far_body(a, zw, m);
+}
+
+DSE_T_AVX2 static void dse_erf_far_avx2(const double *a, double *zw, int64_t m)
+{
+    dse_erf_far_body(a, zw, m);
+}
+
+DSE_T_512 static void dse_erf_far_512(const double *a, double *zw, int64_t m)
+{
+    dse_erf_far_body(a, zw, m);
+}
+
+static void dse_erf_far(int level, const double *a, double *zw, int64_t m)
+{
+    (level >= DSE_ISA_AVX512 ? dse_erf_far_512 : level >= DSE_ISA_AVX2 ? dse_erf_far_avx2 : dse_erf_far_any)(a, zw, m);
 }
 
 #endif

@@ -130,7 +130,9 @@ cdef extern from "glue.h" nogil:
     int DSE_SIGMOID_CHUNK
     void dse_layernorm_rows(int level, const float *x, int64_t R, int64_t n, const float *scale, const float *bias,
                             float eps, float *out, const dse_np_loop *lp, int nt)
-    void dse_erf_far(const double *a, double *zw, int64_t m)
+    void dse_erf_far(int level, const double *a, double *zw, int64_t m)
+    float dse_erf_near1(float v)
+    int64_t dse_erf_near(int level, const float *t, float *o, int64_t m, int *far)
     void dse_mul_planes_quant(int level, const float *x, int64_t P, int64_t n, const float *s, float qs, int qlo,
                               int qhi, uint8_t *q, int nt)
 
@@ -1449,15 +1451,11 @@ cdef double _ERF_FAR_MARGIN = 3.552713678800501e-15  # 2^-48
 
 
 cdef inline float _erf_near(float v) noexcept nogil:
-    """erf of float32 v with |v| <= 1 as scipy's float32 erf loop computes it: cephes' erf in double (x P(x^2) /
-    Q(x^2), Horner's order, no fused multiply-add; the build has -ffp-contract=off), rounded to float32. The same
-    bits on all float32 |v| <= 1 (tests: the slow sweep over every float32); larger |v| and NaN take the loop."""
-    cdef double t = v, z = t * t, p, q
-    p = ((((9.60497373987051638749E0 * z + 9.00260197203842689217E1) * z + 2.23200534594684319226E3) * z
-          + 7.00332514112805075473E3) * z + 5.55923013010394962768E4)
-    q = (((((z + 3.35617141647503099647E1) * z + 5.21357949780152679795E2) * z + 4.59432382970980127987E3) * z
-          + 2.26290000613890934246E4) * z + 4.92673942608635921086E4)
-    return <float>(t * p / q)
+    """erf of float32 v with |v| <= 1 as scipy's float32 erf loop computes it (``cy/glue.h`` dse_erf_near1: cephes'
+    erf in double, x P(x^2) / Q(x^2), Horner's order, no fused multiply-add, rounded to float32; dse_erf_near runs
+    it on 8 double lanes at the avx512 level). The same bits on all float32 |v| <= 1 (tests: the slow sweep over
+    every float32); larger |v| and NaN take the loop."""
+    return dse_erf_near1(v)
 
 
 def erf_loop_found() -> bool:
@@ -1519,7 +1517,7 @@ cdef _check_erf_far(erf):
     cdef int64_t c0 = 0, n = v.shape[0]
     _erf_far_ok = True
     while c0 < n:
-        _erf_chunk(&vv[c0], &gv[c0], min(2048, n - c0), 2)
+        _erf_chunk(&vv[c0], &gv[c0], min(2048, n - c0), 2, _level(None))
         c0 += 2048
     _erf_far_ok = bool(np.array_equal(got.view(np.uint32), want.view(np.uint32)))
 
@@ -1534,7 +1532,7 @@ cdef inline int _erf_mode(bint exact_erf) noexcept:
     return 0 if exact_erf or not _erf_near_ok else (2 if _erf_far_ok else 1)
 
 
-cdef void _erf_chunk(const float *t, float *o, int64_t m, int mode) noexcept nogil:
+cdef void _erf_chunk(const float *t, float *o, int64_t m, int mode, int level) noexcept nogil:
     """o = erf(t) on m <= 2048 float32 values as scipy's float32 loop gives it. ``mode`` 0: the loop on all; 1:
     |t| <= 1 by _erf_near (branch-free, vectorizable) and the rest (and NaN) gathered through the loop; 2: also
     1 < |t| < 8 by cephes' erfc as scipy computes it (``cy/glue.h`` dse_erf_far on numpy's float64 exp of -t^2: the
@@ -1559,11 +1557,7 @@ cdef void _erf_chunk(const float *t, float *o, int64_t m, int mode) noexcept nog
         a2[0], a2[1] = <char *>t, <char *>o
         _ERF_LOOP.fn(a2, dims, st2, _ERF_LOOP.data)
         return
-    for j in range(m):
-        o[j] = _erf_near(t[j])
-    for j in range(m):
-        far[k] = <int>j
-        k += not (fabs(t[j]) <= 1.0)
+    k = dse_erf_near(level, t, o, m, far)                              # |t| <= 1; far: the others' indices
     if k and mode == 2:
         for j in range(k):  # far[kk] keeps what the loop must do (kk <= j)
             i = far[j]
@@ -1584,7 +1578,7 @@ cdef void _erf_chunk(const float *t, float *o, int64_t m, int mode) noexcept nog
             a2[0], a2[1] = <char *>zw, <char *>zw
             _EXP64_LOOP.fn(a2, dims, st2, _EXP64_LOOP.data)          # z = exp(-a a), in place
             st2[0] = st2[1] = 4
-            dse_erf_far(fa, zw, nf)                                  # w = 1 - erfc(a)
+            dse_erf_far(level, fa, zw, nf)                           # w = 1 - erfc(a)
             for j in range(nf):
                 w = zw[j]
                 if <float>(w - _ERF_FAR_MARGIN) == <float>(w + _ERF_FAR_MARGIN):
@@ -1604,8 +1598,9 @@ cdef void _erf_chunk(const float *t, float *o, int64_t m, int mode) noexcept nog
             o[far[j]] = fout[j]
 
 
-def float_erf(const float[::1] x, float[::1] out, bint exact_erf=False):
+def float_erf(const float[::1] x, float[::1] out, bint exact_erf=False, isa=None):
     """Writes out = scipy.special.erf(x) over float32 x, the loop's bits, chunk by chunk (see :func:`float_gelu`)."""
+    cdef int level = _level(isa)
     cdef int64_t n = x.shape[0], c0, m
     if out.shape[0] != n:
         raise ValueError("float_erf: out must have x's length")
@@ -1616,11 +1611,12 @@ def float_erf(const float[::1] x, float[::1] out, bint exact_erf=False):
         c0 = 0
         while c0 < n:
             m = min(2048, n - c0)
-            _erf_chunk(&x[c0], &out[c0], m, mode)
+            _erf_chunk(&x[c0], &out[c0], m, mode, level)
             c0 += m
 
 
-def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float cmul, int order=0, bint exact_erf=False):
+def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float cmul, int order=0, bint exact_erf=False,
+               isa=None):
     """Writes out = ((erf(x / cdiv) + cadd) * x) * cmul over float32 x as the exported GELU nodes Div, Erf, Add,
     Mul, Mul compute it in the emulator: numpy's own float32 loops of true_divide (cdiv second, stride 0) into a new
     buffer, scipy.special.erf's float32 values from it into out (:func:`_erf_chunk`), then add, multiply and multiply in place on out (the
@@ -1628,8 +1624,10 @@ def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float
     values in cache: one pass over memory, the same bits. ``order`` bits give each binary node's operand order:
     1 add(cadd, e), 2 multiply(a, x) (else multiply(x, a)), 4 multiply(cmul, m). erf of |t| <= 1 by
     :func:`_erf_near` (the loop's bits, 3-4x faster than its branchy scalar code) where :func:`erf_near_used`, unless
-    ``exact_erf`` (scipy's loop on every value). Needs :func:`erf_loop_found`."""
+    ``exact_erf`` (scipy's loop on every value). Needs :func:`erf_loop_found`. ``isa`` caps the level of the
+    compiled erf passes (the same bits at every level)."""
     cdef int64_t n = x.shape[0], c0, m, chunk = 2048
+    cdef int level = _level(isa)
     if out.shape[0] != n or not 0 <= order < 8:
         raise ValueError("float_gelu: out must have x's length and order be 0 .. 7")
     if not erf_loop_found():
@@ -1654,7 +1652,7 @@ def float_gelu(const float[::1] x, float[::1] out, float cdiv, float cadd, float
             dims[0] = m
             a3[0], a3[1], a3[2] = <char *>&x[c0], <char *>&cdiv, <char *>tmp
             _SIG_LOOPS[3].fn(a3, dims, vs3, _SIG_LOOPS[3].data)          # t = true_divide(x, cdiv)
-            _erf_chunk(tmp, &out[c0], m, mode)                           # e = erf(t)
+            _erf_chunk(tmp, &out[c0], m, mode, level)                    # e = erf(t)
             a3[2] = <char *>&out[c0]
             if order & 1:
                 a3[0], a3[1] = <char *>&cadd, <char *>&out[c0]

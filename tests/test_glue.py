@@ -675,7 +675,8 @@ def _old_gelu_chain(x, cdiv, cadd, cmul, order):
 def test_compiled_gelu_chain_gives_numpy_bits(x, n, offset, order, consts):
     """The compiled GELU chain (numpy's and scipy's own loops, chunk by chunk) and its numpy twin against the five
     nodes as new arrays, bit for bit (where x and erf's chain are both NaN, one of the two NaNs), every operand
-    order, lengths around the chunk size, inputs at every 4-byte offset from a 64-byte boundary, the specials."""
+    order, lengths around the chunk size, inputs at every 4-byte offset from a 64-byte boundary, the specials; the
+    compiled erf passes at every ISA level."""
     xs = _values_at_offset(x, n, offset)
     with np.errstate(all="ignore"):
         p, a, want = _old_gelu_chain(xs, *consts, order)
@@ -685,10 +686,13 @@ def test_compiled_gelu_chain_gives_numpy_bits(x, n, offset, order, consts):
         o = np.empty_like(xs)
         _kernels.float_erf(xs, o, True)
         _same_bits(o, erf(xs))
-        for f in (nn.gelu_chain, nn.reference_gelu_chain, "loop"):
-            if f == "loop":
+        for isa in ISAS:
+            _kernels.float_erf(xs, o, isa=isa)
+            _same_bits(o, erf(xs))
+        for f in (nn.gelu_chain, nn.reference_gelu_chain, "loop", *ISAS):
+            if f == "loop" or f in ISAS:
                 got = np.empty_like(xs)
-                _kernels.float_gelu(xs, got, *consts, order, True)
+                _kernels.float_gelu(xs, got, *consts, order, f == "loop", isa=None if f == "loop" else f)
             else:
                 got = f(xs, *consts, order)
             both = np.isnan(xs) & np.isnan(a)
@@ -756,16 +760,18 @@ def test_compiled_gelu_chain_on_every_float32():
 
 def test_compiled_erf_on_every_16th_float32_up_to_4():
     """The compiled erf (cephes' rational function for |x| <= 1, its erfc on numpy's float64 exp for 1 < |x| < 8, 1
-    beyond) against scipy's float32 erf on every 16th float32 of [-4, 4] (13.6M values, both signs): the same bits;
-    and both compiled parts are in use."""
+    beyond) against scipy's float32 erf on every 16th float32 of [-4, 4] (13.6M values, both signs): the same bits
+    at every ISA level (the rational function on 8 double lanes at avx512); and both compiled parts are in use."""
     from scipy.special import erf
 
     assert _kernels.erf_near_used() and _kernels.erf_far_used()
     b = np.arange(0, 0x40800001, 16, dtype=np.uint32)
     x = np.concatenate([b, b | np.uint32(0x80000000)]).view(np.float32)
+    want = erf(x)
     out = np.empty_like(x)
-    _kernels.float_erf(x, out)
-    _same_bits(out, erf(x))
+    for isa in ISAS:
+        _kernels.float_erf(x, out, isa=isa)
+        _same_bits(out, want)
 
 
 def test_erf_and_gelu_fall_back_without_scipys_loop(monkeypatch):
