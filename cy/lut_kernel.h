@@ -2296,15 +2296,18 @@ static int dse_i2c_plan_make(dse_i2c_plan *P, int64_t H, int64_t W, int64_t kh, 
             for (int64_t j = 0; j < kw; j++) {
                 uint8_t *ix = P->idx + (ch * T + i * kw + j) * 64;
                 uint64_t m = 0;
-                for (int64_t k = 0; k < 64; k++) {
-                    ix[k] = 0;
-                    if (k >= gv * cv)
+                memset(ix, 0, 64);
+                for (int64_t yy = 0; yy < gv; yy++) { /* position k = yy cv + cc of the chunk's gv x cv */
+                    const int64_t row = (y0 + yy) * sh + i * dh - pt;
+                    if (row < 0 || row >= H)
                         continue;
-                    const int64_t row = (y0 + k / cv) * sh + i * dh - pt, col = (q0 + k % cv) * sw + j * dw - pl;
-                    if (row < 0 || row >= H || col < 0 || col >= W)
-                        continue;
-                    ix[k] = (uint8_t)(row * W + col - start); /* < len <= 128 */
-                    m |= (uint64_t)1 << k;
+                    for (int64_t cc = 0, k = yy * cv; cc < cv; cc++, k++) {
+                        const int64_t col = (q0 + cc) * sw + j * dw - pl;
+                        if (col < 0 || col >= W)
+                            continue;
+                        ix[k] = (uint8_t)(row * W + col - start); /* < len <= 128 */
+                        m |= (uint64_t)1 << k;
+                    }
                 }
                 P->msk[ch * T + i * kw + j] = m;
             }
