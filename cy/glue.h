@@ -701,14 +701,15 @@ static inline __attribute__((always_inline)) float dse_erf_near1(float v)
     return (float)(t * p / q);
 }
 
-/* o[j] = dse_erf_near1(t[j]) for j < m (every value: those with 1 < |t| or NaN are the caller's to overwrite) and
- * far[0 .. k) = the indices of those, in order; returns k. */
-static inline __attribute__((always_inline)) int64_t dse_erf_near_body(const float *t, float *o, int64_t m, int *far)
+/* o[j] = dse_erf_near1(t[j]) for j0 <= j < m (every value: those with 1 < |t| or NaN are the caller's to overwrite)
+ * and far[0 .. k) = the indices of those, in order; returns k. */
+static inline __attribute__((always_inline)) int64_t dse_erf_near_body(const float *t, float *o, int64_t j0, int64_t m,
+                                                                       int *far)
 {
-    for (int64_t j = 0; j < m; j++)
+    for (int64_t j = j0; j < m; j++)
         o[j] = dse_erf_near1(t[j]);
     int64_t k = 0;
-    for (int64_t j = 0; j < m; j++) {
+    for (int64_t j = j0; j < m; j++) {
         far[k] = (int)j;
         k += !(fabsf(t[j]) <= 1.0f);
     }
@@ -717,12 +718,12 @@ static inline __attribute__((always_inline)) int64_t dse_erf_near_body(const flo
 
 static int64_t dse_erf_near_any(const float *t, float *o, int64_t m, int *far)
 {
-    return dse_erf_near_body(t, o, m, far);
+    return dse_erf_near_body(t, o, 0, m, far);
 }
 
 DSE_T_AVX2 static int64_t dse_erf_near_avx2(const float *t, float *o, int64_t m, int *far)
 {
-    return dse_erf_near_body(t, o, m, far);
+    return dse_erf_near_body(t, o, 0, m, far);
 }
 
 /* The same operations on 8 double lanes (cvtpd2ps rounds as the cast does, to nearest). */
@@ -755,12 +756,7 @@ DSE_T_512 static int64_t dse_erf_near_512(const float *t, float *o, int64_t m, i
             bits &= bits - 1;
         }
     }
-    for (; j < m; j++) {
-        o[j] = dse_erf_near1(t[j]);
-        far[k] = (int)j;
-        k += !(fabsf(t[j]) <= 1.0f);
-    }
-    return k;
+    return k + dse_erf_near_body(t, o, j, m, far + k);
 }
 
 static int64_t dse_erf_near(int level, const float *t, float *o, int64_t m, int *far)

@@ -1849,28 +1849,26 @@ DSE_T_AVX2 static inline __attribute__((always_inline)) void dse_t8x8_32_avx2(co
     }
 }
 
-/* d[c * ldd + r] = s[r * lds + c] for r < R, c < C (int32): 8 x 8 tiles at the avx2 level and above, the edges (and
- * every value below avx2) one by one. */
-DSE_T_AVX2 static void dse_transpose_i32_avx2(const int32_t *s, int64_t lds, int64_t R, int64_t C, int32_t *d,
-                                              int64_t ldd)
+/* The 8 x 8 tiles of dse_transpose_i32 over rows < R8 and columns < C8 (multiples of 8). */
+DSE_T_AVX2 static void dse_transpose_i32_tiles_avx2(const int32_t *s, int64_t lds, int64_t R8, int64_t C8, int32_t *d,
+                                                    int64_t ldd)
 {
-    const int64_t R8 = R & ~(int64_t)7, C8 = C & ~(int64_t)7;
     for (int64_t r = 0; r < R8; r += 8)
         for (int64_t c = 0; c < C8; c += 8)
             dse_t8x8_32_avx2((const float *)(s + r * lds + c), lds, (float *)(d + c * ldd + r), ldd);
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t c = r < R8 ? C8 : 0; c < C; c++)
-            d[c * ldd + r] = s[r * lds + c];
 }
 
+/* d[c * ldd + r] = s[r * lds + c] for r < R, c < C (int32): 8 x 8 tiles at the avx2 level and above, the edges (and
+ * every value below avx2) one by one. */
 static void dse_transpose_i32(int level, const int32_t *s, int64_t lds, int64_t R, int64_t C, int32_t *d, int64_t ldd)
 {
+    int64_t R8 = 0, C8 = 0;
     if (level >= DSE_ISA_AVX2) {
-        dse_transpose_i32_avx2(s, lds, R, C, d, ldd);
-        return;
+        R8 = R & ~(int64_t)7, C8 = C & ~(int64_t)7;
+        dse_transpose_i32_tiles_avx2(s, lds, R8, C8, d, ldd);
     }
     for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < C; c++)
+        for (int64_t c = r < R8 ? C8 : 0; c < C; c++)
             d[c * ldd + r] = s[r * lds + c];
 }
 
