@@ -270,10 +270,11 @@ def _propagated(ctx, n: int, seed: int):
 
 def logit_features(logits: np.ndarray, labels: np.ndarray, m0: np.ndarray, acc_exact: float) -> np.ndarray:
     """The propagated surrogate's features (dse.predict.PropagatedSurrogate.features) of any logits."""
-    from dse.predict import gaussian_loss, margins, soft_loss
+    from dse.predict import churn, gaussian_loss, margins, soft_loss
 
     soft, s = soft_loss(margins(logits, labels), m0)
-    return np.array([acc_exact - float(np.mean(logits.argmax(1) == labels)), soft, s, gaussian_loss(m0, s)])
+    return np.array([acc_exact - float(np.mean(logits.argmax(1) == labels)), soft, s, gaussian_loss(m0, s),
+                     churn(logits, labels, m0)])
 
 
 def _wide(ctx, m: int):

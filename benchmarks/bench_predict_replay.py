@@ -30,13 +30,19 @@ propagated surrogate's (and its smooth twin's) count as at hand once asked for, 
 predicted after the gate observed the full-fidelity points before it (with the losses the search measured), as the
 search's objective does. The "as recorded" rows reproduce the bench's numbers.
 
-``--reliability FILE [FILE ...]``: the same replays, the gate as dse.predict has it ("before") and with two changes
-tried here and not adopted (benchmarks/RESULTS.md, "## Predictor"): the logit surrogate's LossModel fitted on its raw
-count weighted by its reliability on the surrogate's images (:class:`RawCountShrink`), and the gate's prediction
-averaged over the candidates within :data:`ENSEMBLE_SPEARMAN` of the kept one's leave-one-out Spearman
-(:func:`averaging_gate`); each alone and both ("after"). Per set: Spearman / mean error, the kept candidates of the
-"after" gate, and on search streams how many proposals the gate was on for and would have skipped (conservative
-prediction over the skip line), of them within budget on the evaluation images, before -> after.
+``--reliability FILE [FILE ...]``: the same replays, the gate before 2026-11-29 ("before": no averaging, the
+count always in the loss model) and with two changes tried here (benchmarks/RESULTS.md, "## Predictor"): the logit
+surrogate's LossModel fitted on its raw count weighted by its reliability on the surrogate's images
+(:class:`RawCountShrink`, not adopted), and the gate's prediction averaged over the candidates within
+dse.predict.ENSEMBLE_SPEARMAN of the kept one's leave-one-out Spearman (:func:`averaging_gate`, adopted later); each
+alone and both ("after"). Per set: Spearman / mean error, the kept candidates of the "after" gate, and on search
+streams how many proposals the gate was on for and would have skipped (conservative prediction over the skip line),
+of them within budget on the evaluation images, before -> after.
+
+``--adopted FILE [FILE ...]``: the same table, "before" against the gate as dse.predict has it now: the averaged
+prediction, and each surrogate's LossModel given its image count, so that where its raw count is mostly counting
+noise over the fitted points (dse.predict.count_reliability below RAW_RELIABILITY) the counted features (raw and soft
+loss) leave the model (:data:`ADOPTED`).
 """
 from __future__ import annotations
 
@@ -97,7 +103,7 @@ def corrected(cand, r: dict, cfgs: list, tau: float, shrink: float):
 
     def features(c):
         f = cand.features(c)
-        return None if f is None else np.r_[f, vec[_key(c)].astype(float)]
+        return None if f is None else np.r_[np.asarray(f, float)[:4], vec[_key(c)].astype(float)]
 
     def weights(V, v):
         return np.exp(-np.mean(np.abs(V - v[None]), 1) / tau)
@@ -210,51 +216,23 @@ def loss_model_fits(images: int | None) -> tuple:
     return fit, (lambda X, y: surrogate_quality(RawCountShrink(X, images).apply(X), y))
 
 
-ENSEMBLE_SPEARMAN = 0.1   # the averaged prediction: the candidates within this of the kept one's leave-one-out Spearman
+def averaging_gate(ensemble: float):
+    """dse.predict.PredictorGate with its prediction averaged over the candidates within ``ensemble`` of the kept
+    one's leave-one-out Spearman (tried here first, then adopted as the gate's ``ensemble``); 0: the kept candidate
+    alone, the gate before it was adopted."""
+    from functools import partial
+
+    from dse.predict import PredictorGate
+    return partial(PredictorGate, ensemble=ensemble)
 
 
-def averaging_gate(ensemble: float = ENSEMBLE_SPEARMAN):
-    """dse.predict.PredictorGate whose prediction is the kept candidate's averaged with those of the candidates as
-    good enough as it and within ``ensemble`` of its leave-one-out Spearman (refitted on the same points) whose
-    features of the configuration are at hand; 0: the gate itself."""
-    from dse.predict import LooQuality, PredictorGate
-
-    class AveragingGate(PredictorGate):
-        def _refit(self) -> None:
-            super()._refit()
-            self._others = []
-            if self._best is None or ensemble <= 0:
-                return
-            y = np.asarray(self._losses)
-            final = [not p for p in self._provisional]
-            drop = sum(final) >= self.min_points
-            q = self.state.quality
-            for cand in self.candidates:
-                info = self.state.candidates.get(cand.kind)
-                if cand is self._best or info is None:
-                    continue
-                other = LooQuality(info["loo_spearman"], info["loo_mean_error"], 0.0)
-                if other.good_enough != q.good_enough or not other.spearman >= q.spearman - ensemble:
-                    continue
-                use, _ = self._use(cand.kind, final, drop, y)
-                self._others.append((cand, cand.fit(np.stack([self._rows[cand.kind][i] for i in use]), y[use])))
-
-        def predicted(self, config: dict) -> float | None:
-            p = super().predicted(config)
-            if p is None:
-                return None
-            preds = [p] + [float(m(cand.features(config))) for cand, m in getattr(self, "_others", [])
-                           if self._at_hand(cand, config) and cand.features(config) is not None]
-            return float(np.mean(preds))
-    return AveragingGate
-
-
-def point_candidates(kinds: list, rows: dict, smooth_too: bool = False, images: dict | None = None) -> list:
+def point_candidates(kinds: list, rows: dict, smooth_too: bool = False, images: dict | None = None,
+                     counted: dict | None = None) -> list:
     """The gate's candidates on recorded feature rows ``rows[kind][i]`` of points ``{"point": i}``: the same fits and
     qualities as dse.predict's (``images[kind]``: that surrogate's images, for its raw count's reliability weighting;
     without: none, as before it); the propagated surrogate's rows count as at hand once asked for (a network run in a
     search), its smooth twin sharing them; with ``smooth_too`` each surrogate followed by its :func:`smooth` twin."""
-    from dse.predict import AccuracyModel, Candidate, ame_quality
+    from dse.predict import AccuracyModel, Candidate, ame_quality, loss_model_candidate
 
     out = []
     for kind in kinds:
@@ -275,7 +253,10 @@ def point_candidates(kinds: list, rows: dict, smooth_too: bool = False, images: 
                 seen.add(c["point"])
                 return f(c)
             at_hand = lambda c, seen=seen: c["point"] in seen  # noqa: E731
-        cand = Candidate(kind, feats, *loss_model_fits((images or {}).get(kind)), at_hand)
+        if counted is not None:   # the gate as dse.predict has it: LossModel weighs the count on that many images
+            cand = loss_model_candidate(kind, feats, counted[kind], at_hand)
+        else:
+            cand = Candidate(kind, feats, *loss_model_fits((images or {}).get(kind)), at_hand)
         out += [cand, smooth(cand)] if smooth_too else [cand]
     return out
 
@@ -293,11 +274,24 @@ def smooth(cand):
 
 # the gate as before the reliability weighting and the averaged prediction: ({kind: images} weighted, ensemble)
 BEFORE = ({}, 0.0)
+# the gate as dse.predict has it since: each surrogate's counted features weighed by its count's reliability on its
+# images (LossModel's ``images``), the averaged prediction
+ADOPTED = "adopted"
+
+
+def _how(r: dict, how) -> tuple:
+    """``how`` resolved for record ``r``: (surrogate images for RawCountShrink, the gate's ensemble, each surrogate's
+    images for LossModel or None)."""
+    if how == ADOPTED:
+        from dse.predict import ENSEMBLE_SPEARMAN
+        n = _images(r)
+        return {}, ENSEMBLE_SPEARMAN, {"logit surrogate": n, "propagated surrogate": int(r.get("propagated_images", n))}
+    return (*how, None)[:3]
 
 
 def _images(r: dict) -> int:
     """The surrogates' images of a record (the evaluation images start past them)."""
-    return int(r.get("surrogate_images", r["skip"]))
+    return int(r["surrogate_images"] if "surrogate_images" in r else r["skip"])
 
 
 def replay_sets(r: dict, smooth_too: bool, how: tuple = BEFORE, kept: Counter | None = None) -> tuple[dict, dict]:
@@ -306,9 +300,10 @@ def replay_sets(r: dict, smooth_too: bool, how: tuple = BEFORE, kept: Counter | 
     P = r["points"]
     y0, yn, yu = (list(P[k]["loss"]) for k in ("setup", "near", "uniform"))
     rows = {k: P["setup"][k] + P["near"][k] + P["uniform"][k] for k in r["kinds"]}
+    how = _how(r, how)
     out = []
     for ys, start in ((yn, bp.half_of(len(yn))), (yn + yu, len(yn))):
-        gate = averaging_gate(how[1])(point_candidates(r["kinds"], rows, smooth_too, how[0]), focus=r["focus"])
+        gate = averaging_gate(how[1])(point_candidates(r["kinds"], rows, smooth_too, how[0], how[2]), focus=r["focus"])
         gate.observe([(("fit", i), {"point": i}, y) for i, y in enumerate(y0)], provisional=True)
         preds = []
         for j, y in enumerate(ys):
@@ -330,7 +325,8 @@ def replay_stream(r: dict, seed: str, smooth_too: bool, how: tuple = BEFORE,
     kinds = [k for k in S if k != "loss"]
     n0 = len(S["loss"])
     rows = {k: S[k] + [p[k] for p in d["stream"]] for k in kinds}
-    gate = averaging_gate(how[1])(point_candidates(kinds, rows, smooth_too, how[0]), focus=r["focus"])
+    how = _how(r, how)
+    gate = averaging_gate(how[1])(point_candidates(kinds, rows, smooth_too, how[0], how[2]), focus=r["focus"])
     gate.observe([(("fit", i), {"point": i}, y) for i, y in enumerate(S["loss"])], provisional=True)
     pred, full, kind, skip = {}, [], {}, {}
     for j, p in enumerate(d["stream"]):
@@ -356,26 +352,40 @@ def replay_stream(r: dict, seed: str, smooth_too: bool, how: tuple = BEFORE,
 
 def reliability_table(paths: list) -> None:
     """``--reliability`` (module docstring)."""
-    hows = {"before": BEFORE, "reliability weighting alone": "w", "averaged prediction alone": ({}, ENSEMBLE_SPEARMAN),
-            "after (both)": "both"}
-    print("| file | set | " + " | ".join(hows) + " | kept (after); gate on / would skip (within budget), before -> "
+    from dse.predict import ENSEMBLE_SPEARMAN
+    compare_table(paths, {"before": BEFORE, "reliability weighting alone": "w",
+                          "averaged prediction alone": ({}, ENSEMBLE_SPEARMAN), "after (both)": "both"})
+
+
+def adopted_table(paths: list) -> None:
+    """``--adopted`` (module docstring)."""
+    compare_table(paths, {"before": BEFORE, "after (dse.predict)": ADOPTED})
+
+
+def compare_table(paths: list, hows: dict) -> None:
+    """One row per set and record: Spearman / mean error of the gate replayed each way of ``hows`` (the first:
+    before, the last: after; "w" and "both": the logit surrogate's count weighted by RawCountShrink, alone and with
+    the averaged prediction), the kept candidates of the last, and on search streams how many proposals the gate was
+    on for and would have skipped."""
+    from dse.predict import ENSEMBLE_SPEARMAN
+    last = list(hows)[-1]
+    print("| file | set | " + " | ".join(hows) + f" | kept ({last}); gate on / would skip (within budget), before -> "
           "after |\n|---|---|" + "---|" * (len(hows) + 1))
     for path in paths:
         r = json.loads(path.read_text())
-        n = _images(r)
-        w = {"logit surrogate": n}
+        w = {"logit surrogate": _images(r)}
         resolved = {k: ((w, 0.0) if h == "w" else (w, ENSEMBLE_SPEARMAN) if h == "both" else h) for k, h in hows.items()}
         if "seeds" in r:
             for s in r["seeds"]:
                 kept: Counter = Counter()
                 was: Counter = Counter()
-                got = {k: replay_stream(r, s, False, h, kept if k == "after (both)" else was if k == "before" else None)
+                got = {k: replay_stream(r, s, False, h, kept if k == last else was if k == "before" else None)
                        for k, h in resolved.items()}
                 for part, what in ((0, ""), (1, ", within the focus")):
                     _row(path, f"search stream, sampler seed {s}{what}", [g[part] for g in got.values()], kept, was)
         else:
             kept = Counter()
-            got = {k: replay_sets(r, False, h, kept if k == "after (both)" else None) for k, h in resolved.items()}
+            got = {k: replay_sets(r, False, h, kept if k == last else None) for k, h in resolved.items()}
             for part, what in ((0, "knapsack neighbourhood"), (1, "uniform")):
                 _row(path, what, [g[part] for g in got.values()], kept)
 
@@ -414,12 +424,17 @@ def main() -> int:
     ap.add_argument("--smooth", action="store_true", help="replay with smooth twins instead (module docstring)")
     ap.add_argument("--reliability", action="store_true",
                     help="replay the gate before and after the raw count's reliability weighting (module docstring)")
+    ap.add_argument("--adopted", action="store_true",
+                    help="replay the gate before and as dse.predict has it now (module docstring)")
     a = ap.parse_args()
     if a.smooth:
         smooth_table(a.json)
         return 0
     if a.reliability:
         reliability_table(a.json)
+        return 0
+    if a.adopted:
+        adopted_table(a.json)
         return 0
     grid = [(None, None)] + [(t, s) for t in a.tau for s in a.shrink]
     print("| file | correction | knapsack neighbourhood: Spearman / mean error | uniform: Spearman / mean error |\n"

@@ -486,8 +486,9 @@ class LogitSurrogate:
         return margins(logits, self.labels)
 
     def features(self, config: dict) -> np.ndarray:
-        """``[raw loss, soft loss, scale-free RMS margin change, its Gaussian loss]`` of ``config`` (the inputs of
-        :class:`LossModel`).
+        """``[raw loss, soft loss, scale-free RMS margin change, its Gaussian loss, churn]`` of ``config`` (the
+        inputs of :class:`LossModel`; the churn, the share of images whose correctness changed, only sizes the raw
+        loss's counting noise).
         The soft loss is the expected loss when every image's predicted margin is uncertain by the configuration's own
         RMS margin change ``s`` (first-order error grows with the perturbation): ``mean Phi(-m / s) - mean Phi(-m0 /
         s)``; it is smooth where the raw loss moves in steps of one image. The third is the RMS change of the margins
@@ -503,7 +504,8 @@ class LogitSurrogate:
             if lc.multiplier != "exact":
                 z += self._scale_free(name, lc)
         rms = float(np.sqrt(np.mean((self.margins(z) - m0) ** 2)))
-        return np.array([self.acc_exact - self.accuracy(logits), soft, rms, gaussian_loss(m0, rms)])
+        return np.array([self.acc_exact - self.accuracy(logits), soft, rms, gaussian_loss(m0, rms),
+                         churn(logits, self.labels, m0)])
 
     def _scale_free(self, layer: str, lc: LayerConfig) -> np.ndarray:
         """The single-layer change with the layer's per-image gain divided out: ``(exact + delta) / g - exact``,
@@ -546,6 +548,13 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     other = logits.copy()
     other[rows, labels] = -np.inf
     return logits[rows, labels] - other.max(axis=1)
+
+
+def churn(logits: np.ndarray, labels: np.ndarray, m0: np.ndarray) -> float:
+    """The share of the images whose correctness differs between ``logits`` and the exact network (exact margins
+    ``m0``: right where > 0): the raw loss's per-image differences are -1, 0 or 1, so its counting variance on n
+    images is ``(churn - raw^2) / n``."""
+    return float(np.mean((logits.argmax(1) == labels) != (m0 > 0)))
 
 
 @dataclass(frozen=True)
@@ -726,8 +735,8 @@ class PropagatedSurrogate:
         return self._key(config) in self._features
 
     def features(self, config: dict) -> np.ndarray | None:
-        """``[raw loss, soft loss, RMS margin change, its Gaussian loss]`` of the predicted logits (None outside
-        :meth:`in_domain`); cached per configuration."""
+        """``[raw loss, soft loss, RMS margin change, its Gaussian loss, churn]`` of the predicted logits (None
+        outside :meth:`in_domain`; :meth:`LogitSurrogate.features`); cached per configuration."""
         key = self._key(config)
         if key in self._features:
             return self._features[key]
@@ -737,7 +746,7 @@ class PropagatedSurrogate:
             logits = np.asarray(self.logits(config), np.float64)
             soft, s = soft_loss(margins(logits, self.labels), self.m0)
             f = np.array([self.acc_exact - float(np.mean(logits.argmax(1) == self.labels)), soft, s,
-                          gaussian_loss(self.m0, s)])
+                          gaussian_loss(self.m0, s), churn(logits, self.labels, self.m0)])
         self._features[key] = f
         return f
 
@@ -781,20 +790,53 @@ def _nnls(ata: np.ndarray, aty: np.ndarray, yty: np.ndarray) -> tuple[np.ndarray
     return best_c, best_sse
 
 
+# a surrogate's counted features (its raw loss, the soft loss) enter its LossModel only where the raw loss's spread over
+# the fitted points is at least this much more than counting noise; below it the model is the smooth features alone
+RAW_RELIABILITY = 0.9
+COUNTED = 2   # the counted features are the first two of a surrogate's rows (LogitSurrogate.features)
+FEATURES = 4  # a row's features for the model; a fifth column is the churn (sizes the count's noise only)
+
+
+def count_reliability(raw, images: int, churn=None) -> float:
+    """The share of the raw losses' variance over ``raw`` (one per configuration, fractions counted on ``images``
+    images) that is not counting noise: ``1 - mean counting variance / variance``, clipped to [0, 1] (0 for fewer
+    than two values or none spread). The counting variance of a raw loss is ``(churn - raw^2) / images`` with its
+    ``churn`` (:func:`churn`: images turned wrong and turned right both count); without churns, the binomial
+    ``raw (1 - raw) / images`` of the losses clipped at 0 (at least one image's worth), which misses the images turned
+    right. Label-free: the measured losses do not enter it, so a leave-one-out fit may use it over all the rows."""
+    r = np.asarray(raw, float)
+    if r.size < 2:
+        return 0.0
+    if churn is None:
+        r = np.maximum(r, 0.0)
+        noise = np.maximum(r * (1.0 - r), 1.0 / images) / images
+    else:
+        noise = np.maximum(np.asarray(churn, float) - r * r, 0.0) / images
+    spread = float(np.var(r))
+    return float(np.clip(1.0 - noise.mean() / spread, 0.0, 1.0)) if spread > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class LossModel:
     """Predicted loss from the surrogate's features ``[raw, soft, gain-normalised RMS, its Gaussian loss]``
     (:meth:`LogitSurrogate.features`): ``w0 r / (1 + c r) + w1 soft + w2 rms + w3 gauss`` with every ``w >= 0`` and
     ``c >= 0``, so it is non-decreasing in each feature and never below 0 (a feature below 0 counts as 0). Summed
     single-layer changes overshoot large losses; ``c`` bends them back, the smooth features carry what the raw loss
-    (whole images) cannot resolve."""
+    (whole images) cannot resolve.
+
+    ``images`` (the surrogate's image count; None: not known): where the raw losses of the fitted rows are mostly
+    counting noise (:func:`count_reliability` below :data:`RAW_RELIABILITY`, with the rows' churns when they carry
+    them as a fifth column: configurations a few images apart on a few hundred, or many images turned wrong and as
+    many turned right), the counted features (raw and soft loss) get weight 0 and the model is the smooth features alone,
+    which rank like the RMS margin change; least squares on noisy losses would otherwise give the count a weight and
+    its noise with it."""
 
     c: float = 0.0
     w: tuple = (1.0, 0.0, 0.0, 0.0)
     C_GRID = (0.0, *np.geomspace(0.5, 1000.0, 24).tolist())   # 1 / fraction; 1000: flat beyond about 0.1 pp
 
     def __call__(self, features) -> float:
-        f = np.maximum(np.asarray(features, float), 0.0)
+        f = np.maximum(np.asarray(features, float)[:len(self.w)], 0.0)
         r = float(f[0])
         return float(self.w[0] * r / (1.0 + self.c * r) + np.dot(self.w[1:], f[1:]))
 
@@ -802,31 +844,44 @@ class LossModel:
     def _design(X: np.ndarray) -> np.ndarray:
         """[c, points, features]: the bent raw loss for every c of the grid, then the other features; a feature below
         0 (a surrogate whose few hundred images came out better than exact: sampling noise) counts as 0."""
-        X = np.maximum(X, 0.0)
+        X = np.maximum(X[:, :FEATURES], 0.0)
         r = X[:, 0]
         c = np.asarray(LossModel.C_GRID)[:, None]
         bent = r[None, :] / (1.0 + c * r[None, :])
         rest = np.broadcast_to(X[None, :, 1:], (c.size,) + X[:, 1:].shape)
         return np.concatenate([bent[..., None], rest], -1)
 
+    @staticmethod
+    def _smooth_only(X: np.ndarray, images: int | None) -> np.ndarray:
+        """``X`` with its counted features set to 0 where ``images`` is given and the raw losses' reliability over
+        the rows is below :data:`RAW_RELIABILITY` (a zero column gets weight 0 in the fit), else ``X`` itself."""
+        churns = X[:, FEATURES] if X.shape[1] > FEATURES else None
+        if images is None or X.shape[1] <= COUNTED or count_reliability(X[:, 0], images, churns) >= RAW_RELIABILITY:
+            return X
+        X = X.copy()
+        X[:, :COUNTED] = 0.0
+        return X
+
     @classmethod
-    def fit(cls, X, y) -> "LossModel":
-        """Least squares over ``w >= 0`` for every ``c`` of a log grid, the best ``c`` kept."""
+    def fit(cls, X, y, images: int | None = None) -> "LossModel":
+        """Least squares over ``w >= 0`` for every ``c`` of a log grid, the best ``c`` kept (``images``: the class
+        docstring)."""
         X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
         if X.shape[0] < 2 or X.shape[0] != y.size:
             raise DseError(f"LossModel.fit: need at least 2 feature rows and their losses, got {X.shape}")
-        A = cls._design(X)
+        A = cls._design(cls._smooth_only(X, images))
         coef, sse = _nnls(np.einsum("cni,cnj->cij", A, A), np.einsum("cni,n->ci", A, y),
                           np.full(len(cls.C_GRID), float(y @ y)))
         k = int(np.argmin(sse))
         return cls(float(cls.C_GRID[k]), tuple(float(v) for v in coef[k]))
 
     @classmethod
-    def loo_predictions(cls, X, y) -> np.ndarray:
+    def loo_predictions(cls, X, y, images: int | None = None) -> np.ndarray:
         """Leave-one-out predictions of :meth:`fit` (each point predicted by the model fitted without it), computed
-        by downdating the normal equations: the same numbers as refitting n times, in one vectorised pass."""
+        by downdating the normal equations: the same numbers as refitting n times, in one vectorised pass (with
+        ``images``, the counted features' weight decided once over all the rows: it does not depend on the losses)."""
         X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
-        A = cls._design(X)                                               # [c, n, k]
+        A = cls._design(cls._smooth_only(X, images))                                               # [c, n, k]
         outer = np.einsum("cni,cnj->cnij", A, A)
         ata = outer.sum(1, keepdims=True) - outer                        # [c, n, k, k] without point n
         aty = (A * y[None, :, None]).sum(1, keepdims=True) - A * y[None, :, None]
@@ -836,12 +891,13 @@ class LossModel:
         return np.einsum("ni,ni->n", A[k, n], coef[k, n])
 
 
-def surrogate_quality(features, measured) -> LooQuality:
-    """Leave-one-out quality of the surrogate's :class:`LossModel` on (features, measured loss) pairs."""
+def surrogate_quality(features, measured, images: int | None = None) -> LooQuality:
+    """Leave-one-out quality of the surrogate's :class:`LossModel` on (features, measured loss) pairs (``images``:
+    the surrogate's, :class:`LossModel`)."""
     X, y = np.atleast_2d(np.asarray(features, float)), np.asarray(measured, float)
     if y.size < 3:
         return LooQuality.unfit()
-    return LooQuality.of(LossModel.loo_predictions(X, y), y)
+    return LooQuality.of(LossModel.loo_predictions(X, y, images), y)
 
 
 @dataclass(frozen=True)
@@ -858,13 +914,22 @@ class Candidate:
     at_hand: Callable[[dict], bool] | None = None
 
 
+def loss_model_candidate(kind: str, features: Callable[[dict], np.ndarray | None], images: int | None,
+                         at_hand: Callable[[dict], bool] | None = None) -> Candidate:
+    """A surrogate's features through :class:`LossModel` (``images``: the surrogate's image count, for the counted
+    features' reliability; None: the losses it is fitted on are measured on the surrogate's own images, so its count
+    has no sampling error against them)."""
+    return Candidate(kind, features, lambda X, y: LossModel.fit(X, y, images),
+                     lambda X, y: surrogate_quality(X, y, images), at_hand)
+
+
 def surrogate_candidate(sur: LogitSurrogate) -> Candidate:
-    return Candidate("logit surrogate", sur.features, LossModel.fit, surrogate_quality,
-                     lambda c: all(sur.has(n, lc) for n, lc in c.items()))
+    return loss_model_candidate("logit surrogate", sur.features, sur.n_images,
+                                lambda c: all(sur.has(n, lc) for n, lc in c.items()))
 
 
 def propagated_candidate(sur: PropagatedSurrogate) -> Candidate:
-    return Candidate("propagated surrogate", sur.features, LossModel.fit, surrogate_quality, sur.at_hand)
+    return loss_model_candidate("propagated surrogate", sur.features, sur.n_images, sur.at_hand)
 
 
 def ame_quality(X, y) -> LooQuality:
@@ -897,6 +962,8 @@ TRIAL_WINDOW = 20     # the gate's record on trials: its predictions of the late
 GATE_HOLD = 5         # after switching off, the gate switches on again only once it passed the bar on this many
                       # refits in a row (a record hovering at the bar would switch it on and off at every point)
 GATE_FOCUS = 2.0      # the search's gate judges its predictors on trials within this many times its skip line
+ENSEMBLE_SPEARMAN = 0.1   # the gate's prediction averages the kept candidate with those as good enough as it and
+                          # within this of its leave-one-out Spearman (differences that small are the search's noise)
 
 
 def prediction_quality(predicted, measured) -> LooQuality | None:
@@ -963,13 +1030,18 @@ class PredictorGate:
     made there, and configurations tens of pp beyond it (which any candidate puts over the skip line) would
     otherwise dominate the least-squares fit and the rank correlation.
 
-    ``gate(config)`` is the conservative loss the search skips with (the prediction minus the worst leave-one-out
-    error; None while off or when the kept predictor cannot predict ``config``); ``predicted(config)`` the plain
-    prediction of the kept candidate whether on or off (recorded beside the measured loss)."""
+    ``gate(config)`` is the conservative loss the search skips with (the prediction minus the kept candidate's worst
+    leave-one-out error; None while off or when the kept predictor cannot predict ``config``); ``predicted(config)``
+    the plain prediction whether on or off (recorded beside the measured loss): the kept candidate's, averaged with
+    those of the candidates as good enough as it and within ``ensemble`` (:data:`ENSEMBLE_SPEARMAN`; 0: none) of its
+    leave-one-out Spearman
+    whose features of ``config`` are at hand (their leave-one-out Spearmans differ by less than the search's
+    measurements can tell apart, so switching between them would add noise, not information)."""
 
     def __init__(self, candidates: list[Candidate], min_points: int = MIN_GATE_POINTS, focus: float | None = None,
-                 hold: int = GATE_HOLD):
+                 hold: int = GATE_HOLD, ensemble: float = ENSEMBLE_SPEARMAN):
         self.candidates, self.min_points, self.focus, self.hold = list(candidates), int(min_points), focus, int(hold)
+        self.ensemble = float(ensemble)   # 0: the kept candidate's prediction alone
         self._passed = 0                 # refits in a row that passed the bar
         self._switched_off = False       # it was on once and switched off: switching on again takes ``hold`` passes
         self._keys: set = set()
@@ -980,6 +1052,7 @@ class PredictorGate:
         self._rows: dict[str, list] = {c.kind: [] for c in self.candidates}
         self._model: Callable | None = None
         self._best: Candidate | None = None
+        self._others: list[tuple[Candidate, Callable]] = []   # averaged with the kept one (ENSEMBLE_SPEARMAN)
         self.state = GateState(None, 0, None, False, {})
 
     def observe(self, points, provisional: bool = False) -> str | None:
@@ -1050,7 +1123,7 @@ class PredictorGate:
         final = [not p for p in self._provisional]
         drop = sum(final) >= self.min_points   # enough of the search's own points: the provisional ones go
         best = None
-        cands = {}
+        cands, fitted = {}, []
         self._own_fit = False
         for cand in self.candidates:
             use, focused = self._use(cand.kind, final, drop, y)
@@ -1062,6 +1135,7 @@ class PredictorGate:
             except DseError:
                 continue
             cands[cand.kind] = {"loo_spearman": q.spearman, "loo_mean_error": q.mean_error, "points": len(use)}
+            fitted.append((cand, q, model))
             rank = (q.good_enough, -np.inf if np.isnan(q.spearman) else q.spearman, -q.mean_error)
             if best is None or rank > best[0]:
                 best = (rank, cand, q, model, len(use))
@@ -1072,11 +1146,13 @@ class PredictorGate:
                 and (self.focus is None or y[i] <= self.focus)][-TRIAL_WINDOW:]
         record = prediction_quality(before[last], y[last])
         if best is None:
-            self._best, self._model, self._passed = None, None, 0
+            self._best, self._model, self._passed, self._others = None, None, 0, []
             self._switch(False)
             self.state = GateState(None, int(sum(final)) if drop else len(y), None, False, cands, record, len(last))
             return
         _, self._best, q, self._model, n = best
+        self._others = [(c, m) for c, oq, m in fitted if self.ensemble > 0 and c is not self._best
+                        and oq.good_enough == q.good_enough and oq.spearman >= q.spearman - self.ensemble]
         passes = q.good_enough and (record is None or record.good_enough)
         self._passed = self._passed + 1 if passes else 0
         held = passes and not self.state.active and self._switched_off and self._passed < self.hold
@@ -1100,7 +1176,14 @@ class PredictorGate:
         if self._best is None:
             return None
         f = self._best.features(config)
-        return None if f is None else float(self._model(f))
+        if f is None:
+            return None
+        preds = [float(self._model(f))]
+        for cand, model in self._others:
+            g = cand.features(config) if self._at_hand(cand, config) else None
+            if g is not None:
+                preds.append(float(model(g)))
+        return float(np.mean(preds))
 
     def gate(self, config: dict) -> float | None:
         if not self.state.active:
@@ -1212,14 +1295,14 @@ def validate_surrogate(sur: LogitSurrogate, fitted: dict) -> dict:
     f_hold = np.stack([sur.features(c) for c in fitted["holdout_configs"]])
     setup = time.perf_counter() - t0
     loss_fit = np.asarray([acc0 - a for a in fitted["fit_accuracy"]])
-    model = LossModel.fit(f_fit, loss_fit)
+    model = LossModel.fit(f_fit, loss_fit, sur.n_images)
     t0 = time.perf_counter()
     pred = np.array([model(sur.features(c)) for c in fitted["holdout_configs"]])
     t_pred = (time.perf_counter() - t0) / len(pred)
     emu = acc0 - np.asarray(fitted["validation"].emulated)
     err = np.abs(pred - emu)
     near = emu <= NEAR_BUDGET
-    q = surrogate_quality(f_fit, loss_fit)
+    q = surrogate_quality(f_fit, loss_fit, sur.n_images)
     return {"images": sur.n_images, "calibration_c": model.c, "model": asdict(model), "spearman": spearman(pred, emu),
             "mae": float(err.mean()), "worst_error": float(err.max()), "near_budget": NEAR_BUDGET,
             "n_near": int(near.sum()), "mae_near": float(err[near].mean()) if near.any() else float("nan"),

@@ -316,11 +316,16 @@ def test_bench_predict_replay_reproduces_a_search_stream_record():
     # scores the same proposals; with one candidate the averaging changes nothing, and the skip counts add up
     from collections import Counter
 
+    from dse.predict import ENSEMBLE_SPEARMAN
     kept: Counter = Counter()
     rec.update(skip_line=0.02, budget_loss=0.01)
-    ra, rf = bpr.replay_stream(rec, "3", False, ({"logit surrogate": 300}, bpr.ENSEMBLE_SPEARMAN), kept)
+    ra, rf = bpr.replay_stream(rec, "3", False, ({"logit surrogate": 300}, ENSEMBLE_SPEARMAN), kept)
     assert ra["n"] == a["n"] and rf["n"] == f["n"] and kept["logit surrogate"] == a["n"]
     assert kept["would skip within budget"] <= kept["would skip"] <= kept["gate on"] <= a["n"]
+    # --adopted: the gate as dse.predict builds it scores the same proposals
+    rec["surrogate_images"] = 300
+    da, df = bpr.replay_stream(rec, "3", False, bpr.ADOPTED)
+    assert da["n"] == a["n"] and df["n"] == f["n"]
 
 
 def test_replay_raw_count_shrink_keeps_a_reliable_count_and_smooths_a_noisy_one():
@@ -345,27 +350,16 @@ def test_replay_raw_count_shrink_keeps_a_reliable_count_and_smooths_a_noisy_one(
     assert bpr.loss_model_fits(None)[0] == LossModel.fit
 
 
-def test_replay_averaging_gate_averages_the_candidates_within_its_margin():
-    """bench_predict_replay.averaging_gate: the kept candidate's prediction averaged with those within the margin of
-    its leave-one-out Spearman, as good enough as it, at hand; 0: the gate itself."""
+def test_replay_gates_are_the_library_gate_before_and_after_its_adopted_changes():
+    """bench_predict_replay's "before" is dse.predict's gate without the averaged prediction and with the count always
+    in the loss model; its "adopted" is the gate as dse.predict builds it (the ensemble, each surrogate's images)."""
     import bench_predict_replay as bpr
 
-    from dse.predict import MIN_GATE_POINTS, Candidate, LooQuality
-
-    def cand(kind, spearman, value, at_hand=None):
-        return Candidate(kind, lambda c: np.array([c["loss"]]), lambda X, y: (lambda f: value),
-                         lambda X, y: LooQuality(spearman, 0.001, 0.002), at_hand)
-
-    def gate(margin, hand=True):
-        g = bpr.averaging_gate(margin)([cand("a", 0.95, 0.01), cand("b", 0.90, 0.03), cand("c", 0.80, 0.5),
-                                        cand("d", 0.93, 0.08, lambda c: hand)])
-        for i in range(MIN_GATE_POINTS):
-            g.observe([(i, {"loss": 0.001 * i}, 0.001 * i)])
-        return g
-    assert gate(0.0).predicted({"loss": 0.0}) == pytest.approx(0.01) and gate(0.0).state.kind == "a"
-    assert gate(0.1).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03 + 0.08) / 3)
-    assert gate(0.1, hand=False).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03) / 2)
-    assert gate(0.3).predicted({"loss": 0.0}) == pytest.approx((0.01 + 0.03 + 0.08) / 3)   # c: not good enough
+    from dse.predict import ENSEMBLE_SPEARMAN, PredictorGate
+    assert bpr.averaging_gate(0.0)([]).ensemble == 0.0 and isinstance(bpr.averaging_gate(0.1)([]), PredictorGate)
+    assert bpr._how({"skip": 300}, bpr.BEFORE) == ({}, 0.0, None)
+    assert bpr._how({"surrogate_images": 300, "propagated_images": 200, "skip": 300}, bpr.ADOPTED) == (
+        {}, ENSEMBLE_SPEARMAN, {"logit surrogate": 300, "propagated surrogate": 200})
 
 
 def test_bench_e2e_memory_row_is_the_child_s_own_peak():

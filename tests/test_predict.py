@@ -301,6 +301,55 @@ def test_loss_model_recovers_saturation_and_the_other_features():
         LossModel.fit([[0.1, 0.0, 0.0]], [0.1])
 
 
+def test_count_reliability_is_the_share_of_the_spread_that_is_not_counting_noise():
+    from dse.predict import count_reliability
+    rng = np.random.default_rng(5)
+    wide = rng.integers(0, 90, 40) / 300                 # 0-30 %: tens of images apart
+    tiny = rng.integers(0, 4, 40) / 300                  # 0-3 images of 300 whatever the configuration
+    assert count_reliability(wide, 300) > 0.9 and count_reliability(tiny, 300) < 0.5
+    assert count_reliability(tiny * 0 + 0.02, 300) == 0.0 and count_reliability([0.1], 300) == 0.0
+    assert count_reliability(tiny, 30000) > count_reliability(tiny, 300)   # the same shares on more images: less noise
+    # images turned wrong and as many turned right: a raw loss a few images either side of 0 whose churn says it is
+    # all counting noise; the binomial of the clipped losses alone misses it
+    down, up = rng.poisson(12, 40), rng.poisson(10, 40)
+    raw, churned = (down - up) / 300, (down + up) / 300
+    assert count_reliability(raw, 300, churned) < 0.3 < count_reliability(raw, 300)
+    assert count_reliability(wide, 300, wide) > 0.9                        # nothing turned right: churn = raw
+
+
+def test_loss_model_leaves_a_noisy_count_out_and_keeps_a_reliable_one():
+    """Given the surrogate's images, a count that is mostly counting noise over the fitted rows gets weight 0 with the
+    soft loss (the model is the smooth features alone, so it ranks like them); a reliable count is fitted as without
+    them; leave-one-out predictions decide once over all rows and equal refitting."""
+    from dse.predict import RAW_RELIABILITY, count_reliability
+    rng = np.random.default_rng(6)
+    g = np.sort(rng.uniform(0.0, 0.02, 30))
+    tiny = np.stack([rng.integers(0, 4, g.size) / 300, rng.uniform(0, 0.01, g.size), 50 * g, g], 1)
+    y = 0.9 * g + 0.5 * tiny[:, 0] + rng.normal(0, 0.001, g.size)
+    assert count_reliability(tiny[:, 0], 300) < RAW_RELIABILITY
+    m = LossModel.fit(tiny, y, 300)
+    assert m.w[0] == 0.0 and m.w[1] == 0.0 and LossModel.fit(tiny, y).w[0] > 0
+    smooth = tiny.copy()
+    smooth[:, :2] = 0.0
+    assert [m(f) for f in tiny] == pytest.approx([LossModel.fit(smooth, y)(f) for f in smooth], abs=1e-15)
+    assert np.all(np.diff([m(f) for f in tiny]) >= 0)                     # rows sorted by the smooth features
+    wide = tiny.copy()
+    wide[:, 0] = rng.integers(0, 90, g.size) / 300
+    y2 = 0.7 * wide[:, 0] + 0.9 * g
+    assert LossModel.fit(wide, y2, 300) == LossModel.fit(wide, y2)
+    fast = LossModel.loo_predictions(tiny, y, 300)
+    slow = [LossModel.fit(smooth[np.arange(g.size) != i], y[np.arange(g.size) != i])(smooth[i]) for i in range(g.size)]
+    assert fast == pytest.approx(slow, abs=1e-12)
+    assert surrogate_quality(tiny, y, 300).mean_error == pytest.approx(np.mean(np.abs(fast - y)), abs=1e-12)
+    # a fifth column, the churn, only sizes the count's noise: a reliable-looking count whose churn shows it is
+    # balanced flips leaves the model, and the churn never enters it as a feature
+    churned = np.c_[wide, wide[:, 0] + 2 * rng.integers(40, 50, g.size) / 300]
+    assert LossModel.fit(churned[:, :4], y2, 300).w[0] > 0 and LossModel.fit(churned, y2, 300).w[0] == 0.0
+    honest = np.c_[wide, wide[:, 0]]
+    assert LossModel.fit(honest, y2, 300) == LossModel.fit(wide, y2)
+    assert LossModel.fit(honest, y2, 300)(honest[2]) == LossModel.fit(wide, y2)(wide[2])
+
+
 def test_nnls_enumeration_matches_scipy():
     from scipy.optimize import nnls
 
@@ -452,8 +501,8 @@ def test_scale_free_feature_sees_through_gains_that_the_sum_overshoots():
         return exact * 0.4 ** len([lc for lc in config.values() if lc.multiplier != "exact"])
     sur = LogitSurrogate(run, labels)
     cfg = {"a": LayerConfig("m1"), "b": LayerConfig("m1")}
-    raw, soft, rms, gauss = sur.features(cfg)
-    assert raw == pytest.approx(1.0)           # summed changes: exact (1 - 0.6 - 0.6) flips every image
+    raw, soft, rms, gauss, churned = sur.features(cfg)
+    assert raw == pytest.approx(1.0) == churned   # summed changes: exact (1 - 0.6 - 0.6) flips every image
     assert rms == pytest.approx(0.0, abs=1e-9) and gauss == pytest.approx(0.0, abs=1e-9)
     assert sur.accuracy(run(cfg)) == 1.0
 

@@ -13,7 +13,7 @@ from dse import kernels
 from dse.data import load_dataset
 from dse.emulate import Emulator, MacCall
 from dse.layer_config import LayerConfig
-from dse.predict import ChannelErrorModel, PredictorGate, PropagatedSurrogate, propagated_candidate
+from dse.predict import ChannelErrorModel, PredictorGate, PropagatedSurrogate, loss_model_candidate
 from dse.prefix_cache import PrefixCache
 
 N_IMAGES = 48
@@ -161,7 +161,9 @@ def test_the_gate_keeps_it_while_it_predicts_and_switches_it_off_when_trials_con
         cfgs.append({str(n): LayerConfig(str(rng.choice(mults)), bool(rng.integers(2))) for n in chosen})
     exact = emu.predict(x, {}) == y
     truth = [float(exact.mean() - (emu.predict(x, c) == y).mean()) for c in cfgs]
-    gate = PredictorGate([propagated_candidate(ps)])
+    # the losses are measured on the surrogate's own images: its count has no sampling error against them (images
+    # None); propagated_candidate weighs the count against losses measured on other images
+    gate = PredictorGate([loss_model_candidate("propagated surrogate", ps.features, None, ps.at_hand)])
     for i, c, t in zip(range(len(cfgs)), cfgs, truth):   # one trial after the other (of points observed at once,
         gate.observe([(i, c, t)])                        # only the latest gets a costly candidate's features)
     assert gate.state.active and gate.state.kind == "propagated surrogate", gate.state.line()

@@ -563,3 +563,26 @@ def test_points_observed_at_once_cost_at_most_one_costly_run():
     gate.observe([(i, {"x": 0.01 * i}, 0.01 * i) for i in range(6)])
     assert runs == [0.05] and [r is None for r in gate._rows["costly"]] == [True] * 5 + [False]
     assert all(r is not None for r in gate._rows["cheap"])
+
+
+@pytest.mark.parametrize("hand", [True, False])
+def test_the_gate_averages_the_candidates_its_search_cannot_tell_apart(hand):
+    """The gate's prediction is the kept candidate's averaged with those as good enough as it and within ``ensemble``
+    of its leave-one-out Spearman whose features are at hand; 0: the kept candidate alone."""
+    def cand(kind, rho, value, at_hand=None):
+        return Candidate(kind, lambda c: np.array([c["loss"]]), lambda X, y: (lambda f: value),
+                         lambda X, y: LooQuality(rho, 0.001, 0.002), at_hand)
+
+    def gate(ensemble):
+        g = PredictorGate([cand("a", 0.95, 0.01), cand("b", 0.90, 0.03), cand("c", 0.80, 0.5),
+                           cand("d", 0.93, 0.08, lambda c: hand), cand("e", 0.95, 0.2)], ensemble=ensemble)
+        for i in range(MIN_GATE_POINTS):
+            g.observe([(i, {"loss": 0.001 * i}, 0.001 * i)])
+        return g
+    alone = gate(0.0)
+    assert alone.predicted({"loss": 0.0}) == pytest.approx(0.01) and alone.state.kind == "a"   # not even e
+    both = [0.01, 0.03, 0.2] + ([0.08] if hand else [])   # d only while its features are at hand; e ties a
+    assert gate(0.1).predicted({"loss": 0.0}) == pytest.approx(np.mean(both))
+    assert gate(0.3).predicted({"loss": 0.0}) == pytest.approx(np.mean(both))   # c: not good enough, never averaged
+    on = gate(0.1)
+    assert on.state.active and on.gate({"loss": 0.0}) == pytest.approx(max(np.mean(both) - 0.002, 0.0))
