@@ -39,7 +39,8 @@ alone and both ("after"). Per set: Spearman / mean error, the kept candidates of
 streams how many proposals the gate was on for and would have skipped (conservative prediction over the skip line),
 of them within budget on the evaluation images, before -> after.
 
-``--adopted FILE [FILE ...]``: the same table, "before" against the gate as dse.predict has it now: the averaged
+``--adopted FILE [FILE ...]``: the same table (streams also scored over the proposals predicted once the gate's
+fit stood on the search's own points, not the set-up's), "before" against the gate as dse.predict has it now: the averaged
 prediction, and each surrogate's LossModel given its image count, so that where its raw count is mostly counting
 noise over the fitted points (dse.predict.count_reliability below RAW_RELIABILITY) the counted features (raw and soft
 loss) leave the model (:data:`ADOPTED`).
@@ -318,9 +319,11 @@ def replay_sets(r: dict, smooth_too: bool, how: tuple = BEFORE, kept: Counter | 
 
 
 def replay_stream(r: dict, seed: str, smooth_too: bool, how: tuple = BEFORE,
-                  kept: Counter | None = None) -> tuple[dict, dict]:
+                  kept: Counter | None = None, own_only: bool = False) -> tuple[dict, dict]:
     """A search-stream record's gate (bench_predict.search_proposals) on its recorded rows: over all its scored
-    proposals and over those within the focus (``how``, ``kept``: as :func:`replay_sets`)."""
+    proposals and over those within the focus (``how``, ``kept``: as :func:`replay_sets`); ``own_only``: of both,
+    only the proposals predicted once the gate's fit stood on the search's own points (within its focus), i.e. not
+    from the set-up's provisional ones."""
     d, S = r["seeds"][seed], r["setup_points"]
     kinds = [k for k in S if k != "loss"]
     n0 = len(S["loss"])
@@ -332,7 +335,7 @@ def replay_stream(r: dict, seed: str, smooth_too: bool, how: tuple = BEFORE,
     for j, p in enumerate(d["stream"]):
         gate.observe(full)
         v = gate.predicted({"point": n0 + j})
-        pred[p["trial"]] = np.nan if v is None else v
+        pred[p["trial"]] = np.nan if v is None or (own_only and not gate._own_fit) else v
         kind[p["trial"]] = gate.state.kind
         if kept is not None:
             g = gate.gate({"point": n0 + j})
@@ -383,6 +386,9 @@ def compare_table(paths: list, hows: dict) -> None:
                        for k, h in resolved.items()}
                 for part, what in ((0, ""), (1, ", within the focus")):
                     _row(path, f"search stream, sampler seed {s}{what}", [g[part] for g in got.values()], kept, was)
+                own = [replay_stream(r, s, False, h, own_only=True)[1] for h in resolved.values()]
+                _row(path, f"search stream, sampler seed {s}, within the focus, predicted once fitted on the search's "
+                     "own points", own, Counter())
         else:
             kept = Counter()
             got = {k: replay_sets(r, False, h, kept if k == last else None) for k, h in resolved.items()}

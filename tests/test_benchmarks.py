@@ -326,6 +326,9 @@ def test_bench_predict_replay_reproduces_a_search_stream_record():
     rec["surrogate_images"] = 300
     da, df = bpr.replay_stream(rec, "3", False, bpr.ADOPTED)
     assert da["n"] == a["n"] and df["n"] == f["n"]
+    # own_only: the proposals predicted from fits on the set-up's points leave the score, the rest stay
+    oa, of = bpr.replay_stream(rec, "3", False, own_only=True)
+    assert 0 < oa["n"] < a["n"] and of["n"] <= f["n"]
 
 
 def test_replay_raw_count_shrink_keeps_a_reliable_count_and_smooths_a_noisy_one():
