@@ -827,24 +827,33 @@ class LossModel:
     ``images`` (the surrogate's image count; None: not known): where the raw losses of the fitted rows are mostly
     counting noise (:func:`count_reliability` below :data:`RAW_RELIABILITY`, with the rows' churns when they carry
     them as a fifth column: configurations a few images apart on a few hundred, or many images turned wrong and as
-    many turned right), the counted features (raw and soft loss) get weight 0 and the model is the smooth features alone,
-    which rank like the RMS margin change; least squares on noisy losses would otherwise give the count a weight and
-    its noise with it."""
+    many turned right), the counted features (raw and soft loss) leave the model (``smooth``): it is then ``b + w2 rms
+    + w3 gauss`` with a free-sign ``b`` in their place, which ranks like the RMS margin change and may predict a loss
+    below 0 (measured losses that small are below 0 as often as above: without ``b`` a network whose approximate
+    configurations often measure better than exact gets all weights 0); least squares on noisy losses would otherwise
+    give the count a weight and its noise with it."""
 
     c: float = 0.0
     w: tuple = (1.0, 0.0, 0.0, 0.0)
+    smooth: bool = False
     C_GRID = (0.0, *np.geomspace(0.5, 1000.0, 24).tolist())   # 1 / fraction; 1000: flat beyond about 0.1 pp
 
     def __call__(self, features) -> float:
         f = np.maximum(np.asarray(features, float)[:len(self.w)], 0.0)
+        if self.smooth:
+            f[:COUNTED] = (1.0, -1.0)
         r = float(f[0])
         return float(self.w[0] * r / (1.0 + self.c * r) + np.dot(self.w[1:], f[1:]))
 
     @staticmethod
-    def _design(X: np.ndarray) -> np.ndarray:
+    def _design(X: np.ndarray, smooth: bool = False) -> np.ndarray:
         """[c, points, features]: the bent raw loss for every c of the grid, then the other features; a feature below
-        0 (a surrogate whose few hundred images came out better than exact: sampling noise) counts as 0."""
+        0 (a surrogate whose few hundred images came out better than exact: sampling noise) counts as 0. ``smooth``:
+        the counted columns are the intercept's, +1 (bent: a constant for every c) and -1, so that ``b`` takes either
+        sign with every weight >= 0."""
         X = np.maximum(X[:, :FEATURES], 0.0)
+        if smooth:
+            X[:, :COUNTED] = (1.0, -1.0)
         r = X[:, 0]
         c = np.asarray(LossModel.C_GRID)[:, None]
         bent = r[None, :] / (1.0 + c * r[None, :])
@@ -852,15 +861,12 @@ class LossModel:
         return np.concatenate([bent[..., None], rest], -1)
 
     @staticmethod
-    def _smooth_only(X: np.ndarray, images: int | None) -> np.ndarray:
-        """``X`` with its counted features set to 0 where ``images`` is given and the raw losses' reliability over
-        the rows is below :data:`RAW_RELIABILITY` (a zero column gets weight 0 in the fit), else ``X`` itself."""
+    def _smooth_only(X: np.ndarray, images: int | None) -> bool:
+        """The counted features leave the model: ``images`` is given and the raw losses' reliability over the rows
+        is below :data:`RAW_RELIABILITY`."""
         churns = X[:, FEATURES] if X.shape[1] > FEATURES else None
-        if images is None or X.shape[1] <= COUNTED or count_reliability(X[:, 0], images, churns) >= RAW_RELIABILITY:
-            return X
-        X = X.copy()
-        X[:, :COUNTED] = 0.0
-        return X
+        return (images is not None and X.shape[1] > COUNTED
+                and count_reliability(X[:, 0], images, churns) < RAW_RELIABILITY)
 
     @classmethod
     def fit(cls, X, y, images: int | None = None) -> "LossModel":
@@ -869,11 +875,12 @@ class LossModel:
         X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
         if X.shape[0] < 2 or X.shape[0] != y.size:
             raise DseError(f"LossModel.fit: need at least 2 feature rows and their losses, got {X.shape}")
-        A = cls._design(cls._smooth_only(X, images))
+        smooth = cls._smooth_only(X, images)
+        A = cls._design(X, smooth)
         coef, sse = _nnls(np.einsum("cni,cnj->cij", A, A), np.einsum("cni,n->ci", A, y),
                           np.full(len(cls.C_GRID), float(y @ y)))
         k = int(np.argmin(sse))
-        return cls(float(cls.C_GRID[k]), tuple(float(v) for v in coef[k]))
+        return cls(float(cls.C_GRID[k]), tuple(float(v) for v in coef[k]), smooth)
 
     @classmethod
     def loo_predictions(cls, X, y, images: int | None = None) -> np.ndarray:
@@ -881,7 +888,7 @@ class LossModel:
         by downdating the normal equations: the same numbers as refitting n times, in one vectorised pass (with
         ``images``, the counted features' weight decided once over all the rows: it does not depend on the losses)."""
         X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
-        A = cls._design(cls._smooth_only(X, images))                                               # [c, n, k]
+        A = cls._design(X, cls._smooth_only(X, images))                                            # [c, n, k]
         outer = np.einsum("cni,cnj->cnij", A, A)
         ata = outer.sum(1, keepdims=True) - outer                        # [c, n, k, k] without point n
         aty = (A * y[None, :, None]).sum(1, keepdims=True) - A * y[None, :, None]
