@@ -184,16 +184,17 @@ def _monotone_curve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
 class RawCountShrink:
     """A surrogate's raw loss weighted by its reliability. The raw loss is a count on the surrogate's ``images``
     images with binomial variance ``r (1 - r) / images`` (at least one image's). Over the rows a model is fitted on,
-    its reliability ``R = 1 - mean binomial variance / variance of r`` (clipped to [0, 1]) is the share of its spread
-    that is not counting noise, and the count is replaced by ``R r + (1 - R) f(gauss)`` (Kelley's estimate), ``f`` the
+    its reliability ``R = 1 - mean binomial variance / variance of r`` (clipped to [0, 1]; dse.predict.count_reliability
+    without churns) is the share of its spread that is not counting noise, and the count is replaced by ``R r + (1 - R) f(gauss)`` (Kelley's estimate), ``f`` the
     monotone curve of the count on the Gaussian loss (feature 3) over the same rows (:func:`_monotone_curve`).
     Label-free: only the feature rows decide, so a leave-one-out fit may take it over all rows."""
 
     def __init__(self, X, images: int):
+        from dse.predict import count_reliability
+
         X = np.maximum(np.atleast_2d(np.asarray(X, float)), 0.0)
         r, g = X[:, 0], X[:, 3]
-        var = np.maximum(r * (1.0 - r), 1.0 / images) / images
-        self.reliability = float(np.clip(1.0 - var.mean() / max(float(np.var(r)), 1e-30), 0.0, 1.0))
+        self.reliability = count_reliability(r, images)
         self.knots = _monotone_curve(g, r)
 
     def apply(self, X) -> np.ndarray:

@@ -820,9 +820,9 @@ def count_reliability(raw, images: int, churn=None) -> float:
 class LossModel:
     """Predicted loss from the surrogate's features ``[raw, soft, gain-normalised RMS, its Gaussian loss]``
     (:meth:`LogitSurrogate.features`): ``w0 r / (1 + c r) + w1 soft + w2 rms + w3 gauss`` with every ``w >= 0`` and
-    ``c >= 0``, so it is non-decreasing in each feature and never below 0 (a feature below 0 counts as 0). Summed
-    single-layer changes overshoot large losses; ``c`` bends them back, the smooth features carry what the raw loss
-    (whole images) cannot resolve.
+    ``c >= 0``, so it is non-decreasing in each feature and, outside ``smooth`` below, never below 0 (a feature below
+    0 counts as 0). Summed single-layer changes overshoot large losses; ``c`` bends them back, the smooth features
+    carry what the raw loss (whole images) cannot resolve.
 
     ``images`` (the surrogate's image count; None: not known): where the raw losses of the fitted rows are mostly
     counting noise (:func:`count_reliability` below :data:`RAW_RELIABILITY`, with the rows' churns when they carry
@@ -1041,9 +1041,8 @@ class PredictorGate:
     leave-one-out error; None while off or when the kept predictor cannot predict ``config``); ``predicted(config)``
     the plain prediction whether on or off (recorded beside the measured loss): the kept candidate's, averaged with
     those of the candidates as good enough as it and within ``ensemble`` (:data:`ENSEMBLE_SPEARMAN`; 0: none) of its
-    leave-one-out Spearman
-    whose features of ``config`` are at hand (their leave-one-out Spearmans differ by less than the search's
-    measurements can tell apart, so switching between them would add noise, not information)."""
+    leave-one-out Spearman whose features of ``config`` are at hand (their leave-one-out Spearmans differ by less
+    than the search's measurements can tell apart, so switching between them would add noise, not information)."""
 
     def __init__(self, candidates: list[Candidate], min_points: int = MIN_GATE_POINTS, focus: float | None = None,
                  hold: int = GATE_HOLD, ensemble: float = ENSEMBLE_SPEARMAN):
